@@ -1,0 +1,291 @@
+"""Backbones by name: every torchvision classification model, with weights that carry their identity and
+preprocessing, and layers chosen by torchvision feature-extraction node name.
+
+Weights are one of
+- a torchvision weights name (``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``, ``DEFAULT``): loaded through
+  torchvision's weights API and its ``$TORCH_HOME`` cache; ``DEFAULT`` is recorded under its real name;
+- a local state-dict file: recorded by its sha256;
+- ``none``: random initialization from a recorded seed, so that re-runs give the same features.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import hashlib
+import io
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import get_model, get_model_weights, list_models
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from .errors import FeaturebankError
+from .preprocess import Preprocessing
+
+PENULTIMATE = "penultimate"  # alias of the node that feeds the classification head
+AUX_HEADS = {"inception_v3": "AuxLogits.", "googlenet": "aux1."}
+
+
+@dataclass(frozen=True)
+class Weights:
+    kind: str  # "torchvision", "file" or "none"
+    identity: str  # what the cache records: enum name, "sha256:<hex>" or "none:seed=<n>"
+    enum: object = None
+    path: str | None = None
+    seed: int | None = None
+
+    def describe(self) -> str:
+        return f"{self.identity} ({os.path.basename(self.path)})" if self.kind == "file" else self.identity
+
+
+@dataclass
+class Backbone:
+    """A frozen model in eval mode with what it needs to be used and recorded."""
+
+    name: str
+    model: nn.Module
+    weights: Weights
+    preprocessing: Preprocessing
+    categories: list[str] | None = None  # ImageNet class names when the weights' metadata has them
+
+
+def list_backbones() -> list[str]:
+    return sorted(list_models(module=torchvision.models))
+
+
+def check_backbone(name: str) -> str:
+    names = list_backbones()
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else "; `featurebank backbones` lists them"
+    raise FeaturebankError(f"unknown backbone {name!r}{hint}")
+
+
+def _weights_enum(name: str):
+    return get_model_weights(name)
+
+
+def default_preprocessing(name: str) -> Preprocessing:
+    """The family's standard preprocessing, for a local file or random weights: that of its first torchvision
+    weights (the classic recipe, e.g. resize 256 and crop 224), not of newer recipes such as resize 232."""
+    try:
+        return Preprocessing.from_transforms(next(iter(_weights_enum(name))).transforms())
+    except Exception:
+        return Preprocessing()
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def looks_like_file(weights: str) -> bool:
+    return os.sep in weights or "/" in weights or weights.lower().endswith((".pth", ".pt", ".bin", ".ckpt", ".tar"))
+
+
+def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
+    """Turn what the user typed into a recorded identity, without loading anything big."""
+    check_backbone(name)
+    if weights is None or str(weights).lower() == "none":
+        return Weights("none", f"none:seed={int(seed)}", seed=int(seed))
+    weights = os.fspath(weights)
+    if os.path.isfile(weights) or looks_like_file(weights):
+        if not os.path.isfile(weights):
+            raise FeaturebankError(f"weights file not found: {weights}")
+        path = os.path.abspath(weights)
+        return Weights("file", f"sha256:{sha256_file(path)}", path=path)
+    enum_cls = _weights_enum(name)
+    short = weights.split(".", 1)[1] if weights.startswith(enum_cls.__name__ + ".") else weights
+    if short == "DEFAULT":
+        member = enum_cls.DEFAULT
+    elif short in enum_cls.__members__:
+        member = enum_cls[short]
+    else:
+        choices = ", ".join(["DEFAULT", *enum_cls.__members__, "none", "a path to a .pth file"])
+        raise FeaturebankError(f"unknown weights {weights!r} for {name}: choose one of {choices}")
+    return Weights("torchvision", f"{enum_cls.__name__}.{member.name}", enum=member)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Build a model without allocating or initializing its parameters (they are loaded or only inspected)."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def head_name(model: nn.Module) -> str:
+    """The classification head: the last Linear (a Conv2d for SqueezeNet)."""
+    heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return heads[-1]
+
+
+def skeleton(name: str, **kwargs) -> nn.Module:
+    """The architecture with parameters on the meta device: for shapes and names, in a fraction of a second."""
+    with _parameters_on_meta(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_model(check_backbone(name), weights=None, **kwargs).eval()
+
+
+def feature_dim(name: str) -> int:
+    """Size of the default (penultimate) features: the head's input."""
+    model = skeleton(name)
+    head = model.get_submodule(head_name(model))
+    return head.in_features if isinstance(head, nn.Linear) else head.in_channels
+
+
+def _read_state_dict(path: str) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FeaturebankError(f"cannot read weights file {path}: {first}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FeaturebankError(f"weights file {path} holds no state dict (a mapping of names to tensors)")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _load_file(name: str, weights: Weights) -> nn.Module:
+    state = _read_state_dict(weights.path)
+    kwargs = {}
+    probe = skeleton(name)
+    head = head_name(probe)
+    if f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != probe.get_submodule(head).weight.shape[0]:
+        kwargs["num_classes"] = int(state[f"{head}.weight"].shape[0])
+    if name in AUX_HEADS:
+        kwargs["aux_logits"] = any(k.startswith(AUX_HEADS[name]) for k in state)
+        kwargs["init_weights"] = False
+    model = skeleton(name, **kwargs)
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:
+        mismatch = str(exc).strip().splitlines()[-1].strip()
+        raise FeaturebankError(f"weights file {weights.path} does not fit {name}: {mismatch}") from None
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"{len(result.missing_keys)} missing keys ({', '.join(result.missing_keys[:3])}, ...)")
+        if result.unexpected_keys:
+            parts.append(f"{len(result.unexpected_keys)} unexpected keys ({', '.join(result.unexpected_keys[:3])}, ...)")
+        raise FeaturebankError(f"weights file {weights.path} does not fit {name}: {'; '.join(parts)}")
+    return model.float()
+
+
+def _load_torchvision(name: str, weights: Weights) -> nn.Module:
+    url = weights.enum.url
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+    said = io.StringIO()  # torch.hub prints "Downloading: ..." on stdout, where --json output goes
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(said):
+            warnings.simplefilter("ignore")
+            model = get_model(name, weights=weights.enum, progress=False)
+        sys.stderr.write(said.getvalue())
+        return model
+    except Exception as exc:
+        if os.path.exists(cached):
+            raise FeaturebankError(f"cannot load {weights.identity} from {cached}: {str(exc).splitlines()[0]}") from None
+        raise FeaturebankError(
+            f"cannot download {weights.identity} ({type(exc).__name__}; no network?): save {url} as {cached} "
+            f"(or set TORCH_HOME), or pass a local checkpoint with --weights path/to/file.pth") from None
+
+
+def load_backbone(name: str, weights: str | Weights | None = "DEFAULT", seed: int = 0,
+                  resize: int | None = None, crop: int | None = None, draft: bool | None = None) -> Backbone:
+    """Build ``name`` with ``weights`` in eval mode with frozen parameters, plus its preprocessing."""
+    name = check_backbone(name)
+    spec = weights if isinstance(weights, Weights) else resolve_weights(name, weights, seed)
+    if spec.kind == "torchvision":
+        model = _load_torchvision(name, spec)
+    elif spec.kind == "file":
+        model = _load_file(name, spec)
+    else:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(spec.seed)
+            model = get_model(name, weights=None)
+    model.eval().requires_grad_(False)
+    categories = spec.enum.meta.get("categories") if spec.kind == "torchvision" else None
+    return Backbone(name, model, spec, preprocessing_for(name, spec).overridden(resize, crop, draft), categories)
+
+
+def preprocessing_for(name: str, weights: Weights) -> Preprocessing:
+    """What the weights carry (torchvision), else the family's standard preprocessing."""
+    if weights.kind == "torchvision":
+        return Preprocessing.from_transforms(weights.enum.transforms())
+    return default_preprocessing(name)
+
+
+def node_names(model: nn.Module) -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return get_graph_node_names(model.eval())[1]
+        except Exception as exc:
+            raise FeaturebankError(f"torchvision cannot trace this model for feature extraction: "
+                                   f"{str(exc).splitlines()[0]}") from None
+
+
+def resolve_layers(model: nn.Module, layers=None) -> list[str]:
+    """Node names to extract; ``None`` or ``penultimate`` mean the input of the classification head."""
+    names = node_names(model)
+    wanted = list(layers) if layers else [PENULTIMATE]
+    resolved = []
+    for layer in wanted:
+        if layer == PENULTIMATE:
+            layer = names[names.index(head_name(model)) - 1]
+        elif layer not in names:
+            close = difflib.get_close_matches(layer, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise FeaturebankError(f"unknown layer {layer!r}{hint}; `featurebank layers BACKBONE` lists them")
+        if layer not in resolved:
+            resolved.append(layer)
+    return resolved
+
+
+def layer_shapes(model: nn.Module | str, size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """Every node of a model (or of a backbone named by a string) with its output shape, without the
+    batch dimension, for a ``size x size`` input. Computed on the meta device: no arithmetic is done."""
+    if isinstance(model, str):
+        size = size or default_preprocessing(model).crop
+        model = skeleton(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = copy.deepcopy(model).to("meta").eval()
+        names = node_names(model)
+        body = create_feature_extractor(model, return_nodes={n: n for n in names})
+        outputs = body(torch.empty(1, 3, size, size, device="meta"))
+    return [(n, tuple(out.shape[1:])) for n, out in outputs.items() if isinstance(out, torch.Tensor)]
+
+
+def layer_dims(model: nn.Module, layers: list[str], pooling: str, size: int) -> dict[str, int]:
+    """Length of each layer's pooled vector."""
+    from .extract import pooled_dim
+
+    shapes = dict(layer_shapes(model, size))
+    return {layer: pooled_dim(shapes[layer], pooling) for layer in layers}

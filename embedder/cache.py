@@ -1,0 +1,401 @@
+"""The HDF5 feature cache: the one module that reads and writes HDF5.
+
+Layout of a cache ``X.h5`` (the README documents it for users)::
+
+    attrs     format, format_version, settings (JSON: what the features depend on), settings_key,
+              source (the input it mirrors), root, classes, versions (JSON), info (JSON), updated
+    rows/     path, label, group (utf-8 strings), size, mtime_ns (int64), digest (blake2b-128 hex)   [N]
+    features/<layer>   float32 [N, D], one dataset per layer, attrs: node, pooling
+    failures/ path, reason, digest (strings), size, mtime_ns (int64)                                [F]
+
+Crash safety by construction, not by luck: ``X.h5`` is never modified in place. While a run goes, each
+finished batch is written to its own small file ``X.h5.parts/part-NNNNNNNN.h5`` (written under a temporary
+name, flushed to disk, then renamed: it exists whole or not at all). When the run ends, the old ``X.h5`` and
+the parts are merged, in input order, into a new file that atomically replaces ``X.h5``; then the parts go.
+A kill at any moment (even ``kill -9``) therefore leaves the previous ``X.h5`` intact plus every finished
+batch, and the next run continues from there. One writer at a time: ``X.h5.lock`` is held with ``flock``.
+Parts are also how several processes (torchrun shards) can later write one cache.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, replace
+
+import h5py
+import numpy as np
+
+from .errors import FeaturebankError
+
+FORMAT = "featurebank-cache"
+FORMAT_VERSION = 1
+STRING = h5py.string_dtype("utf-8")
+ROW_STRINGS = ("path", "label", "group", "digest")
+FAILURE_STRINGS = ("path", "reason", "digest")
+INTS = ("size", "mtime_ns")
+PART_NAME = re.compile(r"^part-(\d{8})\.h5$")
+BLOCK_BYTES = 64 << 20  # features copied this much at a time when merging
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the cache knows of one path: a row of features in some file, or a failure."""
+
+    source: int  # 0: the main file, k: the k-th part (in order)
+    row: int  # row in that file's rows/ (or failures/ when `reason` is set)
+    size: int
+    mtime_ns: int
+    digest: str
+    reason: str | None = None
+
+
+def parts_dir(path: str) -> str:
+    return path + ".parts"
+
+
+def _part_files(path: str) -> list[str]:
+    folder = parts_dir(path)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART_NAME.match(n))
+
+
+def _open(path: str, mode: str = "r") -> h5py.File:
+    try:
+        return h5py.File(path, mode, locking="best-effort")
+    except OSError as exc:
+        raise FeaturebankError(f"cannot open {path} as an HDF5 cache: {str(exc).splitlines()[0]}") from None
+
+
+def _write_columns(group: h5py.Group, columns: dict, strings: tuple[str, ...]) -> None:
+    for name, values in columns.items():
+        if name in strings:
+            group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STRING)
+        else:
+            group.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+
+
+def _read_columns(group: h5py.Group) -> dict[str, np.ndarray]:
+    out = {}
+    for name, ds in group.items():
+        out[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+        if out[name].ndim == 0:  # an empty dataset reads back as a scalar in some h5py versions
+            out[name] = np.array([], dtype=object if name in ROW_STRINGS + FAILURE_STRINGS else np.int64)
+    return out
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_durably(tmp: str, final: str) -> None:
+    """Rename ``tmp`` over ``final`` so that either the old or the new file is there, even after a power cut."""
+    _fsync(tmp)
+    os.replace(tmp, final)
+    _fsync(os.path.dirname(os.path.abspath(final)))
+
+
+def settings_differences(stored: dict, wanted: dict) -> list[str]:
+    keys = sorted(set(stored) | set(wanted))
+    return [f"{k}: {stored.get(k)!r} in the cache, {wanted.get(k)!r} now" for k in keys if stored.get(k) != wanted.get(k)]
+
+
+class CacheWriter:
+    """Adds rows to a cache for one set of extraction settings; used as a context manager.
+
+    ``write_batch`` is where a row enters the cache (as a part); ``commit`` merges everything into ``X.h5``.
+    """
+
+    def __init__(self, path: str, settings: dict, dims: dict[str, int], source: str, root: str,
+                 info: dict | None = None):
+        self.path = os.path.abspath(path)
+        self.settings = settings
+        self.dims = dims
+        self.settings_key = settings_key(settings)
+        self.source = source
+        self.root = root
+        self.info = info or {}
+        self.entries: dict[str, Entry] = {}
+        self.sources: list[str] = []  # file of each Entry.source; "" when there is no main file
+        self._lock = None
+
+    # -- opening: lock, check, read what is there ------------------------------------------------------
+    def __enter__(self) -> "CacheWriter":
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._lock = open(self.path + ".lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise FeaturebankError(f"another featurebank process is writing {self.path}; wait for it to finish "
+                                   f"(or use another --cache)") from None
+        try:
+            self._check_existing()
+            self._read_entries()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            try:
+                os.unlink(self.path + ".lock")
+            except OSError:
+                pass
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _check_existing(self) -> None:
+        """Refuse to mix rows of other settings or another input: a clear message, nothing touched."""
+        if os.path.exists(self.path):
+            with _open(self.path) as f:
+                if f.attrs.get("format") != FORMAT:
+                    raise FeaturebankError(f"{self.path} is not a featurebank cache; choose another --cache")
+                if int(f.attrs["format_version"]) > FORMAT_VERSION:
+                    raise FeaturebankError(f"{self.path} was written by a newer featurebank (format "
+                                           f"{f.attrs['format_version']}); upgrade featurebank")
+                stored = json.loads(f.attrs["settings"])
+                stored_source = str(f.attrs["source"])
+            diff = settings_differences(stored, self.settings)
+            if diff:
+                raise FeaturebankError(f"{self.path} was made with other settings ({'; '.join(diff)}): rows are "
+                                       f"never mixed; leave out --cache to get a cache of its own, or delete it")
+            if stored_source != self.source:
+                raise FeaturebankError(f"{self.path} mirrors another input ({stored_source}, not {self.source}); "
+                                       f"leave out --cache to get a cache of its own, or delete it")
+        for part in _part_files(self.path):
+            with _open(part) as f:
+                key, source = str(f.attrs["settings_key"]), str(f.attrs["source"])
+            if key != self.settings_key or source != self.source:
+                raise FeaturebankError(f"{parts_dir(self.path)} holds batches of an interrupted run with other "
+                                       f"settings or input: run that again to finish it, or delete the folder")
+        folder = parts_dir(self.path)
+        if os.path.isdir(folder):  # half-written parts of a killed run: never renamed, so never counted
+            for name in os.listdir(folder):
+                if name.endswith(".tmp"):
+                    os.unlink(os.path.join(folder, name))
+        if os.path.exists(self.path + ".tmp"):
+            os.unlink(self.path + ".tmp")
+
+    def _add_entries(self, source: int, f: h5py.File) -> None:
+        rows, fails = _read_columns(f["rows"]), _read_columns(f["failures"])
+        for i, path in enumerate(rows["path"]):
+            self.entries[path] = Entry(source, i, int(rows["size"][i]), int(rows["mtime_ns"][i]), rows["digest"][i])
+        for i, path in enumerate(fails["path"]):
+            self.entries[path] = Entry(source, i, int(fails["size"][i]), int(fails["mtime_ns"][i]),
+                                       fails["digest"][i], fails["reason"][i])
+
+    def _read_entries(self) -> None:
+        self.sources = [self.path if os.path.exists(self.path) else ""]
+        if self.sources[0]:
+            with _open(self.path) as f:
+                self._add_entries(0, f)
+        for part in _part_files(self.path):  # later parts win: they hold newer versions of a file
+            self.sources.append(part)
+            with _open(part) as f:
+                self._add_entries(len(self.sources) - 1, f)
+
+    @property
+    def pending_parts(self) -> int:
+        return len(self.sources) - 1
+
+    def touch(self, path: str, size: int, mtime_ns: int) -> None:
+        """The file was touched but its bytes are the same (same digest): keep its row, new stat."""
+        self.entries[path] = replace(self.entries[path], size=size, mtime_ns=mtime_ns)
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def write_batch(self, rows: dict, features: dict[str, np.ndarray], failures: dict) -> None:
+        """Commit one finished batch as a part file: after this returns, a kill loses none of it.
+
+        ``rows`` and ``failures`` are columns (path, label, group, size, mtime_ns, digest / path, reason,
+        size, mtime_ns, digest); ``features`` maps each layer to an ``N x D`` array in the order of ``rows``.
+        """
+        folder = parts_dir(self.path)
+        os.makedirs(folder, exist_ok=True)
+        last = PART_NAME.match(os.path.basename(self.sources[-1])) if len(self.sources) > 1 else None
+        final = os.path.join(folder, f"part-{int(last.group(1)) + 1 if last else 1:08d}.h5")
+        tmp = final + ".tmp"
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
+                           source=self.source)
+            _write_columns(f.create_group("rows"), rows, ROW_STRINGS)
+            _write_columns(f.create_group("failures"), failures, FAILURE_STRINGS)
+            group = f.create_group("features")
+            for layer in self.settings["layers"]:
+                group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32))
+        _replace_durably(tmp, final)
+        self.sources.append(final)
+        with _open(final) as f:
+            self._add_entries(len(self.sources) - 1, f)
+
+    def commit(self, order: list[tuple[str, str, str]], extra_failures: dict[str, tuple[int, int, str]],
+               force: bool = False) -> bool:
+        """Write ``X.h5`` anew with the rows of ``order`` ((path, label, group), in input order) and atomically
+        put it in place; paths not in ``order`` are dropped. ``extra_failures`` holds problems found while
+        listing (path → size, mtime_ns, reason). Returns whether anything was written."""
+        rows = {k: [] for k in ("path", "label", "group", "size", "mtime_ns", "digest")}
+        fails = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
+        where: list[tuple[int, int]] = []
+        for path, label, group in order:
+            if path in extra_failures:
+                size, mtime_ns, reason = extra_failures[path]
+                for k, v in zip(("path", "reason", "digest", "size", "mtime_ns"), (path, reason, "", size, mtime_ns)):
+                    fails[k].append(v)
+                continue
+            e = self.entries[path]
+            if e.reason is not None:
+                for k, v in zip(("path", "reason", "digest", "size", "mtime_ns"), (path, e.reason, e.digest, e.size, e.mtime_ns)):
+                    fails[k].append(v)
+                continue
+            for k, v in zip(rows, (path, label, group, e.size, e.mtime_ns, e.digest)):
+                rows[k].append(v)
+            where.append((e.source, e.row))
+        if not force and not self.pending_parts and self._unchanged(rows, fails):
+            return False
+        classes = sorted({label for label in rows["label"] if label})
+        tmp = self.path + ".tmp"
+        with h5py.File(tmp, "w") as out:
+            out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings=json.dumps(self.settings),
+                             settings_key=self.settings_key, source=self.source, root=self.root,
+                             classes=json.dumps(classes), info=json.dumps(self.info),
+                             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            _write_columns(out.create_group("rows"), rows, ROW_STRINGS)
+            _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
+            self._copy_features(out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2))
+        _replace_durably(tmp, self.path)
+        shutil.rmtree(parts_dir(self.path), ignore_errors=True)
+        self.sources = [self.path]
+        with _open(self.path) as f:
+            self.entries = {}
+            self._add_entries(0, f)
+        return True
+
+    def _unchanged(self, rows: dict, fails: dict) -> bool:
+        if not self.sources[0]:
+            return False
+        with _open(self.path) as f:
+            old_rows, old_fails = _read_columns(f["rows"]), _read_columns(f["failures"])
+        same = lambda a, b: all(list(a[k]) == list(b[k]) for k in b)  # noqa: E731
+        return same(old_rows, rows) and same(old_fails, fails)
+
+    def _copy_features(self, group: h5py.Group, where: np.ndarray) -> None:
+        """Gather each output row from the file and row that hold it, a block of rows at a time."""
+        handles: dict[int, h5py.File] = {}
+        try:
+            for layer in self.settings["layers"]:
+                dim = self.dims[layer]
+                n = len(where)
+                rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim))) if n else 1
+                ds = group.create_dataset(layer, shape=(n, dim), dtype=np.float32,
+                                          chunks=(rows_per_chunk, dim) if n else None)
+                ds.attrs.update(node=layer, pooling=self.settings["pooling"])
+                block = max(1, BLOCK_BYTES // (4 * dim))
+                for start in range(0, n, block):
+                    part = where[start:start + block]
+                    out = np.empty((len(part), dim), dtype=np.float32)
+                    for source in np.unique(part[:, 0]):
+                        mask = part[:, 0] == source
+                        out[mask] = _gather(self._handle(int(source), handles)["features"][layer], part[mask, 1])
+                    ds[start:start + len(part)] = out
+        finally:
+            for h in handles.values():
+                h.close()
+
+    def _handle(self, source: int, handles: dict[int, h5py.File]) -> h5py.File:
+        if source not in handles:
+            if len(handles) >= 64:  # a long run has thousands of parts: keep few open
+                handles.pop(next(iter(handles))).close()
+            handles[source] = _open(self.sources[source])
+        return handles[source]
+
+
+def _gather(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``ds[rows]`` for any order of rows, reading contiguous spans rather than row by row."""
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
+    breaks = np.flatnonzero(np.diff(sorted_rows) > 256) + 1
+    for span in np.split(np.arange(len(rows)), breaks):
+        lo, hi = sorted_rows[span[0]], sorted_rows[span[-1]] + 1
+        out[order[span]] = ds[lo:hi][sorted_rows[span] - lo]
+    return out
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class CacheReader:
+    """Read access to a finished cache: settings, rows, features per layer, failures."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(os.fspath(path))
+        if not os.path.exists(self.path):
+            if _part_files(self.path):
+                raise FeaturebankError(f"{path} is not finished: an interrupted run left batches in "
+                                       f"{parts_dir(self.path)}; run the same extract command again to finish it")
+            raise FeaturebankError(f"cache not found: {path}")
+        with _open(self.path) as f:
+            if f.attrs.get("format") != FORMAT:
+                raise FeaturebankError(f"{path} is not a featurebank cache")
+            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            self.rows = _read_columns(f["rows"])
+            self.failures = _read_columns(f["failures"])
+            self.dims = {layer: int(ds.shape[1]) for layer, ds in f["features"].items()}
+        self.settings = json.loads(self.attrs["settings"])
+        self.classes: list[str] = json.loads(self.attrs["classes"])
+        self.info = json.loads(self.attrs.get("info", "{}"))
+        self.layers: list[str] = list(self.settings["layers"])
+        self.pending_parts = len(_part_files(self.path))
+
+    def __len__(self) -> int:
+        return len(self.rows["path"])
+
+    @property
+    def paths(self) -> np.ndarray:
+        return self.rows["path"]
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Class names per row, or None for an unlabeled cache."""
+        return self.rows["label"] if self.classes else None
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        return self.rows["group"] if any(self.rows["group"]) else None
+
+    def full_paths(self) -> list[str]:
+        return [os.path.join(self.attrs["root"], p) for p in self.paths]
+
+    def layer(self, layer: str | None = None) -> str:
+        if layer is None:
+            return self.layers[0]
+        if layer not in self.dims:
+            raise FeaturebankError(f"layer {layer!r} is not in {self.path} (it has {', '.join(self.layers)})")
+        return layer
+
+    def features(self, layer: str | None = None) -> np.ndarray:
+        with _open(self.path) as f:
+            return f["features"][self.layer(layer)][()]
+
+
+def load(path: str, layer: str | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(X, y, paths)`` of a cache: features of ``layer`` (default: the first), class names (None when
+    unlabeled) and paths relative to the input's root, in the cache's row order."""
+    reader = CacheReader(path)
+    return reader.features(layer), reader.labels, reader.paths

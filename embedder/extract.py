@@ -1,0 +1,100 @@
+"""Batches → chosen layers → one pooled float32 vector per image and layer (device, precision).
+
+The same code serves the cache (``embedder.job``) and the scikit-learn transformer (``Embedder``), so a
+vector in the cache is exactly what ``Embedder.transform`` returns for the same image.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from .errors import FeaturebankError
+from .preprocess import Preprocessing
+
+POOLINGS = ("avg", "max", "avgmax")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def pool(t: torch.Tensor, pooling: str = "avg") -> torch.Tensor:
+    """N x C x H x W maps are pooled over H, W; N x T x D token sequences over T; N x D is kept."""
+    if t.ndim == 2:
+        return t
+    if t.ndim not in (3, 4):
+        raise FeaturebankError(f"cannot pool a {t.ndim}-D output of shape {tuple(t.shape)}")
+    dims = (2, 3) if t.ndim == 4 else (1,)
+    if pooling == "avg":
+        return t.mean(dims)
+    if pooling == "max":
+        return t.amax(dims)
+    if pooling == "avgmax":
+        return torch.cat([t.mean(dims), t.amax(dims)], dim=1)
+    raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+
+
+def pooled_dim(shape: tuple[int, ...], pooling: str = "avg") -> int:
+    """Size of the vector :func:`pool` makes of an output of ``shape`` (without the batch dimension)."""
+    dim = shape[0] if len(shape) in (1, 3) else shape[-1]
+    return dim * 2 if pooling == "avgmax" and len(shape) > 1 else dim
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FeaturebankError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FeaturebankError(f"device {device} asked for, but torch sees no CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise FeaturebankError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FeaturebankError("device mps asked for, but it is not available")
+    return dev
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen backbone that returns ``{layer: pooled N x D float32}`` for the chosen node names."""
+
+    def __init__(self, model: nn.Module, layers: list[str], pooling: str = "avg"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.body = create_feature_extractor(model.eval(), return_nodes={layer: layer for layer in layers})
+        self.layers = list(layers)
+        self.pooling = pooling
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.body(x)
+        return {layer: pool(outputs[layer], self.pooling).float() for layer in self.layers}
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if precision not in PRECISIONS:
+        raise FeaturebankError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type == "cpu":
+        raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32 (or bf16, which is emulated and slow here)")
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+@torch.inference_mode()
+def embed_uint8(extractor: FeatureExtractor, images: torch.Tensor, preprocessing: Preprocessing,
+                device: torch.device, precision: str = "fp32") -> dict[str, np.ndarray]:
+    """One uint8 batch → ``{layer: N x D float32 numpy}``, normalized on ``device``."""
+    x = preprocessing.normalize(images.to(device, non_blocking=True))
+    with autocast_for(device, precision):
+        out = extractor(x)
+    return {layer: t.float().cpu().numpy() for layer, t in out.items()}

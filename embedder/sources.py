@@ -1,0 +1,190 @@
+"""Turn what the user points at (a class-per-folder tree, a flat folder, a CSV manifest, a file list)
+into a stable, ordered list of images with labels, groups and file fingerprints.
+
+The order is the order rows take in the cache: sorted paths for folders, the file's order for manifests
+and lists. Nothing here opens an image; problems found while listing (a directory named ``x.jpg``, a path in
+a manifest that does not exist) become items with an ``error`` so that they are reported like bad images.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import stat
+from dataclasses import dataclass, field
+
+from .errors import FeaturebankError
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm".split()
+)
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
+LAYOUTS = ("auto", "classes", "flat")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of the input. ``path`` is relative to the listing's root when it lies inside it."""
+
+    path: str
+    label: str = ""
+    group: str = ""
+    size: int = -1
+    mtime_ns: int = -1
+    error: str | None = None
+
+
+@dataclass
+class Listing:
+    root: str  # absolute folder that relative paths start from
+    kind: str  # "classes", "flat", "csv" or "list"
+    source: str  # what the user named, made absolute: identifies the input of a cache
+    items: list[Item] = field(default_factory=list)
+    ignored: int = 0  # files that are not images (by extension), hidden and system files
+
+    def full_path(self, item: Item) -> str:
+        return os.path.join(self.root, item.path)
+
+    @property
+    def labeled(self) -> bool:
+        return any(item.label for item in self.items)
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_hidden_or_system(name: str) -> bool:
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def _stat_item(full: str, path: str, label: str = "", group: str = "") -> Item:
+    try:
+        st = os.stat(full)
+    except FileNotFoundError:
+        return Item(path, label, group, error="file not found")
+    except OSError as exc:
+        return Item(path, label, group, error=f"cannot read: {exc.strerror or exc}")
+    if stat.S_ISDIR(st.st_mode):
+        return Item(path, label, group, st.st_size, st.st_mtime_ns, error="is a directory, not an image file")
+    return Item(path, label, group, st.st_size, st.st_mtime_ns)
+
+
+def _walk_images(top: str, root: str, label: str, listing: Listing) -> None:
+    """Add the images below ``top`` (recursively, sorted) to ``listing`` with ``label``."""
+    try:
+        entries = sorted(os.scandir(top), key=lambda e: e.name)
+    except OSError as exc:
+        raise FeaturebankError(f"cannot read folder {top}: {exc.strerror or exc}") from None
+    for entry in entries:
+        if is_hidden_or_system(entry.name):
+            listing.ignored += 1
+            continue
+        rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+        if is_image_name(entry.name):
+            listing.items.append(_stat_item(entry.path, rel, label))
+        elif entry.is_dir():
+            _walk_images(entry.path, root, label, listing)
+        else:
+            listing.ignored += 1
+
+
+def _has_images_below(folder: str) -> bool:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not is_hidden_or_system(d)]
+        if any(is_image_name(f) and not is_hidden_or_system(f) for f in filenames):
+            return True
+    return False
+
+
+def list_folder(folder: str, layout: str = "auto") -> Listing:
+    """Class-per-folder (labels from the first-level folder names) or flat (unlabeled, recursive)."""
+    root = os.path.abspath(folder)
+    if layout not in LAYOUTS:
+        raise FeaturebankError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    subdirs = sorted(
+        e.name for e in os.scandir(root)
+        if e.is_dir() and not is_hidden_or_system(e.name) and not is_image_name(e.name)
+    )
+    if layout == "auto":
+        layout = "classes" if any(_has_images_below(os.path.join(root, d)) for d in subdirs) else "flat"
+    listing = Listing(root=root, kind=layout, source=f"{layout}:{root}")
+    if layout == "flat":
+        _walk_images(root, root, "", listing)
+        return listing
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if is_hidden_or_system(entry.name):
+            listing.ignored += 1
+        elif entry.name in subdirs:
+            _walk_images(entry.path, root, entry.name, listing)
+        elif is_image_name(entry.name):  # a loose file, or a directory named like an image
+            item = _stat_item(entry.path, entry.name)
+            listing.items.append(item if item.error else Item(
+                item.path, size=item.size, mtime_ns=item.mtime_ns,
+                error="not inside a class folder (use --layout flat to embed it unlabeled)"))
+        else:
+            listing.ignored += 1
+    return listing
+
+
+def list_manifest(csv_path: str) -> Listing:
+    """A CSV with a header naming ``path`` and optionally ``label`` and ``group``; paths relative to the CSV."""
+    csv_path = os.path.abspath(csv_path)
+    root = os.path.dirname(csv_path)
+    listing = Listing(root=root, kind="csv", source=f"csv:{csv_path}")
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+        if "path" not in fields:
+            raise FeaturebankError(f"{csv_path}: the first line must name the columns, with at least 'path' "
+                                   f"(and optionally 'label', 'group'); found {reader.fieldnames}")
+        reader.fieldnames = fields
+        seen: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            path = (row.get("path") or "").strip()
+            if not path:
+                continue
+            full = os.path.normpath(os.path.join(root, path))
+            rel = os.path.relpath(full, root).replace(os.sep, "/") if not os.path.isabs(path) else full
+            if rel in seen:
+                raise FeaturebankError(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
+            seen[rel] = line
+            listing.items.append(_stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip()))
+    return listing
+
+
+def list_paths(paths, root: str | None = None, source: str = "list") -> Listing:
+    """Unlabeled images given one by one (the command line, a text file with one path a line)."""
+    root = os.path.abspath(root or os.getcwd())
+    listing = Listing(root=root, kind="list", source=source)
+    seen = set()
+    for path in paths:
+        full = os.path.normpath(os.path.join(root, os.fspath(path)))
+        rel = os.path.relpath(full, root).replace(os.sep, "/")
+        if rel.startswith("../"):
+            rel = full
+        if rel in seen:
+            continue
+        seen.add(rel)
+        listing.items.append(_stat_item(full, rel))
+    return listing
+
+
+def list_images(source: str, layout: str = "auto") -> Listing:
+    """Whatever ``source`` is (folder, ``.csv`` manifest, ``.txt`` list of paths), list its images."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        listing = list_folder(source, layout)
+    elif not os.path.exists(source):
+        raise FeaturebankError(f"input not found: {source}")
+    elif source.lower().endswith(".csv"):
+        listing = list_manifest(source)
+    elif source.lower().endswith((".txt", ".lst")):
+        list_file = os.path.abspath(source)
+        with open(list_file, encoding="utf-8") as fh:
+            lines = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+        listing = list_paths(lines, root=os.path.dirname(list_file), source=f"list:{list_file}")
+    else:
+        raise FeaturebankError(f"{source}: give a folder, a .csv manifest (path,label[,group]) or a .txt list of paths")
+    if not listing.items:
+        raise FeaturebankError(f"no images in {source} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return listing
