@@ -1,10 +1,20 @@
-"""featurebank's embedder: frozen torchvision backbones → pooled intermediate-layer vectors → HDF5 cache."""
+"""featurebank's embedder: frozen torchvision backbones → pooled intermediate-layer vectors → HDF5 cache.
+
+The names below are imported on first use, so that ``featurebank --help`` does not wait for torch.
+"""
+import importlib
+
 __version__ = "0.1.0"
 
-from .backbones import feature_dim, layer_shapes, list_backbones, load_backbone  # noqa: E402
-from .cache import CacheReader, load  # noqa: E402
-from .errors import FeaturebankError  # noqa: E402
-from .job import ExtractSummary, extract  # noqa: E402
+_EXPORTS = {
+    "CacheReader": "cache", "load": "cache", "Embedder": "transformer", "ExtractSummary": "job", "extract": "job",
+    "FeaturebankError": "errors", "feature_dim": "backbones", "layer_shapes": "backbones",
+    "list_backbones": "backbones", "load_backbone": "backbones",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["CacheReader", "ExtractSummary", "FeaturebankError", "extract", "feature_dim", "layer_shapes",
-           "list_backbones", "load", "load_backbone"]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -252,14 +252,15 @@ def node_names(model: nn.Module) -> list[str]:
 
 
 def resolve_layers(model: nn.Module, layers=None) -> list[str]:
-    """Node names to extract; ``None`` or ``penultimate`` mean the input of the classification head."""
+    """Node names to extract; ``None`` or ``penultimate`` mean the input of the classification head.
+    A module name (``layer3``) stands, as in torchvision, for the last node inside that module."""
     names = node_names(model)
     wanted = list(layers) if layers else [PENULTIMATE]
     resolved = []
     for layer in wanted:
         if layer == PENULTIMATE:
             layer = names[names.index(head_name(model)) - 1]
-        elif layer not in names:
+        elif layer not in names and not any(n.startswith(layer + ".") for n in names):
             close = difflib.get_close_matches(layer, names, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise FeaturebankError(f"unknown layer {layer!r}{hint}; `featurebank layers BACKBONE` lists them")
@@ -268,17 +269,17 @@ def resolve_layers(model: nn.Module, layers=None) -> list[str]:
     return resolved
 
 
-def layer_shapes(model: nn.Module | str, size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
-    """Every node of a model (or of a backbone named by a string) with its output shape, without the
-    batch dimension, for a ``size x size`` input. Computed on the meta device: no arithmetic is done."""
+def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) -> list[tuple[str, tuple[int, ...]]]:
+    """Output shapes (without the batch dimension) of ``nodes`` (default: every node) of a model, or of a
+    backbone named by a string, for a ``size x size`` input. Computed on the meta device: no arithmetic."""
     if isinstance(model, str):
         size = size or default_preprocessing(model).crop
         model = skeleton(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = copy.deepcopy(model).to("meta").eval()
-        names = node_names(model)
-        body = create_feature_extractor(model, return_nodes={n: n for n in names})
+        nodes = list(nodes) if nodes else node_names(model)
+        body = create_feature_extractor(model, return_nodes={n: n for n in nodes})
         outputs = body(torch.empty(1, 3, size, size, device="meta"))
     return [(n, tuple(out.shape[1:])) for n, out in outputs.items() if isinstance(out, torch.Tensor)]
 
@@ -287,5 +288,5 @@ def layer_dims(model: nn.Module, layers: list[str], pooling: str, size: int) -> 
     """Length of each layer's pooled vector."""
     from .extract import pooled_dim
 
-    shapes = dict(layer_shapes(model, size))
+    shapes = dict(layer_shapes(model, size, layers))
     return {layer: pooled_dim(shapes[layer], pooling) for layer in layers}
