@@ -121,7 +121,7 @@ def layers(backbone, size, pooling, as_json):
       featurebank extract photos/ -b resnet50 --layer layer3,penultimate
     """
     from embedder.backbones import PENULTIMATE, layer_shapes, resolve_layers, skeleton
-    from embedder.extract import pooled_dim
+    from embedder.features import pooled_dim
 
     model = skeleton(backbone)
     penultimate = resolve_layers(model, [PENULTIMATE])[0]

@@ -286,7 +286,7 @@ def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) ->
 
 def layer_dims(model: nn.Module, layers: list[str], pooling: str, size: int) -> dict[str, int]:
     """Length of each layer's pooled vector."""
-    from .extract import pooled_dim
+    from .features import pooled_dim
 
     shapes = dict(layer_shapes(model, size, layers))
     return {layer: pooled_dim(shapes[layer], pooling) for layer in layers}

@@ -25,7 +25,7 @@ from .batches import ImageDataset, batches
 from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest
 from .errors import FeaturebankError
-from .extract import POOLINGS, FeatureExtractor, autocast_for, embed_uint8, resolve_device
+from .features import POOLINGS, FeatureExtractor, autocast_for, embed_uint8, resolve_device
 from .sources import Listing, list_images
 
 DEFAULT_CACHE_DIR = "cache"

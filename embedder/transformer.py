@@ -13,7 +13,7 @@ from .backbones import layer_dims, load_backbone, resolve_layers
 from .batches import ImageDataset, batches
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import FeaturebankError
-from .extract import FeatureExtractor, autocast_for, embed_uint8, resolve_device
+from .features import FeatureExtractor, autocast_for, embed_uint8, resolve_device
 
 
 class Embedder(TransformerMixin, BaseEstimator):

@@ -1,0 +1,245 @@
+"""The extraction cache: its rows equal a direct forward pass, survive interruption, follow the input, and
+never mix settings."""
+import os
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms._presets import ImageClassification
+
+import embedder
+from embedder.cache import CacheReader, CacheWriter, parts_dir
+from embedder.errors import FeaturebankError
+
+from conftest import FAST, photo, write_bad_files, write_tree
+
+
+def reference_features(paths, seed=0, crop=64, resize=72):
+    """What a user would compute by hand: torchvision's resnet18 and preset, PIL, a forward hook."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18().eval()
+    preset = ImageClassification(crop_size=crop, resize_size=resize)
+    seen = {}
+    model.layer3.register_forward_hook(lambda m, i, o: seen.__setitem__("layer3", o))
+    penultimate, layer3_avg, layer3_max = [], [], []
+    with torch.no_grad():
+        for p in paths:
+            x = preset(Image.open(p).convert("RGB")).unsqueeze(0)
+            model.fc = torch.nn.Identity()
+            penultimate.append(model(x)[0].numpy())
+            layer3_avg.append(seen["layer3"].mean((2, 3))[0].numpy())
+            layer3_max.append(seen["layer3"].amax((2, 3))[0].numpy())
+    return np.stack(penultimate), np.stack(layer3_avg), np.stack(layer3_max)
+
+
+def test_cached_features_equal_a_direct_forward_pass(tree, tmp_path):
+    root, paths = tree
+    summary = embedder.extract(str(root), str(tmp_path / "c.h5"), layers=["penultimate", "layer3"], **FAST)
+    assert (summary.rows, summary.embedded, summary.failed) == (9, 9, [])
+    assert summary.layers == {"flatten": 512, "layer3": 256} and summary.classes == ["cats", "dogs", "owls"]
+    reader = CacheReader(summary.cache)
+    assert list(reader.paths) == paths  # input order
+    assert list(reader.labels) == [p.split("/")[0] for p in paths]
+    pen, l3, _ = reference_features([root / p for p in paths])
+    np.testing.assert_allclose(reader.features("flatten"), pen, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(reader.features("layer3"), l3, rtol=1e-4, atol=1e-5)
+    X, y, p = embedder.load(summary.cache, "layer3")
+    assert X.dtype == np.float32 and X.shape == (9, 256) and list(y) == list(reader.labels) and list(p) == paths
+
+
+def test_avgmax_pooling_concatenates_average_and_maximum(tree, tmp_path):
+    root, paths = tree
+    summary = embedder.extract(str(root), str(tmp_path / "c.h5"), layers=["layer3"], pooling="avgmax", **FAST)
+    _, avg, mx = reference_features([root / p for p in paths])
+    np.testing.assert_allclose(embedder.load(summary.cache)[0], np.hstack([avg, mx]), rtol=1e-4, atol=1e-5)
+
+
+def test_settings_and_provenance_are_recorded(tree, tmp_path):
+    root, _ = tree
+    summary = embedder.extract(str(root), str(tmp_path / "c.h5"), seed=5, **FAST)
+    reader = CacheReader(summary.cache)
+    assert reader.settings == {
+        "backbone": "resnet18", "weights": "none:seed=5", "layers": ["flatten"], "pooling": "avg", "precision": "fp32",
+        "preprocessing": {"resize": 72, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                          "interpolation": "bilinear", "draft": True}}
+    assert reader.attrs["source"] == f"classes:{root}" and reader.attrs["root"] == str(root)
+    assert reader.info["versions"]["torch"] == torch.__version__
+    st = os.stat(root / reader.paths[0])
+    with h5py.File(summary.cache) as f:
+        assert f["rows/size"][0] == st.st_size and f["rows/mtime_ns"][0] == st.st_mtime_ns
+        assert len(f["rows/digest"].asstr()[0]) == 32
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, batches):
+    """Make the run die right after ``batches`` batches are committed, as a kill would."""
+    real = CacheWriter.write_batch
+    count = {"n": 0}
+
+    def write_batch(self, *args, **kwargs):
+        if count["n"] == batches:
+            raise Interrupt()
+        count["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "write_batch", write_batch)
+
+
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    paths = write_tree(root, per_class=4)
+    whole = embedder.extract(str(root), str(tmp_path / "whole.h5"), **FAST)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        with pytest.raises(Interrupt):
+            embedder.extract(str(root), str(tmp_path / "resumed.h5"), **FAST)
+    assert not os.path.exists(tmp_path / "resumed.h5")
+    assert len(os.listdir(parts_dir(str(tmp_path / "resumed.h5")))) == 2
+    with pytest.raises(FeaturebankError, match="interrupted run left batches"):
+        CacheReader(tmp_path / "resumed.h5")
+    resumed = embedder.extract(str(root), str(tmp_path / "resumed.h5"), **FAST)
+    assert resumed.embedded == 12 - 2 * FAST["batch_size"] and resumed.reused == 8
+    assert not os.path.exists(parts_dir(resumed.cache)) and not os.path.exists(resumed.cache + ".lock")
+    a, b = CacheReader(whole.cache), CacheReader(resumed.cache)
+    assert list(a.paths) == list(b.paths) == paths and list(a.labels) == list(b.labels)
+    np.testing.assert_allclose(a.features(), b.features(), rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_twice_during_resume_still_converges(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(root), cache, **FAST)
+    for i in range(3):
+        photo(100 + i).save(root / "cats" / f"new{i}.png")
+    with monkeypatch.context() as m:
+        interrupt_after(m, 0)
+        with pytest.raises(Interrupt):
+            embedder.extract(str(root), cache, **{**FAST, "batch_size": 1})
+    assert len(CacheReader(cache)) == 12  # the finished cache stays readable while a run is unfinished
+    summary = embedder.extract(str(root), cache, **FAST)
+    assert (summary.rows, summary.embedded, summary.reused) == (15, 3, 12)
+
+
+def test_rerun_embeds_only_new_and_changed_files_and_drops_removed_ones(tmp_path):
+    root = tmp_path / "images"
+    write_tree(root)
+    cache = str(tmp_path / "c.h5")
+    first = embedder.extract(str(root), cache, **FAST)
+    assert first.embedded == 9
+    again = embedder.extract(str(root), cache, **FAST)
+    assert (again.embedded, again.reused, again.removed) == (0, 9, 0)
+    before = os.stat(cache).st_mtime_ns
+    photo(500).save(root / "dogs" / "new.png")  # new
+    photo(501, (96, 80)).save(root / "cats" / "img00.jpg")  # changed content
+    os.remove(root / "owls" / "img01.png")  # removed
+    touched = root / "owls" / "img02.jpg"  # same bytes, new mtime
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    summary = embedder.extract(str(root), cache, **FAST)
+    assert (summary.rows, summary.embedded, summary.reused, summary.removed) == (9, 2, 7, 1)
+    reader = CacheReader(cache)
+    assert os.stat(cache).st_mtime_ns != before
+    assert list(reader.paths) == sorted(reader.paths) and "owls/img01.png" not in reader.paths
+    pen, _, _ = reference_features([root / p for p in reader.paths])
+    np.testing.assert_allclose(reader.features(), pen, rtol=1e-4, atol=1e-5)  # the changed file's new row too
+    with h5py.File(cache) as f:
+        i = list(reader.paths).index("owls/img02.jpg")
+        assert f["rows/mtime_ns"][i] == os.stat(touched).st_mtime_ns
+
+
+def test_bad_files_are_skipped_recorded_and_never_retried_unless_changed(tmp_path):
+    root = tmp_path / "images"
+    paths = write_tree(root, classes=("a", "b"), per_class=2)
+    expected = write_bad_files(root / "a")
+    Image.new("L", (2000, 2000)).save(root / "b" / "huge.png")
+    cache = str(tmp_path / "c.h5")
+    summary = embedder.extract(str(root), cache, max_pixels=1_000_000, **FAST)
+    reasons = {f["path"]: f["reason"] for f in summary.failed}
+    assert set(reasons) == {f"a/{n}" for n in expected} | {"b/huge.png"}
+    for name, start in expected.items():
+        assert reasons[f"a/{name}"].startswith(start)
+    assert reasons["b/huge.png"].startswith("decompression bomb: 2000x2000")
+    assert summary.rows == 4 and list(CacheReader(cache).paths) == paths  # every good file has its row
+    pen, _, _ = reference_features([root / p for p in paths])
+    np.testing.assert_allclose(embedder.load(cache)[0], pen, rtol=1e-4, atol=1e-5)
+    again = embedder.extract(str(root), cache, max_pixels=1_000_000, **FAST)
+    assert again.embedded == 0 and again.new_failures == 1 and len(again.failed) == 6  # only the directory re-listed
+    photo(3).save(root / "a" / "truncated.jpg")  # the bad file is replaced by a good one
+    fixed = embedder.extract(str(root), cache, max_pixels=1_000_000, **FAST)
+    assert fixed.embedded == 1 and fixed.rows == 5 and "a/truncated.jpg" not in {f["path"] for f in fixed.failed}
+
+
+def test_strict_fails_after_saving_the_good_rows(tmp_path):
+    root = tmp_path / "images"
+    write_tree(root, classes=("a",), per_class=2)
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(FeaturebankError, match=r"1 file\(s\) could not be embedded \(--strict\): a/empty.jpg: empty"):
+        embedder.extract(str(root), str(tmp_path / "c.h5"), strict=True, **FAST)
+    assert len(CacheReader(tmp_path / "c.h5")) == 2
+
+
+def test_other_settings_never_share_rows(tree, tmp_path):
+    root, _ = tree
+    cache_dir = str(tmp_path / "cache")
+    a = embedder.extract(str(root), cache_dir=cache_dir, **FAST)
+    b = embedder.extract(str(root), cache_dir=cache_dir, pooling="max", **FAST)
+    c = embedder.extract(str(root), cache_dir=cache_dir, seed=1, **FAST)
+    assert len({a.cache, b.cache, c.cache}) == 3 and os.path.basename(a.cache).startswith(f"{tmp_path.name}-images-resnet18-")
+    assert embedder.extract(str(root), cache_dir=cache_dir, **FAST).cache == a.cache
+    assert not np.allclose(embedder.load(a.cache)[0], embedder.load(c.cache)[0])
+    with pytest.raises(FeaturebankError, match="made with other settings .*pooling: 'avg' in the cache, 'max' now"):
+        embedder.extract(str(root), a.cache, **{**FAST, "resize": 72}, pooling="max")
+    with pytest.raises(FeaturebankError, match="made with other settings .*weights: 'none:seed=0' in the cache"):
+        embedder.extract(str(root), a.cache, **{**FAST, "seed": 2})
+    other = tmp_path / "other"
+    write_tree(other, classes=("z",), per_class=1)
+    with pytest.raises(FeaturebankError, match="mirrors another input"):
+        embedder.extract(str(other), a.cache, **FAST)
+    assert len(CacheReader(a.cache)) == 9
+
+
+def test_a_second_writer_is_refused_with_a_clear_message(tree, tmp_path):
+    root, _ = tree
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(root), cache, **FAST)
+    settings = CacheReader(cache).settings
+    with CacheWriter(cache, settings, {"flatten": 512}, f"classes:{root}", str(root)):
+        with pytest.raises(FeaturebankError, match="another featurebank process is writing"):
+            embedder.extract(str(root), cache, **FAST)
+
+
+def test_manifest_labels_and_groups_reach_the_cache_and_relabeling_needs_no_embedding(tmp_path):
+    root = tmp_path / "images"
+    paths = write_tree(root, classes=("x",), per_class=4)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,group\n" + "".join(f"images/{p},{'ab'[i % 2]},g{i // 2}\n" for i, p in enumerate(paths)))
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(manifest), cache, **FAST)
+    reader = CacheReader(cache)
+    assert list(reader.labels) == ["a", "b", "a", "b"] and list(reader.groups) == ["g0", "g0", "g1", "g1"]
+    manifest.write_text("path,label\n" + "".join(f"images/{p},c\n" for p in paths[:3]))
+    summary = embedder.extract(str(manifest), cache, **FAST)
+    assert (summary.embedded, summary.removed, summary.classes) == (0, 1, ["c"])
+    assert CacheReader(cache).groups is None
+
+
+def test_unlabeled_folder_loads_without_labels(tmp_path):
+    for i in range(3):
+        photo(i).save(tmp_path / f"{i}.jpg")
+    summary = embedder.extract(str(tmp_path), str(tmp_path / "c.h5"), **FAST)
+    X, y, paths = embedder.load(summary.cache)
+    assert y is None and list(paths) == ["0.jpg", "1.jpg", "2.jpg"] and X.shape == (3, 512)
+
+
+def test_decoding_workers_give_the_same_rows_as_decoding_in_process(tree, tmp_path):
+    root, _ = tree
+    a = embedder.extract(str(root), str(tmp_path / "a.h5"), **FAST)
+    b = embedder.extract(str(root), str(tmp_path / "b.h5"), **{**FAST, "workers": 2})
+    np.testing.assert_array_equal(embedder.load(a.cache)[0], embedder.load(b.cache)[0])
