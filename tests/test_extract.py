@@ -128,6 +128,26 @@ def test_interrupted_twice_during_resume_still_converges(tmp_path, monkeypatch):
     assert (summary.rows, summary.embedded, summary.reused) == (15, 3, 12)
 
 
+def test_a_failure_during_the_merge_leaves_the_old_cache_and_every_batch(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    write_tree(root)
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(root), cache, **FAST)
+    old = embedder.load(cache)[0]
+    photo(77).save(root / "owls" / "late.png")
+    with monkeypatch.context() as m:
+        def crash(*args, **kwargs):
+            raise Interrupt()
+        m.setattr(CacheWriter, "_copy_features", crash)
+        with pytest.raises(Interrupt):
+            embedder.extract(str(root), cache, **FAST)
+    np.testing.assert_array_equal(embedder.load(cache)[0], old)  # the finished cache is untouched
+    assert CacheReader(cache).pending_parts == 1
+    summary = embedder.extract(str(root), cache, **FAST)
+    assert (summary.rows, summary.embedded) == (10, 0)  # the batch of the crashed run is reused
+    assert not os.path.exists(cache + ".tmp")
+
+
 def test_rerun_embeds_only_new_and_changed_files_and_drops_removed_ones(tmp_path):
     root = tmp_path / "images"
     write_tree(root)

@@ -1,0 +1,82 @@
+"""The command line: --help with examples, JSON on stdout, one-line errors, no tracebacks."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from embedder.cache import CacheReader
+
+from conftest import write_tree
+
+FAST_ARGS = ["-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--batch-size", "4", "--workers", "0"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.mark.parametrize("command", ["extract", "info", "layers", "backbones"])
+def test_every_command_has_help_with_an_example(runner, command):
+    result = runner.invoke(cli.main, [command, "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output and "featurebank " + command in result.output
+
+
+def test_extract_json_summary_and_info(runner, tmp_path):
+    root = tmp_path / "images"
+    write_tree(root)
+    (root / "cats" / "empty.jpg").write_bytes(b"")
+    cache = tmp_path / "c.h5"
+    result = runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), "--json", *FAST_ARGS])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 9 and summary["embedded"] == 9 and summary["cache"] == str(cache)
+    assert summary["failed"] == [{"path": "cats/empty.jpg", "reason": "empty file (0 bytes)"}]
+    assert summary["layers"] == {"flatten": 512} and summary["settings"]["weights"] == "none:seed=0"
+    info = json.loads(runner.invoke(cli.main, ["info", str(cache), "--json"]).stdout)
+    assert info["rows"] == 9 and info["classes"] == {"cats": 3, "dogs": 3, "owls": 3}
+    assert info["failed"] == summary["failed"] and info["pending_parts"] == 0
+    human = runner.invoke(cli.main, ["info", str(cache)])
+    assert "classes      cats 3, dogs 3, owls 3" in human.output and "cats/empty.jpg: empty file" in human.output
+    strict = runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), "--strict", "-q", *FAST_ARGS])
+    assert strict.exit_code == 1 and "Error: 1 file(s) could not be embedded (--strict)" in strict.output
+    assert len(CacheReader(cache)) == 9
+
+
+@pytest.mark.parametrize("args,message", [
+    (["extract", "{tmp}/missing"], "Error: input not found:"),
+    (["extract", "{root}", "-b", "resnet5"], "unknown backbone 'resnet5' (did you mean"),
+    (["extract", "{root}", "-b", "resnet18", "-w", "IMAGENET9K"], "Error: unknown weights 'IMAGENET9K' for resnet18"),
+    (["extract", "{root}", "-b", "resnet18", "-w", "{tmp}/junk.pth"], "Error: cannot read weights file"),
+    (["extract", "{root}", "-b", "resnet18", "-w", "none", "-l", "layer7"], "Error: unknown layer 'layer7'"),
+    (["extract", "{root}", "--device", "tpu"], "'tpu' is not one of auto, cpu, cuda, cuda:N, mps"),
+    (["extract", "{root}", "-w", "none", "-b", "resnet18", "--device", "cpu", "--precision", "fp16"], "Error: fp16 needs a GPU"),
+    (["info", "{tmp}/nothing.h5"], "Error: cache not found"),
+    (["info", "{tmp}/junk.pth"], "Error: cannot open"),
+    (["layers", "alexnett"], "unknown backbone 'alexnett' (did you mean alexnet?)"),
+])
+def test_errors_are_one_line_without_traceback(runner, tmp_path, args, message):
+    root = tmp_path / "images"
+    write_tree(root, classes=("a",), per_class=1)
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    result = runner.invoke(cli.main, [a.format(tmp=tmp_path, root=root) for a in args])
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, (TypeError, KeyError, AttributeError))
+    assert len([ln for ln in result.output.splitlines() if ln.startswith("Error")]) == 1
+
+
+def test_layers_marks_the_penultimate_node(runner):
+    result = runner.invoke(cli.main, ["layers", "resnet18", "--json"])
+    rows = {r["node"]: r for r in json.loads(result.stdout)}
+    assert rows["flatten"]["penultimate"] and rows["layer4.1.relu_1"]["shape"] == [512, 7, 7]
+    assert rows["layer4.1.relu_1"]["vector"] == 512 and not rows["fc"]["penultimate"]
+
+
+@pytest.mark.slow
+def test_backbones_lists_every_torchvision_classifier_with_its_feature_size(runner):
+    rows = {r["name"]: r for r in json.loads(runner.invoke(cli.main, ["backbones", "--json"]).stdout)}
+    assert rows["resnet50"]["features"] == 2048 and rows["resnet50"]["default_weights"] == "ResNet50_Weights.IMAGENET1K_V2"
+    assert rows["vgg16"]["features"] == 4096 and rows["inception_v3"]["crop"] == 299
+    assert {"efficientnet_b0", "mobilenet_v3_large", "convnext_tiny", "googlenet"} <= set(rows)
