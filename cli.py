@@ -157,7 +157,7 @@ def layers(backbone, size, pooling, as_json):
               help="Autocast precision (fp16/bf16 for GPUs).")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: half the cores, at least 1).")
+@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU 0 up to 2 cores, else cores/4).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init for --weights none.")
 @click.option("--layout", type=click.Choice(["auto", "classes", "flat"]), default="auto", show_default=True,
               help="A folder: class-per-folder (labels) or flat (unlabeled).")

@@ -63,13 +63,15 @@ def main() -> int:
             extractor(images)
     tutorial = len(folder) / (time.perf_counter() - t)
 
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
+        for workers in (0, 1):
+            t = time.perf_counter()
+            summary = embedder.extract(opts.data, os.path.join(tmp, f"c{workers}.h5"), backbone=opts.backbone,
+                                       weights=weights, batch_size=opts.batch_size, workers=workers)
+            runs[workers] = (summary.embedded / (time.perf_counter() - t), summary.images_per_second)
         t = time.perf_counter()
-        summary = embedder.extract(opts.data, os.path.join(tmp, "c.h5"), backbone=opts.backbone, weights=weights,
-                                   batch_size=opts.batch_size)
-        ours = summary.embedded / (time.perf_counter() - t)
-        t = time.perf_counter()
-        embedder.extract(opts.data, os.path.join(tmp, "c.h5"), backbone=opts.backbone, weights=weights)
+        embedder.extract(opts.data, os.path.join(tmp, "c1.h5"), backbone=opts.backbone, weights=weights, workers=1)
         rerun = time.perf_counter() - t
 
     print(f"{opts.backbone} on {opts.data} ({summary.embedded} images), batch {opts.batch_size}, "
@@ -78,7 +80,10 @@ def main() -> int:
     print("|---|---|---|")
     print(f"| model alone (random uint8 batches, no decoding) | {model_only:.1f} | 100 % |")
     print(f"| tutorial loop (ImageFolder, PIL transforms, DataLoader without workers) | {tutorial:.1f} | {100 * tutorial / model_only:.0f} % |")
-    print(f"| featurebank extract, end to end (model load, decode worker, HDF5 parts, merge) | {ours:.1f} | {100 * ours / model_only:.0f} % |")
+    for workers, (end_to_end, loop) in runs.items():
+        how = "decoding in a worker process" if workers else "decoding in turn with inference"
+        print(f"| featurebank extract --workers {workers}, its loop ({how}, HDF5 parts) | {loop:.1f} | {100 * loop / model_only:.0f} % |")
+        print(f"| featurebank extract --workers {workers}, end to end (+ start-up: weights, tracing, merge) | {end_to_end:.1f} | {100 * end_to_end / model_only:.0f} % |")
     print(f"\nrerun with nothing to do: {rerun:.2f} s")
     return 0
 

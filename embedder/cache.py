@@ -115,11 +115,10 @@ class CacheWriter:
     ``write_batch`` is where a row enters the cache (as a part); ``commit`` merges everything into ``X.h5``.
     """
 
-    def __init__(self, path: str, settings: dict, dims: dict[str, int], source: str, root: str,
-                 info: dict | None = None):
+    def __init__(self, path: str, settings: dict, source: str, root: str, info: dict | None = None):
         self.path = os.path.abspath(path)
         self.settings = settings
-        self.dims = dims
+        self.dims: dict[str, int] | None = None  # vector length per layer, known once a file holds features
         self.settings_key = settings_key(settings)
         self.source = source
         self.root = root
@@ -193,6 +192,8 @@ class CacheWriter:
             os.unlink(self.path + ".tmp")
 
     def _add_entries(self, source: int, f: h5py.File) -> None:
+        if self.dims is None and len(f["rows/path"]):
+            self.dims = {layer: int(f["features"][layer].shape[1]) for layer in self.settings["layers"]}
         rows, fails = _read_columns(f["rows"]), _read_columns(f["failures"])
         for i, path in enumerate(rows["path"]):
             self.entries[path] = Entry(source, i, int(rows["size"][i]), int(rows["mtime_ns"][i]), rows["digest"][i])

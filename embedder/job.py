@@ -93,21 +93,22 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
                 "preprocessing": preprocessing.to_dict(), "precision": precision}
     path = os.path.abspath(cache or default_cache_path(listing, settings, backbone, cache_dir))
     info = {"weights_file": spec.path, "input_kind": listing.kind, "versions": library_versions()}
-    dims = layer_dims(shape, layers, pooling, preprocessing.crop)
 
-    with CacheWriter(path, settings, dims, listing.source, listing.root, info) as writer:
+    with CacheWriter(path, settings, listing.source, listing.root, info) as writer:
         todo = _plan(listing, writer)
         listed = {item.path for item in listing.items}
         removed = sum(1 for p, e in writer.entries.items() if p not in listed and e.reason is None)
         reused = sum(1 for item in listing.items if not item.error and item not in todo
                      and writer.entries[item.path].reason is None)
         new_failures = sum(1 for item in listing.items if item.error)
-        embedded = 0
+        embedded, loop_seconds = 0, 0.0
         if todo:
-            embedded, failures = _embed(todo, listing, writer, backbone, spec, resize, crop, draft, layers, pooling,
-                                        precision, dev, batch_size, workers, max_pixels, progress)
+            embedded, failures, loop_seconds = _embed(todo, listing, writer, backbone, spec, resize, crop, draft,
+                                                      layers, pooling, precision, dev, batch_size, workers,
+                                                      max_pixels, progress)
             new_failures += failures
-        embedding_seconds = time.perf_counter() - started
+        if writer.dims is None:  # nothing was ever embedded: the sizes come from the architecture
+            writer.dims = layer_dims(shape, layers, pooling, preprocessing.crop)
         writer.commit([(i.path, i.label, i.group) for i in listing.items],
                       {i.path: (i.size, i.mtime_ns, i.error) for i in listing.items if i.error})
 
@@ -117,7 +118,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
         cache=path, rows=len(reader), embedded=embedded,
         reused=reused, removed=removed, failed=failed, new_failures=new_failures, ignored=listing.ignored,
         classes=reader.classes, layers=reader.dims, device=str(dev), seconds=round(time.perf_counter() - started, 3),
-        images_per_second=round(len(todo) / embedding_seconds, 2) if todo else 0.0, settings=settings)
+        images_per_second=round(len(todo) / loop_seconds, 2) if loop_seconds else 0.0, settings=settings)
     if strict and failed:
         first = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
         raise FeaturebankError(f"{len(failed)} file(s) could not be embedded (--strict): {first}"
@@ -148,21 +149,23 @@ def _plan(listing: Listing, writer: CacheWriter) -> list:
 
 
 def _embed(todo, listing, writer, backbone, spec, resize, crop, draft, layers, pooling, precision, dev,
-           batch_size, workers, max_pixels, progress) -> tuple[int, int]:
+           batch_size, workers, max_pixels, progress) -> tuple[int, int, float]:
     """Push ``todo`` through the model; each finished batch is committed to the cache as it completes.
-    Returns how many images got a row and how many failed."""
+    Returns how many images got a row, how many failed, and the seconds of the loop (start-up excluded)."""
     model = load_backbone(backbone, spec, resize=resize, crop=crop, draft=draft)
     prep = model.preprocessing
-    writer.dims = layer_dims(model.model, layers, pooling, prep.crop)
     extractor = FeatureExtractor(model.model, layers, pooling).to(dev)
     dataset = ImageDataset([listing.full_path(item) for item in todo], prep, max_pixels)
     embedded = failures = 0
+    started = time.perf_counter()
     with tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
               desc=f"{backbone} → {os.path.basename(writer.path)}") as bar:
-        for batch in batches(dataset, batch_size, workers, pin_memory=dev.type == "cuda"):
+        for batch in batches(dataset, batch_size, workers, pin_memory=dev.type == "cuda", device_type=dev.type):
             if batch.indices:
                 features = embed_uint8(extractor, batch.images, prep, dev, precision)
-            else:
+            elif writer.dims is None:
+                writer.dims = layer_dims(model.model, layers, pooling, prep.crop)
+            if not batch.indices:
                 features = {layer: np.empty((0, writer.dims[layer]), np.float32) for layer in layers}
             good = [todo[i] for i in batch.indices]
             bad = [todo[i] for i, _, _ in batch.failures]
@@ -176,4 +179,4 @@ def _embed(todo, listing, writer, backbone, spec, resize, crop, draft, layers, p
                           "mtime_ns": [i.mtime_ns for i in bad]})
             embedded, failures = embedded + len(good), failures + len(bad)
             bar.update(len(good) + len(bad))
-    return embedded, failures
+    return embedded, failures, time.perf_counter() - started

@@ -230,7 +230,7 @@ def test_a_second_writer_is_refused_with_a_clear_message(tree, tmp_path):
     cache = str(tmp_path / "c.h5")
     embedder.extract(str(root), cache, **FAST)
     settings = CacheReader(cache).settings
-    with CacheWriter(cache, settings, {"flatten": 512}, f"classes:{root}", str(root)):
+    with CacheWriter(cache, settings, f"classes:{root}", str(root)):
         with pytest.raises(FeaturebankError, match="another featurebank process is writing"):
             embedder.extract(str(root), cache, **FAST)
 
