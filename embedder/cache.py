@@ -81,12 +81,7 @@ def _write_columns(group: h5py.Group, columns: dict, strings: tuple[str, ...]) -
 
 
 def _read_columns(group: h5py.Group) -> dict[str, np.ndarray]:
-    out = {}
-    for name, ds in group.items():
-        out[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-        if out[name].ndim == 0:  # an empty dataset reads back as a scalar in some h5py versions
-            out[name] = np.array([], dtype=object if name in ROW_STRINGS + FAILURE_STRINGS else np.int64)
-    return out
+    return {name: ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()] for name, ds in group.items()}
 
 
 def _fsync(path: str) -> None:
@@ -194,7 +189,9 @@ class CacheWriter:
     def _add_entries(self, source: int, f: h5py.File) -> None:
         if self.dims is None and len(f["rows/path"]):
             self.dims = {layer: int(f["features"][layer].shape[1]) for layer in self.settings["layers"]}
-        rows, fails = _read_columns(f["rows"]), _read_columns(f["failures"])
+        self._add_columns(source, _read_columns(f["rows"]), _read_columns(f["failures"]))
+
+    def _add_columns(self, source: int, rows: dict, fails: dict) -> None:
         for i, path in enumerate(rows["path"]):
             self.entries[path] = Entry(source, i, int(rows["size"][i]), int(rows["mtime_ns"][i]), rows["digest"][i])
         for i, path in enumerate(fails["path"]):
@@ -241,8 +238,9 @@ class CacheWriter:
                 group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32))
         _replace_durably(tmp, final)
         self.sources.append(final)
-        with _open(final) as f:
-            self._add_entries(len(self.sources) - 1, f)
+        if self.dims is None and len(rows["path"]):
+            self.dims = {layer: int(np.shape(features[layer])[1]) for layer in self.settings["layers"]}
+        self._add_columns(len(self.sources) - 1, rows, failures)
 
     def commit(self, order: list[tuple[str, str, str]], extra_failures: dict[str, tuple[int, int, str]],
                force: bool = False) -> bool:
@@ -255,12 +253,11 @@ class CacheWriter:
         for path, label, group in order:
             if path in extra_failures:
                 size, mtime_ns, reason = extra_failures[path]
-                for k, v in zip(("path", "reason", "digest", "size", "mtime_ns"), (path, reason, "", size, mtime_ns)):
-                    fails[k].append(v)
-                continue
-            e = self.entries[path]
+                e = Entry(-1, -1, size, mtime_ns, "", reason)
+            else:
+                e = self.entries[path]
             if e.reason is not None:
-                for k, v in zip(("path", "reason", "digest", "size", "mtime_ns"), (path, e.reason, e.digest, e.size, e.mtime_ns)):
+                for k, v in zip(fails, (path, e.reason, e.digest, e.size, e.mtime_ns)):
                     fails[k].append(v)
                 continue
             for k, v in zip(rows, (path, label, group, e.size, e.mtime_ns, e.digest)):

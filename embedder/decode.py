@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (a 1 GB RGB image in memory)
 
@@ -96,5 +96,3 @@ def decode_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int
         return Decoded(None, "", f"cannot read: {exc.strerror or exc}")
     return decode_bytes(data, max_pixels, draft_size)
 
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, never silently padded with grey

@@ -96,9 +96,9 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
 
     with CacheWriter(path, settings, listing.source, listing.root, info) as writer:
         todo = _plan(listing, writer)
-        listed = {item.path for item in listing.items}
+        listed, planned = {item.path for item in listing.items}, {item.path for item in todo}
         removed = sum(1 for p, e in writer.entries.items() if p not in listed and e.reason is None)
-        reused = sum(1 for item in listing.items if not item.error and item not in todo
+        reused = sum(1 for item in listing.items if not item.error and item.path not in planned
                      and writer.entries[item.path].reason is None)
         new_failures = sum(1 for item in listing.items if item.error)
         embedded, loop_seconds = 0, 0.0

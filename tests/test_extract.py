@@ -250,6 +250,22 @@ def test_manifest_labels_and_groups_reach_the_cache_and_relabeling_needs_no_embe
     assert CacheReader(cache).groups is None
 
 
+def test_a_reordered_manifest_reorders_the_rows_without_embedding(tmp_path):
+    root = tmp_path / "images"
+    paths = write_tree(root, classes=("x", "y"), per_class=3)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "".join(f"images/{p},{p[0]}\n" for p in paths))
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(manifest), cache, **FAST)
+    X, _, before = embedder.load(cache)
+    order = [4, 0, 5, 2, 1, 3]
+    manifest.write_text("path,label\n" + "".join(f"images/{paths[i]},{paths[i][0]}\n" for i in order))
+    summary = embedder.extract(str(manifest), cache, **FAST)
+    Y, y, after = embedder.load(cache)
+    assert summary.embedded == 0 and list(after) == [before[i] for i in order] and list(y) == [p[0] for p in after]
+    np.testing.assert_array_equal(Y, X[order])
+
+
 def test_unlabeled_folder_loads_without_labels(tmp_path):
     for i in range(3):
         photo(i).save(tmp_path / f"{i}.jpg")
