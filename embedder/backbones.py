@@ -280,8 +280,17 @@ def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) ->
         model = copy.deepcopy(model).to("meta").eval()
         nodes = list(nodes) if nodes else node_names(model)
         body = create_feature_extractor(model, return_nodes={n: n for n in nodes})
-        outputs = body(torch.empty(1, 3, size, size, device="meta"))
+        try:
+            outputs = body(torch.empty(1, 3, size, size, device="meta"))
+        except Exception as exc:
+            raise model_failed(size, exc) from None
     return [(n, tuple(out.shape[1:])) for n, out in outputs.items() if isinstance(out, torch.Tensor)]
+
+
+def model_failed(size: int, exc: Exception) -> FeaturebankError:
+    """A model that cannot take the chosen input (a ViT built for another image size, say) is a settings error."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return FeaturebankError(f"the model cannot run on {size}x{size} inputs ({first}); choose another --crop/--resize")
 
 
 def layer_dims(model: nn.Module, layers: list[str], pooling: str, size: int) -> dict[str, int]:

@@ -20,7 +20,8 @@ import torchvision
 from tqdm import tqdm
 
 from . import __version__
-from .backbones import layer_dims, load_backbone, preprocessing_for, resolve_layers, resolve_weights, skeleton
+from .backbones import (layer_dims, load_backbone, model_failed, preprocessing_for, resolve_layers,
+                        resolve_weights, skeleton)
 from .batches import ImageDataset, batches
 from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest
@@ -162,7 +163,10 @@ def _embed(todo, listing, writer, backbone, spec, resize, crop, draft, layers, p
               desc=f"{backbone} → {os.path.basename(writer.path)}") as bar:
         for batch in batches(dataset, batch_size, workers, pin_memory=dev.type == "cuda", device_type=dev.type):
             if batch.indices:
-                features = embed_uint8(extractor, batch.images, prep, dev, precision)
+                try:
+                    features = embed_uint8(extractor, batch.images, prep, dev, precision)
+                except (RuntimeError, AssertionError) as exc:  # torch._assert raises AssertionError
+                    raise model_failed(prep.crop, exc) from None
             elif writer.dims is None:
                 writer.dims = layer_dims(model.model, layers, pooling, prep.crop)
             if not batch.indices:

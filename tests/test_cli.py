@@ -52,6 +52,8 @@ def test_extract_json_summary_and_info(runner, tmp_path):
     (["extract", "{root}", "-b", "resnet18", "-w", "none", "-l", "layer7"], "Error: unknown layer 'layer7'"),
     (["extract", "{root}", "--device", "tpu"], "'tpu' is not one of auto, cpu, cuda, cuda:N, mps"),
     (["extract", "{root}", "-w", "none", "-b", "resnet18", "--device", "cpu", "--precision", "fp16"], "Error: fp16 needs a GPU"),
+    (["extract", "{root}", "-b", "vit_b_16", "-w", "none", "--crop", "200", "--cache", "{tmp}/v.h5"],
+     "Error: the model cannot run on 200x200 inputs"),
     (["info", "{tmp}/nothing.h5"], "Error: cache not found"),
     (["info", "{tmp}/junk.pth"], "Error: cannot open"),
     (["layers", "alexnett"], "unknown backbone 'alexnett' (did you mean alexnet?)"),
