@@ -85,11 +85,11 @@ def backbones(as_json):
     Example:
       featurebank backbones --json
     """
-    from embedder.backbones import default_preprocessing, feature_dim, list_backbones, _weights_enum
+    from embedder.backbones import default_preprocessing, feature_dim, list_backbones, weights_enum
 
     rows = []
     for name in list_backbones():
-        enum = _weights_enum(name)
+        enum = weights_enum(name)
         prep = default_preprocessing(name)
         rows.append({"name": name, "features": feature_dim(name), "default_weights": f"{enum.__name__}.{enum.DEFAULT.name}",
                      "weights": list(enum.__members__), "resize": prep.resize, "crop": prep.crop})

@@ -69,7 +69,8 @@ def check_backbone(name: str) -> str:
     raise FeaturebankError(f"unknown backbone {name!r}{hint}")
 
 
-def _weights_enum(name: str):
+def weights_enum(name: str):
+    """The torchvision weights enum of a backbone (``ResNet50_Weights``): names, transforms, metadata."""
     return get_model_weights(name)
 
 
@@ -77,7 +78,7 @@ def default_preprocessing(name: str) -> Preprocessing:
     """The family's standard preprocessing, for a local file or random weights: that of its first torchvision
     weights (the classic recipe, e.g. resize 256 and crop 224), not of newer recipes such as resize 232."""
     try:
-        return Preprocessing.from_transforms(next(iter(_weights_enum(name))).transforms())
+        return Preprocessing.from_transforms(next(iter(weights_enum(name))).transforms())
     except Exception:
         return Preprocessing()
 
@@ -105,7 +106,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
             raise FeaturebankError(f"weights file not found: {weights}")
         path = os.path.abspath(weights)
         return Weights("file", f"sha256:{sha256_file(path)}", path=path)
-    enum_cls = _weights_enum(name)
+    enum_cls = weights_enum(name)
     short = weights.split(".", 1)[1] if weights.startswith(enum_cls.__name__ + ".") else weights
     if short == "DEFAULT":
         member = enum_cls.DEFAULT

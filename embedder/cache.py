@@ -242,8 +242,7 @@ class CacheWriter:
             self.dims = {layer: int(np.shape(features[layer])[1]) for layer in self.settings["layers"]}
         self._add_columns(len(self.sources) - 1, rows, failures)
 
-    def commit(self, order: list[tuple[str, str, str]], extra_failures: dict[str, tuple[int, int, str]],
-               force: bool = False) -> bool:
+    def commit(self, order: list[tuple[str, str, str]], extra_failures: dict[str, tuple[int, int, str]]) -> bool:
         """Write ``X.h5`` anew with the rows of ``order`` ((path, label, group), in input order) and atomically
         put it in place; paths not in ``order`` are dropped. ``extra_failures`` holds problems found while
         listing (path → size, mtime_ns, reason). Returns whether anything was written."""
@@ -263,7 +262,7 @@ class CacheWriter:
             for k, v in zip(rows, (path, label, group, e.size, e.mtime_ns, e.digest)):
                 rows[k].append(v)
             where.append((e.source, e.row))
-        if not force and not self.pending_parts and self._unchanged(rows, fails):
+        if not self.pending_parts and self._unchanged(rows, fails):
             return False
         classes = sorted({label for label in rows["label"] if label})
         tmp = self.path + ".tmp"
@@ -277,10 +276,7 @@ class CacheWriter:
             self._copy_features(out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2))
         _replace_durably(tmp, self.path)
         shutil.rmtree(parts_dir(self.path), ignore_errors=True)
-        self.sources = [self.path]
-        with _open(self.path) as f:
-            self.entries = {}
-            self._add_entries(0, f)
+        self.sources, self.entries = [self.path], {}  # the writer's work is done; a new one reads the new file
         return True
 
     def _unchanged(self, rows: dict, fails: dict) -> bool:
