@@ -51,6 +51,35 @@ class DeviceType(click.ParamType):
         self.fail(f"{value!r} is not one of auto, cpu, cuda, cuda:N, mps", param, ctx)
 
 
+class ClassifierType(click.ParamType):
+    """A zoo spec string, checked at parse time: ``logreg``, ``rbf-svm:pca=128,C=10``."""
+
+    name = "classifier"
+
+    def convert(self, value, param, ctx):
+        from classifiers.zoo import parse_spec
+
+        try:
+            parse_spec(value)
+            return value
+        except FeaturebankError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def split_classifiers(ctx, param, values):
+    """-c may be repeated or comma-separated; a ``key=value`` piece belongs to the spec before it."""
+    specs: list[str] = []
+    for value in values:
+        for piece in (p.strip() for p in value.split(",")):
+            if not piece:
+                continue
+            if specs and "=" in piece and ":" not in piece:
+                specs[-1] += "," + piece
+            else:
+                specs.append(piece)
+    return [ClassifierType().convert(s, param, ctx) for s in specs] or None
+
+
 def split_layers(ctx, param, values):
     """--layer may be repeated or comma-separated."""
     return [v.strip() for value in values for v in value.split(",") if v.strip()] or None
@@ -244,6 +273,261 @@ def info(cache, as_json):
         click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     emit(data, as_json, human)
+
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list on stdout.")
+def classifiers(as_json):
+    """List the classifier zoo: each a scikit-learn Pipeline with its preprocessing inside.
+
+    A classifier is named by a spec, NAME[:key=value,...]. The keys l2 (on/off), scale (on/off) and pca (a
+    number of dimensions, or off) switch the preprocessing steps; any other key is a parameter of the
+    classifier (scikit-learn's name).
+
+    \b
+    Example:
+      featurebank cv cache/flowers.h5 -c logreg -c "rbf-svm:pca=128,C=10" -c knn:n_neighbors=5
+    """
+    from classifiers.zoo import describe, get_spec, list_classifiers, search_grid
+
+    rows = [{"name": n, "pipeline": describe(n), "probabilities": get_spec(n).probabilities,
+             "search": {k.removeprefix("clf__"): v for k, v in search_grid(n).items()}, "summary": get_spec(n).summary}
+            for n in list_classifiers()]
+
+    def human(_):
+        for r in rows:
+            click.echo(f"{r['name']:14} {r['summary']}")
+            click.echo(f"{'':14}   {r['pipeline']}")
+            grid = ", ".join(f"{k} in {v}" for k, v in r["search"].items()) or "nothing to tune"
+            click.echo(f"{'':14}   probabilities: {'yes' if r['probabilities'] else 'no'}; --search: {grid}")
+
+    emit(rows, as_json, human)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cache", type=click.Path())
+@click.option("-c", "--classifier", "classifier", multiple=True, callback=split_classifiers,
+              help="Zoo spec(s), repeated or comma-separated (featurebank classifiers). [default: all]")
+@click.option("-l", "--layer", "layer", multiple=True, callback=split_layers,
+              help="Layer(s) of the cache, repeated or comma-separated. [default: all of the cache's]")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
+              help="Repeat the k folds with other shuffles.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds and of random classifiers.")
+@click.option("--groups/--no-groups", default=None,
+              help="Keep each group's images in one fold (default: when the cache has groups).")
+@click.option("--search", is_flag=True, help="Tune C, gamma, k... by inner cross-validation in each fold (nested).")
+@click.option("--inner-folds", type=click.IntRange(2), default=3, show_default=True, help="Folds of --search.")
+@click.option("-j", "--n-jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: all cores).")
+@click.option("-o", "--out", type=click.Path(file_okay=False),
+              help="Write report.json, report.md, leaderboard.png, confusion.png and predictions/*.csv here.")
+@click.option("--suspicious", type=click.IntRange(0), default=20, show_default=True,
+              help="How many suspicious images the report lists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
+def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_folds, n_jobs, out, suspicious, quiet,
+       as_json):
+    """Cross-validate classifiers × layers of CACHE on the same stratified folds.
+
+    Prints a leaderboard (mean ± std over folds) and the images most confidently predicted as another
+    class than their label.
+
+    \b
+    Example:
+      featurebank cv cache/flowers.h5 --folds 5 --out runs/flowers-cv
+      featurebank cv cache/flowers.h5 -c logreg,rbf-svm,knn --search -j 2
+    """
+    from classifiers.crossval import cross_validate
+    from classifiers.report import leaderboard_lines, report_dict, write_report
+
+    report = cross_validate(cache, classifier, layer, folds=folds, repeats=repeats, seed=seed, groups=groups,
+                            search=search, inner_folds=inner_folds, n_jobs=n_jobs,
+                            progress=not quiet and sys.stderr.isatty())
+    files = write_report(report, out, suspicious) if out else {}
+    data = report_dict(report, suspicious)
+
+    def human(d):
+        cvd = d["cv"]
+        click.echo(f"{d['rows']} images, {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
+                   f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s")
+        for line in leaderboard_lines(d):
+            if not line.startswith("|--"):
+                click.echo("  ".join(cell.strip().ljust(w) for cell, w in
+                                     zip(line.strip("|").split("|"), (3, 14, 14, 5, 12, 15, 12, 15, 10))))
+        susp = d["suspicious"]
+        if susp["images"]:
+            click.echo(f"\nMost suspicious images ({susp['classifier']} @ {susp['layer']}, out-of-fold):")
+            for i in susp["images"][:10]:
+                click.echo(f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})")
+        if d["outliers"]["images"]:
+            click.echo(f"\nLeast like any other image (nearest-neighbour cosine similarity on {d['outliers']['layer']}):")
+            for i in d["outliers"]["images"][:5]:
+                click.echo(f"  {i['path']}: {i['similarity']:.2f} (nearest {i['nearest']})")
+        conflicting = [g for g in d["duplicates"] if g["conflicting"]]
+        if d["duplicates"]:
+            click.echo(f"\n{len(d['duplicates'])} groups of identical files ({len(conflicting)} with different labels)")
+        for name, path in files.items():
+            click.echo(f"{name:16} {path}")
+
+    emit(data, as_json, human)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cache", type=click.Path())
+@click.option("-c", "--classifier", type=ClassifierType(), default="logreg", show_default=True,
+              help="A zoo spec (featurebank classifiers).")
+@click.option("-l", "--layer", help="Layer of the cache. [default: its first]")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="Model file to write (.joblib).")
+@click.option("--search", is_flag=True, help="Choose the hyperparameters by cross-validation first.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was saved as JSON.")
+def train(cache, classifier, layer, out, search, seed, as_json):
+    """Fit a classifier on every labelled row of CACHE and save it with its embedding settings.
+
+    The model file is a pickle: load only model files you trust.
+
+    \b
+    Example:
+      featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.joblib
+    """
+    from classifiers.bundle import train as run_train
+
+    bundle = run_train(cache, classifier, layer, out, seed=seed, search=search)
+    data = {"model": out, **bundle.describe()}
+
+    def human(d):
+        click.echo(f"saved {d['model']}: {d['classifier']} on {d['layer']} ({d['pipeline']})")
+        click.echo(f"  {d['trained_on']['rows']} images, classes " + ", ".join(
+            f"{c} {n}" for c, n in d["trained_on"]["class_counts"].items()))
+        s = d["settings"]
+        click.echo(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
+
+    emit(data, as_json, human)
+
+
+def embedding_run_options(f):
+    """Options of commands that may embed images with a model's settings."""
+    for option in reversed([
+        click.option("--cache", type=click.Path(dir_okay=False),
+                     help="Cache for the embedded images (default: under cache/; reused when the images come back)."),
+        click.option("-w", "--weights", help="Where the model's weights file is now, if it moved (checked by sha256)."),
+        click.option("--device", type=DeviceType(), default="auto", show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
+        click.option("--workers", type=click.IntRange(0), help="Decoding processes (as in extract)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _run(device, batch_size, workers, quiet) -> dict:
+    return {"device": device, "batch_size": batch_size, "workers": workers, "progress": not quiet and sys.stderr.isatty()}
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("data", type=click.Path())
+@embedding_run_options
+@click.option("--predictions", type=click.Path(dir_okay=False), help="Write path,label,predicted per image (CSV).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(model, data, cache, weights, device, batch_size, workers, quiet, predictions, as_json):
+    """Score MODEL on held-out labelled DATA: a folder of class folders, a CSV manifest, or a cache made with
+    the model's embedding settings.
+
+    \b
+    Example:
+      featurebank evaluate models/flowers.joblib ../shared/data/flowers/val
+    """
+    import csv
+
+    from classifiers.bundle import evaluate as run_evaluate
+
+    result = run_evaluate(model, data, cache=cache, weights=weights, **_run(device, batch_size, workers, quiet))
+    if predictions:
+        with open(predictions, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, ["path", "label", "predicted"])
+            writer.writeheader()
+            writer.writerows(result["predictions"])
+
+    def human(d):
+        m = d["metrics"]
+        click.echo(f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']}")
+        click.echo(f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
+                   f"macro-F1 {100 * m['f1_macro']:.2f} %"
+                   + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else ""))
+        click.echo(f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}")
+        for c, v in d["per_class"].items():
+            click.echo(f"  {c:20} {100 * v['precision']:8.1f}% {100 * v['recall']:6.1f}% {100 * v['f1']:5.1f}% {v['support']:7}")
+        click.echo("  confusion (rows true, columns predicted): " + " | ".join(
+            f"{c}: {' '.join(map(str, row))}" for c, row in zip(d["classes"], d["confusion"])))
+        if d["failed"]:
+            click.echo(f"  {len(d['failed'])} files without a row: " + "; ".join(
+                f"{f['path']}: {f['reason']}" for f in d["failed"][:5]))
+
+    emit({k: v for k, v in result.items() if k != "predictions"}, as_json, human)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL] IMAGES...")
+@click.option("--imagenet", is_flag=True, help="Classify with the backbone's own ImageNet head (no MODEL).")
+@click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True, help="With --imagenet.")
+@embedding_run_options
+@click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
+def predict(args, imagenet, backbone, cache, weights, device, batch_size, workers, quiet, top, fmt, out):
+    """Classify images with a trained MODEL (or, with --imagenet, the backbone's own head).
+
+    IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
+    model's settings; a file that cannot be read gets a row with its error, never a stop.
+
+    \b
+    Example:
+      featurebank predict models/flowers.joblib photo1.jpg photo2.jpg
+      featurebank predict --imagenet -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth photos/ -k 5
+    """
+    from classifiers.bundle import predict as run_predict
+    from classifiers.bundle import predict_imagenet
+
+    run = _run(device, batch_size, workers, quiet)
+    if imagenet:
+        result = predict_imagenet(list(args), backbone=backbone, weights=weights or "DEFAULT", top=top, cache=cache, **run)
+    else:
+        if len(args) < 2:
+            raise click.UsageError("give a MODEL file and at least one image (or --imagenet to use the backbone's head)")
+        result = run_predict(args[0], list(args[1:]), top=top, cache=cache, weights=weights, **run)
+    text = _predictions_text(result, fmt, top)
+    if out:
+        with open(out, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    else:
+        click.echo(text, nl=False)
+    failed = [r for r in result["rows"] if "error" in r]
+    if failed and not quiet:
+        click.echo(f"{len(failed)} of {len(result['rows'])} images could not be classified: "
+                   + "; ".join(f"{r['path']}: {r['error']}" for r in failed[:5]), err=True)
+
+
+def _predictions_text(result: dict, fmt: str, top: int) -> str:
+    import csv
+    import io
+
+    if fmt == "json":
+        return json.dumps(result, indent=1) + "\n"
+    rows = result["rows"]
+    labeled = any("label" in r for r in rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    score = "p" if result["score"] == "probability" else "score"
+    writer.writerow(["path", *(["label"] if labeled else []), "predicted", score,
+                     *[f"{name}{i}" for i in range(2, top + 1) for name in ("class", score)], "error"])
+    for r in rows:
+        rest = [v for t in r.get("top", [])[1:] for v in (t["class"], f"{t['score']:.4f}")]
+        rest += [""] * (2 * (top - 1) - len(rest))
+        writer.writerow([r["path"], *([r.get("label", "")] if labeled else []), r.get("predicted", ""),
+                         f"{r['score']:.4f}" if "score" in r else "", *rest, r.get("error", "")])
+    return buffer.getvalue()
 
 
 if __name__ == "__main__":

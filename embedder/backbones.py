@@ -198,6 +198,33 @@ def _load_file(name: str, weights: Weights) -> nn.Module:
     return model.float()
 
 
+def output_node(name: str) -> str:
+    """The graph node that returns the logits of the classification head (the last node)."""
+    return node_names(skeleton(name))[-1]
+
+
+def imagenet_categories(name: str, weights: str | Weights | None, seed: int = 0) -> list[str]:
+    """Class names of the backbone's own head: from the torchvision weights' metadata, or the standard
+    ImageNet-1k list for a local checkpoint whose head has 1000 outputs."""
+    spec = weights if isinstance(weights, Weights) else resolve_weights(name, weights, seed)
+    if spec.kind == "none":
+        raise FeaturebankError("random weights have no classes: give --weights DEFAULT or an ImageNet checkpoint file")
+    if spec.kind == "torchvision":
+        categories = spec.enum.meta.get("categories")
+        if not categories:
+            raise FeaturebankError(f"{spec.identity} carries no class names")
+        return list(categories)
+    state = _read_state_dict(spec.path)
+    head = f"{head_name(skeleton(name))}.weight"
+    outputs = int(state[head].shape[0]) if head in state else None
+    if outputs != 1000:
+        raise FeaturebankError(f"{spec.path} has a head of {outputs} outputs, not ImageNet's 1000: train a "
+                               f"featurebank model on its features instead")
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
+
+
 def _load_torchvision(name: str, weights: Weights) -> nn.Module:
     url = weights.enum.url
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))

@@ -379,6 +379,10 @@ class CacheReader:
     def layer(self, layer: str | None = None) -> str:
         if layer is None:
             return self.layers[0]
+        if layer == "penultimate":
+            from .backbones import resolve_layers, skeleton
+
+            layer = resolve_layers(skeleton(self.settings["backbone"]), [layer])[0]
         if layer not in self.dims:
             raise FeaturebankError(f"layer {layer!r} is not in {self.path} (it has {', '.join(self.layers)})")
         return layer

@@ -77,7 +77,8 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
             workers: int | None = None, seed: int = 0, layout: str = "auto", strict: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None,
             progress: bool = False) -> ExtractSummary:
-    """Embed every image of ``source`` into the HDF5 cache ``cache`` (default: under ``cache/``)."""
+    """Embed every image of ``source`` (a folder, manifest, list file, or a :class:`Listing`) into the HDF5 cache
+    ``cache`` (default: under ``cache/``)."""
     started = time.perf_counter()
     if pooling not in POOLINGS:
         raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
@@ -86,7 +87,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     spec = resolve_weights(backbone, weights, seed)
     dev = resolve_device(device)
     autocast_for(dev, precision)  # refuse fp16 on the CPU before any work
-    listing = list_images(source, layout)
+    listing = source if isinstance(source, Listing) else list_images(source, layout)
     shape = skeleton(backbone)
     layers = resolve_layers(shape, layers)
     preprocessing = preprocessing_for(backbone, spec).overridden(resize, crop, draft)

@@ -8,6 +8,7 @@ a manifest that does not exist) become items with an ``error`` so that they are 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -188,3 +189,23 @@ def list_images(source: str, layout: str = "auto") -> Listing:
     if not listing.items:
         raise FeaturebankError(f"no images in {source} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return listing
+
+
+def list_inputs(inputs, layout: str = "auto") -> Listing:
+    """What a command line names: one folder, manifest or list is listed as :func:`list_images` does; image
+    files, or several inputs, become one unlabeled list (a missing file is an item with an error, not a stop)."""
+    inputs = [os.fspath(i) for i in inputs]
+    if not inputs:
+        raise FeaturebankError("no images given")
+    if len(inputs) == 1 and not is_image_name(inputs[0]):
+        return list_images(inputs[0], layout)
+    paths = []
+    for name in inputs:
+        if os.path.isdir(name) or (os.path.isfile(name) and not is_image_name(name)):
+            listing = list_images(name, "flat" if os.path.isdir(name) else layout)
+            paths += [listing.full_path(item) for item in listing.items]
+        else:
+            paths.append(name)
+    full = [os.path.abspath(p) for p in paths]
+    key = hashlib.sha256("\n".join(full).encode()).hexdigest()[:16]
+    return list_paths(full, root=os.getcwd(), source=f"paths:{key}")

@@ -76,3 +76,33 @@ def tree(tmp_path):
     root = tmp_path / "images"
     paths = write_tree(root)
     return root, paths
+
+
+SYNTHETIC_SETTINGS = {"backbone": "resnet18", "weights": "none:seed=0", "layers": ["flatten", "layer3"],
+                      "pooling": "avg", "precision": "fp32",
+                      "preprocessing": {"resize": 72, "crop": 64, "interpolation": "bilinear",
+                                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "draft": True}}
+
+
+def synthetic_cache(path, counts=(12, 10, 8), dim=16, seed=0, groups=None, labels=True, digests=None,
+                    centers=None, features=None):
+    """A cache written through CacheWriter with Gaussian blobs instead of images: one blob per class, so the
+    classes are learnable but overlap. Returns (X of layer "flatten", y); "layer3" holds a transform of half of X."""
+    from embedder.cache import CacheWriter
+
+    rng = np.random.default_rng(seed)
+    classes = [f"class{i}" for i in range(len(counts))]
+    y = np.repeat(np.arange(len(counts)), counts)
+    centers = rng.normal(0, 1.0, (len(counts), dim)) if centers is None else centers
+    X = centers[y] + rng.normal(0, 1.5, (len(y), dim)) if features is None else features
+    n = len(y)
+    paths = [f"{classes[c]}/img{i:03d}.jpg" for i, c in enumerate(y)]
+    rows = {"path": paths, "label": [classes[c] if labels else "" for c in y],
+            "group": list(groups) if groups is not None else [""] * n, "size": [100] * n, "mtime_ns": [1] * n,
+            "digest": list(digests) if digests is not None else [f"{i:032x}" for i in range(n)]}
+    feats = {"flatten": X.astype(np.float32), "layer3": (X[:, : dim // 2] * 2 + 1).astype(np.float32)}
+    empty = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
+    with CacheWriter(str(path), SYNTHETIC_SETTINGS, "classes:/synthetic", "/synthetic", {"weights_file": None}) as w:
+        w.write_batch(rows, feats, empty)
+        w.commit([(p, l, g) for p, l, g in zip(paths, rows["label"], rows["group"])], {})
+    return X.astype(np.float32), y

@@ -1,0 +1,278 @@
+"""A trained model as one file, and everything that uses one: train, evaluate, predict.
+
+A bundle holds the fitted Pipeline, the class names, the layer, the exact embedding settings of the cache it
+was trained on (backbone, weights identity, pooling, preprocessing, precision) and the library versions.
+New images are embedded with those settings and nothing else, so a prediction sees the same kind of vector
+the model was trained on. A bundle is a pickle: load only files you trust, as you would run their code.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import joblib
+import numpy as np
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from embedder.backbones import resolve_weights
+from embedder.cache import CacheReader
+from embedder.errors import FeaturebankError
+from embedder.job import extract, library_versions
+from embedder.sources import list_inputs
+
+from .crossval import RANK_BY
+from .data import labeled, open_cache
+from .metrics import confusion, per_class, scores
+from .zoo import describe, make_classifier, parse_spec, search_grid
+
+FORMAT = "featurebank-model"
+VERSION = 1
+SETTING_KEYS = ("backbone", "weights", "pooling", "preprocessing", "precision")
+
+
+@dataclass
+class Bundle:
+    pipeline: object  # a fitted sklearn Pipeline; predicts class indices into ``classes``
+    classes: list[str]
+    classifier: str
+    layer: str
+    settings: dict  # the cache's embedding settings, ``layers`` being [layer]
+    weights_file: str | None = None
+    trained_on: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+    def describe(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if k != "pipeline"} | {"pipeline": describe(self.classifier)}
+
+    def scores(self, X: np.ndarray) -> tuple[np.ndarray, str]:
+        """Per row and class: probabilities when the classifier has them, else decision scores."""
+        if hasattr(self.pipeline, "predict_proba"):
+            return self.pipeline.predict_proba(X), "probability"
+        s = self.pipeline.decision_function(X)
+        return (np.column_stack([-s, s]) if s.ndim == 1 else s), "decision"
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.pipeline.predict(X)
+
+
+def save_bundle(bundle: Bundle, path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp"
+    joblib.dump(bundle.to_dict(), tmp, compress=3)
+    os.replace(tmp, path)
+    return path
+
+
+def load_bundle(path: str) -> Bundle:
+    """Read a model file; a file that is not one, or that this version cannot read, is a one-line error."""
+    if not os.path.isfile(path):
+        raise FeaturebankError(f"model file not found: {path}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = joblib.load(path)
+    except (ModuleNotFoundError, AttributeError, ImportError) as exc:
+        raise FeaturebankError(f"{path} was written by an incompatible version of featurebank or scikit-learn "
+                               f"({type(exc).__name__}: {exc}); train it again with `featurebank train`") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+        raise FeaturebankError(f"{path} is not a featurebank model file ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise FeaturebankError(f"{path} is not a featurebank model file (`featurebank train` writes them)")
+    if data.get("version") != VERSION:
+        raise FeaturebankError(f"{path} is a model file of format version {data.get('version')}; this featurebank "
+                               f"reads version {VERSION}: train it again with `featurebank train`")
+    mismatch = [w for w in caught if "InconsistentVersion" in type(w.message).__name__]
+    if mismatch:
+        warnings.warn(f"{path} was trained with scikit-learn {data['versions'].get('scikit-learn')}; predictions "
+                      f"may differ with this version. Train it again to be sure.", stacklevel=2)
+    return Bundle(**{k: data[k] for k in Bundle.__dataclass_fields__})
+
+
+def train(cache, classifier: str = "logreg", layer: str | None = None, out: str | None = None, *,
+          seed: int = 0, search: bool = False, inner_folds: int = 3) -> Bundle:
+    """Fit ``classifier`` on every labelled row of ``cache`` (``search``: hyperparameters by cross-validation
+    first) and save the bundle to ``out`` when given."""
+    data = labeled(cache)
+    reader = data.reader
+    layer = reader.layer(layer)
+    parse_spec(classifier)
+    if len(data.classes) < 2:
+        raise FeaturebankError(f"only one class ({data.classes[0]}): a classifier needs at least two")
+    pipeline = make_classifier(classifier, seed=seed)
+    X = data.features(layer)
+    grid = search_grid(classifier) if search else {}
+    if grid:
+        folds = max(2, min(inner_folds, int(np.bincount(data.y).min())))
+        pipeline = GridSearchCV(pipeline, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                scoring=RANK_BY).fit(X, data.y).best_estimator_
+    else:
+        pipeline.fit(X, data.y)
+    bundle = Bundle(pipeline, data.classes, classifier, layer, {**reader.settings, "layers": [layer]},
+                    reader.info.get("weights_file"),
+                    {"cache": reader.path, "source": reader.attrs["source"], "rows": len(data.y),
+                     "class_counts": data.counts, "params": pipeline.named_steps["clf"].get_params(deep=False),
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                    library_versions())
+    if out:
+        save_bundle(bundle, out)
+    return bundle
+
+
+def settings_differ(cache_settings: dict, bundle: Bundle) -> list[str]:
+    """What makes a cache's vectors unlike the ones the model was trained on (empty: compatible)."""
+    differ = [k for k in SETTING_KEYS if cache_settings.get(k) != bundle.settings.get(k)]
+    if bundle.layer not in cache_settings.get("layers", []):
+        differ.append(f"layer {bundle.layer} missing")
+    return differ
+
+
+def check_cache(reader: CacheReader, bundle: Bundle) -> None:
+    differ = settings_differ(reader.settings, bundle)
+    if differ:
+        first = differ[0]
+        detail = (first if first.startswith("layer") else
+                  f"{first}: cache {reader.settings.get(first)!r}, model {bundle.settings.get(first)!r}")
+        raise FeaturebankError(f"{reader.path} was not made with the model's embedding settings ({detail}); "
+                               f"give the images instead and they are embedded with the model's settings")
+
+
+def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
+    """``extract`` keyword arguments that reproduce the bundle's embedding settings. A local weights file is
+    found where it was at training time, or at ``weights``; its sha256 must match."""
+    s = bundle.settings
+    identity = s["weights"]
+    seed = 0
+    if identity.startswith("sha256:"):
+        path = weights or bundle.weights_file
+        if not path or not os.path.isfile(path):
+            raise FeaturebankError(f"the model was trained on features of the weights file {bundle.weights_file} "
+                                   f"({identity[:19]}...), which is not there: pass --weights PATH to that file")
+        found = resolve_weights(s["backbone"], path).identity
+        if found != identity:
+            raise FeaturebankError(f"{path} is not the weights file the model was trained with "
+                                   f"({found[:19]}... is not {identity[:19]}...)")
+        weights = path
+    elif identity.startswith("none:seed="):
+        weights, seed = "none", int(identity.split("=", 1)[1])
+    else:
+        weights = identity
+    prep = s["preprocessing"]
+    return {"backbone": s["backbone"], "weights": weights, "seed": seed, "pooling": s["pooling"],
+            "resize": prep["resize"], "crop": prep["crop"], "draft": prep["draft"], "precision": s["precision"]}
+
+
+def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",
+             **run) -> tuple[CacheReader, list]:
+    """The images of ``inputs`` embedded with the bundle's settings (into a matching cache, reused and brought
+    up to date), as a cache reader and the listing's items in input order."""
+    listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
+    layers = [bundle.layer]
+    if cache and os.path.exists(cache):
+        existing = CacheReader(cache)
+        check_cache(existing, bundle)
+        layers = existing.layers  # keep the cache's other layers: its settings include them
+    summary = extract(listing, cache, layers=layers, **extract_options(bundle, weights), **run)
+    reader = CacheReader(summary.cache)
+    check_cache(reader, bundle)
+    return reader, listing.items
+
+
+def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> CacheReader:
+    if isinstance(data, CacheReader) or (isinstance(data, (str, os.PathLike)) and str(data).endswith(".h5")
+                                         and os.path.isfile(data)):
+        reader = open_cache(data)
+        check_cache(reader, bundle)
+        return reader
+    return embedded(bundle, data, cache=cache, weights=weights, layout=layout, **run)[0]
+
+
+def evaluate(model, data, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",
+             **run) -> dict:
+    """Score a model on held-out labelled images (a folder, manifest, or a cache made with the model's settings)."""
+    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    reader = _cache_or_images(bundle, data, cache, weights, layout, run)
+    test = labeled(reader)
+    unknown = sorted(set(test.classes) - set(bundle.classes))
+    if unknown:
+        raise FeaturebankError(f"classes the model was not trained on: {', '.join(unknown[:10])} "
+                               f"(it knows {', '.join(bundle.classes)})")
+    index = {c: i for i, c in enumerate(bundle.classes)}
+    y = np.array([index[test.classes[i]] for i in test.y], dtype=np.int64)
+    X = test.features(bundle.layer)
+    started = time.perf_counter()
+    pred = bundle.predict(X)
+    values, kind = bundle.scores(X)
+    seconds = time.perf_counter() - started
+    k = len(bundle.classes)
+    return {"model": bundle.classifier, "layer": bundle.layer, "cache": reader.path, "source": reader.attrs["source"],
+            "rows": int(len(y)), "classes": bundle.classes,
+            "metrics": scores(y, pred, values if kind == "probability" else None, k),
+            "per_class": per_class(y, pred, bundle.classes), "confusion": confusion(y, pred, k).tolist(),
+            "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
+            "predictions": [{"path": str(p), "label": bundle.classes[t], "predicted": bundle.classes[q]}
+                            for p, t, q in zip(test.paths, y, pred)],
+            "predict_seconds": round(seconds, 4)}
+
+
+def top_k(values: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
+    k = min(k, values.shape[1])
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(values, order)]
+
+
+def _rows(reader: CacheReader, items, values: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    """One output row per input image, in input order; an image without a row in the cache gets its reason."""
+    index = {p: i for i, p in enumerate(reader.paths)}
+    reasons = dict(zip(reader.failures["path"], reader.failures["reason"]))
+    best = top_k(values, classes, k)
+    out = []
+    for item in items:
+        row = {"path": item.path}
+        if item.label:
+            row["label"] = item.label
+        i = index.get(item.path)
+        if i is None:
+            row["error"] = item.error or reasons.get(item.path, "not embedded")
+        else:
+            row["predicted"], row["score"] = best[i][0]
+            row["top"] = [{"class": c, "score": round(v, 6)} for c, v in best[i]]
+        out.append(row)
+    return out
+
+
+def predict(model, images, *, top: int = 3, cache: str | None = None, weights: str | None = None,
+            layout: str = "auto", **run) -> dict:
+    """Classify images with a bundle: embedded with its settings, then its pipeline. Bad images get a row with
+    an ``error`` and no prediction."""
+    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    reader, items = embedded(bundle, images, cache=cache, weights=weights, layout=layout, **run)
+    values, kind = bundle.scores(reader.features(bundle.layer)) if len(reader) else (np.empty((0, len(bundle.classes))), "")
+    return {"model": bundle.classifier, "layer": bundle.layer, "cache": reader.path, "score": kind or "probability",
+            "rows": _rows(reader, items, values, bundle.classes, top)}
+
+
+def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFAULT", seed: int = 0, top: int = 5,
+                     cache: str | None = None, layout: str = "auto", **run) -> dict:
+    """Classify with the backbone's own ImageNet head: the logits are cached like any layer, then softmaxed."""
+    from embedder.backbones import imagenet_categories, output_node
+
+    classes = imagenet_categories(backbone, weights, seed)
+    listing = list_inputs(images if isinstance(images, (list, tuple)) else [images], layout)
+    summary = extract(listing, cache, backbone=backbone, weights=weights, seed=seed, layers=[output_node(backbone)],
+                      **run)
+    reader = CacheReader(summary.cache)
+    logits = reader.features(reader.layers[0]).astype(np.float64) if len(reader) else np.empty((0, len(classes)))
+    if logits.shape[1] != len(classes):
+        raise FeaturebankError(f"the {backbone} head has {logits.shape[1]} outputs, not the {len(classes)} ImageNet classes")
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    proba /= proba.sum(axis=1, keepdims=True)
+    return {"model": f"{backbone} ImageNet head", "layer": reader.layers[0], "cache": reader.path, "score": "probability",
+            "rows": _rows(reader, listing.items, proba, classes, top)}

@@ -1,0 +1,299 @@
+"""Cross-validation of many classifiers × many layers on the same folds, with out-of-fold predictions.
+
+The folds are made once from the labels (and groups) and shared by every classifier and layer, so their
+scores are paired and comparable. Each fold fits a fresh clone of the whole Pipeline on the training rows
+only; with ``search`` the Pipeline is wrapped in a GridSearchCV over the training rows (nested
+cross-validation), so the reported score never saw the rows that chose the hyperparameters.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedGroupKFold, StratifiedKFold
+from tqdm import tqdm
+
+from embedder.errors import FeaturebankError
+
+from .data import Labeled, check_layers, labeled
+from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
+from .zoo import describe, list_classifiers, make_classifier, parse_spec, search_grid
+
+RANK_BY = "balanced_accuracy"
+
+
+@dataclass(frozen=True)
+class Split:
+    repeat: int
+    fold: int
+    train: np.ndarray
+    test: np.ndarray
+
+
+def make_splits(y: np.ndarray, groups: np.ndarray | None = None, folds: int = 5, repeats: int = 1,
+                seed: int = 0, classes: list[str] | None = None) -> list[Split]:
+    """Stratified k-fold, repeated with reshuffling: scikit-learn's ``RepeatedStratifiedKFold(folds, repeats,
+    random_state=seed)``. With groups, ``StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r)`` for
+    repeat r, so that the images of one group (one animal, one patient, one camera) never sit on both sides."""
+    classes = classes or [str(i) for i in range(int(y.max()) + 1)]
+    counts = np.bincount(y, minlength=len(classes))
+    if folds < 2:
+        raise FeaturebankError("--folds must be at least 2")
+    if repeats < 1:
+        raise FeaturebankError("--repeats must be at least 1")
+    if (counts > 0).sum() < 2:
+        raise FeaturebankError(f"only one class ({classes[int(np.argmax(counts))]}): a classifier needs at least two")
+    if groups is None:
+        small = [(classes[i], int(n)) for i, n in enumerate(counts) if n < folds]
+        if small:
+            listed = ", ".join(f"{c!r} has {n}" for c, n in small[:5])
+            raise FeaturebankError(f"{listed} image(s), fewer than --folds {folds}: add images, lower --folds, "
+                                   f"or leave the class out")
+        cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+        pairs = list(cv.split(np.zeros(len(y)), y))
+    else:
+        n_groups = len(set(groups.tolist()))
+        if n_groups < folds:
+            raise FeaturebankError(f"{n_groups} groups, fewer than --folds {folds}: images of a group stay together, "
+                                   f"so lower --folds or add groups")
+        pairs = []
+        for r in range(repeats):
+            cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
+            pairs += list(cv.split(np.zeros(len(y)), y, groups))
+    return [Split(i // folds, i % folds, train, test) for i, (train, test) in enumerate(pairs)]
+
+
+@dataclass
+class FoldResult:
+    repeat: int
+    fold: int
+    scores: dict
+    fit_seconds: float
+    predict_seconds: float
+    best_params: dict | None = None
+    missing_classes: list[int] = field(default_factory=list)  # classes absent from this fold's training rows
+
+
+@dataclass
+class CVResult:
+    """One classifier on one layer: per-fold scores and the out-of-fold predictions of every repeat."""
+
+    classifier: str
+    layer: str
+    pipeline: str
+    folds: list[FoldResult]
+    predictions: np.ndarray  # (repeats, rows) predicted class index
+    proba: np.ndarray | None  # (repeats, rows, classes), or None when the classifier has no probabilities
+
+    def metric(self, name: str) -> dict:
+        return mean_std([f.scores[name] for f in self.folds])
+
+    @property
+    def name(self) -> str:
+        return f"{self.classifier} @ {self.layer}"
+
+    def oof(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the predicted class and its confidence. With probabilities, the argmax of the probabilities
+        averaged over repeats and that mean probability; without, the majority vote and the share of votes."""
+        if self.proba is not None:
+            mean = self.proba.mean(axis=0)
+            pred = mean.argmax(axis=1)
+            return pred, mean[np.arange(len(pred)), pred]
+        n_classes = int(self.predictions.max()) + 1
+        votes = np.zeros((self.predictions.shape[1], n_classes))
+        for row in self.predictions:
+            votes[np.arange(len(row)), row] += 1
+        pred = votes.argmax(axis=1)
+        return pred, votes[np.arange(len(pred)), pred] / len(self.predictions)
+
+
+@dataclass
+class CVReport:
+    data: Labeled
+    layers: list[str]
+    classifiers: list[str]
+    folds: int
+    repeats: int
+    seed: int
+    search: bool
+    grouped: bool
+    results: list[CVResult]
+    seconds: float
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
+
+    def leaderboard(self, by: str = RANK_BY) -> list[CVResult]:
+        """Best first, by the mean of ``by`` (then accuracy), over all folds and repeats."""
+        sign = -1 if by == "log_loss" else 1
+
+        def key(r: CVResult):
+            m = r.metric(by)["mean"]
+            return (m is None, -sign * (m if m is not None else 0.0), -r.metric("accuracy")["mean"])
+
+        return sorted(self.results, key=key)
+
+    @property
+    def best(self) -> CVResult:
+        return self.leaderboard()[0]
+
+    def result(self, classifier: str, layer: str) -> CVResult:
+        for r in self.results:
+            if r.classifier == classifier and r.layer == layer:
+                return r
+        raise KeyError((classifier, layer))
+
+    def confusion(self, result: CVResult) -> np.ndarray:
+        """Summed over every fold of every repeat (each image counts once per repeat)."""
+        y = np.tile(self.data.y, len(result.predictions))
+        return confusion(y, result.predictions.reshape(-1), len(self.classes))
+
+    def per_class(self, result: CVResult) -> dict:
+        y = np.tile(self.data.y, len(result.predictions))
+        return per_class(y, result.predictions.reshape(-1), self.classes)
+
+    def suspicious(self, limit: int = 20) -> tuple[CVResult | None, list[dict]]:
+        """The images most confidently put in another class than their label, out of fold: label errors, junk
+        files and look-alikes, most confident first. The judge is the classifier with the best log-loss (the
+        most trustworthy probabilities; LDA's or a forest's are over- or under-confident)."""
+        ranked = [r for r in self.leaderboard("log_loss") if r.proba is not None]
+        if not ranked:
+            return None, []
+        result = ranked[0]
+        mean = result.proba.mean(axis=0)
+        pred, confidence = result.oof()
+        wrong = np.flatnonzero(pred != self.data.y)
+        wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+        return result, [{"path": str(self.data.paths[i]), "label": self.classes[self.data.y[i]],
+                         "predicted": self.classes[pred[i]], "confidence": round(float(confidence[i]), 4),
+                         "p_label": round(float(mean[i, self.data.y[i]]), 4)} for i in wrong]
+
+    def outliers(self, limit: int = 20, reference: int = 20_000) -> tuple[str, list[dict]]:
+        """The images least like any other (lowest cosine similarity to their nearest neighbour, in the best
+        result's layer): placeholders, blank or broken pictures, images from another domain. Beyond
+        ``reference`` rows, neighbours are sought among a fixed random sample of that many rows."""
+        layer = self.best.layer
+        X = self.data.features(layer).astype(np.float32)
+        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        n = len(X)
+        ref = np.arange(n) if n <= reference else np.sort(np.random.default_rng(self.seed).choice(n, reference, replace=False))
+        nearest = np.empty(n, dtype=np.float32)
+        which = np.empty(n, dtype=np.int64)
+        for start in range(0, n, 1024):
+            block = X[start:start + 1024] @ X[ref].T
+            rows, cols = np.nonzero(ref[None, :] == np.arange(start, start + len(block))[:, None])
+            block[rows, cols] = -np.inf  # an image is not its own neighbour
+            j = block.argmax(axis=1)
+            nearest[start:start + len(block)], which[start:start + len(block)] = block[np.arange(len(block)), j], ref[j]
+        order = np.argsort(nearest, kind="stable")[:limit]
+        return layer, [{"path": str(self.data.paths[i]), "label": self.classes[self.data.y[i]],
+                        "similarity": round(float(nearest[i]), 4), "nearest": str(self.data.paths[which[i]])}
+                       for i in order]
+
+    def duplicates(self) -> list[dict]:
+        """Byte-identical images in more than one row (their digests match): with different labels they are
+        label noise; on both sides of a fold they inflate the scores."""
+        digests = self.data.reader.rows["digest"][self.data.rows]
+        by_digest: dict[str, list[int]] = {}
+        for i, d in enumerate(digests):
+            if d:
+                by_digest.setdefault(d, []).append(i)
+        out = []
+        for rows in by_digest.values():
+            if len(rows) > 1:
+                labels = sorted({self.classes[self.data.y[i]] for i in rows})
+                out.append({"paths": [str(self.data.paths[i]) for i in rows], "labels": labels,
+                            "conflicting": len(labels) > 1})
+        return sorted(out, key=lambda d: (not d["conflicting"], d["paths"][0]))
+
+
+def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
+    """Fit a clone on the training rows, predict the test rows. Runs in a joblib worker."""
+    model = clone(estimator)
+    started = time.perf_counter()
+    if groups is not None and isinstance(model, GridSearchCV):
+        model.fit(X[split.train], y[split.train], groups=groups[split.train])
+    else:
+        model.fit(X[split.train], y[split.train])
+    fitted = time.perf_counter()
+    X_test = X[split.test]
+    pred = model.predict(X_test)
+    proba = full_proba(model.predict_proba(X_test), model.classes_, n_classes) if hasattr(model, "predict_proba") else None
+    predicted = time.perf_counter()
+    best = model.best_params_ if isinstance(model, GridSearchCV) else None
+    missing = sorted(set(range(n_classes)) - set(np.asarray(model.classes_).tolist()))
+    return pred, proba, fitted - started, predicted - fitted, best, missing
+
+
+def _estimator(spec: str, seed: int, search: bool, inner_folds: int, grouped: bool, n_train: int):
+    pipe = make_classifier(spec, seed=seed)
+    grid = search_grid(spec, n_train) if search else {}
+    if not grid:
+        return pipe
+    inner = (StratifiedGroupKFold(inner_folds, shuffle=True, random_state=seed) if grouped
+             else StratifiedKFold(inner_folds, shuffle=True, random_state=seed))
+    return GridSearchCV(pipe, grid, cv=inner, scoring=RANK_BY, n_jobs=1, refit=True, error_score="raise")
+
+
+def _guarded(results, spec: str, layer: str):
+    """A classifier that cannot fit these data (k neighbours > rows, say) is one clear line, not a traceback."""
+    try:
+        yield from results
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FeaturebankError(f"{spec} on {layer} failed: {first}") from None
+
+
+def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repeats: int = 1, seed: int = 0,
+                   groups: bool | None = None, search: bool = False, inner_folds: int = 3, n_jobs: int = 1,
+                   progress: bool = False) -> CVReport:
+    """Score every classifier (zoo spec strings; default: all) on every layer (default: all of the cache's)
+    with the same stratified folds. ``groups``: None uses the cache's groups when it has some."""
+    started = time.perf_counter()
+    data = labeled(cache)
+    layers = check_layers(data.reader, layers)
+    classifiers = list(classifiers) if classifiers else list_classifiers()
+    for spec in classifiers:
+        parse_spec(spec)
+    if groups and data.groups is None:
+        raise FeaturebankError(f"{data.reader.path} has no groups: give a CSV manifest with a group column")
+    group_ids = data.groups if groups is not False else None
+    splits = make_splits(data.y, group_ids, folds, repeats, seed, data.classes)
+    if search:
+        smallest = min(np.bincount(data.y[s.train], minlength=len(data.classes)).min() for s in splits)
+        inner_folds = max(2, min(inner_folds, int(smallest)))
+    n, k = len(data.y), len(data.classes)
+    inner_train = min(len(s.train) for s in splits) * (inner_folds - 1) // inner_folds
+    results = []
+    with tqdm(total=len(layers) * len(classifiers) * len(splits), unit="fit", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True, desc="cross-validation") as bar:
+        for layer in layers:
+            X = data.features(layer)
+            for spec in classifiers:
+                estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
+                bar.set_postfix_str(f"{spec} @ {layer}")
+                jobs = (delayed(_run_fold)(estimator, X, data.y, group_ids, s, k) for s in splits)
+                predictions = np.full((repeats, n), -1, dtype=np.int64)
+                proba = None
+                fold_results = []
+                for s, (pred, p, fit_s, pred_s, best, missing) in zip(splits, _guarded(
+                        Parallel(n_jobs=n_jobs, return_as="generator")(jobs), spec, layer)):
+                    predictions[s.repeat, s.test] = pred
+                    if p is not None:
+                        if proba is None:
+                            proba = np.zeros((repeats, n, k), dtype=np.float32)
+                        proba[s.repeat, s.test] = p
+                    fold_results.append(FoldResult(s.repeat, s.fold, scores(data.y[s.test], pred, p, k),
+                                                   round(fit_s, 4), round(pred_s, 4), best, missing))
+                    bar.update()
+                results.append(CVResult(spec, layer, describe(spec), fold_results, predictions, proba))
+    return CVReport(data, layers, classifiers, folds, repeats, seed, search, group_ids is not None, results,
+                    round(time.perf_counter() - started, 3))
+
+
+__all__ = ["METRICS", "CVReport", "CVResult", "FoldResult", "Split", "cross_validate", "make_splits"]

@@ -1,0 +1,73 @@
+"""PNG figures for reports (matplotlib without a display)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(matrix: np.ndarray, classes: list[str], title: str, path: str) -> str:
+    """Rows normalized to recall (colour), with the raw counts written in each cell."""
+    plt = _pyplot()
+    k = len(classes)
+    size = min(4 + 0.45 * k, 30)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros_like(matrix, dtype=float), where=totals > 0)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if k <= 40:
+        for i in range(k):
+            for j in range(k):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def leaderboard_png(names: list[str], means: list[float], stds: list[float], metric: str, path: str) -> str:
+    """Horizontal bars, best on top, with ± one standard deviation over folds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 1 + 0.35 * len(names)))
+    order = list(range(len(names)))[::-1]
+    ax.barh([names[i] for i in order], [means[i] for i in order], xerr=[stds[i] for i in order],
+            color="#4c72b0", ecolor="black", capsize=3)
+    low = max(0.0, min(m - s for m, s in zip(means, stds)) - 0.05)
+    ax.set_xlim(low, 1.0)
+    ax.set_xlabel(f"{metric.replace('_', ' ')} (mean ± std over folds)")
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curves_png(epochs: list[int], series: dict[str, list[float]], path: str, ylabel: str = "") -> str:
+    """Lines over epochs (learning curves)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, values in series.items():
+        ax.plot(epochs, values, marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,185 @@
+"""A cross-validation report as data (``report.json``), as reading (``report.md``), as figures (PNG) and as
+out-of-fold predictions per image (``predictions/<classifier>@<layer>.csv``)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+
+import numpy as np
+
+from embedder.job import library_versions
+
+from .crossval import RANK_BY, CVReport, CVResult
+from .metrics import METRICS
+
+FORMAT = "featurebank-cv-report"
+
+
+def _round(value, digits=4):
+    return None if value is None else round(float(value), digits)
+
+
+def _metric(result: CVResult, name: str) -> dict:
+    m = result.metric(name)
+    return {"mean": _round(m["mean"]), "std": _round(m["std"]),
+            "folds": [_round(f.scores[name]) for f in result.folds]}
+
+
+def report_dict(report: CVReport, suspicious: int = 20) -> dict:
+    """Everything in the report, JSON-ready. Two runs with the same seed differ only in the timings."""
+    reader = report.data.reader
+    board = report.leaderboard()
+    susp_from, susp = report.suspicious(suspicious)
+    results = []
+    for r in report.results:
+        results.append({
+            "classifier": r.classifier, "layer": r.layer, "pipeline": r.pipeline, "features": reader.dims[r.layer],
+            "metrics": {m: _metric(r, m) for m in METRICS},
+            "per_class": {c: {k: _round(v) if k != "support" else v for k, v in d.items()}
+                          for c, d in report.per_class(r).items()},
+            "confusion": report.confusion(r).tolist(),
+            "fit_seconds": [f.fit_seconds for f in r.folds],
+            "predict_seconds": [f.predict_seconds for f in r.folds],
+            "best_params": [f.best_params for f in r.folds] if report.search else None,
+            "missing_classes": sorted({report.classes[c] for f in r.folds for c in f.missing_classes}),
+        })
+    return {
+        "format": FORMAT, "version": 1,
+        "cache": reader.path, "source": reader.attrs["source"], "settings": reader.settings,
+        "rows": len(report.data.y), "unlabeled_rows": report.data.unlabeled,
+        "classes": report.classes, "class_counts": report.data.counts,
+        "cv": {"folds": report.folds, "repeats": report.repeats, "seed": report.seed,
+               "splitter": "StratifiedGroupKFold" if report.grouped else "RepeatedStratifiedKFold",
+               "grouped": report.grouped, "search": report.search, "rank_by": RANK_BY,
+               "confusion": "summed over all folds of all repeats", "std": "population std over folds"},
+        "leaderboard": [{
+            "rank": i + 1, "classifier": r.classifier, "layer": r.layer, "features": reader.dims[r.layer],
+            **{m: {"mean": _round(r.metric(m)["mean"]), "std": _round(r.metric(m)["std"])} for m in METRICS},
+            "fit_seconds": _round(np.mean([f.fit_seconds for f in r.folds]), 3),
+            "predict_seconds": _round(np.mean([f.predict_seconds for f in r.folds]), 3),
+        } for i, r in enumerate(board)],
+        "best": {"classifier": board[0].classifier, "layer": board[0].layer},
+        "results": results,
+        "suspicious": {"classifier": susp_from.classifier if susp_from else None,
+                       "layer": susp_from.layer if susp_from else None, "images": susp},
+        "outliers": dict(zip(("layer", "images"), report.outliers(suspicious))),
+        "duplicates": report.duplicates(),
+        "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
+        "seconds": report.seconds, "versions": library_versions(),
+    }
+
+
+def _pm(m: dict, pct: bool = True) -> str:
+    if m["mean"] is None:
+        return "–"
+    if pct:
+        return f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
+    return f"{m['mean']:.3f} ± {m['std']:.3f}"
+
+
+def leaderboard_lines(d: dict, limit: int | None = None) -> list[str]:
+    """The leaderboard as a Markdown table (also what the terminal shows)."""
+    lines = ["| # | classifier | layer | dims | accuracy % | balanced acc. % | macro-F1 % | log-loss | fit s/fold |",
+             "|--:|---|---|--:|--:|--:|--:|--:|--:|"]
+    for row in d["leaderboard"][:limit]:
+        lines.append(f"| {row['rank']} | {row['classifier']} | {row['layer']} | {row['features']} | "
+                     f"{_pm(row['accuracy'])} | {_pm(row['balanced_accuracy'])} | {_pm(row['f1_macro'])} | "
+                     f"{_pm(row['log_loss'], pct=False)} | {row['fit_seconds']:.2f} |")
+    return lines
+
+
+def markdown(d: dict) -> str:
+    cv = d["cv"]
+    best = next(r for r in d["results"] if r["classifier"] == d["best"]["classifier"] and r["layer"] == d["best"]["layer"])
+    s = d["settings"]
+    out = [f"# Cross-validation report", "",
+           f"- cache: `{d['cache']}` ({d['rows']} labelled rows, {len(d['classes'])} classes"
+           + (f", {d['unlabeled_rows']} unlabeled rows left out" if d["unlabeled_rows"] else "") + ")",
+           f"- input: `{d['source']}`",
+           f"- embedding: {s['backbone']}, weights `{s['weights']}`, pooling {s['pooling']}, precision {s['precision']}",
+           f"- folds: {cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
+           + (", hyperparameters chosen by nested inner cross-validation" if cv["search"] else "")
+           + f"; ranked by {cv['rank_by'].replace('_', ' ')}; scores are mean ± std over folds",
+           f"- classes: " + ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()), "",
+           "## Leaderboard", "", *leaderboard_lines(d), "",
+           f"## Best: {best['classifier']} on {best['layer']}", "", f"Pipeline: `{best['pipeline']}`", ""]
+    if best["best_params"]:
+        out += ["Hyperparameters chosen per fold: " + "; ".join(json.dumps(p) for p in best["best_params"]), ""]
+    out += ["| class | precision % | recall % | F1 % | support |", "|---|--:|--:|--:|--:|"]
+    for c, v in best["per_class"].items():
+        out.append(f"| {c} | {100 * v['precision']:.1f} | {100 * v['recall']:.1f} | {100 * v['f1']:.1f} | {v['support']} |")
+    out += ["", f"Confusion matrix ({cv['confusion']}; rows true, columns predicted):", "",
+            "| true \\ predicted | " + " | ".join(d["classes"]) + " |", "|---|" + "--:|" * len(d["classes"])]
+    for c, row in zip(d["classes"], best["confusion"]):
+        out.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
+    susp = d["suspicious"]
+    out += ["", "## Suspicious images", ""]
+    if susp["images"]:
+        out += [f"Images that {susp['classifier']} on {susp['layer']} puts in another class than their label with the "
+                f"highest confidence (out-of-fold, so no model saw the image it judges): likely label errors, junk "
+                f"files or look-alikes.", "", "| image | label | predicted | confidence | p(label) |", "|---|---|---|--:|--:|"]
+        out += [f"| `{i['path']}` | {i['label']} | {i['predicted']} | {i['confidence']:.3f} | {i['p_label']:.3f} |"
+                for i in susp["images"]]
+    else:
+        out.append("None listed (no misclassified image, or no classifier with probabilities).")
+    if d["outliers"]["images"]:
+        out += ["", "## Outliers", "", f"Images least like any other image (cosine similarity to their nearest neighbour "
+                f"on {d['outliers']['layer']}, lowest first): placeholders, blank or broken pictures, other domains.", "",
+                "| image | label | similarity | nearest image |", "|---|---|--:|---|"]
+        out += [f"| `{i['path']}` | {i['label']} | {i['similarity']:.3f} | `{i['nearest']}` |" for i in d["outliers"]["images"]]
+    if d["duplicates"]:
+        out += ["", "## Duplicate files", "", "Byte-identical images in several rows"
+                " (different labels: label noise; same label: they can sit on both sides of a fold):", ""]
+        out += [f"- {'**conflicting labels** ' if g['conflicting'] else ''}{', '.join(f'`{p}`' for p in g['paths'])}"
+                f" ({', '.join(g['labels'])})" for g in d["duplicates"][:50]]
+    if d["failed"]:
+        out += ["", "## Files without a row", ""] + [f"- `{f['path']}`: {f['reason']}" for f in d["failed"][:50]]
+    out += ["", f"Computed in {d['seconds']:.1f} s with " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()) + ".", ""]
+    return "\n".join(out)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+
+
+def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
+    """One row per image: label, out-of-fold prediction, confidence and (when there are) class probabilities."""
+    pred, confidence = result.oof()
+    classes = report.classes
+    mean = result.proba.mean(axis=0) if result.proba is not None else None
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "predicted", "correct", "confidence"] + [f"p_{c}" for c in classes] * (mean is not None))
+        for i, p in enumerate(report.data.paths):
+            row = [p, classes[report.data.y[i]], classes[pred[i]], int(pred[i] == report.data.y[i]), f"{confidence[i]:.4f}"]
+            if mean is not None:
+                row += [f"{v:.4f}" for v in mean[i]]
+            w.writerow(row)
+    return path
+
+
+def write_report(report: CVReport, out_dir: str, suspicious: int = 20) -> dict[str, str]:
+    """Write report.json, report.md, leaderboard.png, confusion.png and predictions/*.csv into ``out_dir``."""
+    from .plots import confusion_png, leaderboard_png
+
+    os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
+    d = report_dict(report, suspicious)
+    files = {"json": os.path.join(out_dir, "report.json"), "markdown": os.path.join(out_dir, "report.md")}
+    with open(files["json"], "w", encoding="utf-8") as fh:
+        json.dump(d, fh, indent=1)
+    with open(files["markdown"], "w", encoding="utf-8") as fh:
+        fh.write(markdown(d))
+    board = d["leaderboard"]
+    files["leaderboard_png"] = leaderboard_png([f"{r['classifier']} @ {r['layer']}" for r in board],
+                                               [r[RANK_BY]["mean"] for r in board], [r[RANK_BY]["std"] for r in board],
+                                               RANK_BY, os.path.join(out_dir, "leaderboard.png"))
+    best = report.best
+    files["confusion_png"] = confusion_png(report.confusion(best), report.classes,
+                                           f"{best.classifier} @ {best.layer} (out-of-fold)",
+                                           os.path.join(out_dir, "confusion.png"))
+    for r in report.results:
+        write_predictions(report, r, os.path.join(out_dir, "predictions", f"{_slug(r.classifier)}@{_slug(r.layer)}.csv"))
+    files["predictions"] = os.path.join(out_dir, "predictions")
+    return files
