@@ -287,6 +287,7 @@ def classifiers(as_json):
 
     \b
     Example:
+      featurebank classifiers --json
       featurebank cv cache/flowers.h5 -c logreg -c "rbf-svm:pca=128,C=10" -c knn:n_neighbors=5
     """
     from classifiers.zoo import describe, get_spec, list_classifiers, search_grid

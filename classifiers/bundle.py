@@ -108,9 +108,9 @@ def train(cache, classifier: str = "logreg", layer: str | None = None, out: str 
         raise FeaturebankError(f"only one class ({data.classes[0]}): a classifier needs at least two")
     pipeline = make_classifier(classifier, seed=seed)
     X = data.features(layer)
-    grid = search_grid(classifier) if search else {}
+    folds = max(2, min(inner_folds, int(np.bincount(data.y).min())))
+    grid = search_grid(classifier, len(data.y) * (folds - 1) // folds) if search else {}
     if grid:
-        folds = max(2, min(inner_folds, int(np.bincount(data.y).min())))
         pipeline = GridSearchCV(pipeline, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                                 scoring=RANK_BY).fit(X, data.y).best_estimator_
     else:
@@ -170,9 +170,9 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
 
 
 def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",
-             **run) -> tuple[CacheReader, list]:
+             **run) -> tuple[CacheReader, list, int]:
     """The images of ``inputs`` embedded with the bundle's settings (into a matching cache, reused and brought
-    up to date), as a cache reader and the listing's items in input order."""
+    up to date): the cache reader, the listing's items in input order, and how many images were embedded now."""
     listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
     layers = [bundle.layer]
     if cache and os.path.exists(cache):
@@ -182,7 +182,7 @@ def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str |
     summary = extract(listing, cache, layers=layers, **extract_options(bundle, weights), **run)
     reader = CacheReader(summary.cache)
     check_cache(reader, bundle)
-    return reader, listing.items
+    return reader, listing.items, summary.embedded
 
 
 def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> CacheReader:
@@ -253,10 +253,10 @@ def predict(model, images, *, top: int = 3, cache: str | None = None, weights: s
     """Classify images with a bundle: embedded with its settings, then its pipeline. Bad images get a row with
     an ``error`` and no prediction."""
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
-    reader, items = embedded(bundle, images, cache=cache, weights=weights, layout=layout, **run)
+    reader, items, count = embedded(bundle, images, cache=cache, weights=weights, layout=layout, **run)
     values, kind = bundle.scores(reader.features(bundle.layer)) if len(reader) else (np.empty((0, len(bundle.classes))), "")
-    return {"model": bundle.classifier, "layer": bundle.layer, "cache": reader.path, "score": kind or "probability",
-            "rows": _rows(reader, items, values, bundle.classes, top)}
+    return {"model": bundle.classifier, "layer": bundle.layer, "cache": reader.path, "embedded": count,
+            "score": kind or "probability", "rows": _rows(reader, items, values, bundle.classes, top)}
 
 
 def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFAULT", seed: int = 0, top: int = 5,
@@ -274,5 +274,6 @@ def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFA
         raise FeaturebankError(f"the {backbone} head has {logits.shape[1]} outputs, not the {len(classes)} ImageNet classes")
     proba = np.exp(logits - logits.max(axis=1, keepdims=True))
     proba /= proba.sum(axis=1, keepdims=True)
-    return {"model": f"{backbone} ImageNet head", "layer": reader.layers[0], "cache": reader.path, "score": "probability",
+    return {"model": f"{backbone} ImageNet head", "layer": reader.layers[0], "cache": reader.path,
+            "embedded": summary.embedded, "score": "probability",
             "rows": _rows(reader, listing.items, proba, classes, top)}

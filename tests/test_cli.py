@@ -82,3 +82,67 @@ def test_backbones_lists_every_torchvision_classifier_with_its_feature_size(runn
     assert rows["resnet50"]["features"] == 2048 and rows["resnet50"]["default_weights"] == "ResNet50_Weights.IMAGENET1K_V2"
     assert rows["vgg16"]["features"] == 4096 and rows["inception_v3"]["crop"] == 299
     assert {"efficientnet_b0", "mobilenet_v3_large", "convnext_tiny", "googlenet"} <= set(rows)
+
+
+@pytest.mark.parametrize("command", ["classifiers", "cv", "train", "evaluate", "predict"])
+def test_classifier_commands_have_help_with_an_example(runner, command):
+    result = runner.invoke(cli.main, [command, "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output and "featurebank " + command in result.output
+
+
+def test_classifiers_json_lists_the_zoo(runner):
+    rows = json.loads(runner.invoke(cli.main, ["classifiers", "--json"]).stdout)
+    assert [r["name"] for r in rows] == ["logreg", "linear-svm", "rbf-svm", "knn", "ridge", "lda", "random-forest"]
+    assert rows[2]["pipeline"].startswith("l2 → pca(256) → SVC") and rows[2]["search"]["gamma"][0] == "scale"
+    assert rows[0]["probabilities"] and not rows[4]["probabilities"]
+
+
+def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monkeypatch):
+    from conftest import synthetic_cache
+
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+    synthetic_cache(tmp_path / "s.h5")
+    result = runner.invoke(cli.main, ["cv", str(tmp_path / "s.h5"), "-c", "logreg,rbf-svm:pca=8,C=3", "-l", "flatten",
+                                      "--folds", "3", "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {r["classifier"] for r in report["leaderboard"]} == {"logreg", "rbf-svm:pca=8,C=3"}
+    assert (tmp_path / "run" / "predictions" / "rbf-svm_pca=8_C=3@flatten.csv").exists()
+    human = runner.invoke(cli.main, ["cv", str(tmp_path / "s.h5"), "-c", "logreg", "--folds", "3"])
+    assert "logreg" in human.output and "Most suspicious images" in human.output
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=3)
+    (root / "dogs" / "broken.jpg").write_bytes(b"")
+    cache = tmp_path / "c.h5"
+    assert runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), "-q", *FAST_ARGS]).exit_code == 0
+    trained = runner.invoke(cli.main, ["train", str(cache), "-c", "knn:n_neighbors=1", "-o", str(tmp_path / "m.joblib")])
+    assert trained.exit_code == 0 and "saved" in trained.output
+    predicted = runner.invoke(cli.main, ["predict", str(tmp_path / "m.joblib"), str(root), "-k", "2",
+                                         "--batch-size", "4", "--workers", "0"])
+    assert predicted.exit_code == 0, predicted.output
+    lines = predicted.stdout.strip().splitlines()
+    assert lines[0] == "path,label,predicted,p,class2,p2,error"
+    rows = [ln.split(",") for ln in lines[1:]]
+    assert len(rows) == 10
+    broken = next(r for r in rows if r[0] == "dogs/broken.jpg")
+    assert broken[2] == "" and broken[-1].startswith("empty file")
+    assert all(r[1] == r[2] for r in rows if r[0] != "dogs/broken.jpg")  # 1-NN on its own training images
+    assert "1 of 10 images could not be classified" in predicted.stderr
+    evaluated = runner.invoke(cli.main, ["evaluate", str(tmp_path / "m.joblib"), str(cache), "--json"])
+    assert json.loads(evaluated.stdout)["metrics"]["accuracy"] == 1.0
+
+
+def test_classifier_errors_are_one_line(runner, tmp_path):
+    from conftest import synthetic_cache
+
+    synthetic_cache(tmp_path / "s.h5", counts=(8, 2))
+    result = runner.invoke(cli.main, ["cv", str(tmp_path / "s.h5")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "Error: 'class1' has 2 image(s), fewer than --folds 5" in result.output
+    result = runner.invoke(cli.main, ["cv", str(tmp_path / "s.h5"), "-c", "svm"])
+    assert result.exit_code == 2 and "unknown classifier 'svm'" in result.output
+    result = runner.invoke(cli.main, ["predict", str(tmp_path / "absent.joblib"), "x.jpg"])
+    assert result.exit_code == 1 and "Error: model file not found" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli.main, ["predict", "only.jpg"])
+    assert result.exit_code == 2 and "give a MODEL file and at least one image" in result.output

@@ -49,3 +49,33 @@ def test_real_folder_is_fully_embedded_and_linearly_separable(caches):
     Xv, yv, _ = embedder.load(val.cache)
     accuracy = LogisticRegression(max_iter=3000).fit(X, y).score(Xv, yv)
     assert accuracy > 0.90  # the tutorial reports about 94-95 % with ResNet-18
+
+
+def test_cv_train_evaluate_and_the_junk_file_on_real_photos(caches, tmp_path):
+    from classifiers.bundle import evaluate, train
+    from classifiers.crossval import cross_validate
+
+    report = cross_validate(caches["train"].cache, ["logreg", "knn", "lda"], folds=5)
+    assert report.best.metric("accuracy")["mean"] > 0.9
+    _, outliers = report.outliers(3)
+    assert outliers[0]["path"] == "ants/imageNotFound.gif"  # the placeholder is unlike any photo
+    judge, suspicious = report.suspicious(5)
+    assert judge.classifier == "logreg" and all(s["label"] != s["predicted"] for s in suspicious)
+    bundle = train(caches["train"].cache, "logreg", out=str(tmp_path / "m.joblib"))
+    result = evaluate(str(tmp_path / "m.joblib"), caches["val"].cache)
+    assert result["rows"] == 153 and result["metrics"]["accuracy"] > 0.9
+    assert bundle.classes == ["ants", "bees"]
+
+
+def test_the_checkpoints_own_imagenet_head_knows_ants_from_bees(caches, tmp_path, monkeypatch):
+    from classifiers.bundle import predict_imagenet
+
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path))
+    images = [str(HYMENOPTERA / "val" / "ants"), str(HYMENOPTERA / "val" / "bees")]
+    result = predict_imagenet(images, backbone="mobilenet_v2", weights=str(MOBILENET_V2), top=5, batch_size=16)
+    assert result["layer"] == "classifier.1" and len(result["rows"]) == 153
+    top1 = [(r["path"].split("/")[-2], r["predicted"]) for r in result["rows"]]
+    ants = [p for folder, p in top1 if folder == "ants"]
+    bees = [p for folder, p in top1 if folder == "bees"]
+    assert ants.count("ant") > 0.5 * len(ants) and bees.count("bee") > 0.5 * len(bees)
+    assert all(abs(sum(t["score"] for t in r["top"]) - 1) < 1 for r in result["rows"])

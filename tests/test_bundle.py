@@ -1,0 +1,174 @@
+"""Model files: train on a cache, save, load; predict and evaluate new images with exactly the model's settings."""
+from __future__ import annotations
+
+import shutil
+import sys
+
+import joblib
+import numpy as np
+import pytest
+import torch
+import torchvision
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from classifiers.bundle import evaluate, load_bundle, predict, predict_imagenet, train
+from conftest import FAST, write_bad_files, write_tree
+from embedder import CacheReader, extract
+from embedder.errors import FeaturebankError
+
+RUN = {k: FAST[k] for k in ("batch_size", "workers")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 3-class folder embedded with the FAST settings, and a logistic regression trained on it."""
+    root = tmp_path_factory.mktemp("bundle")
+    images = root / "images"
+    write_tree(images, per_class=4)
+    extract(images, str(root / "train.h5"), **FAST)
+    bundle = train(str(root / "train.h5"), "logreg:C=1.0", out=str(root / "model.joblib"))
+    return root, images, bundle
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_saved_model_predicts_exactly_what_the_trained_one_predicts(trained):
+    root, _, bundle = trained
+    loaded = load_bundle(str(root / "model.joblib"))
+    X = CacheReader(str(root / "train.h5")).features()
+    np.testing.assert_array_equal(loaded.pipeline.predict_proba(X), bundle.pipeline.predict_proba(X))
+    assert loaded.classes == ["cats", "dogs", "owls"] and loaded.layer == "flatten"
+    settings = CacheReader(str(root / "train.h5")).settings
+    assert loaded.settings == {**settings, "layers": ["flatten"]}
+    assert loaded.settings["weights"] == "none:seed=0" and loaded.settings["preprocessing"]["crop"] == 64
+    assert loaded.versions["scikit-learn"] and loaded.trained_on["rows"] == 12
+    assert loaded.trained_on["class_counts"] == {"cats": 4, "dogs": 4, "owls": 4}
+    assert loaded.trained_on["params"]["C"] == 1.0
+    # fitted on every row: it reproduces its training labels (12 points in 512 dimensions are separable)
+    assert [loaded.classes[i] for i in loaded.predict(X)] == list(CacheReader(str(root / "train.h5")).labels)
+
+
+def test_predict_embeds_with_the_models_settings_and_reports_bad_files(trained, tmp_path):
+    root, images, bundle = trained
+    folder = tmp_path / "new"
+    shutil.copytree(images / "dogs", folder)
+    bad = write_bad_files(folder)
+    result = predict(str(root / "model.joblib"), [str(folder)], top=2, **RUN)
+    rows = {r["path"]: r for r in result["rows"]}
+    assert set(rows) == {p.name for p in folder.iterdir()}
+    for name, reason in bad.items():
+        assert rows[name]["error"].startswith(reason) and "predicted" not in rows[name]
+    train = CacheReader(str(root / "train.h5"))
+    index = {p: i for i, p in enumerate(train.paths)}
+    X_train = train.features()
+    for name in ("img00.jpg", "img01.png", "img02.jpg", "img03.png"):
+        expected = bundle.pipeline.predict_proba(X_train[[index[f"dogs/{name}"]]])[0]
+        row = rows[name]
+        assert row["predicted"] == "dogs" and row["top"][0]["class"] == "dogs" and len(row["top"]) == 2
+        assert row["score"] == pytest.approx(expected.max(), abs=1e-4)  # same vectors as training, to batch noise
+    assert result["embedded"] == 4
+    again = predict(str(root / "model.joblib"), [str(folder)], top=2, **RUN)
+    assert again["embedded"] == 0 and again["cache"] == result["cache"]  # the images' cache is reused
+    assert [r.get("predicted") for r in again["rows"]] == [r.get("predicted") for r in result["rows"]]
+
+
+def test_a_cache_made_with_other_settings_is_refused(trained, tmp_path):
+    root, images, _ = trained
+    other = str(tmp_path / "other.h5")
+    extract(images, other, **{**FAST, "crop": 56})
+    with pytest.raises(FeaturebankError, match="not made with the model's embedding settings .preprocessing"):
+        evaluate(str(root / "model.joblib"), other)
+    with pytest.raises(FeaturebankError, match="not made with the model's embedding settings .preprocessing"):
+        predict(str(root / "model.joblib"), [str(images)], cache=other, **RUN)
+
+
+def test_a_matching_cache_with_more_layers_is_reused(trained, tmp_path):
+    root, images, bundle = trained
+    both = str(tmp_path / "both.h5")
+    extract(images, both, layers=["layer3", "penultimate"], **FAST)
+    result = predict(str(root / "model.joblib"), [str(images)], cache=both, **RUN)
+    assert result["embedded"] == 0 and result["cache"] == both
+    assert [r["predicted"] for r in result["rows"]] == [p.split("/")[0] for p in CacheReader(both).paths]
+
+
+def test_evaluate_on_a_cache_and_on_images_gives_sklearn_metrics(trained, tmp_path):
+    root, images, bundle = trained
+    held_out = tmp_path / "held"
+    write_tree(held_out, per_class=3, start=50)
+    on_images = evaluate(str(root / "model.joblib"), str(held_out), **RUN)
+    reader = CacheReader(on_images["cache"])
+    y = np.array([bundle.classes.index(label) for label in reader.labels])
+    pred = bundle.predict(reader.features("flatten"))
+    assert on_images["rows"] == 9
+    assert on_images["metrics"]["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert on_images["metrics"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert np.array(on_images["confusion"]).sum() == 9
+    on_cache = evaluate(str(root / "model.joblib"), on_images["cache"])
+    assert on_cache["metrics"] == on_images["metrics"]
+    (held_out / "zebras").mkdir()
+    write_tree(held_out, classes=("zebras",), per_class=1, start=90)
+    with pytest.raises(FeaturebankError, match="classes the model was not trained on: zebras"):
+        evaluate(str(root / "model.joblib"), str(held_out), **RUN)
+
+
+def test_a_moved_weights_file_is_found_by_its_hash(tmp_path):
+    images = tmp_path / "images"
+    write_tree(images, classes=("a", "b"), per_class=2)
+    torch.manual_seed(1)
+    weights = tmp_path / "w1.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    settings = {**FAST, "weights": str(weights)}
+    extract(images, str(tmp_path / "c.h5"), **settings)
+    train(str(tmp_path / "c.h5"), "ridge", out=str(tmp_path / "m.joblib"))
+    moved = tmp_path / "moved.pth"
+    weights.rename(moved)
+    with pytest.raises(FeaturebankError, match="not there: pass --weights PATH"):
+        predict(str(tmp_path / "m.joblib"), [str(images)], **RUN)
+    result = predict(str(tmp_path / "m.joblib"), [str(images)], weights=str(moved), **RUN)
+    assert result["score"] == "decision" and [r["predicted"] for r in result["rows"]] == ["a", "a", "b", "b"]
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "other.pth")
+    with pytest.raises(FeaturebankError, match="is not the weights file the model was trained with"):
+        predict(str(tmp_path / "m.joblib"), [str(images)], weights=str(tmp_path / "other.pth"), **RUN)
+
+
+def test_unreadable_and_incompatible_model_files(tmp_path, monkeypatch):
+    (tmp_path / "notes.joblib").write_text("not a model")
+    with pytest.raises(FeaturebankError, match="is not a featurebank model file"):
+        load_bundle(str(tmp_path / "notes.joblib"))
+    with pytest.raises(FeaturebankError, match="model file not found"):
+        load_bundle(str(tmp_path / "absent.joblib"))
+    joblib.dump({"format": "featurebank-model", "version": 99}, tmp_path / "future.joblib")
+    with pytest.raises(FeaturebankError, match="format version 99"):
+        load_bundle(str(tmp_path / "future.joblib"))
+    # a model whose pickled classes no longer exist (another version of the code that wrote it)
+    (tmp_path / "gone_module.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gone_module
+
+    joblib.dump({"format": "featurebank-model", "version": 1, "pipeline": gone_module.Thing()}, tmp_path / "old.joblib")
+    (tmp_path / "gone_module.py").unlink()
+    monkeypatch.delitem(sys.modules, "gone_module")
+    with pytest.raises(FeaturebankError, match="incompatible version .*train it again"):
+        load_bundle(str(tmp_path / "old.joblib"))
+
+
+def test_train_errors(tmp_path):
+    from conftest import synthetic_cache
+
+    synthetic_cache(tmp_path / "one.h5", counts=(5,))
+    with pytest.raises(FeaturebankError, match="only one class"):
+        train(str(tmp_path / "one.h5"), "logreg")
+    synthetic_cache(tmp_path / "two.h5", counts=(5, 5))
+    with pytest.raises(FeaturebankError, match="layer 'nope' is not in"):
+        train(str(tmp_path / "two.h5"), "logreg", "nope")
+    bundle = train(str(tmp_path / "two.h5"), "knn", "layer3", search=True)
+    assert bundle.layer == "layer3" and bundle.pipeline.named_steps["clf"].n_neighbors in (1, 3)
+
+
+def test_imagenet_head_needs_real_weights(tmp_path):
+    write_tree(tmp_path / "i", classes=("a",), per_class=1)
+    with pytest.raises(FeaturebankError, match="random weights have no classes"):
+        predict_imagenet([str(tmp_path / "i")], backbone="resnet18", weights="none", **RUN)
