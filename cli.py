@@ -517,6 +517,7 @@ def _predictions_text(result: dict, fmt: str, top: int) -> str:
     if fmt == "json":
         return json.dumps(result, indent=1) + "\n"
     rows = result["rows"]
+    top = max([len(r["top"]) for r in rows if "top" in r] or [1])  # no more columns than classes
     labeled = any("label" in r for r in rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
