@@ -471,14 +471,15 @@ def evaluate(model, data, cache, weights, device, batch_size, workers, quiet, pr
 
 @main.command(context_settings=CONTEXT)
 @click.argument("args", nargs=-1, required=True, metavar="[MODEL] IMAGES...")
-@click.option("--imagenet", is_flag=True, help="Classify with the backbone's own ImageNet head (no MODEL).")
-@click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True, help="With --imagenet.")
+@click.option("--head", "--imagenet", "imagenet", is_flag=True,
+              help="Classify with the backbone's own head: ImageNet, or a fine-tuned checkpoint's classes (no MODEL).")
+@click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True, help="With --head.")
 @embedding_run_options
 @click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
 def predict(args, imagenet, backbone, cache, weights, device, batch_size, workers, quiet, top, fmt, out):
-    """Classify images with a trained MODEL (or, with --imagenet, the backbone's own head).
+    """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
     model's settings; a file that cannot be read gets a row with its error, never a stop.
@@ -496,7 +497,7 @@ def predict(args, imagenet, backbone, cache, weights, device, batch_size, worker
         result = predict_imagenet(list(args), backbone=backbone, weights=weights or "DEFAULT", top=top, cache=cache, **run)
     else:
         if len(args) < 2:
-            raise click.UsageError("give a MODEL file and at least one image (or --imagenet to use the backbone's head)")
+            raise click.UsageError("give a MODEL file and at least one image (or --head to use the backbone's own head)")
         result = run_predict(args[0], list(args[1:]), top=top, cache=cache, weights=weights, **run)
     text = _predictions_text(result, fmt, top)
     if out:
@@ -530,6 +531,97 @@ def _predictions_text(result: dict, fmt: str, top: int) -> str:
         writer.writerow([r["path"], *([r.get("label", "")] if labeled else []), r.get("predicted", ""),
                          f"{r['score']:.4f}" if "score" in r else "", *rest, r.get("error", "")])
     return buffer.getvalue()
+
+
+
+def unfreeze_type(ctx, param, value):
+    if value == "all":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise click.BadParameter("give 0 (head only), a number of blocks, or all")
+    return n
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("data", metavar="DATA", type=click.Path())
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="runs/finetune", show_default=True,
+              help="Run folder: checkpoints, log, curves, report.")
+@click.option("--val", type=click.Path(), help="Validation images (class folders or manifest). [default: --val-split]")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
+              help="Stratified share of DATA held out for validation when there is no --val.")
+@click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True)
+@click.option("-w", "--weights", default="DEFAULT", show_default=True, help="As in extract: a weights name, a .pth file, none.")
+@click.option("--resize", type=click.IntRange(16), help="Shorter side for evaluation (default: from the weights).")
+@click.option("--crop", type=click.IntRange(16), help="Crop size (default: from the weights).")
+@click.option("--unfreeze", default="1", show_default=True, callback=unfreeze_type,
+              help="Train the last N blocks (0: the head only; all: everything). The report names them.")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="AdamW learning rate of the head (cosine decay).")
+@click.option("--backbone-lr-scale", type=click.FloatRange(0), default=0.1, show_default=True,
+              help="The unfrozen pretrained layers learn at lr x this.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True, help="On the head's input.")
+@click.option("--bn", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
+              help="frozen: BatchNorm parameters and running statistics stay as they were.")
+@click.option("--augment", type=click.Choice(["flip", "trivial", "none"]), default="flip", show_default=True,
+              help="flip: random resized crop and flip; trivial: and TrivialAugment.")
+@click.option("--no-probe-init", is_flag=True, help="Start the head at random, not from the linear probe.")
+@click.option("--patience", type=click.IntRange(1), default=3, show_default=True, help="Epochs without a better validation accuracy before stopping.")
+@click.option("--from-scratch", is_flag=True, help="Also train the same architecture from random weights, for comparison.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=DeviceType(), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Mixed precision (fp16/bf16) on a GPU.")
+@click.option("--workers", type=click.IntRange(0), help="Decoding processes (as in extract).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
+def finetune(data, out, val, val_split, backbone, weights, resize, crop, unfreeze, epochs, lr, backbone_lr_scale,
+             weight_decay, batch_size, dropout, bn, augment, no_probe_init, patience, from_scratch, resume, seed,
+             device, precision, workers, quiet, as_json):
+    """Unfreeze the last blocks of BACKBONE and train them with a new head on DATA, end to end.
+
+    The images are embedded into the cache first (reused if there): the frozen linear probe on those
+    features is the baseline and the head's starting point. Checkpoints every epoch; the best one,
+    OUT/best.pth, works as --weights for extract and predict --head.
+
+    \b
+    Example:
+      featurebank finetune ../shared/data/hymenoptera/train --val ../shared/data/hymenoptera/val \\
+          -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth --unfreeze 1 --epochs 5 --from-scratch
+    """
+    from embedder.finetune import finetune as run_finetune
+
+    progress = not quiet and sys.stderr.isatty()
+
+    def said(epoch, row):
+        if not quiet and not as_json:
+            click.echo(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
+                       f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({row['seconds']:.0f} s)")
+
+    result = run_finetune(data, out, val=val, val_split=val_split, backbone=backbone, weights=weights, resize=resize,
+                          crop=crop, unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
+                          weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn, augment=augment,
+                          probe_init=not no_probe_init, patience=patience, seed=seed, device=device,
+                          precision=precision, workers=workers, resume=resume, from_scratch=from_scratch,
+                          progress=progress, on_epoch_end=said)
+
+    def human(d):
+        click.echo(f"unfrozen: {', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters)")
+        click.echo(f"{'model':48} {'val acc %':>9} {'bal. acc %':>10} {'seconds':>8}")
+        for r in d["comparison"]:
+            click.echo(f"{r['model']:48} {100 * r['accuracy']:9.2f} {100 * r['balanced_accuracy']:10.2f} {r['seconds']:8.1f}")
+        for s in d["skipped"][:10]:
+            click.echo(f"skipped {s['path']}: {s['reason']}")
+        click.echo(f"best checkpoint  {d['checkpoint']} (epoch {d['best_epoch']})")
+        click.echo(f"report           {d['files']['report_md']}")
+
+    emit(result.to_dict(), as_json, human)
 
 
 if __name__ == "__main__":

@@ -261,10 +261,11 @@ def predict(model, images, *, top: int = 3, cache: str | None = None, weights: s
 
 def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFAULT", seed: int = 0, top: int = 5,
                      cache: str | None = None, layout: str = "auto", **run) -> dict:
-    """Classify with the backbone's own ImageNet head: the logits are cached like any layer, then softmaxed."""
-    from embedder.backbones import imagenet_categories, output_node
+    """Classify with the backbone's own head (ImageNet, or a fine-tuned checkpoint's classes): the logits are cached
+    like any layer, then softmaxed."""
+    from embedder.backbones import head_classes, output_node
 
-    classes = imagenet_categories(backbone, weights, seed)
+    classes = head_classes(backbone, weights, seed)
     listing = list_inputs(images if isinstance(images, (list, tuple)) else [images], layout)
     summary = extract(listing, cache, backbone=backbone, weights=weights, seed=seed, layers=[output_node(backbone)],
                       **run)
@@ -274,6 +275,6 @@ def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFA
         raise FeaturebankError(f"the {backbone} head has {logits.shape[1]} outputs, not the {len(classes)} ImageNet classes")
     proba = np.exp(logits - logits.max(axis=1, keepdims=True))
     proba /= proba.sum(axis=1, keepdims=True)
-    return {"model": f"{backbone} ImageNet head", "layer": reader.layers[0], "cache": reader.path,
+    return {"model": f"{backbone} head", "layer": reader.layers[0], "cache": reader.path,
             "embedded": summary.embedded, "score": "probability",
             "rows": _rows(reader, listing.items, proba, classes, top)}

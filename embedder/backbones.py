@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import functools
 import hashlib
 import io
 import os
@@ -203,9 +204,26 @@ def output_node(name: str) -> str:
     return node_names(skeleton(name))[-1]
 
 
-def imagenet_categories(name: str, weights: str | Weights | None, seed: int = 0) -> list[str]:
-    """Class names of the backbone's own head: from the torchvision weights' metadata, or the standard
-    ImageNet-1k list for a local checkpoint whose head has 1000 outputs."""
+def file_metadata(path: str) -> dict:
+    """What a checkpoint written by ``featurebank finetune`` carries besides its tensors: ``classes`` (its head's
+    class names) and ``preprocessing`` (that of the weights it was fine-tuned from). Empty for a plain state dict."""
+    return _file_metadata(os.path.abspath(path), os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_metadata(path: str, mtime_ns: int) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return {}
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        return {}
+    return {k: v for k, v in obj.items() if k in ("classes", "preprocessing", "featurebank")}
+
+
+def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> list[str]:
+    """Class names of the backbone's own head: from the torchvision weights' metadata, those a fine-tuned
+    checkpoint carries, or the standard ImageNet-1k list for a local checkpoint whose head has 1000 outputs."""
     spec = weights if isinstance(weights, Weights) else resolve_weights(name, weights, seed)
     if spec.kind == "none":
         raise FeaturebankError("random weights have no classes: give --weights DEFAULT or an ImageNet checkpoint file")
@@ -214,6 +232,9 @@ def imagenet_categories(name: str, weights: str | Weights | None, seed: int = 0)
         if not categories:
             raise FeaturebankError(f"{spec.identity} carries no class names")
         return list(categories)
+    classes = file_metadata(spec.path).get("classes")
+    if classes:
+        return list(classes)
     state = _read_state_dict(spec.path)
     head = f"{head_name(skeleton(name))}.weight"
     outputs = int(state[head].shape[0]) if head in state else None
@@ -263,9 +284,13 @@ def load_backbone(name: str, weights: str | Weights | None = "DEFAULT", seed: in
 
 
 def preprocessing_for(name: str, weights: Weights) -> Preprocessing:
-    """What the weights carry (torchvision), else the family's standard preprocessing."""
+    """What the weights carry (torchvision, or a fine-tuned checkpoint), else the family's standard preprocessing."""
     if weights.kind == "torchvision":
         return Preprocessing.from_transforms(weights.enum.transforms())
+    if weights.kind == "file":
+        stored = file_metadata(weights.path).get("preprocessing")
+        if stored:
+            return Preprocessing(**{**stored, "mean": tuple(stored["mean"]), "std": tuple(stored["std"])})
     return default_preprocessing(name)
 
 
