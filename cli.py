@@ -557,6 +557,9 @@ def unfreeze_type(ctx, param, value):
 @click.option("-w", "--weights", default="DEFAULT", show_default=True, help="As in extract: a weights name, a .pth file, none.")
 @click.option("--resize", type=click.IntRange(16), help="Shorter side for evaluation (default: from the weights).")
 @click.option("--crop", type=click.IntRange(16), help="Crop size (default: from the weights).")
+@click.option("--no-draft", is_flag=True, help="Decode big JPEGs at full size (as in extract).")
+@click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True,
+              help="Larger images are skipped as decompression bombs.")
 @click.option("--unfreeze", default="1", show_default=True, callback=unfreeze_type,
               help="Train the last N blocks (0: the head only; all: everything). The report names them.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
@@ -581,7 +584,7 @@ def unfreeze_type(ctx, param, value):
 @click.option("--workers", type=click.IntRange(0), help="Decoding processes (as in extract).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
-def finetune(data, out, val, val_split, backbone, weights, resize, crop, unfreeze, epochs, lr, backbone_lr_scale,
+def finetune(data, out, val, val_split, backbone, weights, resize, crop, no_draft, max_pixels, unfreeze, epochs, lr, backbone_lr_scale,
              weight_decay, batch_size, dropout, bn, augment, no_probe_init, patience, from_scratch, resume, seed,
              device, precision, workers, quiet, as_json):
     """Unfreeze the last blocks of BACKBONE and train them with a new head on DATA, end to end.
@@ -605,7 +608,7 @@ def finetune(data, out, val, val_split, backbone, weights, resize, crop, unfreez
                        f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({row['seconds']:.0f} s)")
 
     result = run_finetune(data, out, val=val, val_split=val_split, backbone=backbone, weights=weights, resize=resize,
-                          crop=crop, unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
+                          crop=crop, draft=not no_draft, max_pixels=max_pixels, unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
                           weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn, augment=augment,
                           probe_init=not no_probe_init, patience=patience, seed=seed, device=device,
                           precision=precision, workers=workers, resume=resume, from_scratch=from_scratch,

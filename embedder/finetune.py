@@ -266,7 +266,8 @@ def export_weights(model: nn.Module, path: str, classes: list[str], prep, meta: 
 def train_loop(model: nn.Module, blocks: list[str], data: Split, prep, out: str, config: dict, *, device, resume: bool,
                progress: bool, on_epoch_end=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Train ``model`` (head and ``blocks``) for ``config["epochs"]`` with early stopping on validation accuracy.
-    Everything random is seeded from (seed, epoch), so a resumed run follows the uninterrupted trajectory."""
+    Epoch 0 is the untrained start: ``best.pth`` stays the start when no epoch beats it. Everything random is
+    seeded from (seed, epoch), so a resumed run follows the uninterrupted trajectory."""
     os.makedirs(out, exist_ok=True)
     bn, seed = config["bn"], config["seed"]
     freeze(model, blocks, bn)
@@ -297,6 +298,18 @@ def train_loop(model: nn.Module, blocks: list[str], data: Split, prep, out: str,
     y_train = torch.as_tensor(data.train_y)
     any_bn_training = bn == "train" and any(isinstance(m, BATCHNORMS) for b in blocks
                                             for m in model.get_submodule(b).modules())
+    if not state["history"]:  # epoch 0: the starting point (the probe's head); training must beat it to count
+        started = time.perf_counter()
+        val, failed = evaluate_images(model, data.val_paths, data.val_y, prep, device, config["precision"],
+                                      config["batch_size"], workers, max_pixels)
+        state["failed"].update(dict(failed))
+        state["seconds"] += time.perf_counter() - started
+        state["history"].append({"epoch": 0, "train_loss": None, "train_accuracy": None,
+                                 **{f"val_{k}": v for k, v in val.items()},
+                                 **{f"lr_{g['name']}": 0.0 for g in optimizer.param_groups},
+                                 "seconds": round(state["seconds"], 2)})
+        state["best"], state["best_epoch"] = val, 0
+        export_weights(model, best_path, data.classes, prep, {**config, "epoch": 0, "val": val})
     first = config["epochs"] + 1 if state.get("stopped_early") else state["epoch"] + 1
     for epoch in range(first, config["epochs"] + 1):
         started = time.perf_counter()
@@ -436,7 +449,10 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
 
 def _row(name: str, state: dict) -> dict:
     best = state["best"]
-    return {"model": name, "trained": f"{len(state['history'])} epoch(s), best at epoch {state['best_epoch']}",
+    epochs, best_epoch = len(state["history"]) - 1, state["best_epoch"]
+    trained = (f"{epochs} epoch(s), best at epoch {best_epoch}" if best_epoch else
+               f"{epochs} epoch(s), none better than the start (epoch 0 kept)")
+    return {"model": name, "trained": trained,
             **{k: best[k] for k in ("accuracy", "balanced_accuracy", "f1_macro")}, "seconds": round(state["seconds"], 2)}
 
 
@@ -462,8 +478,8 @@ def write_run_report(result: FinetuneResult, prep) -> dict[str, str]:
     lines += [f"| {r['model']} | {r['trained']} | {100 * r['accuracy']:.2f} | {100 * r['balanced_accuracy']:.2f} | "
               f"{100 * r['f1_macro']:.2f} | {r['seconds']:.1f} |" for r in result.comparison]
     lines += ["", "| epoch | train loss | train acc. % | val loss | val acc. % |", "|--:|--:|--:|--:|--:|"]
-    lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {100 * h['train_accuracy']:.1f} | {h['val_loss']:.4f} | "
-              f"{100 * h['val_accuracy']:.1f} |" for h in result.history]
+    lines += [f"| {h['epoch']} | " + (f"{h['train_loss']:.4f} | {100 * h['train_accuracy']:.1f}" if h["epoch"] else "– | –")
+              + f" | {h['val_loss']:.4f} | {100 * h['val_accuracy']:.1f} |" for h in result.history]
     if result.skipped:
         lines += ["", "Skipped files:", ""] + [f"- `{s['path']}`: {s['reason']}" for s in result.skipped[:50]]
     with open(files["report_md"], "w", encoding="utf-8") as fh:
@@ -477,8 +493,11 @@ def _curves_png(history: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
+    nan = float("nan")
+    history = [{k: (nan if v is None else v) for k, v in h.items()} for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
     left.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
@@ -487,6 +506,7 @@ def _curves_png(history: list[dict], path: str) -> None:
     right.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="validation")
     right.set_title("accuracy")
     for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -84,7 +84,7 @@ def test_backbones_lists_every_torchvision_classifier_with_its_feature_size(runn
     assert {"efficientnet_b0", "mobilenet_v3_large", "convnext_tiny", "googlenet"} <= set(rows)
 
 
-@pytest.mark.parametrize("command", ["classifiers", "cv", "train", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["classifiers", "cv", "train", "evaluate", "predict", "finetune"])
 def test_classifier_commands_have_help_with_an_example(runner, command):
     result = runner.invoke(cli.main, [command, "--help"])
     assert result.exit_code == 0 and "Example:" in result.output and "featurebank " + command in result.output
@@ -146,3 +146,20 @@ def test_classifier_errors_are_one_line(runner, tmp_path):
     assert result.exit_code == 1 and "Error: model file not found" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli.main, ["predict", "only.jpg"])
     assert result.exit_code == 2 and "give a MODEL file and at least one image" in result.output
+
+
+def test_finetune_from_the_command_line(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    args = ["finetune", str(root), "-o", str(tmp_path / "run"), *FAST_ARGS, "--epochs", "1", "--val-split", "0.25"]
+    result = runner.invoke(cli.main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)
+    assert run["blocks"] == ["layer4"] and [h["epoch"] for h in run["history"]] == [0, 1]
+    assert len(run["comparison"]) == 2 and run["comparison"][0]["model"] == "frozen linear probe"
+    assert run["checkpoint"] == str(tmp_path / "run" / "best.pth")
+    again = runner.invoke(cli.main, args)
+    assert again.exit_code == 1 and "holds a run already: add --resume" in again.output and "Traceback" not in again.output
+    bad = runner.invoke(cli.main, [*args, "--unfreeze", "some"])
+    assert bad.exit_code == 2 and "give 0 (head only), a number of blocks, or all" in bad.output

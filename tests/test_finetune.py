@@ -71,9 +71,10 @@ def test_learning_rates_per_group(images, tmp_path):
     backbone = [names[id(p)] for p in groups[1]["params"]]
     assert all(n.startswith("layer4.") and ".bn" not in n for n in backbone) and len(backbone) == 5  # 5 convs
     result = finetune(str(images), str(tmp_path / "run"), epochs=2, lr=0.01, backbone_lr_scale=0.1, **TINY)
-    first = result.history[0]
+    assert result.history[0]["epoch"] == 0 and result.history[0]["train_loss"] is None  # the untrained start
+    first = result.history[1]
     assert (first["lr_head"], first["lr_backbone"]) == (0.01, 0.001)
-    assert result.history[1]["lr_head"] == pytest.approx(0.005)  # cosine decay over 2 epochs
+    assert result.history[2]["lr_head"] == pytest.approx(0.005)  # cosine decay over 2 epochs
 
 
 def test_resume_follows_the_uninterrupted_trajectory(images, tmp_path):
@@ -94,7 +95,7 @@ def test_resume_follows_the_uninterrupted_trajectory(images, tmp_path):
     a, b = _last(tmp_path / "whole")["model"], _last(tmp_path / "cut")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
-    assert strip(resumed.history) == strip(whole.history) and len(whole.history) == 3
+    assert strip(resumed.history) == strip(whole.history) and len(whole.history) == 4  # epochs 0 to 3
 
 
 def test_head_starts_as_the_linear_probe():
