@@ -380,6 +380,7 @@ class FinetuneResult:
     skipped: list[dict]
     files: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    scratch_history: list[dict] = field(default_factory=list)  # with --from-scratch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -430,6 +431,7 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     comparison.append(_row(f"fine-tuned (last {len(blocks)} block(s) + head)" if unfreeze != "all"
                            else "fine-tuned (all layers)", state))
+    scratch_state = {"history": []}
     if from_scratch:
         scratch = load_backbone(backbone, "none", seed, resize=resize, crop=crop, draft=draft).model
         replace_head(scratch, k)
@@ -442,7 +444,7 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
     skipped = data.skipped + [{"path": p, "reason": r} for p, r in state["failed"].items()]
     result = FinetuneResult(os.path.abspath(out), data.classes, blocks, trainable, state["best_epoch"],
                             state["history"], comparison, os.path.abspath(os.path.join(out, "best.pth")), skipped,
-                            config=config)
+                            config=config, scratch_history=scratch_state["history"])
     result.files = write_run_report(result, prep)
     return result
 
@@ -462,12 +464,9 @@ def write_run_report(result: FinetuneResult, prep) -> dict[str, str]:
     files = {"log_csv": os.path.join(out, "log.csv"), "log_json": os.path.join(out, "log.json"),
              "report_json": os.path.join(out, "report.json"), "report_md": os.path.join(out, "report.md"),
              "curves_png": os.path.join(out, "curves.png"), "checkpoint": result.checkpoint}
-    with open(files["log_csv"], "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, list(result.history[0]))
-        writer.writeheader()
-        writer.writerows(result.history)
-    with open(files["log_json"], "w", encoding="utf-8") as fh:
-        json.dump(result.history, fh, indent=1)
+    write_log(result.history, out)
+    if result.scratch_history:
+        write_log(result.scratch_history, os.path.join(out, "scratch"))
     with open(files["report_json"], "w", encoding="utf-8") as fh:
         json.dump({**result.to_dict(), "preprocessing": prep.to_dict(), "versions": library_versions()}, fh, indent=1)
     lines = [f"# Fine-tuning {result.config['backbone']} ({result.config['weights']})", "",
@@ -484,8 +483,18 @@ def write_run_report(result: FinetuneResult, prep) -> dict[str, str]:
         lines += ["", "Skipped files:", ""] + [f"- `{s['path']}`: {s['reason']}" for s in result.skipped[:50]]
     with open(files["report_md"], "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
-    _curves_png(result.history, files["curves_png"])
     return files
+
+
+def write_log(history: list[dict], folder: str) -> None:
+    """log.csv, log.json and curves.png of one training run."""
+    with open(os.path.join(folder, "log.csv"), "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    with open(os.path.join(folder, "log.json"), "w", encoding="utf-8") as fh:
+        json.dump(history, fh, indent=1)
+    _curves_png(history, os.path.join(folder, "curves.png"))
 
 
 def _curves_png(history: list[dict], path: str) -> None:

@@ -131,6 +131,7 @@ def test_checkpoint_is_a_backbone_like_any_other(images, tmp_path):
     val = json.loads((tmp_path / "run" / "report.json").read_text())
     assert val["best_epoch"] == result.best_epoch and (tmp_path / "run" / "curves.png").stat().st_size > 1000
     assert (tmp_path / "run" / "log.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_accuracy,val_loss")
+    assert (tmp_path / "run" / "scratch" / "log.csv").read_text().count("\n") == 4  # header, epochs 0 to 2
     scratch = _last(tmp_path / "run" / "scratch")["model"]
     base = load_backbone("resnet18", "none").model.state_dict()
     assert not torch.equal(scratch["conv1.weight"], base["conv1.weight"])  # from scratch, everything trains
