@@ -345,8 +345,8 @@ def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_fol
     report = cross_validate(cache, classifier, layer, folds=folds, repeats=repeats, seed=seed, groups=groups,
                             search=search, inner_folds=inner_folds, n_jobs=n_jobs,
                             progress=not quiet and sys.stderr.isatty())
-    files = write_report(report, out, suspicious) if out else {}
     data = report_dict(report, suspicious)
+    files = write_report(report, out, suspicious, data) if out else {}
 
     def human(d):
         cvd = d["cv"]

@@ -48,7 +48,7 @@ class Bundle:
         return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
 
     def describe(self) -> dict:
-        return {k: v for k, v in self.to_dict().items() if k != "pipeline"} | {"pipeline": describe(self.classifier)}
+        return {k: v for k, v in self.to_dict().items() if k != "pipeline"} | {"pipeline": describe(self.pipeline)}
 
     def scores(self, X: np.ndarray) -> tuple[np.ndarray, str]:
         """Per row and class: probabilities when the classifier has them, else decision scores."""

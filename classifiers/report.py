@@ -160,12 +160,13 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
     return path
 
 
-def write_report(report: CVReport, out_dir: str, suspicious: int = 20) -> dict[str, str]:
-    """Write report.json, report.md, leaderboard.png, confusion.png and predictions/*.csv into ``out_dir``."""
+def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict | None = None) -> dict[str, str]:
+    """Write report.json, report.md, leaderboard.png, confusion.png and predictions/*.csv into ``out_dir``
+    (``d``: the report's ``report_dict``, when the caller has it already)."""
     from .plots import confusion_png, leaderboard_png
 
     os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
-    d = report_dict(report, suspicious)
+    d = d or report_dict(report, suspicious)
     files = {"json": os.path.join(out_dir, "report.json"), "markdown": os.path.join(out_dir, "report.md")}
     with open(files["json"], "w", encoding="utf-8") as fh:
         json.dump(d, fh, indent=1)

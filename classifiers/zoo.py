@@ -163,9 +163,9 @@ def has_probabilities(spec: str) -> bool:
     return hasattr(make_classifier(spec), "predict_proba")
 
 
-def describe(spec: str) -> str:
-    """``scale → pca(256) → SVC(C=10)``: what a spec builds, for reports."""
-    pipe = make_classifier(spec)
+def describe(spec) -> str:
+    """``scale → pca(256) → SVC(C=10)``: what a spec (or a zoo Pipeline, fitted or not) is, for reports."""
+    pipe = make_classifier(spec) if isinstance(spec, str) else spec
     parts = []
     for name, step in pipe.steps:
         if step == "passthrough":

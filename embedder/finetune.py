@@ -244,6 +244,9 @@ def evaluate_images(model, paths, y, prep, device, precision, batch_size, worker
             with autocast_for(device, precision):
                 logits.append(_forward(model, prep.normalize(batch.images.to(device))).float().cpu())
             targets.append(torch.as_tensor(y[batch.indices]))
+    if not logits:
+        raise FeaturebankError(f"none of the {len(paths)} validation images could be read now "
+                               f"(first: {failed[0][0]}: {failed[0][1]})")
     logits, targets = torch.cat(logits), torch.cat(targets)
     pred = logits.argmax(1).numpy()
     return {"loss": float(F.cross_entropy(logits, targets)), **_scores(targets.numpy(), pred)}, failed
@@ -285,9 +288,9 @@ def train_loop(model: nn.Module, blocks: list[str], data: Split, prep, out: str,
         if not resume:
             raise FeaturebankError(f"{out} holds a run already: add --resume to continue it, or choose another --out")
         saved = torch.load(last, map_location="cpu", weights_only=True)
-        differ = [k for k in config if k not in ("epochs", "patience", "workers") and saved["config"].get(k) != config[k]]
-        if differ or saved["config"]["epochs"] != config["epochs"]:
-            key = (differ or ["epochs"])[0]
+        differ = [k for k in config if k not in ("patience", "workers") and saved["config"].get(k) != config[k]]
+        if differ:
+            key = differ[0]
             raise FeaturebankError(f"--resume: {out} was started with {key}={saved['config'].get(key)!r}, not "
                                    f"{config[key]!r}; use the same options, or another --out")
         model.load_state_dict(saved["model"])
