@@ -79,3 +79,22 @@ def test_the_checkpoints_own_imagenet_head_knows_ants_from_bees(caches, tmp_path
     bees = [p for folder, p in top1 if folder == "bees"]
     assert ants.count("ant") > 0.5 * len(ants) and bees.count("bee") > 0.5 * len(bees)
     assert all(abs(sum(t["score"] for t in r["top"]) - 1) < 1 for r in result["rows"])
+
+
+def test_finetuning_starts_exactly_at_the_linear_probe(caches, tmp_path, monkeypatch):
+    """The probe-initialized network (epoch 0) scores what the probe scores on the same validation photos, and
+    one epoch on the last block leaves every other parameter and every BatchNorm statistic as loaded."""
+    from embedder.finetune import finetune
+
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+    run = finetune(str(HYMENOPTERA / "train"), str(tmp_path / "run"), val=str(HYMENOPTERA / "val"),
+                   backbone="mobilenet_v2", weights=str(MOBILENET_V2), unfreeze=1, epochs=1, batch_size=16)
+    probe = run.comparison[0]
+    assert probe["accuracy"] > 0.9 and run.history[0]["val_accuracy"] == pytest.approx(probe["accuracy"])
+    assert run.blocks == ["features.18"]
+    loaded = torch.load(MOBILENET_V2, weights_only=True)
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    for key, value in loaded.items():
+        if not key.startswith(("features.18.", "classifier.")) or (key.startswith("features.18.1.")):  # 18.1 is BN
+            assert torch.equal(value, trained[key]), key
+    assert not torch.equal(loaded["features.18.0.weight"], trained["features.18.0.weight"])
