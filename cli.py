@@ -24,7 +24,11 @@ class Group(click.Group):
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            click.echo("Interrupted: every finished batch is kept; run the same command again to continue.", err=True)
+            if ctx.invoked_subcommand == "finetune":
+                click.echo("Interrupted: the last finished epoch is saved (OUT/last.pt); run the same command with "
+                           "--resume to continue.", err=True)
+            else:
+                click.echo("Interrupted: every finished batch is kept; run the same command again to continue.", err=True)
             sys.exit(130)
 
 

@@ -163,3 +163,18 @@ def test_finetune_from_the_command_line(runner, tmp_path, monkeypatch):
     assert again.exit_code == 1 and "holds a run already: add --resume" in again.output and "Traceback" not in again.output
     bad = runner.invoke(cli.main, [*args, "--unfreeze", "some"])
     assert bad.exit_code == 2 and "give 0 (head only), a number of blocks, or all" in bad.output
+
+
+def test_ctrl_c_says_how_to_continue(runner, monkeypatch):
+    import embedder.finetune
+    import embedder.job
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embedder.finetune, "finetune", interrupted)
+    monkeypatch.setattr(embedder.job, "extract", interrupted)
+    result = runner.invoke(cli.main, ["finetune", "photos", "-o", "runs/x"])
+    assert result.exit_code == 130 and "run the same command with --resume" in result.stderr
+    result = runner.invoke(cli.main, ["extract", "photos"])
+    assert result.exit_code == 130 and "every finished batch is kept" in result.stderr

@@ -46,3 +46,44 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_rows(tmp_path):
     assert list(b.paths) == list(a.paths) == paths
     np.testing.assert_allclose(b.features(), a.features(), rtol=1e-5, atol=1e-6)
     assert not os.path.exists(parts_dir(str(cache)))
+
+
+def test_kill_9_mid_finetune_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """Killed while training epoch 2 or later, `finetune --resume` ends with the weights of a run never killed."""
+    import torch
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    env = {**os.environ, "FEATUREBANK_CACHE_DIR": str(tmp_path / "cache")}
+
+    def finetune(out, *extra):
+        args = [sys.executable, "-c", "import cli; cli.main()", "finetune", str(root), "-o", str(out), "-q",
+                "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "0",
+                "--batch-size", "2", "--epochs", "6", "--patience", "6", "--val-split", "0.25", *extra]
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    whole = finetune(tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0, whole.communicate()
+    killed = finetune(tmp_path / "killed")
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and killed.poll() is None:
+        try:
+            if torch.load(last, weights_only=True)["state"]["epoch"] >= 2:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.05)
+    assert killed.poll() is None, killed.communicate()
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    epoch = torch.load(last, weights_only=True)["state"]["epoch"]
+    assert 2 <= epoch < 6
+    again = finetune(tmp_path / "killed")
+    assert again.wait(timeout=300) == 1 and b"add --resume" in again.communicate()[1]
+    resumed = finetune(tmp_path / "killed", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert b["state"]["epoch"] == a["state"]["epoch"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
