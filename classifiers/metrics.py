@@ -6,7 +6,6 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support)
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
-HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "f1_macro": True, "log_loss": False}
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, n_classes: int) -> dict[str, float | None]:

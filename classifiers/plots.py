@@ -56,18 +56,3 @@ def leaderboard_png(names: list[str], means: list[float], stds: list[float], met
     plt.close(fig)
     return path
 
-
-def curves_png(epochs: list[int], series: dict[str, list[float]], path: str, ylabel: str = "") -> str:
-    """Lines over epochs (learning curves)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, values in series.items():
-        ax.plot(epochs, values, marker="o", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -94,7 +94,7 @@ def markdown(d: dict) -> str:
     cv = d["cv"]
     best = next(r for r in d["results"] if r["classifier"] == d["best"]["classifier"] and r["layer"] == d["best"]["layer"])
     s = d["settings"]
-    out = [f"# Cross-validation report", "",
+    out = ["# Cross-validation report", "",
            f"- cache: `{d['cache']}` ({d['rows']} labelled rows, {len(d['classes'])} classes"
            + (f", {d['unlabeled_rows']} unlabeled rows left out" if d["unlabeled_rows"] else "") + ")",
            f"- input: `{d['source']}`",
@@ -102,7 +102,7 @@ def markdown(d: dict) -> str:
            f"- folds: {cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
            + (", hyperparameters chosen by nested inner cross-validation" if cv["search"] else "")
            + f"; ranked by {cv['rank_by'].replace('_', ' ')}; scores are mean ± std over folds",
-           f"- classes: " + ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()), "",
+           "- classes: " + ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()), "",
            "## Leaderboard", "", *leaderboard_lines(d), "",
            f"## Best: {best['classifier']} on {best['layer']}", "", f"Pipeline: `{best['pipeline']}`", ""]
     if best["best_params"]:

@@ -63,13 +63,6 @@ class ClassifierSpec:
     grid: dict = field(default_factory=dict)  # classifier parameter → values for nested search
     probabilities: bool = False  # has predict_proba (log-loss and confidence)
 
-    def defaults(self) -> dict:
-        """The classifier parameters that differ from scikit-learn's defaults, as the zoo sets them."""
-        clf = self.build(0)
-        base = type(clf)()
-        return {k: v for k, v in clf.get_params(deep=False).items()
-                if k != "random_state" and repr(v) != repr(base.get_params(deep=False).get(k))}
-
 
 _REGISTRY: dict[str, ClassifierSpec] = {}
 
@@ -157,10 +150,6 @@ def search_grid(spec: str, n_train: int | None = None) -> dict:
     if n_train is not None and "clf__n_neighbors" in grid:
         grid["clf__n_neighbors"] = [k for k in grid["clf__n_neighbors"] if k <= n_train] or [1]
     return grid
-
-
-def has_probabilities(spec: str) -> bool:
-    return hasattr(make_classifier(spec), "predict_proba")
 
 
 def describe(spec) -> str:

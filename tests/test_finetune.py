@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, write_bad_files, write_tree
+from conftest import write_bad_files, write_tree
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones import skeleton
 from embedder.errors import FeaturebankError
