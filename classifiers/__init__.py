@@ -1,10 +1,21 @@
-"""Classical classifiers on cached embeddings: the zoo, cross-validation reports, model files."""
-from .bundle import Bundle, evaluate, load_bundle, predict, predict_imagenet, save_bundle, train
-from .crossval import CVReport, cross_validate, make_splits
-from .report import report_dict, write_report
-from .zoo import (ClassifierSpec, list_classifiers, make_classifier, parse_spec, register_classifier,
-                  unregister_classifier)
+"""Classical classifiers on cached embeddings: the zoo, cross-validation reports, model files.
 
-__all__ = ["Bundle", "CVReport", "ClassifierSpec", "cross_validate", "evaluate", "list_classifiers", "load_bundle",
-           "make_classifier", "make_splits", "parse_spec", "predict", "predict_imagenet", "register_classifier",
-           "report_dict", "save_bundle", "train", "unregister_classifier", "write_report"]
+The names below are imported on first use, so that ``cv`` and ``classifiers`` do not wait for torch.
+"""
+import importlib
+
+_EXPORTS = {
+    "Bundle": "bundle", "evaluate": "bundle", "load_bundle": "bundle", "predict": "bundle",
+    "predict_imagenet": "bundle", "save_bundle": "bundle", "train": "bundle",
+    "CVReport": "crossval", "cross_validate": "crossval", "make_splits": "crossval",
+    "report_dict": "report", "write_report": "report",
+    "ClassifierSpec": "zoo", "list_classifiers": "zoo", "make_classifier": "zoo", "parse_spec": "zoo",
+    "register_classifier": "zoo", "unregister_classifier": "zoo",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

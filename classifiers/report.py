@@ -6,10 +6,12 @@ import csv
 import json
 import os
 import re
+import sys
 
 import numpy as np
+import sklearn
 
-from embedder.job import library_versions
+from embedder import __version__
 
 from .crossval import RANK_BY, CVReport, CVResult
 from .metrics import METRICS
@@ -67,7 +69,10 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
         "outliers": dict(zip(("layer", "images"), report.outliers(suspicious))),
         "duplicates": report.duplicates(),
         "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
-        "seconds": report.seconds, "versions": library_versions(),
+        "seconds": report.seconds,
+        "versions": {"featurebank": __version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+                     "python": sys.version.split()[0]},
+        "extraction_versions": reader.info.get("versions", {}),
     }
 
 

@@ -98,6 +98,18 @@ def test_resume_follows_the_uninterrupted_trajectory(images, tmp_path):
     assert strip(resumed.history) == strip(whole.history) and len(whole.history) == 4  # epochs 0 to 3
 
 
+def test_the_probe_is_the_zoos_logreg():
+    """embedder/ does not import classifiers/, so the probe is written out; it must stay the zoo's linear probe."""
+    from classifiers.zoo import make_classifier
+
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(20, 4)), np.repeat([0, 1], 10)
+    probe, _ = linear_probe(X, y, 2)
+    zoo = make_classifier("logreg")
+    assert probe[-1].get_params() == {**zoo.named_steps["clf"].get_params(), "random_state": 0}
+    np.testing.assert_allclose(probe.predict_proba(X), zoo.fit(X, y).predict_proba(X))
+
+
 def test_head_starts_as_the_linear_probe():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 8)) + np.repeat(np.eye(3, 8) * 3, 10, axis=0)
