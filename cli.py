@@ -175,8 +175,8 @@ def layers(backbone, size, pooling, as_json):
 @click.argument("source", metavar="INPUT", type=click.Path())
 @click.option("--cache", "cache", type=click.Path(dir_okay=False),
               help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).")
-@click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True,
-              help="A torchvision model name (featurebank backbones).")
+@click.option("-b", "--backbone", default="resnet50", show_default=True,
+              help="A torchvision model name (featurebank backbones); checked when the settings are resolved.")
 @click.option("-w", "--weights", default="DEFAULT", show_default=True,
               help="A torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a local .pth state dict, or none.")
 @click.option("-l", "--layer", "layer", multiple=True, callback=split_layers,
@@ -186,12 +186,20 @@ def layers(backbone, size, pooling, as_json):
 @click.option("--resize", type=click.IntRange(16), help="Shorter side before cropping (default: from the weights).")
 @click.option("--crop", type=click.IntRange(16), help="Center crop size (default: from the weights).")
 @click.option("--no-draft", is_flag=True, help="Decode big JPEGs at full size (slower; no reduced-scale decode).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Autocast precision (fp16/bf16 for GPUs).")
+@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="fp32; int8 (CPU, onnxruntime: calibrated on images of INPUT, rows of its own); fp16/bf16 autocast (GPUs).")
+@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="auto: onnxruntime on the CPU when it measured faster for these settings (measured once), torch on GPUs.")
+@click.option("--calibration-images", type=click.IntRange(1), default=256, show_default=True,
+              help="int8: images drawn reproducibly from INPUT to calibrate on.")
+@click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="int8: how activation ranges are read from the calibration images.")
+@click.option("--calibration-from", "calibration_from", type=click.Path(dir_okay=False),
+              help="int8: use the int8 engine of this cache (e.g. embed val/ with train/'s calibration).")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU 0 up to 2 cores, else cores/4).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init for --weights none.")
+@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU none: decoding threads share the cores with the engine).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init for --weights none, and of the int8 calibration draw.")
 @click.option("--layout", type=click.Choice(["auto", "classes", "flat"]), default="auto", show_default=True,
               help="A folder: class-per-folder (labels) or flat (unlabeled).")
 @click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True,
@@ -199,8 +207,9 @@ def layers(backbone, size, pooling, as_json):
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file could not be embedded (good rows are kept).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
-def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_draft, precision, device, batch_size,
-            workers, seed, layout, max_pixels, strict, quiet, as_json):
+def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_draft, precision, engine,
+            calibration_images, calibration, calibration_from, device, batch_size, workers, seed, layout, max_pixels, strict, quiet,
+            as_json):
     """Embed every image of INPUT into an HDF5 cache, once.
 
     INPUT is a class-per-folder tree (labels from folder names), a flat folder (unlabeled), a CSV manifest
@@ -212,18 +221,28 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
       featurebank extract ../shared/data/hymenoptera/train -b mobilenet_v2 \\
           -w ../shared/weights/mobilenet_v2-imagenet.pth --cache cache/ants.h5
     """
-    from embedder.job import extract as run_extract
+    from embedder.job import extract as run_extract, int8_of_cache
+    from embedder.settings import Int8
 
+    int8, engine_dir = (Int8(calibration_images, seed, calibration) if precision == "int8" else None), None
+    if calibration_from:
+        if precision != "int8":
+            raise click.UsageError("--calibration-from goes with --precision int8")
+        int8, engine_dir = int8_of_cache(calibration_from)
     summary = run_extract(source, cache, backbone=backbone, weights=weights, layers=layer, pooling=pooling,
                           resize=resize, crop=crop, draft=not no_draft, precision=precision, device=device,
                           batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
-                          max_pixels=max_pixels, progress=not quiet and sys.stderr.isatty())
+                          max_pixels=max_pixels, engine=engine, int8=int8, engine_dir=engine_dir,
+                          progress=not quiet and sys.stderr.isatty())
     if quiet and not as_json:
         return
 
     def human(s):
         click.echo(f"{s['rows']} rows in {s['cache']}")
-        click.echo(f"  embedded {s['embedded']} ({s['images_per_second']} images/s on {s['device']}), "
+        engine = f"{s['engine']['name']} on {s['device']}" if s["engine"] else s["device"]
+        for step in s["prepared"]:
+            click.echo(f"  prepared: {step}")
+        click.echo(f"  embedded {s['embedded']} ({s['images_per_second']} images/s, {engine}), "
                    f"kept {s['reused']}, removed {s['removed']}, failed {len(s['failed'])}, ignored {s['ignored']} "
                    f"non-image files, {s['seconds']} s")
         for f in s["failed"][:20]:

@@ -17,10 +17,11 @@ import joblib
 import numpy as np
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from embedder.backbones import resolve_weights
 from embedder.cache import CacheReader
 from embedder.errors import FeaturebankError
 from embedder.job import extract, library_versions
+from embedder.settings import ExtractionSettings
+from embedder.store import engine_dir_for, sha256_of
 from embedder.sources import list_inputs
 
 from .crossval import RANK_BY
@@ -30,7 +31,6 @@ from .zoo import describe, make_classifier, parse_spec, search_grid
 
 FORMAT = "featurebank-model"
 VERSION = 1
-SETTING_KEYS = ("backbone", "weights", "pooling", "preprocessing", "precision")
 
 
 @dataclass
@@ -127,9 +127,12 @@ def train(cache, classifier: str = "logreg", layer: str | None = None, out: str 
 
 
 def settings_differ(cache_settings: dict, bundle: Bundle) -> list[str]:
-    """What makes a cache's vectors unlike the ones the model was trained on (empty: compatible)."""
-    differ = [k for k in SETTING_KEYS if cache_settings.get(k) != bundle.settings.get(k)]
-    if bundle.layer not in cache_settings.get("layers", []):
+    """What makes a cache's vectors unlike the ones the model was trained on (empty: compatible): every setting
+    but the list of layers, which only has to include the model's."""
+    cache, model = ExtractionSettings.from_dict(cache_settings), ExtractionSettings.from_dict(bundle.settings)
+    a, b = cache.without_layers().to_dict(), model.without_layers().to_dict()
+    differ = [f"{k}: cache {a.get(k)!r}, model {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if bundle.layer not in cache.layers:
         differ.append(f"layer {bundle.layer} missing")
     return differ
 
@@ -137,10 +140,7 @@ def settings_differ(cache_settings: dict, bundle: Bundle) -> list[str]:
 def check_cache(reader: CacheReader, bundle: Bundle) -> None:
     differ = settings_differ(reader.settings, bundle)
     if differ:
-        first = differ[0]
-        detail = (first if first.startswith("layer") else
-                  f"{first}: cache {reader.settings.get(first)!r}, model {bundle.settings.get(first)!r}")
-        raise FeaturebankError(f"{reader.path} was not made with the model's embedding settings ({detail}); "
+        raise FeaturebankError(f"{reader.path} was not made with the model's embedding settings ({differ[0]}); "
                                f"give the images instead and they are embedded with the model's settings")
 
 
@@ -155,7 +155,7 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
         if not path or not os.path.isfile(path):
             raise FeaturebankError(f"the model was trained on features of the weights file {bundle.weights_file} "
                                    f"({identity[:19]}...), which is not there: pass --weights PATH to that file")
-        found = resolve_weights(s["backbone"], path).identity
+        found = f"sha256:{sha256_of(path)}"
         if found != identity:
             raise FeaturebankError(f"{path} is not the weights file the model was trained with "
                                    f"({found[:19]}... is not {identity[:19]}...)")
@@ -164,9 +164,15 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
         weights, seed = "none", int(identity.split("=", 1)[1])
     else:
         weights = identity
-    prep = s["preprocessing"]
-    return {"backbone": s["backbone"], "weights": weights, "seed": seed, "pooling": s["pooling"],
-            "resize": prep["resize"], "crop": prep["crop"], "draft": prep["draft"], "precision": s["precision"]}
+    settings = ExtractionSettings.from_dict(s)
+    prep = settings.preprocessing
+    options = {"backbone": settings.backbone, "weights": weights, "seed": seed, "pooling": settings.pooling,
+               "resize": prep.resize, "crop": prep.crop, "draft": prep.draft, "precision": settings.precision}
+    if settings.int8 is not None:  # that exact int8 engine, from the engine folder of the training cache
+        options["int8"] = settings.int8
+        if bundle.trained_on.get("cache"):
+            options["engine_dir"] = engine_dir_for(bundle.trained_on["cache"])
+    return options
 
 
 def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",

@@ -28,6 +28,10 @@ class Augmentation:
     def draft_size(self) -> int | None:
         return self.preprocessing.draft_size
 
+    def to_array(self, image: Image.Image):
+        """``to_uint8`` as a numpy array (what the decoding dataset stacks into batches)."""
+        return self.to_uint8(image).numpy()
+
     def to_uint8(self, image: Image.Image):
         """A random ``3 x crop x crop`` uint8 view of the image (torch's global RNG: seeded per epoch)."""
         if self.policy == "none":

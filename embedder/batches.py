@@ -1,17 +1,25 @@
-"""Images → uint8 batches, decoded in worker processes while the model runs on the previous batch.
+"""Images → uint8 batches in input order, decoded while the engine runs on the previous batch.
 
-A file that cannot be decoded does not stop anything: its sample carries the reason, and the batch
-carries it on as a failure next to the good images, always with the sample's index, so that no row can
-ever be matched with the wrong image (unlike loaders that quietly substitute the next image).
+A file that cannot be decoded does not stop anything: its sample carries the reason, and the batch carries it
+on as a failure next to the good images, always with the sample's index, so that no row can ever be matched with
+the wrong image (unlike loaders that quietly substitute the next image).
+
+Two ways to decode in parallel with inference:
+- threads (``threads_batches``; the CPU default, no torch needed): Pillow releases the GIL while it decodes and
+  resizes, so threads use every core; on a CPU, decoding and the model share the same cores, and threads let the
+  operating system give each the cores the other is not using (the limit is the sum of both works).
+- worker processes (``batches(workers=N)``, torch's DataLoader): for GPUs, where decoding is the limit and Python
+  work per image matters.
 """
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from .decode import DEFAULT_MAX_PIXELS, Decoded, decode_file, to_rgb
 from .preprocess import Preprocessing
@@ -20,13 +28,13 @@ from .preprocess import Preprocessing
 @dataclass
 class Batch:
     indices: list[int]  # positions in the dataset of the images in `images`, in order
-    images: torch.Tensor  # uint8 N x 3 x crop x crop
+    images: np.ndarray  # uint8 N x 3 x crop x crop
     digests: list[str]
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason, digest)
 
 
-class ImageDataset(Dataset):
-    """File paths or PIL images, decoded and preprocessed to uint8 tensors."""
+class ImageDataset:
+    """File paths or PIL images, decoded and preprocessed to uint8 arrays (a map-style dataset for torch too)."""
 
     def __init__(self, images, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.images = list(images)
@@ -45,31 +53,65 @@ class ImageDataset(Dataset):
         if decoded.image is None:
             return index, None, decoded.digest, decoded.reason
         try:
-            return index, self.preprocessing.to_uint8(decoded.image), decoded.digest, None
+            return index, self.preprocessing.to_array(decoded.image), decoded.digest, None
         except Exception as exc:  # e.g. a 1 x 40000 image the resize cannot handle
             return index, None, decoded.digest, f"cannot preprocess ({type(exc).__name__}: {exc})"
 
 
 def collate(samples) -> Batch:
     good = [s for s in samples if s[1] is not None]
-    images = torch.stack([s[1] for s in good]) if good else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+    images = np.stack([s[1] for s in good]) if good else np.empty((0, 3, 0, 0), dtype=np.uint8)
     return Batch(indices=[s[0] for s in good], images=images, digests=[s[2] for s in good],
                  failures=[(s[0], s[3], s[2]) for s in samples if s[1] is None])
 
 
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def default_workers(device_type: str = "cpu") -> int:
-    """Decoding processes. A GPU waits for images: several workers. On a CPU the model already uses every core
-    (measured on 2 cores: a worker process made the loop 11 % slower), so only larger machines spare a few."""
-    cores = os.cpu_count() or 2
+    """Decoding processes. A GPU waits for images: several workers. On a CPU, none: decoding threads share the
+    cores with the engine instead (a process per core competed with the model's threads: 11 % slower on 2 cores)."""
+    cores = cpu_cores()
     if device_type != "cpu":
         return max(1, min(8, cores - 1))
-    return 0 if cores <= 2 else min(4, cores // 4)
+    return 0
+
+
+def threads_batches(dataset: ImageDataset, batch_size: int = 32, threads: int | None = None, ahead: int = 2):
+    """Batches in dataset order, decoded by ``threads`` threads (default: one per core), up to ``ahead`` batches
+    ahead of the consumer (bounded memory)."""
+    threads = threads or cpu_cores()
+    n = len(dataset)
+    starts = range(0, n, batch_size)
+    with ThreadPoolExecutor(threads, thread_name_prefix="featurebank-decode") as pool:
+        pending: deque = deque()
+        upcoming = iter(starts)
+
+        def submit():
+            start = next(upcoming, None)
+            if start is not None:
+                pending.append([pool.submit(dataset.__getitem__, i) for i in range(start, min(n, start + batch_size))])
+
+        for _ in range(ahead + 1):
+            submit()
+        while pending:
+            samples = [f.result() for f in pending.popleft()]
+            submit()
+            yield collate(samples)
 
 
 def batches(dataset: ImageDataset, batch_size: int = 32, workers: int | None = None, pin_memory: bool = False,
-            device_type: str = "cpu"):
-    """Batches in dataset order, decoded by ``workers`` processes (0: in this process)."""
+            device_type: str = "cpu", threads: int | None = None):
+    """Batches in dataset order: decoded by ``workers`` processes (torch's DataLoader), or, with no workers, by
+    decoding threads in this process."""
     workers = default_workers(device_type) if workers is None else workers
+    if not workers:
+        return threads_batches(dataset, batch_size, threads)
+    from torch.utils.data import DataLoader
+
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin_memory, prefetch_factor=4 if workers else None,
-                      persistent_workers=False)
+                      pin_memory=pin_memory, prefetch_factor=4, persistent_workers=False)

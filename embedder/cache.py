@@ -19,7 +19,6 @@ Parts are also how several processes (torchrun shards) can later write one cache
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import h5py
 import numpy as np
 
 from .errors import FeaturebankError
+from .settings import ExtractionSettings, settings_key
 
 FORMAT = "featurebank-cache"
 FORMAT_VERSION = 1
@@ -100,8 +100,9 @@ def _replace_durably(tmp: str, final: str) -> None:
 
 
 def settings_differences(stored: dict, wanted: dict) -> list[str]:
-    keys = sorted(set(stored) | set(wanted))
-    return [f"{k}: {stored.get(k)!r} in the cache, {wanted.get(k)!r} now" for k in keys if stored.get(k) != wanted.get(k)]
+    """What differs between two settings dicts, read as ``ExtractionSettings`` (an older cache's dict lacks keys
+    added since; they take their defaults)."""
+    return ExtractionSettings.from_dict(stored).differences(ExtractionSettings.from_dict(wanted))
 
 
 class CacheWriter:
@@ -120,6 +121,7 @@ class CacheWriter:
         self.info = info or {}
         self.entries: dict[str, Entry] = {}
         self.sources: list[str] = []  # file of each Entry.source; "" when there is no main file
+        self.previous_info: dict = {}  # the existing file's info (run records carry over)
         self._lock = None
 
     # -- opening: lock, check, read what is there ------------------------------------------------------
@@ -165,6 +167,7 @@ class CacheWriter:
                                            f"{f.attrs['format_version']}); upgrade featurebank")
                 stored = json.loads(f.attrs["settings"])
                 stored_source = str(f.attrs["source"])
+                self.previous_info = json.loads(f.attrs.get("info", "{}"))
             diff = settings_differences(stored, self.settings)
             if diff:
                 raise FeaturebankError(f"{self.path} was made with other settings ({'; '.join(diff)}): rows are "
@@ -328,10 +331,6 @@ def _gather(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
         lo, hi = sorted_rows[span[0]], sorted_rows[span[-1]] + 1
         out[order[span]] = ds[lo:hi][sorted_rows[span] - lo]
     return out
-
-
-def settings_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class CacheReader:

@@ -15,8 +15,9 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
 
-POOLINGS = ("avg", "max", "avgmax")
-PRECISIONS = ("fp32", "fp16", "bf16")
+from .settings import POOLINGS  # noqa: F401  (re-exported)
+
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def pool(t: torch.Tensor, pooling: str = "avg") -> torch.Tensor:
@@ -83,8 +84,10 @@ class FeatureExtractor(nn.Module):
 def autocast_for(device: torch.device, precision: str):
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
-    if precision not in PRECISIONS:
-        raise FeaturebankError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        raise FeaturebankError("int8 runs on the onnxruntime engine, not in torch: use --engine onnxruntime (or auto)")
+    if precision not in TORCH_PRECISIONS:
+        raise FeaturebankError(f"unknown precision {precision!r}: choose one of {', '.join(TORCH_PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32 (or bf16, which is emulated and slow here)")
     return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
@@ -92,9 +95,11 @@ def autocast_for(device: torch.device, precision: str):
 
 @torch.inference_mode()
 def embed_uint8(extractor: FeatureExtractor, images: torch.Tensor, preprocessing: Preprocessing,
-                device: torch.device, precision: str = "fp32") -> dict[str, np.ndarray]:
+                device: torch.device, precision: str = "fp32", channels_last: bool = False) -> dict[str, np.ndarray]:
     """One uint8 batch → ``{layer: N x D float32 numpy}``, normalized on ``device``."""
-    x = preprocessing.normalize(images.to(device, non_blocking=True))
+    x = preprocessing.normalize(torch.as_tensor(images).to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with autocast_for(device, precision):
         out = extractor(x)
     return {layer: t.float().cpu().numpy() for layer, t in out.items()}

@@ -242,7 +242,7 @@ def evaluate_images(model, paths, y, prep, device, precision, batch_size, worker
         failed += [(paths[i], r) for i, r, _ in batch.failures]
         if batch.indices:
             with autocast_for(device, precision):
-                logits.append(_forward(model, prep.normalize(batch.images.to(device))).float().cpu())
+                logits.append(_forward(model, prep.normalize(torch.as_tensor(batch.images).to(device))).float().cpu())
             targets.append(torch.as_tensor(y[batch.indices]))
     if not logits:
         raise FeaturebankError(f"none of the {len(paths)} validation images could be read now "
@@ -329,7 +329,7 @@ def train_loop(model: nn.Module, blocks: list[str], data: Split, prep, out: str,
                 bar.update(len(batch.indices) + len(batch.failures))
                 if not batch.indices or (any_bn_training and len(batch.indices) < 2):
                     continue  # BatchNorm cannot train on a single image
-                x = prep.normalize(batch.images.to(device))
+                x = prep.normalize(torch.as_tensor(batch.images).to(device))
                 target = y_train[order[batch.indices]].to(device)
                 with autocast_for(device, config["precision"]):
                     logits = _forward(model, x)

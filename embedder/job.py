@@ -1,35 +1,42 @@
-"""One ``extract`` run: list the input, find what the cache lacks, embed only that, commit.
+"""One ``extract`` run: list the input, work out the settings, find what the cache lacks, embed only that, commit.
 
 Re-running on the same input embeds only new or changed files and continues an interrupted run; files that
-left the input leave the cache. A rerun with nothing to do loads no weights and decodes no image.
+left the input leave the cache. A rerun with nothing to do loads no weights, decodes no image and (once its
+settings were resolved before) imports no torch.
+
+The loop: decoding threads prepare the next batches while the engine runs on this one; each finished batch
+goes to a background thread that writes it as a part of the cache (``CacheWriter.write_batch``), so neither
+decoding nor the engine waits for the disk.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
 
-import h5py
 import numpy as np
-import PIL
-import sklearn
-import torch
-import torchvision
 from tqdm import tqdm
 
 from . import __version__
-from .backbones import (layer_dims, load_backbone, model_failed, preprocessing_for, resolve_layers,
-                        resolve_weights, skeleton)
 from .batches import ImageDataset, batches
 from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest
+from .engines import Prepared, open_engine, resolve_device_name
 from .errors import FeaturebankError
-from .features import POOLINGS, FeatureExtractor, autocast_for, embed_uint8, resolve_device
+from .guard import BatchRunner
+from .resolve import Request, Resolved, resolve
+from .settings import POOLINGS, ExtractionSettings, Int8
 from .sources import Listing, list_images
+from .store import EngineStore, engine_dir_for
 
 DEFAULT_CACHE_DIR = "cache"
+KEEP_RUNS = 20  # run records kept in the cache's info
 
 
 @dataclass
@@ -45,6 +52,9 @@ class ExtractSummary:
     classes: list[str] = field(default_factory=list)
     layers: dict[str, int] = field(default_factory=dict)  # layer → vector length
     device: str = ""
+    engine: dict = field(default_factory=dict)  # the engine of this run (empty when nothing was embedded)
+    prepared_seconds: float = 0.0  # one-time work for these settings: export, calibration, measuring
+    prepared: list[str] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
     settings: dict = field(default_factory=dict)
@@ -54,9 +64,34 @@ class ExtractSummary:
 
 
 def library_versions() -> dict[str, str]:
-    return {"featurebank": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "h5py": h5py.__version__, "pillow": PIL.__version__,
-            "scikit-learn": sklearn.__version__, "python": sys.version.split()[0]}
+    """Versions of what the features depend on, read from package metadata (importing torch takes seconds)."""
+    names = {"torch": "torch", "torchvision": "torchvision", "onnxruntime": "onnxruntime", "numpy": "numpy",
+             "h5py": "h5py", "pillow": "pillow", "scikit-learn": "scikit-learn"}
+    out = {"featurebank": __version__}
+    for label, package in names.items():
+        try:
+            out[label] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[label] = "-"
+    for package in ("torch", "torchvision"):  # with the build tag (2.15.0+cu132 vs +cpu), as __version__ has it
+        out[package] = _own_version(package) or out[package]
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def _own_version(package: str) -> str | None:
+    """``package.version.__version__`` read from its file: the same string as after ``import``, in microseconds."""
+    if package in sys.modules:
+        return sys.modules[package].__version__
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        with open(os.path.join(list(spec.submodule_search_locations)[0], "version.py")) as fh:
+            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", fh.read(), re.M)
+    except OSError:
+        return None
+    return found.group(1) if found else None
 
 
 def default_cache_path(listing: Listing, settings: dict, backbone: str, cache_dir: str | None = None) -> str:
@@ -75,57 +110,121 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
             layers=None, pooling: str = "avg", resize: int | None = None, crop: int | None = None,
             draft: bool = True, precision: str = "fp32", device: str = "auto", batch_size: int = 32,
             workers: int | None = None, seed: int = 0, layout: str = "auto", strict: bool = False,
-            max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None, engine: str = "auto",
+            int8: Int8 | None = None, engine_dir: str | None = None, threads: int | None = None,
             progress: bool = False) -> ExtractSummary:
     """Embed every image of ``source`` (a folder, manifest, list file, or a :class:`Listing`) into the HDF5 cache
-    ``cache`` (default: under ``cache/``)."""
+    ``cache`` (default: under ``cache/``).
+
+    ``engine``: ``auto`` (ONNX Runtime on the CPU where it measured faster, torch on GPUs), ``torch`` or
+    ``onnxruntime``. ``precision="int8"`` calibrates on images of the input (``int8`` sets how many, the seed and
+    the method; an ``int8.calibration_set`` given asks for that exact engine, as a model bundle does)."""
     started = time.perf_counter()
     if pooling not in POOLINGS:
         raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
     if batch_size < 1:
         raise FeaturebankError("--batch-size must be at least 1")
-    spec = resolve_weights(backbone, weights, seed)
-    dev = resolve_device(device)
-    autocast_for(dev, precision)  # refuse fp16 on the CPU before any work
+    dev = resolve_device_name(device)
+    if precision == "fp16" and dev == "cpu":
+        raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
     listing = source if isinstance(source, Listing) else list_images(source, layout)
-    shape = skeleton(backbone)
-    layers = resolve_layers(shape, layers)
-    preprocessing = preprocessing_for(backbone, spec).overridden(resize, crop, draft)
-    settings = {"backbone": backbone, "weights": spec.identity, "layers": layers, "pooling": pooling,
-                "preprocessing": preprocessing.to_dict(), "precision": precision}
-    path = os.path.abspath(cache or default_cache_path(listing, settings, backbone, cache_dir))
-    info = {"weights_file": spec.path, "input_kind": listing.kind, "versions": library_versions()}
+    store = EngineStore(engine_dir or engine_dir_for(cache, cache_dir))
+    request = Request(backbone, weights, seed, tuple(layers) if layers else None, pooling, resize, crop, draft,
+                      precision, int8 if precision == "int8" else None)
+    resolved = resolve(request, store)
+    settings = resolved.settings
+    calibration_files: list[str] = []
+    fixed_calibration = bool(int8 is not None and int8.calibration_set)
+    if settings.precision == "int8":
+        settings, calibration_files = _int8_settings(settings, listing, cache)
+    path = os.path.abspath(cache or default_cache_path(listing, settings.to_dict(), backbone, cache_dir))
+    base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind, "versions": library_versions()}
 
-    with CacheWriter(path, settings, listing.source, listing.root, info) as writer:
+    with CacheWriter(path, settings.to_dict(), listing.source, listing.root, base_info) as writer:
         todo = _plan(listing, writer)
         listed, planned = {item.path for item in listing.items}, {item.path for item in todo}
         removed = sum(1 for p, e in writer.entries.items() if p not in listed and e.reason is None)
         reused = sum(1 for item in listing.items if not item.error and item.path not in planned
                      and writer.entries[item.path].reason is None)
         new_failures = sum(1 for item in listing.items if item.error)
-        embedded, loop_seconds = 0, 0.0
+        run = Run(settings, resolved, store, dev, engine, batch_size, workers, threads, max_pixels, progress)
         if todo:
-            embedded, failures, loop_seconds = _embed(todo, listing, writer, backbone, spec, resize, crop, draft,
-                                                      layers, pooling, precision, dev, batch_size, workers,
-                                                      max_pixels, progress)
+            run.open(calibration_files, fixed_calibration)
+            failures = run.embed(todo, listing, writer)
             new_failures += failures
+        writer.info = _info(base_info, writer.previous_info, run, path)
         if writer.dims is None:  # nothing was ever embedded: the sizes come from the architecture
-            writer.dims = layer_dims(shape, layers, pooling, preprocessing.crop)
+            writer.dims = {layer: int(resolved.dims[layer]) for layer in settings.layers}
         writer.commit([(i.path, i.label, i.group) for i in listing.items],
                       {i.path: (i.size, i.mtime_ns, i.error) for i in listing.items if i.error})
 
     reader = CacheReader(path)
     failed = [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])]
     summary = ExtractSummary(
-        cache=path, rows=len(reader), embedded=embedded,
-        reused=reused, removed=removed, failed=failed, new_failures=new_failures, ignored=listing.ignored,
-        classes=reader.classes, layers=reader.dims, device=str(dev), seconds=round(time.perf_counter() - started, 3),
-        images_per_second=round(len(todo) / loop_seconds, 2) if loop_seconds else 0.0, settings=settings)
+        cache=path, rows=len(reader), embedded=run.embedded, reused=reused, removed=removed, failed=failed,
+        new_failures=new_failures, ignored=listing.ignored, classes=reader.classes, layers=reader.dims, device=dev,
+        engine=run.engine.describe() if run.engine else {}, prepared_seconds=round(run.prepared.seconds, 3),
+        prepared=run.prepared.steps + ([run.prepared.note] if run.prepared.note else []),
+        seconds=round(time.perf_counter() - started, 3),
+        images_per_second=round(len(todo) / run.loop_seconds, 2) if run.loop_seconds else 0.0,
+        settings=settings.to_dict())
     if strict and failed:
         first = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
         raise FeaturebankError(f"{len(failed)} file(s) could not be embedded (--strict): {first}"
                                f"{' ...' if len(failed) > 3 else ''}; the {summary.rows} good rows are saved in {path}")
     return summary
+
+
+def int8_of_cache(path: str) -> tuple[Int8, str]:
+    """The int8 calibration of an int8 cache and the engine folder it lives in: to embed other images (a
+    validation set) with exactly that engine."""
+    settings = ExtractionSettings.from_dict(CacheReader(path).settings)
+    if settings.int8 is None:
+        raise FeaturebankError(f"{path} is not an int8 cache (precision {settings.precision})")
+    return settings.int8, engine_dir_for(path)
+
+
+def _int8_settings(settings: ExtractionSettings, listing: Listing, cache: str | None):
+    """Fill in the calibration set: the one an existing int8 cache was made with (so reruns keep their engine),
+    the one asked for, or a reproducible draw from the input. Returns the settings and the draw's files."""
+    from .quantize import calibration_set_id, draw_calibration
+
+    wanted = settings.int8
+    if not wanted.calibration_set and cache and os.path.exists(cache):
+        stored = ExtractionSettings.from_dict(CacheReader(cache).settings)
+        if stored.int8 and replace(stored.int8, calibration_set="") == wanted:
+            wanted = stored.int8
+    candidates = [(listing.full_path(i), i.path) for i in listing.items if not i.error]
+    ranked = draw_calibration(candidates, wanted)
+    if not wanted.calibration_set:
+        chosen = ranked[:wanted.images]
+        if not chosen:
+            raise FeaturebankError("int8 needs calibration images, and the input has none")
+        digests = []
+        for p in chosen:
+            try:
+                digests.append(file_digest(p))
+            except OSError:
+                continue
+        wanted = replace(wanted, calibration_set=calibration_set_id(digests))
+    return replace(settings, int8=wanted), ranked[:wanted.images]
+
+
+def _info(base: dict, previous: dict, run: "Run", path: str) -> dict:
+    """The cache's ``info``: versions and weights file, the last runs' engines, int8's measured agreement."""
+    runs = list(previous.get("runs", []))
+    if run.engine is not None:
+        runs.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "embedded": run.embedded,
+                     "engine": run.engine.describe(), "batch_size": run.batch_size,
+                     "images_per_second": round(run.embedded / run.loop_seconds, 2) if run.loop_seconds else 0.0,
+                     "prepared_seconds": round(run.prepared.seconds, 3)})
+    info = {**base, "runs": runs[-KEEP_RUNS:]}
+    int8 = (run.engine.meta.get("cosine_to_fp32") if run.engine is not None and hasattr(run.engine, "meta")
+            else previous.get("int8", {}).get("cosine_to_fp32"))
+    if run.settings.precision == "int8" and int8:
+        calib = run.engine.meta.get("calibration") if run.engine is not None else previous["int8"].get("calibration")
+        info["int8"] = {"cosine_to_fp32": int8, "calibration": calib}
+    return info
 
 
 def _plan(listing: Listing, writer: CacheWriter) -> list:
@@ -150,38 +249,85 @@ def _plan(listing: Listing, writer: CacheWriter) -> list:
     return todo
 
 
-def _embed(todo, listing, writer, backbone, spec, resize, crop, draft, layers, pooling, precision, dev,
-           batch_size, workers, max_pixels, progress) -> tuple[int, int, float]:
-    """Push ``todo`` through the model; each finished batch is committed to the cache as it completes.
-    Returns how many images got a row, how many failed, and the seconds of the loop (start-up excluded)."""
-    model = load_backbone(backbone, spec, resize=resize, crop=crop, draft=draft)
-    prep = model.preprocessing
-    extractor = FeatureExtractor(model.model, layers, pooling).to(dev)
-    dataset = ImageDataset([listing.full_path(item) for item in todo], prep, max_pixels)
-    embedded = failures = 0
-    started = time.perf_counter()
-    with tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-              desc=f"{backbone} → {os.path.basename(writer.path)}") as bar:
-        for batch in batches(dataset, batch_size, workers, pin_memory=dev.type == "cuda", device_type=dev.type):
-            if batch.indices:
-                try:
-                    features = embed_uint8(extractor, batch.images, prep, dev, precision)
-                except (RuntimeError, AssertionError) as exc:  # torch._assert raises AssertionError
-                    raise model_failed(prep.crop, exc) from None
-            elif writer.dims is None:
-                writer.dims = layer_dims(model.model, layers, pooling, prep.crop)
-            if not batch.indices:
-                features = {layer: np.empty((0, writer.dims[layer]), np.float32) for layer in layers}
-            good = [todo[i] for i in batch.indices]
-            bad = [todo[i] for i, _, _ in batch.failures]
-            writer.write_batch(
-                rows={"path": [i.path for i in good], "label": [i.label for i in good],
-                      "group": [i.group for i in good], "size": [i.size for i in good],
-                      "mtime_ns": [i.mtime_ns for i in good], "digest": batch.digests},
-                features=features,
-                failures={"path": [i.path for i in bad], "reason": [r for _, r, _ in batch.failures],
-                          "digest": [d for _, _, d in batch.failures], "size": [i.size for i in bad],
-                          "mtime_ns": [i.mtime_ns for i in bad]})
-            embedded, failures = embedded + len(good), failures + len(bad)
-            bar.update(len(good) + len(bad))
-    return embedded, failures, time.perf_counter() - started
+class Run:
+    """The embedding part of one extract run: the engine, the loop, what it did."""
+
+    def __init__(self, settings: ExtractionSettings, resolved: Resolved, store: EngineStore, device: str,
+                 engine: str, batch_size: int, workers, threads, max_pixels: int, progress: bool):
+        self.settings, self.resolved, self.store, self.device = settings, resolved, store, device
+        self.engine_choice, self.batch_size, self.workers, self.threads = engine, batch_size, workers, threads
+        self.max_pixels, self.progress = max_pixels, progress
+        self.engine = None
+        self.prepared = Prepared()
+        self.embedded = 0
+        self.loop_seconds = 0.0
+        self._model = None
+
+    def build_model(self):
+        """The torch backbone (imports torch, loads the weights): only when an engine needs it."""
+        if self._model is None:
+            from .backbones import load_backbone
+
+            p = self.settings.preprocessing
+            r = self.resolved
+            self._model = load_backbone(self.settings.backbone, r.weights_arg, r.seed, p.resize, p.crop, p.draft).model
+        return self._model
+
+    def open(self, calibration_files: list[str], fixed: bool = False) -> None:
+        def calibration():
+            return _calibration_batches(calibration_files, self.settings, self.max_pixels, self.threads)
+
+        calibration.fixed = fixed  # an int8 engine named by a bundle or another cache: found, never redrawn
+
+        self.engine = open_engine(self.settings, self.store, self.build_model, engine=self.engine_choice,
+                                  device=self.device, batch_size=self.batch_size, calibration=calibration,
+                                  prepared=self.prepared)
+        if self.prepared.note:
+            sys.stderr.write(f"featurebank: {self.prepared.note}\n")
+
+    def embed(self, todo, listing: Listing, writer: CacheWriter) -> int:
+        """Push ``todo`` through the engine; each finished batch is committed to the cache (in a background
+        thread) as it completes. Returns how many images failed."""
+        dims = self.resolved.dims
+        dataset = ImageDataset([listing.full_path(item) for item in todo], self.settings.preprocessing,
+                               self.max_pixels)
+        runner = BatchRunner(self.engine)
+        failures = 0
+        started = time.perf_counter()
+        in_flight: deque = deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="featurebank-write") as write, \
+                tqdm(total=len(todo), unit="img", disable=not self.progress, file=sys.stderr, dynamic_ncols=True,
+                     desc=f"{self.settings.backbone} → {os.path.basename(writer.path)}") as bar:
+            try:
+                for batch in batches(dataset, self.batch_size, self.workers, pin_memory=self.device != "cpu",
+                                     device_type=self.device.split(":")[0], threads=self.threads):
+                    if batch.indices:
+                        features = runner(batch.images)
+                    else:
+                        features = {layer: np.empty((0, int(dims[layer])), np.float32) for layer in self.settings.layers}
+                    good = [todo[i] for i in batch.indices]
+                    bad = [todo[i] for i, _, _ in batch.failures]
+                    in_flight.append(write.submit(
+                        writer.write_batch,
+                        rows={"path": [i.path for i in good], "label": [i.label for i in good],
+                              "group": [i.group for i in good], "size": [i.size for i in good],
+                              "mtime_ns": [i.mtime_ns for i in good], "digest": batch.digests},
+                        features=features,
+                        failures={"path": [i.path for i in bad], "reason": [r for _, r, _ in batch.failures],
+                                  "digest": [d for _, _, d in batch.failures], "size": [i.size for i in bad],
+                                  "mtime_ns": [i.mtime_ns for i in bad]}))
+                    while len(in_flight) > 2:  # bounded: at most two batches wait for the disk
+                        in_flight.popleft().result()
+                    self.embedded, failures = self.embedded + len(good), failures + len(bad)
+                    bar.update(len(good) + len(bad))
+            finally:  # whatever stopped the loop, batches already handed to the writer are finished
+                while in_flight:
+                    in_flight.popleft().result()
+        self.loop_seconds = time.perf_counter() - started
+        return failures
+
+
+def _calibration_batches(files: list[str], settings: ExtractionSettings, max_pixels: int, threads) -> list[np.ndarray]:
+    """The calibration images, decoded like any input (bad files skipped), in batches of 16."""
+    dataset = ImageDataset(files, settings.preprocessing, max_pixels)
+    return [b.images for b in batches(dataset, 16, 0, threads=threads) if b.indices]

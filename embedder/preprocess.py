@@ -1,20 +1,22 @@
 """The preprocessing a backbone expects, as a value that is recorded in the cache.
 
-Images stay uint8 until they are batched (4 times less to move between processes); ``normalize`` then does
-what ``weights.transforms()`` does to a float tensor. ``to_uint8`` followed by ``normalize`` gives exactly the
-tensor torchvision's ``ImageClassification`` preset gives for the same PIL image.
+Images stay uint8 until they are batched (4 times less to move between threads or processes); the engine then
+does what ``weights.transforms()`` does to a float tensor (normalization is inside an exported ONNX graph, or
+``normalize`` for torch). ``to_array`` is Pillow and NumPy only (no torch import, so a run whose engine is ready
+never waits for torch) and gives exactly the pixels of torchvision's ``ImageClassification`` preset (tested).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import torch
-import torchvision.transforms.functional as TF
+import numpy as np
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's InterpolationMode values → Pillow filters (as torchvision.transforms.functional maps them)
+PIL_FILTERS = {"nearest": Image.NEAREST, "nearest-exact": Image.NEAREST, "bilinear": Image.BILINEAR,
+               "bicubic": Image.BICUBIC, "box": Image.BOX, "hamming": Image.HAMMING, "lanczos": Image.LANCZOS}
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,10 @@ class Preprocessing:
     @classmethod
     def from_transforms(cls, transforms) -> "Preprocessing":
         """Read a torchvision ``ImageClassification`` preset (``weights.transforms()``)."""
+        mode = transforms.interpolation
         return cls(resize=int(transforms.resize_size[0]), crop=int(transforms.crop_size[0]),
                    mean=tuple(float(v) for v in transforms.mean), std=tuple(float(v) for v in transforms.std),
-                   interpolation=InterpolationMode(transforms.interpolation).value)
+                   interpolation=str(getattr(mode, "value", mode)))
 
     def overridden(self, resize: int | None = None, crop: int | None = None, draft: bool | None = None) -> "Preprocessing":
         changes = {k: v for k, v in (("resize", resize), ("crop", crop), ("draft", draft)) if v is not None}
@@ -46,14 +49,36 @@ class Preprocessing:
     def draft_size(self) -> int | None:
         return self.resize if self.draft else None
 
-    def to_uint8(self, image: Image.Image) -> torch.Tensor:
-        """Resize the shorter side, center-crop: a ``3 x crop x crop`` uint8 tensor."""
-        image = TF.resize(image, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
-        image = TF.center_crop(image, [self.crop])
-        return TF.pil_to_tensor(image)
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """Resize the shorter side, center-crop (zero padding where the image is smaller than the crop, as
+        torchvision does): a ``3 x crop x crop`` uint8 array."""
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if size != (w, h):
+            image = image.resize(size, PIL_FILTERS[self.interpolation])
+        w, h = size
+        c = self.crop
+        if c > w or c > h:  # torchvision pads (left/top get the smaller half), then crops
+            padded = Image.new(image.mode, (max(w, c), max(h, c)))
+            padded.paste(image, ((c - w) // 2 if c > w else 0, (c - h) // 2 if c > h else 0))
+            image, (w, h) = padded, padded.size
+        top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+        if (w, h) != (c, c):
+            image = image.crop((left, top, left + c, top + c))
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 ``N x 3 x H x W`` (on any device) → normalized float32."""
+    def to_uint8(self, image: Image.Image):
+        """``to_array`` as a torch tensor (for training code that works in torch)."""
+        import torch
+
+        return torch.from_numpy(self.to_array(image))
+
+    def normalize(self, batch):
+        """uint8 ``N x 3 x H x W`` torch tensor (on any device) → normalized float32."""
+        import torch
+
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
         return (batch.float() / 255.0 - mean) / std

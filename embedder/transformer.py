@@ -1,9 +1,12 @@
 """``Embedder``: a frozen backbone as a scikit-learn transformer (paths or PIL images → feature matrix).
 
-It does nothing in ``__init__``; ``fit`` loads the model (nothing is learned); ``transform`` decodes,
-preprocesses and embeds with the same code as ``featurebank extract``, so its rows equal the cache's.
+It does nothing in ``__init__``; ``fit`` loads the model (and for int8, calibrates on the images it is given:
+the only thing it learns); ``transform`` decodes, preprocesses and embeds with the same settings value, decoding
+and engine as ``featurebank extract``, so its rows equal the cache's.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -12,20 +15,25 @@ from sklearn.utils.validation import check_is_fitted
 from .backbones import layer_dims, load_backbone, resolve_layers
 from .batches import ImageDataset, batches
 from .decode import DEFAULT_MAX_PIXELS
+from .engines import open_engine, resolve_device_name
 from .errors import FeaturebankError
-from .features import FeatureExtractor, autocast_for, embed_uint8, resolve_device
+from .guard import BatchRunner
+from .settings import ExtractionSettings, Int8
+from .store import EngineStore, engine_dir_for
 
 
 class Embedder(TransformerMixin, BaseEstimator):
     """Frozen-backbone features for a list of image paths or PIL images.
 
     Several ``layers`` are concatenated side by side, in the order given. A bad image raises
-    ``FeaturebankError`` naming it (a transformer must return one row per input).
+    ``FeaturebankError`` naming it (a transformer must return one row per input). ``engine`` is that of
+    ``featurebank extract`` (``auto``, ``torch``, ``onnxruntime``); exported engines live in ``engine_dir``
+    (default: ``$FEATUREBANK_ENGINE_DIR``, else ``cache/engines``).
     """
 
     def __init__(self, backbone="resnet50", weights="DEFAULT", layers=None, pooling="avg", resize=None, crop=None,
                  draft=True, precision="fp32", device="auto", batch_size=32, workers=0, seed=0,
-                 max_pixels=DEFAULT_MAX_PIXELS):
+                 max_pixels=DEFAULT_MAX_PIXELS, engine="auto", engine_dir=None, calibration_images=256):
         self.backbone = backbone
         self.weights = weights
         self.layers = layers
@@ -39,34 +47,62 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.workers = workers
         self.seed = seed
         self.max_pixels = max_pixels
+        self.engine = engine
+        self.engine_dir = engine_dir
+        self.calibration_images = calibration_images
 
     def fit(self, X=None, y=None):
-        """Load the backbone; nothing is learned from ``X``."""
+        """Load the backbone; nothing is learned from ``X``, except int8's calibration, which needs it."""
         self.backbone_ = load_backbone(self.backbone, self.weights, self.seed, self.resize, self.crop, self.draft)
         self.layers_ = resolve_layers(self.backbone_.model, self.layers if not isinstance(self.layers, str) else [self.layers])
         self.dims_ = layer_dims(self.backbone_.model, self.layers_, self.pooling, self.backbone_.preprocessing.crop)
         self.n_features_out_ = sum(self.dims_.values())
-        self.settings_ = {"backbone": self.backbone, "weights": self.backbone_.weights.identity,
-                          "layers": self.layers_, "pooling": self.pooling,
-                          "preprocessing": self.backbone_.preprocessing.to_dict(), "precision": self.precision}
+        int8 = None
+        self._calibration = None
+        if self.precision == "int8":
+            if X is None:
+                raise FeaturebankError("int8 calibrates on images: call fit with a list of paths or PIL images")
+            int8, self._calibration = self._calibrate_on(_as_list(X))
+        self.settings_ = ExtractionSettings(self.backbone, self.backbone_.weights.identity, tuple(self.layers_),
+                                            self.pooling, self.backbone_.preprocessing, self.precision, int8)
+        self.__dict__.pop("_engine", None)
         return self
+
+    def _calibrate_on(self, images: list):
+        """Up to ``calibration_images`` of ``images``, drawn with ``seed``, decoded; identified by their pixels."""
+        order = np.random.default_rng(self.seed).permutation(len(images))[: self.calibration_images]
+        dataset = ImageDataset([images[i] for i in sorted(order)], self.backbone_.preprocessing, self.max_pixels)
+        chunks = [b.images for b in batches(dataset, 16, 0) if b.indices]
+        if not chunks:
+            raise FeaturebankError("none of the calibration images could be decoded")
+        digest = hashlib.blake2b(b"".join(c.tobytes() for c in chunks), digest_size=12).hexdigest()
+        return Int8(len(order), self.seed, "minmax", digest), chunks
+
+    def _engine_for(self, device: str):
+        engine = self.__dict__.get("_engine")
+        if engine is None or self.__dict__.get("_engine_device") != device:
+            store = EngineStore(self.engine_dir or engine_dir_for())
+            calibration = self.__dict__.get("_calibration")
+            engine = open_engine(self.settings_, store, lambda: self.backbone_.model, engine=self.engine,
+                                 device=device, batch_size=self.batch_size,
+                                 calibration=(lambda: calibration) if calibration is not None else None)
+            self._engine, self._engine_device = engine, device
+        return engine
 
     def transform(self, X) -> np.ndarray:
         check_is_fitted(self, "backbone_")
         images = _as_list(X)
-        device = resolve_device(self.device)
-        autocast_for(device, self.precision)
-        extractor = self.__dict__.get("_extractor")
-        if extractor is None or self.__dict__.get("_extractor_device") != device:
-            extractor = FeatureExtractor(self.backbone_.model, self.layers_, self.pooling).to(device)
-            self._extractor, self._extractor_device = extractor, device
-        prep = self.backbone_.preprocessing
+        device = resolve_device_name(self.device)
+        if self.precision == "fp16" and device == "cpu":
+            raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32 or int8")
+        runner = BatchRunner(self._engine_for(device))
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         bad = []
-        for batch in batches(ImageDataset(images, prep, self.max_pixels), self.batch_size, self.workers):
+        dataset = ImageDataset(images, self.backbone_.preprocessing, self.max_pixels)
+        for batch in batches(dataset, self.batch_size, self.workers, device_type=device.split(":")[0]):
             bad += [(images[i], reason) for i, reason, _ in batch.failures]
             if batch.indices:
-                features = embed_uint8(extractor, batch.images, prep, device, self.precision)
+                features = runner(batch.images)
                 out[batch.indices] = np.concatenate([features[layer] for layer in self.layers_], axis=1)
         if bad:
             listed = "; ".join(f"{_name(img)}: {reason}" for img, reason in bad[:3])
@@ -79,8 +115,8 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_extractor", None)  # a traced graph; rebuilt on first use
-        state.pop("_extractor_device", None)
+        state.pop("_engine", None)  # an ONNX Runtime session or a traced graph: rebuilt on first use
+        state.pop("_engine_device", None)
         return state
 
     def __sklearn_tags__(self):

@@ -106,3 +106,20 @@ def synthetic_cache(path, counts=(12, 10, 8), dim=16, seed=0, groups=None, label
         w.write_batch(rows, feats, empty)
         w.commit([(p, l, g) for p, l, g in zip(paths, rows["label"], rows["group"])], {})
     return X.astype(np.float32), y
+
+
+@pytest.fixture(autouse=True, scope="session")
+def shared_engine_dir(tmp_path_factory):
+    """One engine folder for the session: each settings value is exported to ONNX once, not once per test."""
+    import os
+
+    from embedder.store import ENGINE_DIR_ENV
+
+    folder = str(tmp_path_factory.mktemp("engines"))
+    previous = os.environ.get(ENGINE_DIR_ENV)
+    os.environ[ENGINE_DIR_ENV] = folder
+    yield folder
+    if previous is None:
+        os.environ.pop(ENGINE_DIR_ENV, None)
+    else:
+        os.environ[ENGINE_DIR_ENV] = previous

@@ -1,0 +1,275 @@
+"""Engines: a uint8 batch in, ``{layer: float32 N x D}`` out. One interface, two implementations.
+
+- ``TorchEngine``: the backbone in torch (channels_last, autocast for fp16/bf16), on any device.
+- ``OnnxEngine``: the same graph exported once per settings to ONNX (normalization and pooling inside) and run by
+  ONNX Runtime on the CPU; fp32 agrees with torch within float rounding (tested at 1e-4 relative), so both fill
+  the same cache rows. int8 is a precision of this engine only, with rows of its own.
+
+``open_engine`` picks one. ``auto`` uses ONNX Runtime on the CPU when it measured faster there for these
+settings (measured once per settings and CPU model, recorded in the engine folder), torch on GPUs. Nothing here
+imports torch unless a torch model has to be built.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import FeaturebankError
+from .settings import ExtractionSettings
+from .store import EngineStore
+
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+class Engine:
+    name = "engine"
+    settings: ExtractionSettings
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+class TorchEngine(Engine):
+    """The torch model; ``images`` may be a uint8 numpy array or torch tensor."""
+
+    name = "torch"
+
+    def __init__(self, model, settings: ExtractionSettings, device, channels_last: bool = True):
+        import torch
+
+        from .features import FeatureExtractor, autocast_for
+
+        autocast_for(device, settings.precision)  # refuse fp16 on the CPU
+        self.settings, self.device, self._torch = settings, device, torch
+        self.extractor = FeatureExtractor(model, list(settings.layers), settings.pooling).to(device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.extractor = self.extractor.to(memory_format=torch.channels_last)
+
+    def __call__(self, images) -> dict[str, np.ndarray]:
+        from .features import embed_uint8
+
+        x = self._torch.as_tensor(images)
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        return embed_uint8(self.extractor, x, self.settings.preprocessing, self.device, self.settings.precision,
+                           channels_last=self.channels_last)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "device": str(self.device), "channels_last": self.channels_last,
+                "threads": self._torch.get_num_threads(), "torch": self._torch.__version__}
+
+
+class OnnxEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, path: str, settings: ExtractionSettings, threads: int | None = None, meta: dict | None = None):
+        ort = import_onnxruntime()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or cpu_cores()
+        options.inter_op_num_threads = 1
+        # decoding threads share these cores: an idle ORT thread must sleep, not spin
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise FeaturebankError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        self.settings, self.path, self.meta = settings, path, meta or {}
+        self.threads = options.intra_op_num_threads
+        self.outputs = list(settings.layers)
+        self.version = ort.__version__
+
+    def __call__(self, images) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(np.asarray(images, dtype=np.uint8))
+        out = self.session.run(self.outputs, {"images": x})
+        return {layer: np.asarray(o, dtype=np.float32) for layer, o in zip(self.outputs, out)}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "device": "cpu", "threads": self.threads, "onnxruntime": self.version,
+                "model": os.path.basename(self.path)}
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise FeaturebankError(f"onnxruntime is not installed ({exc}); pip install onnxruntime, or --engine torch") from None
+    return onnxruntime
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+    """The CPU model (engine choices are measured per CPU: machines differ, and so does what is fastest)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} x{cpu_cores()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{cpu_cores()}"
+
+
+def gpu_possible() -> bool:
+    """Whether torch might see a GPU, without importing torch: an NVIDIA driver, or Apple silicon (MPS)."""
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl"):
+        return True
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def resolve_device_name(device: str = "auto") -> str:
+    """``auto`` → cuda/mps/cpu; imports torch only when a GPU could be there or one is asked for."""
+    if device == "cpu" or (device == "auto" and not gpu_possible()):
+        return "cpu"
+    from .features import resolve_device
+
+    return str(resolve_device(device))
+
+
+@dataclass
+class Prepared:
+    """What opening an engine did besides loading it: exports, calibration, measurements (one-time costs)."""
+
+    seconds: float = 0.0
+    steps: list[str] = field(default_factory=list)
+    note: str | None = None  # a fallback, said once to the user
+
+
+def onnx_name(settings: ExtractionSettings) -> str:
+    return f"{settings.backbone}-{settings.key}-{settings.precision}"
+
+
+def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *, engine: str = "auto",
+                device: str = "cpu", batch_size: int = 32, calibration=None, prepared: Prepared | None = None) -> Engine:
+    """An engine for ``settings``. ``build_model()`` returns the torch backbone (called only when one is needed:
+    for the torch engine, an export, or measuring). ``calibration()`` yields uint8 batches for int8."""
+    prepared = prepared if prepared is not None else Prepared()
+    if engine not in ENGINES:
+        raise FeaturebankError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    int8 = settings.precision == "int8"
+    if device != "cpu":
+        if int8 or engine == "onnxruntime":
+            raise FeaturebankError(f"the onnxruntime engine (and int8) runs on the CPU here; use --device cpu, or "
+                                   f"--engine torch with fp32/fp16/bf16 on {device}")
+        return _torch_engine(settings, build_model, device)
+    if engine == "torch" or (engine == "auto" and settings.precision in ("fp16", "bf16")):
+        if int8:
+            raise FeaturebankError("int8 runs on the onnxruntime engine: use --engine onnxruntime (or auto)")
+        return _torch_engine(settings, build_model, device)
+    if settings.precision in ("fp16", "bf16"):
+        raise FeaturebankError(f"the onnxruntime engine runs fp32 and int8, not {settings.precision}")
+    try:
+        ort_engine = _onnx_engine(settings, store, build_model, batch_size, calibration, prepared)
+    except FeaturebankError as exc:
+        if engine == "onnxruntime" or int8:
+            raise
+        prepared.note = f"using the torch engine: {exc}"
+        return _torch_engine(settings, build_model, device)
+    if engine == "onnxruntime" or int8:
+        return ort_engine
+    choice = _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared)
+    if choice == "torch":
+        return _torch_engine(settings, build_model, device)
+    return ort_engine
+
+
+def _torch_engine(settings, build_model, device) -> TorchEngine:
+    from .features import resolve_device
+
+    return TorchEngine(build_model(), settings, resolve_device(device))
+
+
+def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared) -> OnnxEngine:
+    import_onnxruntime()
+    name = onnx_name(settings)
+    found = store.find_model(name)
+    if found is None:
+        started = time.perf_counter()
+        if settings.precision == "int8":
+            from .quantize import build_int8
+
+            fp32 = _onnx_engine(settings_fp32(settings), store, build_model, batch_size, None, prepared)
+            if calibration is None or settings.int8.calibration_set and _calibration_fixed(calibration):
+                raise FeaturebankError(f"the int8 engine {name} is not in {store.folder}: it was made when the "
+                                       f"cache it belongs to was extracted; extract that cache again (with its "
+                                       f"--engine-dir), or use fp32")
+            build_int8(fp32, settings, store, name, calibration())
+            prepared.steps.append(f"calibrated int8 in {time.perf_counter() - started:.1f} s")
+        else:
+            from .export import export_onnx
+
+            tmp = store.new_model_path(name)
+            try:
+                export_onnx(build_model(), settings, tmp)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            store.save_model(name, tmp, {"settings": settings.to_dict(), "kind": "fp32", "versions": _versions()})
+            prepared.steps.append(f"exported to ONNX in {time.perf_counter() - started:.1f} s")
+        prepared.seconds += time.perf_counter() - started
+        found = store.find_model(name)
+        if found is None:
+            raise FeaturebankError(f"the engine file {store.model_path(name)} could not be written")
+    path, meta = found
+    return OnnxEngine(path, settings, meta=meta)
+
+
+def _calibration_fixed(calibration) -> bool:
+    """A calibration that may not be drawn anew (a bundle's or another cache's int8 engine is wanted)."""
+    return getattr(calibration, "fixed", False)
+
+
+def settings_fp32(settings: ExtractionSettings) -> ExtractionSettings:
+    from dataclasses import replace
+
+    return replace(settings, precision="fp32", int8=None)
+
+
+def _versions() -> dict:
+    from .resolve import _version
+
+    return {p: _version(p) for p in ("torch", "torchvision", "onnx", "onnxruntime")}
+
+
+def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared) -> str:
+    """``onnxruntime`` or ``torch``, whichever ran these settings faster on this CPU (measured once, recorded)."""
+    name = onnx_name(settings)
+    cpu = cpu_name()
+    known = (ort_engine.meta.get("choice") or {})
+    if known.get("cpu") == cpu and known.get("batch_size") == batch_size:
+        return known["engine"]
+    started = time.perf_counter()
+    torch_engine = _torch_engine(settings, build_model, "cpu")
+    n = max(1, min(batch_size, 16))
+    crop = settings.preprocessing.crop
+    images = np.random.default_rng(0).integers(0, 256, (n, 3, crop, crop), dtype=np.uint8)
+    rates = {}
+    for engine in (ort_engine, torch_engine):
+        engine(images)  # warm-up: first-call allocations, oneDNN primitive creation
+        t = time.perf_counter()
+        engine(images)
+        engine(images)
+        rates[engine.name] = round(2 * n / (time.perf_counter() - t), 2)
+    chosen = max(rates, key=rates.get)
+    choice = {"cpu": cpu, "batch_size": batch_size, "images_per_second": rates, "engine": chosen}
+    store.update_meta(name, choice=choice)
+    ort_engine.meta["choice"] = choice
+    prepared.seconds += time.perf_counter() - started
+    prepared.steps.append(f"measured onnxruntime {rates['onnxruntime']} vs torch {rates['torch']} images/s: {chosen}")
+    return chosen

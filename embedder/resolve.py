@@ -1,0 +1,96 @@
+"""What the user typed → ``ExtractionSettings`` (weights identity, node names, preprocessing, vector sizes).
+
+Working this out needs torchvision (enum names, tracing the graph for node names, the weights' transforms),
+which takes seconds to import. The answer depends only on the options, the torchvision version and, for a weights
+file, the file; so it is recorded in the engine folder and a repeat run reads it back without importing torch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+
+from .settings import ExtractionSettings, Int8
+from .store import EngineStore
+
+
+@dataclass(frozen=True)
+class Request:
+    """Extraction options as given, before anything is looked up."""
+
+    backbone: str = "resnet50"
+    weights: str | None = "DEFAULT"
+    seed: int = 0
+    layers: tuple[str, ...] | None = None
+    pooling: str = "avg"
+    resize: int | None = None
+    crop: int | None = None
+    draft: bool = True
+    precision: str = "fp32"
+    int8: Int8 | None = None  # calibration options (its calibration_set is filled in once drawn)
+
+    def __post_init__(self):
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple([self.layers] if isinstance(self.layers, str) else self.layers))
+        if self.precision == "int8" and self.int8 is None:
+            object.__setattr__(self, "int8", Int8())
+
+
+@dataclass(frozen=True)
+class Resolved:
+    settings: ExtractionSettings
+    dims: dict  # layer → vector length
+    weights_file: str | None  # the local file, when the weights are one
+    weights_arg: str | None  # what load_backbone takes to rebuild the model (a name, a path, or "none")
+    seed: int = 0
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def _memo_key(request: Request) -> dict:
+    from . import __version__
+
+    key = {**asdict(request), "int8": None, "featurebank": __version__, "torchvision": _version("torchvision")}
+    weights = request.weights
+    if weights is not None and str(weights).lower() != "none" and os.path.isfile(os.fspath(weights)):
+        path = os.path.abspath(os.fspath(weights))
+        st = os.stat(path)
+        key["weights"] = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return key
+
+
+def resolve(request: Request, store: EngineStore | None = None) -> Resolved:
+    """The settings of ``request``; read from the store's records when this exact request was resolved before."""
+    key = _memo_key(request) if store is not None else None
+    hit = store.record("resolved", key) if store is not None else None
+    if hit is not None:
+        settings = ExtractionSettings.from_dict(hit["settings"])
+        if request.int8 is not None:
+            settings = replace(settings, precision="int8", int8=request.int8)
+        return Resolved(settings, hit["dims"], hit["weights_file"], hit["weights_arg"], request.seed)
+    resolved = _resolve_with_torch(request)
+    if store is not None:
+        plain = replace(resolved.settings, precision=request.precision if request.precision != "int8" else "fp32",
+                        int8=None)
+        store.put_record("resolved", key, {"settings": plain.to_dict(), "dims": resolved.dims,
+                                           "weights_file": resolved.weights_file, "weights_arg": resolved.weights_arg})
+    return resolved
+
+
+def _resolve_with_torch(request: Request) -> Resolved:
+    from .backbones import layer_dims, preprocessing_for, resolve_layers, resolve_weights, skeleton
+
+    spec = resolve_weights(request.backbone, request.weights, request.seed)
+    shape = skeleton(request.backbone)
+    layers = resolve_layers(shape, request.layers)
+    prep = preprocessing_for(request.backbone, spec).overridden(request.resize, request.crop, request.draft)
+    settings = ExtractionSettings(request.backbone, spec.identity, tuple(layers), request.pooling, prep,
+                                  request.precision, request.int8)
+    dims = layer_dims(shape, layers, request.pooling, prep.crop)
+    weights_arg = spec.path if spec.kind == "file" else ("none" if spec.kind == "none" else spec.identity)
+    return Resolved(settings, dims, spec.path, weights_arg, request.seed)

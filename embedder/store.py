@@ -1,0 +1,118 @@
+"""The engine folder (``<cache folder>/engines``): exported models and small records, keyed by settings.
+
+An exported model ``<name>.onnx`` has a sidecar ``<name>.json`` that holds its sha256 and what it was made from.
+Both are written under a temporary name and renamed, so a kill leaves a whole file or none; a model whose bytes
+do not match its sidecar (truncated, corrupt, edited) is reported and rebuilt, never loaded. Records
+(``records/<key>.json``) memoize what would otherwise need torch to work out (resolved settings, the measured
+engine choice), so that a run whose engine is ready imports no torch at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+ENGINE_DIR_ENV = "FEATUREBANK_ENGINE_DIR"
+
+
+def engine_dir_for(cache_path: str | None = None, cache_dir: str | None = None) -> str:
+    """``$FEATUREBANK_ENGINE_DIR``, else ``engines/`` beside the cache file (or in the default cache folder)."""
+    if os.environ.get(ENGINE_DIR_ENV):
+        return os.path.abspath(os.environ[ENGINE_DIR_ENV])
+    if cache_path:
+        return os.path.join(os.path.dirname(os.path.abspath(cache_path)), "engines")
+    folder = cache_dir or os.environ.get("FEATUREBANK_CACHE_DIR") or "cache"
+    return os.path.abspath(os.path.join(folder, "engines"))
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class EngineStore:
+    def __init__(self, folder: str):
+        self.folder = os.path.abspath(folder)
+
+    def model_path(self, name: str) -> str:
+        return os.path.join(self.folder, f"{name}.onnx")
+
+    def new_model_path(self, name: str) -> str:
+        """A temporary path in the folder to export to; ``save_model`` renames it into place."""
+        os.makedirs(self.folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f"{name}.", suffix=".onnx.tmp")
+        os.close(fd)
+        return tmp
+
+    def save_model(self, name: str, tmp: str, meta: dict) -> str:
+        """Put an exported file in place with its sidecar (hash and ``meta``). Returns its final path."""
+        final = self.model_path(name)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        meta = {**meta, "sha256": sha256_of(tmp), "bytes": os.path.getsize(tmp)}
+        os.replace(tmp, final)
+        _write_atomically(os.path.join(self.folder, f"{name}.json"), json.dumps(meta, indent=1).encode())
+        return final
+
+    def find_model(self, name: str) -> tuple[str, dict] | None:
+        """``(path, sidecar)`` of a model whose bytes match its sidecar; None when absent. A mismatch is said on
+        stderr once and treated as absent (the caller rebuilds it)."""
+        path, side = self.model_path(name), os.path.join(self.folder, f"{name}.json")
+        if not os.path.exists(path) and not os.path.exists(side):
+            return None
+        try:
+            with open(side) as fh:
+                meta = json.load(fh)
+            ok = os.path.getsize(path) == meta["bytes"] and sha256_of(path) == meta["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            sys.stderr.write(f"featurebank: {path} does not match its record (corrupt or incomplete); rebuilding it\n")
+            return None
+        return path, meta
+
+    def update_meta(self, name: str, **changes) -> None:
+        side = os.path.join(self.folder, f"{name}.json")
+        with open(side) as fh:
+            meta = json.load(fh)
+        _write_atomically(side, json.dumps({**meta, **changes}, indent=1).encode())
+
+    # -- records: small JSON answers, keyed by what they were computed from -----------------------------------
+    def record(self, kind: str, key: dict) -> dict | None:
+        path = self._record_path(kind, key)
+        try:
+            with open(path) as fh:
+                stored = json.load(fh)
+            return stored["value"] if stored.get("key") == key else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put_record(self, kind: str, key: dict, value: dict) -> None:
+        try:
+            _write_atomically(self._record_path(kind, key), json.dumps({"key": key, "value": value}).encode())
+        except OSError:  # a read-only folder costs speed next time, not correctness
+            pass
+
+    def _record_path(self, kind: str, key: dict) -> str:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        return os.path.join(self.folder, "records", f"{kind}-{digest}.json")
