@@ -292,6 +292,19 @@ def info(cache, as_json):
         if d["pending_parts"]:
             click.echo(f"  unfinished   {d['pending_parts']} batches of an interrupted run wait in {d['cache']}.parts; "
                        f"run extract again to merge them")
+        runs = d["info"].get("runs", [])
+        if runs:
+            last = runs[-1]
+            e = last["engine"]
+            click.echo(f"  engine       {e['name']} on {e.get('device', 'cpu')} ({e.get('threads', '?')} threads), last run "
+                       f"{last['time']}: {last['embedded']} images at {last['images_per_second']} images/s "
+                       f"({len(runs)} run(s) recorded)")
+        int8 = d["info"].get("int8")
+        if int8:
+            calib = int8.get("calibration") or {}
+            for layer, c in int8["cosine_to_fp32"].items():
+                click.echo(f"  int8         {layer}: cosine to fp32 mean {c['mean']:.4f}, worst {c['min']:.4f}, on the "
+                           f"{c['images']} calibration images ({calib.get('method', '?')}, seed {calib.get('seed', '?')})")
         versions = d["info"].get("versions", {})
         click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
