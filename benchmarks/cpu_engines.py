@@ -1,0 +1,261 @@
+"""CPU extraction, one run, same photos: engines against the model alone, decoding, the tutorial loop.
+
+    python benchmarks/cpu_engines.py [--models resnet18,resnet50,mobilenet_v2] [--rounds 2] [--skip-memory]
+
+For each model (random weights, 224 px, batch 32), on the 398 hymenoptera photos (train + val):
+  (a) images/s of the model alone per engine (torch eager, torch channels_last, ONNX Runtime fp32 and int8);
+  (b) decoding alone (Pillow, resize and crop, one thread per core);
+  (c) the CPU-work limit 1 / (1/a + 1/b): decoding and the model share the same cores;
+  (d) the tutorial loop (benchmarks/tutorial_loop.py), a whole process;
+  (e) `featurebank extract` end to end, a whole process, fp32 and int8, its engine prepared by an earlier run
+      (the one-time export, measuring and calibration are reported beside it).
+(d) and (e) alternate, ``--rounds`` times each; the table gives their mean. Then: peak memory at 1,000 and 10,000
+images (the photos repeated under other names), an unchanged re-run of 1,000 images, and `featurebank cv`
+against scikit-learn's cross_validate on the same arrays and folds. Writes its tables into benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared"
+PHOTOS = SHARED / "data" / "hymenoptera"
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+         "amx_bf16")
+MAXRSS = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+          "sys.stderr.write(r.stderr); print(r.stdout.strip()); "
+          "print('maxrss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def cpu() -> tuple[str, str]:
+    text = pathlib.Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
+    name = re.search(r"model name\s*:\s*(.*)", text)
+    flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split()) if "flags" in text else set()
+    return (name.group(1) if name else platform.processor()), " ".join(f for f in FLAGS if f in flags) or "-"
+
+
+def photo_farm(folder: pathlib.Path, copies: int = 1, limit: int | None = None) -> int:
+    """ants/ and bees/ of train and val, as symbolic links (``copies`` times under other names)."""
+    n = 0
+    for c in range(copies):
+        for split in ("train", "val"):
+            for cls in ("ants", "bees"):
+                (folder / cls).mkdir(parents=True, exist_ok=True)
+                for f in sorted((PHOTOS / split / cls).iterdir()):
+                    if limit is not None and n >= limit:
+                        return n
+                    os.symlink(f, folder / cls / f"{c:03d}-{split}-{f.name}")
+                    n += 1
+    return n
+
+
+def run(cmd: list[str], env: dict) -> tuple[float, str]:
+    t = time.perf_counter()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stderr[-2000:]}")
+    return time.perf_counter() - t, out.stdout
+
+
+def extract_cmd(folder, cache, model, precision="fp32", extra=()):
+    return [sys.executable, "-m", "cli", "extract", str(folder), "-b", model, "-w", "none", "--cache", str(cache),
+            "--precision", precision, "--json", *extra]
+
+
+def model_only(engine, n: int = 32, reps: int = 3) -> float:
+    images = np.random.default_rng(0).integers(0, 256, (n, 3, 224, 224), dtype=np.uint8)
+    engine(images)
+    t = time.perf_counter()
+    for _ in range(reps):
+        engine(images)
+    return reps * n / (time.perf_counter() - t)
+
+
+def decode_only(folder: pathlib.Path) -> float:
+    from embedder.batches import ImageDataset, threads_batches
+    from embedder.preprocess import Preprocessing
+    from embedder.sources import list_images
+
+    listing = list_images(str(folder))
+    dataset = ImageDataset([listing.full_path(i) for i in listing.items], Preprocessing())
+    for _ in threads_batches(dataset, 32):  # warm the file cache, as every other measurement finds it
+        pass
+    t = time.perf_counter()
+    n = sum(len(b.indices) + len(b.failures) for b in threads_batches(dataset, 32))
+    return n / (time.perf_counter() - t)
+
+
+def engines_of(model: str, store_dir: str, prep_summary: dict, int8_summary: dict):
+    import torch
+
+    from embedder.backbones import load_backbone
+    from embedder.engines import OnnxEngine, TorchEngine, onnx_name
+    from embedder.settings import ExtractionSettings
+    from embedder.store import EngineStore
+
+    settings = ExtractionSettings.from_dict(prep_summary["settings"])
+    int8 = ExtractionSettings.from_dict(int8_summary["settings"])
+    net = load_backbone(model, "none").model
+    store = EngineStore(store_dir)
+    return {"torch eager": TorchEngine(net, settings, torch.device("cpu"), channels_last=False),
+            "torch channels_last": TorchEngine(net, settings, torch.device("cpu"), channels_last=True),
+            "onnxruntime fp32": OnnxEngine(store.find_model(onnx_name(settings))[0], settings),
+            "onnxruntime int8": OnnxEngine(store.find_model(onnx_name(int8))[0], int8)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,resnet50,mobilenet_v2")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    opts = parser.parse_args()
+    if not PHOTOS.is_dir():
+        print(f"skipped: {PHOTOS} is absent (the shared photos live in ../shared/data)")
+        return 0
+    name, flags = cpu()
+    lines = [f"Machine: {name}, {os.cpu_count()} cores; flags: {flags}. {time.strftime('%Y-%m-%d')}.",
+             "Photos: the 398 hymenoptera photos (train + val, 193x130 to 2592x1944 JPEG, one GIF placeholder the "
+             "tutorial's ImageFolder ignores). Random weights, 224 px crops, batch 32. Whole processes for (d) and (e).",
+             ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        photos = tmp / "photos"
+        n_photos = photo_farm(photos)
+        env = {**os.environ, "FEATUREBANK_ENGINE_DIR": str(tmp / "engines"), "PYTHONPATH": str(ROOT)}
+        decode = decode_only(photos)
+        table = ["| model | (a) torch eager | (a) torch channels_last | (a) ORT fp32 | (a) ORT int8 | (b) decode | "
+                 "(c) limit fp32 / int8 | (d) tutorial | (e) extract fp32 | (e) extract int8 | e/d fp32 / int8 | "
+                 "e/c fp32 / int8 | one-time fp32 / int8 |",
+                 "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+        for model in opts.models.split(","):
+            _, out = run(extract_cmd(photos, tmp / f"prep-{model}.h5", model), env)
+            prep = json.loads(out)
+            _, out = run(extract_cmd(photos, tmp / f"prep-{model}-int8.h5", model, "int8"), env)
+            prep8 = json.loads(out)
+            engines = engines_of(model, env["FEATUREBANK_ENGINE_DIR"], prep, prep8)
+            samples = {k: [] for k in engines}
+            for _ in range(3):  # interleaved, best of 3: a busy moment hurts no engine in particular
+                for k, engine in engines.items():
+                    samples[k].append(model_only(engine))
+            rates = {k: max(v) for k, v in samples.items()}
+            del engines
+            fp32_best = max(rates[k] for k in ("torch eager", "torch channels_last", "onnxruntime fp32"))
+            limit32 = 1 / (1 / fp32_best + 1 / decode)
+            limit8 = 1 / (1 / rates["onnxruntime int8"] + 1 / decode)
+            tut, e32, e8, loops = [], [], [], []
+            for r in range(opts.rounds):
+                seconds, out = run([sys.executable, "benchmarks/tutorial_loop.py", str(photos), model], env)
+                tut.append(int(out.split()[0]) / seconds)
+                seconds, out = run(extract_cmd(photos, tmp / f"{model}-{r}.h5", model), env)
+                s = json.loads(out)
+                e32.append(s["embedded"] / seconds)
+                loops.append(s["images_per_second"])
+                assert s["prepared"] == [], s["prepared"]  # timed runs find their engine ready
+                seconds, out = run(extract_cmd(photos, tmp / f"{model}-{r}-int8.h5", model, "int8"), env)
+                s8 = json.loads(out)
+                e8.append(s8["embedded"] / seconds)
+            d, f32, f8 = np.mean(tut), np.mean(e32), np.mean(e8)
+            table.append(
+                f"| {model} | {rates['torch eager']:.1f} | {rates['torch channels_last']:.1f} | "
+                f"{rates['onnxruntime fp32']:.1f} | {rates['onnxruntime int8']:.1f} | {decode:.0f} | "
+                f"{limit32:.1f} / {limit8:.1f} | {d:.1f} | {f32:.1f} (loop {np.mean(loops):.1f}) | {f8:.1f} | "
+                f"{f32 / d:.2f} / {f8 / d:.2f} | {f32 / limit32:.2f} / {f8 / limit8:.2f} | "
+                f"{prep['prepared_seconds']:.1f} s / {prep8['prepared_seconds']:.1f} s |")
+            print(table[-1], flush=True)
+        lines += ["Images/s; (e) is images over the whole process's wall time (start-up included; 'loop' is the "
+                  "embedding loop alone). The engine `auto` chose for fp32 on this CPU is recorded in each cache "
+                  "(`featurebank info`). One-time: export + measuring (fp32), calibration (int8) of the first run.", "",
+                  *table, ""]
+        if not opts.skip_memory:
+            lines += memory_and_rerun(tmp, env) + [""]
+        lines += cv_against_sklearn(tmp, env, opts.rounds)
+    text = "\n".join(lines)
+    print(text)
+    write_section(pathlib.Path(opts.results), text)
+    return 0
+
+
+def memory_and_rerun(tmp: pathlib.Path, env: dict) -> list[str]:
+    rows = ["| images | extract resnet18 fp32: seconds | peak memory (RSS) | unchanged re-run | re-run / first |",
+            "|--:|--:|--:|--:|--:|"]
+    peaks = {}
+    for n in (1000, 10000):
+        folder = tmp / f"farm{n}"
+        photo_farm(folder, copies=n // 398 + 1, limit=n)
+        cache = tmp / f"farm{n}.h5"
+        t = time.perf_counter()
+        _, out = run([sys.executable, "-c", MAXRSS, *extract_cmd(folder, cache, "resnet18")], env)
+        first = time.perf_counter() - t
+        peak = int(out.split("maxrss")[1]) / 1024
+        peaks[n] = peak
+        again, _ = run(extract_cmd(folder, cache, "resnet18"), env)
+        rows.append(f"| {n:,} | {first:.1f} | {peak:.0f} MB | {again:.2f} s | {100 * again / first:.1f} % |")
+        print(rows[-1], flush=True)
+    rows.append("")
+    rows.append(f"Peak memory at 10,000 images is {peaks[10000] / peaks[1000]:.2f}x the peak at 1,000.")
+    return rows
+
+
+def cv_against_sklearn(tmp: pathlib.Path, env: dict, rounds: int) -> list[str]:
+    """The same folds and pipeline: what featurebank's bookkeeping (reports, suspicious images) costs."""
+    from sklearn.model_selection import cross_validate as sk_cross_validate
+
+    import embedder
+    from classifiers import cross_validate, make_classifier
+    from classifiers.crossval import make_splits
+
+    cache = tmp / "farm1000.h5"
+    if not cache.exists():
+        folder = tmp / "farm1000"
+        photo_farm(folder, copies=3, limit=1000)
+        run(extract_cmd(folder, cache, "resnet18"), env)
+    ours, theirs = [], []
+    for r in range(rounds + 1):  # round 0 warms both up (imports, first-call allocations) and is not counted
+        t = time.perf_counter()
+        report = cross_validate(str(cache), ["logreg"], ["flatten"], folds=5, n_jobs=1)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        X, labels, _ = embedder.load(str(cache), "flatten")
+        classes = sorted(set(labels))
+        y = np.array([classes.index(v) for v in labels])
+        splits = [(s.train, s.test) for s in make_splits(y, folds=5)]
+        sk = sk_cross_validate(make_classifier("logreg"), X, y, cv=splits,
+                               scoring=["accuracy", "balanced_accuracy", "f1_macro", "neg_log_loss"])
+        theirs.append(time.perf_counter() - t)
+        if r == 0:
+            ours, theirs = [], []
+    same = abs(report.best.metric("accuracy")["mean"] - float(np.mean(sk["test_accuracy"]))) < 1e-12
+    return ["| 5-fold logreg on 1,000 x 512 (resnet18 cache) | seconds |", "|---|--:|",
+            f"| `featurebank cv` (cross_validate: scores, per-class, confusion, out-of-fold, suspicious, outliers, "
+            f"duplicates) | {np.mean(ours):.2f} |",
+            f"| scikit-learn `cross_validate`, same folds and pipeline (4 scores) | {np.mean(theirs):.2f} |",
+            f"| ratio | {np.mean(ours) / np.mean(theirs):.2f} |", "",
+            f"Same mean accuracy from both: {'yes' if same else 'NO'}."]
+
+
+def write_section(path: pathlib.Path, text: str) -> None:
+    begin, end = "<!-- cpu_engines.py: begin -->", "<!-- cpu_engines.py: end -->"
+    section = f"{begin}\n## CPU engines (`python benchmarks/cpu_engines.py`)\n\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts of this folder.\n"
+    if begin in old:
+        new = old[:old.index(begin)] + section + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + section + "\n"
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
