@@ -39,7 +39,7 @@ def embedding_map(X: np.ndarray, seed: int = 0, max_rows: int = MAX_ROWS) -> tup
     with threadpool_limits(1, user_api="openmp"):
         xy = TSNE(2, perplexity=perplexity, init="pca", learning_rate="auto", max_iter=ITERATIONS,
                   random_state=seed).fit_transform(Z)
-    return rows, xy, (f"L2-normalized, PCA to {dims} dimensions, t-SNE (perplexity {perplexity:g}, {ITERATIONS} "
+    return rows, xy, (f"L2-normalized, PCA to {dims} dimensions, t-SNE (perplexity {perplexity:.3g}, {ITERATIONS} "
                       f"iterations, seed {seed})")
 
 

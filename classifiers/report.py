@@ -171,9 +171,11 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
 
 
 def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict | None = None) -> dict[str, str]:
-    """Write report.json, report.md, leaderboard.png, confusion.png, predictions/*.csv and the embedding map
-    (map.json, map.png) into ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already)."""
+    """Write report.json, report.md, leaderboard.png, confusion.png, predictions/*.csv, the embedding map
+    (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into ``out_dir``
+    (``d``: the report's ``report_dict``, when the caller has it already)."""
     from .embedmap import write_map
+    from .html import write_html
     from .plots import confusion_png, leaderboard_png
 
     os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
@@ -195,4 +197,5 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict |
         write_predictions(report, r, os.path.join(out_dir, "predictions", predictions_name(r.classifier, r.layer)))
     files["predictions"] = os.path.join(out_dir, "predictions")
     files.update(write_map(report, out_dir))
+    files["html"] = write_html(out_dir)
     return files
