@@ -358,7 +358,8 @@ def classifiers(as_json):
 @click.option("--inner-folds", type=click.IntRange(2), default=3, show_default=True, help="Folds of --search.")
 @click.option("-j", "--n-jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: all cores).")
 @click.option("-o", "--out", type=click.Path(file_okay=False),
-              help="Write report.json, report.md, leaderboard.png, confusion.png and predictions/*.csv here.")
+              help="Write report.json, report.md, report.html (with thumbs/), leaderboard.png, confusion.png, "
+                   "map.png and predictions/*.csv here.")
 @click.option("--suspicious", type=click.IntRange(0), default=20, show_default=True,
               help="How many suspicious images the report lists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -368,7 +369,7 @@ def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_fol
     """Cross-validate classifiers × layers of CACHE on the same stratified folds.
 
     Prints a leaderboard (mean ± std over folds) and the images most confidently predicted as another
-    class than their label.
+    class than their label. With --out, OUT/report.html shows it all with the images.
 
     \b
     Example:
@@ -570,6 +571,26 @@ def _predictions_text(result: dict, fmt: str, top: int) -> str:
 
 
 
+@main.command("report", context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--images", type=click.Path(file_okay=False),
+              help="Where the images are now, if they moved: the folder the report's paths are relative to.")
+def report_command(run_dir, images):
+    """Render RUN_DIR/report.html again from RUN_DIR/report.json (a cv --out or finetune folder); print its path.
+
+    Needs neither the cache nor the model: thumbnails already in RUN_DIR/thumbs are kept, missing ones are
+    made from the images if they are still there (else a placeholder). Opens nothing.
+
+    \b
+    Example:
+      featurebank report runs/flowers-cv
+      featurebank report runs/flowers-cv --images /mnt/photos/flowers/train
+    """
+    from classifiers.html import write_html
+
+    click.echo(write_html(run_dir, root=images))
+
+
 def unfreeze_type(ctx, param, value):
     if value == "all":
         return value
@@ -634,6 +655,7 @@ def finetune(data, out, val, val_split, backbone, weights, resize, crop, no_draf
       featurebank finetune ../shared/data/hymenoptera/train --val ../shared/data/hymenoptera/val \\
           -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth --unfreeze 1 --epochs 5 --from-scratch
     """
+    from classifiers.html import write_html
     from embedder.finetune import finetune as run_finetune
 
     progress = not quiet and sys.stderr.isatty()
@@ -649,6 +671,7 @@ def finetune(data, out, val, val_split, backbone, weights, resize, crop, no_draf
                           probe_init=not no_probe_init, patience=patience, seed=seed, device=device,
                           precision=precision, workers=workers, resume=resume, from_scratch=from_scratch,
                           progress=progress, on_epoch_end=said)
+    result.files["report_html"] = write_html(result.out)
 
     def human(d):
         click.echo(f"unfrozen: {', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters)")
@@ -658,7 +681,7 @@ def finetune(data, out, val, val_split, backbone, weights, resize, crop, no_draf
         for s in d["skipped"][:10]:
             click.echo(f"skipped {s['path']}: {s['reason']}")
         click.echo(f"best checkpoint  {d['checkpoint']} (epoch {d['best_epoch']})")
-        click.echo(f"report           {d['files']['report_md']}")
+        click.echo(f"report           {d['files']['report_html']}")
 
     emit(result.to_dict(), as_json, human)
 

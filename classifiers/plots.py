@@ -56,3 +56,31 @@ def leaderboard_png(names: list[str], means: list[float], stds: list[float], met
     plt.close(fig)
     return path
 
+
+
+def map_png(xy: np.ndarray, y: np.ndarray, classes: list[str], wrong: np.ndarray, title: str, path: str) -> str:
+    """A 2-D map of the images, one colour per class (the label); the misclassified ones drawn as larger
+    crosses on top, so that the mixing of classes shows at a glance."""
+    plt = _pyplot()
+    k = len(classes)
+    colours = plt.get_cmap("tab10" if k <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(8.5, 6.5))
+    size = 14 if len(y) <= 3000 else 6
+    for c in range(k):
+        here = (y == c) & ~wrong
+        ax.scatter(xy[here, 0], xy[here, 1], s=size, color=colours(c % colours.N), alpha=0.75, linewidths=0,
+                   label=classes[c] if k <= 20 else None)
+    for c in range(k):
+        here = (y == c) & wrong
+        ax.scatter(xy[here, 0], xy[here, 1], s=2.5 * size, color=colours(c % colours.N), marker="X",
+                   edgecolors="black", linewidths=0.4)
+    ax.scatter([], [], s=2.5 * size, color="white", marker="X", edgecolors="black", linewidths=0.4,
+               label="misclassified (colour: its label)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, markerscale=1.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -49,7 +49,7 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
         })
     return {
         "format": FORMAT, "version": 1,
-        "cache": reader.path, "source": reader.attrs["source"], "settings": reader.settings,
+        "cache": reader.path, "source": reader.attrs["source"], "root": reader.attrs["root"], "settings": reader.settings,
         "rows": len(report.data.y), "unlabeled_rows": report.data.unlabeled,
         "classes": report.classes, "class_counts": report.data.counts,
         "cv": {"folds": report.folds, "repeats": report.repeats, "seed": report.seed,
@@ -149,6 +149,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
+def predictions_name(classifier: str, layer: str) -> str:
+    """The file name of a result's out-of-fold predictions in ``predictions/``."""
+    return f"{_slug(classifier)}@{_slug(layer)}.csv"
+
+
 def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
     """One row per image: label, out-of-fold prediction, confidence and (when there are) class probabilities."""
     pred, confidence = result.oof()
@@ -166,8 +171,11 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
 
 
 def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict | None = None) -> dict[str, str]:
-    """Write report.json, report.md, leaderboard.png, confusion.png and predictions/*.csv into ``out_dir``
+    """Write report.json, report.md, leaderboard.png, confusion.png, predictions/*.csv, the embedding map
+    (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into ``out_dir``
     (``d``: the report's ``report_dict``, when the caller has it already)."""
+    from .embedmap import write_map
+    from .html import write_html
     from .plots import confusion_png, leaderboard_png
 
     os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
@@ -186,6 +194,8 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict |
                                            f"{best.classifier} @ {best.layer} (out-of-fold)",
                                            os.path.join(out_dir, "confusion.png"))
     for r in report.results:
-        write_predictions(report, r, os.path.join(out_dir, "predictions", f"{_slug(r.classifier)}@{_slug(r.layer)}.csv"))
+        write_predictions(report, r, os.path.join(out_dir, "predictions", predictions_name(r.classifier, r.layer)))
     files["predictions"] = os.path.join(out_dir, "predictions")
+    files.update(write_map(report, out_dir))
+    files["html"] = write_html(out_dir)
     return files

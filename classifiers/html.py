@@ -1,0 +1,346 @@
+"""report.html: the page a person looks at, one per run folder of ``cv --out`` or ``finetune``, with the images.
+
+It is rendered only from what the run left in its folder (report.json, the best result's out-of-fold CSV,
+map.json, the PNGs), so ``featurebank report RUN_DIR`` renders it again without the cache. The images it shows
+get 160 px JPEG thumbnails in ``RUN_DIR/thumbs/``, made once from the originals and linked relatively: the
+folder can be moved or sent. Nothing is fetched: the CSS and the small sorting script are inline, and the
+markup comes from a Jinja2 template with autoescaping, so a path or a label is always text.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import os
+import pathlib
+
+from embedder import __version__
+from embedder.errors import FeaturebankError
+
+THUMB = 160  # pixels, the longer side
+CELL_THUMBS = 48  # thumbnails per confusion cell; the rest of its images are listed by path
+CELL_ROWS = 1000  # paths listed per confusion cell (the out-of-fold CSV has them all)
+TOTAL_CELL_THUMBS = 3000  # over all cells, so that a run of many classes stays a page, not an archive
+DUPLICATE_SETS = 50
+CV_FORMAT = "featurebank-cv-report"
+
+
+@functools.lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("classifiers", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return env
+
+
+class Thumbs:
+    """Thumbnails of the images under ``root``, named by a hash of their path relative to it, made once: a
+    later render finds them even when the originals are gone. An image that cannot be read gets no thumbnail
+    but the reason, which the page shows in a placeholder."""
+
+    def __init__(self, run_dir: str, root: str | None):
+        self.dir = os.path.join(run_dir, "thumbs")
+        self.root = root
+        self.made = 0
+        self._known: dict[str, dict] = {}
+
+    def __call__(self, path: str) -> dict:
+        if path not in self._known:
+            self._known[path] = self._thumb(path)
+        return self._known[path]
+
+    def _thumb(self, path: str) -> dict:
+        from embedder.decode import decode_file
+
+        name = hashlib.sha1(path.encode("utf-8")).hexdigest()[:16] + ".jpg"
+        dest = os.path.join(self.dir, name)
+        full = os.path.join(self.root, path) if self.root else None
+        original = pathlib.Path(os.path.abspath(full)).as_uri() if full and os.path.isfile(full) else None
+        if not os.path.isfile(dest):
+            if full is None:
+                return {"src": None, "original": None, "missing": "the image folder is unknown"}
+            decoded = decode_file(full, draft_size=THUMB)
+            if decoded.image is None:
+                return {"src": None, "original": None, "missing": decoded.reason}
+            image = decoded.image
+            image.thumbnail((THUMB, THUMB))
+            os.makedirs(self.dir, exist_ok=True)
+            image.save(dest + ".tmp", "JPEG", quality=85)
+            os.replace(dest + ".tmp", dest)
+            self.made += 1
+        return {"src": f"thumbs/{name}", "original": original, "missing": None}
+
+
+def load_run(run_dir: str) -> tuple[str, dict]:
+    """The run folder's report.json and its kind (``cv`` or ``finetune``), or a one-line error."""
+    if not os.path.isdir(run_dir):
+        raise FeaturebankError(f"{run_dir} is not a folder: give a run folder written by cv --out or finetune")
+    path = os.path.join(run_dir, "report.json")
+    if not os.path.isfile(path):
+        raise FeaturebankError(f"{run_dir} has no report.json: give a run folder written by cv --out or finetune")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FeaturebankError(f"{path} is not a readable report ({type(exc).__name__}: {exc})") from None
+    if isinstance(d, dict) and d.get("format") == CV_FORMAT:
+        return "cv", d
+    if isinstance(d, dict) and {"comparison", "history", "config"} <= set(d):
+        return "finetune", d
+    raise FeaturebankError(f"{path} is not a report of featurebank cv or finetune")
+
+
+def image_root(d: dict, root: str | None = None) -> str | None:
+    """Where the report's relative paths start: ``root`` when given (the images moved), the report's own record,
+    or (reports written before it had one) the cache's, when the cache is still there."""
+    if root:
+        return os.path.abspath(root)
+    if d.get("root"):
+        return d["root"]
+    if d.get("cache") and os.path.isfile(d["cache"]):
+        from embedder.cache import CacheReader
+
+        try:
+            return CacheReader(d["cache"]).attrs["root"]
+        except (FeaturebankError, OSError, KeyError):
+            return None
+    return None
+
+
+def read_predictions(path: str) -> list[dict] | None:
+    """The out-of-fold CSV of one result: path, label, predicted and confidence per image (None when the file is
+    absent). The confidence is None for a classifier without probabilities: its column there is a share of
+    votes over the repeats, not a confidence."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        scored = any(name.startswith("p_") for name in reader.fieldnames or [])
+        return [{"path": r["path"], "label": r["label"], "predicted": r["predicted"],
+                 "confidence": float(r["confidence"]) if scored else None} for r in reader]
+
+
+def _pm(m: dict | None, percent: bool = True) -> dict:
+    """A leaderboard cell: the value to sort by, and mean ± std as the Markdown report writes it."""
+    if not m or m.get("mean") is None:
+        return {"v": "", "text": "–"}
+    if percent:
+        return {"v": m["mean"], "text": f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"}
+    return {"v": m["mean"], "text": f"{m['mean']:.3f} ± {m['std']:.3f}"}
+
+
+BLUE, RED = (31, 95, 191), (200, 40, 30)
+ERROR_SATURATES = 0.25  # an off-diagonal cell is fully red at this share of its true class
+
+
+def _blend(colour: tuple[int, int, int], strength: float) -> str:
+    """White to ``colour`` by ``strength`` in [0, 1]."""
+    strength = min(max(strength, 0.0), 1.0)
+    r, g, b = (int(round(255 + (t - 255) * strength)) for t in colour)
+    return f"rgb({r}, {g}, {b})"
+
+
+def _card(thumbs: Thumbs, path: str, label: str, predicted: str | None = None, confidence: float | None = None,
+          **extra) -> dict:
+    """One image as the template's ``card`` shows it: thumbnail (or why there is none), path, label, prediction."""
+    return {"path": path, "label": label, "predicted": predicted, "confidence": confidence, "notes": [],
+            "conflict": False, "nearest": None, "compact": False, **extra, "thumb": thumbs(path)}
+
+
+def _cells(classes: list[str], oof: list[dict], thumbs: Thumbs):
+    """The confusion matrix of the out-of-fold predictions (each image once) and, per non-empty cell, its images:
+    wrong cells most confident first (the surest mistakes), right cells least confident first (the closest calls)."""
+    index = {c: i for i, c in enumerate(classes)}
+    k = len(classes)
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for r in oof:
+        groups.setdefault((index[r["label"]], index[r["predicted"]]), []).append(r)
+    counts = [[len(groups.get((i, j), [])) for j in range(k)] for i in range(k)]
+    matrix = []
+    for i in range(k):
+        total = sum(counts[i])
+        cells = []
+        for j in range(k):
+            n = counts[i][j]
+            share = n / total if total else 0.0
+            strength = share if i == j else share / ERROR_SATURATES
+            cells.append({"count": n, "id": f"cell-{i}-{j}", "diagonal": i == j,
+                          "bg": _blend(BLUE if i == j else RED, strength),
+                          "fg": "#fff" if min(strength, 1.0) > 0.55 else "#1d2330",
+                          "title": f"labelled {classes[i]}, predicted {classes[j]}: {n} "
+                                   f"({100 * share:.1f} % of {classes[i]})"})
+        matrix.append({"name": classes[i], "cells": cells})
+    panels, budget = [], TOTAL_CELL_THUMBS
+    for i in range(k):
+        for j in range(k):
+            rows = groups.get((i, j))
+            if not rows:
+                continue
+            scored = rows[0]["confidence"] is not None
+            if scored:
+                rows = sorted(rows, key=lambda r: r["confidence"] if i == j else -r["confidence"])
+            shown = min(CELL_THUMBS, budget, len(rows))
+            budget -= shown
+            cards = [_card(thumbs, **r, compact=True) for r in rows[:shown]]
+            panels.append({"id": f"cell-{i}-{j}", "true": classes[i], "predicted": classes[j], "count": len(rows),
+                           "order": "In the cache's order (this classifier gives no probabilities)." if not scored
+                           else "Least confident first: the closest calls." if i == j
+                           else "Most confident first: the surest mistakes.",
+                           "cards": cards, "more": rows[shown:CELL_ROWS],
+                           "unlisted": max(0, len(rows) - max(CELL_ROWS, shown))})
+    return matrix, panels
+
+
+def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
+    from .report import predictions_name
+
+    classes = d["classes"]
+    best = next(r for r in d["results"] if r["classifier"] == d["best"]["classifier"] and r["layer"] == d["best"]["layer"])
+    predictions_file = os.path.join("predictions", predictions_name(best["classifier"], best["layer"]))
+    oof = read_predictions(os.path.join(run_dir, predictions_file))
+    susp = d["suspicious"]
+    # the images' cards show the judge's predictions: the classifier with the best log-loss, whose confidences
+    # are the most trustworthy (it chose the suspicious images too); without one, the best model's
+    judge = (susp["classifier"], susp["layer"]) if susp["classifier"] else (best["classifier"], best["layer"])
+    cards_oof = oof if judge == (best["classifier"], best["layer"]) else read_predictions(
+        os.path.join(run_dir, "predictions", predictions_name(*judge)))
+    by_path = {r["path"]: r for r in cards_oof or []}
+
+    def item(path, label, **extra):  # an image with the judge's out-of-fold prediction
+        known = by_path.get(path, {})
+        return _card(thumbs, path, label, known.get("predicted"), known.get("confidence"), **extra)
+
+    s, cv = d["settings"], d["cv"]
+    facts = [("cache", f"{d['cache']} ({d['rows']} labelled images"
+              + (f", {d['unlabeled_rows']} unlabeled left out" if d["unlabeled_rows"] else "") + ")"),
+             ("input", d["source"]),
+             ("embedding", f"{s['backbone']}, weights {s['weights']}, pooling {s['pooling']}, precision {s['precision']}"),
+             ("folds", f"{cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
+              + (", nested hyperparameter search" if cv["search"] else "")),
+             ("classes", ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()))]
+    leaderboard = [{**r, "metrics": [_pm(r["accuracy"]), _pm(r["balanced_accuracy"]), _pm(r["f1_macro"]),
+                                     _pm(r["log_loss"], percent=False)]} for r in d["leaderboard"]]
+    per_class = [{"name": c, **{k: f"{100 * v[k]:.1f}" for k in ("precision", "recall", "f1")}, "support": v["support"]}
+                 for c, v in best["per_class"].items()]
+    matrix, panels = _cells(classes, oof, thumbs) if oof else (None, [])
+    suspicious = [_card(thumbs, i["path"], i["label"], i["predicted"], i["confidence"],
+                        notes=[f"p(label) {i['p_label']:.2f}"]) for i in susp["images"]]
+    outliers = [item(i["path"], i["label"], nearest=i["nearest"], similarity=i["similarity"])
+                for i in d["outliers"]["images"]]
+    duplicates = [{**g, "cards": [item(p, label, conflict=g["conflicting"])
+                                  for p, label in zip(g["paths"], _labels_of(g, by_path))]}
+                  for g in d["duplicates"][:DUPLICATE_SETS]]
+    sections = [("leaderboard", "Leaderboard"), ("best", "Best model"), ("suspicious", "Suspicious")]
+    sections += [(k, name) for k, name, there in (("outliers", "Outliers", outliers), ("duplicates", "Duplicates", duplicates))
+                 if there]
+    figure = _map(run_dir)
+    if figure:
+        sections.append(("map", "Map"))
+    if d["failed"]:
+        sections.append(("failed", "Files without a row"))
+    versions = ", ".join(f"{k} {v}" for k, v in d["versions"].items())
+    return {"kind": "cv", "title": f"Cross-validation: {_short(d['source'])}",
+            "facts": facts, "sections": sections, "rank_by": cv["rank_by"].replace("_", " "), "leaderboard": leaderboard,
+            "best": best, "repeats": cv["repeats"], "per_class": per_class, "classes": classes, "matrix": matrix,
+            "panels": panels, "predictions_file": predictions_file,
+            "judge": f"{susp['classifier']} on {susp['layer']}" if susp["classifier"] else None,
+            "cards_by": f"{judge[0]} on {judge[1]}" if cards_oof else None,
+            "suspicious": suspicious, "outliers": outliers, "outlier_layer": d["outliers"].get("layer"),
+            "duplicates": duplicates, "duplicates_more": max(0, len(d["duplicates"]) - DUPLICATE_SETS),
+            "map": figure, "error_saturates": int(100 * ERROR_SATURATES),
+            "failed": d["failed"][:200], "failed_count": len(d["failed"]),
+            "footer": f"Computed in {d['seconds']:.1f} s with {versions}. Rendered by featurebank {__version__}."}
+
+
+def _short(source: str) -> str:
+    """``classes:/data/flowers/train`` → ``flowers/train``: what the run is about, at a glance."""
+    parts = pathlib.PurePath(source.split(":", 1)[-1]).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else source
+
+
+def _labels_of(group: dict, by_path: dict) -> list[str]:
+    """Each path's own label (a duplicate set lists the set of labels, not one per path)."""
+    if len(group["labels"]) == 1:
+        return group["labels"] * len(group["paths"])
+    return [by_path[p]["label"] if p in by_path else "/".join(group["labels"]) for p in group["paths"]]
+
+
+def _map(run_dir: str) -> dict | None:
+    path, png = os.path.join(run_dir, "map.json"), os.path.join(run_dir, "map.png")
+    if not (os.path.isfile(path) and os.path.isfile(png)):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        m = json.load(fh)
+    points = m["points"]
+    wrong = sum(a != b for a, b in zip(points["label"], points["predicted"]))
+    return {"png": "map.png", "points": len(points["path"]), "rows": m["rows"], "layer": m["layer"],
+            "method": m["method"], "classifier": m["classifier"], "wrong": wrong}
+
+
+def _f(v, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def finetune_context(d: dict, run_dir: str) -> dict:
+    c = d["config"]
+    best_accuracy = max(r["accuracy"] for r in d["comparison"])
+    comparison = [{**r, "best": r["accuracy"] == best_accuracy,
+                   "metrics": [{"v": r[k], "text": f"{100 * r[k]:.2f}"} for k in ("accuracy", "balanced_accuracy", "f1_macro")]}
+                  for r in d["comparison"]]
+
+    def history(rows, best_epoch):
+        return [{"epoch": h["epoch"], "best": h["epoch"] == best_epoch, "train_loss": _f(h["train_loss"], ".4f"),
+                 "train_accuracy": _f(None if h["train_accuracy"] is None else 100 * h["train_accuracy"], ".1f"),
+                 "val_loss": _f(h["val_loss"], ".4f"), "val_accuracy": f"{100 * h['val_accuracy']:.1f}",
+                 "val_balanced_accuracy": f"{100 * h['val_balanced_accuracy']:.1f}", "seconds": f"{h['seconds']:.1f}"}
+                for h in rows]
+
+    curves = [{"name": "fine-tuned" + (f" (best: epoch {d['best_epoch']})" if d["best_epoch"] else " (no epoch beat the start)"),
+               "png": "curves.png" if os.path.isfile(os.path.join(run_dir, "curves.png")) else None,
+               "history": history(d["history"], d["best_epoch"])}]
+    if d.get("scratch_history"):
+        best_scratch = max(d["scratch_history"], key=lambda h: (h["val_accuracy"], -h["val_loss"]))["epoch"]
+        curves.append({"name": "from scratch (same architecture, random init)",
+                       "png": "scratch/curves.png" if os.path.isfile(os.path.join(run_dir, "scratch", "curves.png")) else None,
+                       "history": history(d["scratch_history"], best_scratch)})
+    p = d.get("preprocessing", {})
+    facts = [("backbone", f"{c['backbone']}, weights {c['weights']}"),
+             ("unfrozen", f"{', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters); "
+                          f"BatchNorm {c['bn']}"),
+             ("training", f"{c['epochs']} epochs max, lr {c['lr']:g} (backbone × {c['backbone_lr_scale']:g}), batch "
+                          f"{c['batch_size']}, dropout {c['dropout']:g}, augmentation {c['augment']}, patience "
+                          f"{c['patience']}, seed {c['seed']}, {c['precision']}"),
+             ("images", f"{c['train_images']} training, {c['val_images']} validation; classes " + ", ".join(d["classes"])),
+             ("checkpoint", d["checkpoint"])]
+    if p:
+        facts.insert(1, ("preprocessing", f"resize {p.get('resize')}, crop {p.get('crop')}"))
+    sections = [("comparison", "Comparison"), ("curves", "Curves")] + ([("failed", "Skipped files")] if d["skipped"] else [])
+    versions = ", ".join(f"{k} {v}" for k, v in d.get("versions", {}).items())
+    return {"kind": "finetune", "title": f"Fine-tuning {c['backbone']}", "facts": facts, "sections": sections,
+            "summary": "The frozen linear probe (logistic regression on the cached features) is the baseline; "
+                       "fine-tuning starts from it" + ("" if c.get("probe_init", True) else " (here: from a random head)")
+                       + ". Every model is scored on the same validation images. Seconds: training and its "
+                       "validation; the probe's include embedding the images when this run did it.",
+            "comparison": comparison, "curves": curves, "failed": d["skipped"][:200],
+            "footer": (f"With {versions}. " if versions else "") + f"Rendered by featurebank {__version__}."}
+
+
+def write_html(run_dir: str, root: str | None = None) -> str:
+    """Render ``run_dir/report.html`` from the run's files; ``root``: where the images are now, if they moved.
+    Returns the page's path."""
+    kind, d = load_run(run_dir)
+    if kind == "cv":
+        context = cv_context(d, run_dir, Thumbs(run_dir, image_root(d, root)))
+    else:
+        context = finetune_context(d, run_dir)
+    page = _environment().get_template("report.html.j2").render(version=__version__, **context)
+    path = os.path.join(run_dir, "report.html")
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(page)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+__all__ = ["THUMB", "Thumbs", "load_run", "write_html"]
