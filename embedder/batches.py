@@ -81,27 +81,53 @@ def default_workers(device_type: str = "cpu") -> int:
     return 0
 
 
-def threads_batches(dataset: ImageDataset, batch_size: int = 32, threads: int | None = None, ahead: int = 2):
+class ThreadBatches:
     """Batches in dataset order, decoded by ``threads`` threads (default: one per core), up to ``ahead`` batches
-    ahead of the consumer (bounded memory)."""
-    threads = threads or cpu_cores()
-    n = len(dataset)
-    starts = range(0, n, batch_size)
-    with ThreadPoolExecutor(threads, thread_name_prefix="featurebank-decode") as pool:
-        pending: deque = deque()
-        upcoming = iter(starts)
+    ahead of the consumer (bounded memory). Decoding starts when this is created, so that whatever the caller does
+    next (loading the engine) overlaps with it."""
 
-        def submit():
-            start = next(upcoming, None)
-            if start is not None:
-                pending.append([pool.submit(dataset.__getitem__, i) for i in range(start, min(n, start + batch_size))])
-
+    def __init__(self, dataset: ImageDataset, batch_size: int = 32, threads: int | None = None, ahead: int = 2):
+        self.dataset, self.batch_size = dataset, batch_size
+        self.pool = ThreadPoolExecutor(threads or cpu_cores(), thread_name_prefix="featurebank-decode")
+        self.pending: deque = deque()
+        self.starts = iter(range(0, len(dataset), batch_size))
         for _ in range(ahead + 1):
-            submit()
-        while pending:
-            samples = [f.result() for f in pending.popleft()]
-            submit()
-            yield collate(samples)
+            self._submit()
+
+    def _submit(self) -> None:
+        start = next(self.starts, None)
+        if start is not None:
+            stop = min(len(self.dataset), start + self.batch_size)
+            self.pending.append([self.pool.submit(self.dataset.__getitem__, i) for i in range(start, stop)])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        if not self.pending:
+            self.close()
+            raise StopIteration
+        try:
+            samples = [f.result() for f in self.pending.popleft()]
+        except BaseException:
+            self.close()
+            raise
+        self._submit()
+        return collate(samples)
+
+    def close(self) -> None:
+        for futures in self.pending:
+            for f in futures:
+                f.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+
+    def __del__(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def threads_batches(dataset: ImageDataset, batch_size: int = 32, threads: int | None = None, ahead: int = 2):
+    return ThreadBatches(dataset, batch_size, threads, ahead)
 
 
 def batches(dataset: ImageDataset, batch_size: int = 32, workers: int | None = None, pin_memory: bool = False,
@@ -113,5 +139,5 @@ def batches(dataset: ImageDataset, batch_size: int = 32, workers: int | None = N
         return threads_batches(dataset, batch_size, threads)
     from torch.utils.data import DataLoader
 
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin_memory, prefetch_factor=4, persistent_workers=False)
+    return iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                           pin_memory=pin_memory, prefetch_factor=4, persistent_workers=False))

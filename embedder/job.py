@@ -149,8 +149,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
         new_failures = sum(1 for item in listing.items if item.error)
         run = Run(settings, resolved, store, dev, engine, batch_size, workers, threads, max_pixels, progress)
         if todo:
-            run.open(calibration_files, fixed_calibration)
-            failures = run.embed(todo, listing, writer)
+            failures = run.embed(todo, listing, writer, lambda: run.open(calibration_files, fixed_calibration))
             new_failures += failures
         writer.info = _info(base_info, writer.previous_info, run, path)
         if writer.dims is None:  # nothing was ever embedded: the sizes come from the architecture
@@ -285,22 +284,29 @@ class Run:
         if self.prepared.note:
             sys.stderr.write(f"featurebank: {self.prepared.note}\n")
 
-    def embed(self, todo, listing: Listing, writer: CacheWriter) -> int:
-        """Push ``todo`` through the engine; each finished batch is committed to the cache (in a background
-        thread) as it completes. Returns how many images failed."""
+    def embed(self, todo, listing: Listing, writer: CacheWriter, open_engine) -> int:
+        """Push ``todo`` through the engine (``open_engine()`` loads it while the first batches decode); each
+        finished batch is committed to the cache (in a background thread) as it completes. Returns how many
+        images failed."""
         dims = self.resolved.dims
         dataset = ImageDataset([listing.full_path(item) for item in todo], self.settings.preprocessing,
                                self.max_pixels)
+        started = time.perf_counter()
+        stream = batches(dataset, self.batch_size, self.workers, pin_memory=self.device != "cpu",
+                         device_type=self.device.split(":")[0], threads=self.threads)
+        try:
+            open_engine()
+        except BaseException:
+            getattr(stream, "close", lambda: None)()
+            raise
         runner = BatchRunner(self.engine)
         failures = 0
-        started = time.perf_counter()
         in_flight: deque = deque()
         with ThreadPoolExecutor(1, thread_name_prefix="featurebank-write") as write, \
                 tqdm(total=len(todo), unit="img", disable=not self.progress, file=sys.stderr, dynamic_ncols=True,
                      desc=f"{self.settings.backbone} → {os.path.basename(writer.path)}") as bar:
             try:
-                for batch in batches(dataset, self.batch_size, self.workers, pin_memory=self.device != "cpu",
-                                     device_type=self.device.split(":")[0], threads=self.threads):
+                for batch in stream:
                     if batch.indices:
                         features = runner(batch.images)
                     else:
@@ -321,9 +327,10 @@ class Run:
                     self.embedded, failures = self.embedded + len(good), failures + len(bad)
                     bar.update(len(good) + len(bad))
             finally:  # whatever stopped the loop, batches already handed to the writer are finished
+                getattr(stream, "close", lambda: None)()
                 while in_flight:
                     in_flight.popleft().result()
-        self.loop_seconds = time.perf_counter() - started
+        self.loop_seconds = time.perf_counter() - started - self.prepared.seconds
         return failures
 
 
