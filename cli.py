@@ -192,10 +192,11 @@ def layers(backbone, size, pooling, as_json):
               help="auto: onnxruntime on the CPU when it measured faster for these settings (measured once), torch on GPUs.")
 @click.option("--calibration-images", type=click.IntRange(1), default=256, show_default=True,
               help="int8: images drawn reproducibly from INPUT to calibrate on.")
-@click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
-              show_default=True, help="int8: how activation ranges are read from the calibration images.")
+@click.option("--calibration", type=click.Choice(["minmax"]), default="minmax", show_default=True,
+              help="int8: how activation ranges are read from the calibration images.")
 @click.option("--calibration-from", "calibration_from", type=click.Path(dir_okay=False),
-              help="int8: use the int8 engine of this cache (e.g. embed val/ with train/'s calibration).")
+              help="int8: use the int8 engine of this cache (e.g. embed val/ with train/'s calibration); its "
+                   "calibration options replace --calibration-images, --calibration and the draw's --seed.")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU none: decoding threads share the cores with the engine).")

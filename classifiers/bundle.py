@@ -118,6 +118,7 @@ def train(cache, classifier: str = "logreg", layer: str | None = None, out: str 
     bundle = Bundle(pipeline, data.classes, classifier, layer, {**reader.settings, "layers": [layer]},
                     reader.info.get("weights_file"),
                     {"cache": reader.path, "source": reader.attrs["source"], "rows": len(data.y),
+                     "layers": list(reader.layers),
                      "class_counts": data.counts, "params": pipeline.named_steps["clf"].get_params(deep=False),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                     library_versions())
@@ -134,7 +135,14 @@ def settings_differ(cache_settings: dict, bundle: Bundle) -> list[str]:
     differ = [f"{k}: cache {a.get(k)!r}, model {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if bundle.layer not in cache.layers:
         differ.append(f"layer {bundle.layer} missing")
+    elif model.int8 is not None and list(cache.layers) != int8_layers(bundle):
+        # an int8 graph is quantized as a whole: its vectors of one layer depend on which others it returns
+        differ.append(f"layers: cache {list(cache.layers)}, int8 model trained on {int8_layers(bundle)}")
     return differ
+
+
+def int8_layers(bundle: Bundle) -> list[str]:
+    return list(bundle.trained_on.get("layers") or [bundle.layer])
 
 
 def check_cache(reader: CacheReader, bundle: Bundle) -> None:
@@ -168,8 +176,9 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
     prep = settings.preprocessing
     options = {"backbone": settings.backbone, "weights": weights, "seed": seed, "pooling": settings.pooling,
                "resize": prep.resize, "crop": prep.crop, "draft": prep.draft, "precision": settings.precision}
-    if settings.int8 is not None:  # that exact int8 engine, from the engine folder of the training cache
+    if settings.int8 is not None:  # that exact int8 engine (all its layers), from the training cache's folder
         options["int8"] = settings.int8
+        options["layers"] = int8_layers(bundle)
         if bundle.trained_on.get("cache"):
             options["engine_dir"] = engine_dir_for(bundle.trained_on["cache"])
     return options
@@ -180,12 +189,13 @@ def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str |
     """The images of ``inputs`` embedded with the bundle's settings (into a matching cache, reused and brought
     up to date): the cache reader, the listing's items in input order, and how many images were embedded now."""
     listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
-    layers = [bundle.layer]
+    options = extract_options(bundle, weights)
+    layers = options.pop("layers", [bundle.layer])
     if cache and os.path.exists(cache):
         existing = CacheReader(cache)
         check_cache(existing, bundle)
         layers = existing.layers  # keep the cache's other layers: its settings include them
-    summary = extract(listing, cache, layers=layers, **extract_options(bundle, weights), **run)
+    summary = extract(listing, cache, layers=layers, **options, **run)
     reader = CacheReader(summary.cache)
     check_cache(reader, bundle)
     return reader, listing.items, summary.embedded

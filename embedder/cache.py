@@ -233,7 +233,7 @@ class CacheWriter:
         tmp = final + ".tmp"
         with h5py.File(tmp, "w") as f:
             f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
-                           source=self.source)
+                           source=self.source, settings=json.dumps(self.settings))
             _write_columns(f.create_group("rows"), rows, ROW_STRINGS)
             _write_columns(f.create_group("failures"), failures, FAILURE_STRINGS)
             group = f.create_group("features")
@@ -331,6 +331,17 @@ def _gather(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
         lo, hi = sorted_rows[span[0]], sorted_rows[span[-1]] + 1
         out[order[span]] = ds[lo:hi][sorted_rows[span] - lo]
     return out
+
+
+def stored_settings(path: str) -> dict | None:
+    """The settings a cache was made with: from ``X.h5``, or, while a first run is unfinished, from its parts."""
+    path = os.path.abspath(path)
+    sources = ([path] if os.path.exists(path) else []) + _part_files(path)
+    for source in sources:
+        with _open(source) as f:
+            if "settings" in f.attrs:
+                return json.loads(f.attrs["settings"])
+    return None
 
 
 class CacheReader:

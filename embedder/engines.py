@@ -173,19 +173,22 @@ def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *
         return _torch_engine(settings, build_model, device)
     if settings.precision in ("fp16", "bf16"):
         raise FeaturebankError(f"the onnxruntime engine runs fp32 and int8, not {settings.precision}")
+    if engine == "auto" and not int8 and _recorded_choice(store.sidecar(onnx_name(settings)), batch_size) == "torch":
+        return _torch_engine(settings, build_model, device)  # measured slower here before: not even loaded
+    store.remove_stale()
     try:
         ort_engine = _onnx_engine(settings, store, build_model, batch_size, calibration, prepared)
-    except FeaturebankError as exc:
         if engine == "onnxruntime" or int8:
-            raise
+            return ort_engine
+        return _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared)
+    except (FeaturebankError, OSError, RuntimeError) as exc:
+        if engine == "onnxruntime" or int8:
+            if isinstance(exc, FeaturebankError):
+                raise
+            raise FeaturebankError(f"the onnxruntime engine failed ({type(exc).__name__}: "
+                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
         prepared.note = f"using the torch engine: {exc}"
         return _torch_engine(settings, build_model, device)
-    if engine == "onnxruntime" or int8:
-        return ort_engine
-    choice = _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared)
-    if choice == "torch":
-        return _torch_engine(settings, build_model, device)
-    return ort_engine
 
 
 def _torch_engine(settings, build_model, device) -> TorchEngine:
@@ -199,28 +202,28 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
     name = onnx_name(settings)
     found = store.find_model(name)
     if found is None:
-        started = time.perf_counter()
         if settings.precision == "int8":
             from .quantize import build_int8
 
+            if calibration is None or _calibration_fixed(calibration):
+                raise FeaturebankError(f"the int8 engine {name} is not in {store.folder}: it is made when its cache is "
+                                       f"first extracted, from that input's images; without it, these int8 rows "
+                                       f"cannot be reproduced (extract into a new cache to calibrate anew)")
             fp32 = _onnx_engine(settings_fp32(settings), store, build_model, batch_size, None, prepared)
-            if calibration is None or settings.int8.calibration_set and _calibration_fixed(calibration):
-                raise FeaturebankError(f"the int8 engine {name} is not in {store.folder}: it was made when the "
-                                       f"cache it belongs to was extracted; extract that cache again (with its "
-                                       f"--engine-dir), or use fp32")
+            started = time.perf_counter()
             build_int8(fp32, settings, store, name, calibration())
             prepared.steps.append(f"calibrated int8 in {time.perf_counter() - started:.1f} s")
         else:
             from .export import export_onnx
 
+            started = time.perf_counter()
             tmp = store.new_model_path(name)
             try:
                 export_onnx(build_model(), settings, tmp)
-            except BaseException:
+                store.save_model(name, tmp, {"settings": settings.to_dict(), "kind": "fp32", "versions": _versions()})
+            finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-                raise
-            store.save_model(name, tmp, {"settings": settings.to_dict(), "kind": "fp32", "versions": _versions()})
             prepared.steps.append(f"exported to ONNX in {time.perf_counter() - started:.1f} s")
         prepared.seconds += time.perf_counter() - started
         found = store.find_model(name)
@@ -247,29 +250,42 @@ def _versions() -> dict:
     return {p: _version(p) for p in ("torch", "torchvision", "onnx", "onnxruntime")}
 
 
-def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared) -> str:
-    """``onnxruntime`` or ``torch``, whichever ran these settings faster on this CPU (measured once, recorded)."""
-    name = onnx_name(settings)
-    cpu = cpu_name()
-    known = (ort_engine.meta.get("choice") or {})
-    if known.get("cpu") == cpu and known.get("batch_size") == batch_size:
-        return known["engine"]
+def _choice_key(batch_size: int) -> dict:
+    return {"cpu": cpu_name(), "batch_size": batch_size, "versions": _versions()}
+
+
+def _recorded_choice(meta: dict | None, batch_size: int) -> str | None:
+    known = (meta or {}).get("choice") or {}
+    return known.get("engine") if all(known.get(k) == v for k, v in _choice_key(batch_size).items()) else None
+
+
+def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared) -> Engine:
+    """The faster of ONNX Runtime and torch for these settings on this CPU, measured once (interleaved, best of
+    three, at the run's batch size up to 16) and recorded for this CPU, batch size and library versions. The two
+    engines' outputs are compared on the way: ONNX Runtime is used only if it agrees with torch within 1e-4."""
+    known = _recorded_choice(ort_engine.meta, batch_size)
+    if known == "onnxruntime":
+        return ort_engine
     started = time.perf_counter()
     torch_engine = _torch_engine(settings, build_model, "cpu")
     n = max(1, min(batch_size, 16))
     crop = settings.preprocessing.crop
     images = np.random.default_rng(0).integers(0, 256, (n, 3, crop, crop), dtype=np.uint8)
-    rates = {}
-    for engine in (ort_engine, torch_engine):
-        engine(images)  # warm-up: first-call allocations, oneDNN primitive creation
-        t = time.perf_counter()
-        engine(images)
-        engine(images)
-        rates[engine.name] = round(2 * n / (time.perf_counter() - t), 2)
-    chosen = max(rates, key=rates.get)
-    choice = {"cpu": cpu, "batch_size": batch_size, "images_per_second": rates, "engine": chosen}
-    store.update_meta(name, choice=choice)
+    engines = {"onnxruntime": ort_engine, "torch": torch_engine}
+    outputs = {name: engine(images) for name, engine in engines.items()}  # also the warm-up
+    worst = max(float((np.abs(outputs["onnxruntime"][k] - outputs["torch"][k]).max(1)
+                       / np.maximum(np.abs(outputs["torch"][k]).max(1), 1e-12)).max()) for k in outputs["torch"])
+    rates = {name: 0.0 for name in engines}
+    for _ in range(3):
+        for name, engine in engines.items():
+            t = time.perf_counter()
+            engine(images)
+            rates[name] = max(rates[name], round(n / (time.perf_counter() - t), 2))
+    chosen = max(rates, key=rates.get) if worst < 1e-4 else "torch"
+    choice = {**_choice_key(batch_size), "images_per_second": rates, "agreement": worst, "engine": chosen}
+    store.update_meta(onnx_name(settings), choice=choice)
     ort_engine.meta["choice"] = choice
     prepared.seconds += time.perf_counter() - started
-    prepared.steps.append(f"measured onnxruntime {rates['onnxruntime']} vs torch {rates['torch']} images/s: {chosen}")
-    return chosen
+    prepared.steps.append(f"measured onnxruntime {rates['onnxruntime']} vs torch {rates['torch']} images/s"
+                          + ("" if worst < 1e-4 else f" (they disagree by {worst:.1e}: torch)") + f": {chosen}")
+    return torch_engine if chosen == "torch" else ort_engine

@@ -14,7 +14,7 @@ import numpy as np
 from .errors import FeaturebankError
 
 OOM_TYPES = {"OutOfMemoryError", "MemoryError"}
-OOM_TEXT = ("out of memory", "failed to allocate memory", "bad_alloc")
+OOM_TEXT = ("out of memory", "failed to allocate memory", "bad_alloc", "not enough memory")  # the last: torch's CPU allocator
 CUDA_TYPES = {"AcceleratorError", "CudaError"}
 CUDA_TEXT = ("cuda error", "cublas_status", "cudnn_status", "cudnn error", "device-side assert", "nccl error",
              "cuda driver", "an illegal memory access")

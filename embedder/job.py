@@ -55,6 +55,7 @@ class ExtractSummary:
     engine: dict = field(default_factory=dict)  # the engine of this run (empty when nothing was embedded)
     prepared_seconds: float = 0.0  # one-time work for these settings: export, calibration, measuring
     prepared: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # a fallback, also said on stderr when it happened
     seconds: float = 0.0
     images_per_second: float = 0.0
     settings: dict = field(default_factory=dict)
@@ -124,7 +125,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
         raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
     if batch_size < 1:
         raise FeaturebankError("--batch-size must be at least 1")
-    dev = resolve_device_name(device)
+    dev = "cpu" if precision == "int8" and device == "auto" else resolve_device_name(device)  # int8 runs on CPUs
     if precision == "fp16" and dev == "cpu":
         raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
     listing = source if isinstance(source, Listing) else list_images(source, layout)
@@ -135,9 +136,10 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     settings = resolved.settings
     calibration_files: list[str] = []
     fixed_calibration = bool(int8 is not None and int8.calibration_set)
+    named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings
+    path = os.path.abspath(cache or default_cache_path(listing, named.to_dict(), backbone, cache_dir))
     if settings.precision == "int8":
-        settings, calibration_files = _int8_settings(settings, listing, cache)
-    path = os.path.abspath(cache or default_cache_path(listing, settings.to_dict(), backbone, cache_dir))
+        settings, calibration_files = _int8_settings(settings, listing, path)
     base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind, "versions": library_versions()}
 
     with CacheWriter(path, settings.to_dict(), listing.source, listing.root, base_info) as writer:
@@ -163,9 +165,9 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
         cache=path, rows=len(reader), embedded=run.embedded, reused=reused, removed=removed, failed=failed,
         new_failures=new_failures, ignored=listing.ignored, classes=reader.classes, layers=reader.dims, device=dev,
         engine=run.engine.describe() if run.engine else {}, prepared_seconds=round(run.prepared.seconds, 3),
-        prepared=run.prepared.steps + ([run.prepared.note] if run.prepared.note else []),
+        prepared=run.prepared.steps, notes=[run.prepared.note] if run.prepared.note else [],
         seconds=round(time.perf_counter() - started, 3),
-        images_per_second=round(len(todo) / run.loop_seconds, 2) if run.loop_seconds else 0.0,
+        images_per_second=run.rate,
         settings=settings.to_dict())
     if strict and failed:
         first = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
@@ -183,20 +185,22 @@ def int8_of_cache(path: str) -> tuple[Int8, str]:
     return settings.int8, engine_dir_for(path)
 
 
-def _int8_settings(settings: ExtractionSettings, listing: Listing, cache: str | None):
-    """Fill in the calibration set: the one an existing int8 cache was made with (so reruns keep their engine),
-    the one asked for, or a reproducible draw from the input. Returns the settings and the draw's files."""
+def _int8_settings(settings: ExtractionSettings, listing: Listing, path: str):
+    """Fill in the calibration set: the one asked for (a bundle's, another cache's), the one this cache was made
+    with (so reruns keep their engine whatever changed in the input), or a reproducible draw from the input.
+    Returns the settings and the draw's files (what a missing engine is rebuilt from, if they are unchanged)."""
+    from .cache import stored_settings
     from .quantize import calibration_set_id, draw_calibration
 
     wanted = settings.int8
-    if not wanted.calibration_set and cache and os.path.exists(cache):
-        stored = ExtractionSettings.from_dict(CacheReader(cache).settings)
+    stored = stored_settings(path)
+    if not wanted.calibration_set and stored:
+        stored = ExtractionSettings.from_dict(stored)
         if stored.int8 and replace(stored.int8, calibration_set="") == wanted:
             wanted = stored.int8
     candidates = [(listing.full_path(i), i.path) for i in listing.items if not i.error]
-    ranked = draw_calibration(candidates, wanted)
+    chosen = draw_calibration(candidates, wanted)[:wanted.images]
     if not wanted.calibration_set:
-        chosen = ranked[:wanted.images]
         if not chosen:
             raise FeaturebankError("int8 needs calibration images, and the input has none")
         digests = []
@@ -204,9 +208,9 @@ def _int8_settings(settings: ExtractionSettings, listing: Listing, cache: str | 
             try:
                 digests.append(file_digest(p))
             except OSError:
-                continue
+                digests.append("")  # as the decoder records an unreadable file
         wanted = replace(wanted, calibration_set=calibration_set_id(digests))
-    return replace(settings, int8=wanted), ranked[:wanted.images]
+    return replace(settings, int8=wanted), chosen
 
 
 def _info(base: dict, previous: dict, run: "Run", path: str) -> dict:
@@ -215,7 +219,7 @@ def _info(base: dict, previous: dict, run: "Run", path: str) -> dict:
     if run.engine is not None:
         runs.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "embedded": run.embedded,
                      "engine": run.engine.describe(), "batch_size": run.batch_size,
-                     "images_per_second": round(run.embedded / run.loop_seconds, 2) if run.loop_seconds else 0.0,
+                     "images_per_second": run.rate,
                      "prepared_seconds": round(run.prepared.seconds, 3)})
     info = {**base, "runs": runs[-KEEP_RUNS:]}
     int8 = (run.engine.meta.get("cosine_to_fp32") if run.engine is not None and hasattr(run.engine, "meta")
@@ -259,8 +263,14 @@ class Run:
         self.engine = None
         self.prepared = Prepared()
         self.embedded = 0
+        self.processed = 0  # images pushed through decoding (embedded or failed)
         self.loop_seconds = 0.0
         self._model = None
+
+    @property
+    def rate(self) -> float:
+        """Images (embedded or failed) per second of the loop."""
+        return round(self.processed / self.loop_seconds, 2) if self.processed else 0.0
 
     def build_model(self):
         """The torch backbone (imports torch, loads the weights): only when an engine needs it."""
@@ -330,11 +340,23 @@ class Run:
                 getattr(stream, "close", lambda: None)()
                 while in_flight:
                     in_flight.popleft().result()
-        self.loop_seconds = time.perf_counter() - started - self.prepared.seconds
+        # the loop: from the first decode to the last batch handed over; the engine's loading (which overlaps
+        # decoding) is in it, one-time preparation (export, measuring, calibration) is not
+        self.loop_seconds = max(1e-9, time.perf_counter() - started - self.prepared.seconds)
+        self.processed = len(todo)
         return failures
 
 
 def _calibration_batches(files: list[str], settings: ExtractionSettings, max_pixels: int, threads) -> list[np.ndarray]:
-    """The calibration images, decoded like any input (bad files skipped), in batches of 16."""
+    """The calibration images, decoded like any input (bad files skipped), in batches of 16. They must be the ones
+    the settings name: an int8 engine rebuilt from other images would put other vectors under the same settings."""
+    from .quantize import calibration_set_id
+
     dataset = ImageDataset(files, settings.preprocessing, max_pixels)
-    return [b.images for b in batches(dataset, 16, 0, threads=threads) if b.indices]
+    decoded = list(batches(dataset, 16, 0, threads=threads))
+    digests = [d for b in decoded for d in b.digests] + [d for b in decoded for _, _, d in b.failures]
+    if calibration_set_id(digests) != settings.int8.calibration_set:
+        raise FeaturebankError("the int8 engine of this cache is gone from its engine folder, and the calibration "
+                               "images it was made from have changed since: its rows cannot be reproduced; extract "
+                               "into a new cache (or delete this one) to calibrate anew")
+    return [b.images for b in decoded if b.indices]

@@ -24,8 +24,9 @@ from .store import EngineStore
 
 def draw_calibration(paths_with_keys: list[tuple[str, str]], int8: Int8) -> list[str]:
     """The calibration sample: the inputs ordered by a seeded hash of their relative path, so the draw is
-    reproducible and stable (adding files elsewhere leaves it alone unless they rank first). Returns full paths in
-    draw order; the caller decodes them in that order and keeps the first ``int8.images`` that decode."""
+    reproducible and stable (a file added or changed alters it only if it ranks among the first ``int8.images``).
+    Returns full paths in draw order; the caller takes the first ``int8.images`` and skips those that fail to
+    decode."""
     ranked = sorted(paths_with_keys,
                     key=lambda pk: hashlib.blake2b(f"{int8.seed}:{pk[1]}".encode(), digest_size=8).digest())
     return [p for p, _ in ranked]
@@ -57,37 +58,34 @@ def build_int8(fp32_engine, settings: ExtractionSettings, store: EngineStore, na
     pre = store.new_model_path(name + "-pre")
     tmp = store.new_model_path(name)
     try:
-        with _quiet():
-            quant_pre_process(fp32_engine.path, pre, skip_symbolic_shape=False)
-            keep = tail_nodes(pre) if settings.int8.fp32_tail else []
-            quantize_static(pre, tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[settings.int8.method], nodes_to_exclude=keep)
-    except FeaturebankError:
-        raise
-    except Exception as exc:
+        try:
+            with _quiet():
+                quant_pre_process(fp32_engine.path, pre, skip_symbolic_shape=False)
+                keep = tail_nodes(pre) if settings.int8.fp32_tail else []
+                quantize_static(pre, tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=methods[settings.int8.method], nodes_to_exclude=keep)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise FeaturebankError(f"int8 quantization failed ({type(exc).__name__}: {first})") from None
+        from .engines import OnnxEngine
+
+        int8_engine = OnnxEngine(tmp, settings)
+        agreement = feature_agreement(fp32_engine, int8_engine, batches)
+        del int8_engine
+        store.save_model(name, tmp, {"settings": settings.to_dict(), "kind": "int8",
+                                     "calibration": {"images": int(sum(len(b) for b in batches)),
+                                                     "method": settings.int8.method, "seed": settings.int8.seed,
+                                                     "set": settings.int8.calibration_set},
+                                     "cosine_to_fp32": agreement})
+    finally:  # a failure or Ctrl-C leaves no temporary file of tens of MB behind
         for p in (pre, tmp):
             if os.path.exists(p):
                 os.unlink(p)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise FeaturebankError(f"int8 quantization failed ({type(exc).__name__}: {first})") from None
-    finally:
-        if os.path.exists(pre):
-            os.unlink(pre)
-    from .engines import OnnxEngine
-
-    int8_engine = OnnxEngine(tmp, settings)
-    agreement = feature_agreement(fp32_engine, int8_engine, batches)
-    del int8_engine
-    store.save_model(name, tmp, {"settings": settings.to_dict(), "kind": "int8",
-                                 "calibration": {"images": int(sum(len(b) for b in batches)),
-                                                 "method": settings.int8.method, "seed": settings.int8.seed,
-                                                 "set": settings.int8.calibration_set},
-                                 "cosine_to_fp32": agreement})
 
 
 COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-MERGES = {"Add", "Sum", "Concat"}  # a residual or concatenation: its inputs stay int8 (a whole stage otherwise)
+MERGES = {"Add", "Sum"}  # a residual addition: its inputs stay int8 (the whole stage otherwise)
 
 
 def tail_nodes(path: str) -> list[str]:

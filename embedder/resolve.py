@@ -6,6 +6,7 @@ file, the file; so it is recorded in the engine folder and a repeat run reads it
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
@@ -55,13 +56,17 @@ def _version(package: str) -> str:
 def _memo_key(request: Request) -> dict:
     from . import __version__
 
-    key = {**asdict(request), "int8": None, "featurebank": __version__, "torchvision": _version("torchvision")}
+    key = {**asdict(request), "int8": None, "featurebank": __version__, "torch": _version("torch"),
+           "torchvision": _version("torchvision")}
     weights = request.weights
     if weights is not None and str(weights).lower() != "none" and os.path.isfile(os.fspath(weights)):
         path = os.path.abspath(os.fspath(weights))
         st = os.stat(path)
-        key["weights"] = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return key
+        # a file replaced by another of the same size and mtime (cp -p, rsync -a) still has another inode or ctime,
+        # which no user tool sets: the recorded sha256 is reused only for this very file
+        key["weights"] = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                          "inode": st.st_ino, "device": st.st_dev}
+    return json.loads(json.dumps(key))  # as it reads back from the record: tuples become lists
 
 
 def resolve(request: Request, store: EngineStore | None = None) -> Resolved:

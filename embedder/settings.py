@@ -79,12 +79,15 @@ class ExtractionSettings:
     @classmethod
     def from_dict(cls, d: dict) -> "ExtractionSettings":
         """Read a stored dict; keys an older featurebank did not write take their defaults."""
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__)) + sorted(
+            f"preprocessing.{k}" for k in set(d.get("preprocessing") or {}) - set(Preprocessing.__dataclass_fields__))
+        if unknown:  # a newer featurebank's setting: the vectors depend on something this version cannot honour
+            raise FeaturebankError(f"settings written by a newer featurebank ({', '.join(unknown)}): upgrade featurebank")
         try:
             p = dict(d.get("preprocessing") or {})
             if p:
                 p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
-            known = {f for f in Preprocessing.__dataclass_fields__}
-            prep = Preprocessing(**{k: v for k, v in p.items() if k in known})
+            prep = Preprocessing(**p)
             int8 = Int8(**d["int8"]) if d.get("int8") else None
             return cls(backbone=d["backbone"], weights=d["weights"], layers=tuple(d["layers"]),
                        pooling=d.get("pooling", "avg"), preprocessing=prep, precision=d.get("precision", "fp32"),

@@ -35,6 +35,13 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
+def _shareable(path: str) -> None:
+    """mkstemp makes 0600 files; an engine folder may be shared: give them the mode a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _write_atomically(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
@@ -43,6 +50,7 @@ def _write_atomically(path: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -53,6 +61,30 @@ def _write_atomically(path: str, data: bytes) -> None:
 class EngineStore:
     def __init__(self, folder: str):
         self.folder = os.path.abspath(folder)
+
+    def remove_stale(self, older_than: float = 3600.0) -> None:
+        """Temporary files a killed export or calibration left (a running one's are younger)."""
+        import time
+
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for n in names:
+            p = os.path.join(self.folder, n)
+            try:
+                if n.endswith(".tmp") and time.time() - os.path.getmtime(p) > older_than:
+                    os.unlink(p)
+            except OSError:
+                pass
+
+    def sidecar(self, name: str) -> dict | None:
+        """A model's record as it is on disk (not verified against the model file)."""
+        try:
+            with open(os.path.join(self.folder, f"{name}.json")) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
 
     def model_path(self, name: str) -> str:
         return os.path.join(self.folder, f"{name}.onnx")
@@ -69,6 +101,7 @@ class EngineStore:
         final = self.model_path(name)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        _shareable(tmp)
         meta = {**meta, "sha256": sha256_of(tmp), "bytes": os.path.getsize(tmp)}
         os.replace(tmp, final)
         _write_atomically(os.path.join(self.folder, f"{name}.json"), json.dumps(meta, indent=1).encode())

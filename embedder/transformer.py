@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -33,7 +34,7 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def __init__(self, backbone="resnet50", weights="DEFAULT", layers=None, pooling="avg", resize=None, crop=None,
                  draft=True, precision="fp32", device="auto", batch_size=32, workers=0, seed=0,
-                 max_pixels=DEFAULT_MAX_PIXELS, engine="auto", engine_dir=None, calibration_images=256):
+                 max_pixels=DEFAULT_MAX_PIXELS, engine="auto", engine_dir=None, calibration_images=256, int8=None):
         self.backbone = backbone
         self.weights = weights
         self.layers = layers
@@ -50,6 +51,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.engine = engine
         self.engine_dir = engine_dir
         self.calibration_images = calibration_images
+        self.int8 = int8
 
     def fit(self, X=None, y=None):
         """Load the backbone; nothing is learned from ``X``, except int8's calibration, which needs it."""
@@ -60,32 +62,47 @@ class Embedder(TransformerMixin, BaseEstimator):
         int8 = None
         self._calibration = None
         if self.precision == "int8":
-            if X is None:
-                raise FeaturebankError("int8 calibrates on images: call fit with a list of paths or PIL images")
-            int8, self._calibration = self._calibrate_on(_as_list(X))
+            if self.int8 is not None:  # a cache's int8 engine (embedder.job.int8_of_cache): its rows exactly
+                int8 = self.int8
+            elif X is None:
+                raise FeaturebankError("int8 calibrates on images: call fit with a list of paths or PIL images "
+                                       "(or give int8= of a cache)")
+            else:
+                int8, self._calibration = self._calibrate_on(_as_list(X))
         self.settings_ = ExtractionSettings(self.backbone, self.backbone_.weights.identity, tuple(self.layers_),
                                             self.pooling, self.backbone_.preprocessing, self.precision, int8)
         self.__dict__.pop("_engine", None)
         return self
 
     def _calibrate_on(self, images: list):
-        """Up to ``calibration_images`` of ``images``, drawn with ``seed``, decoded; identified by their pixels."""
-        order = np.random.default_rng(self.seed).permutation(len(images))[: self.calibration_images]
-        dataset = ImageDataset([images[i] for i in sorted(order)], self.backbone_.preprocessing, self.max_pixels)
-        chunks = [b.images for b in batches(dataset, 16, 0) if b.indices]
+        """Up to ``calibration_images`` of ``images``, drawn as ``extract`` draws (a seeded hash of each path) and
+        identified as it does (by the files' bytes; a PIL image by its pixels)."""
+        from .quantize import calibration_set_id, draw_calibration
+
+        wanted = Int8(self.calibration_images, self.seed)
+        keys = [(i, _name(img) if not isinstance(img, Image.Image) else f"<image {i}>") for i, img in enumerate(images)]
+        chosen = draw_calibration(keys, wanted)[: wanted.images]
+        dataset = ImageDataset([images[i] for i in chosen], self.backbone_.preprocessing, self.max_pixels)
+        decoded = list(batches(dataset, 16, 0))
+        digests = [d or hashlib.blake2b(dataset.images[i].tobytes(), digest_size=16).hexdigest()
+                   for b in decoded for i, d in list(zip(b.indices, b.digests)) + [(j, d) for j, _, d in b.failures]]
+        chunks = [b.images for b in decoded if b.indices]
         if not chunks:
             raise FeaturebankError("none of the calibration images could be decoded")
-        digest = hashlib.blake2b(b"".join(c.tobytes() for c in chunks), digest_size=12).hexdigest()
-        return Int8(len(order), self.seed, "minmax", digest), chunks
+        return Int8(self.calibration_images, self.seed, "minmax", calibration_set_id(digests)), chunks
 
     def _engine_for(self, device: str):
         engine = self.__dict__.get("_engine")
         if engine is None or self.__dict__.get("_engine_device") != device:
             store = EngineStore(self.engine_dir or engine_dir_for())
-            calibration = self.__dict__.get("_calibration")
+            chunks = self.__dict__.get("_calibration")
+
+            def calibration():
+                return chunks
+
+            calibration.fixed = chunks is None  # a cache's engine, or an unpickled one: found, never redrawn
             engine = open_engine(self.settings_, store, lambda: self.backbone_.model, engine=self.engine,
-                                 device=device, batch_size=self.batch_size,
-                                 calibration=(lambda: calibration) if calibration is not None else None)
+                                 device=device, batch_size=self.batch_size, calibration=calibration)
             self._engine, self._engine_device = engine, device
         return engine
 
@@ -117,6 +134,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         state = self.__dict__.copy()
         state.pop("_engine", None)  # an ONNX Runtime session or a traced graph: rebuilt on first use
         state.pop("_engine_device", None)
+        state.pop("_calibration", None)  # pixels: the engine is in the engine folder once transform ran
         return state
 
     def __sklearn_tags__(self):

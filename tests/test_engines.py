@@ -158,7 +158,7 @@ def test_a_model_onnx_cannot_export_falls_back_to_torch(tree, tmp_path, monkeypa
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
     root, _ = tree
     s = embedder.extract(str(root), str(tmp_path / "a.h5"), **FAST)
-    assert s.engine["name"] == "torch" and s.prepared == [
+    assert s.engine["name"] == "torch" and s.prepared == [] and s.notes == [
         "using the torch engine: resnet18 cannot be exported to ONNX (RuntimeError: unsupported operator)"]
     assert not list((tmp_path / "engines").glob("*.onnx*"))  # no half-written file left behind
     with pytest.raises(FeaturebankError, match="cannot be exported to ONNX"):
@@ -166,17 +166,46 @@ def test_a_model_onnx_cannot_export_falls_back_to_torch(tree, tmp_path, monkeypa
 
 
 def test_a_run_whose_engine_is_ready_imports_no_torch(tree, tmp_path):
-    """Importing torch costs seconds per process; a prepared engine and a resolved request need none of it."""
+    """Importing torch costs seconds per process; a prepared engine and a resolved request need none of it (layers
+    given, as bundles always give them, included)."""
     root, _ = tree
     code = ("import sys, embedder; s = embedder.extract(sys.argv[1], sys.argv[2], backbone='resnet18', weights='none',"
-            " resize=72, crop=64, batch_size=4); print(s.embedded, s.engine.get('name'), 'torch' in sys.modules)")
+            " resize=72, crop=64, batch_size=4, layers=['layer3', 'flatten'], engine='onnxruntime');"
+            " print(s.embedded, s.engine.get('name'), 'torch' in sys.modules)")
     env = {**os.environ, "FEATUREBANK_ENGINE_DIR": str(tmp_path / "engines")}
     run = lambda cache: subprocess.run([sys.executable, "-c", code, str(root), str(tmp_path / cache)], cwd=ROOT,  # noqa: E731
                                        env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert run("a.h5")[0] == "9"  # the first run exports and measures (torch is imported for that)
-    embedded, engine, imported = run("b.h5")
-    assert embedded == "9" and imported == ("False" if engine == "onnxruntime" else "True")
+    assert run("a.h5") == ["9", "onnxruntime", "True"]  # the first run resolves and exports: torch is needed
+    assert run("b.h5") == ["9", "onnxruntime", "False"]  # the same settings again: no torch at all
     assert run("b.h5") == ["0", "None", "False"]  # nothing to do: no engine, no torch
+
+
+def test_a_weights_file_replaced_by_one_of_the_same_size_and_mtime_is_recognized(tree, tmp_path, monkeypatch):
+    """The recorded resolution (sha256 of the file) is reused only for that very file."""
+    import torch
+    import torchvision
+
+    from embedder.store import sha256_of
+
+    root, _ = tree
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    files = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = tmp_path / f"w{seed}.pth"
+        torch.save(torchvision.models.squeezenet1_1().state_dict(), path)
+        files.append(path)
+    assert files[0].stat().st_size == files[1].stat().st_size
+    opts = dict(backbone="squeezenet1_1", resize=72, crop=64, batch_size=4)
+    first = embedder.extract(str(root), str(tmp_path / "a.h5"), weights=str(files[0]), **opts)
+    assert first.settings["weights"] == f"sha256:{sha256_of(str(files[0]))}"
+    st = files[0].stat()
+    files[0].write_bytes(files[1].read_bytes())
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p or rsync -a leave it
+    assert files[0].stat().st_mtime_ns == st.st_mtime_ns and files[0].stat().st_size == st.st_size
+    second = embedder.extract(str(root), str(tmp_path / "b.h5"), weights=str(files[0]), **opts)
+    assert second.settings["weights"] == f"sha256:{sha256_of(str(files[1]))}" != first.settings["weights"]
+    assert not np.allclose(embedder.load(first.cache)[0], embedder.load(second.cache)[0])
 
 
 # -- int8 -------------------------------------------------------------------------------------------------------
@@ -186,9 +215,9 @@ def test_int8_has_its_own_rows_its_calibration_and_its_measured_cosine(tmp_path,
     bad = write_bad_files(root / "cats")  # bad files may be drawn for calibration: skipped like any bad file
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
     fp32 = embedder.extract(str(root), str(tmp_path / "fp32.h5"), **FAST)
-    int8 = embedder.extract(str(root), str(tmp_path / "int8.h5"), precision="int8", int8=Int8(images=12), **FAST)
+    int8 = embedder.extract(str(root), str(tmp_path / "int8.h5"), precision="int8", int8=Int8(images=30), **FAST)
     s = ExtractionSettings.from_dict(int8.settings)
-    assert s.precision == "int8" and s.int8.images == 12 and len(s.int8.calibration_set) == 24
+    assert s.precision == "int8" and s.int8.images == 30 and len(s.int8.calibration_set) == 24
     assert s.key != ExtractionSettings.from_dict(fp32.settings).key
     assert int8.engine["name"] == "onnxruntime" and any("calibrated int8" in p for p in int8.prepared)
     assert len(int8.failed) == len(bad) and int8.rows == fp32.rows == 18
@@ -197,11 +226,11 @@ def test_int8_has_its_own_rows_its_calibration_and_its_measured_cosine(tmp_path,
     assert 0.9 < cos.min() and not np.allclose(a, b, rtol=1e-4)  # close to fp32, but its own numbers
     info = CacheReader(int8.cache).info["int8"]
     measured = info["cosine_to_fp32"]["flatten"]
-    assert info["calibration"]["images"] <= 12 and measured["images"] == info["calibration"]["images"]
+    assert info["calibration"]["images"] == 18 == measured["images"]  # every file drawn; the bad ones skipped
     assert 0.9 < measured["min"] <= measured["mean"] <= 1.0
     # rerun after a change: the same engine (no new calibration), only the new file embedded
     photo(500).save(root / "dogs" / "new.jpg")
-    again = embedder.extract(str(root), str(tmp_path / "int8.h5"), precision="int8", int8=Int8(images=12), **FAST)
+    again = embedder.extract(str(root), str(tmp_path / "int8.h5"), precision="int8", int8=Int8(images=30), **FAST)
     assert again.embedded == 1 and again.prepared == [] and again.settings == int8.settings
     # another folder embedded with this cache's engine, as --calibration-from does: its rows equal the first's
     other = tmp_path / "other"
@@ -302,3 +331,72 @@ def test_cli_engine_and_int8_options(tree, tmp_path, monkeypatch):
                                  "--engine", "torch"])
     assert r.exit_code == 1 and r.output.strip().splitlines() == [
         "Error: int8 runs on the onnxruntime engine: use --engine onnxruntime (or auto)"]
+
+
+# -- int8 across reruns, lost engines, bundles ---------------------------------------------------------------------
+def test_int8_with_the_default_cache_path_stays_one_cache_as_the_input_grows(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    write_tree(root, per_class=3)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    opts = dict(precision="int8", cache_dir=str(tmp_path / "caches"), **FAST)
+    first = embedder.extract(str(root), **opts)
+    photo(600).save(root / "cats" / "added.jpg")  # the input is smaller than the draw: the new file is in it
+    again = embedder.extract(str(root), **opts)
+    assert again.cache == first.cache and again.embedded == 1 and again.reused == 9 and again.prepared == []
+    assert again.settings == first.settings
+
+
+def test_a_lost_int8_engine_is_rebuilt_only_from_the_same_images(tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=3)
+    engines = tmp_path / "engines"
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(engines))
+    cache = str(tmp_path / "q.h5")
+    first = embedder.extract(str(root), cache, precision="int8", **FAST)
+    X0 = embedder.load(cache)[0]
+    shutil.rmtree(engines)  # the same images: calibrating again gives the same engine and rows
+    rebuilt = embedder.extract(str(root), str(tmp_path / "r.h5"), precision="int8", **FAST)
+    assert rebuilt.settings == first.settings and any("calibrated" in p for p in rebuilt.prepared)
+    np.testing.assert_array_equal(embedder.load(rebuilt.cache)[0], X0)
+    shutil.rmtree(engines)  # now other images: this cache's rows cannot be reproduced, and nothing is mixed
+    photo(701).save(root / "owls" / "img00.jpg")
+    with pytest.raises(FeaturebankError, match="cannot be reproduced"):
+        embedder.extract(str(root), cache, precision="int8", **FAST)
+    np.testing.assert_array_equal(embedder.load(cache)[0], X0)
+
+
+def test_an_interrupted_first_int8_run_finishes_after_the_input_changed(tmp_path, monkeypatch):
+    from test_extract import Interrupt, interrupt_after
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=3)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    cache = str(tmp_path / "q.h5")
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1)
+        with pytest.raises(Interrupt):
+            embedder.extract(str(root), cache, precision="int8", **FAST)
+    assert not os.path.exists(cache) and os.listdir(cache + ".parts")
+    photo(800).save(root / "cats" / "later.jpg")  # enters the draw: a fresh draw would give other settings
+    done = embedder.extract(str(root), cache, precision="int8", **FAST)
+    assert done.rows == 10 and done.embedded == 6  # 4 of the 9 were in the finished part, plus the new file
+
+
+def test_an_int8_model_predicts_with_its_own_engine_and_layers(tmp_path, monkeypatch):
+    from classifiers import predict, train
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    cache = str(tmp_path / "q.h5")
+    embedder.extract(str(root), cache, precision="int8", layers=["layer3", "flatten"], **FAST)
+    bundle = train(cache, "logreg", "flatten", out=str(tmp_path / "m.joblib"))
+    images = [str(root / "cats" / "img00.jpg"), str(root / "owls" / "img03.png")]
+    rows = predict(str(tmp_path / "m.joblib"), images)["rows"]
+    X, _, paths = embedder.load(cache, "flatten")
+    expected = bundle.pipeline.predict_proba(X[[list(paths).index("cats/img00.jpg"), list(paths).index("owls/img03.png")]])
+    assert [r["predicted"] for r in rows] == [bundle.classes[i] for i in expected.argmax(1)]
+    np.testing.assert_allclose([r["score"] for r in rows], expected.max(1), atol=1e-6)  # scores rounded to 6 places
+    assert bundle.trained_on["layers"] == ["layer3", "flatten"]
