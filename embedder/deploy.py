@@ -294,7 +294,7 @@ def _converted(g: _Graph, x: str, clf, head: Head, width: int, opset: int, ir_ve
     pre.graph.output.extend([clf_in])
     joined = compose.merge_models(pre, converted, io_map=[(clf_in.name, clf_in.name)],
                                   outputs=[probabilities.name])
-    return compose.merge_models(joined, tail, io_map=[(probabilities.name, probabilities.name)])
+    return _used_opsets(compose.merge_models(joined, tail, io_map=[(probabilities.name, probabilities.name)]))
 
 
 def _width_after(pipeline, width: int) -> int:
@@ -377,12 +377,26 @@ def _width(backbone: onnx.ModelProto, layer: str, head: Head) -> int:
 def assemble(backbone: onnx.ModelProto, layer: str, head_onnx: onnx.ModelProto, crop: int) -> onnx.ModelProto:
     """layout → backbone → head, as one model (the backbone's names prefixed with ``backbone/``)."""
     opset, ir = _default_opset(backbone), backbone.ir_version
-    body = compose.add_prefix(backbone, "backbone/")
+    body = compose.add_prefix(_used_opsets(backbone), "backbone/")
     model = compose.merge_models(_layout(crop, opset, ir), body, io_map=[("layout/nchw", f"backbone/{INPUT}")],
                                  outputs=[f"backbone/{layer}"])
     model = compose.merge_models(model, head_onnx, io_map=[(f"backbone/{layer}", "features")],
                                  outputs=[SCORES, LABEL])
     model.producer_name, model.producer_version = "featurebank", __version__
+    return _used_opsets(model)
+
+
+def _used_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Only the operator sets the graph uses, each once (ONNX Runtime's quantizer declares a dozen domains, among
+    them another ``ai.onnx.ml`` version than skl2onnx's, and two models that disagree on one cannot be merged)."""
+    used = {n.domain or "" for n in model.graph.node} | {""}
+    kept = {}
+    for o in model.opset_import:
+        domain = "" if o.domain == "ai.onnx" else o.domain
+        if domain in used:
+            kept[domain] = max(kept.get(domain, 0), o.version)
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in kept.items())
     return model
 
 
