@@ -182,6 +182,43 @@ def test_the_example_classifies_a_folder_without_torch(trained, tmp_path):
         assert float(score) == pytest.approx(expected[path][1], abs=2e-4)  # printed to 4 decimals
 
 
+def _example_pixels(prep: dict):
+    """The example's ``pixels`` function, taken from its source, for the given preprocessing metadata."""
+    import ast
+
+    from PIL import Image, ImageOps
+
+    tree = ast.parse(EXAMPLE.read_text())
+    keep = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "pixels"
+            or isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "FILTERS"]
+    namespace = {"np": np, "Image": Image, "ImageOps": ImageOps, "prep": prep}
+    exec(compile(ast.Module(keep, []), str(EXAMPLE), "exec"), namespace)
+    return namespace["pixels"]
+
+
+@pytest.mark.parametrize("resize,crop,interpolation", [(72, 64, "bilinear"), (57, 64, "bicubic")])
+def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolation):
+    """Big JPEGs (draft decoding), EXIF rotation, odd sizes, a resize under the crop (zero padding)."""
+    from PIL import Image
+
+    from conftest import photo
+    from embedder.decode import decode_file
+
+    prep = Preprocessing(resize=resize, crop=crop, interpolation=interpolation)
+    cases = {"big.jpg": (640, 480), "tall.jpg": (301, 677), "small.png": (50, 41), "thin.png": (200, 61)}
+    for name, size in cases.items():
+        photo(len(name), size).save(tmp_path / name)
+    rotated = photo(7, (400, 300))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    pixels = _example_pixels({**prep.to_dict()})
+    for path in sorted(tmp_path.iterdir()):
+        expected = prep.to_array(decode_file(str(path), draft_size=prep.draft_size).image).transpose(1, 2, 0)
+        np.testing.assert_array_equal(pixels(path), expected, err_msg=path.name)
+    assert Image.open(tmp_path / "rotated.jpg").size == (400, 300)
+
+
 @pytest.mark.slow
 def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
     from embedder.finetune import finetune
