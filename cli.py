@@ -624,7 +624,8 @@ def export(model, out, precision, backbone, weights, images, calibration_images,
                    f"{prep['resize']} ({prep['interpolation']}) and a center crop")
         a = d["accuracy"]
         if a:
-            click.echo(f"  accuracy on {a['images']} labelled images: fp32 {100 * a['fp32']:.2f} %, int8 "
+            of = (a.get("source") or "").split(":", 1)[-1]
+            click.echo(f"  accuracy on {a['images']} images{' of ' + of if of else ''}: fp32 {100 * a['fp32']:.2f} %, int8 "
                        f"{100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); the same class "
                        f"for {100 * a['agreement']:.1f} % of them")
         click.echo(d["path"])

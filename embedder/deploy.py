@@ -480,6 +480,7 @@ def export(settings: ExtractionSettings, build_model, head: Head, out: str, *, s
                                   q_backbone.ir_version)
     q_model = assemble(q_backbone, layer, head_onnx, crop)
     accuracy = compare(fp32_model, q_model, labelled or [], head.classes, settings.preprocessing, max_pixels, threads)
+    accuracy["source"] = calibration.source if calibration is not None else None
     meta = metadata(q_settings, head, "int8", how,
                     {**info, "int8": {"calibration": q_engine.meta.get("calibration"),
                                       "cosine_to_fp32": q_engine.meta.get("cosine_to_fp32"), "accuracy": accuracy}})

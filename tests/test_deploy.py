@@ -262,6 +262,24 @@ def test_int8_costs_at_most_a_point_on_the_training_images(trained, tmp_path, sp
 
 
 @pytest.mark.slow
+def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
+    import cli
+
+    root, images = trained
+    train(str(root / "train.h5"), "ridge", out=str(tmp_path / "m.joblib"))
+    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "q.onnx"),
+                                      "--precision", "int8", "--calibration-images", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    a = json.loads(r.output)["accuracy"]
+    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "q.onnx"),
+                                      "--precision", "int8", "--calibration-images", "8"])
+    line = r.output.splitlines()[2]
+    assert line == (f"  accuracy on 24 images of {images}: fp32 {100 * a['fp32']:.2f} %, int8 {100 * a['int8']:.2f} % "
+                    f"({100 * (a['int8'] - a['fp32']):+.2f} points); the same class for {100 * a['agreement']:.1f} % "
+                    f"of them")
+
+
+@pytest.mark.slow
 def test_a_model_trained_on_int8_features_exports_its_own_int8_engine(trained, tmp_path):
     root, images = trained
     q = extract(images, str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=12), **FAST)
