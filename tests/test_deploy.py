@@ -237,6 +237,11 @@ def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
     np.testing.assert_allclose(scores, expected, atol=1e-4)
     with pytest.raises(FeaturebankError, match="int8 needs images to calibrate on: give --images DATA"):
         export_checkpoint(run.checkpoint, str(tmp_path / "q.onnx"), precision="int8")
+    q = export_checkpoint(run.checkpoint, str(tmp_path / "q.onnx"), precision="int8", images=str(images),
+                          int8=Int8(images=8))
+    assert q.accuracy["images"] == 24 and q.accuracy["source"] == f"classes:{images}"
+    assert q.accuracy["fp32"] == pytest.approx(np.mean(np.array(names) == [r["label"] for r in result["rows"]]))
+    assert abs(q.accuracy["int8"] - q.accuracy["fp32"]) <= 0.01
 
 
 @pytest.mark.slow
