@@ -572,6 +572,68 @@ def _predictions_text(result: dict, fmt: str, top: int) -> str:
 
 
 
+@main.command("export", context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The ONNX file to write.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]),
+              help="int8: the backbone calibrated as extract --precision int8 does, the head in fp32. "
+                   "[default: the model's own precision]")
+@click.option("-b", "--backbone", type=BackboneType(), help="A checkpoint's architecture (default: what it records).")
+@click.option("-w", "--weights", help="Where the model's weights file is now, if it moved (checked by sha256).")
+@click.option("--images", type=click.Path(),
+              help="int8: labelled images to calibrate on and to compare fp32 with int8 on "
+                   "(default: the model's training images; a checkpoint needs them).")
+@click.option("--calibration-images", type=click.IntRange(1), default=256, show_default=True,
+              help="int8: images drawn reproducibly to calibrate on.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the int8 calibration draw.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def export(model, out, precision, backbone, weights, images, calibration_images, seed, as_json):
+    """Write MODEL as one ONNX file: uint8 images (N x crop x crop x 3, RGB) in, class scores and index out.
+
+    MODEL is a model file from train (its backbone, layer and classifier) or a checkpoint from finetune
+    (a .pth: its own head). Normalization, the backbone, pooling and the classifier are inside the graph;
+    the class names and the preprocessing are in its metadata. Running it needs onnxruntime only
+    (examples/classify_folder.py).
+
+    \b
+    Example:
+      featurebank export models/flowers.joblib -o flowers.onnx
+      featurebank export models/flowers.joblib -o flowers-int8.onnx --precision int8
+      featurebank export runs/ants-finetune/best.pth -b mobilenet_v2 -o ants.onnx
+    """
+    from embedder.settings import Int8
+
+    int8 = Int8(calibration_images, seed)
+    if model.lower().endswith((".pth", ".pt", ".ckpt", ".bin", ".tar")):
+        from embedder.deploy import export_checkpoint
+
+        result = export_checkpoint(model, out, backbone=backbone, precision=precision or "fp32", images=images,
+                                   int8=int8)
+    else:
+        from classifiers.bundle import export as export_bundle
+
+        result = export_bundle(model, out, precision=precision, weights=weights, images=images, int8=int8)
+
+    def human(d):
+        m = d["metadata"]
+        prep, head = m["preprocessing"], m["output"]["head"]
+        how = {"folded": "folded into one matrix product", "skl2onnx": "through skl2onnx",
+               "softmax": "softmax of its logits"}[head]
+        click.echo(f"{d['precision']}, {d['bytes'] / 1e6:.1f} MB, {len(m['classes'])} classes, "
+                   f"{'probabilities' if d['output'] == 'probability' else 'decision scores'} (head {how})")
+        click.echo(f"  input: uint8 N x {prep['crop']} x {prep['crop']} x 3 RGB after resizing the shorter side to "
+                   f"{prep['resize']} ({prep['interpolation']}) and a center crop")
+        a = d["accuracy"]
+        if a:
+            of = (a.get("source") or "").split(":", 1)[-1]
+            click.echo(f"  accuracy on {a['images']} images{' of ' + of if of else ''}: fp32 {100 * a['fp32']:.2f} %, int8 "
+                       f"{100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); the same class "
+                       f"for {100 * a['agreement']:.1f} % of them")
+        click.echo(d["path"])
+
+    emit(result.to_dict(), as_json, human)
+
+
 @main.command("report", context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path())
 @click.option("--images", type=click.Path(file_okay=False),

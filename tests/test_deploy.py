@@ -1,0 +1,298 @@
+"""One ONNX file per model: its predictions are `featurebank predict`'s, it runs without torch, int8 costs at most a
+point, and a head that cannot be exported is refused in one line."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from classifiers.bundle import Bundle, export, predict, predict_imagenet, train
+from classifiers.zoo import list_classifiers, make_classifier
+from conftest import FAST, ROOT, write_tree
+from embedder import CacheReader, extract
+from embedder.batches import ImageDataset
+from embedder.deploy import Head, check_head, export_checkpoint, head_model, refusal
+from embedder.errors import FeaturebankError
+from embedder.preprocess import Preprocessing
+from embedder.settings import Int8
+
+RUN = {k: FAST[k] for k in ("batch_size", "workers")}
+EXAMPLE = ROOT / "examples" / "classify_folder.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """4 classes of 6 generated images, embedded with the FAST settings (resnet18, random weights, 64 px)."""
+    root = tmp_path_factory.mktemp("deploy")
+    images = root / "images"
+    write_tree(images, classes=("cats", "dogs", "owls", "yaks"), per_class=6)
+    extract(images, str(root / "train.h5"), **FAST)
+    return root, images
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def run_onnx(path, files: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The exported file on images decoded as featurebank decodes them: scores, label indices, metadata."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    p = meta["preprocessing"]
+    prep = Preprocessing(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"], p["draft"])
+    dataset = ImageDataset(files, prep)
+    x = np.stack([dataset[i][1] for i in range(len(files))]).transpose(0, 2, 3, 1)
+    scores, labels = session.run(["scores", "label"], {"images": np.ascontiguousarray(x)})
+    return scores, labels, meta
+
+
+def predicted(result: dict, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """`predict`'s classes and its full score matrix (every class is in its top-k), in image order."""
+    names = [r["predicted"] for r in result["rows"]]
+    scores = np.array([[{t["class"]: t["score"] for t in r["top"]}[c] for c in classes] for r in result["rows"]])
+    return names, scores
+
+
+def files_of(result: dict, folder) -> list[str]:
+    return [str(pathlib.Path(folder) / r["path"]) for r in result["rows"]]
+
+
+@pytest.mark.parametrize("spec,how,output", [("logreg", "folded", "probability"), ("ridge", "folded", "decision"),
+                                             ("rbf-svm", "skl2onnx", "decision")])
+def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, output):
+    root, images = trained
+    bundle = train(str(root / "train.h5"), spec, out=str(tmp_path / "model.joblib"))
+    written = export(str(tmp_path / "model.joblib"), str(tmp_path / "model.onnx"))
+    assert (written.precision, written.head, written.output) == ("fp32", how, output)
+    assert written.bytes == os.path.getsize(tmp_path / "model.onnx") > 1_000_000  # resnet18's weights are inside
+    result = predict(str(tmp_path / "model.joblib"), [str(images)], top=4, **RUN)
+    names, expected = predicted(result, bundle.classes)
+    scores, labels, meta = run_onnx(tmp_path / "model.onnx", files_of(result, images))
+    assert [bundle.classes[i] for i in labels] == names
+    np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=1e-4)
+    assert meta["classes"] == ["cats", "dogs", "owls", "yaks"] and meta["output"]["scores"] == output
+    assert meta["preprocessing"]["resize"] == 72 and meta["preprocessing"]["crop"] == 64
+    assert meta["input"]["layout"] == "NHWC" and meta["input"]["shape"] == ["batch", 64, 64, 3]
+    assert meta["settings"] == bundle.settings and meta["model"]["classifier"] == spec
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    if how == "folded":  # the whole head is one matrix product: no scikit-learn operator, one MatMul after the backbone
+        head = [n.op_type for n in model.graph.node if not n.name.startswith("backbone/")]
+        assert head.count("MatMul") == 1 and not any(n.domain == "ai.onnx.ml" for n in model.graph.node)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_every_exportable_zoo_head_gives_sklearns_scores(k):
+    """Head alone, no backbone: each exportable zoo classifier (and non-default steps) against Bundle.scores."""
+    rng = np.random.default_rng(k)
+    X = (rng.normal(size=(60, 24)) + 2 * np.eye(k, 24)[np.arange(60) % k]).astype(np.float32)
+    y = np.arange(60) % k
+    specs = [n for n in list_classifiers() if refusal(make_classifier(n)) is None]
+    assert specs == ["logreg", "linear-svm", "rbf-svm", "ridge", "lda", "random-forest"]
+    for spec in specs + ["logreg:l2=on,pca=10", "ridge:scale=off,l2=on", "knn:weights=uniform", "rbf-svm:pca=off"]:
+        bundle = Bundle(make_classifier(spec).fit(X, y), [f"c{i}" for i in range(k)], spec, "x", {})
+        model, _ = head_model(Head(bundle.classes, bundle.pipeline, spec, X), 24, 17, 8)
+        X_new = (X + rng.normal(0, 0.3, X.shape)).astype(np.float32)
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"features": X_new})
+        expected, _ = bundle.scores(X_new)
+        np.testing.assert_allclose(got[0], expected, atol=1e-4, err_msg=spec)
+        np.testing.assert_array_equal(got[1], bundle.predict(X_new), err_msg=spec)
+
+
+def test_a_conversion_that_disagrees_is_refused():
+    """The check that guards skl2onnx: scores unlike scikit-learn's are never written."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 6)).astype(np.float32), np.arange(30) % 3
+    pipeline = make_classifier("logreg").fit(X, y)
+    head = Head(["a", "b", "c"], pipeline, "logreg", X)
+    model, _ = head_model(head, 6, 17, 8)
+    assert check_head(model, head, 6)["max_difference"] < 1e-6
+    pipeline.named_steps["clf"].coef_ = pipeline.named_steps["clf"].coef_ * 2  # scikit-learn now says otherwise
+    with pytest.raises(FeaturebankError, match=r"disagrees with scikit-learn on \d+ of 30 training rows"):
+        check_head(model, head, 6)
+
+
+def test_a_head_that_cannot_be_exported_is_one_line(trained, tmp_path):
+    import cli
+
+    root, _ = trained
+    train(str(root / "train.h5"), "knn", out=str(tmp_path / "knn.joblib"))
+    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "knn.joblib"), "-o", str(tmp_path / "knn.onnx")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.count("\n") == 1 and r.output.startswith("Error: cannot export knn (KNeighborsClassifier): ")
+    assert r.output.rstrip().endswith("these export: logreg, linear-svm, rbf-svm, ridge, lda, random-forest")
+    assert not (tmp_path / "knn.onnx").exists()
+
+
+def test_cli_export_prints_size_and_path(trained, tmp_path):
+    import cli
+
+    root, _ = trained
+    train(str(root / "train.h5"), "lda", out=str(tmp_path / "lda.joblib"))
+    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "lda.joblib"), "-o", str(tmp_path / "lda.onnx")])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    size = os.path.getsize(tmp_path / "lda.onnx") / 1e6
+    assert lines[0] == f"fp32, {size:.1f} MB, 4 classes, probabilities (head folded into one matrix product)"
+    assert "uint8 N x 64 x 64 x 3 RGB after resizing the shorter side to 72 (bilinear)" in lines[1]
+    assert lines[-1] == str(tmp_path / "lda.onnx")
+
+
+def _blocked_torch_env(tmp_path) -> dict:
+    """A Python that cannot import torch (a meta-path finder refuses it), as on a machine without it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'sklearn', 'embedder', 'classifiers'):\n"
+        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n")
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
+def test_the_example_classifies_a_folder_without_torch(trained, tmp_path):
+    root, images = trained
+    bundle = train(str(root / "train.h5"), "logreg", out=str(tmp_path / "model.joblib"))
+    export(bundle, str(tmp_path / "model.onnx"))
+    env = _blocked_torch_env(tmp_path)
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert blocked.returncode == 1 and "torch is blocked in this test" in blocked.stderr
+    done = subprocess.run([sys.executable, str(EXAMPLE), str(tmp_path / "model.onnx"), str(images)], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(",") for line in done.stdout.splitlines()]
+    result = predict(bundle, [str(images)], top=4, **RUN)
+    expected = {str(images / r["path"]): (r["predicted"], r["score"]) for r in result["rows"]}
+    assert len(rows) == len(expected) == 24
+    for path, name, score in rows:
+        assert name == expected[path][0]
+        assert float(score) == pytest.approx(expected[path][1], abs=2e-4)  # printed to 4 decimals
+
+
+def _example_pixels(prep: dict):
+    """The example's ``pixels`` function, taken from its source, for the given preprocessing metadata."""
+    import ast
+
+    from PIL import Image, ImageOps
+
+    tree = ast.parse(EXAMPLE.read_text())
+    keep = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "pixels"
+            or isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "FILTERS"]
+    namespace = {"np": np, "Image": Image, "ImageOps": ImageOps, "prep": prep}
+    exec(compile(ast.Module(keep, []), str(EXAMPLE), "exec"), namespace)
+    return namespace["pixels"]
+
+
+@pytest.mark.parametrize("resize,crop,interpolation", [(72, 64, "bilinear"), (57, 64, "bicubic")])
+def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolation):
+    """Big JPEGs (draft decoding), EXIF rotation, odd sizes, a resize under the crop (zero padding)."""
+    from PIL import Image
+
+    from conftest import photo
+    from embedder.decode import decode_file
+
+    prep = Preprocessing(resize=resize, crop=crop, interpolation=interpolation)
+    cases = {"big.jpg": (640, 480), "tall.jpg": (301, 677), "small.png": (50, 41), "thin.png": (200, 61)}
+    for name, size in cases.items():
+        photo(len(name), size).save(tmp_path / name)
+    rotated = photo(7, (400, 300))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    pixels = _example_pixels({**prep.to_dict()})
+    for path in sorted(tmp_path.iterdir()):
+        expected = prep.to_array(decode_file(str(path), draft_size=prep.draft_size).image).transpose(1, 2, 0)
+        np.testing.assert_array_equal(pixels(path), expected, err_msg=path.name)
+    assert Image.open(tmp_path / "rotated.jpg").size == (400, 300)
+
+
+@pytest.mark.slow
+def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
+    from embedder.finetune import finetune
+
+    _, images = trained
+    run = finetune(str(images), str(tmp_path / "run"), epochs=1, backbone="resnet18", weights="none", resize=72,
+                   crop=64, val_split=0.25, **RUN)
+    written = export_checkpoint(run.checkpoint, str(tmp_path / "ft.onnx"))  # the backbone comes from the file
+    assert (written.head, written.output) == ("softmax", "probability")
+    result = predict_imagenet([str(images)], backbone="resnet18", weights=run.checkpoint, top=4, **RUN)
+    classes = ["cats", "dogs", "owls", "yaks"]
+    names, expected = predicted(result, classes)
+    scores, labels, meta = run_onnx(tmp_path / "ft.onnx", files_of(result, images))
+    assert meta["classes"] == classes and meta["model"]["layer"] == "fc"
+    assert [classes[i] for i in labels] == names
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    with pytest.raises(FeaturebankError, match="int8 needs images to calibrate on: give --images DATA"):
+        export_checkpoint(run.checkpoint, str(tmp_path / "q.onnx"), precision="int8")
+    q = export_checkpoint(run.checkpoint, str(tmp_path / "q.onnx"), precision="int8", images=str(images),
+                          int8=Int8(images=8))
+    assert q.accuracy["images"] == 24 and q.accuracy["source"] == f"classes:{images}"
+    assert q.accuracy["fp32"] == pytest.approx(np.mean(np.array(names) == [r["label"] for r in result["rows"]]))
+    assert abs(q.accuracy["int8"] - q.accuracy["fp32"]) <= 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["logreg", "rbf-svm"])
+def test_int8_costs_at_most_a_point_on_the_training_images(trained, tmp_path, spec):
+    root, _ = trained
+    reader = CacheReader(str(root / "train.h5"))
+    bundle = train(str(root / "train.h5"), spec, out=str(tmp_path / "model.joblib"))
+    written = export(str(tmp_path / "model.joblib"), str(tmp_path / "q.onnx"), precision="int8",
+                     int8=Int8(images=16))
+    a = written.accuracy
+    assert a["images"] == 24 and a["unreadable"] == 0
+    truth = np.array([bundle.classes.index(c) for c in reader.labels])
+    assert a["fp32"] == pytest.approx(np.mean(bundle.predict(reader.features()) == truth))  # the fp32 model's
+    assert abs(a["int8"] - a["fp32"]) <= 0.01
+    assert written.metadata["precision"] == "int8" and written.metadata["int8"]["calibration"]["images"] == 16
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    head = [n for n in model.graph.node if n.name.startswith("head/")]
+    assert head and not any(n.op_type.startswith(("Quantize", "Dequantize")) for n in head)  # the head stays fp32
+    _, labels, _ = run_onnx(tmp_path / "q.onnx", reader.full_paths())  # the file as written, on the same images
+    assert float(np.mean(labels == truth)) == pytest.approx(a["int8"])
+
+
+@pytest.mark.slow
+def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
+    import cli
+
+    root, images = trained
+    train(str(root / "train.h5"), "ridge", out=str(tmp_path / "m.joblib"))
+    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "q.onnx"),
+                                      "--precision", "int8", "--calibration-images", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    a = json.loads(r.output)["accuracy"]
+    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "q.onnx"),
+                                      "--precision", "int8", "--calibration-images", "8"])
+    line = r.output.splitlines()[2]
+    assert line == (f"  accuracy on 24 images of {images}: fp32 {100 * a['fp32']:.2f} %, int8 {100 * a['int8']:.2f} % "
+                    f"({100 * (a['int8'] - a['fp32']):+.2f} points); the same class for {100 * a['agreement']:.1f} % "
+                    f"of them")
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_int8_features_exports_its_own_int8_engine(trained, tmp_path):
+    root, images = trained
+    q = extract(images, str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=12), **FAST)
+    train(q.cache, "logreg", out=str(tmp_path / "q.joblib"))
+    written = export(str(tmp_path / "q.joblib"), str(tmp_path / "q.onnx"))  # int8 by default: the model's own
+    assert written.precision == "int8" and written.metadata["settings"] == CacheReader(q.cache).settings
+    result = predict(str(tmp_path / "q.joblib"), [str(images)], top=4, **RUN)
+    names, expected = predicted(result, ["cats", "dogs", "owls", "yaks"])
+    scores, labels, _ = run_onnx(tmp_path / "q.onnx", files_of(result, images))
+    assert [["cats", "dogs", "owls", "yaks"][i] for i in labels] == names  # the same int8 engine as predict's
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
