@@ -185,7 +185,7 @@ def int8_of_cache(path: str) -> tuple[Int8, str]:
     return settings.int8, engine_dir_for(path)
 
 
-def _int8_settings(settings: ExtractionSettings, listing: Listing, path: str):
+def _int8_settings(settings: ExtractionSettings, listing: Listing, path: str | None):
     """Fill in the calibration set: the one asked for (a bundle's, another cache's), the one this cache was made
     with (so reruns keep their engine whatever changed in the input), or a reproducible draw from the input.
     Returns the settings and the draw's files (what a missing engine is rebuilt from, if they are unchanged)."""
@@ -193,7 +193,7 @@ def _int8_settings(settings: ExtractionSettings, listing: Listing, path: str):
     from .quantize import calibration_set_id, draw_calibration
 
     wanted = settings.int8
-    stored = stored_settings(path)
+    stored = stored_settings(path) if path else None
     if not wanted.calibration_set and stored:
         stored = ExtractionSettings.from_dict(stored)
         if stored.int8 and replace(stored.int8, calibration_set="") == wanted:
