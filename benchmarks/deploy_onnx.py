@@ -1,6 +1,6 @@
 """Size, speed and accuracy of `featurebank export` files: MobileNetV2 (ImageNet checkpoint) on flowers.
 
-    python benchmarks/deploy_onnx.py [--work /tmp/deploy] [--classifiers logreg,rbf-svm]
+    python benchmarks/deploy_onnx.py [--work DIR] [--classifiers logreg,rbf-svm]
 
 Extracts flowers train/ and val/ (penultimate layer) into WORK, trains each classifier on train/, exports it in
 fp32 and int8 (int8 calibrated on 256 train images, as `extract --precision int8`), then, on the 550 val images:
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import pathlib
 import sys
 import time
@@ -27,7 +28,8 @@ FLOWERS = SHARED / "data" / "flowers"
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--work", default="/tmp/deploy")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "featurebank-deploy"),
+                        help="scratch folder for caches, models and exports (kept, so a second run reuses them)")
     parser.add_argument("--classifiers", default="logreg,rbf-svm")
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()

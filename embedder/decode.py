@@ -14,14 +14,13 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (a 1 GB RGB image in memory)
 
 
 @dataclass
 class Decoded:
-    image: Image.Image | None
+    image: object | None  # a PIL image
     digest: str = ""
     reason: str | None = None  # why there is no image
 
@@ -35,8 +34,10 @@ def file_digest(path: str) -> str:
         return digest_bytes(fh.read())
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im):
     """8-bit RGB from any Pillow mode. 16-bit and float images are scaled, not clipped to white."""
+    from PIL import Image
+
     if im.mode == "RGB":
         return im
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
@@ -55,6 +56,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def decode_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Decoded:
     """Decode ``data``. ``draft_size`` lets JPEG decode at 1/2, 1/4 or 1/8 scale while both sides stay
     at least that large: the same picture after resizing, several times faster on big photos."""
+    from PIL import Image, ImageOps, UnidentifiedImageError  # imported here: planning a rerun needs no Pillow
+
     digest = digest_bytes(data)
     if not data:
         return Decoded(None, digest, "empty file (0 bytes)")

@@ -16,20 +16,16 @@ import re
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__
-from .batches import ImageDataset, batches
 from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest
 from .engines import Prepared, open_engine, resolve_device_name
 from .errors import FeaturebankError
-from .guard import BatchRunner
 from .resolve import Request, Resolved, resolve
 from .settings import POOLINGS, ExtractionSettings, Int8
 from .sources import Listing, list_images
@@ -298,6 +294,13 @@ class Run:
         """Push ``todo`` through the engine (``open_engine()`` loads it while the first batches decode); each
         finished batch is committed to the cache (in a background thread) as it completes. Returns how many
         images failed."""
+        from concurrent.futures import ThreadPoolExecutor  # what only embedding needs, imported only then: a
+
+        from tqdm import tqdm  # rerun with nothing to do stays a fraction of a second
+
+        from .batches import ImageDataset, batches
+        from .guard import BatchRunner
+
         dims = self.resolved.dims
         dataset = ImageDataset([listing.full_path(item) for item in todo], self.settings.preprocessing,
                                self.max_pixels)
@@ -350,6 +353,7 @@ class Run:
 def _calibration_batches(files: list[str], settings: ExtractionSettings, max_pixels: int, threads) -> list[np.ndarray]:
     """The calibration images, decoded like any input (bad files skipped), in batches of 16. They must be the ones
     the settings name: an int8 engine rebuilt from other images would put other vectors under the same settings."""
+    from .batches import ImageDataset, batches
     from .quantize import calibration_set_id
 
     dataset = ImageDataset(files, settings.preprocessing, max_pixels)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# torchvision's InterpolationMode values → Pillow filters (as torchvision.transforms.functional maps them)
-PIL_FILTERS = {"nearest": Image.NEAREST, "nearest-exact": Image.NEAREST, "bilinear": Image.BILINEAR,
-               "bicubic": Image.BICUBIC, "box": Image.BOX, "hamming": Image.HAMMING, "lanczos": Image.LANCZOS}
+# torchvision's InterpolationMode values → Pillow's resampling filters (Image.Resampling: NEAREST 0, LANCZOS 1,
+# BILINEAR 2, BICUBIC 3, BOX 4, HAMMING 5), as torchvision.transforms.functional maps them
+PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class Preprocessing:
     def draft_size(self) -> int | None:
         return self.resize if self.draft else None
 
-    def to_array(self, image: Image.Image) -> np.ndarray:
+    def to_array(self, image) -> np.ndarray:
         """Resize the shorter side, center-crop (zero padding where the image is smaller than the crop, as
         torchvision does): a ``3 x crop x crop`` uint8 array."""
         w, h = image.size
@@ -61,6 +60,8 @@ class Preprocessing:
         w, h = size
         c = self.crop
         if c > w or c > h:  # torchvision pads (left/top get the smaller half), then crops
+            from PIL import Image
+
             padded = Image.new(image.mode, (max(w, c), max(h, c)))
             padded.paste(image, ((c - w) // 2 if c > w else 0, (c - h) // 2 if c > h else 0))
             image, (w, h) = padded, padded.size
@@ -69,7 +70,7 @@ class Preprocessing:
             image = image.crop((left, top, left + c, top + c))
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
-    def to_uint8(self, image: Image.Image):
+    def to_uint8(self, image):
         """``to_array`` as a torch tensor (for training code that works in torch)."""
         import torch
 
