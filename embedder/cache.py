@@ -268,6 +268,8 @@ class CacheWriter:
         if not self.pending_parts and self._unchanged(rows, fails):
             return False
         classes = sorted({label for label in rows["label"] if label})
+        if callable(self.info):  # worked out only when the file is written (library versions read package metadata)
+            self.info = self.info()
         tmp = self.path + ".tmp"
         with h5py.File(tmp, "w") as out:
             out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings=json.dumps(self.settings),

@@ -136,7 +136,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     path = os.path.abspath(cache or default_cache_path(listing, named.to_dict(), backbone, cache_dir))
     if settings.precision == "int8":
         settings, calibration_files = _int8_settings(settings, listing, path)
-    base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind, "versions": library_versions()}
+    base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind}
 
     with CacheWriter(path, settings.to_dict(), listing.source, listing.root, base_info) as writer:
         todo = _plan(listing, writer)
@@ -149,7 +149,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
         if todo:
             failures = run.embed(todo, listing, writer, lambda: run.open(calibration_files, fixed_calibration))
             new_failures += failures
-        writer.info = _info(base_info, writer.previous_info, run, path)
+        writer.info = lambda: _info({**base_info, "versions": library_versions()}, writer.previous_info, run, path)
         if writer.dims is None:  # nothing was ever embedded: the sizes come from the architecture
             writer.dims = {layer: int(resolved.dims[layer]) for layer in settings.layers}
         writer.commit([(i.path, i.label, i.group) for i in listing.items],

@@ -76,11 +76,12 @@ def _walk_images(top: str, root: str, label: str, listing: Listing) -> None:
         entries = sorted(os.scandir(top), key=lambda e: e.name)
     except OSError as exc:
         raise FeaturebankError(f"cannot read folder {top}: {exc.strerror or exc}") from None
+    base = os.path.relpath(top, root).replace(os.sep, "/")  # once per folder: relpath per file was half a rerun
     for entry in entries:
         if is_hidden_or_system(entry.name):
             listing.ignored += 1
             continue
-        rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+        rel = entry.name if base == "." else f"{base}/{entry.name}"
         if is_image_name(entry.name):
             listing.items.append(_stat_item(entry.path, rel, label))
         elif entry.is_dir():
