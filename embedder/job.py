@@ -10,14 +10,12 @@ decoding nor the engine waits for the disk.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 
 import numpy as np
 
@@ -26,7 +24,7 @@ from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest
 from .engines import Prepared, open_engine, resolve_device_name
 from .errors import FeaturebankError
-from .resolve import Request, Resolved, resolve
+from .resolve import Request, Resolved, own_version, resolve
 from .settings import POOLINGS, ExtractionSettings, Int8
 from .sources import Listing, list_images
 from .store import EngineStore, engine_dir_for
@@ -62,6 +60,8 @@ class ExtractSummary:
 
 def library_versions() -> dict[str, str]:
     """Versions of what the features depend on, read from package metadata (importing torch takes seconds)."""
+    from importlib import metadata
+
     names = {"torch": "torch", "torchvision": "torchvision", "onnxruntime": "onnxruntime", "numpy": "numpy",
              "h5py": "h5py", "pillow": "pillow", "scikit-learn": "scikit-learn"}
     out = {"featurebank": __version__}
@@ -71,24 +71,9 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[label] = "-"
     for package in ("torch", "torchvision"):  # with the build tag (2.15.0+cu132 vs +cpu), as __version__ has it
-        out[package] = _own_version(package) or out[package]
+        out[package] = own_version(package) or out[package]
     out["python"] = sys.version.split()[0]
     return out
-
-
-def _own_version(package: str) -> str | None:
-    """``package.version.__version__`` read from its file: the same string as after ``import``, in microseconds."""
-    if package in sys.modules:
-        return sys.modules[package].__version__
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    try:
-        with open(os.path.join(list(spec.submodule_search_locations)[0], "version.py")) as fh:
-            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", fh.read(), re.M)
-    except OSError:
-        return None
-    return found.group(1) if found else None
 
 
 def default_cache_path(listing: Listing, settings: dict, backbone: str, cache_dir: str | None = None) -> str:
