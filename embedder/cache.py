@@ -13,16 +13,18 @@ finished batch is written to its own small file ``X.h5.parts/part-NNNNNNNN.h5`` 
 name, flushed to disk, then renamed: it exists whole or not at all). When the run ends, the old ``X.h5`` and
 the parts are merged, in input order, into a new file that atomically replaces ``X.h5``; then the parts go.
 A kill at any moment (even ``kill -9``) therefore leaves the previous ``X.h5`` intact plus every finished
-batch, and the next run continues from there. One writer at a time: ``X.h5.lock`` is held with ``flock``.
+batch, and the next run continues from there. One writer at a time: ``X.h5.lock`` holds a POSIX record lock.
 Parts are also how several processes (torchrun shards) can later write one cache.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -40,6 +42,10 @@ FAILURE_STRINGS = ("path", "reason", "digest")
 INTS = ("size", "mtime_ns")
 PART_NAME = re.compile(r"^part-(\d{8})\.h5$")
 BLOCK_BYTES = 64 << 20  # features copied this much at a time when merging
+
+
+_HELD: set[str] = set()  # caches this process is writing
+_HELD_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -127,12 +133,24 @@ class CacheWriter:
     # -- opening: lock, check, read what is there ------------------------------------------------------
     def __enter__(self) -> "CacheWriter":
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self._lock = open(self.path + ".lock", "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            self._lock = None
+        # A POSIX record lock, not flock: it belongs to this process, so a decoding worker forked from it does not
+        # hold it after a kill -9 of this process (an flock would live on in the orphaned worker for seconds).
+        # POSIX locks do not exclude a second writer in the same process, and closing any descriptor of the
+        # file drops them: the paths this process holds are kept in _HELD, and the file is opened once.
+        with _HELD_GUARD:
+            busy = self.path in _HELD
+            if not busy:
+                self._lock = open(self.path + ".lock", "a+")
+                try:
+                    fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    _HELD.add(self.path)
+                except OSError as exc:
+                    self._lock.close()
+                    self._lock = None
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise
+                    busy = True
+        if busy:
             raise FeaturebankError(f"another featurebank process is writing {self.path}; wait for it to finish "
                                    f"(or use another --cache)") from None
         try:
@@ -147,14 +165,14 @@ class CacheWriter:
         self._release()
 
     def _release(self) -> None:
+        """Unlock; the lock file stays (unlinking it first would let a second writer lock a new file while a
+        third still holds the old one)."""
         if self._lock is not None:
-            try:
-                os.unlink(self.path + ".lock")
-            except OSError:
-                pass
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
-            self._lock = None
+            with _HELD_GUARD:
+                fcntl.lockf(self._lock, fcntl.LOCK_UN)
+                self._lock.close()
+                self._lock = None
+                _HELD.discard(self.path)
 
     def _check_existing(self) -> None:
         """Refuse to mix rows of other settings or another input: a clear message, nothing touched."""

@@ -106,7 +106,7 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monk
         CacheReader(tmp_path / "resumed.h5")
     resumed = embedder.extract(str(root), str(tmp_path / "resumed.h5"), **FAST)
     assert resumed.embedded == 12 - 2 * FAST["batch_size"] and resumed.reused == 8
-    assert not os.path.exists(parts_dir(resumed.cache)) and not os.path.exists(resumed.cache + ".lock")
+    assert not os.path.exists(parts_dir(resumed.cache))  # X.h5.lock stays: unlinking it would race a new writer
     a, b = CacheReader(whole.cache), CacheReader(resumed.cache)
     assert list(a.paths) == list(b.paths) == paths and list(a.labels) == list(b.labels)
     np.testing.assert_allclose(a.features(), b.features(), rtol=1e-5, atol=1e-6)
@@ -279,3 +279,30 @@ def test_decoding_workers_give_the_same_rows_as_decoding_in_process(tree, tmp_pa
     a = embedder.extract(str(root), str(tmp_path / "a.h5"), **FAST)
     b = embedder.extract(str(root), str(tmp_path / "b.h5"), **{**FAST, "workers": 2})
     np.testing.assert_array_equal(embedder.load(a.cache)[0], embedder.load(b.cache)[0])
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_writer(tree, tmp_path):
+    """A decoding worker forked by a writer outlives a kill -9 of it for a while; it must not hold the lock then."""
+    import signal
+    import subprocess
+    import sys
+
+    root, _ = tree
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(root), cache, **FAST)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    writer = ("import os, sys, time; from embedder.cache import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
+              "w = CacheWriter(sys.argv[1], r.settings, r.attrs['source'], r.attrs['root']); w.__enter__(); "
+              "child = os.fork()\nif child == 0:\n    time.sleep(30); os._exit(0)\n"
+              "print(child, flush=True); time.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", writer, cache], stdout=subprocess.PIPE, text=True, cwd=repo)
+    child = int(proc.stdout.readline())  # the writer holds the lock and has forked its "worker"
+    try:
+        proc.send_signal(signal.SIGKILL)  # as kill -9: no release, the child lives on with every descriptor
+        proc.wait()
+        second = ("import sys; from embedder.cache import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
+                  "w = CacheWriter(sys.argv[1], r.settings, r.attrs['source'], r.attrs['root']); w.__enter__(); print('ok')")
+        out = subprocess.run([sys.executable, "-c", second, cache], capture_output=True, text=True, cwd=repo)
+        assert out.stdout.strip() == "ok", out.stderr
+    finally:
+        os.kill(child, signal.SIGKILL)
