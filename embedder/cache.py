@@ -98,6 +98,16 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def _remove_folder(folder: str) -> None:
+    """Rename, then delete: a kill in the middle leaves ``X.h5.parts.merged`` (deleted by the next writer), never a
+    half-deleted ``X.h5.parts`` whose remaining parts would be read again as unmerged batches."""
+    if os.path.isdir(folder):
+        gone = folder + ".merged"
+        shutil.rmtree(gone, ignore_errors=True)
+        os.replace(folder, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
 def _replace_durably(tmp: str, final: str) -> None:
     """Rename ``tmp`` over ``final`` so that either the old or the new file is there, even after a power cut."""
     _fsync(tmp)
@@ -206,6 +216,8 @@ class CacheWriter:
                     os.unlink(os.path.join(folder, name))
         if os.path.exists(self.path + ".tmp"):
             os.unlink(self.path + ".tmp")
+        if os.path.isdir(parts_dir(self.path) + ".merged"):  # a kill while deleting merged parts: finish it
+            shutil.rmtree(parts_dir(self.path) + ".merged", ignore_errors=True)
 
     def _add_entries(self, source: int, f: h5py.File) -> None:
         if self.dims is None and len(f["rows/path"]):
@@ -298,7 +310,7 @@ class CacheWriter:
             _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
             self._copy_features(out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2))
         _replace_durably(tmp, self.path)
-        shutil.rmtree(parts_dir(self.path), ignore_errors=True)
+        _remove_folder(parts_dir(self.path))
         self.sources, self.entries = [self.path], {}  # the writer's work is done; a new one reads the new file
         return True
 
