@@ -246,9 +246,10 @@ def cv_against_sklearn(tmp: pathlib.Path, env: dict, rounds: int) -> list[str]:
             f"Same mean accuracy from both: {'yes' if same else 'NO'}."]
 
 
-def write_section(path: pathlib.Path, text: str) -> None:
-    begin, end = "<!-- cpu_engines.py: begin -->", "<!-- cpu_engines.py: end -->"
-    section = f"{begin}\n## CPU engines (`python benchmarks/cpu_engines.py`)\n\n{text}\n{end}"
+def write_section(path: pathlib.Path, text: str, script: str = "cpu_engines.py", title: str = "CPU engines") -> None:
+    """Replace (or append) this script's section of RESULTS.md; other scripts' sections are kept."""
+    begin, end = f"<!-- {script}: begin -->", f"<!-- {script}: end -->"
+    section = f"{begin}\n## {title} (`python benchmarks/{script}`)\n\n{text}\n{end}"
     old = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts of this folder.\n"
     if begin in old:
         new = old[:old.index(begin)] + section + old[old.index(end) + len(end):]

@@ -88,15 +88,9 @@ def main() -> int:
                       f"{os.cpu_count()} cores. int8: ONNX Runtime static QDQ, per-channel int8 weights, uint8 "
                       "activations, MinMax on 256 train images, the output's tail in fp32.", "", *rows])
     print(text)
-    from cpu_engines import write_section as _unused  # noqa: F401  (same file, own section below)
+    from cpu_engines import write_section
 
-    begin, end = "<!-- int8_accuracy.py: begin -->", "<!-- int8_accuracy.py: end -->"
-    section = f"{begin}\n## int8 against fp32 (`python benchmarks/int8_accuracy.py`)\n\n{text}\n{end}"
-    path = pathlib.Path(opts.results)
-    old = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts of this folder.\n"
-    new = (old[:old.index(begin)] + section + old[old.index(end) + len(end):]) if begin in old \
-        else old.rstrip() + "\n\n" + section + "\n"
-    path.write_text(new)
+    write_section(pathlib.Path(opts.results), text, "int8_accuracy.py", "int8 against fp32")
     return 0
 
 

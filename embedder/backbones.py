@@ -13,7 +13,6 @@ import contextlib
 import copy
 import difflib
 import functools
-import hashlib
 import io
 import os
 import sys
@@ -85,11 +84,9 @@ def default_preprocessing(name: str) -> Preprocessing:
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .store import sha256_of
+
+    return sha256_of(path)
 
 
 def looks_like_file(weights: str) -> bool:
