@@ -84,16 +84,16 @@ def model_only(engine, n: int = 32, reps: int = 3) -> float:
 
 
 def decode_only(folder: pathlib.Path) -> float:
-    from embedder.batches import ImageDataset, threads_batches
+    from embedder.batches import ImageDataset, ThreadBatches
     from embedder.preprocess import Preprocessing
     from embedder.sources import list_images
 
     listing = list_images(str(folder))
     dataset = ImageDataset([listing.full_path(i) for i in listing.items], Preprocessing())
-    for _ in threads_batches(dataset, 32):  # warm the file cache, as every other measurement finds it
+    for _ in ThreadBatches(dataset, 32):  # warm the file cache, as every other measurement finds it
         pass
     t = time.perf_counter()
-    n = sum(len(b.indices) + len(b.failures) for b in threads_batches(dataset, 32))
+    n = sum(len(b.indices) + len(b.failures) for b in ThreadBatches(dataset, 32))
     return n / (time.perf_counter() - t)
 
 
@@ -133,7 +133,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         photos = tmp / "photos"
-        n_photos = photo_farm(photos)
+        photo_farm(photos)
         env = {**os.environ, "FEATUREBANK_ENGINE_DIR": str(tmp / "engines"), "PYTHONPATH": str(ROOT)}
         decode = decode_only(photos)
         table = ["| model | (a) torch eager | (a) torch channels_last | (a) ORT fp32 | (a) ORT int8 | (b) decode | "

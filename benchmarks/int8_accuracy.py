@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +26,11 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
 
 
 def extract(folder, cache, precision, env, extra=()) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "cli", "extract", str(folder), "-b", "mobilenet_v2", "-w", str(WEIGHTS),
-           "--cache", str(cache), "--precision", precision, "--json", *extra]
-    t = time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-    if out.returncode:
-        raise SystemExit(out.stderr[-2000:])
-    return json.loads(out.stdout), time.perf_counter() - t
+    from cpu_engines import run
+
+    seconds, out = run([sys.executable, "-m", "cli", "extract", str(folder), "-b", "mobilenet_v2", "-w", str(WEIGHTS),
+                        "--cache", str(cache), "--precision", precision, "--json", *extra], env)
+    return json.loads(out), seconds
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ on as a failure next to the good images, always with the sample's index, so that
 the wrong image (unlike loaders that quietly substitute the next image).
 
 Two ways to decode in parallel with inference:
-- threads (``threads_batches``; the CPU default, no torch needed): Pillow releases the GIL while it decodes and
+- threads (``ThreadBatches``; the CPU default, no torch needed): Pillow releases the GIL while it decodes and
   resizes, so threads use every core; on a CPU, decoding and the model share the same cores, and threads let the
   operating system give each the cores the other is not using (the limit is the sum of both works).
 - worker processes (``batches(workers=N)``, torch's DataLoader): for GPUs, where decoding is the limit and Python
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from .engines import cpu_cores
 from .decode import DEFAULT_MAX_PIXELS, Decoded, decode_file, to_rgb
 from .preprocess import Preprocessing
 
@@ -63,13 +64,6 @@ def collate(samples) -> Batch:
     images = np.stack([s[1] for s in good]) if good else np.empty((0, 3, 0, 0), dtype=np.uint8)
     return Batch(indices=[s[0] for s in good], images=images, digests=[s[2] for s in good],
                  failures=[(s[0], s[3], s[2]) for s in samples if s[1] is None])
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def default_workers(device_type: str = "cpu") -> int:
@@ -126,17 +120,13 @@ class ThreadBatches:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def threads_batches(dataset: ImageDataset, batch_size: int = 32, threads: int | None = None, ahead: int = 2):
-    return ThreadBatches(dataset, batch_size, threads, ahead)
-
-
 def batches(dataset: ImageDataset, batch_size: int = 32, workers: int | None = None, pin_memory: bool = False,
             device_type: str = "cpu", threads: int | None = None):
     """Batches in dataset order: decoded by ``workers`` processes (torch's DataLoader), or, with no workers, by
     decoding threads in this process."""
     workers = default_workers(device_type) if workers is None else workers
     if not workers:
-        return threads_batches(dataset, batch_size, threads)
+        return ThreadBatches(dataset, batch_size, threads)
     from torch.utils.data import DataLoader
 
     return iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,

@@ -513,7 +513,7 @@ def compare(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, labelled: 
     """Both files on the same decoded images: accuracy of each, and how often they name the same class."""
     import onnxruntime as ort
 
-    from .batches import ImageDataset, threads_batches
+    from .batches import ImageDataset, ThreadBatches
 
     index = {c: i for i, c in enumerate(classes)}
     labelled = [(p, index[c]) for p, c in labelled if c in index]
@@ -526,7 +526,7 @@ def compare(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, labelled: 
     preds: list[list[np.ndarray]] = [[], []]
     kept: list[int] = []
     first_failure = None
-    for batch in threads_batches(dataset, batch_size, threads):
+    for batch in ThreadBatches(dataset, batch_size, threads):
         if batch.failures and first_failure is None:
             i, reason, _ = batch.failures[0]
             first_failure = f"{labelled[i][0]}: {reason}"

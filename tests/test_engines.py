@@ -98,8 +98,6 @@ def test_onnxruntime_fp32_rows_match_torch_within_1e4(tree, tmp_path):
 
 
 def test_auto_measures_once_and_records_its_choice(tree, tmp_path, monkeypatch):
-    from embedder import engines
-
     root, _ = tree
     store_dir = tmp_path / "engines"
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(store_dir))
