@@ -413,7 +413,13 @@ class CacheReader:
 
     @property
     def groups(self) -> np.ndarray | None:
-        return self.rows["group"] if any(self.rows["group"]) else None
+        """The group of each row (one animal, patient or camera), or None when no row has one. A row without a
+        group is a group of its own (named by a NUL and its path, which no manifest group can equal), so that
+        ungrouped rows spread over folds instead of all landing in one group ``""``."""
+        named = self.rows["group"]
+        if not any(named):
+            return None
+        return np.array([g if g else "\0" + p for g, p in zip(named, self.paths)], dtype=object)
 
     def full_paths(self) -> list[str]:
         return [os.path.join(self.attrs["root"], p) for p in self.paths]

@@ -213,3 +213,16 @@ def test_clear_errors(tmp_path):
         cross_validate(tmp_path / "small.h5", ["knn:n_neighbors=40"], ["flatten"], folds=3)
     with pytest.raises(FeaturebankError, match="has no groups"):
         cross_validate(tmp_path / "small.h5", ["logreg"], folds=3, groups=True)
+
+
+def test_ungrouped_rows_are_groups_of_their_own(tmp_path):
+    """In a manifest where only some rows have a group, each ungrouped row is its own group (not one shared "")."""
+    from embedder.cache import CacheReader
+
+    groups = ["a", "a", "b", "b"] + [""] * 26
+    synthetic_cache(tmp_path / "c.h5", groups=groups)
+    got = CacheReader(tmp_path / "c.h5").groups
+    assert list(got[:4]) == ["a", "a", "b", "b"]
+    assert len(set(got[4:].tolist())) == 26 and not set(got[4:].tolist()) & {"a", "b", ""}
+    synthetic_cache(tmp_path / "none.h5")
+    assert CacheReader(tmp_path / "none.h5").groups is None
