@@ -358,6 +358,9 @@ def classifiers(as_json):
 @click.option("--search", is_flag=True, help="Tune C, gamma, k... by inner cross-validation in each fold (nested).")
 @click.option("--inner-folds", type=click.IntRange(2), default=3, show_default=True, help="Folds of --search.")
 @click.option("-j", "--n-jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: all cores).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run every fit on this Dask scheduler (tcp://host:8786) through joblib's Dask backend; needs "
+                   "pip install -e \".[dask]\". Same report as a local run.")
 @click.option("-o", "--out", type=click.Path(file_okay=False),
               help="Write report.json, report.md, report.html (with thumbs/), leaderboard.png, confusion.png, "
                    "map.png and predictions/*.csv here.")
@@ -365,8 +368,8 @@ def classifiers(as_json):
               help="How many suspicious images the report lists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
-def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_folds, n_jobs, out, suspicious, quiet,
-       as_json):
+def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_folds, n_jobs, scheduler, out, suspicious,
+       quiet, as_json):
     """Cross-validate classifiers × layers of CACHE on the same stratified folds.
 
     Prints a leaderboard (mean ± std over folds) and the images most confidently predicted as another
@@ -376,12 +379,13 @@ def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_fol
     Example:
       featurebank cv cache/flowers.h5 --folds 5 --out runs/flowers-cv
       featurebank cv cache/flowers.h5 -c logreg,rbf-svm,knn --search -j 2
+      featurebank cv cache/flowers.h5 --search --scheduler tcp://head-node:8786
     """
     from classifiers.crossval import cross_validate
     from classifiers.report import leaderboard_lines, report_dict, write_report
 
     report = cross_validate(cache, classifier, layer, folds=folds, repeats=repeats, seed=seed, groups=groups,
-                            search=search, inner_folds=inner_folds, n_jobs=n_jobs,
+                            search=search, inner_folds=inner_folds, n_jobs=n_jobs, scheduler=scheduler,
                             progress=not quiet and sys.stderr.isatty())
     data = report_dict(report, suspicious)
     files = write_report(report, out, suspicious, data) if out else {}

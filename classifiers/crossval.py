@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from embedder.errors import FeaturebankError
 
+from .cluster import layer_tasks, on_cluster
 from .data import Labeled, check_layers, labeled
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
 from .zoo import describe, list_classifiers, make_classifier, parse_spec, search_grid
@@ -251,9 +252,10 @@ def _guarded(results, spec: str, layer: str):
 
 def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repeats: int = 1, seed: int = 0,
                    groups: bool | None = None, search: bool = False, inner_folds: int = 3, n_jobs: int = 1,
-                   progress: bool = False) -> CVReport:
+                   scheduler: str | None = None, progress: bool = False) -> CVReport:
     """Score every classifier (zoo spec strings; default: all) on every layer (default: all of the cache's)
-    with the same stratified folds. ``groups``: None uses the cache's groups when it has some."""
+    with the same stratified folds. ``groups``: None uses the cache's groups when it has some. ``scheduler``: the
+    address of a Dask scheduler that runs every (layer, classifier, fold) fit (``n_jobs`` is then the cluster's)."""
     started = time.perf_counter()
     data = labeled(cache)
     layers = check_layers(data.reader, layers)
@@ -270,28 +272,34 @@ def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repe
     n, k = len(data.y), len(data.classes)
     inner_train = min(len(s.train) for s in splits) * (inner_folds - 1) // inner_folds
     results = []
-    with tqdm(total=len(layers) * len(classifiers) * len(splits), unit="fit", disable=not progress, file=sys.stderr,
-              dynamic_ncols=True, desc="cross-validation") as bar:
+    with on_cluster(scheduler) as cluster, tqdm(total=len(layers) * len(classifiers) * len(splits), unit="fit",
+                                                disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                                                desc="cross-validation") as bar:
+        if cluster is not None:
+            n_jobs = -1  # every thread of the cluster
+            if progress:
+                bar.write(f"cross-validation on the {cluster.describe()}", file=sys.stderr)
         for layer in layers:
             X = data.features(layer)
-            for spec in classifiers:
-                estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
-                bar.set_postfix_str(f"{spec} @ {layer}")
-                jobs = (delayed(_run_fold)(estimator, X, data.y, group_ids, s, k) for s in splits)
-                predictions = np.full((repeats, n), -1, dtype=np.int64)
-                proba = None
-                fold_results = []
-                for s, (pred, p, fit_s, pred_s, best, missing) in zip(splits, _guarded(
-                        Parallel(n_jobs=n_jobs, return_as="generator")(jobs), spec, layer)):
-                    predictions[s.repeat, s.test] = pred
-                    if p is not None:
-                        if proba is None:
-                            proba = np.zeros((repeats, n, k), dtype=np.float32)
-                        proba[s.repeat, s.test] = p
-                    fold_results.append(FoldResult(s.repeat, s.fold, scores(data.y[s.test], pred, p, k),
-                                                   round(fit_s, 4), round(pred_s, 4), best, missing))
-                    bar.update()
-                results.append(CVResult(spec, layer, describe(spec), fold_results, predictions, proba))
+            with layer_tasks(cluster, [X, data.y, group_ids]):
+                for spec in classifiers:
+                    estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
+                    bar.set_postfix_str(f"{spec} @ {layer}")
+                    jobs = (delayed(_run_fold)(estimator, X, data.y, group_ids, s, k) for s in splits)
+                    predictions = np.full((repeats, n), -1, dtype=np.int64)
+                    proba = None
+                    fold_results = []
+                    for s, (pred, p, fit_s, pred_s, best, missing) in zip(splits, _guarded(
+                            Parallel(n_jobs=n_jobs, return_as="generator")(jobs), spec, layer)):
+                        predictions[s.repeat, s.test] = pred
+                        if p is not None:
+                            if proba is None:
+                                proba = np.zeros((repeats, n, k), dtype=np.float32)
+                            proba[s.repeat, s.test] = p
+                        fold_results.append(FoldResult(s.repeat, s.fold, scores(data.y[s.test], pred, p, k),
+                                                       round(fit_s, 4), round(pred_s, 4), best, missing))
+                        bar.update()
+                    results.append(CVResult(spec, layer, describe(spec), fold_results, predictions, proba))
     return CVReport(data, layers, classifiers, folds, repeats, seed, search, group_ids is not None, results,
                     round(time.perf_counter() - started, 3))
 

@@ -1,0 +1,75 @@
+"""Cross-validation on a Dask cluster, through joblib's Dask backend: the cluster users already run, no pool of our own.
+
+``on_cluster(address)`` connects a client to a running scheduler; inside it, ``layer_tasks(arrays)`` makes every
+joblib ``Parallel`` call of one layer run on the cluster, with that layer's arrays broadcast to the workers once
+(joblib would otherwise scatter them again for every classifier). Without an address both are no-ops and nothing
+of Dask is imported, so a local run does not pay for it or need it installed.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from embedder.errors import FeaturebankError
+
+INSTALL = 'pip install -e ".[dask]"'
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A connected Dask client and what it has: the scheduler's address and its worker threads."""
+
+    client: object
+    address: str
+    workers: int
+    threads: int
+
+    def describe(self) -> str:
+        return f"Dask scheduler {self.address} ({self.workers} workers, {self.threads} threads)"
+
+
+def _import_dask():
+    try:
+        from dask.distributed import Client  # noqa: F401  (the backend below needs distributed too)
+    except ImportError:
+        raise FeaturebankError(f"--scheduler needs Dask: install it with {INSTALL}") from None
+    return Client
+
+
+@contextlib.contextmanager
+def on_cluster(address: str | None, timeout: float = 20.0):
+    """A ``Cluster`` connected to the Dask scheduler at ``address`` (``tcp://host:8786``, or a ``Client``-style
+    address), closed on exit; ``None`` when there is no address (run locally)."""
+    if not address:
+        yield None
+        return
+    Client = _import_dask()
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FeaturebankError(f"cannot connect to the Dask scheduler at {address}: {first}") from None
+    try:
+        threads = client.nthreads()
+        if not threads:
+            raise FeaturebankError(f"the Dask scheduler at {address} has no workers: start some with "
+                                   f"`dask worker {address}`")
+        yield Cluster(client, address, len(threads), sum(threads.values()))
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def layer_tasks(cluster: Cluster | None, arrays: list):
+    """Run the joblib ``Parallel`` calls inside on ``cluster`` (if any), with ``arrays`` (the layer's features,
+    labels, groups) broadcast to every worker once and passed to the tasks by reference."""
+    if cluster is None:
+        yield
+        return
+    from joblib import parallel_config
+
+    with parallel_config(backend="dask", client=cluster.client, scatter=[a for a in arrays if a is not None]):
+        yield
+
+
+__all__ = ["Cluster", "INSTALL", "layer_tasks", "on_cluster"]
