@@ -323,3 +323,25 @@ def test_groups_stay_on_one_side_in_the_split_used(images, tmp_path):
         finetune(str(tmp_path / "data.csv"), str(tmp_path / "v"), val=str(tmp_path / "other.csv"), epochs=1, **TINY)
     with pytest.raises(FeaturebankError, match="shares group 'cats-pair'"):
         finetune(str(tmp_path / "data.csv"), str(tmp_path / "t"), test=str(tmp_path / "other.csv"), epochs=1, **TINY)
+
+
+def test_the_command_says_what_its_numbers_are(images, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    write_tree(tmp_path / "test", per_class=2, start=100)
+    args = ["finetune", str(images), "-o", str(tmp_path / "run"), "-b", "resnet18", "-w", "none", "--resize", "72",
+            "--crop", "64", "--batch-size", "4", "--workers", "0", "--epochs", "1", "--val-split", "0.25", "-q"]
+    done = CliRunner().invoke(cli.main, [*args, "--test", str(tmp_path / "test")])
+    assert done.exit_code == 0, done.output
+    d = json.loads((tmp_path / "run" / "report.json").read_text())
+    lines = done.output.splitlines()
+    assert lines[1] == d["note"] and lines[2].split() == ["model", "test", "acc", "%", "bal.", "acc", "%", "val", "acc",
+                                                           "%", "seconds"]
+    probe = d["comparison"][0]
+    assert lines[3].split()[-4:-1] == [f"{100 * probe[k]:.2f}" for k in ("test_accuracy", "test_balanced_accuracy",
+                                                                         "val_accuracy")]
+    refused = CliRunner().invoke(cli.main, [*args[:3], str(tmp_path / "other"), *args[4:], "--test", str(images)])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert refused.output.startswith("Error: --test ") and "also a training or validation image" in refused.output
