@@ -676,7 +676,11 @@ def unfreeze_type(ctx, param, value):
               help="Run folder: checkpoints, log, curves, report.")
 @click.option("--val", type=click.Path(), help="Validation images (class folders or manifest). [default: --val-split]")
 @click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
-              help="Stratified share of DATA held out for validation when there is no --val.")
+              help="Stratified share of DATA held out for validation when there is no --val; with groups (a "
+                   "manifest's third column), whole groups: one fold of round(1/share).")
+@click.option("--test", type=click.Path(exists=True), help="Test images, apart from DATA and validation: embedded and "
+              "scored only after training; the comparison is reported on them. [default: validation numbers, "
+              "selection included]")
 @click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True)
 @click.option("-w", "--weights", default="DEFAULT", show_default=True, help="As in extract: a weights name, a .pth file, none.")
 @click.option("--resize", type=click.IntRange(16), help="Shorter side for evaluation (default: from the weights).")
@@ -708,18 +712,24 @@ def unfreeze_type(ctx, param, value):
 @click.option("--workers", type=click.IntRange(0), help="Decoding processes (as in extract).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
-def finetune(data, out, val, val_split, backbone, weights, resize, crop, no_draft, max_pixels, unfreeze, epochs, lr, backbone_lr_scale,
+def finetune(data, out, val, val_split, test, backbone, weights, resize, crop, no_draft, max_pixels, unfreeze, epochs, lr, backbone_lr_scale,
              weight_decay, batch_size, dropout, bn, augment, no_probe_init, patience, from_scratch, resume, seed,
              device, precision, workers, quiet, as_json):
     """Unfreeze the last blocks of BACKBONE and train them with a new head on DATA, end to end.
 
     The images are embedded into the cache first (reused if there): the frozen linear probe on those
-    features is the baseline and the head's starting point. Checkpoints every epoch; the best one,
-    OUT/best.pth, works as --weights for extract and predict --head.
+    features is the baseline and the head's starting point. The epoch (and early stopping) is chosen on the
+    validation images; with --test, the probe, the chosen epoch (and --from-scratch) are compared on the test
+    images, which nothing was selected on. Checkpoints every epoch; the best one, OUT/best.pth, works as
+    --weights for extract and predict --head.
+
+    --json prints the run: each row of "comparison" has val_accuracy, val_balanced_accuracy, val_f1_macro,
+    val_log_loss (the epoch was selected on these), the same as test_* (null without --test), and seconds;
+    "reported_on" is "test" or "validation", and "note" says what that means.
 
     \b
     Example:
-      featurebank finetune ../shared/data/hymenoptera/train --val ../shared/data/hymenoptera/val \\
+      featurebank finetune ../shared/data/flowers/train --val-split 0.2 --test ../shared/data/flowers/val \\
           -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth --unfreeze 1 --epochs 5 --from-scratch
     """
     from classifiers.html import write_html
@@ -732,7 +742,7 @@ def finetune(data, out, val, val_split, backbone, weights, resize, crop, no_draf
             click.echo(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
                        f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({row['seconds']:.0f} s)")
 
-    result = run_finetune(data, out, val=val, val_split=val_split, backbone=backbone, weights=weights, resize=resize,
+    result = run_finetune(data, out, val=val, val_split=val_split, test=test, backbone=backbone, weights=weights, resize=resize,
                           crop=crop, draft=not no_draft, max_pixels=max_pixels, unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
                           weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn, augment=augment,
                           probe_init=not no_probe_init, patience=patience, seed=seed, device=device,
@@ -742,9 +752,12 @@ def finetune(data, out, val, val_split, backbone, weights, resize, crop, no_draf
 
     def human(d):
         click.echo(f"unfrozen: {', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters)")
-        click.echo(f"{'model':48} {'val acc %':>9} {'bal. acc %':>10} {'seconds':>8}")
+        on = "test" if d["reported_on"] == "test" else "val"
+        click.echo(d["note"])
+        click.echo(f"{'model':48} {on + ' acc %':>10} {'bal. acc %':>10} {'val acc %':>9} {'seconds':>8}")
         for r in d["comparison"]:
-            click.echo(f"{r['model']:48} {100 * r['accuracy']:9.2f} {100 * r['balanced_accuracy']:10.2f} {r['seconds']:8.1f}")
+            click.echo(f"{r['model']:48} {100 * r[on + '_accuracy']:10.2f} {100 * r[on + '_balanced_accuracy']:10.2f} "
+                       f"{100 * r['val_accuracy']:9.2f} {r['seconds']:8.1f}")
         for s in d["skipped"][:10]:
             click.echo(f"skipped {s['path']}: {s['reason']}")
         click.echo(f"best checkpoint  {d['checkpoint']} (epoch {d['best_epoch']})")

@@ -283,12 +283,25 @@ def _f(v, fmt: str) -> str:
     return "–" if v is None else format(v, fmt)
 
 
+FINETUNE_METRICS = ("accuracy", "balanced_accuracy", "f1_macro")
+
+
+def _comparison_on(d: dict) -> tuple[str, list[dict]]:
+    """Which images the comparison is reported on (``test``, or ``val`` with selection included), and the rows
+    with ``val_*``/``test_*`` metrics (a report written before --test existed has bare validation metrics)."""
+    rows = [r if "val_accuracy" in r else {**r, **{f"val_{k}": r.get(k) for k in FINETUNE_METRICS}, "test_accuracy": None}
+            for r in d["comparison"]]
+    return ("test" if d.get("reported_on") == "test" else "val"), rows
+
+
 def finetune_context(d: dict, run_dir: str) -> dict:
     c = d["config"]
-    best_accuracy = max(r["accuracy"] for r in d["comparison"])
-    comparison = [{**r, "best": r["accuracy"] == best_accuracy,
-                   "metrics": [{"v": r[k], "text": f"{100 * r[k]:.2f}"} for k in ("accuracy", "balanced_accuracy", "f1_macro")]}
-                  for r in d["comparison"]]
+    on, rows = _comparison_on(d)
+    best_accuracy = max(r[f"{on}_accuracy"] for r in rows)
+    comparison = [{**r, "best": r[f"{on}_accuracy"] == best_accuracy,
+                   "metrics": [{"v": r[f"{on}_{k}"], "text": f"{100 * r[f'{on}_{k}']:.2f}"} for k in FINETUNE_METRICS]
+                   + ([{"v": r["val_accuracy"], "text": f"{100 * r['val_accuracy']:.2f}"}] if on == "test" else [])}
+                  for r in rows]
 
     def history(rows, best_epoch):
         return [{"epoch": h["epoch"], "best": h["epoch"] == best_epoch, "train_loss": _f(h["train_loss"], ".4f"),
@@ -312,7 +325,10 @@ def finetune_context(d: dict, run_dir: str) -> dict:
              ("training", f"{c['epochs']} epochs max, lr {c['lr']:g} (backbone × {c['backbone_lr_scale']:g}), batch "
                           f"{c['batch_size']}, dropout {c['dropout']:g}, augmentation {c['augment']}, patience "
                           f"{c['patience']}, seed {c['seed']}, {c['precision']}"),
-             ("images", f"{c['train_images']} training, {c['val_images']} validation; classes " + ", ".join(d["classes"])),
+             ("images", f"{c['train_images']} training, {c['val_images']} validation"
+                        + (f", {d['test_images']} test ({d['test']})" if on == "test" else "")
+                        + "; classes " + ", ".join(d["classes"])),
+             ("validation", c.get("validation", "")),
              ("checkpoint", d["checkpoint"])]
     if p:
         facts.insert(1, ("preprocessing", f"resize {p.get('resize')}, crop {p.get('crop')}"))
@@ -321,9 +337,11 @@ def finetune_context(d: dict, run_dir: str) -> dict:
     return {"kind": "finetune", "title": f"Fine-tuning {c['backbone']}", "facts": facts, "sections": sections,
             "summary": "The frozen linear probe (logistic regression on the cached features) is the baseline; "
                        "fine-tuning starts from it" + ("" if c.get("probe_init", True) else " (here: from a random head)")
-                       + ". Every model is scored on the same validation images. Seconds: training and its "
+                       + ". Every model is scored on the same images. Seconds: training and its "
                        "validation; the probe's include embedding the images when this run did it.",
-            "comparison": comparison, "curves": curves, "failed": d["skipped"][:200],
+            "note": d.get("note") or "Validation numbers, selection included: the fine-tuned epoch was chosen on "
+                                     "these same images.",
+            "reported_on": on, "comparison": comparison, "curves": curves, "failed": d["skipped"][:200],
             "footer": (f"With {versions}. " if versions else "") + f"Rendered by featurebank {__version__}."}
 
 

@@ -84,3 +84,35 @@ def map_png(xy: np.ndarray, y: np.ndarray, classes: list[str], wrong: np.ndarray
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def training_curves(history: list[dict]):
+    """The figure of a training run: loss and accuracy per epoch, training (augmented) and validation. Epoch 0, the
+    untrained start, has validation values only."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    value = lambda h, k: float("nan") if h[k] is None else h[k]  # noqa: E731
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [value(h, "train_loss") for h in history], marker="o", label="train")
+    left.plot(epochs, [value(h, "val_loss") for h in history], marker="o", label="validation")
+    left.set_title("cross-entropy loss")
+    right.plot(epochs, [value(h, "train_accuracy") for h in history], marker="o", label="train (augmented)")
+    right.plot(epochs, [value(h, "val_accuracy") for h in history], marker="o", label="validation")
+    right.set_title("accuracy")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_png(history: list[dict], path: str) -> str:
+    plt = _pyplot()
+    fig = training_curves(history)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

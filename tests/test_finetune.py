@@ -1,8 +1,11 @@
 """Fine-tuning on tiny CPU runs: what is frozen stays bit-identical, learning rates are as asked, a resumed run
-follows the uninterrupted one exactly, and the result is a checkpoint like any other."""
+follows the uninterrupted one exactly, the result is a checkpoint like any other, the epoch is chosen on
+validation only (test images cannot change it), and groups stay on one side of the split."""
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,8 +15,8 @@ from conftest import write_bad_files, write_tree
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones import skeleton
 from embedder.errors import FeaturebankError
-from embedder.finetune import (block_names, finetune, freeze, linear_probe, param_groups, replace_head,
-                               unfrozen_blocks)
+from embedder.finetune import (block_names, finetune, fold_linear, freeze, linear_probe, param_groups, replace_head,
+                               split_rows, unfrozen_blocks)
 
 TINY = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0, val_split=0.25)
 
@@ -32,6 +35,26 @@ def images(tmp_path):
 
 def _last(out) -> dict:
     return torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+
+
+def _split(out) -> dict[str, list[dict]]:
+    """split.csv of a run folder: its rows by part (train, val, test)."""
+    parts: dict[str, list[dict]] = {}
+    with open(out / "split.csv", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            parts.setdefault(row["part"], []).append(row)
+    return parts
+
+
+def _head_log_loss(checkpoint: str, rows: list[dict]) -> float:
+    """Log-loss of a checkpoint's own head on images (``predict --head``, an independent path through the engine),
+    for rows with a path and a label."""
+    from classifiers.bundle import predict_imagenet
+
+    got = predict_imagenet([r["path"] for r in rows], backbone="resnet18", weights=checkpoint, top=10, batch_size=4,
+                           workers=0)["rows"]
+    p = [{t["class"]: t["score"] for t in g["top"]}[r["label"]] for g, r in zip(got, rows)]
+    return float(-np.mean(np.log(p)))
 
 
 def test_blocks_by_family():
@@ -99,15 +122,17 @@ def test_resume_follows_the_uninterrupted_trajectory(images, tmp_path):
 
 
 def test_the_probe_is_the_zoos_logreg():
-    """embedder/ does not import classifiers/, so the probe is written out; it must stay the zoo's linear probe."""
-    from classifiers.zoo import make_classifier
+    """The probe is the zoo's logreg Pipeline itself (same steps, same predictions), and only a linear pipeline
+    folds into one Linear head."""
+    from classifiers.zoo import describe, make_classifier
 
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(20, 4)), np.repeat([0, 1], 10)
     probe, _ = linear_probe(X, y, 2)
-    zoo = make_classifier("logreg")
-    assert probe[-1].get_params() == {**zoo.named_steps["clf"].get_params(), "random_state": 0}
-    np.testing.assert_allclose(probe.predict_proba(X), zoo.fit(X, y).predict_proba(X))
+    assert describe(probe) == describe("logreg") == "scale → LogisticRegression(C=0.1, max_iter=2000)"
+    np.testing.assert_array_equal(probe.predict_proba(X), make_classifier("logreg").fit(X, y).predict_proba(X))
+    with pytest.raises(FeaturebankError, match="cannot start a Linear head"):
+        fold_linear(make_classifier("logreg:pca=2").fit(X, y))
 
 
 def test_head_starts_as_the_linear_probe():
@@ -129,8 +154,6 @@ def test_head_starts_as_the_linear_probe():
 
 
 def test_checkpoint_is_a_backbone_like_any_other(images, tmp_path):
-    from classifiers.bundle import predict_imagenet
-
     result = finetune(str(images), str(tmp_path / "run"), epochs=2, from_scratch=True, **TINY)
     assert [r["model"].split(" (")[0] for r in result.comparison] == ["frozen linear probe", "fine-tuned", "from scratch"]
     summary = extract(images, str(tmp_path / "ft.h5"), backbone="resnet18", weights=result.checkpoint, batch_size=4,
@@ -138,16 +161,48 @@ def test_checkpoint_is_a_backbone_like_any_other(images, tmp_path):
     settings = CacheReader(summary.cache).settings
     assert settings["weights"].startswith("sha256:") and settings["weights"] != "none:seed=0"
     assert (settings["preprocessing"]["resize"], settings["preprocessing"]["crop"]) == (72, 64)  # carried by the file
-    head = predict_imagenet([str(images)], backbone="resnet18", weights=result.checkpoint, top=3, batch_size=4, workers=0)
-    assert {t["class"] for t in head["rows"][0]["top"]} == {"cats", "dogs", "owls"}
-    val = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert val["best_epoch"] == result.best_epoch and (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    # best.pth is the epoch with the best validation accuracy (then loss), and its own head scores what that epoch
+    # scored on the validation images of the split actually used
+    history = result.history
+    best = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -history[e]["val_loss"], -e))
+    saved = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    assert result.best_epoch == best == saved["featurebank"]["epoch"]
+    assert saved["classes"] == ["cats", "dogs", "owls"]
+    val = _split(tmp_path / "run")["val"]
+    assert len(val) == result.config["val_images"] == 3
+    assert _head_log_loss(result.checkpoint, val) == pytest.approx(history[best]["val_loss"], abs=2e-3)
+    assert result.comparison[1]["val_accuracy"] == history[best]["val_accuracy"]
     assert (tmp_path / "run" / "log.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_accuracy,val_loss")
     assert (tmp_path / "run" / "scratch" / "log.csv").read_text().count("\n") == 4  # header, epochs 0 to 2
     scratch = _last(tmp_path / "run" / "scratch")["model"]
     base = load_backbone("resnet18", "none").model.state_dict()
     assert not torch.equal(scratch["conv1.weight"], base["conv1.weight"])  # from scratch, everything trains
     assert not torch.equal(scratch["bn1.running_mean"], base["bn1.running_mean"])
+    # without --test, the numbers are validation numbers and say so
+    assert result.reported_on == "validation" and "selection included" in result.note
+    assert all(r[f"test_{k}"] is None for r in result.comparison for k in ("accuracy", "f1_macro", "log_loss"))
+    assert result.note in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_the_curves_draw_the_history(tmp_path):
+    from PIL import Image
+
+    from classifiers.plots import training_curves, training_curves_png
+
+    history = [{"epoch": 0, "train_loss": None, "train_accuracy": None, "val_loss": 1.1, "val_accuracy": 0.4},
+               {"epoch": 1, "train_loss": 0.9, "train_accuracy": 0.5, "val_loss": 0.8, "val_accuracy": 0.6},
+               {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.9}]
+    fig = training_curves(history)
+    loss, accuracy = fig.axes
+    lines = {(ax.get_title(), line.get_label()): list(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()}
+    assert lines[("cross-entropy loss", "validation")] == [1.1, 0.8, 0.7]
+    assert lines[("accuracy", "validation")] == [0.4, 0.6, 0.9]
+    train = lines[("cross-entropy loss", "train")]
+    assert np.isnan(train[0]) and train[1:] == [0.9, 0.5]  # epoch 0 has no training
+    assert list(loss.get_lines()[0].get_xdata()) == [0, 1, 2]
+    png = training_curves_png(history, str(tmp_path / "c.png"))
+    with Image.open(png) as im:
+        assert im.size == (1100, 440) and len(im.convert("RGB").getcolors(1 << 16)) > 50  # drawn, not blank
 
 
 def test_bad_images_are_skipped_and_reported(images, tmp_path):
@@ -170,3 +225,123 @@ def test_clear_errors(tmp_path):
         finetune(str(two), str(tmp_path / "run"), **TINY)
     with pytest.raises(FeaturebankError, match="unknown augmentation"):
         finetune(str(two), str(tmp_path / "run"), augment="heavy", **TINY)
+
+
+@pytest.mark.slow
+def test_test_images_never_influence_the_checkpoint(images, tmp_path):
+    """The epoch is chosen on validation: two runs with other --test folders write the same best.pth, byte for byte,
+    and the comparison is reported on the test images, each number recomputable by another path."""
+    from classifiers.metrics import scores
+    from classifiers.zoo import make_classifier
+
+    write_tree(tmp_path / "test1", per_class=2, start=100)
+    write_tree(tmp_path / "test2", per_class=3, start=200)
+    a = finetune(str(images), str(tmp_path / "a"), test=str(tmp_path / "test1"), epochs=2, **TINY)
+    b = finetune(str(images), str(tmp_path / "b"), test=str(tmp_path / "test2"), epochs=2, **TINY)
+    assert (tmp_path / "a" / "best.pth").read_bytes() == (tmp_path / "b" / "best.pth").read_bytes()
+    last_a, last_b = _last(tmp_path / "a")["model"], _last(tmp_path / "b")["model"]
+    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+    val = lambda r: {k: v for k, v in r.items() if k.startswith("val_")}  # noqa: E731
+    assert [val(r) for r in a.comparison] == [val(r) for r in b.comparison]
+    assert (a.reported_on, a.test_images, b.test_images) == ("test", 6, 9) and "nothing was trained or selected" in a.note
+    # the probe's test numbers: the zoo's logreg fit on the training part of the cache, scored on the test cache
+    split = _split(tmp_path / "a")
+    assert len(split["test"]) == 6 and not {r["path"] for r in split["test"]} & {r["path"] for r in split["train"] + split["val"]}
+    fast = dict(backbone="resnet18", weights="none", resize=72, crop=64, layers=["penultimate"], batch_size=4, workers=0)
+    train_cache = CacheReader(extract(images, **fast).cache)
+    test_cache = CacheReader(extract(tmp_path / "test1", **fast).cache)
+    classes = ["cats", "dogs", "owls"]
+    rows = [i for i, p in enumerate(train_cache.full_paths()) if p in {r["path"] for r in split["train"]}]
+    probe = make_classifier("logreg").fit(train_cache.features()[rows],
+                                          [classes.index(c) for c in train_cache.labels[rows]])
+    y_test = np.array([classes.index(c) for c in test_cache.labels])
+    expected = scores(y_test, probe.predict(test_cache.features()), probe.predict_proba(test_cache.features()), 3)
+    assert {k: a.comparison[0][f"test_{k}"] for k in expected} == pytest.approx(expected)
+    # the fine-tuned row's test numbers are those of best.pth (the chosen epoch), not of the last epoch
+    assert a.comparison[1]["test_log_loss"] == pytest.approx(_head_log_loss(a.checkpoint, split["test"]), abs=2e-3)
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "| test accuracy % |" in md and a.note in md
+
+
+def test_test_images_that_are_training_images_are_refused(images, tmp_path):
+    with pytest.raises(FeaturebankError, match="also a training or validation image"):
+        finetune(str(images), str(tmp_path / "run"), test=str(images), epochs=1, **TINY)
+    copy = tmp_path / "copy" / "cats"
+    copy.mkdir(parents=True)
+    shutil.copy(images / "dogs" / "img01.png", copy / "renamed.png")  # same bytes, another name and class
+    with pytest.raises(FeaturebankError, match="renamed.png, whose bytes equal a training or validation image"):
+        finetune(str(images), str(tmp_path / "run"), test=str(tmp_path / "copy"), epochs=1, **TINY)
+    assert not (tmp_path / "run" / "last.pt").exists()  # refused before any training
+
+
+def test_split_keeps_groups_on_one_side_and_spreads_ungrouped_rows():
+    y = np.repeat([0, 1, 2], 20)
+    groups = np.array([f"g{i // 3}" if i % 20 < 9 else "\0" + str(i) for i in range(60)], dtype=object)
+    train, val = split_rows(y, groups, 0.2, seed=0)
+    assert sorted([*train, *val]) == list(range(60)) and 8 <= len(val) <= 16
+    named = {g for g in groups if not g.startswith("\0")}
+    for g in named:
+        sides = {"val" if i in set(val) else "train" for i in np.flatnonzero(groups == g)}
+        assert len(sides) == 1, g
+    ungrouped = [i for i in range(60) if groups[i].startswith("\0")]
+    assert set(ungrouped) & set(val) and set(ungrouped) & set(train)  # not one group "" on one side
+    assert set(y[val].tolist()) == {0, 1, 2}
+    again = split_rows(y, groups, 0.2, seed=0)
+    assert all(np.array_equal(p, q) for p, q in zip((train, val), again))
+    with pytest.raises(FeaturebankError, match="3 groups: a --val-split of 0.2 keeps 1 of 5"):
+        split_rows(np.repeat([0, 1], 3), np.array(list("aabbcc"), dtype=object), 0.2, seed=0)
+
+
+def _manifest(path, images, groups: dict[str, str]):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "group"])
+        for p in sorted(images.rglob("*.*")):
+            rel = p.relative_to(images).as_posix()
+            writer.writerow([f"{images.name}/{rel}", rel.split("/")[0], groups.get(rel, "")])
+
+
+def test_groups_stay_on_one_side_in_the_split_used(images, tmp_path):
+    """A manifest where only some images have a group: the run's split (split.csv) keeps each group on one side,
+    the ungrouped images spread over both; a --val or --test sharing a group with DATA is refused."""
+    groups = {f"{c}/img{i:02d}.{'jpg' if i % 2 == 0 else 'png'}": f"{c}-pair" for c in ("cats", "dogs", "owls")
+              for i in (0, 1)}
+    _manifest(tmp_path / "data.csv", images, groups)
+    result = finetune(str(tmp_path / "data.csv"), str(tmp_path / "run"), epochs=1, **TINY)
+    split = _split(tmp_path / "run")
+    side = {r["path"]: part for part, rows in split.items() for r in rows}
+    assert len(side) == 12 and result.config["val_images"] == len(split["val"])
+    for g in set(groups.values()):
+        assert len({side[r["path"]] for rows in split.values() for r in rows if r["group"] == g}) == 1, g
+    ungrouped = {side[r["path"]] for rows in split.values() for r in rows if not r["group"]}
+    assert ungrouped == {"train", "val"}
+    assert "groups kept on one side" in result.config["validation"]
+    other = tmp_path / "other"
+    write_tree(other, per_class=2, start=300)
+    _manifest(tmp_path / "other.csv", other, {"cats/img00.jpg": "cats-pair"})
+    with pytest.raises(FeaturebankError, match="--val shares 1 group"):
+        finetune(str(tmp_path / "data.csv"), str(tmp_path / "v"), val=str(tmp_path / "other.csv"), epochs=1, **TINY)
+    with pytest.raises(FeaturebankError, match="shares group 'cats-pair'"):
+        finetune(str(tmp_path / "data.csv"), str(tmp_path / "t"), test=str(tmp_path / "other.csv"), epochs=1, **TINY)
+
+
+def test_the_command_says_what_its_numbers_are(images, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    write_tree(tmp_path / "test", per_class=2, start=100)
+    args = ["finetune", str(images), "-o", str(tmp_path / "run"), "-b", "resnet18", "-w", "none", "--resize", "72",
+            "--crop", "64", "--batch-size", "4", "--workers", "0", "--epochs", "1", "--val-split", "0.25", "-q"]
+    done = CliRunner().invoke(cli.main, [*args, "--test", str(tmp_path / "test")])
+    assert done.exit_code == 0, done.output
+    d = json.loads((tmp_path / "run" / "report.json").read_text())
+    lines = done.output.splitlines()
+    assert lines[1] == d["note"] and lines[2].split() == ["model", "test", "acc", "%", "bal.", "acc", "%", "val", "acc",
+                                                           "%", "seconds"]
+    probe = d["comparison"][0]
+    assert lines[3].split()[-4:-1] == [f"{100 * probe[k]:.2f}" for k in ("test_accuracy", "test_balanced_accuracy",
+                                                                         "val_accuracy")]
+    refused = CliRunner().invoke(cli.main, [*args[:3], str(tmp_path / "other"), *args[4:], "--test", str(images)])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert refused.output.startswith("Error: --test ") and "also a training or validation image" in refused.output

@@ -336,7 +336,8 @@ def test_finetune_writes_its_page(tmp_path, monkeypatch):
     page = Page(text)
     table = page.text["comparison-table"]
     for row in d["comparison"]:
-        assert row["model"] in table and f"{100 * row['accuracy']:.2f}" in table
+        assert row["model"] in table and f"{100 * row['val_accuracy']:.2f}" in table
+    assert "Validation numbers, selection included" in page.text["comparison"]
     assert "curves.png" in page.refs and (tmp_path / "run" / "curves.png").is_file()
     assert f"{100 * d['history'][1]['val_accuracy']:.1f}" in page.text["curves"]
     assert "http://" not in text and "https://" not in text
