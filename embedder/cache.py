@@ -410,16 +410,16 @@ class Blocks:
     gap: int  # skipped rows read through rather than skipped
 
     @classmethod
-    def for_row(cls, row_bytes: int, block_bytes: int = BLOCK_BYTES) -> "Blocks":
+    def for_row(cls, row_bytes: int, block_bytes: int) -> "Blocks":
         return cls(max(1, block_bytes // row_bytes), max(1, block_bytes // row_bytes), max(1, GAP_BYTES // row_bytes))
 
 
-def copy_rows(out: h5py.Dataset, where: np.ndarray, source, spill: str, block_bytes: int = BLOCK_BYTES) -> str:
+def copy_rows(out: h5py.Dataset, where: np.ndarray, source, spill: str, block_bytes: int | None = None) -> str:
     """``out[i] = source(where[i, 0])[where[i, 1]]`` for every row ``i``, holding O(``block_bytes``) in memory
     whatever the order. Gathers directly when the reads that takes are little more than the rows themselves
     (rows in about their old order), else goes through the spill file ``spill``. Returns which: "direct" or
     "spill"."""
-    blocks = Blocks.for_row(4 * out.shape[1], block_bytes)
+    blocks = Blocks.for_row(4 * out.shape[1], block_bytes or BLOCK_BYTES)
     spans = _direct_spans(where, blocks)
     order, starts, ends = spans
     rows = where[order, 1]
