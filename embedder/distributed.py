@@ -137,10 +137,14 @@ class Group(Solo):
 
         import torch.distributed as dist
 
-        self._dist = dist
+        self._dist, self._own = dist, not dist.is_initialized()
+        timeout = datetime.timedelta(seconds=self.timeout_s)
         try:
-            dist.init_process_group("gloo", rank=self.rank.rank, world_size=self.rank.world_size,
-                                    timeout=datetime.timedelta(seconds=self.timeout_s))
+            if self._own:
+                dist.init_process_group("gloo", rank=self.rank.rank, world_size=self.rank.world_size, timeout=timeout)
+                self._group = None  # the default group
+            else:  # called from a script that has its own process group (perhaps NCCL): a gloo one beside it
+                self._group = dist.new_group(backend="gloo", timeout=timeout)
         except (RuntimeError, ValueError) as exc:
             self._restore_cores()
             raise FeaturebankError(f"rank {self.rank.rank} could not join the other {self.rank.world_size - 1} "
@@ -149,7 +153,7 @@ class Group(Solo):
 
     def __exit__(self, *exc) -> None:
         try:
-            self._dist.destroy_process_group()
+            self._dist.destroy_process_group(self._group)
         finally:
             self._restore_cores()
 
@@ -211,13 +215,13 @@ class Group(Solo):
     def gather(self, value) -> list:
         """Every rank's ``value``, in rank order, on every rank."""
         out = [None] * self.rank.world_size
-        self._dist.all_gather_object(out, value)
+        self._dist.all_gather_object(out, value, group=self._group)
         return out
 
     def broadcast(self, value):
         """Rank 0's ``value`` on every rank."""
         box = [value]
-        self._dist.broadcast_object_list(box, src=0)
+        self._dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
 
 

@@ -145,8 +145,9 @@ def _extract(group, started, source, cache, *, backbone, weights, layers, poolin
     fixed_calibration = bool(int8 is not None and int8.calibration_set)
     named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings
     path = os.path.abspath(cache or default_cache_path(listing, named.to_dict(), backbone, cache_dir))
-    if settings.precision == "int8":
-        settings, calibration_files = _int8_settings(settings, listing, path)
+    with group.step("drawing the int8 calibration images"):
+        if settings.precision == "int8":
+            settings, calibration_files = _int8_settings(settings, listing, path)
     base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind}
 
     writer = CacheWriter(path, settings.to_dict(), listing.source, listing.root, base_info, rank=rank.rank,
