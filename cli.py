@@ -215,13 +215,17 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
 
     INPUT is a class-per-folder tree (labels from folder names), a flat folder (unlabeled), a CSV manifest
     (path,label[,group]) or a .txt list of paths. Running it again embeds only new or changed images and
-    continues an interrupted run. Files that cannot be read are skipped and reported.
+    continues an interrupted run. Files that cannot be read are skipped and reported. Under torchrun each
+    rank embeds its share on its own device and rank 0 merges and prints.
 
     \b
     Example:
       featurebank extract ../shared/data/hymenoptera/train -b mobilenet_v2 \\
           -w ../shared/weights/mobilenet_v2-imagenet.pth --cache cache/ants.h5
+      torchrun --nproc_per_node 4 -m cli extract photos/ --cache cache/photos.h5
     """
+    from embedder.distributed import Rank
+
     from embedder.job import extract as run_extract, int8_of_cache
     from embedder.settings import Int8
 
@@ -235,12 +239,13 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
                           batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
                           max_pixels=max_pixels, engine=engine, int8=int8, engine_dir=engine_dir,
                           progress=not quiet and sys.stderr.isatty())
-    if quiet and not as_json:
+    if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
 
     def human(s):
         click.echo(f"{s['rows']} rows in {s['cache']}")
         engine = f"{s['engine']['name']} on {s['device']}" if s["engine"] else s["device"]
+        engine += f", {s['ranks']} ranks" if s["ranks"] > 1 else ""
         for step in s["prepared"]:
             click.echo(f"  prepared: {step}")
         click.echo(f"  embedded {s['embedded']} ({s['images_per_second']} images/s, {engine}), "

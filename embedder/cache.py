@@ -9,12 +9,22 @@ Layout of a cache ``X.h5`` (the README documents it for users)::
     failures/ path, reason, digest (strings), size, mtime_ns (int64)                                [F]
 
 Crash safety by construction, not by luck: ``X.h5`` is never modified in place. While a run goes, each
-finished batch is written to its own small file ``X.h5.parts/part-NNNNNNNN.h5`` (written under a temporary
-name, flushed to disk, then renamed: it exists whole or not at all). When the run ends, the old ``X.h5`` and
+finished batch is written to its own small file ``X.h5.parts/part-NNNNNNNN-rankR.h5`` (written under a
+temporary name, flushed to disk, then renamed: it exists whole or not at all). When the run ends, the old ``X.h5`` and
 the parts are merged, in input order, into a new file that atomically replaces ``X.h5``; then the parts go.
 A kill at any moment (even ``kill -9``) therefore leaves the previous ``X.h5`` intact plus every finished
 batch, and the next run continues from there. One writer at a time: ``X.h5.lock`` holds a POSIX record lock.
-Parts are also how several processes (torchrun shards) can later write one cache.
+
+Several processes (the ranks of a torchrun job) write one cache the same way: rank 0 holds the lock for the job
+and cleans up what a killed run left, the others then open the cache without the lock (``lock=False``), each
+writes parts named by its rank, and once all are done rank 0 takes the others' parts in (``adopt_parts``) and
+merges. NNNNNNNN counts on from the largest number already in the folder, so a later run's parts sort after an
+earlier run's (later parts win: they hold newer versions of a file).
+
+The merge reads and writes in blocks bounded by bytes whatever the order of the rows: when the new order is
+close to the old one it gathers each block of output rows from a few contiguous reads; when it is shuffled (a
+reordered manifest) it sorts through a temporary spill file instead (read each source once, write each row to
+its output block's region of the spill file, then fill the output block by block).
 """
 from __future__ import annotations
 
@@ -40,8 +50,10 @@ STRING = h5py.string_dtype("utf-8")
 ROW_STRINGS = ("path", "label", "group", "digest")
 FAILURE_STRINGS = ("path", "reason", "digest")
 INTS = ("size", "mtime_ns")
-PART_NAME = re.compile(r"^part-(\d{8})\.h5$")
-BLOCK_BYTES = 64 << 20  # features copied this much at a time when merging
+PART_NAME = re.compile(r"^part-(\d{8})(?:-rank(\d+))?\.h5$")  # without a rank: parts of older versions
+BLOCK_BYTES = 64 << 20  # the merge's unit: output rows filled, source rows read, spill rows moved at a time
+GAP_BYTES = 256 << 10  # a gap this small between wanted rows is read through rather than skipped
+READ_COST_BYTES = 64 << 10  # the cost of one more read call, in bytes read, when choosing how to merge
 
 
 _HELD: set[str] = set()  # caches this process is writing
@@ -64,11 +76,21 @@ def parts_dir(path: str) -> str:
     return path + ".parts"
 
 
+def _part_key(name: str) -> tuple[int, int]:
+    m = PART_NAME.match(os.path.basename(name))
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
 def _part_files(path: str) -> list[str]:
+    """The finished parts, oldest first: by number, then rank."""
     folder = parts_dir(path)
     if not os.path.isdir(folder):
         return []
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART_NAME.match(n))
+    return sorted((os.path.join(folder, n) for n in os.listdir(folder) if PART_NAME.match(n)), key=_part_key)
+
+
+def spill_path(path: str) -> str:
+    return path + ".spill.tmp"
 
 
 def _open(path: str, mode: str = "r") -> h5py.File:
@@ -125,10 +147,14 @@ class CacheWriter:
     """Adds rows to a cache for one set of extraction settings; used as a context manager.
 
     ``write_batch`` is where a row enters the cache (as a part); ``commit`` merges everything into ``X.h5``.
+    ``rank`` names this writer's parts; ``lock=False`` opens the cache for a rank of a job whose rank 0 holds the
+    lock: it reads and checks, writes its own parts, and neither cleans up nor commits.
     """
 
-    def __init__(self, path: str, settings: dict, source: str, root: str, info: dict | None = None):
+    def __init__(self, path: str, settings: dict, source: str, root: str, info: dict | None = None, *,
+                 rank: int = 0, lock: bool = True):
         self.path = os.path.abspath(path)
+        self.rank, self.locking = rank, lock
         self.settings = settings
         self.dims: dict[str, int] | None = None  # vector length per layer, known once a file holds features
         self.settings_key = settings_key(settings)
@@ -139,10 +165,15 @@ class CacheWriter:
         self.sources: list[str] = []  # file of each Entry.source; "" when there is no main file
         self.previous_info: dict = {}  # the existing file's info (run records carry over)
         self._lock = None
+        self._next_part = 1  # number of the next part this writer writes
 
     # -- opening: lock, check, read what is there ------------------------------------------------------
     def __enter__(self) -> "CacheWriter":
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        if not self.locking:  # a rank of a job whose rank 0 holds the lock (and has cleaned up)
+            self._check_existing()
+            self._read_entries()
+            return self
         # A POSIX record lock, not flock: it belongs to this process, so a decoding worker forked from it does not
         # hold it after a kill -9 of this process (an flock would live on in the orphaned worker for seconds).
         # POSIX locks do not exclude a second writer in the same process, and closing any descriptor of the
@@ -209,13 +240,20 @@ class CacheWriter:
             if key != self.settings_key or source != self.source:
                 raise FeaturebankError(f"{parts_dir(self.path)} holds batches of an interrupted run with other "
                                        f"settings or input: run that again to finish it, or delete the folder")
+        if self.locking:
+            self._clean_up()
+
+    def _clean_up(self) -> None:
+        """What a killed run left: unfinished temporary files. Only the lock holder does this, before the other
+        ranks of its job start writing: no rank deletes another's temporary files."""
         folder = parts_dir(self.path)
         if os.path.isdir(folder):  # half-written parts of a killed run: never renamed, so never counted
             for name in os.listdir(folder):
                 if name.endswith(".tmp"):
                     os.unlink(os.path.join(folder, name))
-        if os.path.exists(self.path + ".tmp"):
-            os.unlink(self.path + ".tmp")
+        for leftover in (self.path + ".tmp", spill_path(self.path)):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         if os.path.isdir(parts_dir(self.path) + ".merged"):  # a kill while deleting merged parts: finish it
             shutil.rmtree(parts_dir(self.path) + ".merged", ignore_errors=True)
 
@@ -236,10 +274,22 @@ class CacheWriter:
         if self.sources[0]:
             with _open(self.path) as f:
                 self._add_entries(0, f)
-        for part in _part_files(self.path):  # later parts win: they hold newer versions of a file
+        self._add_parts(_part_files(self.path))
+
+    def _add_parts(self, parts: list[str]) -> None:
+        for part in parts:  # later parts win: they hold newer versions of a file
             self.sources.append(part)
             with _open(part) as f:
                 self._add_entries(len(self.sources) - 1, f)
+            self._next_part = max(self._next_part, _part_key(part)[0] + 1)
+
+    def adopt_parts(self) -> int:
+        """Take in the parts other ranks wrote since this writer opened the cache (they come after everything
+        this writer had read, and hold other paths than its own parts). Returns how many."""
+        known = set(self.sources)
+        new = [p for p in _part_files(self.path) if p not in known]
+        self._add_parts(new)
+        return len(new)
 
     @property
     def pending_parts(self) -> int:
@@ -258,8 +308,8 @@ class CacheWriter:
         """
         folder = parts_dir(self.path)
         os.makedirs(folder, exist_ok=True)
-        last = PART_NAME.match(os.path.basename(self.sources[-1])) if len(self.sources) > 1 else None
-        final = os.path.join(folder, f"part-{int(last.group(1)) + 1 if last else 1:08d}.h5")
+        final = os.path.join(folder, f"part-{self._next_part:08d}-rank{self.rank}.h5")
+        self._next_part += 1
         tmp = final + ".tmp"
         with h5py.File(tmp, "w") as f:
             f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
@@ -279,6 +329,8 @@ class CacheWriter:
         """Write ``X.h5`` anew with the rows of ``order`` ((path, label, group), in input order) and atomically
         put it in place; paths not in ``order`` are dropped. ``extra_failures`` holds problems found while
         listing (path → size, mtime_ns, reason). Returns whether anything was written."""
+        if not self.locking:
+            raise RuntimeError("only the writer that holds the cache's lock commits")
         rows = {k: [] for k in ("path", "label", "group", "size", "mtime_ns", "digest")}
         fails = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
         where: list[tuple[int, int]] = []
@@ -323,7 +375,8 @@ class CacheWriter:
         return same(old_rows, rows) and same(old_fails, fails)
 
     def _copy_features(self, group: h5py.Group, where: np.ndarray) -> None:
-        """Gather each output row from the file and row that hold it, a block of rows at a time."""
+        """Each layer's output rows from the file and row that hold them (``where``: source, row per output row),
+        in blocks bounded by bytes whatever their order (see the module's docstring)."""
         handles: dict[int, h5py.File] = {}
         try:
             for layer in self.settings["layers"]:
@@ -333,14 +386,9 @@ class CacheWriter:
                 ds = group.create_dataset(layer, shape=(n, dim), dtype=np.float32,
                                           chunks=(rows_per_chunk, dim) if n else None)
                 ds.attrs.update(node=layer, pooling=self.settings["pooling"])
-                block = max(1, BLOCK_BYTES // (4 * dim))
-                for start in range(0, n, block):
-                    part = where[start:start + block]
-                    out = np.empty((len(part), dim), dtype=np.float32)
-                    for source in np.unique(part[:, 0]):
-                        mask = part[:, 0] == source
-                        out[mask] = _gather(self._handle(int(source), handles)["features"][layer], part[mask, 1])
-                    ds[start:start + len(part)] = out
+                if n:
+                    copy_rows(ds, where, lambda source: self._handle(source, handles)["features"][layer],
+                              spill_path(self.path))
         finally:
             for h in handles.values():
                 h.close()
@@ -353,16 +401,121 @@ class CacheWriter:
         return handles[source]
 
 
-def _gather(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """``ds[rows]`` for any order of rows, reading contiguous spans rather than row by row."""
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
-    breaks = np.flatnonzero(np.diff(sorted_rows) > 256) + 1
-    for span in np.split(np.arange(len(rows)), breaks):
-        lo, hi = sorted_rows[span[0]], sorted_rows[span[-1]] + 1
-        out[order[span]] = ds[lo:hi][sorted_rows[span] - lo]
-    return out
+@dataclass(frozen=True)
+class Blocks:
+    """How many rows of one layer make a block of each kind, from the row size in bytes."""
+
+    out: int  # output rows filled at a time
+    read: int  # source rows read at a time
+    gap: int  # skipped rows read through rather than skipped
+
+    @classmethod
+    def for_row(cls, row_bytes: int, block_bytes: int) -> "Blocks":
+        return cls(max(1, block_bytes // row_bytes), max(1, block_bytes // row_bytes), max(1, GAP_BYTES // row_bytes))
+
+
+def copy_rows(out: h5py.Dataset, where: np.ndarray, source, spill: str, block_bytes: int | None = None) -> str:
+    """``out[i] = source(where[i, 0])[where[i, 1]]`` for every row ``i``, holding O(``block_bytes``) in memory
+    whatever the order. Gathers directly when the reads that takes are little more than the rows themselves
+    (rows in about their old order), else goes through the spill file ``spill``. Returns which: "direct" or
+    "spill"."""
+    blocks = Blocks.for_row(4 * out.shape[1], block_bytes or BLOCK_BYTES)
+    spans = _direct_spans(where, blocks)
+    order, starts, ends = spans
+    rows = where[order, 1]
+    direct = int((rows[ends] - rows[starts] + 1).sum()) * 4 * out.shape[1] + len(starts) * READ_COST_BYTES
+    spilled = (_source_extent(where) + 2 * len(where)) * 4 * out.shape[1]
+    if direct <= spilled:
+        _copy_direct(out, where, source, blocks, spans)
+        return "direct"
+    _copy_spilled(out, where, source, blocks, spill)
+    return "spill"
+
+
+def _direct_spans(where: np.ndarray, blocks: Blocks):
+    """The contiguous reads of a direct copy: output rows sorted by (output block, source, row), cut where the
+    block or source changes or the gap to the next wanted row is wider than ``blocks.gap``. Returns that order
+    and the first and last position (in it) of each span."""
+    n = len(where)
+    block = np.arange(n) // blocks.out
+    order = np.lexsort((where[:, 1], where[:, 0], block))
+    b, s, r = block[order], where[order, 0], where[order, 1]
+    cut = np.ones(n, dtype=bool)
+    cut[1:] = (b[1:] != b[:-1]) | (s[1:] != s[:-1]) | (r[1:] - r[:-1] > blocks.gap)
+    starts = np.flatnonzero(cut)
+    return order, starts, np.append(starts[1:], n) - 1
+
+
+def _source_extent(where: np.ndarray) -> int:
+    """Rows between the first and last wanted row of each source: what a spilled copy reads."""
+    extent = 0
+    for s in np.unique(where[:, 0]):
+        r = where[where[:, 0] == s, 1]
+        extent += int(r.max() - r.min() + 1)
+    return extent
+
+
+def _copy_direct(out: h5py.Dataset, where: np.ndarray, source, blocks: Blocks, spans) -> None:
+    """Fill the output one block at a time from its spans, each read in windows of at most ``blocks.read`` rows."""
+    order, starts, ends = spans
+    dim = out.shape[1]
+    block_of = order[starts] // blocks.out
+    k = 0
+    for b0 in range(0, len(where), blocks.out):
+        b1 = min(len(where), b0 + blocks.out)
+        buf = np.empty((b1 - b0, dim), dtype=np.float32)
+        while k < len(starts) and block_of[k] == b0 // blocks.out:
+            dest = order[starts[k]:ends[k] + 1]
+            rows = where[dest, 1]
+            ds = source(int(where[dest[0], 0]))
+            for w in range(int(rows[0]), int(rows[-1]) + 1, blocks.read):
+                lo, hi = np.searchsorted(rows, [w, w + blocks.read])
+                if hi > lo:
+                    data = ds[int(rows[lo]):int(rows[hi - 1]) + 1]
+                    buf[dest[lo:hi] - b0] = data[rows[lo:hi] - rows[lo]]
+            k += 1
+        out[b0:b1] = buf
+
+
+def _copy_spilled(out: h5py.Dataset, where: np.ndarray, source, blocks: Blocks, spill: str) -> None:
+    """Two sequential passes through a spill file laid out by output block: read each source once in windows,
+    append each row to its output block's region; then read one region at a time, order it, write the block."""
+    n, dim = len(where), out.shape[1]
+    row_bytes = 4 * dim
+    reading = np.lexsort((where[:, 1], where[:, 0]))  # output rows in the order they are read: by source, row
+    bucket = reading // blocks.out  # the output block of each row read
+    by_bucket = np.argsort(bucket, kind="stable")  # the spill file's rows: by block, then reading order
+    slot = np.empty(n, dtype=np.int64)
+    slot[by_bucket] = np.arange(n)  # the spill row of each row read
+    del bucket
+    fd = os.open(spill, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        src, rows = where[reading, 0], where[reading, 1]
+        edges = np.flatnonzero(np.diff(src)) + 1
+        for a, z in zip(np.r_[0, edges], np.r_[edges, n]):
+            ds = source(int(src[a]))
+            for w in range(int(rows[a]), int(rows[z - 1]) + 1, blocks.read):
+                lo, hi = a + np.searchsorted(rows[a:z], [w, w + blocks.read])
+                if hi == lo:
+                    continue
+                by_slot = np.argsort(slot[lo:hi])  # a block's rows of one window are consecutive in the file:
+                slots = slot[lo:hi][by_slot]  # one write per output block the window touches
+                data = ds[int(rows[lo]):int(rows[hi - 1]) + 1][(rows[lo:hi] - rows[lo])[by_slot]]
+                runs = np.flatnonzero(np.diff(slots) != 1) + 1
+                for r0, r1 in zip(np.r_[0, runs], np.r_[runs, hi - lo]):
+                    os.pwrite(fd, data[r0:r1].tobytes(), int(slots[r0]) * row_bytes)
+                del data
+        del src, rows, slot
+        for b0 in range(0, n, blocks.out):
+            b1 = min(n, b0 + blocks.out)
+            raw = os.pread(fd, (b1 - b0) * row_bytes, b0 * row_bytes)
+            buf = np.empty((b1 - b0, dim), dtype=np.float32)
+            buf[reading[by_bucket[b0:b1]] - b0] = np.frombuffer(raw, dtype=np.float32).reshape(-1, dim)
+            del raw
+            out[b0:b1] = buf
+    finally:
+        os.close(fd)
+        os.unlink(spill)
 
 
 def stored_settings(path: str) -> dict | None:

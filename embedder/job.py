@@ -7,6 +7,10 @@ settings were resolved before) imports no torch.
 The loop: decoding threads prepare the next batches while the engine runs on this one; each finished batch
 goes to a background thread that writes it as a part of the cache (``CacheWriter.write_batch``), so neither
 decoding nor the engine waits for the disk.
+
+Under torchrun (``WORLD_SIZE`` > 1) every rank lists the input and plans alike, embeds its shard (every
+``WORLD_SIZE``-th batch of the plan) on its own device and writes its own parts; rank 0 holds the cache's lock,
+prepares the engine before the others load it, and merges once all are done (``embedder.distributed``).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import re
 import sys
 import time
 from collections import deque
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -22,6 +27,7 @@ import numpy as np
 from . import __version__
 from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest
+from .distributed import Rank, join
 from .engines import Prepared, open_engine, resolve_device_name
 from .errors import FeaturebankError
 from .resolve import Request, Resolved, own_version, resolve
@@ -53,6 +59,7 @@ class ExtractSummary:
     seconds: float = 0.0
     images_per_second: float = 0.0
     settings: dict = field(default_factory=dict)
+    ranks: int = 1  # processes that embedded (torchrun); the counts and the rate are of all of them
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,46 +107,115 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
 
     ``engine``: ``auto`` (ONNX Runtime on the CPU where it measured faster, torch on GPUs), ``torch`` or
     ``onnxruntime``. ``precision="int8"`` calibrates on images of the input (``int8`` sets how many, the seed and
-    the method; an ``int8.calibration_set`` given asks for that exact engine, as a model bundle does)."""
+    the method; an ``int8.calibration_set`` given asks for that exact engine, as a model bundle does).
+
+    Under torchrun each rank calls this with the same arguments (``cli extract`` does); every rank returns the
+    job's summary; only rank 0 shows progress."""
     started = time.perf_counter()
     if pooling not in POOLINGS:
         raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
     if batch_size < 1:
         raise FeaturebankError("--batch-size must be at least 1")
-    dev = "cpu" if precision == "int8" and device == "auto" else resolve_device_name(device)  # int8 runs on CPUs
-    if precision == "fp16" and dev == "cpu":
-        raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
-    listing = source if isinstance(source, Listing) else list_images(source, layout)
+    rank = Rank.from_env()
+    with join(rank) as group:
+        return _extract(group, started, source, cache, backbone=backbone, weights=weights, layers=layers,
+                        pooling=pooling, resize=resize, crop=crop, draft=draft, precision=precision, device=device,
+                        batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
+                        max_pixels=max_pixels, cache_dir=cache_dir, engine=engine, int8=int8,
+                        engine_dir=engine_dir, threads=threads, progress=progress and rank.leader)
+
+
+def _extract(group, started, source, cache, *, backbone, weights, layers, pooling, resize, crop, draft, precision,
+             device, batch_size, workers, seed, layout, strict, max_pixels, cache_dir, engine, int8, engine_dir,
+             threads, progress) -> ExtractSummary:
+    """``extract`` as one rank of ``group`` (a ``Solo`` process, or a torchrun job): each step every rank takes
+    is a ``group.step``, so that a failure on one rank stops all of them with its message."""
+    rank = group.rank
+    with group.step("choosing the device"):
+        dev = "cpu" if precision == "int8" and device == "auto" else rank.device(resolve_device_name(device))
+        if precision == "fp16" and dev == "cpu":
+            raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
+        listing = source if isinstance(source, Listing) else list_images(source, layout)
     store = EngineStore(engine_dir or engine_dir_for(cache, cache_dir))
     request = Request(backbone, weights, seed, tuple(layers) if layers else None, pooling, resize, crop, draft,
                       precision, int8 if precision == "int8" else None)
-    resolved = resolve(request, store)
+    resolved = group.leader_first("resolving the settings", lambda: resolve(request, store))
     settings = resolved.settings
     calibration_files: list[str] = []
     fixed_calibration = bool(int8 is not None and int8.calibration_set)
     named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings
     path = os.path.abspath(cache or default_cache_path(listing, named.to_dict(), backbone, cache_dir))
-    if settings.precision == "int8":
-        settings, calibration_files = _int8_settings(settings, listing, path)
+    with group.step("drawing the int8 calibration images"):
+        if settings.precision == "int8":
+            settings, calibration_files = _int8_settings(settings, listing, path)
     base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind}
 
-    with CacheWriter(path, settings.to_dict(), listing.source, listing.root, base_info) as writer:
-        todo = _plan(listing, writer)
+    writer = CacheWriter(path, settings.to_dict(), listing.source, listing.root, base_info, rank=rank.rank,
+                         lock=rank.leader)
+    with ExitStack() as held:  # rank 0 takes the lock and cleans up; then the others read the cache
+        group.leader_first("opening the cache", lambda: held.enter_context(writer))
+        with group.step("planning"):
+            todo = _plan(listing, writer)
+        _same_plan(group, todo)
         listed, planned = {item.path for item in listing.items}, {item.path for item in todo}
         removed = sum(1 for p, e in writer.entries.items() if p not in listed and e.reason is None)
         reused = sum(1 for item in listing.items if not item.error and item.path not in planned
                      and writer.entries[item.path].reason is None)
         new_failures = sum(1 for item in listing.items if item.error)
         run = Run(settings, resolved, store, dev, engine, batch_size, workers, threads, max_pixels, progress)
-        if todo:
-            failures = run.embed(todo, listing, writer, lambda: run.open(calibration_files, fixed_calibration))
-            new_failures += failures
-        writer.info = lambda: _info({**base_info, "versions": library_versions()}, writer.previous_info, run, path)
-        if writer.dims is None:  # nothing was ever embedded: the sizes come from the architecture
-            writer.dims = {layer: int(resolved.dims[layer]) for layer in settings.layers}
-        writer.commit([(i.path, i.label, i.group) for i in listing.items],
-                      {i.path: (i.size, i.mtime_ns, i.error) for i in listing.items if i.error})
+        shard = rank.shard(todo, batch_size)
 
+        def open_engine():
+            run.open(calibration_files, fixed_calibration)
+
+        if todo and group.distributed:  # rank 0 exports, measures or calibrates; the others then load its engine
+            group.leader_first("preparing the engine", lambda: open_engine() if shard else None)
+        failures = 0
+        with group.step("embedding"):
+            if shard:
+                failures = run.embed(shard, listing, writer, (lambda: None) if group.distributed else open_engine)
+        if group.distributed:
+            failures = run.combine(group.gather(run.tally(failures)))
+        new_failures += failures
+        with group.step("merging"):
+            if rank.leader:
+                writer.adopt_parts()
+                writer.info = lambda: _info({**base_info, "versions": library_versions()}, writer.previous_info,
+                                            run, path, rank.world_size)
+                if writer.dims is None:  # nothing was ever embedded: the sizes come from the architecture
+                    writer.dims = {layer: int(resolved.dims[layer]) for layer in settings.layers}
+                writer.commit([(i.path, i.label, i.group) for i in listing.items],
+                              {i.path: (i.size, i.mtime_ns, i.error) for i in listing.items if i.error})
+
+    summary = None
+    with group.step("reading the merged cache"):
+        if rank.leader:
+            summary = _summary(path, run, dev, listing, reused, removed, new_failures, settings, started,
+                               rank.world_size)
+    summary = group.broadcast(summary)
+    failed = summary.failed
+    if strict and failed:
+        first = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
+        raise FeaturebankError(f"{len(failed)} file(s) could not be embedded (--strict): {first}"
+                               f"{' ...' if len(failed) > 3 else ''}; the {summary.rows} good rows are saved in {path}")
+    return summary
+
+
+def _same_plan(group, todo: list) -> None:
+    """Every rank must have planned the same images, or shards would overlap or miss some: a file that changed
+    while the ranks listed the input is refused (running again plans anew)."""
+    if not group.distributed:
+        return
+    import hashlib
+
+    digest = hashlib.blake2b(repr([(i.path, i.size, i.mtime_ns) for i in todo]).encode(), digest_size=16).hexdigest()
+    plans = group.gather(digest)
+    if len(set(plans)) > 1:
+        raise FeaturebankError("the ranks planned different images (did the input change while they listed it?); "
+                               "run the same command again")
+
+
+def _summary(path, run, dev, listing, reused, removed, new_failures, settings, started, ranks) -> ExtractSummary:
     reader = CacheReader(path)
     failed = [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])]
     summary = ExtractSummary(
@@ -149,11 +225,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
         prepared=run.prepared.steps, notes=[run.prepared.note] if run.prepared.note else [],
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=run.rate,
-        settings=settings.to_dict())
-    if strict and failed:
-        first = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
-        raise FeaturebankError(f"{len(failed)} file(s) could not be embedded (--strict): {first}"
-                               f"{' ...' if len(failed) > 3 else ''}; the {summary.rows} good rows are saved in {path}")
+        settings=settings.to_dict(), ranks=ranks)
     return summary
 
 
@@ -194,14 +266,14 @@ def _int8_settings(settings: ExtractionSettings, listing: Listing, path: str | N
     return replace(settings, int8=wanted), chosen
 
 
-def _info(base: dict, previous: dict, run: "Run", path: str) -> dict:
+def _info(base: dict, previous: dict, run: "Run", path: str, ranks: int = 1) -> dict:
     """The cache's ``info``: versions and weights file, the last runs' engines, int8's measured agreement."""
     runs = list(previous.get("runs", []))
     if run.engine is not None:
         runs.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "embedded": run.embedded,
                      "engine": run.engine.describe(), "batch_size": run.batch_size,
                      "images_per_second": run.rate,
-                     "prepared_seconds": round(run.prepared.seconds, 3)})
+                     "prepared_seconds": round(run.prepared.seconds, 3), **({"ranks": ranks} if ranks > 1 else {})})
     info = {**base, "runs": runs[-KEEP_RUNS:]}
     int8 = (run.engine.meta.get("cosine_to_fp32") if run.engine is not None and hasattr(run.engine, "meta")
             else previous.get("int8", {}).get("cosine_to_fp32"))
@@ -247,6 +319,17 @@ class Run:
         self.processed = 0  # images pushed through decoding (embedded or failed)
         self.loop_seconds = 0.0
         self._model = None
+
+    def tally(self, failures: int) -> tuple:
+        return self.embedded, failures, self.processed, self.loop_seconds
+
+    def combine(self, tallies: list[tuple]) -> int:
+        """The job's counts from every rank's ``tally``: images summed, the loop as long as the slowest rank's.
+        Returns the failures of all ranks."""
+        self.embedded = sum(t[0] for t in tallies)
+        self.processed = sum(t[2] for t in tallies)
+        self.loop_seconds = max(t[3] for t in tallies)
+        return sum(t[1] for t in tallies)
 
     @property
     def rate(self) -> float:
