@@ -117,7 +117,8 @@ def p_text(row: dict) -> str:
     """The leaderboard's last cell: ``best``, or the p-value against the best, ``≈`` when not worse."""
     if row.get("p_value") is None:
         return "best" if row.get("not_worse") else "–"
-    return f"{row['p_value']:.3g}" + (" ≈" if row["not_worse"] else "")
+    p = row["p_value"]
+    return ("<0.001" if p < 0.001 else f"{p:.3g}") + (" ≈" if row["not_worse"] else "")
 
 
 def significance_note(d: dict) -> str:
