@@ -460,8 +460,9 @@ def train(cache, classifier, layer, out, search, groups, seed, as_json):
             f"{c} {n}" for c, n in d["trained_on"]["class_counts"].items()))
         found = d["trained_on"].get("search")
         if found:
-            click.echo(f"  search: {found['splitter']} ({found['folds']} folds), chose {json.dumps(found['best_params'])}"
-                       f" (balanced accuracy {found['best_score']:.3f} on the inner folds)")
+            chose = json.dumps(found["best_params"])
+            click.echo(f"  search: {found['splitter']} ({found['folds']} folds), chose {chose} (balanced accuracy "
+                       f"{found['best_score']:.3f} on the inner folds)")
         s = d["settings"]
         click.echo(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
 

@@ -371,8 +371,8 @@ def source_layers(sources: list[Source], layers) -> list[list[str]]:
             except FeaturebankError:
                 pass
         if not hits:
-            raise FeaturebankError(f"layer {layer!r} is in none of the caches ("
-                                   + "; ".join(f"{s.name} has {', '.join(s.data.reader.layers)}" for s in sources) + ")")
+            has = "; ".join(f"{s.name} has {', '.join(s.data.reader.layers)}" for s in sources)
+            raise FeaturebankError(f"layer {layer!r} is in none of the caches ({has})")
     for s, got in zip(sources, found):
         if not got:
             raise FeaturebankError(f"{s.data.reader.path} has none of the layers asked for "

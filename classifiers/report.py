@@ -66,7 +66,8 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
                "splitter": "StratifiedGroupKFold" if report.grouped else "RepeatedStratifiedKFold",
                "grouped": report.grouped, "search": report.search, "rank_by": RANK_BY,
                "confusion": "summed over all folds of all repeats", "std": "population std over folds",
-               "folds_from": reader.path + (" (the first cache; every cache's rows aligned to it by path)" if several else ""),
+               "folds_from": reader.path + (" (the first cache; every cache's rows aligned to it by path)"
+                                            if several else ""),
                "significance": {"test": TEST, "metric": RANK_BY, "alpha": ALPHA, "sided": 2,
                                 "against": "the best row (rank 1), which has no p-value",
                                 "df": len(splits) - 1,
@@ -186,7 +187,8 @@ def markdown(d: dict) -> str:
     susp = d["suspicious"]
     out += ["", "## Suspicious images", ""]
     if susp["images"]:
-        out += [f"Images that {model_name(d, susp).replace(' @ ', ' on ')} puts in another class than their label with the "
+        judge = model_name(d, susp).replace(" @ ", " on ")
+        out += [f"Images that {judge} puts in another class than their label with the "
                 f"highest confidence (out-of-fold, so no model saw the image it judges): likely label errors, junk "
                 f"files or look-alikes.", "", "| image | label | predicted | confidence | p(label) |", "|---|---|---|--:|--:|"]
         out += [f"| `{i['path']}` | {i['label']} | {i['predicted']} | {i['confidence']:.3f} | {i['p_label']:.3f} |"
@@ -250,9 +252,9 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
 
 
 def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict | None = None) -> dict[str, str]:
-    """Write report.json, report.md, leaderboard.png, leaderboard.csv, confusion.png, predictions/*.csv, the embedding map
-    (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into ``out_dir``
-    (``d``: the report's ``report_dict``, when the caller has it already)."""
+    """Write report.json, report.md, leaderboard.png, leaderboard.csv, confusion.png, predictions/*.csv, the
+    embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
+    ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already)."""
     from .embedmap import write_map
     from .html import write_html
     from .plots import confusion_png, leaderboard_png
