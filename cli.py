@@ -349,17 +349,19 @@ def classifiers(as_json):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("cache", type=click.Path())
+@click.argument("caches", metavar="CACHE...", nargs=-1, required=True, type=click.Path())
 @click.option("-c", "--classifier", "classifier", multiple=True, callback=split_classifiers,
               help="Zoo spec(s), repeated or comma-separated (featurebank classifiers). [default: all]")
 @click.option("-l", "--layer", "layer", multiple=True, callback=split_layers,
-              help="Layer(s) of the cache, repeated or comma-separated. [default: all of the cache's]")
+              help="Layer(s) of the cache, repeated or comma-separated; a+b is both side by side. "
+                   "[default: all of the cache's]")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="Repeat the k folds with other shuffles.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds and of random classifiers.")
 @click.option("--groups/--no-groups", default=None,
-              help="Keep each group's images in one fold (default: when the cache has groups).")
+              help="Keep each group's images in one fold; an image without a group is a group of its own "
+                   "(default: when the cache has groups).")
 @click.option("--search", is_flag=True, help="Tune C, gamma, k... by inner cross-validation in each fold (nested).")
 @click.option("--inner-folds", type=click.IntRange(2), default=3, show_default=True, help="Folds of --search.")
 @click.option("-j", "--n-jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: all cores).")
@@ -367,29 +369,37 @@ def classifiers(as_json):
               help="Run every fit on this Dask scheduler (tcp://host:8786) through joblib's Dask backend; needs "
                    "pip install -e \".[dask]\". Same report as a local run.")
 @click.option("-o", "--out", type=click.Path(file_okay=False),
-              help="Write report.json, report.md, report.html (with thumbs/), leaderboard.png, confusion.png, "
-                   "map.png and predictions/*.csv here.")
+              help="Write report.json, report.md, report.html (with thumbs/), leaderboard.png, leaderboard.csv, "
+                   "confusion.png, map.png and predictions/*.csv here.")
 @click.option("--suspicious", type=click.IntRange(0), default=20, show_default=True,
               help="How many suspicious images the report lists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
-def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_folds, n_jobs, scheduler, out, suspicious,
+def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_folds, n_jobs, scheduler, out, suspicious,
        quiet, as_json):
     """Cross-validate classifiers × layers of CACHE on the same stratified folds.
 
     Prints a leaderboard (mean ± std over folds) and the images most confidently predicted as another
     class than their label. With --out, OUT/report.html shows it all with the images.
 
+    Several caches of the same images (other backbones, weights or pooling) are ranked in one leaderboard on
+    the same folds, made from the first cache's labels and groups; rows are matched by path, and caches that
+    do not hold the same labelled images are refused. With several caches, -l names layers of any of them.
+
+    "p vs #1" is a two-sided corrected resampled t-test (Nadeau & Bengio 2003) of each row against the best
+    on balanced accuracy over the shared folds; ≈ marks rows not significantly worse (p ≥ 0.05).
+
     \b
     Example:
       featurebank cv cache/flowers.h5 --folds 5 --out runs/flowers-cv
       featurebank cv cache/flowers.h5 -c logreg,rbf-svm,knn --search -j 2
+      featurebank cv cache/flowers-resnet50.h5 cache/flowers-mobilenet.h5 -c logreg --repeats 2
       featurebank cv cache/flowers.h5 --search --scheduler tcp://head-node:8786
     """
     from classifiers.crossval import cross_validate
-    from classifiers.report import leaderboard_lines, report_dict, write_report
+    from classifiers.report import leaderboard_lines, model_name, report_dict, significance_note, write_report
 
-    report = cross_validate(cache, classifier, layer, folds=folds, repeats=repeats, seed=seed, groups=groups,
+    report = cross_validate(list(caches), classifier, layer, folds=folds, repeats=repeats, seed=seed, groups=groups,
                             search=search, inner_folds=inner_folds, n_jobs=n_jobs, scheduler=scheduler,
                             progress=not quiet and sys.stderr.isatty())
     data = report_dict(report, suspicious)
@@ -399,13 +409,19 @@ def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_fol
         cvd = d["cv"]
         click.echo(f"{d['rows']} images, {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
                    f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s")
-        for line in leaderboard_lines(d):
-            if not line.startswith("|--"):
-                click.echo("  ".join(cell.strip().ljust(w) for cell, w in
-                                     zip(line.strip("|").split("|"), (3, 14, 14, 5, 12, 15, 12, 15, 10))))
+        if len(d["caches"]) > 1:
+            for c in d["caches"]:
+                click.echo(f"  {c['backbone']}: {c['cache']}")
+            click.echo(f"  folds from {cvd['folds_from']}")
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in leaderboard_lines(d)
+                if not line.startswith("|--")]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        click.echo(significance_note(d))
         susp = d["suspicious"]
         if susp["images"]:
-            click.echo(f"\nMost suspicious images ({susp['classifier']} @ {susp['layer']}, out-of-fold):")
+            click.echo(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
             for i in susp["images"][:10]:
                 click.echo(f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})")
         if d["outliers"]["images"]:
@@ -427,10 +443,13 @@ def cv(cache, classifier, layer, folds, repeats, seed, groups, search, inner_fol
               help="A zoo spec (featurebank classifiers).")
 @click.option("-l", "--layer", help="Layer of the cache. [default: its first]")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="Model file to write (.joblib).")
-@click.option("--search", is_flag=True, help="Choose the hyperparameters by cross-validation first.")
+@click.option("--search", is_flag=True, help="Choose the hyperparameters by cross-validation first "
+                                             "(StratifiedGroupKFold when the cache has groups).")
+@click.option("--groups/--no-groups", default=None,
+              help="With --search: keep each group's images in one inner fold (default: when the cache has groups).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print what was saved as JSON.")
-def train(cache, classifier, layer, out, search, seed, as_json):
+def train(cache, classifier, layer, out, search, groups, seed, as_json):
     """Fit a classifier on every labelled row of CACHE and save it with its embedding settings.
 
     The model file is a pickle: load only model files you trust.
@@ -441,13 +460,18 @@ def train(cache, classifier, layer, out, search, seed, as_json):
     """
     from classifiers.bundle import train as run_train
 
-    bundle = run_train(cache, classifier, layer, out, seed=seed, search=search)
+    bundle = run_train(cache, classifier, layer, out, seed=seed, search=search, groups=groups)
     data = {"model": out, **bundle.describe()}
 
     def human(d):
         click.echo(f"saved {d['model']}: {d['classifier']} on {d['layer']} ({d['pipeline']})")
         click.echo(f"  {d['trained_on']['rows']} images, classes " + ", ".join(
             f"{c} {n}" for c, n in d["trained_on"]["class_counts"].items()))
+        found = d["trained_on"].get("search")
+        if found:
+            chose = json.dumps(found["best_params"])
+            click.echo(f"  search: {found['splitter']} ({found['folds']} folds), chose {chose} (balanced accuracy "
+                       f"{found['best_score']:.3f} on the inner folds)")
         s = d["settings"]
         click.echo(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import joblib
 import numpy as np
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 
 from embedder.cache import CacheReader
 from embedder.errors import FeaturebankError
@@ -97,22 +97,30 @@ def load_bundle(path: str) -> Bundle:
 
 
 def train(cache, classifier: str = "logreg", layer: str | None = None, out: str | None = None, *,
-          seed: int = 0, search: bool = False, inner_folds: int = 3) -> Bundle:
+          seed: int = 0, search: bool = False, inner_folds: int = 3, groups: bool | None = None) -> Bundle:
     """Fit ``classifier`` on every labelled row of ``cache`` (``search``: hyperparameters by cross-validation
-    first) and save the bundle to ``out`` when given."""
+    first, group-aware when the cache has groups and ``groups`` is not False) and save the bundle to ``out``
+    when given."""
     data = labeled(cache)
     reader = data.reader
     layer = reader.layer(layer)
     parse_spec(classifier)
     if len(data.classes) < 2:
         raise FeaturebankError(f"only one class ({data.classes[0]}): a classifier needs at least two")
+    if groups and data.groups is None:
+        raise FeaturebankError(f"{reader.path} has no groups: give a CSV manifest with a group column")
     pipeline = make_classifier(classifier, seed=seed)
     X = data.features(layer)
-    folds = max(2, min(inner_folds, int(np.bincount(data.y).min())))
+    found = None
+    folds, splitter = search_folds(data, inner_folds, groups, seed) if search else (0, None)
     grid = search_grid(classifier, len(data.y) * (folds - 1) // folds) if search else {}
     if grid:
-        pipeline = GridSearchCV(pipeline, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                scoring=RANK_BY).fit(X, data.y).best_estimator_
+        grouped = isinstance(splitter, StratifiedGroupKFold)
+        searched = GridSearchCV(pipeline, grid, cv=splitter, scoring=RANK_BY).fit(
+            X, data.y, **({"groups": data.groups} if grouped else {}))
+        pipeline = searched.best_estimator_
+        found = {"splitter": type(splitter).__name__, "folds": folds, "scoring": RANK_BY,
+                 "best_params": searched.best_params_, "best_score": round(float(searched.best_score_), 4)}
     else:
         pipeline.fit(X, data.y)
     bundle = Bundle(pipeline, data.classes, classifier, layer, {**reader.settings, "layers": [layer]},
@@ -120,11 +128,26 @@ def train(cache, classifier: str = "logreg", layer: str | None = None, out: str 
                     {"cache": reader.path, "source": reader.attrs["source"], "rows": len(data.y),
                      "layers": list(reader.layers),
                      "class_counts": data.counts, "params": pipeline.named_steps["clf"].get_params(deep=False),
+                     **({"search": found} if found else {}),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                     library_versions())
     if out:
         save_bundle(bundle, out)
     return bundle
+
+
+def search_folds(data, inner_folds: int, groups: bool | None, seed: int) -> tuple[int, object]:
+    """How many folds ``train --search`` can have, and its splitter: ``StratifiedGroupKFold`` when the cache has
+    groups (a row without one is its own group), so that near-copies of one patient or camera never sit on both
+    sides of a fold; else ``StratifiedKFold``. Both shuffled with ``seed``."""
+    folds = max(2, min(inner_folds, int(np.bincount(data.y).min())))
+    if data.groups is None or groups is False:
+        return folds, StratifiedKFold(folds, shuffle=True, random_state=seed)
+    n_groups = len(set(data.groups.tolist()))
+    if n_groups < 2:
+        raise FeaturebankError(f"{n_groups} group: --search needs at least 2 groups to cross-validate (or --no-groups)")
+    folds = min(folds, n_groups)
+    return folds, StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
 
 
 def settings_differ(cache_settings: dict, bundle: Bundle) -> list[str]:

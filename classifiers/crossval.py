@@ -4,6 +4,10 @@ The folds are made once from the labels (and groups) and shared by every classif
 scores are paired and comparable. Each fold fits a fresh clone of the whole Pipeline on the training rows
 only; with ``search`` the Pipeline is wrapped in a GridSearchCV over the training rows (nested
 cross-validation), so the reported score never saw the rows that chose the hyperparameters.
+
+Several caches of the same images (other backbones, weights, pooling) are ranked together: their rows are
+aligned by path to the first cache, whose labels and groups make the folds, so every (cache, layer, classifier)
+is scored on the same folds, and each row of the leaderboard carries a corrected t-test against the best.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ from tqdm import tqdm
 from embedder.errors import FeaturebankError
 
 from .cluster import layer_tasks, on_cluster
-from .data import Labeled, check_layers, labeled
+from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
+from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, list_classifiers, make_classifier, parse_spec, search_grid
 
 RANK_BY = "balanced_accuracy"
@@ -89,6 +94,7 @@ class CVResult:
     folds: list[FoldResult]
     predictions: np.ndarray  # (repeats, rows) predicted class index
     proba: np.ndarray | None  # (repeats, rows, classes), or None when the classifier has no probabilities
+    backbone: str = ""  # the short name of the cache it ran on (see Source)
 
     def metric(self, name: str) -> dict:
         return mean_std([f.scores[name] for f in self.folds])
@@ -96,6 +102,9 @@ class CVResult:
     @property
     def name(self) -> str:
         return f"{self.classifier} @ {self.layer}"
+
+    def fold_scores(self, metric: str = RANK_BY) -> np.ndarray:
+        return np.array([f.scores[metric] for f in self.folds], dtype=np.float64)
 
     def oof(self) -> tuple[np.ndarray, np.ndarray]:
         """Per row: the predicted class and its confidence. With probabilities, the argmax of the probabilities
@@ -112,9 +121,17 @@ class CVResult:
         return pred, votes[np.arange(len(pred)), pred] / len(self.predictions)
 
 
+@dataclass(frozen=True)
+class Source:
+    """One cache of a run, its rows aligned to the first cache's, and its short name on the leaderboard."""
+
+    name: str
+    data: Labeled
+
+
 @dataclass
 class CVReport:
-    data: Labeled
+    data: Labeled  # the first cache's rows: labels, paths and groups of every result
     layers: list[str]
     classifiers: list[str]
     folds: int
@@ -124,6 +141,8 @@ class CVReport:
     grouped: bool
     results: list[CVResult]
     seconds: float
+    splits: list[Split]  # the folds every result was scored on (from the first cache's labels and groups)
+    sources: list[Source]
 
     @property
     def classes(self) -> list[str]:
@@ -143,11 +162,23 @@ class CVReport:
     def best(self) -> CVResult:
         return self.leaderboard()[0]
 
-    def result(self, classifier: str, layer: str) -> CVResult:
+    def compared(self, alpha: float = ALPHA) -> list[tuple[CVResult, Comparison]]:
+        """The leaderboard, each row with its corrected resampled t-test against the best row on the ranking
+        metric (see significance.py: two-sided, alpha 0.05)."""
+        board = self.leaderboard()
+        n_train = float(np.mean([len(s.train) for s in self.splits]))
+        n_test = float(np.mean([len(s.test) for s in self.splits]))
+        return list(zip(board, compare_to_best([r.fold_scores(RANK_BY) for r in board], n_train, n_test, alpha)))
+
+    def result(self, classifier: str, layer: str, backbone: str | None = None) -> CVResult:
         for r in self.results:
-            if r.classifier == classifier and r.layer == layer:
+            if r.classifier == classifier and r.layer == layer and backbone in (None, r.backbone):
                 return r
-        raise KeyError((classifier, layer))
+        raise KeyError((classifier, layer, backbone))
+
+    def source(self, result: CVResult) -> Labeled:
+        """The rows of the cache ``result`` ran on (aligned to the first cache's)."""
+        return next(s.data for s in self.sources if s.name == result.backbone)
 
     def confusion(self, result: CVResult) -> np.ndarray:
         """Summed over every fold of every repeat (each image counts once per repeat)."""
@@ -179,7 +210,7 @@ class CVReport:
         result's layer): placeholders, blank or broken pictures, images from another domain. Beyond
         ``reference`` rows, neighbours are sought among a fixed random sample of that many rows."""
         layer = self.best.layer
-        X = self.data.features(layer).astype(np.float32)
+        X = self.source(self.best).features(layer)
         X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
         n = len(X)
         ref = np.arange(n) if n <= reference else np.sort(np.random.default_rng(self.seed).choice(n, reference, replace=False))
@@ -253,12 +284,15 @@ def _guarded(results, spec: str, layer: str):
 def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repeats: int = 1, seed: int = 0,
                    groups: bool | None = None, search: bool = False, inner_folds: int = 3, n_jobs: int = 1,
                    scheduler: str | None = None, progress: bool = False) -> CVReport:
-    """Score every classifier (zoo spec strings; default: all) on every layer (default: all of the cache's)
-    with the same stratified folds. ``groups``: None uses the cache's groups when it has some. ``scheduler``: the
-    address of a Dask scheduler that runs every (layer, classifier, fold) fit (``n_jobs`` is then the cluster's)."""
+    """Score every classifier (zoo spec strings; default: all) on every layer (default: all of the cache's;
+    ``a+b`` for two layers side by side) with the same stratified folds. ``cache``: one cache, or a list of
+    caches of the same images (see ``sources``), all ranked on the first cache's folds. ``groups``: None uses
+    the cache's groups when it has some. ``scheduler``: the address of a Dask scheduler that runs every
+    (layer, classifier, fold) fit (``n_jobs`` is then the cluster's)."""
     started = time.perf_counter()
-    data = labeled(cache)
-    layers = check_layers(data.reader, layers)
+    sources = load_sources(cache)
+    data = sources[0].data
+    per_source = source_layers(sources, layers)
     classifiers = list(classifiers) if classifiers else list_classifiers()
     for spec in classifiers:
         parse_spec(spec)
@@ -272,36 +306,85 @@ def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repe
     n, k = len(data.y), len(data.classes)
     inner_train = min(len(s.train) for s in splits) * (inner_folds - 1) // inner_folds
     results = []
-    with on_cluster(scheduler) as cluster, tqdm(total=len(layers) * len(classifiers) * len(splits), unit="fit",
-                                                disable=not progress, file=sys.stderr, dynamic_ncols=True,
-                                                desc="cross-validation") as bar:
+    tasks = sum(len(layers) for layers in per_source) * len(classifiers) * len(splits)
+    with on_cluster(scheduler) as cluster, tqdm(total=tasks, unit="fit", disable=not progress, file=sys.stderr,
+                                                dynamic_ncols=True, desc="cross-validation") as bar:
         if cluster is not None:
             n_jobs = -1  # every thread of the cluster
             if progress:
                 bar.write(f"cross-validation on the {cluster.describe()}", file=sys.stderr)
-        for layer in layers:
-            X = data.features(layer)
-            with layer_tasks(cluster, [X, data.y, group_ids]):
-                for spec in classifiers:
-                    estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
-                    bar.set_postfix_str(f"{spec} @ {layer}")
-                    jobs = (delayed(_run_fold)(estimator, X, data.y, group_ids, s, k) for s in splits)
-                    predictions = np.full((repeats, n), -1, dtype=np.int64)
-                    proba = None
-                    fold_results = []
-                    for s, (pred, p, fit_s, pred_s, best, missing) in zip(splits, _guarded(
-                            Parallel(n_jobs=n_jobs, return_as="generator")(jobs), spec, layer)):
-                        predictions[s.repeat, s.test] = pred
-                        if p is not None:
-                            if proba is None:
-                                proba = np.zeros((repeats, n, k), dtype=np.float32)
-                            proba[s.repeat, s.test] = p
-                        fold_results.append(FoldResult(s.repeat, s.fold, scores(data.y[s.test], pred, p, k),
-                                                       round(fit_s, 4), round(pred_s, 4), best, missing))
-                        bar.update()
-                    results.append(CVResult(spec, layer, describe(spec), fold_results, predictions, proba))
-    return CVReport(data, layers, classifiers, folds, repeats, seed, search, group_ids is not None, results,
-                    round(time.perf_counter() - started, 3))
+        for source, source_layer_names in zip(sources, per_source):
+            for layer in source_layer_names:
+                X = source.data.features(layer)
+                where = f"{source.name}:{layer}" if len(sources) > 1 else layer
+                with layer_tasks(cluster, [X, data.y, group_ids]):
+                    for spec in classifiers:
+                        estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
+                        bar.set_postfix_str(f"{spec} @ {where}")
+                        predictions = np.full((repeats, n), -1, dtype=np.int64)
+                        proba = None
+                        fold_results = []
+                        for s, (pred, p, fit_s, pred_s, best, missing) in zip(splits, _guarded(
+                                _fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)):
+                            predictions[s.repeat, s.test] = pred
+                            if p is not None:
+                                if proba is None:
+                                    proba = np.zeros((repeats, n, k), dtype=np.float32)
+                                proba[s.repeat, s.test] = p
+                            fold_results.append(FoldResult(s.repeat, s.fold, scores(data.y[s.test], pred, p, k),
+                                                           round(fit_s, 4), round(pred_s, 4), best, missing))
+                            bar.update()
+                        results.append(CVResult(spec, layer, describe(spec), fold_results, predictions, proba,
+                                                source.name))
+                del X  # one layer in memory at a time: this one goes before the next is read
+    return CVReport(data, [layer for layers in per_source for layer in dict.fromkeys(layers)], classifiers, folds,
+                    repeats, seed, search, group_ids is not None, results, round(time.perf_counter() - started, 3),
+                    splits, sources)
 
 
-__all__ = ["METRICS", "CVReport", "CVResult", "FoldResult", "Split", "cross_validate", "make_splits"]
+def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, n_jobs: int):
+    """Every fold of one (layer, classifier), through joblib, in the splits' order: the one place that runs
+    folds in parallel."""
+    jobs = (delayed(_run_fold)(estimator, X, y, groups, s, n_classes) for s in splits)
+    return Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
+
+
+def load_sources(cache) -> list[Source]:
+    """One cache, or several caches of the same images: the first one's labelled rows, the others aligned to
+    them by path (refused, saying what differs, unless they hold the same labelled images and labels), each
+    with a short unique name (its backbone, plus weights, pooling or precision where backbones repeat)."""
+    caches = list(cache) if isinstance(cache, (list, tuple)) else [cache]
+    if not caches:
+        raise FeaturebankError("give at least one cache")
+    readers = [open_cache(c) for c in caches]
+    first = labeled(readers[0])
+    datas = [first] + [aligned(first, r) for r in readers[1:]]
+    return [Source(name, d) for name, d in zip(backbone_names(readers), datas)]
+
+
+def source_layers(sources: list[Source], layers) -> list[list[str]]:
+    """The layers to score per cache. One cache: every layer asked for must be in it. Several: a layer asked
+    for is scored in every cache that has it (backbones name their nodes differently); a layer no cache has,
+    or a cache with none of the layers, is an error."""
+    if len(sources) == 1 or not layers:
+        return [check_layers(s.data.reader, layers) for s in sources]
+    found: list[list[str]] = [[] for _ in sources]
+    for layer in layers:
+        hits = 0
+        for i, s in enumerate(sources):
+            try:
+                found[i] += check_layers(s.data.reader, [layer])
+                hits += 1
+            except FeaturebankError:
+                pass
+        if not hits:
+            has = "; ".join(f"{s.name} has {', '.join(s.data.reader.layers)}" for s in sources)
+            raise FeaturebankError(f"layer {layer!r} is in none of the caches ({has})")
+    for s, got in zip(sources, found):
+        if not got:
+            raise FeaturebankError(f"{s.data.reader.path} has none of the layers asked for "
+                                   f"(it has {', '.join(s.data.reader.layers)})")
+    return found
+
+
+__all__ = ["METRICS", "CVReport", "CVResult", "FoldResult", "Source", "Split", "cross_validate", "make_splits"]

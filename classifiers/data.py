@@ -1,6 +1,12 @@
-"""Labelled feature matrices read from a cache, checked once so that every later step can trust them."""
+"""Labelled feature matrices read from a cache, checked once so that every later step can trust them.
+
+Several caches of the same images (other backbones, weights or pooling) are aligned to the first one's rows by
+path, so that they share its labels, groups and folds. Features are read one layer at a time and put in that
+order in place: a layer is never held twice (a cache with unlabeled rows, or rows in another order, included).
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,13 +14,15 @@ import numpy as np
 from embedder.cache import CacheReader
 from embedder.errors import FeaturebankError
 
+COMPOSITE = "+"  # "layer3+layer4": the horizontal concatenation of those layers of one cache
+
 
 @dataclass
 class Labeled:
     """The labelled rows of a cache: class indices into ``classes``, paths and groups in row order."""
 
     reader: CacheReader
-    rows: np.ndarray  # indices of the labelled rows in the cache
+    rows: np.ndarray  # the cache row of each labelled row, in this object's order (aligned caches: the first's)
     y: np.ndarray  # class index per row
     classes: list[str]
     paths: np.ndarray
@@ -22,12 +30,55 @@ class Labeled:
     unlabeled: int  # rows of the cache without a label, left out
 
     def features(self, layer: str) -> np.ndarray:
-        X = self.reader.features(layer)
-        return X if len(self.rows) == len(X) else X[self.rows]
+        """The rows' features of ``layer`` (``a+b``: those layers side by side), in row order, float32."""
+        parts = layer.split(COMPOSITE)
+        if len(parts) == 1:
+            return take_rows_in_place(self.reader.features(layer), self.rows)
+        out = np.empty((len(self.rows), self.dims(layer)), dtype=np.float32)
+        start = 0
+        for part in parts:
+            X = take_rows_in_place(self.reader.features(part), self.rows)
+            out[:, start:start + X.shape[1]] = X
+            start += X.shape[1]
+            del X  # before the next part is read
+        return out
+
+    def dims(self, layer: str) -> int:
+        return sum(self.reader.dims[part] for part in layer.split(COMPOSITE))
 
     @property
     def counts(self) -> dict[str, int]:
         return {c: int(n) for c, n in zip(self.classes, np.bincount(self.y, minlength=len(self.classes)))}
+
+
+def take_rows_in_place(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``X[rows]`` (distinct rows, any order) without a second copy of X: the rows are moved to the front of X's
+    own buffer, then put in order by following the permutation's cycles. Returns a view of X."""
+    m = len(rows)
+    ordered = np.sort(rows)
+    if m < len(X) or (ordered != np.arange(m)).any():
+        block = max(1, (1 << 24) // max(1, X.shape[1] * X.itemsize))  # 16 MB at a time
+        for start in range(0, m, block):  # ordered[j] >= j: a block never overwrites rows still to be read
+            part = ordered[start:start + block]
+            X[start:start + len(part)] = X[part]
+    X = X[:m]
+    position = np.searchsorted(ordered, rows)  # row i of the result is X[position[i]] now
+    moved = np.flatnonzero(position != np.arange(m))
+    if len(moved):
+        done = np.zeros(m, dtype=bool)
+        for start in moved:
+            if done[start]:
+                continue
+            kept, i = X[start].copy(), start
+            while True:
+                done[i] = True
+                j = position[i]
+                if j == start:
+                    X[i] = kept
+                    break
+                X[i] = X[j]
+                i = j
+    return X
 
 
 def open_cache(cache: str | CacheReader) -> CacheReader:
@@ -35,9 +86,16 @@ def open_cache(cache: str | CacheReader) -> CacheReader:
 
 
 def check_layers(reader: CacheReader, layers) -> list[str]:
-    """The layers asked for (default: all of the cache's), each one present."""
+    """The layers asked for (default: all of the cache's), each one present; ``a+b`` is those layers of the
+    cache side by side (each part checked, ``penultimate`` resolved)."""
     wanted = list(layers) if layers else list(reader.layers)
-    return [reader.layer(layer) for layer in wanted]
+    out = []
+    for layer in wanted:
+        parts = [reader.layer(part.strip()) for part in layer.split(COMPOSITE)]
+        if len(set(parts)) < len(parts):
+            raise FeaturebankError(f"layer {layer!r} names a layer twice")
+        out.append(COMPOSITE.join(parts))
+    return list(dict.fromkeys(out))  # "penultimate" and its node's name are one layer
 
 
 def labeled(cache: str | CacheReader) -> Labeled:
@@ -56,3 +114,68 @@ def labeled(cache: str | CacheReader) -> Labeled:
     groups = reader.groups
     return Labeled(reader, keep, np.array([index[c] for c in names], dtype=np.int64), classes,
                    reader.paths[keep], groups[keep] if groups is not None else None, len(labels) - len(keep))
+
+
+def aligned(first: Labeled, cache: str | CacheReader) -> Labeled:
+    """Another cache's labelled rows in ``first``'s order (matched by path), with ``first``'s labels and groups.
+    Refused in one line, saying what differs, unless both hold the same labelled paths with the same labels (and
+    the same file contents, where both recorded a digest)."""
+    other = labeled(cache)
+    where = {p: i for i, p in enumerate(other.paths.tolist())}
+    if len(where) < len(other.paths):
+        raise FeaturebankError(f"{other.reader.path} has a path in more than one row")
+    mine = first.paths.tolist()
+    missing = [p for p in mine if p not in where]
+    extra = sorted(set(where) - set(mine))
+    if missing or extra:
+        said = [f"{len(missing)} labelled image(s) only in {first.reader.path} (e.g. {missing[0]})"] if missing else []
+        said += [f"{len(extra)} only in {other.reader.path} (e.g. {extra[0]})"] if extra else []
+        raise FeaturebankError(f"the caches do not hold the same labelled images: {'; '.join(said)}; "
+                               f"extract the same input with each backbone")
+    at = np.array([where[p] for p in mine], dtype=np.int64)
+    theirs = np.array(other.classes)[other.y[at]]
+    ours = np.array(first.classes)[first.y]
+    differ = np.flatnonzero(theirs != ours)
+    if len(differ):
+        i = differ[0]
+        raise FeaturebankError(f"the caches label {len(differ)} image(s) differently (e.g. {mine[i]}: {ours[i]} in "
+                               f"{first.reader.path}, {theirs[i]} in {other.reader.path})")
+    a = first.reader.rows["digest"][first.rows]
+    b = other.reader.rows["digest"][other.rows[at]]
+    changed = np.flatnonzero((a != "") & (b != "") & (a != b))
+    if len(changed):
+        raise FeaturebankError(f"{len(changed)} image(s) changed between the caches (e.g. {mine[changed[0]]}): "
+                               f"extract them again so that every cache embeds the same files")
+    return Labeled(other.reader, other.rows[at], first.y, first.classes, first.paths, first.groups, other.unlabeled)
+
+
+def backbone_names(readers: list[CacheReader]) -> list[str]:
+    """A short unique name per cache for the leaderboard: the backbone, plus the weights, pooling or precision
+    where two caches share a backbone, else the file's name, else a number."""
+    settings = [r.settings for r in readers]
+    names = [s["backbone"] for s in settings]
+    steps = [(lambda i, key=key, short=short: short(settings[i].get(key)))
+             for key, short in (("weights", _short_weights), ("pooling", str), ("precision", str))]
+    steps.append(lambda i: os.path.splitext(os.path.basename(readers[i].path))[0])
+    for step in steps:
+        for name in set(names):
+            same = [i for i, n in enumerate(names) if n == name]
+            if len(same) > 1 and len({step(i) for i in same}) > 1:
+                for i in same:
+                    names[i] = f"{name}/{step(i)}"
+    for name in set(names):
+        same = [i for i, n in enumerate(names) if n == name]
+        for k, i in enumerate(same if len(same) > 1 else []):
+            names[i] = f"{name}#{k + 1}"
+    return names
+
+
+def _short_weights(identity) -> str:
+    """``ResNet50_Weights.IMAGENET1K_V2`` → ``IMAGENET1K_V2``; ``sha256:0123abcd…`` → ``sha256:0123abcd``;
+    ``none:seed=0`` → ``none``."""
+    identity = str(identity)
+    if identity.startswith("sha256:"):
+        return identity[:15]
+    if identity.startswith("none:"):
+        return "none"
+    return identity.rsplit(".", 1)[-1]

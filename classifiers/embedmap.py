@@ -49,7 +49,7 @@ def write_map(report, out_dir: str, max_rows: int = MAX_ROWS) -> dict[str, str]:
     from .plots import map_png
 
     best = report.best
-    rows, xy, method = embedding_map(report.data.features(best.layer), report.seed, max_rows)
+    rows, xy, method = embedding_map(report.source(best).features(best.layer), report.seed, max_rows)
     pred, _ = best.oof()
     classes, y = report.classes, report.data.y
     data = {"layer": best.layer, "classifier": best.classifier, "method": method, "rows": int(len(y)),

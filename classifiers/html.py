@@ -194,18 +194,21 @@ def _cells(classes: list[str], oof: list[dict], thumbs: Thumbs):
 
 
 def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
-    from .report import predictions_name
+    from .report import find_result, model_name, p_text, predictions_name, several_caches, significance_note
+
+    def predictions_of(result: dict) -> str:  # reports before the "predictions" key named files this way
+        return result.get("predictions") or os.path.join("predictions", predictions_name(result["classifier"],
+                                                                                          result["layer"]))
 
     classes = d["classes"]
-    best = next(r for r in d["results"] if r["classifier"] == d["best"]["classifier"] and r["layer"] == d["best"]["layer"])
-    predictions_file = os.path.join("predictions", predictions_name(best["classifier"], best["layer"]))
+    best = find_result(d, d["best"])
+    predictions_file = predictions_of(best)
     oof = read_predictions(os.path.join(run_dir, predictions_file))
     susp = d["suspicious"]
     # the images' cards show the judge's predictions: the classifier with the best log-loss, whose confidences
     # are the most trustworthy (it chose the suspicious images too); without one, the best model's
-    judge = (susp["classifier"], susp["layer"]) if susp["classifier"] else (best["classifier"], best["layer"])
-    cards_oof = oof if judge == (best["classifier"], best["layer"]) else read_predictions(
-        os.path.join(run_dir, "predictions", predictions_name(*judge)))
+    judge = find_result(d, susp) if susp["classifier"] else best
+    cards_oof = oof if judge is best else read_predictions(os.path.join(run_dir, predictions_of(judge)))
     by_path = {r["path"]: r for r in cards_oof or []}
 
     def item(path, label, **extra):  # an image with the judge's out-of-fold prediction
@@ -220,8 +223,15 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
              ("folds", f"{cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
               + (", nested hyperparameter search" if cv["search"] else "")),
              ("classes", ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()))]
+    if several_caches(d):
+        facts[2] = ("embedding", "; ".join(f"{c['backbone']} = {c['cache']} ({c['settings']['weights']}, pooling "
+                                           f"{c['settings']['pooling']}, {c['settings']['precision']})"
+                                           for c in d["caches"]))
+        facts.append(("folds from", cv["folds_from"]))
     leaderboard = [{**r, "metrics": [_pm(r["accuracy"]), _pm(r["balanced_accuracy"]), _pm(r["f1_macro"]),
-                                     _pm(r["log_loss"], percent=False)]} for r in d["leaderboard"]]
+                                     _pm(r["log_loss"], percent=False)],
+                    "p": {"v": r.get("p_value") if r.get("p_value") is not None else 1.0, "text": p_text(r)}}
+                   for r in d["leaderboard"]]
     per_class = [{"name": c, **{k: f"{100 * v[k]:.1f}" for k in ("precision", "recall", "f1")}, "support": v["support"]}
                  for c, v in best["per_class"].items()]
     matrix, panels = _cells(classes, oof, thumbs) if oof else (None, [])
@@ -243,10 +253,12 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
     versions = ", ".join(f"{k} {v}" for k, v in d["versions"].items())
     return {"kind": "cv", "title": f"Cross-validation: {_short(d['source'])}",
             "facts": facts, "sections": sections, "rank_by": cv["rank_by"].replace("_", " "), "leaderboard": leaderboard,
-            "best": best, "repeats": cv["repeats"], "per_class": per_class, "classes": classes, "matrix": matrix,
+            "several": several_caches(d), "significance": significance_note(d), "best": best,
+            "best_name": model_name(d, best).replace(" @ ", " on "),
+            "repeats": cv["repeats"], "per_class": per_class, "classes": classes, "matrix": matrix,
             "panels": panels, "predictions_file": predictions_file,
-            "judge": f"{susp['classifier']} on {susp['layer']}" if susp["classifier"] else None,
-            "cards_by": f"{judge[0]} on {judge[1]}" if cards_oof else None,
+            "judge": model_name(d, susp).replace(" @ ", " on ") if susp["classifier"] else None,
+            "cards_by": model_name(d, judge).replace(" @ ", " on ") if cards_oof else None,
             "suspicious": suspicious, "outliers": outliers, "outlier_layer": d["outliers"].get("layer"),
             "duplicates": duplicates, "duplicates_more": max(0, len(d["duplicates"]) - DUPLICATE_SETS),
             "map": figure, "error_saturates": int(100 * ERROR_SATURATES),

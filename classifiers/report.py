@@ -1,5 +1,5 @@
 """A cross-validation report as data (``report.json``), as reading (``report.md``), as figures (PNG) and as
-out-of-fold predictions per image (``predictions/<classifier>@<layer>.csv``)."""
+out-of-fold predictions per image (``predictions/<classifier>@<layer>.csv``), the leaderboard as CSV."""
 from __future__ import annotations
 
 import csv
@@ -15,6 +15,7 @@ from embedder import __version__
 
 from .crossval import RANK_BY, CVReport, CVResult
 from .metrics import METRICS
+from .significance import ALPHA, TEST
 
 FORMAT = "featurebank-cv-report"
 
@@ -32,12 +33,17 @@ def _metric(result: CVResult, name: str) -> dict:
 def report_dict(report: CVReport, suspicious: int = 20) -> dict:
     """Everything in the report, JSON-ready. Two runs with the same seed differ only in the timings."""
     reader = report.data.reader
-    board = report.leaderboard()
+    several = len(report.sources) > 1
+    path_of = {s.name: s.data.reader.path for s in report.sources}
+    compared = report.compared()
+    board = [r for r, _ in compared]
     susp_from, susp = report.suspicious(suspicious)
     results = []
     for r in report.results:
         results.append({
-            "classifier": r.classifier, "layer": r.layer, "pipeline": r.pipeline, "features": reader.dims[r.layer],
+            "backbone": r.backbone, "cache": path_of[r.backbone],
+            "classifier": r.classifier, "layer": r.layer, "pipeline": r.pipeline,
+            "features": report.source(r).dims(r.layer),
             "metrics": {m: _metric(r, m) for m in METRICS},
             "per_class": {c: {k: _round(v) if k != "support" else v for k, v in d.items()}
                           for c, d in report.per_class(r).items()},
@@ -46,27 +52,44 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
             "predict_seconds": [f.predict_seconds for f in r.folds],
             "best_params": [f.best_params for f in r.folds] if report.search else None,
             "missing_classes": sorted({report.classes[c] for f in r.folds for c in f.missing_classes}),
+            "predictions": "predictions/" + predictions_name(r.classifier, r.layer, r.backbone if several else None),
         })
+    splits = report.splits
     return {
         "format": FORMAT, "version": 1,
         "cache": reader.path, "source": reader.attrs["source"], "root": reader.attrs["root"], "settings": reader.settings,
+        "caches": [{"backbone": s.name, "cache": s.data.reader.path, "source": s.data.reader.attrs["source"],
+                    "settings": s.data.reader.settings, "unlabeled_rows": s.data.unlabeled} for s in report.sources],
         "rows": len(report.data.y), "unlabeled_rows": report.data.unlabeled,
         "classes": report.classes, "class_counts": report.data.counts,
         "cv": {"folds": report.folds, "repeats": report.repeats, "seed": report.seed,
                "splitter": "StratifiedGroupKFold" if report.grouped else "RepeatedStratifiedKFold",
                "grouped": report.grouped, "search": report.search, "rank_by": RANK_BY,
-               "confusion": "summed over all folds of all repeats", "std": "population std over folds"},
+               "confusion": "summed over all folds of all repeats", "std": "population std over folds",
+               "folds_from": reader.path + (" (the first cache; every cache's rows aligned to it by path)"
+                                            if several else ""),
+               "significance": {"test": TEST, "metric": RANK_BY, "alpha": ALPHA, "sided": 2,
+                                "against": "the best row (rank 1), which has no p-value",
+                                "df": len(splits) - 1,
+                                "n_test/n_train": _round(np.mean([len(s.test) for s in splits])
+                                                         / np.mean([len(s.train) for s in splits]), 6),
+                                "not_worse": "p >= alpha: not significantly worse than the best (no correction "
+                                             "for the number of rows compared)"}},
         "leaderboard": [{
-            "rank": i + 1, "classifier": r.classifier, "layer": r.layer, "features": reader.dims[r.layer],
+            "rank": i + 1, "backbone": r.backbone, "cache": path_of[r.backbone], "classifier": r.classifier,
+            "layer": r.layer, "features": report.source(r).dims(r.layer),
             **{m: {"mean": _round(r.metric(m)["mean"]), "std": _round(r.metric(m)["std"])} for m in METRICS},
             "fit_seconds": _round(np.mean([f.fit_seconds for f in r.folds]), 3),
             "predict_seconds": _round(np.mean([f.predict_seconds for f in r.folds]), 3),
-        } for i, r in enumerate(board)],
-        "best": {"classifier": board[0].classifier, "layer": board[0].layer},
+            "t": _round(c.t, 4) if c.t is None or np.isfinite(c.t) else str(c.t),
+            "p_value": None if c.p_value is None else float(f"{c.p_value:.4g}"), "not_worse": c.not_worse,
+        } for i, (r, c) in enumerate(compared)],
+        "best": {"backbone": board[0].backbone, "classifier": board[0].classifier, "layer": board[0].layer},
         "results": results,
-        "suspicious": {"classifier": susp_from.classifier if susp_from else None,
+        "suspicious": {"backbone": susp_from.backbone if susp_from else None,
+                       "classifier": susp_from.classifier if susp_from else None,
                        "layer": susp_from.layer if susp_from else None, "images": susp},
-        "outliers": dict(zip(("layer", "images"), report.outliers(suspicious))),
+        "outliers": {"backbone": report.best.backbone, **dict(zip(("layer", "images"), report.outliers(suspicious)))},
         "duplicates": report.duplicates(),
         "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
         "seconds": report.seconds,
@@ -74,6 +97,38 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
                      "python": sys.version.split()[0]},
         "extraction_versions": reader.info.get("versions", {}),
     }
+
+
+def several_caches(d: dict) -> bool:
+    return len(d.get("caches") or []) > 1
+
+
+def model_name(d: dict, row: dict) -> str:
+    """``classifier @ layer``, with the backbone in front when the run ranked several caches."""
+    return (f"{row['backbone']}: " if several_caches(d) else "") + f"{row['classifier']} @ {row['layer']}"
+
+
+def find_result(d: dict, row: dict) -> dict:
+    """The entry of ``d["results"]`` that a leaderboard row, ``best`` or the judge names."""
+    return next(r for r in d["results"] if r["classifier"] == row["classifier"] and r["layer"] == row["layer"]
+                and r.get("backbone") == row.get("backbone"))
+
+
+def p_text(row: dict) -> str:
+    """The leaderboard's last cell: ``best``, or the p-value against the best, ``≈`` when not worse."""
+    if row.get("p_value") is None:
+        return "best" if row.get("not_worse") else "–"
+    p = row["p_value"]
+    return ("<0.001" if p < 0.001 else f"{p:.3g}") + (" ≈" if row["not_worse"] else "")
+
+
+def significance_note(d: dict) -> str:
+    sig = d["cv"].get("significance")
+    if not sig:
+        return ""
+    return (f"p vs #1: {sig['test']} on {sig['metric'].replace('_', ' ')} ({d['cv']['folds']} folds × "
+            f"{d['cv']['repeats']} repeat(s), df {sig['df']}); ≈ marks rows not significantly worse than the best "
+            f"(p ≥ {sig['alpha']}), with no correction for the number of rows compared.")
 
 
 def _pm(m: dict, pct: bool = True) -> str:
@@ -85,31 +140,41 @@ def _pm(m: dict, pct: bool = True) -> str:
 
 
 def leaderboard_lines(d: dict, limit: int | None = None) -> list[str]:
-    """The leaderboard as a Markdown table (also what the terminal shows)."""
-    lines = ["| # | classifier | layer | dims | accuracy % | balanced acc. % | macro-F1 % | log-loss | fit s/fold |",
-             "|--:|---|---|--:|--:|--:|--:|--:|--:|"]
+    """The leaderboard as a Markdown table (also what the terminal shows); a backbone column when the run
+    ranked several caches."""
+    several = several_caches(d)
+    lines = ["| # | " + ("backbone | " if several else "") + "classifier | layer | dims | accuracy % | balanced acc. % "
+             "| macro-F1 % | log-loss | fit s/fold | p vs #1 |",
+             "|--:|" + ("---|" if several else "") + "---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for row in d["leaderboard"][:limit]:
-        lines.append(f"| {row['rank']} | {row['classifier']} | {row['layer']} | {row['features']} | "
+        lines.append(f"| {row['rank']} | " + (f"{row['backbone']} | " if several else "")
+                     + f"{row['classifier']} | {row['layer']} | {row['features']} | "
                      f"{_pm(row['accuracy'])} | {_pm(row['balanced_accuracy'])} | {_pm(row['f1_macro'])} | "
-                     f"{_pm(row['log_loss'], pct=False)} | {row['fit_seconds']:.2f} |")
+                     f"{_pm(row['log_loss'], pct=False)} | {row['fit_seconds']:.2f} | {p_text(row)} |")
     return lines
 
 
 def markdown(d: dict) -> str:
     cv = d["cv"]
-    best = next(r for r in d["results"] if r["classifier"] == d["best"]["classifier"] and r["layer"] == d["best"]["layer"])
+    best = find_result(d, d["best"])
     s = d["settings"]
+    embedding = [f"{s['backbone']}, weights `{s['weights']}`, pooling {s['pooling']}, precision {s['precision']}"]
+    if several_caches(d):
+        embedding = [f"{c['backbone']} = `{c['cache']}`: {c['settings']['backbone']}, weights "
+                     f"`{c['settings']['weights']}`, pooling {c['settings']['pooling']}, precision "
+                     f"{c['settings']['precision']}" for c in d["caches"]]
     out = ["# Cross-validation report", "",
            f"- cache: `{d['cache']}` ({d['rows']} labelled rows, {len(d['classes'])} classes"
            + (f", {d['unlabeled_rows']} unlabeled rows left out" if d["unlabeled_rows"] else "") + ")",
            f"- input: `{d['source']}`",
-           f"- embedding: {s['backbone']}, weights `{s['weights']}`, pooling {s['pooling']}, precision {s['precision']}",
+           *[f"- embedding: {e}" for e in embedding],
            f"- folds: {cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
            + (", hyperparameters chosen by nested inner cross-validation" if cv["search"] else "")
-           + f"; ranked by {cv['rank_by'].replace('_', ' ')}; scores are mean ± std over folds",
+           + f"; ranked by {cv['rank_by'].replace('_', ' ')}; scores are mean ± std over folds"
+           + (f"; folds from {cv['folds_from']}" if several_caches(d) else ""),
            "- classes: " + ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()), "",
-           "## Leaderboard", "", *leaderboard_lines(d), "",
-           f"## Best: {best['classifier']} on {best['layer']}", "", f"Pipeline: `{best['pipeline']}`", ""]
+           "## Leaderboard", "", *leaderboard_lines(d), "", significance_note(d), "",
+           f"## Best: {model_name(d, best).replace(' @ ', ' on ')}", "", f"Pipeline: `{best['pipeline']}`", ""]
     if best["best_params"]:
         out += ["Hyperparameters chosen per fold: " + "; ".join(json.dumps(p) for p in best["best_params"]), ""]
     out += ["| class | precision % | recall % | F1 % | support |", "|---|--:|--:|--:|--:|"]
@@ -122,7 +187,8 @@ def markdown(d: dict) -> str:
     susp = d["suspicious"]
     out += ["", "## Suspicious images", ""]
     if susp["images"]:
-        out += [f"Images that {susp['classifier']} on {susp['layer']} puts in another class than their label with the "
+        judge = model_name(d, susp).replace(" @ ", " on ")
+        out += [f"Images that {judge} puts in another class than their label with the "
                 f"highest confidence (out-of-fold, so no model saw the image it judges): likely label errors, junk "
                 f"files or look-alikes.", "", "| image | label | predicted | confidence | p(label) |", "|---|---|---|--:|--:|"]
         out += [f"| `{i['path']}` | {i['label']} | {i['predicted']} | {i['confidence']:.3f} | {i['p_label']:.3f} |"
@@ -149,9 +215,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
-def predictions_name(classifier: str, layer: str) -> str:
-    """The file name of a result's out-of-fold predictions in ``predictions/``."""
-    return f"{_slug(classifier)}@{_slug(layer)}.csv"
+def predictions_name(classifier: str, layer: str, backbone: str | None = None) -> str:
+    """The file name of a result's out-of-fold predictions in ``predictions/`` (``backbone``: given when the run
+    ranked several caches)."""
+    return (f"{_slug(backbone)}--" if backbone else "") + f"{_slug(classifier)}@{_slug(layer)}.csv"
 
 
 def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
@@ -170,10 +237,24 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
     return path
 
 
+def write_leaderboard_csv(d: dict, path: str) -> str:
+    """The leaderboard as CSV: one row per (cache, layer, classifier), best first, with its p-value against the
+    best (empty for the best) and whether it is not significantly worse."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "backbone", "cache", "classifier", "layer", "features",
+                    *[f"{m}_{k}" for m in METRICS for k in ("mean", "std")], "fit_seconds", "p_value", "not_worse"])
+        for row in d["leaderboard"]:
+            w.writerow([row["rank"], row["backbone"], row["cache"], row["classifier"], row["layer"], row["features"],
+                        *["" if row[m][k] is None else row[m][k] for m in METRICS for k in ("mean", "std")],
+                        row["fit_seconds"], "" if row["p_value"] is None else row["p_value"], int(row["not_worse"])])
+    return path
+
+
 def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict | None = None) -> dict[str, str]:
-    """Write report.json, report.md, leaderboard.png, confusion.png, predictions/*.csv, the embedding map
-    (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into ``out_dir``
-    (``d``: the report's ``report_dict``, when the caller has it already)."""
+    """Write report.json, report.md, leaderboard.png, leaderboard.csv, confusion.png, predictions/*.csv, the
+    embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
+    ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already)."""
     from .embedmap import write_map
     from .html import write_html
     from .plots import confusion_png, leaderboard_png
@@ -186,15 +267,16 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict |
     with open(files["markdown"], "w", encoding="utf-8") as fh:
         fh.write(markdown(d))
     board = d["leaderboard"]
-    files["leaderboard_png"] = leaderboard_png([f"{r['classifier']} @ {r['layer']}" for r in board],
+    files["leaderboard_png"] = leaderboard_png([model_name(d, r) for r in board],
                                                [r[RANK_BY]["mean"] for r in board], [r[RANK_BY]["std"] for r in board],
                                                RANK_BY, os.path.join(out_dir, "leaderboard.png"))
     best = report.best
     files["confusion_png"] = confusion_png(report.confusion(best), report.classes,
-                                           f"{best.classifier} @ {best.layer} (out-of-fold)",
+                                           f"{model_name(d, d['best'])} (out-of-fold)",
                                            os.path.join(out_dir, "confusion.png"))
-    for r in report.results:
-        write_predictions(report, r, os.path.join(out_dir, "predictions", predictions_name(r.classifier, r.layer)))
+    files["leaderboard_csv"] = write_leaderboard_csv(d, os.path.join(out_dir, "leaderboard.csv"))
+    for r, entry in zip(report.results, d["results"]):
+        write_predictions(report, r, os.path.join(out_dir, entry["predictions"]))
     files["predictions"] = os.path.join(out_dir, "predictions")
     files.update(write_map(report, out_dir))
     files["html"] = write_html(out_dir)

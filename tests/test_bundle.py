@@ -164,11 +164,63 @@ def test_train_errors(tmp_path):
     synthetic_cache(tmp_path / "two.h5", counts=(5, 5))
     with pytest.raises(FeaturebankError, match="layer 'nope' is not in"):
         train(str(tmp_path / "two.h5"), "logreg", "nope")
+    with pytest.raises(FeaturebankError, match="has no groups"):
+        train(str(tmp_path / "two.h5"), "logreg", groups=True)
     bundle = train(str(tmp_path / "two.h5"), "knn", "layer3", search=True)
-    assert bundle.layer == "layer3" and bundle.pipeline.named_steps["clf"].n_neighbors in (1, 3)
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from classifiers.zoo import make_classifier, search_grid
+
+    reader = CacheReader(str(tmp_path / "two.h5"))
+    y = (reader.labels == "class1").astype(int)
+    theirs = GridSearchCV(make_classifier("knn", seed=0), search_grid("knn", 6), scoring="balanced_accuracy",
+                          cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(reader.features("layer3"), y)
+    assert bundle.layer == "layer3" and bundle.trained_on["search"]["splitter"] == "StratifiedKFold"
+    assert bundle.trained_on["search"]["best_params"] == theirs.best_params_
+    assert bundle.pipeline.named_steps["clf"].n_neighbors == theirs.best_params_["clf__n_neighbors"]
 
 
 def test_imagenet_head_needs_real_weights(tmp_path):
     write_tree(tmp_path / "i", classes=("a",), per_class=1)
     with pytest.raises(FeaturebankError, match="random weights have no classes"):
         predict_imagenet([str(tmp_path / "i")], backbone="resnet18", weights="none", **RUN)
+
+
+def near_copies(path, seed=1):
+    """24 groups (patients, cameras) of 3 near-copies each, a weak class signal between groups; the rows of the
+    last two groups carry no group (each is a group of its own). Returns (X, y, groups) in row order."""
+    from conftest import synthetic_cache
+
+    rng = np.random.default_rng(seed)
+    group_class = np.repeat([0, 1], 12)
+    offsets = rng.normal(0, 1, (24, 8))
+    offsets[:, 0] += (2 * group_class - 1) * 0.8
+    X = np.repeat(offsets, 3, axis=0) + rng.normal(0, 0.05, (72, 8))
+    groups = [f"g{g}" if g not in (10, 23) else "" for g in range(24) for _ in range(3)]
+    synthetic_cache(path, counts=(36, 36), dim=8, features=X, groups=groups)
+    return X.astype(np.float32), np.repeat(group_class, 3), groups
+
+
+def test_train_search_keeps_each_group_on_one_side_of_the_inner_folds(tmp_path):
+    """Near-copies of one group on both sides of an inner fold make 1-NN look perfect: the group-aware search
+    scores what GridSearchCV with StratifiedGroupKFold on the cache's groups scores, well below the leak."""
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+
+    from classifiers.zoo import make_classifier
+
+    X, y, groups = near_copies(tmp_path / "c.h5")
+    grouped = train(str(tmp_path / "c.h5"), "knn", search=True, seed=0)
+    leaky = train(str(tmp_path / "c.h5"), "knn", search=True, seed=0, groups=False)
+    paths = CacheReader(str(tmp_path / "c.h5")).paths
+    own = np.array([g or "\0" + p for g, p in zip(groups, paths)])  # an ungrouped row: a group of its own
+    theirs = GridSearchCV(make_classifier("knn", seed=0), {"clf__n_neighbors": [1, 3, 5, 10, 20]},
+                          cv=StratifiedGroupKFold(3, shuffle=True, random_state=0),
+                          scoring="balanced_accuracy").fit(X, y, groups=own)
+    found = grouped.trained_on["search"]
+    assert found["splitter"] == "StratifiedGroupKFold" and found["folds"] == 3
+    assert found["best_params"] == theirs.best_params_ == {"clf__n_neighbors": 5}
+    assert found["best_score"] == pytest.approx(theirs.best_score_, abs=1e-4) and found["best_score"] < 0.9
+    assert leaky.trained_on["search"]["splitter"] == "StratifiedKFold"
+    assert leaky.trained_on["search"]["best_score"] == 1.0 and leaky.trained_on["search"]["best_params"] == {
+        "clf__n_neighbors": 1}
+    assert grouped.pipeline.named_steps["clf"].n_neighbors == 5 and leaky.pipeline.named_steps["clf"].n_neighbors == 1

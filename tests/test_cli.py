@@ -109,7 +109,15 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
     assert {r["classifier"] for r in report["leaderboard"]} == {"logreg", "rbf-svm:pca=8,C=3"}
     assert (tmp_path / "run" / "predictions" / "rbf-svm_pca=8_C=3@flatten.csv").exists()
     human = runner.invoke(cli.main, ["cv", str(tmp_path / "s.h5"), "-c", "logreg", "--folds", "3"])
-    assert "logreg" in human.output and "Most suspicious images" in human.output
+    table = [line.split() for line in human.output.splitlines()[1:4]]
+    assert table[0][:3] == ["#", "classifier", "layer"] and table[0][-3:] == ["p", "vs", "#1"]
+    best = report["leaderboard"][0]  # the same folds as the JSON run: logreg's rows print what it printed
+    logreg = [r for r in report["leaderboard"] if r["classifier"] == "logreg"][0]
+    assert table[1][:4] == ["1", "logreg", "flatten", "16"] and table[1][-1] == "best"
+    assert table[1][4:7] == ["{:.1f}".format(100 * logreg["accuracy"]["mean"]), "±",
+                             "{:.1f}".format(100 * logreg["accuracy"]["std"])]
+    assert table[2][:3] == ["2", "logreg", "layer3"] and "Most suspicious images" in human.output
+    assert best["p_value"] is None and best["not_worse"]
 
     root = tmp_path / "images"
     write_tree(root, per_class=3)
@@ -117,7 +125,9 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
     cache = tmp_path / "c.h5"
     assert runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), "-q", *FAST_ARGS]).exit_code == 0
     trained = runner.invoke(cli.main, ["train", str(cache), "-c", "knn:n_neighbors=1", "-o", str(tmp_path / "m.joblib")])
-    assert trained.exit_code == 0 and "saved" in trained.output
+    assert trained.exit_code == 0 and trained.output.startswith(
+        f"saved {tmp_path / 'm.joblib'}: knn:n_neighbors=1 on flatten (")
+    assert "  9 images, classes cats 3, dogs 3, owls 3\n" in trained.output
     predicted = runner.invoke(cli.main, ["predict", str(tmp_path / "m.joblib"), str(root), "-k", "2",
                                          "--batch-size", "4", "--workers", "0"])
     assert predicted.exit_code == 0, predicted.output
@@ -178,3 +188,43 @@ def test_ctrl_c_says_how_to_continue(runner, monkeypatch):
     assert result.exit_code == 130 and "run the same command with --resume" in result.stderr
     result = runner.invoke(cli.main, ["extract", "photos"])
     assert result.exit_code == 130 and "every finished batch is kept" in result.stderr
+
+
+def test_cv_ranks_several_caches_and_train_search_honours_groups(runner, tmp_path):
+    from conftest import synthetic_cache
+    from test_bundle import near_copies
+    from test_crossval import write_cache
+
+    X, y = synthetic_cache(tmp_path / "a.h5")
+    paths = [f"class{c}/img{i:03d}.jpg" for i, c in enumerate(y)]
+    labels = [f"class{c}" for c in y]
+    write_cache(tmp_path / "b.h5", paths[::-1], labels[::-1], {"classifier.0": X[::-1, :4]}, {"backbone": "mobilenet_v2"})
+    args = ["cv", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "-c", "logreg", "-l", "flatten,classifier.0",
+            "--folds", "3"]
+    result = runner.invoke(cli.main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)
+    assert [(r["backbone"], r["layer"]) for r in d["leaderboard"]] == [("resnet18", "flatten"),
+                                                                       ("mobilenet_v2", "classifier.0")]
+    assert d["leaderboard"][1]["p_value"] > 0 and d["cv"]["folds_from"].startswith(str(tmp_path / "a.h5"))
+    human = runner.invoke(cli.main, args).output.splitlines()
+    assert human[1:4] == [f"  resnet18: {tmp_path / 'a.h5'}", f"  mobilenet_v2: {tmp_path / 'b.h5'}",
+                          f"  folds from {tmp_path / 'a.h5'} (the first cache; every cache's rows aligned to it by path)"]
+    assert human[4].split()[:3] == ["#", "backbone", "classifier"] and human[5].split()[:4] == ["1", "resnet18", "logreg",
+                                                                                               "flatten"]
+    write_cache(tmp_path / "other.h5", paths[:-1], labels[:-1], {"flatten": X[:-1]})
+    refused = runner.invoke(cli.main, ["cv", str(tmp_path / "a.h5"), str(tmp_path / "other.h5"), "-c", "logreg"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output and refused.output.count("\n") == 1
+    assert refused.output.startswith("Error: the caches do not hold the same labelled images: 1 labelled image(s) "
+                                     f"only in {tmp_path / 'a.h5'} (e.g. class2/img029.jpg)")
+
+    near_copies(tmp_path / "g.h5")
+    trained = runner.invoke(cli.main, ["train", str(tmp_path / "g.h5"), "-c", "knn", "--search", "-o",
+                                       str(tmp_path / "g.joblib"), "--json"])
+    assert trained.exit_code == 0, trained.output
+    found = json.loads(trained.stdout)["trained_on"]["search"]
+    assert found["splitter"] == "StratifiedGroupKFold" and found["best_params"] == {"clf__n_neighbors": 5}
+    leaky = runner.invoke(cli.main, ["train", str(tmp_path / "g.h5"), "-c", "knn", "--search", "--no-groups", "-o",
+                                     str(tmp_path / "l.joblib")])
+    assert "  search: StratifiedKFold (3 folds), chose {\"clf__n_neighbors\": 1} (balanced accuracy 1.000 on the " \
+           "inner folds)" in leaky.output

@@ -12,7 +12,7 @@ from sklearn.model_selection import (GridSearchCV, RepeatedStratifiedKFold, Stra
                                      cross_validate as sk_cross_validate)
 
 from classifiers.crossval import cross_validate, make_splits
-from classifiers.report import report_dict, write_report
+from classifiers.report import leaderboard_lines, report_dict, write_report
 from classifiers.zoo import ClassifierSpec, make_classifier, register_classifier, unregister_classifier
 from conftest import synthetic_cache
 from embedder.errors import FeaturebankError
@@ -40,8 +40,13 @@ def test_scores_equal_sklearn_on_the_same_folds(tmp_path, spec):
     assert 0.4 < ours.metric("accuracy")["mean"] < 1.0  # a task that separates good from bad classifiers
     # every row is predicted once per repeat, and the out-of-fold predictions give the fold accuracies
     assert (ours.predictions >= 0).all()
-    for f, split in zip(ours.folds, make_splits(y, None, 4, 2, 3)):
+    assert len(report.splits) == 8
+    for f, split in zip(ours.folds, report.splits):  # the folds cross_validate used, not a fresh make_splits
+        assert (f.repeat, f.fold) == (split.repeat, split.fold)
         assert f.scores["accuracy"] == pytest.approx(np.mean(ours.predictions[split.repeat, split.test] == y[split.test]))
+    theirs_splits = list(RepeatedStratifiedKFold(n_splits=4, n_repeats=2, random_state=3).split(X, y))
+    for split, (train, test) in zip(report.splits, theirs_splits):
+        assert split.train.tolist() == train.tolist() and split.test.tolist() == test.tolist()
 
 
 class Spy(ClassifierMixin, BaseEstimator):
@@ -70,8 +75,7 @@ def spy():
 def test_preprocessing_is_fit_inside_each_fold(tmp_path, spy):
     X, y = synthetic_cache(tmp_path / "c.h5")
     X = X.astype(np.float64)
-    cross_validate(tmp_path / "c.h5", ["spy"], ["flatten"], folds=3, seed=1)
-    splits = make_splits(y, None, 3, 1, 1)
+    splits = cross_validate(tmp_path / "c.h5", ["spy"], ["flatten"], folds=3, seed=1).splits
     fits = [x for kind, x in spy.seen if kind == "fit"]
     predicts = [x for kind, x in spy.seen if kind == "predict"]
     assert len(fits) == len(predicts) == 3
@@ -115,16 +119,29 @@ def test_leaderboard_ranks_layers_and_classifiers_on_the_same_folds(tmp_path):
     assert per_class["class0"]["recall"] == pytest.approx(cm[0, 0] / 12)
 
 
-def test_groups_never_straddle_a_fold(tmp_path):
-    groups = [f"g{i // 2}" for i in range(30)]  # pairs of rows share a group
+def test_groups_never_straddle_the_folds_cv_used_and_ungrouped_rows_spread(tmp_path):
+    """A manifest where only some rows have a group: the folds cross_validate scored on (report.splits) keep
+    each group on one side, and the ungrouped rows, each a group of its own, spread over every fold."""
+    groups = [f"g{i // 3}" if i % 2 == 0 else "" for i in range(30)]  # 15 grouped rows (in 3s and singles), 15 not
     _, y = synthetic_cache(tmp_path / "c.h5", groups=groups)
     report = cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten"], folds=3, repeats=2)
-    assert report.grouped
-    g = np.array(groups)
-    for split in make_splits(y, g, 3, 2, 0):
-        assert not set(g[split.train]) & set(g[split.test])
+    assert report.grouped and len(report.splits) == 6
+    named = np.array(groups)
+    ungrouped = np.flatnonzero(named == "")
+    result = report.results[0]
+    for split in report.splits:
+        assert not set(named[split.train]) & set(named[split.test]) - {""}  # no named group on both sides
+        assert len(np.intersect1d(split.test, ungrouped)) >= 3  # not all 15 in one fold (as one group "" was)
+        # these are the folds the scores came from
+        assert result.folds[split.repeat * 3 + split.fold].scores["accuracy"] == pytest.approx(
+            np.mean(result.predictions[split.repeat, split.test] == y[split.test]))
+    for r in range(2):
+        tested = np.concatenate([s.test for s in report.splits if s.repeat == r])
+        assert sorted(tested.tolist()) == list(range(30))  # each row tested once per repeat
     no_groups = cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten"], folds=3, groups=False)
     assert not no_groups.grouped
+    theirs = list(RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=0).split(np.zeros(30), y))
+    assert [s.test.tolist() for s in no_groups.splits] == [test.tolist() for _, test in theirs]
 
 
 def test_nested_search_equals_gridsearch_inside_each_fold(tmp_path):
@@ -179,7 +196,7 @@ def test_report_files(tmp_path):
     report = cross_validate(tmp_path / "c.h5", ["logreg", "ridge"], ["flatten"], folds=3)
     files = write_report(report, str(tmp_path / "out"), suspicious=5)
     d = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert d["best"] == {"classifier": report.best.classifier, "layer": "flatten"}
+    assert d["best"] == {"backbone": "resnet18", "classifier": report.best.classifier, "layer": "flatten"}
     assert [r["rank"] for r in d["leaderboard"]] == [1, 2]
     assert d["class_counts"] == {"class0": 12, "class1": 10, "class2": 8}
     assert d["cv"]["splitter"] == "RepeatedStratifiedKFold" and len(d["results"][0]["metrics"]["accuracy"]["folds"]) == 3
@@ -226,3 +243,222 @@ def test_ungrouped_rows_are_groups_of_their_own(tmp_path):
     assert len(set(got[4:].tolist())) == 26 and not set(got[4:].tolist()) & {"a", "b", ""}
     synthetic_cache(tmp_path / "none.h5")
     assert CacheReader(tmp_path / "none.h5").groups is None
+
+
+def write_cache(path, paths, labels, features: dict, settings=None, digests=None):
+    """A cache of exactly these rows (any order, "" labels for unlabeled rows), written through CacheWriter."""
+    from conftest import SYNTHETIC_SETTINGS
+    from embedder.cache import CacheWriter
+
+    n = len(paths)
+    settings = {**SYNTHETIC_SETTINGS, **(settings or {}), "layers": list(features)}
+    rows = {"path": list(paths), "label": list(labels), "group": [""] * n, "size": [100] * n, "mtime_ns": [1] * n,
+            "digest": list(digests) if digests is not None else [""] * n}  # "": no digest recorded
+    empty = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
+    with CacheWriter(str(path), settings, "classes:/synthetic", "/synthetic", {"weights_file": None}) as w:
+        w.write_batch(rows, {k: np.asarray(v, dtype=np.float32) for k, v in features.items()}, empty)
+        w.commit([(p, l, "") for p, l in zip(paths, labels)], {})
+
+
+def stable_results(report):
+    return [(r.backbone, r.classifier, r.layer, [f.scores for f in r.folds], r.predictions.tolist(),
+             None if r.proba is None else r.proba.tolist()) for r in report.results]
+
+
+def test_two_caches_equal_two_separate_runs_on_the_same_folds(tmp_path):
+    """Another backbone's cache of the same images, rows in another order plus an unlabeled row: ranked with the
+    first on the first's folds, each result equals that of a separate run of its cache in the first's order."""
+    X, y = synthetic_cache(tmp_path / "a.h5")
+    paths = [f"class{c}/img{i:03d}.jpg" for i, c in enumerate(y)]
+    labels = [f"class{c}" for c in y]
+    Z = np.random.default_rng(7).normal(0, 1, (30, 6)) + y[:, None]  # the other backbone's features
+    other = {"weights": "sha256:" + "ab" * 32, "pooling": "max"}
+    write_cache(tmp_path / "b-same-order.h5", paths, labels, {"penultimate_b": Z}, other)
+    shuffled = np.random.default_rng(1).permutation(30)
+    write_cache(tmp_path / "b.h5", [paths[i] for i in shuffled] + ["new/unlabeled.jpg"],
+                [labels[i] for i in shuffled] + [""], {"penultimate_b": np.vstack([Z[shuffled], np.full((1, 6), 99)])},
+                other, digests=[f"{i:032x}" for i in shuffled] + ["f" * 32])  # synthetic_cache's digests
+    options = dict(folds=3, repeats=2, seed=4)
+    both = cross_validate([tmp_path / "a.h5", tmp_path / "b.h5"], ["logreg", "knn"], **options)
+    alone_a = cross_validate(tmp_path / "a.h5", ["logreg", "knn"], **options)
+    alone_b = cross_validate(tmp_path / "b-same-order.h5", ["logreg", "knn"], **options)
+    assert [s.name for s in both.sources] == ["resnet18/none", "resnet18/sha256:abababab"]
+    assert [(s.train.tolist(), s.test.tolist()) for s in both.splits] == \
+        [(s.train.tolist(), s.test.tolist()) for s in alone_a.splits] == \
+        [(s.train.tolist(), s.test.tolist()) for s in alone_b.splits]
+    got = stable_results(both)
+    expected = [("resnet18/none", *r[1:]) for r in stable_results(alone_a)] + \
+        [("resnet18/sha256:abababab", *r[1:]) for r in stable_results(alone_b)]
+    assert got == expected
+    assert {(r.backbone, r.layer) for r in both.leaderboard()} == {("resnet18/none", "flatten"), ("resnet18/none", "layer3"),
+                                                                   ("resnet18/sha256:abababab", "penultimate_b")}
+    d = report_dict(both)
+    assert [c["backbone"] for c in d["caches"]] == ["resnet18/none", "resnet18/sha256:abababab"]
+    assert {r["cache"] for r in d["leaderboard"]} == {str(tmp_path / "a.h5"), str(tmp_path / "b.h5")}
+    files = write_report(both, str(tmp_path / "out"), suspicious=3)
+    lines = (tmp_path / "out" / "predictions" / "resnet18_sha256_abababab--knn@penultimate_b.csv").read_text().splitlines()
+    pred, _ = both.result("knn", "penultimate_b", "resnet18/sha256:abababab").oof()
+    assert [ln.split(",")[0] for ln in lines[1:]] == paths and [ln.split(",")[2] for ln in lines[1:]] == \
+        [f"class{p}" for p in pred]
+    board = (tmp_path / "out" / "leaderboard.csv").read_text().splitlines()
+    assert board[0].startswith("rank,backbone,cache,classifier,layer,features,") and len(board) == 7
+    assert "| # | backbone | classifier |" in (tmp_path / "out" / "report.md").read_text()
+    assert files["html"].endswith("report.html")
+
+
+def test_caches_of_other_images_or_labels_are_refused_in_one_line(tmp_path):
+    X, y = synthetic_cache(tmp_path / "a.h5")
+    paths = [f"class{c}/img{i:03d}.jpg" for i, c in enumerate(y)]
+    labels = [f"class{c}" for c in y]
+    write_cache(tmp_path / "fewer.h5", paths[1:], labels[1:], {"flatten": X[1:]})
+    with pytest.raises(FeaturebankError, match=r"do not hold the same labelled images: 1 labelled image\(s\) only in "
+                                               r".*a.h5 \(e.g. class0/img000.jpg\); extract the same input"):
+        cross_validate([tmp_path / "a.h5", tmp_path / "fewer.h5"], ["logreg"], folds=3)
+    relabelled = labels[:5] + ["class2"] + labels[6:]
+    write_cache(tmp_path / "relabelled.h5", paths, relabelled, {"flatten": X})
+    with pytest.raises(FeaturebankError, match=r"label 1 image\(s\) differently \(e.g. class0/img005.jpg: class0 in "
+                                               r".*a.h5, class2 in .*relabelled.h5\)"):
+        cross_validate([tmp_path / "a.h5", tmp_path / "relabelled.h5"], ["logreg"], folds=3)
+    write_cache(tmp_path / "changed.h5", paths, labels, {"flatten": X}, digests=["0" * 32] * 30)  # row 0 keeps its own
+    with pytest.raises(FeaturebankError, match=r"29 image\(s\) changed between the caches \(e.g. class0/img001.jpg\)"):
+        cross_validate([tmp_path / "a.h5", tmp_path / "changed.h5"], ["logreg"], folds=3)
+    with pytest.raises(FeaturebankError, match="layer 'nope' is in none of the caches"):
+        cross_validate([tmp_path / "a.h5", tmp_path / "a.h5"], ["logreg"], ["nope"], folds=3)
+
+
+def test_backbone_names_are_short_and_unique():
+    from types import SimpleNamespace
+
+    from classifiers.data import backbone_names
+
+    def reader(path, **s):
+        return SimpleNamespace(path=path, settings={"weights": "DEFAULT", "pooling": "avg", "precision": "fp32", **s})
+
+    got = backbone_names([reader("/c/a.h5", backbone="resnet50", weights="ResNet50_Weights.IMAGENET1K_V2"),
+                          reader("/c/b.h5", backbone="mobilenet_v2"),
+                          reader("/c/c.h5", backbone="resnet50", weights="ResNet50_Weights.IMAGENET1K_V1"),
+                          reader("/c/d.h5", backbone="vgg16", pooling="avg"),
+                          reader("/c/e.h5", backbone="vgg16", pooling="max"),
+                          reader("/c/f.h5", backbone="alexnet"), reader("/d/f.h5", backbone="alexnet")])
+    assert got == ["resnet50/IMAGENET1K_V2", "mobilenet_v2", "resnet50/IMAGENET1K_V1", "vgg16/avg", "vgg16/max",
+                   "alexnet#1", "alexnet#2"]
+
+
+def test_corrected_t_test_against_a_hand_computation():
+    from classifiers.significance import compare_to_best, corrected_t_test
+
+    best = [0.80, 0.85, 0.90, 0.75, 0.80]
+    other = [0.70, 0.80, 0.85, 0.75, 0.70]
+    # d = .10 .05 .05 0 .10: mean .06, sample variance .007/4 = .00175; 5 folds: n_test/n_train = 1/4
+    t_hand = 0.06 / np.sqrt((1 / 5 + 1 / 4) * 0.00175)
+    assert t_hand == pytest.approx(2.138090, abs=1e-6)
+    # Student's t with 4 degrees of freedom in closed form: P(|T| > t) = 1 - x(3 - x^2)/2, x = t/sqrt(4 + t^2)
+    x = t_hand / np.sqrt(4 + t_hand ** 2)
+    p_hand = 1 - x * (3 - x ** 2) / 2
+    t, p = corrected_t_test(np.array(best), np.array(other), n_train=80, n_test=20)
+    assert t == pytest.approx(t_hand, rel=1e-9) and p == pytest.approx(p_hand, rel=1e-9)
+    assert p == pytest.approx(0.0993, abs=1e-4)  # not significant at 0.05 ...
+    t_plain = 0.06 / np.sqrt(0.00175 / 5)  # ... where the uncorrected paired t-test (t 3.21, p 0.033) would be
+    assert 1 - (x := t_plain / np.sqrt(4 + t_plain ** 2)) * (3 - x ** 2) / 2 < 0.05
+    # zero variance: equal scores on every fold are not worse; a constant difference is
+    assert corrected_t_test(np.array(best), np.array(best), 80, 20) == (0.0, 1.0)
+    assert corrected_t_test(np.array(best), np.array(best) - 0.1, 80, 20)[1] == 0.0
+    rows = compare_to_best([np.array(best), np.array(other), np.array(best) - 0.1], 80, 20)
+    assert [(c.p_value is None, c.not_worse) for c in rows] == [(True, True), (False, True), (False, False)]
+
+
+def test_every_leaderboard_row_carries_its_p_value_against_the_best(tmp_path):
+    synthetic_cache(tmp_path / "c.h5")
+    report = cross_validate(tmp_path / "c.h5", ["logreg", "knn", "ridge"], folds=3, repeats=2)
+    d = report_dict(report)
+    board = d["leaderboard"]
+    assert board[0]["p_value"] is None and board[0]["not_worse"]
+    best = np.array(d["results"][[(r["classifier"], r["layer"]) for r in d["results"]].index(
+        (board[0]["classifier"], board[0]["layer"]))]["metrics"]["balanced_accuracy"]["folds"])
+    assert len(best) == 6
+    for row in board[1:]:
+        entry = next(r for r in d["results"] if (r["classifier"], r["layer"]) == (row["classifier"], row["layer"]))
+        diff = best - np.array(entry["metrics"]["balanced_accuracy"]["folds"])
+        # 30 rows in 3 stratified folds: 20 train, 10 test each; J = 6, df 5
+        t = diff.mean() / np.sqrt((1 / 6 + 10 / 20) * diff.var(ddof=1)) if diff.std() > 0 else None
+        if t is None:
+            assert row["p_value"] == (1.0 if diff[0] == 0 else 0.0)
+            continue
+        from scipy import stats
+        assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 5), rel=1e-3)  # rounded to 4 digits
+        assert row["not_worse"] == (row["p_value"] >= 0.05)
+    assert {r["not_worse"] for r in board[1:]} == {True, False}  # layer3 rows lose; the task tells them apart
+    assert d["cv"]["significance"]["df"] == 5 and d["cv"]["significance"]["n_test/n_train"] == 0.5
+    lines = [ln for ln in leaderboard_lines(d) if not ln.startswith("|--")]
+    assert lines[0].endswith("| p vs #1 |") and lines[1].endswith("| best |")
+    assert all(ln.endswith(" ≈ |") == row["not_worse"] for ln, row in zip(lines[2:], board[1:]))
+
+
+def test_composite_layer_is_the_two_layers_side_by_side(tmp_path):
+    X, y = synthetic_cache(tmp_path / "c.h5")
+    report = cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten+layer3", "layer3"], folds=3, seed=2)
+    both = np.hstack([X, X[:, :8] * 2 + 1])
+    theirs = sk_cross_validate(make_classifier("logreg", seed=2), both, y, scoring="balanced_accuracy",
+                               cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=2))
+    result = report.result("logreg", "flatten+layer3")
+    np.testing.assert_allclose(result.fold_scores("balanced_accuracy"), theirs["test_score"], atol=1e-12)
+    d = report_dict(report)
+    assert {r["layer"]: r["features"] for r in d["leaderboard"]} == {"flatten+layer3": 24, "layer3": 8}
+    with pytest.raises(FeaturebankError, match=r"layer 'layer4' is not in"):
+        cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten+layer4"], folds=3)
+    with pytest.raises(FeaturebankError, match=r"names a layer twice"):
+        cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten+flatten"], folds=3)
+
+
+def test_rows_are_taken_in_place_in_any_order():
+    from classifiers.data import take_rows_in_place
+
+    rng = np.random.default_rng(0)
+    for n, m in ((50, 50), (50, 31), (1000, 999), (7, 1)):
+        X = rng.normal(size=(n, 5)).astype(np.float32)
+        rows = rng.choice(n, m, replace=False)
+        expected = X[rows]
+        got = take_rows_in_place(X, rows)
+        assert np.shares_memory(got, X) and (got == expected).all()
+        X = rng.normal(size=(n, 5)).astype(np.float32)
+        sorted_rows = np.sort(rows)
+        expected = X[sorted_rows]
+        assert (take_rows_in_place(X, sorted_rows) == expected).all()
+
+
+def test_cv_holds_one_layer_at_a_time(tmp_path, monkeypatch):
+    """Each layer read from a cache is gone before the next is read, across layers, composites and caches (a
+    cache with its rows in another order and an unlabeled row included: no second copy while aligning)."""
+    import gc
+    import weakref
+
+    from classifiers.data import Labeled
+    from embedder.cache import CacheReader
+
+    X, y = synthetic_cache(tmp_path / "a.h5")
+    paths = [f"class{c}/img{i:03d}.jpg" for i, c in enumerate(y)]
+    write_cache(tmp_path / "b.h5", paths[::-1] + ["x/unlabeled.jpg"], [f"class{c}" for c in y[::-1]] + [""],
+                {"b1": np.vstack([X[::-1], X[:1]]), "b2": np.vstack([X[::-1], X[:1]])}, {"backbone": "vgg11"})
+    read, labeled_features = CacheReader.features, Labeled.features
+    refs, alive, in_place = [], [], []
+
+    def features(self, layer=None):  # every array read from a cache, and how many earlier ones still live
+        gc.collect()
+        alive.append(sum(r() is not None for r in refs))
+        out = read(self, layer)
+        refs.append(weakref.ref(out))
+        return out
+
+    def aligned_features(self, layer):  # the matrices cv works on (a composite's too)
+        out = labeled_features(self, layer)
+        in_place.append(np.shares_memory(out, refs[-1]()))  # in the buffer read, not a copy of it
+        refs.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(CacheReader, "features", features)
+    monkeypatch.setattr(Labeled, "features", aligned_features)
+    cross_validate([tmp_path / "a.h5", tmp_path / "b.h5"], ["ridge"], None, folds=3)
+    assert alive == [0, 0, 0, 0]  # flatten, layer3 of a.h5; b1, b2 of b.h5
+    assert in_place == [True] * 4
+    report = cross_validate([tmp_path / "b.h5"], ["ridge"], ["b1+b2", "b2"], folds=3)
+    assert len(report.results) == 2 and alive[4:] == [0, 0, 0]  # b1, b2 of the composite, then b2

@@ -78,7 +78,16 @@ def test_the_checkpoints_own_imagenet_head_knows_ants_from_bees(caches, tmp_path
     ants = [p for folder, p in top1 if folder == "ants"]
     bees = [p for folder, p in top1 if folder == "bees"]
     assert ants.count("ant") > 0.5 * len(ants) and bees.count("bee") > 0.5 * len(bees)
-    assert all(abs(sum(t["score"] for t in r["top"]) - 1) < 1 for r in result["rows"])
+    # the scores are the 5 largest of the softmax over all 1000 logits in the cache, best first
+    reader = CacheReader(result["cache"])
+    logits = reader.features(result["layer"]).astype(np.float64)
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    proba /= proba.sum(axis=1, keepdims=True)
+    row_of = {p: i for i, p in enumerate(reader.paths)}
+    for r in result["rows"]:
+        expected = np.sort(proba[row_of[r["path"]]])[::-1][:5]
+        assert [t["score"] for t in r["top"]] == pytest.approx(expected, abs=1e-6)
+    assert max(sum(t["score"] for t in r["top"]) for r in result["rows"]) <= 1 + 1e-5
 
 
 def test_finetuning_starts_exactly_at_the_linear_probe(caches, tmp_path, monkeypatch):
