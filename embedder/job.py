@@ -94,7 +94,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
             workers: int | None = None, seed: int = 0, layout: str = "auto", strict: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None, engine: str = "auto",
             int8: Int8 | None = None, engine_dir: str | None = None, threads: int | None = None,
-            progress: bool = False) -> ExtractSummary:
+            progress: bool = False, tta: str = "none") -> ExtractSummary:
     """Embed every image of ``source`` (a folder, manifest, list file, or a :class:`Listing`) into the HDF5 cache
     ``cache`` (default: under ``cache/``).
 
@@ -114,7 +114,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     request = Request(backbone, weights, seed, tuple(layers) if layers else None, pooling, resize, crop, draft,
                       precision, int8 if precision == "int8" else None)
     resolved = resolve(request, store)
-    settings = resolved.settings
+    settings = replace(resolved.settings, tta=tta)  # tta="flip": a setting of its own (rows, engine, file name)
     calibration_files: list[str] = []
     fixed_calibration = bool(int8 is not None and int8.calibration_set)
     named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings
