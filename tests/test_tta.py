@@ -109,12 +109,13 @@ def test_flip_features_do_not_change_when_the_image_is_mirrored_int8_too(pairs, 
 def test_a_cache_without_tta_refuses_tta_rows_and_the_default_name_differs(pairs, tmp_path):
     images, _ = pairs
     path = str(tmp_path / "plain.h5")
-    embedder.extract(str(images), path, **FAST)
+    embedder.extract(str(images), path, engine="torch", **FAST)
     with pytest.raises(FeaturebankError, match=r"made with other settings \(tta: None in the cache, 'flip' now\)"):
-        embedder.extract(str(images), path, tta="flip", **FAST)
+        embedder.extract(str(images), path, tta="flip", engine="torch", **FAST)
     assert len(embedder.CacheReader(path)) == 5  # nothing lost
     cache_dir = str(tmp_path / "cache")
-    names = {embedder.extract(str(images), cache_dir=cache_dir, tta=t, **FAST).cache for t in ("none", "flip")}
+    names = {embedder.extract(str(images), cache_dir=cache_dir, tta=t, engine="torch", **FAST).cache
+             for t in ("none", "flip")}
     assert len(names) == 2
 
 
@@ -134,7 +135,7 @@ def test_cli_extract_tta_and_info_shows_it(pairs, tmp_path):
     import cli
 
     images, _ = pairs
-    base = ["extract", str(images), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64"]
+    base = ["extract", str(images), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--engine", "torch"]
     runner = CliRunner()
     r = runner.invoke(cli.main, [*base, "--cache", str(tmp_path / "f.h5"), "--tta", "flip", "--json"])
     assert r.exit_code == 0, r.output
