@@ -135,7 +135,8 @@ def test_cli_extract_tta_and_info_shows_it(pairs, tmp_path):
     import cli
 
     images, _ = pairs
-    base = ["extract", str(images), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--engine", "torch"]
+    base = ["extract", str(images), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64",
+            "--engine", "torch"]
     runner = CliRunner()
     r = runner.invoke(cli.main, [*base, "--cache", str(tmp_path / "f.h5"), "--tta", "flip", "--json"])
     assert r.exit_code == 0, r.output
