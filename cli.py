@@ -190,6 +190,9 @@ def layers(backbone, size, pooling, as_json):
               help="fp32; int8 (CPU, onnxruntime: calibrated on images of INPUT, rows of its own); fp16/bf16 autocast (GPUs).")
 @click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
               help="auto: onnxruntime on the CPU when it measured faster for these settings (measured once), torch on GPUs.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Test-time augmentation: flip = the mean of the image's and its left-right mirror's vectors "
+                   "(a setting: rows of its own; twice the compute).")
 @click.option("--calibration-images", type=click.IntRange(1), default=256, show_default=True,
               help="int8: images drawn reproducibly from INPUT to calibrate on.")
 @click.option("--calibration", type=click.Choice(["minmax"]), default="minmax", show_default=True,
@@ -208,7 +211,7 @@ def layers(backbone, size, pooling, as_json):
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file could not be embedded (good rows are kept).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
-def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_draft, precision, engine,
+def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_draft, precision, engine, tta,
             calibration_images, calibration, calibration_from, device, batch_size, workers, seed, layout, max_pixels, strict, quiet,
             as_json):
     """Embed every image of INPUT into an HDF5 cache, once.
@@ -238,7 +241,7 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
                           resize=resize, crop=crop, draft=not no_draft, precision=precision, device=device,
                           batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
                           max_pixels=max_pixels, engine=engine, int8=int8, engine_dir=engine_dir,
-                          progress=not quiet and sys.stderr.isatty())
+                          progress=not quiet and sys.stderr.isatty(), tta=tta)
     if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
 
@@ -286,7 +289,8 @@ def info(cache, as_json):
                    + (f" ({d['info'].get('weights_file')})" if d["info"].get("weights_file") else ""))
         p = s["preprocessing"]
         click.echo(f"  preprocess   resize {p['resize']} ({p['interpolation']}), crop {p['crop']}, mean {p['mean']}, "
-                   f"std {p['std']}, draft {p['draft']}; precision {s['precision']}; pooling {s['pooling']}")
+                   f"std {p['std']}, draft {p['draft']}; precision {s['precision']}; pooling {s['pooling']}"
+                   + (f"; tta {s['tta']}" if s.get("tta", "none") != "none" else ""))
         click.echo("  layers       " + ", ".join(f"{k} [{v}]" for k, v in d["layers"].items()))
         if d["classes"]:
             click.echo("  classes      " + ", ".join(f"{k} {v}" for k, v in d["classes"].items()))

@@ -198,7 +198,7 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
     settings = ExtractionSettings.from_dict(s)
     prep = settings.preprocessing
     options = {"backbone": settings.backbone, "weights": weights, "seed": seed, "pooling": settings.pooling,
-               "resize": prep.resize, "crop": prep.crop, "draft": prep.draft, "precision": settings.precision}
+               "resize": prep.resize, "crop": prep.crop, "draft": prep.draft, "precision": settings.precision, "tta": settings.tta}
     if settings.int8 is not None:  # that exact int8 engine (all its layers), from the training cache's folder
         options["int8"] = settings.int8
         options["layers"] = int8_layers(bundle)

@@ -7,7 +7,8 @@ they are scored on.
 
 A classifier is named by a spec string, ``name[:key=value,...]``: ``logreg``, ``logreg:C=0.1``,
 ``rbf-svm:pca=128,C=10``, ``knn:n_neighbors=5,l2=on``. ``l2``, ``scale`` and ``pca`` switch the steps; any other
-key is a parameter of the classifier itself.
+key is a parameter of the classifier itself. ``ensemble`` (``classifiers.ensemble``) combines other entries:
+``ensemble:members=logreg+rbf-svm,method=stack``.
 """
 from __future__ import annotations
 
@@ -159,7 +160,9 @@ def describe(spec) -> str:
     for name, step in pipe.steps:
         if step == "passthrough":
             continue
-        if name == "pca":
+        if hasattr(step, "describe"):  # an ensemble says what its members are
+            parts.append(step.describe())
+        elif name == "pca":
             parts.append(f"pca({step.n_components})")
         elif name in ("l2", "scale"):
             parts.append(name)
@@ -200,3 +203,15 @@ register_classifier(ClassifierSpec(
     "random-forest", "random forest of 300 trees (no scaling needed)",
     lambda seed: RandomForestClassifier(n_estimators=300, random_state=seed),
     grid={"max_features": ["sqrt", 0.05, 0.2]}, probabilities=True))
+
+
+def _ensemble(seed):
+    from .ensemble import ZooEnsemble
+
+    return ZooEnsemble(random_state=seed)
+
+
+register_classifier(ClassifierSpec(
+    "ensemble", "soft vote of logreg, rbf-svm (sigmoid-calibrated) and knn, each with its own steps; "
+    "method=stack: a logistic regression on their out-of-fold probabilities; members=a+b+... chooses them",
+    _ensemble, grid={}, probabilities=True))

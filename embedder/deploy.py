@@ -218,6 +218,9 @@ def refusal(pipeline) -> NotExportable | None:
             return NotExportable(type(clf).__name__, f"its pipeline step {type(step).__name__} has no export (L2 "
                                                      f"Normalizer, StandardScaler and PCA have)")
     kind = type(clf).__name__
+    if hasattr(clf, "member_pipelines"):  # the zoo's ensemble (classifiers.ensemble)
+        return NotExportable(kind, "an ensemble's head has no ONNX export yet (its members' calibration and "
+                                   "combination are not written); export one of its members' models instead")
     if kind not in FOLDED + CONVERTED:
         return NotExportable(kind, f"{kind} has no export (linear models fold into one matrix product; "
                                    f"{', '.join(CONVERTED)} go through skl2onnx)")

@@ -49,7 +49,8 @@ class TorchEngine(Engine):
 
         autocast_for(device, settings.precision)  # refuse fp16 on the CPU
         self.settings, self.device, self._torch = settings, device, torch
-        self.extractor = FeatureExtractor(model, list(settings.layers), settings.pooling).to(device)
+        self.extractor = FeatureExtractor(model, list(settings.layers), settings.pooling,
+                                          settings.tta).to(device)
         self.channels_last = channels_last
         if channels_last:
             self.extractor = self.extractor.to(memory_format=torch.channels_last)

@@ -1,7 +1,7 @@
 """A frozen backbone → one ONNX graph: uint8 ``N x 3 x crop x crop`` in, one pooled float32 output per layer.
 
-Normalization and pooling are inside the graph, so that the engine only moves uint8 pixels in and vectors out,
-exactly the computation of ``TorchEngine`` (the same ``FeatureExtractor``). torch's TorchScript-based exporter is
+Normalization, pooling and test-time augmentation (``tta="flip"``: the mirror and the mean) are inside the graph,
+so that the engine only moves uint8 pixels in and vectors out, exactly the computation of ``TorchEngine`` (the same ``FeatureExtractor``). torch's TorchScript-based exporter is
 used: it exports torchvision's traced feature extractors as they are (the dynamo exporter needs onnxscript and
 rewrites more), with a dynamic batch dimension.
 """
@@ -27,7 +27,7 @@ class _Normalized(nn.Module):
     def __init__(self, model: nn.Module, settings: ExtractionSettings):
         super().__init__()
         prep = settings.preprocessing
-        self.extractor = FeatureExtractor(model, list(settings.layers), settings.pooling)
+        self.extractor = FeatureExtractor(model, list(settings.layers), settings.pooling, settings.tta)
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(prep.std).view(1, 3, 1, 1)))
         self.register_buffer("shift", (torch.tensor(prep.mean) / torch.tensor(prep.std)).view(1, 3, 1, 1))
         self.layers = list(settings.layers)
@@ -53,3 +53,20 @@ def export_onnx(model: nn.Module, settings: ExtractionSettings, path: str) -> No
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise FeaturebankError(f"{settings.backbone} cannot be exported to ONNX ({type(exc).__name__}: {first})") from None
+    if settings.tta != "none":
+        with torch.inference_mode():
+            widths = [int(t.shape[1]) for t in wrapper(example)]
+        _static_widths(path, widths)
+
+
+def _static_widths(path: str, widths: list[int]) -> None:
+    """Write the outputs' vector lengths into the graph where the exporter left a symbol (after tta's Reshape and
+    ReduceMean it does): deployment reads the width of its head's input from there."""
+    import onnx
+
+    model = onnx.load(path)
+    for output, width in zip(model.graph.output, widths):
+        dim = output.type.tensor_type.shape.dim[1]
+        dim.ClearField("dim_param")
+        dim.dim_value = width
+    onnx.save(model, path)

@@ -15,7 +15,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
 
-from .settings import POOLINGS  # noqa: F401  (re-exported)
+from .settings import POOLINGS, TTAS  # noqa: F401  (re-exported)
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -63,10 +63,16 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 class FeatureExtractor(nn.Module):
-    """A frozen backbone that returns ``{layer: pooled N x D float32}`` for the chosen node names."""
+    """A frozen backbone that returns ``{layer: pooled N x D float32}`` for the chosen node names.
 
-    def __init__(self, model: nn.Module, layers: list[str], pooling: str = "avg"):
+    ``tta="flip"``: the batch and its left-right mirror go through the backbone as one batch of 2N, and each
+    layer's pooled vector is the mean of the image's and its mirror's. Both engines (torch, and ONNX Runtime,
+    which exports this module) compute it here, so their rows agree and int8 calibrates on what it runs."""
+
+    def __init__(self, model: nn.Module, layers: list[str], pooling: str = "avg", tta: str = "none"):
         super().__init__()
+        if tta not in TTAS:
+            raise FeaturebankError(f"unknown test-time augmentation {tta!r}: choose one of {', '.join(TTAS)}")
         if pooling not in POOLINGS:
             raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
         with warnings.catch_warnings():
@@ -74,11 +80,22 @@ class FeatureExtractor(nn.Module):
             self.body = create_feature_extractor(model.eval(), return_nodes={layer: layer for layer in layers})
         self.layers = list(layers)
         self.pooling = pooling
+        self.tta = tta
         self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.tta == "flip":
+            outputs = self.body(torch.cat([x, x.flip(3)]))
+            return {layer: _mean_of_halves(pool(outputs[layer], self.pooling).float()) for layer in self.layers}
         outputs = self.body(x)
         return {layer: pool(outputs[layer], self.pooling).float() for layer in self.layers}
+
+
+def _mean_of_halves(v: torch.Tensor) -> torch.Tensor:
+    """``2N x D`` (the images, then their mirrors) → ``N x D``: one ReduceMean in the ONNX graph, after which
+    int8's fp32 tail search walks on to the last convolution. The width is a constant (``int``), so that the
+    exported graph's outputs keep a static width, as without tta."""
+    return v.reshape(2, -1, int(v.shape[1])).mean(0)
 
 
 def autocast_for(device: torch.device, precision: str):

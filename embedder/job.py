@@ -101,7 +101,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
             workers: int | None = None, seed: int = 0, layout: str = "auto", strict: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None, engine: str = "auto",
             int8: Int8 | None = None, engine_dir: str | None = None, threads: int | None = None,
-            progress: bool = False) -> ExtractSummary:
+            progress: bool = False, tta: str = "none") -> ExtractSummary:
     """Embed every image of ``source`` (a folder, manifest, list file, or a :class:`Listing`) into the HDF5 cache
     ``cache`` (default: under ``cache/``).
 
@@ -122,12 +122,12 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
                         pooling=pooling, resize=resize, crop=crop, draft=draft, precision=precision, device=device,
                         batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
                         max_pixels=max_pixels, cache_dir=cache_dir, engine=engine, int8=int8,
-                        engine_dir=engine_dir, threads=threads, progress=progress and rank.leader)
+                        engine_dir=engine_dir, threads=threads, progress=progress and rank.leader, tta=tta)
 
 
 def _extract(group, started, source, cache, *, backbone, weights, layers, pooling, resize, crop, draft, precision,
              device, batch_size, workers, seed, layout, strict, max_pixels, cache_dir, engine, int8, engine_dir,
-             threads, progress) -> ExtractSummary:
+             threads, progress, tta) -> ExtractSummary:
     """``extract`` as one rank of ``group`` (a ``Solo`` process, or a torchrun job): each step every rank takes
     is a ``group.step``, so that a failure on one rank stops all of them with its message."""
     rank = group.rank
@@ -140,7 +140,7 @@ def _extract(group, started, source, cache, *, backbone, weights, layers, poolin
     request = Request(backbone, weights, seed, tuple(layers) if layers else None, pooling, resize, crop, draft,
                       precision, int8 if precision == "int8" else None)
     resolved = group.leader_first("resolving the settings", lambda: resolve(request, store))
-    settings = resolved.settings
+    settings = replace(resolved.settings, tta=tta)  # tta="flip": a setting of its own (rows, engine, file name)
     calibration_files: list[str] = []
     fixed_calibration = bool(int8 is not None and int8.calibration_set)
     named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings

@@ -20,6 +20,7 @@ from .preprocess import Preprocessing
 
 POOLINGS = ("avg", "max", "avgmax")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+TTAS = ("none", "flip")  # test-time augmentation: "flip" is the mean of the image's and its mirror's vectors
 CALIBRATIONS = ("minmax",)  # ONNX Runtime 1.31's percentile and entropy calibrators fail on these graphs
 
 
@@ -57,9 +58,12 @@ class ExtractionSettings:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     precision: str = "fp32"
     int8: Int8 | None = None  # set exactly when precision is int8
+    tta: str = "none"  # "flip": each layer's pooled vector averaged with that of the left-right mirrored image
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
+        if self.tta not in TTAS:
+            raise FeaturebankError(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
         if self.pooling not in POOLINGS:
             raise FeaturebankError(f"unknown pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.precision not in PRECISIONS:
@@ -74,6 +78,8 @@ class ExtractionSettings:
              "pooling": self.pooling, "preprocessing": self.preprocessing.to_dict(), "precision": self.precision}
         if self.int8 is not None:
             d["int8"] = self.int8.to_dict()
+        if self.tta != "none":
+            d["tta"] = self.tta
         return d
 
     @classmethod
@@ -91,7 +97,7 @@ class ExtractionSettings:
             int8 = Int8(**d["int8"]) if d.get("int8") else None
             return cls(backbone=d["backbone"], weights=d["weights"], layers=tuple(d["layers"]),
                        pooling=d.get("pooling", "avg"), preprocessing=prep, precision=d.get("precision", "fp32"),
-                       int8=int8)
+                       int8=int8, tta=d.get("tta", "none"))
         except (KeyError, TypeError) as exc:
             raise FeaturebankError(f"unreadable extraction settings ({type(exc).__name__}: {exc})") from None
 

@@ -29,12 +29,13 @@ class Embedder(TransformerMixin, BaseEstimator):
     Several ``layers`` are concatenated side by side, in the order given. A bad image raises
     ``FeaturebankError`` naming it (a transformer must return one row per input). ``engine`` is that of
     ``featurebank extract`` (``auto``, ``torch``, ``onnxruntime``); exported engines live in ``engine_dir``
-    (default: ``$FEATUREBANK_ENGINE_DIR``, else ``cache/engines``).
+    (default: ``$FEATUREBANK_ENGINE_DIR``, else ``cache/engines``). ``tta="flip"`` is ``extract --tta flip``.
     """
 
     def __init__(self, backbone="resnet50", weights="DEFAULT", layers=None, pooling="avg", resize=None, crop=None,
                  draft=True, precision="fp32", device="auto", batch_size=32, workers=0, seed=0,
-                 max_pixels=DEFAULT_MAX_PIXELS, engine="auto", engine_dir=None, calibration_images=256, int8=None):
+                 max_pixels=DEFAULT_MAX_PIXELS, engine="auto", engine_dir=None, calibration_images=256, int8=None,
+                 tta="none"):
         self.backbone = backbone
         self.weights = weights
         self.layers = layers
@@ -52,6 +53,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.engine_dir = engine_dir
         self.calibration_images = calibration_images
         self.int8 = int8
+        self.tta = tta
 
     def fit(self, X=None, y=None):
         """Load the backbone; nothing is learned from ``X``, except int8's calibration, which needs it."""
@@ -70,7 +72,8 @@ class Embedder(TransformerMixin, BaseEstimator):
             else:
                 int8, self._calibration = self._calibrate_on(_as_list(X))
         self.settings_ = ExtractionSettings(self.backbone, self.backbone_.weights.identity, tuple(self.layers_),
-                                            self.pooling, self.backbone_.preprocessing, self.precision, int8)
+                                            self.pooling, self.backbone_.preprocessing, self.precision, int8,
+                                            self.tta)
         self.__dict__.pop("_engine", None)
         return self
 

@@ -92,7 +92,8 @@ def test_classifier_commands_have_help_with_an_example(runner, command):
 
 def test_classifiers_json_lists_the_zoo(runner):
     rows = json.loads(runner.invoke(cli.main, ["classifiers", "--json"]).stdout)
-    assert [r["name"] for r in rows] == ["logreg", "linear-svm", "rbf-svm", "knn", "ridge", "lda", "random-forest"]
+    assert [r["name"] for r in rows] == ["logreg", "linear-svm", "rbf-svm", "knn", "ridge", "lda", "random-forest",
+                                        "ensemble"]
     assert rows[2]["pipeline"].startswith("l2 → pca(256) → SVC") and rows[2]["search"]["gamma"][0] == "scale"
     assert rows[0]["probabilities"] and not rows[4]["probabilities"]
 
