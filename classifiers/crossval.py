@@ -213,13 +213,20 @@ class CVReport:
         X = self.source(self.best).features(layer)
         X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
         n = len(X)
-        ref = np.arange(n) if n <= reference else np.sort(np.random.default_rng(self.seed).choice(n, reference, replace=False))
+        if n <= reference:
+            ref, R = np.arange(n), X  # every row is a reference: no copy
+        else:
+            ref = np.sort(np.random.default_rng(self.seed).choice(n, reference, replace=False))
+            R = X[ref]  # once: at most `reference` rows (164 MB of 2048-d float32)
+        column = np.full(n, -1, dtype=np.int64)
+        column[ref] = np.arange(len(ref))  # where each row sits among the references (-1: not one)
         nearest = np.empty(n, dtype=np.float32)
         which = np.empty(n, dtype=np.int64)
         for start in range(0, n, 1024):
-            block = X[start:start + 1024] @ X[ref].T
-            rows, cols = np.nonzero(ref[None, :] == np.arange(start, start + len(block))[:, None])
-            block[rows, cols] = -np.inf  # an image is not its own neighbour
+            block = X[start:start + 1024] @ R.T  # 1024 x reference similarities, the only other memory
+            own = column[start:start + len(block)]
+            mine = np.flatnonzero(own >= 0)
+            block[mine, own[mine]] = -np.inf  # an image is not its own neighbour
             j = block.argmax(axis=1)
             nearest[start:start + len(block)], which[start:start + len(block)] = block[np.arange(len(block)), j], ref[j]
         order = np.argsort(nearest, kind="stable")[:limit]

@@ -186,6 +186,16 @@ def test_suspicious_images_outliers_and_duplicates(tmp_path):
     assert confidences == sorted(confidences, reverse=True)
     layer, outliers = report.outliers(3)
     assert layer == "flatten" and outliers[0]["path"] == "class1/img020.jpg"
+    # every image's nearest neighbour, by brute force: among all rows, then among a sample of 2,048 (here 12) rows
+    U = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    for reference, ref in ((20_000, np.arange(30)), (12, np.sort(np.random.default_rng(0).choice(30, 12, replace=False)))):
+        S = U @ U[ref].T
+        S[ref, np.arange(len(ref))] = -np.inf
+        name = [f"class{y[i]}/img{i:03d}.jpg" for i in range(30)]
+        _, found = report.outliers(30, reference=reference)
+        # (mutual nearest neighbours tie on their similarity: compare each image's entry, then the order's values)
+        assert {o["path"]: o["nearest"] for o in found} == {name[i]: name[ref[j]] for i, j in enumerate(S.argmax(axis=1))}
+        np.testing.assert_allclose([o["similarity"] for o in found], np.sort(S.max(axis=1)), atol=1e-4)
     dups = report.duplicates()
     assert dups == [{"paths": ["class0/img005.jpg", "class2/img025.jpg"], "labels": ["class0", "class2"],
                      "conflicting": True}]
