@@ -1,16 +1,14 @@
-"""How much flip test-time augmentation and the `ensemble` zoo entry add on flowers, by 5-fold cross-validation of
-train/ only (val/ is not touched: no number here is measured on data that chose anything).
+"""Which backbone, how much flip test-time augmentation and the `ensemble` zoo entry add on flowers, by stratified
+cross-validation of train/ only (val/ is not touched: no number here is measured on data that chose anything).
 
-    python benchmarks/flowers_models.py [--layers classifier.0,features.17] [--classifiers logreg,rbf-svm,ensemble]
+    python benchmarks/flowers_models.py [--classifiers logreg,rbf-svm,ensemble] [--repeats 2]
 
-`featurebank extract flowers/train` with the real MobileNetV2 ImageNet weights (../shared/weights), once without
-and once with `--tta flip`, into caches with the same rows in the same order; then `cv` of each classifier on each
-layer of both caches on the same folds (the folds depend only on the labels and the seed), so every row of the
-table is paired with the baseline (logreg, no tta) fold by fold. A composite layer `a+b` (concatenated features)
-is accepted where `cv` takes one. Prints the table and writes it into benchmarks/RESULTS.md.
-
-The differences are per-fold paired differences (mean ± std over folds, and on how many folds the row beat the
-baseline); p-values of those paired differences come from `cv`'s statistics once they are merged.
+`featurebank extract flowers/train` with the real ImageNet checkpoints of ../shared/weights: MobileNetV2 without and
+with `--tta flip`, and SqueezeNet 1.1 (its penultimate layer, `classifier.0` in both). Then ONE `cv` over the three
+caches (`cross_validate([a, b, c])`): every (backbone, classifier) on the same folds, so each row is paired with
+the baseline (MobileNetV2, logreg, no tta) fold by fold, and each row gets cv's p-value against the best row
+(corrected resampled t-test). The table adds the paired difference to the baseline and the same test against it.
+Prints the table and writes it into benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -32,70 +30,85 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
 DATA = SHARED / "data" / "flowers" / "train"
 
 
-def extract(cache: pathlib.Path, layers: list[str], tta: str, env: dict) -> tuple[dict, float]:
+CACHES = (  # name, backbone, weights file, tta
+    ("mobilenet_v2", "mobilenet_v2", "mobilenet_v2-imagenet.pth", "none"),
+    ("mobilenet_v2 + flip", "mobilenet_v2", "mobilenet_v2-imagenet.pth", "flip"),
+    ("squeezenet1_1", "squeezenet1_1", "squeezenet1_1-imagenet.pth", "none"),
+)
+LAYER = "classifier.0"  # the penultimate layer of both backbones
+
+
+def extract(cache: pathlib.Path, backbone: str, weights: pathlib.Path, tta: str, env: dict) -> tuple[dict, float]:
     from cpu_engines import run
 
-    blocks = sorted({b for layer in layers for b in layer.split("+")})
-    seconds, out = run([sys.executable, "-m", "cli", "extract", str(DATA), "-b", "mobilenet_v2", "-w", str(WEIGHTS),
-                        "-l", ",".join(blocks), "--cache", str(cache), "--tta", tta, "--json"], env)
+    seconds, out = run([sys.executable, "-m", "cli", "extract", str(DATA), "-b", backbone, "-w", str(weights),
+                        "-l", LAYER, "--cache", str(cache), "--tta", tta, "--json"], env)
     return json.loads(out), seconds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", default="classifier.0,features.17")
     parser.add_argument("--classifiers", default="logreg,rbf-svm,ensemble",
                         help="add ensemble:method=stack for stacking (about 5 times the ensemble's fitting time)")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-j", "--n-jobs", type=int, default=2)
     parser.add_argument("--cache-dir", help="keep the caches here (default: a temporary folder)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     opts = parser.parse_args()
-    if not WEIGHTS.exists() or not DATA.is_dir():
-        print(f"skipped: {WEIGHTS} or {DATA} is absent")
+    missing = [p for p in [DATA] + [SHARED / "weights" / w for _, _, w, _ in CACHES] if not p.exists()]
+    if missing:
+        print(f"skipped: {', '.join(map(str, missing))} absent")
         return 0
     from classifiers.crossval import cross_validate
+    from classifiers.significance import corrected_t_test
     from cpu_engines import cpu, write_section
 
-    layers, specs = opts.layers.split(","), opts.classifiers.split(",")
+    specs = opts.classifiers.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         folder = pathlib.Path(opts.cache_dir or tmp)
         folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "FEATUREBANK_ENGINE_DIR": str(folder / "engines"), "PYTHONPATH": str(ROOT)}
-        results, notes = {}, []
-        for tta in ("none", "flip"):
-            summary, seconds = extract(folder / f"flowers-train-{tta}.h5", layers, tta, env)
-            notes.append(f"extract --tta {tta}: {summary['rows']} rows, {seconds:.0f} s "
-                         f"({summary['images_per_second']} images/s, {summary['engine'].get('name', 'cached')})")
-            started = time.perf_counter()
-            report = cross_validate(summary["cache"], specs, layers, folds=opts.folds, seed=opts.seed,
-                                    n_jobs=opts.n_jobs)
-            notes.append(f"cv --tta {tta}: {len(specs)} classifiers x {len(layers)} layers, "
-                         f"{time.perf_counter() - started:.0f} s")
-            for r in report.results:
-                results[(tta, r.classifier, r.layer)] = r
-    base_key = ("none", specs[0], layers[0])
-    base = np.array([f.scores["balanced_accuracy"] for f in results[base_key].folds])
-    head = ("| tta | classifier | layer | accuracy % | balanced acc. % | log-loss | Δ balanced acc. vs "
-            f"{specs[0]} @ {layers[0]}, no tta (points, paired over folds) | folds better | fit s/fold |")
-    rows = [head, "|---|---|---|--:|--:|--:|--:|--:|--:|"]
-    for (tta, spec, layer), r in sorted(results.items(), key=lambda kv: -kv[1].metric("balanced_accuracy")["mean"]):
-        acc, bal, loss = r.metric("accuracy"), r.metric("balanced_accuracy"), r.metric("log_loss")
-        diff = 100 * (np.array([f.scores["balanced_accuracy"] for f in r.folds]) - base)
-        fit = np.mean([f.fit_seconds for f in r.folds])
-        rows.append(f"| {tta} | {spec} | {layer} | {100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | "
-                    f"{100 * bal['mean']:.1f} ± {100 * bal['std']:.1f} | "
-                    + (f"{loss['mean']:.3f}" if loss["mean"] is not None else "–") + " | "
-                    + ("–" if (tta, spec, layer) == base_key else f"{diff.mean():+.2f} ± {diff.std():.2f}") + " | "
-                    + ("–" if (tta, spec, layer) == base_key else f"{int((diff > 0).sum())}/{len(diff)}")
-                    + f" | {fit:.2f} |")
+        paths, notes = [], []
+        for name, backbone, weights, tta in CACHES:
+            summary, seconds = extract(folder / f"flowers-train-{backbone}-{tta}.h5", backbone,
+                                       SHARED / "weights" / weights, tta, env)
+            paths.append(summary["cache"])
+            notes.append(f"extract {name}: {summary['rows']} rows, {seconds:.0f} s")
+        started = time.perf_counter()
+        report = cross_validate(paths, specs, [LAYER], folds=opts.folds, repeats=opts.repeats, seed=opts.seed,
+                                n_jobs=opts.n_jobs)
+        notes.append(f"cv: {len(specs)} classifiers x {len(paths)} caches x {opts.folds} folds x {opts.repeats} "
+                     f"repeats, {time.perf_counter() - started:.0f} s")
+    label = {source.name: name for source, (name, *_rest) in zip(report.sources, CACHES)}
+    fold_scores = lambda r: np.array([f.scores["balanced_accuracy"] for f in r.folds])  # noqa: E731
+    base = next(r for r in report.results if r.backbone == report.sources[0].name and r.classifier == specs[0])
+    n_test = np.mean([len(s.test) for s in report.splits])
+    n_train = np.mean([len(s.train) for s in report.splits])
+    ranked = report.leaderboard()
+    head = ("| # | backbone | classifier | balanced acc. % | accuracy % | p vs #1 | Δ vs baseline (points) | "
+            "p vs baseline | folds better |")
+    rows = [head, "|--:|---|---|--:|--:|--:|--:|--:|--:|"]
+    best = fold_scores(ranked[0])
+    for i, r in enumerate(ranked):
+        acc, bal = r.metric("accuracy"), r.metric("balanced_accuracy")
+        d = 100 * (fold_scores(r) - fold_scores(base))
+        p_best = "–" if i == 0 else f"{corrected_t_test(best, fold_scores(r), n_train, n_test)[1]:.3f}"
+        p_base = "–" if r is base else f"{corrected_t_test(fold_scores(base), fold_scores(r), n_train, n_test)[1]:.3f}"
+        rows.append(f"| {i + 1} | {label[r.backbone]} | {r.classifier} | {100 * bal['mean']:.2f} ± {100 * bal['std']:.2f} | "
+                    f"{100 * acc['mean']:.2f} | {p_best} | "
+                    + ("baseline" if r is base else f"{d.mean():+.2f} ± {d.std():.2f}") + " | " + p_base + " | "
+                    + ("–" if r is base else f"{int((d > 0).sum())}/{len(d)} (ties {int((d == 0).sum())})") + " |")
     machine, _ = cpu()
-    text = (f"flowers train/ ({results[base_key].predictions.shape[1]} images, 5 classes), MobileNetV2 ImageNet "
-            f"checkpoint, {opts.folds}-fold stratified cross-validation (seed {opts.seed}), the same folds for every "
-            f"row; {machine}.\n\n" + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes))
+    text = (f"flowers train/ ({len(report.data.y)} images, 5 classes), layer `{LAYER}` (penultimate) of the ImageNet "
+            f"checkpoints in ../shared/weights, {opts.folds}-fold stratified cross-validation x {opts.repeats} repeats "
+            f"(seed {opts.seed}), the same folds for every row; val/ not used. p-values: two-sided corrected "
+            f"resampled t-test (Nadeau & Bengio 2003) of balanced accuracy over the {len(best)} paired folds; "
+            f"baseline: MobileNetV2, {specs[0]}, no tta. {machine}.\n\n"
+            + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes))
     print(text)
-    write_section(pathlib.Path(opts.results), text, "flowers_models.py", "Flip TTA and ensembles on flowers")
+    write_section(pathlib.Path(opts.results), text, "flowers_models.py", "Backbones, flip TTA and ensembles on flowers")
     return 0
 
 

@@ -150,12 +150,13 @@ def aligned(first: Labeled, cache: str | CacheReader) -> Labeled:
 
 
 def backbone_names(readers: list[CacheReader]) -> list[str]:
-    """A short unique name per cache for the leaderboard: the backbone, plus the weights, pooling or precision
-    where two caches share a backbone, else the file's name, else a number."""
+    """A short unique name per cache for the leaderboard: the backbone, plus the weights, pooling, precision or
+    test-time augmentation where two caches share a backbone, else the file's name, else a number."""
     settings = [r.settings for r in readers]
     names = [s["backbone"] for s in settings]
     steps = [(lambda i, key=key, short=short: short(settings[i].get(key)))
-             for key, short in (("weights", _short_weights), ("pooling", str), ("precision", str))]
+             for key, short in (("weights", _short_weights), ("pooling", str), ("precision", str),
+                                ("tta", lambda v: f"tta-{v or 'none'}"))]
     steps.append(lambda i: os.path.splitext(os.path.basename(readers[i].path))[0])
     for step in steps:
         for name in set(names):

@@ -349,9 +349,10 @@ def test_backbone_names_are_short_and_unique():
                           reader("/c/c.h5", backbone="resnet50", weights="ResNet50_Weights.IMAGENET1K_V1"),
                           reader("/c/d.h5", backbone="vgg16", pooling="avg"),
                           reader("/c/e.h5", backbone="vgg16", pooling="max"),
-                          reader("/c/f.h5", backbone="alexnet"), reader("/d/f.h5", backbone="alexnet")])
+                          reader("/c/f.h5", backbone="alexnet"), reader("/d/f.h5", backbone="alexnet"),
+                          reader("/c/g.h5", backbone="squeezenet1_1"), reader("/c/h.h5", backbone="squeezenet1_1", tta="flip")])
     assert got == ["resnet50/IMAGENET1K_V2", "mobilenet_v2", "resnet50/IMAGENET1K_V1", "vgg16/avg", "vgg16/max",
-                   "alexnet#1", "alexnet#2"]
+                   "alexnet#1", "alexnet#2", "squeezenet1_1/tta-none", "squeezenet1_1/tta-flip"]
 
 
 def test_corrected_t_test_against_a_hand_computation():
