@@ -87,7 +87,9 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "ensemble_")
-        return self.ensemble_.predict_proba(X)
+        proba = np.asarray(self.ensemble_.predict_proba(X), dtype=np.float64)
+        # members fit on float32 rows answer in float32: their mean can miss 1 by 1e-7, which log-loss rejects
+        return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
