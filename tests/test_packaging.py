@@ -1,0 +1,19 @@
+"""What `pip install .` ships: every package of the source tree (an editable install would hide a missing one)."""
+from __future__ import annotations
+
+import pathlib
+
+from conftest import ROOT
+
+
+def test_every_package_of_the_tree_is_installed():
+    from setuptools.config.setupcfg import read_configuration
+
+    options = read_configuration(str(ROOT / "setup.cfg"))["options"]
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for top in ("embedder", "classifiers")
+               for p in (ROOT / top).rglob("__init__.py")}
+    assert {"embedder", "embedder.finetune", "classifiers"} <= on_disk
+    assert set(options["packages"]) == on_disk
+    assert options["py_modules"] == ["cli"]
+    templates = pathlib.Path(ROOT / "classifiers" / "templates")
+    assert any(templates.glob("*.j2")) and options["package_data"]["classifiers"] == ["templates/*.j2"]
