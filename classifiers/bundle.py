@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import joblib
 import numpy as np
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 
 from embedder.cache import CacheReader
 from embedder.errors import FeaturebankError
@@ -26,6 +26,7 @@ from embedder.sources import list_inputs
 
 from .crossval import RANK_BY
 from .data import labeled, open_cache
+from .folds import fit_grouped, inner_fold_count, inner_splitter
 from .metrics import confusion, per_class, scores
 from .zoo import describe, make_classifier, parse_spec, search_grid
 
@@ -114,15 +115,14 @@ def train(cache, classifier: str = "logreg", layer: str | None = None, out: str 
     found = None
     folds, splitter = search_folds(data, inner_folds, groups, seed) if search else (0, None)
     grid = search_grid(classifier, len(data.y) * (folds - 1) // folds) if search else {}
+    group_ids = data.groups if groups is not False else None
     if grid:
-        grouped = isinstance(splitter, StratifiedGroupKFold)
-        searched = GridSearchCV(pipeline, grid, cv=splitter, scoring=RANK_BY).fit(
-            X, data.y, **({"groups": data.groups} if grouped else {}))
+        searched = fit_grouped(GridSearchCV(pipeline, grid, cv=splitter, scoring=RANK_BY), X, data.y, group_ids)
         pipeline = searched.best_estimator_
         found = {"splitter": type(splitter).__name__, "folds": folds, "scoring": RANK_BY,
                  "best_params": searched.best_params_, "best_score": round(float(searched.best_score_), 4)}
     else:
-        pipeline.fit(X, data.y)
+        fit_grouped(pipeline, X, data.y, group_ids)
     bundle = Bundle(pipeline, data.classes, classifier, layer, {**reader.settings, "layers": [layer]},
                     reader.info.get("weights_file"),
                     {"cache": reader.path, "source": reader.attrs["source"], "rows": len(data.y),
@@ -140,14 +140,9 @@ def search_folds(data, inner_folds: int, groups: bool | None, seed: int) -> tupl
     """How many folds ``train --search`` can have, and its splitter: ``StratifiedGroupKFold`` when the cache has
     groups (a row without one is its own group), so that near-copies of one patient or camera never sit on both
     sides of a fold; else ``StratifiedKFold``. Both shuffled with ``seed``."""
-    folds = max(2, min(inner_folds, int(np.bincount(data.y).min())))
-    if data.groups is None or groups is False:
-        return folds, StratifiedKFold(folds, shuffle=True, random_state=seed)
-    n_groups = len(set(data.groups.tolist()))
-    if n_groups < 2:
-        raise FeaturebankError(f"{n_groups} group: --search needs at least 2 groups to cross-validate (or --no-groups)")
-    folds = min(folds, n_groups)
-    return folds, StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    group_ids = None if data.groups is None or groups is False else data.groups
+    folds = inner_fold_count(data.y, inner_folds, group_ids)
+    return folds, inner_splitter(folds, seed, group_ids is not None)
 
 
 def settings_differ(cache_settings: dict, bundle: Bundle) -> list[str]:

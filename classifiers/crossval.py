@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedGroupKFold
 from tqdm import tqdm
 
 from embedder.errors import FeaturebankError
 
 from .cluster import layer_tasks, on_cluster
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
+from .folds import fit_grouped, inner_splitter
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, list_classifiers, make_classifier, parse_spec, search_grid
@@ -255,10 +256,7 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
     """Fit a clone on the training rows, predict the test rows. Runs in a joblib worker."""
     model = clone(estimator)
     started = time.perf_counter()
-    if groups is not None and isinstance(model, GridSearchCV):
-        model.fit(X[split.train], y[split.train], groups=groups[split.train])
-    else:
-        model.fit(X[split.train], y[split.train])
+    fit_grouped(model, X[split.train], y[split.train], None if groups is None else groups[split.train])
     fitted = time.perf_counter()
     X_test = X[split.test]
     pred = model.predict(X_test)
@@ -274,9 +272,8 @@ def _estimator(spec: str, seed: int, search: bool, inner_folds: int, grouped: bo
     grid = search_grid(spec, n_train) if search else {}
     if not grid:
         return pipe
-    inner = (StratifiedGroupKFold(inner_folds, shuffle=True, random_state=seed) if grouped
-             else StratifiedKFold(inner_folds, shuffle=True, random_state=seed))
-    return GridSearchCV(pipe, grid, cv=inner, scoring=RANK_BY, n_jobs=1, refit=True, error_score="raise")
+    return GridSearchCV(pipe, grid, cv=inner_splitter(inner_folds, seed, grouped), scoring=RANK_BY, n_jobs=1,
+                        refit=True, error_score="raise")
 
 
 def _guarded(results, spec: str, layer: str):

@@ -10,18 +10,20 @@ method="sigmoid", ensemble=False)`` around its whole pipeline, fit on its decisi
 ``inner_folds`` folds of the training rows (about ``inner_folds + 1`` times its fitting time).
 
 The members see the whole vector they are given: on a composite layer ``a+b`` each member sees every block.
+With ``fit(X, y, groups)`` (cv and train pass the cache's groups), every inner fold keeps a group on one side.
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import StackingClassifier, VotingClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from embedder.errors import FeaturebankError
+
+from .folds import inner_fold_count, inner_splits, inner_splitter
+from .metrics import full_proba
 
 DEFAULT_MEMBERS = "logreg+rbf-svm+knn"
 METHODS = ("vote", "stack")
@@ -45,7 +47,8 @@ def member_names(members) -> list[str]:
 class ZooEnsemble(ClassifierMixin, BaseEstimator):
     """Soft voting (``method="vote"``) or stacking (``"stack"``) of zoo classifiers named by ``members``
     (``"logreg+rbf-svm+knn"``), each a full zoo Pipeline. Stacking fits its logistic regression on the members'
-    probabilities out of ``inner_folds`` folds of the training rows, then refits the members on all of them."""
+    probabilities out of ``inner_folds`` folds of the training rows, then refits the members on all of them.
+    ``fit(X, y, groups)``: with groups, every inner fold (calibration, stacking) keeps a group on one side."""
 
     def __init__(self, members=DEFAULT_MEMBERS, method="vote", inner_folds=5, random_state=0):
         self.members = members
@@ -53,43 +56,57 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
         self.inner_folds = inner_folds
         self.random_state = random_state
 
-    def member_pipelines(self, folds: int | None = None) -> list[tuple[str, object]]:
-        """The members, unfitted: zoo Pipelines, those without probabilities inside a sigmoid calibration."""
+    def member_pipelines(self, cv=None) -> list[tuple[str, object]]:
+        """The members, unfitted: zoo Pipelines, those without probabilities inside a sigmoid calibration on the
+        inner folds ``cv`` (default: ``inner_folds`` stratified folds)."""
         from .zoo import get_spec, make_classifier
 
-        inner = StratifiedKFold(folds or self.inner_folds, shuffle=True, random_state=self.random_state)
+        cv = cv if cv is not None else inner_splitter(self.inner_folds, self.random_state, grouped=False)
         out = []
         for name in member_names(self.members):
             pipe = make_classifier(name, seed=self.random_state)
             if not get_spec(name).probabilities:
-                pipe = CalibratedClassifierCV(pipe, method="sigmoid", cv=inner, ensemble=False)
+                pipe = CalibratedClassifierCV(pipe, method="sigmoid", cv=cv, ensemble=False)
             out.append((name, pipe))
         return out
 
-    def _combined(self, y):
+    def _fit_members(self, X, y, groups) -> list:
+        """Every member fit on these rows; calibrations on inner folds of these rows (by group when given)."""
+        cv = inner_splits(X, y, groups, inner_fold_count(y, self.inner_folds, groups), self.random_state)
+        return [pipe.fit(X, y) for _, pipe in self.member_pipelines(cv)]
+
+    def _probabilities(self, members, X) -> list[np.ndarray]:
+        """Each member's probabilities over all of the ensemble's classes (a member may have missed one)."""
+        index = {c: i for i, c in enumerate(self.classes_.tolist())}
+        return [full_proba(np.asarray(m.predict_proba(X), dtype=np.float64), [index[c] for c in m.classes_.tolist()],
+                           len(self.classes_)) for m in members]
+
+    def fit(self, X, y, groups=None):
         if self.method not in METHODS:
             raise FeaturebankError(f"unknown ensemble method {self.method!r}: choose one of {', '.join(METHODS)}")
-        smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
-        folds = max(2, min(int(self.inner_folds), smallest))  # as cv --search does for its inner folds
-        if self.method == "vote":
-            return VotingClassifier(self.member_pipelines(folds), voting="soft")
-        # a member's calibration runs on the stacking's inner training rows: fewer of each class
-        members = self.member_pipelines(max(2, min(folds, smallest * (folds - 1) // folds)))
-        return StackingClassifier(members, final_estimator=LogisticRegression(max_iter=2000),
-                                  cv=StratifiedKFold(folds, shuffle=True, random_state=self.random_state),
-                                  stack_method="predict_proba")
-
-    def fit(self, X, y):
-        self.ensemble_ = self._combined(y).fit(X, y)
-        self.classes_ = self.ensemble_.classes_
-        self.n_features_in_ = np.shape(X)[1]
+        member_names(self.members)
+        X, y = np.asarray(X), np.asarray(y)
+        groups = None if groups is None else np.asarray(groups)
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = X.shape[1]
+        if self.method == "stack":
+            # the final regression learns from probabilities of rows the members did not see (nor their groups)
+            outer = inner_splits(X, y, groups, inner_fold_count(y, self.inner_folds, groups), self.random_state)
+            oof = np.zeros((len(y), len(member_names(self.members)) * len(self.classes_)))
+            for train, test in outer:
+                members = self._fit_members(X[train], y[train], None if groups is None else groups[train])
+                oof[test] = np.hstack(self._probabilities(members, X[test]))
+            self.final_ = LogisticRegression(max_iter=2000).fit(oof, y)
+        self.members_ = self._fit_members(X, y, groups)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        check_is_fitted(self, "ensemble_")
-        proba = np.asarray(self.ensemble_.predict_proba(X), dtype=np.float64)
-        # members fit on float32 rows answer in float32: their mean can miss 1 by 1e-7, which log-loss rejects
-        return proba / proba.sum(axis=1, keepdims=True)
+        check_is_fitted(self, "members_")
+        probabilities = self._probabilities(self.members_, X)
+        if self.method == "stack":
+            return self.final_.predict_proba(np.hstack(probabilities))
+        proba = np.mean(probabilities, axis=0)
+        return proba / proba.sum(axis=1, keepdims=True)  # float32 members' mean can miss 1 by 1e-7
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

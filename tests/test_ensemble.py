@@ -81,12 +81,12 @@ def test_stacking_learns_from_out_of_fold_probabilities_of_its_training_rows_onl
     oof = np.hstack([cross_val_predict(make_classifier(m, seed=2), X[train_rows], y[train_rows], cv=inner,
                                        method="predict_proba") for m in ("logreg", "knn")])
     final = LogisticRegression(max_iter=2000).fit(oof, y[train_rows])
-    fitted = stacked.named_steps["clf"].ensemble_.final_estimator_
+    fitted = stacked.named_steps["clf"].final_
     np.testing.assert_allclose(fitted.coef_, final.coef_, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(fitted.intercept_, final.intercept_, rtol=1e-6, atol=1e-8)
     # and the members it predicts with are refit on all the training rows
     knn = make_classifier("knn", seed=2).fit(X[train_rows], y[train_rows])
-    np.testing.assert_allclose(stacked.named_steps["clf"].ensemble_.estimators_[1].predict_proba(X),
+    np.testing.assert_allclose(stacked.named_steps["clf"].members_[1].predict_proba(X),
                                knn.predict_proba(X), atol=1e-12)
 
 
@@ -135,3 +135,39 @@ def test_cli_errors_and_export_refusal_are_one_line(tmp_path):
     assert r.exit_code == 1 and r.output.count("\n") == 1
     assert r.output.startswith("Error: cannot export ensemble:members=logreg+lda (ZooEnsemble): ")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
+    """Near-copies of one group on both sides of the stacking's inner folds would let kNN's out-of-fold
+    probabilities look perfect: with groups, the final regression learns from group-aware folds (a hand
+    computation with StratifiedGroupKFold), and cv and train hand the cache's groups to the ensemble."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from classifiers.folds import fit_grouped
+    from embedder.cache import CacheReader
+    from test_bundle import near_copies
+
+    X, y, _ = near_copies(tmp_path / "c.h5")
+    groups = CacheReader(str(tmp_path / "c.h5")).groups  # a row without a group is a group of its own
+    spec = "ensemble:method=stack,members=logreg+knn"
+    stacked = make_classifier(spec, seed=3).fit(X, y, clf__groups=groups).named_steps["clf"]
+    inner = list(StratifiedGroupKFold(5, shuffle=True, random_state=3).split(X, y, groups))
+    assert all(not set(groups[a]) & set(groups[b]) for a, b in inner)
+    oof = np.hstack([cross_val_predict(make_classifier(m, seed=3), X, y, cv=inner, method="predict_proba")
+                     for m in ("logreg", "knn")])
+    final = LogisticRegression(max_iter=2000).fit(oof, y)
+    np.testing.assert_allclose(stacked.final_.coef_, final.coef_, rtol=1e-6, atol=1e-8)
+    blind = make_classifier(spec, seed=3).fit(X, y).named_steps["clf"]
+    knn_weight = lambda s: np.abs(s.final_.coef_[0, 2:]).sum()  # noqa: E731  (knn's columns)
+    assert knn_weight(blind) > 1.25 * knn_weight(stacked)  # the leak: knn looks better than it is
+
+    report = cross_validate(tmp_path / "c.h5", [spec], ["flatten"], folds=3, seed=3)
+    assert report.grouped
+    for split, fold in zip(report.splits, report.results[0].folds):
+        model = fit_grouped(make_classifier(spec, seed=3), X[split.train], y[split.train], groups[split.train])
+        assert fold.scores["log_loss"] == pytest.approx(
+            float(-np.mean(np.log(np.clip(model.predict_proba(X[split.test])[np.arange(len(split.test)),
+                                                                              y[split.test]], 1e-15, None)))),
+            rel=1e-9)
+    bundle = train(str(tmp_path / "c.h5"), spec, layer="flatten", seed=3)
+    np.testing.assert_allclose(bundle.pipeline.named_steps["clf"].final_.coef_, stacked.final_.coef_, rtol=1e-9)

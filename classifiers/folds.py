@@ -1,0 +1,60 @@
+"""Inner folds, group-aware wherever rows have groups: nested search, an ensemble's calibration and stacking.
+
+One place decides how the training rows of a fold are split again, so that near-copies of one animal, patient or
+camera (one group; a row without a group is its own) never sit on both sides of an inner fold either, and so that
+every fit that takes those groups gets them (``fit_grouped``).
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+
+from embedder.errors import FeaturebankError
+
+
+def inner_splitter(folds: int, seed: int, grouped: bool):
+    """``StratifiedGroupKFold`` when the rows have groups, else ``StratifiedKFold``; both shuffled with ``seed``."""
+    cls = StratifiedGroupKFold if grouped else StratifiedKFold
+    return cls(folds, shuffle=True, random_state=seed)
+
+
+def inner_fold_count(y: np.ndarray, wanted: int, groups: np.ndarray | None = None) -> int:
+    """``wanted`` folds, fewer when the smallest class (or the number of groups) is smaller, at least 2."""
+    folds = max(2, min(int(wanted), int(np.bincount(np.unique(y, return_inverse=True)[1]).min())))
+    if groups is not None:
+        n_groups = len(set(np.asarray(groups).tolist()))
+        if n_groups < 2:
+            raise FeaturebankError(f"{n_groups} group: inner cross-validation needs at least 2 groups "
+                                   f"(or --no-groups)")
+        folds = min(folds, n_groups)
+    return folds
+
+
+def inner_splits(X, y, groups, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The inner folds of these rows, as index pairs (usable as any scikit-learn ``cv``)."""
+    return list(inner_splitter(folds, seed, groups is not None).split(X, y, groups))
+
+
+def takes_groups(estimator) -> bool:
+    """Whether a zoo Pipeline's classifier fits with ``groups`` (the ``ensemble`` entry does)."""
+    step = estimator.named_steps["clf"] if hasattr(estimator, "named_steps") else estimator
+    return "groups" in inspect.signature(step.fit).parameters
+
+
+def fit_grouped(model, X, y, groups):
+    """``model.fit`` with the rows' groups given to whatever splits them again: a ``GridSearchCV``'s folds and
+    a classifier that has inner folds of its own (passed as ``clf__groups``, subset by the search per fold)."""
+    if groups is None:
+        return model.fit(X, y)
+    kwargs = {}
+    inner = model.estimator if isinstance(model, GridSearchCV) else model
+    if takes_groups(inner):
+        kwargs["clf__groups" if hasattr(inner, "named_steps") else "groups"] = groups
+    if isinstance(model, GridSearchCV):
+        kwargs["groups"] = groups
+    return model.fit(X, y, **kwargs)
+
+
+__all__ = ["fit_grouped", "inner_fold_count", "inner_splits", "inner_splitter", "takes_groups"]
