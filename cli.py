@@ -403,6 +403,9 @@ def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_fo
     from classifiers.crossval import cross_validate
     from classifiers.report import leaderboard_lines, model_name, report_dict, significance_note, write_report
 
+    if scheduler and n_jobs != 1:
+        raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
+
     report = cross_validate(list(caches), classifier, layer, folds=folds, repeats=repeats, seed=seed, groups=groups,
                             search=search, inner_folds=inner_folds, n_jobs=n_jobs, scheduler=scheduler,
                             progress=not quiet and sys.stderr.isatty())

@@ -26,7 +26,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 SHARED = ROOT.parent / "shared"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
 DATA = SHARED / "data" / "flowers" / "train"
 
 
@@ -82,29 +81,26 @@ def main() -> int:
         notes.append(f"cv: {len(specs)} classifiers x {len(paths)} caches x {opts.folds} folds x {opts.repeats} "
                      f"repeats, {time.perf_counter() - started:.0f} s")
     label = {source.name: name for source, (name, *_rest) in zip(report.sources, CACHES)}
-    fold_scores = lambda r: np.array([f.scores["balanced_accuracy"] for f in r.folds])  # noqa: E731
-    base = next(r for r in report.results if r.backbone == report.sources[0].name and r.classifier == specs[0])
+    base = report.result(specs[0], LAYER, report.sources[0].name)
     n_test = np.mean([len(s.test) for s in report.splits])
     n_train = np.mean([len(s.train) for s in report.splits])
-    ranked = report.leaderboard()
     head = ("| # | backbone | classifier | balanced acc. % | accuracy % | p vs #1 | Δ vs baseline (points) | "
             "p vs baseline | folds better |")
     rows = [head, "|--:|---|---|--:|--:|--:|--:|--:|--:|"]
-    best = fold_scores(ranked[0])
-    for i, r in enumerate(ranked):
+    for i, (r, vs_best) in enumerate(report.compared()):  # cv's own leaderboard and p-values against #1
         acc, bal = r.metric("accuracy"), r.metric("balanced_accuracy")
-        d = 100 * (fold_scores(r) - fold_scores(base))
-        p_best = "–" if i == 0 else f"{corrected_t_test(best, fold_scores(r), n_train, n_test)[1]:.3f}"
-        p_base = "–" if r is base else f"{corrected_t_test(fold_scores(base), fold_scores(r), n_train, n_test)[1]:.3f}"
+        d = 100 * (r.fold_scores() - base.fold_scores())
+        # the baseline was fixed before anything was measured, so a test against it is not one against a selection
+        p_base = "–" if r is base else f"{corrected_t_test(base.fold_scores(), r.fold_scores(), n_train, n_test)[1]:.3f}"
         rows.append(f"| {i + 1} | {label[r.backbone]} | {r.classifier} | {100 * bal['mean']:.2f} ± {100 * bal['std']:.2f} | "
-                    f"{100 * acc['mean']:.2f} | {p_best} | "
+                    f"{100 * acc['mean']:.2f} | " + ("–" if vs_best.p_value is None else f"{vs_best.p_value:.3f}") + " | "
                     + ("baseline" if r is base else f"{d.mean():+.2f} ± {d.std():.2f}") + " | " + p_base + " | "
                     + ("–" if r is base else f"{int((d > 0).sum())}/{len(d)} (ties {int((d == 0).sum())})") + " |")
     machine, _ = cpu()
     text = (f"flowers train/ ({len(report.data.y)} images, 5 classes), layer `{LAYER}` (penultimate) of the ImageNet "
             f"checkpoints in ../shared/weights, {opts.folds}-fold stratified cross-validation x {opts.repeats} repeats "
             f"(seed {opts.seed}), the same folds for every row; val/ not used. p-values: two-sided corrected "
-            f"resampled t-test (Nadeau & Bengio 2003) of balanced accuracy over the {len(best)} paired folds; "
+            f"resampled t-test (Nadeau & Bengio 2003) of balanced accuracy over the {len(base.folds)} paired folds; "
             f"baseline: MobileNetV2, {specs[0]}, no tta. {machine}.\n\n"
             + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes))
     print(text)

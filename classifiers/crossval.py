@@ -341,7 +341,7 @@ def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repe
                         results.append(CVResult(spec, layer, describe(spec), fold_results, predictions, proba,
                                                 source.name))
                 del X  # one layer in memory at a time: this one goes before the next is read
-    return CVReport(data, [layer for layers in per_source for layer in dict.fromkeys(layers)], classifiers, folds,
+    return CVReport(data, list(dict.fromkeys(layer for layers in per_source for layer in layers)), classifiers, folds,
                     repeats, seed, search, group_ids is not None, results, round(time.perf_counter() - started, 3),
                     splits, sources)
 

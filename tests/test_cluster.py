@@ -85,3 +85,13 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path):
 
         with on_cluster("tcp://127.0.0.1:9", timeout=1):
             pass
+
+
+def test_n_jobs_with_a_scheduler_is_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    synthetic_cache(tmp_path / "c.h5")
+    r = CliRunner().invoke(cli.main, ["cv", str(tmp_path / "c.h5"), "-j", "2", "--scheduler", "tcp://127.0.0.1:9"])
+    assert r.exit_code == 2 and "--n-jobs does not apply with --scheduler" in r.output
