@@ -529,6 +529,15 @@ def stored_settings(path: str) -> dict | None:
     return None
 
 
+def own_groups(groups, paths) -> np.ndarray | None:
+    """Groups to split by: the manifest's, and a row without a group a group of its own (named by a NUL and its
+    path, which no manifest group can equal), so that ungrouped rows spread over folds instead of all landing in
+    one group ``""``. None when no row has a group."""
+    if not any(groups):
+        return None
+    return np.array([g if g else "\0" + p for g, p in zip(groups, paths)], dtype=object)
+
+
 class CacheReader:
     """Read access to a finished cache: settings, rows, features per layer, failures."""
 
@@ -566,13 +575,8 @@ class CacheReader:
 
     @property
     def groups(self) -> np.ndarray | None:
-        """The group of each row (one animal, patient or camera), or None when no row has one. A row without a
-        group is a group of its own (named by a NUL and its path, which no manifest group can equal), so that
-        ungrouped rows spread over folds instead of all landing in one group ``""``."""
-        named = self.rows["group"]
-        if not any(named):
-            return None
-        return np.array([g if g else "\0" + p for g, p in zip(named, self.paths)], dtype=object)
+        """The group of each row (one animal, patient or camera), or None when no row has one; see ``own_groups``."""
+        return own_groups(self.rows["group"], self.paths)
 
     def full_paths(self) -> list[str]:
         return [os.path.join(self.attrs["root"], p) for p in self.paths]

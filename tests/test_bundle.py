@@ -211,8 +211,8 @@ def test_train_search_keeps_each_group_on_one_side_of_the_inner_folds(tmp_path):
     X, y, groups = near_copies(tmp_path / "c.h5")
     grouped = train(str(tmp_path / "c.h5"), "knn", search=True, seed=0)
     leaky = train(str(tmp_path / "c.h5"), "knn", search=True, seed=0, groups=False)
-    paths = CacheReader(str(tmp_path / "c.h5")).paths
-    own = np.array([g or "\0" + p for g, p in zip(groups, paths)])  # an ungrouped row: a group of its own
+    own = CacheReader(str(tmp_path / "c.h5")).groups  # an ungrouped row: a group of its own (test_crossval)
+    assert sum(g.startswith("\0") for g in own) == 6 and len(set(own.tolist())) == 22 + 6
     theirs = GridSearchCV(make_classifier("knn", seed=0), {"clf__n_neighbors": [1, 3, 5, 10, 20]},
                           cv=StratifiedGroupKFold(3, shuffle=True, random_state=0),
                           scoring="balanced_accuracy").fit(X, y, groups=own)

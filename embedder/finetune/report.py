@@ -11,8 +11,8 @@ NOTES = {
     "test": "Numbers on the --test images: nothing was trained or selected on them (the epoch and early stopping "
             "were chosen on the validation images, whose numbers are in val_*).",
     "validation": "Validation numbers, selection included: the fine-tuned epoch (and early stopping) was chosen on "
-                  "these same images, and epoch 0 is the probe, so the fine-tuned row cannot score below the probe "
-                  "here. Give --test DATA for numbers nothing was selected on.",
+                  "these same images by accuracy, and epoch 0 is the probe, so the fine-tuned row cannot have a "
+                  "lower accuracy than the probe here. Give --test DATA for numbers nothing was selected on.",
 }
 
 
@@ -29,7 +29,8 @@ def comparison_row(model: str, trained: str, val: dict, test: dict | None, secon
 def trained_text(state: dict) -> str:
     epochs, best_epoch = len(state["history"]) - 1, state["best_epoch"]
     return (f"{epochs} epoch(s), best on validation at epoch {best_epoch}" if best_epoch else
-            f"{epochs} epoch(s), none better on validation than the start (epoch 0 kept)")
+            f"{epochs} epoch(s), none better on validation than the start: epoch 0 kept, so this row is the "
+            f"probe's head run as a network")
 
 
 def write_log(history: list[dict], folder: str) -> None:

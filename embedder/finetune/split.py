@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..cache import CacheReader
+from ..cache import CacheReader, own_groups as groups_of_rows
 from ..errors import FeaturebankError
 from ..job import extract
 
@@ -84,9 +84,7 @@ def labeled_part(reader: CacheReader, classes: list[str] | None = None, role: st
 def own_groups(part: Part) -> np.ndarray | None:
     """Groups for splitting: the manifest's, and each ungrouped row a group of its own (as ``CacheReader.groups``);
     None when no row has a group."""
-    if not any(part.groups):
-        return None
-    return np.array([g if g else "\0" + p for g, p in zip(part.groups, part.paths)], dtype=object)
+    return groups_of_rows(part.groups, part.paths)
 
 
 def split_rows(y: np.ndarray, groups: np.ndarray | None, val_split: float, seed: int,
