@@ -31,7 +31,7 @@ from .distributed import Rank, join
 from .engines import Prepared, open_engine, resolve_device_name
 from .errors import FeaturebankError
 from .resolve import Request, Resolved, own_version, resolve
-from .settings import POOLINGS, ExtractionSettings, Int8
+from .settings import POOLINGS, TTAS, ExtractionSettings, Int8
 from .sources import Listing, list_images
 from .store import EngineStore, engine_dir_for
 
@@ -95,6 +95,46 @@ def default_cache_path(listing: Listing, settings: dict, backbone: str, cache_di
     return os.path.join(folder, f"{stem}-{backbone}-{key}.h5")
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How the vectors are computed, where nothing changes them beyond float rounding: recorded per run (the
+    cache's ``info``), never in the settings. ``device`` is as given (``auto``) until a rank picks its own."""
+
+    device: str = "auto"
+    engine: str = "auto"  # auto, torch or onnxruntime
+    batch_size: int = 32
+    workers: int | None = None  # decoding processes
+    threads: int | None = None  # decoding threads
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise FeaturebankError("--batch-size must be at least 1")
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """One ``extract``, as asked: this input into this cache, with these settings, run so. Built (and checked)
+    once by ``extract``; every step of the run reads it from here."""
+
+    source: object  # a folder, manifest or list file, or a Listing
+    cache: str | None  # None: a file named after the input and settings under cache_dir
+    request: Request  # what the vectors depend on, as given (resolved into ExtractionSettings)
+    tta: str = "none"  # a setting too, applied to the resolved ones
+    execution: Execution = field(default_factory=Execution)
+    layout: str = "auto"  # a folder: classes, flat, or auto
+    strict: bool = False  # any file without a row is an error (after its good rows are saved)
+    cache_dir: str | None = None
+    engine_dir: str | None = None  # None: the engine folder next to the cache
+
+    def __post_init__(self):
+        if self.request.pooling not in POOLINGS:
+            raise FeaturebankError(f"unknown pooling {self.request.pooling!r}: choose one of {', '.join(POOLINGS)}")
+        if self.tta not in TTAS:
+            raise FeaturebankError(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
+
+
 def extract(source, cache: str | None = None, *, backbone: str = "resnet50", weights: str | None = "DEFAULT",
             layers=None, pooling: str = "avg", resize: int | None = None, crop: int | None = None,
             draft: bool = True, precision: str = "fp32", device: str = "auto", batch_size: int = 32,
@@ -112,39 +152,38 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     Under torchrun each rank calls this with the same arguments (``cli extract`` does); every rank returns the
     job's summary; only rank 0 shows progress."""
     started = time.perf_counter()
-    if pooling not in POOLINGS:
-        raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
-    if batch_size < 1:
-        raise FeaturebankError("--batch-size must be at least 1")
-    rank = Rank.from_env()
-    with join(rank) as group:
-        return _extract(group, started, source, cache, backbone=backbone, weights=weights, layers=layers,
-                        pooling=pooling, resize=resize, crop=crop, draft=draft, precision=precision, device=device,
-                        batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
-                        max_pixels=max_pixels, cache_dir=cache_dir, engine=engine, int8=int8,
-                        engine_dir=engine_dir, threads=threads, progress=progress and rank.leader, tta=tta)
+    job = ExtractJob(
+        source=source, cache=cache, tta=tta, layout=layout, strict=strict, cache_dir=cache_dir, engine_dir=engine_dir,
+        request=Request(backbone=backbone, weights=weights, seed=seed, layers=layers or None, pooling=pooling,
+                        resize=resize, crop=crop, draft=draft, precision=precision,
+                        int8=int8 if precision == "int8" else None),
+        execution=Execution(device=device, engine=engine, batch_size=batch_size, workers=workers, threads=threads,
+                            max_pixels=max_pixels, progress=progress))
+    with join(Rank.from_env()) as group:
+        return _extract(group, started, job)
 
 
-def _extract(group, started, source, cache, *, backbone, weights, layers, pooling, resize, crop, draft, precision,
-             device, batch_size, workers, seed, layout, strict, max_pixels, cache_dir, engine, int8, engine_dir,
-             threads, progress, tta) -> ExtractSummary:
+def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
     """``extract`` as one rank of ``group`` (a ``Solo`` process, or a torchrun job): each step every rank takes
     is a ``group.step``, so that a failure on one rank stops all of them with its message."""
-    rank = group.rank
+    rank, request, asked = group.rank, job.request, job.execution
     with group.step("choosing the device"):
-        dev = "cpu" if precision == "int8" and device == "auto" else rank.device(resolve_device_name(device))
-        if precision == "fp16" and dev == "cpu":
+        if request.precision == "int8" and asked.device == "auto":
+            dev = "cpu"
+        else:
+            dev = rank.device(resolve_device_name(asked.device))
+        if request.precision == "fp16" and dev == "cpu":
             raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
-        listing = source if isinstance(source, Listing) else list_images(source, layout)
-    store = EngineStore(engine_dir or engine_dir_for(cache, cache_dir))
-    request = Request(backbone, weights, seed, tuple(layers) if layers else None, pooling, resize, crop, draft,
-                      precision, int8 if precision == "int8" else None)
+        listing = job.source if isinstance(job.source, Listing) else list_images(job.source, job.layout)
+    # this rank's device; only rank 0 shows progress
+    execution = replace(asked, device=dev, progress=asked.progress and rank.leader)
+    store = EngineStore(job.engine_dir or engine_dir_for(job.cache, job.cache_dir))
     resolved = group.leader_first("resolving the settings", lambda: resolve(request, store))
-    settings = replace(resolved.settings, tta=tta)  # tta="flip": a setting of its own (rows, engine, file name)
+    settings = replace(resolved.settings, tta=job.tta)  # tta="flip": a setting of its own (rows, engine, file name)
     calibration_files: list[str] = []
-    fixed_calibration = bool(int8 is not None and int8.calibration_set)
+    fixed_calibration = bool(request.int8 is not None and request.int8.calibration_set)
     named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings
-    path = os.path.abspath(cache or default_cache_path(listing, named.to_dict(), backbone, cache_dir))
+    path = os.path.abspath(job.cache or default_cache_path(listing, named.to_dict(), request.backbone, job.cache_dir))
     with group.step("drawing the int8 calibration images"):
         if settings.precision == "int8":
             settings, calibration_files = _int8_settings(settings, listing, path)
@@ -162,8 +201,8 @@ def _extract(group, started, source, cache, *, backbone, weights, layers, poolin
         reused = sum(1 for item in listing.items if not item.error and item.path not in planned
                      and writer.entries[item.path].reason is None)
         new_failures = sum(1 for item in listing.items if item.error)
-        run = Run(settings, resolved, store, dev, engine, batch_size, workers, threads, max_pixels, progress)
-        shard = rank.shard(todo, batch_size)
+        run = Run(settings, resolved, store, execution)
+        shard = rank.shard(todo, execution.batch_size)
 
         def open_engine():
             run.open(calibration_files, fixed_calibration)
@@ -190,11 +229,11 @@ def _extract(group, started, source, cache, *, backbone, weights, layers, poolin
     summary = None
     with group.step("reading the merged cache"):
         if rank.leader:
-            summary = _summary(path, run, dev, listing, reused, removed, new_failures, settings, started,
-                               rank.world_size)
+            summary = _summary(path, run, listing, started, reused=reused, removed=removed,
+                               new_failures=new_failures, ranks=rank.world_size)
     summary = group.broadcast(summary)
     failed = summary.failed
-    if strict and failed:
+    if job.strict and failed:
         first = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
         raise FeaturebankError(f"{len(failed)} file(s) could not be embedded (--strict): {first}"
                                f"{' ...' if len(failed) > 3 else ''}; the {summary.rows} good rows are saved in {path}")
@@ -215,17 +254,19 @@ def _same_plan(group, todo: list) -> None:
                                "run the same command again")
 
 
-def _summary(path, run, dev, listing, reused, removed, new_failures, settings, started, ranks) -> ExtractSummary:
+def _summary(path: str, run: Run, listing: Listing, started: float, *, reused: int, removed: int,
+             new_failures: int, ranks: int) -> ExtractSummary:
     reader = CacheReader(path)
     failed = [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])]
     summary = ExtractSummary(
         cache=path, rows=len(reader), embedded=run.embedded, reused=reused, removed=removed, failed=failed,
-        new_failures=new_failures, ignored=listing.ignored, classes=reader.classes, layers=reader.dims, device=dev,
+        new_failures=new_failures, ignored=listing.ignored, classes=reader.classes, layers=reader.dims,
+        device=run.execution.device,
         engine=run.engine.describe() if run.engine else {}, prepared_seconds=round(run.prepared.seconds, 3),
         prepared=run.prepared.steps, notes=[run.prepared.note] if run.prepared.note else [],
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=run.rate,
-        settings=settings.to_dict(), ranks=ranks)
+        settings=run.settings.to_dict(), ranks=ranks)
     return summary
 
 
@@ -271,7 +312,7 @@ def _info(base: dict, previous: dict, run: "Run", path: str, ranks: int = 1) -> 
     runs = list(previous.get("runs", []))
     if run.engine is not None:
         runs.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "embedded": run.embedded,
-                     "engine": run.engine.describe(), "batch_size": run.batch_size,
+                     "engine": run.engine.describe(), "batch_size": run.execution.batch_size,
                      "images_per_second": run.rate,
                      "prepared_seconds": round(run.prepared.seconds, 3), **({"ranks": ranks} if ranks > 1 else {})})
     info = {**base, "runs": runs[-KEEP_RUNS:]}
@@ -308,11 +349,9 @@ def _plan(listing: Listing, writer: CacheWriter) -> list:
 class Run:
     """The embedding part of one extract run: the engine, the loop, what it did."""
 
-    def __init__(self, settings: ExtractionSettings, resolved: Resolved, store: EngineStore, device: str,
-                 engine: str, batch_size: int, workers, threads, max_pixels: int, progress: bool):
-        self.settings, self.resolved, self.store, self.device = settings, resolved, store, device
-        self.engine_choice, self.batch_size, self.workers, self.threads = engine, batch_size, workers, threads
-        self.max_pixels, self.progress = max_pixels, progress
+    def __init__(self, settings: ExtractionSettings, resolved: Resolved, store: EngineStore, execution: Execution):
+        """``execution``: with this rank's device (not ``auto``)."""
+        self.settings, self.resolved, self.store, self.execution = settings, resolved, store, execution
         self.engine = None
         self.prepared = Prepared()
         self.embedded = 0
@@ -348,12 +387,14 @@ class Run:
 
     def open(self, calibration_files: list[str], fixed: bool = False) -> None:
         def calibration():
-            return _calibration_batches(calibration_files, self.settings, self.max_pixels, self.threads)
+            return _calibration_batches(calibration_files, self.settings, self.execution.max_pixels,
+                                        self.execution.threads)
 
         calibration.fixed = fixed  # an int8 engine named by a bundle or another cache: found, never redrawn
 
-        self.engine = open_engine(self.settings, self.store, self.build_model, engine=self.engine_choice,
-                                  device=self.device, batch_size=self.batch_size, calibration=calibration,
+        how = self.execution
+        self.engine = open_engine(self.settings, self.store, self.build_model, engine=how.engine,
+                                  device=how.device, batch_size=how.batch_size, calibration=calibration,
                                   prepared=self.prepared)
         if self.prepared.note:
             sys.stderr.write(f"featurebank: {self.prepared.note}\n")
@@ -369,12 +410,12 @@ class Run:
         from .batches import ImageDataset, batches
         from .guard import BatchRunner
 
-        dims = self.resolved.dims
+        dims, how = self.resolved.dims, self.execution
         dataset = ImageDataset([listing.full_path(item) for item in todo], self.settings.preprocessing,
-                               self.max_pixels)
+                               how.max_pixels)
         started = time.perf_counter()
-        stream = batches(dataset, self.batch_size, self.workers, pin_memory=self.device != "cpu",
-                         device_type=self.device.split(":")[0], threads=self.threads)
+        stream = batches(dataset, how.batch_size, how.workers, pin_memory=how.device != "cpu",
+                         device_type=how.device.split(":")[0], threads=how.threads)
         try:
             open_engine()
         except BaseException:
@@ -384,7 +425,7 @@ class Run:
         failures = 0
         in_flight: deque = deque()
         with ThreadPoolExecutor(1, thread_name_prefix="featurebank-write") as write, \
-                tqdm(total=len(todo), unit="img", disable=not self.progress, file=sys.stderr, dynamic_ncols=True,
+                tqdm(total=len(todo), unit="img", disable=not how.progress, file=sys.stderr, dynamic_ncols=True,
                      desc=f"{self.settings.backbone} → {os.path.basename(writer.path)}") as bar:
             try:
                 for batch in stream:

@@ -1,5 +1,6 @@
 """The extraction cache: its rows equal a direct forward pass, survive interruption, follow the input, and
 never mix settings."""
+import dataclasses
 import os
 import time
 
@@ -333,3 +334,68 @@ def test_merged_parts_are_renamed_before_deletion(tree, tmp_path, monkeypatch):
     assert len(CacheReader(path)) == 9 and not os.path.exists(parts_dir(path))  # the merge itself was complete
     again = embedder.extract(str(root), path, **FAST)
     assert again.embedded == 0 and again.reused == 9 and not os.path.exists(parts_dir(path) + ".merged")
+
+
+def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeypatch):
+    """``extract``'s keywords become one ``ExtractJob``: each (given a value unlike any other) in the field of its
+    name, none dropped, none swapped, no field that no keyword fills."""
+    import inspect
+    from dataclasses import fields
+
+    from embedder import job as job_module
+    from embedder.settings import Int8
+
+    given = dict(source="photos/", cache="c.h5", backbone="resnet18", weights="w.pth", layers=["layer3", "layer2"],
+                 pooling="max", resize=80, crop=48, draft=False, precision="int8", device="cpu", batch_size=3,
+                 workers=2, seed=7, layout="flat", strict=True, max_pixels=12345, cache_dir="cached",
+                 engine="torch", int8=Int8(images=5, seed=9), engine_dir="engines", threads=1, progress=True,
+                 tta="flip")
+    assert set(given) == set(inspect.signature(job_module.extract).parameters)  # every keyword is exercised
+    seen = []
+    monkeypatch.setattr(job_module, "_extract", lambda group, started, job: seen.append(job))
+    job_module.extract(**given)
+    (job,) = seen
+
+    def flat(obj):
+        out = {}
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            out.update(flat(value) if f.name in ("request", "execution") else {f.name: value})
+        return out
+
+    assert flat(job) == {**given, "layers": ("layer3", "layer2")}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.strict = False
+    # int8 options go with precision int8 only, as before
+    job_module.extract(**{**given, "precision": "fp32"})
+    assert seen[-1].request.int8 is None and seen[-1].request.precision == "fp32"
+
+
+@pytest.mark.parametrize("bad, message", [({"pooling": "mean"}, "unknown pooling 'mean'"),
+                                          ({"batch_size": 0}, "--batch-size must be at least 1"),
+                                          ({"tta": "rotate"}, "unknown test-time augmentation 'rotate'")])
+def test_bad_options_are_refused_before_the_input_is_read(tmp_path, bad, message):
+    with pytest.raises(FeaturebankError, match=message):
+        embedder.extract(str(tmp_path / "no such folder"), str(tmp_path / "c.h5"), **{**FAST, **bad})
+    assert os.listdir(tmp_path) == []
+
+
+def test_every_option_reaches_the_cache_and_its_run_record(tree, tmp_path):
+    """Non-default settings end up in the cache's settings, the execution options in the run it records."""
+    root, paths = tree
+    engines = tmp_path / "engines"
+    summary = embedder.extract(str(root), backbone="resnet18", weights="none", seed=3, layers=["layer3"],
+                               pooling="max", resize=80, crop=48, draft=False, tta="flip", engine="torch",
+                               batch_size=5, workers=0, threads=1, device="cpu", layout="flat",
+                               cache_dir=str(tmp_path / "cached"), engine_dir=str(engines))
+    reader = CacheReader(summary.cache)
+    assert reader.settings == {
+        "backbone": "resnet18", "weights": "none:seed=3", "layers": ["layer3"], "pooling": "max", "precision": "fp32",
+        "tta": "flip", "preprocessing": {"resize": 80, "crop": 48, "mean": [0.485, 0.456, 0.406],
+                                         "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "draft": False}}
+    assert os.path.dirname(summary.cache) == str(tmp_path / "cached") and "-resnet18-" in summary.cache
+    assert sorted(reader.paths) == sorted(paths) and summary.classes == []  # flat: unlabeled
+    run = reader.info["runs"][-1]
+    assert (run["batch_size"], run["engine"]["name"], run["engine"]["device"], summary.device) == (5, "torch", "cpu",
+                                                                                                  "cpu")
+    assert os.listdir(engines) and not os.path.exists(os.path.join(str(tmp_path / "cached"), "engines"))

@@ -121,6 +121,47 @@ def test_resume_follows_the_uninterrupted_trajectory(images, tmp_path):
     assert strip(resumed.history) == strip(whole.history) and len(whole.history) == 4  # epochs 0 to 3
 
 
+# the keys of last.pt's "config" and best.pth's "featurebank", in order, as every featurebank so far wrote them
+RECORDED_KEYS = ["backbone", "weights", "unfreeze", "epochs", "lr", "backbone_lr_scale", "weight_decay", "batch_size",
+                 "dropout", "bn", "augment", "probe_init", "patience", "seed", "precision", "workers", "classes",
+                 "train_images", "val_images", "validation"]
+
+
+def test_every_training_option_is_recorded_under_its_own_name(images, tmp_path):
+    """Each option, given a value unlike the others', reaches the config that last.pt, best.pth and the result
+    record, under its own name, in the format older runs have (so their --resume still matches); a resume that
+    differs in one option names it."""
+    options = dict(unfreeze=2, epochs=1, lr=0.003, backbone_lr_scale=0.25, weight_decay=0.0007, batch_size=3,
+                   dropout=0.35, bn="train", augment="trivial", probe_init=False, patience=5, seed=11,
+                   precision="fp32", workers=0)
+    common = dict(backbone="resnet18", weights="none", resize=72, crop=64, val_split=0.25)
+    result = finetune(str(images), str(tmp_path / "run"), **common, **options)
+    expected = {"backbone": "resnet18", "weights": "none:seed=11", **options, "classes": ["cats", "dogs", "owls"],
+                "train_images": 9, "val_images": 3, "validation": "--val-split 0.25 of DATA, stratified"}
+    last = _last(tmp_path / "run")
+    assert last["config"] == expected and list(last["config"]) == RECORDED_KEYS
+    best = torch.load(tmp_path / "run" / "best.pth", map_location="cpu", weights_only=True)["featurebank"]
+    assert {k: best[k] for k in RECORDED_KEYS} == expected and result.config == expected
+    assert (result.history[1]["lr_head"], result.history[1]["lr_backbone"]) == (0.003, 0.003 * 0.25)
+    # fields of one type swapped (lr and weight_decay) is another run, and --resume says which option differs
+    with pytest.raises(FeaturebankError, match=r"was started with lr=0.003, not 0.0007; use the same options"):
+        finetune(str(images), str(tmp_path / "run"), resume=True, **common,
+                 **{**options, "lr": 0.0007, "weight_decay": 0.003})
+    with pytest.raises(FeaturebankError, match=r"was started with probe_init=False, not True"):
+        finetune(str(images), str(tmp_path / "run"), resume=True, **common, **{**options, "probe_init": True})
+    resumed = finetune(str(images), str(tmp_path / "run"), resume=True, **common, **{**options, "patience": 1})
+    assert len(resumed.history) == 2 and resumed.config == {**expected, "patience": 1}  # patience may change
+
+
+@pytest.mark.parametrize("bad, message", [({"epochs": 0}, "--epochs and --batch-size must be at least 1"),
+                                          ({"lr": 0.0}, "--lr positive"), ({"dropout": 1.0}, r"--dropout in \[0, 1\)"),
+                                          ({"augment": "heavy"}, "unknown augmentation 'heavy'")])
+def test_bad_training_options_are_refused_before_anything_is_embedded(images, tmp_path, bad, message):
+    with pytest.raises(FeaturebankError, match=message):
+        finetune(str(images), str(tmp_path / "run"), **{**TINY, **bad})
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
 def test_the_probe_is_the_zoos_logreg():
     """The probe is the zoo's logreg Pipeline itself (same steps, same predictions), and only a linear pipeline
     folds into one Linear head."""

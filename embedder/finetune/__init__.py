@@ -16,13 +16,13 @@ The parts: ``surgery`` (blocks, freezing, BatchNorm, the head), ``probe`` (the b
 ``split`` (embedding, groups, train/val/test kept apart), ``loop`` (training, evaluation, checkpoints),
 ``report`` (comparison rows, logs, report files), ``run`` (``finetune``, all of it in order).
 """
-from .loop import TrainingConfig, evaluate_images, export_weights, train_loop
+from .loop import TrainingConfig, TrainingOptions, evaluate_images, export_weights, train_loop
 from .probe import fold_linear, linear_probe
 from .run import FinetuneResult, finetune
 from .split import split_rows
 from .surgery import (add_head_dropout, block_names, freeze, param_groups, replace_head, set_train_mode,
                       unfrozen_blocks)
 
-__all__ = ["FinetuneResult", "TrainingConfig", "add_head_dropout", "block_names", "evaluate_images", "export_weights",
-           "finetune", "fold_linear", "freeze", "linear_probe", "param_groups", "replace_head", "set_train_mode",
+__all__ = ["FinetuneResult", "TrainingConfig", "TrainingOptions", "add_head_dropout", "block_names", "evaluate_images",
+           "export_weights", "finetune", "fold_linear", "freeze", "linear_probe", "param_groups", "replace_head", "set_train_mode",
            "split_rows", "train_loop", "unfrozen_blocks"]

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..augment import Augmentation
+from ..augment import POLICIES, Augmentation
 from ..batches import ImageDataset, collate, default_workers
 from ..decode import DEFAULT_MAX_PIXELS
 from ..errors import FeaturebankError
@@ -27,13 +27,11 @@ from .surgery import add_head_dropout, freeze, has_training_batchnorm, param_gro
 NOT_COMPARED_ON_RESUME = ("patience", "workers")  # may change between a run and its --resume
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Everything a training trajectory depends on (recorded in last.pt, which ``--resume`` must match, and in
-    best.pth), plus what the run was about (backbone, classes, sizes), for its checkpoints to say."""
+@dataclass(frozen=True, kw_only=True)
+class TrainingOptions:
+    """How to train, as ``finetune``'s options say: built once from them by name (no field can take another's
+    value), checked on the spot, before anything is embedded."""
 
-    backbone: str
-    weights: str  # the weights' identity
     unfreeze: int | str
     epochs: int
     lr: float
@@ -48,15 +46,34 @@ class TrainingConfig:
     seed: int
     precision: str
     workers: int | None
+
+    def __post_init__(self):
+        if (self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.dropout < 1
+                or self.backbone_lr_scale < 0):
+            raise FeaturebankError("--epochs and --batch-size must be at least 1, --lr positive, --dropout in [0, 1), "
+                                   "--backbone-lr-scale at least 0")
+        if self.augment not in POLICIES:
+            raise FeaturebankError(f"unknown augmentation {self.augment!r}: choose one of {', '.join(POLICIES)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """Everything a training trajectory depends on (recorded in last.pt, which ``--resume`` must match, and in
+    best.pth), plus what the run was about (backbone, classes, sizes), for its checkpoints to say."""
+
+    backbone: str
+    weights: str  # the weights' identity
+    options: TrainingOptions
     classes: tuple[str, ...]
     train_images: int
     val_images: int
     validation: str  # how validation was chosen (--val DATA, or the --val-split and whether it kept groups apart)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["classes"] = list(self.classes)
-        return d
+        """The recorded form: one flat dict, keys in this order (as last.pt and best.pth have always had them)."""
+        return {"backbone": self.backbone, "weights": self.weights, **asdict(self.options),
+                "classes": list(self.classes), "train_images": self.train_images, "val_images": self.val_images,
+                "validation": self.validation}
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -131,12 +148,12 @@ def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scale
 def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, classes: list[str], prep, out: str,
                config: TrainingConfig, *, device, resume: bool, progress: bool, on_epoch_end=None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """Train ``model`` (head and ``blocks``) on ``train`` for ``config.epochs``, early stopping on ``val`` accuracy.
+    """Train ``model`` (head and ``blocks``) on ``train`` for ``config.options.epochs``, early stopping on ``val`` accuracy.
     Epoch 0 is the untrained start: ``best.pth`` stays the start when no epoch beats it. Everything random is
     seeded from (seed, epoch), so a resumed run follows the uninterrupted trajectory. Only ``train`` and ``val``
     are seen here: whatever is chosen, is chosen on ``val``."""
     os.makedirs(out, exist_ok=True)
-    c = config
+    c = config.options
     freeze(model, blocks, c.bn)
     hook = add_head_dropout(model, c.dropout)
     model.to(device)
@@ -146,12 +163,12 @@ def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, clas
     augmentation = Augmentation(prep, c.augment)
     workers = default_workers(device.type) if c.workers is None else c.workers
     last, best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pth")
-    meta = c.to_dict()
+    meta = config.to_dict()
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best": None, "seconds": 0.0, "failed": {}}
     if os.path.exists(last):
         if not resume:
             raise FeaturebankError(f"{out} holds a run already: add --resume to continue it, or choose another --out")
-        state = _resume(out, c, model, optimizer, scheduler, scaler)
+        state = _resume(out, config, model, optimizer, scheduler, scaler)
 
     def validate():
         scores, failed = evaluate_images(model, val, prep, device, c.precision, c.batch_size, workers, max_pixels)

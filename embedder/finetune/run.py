@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from ..augment import POLICIES
 from ..batches import default_workers
 from ..backbones import load_backbone, resolve_weights
 from ..decode import DEFAULT_MAX_PIXELS
-from ..errors import FeaturebankError
 from ..features import autocast_for, resolve_device
 from ..job import library_versions
-from .loop import TrainingConfig, evaluate_images, load_best, train_loop
+from .loop import TrainingConfig, TrainingOptions, evaluate_images, load_best, train_loop
 from .probe import linear_probe
 from .report import NOTES, comparison_row, trained_text, write_run_report, write_split
 from .split import Embedding, Part, check_test_apart, embed_test, prepare_data
@@ -61,11 +59,10 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
     """Fine-tune ``backbone`` on the labelled images of ``train`` and write the run into ``out``. The epoch is
     chosen on ``val`` (or a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only
     after training, and the comparison is reported on them."""
-    if epochs < 1 or batch_size < 1 or lr <= 0 or not 0 <= dropout < 1 or backbone_lr_scale < 0:
-        raise FeaturebankError("--epochs and --batch-size must be at least 1, --lr positive, --dropout in [0, 1), "
-                               "--backbone-lr-scale at least 0")
-    if augment not in POLICIES:
-        raise FeaturebankError(f"unknown augmentation {augment!r}: choose one of {', '.join(POLICIES)}")
+    options = TrainingOptions(unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
+                              weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn,
+                              augment=augment, probe_init=probe_init, patience=patience, seed=seed,
+                              precision=precision, workers=workers)  # checked here, before anything is embedded
     dev = resolve_device(device)
     autocast_for(dev, precision)
     spec = resolve_weights(backbone, weights, seed)
@@ -77,9 +74,8 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
     if test is not None:
         check_test_apart(test, data)
     k = len(data.classes)
-    config = TrainingConfig(backbone, spec.identity, unfreeze, epochs, lr, backbone_lr_scale, weight_decay, batch_size,
-                            dropout, bn, augment, probe_init, patience, seed, precision, workers, tuple(data.classes),
-                            len(data.train), len(data.val), data.how)
+    config = TrainingConfig(backbone=backbone, weights=spec.identity, options=options, classes=tuple(data.classes),
+                            train_images=len(data.train), val_images=len(data.val), validation=data.how)
     os.makedirs(out, exist_ok=True)
     write_split({"train": data.train, "val": data.val}, data.classes, os.path.join(out, "split.csv"))
 
@@ -99,8 +95,8 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
     if from_scratch:
         scratch = load_backbone(backbone, "none", seed, resize=resize, crop=crop, draft=draft).model
         replace_head(scratch, k)
-        scratch_config = TrainingConfig(**{**asdict(config), "weights": f"none:seed={seed}", "unfreeze": "all",
-                                           "bn": "train", "backbone_lr_scale": 1.0, "probe_init": False})
+        scratch_config = replace(config, weights=f"none:seed={seed}", options=replace(
+            options, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False))
         scratch_out = os.path.join(out, "scratch")
         scratch_state = train_loop(scratch, block_names(scratch), data.train, data.val, data.classes, prep, scratch_out,
                                    scratch_config, **run)
