@@ -717,6 +717,8 @@ def unfreeze_type(ctx, param, value):
 @click.option("--test", type=click.Path(exists=True), help="Test images, apart from DATA and validation: embedded and "
               "scored only after training; the comparison is reported on them. [default: validation numbers, "
               "selection included]")
+@click.option("--drop-test-copies", is_flag=True, help="Leave out --test files whose bytes equal a training or "
+              "validation image (the report lists them). [default: refuse them before training]")
 @click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True)
 @click.option("-w", "--weights", default="DEFAULT", show_default=True, help="As in extract: a weights name, a .pth file, none.")
 @click.option("--resize", type=click.IntRange(16), help="Shorter side for evaluation (default: from the weights).")
@@ -748,7 +750,7 @@ def unfreeze_type(ctx, param, value):
 @click.option("--workers", type=click.IntRange(0), help="Decoding processes (as in extract).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
-def finetune(data, out, val, val_split, test, backbone, weights, resize, crop, no_draft, max_pixels, unfreeze, epochs, lr, backbone_lr_scale,
+def finetune(data, out, val, val_split, test, drop_test_copies, backbone, weights, resize, crop, no_draft, max_pixels, unfreeze, epochs, lr, backbone_lr_scale,
              weight_decay, batch_size, dropout, bn, augment, no_probe_init, patience, from_scratch, resume, seed,
              device, precision, workers, quiet, as_json):
     """Unfreeze the last blocks of BACKBONE and train them with a new head on DATA, end to end.
@@ -778,7 +780,8 @@ def finetune(data, out, val, val_split, test, backbone, weights, resize, crop, n
             click.echo(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
                        f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({row['seconds']:.0f} s)")
 
-    result = run_finetune(data, out, val=val, val_split=val_split, test=test, backbone=backbone, weights=weights, resize=resize,
+    result = run_finetune(data, out, val=val, val_split=val_split, test=test, drop_test_copies=drop_test_copies,
+                          backbone=backbone, weights=weights, resize=resize,
                           crop=crop, draft=not no_draft, max_pixels=max_pixels, unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
                           weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn, augment=augment,
                           probe_init=not no_probe_init, patience=patience, seed=seed, device=device,

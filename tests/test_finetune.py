@@ -310,9 +310,22 @@ def test_test_images_that_are_training_images_are_refused(images, tmp_path):
     copy = tmp_path / "copy" / "cats"
     copy.mkdir(parents=True)
     shutil.copy(images / "dogs" / "img01.png", copy / "renamed.png")  # same bytes, another name and class
-    with pytest.raises(FeaturebankError, match="renamed.png, whose bytes equal a training or validation image"):
+    with pytest.raises(FeaturebankError, match=r"holds 1 image\(s\) whose bytes equal a training or validation image "
+                                               r"\(cats/renamed.png\).*give --drop-test-copies"):
         finetune(str(images), str(tmp_path / "run"), test=str(tmp_path / "copy"), epochs=1, **TINY)
     assert not (tmp_path / "run" / "last.pt").exists()  # refused before any training
+
+
+def test_drop_test_copies_leaves_the_copies_out_of_the_test_numbers(images, tmp_path):
+    test = tmp_path / "test"
+    write_tree(test, per_class=2, start=40)
+    shutil.copy(images / "dogs" / "img01.png", test / "cats" / "renamed.png")  # same bytes as a training image
+    r = finetune(str(images), str(tmp_path / "run"), test=str(test), drop_test_copies=True, epochs=1, **TINY)
+    assert r.test_dropped == ["cats/renamed.png"] and r.test_images == 6
+    assert "1 test image(s) whose bytes equal a training or validation image were left out" in r.note
+    with open(tmp_path / "run" / "split.csv", newline="") as fh:
+        tested = [row["path"] for row in csv.DictReader(fh) if row["part"] == "test"]
+    assert len(tested) == 6 and not any(p.endswith("renamed.png") for p in tested)
 
 
 def test_split_keeps_groups_on_one_side_and_spreads_ungrouped_rows():

@@ -33,6 +33,7 @@ class FinetuneResult:
     skipped: list[dict]
     test: str | None = None  # the --test input
     test_images: int = 0
+    test_dropped: list[str] = field(default_factory=list)  # --test files left out as byte copies of train/val images
     files: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     scratch_history: list[dict] = field(default_factory=list)  # with --from-scratch
@@ -49,6 +50,7 @@ def _probe_scores(probe, part: Part, k: int) -> dict:
 
 
 def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 0.2, test=None,
+             drop_test_copies: bool = False,
              backbone: str = "resnet50", weights: str | None = "DEFAULT", resize: int | None = None,
              crop: int | None = None, draft: bool = True, unfreeze: int | str = 1, epochs: int = 10, lr: float = 1e-3,
              backbone_lr_scale: float = 0.1, weight_decay: float = 1e-4, batch_size: int = 32, dropout: float = 0.2,
@@ -58,7 +60,8 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
              progress: bool = False, on_epoch_end=None) -> FinetuneResult:
     """Fine-tune ``backbone`` on the labelled images of ``train`` and write the run into ``out``. The epoch is
     chosen on ``val`` (or a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only
-    after training, and the comparison is reported on them."""
+    after training, and the comparison is reported on them (``drop_test_copies``: without the test files whose bytes
+    equal a training or validation image; else such a file is refused before training)."""
     options = TrainingOptions(unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
                               weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn,
                               augment=augment, probe_init=probe_init, patience=patience, seed=seed,
@@ -71,8 +74,7 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
                                batch_size=batch_size, workers=workers, max_pixels=max_pixels, cache_dir=cache_dir,
                                progress=progress))
     data = prepare_data(train, val, val_split, seed, embedding)
-    if test is not None:
-        check_test_apart(test, data)
+    dropped = check_test_apart(test, data, drop_test_copies) if test is not None else []
     k = len(data.classes)
     config = TrainingConfig(backbone=backbone, weights=spec.identity, options=options, classes=tuple(data.classes),
                             train_images=len(data.train), val_images=len(data.val), validation=data.how)
@@ -105,7 +107,7 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
     # Training is over: only now are the test images embedded and scored, by the probe and the chosen epochs.
     tests, test_rows, failed_now = {}, 0, dict(state["failed"])
     if test is not None:
-        test_data = embed_test(test, data.classes, embedding)
+        test_data = embed_test(test, data.classes, embedding, data)
         test_rows = len(test_data)
         write_split({"train": data.train, "val": data.val, "test": test_data}, data.classes,
                     os.path.join(out, "split.csv"))
@@ -127,10 +129,13 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
         comparison.append(comparison_row("from scratch (same architecture, random init)", trained_text(scratch_state),
                                          scratch_state["best"], tests.get("from scratch"), scratch_state["seconds"]))
     on = "test" if test is not None else "validation"
+    note = NOTES[on] + (f" {len(dropped)} test image(s) whose bytes equal a training or validation image were left "
+                        f"out (--drop-test-copies): {', '.join(dropped)}." if dropped else "")
     result = FinetuneResult(os.path.abspath(out), data.classes, blocks, trainable, state["best_epoch"],
-                            state["history"], comparison, on, NOTES[on],
+                            state["history"], comparison, on, note,
                             os.path.abspath(os.path.join(out, "best.pth")), skipped,
                             test=os.path.abspath(test) if test is not None else None, test_images=test_rows,
+                            test_dropped=dropped,
                             config=config.to_dict(),
                             scratch_history=scratch_state["history"] if from_scratch else [])
     result.files = write_run_report(result, prep, library_versions())

@@ -148,10 +148,12 @@ def prepare_data(train, val, val_split: float, seed: int, embedding: Embedding) 
     return Data(classes, train_part, held_out, how, embedding.skipped, embedding.caches, embedding.seconds)
 
 
-def check_test_apart(test, data: Data) -> int:
+def check_test_apart(test, data: Data, drop_copies: bool = False) -> list[str]:
     """Before training: refuse a ``--test`` that shares an image with training or validation (the same file, or a
-    file with the same bytes) or a group with them. Only lists and hashes the test files: nothing of them is
-    embedded, so they cannot influence training. Returns how many test files there are."""
+    file with the same bytes) or a group with them. With ``drop_copies``, test files whose bytes equal a training or
+    validation image are left out instead (data sets have such copies: flowers' val/ has 2 of train/), and their
+    paths returned. Only lists and hashes the test files: nothing of them is embedded, so they cannot influence
+    training."""
     from ..decode import file_digest
     from ..sources import list_images
 
@@ -159,6 +161,7 @@ def check_test_apart(test, data: Data) -> int:
     seen = {os.path.realpath(p): "file" for part in (data.train, data.val) for p in part.paths}
     digests = {d for part in (data.train, data.val) for d in part.digests if d}
     groups = {g for part in (data.train, data.val) for g in part.groups if g}
+    copies = []
     for item in listing.items:
         full = listing.full_path(item)
         if os.path.realpath(full) in seen:
@@ -173,11 +176,18 @@ def check_test_apart(test, data: Data) -> int:
             except OSError:
                 continue  # unreadable: it will be skipped and reported when the test images are embedded
             if digest in digests:
-                raise FeaturebankError(f"--test {test} holds {item.path}, whose bytes equal a training or validation "
-                                       f"image: the test images must be images nothing was trained or selected on")
-    return len(listing.items)
+                copies.append(item.path)
+    if copies and not drop_copies:
+        raise FeaturebankError(f"--test {test} holds {len(copies)} image(s) whose bytes equal a training or validation "
+                               f"image ({', '.join(copies[:3])}{', ...' if len(copies) > 3 else ''}): the test images "
+                               f"must be images nothing was trained or selected on; remove them, or give "
+                               f"--drop-test-copies to leave them out of the test numbers")
+    return copies
 
 
-def embed_test(test, classes: list[str], embedding: Embedding) -> Part:
-    """After training: the labelled test images, embedded into their own cache."""
-    return labeled_part(embedding(test, "--test"), classes, role="test")[1]
+def embed_test(test, classes: list[str], embedding: Embedding, data: Data) -> Part:
+    """After training: the labelled test images, embedded into their own cache, without those whose bytes equal a
+    training or validation image (``check_test_apart`` refused them unless they were to be dropped)."""
+    part = labeled_part(embedding(test, "--test"), classes, role="test")[1]
+    seen = {d for side in (data.train, data.val) for d in side.digests if d}
+    return part.take(np.array([i for i, d in enumerate(part.digests) if d not in seen], dtype=np.int64))
