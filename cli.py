@@ -397,7 +397,7 @@ def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_fo
     Example:
       featurebank cv cache/flowers.h5 --folds 5 --out runs/flowers-cv
       featurebank cv cache/flowers.h5 -c logreg,rbf-svm,knn --search -j 2
-      featurebank cv cache/flowers-resnet50.h5 cache/flowers-mobilenet.h5 -c logreg --repeats 2
+      featurebank cv cache/flowers-mnv2.h5 cache/flowers-sq11.h5 -c logreg,rbf-svm --repeats 2
       featurebank cv cache/flowers.h5 --search --scheduler tcp://head-node:8786
     """
     from classifiers.crossval import cross_validate
