@@ -307,7 +307,7 @@ def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repe
     if search:
         smallest = min(np.bincount(data.y[s.train], minlength=len(data.classes)).min() for s in splits)
         inner_folds = max(2, min(inner_folds, int(smallest)))
-    n, k = len(data.y), len(data.classes)
+    k = len(data.classes)
     inner_train = min(len(s.train) for s in splits) * (inner_folds - 1) // inner_folds
     results = []
     tasks = sum(len(layers) for layers in per_source) * len(classifiers) * len(splits)
@@ -325,25 +325,32 @@ def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repe
                     for spec in classifiers:
                         estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
                         bar.set_postfix_str(f"{spec} @ {where}")
-                        predictions = np.full((repeats, n), -1, dtype=np.int64)
-                        proba = None
-                        fold_results = []
-                        for s, (pred, p, fit_s, pred_s, best, missing) in zip(splits, _guarded(
-                                _fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)):
-                            predictions[s.repeat, s.test] = pred
-                            if p is not None:
-                                if proba is None:
-                                    proba = np.zeros((repeats, n, k), dtype=np.float32)
-                                proba[s.repeat, s.test] = p
-                            fold_results.append(FoldResult(s.repeat, s.fold, scores(data.y[s.test], pred, p, k),
-                                                           round(fit_s, 4), round(pred_s, 4), best, missing))
-                            bar.update()
-                        results.append(CVResult(spec, layer, describe(spec), fold_results, predictions, proba,
+                        fitted = _guarded(_fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)
+                        results.append(CVResult(spec, layer, describe(spec), *_collect(fitted, splits, data.y, k, bar),
                                                 source.name))
-                del X  # one layer in memory at a time: this one goes before the next is read
+                del X, fitted  # one layer in memory at a time (the spent generators hold it too): gone before the next
     return CVReport(data, list(dict.fromkeys(layer for layers in per_source for layer in layers)), classifiers, folds,
                     repeats, seed, search, group_ids is not None, results, round(time.perf_counter() - started, 3),
                     splits, sources)
+
+
+def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar):
+    """The folds' results of one (layer, classifier), as they arrive: per-fold scores, and every row's out-of-fold
+    prediction (and probabilities) in each repeat."""
+    repeats = max(s.repeat for s in splits) + 1
+    predictions = np.full((repeats, len(y)), -1, dtype=np.int64)
+    proba = None
+    folds = []
+    for s, (pred, p, fit_s, pred_s, best, missing) in zip(splits, fitted):
+        predictions[s.repeat, s.test] = pred
+        if p is not None:
+            if proba is None:
+                proba = np.zeros((repeats, len(y), n_classes), dtype=np.float32)
+            proba[s.repeat, s.test] = p
+        folds.append(FoldResult(s.repeat, s.fold, scores(y[s.test], pred, p, n_classes), round(fit_s, 4),
+                                round(pred_s, 4), best, missing))
+        bar.update()
+    return folds, predictions, proba
 
 
 def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, n_jobs: int):
