@@ -645,7 +645,7 @@ def export(model, out, precision, backbone, weights, images, calibration_images,
 
     int8 = Int8(calibration_images, seed)
     if model.lower().endswith((".pth", ".pt", ".ckpt", ".bin", ".tar")):
-        from embedder.deploy import export_checkpoint
+        from workflows.deploy import export_checkpoint
 
         result = export_checkpoint(model, out, backbone=backbone, precision=precision or "fp32", images=images,
                                    int8=int8)
@@ -771,7 +771,7 @@ def finetune(data, out, val, val_split, test, drop_test_copies, backbone, weight
           -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth --unfreeze 1 --epochs 5 --from-scratch
     """
     from classifiers.html import write_html
-    from embedder.finetune import finetune as run_finetune
+    from workflows.finetune import finetune as run_finetune
 
     progress = not quiet and sys.stderr.isatty()
 

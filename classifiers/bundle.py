@@ -316,12 +316,12 @@ def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFA
 
 def export(model, out: str, *, precision: str | None = None, weights: str | None = None, images=None,
            int8=None, threads: int | None = None):
-    """The model as one ONNX file (``embedder.deploy``): uint8 images in, its scores and class out. ``precision``
+    """The model as one ONNX file (``workflows.deploy``): uint8 images in, its scores and class out. ``precision``
     defaults to the model's own (int8 for a model trained on int8 features). int8 calibrates on the model's
     training images (its training cache's input; ``images`` instead) and measures fp32 against int8 on them."""
     from embedder.backbones import load_backbone
-    from embedder.deploy import Head, NotExportable, cache_listing, labelled_images, refusal
-    from embedder.deploy import export as write_onnx
+    from workflows.deploy import Head, NotExportable, cache_listing, labelled_images, refusal
+    from workflows.deploy import export as write_onnx
     from embedder.sources import list_inputs
     from embedder.store import EngineStore
 

@@ -16,11 +16,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..augment import POLICIES, Augmentation
-from ..batches import ImageDataset, collate, default_workers
-from ..decode import DEFAULT_MAX_PIXELS
-from ..errors import FeaturebankError
-from ..features import autocast_for
+from embedder.augment import POLICIES, Augmentation
+from embedder.batches import ImageDataset, collate, default_workers
+from embedder.decode import DEFAULT_MAX_PIXELS
+from embedder.errors import FeaturebankError
+from embedder.features import autocast_for
 from .split import Part
 from .surgery import add_head_dropout, freeze, has_training_batchnorm, param_groups, set_train_mode
 

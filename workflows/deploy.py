@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
-from . import __version__
-from .errors import FeaturebankError
-from .settings import ExtractionSettings, Int8
-from .sources import Item, Listing
-from .store import EngineStore
+from embedder import __version__
+from embedder.errors import FeaturebankError
+from embedder.settings import ExtractionSettings, Int8
+from embedder.sources import Item, Listing
+from embedder.store import EngineStore
 
 INPUT, SCORES, LABEL = "images", "scores", "label"
 ML_OPSET = 3
@@ -448,8 +448,8 @@ def export(settings: ExtractionSettings, build_model, head: Head, out: str, *, s
     trained on int8 features), else it is calibrated as ``extract --precision int8`` would on ``calibration``
     (the model's training images; ``int8`` says how many and the seed); then fp32 and int8 files are both run on
     ``labelled`` (path, class) images and their accuracies are returned."""
-    from .decode import DEFAULT_MAX_PIXELS
-    from .engines import open_engine, settings_fp32
+    from embedder.decode import DEFAULT_MAX_PIXELS
+    from embedder.engines import open_engine, settings_fp32
 
     started = time.perf_counter()
     if precision not in ("fp32", "int8"):
@@ -496,7 +496,7 @@ def _int8_plan(settings: ExtractionSettings, calibration: Listing | None, int8: 
     """The int8 settings and the calibration to make their engine with: a model trained on int8 features names
     its engine (found in the engine folder, never drawn again); else a draw from ``calibration`` exactly as
     ``extract --precision int8`` draws from its input."""
-    from .job import _calibration_batches, _int8_settings
+    from embedder.job import _calibration_batches, _int8_settings
 
     if settings.precision == "int8":
         return settings, None
@@ -516,7 +516,7 @@ def compare(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, labelled: 
     """Both files on the same decoded images: accuracy of each, and how often they name the same class."""
     import onnxruntime as ort
 
-    from .batches import ImageDataset, ThreadBatches
+    from embedder.batches import ImageDataset, ThreadBatches
 
     index = {c: i for i, c in enumerate(classes)}
     labelled = [(p, index[c]) for p, c in labelled if c in index]
@@ -552,7 +552,7 @@ def compare(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, labelled: 
 def cache_listing(cache_path: str) -> Listing:
     """The input of a cache as the cache knows it (rows with their labels, then files that failed), so that int8
     draws its calibration images exactly as ``extract --precision int8`` draws them from that input."""
-    from .cache import CacheReader
+    from embedder.cache import CacheReader
 
     reader = CacheReader(cache_path)
     rows, fails = reader.rows, reader.failures
@@ -571,10 +571,10 @@ def export_checkpoint(path: str, out: str, *, backbone: str | None = None, preci
                       threads: int | None = None) -> Exported:
     """A checkpoint with its own head (``finetune``'s ``best.pth``, or an ImageNet checkpoint) as one ONNX file:
     the backbone's logits, softmaxed, as ``predict --head`` gives them. int8 calibrates on ``images``."""
-    from .backbones import file_metadata, head_classes, load_backbone, output_node
-    from .resolve import Request, resolve
-    from .sources import list_inputs
-    from .store import engine_dir_for
+    from embedder.backbones import file_metadata, head_classes, load_backbone, output_node
+    from embedder.resolve import Request, resolve
+    from embedder.sources import list_inputs
+    from embedder.store import engine_dir_for
 
     if not os.path.isfile(path):
         raise FeaturebankError(f"checkpoint not found: {path}")

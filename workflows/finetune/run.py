@@ -6,11 +6,11 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from ..batches import default_workers
-from ..backbones import load_backbone, resolve_weights
-from ..decode import DEFAULT_MAX_PIXELS
-from ..features import autocast_for, resolve_device
-from ..job import library_versions
+from embedder.batches import default_workers
+from embedder.backbones import load_backbone, resolve_weights
+from embedder.decode import DEFAULT_MAX_PIXELS
+from embedder.features import autocast_for, resolve_device
+from embedder.job import library_versions
 from .loop import TrainingConfig, TrainingOptions, evaluate_images, load_best, train_loop
 from .probe import linear_probe
 from .report import NOTES, comparison_row, trained_text, write_run_report, write_split

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FeaturebankError
+from embedder.errors import FeaturebankError
 
 PROBE = "logreg"  # the zoo's linear probe (classifiers/zoo.py)
 
