@@ -7,8 +7,9 @@ they are scored on.
 
 A classifier is named by a spec string, ``name[:key=value,...]``: ``logreg``, ``logreg:C=0.1``,
 ``rbf-svm:pca=128,C=10``, ``knn:n_neighbors=5,l2=on``. ``l2``, ``scale`` and ``pca`` switch the steps; any other
-key is a parameter of the classifier itself. ``ensemble`` (``classifiers.ensemble``) combines other entries:
-``ensemble:members=logreg+rbf-svm,method=stack``.
+key is a parameter of the classifier itself. ``ensemble`` combines other entries
+(``ensemble:members=logreg+rbf-svm,method=stack``): ``classifiers.ensemble`` builds on this module and registers
+itself here, and the package imports it, so that every import of the zoo lists it.
 """
 from __future__ import annotations
 
@@ -102,6 +103,23 @@ def parse_spec(text: str) -> tuple[str, dict]:
         params[key.strip()] = _literal(value.strip())
     get_spec(name)
     return name, params
+
+
+def split_specs(values) -> list[str] | None:
+    """Specs given repeated or comma-separated (``-c logreg,rbf-svm:pca=128,C=10``), each checked: a ``key=value``
+    piece belongs to the spec before it. None when there are none."""
+    specs: list[str] = []
+    for value in values:
+        for piece in (p.strip() for p in value.split(",")):
+            if not piece:
+                continue
+            if specs and "=" in piece and ":" not in piece:
+                specs[-1] += "," + piece
+            else:
+                specs.append(piece)
+    for spec in specs:
+        parse_spec(spec)
+    return specs or None
 
 
 def _literal(value: str):
@@ -203,15 +221,3 @@ register_classifier(ClassifierSpec(
     "random-forest", "random forest of 300 trees (no scaling needed)",
     lambda seed: RandomForestClassifier(n_estimators=300, random_state=seed),
     grid={"max_features": ["sqrt", 0.05, 0.2]}, probabilities=True))
-
-
-def _ensemble(seed):
-    from .ensemble import ZooEnsemble
-
-    return ZooEnsemble(random_state=seed)
-
-
-register_classifier(ClassifierSpec(
-    "ensemble", "soft vote of logreg, rbf-svm (sigmoid-calibrated) and knn, each with its own steps; "
-    "method=stack: a logistic regression on their out-of-fold probabilities; members=a+b+... chooses them",
-    _ensemble, grid={}, probabilities=True))

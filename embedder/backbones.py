@@ -89,8 +89,16 @@ def sha256_file(path: str) -> str:
     return sha256_of(path)
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+
+def is_checkpoint(path: str) -> bool:
+    """A checkpoint's name (a state dict: ``--weights``, ``finetune``'s ``best.pth``), by its suffix."""
+    return str(path).lower().endswith(CHECKPOINT_SUFFIXES)
+
+
 def looks_like_file(weights: str) -> bool:
-    return os.sep in weights or "/" in weights or weights.lower().endswith((".pth", ".pt", ".bin", ".ckpt", ".tar"))
+    return os.sep in weights or "/" in weights or is_checkpoint(weights)
 
 
 def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:

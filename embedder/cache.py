@@ -49,7 +49,6 @@ FORMAT_VERSION = 1
 STRING = h5py.string_dtype("utf-8")
 ROW_STRINGS = ("path", "label", "group", "digest")
 FAILURE_STRINGS = ("path", "reason", "digest")
-INTS = ("size", "mtime_ns")
 PART_NAME = re.compile(r"^part-(\d{8})(?:-rank(\d+))?\.h5$")  # without a rank: parts of older versions
 BLOCK_BYTES = 64 << 20  # the merge's unit: output rows filled, source rows read, spill rows moved at a time
 GAP_BYTES = 256 << 10  # a gap this small between wanted rows is read through rather than skipped

@@ -22,6 +22,7 @@ import numpy as np
 from .errors import FeaturebankError
 from .settings import ExtractionSettings
 from .store import EngineStore
+from .versions import version_of
 
 ENGINES = ("auto", "torch", "onnxruntime")
 
@@ -212,7 +213,7 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
                                        f"cannot be reproduced (extract into a new cache to calibrate anew)")
             fp32 = _onnx_engine(settings_fp32(settings), store, build_model, batch_size, None, prepared)
             started = time.perf_counter()
-            build_int8(fp32, settings, store, name, calibration())
+            build_int8(fp32, settings, store, name, calibration(), OnnxEngine)
             prepared.steps.append(f"calibrated int8 in {time.perf_counter() - started:.1f} s")
         else:
             from .export import export_onnx
@@ -246,9 +247,7 @@ def settings_fp32(settings: ExtractionSettings) -> ExtractionSettings:
 
 
 def _versions() -> dict:
-    from .resolve import _version
-
-    return {p: _version(p) for p in ("torch", "torchvision", "onnx", "onnxruntime")}
+    return {p: version_of(p) for p in ("torch", "torchvision", "onnx", "onnxruntime")}
 
 
 def _choice_key(batch_size: int) -> dict:

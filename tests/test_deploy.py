@@ -14,12 +14,13 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from classifiers.bundle import Bundle, export, predict, predict_imagenet, train
+from classifiers.bundle import Bundle, predict, predict_imagenet, train
 from classifiers.zoo import list_classifiers, make_classifier
 from conftest import FAST, ROOT, write_tree
 from embedder import CacheReader, extract
 from embedder.batches import ImageDataset
 from workflows.deploy import Head, check_head, export_checkpoint, head_model, refusal
+from workflows.export import export_model as export
 from embedder.errors import FeaturebankError
 from embedder.preprocess import Preprocessing
 from embedder.settings import Int8

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
-from embedder.batches import default_workers
+from classifiers.metrics import full_proba, scores
 from embedder.backbones import load_backbone, resolve_weights
-from embedder.decode import DEFAULT_MAX_PIXELS
+from embedder.batches import default_workers
 from embedder.features import autocast_for, resolve_device
-from embedder.job import library_versions
-from .loop import TrainingConfig, TrainingOptions, evaluate_images, load_best, train_loop
+from embedder.versions import library_versions
+
+from .loop import TrainingConfig, evaluate_images, load_best, train_loop
+from .options import FinetuneOptions
 from .probe import linear_probe
 from .report import NOTES, comparison_row, trained_text, write_run_report, write_split
 from .split import Embedding, Part, check_test_apart, embed_test, prepare_data
@@ -43,100 +45,98 @@ class FinetuneResult:
 
 
 def _probe_scores(probe, part: Part, k: int) -> dict:
-    from classifiers.metrics import full_proba, scores
-
     proba = full_proba(probe.predict_proba(part.X), probe.classes_, k)
     return scores(part.y, probe.predict(part.X), proba, k)
 
 
-def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 0.2, test=None,
-             drop_test_copies: bool = False,
-             backbone: str = "resnet50", weights: str | None = "DEFAULT", resize: int | None = None,
-             crop: int | None = None, draft: bool = True, unfreeze: int | str = 1, epochs: int = 10, lr: float = 1e-3,
-             backbone_lr_scale: float = 0.1, weight_decay: float = 1e-4, batch_size: int = 32, dropout: float = 0.2,
-             bn: str = "frozen", augment: str = "flip", probe_init: bool = True, patience: int = 3, seed: int = 0,
-             device: str = "auto", precision: str = "fp32", workers: int | None = None, resume: bool = False,
-             from_scratch: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None,
-             progress: bool = False, on_epoch_end=None) -> FinetuneResult:
-    """Fine-tune ``backbone`` on the labelled images of ``train`` and write the run into ``out``. The epoch is
-    chosen on ``val`` (or a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only
-    after training, and the comparison is reported on them (``drop_test_copies``: without the test files whose bytes
-    equal a training or validation image; else such a file is refused before training)."""
-    options = TrainingOptions(unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
-                              weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn,
-                              augment=augment, probe_init=probe_init, patience=patience, seed=seed,
-                              precision=precision, workers=workers)  # checked here, before anything is embedded
-    dev = resolve_device(device)
-    autocast_for(dev, precision)
-    spec = resolve_weights(backbone, weights, seed)
-    embedding = Embedding(dict(backbone=backbone, weights=spec.path if spec.kind == "file" else weights, seed=seed,
-                               resize=resize, crop=crop, draft=draft, layers=["penultimate"], device=device,
-                               batch_size=batch_size, workers=workers, max_pixels=max_pixels, cache_dir=cache_dir,
-                               progress=progress))
-    data = prepare_data(train, val, val_split, seed, embedding)
-    dropped = check_test_apart(test, data, drop_test_copies) if test is not None else []
+def finetune(train, out: str = "runs/finetune", options: FinetuneOptions | None = None, *, progress: bool = False,
+             on_epoch_end=None, **keywords) -> FinetuneResult:
+    """Fine-tune a backbone on the labelled images of ``train`` and write the run into ``out``: ``options``, or the
+    same as keywords (``epochs=5, backbone="resnet18"``: ``FinetuneOptions.of``). The epoch is chosen on ``val`` (or
+    a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only after training, and the
+    comparison is reported on them (``drop_test_copies``: without the test files whose bytes equal a training or
+    validation image; else such a file is refused before training)."""
+    o = options if options is not None and not keywords else FinetuneOptions.of(**{**_flat(options), **keywords})
+    t = o.training  # checked when built, before anything is embedded
+    dev = resolve_device(o.device)
+    autocast_for(dev, t.precision)
+    spec = resolve_weights(o.backbone, o.weights, t.seed)
+    embedding = Embedding(dict(backbone=o.backbone, weights=spec.path if spec.kind == "file" else o.weights,
+                               seed=t.seed, resize=o.resize, crop=o.crop, draft=o.draft, layers=["penultimate"],
+                               device=o.device, batch_size=t.batch_size, workers=t.workers, max_pixels=o.max_pixels,
+                               cache_dir=o.cache_dir, progress=progress))
+    data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
+    dropped = check_test_apart(o.test, data, o.drop_test_copies) if o.test is not None else []
     k = len(data.classes)
-    config = TrainingConfig(backbone=backbone, weights=spec.identity, options=options, classes=tuple(data.classes),
+    config = TrainingConfig(backbone=o.backbone, weights=spec.identity, options=t, classes=tuple(data.classes),
                             train_images=len(data.train), val_images=len(data.val), validation=data.how)
     os.makedirs(out, exist_ok=True)
     write_split({"train": data.train, "val": data.val}, data.classes, os.path.join(out, "split.csv"))
 
     started = time.perf_counter()
-    probe, head_init = linear_probe(data.train.X, data.train.y, k, seed)
+    probe, head_init = linear_probe(data.train.X, data.train.y, k, t.seed)
     probe_seconds = time.perf_counter() - started + data.embed_seconds  # embedding included when done now
 
-    loaded = load_backbone(backbone, spec, resize=resize, crop=crop, draft=draft)
+    loaded = load_backbone(o.backbone, spec, resize=o.resize, crop=o.crop, draft=o.draft)
     prep, model = loaded.preprocessing, loaded.model
-    blocks = unfrozen_blocks(model, unfreeze)
-    replace_head(model, k, head_init if probe_init else None)
-    run = dict(device=dev, resume=resume, progress=progress, max_pixels=max_pixels)
+    blocks = unfrozen_blocks(model, t.unfreeze)
+    replace_head(model, k, head_init if t.probe_init else None)
+    run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
     state = train_loop(model, blocks, data.train, data.val, data.classes, prep, out, config,
                        on_epoch_end=on_epoch_end, **run)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained = {"fine-tuned": (model, out, state)}
-    if from_scratch:
-        scratch = load_backbone(backbone, "none", seed, resize=resize, crop=crop, draft=draft).model
+    if o.from_scratch:
+        scratch = load_backbone(o.backbone, "none", t.seed, resize=o.resize, crop=o.crop, draft=o.draft).model
         replace_head(scratch, k)
-        scratch_config = replace(config, weights=f"none:seed={seed}", options=replace(
-            options, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False))
+        scratch_config = replace(config, weights=f"none:seed={t.seed}", options=replace(
+            t, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False))
         scratch_out = os.path.join(out, "scratch")
         scratch_state = train_loop(scratch, block_names(scratch), data.train, data.val, data.classes, prep, scratch_out,
                                    scratch_config, **run)
         trained["from scratch"] = (scratch, scratch_out, scratch_state)
 
     # Training is over: only now are the test images embedded and scored, by the probe and the chosen epochs.
-    tests, test_rows, failed_now = {}, 0, dict(state["failed"])
-    if test is not None:
-        test_data = embed_test(test, data.classes, embedding, data)
+    tests, test_rows, failed_now = {}, 0, dict(state.failed)
+    if o.test is not None:
+        test_data = embed_test(o.test, data.classes, embedding, data)
         test_rows = len(test_data)
         write_split({"train": data.train, "val": data.val, "test": test_data}, data.classes,
                     os.path.join(out, "split.csv"))
         tests["probe"] = _probe_scores(probe, test_data, k)
-        eval_workers = default_workers(dev.type) if workers is None else workers
+        eval_workers = default_workers(dev.type) if t.workers is None else t.workers
         for name, (net, folder, _) in trained.items():
-            tests[name], failed = evaluate_images(load_best(net, folder), test_data, prep, dev, precision, batch_size,
-                                                  eval_workers, max_pixels, role="test")
+            tests[name], failed = evaluate_images(load_best(net, folder), test_data, prep, dev, t.precision,
+                                                  t.batch_size, eval_workers, o.max_pixels, role="test")
             failed_now.update(dict(failed))
     known = {s["path"] for s in embedding.skipped}
     skipped = embedding.skipped + [{"path": p, "reason": r, "part": "failed when read again"} for p, r in failed_now.items()
                                    if p not in known]
     comparison = [comparison_row("frozen linear probe", "logistic regression on the cached features (the zoo's logreg)",
                                  _probe_scores(probe, data.val, k), tests.get("probe"), probe_seconds)]
-    comparison.append(comparison_row(f"fine-tuned (last {len(blocks)} block(s) + head)" if unfreeze != "all"
-                                     else "fine-tuned (all layers)", trained_text(state), state["best"],
-                                     tests.get("fine-tuned"), state["seconds"]))
-    if from_scratch:
+    comparison.append(comparison_row(f"fine-tuned (last {len(blocks)} block(s) + head)" if t.unfreeze != "all"
+                                     else "fine-tuned (all layers)", trained_text(state), state.best,
+                                     tests.get("fine-tuned"), state.seconds))
+    if o.from_scratch:
         comparison.append(comparison_row("from scratch (same architecture, random init)", trained_text(scratch_state),
-                                         scratch_state["best"], tests.get("from scratch"), scratch_state["seconds"]))
-    on = "test" if test is not None else "validation"
+                                         scratch_state.best, tests.get("from scratch"), scratch_state.seconds))
+    on = "test" if o.test is not None else "validation"
     note = NOTES[on] + (f" {len(dropped)} test image(s) whose bytes equal a training or validation image were left "
                         f"out (--drop-test-copies): {', '.join(dropped)}." if dropped else "")
-    result = FinetuneResult(os.path.abspath(out), data.classes, blocks, trainable, state["best_epoch"],
-                            state["history"], comparison, on, note,
+    result = FinetuneResult(os.path.abspath(out), data.classes, blocks, trainable, state.best_epoch,
+                            state.history, comparison, on, note,
                             os.path.abspath(os.path.join(out, "best.pth")), skipped,
-                            test=os.path.abspath(test) if test is not None else None, test_images=test_rows,
+                            test=os.path.abspath(o.test) if o.test is not None else None, test_images=test_rows,
                             test_dropped=dropped,
                             config=config.to_dict(),
-                            scratch_history=scratch_state["history"] if from_scratch else [])
+                            scratch_history=scratch_state.history if o.from_scratch else [])
     result.files = write_run_report(result, prep, library_versions())
     return result
+
+
+def _flat(options: FinetuneOptions | None) -> dict:
+    """``options`` as the flat keywords ``FinetuneOptions.of`` takes (none: the defaults)."""
+    if options is None:
+        return {}
+    flat = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "training"}
+    return {**flat, **{f.name: getattr(options.training, f.name) for f in fields(options.training)}}

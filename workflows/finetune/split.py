@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedder.cache import CacheReader, own_groups as groups_of_rows
+from embedder.cache import CacheReader
+from embedder.cache import own_groups as groups_of_rows
 from embedder.errors import FeaturebankError
 from embedder.job import extract
 

@@ -11,7 +11,8 @@ from torch import nn
 from embedder.backbones import head_name
 from embedder.errors import FeaturebankError
 
-BN_POLICIES = ("frozen", "train")
+from .options import BN_POLICIES
+
 CONTAINERS = ("features", "classifier", "trunk_output", "blocks")  # top-level sequences whose items are blocks
 BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
 
