@@ -1,11 +1,8 @@
 """Classical classifiers on cached embeddings: the zoo, cross-validation reports, model files.
 
-The names below are imported on first use, so that ``cv`` and ``classifiers`` do not wait for torch (the zoo is
-imported with the package: scikit-learn, never torch).
+The names below are imported on first use, so that ``cv`` and ``classifiers`` do not wait for torch.
 """
 import importlib
-
-from . import ensemble  # noqa: F401  (registers the zoo's "ensemble" entry, which is built on the zoo)
 
 _EXPORTS = {
     "Bundle": "bundle", "evaluate": "bundle", "load_bundle": "bundle", "predict": "bundle",

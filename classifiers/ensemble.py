@@ -24,7 +24,7 @@ from embedder.errors import FeaturebankError
 
 from .folds import inner_fold_count, inner_splits, inner_splitter
 from .metrics import full_proba
-from .zoo import ClassifierSpec, describe, get_spec, make_classifier, register_classifier
+from .registry import describe, get_spec, make_classifier
 
 DEFAULT_MEMBERS = "logreg+rbf-svm+knn"
 METHODS = ("vote", "stack")
@@ -116,8 +116,3 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
                            for name, pipe in self.member_pipelines())
         return f"{how} of [{inner}]"
 
-
-register_classifier(ClassifierSpec(
-    "ensemble", "soft vote of logreg, rbf-svm (sigmoid-calibrated) and knn, each with its own steps; "
-    "method=stack: a logistic regression on their out-of-fold probabilities; members=a+b+... chooses them",
-    lambda seed: ZooEnsemble(random_state=seed), grid={}, probabilities=True))

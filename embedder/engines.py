@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,13 @@ def gpu_possible() -> bool:
     if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl"):
         return True
     return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def check_device(name: str) -> str:
+    """``name`` when it names a device (auto, cpu, mps, cuda, cuda:N), else a one-line error."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise FeaturebankError(f"{name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return name
 
 
 def resolve_device_name(device: str = "auto") -> str:

@@ -119,5 +119,10 @@ class ExtractionSettings:
                 if a.get(k) != b.get(k)]
 
 
+def split_layers(values) -> list[str] | None:
+    """Layer names given repeated or comma-separated (``--layer layer3,penultimate``); None when there are none."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()] or None
+
+
 def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

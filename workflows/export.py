@@ -12,22 +12,24 @@ from classifiers.zoo import describe, list_classifiers, make_classifier
 from embedder.backbones import is_checkpoint, load_backbone
 from embedder.cache import CacheReader
 from embedder.errors import FeaturebankError
-from embedder.settings import ExtractionSettings, Int8
+from embedder.settings import ExtractionSettings
 from embedder.sources import list_inputs
 from embedder.store import EngineStore, engine_dir_for
 
 from .deploy import Exported, Head, NotExportable, cache_listing, export_checkpoint, labelled_images, refusal
 from .deploy import export as write_onnx
+from .options import ExportOptions
 
 
-def export(model: str, out: str, *, precision: str | None = None, backbone: str | None = None,
-           weights: str | None = None, images=None, int8: Int8 | None = None) -> Exported:
-    """``model`` as one ONNX file: a checkpoint (``.pth``...: its own head, ``backbone`` when it does not say) or a
-    model file of ``train`` (its backbone, layer and classifier; ``weights``: where its weights file is now)."""
+def export(model: str, options: ExportOptions) -> Exported:
+    """``model`` as one ONNX file ``options.out``: a checkpoint (``.pth``...: its own head, ``options.backbone`` when
+    it does not say) or a model file of ``train`` (its backbone, layer and classifier; ``options.weights``: where its
+    weights file is now)."""
+    o = options
     if is_checkpoint(model):
-        return export_checkpoint(model, out, backbone=backbone, precision=precision or "fp32", images=images,
-                                 int8=int8)
-    return export_model(model, out, precision=precision, weights=weights, images=images, int8=int8)
+        return export_checkpoint(model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images,
+                                 int8=o.int8)
+    return export_model(model, o.out, precision=o.precision, weights=o.weights, images=o.images, int8=o.int8)
 
 
 def export_model(model, out: str, *, precision: str | None = None, weights: str | None = None, images=None,

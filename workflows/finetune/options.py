@@ -1,13 +1,17 @@
 """What a fine-tuning run is asked, as two values: ``TrainingOptions`` (how to train: what the trajectory depends
 on, recorded in the checkpoints) inside ``FinetuneOptions`` (also which data, which backbone and where to run).
-Checked when built, before anything is embedded; needs no torch, so that the command line can build them."""
+Checked when built, before anything is embedded; needs no torch, so that the command line can build them.
+
+Each field says once its default, its help and how a command-line value is read (``embedder.options.option``);
+``featurebank finetune``'s options are made from them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
 from embedder.decode import DEFAULT_MAX_PIXELS
 from embedder.errors import FeaturebankError
-from embedder.settings import AUGMENTATIONS
+from embedder.options import BACKBONE, DEVICE, option
+from embedder.settings import AUGMENTATIONS, TORCH_PRECISIONS
 
 BN_POLICIES = ("frozen", "train")
 
@@ -30,20 +34,23 @@ class TrainingOptions:
     """How to train, as ``finetune``'s options say: built once from them by name (no field can take another's
     value), checked on the spot, before anything is embedded."""
 
-    unfreeze: int | str = 1  # the last N blocks, or "all"
-    epochs: int = 10
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    dropout: float = 0.2
-    bn: str = "frozen"
-    augment: str = "flip"
-    probe_init: bool = True
-    patience: int = 3
-    seed: int = 0
-    precision: str = "fp32"
-    workers: int | None = None
+    unfreeze: int | str = option(1, "Train the last N blocks (0: the head only; all: everything). The report names "
+                                    "them.", check="workflows.finetune.options:parse_unfreeze")
+    epochs: int = option(10, low=1)
+    lr: float = option(1e-3, "AdamW learning rate of the head (cosine decay).", low=0, low_open=True)
+    backbone_lr_scale: float = option(0.1, "The unfrozen pretrained layers learn at lr x this.", low=0)
+    weight_decay: float = option(1e-4, low=0)
+    batch_size: int = option(32, low=1)
+    dropout: float = option(0.2, "On the head's input.", low=0, high=1, high_open=True)
+    bn: str = option("frozen", "frozen: BatchNorm parameters and running statistics stay as they were.",
+                     choices=BN_POLICIES)
+    augment: str = option("flip", "flip: random resized crop and flip; trivial: and TrivialAugment.",
+                          choices=AUGMENTATIONS)
+    probe_init: bool = option(True, "Start the head at random, not from the linear probe.", flag="--no-probe-init")
+    patience: int = option(3, "Epochs without a better validation accuracy before stopping.", low=1)
+    seed: int = option(0)
+    precision: str = option("fp32", "Mixed precision (fp16/bf16) on a GPU.", choices=TORCH_PRECISIONS)
+    workers: int | None = option(None, "Decoding processes (as in extract).", low=0)
 
     def __post_init__(self):
         if (self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.dropout < 1
@@ -58,20 +65,26 @@ class TrainingOptions:
 class FinetuneOptions:
     """A whole run's options besides its training images and run folder."""
 
-    val: str | None = None  # validation images; None: a stratified ``val_split`` of the training images
-    val_split: float = 0.2
-    test: str | None = None  # test images, embedded and scored only after training
-    drop_test_copies: bool = False  # leave out test files whose bytes equal a training or validation image
-    backbone: str = "resnet50"
-    weights: str | None = "DEFAULT"
-    resize: int | None = None
-    crop: int | None = None
-    draft: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    device: str = "auto"
-    resume: bool = False
-    from_scratch: bool = False  # also train the same architecture from random weights
-    cache_dir: str | None = None
+    val: str | None = option(None, "Validation images (class folders or manifest). [default: --val-split]",
+                             path={})
+    val_split: float = option(0.2, "Stratified share of DATA held out for validation when there is no --val; with "
+                                   "groups (a manifest's third column), whole groups: one fold of round(1/share).",
+                              low=0, high=1, low_open=True, high_open=True)
+    test: str | None = option(None, "Test images, apart from DATA and validation: embedded and scored only after "
+                                    "training; the comparison is reported on them. [default: validation numbers, "
+                                    "selection included]", path={"exists": True})
+    drop_test_copies: bool = option(False, "Leave out --test files whose bytes equal a training or validation image "
+                                           "(the report lists them). [default: refuse them before training]")
+    backbone: str = option("resnet50", check=BACKBONE, short="-b")
+    weights: str | None = option("DEFAULT", "As in extract: a weights name, a .pth file, none.", short="-w")
+    resize: int | None = option(None, "Shorter side for evaluation (default: from the weights).", low=16)
+    crop: int | None = option(None, "Crop size (default: from the weights).", low=16)
+    draft: bool = option(True, "Decode big JPEGs at full size (as in extract).", flag="--no-draft")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Larger images are skipped as decompression bombs.", low=1)
+    device: str = option("auto", check=DEVICE)
+    resume: bool = option(False, "Continue the interrupted run in --out.")
+    from_scratch: bool = option(False, "Also train the same architecture from random weights, for comparison.")
+    cache_dir: str | None = option(None, cli=False)  # where the embedded images' caches go (default: cache/)
     training: TrainingOptions = field(default_factory=TrainingOptions)
 
     @classmethod
