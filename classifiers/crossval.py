@@ -21,7 +21,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedGroupKFold
 from tqdm import tqdm
 
-from embedder.errors import FeaturebankError
+from embedder.errors import FeaturebankError, first_line
 
 from .cluster import layer_tasks, on_cluster
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
@@ -281,7 +281,7 @@ def _guarded(results, spec: str, layer: str):
     try:
         yield from results
     except (ValueError, np.linalg.LinAlgError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise FeaturebankError(f"{spec} on {layer} failed: {first}") from None
 
 

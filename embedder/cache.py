@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 import h5py
 import numpy as np
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings, settings_key
 
 FORMAT = "featurebank-cache"
@@ -96,7 +96,7 @@ def _open(path: str, mode: str = "r") -> h5py.File:
     try:
         return h5py.File(path, mode, locking="best-effort")
     except OSError as exc:
-        raise FeaturebankError(f"cannot open {path} as an HDF5 cache: {str(exc).splitlines()[0]}") from None
+        raise FeaturebankError(f"cannot open {path} as an HDF5 cache: {first_line(exc)}") from None
 
 
 def _write_columns(group: h5py.Group, columns: dict, strings: tuple[str, ...]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings
 from .store import EngineStore
 from .versions import version_of
@@ -85,7 +85,7 @@ class OnnxEngine(Engine):
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise FeaturebankError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+            raise FeaturebankError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
         self.settings, self.path, self.meta = settings, path, meta or {}
         self.threads = options.intra_op_num_threads
         self.outputs = list(settings.layers)
@@ -196,7 +196,7 @@ def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *
             if isinstance(exc, FeaturebankError):
                 raise
             raise FeaturebankError(f"the onnxruntime engine failed ({type(exc).__name__}: "
-                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                                   f"{first_line(exc)})") from None
         prepared.note = f"using the torch engine: {exc}"
         return _torch_engine(settings, build_model, device)
 

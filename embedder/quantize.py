@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings, Int8
 from .store import EngineStore
 
@@ -68,7 +68,7 @@ def build_int8(fp32_engine, settings: ExtractionSettings, store: EngineStore, na
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=methods[settings.int8.method], nodes_to_exclude=keep)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc)
             raise FeaturebankError(f"int8 quantization failed ({type(exc).__name__}: {first})") from None
         int8_engine = open_int8(tmp, settings)
         agreement = feature_agreement(fp32_engine, int8_engine, batches)

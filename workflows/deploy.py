@@ -31,7 +31,7 @@ from embedder.batches import ImageDataset, ThreadBatches
 from embedder.cache import CacheReader
 from embedder.decode import DEFAULT_MAX_PIXELS
 from embedder.engines import open_engine, settings_fp32
-from embedder.errors import FeaturebankError
+from embedder.errors import FeaturebankError, first_line
 from embedder.job import calibration_batches, int8_settings
 from embedder.resolve import Request, resolve
 from embedder.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
@@ -289,7 +289,7 @@ def _converted(g: _Graph, x: str, clf, head: Head, width: int, opset: int, ir_ve
                                         target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
                                         options={id(clf): {"zipmap": False}})
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise NotExportable(kind, f"skl2onnx cannot convert {kind} ({first})") from None
     converted = compose.add_prefix(_at_opset(converted, opset, ir_version), "clf/")
     clf_in = converted.graph.input[0]
