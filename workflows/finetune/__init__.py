@@ -18,7 +18,7 @@ The parts: ``options`` (what a run is asked, checked before anything is done), `
 
 The names below are imported on first use, so that the command line can build ``FinetuneOptions`` without torch.
 """
-import importlib
+from embedder.lazy import lazy_attributes
 
 _EXPORTS = {
     "TrainingConfig": "loop", "TrainingState": "loop", "evaluate_images": "loop", "export_weights": "loop",
@@ -29,8 +29,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _EXPORTS)
