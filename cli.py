@@ -4,15 +4,24 @@ Every command has --help with an example; errors are one line (``Error: ...``) a
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
-from collections import Counter
+from dataclasses import fields, is_dataclass
 
 import click
 
+from classifiers.options import CVOptions, TrainOptions
 from embedder.errors import FeaturebankError
+from embedder.options import BACKBONE, ExtractOptions, RunOptions
+from embedder.settings import POOLINGS
+from workflows.finetune.options import FinetuneOptions
+from workflows.options import ExportOptions
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+INTERRUPTED = {"finetune": "Interrupted: the last finished epoch is saved (OUT/last.pt); run the same command with "
+                           "--resume to continue.",
+               None: "Interrupted: every finished batch is kept; run the same command again to continue."}
 
 
 class Group(click.Group):
@@ -24,76 +33,62 @@ class Group(click.Group):
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            if ctx.invoked_subcommand == "finetune":
-                click.echo("Interrupted: the last finished epoch is saved (OUT/last.pt); run the same command with "
-                           "--resume to continue.", err=True)
-            else:
-                click.echo("Interrupted: every finished batch is kept; run the same command again to continue.", err=True)
+            click.echo(INTERRUPTED.get(ctx.invoked_subcommand, INTERRUPTED[None]), err=True)
             sys.exit(130)
 
 
-class BackboneType(click.ParamType):
-    name = "backbone"
-
-    def convert(self, value, param, ctx):
-        from embedder.backbones import check_backbone
-
+def checked(function: str):
+    """A click callback: the value as the library's ``module:function`` reads it (None stays None), its one-line
+    error a usage error. The module is imported when the option is given, so that --help waits for no torch."""
+    def callback(ctx, param, value):
+        module, name = function.split(":")
         try:
-            return check_backbone(value)
+            return None if value is None else getattr(importlib.import_module(module), name)(value)
         except FeaturebankError as exc:
-            self.fail(str(exc), param, ctx)
+            raise click.BadParameter(str(exc), ctx, param) from None
+    return callback
 
 
-class DeviceType(click.ParamType):
-    name = "device"
+def value_options(cls):
+    """click options made from the fields of a value object (and of one inside it): the names, defaults, help and
+    checks are the object's, written once there (``embedder.options.option``)."""
+    def leaves(c):
+        return [g for f in fields(c) for g in (leaves(f.default_factory) if is_dataclass(f.default_factory) else [f])
+                if g.metadata.get("cli", True)]
 
-    def convert(self, value, param, ctx):
-        import re
+    def reading(f) -> dict:
+        m, default = f.metadata, f.default
+        if isinstance(default, bool) or "/" in m.get("flag", ""):  # --x, --no-x (default True), or --x/--no-x
+            return {"default": default, "help": m["help"], **({} if default is None else {"is_flag": True,
+                                                                                           "flag_value": not default})}
+        kw = {"default": default, "help": m["help"], "show_default": default is not None, "multiple": bool(m.get("multiple")),
+              "required": m.get("required", False),
+              "metavar": m.get("metavar") or (f.name.upper() if "check" in m else None)}
+        if "choices" in m:
+            kw["type"] = click.Choice(m["choices"])
+        elif "path" in m:
+            kw["type"] = click.Path(**m["path"])
+        elif "check" in m:
+            kw.update(type=click.STRING, callback=checked(m["check"]))
+        elif "low" in m:
+            kw["type"] = (click.FloatRange if "float" in f.type else click.IntRange)(
+                m["low"], m.get("high"), min_open=m.get("low_open", False), max_open=m.get("high_open", False))
+        elif f.type == "int":
+            kw["type"] = int
+        return kw
 
-        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-            return value
-        self.fail(f"{value!r} is not one of auto, cpu, cuda, cuda:N, mps", param, ctx)
-
-
-class ClassifierType(click.ParamType):
-    """A zoo spec string, checked at parse time: ``logreg``, ``rbf-svm:pca=128,C=10``."""
-
-    name = "classifier"
-
-    def convert(self, value, param, ctx):
-        from classifiers.zoo import parse_spec
-
-        try:
-            parse_spec(value)
-            return value
-        except FeaturebankError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def split_classifiers(ctx, param, values):
-    """-c may be repeated or comma-separated; a ``key=value`` piece belongs to the spec before it."""
-    specs: list[str] = []
-    for value in values:
-        for piece in (p.strip() for p in value.split(",")):
-            if not piece:
-                continue
-            if specs and "=" in piece and ":" not in piece:
-                specs[-1] += "," + piece
-            else:
-                specs.append(piece)
-    return [ClassifierType().convert(s, param, ctx) for s in specs] or None
+    def apply(command):
+        for f in reversed(leaves(cls)):
+            names = [*([f.metadata["short"]] if "short" in f.metadata else []), f.metadata.get("flag") or
+                     "--" + f.name.replace("_", "-"), f.name]
+            command = click.option(*names, **reading(f))(command)
+        return command
+    return apply
 
 
-def split_layers(ctx, param, values):
-    """--layer may be repeated or comma-separated."""
-    return [v.strip() for value in values for v in value.split(",") if v.strip()] or None
-
-
-def emit(data: dict, as_json: bool, human) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        human(data)
+def emit(data, as_json: bool, text) -> None:
+    """``data`` as JSON, or the lines ``text(data)`` returns."""
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else "\n".join(text(data)))
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -118,29 +113,15 @@ def backbones(as_json):
     Example:
       featurebank backbones --json
     """
-    from embedder.backbones import default_preprocessing, feature_dim, list_backbones, weights_enum
+    from embedder.catalog import backbone_rows, backbones_text
 
-    rows = []
-    for name in list_backbones():
-        enum = weights_enum(name)
-        prep = default_preprocessing(name)
-        rows.append({"name": name, "features": feature_dim(name), "default_weights": f"{enum.__name__}.{enum.DEFAULT.name}",
-                     "weights": list(enum.__members__), "resize": prep.resize, "crop": prep.crop})
-
-    def human(_):
-        click.echo(f"{'backbone':24} {'features':>8}  {'input':>7}  weights (DEFAULT first)")
-        for r in rows:
-            others = [w for w in r["weights"] if w != r["default_weights"].split(".")[1]]
-            click.echo(f"{r['name']:24} {r['features']:>8}  {r['resize']:>3}/{r['crop']:<3}  "
-                       f"{r['default_weights'].split('.')[1]} {' '.join(others)}")
-
-    emit(rows, as_json, human)
+    emit(backbone_rows(), as_json, backbones_text)
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("backbone", type=BackboneType())
+@click.argument("backbone", callback=checked(BACKBONE), metavar="BACKBONE")
 @click.option("--size", type=click.IntRange(32), help="Input size (default: the backbone's crop size).")
-@click.option("--pooling", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True,
+@click.option("--pooling", type=click.Choice(POOLINGS), default="avg", show_default=True,
               help="Pooling, for the vector sizes shown.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list on stdout.")
 def layers(backbone, size, pooling, as_json):
@@ -153,67 +134,19 @@ def layers(backbone, size, pooling, as_json):
       featurebank layers resnet50
       featurebank extract photos/ -b resnet50 --layer layer3,penultimate
     """
-    from embedder.backbones import PENULTIMATE, layer_shapes, resolve_layers, skeleton
-    from embedder.features import pooled_dim
+    from embedder.catalog import layer_rows, layers_text
 
-    model = skeleton(backbone)
-    penultimate = resolve_layers(model, [PENULTIMATE])[0]
-    rows = [{"node": n, "shape": list(s), "vector": pooled_dim(s, pooling) if len(s) in (1, 2, 3) else None,
-             "penultimate": n == penultimate}
-            for n, s in layer_shapes(backbone, size)]
-
-    def human(_):
-        click.echo(f"  {'node':40} {'output shape':>18} {'vector':>7}")
-        for r in rows:
-            click.echo(f"{'*' if r['penultimate'] else ' '} {r['node']:40} {'x'.join(map(str, r['shape'])):>18} "
-                       f"{r['vector'] if r['vector'] is not None else '-':>7}")
-
-    emit(rows, as_json, human)
+    emit(layer_rows(backbone, size, pooling), as_json, layers_text)
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("source", metavar="INPUT", type=click.Path())
-@click.option("--cache", "cache", type=click.Path(dir_okay=False),
+@click.option("--cache", type=click.Path(dir_okay=False),
               help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).")
-@click.option("-b", "--backbone", default="resnet50", show_default=True,
-              help="A torchvision model name (featurebank backbones); checked when the settings are resolved.")
-@click.option("-w", "--weights", default="DEFAULT", show_default=True,
-              help="A torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a local .pth state dict, or none.")
-@click.option("-l", "--layer", "layer", multiple=True, callback=split_layers,
-              help="Node or module name(s), repeated or comma-separated (featurebank layers BACKBONE). [default: penultimate]")
-@click.option("--pooling", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True,
-              help="How 4-D maps become one vector per image.")
-@click.option("--resize", type=click.IntRange(16), help="Shorter side before cropping (default: from the weights).")
-@click.option("--crop", type=click.IntRange(16), help="Center crop size (default: from the weights).")
-@click.option("--no-draft", is_flag=True, help="Decode big JPEGs at full size (slower; no reduced-scale decode).")
-@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="fp32; int8 (CPU, onnxruntime: calibrated on images of INPUT, rows of its own); fp16/bf16 autocast (GPUs).")
-@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="auto: onnxruntime on the CPU when it measured faster for these settings (measured once), torch on GPUs.")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
-              help="Test-time augmentation: flip = the mean of the image's and its left-right mirror's vectors "
-                   "(a setting: rows of its own; twice the compute).")
-@click.option("--calibration-images", type=click.IntRange(1), default=256, show_default=True,
-              help="int8: images drawn reproducibly from INPUT to calibrate on.")
-@click.option("--calibration", type=click.Choice(["minmax"]), default="minmax", show_default=True,
-              help="int8: how activation ranges are read from the calibration images.")
-@click.option("--calibration-from", "calibration_from", type=click.Path(dir_okay=False),
-              help="int8: use the int8 engine of this cache (e.g. embed val/ with train/'s calibration); its "
-                   "calibration options replace --calibration-images, --calibration and the draw's --seed.")
-@click.option("--device", type=DeviceType(), default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU none: decoding threads share the cores with the engine).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init for --weights none, and of the int8 calibration draw.")
-@click.option("--layout", type=click.Choice(["auto", "classes", "flat"]), default="auto", show_default=True,
-              help="A folder: class-per-folder (labels) or flat (unlabeled).")
-@click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True,
-              help="Larger images are skipped as decompression bombs.")
-@click.option("--strict", is_flag=True, help="Exit non-zero if any file could not be embedded (good rows are kept).")
+@value_options(ExtractOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
-def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_draft, precision, engine, tta,
-            calibration_images, calibration, calibration_from, device, batch_size, workers, seed, layout, max_pixels, strict, quiet,
-            as_json):
+def extract(source, cache, quiet, as_json, **options):
     """Embed every image of INPUT into an HDF5 cache, once.
 
     INPUT is a class-per-folder tree (labels from folder names), a flat folder (unlabeled), a CSV manifest
@@ -228,38 +161,19 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
       torchrun --nproc_per_node 4 -m cli extract photos/ --cache cache/photos.h5
     """
     from embedder.distributed import Rank
+    from embedder.job import extract as run_extract
+    from embedder.job import int8_request
+    from embedder.views import extract_text
 
-    from embedder.job import extract as run_extract, int8_of_cache
-    from embedder.settings import Int8
-
-    int8, engine_dir = (Int8(calibration_images, seed, calibration) if precision == "int8" else None), None
-    if calibration_from:
-        if precision != "int8":
-            raise click.UsageError("--calibration-from goes with --precision int8")
-        int8, engine_dir = int8_of_cache(calibration_from)
-    summary = run_extract(source, cache, backbone=backbone, weights=weights, layers=layer, pooling=pooling,
-                          resize=resize, crop=crop, draft=not no_draft, precision=precision, device=device,
-                          batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
-                          max_pixels=max_pixels, engine=engine, int8=int8, engine_dir=engine_dir,
-                          progress=not quiet and sys.stderr.isatty(), tta=tta)
+    o = ExtractOptions(**options)
+    if o.calibration_from and o.precision != "int8":
+        raise click.UsageError("--calibration-from goes with --precision int8")
+    int8, engine_dir = int8_request(o.precision, o.calibration_images, o.seed, o.calibration, o.calibration_from)
+    summary = run_extract(source, cache, int8=int8, engine_dir=engine_dir, progress=not quiet and sys.stderr.isatty(),
+                          **o.keywords())
     if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
-
-    def human(s):
-        click.echo(f"{s['rows']} rows in {s['cache']}")
-        engine = f"{s['engine']['name']} on {s['device']}" if s["engine"] else s["device"]
-        engine += f", {s['ranks']} ranks" if s["ranks"] > 1 else ""
-        for step in s["prepared"]:
-            click.echo(f"  prepared: {step}")
-        click.echo(f"  embedded {s['embedded']} ({s['images_per_second']} images/s, {engine}), "
-                   f"kept {s['reused']}, removed {s['removed']}, failed {len(s['failed'])}, ignored {s['ignored']} "
-                   f"non-image files, {s['seconds']} s")
-        for f in s["failed"][:20]:
-            click.echo(f"  skipped {f['path']}: {f['reason']}")
-        if len(s["failed"]) > 20:
-            click.echo(f"  ... and {len(s['failed']) - 20} more (featurebank info --json)")
-
-    emit(summary.to_dict(), as_json, human)
+    emit(summary.to_dict(), as_json, extract_text)
 
 
 @main.command(context_settings=CONTEXT)
@@ -272,54 +186,9 @@ def info(cache, as_json):
     Example:
       featurebank info cache/ants.h5
     """
-    from embedder.cache import CacheReader
+    from embedder.views import cache_text, describe_cache
 
-    reader = CacheReader(cache)
-    data = {"cache": reader.path, "rows": len(reader), "classes": dict(Counter(reader.labels)) if reader.labels is not None else {},
-            "layers": reader.dims, "settings": reader.settings, "source": reader.attrs["source"],
-            "root": reader.attrs["root"], "updated": reader.attrs["updated"],
-            "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
-            "pending_parts": reader.pending_parts, "info": reader.info}
-
-    def human(d):
-        s = d["settings"]
-        click.echo(f"{d['cache']}: {d['rows']} rows, updated {d['updated']}")
-        click.echo(f"  input        {d['source']}")
-        click.echo(f"  backbone     {s['backbone']}  weights {s['weights']}"
-                   + (f" ({d['info'].get('weights_file')})" if d["info"].get("weights_file") else ""))
-        p = s["preprocessing"]
-        click.echo(f"  preprocess   resize {p['resize']} ({p['interpolation']}), crop {p['crop']}, mean {p['mean']}, "
-                   f"std {p['std']}, draft {p['draft']}; precision {s['precision']}; pooling {s['pooling']}"
-                   + (f"; tta {s['tta']}" if s.get("tta", "none") != "none" else ""))
-        click.echo("  layers       " + ", ".join(f"{k} [{v}]" for k, v in d["layers"].items()))
-        if d["classes"]:
-            click.echo("  classes      " + ", ".join(f"{k} {v}" for k, v in d["classes"].items()))
-        else:
-            click.echo("  classes      none (unlabeled)")
-        click.echo(f"  skipped      {len(d['failed'])} files")
-        for f in d["failed"][:20]:
-            click.echo(f"    {f['path']}: {f['reason']}")
-        if d["pending_parts"]:
-            click.echo(f"  unfinished   {d['pending_parts']} batches of an interrupted run wait in {d['cache']}.parts; "
-                       f"run extract again to merge them")
-        runs = d["info"].get("runs", [])
-        if runs:
-            last = runs[-1]
-            e = last["engine"]
-            click.echo(f"  engine       {e['name']} on {e.get('device', 'cpu')} ({e.get('threads', '?')} threads), last run "
-                       f"{last['time']}: {last['embedded']} images at {last['images_per_second']} images/s "
-                       f"({len(runs)} run(s) recorded)")
-        int8 = d["info"].get("int8")
-        if int8:
-            calib = int8.get("calibration") or {}
-            for layer, c in int8["cosine_to_fp32"].items():
-                click.echo(f"  int8         {layer}: cosine to fp32 mean {c['mean']:.4f}, worst {c['min']:.4f}, on the "
-                           f"{c['images']} calibration images ({calib.get('method', '?')}, seed {calib.get('seed', '?')})")
-        versions = d["info"].get("versions", {})
-        click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-
-    emit(data, as_json, human)
-
+    emit(describe_cache(cache), as_json, cache_text)
 
 
 @main.command(context_settings=CONTEXT)
@@ -336,42 +205,14 @@ def classifiers(as_json):
       featurebank classifiers --json
       featurebank cv cache/flowers.h5 -c logreg -c "rbf-svm:pca=128,C=10" -c knn:n_neighbors=5
     """
-    from classifiers.zoo import describe, get_spec, list_classifiers, search_grid
+    from classifiers.views import classifier_rows, classifiers_text
 
-    rows = [{"name": n, "pipeline": describe(n), "probabilities": get_spec(n).probabilities,
-             "search": {k.removeprefix("clf__"): v for k, v in search_grid(n).items()}, "summary": get_spec(n).summary}
-            for n in list_classifiers()]
-
-    def human(_):
-        for r in rows:
-            click.echo(f"{r['name']:14} {r['summary']}")
-            click.echo(f"{'':14}   {r['pipeline']}")
-            grid = ", ".join(f"{k} in {v}" for k, v in r["search"].items()) or "nothing to tune"
-            click.echo(f"{'':14}   probabilities: {'yes' if r['probabilities'] else 'no'}; --search: {grid}")
-
-    emit(rows, as_json, human)
+    emit(classifier_rows(), as_json, classifiers_text)
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("caches", metavar="CACHE...", nargs=-1, required=True, type=click.Path())
-@click.option("-c", "--classifier", "classifier", multiple=True, callback=split_classifiers,
-              help="Zoo spec(s), repeated or comma-separated (featurebank classifiers). [default: all]")
-@click.option("-l", "--layer", "layer", multiple=True, callback=split_layers,
-              help="Layer(s) of the cache, repeated or comma-separated; a+b is both side by side. "
-                   "[default: all of the cache's]")
-@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
-@click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
-              help="Repeat the k folds with other shuffles.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds and of random classifiers.")
-@click.option("--groups/--no-groups", default=None,
-              help="Keep each group's images in one fold; an image without a group is a group of its own "
-                   "(default: when the cache has groups).")
-@click.option("--search", is_flag=True, help="Tune C, gamma, k... by inner cross-validation in each fold (nested).")
-@click.option("--inner-folds", type=click.IntRange(2), default=3, show_default=True, help="Folds of --search.")
-@click.option("-j", "--n-jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: all cores).")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="Run every fit on this Dask scheduler (tcp://host:8786) through joblib's Dask backend; needs "
-                   "pip install -e \".[dask]\". Same report as a local run.")
+@value_options(CVOptions)
 @click.option("-o", "--out", type=click.Path(file_okay=False),
               help="Write report.json, report.md, report.html (with thumbs/), leaderboard.png, leaderboard.csv, "
                    "confusion.png, map.png and predictions/*.csv here.")
@@ -379,8 +220,7 @@ def classifiers(as_json):
               help="How many suspicious images the report lists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
-def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_folds, n_jobs, scheduler, out, suspicious,
-       quiet, as_json):
+def cv(caches, out, suspicious, quiet, as_json, **options):
     """Cross-validate classifiers × layers of CACHE on the same stratified folds.
 
     Prints a leaderboard (mean ± std over folds) and the images most confidently predicted as another
@@ -401,62 +241,23 @@ def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_fo
       featurebank cv cache/flowers.h5 --search --scheduler tcp://head-node:8786
     """
     from classifiers.crossval import cross_validate
-    from classifiers.report import leaderboard_lines, model_name, report_dict, significance_note, write_report
+    from classifiers.report import report_dict, write_report
+    from classifiers.views import cv_text
 
-    if scheduler and n_jobs != 1:
+    o = CVOptions(**options)
+    if o.scheduler and o.n_jobs != 1:
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
-
-    report = cross_validate(list(caches), classifier, layer, folds=folds, repeats=repeats, seed=seed, groups=groups,
-                            search=search, inner_folds=inner_folds, n_jobs=n_jobs, scheduler=scheduler,
-                            progress=not quiet and sys.stderr.isatty())
+    report = cross_validate(list(caches), progress=not quiet and sys.stderr.isatty(), **o.keywords())
     data = report_dict(report, suspicious)
     files = write_report(report, out, suspicious, data) if out else {}
-
-    def human(d):
-        cvd = d["cv"]
-        click.echo(f"{d['rows']} images, {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
-                   f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s")
-        if len(d["caches"]) > 1:
-            for c in d["caches"]:
-                click.echo(f"  {c['backbone']}: {c['cache']}")
-            click.echo(f"  folds from {cvd['folds_from']}")
-        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in leaderboard_lines(d)
-                if not line.startswith("|--")]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
-        click.echo(significance_note(d))
-        susp = d["suspicious"]
-        if susp["images"]:
-            click.echo(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
-            for i in susp["images"][:10]:
-                click.echo(f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})")
-        if d["outliers"]["images"]:
-            click.echo(f"\nLeast like any other image (nearest-neighbour cosine similarity on {d['outliers']['layer']}):")
-            for i in d["outliers"]["images"][:5]:
-                click.echo(f"  {i['path']}: {i['similarity']:.2f} (nearest {i['nearest']})")
-        conflicting = [g for g in d["duplicates"] if g["conflicting"]]
-        if d["duplicates"]:
-            click.echo(f"\n{len(d['duplicates'])} groups of identical files ({len(conflicting)} with different labels)")
-        for name, path in files.items():
-            click.echo(f"{name:16} {path}")
-
-    emit(data, as_json, human)
+    emit(data, as_json, lambda d: cv_text(d, files))
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
-@click.option("-c", "--classifier", type=ClassifierType(), default="logreg", show_default=True,
-              help="A zoo spec (featurebank classifiers).")
-@click.option("-l", "--layer", help="Layer of the cache. [default: its first]")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="Model file to write (.joblib).")
-@click.option("--search", is_flag=True, help="Choose the hyperparameters by cross-validation first "
-                                             "(StratifiedGroupKFold when the cache has groups).")
-@click.option("--groups/--no-groups", default=None,
-              help="With --search: keep each group's images in one inner fold (default: when the cache has groups).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@value_options(TrainOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print what was saved as JSON.")
-def train(cache, classifier, layer, out, search, groups, seed, as_json):
+def train(cache, as_json, **options):
     """Fit a classifier on every labelled row of CACHE and save it with its embedding settings.
 
     The model file is a pickle: load only model files you trust.
@@ -466,51 +267,21 @@ def train(cache, classifier, layer, out, search, groups, seed, as_json):
       featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.joblib
     """
     from classifiers.bundle import train as run_train
+    from classifiers.views import train_text
 
-    bundle = run_train(cache, classifier, layer, out, seed=seed, search=search, groups=groups)
-    data = {"model": out, **bundle.describe()}
-
-    def human(d):
-        click.echo(f"saved {d['model']}: {d['classifier']} on {d['layer']} ({d['pipeline']})")
-        click.echo(f"  {d['trained_on']['rows']} images, classes " + ", ".join(
-            f"{c} {n}" for c, n in d["trained_on"]["class_counts"].items()))
-        found = d["trained_on"].get("search")
-        if found:
-            chose = json.dumps(found["best_params"])
-            click.echo(f"  search: {found['splitter']} ({found['folds']} folds), chose {chose} (balanced accuracy "
-                       f"{found['best_score']:.3f} on the inner folds)")
-        s = d["settings"]
-        click.echo(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
-
-    emit(data, as_json, human)
-
-
-def embedding_run_options(f):
-    """Options of commands that may embed images with a model's settings."""
-    for option in reversed([
-        click.option("--cache", type=click.Path(dir_okay=False),
-                     help="Cache for the embedded images (default: under cache/; reused when the images come back)."),
-        click.option("-w", "--weights", help="Where the model's weights file is now, if it moved (checked by sha256)."),
-        click.option("--device", type=DeviceType(), default="auto", show_default=True),
-        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
-        click.option("--workers", type=click.IntRange(0), help="Decoding processes (as in extract)."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
-    ]):
-        f = option(f)
-    return f
-
-
-def _run(device, batch_size, workers, quiet) -> dict:
-    return {"device": device, "batch_size": batch_size, "workers": workers, "progress": not quiet and sys.stderr.isatty()}
+    o = TrainOptions(**options)
+    bundle = run_train(cache, **o.keywords())
+    emit({"model": o.out, **bundle.describe()}, as_json, train_text)
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
 @click.argument("data", type=click.Path())
-@embedding_run_options
+@value_options(RunOptions)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write path,label,predicted per image (CSV).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(model, data, cache, weights, device, batch_size, workers, quiet, predictions, as_json):
+def evaluate(model, data, quiet, predictions, as_json, **options):
     """Score MODEL on held-out labelled DATA: a folder of class folders, a CSV manifest, or a cache made with
     the model's embedding settings.
 
@@ -518,45 +289,27 @@ def evaluate(model, data, cache, weights, device, batch_size, workers, quiet, pr
     Example:
       featurebank evaluate models/flowers.joblib ../shared/data/flowers/val
     """
-    import csv
-
     from classifiers.bundle import evaluate as run_evaluate
+    from classifiers.predictions import write_evaluation_csv
+    from classifiers.views import evaluate_text
 
-    result = run_evaluate(model, data, cache=cache, weights=weights, **_run(device, batch_size, workers, quiet))
+    result = run_evaluate(model, data, progress=not quiet and sys.stderr.isatty(), **RunOptions(**options).keywords())
     if predictions:
-        with open(predictions, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, ["path", "label", "predicted"])
-            writer.writeheader()
-            writer.writerows(result["predictions"])
-
-    def human(d):
-        m = d["metrics"]
-        click.echo(f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']}")
-        click.echo(f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
-                   f"macro-F1 {100 * m['f1_macro']:.2f} %"
-                   + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else ""))
-        click.echo(f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}")
-        for c, v in d["per_class"].items():
-            click.echo(f"  {c:20} {100 * v['precision']:8.1f}% {100 * v['recall']:6.1f}% {100 * v['f1']:5.1f}% {v['support']:7}")
-        click.echo("  confusion (rows true, columns predicted): " + " | ".join(
-            f"{c}: {' '.join(map(str, row))}" for c, row in zip(d["classes"], d["confusion"])))
-        if d["failed"]:
-            click.echo(f"  {len(d['failed'])} files without a row: " + "; ".join(
-                f"{f['path']}: {f['reason']}" for f in d["failed"][:5]))
-
-    emit({k: v for k, v in result.items() if k != "predictions"}, as_json, human)
+        write_evaluation_csv(result, predictions)
+    emit({k: v for k, v in result.items() if k != "predictions"}, as_json, evaluate_text)
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("args", nargs=-1, required=True, metavar="[MODEL] IMAGES...")
 @click.option("--head", "--imagenet", "imagenet", is_flag=True,
               help="Classify with the backbone's own head: ImageNet, or a fine-tuned checkpoint's classes (no MODEL).")
-@click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True, help="With --head.")
-@embedding_run_options
+@click.option("-b", "--backbone", callback=checked(BACKBONE), metavar="BACKBONE", default="resnet50", show_default=True, help="With --head.")
+@value_options(RunOptions)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
-def predict(args, imagenet, backbone, cache, weights, device, batch_size, workers, quiet, top, fmt, out):
+def predict(args, imagenet, backbone, quiet, top, fmt, out, **options):
     """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
@@ -569,65 +322,29 @@ def predict(args, imagenet, backbone, cache, weights, device, batch_size, worker
     """
     from classifiers.bundle import predict as run_predict
     from classifiers.bundle import predict_imagenet
+    from classifiers.predictions import failures_text, predictions_text, write_predictions
 
-    run = _run(device, batch_size, workers, quiet)
+    run = {**RunOptions(**options).keywords(), "progress": not quiet and sys.stderr.isatty()}
     if imagenet:
-        result = predict_imagenet(list(args), backbone=backbone, weights=weights or "DEFAULT", top=top, cache=cache, **run)
+        result = predict_imagenet(list(args), backbone=backbone, top=top, **{**run, "weights": run["weights"] or "DEFAULT"})
+    elif len(args) < 2:
+        raise click.UsageError("give a MODEL file and at least one image (or --head to use the backbone's own head)")
     else:
-        if len(args) < 2:
-            raise click.UsageError("give a MODEL file and at least one image (or --head to use the backbone's own head)")
-        result = run_predict(args[0], list(args[1:]), top=top, cache=cache, weights=weights, **run)
-    text = _predictions_text(result, fmt, top)
+        result = run_predict(args[0], list(args[1:]), top=top, **run)
     if out:
-        with open(out, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        write_predictions(result, out, fmt)
     else:
-        click.echo(text, nl=False)
-    failed = [r for r in result["rows"] if "error" in r]
+        click.echo(predictions_text(result, fmt), nl=False)
+    failed = failures_text(result)
     if failed and not quiet:
-        click.echo(f"{len(failed)} of {len(result['rows'])} images could not be classified: "
-                   + "; ".join(f"{r['path']}: {r['error']}" for r in failed[:5]), err=True)
-
-
-def _predictions_text(result: dict, fmt: str, top: int) -> str:
-    import csv
-    import io
-
-    if fmt == "json":
-        return json.dumps(result, indent=1) + "\n"
-    rows = result["rows"]
-    top = max([len(r["top"]) for r in rows if "top" in r] or [1])  # no more columns than classes
-    labeled = any("label" in r for r in rows)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    score = "p" if result["score"] == "probability" else "score"
-    writer.writerow(["path", *(["label"] if labeled else []), "predicted", score,
-                     *[f"{name}{i}" for i in range(2, top + 1) for name in ("class", score)], "error"])
-    for r in rows:
-        rest = [v for t in r.get("top", [])[1:] for v in (t["class"], f"{t['score']:.4f}")]
-        rest += [""] * (2 * (top - 1) - len(rest))
-        writer.writerow([r["path"], *([r.get("label", "")] if labeled else []), r.get("predicted", ""),
-                         f"{r['score']:.4f}" if "score" in r else "", *rest, r.get("error", "")])
-    return buffer.getvalue()
-
+        click.echo(failed, err=True)
 
 
 @main.command("export", context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
-@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The ONNX file to write.")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]),
-              help="int8: the backbone calibrated as extract --precision int8 does, the head in fp32. "
-                   "[default: the model's own precision]")
-@click.option("-b", "--backbone", type=BackboneType(), help="A checkpoint's architecture (default: what it records).")
-@click.option("-w", "--weights", help="Where the model's weights file is now, if it moved (checked by sha256).")
-@click.option("--images", type=click.Path(),
-              help="int8: labelled images to calibrate on and to compare fp32 with int8 on "
-                   "(default: the model's training images; a checkpoint needs them).")
-@click.option("--calibration-images", type=click.IntRange(1), default=256, show_default=True,
-              help="int8: images drawn reproducibly to calibrate on.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the int8 calibration draw.")
+@value_options(ExportOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def export(model, out, precision, backbone, weights, images, calibration_images, seed, as_json):
+def export(model, as_json, **options):
     """Write MODEL as one ONNX file: uint8 images (N x crop x crop x 3, RGB) in, class scores and index out.
 
     MODEL is a model file from train (its backbone, layer and classifier) or a checkpoint from finetune
@@ -641,37 +358,11 @@ def export(model, out, precision, backbone, weights, images, calibration_images,
       featurebank export models/flowers.joblib -o flowers-int8.onnx --precision int8
       featurebank export runs/ants-finetune/best.pth -b mobilenet_v2 -o ants.onnx
     """
-    from embedder.settings import Int8
+    from workflows.export import export as run_export
+    from workflows.export import export_text
 
-    int8 = Int8(calibration_images, seed)
-    if model.lower().endswith((".pth", ".pt", ".ckpt", ".bin", ".tar")):
-        from embedder.deploy import export_checkpoint
-
-        result = export_checkpoint(model, out, backbone=backbone, precision=precision or "fp32", images=images,
-                                   int8=int8)
-    else:
-        from classifiers.bundle import export as export_bundle
-
-        result = export_bundle(model, out, precision=precision, weights=weights, images=images, int8=int8)
-
-    def human(d):
-        m = d["metadata"]
-        prep, head = m["preprocessing"], m["output"]["head"]
-        how = {"folded": "folded into one matrix product", "skl2onnx": "through skl2onnx",
-               "softmax": "softmax of its logits"}[head]
-        click.echo(f"{d['precision']}, {d['bytes'] / 1e6:.1f} MB, {len(m['classes'])} classes, "
-                   f"{'probabilities' if d['output'] == 'probability' else 'decision scores'} (head {how})")
-        click.echo(f"  input: uint8 N x {prep['crop']} x {prep['crop']} x 3 RGB after resizing the shorter side to "
-                   f"{prep['resize']} ({prep['interpolation']}) and a center crop")
-        a = d["accuracy"]
-        if a:
-            of = (a.get("source") or "").split(":", 1)[-1]
-            click.echo(f"  accuracy on {a['images']} images{' of ' + of if of else ''}: fp32 {100 * a['fp32']:.2f} %, int8 "
-                       f"{100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); the same class "
-                       f"for {100 * a['agreement']:.1f} % of them")
-        click.echo(d["path"])
-
-    emit(result.to_dict(), as_json, human)
+    result = run_export(model, ExportOptions(**options))
+    emit(result.to_dict(), as_json, export_text)
 
 
 @main.command("report", context_settings=CONTEXT)
@@ -689,70 +380,19 @@ def report_command(run_dir, images):
       featurebank report runs/flowers-cv
       featurebank report runs/flowers-cv --images /mnt/photos/flowers/train
     """
-    from classifiers.html import write_html
+    from workflows.report import write_html
 
     click.echo(write_html(run_dir, root=images))
-
-
-def unfreeze_type(ctx, param, value):
-    if value == "all":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise click.BadParameter("give 0 (head only), a number of blocks, or all")
-    return n
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("data", metavar="DATA", type=click.Path())
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="runs/finetune", show_default=True,
               help="Run folder: checkpoints, log, curves, report.")
-@click.option("--val", type=click.Path(), help="Validation images (class folders or manifest). [default: --val-split]")
-@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
-              help="Stratified share of DATA held out for validation when there is no --val; with groups (a "
-                   "manifest's third column), whole groups: one fold of round(1/share).")
-@click.option("--test", type=click.Path(exists=True), help="Test images, apart from DATA and validation: embedded and "
-              "scored only after training; the comparison is reported on them. [default: validation numbers, "
-              "selection included]")
-@click.option("--drop-test-copies", is_flag=True, help="Leave out --test files whose bytes equal a training or "
-              "validation image (the report lists them). [default: refuse them before training]")
-@click.option("-b", "--backbone", type=BackboneType(), default="resnet50", show_default=True)
-@click.option("-w", "--weights", default="DEFAULT", show_default=True, help="As in extract: a weights name, a .pth file, none.")
-@click.option("--resize", type=click.IntRange(16), help="Shorter side for evaluation (default: from the weights).")
-@click.option("--crop", type=click.IntRange(16), help="Crop size (default: from the weights).")
-@click.option("--no-draft", is_flag=True, help="Decode big JPEGs at full size (as in extract).")
-@click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True,
-              help="Larger images are skipped as decompression bombs.")
-@click.option("--unfreeze", default="1", show_default=True, callback=unfreeze_type,
-              help="Train the last N blocks (0: the head only; all: everything). The report names them.")
-@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="AdamW learning rate of the head (cosine decay).")
-@click.option("--backbone-lr-scale", type=click.FloatRange(0), default=0.1, show_default=True,
-              help="The unfrozen pretrained layers learn at lr x this.")
-@click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True, help="On the head's input.")
-@click.option("--bn", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
-              help="frozen: BatchNorm parameters and running statistics stay as they were.")
-@click.option("--augment", type=click.Choice(["flip", "trivial", "none"]), default="flip", show_default=True,
-              help="flip: random resized crop and flip; trivial: and TrivialAugment.")
-@click.option("--no-probe-init", is_flag=True, help="Start the head at random, not from the linear probe.")
-@click.option("--patience", type=click.IntRange(1), default=3, show_default=True, help="Epochs without a better validation accuracy before stopping.")
-@click.option("--from-scratch", is_flag=True, help="Also train the same architecture from random weights, for comparison.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=DeviceType(), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Mixed precision (fp16/bf16) on a GPU.")
-@click.option("--workers", type=click.IntRange(0), help="Decoding processes (as in extract).")
+@value_options(FinetuneOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
-def finetune(data, out, val, val_split, test, drop_test_copies, backbone, weights, resize, crop, no_draft, max_pixels, unfreeze, epochs, lr, backbone_lr_scale,
-             weight_decay, batch_size, dropout, bn, augment, no_probe_init, patience, from_scratch, resume, seed,
-             device, precision, workers, quiet, as_json):
+def finetune(data, out, quiet, as_json, **options):
     """Unfreeze the last blocks of BACKBONE and train them with a new head on DATA, end to end.
 
     The images are embedded into the cache first (reused if there): the frozen linear probe on those
@@ -770,39 +410,16 @@ def finetune(data, out, val, val_split, test, drop_test_copies, backbone, weight
       featurebank finetune ../shared/data/flowers/train --val-split 0.2 --test ../shared/data/flowers/val \\
           -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth --unfreeze 1 --epochs 5 --from-scratch
     """
-    from classifiers.html import write_html
-    from embedder.finetune import finetune as run_finetune
-
-    progress = not quiet and sys.stderr.isatty()
+    from workflows.finetune import finetune as run_finetune
+    from workflows.finetune.report import epoch_text, result_text
 
     def said(epoch, row):
         if not quiet and not as_json:
-            click.echo(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
-                       f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({row['seconds']:.0f} s)")
+            click.echo(epoch_text(epoch, row))
 
-    result = run_finetune(data, out, val=val, val_split=val_split, test=test, drop_test_copies=drop_test_copies,
-                          backbone=backbone, weights=weights, resize=resize,
-                          crop=crop, draft=not no_draft, max_pixels=max_pixels, unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
-                          weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn, augment=augment,
-                          probe_init=not no_probe_init, patience=patience, seed=seed, device=device,
-                          precision=precision, workers=workers, resume=resume, from_scratch=from_scratch,
-                          progress=progress, on_epoch_end=said)
-    result.files["report_html"] = write_html(result.out)
-
-    def human(d):
-        click.echo(f"unfrozen: {', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters)")
-        on = "test" if d["reported_on"] == "test" else "val"
-        click.echo(d["note"])
-        click.echo(f"{'model':48} {on + ' acc %':>10} {'bal. acc %':>10} {'val acc %':>9} {'seconds':>8}")
-        for r in d["comparison"]:
-            click.echo(f"{r['model']:48} {100 * r[on + '_accuracy']:10.2f} {100 * r[on + '_balanced_accuracy']:10.2f} "
-                       f"{100 * r['val_accuracy']:9.2f} {r['seconds']:8.1f}")
-        for s in d["skipped"][:10]:
-            click.echo(f"skipped {s['path']}: {s['reason']}")
-        click.echo(f"best checkpoint  {d['checkpoint']} (epoch {d['best_epoch']})")
-        click.echo(f"report           {d['files']['report_html']}")
-
-    emit(result.to_dict(), as_json, human)
+    result = run_finetune(data, out, FinetuneOptions.of(**options), progress=not quiet and sys.stderr.isatty(),
+                          on_epoch_end=said)
+    emit(result.to_dict(), as_json, result_text)
 
 
 if __name__ == "__main__":

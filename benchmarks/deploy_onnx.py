@@ -38,7 +38,8 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from classifiers.bundle import evaluate, export, train
+    from classifiers.bundle import evaluate, train
+    from workflows.export import export_model as export
     from embedder import extract
     from embedder.batches import ImageDataset
     from embedder.sources import list_images

@@ -2,7 +2,7 @@
 
 The names below are imported on first use, so that ``cv`` and ``classifiers`` do not wait for torch.
 """
-import importlib
+from embedder.lazy import lazy_attributes
 
 _EXPORTS = {
     "Bundle": "bundle", "evaluate": "bundle", "load_bundle": "bundle", "predict": "bundle",
@@ -14,8 +14,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

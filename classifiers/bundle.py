@@ -17,12 +17,14 @@ import joblib
 import numpy as np
 from sklearn.model_selection import GridSearchCV
 
+from embedder.atomic import atomic_path
 from embedder.cache import CacheReader
 from embedder.errors import FeaturebankError
-from embedder.job import extract, library_versions
+from embedder.job import extract
 from embedder.settings import ExtractionSettings
 from embedder.store import engine_dir_for, sha256_of
 from embedder.sources import list_inputs
+from embedder.versions import library_versions
 
 from .crossval import RANK_BY
 from .data import labeled, open_cache
@@ -63,11 +65,8 @@ class Bundle:
 
 
 def save_bundle(bundle: Bundle, path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp"
-    joblib.dump(bundle.to_dict(), tmp, compress=3)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        joblib.dump(bundle.to_dict(), tmp, compress=3)
     return path
 
 
@@ -313,43 +312,3 @@ def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFA
             "embedded": summary.embedded, "score": "probability",
             "rows": _rows(reader, listing.items, proba, classes, top)}
 
-
-def export(model, out: str, *, precision: str | None = None, weights: str | None = None, images=None,
-           int8=None, threads: int | None = None):
-    """The model as one ONNX file (``embedder.deploy``): uint8 images in, its scores and class out. ``precision``
-    defaults to the model's own (int8 for a model trained on int8 features). int8 calibrates on the model's
-    training images (its training cache's input; ``images`` instead) and measures fp32 against int8 on them."""
-    from embedder.backbones import load_backbone
-    from embedder.deploy import Head, NotExportable, cache_listing, labelled_images, refusal
-    from embedder.deploy import export as write_onnx
-    from embedder.sources import list_inputs
-    from embedder.store import EngineStore
-
-    from .zoo import list_classifiers
-
-    bundle = model if isinstance(model, Bundle) else load_bundle(model)
-    options = extract_options(bundle, weights)
-    settings = ExtractionSettings.from_dict(bundle.settings)
-    cache = bundle.trained_on.get("cache")
-    cache = cache if cache and os.path.exists(cache) else None
-    listing = list_inputs([images]) if images else (cache_listing(cache) if cache else None)
-    reader = CacheReader(cache) if cache else None
-    samples = reader.features(bundle.layer) if reader and bundle.layer in reader.dims else None  # to check the head
-
-    def build_model():
-        return load_backbone(options["backbone"], options["weights"], options["seed"], options["resize"],
-                             options["crop"], options["draft"]).model
-
-    about = {"kind": "featurebank model", "file": None if isinstance(model, Bundle) else os.path.basename(model),
-             "classifier": bundle.classifier, "pipeline": describe(bundle.pipeline), "layer": bundle.layer,
-             "trained_on": {k: bundle.trained_on.get(k) for k in ("rows", "class_counts", "created")}}
-    try:
-        return write_onnx(settings, build_model, Head(bundle.classes, bundle.pipeline, bundle.classifier, samples),
-                          out, store=EngineStore(options.get("engine_dir") or engine_dir_for(cache)),
-                          precision=precision or ("int8" if settings.int8 else "fp32"), calibration=listing,
-                          int8=int8, labelled=labelled_images(listing) if listing else None, extra={"model": about},
-                          threads=threads)
-    except NotExportable as exc:
-        ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
-        raise FeaturebankError(f"cannot export {bundle.classifier} ({exc.classifier}): {exc}; these export: "
-                               f"{', '.join(ok)}") from None

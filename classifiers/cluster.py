@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from embedder.errors import FeaturebankError
+from embedder.errors import FeaturebankError, first_line
 
 INSTALL = 'pip install -e ".[dask]"'
 
@@ -47,7 +47,7 @@ def on_cluster(address: str | None, timeout: float = 20.0):
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise FeaturebankError(f"cannot connect to the Dask scheduler at {address}: {first}") from None
     try:
         threads = client.nthreads()

@@ -21,7 +21,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedGroupKFold
 from tqdm import tqdm
 
-from embedder.errors import FeaturebankError
+from embedder.errors import FeaturebankError, first_line
 
 from .cluster import layer_tasks, on_cluster
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
@@ -281,7 +281,7 @@ def _guarded(results, spec: str, layer: str):
     try:
         yield from results
     except (ValueError, np.linalg.LinAlgError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise FeaturebankError(f"{spec} on {layer} failed: {first}") from None
 
 
@@ -317,18 +317,17 @@ def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repe
             n_jobs = -1  # every thread of the cluster
             if progress:
                 bar.write(f"cross-validation on the {cluster.describe()}", file=sys.stderr)
-        for source, source_layer_names in zip(sources, per_source):
-            for layer in source_layer_names:
-                X = source.data.features(layer)
-                where = f"{source.name}:{layer}" if len(sources) > 1 else layer
-                with layer_tasks(cluster, [X, data.y, group_ids]):
-                    for spec in classifiers:
-                        estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
-                        bar.set_postfix_str(f"{spec} @ {where}")
-                        fitted = _guarded(_fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)
-                        results.append(CVResult(spec, layer, describe(spec), *_collect(fitted, splits, data.y, k, bar),
-                                                source.name))
-                del X, fitted  # one layer in memory at a time (the spent generators hold it too): gone before the next
+        for source, layer in [(source, layer) for source, names in zip(sources, per_source) for layer in names]:
+            X = source.data.features(layer)
+            where = f"{source.name}:{layer}" if len(sources) > 1 else layer
+            with layer_tasks(cluster, [X, data.y, group_ids]):
+                for spec in classifiers:
+                    estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
+                    bar.set_postfix_str(f"{spec} @ {where}")
+                    fitted = _guarded(_fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)
+                    results.append(CVResult(spec, layer, describe(spec), *_collect(fitted, splits, data.y, k, bar),
+                                            source.name))
+            del X, fitted  # one layer in memory at a time (the spent generators hold it too): gone before the next
     return CVReport(data, list(dict.fromkeys(layer for layers in per_source for layer in layers)), classifiers, folds,
                     repeats, seed, search, group_ids is not None, results, round(time.perf_counter() - started, 3),
                     splits, sources)

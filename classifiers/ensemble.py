@@ -24,6 +24,7 @@ from embedder.errors import FeaturebankError
 
 from .folds import inner_fold_count, inner_splits, inner_splitter
 from .metrics import full_proba
+from .registry import describe, get_spec, make_classifier
 
 DEFAULT_MEMBERS = "logreg+rbf-svm+knn"
 METHODS = ("vote", "stack")
@@ -32,8 +33,6 @@ METHODS = ("vote", "stack")
 def member_names(members) -> list[str]:
     """``"logreg+rbf-svm"`` (or a list) → the zoo names, checked: known, each once, at least two, no ensemble
     inside an ensemble."""
-    from .zoo import get_spec
-
     names = [m.strip() for m in (members.split("+") if isinstance(members, str) else members) if m and m.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
         raise FeaturebankError(f"an ensemble needs two or more different members, written a+b: not {members!r}")
@@ -59,8 +58,6 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
     def member_pipelines(self, cv=None) -> list[tuple[str, object]]:
         """The members, unfitted: zoo Pipelines, those without probabilities inside a sigmoid calibration on the
         inner folds ``cv`` (default: ``inner_folds`` stratified folds)."""
-        from .zoo import get_spec, make_classifier
-
         cv = cv if cv is not None else inner_splitter(self.inner_folds, self.random_state, grouped=False)
         out = []
         for name in member_names(self.members):
@@ -113,10 +110,9 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
 
     def describe(self) -> str:
         """``soft vote of [logreg: scale → LogisticRegression(C=0.1) | …]``: for reports and ``classifiers``."""
-        from .zoo import describe
-
         how = "soft vote" if self.method == "vote" else "stacking (logistic regression on out-of-fold probabilities)"
         inner = " | ".join(f"{name}: {describe(getattr(pipe, 'estimator', pipe))}"
                            + (" + sigmoid calibration" if hasattr(pipe, "estimator") else "")
                            for name, pipe in self.member_pipelines())
         return f"{how} of [{inner}]"
+

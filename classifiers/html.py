@@ -16,14 +16,16 @@ import os
 import pathlib
 
 from embedder import __version__
+from embedder.atomic import atomic_path
 from embedder.errors import FeaturebankError
+
+from .reading import FORMAT, find_result, model_name, p_text, pm, predictions_name, several_caches, significance_note
 
 THUMB = 160  # pixels, the longer side
 CELL_THUMBS = 48  # thumbnails per confusion cell; the rest of its images are listed by path
 CELL_ROWS = 1000  # paths listed per confusion cell (the out-of-fold CSV has them all)
 TOTAL_CELL_THUMBS = 3000  # over all cells, so that a run of many classes stays a page, not an archive
 DUPLICATE_SETS = 50
-CV_FORMAT = "featurebank-cv-report"
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,15 +68,14 @@ class Thumbs:
                 return {"src": None, "original": None, "missing": decoded.reason}
             image = decoded.image
             image.thumbnail((THUMB, THUMB))
-            os.makedirs(self.dir, exist_ok=True)
-            image.save(dest + ".tmp", "JPEG", quality=85)
-            os.replace(dest + ".tmp", dest)
+            with atomic_path(dest) as tmp:
+                image.save(tmp, "JPEG", quality=85)
             self.made += 1
         return {"src": f"thumbs/{name}", "original": original, "missing": None}
 
 
-def load_run(run_dir: str) -> tuple[str, dict]:
-    """The run folder's report.json and its kind (``cv`` or ``finetune``), or a one-line error."""
+def read_run(run_dir: str) -> dict:
+    """The run folder's report.json (of ``cv --out`` or ``finetune``), or a one-line error."""
     if not os.path.isdir(run_dir):
         raise FeaturebankError(f"{run_dir} is not a folder: give a run folder written by cv --out or finetune")
     path = os.path.join(run_dir, "report.json")
@@ -85,11 +86,11 @@ def load_run(run_dir: str) -> tuple[str, dict]:
             d = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FeaturebankError(f"{path} is not a readable report ({type(exc).__name__}: {exc})") from None
-    if isinstance(d, dict) and d.get("format") == CV_FORMAT:
-        return "cv", d
-    if isinstance(d, dict) and {"comparison", "history", "config"} <= set(d):
-        return "finetune", d
-    raise FeaturebankError(f"{path} is not a report of featurebank cv or finetune")
+    return d if isinstance(d, dict) else {}
+
+
+def is_cv_report(d: dict) -> bool:
+    return d.get("format") == FORMAT
 
 
 def image_root(d: dict, root: str | None = None) -> str | None:
@@ -122,13 +123,9 @@ def read_predictions(path: str) -> list[dict] | None:
                  "confidence": float(r["confidence"]) if scored else None} for r in reader]
 
 
-def _pm(m: dict | None, percent: bool = True) -> dict:
+def _cell(m: dict | None, percent: bool = True) -> dict:
     """A leaderboard cell: the value to sort by, and mean ± std as the Markdown report writes it."""
-    if not m or m.get("mean") is None:
-        return {"v": "", "text": "–"}
-    if percent:
-        return {"v": m["mean"], "text": f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"}
-    return {"v": m["mean"], "text": f"{m['mean']:.3f} ± {m['std']:.3f}"}
+    return {"v": m["mean"] if m and m.get("mean") is not None else "", "text": pm(m, percent)}
 
 
 BLUE, RED = (31, 95, 191), (200, 40, 30)
@@ -194,8 +191,6 @@ def _cells(classes: list[str], oof: list[dict], thumbs: Thumbs):
 
 
 def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
-    from .report import find_result, model_name, p_text, predictions_name, several_caches, significance_note
-
     def predictions_of(result: dict) -> str:  # reports before the "predictions" key named files this way
         return result.get("predictions") or os.path.join("predictions", predictions_name(result["classifier"],
                                                                                           result["layer"]))
@@ -228,8 +223,8 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
                                            f"{c['settings']['pooling']}, {c['settings']['precision']})"
                                            for c in d["caches"]))
         facts.append(("folds from", cv["folds_from"]))
-    leaderboard = [{**r, "metrics": [_pm(r["accuracy"]), _pm(r["balanced_accuracy"]), _pm(r["f1_macro"]),
-                                     _pm(r["log_loss"], percent=False)],
+    leaderboard = [{**r, "metrics": [_cell(r["accuracy"]), _cell(r["balanced_accuracy"]), _cell(r["f1_macro"]),
+                                     _cell(r["log_loss"], percent=False)],
                     "p": {"v": r.get("p_value") if r.get("p_value") is not None else 1.0, "text": p_text(r)}}
                    for r in d["leaderboard"]]
     per_class = [{"name": c, **{k: f"{100 * v[k]:.1f}" for k in ("precision", "recall", "f1")}, "support": v["support"]}
@@ -291,86 +286,23 @@ def _map(run_dir: str) -> dict | None:
             "method": m["method"], "classifier": m["classifier"], "wrong": wrong}
 
 
-def _f(v, fmt: str) -> str:
-    return "–" if v is None else format(v, fmt)
-
-
-FINETUNE_METRICS = ("accuracy", "balanced_accuracy", "f1_macro")
-
-
-def _comparison_on(d: dict) -> tuple[str, list[dict]]:
-    """Which images the comparison is reported on (``test``, or ``val`` with selection included), and the rows
-    with ``val_*``/``test_*`` metrics (a report written before --test existed has bare validation metrics)."""
-    rows = [r if "val_accuracy" in r else {**r, **{f"val_{k}": r.get(k) for k in FINETUNE_METRICS}, "test_accuracy": None}
-            for r in d["comparison"]]
-    return ("test" if d.get("reported_on") == "test" else "val"), rows
-
-
-def finetune_context(d: dict, run_dir: str) -> dict:
-    c = d["config"]
-    on, rows = _comparison_on(d)
-    best_accuracy = max(r[f"{on}_accuracy"] for r in rows)
-    comparison = [{**r, "best": r[f"{on}_accuracy"] == best_accuracy,
-                   "metrics": [{"v": r[f"{on}_{k}"], "text": f"{100 * r[f'{on}_{k}']:.2f}"} for k in FINETUNE_METRICS]
-                   + ([{"v": r["val_accuracy"], "text": f"{100 * r['val_accuracy']:.2f}"}] if on == "test" else [])}
-                  for r in rows]
-
-    def history(rows, best_epoch):
-        return [{"epoch": h["epoch"], "best": h["epoch"] == best_epoch, "train_loss": _f(h["train_loss"], ".4f"),
-                 "train_accuracy": _f(None if h["train_accuracy"] is None else 100 * h["train_accuracy"], ".1f"),
-                 "val_loss": _f(h["val_loss"], ".4f"), "val_accuracy": f"{100 * h['val_accuracy']:.1f}",
-                 "val_balanced_accuracy": f"{100 * h['val_balanced_accuracy']:.1f}", "seconds": f"{h['seconds']:.1f}"}
-                for h in rows]
-
-    curves = [{"name": "fine-tuned" + (f" (best: epoch {d['best_epoch']})" if d["best_epoch"] else " (no epoch beat the start)"),
-               "png": "curves.png" if os.path.isfile(os.path.join(run_dir, "curves.png")) else None,
-               "history": history(d["history"], d["best_epoch"])}]
-    if d.get("scratch_history"):
-        best_scratch = max(d["scratch_history"], key=lambda h: (h["val_accuracy"], -h["val_loss"]))["epoch"]
-        curves.append({"name": "from scratch (same architecture, random init)",
-                       "png": "scratch/curves.png" if os.path.isfile(os.path.join(run_dir, "scratch", "curves.png")) else None,
-                       "history": history(d["scratch_history"], best_scratch)})
-    p = d.get("preprocessing", {})
-    facts = [("backbone", f"{c['backbone']}, weights {c['weights']}"),
-             ("unfrozen", f"{', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters); "
-                          f"BatchNorm {c['bn']}"),
-             ("training", f"{c['epochs']} epochs max, lr {c['lr']:g} (backbone × {c['backbone_lr_scale']:g}), batch "
-                          f"{c['batch_size']}, dropout {c['dropout']:g}, augmentation {c['augment']}, patience "
-                          f"{c['patience']}, seed {c['seed']}, {c['precision']}"),
-             ("images", f"{c['train_images']} training, {c['val_images']} validation"
-                        + (f", {d['test_images']} test ({d['test']})" if on == "test" else "")
-                        + "; classes " + ", ".join(d["classes"])),
-             ("validation", c.get("validation", "")),
-             ("checkpoint", d["checkpoint"])]
-    if p:
-        facts.insert(1, ("preprocessing", f"resize {p.get('resize')}, crop {p.get('crop')}"))
-    sections = [("comparison", "Comparison"), ("curves", "Curves")] + ([("failed", "Skipped files")] if d["skipped"] else [])
-    versions = ", ".join(f"{k} {v}" for k, v in d.get("versions", {}).items())
-    return {"kind": "finetune", "title": f"Fine-tuning {c['backbone']}", "facts": facts, "sections": sections,
-            "summary": "The frozen linear probe (logistic regression on the cached features) is the baseline; "
-                       "fine-tuning starts from it" + ("" if c.get("probe_init", True) else " (here: from a random head)")
-                       + ". Every model is scored on the same images. Seconds: training and its "
-                       "validation; the probe's include embedding the images when this run did it.",
-            "note": d.get("note") or "Validation numbers, selection included: the fine-tuned epoch was chosen on "
-                                     "these same images.",
-            "reported_on": on, "comparison": comparison, "curves": curves, "failed": d["skipped"][:200],
-            "footer": (f"With {versions}. " if versions else "") + f"Rendered by featurebank {__version__}."}
-
-
-def write_html(run_dir: str, root: str | None = None) -> str:
-    """Render ``run_dir/report.html`` from the run's files; ``root``: where the images are now, if they moved.
-    Returns the page's path."""
-    kind, d = load_run(run_dir)
-    if kind == "cv":
-        context = cv_context(d, run_dir, Thumbs(run_dir, image_root(d, root)))
-    else:
-        context = finetune_context(d, run_dir)
+def render_page(run_dir: str, context: dict) -> str:
+    """Write ``run_dir/report.html`` from a page's ``context`` (``kind``: ``cv``, or another workflow's own
+    section of the template); returns its path."""
     page = _environment().get_template("report.html.j2").render(version=__version__, **context)
     path = os.path.join(run_dir, "report.html")
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(page)
-    os.replace(path + ".tmp", path)
     return path
 
 
-__all__ = ["THUMB", "Thumbs", "load_run", "write_html"]
+def write_html(run_dir: str, root: str | None = None) -> str:
+    """Render ``run_dir/report.html`` of a ``cv --out`` folder from its files; ``root``: where the images are now,
+    if they moved. Returns the page's path."""
+    d = read_run(run_dir)
+    if not is_cv_report(d):
+        raise FeaturebankError(f"{os.path.join(run_dir, 'report.json')} is not a report of featurebank cv")
+    return render_page(run_dir, cv_context(d, run_dir, Thumbs(run_dir, image_root(d, root))))
+
+
+__all__ = ["THUMB", "Thumbs", "is_cv_report", "read_run", "render_page", "write_html"]

@@ -5,19 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
-import sys
 
 import numpy as np
-import sklearn
 
-from embedder import __version__
+from embedder.versions import library_versions
 
 from .crossval import RANK_BY, CVReport, CVResult
+from .embedmap import write_map
+from .html import write_html
 from .metrics import METRICS
+from .plots import confusion_png, leaderboard_png
+from .reading import (FORMAT, find_result, leaderboard_lines, model_name, predictions_name, several_caches,
+                      significance_note)
 from .significance import ALPHA, TEST
-
-FORMAT = "featurebank-cv-report"
 
 
 def _round(value, digits=4):
@@ -93,65 +93,9 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
         "duplicates": report.duplicates(),
         "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
         "seconds": report.seconds,
-        "versions": {"featurebank": __version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
-                     "python": sys.version.split()[0]},
+        "versions": library_versions(("scikit-learn", "numpy")),
         "extraction_versions": reader.info.get("versions", {}),
     }
-
-
-def several_caches(d: dict) -> bool:
-    return len(d.get("caches") or []) > 1
-
-
-def model_name(d: dict, row: dict) -> str:
-    """``classifier @ layer``, with the backbone in front when the run ranked several caches."""
-    return (f"{row['backbone']}: " if several_caches(d) else "") + f"{row['classifier']} @ {row['layer']}"
-
-
-def find_result(d: dict, row: dict) -> dict:
-    """The entry of ``d["results"]`` that a leaderboard row, ``best`` or the judge names."""
-    return next(r for r in d["results"] if r["classifier"] == row["classifier"] and r["layer"] == row["layer"]
-                and r.get("backbone") == row.get("backbone"))
-
-
-def p_text(row: dict) -> str:
-    """The leaderboard's last cell: ``best``, or the p-value against the best, ``≈`` when not worse."""
-    if row.get("p_value") is None:
-        return "best" if row.get("not_worse") else "–"
-    p = row["p_value"]
-    return ("<0.001" if p < 0.001 else f"{p:.3g}") + (" ≈" if row["not_worse"] else "")
-
-
-def significance_note(d: dict) -> str:
-    sig = d["cv"].get("significance")
-    if not sig:
-        return ""
-    return (f"p vs #1: {sig['test']} on {sig['metric'].replace('_', ' ')} ({d['cv']['folds']} folds × "
-            f"{d['cv']['repeats']} repeat(s), df {sig['df']}); ≈ marks rows not significantly worse than the best "
-            f"(p ≥ {sig['alpha']}), with no correction for the number of rows compared.")
-
-
-def _pm(m: dict, pct: bool = True) -> str:
-    if m["mean"] is None:
-        return "–"
-    if pct:
-        return f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
-    return f"{m['mean']:.3f} ± {m['std']:.3f}"
-
-
-def leaderboard_lines(d: dict, limit: int | None = None) -> list[str]:
-    """The leaderboard as a Markdown table (also what the terminal shows); a backbone column when the run
-    ranked several caches."""
-    several = several_caches(d)
-    lines = ["| # | " + ("backbone | " if several else "") + "classifier | layer | dims | accuracy % | balanced acc. % "
-             "| macro-F1 % | log-loss | fit s/fold | p vs #1 |",
-             "|--:|" + ("---|" if several else "") + "---|---|--:|--:|--:|--:|--:|--:|--:|"]
-    for row in d["leaderboard"][:limit]:
-        lines.append(f"| {row['rank']} | " + (f"{row['backbone']} | " if several else "")
-                     + f"{row['classifier']} | {row['layer']} | {row['features']} | "
-                     f"{_pm(row['accuracy'])} | {_pm(row['balanced_accuracy'])} | {_pm(row['f1_macro'])} | "
-                     f"{_pm(row['log_loss'], pct=False)} | {row['fit_seconds']:.2f} | {p_text(row)} |")
-    return lines
 
 
 def markdown(d: dict) -> str:
@@ -211,16 +155,6 @@ def markdown(d: dict) -> str:
     return "\n".join(out)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
-
-
-def predictions_name(classifier: str, layer: str, backbone: str | None = None) -> str:
-    """The file name of a result's out-of-fold predictions in ``predictions/`` (``backbone``: given when the run
-    ranked several caches)."""
-    return (f"{_slug(backbone)}--" if backbone else "") + f"{_slug(classifier)}@{_slug(layer)}.csv"
-
-
 def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
     """One row per image: label, out-of-fold prediction, confidence and (when there are) class probabilities."""
     pred, confidence = result.oof()
@@ -255,10 +189,6 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict |
     """Write report.json, report.md, leaderboard.png, leaderboard.csv, confusion.png, predictions/*.csv, the
     embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
     ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already)."""
-    from .embedmap import write_map
-    from .html import write_html
-    from .plots import confusion_png, leaderboard_png
-
     os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
     d = d or report_dict(report, suspicious)
     files = {"json": os.path.join(out_dir, "report.json"), "markdown": os.path.join(out_dir, "report.md")}

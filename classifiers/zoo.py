@@ -7,211 +7,32 @@ they are scored on.
 
 A classifier is named by a spec string, ``name[:key=value,...]``: ``logreg``, ``logreg:C=0.1``,
 ``rbf-svm:pca=128,C=10``, ``knn:n_neighbors=5,l2=on``. ``l2``, ``scale`` and ``pca`` switch the steps; any other
-key is a parameter of the classifier itself. ``ensemble`` (``classifiers.ensemble``) combines other entries:
-``ensemble:members=logreg+rbf-svm,method=stack``.
+key is a parameter of the classifier itself. ``ensemble`` (``classifiers.ensemble``) combines other
+entries: ``ensemble:members=logreg+rbf-svm,method=stack``. The registry and the other entries are in
+``classifiers.registry``, which the ensemble builds on; this module adds the ensemble to them.
 """
 from __future__ import annotations
 
-import ast
-import difflib
-from dataclasses import dataclass, field
-from typing import Callable
-
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
-from sklearn.decomposition import PCA
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression, RidgeClassifier
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import SVC, LinearSVC
-from sklearn.utils.validation import check_is_fitted
-
-from embedder.errors import FeaturebankError
-
-STEPS = ("l2", "scale", "pca")
-
-
-class ReducedPCA(TransformerMixin, BaseEstimator):
-    """PCA to ``n_components`` dimensions, or fewer when a fold has fewer rows or features than that
-    (a plain ``PCA(256)`` fails on a small dataset or a 64-dimensional layer)."""
-
-    def __init__(self, n_components=256, whiten=False, random_state=0):
-        self.n_components = n_components
-        self.whiten = whiten
-        self.random_state = random_state
-
-    def fit(self, X, y=None):
-        k = max(1, min(int(self.n_components), X.shape[0], X.shape[1]))
-        self.pca_ = PCA(k, whiten=self.whiten, random_state=self.random_state).fit(X)
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def transform(self, X):
-        check_is_fitted(self, "pca_")
-        return self.pca_.transform(X)
-
-
-@dataclass(frozen=True)
-class ClassifierSpec:
-    """A named classifier: how to build it, its default steps, and what ``--search`` tunes."""
-
-    name: str
-    summary: str
-    build: Callable[[int], ClassifierMixin]  # seed → the bare classifier with its defaults
-    steps: dict = field(default_factory=dict)  # default preprocessing: {"l2": bool, "scale": bool, "pca": int|None}
-    grid: dict = field(default_factory=dict)  # classifier parameter → values for nested search
-    probabilities: bool = False  # has predict_proba (log-loss and confidence)
-
-
-_REGISTRY: dict[str, ClassifierSpec] = {}
-
-
-def register_classifier(spec: ClassifierSpec) -> ClassifierSpec:
-    """Add a classifier to the zoo (the built-in ones below; a user or a test can add its own)."""
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def unregister_classifier(name: str) -> None:
-    _REGISTRY.pop(name, None)
-
-
-def list_classifiers() -> list[str]:
-    return list(_REGISTRY)
-
-
-def get_spec(name: str) -> ClassifierSpec:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise FeaturebankError(f"unknown classifier {name!r}{hint}; `featurebank classifiers` lists them: "
-                           f"{', '.join(_REGISTRY)}")
-
-
-def parse_spec(text: str) -> tuple[str, dict]:
-    """``"rbf-svm:pca=128,C=10"`` → ``("rbf-svm", {"pca": 128, "C": 10})``; values are Python literals or words."""
-    name, _, rest = text.strip().partition(":")
-    params = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise FeaturebankError(f"cannot read {item!r} in classifier {text!r}: write name:key=value,key=value")
-        params[key.strip()] = _literal(value.strip())
-    get_spec(name)
-    return name, params
-
-
-def _literal(value: str):
-    lowered = value.lower()
-    if lowered in ("on", "true", "yes"):
-        return True
-    if lowered in ("off", "false", "no", "none"):
-        return None if lowered == "none" else False
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-
-
-def make_classifier(spec: str, seed: int = 0, **overrides) -> Pipeline:
-    """The Pipeline for a spec string (``"logreg"``, ``"logreg:C=0.1"``); ``overrides`` win over the string."""
-    name, params = parse_spec(spec)
-    params.update(overrides)
-    zoo = get_spec(name)
-    steps = dict(zoo.steps)
-    for step in STEPS:
-        if step in params:
-            steps[step] = params.pop(step)
-    clf = zoo.build(seed)
-    try:
-        clf.set_params(**params)
-    except ValueError:
-        valid = ", ".join(sorted(clf.get_params(deep=False)))
-        raise FeaturebankError(f"{name} has no parameter among {', '.join(params)}: it takes {', '.join(STEPS)} "
-                               f"and {valid}") from None
-    pca = steps.get("pca")
-    if pca is True:
-        pca = 256
-    return Pipeline([
-        ("l2", Normalizer() if steps.get("l2") else "passthrough"),
-        ("scale", StandardScaler() if steps.get("scale") else "passthrough"),
-        ("pca", ReducedPCA(int(pca), random_state=seed) if pca else "passthrough"),
-        ("clf", clf),
-    ])
-
-
-def search_grid(spec: str, n_train: int | None = None) -> dict:
-    """The nested-search grid of a classifier, as Pipeline parameters (``clf__C``), without the ones the spec
-    fixes; with ``n_train`` (the fewest rows a candidate is fit on), without neighbour counts above it."""
-    name, params = parse_spec(spec)
-    grid = {f"clf__{k}": list(v) for k, v in get_spec(name).grid.items() if k not in params}
-    if n_train is not None and "clf__n_neighbors" in grid:
-        grid["clf__n_neighbors"] = [k for k in grid["clf__n_neighbors"] if k <= n_train] or [1]
-    return grid
-
-
-def describe(spec) -> str:
-    """``scale → pca(256) → SVC(C=10)``: what a spec (or a zoo Pipeline, fitted or not) is, for reports."""
-    pipe = make_classifier(spec) if isinstance(spec, str) else spec
-    parts = []
-    for name, step in pipe.steps:
-        if step == "passthrough":
-            continue
-        if hasattr(step, "describe"):  # an ensemble says what its members are
-            parts.append(step.describe())
-        elif name == "pca":
-            parts.append(f"pca({step.n_components})")
-        elif name in ("l2", "scale"):
-            parts.append(name)
-        else:
-            base = type(step)()
-            changed = {k: v for k, v in step.get_params(deep=False).items()
-                       if k != "random_state" and repr(v) != repr(base.get_params(deep=False).get(k))}
-            parts.append(f"{type(step).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})")
-    return " → ".join(parts)
-
-
-register_classifier(ClassifierSpec(
-    "logreg", "multinomial logistic regression on standardized features (the linear probe)",
-    lambda seed: LogisticRegression(C=0.1, max_iter=2000),
-    steps={"scale": True}, grid={"C": [0.001, 0.01, 0.1, 1.0, 10.0]}, probabilities=True))
-register_classifier(ClassifierSpec(
-    "linear-svm", "linear support vector machine (one-vs-rest) on standardized features",
-    lambda seed: LinearSVC(C=0.001, max_iter=5000, random_state=seed),
-    steps={"scale": True}, grid={"C": [0.0001, 0.001, 0.01, 0.1, 1.0]}))
-register_classifier(ClassifierSpec(
-    "rbf-svm", "RBF-kernel SVM on L2-normalized features reduced to 256 dimensions by PCA (unit-norm rows "
-    "give gamma a fixed scale)",
-    lambda seed: SVC(C=10.0, kernel="rbf", gamma="scale", random_state=seed),
-    steps={"l2": True, "pca": 256}, grid={"C": [1.0, 10.0, 100.0], "gamma": ["scale", 0.5, 2.0, 8.0]}))
-register_classifier(ClassifierSpec(
-    "knn", "k-nearest neighbours by cosine similarity, closer neighbours weigh more",
-    lambda seed: KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine", algorithm="brute"),
-    grid={"n_neighbors": [1, 3, 5, 10, 20, 50]}, probabilities=True))
-register_classifier(ClassifierSpec(
-    "ridge", "ridge regression on one-hot targets (fast, often as good as logistic regression)",
-    lambda seed: RidgeClassifier(alpha=1000.0),
-    steps={"scale": True}, grid={"alpha": [1.0, 10.0, 100.0, 1000.0, 10000.0]}))
-register_classifier(ClassifierSpec(
-    "lda", "linear discriminant analysis with Ledoit-Wolf shrinkage",
-    lambda seed: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
-    steps={"scale": True}, grid={}, probabilities=True))
-register_classifier(ClassifierSpec(
-    "random-forest", "random forest of 300 trees (no scaling needed)",
-    lambda seed: RandomForestClassifier(n_estimators=300, random_state=seed),
-    grid={"max_features": ["sqrt", 0.05, 0.2]}, probabilities=True))
-
-
-def _ensemble(seed):
-    from .ensemble import ZooEnsemble
-
-    return ZooEnsemble(random_state=seed)
-
+from .ensemble import ZooEnsemble
+from .registry import (
+                       STEPS,
+                       ClassifierSpec,
+                       ReducedPCA,
+                       check_spec,
+                       describe,
+                       get_spec,
+                       list_classifiers,
+                       make_classifier,
+                       parse_spec,
+                       register_classifier,
+                       search_grid,
+                       split_specs,
+                       unregister_classifier,
+)
 
 register_classifier(ClassifierSpec(
     "ensemble", "soft vote of logreg, rbf-svm (sigmoid-calibrated) and knn, each with its own steps; "
     "method=stack: a logistic regression on their out-of-fold probabilities; members=a+b+... chooses them",
-    _ensemble, grid={}, probabilities=True))
+    lambda seed: ZooEnsemble(random_state=seed), grid={}, probabilities=True))
+
+__all__ = ["STEPS", "ClassifierSpec", "ReducedPCA", "check_spec", "describe", "get_spec", "list_classifiers", "make_classifier", "parse_spec", "register_classifier", "search_grid", "split_specs", "unregister_classifier"]

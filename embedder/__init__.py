@@ -2,7 +2,7 @@
 
 The names below are imported on first use, so that ``featurebank --help`` does not wait for torch.
 """
-import importlib
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -13,8 +13,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

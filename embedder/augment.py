@@ -11,8 +11,9 @@ from torchvision.transforms import InterpolationMode, v2
 
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
+from .settings import AUGMENTATIONS
 
-POLICIES = ("flip", "trivial", "none")
+POLICIES = AUGMENTATIONS
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 from .preprocess import Preprocessing
 
 PENULTIMATE = "penultimate"  # alias of the node that feeds the classification head
@@ -89,8 +89,16 @@ def sha256_file(path: str) -> str:
     return sha256_of(path)
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+
+def is_checkpoint(path: str) -> bool:
+    """A checkpoint's name (a state dict: ``--weights``, ``finetune``'s ``best.pth``), by its suffix."""
+    return str(path).lower().endswith(CHECKPOINT_SUFFIXES)
+
+
 def looks_like_file(weights: str) -> bool:
-    return os.sep in weights or "/" in weights or weights.lower().endswith((".pth", ".pt", ".bin", ".ckpt", ".tar"))
+    return os.sep in weights or "/" in weights or is_checkpoint(weights)
 
 
 def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
@@ -157,7 +165,7 @@ def _read_state_dict(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise FeaturebankError(f"cannot read weights file {path}: {first}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -255,7 +263,7 @@ def _load_torchvision(name: str, weights: Weights) -> nn.Module:
         return model
     except Exception as exc:
         if os.path.exists(cached):
-            raise FeaturebankError(f"cannot load {weights.identity} from {cached}: {str(exc).splitlines()[0]}") from None
+            raise FeaturebankError(f"cannot load {weights.identity} from {cached}: {first_line(exc)}") from None
         raise FeaturebankError(
             f"cannot download {weights.identity} ({type(exc).__name__}; no network?): save {url} as {cached} "
             f"(or set TORCH_HOME), or pass a local checkpoint with --weights path/to/file.pth") from None
@@ -298,7 +306,7 @@ def node_names(model: nn.Module) -> list[str]:
             return get_graph_node_names(model.eval())[1]
         except Exception as exc:
             raise FeaturebankError(f"torchvision cannot trace this model for feature extraction: "
-                                   f"{str(exc).splitlines()[0]}") from None
+                                   f"{first_line(exc)}") from None
 
 
 def resolve_layers(model: nn.Module, layers=None) -> list[str]:
@@ -339,7 +347,7 @@ def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) ->
 
 def model_failed(size: int, exc: Exception) -> FeaturebankError:
     """A model that cannot take the chosen input (a ViT built for another image size, say) is a settings error."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     return FeaturebankError(f"the model cannot run on {size}x{size} inputs ({first}); choose another --crop/--resize")
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 import h5py
 import numpy as np
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings, settings_key
 
 FORMAT = "featurebank-cache"
@@ -49,7 +49,6 @@ FORMAT_VERSION = 1
 STRING = h5py.string_dtype("utf-8")
 ROW_STRINGS = ("path", "label", "group", "digest")
 FAILURE_STRINGS = ("path", "reason", "digest")
-INTS = ("size", "mtime_ns")
 PART_NAME = re.compile(r"^part-(\d{8})(?:-rank(\d+))?\.h5$")  # without a rank: parts of older versions
 BLOCK_BYTES = 64 << 20  # the merge's unit: output rows filled, source rows read, spill rows moved at a time
 GAP_BYTES = 256 << 10  # a gap this small between wanted rows is read through rather than skipped
@@ -97,7 +96,7 @@ def _open(path: str, mode: str = "r") -> h5py.File:
     try:
         return h5py.File(path, mode, locking="best-effort")
     except OSError as exc:
-        raise FeaturebankError(f"cannot open {path} as an HDF5 cache: {str(exc).splitlines()[0]}") from None
+        raise FeaturebankError(f"cannot open {path} as an HDF5 cache: {first_line(exc)}") from None
 
 
 def _write_columns(group: h5py.Group, columns: dict, strings: tuple[str, ...]) -> None:

@@ -16,7 +16,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 
 TIMEOUT_ENV = "FEATUREBANK_DIST_TIMEOUT"  # seconds a rank waits for the others at one step (default: an hour)
 DEFAULT_TIMEOUT_S = 3600
@@ -148,7 +148,7 @@ class Group(Solo):
         except (RuntimeError, ValueError) as exc:
             self._restore_cores()
             raise FeaturebankError(f"rank {self.rank.rank} could not join the other {self.rank.world_size - 1} "
-                                   f"({type(exc).__name__}: {str(exc).strip().splitlines()[0]})") from None
+                                   f"({type(exc).__name__}: {first_line(exc)})") from None
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings
 from .store import EngineStore
+from .versions import version_of
 
 ENGINES = ("auto", "torch", "onnxruntime")
 
@@ -83,7 +85,7 @@ class OnnxEngine(Engine):
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise FeaturebankError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+            raise FeaturebankError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
         self.settings, self.path, self.meta = settings, path, meta or {}
         self.threads = options.intra_op_num_threads
         self.outputs = list(settings.layers)
@@ -131,6 +133,13 @@ def gpu_possible() -> bool:
     if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl"):
         return True
     return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def check_device(name: str) -> str:
+    """``name`` when it names a device (auto, cpu, mps, cuda, cuda:N), else a one-line error."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise FeaturebankError(f"{name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return name
 
 
 def resolve_device_name(device: str = "auto") -> str:
@@ -187,7 +196,7 @@ def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *
             if isinstance(exc, FeaturebankError):
                 raise
             raise FeaturebankError(f"the onnxruntime engine failed ({type(exc).__name__}: "
-                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                                   f"{first_line(exc)})") from None
         prepared.note = f"using the torch engine: {exc}"
         return _torch_engine(settings, build_model, device)
 
@@ -212,7 +221,7 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
                                        f"cannot be reproduced (extract into a new cache to calibrate anew)")
             fp32 = _onnx_engine(settings_fp32(settings), store, build_model, batch_size, None, prepared)
             started = time.perf_counter()
-            build_int8(fp32, settings, store, name, calibration())
+            build_int8(fp32, settings, store, name, calibration(), OnnxEngine)
             prepared.steps.append(f"calibrated int8 in {time.perf_counter() - started:.1f} s")
         else:
             from .export import export_onnx
@@ -246,9 +255,7 @@ def settings_fp32(settings: ExtractionSettings) -> ExtractionSettings:
 
 
 def _versions() -> dict:
-    from .resolve import _version
-
-    return {p: _version(p) for p in ("torch", "torchvision", "onnx", "onnxruntime")}
+    return {p: version_of(p) for p in ("torch", "torchvision", "onnx", "onnxruntime")}
 
 
 def _choice_key(batch_size: int) -> dict:

@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 from .features import FeatureExtractor
 from .settings import ExtractionSettings
 
@@ -51,7 +51,7 @@ def export_onnx(model: nn.Module, settings: ExtractionSettings, path: str) -> No
                               input_names=["images"], output_names=names,
                               dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise FeaturebankError(f"{settings.backbone} cannot be exported to ONNX ({type(exc).__name__}: {first})") from None
     if settings.tta != "none":
         with torch.inference_mode():

@@ -14,10 +14,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
-
-from .settings import POOLINGS, TTAS  # noqa: F401  (re-exported)
-
-TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+from .settings import POOLINGS, TORCH_PRECISIONS, TTAS
 
 
 def pool(t: torch.Tensor, pooling: str = "avg") -> torch.Tensor:

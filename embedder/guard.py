@@ -11,17 +11,13 @@ import sys
 
 import numpy as np
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 
 OOM_TYPES = {"OutOfMemoryError", "MemoryError"}
 OOM_TEXT = ("out of memory", "failed to allocate memory", "bad_alloc", "not enough memory")  # the last: torch's CPU allocator
 CUDA_TYPES = {"AcceleratorError", "CudaError"}
 CUDA_TEXT = ("cuda error", "cublas_status", "cudnn_status", "cudnn error", "device-side assert", "nccl error",
              "cuda driver", "an illegal memory access")
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -24,16 +24,16 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from . import __version__
 from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest
 from .distributed import Rank, join
 from .engines import Prepared, open_engine, resolve_device_name
 from .errors import FeaturebankError
-from .resolve import Request, Resolved, own_version, resolve
+from .resolve import Request, Resolved, resolve
 from .settings import POOLINGS, TTAS, ExtractionSettings, Int8
 from .sources import Listing, list_images
 from .store import EngineStore, engine_dir_for
+from .versions import library_versions
 
 DEFAULT_CACHE_DIR = "cache"
 KEEP_RUNS = 20  # run records kept in the cache's info
@@ -63,24 +63,6 @@ class ExtractSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of what the features depend on, read from package metadata (importing torch takes seconds)."""
-    from importlib import metadata
-
-    names = {"torch": "torch", "torchvision": "torchvision", "onnxruntime": "onnxruntime", "numpy": "numpy",
-             "h5py": "h5py", "pillow": "pillow", "scikit-learn": "scikit-learn"}
-    out = {"featurebank": __version__}
-    for label, package in names.items():
-        try:
-            out[label] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[label] = "-"
-    for package in ("torch", "torchvision"):  # with the build tag (2.15.0+cu132 vs +cpu), as __version__ has it
-        out[package] = own_version(package) or out[package]
-    out["python"] = sys.version.split()[0]
-    return out
 
 
 def default_cache_path(listing: Listing, settings: dict, backbone: str, cache_dir: str | None = None) -> str:
@@ -186,7 +168,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
     path = os.path.abspath(job.cache or default_cache_path(listing, named.to_dict(), request.backbone, job.cache_dir))
     with group.step("drawing the int8 calibration images"):
         if settings.precision == "int8":
-            settings, calibration_files = _int8_settings(settings, listing, path)
+            settings, calibration_files = int8_settings(settings, listing, path)
     base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind}
 
     writer = CacheWriter(path, settings.to_dict(), listing.source, listing.root, base_info, rank=rank.rank,
@@ -279,7 +261,16 @@ def int8_of_cache(path: str) -> tuple[Int8, str]:
     return settings.int8, engine_dir_for(path)
 
 
-def _int8_settings(settings: ExtractionSettings, listing: Listing, path: str | None):
+def int8_request(precision: str, images: int = 256, seed: int = 0, method: str = "minmax",
+                 calibration_from: str | None = None) -> tuple[Int8 | None, str | None]:
+    """``extract``'s int8 options → the int8 engine to make or use, and the engine folder it is in (None: the
+    cache's own): ``calibration_from`` names an int8 cache whose engine (and calibration) is used as it is."""
+    if calibration_from:
+        return int8_of_cache(calibration_from)
+    return (Int8(images, seed, method) if precision == "int8" else None), None
+
+
+def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | None):
     """Fill in the calibration set: the one asked for (a bundle's, another cache's), the one this cache was made
     with (so reruns keep their engine whatever changed in the input), or a reproducible draw from the input.
     Returns the settings and the draw's files (what a missing engine is rebuilt from, if they are unchanged)."""
@@ -387,7 +378,7 @@ class Run:
 
     def open(self, calibration_files: list[str], fixed: bool = False) -> None:
         def calibration():
-            return _calibration_batches(calibration_files, self.settings, self.execution.max_pixels,
+            return calibration_batches(calibration_files, self.settings, self.execution.max_pixels,
                                         self.execution.threads)
 
         calibration.fixed = fixed  # an int8 engine named by a bundle or another cache: found, never redrawn
@@ -459,7 +450,7 @@ class Run:
         return failures
 
 
-def _calibration_batches(files: list[str], settings: ExtractionSettings, max_pixels: int, threads) -> list[np.ndarray]:
+def calibration_batches(files: list[str], settings: ExtractionSettings, max_pixels: int, threads) -> list[np.ndarray]:
     """The calibration images, decoded like any input (bad files skipped), in batches of 16. They must be the ones
     the settings name: an int8 engine rebuilt from other images would put other vectors under the same settings."""
     from .batches import ImageDataset, batches

@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from .errors import FeaturebankError
+from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings, Int8
 from .store import EngineStore
 
@@ -36,9 +36,11 @@ def calibration_set_id(digests: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(digests)).encode(), digest_size=12).hexdigest()
 
 
-def build_int8(fp32_engine, settings: ExtractionSettings, store: EngineStore, name: str, calibration) -> None:
+def build_int8(fp32_engine, settings: ExtractionSettings, store: EngineStore, name: str, calibration,
+               open_int8) -> None:
     """Quantize ``fp32_engine``'s model with ``calibration`` (a list of uint8 batches) into the store as ``name``,
-    with the measured cosine to fp32 in its sidecar."""
+    with the measured cosine to fp32 in its sidecar. ``open_int8(path, settings)`` opens the quantized file as an
+    engine to measure it (the engines module passes its ONNX Runtime engine: it builds on this one)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -66,11 +68,9 @@ def build_int8(fp32_engine, settings: ExtractionSettings, store: EngineStore, na
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=methods[settings.int8.method], nodes_to_exclude=keep)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc)
             raise FeaturebankError(f"int8 quantization failed ({type(exc).__name__}: {first})") from None
-        from .engines import OnnxEngine
-
-        int8_engine = OnnxEngine(tmp, settings)
+        int8_engine = open_int8(tmp, settings)
         agreement = feature_agreement(fp32_engine, int8_engine, batches)
         del int8_engine
         store.save_model(name, tmp, {"settings": settings.to_dict(), "kind": "int8",

@@ -6,15 +6,13 @@ file, the file; so it is recorded in the engine folder and a repeat run reads it
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import re
-import sys
 from dataclasses import asdict, dataclass, replace
 
 from .settings import ExtractionSettings, Int8
 from .store import EngineStore
+from .versions import version_of
 
 
 @dataclass(frozen=True)
@@ -48,39 +46,11 @@ class Resolved:
     seed: int = 0
 
 
-def _version(package: str) -> str:
-    found = own_version(package)
-    if found:
-        return found
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
-def own_version(package: str) -> str | None:
-    """``package.version.__version__`` read from its file: the same string as after ``import`` (with the build
-    tag, 2.15.0+cu132), in microseconds, where package metadata takes milliseconds and the import seconds."""
-    if package in sys.modules:
-        return getattr(sys.modules[package], "__version__", None)
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    try:
-        with open(os.path.join(list(spec.submodule_search_locations)[0], "version.py")) as fh:
-            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", fh.read(), re.M)
-    except OSError:
-        return None
-    return found.group(1) if found else None
-
-
 def _memo_key(request: Request) -> dict:
     from . import __version__
 
-    key = {**asdict(request), "int8": None, "featurebank": __version__, "torch": _version("torch"),
-           "torchvision": _version("torchvision")}
+    key = {**asdict(request), "int8": None, "featurebank": __version__, "torch": version_of("torch"),
+           "torchvision": version_of("torchvision")}
     weights = request.weights
     if weights is not None and str(weights).lower() != "none" and os.path.isfile(os.fspath(weights)):
         path = os.path.abspath(os.fspath(weights))

@@ -20,7 +20,10 @@ from .preprocess import Preprocessing
 
 POOLINGS = ("avg", "max", "avgmax")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # what torch computes in (int8 runs on ONNX Runtime)
+ONNX_PRECISIONS = ("fp32", "int8")  # what an ONNX Runtime engine, and an exported file, computes in
 TTAS = ("none", "flip")  # test-time augmentation: "flip" is the mean of the image's and its mirror's vectors
+AUGMENTATIONS = ("flip", "trivial", "none")  # training-time policies (embedder.augment; not a setting of vectors)
 CALIBRATIONS = ("minmax",)  # ONNX Runtime 1.31's percentile and entropy calibrators fail on these graphs
 
 
@@ -106,9 +109,6 @@ class ExtractionSettings:
         """A short hash of the canonical dict: names engine files, and (with the input) default cache files."""
         return settings_key(self.to_dict())
 
-    def with_layers(self, layers) -> "ExtractionSettings":
-        return replace(self, layers=tuple(layers))
-
     def without_layers(self) -> "ExtractionSettings":
         """What an engine of any layer subset shares (layers aside)."""
         return replace(self, layers=())
@@ -117,6 +117,11 @@ class ExtractionSettings:
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {a.get(k)!r} in the cache, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
                 if a.get(k) != b.get(k)]
+
+
+def split_layers(values) -> list[str] | None:
+    """Layer names given repeated or comma-separated (``--layer layer3,penultimate``); None when there are none."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()] or None
 
 
 def settings_key(settings: dict) -> str:

@@ -14,6 +14,8 @@ import os
 import sys
 import tempfile
 
+from .atomic import write_atomically
+
 ENGINE_DIR_ENV = "FEATUREBANK_ENGINE_DIR"
 
 
@@ -40,22 +42,6 @@ def _shareable(path: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _shareable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class EngineStore:
@@ -104,7 +90,7 @@ class EngineStore:
         _shareable(tmp)
         meta = {**meta, "sha256": sha256_of(tmp), "bytes": os.path.getsize(tmp)}
         os.replace(tmp, final)
-        _write_atomically(os.path.join(self.folder, f"{name}.json"), json.dumps(meta, indent=1).encode())
+        write_atomically(os.path.join(self.folder, f"{name}.json"), json.dumps(meta, indent=1).encode())
         return final
 
     def find_model(self, name: str) -> tuple[str, dict] | None:
@@ -128,7 +114,7 @@ class EngineStore:
         side = os.path.join(self.folder, f"{name}.json")
         with open(side) as fh:
             meta = json.load(fh)
-        _write_atomically(side, json.dumps({**meta, **changes}, indent=1).encode())
+        write_atomically(side, json.dumps({**meta, **changes}, indent=1).encode())
 
     # -- records: small JSON answers, keyed by what they were computed from -----------------------------------
     def record(self, kind: str, key: dict) -> dict | None:
@@ -142,7 +128,7 @@ class EngineStore:
 
     def put_record(self, kind: str, key: dict, value: dict) -> None:
         try:
-            _write_atomically(self._record_path(kind, key), json.dumps({"key": key, "value": value}).encode())
+            write_atomically(self._record_path(kind, key), json.dumps({"key": key, "value": value}).encode())
         except OSError:  # a read-only folder costs speed next time, not correctness
             pass
 

@@ -177,13 +177,13 @@ def test_finetune_from_the_command_line(runner, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_says_how_to_continue(runner, monkeypatch):
-    import embedder.finetune
+    import workflows.finetune
     import embedder.job
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(embedder.finetune, "finetune", interrupted)
+    monkeypatch.setattr(workflows.finetune, "finetune", interrupted)
     monkeypatch.setattr(embedder.job, "extract", interrupted)
     result = runner.invoke(cli.main, ["finetune", "photos", "-o", "runs/x"])
     assert result.exit_code == 130 and "run the same command with --resume" in result.stderr

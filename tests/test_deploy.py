@@ -14,12 +14,13 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from classifiers.bundle import Bundle, export, predict, predict_imagenet, train
+from classifiers.bundle import Bundle, predict, predict_imagenet, train
 from classifiers.zoo import list_classifiers, make_classifier
 from conftest import FAST, ROOT, write_tree
 from embedder import CacheReader, extract
 from embedder.batches import ImageDataset
-from embedder.deploy import Head, check_head, export_checkpoint, head_model, refusal
+from workflows.deploy import Head, check_head, export_checkpoint, head_model, refusal
+from workflows.export import export_model as export
 from embedder.errors import FeaturebankError
 from embedder.preprocess import Preprocessing
 from embedder.settings import Int8
@@ -221,7 +222,7 @@ def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolat
 
 @pytest.mark.slow
 def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
-    from embedder.finetune import finetune
+    from workflows.finetune import finetune
 
     _, images = trained
     run = finetune(str(images), str(tmp_path / "run"), epochs=1, backbone="resnet18", weights="none", resize=72,

@@ -122,7 +122,7 @@ def test_in_grid_search_and_in_a_model_file(tmp_path):
 
 def test_cli_errors_and_export_refusal_are_one_line(tmp_path):
     import cli
-    from embedder.deploy import refusal
+    from workflows.deploy import refusal
 
     synthetic_cache(tmp_path / "c.h5")
     runner = CliRunner()

@@ -15,7 +15,7 @@ from conftest import write_bad_files, write_tree
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones import skeleton
 from embedder.errors import FeaturebankError
-from embedder.finetune import (block_names, finetune, fold_linear, freeze, linear_probe, param_groups, replace_head,
+from workflows.finetune import (block_names, finetune, fold_linear, freeze, linear_probe, param_groups, replace_head,
                                split_rows, unfrozen_blocks)
 
 TINY = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0, val_split=0.25)

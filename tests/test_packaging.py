@@ -10,9 +10,9 @@ def test_every_package_of_the_tree_is_installed():
     from setuptools.config.setupcfg import read_configuration
 
     options = read_configuration(str(ROOT / "setup.cfg"))["options"]
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for top in ("embedder", "classifiers")
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for top in ("embedder", "classifiers", "workflows")
                for p in (ROOT / top).rglob("__init__.py")}
-    assert {"embedder", "embedder.finetune", "classifiers"} <= on_disk
+    assert {"embedder", "classifiers", "workflows", "workflows.finetune"} <= on_disk
     assert set(options["packages"]) == on_disk
     assert options["py_modules"] == ["cli"]
     templates = pathlib.Path(ROOT / "classifiers" / "templates")

@@ -93,7 +93,7 @@ def test_the_checkpoints_own_imagenet_head_knows_ants_from_bees(caches, tmp_path
 def test_finetuning_starts_exactly_at_the_linear_probe(caches, tmp_path, monkeypatch):
     """The probe-initialized network (epoch 0) scores what the probe scores on the same validation photos, and
     one epoch on the last block leaves every other parameter and every BatchNorm statistic as loaded."""
-    from embedder.finetune import finetune
+    from workflows.finetune import finetune
 
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
     run = finetune(str(HYMENOPTERA / "train"), str(tmp_path / "run"), val=str(HYMENOPTERA / "val"),

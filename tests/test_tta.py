@@ -150,7 +150,8 @@ def test_cli_extract_tta_and_info_shows_it(pairs, tmp_path):
 
 # -- model files and their ONNX export ---------------------------------------------------------------------------
 def test_a_model_on_flip_features_predicts_and_exports_with_flip(pairs, tmp_path, monkeypatch):
-    from classifiers.bundle import export, predict, train
+    from classifiers.bundle import predict, train
+    from workflows.export import export_model as export
 
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
     images, mirrored = pairs

@@ -24,11 +24,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
-from . import __version__
-from .errors import FeaturebankError
-from .settings import ExtractionSettings, Int8
-from .sources import Item, Listing
-from .store import EngineStore
+from embedder import __version__
+from embedder.atomic import atomic_path
+from embedder.backbones import file_metadata, head_classes, load_backbone, output_node
+from embedder.batches import ImageDataset, ThreadBatches
+from embedder.cache import CacheReader
+from embedder.decode import DEFAULT_MAX_PIXELS
+from embedder.engines import open_engine, settings_fp32
+from embedder.errors import FeaturebankError, first_line
+from embedder.job import calibration_batches, int8_settings
+from embedder.resolve import Request, resolve
+from embedder.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
+from embedder.sources import Item, Listing, list_inputs
+from embedder.store import EngineStore, engine_dir_for
 
 INPUT, SCORES, LABEL = "images", "scores", "label"
 ML_OPSET = 3
@@ -281,7 +289,7 @@ def _converted(g: _Graph, x: str, clf, head: Head, width: int, opset: int, ir_ve
                                         target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
                                         options={id(clf): {"zipmap": False}})
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise NotExportable(kind, f"skl2onnx cannot convert {kind} ({first})") from None
     converted = compose.add_prefix(_at_opset(converted, opset, ir_version), "clf/")
     clf_in = converted.graph.input[0]
@@ -425,15 +433,8 @@ def _save(model: onnx.ModelProto, meta: dict, out: str) -> int:
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=json.dumps(value))
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{out}.tmp"
-    try:
+    with atomic_path(out) as tmp:
         onnx.save(model, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return os.path.getsize(out)
 
 
@@ -448,11 +449,9 @@ def export(settings: ExtractionSettings, build_model, head: Head, out: str, *, s
     trained on int8 features), else it is calibrated as ``extract --precision int8`` would on ``calibration``
     (the model's training images; ``int8`` says how many and the seed); then fp32 and int8 files are both run on
     ``labelled`` (path, class) images and their accuracies are returned."""
-    from .decode import DEFAULT_MAX_PIXELS
-    from .engines import open_engine, settings_fp32
 
     started = time.perf_counter()
-    if precision not in ("fp32", "int8"):
+    if precision not in ONNX_PRECISIONS:
         raise FeaturebankError(f"an export is fp32 or int8, not {precision}")
     refused = refusal(head.pipeline) if head.pipeline is not None else None
     if refused is not None:
@@ -496,17 +495,16 @@ def _int8_plan(settings: ExtractionSettings, calibration: Listing | None, int8: 
     """The int8 settings and the calibration to make their engine with: a model trained on int8 features names
     its engine (found in the engine folder, never drawn again); else a draw from ``calibration`` exactly as
     ``extract --precision int8`` draws from its input."""
-    from .job import _calibration_batches, _int8_settings
 
     if settings.precision == "int8":
         return settings, None
     if calibration is None or not calibration.items:
         raise FeaturebankError("int8 needs images to calibrate on: give --images DATA (labelled images, such as "
                                "the training folder)")
-    q, files = _int8_settings(replace(settings, precision="int8", int8=int8 or Int8()), calibration, None)
+    q, files = int8_settings(replace(settings, precision="int8", int8=int8 or Int8()), calibration, None)
 
     def batches():
-        return _calibration_batches(files, q, max_pixels, threads)
+        return calibration_batches(files, q, max_pixels, threads)
 
     return q, batches
 
@@ -516,7 +514,6 @@ def compare(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, labelled: 
     """Both files on the same decoded images: accuracy of each, and how often they name the same class."""
     import onnxruntime as ort
 
-    from .batches import ImageDataset, ThreadBatches
 
     index = {c: i for i, c in enumerate(classes)}
     labelled = [(p, index[c]) for p, c in labelled if c in index]
@@ -552,7 +549,6 @@ def compare(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, labelled: 
 def cache_listing(cache_path: str) -> Listing:
     """The input of a cache as the cache knows it (rows with their labels, then files that failed), so that int8
     draws its calibration images exactly as ``extract --precision int8`` draws them from that input."""
-    from .cache import CacheReader
 
     reader = CacheReader(cache_path)
     rows, fails = reader.rows, reader.failures
@@ -571,10 +567,6 @@ def export_checkpoint(path: str, out: str, *, backbone: str | None = None, preci
                       threads: int | None = None) -> Exported:
     """A checkpoint with its own head (``finetune``'s ``best.pth``, or an ImageNet checkpoint) as one ONNX file:
     the backbone's logits, softmaxed, as ``predict --head`` gives them. int8 calibrates on ``images``."""
-    from .backbones import file_metadata, head_classes, load_backbone, output_node
-    from .resolve import Request, resolve
-    from .sources import list_inputs
-    from .store import engine_dir_for
 
     if not os.path.isfile(path):
         raise FeaturebankError(f"checkpoint not found: {path}")

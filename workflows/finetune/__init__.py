@@ -12,17 +12,21 @@ Every epoch writes ``last.pt`` (model, optimizer, scheduler, history: ``--resume
 trajectory) and, when validation improves, ``best.pth``: a state dict with the class names and preprocessing,
 which ``extract --weights`` and ``predict --head`` take like any checkpoint.
 
-The parts: ``surgery`` (blocks, freezing, BatchNorm, the head), ``probe`` (the baseline and the head's start),
+The parts: ``options`` (what a run is asked, checked before anything is done), ``surgery`` (blocks, freezing, BatchNorm, the head), ``probe`` (the baseline and the head's start),
 ``split`` (embedding, groups, train/val/test kept apart), ``loop`` (training, evaluation, checkpoints),
 ``report`` (comparison rows, logs, report files), ``run`` (``finetune``, all of it in order).
-"""
-from .loop import TrainingConfig, TrainingOptions, evaluate_images, export_weights, train_loop
-from .probe import fold_linear, linear_probe
-from .run import FinetuneResult, finetune
-from .split import split_rows
-from .surgery import (add_head_dropout, block_names, freeze, param_groups, replace_head, set_train_mode,
-                      unfrozen_blocks)
 
-__all__ = ["FinetuneResult", "TrainingConfig", "TrainingOptions", "add_head_dropout", "block_names", "evaluate_images",
-           "export_weights", "finetune", "fold_linear", "freeze", "linear_probe", "param_groups", "replace_head", "set_train_mode",
-           "split_rows", "train_loop", "unfrozen_blocks"]
+The names below are imported on first use, so that the command line can build ``FinetuneOptions`` without torch.
+"""
+from embedder.lazy import lazy_attributes
+
+_EXPORTS = {
+    "TrainingConfig": "loop", "TrainingState": "loop", "evaluate_images": "loop", "export_weights": "loop",
+    "train_loop": "loop", "FinetuneOptions": "options", "TrainingOptions": "options", "fold_linear": "probe",
+    "linear_probe": "probe", "FinetuneResult": "run", "finetune": "run", "split_rows": "split",
+    "add_head_dropout": "surgery", "block_names": "surgery", "freeze": "surgery", "param_groups": "surgery",
+    "replace_head": "surgery", "set_train_mode": "surgery", "unfrozen_blocks": "surgery",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

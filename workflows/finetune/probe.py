@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FeaturebankError
+from classifiers.zoo import make_classifier
+from embedder.errors import FeaturebankError
 
 PROBE = "logreg"  # the zoo's linear probe (classifiers/zoo.py)
 
@@ -12,8 +13,6 @@ PROBE = "logreg"  # the zoo's linear probe (classifiers/zoo.py)
 def linear_probe(X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0):
     """Fit the zoo's ``logreg`` Pipeline on ``X``; return it and its decision function folded into ``(W, b)`` over
     all ``n_classes`` (a class the probe never saw gets a logit of -1e4)."""
-    from classifiers.zoo import make_classifier
-
     pipe = make_classifier(PROBE, seed).fit(X, y)
     W, b = fold_linear(pipe)
     clf = pipe.named_steps["clf"]

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..cache import CacheReader, own_groups as groups_of_rows
-from ..errors import FeaturebankError
-from ..job import extract
+from embedder.cache import CacheReader
+from embedder.cache import own_groups as groups_of_rows
+from embedder.errors import FeaturebankError
+from embedder.job import extract
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,8 @@ def check_test_apart(test, data: Data, drop_copies: bool = False) -> list[str]:
     validation image are left out instead (data sets have such copies: flowers' val/ has 2 of train/), and their
     paths returned. Only lists and hashes the test files: nothing of them is embedded, so they cannot influence
     training."""
-    from ..decode import file_digest
-    from ..sources import list_images
+    from embedder.decode import file_digest
+    from embedder.sources import list_images
 
     listing = list_images(test)
     seen = {os.path.realpath(p): "file" for part in (data.train, data.val) for p in part.paths}

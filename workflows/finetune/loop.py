@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -16,44 +16,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..augment import POLICIES, Augmentation
-from ..batches import ImageDataset, collate, default_workers
-from ..decode import DEFAULT_MAX_PIXELS
-from ..errors import FeaturebankError
-from ..features import autocast_for
+from classifiers.metrics import scores
+from embedder.atomic import atomic_path
+from embedder.augment import Augmentation
+from embedder.batches import ImageDataset, collate, default_workers
+from embedder.decode import DEFAULT_MAX_PIXELS
+from embedder.errors import FeaturebankError
+from embedder.features import autocast_for
+
+from .options import TrainingOptions
 from .split import Part
 from .surgery import add_head_dropout, freeze, has_training_batchnorm, param_groups, set_train_mode
 
 NOT_COMPARED_ON_RESUME = ("patience", "workers")  # may change between a run and its --resume
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainingOptions:
-    """How to train, as ``finetune``'s options say: built once from them by name (no field can take another's
-    value), checked on the spot, before anything is embedded."""
-
-    unfreeze: int | str
-    epochs: int
-    lr: float
-    backbone_lr_scale: float
-    weight_decay: float
-    batch_size: int
-    dropout: float
-    bn: str
-    augment: str
-    probe_init: bool
-    patience: int
-    seed: int
-    precision: str
-    workers: int | None
-
-    def __post_init__(self):
-        if (self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.dropout < 1
-                or self.backbone_lr_scale < 0):
-            raise FeaturebankError("--epochs and --batch-size must be at least 1, --lr positive, --dropout in [0, 1), "
-                                   "--backbone-lr-scale at least 0")
-        if self.augment not in POLICIES:
-            raise FeaturebankError(f"unknown augmentation {self.augment!r}: choose one of {', '.join(POLICIES)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,8 +67,6 @@ def evaluate_images(model, part: Part, prep, device, precision, batch_size, work
     """Scores of ``model`` on the images of ``part`` with the evaluation preprocessing, computed as everywhere else
     (``classifiers.metrics.scores``; ``loss`` is the log-loss of the softmax). Files that fail are left out and
     returned."""
-    from classifiers.metrics import scores
-
     model.eval()
     logits, targets, failed = [], [], []
     for batch in _loader(part.paths, prep, batch_size, workers, max_pixels):
@@ -112,9 +85,8 @@ def evaluate_images(model, part: Part, prep, device, precision, batch_size, work
 
 
 def _save(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def export_weights(model: nn.Module, path: str, classes: list[str], prep, meta: dict) -> str:
@@ -130,7 +102,20 @@ def better(val: dict, best: dict | None) -> bool:
     return best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"])
 
 
-def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scaler) -> dict:
+@dataclass
+class TrainingState:
+    """Where a training trajectory is; saved in last.pt after every epoch, for ``--resume`` to continue from."""
+
+    epoch: int = 0  # the last finished epoch
+    history: list[dict] = field(default_factory=list)  # one row per epoch; epoch 0 is the untrained start
+    best_epoch: int = 0  # the epoch chosen on validation
+    best: dict | None = None  # its validation scores
+    seconds: float = 0.0  # training and validation, over every run of this trajectory
+    failed: dict[str, str] = field(default_factory=dict)  # files that could not be read, with the reason
+    stopped_early: bool = False
+
+
+def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scaler) -> TrainingState:
     saved = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)
     wanted = config.to_dict()
     differ = [k for k in wanted if k not in NOT_COMPARED_ON_RESUME and saved["config"].get(k) != wanted[k]]
@@ -142,12 +127,12 @@ def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scale
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
-    return saved["state"]
+    return TrainingState(**saved["state"])
 
 
 def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, classes: list[str], prep, out: str,
                config: TrainingConfig, *, device, resume: bool, progress: bool, on_epoch_end=None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> TrainingState:
     """Train ``model`` (head and ``blocks``) on ``train`` for ``config.options.epochs``, early stopping on ``val`` accuracy.
     Epoch 0 is the untrained start: ``best.pth`` stays the start when no epoch beats it. Everything random is
     seeded from (seed, epoch), so a resumed run follows the uninterrupted trajectory. Only ``train`` and ``val``
@@ -160,11 +145,10 @@ def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, clas
     optimizer = torch.optim.AdamW(param_groups(model, c.lr, c.backbone_lr_scale, c.weight_decay))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=c.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16" and device.type == "cuda")
-    augmentation = Augmentation(prep, c.augment)
     workers = default_workers(device.type) if c.workers is None else c.workers
     last, best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pth")
     meta = config.to_dict()
-    state = {"epoch": 0, "history": [], "best_epoch": 0, "best": None, "seconds": 0.0, "failed": {}}
+    state = TrainingState()
     if os.path.exists(last):
         if not resume:
             raise FeaturebankError(f"{out} holds a run already: add --resume to continue it, or choose another --out")
@@ -172,65 +156,43 @@ def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, clas
 
     def validate():
         scores, failed = evaluate_images(model, val, prep, device, c.precision, c.batch_size, workers, max_pixels)
-        state["failed"].update(dict(failed))
+        state.failed.update(dict(failed))
         return scores
 
-    y_train = torch.as_tensor(train.y)
-    one_image_batches_fail = has_training_batchnorm(model, blocks, c.bn)
-    if not state["history"]:  # epoch 0: the starting point (the probe's head); training must beat it to count
+    epochs = _Epochs(model, blocks, train, Augmentation(prep, c.augment), c, device, workers, max_pixels,
+                     optimizer, scaler, has_training_batchnorm(model, blocks, c.bn))
+    if not state.history:  # epoch 0: the starting point (the probe's head); training must beat it to count
         started = time.perf_counter()
         scores = validate()
-        state["seconds"] += time.perf_counter() - started
-        state["history"].append({"epoch": 0, "train_loss": None, "train_accuracy": None,
-                                 **{f"val_{k}": v for k, v in scores.items()},
-                                 **{f"lr_{g['name']}": 0.0 for g in optimizer.param_groups},
-                                 "seconds": round(state["seconds"], 2)})
-        state["best"], state["best_epoch"] = scores, 0
+        state.seconds += time.perf_counter() - started
+        state.history.append({"epoch": 0, "train_loss": None, "train_accuracy": None,
+                              **{f"val_{k}": v for k, v in scores.items()},
+                              **{f"lr_{g['name']}": 0.0 for g in optimizer.param_groups},
+                              "seconds": round(state.seconds, 2)})
+        state.best, state.best_epoch = scores, 0
         export_weights(model, best_path, classes, prep, {**meta, "epoch": 0, "val": scores})
-    first = c.epochs + 1 if state.get("stopped_early") else state["epoch"] + 1
+    first = c.epochs + 1 if state.stopped_early else state.epoch + 1
     for epoch in range(first, c.epochs + 1):
         started = time.perf_counter()
-        torch.manual_seed(c.seed * 100_003 + epoch)  # augmentation and dropout of this epoch
-        order = np.random.default_rng([c.seed, epoch]).permutation(len(train))
-        set_train_mode(model, blocks, c.bn)
-        total_loss = correct = seen = 0
-        loader = _loader([train.paths[i] for i in order], augmentation, c.batch_size, workers, max_pixels)
-        with tqdm(total=len(order), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+        with tqdm(total=len(train), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                   desc=f"{os.path.basename(out)} epoch {epoch}/{c.epochs}") as bar:
-            for batch in loader:
-                for i, reason, _ in batch.failures:
-                    state["failed"][train.paths[order[i]]] = reason
-                bar.update(len(batch.indices) + len(batch.failures))
-                if not batch.indices or (one_image_batches_fail and len(batch.indices) < 2):
-                    continue  # BatchNorm cannot train on a single image
-                x = prep.normalize(torch.as_tensor(batch.images).to(device))
-                target = y_train[order[batch.indices]].to(device)
-                with autocast_for(device, c.precision):
-                    logits = _forward(model, x)
-                    loss = F.cross_entropy(logits.float(), target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total_loss += float(loss.detach()) * len(target)
-                correct += int((logits.argmax(1) == target).sum())
-                seen += len(target)
+            train_loss, train_accuracy = epochs.run(epoch, state.failed, bar)
         rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
         scheduler.step()
         scores = validate()
-        state["seconds"] += time.perf_counter() - started
-        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+        state.seconds += time.perf_counter() - started
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                **{f"val_{k}": v for k, v in scores.items()}, **{f"lr_{k}": v for k, v in rates.items()},
-               "seconds": round(state["seconds"], 2)}
-        state["history"].append(row)
-        if better(scores, state["best"]):
-            state["best"], state["best_epoch"] = scores, epoch
+               "seconds": round(state.seconds, 2)}
+        state.history.append(row)
+        if better(scores, state.best):
+            state.best, state.best_epoch = scores, epoch
             export_weights(model, best_path, classes, prep, {**meta, "epoch": epoch, "val": scores})
-        state["epoch"] = epoch
-        stopped = epoch - state["best_epoch"] >= c.patience
-        state["stopped_early"] = stopped and epoch < c.epochs
+        state.epoch = epoch
+        stopped = epoch - state.best_epoch >= c.patience
+        state.stopped_early = stopped and epoch < c.epochs
         _save({"config": meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": state}, last)
+               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": asdict(state)}, last)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
         if stopped:
@@ -238,6 +200,53 @@ def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, clas
     if hook is not None:
         hook.remove()
     return state
+
+
+@dataclass
+class _Epochs:
+    """One training pass over the images, as every epoch of a trajectory makes it."""
+
+    model: nn.Module
+    blocks: list[str]
+    train: Part
+    augmentation: Augmentation
+    options: TrainingOptions
+    device: torch.device
+    workers: int
+    max_pixels: int
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    one_image_batches_fail: bool  # BatchNorm in training mode cannot train on a single image
+
+    def run(self, epoch: int, failed: dict[str, str], bar) -> tuple[float, float]:
+        """Epoch ``epoch`` (its shuffle, augmentation and dropout seeded from it); returns the mean training loss
+        and accuracy. Files that cannot be read go into ``failed``."""
+        c, model = self.options, self.model
+        torch.manual_seed(c.seed * 100_003 + epoch)  # augmentation and dropout of this epoch
+        order = np.random.default_rng([c.seed, epoch]).permutation(len(self.train))
+        y_train = torch.as_tensor(self.train.y)
+        set_train_mode(model, self.blocks, c.bn)
+        total_loss = correct = seen = 0
+        for batch in _loader([self.train.paths[i] for i in order], self.augmentation, c.batch_size, self.workers,
+                             self.max_pixels):
+            for i, reason, _ in batch.failures:
+                failed[self.train.paths[order[i]]] = reason
+            bar.update(len(batch.indices) + len(batch.failures))
+            if not batch.indices or (self.one_image_batches_fail and len(batch.indices) < 2):
+                continue
+            x = self.augmentation.preprocessing.normalize(torch.as_tensor(batch.images).to(self.device))
+            target = y_train[order[batch.indices]].to(self.device)
+            with autocast_for(self.device, c.precision):
+                logits = _forward(model, x)
+                loss = F.cross_entropy(logits.float(), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total_loss += float(loss.detach()) * len(target)
+            correct += int((logits.argmax(1) == target).sum())
+            seen += len(target)
+        return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
 def load_best(model: nn.Module, out: str) -> nn.Module:

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import head_name
-from ..errors import FeaturebankError
+from embedder.backbones import head_name
+from embedder.errors import FeaturebankError
 
-BN_POLICIES = ("frozen", "train")
+from .options import BN_POLICIES
+
 CONTAINERS = ("features", "classifier", "trunk_output", "blocks")  # top-level sequences whose items are blocks
 BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
 

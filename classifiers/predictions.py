@@ -1,0 +1,55 @@
+"""Per-image answers as files: evaluate's predictions CSV (path, label, predicted) and predict's output, CSV (one
+row per image, its top classes side by side) or JSON."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from embedder.atomic import atomic_path
+
+
+def write_evaluation_csv(result: dict, path: str) -> str:
+    """``path,label,predicted`` per image of an evaluation (``bundle.evaluate``); returns ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["path", "label", "predicted"])
+        writer.writeheader()
+        writer.writerows(result["predictions"])
+    return path
+
+
+def predictions_text(result: dict, fmt: str = "csv") -> str:
+    """A prediction (``bundle.predict``) as JSON, or as CSV: path, label (when known), predicted class and its score,
+    then class and score of the next ones, and the error of an image that could not be classified."""
+    if fmt == "json":
+        return json.dumps(result, indent=1) + "\n"
+    rows = result["rows"]
+    top = max([len(r["top"]) for r in rows if "top" in r] or [1])  # no more columns than classes
+    labeled = any("label" in r for r in rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    score = "p" if result["score"] == "probability" else "score"
+    writer.writerow(["path", *(["label"] if labeled else []), "predicted", score,
+                     *[f"{name}{i}" for i in range(2, top + 1) for name in ("class", score)], "error"])
+    for r in rows:
+        rest = [v for t in r.get("top", [])[1:] for v in (t["class"], f"{t['score']:.4f}")]
+        rest += [""] * (2 * (top - 1) - len(rest))
+        writer.writerow([r["path"], *([r.get("label", "")] if labeled else []), r.get("predicted", ""),
+                         f"{r['score']:.4f}" if "score" in r else "", *rest, r.get("error", "")])
+    return buffer.getvalue()
+
+
+def write_predictions(result: dict, path: str, fmt: str = "csv") -> str:
+    """``predictions_text`` as the whole of ``path``; returns ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(predictions_text(result, fmt))
+    return path
+
+
+def failures_text(result: dict, shown: int = 5) -> str | None:
+    """One line naming the images a prediction could not classify, or None when there are none."""
+    failed = [r for r in result["rows"] if "error" in r]
+    if not failed:
+        return None
+    return (f"{len(failed)} of {len(result['rows'])} images could not be classified: "
+            + "; ".join(f"{r['path']}: {r['error']}" for r in failed[:shown]))

@@ -1,0 +1,33 @@
+"""Whole files or none: every file featurebank writes for later reading (model files, checkpoints, ONNX files,
+reports, thumbnails, engine records) is written under a temporary name beside it and renamed over it in one
+step, so that a kill or a full disk leaves the old file or the new one, never half of one."""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, *, fsync: bool = False) -> Iterator[str]:
+    """A temporary path beside ``path`` (its folder made) for the caller to write; on a clean exit it replaces
+    ``path`` (``fsync``: its bytes on disk first), on an error or Ctrl-C it is removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f"{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """``data`` as the whole of ``path``, durably (fsync before the rename)."""
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)

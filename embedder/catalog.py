@@ -1,0 +1,44 @@
+"""What can be embedded with: the backbones and their feature sizes, and the layers of one backbone (``featurebank
+backbones`` and ``featurebank layers`` print these rows; ``--json`` prints them as they are)."""
+from __future__ import annotations
+
+from .backbones import (PENULTIMATE, default_preprocessing, feature_dim, layer_shapes, list_backbones, resolve_layers,
+                        skeleton, weights_enum)
+from .features import pooled_dim
+
+
+def backbone_rows() -> list[dict]:
+    """Every backbone: name, feature size, default weights, every weights name, resize and crop."""
+    rows = []
+    for name in list_backbones():
+        enum = weights_enum(name)
+        prep = default_preprocessing(name)
+        rows.append({"name": name, "features": feature_dim(name), "default_weights": f"{enum.__name__}.{enum.DEFAULT.name}",
+                     "weights": list(enum.__members__), "resize": prep.resize, "crop": prep.crop})
+    return rows
+
+
+def backbones_text(rows: list[dict]) -> list[str]:
+    lines = [f"{'backbone':24} {'features':>8}  {'input':>7}  weights (DEFAULT first)"]
+    for r in rows:
+        others = [w for w in r["weights"] if w != r["default_weights"].split(".")[1]]
+        lines.append(f"{r['name']:24} {r['features']:>8}  {r['resize']:>3}/{r['crop']:<3}  "
+                     f"{r['default_weights'].split('.')[1]} {' '.join(others)}")
+    return lines
+
+
+def layer_rows(backbone: str, size: int | None = None, pooling: str = "avg") -> list[dict]:
+    """The nodes ``--layer`` accepts, with output shapes and vector sizes; the penultimate one (the default) marked."""
+    model = skeleton(backbone)
+    penultimate = resolve_layers(model, [PENULTIMATE])[0]
+    return [{"node": n, "shape": list(s), "vector": pooled_dim(s, pooling) if len(s) in (1, 2, 3) else None,
+             "penultimate": n == penultimate}
+            for n, s in layer_shapes(backbone, size)]
+
+
+def layers_text(rows: list[dict]) -> list[str]:
+    lines = [f"  {'node':40} {'output shape':>18} {'vector':>7}"]
+    for r in rows:
+        lines.append(f"{'*' if r['penultimate'] else ' '} {r['node']:40} {'x'.join(map(str, r['shape'])):>18} "
+                     f"{r['vector'] if r['vector'] is not None else '-':>7}")
+    return lines

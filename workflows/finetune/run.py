@@ -1,0 +1,142 @@
+"""A whole fine-tuning run: embed and split the data, fit the probe, train the network (and, on request, the same
+one from scratch), then, only after training, score every model on the ``--test`` images, and write the report."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from classifiers.metrics import full_proba, scores
+from embedder.backbones import load_backbone, resolve_weights
+from embedder.batches import default_workers
+from embedder.features import autocast_for, resolve_device
+from embedder.versions import library_versions
+
+from .loop import TrainingConfig, evaluate_images, load_best, train_loop
+from .options import FinetuneOptions
+from .probe import linear_probe
+from .report import NOTES, comparison_row, trained_text, write_run_report, write_split
+from .split import Embedding, Part, check_test_apart, embed_test, prepare_data
+from .surgery import block_names, replace_head, unfrozen_blocks
+
+
+@dataclass
+class FinetuneResult:
+    out: str
+    classes: list[str]
+    blocks: list[str]  # unfrozen blocks
+    trainable_parameters: int
+    best_epoch: int  # chosen on the validation images
+    history: list[dict]
+    comparison: list[dict]  # linear probe, fine-tuned, from scratch: val_* and test_* metrics of each
+    reported_on: str  # "test" (nothing was selected on those numbers) or "validation" (selection included)
+    note: str  # what the comparison's numbers are, in words
+    checkpoint: str  # best.pth: --weights for extract, predict --head
+    skipped: list[dict]
+    test: str | None = None  # the --test input
+    test_images: int = 0
+    test_dropped: list[str] = field(default_factory=list)  # --test files left out as byte copies of train/val images
+    files: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    scratch_history: list[dict] = field(default_factory=list)  # with --from-scratch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _probe_scores(probe, part: Part, k: int) -> dict:
+    proba = full_proba(probe.predict_proba(part.X), probe.classes_, k)
+    return scores(part.y, probe.predict(part.X), proba, k)
+
+
+def finetune(train, out: str = "runs/finetune", options: FinetuneOptions | None = None, *, progress: bool = False,
+             on_epoch_end=None, **keywords) -> FinetuneResult:
+    """Fine-tune a backbone on the labelled images of ``train`` and write the run into ``out``: ``options``, or the
+    same as keywords (``epochs=5, backbone="resnet18"``: ``FinetuneOptions.of``). The epoch is chosen on ``val`` (or
+    a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only after training, and the
+    comparison is reported on them (``drop_test_copies``: without the test files whose bytes equal a training or
+    validation image; else such a file is refused before training)."""
+    o = options if options is not None and not keywords else FinetuneOptions.of(**{**_flat(options), **keywords})
+    t = o.training  # checked when built, before anything is embedded
+    dev = resolve_device(o.device)
+    autocast_for(dev, t.precision)
+    spec = resolve_weights(o.backbone, o.weights, t.seed)
+    embedding = Embedding(dict(backbone=o.backbone, weights=spec.path if spec.kind == "file" else o.weights,
+                               seed=t.seed, resize=o.resize, crop=o.crop, draft=o.draft, layers=["penultimate"],
+                               device=o.device, batch_size=t.batch_size, workers=t.workers, max_pixels=o.max_pixels,
+                               cache_dir=o.cache_dir, progress=progress))
+    data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
+    dropped = check_test_apart(o.test, data, o.drop_test_copies) if o.test is not None else []
+    k = len(data.classes)
+    config = TrainingConfig(backbone=o.backbone, weights=spec.identity, options=t, classes=tuple(data.classes),
+                            train_images=len(data.train), val_images=len(data.val), validation=data.how)
+    os.makedirs(out, exist_ok=True)
+    write_split({"train": data.train, "val": data.val}, data.classes, os.path.join(out, "split.csv"))
+
+    started = time.perf_counter()
+    probe, head_init = linear_probe(data.train.X, data.train.y, k, t.seed)
+    probe_seconds = time.perf_counter() - started + data.embed_seconds  # embedding included when done now
+
+    loaded = load_backbone(o.backbone, spec, resize=o.resize, crop=o.crop, draft=o.draft)
+    prep, model = loaded.preprocessing, loaded.model
+    blocks = unfrozen_blocks(model, t.unfreeze)
+    replace_head(model, k, head_init if t.probe_init else None)
+    run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
+    state = train_loop(model, blocks, data.train, data.val, data.classes, prep, out, config,
+                       on_epoch_end=on_epoch_end, **run)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained = {"fine-tuned": (model, out, state)}
+    if o.from_scratch:
+        scratch = load_backbone(o.backbone, "none", t.seed, resize=o.resize, crop=o.crop, draft=o.draft).model
+        replace_head(scratch, k)
+        scratch_config = replace(config, weights=f"none:seed={t.seed}", options=replace(
+            t, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False))
+        scratch_out = os.path.join(out, "scratch")
+        scratch_state = train_loop(scratch, block_names(scratch), data.train, data.val, data.classes, prep, scratch_out,
+                                   scratch_config, **run)
+        trained["from scratch"] = (scratch, scratch_out, scratch_state)
+
+    # Training is over: only now are the test images embedded and scored, by the probe and the chosen epochs.
+    tests, test_rows, failed_now = {}, 0, dict(state.failed)
+    if o.test is not None:
+        test_data = embed_test(o.test, data.classes, embedding, data)
+        test_rows = len(test_data)
+        write_split({"train": data.train, "val": data.val, "test": test_data}, data.classes,
+                    os.path.join(out, "split.csv"))
+        tests["probe"] = _probe_scores(probe, test_data, k)
+        eval_workers = default_workers(dev.type) if t.workers is None else t.workers
+        for name, (net, folder, _) in trained.items():
+            tests[name], failed = evaluate_images(load_best(net, folder), test_data, prep, dev, t.precision,
+                                                  t.batch_size, eval_workers, o.max_pixels, role="test")
+            failed_now.update(dict(failed))
+    known = {s["path"] for s in embedding.skipped}
+    skipped = embedding.skipped + [{"path": p, "reason": r, "part": "failed when read again"} for p, r in failed_now.items()
+                                   if p not in known]
+    comparison = [comparison_row("frozen linear probe", "logistic regression on the cached features (the zoo's logreg)",
+                                 _probe_scores(probe, data.val, k), tests.get("probe"), probe_seconds)]
+    comparison.append(comparison_row(f"fine-tuned (last {len(blocks)} block(s) + head)" if t.unfreeze != "all"
+                                     else "fine-tuned (all layers)", trained_text(state), state.best,
+                                     tests.get("fine-tuned"), state.seconds))
+    if o.from_scratch:
+        comparison.append(comparison_row("from scratch (same architecture, random init)", trained_text(scratch_state),
+                                         scratch_state.best, tests.get("from scratch"), scratch_state.seconds))
+    on = "test" if o.test is not None else "validation"
+    note = NOTES[on] + (f" {len(dropped)} test image(s) whose bytes equal a training or validation image were left "
+                        f"out (--drop-test-copies): {', '.join(dropped)}." if dropped else "")
+    result = FinetuneResult(os.path.abspath(out), data.classes, blocks, trainable, state.best_epoch,
+                            state.history, comparison, on, note,
+                            os.path.abspath(os.path.join(out, "best.pth")), skipped,
+                            test=os.path.abspath(o.test) if o.test is not None else None, test_images=test_rows,
+                            test_dropped=dropped,
+                            config=config.to_dict(),
+                            scratch_history=scratch_state.history if o.from_scratch else [])
+    result.files = write_run_report(result, prep, library_versions())
+    return result
+
+
+def _flat(options: FinetuneOptions | None) -> dict:
+    """``options`` as the flat keywords ``FinetuneOptions.of`` takes (none: the defaults)."""
+    if options is None:
+        return {}
+    flat = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "training"}
+    return {**flat, **{f.name: getattr(options.training, f.name) for f in fields(options.training)}}
