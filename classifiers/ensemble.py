@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from embedder.errors import FeaturebankError
 
-from .folds import inner_fold_count, inner_splits, inner_splitter
+from .folds import fit_grouped, inner_fold_count, inner_splits, inner_splitter
 from .metrics import full_proba
 from .registry import describe, get_spec, make_classifier
 
@@ -70,7 +70,7 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
     def _fit_members(self, X, y, groups) -> list:
         """Every member fit on these rows; calibrations on inner folds of these rows (by group when given)."""
         cv = inner_splits(X, y, groups, inner_fold_count(y, self.inner_folds, groups), self.random_state)
-        return [pipe.fit(X, y) for _, pipe in self.member_pipelines(cv)]
+        return [fit_grouped(pipe, X, y, groups) for _, pipe in self.member_pipelines(cv)]
 
     def _probabilities(self, members, X) -> list[np.ndarray]:
         """Each member's probabilities over all of the ensemble's classes (a member may have missed one)."""

@@ -41,7 +41,7 @@ from embedder.store import EngineStore, engine_dir_for
 INPUT, SCORES, LABEL = "images", "scores", "label"
 ML_OPSET = 3
 # what exports, by scikit-learn class: folded into one affine map, or converted by skl2onnx (and checked)
-FOLDED = ("LogisticRegression", "RidgeClassifier", "LinearSVC", "LinearDiscriminantAnalysis")
+FOLDED = ("LogisticRegression", "TunedLogisticRegression", "RidgeClassifier", "LinearSVC", "LinearDiscriminantAnalysis")
 CONVERTED = ("SVC", "RandomForestClassifier", "KNeighborsClassifier")
 
 

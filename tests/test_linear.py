@@ -1,0 +1,101 @@
+"""The tuned linear probe: C chosen on inner folds along a warm-started path, refit on every row."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+import classifiers.linear as linear
+from classifiers.linear import TunedLogisticRegression
+from classifiers.zoo import make_classifier
+
+
+def blobs(n_per_class=40, dims=20, classes=3, spread=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (classes, dims)) * 2
+    X = np.vstack([centers[c] + rng.normal(0, spread, (n_per_class, dims)) for c in range(classes)])
+    y = np.repeat(np.arange(classes), n_per_class)
+    return X.astype(np.float32), y
+
+
+def test_the_warm_started_path_scores_what_cold_fits_score():
+    X, y = blobs(spread=2.0)
+    model = TunedLogisticRegression(Cs=(0.001, 0.01, 0.1, 1.0), inner_tol=1e-6).fit(X, y)  # tight: same optimum
+    splits = linear.inner_splits(X, y, None, 3, 0)
+    for f, (train, test) in enumerate(splits):
+        for j, C in enumerate((0.001, 0.01, 0.1, 1.0)):
+            cold = LogisticRegression(C=C, max_iter=5000, tol=1e-6).fit(X[train], y[train])
+            loss = -np.mean(np.log(cold.predict_proba(X[test])[np.arange(len(test)), y[test]]))
+            if np.isnan(model.cv_scores_[f, j]):  # past the best: never run
+                continue
+            assert model.cv_scores_[f, j] == pytest.approx(loss, rel=1e-3, abs=1e-4)
+    best = (0.001, 0.01, 0.1, 1.0)[int(np.nanargmin(model.cv_scores_.mean(axis=0)))]
+    assert model.C_ == best  # a sweep that stopped early left NaN for the values it never ran
+    refit = LogisticRegression(C=best, max_iter=2000).fit(X, y)
+    np.testing.assert_allclose(model.coef_, refit.coef_, atol=1e-4)
+    np.testing.assert_array_equal(model.predict(X), refit.predict(X))
+
+
+def test_noise_asks_for_strong_regularization_and_clean_data_for_weak():
+    noisy_X, noisy_y = blobs(n_per_class=15, dims=200, spread=20.0, seed=1)  # few rows, many noisy dimensions
+    clean_X, clean_y = blobs(n_per_class=60, dims=5, spread=0.6, seed=2)     # well separated
+    noisy = TunedLogisticRegression().fit(noisy_X, noisy_y)
+    clean = TunedLogisticRegression().fit(clean_X, clean_y)
+    assert noisy.C_ <= 1e-3 < 1.0 <= clean.C_
+
+
+def test_the_sweep_stops_past_the_best_and_chooses_what_the_full_sweep_chooses(monkeypatch):
+    X, y = blobs(n_per_class=15, dims=200, spread=20.0, seed=1)  # the loss rises from the first C on
+    early = TunedLogisticRegression().fit(X, y)
+    ran = ~np.isnan(early.cv_scores_).any(axis=0)
+    assert ran.tolist() == [True] * (1 + linear.PATIENCE) + [False] * (len(linear.DEFAULT_CS) - 1 - linear.PATIENCE)
+    monkeypatch.setattr(linear, "PATIENCE", len(linear.DEFAULT_CS))
+    full = TunedLogisticRegression().fit(X, y)
+    assert not np.isnan(full.cv_scores_).any()
+    assert full.C_ == early.C_ == linear.DEFAULT_CS[int(np.argmin(full.cv_scores_.mean(axis=0)))]
+    np.testing.assert_allclose(full.cv_scores_[:, ran], early.cv_scores_[:, ran])
+
+
+def test_an_explicit_C_fixes_it_without_a_sweep():
+    X, y = blobs()
+    model = TunedLogisticRegression(C=0.3).fit(X, y)
+    assert model.C_ == 0.3 and model.cv_scores_ is None
+    np.testing.assert_allclose(model.coef_, LogisticRegression(C=0.3, max_iter=2000).fit(X, y).coef_, atol=1e-6)
+    pipe = make_classifier("logreg:C=0.3").fit(X, y)
+    assert pipe.named_steps["clf"].C_ == 0.3
+
+
+def test_inner_folds_keep_each_group_on_one_side(monkeypatch):
+    X, y = blobs(n_per_class=30)
+    groups = np.arange(len(y)) // 3  # triples of near-copies
+    seen = []
+
+    def recording(X, y, groups, folds, seed):
+        splits = linear_inner_splits(X, y, groups, folds, seed)
+        seen.append((groups, splits))
+        return splits
+
+    linear_inner_splits = linear.inner_splits
+    monkeypatch.setattr(linear, "inner_splits", recording)
+    make_classifier("logreg").fit(X, y, clf__groups=groups)
+    (used, splits), = seen
+    np.testing.assert_array_equal(used, groups)
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])
+
+
+def test_the_zoo_probe_is_tuned_and_folds_into_one_linear_layer():
+    from workflows.finetune.probe import fold_linear
+
+    X, y = blobs(classes=4)
+    pipe = make_classifier("logreg").fit(X, y)
+    clf = pipe.named_steps["clf"]
+    assert isinstance(clf, TunedLogisticRegression) and clf.C_ in linear.DEFAULT_CS
+    W, b = fold_linear(pipe)
+    np.testing.assert_allclose(X @ W.T + b, pipe.decision_function(X), rtol=1e-4, atol=1e-4)
+
+
+def test_a_bad_scoring_is_refused():
+    X, y = blobs()
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        TunedLogisticRegression(scoring="auc").fit(X, y)
