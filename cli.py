@@ -258,6 +258,10 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
             click.echo(f"  skipped {f['path']}: {f['reason']}")
         if len(s["failed"]) > 20:
             click.echo(f"  ... and {len(s['failed']) - 20} more (featurebank info --json)")
+        if s["warnings"]:  # Pillow's warnings (corrupt EXIF data): folded here, not on stderr
+            w = s["warnings"][0]
+            click.echo(f"  Pillow warned about {len(s['warnings'])} image(s), e.g. {w['path']}: {w['warning']}"
+                       f"{' (--json lists all)' if len(s['warnings']) > 1 else ''}")
 
     emit(summary.to_dict(), as_json, human)
 

@@ -8,11 +8,13 @@ a manifest that does not exist) become items with an ``error`` so that they are 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 
+from .decode import file_kind
 from .errors import FeaturebankError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -20,6 +22,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 LAYOUTS = ("auto", "classes", "flat")
+LOOP = "symbolic link loop (too many levels of symbolic links)"
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,41 @@ def _stat_item(full: str, path: str, label: str = "", group: str = "") -> Item:
     except FileNotFoundError:
         return Item(path, label, group, error="file not found")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Item(path, label, group, error=LOOP)
         return Item(path, label, group, error=f"cannot read: {exc.strerror or exc}")
+    except ValueError as exc:  # a NUL byte in the path
+        return Item(path, label, group, error=f"not a valid path ({exc})")
     if stat.S_ISDIR(st.st_mode):
         return Item(path, label, group, st.st_size, st.st_mtime_ns, error="is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the reader, /dev/zero would never end
+        return Item(path, label, group, st.st_size, st.st_mtime_ns,
+                    error=f"not a regular file ({file_kind(st.st_mode)}): only regular files are read")
     return Item(path, label, group, st.st_size, st.st_mtime_ns)
 
 
-def _walk_images(top: str, root: str, label: str, listing: Listing) -> None:
-    """Add the images below ``top`` (recursively, sorted) to ``listing`` with ``label``."""
+def _is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()``, False for a link that loops or points nowhere (``is_dir`` raises on a loop)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk_images(top: str, root: str, label: str, listing: Listing, fence: str | None = None,
+                 seen: set | None = None) -> None:
+    """Add the images below ``top`` (recursively, sorted) to ``listing`` with ``label``.
+
+    Symbolic links: a file link is read as the file it points to; a folder link is walked only when its target
+    lies inside ``fence`` (the class folder, or the root of a flat folder) and was not walked already, else it
+    is reported with its reason (a folder link out of the class would put another class's images under this
+    label); a link that loops is reported. Nothing is ever walked twice, so nothing loops."""
+    fence = fence or os.path.realpath(top)
+    seen = seen if seen is not None else {os.path.realpath(top)}
     try:
         entries = sorted(os.scandir(top), key=lambda e: e.name)
     except OSError as exc:
@@ -82,12 +112,32 @@ def _walk_images(top: str, root: str, label: str, listing: Listing) -> None:
             listing.ignored += 1
             continue
         rel = entry.name if base == "." else f"{base}/{entry.name}"
-        if is_image_name(entry.name):
+        link = entry.is_symlink()
+        if link and not os.path.exists(entry.path) and _loops(entry.path):
+            listing.items.append(Item(rel, label, error=LOOP))
+        elif is_image_name(entry.name):
             listing.items.append(_stat_item(entry.path, rel, label))
-        elif entry.is_dir():
-            _walk_images(entry.path, root, label, listing)
+        elif _is_dir(entry):
+            target = os.path.realpath(entry.path)
+            if link and not _inside(target, fence):
+                listing.items.append(Item(rel, label, error=f"folder link that leaves its {'class ' if label else ''}"
+                                                          f"folder (to {target}): not followed"))
+            elif target in seen:
+                listing.items.append(Item(rel, label, error=f"folder link to a folder listed already ({target}): "
+                                                          f"not followed"))
+            else:
+                seen.add(target)
+                _walk_images(entry.path, root, label, listing, fence, seen)
         else:
             listing.ignored += 1
+
+
+def _loops(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _has_images_below(folder: str) -> bool:
@@ -105,7 +155,7 @@ def list_folder(folder: str, layout: str = "auto") -> Listing:
         raise FeaturebankError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     subdirs = sorted(
         e.name for e in os.scandir(root)
-        if e.is_dir() and not is_hidden_or_system(e.name) and not is_image_name(e.name)
+        if _is_dir(e) and not is_hidden_or_system(e.name) and not is_image_name(e.name)
     )
     if layout == "auto":
         layout = "classes" if any(_has_images_below(os.path.join(root, d)) for d in subdirs) else "flat"
@@ -116,8 +166,10 @@ def list_folder(folder: str, layout: str = "auto") -> Listing:
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if is_hidden_or_system(entry.name):
             listing.ignored += 1
-        elif entry.name in subdirs:
+        elif entry.name in subdirs:  # the class folder itself may be a link: its images are this class's
             _walk_images(entry.path, root, entry.name, listing)
+        elif entry.is_symlink() and _loops(entry.path):
+            listing.items.append(Item(entry.name, error=LOOP))
         elif is_image_name(entry.name):  # a loose file, or a directory named like an image
             item = _stat_item(entry.path, entry.name)
             listing.items.append(item if item.error else Item(
