@@ -1,0 +1,191 @@
+"""Bad input of every kind an adversarial pass tried (issue 18): a reason, never a hang, a traceback, a crash or a
+file read whole; nothing already done is lost."""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import threading
+
+import pytest
+from PIL import Image
+
+import embedder
+from embedder import decode
+from embedder.cache import CacheReader
+from embedder.decode import NotReadable, decode_bytes, decode_file, file_digest, max_file_bytes
+from embedder.sources import list_images
+
+from conftest import FAST, photo, write_tree
+
+TORCH = dict(FAST, engine="torch")  # no ONNX export, no engine timing: the fastest honest extract
+
+
+def finishes(fn, seconds=20.0):
+    """``fn()``'s result, failing the test (instead of hanging it) when it does not return in time."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # raised again in the test's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn} did not return within {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def corrupt_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF block says 5 tags and holds one: Pillow warns "Corrupt EXIF data"; the pixels are fine."""
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 5) + struct.pack("<HHII", 0x0112, 3, 1, 6)
+    out = io.BytesIO()
+    photo(5, (64, 64)).save(out, "JPEG", exif=b"Exif\x00\x00" + tiff)
+    return out.getvalue()
+
+
+# -- only regular files are read, and reads are bounded ------------------------------------------------------
+def test_a_fifo_named_like_an_image_is_a_bad_file_and_nothing_waits_for_it(tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    assert finishes(lambda: decode_file(str(fifo))).reason == "not a regular file (a FIFO): only regular files are read"
+    with pytest.raises(NotReadable, match="a FIFO"):
+        finishes(lambda: file_digest(str(fifo)))
+    item = finishes(lambda: list_images(str(tmp_path), "flat")).items[0]
+    assert item.path == "x.jpg" and item.error.startswith("not a regular file (a FIFO)")
+
+
+def test_a_link_to_dev_zero_is_refused_without_reading_it(tmp_path, monkeypatch):
+    link = tmp_path / "zero.jpg"
+    os.symlink("/dev/zero", link)
+    read = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: read.append(n) or real_read(fd, n))
+    assert decode_file(str(link)).reason == "not a regular file (a character device): only regular files are read"
+    with pytest.raises(NotReadable):
+        file_digest(str(link))
+    assert read == []  # not one byte
+    listing = embedder.sources.list_inputs([str(link)])
+    assert listing.items[0].error.startswith("not a regular file (a character device)")
+
+
+def test_a_file_larger_than_any_image_within_the_limit_is_refused_unread(tmp_path, monkeypatch):
+    sparse = tmp_path / "huge.jpg"
+    with open(sparse, "wb") as fh:
+        fh.truncate(3 << 30)  # 3 GB of holes: nothing on disk
+    read = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: read.append(n) or real_read(fd, n))
+    decoded = decode_file(str(sparse))
+    assert decoded.image is None and decoded.reason.startswith("too large for an image: 3,221,225,472 bytes")
+    assert "--max-pixels" in decoded.reason and read == []
+    with pytest.raises(NotReadable, match="too large"):
+        file_digest(str(sparse), max_file_bytes())
+    # the bound follows the pixel limit: a small limit, a small file refused
+    small = tmp_path / "small.png"
+    small.write_bytes(b"\x89PNG" + bytes(max_file_bytes(10) + 1 - 4))
+    assert decode_file(str(small), max_pixels=10).reason.startswith("too large for an image")
+    assert read == []
+
+
+def test_a_file_that_grows_past_the_bound_while_read_stops_at_the_bound(tmp_path, monkeypatch):
+    path = tmp_path / "growing.png"
+    path.write_bytes(b"x" * 100)
+    monkeypatch.setattr(decode, "METADATA_BYTES", 1000)
+    monkeypatch.setattr(decode, "READ_BLOCK", 4096)
+    with open(path, "ab") as fh:  # stat said 100 bytes; the reader then meets a file 100 kB long
+        fh.write(b"y" * 100_000)
+    monkeypatch.setattr(os, "fstat", lambda fd, real=os.fstat: os.stat_result((*real(fd)[:6], 100, *real(fd)[7:])))
+    with pytest.raises(NotReadable, match="too large"):
+        decode.read_file(str(path), max_file_bytes(1))  # 1016 bytes allowed: stops after its first 4 kB block
+
+
+# -- symbolic links in the input tree ------------------------------------------------------------------------
+def test_symlink_loops_are_reported_and_folder_links_never_leave_their_class_or_loop(tmp_path):
+    root = tmp_path / "data"
+    write_tree(root, classes=("ants", "bees"), per_class=2)
+    ants = root / "ants"
+    os.symlink("loop.jpg", ants / "loop.jpg")  # a file link to itself
+    os.symlink("d1", ants / "d1")  # a folder-looking link to itself
+    os.symlink("../bees", ants / "bees_link")  # another class's images under this label: not followed
+    os.symlink("..", ants / "up")  # the whole tree: not followed
+    os.symlink(".", ants / "here")  # itself: listed already
+    (ants / "sub").mkdir()
+    photo(7).save(ants / "sub" / "deep.jpg")
+    os.symlink("sub", ants / "sub_link")  # inside the class, but listed already: not twice
+    os.symlink(str(ants / "img00.jpg"), root / "bees" / "an_ant.jpg")  # file links are followed
+    os.symlink("ants", root / "loop_class")  # a top-level link to a class: a class folder, not a loop
+    listing = finishes(lambda: list_images(str(root)))
+    got = {i.path: (i.label, i.error) for i in listing.items}
+    errors = {p: e for p, (_, e) in got.items() if e}
+    assert errors["ants/loop.jpg"] == errors["ants/d1"] == "symbolic link loop (too many levels of symbolic links)"
+    assert errors["ants/bees_link"].startswith("folder link that leaves its class folder (to ")
+    assert errors["ants/up"].startswith("folder link that leaves its class folder")
+    assert errors["ants/here"].startswith("folder link to a folder listed already")
+    assert errors["ants/sub_link"].startswith("folder link to a folder listed already")
+    assert got["ants/sub/deep.jpg"] == ("ants", None) and got["bees/an_ant.jpg"] == ("bees", None)
+    assert not any(p.startswith("ants/bees_link/") or p.startswith("ants/up/") for p in got)
+    assert got["loop_class/img00.jpg"] == ("loop_class", None)  # a linked class folder is a class
+
+
+def test_symlink_loops_given_to_predict_style_inputs_are_items_with_a_reason(tmp_path):
+    os.symlink("a.jpg", tmp_path / "a.jpg")
+    photo(1).save(tmp_path / "b.jpg")
+    listing = embedder.sources.list_inputs([str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")])
+    assert [(os.path.basename(i.path), i.error) for i in listing.items] == [
+        ("a.jpg", "symbolic link loop (too many levels of symbolic links)"), ("b.jpg", None)]
+
+
+# -- Pillow's limit follows --max-pixels -------------------------------------------------------------------
+def test_max_pixels_above_pillows_own_limit_is_obeyed(monkeypatch):
+    image = Image.new("RGB", (50, 40))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # stands for Pillow's default: 2,000 pixels is 100 times it
+    assert decode_bytes(out.getvalue(), max_pixels=2000).image.size == (50, 40)
+    assert Image.MAX_IMAGE_PIXELS == 2000
+    assert decode_bytes(out.getvalue(), max_pixels=1999).reason.startswith("decompression bomb: 50x40 pixels")
+
+
+def test_pillow_warnings_become_notes_not_stderr(capfd):
+    decoded = decode_bytes(corrupt_exif_jpeg())
+    assert decoded.image is not None and decoded.image.size == (64, 64)
+    assert decoded.notes == ("Corrupt EXIF data. Expecting to read 12 bytes but only got 0.",)
+    again = decode_bytes(corrupt_exif_jpeg())  # every time, not once per line of Pillow's code
+    assert again.notes == decoded.notes
+    assert "EXIF" not in capfd.readouterr().err
+
+
+# -- one extract over all of it ------------------------------------------------------------------------------
+def test_extract_skips_each_bad_input_with_its_reason_and_a_raised_limit_retries_big_images(tmp_path, capfd):
+    root = tmp_path / "data"
+    good = write_tree(root, classes=("ants", "bees"), per_class=2)
+    ants = root / "ants"
+    os.mkfifo(ants / "x.jpg")
+    os.symlink("/dev/zero", ants / "zero.jpg")
+    os.symlink("loop.jpg", ants / "loop.jpg")
+    os.symlink("../bees", ants / "bees_link")
+    (ants / "exif.jpg").write_bytes(corrupt_exif_jpeg())
+    Image.new("RGB", (200, 150)).save(root / "bees" / "big.png")  # 30,000 pixels
+    cache = str(tmp_path / "c.h5")
+    first = finishes(lambda: embedder.extract(str(root), cache, max_pixels=20_000, **TORCH), 120)
+    reasons = {f["path"]: f["reason"] for f in first.failed}
+    assert first.rows == len(good) + 1 and first.embedded == len(good) + 1  # + exif.jpg
+    assert reasons["ants/x.jpg"].startswith("not a regular file (a FIFO)")
+    assert reasons["ants/zero.jpg"].startswith("not a regular file (a character device)")
+    assert reasons["ants/loop.jpg"] == "symbolic link loop (too many levels of symbolic links)"
+    assert reasons["ants/bees_link"].startswith("folder link that leaves its class folder")
+    assert reasons["bees/big.png"].startswith("decompression bomb: 200x150 pixels is over the limit of 20,000")
+    assert first.warnings == [{"path": "ants/exif.jpg",
+                               "warning": "Corrupt EXIF data. Expecting to read 12 bytes but only got 0."}]
+    assert "EXIF" not in capfd.readouterr().err
+    # the same limit: nothing is tried again; the limit the reason advises: the big image is embedded
+    assert finishes(lambda: embedder.extract(str(root), cache, max_pixels=20_000, **TORCH), 60).embedded == 0
+    raised = finishes(lambda: embedder.extract(str(root), cache, max_pixels=30_000, **TORCH), 60)
+    assert raised.embedded == 1 and raised.rows == len(good) + 2
+    assert "bees/big.png" in set(CacheReader(cache).paths)
+    assert "bees/big.png" not in {f["path"] for f in raised.failed} and len(raised.failed) == 4
