@@ -209,11 +209,13 @@ def layers(backbone, size, pooling, as_json):
 @click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True,
               help="Larger images are skipped as decompression bombs.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file could not be embedded (good rows are kept).")
+@click.option("--confine", is_flag=True, help="A manifest's (or list's) paths must stay inside its folder: refuse "
+                                              "../, absolute paths and links out of it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_draft, precision, engine, tta,
             calibration_images, calibration, calibration_from, device, batch_size, workers, seed, layout, max_pixels, strict, quiet,
-            as_json):
+            as_json, confine):
     """Embed every image of INPUT into an HDF5 cache, once.
 
     INPUT is a class-per-folder tree (labels from folder names), a flat folder (unlabeled), a CSV manifest
@@ -241,7 +243,7 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
                           resize=resize, crop=crop, draft=not no_draft, precision=precision, device=device,
                           batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
                           max_pixels=max_pixels, engine=engine, int8=int8, engine_dir=engine_dir,
-                          progress=not quiet and sys.stderr.isatty(), tta=tta)
+                          progress=not quiet and sys.stderr.isatty(), tta=tta, confine=confine)
     if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
 

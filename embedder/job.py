@@ -126,6 +126,7 @@ class ExtractJob:
     execution: Execution = field(default_factory=Execution)
     layout: str = "auto"  # a folder: classes, flat, or auto
     strict: bool = False  # any file without a row is an error (after its good rows are saved)
+    confine: bool = False  # a manifest's paths must stay inside its folder
     cache_dir: str | None = None
     engine_dir: str | None = None  # None: the engine folder next to the cache
 
@@ -142,7 +143,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
             workers: int | None = None, seed: int = 0, layout: str = "auto", strict: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None, engine: str = "auto",
             int8: Int8 | None = None, engine_dir: str | None = None, threads: int | None = None,
-            progress: bool = False, tta: str = "none") -> ExtractSummary:
+            progress: bool = False, tta: str = "none", confine: bool = False) -> ExtractSummary:
     """Embed every image of ``source`` (a folder, manifest, list file, or a :class:`Listing`) into the HDF5 cache
     ``cache`` (default: under ``cache/``).
 
@@ -155,6 +156,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     started = time.perf_counter()
     job = ExtractJob(
         source=source, cache=cache, tta=tta, layout=layout, strict=strict, cache_dir=cache_dir, engine_dir=engine_dir,
+        confine=confine,
         request=Request(backbone=backbone, weights=weights, seed=seed, layers=layers or None, pooling=pooling,
                         resize=resize, crop=crop, draft=draft, precision=precision,
                         int8=int8 if precision == "int8" else None),
@@ -175,7 +177,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
             dev = rank.device(resolve_device_name(asked.device))
         if request.precision == "fp16" and dev == "cpu":
             raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
-        listing = job.source if isinstance(job.source, Listing) else list_images(job.source, job.layout)
+        listing = job.source if isinstance(job.source, Listing) else list_images(job.source, job.layout, job.confine)
     # this rank's device; only rank 0 shows progress
     execution = replace(asked, device=dev, progress=asked.progress and rank.leader)
     store = EngineStore(job.engine_dir or engine_dir_for(job.cache, job.cache_dir))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import io
 import os
 import stat
 from dataclasses import dataclass, field
@@ -180,13 +181,22 @@ def list_folder(folder: str, layout: str = "auto") -> Listing:
     return listing
 
 
-def list_manifest(csv_path: str) -> Listing:
-    """A CSV with a header naming ``path`` and optionally ``label`` and ``group``; paths relative to the CSV."""
+def _confined(full: str, root: str, where: str, path: str) -> None:
+    """``confine``: refuse a path that leaves the list's folder, by ``..``, an absolute path or a symbolic link."""
+    real, top = os.path.realpath(full), os.path.realpath(root)
+    if not _inside(real, top) or not _inside(os.path.normpath(full), root):
+        raise FeaturebankError(f"{where}: {path} is outside the folder of the list ({root}), which --confine "
+                               f"refuses")
+
+
+def list_manifest(csv_path: str, confine: bool = False) -> Listing:
+    """A CSV with a header naming ``path`` and optionally ``label`` and ``group``; paths relative to the CSV.
+    ``confine``: a path outside the CSV's folder is refused (by default any path is read, as a shell would)."""
     csv_path = os.path.abspath(csv_path)
     root = os.path.dirname(csv_path)
     listing = Listing(root=root, kind="csv", source=f"csv:{csv_path}")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+    reader = csv.DictReader(io.StringIO(read_text(csv_path), newline=""))
+    try:
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if "path" not in fields:
             raise FeaturebankError(f"{csv_path}: the first line must name the columns, with at least 'path' "
@@ -198,21 +208,51 @@ def list_manifest(csv_path: str) -> Listing:
             if not path:
                 continue
             full = os.path.normpath(os.path.join(root, path))
+            if confine:
+                _confined(full, root, f"{csv_path} line {reader.line_num}", path)
             rel = os.path.relpath(full, root).replace(os.sep, "/") if not os.path.isabs(path) else full
             if rel in seen:
                 raise FeaturebankError(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
             seen[rel] = line
             listing.items.append(_stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip()))
+    except csv.Error as exc:
+        raise FeaturebankError(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
     return listing
 
 
-def list_paths(paths, root: str | None = None, source: str = "list") -> Listing:
-    """Unlabeled images given one by one (the command line, a text file with one path a line)."""
+def read_text(path: str) -> str:
+    """A manifest or list file as text: UTF-8 (with or without a BOM) and no NUL byte, else one line that names
+    the line; only a regular file (a FIFO named x.csv would wait forever)."""
+    from .decode import NotReadable, read_file
+
+    try:
+        data = read_file(path)
+    except NotReadable as exc:
+        raise FeaturebankError(f"{path}: {exc.reason}") from None
+    except OSError as exc:
+        raise FeaturebankError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise FeaturebankError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as "
+                               f"UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    if "\0" in text:
+        line = text[:text.index("\0")].count("\n") + 1
+        raise FeaturebankError(f"{path} line {line}: a NUL byte, which no file name can hold; is it a text file?")
+    return text
+
+
+def list_paths(paths, root: str | None = None, source: str = "list", confine: bool = False) -> Listing:
+    """Unlabeled images given one by one (the command line, a text file with one path a line). ``confine``: a
+    path outside ``root`` is refused."""
     root = os.path.abspath(root or os.getcwd())
     listing = Listing(root=root, kind="list", source=source)
     seen = set()
-    for path in paths:
+    for n, path in enumerate(paths, start=1):
         full = os.path.normpath(os.path.join(root, os.fspath(path)))
+        if confine:
+            _confined(full, root, f"{source.split(':', 1)[-1]} path {n}", os.fspath(path))
         rel = os.path.relpath(full, root).replace(os.sep, "/")
         if rel.startswith("../"):
             rel = full
@@ -223,20 +263,20 @@ def list_paths(paths, root: str | None = None, source: str = "list") -> Listing:
     return listing
 
 
-def list_images(source: str, layout: str = "auto") -> Listing:
-    """Whatever ``source`` is (folder, ``.csv`` manifest, ``.txt`` list of paths), list its images."""
+def list_images(source: str, layout: str = "auto", confine: bool = False) -> Listing:
+    """Whatever ``source`` is (folder, ``.csv`` manifest, ``.txt`` list of paths), list its images. ``confine``:
+    a manifest's or list's paths must stay inside its folder."""
     source = os.fspath(source)
     if os.path.isdir(source):
         listing = list_folder(source, layout)
     elif not os.path.exists(source):
         raise FeaturebankError(f"input not found: {source}")
     elif source.lower().endswith(".csv"):
-        listing = list_manifest(source)
+        listing = list_manifest(source, confine)
     elif source.lower().endswith((".txt", ".lst")):
         list_file = os.path.abspath(source)
-        with open(list_file, encoding="utf-8") as fh:
-            lines = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-        listing = list_paths(lines, root=os.path.dirname(list_file), source=f"list:{list_file}")
+        lines = [ln.strip() for ln in read_text(list_file).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        listing = list_paths(lines, root=os.path.dirname(list_file), source=f"list:{list_file}", confine=confine)
     else:
         raise FeaturebankError(f"{source}: give a folder, a .csv manifest (path,label[,group]) or a .txt list of paths")
     if not listing.items:

@@ -13,6 +13,7 @@ from PIL import Image
 import embedder
 from embedder import decode
 from embedder.cache import CacheReader
+from embedder.errors import FeaturebankError
 from embedder.decode import NotReadable, decode_bytes, decode_file, file_digest, max_file_bytes
 from embedder.sources import list_images
 
@@ -189,3 +190,44 @@ def test_extract_skips_each_bad_input_with_its_reason_and_a_raised_limit_retries
     assert raised.embedded == 1 and raised.rows == len(good) + 2
     assert "bees/big.png" in set(CacheReader(cache).paths)
     assert "bees/big.png" not in {f["path"] for f in raised.failed} and len(raised.failed) == 4
+
+
+# -- manifests ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, data, message", [
+    ("latin1.csv", "path,label\nok.jpg,a\ncaf\xe9.jpg,a\n".encode("latin-1"),
+     "latin1.csv line 3: not UTF-8 text (byte 0xe9); save it as UTF-8"),
+    ("nul.csv", b"path,label\nok.jpg,a\nok2.jpg,a\nx\x00y.jpg,a\n", "nul.csv line 4: a NUL byte"),
+    ("latin1.txt", "ok.jpg\ncaf\xe9.jpg\n".encode("latin-1"), "latin1.txt line 2: not UTF-8 text"),
+    ("nul.txt", b"a\x00.jpg\n", "nul.txt line 1: a NUL byte"),
+])
+def test_a_manifest_in_another_encoding_or_with_a_nul_byte_is_one_line_naming_the_line(tmp_path, name, data,
+                                                                                        message):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(FeaturebankError) as caught:
+        list_images(str(tmp_path / name))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_fifo_named_like_a_manifest_is_refused_not_waited_for(tmp_path):
+    os.mkfifo(tmp_path / "m.csv")
+    with pytest.raises(FeaturebankError, match="not a regular file \\(a FIFO\\)"):
+        finishes(lambda: list_images(str(tmp_path / "m.csv")))
+
+
+def test_confine_refuses_manifest_paths_that_leave_its_folder(tmp_path):
+    inside = tmp_path / "set"
+    inside.mkdir()
+    photo(1).save(inside / "a.jpg")
+    photo(2).save(tmp_path / "secret.jpg")
+    os.symlink(str(tmp_path / "secret.jpg"), inside / "link.jpg")
+    for line, path in (("../secret.jpg", "../secret.jpg"), (str(tmp_path / "secret.jpg"), None), ("link.jpg", None)):
+        (inside / "m.csv").write_text(f"path,label\na.jpg,x\n{line},y\n")
+        listing = list_images(str(inside / "m.csv"))  # by default any path is read, as a shell would
+        assert [i.error for i in listing.items] == [None, None]
+        with pytest.raises(FeaturebankError, match=r"m\.csv line 3: .* is outside the folder of the list .* --confine"):
+            list_images(str(inside / "m.csv"), confine=True)
+    (inside / "m.csv").write_text("path,label\na.jpg,x\nsub/../a2.jpg,y\n")
+    assert [i.path for i in list_images(str(inside / "m.csv"), confine=True).items] == ["a.jpg", "a2.jpg"]
+    (inside / "l.txt").write_text("a.jpg\n../secret.jpg\n")
+    with pytest.raises(FeaturebankError, match="l.txt path 2: ../secret.jpg is outside"):
+        list_images(str(inside / "l.txt"), confine=True)

@@ -349,7 +349,7 @@ def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeyp
                  pooling="max", resize=80, crop=48, draft=False, precision="int8", device="cpu", batch_size=3,
                  workers=2, seed=7, layout="flat", strict=True, max_pixels=12345, cache_dir="cached",
                  engine="torch", int8=Int8(images=5, seed=9), engine_dir="engines", threads=1, progress=True,
-                 tta="flip")
+                 tta="flip", confine=True)
     assert set(given) == set(inspect.signature(job_module.extract).parameters)  # every keyword is exercised
     seen = []
     monkeypatch.setattr(job_module, "_extract", lambda group, started, job: seen.append(job))
