@@ -271,7 +271,9 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON description on stdout.")
-def info(cache, as_json):
+@click.option("--verify", is_flag=True, help="Read every feature row to check its checksum (caches since format 1 "
+                                             "with checksums); damage is one line and exit 1.")
+def info(cache, as_json, verify):
     """Describe a cache: settings, rows per class, layers, skipped files, library versions.
 
     \b
@@ -281,11 +283,13 @@ def info(cache, as_json):
     from embedder.cache import CacheReader
 
     reader = CacheReader(cache)
+    if verify:
+        reader.verify()
     data = {"cache": reader.path, "rows": len(reader), "classes": dict(Counter(reader.labels)) if reader.labels is not None else {},
             "layers": reader.dims, "settings": reader.settings, "source": reader.attrs["source"],
             "root": reader.attrs["root"], "updated": reader.attrs["updated"],
             "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
-            "pending_parts": reader.pending_parts, "info": reader.info}
+            "pending_parts": reader.pending_parts, "info": reader.info, "checksums": reader.checksums}
 
     def human(d):
         s = d["settings"]

@@ -47,6 +47,8 @@ from .settings import ExtractionSettings, settings_key
 FORMAT = "featurebank-cache"
 FORMAT_VERSION = 1
 STRING = h5py.string_dtype("utf-8")
+SETTINGS_KEYS = ("backbone", "weights", "layers", "pooling", "preprocessing", "precision")  # format 1: always there
+PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
 ROW_STRINGS = ("path", "label", "group", "digest")
 FAILURE_STRINGS = ("path", "reason", "digest")
 INTS = ("size", "mtime_ns")
@@ -197,6 +199,9 @@ class CacheWriter:
         try:
             self._check_existing()
             self._read_entries()
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            self._release()
+            raise damaged(self.path, f"{type(exc).__name__}: {exc}") from None
         except BaseException:
             self._release()
             raise
@@ -221,7 +226,7 @@ class CacheWriter:
             with _open(self.path) as f:
                 if f.attrs.get("format") != FORMAT:
                     raise FeaturebankError(f"{self.path} is not a featurebank cache; choose another --cache")
-                if int(f.attrs["format_version"]) > FORMAT_VERSION:
+                if int(f.attrs.get("format_version", FORMAT_VERSION + 1)) > FORMAT_VERSION:
                     raise FeaturebankError(f"{self.path} was written by a newer featurebank (format "
                                            f"{f.attrs['format_version']}); upgrade featurebank")
                 stored = json.loads(f.attrs["settings"])
@@ -318,7 +323,7 @@ class CacheWriter:
             _write_columns(f.create_group("failures"), failures, FAILURE_STRINGS)
             group = f.create_group("features")
             for layer in self.settings["layers"]:
-                group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32))
+                group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32), fletcher32=True)
         _replace_durably(tmp, final)
         self.sources.append(final)
         if self.dims is None and len(rows["path"]):
@@ -383,8 +388,8 @@ class CacheWriter:
                 dim = self.dims[layer]
                 n = len(where)
                 rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim))) if n else 1
-                ds = group.create_dataset(layer, shape=(n, dim), dtype=np.float32,
-                                          chunks=(rows_per_chunk, dim) if n else None)
+                ds = group.create_dataset(layer, shape=(n, dim), dtype=np.float32,  # a checksum per chunk:
+                                          chunks=(rows_per_chunk, dim) if n else None, fletcher32=True)  # damage shows
                 ds.attrs.update(node=layer, pooling=self.settings["pooling"])
                 if n:
                     copy_rows(ds, where, lambda source: self._handle(source, handles)["features"][layer],
@@ -551,15 +556,58 @@ class CacheReader:
         with _open(self.path) as f:
             if f.attrs.get("format") != FORMAT:
                 raise FeaturebankError(f"{path} is not a featurebank cache")
-            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            self.rows = _read_columns(f["rows"])
-            self.failures = _read_columns(f["failures"])
-            self.dims = {layer: int(ds.shape[1]) for layer, ds in f["features"].items()}
-        self.settings = json.loads(self.attrs["settings"])
-        self.classes: list[str] = json.loads(self.attrs["classes"])
-        self.info = json.loads(self.attrs.get("info", "{}"))
-        self.layers: list[str] = list(self.settings["layers"])
+            try:
+                self._read(f)
+            except FeaturebankError:
+                raise
+            except (KeyError, ValueError, TypeError, AttributeError, IndexError, OSError, RuntimeError) as exc:
+                raise damaged(path, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
         self.pending_parts = len(_part_files(self.path))
+
+    def _read(self, f: h5py.File) -> None:
+        """Everything but the features, checked: a damaged or crafted file is one line, never a KeyError later."""
+        version = f.attrs.get("format_version")
+        if version is None or not np.issubdtype(np.asarray(version).dtype, np.integer) or int(version) < 1:
+            raise damaged(self.path, f"format_version is {version!r}")
+        if int(version) > FORMAT_VERSION:
+            raise FeaturebankError(f"{self.path} was written by a newer featurebank (cache format {int(version)}; this "
+                                   f"one reads up to {FORMAT_VERSION}): upgrade featurebank")
+        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        for name in ("settings", "source", "root", "classes"):
+            if not isinstance(self.attrs.get(name), str):
+                raise damaged(self.path, f"attribute {name!r} is missing or not text")
+        self.settings = json.loads(self.attrs["settings"])
+        self.classes = json.loads(self.attrs["classes"])
+        self.info = json.loads(self.attrs.get("info", "{}"))
+        if not isinstance(self.settings, dict) or not isinstance(self.info, dict) or not (
+                isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
+            raise damaged(self.path, "settings, classes or info are not what a cache holds")
+        missing = [k for k in SETTINGS_KEYS if k not in self.settings] + [
+            f"preprocessing.{k}" for k in PREPROCESSING_KEYS if k not in (self.settings.get("preprocessing") or {})]
+        if missing:
+            raise damaged(self.path, f"its settings lack {', '.join(missing)}")
+        try:
+            ExtractionSettings.from_dict(self.settings)  # a wrong type: one line
+        except FeaturebankError as exc:
+            raise FeaturebankError(f"{self.path}: {exc}") from None
+        self.rows = _read_columns(f["rows"])
+        self.failures = _read_columns(f["failures"])
+        for group, names, columns in (("rows", ROW_STRINGS + INTS, self.rows),
+                                      ("failures", FAILURE_STRINGS + INTS, self.failures)):
+            lacking = [n for n in names if n not in columns]
+            if lacking or len({len(columns[n]) for n in names}) > 1:
+                raise damaged(self.path, f"{group}/ lacks {', '.join(lacking)}" if lacking
+                              else f"the columns of {group}/ differ in length")
+        self.layers = list(self.settings["layers"])
+        n = len(self.rows["path"])
+        self.dims = {}
+        for layer in self.layers:
+            ds = f["features"].get(layer)
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.shape[0] != n or ds.dtype.kind != "f":
+                raise damaged(self.path, f"features/{layer} is missing or is not {n} rows of floats")
+            self.dims[layer] = int(ds.shape[1])
+        self.checksums = all(f["features"][layer].fletcher32 for layer in self.layers)
+        self.attrs.setdefault("updated", "")
 
     def __len__(self) -> int:
         return len(self.rows["path"])
@@ -593,8 +641,35 @@ class CacheReader:
         return layer
 
     def features(self, layer: str | None = None) -> np.ndarray:
+        """One layer's rows, checked against their checksum (caches written since it exists)."""
+        layer = self.layer(layer)
         with _open(self.path) as f:
-            return f["features"][self.layer(layer)][()]
+            try:
+                return f["features"][layer][()]
+            except OSError as exc:  # the fletcher32 filter refuses a chunk whose bytes changed
+                raise damaged(self.path, f"features/{layer} cannot be read ({str(exc).splitlines()[0]}): its "
+                                         f"bytes changed on disk") from None
+
+
+    def verify(self) -> int:
+        """Read every feature chunk, so that the checksums are checked (``info --verify``), holding one block of
+        rows at a time. Returns the bytes checked; a damaged chunk is one line naming its rows."""
+        checked = 0
+        with _open(self.path) as f:
+            for layer in self.layers:
+                ds = f["features"][layer]
+                step = max(1, BLOCK_BYTES // max(1, 4 * ds.shape[1]))
+                for start in range(0, ds.shape[0], step):
+                    try:
+                        checked += ds[start:start + step].nbytes
+                    except OSError as exc:
+                        raise damaged(self.path, f"features/{layer} rows {start}..{min(ds.shape[0], start + step) - 1} "
+                                                 f"fail their checksum ({str(exc).splitlines()[0]})") from None
+        return checked
+
+
+def damaged(path: str, what: str) -> FeaturebankError:
+    return FeaturebankError(f"{path} is damaged ({what}); extract the input again into a new cache, or delete it")
 
 
 def load(path: str, layer: str | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:

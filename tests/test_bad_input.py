@@ -231,3 +231,110 @@ def test_confine_refuses_manifest_paths_that_leave_its_folder(tmp_path):
     (inside / "l.txt").write_text("a.jpg\n../secret.jpg\n")
     with pytest.raises(FeaturebankError, match="l.txt path 2: ../secret.jpg is outside"):
         list_images(str(inside / "l.txt"), confine=True)
+
+
+# -- damaged or crafted caches -------------------------------------------------------------------------------
+def _garble_features(path, layer="flatten"):
+    import h5py
+
+    with h5py.File(path) as f:
+        offset = f["features"][layer].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 100)
+        fh.write(b"\xff" * 40)  # ten float32 of NaN-ish garbage inside the first chunk
+
+
+def _crafted(tmp_path, name, edit):
+    import shutil
+
+    import h5py
+
+    from conftest import synthetic_cache
+
+    good = tmp_path / "good.h5"
+    if not good.exists():
+        synthetic_cache(good)
+    path = tmp_path / name
+    shutil.copy(good, path)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def _only_format(f):
+    for k in list(f.attrs):
+        del f.attrs[k]
+    for k in list(f):
+        del f[k]
+    f.attrs["format"] = "featurebank-cache"
+
+
+CRAFTED = {
+    "only-format.h5": (_only_format, "is damaged (format_version is None)"),
+    "v99.h5": (lambda f: f.attrs.__setitem__("format_version", 99),
+               "was written by a newer featurebank (cache format 99; this one reads up to 1): upgrade featurebank"),
+    "settings.h5": (lambda f: f.attrs.__setitem__("settings", '{"backbone": "resnet18", "lay'),
+                    "is damaged (JSONDecodeError"),
+    "no-layers.h5": (lambda f: f.attrs.__setitem__("settings", '{"backbone": "resnet18"}'),
+                     "is damaged (its settings lack weights, layers, pooling, preprocessing, precision"),
+    "rows.h5": (lambda f: f.__delitem__("rows/size"), "is damaged (rows/ lacks size)"),
+    "short.h5": (lambda f: (f.__delitem__("rows/label"), f["rows"].create_dataset("label", data=["x"])),
+                 "is damaged (the columns of rows/ differ in length)"),
+    "features.h5": (lambda f: f.__delitem__("features/layer3"), "is damaged (features/layer3 is missing"),
+    "classes.h5": (lambda f: f.attrs.__setitem__("classes", "[1, 2]"), "is damaged (settings, classes or info"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_damaged_or_crafted_caches_are_one_line_in_info_and_cv(tmp_path, name):
+    from click.testing import CliRunner
+
+    import cli
+
+    edit, message = CRAFTED[name]
+    path = _crafted(tmp_path, name, edit)
+    with pytest.raises(FeaturebankError, match=r"^" + str(path).replace(".", r"\.")):
+        CacheReader(str(path))
+    for command in (["info", str(path)], ["cv", str(path), "-c", "logreg", "--folds", "2"]):
+        result = CliRunner().invoke(cli.main, command)
+        assert result.exit_code == 1
+        assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_garbage_in_feature_bytes_is_reported_as_damage_not_infinity(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    from conftest import synthetic_cache
+
+    path = tmp_path / "c.h5"
+    synthetic_cache(path)
+    reader = CacheReader(str(path))
+    assert reader.checksums and reader.verify() == 30 * (16 + 8) * 4
+    _garble_features(path)
+    reader = CacheReader(str(path))  # the metadata is fine: opening works
+    with pytest.raises(FeaturebankError, match="is damaged \\(features/flatten cannot be read .*bytes changed on disk"):
+        reader.features("flatten")
+    with pytest.raises(FeaturebankError, match="features/flatten rows 0..29 fail their checksum"):
+        reader.verify()
+    assert reader.features("layer3").shape == (30, 8)  # the other layer is intact
+    result = CliRunner().invoke(cli.main, ["cv", str(path), "-c", "logreg", "--folds", "2", "--layer", "flatten"])
+    assert result.exit_code == 1 and "is damaged" in result.output and "inf" not in result.output.replace("info", "")
+    result = CliRunner().invoke(cli.main, ["info", "--verify", str(path)])
+    assert result.exit_code == 1 and "fail their checksum" in result.output
+
+
+def test_a_cache_written_without_checksums_still_reads(tmp_path):
+    import h5py
+
+    from conftest import synthetic_cache
+
+    path = tmp_path / "old.h5"
+    X, _ = synthetic_cache(path)
+    with h5py.File(path, "a") as f:  # as caches were written before checksums
+        for layer in list(f["features"]):
+            data = f["features"][layer][()]
+            del f["features"][layer]
+            f["features"].create_dataset(layer, data=data)
+    reader = CacheReader(str(path))
+    assert not reader.checksums and (reader.features("flatten") == X).all()
