@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -132,11 +133,107 @@ def _remove_folder(folder: str) -> None:
         shutil.rmtree(gone, ignore_errors=True)
 
 
-def _replace_durably(tmp: str, final: str) -> None:
-    """Rename ``tmp`` over ``final`` so that either the old or the new file is there, even after a power cut."""
-    _fsync(tmp)
-    os.replace(tmp, final)
-    _fsync(os.path.dirname(os.path.abspath(final)))
+def _write_durably(final: str, data) -> None:
+    """``data`` into ``final`` whole or not at all: written to ``final.tmp``, flushed, renamed; on failure (a full
+    disk) the temporary file is removed and the OSError raised."""
+    tmp = final + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync(os.path.dirname(os.path.abspath(final)))
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+class _GuardedFile(io.RawIOBase):
+    """The file HDF5 writes the merged cache through. A write that fails (a full disk) is kept, not passed to
+    HDF5: a failed write inside HDF5 leaves its file in a state that crashed the process when it was closed
+    (exit 139). HDF5 goes on writing into nothing, closes cleanly, and ``check`` raises the kept error."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self.pos = 0
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else os.fstat(self.fd).st_size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = os.pread(self.fd, len(view), self.pos)
+        view[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self.error = exc
+        self.pos += len(view)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def check(self) -> None:
+        """Raise the first failed write, or flush the file to disk."""
+        if self.error is not None:
+            raise self.error
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self.fd)
+        super().close()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _advice(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "free some space (or choose another --cache), then "
+    return ""
 
 
 def settings_differences(stored: dict, wanted: dict) -> list[str]:
@@ -312,11 +409,12 @@ class CacheWriter:
         size, mtime_ns, digest); ``features`` maps each layer to an ``N x D`` array in the order of ``rows``.
         """
         folder = parts_dir(self.path)
-        os.makedirs(folder, exist_ok=True)
         final = os.path.join(folder, f"part-{self._next_part:08d}-rank{self.rank}.h5")
         self._next_part += 1
-        tmp = final + ".tmp"
-        with h5py.File(tmp, "w") as f:
+        # Built in memory, then written with plain writes: a full disk is then an OSError of this module, never a
+        # failed write inside HDF5 (whose file then crashed the process when closed: exit 139).
+        image = io.BytesIO()
+        with h5py.File(image, "w") as f:
             f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
                            source=self.source, settings=json.dumps(self.settings))
             _write_columns(f.create_group("rows"), rows, ROW_STRINGS)
@@ -324,7 +422,12 @@ class CacheWriter:
             group = f.create_group("features")
             for layer in self.settings["layers"]:
                 group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32), fletcher32=True)
-        _replace_durably(tmp, final)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            _write_durably(final, image.getbuffer())
+        except OSError as exc:
+            raise FeaturebankError(f"cannot write a batch to {folder}: {exc.strerror or exc}; every batch written "
+                                   f"before it is kept: {_advice(exc)}run the same command again to continue") from None
         self.sources.append(final)
         if self.dims is None and len(rows["path"]):
             self.dims = {layer: int(np.shape(features[layer])[1]) for layer in self.settings["layers"]}
@@ -358,15 +461,31 @@ class CacheWriter:
         if callable(self.info):  # worked out only when the file is written (library versions read package metadata)
             self.info = self.info()
         tmp = self.path + ".tmp"
-        with h5py.File(tmp, "w") as out:
-            out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings=json.dumps(self.settings),
-                             settings_key=self.settings_key, source=self.source, root=self.root,
-                             classes=json.dumps(classes), info=json.dumps(self.info),
-                             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            _write_columns(out.create_group("rows"), rows, ROW_STRINGS)
-            _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
-            self._copy_features(out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2))
-        _replace_durably(tmp, self.path)
+        try:
+            with _GuardedFile(tmp) as disk:
+                try:
+                    with h5py.File(disk, "w") as out:
+                        out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings=json.dumps(self.settings),
+                                         settings_key=self.settings_key, source=self.source, root=self.root,
+                                         classes=json.dumps(classes), info=json.dumps(self.info),
+                                         updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                        _write_columns(out.create_group("rows"), rows, ROW_STRINGS)
+                        _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
+                        self._copy_features(out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2))
+                except Exception:
+                    if disk.error is None:  # not the disk's doing (a damaged part, a bug): as it is
+                        raise
+                disk.check()
+            os.replace(tmp, self.path)
+            _fsync(os.path.dirname(self.path))
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise FeaturebankError(f"cannot merge the batches into {self.path}: {exc.strerror or exc}; the cache is "
+                                   f"as it was and every batch is kept in {parts_dir(self.path)}: {_advice(exc)}run the "
+                                   f"same command again to merge them") from None
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
         _remove_folder(parts_dir(self.path))
         self.sources, self.entries = [self.path], {}  # the writer's work is done; a new one reads the new file
         return True

@@ -17,7 +17,7 @@ from embedder.errors import FeaturebankError
 from embedder.decode import NotReadable, decode_bytes, decode_file, file_digest, max_file_bytes
 from embedder.sources import list_images
 
-from conftest import FAST, photo, write_tree
+from conftest import FAST, ROOT, photo, write_tree
 
 TORCH = dict(FAST, engine="torch")  # no ONNX export, no engine timing: the fastest honest extract
 
@@ -338,3 +338,103 @@ def test_a_cache_written_without_checksums_still_reads(tmp_path):
             f["features"].create_dataset(layer, data=data)
     reader = CacheReader(str(path))
     assert not reader.checksums and (reader.features("flatten") == X).all()
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------
+def _fails_on(monkeypatch, name, suffix, after=0):
+    """``os.<name>`` (write or pwrite) raises ENOSPC on a descriptor whose file ends with ``suffix``, once
+    ``after`` such files were written whole: the disk fills up at that point."""
+    import errno
+
+    real = getattr(os, name)
+    files = []
+
+    def full(fd, data, *rest):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.endswith(suffix):
+            if target not in files:
+                files.append(target)
+            if len(files) > after:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, *rest)
+
+    monkeypatch.setattr(os, name, full)
+
+
+def _leftovers(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name.endswith(".tmp"))
+
+
+def test_a_full_disk_while_batches_are_written_is_one_line_and_a_rerun_completes(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    paths = write_tree(root, per_class=4)  # 12 images, 3 batches of 4
+    cache = tmp_path / "c.h5"
+    _fails_on(monkeypatch, "write", ".h5.tmp", after=1)  # the first batch fits, the second does not
+    with pytest.raises(FeaturebankError) as caught:
+        embedder.extract(str(root), str(cache), **TORCH)
+    message = str(caught.value)
+    assert message.startswith(f"cannot write a batch to {cache}.parts: No space left on device; every batch "
+                              f"written before it is kept: free some space") and "\n" not in message
+    assert _leftovers(tmp_path) == [] and not cache.exists()
+    assert sorted(os.listdir(f"{cache}.parts")) == ["part-00000001-rank0.h5"]
+    monkeypatch.undo()
+    again = embedder.extract(str(root), str(cache), **TORCH)
+    assert (again.rows, again.embedded, again.reused) == (12, 8, 4)  # the first batch is kept, not embedded again
+    assert list(CacheReader(str(cache)).paths) == paths and _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_during_the_merge_keeps_the_old_cache_and_every_batch(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_tree(root, per_class=2)
+    cache = tmp_path / "c.h5"
+    before = embedder.extract(str(root), str(cache), **TORCH)
+    write_tree(root, per_class=4, start=50)  # 6 new images, and the 6 old ones rewritten: 12 to embed
+    _fails_on(monkeypatch, "pwrite", "c.h5.tmp")
+    with pytest.raises(FeaturebankError) as caught:
+        embedder.extract(str(root), str(cache), **TORCH)
+    assert str(caught.value).startswith(f"cannot merge the batches into {cache}: No space left on device; the cache "
+                                        f"is as it was and every batch is kept in {cache}.parts")
+    assert _leftovers(tmp_path) == [] and len(CacheReader(str(cache))) == before.rows == 6
+    assert len(os.listdir(f"{cache}.parts")) == 3
+    monkeypatch.undo()
+    again = embedder.extract(str(root), str(cache), **TORCH)
+    assert (again.rows, again.embedded) == (12, 0) and not os.path.exists(f"{cache}.parts")
+
+
+def test_a_full_disk_while_spilling_removes_the_spill_and_the_merged_file(tmp_path, monkeypatch):
+    from embedder import cache as cache_module
+
+    root = tmp_path / "data"
+    write_tree(root, per_class=4)
+    cache = tmp_path / "c.h5"
+    monkeypatch.setattr(cache_module, "copy_rows", lambda out, where, source, spill, block_bytes=None:
+                        cache_module._copy_spilled(out, where, source, cache_module.Blocks.for_row(4 * out.shape[1], 4096),
+                                                   spill))
+    _fails_on(monkeypatch, "pwrite", ".spill.tmp")
+    with pytest.raises(FeaturebankError, match="cannot merge the batches into .*: No space left on device"):
+        embedder.extract(str(root), str(cache), **TORCH)
+    assert _leftovers(tmp_path) == [] and len(os.listdir(f"{cache}.parts")) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit, says", [(4 << 10, "cannot write a batch to"), (32 << 10, "cannot merge the batches")])
+def test_a_real_write_failure_exits_1_with_one_line_never_a_crash(tmp_path, limit, says):
+    """The kernel refuses the write (a file size limit: EFBIG, as a full disk gives ENOSPC), inside h5py's and
+    featurebank's own writes. Parts are 23 kB here, the merged cache 40 kB: 4 kB fails a batch, 32 kB the merge."""
+    import resource
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    write_tree(root, per_class=4)
+    cache = tmp_path / "c.h5"
+    command = [sys.executable, "-m", "cli", "extract", str(root), "--cache", str(cache), "--backbone", "resnet18",
+               "--weights", "none", "--resize", "72", "--crop", "64", "--batch-size", "4", "--engine", "torch", "-q"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"Error: {says}") and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert "File too large" in done.stderr and _leftovers(tmp_path) == []
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert rerun.returncode == 0 and len(CacheReader(str(cache))) == 12
