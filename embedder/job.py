@@ -430,6 +430,7 @@ class Run:
             getattr(stream, "close", lambda: None)()
             raise
         runner = BatchRunner(self.engine)
+        runner.chunk = self.prepared.max_batch  # measuring the engines ran out of memory: start at what fitted
         failures = 0
         in_flight: deque = deque()
         with ThreadPoolExecutor(1, thread_name_prefix="featurebank-write") as write, \

@@ -438,3 +438,58 @@ def test_a_real_write_failure_exits_1_with_one_line_never_a_crash(tmp_path, limi
     assert "File too large" in done.stderr and _leftovers(tmp_path) == []
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert rerun.returncode == 0 and len(CacheReader(str(cache))) == 12
+
+
+# -- out of memory while the engines are measured (--crop 2000) ----------------------------------------------
+class _Hungry:
+    """An engine that runs out of memory on more than ``fits`` images, as torch (RuntimeError) or Python does."""
+
+    def __init__(self, fits, error):
+        self.fits, self.error, self.sizes = fits, error, []
+
+    def __call__(self, images):
+        self.sizes.append(len(images))
+        if len(images) > self.fits:
+            raise self.error
+        return {"flatten": images.reshape(len(images), -1)[:, :4].astype("float32") + 1}
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: not enough memory: you tried "
+                                                               "to allocate 98304000000 bytes.")])
+def test_measuring_the_engines_halves_its_batch_on_out_of_memory(error, capfd):
+    from embedder.engines import Prepared, _measure
+
+    engines = {"onnxruntime": _Hungry(4, error), "torch": _Hungry(4, error)}
+    prepared = Prepared()
+    n, worst, rates = _measure(engines, 16, 8, prepared)
+    assert n == 4 and prepared.max_batch == 4 and worst == 0.0 and set(rates) == {"onnxruntime", "torch"}
+    assert engines["onnxruntime"].sizes == [16, 8, 4, 4, 4, 4]  # halved twice, then warm-up and three timings
+    assert "out of memory measuring the engines on 8 images of 8 x 8: measuring on 4" in capfd.readouterr().err
+    with pytest.raises(FeaturebankError, match="out of memory on a single image of 8 x 8 while measuring the engines"):
+        _measure({"onnxruntime": _Hungry(0, error), "torch": _Hungry(0, error)}, 16, 8, Prepared())
+
+
+@pytest.mark.slow
+def test_extract_starts_at_the_batch_that_fitted_when_measuring(tmp_path, monkeypatch, capfd):
+    from embedder import engines as engines_module
+
+    root = tmp_path / "data"
+    write_tree(root, per_class=3)
+    seen = []
+
+    def hungry(call):
+        def run(self, images):
+            seen.append(len(images))
+            if len(images) > 2:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return call(self, images)
+        return run
+
+    monkeypatch.setattr(engines_module.OnnxEngine, "__call__", hungry(engines_module.OnnxEngine.__call__))
+    monkeypatch.setattr(engines_module.TorchEngine, "__call__", hungry(engines_module.TorchEngine.__call__))
+    summary = embedder.extract(str(root), str(tmp_path / "c.h5"), engine_dir=str(tmp_path / "engines"),
+                               **{**FAST, "batch_size": 8})
+    assert summary.rows == 9 and summary.embedded == 9 and summary.failed == []
+    assert "measuring on 2, and embedding in batches of 2" in capfd.readouterr().err
+    loop = seen[seen.index(2) + 8:]  # after the measurement (warm-up and 3 timings, 2 engines)
+    assert loop and max(loop) == 2  # the run never tried its batch of 8 again
