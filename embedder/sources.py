@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .decode import file_kind
 from .errors import FeaturebankError
@@ -292,13 +292,17 @@ def list_inputs(inputs, layout: str = "auto") -> Listing:
         raise FeaturebankError("no images given")
     if len(inputs) == 1 and not is_image_name(inputs[0]):
         return list_images(inputs[0], layout)
-    paths = []
+    paths, errors = [], {}
     for name in inputs:
         if os.path.isdir(name) or (os.path.isfile(name) and not is_image_name(name)):
             listing = list_images(name, "flat" if os.path.isdir(name) else layout)
             paths += [listing.full_path(item) for item in listing.items]
+            errors.update((os.path.abspath(listing.full_path(i)), i.error) for i in listing.items if i.error)
         else:
             paths.append(name)
     full = [os.path.abspath(p) for p in paths]
     key = hashlib.sha256("\n".join(full).encode()).hexdigest()[:16]
-    return list_paths(full, root=os.getcwd(), source=f"paths:{key}")
+    listing = list_paths(full, root=os.getcwd(), source=f"paths:{key}")
+    if errors:  # what listing a folder found (a folder link not followed) stays the reason
+        listing.items = [replace(i, error=errors.get(listing.full_path(i), i.error)) for i in listing.items]
+    return listing

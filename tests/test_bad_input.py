@@ -493,3 +493,26 @@ def test_extract_starts_at_the_batch_that_fitted_when_measuring(tmp_path, monkey
     assert "measuring on 2, and embedding in batches of 2" in capfd.readouterr().err
     loop = seen[seen.index(2) + 8:]  # after the measurement (warm-up and 3 timings, 2 engines)
     assert loop and max(loop) == 2  # the run never tried its batch of 8 again
+
+
+def test_predict_and_evaluate_report_symlink_loops_and_skip_them(tmp_path, monkeypatch):
+    from classifiers.bundle import evaluate, predict, train
+
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    write_tree(root, classes=("ants", "bees"), per_class=3)
+    bundle = train(embedder.extract(str(root), str(tmp_path / "train.h5"), **TORCH).cache, "logreg")
+    held = tmp_path / "held"
+    write_tree(held, classes=("ants", "bees"), per_class=2, start=40)
+    os.symlink("loop.jpg", held / "ants" / "loop.jpg")
+    os.symlink("d1", held / "ants" / "d1")
+    os.symlink("../bees", held / "ants" / "bees_link")
+    run = dict(batch_size=4, workers=0, engine="torch")
+    scored = finishes(lambda: evaluate(bundle, str(held), **run), 120)
+    assert scored["rows"] == 4 and sum(map(sum, scored["confusion"])) == 4  # bees are not counted as ants twice
+    predicted = finishes(lambda: predict(bundle, [str(held / "ants"), str(held / "ants" / "loop.jpg")], **run), 120)
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in predicted["rows"]}
+    assert rows["loop.jpg"]["error"] == "symbolic link loop (too many levels of symbolic links)"
+    assert rows["d1"]["error"] == "symbolic link loop (too many levels of symbolic links)"
+    assert rows["bees_link"]["error"].startswith("folder link that leaves its folder")
+    assert {n for n, r in rows.items() if "predicted" in r} == {"img00.jpg", "img01.png"}
