@@ -8,16 +8,21 @@ import struct
 import threading
 
 import pytest
+from conftest import FAST, ROOT, photo, write_tree
 from PIL import Image
 
 import embedder
 from embedder import decode
 from embedder.cache import CacheReader
+from embedder.decode import (
+    NotReadable,
+    decode_bytes,
+    decode_file,
+    file_digest,
+    max_file_bytes,
+)
 from embedder.errors import FeaturebankError
-from embedder.decode import NotReadable, decode_bytes, decode_file, file_digest, max_file_bytes
 from embedder.sources import list_images
-
-from conftest import FAST, ROOT, photo, write_tree
 
 TORCH = dict(FAST, engine="torch")  # no ONNX export, no engine timing: the fastest honest extract
 
@@ -29,7 +34,7 @@ def finishes(fn, seconds=20.0):
     def run():
         try:
             out["value"] = fn()
-        except BaseException as exc:  # raised again in the test's thread
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
             out["error"] = exc
 
     t = threading.Thread(target=run, daemon=True)
@@ -129,7 +134,7 @@ def test_symlink_loops_are_reported_and_folder_links_never_leave_their_class_or_
     assert errors["ants/here"].startswith("folder link to a folder listed already")
     assert errors["ants/sub_link"].startswith("folder link to a folder listed already")
     assert got["ants/sub/deep.jpg"] == ("ants", None) and got["bees/an_ant.jpg"] == ("bees", None)
-    assert not any(p.startswith("ants/bees_link/") or p.startswith("ants/up/") for p in got)
+    assert not any(p.startswith(("ants/bees_link/", "ants/up/")) for p in got)
     assert got["loop_class/img00.jpg"] == ("loop_class", None)  # a linked class folder is a class
 
 
@@ -248,7 +253,6 @@ def _crafted(tmp_path, name, edit):
     import shutil
 
     import h5py
-
     from conftest import synthetic_cache
 
     good = tmp_path / "good.h5"
@@ -303,9 +307,9 @@ def test_damaged_or_crafted_caches_are_one_line_in_info_and_cv(tmp_path, name):
 
 def test_garbage_in_feature_bytes_is_reported_as_damage_not_infinity(tmp_path):
     from click.testing import CliRunner
+    from conftest import synthetic_cache
 
     import cli
-    from conftest import synthetic_cache
 
     path = tmp_path / "c.h5"
     synthetic_cache(path)
@@ -326,7 +330,6 @@ def test_garbage_in_feature_bytes_is_reported_as_damage_not_infinity(tmp_path):
 
 def test_a_cache_written_without_checksums_still_reads(tmp_path):
     import h5py
-
     from conftest import synthetic_cache
 
     path = tmp_path / "old.h5"
@@ -431,12 +434,12 @@ def test_a_real_write_failure_exits_1_with_one_line_never_a_crash(tmp_path, limi
     command = [sys.executable, "-m", "cli", "extract", str(root), "--cache", str(cache), "--backbone", "resnet18",
                "--weights", "none", "--resize", "72", "--crop", "64", "--batch-size", "4", "--engine", "torch", "-q"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.startswith(f"Error: {says}") and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert "File too large" in done.stderr and _leftovers(tmp_path) == []
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    rerun = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert rerun.returncode == 0 and len(CacheReader(str(cache))) == 12
 
 
@@ -507,7 +510,7 @@ def test_predict_and_evaluate_report_symlink_loops_and_skip_them(tmp_path, monke
     os.symlink("loop.jpg", held / "ants" / "loop.jpg")
     os.symlink("d1", held / "ants" / "d1")
     os.symlink("../bees", held / "ants" / "bees_link")
-    run = dict(batch_size=4, workers=0, engine="torch")
+    run = {"batch_size": 4, "workers": 0, "engine": "torch"}
     scored = finishes(lambda: evaluate(bundle, str(held), **run), 120)
     assert scored["rows"] == 4 and sum(map(sum, scored["confusion"])) == 4  # bees are not counted as ants twice
     predicted = finishes(lambda: predict(bundle, [str(held / "ants"), str(held / "ants" / "loop.jpg")], **run), 120)
