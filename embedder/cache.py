@@ -323,7 +323,9 @@ class CacheWriter:
             with _open(self.path) as f:
                 if f.attrs.get("format") != FORMAT:
                     raise FeaturebankError(f"{self.path} is not a featurebank cache; choose another --cache")
-                if int(f.attrs.get("format_version", FORMAT_VERSION + 1)) > FORMAT_VERSION:
+                if f.attrs.get("format_version") is None:
+                    raise damaged(self.path, "format_version is None")
+                if int(f.attrs["format_version"]) > FORMAT_VERSION:
                     raise FeaturebankError(f"{self.path} was written by a newer featurebank (format "
                                            f"{f.attrs['format_version']}); upgrade featurebank")
                 stored = json.loads(f.attrs["settings"])
@@ -480,6 +482,10 @@ class CacheWriter:
             _fsync(os.path.dirname(self.path))
         except OSError as exc:
             _unlink_quietly(tmp)
+            if exc.errno is None:  # HDF5's: a part or the old cache cannot be read (a checksum failed)
+                raise FeaturebankError(f"cannot merge the batches into {self.path}: a batch in {parts_dir(self.path)} "
+                                       f"or the cache is damaged ({str(exc).splitlines()[0]}); delete that folder "
+                                       f"(its images are embedded again) or the cache") from None
             raise FeaturebankError(f"cannot merge the batches into {self.path}: {exc.strerror or exc}; the cache is "
                                    f"as it was and every batch is kept in {parts_dir(self.path)}: {_advice(exc)}run the "
                                    f"same command again to merge them") from None

@@ -519,3 +519,24 @@ def test_predict_and_evaluate_report_symlink_loops_and_skip_them(tmp_path, monke
     assert rows["d1"]["error"] == "symbolic link loop (too many levels of symbolic links)"
     assert rows["bees_link"]["error"].startswith("folder link that leaves its folder")
     assert {n for n, r in rows.items() if "predicted" in r} == {"img00.jpg", "img01.png"}
+
+
+def test_a_damaged_batch_is_named_by_the_merge_and_nothing_is_replaced(tmp_path):
+    import numpy as np
+    from conftest import SYNTHETIC_SETTINGS
+
+    from embedder.cache import CacheWriter
+
+    path = str(tmp_path / "c.h5")
+    rows = {"path": ["a.jpg", "b.jpg"], "label": ["x", "y"], "group": ["", ""], "size": [1, 2], "mtime_ns": [1, 1],
+            "digest": ["d1", "d2"]}
+    feats = {"flatten": np.ones((2, 300), np.float32), "layer3": np.zeros((2, 8), np.float32)}
+    empty = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
+    with CacheWriter(path, SYNTHETIC_SETTINGS, "classes:/synthetic", "/synthetic") as writer:
+        writer.write_batch(rows, feats, empty)
+        (part,) = os.listdir(path + ".parts")
+        _garble_features(os.path.join(path + ".parts", part))
+        with pytest.raises(FeaturebankError, match=r"cannot merge the batches into .*: a batch in .*\.parts or the "
+                                                   r"cache is damaged \(.*\); delete that folder"):
+            writer.commit([("a.jpg", "x", ""), ("b.jpg", "y", "")], {})
+    assert not os.path.exists(path) and _leftovers(tmp_path) == [] and os.listdir(path + ".parts") == [part]
