@@ -133,30 +133,10 @@ def _remove_folder(folder: str) -> None:
         shutil.rmtree(gone, ignore_errors=True)
 
 
-def _write_durably(final: str, data) -> None:
-    """``data`` into ``final`` whole or not at all: written to ``final.tmp``, flushed, renamed; on failure (a full
-    disk) the temporary file is removed and the OSError raised."""
-    tmp = final + ".tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        _fsync(os.path.dirname(os.path.abspath(final)))
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
 class _GuardedFile(io.RawIOBase):
-    """The file HDF5 writes the merged cache through. A write that fails (a full disk) is kept, not passed to
-    HDF5: a failed write inside HDF5 leaves its file in a state that crashed the process when it was closed
-    (exit 139). HDF5 goes on writing into nothing, closes cleanly, and ``check`` raises the kept error."""
+    """The file HDF5 writes a part or the merged cache through. A write that fails (a full disk) is kept, not
+    passed to HDF5: a failed write inside HDF5 leaves its file in a state that crashed the process when it was
+    closed (exit 139). HDF5 goes on writing into nothing, closes cleanly, and ``check`` raises the kept error."""
 
     def __init__(self, path: str):
         super().__init__()
@@ -413,23 +393,29 @@ class CacheWriter:
         folder = parts_dir(self.path)
         final = os.path.join(folder, f"part-{self._next_part:08d}-rank{self.rank}.h5")
         self._next_part += 1
-        # Built in memory, then written with plain writes: a full disk is then an OSError of this module, never a
-        # failed write inside HDF5 (whose file then crashed the process when closed: exit 139).
-        image = io.BytesIO()
-        with h5py.File(image, "w") as f:
-            f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
-                           source=self.source, settings=json.dumps(self.settings))
-            _write_columns(f.create_group("rows"), rows, ROW_STRINGS)
-            _write_columns(f.create_group("failures"), failures, FAILURE_STRINGS)
-            group = f.create_group("features")
-            for layer in self.settings["layers"]:
-                group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32), fletcher32=True)
+        tmp = final + ".tmp"
         try:
             os.makedirs(folder, exist_ok=True)
-            _write_durably(final, image.getbuffer())
+            with _GuardedFile(tmp) as disk:  # a full disk: an OSError here, never a failed write inside HDF5
+                with h5py.File(disk, "w") as f:
+                    f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
+                                   source=self.source, settings=json.dumps(self.settings))
+                    _write_columns(f.create_group("rows"), rows, ROW_STRINGS)
+                    _write_columns(f.create_group("failures"), failures, FAILURE_STRINGS)
+                    group = f.create_group("features")
+                    for layer in self.settings["layers"]:
+                        group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32),
+                                             fletcher32=True)
+                disk.check()
+            os.replace(tmp, final)
+            _fsync(folder)
         except OSError as exc:
+            _unlink_quietly(tmp)
             raise FeaturebankError(f"cannot write a batch to {folder}: {exc.strerror or exc}; every batch written "
                                    f"before it is kept: {_advice(exc)}run the same command again to continue") from None
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
         self.sources.append(final)
         if self.dims is None and len(rows["path"]):
             self.dims = {layer: int(np.shape(features[layer])[1]) for layer in self.settings["layers"]}
@@ -467,13 +453,14 @@ class CacheWriter:
             with _GuardedFile(tmp) as disk:
                 try:
                     with h5py.File(disk, "w") as out:
-                        out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings=json.dumps(self.settings),
-                                         settings_key=self.settings_key, source=self.source, root=self.root,
-                                         classes=json.dumps(classes), info=json.dumps(self.info),
-                                         updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                        out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION,
+                                         settings=json.dumps(self.settings), settings_key=self.settings_key,
+                                         source=self.source, root=self.root, classes=json.dumps(classes),
+                                         info=json.dumps(self.info), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                         _write_columns(out.create_group("rows"), rows, ROW_STRINGS)
                         _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
-                        self._copy_features(out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2))
+                        self._copy_features(out.create_group("features"),
+                                            np.array(where, dtype=np.int64).reshape(-1, 2))
                 except Exception:
                     if disk.error is None:  # not the disk's doing (a damaged part, a bug): as it is
                         raise
@@ -487,8 +474,8 @@ class CacheWriter:
                                        f"or the cache is damaged ({str(exc).splitlines()[0]}); delete that folder "
                                        f"(its images are embedded again) or the cache") from None
             raise FeaturebankError(f"cannot merge the batches into {self.path}: {exc.strerror or exc}; the cache is "
-                                   f"as it was and every batch is kept in {parts_dir(self.path)}: {_advice(exc)}run the "
-                                   f"same command again to merge them") from None
+                                   f"as it was and every batch is kept in {parts_dir(self.path)}: {_advice(exc)}run "
+                                   f"the same command again to merge them") from None
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -686,7 +673,8 @@ class CacheReader:
             except FeaturebankError:
                 raise
             except (KeyError, ValueError, TypeError, AttributeError, IndexError, OSError, RuntimeError) as exc:
-                raise damaged(path, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                text = str(exc).strip().splitlines()
+                raise damaged(path, f"{type(exc).__name__}: {text[0] if text else ''}") from None
         self.pending_parts = len(_part_files(self.path))
 
     def _read(self, f: h5py.File) -> None:

@@ -271,8 +271,10 @@ def _measure(engines: dict, n: int, crop: int, prepared: Prepared) -> tuple[int,
         try:
             images = np.random.default_rng(0).integers(0, 256, (n, 3, crop, crop), dtype=np.uint8)
             outputs = {name: engine(images) for name, engine in engines.items()}  # also the warm-up
-            worst = max(float((np.abs(outputs["onnxruntime"][k] - outputs["torch"][k]).max(1)
-                               / np.maximum(np.abs(outputs["torch"][k]).max(1), 1e-12)).max()) for k in outputs["torch"])
+            ort, ref = outputs["onnxruntime"], outputs["torch"]
+            worst = max(float((np.abs(ort[k] - ref[k]).max(1) / np.maximum(np.abs(ref[k]).max(1), 1e-12)).max())
+                        for k in ref)
+            del ort, ref
             del outputs
             rates = {name: 0.0 for name in engines}
             for _ in range(3):

@@ -275,7 +275,8 @@ def list_images(source: str, layout: str = "auto", confine: bool = False) -> Lis
         listing = list_manifest(source, confine)
     elif source.lower().endswith((".txt", ".lst")):
         list_file = os.path.abspath(source)
-        lines = [ln.strip() for ln in read_text(list_file).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        lines = [ln.strip() for ln in read_text(list_file).splitlines()
+                 if ln.strip() and not ln.lstrip().startswith("#")]
         listing = list_paths(lines, root=os.path.dirname(list_file), source=f"list:{list_file}", confine=confine)
     else:
         raise FeaturebankError(f"{source}: give a folder, a .csv manifest (path,label[,group]) or a .txt list of paths")

@@ -345,7 +345,7 @@ def test_a_cache_written_without_checksums_still_reads(tmp_path):
 
 # -- a full disk ---------------------------------------------------------------------------------------------
 def _fails_on(monkeypatch, name, suffix, after=0):
-    """``os.<name>`` (write or pwrite) raises ENOSPC on a descriptor whose file ends with ``suffix``, once
+    """``os.<name>`` (pwrite) raises ENOSPC on a descriptor whose file ends with ``suffix``, once
     ``after`` such files were written whole: the disk fills up at that point."""
     import errno
 
@@ -372,7 +372,7 @@ def test_a_full_disk_while_batches_are_written_is_one_line_and_a_rerun_completes
     root = tmp_path / "data"
     paths = write_tree(root, per_class=4)  # 12 images, 3 batches of 4
     cache = tmp_path / "c.h5"
-    _fails_on(monkeypatch, "write", ".h5.tmp", after=1)  # the first batch fits, the second does not
+    _fails_on(monkeypatch, "pwrite", "-rank0.h5.tmp", after=1)  # the first batch fits, the second does not
     with pytest.raises(FeaturebankError) as caught:
         embedder.extract(str(root), str(cache), **TORCH)
     message = str(caught.value)
