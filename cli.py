@@ -271,8 +271,8 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON description on stdout.")
-@click.option("--verify", is_flag=True, help="Read every feature row to check its checksum (caches since format 1 "
-                                             "with checksums); damage is one line and exit 1.")
+@click.option("--verify", is_flag=True, help="Read every feature row against its checksum (caches written with "
+                                             "checksums); damage is one line and exit 1.")
 def info(cache, as_json, verify):
     """Describe a cache: settings, rows per class, layers, skipped files, library versions.
 

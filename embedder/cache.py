@@ -5,7 +5,8 @@ Layout of a cache ``X.h5`` (the README documents it for users)::
     attrs     format, format_version, settings (JSON: what the features depend on), settings_key,
               source (the input it mirrors), root, classes, versions (JSON), info (JSON), updated
     rows/     path, label, group (utf-8 strings), size, mtime_ns (int64), digest (blake2b-128 hex)   [N]
-    features/<layer>   float32 [N, D], one dataset per layer, attrs: node, pooling
+    features/<layer>   float32 [N, D], one dataset per layer, attrs: node, pooling; a fletcher32 checksum per
+                       chunk (since it exists: older caches have none and still read)
     failures/ path, reason, digest (strings), size, mtime_ns (int64)                                [F]
 
 Crash safety by construction, not by luck: ``X.h5`` is never modified in place. While a run goes, each

@@ -56,7 +56,7 @@ class ExtractSummary:
     prepared_seconds: float = 0.0  # one-time work for these settings: export, calibration, measuring
     prepared: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # a fallback, also said on stderr when it happened
-    warnings: list[dict] = field(default_factory=list)  # Pillow's warnings of embedded files: {path, warning}
+    warnings: list[dict] = field(default_factory=list)  # Pillow's warnings of the files decoded: {path, warning}
     seconds: float = 0.0
     images_per_second: float = 0.0
     settings: dict = field(default_factory=dict)
