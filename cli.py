@@ -286,7 +286,7 @@ def info(cache, as_json, verify):
     if verify:
         reader.verify()
     data = {"cache": reader.path, "rows": len(reader), "classes": dict(Counter(reader.labels)) if reader.labels is not None else {},
-            "layers": reader.dims, "settings": reader.settings, "source": reader.attrs["source"],
+            "layers": reader.dims, "settings": reader.full_settings, "source": reader.attrs["source"],
             "root": reader.attrs["root"], "updated": reader.attrs["updated"],
             "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
             "pending_parts": reader.pending_parts, "info": reader.info, "checksums": reader.checksums}

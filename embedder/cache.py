@@ -49,8 +49,7 @@ from .settings import ExtractionSettings, settings_key
 FORMAT = "featurebank-cache"
 FORMAT_VERSION = 1
 STRING = h5py.string_dtype("utf-8")
-SETTINGS_KEYS = ("backbone", "weights", "layers", "pooling", "preprocessing", "precision")  # format 1: always there
-PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
+SETTINGS_KEYS = ("backbone", "weights", "layers")  # the settings without a default (older caches may lack others)
 ROW_STRINGS = ("path", "label", "group", "digest")
 FAILURE_STRINGS = ("path", "reason", "digest")
 INTS = ("size", "mtime_ns")
@@ -696,12 +695,11 @@ class CacheReader:
         if not isinstance(self.settings, dict) or not isinstance(self.info, dict) or not (
                 isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
             raise damaged(self.path, "settings, classes or info are not what a cache holds")
-        missing = [k for k in SETTINGS_KEYS if k not in self.settings] + [
-            f"preprocessing.{k}" for k in PREPROCESSING_KEYS if k not in (self.settings.get("preprocessing") or {})]
+        missing = [k for k in SETTINGS_KEYS if k not in self.settings]
         if missing:
             raise damaged(self.path, f"its settings lack {', '.join(missing)}")
-        try:
-            ExtractionSettings.from_dict(self.settings)  # a wrong type: one line
+        try:  # a wrong type: one line; every key, with the defaults of those an older writer left out
+            self.full_settings = ExtractionSettings.from_dict(self.settings).to_dict()
         except FeaturebankError as exc:
             raise FeaturebankError(f"{self.path}: {exc}") from None
         self.rows = _read_columns(f["rows"])

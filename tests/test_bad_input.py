@@ -280,7 +280,7 @@ CRAFTED = {
     "settings.h5": (lambda f: f.attrs.__setitem__("settings", '{"backbone": "resnet18", "lay'),
                     "is damaged (JSONDecodeError"),
     "no-layers.h5": (lambda f: f.attrs.__setitem__("settings", '{"backbone": "resnet18"}'),
-                     "is damaged (its settings lack weights, layers, pooling, preprocessing, precision"),
+                     "is damaged (its settings lack weights, layers)"),
     "rows.h5": (lambda f: f.__delitem__("rows/size"), "is damaged (rows/ lacks size)"),
     "short.h5": (lambda f: (f.__delitem__("rows/label"), f["rows"].create_dataset("label", data=["x"])),
                  "is damaged (the columns of rows/ differ in length)"),
@@ -540,3 +540,23 @@ def test_a_damaged_batch_is_named_by_the_merge_and_nothing_is_replaced(tmp_path)
                                                    r"cache is damaged \(.*\); delete that folder"):
             writer.commit([("a.jpg", "x", ""), ("b.jpg", "y", "")], {})
     assert not os.path.exists(path) and _leftovers(tmp_path) == [] and os.listdir(path + ".parts") == [part]
+
+
+def test_info_shows_an_older_cache_whose_settings_lack_keys_with_their_defaults(tmp_path):
+    import json
+
+    import h5py
+    from click.testing import CliRunner
+
+    import cli
+    from conftest import synthetic_cache
+
+    path = tmp_path / "old.h5"
+    synthetic_cache(path)
+    with h5py.File(path, "a") as f:
+        stored = json.loads(f.attrs["settings"])
+        del stored["pooling"], stored["precision"], stored["preprocessing"]
+        f.attrs["settings"] = json.dumps(stored)
+    result = CliRunner().invoke(cli.main, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "resize 256 (bilinear), crop 224" in result.output and "precision fp32; pooling avg" in result.output
