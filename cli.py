@@ -179,7 +179,9 @@ def extract(source, cache, quiet, as_json, **options):
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON description on stdout.")
-def info(cache, as_json):
+@click.option("--verify", is_flag=True, help="Read every feature row against its checksum (caches written with "
+                                             "checksums); damage is one line and exit 1.")
+def info(cache, as_json, verify):
     """Describe a cache: settings, rows per class, layers, skipped files, library versions.
 
     \b
@@ -188,7 +190,7 @@ def info(cache, as_json):
     """
     from embedder.views import cache_text, describe_cache
 
-    emit(describe_cache(cache), as_json, cache_text)
+    emit(describe_cache(cache, verify), as_json, cache_text)
 
 
 @main.command(context_settings=CONTEXT)

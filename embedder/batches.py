@@ -32,6 +32,7 @@ class Batch:
     images: np.ndarray  # uint8 N x 3 x crop x crop
     digests: list[str]
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason, digest)
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (index, Pillow's warning), good or failed images
 
 
 class ImageDataset:
@@ -52,18 +53,19 @@ class ImageDataset:
         else:
             decoded = decode_file(os.fspath(source), self.max_pixels, self.preprocessing.draft_size)
         if decoded.image is None:
-            return index, None, decoded.digest, decoded.reason
+            return index, None, decoded.digest, decoded.reason, decoded.notes
         try:
-            return index, self.preprocessing.to_array(decoded.image), decoded.digest, None
+            return index, self.preprocessing.to_array(decoded.image), decoded.digest, None, decoded.notes
         except Exception as exc:  # e.g. a 1 x 40000 image the resize cannot handle
-            return index, None, decoded.digest, f"cannot preprocess ({type(exc).__name__}: {exc})"
+            return index, None, decoded.digest, f"cannot preprocess ({type(exc).__name__}: {exc})", decoded.notes
 
 
 def collate(samples) -> Batch:
     good = [s for s in samples if s[1] is not None]
     images = np.stack([s[1] for s in good]) if good else np.empty((0, 3, 0, 0), dtype=np.uint8)
     return Batch(indices=[s[0] for s in good], images=images, digests=[s[2] for s in good],
-                 failures=[(s[0], s[3], s[2]) for s in samples if s[1] is None])
+                 failures=[(s[0], s[3], s[2]) for s in samples if s[1] is None],
+                 notes=[(s[0], note) for s in samples for note in (s[4] if len(s) > 4 else ())])
 
 
 def default_workers(device_type: str = "cpu") -> int:

@@ -5,7 +5,8 @@ Layout of a cache ``X.h5`` (the README documents it for users)::
     attrs     format, format_version, settings (JSON: what the features depend on), settings_key,
               source (the input it mirrors), root, classes, versions (JSON), info (JSON), updated
     rows/     path, label, group (utf-8 strings), size, mtime_ns (int64), digest (blake2b-128 hex)   [N]
-    features/<layer>   float32 [N, D], one dataset per layer, attrs: node, pooling
+    features/<layer>   float32 [N, D], one dataset per layer, attrs: node, pooling; a fletcher32 checksum per
+                       chunk (since it exists: older caches have none and still read)
     failures/ path, reason, digest (strings), size, mtime_ns (int64)                                [F]
 
 Crash safety by construction, not by luck: ``X.h5`` is never modified in place. While a run goes, each
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -47,6 +49,7 @@ from .settings import ExtractionSettings, settings_key
 FORMAT = "featurebank-cache"
 FORMAT_VERSION = 1
 STRING = h5py.string_dtype("utf-8")
+SETTINGS_KEYS = ("backbone", "weights", "layers")  # the settings without a default (older caches may lack others)
 ROW_STRINGS = ("path", "label", "group", "digest")
 FAILURE_STRINGS = ("path", "reason", "digest")
 PART_NAME = re.compile(r"^part-(\d{8})(?:-rank(\d+))?\.h5$")  # without a rank: parts of older versions
@@ -129,11 +132,87 @@ def _remove_folder(folder: str) -> None:
         shutil.rmtree(gone, ignore_errors=True)
 
 
-def _replace_durably(tmp: str, final: str) -> None:
-    """Rename ``tmp`` over ``final`` so that either the old or the new file is there, even after a power cut."""
-    _fsync(tmp)
-    os.replace(tmp, final)
-    _fsync(os.path.dirname(os.path.abspath(final)))
+class _GuardedFile(io.RawIOBase):
+    """The file HDF5 writes a part or the merged cache through. A write that fails (a full disk) is kept, not
+    passed to HDF5: a failed write inside HDF5 leaves its file in a state that crashed the process when it was
+    closed (exit 139). HDF5 goes on writing into nothing, closes cleanly, and ``check`` raises the kept error."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self.pos = 0
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else os.fstat(self.fd).st_size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = os.pread(self.fd, len(view), self.pos)
+        view[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self.error = exc
+        self.pos += len(view)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def check(self) -> None:
+        """Raise the first failed write, or flush the file to disk."""
+        if self.error is not None:
+            raise self.error
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self.fd)
+        super().close()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _advice(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "free some space (or choose another --cache), then "
+    return ""
 
 
 def settings_differences(stored: dict, wanted: dict) -> list[str]:
@@ -196,6 +275,9 @@ class CacheWriter:
         try:
             self._check_existing()
             self._read_entries()
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            self._release()
+            raise damaged(self.path, f"{type(exc).__name__}: {exc}") from None
         except BaseException:
             self._release()
             raise
@@ -220,6 +302,8 @@ class CacheWriter:
             with _open(self.path) as f:
                 if f.attrs.get("format") != FORMAT:
                     raise FeaturebankError(f"{self.path} is not a featurebank cache; choose another --cache")
+                if f.attrs.get("format_version") is None:
+                    raise damaged(self.path, "format_version is None")
                 if int(f.attrs["format_version"]) > FORMAT_VERSION:
                     raise FeaturebankError(f"{self.path} was written by a newer featurebank (format "
                                            f"{f.attrs['format_version']}); upgrade featurebank")
@@ -306,19 +390,31 @@ class CacheWriter:
         size, mtime_ns, digest); ``features`` maps each layer to an ``N x D`` array in the order of ``rows``.
         """
         folder = parts_dir(self.path)
-        os.makedirs(folder, exist_ok=True)
         final = os.path.join(folder, f"part-{self._next_part:08d}-rank{self.rank}.h5")
         self._next_part += 1
         tmp = final + ".tmp"
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
-                           source=self.source, settings=json.dumps(self.settings))
-            _write_columns(f.create_group("rows"), rows, ROW_STRINGS)
-            _write_columns(f.create_group("failures"), failures, FAILURE_STRINGS)
-            group = f.create_group("features")
-            for layer in self.settings["layers"]:
-                group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32))
-        _replace_durably(tmp, final)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with _GuardedFile(tmp) as disk:  # a full disk: an OSError here, never a failed write inside HDF5
+                with h5py.File(disk, "w") as f:
+                    f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
+                                   source=self.source, settings=json.dumps(self.settings))
+                    _write_columns(f.create_group("rows"), rows, ROW_STRINGS)
+                    _write_columns(f.create_group("failures"), failures, FAILURE_STRINGS)
+                    group = f.create_group("features")
+                    for layer in self.settings["layers"]:
+                        group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32),
+                                             fletcher32=True)
+                disk.check()
+            os.replace(tmp, final)
+            _fsync(folder)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise FeaturebankError(f"cannot write a batch to {folder}: {exc.strerror or exc}; every batch written "
+                                   f"before it is kept: {_advice(exc)}run the same command again to continue") from None
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
         self.sources.append(final)
         if self.dims is None and len(rows["path"]):
             self.dims = {layer: int(np.shape(features[layer])[1]) for layer in self.settings["layers"]}
@@ -352,15 +448,36 @@ class CacheWriter:
         if callable(self.info):  # worked out only when the file is written (library versions read package metadata)
             self.info = self.info()
         tmp = self.path + ".tmp"
-        with h5py.File(tmp, "w") as out:
-            out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings=json.dumps(self.settings),
-                             settings_key=self.settings_key, source=self.source, root=self.root,
-                             classes=json.dumps(classes), info=json.dumps(self.info),
-                             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            _write_columns(out.create_group("rows"), rows, ROW_STRINGS)
-            _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
-            self._copy_features(out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2))
-        _replace_durably(tmp, self.path)
+        try:
+            with _GuardedFile(tmp) as disk:
+                try:
+                    with h5py.File(disk, "w") as out:
+                        out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION,
+                                         settings=json.dumps(self.settings), settings_key=self.settings_key,
+                                         source=self.source, root=self.root, classes=json.dumps(classes),
+                                         info=json.dumps(self.info), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                        _write_columns(out.create_group("rows"), rows, ROW_STRINGS)
+                        _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
+                        self._copy_features(out.create_group("features"),
+                                            np.array(where, dtype=np.int64).reshape(-1, 2))
+                except Exception:
+                    if disk.error is None:  # not the disk's doing (a damaged part, a bug): as it is
+                        raise
+                disk.check()
+            os.replace(tmp, self.path)
+            _fsync(os.path.dirname(self.path))
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            if exc.errno is None:  # HDF5's: a part or the old cache cannot be read (a checksum failed)
+                raise FeaturebankError(f"cannot merge the batches into {self.path}: a batch in {parts_dir(self.path)} "
+                                       f"or the cache is damaged ({str(exc).splitlines()[0]}); delete that folder "
+                                       f"(its images are embedded again) or the cache") from None
+            raise FeaturebankError(f"cannot merge the batches into {self.path}: {exc.strerror or exc}; the cache is "
+                                   f"as it was and every batch is kept in {parts_dir(self.path)}: {_advice(exc)}run "
+                                   f"the same command again to merge them") from None
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
         _remove_folder(parts_dir(self.path))
         self.sources, self.entries = [self.path], {}  # the writer's work is done; a new one reads the new file
         return True
@@ -382,8 +499,8 @@ class CacheWriter:
                 dim = self.dims[layer]
                 n = len(where)
                 rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim))) if n else 1
-                ds = group.create_dataset(layer, shape=(n, dim), dtype=np.float32,
-                                          chunks=(rows_per_chunk, dim) if n else None)
+                ds = group.create_dataset(layer, shape=(n, dim), dtype=np.float32,  # a checksum per chunk:
+                                          chunks=(rows_per_chunk, dim) if n else None, fletcher32=True)  # damage shows
                 ds.attrs.update(node=layer, pooling=self.settings["pooling"])
                 if n:
                     copy_rows(ds, where, lambda source: self._handle(source, handles)["features"][layer],
@@ -550,15 +667,58 @@ class CacheReader:
         with _open(self.path) as f:
             if f.attrs.get("format") != FORMAT:
                 raise FeaturebankError(f"{path} is not a featurebank cache")
-            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            self.rows = _read_columns(f["rows"])
-            self.failures = _read_columns(f["failures"])
-            self.dims = {layer: int(ds.shape[1]) for layer, ds in f["features"].items()}
-        self.settings = json.loads(self.attrs["settings"])
-        self.classes: list[str] = json.loads(self.attrs["classes"])
-        self.info = json.loads(self.attrs.get("info", "{}"))
-        self.layers: list[str] = list(self.settings["layers"])
+            try:
+                self._read(f)
+            except FeaturebankError:
+                raise
+            except (KeyError, ValueError, TypeError, AttributeError, IndexError, OSError, RuntimeError) as exc:
+                text = str(exc).strip().splitlines()
+                raise damaged(path, f"{type(exc).__name__}: {text[0] if text else ''}") from None
         self.pending_parts = len(_part_files(self.path))
+
+    def _read(self, f: h5py.File) -> None:
+        """Everything but the features, checked: a damaged or crafted file is one line, never a KeyError later."""
+        version = f.attrs.get("format_version")
+        if version is None or not np.issubdtype(np.asarray(version).dtype, np.integer) or int(version) < 1:
+            raise damaged(self.path, f"format_version is {version!r}")
+        if int(version) > FORMAT_VERSION:
+            raise FeaturebankError(f"{self.path} was written by a newer featurebank (cache format {int(version)}; this "
+                                   f"one reads up to {FORMAT_VERSION}): upgrade featurebank")
+        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        for name in ("settings", "source", "root", "classes"):
+            if not isinstance(self.attrs.get(name), str):
+                raise damaged(self.path, f"attribute {name!r} is missing or not text")
+        self.settings = json.loads(self.attrs["settings"])
+        self.classes = json.loads(self.attrs["classes"])
+        self.info = json.loads(self.attrs.get("info", "{}"))
+        if not isinstance(self.settings, dict) or not isinstance(self.info, dict) or not (
+                isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
+            raise damaged(self.path, "settings, classes or info are not what a cache holds")
+        missing = [k for k in SETTINGS_KEYS if k not in self.settings]
+        if missing:
+            raise damaged(self.path, f"its settings lack {', '.join(missing)}")
+        try:  # a wrong type: one line; every key, with the defaults of those an older writer left out
+            self.full_settings = ExtractionSettings.from_dict(self.settings).to_dict()
+        except FeaturebankError as exc:
+            raise FeaturebankError(f"{self.path}: {exc}") from None
+        self.rows = _read_columns(f["rows"])
+        self.failures = _read_columns(f["failures"])
+        for group, names, columns in (("rows", ROW_STRINGS + INTS, self.rows),
+                                      ("failures", FAILURE_STRINGS + INTS, self.failures)):
+            lacking = [n for n in names if n not in columns]
+            if lacking or len({len(columns[n]) for n in names}) > 1:
+                raise damaged(self.path, f"{group}/ lacks {', '.join(lacking)}" if lacking
+                              else f"the columns of {group}/ differ in length")
+        self.layers = list(self.settings["layers"])
+        n = len(self.rows["path"])
+        self.dims = {}
+        for layer in self.layers:
+            ds = f["features"].get(layer)
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.shape[0] != n or ds.dtype.kind != "f":
+                raise damaged(self.path, f"features/{layer} is missing or is not {n} rows of floats")
+            self.dims[layer] = int(ds.shape[1])
+        self.checksums = all(f["features"][layer].fletcher32 for layer in self.layers)
+        self.attrs.setdefault("updated", "")
 
     def __len__(self) -> int:
         return len(self.rows["path"])
@@ -592,8 +752,35 @@ class CacheReader:
         return layer
 
     def features(self, layer: str | None = None) -> np.ndarray:
+        """One layer's rows, checked against their checksum (caches written since it exists)."""
+        layer = self.layer(layer)
         with _open(self.path) as f:
-            return f["features"][self.layer(layer)][()]
+            try:
+                return f["features"][layer][()]
+            except OSError as exc:  # the fletcher32 filter refuses a chunk whose bytes changed
+                raise damaged(self.path, f"features/{layer} cannot be read ({str(exc).splitlines()[0]}): its "
+                                         f"bytes changed on disk") from None
+
+
+    def verify(self) -> int:
+        """Read every feature chunk, so that the checksums are checked (``info --verify``), holding one block of
+        rows at a time. Returns the bytes checked; a damaged chunk is one line naming its rows."""
+        checked = 0
+        with _open(self.path) as f:
+            for layer in self.layers:
+                ds = f["features"][layer]
+                step = max(1, BLOCK_BYTES // max(1, 4 * ds.shape[1]))
+                for start in range(0, ds.shape[0], step):
+                    try:
+                        checked += ds[start:start + step].nbytes
+                    except OSError as exc:
+                        raise damaged(self.path, f"features/{layer} rows {start}..{min(ds.shape[0], start + step) - 1} "
+                                                 f"fail their checksum ({str(exc).splitlines()[0]})") from None
+        return checked
+
+
+def damaged(path: str, what: str) -> FeaturebankError:
+    return FeaturebankError(f"{path} is damaged ({what}); extract the input again into a new cache, or delete it")
 
 
 def load(path: str, layer: str | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:

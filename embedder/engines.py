@@ -158,6 +158,7 @@ class Prepared:
     seconds: float = 0.0
     steps: list[str] = field(default_factory=list)
     note: str | None = None  # a fallback, said once to the user
+    max_batch: int | None = None  # the batch size that fitted in memory when measuring, if smaller than asked
 
 
 def onnx_name(settings: ExtractionSettings) -> str:
@@ -191,7 +192,7 @@ def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *
         if engine == "onnxruntime" or int8:
             return ort_engine
         return _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared)
-    except (FeaturebankError, OSError, RuntimeError) as exc:
+    except (FeaturebankError, OSError, RuntimeError, MemoryError) as exc:
         if engine == "onnxruntime" or int8:
             if isinstance(exc, FeaturebankError):
                 raise
@@ -267,6 +268,44 @@ def _recorded_choice(meta: dict | None, batch_size: int) -> str | None:
     return known.get("engine") if all(known.get(k) == v for k, v in _choice_key(batch_size).items()) else None
 
 
+def _measure(engines: dict, n: int, crop: int, prepared: Prepared) -> tuple[int, float, dict]:
+    """Both engines on ``n`` random images (warm-up and agreement), then timed three times. Out of memory (a big
+    --crop) halves ``n``, as the extraction loop does, and the run's batches start at the size that fitted
+    (``prepared.max_batch``). Returns the size measured, the worst disagreement and the images per second."""
+    from .guard import _release_cached_memory, first_line, is_out_of_memory
+
+    while True:
+        try:
+            images = np.random.default_rng(0).integers(0, 256, (n, 3, crop, crop), dtype=np.uint8)
+            outputs = {name: engine(images) for name, engine in engines.items()}  # also the warm-up
+            ort, ref = outputs["onnxruntime"], outputs["torch"]
+            worst = max(float((np.abs(ort[k] - ref[k]).max(1) / np.maximum(np.abs(ref[k]).max(1), 1e-12)).max())
+                        for k in ref)
+            del ort, ref
+            del outputs
+            rates = {name: 0.0 for name in engines}
+            for _ in range(3):
+                for name, engine in engines.items():
+                    t = time.perf_counter()
+                    engine(images)
+                    rates[name] = max(rates[name], round(n / (time.perf_counter() - t), 2))
+            return n, worst, rates
+        except FeaturebankError:
+            raise
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            images = outputs = None
+            _release_cached_memory()
+            if n == 1:
+                raise FeaturebankError(f"out of memory on a single image of {crop} x {crop} while measuring the "
+                                       f"engines ({first_line(exc)}): use a smaller --crop") from None
+            n //= 2
+            prepared.max_batch = n
+            sys.stderr.write(f"featurebank: out of memory measuring the engines on {2 * n} images of {crop} x {crop}: "
+                             f"measuring on {n}, and embedding in batches of {n}\n")
+
+
 def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared) -> Engine:
     """The faster of ONNX Runtime and torch for these settings on this CPU, measured once (interleaved, best of
     three, at the run's batch size up to 16) and recorded for this CPU, batch size and library versions. The two
@@ -276,21 +315,11 @@ def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepa
         return ort_engine
     started = time.perf_counter()
     torch_engine = _torch_engine(settings, build_model, "cpu")
-    n = max(1, min(batch_size, 16))
-    crop = settings.preprocessing.crop
-    images = np.random.default_rng(0).integers(0, 256, (n, 3, crop, crop), dtype=np.uint8)
     engines = {"onnxruntime": ort_engine, "torch": torch_engine}
-    outputs = {name: engine(images) for name, engine in engines.items()}  # also the warm-up
-    worst = max(float((np.abs(outputs["onnxruntime"][k] - outputs["torch"][k]).max(1)
-                       / np.maximum(np.abs(outputs["torch"][k]).max(1), 1e-12)).max()) for k in outputs["torch"])
-    rates = {name: 0.0 for name in engines}
-    for _ in range(3):
-        for name, engine in engines.items():
-            t = time.perf_counter()
-            engine(images)
-            rates[name] = max(rates[name], round(n / (time.perf_counter() - t), 2))
+    n, worst, rates = _measure(engines, max(1, min(batch_size, 16)), settings.preprocessing.crop, prepared)
     chosen = max(rates, key=rates.get) if worst < 1e-4 else "torch"
-    choice = {**_choice_key(batch_size), "images_per_second": rates, "agreement": worst, "engine": chosen}
+    choice = {**_choice_key(batch_size), "images_per_second": rates, "agreement": worst, "engine": chosen,
+              "measured_on": n}
     store.update_meta(onnx_name(settings), choice=choice)
     ort_engine.meta["choice"] = choice
     prepared.seconds += time.perf_counter() - started

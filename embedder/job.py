@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .cache import CacheReader, CacheWriter, settings_key
-from .decode import DEFAULT_MAX_PIXELS, file_digest
+from .decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from .distributed import Rank, join
 from .engines import Prepared, open_engine, resolve_device_name
 from .errors import FeaturebankError
@@ -56,6 +56,7 @@ class ExtractSummary:
     prepared_seconds: float = 0.0  # one-time work for these settings: export, calibration, measuring
     prepared: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # a fallback, also said on stderr when it happened
+    warnings: list[dict] = field(default_factory=list)  # Pillow's warnings of the files decoded: {path, warning}
     seconds: float = 0.0
     images_per_second: float = 0.0
     settings: dict = field(default_factory=dict)
@@ -107,6 +108,7 @@ class ExtractJob:
     execution: Execution = field(default_factory=Execution)
     layout: str = "auto"  # a folder: classes, flat, or auto
     strict: bool = False  # any file without a row is an error (after its good rows are saved)
+    confine: bool = False  # a manifest's paths must stay inside its folder
     cache_dir: str | None = None
     engine_dir: str | None = None  # None: the engine folder next to the cache
 
@@ -123,7 +125,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
             workers: int | None = None, seed: int = 0, layout: str = "auto", strict: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None, engine: str = "auto",
             int8: Int8 | None = None, engine_dir: str | None = None, threads: int | None = None,
-            progress: bool = False, tta: str = "none") -> ExtractSummary:
+            progress: bool = False, tta: str = "none", confine: bool = False) -> ExtractSummary:
     """Embed every image of ``source`` (a folder, manifest, list file, or a :class:`Listing`) into the HDF5 cache
     ``cache`` (default: under ``cache/``).
 
@@ -136,6 +138,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     started = time.perf_counter()
     job = ExtractJob(
         source=source, cache=cache, tta=tta, layout=layout, strict=strict, cache_dir=cache_dir, engine_dir=engine_dir,
+        confine=confine,
         request=Request(backbone=backbone, weights=weights, seed=seed, layers=layers or None, pooling=pooling,
                         resize=resize, crop=crop, draft=draft, precision=precision,
                         int8=int8 if precision == "int8" else None),
@@ -156,7 +159,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
             dev = rank.device(resolve_device_name(asked.device))
         if request.precision == "fp16" and dev == "cpu":
             raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
-        listing = job.source if isinstance(job.source, Listing) else list_images(job.source, job.layout)
+        listing = job.source if isinstance(job.source, Listing) else list_images(job.source, job.layout, job.confine)
     # this rank's device; only rank 0 shows progress
     execution = replace(asked, device=dev, progress=asked.progress and rank.leader)
     store = EngineStore(job.engine_dir or engine_dir_for(job.cache, job.cache_dir))
@@ -176,7 +179,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
     with ExitStack() as held:  # rank 0 takes the lock and cleans up; then the others read the cache
         group.leader_first("opening the cache", lambda: held.enter_context(writer))
         with group.step("planning"):
-            todo = _plan(listing, writer)
+            todo = _plan(listing, writer, asked.max_pixels)
         _same_plan(group, todo)
         listed, planned = {item.path for item in listing.items}, {item.path for item in todo}
         removed = sum(1 for p, e in writer.entries.items() if p not in listed and e.reason is None)
@@ -245,7 +248,7 @@ def _summary(path: str, run: Run, listing: Listing, started: float, *, reused: i
         new_failures=new_failures, ignored=listing.ignored, classes=reader.classes, layers=reader.dims,
         device=run.execution.device,
         engine=run.engine.describe() if run.engine else {}, prepared_seconds=round(run.prepared.seconds, 3),
-        prepared=run.prepared.steps, notes=[run.prepared.note] if run.prepared.note else [],
+        prepared=run.prepared.steps, notes=[run.prepared.note] if run.prepared.note else [], warnings=run.warned,
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=run.rate,
         settings=run.settings.to_dict(), ranks=ranks)
@@ -315,19 +318,23 @@ def _info(base: dict, previous: dict, run: "Run", path: str, ranks: int = 1) -> 
     return info
 
 
-def _plan(listing: Listing, writer: CacheWriter) -> list:
+def _plan(listing: Listing, writer: CacheWriter, max_pixels: int = DEFAULT_MAX_PIXELS) -> list:
     """The items the cache has no up-to-date entry for. Same size and mtime: up to date; same size and
-    another mtime: compared by content digest (a touched or copied file is not embedded again)."""
+    another mtime: compared by content digest (a touched or copied file is not embedded again). A file refused
+    for its size is tried again once ``max_pixels`` allows it (the advice its reason gives)."""
     todo = []
     for item in listing.items:
         if item.error:
             continue
         entry = writer.entries.get(item.path)
+        if entry is not None and entry.reason is not None and fits_now(entry.reason, item.size, max_pixels):
+            todo.append(item)
+            continue
         if entry is not None and entry.size == item.size:
             if entry.mtime_ns == item.mtime_ns:
                 continue
             try:
-                same = entry.digest and file_digest(listing.full_path(item)) == entry.digest
+                same = entry.digest and file_digest(listing.full_path(item), max_file_bytes(max_pixels)) == entry.digest
             except OSError:
                 same = False
             if same:
@@ -346,6 +353,7 @@ class Run:
         self.engine = None
         self.prepared = Prepared()
         self.embedded = 0
+        self.warned: list[dict] = []  # Pillow's warnings: {path, warning}
         self.processed = 0  # images pushed through decoding (embedded or failed)
         self.loop_seconds = 0.0
         self._model = None
@@ -413,6 +421,7 @@ class Run:
             getattr(stream, "close", lambda: None)()
             raise
         runner = BatchRunner(self.engine)
+        runner.chunk = self.prepared.max_batch  # measuring the engines ran out of memory: start at what fitted
         failures = 0
         in_flight: deque = deque()
         with ThreadPoolExecutor(1, thread_name_prefix="featurebank-write") as write, \
@@ -426,6 +435,7 @@ class Run:
                         features = {layer: np.empty((0, int(dims[layer])), np.float32) for layer in self.settings.layers}
                     good = [todo[i] for i in batch.indices]
                     bad = [todo[i] for i, _, _ in batch.failures]
+                    self.warned += [{"path": todo[i].path, "warning": w} for i, w in getattr(batch, "notes", ())]
                     in_flight.append(write.submit(
                         writer.write_batch,
                         rows={"path": [i.path for i in good], "label": [i.label for i in good],

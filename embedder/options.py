@@ -76,6 +76,8 @@ class ExtractOptions:
     layout: str = option("auto", "A folder: class-per-folder (labels) or flat (unlabeled).", choices=LAYOUTS)
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "Larger images are skipped as decompression bombs.", low=1)
     strict: bool = option(False, "Exit non-zero if any file could not be embedded (good rows are kept).")
+    confine: bool = option(False, "A manifest's (or list's) paths must stay inside its folder: refuse ../, absolute "
+                                  "paths and links out of it.")
 
     def keywords(self) -> dict:
         """The keywords of ``embedder.job.extract``, without the int8 options (``job.int8_request`` reads them)."""

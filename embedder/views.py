@@ -9,15 +9,18 @@ from .cache import CacheReader
 SHOWN_FAILURES = 20  # files listed by name; --json has them all
 
 
-def describe_cache(path: str) -> dict:
-    """Settings, rows per class, layers, skipped files, pending parts and the recorded runs of a cache."""
+def describe_cache(path: str, verify: bool = False) -> dict:
+    """Settings (an older cache's missing keys at their defaults), rows per class, layers, skipped files, pending
+    parts, the recorded runs and whether features carry checksums; ``verify`` reads every row against them first."""
     reader = CacheReader(path)
+    if verify:
+        reader.verify()
     return {"cache": reader.path, "rows": len(reader),
             "classes": dict(Counter(reader.labels)) if reader.labels is not None else {},
-            "layers": reader.dims, "settings": reader.settings, "source": reader.attrs["source"],
+            "layers": reader.dims, "settings": reader.full_settings, "source": reader.attrs["source"],
             "root": reader.attrs["root"], "updated": reader.attrs["updated"],
             "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
-            "pending_parts": reader.pending_parts, "info": reader.info}
+            "pending_parts": reader.pending_parts, "info": reader.info, "checksums": reader.checksums}
 
 
 def cache_text(d: dict) -> list[str]:
@@ -70,4 +73,8 @@ def extract_text(s: dict) -> list[str]:
     lines += [f"  skipped {f['path']}: {f['reason']}" for f in s["failed"][:SHOWN_FAILURES]]
     if len(s["failed"]) > SHOWN_FAILURES:
         lines.append(f"  ... and {len(s['failed']) - SHOWN_FAILURES} more (featurebank info --json)")
+    if s.get("warnings"):  # Pillow's warnings (corrupt EXIF data): folded here, not on stderr
+        w = s["warnings"][0]
+        lines.append(f"  Pillow warned about {len(s['warnings'])} image(s), e.g. {w['path']}: {w['warning']}"
+                     + (" (--json lists all)" if len(s["warnings"]) > 1 else ""))
     return lines

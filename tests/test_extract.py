@@ -186,7 +186,8 @@ def test_bad_files_are_skipped_recorded_and_never_retried_unless_changed(tmp_pat
     assert set(reasons) == {f"a/{n}" for n in expected} | {"b/huge.png"}
     for name, start in expected.items():
         assert reasons[f"a/{name}"].startswith(start)
-    assert reasons["b/huge.png"].startswith("decompression bomb: 2000x2000")
+    # over twice the limit, Pillow (whose limit follows --max-pixels) refuses it at open: the reason counts pixels
+    assert reasons["b/huge.png"].startswith("decompression bomb: 4,000,000 pixels is over the limit of 1,000,000")
     assert summary.rows == 4 and list(CacheReader(cache).paths) == paths  # every good file has its row
     pen, _, _ = reference_features([root / p for p in paths])
     np.testing.assert_allclose(embedder.load(cache)[0], pen, rtol=1e-4, atol=1e-5)
@@ -349,7 +350,7 @@ def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeyp
                  pooling="max", resize=80, crop=48, draft=False, precision="int8", device="cpu", batch_size=3,
                  workers=2, seed=7, layout="flat", strict=True, max_pixels=12345, cache_dir="cached",
                  engine="torch", int8=Int8(images=5, seed=9), engine_dir="engines", threads=1, progress=True,
-                 tta="flip")
+                 tta="flip", confine=True)
     assert set(given) == set(inspect.signature(job_module.extract).parameters)  # every keyword is exercised
     seen = []
     monkeypatch.setattr(job_module, "_extract", lambda group, started, job: seen.append(job))
