@@ -172,7 +172,7 @@ def layers(backbone, size, pooling, as_json):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("source", metavar="INPUT", type=click.Path())
+@click.argument("source", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
 @click.option("--cache", "cache", type=click.Path(dir_okay=False),
               help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).")
 @click.option("-b", "--backbone", default="resnet50", show_default=True,
@@ -209,15 +209,22 @@ def layers(backbone, size, pooling, as_json):
 @click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True,
               help="Larger images are skipped as decompression bombs.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file could not be embedded (good rows are kept).")
+@click.option("--image-column", help="Parquet: the column of image bytes (default: image, else jpg, png or webp).")
+@click.option("--label-key", default="cls", show_default=True,
+              help="Tar shards: the label's sidecar, EXT (the text of KEY.EXT) or json:FIELD (a field of KEY.json).")
+@click.option("--group-key", default="", help="Tar shards: the group's sidecar, as --label-key.")
+@click.option("--label-column", help="Parquet: the label column (default: label, when there is one).")
+@click.option("--group-column", help="Parquet: the group column.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_draft, precision, engine, tta,
-            calibration_images, calibration, calibration_from, device, batch_size, workers, seed, layout, max_pixels, strict, quiet,
-            as_json):
+            calibration_images, calibration, calibration_from, device, batch_size, workers, seed, layout, max_pixels, strict,
+            image_column, label_key, group_key, label_column, group_column, quiet, as_json):
     """Embed every image of INPUT into an HDF5 cache, once.
 
     INPUT is a class-per-folder tree (labels from folder names), a flat folder (unlabeled), a CSV manifest
-    (path,label[,group]) or a .txt list of paths. Running it again embeds only new or changed images and
+    (path,label[,group]), a .txt list of paths, or WebDataset .tar shards / .parquet files (a folder of them,
+    files, a glob such as 'shards/{00000..00099}.tar'; rows named SHARD/KEY). Running it again embeds only new or changed images and
     continues an interrupted run. Files that cannot be read are skipped and reported. Under torchrun each
     rank embeds its share on its own device and rank 0 merges and prints.
 
@@ -226,8 +233,10 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
       featurebank extract ../shared/data/hymenoptera/train -b mobilenet_v2 \\
           -w ../shared/weights/mobilenet_v2-imagenet.pth --cache cache/ants.h5
       torchrun --nproc_per_node 4 -m cli extract photos/ --cache cache/photos.h5
+      featurebank extract shards/ --label-key json:label --cache cache/web.h5
     """
     from embedder.distributed import Rank
+    from embedder.shards import ShardOptions
 
     from embedder.job import extract as run_extract, int8_of_cache
     from embedder.settings import Int8
@@ -237,11 +246,13 @@ def extract(source, cache, backbone, weights, layer, pooling, resize, crop, no_d
         if precision != "int8":
             raise click.UsageError("--calibration-from goes with --precision int8")
         int8, engine_dir = int8_of_cache(calibration_from)
+    source = source[0] if len(source) == 1 else list(source)
     summary = run_extract(source, cache, backbone=backbone, weights=weights, layers=layer, pooling=pooling,
                           resize=resize, crop=crop, draft=not no_draft, precision=precision, device=device,
                           batch_size=batch_size, workers=workers, seed=seed, layout=layout, strict=strict,
                           max_pixels=max_pixels, engine=engine, int8=int8, engine_dir=engine_dir,
-                          progress=not quiet and sys.stderr.isatty(), tta=tta)
+                          progress=not quiet and sys.stderr.isatty(), tta=tta,
+                          shards=ShardOptions(image_column, label_key, group_key, label_column, group_column))
     if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
 
