@@ -18,7 +18,7 @@ import pytest
 import embedder
 from embedder.cache import CacheReader, parts_dir
 from embedder.errors import FeaturebankError
-from embedder.shards import ShardOptions, list_input, split_key
+from embedder.shards import ShardOptions, list_input, scan_tar, split_key
 
 from conftest import FAST, HYMENOPTERA, ROOT, photo
 
@@ -231,7 +231,40 @@ def test_a_shard_that_is_no_tar_and_a_cut_between_samples_are_failures(tmp_path)
     listing = list_input(str(shards))
     errors = {i.path: i.error for i in listing.items}
     assert errors["a.tar"].startswith("not a readable tar shard")
-    assert errors["b.tar/k0"] is None and errors["b.tar"].startswith("truncated shard: unreadable after 1 samples")
+    assert errors["b.tar/k0"] is None and errors["b.tar"].startswith("truncated shard: it stops after 1 samples")
+    assert "truncated member header" in errors["b.tar"]
+    damaged = bytearray(raw)
+    damaged[second_header + 3] ^= 0xFF  # a header whose checksum no longer matches: the scan stops there
+    (shards / "b.tar").write_bytes(bytes(damaged))
+    errors = {i.path: i.error for i in list_input(str(shards / "b.tar")).items}
+    assert errors["b.tar/k0"] is None and "unreadable member header" in errors["b.tar"] and "b.tar/k1" not in errors
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_header_scan_finds_what_tarfile_finds_and_a_prefix_of_it_when_cut(fmt):
+    rng = np.random.default_rng(fmt)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for i in range(40):
+            long = fmt != tarfile.USTAR_FORMAT  # long and non-ASCII names: GNU longname, pax path records
+            name = ("dir" * 40 + "/") * (i % 3) + f"k\u00e9y{i}." + "x" * (i % 120) + ".jpg" if long else \
+                ("d" * 60 + "/") * (i % 2) + f"k{i}.jpg"
+            info = tarfile.TarInfo(name)
+            data = rng.bytes(int(rng.integers(0, 3000)))
+            info.size, info.mtime = len(data), 1.7e9 + i / 3  # a float mtime: a pax header in PAX_FORMAT
+            tar.addfile(info, io.BytesIO(data))
+            if i % 10 == 0:
+                folder = tarfile.TarInfo(f"sub{i}")
+                folder.type = tarfile.DIRTYPE
+                tar.addfile(folder)
+    raw = out.getvalue()
+    expected = [(m.name, m.offset_data, m.size, m.isfile()) for m in tarfile.open(fileobj=io.BytesIO(raw))]
+    assert scan_tar(io.BytesIO(raw), len(raw)) == (expected, None)
+    for cut in rng.choice(len(raw), 60, replace=False):
+        members, damage = scan_tar(io.BytesIO(raw[:cut]), int(cut))
+        assert members == expected[:len(members)]
+        ends = expected[-1][1] + expected[-1][2]
+        assert (damage is None) == (cut >= (ends + 511) // 512 * 512 + 512)  # whole up to an end block
 
 
 def test_parquet_without_the_image_column_is_one_clear_error(tmp_path):
