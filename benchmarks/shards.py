@@ -159,7 +159,7 @@ def main() -> int:
         seconds = {k: [] for k in decode}
         for _ in range(2):  # interleaved: the load of the machine hits all alike
             for name, dataset in decode.items():
-                seconds[name].append(timed(lambda: decode_all(dataset, opts.threads))[0])
+                seconds[name].append(timed(lambda d=dataset: decode_all(d, opts.threads))[0])
         base = min(seconds["files"])
         for name in decode:
             rows.append(("decode + preprocess (224 px)", name, n / min(seconds[name]), base / min(seconds[name])))
@@ -179,7 +179,8 @@ def main() -> int:
                  f"{opts.per_shard}); page cache warm; {os.cpu_count()} cores ({cpu}), shared with other jobs: one "
                  f"run, read the ratios. Reading: best of 3; decoding: best of 2 interleaved; extract: one run each.",
                  "", "| step | input | images/s | vs files |", "|---|---|--:|--:|"]
-        table += [f"| {step} | {name.replace("|", "\\|")} | {rate:,.1f} | {ratio:.2f} |" for step, name, rate, ratio in rows]
+        table += [f"| {step} | {name} | {rate:,.1f} | {ratio:.2f} |".replace("r|)", "r\\|)")
+                  for step, name, rate, ratio in rows]
         text = "\n".join(table)
         print(text)
         if opts.append:

@@ -29,8 +29,15 @@ from dataclasses import dataclass, field
 from .decode import DEFAULT_MAX_PIXELS, digest_bytes
 from .errors import FeaturebankError
 from .samples import Where
-from .sources import (IMAGE_EXTENSIONS, Item, Listing, is_hidden_or_system, is_image_name, list_images,
-                      list_inputs)
+from .sources import (
+    IMAGE_EXTENSIONS,
+    Item,
+    Listing,
+    is_hidden_or_system,
+    is_image_name,
+    list_images,
+    list_inputs,
+)
 
 SHARD_EXTENSIONS = (".tar", ".parquet")
 IMAGE_EXTS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)

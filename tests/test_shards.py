@@ -14,13 +14,12 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST, HYMENOPTERA, ROOT, photo
 
 import embedder
 from embedder.cache import CacheReader, parts_dir
 from embedder.errors import FeaturebankError
 from embedder.shards import ShardOptions, list_input, scan_tar, split_key
-
-from conftest import FAST, HYMENOPTERA, ROOT, photo
 
 SETTINGS = {**FAST, "engine": "torch"}
 
@@ -176,8 +175,8 @@ def test_a_rerun_embeds_only_new_or_changed_shards(data, tmp_path):
     extra = photo(900, (100, 90))
     write_tar(shards / "00003.tar", [("new.jpg", jpeg(extra)), ("new.cls", b"synthetic")])
     # 00001.tar gets another image for one key: only that sample is embedded again
-    members = [(m.name, tarfile.open(shards / "00001.tar").extractfile(m).read())
-               for m in tarfile.open(shards / "00001.tar") if m.isfile()]
+    with tarfile.open(shards / "00001.tar") as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
     write_tar(shards / "00001.tar", [(n, jpeg(photo(901, (90, 90))) if n == "syn02.jpg" else raw)
                                      for n, raw in members])
     summary = embedder.extract(str(shards), cache, **SETTINGS)
@@ -258,7 +257,8 @@ def test_the_header_scan_finds_what_tarfile_finds_and_a_prefix_of_it_when_cut(fm
                 folder.type = tarfile.DIRTYPE
                 tar.addfile(folder)
     raw = out.getvalue()
-    expected = [(m.name, m.offset_data, m.size, m.isfile()) for m in tarfile.open(fileobj=io.BytesIO(raw))]
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        expected = [(m.name, m.offset_data, m.size, m.isfile()) for m in tar]
     assert scan_tar(io.BytesIO(raw), len(raw)) == (expected, None)
     for cut in rng.choice(len(raw), 60, replace=False):
         members, damage = scan_tar(io.BytesIO(raw[:cut]), int(cut))
