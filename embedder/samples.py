@@ -8,6 +8,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .batches import ImageDataset
 from .decode import DEFAULT_MAX_PIXELS, Decoded, decode_bytes
 
 ROW_GROUPS_KEPT = 4  # Parquet row groups held in memory per process (threads read them in order)
@@ -87,13 +88,7 @@ class SampleReader:
             pass
 
 
-def _image_dataset():
-    from .batches import ImageDataset
-
-    return ImageDataset
-
-
-class SampleDataset(_image_dataset()):
+class SampleDataset(ImageDataset):
     """Samples of shards, decoded and preprocessed exactly as files are (``ImageDataset`` after the bytes)."""
 
     def __init__(self, where: list[Where], reader: SampleReader, preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):

@@ -67,6 +67,7 @@ class ShardListing(Listing):
     shards: list[str] = field(default_factory=list)  # absolute paths, in order
     columns: dict[int, str] = field(default_factory=dict)  # parquet shard → its image column
     where: dict[str, Where] = field(default_factory=dict)  # item path → its bytes
+    _digests: object = field(default=None, repr=False, compare=False)  # the reader of item_digest
 
     def full_path(self, item: Item) -> str:
         """The shard file that holds the sample (a sample has no file of its own)."""
@@ -85,8 +86,11 @@ class ShardListing(Listing):
         return SampleDataset([self.where[i.path] for i in items], self.reader(), preprocessing, max_pixels)
 
     def item_digest(self, item: Item) -> str:
-        """The content digest of a sample's image (what the decoder records), to compare with the cache's."""
-        data = self.reader().read(self.where[item.path])
+        """The content digest of a sample's image (what the decoder records), to compare with the cache's. One
+        reader for all the items of a touched shard: a Parquet row group is read once, not once per row."""
+        if self._digests is None:
+            self._digests = self.reader()
+        data = self._digests.read(self.where[item.path])
         return digest_bytes(data) if data is not None else ""
 
 

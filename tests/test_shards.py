@@ -160,6 +160,9 @@ def test_a_parquet_file_gives_the_rows_and_vectors_of_the_folder(data):
     assert failed["train.parquet/bad_null"].startswith("no image in the row")
     assert failed["train.parquet/bad_dup"].startswith("duplicated key")
     assert failed["train.parquet/bad_truncated"].startswith("truncated image")
+    os.utime(folder / "train.parquet", ns=(1, 1))  # touched, same rows: compared by content, nothing embedded
+    again = embedder.extract(str(folder / "train.parquet"), summary.cache, **SETTINGS)
+    assert (again.embedded, again.reused, len(again.failed)) == (0, len(good), 3)
 
 
 def test_a_rerun_embeds_only_new_or_changed_shards(data, tmp_path):
