@@ -13,10 +13,12 @@ import click
 
 from classifiers.options import CVOptions, TrainOptions
 from embedder.errors import FeaturebankError
-from embedder.options import BACKBONE, ExtractOptions, RunOptions
+from embedder.options import BACKBONE, ExtractOptions, RunOptions, ShardOptions
 from embedder.settings import POOLINGS
 from workflows.finetune.options import FinetuneOptions
 from workflows.options import ExportOptions
+
+SHARD_FIELDS = {f.name for f in fields(ShardOptions)}
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 INTERRUPTED = {"finetune": "Interrupted: the last finished epoch is saved (OUT/last.pt); run the same command with "
@@ -140,17 +142,19 @@ def layers(backbone, size, pooling, as_json):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("source", metavar="INPUT", type=click.Path())
+@click.argument("source", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
 @click.option("--cache", type=click.Path(dir_okay=False),
               help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).")
 @value_options(ExtractOptions)
+@value_options(ShardOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def extract(source, cache, quiet, as_json, **options):
     """Embed every image of INPUT into an HDF5 cache, once.
 
     INPUT is a class-per-folder tree (labels from folder names), a flat folder (unlabeled), a CSV manifest
-    (path,label[,group]) or a .txt list of paths. Running it again embeds only new or changed images and
+    (path,label[,group]), a .txt list of paths, or WebDataset .tar shards / .parquet files (a folder of them,
+    files, a glob such as 'shards/{00000..00099}.tar'; rows named SHARD/KEY). Running it again embeds only new or changed images and
     continues an interrupted run. Files that cannot be read are skipped and reported. Under torchrun each
     rank embeds its share on its own device and rank 0 merges and prints.
 
@@ -159,18 +163,20 @@ def extract(source, cache, quiet, as_json, **options):
       featurebank extract ../shared/data/hymenoptera/train -b mobilenet_v2 \\
           -w ../shared/weights/mobilenet_v2-imagenet.pth --cache cache/ants.h5
       torchrun --nproc_per_node 4 -m cli extract photos/ --cache cache/photos.h5
+      featurebank extract shards/ --label-key json:label --cache cache/web.h5
     """
     from embedder.distributed import Rank
     from embedder.job import extract as run_extract
     from embedder.job import int8_request
     from embedder.views import extract_text
 
+    shards = ShardOptions(**{k: options.pop(k) for k in list(options) if k in SHARD_FIELDS})
     o = ExtractOptions(**options)
     if o.calibration_from and o.precision != "int8":
         raise click.UsageError("--calibration-from goes with --precision int8")
     int8, engine_dir = int8_request(o.precision, o.calibration_images, o.seed, o.calibration, o.calibration_from)
-    summary = run_extract(source, cache, int8=int8, engine_dir=engine_dir, progress=not quiet and sys.stderr.isatty(),
-                          **o.keywords())
+    summary = run_extract(source[0] if len(source) == 1 else list(source), cache, int8=int8, engine_dir=engine_dir,
+                          progress=not quiet and sys.stderr.isatty(), shards=shards, **o.keywords())
     if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
     emit(summary.to_dict(), as_json, extract_text)

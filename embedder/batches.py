@@ -46,12 +46,15 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def decode(self, index: int) -> Decoded:
+        """The image at ``index`` (a subclass reads its bytes elsewhere: samples of shards)."""
         source = self.images[index]
         if isinstance(source, Image.Image):
-            decoded = Decoded(to_rgb(source))
-        else:
-            decoded = decode_file(os.fspath(source), self.max_pixels, self.preprocessing.draft_size)
+            return Decoded(to_rgb(source))
+        return decode_file(os.fspath(source), self.max_pixels, self.preprocessing.draft_size)
+
+    def __getitem__(self, index: int):
+        decoded = self.decode(index)
         if decoded.image is None:
             return index, None, decoded.digest, decoded.reason, decoded.notes
         try:

@@ -31,7 +31,8 @@ from .engines import Prepared, open_engine, resolve_device_name
 from .errors import FeaturebankError
 from .resolve import Request, Resolved, resolve
 from .settings import POOLINGS, TTAS, ExtractionSettings, Int8
-from .sources import Listing, list_images
+from .shards import list_input
+from .sources import Listing
 from .store import EngineStore, engine_dir_for
 from .versions import library_versions
 
@@ -111,6 +112,7 @@ class ExtractJob:
     confine: bool = False  # a manifest's paths must stay inside its folder
     cache_dir: str | None = None
     engine_dir: str | None = None  # None: the engine folder next to the cache
+    shards: object = None  # ShardOptions: where tar samples and Parquet rows keep their image, label, group
 
     def __post_init__(self):
         if self.request.pooling not in POOLINGS:
@@ -125,9 +127,11 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
             workers: int | None = None, seed: int = 0, layout: str = "auto", strict: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None, engine: str = "auto",
             int8: Int8 | None = None, engine_dir: str | None = None, threads: int | None = None,
-            progress: bool = False, tta: str = "none", confine: bool = False) -> ExtractSummary:
-    """Embed every image of ``source`` (a folder, manifest, list file, or a :class:`Listing`) into the HDF5 cache
-    ``cache`` (default: under ``cache/``).
+            progress: bool = False, tta: str = "none", confine: bool = False, shards=None) -> ExtractSummary:
+    """Embed every image of ``source`` (a folder, manifest, list file, WebDataset tar shards or Parquet files
+    (a folder of them, one, a glob, a list), or a :class:`Listing`) into the HDF5 cache ``cache`` (default: under
+    ``cache/``). ``shards``: a :class:`embedder.options.ShardOptions` (image column, label and group sidecars).
+    ``confine``: a manifest's paths must stay inside its folder.
 
     ``engine``: ``auto`` (ONNX Runtime on the CPU where it measured faster, torch on GPUs), ``torch`` or
     ``onnxruntime``. ``precision="int8"`` calibrates on images of the input (``int8`` sets how many, the seed and
@@ -138,7 +142,7 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     started = time.perf_counter()
     job = ExtractJob(
         source=source, cache=cache, tta=tta, layout=layout, strict=strict, cache_dir=cache_dir, engine_dir=engine_dir,
-        confine=confine,
+        confine=confine, shards=shards,
         request=Request(backbone=backbone, weights=weights, seed=seed, layers=layers or None, pooling=pooling,
                         resize=resize, crop=crop, draft=draft, precision=precision,
                         int8=int8 if precision == "int8" else None),
@@ -159,7 +163,8 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
             dev = rank.device(resolve_device_name(asked.device))
         if request.precision == "fp16" and dev == "cpu":
             raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
-        listing = job.source if isinstance(job.source, Listing) else list_images(job.source, job.layout, job.confine)
+        listing = (job.source if isinstance(job.source, Listing)
+                   else list_input(job.source, job.layout, job.shards, job.confine))
     # this rank's device; only rank 0 shows progress
     execution = replace(asked, device=dev, progress=asked.progress and rank.leader)
     store = EngineStore(job.engine_dir or engine_dir_for(job.cache, job.cache_dir))
@@ -286,6 +291,11 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
         stored = ExtractionSettings.from_dict(stored)
         if stored.int8 and replace(stored.int8, calibration_set="") == wanted:
             wanted = stored.int8
+    if hasattr(listing, "where"):  # samples of shards have no file to calibrate from
+        if not wanted.calibration_set:
+            raise FeaturebankError("int8 from shards needs a calibration made on image files: extract some of "
+                                   "them with --precision int8, then use --calibration-from that cache")
+        return replace(settings, int8=wanted), []
     candidates = [(listing.full_path(i), i.path) for i in listing.items if not i.error]
     chosen = draw_calibration(candidates, wanted)[:wanted.images]
     if not wanted.calibration_set:
@@ -323,6 +333,8 @@ def _plan(listing: Listing, writer: CacheWriter, max_pixels: int = DEFAULT_MAX_P
     another mtime: compared by content digest (a touched or copied file is not embedded again). A file refused
     for its size is tried again once ``max_pixels`` allows it (the advice its reason gives)."""
     todo = []
+    digest = getattr(listing, "item_digest", None) or (
+        lambda item: file_digest(listing.full_path(item), max_file_bytes(max_pixels)))
     for item in listing.items:
         if item.error:
             continue
@@ -334,7 +346,7 @@ def _plan(listing: Listing, writer: CacheWriter, max_pixels: int = DEFAULT_MAX_P
             if entry.mtime_ns == item.mtime_ns:
                 continue
             try:
-                same = entry.digest and file_digest(listing.full_path(item), max_file_bytes(max_pixels)) == entry.digest
+                same = entry.digest and digest(item) == entry.digest
             except OSError:
                 same = False
             if same:
@@ -410,8 +422,11 @@ class Run:
         from .guard import BatchRunner
 
         dims, how = self.resolved.dims, self.execution
-        dataset = ImageDataset([listing.full_path(item) for item in todo], self.settings.preprocessing,
-                               how.max_pixels)
+        if hasattr(listing, "dataset"):  # samples of shards: their bytes come from the shards
+            dataset = listing.dataset(todo, self.settings.preprocessing, how.max_pixels)
+        else:
+            dataset = ImageDataset([listing.full_path(item) for item in todo], self.settings.preprocessing,
+                                   how.max_pixels)
         started = time.perf_counter()
         stream = batches(dataset, how.batch_size, how.workers, pin_memory=how.device != "cpu",
                          device_type=how.device.split(":")[0], threads=how.threads)

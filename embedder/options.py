@@ -8,10 +8,12 @@ an option). ``featurebank extract`` and ``finetune`` make their options from the
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from .decode import DEFAULT_MAX_PIXELS
 from .engines import ENGINES
+from .errors import FeaturebankError
 from .settings import CALIBRATIONS, POOLINGS, PRECISIONS, TTAS
 from .sources import LAYOUTS
 
@@ -83,3 +85,23 @@ class ExtractOptions:
         """The keywords of ``embedder.job.extract``, without the int8 options (``job.int8_request`` reads them)."""
         return {k: v for k, v in asdict(self).items() if k not in ("calibration_images", "calibration",
                                                                      "calibration_from")}
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Where a sample's image, label and group are: sidecars of a tar sample (``EXT``: the text of ``KEY.EXT``;
+    ``json:FIELD``: a field of ``KEY.json``; ``""``: none), columns of a Parquet file (None: ``label`` when the
+    file has such a column; the image column: ``image``, else ``jpg``, ``png`` or ``webp``)."""
+
+    image_column: str | None = option(None, "Parquet: the column of image bytes (default: image, else jpg, png or "
+                                            "webp).")
+    label_key: str = option("cls", "Tar shards: the label's sidecar, EXT (the text of KEY.EXT) or json:FIELD (a "
+                                   "field of KEY.json).")
+    group_key: str = option("", "Tar shards: the group's sidecar, as --label-key.")
+    label_column: str | None = option(None, "Parquet: the label column (default: label, when there is one).")
+    group_column: str | None = option(None, "Parquet: the group column.")
+
+    def __post_init__(self):
+        for name, value in (("--label-key", self.label_key), ("--group-key", self.group_key)):
+            if value and not re.fullmatch(r"json:[^:]+|[A-Za-z0-9_.-]+", value):
+                raise FeaturebankError(f"{name} {value!r}: give a sidecar extension (cls, txt) or json:FIELD")

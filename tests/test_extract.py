@@ -345,12 +345,13 @@ def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeyp
 
     from embedder import job as job_module
     from embedder.settings import Int8
+    from embedder.shards import ShardOptions
 
     given = dict(source="photos/", cache="c.h5", backbone="resnet18", weights="w.pth", layers=["layer3", "layer2"],
                  pooling="max", resize=80, crop=48, draft=False, precision="int8", device="cpu", batch_size=3,
                  workers=2, seed=7, layout="flat", strict=True, max_pixels=12345, cache_dir="cached",
                  engine="torch", int8=Int8(images=5, seed=9), engine_dir="engines", threads=1, progress=True,
-                 tta="flip", confine=True)
+                 tta="flip", confine=True, shards=ShardOptions(image_column="jpg", label_key="json:label"))
     assert set(given) == set(inspect.signature(job_module.extract).parameters)  # every keyword is exercised
     seen = []
     monkeypatch.setattr(job_module, "_extract", lambda group, started, job: seen.append(job))

@@ -1,0 +1,418 @@
+"""WebDataset tar shards and Parquet files as an input: samples (key, image bytes, label, group) instead of files.
+
+A source lists its shards in order and, inside each, its samples sorted by key; each becomes an ``Item`` named
+``SHARD/KEY`` (``SHARD`` is the shard's path relative to the folder that holds the shards, with its extension).
+From there everything is the pipeline of files: the job plans, decodes in threads or processes, writes parts and
+merges; only where the bytes come from differs (``SampleDataset``).
+
+Why offsets rather than a ``tarfile`` stream (``r|``): a plain tar's headers give each member's byte range, so
+listing reads the headers only (it seeks over the data), and a sample is then one ``pread`` of its range. Members
+are still read in order, never unpacked to disk, and a batch can be read on its own: a resumed run starts in the
+middle of a shard without reading its first half, torchrun ranks and decoding processes read only their batches.
+
+Fingerprints: a tar sample's ``size`` is its image member's length and its ``mtime_ns`` the shard's; a Parquet
+row has the file's size and mtime. An unchanged shard is therefore reused without reading a byte of it; a
+touched one is compared sample by sample by content digest (``item_digest``), as a touched file is.
+
+A damaged shard loses only what the damage covers: a truncated image, a key without an image, a duplicated key,
+a member cut by the end of the file, all become failures with a reason; the samples before the damage are kept.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from .decode import DEFAULT_MAX_PIXELS, digest_bytes
+from .errors import FeaturebankError
+from .options import ShardOptions
+from .samples import Where
+from .sources import (
+    IMAGE_EXTENSIONS,
+    Item,
+    Listing,
+    is_hidden_or_system,
+    is_image_name,
+    list_images,
+    list_inputs,
+)
+
+SHARD_EXTENSIONS = (".tar", ".parquet")
+IMAGE_EXTS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp")  # img2dataset's parquet names the column by format
+
+
+@dataclass
+class ShardListing(Listing):
+    shards: list[str] = field(default_factory=list)  # absolute paths, in order
+    columns: dict[int, str] = field(default_factory=dict)  # parquet shard → its image column
+    where: dict[str, Where] = field(default_factory=dict)  # item path → its bytes
+    _digests: object = field(default=None, repr=False, compare=False)  # the reader of item_digest
+
+    def full_path(self, item: Item) -> str:
+        """The shard file that holds the sample (a sample has no file of its own)."""
+        return self.shards[self.where[item.path].shard] if item.path in self.where else os.path.join(self.root, item.path)
+
+    def reader(self):
+        # reading needs pyarrow for Parquet, decoding needs Pillow: listing needs neither
+        from .samples import SampleReader
+
+        return SampleReader(self.shards, self.columns)
+
+    def dataset(self, items, preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """The samples ``items``, as a dataset for the decoding pipeline (threads or processes)."""
+        from .samples import SampleDataset
+
+        return SampleDataset([self.where[i.path] for i in items], self.reader(), preprocessing, max_pixels)
+
+    def item_digest(self, item: Item) -> str:
+        """The content digest of a sample's image (what the decoder records), to compare with the cache's. One
+        reader for all the items of a touched shard: a Parquet row group is read once, not once per row."""
+        if self._digests is None:
+            self._digests = self.reader()
+        data = self._digests.read(self.where[item.path])
+        return digest_bytes(data) if data is not None else ""
+
+
+# -- what the user names --------------------------------------------------------------------------------------
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    """WebDataset's and img2dataset's ``shards-{00000..00099}.tar`` (the width of the first number is kept)."""
+    m = _BRACES.search(pattern)
+    if not m:
+        return [pattern]
+    lo, hi, width = int(m.group(1)), int(m.group(2)), len(m.group(1))
+    return [p for i in range(lo, hi + 1)
+            for p in _expand_braces(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():])]
+
+
+def is_shard_name(name: str) -> bool:
+    return name.lower().endswith(SHARD_EXTENSIONS)
+
+
+def _is_pattern(name: str) -> bool:
+    return bool(_BRACES.search(name)) or glob.has_magic(name)
+
+
+def _shards_in_folder(folder: str) -> list[str]:
+    """The folder's shards: its ``.tar`` files, or, without any, its ``.parquet`` files (img2dataset writes a
+    metadata ``.parquet`` beside each ``.tar``: those hold no images)."""
+    names = [e.name for e in os.scandir(folder) if e.is_file() and not is_hidden_or_system(e.name)]
+    tars = sorted(n for n in names if n.lower().endswith(".tar"))
+    chosen = tars or sorted(n for n in names if n.lower().endswith(".parquet"))
+    return [os.path.join(folder, n) for n in chosen]
+
+
+def _has_images(folder: str) -> bool:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not is_hidden_or_system(d)]
+        if any(is_image_name(f) and not is_hidden_or_system(f) for f in filenames):
+            return True
+    return False
+
+
+def _list_file_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def shard_paths(source) -> tuple[list[str], str] | None:
+    """The shard files ``source`` names (absolute, in order) and its identity, or None when it names no shards
+    (an image folder, a manifest, a list of images): a folder of shards, one shard, a glob or brace pattern,
+    a ``.txt`` list of shards, or several of these."""
+    names = [os.fspath(s) for s in source] if isinstance(source, (list, tuple)) else [os.fspath(source)]
+    found: list[str] = []
+    for name in names:
+        if _is_pattern(name) and not os.path.exists(name):
+            matches = sorted({m for p in _expand_braces(name) for m in glob.glob(p)})
+            if not matches:
+                raise FeaturebankError(f"no files match {name}")
+            found += [m for m in matches if is_shard_name(m)] or [None]
+        elif is_shard_name(name):
+            found.append(name)
+        elif os.path.isdir(name):
+            shards = _shards_in_folder(name)
+            found += shards if shards and not _has_images(name) else [None]
+        elif name.lower().endswith((".txt", ".lst")) and os.path.isfile(name):
+            lines = _list_file_lines(name)
+            base = os.path.dirname(os.path.abspath(name))
+            if lines and all(is_shard_name(ln) for ln in lines):
+                found += [os.path.join(base, ln) for ln in lines]
+            else:
+                found.append(None)
+        else:
+            found.append(None)
+    if all(f is None for f in found):
+        return None
+    if any(f is None for f in found):
+        raise FeaturebankError("give either shards (.tar, .parquet) or images, not both in one extract")
+    paths = list(dict.fromkeys(os.path.abspath(f) for f in found))  # once each, in the order given
+    if len(names) == 1:
+        identity = os.path.abspath(names[0])
+    else:
+        identity = "list-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+    return paths, identity
+
+
+def list_input(source, layout: str = "auto", options: ShardOptions | None = None, confine: bool = False) -> Listing:
+    """What ``extract`` was given, listed: shards (``list_shards``), else a folder, manifest or list of images
+    (``sources``); several image inputs become one unlabeled list."""
+    named = shard_paths(source)
+    if named is not None:
+        return list_shards(named[0], named[1], options or ShardOptions())
+    if isinstance(source, (list, tuple)):
+        return list_inputs(source, layout) if len(source) > 1 else list_images(source[0], layout, confine)
+    return list_images(source, layout, confine)
+
+
+def list_shards(paths: list[str], identity: str, options: ShardOptions) -> ShardListing:
+    """Every sample of every shard, shard by shard (in the order given), by key within a shard."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FeaturebankError(f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    image_column = options.image_column
+    source = f"shards:{identity}" + (f"#image={image_column}" if image_column else "")
+    listing = ShardListing(root=root, kind="shards", source=source, shards=list(paths))
+    for index, path in enumerate(paths):
+        name = os.path.relpath(path, root).replace(os.sep, "/")
+        if path.lower().endswith(".parquet"):
+            _list_parquet(listing, index, name, options)
+        else:
+            _list_tar(listing, index, name, options)
+    if not listing.items:
+        raise FeaturebankError(f"no samples in the shards of {identity}")
+    return listing
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """WebDataset's rule: the key is the member's path up to the first dot of its file name, the rest (lower
+    case) the extension: ``a/b.seg.png`` → (``a/b``, ``seg.png``)."""
+    folder, _, base = name.rpartition("/")
+    if "." not in base or base.startswith("."):
+        return None
+    stem, ext = base.split(".", 1)
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _sidecar_value(spec: str, members: dict, read) -> str:
+    """A label or group from a sidecar: ``EXT`` (its text) or ``json:FIELD``; "" when the sample has none."""
+    if not spec:
+        return ""
+    if spec.startswith("json:"):
+        if "json" not in members:
+            return ""
+        data = json.loads(read(members["json"]).decode("utf-8"))
+        value = data.get(spec[5:]) if isinstance(data, dict) else None
+        return "" if value is None else str(value)
+    if spec.lower() not in members:
+        return ""
+    return read(members[spec.lower()]).decode("utf-8").strip()
+
+
+def _number(field: bytes) -> int:
+    """A tar header's number: octal text, or base-256 (GNU) when the first byte's high bit is set."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    records, at = {}, 0
+    while at < len(data) and data[at:at + 1] != b"\0":
+        length = int(data[at:data.index(b" ", at)])
+        key, _, value = data[data.index(b" ", at) + 1:at + length - 1].partition(b"=")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        at += length
+    return records
+
+
+def scan_tar(fh, file_size: int) -> tuple[list[tuple[str, int, int, bool]], str | None]:
+    """The members of a plain tar (ustar, GNU, pax): (name, offset of the data, size, is a regular file), and
+    what stopped the scan early, if anything. Reads the 512-byte headers only (``tarfile`` parses each header
+    field by field: ten times slower, which a rerun over a million samples would feel) and seeks over the data.
+    Never raises for a damaged file: the members before the damage are returned."""
+    members, offset, pending, long_name = [], 0, {}, None
+    while True:
+        fh.seek(offset)
+        block = fh.read(512)
+        if not block:
+            return members, f"the file ends at byte {offset} without the end-of-archive blocks"
+        if len(block) < 512:
+            return members, f"truncated member header at byte {offset}"
+        if not block.strip(b"\0"):
+            return members, None
+        try:
+            stored = _number(block[148:156])
+            size = _number(block[124:136])
+        except ValueError:
+            stored, size = -1, 0
+        if stored != sum(block[:148]) + 256 + sum(block[156:]):
+            return members, f"unreadable member header at byte {offset}"
+        kind, data = block[156:157], offset + 512
+        if kind in (b"x", b"g", b"L", b"K"):  # a pax or GNU header that describes the next member
+            if data + size > file_size:
+                return members, f"truncated member header at byte {offset}"
+            fh.seek(data)
+            payload = fh.read(size)
+            if kind == b"x":
+                try:
+                    pending = _pax_records(payload)
+                except ValueError:
+                    return members, f"unreadable pax header at byte {offset}"
+            elif kind == b"L":
+                long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            offset = data + (size + 511) // 512 * 512
+            continue
+        name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if block[257:262] == b"ustar" and block[345:346] != b"\0" and block[262:263] == b"\0":  # POSIX prefix
+            name = block[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+        name = pending.get("path") or long_name or name
+        name = name.rstrip("/") if kind == b"5" else name  # a directory, as tarfile names it
+        size = int(pending.get("size", size))
+        members.append((name, data, size, kind in (b"0", b"\0", b"7") and not name.endswith("/")))
+        pending, long_name = {}, None
+        offset = data + (size + 511) // 512 * 512
+
+
+def _list_tar(listing: ShardListing, index: int, name: str, options: ShardOptions) -> None:
+    path = listing.shards[index]
+    st = os.stat(path)
+    samples: dict[str, dict[str, tuple[int, int]]] = {}
+    duplicated: set[str] = set()
+    try:
+        with open(path, "rb") as fh:
+            members, damage = scan_tar(fh, st.st_size)
+    except OSError as exc:
+        members, damage = [], f"cannot read: {exc.strerror or exc}"
+    if not members:
+        listing.items.append(Item(name, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                  error=f"not a readable tar shard ({damage or 'no members'})"))
+        return
+    for member, offset, size, is_file in members:
+        split = split_key(member) if is_file else None
+        if split is None or any(is_hidden_or_system(p) for p in member.split("/")):
+            listing.ignored += is_file
+            continue
+        key, ext = split
+        found = samples.setdefault(key, {})
+        if ext in found:
+            duplicated.add(key)
+        found[ext] = (offset, size)
+    cut = {k for k, m in samples.items() if any(o + n > st.st_size for o, n in m.values())}
+    last = next(reversed(samples), None)  # the sample the damage, if any, comes after
+    cut_short = damage is not None and last is not None and not any(e in IMAGE_EXTS for e in samples[last])
+
+    def damaged(key: str) -> str | None:
+        if key in duplicated:
+            return f"duplicated key: {key} appears more than once in the shard; no copy is embedded"
+        if key in cut:
+            return f"truncated shard: {key}'s members run past the end of the file ({st.st_size} bytes)"
+        if cut_short and key == last:
+            seen = ", ".join(f"{key}.{e}" for e in sorted(samples[key]))
+            return f"truncated shard: the damage ({damage}) comes before this sample's image (members: {seen})"
+        return None
+
+    with open(path, "rb") as side:  # the sidecars that hold labels and groups
+        def read(span):
+            side.seek(span[0])
+            return side.read(span[1])
+
+        for key in sorted(samples):
+            _add_sample(listing, Where(index, 0, 0), name, key, samples[key], st.st_mtime_ns, options, read,
+                        damaged(key))
+    attributed = bool(cut) or cut_short  # else the damage is the shard's own failure
+    if damage is not None and not attributed:  # between samples: those before it are whole; say where it stops
+        listing.items.append(Item(name, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                  error=f"truncated shard: it stops after {len(samples)} samples ({damage}); "
+                                        f"the samples before the damage are kept"))
+
+
+def _add_sample(listing: ShardListing, shard: Where, name: str, key: str, members: dict, mtime_ns: int,
+                options: ShardOptions, read, error: str | None) -> None:
+    """One sample's item: its image's byte range, label and group, or why it has none."""
+    images = sorted(e for e in members if e in IMAGE_EXTS)
+    if error is None and not images:
+        error = "no image in the sample (members: " + ", ".join(f"{key}.{e}" for e in sorted(members)) + ")"
+    elif error is None and len(images) > 1:
+        error = "several images in one sample (" + ", ".join(f"{key}.{e}" for e in images) + ")"
+    label = group = ""
+    if error is None:
+        try:
+            label = _sidecar_value(options.label_key, members, read)
+            group = _sidecar_value(options.group_key, members, read)
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            error = f"unreadable label or group sidecar ({type(exc).__name__}: {exc})"
+    size, path = -1, f"{name}/{key}"
+    if error is None:
+        offset, size = members[images[0]]
+        listing.where[path] = Where(shard.shard, offset, size)
+    listing.items.append(Item(path, label, group, size, mtime_ns, error))
+
+
+def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOptions) -> None:
+    import pyarrow.parquet as pq
+
+    path = listing.shards[index]
+    st = os.stat(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ... for a damaged file)
+        listing.items.append(Item(name, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                  error=f"not a readable Parquet file ({type(exc).__name__}: {exc})"))
+        return
+    columns = pf.schema_arrow.names
+    image = options.image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
+    if image not in columns:
+        raise FeaturebankError(f"{path} has no image column {options.image_column or 'image'!r} (its columns: "
+                               f"{', '.join(columns)}); name it with --image-column")
+    for option, column in (("--label-column", options.label_column), ("--group-column", options.group_column)):
+        if column and column not in columns:
+            raise FeaturebankError(f"{path} has no column {column!r} ({option}); its columns: {', '.join(columns)}")
+    label_column = options.label_column or ("label" if "label" in columns and image != "label" else None)
+    wanted = [c for c in dict.fromkeys(("key", label_column, options.group_column)) if c and c in columns]
+    table = pf.read(columns=wanted) if wanted else None
+    n = pf.metadata.num_rows
+    values = {c: table.column(c).to_pylist() for c in wanted} if table is not None else {}
+    if "key" in values:
+        keys = ["" if k is None else str(k) for k in values["key"]]
+    else:
+        width = max(6, len(str(max(n - 1, 0))))
+        keys = [str(i).zfill(width) for i in range(n)]
+    starts, at = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        starts.append(at)
+        at += pf.metadata.row_group(g).num_rows
+    listing.columns[index] = image
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    group_of, g = [], 0
+    for row in range(n):
+        while g + 1 < len(starts) and starts[g + 1] <= row:
+            g += 1
+        group_of.append(g)
+    text = lambda column, row: "" if not column or values[column][row] is None else str(values[column][row])
+    done: set[str] = set()
+    for row in sorted(range(n), key=lambda r: (keys[r], r)):
+        key = keys[row]
+        item_path = f"{name}/{key}"
+        if counts[key] > 1:
+            if key in done:
+                continue
+            done.add(key)
+            error = f"duplicated key: {key} is in {counts[key]} rows of the file; no copy is embedded"
+        elif not key:
+            error = f"row {row} has an empty key"
+        else:
+            error = None
+            listing.where[item_path] = Where(index, group_of[row], row - starts[group_of[row]])
+        listing.items.append(Item(item_path, text(label_column, row) if not error else "",
+                                  text(options.group_column, row) if not error else "",
+                                  st.st_size, st.st_mtime_ns, error))
