@@ -52,6 +52,7 @@ STRING = h5py.string_dtype("utf-8")
 SETTINGS_KEYS = ("backbone", "weights", "layers")  # the settings without a default (older caches may lack others)
 ROW_STRINGS = ("path", "label", "group", "digest")
 FAILURE_STRINGS = ("path", "reason", "digest")
+INTS = ("size", "mtime_ns")  # the stat columns rows/ and failures/ both have (the reader checks them)
 PART_NAME = re.compile(r"^part-(\d{8})(?:-rank(\d+))?\.h5$")  # without a rank: parts of older versions
 BLOCK_BYTES = 64 << 20  # the merge's unit: output rows filled, source rows read, spill rows moved at a time
 GAP_BYTES = 256 << 10  # a gap this small between wanted rows is read through rather than skipped
