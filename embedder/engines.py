@@ -272,7 +272,7 @@ def _measure(engines: dict, n: int, crop: int, prepared: Prepared) -> tuple[int,
     """Both engines on ``n`` random images (warm-up and agreement), then timed three times. Out of memory (a big
     --crop) halves ``n``, as the extraction loop does, and the run's batches start at the size that fitted
     (``prepared.max_batch``). Returns the size measured, the worst disagreement and the images per second."""
-    from .guard import _release_cached_memory, first_line, is_out_of_memory
+    from .guard import release_cached_memory, first_line, is_out_of_memory
 
     while True:
         try:
@@ -296,7 +296,7 @@ def _measure(engines: dict, n: int, crop: int, prepared: Prepared) -> tuple[int,
             if not is_out_of_memory(exc):
                 raise
             images = outputs = None
-            _release_cached_memory()
+            release_cached_memory()
             if n == 1:
                 raise FeaturebankError(f"out of memory on a single image of {crop} x {crop} while measuring the "
                                        f"engines ({first_line(exc)}): use a smaller --crop") from None

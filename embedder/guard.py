@@ -30,7 +30,7 @@ def is_cuda_error(exc: BaseException) -> bool:
     return type(exc).__name__ in CUDA_TYPES or any(t in text for t in CUDA_TEXT)
 
 
-def _release_cached_memory() -> None:
+def release_cached_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -61,7 +61,7 @@ class BatchRunner:
                 if size == 1:
                     raise FeaturebankError(f"out of memory on a single image ({first_line(exc)}); free the device "
                                            f"or use a smaller --crop; the batches before it are saved") from None
-                _release_cached_memory()
+                release_cached_memory()
                 self.chunk = max(1, size // 2)
                 self.halvings += 1
                 self._say(f"out of memory on a batch of {size}: continuing with batches of {self.chunk}")
