@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
 from . import __version__
+from .destination import check_destination
 from .errors import FeaturebankError
 from .settings import ExtractionSettings, Int8
 from .sources import Item, Listing
@@ -578,6 +579,7 @@ def export_checkpoint(path: str, out: str, *, backbone: str | None = None, preci
 
     if not os.path.isfile(path):
         raise FeaturebankError(f"checkpoint not found: {path}")
+    check_destination(out, [path], "the ONNX file")
     backbone = backbone or (file_metadata(path).get("featurebank") or {}).get("backbone")
     if not backbone:
         raise FeaturebankError(f"{path} does not say its backbone: give -b BACKBONE")
