@@ -10,26 +10,36 @@ from collections import Counter
 
 import click
 
-from embedder.errors import FeaturebankError
+from embedder.errors import FeaturebankError, Terminated, terminate_as_interrupt
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+EMBEDDED_KEPT = "the images embedded so far are kept in the cache, and the same command continues from them"
+KEPT = {  # what an interrupted command kept, by command
+    "extract": "every finished batch is kept; run the same command again to continue",
+    "finetune": "the last finished epoch is saved (OUT/last.pt); run the same command with --resume to continue",
+    "cv": "no report was written and the caches are unchanged; run the same command again to start over",
+    "train": "no model file was written (an existing -o file is unchanged); run the same command again",
+    "predict": f"no predictions were written; {EMBEDDED_KEPT}",
+    "evaluate": f"nothing was scored; {EMBEDDED_KEPT}",
+    "export": "no ONNX file was written (an existing -o file is unchanged)",
+    "convert": "NEW was not written",
+}
+
 
 class Group(click.Group):
-    """Turns FeaturebankError and Ctrl-C into one line and an exit code instead of a traceback."""
+    """Turns FeaturebankError, Ctrl-C and SIGTERM into one line and an exit code instead of a traceback."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with terminate_as_interrupt():
+                return super().invoke(ctx)
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            if ctx.invoked_subcommand == "finetune":
-                click.echo("Interrupted: the last finished epoch is saved (OUT/last.pt); run the same command with "
-                           "--resume to continue.", err=True)
-            else:
-                click.echo("Interrupted: every finished batch is kept; run the same command again to continue.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+            click.echo(f"{how}: {KEPT.get(ctx.invoked_subcommand, 'stopped before it finished')}.", err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
 class BackboneType(click.ParamType):
@@ -402,9 +412,12 @@ def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_fo
     """
     from classifiers.crossval import cross_validate
     from classifiers.report import leaderboard_lines, model_name, report_dict, significance_note, write_report
+    from embedder.destination import writable_folder
 
     if scheduler and n_jobs != 1:
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
+    if out:
+        writable_folder(out, "the report")  # before the folds, not after them
 
     report = cross_validate(list(caches), classifier, layer, folds=folds, repeats=repeats, seed=seed, groups=groups,
                             search=search, inner_folds=inner_folds, n_jobs=n_jobs, scheduler=scheduler,
@@ -449,7 +462,8 @@ def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_fo
 @click.option("-c", "--classifier", type=ClassifierType(), default="logreg", show_default=True,
               help="A zoo spec (featurebank classifiers).")
 @click.option("-l", "--layer", help="Layer of the cache. [default: its first]")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="Model file to write (.joblib).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True,
+              help="Model file to write (.fbmodel: JSON and skops, loading it runs no code).")
 @click.option("--search", is_flag=True, help="Choose the hyperparameters by cross-validation first "
                                              "(StratifiedGroupKFold when the cache has groups).")
 @click.option("--groups/--no-groups", default=None,
@@ -459,11 +473,12 @@ def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_fo
 def train(cache, classifier, layer, out, search, groups, seed, as_json):
     """Fit a classifier on every labelled row of CACHE and save it with its embedding settings.
 
-    The model file is a pickle: load only model files you trust.
+    The model file holds JSON and a skops archive loaded with a fixed list of trusted types: loading one
+    runs no code from it.
 
     \b
     Example:
-      featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.joblib
+      featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.fbmodel
     """
     from classifiers.bundle import train as run_train
 
@@ -500,6 +515,12 @@ def embedding_run_options(f):
     return f
 
 
+TRUST_PICKLE = click.option(
+    "--trust-pickle", is_flag=True,
+    help="Also load an old model file (a joblib pickle). Unpickling runs whatever code the file names: only for "
+         "files you made or trust; featurebank convert OLD NEW rewrites one once in the safe format.")
+
+
 def _run(device, batch_size, workers, quiet) -> dict:
     return {"device": device, "batch_size": batch_size, "workers": workers, "progress": not quiet and sys.stderr.isatty()}
 
@@ -509,20 +530,25 @@ def _run(device, batch_size, workers, quiet) -> dict:
 @click.argument("data", type=click.Path())
 @embedding_run_options
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write path,label,predicted per image (CSV).")
+@TRUST_PICKLE
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(model, data, cache, weights, device, batch_size, workers, quiet, predictions, as_json):
+def evaluate(model, data, cache, weights, device, batch_size, workers, quiet, predictions, trust_pickle, as_json):
     """Score MODEL on held-out labelled DATA: a folder of class folders, a CSV manifest, or a cache made with
     the model's embedding settings.
 
     \b
     Example:
-      featurebank evaluate models/flowers.joblib ../shared/data/flowers/val
+      featurebank evaluate models/flowers.fbmodel ../shared/data/flowers/val
     """
     import csv
 
     from classifiers.bundle import evaluate as run_evaluate
+    from embedder.destination import check_destination
 
-    result = run_evaluate(model, data, cache=cache, weights=weights, **_run(device, batch_size, workers, quiet))
+    if predictions:
+        check_destination(predictions, [model, data], "--predictions")
+    result = run_evaluate(model, data, cache=cache, weights=weights, trust_pickle=trust_pickle,
+                          **_run(device, batch_size, workers, quiet))
     if predictions:
         with open(predictions, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, ["path", "label", "predicted"])
@@ -556,7 +582,8 @@ def evaluate(model, data, cache, weights, device, batch_size, workers, quiet, pr
 @click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
-def predict(args, imagenet, backbone, cache, weights, device, batch_size, workers, quiet, top, fmt, out):
+@TRUST_PICKLE
+def predict(args, imagenet, backbone, cache, weights, device, batch_size, workers, quiet, top, fmt, out, trust_pickle):
     """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
@@ -564,29 +591,35 @@ def predict(args, imagenet, backbone, cache, weights, device, batch_size, worker
 
     \b
     Example:
-      featurebank predict models/flowers.joblib photo1.jpg photo2.jpg
+      featurebank predict models/flowers.fbmodel photo1.jpg photo2.jpg
       featurebank predict --imagenet -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth photos/ -k 5
     """
     from classifiers.bundle import predict as run_predict
-    from classifiers.bundle import predict_imagenet
+    from classifiers.bundle import predict_imagenet, prediction_outcome
+    from embedder.destination import check_destination
 
+    if out:
+        check_destination(out, args, "-o")
     run = _run(device, batch_size, workers, quiet)
     if imagenet:
-        result = predict_imagenet(list(args), backbone=backbone, weights=weights or "DEFAULT", top=top, cache=cache, **run)
+        result = predict_imagenet(list(args), backbone=backbone, weights=weights or "DEFAULT", top=top, cache=cache,
+                                  out=out, **run)
     else:
         if len(args) < 2:
             raise click.UsageError("give a MODEL file and at least one image (or --head to use the backbone's own head)")
-        result = run_predict(args[0], list(args[1:]), top=top, cache=cache, weights=weights, **run)
+        result = run_predict(args[0], list(args[1:]), top=top, cache=cache, weights=weights, out=out,
+                             trust_pickle=trust_pickle, **run)
     text = _predictions_text(result, fmt, top)
     if out:
         with open(out, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
     else:
         click.echo(text, nl=False)
-    failed = [r for r in result["rows"] if "error" in r]
-    if failed and not quiet:
-        click.echo(f"{len(failed)} of {len(result['rows'])} images could not be classified: "
-                   + "; ".join(f"{r['path']}: {r['error']}" for r in failed[:5]), err=True)
+    message, all_failed = prediction_outcome(result)
+    if all_failed:
+        raise FeaturebankError(message)
+    if message and not quiet:
+        click.echo(message, err=True)
 
 
 def _predictions_text(result: dict, fmt: str, top: int) -> str:
@@ -626,8 +659,9 @@ def _predictions_text(result: dict, fmt: str, top: int) -> str:
 @click.option("--calibration-images", type=click.IntRange(1), default=256, show_default=True,
               help="int8: images drawn reproducibly to calibrate on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the int8 calibration draw.")
+@TRUST_PICKLE
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def export(model, out, precision, backbone, weights, images, calibration_images, seed, as_json):
+def export(model, out, precision, backbone, weights, images, calibration_images, seed, trust_pickle, as_json):
     """Write MODEL as one ONNX file: uint8 images (N x crop x crop x 3, RGB) in, class scores and index out.
 
     MODEL is a model file from train (its backbone, layer and classifier) or a checkpoint from finetune
@@ -637,8 +671,8 @@ def export(model, out, precision, backbone, weights, images, calibration_images,
 
     \b
     Example:
-      featurebank export models/flowers.joblib -o flowers.onnx
-      featurebank export models/flowers.joblib -o flowers-int8.onnx --precision int8
+      featurebank export models/flowers.fbmodel -o flowers.onnx
+      featurebank export models/flowers.fbmodel -o flowers-int8.onnx --precision int8
       featurebank export runs/ants-finetune/best.pth -b mobilenet_v2 -o ants.onnx
     """
     from embedder.settings import Int8
@@ -652,7 +686,8 @@ def export(model, out, precision, backbone, weights, images, calibration_images,
     else:
         from classifiers.bundle import export as export_bundle
 
-        result = export_bundle(model, out, precision=precision, weights=weights, images=images, int8=int8)
+        result = export_bundle(model, out, precision=precision, weights=weights, images=images, int8=int8,
+                               trust_pickle=trust_pickle)
 
     def human(d):
         m = d["metadata"]
@@ -672,6 +707,26 @@ def export(model, out, precision, backbone, weights, images, calibration_images,
         click.echo(d["path"])
 
     emit(result.to_dict(), as_json, human)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("old", type=click.Path())
+@click.argument("new", type=click.Path(dir_okay=False))
+def convert(old, new):
+    """Rewrite OLD, a model file of an older featurebank (a joblib pickle), as NEW in the safe format, once.
+
+    OLD is unpickled, which runs whatever code the file names: convert only files you made or trust. NEW is
+    loaded back before it is reported; after that no --trust-pickle is needed.
+
+    \b
+    Example:
+      featurebank convert models/flowers.joblib models/flowers.fbmodel
+    """
+    from classifiers.modelfile import convert as run_convert
+
+    done = run_convert(old, new)
+    click.echo(f"wrote {done['model']}: {done['classifier']}, classes {', '.join(done['classes'])} "
+               f"(from {done['from']})")
 
 
 @main.command("report", context_settings=CONTEXT)

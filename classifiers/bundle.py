@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV
 
 from embedder.cache import CacheReader
-from embedder.destination import check_destination
+from embedder.destination import check_destination, refuse_overwrite
 from embedder.errors import FeaturebankError
 from embedder.job import extract, library_versions
 from embedder.settings import ExtractionSettings
@@ -183,10 +183,11 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
 
 
 def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",
-             **run) -> tuple[CacheReader, list, int]:
+             out: str | None = None, **run) -> tuple[CacheReader, list, int]:
     """The images of ``inputs`` embedded with the bundle's settings (into a matching cache, reused and brought
-    up to date): the cache reader, the listing's items in input order, and how many images were embedded now."""
-    listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
+    up to date): the cache reader, the listing's items in input order, and how many images were embedded now.
+    ``out``: a file the caller will write, refused before any work when it is one of the images."""
+    listing = _listing(inputs, layout, out)
     options = extract_options(bundle, weights)
     layers = options.pop("layers", [bundle.layer])
     if cache and os.path.exists(cache):
@@ -197,6 +198,26 @@ def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str |
     reader = CacheReader(summary.cache)
     check_cache(reader, bundle)
     return reader, listing.items, summary.embedded
+
+
+def _listing(inputs, layout: str, out: str | None):
+    listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
+    if out:
+        refuse_overwrite(out, [listing.full_path(i) for i in listing.items], "the output")
+    return listing
+
+
+def prediction_outcome(result: dict) -> tuple[str | None, bool]:
+    """What ``predict`` says about images it could not classify, and whether that was every one of them (a
+    failed run: exit 1, not 0)."""
+    rows = result["rows"]
+    failed = [r for r in rows if "error" in r]
+    if not failed:
+        return None, False
+    listed = "; ".join(f"{r['path']}: {r['error']}" for r in failed[:5])
+    if len(failed) == len(rows):
+        return f"none of the {len(rows)} images could be classified: {listed}", True
+    return f"{len(failed)} of {len(rows)} images could not be classified: {listed}", False
 
 
 def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> CacheReader:
@@ -263,24 +284,27 @@ def _rows(reader: CacheReader, items, values: np.ndarray, classes: list[str], k:
 
 
 def predict(model, images, *, top: int = 3, cache: str | None = None, weights: str | None = None,
-            layout: str = "auto", trust_pickle: bool = False, **run) -> dict:
+            layout: str = "auto", trust_pickle: bool = False, out: str | None = None, **run) -> dict:
     """Classify images with a bundle: embedded with its settings, then its pipeline. Bad images get a row with
-    an ``error`` and no prediction."""
+    an ``error`` and no prediction. ``out``: the file the caller writes the predictions to, refused (before any
+    work) when it is the model or one of the images."""
+    if out and not isinstance(model, Bundle):
+        refuse_overwrite(out, [model], "the output")
     bundle = _bundle(model, trust_pickle)
-    reader, items, count = embedded(bundle, images, cache=cache, weights=weights, layout=layout, **run)
+    reader, items, count = embedded(bundle, images, cache=cache, weights=weights, layout=layout, out=out, **run)
     values, kind = bundle.scores(reader.features(bundle.layer)) if len(reader) else (np.empty((0, len(bundle.classes))), "")
     return {"model": bundle.classifier, "layer": bundle.layer, "cache": reader.path, "embedded": count,
             "score": kind or "probability", "rows": _rows(reader, items, values, bundle.classes, top)}
 
 
 def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFAULT", seed: int = 0, top: int = 5,
-                     cache: str | None = None, layout: str = "auto", **run) -> dict:
+                     cache: str | None = None, layout: str = "auto", out: str | None = None, **run) -> dict:
     """Classify with the backbone's own head (ImageNet, or a fine-tuned checkpoint's classes): the logits are cached
     like any layer, then softmaxed."""
     from embedder.backbones import head_classes, output_node
 
     classes = head_classes(backbone, weights, seed)
-    listing = list_inputs(images if isinstance(images, (list, tuple)) else [images], layout)
+    listing = _listing(images, layout, out)
     summary = extract(listing, cache, backbone=backbone, weights=weights, seed=seed, layers=[output_node(backbone)],
                       **run)
     reader = CacheReader(summary.cache)
