@@ -28,6 +28,8 @@ def writable_folder(folder: str, what: str) -> str:
     """Make ``folder`` (and its parents) and check that a file can be created in it, with a probe file removed at
     once: a read-only folder, a path under a regular file or a full disk is one line naming ``what``."""
     folder = os.path.abspath(folder or ".")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise FeaturebankError(f"cannot write {what} in {folder}: it is a file, not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".featurebank-probe-", dir=folder)
