@@ -166,7 +166,7 @@ def _first_line(exc: BaseException) -> str:
 def _document(path: str, raw: bytes) -> dict:
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FeaturebankError(f"{path} is a damaged featurebank model file ({META}: {_first_line(exc)})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise FeaturebankError(f"{path} is not a featurebank model file ({META} does not say format {FORMAT!r})")
@@ -192,6 +192,12 @@ def check_metadata(path: str, document: dict) -> None:
     weights = document["settings"].get("weights")
     if not isinstance(weights, str):
         raise FeaturebankError(f"{path} is not a valid featurebank model file: 'settings' has no 'weights' name")
+    from embedder.settings import ExtractionSettings
+
+    try:
+        ExtractionSettings.from_dict(document["settings"])
+    except FeaturebankError as exc:
+        raise FeaturebankError(f"{path} is not a valid featurebank model file: 'settings': {exc}") from None
 
 
 def _load_pipeline(path: str, blob: bytes, document: dict):

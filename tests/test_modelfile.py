@@ -210,6 +210,14 @@ def test_missing_wrong_typed_and_damaged_files_are_one_line(synthetic, tmp_path)
     meta = {**_meta(bundle), "settings": {"backbone": "resnet18"}}
     with pytest.raises(FeaturebankError, match="'settings' has no 'weights' name"):
         load_bundle(_model_zip(tmp_path / "settings.fbmodel", meta, blob))
+    meta = {**_meta(bundle), "settings": {k: v for k, v in bundle.settings.items() if k != "backbone"}}
+    with pytest.raises(FeaturebankError, match="'settings': unreadable extraction settings .KeyError: 'backbone'"):
+        load_bundle(_model_zip(tmp_path / "settings2.fbmodel", meta, blob))
+    with zipfile.ZipFile(tmp_path / "deep.fbmodel", "w") as archive:  # JSON nested past Python's recursion limit
+        archive.writestr(modelfile.META, "[" * 100000)
+        archive.writestr(modelfile.PIPELINE, blob)
+    with pytest.raises(FeaturebankError, match="damaged featurebank model file"):
+        load_bundle(str(tmp_path / "deep.fbmodel"))
     good = (root / "m.fbmodel").read_bytes()
     cases = {"empty.fbmodel": (b"", "not a featurebank model file"),
              "half.fbmodel": (good[: len(good) // 2], "damaged featurebank model file"),
