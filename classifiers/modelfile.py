@@ -220,7 +220,7 @@ def _load_pipeline(path: str, blob: bytes, document: dict):
         raise FeaturebankError(f"{path} was written by an incompatible version of featurebank or scikit-learn "
                                f"({type(exc).__name__}: {_first_line(exc)}); train it again with "
                                f"`featurebank train`") from None
-    except Exception as exc:  # a crafted or damaged archive: skops raises whatever the tree made it hit
+    except Exception as exc:  # noqa: BLE001 - a crafted or damaged archive: skops raises whatever the tree hits
         raise FeaturebankError(f"{path} is a damaged featurebank model file (its classifier: {type(exc).__name__}: "
                                f"{_first_line(exc)})") from None
     if not hasattr(pipeline, "predict"):

@@ -14,10 +14,10 @@ import threading
 
 import pytest
 from click.testing import CliRunner
+from conftest import synthetic_cache, write_bad_files, write_tree
 
 import cli
 from classifiers.bundle import train
-from conftest import synthetic_cache, write_bad_files, write_tree
 
 REPO = str(pathlib.Path(__file__).resolve().parents[1])
 
@@ -171,8 +171,9 @@ def test_class_names_that_look_like_math_are_drawn_as_text(tmp_path, runner):
     assert result.exit_code == 0, result.output
     for name in ("confusion.png", "leaderboard.png", "map.png", "report.html"):
         assert (tmp_path / "run" / name).stat().st_size > 1000, name
-    from classifiers.plots import confusion_png
     import numpy as np
+
+    from classifiers.plots import confusion_png
 
     confusion_png(np.eye(3, dtype=int), classes, "$x^{$", str(tmp_path / "c.png"))  # the title too
     assert (tmp_path / "c.png").stat().st_size > 1000

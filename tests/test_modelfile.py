@@ -12,11 +12,11 @@ import joblib
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import synthetic_cache
 
 import cli
 from classifiers import modelfile
 from classifiers.bundle import evaluate, export, load_bundle, predict, train
-from conftest import synthetic_cache
 from embedder.errors import FeaturebankError
 
 SPECS = ["logreg", "linear-svm", "rbf-svm:pca=8", "knn", "ridge", "lda", "random-forest:n_estimators=20",
@@ -92,10 +92,10 @@ def test_a_malicious_pickle_is_never_unpickled_by_any_command(synthetic, tmp_pat
             if not path.name.startswith("proto0"):
                 assert "it was not loaded, since loading a pickle can run any code" in lines[0]
                 assert "--trust-pickle" in lines[0] and "featurebank convert OLD NEW" in lines[0]
-        for call in (lambda: load_bundle(str(path)), lambda: evaluate(str(path), str(root / "c.h5")),
-                     lambda: predict(str(path), [str(image)]), lambda: export(str(path), str(tmp_path / "m.onnx"))):
+        for call, args in ((load_bundle, [str(path)]), (evaluate, [str(path), str(root / "c.h5")]),
+                           (predict, [str(path), [str(image)]]), (export, [str(path), str(tmp_path / "m.onnx")])):
             with pytest.raises(FeaturebankError, match="not a featurebank model file"):
-                call()
+                call(*args)
         assert not marker.exists(), path.name
     assert not (tmp_path / "m.onnx").exists()
 
@@ -175,7 +175,7 @@ def test_a_crafted_tree_is_refused(synthetic, tmp_path):
     """A forest's tree whose child index points outside it would make scikit-learn read out of bounds: refused."""
     from sklearn.tree._tree import Tree
 
-    root, X, _ = synthetic
+    root, _, _ = synthetic
     bundle = train(str(root / "c.h5"), "random-forest:n_estimators=3", layer="flatten")
     tree = bundle.pipeline.named_steps["clf"].estimators_[1].tree_
     state = tree.__getstate__()
