@@ -307,3 +307,17 @@ def test_the_trusted_list_decides(synthetic, tmp_path, monkeypatch):
     monkeypatch.setattr(modelfile, "TRUSTED_TYPES", [t for t in modelfile.TRUSTED_TYPES if "ZooEnsemble" not in t])
     with pytest.raises(FeaturebankError, match=r"does not trust \(classifiers\.ensemble\.ZooEnsemble\)"):
         load_bundle(str(tmp_path / "e.fbmodel"))
+
+
+def test_a_malicious_pickle_named_like_a_checkpoint_is_not_run_by_export(tmp_path, runner):
+    """export sends .pth/.pt files to the checkpoint path, which reads them with torch's weights_only loader."""
+    marker = tmp_path / "marker"
+    data = {"state_dict": {"x": Payload(marker)}}
+    for name in ("evil.pth", "evil.pt"):
+        with open(tmp_path / name, "wb") as fh:
+            pickle.dump(data, fh, protocol=2)
+        for extra in ([], ["-b", "resnet18"]):
+            result = runner.invoke(cli.main, ["export", str(tmp_path / name), "-o", str(tmp_path / "x.onnx"), *extra])
+            assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+            assert "Traceback" not in result.output
+    assert not marker.exists() and not (tmp_path / "x.onnx").exists()
