@@ -12,7 +12,7 @@ from dataclasses import fields, is_dataclass
 import click
 
 from classifiers.options import CVOptions, TrainOptions
-from embedder.errors import FeaturebankError
+from embedder.errors import FeaturebankError, Terminated, terminate_as_interrupt
 from embedder.options import BACKBONE, ExtractOptions, RunOptions, ShardOptions
 from embedder.settings import POOLINGS
 from workflows.finetune.options import FinetuneOptions
@@ -21,22 +21,32 @@ from workflows.options import ExportOptions
 SHARD_FIELDS = {f.name for f in fields(ShardOptions)}
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-INTERRUPTED = {"finetune": "Interrupted: the last finished epoch is saved (OUT/last.pt); run the same command with "
-                           "--resume to continue.",
-               None: "Interrupted: every finished batch is kept; run the same command again to continue."}
+EMBEDDED_KEPT = "the images embedded so far are kept in the cache, and the same command continues from them"
+KEPT = {  # what an interrupted command kept, by command
+    "extract": "every finished batch is kept; run the same command again to continue",
+    "finetune": "the last finished epoch is saved (OUT/last.pt); run the same command with --resume to continue",
+    "cv": "no report was written and the caches are unchanged; run the same command again to start over",
+    "train": "no model file was written (an existing -o file is unchanged); run the same command again",
+    "predict": f"no predictions were written; {EMBEDDED_KEPT}",
+    "evaluate": f"nothing was scored; {EMBEDDED_KEPT}",
+    "export": "no ONNX file was written (an existing -o file is unchanged)",
+    "convert": "NEW was not written",
+}
 
 
 class Group(click.Group):
-    """Turns FeaturebankError and Ctrl-C into one line and an exit code instead of a traceback."""
+    """Turns FeaturebankError, Ctrl-C and SIGTERM into one line and an exit code instead of a traceback."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with terminate_as_interrupt():
+                return super().invoke(ctx)
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo(INTERRUPTED.get(ctx.invoked_subcommand, INTERRUPTED[None]), err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+            click.echo(f"{how}: {KEPT.get(ctx.invoked_subcommand, 'stopped before it finished')}.", err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
 def checked(function: str):
@@ -86,6 +96,12 @@ def value_options(cls):
             command = click.option(*names, **reading(f))(command)
         return command
     return apply
+
+
+TRUST_PICKLE = click.option(
+    "--trust-pickle", is_flag=True,
+    help="Also load an old model file (a joblib pickle). Unpickling runs whatever code the file names: only for "
+         "files you made or trust; featurebank convert OLD NEW rewrites one once in the safe format.")
 
 
 def emit(data, as_json: bool, text) -> None:
@@ -251,10 +267,13 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
     from classifiers.crossval import cross_validate
     from classifiers.report import report_dict, write_report
     from classifiers.views import cv_text
+    from embedder.destination import writable_folder
 
     o = CVOptions(**options)
     if o.scheduler and o.n_jobs != 1:
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
+    if out:
+        writable_folder(out, "the report")  # before the folds, not after them
     report = cross_validate(list(caches), progress=not quiet and sys.stderr.isatty(), **o.keywords())
     data = report_dict(report, suspicious)
     files = write_report(report, out, suspicious, data) if out else {}
@@ -268,11 +287,12 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
 def train(cache, as_json, **options):
     """Fit a classifier on every labelled row of CACHE and save it with its embedding settings.
 
-    The model file is a pickle: load only model files you trust.
+    The model file holds JSON and a skops archive loaded with a fixed list of trusted types: loading one
+    runs no code from it.
 
     \b
     Example:
-      featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.joblib
+      featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.fbmodel
     """
     from classifiers.bundle import train as run_train
     from classifiers.views import train_text
@@ -288,20 +308,26 @@ def train(cache, as_json, **options):
 @value_options(RunOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write path,label,predicted per image (CSV).")
+@TRUST_PICKLE
+@TRUST_PICKLE
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(model, data, quiet, predictions, as_json, **options):
+def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
     """Score MODEL on held-out labelled DATA: a folder of class folders, a CSV manifest, or a cache made with
     the model's embedding settings.
 
     \b
     Example:
-      featurebank evaluate models/flowers.joblib ../shared/data/flowers/val
+      featurebank evaluate models/flowers.fbmodel ../shared/data/flowers/val
     """
     from classifiers.bundle import evaluate as run_evaluate
+    from embedder.destination import check_destination
     from classifiers.predictions import write_evaluation_csv
     from classifiers.views import evaluate_text
 
-    result = run_evaluate(model, data, progress=not quiet and sys.stderr.isatty(), **RunOptions(**options).keywords())
+    if predictions:
+        check_destination(predictions, [model, data], "--predictions")
+    result = run_evaluate(model, data, progress=not quiet and sys.stderr.isatty(), trust_pickle=trust_pickle,
+                          **RunOptions(**options).keywords())
     if predictions:
         write_evaluation_csv(result, predictions)
     emit({k: v for k, v in result.items() if k != "predictions"}, as_json, evaluate_text)
@@ -317,7 +343,8 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
 @click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
-def predict(args, imagenet, backbone, quiet, top, fmt, out, **options):
+@TRUST_PICKLE
+def predict(args, imagenet, backbone, quiet, top, fmt, out, trust_pickle, **options):
     """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
@@ -325,27 +352,32 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, **options):
 
     \b
     Example:
-      featurebank predict models/flowers.joblib photo1.jpg photo2.jpg
+      featurebank predict models/flowers.fbmodel photo1.jpg photo2.jpg
       featurebank predict --imagenet -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth photos/ -k 5
     """
     from classifiers.bundle import predict as run_predict
-    from classifiers.bundle import predict_imagenet
-    from classifiers.predictions import failures_text, predictions_text, write_predictions
+    from classifiers.bundle import prediction_outcome, predict_imagenet
+    from classifiers.predictions import predictions_text, write_predictions
+    from embedder.destination import check_destination
 
-    run = {**RunOptions(**options).keywords(), "progress": not quiet and sys.stderr.isatty()}
+    if out:
+        check_destination(out, args, "-o")
+    run = {**RunOptions(**options).keywords(), "progress": not quiet and sys.stderr.isatty(), "out": out}
     if imagenet:
         result = predict_imagenet(list(args), backbone=backbone, top=top, **{**run, "weights": run["weights"] or "DEFAULT"})
     elif len(args) < 2:
         raise click.UsageError("give a MODEL file and at least one image (or --head to use the backbone's own head)")
     else:
-        result = run_predict(args[0], list(args[1:]), top=top, **run)
+        result = run_predict(args[0], list(args[1:]), top=top, trust_pickle=trust_pickle, **run)
     if out:
         write_predictions(result, out, fmt)
     else:
         click.echo(predictions_text(result, fmt), nl=False)
-    failed = failures_text(result)
-    if failed and not quiet:
-        click.echo(failed, err=True)
+    message, all_failed = prediction_outcome(result)
+    if all_failed:
+        raise FeaturebankError(message)
+    if message and not quiet:
+        click.echo(message, err=True)
 
 
 @main.command("export", context_settings=CONTEXT)
@@ -362,8 +394,8 @@ def export(model, as_json, **options):
 
     \b
     Example:
-      featurebank export models/flowers.joblib -o flowers.onnx
-      featurebank export models/flowers.joblib -o flowers-int8.onnx --precision int8
+      featurebank export models/flowers.fbmodel -o flowers.onnx
+      featurebank export models/flowers.fbmodel -o flowers-int8.onnx --precision int8
       featurebank export runs/ants-finetune/best.pth -b mobilenet_v2 -o ants.onnx
     """
     from workflows.export import export as run_export
@@ -371,6 +403,26 @@ def export(model, as_json, **options):
 
     result = run_export(model, ExportOptions(**options))
     emit(result.to_dict(), as_json, export_text)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("old", type=click.Path())
+@click.argument("new", type=click.Path(dir_okay=False))
+def convert(old, new):
+    """Rewrite OLD, a model file of an older featurebank (a joblib pickle), as NEW in the safe format, once.
+
+    OLD is unpickled, which runs whatever code the file names: convert only files you made or trust. NEW is
+    loaded back before it is reported; after that no --trust-pickle is needed.
+
+    \b
+    Example:
+      featurebank convert models/flowers.joblib models/flowers.fbmodel
+    """
+    from classifiers.modelfile import convert as run_convert
+
+    done = run_convert(old, new)
+    click.echo(f"wrote {done['model']}: {done['classifier']}, classes {', '.join(done['classes'])} "
+               f"(from {done['from']})")
 
 
 @main.command("report", context_settings=CONTEXT)

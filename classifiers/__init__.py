@@ -7,6 +7,7 @@ from embedder.lazy import lazy_attributes
 _EXPORTS = {
     "Bundle": "bundle", "evaluate": "bundle", "load_bundle": "bundle", "predict": "bundle",
     "predict_imagenet": "bundle", "save_bundle": "bundle", "train": "bundle",
+    "convert": "modelfile", "trust_types": "modelfile",
     "CVReport": "crossval", "cross_validate": "crossval", "make_splits": "crossval",
     "report_dict": "report", "write_report": "report",
     "ClassifierSpec": "zoo", "list_classifiers": "zoo", "make_classifier": "zoo", "parse_spec": "zoo",

@@ -3,22 +3,19 @@
 A bundle holds the fitted Pipeline, the class names, the layer, the exact embedding settings of the cache it
 was trained on (backbone, weights identity, pooling, preprocessing, precision) and the library versions.
 New images are embedded with those settings and nothing else, so a prediction sees the same kind of vector
-the model was trained on. A bundle is a pickle: load only files you trust, as you would run their code.
+the model was trained on. On disk a bundle is a model file that cannot run code (``classifiers.modelfile``).
 """
 from __future__ import annotations
 
 import os
-import pickle
 import time
-import warnings
 from dataclasses import dataclass, field
 
-import joblib
 import numpy as np
 from sklearn.model_selection import GridSearchCV
 
-from embedder.atomic import atomic_path
 from embedder.cache import CacheReader
+from embedder.destination import check_destination, refuse_overwrite
 from embedder.errors import FeaturebankError
 from embedder.job import extract
 from embedder.settings import ExtractionSettings
@@ -30,10 +27,8 @@ from .crossval import RANK_BY
 from .data import labeled, open_cache
 from .folds import fit_grouped, inner_fold_count, inner_splitter
 from .metrics import confusion, per_class, scores
-from .zoo import describe, make_classifier, parse_spec, search_grid
-
-FORMAT = "featurebank-model"
-VERSION = 1
+from .modelfile import FORMAT, VERSION, read_model, write_model
+from .zoo import describe, make_classifier, search_grid
 
 
 @dataclass
@@ -65,35 +60,20 @@ class Bundle:
 
 
 def save_bundle(bundle: Bundle, path: str) -> str:
-    with atomic_path(path) as tmp:
-        joblib.dump(bundle.to_dict(), tmp, compress=3)
-    return path
+    """Write the bundle as a model file (``classifiers.modelfile``: JSON and skops, nothing that runs code)."""
+    meta = {k: getattr(bundle, k) for k in Bundle.__dataclass_fields__ if k != "pipeline"}
+    return write_model(path, meta, bundle.pipeline)
 
 
-def load_bundle(path: str) -> Bundle:
-    """Read a model file; a file that is not one, or that this version cannot read, is a one-line error."""
-    if not os.path.isfile(path):
-        raise FeaturebankError(f"model file not found: {path}")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            data = joblib.load(path)
-    except (ModuleNotFoundError, AttributeError, ImportError) as exc:
-        raise FeaturebankError(f"{path} was written by an incompatible version of featurebank or scikit-learn "
-                               f"({type(exc).__name__}: {exc}); train it again with `featurebank train`") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
-        raise FeaturebankError(f"{path} is not a featurebank model file ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FeaturebankError(f"{path} is not a featurebank model file (`featurebank train` writes them)")
-    if data.get("version") != VERSION:
-        raise FeaturebankError(f"{path} is a model file of format version {data.get('version')}; this featurebank "
-                               f"reads version {VERSION}: train it again with `featurebank train`")
-    mismatch = [w for w in caught if "InconsistentVersion" in type(w.message).__name__]
-    if mismatch:
-        warnings.warn(f"{path} was trained with scikit-learn {data['versions'].get('scikit-learn')}; predictions "
-                      f"may differ with this version. Train it again to be sure.", stacklevel=2)
-    return Bundle(**{k: data[k] for k in Bundle.__dataclass_fields__})
+def load_bundle(path: str, *, trust_pickle: bool = False) -> Bundle:
+    """Read a model file; anything else (a pickle unless ``trust_pickle``, a damaged or crafted file, a missing
+    key) is a one-line error, and nothing in it was run."""
+    meta, pipeline = read_model(os.fspath(path), trust_pickle=trust_pickle)
+    return Bundle(pipeline=pipeline, **{k: meta[k] for k in Bundle.__dataclass_fields__ if k != "pipeline"})
+
+
+def _bundle(model, trust_pickle: bool) -> Bundle:
+    return model if isinstance(model, Bundle) else load_bundle(model, trust_pickle=trust_pickle)
 
 
 def train(cache, classifier: str = "logreg", layer: str | None = None, out: str | None = None, *,
@@ -104,7 +84,9 @@ def train(cache, classifier: str = "logreg", layer: str | None = None, out: str 
     data = labeled(cache)
     reader = data.reader
     layer = reader.layer(layer)
-    parse_spec(classifier)
+    make_classifier(classifier, seed=seed)  # a bad spec is one line before anything is fit
+    if out:
+        check_destination(out, [reader.path], "the model file")
     if len(data.classes) < 2:
         raise FeaturebankError(f"only one class ({data.classes[0]}): a classifier needs at least two")
     if groups and data.groups is None:
@@ -202,10 +184,11 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
 
 
 def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",
-             **run) -> tuple[CacheReader, list, int]:
+             out: str | None = None, **run) -> tuple[CacheReader, list, int]:
     """The images of ``inputs`` embedded with the bundle's settings (into a matching cache, reused and brought
-    up to date): the cache reader, the listing's items in input order, and how many images were embedded now."""
-    listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
+    up to date): the cache reader, the listing's items in input order, and how many images were embedded now.
+    ``out``: a file the caller will write, refused before any work when it is one of the images."""
+    listing = _listing(inputs, layout, out)
     options = extract_options(bundle, weights)
     layers = options.pop("layers", [bundle.layer])
     if cache and os.path.exists(cache):
@@ -218,6 +201,26 @@ def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str |
     return reader, listing.items, summary.embedded
 
 
+def _listing(inputs, layout: str, out: str | None):
+    listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
+    if out:
+        refuse_overwrite(out, [listing.full_path(i) for i in listing.items], "the output")
+    return listing
+
+
+def prediction_outcome(result: dict) -> tuple[str | None, bool]:
+    """What ``predict`` says about images it could not classify, and whether that was every one of them (a
+    failed run: exit 1, not 0)."""
+    rows = result["rows"]
+    failed = [r for r in rows if "error" in r]
+    if not failed:
+        return None, False
+    listed = "; ".join(f"{r['path']}: {r['error']}" for r in failed[:5])
+    if len(failed) == len(rows):
+        return f"none of the {len(rows)} images could be classified: {listed}", True
+    return f"{len(failed)} of {len(rows)} images could not be classified: {listed}", False
+
+
 def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> CacheReader:
     if isinstance(data, CacheReader) or (isinstance(data, (str, os.PathLike)) and str(data).endswith(".h5")
                                          and os.path.isfile(data)):
@@ -228,9 +231,9 @@ def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> Cache
 
 
 def evaluate(model, data, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",
-             **run) -> dict:
+             trust_pickle: bool = False, **run) -> dict:
     """Score a model on held-out labelled images (a folder, manifest, or a cache made with the model's settings)."""
-    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    bundle = _bundle(model, trust_pickle)
     reader = _cache_or_images(bundle, data, cache, weights, layout, run)
     test = labeled(reader)
     unknown = sorted(set(test.classes) - set(bundle.classes))
@@ -282,24 +285,27 @@ def _rows(reader: CacheReader, items, values: np.ndarray, classes: list[str], k:
 
 
 def predict(model, images, *, top: int = 3, cache: str | None = None, weights: str | None = None,
-            layout: str = "auto", **run) -> dict:
+            layout: str = "auto", trust_pickle: bool = False, out: str | None = None, **run) -> dict:
     """Classify images with a bundle: embedded with its settings, then its pipeline. Bad images get a row with
-    an ``error`` and no prediction."""
-    bundle = model if isinstance(model, Bundle) else load_bundle(model)
-    reader, items, count = embedded(bundle, images, cache=cache, weights=weights, layout=layout, **run)
+    an ``error`` and no prediction. ``out``: the file the caller writes the predictions to, refused (before any
+    work) when it is the model or one of the images."""
+    if out and not isinstance(model, Bundle):
+        refuse_overwrite(out, [model], "the output")
+    bundle = _bundle(model, trust_pickle)
+    reader, items, count = embedded(bundle, images, cache=cache, weights=weights, layout=layout, out=out, **run)
     values, kind = bundle.scores(reader.features(bundle.layer)) if len(reader) else (np.empty((0, len(bundle.classes))), "")
     return {"model": bundle.classifier, "layer": bundle.layer, "cache": reader.path, "embedded": count,
             "score": kind or "probability", "rows": _rows(reader, items, values, bundle.classes, top)}
 
 
 def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFAULT", seed: int = 0, top: int = 5,
-                     cache: str | None = None, layout: str = "auto", **run) -> dict:
+                     cache: str | None = None, layout: str = "auto", out: str | None = None, **run) -> dict:
     """Classify with the backbone's own head (ImageNet, or a fine-tuned checkpoint's classes): the logits are cached
     like any layer, then softmaxed."""
     from embedder.backbones import head_classes, output_node
 
     classes = head_classes(backbone, weights, seed)
-    listing = list_inputs(images if isinstance(images, (list, tuple)) else [images], layout)
+    listing = _listing(images, layout, out)
     summary = extract(listing, cache, backbone=backbone, weights=weights, seed=seed, layers=[output_node(backbone)],
                       **run)
     reader = CacheReader(summary.cache)

@@ -55,6 +55,14 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
         self.inner_folds = inner_folds
         self.random_state = random_state
 
+    def check_params(self) -> None:
+        """A FeaturebankError for a bad method, member list or fold count (a spec is checked before any fit)."""
+        if self.method not in METHODS:
+            raise FeaturebankError(f"unknown ensemble method {self.method!r}: choose one of {', '.join(METHODS)}")
+        member_names(self.members)
+        if isinstance(self.inner_folds, bool) or not isinstance(self.inner_folds, int) or self.inner_folds < 2:
+            raise FeaturebankError(f"ensemble inner_folds={self.inner_folds!r}: give a whole number of 2 or more")
+
     def member_pipelines(self, cv=None) -> list[tuple[str, object]]:
         """The members, unfitted: zoo Pipelines, those without probabilities inside a sigmoid calibration on the
         inner folds ``cv`` (default: ``inner_folds`` stratified folds)."""
@@ -79,9 +87,7 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
                            len(self.classes_)) for m in members]
 
     def fit(self, X, y, groups=None):
-        if self.method not in METHODS:
-            raise FeaturebankError(f"unknown ensemble method {self.method!r}: choose one of {', '.join(METHODS)}")
-        member_names(self.members)
+        self.check_params()
         X, y = np.asarray(X), np.asarray(y)
         groups = None if groups is None else np.asarray(groups)
         self.classes_ = np.unique(y)

@@ -13,6 +13,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
+from embedder.errors import FeaturebankError
+
 from .folds import inner_fold_count, inner_splits
 from .metrics import full_proba
 
@@ -43,9 +45,18 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, X, y, groups=None):
+    def check_params(self) -> None:
+        """A bad value is one line when the spec is read, before any fit."""
         if self.scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
+            raise FeaturebankError(f"logreg scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
+        for name, value in (("C", self.C), *(("Cs", c) for c in self.Cs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise FeaturebankError(f"logreg {name}={value!r}: give a positive number")
+        if isinstance(self.inner_folds, bool) or not isinstance(self.inner_folds, int) or self.inner_folds < 2:
+            raise FeaturebankError(f"logreg inner_folds={self.inner_folds!r}: give a whole number of 2 or more")
+
+    def fit(self, X, y, groups=None):
+        self.check_params()
         X, y = np.asarray(X), np.asarray(y)
         self.classes_ = np.unique(y)
         if self.C is not None:

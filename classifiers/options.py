@@ -39,7 +39,7 @@ class TrainOptions:
     classifier: str = option("logreg", "A zoo spec (featurebank classifiers).", short="-c",
                              check="classifiers.zoo:check_spec")
     layer: str | None = option(None, "Layer of the cache. [default: its first]", short="-l")
-    out: str | None = option(None, "Model file to write (.joblib).", short="-o", path={"dir_okay": False},
+    out: str | None = option(None, "Model file to write (.fbmodel: JSON and skops, loading it runs no code).", short="-o", path={"dir_okay": False},
                              required=True)
     search: bool = option(False, "Choose the hyperparameters by cross-validation first (StratifiedGroupKFold when "
                                  "the cache has groups).")

@@ -13,6 +13,22 @@ def _pyplot():
     return plt
 
 
+def _plain_text(draw):
+    """Every string drawn as itself: a class named ``$x^{$`` is a label, not math text (which would fail to parse,
+    or draw something else), and never LaTeX."""
+    import functools
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.usetex": False, "text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+@_plain_text
 def confusion_png(matrix: np.ndarray, classes: list[str], title: str, path: str) -> str:
     """Rows normalized to recall (colour), with the raw counts written in each cell."""
     plt = _pyplot()
@@ -40,6 +56,7 @@ def confusion_png(matrix: np.ndarray, classes: list[str], title: str, path: str)
     return path
 
 
+@_plain_text
 def leaderboard_png(names: list[str], means: list[float], stds: list[float], metric: str, path: str) -> str:
     """Horizontal bars, best on top, with ± one standard deviation over folds."""
     plt = _pyplot()
@@ -58,6 +75,7 @@ def leaderboard_png(names: list[str], means: list[float], stds: list[float], met
 
 
 
+@_plain_text
 def map_png(xy: np.ndarray, y: np.ndarray, classes: list[str], wrong: np.ndarray, title: str, path: str) -> str:
     """A 2-D map of the images, one colour per class (the label); the misclassified ones drawn as larger
     crosses on top, so that the mixing of classes shows at a glance."""

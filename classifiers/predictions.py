@@ -44,12 +44,3 @@ def write_predictions(result: dict, path: str, fmt: str = "csv") -> str:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write(predictions_text(result, fmt))
     return path
-
-
-def failures_text(result: dict, shown: int = 5) -> str | None:
-    """One line naming the images a prediction could not classify, or None when there are none."""
-    failed = [r for r in result["rows"] if "error" in r]
-    if not failed:
-        return None
-    return (f"{len(failed)} of {len(result['rows'])} images could not be classified: "
-            + "; ".join(f"{r['path']}: {r['error']}" for r in failed[:shown]))

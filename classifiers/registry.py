@@ -85,7 +85,15 @@ def get_spec(name: str) -> ClassifierSpec:
 
 
 def parse_spec(text: str) -> tuple[str, dict]:
-    """``"rbf-svm:pca=128,C=10"`` → ``("rbf-svm", {"pca": 128, "C": 10})``; values are Python literals or words."""
+    """``"rbf-svm:pca=128,C=10"`` → ``("rbf-svm", {"pca": 128, "C": 10})``; values are Python literals or words.
+    Checked whole: the steps' values, and the classifier's parameters by building it (scikit-learn's own checks),
+    so that a bad value is one line before anything is fit."""
+    name, params = _parse(text)
+    _build(name, params, 0, text)
+    return name, params
+
+
+def _parse(text: str) -> tuple[str, dict]:
     name, _, rest = text.strip().partition(":")
     params = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
@@ -94,6 +102,14 @@ def parse_spec(text: str) -> tuple[str, dict]:
             raise FeaturebankError(f"cannot read {item!r} in classifier {text!r}: write name:key=value,key=value")
         params[key.strip()] = _literal(value.strip())
     get_spec(name)
+    for step in ("l2", "scale"):
+        if step in params and not isinstance(params[step], bool):
+            raise FeaturebankError(f"{step}={params[step]!r} in classifier {text!r}: write {step}=on or {step}=off")
+    if "pca" in params:
+        pca = params["pca"]
+        if not (isinstance(pca, bool) or pca is None or (isinstance(pca, int) and pca >= 1)):
+            raise FeaturebankError(f"pca={pca!r} in classifier {text!r}: give a number of dimensions (1 or more), "
+                                   f"on (256) or off")
     return name, params
 
 
@@ -128,14 +144,21 @@ def _literal(value: str):
         return None if lowered == "none" else False
     try:
         return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # a word, or nothing Python reads
         return value
 
 
 def make_classifier(spec: str, seed: int = 0, **overrides) -> Pipeline:
     """The Pipeline for a spec string (``"logreg"``, ``"logreg:C=0.1"``); ``overrides`` win over the string."""
-    name, params = parse_spec(spec)
+    name, params = _parse(spec)
     params.update(overrides)
+    return _build(name, params, seed, spec)
+
+
+def _build(name: str, params: dict, seed: int, text: str) -> Pipeline:
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    params = dict(params)
     zoo = get_spec(name)
     steps = dict(zoo.steps)
     for step in STEPS:
@@ -148,6 +171,13 @@ def make_classifier(spec: str, seed: int = 0, **overrides) -> Pipeline:
         valid = ", ".join(sorted(clf.get_params(deep=False)))
         raise FeaturebankError(f"{name} has no parameter among {', '.join(params)}: it takes {', '.join(STEPS)} "
                                f"and {valid}") from None
+    try:
+        if hasattr(clf, "check_params"):  # featurebank's own estimators (the ensemble, the tuned probe)
+            clf.check_params()
+        elif hasattr(clf, "_parameter_constraints"):  # scikit-learn's, checked as its fit would
+            clf._validate_params()
+    except InvalidParameterError as exc:
+        raise FeaturebankError(f"classifier {text!r}: {str(exc).splitlines()[0]}") from None
     pca = steps.get("pca")
     if pca is True:
         pca = 256

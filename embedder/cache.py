@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 import h5py
 import numpy as np
 
+from .destination import writable_folder
 from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings, settings_key
 
@@ -248,7 +249,7 @@ class CacheWriter:
 
     # -- opening: lock, check, read what is there ------------------------------------------------------
     def __enter__(self) -> "CacheWriter":
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        writable_folder(os.path.dirname(self.path), f"the cache {os.path.basename(self.path)}")
         if not self.locking:  # a rank of a job whose rank 0 holds the lock (and has cleaned up)
             self._check_existing()
             self._read_entries()

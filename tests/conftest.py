@@ -85,13 +85,13 @@ SYNTHETIC_SETTINGS = {"backbone": "resnet18", "weights": "none:seed=0", "layers"
 
 
 def synthetic_cache(path, counts=(12, 10, 8), dim=16, seed=0, groups=None, labels=True, digests=None,
-                    centers=None, features=None):
+                    centers=None, features=None, classes=None):
     """A cache written through CacheWriter with Gaussian blobs instead of images: one blob per class, so the
     classes are learnable but overlap. Returns (X of layer "flatten", y); "layer3" holds a transform of half of X."""
     from embedder.cache import CacheWriter
 
     rng = np.random.default_rng(seed)
-    classes = [f"class{i}" for i in range(len(counts))]
+    classes = [f"class{i}" for i in range(len(counts))] if classes is None else list(classes)
     y = np.repeat(np.arange(len(counts)), counts)
     centers = rng.normal(0, 1.0, (len(counts), dim)) if centers is None else centers
     X = centers[y] + rng.normal(0, 1.5, (len(y), dim)) if features is None else features

@@ -1,8 +1,10 @@
 """Model files: train on a cache, save, load; predict and evaluate new images with exactly the model's settings."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+import zipfile
 
 import joblib
 import numpy as np
@@ -140,10 +142,12 @@ def test_unreadable_and_incompatible_model_files(tmp_path, monkeypatch):
         load_bundle(str(tmp_path / "notes.joblib"))
     with pytest.raises(FeaturebankError, match="model file not found"):
         load_bundle(str(tmp_path / "absent.joblib"))
-    joblib.dump({"format": "featurebank-model", "version": 99}, tmp_path / "future.joblib")
+    with zipfile.ZipFile(tmp_path / "future.fbmodel", "w") as archive:  # a model file of a later featurebank
+        archive.writestr("featurebank-model.json", json.dumps({"format": "featurebank-model", "version": 99}))
+        archive.writestr("pipeline.skops", b"")
     with pytest.raises(FeaturebankError, match="format version 99"):
-        load_bundle(str(tmp_path / "future.joblib"))
-    # a model whose pickled classes no longer exist (another version of the code that wrote it)
+        load_bundle(str(tmp_path / "future.fbmodel"))
+    # an old (pickled) model, trusted, whose pickled classes no longer exist (another version of the code)
     (tmp_path / "gone_module.py").write_text("class Thing:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     import gone_module
@@ -151,8 +155,10 @@ def test_unreadable_and_incompatible_model_files(tmp_path, monkeypatch):
     joblib.dump({"format": "featurebank-model", "version": 1, "pipeline": gone_module.Thing()}, tmp_path / "old.joblib")
     (tmp_path / "gone_module.py").unlink()
     monkeypatch.delitem(sys.modules, "gone_module")
-    with pytest.raises(FeaturebankError, match="incompatible version .*train it again"):
+    with pytest.raises(FeaturebankError, match="is a pickle, not a featurebank model file: it was not loaded"):
         load_bundle(str(tmp_path / "old.joblib"))
+    with pytest.raises(FeaturebankError, match="incompatible version .*train it again"):
+        load_bundle(str(tmp_path / "old.joblib"), trust_pickle=True)
 
 
 def test_train_errors(tmp_path):

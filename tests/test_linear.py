@@ -95,7 +95,10 @@ def test_the_zoo_probe_is_tuned_and_folds_into_one_linear_layer():
     np.testing.assert_allclose(X @ W.T + b, pipe.decision_function(X), rtol=1e-4, atol=1e-4)
 
 
-def test_a_bad_scoring_is_refused():
-    X, y = blobs()
-    with pytest.raises(ValueError, match="scoring must be one of"):
-        TunedLogisticRegression(scoring="auc").fit(X, y)
+def test_bad_values_are_one_line_when_the_spec_is_read():
+    from embedder.errors import FeaturebankError
+
+    for spec, words in (("logreg:scoring=auc", "scoring must be one of"), ("logreg:C=-1", "C=-1: give a positive"),
+                        ("logreg:C=abc", "C='abc'"), ("logreg:inner_folds=1", "inner_folds=1")):
+        with pytest.raises(FeaturebankError, match=words):
+            make_classifier(spec)

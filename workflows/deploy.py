@@ -37,6 +37,7 @@ from embedder.resolve import Request, resolve
 from embedder.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
 from embedder.sources import Item, Listing, list_inputs
 from embedder.store import EngineStore, engine_dir_for
+from embedder.destination import check_destination
 
 INPUT, SCORES, LABEL = "images", "scores", "label"
 ML_OPSET = 3
@@ -570,6 +571,7 @@ def export_checkpoint(path: str, out: str, *, backbone: str | None = None, preci
 
     if not os.path.isfile(path):
         raise FeaturebankError(f"checkpoint not found: {path}")
+    check_destination(out, [path], "the ONNX file")
     backbone = backbone or (file_metadata(path).get("featurebank") or {}).get("backbone")
     if not backbone:
         raise FeaturebankError(f"{path} does not say its backbone: give -b BACKBONE")

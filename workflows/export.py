@@ -11,6 +11,7 @@ from classifiers.bundle import Bundle, extract_options, load_bundle
 from classifiers.zoo import describe, list_classifiers, make_classifier
 from embedder.backbones import is_checkpoint, load_backbone
 from embedder.cache import CacheReader
+from embedder.destination import check_destination
 from embedder.errors import FeaturebankError
 from embedder.settings import ExtractionSettings
 from embedder.sources import list_inputs
@@ -29,15 +30,17 @@ def export(model: str, options: ExportOptions) -> Exported:
     if is_checkpoint(model):
         return export_checkpoint(model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images,
                                  int8=o.int8)
-    return export_model(model, o.out, precision=o.precision, weights=o.weights, images=o.images, int8=o.int8)
+    return export_model(model, o.out, precision=o.precision, weights=o.weights, images=o.images, int8=o.int8,
+                        trust_pickle=o.trust_pickle)
 
 
 def export_model(model, out: str, *, precision: str | None = None, weights: str | None = None, images=None,
-           int8=None, threads: int | None = None):
+                 int8=None, threads: int | None = None, trust_pickle: bool = False):
     """A model file of ``train`` as one ONNX file (``workflows.deploy``): uint8 images in, its scores and class out. ``precision``
     defaults to the model's own (int8 for a model trained on int8 features). int8 calibrates on the model's
     training images (its training cache's input; ``images`` instead) and measures fp32 against int8 on them."""
-    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    check_destination(out, [] if isinstance(model, Bundle) else [model], "the ONNX file")
+    bundle = model if isinstance(model, Bundle) else load_bundle(model, trust_pickle=trust_pickle)
     options = extract_options(bundle, weights)
     settings = ExtractionSettings.from_dict(bundle.settings)
     cache = bundle.trained_on.get("cache")

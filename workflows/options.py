@@ -21,6 +21,9 @@ class ExportOptions:
                                       "(default: the model's training images; a checkpoint needs them).", path={})
     calibration_images: int = option(256, "int8: images drawn reproducibly to calibrate on.", low=1)
     seed: int = option(0, "Seed of the int8 calibration draw.")
+    trust_pickle: bool = option(False, "Also load an old model file (a joblib pickle). Unpickling runs whatever code "
+                                       "the file names: only for files you made or trust; featurebank convert OLD NEW "
+                                       "rewrites one once in the safe format.")
 
     @property
     def int8(self) -> Int8:

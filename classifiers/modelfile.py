@@ -1,0 +1,326 @@
+"""The model file on disk: a format that cannot run code when it is loaded.
+
+A model file is one zip archive holding two members:
+
+- ``featurebank-model.json``: the format, its version and the settings and metadata (class names, layer,
+  embedding settings, what it was trained on, library versions), plain JSON;
+- ``pipeline.skops``: the fitted scikit-learn Pipeline written by ``skops.io``, which stores objects as a tree
+  of type names and arrays (``numpy.save`` without pickles) instead of a pickle. It is loaded with an explicit
+  list of trusted types: skops's own defaults (scikit-learn, numpy and scipy types) and the types listed in
+  ``TRUSTED_TYPES`` (featurebank's classes and a few scikit-learn internals), nothing else. A file naming any
+  other type is refused before anything in it is built.
+
+Anything else is refused in one line before any of it is unpickled: the first bytes and the archive's
+members are checked first. Old model files (joblib pickles) are read only when the caller says it trusts them
+(``trust_pickle=True``: ``--trust-pickle``, or ``featurebank convert OLD NEW`` once), since unpickling a file runs
+whatever code it names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import warnings
+import zipfile
+
+import numpy as np
+
+from embedder.errors import FeaturebankError
+
+FORMAT = "featurebank-model"
+VERSION = 2
+EXTENSION = ".fbmodel"
+META = "featurebank-model.json"
+PIPELINE = "pipeline.skops"
+MAX_META_BYTES = 64 << 20  # settings and metadata are a few kilobytes; a larger member is not ours
+
+# Trusted beyond skops's defaults (which already trust scikit-learn's estimators, numpy and scipy types). Each is a
+# class whose loading only sets attributes: built with __new__, then __setstate__ or __dict__.update.
+TRUSTED_TYPES = [
+    "classifiers.zoo.ReducedPCA",
+    "classifiers.ensemble.ZooEnsemble",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.tree._tree.Tree",
+]
+
+# The keys of the metadata, with the types they must have (a tuple: any of them).
+SCHEMA = {"classes": list, "classifier": str, "layer": str, "settings": dict, "weights_file": (str, type(None)),
+          "trained_on": dict, "versions": dict}
+
+_PICKLE_MAGIC = (b"\x80",  # pickle protocol 2 and later (joblib without compression)
+                 b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda",  # zlib: joblib's compress=1..9
+                 b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00\x00", b"\x04\x22\x4d\x18", b"ZF")  # gzip bz2 xz lzma lz4
+TRUST_HINT = ("if it is an old featurebank model file from a source you trust, load it with --trust-pickle, or "
+              "convert it once: featurebank convert OLD NEW")
+
+
+def trust_types(*names: str) -> None:
+    """Trust more classes in model files (a classifier of your own, registered with ``register_classifier``):
+    fully qualified names, ``"mypackage.models.MyClassifier"``. Only classes whose loading runs no code."""
+    TRUSTED_TYPES.extend(n for n in names if n not in TRUSTED_TYPES)
+
+
+def _jsonable(value):
+    """Metadata as JSON values: numpy scalars and arrays as numbers and lists, anything else as its repr."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def write_model(path: str, meta: dict, pipeline) -> str:
+    """Write ``meta`` (the keys of ``SCHEMA``) and the fitted ``pipeline`` to ``path`` as one model file, through a
+    temporary file in the same folder: an existing file is replaced only by a complete one."""
+    import skops.io
+
+    document = {"format": FORMAT, "version": VERSION, **_jsonable(meta)}
+    missing = [k for k in SCHEMA if k not in document]
+    if missing:
+        raise ValueError(f"model metadata lacks {', '.join(missing)}")
+    blob = skops.io.dumps(pipeline, compression=zipfile.ZIP_DEFLATED)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr(META, json.dumps(document, indent=1, allow_nan=True))
+            archive.writestr(PIPELINE, blob)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise FeaturebankError(f"cannot write the model file {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def kind_of(path: str) -> str:
+    """``"model"`` (this format, by its first bytes), ``"pickle"`` (a pickle or a compressed stream, as joblib writes
+    them: an old model file or anything else) or ``"other"``; reads 8 bytes and unpickles nothing."""
+    _check_file(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        return "model"
+    return "pickle" if head.startswith(_PICKLE_MAGIC) else "other"
+
+
+def _check_file(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise FeaturebankError(f"model file not found: {path}") from None
+    if not stat.S_ISREG(mode):  # a folder, a FIFO (would block), a device: never opened
+        raise FeaturebankError(f"{path} is not a featurebank model file (not a regular file)")
+
+
+def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
+    """The metadata (checked against ``SCHEMA``) and the fitted pipeline of the model file at ``path``. A pickle is
+    unpickled only with ``trust_pickle``; anything else that is not this format is a one-line error."""
+    kind = kind_of(path)
+    if kind == "pickle":
+        if not trust_pickle:
+            raise FeaturebankError(f"{path} is a pickle, not a featurebank model file: it was not loaded, since "
+                                   f"loading a pickle can run any code; {TRUST_HINT}")
+        return _read_pickle(path)
+    if kind == "other":
+        raise FeaturebankError(f"{path} is not a featurebank model file (`featurebank train` writes them)"
+                               + (f"; {TRUST_HINT}" if trust_pickle is False and _maybe_old_pickle(path) else ""))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if META not in names or PIPELINE not in names:
+                raise FeaturebankError(f"{path} is a zip archive but not a featurebank model file (it lacks "
+                                       f"{META if META not in names else PIPELINE})")
+            if archive.getinfo(META).file_size > MAX_META_BYTES:
+                raise FeaturebankError(f"{path} is not a featurebank model file ({META} is too large)")
+            with archive.open(META) as fh:
+                raw = fh.read(MAX_META_BYTES + 1)
+            document = _document(path, raw)
+            blob = archive.read(PIPELINE)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise FeaturebankError(f"{path} is a damaged featurebank model file ({type(exc).__name__}: "
+                               f"{_first_line(exc)})") from None
+    return document, _load_pipeline(path, blob, document)
+
+
+def _maybe_old_pickle(path: str) -> bool:
+    """A protocol 0 or 1 pickle starts with an opcode and no magic: say how to load one, without loading it."""
+    with open(path, "rb") as fh:
+        return fh.read(1) in (b"(", b"c", b"}", b"]", b"I", b"N")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "unreadable"
+
+
+def _document(path: str, raw: bytes) -> dict:
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FeaturebankError(f"{path} is a damaged featurebank model file ({META}: {_first_line(exc)})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise FeaturebankError(f"{path} is not a featurebank model file ({META} does not say format {FORMAT!r})")
+    if document.get("version") != VERSION:
+        raise FeaturebankError(f"{path} is a model file of format version {document.get('version')!r}; this "
+                               f"featurebank reads version {VERSION}: train it again with `featurebank train`")
+    check_metadata(path, document)
+    return document
+
+
+def check_metadata(path: str, document: dict) -> None:
+    """One line naming the first key that is missing or of the wrong type (never a KeyError later)."""
+    for key, kind in SCHEMA.items():
+        if key not in document:
+            raise FeaturebankError(f"{path} is not a complete featurebank model file: it has no {key!r}")
+        if not isinstance(document[key], kind):
+            want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+            raise FeaturebankError(f"{path} is not a valid featurebank model file: {key!r} is a "
+                                   f"{type(document[key]).__name__}, not a {want}")
+    classes = document["classes"]
+    if len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise FeaturebankError(f"{path} is not a valid featurebank model file: 'classes' must be two or more names")
+    weights = document["settings"].get("weights")
+    if not isinstance(weights, str):
+        raise FeaturebankError(f"{path} is not a valid featurebank model file: 'settings' has no 'weights' name")
+    from embedder.settings import ExtractionSettings
+
+    try:
+        ExtractionSettings.from_dict(document["settings"])
+    except FeaturebankError as exc:
+        raise FeaturebankError(f"{path} is not a valid featurebank model file: 'settings': {exc}") from None
+
+
+def _load_pipeline(path: str, blob: bytes, document: dict):
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipeline = skops.io.loads(blob, trusted=list(TRUSTED_TYPES))
+    except UntrustedTypesFoundException as exc:
+        try:  # only to name them in the message: nothing is trusted from this list
+            named = ", ".join(t for t in skops.io.get_untrusted_types(data=blob) if t not in TRUSTED_TYPES)[:300]
+        except Exception:  # noqa: BLE001 - the refusal stands whatever the listing hits
+            named = _first_line(exc)
+        raise FeaturebankError(f"{path} was refused: its classifier names types featurebank does not trust ({named}); "
+                               f"a model file from `featurebank train` holds only scikit-learn, numpy, scipy and "
+                               f"featurebank classes") from None
+    except (ModuleNotFoundError, ImportError, AttributeError) as exc:
+        raise FeaturebankError(f"{path} was written by an incompatible version of featurebank or scikit-learn "
+                               f"({type(exc).__name__}: {_first_line(exc)}); train it again with "
+                               f"`featurebank train`") from None
+    except Exception as exc:  # noqa: BLE001 - a crafted or damaged archive: skops raises whatever the tree hits
+        raise FeaturebankError(f"{path} is a damaged featurebank model file (its classifier: {type(exc).__name__}: "
+                               f"{_first_line(exc)})") from None
+    if not hasattr(pipeline, "predict"):
+        raise FeaturebankError(f"{path} is not a valid featurebank model file: its classifier is a "
+                               f"{type(pipeline).__name__}, which cannot predict")
+    for tree in _trees(pipeline):
+        problem = _tree_problem(tree)
+        if problem:
+            raise FeaturebankError(f"{path} was refused: a decision tree in it is damaged or crafted ({problem})")
+    if any("InconsistentVersion" in type(w.message).__name__ for w in caught):
+        warnings.warn(f"{path} was trained with scikit-learn {document['versions'].get('scikit-learn')}; "
+                      f"predictions may differ with this version. Train it again to be sure.", stacklevel=3)
+    return pipeline
+
+
+def _trees(obj, seen=None):
+    """Every ``sklearn.tree._tree.Tree`` reachable from a loaded estimator (its attributes, lists, dicts)."""
+    from sklearn.tree._tree import Tree
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Tree):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _trees(v, seen)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _trees(v, seen)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and not isinstance(obj, np.ndarray):
+        yield from _trees(vars(obj), seen)
+
+
+def _tree_problem(tree) -> str | None:
+    """Why scikit-learn could not walk this tree safely (it indexes nodes without bounds checks), or None: every
+    child of a split lies after it and inside the tree (no loop, no read outside), leaves have no children, and a
+    split's feature is one of the tree's features."""
+    n = int(tree.node_count)
+    left, right, feature = tree.children_left, tree.children_right, tree.feature
+    if not (len(left) == len(right) == len(feature) == n) or tree.value.shape[0] != n or n < 1:
+        return "its arrays do not match its node count"
+    index = np.arange(n)
+    leaf = left == -1
+    if np.any(leaf != (right == -1)):
+        return "a node has one child"
+    split = ~leaf
+    if np.any((left[split] <= index[split]) | (left[split] >= n) | (right[split] <= index[split]) | (right[split] >= n)):
+        return "a child index points outside the tree or backwards"
+    if np.any((feature[split] < 0) | (feature[split] >= int(tree.n_features))):
+        return "a split uses a feature the tree does not have"
+    return None
+
+
+def _read_pickle(path: str) -> tuple[dict, object]:
+    """An old model file (a joblib pickle), for a caller who trusts it: this runs whatever code the file names."""
+    import pickle
+
+    import joblib
+
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            data = joblib.load(path)
+    except (ModuleNotFoundError, AttributeError, ImportError) as exc:
+        raise FeaturebankError(f"{path} was written by an incompatible version of featurebank or scikit-learn "
+                               f"({type(exc).__name__}: {exc}); train it again with `featurebank train`") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+        raise FeaturebankError(f"{path} is not a featurebank model file ({type(exc).__name__}: "
+                               f"{_first_line(exc)})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise FeaturebankError(f"{path} is not a featurebank model file (`featurebank train` writes them)")
+    if data.get("version") != 1:
+        raise FeaturebankError(f"{path} is a pickled model file of format version {data.get('version')!r}; this "
+                               f"featurebank reads version 1 pickles: train it again with `featurebank train`")
+    check_metadata(path, data)
+    if "pipeline" not in data or not hasattr(data["pipeline"], "predict"):
+        raise FeaturebankError(f"{path} is not a complete featurebank model file: it has no fitted 'pipeline'")
+    meta = {k: data[k] for k in SCHEMA}
+    return json.loads(json.dumps(_jsonable(meta))), data["pipeline"]
+
+
+def convert(old: str, new: str) -> dict:
+    """Rewrite an old model file (a joblib pickle, unpickled: only for files you trust) in this format, checked by
+    loading it back; ``new`` may not be ``old``. Returns what was written."""
+    if os.path.exists(new) and os.path.exists(old) and os.path.samefile(old, new):
+        raise FeaturebankError(f"convert writes a new file: give NEW another path than {old}")
+    if kind_of(old) == "model":
+        read_model(old)
+        raise FeaturebankError(f"{old} is already a featurebank model file of this format: nothing to convert")
+    meta, pipeline = read_model(old, trust_pickle=True)
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        skops.io.loads(skops.io.dumps(pipeline), trusted=list(TRUSTED_TYPES))
+    except UntrustedTypesFoundException as exc:
+        raise FeaturebankError(f"{old} holds types a model file may not hold ({_first_line(exc)}): nothing "
+                               f"written") from None
+    write_model(new, meta, pipeline)
+    read_model(new)
+    return {"model": new, "from": old, "classifier": meta["classifier"], "classes": meta["classes"]}

@@ -1,0 +1,51 @@
+"""Where a command writes: checked before any work, so that a wrong path costs one line, not a traceback after the
+work, and never an input overwritten by an output."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from .errors import FeaturebankError
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (hard links, symlinks and ``..`` included); False when either is absent."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b) and os.path.exists(a)
+
+
+def refuse_overwrite(out: str, inputs, what: str = "the output") -> None:
+    """A FeaturebankError when ``out`` is one of ``inputs`` (paths of files the command reads)."""
+    for path in inputs:
+        if path is not None and os.path.isfile(path) and same_file(out, path):
+            raise FeaturebankError(f"{what} {out} is {path}, an input of this command: it would be overwritten; "
+                                   f"give another path")
+
+
+def writable_folder(folder: str, what: str) -> str:
+    """Make ``folder`` (and its parents) and check that a file can be created in it, with a probe file removed at
+    once: a read-only folder, a path under a regular file or a full disk is one line naming ``what``."""
+    folder = os.path.abspath(folder or ".")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise FeaturebankError(f"cannot write {what} in {folder}: it is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".featurebank-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) and exc.filename != folder else ""
+        raise FeaturebankError(f"cannot write {what} in {folder}: {reason}{where}") from None
+    return folder
+
+
+def check_destination(path: str, inputs=(), what: str = "the output") -> str:
+    """``path``, a file to be written: not one of ``inputs``, not a folder, in a folder that can be written."""
+    if os.path.isdir(path):
+        raise FeaturebankError(f"{what} {path} is a folder: give a file name")
+    refuse_overwrite(path, inputs, what)
+    writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} {os.path.basename(path)}")
+    return path
