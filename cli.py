@@ -431,6 +431,10 @@ def cv(caches, classifier, layer, folds, repeats, seed, groups, search, inner_fo
             click.echo(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
             for i in susp["images"][:10]:
                 click.echo(f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})")
+        if d.get("label_issues_estimated") is not None:
+            from classifiers.label_issues import summary_lines
+
+            click.echo("\nLabel issues: " + "\n".join(summary_lines(d, limit=5)))
         if d["outliers"]["images"]:
             click.echo(f"\nLeast like any other image (nearest-neighbour cosine similarity on {d['outliers']['layer']}):")
             for i in d["outliers"]["images"][:5]:
