@@ -698,6 +698,29 @@ def report_command(run_dir, images):
     click.echo(write_html(run_dir, root=images))
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.argument("corrections", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The corrected manifest to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
+def relabel(manifest, corrections, out, as_json):
+    """Write a copy of the CSV MANIFEST with the labels of CORRECTIONS applied.
+
+    CORRECTIONS is the label_issues.csv of a cv --out folder, less the rows you do not accept (each row left
+    takes its suggested label), or with a new_label column (empty: no change). Rows whose label is no longer
+    the manifest's are skipped and counted. Extract the new manifest again: only the labels change.
+
+    \b
+    Example:
+      featurebank relabel photos.csv runs/photos-cv/label_issues.csv -o photos-fixed.csv
+    """
+    from classifiers.label_issues import relabel as run_relabel
+
+    data = run_relabel(manifest, corrections, out)
+    emit(data, as_json, lambda d: click.echo(f"wrote {d['manifest']}: {d['changed']} label(s) changed, "
+                                             f"{d['stale']} stale row(s) skipped, {d['unchanged']} unchanged"))
+
+
 def unfreeze_type(ctx, param, value):
     if value == "all":
         return value

@@ -126,10 +126,10 @@ def cleanlab_scores(y, probs, flips) -> dict | None:
     return score(order, flagged, flips)
 
 
-def mine(y, probs, rank, flag, flips) -> dict:
+def mine(y, probs, rank, flag, flips, count=None) -> dict:
     from classifiers.label_issues import find_label_issues
 
-    found = find_label_issues(y, probs, rank, flag)
+    found = find_label_issues(y, probs, rank, flag, count=count)
     # the ranked list holds the images whose suggested class differs; the rest follow by quality (top-K only)
     rest = np.setdiff1d(np.arange(len(y)), found.order)
     order = np.concatenate([found.order, rest[np.argsort(found.quality[rest], kind="stable")]])
@@ -159,8 +159,14 @@ def evaluate(name: str, seed: int, rates=RATES, oof_seed: int = 0) -> list[dict]
             theirs = cleanlab_scores(noisy, probs, flips)
             if theirs:
                 rows.append({**base, "method": f"cleanlab on {label}", **theirs})
+        logreg_estimate = None
         for method, (probs, rank, flag) in variants(oof, vote, noisy).items():
             rows.append({**base, "method": method, **mine(noisy, probs, rank, flag, flips)})
+            if method == "logreg | self_confidence | pair":
+                logreg_estimate = rows[-1]["estimate"]
+            if method == default_name():  # the same ranking, stopped where one model's estimate stops
+                rows.append({**base, "method": "default, stopped at logreg's estimate",
+                             **mine(noisy, probs, rank, "rank", flips, count=logreg_estimate)})
             if rank == "self_confidence" and flag == "rank" and method.split(" |")[0] != "logreg":
                 theirs = cleanlab_scores(noisy, probs, flips)
                 if theirs:
@@ -176,25 +182,92 @@ def main() -> int:
     parser.add_argument("--datasets", default="hymenoptera,flowers")
     parser.add_argument("--seed", type=int, default=1, help="flip seed of the reported table")
     parser.add_argument("--select-seed", type=int, default=0, help="flip seed the default was chosen on (flowers)")
-    parser.add_argument("--json", help="write every row here too")
+    parser.add_argument("--json", help="write every row here too (after each rate)")
+    parser.add_argument("--from-json", nargs="+", help="only write the table from rows saved by --json")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     opts = parser.parse_args()
     if not WEIGHTS.exists():
         print(f"skipped: {WEIGHTS} absent")
         return 0
     rows = []
+    if opts.from_json:
+        rows = [r for f in opts.from_json for r in json.loads(pathlib.Path(f).read_text())]
+        opts.datasets = ""
     global SAVE
     if opts.json:
         SAVE = lambda more: pathlib.Path(opts.json).write_text(json.dumps(rows + more, indent=1))  # noqa: E731
-    for name in opts.datasets.split(","):
+    for name in filter(None, opts.datasets.split(",")):
         if not DATASETS[name].exists():
             print(f"skipped {name}: {DATASETS[name]} absent")
             continue
         if name == "flowers" and opts.select_seed != opts.seed:  # first: the draw the defaults were chosen on
             rows += evaluate(name, opts.select_seed, SELECT_RATES)
         rows += evaluate(name, opts.seed)
-    print(json.dumps(rows[:3], indent=1))
+    text = table(rows, opts.seed, opts.select_seed)
+    print(text)
+    if rows:
+        from cpu_engines import write_section
+
+        write_section(pathlib.Path(opts.results), text, "label_noise.py", "Label issues on injected label noise")
     return 0
+
+
+def default_name() -> str:
+    """The variant label_issues.py's defaults make (its name in variants())."""
+    from classifiers.label_issues import FLAG, MEMBERS, NEIGHBOUR_WEIGHT, RANK_BY
+
+    members = {0: "all 3", 1: "best log-loss", 2: "best 2", 3: "all 3"}[MEMBERS]
+    return members + (f" + neighbours {NEIGHBOUR_WEIGHT:g}" if NEIGHBOUR_WEIGHT else "") + f" | {RANK_BY} | {FLAG}"
+
+
+def table(rows: list[dict], seed: int, select_seed: int) -> str:
+    """The reported draw: per dataset and rate, cleanlab on logreg (what a user of cv had), featurebank on the
+    same logreg probabilities, featurebank's default, and cleanlab on the default's probabilities."""
+    default = default_name()
+    signals = default.split(" |")[0]
+    shown = [("cleanlab on logreg", "cleanlab `find_label_issues`, logreg probabilities"),
+             ("logreg | self_confidence | pair", "featurebank, logreg probabilities (same as cleanlab's)"),
+             (default, f"**featurebank default** ({signals}; {default.split(' | ', 1)[1].replace(' | ', ', ')})"),
+             (f"cleanlab on {signals}", f"cleanlab on the default's probabilities ({signals})"),
+             ("default, stopped at logreg's estimate", "featurebank default's ranking, stopped at logreg's estimate")]
+    lines = ["| data | noise | flipped (K) | method | top-K precision | flagged | recall | precision | estimate |",
+             "|---|--:|--:|---|--:|--:|--:|--:|--:|"]
+    for r0 in [r for r in rows if r["seed"] == seed and r["method"] == "cleanlab on logreg"]:
+        for method, label in shown:
+            r = next((x for x in rows if x["seed"] == seed and x["dataset"] == r0["dataset"]
+                      and x["rate"] == r0["rate"] and x["method"] == method), None)
+            if r is None:
+                continue
+            lines.append(f"| {r['dataset']} ({r['images']}) | {100 * r['rate']:g} % | {r['flipped']} | {label} | "
+                         f"{100 * r['topk']:.1f} | {r['estimated']} | {100 * r['recall']:.1f} | "
+                         f"{100 * r['precision']:.1f} | {r.get('estimate', '–')} |")
+    picked = [r for r in rows if r["seed"] == select_seed]
+    selection = ""
+    if picked:
+        means = {}
+        for r in picked:
+            means.setdefault(r["method"], []).append((r["topk"], r["recall"] + r["precision"], r["recall"],
+                                                      r["precision"]))
+        best = sorted(means.items(), key=lambda kv: tuple(-np.mean(kv[1], axis=0)[:2]))[:6]
+        selection = ("\n\nSelection draw (flowers, flip seed " + str(select_seed) + ", "
+                     + ", ".join(f"{100 * x:g} %" for x in SELECT_RATES) + "), ranked by top-K precision, then the "
+                     "flagged set's recall + precision (top-K / recall / precision %): "
+                     + "; ".join(f"{m.replace(' | ', ', ')} {100 * np.mean(v, axis=0)[0]:.1f} / "
+                                 f"{100 * np.mean(v, axis=0)[2]:.1f} / {100 * np.mean(v, axis=0)[3]:.1f}"
+                                 for m, v in best) + ".")
+    datasets = sorted({r["dataset"] for r in rows if r["seed"] == seed})
+    missing = [d for d in DATASETS if d not in datasets]
+    return (f"MobileNetV2 (ImageNet checkpoint of ../shared/weights), layer {LAYER}, 224 px; train/ of each dataset. "
+            f"Labels flipped to a uniformly drawn other class (flip seed {seed}); out-of-fold probabilities of the "
+            f"zoo's logreg, lda and knn (5-fold stratified, on the noisy labels); neighbour vote: 10 nearest "
+            f"neighbours (cosine). top-K precision: flips among the first K of the ranking (K = flipped). flagged: the "
+            f"estimated set (featurebank: the first `estimate` of its ranked list, or per class pair; cleanlab: "
+            f"`find_label_issues` with its defaults); recall and precision of that set against the flips. "
+            f"estimate: featurebank's calibrated confident-joint count. The default was chosen on another draw "
+            f"(flip seed {select_seed}, flowers only); hymenoptera was not used to choose. One run each, a loaded "
+            f"2-core machine (times not reported)."
+            + (f" Not run: {', '.join(missing)}." if missing else "")
+            + "\n\n" + "\n".join(lines) + selection)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ def test_flipped_rows_rank_first_and_the_estimate_is_near_the_number_flipped(ran
     assert abs(found.estimated - k) <= 0.2 * k  # stated tolerance: within 20 % of the true count
     assert sum(n for _, _, n in found.pairs()) == found.estimated
     assert (found.suggested[flipped] == y[flipped]).mean() >= 0.9  # the suggestion is the true class
-    assert found.flagged.sum() == min(found.estimated, len(found.order))
-    assert set(np.flatnonzero(found.flagged)) <= set(found.order[:found.estimated].tolist())
+    flagged = set(np.flatnonzero(found.flagged).tolist())
+    assert flagged <= set(found.order.tolist()) and 0.8 * k <= len(flagged) <= found.estimated
+    assert len(flagged & set(flipped.tolist())) >= 0.9 * k  # recall of the estimated set
+    by_rank = find_label_issues(noisy, oof(X, noisy), rank_by, flag="rank")  # the other rule: the first `estimated`
+    assert set(np.flatnonzero(by_rank.flagged).tolist()) == set(by_rank.order[:by_rank.estimated].tolist())
 
 
 def test_class_pair_estimate_points_at_the_pair_that_was_flipped():
@@ -148,3 +151,47 @@ def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
     assert page.text["label-issues-estimated"] == str(d["label_issues_estimated"])
     assert "label-issue-pairs" in page.text and "class0" in page.text["label-issue-pairs"]
     assert "## Label issues" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow  # two extractions (a few seconds idle, minutes on a loaded machine)
+def test_relabel_applies_accepted_corrections_to_a_manifest_and_extract_keeps_the_vectors(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    import cli
+    from conftest import write_tree
+    from embedder.cache import CacheReader
+
+    root = tmp_path / "photos"
+    paths = write_tree(root, classes=("cats", "dogs"), per_class=2)
+    manifest = root / "photos.csv"
+    manifest.write_text("path,label,group\n" + "".join(f"./{p},{p.split('/')[0]},g{i}\n" for i, p in enumerate(paths)))
+    fast = ["-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--batch-size", "4", "--workers", "0"]
+    runner = CliRunner()
+    cache = tmp_path / "c.h5"
+    assert runner.invoke(cli.main, ["extract", str(manifest), "--cache", str(cache), "-q", *fast]).exit_code == 0
+    before = CacheReader(str(cache)).features(CacheReader(str(cache)).layers[0]).copy()
+    # label_issues.csv as cv writes it, less a row not accepted; one row stale (its label changed since)
+    corrections = tmp_path / "label_issues.csv"
+    corrections.write_text("rank,path,label,suggested,score,within_estimate\n"
+                           f"1,{paths[0]},cats,dogs,0.9,1\n3,{paths[3]},cats,owls,0.5,0\n")
+    out = tmp_path / "fixed.csv"
+    result = runner.invoke(cli.main, ["relabel", str(manifest), str(corrections), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"manifest": str(out), "rows": 4, "changed": 1, "stale": 1, "unchanged": 0}
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,label,group" and lines[1] == f"./{paths[0]},dogs,g0"  # the rest as they were
+    assert lines[2:] == manifest.read_text().splitlines()[2:]
+    # the corrected manifest in place of the old one: extract changes the labels and embeds nothing again
+    manifest.write_text(out.read_text())
+    again = runner.invoke(cli.main, ["extract", str(manifest), "--cache", str(cache), "--json", *fast])
+    assert again.exit_code == 0 and json.loads(again.stdout)["embedded"] == 0
+    reader = CacheReader(str(cache))
+    assert reader.labels[list(reader.paths).index(paths[0])] == "dogs"
+    np.testing.assert_array_equal(reader.features(reader.layers[0]), before)
+    bad = runner.invoke(cli.main, ["relabel", str(manifest), str(corrections), "-o", str(manifest)])
+    assert bad.exit_code != 0 and "the manifest itself" in bad.output and "Traceback" not in bad.output
+    corrections.write_text("path,new_label\nelsewhere/x.jpg,dogs\n")
+    bad = runner.invoke(cli.main, ["relabel", str(manifest), str(corrections), "-o", str(out)])
+    assert bad.exit_code != 0 and "1 path(s)" in bad.output and "elsewhere/x.jpg" in bad.output
