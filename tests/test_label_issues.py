@@ -138,6 +138,8 @@ def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
         p["count"] for p in d["label_issues_pairs"] if (p["label"], p["suggested"]) == ("class0", "class1"))} \
         in d["label_issues_pairs"]
     assert sum(p["count"] for p in d["label_issues_pairs"]) == d["label_issues_estimated"]
+    judge = [r for r in report.leaderboard("log_loss") if r.proba is not None][0]  # the best member alone
+    assert d["label_issues_one_model_estimate"] == find_label_issues(report.data.y, judge.proba.mean(axis=0)).estimated
     assert d["label_issues_method"]["members"] and d["label_issues_method"]["rank_by"] in ("self_confidence",
                                                                                           "normalized_margin")
     with open(run / "label_issues.csv", newline="", encoding="utf-8") as fh:
