@@ -276,7 +276,7 @@ def summary_lines(d: dict, limit: int = 10) -> list[str]:
         return []
     out = [f"about {d['label_issues_estimated']} label(s) wrong (confident learning, out of fold); "
            f"{len(d['label_issues'])} image(s) whose suggested class is not their label"]
-    if d.get("label_issues_one_model_estimate") is not None:
+    if (d.get("label_issues_one_model_estimate") or 0) > d["label_issues_estimated"]:
         out[0] += (f" (the best model alone estimates {d['label_issues_one_model_estimate']}: read that far to miss "
                    f"fewer)")
     out += [f"  about {p['count']} {p['suggested']} labelled {p['label']}" for p in d["label_issues_pairs"][:limit]]
