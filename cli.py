@@ -446,6 +446,28 @@ def report_command(run_dir, images):
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.argument("corrections", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The corrected manifest to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
+def relabel(manifest, corrections, out, as_json):
+    """Write a copy of the CSV MANIFEST with the labels of CORRECTIONS applied.
+
+    CORRECTIONS is the label_issues.csv of a cv --out folder, less the rows you do not accept (each row left
+    takes its suggested label), or with a new_label column (empty: no change). Rows whose label is no longer
+    the manifest's are skipped and counted. Extract the new manifest again: only the labels change.
+
+    
+    Example:
+      featurebank relabel photos.csv runs/photos-cv/label_issues.csv -o photos-fixed.csv
+    """
+    from classifiers.label_issues import relabel as run_relabel
+    from classifiers.label_issues import relabel_text
+
+    emit(run_relabel(manifest, corrections, out), as_json, relabel_text)
+
+
+@main.command(context_settings=CONTEXT)
 @click.argument("data", metavar="DATA", type=click.Path())
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="runs/finetune", show_default=True,
               help="Run folder: checkpoints, log, curves, report.")

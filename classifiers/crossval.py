@@ -27,6 +27,7 @@ from .cluster import layer_tasks, on_cluster
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
 from .folds import fit_grouped, inner_splitter
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
+from .neighbours import NEIGHBOURS, REFERENCE, nearest_neighbours
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, list_classifiers, make_classifier, parse_spec, search_grid
 
@@ -210,30 +211,24 @@ class CVReport:
         """The images least like any other (lowest cosine similarity to their nearest neighbour, in the best
         result's layer): placeholders, blank or broken pictures, images from another domain. Beyond
         ``reference`` rows, neighbours are sought among a fixed random sample of that many rows."""
-        layer = self.best.layer
-        X = self.source(self.best).features(layer)
-        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-        n = len(X)
-        if n <= reference:
-            ref, R = np.arange(n), X  # every row is a reference: no copy
-        else:
-            ref = np.sort(np.random.default_rng(self.seed).choice(n, reference, replace=False))
-            R = X[ref]  # once: at most `reference` rows (164 MB of 2048-d float32)
-        column = np.full(n, -1, dtype=np.int64)
-        column[ref] = np.arange(len(ref))  # where each row sits among the references (-1: not one)
-        nearest = np.empty(n, dtype=np.float32)
-        which = np.empty(n, dtype=np.int64)
-        for start in range(0, n, 1024):
-            block = X[start:start + 1024] @ R.T  # 1024 x reference similarities, the only other memory
-            own = column[start:start + len(block)]
-            mine = np.flatnonzero(own >= 0)
-            block[mine, own[mine]] = -np.inf  # an image is not its own neighbour
-            j = block.argmax(axis=1)
-            nearest[start:start + len(block)], which[start:start + len(block)] = block[np.arange(len(block)), j], ref[j]
+        layer, index, similarity = self.neighbours(reference=reference)
+        nearest, which = similarity[:, 0], index[:, 0]
         order = np.argsort(nearest, kind="stable")[:limit]
         return layer, [{"path": str(self.data.paths[i]), "label": self.classes[self.data.y[i]],
                         "similarity": round(float(nearest[i]), 4), "nearest": str(self.data.paths[which[i]])}
                        for i in order]
+
+    def neighbours(self, k: int = NEIGHBOURS, reference: int = REFERENCE) -> tuple[str, np.ndarray, np.ndarray]:
+        """Each image's ``k`` most cosine-similar other images in the best result's layer (see
+        neighbours.nearest_neighbours): the layer, their indices and similarities. Searched once per run and
+        setting; the outliers and the label issues' neighbour signal share it."""
+        memo = self.__dict__.setdefault("_neighbours", {})
+        if (k, reference) not in memo:
+            layer = self.best.layer
+            X = self.source(self.best).features(layer)
+            memo[(k, reference)] = (layer, *nearest_neighbours(X, k, reference, self.seed))
+            del X
+        return memo[(k, reference)]
 
     def duplicates(self) -> list[dict]:
         """Byte-identical images in more than one row (their digests match): with different labels they are

@@ -26,6 +26,7 @@ CELL_THUMBS = 48  # thumbnails per confusion cell; the rest of its images are li
 CELL_ROWS = 1000  # paths listed per confusion cell (the out-of-fold CSV has them all)
 TOTAL_CELL_THUMBS = 3000  # over all cells, so that a run of many classes stays a page, not an archive
 DUPLICATE_SETS = 50
+LABEL_ISSUE_THUMBS = 48  # the first page of the ranked label issues; label_issues.csv has them all
 
 
 @functools.lru_cache(maxsize=1)
@@ -237,7 +238,14 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
     duplicates = [{**g, "cards": [item(p, label, conflict=g["conflicting"])
                                   for p, label in zip(g["paths"], _labels_of(g, by_path))]}
                   for g in d["duplicates"][:DUPLICATE_SETS]]
+    issues = d.get("label_issues") or []
+    label_issues = [_card(thumbs, i["path"], i["label"], notes=[f"suggested {i['suggested']}",
+                                                                 f"score {i['score']:.2f}"]
+                          + (["within the estimate"] if i.get("within_estimate") else []))
+                    for i in issues[:LABEL_ISSUE_THUMBS]]
     sections = [("leaderboard", "Leaderboard"), ("best", "Best model"), ("suspicious", "Suspicious")]
+    if d.get("label_issues_estimated") is not None:
+        sections.append(("label-issues", "Label issues"))
     sections += [(k, name) for k, name, there in (("outliers", "Outliers", outliers), ("duplicates", "Duplicates", duplicates))
                  if there]
     figure = _map(run_dir)
@@ -254,7 +262,12 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
             "panels": panels, "predictions_file": predictions_file,
             "judge": model_name(d, susp).replace(" @ ", " on ") if susp["classifier"] else None,
             "cards_by": model_name(d, judge).replace(" @ ", " on ") if cards_oof else None,
-            "suspicious": suspicious, "outliers": outliers, "outlier_layer": d["outliers"].get("layer"),
+            "suspicious": suspicious, "label_issues": label_issues, "label_issues_listed": len(issues),
+            "label_issues_estimated": d.get("label_issues_estimated"),
+            "label_issues_one_model": d.get("label_issues_one_model_estimate"),
+            "label_issues_pairs": d.get("label_issues_pairs"),
+            "label_issues_signals": (d.get("label_issues_method") or {}).get("signals"),
+            "outliers": outliers, "outlier_layer": d["outliers"].get("layer"),
             "duplicates": duplicates, "duplicates_more": max(0, len(d["duplicates"]) - DUPLICATE_SETS),
             "map": figure, "error_saturates": int(100 * ERROR_SATURATES),
             "failed": d["failed"][:200], "failed_count": len(d["failed"]),

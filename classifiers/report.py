@@ -13,6 +13,9 @@ from embedder.versions import library_versions
 from .crossval import RANK_BY, CVReport, CVResult
 from .embedmap import write_map
 from .html import write_html
+from .label_issues import report_entries as label_issue_entries
+from .label_issues import summary_lines as label_issue_lines
+from .label_issues import write_csv as write_label_issues
 from .metrics import METRICS
 from .plots import confusion_png, leaderboard_png
 from .reading import (FORMAT, find_result, leaderboard_lines, model_name, predictions_name, several_caches,
@@ -91,6 +94,7 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
                        "layer": susp_from.layer if susp_from else None, "images": susp},
         "outliers": {"backbone": report.best.backbone, **dict(zip(("layer", "images"), report.outliers(suspicious)))},
         "duplicates": report.duplicates(),
+        **label_issue_entries(report),
         "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
         "seconds": report.seconds,
         "versions": library_versions(("scikit-learn", "numpy")),
@@ -139,6 +143,14 @@ def markdown(d: dict) -> str:
                 for i in susp["images"]]
     else:
         out.append("None listed (no misclassified image, or no classifier with probabilities).")
+    if d.get("label_issues_estimated") is not None:
+        out += ["", "## Label issues", "", f"Confident learning on the {d['label_issues_method']['signals']}: "
+                f"{'; '.join(label_issue_lines(d, limit=0))}. The whole ranked list: label_issues.csv.", "",
+                "| given label | probably | images |", "|---|---|--:|"]
+        out += [f"| {p['label']} | {p['suggested']} | {p['count']} |" for p in d["label_issues_pairs"]]
+        out += ["", "| # | image | label | suggested | score |", "|--:|---|---|---|--:|"]
+        out += [f"| {n} | `{i['path']}` | {i['label']} | {i['suggested']} | {i['score']:.3f} |"
+                for n, i in enumerate(d["label_issues"][:20], 1)]
     if d["outliers"]["images"]:
         out += ["", "## Outliers", "", f"Images least like any other image (cosine similarity to their nearest neighbour "
                 f"on {d['outliers']['layer']}, lowest first): placeholders, blank or broken pictures, other domains.", "",
@@ -205,6 +217,7 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict |
                                            f"{model_name(d, d['best'])} (out-of-fold)",
                                            os.path.join(out_dir, "confusion.png"))
     files["leaderboard_csv"] = write_leaderboard_csv(d, os.path.join(out_dir, "leaderboard.csv"))
+    files["label_issues_csv"] = write_label_issues(d, os.path.join(out_dir, "label_issues.csv"))
     for r, entry in zip(report.results, d["results"]):
         write_predictions(report, r, os.path.join(out_dir, entry["predictions"]))
     files["predictions"] = os.path.join(out_dir, "predictions")

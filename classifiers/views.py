@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .label_issues import summary_lines
 from .reading import leaderboard_text, model_name, significance_note
 from .zoo import describe, get_spec, list_classifiers, search_grid
 
@@ -39,6 +40,8 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         lines.append(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
         lines += [f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})"
                   for i in susp["images"][:10]]
+    if d.get("label_issues_estimated") is not None:
+        lines.append("\nLabel issues: " + "\n".join(summary_lines(d, limit=5)))
     if d["outliers"]["images"]:
         lines.append(f"\nLeast like any other image (nearest-neighbour cosine similarity on {d['outliers']['layer']}):")
         lines += [f"  {i['path']}: {i['similarity']:.2f} (nearest {i['nearest']})" for i in d["outliers"]["images"][:5]]
