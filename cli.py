@@ -110,24 +110,28 @@ def main():
 
 
 @main.command(context_settings=CONTEXT)
+@click.option("--source", type=click.Choice(["torchvision", "timm"]), default="torchvision", show_default=True,
+              help="torchvision's classification models, or timm's pretrained models (timm:NAME.TAG).")
+@click.option("--filter", "pattern", help="A shell pattern on the names, e.g. '*dinov2*'.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list on stdout.")
-def backbones(as_json):
-    """List the backbones (every torchvision classification model) with their feature sizes.
+def backbones(source, pattern, as_json):
+    """List the backbones (every torchvision classification model, or timm's) with their feature sizes.
 
     \b
     Example:
       featurebank backbones --json
+      featurebank backbones --source timm --filter '*dinov2*'
     """
-    from embedder.backbones import default_preprocessing, feature_dim, list_backbones, weights_enum
+    from embedder.backbones import describe_backbones
 
-    rows = []
-    for name in list_backbones():
-        enum = weights_enum(name)
-        prep = default_preprocessing(name)
-        rows.append({"name": name, "features": feature_dim(name), "default_weights": f"{enum.__name__}.{enum.DEFAULT.name}",
-                     "weights": list(enum.__members__), "resize": prep.resize, "crop": prep.crop})
+    rows = describe_backbones(source, pattern)
 
     def human(_):
+        if source == "timm":
+            click.echo(f"{'backbone':56} {'input':>7}  {'interpolation':13} mean")
+            for r in rows:
+                click.echo(f"{r['name']:56} {r['resize']:>3}/{r['crop']:<3}  {r['interpolation']:13} {r['mean']}")
+            return
         click.echo(f"{'backbone':24} {'features':>8}  {'input':>7}  weights (DEFAULT first)")
         for r in rows:
             others = [w for w in r["weights"] if w != r["default_weights"].split(".")[1]]
@@ -181,8 +185,9 @@ def layers(backbone, size, pooling, as_json):
               help="A torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a local .pth state dict, or none.")
 @click.option("-l", "--layer", "layer", multiple=True, callback=split_layers,
               help="Node or module name(s), repeated or comma-separated (featurebank layers BACKBONE). [default: penultimate]")
-@click.option("--pooling", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True,
-              help="How 4-D maps become one vector per image.")
+@click.option("--pooling", type=click.Choice(["avg", "max", "avgmax", "cls", "cls+avg"]), default="avg",
+              show_default=True, help="How 4-D maps (and token layers) become one vector per image; cls, cls+avg: "
+                                      "the class token (+ the mean of the patch tokens) of a timm ViT layer.")
 @click.option("--resize", type=click.IntRange(16), help="Shorter side before cropping (default: from the weights).")
 @click.option("--crop", type=click.IntRange(16), help="Center crop size (default: from the weights).")
 @click.option("--no-draft", is_flag=True, help="Decode big JPEGs at full size (slower; no reduced-scale decode).")

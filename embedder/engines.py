@@ -152,7 +152,7 @@ class Prepared:
 
 
 def onnx_name(settings: ExtractionSettings) -> str:
-    return f"{settings.backbone}-{settings.key}-{settings.precision}"
+    return f"{settings.backbone.replace(':', '_')}-{settings.key}-{settings.precision}"
 
 
 def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *, engine: str = "auto",
@@ -248,7 +248,7 @@ def settings_fp32(settings: ExtractionSettings) -> ExtractionSettings:
 def _versions() -> dict:
     from .resolve import _version
 
-    return {p: _version(p) for p in ("torch", "torchvision", "onnx", "onnxruntime")}
+    return {p: _version(p) for p in ("torch", "torchvision", "timm", "onnx", "onnxruntime")}
 
 
 def _choice_key(batch_size: int) -> dict:

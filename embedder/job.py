@@ -69,7 +69,7 @@ def library_versions() -> dict[str, str]:
     """Versions of what the features depend on, read from package metadata (importing torch takes seconds)."""
     from importlib import metadata
 
-    names = {"torch": "torch", "torchvision": "torchvision", "onnxruntime": "onnxruntime", "numpy": "numpy",
+    names = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "onnxruntime": "onnxruntime", "numpy": "numpy",
              "h5py": "h5py", "pillow": "pillow", "scikit-learn": "scikit-learn"}
     out = {"featurebank": __version__}
     for label, package in names.items():
@@ -92,6 +92,7 @@ def default_cache_path(listing: Listing, settings: dict, backbone: str, cache_di
     stem = "-".join(p for p in named.rstrip("/").split("/")[-2:] if p)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "input"
     key = settings_key({**settings, "source": listing.source})[:8]
+    backbone = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone)  # timm:NAME.TAG
     return os.path.join(folder, f"{stem}-{backbone}-{key}.h5")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
 
-POOLINGS = ("avg", "max", "avgmax")
+POOLINGS = ("avg", "max", "avgmax", "cls", "cls+avg")  # cls, cls+avg: token layers of timm ViTs
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TTAS = ("none", "flip")  # test-time augmentation: "flip" is the mean of the image's and its mirror's vectors
 CALIBRATIONS = ("minmax",)  # ONNX Runtime 1.31's percentile and entropy calibrators fail on these graphs
