@@ -178,9 +178,12 @@ def from_file(name: str, path: str, size: int | None) -> nn.Module:
     classifier = _classifier_name(pretrained_cfg(name))
     key = f"{classifier}.weight"
     num_classes = int(state[key].shape[0]) if key in state else 0
-    model = _create(name, **_build_kwargs(name, size, num_classes))
+    from .backbones import _parameters_on_meta
+
+    with _parameters_on_meta():  # no random initialization of what the file replaces (buffers are built as usual)
+        model = _create(name, **_build_kwargs(name, size, num_classes))
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
         return model.float()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
@@ -188,7 +191,7 @@ def from_file(name: str, path: str, size: int | None) -> nn.Module:
     filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:
-            model.load_state_dict(filter_fn(dict(state), model), strict=True)
+            model.load_state_dict(filter_fn(dict(state), model), strict=True, assign=True)
             return model.float()
         except Exception:
             pass

@@ -133,10 +133,10 @@ def test_default_vectors_are_timms_pre_logits_and_onnxruntime_shares_the_rows(fa
     arch, crop = FAMILIES[family]
     root, paths = photos
     path, model = saved(family)
-    resize = default_preprocessing(f"timm:{arch}").resize * crop // default_preprocessing(f"timm:{arch}").crop
     _, cfg = timm_eval_transform(arch, crop)
-    resize = math.floor(crop / cfg["crop_pct"])
-    opts = dict(backbone=f"timm:{arch}", weights=str(path), resize=resize, crop=crop, batch_size=4, workers=0)
+    resize = math.floor(crop / cfg["crop_pct"])  # timm's resize for this crop; draft off: the same decoded image
+    opts = dict(backbone=f"timm:{arch}", weights=str(path), resize=resize, crop=crop, batch_size=4, workers=0,
+                draft=False)
     by_torch = embedder.extract(str(root), str(tmp_path / "torch.h5"), engine="torch", **opts)
     X, _, files = embedder.load(by_torch.cache)
     expected = reference(model, [root / f for f in files], arch, crop)
