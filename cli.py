@@ -180,9 +180,11 @@ def layers(backbone, size, pooling, as_json):
 @click.option("--cache", "cache", type=click.Path(dir_okay=False),
               help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).")
 @click.option("-b", "--backbone", default="resnet50", show_default=True,
-              help="A torchvision model name (featurebank backbones); checked when the settings are resolved.")
+              help="A torchvision model name, or timm:NAME[.TAG] (featurebank backbones [--source timm]); checked "
+                   "when the settings are resolved.")
 @click.option("-w", "--weights", default="DEFAULT", show_default=True,
-              help="A torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a local .pth state dict, or none.")
+              help="A torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) or a timm tag, a local .pth (or "
+                   ".safetensors) state dict, or none.")
 @click.option("-l", "--layer", "layer", multiple=True, callback=split_layers,
               help="Node or module name(s), repeated or comma-separated (featurebank layers BACKBONE). [default: penultimate]")
 @click.option("--pooling", type=click.Choice(["avg", "max", "avgmax", "cls", "cls+avg"]), default="avg",

@@ -248,3 +248,47 @@ def test_a_rerun_keeps_its_rows_and_another_tag_gets_its_own_settings(photos, tm
     assert other.settings["backbone"] == "timm:efficientnet_b0.ra4_e3600_r224_in1k" != first.settings["backbone"]
     with pytest.raises(FeaturebankError):
         embedder.extract(str(root), str(tmp_path / "a.h5"), backbone="timm:efficientnet_b0.ra4_e3600_r224_in1k", **opts)
+
+
+def test_finetuning_surgery_on_timm_layouts():
+    """A ViT built without classes (DINOv2: Identity head) gets a Linear head from the probe; the last blocks
+    and the head train, nothing else."""
+    from embedder.finetune import freeze, replace_head
+    from embedder.finetune.surgery import unfrozen_blocks
+
+    model = load_backbone("timm:vit_small_patch14_dinov2", "none", resize=28, crop=28).model
+    W, b = np.full((3, 384), 0.01, np.float32), np.arange(3, dtype=np.float32)
+    head = replace_head(model, 3, (W, b))
+    assert model.head is head and (head.in_features, head.out_features) == (384, 3)
+    blocks = unfrozen_blocks(model, 2)
+    assert blocks == ["blocks.11", "norm"]
+    freeze(model, blocks, "frozen")
+    trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks.") else "")
+                 for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"blocks.11", "norm", "head"}
+    x = torch.zeros(2, 3, 28, 28)
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        np.testing.assert_allclose(model(x).numpy(), pre.numpy() @ W.T + b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_command_line_lists_timm_backbones_and_their_layers():
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    listed = CliRunner().invoke(main, ["backbones", "--source", "timm", "--filter", "*small*dinov2*", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [r["name"] for r in rows] == ["timm:vit_small_patch14_dinov2.lvd142m",
+                                        "timm:vit_small_patch14_reg4_dinov2.lvd142m"]
+    assert (rows[0]["resize"], rows[0]["crop"], rows[0]["interpolation"]) == (518, 518, "bicubic")
+    shown = CliRunner().invoke(main, ["layers", "timm:vit_small_patch14_dinov2", "--size", "56", "--json"])
+    assert shown.exit_code == 0, shown.output
+    nodes = {r["node"]: r for r in json.loads(shown.output)}
+    assert nodes["head_drop"]["penultimate"] and nodes["head_drop"]["vector"] == 384
+    assert nodes["blocks.3.add_1"]["shape"] == [17, 384]
+    bad = CliRunner().invoke(main, ["layers", "timm:vit_small_patch14_dinov3"])
+    assert bad.exit_code != 0 and "unknown timm model" in bad.output
