@@ -24,8 +24,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PHOTOS = ROOT.parent / "shared" / "data" / "hymenoptera"
-BACKBONES = [("timm:convnext_tiny", None), ("timm:efficientnet_b0", None), ("timm:vit_small_patch14_dinov2", None),
-             ("timm:vit_small_patch14_dinov2", 224), ("timm:vit_base_patch16_siglip_224", None)]
+BACKBONES = [("timm:efficientnet_b0", None), ("timm:vit_small_patch14_dinov2", 224), ("timm:convnext_tiny", None),
+             ("timm:vit_base_patch16_siglip_224", None), ("timm:vit_small_patch14_dinov2", None)]  # cheapest first
 
 
 def photos(folder: pathlib.Path, n: int) -> pathlib.Path:
@@ -82,7 +82,7 @@ def measure(name: str, crop: int | None, images: pathlib.Path, n_batch: int, wor
     for label in ("torch", "onnxruntime"):
         opts = dict(backbone=name, weights="none", resize=resize, crop=crop, batch_size=n_batch, engine=label,
                     engine_dir=os.path.join(workdir, "engines"))
-        embedder.extract(str(images), os.path.join(workdir, f"warm-{label}-{size}.h5"), **opts)
+        embedder.extract(str(images), os.path.join(workdir, f"warm-{name[5:]}-{label}-{size}.h5"), **opts)
         t = time.perf_counter()
         s = embedder.extract(str(images), os.path.join(workdir, f"{name[5:]}-{label}-{size}.h5"), **opts)
         row[f"extract_{label}"] = s.embedded / (time.perf_counter() - t)
