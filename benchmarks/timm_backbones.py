@@ -90,7 +90,7 @@ def measure(name: str, crop: int | None, images: pathlib.Path, n_batch: int, wor
 
 
 def table(rows: list[dict], n_images: int, n_batch: int, load: str) -> str:
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
     lines = [
         "## timm backbones on the CPU (`python benchmarks/timm_backbones.py`)",
         "",

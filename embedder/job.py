@@ -184,7 +184,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
     calibration_files: list[str] = []
     fixed_calibration = bool(request.int8 is not None and request.int8.calibration_set)
     named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings
-    path = os.path.abspath(job.cache or default_cache_path(listing, named.to_dict(), request.backbone, job.cache_dir))
+    path = os.path.abspath(job.cache or default_cache_path(listing, named.to_dict(), named.backbone, job.cache_dir))
     with group.step("drawing the int8 calibration images"):
         if settings.precision == "int8":
             settings, calibration_files = _int8_settings(settings, listing, path)

@@ -53,7 +53,7 @@ def split_name(name: str) -> tuple[str, str]:
     return arch, tag
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pretrained_tags(arch: str) -> tuple[str, ...]:
     """The architecture's pretrained tags, default first (timm's order)."""
     from timm.models import _registry

@@ -9,14 +9,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import photo, write_tree
 from PIL import Image
 
 import embedder
-from embedder.backbones import (block_names, check_backbone, default_preprocessing, load_backbone, resolve_layers,
-                                resolve_weights, skeleton)
+from embedder.backbones import (
+    block_names,
+    check_backbone,
+    default_preprocessing,
+    load_backbone,
+    resolve_layers,
+    resolve_weights,
+    skeleton,
+)
 from embedder.errors import FeaturebankError
-
-from conftest import photo, write_tree
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -91,7 +97,6 @@ def test_preprocessing_is_the_tags_config_and_gives_timms_eval_pixels(family):
     transform, cfg = timm_eval_transform(arch, prep.crop)
     assert (prep.crop, prep.resize) == (cfg["input_size"][1], math.floor(cfg["input_size"][1] / cfg["crop_pct"]))
     assert (prep.mean, prep.std, prep.interpolation) == (tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"])
-    pixels, _ = timm_eval_transform(arch, prep.crop, crop_pct=cfg["crop_pct"])
     uint8 = timm.data.create_transform(**cfg, is_training=False, normalize=False)
     for i, size in enumerate([(500, 375), (375, 500), (prep.crop, prep.crop), (90, 70)]):
         image = photo(i, size)
