@@ -28,10 +28,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
-from torchvision.models.feature_extraction import (
-    create_feature_extractor,
-    get_graph_node_names,
-)
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from . import timm_source
 from .errors import FeaturebankError
