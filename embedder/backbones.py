@@ -275,9 +275,8 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     """Class names of the backbone's own head: from the torchvision weights' metadata, those a fine-tuned
     checkpoint carries, or the standard ImageNet-1k list for a local checkpoint whose head has 1000 outputs."""
     spec = weights if isinstance(weights, Weights) else resolve_weights(name, weights, seed)
-    if is_timm_name(name) and not (spec.kind == "file" and file_metadata(spec.path).get("classes")):
-        raise FeaturebankError("a timm backbone's own classes are known only for checkpoints of featurebank "
-                               "finetune: train a featurebank model on its features instead")
+    if spec.kind == "timm":
+        return timm_source.imagenet_classes(canonical_name(name, spec))
     if spec.kind == "none":
         raise FeaturebankError("random weights have no classes: give --weights DEFAULT or an ImageNet checkpoint file")
     if spec.kind == "torchvision":
@@ -288,7 +287,7 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     classes = file_metadata(spec.path).get("classes")
     if classes:
         return list(classes)
-    state = _read_state_dict(spec.path)
+    state = timm_source.read_state(spec.path) if is_timm_name(name) else _read_state_dict(spec.path)
     head = f"{head_name(skeleton(name))}.weight"
     outputs = int(state[head].shape[0]) if head in state else None
     if outputs != 1000:

@@ -309,3 +309,20 @@ def list_names(pattern: str | None = None) -> list[str]:
     """Pretrained ``ARCH.TAG`` names (``timm.list_models(pretrained=True)``), filtered by a shell pattern."""
     names = _timm().list_models(pretrained=True)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else list(names)
+
+
+def imagenet_classes(name: str) -> list[str]:
+    """Class names of a tag's own head, when timm knows its ImageNet subset (``infer_imagenet_subset``)."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    cfg = pretrained_cfg(name)
+    subset = infer_imagenet_subset(cfg) if cfg.get("num_classes") else None
+    if not subset:
+        raise FeaturebankError(f"{name} has no ImageNet classifier head (its tag has {cfg.get('num_classes', 0)} "
+                               f"classes timm knows no names of): train a featurebank model on its features instead")
+    if subset == "imagenet-1k":  # torchvision's names: the same order, with the two duplicate names told apart
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+        return list(_IMAGENET_CATEGORIES)
+    info = ImageNetInfo(subset)
+    return [info.index_to_description(i).split(",")[0] for i in range(info.num_classes())]

@@ -297,3 +297,16 @@ def test_the_command_line_lists_timm_backbones_and_their_layers():
     assert nodes["blocks.3.add_1"]["shape"] == [17, 384]
     bad = CliRunner().invoke(main, ["layers", "timm:vit_small_patch14_dinov3"])
     assert bad.exit_code != 0 and "unknown timm model" in bad.output
+
+
+def test_the_backbones_own_classes_for_predict_head(tmp_path):
+    from embedder.backbones import head_classes, output_node
+
+    classes = head_classes("timm:convnext_tiny.fb_in1k", "DEFAULT")  # names only: nothing is downloaded
+    assert len(classes) == 1000 and classes[0] == "tench" and classes[1] == "goldfish"
+    with pytest.raises(FeaturebankError, match="no ImageNet classifier head"):
+        head_classes("timm:vit_small_patch14_dinov2", "DEFAULT")
+    path = tmp_path / "atto.safetensors"
+    safetensors_torch.save_file(timm.create_model("convnext_atto").state_dict(), str(path))
+    assert head_classes("timm:convnext_atto", str(path)) == classes
+    assert output_node("timm:convnext_atto") == "head.fc"
