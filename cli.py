@@ -123,17 +123,22 @@ def main():
 
 
 @main.command(context_settings=CONTEXT)
+@click.option("--source", type=click.Choice(["torchvision", "timm"]), default="torchvision", show_default=True,
+              help="torchvision's classification models, or timm's pretrained models (timm:NAME.TAG).")
+@click.option("--filter", "pattern", help="A shell pattern on the names, e.g. '*dinov2*'.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list on stdout.")
-def backbones(as_json):
-    """List the backbones (every torchvision classification model) with their feature sizes.
+def backbones(source, pattern, as_json):
+    """List the backbones (every torchvision classification model, or timm's) with their feature sizes.
 
     \b
     Example:
       featurebank backbones --json
+      featurebank backbones --source timm --filter '*dinov2*'
     """
-    from embedder.catalog import backbone_rows, backbones_text
+    from embedder.backbones import describe_backbones
+    from embedder.catalog import backbones_text
 
-    emit(backbone_rows(), as_json, backbones_text)
+    emit(describe_backbones(source, pattern), as_json, backbones_text)
 
 
 @main.command(context_settings=CONTEXT)

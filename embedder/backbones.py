@@ -1,11 +1,15 @@
-"""Backbones by name: every torchvision classification model, with weights that carry their identity and
-preprocessing, and layers chosen by torchvision feature-extraction node name.
+"""The backbone registry: a name resolves to a model, its preprocessing, its layer names, its blocks (for
+fine-tuning) and its identity for the settings. Two sources: every torchvision classification model by its name,
+and timm's models as ``timm:NAME[.TAG]`` (``embedder.timm_source``). Engines, fine-tuning and export ask this
+module, never a library directly. Layers are feature-extraction node names (torch.fx) in both.
 
 Weights are one of
 - a torchvision weights name (``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``, ``DEFAULT``): loaded through
   torchvision's weights API and its ``$TORCH_HOME`` cache; ``DEFAULT`` is recorded under its real name;
 - a local state-dict file: recorded by its sha256;
-- ``none``: random initialization from a recorded seed, so that re-runs give the same features.
+- ``none``: random initialization from a recorded seed, so that re-runs give the same features;
+- for timm: ``DEFAULT`` (the name's tag, else timm's default tag) or a tag, through timm's hub cache
+  (``$HF_HOME``), recorded as ``ARCH.TAG``; local files may also be ``.safetensors``.
 """
 from __future__ import annotations
 
@@ -26,8 +30,10 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from . import timm_source
 from .errors import FeaturebankError, first_line
 from .preprocess import Preprocessing
+from .timm_source import is_timm_model, is_timm_name
 
 PENULTIMATE = "penultimate"  # alias of the node that feeds the classification head
 AUX_HEADS = {"inception_v3": "AuxLogits.", "googlenet": "aux1."}
@@ -35,7 +41,7 @@ AUX_HEADS = {"inception_v3": "AuxLogits.", "googlenet": "aux1."}
 
 @dataclass(frozen=True)
 class Weights:
-    kind: str  # "torchvision", "file" or "none"
+    kind: str  # "torchvision", "timm", "file" or "none"
     identity: str  # what the cache records: enum name, "sha256:<hex>" or "none:seed=<n>"
     enum: object = None
     path: str | None = None
@@ -56,11 +62,41 @@ class Backbone:
     categories: list[str] | None = None  # ImageNet class names when the weights' metadata has them
 
 
-def list_backbones() -> list[str]:
-    return sorted(list_models(module=torchvision.models))
+def list_backbones(source: str = "torchvision", pattern: str | None = None) -> list[str]:
+    """Backbone names of a source: torchvision's models, or timm's pretrained ``timm:ARCH.TAG`` names; ``pattern``
+    is a shell pattern (``*dinov2*``)."""
+    if source == "timm":
+        return [timm_source.PREFIX + n for n in timm_source.list_names(pattern)]
+    import fnmatch
+
+    names = sorted(list_models(module=torchvision.models))
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def describe_backbones(source: str = "torchvision", pattern: str | None = None) -> list[dict]:
+    """What ``featurebank backbones`` lists: torchvision's models with their feature sizes and weights; timm's
+    pretrained names with their preprocessing (read from the configs: no model is built)."""
+    rows = []
+    for name in list_backbones(source, pattern):
+        if source == "timm":
+            try:
+                prep = default_preprocessing(name)
+            except FeaturebankError:  # a non-square input or timm's border crop: listed, not usable
+                continue
+            rows.append({"name": name, "resize": prep.resize, "crop": prep.crop, "interpolation": prep.interpolation,
+                         "mean": list(prep.mean), "std": list(prep.std)})
+            continue
+        enum = weights_enum(name)
+        prep = default_preprocessing(name)
+        rows.append({"name": name, "features": feature_dim(name), "default_weights": f"{enum.__name__}.{enum.DEFAULT.name}",
+                     "weights": list(enum.__members__), "resize": prep.resize, "crop": prep.crop})
+    return rows
 
 
 def check_backbone(name: str) -> str:
+    """The canonical name: a torchvision name as it is, ``timm:ARCH.TAG`` for timm (the default tag filled in)."""
+    if is_timm_name(name):
+        return timm_source.check_name(name)
     names = list_backbones()
     if name in names:
         return name
@@ -76,7 +112,10 @@ def weights_enum(name: str):
 
 def default_preprocessing(name: str) -> Preprocessing:
     """The family's standard preprocessing, for a local file or random weights: that of its first torchvision
-    weights (the classic recipe, e.g. resize 256 and crop 224), not of newer recipes such as resize 232."""
+    weights (the classic recipe, e.g. resize 256 and crop 224), not of newer recipes such as resize 232.
+    For timm: that of the name's pretrained config."""
+    if is_timm_name(name):
+        return timm_source.preprocessing(name)
     try:
         return Preprocessing.from_transforms(next(iter(weights_enum(name))).transforms())
     except Exception:
@@ -89,7 +128,7 @@ def sha256_file(path: str) -> str:
     return sha256_of(path)
 
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
 
 
 def is_checkpoint(path: str) -> bool:
@@ -103,7 +142,7 @@ def looks_like_file(weights: str) -> bool:
 
 def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
     """Turn what the user typed into a recorded identity, without loading anything big."""
-    check_backbone(name)
+    typed, name = name, check_backbone(name)
     if weights is None or str(weights).lower() == "none":
         return Weights("none", f"none:seed={int(seed)}", seed=int(seed))
     weights = os.fspath(weights)
@@ -112,6 +151,8 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
             raise FeaturebankError(f"weights file not found: {weights}")
         path = os.path.abspath(weights)
         return Weights("file", f"sha256:{sha256_file(path)}", path=path)
+    if is_timm_name(name):
+        return Weights("timm", timm_source.weights_tag(typed, weights)[len(timm_source.PREFIX):])
     enum_cls = weights_enum(name)
     short = weights.split(".", 1)[1] if weights.startswith(enum_cls.__name__ + ".") else weights
     if short == "DEFAULT":
@@ -142,13 +183,26 @@ def _parameters_on_meta():
 
 
 def head_name(model: nn.Module) -> str:
-    """The classification head: the last Linear (a Conv2d for SqueezeNet)."""
+    """The classification head: the last Linear (a Conv2d for SqueezeNet); timm's pretrained config names it."""
+    if is_timm_model(model):
+        return timm_source.head_name(model)
     heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     return heads[-1]
 
 
-def skeleton(name: str, **kwargs) -> nn.Module:
-    """The architecture with parameters on the meta device: for shapes and names, in a fraction of a second."""
+def head_inputs(model: nn.Module) -> int:
+    """Length of the head's input (the default features), also when the head is an Identity (timm, no classes)."""
+    if is_timm_model(model):
+        return timm_source.head_inputs(model)
+    head = model.get_submodule(head_name(model))
+    return head.in_features if isinstance(head, nn.Linear) else head.in_channels
+
+
+def skeleton(name: str, size: int | None = None, **kwargs) -> nn.Module:
+    """The architecture with parameters on the meta device: for shapes and names, in a fraction of a second.
+    ``size``: the input size a timm model with a fixed input size (a ViT) is built for (default: its own)."""
+    if is_timm_name(name):
+        return timm_source.skeleton(name, size, **kwargs)
     with _parameters_on_meta(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return get_model(check_backbone(name), weights=None, **kwargs).eval()
@@ -156,9 +210,7 @@ def skeleton(name: str, **kwargs) -> nn.Module:
 
 def feature_dim(name: str) -> int:
     """Size of the default (penultimate) features: the head's input."""
-    model = skeleton(name)
-    head = model.get_submodule(head_name(model))
-    return head.in_features if isinstance(head, nn.Linear) else head.in_channels
+    return head_inputs(skeleton(name))
 
 
 def _read_state_dict(path: str) -> dict:
@@ -230,6 +282,8 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     """Class names of the backbone's own head: from the torchvision weights' metadata, those a fine-tuned
     checkpoint carries, or the standard ImageNet-1k list for a local checkpoint whose head has 1000 outputs."""
     spec = weights if isinstance(weights, Weights) else resolve_weights(name, weights, seed)
+    if spec.kind == "timm":
+        return timm_source.imagenet_classes(canonical_name(name, spec))
     if spec.kind == "none":
         raise FeaturebankError("random weights have no classes: give --weights DEFAULT or an ImageNet checkpoint file")
     if spec.kind == "torchvision":
@@ -240,7 +294,7 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     classes = file_metadata(spec.path).get("classes")
     if classes:
         return list(classes)
-    state = _read_state_dict(spec.path)
+    state = timm_source.read_state(spec.path) if is_timm_name(name) else _read_state_dict(spec.path)
     head = f"{head_name(skeleton(name))}.weight"
     outputs = int(state[head].shape[0]) if head in state else None
     if outputs != 1000:
@@ -269,11 +323,30 @@ def _load_torchvision(name: str, weights: Weights) -> nn.Module:
             f"(or set TORCH_HOME), or pass a local checkpoint with --weights path/to/file.pth") from None
 
 
+def canonical_name(name: str, weights: Weights) -> str:
+    """What the settings record as the backbone: for timm, ``timm:ARCH.TAG`` of the weights' tag when they are
+    timm's (``--weights TAG`` on ``timm:ARCH``), else of the name."""
+    if weights.kind == "timm":
+        return timm_source.PREFIX + weights.identity
+    return check_backbone(name)
+
+
 def load_backbone(name: str, weights: str | Weights | None = "DEFAULT", seed: int = 0,
                   resize: int | None = None, crop: int | None = None, draft: bool | None = None) -> Backbone:
     """Build ``name`` with ``weights`` in eval mode with frozen parameters, plus its preprocessing."""
     name = check_backbone(name)
     spec = weights if isinstance(weights, Weights) else resolve_weights(name, weights, seed)
+    if is_timm_name(name):
+        name = canonical_name(name, spec)
+        prep = preprocessing_for(name, spec).overridden(resize, crop, draft)
+        if spec.kind == "timm":
+            model = timm_source.pretrained(name, prep.crop)
+        elif spec.kind == "file":
+            model = timm_source.from_file(name, spec.path, prep.crop)
+        else:
+            model = timm_source.random(name, spec.seed, prep.crop)
+        model.eval().requires_grad_(False)
+        return Backbone(name, model, spec, prep)
     if spec.kind == "torchvision":
         model = _load_torchvision(name, spec)
     elif spec.kind == "file":
@@ -292,7 +365,9 @@ def preprocessing_for(name: str, weights: Weights) -> Preprocessing:
     """What the weights carry (torchvision, or a fine-tuned checkpoint), else the family's standard preprocessing."""
     if weights.kind == "torchvision":
         return Preprocessing.from_transforms(weights.enum.transforms())
-    if weights.kind == "file":
+    if weights.kind == "timm":
+        return timm_source.preprocessing(timm_source.PREFIX + weights.identity)
+    if weights.kind == "file" and not weights.path.lower().endswith(".safetensors"):
         stored = file_metadata(weights.path).get("preprocessing")
         if stored:
             return Preprocessing(**{**stored, "mean": tuple(stored["mean"]), "std": tuple(stored["std"])})
@@ -300,6 +375,12 @@ def preprocessing_for(name: str, weights: Weights) -> Preprocessing:
 
 
 def node_names(model: nn.Module) -> list[str]:
+    if is_timm_model(model):
+        try:
+            return timm_source.node_names(model)
+        except Exception as exc:
+            raise FeaturebankError(f"timm cannot trace this model for feature extraction: "
+                                   f"{str(exc).splitlines()[0]}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -332,12 +413,12 @@ def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) ->
     backbone named by a string, for a ``size x size`` input. Computed on the meta device: no arithmetic."""
     if isinstance(model, str):
         size = size or default_preprocessing(model).crop
-        model = skeleton(model)
+        model = skeleton(model, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = copy.deepcopy(model).to("meta").eval()
         nodes = list(nodes) if nodes else node_names(model)
-        body = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+        body = feature_body(model, nodes)
         try:
             outputs = body(torch.empty(1, 3, size, size, device="meta"))
         except Exception as exc:
@@ -356,4 +437,42 @@ def layer_dims(model: nn.Module, layers: list[str], pooling: str, size: int) -> 
     from .features import pooled_dim
 
     shapes = dict(layer_shapes(model, size, layers))
-    return {layer: pooled_dim(shapes[layer], pooling) for layer in layers}
+    return {layer: pooled_dim(shapes[layer], pooling, tokens(model)) for layer in layers}
+
+
+def feature_body(model: nn.Module, layers: list[str]) -> nn.Module:
+    """A module returning ``{layer: output}`` for node names (torch.fx; timm's tracer for timm models)."""
+    if is_timm_model(model):
+        return timm_source.feature_body(model, layers)
+    return create_feature_extractor(model, return_nodes={layer: layer for layer in layers})
+
+
+def tokens(model: nn.Module) -> tuple[int, bool]:
+    """How a token sequence (N x T x D) of this model starts: (prefix tokens that never enter an average, whether
+    the first is a class token). ``(0, False)`` for torchvision's models, which average every token."""
+    return timm_source.prefix_tokens(model)
+
+
+CONTAINERS = ("features", "classifier", "trunk_output", "blocks")  # top-level sequences whose items are blocks
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """The backbone's blocks in forward order, head excluded: ``layer1``..``layer4`` for a ResNet (its stages),
+    ``features.0``..``features.18`` for MobileNetV2, ``features.N`` stages for EfficientNet and ConvNeXt,
+    ``Mixed_*`` for Inception; timm's ``stages.N`` and ``blocks.N`` (``timm_source.block_names``).
+    ``finetune --unfreeze N`` trains the last N of them."""
+    if is_timm_model(model):
+        return timm_source.block_names(model)
+    head = head_name(model)
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if not name or name == head or name.startswith(head + ".") or not any(True for _ in module.parameters(recurse=False)):
+            continue
+        parts = name.split(".")
+        depth = 2 if parts[0] in CONTAINERS and len(parts) > 1 else 1
+        if parts[0] == "encoder" and len(parts) > 2 and parts[1] == "layers":  # ViT: encoder.layers.encoder_layer_N
+            depth = 3
+        block = ".".join(parts[:depth])
+        if block not in names:
+            names.append(block)
+    return names

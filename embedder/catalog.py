@@ -7,18 +7,12 @@ from .backbones import (PENULTIMATE, default_preprocessing, feature_dim, layer_s
 from .features import pooled_dim
 
 
-def backbone_rows() -> list[dict]:
-    """Every backbone: name, feature size, default weights, every weights name, resize and crop."""
-    rows = []
-    for name in list_backbones():
-        enum = weights_enum(name)
-        prep = default_preprocessing(name)
-        rows.append({"name": name, "features": feature_dim(name), "default_weights": f"{enum.__name__}.{enum.DEFAULT.name}",
-                     "weights": list(enum.__members__), "resize": prep.resize, "crop": prep.crop})
-    return rows
-
-
 def backbones_text(rows: list[dict]) -> list[str]:
+    """``backbones.describe_backbones``'s rows for a person: torchvision's with their weights, timm's (no feature
+    size without building the model) with their preprocessing."""
+    if rows and "features" not in rows[0]:
+        return [f"{'backbone':56} {'input':>7}  {'interpolation':13} mean"] + [
+            f"{r['name']:56} {r['resize']:>3}/{r['crop']:<3}  {r['interpolation']:13} {r['mean']}" for r in rows]
     lines = [f"{'backbone':24} {'features':>8}  {'input':>7}  weights (DEFAULT first)"]
     for r in rows:
         others = [w for w in r["weights"] if w != r["default_weights"].split(".")[1]]

@@ -162,7 +162,7 @@ class Prepared:
 
 
 def onnx_name(settings: ExtractionSettings) -> str:
-    return f"{settings.backbone}-{settings.key}-{settings.precision}"
+    return f"{settings.backbone.replace(':', '_')}-{settings.key}-{settings.precision}"
 
 
 def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *, engine: str = "auto",
@@ -256,7 +256,7 @@ def settings_fp32(settings: ExtractionSettings) -> ExtractionSettings:
 
 
 def _versions() -> dict:
-    return {p: version_of(p) for p in ("torch", "torchvision", "onnx", "onnxruntime")}
+    return {p: version_of(p) for p in ("torch", "torchvision", "timm", "onnx", "onnxruntime")}
 
 
 def _choice_key(batch_size: int) -> dict:

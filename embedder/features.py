@@ -10,19 +10,30 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
-
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
 from .settings import POOLINGS, TORCH_PRECISIONS, TTAS
 
 
-def pool(t: torch.Tensor, pooling: str = "avg") -> torch.Tensor:
-    """N x C x H x W maps are pooled over H, W; N x T x D token sequences over T; N x D is kept."""
+def pool(t: torch.Tensor, pooling: str = "avg", tokens: tuple[int, bool] = (0, False)) -> torch.Tensor:
+    """N x C x H x W maps are pooled over H, W; N x T x D token sequences over T; N x D is kept.
+
+    ``tokens``: (prefix tokens, whether the first is a class token) of the model's sequences (timm's
+    ``num_prefix_tokens``): prefix tokens (class, registers) never enter ``avg``/``max``; ``cls`` is the class
+    token, ``cls+avg`` the class token and the average of the patch tokens, concatenated (DINOv2's probe)."""
     if t.ndim == 2:
         return t
     if t.ndim not in (3, 4):
         raise FeaturebankError(f"cannot pool a {t.ndim}-D output of shape {tuple(t.shape)}")
+    check_pooling(t.ndim, pooling, tokens)
+    if t.ndim == 3:
+        prefix, _ = tokens
+        if pooling == "cls":
+            return t[:, 0]
+        if pooling == "cls+avg":
+            return torch.cat([t[:, 0], t[:, prefix:].mean(1)], dim=1)
+        if prefix:
+            t = t[:, prefix:]
     dims = (2, 3) if t.ndim == 4 else (1,)
     if pooling == "avg":
         return t.mean(dims)
@@ -33,10 +44,24 @@ def pool(t: torch.Tensor, pooling: str = "avg") -> torch.Tensor:
     raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
 
 
-def pooled_dim(shape: tuple[int, ...], pooling: str = "avg") -> int:
+def check_pooling(ndim: int, pooling: str, tokens: tuple[int, bool]) -> None:
+    """``cls`` and ``cls+avg`` take token sequences of a model with a class token."""
+    if pooling in ("cls", "cls+avg"):
+        if ndim == 4:
+            raise FeaturebankError(f"--pooling {pooling} takes token layers (N x T x D), not feature maps: use avg, "
+                                   f"max or avgmax")
+        if ndim == 3 and not tokens[1]:
+            raise FeaturebankError(f"--pooling {pooling}: this model's tokens have no class token (use avg)")
+
+
+def pooled_dim(shape: tuple[int, ...], pooling: str = "avg", tokens: tuple[int, bool] = (0, False)) -> int:
     """Size of the vector :func:`pool` makes of an output of ``shape`` (without the batch dimension)."""
+    if len(shape) in (2, 3):
+        check_pooling(len(shape) + 1, pooling, tokens)
     dim = shape[0] if len(shape) in (1, 3) else shape[-1]
-    return dim * 2 if pooling == "avgmax" and len(shape) > 1 else dim
+    if pooling == "cls" or len(shape) <= 1:
+        return dim
+    return dim * 2 if pooling in ("avgmax", "cls+avg") else dim
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -72,9 +97,12 @@ class FeatureExtractor(nn.Module):
             raise FeaturebankError(f"unknown test-time augmentation {tta!r}: choose one of {', '.join(TTAS)}")
         if pooling not in POOLINGS:
             raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+        from .backbones import feature_body, tokens
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.body = create_feature_extractor(model.eval(), return_nodes={layer: layer for layer in layers})
+            self.body = feature_body(model.eval(), list(layers))
+        self.tokens = tokens(model)
         self.layers = list(layers)
         self.pooling = pooling
         self.tta = tta
@@ -83,9 +111,10 @@ class FeatureExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.tta == "flip":
             outputs = self.body(torch.cat([x, x.flip(3)]))
-            return {layer: _mean_of_halves(pool(outputs[layer], self.pooling).float()) for layer in self.layers}
+            return {layer: _mean_of_halves(pool(outputs[layer], self.pooling, self.tokens).float())
+                    for layer in self.layers}
         outputs = self.body(x)
-        return {layer: pool(outputs[layer], self.pooling).float() for layer in self.layers}
+        return {layer: pool(outputs[layer], self.pooling, self.tokens).float() for layer in self.layers}
 
 
 def _mean_of_halves(v: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,7 @@ def default_cache_path(listing: Listing, settings: dict, backbone: str, cache_di
     stem = "-".join(p for p in named.rstrip("/").split("/")[-2:] if p)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "input"
     key = settings_key({**settings, "source": listing.source})[:8]
+    backbone = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone)  # timm:NAME.TAG
     return os.path.join(folder, f"{stem}-{backbone}-{key}.h5")
 
 
@@ -173,7 +174,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
     calibration_files: list[str] = []
     fixed_calibration = bool(request.int8 is not None and request.int8.calibration_set)
     named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings
-    path = os.path.abspath(job.cache or default_cache_path(listing, named.to_dict(), request.backbone, job.cache_dir))
+    path = os.path.abspath(job.cache or default_cache_path(listing, named.to_dict(), named.backbone, job.cache_dir))
     with group.step("drawing the int8 calibration images"):
         if settings.precision == "int8":
             settings, calibration_files = int8_settings(settings, listing, path)

@@ -46,14 +46,15 @@ class RunOptions:
 class ExtractOptions:
     """``extract``'s options (``embedder.job.extract`` takes the same names as keywords, the int8 ones aside)."""
 
-    backbone: str = option("resnet50", "A torchvision model name (featurebank backbones); checked when the settings "
-                                       "are resolved.", short="-b")
-    weights: str | None = option("DEFAULT", "A torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a local .pth "
-                                            "state dict, or none.", short="-w")
+    backbone: str = option("resnet50", "A torchvision model name, or timm:NAME[.TAG] (featurebank backbones [--source "
+                                       "timm]); checked when the settings are resolved.", short="-b")
+    weights: str | None = option("DEFAULT", "A torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) or a timm tag, a "
+                                            "local .pth (or .safetensors) state dict, or none.", short="-w")
     layers: tuple[str, ...] | None = option(None, "Node or module name(s), repeated or comma-separated (featurebank "
                                                   "layers BACKBONE). [default: penultimate]", short="-l", flag="--layer",
                                             multiple=True, check="embedder.settings:split_layers")
-    pooling: str = option("avg", "How 4-D maps become one vector per image.", choices=POOLINGS)
+    pooling: str = option("avg", "How 4-D maps (and token layers) become one vector per image; cls, cls+avg: the "
+                                 "class token (+ the mean of the patch tokens) of a timm ViT layer.", choices=POOLINGS)
     resize: int | None = option(None, "Shorter side before cropping (default: from the weights).", low=16)
     crop: int | None = option(None, "Center crop size (default: from the weights).", low=16)
     draft: bool = option(True, "Decode big JPEGs at full size (slower; no reduced-scale decode).", flag="--no-draft")

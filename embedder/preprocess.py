@@ -26,6 +26,7 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     draft: bool = True  # JPEG decoded at a reduced scale when it is at least twice `resize`
+    crop_mode: str = "center"  # timm's "squash": both sides resized to `resize` (aspect not kept), then the crop
 
     @classmethod
     def from_transforms(cls, transforms) -> "Preprocessing":
@@ -42,6 +43,8 @@ class Preprocessing:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.crop_mode == "center":  # added after format 1: recorded only when it is not the default
+            del d["crop_mode"]
         return d
 
     @property
@@ -55,6 +58,8 @@ class Preprocessing:
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = self.resize, int(self.resize * long / short)
         size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if self.crop_mode == "squash":
+            size = (self.resize, self.resize)
         if size != (w, h):
             image = image.resize(size, PIL_FILTERS[self.interpolation])
         w, h = size

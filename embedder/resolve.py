@@ -51,6 +51,8 @@ def _memo_key(request: Request) -> dict:
 
     key = {**asdict(request), "int8": None, "featurebank": __version__, "torch": version_of("torch"),
            "torchvision": version_of("torchvision")}
+    if str(request.backbone).startswith("timm:"):
+        key["timm"] = version_of("timm")
     weights = request.weights
     if weights is not None and str(weights).lower() != "none" and os.path.isfile(os.fspath(weights)):
         path = os.path.abspath(os.fspath(weights))
@@ -81,14 +83,18 @@ def resolve(request: Request, store: EngineStore | None = None) -> Resolved:
 
 
 def _resolve_with_torch(request: Request) -> Resolved:
-    from .backbones import layer_dims, preprocessing_for, resolve_layers, resolve_weights, skeleton
+    from .backbones import (canonical_name, layer_dims, preprocessing_for, resolve_layers, resolve_weights,
+                            skeleton)
 
     spec = resolve_weights(request.backbone, request.weights, request.seed)
-    shape = skeleton(request.backbone)
+    name = canonical_name(request.backbone, spec)
+    prep = preprocessing_for(name, spec).overridden(request.resize, request.crop, request.draft)
+    shape = skeleton(name, prep.crop)
     layers = resolve_layers(shape, request.layers)
-    prep = preprocessing_for(request.backbone, spec).overridden(request.resize, request.crop, request.draft)
-    settings = ExtractionSettings(request.backbone, spec.identity, tuple(layers), request.pooling, prep,
+    settings = ExtractionSettings(name, spec.identity, tuple(layers), request.pooling, prep,
                                   request.precision, request.int8)
     dims = layer_dims(shape, layers, request.pooling, prep.crop)
     weights_arg = spec.path if spec.kind == "file" else ("none" if spec.kind == "none" else spec.identity)
+    if spec.kind == "timm":
+        weights_arg = "DEFAULT"  # the tag is in the canonical name
     return Resolved(settings, dims, spec.path, weights_arg, request.seed)

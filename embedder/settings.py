@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
 
-POOLINGS = ("avg", "max", "avgmax")
+POOLINGS = ("avg", "max", "avgmax", "cls", "cls+avg")  # cls, cls+avg: token layers of timm ViTs
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # what torch computes in (int8 runs on ONNX Runtime)
 ONNX_PRECISIONS = ("fp32", "int8")  # what an ONNX Runtime engine, and an exported file, computes in

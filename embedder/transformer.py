@@ -71,7 +71,7 @@ class Embedder(TransformerMixin, BaseEstimator):
                                        "(or give int8= of a cache)")
             else:
                 int8, self._calibration = self._calibrate_on(_as_list(X))
-        self.settings_ = ExtractionSettings(self.backbone, self.backbone_.weights.identity, tuple(self.layers_),
+        self.settings_ = ExtractionSettings(self.backbone_.name, self.backbone_.weights.identity, tuple(self.layers_),
                                             self.pooling, self.backbone_.preprocessing, self.precision, int8,
                                             self.tta)
         self.__dict__.pop("_engine", None)

@@ -14,7 +14,7 @@ from importlib import metadata
 from . import __version__
 
 MISSING = "-"  # the version of a package that is not installed
-LIBRARIES = ("torch", "torchvision", "onnxruntime", "numpy", "h5py", "pillow", "scikit-learn")  # what features depend on
+LIBRARIES = ("torch", "torchvision", "timm", "onnxruntime", "numpy", "h5py", "pillow", "scikit-learn")  # what features depend on
 
 
 def version_of(package: str) -> str:

@@ -8,32 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedder.backbones import head_name
+from embedder.backbones import block_names, head_inputs, head_name
 from embedder.errors import FeaturebankError
 
 from .options import BN_POLICIES
 
-CONTAINERS = ("features", "classifier", "trunk_output", "blocks")  # top-level sequences whose items are blocks
 BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
-
-
-def block_names(model: nn.Module) -> list[str]:
-    """The backbone's blocks in forward order, head excluded: ``layer1``..``layer4`` for a ResNet (its stages),
-    ``features.0``..``features.18`` for MobileNetV2, ``features.N`` stages for EfficientNet and ConvNeXt,
-    ``Mixed_*`` for Inception. ``--unfreeze N`` trains the last N of them."""
-    head = head_name(model)
-    names: list[str] = []
-    for name, module in model.named_modules():
-        if not name or name == head or name.startswith(head + ".") or not any(True for _ in module.parameters(recurse=False)):
-            continue
-        parts = name.split(".")
-        depth = 2 if parts[0] in CONTAINERS and len(parts) > 1 else 1
-        if parts[0] == "encoder" and len(parts) > 2 and parts[1] == "layers":  # ViT: encoder.layers.encoder_layer_N
-            depth = 3
-        block = ".".join(parts[:depth])
-        if block not in names:
-            names.append(block)
-    return names
 
 
 def unfrozen_blocks(model: nn.Module, unfreeze: int | str) -> list[str]:
@@ -98,8 +78,8 @@ def replace_head(model: nn.Module, n_classes: int, init: tuple[np.ndarray, np.nd
     """A new head for ``n_classes``; a Linear head starts from ``init`` (the probe's ``W``, ``b``) when given."""
     name = head_name(model)
     old = model.get_submodule(name)
-    if isinstance(old, nn.Linear):
-        new = nn.Linear(old.in_features, n_classes)
+    if isinstance(old, (nn.Linear, nn.Identity)):  # Identity: a timm model built without classes
+        new = nn.Linear(head_inputs(model), n_classes)
         if init is not None:
             with torch.no_grad():
                 new.weight.copy_(torch.as_tensor(init[0], dtype=torch.float32))
