@@ -202,7 +202,7 @@ def layers(backbone, size, pooling, as_json):
                    "calibration options replace --calibration-images, --calibration and the draw's --seed.")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU none: decoding threads share the cores with the engine).")
+@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: on a GPU one per core but one; on a CPU none: decoding threads share the cores with the engine).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init for --weights none, and of the int8 calibration draw.")
 @click.option("--layout", type=click.Choice(["auto", "classes", "flat"]), default="auto", show_default=True,
               help="A folder: class-per-folder (labels) or flat (unlabeled).")
