@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -99,7 +99,8 @@ class Plan:
     test_files: tuple[str, ...]
 
 
-FULL = Plan(tiny=False, images=20_000, variants=400, size=(500, 375), big=512, big_batch=32, big_variants=8, big_size=(4000, 3000),
+FULL = Plan(tiny=False, images=20_000, variants=400, size=(500, 375), big=512, big_batch=32, big_variants=8,
+            big_size=(4000, 3000),
             models=("resnet50", "vit_b_16"), resize=None, crop=None, batch=256, precision="bf16", vector_images=256,
             vector_models=("mobilenet_v2", "resnet50"), oom_images=2048, oom_batch=1024, oom_limit_gib=3.0,
             finetune_train=160, finetune_test=1000, epochs=3, finetune_batch=32, budget=450, seconds=4.0,
@@ -251,7 +252,7 @@ def cli(args: list[str], timeout: float) -> tuple[int, dict | None, str, float]:
     started = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=max(1.0, timeout))
+                              timeout=max(1.0, timeout), check=False)
     except subprocess.TimeoutExpired:
         return -9, None, f"stopped at its time box ({timeout:.0f} s)", time.perf_counter() - started
     seconds = time.perf_counter() - started
@@ -376,10 +377,10 @@ def section_synth(ctx: Ctx, out: Rows) -> None:
                 paths.append(str(path))
             (ctx.work / f"{name}.txt").write_text("\n".join(paths))
             mb = sum(len(blobs[i % variants]) for i in range(count)) / 1e6
+            origin = f"from {len(sources)} hymenoptera photos" if from_assets else "drawn patterns"
             out.add(f"synth.{name}.images", count, "files",
-                    f"{variants} distinct JPEGs of about {size[0]}x{size[1]} ({'from ' + str(len(sources)) + ' hymenoptera photos' if from_assets else 'drawn patterns'}), "
-                    f"{mb / count * 1000:.0f} KB a file on average, {time.perf_counter() - started:.1f} s to make; "
-                    f"in the page cache when read")
+                    f"{variants} distinct JPEGs of about {size[0]}x{size[1]} ({origin}), {mb / count * 1000:.0f} KB a "
+                    f"file on average, {time.perf_counter() - started:.1f} s to make; in the page cache when read")
     first = ctx.images("imagenet")[:p.vector_images]
     (ctx.work / "vec.txt").write_text("\n".join(first))
     (ctx.work / "oom.txt").write_text("\n".join(ctx.images("imagenet")[:p.oom_images]))
@@ -419,8 +420,8 @@ def section_vectors(ctx: Ctx, out: Rows) -> None:
             out.add(f"vectors.{backbone}.fp32.tf32_recorded", str(engine_info.get("tf32")), "",
                     "the engine's description in the cache records tf32")
             from embedder.backbones import load_backbone
-            from embedder.engines import TorchEngine
             from embedder.batches import ImageDataset, batches
+            from embedder.engines import TorchEngine
 
             r = resolved(ctx, backbone, weights, "fp32")
             model = load_backbone(backbone, weights, 0, **ctx.size_args()).model
@@ -493,7 +494,7 @@ def section_model(ctx: Ctx, out: Rows) -> None:
                                                                   deadline=ctx.deadline), "images/s",
                         f"{what}: with torch.backends.cudnn.benchmark = True (not set by the engine)")
                 torch.backends.cudnn.benchmark = False
-        del engine, on_dev
+        engine = on_dev = None  # freed before the next model
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -745,23 +746,34 @@ def section_finetune(ctx: Ctx, out: Rows) -> None:
 
 
 def section_tests(ctx: Ctx, out: Rows) -> None:
+    """The device-independent tests, one file after another while time is left (sized to the time): with a GPU
+    there, every test that says ``device="auto"`` runs on it."""
     p = ctx.plan
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    started = time.perf_counter()
-    try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                               "-rf", *p.test_files], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=max(5.0, ctx.left() - 3))
-        text, code = done.stdout + done.stderr, done.returncode
-    except subprocess.TimeoutExpired as exc:
-        text, code = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), -9
-    tail = [ln for ln in text.strip().splitlines() if ln.strip()]
-    summary = next((ln for ln in reversed(tail) if re.search(r"\d+ (passed|failed)", ln)), tail[-1] if tail else "-")
-    failed = [ln for ln in tail if ln.startswith("FAILED")]
-    out.add("tests.result", summary.strip("= "), "", f"{' '.join(p.test_files)}, -m 'not slow', "
-            f"{time.perf_counter() - started:.0f} s (../shared is absent there: its tests skip)", check=code == 0)
-    for ln in failed[:8]:
-        out.add("tests.failed", ln[:250])
+    all_passed = True
+    for test_file in p.test_files:
+        if ctx.left() < 8:
+            out.add(f"tests.{pathlib.Path(test_file).stem}", "not run", "", "out of the section's time")
+            all_passed = False
+            continue
+        started = time.perf_counter()
+        try:
+            done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                                   "-rf", test_file], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=max(5.0, ctx.left() - 3), check=False)
+            text, code = done.stdout + done.stderr, done.returncode
+        except subprocess.TimeoutExpired as exc:
+            text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            code = -9
+        tail = [ln for ln in text.strip().splitlines() if ln.strip()]
+        summary = next((ln for ln in reversed(tail) if re.search(r"\d+ (passed|failed)", ln)),
+                       "stopped at the time box" if code == -9 else (tail[-1] if tail else "-"))
+        all_passed &= code == 0
+        out.add(f"tests.{pathlib.Path(test_file).stem}", summary.strip("= ")[:200], "",
+                f"{test_file} -m 'not slow', {time.perf_counter() - started:.0f} s (without ../shared there: the "
+                f"tests of the shared photos skip)", check=code == 0)
+        for ln in [ln for ln in tail if ln.startswith("FAILED")][:5]:
+            out.add("tests.failed", ln[:250])
 
 
 def section_compile(ctx: Ctx, out: Rows) -> None:
@@ -798,7 +810,7 @@ def section_compile(ctx: Ctx, out: Rows) -> None:
         gain = 1 / eager - 1 / fast
         out.add(f"compile.{backbone}.pays_after", round(first / gain) if gain > 0 else "never", "images",
                 f"{what}: compile time / time saved per image (worth it only for runs longer than this)")
-        del compiled, engine
+        compiled = engine = None
         torch._dynamo.reset()
 
 
@@ -824,7 +836,7 @@ def run_section(name: str, ctx: Ctx, box: float, isolate: bool, log: pathlib.Pat
         try:
             FUNCTIONS[name](ctx, rows)
             return 0
-        except BaseException as exc:  # noqa: BLE001: the section fails, the run goes on
+        except BaseException as exc:
             err_file.write_text(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:400]}")
             traceback.print_exc()
             return 1
@@ -972,7 +984,7 @@ def write_results(path: pathlib.Path, text: str, mode: str) -> None:
     """Replace this script's section of ``path`` (or append it at the end)."""
     tag = f"{MARK}{' --tiny' if mode == 'tiny' else ''}"
     old = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"<!-- {re.escape(tag)}: begin -->.*?<!-- {re.escape(tag)}: end -->\n?", re.S)
+    pattern = re.compile(rf"<!-- {re.escape(tag)}: begin -->.*?<!-- {re.escape(tag)}: end -->\n?", re.DOTALL)
     new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + ("\n\n" if old else "") + text
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
@@ -1089,8 +1101,10 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
         import torchvision  # noqa: F401
 
-        import embedder.job  # noqa: F401
+        import cli  # noqa: F401
         import embedder.features  # noqa: F401
+        import embedder.finetune  # noqa: F401
+        import embedder.job  # noqa: F401
     wanted = set(args.only.split(",")) | {"env", "synth"} if args.only else set(FUNCTIONS)
     result = {"script": "benchmarks/gpu.py", "mode": "tiny" if plan.tiny else "full", "machine": "?",
               "host": f"{platform.node() or '-'}", "date": datetime.datetime.now(datetime.timezone.utc).strftime(
