@@ -34,6 +34,14 @@ class Batch:
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason, digest)
     notes: list[tuple[int, str]] = field(default_factory=list)  # (index, Pillow's warning), good or failed images
 
+    def pin_memory(self) -> "Batch":
+        """The images in page-locked memory, as a torch tensor: called by the DataLoader's pinning thread
+        (``pin_memory=True``), so that the copy to the GPU neither waits for a pinning copy on the main thread
+        nor blocks it (``non_blocking``)."""
+        import torch
+
+        return Batch(self.indices, torch.from_numpy(self.images).pin_memory(), self.digests, self.failures)
+
 
 class ImageDataset:
     """File paths or PIL images, decoded and preprocessed to uint8 arrays (a map-style dataset for torch too)."""
@@ -72,11 +80,13 @@ def collate(samples) -> Batch:
 
 
 def default_workers(device_type: str = "cpu") -> int:
-    """Decoding processes. A GPU waits for images: several workers. On a CPU, none: decoding threads share the
-    cores with the engine instead (a process per core competed with the model's threads: 11 % slower on 2 cores)."""
+    """Decoding processes. A GPU waits for images: one worker per core but the main process's, no cap (on a GPU
+    machine decoding is the likely limit, so every core helps: ``benchmarks/gpu.py`` measures it). On a CPU,
+    none: decoding threads share the cores with the engine instead (a process per core competed with the model's
+    threads: 11 % slower on 2 cores)."""
     cores = cpu_cores()
     if device_type != "cpu":
-        return max(1, min(8, cores - 1))
+        return max(1, cores - 1)
     return 0
 
 

@@ -5,6 +5,7 @@ vector in the cache is exactly what ``Embedder.transform`` returns for the same 
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -136,13 +137,41 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
+@contextlib.contextmanager
+def tf32_off(device: torch.device, precision: str = "fp32"):
+    """fp32 on a CUDA GPU computed in true fp32: cuDNN convolutions (and, if someone allowed it, matrix products)
+    otherwise run in TF32 by default on Ampere and later, whose 10-bit mantissa moves vectors by about 1e-3, so
+    that rows would depend on the GPU. Restores the flags afterwards; does nothing on other devices and precisions.
+    Uses torch's ``fp32_precision`` API where it exists (mixing it with ``allow_tf32`` is an error there)."""
+    if device.type != "cuda" or precision != "fp32":
+        yield
+        return
+    backends = torch.backends
+    new_api = hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision") and hasattr(
+        backends.cuda.matmul, "fp32_precision")
+    if new_api:
+        places = [(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
+    else:
+        places = [(backends.cudnn, "allow_tf32", False), (backends.cuda.matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in places]
+    try:
+        for owner, name, value in places:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for (owner, name, _), value in zip(places, saved):
+            setattr(owner, name, value)
+
+
 @torch.inference_mode()
 def embed_uint8(extractor: FeatureExtractor, images: torch.Tensor, preprocessing: Preprocessing,
-                device: torch.device, precision: str = "fp32", channels_last: bool = False) -> dict[str, np.ndarray]:
-    """One uint8 batch → ``{layer: N x D float32 numpy}``, normalized on ``device``."""
+                device: torch.device, precision: str = "fp32", channels_last: bool = False,
+                tf32: bool = False) -> dict[str, np.ndarray]:
+    """One uint8 batch → ``{layer: N x D float32 numpy}``, normalized on ``device``. ``images`` in pinned memory
+    are copied to a GPU without blocking. fp32 on CUDA runs without TF32 unless ``tf32`` (see ``tf32_off``)."""
     x = preprocessing.normalize(torch.as_tensor(images).to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_for(device, precision):
+    with autocast_for(device, precision), (contextlib.nullcontext() if tf32 else tf32_off(device, precision)):
         out = extractor(x)
     return {layer: t.float().cpu().numpy() for layer, t in out.items()}

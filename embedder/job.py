@@ -429,7 +429,7 @@ class Run:
             dataset = ImageDataset([listing.full_path(item) for item in todo], self.settings.preprocessing,
                                    how.max_pixels)
         started = time.perf_counter()
-        stream = batches(dataset, how.batch_size, how.workers, pin_memory=how.device != "cpu",
+        stream = batches(dataset, how.batch_size, how.workers, pin_memory=how.device.startswith("cuda"),
                          device_type=how.device.split(":")[0], threads=how.threads)
         try:
             open_engine()

@@ -73,7 +73,7 @@ class ExtractOptions:
                                           path={"dir_okay": False})
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", check=DEVICE)
     batch_size: int = option(32, low=1)
-    workers: int | None = option(None, "Decoding processes (default: on a GPU cores-1 up to 8; on a CPU none: "
+    workers: int | None = option(None, "Decoding processes (default: on a GPU one per core but one; on a CPU none: "
                                        "decoding threads share the cores with the engine).", low=0)
     seed: int = option(0, "Seed of the random init for --weights none, and of the int8 calibration draw.")
     layout: str = option("auto", "A folder: class-per-folder (labels) or flat (unlabeled).", choices=LAYOUTS)
