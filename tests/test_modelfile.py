@@ -16,7 +16,8 @@ from conftest import synthetic_cache
 
 import cli
 from classifiers import modelfile
-from classifiers.bundle import evaluate, export, load_bundle, predict, train
+from classifiers.bundle import evaluate, load_bundle, predict, train
+from workflows.export import export_model as export
 from embedder.errors import FeaturebankError
 
 SPECS = ["logreg", "linear-svm", "rbf-svm:pca=8", "knn", "ridge", "lda", "random-forest:n_estimators=20",
