@@ -12,7 +12,7 @@ from torchvision.transforms import InterpolationMode, v2
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
 
-POLICIES = ("flip", "trivial", "none")
+POLICIES = ("flip", "trivial", "none", "pixels")  # "pixels": today's flip, by its --augment name
 
 
 @dataclass(frozen=True)

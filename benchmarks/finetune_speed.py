@@ -1,0 +1,144 @@
+"""Fine-tuning's two paths on real photos: the frozen trunk run once over a fixed set of views (``--augment
+views``, the default) against fresh random pixel augmentation every epoch (``--augment pixels``), same split,
+same seed, same epochs.
+
+    python benchmarks/finetune_speed.py                       # every run, in the order below; prints the table
+    python benchmarks/finetune_speed.py --only flowers-last2   # the target's two runs
+    python benchmarks/finetune_speed.py --table               # the table of the runs that finished
+
+MobileNetV2 (the ImageNet checkpoint in ../shared/weights), the last 1 or 2 blocks unfrozen, 10 epochs (patience
+10: no early stop, so both paths run every epoch). flowers: ``--val-split 0.2`` of train/, ``--test val/
+--drop-test-copies``; hymenoptera: the same with its own train/ and val/. The epoch is chosen on validation, the
+test images are scored after training by the full network in float32 on the weights' preprocessing: nothing was
+selected on them. Each run is one subprocess with a fresh, empty cache folder (the extraction, the probe and the
+views pass are in its total), and its peak memory is that process's maximum resident set. Results are kept in
+--work (a run that finished is not run again), so the command can be stopped and started again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
+DATA = {"flowers": SHARED / "data" / "flowers", "hymenoptera": SHARED / "data" / "hymenoptera"}
+EPOCHS = 10
+# the target first (flowers, last 2 blocks), then as time allows
+RUNS = [(d, n, path) for d, n in (("flowers", 2), ("hymenoptera", 2), ("hymenoptera", 1), ("flowers", 1))
+        for path in ("pixels", "views")]
+
+
+def name_of(dataset: str, unfreeze: int, path: str) -> str:
+    return f"{dataset}-last{unfreeze}-{path}"
+
+
+def run_one(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
+    """In this process: one ``finetune`` run; returns what the table needs."""
+    sys.path.insert(0, str(ROOT))
+    from embedder.finetune import finetune
+
+    folder = work / name_of(dataset, unfreeze, path)
+    started = time.perf_counter()
+    result = finetune(str(DATA[dataset] / "train"), str(folder / "run"), val_split=0.2, test=str(DATA[dataset] / "val"),
+                      drop_test_copies=True, backbone="mobilenet_v2", weights=str(WEIGHTS), unfreeze=unfreeze,
+                      epochs=EPOCHS, patience=EPOCHS, seed=0, augment=path, cache_dir=str(folder / "cache"))
+    total = time.perf_counter() - started
+    rows = {r["model"].split(" (")[0]: r for r in result.comparison}
+    tuned = rows["fine-tuned"]
+    epochs = [h for h in result.history if h["epoch"]]
+    # history "seconds" is cumulative and includes validation; per epoch: the differences
+    per_epoch = [b["seconds"] - a["seconds"] for a, b in zip(result.history, result.history[1:])]
+    return {"dataset": dataset, "unfreeze": unfreeze, "path": path, "total_seconds": total,
+            "training_seconds": tuned["seconds"], "epochs": len(epochs),
+            "seconds_per_epoch": sum(per_epoch) / max(len(per_epoch), 1),
+            "views_seconds": result.config.get("views_seconds"),
+            "probe_seconds": rows["frozen linear probe"]["seconds"],
+            "test_accuracy": tuned["test_accuracy"], "probe_test_accuracy": rows["frozen linear probe"]["test_accuracy"],
+            "val_accuracy": tuned["val_accuracy"], "best_epoch": result.best_epoch, "test_images": result.test_images,
+            "train_images": result.config["train_images"], "val_images": result.config["val_images"],
+            "views": result.config.get("views")}
+
+
+def launch(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
+    """One run in a subprocess: its own peak memory (``wait4``'s maximum resident set)."""
+    folder = work / name_of(dataset, unfreeze, path)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    out = folder / "result.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, __file__, "--child", dataset, str(unfreeze), path, "--work", str(work)],
+                            env=env, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{name_of(dataset, unfreeze, path)} failed (status {status})")
+    row = json.loads(out.read_text())
+    row["peak_rss_gb"] = usage.ru_maxrss / 1e6  # kilobytes on Linux
+    out.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def table(work: pathlib.Path) -> str:
+    done = {}
+    for d, n, path in RUNS:
+        f = work / name_of(d, n, path) / "result.json"
+        if f.exists():
+            row = json.loads(f.read_text())
+            if "peak_rss_gb" in row:
+                done[(d, n, path)] = row
+    lines = ["| data | unfrozen | path | views pass s | s / epoch | training s | whole command s | peak memory GB "
+             "| test acc. % (fine-tuned) | test acc. % (probe) | training × faster | command × faster "
+             "| test Δ points |", "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for (d, n, path), r in done.items():
+        base = done.get((d, n, "pixels"))
+        ratio = lambda k: f"{base[k] / r[k]:.1f}" if base and path == "views" else "–"  # noqa: E731
+        delta = f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f}" if base and path == "views" else "–"
+        vs = f"{r['views_seconds']:.0f}" if r.get("views_seconds") is not None else "–"
+        lines.append(f"| {d} | {n} | {path} | {vs} | {r['seconds_per_epoch']:.1f} | {r['training_seconds']:.0f} "
+                     f"| {r['total_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {100 * r['test_accuracy']:.2f} "
+                     f"| {100 * r['probe_test_accuracy']:.2f} | {ratio('training_seconds')} | "
+                     f"{ratio('total_seconds')} | {delta} |")
+    missing = [name_of(*k) for k in RUNS if k not in done]
+    if missing:
+        lines += ["", "Not run: " + ", ".join(missing)]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/fb-finetune-speed", help="run folders and results")
+    parser.add_argument("--only", action="append", help="runs whose name starts with this (repeatable)")
+    parser.add_argument("--table", action="store_true", help="print the table of the finished runs only")
+    parser.add_argument("--again", action="store_true", help="run finished runs again")
+    parser.add_argument("--child", nargs=3, metavar=("DATA", "UNFREEZE", "PATH"), help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    work = pathlib.Path(opts.work)
+    if opts.child:
+        d, n, path = opts.child
+        row = run_one(d, int(n), path, work)
+        (work / name_of(d, int(n), path) / "result.json").write_text(json.dumps(row, indent=1))
+        return 0
+    if not opts.table:
+        if not WEIGHTS.exists() or not all(p.exists() for p in DATA.values()):
+            raise SystemExit(f"needs {WEIGHTS} and {', '.join(map(str, DATA.values()))}")
+        for d, n, path in RUNS:
+            name = name_of(d, n, path)
+            if opts.only and not any(name.startswith(o) for o in opts.only):
+                continue
+            if (work / name / "result.json").exists() and not opts.again:
+                continue
+            row = launch(d, n, path, work)
+            print(f"{name}: {row['total_seconds']:.0f} s, test accuracy {100 * row['test_accuracy']:.2f} %",
+                  flush=True)
+    print(table(work))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
