@@ -45,11 +45,16 @@ def run_one(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
     from embedder.finetune import finetune
 
     folder = work / name_of(dataset, unfreeze, path)
+    cpu = [time.process_time()]  # this process's CPU seconds at the start and after each epoch (robust to load)
     started = time.perf_counter()
     result = finetune(str(DATA[dataset] / "train"), str(folder / "run"), val_split=0.2, test=str(DATA[dataset] / "val"),
                       drop_test_copies=True, backbone="mobilenet_v2", weights=str(WEIGHTS), unfreeze=unfreeze,
-                      epochs=EPOCHS, patience=EPOCHS, seed=0, augment=path, cache_dir=str(folder / "cache"))
+                      epochs=EPOCHS, patience=EPOCHS, seed=0, augment=path, cache_dir=str(folder / "cache"),
+                      on_epoch_end=lambda epoch, row: cpu.append(time.process_time()))
     total = time.perf_counter() - started
+    cpu.append(time.process_time())
+    views = folder / "run" / "views.json"
+    views = json.loads(views.read_text()) if views.exists() else {}
     rows = {r["model"].split(" (")[0]: r for r in result.comparison}
     tuned = rows["fine-tuned"]
     epochs = [h for h in result.history if h["epoch"]]
@@ -58,12 +63,13 @@ def run_one(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
     return {"dataset": dataset, "unfreeze": unfreeze, "path": path, "total_seconds": total,
             "training_seconds": tuned["seconds"], "epochs": len(epochs),
             "seconds_per_epoch": sum(per_epoch) / max(len(per_epoch), 1),
-            "views_seconds": result.config.get("views_seconds"),
+            "views_seconds": views.get("seconds"), "views": views.get("views"),
+            "cpu_total_seconds": cpu[-1] - cpu[0],
+            "cpu_seconds_per_epoch": (cpu[-2] - cpu[2]) / max(len(cpu) - 4, 1) if len(cpu) > 4 else None,
             "probe_seconds": rows["frozen linear probe"]["seconds"],
             "test_accuracy": tuned["test_accuracy"], "probe_test_accuracy": rows["frozen linear probe"]["test_accuracy"],
             "val_accuracy": tuned["val_accuracy"], "best_epoch": result.best_epoch, "test_images": result.test_images,
-            "train_images": result.config["train_images"], "val_images": result.config["val_images"],
-            "views": result.config.get("views")}
+            "train_images": result.config["train_images"], "val_images": result.config["val_images"]}
 
 
 def launch(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:

@@ -22,9 +22,11 @@ from ..decode import DEFAULT_MAX_PIXELS
 from ..errors import FeaturebankError
 from ..features import autocast_for
 from .split import Part
+from .trunk import DEFAULT_VIEWS, parse_views
 from .surgery import add_head_dropout, freeze, has_training_batchnorm, param_groups, set_train_mode
 
 NOT_COMPARED_ON_RESUME = ("patience", "workers")  # may change between a run and its --resume
+AUGMENT = ("views", *POLICIES)  # views: the frozen trunk run once (cached_loop); the others: pixels every epoch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,14 +48,20 @@ class TrainingOptions:
     seed: int
     precision: str
     workers: int | None
+    views: str = DEFAULT_VIEWS  # with augment="views": the fixed views of each image (trunk.parse_views)
 
     def __post_init__(self):
         if (self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.dropout < 1
                 or self.backbone_lr_scale < 0):
             raise FeaturebankError("--epochs and --batch-size must be at least 1, --lr positive, --dropout in [0, 1), "
                                    "--backbone-lr-scale at least 0")
-        if self.augment not in POLICIES:
-            raise FeaturebankError(f"unknown augmentation {self.augment!r}: choose one of {', '.join(POLICIES)}")
+        if self.augment not in AUGMENT:
+            raise FeaturebankError(f"unknown augmentation {self.augment!r}: choose one of {', '.join(AUGMENT)}")
+        if self.augment == "views":
+            parse_views(self.views)
+            if self.unfreeze == "all":
+                raise FeaturebankError("--augment views needs a frozen trunk to run once: with --unfreeze all, use "
+                                       "--augment pixels")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +79,10 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         """The recorded form: one flat dict, keys in this order (as last.pt and best.pth have always had them)."""
-        return {"backbone": self.backbone, "weights": self.weights, **asdict(self.options),
+        options = asdict(self.options)
+        if self.options.augment != "views":
+            options.pop("views")  # not part of a pixel trajectory: its config stays as older runs wrote it
+        return {"backbone": self.backbone, "weights": self.weights, **options,
                 "classes": list(self.classes), "train_images": self.train_images, "val_images": self.val_images,
                 "validation": self.validation}
 

@@ -11,11 +11,13 @@ from ..backbones import load_backbone, resolve_weights
 from ..decode import DEFAULT_MAX_PIXELS
 from ..features import autocast_for, resolve_device
 from ..job import library_versions
+from .cached_loop import train_on_views
 from .loop import TrainingConfig, TrainingOptions, evaluate_images, load_best, train_loop
 from .probe import linear_probe
 from .report import NOTES, comparison_row, trained_text, write_run_report, write_split
 from .split import Embedding, Part, check_test_apart, embed_test, prepare_data
 from .surgery import block_names, replace_head, unfrozen_blocks
+from .trunk import DEFAULT_VIEWS
 
 
 @dataclass
@@ -54,10 +56,10 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
              backbone: str = "resnet50", weights: str | None = "DEFAULT", resize: int | None = None,
              crop: int | None = None, draft: bool = True, unfreeze: int | str = 1, epochs: int = 10, lr: float = 1e-3,
              backbone_lr_scale: float = 0.1, weight_decay: float = 1e-4, batch_size: int = 32, dropout: float = 0.2,
-             bn: str = "frozen", augment: str = "flip", probe_init: bool = True, patience: int = 3, seed: int = 0,
+             bn: str = "frozen", augment: str = "views", probe_init: bool = True, patience: int = 3, seed: int = 0,
              device: str = "auto", precision: str = "fp32", workers: int | None = None, resume: bool = False,
              from_scratch: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None,
-             progress: bool = False, on_epoch_end=None) -> FinetuneResult:
+             progress: bool = False, on_epoch_end=None, views: str = DEFAULT_VIEWS) -> FinetuneResult:
     """Fine-tune ``backbone`` on the labelled images of ``train`` and write the run into ``out``. The epoch is
     chosen on ``val`` (or a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only
     after training, and the comparison is reported on them (``drop_test_copies``: without the test files whose bytes
@@ -65,7 +67,7 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
     options = TrainingOptions(unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale,
                               weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn,
                               augment=augment, probe_init=probe_init, patience=patience, seed=seed,
-                              precision=precision, workers=workers)  # checked here, before anything is embedded
+                              precision=precision, workers=workers, views=views)  # checked here, before anything is embedded
     dev = resolve_device(device)
     autocast_for(dev, precision)
     spec = resolve_weights(backbone, weights, seed)
@@ -90,15 +92,20 @@ def finetune(train, out: str = "runs/finetune", *, val=None, val_split: float = 
     blocks = unfrozen_blocks(model, unfreeze)
     replace_head(model, k, head_init if probe_init else None)
     run = dict(device=dev, resume=resume, progress=progress, max_pixels=max_pixels)
-    state = train_loop(model, blocks, data.train, data.val, data.classes, prep, out, config,
-                       on_epoch_end=on_epoch_end, **run)
+    if options.augment == "views":  # the frozen trunk once, then epochs of the unfrozen layers (cached_loop)
+        state = train_on_views(model, blocks, data.train, data.val, data.classes, prep, out, config,
+                               on_epoch_end=on_epoch_end, cache_dir=cache_dir, **run)
+    else:
+        state = train_loop(model, blocks, data.train, data.val, data.classes, prep, out, config,
+                           on_epoch_end=on_epoch_end, **run)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained = {"fine-tuned": (model, out, state)}
     if from_scratch:
         scratch = load_backbone(backbone, "none", seed, resize=resize, crop=crop, draft=draft).model
         replace_head(scratch, k)
         scratch_config = replace(config, weights=f"none:seed={seed}", options=replace(
-            options, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False))
+            options, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False,
+            augment="pixels" if options.augment == "views" else options.augment))  # no frozen trunk to cache
         scratch_out = os.path.join(out, "scratch")
         scratch_state = train_loop(scratch, block_names(scratch), data.train, data.val, data.classes, prep, scratch_out,
                                    scratch_config, **run)
