@@ -706,6 +706,16 @@ def unfreeze_type(ctx, param, value):
     return n
 
 
+def views_type(ctx, param, value):
+    from embedder.finetune.trunk import parse_views
+
+    try:
+        parse_views(value)
+    except FeaturebankError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("data", metavar="DATA", type=click.Path())
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="runs/finetune", show_default=True,
@@ -737,8 +747,13 @@ def unfreeze_type(ctx, param, value):
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True, help="On the head's input.")
 @click.option("--bn", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
               help="frozen: BatchNorm parameters and running statistics stay as they were.")
-@click.option("--augment", type=click.Choice(["flip", "trivial", "none"]), default="flip", show_default=True,
-              help="flip: random resized crop and flip; trivial: and TrivialAugment.")
+@click.option("--augment", type=click.Choice(["views", "pixels", "flip", "trivial", "none"]), default="views",
+              show_default=True, help="views: the frozen layers run once over --views of each image, each epoch "
+              "draws one (fast); pixels (= flip): a new random resized crop and flip every epoch, the whole network "
+              "each time; trivial: and TrivialAugment; none.")
+@click.option("--views", default="center,flip,crops:2", show_default=True, callback=views_type,
+              help="With --augment views: center (the weights' preprocessing), flip (its mirror), crops:N (N fixed "
+                   "crops of 25-100 % of the image, every other one mirrored).")
 @click.option("--no-probe-init", is_flag=True, help="Start the head at random, not from the linear probe.")
 @click.option("--patience", type=click.IntRange(1), default=3, show_default=True, help="Epochs without a better validation accuracy before stopping.")
 @click.option("--from-scratch", is_flag=True, help="Also train the same architecture from random weights, for comparison.")
@@ -751,7 +766,7 @@ def unfreeze_type(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
 def finetune(data, out, val, val_split, test, drop_test_copies, backbone, weights, resize, crop, no_draft, max_pixels, unfreeze, epochs, lr, backbone_lr_scale,
-             weight_decay, batch_size, dropout, bn, augment, no_probe_init, patience, from_scratch, resume, seed,
+             weight_decay, batch_size, dropout, bn, augment, views, no_probe_init, patience, from_scratch, resume, seed,
              device, precision, workers, quiet, as_json):
     """Unfreeze the last blocks of BACKBONE and train them with a new head on DATA, end to end.
 
@@ -786,7 +801,7 @@ def finetune(data, out, val, val_split, test, drop_test_copies, backbone, weight
                           weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, bn=bn, augment=augment,
                           probe_init=not no_probe_init, patience=patience, seed=seed, device=device,
                           precision=precision, workers=workers, resume=resume, from_scratch=from_scratch,
-                          progress=progress, on_epoch_end=said)
+                          progress=progress, on_epoch_end=said, views=views)
     result.files["report_html"] = write_html(result.out)
 
     def human(d):

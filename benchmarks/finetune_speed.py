@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -70,6 +71,112 @@ def run_one(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
             "test_accuracy": tuned["test_accuracy"], "probe_test_accuracy": rows["frozen linear probe"]["test_accuracy"],
             "val_accuracy": tuned["val_accuracy"], "best_epoch": result.best_epoch, "test_images": result.test_images,
             "train_images": result.config["train_images"], "val_images": result.config["val_images"]}
+
+
+def components(dataset: str, unfreeze: int, n: int, views: str) -> dict:
+    """CPU seconds per image of each part of both paths, measured on the same ``n`` training images in this one
+    process, one after the other (CPU time, not wall time: the shared machine's load changes the wall clock far more
+    than the work). Returns the per-image costs and what they make for the whole data set and EPOCHS epochs."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(ROOT))
+    from embedder.augment import Augmentation
+    from embedder.backbones import load_backbone
+    from embedder.finetune.cached_loop import evaluate_cached, trunk_store
+    from embedder.finetune.loop import TrainingConfig, TrainingOptions, _loader, evaluate_images
+    from embedder.finetune.split import Part
+    from embedder.finetune.surgery import add_head_dropout, freeze, param_groups, replace_head, set_train_mode
+    from embedder.finetune.surgery import unfrozen_blocks
+    from embedder.finetune.trunk import fill, parse_views
+    from embedder.sources import list_images
+
+    listing = list_images(str(DATA[dataset] / "train"))
+    items = [it for it in listing.items if it.error is None]
+    classes = sorted({it.label for it in items})
+    picked = [items[i] for i in np.random.default_rng(0).choice(len(items), n, replace=False)]
+    paths = [listing.full_path(it) for it in picked]
+    y = np.array([classes.index(it.label) for it in picked])
+    from embedder.decode import file_digest
+
+    part = Part(paths, y, np.zeros((n, 1)), [""] * n, [file_digest(p) for p in paths])
+    loaded = load_backbone("mobilenet_v2", str(WEIGHTS))
+    prep, model = loaded.preprocessing, loaded.model
+    replace_head(model, len(classes))
+    blocks = unfrozen_blocks(model, unfreeze)
+    freeze(model, blocks, "frozen")
+    add_head_dropout(model, 0.2)
+    options = TrainingOptions(unfreeze=unfreeze, epochs=EPOCHS, lr=1e-3, backbone_lr_scale=0.1, weight_decay=1e-4,
+                              batch_size=32, dropout=0.2, bn="frozen", augment="views", probe_init=True,
+                              patience=EPOCHS, seed=0, precision="fp32", workers=0, views=views)
+    config = TrainingConfig(backbone="mobilenet_v2", weights="bench", options=options, classes=tuple(classes),
+                            train_images=n, val_images=n, validation="bench")
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-3, 0.1, 1e-4))
+    dev = torch.device("cpu")
+    cost = {}
+
+    def timed(name, fn):
+        start = time.process_time()
+        fn()
+        cost[name] = (time.process_time() - start) / n
+
+    def step(logits, target):
+        loss = F.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def pixel_epoch():
+        set_train_mode(model, blocks, "frozen")
+        for batch in _loader(paths, Augmentation(prep, "pixels"), 32, 0, 89_478_485):
+            step(model(prep.normalize(torch.as_tensor(batch.images))), torch.as_tensor(y[batch.indices]))
+
+    timed("pixels: train, per image and epoch", pixel_epoch)
+    timed("pixels: validate, per image and epoch",
+          lambda: evaluate_images(model, part, prep, dev, "fp32", 32, 0))
+    with tempfile.TemporaryDirectory() as tmp:
+        trunk, rest, store = trunk_store(model, blocks, config, prep, tmp)
+        model.eval()
+        names = parse_views(views)
+        run = dict(device=dev, autocast=torch.autocast("cpu", enabled=False), batch_size=32, workers=0,
+                   max_pixels=89_478_485)
+        timed(f"views: the one-time pass, per training image ({len(names)} views)",
+              lambda: fill(store, trunk, paths, part.digests, names, prep, **run))
+        store2 = trunk_store(model, blocks, replace(config, backbone="bench2"), prep, tmp)[2]
+        timed("views: the one-time pass, per validation image (center)",
+              lambda: fill(store2, trunk, paths, part.digests, ("center",), prep, **run))
+        where = np.stack([store.locate([(d, v) for v in names]) for d in part.digests])
+        drawn = np.random.default_rng(0).integers(0, len(names), n)
+
+        def cached_epoch():
+            set_train_mode(model, blocks, "frozen")
+            for start in range(0, n, 32):
+                index = np.arange(start, min(n, start + 32))
+                x = torch.from_numpy(store.gather(where[index, drawn[index]])).float()
+                step(rest(x), torch.as_tensor(y[index]))
+
+        timed("views: train, per image and epoch", cached_epoch)
+        center = store.locate([(d, "center") for d in part.digests])
+        timed("views: validate, per image and epoch",
+              lambda: evaluate_cached(model, rest, store, center, y, dev, "fp32", 32))
+    return cost
+
+
+def project(cost: dict, train: int, val: int, test: int, images: int) -> dict:
+    """The per-image costs made into a run: ``images`` embedded first (extraction: about a validation pass),
+    ``train`` and ``val`` images for EPOCHS epochs, ``test`` images embedded and scored after."""
+    c = list(cost.values())
+    pix_train, pix_val, pass_train, pass_val, views_train, views_val = c
+    common = images * pix_val + test * 2 * pix_val  # extraction; the test images: embedded, then scored
+    pixel_epoch, views_epoch = train * pix_train + val * pix_val, train * views_train + val * views_val
+    once = train * pass_train + val * pass_val
+    return {"pixels_epoch": pixel_epoch, "views_epoch": views_epoch, "views_pass": once,
+            "pixels_training": EPOCHS * pixel_epoch, "views_training": EPOCHS * views_epoch,
+            "pixels_command": common + EPOCHS * pixel_epoch, "views_command": common + once + EPOCHS * views_epoch,
+            "common": common}
 
 
 def launch(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
@@ -122,9 +229,25 @@ def main() -> int:
     parser.add_argument("--only", action="append", help="runs whose name starts with this (repeatable)")
     parser.add_argument("--table", action="store_true", help="print the table of the finished runs only")
     parser.add_argument("--again", action="store_true", help="run finished runs again")
+    parser.add_argument("--components", type=int, metavar="N",
+                        help="CPU seconds per image of each part of both paths on N training images, made into "
+                             "flowers-sized runs (for a machine too loaded for the whole runs)")
+    parser.add_argument("--unfreeze", type=int, default=2, help="with --components")
+    parser.add_argument("--views", default="center,flip,crops:2", help="with --components")
     parser.add_argument("--child", nargs=3, metavar=("DATA", "UNFREEZE", "PATH"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     work = pathlib.Path(opts.work)
+    if opts.components:
+        cost = components("flowers", opts.unfreeze, opts.components, opts.views)
+        print(f"flowers train/, {opts.components} images, MobileNetV2, last {opts.unfreeze} block(s), views "
+              f"{opts.views}: CPU seconds per image (one process, this machine's load as it was)")
+        for k, v in cost.items():
+            print(f"| {k} | {v:.4f} |")
+        p = project(cost, train=2055, val=514, test=548, images=2569)
+        print(json.dumps({k: round(v, 1) for k, v in p.items()}))
+        print(f"training x {p['pixels_training'] / p['views_training']:.1f} less, whole command x "
+              f"{p['pixels_command'] / p['views_command']:.1f} faster (projected for flowers, {EPOCHS} epochs)")
+        return 0
     if opts.child:
         d, n, path = opts.child
         row = run_one(d, int(n), path, work)
