@@ -14,6 +14,7 @@ selected on them. Each run is one subprocess with a fresh, empty cache folder (t
 views pass are in its total), and its peak memory is that process's maximum resident set. Results are kept in
 --work (a run that finished is not run again), so the command can be stopped and started again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,11 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
 DATA = {"flowers": SHARED / "data" / "flowers", "hymenoptera": SHARED / "data" / "hymenoptera"}
 EPOCHS = 10
 # the target first (flowers, last 2 blocks), then as time allows
-RUNS = [(d, n, path) for d, n in (("flowers", 2), ("hymenoptera", 2), ("hymenoptera", 1), ("flowers", 1))
-        for path in ("pixels", "views")]
+RUNS = [
+    (d, n, path)
+    for d, n in (("flowers", 2), ("hymenoptera", 2), ("hymenoptera", 1), ("flowers", 1))
+    for path in ("pixels", "views")
+]
 
 
 def name_of(dataset: str, unfreeze: int, path: str) -> str:
@@ -48,10 +52,22 @@ def run_one(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
     folder = work / name_of(dataset, unfreeze, path)
     cpu = [time.process_time()]  # this process's CPU seconds at the start and after each epoch (robust to load)
     started = time.perf_counter()
-    result = finetune(str(DATA[dataset] / "train"), str(folder / "run"), val_split=0.2, test=str(DATA[dataset] / "val"),
-                      drop_test_copies=True, backbone="mobilenet_v2", weights=str(WEIGHTS), unfreeze=unfreeze,
-                      epochs=EPOCHS, patience=EPOCHS, seed=0, augment=path, cache_dir=str(folder / "cache"),
-                      on_epoch_end=lambda epoch, row: cpu.append(time.process_time()))
+    result = finetune(
+        str(DATA[dataset] / "train"),
+        str(folder / "run"),
+        val_split=0.2,
+        test=str(DATA[dataset] / "val"),
+        drop_test_copies=True,
+        backbone="mobilenet_v2",
+        weights=str(WEIGHTS),
+        unfreeze=unfreeze,
+        epochs=EPOCHS,
+        patience=EPOCHS,
+        seed=0,
+        augment=path,
+        cache_dir=str(folder / "cache"),
+        on_epoch_end=lambda epoch, row: cpu.append(time.process_time()),
+    )
     total = time.perf_counter() - started
     cpu.append(time.process_time())
     views = folder / "run" / "views.json"
@@ -61,16 +77,27 @@ def run_one(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
     epochs = [h for h in result.history if h["epoch"]]
     # history "seconds" is cumulative and includes validation; per epoch: the differences
     per_epoch = [b["seconds"] - a["seconds"] for a, b in zip(result.history, result.history[1:])]
-    return {"dataset": dataset, "unfreeze": unfreeze, "path": path, "total_seconds": total,
-            "training_seconds": tuned["seconds"], "epochs": len(epochs),
-            "seconds_per_epoch": sum(per_epoch) / max(len(per_epoch), 1),
-            "views_seconds": views.get("seconds"), "views": views.get("views"),
-            "cpu_total_seconds": cpu[-1] - cpu[0],
-            "cpu_seconds_per_epoch": (cpu[-2] - cpu[2]) / max(len(cpu) - 4, 1) if len(cpu) > 4 else None,
-            "probe_seconds": rows["frozen linear probe"]["seconds"],
-            "test_accuracy": tuned["test_accuracy"], "probe_test_accuracy": rows["frozen linear probe"]["test_accuracy"],
-            "val_accuracy": tuned["val_accuracy"], "best_epoch": result.best_epoch, "test_images": result.test_images,
-            "train_images": result.config["train_images"], "val_images": result.config["val_images"]}
+    return {
+        "dataset": dataset,
+        "unfreeze": unfreeze,
+        "path": path,
+        "total_seconds": total,
+        "training_seconds": tuned["seconds"],
+        "epochs": len(epochs),
+        "seconds_per_epoch": sum(per_epoch) / max(len(per_epoch), 1),
+        "views_seconds": views.get("seconds"),
+        "views": views.get("views"),
+        "cpu_total_seconds": cpu[-1] - cpu[0],
+        "cpu_seconds_per_epoch": (cpu[-2] - cpu[2]) / max(len(cpu) - 4, 1) if len(cpu) > 4 else None,
+        "probe_seconds": rows["frozen linear probe"]["seconds"],
+        "test_accuracy": tuned["test_accuracy"],
+        "probe_test_accuracy": rows["frozen linear probe"]["test_accuracy"],
+        "val_accuracy": tuned["val_accuracy"],
+        "best_epoch": result.best_epoch,
+        "test_images": result.test_images,
+        "train_images": result.config["train_images"],
+        "val_images": result.config["val_images"],
+    }
 
 
 def components(dataset: str, unfreeze: int, n: int, views: str) -> dict:
@@ -89,8 +116,14 @@ def components(dataset: str, unfreeze: int, n: int, views: str) -> dict:
     from embedder.finetune.cached_loop import evaluate_cached, trunk_store
     from embedder.finetune.loop import TrainingConfig, TrainingOptions, _loader, evaluate_images
     from embedder.finetune.split import Part
-    from embedder.finetune.surgery import add_head_dropout, freeze, param_groups, replace_head, set_train_mode
-    from embedder.finetune.surgery import unfrozen_blocks
+    from embedder.finetune.surgery import (
+        add_head_dropout,
+        freeze,
+        param_groups,
+        replace_head,
+        set_train_mode,
+        unfrozen_blocks,
+    )
     from embedder.finetune.trunk import fill, parse_views
     from embedder.sources import list_images
 
@@ -109,11 +142,32 @@ def components(dataset: str, unfreeze: int, n: int, views: str) -> dict:
     blocks = unfrozen_blocks(model, unfreeze)
     freeze(model, blocks, "frozen")
     add_head_dropout(model, 0.2)
-    options = TrainingOptions(unfreeze=unfreeze, epochs=EPOCHS, lr=1e-3, backbone_lr_scale=0.1, weight_decay=1e-4,
-                              batch_size=32, dropout=0.2, bn="frozen", augment="views", probe_init=True,
-                              patience=EPOCHS, seed=0, precision="fp32", workers=0, views=views)
-    config = TrainingConfig(backbone="mobilenet_v2", weights="bench", options=options, classes=tuple(classes),
-                            train_images=n, val_images=n, validation="bench")
+    options = TrainingOptions(
+        unfreeze=unfreeze,
+        epochs=EPOCHS,
+        lr=1e-3,
+        backbone_lr_scale=0.1,
+        weight_decay=1e-4,
+        batch_size=32,
+        dropout=0.2,
+        bn="frozen",
+        augment="views",
+        probe_init=True,
+        patience=EPOCHS,
+        seed=0,
+        precision="fp32",
+        workers=0,
+        views=views,
+    )
+    config = TrainingConfig(
+        backbone="mobilenet_v2",
+        weights="bench",
+        options=options,
+        classes=tuple(classes),
+        train_images=n,
+        val_images=n,
+        validation="bench",
+    )
     optimizer = torch.optim.AdamW(param_groups(model, 1e-3, 0.1, 1e-4))
     dev = torch.device("cpu")
     cost = {}
@@ -135,19 +189,23 @@ def components(dataset: str, unfreeze: int, n: int, views: str) -> dict:
             step(model(prep.normalize(torch.as_tensor(batch.images))), torch.as_tensor(y[batch.indices]))
 
     timed("pixels: train, per image and epoch", pixel_epoch)
-    timed("pixels: validate, per image and epoch",
-          lambda: evaluate_images(model, part, prep, dev, "fp32", 32, 0))
+    timed("pixels: validate, per image and epoch", lambda: evaluate_images(model, part, prep, dev, "fp32", 32, 0))
     with tempfile.TemporaryDirectory() as tmp:
         trunk, rest, store = trunk_store(model, blocks, config, prep, tmp)
         model.eval()
         names = parse_views(views)
-        run = dict(device=dev, autocast=torch.autocast("cpu", enabled=False), batch_size=32, workers=0,
-                   max_pixels=89_478_485)
-        timed(f"views: the one-time pass, per training image ({len(names)} views)",
-              lambda: fill(store, trunk, paths, part.digests, names, prep, **run))
+        run = dict(
+            device=dev, autocast=torch.autocast("cpu", enabled=False), batch_size=32, workers=0, max_pixels=89_478_485
+        )
+        timed(
+            f"views: the one-time pass, per training image ({len(names)} views)",
+            lambda: fill(store, trunk, paths, part.digests, names, prep, **run),
+        )
         store2 = trunk_store(model, blocks, replace(config, backbone="bench2"), prep, tmp)[2]
-        timed("views: the one-time pass, per validation image (center)",
-              lambda: fill(store2, trunk, paths, part.digests, ("center",), prep, **run))
+        timed(
+            "views: the one-time pass, per validation image (center)",
+            lambda: fill(store2, trunk, paths, part.digests, ("center",), prep, **run),
+        )
         where = np.stack([store.locate([(d, v) for v in names]) for d in part.digests])
         drawn = np.random.default_rng(0).integers(0, len(names), n)
 
@@ -160,8 +218,10 @@ def components(dataset: str, unfreeze: int, n: int, views: str) -> dict:
 
         timed("views: train, per image and epoch", cached_epoch)
         center = store.locate([(d, "center") for d in part.digests])
-        timed("views: validate, per image and epoch",
-              lambda: evaluate_cached(model, rest, store, center, y, dev, "fp32", 32))
+        timed(
+            "views: validate, per image and epoch",
+            lambda: evaluate_cached(model, rest, store, center, y, dev, "fp32", 32),
+        )
     return cost
 
 
@@ -173,10 +233,16 @@ def project(cost: dict, train: int, val: int, test: int, images: int) -> dict:
     common = images * pix_val + test * 2 * pix_val  # extraction; the test images: embedded, then scored
     pixel_epoch, views_epoch = train * pix_train + val * pix_val, train * views_train + val * views_val
     once = train * pass_train + val * pass_val
-    return {"pixels_epoch": pixel_epoch, "views_epoch": views_epoch, "views_pass": once,
-            "pixels_training": EPOCHS * pixel_epoch, "views_training": EPOCHS * views_epoch,
-            "pixels_command": common + EPOCHS * pixel_epoch, "views_command": common + once + EPOCHS * views_epoch,
-            "common": common}
+    return {
+        "pixels_epoch": pixel_epoch,
+        "views_epoch": views_epoch,
+        "views_pass": once,
+        "pixels_training": EPOCHS * pixel_epoch,
+        "views_training": EPOCHS * views_epoch,
+        "pixels_command": common + EPOCHS * pixel_epoch,
+        "views_command": common + once + EPOCHS * views_epoch,
+        "common": common,
+    }
 
 
 def launch(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
@@ -186,8 +252,9 @@ def launch(dataset: str, unfreeze: int, path: str, work: pathlib.Path) -> dict:
     folder.mkdir(parents=True)
     out = folder / "result.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, __file__, "--child", dataset, str(unfreeze), path, "--work", str(work)],
-                            env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", dataset, str(unfreeze), path, "--work", str(work)], env=env, cwd=ROOT
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"{name_of(dataset, unfreeze, path)} failed (status {status})")
@@ -205,18 +272,26 @@ def table(work: pathlib.Path) -> str:
             row = json.loads(f.read_text())
             if "peak_rss_gb" in row:
                 done[(d, n, path)] = row
-    lines = ["| data | unfrozen | path | views pass s | s / epoch | training s | whole command s | peak memory GB "
-             "| test acc. % (fine-tuned) | test acc. % (probe) | training × faster | command × faster "
-             "| test Δ points |", "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| data | unfrozen | path | views pass s | s / epoch | training s | whole command s | peak memory GB "
+        "| test acc. % (fine-tuned) | test acc. % (probe) | training × faster | command × faster "
+        "| test Δ points |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for (d, n, path), r in done.items():
         base = done.get((d, n, "pixels"))
-        ratio = lambda k: f"{base[k] / r[k]:.1f}" if base and path == "views" else "–"  # noqa: E731
+
+        def ratio(k, base=base, r=r, path=path):
+            return f"{base[k] / r[k]:.1f}" if base and path == "views" else "–"
+
         delta = f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f}" if base and path == "views" else "–"
         vs = f"{r['views_seconds']:.0f}" if r.get("views_seconds") is not None else "–"
-        lines.append(f"| {d} | {n} | {path} | {vs} | {r['seconds_per_epoch']:.1f} | {r['training_seconds']:.0f} "
-                     f"| {r['total_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {100 * r['test_accuracy']:.2f} "
-                     f"| {100 * r['probe_test_accuracy']:.2f} | {ratio('training_seconds')} | "
-                     f"{ratio('total_seconds')} | {delta} |")
+        lines.append(
+            f"| {d} | {n} | {path} | {vs} | {r['seconds_per_epoch']:.1f} | {r['training_seconds']:.0f} "
+            f"| {r['total_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {100 * r['test_accuracy']:.2f} "
+            f"| {100 * r['probe_test_accuracy']:.2f} | {ratio('training_seconds')} | "
+            f"{ratio('total_seconds')} | {delta} |"
+        )
     missing = [name_of(*k) for k in RUNS if k not in done]
     if missing:
         lines += ["", "Not run: " + ", ".join(missing)]
@@ -229,9 +304,13 @@ def main() -> int:
     parser.add_argument("--only", action="append", help="runs whose name starts with this (repeatable)")
     parser.add_argument("--table", action="store_true", help="print the table of the finished runs only")
     parser.add_argument("--again", action="store_true", help="run finished runs again")
-    parser.add_argument("--components", type=int, metavar="N",
-                        help="CPU seconds per image of each part of both paths on N training images, made into "
-                             "flowers-sized runs (for a machine too loaded for the whole runs)")
+    parser.add_argument(
+        "--components",
+        type=int,
+        metavar="N",
+        help="CPU seconds per image of each part of both paths on N training images, made into "
+        "flowers-sized runs (for a machine too loaded for the whole runs)",
+    )
     parser.add_argument("--unfreeze", type=int, default=2, help="with --components")
     parser.add_argument("--views", default="center,flip,crops:2", help="with --components")
     parser.add_argument("--child", nargs=3, metavar=("DATA", "UNFREEZE", "PATH"), help=argparse.SUPPRESS)
@@ -239,14 +318,18 @@ def main() -> int:
     work = pathlib.Path(opts.work)
     if opts.components:
         cost = components("flowers", opts.unfreeze, opts.components, opts.views)
-        print(f"flowers train/, {opts.components} images, MobileNetV2, last {opts.unfreeze} block(s), views "
-              f"{opts.views}: CPU seconds per image (one process, this machine's load as it was)")
+        print(
+            f"flowers train/, {opts.components} images, MobileNetV2, last {opts.unfreeze} block(s), views "
+            f"{opts.views}: CPU seconds per image (one process, this machine's load as it was)"
+        )
         for k, v in cost.items():
             print(f"| {k} | {v:.4f} |")
         p = project(cost, train=2055, val=514, test=548, images=2569)
         print(json.dumps({k: round(v, 1) for k, v in p.items()}))
-        print(f"training x {p['pixels_training'] / p['views_training']:.1f} less, whole command x "
-              f"{p['pixels_command'] / p['views_command']:.1f} faster (projected for flowers, {EPOCHS} epochs)")
+        print(
+            f"training x {p['pixels_training'] / p['views_training']:.1f} less, whole command x "
+            f"{p['pixels_command'] / p['views_command']:.1f} faster (projected for flowers, {EPOCHS} epochs)"
+        )
         return 0
     if opts.child:
         d, n, path = opts.child
@@ -263,8 +346,7 @@ def main() -> int:
             if (work / name / "result.json").exists() and not opts.again:
                 continue
             row = launch(d, n, path, work)
-            print(f"{name}: {row['total_seconds']:.0f} s, test accuracy {100 * row['test_accuracy']:.2f} %",
-                  flush=True)
+            print(f"{name}: {row['total_seconds']:.0f} s, test accuracy {100 * row['test_accuracy']:.2f} %", flush=True)
     print(table(work))
     return 0
 

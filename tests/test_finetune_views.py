@@ -1,6 +1,7 @@
 """Fine-tuning on the frozen trunk run once (``--augment views``): the cut network computes what the whole network
 computes (loss and gradients, on the same views), the probe's features come back from the cached center views,
 a changed image gets new views, and a kill while caching keeps the finished views."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import MOBILENET_V2, ROOT, need, photo, write_tree
+
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones import head_name
 from embedder.errors import FeaturebankError
@@ -40,7 +41,7 @@ def test_views_are_named_and_fixed():
     # crop i is the same box whatever N is (its rows stay valid when N grows), inside the image, 25-100 % of it
     boxes = [crop_box(i) for i in range(8)]
     assert boxes == [crop_box(i) for i in range(8)] and len(set(boxes)) == 8
-    for left, top, right, bottom, mirrored in boxes:
+    for left, top, right, bottom, _ in boxes:
         assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1 and 0.2 <= (right - left) * (bottom - top) <= 1
     assert [b[4] for b in boxes] == [False, True] * 4
 
@@ -116,7 +117,8 @@ def test_cached_loss_and_gradients_equal_the_full_network(backbone, unfreeze):
 
 def _store_of(out) -> TrunkStore:
     info = json.loads((out / "views.json").read_text())
-    settings = json.loads(open(os.path.join(info["store"], "settings.json")).read())
+    with open(os.path.join(info["store"], "settings.json"), encoding="utf-8") as fh:
+        settings = json.load(fh)
     settings.pop("views_version")
     return TrunkStore(os.path.dirname(info["store"]), settings), info
 
@@ -193,8 +195,12 @@ def test_resume_follows_the_uninterrupted_trajectory_on_both_paths(tmp_path, aug
     assert strip(resumed.history) == strip(whole.history) and len(whole.history) == 4
     assert ("views" in a["config"]) == (augment == "views")  # a pixel run's config is as older runs wrote it
     with pytest.raises(FeaturebankError, match="was started with augment"):
-        finetune(str(root), str(tmp_path / "cut"), resume=True,
-                 **{**run, "augment": "pixels" if augment == "views" else "views"})
+        finetune(
+            str(root),
+            str(tmp_path / "cut"),
+            resume=True,
+            **{**run, "augment": "pixels" if augment == "views" else "views"},
+        )
 
 
 def test_views_need_a_frozen_trunk(tmp_path):
@@ -211,11 +217,41 @@ def test_kill_9_while_caching_keeps_the_finished_views(tmp_path):
     env = {**os.environ, "FEATUREBANK_CACHE_DIR": str(tmp_path / "cache")}
 
     def run(out, cache):
-        args = [sys.executable, "-c", "import cli; cli.main()", "finetune", str(root), "-o", str(out), "-q",
-                "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "0",
-                "--batch-size", "1", "--epochs", "1", "--val-split", "0.25", "--views", "center,flip,crops:8"]
-        return subprocess.Popen(args, cwd=ROOT, env={**env, "FEATUREBANK_CACHE_DIR": str(cache)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        args = [
+            sys.executable,
+            "-c",
+            "import cli; cli.main()",
+            "finetune",
+            str(root),
+            "-o",
+            str(out),
+            "-q",
+            "-b",
+            "resnet18",
+            "-w",
+            "none",
+            "--resize",
+            "72",
+            "--crop",
+            "64",
+            "--workers",
+            "0",
+            "--batch-size",
+            "1",
+            "--epochs",
+            "1",
+            "--val-split",
+            "0.25",
+            "--views",
+            "center,flip,crops:8",
+        ]
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**env, "FEATUREBANK_CACHE_DIR": str(cache)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     whole = run(tmp_path / "whole", tmp_path / "cache-whole")
     assert whole.wait(timeout=600) == 0, whole.communicate()

@@ -4,6 +4,7 @@ by seed and epoch, like the pixel path's augmentation, so ``--resume`` follows t
 scores the ``center`` view (the weights' preprocessing) through the same layers in evaluation mode. Checkpoints,
 selection and the recorded config are the pixel path's own (``loop``), so ``best.pth`` is the same kind of file.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,14 +39,27 @@ def trunk_store(model: nn.Module, blocks: list[str], config: TrainingConfig, pre
     """The split model and the store of its trunk's outputs, keyed by the backbone settings and the cut."""
     cut = cut_of(model, blocks)
     trunk, rest = split_at(model, cut, [*block_names(model), head_name(model)])
-    settings = {"backbone": config.backbone, "weights": config.weights, "preprocessing": prep.to_dict(), "cut": cut,
-                "precision": config.options.precision}
+    settings = {
+        "backbone": config.backbone,
+        "weights": config.weights,
+        "preprocessing": prep.to_dict(),
+        "cut": cut,
+        "precision": config.options.precision,
+    }
     return trunk, rest, TrunkStore(store_root(cache_dir), settings)
 
 
 @torch.no_grad()
-def evaluate_cached(model: nn.Module, rest: nn.Module, store: TrunkStore, where: np.ndarray, y: np.ndarray, device,
-                    precision: str, batch_size: int) -> dict:
+def evaluate_cached(
+    model: nn.Module,
+    rest: nn.Module,
+    store: TrunkStore,
+    where: np.ndarray,
+    y: np.ndarray,
+    device,
+    precision: str,
+    batch_size: int,
+) -> dict:
     """Scores of the rows ``where`` (center views) through ``rest`` in evaluation mode, computed as
     ``loop.evaluate_images`` computes them."""
     from classifiers.metrics import scores
@@ -53,7 +67,7 @@ def evaluate_cached(model: nn.Module, rest: nn.Module, store: TrunkStore, where:
     model.eval()
     logits = []
     for start in range(0, len(where), batch_size):
-        x = torch.from_numpy(store.gather(where[start:start + batch_size])).to(device).float()
+        x = torch.from_numpy(store.gather(where[start : start + batch_size])).to(device).float()
         with autocast_for(device, precision):
             logits.append(rest(x).float().cpu())
     logits = torch.cat(logits)
@@ -62,9 +76,23 @@ def evaluate_cached(model: nn.Module, rest: nn.Module, store: TrunkStore, where:
     return {"loss": s.pop("log_loss"), **s}
 
 
-def train_on_views(model: nn.Module, blocks: list[str], train: Part, val: Part, classes: list[str], prep, out: str,
-                   config: TrainingConfig, *, device, resume: bool, progress: bool, on_epoch_end=None,
-                   max_pixels: int, cache_dir: str | None = None) -> dict:
+def train_on_views(
+    model: nn.Module,
+    blocks: list[str],
+    train: Part,
+    val: Part,
+    classes: list[str],
+    prep,
+    out: str,
+    config: TrainingConfig,
+    *,
+    device,
+    resume: bool,
+    progress: bool,
+    on_epoch_end=None,
+    max_pixels: int,
+    cache_dir: str | None = None,
+) -> dict:
     """``loop.train_loop``'s contract (the same state, history, last.pt and best.pth) on cached trunk outputs."""
     os.makedirs(out, exist_ok=True)
     c = config.options
@@ -87,8 +115,14 @@ def train_on_views(model: nn.Module, blocks: list[str], train: Part, val: Part, 
     # the one-time pass: every view of the training images, the center view of the validation images
     started = time.perf_counter()
     model.eval()
-    pass_options = dict(device=device, autocast=autocast_for(device, c.precision), batch_size=c.batch_size,
-                        workers=workers, max_pixels=max_pixels, progress=progress)
+    pass_options = dict(
+        device=device,
+        autocast=autocast_for(device, c.precision),
+        batch_size=c.batch_size,
+        workers=workers,
+        max_pixels=max_pixels,
+        progress=progress,
+    )
     done_train, failed = fill(store, trunk, train.paths, train.digests, views, prep, **pass_options)
     done_val, failed_val = fill(store, trunk, val.paths, val.digests, ("center",), prep, **pass_options)
     pass_seconds = time.perf_counter() - started
@@ -104,9 +138,20 @@ def train_on_views(model: nn.Module, blocks: list[str], train: Part, val: Part, 
     val_where = store.locate([(d, "center") for d, ok in zip(val.digests, ok_val) if ok])
     y_val = val.y[ok_val]
     with open(os.path.join(out, "views.json"), "w", encoding="utf-8") as fh:
-        json.dump({"store": store.folder, "views": list(views), "cut": store.settings["cut"],
-                   "row_shape": list(store.shape), "dtype": "float16", "computed_images": done_train + done_val,
-                   "seconds": round(pass_seconds, 2), "failed": failed}, fh, indent=1)
+        json.dump(
+            {
+                "store": store.folder,
+                "views": list(views),
+                "cut": store.settings["cut"],
+                "row_shape": list(store.shape),
+                "dtype": "float16",
+                "computed_images": done_train + done_val,
+                "seconds": round(pass_seconds, 2),
+                "failed": failed,
+            },
+            fh,
+            indent=1,
+        )
     if not state["history"]:
         state["seconds"] += pass_seconds  # the pass is part of what this training cost
 
@@ -121,10 +166,16 @@ def train_on_views(model: nn.Module, blocks: list[str], train: Part, val: Part, 
         started = time.perf_counter()
         scores = validate()
         state["seconds"] += time.perf_counter() - started
-        state["history"].append({"epoch": 0, "train_loss": None, "train_accuracy": None,
-                                 **{f"val_{k}": v for k, v in scores.items()},
-                                 **{f"lr_{g['name']}": 0.0 for g in optimizer.param_groups},
-                                 "seconds": round(state["seconds"], 2)})
+        state["history"].append(
+            {
+                "epoch": 0,
+                "train_loss": None,
+                "train_accuracy": None,
+                **{f"val_{k}": v for k, v in scores.items()},
+                **{f"lr_{g['name']}": 0.0 for g in optimizer.param_groups},
+                "seconds": round(state["seconds"], 2),
+            }
+        )
         state["best"], state["best_epoch"] = scores, 0
         export_weights(model, best_path, classes, prep, {**meta, "epoch": 0, "val": scores})
     first = c.epochs + 1 if state.get("stopped_early") else state["epoch"] + 1
@@ -136,10 +187,16 @@ def train_on_views(model: nn.Module, blocks: list[str], train: Part, val: Part, 
         order = order[ok_train[order]]
         set_train_mode(model, blocks, c.bn)
         total_loss = correct = seen = 0
-        with tqdm(total=len(order), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-                  desc=f"{os.path.basename(out)} epoch {epoch}/{c.epochs}") as bar:
+        with tqdm(
+            total=len(order),
+            unit="img",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            desc=f"{os.path.basename(out)} epoch {epoch}/{c.epochs}",
+        ) as bar:
             for start in range(0, len(order), c.batch_size):
-                index = order[start:start + c.batch_size]
+                index = order[start : start + c.batch_size]
                 bar.update(len(index))
                 if one_image_batches_fail and len(index) < 2:
                     continue  # BatchNorm cannot train on a single image
@@ -159,9 +216,14 @@ def train_on_views(model: nn.Module, blocks: list[str], train: Part, val: Part, 
         scheduler.step()
         scores = validate()
         state["seconds"] += time.perf_counter() - started
-        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-               **{f"val_{k}": v for k, v in scores.items()}, **{f"lr_{k}": v for k, v in rates.items()},
-               "seconds": round(state["seconds"], 2)}
+        row = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            **{f"val_{k}": v for k, v in scores.items()},
+            **{f"lr_{k}": v for k, v in rates.items()},
+            "seconds": round(state["seconds"], 2),
+        }
         state["history"].append(row)
         if better(scores, state["best"]):
             state["best"], state["best_epoch"] = scores, epoch
@@ -169,8 +231,17 @@ def train_on_views(model: nn.Module, blocks: list[str], train: Part, val: Part, 
         state["epoch"] = epoch
         stopped = epoch - state["best_epoch"] >= c.patience
         state["stopped_early"] = stopped and epoch < c.epochs
-        _save({"config": meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": state}, last)
+        _save(
+            {
+                "config": meta,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "state": state,
+            },
+            last,
+        )
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
         if stopped:

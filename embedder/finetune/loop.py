@@ -22,8 +22,8 @@ from ..decode import DEFAULT_MAX_PIXELS
 from ..errors import FeaturebankError
 from ..features import autocast_for
 from .split import Part
-from .trunk import DEFAULT_VIEWS, parse_views
 from .surgery import add_head_dropout, freeze, has_training_batchnorm, param_groups, set_train_mode
+from .trunk import DEFAULT_VIEWS, parse_views
 
 NOT_COMPARED_ON_RESUME = ("patience", "workers")  # may change between a run and its --resume
 AUGMENT = ("views", *POLICIES)  # views: the frozen trunk run once (cached_loop); the others: pixels every epoch

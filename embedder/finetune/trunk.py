@@ -12,6 +12,7 @@ only the unfrozen blocks and the head.
   name and renamed, the list last, so that a kill keeps every finished batch and never a half one; a changed file
   has another digest, so its views are computed again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,9 @@ def parse_views(spec: str) -> tuple[str, ...]:
         elif item.startswith("crops:") and item[6:].isdigit() and 1 <= int(item[6:]) <= MAX_CROPS:
             new = [f"crop{i}" for i in range(int(item[6:]))]
         else:
-            raise FeaturebankError(f"--views {spec!r}: {item!r} is not center, flip or crops:N (N from 1 to "
-                                   f"{MAX_CROPS})")
+            raise FeaturebankError(
+                f"--views {spec!r}: {item!r} is not center, flip or crops:N (N from 1 to {MAX_CROPS})"
+            )
         names += [n for n in new if n not in names]
     if not names:
         raise FeaturebankError("--views needs at least one view (center, flip, crops:N)")
@@ -81,8 +83,9 @@ class ViewsTransform:
             return np.ascontiguousarray(prep.to_array(image)[:, :, ::-1])
         left, top, right, bottom, mirrored = crop_box(int(name[4:]))
         w, h = image.size
-        out = image.resize((prep.crop, prep.crop), PIL_FILTERS[prep.interpolation],
-                           box=(left * w, top * h, right * w, bottom * h))
+        out = image.resize(
+            (prep.crop, prep.crop), PIL_FILTERS[prep.interpolation], box=(left * w, top * h, right * w, bottom * h)
+        )
         arr = np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
         return np.ascontiguousarray(arr[:, :, ::-1] if mirrored else arr)
 
@@ -110,14 +113,17 @@ def split_at(model: nn.Module, block: str, leaves) -> tuple[fx.GraphModule, fx.G
     try:
         graph = _Blocks([*leaves, block]).trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure is the same answer for the user
-        raise FeaturebankError(f"--augment views cannot split {type(model).__name__} into blocks "
-                               f"({type(exc).__name__}); use --augment pixels") from None
+        raise FeaturebankError(
+            f"--augment views cannot split {type(model).__name__} into blocks "
+            f"({type(exc).__name__}); use --augment pixels"
+        ) from None
     finally:
         model.train(was_training)
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == block]
     if len(calls) != 1 or len(calls[0].args) != 1 or calls[0].kwargs or not isinstance(calls[0].args[0], fx.Node):
-        raise FeaturebankError(f"--augment views cannot cut before {block} (it is not called once on one tensor); "
-                               f"use --augment pixels")
+        raise FeaturebankError(
+            f"--augment views cannot cut before {block} (it is not called once on one tensor); use --augment pixels"
+        )
     cut = calls[0].args[0]
     output = next(n for n in graph.nodes if n.op == "output")
 
@@ -134,8 +140,10 @@ def split_at(model: nn.Module, block: str, leaves) -> tuple[fx.GraphModule, fx.G
 
     before, after = needed(cut), needed(output, stop=cut)
     if cut.op == "placeholder" or any(n.op == "placeholder" for n in after - {cut}):
-        raise FeaturebankError(f"--augment views cannot cut before {block}: there is no frozen trunk before it, or "
-                               f"a later layer reads the input itself; use --augment pixels")
+        raise FeaturebankError(
+            f"--augment views cannot cut before {block}: there is no frozen trunk before it, or "
+            f"a later layer reads the input itself; use --augment pixels"
+        )
 
     def copy(nodes, start_env, out_node):
         g, env = fx.Graph(), dict(start_env)
@@ -244,9 +252,21 @@ def store_root(cache_dir: str | None) -> str:
 
 
 @torch.no_grad()
-def fill(store: TrunkStore, trunk: nn.Module, paths: list[str], digests: list[str], views: tuple[str, ...],
-         prep: Preprocessing, *, device, autocast, batch_size: int, workers: int | None, max_pixels: int,
-         progress: bool = False) -> tuple[int, dict[str, str]]:
+def fill(
+    store: TrunkStore,
+    trunk: nn.Module,
+    paths: list[str],
+    digests: list[str],
+    views: tuple[str, ...],
+    prep: Preprocessing,
+    *,
+    device,
+    autocast,
+    batch_size: int,
+    workers: int | None,
+    max_pixels: int,
+    progress: bool = False,
+) -> tuple[int, dict[str, str]]:
     """Compute the missing views of ``paths`` (their digests as the cache recorded them) into ``store``, a batch of
     images at a time. Returns the number of images computed and ``{path: reason}`` of those that could not be (a
     file that fails to decode, or whose bytes changed since they were embedded)."""
@@ -264,8 +284,14 @@ def fill(store: TrunkStore, trunk: nn.Module, paths: list[str], digests: list[st
     dataset = ImageDataset([paths[i] for i in todo], transform, max_pixels)
     chunk = batch_size * (8 if device.type == "cuda" else 1)  # view-images per forward
     computed = 0
-    with tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-              desc="frozen trunk, once") as bar:
+    with tqdm(
+        total=len(todo),
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        desc="frozen trunk, once",
+    ) as bar:
         for batch in batches(dataset, batch_size, workers, device_type=device.type):
             for i, reason, _ in batch.failures:
                 failed[paths[todo[i]]] = reason
@@ -279,15 +305,17 @@ def fill(store: TrunkStore, trunk: nn.Module, paths: list[str], digests: list[st
             images = torch.as_tensor(batch.images[keep]).flatten(0, 1)  # image-major: image 0's views first
             outs = []
             for start in range(0, len(images), chunk):
-                x = prep.normalize(images[start:start + chunk].to(device))
+                x = prep.normalize(images[start : start + chunk].to(device))
                 with autocast:
                     outs.append(trunk(x).float().cpu())
             exact = torch.cat(outs)
             rows = exact.to(torch.float16)
             lost = int(((rows == 0) & (exact != 0)).sum())  # values below float16's smallest: flushed to zero
             if not torch.isfinite(rows).all() or lost > 0.01 * max(int((exact != 0).sum()), 1):
-                raise FeaturebankError("the frozen trunk's output does not fit in float16 (values too large or too "
-                                       "small): use --augment pixels")
+                raise FeaturebankError(
+                    "the frozen trunk's output does not fit in float16 (values too large or too "
+                    "small): use --augment pixels"
+                )
             keys = [(batch.digests[j], v) for j in keep for v in views]
             store.write(keys, rows.numpy())
             computed += len(keep)
