@@ -2,17 +2,17 @@
 
 Every command has --help with an example; errors are one line (``Error: ...``) and a non-zero exit.
 """
+
 from __future__ import annotations
 
-import importlib
-import json
 import sys
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 
 import click
 
 from classifiers.options import CVOptions, TrainOptions
-from embedder.errors import FeaturebankError, Terminated, terminate_as_interrupt
+from embedder.clickopts import Group, checked, emit, value_options
+from embedder.errors import FeaturebankError
 from embedder.options import BACKBONE, ExtractOptions, RunOptions, ShardOptions
 from embedder.settings import POOLINGS
 from workflows.finetune.options import FinetuneOptions
@@ -21,92 +21,12 @@ from workflows.options import ExportOptions
 SHARD_FIELDS = {f.name for f in fields(ShardOptions)}
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EMBEDDED_KEPT = "the images embedded so far are kept in the cache, and the same command continues from them"
-KEPT = {  # what an interrupted command kept, by command
-    "extract": "every finished batch is kept; run the same command again to continue",
-    "finetune": "the last finished epoch is saved (OUT/last.pt); run the same command with --resume to continue",
-    "cv": "no report was written and the caches are unchanged; run the same command again to start over",
-    "train": "no model file was written (an existing -o file is unchanged); run the same command again",
-    "predict": f"no predictions were written; {EMBEDDED_KEPT}",
-    "evaluate": f"nothing was scored; {EMBEDDED_KEPT}",
-    "export": "no ONNX file was written (an existing -o file is unchanged)",
-    "convert": "NEW was not written",
-}
-
-
-class Group(click.Group):
-    """Turns FeaturebankError, Ctrl-C and SIGTERM into one line and an exit code instead of a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            with terminate_as_interrupt():
-                return super().invoke(ctx)
-        except FeaturebankError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt as exc:
-            how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
-            click.echo(f"{how}: {KEPT.get(ctx.invoked_subcommand, 'stopped before it finished')}.", err=True)
-            sys.exit(143 if isinstance(exc, Terminated) else 130)
-
-
-def checked(function: str):
-    """A click callback: the value as the library's ``module:function`` reads it (None stays None), its one-line
-    error a usage error. The module is imported when the option is given, so that --help waits for no torch."""
-    def callback(ctx, param, value):
-        module, name = function.split(":")
-        try:
-            return None if value is None else getattr(importlib.import_module(module), name)(value)
-        except FeaturebankError as exc:
-            raise click.BadParameter(str(exc), ctx, param) from None
-    return callback
-
-
-def value_options(cls):
-    """click options made from the fields of a value object (and of one inside it): the names, defaults, help and
-    checks are the object's, written once there (``embedder.options.option``)."""
-    def leaves(c):
-        return [g for f in fields(c) for g in (leaves(f.default_factory) if is_dataclass(f.default_factory) else [f])
-                if g.metadata.get("cli", True)]
-
-    def reading(f) -> dict:
-        m, default = f.metadata, f.default
-        if isinstance(default, bool) or "/" in m.get("flag", ""):  # --x, --no-x (default True), or --x/--no-x
-            return {"default": default, "help": m["help"], **({} if default is None else {"is_flag": True,
-                                                                                           "flag_value": not default})}
-        kw = {"default": default, "help": m["help"], "show_default": default is not None, "multiple": bool(m.get("multiple")),
-              "required": m.get("required", False),
-              "metavar": m.get("metavar") or (f.name.upper() if "check" in m else None)}
-        if "choices" in m:
-            kw["type"] = click.Choice(m["choices"])
-        elif "path" in m:
-            kw["type"] = click.Path(**m["path"])
-        elif "check" in m:
-            kw.update(type=click.STRING, callback=checked(m["check"]))
-        elif "low" in m:
-            kw["type"] = (click.FloatRange if "float" in f.type else click.IntRange)(
-                m["low"], m.get("high"), min_open=m.get("low_open", False), max_open=m.get("high_open", False))
-        elif f.type == "int":
-            kw["type"] = int
-        return kw
-
-    def apply(command):
-        for f in reversed(leaves(cls)):
-            names = [*([f.metadata["short"]] if "short" in f.metadata else []), f.metadata.get("flag") or
-                     "--" + f.name.replace("_", "-"), f.name]
-            command = click.option(*names, **reading(f))(command)
-        return command
-    return apply
-
-
 TRUST_PICKLE = click.option(
-    "--trust-pickle", is_flag=True,
+    "--trust-pickle",
+    is_flag=True,
     help="Also load an old model file (a joblib pickle). Unpickling runs whatever code the file names: only for "
-         "files you made or trust; featurebank convert OLD NEW rewrites one once in the safe format.")
-
-
-def emit(data, as_json: bool, text) -> None:
-    """``data`` as JSON, or the lines ``text(data)`` returns."""
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else "\n".join(text(data)))
+    "files you made or trust; featurebank convert OLD NEW rewrites one once in the safe format.",
+)
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -123,8 +43,13 @@ def main():
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--source", type=click.Choice(["torchvision", "timm"]), default="torchvision", show_default=True,
-              help="torchvision's classification models, or timm's pretrained models (timm:NAME.TAG).")
+@click.option(
+    "--source",
+    type=click.Choice(["torchvision", "timm"]),
+    default="torchvision",
+    show_default=True,
+    help="torchvision's classification models, or timm's pretrained models (timm:NAME.TAG).",
+)
 @click.option("--filter", "pattern", help="A shell pattern on the names, e.g. '*dinov2*'.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list on stdout.")
 def backbones(source, pattern, as_json):
@@ -144,8 +69,13 @@ def backbones(source, pattern, as_json):
 @main.command(context_settings=CONTEXT)
 @click.argument("backbone", callback=checked(BACKBONE), metavar="BACKBONE")
 @click.option("--size", type=click.IntRange(32), help="Input size (default: the backbone's crop size).")
-@click.option("--pooling", type=click.Choice(POOLINGS), default="avg", show_default=True,
-              help="Pooling, for the vector sizes shown.")
+@click.option(
+    "--pooling",
+    type=click.Choice(POOLINGS),
+    default="avg",
+    show_default=True,
+    help="Pooling, for the vector sizes shown.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list on stdout.")
 def layers(backbone, size, pooling, as_json):
     """List the node names of BACKBONE that --layer accepts, with output shapes and vector sizes.
@@ -164,8 +94,11 @@ def layers(backbone, size, pooling, as_json):
 
 @main.command(context_settings=CONTEXT)
 @click.argument("source", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
-@click.option("--cache", type=click.Path(dir_okay=False),
-              help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).")
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False),
+    help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).",
+)
 @value_options(ExtractOptions)
 @value_options(ShardOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
@@ -196,8 +129,15 @@ def extract(source, cache, quiet, as_json, **options):
     if o.calibration_from and o.precision != "int8":
         raise click.UsageError("--calibration-from goes with --precision int8")
     int8, engine_dir = int8_request(o.precision, o.calibration_images, o.seed, o.calibration, o.calibration_from)
-    summary = run_extract(source[0] if len(source) == 1 else list(source), cache, int8=int8, engine_dir=engine_dir,
-                          progress=not quiet and sys.stderr.isatty(), shards=shards, **o.keywords())
+    summary = run_extract(
+        source[0] if len(source) == 1 else list(source),
+        cache,
+        int8=int8,
+        engine_dir=engine_dir,
+        progress=not quiet and sys.stderr.isatty(),
+        shards=shards,
+        **o.keywords(),
+    )
     if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
     emit(summary.to_dict(), as_json, extract_text)
@@ -206,8 +146,11 @@ def extract(source, cache, quiet, as_json, **options):
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON description on stdout.")
-@click.option("--verify", is_flag=True, help="Read every feature row against its checksum (caches written with "
-                                             "checksums); damage is one line and exit 1.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Read every feature row against its checksum (caches written with checksums); damage is one line and exit 1.",
+)
 def info(cache, as_json, verify):
     """Describe a cache: settings, rows per class, layers, skipped files, library versions.
 
@@ -242,11 +185,20 @@ def classifiers(as_json):
 @main.command(context_settings=CONTEXT)
 @click.argument("caches", metavar="CACHE...", nargs=-1, required=True, type=click.Path())
 @value_options(CVOptions)
-@click.option("-o", "--out", type=click.Path(file_okay=False),
-              help="Write report.json, report.md, report.html (with thumbs/), leaderboard.png, leaderboard.csv, "
-                   "confusion.png, map.png and predictions/*.csv here.")
-@click.option("--suspicious", type=click.IntRange(0), default=20, show_default=True,
-              help="How many suspicious images the report lists.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Write report.json, report.md, report.html (with thumbs/), leaderboard.png, leaderboard.csv, "
+    "confusion.png, map.png and predictions/*.csv here.",
+)
+@click.option(
+    "--suspicious",
+    type=click.IntRange(0),
+    default=20,
+    show_default=True,
+    help="How many suspicious images the report lists.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
 def cv(caches, out, suspicious, quiet, as_json, **options):
@@ -325,14 +277,19 @@ def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
       featurebank evaluate models/flowers.fbmodel ../shared/data/flowers/val
     """
     from classifiers.bundle import evaluate as run_evaluate
-    from embedder.destination import check_destination
     from classifiers.predictions import write_evaluation_csv
     from classifiers.views import evaluate_text
+    from embedder.destination import check_destination
 
     if predictions:
         check_destination(predictions, [model, data], "--predictions")
-    result = run_evaluate(model, data, progress=not quiet and sys.stderr.isatty(), trust_pickle=trust_pickle,
-                          **RunOptions(**options).keywords())
+    result = run_evaluate(
+        model,
+        data,
+        progress=not quiet and sys.stderr.isatty(),
+        trust_pickle=trust_pickle,
+        **RunOptions(**options).keywords(),
+    )
     if predictions:
         write_evaluation_csv(result, predictions)
     emit({k: v for k, v in result.items() if k != "predictions"}, as_json, evaluate_text)
@@ -340,9 +297,22 @@ def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
 
 @main.command(context_settings=CONTEXT)
 @click.argument("args", nargs=-1, required=True, metavar="[MODEL] IMAGES...")
-@click.option("--head", "--imagenet", "imagenet", is_flag=True,
-              help="Classify with the backbone's own head: ImageNet, or a fine-tuned checkpoint's classes (no MODEL).")
-@click.option("-b", "--backbone", callback=checked(BACKBONE), metavar="BACKBONE", default="resnet50", show_default=True, help="With --head.")
+@click.option(
+    "--head",
+    "--imagenet",
+    "imagenet",
+    is_flag=True,
+    help="Classify with the backbone's own head: ImageNet, or a fine-tuned checkpoint's classes (no MODEL).",
+)
+@click.option(
+    "-b",
+    "--backbone",
+    callback=checked(BACKBONE),
+    metavar="BACKBONE",
+    default="resnet50",
+    show_default=True,
+    help="With --head.",
+)
 @value_options(RunOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
@@ -361,7 +331,7 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, trust_pickle, **opti
       featurebank predict --imagenet -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth photos/ -k 5
     """
     from classifiers.bundle import predict as run_predict
-    from classifiers.bundle import prediction_outcome, predict_imagenet
+    from classifiers.bundle import predict_imagenet, prediction_outcome
     from classifiers.predictions import predictions_text, write_predictions
     from embedder.destination import check_destination
 
@@ -369,7 +339,9 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, trust_pickle, **opti
         check_destination(out, args, "-o")
     run = {**RunOptions(**options).keywords(), "progress": not quiet and sys.stderr.isatty(), "out": out}
     if imagenet:
-        result = predict_imagenet(list(args), backbone=backbone, top=top, **{**run, "weights": run["weights"] or "DEFAULT"})
+        result = predict_imagenet(
+            list(args), backbone=backbone, top=top, **{**run, "weights": run["weights"] or "DEFAULT"}
+        )
     elif len(args) < 2:
         raise click.UsageError("give a MODEL file and at least one image (or --head to use the backbone's own head)")
     else:
@@ -426,14 +398,18 @@ def convert(old, new):
     from classifiers.modelfile import convert as run_convert
 
     done = run_convert(old, new)
-    click.echo(f"wrote {done['model']}: {done['classifier']}, classes {', '.join(done['classes'])} "
-               f"(from {done['from']})")
+    click.echo(
+        f"wrote {done['model']}: {done['classifier']}, classes {', '.join(done['classes'])} (from {done['from']})"
+    )
 
 
 @main.command("report", context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path())
-@click.option("--images", type=click.Path(file_okay=False),
-              help="Where the images are now, if they moved: the folder the report's paths are relative to.")
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False),
+    help="Where the images are now, if they moved: the folder the report's paths are relative to.",
+)
 def report_command(run_dir, images):
     """Render RUN_DIR/report.html again from RUN_DIR/report.json (a cv --out or finetune folder); print its path.
 
@@ -474,8 +450,14 @@ def relabel(manifest, corrections, out, as_json):
 
 @main.command(context_settings=CONTEXT)
 @click.argument("data", metavar="DATA", type=click.Path())
-@click.option("-o", "--out", type=click.Path(file_okay=False), default="runs/finetune", show_default=True,
-              help="Run folder: checkpoints, log, curves, report.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False),
+    default="runs/finetune",
+    show_default=True,
+    help="Run folder: checkpoints, log, curves, report.",
+)
 @value_options(FinetuneOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
@@ -504,8 +486,9 @@ def finetune(data, out, quiet, as_json, **options):
         if not quiet and not as_json:
             click.echo(epoch_text(epoch, row))
 
-    result = run_finetune(data, out, FinetuneOptions.of(**options), progress=not quiet and sys.stderr.isatty(),
-                          on_epoch_end=said)
+    result = run_finetune(
+        data, out, FinetuneOptions.of(**options), progress=not quiet and sys.stderr.isatty(), on_epoch_end=said
+    )
     emit(result.to_dict(), as_json, result_text)
 
 

@@ -13,6 +13,7 @@ For each model (random weights, 224 px, batch 32), on the 398 hymenoptera photos
 images (the photos repeated under other names), an unchanged re-run of 1,000 images, and `featurebank cv`
 against scikit-learn's cross_validate on the same arrays and folds. Writes its tables into benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,23 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 PHOTOS = SHARED / "data" / "hymenoptera"
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
-         "amx_bf16")
-MAXRSS = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-          "sys.stderr.write(r.stderr); print(r.stdout.strip()); "
-          "print('maxrss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+MAXRSS = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+    "sys.stderr.write(r.stderr); print(r.stdout.strip()); "
+    "print('maxrss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def cpu() -> tuple[str, str]:
@@ -70,8 +83,23 @@ def run(cmd: list[str], env: dict) -> tuple[float, str]:
 
 
 def extract_cmd(folder, cache, model, precision="fp32", extra=()):
-    return [sys.executable, "-m", "cli", "extract", str(folder), "-b", model, "-w", "none", "--cache", str(cache),
-            "--precision", precision, "--json", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cli",
+        "extract",
+        str(folder),
+        "-b",
+        model,
+        "-w",
+        "none",
+        "--cache",
+        str(cache),
+        "--precision",
+        precision,
+        "--json",
+        *extra,
+    ]
 
 
 def model_only(engine, n: int = 32, reps: int = 3) -> float:
@@ -109,10 +137,12 @@ def engines_of(model: str, store_dir: str, prep_summary: dict, int8_summary: dic
     int8 = ExtractionSettings.from_dict(int8_summary["settings"])
     net = load_backbone(model, "none").model
     store = EngineStore(store_dir)
-    return {"torch eager": TorchEngine(net, settings, torch.device("cpu"), channels_last=False),
-            "torch channels_last": TorchEngine(net, settings, torch.device("cpu"), channels_last=True),
-            "onnxruntime fp32": OnnxEngine(store.find_model(onnx_name(settings))[0], settings),
-            "onnxruntime int8": OnnxEngine(store.find_model(onnx_name(int8))[0], int8)}
+    return {
+        "torch eager": TorchEngine(net, settings, torch.device("cpu"), channels_last=False),
+        "torch channels_last": TorchEngine(net, settings, torch.device("cpu"), channels_last=True),
+        "onnxruntime fp32": OnnxEngine(store.find_model(onnx_name(settings))[0], settings),
+        "onnxruntime int8": OnnxEngine(store.find_model(onnx_name(int8))[0], int8),
+    }
 
 
 def main() -> int:
@@ -126,20 +156,24 @@ def main() -> int:
         print(f"skipped: {PHOTOS} is absent (the shared photos live in ../shared/data)")
         return 0
     name, flags = cpu()
-    lines = [f"Machine: {name}, {os.cpu_count()} cores; flags: {flags}. {time.strftime('%Y-%m-%d')}.",
-             "Photos: the 398 hymenoptera photos (train + val, 193x130 to 2592x1944 JPEG, one GIF placeholder the "
-             "tutorial's ImageFolder ignores). Random weights, 224 px crops, batch 32. Whole processes for (d) and (e).",
-             ""]
+    lines = [
+        f"Machine: {name}, {os.cpu_count()} cores; flags: {flags}. {time.strftime('%Y-%m-%d')}.",
+        "Photos: the 398 hymenoptera photos (train + val, 193x130 to 2592x1944 JPEG, one GIF placeholder the "
+        "tutorial's ImageFolder ignores). Random weights, 224 px crops, batch 32. Whole processes for (d) and (e).",
+        "",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         photos = tmp / "photos"
         photo_farm(photos)
         env = {**os.environ, "FEATUREBANK_ENGINE_DIR": str(tmp / "engines"), "PYTHONPATH": str(ROOT)}
         decode = decode_only(photos)
-        table = ["| model | (a) torch eager | (a) torch channels_last | (a) ORT fp32 | (a) ORT int8 | (b) decode | "
-                 "(c) limit fp32 / int8 | (d) tutorial | (e) extract fp32 | (e) extract int8 | e/d fp32 / int8 | "
-                 "e/c fp32 / int8 | one-time fp32 / int8 |",
-                 "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+        table = [
+            "| model | (a) torch eager | (a) torch channels_last | (a) ORT fp32 | (a) ORT int8 | (b) decode | "
+            "(c) limit fp32 / int8 | (d) tutorial | (e) extract fp32 | (e) extract int8 | e/d fp32 / int8 | "
+            "e/c fp32 / int8 | one-time fp32 / int8 |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        ]
         for model in opts.models.split(","):
             _, out = run(extract_cmd(photos, tmp / f"prep-{model}.h5", model), env)
             prep = json.loads(out)
@@ -173,12 +207,17 @@ def main() -> int:
                 f"{rates['onnxruntime fp32']:.1f} | {rates['onnxruntime int8']:.1f} | {decode:.0f} | "
                 f"{limit32:.1f} / {limit8:.1f} | {d:.1f} | {f32:.1f} (loop {np.mean(loops):.1f}) | {f8:.1f} | "
                 f"{f32 / d:.2f} / {f8 / d:.2f} | {f32 / limit32:.2f} / {f8 / limit8:.2f} | "
-                f"{prep['prepared_seconds']:.1f} s / {prep8['prepared_seconds']:.1f} s |")
+                f"{prep['prepared_seconds']:.1f} s / {prep8['prepared_seconds']:.1f} s |"
+            )
             print(table[-1], flush=True)
-        lines += ["Images/s; (e) is images over the whole process's wall time (start-up included; 'loop' is the "
-                  "embedding loop alone). The engine `auto` chose for fp32 on this CPU is recorded in each cache "
-                  "(`featurebank info`). One-time: export + measuring (fp32), calibration (int8) of the first run.", "",
-                  *table, ""]
+        lines += [
+            "Images/s; (e) is images over the whole process's wall time (start-up included; 'loop' is the "
+            "embedding loop alone). The engine `auto` chose for fp32 on this CPU is recorded in each cache "
+            "(`featurebank info`). One-time: export + measuring (fp32), calibration (int8) of the first run.",
+            "",
+            *table,
+            "",
+        ]
         if not opts.skip_memory:
             lines += memory_and_rerun(tmp, env) + [""]
         lines += cv_against_sklearn(tmp, env, opts.rounds)
@@ -189,8 +228,10 @@ def main() -> int:
 
 
 def memory_and_rerun(tmp: pathlib.Path, env: dict) -> list[str]:
-    rows = ["| images | extract resnet18 fp32: seconds | peak memory (RSS) | unchanged re-run | re-run / first |",
-            "|--:|--:|--:|--:|--:|"]
+    rows = [
+        "| images | extract resnet18 fp32: seconds | peak memory (RSS) | unchanged re-run | re-run / first |",
+        "|--:|--:|--:|--:|--:|",
+    ]
     peaks = {}
     for n in (1000, 10000):
         folder = tmp / f"farm{n}"
@@ -232,18 +273,27 @@ def cv_against_sklearn(tmp: pathlib.Path, env: dict, rounds: int) -> list[str]:
         classes = sorted(set(labels))
         y = np.array([classes.index(v) for v in labels])
         splits = [(s.train, s.test) for s in make_splits(y, folds=5)]
-        sk = sk_cross_validate(make_classifier("logreg"), X, y, cv=splits,
-                               scoring=["accuracy", "balanced_accuracy", "f1_macro", "neg_log_loss"])
+        sk = sk_cross_validate(
+            make_classifier("logreg"),
+            X,
+            y,
+            cv=splits,
+            scoring=["accuracy", "balanced_accuracy", "f1_macro", "neg_log_loss"],
+        )
         theirs.append(time.perf_counter() - t)
         if r == 0:
             ours, theirs = [], []
     same = abs(report.best.metric("accuracy")["mean"] - float(np.mean(sk["test_accuracy"]))) < 1e-12
-    return ["| 5-fold logreg on 1,000 x 512 (resnet18 cache) | seconds |", "|---|--:|",
-            f"| `featurebank cv` (cross_validate: scores, per-class, confusion, out-of-fold, suspicious, outliers, "
-            f"duplicates) | {np.mean(ours):.2f} |",
-            f"| scikit-learn `cross_validate`, same folds and pipeline (4 scores) | {np.mean(theirs):.2f} |",
-            f"| ratio | {np.mean(ours) / np.mean(theirs):.2f} |", "",
-            f"Same mean accuracy from both: {'yes' if same else 'NO'}."]
+    return [
+        "| 5-fold logreg on 1,000 x 512 (resnet18 cache) | seconds |",
+        "|---|--:|",
+        f"| `featurebank cv` (cross_validate: scores, per-class, confusion, out-of-fold, suspicious, outliers, "
+        f"duplicates) | {np.mean(ours):.2f} |",
+        f"| scikit-learn `cross_validate`, same folds and pipeline (4 scores) | {np.mean(theirs):.2f} |",
+        f"| ratio | {np.mean(ours) / np.mean(theirs):.2f} |",
+        "",
+        f"Same mean accuracy from both: {'yes' if same else 'NO'}.",
+    ]
 
 
 def write_section(path: pathlib.Path, text: str, script: str = "cpu_engines.py", title: str = "CPU engines") -> None:
@@ -252,7 +302,7 @@ def write_section(path: pathlib.Path, text: str, script: str = "cpu_engines.py",
     section = f"{begin}\n## {title} (`python benchmarks/{script}`)\n\n{text}\n{end}"
     old = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts of this folder.\n"
     if begin in old:
-        new = old[:old.index(begin)] + section + old[old.index(end) + len(end):]
+        new = old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip() + "\n\n" + section + "\n"
     path.write_text(new)

@@ -8,13 +8,14 @@ ONNX Runtime images/s at batch 32 with the images decoded beforehand (decode exc
 in turn with inference (decode included, as examples/classify_folder.py does), and accuracy next to
 `featurebank evaluate`'s. Prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import pathlib
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -28,8 +29,11 @@ FLOWERS = SHARED / "data" / "flowers"
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "featurebank-deploy"),
-                        help="scratch folder for caches, models and exports (kept, so a second run reuses them)")
+    parser.add_argument(
+        "--work",
+        default=os.path.join(tempfile.gettempdir(), "featurebank-deploy"),
+        help="scratch folder for caches, models and exports (kept, so a second run reuses them)",
+    )
     parser.add_argument("--classifiers", default="logreg,rbf-svm")
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
@@ -39,10 +43,10 @@ def main() -> None:
     import onnxruntime as ort
 
     from classifiers.bundle import evaluate, train
-    from workflows.export import export_model as export
     from embedder import extract
     from embedder.batches import ImageDataset
     from embedder.sources import list_images
+    from workflows.export import export_model as export
 
     common = dict(backbone="mobilenet_v2", weights=str(WEIGHTS), layers=["penultimate"], device="cpu")
     train_cache = extract(str(FLOWERS / "train"), str(work / "flowers-train.h5"), **common).cache
@@ -64,13 +68,14 @@ def main() -> None:
             dataset = ImageDataset(files, bundle_prep(written.metadata))
 
             def decoded(i):
-                return dataset[i][1].transpose(1, 2, 0)
+                return dataset[i][1].transpose(1, 2, 0)  # noqa: B023 (called in this iteration)
 
             x = np.stack([decoded(i) for i in range(len(files))])  # decode excluded: pixels ready
-            session.run(["label"], {"images": x[:args.batch]})  # warm-up
+            session.run(["label"], {"images": x[: args.batch]})  # warm-up
             t = time.perf_counter()
-            predicted = np.concatenate([session.run(["label"], {"images": x[s:s + args.batch]})[0]
-                                        for s in range(0, len(x), args.batch)])
+            predicted = np.concatenate(
+                [session.run(["label"], {"images": x[s : s + args.batch]})[0] for s in range(0, len(x), args.batch)]
+            )
             excluded = len(x) / (time.perf_counter() - t)
             t = time.perf_counter()
             for s in range(0, len(files), args.batch):
@@ -80,17 +85,35 @@ def main() -> None:
             classes = written.metadata["classes"]
             accuracy = float(np.mean([classes[p] == c for p, c in zip(predicted, labels)]))
             a = written.accuracy or {}
-            rows.append((spec, precision, written.head, written.bytes / 1e6, excluded, included, accuracy, reference,
-                         a.get("fp32"), a.get("int8"), a.get("agreement"), seconds))
+            rows.append(
+                (
+                    spec,
+                    precision,
+                    written.head,
+                    written.bytes / 1e6,
+                    excluded,
+                    included,
+                    accuracy,
+                    reference,
+                    a.get("fp32"),
+                    a.get("int8"),
+                    a.get("agreement"),
+                    seconds,
+                )
+            )
             print(rows[-1], flush=True)
 
-    print("\n| model | precision | head | file MB | images/s (decode excluded) | images/s (decode included) | "
-          "val accuracy % (ONNX) | val accuracy % (`evaluate`) | train images: fp32 / int8 % (agreement) | export s |")
+    print(
+        "\n| model | precision | head | file MB | images/s (decode excluded) | images/s (decode included) | "
+        "val accuracy % (ONNX) | val accuracy % (`evaluate`) | train images: fp32 / int8 % (agreement) | export s |"
+    )
     print("|---|---|---|--:|--:|--:|--:|--:|--:|--:|")
     for spec, precision, head, mb, exc, inc, acc, ref, f, q, agree, secs in rows:
         train_cell = f"{100 * f:.2f} / {100 * q:.2f} ({100 * agree:.1f})" if f is not None else "–"
-        print(f"| {spec} | {precision} | {head} | {mb:.1f} | {exc:.1f} | {inc:.1f} | {100 * acc:.2f} | {100 * ref:.2f} "
-              f"| {train_cell} | {secs:.0f} |")
+        print(
+            f"| {spec} | {precision} | {head} | {mb:.1f} | {exc:.1f} | {inc:.1f} | {100 * acc:.2f} | {100 * ref:.2f} "
+            f"| {train_cell} | {secs:.0f} |"
+        )
 
 
 def bundle_prep(meta: dict):

@@ -10,6 +10,7 @@ the baseline (MobileNetV2, logreg, no tta) fold by fold, and each row gets cv's 
 (corrected resampled t-test). The table adds the paired difference to the baseline and the same test against it.
 Prints the table and writes it into benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,37 @@ LAYER = "classifier.0"  # the penultimate layer of both backbones
 def extract(cache: pathlib.Path, backbone: str, weights: pathlib.Path, tta: str, env: dict) -> tuple[dict, float]:
     from cpu_engines import run
 
-    seconds, out = run([sys.executable, "-m", "cli", "extract", str(DATA), "-b", backbone, "-w", str(weights),
-                        "-l", LAYER, "--cache", str(cache), "--tta", tta, "--json"], env)
+    seconds, out = run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "extract",
+            str(DATA),
+            "-b",
+            backbone,
+            "-w",
+            str(weights),
+            "-l",
+            LAYER,
+            "--cache",
+            str(cache),
+            "--tta",
+            tta,
+            "--json",
+        ],
+        env,
+    )
     return json.loads(out), seconds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classifiers", default="logreg,rbf-svm,ensemble",
-                        help="add ensemble:method=stack for stacking (about 5 times the ensemble's fitting time)")
+    parser.add_argument(
+        "--classifiers",
+        default="logreg,rbf-svm,ensemble",
+        help="add ensemble:method=stack for stacking (about 5 times the ensemble's fitting time)",
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -60,9 +83,10 @@ def main() -> int:
     if missing:
         print(f"skipped: {', '.join(map(str, missing))} absent")
         return 0
+    from cpu_engines import cpu, write_section
+
     from classifiers.crossval import cross_validate
     from classifiers.significance import corrected_t_test
-    from cpu_engines import cpu, write_section
 
     specs = opts.classifiers.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,38 +95,58 @@ def main() -> int:
         env = {**os.environ, "FEATUREBANK_ENGINE_DIR": str(folder / "engines"), "PYTHONPATH": str(ROOT)}
         paths, notes = [], []
         for name, backbone, weights, tta in CACHES:
-            summary, seconds = extract(folder / f"flowers-train-{backbone}-{tta}.h5", backbone,
-                                       SHARED / "weights" / weights, tta, env)
+            summary, seconds = extract(
+                folder / f"flowers-train-{backbone}-{tta}.h5", backbone, SHARED / "weights" / weights, tta, env
+            )
             paths.append(summary["cache"])
             notes.append(f"extract {name}: {summary['rows']} rows, {seconds:.0f} s")
         started = time.perf_counter()
-        report = cross_validate(paths, specs, [LAYER], folds=opts.folds, repeats=opts.repeats, seed=opts.seed,
-                                n_jobs=opts.n_jobs)
-        notes.append(f"cv: {len(specs)} classifiers x {len(paths)} caches x {opts.folds} folds x {opts.repeats} "
-                     f"repeats, {time.perf_counter() - started:.0f} s")
+        report = cross_validate(
+            paths, specs, [LAYER], folds=opts.folds, repeats=opts.repeats, seed=opts.seed, n_jobs=opts.n_jobs
+        )
+        notes.append(
+            f"cv: {len(specs)} classifiers x {len(paths)} caches x {opts.folds} folds x {opts.repeats} "
+            f"repeats, {time.perf_counter() - started:.0f} s"
+        )
     label = {source.name: name for source, (name, *_rest) in zip(report.sources, CACHES)}
     base = report.result(specs[0], LAYER, report.sources[0].name)
     n_test = np.mean([len(s.test) for s in report.splits])
     n_train = np.mean([len(s.train) for s in report.splits])
-    head = ("| # | backbone | classifier | balanced acc. % | accuracy % | p vs #1 | Δ vs baseline (points) | "
-            "p vs baseline | folds better |")
+    head = (
+        "| # | backbone | classifier | balanced acc. % | accuracy % | p vs #1 | Δ vs baseline (points) | "
+        "p vs baseline | folds better |"
+    )
     rows = [head, "|--:|---|---|--:|--:|--:|--:|--:|--:|"]
     for i, (r, vs_best) in enumerate(report.compared()):  # cv's own leaderboard and p-values against #1
         acc, bal = r.metric("accuracy"), r.metric("balanced_accuracy")
         d = 100 * (r.fold_scores() - base.fold_scores())
         # the baseline was fixed before anything was measured, so a test against it is not one against a selection
-        p_base = "–" if r is base else f"{corrected_t_test(base.fold_scores(), r.fold_scores(), n_train, n_test)[1]:.3f}"
-        rows.append(f"| {i + 1} | {label[r.backbone]} | {r.classifier} | {100 * bal['mean']:.2f} ± {100 * bal['std']:.2f} | "
-                    f"{100 * acc['mean']:.2f} | " + ("–" if vs_best.p_value is None else f"{vs_best.p_value:.3f}") + " | "
-                    + ("baseline" if r is base else f"{d.mean():+.2f} ± {d.std():.2f}") + " | " + p_base + " | "
-                    + ("–" if r is base else f"{int((d > 0).sum())}/{len(d)} (ties {int((d == 0).sum())})") + " |")
+        p_base = (
+            "–" if r is base else f"{corrected_t_test(base.fold_scores(), r.fold_scores(), n_train, n_test)[1]:.3f}"
+        )
+        rows.append(
+            f"| {i + 1} | {label[r.backbone]} | {r.classifier} | {100 * bal['mean']:.2f} ± {100 * bal['std']:.2f} | "
+            f"{100 * acc['mean']:.2f} | "
+            + ("–" if vs_best.p_value is None else f"{vs_best.p_value:.3f}")
+            + " | "
+            + ("baseline" if r is base else f"{d.mean():+.2f} ± {d.std():.2f}")
+            + " | "
+            + p_base
+            + " | "
+            + ("–" if r is base else f"{int((d > 0).sum())}/{len(d)} (ties {int((d == 0).sum())})")
+            + " |"
+        )
     machine, _ = cpu()
-    text = (f"flowers train/ ({len(report.data.y)} images, 5 classes), layer `{LAYER}` (penultimate) of the ImageNet "
-            f"checkpoints in ../shared/weights, {opts.folds}-fold stratified cross-validation x {opts.repeats} repeats "
-            f"(seed {opts.seed}), the same folds for every row; val/ not used. p-values: two-sided corrected "
-            f"resampled t-test (Nadeau & Bengio 2003) of balanced accuracy over the {len(base.folds)} paired folds; "
-            f"baseline: MobileNetV2, {specs[0]}, no tta. {machine}.\n\n"
-            + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes))
+    text = (
+        f"flowers train/ ({len(report.data.y)} images, 5 classes), layer `{LAYER}` (penultimate) of the ImageNet "
+        f"checkpoints in ../shared/weights, {opts.folds}-fold stratified cross-validation x {opts.repeats} repeats "
+        f"(seed {opts.seed}), the same folds for every row; val/ not used. p-values: two-sided corrected "
+        f"resampled t-test (Nadeau & Bengio 2003) of balanced accuracy over the {len(base.folds)} paired folds; "
+        f"baseline: MobileNetV2, {specs[0]}, no tta. {machine}.\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + "\n".join(f"- {n}" for n in notes)
+    )
     print(text)
     write_section(pathlib.Path(opts.results), text, "flowers_models.py", "Backbones, flip TTA and ensembles on flowers")
     return 0

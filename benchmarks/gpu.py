@@ -38,6 +38,7 @@ whether end to end reaches 0.8 x the model alone (or 0.9 x decoding when decodin
 MobileNetV2 at 32 px, fp32 (bf16, emulated, where a section compares precisions); CUDA-only sections are
 reported as skipped with the reason. tests/test_gpu_script.py runs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,18 +102,66 @@ class Plan:
     test_files: tuple[str, ...]
 
 
-FULL = Plan(tiny=False, images=20_000, variants=400, size=(500, 375), big=512, big_batch=32, big_variants=8,
-            big_size=(4000, 3000),
-            models=("resnet50", "vit_b_16"), resize=None, crop=None, batch=256, precision="bf16", vector_images=256,
-            vector_models=("mobilenet_v2", "resnet50"), oom_images=2048, oom_batch=1024, oom_limit_gib=3.0,
-            finetune_train=160, finetune_test=1000, epochs=2, finetune_batch=32, budget=450, seconds=4.0,
-            test_files=("tests/test_decode.py", "tests/test_guard.py", "tests/test_extract.py",
-                        "tests/test_engines.py", "tests/test_sources.py"))
-TINY = Plan(tiny=True, images=48, variants=12, size=(160, 120), big=4, big_batch=2, big_variants=1,
-            big_size=(1600, 1200), models=("resnet18",), resize=40, crop=32, batch=16, precision="fp32",
-            vector_images=16, vector_models=("mobilenet_v2",), oom_images=64, oom_batch=32,
-            oom_limit_gib=0.5, finetune_train=6, finetune_test=3, epochs=1, finetune_batch=8, budget=75, seconds=0.5,
-            test_files=())
+FULL = Plan(
+    tiny=False,
+    images=20_000,
+    variants=400,
+    size=(500, 375),
+    big=512,
+    big_batch=32,
+    big_variants=8,
+    big_size=(4000, 3000),
+    models=("resnet50", "vit_b_16"),
+    resize=None,
+    crop=None,
+    batch=256,
+    precision="bf16",
+    vector_images=256,
+    vector_models=("mobilenet_v2", "resnet50"),
+    oom_images=2048,
+    oom_batch=1024,
+    oom_limit_gib=3.0,
+    finetune_train=160,
+    finetune_test=1000,
+    epochs=2,
+    finetune_batch=32,
+    budget=450,
+    seconds=4.0,
+    test_files=(
+        "tests/test_decode.py",
+        "tests/test_guard.py",
+        "tests/test_extract.py",
+        "tests/test_engines.py",
+        "tests/test_sources.py",
+    ),
+)
+TINY = Plan(
+    tiny=True,
+    images=48,
+    variants=12,
+    size=(160, 120),
+    big=4,
+    big_batch=2,
+    big_variants=1,
+    big_size=(1600, 1200),
+    models=("resnet18",),
+    resize=40,
+    crop=32,
+    batch=16,
+    precision="fp32",
+    vector_images=16,
+    vector_models=("mobilenet_v2",),
+    oom_images=64,
+    oom_batch=32,
+    oom_limit_gib=0.5,
+    finetune_train=6,
+    finetune_test=3,
+    epochs=1,
+    finetune_batch=8,
+    budget=75,
+    seconds=0.5,
+    test_files=(),
+)
 
 # name, time box (full, tiny) in seconds, needs CUDA, needs the synthesized images
 SECTIONS = [
@@ -172,8 +221,9 @@ class Rows:
             value = value.item()
         if isinstance(value, float):
             value = float(f"{value:.6g}")
-        self.rows.append({"key": key, "value": value, "unit": unit, "note": note,
-                          "check": None if check is None else bool(check)})
+        self.rows.append(
+            {"key": key, "value": value, "unit": unit, "note": note, "check": None if check is None else bool(check)}
+        )
         print(f"  {key}: {value} {unit} {'' if check is None else ('(ok)' if check else '(MISSED)')}", flush=True)
         self.path.write_text(json.dumps(self.rows))
 
@@ -242,7 +292,7 @@ def cli_here(args: list[str]) -> tuple[int, dict | None, str]:
     parsed = None
     if result.exit_code == 0 and "{" in text:
         with contextlib.suppress(json.JSONDecodeError):
-            parsed = json.loads(text[text.index("{"):])
+            parsed = json.loads(text[text.index("{") :])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         err += f"\n{type(result.exception).__name__}: {result.exception}"
     return result.exit_code, parsed, err
@@ -250,11 +300,21 @@ def cli_here(args: list[str]) -> tuple[int, dict | None, str]:
 
 def cli(args: list[str], timeout: float) -> tuple[int, dict | None, str, float]:
     """``featurebank ARGS`` as a user runs it, a whole process: (exit code, its --json output, stderr, seconds)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     started = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=max(1.0, timeout), check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=max(1.0, timeout),
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return -9, None, f"stopped at its time box ({timeout:.0f} s)", time.perf_counter() - started
     seconds = time.perf_counter() - started
@@ -297,8 +357,11 @@ def section_env(ctx: Ctx, out: Rows) -> None:
     from embedder.engines import cpu_name
 
     out.add("cuda", bool(torch.cuda.is_available()), note="torch.cuda.is_available()")
-    out.add("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name(),
-            note="torch.cuda.get_device_name() (the CPU's name without a GPU)")
+    out.add(
+        "device",
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name(),
+        note="torch.cuda.get_device_name() (the CPU's name without a GPU)",
+    )
     out.add("cpu", cpu_name())
     out.add("cores", cores())
     out.add("torch", torch.__version__)
@@ -311,8 +374,11 @@ def section_env(ctx: Ctx, out: Rows) -> None:
         out.add("cuda_version", str(torch.version.cuda))
         out.add("cudnn", str(torch.backends.cudnn.version()))
     conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
-    out.add("tf32_default", str(conv) if conv is not None else str(torch.backends.cudnn.allow_tf32),
-            note="cuDNN fp32 convolutions by default (tf32: TF32); extraction turns it off for fp32 (tf32_off)")
+    out.add(
+        "tf32_default",
+        str(conv) if conv is not None else str(torch.backends.cudnn.allow_tf32),
+        note="cuDNN fp32 convolutions by default (tf32: TF32); extraction turns it off for fp32 (tf32_off)",
+    )
     try:
         with open("/proc/meminfo") as fh:
             out.add("ram", round(int(fh.readline().split()[1]) / 2**20, 1), "GiB")
@@ -366,8 +432,10 @@ def section_synth(ctx: Ctx, out: Rows) -> None:
     sources = _sources(ctx)
     from_assets = (ctx.assets / "photos").is_dir()
     with ThreadPoolExecutor(cores()) as pool:
-        for name, count, variants, size, noise, classes in (("imagenet", p.images, p.variants, p.size, False, 10),
-                                                            ("big", p.big, p.big_variants, p.big_size, True, 1)):
+        for name, count, variants, size, noise, classes in (
+            ("imagenet", p.images, p.variants, p.size, False, 10),
+            ("big", p.big, p.big_variants, p.big_size, True, 1),
+        ):
             started = time.perf_counter()
             blobs = list(pool.map(lambda i: _variant(sources[i % len(sources)], size, i, noise), range(variants)))
             folder = ctx.work / name
@@ -380,12 +448,16 @@ def section_synth(ctx: Ctx, out: Rows) -> None:
             (ctx.work / f"{name}.txt").write_text("\n".join(paths))
             mb = sum(len(blobs[i % variants]) for i in range(count)) / 1e6
             origin = f"from {len(sources)} hymenoptera photos" if from_assets else "drawn patterns"
-            out.add(f"synth.{name}.images", count, "files",
-                    f"{variants} distinct JPEGs of about {size[0]}x{size[1]} ({origin}), {mb / count * 1000:.0f} KB a "
-                    f"file on average, {time.perf_counter() - started:.1f} s to make; in the page cache when read")
-    first = ctx.images("imagenet")[:p.vector_images]
+            out.add(
+                f"synth.{name}.images",
+                count,
+                "files",
+                f"{variants} distinct JPEGs of about {size[0]}x{size[1]} ({origin}), {mb / count * 1000:.0f} KB a "
+                f"file on average, {time.perf_counter() - started:.1f} s to make; in the page cache when read",
+            )
+    first = ctx.images("imagenet")[: p.vector_images]
     (ctx.work / "vec.txt").write_text("\n".join(first))
-    (ctx.work / "oom.txt").write_text("\n".join(ctx.images("imagenet")[:p.oom_images]))
+    (ctx.work / "oom.txt").write_text("\n".join(ctx.images("imagenet")[: p.oom_images]))
 
 
 def section_vectors(ctx: Ctx, out: Rows) -> None:
@@ -404,8 +476,18 @@ def section_vectors(ctx: Ctx, out: Rows) -> None:
         folder = ctx.work / f"vectors-{backbone}"
 
         def run(device, precision, tag):  # a cache folder each: equal settings would otherwise reuse the rows
-            s = extract(listing, cache_dir=str(folder / tag), backbone=backbone, weights=weights, precision=precision,
-                        device=device, engine="torch", batch_size=32, workers=0, **ctx.size_args())
+            s = extract(
+                listing,
+                cache_dir=str(folder / tag),
+                backbone=backbone,
+                weights=weights,
+                precision=precision,
+                device=device,
+                engine="torch",
+                batch_size=32,
+                workers=0,
+                **ctx.size_args(),
+            )
             return s, rows_by_path(s.cache)
 
         cpu_summary, cpu_rows = run("cpu", "fp32", "cpu")
@@ -415,12 +497,21 @@ def section_vectors(ctx: Ctx, out: Rows) -> None:
         mx, rel, cos = compare(a, b)
         out.add(f"vectors.{backbone}.fp32.rows", len(a), "rows", f"{what}: rows compared, {dev} fp32 vs cpu fp32")
         out.add(f"vectors.{backbone}.fp32.max_abs", mx, "", f"{what}: max |{dev} - cpu|, fp32, TF32 off")
-        out.add(f"vectors.{backbone}.fp32.max_rel", rel, "", f"{what}: max over rows of max|{dev} - cpu| / max|cpu| "
-                f"(tolerance {FP32_TOLERANCE:g})", check=rel <= FP32_TOLERANCE)
+        out.add(
+            f"vectors.{backbone}.fp32.max_rel",
+            rel,
+            "",
+            f"{what}: max over rows of max|{dev} - cpu| / max|cpu| (tolerance {FP32_TOLERANCE:g})",
+            check=rel <= FP32_TOLERANCE,
+        )
         if dev != "cpu":
             engine_info = dev_summary.engine
-            out.add(f"vectors.{backbone}.fp32.tf32_recorded", str(engine_info.get("tf32")), "",
-                    "the engine's description in the cache records tf32")
+            out.add(
+                f"vectors.{backbone}.fp32.tf32_recorded",
+                str(engine_info.get("tf32")),
+                "",
+                "the engine's description in the cache records tf32",
+            )
             from embedder.backbones import load_backbone
             from embedder.batches import ImageDataset, batches
             from embedder.engines import TorchEngine
@@ -435,11 +526,20 @@ def section_vectors(ctx: Ctx, out: Rows) -> None:
             names = {os.path.basename(f): j for j, f in enumerate(full)}
             order = [names[os.path.basename(k)] for k in keys]
             _, rel_on, _ = compare(np.stack([cpu_rows[k] for k in keys]), got[order])
-            out.add(f"vectors.{backbone}.fp32_tf32.max_rel", rel_on, "", f"{what}: the same with TF32 on (cuDNN's "
-                    f"default): why fp32 extraction turns it off")
+            out.add(
+                f"vectors.{backbone}.fp32_tf32.max_rel",
+                rel_on,
+                "",
+                f"{what}: the same with TF32 on (cuDNN's default): why fp32 extraction turns it off",
+            )
         same = os.path.basename(dev_summary.cache) == os.path.basename(cpu_summary.cache)
-        out.add(f"vectors.{backbone}.fp32.same_cache_name", same, "", f"fp32 on {dev} and on the CPU: the same "
-                f"settings, hence the same cache file name (interchangeable rows)", check=same)
+        out.add(
+            f"vectors.{backbone}.fp32.same_cache_name",
+            same,
+            "",
+            f"fp32 on {dev} and on the CPU: the same settings, hence the same cache file name (interchangeable rows)",
+            check=same,
+        )
         paths = {"fp32": os.path.basename(dev_summary.cache)}
         for precision in ("bf16", "fp16"):
             if precision == "fp16" and dev == "cpu":
@@ -449,12 +549,21 @@ def section_vectors(ctx: Ctx, out: Rows) -> None:
             paths[precision] = os.path.basename(s.cache)
             a, b = paired(dev_rows, low)
             _, rel, cos = compare(a, b)
-            out.add(f"vectors.{backbone}.{precision}.cosine_min", cos, "", f"{what}: min cosine of {dev} {precision} to "
-                    f"{dev} fp32 over {len(a)} rows (target {COSINE_TARGET})", check=cos >= COSINE_TARGET)
-        out.add(f"vectors.{backbone}.own_caches", len(set(paths.values())) == len(paths), "",
-                f"{', '.join(paths)}: each precision has a cache file name of its own (its settings differ: "
-                f"{', '.join(paths.values())})",
-                check=len(set(paths.values())) == len(paths))
+            out.add(
+                f"vectors.{backbone}.{precision}.cosine_min",
+                cos,
+                "",
+                f"{what}: min cosine of {dev} {precision} to {dev} fp32 over {len(a)} rows (target {COSINE_TARGET})",
+                check=cos >= COSINE_TARGET,
+            )
+        out.add(
+            f"vectors.{backbone}.own_caches",
+            len(set(paths.values())) == len(paths),
+            "",
+            f"{', '.join(paths)}: each precision has a cache file name of its own (its settings differ: "
+            f"{', '.join(paths.values())})",
+            check=len(set(paths.values())) == len(paths),
+        )
 
 
 def section_model(ctx: Ctx, out: Rows) -> None:
@@ -479,22 +588,35 @@ def section_model(ctx: Ctx, out: Rows) -> None:
         def alone():
             embed_uint8(engine.extractor, on_dev, prep, dev, p.precision, channels_last=True)
 
-        out.add(f"model.{backbone}", rate(alone, p.batch, p.seconds, dev, deadline=ctx.deadline), "images/s",
-                f"{what}: uint8 batch already on {dev}")
+        out.add(
+            f"model.{backbone}",
+            rate(alone, p.batch, p.seconds, dev, deadline=ctx.deadline),
+            "images/s",
+            f"{what}: uint8 batch already on {dev}",
+        )
         if dev.type == "cuda":
             pinned = torch.from_numpy(host).pin_memory()
-            out.add(f"model.{backbone}.pinned", rate(lambda: engine(pinned), p.batch, p.seconds, dev,
-                                                     deadline=ctx.deadline), "images/s",
-                    f"{what}: the engine called on a pinned host batch (copy included)")
-            out.add(f"model.{backbone}.pageable", rate(lambda: engine(host), p.batch, p.seconds, dev,
-                                                       deadline=ctx.deadline), "images/s",
-                    f"{what}: the engine called on a numpy batch (it pins a copy first)")
+            out.add(
+                f"model.{backbone}.pinned",
+                rate(lambda: engine(pinned), p.batch, p.seconds, dev, deadline=ctx.deadline),
+                "images/s",
+                f"{what}: the engine called on a pinned host batch (copy included)",
+            )
+            out.add(
+                f"model.{backbone}.pageable",
+                rate(lambda: engine(host), p.batch, p.seconds, dev, deadline=ctx.deadline),
+                "images/s",
+                f"{what}: the engine called on a numpy batch (it pins a copy first)",
+            )
             out.add(f"model.{backbone}.peak_memory", round(torch.cuda.max_memory_allocated() / 2**30, 2), "GiB")
             if backbone == p.models[0]:
                 torch.backends.cudnn.benchmark = True
-                out.add(f"model.{backbone}.cudnn_benchmark", rate(alone, p.batch, p.seconds, dev,
-                                                                  deadline=ctx.deadline), "images/s",
-                        f"{what}: with torch.backends.cudnn.benchmark = True (not set by the engine)")
+                out.add(
+                    f"model.{backbone}.cudnn_benchmark",
+                    rate(alone, p.batch, p.seconds, dev, deadline=ctx.deadline),
+                    "images/s",
+                    f"{what}: with torch.backends.cudnn.benchmark = True (not set by the engine)",
+                )
                 torch.backends.cudnn.benchmark = False
         engine = on_dev = None  # freed before the next model
         if dev.type == "cuda":
@@ -532,8 +654,13 @@ def section_decode(ctx: Ctx, out: Rows) -> None:
     device_type = "cuda" if ctx.cuda else "cpu"
     default = default_workers(device_type)
     n = cores()
-    ways = [("default", default, f"the default on {device_type}: " + (f"{default} worker processes" if default
-                                                                       else f"{n} decoding threads"))]
+    ways = [
+        (
+            "default",
+            default,
+            f"the default on {device_type}: " + (f"{default} worker processes" if default else f"{n} decoding threads"),
+        )
+    ]
     if default:
         ways.append(("threads", 0, f"{n} decoding threads in one process (--workers 0)"))
         if default > 8:
@@ -547,10 +674,16 @@ def section_decode(ctx: Ctx, out: Rows) -> None:
                 break
             seconds = p.seconds * (1.5 if name == "imagenet" else 1.0)
             batch = p.batch if name == "imagenet" else p.big_batch
-            got, counted = _decode_rate(files, prep, batch, workers, ctx.cuda and workers > 0, device_type,
-                                        seconds, ctx.deadline - 1)
-            out.add(f"decode.{name}.{tag}", got, "images/s", f"{what}; {counted} {name} images in batches of "
-                    f"{batch}, decode + resize {prep.resize} + crop {prep.crop} (Pillow, draft on)")
+            got, counted = _decode_rate(
+                files, prep, batch, workers, ctx.cuda and workers > 0, device_type, seconds, ctx.deadline - 1
+            )
+            out.add(
+                f"decode.{name}.{tag}",
+                got,
+                "images/s",
+                f"{what}; {counted} {name} images in batches of "
+                f"{batch}, decode + resize {prep.resize} + crop {prep.crop} (Pillow, draft on)",
+            )
     if others:
         out.add("decode.note", f"{', '.join(others)} preprocess otherwise; decoding measured with {p.models[0]}'s")
 
@@ -570,7 +703,7 @@ def section_nvjpeg(ctx: Ctx, out: Rows) -> None:
     for name, chunk in (("imagenet", p.batch), ("big", 16 if not p.tiny else 2)):
         files = ctx.images(name)[: max(chunk * 8, 64)]
         datas = [torch.frombuffer(bytearray(pathlib.Path(f).read_bytes()), dtype=torch.uint8) for f in files]
-        chunks = [datas[i:i + chunk] for i in range(0, len(datas), chunk) if len(datas[i:i + chunk]) == chunk]
+        chunks = [datas[i : i + chunk] for i in range(0, len(datas), chunk) if len(datas[i : i + chunk]) == chunk]
         state = {"i": 0}
 
         def decode_only():
@@ -580,20 +713,33 @@ def section_nvjpeg(ctx: Ctx, out: Rows) -> None:
         def decode_resize(batch=None):
             images = decode_jpeg(batch or chunks[state["i"] % len(chunks)], device=dev, mode=ImageReadMode.RGB)
             state["i"] += 1
-            return torch.stack([TF.center_crop(TF.resize(im, [prep.resize], antialias=True), [prep.crop])
-                                for im in images])
+            return torch.stack(
+                [TF.center_crop(TF.resize(im, [prep.resize], antialias=True), [prep.crop]) for im in images]
+            )
 
         what = f"batches of {chunk} {name} JPEGs on {dev}"
-        out.add(f"nvjpeg.{name}.decode", rate(decode_only, chunk, p.seconds / 2, dev, deadline=ctx.deadline),
-                "images/s", f"decode_jpeg, {what}")
-        out.add(f"nvjpeg.{name}.decode_resize", rate(decode_resize, chunk, p.seconds / 2, dev, deadline=ctx.deadline),
-                "images/s", f"decode_jpeg + resize {prep.resize} + crop {prep.crop}, {what}")
+        out.add(
+            f"nvjpeg.{name}.decode",
+            rate(decode_only, chunk, p.seconds / 2, dev, deadline=ctx.deadline),
+            "images/s",
+            f"decode_jpeg, {what}",
+        )
+        out.add(
+            f"nvjpeg.{name}.decode_resize",
+            rate(decode_resize, chunk, p.seconds / 2, dev, deadline=ctx.deadline),
+            "images/s",
+            f"decode_jpeg + resize {prep.resize} + crop {prep.crop}, {what}",
+        )
         if name == "imagenet":
             gpu = decode_resize(datas[:16]).cpu().numpy().astype(np.int16)
             pil = np.stack([ImageDataset(files[:16], prep)[i][1] for i in range(16)]).astype(np.int16)
-            out.add("nvjpeg.pixels_vs_pillow", float(np.abs(gpu - pil).mean()), "levels",
-                    "mean |GPU-decoded - Pillow| pixel difference over 16 images (0..255): GPU decoding would make "
-                    "rows of its own (other settings), not the same rows faster")
+            out.add(
+                "nvjpeg.pixels_vs_pillow",
+                float(np.abs(gpu - pil).mean()),
+                "levels",
+                "mean |GPU-decoded - Pillow| pixel difference over 16 images (0..255): GPU decoding would make "
+                "rows of its own (other settings), not the same rows faster",
+            )
 
 
 def section_extract(ctx: Ctx, out: Rows) -> None:
@@ -603,32 +749,78 @@ def section_extract(ctx: Ctx, out: Rows) -> None:
     for backbone in p.models:
         for name in ("imagenet", "big"):
             if ctx.left() < 10 or (p.tiny and name == "big"):
-                out.add(f"extract.{backbone}.{name}", "skipped", "", "--tiny: one whole process is enough here; the "
-                        "large photos are decoded in the decode section" if p.tiny else "out of the section's time")
+                out.add(
+                    f"extract.{backbone}.{name}",
+                    "skipped",
+                    "",
+                    "--tiny: one whole process is enough here; the large photos are decoded in the decode section"
+                    if p.tiny
+                    else "out of the section's time",
+                )
                 continue
             cache = ctx.work / f"extract-{backbone}-{name}.h5"
             files = ctx.images(name)
             batch = p.batch if name == "imagenet" else p.big_batch
             code, summary, err, seconds = cli(
-                ["extract", str(ctx.work / name), "--cache", str(cache), "-b", backbone, "-w", "none",
-                 "--precision", p.precision, "--device", ctx.device, "--engine", "torch", "--batch-size", str(batch),
-                 "--json", "-q", *size], ctx.left() - 2)
-            what = (f"{backbone} {p.precision} batch {batch} on {ctx.device}, {len(files)} {name} images, "
-                    f"random weights")
+                [
+                    "extract",
+                    str(ctx.work / name),
+                    "--cache",
+                    str(cache),
+                    "-b",
+                    backbone,
+                    "-w",
+                    "none",
+                    "--precision",
+                    p.precision,
+                    "--device",
+                    ctx.device,
+                    "--engine",
+                    "torch",
+                    "--batch-size",
+                    str(batch),
+                    "--json",
+                    "-q",
+                    *size,
+                ],
+                ctx.left() - 2,
+            )
+            what = f"{backbone} {p.precision} batch {batch} on {ctx.device}, {len(files)} {name} images, random weights"
             if code != 0 or summary is None:
-                out.add(f"extract.{backbone}.{name}", "failed", "", f"{what}: exit {code}: "
-                        f"{(err.strip().splitlines() or ['-'])[-1][:300]}", check=False)
+                out.add(
+                    f"extract.{backbone}.{name}",
+                    "failed",
+                    "",
+                    f"{what}: exit {code}: {(err.strip().splitlines() or ['-'])[-1][:300]}",
+                    check=False,
+                )
                 continue
-            out.add(f"extract.{backbone}.{name}", summary["images_per_second"], "images/s",
-                    f"{what}: the run's own rate (first decode to last batch handed to the writer)")
-            out.add(f"extract.{backbone}.{name}.process", round(len(files) / seconds, 2), "images/s",
-                    f"{what}: the whole process ({seconds:.1f} s, imports and model loading included)")
-            out.add(f"extract.{backbone}.{name}.rows", summary["rows"], "rows",
-                    f"{what}: rows in the cache, {len(summary['failed'])} failed (every image should have a row)",
-                    check=summary["rows"] == len(files) and not summary["failed"])
+            out.add(
+                f"extract.{backbone}.{name}",
+                summary["images_per_second"],
+                "images/s",
+                f"{what}: the run's own rate (first decode to last batch handed to the writer)",
+            )
+            out.add(
+                f"extract.{backbone}.{name}.process",
+                round(len(files) / seconds, 2),
+                "images/s",
+                f"{what}: the whole process ({seconds:.1f} s, imports and model loading included)",
+            )
+            out.add(
+                f"extract.{backbone}.{name}.rows",
+                summary["rows"],
+                "rows",
+                f"{what}: rows in the cache, {len(summary['failed'])} failed (every image should have a row)",
+                check=summary["rows"] == len(files) and not summary["failed"],
+            )
             if backbone == p.models[0] and name == "imagenet":
-                out.add("extract.engine", json.dumps(summary.get("engine", {}), sort_keys=True), "",
-                        "the engine as the cache records it")
+                out.add(
+                    "extract.engine",
+                    json.dumps(summary.get("engine", {}), sort_keys=True),
+                    "",
+                    "the engine as the cache records it",
+                )
             cache.unlink(missing_ok=True)
 
 
@@ -641,8 +833,9 @@ def section_oom(ctx: Ctx, out: Rows) -> None:
 
     p = ctx.plan
     listing = str(ctx.work / "oom.txt")
-    common = dict(backbone=p.models[0], weights="none", precision="fp32", device="cuda", engine="torch",
-                  **ctx.size_args())
+    common = dict(
+        backbone=p.models[0], weights="none", precision="fp32", device="cuda", engine="torch", **ctx.size_args()
+    )
     ref = extract(listing, str(ctx.work / "oom-ref.h5"), batch_size=64, **common)
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
@@ -653,15 +846,30 @@ def section_oom(ctx: Ctx, out: Rows) -> None:
     torch.cuda.set_per_process_memory_fraction(1.0)
     halvings = said.getvalue().count("out of memory on a batch")
     messages = [ln for ln in said.getvalue().splitlines() if "out of memory" in ln]
-    out.add("oom.halvings", halvings, "", f"batch {p.oom_batch} under a {p.oom_limit_gib:g} GiB cap: "
-            + (messages[-1][:200] if messages else "never ran out (raise the batch or lower the cap)"),
-            check=halvings > 0)
-    out.add("oom.rows", capped.rows, "rows", f"of {p.oom_images} images, {len(capped.failed)} failed",
-            check=capped.rows == p.oom_images and not capped.failed)
+    out.add(
+        "oom.halvings",
+        halvings,
+        "",
+        f"batch {p.oom_batch} under a {p.oom_limit_gib:g} GiB cap: "
+        + (messages[-1][:200] if messages else "never ran out (raise the batch or lower the cap)"),
+        check=halvings > 0,
+    )
+    out.add(
+        "oom.rows",
+        capped.rows,
+        "rows",
+        f"of {p.oom_images} images, {len(capped.failed)} failed",
+        check=capped.rows == p.oom_images and not capped.failed,
+    )
     a, b = paired(rows_by_path(ref.cache), rows_by_path(capped.cache))
     _, rel, _ = compare(a, b)
-    out.add("oom.max_rel", rel, "", f"rows after halving vs a run at batch 64 (fp32, tolerance {FP32_TOLERANCE:g})",
-            check=rel <= FP32_TOLERANCE and len(a) == p.oom_images)
+    out.add(
+        "oom.max_rel",
+        rel,
+        "",
+        f"rows after halving vs a run at batch 64 (fp32, tolerance {FP32_TOLERANCE:g})",
+        check=rel <= FP32_TOLERANCE and len(a) == p.oom_images,
+    )
 
 
 def section_devices(ctx: Ctx, out: Rows) -> None:
@@ -674,20 +882,67 @@ def section_devices(ctx: Ctx, out: Rows) -> None:
     expected = {"cuda:0": "cuda:0", "auto": "cuda" if ctx.cuda else "cpu", "cpu": "cpu"}
     count = int(ctx.found.get("gpus", 0)) if ctx.cuda else 0
     for device in good:
-        code, summary, err = cli_here(["extract", listing, "--cache", str(ctx.work / f"dev-{device}.h5"), "-b",
-                                       ctx.plan.models[0], "-w", "none", "--device", device, "--engine", "torch",
-                                       "--batch-size", "8", "--json", "-q", *size])
-        ok = code == 0 and summary is not None and summary["rows"] == n and summary["device"].startswith(expected[device])
-        out.add(f"devices.{device}", summary["device"] if summary else f"exit {code}", "",
-                f"--device {device}: {summary['rows'] if summary else 0} rows of {n}; "
-                + (f"ran on {summary['device']}" if summary else (err.strip().splitlines() or ['-'])[-1][:200]),
-                check=ok)
+        code, summary, err = cli_here(
+            [
+                "extract",
+                listing,
+                "--cache",
+                str(ctx.work / f"dev-{device}.h5"),
+                "-b",
+                ctx.plan.models[0],
+                "-w",
+                "none",
+                "--device",
+                device,
+                "--engine",
+                "torch",
+                "--batch-size",
+                "8",
+                "--json",
+                "-q",
+                *size,
+            ]
+        )
+        ok = (
+            code == 0
+            and summary is not None
+            and summary["rows"] == n
+            and summary["device"].startswith(expected[device])
+        )
+        out.add(
+            f"devices.{device}",
+            summary["device"] if summary else f"exit {code}",
+            "",
+            f"--device {device}: {summary['rows'] if summary else 0} rows of {n}; "
+            + (f"ran on {summary['device']}" if summary else (err.strip().splitlines() or ["-"])[-1][:200]),
+            check=ok,
+        )
     missing = f"cuda:{count}"
-    code, _, err = cli_here(["extract", listing, "--cache", str(ctx.work / "dev-missing.h5"), "-b",
-                             ctx.plan.models[0], "-w", "none", "--device", missing, "--json", "-q", *size])
+    code, _, err = cli_here(
+        [
+            "extract",
+            listing,
+            "--cache",
+            str(ctx.work / "dev-missing.h5"),
+            "-b",
+            ctx.plan.models[0],
+            "-w",
+            "none",
+            "--device",
+            missing,
+            "--json",
+            "-q",
+            *size,
+        ]
+    )
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    out.add(f"devices.{missing}", f"exit {code}", "", f"--device {missing} (not there): "
-            f"{lines[-1][:200] if lines else '-'}", check=code != 0 and len(lines) == 1)
+    out.add(
+        f"devices.{missing}",
+        f"exit {code}",
+        "",
+        f"--device {missing} (not there): {lines[-1][:200] if lines else '-'}",
+        check=code != 0 and len(lines) == 1,
+    )
 
 
 def _finetune_data(ctx: Ctx) -> tuple[pathlib.Path, pathlib.Path, str]:
@@ -730,21 +985,43 @@ def section_finetune(ctx: Ctx, out: Rows) -> None:
         tag = f"{device}.{precision}"
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
-            result = finetune(str(train), str(ctx.work / f"ft-{device}-{precision}"), val_split=0.2, test=str(test),
-                              drop_test_copies=True, backbone="mobilenet_v2", weights=weights, unfreeze=1,
-                              epochs=p.epochs, batch_size=p.finetune_batch, seed=0, device=device,
-                              precision=precision, cache_dir=str(ctx.work / f"ft-cache-{device}"), **ctx.size_args())
+            result = finetune(
+                str(train),
+                str(ctx.work / f"ft-{device}-{precision}"),
+                val_split=0.2,
+                test=str(test),
+                drop_test_copies=True,
+                backbone="mobilenet_v2",
+                weights=weights,
+                unfreeze=1,
+                epochs=p.epochs,
+                batch_size=p.finetune_batch,
+                seed=0,
+                device=device,
+                precision=precision,
+                cache_dir=str(ctx.work / f"ft-cache-{device}"),
+                **ctx.size_args(),
+            )
         seconds = time.perf_counter() - started
         tuned = result.comparison[1]
         got[tag] = tuned["test_accuracy"]
-        out.add(f"finetune.{tag}.accuracy", round(100 * tuned["test_accuracy"], 2), "%",
-                f"{what}; mobilenet_v2 {'checkpoint' if weights != 'none' else 'random weights'}, last block + "
-                f"head, {p.epochs} epoch(s), {result.test_images} test images, best epoch {result.best_epoch}; "
-                f"{seconds:.0f} s whole (probe {100 * result.comparison[0]['test_accuracy']:.2f} %)")
+        out.add(
+            f"finetune.{tag}.accuracy",
+            round(100 * tuned["test_accuracy"], 2),
+            "%",
+            f"{what}; mobilenet_v2 {'checkpoint' if weights != 'none' else 'random weights'}, last block + "
+            f"head, {p.epochs} epoch(s), {result.test_images} test images, best epoch {result.best_epoch}; "
+            f"{seconds:.0f} s whole (probe {100 * result.comparison[0]['test_accuracy']:.2f} %)",
+        )
     cpu, dev = got["cpu.fp32"], got[f"{ctx.device}.bf16"]
     diff = 100 * (dev - cpu)
-    out.add("finetune.difference", round(diff, 2), "points", f"{ctx.device} bf16 - cpu fp32 test accuracy (target: "
-            f"within 1 point)", check=abs(diff) <= 1.0)
+    out.add(
+        "finetune.difference",
+        round(diff, 2),
+        "points",
+        f"{ctx.device} bf16 - cpu fp32 test accuracy (target: within 1 point)",
+        check=abs(diff) <= 1.0,
+    )
 
 
 def section_tests(ctx: Ctx, out: Rows) -> None:
@@ -760,20 +1037,33 @@ def section_tests(ctx: Ctx, out: Rows) -> None:
             continue
         started = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                                   "-rf", test_file], cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=max(5.0, ctx.left() - 3), check=False)
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-rf", test_file],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=max(5.0, ctx.left() - 3),
+                check=False,
+            )
             text, code = done.stdout + done.stderr, done.returncode
         except subprocess.TimeoutExpired as exc:
             text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             code = -9
         tail = [ln for ln in text.strip().splitlines() if ln.strip()]
-        summary = next((ln for ln in reversed(tail) if re.search(r"\d+ (passed|failed)", ln)),
-                       "stopped at the time box" if code == -9 else (tail[-1] if tail else "-"))
+        summary = next(
+            (ln for ln in reversed(tail) if re.search(r"\d+ (passed|failed)", ln)),
+            "stopped at the time box" if code == -9 else (tail[-1] if tail else "-"),
+        )
         all_passed &= code == 0
-        out.add(f"tests.{pathlib.Path(test_file).stem}", summary.strip("= ")[:200], "",
-                f"{test_file} -m 'not slow', {time.perf_counter() - started:.0f} s (without ../shared there: the "
-                f"tests of the shared photos skip)", check=code == 0)
+        out.add(
+            f"tests.{pathlib.Path(test_file).stem}",
+            summary.strip("= ")[:200],
+            "",
+            f"{test_file} -m 'not slow', {time.perf_counter() - started:.0f} s (without ../shared there: the "
+            f"tests of the shared photos skip)",
+            check=code == 0,
+        )
         for ln in [ln for ln in tail if ln.startswith("FAILED")][:5]:
             out.add("tests.failed", ln[:250])
 
@@ -794,24 +1084,39 @@ def section_compile(ctx: Ctx, out: Rows) -> None:
             continue
         engine = torch_engine(ctx, backbone, p.precision, dev)
         prep = engine.settings.preprocessing
-        x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (p.batch, 3, prep.crop, prep.crop),
-                                                               dtype=np.uint8)).to(dev)
+        x = torch.from_numpy(
+            np.random.default_rng(0).integers(0, 256, (p.batch, 3, prep.crop, prep.crop), dtype=np.uint8)
+        ).to(dev)
         what = f"{backbone} {p.precision} batch {p.batch}, backend {backend}"
-        eager = rate(lambda: embed_uint8(engine.extractor, x, prep, dev, p.precision, channels_last=True), p.batch,
-                     p.seconds, dev, deadline=ctx.deadline)
+        eager = rate(
+            lambda: embed_uint8(engine.extractor, x, prep, dev, p.precision, channels_last=True),
+            p.batch,
+            p.seconds,
+            dev,
+            deadline=ctx.deadline,
+        )
         compiled = torch.compile(engine.extractor, backend=backend)
         started = time.perf_counter()
         embed_uint8(compiled, x, prep, dev, p.precision, channels_last=True)
         sync(dev)
         first = time.perf_counter() - started
-        fast = rate(lambda: embed_uint8(compiled, x, prep, dev, p.precision, channels_last=True), p.batch, p.seconds,
-                    dev, deadline=ctx.deadline)
+        fast = rate(
+            lambda: embed_uint8(compiled, x, prep, dev, p.precision, channels_last=True),
+            p.batch,
+            p.seconds,
+            dev,
+            deadline=ctx.deadline,
+        )
         out.add(f"compile.{backbone}.eager", eager, "images/s", what)
         out.add(f"compile.{backbone}.compiled", fast, "images/s", f"{what}: after compiling")
         out.add(f"compile.{backbone}.first_call", round(first, 1), "s", f"{what}: the first call, compiling included")
         gain = 1 / eager - 1 / fast
-        out.add(f"compile.{backbone}.pays_after", round(first / gain) if gain > 0 else "never", "images",
-                f"{what}: compile time / time saved per image (worth it only for runs longer than this)")
+        out.add(
+            f"compile.{backbone}.pays_after",
+            round(first / gain) if gain > 0 else "never",
+            "images",
+            f"{what}: compile time / time saved per image (worth it only for runs longer than this)",
+        )
         compiled = engine = None
         torch._dynamo.reset()
 
@@ -889,16 +1194,25 @@ def run_section(name: str, ctx: Ctx, box: float, isolate: bool, log: pathlib.Pat
     if status != "ok":
         for line in text.strip().splitlines()[-15:]:
             print(f"    | {line}", flush=True)
-    return {"name": name, "status": status, "seconds": round(time.monotonic() - started, 1),
-            "cpu_seconds": round(_cpu_seconds() - cpu_before, 1), "error": error, "rows": rows}
+    return {
+        "name": name,
+        "status": status,
+        "seconds": round(time.monotonic() - started, 1),
+        "cpu_seconds": round(_cpu_seconds() - cpu_before, 1),
+        "error": error,
+        "rows": rows,
+    }
 
 
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (a forked section and whatever it started)."""
     import resource
 
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
+    return sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -917,34 +1231,71 @@ def verdict(result: dict) -> list[dict]:
     models = result.get("models", [])
     rows = []
     for m in models:
-        model, decode, e2e = (number(v.get(k)) for k in (f"model.{m}", "decode.imagenet.default",
-                                                         f"extract.{m}.imagenet"))
+        model, decode, e2e = (
+            number(v.get(k)) for k in (f"model.{m}", "decode.imagenet.default", f"extract.{m}.imagenet")
+        )
         if None in (model, decode, e2e):
             rows.append({"what": f"{m}: limit and target", "value": "not measured", "target": "", "met": None})
             continue
         limit = "model" if model <= decode else "decoding"
-        rows.append({"what": f"{m}: the limit (model alone {model:,.0f} vs decoding alone {decode:,.0f} images/s)",
-                     "value": limit, "target": "", "met": None})
+        rows.append(
+            {
+                "what": f"{m}: the limit (model alone {model:,.0f} vs decoding alone {decode:,.0f} images/s)",
+                "value": limit,
+                "target": "",
+                "met": None,
+            }
+        )
         if limit == "model":
             ratio = e2e / model
-            rows.append({"what": f"{m}: end to end / model alone ({e2e:,.0f} / {model:,.0f})", "value": round(ratio, 3),
-                         "target": ">= 0.8", "met": ratio >= 0.8})
+            rows.append(
+                {
+                    "what": f"{m}: end to end / model alone ({e2e:,.0f} / {model:,.0f})",
+                    "value": round(ratio, 3),
+                    "target": ">= 0.8",
+                    "met": ratio >= 0.8,
+                }
+            )
         else:
             ratio = e2e / decode
-            rows.append({"what": f"{m}: end to end / decoding alone ({e2e:,.0f} / {decode:,.0f})",
-                         "value": round(ratio, 3), "target": ">= 0.9 (decoding is the limit)", "met": ratio >= 0.9})
+            rows.append(
+                {
+                    "what": f"{m}: end to end / decoding alone ({e2e:,.0f} / {decode:,.0f})",
+                    "value": round(ratio, 3),
+                    "target": ">= 0.9 (decoding is the limit)",
+                    "met": ratio >= 0.9,
+                }
+            )
         big, big_decode = number(v.get(f"extract.{m}.big")), number(v.get("decode.big.default"))
         if big is not None and big_decode is not None:
-            rows.append({"what": f"{m}: 12 MP photos end to end / decoding alone ({big:,.1f} / {big_decode:,.1f})",
-                         "value": round(big / big_decode, 3), "target": "", "met": None})
+            rows.append(
+                {
+                    "what": f"{m}: 12 MP photos end to end / decoding alone ({big:,.1f} / {big_decode:,.1f})",
+                    "value": round(big / big_decode, 3),
+                    "target": "",
+                    "met": None,
+                }
+            )
     gpu_decode, decode = number(v.get("nvjpeg.imagenet.decode_resize")), number(v.get("decode.imagenet.default"))
     if gpu_decode is not None and decode is not None:
-        rows.append({"what": f"GPU decoding (decode_jpeg + resize) / Pillow on all cores ({gpu_decode:,.0f} / "
-                             f"{decode:,.0f})", "value": round(gpu_decode / decode, 2), "target": "", "met": None})
+        rows.append(
+            {
+                "what": f"GPU decoding (decode_jpeg + resize) / Pillow on all cores ({gpu_decode:,.0f} / "
+                f"{decode:,.0f})",
+                "value": round(gpu_decode / decode, 2),
+                "target": "",
+                "met": None,
+            }
+        )
     checks = [r for s in result["sections"] for r in s["rows"] if r["check"] is not None]
-    rows.append({"what": "checks met (correctness, rows kept, devices, tests)",
-                 "value": f"{sum(r['check'] for r in checks)} of {len(checks)}", "target": "all",
-                 "met": all(r["check"] for r in checks) if checks else None})
+    rows.append(
+        {
+            "what": "checks met (correctness, rows kept, devices, tests)",
+            "value": f"{sum(r['check'] for r in checks)} of {len(checks)}",
+            "target": "all",
+            "met": all(r["check"] for r in checks) if checks else None,
+        }
+    )
     return rows
 
 
@@ -960,19 +1311,28 @@ def fmt(value) -> str:
 
 def markdown(result: dict) -> str:
     mode = " --tiny" if result["mode"] == "tiny" else ""
-    lines = [f"<!-- {MARK}{mode}: begin -->",
-             f"## GPU extraction and fine-tuning (`python benchmarks/gpu.py{mode}`)", "",
-             f"Machine: **{result['machine']}** ({result['host']}); {result['date']}; one run of "
-             f"{result['seconds']:.0f} s (budget {result['budget']:.0f} s). {result['data']} Images/s are of one run; "
-             f"the images were in the page cache.", "",
-             "| verdict | value | target | met |", "|---|--:|---|---|"]
+    lines = [
+        f"<!-- {MARK}{mode}: begin -->",
+        f"## GPU extraction and fine-tuning (`python benchmarks/gpu.py{mode}`)",
+        "",
+        f"Machine: **{result['machine']}** ({result['host']}); {result['date']}; one run of "
+        f"{result['seconds']:.0f} s (budget {result['budget']:.0f} s). {result['data']} Images/s are of one run; "
+        f"the images were in the page cache.",
+        "",
+        "| verdict | value | target | met |",
+        "|---|--:|---|---|",
+    ]
     for r in result["verdict"]:
-        lines.append(f"| {r['what']} | {fmt(r['value'])} | {r['target']} | "
-                     f"{'' if r['met'] is None else ('yes' if r['met'] else '**no**')} |")
+        lines.append(
+            f"| {r['what']} | {fmt(r['value'])} | {r['target']} | "
+            f"{'' if r['met'] is None else ('yes' if r['met'] else '**no**')} |"
+        )
     lines += ["", "| section | status | seconds | CPU seconds | error |", "|---|---|--:|--:|---|"]
     for s in result["sections"]:
-        lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {s.get('cpu_seconds', '')} | "
-                     f"{s['error'].replace('|', '/')} |")
+        lines.append(
+            f"| {s['name']} | {s['status']} | {s['seconds']} | {s.get('cpu_seconds', '')} | "
+            f"{s['error'].replace('|', '/')} |"
+        )
     lines += ["", "| measurement | value | unit | what | check |", "|---|--:|---|---|---|"]
     for s in result["sections"]:
         for r in s["rows"]:
@@ -1017,9 +1377,12 @@ def record(files: list[str], results_path: pathlib.Path) -> dict:
             if s["status"] != "skipped" or s["name"] not in by_name:
                 by_name[s["name"]] = s
         order = [name for name, *_ in SECTIONS]
-        merged["sections"] = sorted(by_name.values(), key=lambda s: order.index(s["name"]) if s["name"] in order else 99)
-        merged["date"] += f"; sections rerun {data['date']}: " + ", ".join(s["name"] for s in data["sections"]
-                                                                           if s["status"] != "skipped")
+        merged["sections"] = sorted(
+            by_name.values(), key=lambda s: order.index(s["name"]) if s["name"] in order else 99
+        )
+        merged["date"] += f"; sections rerun {data['date']}: " + ", ".join(
+            s["name"] for s in data["sections"] if s["status"] != "skipped"
+        )
         merged["seconds"] += data["seconds"]
     save(merged, None, results_path)
     return merged
@@ -1032,7 +1395,9 @@ def prepare(assets: pathlib.Path, shared: pathlib.Path = SHARED) -> dict:
     checkpoint = shared / "weights" / CHECKPOINT
     for needed in (hymenoptera, flowers, checkpoint):
         if not needed.exists():
-            raise SystemExit(f"gpu.py --prepare: {needed} is absent (the shared data of this project live in ../shared)")
+            raise SystemExit(
+                f"gpu.py --prepare: {needed} is absent (the shared data of this project live in ../shared)"
+            )
     shutil.rmtree(assets, ignore_errors=True)
     (assets / "photos").mkdir(parents=True)
     photos = sorted(p for p in hymenoptera.glob("*/*/*.jpg") if 150_000 > p.stat().st_size > 20_000)[:40]
@@ -1045,9 +1410,13 @@ def prepare(assets: pathlib.Path, shared: pathlib.Path = SHARED) -> dict:
                 shutil.copyfile(f, assets / "flowers" / part / cls.name / f.name)
     shutil.copyfile(checkpoint, assets / CHECKPOINT)
     size = sum(f.stat().st_size for f in assets.rglob("*") if f.is_file())
-    manifest = {"photos": len(photos), "flowers_train": len(list((assets / "flowers" / "train").glob("*/*"))),
-                "flowers_test": len(list((assets / "flowers" / "test").glob("*/*"))), "checkpoint": CHECKPOINT,
-                "megabytes": round(size / 1e6, 1)}
+    manifest = {
+        "photos": len(photos),
+        "flowers_train": len(list((assets / "flowers" / "train").glob("*/*"))),
+        "flowers_test": len(list((assets / "flowers" / "test").glob("*/*"))),
+        "checkpoint": CHECKPOINT,
+        "megabytes": round(size / 1e6, 1),
+    }
     (assets / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     if size > 48 * 2**20:
         raise SystemExit(f"gpu.py --prepare: {size / 2**20:.0f} MiB is too much to travel (64 MiB in all)")
@@ -1055,17 +1424,23 @@ def prepare(assets: pathlib.Path, shared: pathlib.Path = SHARED) -> dict:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--prepare", action="store_true", help="copy the assets from ../shared (here, before the run)")
     ap.add_argument("--record", nargs="+", metavar="JSON", help="write these results (merged) into --results")
     ap.add_argument("--tiny", action="store_true", help="the same code on a CPU, tiny (about 50 CPU-seconds)")
     ap.add_argument("--assets", type=pathlib.Path, default=ASSETS)
     ap.add_argument("--work", type=pathlib.Path, help="scratch folder (default: a new temporary one)")
-    ap.add_argument("--results", type=pathlib.Path,
-                    help="the Markdown file to write the section into (default: benchmarks/RESULTS.md; with --tiny "
-                         "none unless given)")
-    ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu_results.json/.md and gpu_log.txt "
-                                                                  "(default: $OUT)")
+    ap.add_argument(
+        "--results",
+        type=pathlib.Path,
+        help="the Markdown file to write the section into (default: benchmarks/RESULTS.md; with --tiny "
+        "none unless given)",
+    )
+    ap.add_argument(
+        "--out", default=os.environ.get("OUT"), help="folder for gpu_results.json/.md and gpu_log.txt (default: $OUT)"
+    )
     ap.add_argument("--budget", type=float, help="seconds for the whole run (default: 450; --tiny 75)")
     ap.add_argument("--only", help="comma-separated sections (env and synth always run)")
     ap.add_argument("--no-isolate", action="store_true", help="run sections in this process (no time boxes)")
@@ -1081,9 +1456,11 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.prepare:
         manifest = prepare(args.assets)
-        print(f"{args.assets}: {json.dumps(manifest)}\nnext: the device run with carry "
-              f"[\"{args.assets.relative_to(ROOT) if args.assets.is_relative_to(ROOT) else args.assets}\"] "
-              f"(see the runbook at the top of benchmarks/gpu.py)")
+        print(
+            f"{args.assets}: {json.dumps(manifest)}\nnext: the device run with carry "
+            f'["{args.assets.relative_to(ROOT) if args.assets.is_relative_to(ROOT) else args.assets}"] '
+            f"(see the runbook at the top of benchmarks/gpu.py)"
+        )
         return 0
     results_path = args.results if args.results or args.tiny else ROOT / "benchmarks" / "RESULTS.md"
     if args.record:
@@ -1108,10 +1485,19 @@ def main(argv=None) -> int:
         import embedder.finetune  # noqa: F401
         import embedder.job  # noqa: F401
     wanted = set(args.only.split(",")) | {"env", "synth"} if args.only else set(FUNCTIONS)
-    result = {"script": "benchmarks/gpu.py", "mode": "tiny" if plan.tiny else "full", "machine": "?",
-              "host": f"{platform.node() or '-'}", "date": datetime.datetime.now(datetime.timezone.utc).strftime(
-                  "%Y-%m-%d %H:%M UTC"), "budget": budget, "seconds": 0.0, "argv": sys.argv[1:],
-              "models": list(plan.models), "data": "", "sections": []}
+    result = {
+        "script": "benchmarks/gpu.py",
+        "mode": "tiny" if plan.tiny else "full",
+        "machine": "?",
+        "host": f"{platform.node() or '-'}",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "budget": budget,
+        "seconds": 0.0,
+        "argv": sys.argv[1:],
+        "models": list(plan.models),
+        "data": "",
+        "sections": [],
+    }
     started = time.monotonic()
     say(f"{result['mode']} run, budget {budget:.0f} s, work {work}, results {results_path}, out {args.out or '-'}")
     stretch = max(1.0, budget / plan.budget)  # a larger budget (a loaded CPU) gives every section more time
@@ -1123,7 +1509,8 @@ def main(argv=None) -> int:
             reason = "not asked for (--only)"
         elif needs_cuda and not ctx.cuda:
             reason = "needs CUDA (torch sees no GPU here)" + (
-                "; the CPU path of out-of-memory halving is tested in tests/test_guard.py" if name == "oom" else "")
+                "; the CPU path of out-of-memory halving is tested in tests/test_guard.py" if name == "oom" else ""
+            )
         elif name == "tests" and plan.tiny:
             reason = "--tiny: the suite runs in CI itself; on the GPU machine a device-independent subset runs"
         elif needs_images and not ctx.images("imagenet"):
@@ -1141,17 +1528,23 @@ def main(argv=None) -> int:
             found = values([section])
             ctx.cuda = bool(found.get("cuda"))
             result["machine"] = str(found.get("device", "?"))
-            result["host"] = f"{found.get('cores', '?')} cores: {found.get('cpu', '?')}; torch {found.get('torch', '?')}"
+            result["host"] = (
+                f"{found.get('cores', '?')} cores: {found.get('cpu', '?')}; torch {found.get('torch', '?')}"
+            )
             ctx.found.update(found)
         if name == "synth":
             v = values([section])
-            result["data"] = (f"Images: {v.get('synth.imagenet.images', 0):,} synthesized ImageNet-size JPEGs and "
-                              f"{v.get('synth.big.images', 0):,} large photos ({plan.big_size[0]}x{plan.big_size[1]}), "
-                              f"made on the machine from the assets' photos (repeated, rescaled, re-encoded).")
+            result["data"] = (
+                f"Images: {v.get('synth.imagenet.images', 0):,} synthesized ImageNet-size JPEGs and "
+                f"{v.get('synth.big.images', 0):,} large photos ({plan.big_size[0]}x{plan.big_size[1]}), "
+                f"made on the machine from the assets' photos (repeated, rescaled, re-encoded)."
+            )
         result["seconds"] = round(time.monotonic() - started, 1)
         save(result, args.out, None)
     save(result, args.out, results_path)
-    say(f"done in {result['seconds']:.0f} s; " + "; ".join(f"{r['what']}: {fmt(r['value'])}" for r in result["verdict"]))
+    say(
+        f"done in {result['seconds']:.0f} s; " + "; ".join(f"{r['what']}: {fmt(r['value'])}" for r in result["verdict"])
+    )
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

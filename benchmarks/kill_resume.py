@@ -7,6 +7,7 @@ of an uninterrupted run. After every kill the last finished cache must still ope
 Round 1 starts from nothing; later rounds add, change and delete files first, so that kills also hit a merge
 over an existing cache. Generated images, a seeded random resnet18 at 64 px, batches of 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,9 @@ def main() -> int:
     assert subprocess.run(command(root, work / "timing.h5"), cwd=ROOT, capture_output=True).returncode == 0
     run_seconds = time.perf_counter() - t
     print(f"one uninterrupted run from scratch, engine ready: {run_seconds:.1f} s (start-up included)\n")
-    print("| round | input change | kills | kills during the merge | cache opened after every kill | runs to finish | rows | rows equal an uninterrupted run | max feature diff |")
+    print(
+        "| round | input change | kills | kills during the merge | cache opened after every kill | runs to finish | rows | rows equal an uninterrupted run | max feature diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     failures = 0
     for round_no in range(1, opts.rounds + 1):
@@ -90,15 +93,26 @@ def main() -> int:
                     broken.append(str(exc))
             else:
                 opened_ok += 1  # no finished cache yet: nothing to break
-        fresh = embedder.extract(str(root), str(work / f"fresh{round_no}.h5"), backbone="resnet18", weights="none",
-                                 resize=72, crop=64, batch_size=2, workers=0)
+        fresh = embedder.extract(
+            str(root),
+            str(work / f"fresh{round_no}.h5"),
+            backbone="resnet18",
+            weights="none",
+            resize=72,
+            crop=64,
+            batch_size=2,
+            workers=0,
+        )
         got, want = CacheReader(cache), CacheReader(fresh.cache)
         same = list(got.paths) == list(want.paths) and list(got.labels) == list(want.labels)
         diff = float(np.abs(got.features() - want.features()).max()) if same else float("nan")
         ok = same and diff < 1e-5 and not broken and not os.path.exists(parts_dir(str(cache)))
         failures += not ok
-        print(f"| {round_no} | {change} | {kills} | {in_merge} | {opened_ok}/{kills}{' BROKEN: ' + broken[0] if broken else ''} "
-              f"| {runs} | {len(got)} | {same} | {diff:.1e} |", flush=True)
+        print(
+            f"| {round_no} | {change} | {kills} | {in_merge} | {opened_ok}/{kills}{' BROKEN: ' + broken[0] if broken else ''} "
+            f"| {runs} | {len(got)} | {same} | {diff:.1e} |",
+            flush=True,
+        )
     # Kills aimed at the merge: wait for X.h5.tmp to appear (the merge has begun), then kill at once.
     change_input(root, rng, opts.rounds + 1)
     before = len(CacheReader(cache))
@@ -117,14 +131,24 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001
             print(f"BROKEN after a kill in the merge: {exc}")
     assert subprocess.run(command(root, cache), cwd=ROOT, capture_output=True).returncode == 0
-    fresh = embedder.extract(str(root), str(work / "fresh-merge.h5"), backbone="resnet18", weights="none",
-                             resize=72, crop=64, batch_size=2, workers=0)
+    fresh = embedder.extract(
+        str(root),
+        str(work / "fresh-merge.h5"),
+        backbone="resnet18",
+        weights="none",
+        resize=72,
+        crop=64,
+        batch_size=2,
+        workers=0,
+    )
     got, want = CacheReader(cache), CacheReader(fresh.cache)
     same = list(got.paths) == list(want.paths)
     diff = float(np.abs(got.features() - want.features()).max()) if same else float("nan")
     ok = same and diff < 1e-5 and intact == aimed
     failures += not ok
-    print(f"| merge | 8 added, 3 changed, 3 deleted | {hit} | {hit} (aimed) | {intact}/{aimed} | {aimed + 1} | {len(got)} | {same} | {diff:.1e} |")
+    print(
+        f"| merge | 8 added, 3 changed, 3 deleted | {hit} | {hit} (aimed) | {intact}/{aimed} | {aimed + 1} | {len(got)} | {same} | {diff:.1e} |"
+    )
     print(f"\n{'all rounds passed' if not failures else f'{failures} round(s) FAILED'} (work folder {work})")
     return 1 if failures else 0
 

@@ -18,6 +18,7 @@ cleanlab (when installed): `cleanlab.filter.find_label_issues` (its defaults) fo
 Selection: the variants are compared on flowers with flip seed --select-seed (the default was chosen there);
 the table reported uses flip seed --seed, a different draw of flips, and hymenoptera was not used to choose.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,31 @@ def extract(name: str) -> pathlib.Path:
     """The dataset's cache, embedded once (a second call finds every image there and embeds nothing)."""
     cache = CACHE_DIR / f"{name}-train.h5"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FEATUREBANK_ENGINE_DIR": str(CACHE_DIR / "engines")}
-    subprocess.run([sys.executable, "-m", "cli", "extract", str(DATASETS[name]), "-b", "mobilenet_v2", "-w",
-                    str(WEIGHTS), "-l", LAYER, "--cache", str(cache), "--engine", "torch", "-q", "--json"],
-                   cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "extract",
+            str(DATASETS[name]),
+            "-b",
+            "mobilenet_v2",
+            "-w",
+            str(WEIGHTS),
+            "-l",
+            LAYER,
+            "--cache",
+            str(cache),
+            "--engine",
+            "torch",
+            "-q",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return cache
 
 
@@ -111,8 +134,12 @@ def score(order: np.ndarray, flagged: np.ndarray, flips: np.ndarray) -> dict:
     k = len(flips)
     hits = int(is_flip[order[:k]].sum())
     found = int((flagged & is_flip).sum())
-    return {"topk": hits / k, "estimated": int(flagged.sum()), "recall": found / k,
-            "precision": found / max(1, int(flagged.sum()))}
+    return {
+        "topk": hits / k,
+        "estimated": int(flagged.sum()),
+        "recall": found / k,
+        "precision": found / max(1, int(flagged.sum())),
+    }
 
 
 def cleanlab_scores(y, probs, flips) -> dict | None:
@@ -153,8 +180,14 @@ def evaluate(name: str, seed: int, rates=RATES, oof_seed: int = 0) -> list[dict]
         oof = out_of_fold(X, noisy, k, oof_seed)
         seconds = time.perf_counter() - started
         vote = neighbour_probs(index, noisy, k, NEIGHBOURS)
-        base = {"dataset": name, "images": len(noisy), "rate": rate, "flipped": len(flips), "seed": seed,
-                "oof_seconds": round(seconds, 1)}
+        base = {
+            "dataset": name,
+            "images": len(noisy),
+            "rate": rate,
+            "flipped": len(flips),
+            "seed": seed,
+            "oof_seconds": round(seconds, 1),
+        }
         for label, probs in (("logreg", oof["logreg"]),):
             theirs = cleanlab_scores(noisy, probs, flips)
             if theirs:
@@ -165,15 +198,23 @@ def evaluate(name: str, seed: int, rates=RATES, oof_seed: int = 0) -> list[dict]
             if method == "best log-loss | self_confidence | pair":
                 alone = rows[-1]["estimate"]
             if method == default_name():  # the same ranking, stopped where one model's estimate stops
-                rows.append({**base, "method": "default, stopped at the best model's estimate",
-                             **mine(noisy, probs, rank, "rank", flips, count=alone)})
+                rows.append(
+                    {
+                        **base,
+                        "method": "default, stopped at the best model's estimate",
+                        **mine(noisy, probs, rank, "rank", flips, count=alone),
+                    }
+                )
             if rank == "self_confidence" and flag == "rank" and method.split(" |")[0] != "logreg":
                 theirs = cleanlab_scores(noisy, probs, flips)
                 if theirs:
                     rows.append({**base, "method": f"cleanlab on {method.split(' |')[0]}", **theirs})
         if SAVE:  # after each rate: what is done survives an interrupted run
             SAVE(rows)
-        print(f"{name} seed {seed} {rate:.0%}: {len(flips)} flipped, out-of-fold probabilities in {seconds:.0f} s", file=sys.stderr)
+        print(
+            f"{name} seed {seed} {rate:.0%}: {len(flips)} flipped, out-of-fold probabilities in {seconds:.0f} s",
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -225,51 +266,81 @@ def table(rows: list[dict], seed: int, select_seed: int) -> str:
     same logreg probabilities, featurebank's default, and cleanlab on the default's probabilities."""
     default = default_name()
     signals = default.split(" |")[0]
-    shown = [("cleanlab on logreg", "cleanlab `find_label_issues`, logreg probabilities"),
-             ("logreg | self_confidence | pair", "featurebank, logreg probabilities (same as cleanlab's)"),
-             (default, f"**featurebank default** ({signals}; {default.split(' | ', 1)[1].replace(' | ', ', ')})"),
-             (f"cleanlab on {signals}", f"cleanlab on the default's probabilities ({signals})"),
-             ("default, stopped at the best model's estimate",
-              "featurebank default's ranking, read down to the best model's own estimate")]
-    lines = ["| data | noise | flipped (K) | method | top-K precision | flagged | recall | precision | estimate |",
-             "|---|--:|--:|---|--:|--:|--:|--:|--:|"]
+    shown = [
+        ("cleanlab on logreg", "cleanlab `find_label_issues`, logreg probabilities"),
+        ("logreg | self_confidence | pair", "featurebank, logreg probabilities (same as cleanlab's)"),
+        (default, f"**featurebank default** ({signals}; {default.split(' | ', 1)[1].replace(' | ', ', ')})"),
+        (f"cleanlab on {signals}", f"cleanlab on the default's probabilities ({signals})"),
+        (
+            "default, stopped at the best model's estimate",
+            "featurebank default's ranking, read down to the best model's own estimate",
+        ),
+    ]
+    lines = [
+        "| data | noise | flipped (K) | method | top-K precision | flagged | recall | precision | estimate |",
+        "|---|--:|--:|---|--:|--:|--:|--:|--:|",
+    ]
     for r0 in [r for r in rows if r["seed"] == seed and r["method"] == "cleanlab on logreg"]:
         for method, label in shown:
-            r = next((x for x in rows if x["seed"] == seed and x["dataset"] == r0["dataset"]
-                      and x["rate"] == r0["rate"] and x["method"] == method), None)
+            r = next(
+                (
+                    x
+                    for x in rows
+                    if x["seed"] == seed
+                    and x["dataset"] == r0["dataset"]
+                    and x["rate"] == r0["rate"]
+                    and x["method"] == method
+                ),
+                None,
+            )
             if r is None:
                 continue
-            lines.append(f"| {r['dataset']} ({r['images']}) | {100 * r['rate']:g} % | {r['flipped']} | {label} | "
-                         f"{100 * r['topk']:.1f} | {r['estimated']} | {100 * r['recall']:.1f} | "
-                         f"{100 * r['precision']:.1f} | {r.get('estimate', '–')} |")
+            lines.append(
+                f"| {r['dataset']} ({r['images']}) | {100 * r['rate']:g} % | {r['flipped']} | {label} | "
+                f"{100 * r['topk']:.1f} | {r['estimated']} | {100 * r['recall']:.1f} | "
+                f"{100 * r['precision']:.1f} | {r.get('estimate', '–')} |"
+            )
     picked = [r for r in rows if r["seed"] == select_seed]
     selection = ""
     if picked:
         means = {}
         for r in picked:
-            means.setdefault(r["method"], []).append((r["topk"], r["recall"] + r["precision"], r["recall"],
-                                                      r["precision"]))
+            means.setdefault(r["method"], []).append(
+                (r["topk"], r["recall"] + r["precision"], r["recall"], r["precision"])
+            )
         best = sorted(means.items(), key=lambda kv: tuple(-np.mean(kv[1], axis=0)[:2]))[:6]
-        selection = ("\n\nSelection draw (flowers, flip seed " + str(select_seed) + ", "
-                     + ", ".join(f"{100 * x:g} %" for x in SELECT_RATES) + "), ranked by top-K precision, then the "
-                     "flagged set's recall + precision (top-K / recall / precision %): "
-                     + "; ".join(f"{m.replace(' | ', ', ')} {100 * np.mean(v, axis=0)[0]:.1f} / "
-                                 f"{100 * np.mean(v, axis=0)[2]:.1f} / {100 * np.mean(v, axis=0)[3]:.1f}"
-                                 for m, v in best) + ".")
+        selection = (
+            "\n\nSelection draw (flowers, flip seed "
+            + str(select_seed)
+            + ", "
+            + ", ".join(f"{100 * x:g} %" for x in SELECT_RATES)
+            + "), ranked by top-K precision, then the "
+            "flagged set's recall + precision (top-K / recall / precision %): "
+            + "; ".join(
+                f"{m.replace(' | ', ', ')} {100 * np.mean(v, axis=0)[0]:.1f} / "
+                f"{100 * np.mean(v, axis=0)[2]:.1f} / {100 * np.mean(v, axis=0)[3]:.1f}"
+                for m, v in best
+            )
+            + "."
+        )
     datasets = sorted({r["dataset"] for r in rows if r["seed"] == seed})
     missing = [d for d in DATASETS if d not in datasets]
-    return (f"MobileNetV2 (ImageNet checkpoint of ../shared/weights), layer {LAYER}, 224 px; train/ of each dataset. "
-            f"Labels flipped to a uniformly drawn other class (flip seed {seed}); out-of-fold probabilities of the "
-            f"zoo's logreg, lda and knn (5-fold stratified, on the noisy labels); neighbour vote: 10 nearest "
-            f"neighbours (cosine). top-K precision: flips among the first K of the ranking (K = flipped). flagged: the "
-            f"estimated set (featurebank: the first `estimate` of its ranked list, or per class pair; cleanlab: "
-            f"`find_label_issues` with its defaults); recall and precision of that set against the flips. "
-            f"estimate: featurebank's calibrated confident-joint count. \"read down\": the default's ranked list down to "
-            f"the best member's own estimate (report.json's label_issues_one_model_estimate). The default was chosen on another draw "
-            f"(flip seed {select_seed}, flowers only); hymenoptera was not used to choose. One run each, a loaded "
-            f"2-core machine (times not reported)."
-            + (f" Not run: {', '.join(missing)}." if missing else "")
-            + "\n\n" + "\n".join(lines) + selection)
+    return (
+        f"MobileNetV2 (ImageNet checkpoint of ../shared/weights), layer {LAYER}, 224 px; train/ of each dataset. "
+        f"Labels flipped to a uniformly drawn other class (flip seed {seed}); out-of-fold probabilities of the "
+        f"zoo's logreg, lda and knn (5-fold stratified, on the noisy labels); neighbour vote: 10 nearest "
+        f"neighbours (cosine). top-K precision: flips among the first K of the ranking (K = flipped). flagged: the "
+        f"estimated set (featurebank: the first `estimate` of its ranked list, or per class pair; cleanlab: "
+        f"`find_label_issues` with its defaults); recall and precision of that set against the flips. "
+        f"estimate: featurebank's calibrated confident-joint count. \"read down\": the default's ranked list down to "
+        f"the best member's own estimate (report.json's label_issues_one_model_estimate). The default was chosen on another draw "
+        f"(flip seed {select_seed}, flowers only); hymenoptera was not used to choose. One run each, a loaded "
+        f"2-core machine (times not reported)."
+        + (f" Not run: {', '.join(missing)}." if missing else "")
+        + "\n\n"
+        + "\n".join(lines)
+        + selection
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ selection could reach; it is not a result, since it was chosen on the images it 
     python benchmarks/linear_probe.py --data hymenoptera cache/probe/hymenoptera-train.h5 cache/probe/hymenoptera-val.h5 \
         --data flowers cache/probe/flowers-train.h5 cache/probe/flowers-val.h5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ def main():
     parser.add_argument("--data", nargs=3, action="append", metavar=("NAME", "TRAIN_CACHE", "VAL_CACHE"), required=True)
     parser.add_argument("--layer", default=None)
     args = parser.parse_args()
-    print("| data | train / val rows | C = 0.1 (former default) | tuned by log-loss (default) | tuned by accuracy "
-          "| best C in hindsight (not a result) | fit s: fixed / tuned |")
+    print(
+        "| data | train / val rows | C = 0.1 (former default) | tuned by log-loss (default) | tuned by accuracy "
+        "| best C in hindsight (not a result) | fit s: fixed / tuned |"
+    )
     print("|---|--:|--:|--:|--:|--:|--:|")
     for name, train, val in args.data:
         X, y, Xv, yv = held_out(train, val, args.layer)
@@ -51,9 +54,11 @@ def main():
         by_acc, _, clf_acc = accuracy("logreg:scoring='accuracy'", X, y, Xv, yv)
         hindsight = {C: accuracy(f"logreg:C={C}", X, y, Xv, yv)[0] for C in DEFAULT_CS}
         best_C = max(hindsight, key=hindsight.get)
-        print(f"| {name} | {len(y)} / {len(yv)} | {100 * fixed:.2f} | {100 * tuned:.2f} (C={clf.C_:.3g}) "
-              f"| {100 * by_acc:.2f} (C={clf_acc.C_:.3g}) | {100 * hindsight[best_C]:.2f} (C={best_C:.3g}) "
-              f"| {fixed_s:.2f} / {tuned_s:.2f} ({tuned_s / fixed_s:.1f}x) |")
+        print(
+            f"| {name} | {len(y)} / {len(yv)} | {100 * fixed:.2f} | {100 * tuned:.2f} (C={clf.C_:.3g}) "
+            f"| {100 * by_acc:.2f} (C={clf_acc.C_:.3g}) | {100 * hindsight[best_C]:.2f} (C={best_C:.3g}) "
+            f"| {fixed_s:.2f} / {tuned_s:.2f} ({tuned_s / fixed_s:.1f}x) |"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ resident memory (ru_maxrss). About 3 x ROWS x DIM x 4 bytes of disk at the peak 
 spill file): 24 GB for the default; everything is deleted at the end. Writes its table into
 benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,27 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cpu_engines import cpu, write_section  # noqa: E402
 
-MAXRSS = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-          "sys.stderr.write(r.stderr); print(r.stdout.strip()); "
-          "print('maxrss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+MAXRSS = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+    "sys.stderr.write(r.stderr); print(r.stdout.strip()); "
+    "print('maxrss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+)
 
-SETTINGS = {"backbone": "resnet50", "weights": "none:seed=0", "layers": ["flatten"], "pooling": "avg",
-            "precision": "fp32",
-            "preprocessing": {"resize": 256, "crop": 224, "interpolation": "bilinear",
-                              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "draft": True}}
+SETTINGS = {
+    "backbone": "resnet50",
+    "weights": "none:seed=0",
+    "layers": ["flatten"],
+    "pooling": "avg",
+    "precision": "fp32",
+    "preprocessing": {
+        "resize": 256,
+        "crop": 224,
+        "interpolation": "bilinear",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "draft": True,
+    },
+}
 PART_ROWS = 50_000
 
 
@@ -53,13 +67,20 @@ def build(cache: str, rows: int, dim: int) -> None:
     order = paths(rows)
     with CacheWriter(cache, SETTINGS, "csv:/synthetic/manifest.csv", "/synthetic") as writer:
         for start in range(0, rows, PART_ROWS):
-            chunk = order[start:start + PART_ROWS]
+            chunk = order[start : start + PART_ROWS]
             n = len(chunk)
-            writer.write_batch({"path": [p for p, _, _ in chunk], "label": [c for _, c, _ in chunk],
-                                "group": [""] * n, "size": [1000] * n, "mtime_ns": [1] * n,
-                                "digest": [f"{start + i:032x}" for i in range(n)]},
-                               {"flatten": rng.standard_normal((n, dim), dtype=np.float32)},
-                               {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")})
+            writer.write_batch(
+                {
+                    "path": [p for p, _, _ in chunk],
+                    "label": [c for _, c, _ in chunk],
+                    "group": [""] * n,
+                    "size": [1000] * n,
+                    "mtime_ns": [1] * n,
+                    "digest": [f"{start + i:032x}" for i in range(n)],
+                },
+                {"flatten": rng.standard_normal((n, dim), dtype=np.float32)},
+                {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")},
+            )
         t = time.perf_counter()
         writer.commit(order, {})
         print(f"commit {time.perf_counter() - t:.1f}")
@@ -105,8 +126,11 @@ def check(cache: str, saved: str) -> None:
 
 def measured(step: str, *args: str) -> tuple[float, float, str]:
     """Seconds and peak RSS (GB) of a subprocess running ``step`` of this script (or a command)."""
-    cmd = [sys.executable, __file__, "--step", step, *args] if step != "info" else [
-        sys.executable, "-m", "cli", "info", *args]
+    cmd = (
+        [sys.executable, __file__, "--step", step, *args]
+        if step != "info"
+        else [sys.executable, "-m", "cli", "info", *args]
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", MAXRSS, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -127,8 +151,12 @@ def main() -> int:
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.step:
-        {"build": lambda c, r, d: build(c, int(r), int(d)), "reorder": lambda c, r: reorder(c, int(r)),
-         "sample": sample, "check": check}[opts.step](*opts.args)
+        {
+            "build": lambda c, r, d: build(c, int(r), int(d)),
+            "reorder": lambda c, r: reorder(c, int(r)),
+            "sample": sample,
+            "check": check,
+        }[opts.step](*opts.args)
         return 0
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="million-", dir=opts.tmp))
@@ -147,15 +175,20 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     name, _ = cpu()
-    lines = [f"Machine: {name}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} "
-             f"GiB of memory; {time.strftime('%Y-%m-%d')}. A synthetic cache of {opts.rows:,} x {opts.dim} float32 "
-             f"features ({gb:.1f} GB of features, file {size:.1f} GB; random numbers, synthetic paths, 10 classes).",
-             "", "| step | seconds (whole process) | peak memory (RSS) |", "|---|--:|--:|",
-             f"| build: {-(-opts.rows // PART_ROWS)} parts of {PART_ROWS:,} rows, then the merge in input order "
-             f"(the merge: {b[2].split()[-1]} s) | {b[0]:.1f} | {b[1]:.2f} GB |",
-             f"| merge after a reordered manifest (every row moves; the merge itself: {r[2].split()[-1]} s) | {r[0]:.1f} | {r[1]:.2f} GB |",
-             f"| `featurebank info` | {i[0]:.2f} | {i[1]:.2f} GB |", "",
-             f"After the shuffle, 1,000 sampled rows have the features they had before: {c[2].split(': ')[-1]}."]
+    lines = [
+        f"Machine: {name}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} "
+        f"GiB of memory; {time.strftime('%Y-%m-%d')}. A synthetic cache of {opts.rows:,} x {opts.dim} float32 "
+        f"features ({gb:.1f} GB of features, file {size:.1f} GB; random numbers, synthetic paths, 10 classes).",
+        "",
+        "| step | seconds (whole process) | peak memory (RSS) |",
+        "|---|--:|--:|",
+        f"| build: {-(-opts.rows // PART_ROWS)} parts of {PART_ROWS:,} rows, then the merge in input order "
+        f"(the merge: {b[2].split()[-1]} s) | {b[0]:.1f} | {b[1]:.2f} GB |",
+        f"| merge after a reordered manifest (every row moves; the merge itself: {r[2].split()[-1]} s) | {r[0]:.1f} | {r[1]:.2f} GB |",
+        f"| `featurebank info` | {i[0]:.2f} | {i[1]:.2f} GB |",
+        "",
+        f"After the shuffle, 1,000 sampled rows have the features they had before: {c[2].split(': ')[-1]}.",
+    ]
     text = "\n".join(lines)
     print(text)
     if not opts.no_results:

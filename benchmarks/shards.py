@@ -10,6 +10,7 @@ ratios are what to read, the absolute numbers say how loaded it was):
 - ``extract`` end to end (mobilenet_v2 with ../shared/weights when present, else a random resnet18; engine torch).
 Prints a Markdown table; ``--append`` adds it to benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def build(work: pathlib.Path, files: list[pathlib.Path], per_shard: int):
         keys.append((key, f))
     for s in range(0, len(keys), per_shard):
         with tarfile.open(shards / f"{s // per_shard:05d}.tar", "w") as tar:
-            for key, f in keys[s:s + per_shard]:
+            for key, f in keys[s : s + per_shard]:
                 tar.add(f, arcname=f"{key}{f.suffix.lower()}")
                 info = tarfile.TarInfo(f"{key}.cls")
                 info.size = 1
@@ -63,8 +64,11 @@ def build(work: pathlib.Path, files: list[pathlib.Path], per_shard: int):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"key": [k for k, _ in keys], "image": [f.read_bytes() for _, f in keys]}),
-                   work / "images.parquet", row_group_size=per_shard)
+    pq.write_table(
+        pa.table({"key": [k for k, _ in keys], "image": [f.read_bytes() for _, f in keys]}),
+        work / "images.parquet",
+        row_group_size=per_shard,
+    )
     return folder, shards, work / "images.parquet"
 
 
@@ -130,9 +134,11 @@ def main() -> int:
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         rows = []
 
-        read = {"files (open + read each)": lambda: read_files(folder),
-                "tar by byte range (featurebank)": lambda: read_ranges(shards),
-                "tar stream (tarfile, mode r|)": lambda: read_stream(shards)}
+        read = {
+            "files (open + read each)": lambda: read_files(folder),
+            "tar by byte range (featurebank)": lambda: read_ranges(shards),
+            "tar stream (tarfile, mode r|)": lambda: read_stream(shards),
+        }
         try:
             import webdataset  # noqa: F401
 
@@ -172,15 +178,21 @@ def main() -> int:
             rows.append((f"extract, {model['backbone']} (engine torch)", name, rate, rate / rates["files"]))
 
         cpu = platform.processor() or platform.machine()
-        table = [f"## Shards vs files (`python benchmarks/shards.py --images {opts.images} --per-shard {opts.per_shard}`)",
-                 "",
-                 f"{n} shared photos ({megabytes:.1f} MB of JPEG, hymenoptera first) as files, as "
-                 f"{len(list(shards.iterdir()))} tar shards of {opts.per_shard} and as one Parquet file (row groups of "
-                 f"{opts.per_shard}); page cache warm; {os.cpu_count()} cores ({cpu}), shared with other jobs: one "
-                 f"run, read the ratios. Reading: best of 3; decoding: best of 2 interleaved; extract: one run each.",
-                 "", "| step | input | images/s | vs files |", "|---|---|--:|--:|"]
-        table += [f"| {step} | {name} | {rate:,.1f} | {ratio:.2f} |".replace("r|)", "r\\|)")
-                  for step, name, rate, ratio in rows]
+        table = [
+            f"## Shards vs files (`python benchmarks/shards.py --images {opts.images} --per-shard {opts.per_shard}`)",
+            "",
+            f"{n} shared photos ({megabytes:.1f} MB of JPEG, hymenoptera first) as files, as "
+            f"{len(list(shards.iterdir()))} tar shards of {opts.per_shard} and as one Parquet file (row groups of "
+            f"{opts.per_shard}); page cache warm; {os.cpu_count()} cores ({cpu}), shared with other jobs: one "
+            f"run, read the ratios. Reading: best of 3; decoding: best of 2 interleaved; extract: one run each.",
+            "",
+            "| step | input | images/s | vs files |",
+            "|---|---|--:|--:|",
+        ]
+        table += [
+            f"| {step} | {name} | {rate:,.1f} | {ratio:.2f} |".replace("r|)", "r\\|)")
+            for step, name, rate, ratio in rows
+        ]
         text = "\n".join(table)
         print(text)
         if opts.append:

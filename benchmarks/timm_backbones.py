@@ -10,6 +10,7 @@ pretrained config. For each backbone:
       fp32, its engine prepared by an earlier run (the one-time export is reported beside it).
 ``--write`` appends the table to benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,20 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PHOTOS = ROOT.parent / "shared" / "data" / "hymenoptera"
-BACKBONES = [("timm:efficientnet_b0", None), ("timm:vit_small_patch14_dinov2", 224), ("timm:convnext_tiny", None),
-             ("timm:vit_base_patch16_siglip_224", None), ("timm:vit_small_patch14_dinov2", None)]  # cheapest first
+BACKBONES = [
+    ("timm:efficientnet_b0", None),
+    ("timm:vit_small_patch14_dinov2", 224),
+    ("timm:convnext_tiny", None),
+    ("timm:vit_base_patch16_siglip_224", None),
+    ("timm:vit_small_patch14_dinov2", None),
+]  # cheapest first
 
 
 def photos(folder: pathlib.Path, n: int) -> pathlib.Path:
-    files = sorted((PHOTOS / "train" / "ants").iterdir())[: n // 2] + sorted((PHOTOS / "train" / "bees").iterdir())[: n - n // 2]
+    files = (
+        sorted((PHOTOS / "train" / "ants").iterdir())[: n // 2]
+        + sorted((PHOTOS / "train" / "bees").iterdir())[: n - n // 2]
+    )
     for f in files:
         (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
         os.symlink(f, folder / f.parent.name / f.name)
@@ -61,8 +70,12 @@ def measure(name: str, crop: int | None, images: pathlib.Path, n_batch: int, wor
     settings = resolved.settings
     size = settings.preprocessing.crop
     model = load_backbone(name, "none", resize=resize, crop=crop).model
-    decoded = np.stack([settings.preprocessing.to_array(__import__("PIL.Image").Image.open(p).convert("RGB"))
-                        for p in sorted(images.rglob("*.jpg"))])
+    decoded = np.stack(
+        [
+            settings.preprocessing.to_array(__import__("PIL.Image").Image.open(p).convert("RGB"))
+            for p in sorted(images.rglob("*.jpg"))
+        ]
+    )
     batch = decoded[:n_batch]
     row = {"backbone": name, "px": size, "dim": sum(resolved.dims.values())}
     prepared = Prepared()
@@ -74,14 +87,22 @@ def measure(name: str, crop: int | None, images: pathlib.Path, n_batch: int, wor
         from dataclasses import replace
 
         int8 = replace(settings, precision="int8", int8=Int8(images=len(decoded), calibration_set="bench"))
-        engine = open_engine(int8, store, lambda: model, batch_size=n_batch, prepared=Prepared(),
-                             calibration=lambda: [decoded])
+        engine = open_engine(
+            int8, store, lambda: model, batch_size=n_batch, prepared=Prepared(), calibration=lambda: [decoded]
+        )
         row["int8"] = rate(engine, batch)
     except Exception as exc:  # noqa: BLE001 - reported in the table
         row["int8"] = f"fails: {str(exc)[:60]}"
     for label in ("torch", "onnxruntime"):
-        opts = dict(backbone=name, weights="none", resize=resize, crop=crop, batch_size=n_batch, engine=label,
-                    engine_dir=os.path.join(workdir, "engines"))
+        opts = dict(
+            backbone=name,
+            weights="none",
+            resize=resize,
+            crop=crop,
+            batch_size=n_batch,
+            engine=label,
+            engine_dir=os.path.join(workdir, "engines"),
+        )
         embedder.extract(str(images), os.path.join(workdir, f"warm-{name[5:]}-{label}-{size}.h5"), **opts)
         t = time.perf_counter()
         s = embedder.extract(str(images), os.path.join(workdir, f"{name[5:]}-{label}-{size}.h5"), **opts)
@@ -90,7 +111,9 @@ def measure(name: str, crop: int | None, images: pathlib.Path, n_batch: int, wor
 
 
 def table(rows: list[dict], n_images: int, n_batch: int, load: str) -> str:
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
+    def fmt(v):
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
     lines = [
         "## timm backbones on the CPU (`python benchmarks/timm_backbones.py`)",
         "",
@@ -105,9 +128,11 @@ def table(rows: list[dict], n_images: int, n_batch: int, load: str) -> str:
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
-        lines.append(f"| {r['backbone']} | {r['px']} | {r['dim']} | {fmt(r['torch'])} | {fmt(r['onnxruntime'])} | "
-                     f"{fmt(r['int8'])} | {fmt(r['extract_torch'])} | {fmt(r['extract_onnxruntime'])} | "
-                     f"{r['export_s']:.0f} |")
+        lines.append(
+            f"| {r['backbone']} | {r['px']} | {r['dim']} | {fmt(r['torch'])} | {fmt(r['onnxruntime'])} | "
+            f"{fmt(r['int8'])} | {fmt(r['extract_torch'])} | {fmt(r['extract_onnxruntime'])} | "
+            f"{r['export_s']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

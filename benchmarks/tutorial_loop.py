@@ -4,6 +4,7 @@
 ImageFolder + torchvision transforms + DataLoader(batch_size=32) without workers + eager fp32, random weights,
 the head replaced by Identity, features collected in a list. Prints: images seconds (imports included).
 """
+
 import sys
 import time
 
@@ -14,8 +15,14 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
 folder, name = sys.argv[1], sys.argv[2]
-tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+tf = transforms.Compose(
+    [
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+)
 data = datasets.ImageFolder(folder, tf)
 model = torchvision.models.get_model(name, weights=None)
 if hasattr(model, "fc"):

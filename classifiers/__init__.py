@@ -2,16 +2,30 @@
 
 The names below are imported on first use, so that ``cv`` and ``classifiers`` do not wait for torch.
 """
+
 from embedder.lazy import lazy_attributes
 
 _EXPORTS = {
-    "Bundle": "bundle", "evaluate": "bundle", "load_bundle": "bundle", "predict": "bundle",
-    "predict_imagenet": "bundle", "save_bundle": "bundle", "train": "bundle",
-    "convert": "modelfile", "trust_types": "modelfile",
-    "CVReport": "crossval", "cross_validate": "crossval", "make_splits": "crossval",
-    "report_dict": "report", "write_report": "report",
-    "ClassifierSpec": "zoo", "list_classifiers": "zoo", "make_classifier": "zoo", "parse_spec": "zoo",
-    "register_classifier": "zoo", "unregister_classifier": "zoo",
+    "Bundle": "bundle",
+    "evaluate": "bundle",
+    "load_bundle": "bundle",
+    "predict": "bundle",
+    "predict_imagenet": "bundle",
+    "save_bundle": "bundle",
+    "train": "bundle",
+    "convert": "modelfile",
+    "trust_types": "modelfile",
+    "CVReport": "crossval",
+    "cross_validate": "crossval",
+    "make_splits": "crossval",
+    "report_dict": "report",
+    "write_report": "report",
+    "ClassifierSpec": "zoo",
+    "list_classifiers": "zoo",
+    "make_classifier": "zoo",
+    "parse_spec": "zoo",
+    "register_classifier": "zoo",
+    "unregister_classifier": "zoo",
 }
 __all__ = sorted(_EXPORTS)
 

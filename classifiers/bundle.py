@@ -5,6 +5,7 @@ was trained on (backbone, weights identity, pooling, preprocessing, precision) a
 New images are embedded with those settings and nothing else, so a prediction sees the same kind of vector
 the model was trained on. On disk a bundle is a model file that cannot run code (``classifiers.modelfile``).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,8 @@ from embedder.destination import check_destination, refuse_overwrite
 from embedder.errors import FeaturebankError
 from embedder.job import extract
 from embedder.settings import ExtractionSettings
-from embedder.store import engine_dir_for, sha256_of
 from embedder.sources import list_inputs
+from embedder.store import engine_dir_for, sha256_of
 from embedder.versions import library_versions
 
 from .crossval import RANK_BY
@@ -76,8 +77,17 @@ def _bundle(model, trust_pickle: bool) -> Bundle:
     return model if isinstance(model, Bundle) else load_bundle(model, trust_pickle=trust_pickle)
 
 
-def train(cache, classifier: str = "logreg", layer: str | None = None, out: str | None = None, *,
-          seed: int = 0, search: bool = False, inner_folds: int = 3, groups: bool | None = None) -> Bundle:
+def train(
+    cache,
+    classifier: str = "logreg",
+    layer: str | None = None,
+    out: str | None = None,
+    *,
+    seed: int = 0,
+    search: bool = False,
+    inner_folds: int = 3,
+    groups: bool | None = None,
+) -> Bundle:
     """Fit ``classifier`` on every labelled row of ``cache`` (``search``: hyperparameters by cross-validation
     first, group-aware when the cache has groups and ``groups`` is not False) and save the bundle to ``out``
     when given."""
@@ -100,18 +110,34 @@ def train(cache, classifier: str = "logreg", layer: str | None = None, out: str 
     if grid:
         searched = fit_grouped(GridSearchCV(pipeline, grid, cv=splitter, scoring=RANK_BY), X, data.y, group_ids)
         pipeline = searched.best_estimator_
-        found = {"splitter": type(splitter).__name__, "folds": folds, "scoring": RANK_BY,
-                 "best_params": searched.best_params_, "best_score": round(float(searched.best_score_), 4)}
+        found = {
+            "splitter": type(splitter).__name__,
+            "folds": folds,
+            "scoring": RANK_BY,
+            "best_params": searched.best_params_,
+            "best_score": round(float(searched.best_score_), 4),
+        }
     else:
         fit_grouped(pipeline, X, data.y, group_ids)
-    bundle = Bundle(pipeline, data.classes, classifier, layer, {**reader.settings, "layers": [layer]},
-                    reader.info.get("weights_file"),
-                    {"cache": reader.path, "source": reader.attrs["source"], "rows": len(data.y),
-                     "layers": list(reader.layers),
-                     "class_counts": data.counts, "params": pipeline.named_steps["clf"].get_params(deep=False),
-                     **({"search": found} if found else {}),
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-                    library_versions())
+    bundle = Bundle(
+        pipeline,
+        data.classes,
+        classifier,
+        layer,
+        {**reader.settings, "layers": [layer]},
+        reader.info.get("weights_file"),
+        {
+            "cache": reader.path,
+            "source": reader.attrs["source"],
+            "rows": len(data.y),
+            "layers": list(reader.layers),
+            "class_counts": data.counts,
+            "params": pipeline.named_steps["clf"].get_params(deep=False),
+            **({"search": found} if found else {}),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        library_versions(),
+    )
     if out:
         save_bundle(bundle, out)
     return bundle
@@ -147,8 +173,10 @@ def int8_layers(bundle: Bundle) -> list[str]:
 def check_cache(reader: CacheReader, bundle: Bundle) -> None:
     differ = settings_differ(reader.settings, bundle)
     if differ:
-        raise FeaturebankError(f"{reader.path} was not made with the model's embedding settings ({differ[0]}); "
-                               f"give the images instead and they are embedded with the model's settings")
+        raise FeaturebankError(
+            f"{reader.path} was not made with the model's embedding settings ({differ[0]}); "
+            f"give the images instead and they are embedded with the model's settings"
+        )
 
 
 def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
@@ -160,12 +188,15 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
     if identity.startswith("sha256:"):
         path = weights or bundle.weights_file
         if not path or not os.path.isfile(path):
-            raise FeaturebankError(f"the model was trained on features of the weights file {bundle.weights_file} "
-                                   f"({identity[:19]}...), which is not there: pass --weights PATH to that file")
+            raise FeaturebankError(
+                f"the model was trained on features of the weights file {bundle.weights_file} "
+                f"({identity[:19]}...), which is not there: pass --weights PATH to that file"
+            )
         found = f"sha256:{sha256_of(path)}"
         if found != identity:
-            raise FeaturebankError(f"{path} is not the weights file the model was trained with "
-                                   f"({found[:19]}... is not {identity[:19]}...)")
+            raise FeaturebankError(
+                f"{path} is not the weights file the model was trained with ({found[:19]}... is not {identity[:19]}...)"
+            )
         weights = path
     elif identity.startswith("none:seed="):
         weights, seed = "none", int(identity.split("=", 1)[1])
@@ -173,8 +204,17 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
         weights = identity
     settings = ExtractionSettings.from_dict(s)
     prep = settings.preprocessing
-    options = {"backbone": settings.backbone, "weights": weights, "seed": seed, "pooling": settings.pooling,
-               "resize": prep.resize, "crop": prep.crop, "draft": prep.draft, "precision": settings.precision, "tta": settings.tta}
+    options = {
+        "backbone": settings.backbone,
+        "weights": weights,
+        "seed": seed,
+        "pooling": settings.pooling,
+        "resize": prep.resize,
+        "crop": prep.crop,
+        "draft": prep.draft,
+        "precision": settings.precision,
+        "tta": settings.tta,
+    }
     if settings.int8 is not None:  # that exact int8 engine (all its layers), from the training cache's folder
         options["int8"] = settings.int8
         options["layers"] = int8_layers(bundle)
@@ -183,8 +223,16 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
     return options
 
 
-def embedded(bundle: Bundle, inputs, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",
-             out: str | None = None, **run) -> tuple[CacheReader, list, int]:
+def embedded(
+    bundle: Bundle,
+    inputs,
+    *,
+    cache: str | None = None,
+    weights: str | None = None,
+    layout: str = "auto",
+    out: str | None = None,
+    **run,
+) -> tuple[CacheReader, list, int]:
     """The images of ``inputs`` embedded with the bundle's settings (into a matching cache, reused and brought
     up to date): the cache reader, the listing's items in input order, and how many images were embedded now.
     ``out``: a file the caller will write, refused before any work when it is one of the images."""
@@ -222,24 +270,34 @@ def prediction_outcome(result: dict) -> tuple[str | None, bool]:
 
 
 def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> CacheReader:
-    if isinstance(data, CacheReader) or (isinstance(data, (str, os.PathLike)) and str(data).endswith(".h5")
-                                         and os.path.isfile(data)):
+    if isinstance(data, CacheReader) or (
+        isinstance(data, (str, os.PathLike)) and str(data).endswith(".h5") and os.path.isfile(data)
+    ):
         reader = open_cache(data)
         check_cache(reader, bundle)
         return reader
     return embedded(bundle, data, cache=cache, weights=weights, layout=layout, **run)[0]
 
 
-def evaluate(model, data, *, cache: str | None = None, weights: str | None = None, layout: str = "auto",
-             trust_pickle: bool = False, **run) -> dict:
+def evaluate(
+    model,
+    data,
+    *,
+    cache: str | None = None,
+    weights: str | None = None,
+    layout: str = "auto",
+    trust_pickle: bool = False,
+    **run,
+) -> dict:
     """Score a model on held-out labelled images (a folder, manifest, or a cache made with the model's settings)."""
     bundle = _bundle(model, trust_pickle)
     reader = _cache_or_images(bundle, data, cache, weights, layout, run)
     test = labeled(reader)
     unknown = sorted(set(test.classes) - set(bundle.classes))
     if unknown:
-        raise FeaturebankError(f"classes the model was not trained on: {', '.join(unknown[:10])} "
-                               f"(it knows {', '.join(bundle.classes)})")
+        raise FeaturebankError(
+            f"classes the model was not trained on: {', '.join(unknown[:10])} (it knows {', '.join(bundle.classes)})"
+        )
     index = {c: i for i, c in enumerate(bundle.classes)}
     y = np.array([index[test.classes[i]] for i in test.y], dtype=np.int64)
     X = test.features(bundle.layer)
@@ -248,14 +306,23 @@ def evaluate(model, data, *, cache: str | None = None, weights: str | None = Non
     values, kind = bundle.scores(X)
     seconds = time.perf_counter() - started
     k = len(bundle.classes)
-    return {"model": bundle.classifier, "layer": bundle.layer, "cache": reader.path, "source": reader.attrs["source"],
-            "rows": int(len(y)), "classes": bundle.classes,
-            "metrics": scores(y, pred, values if kind == "probability" else None, k),
-            "per_class": per_class(y, pred, bundle.classes), "confusion": confusion(y, pred, k).tolist(),
-            "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
-            "predictions": [{"path": str(p), "label": bundle.classes[t], "predicted": bundle.classes[q]}
-                            for p, t, q in zip(test.paths, y, pred)],
-            "predict_seconds": round(seconds, 4)}
+    return {
+        "model": bundle.classifier,
+        "layer": bundle.layer,
+        "cache": reader.path,
+        "source": reader.attrs["source"],
+        "rows": int(len(y)),
+        "classes": bundle.classes,
+        "metrics": scores(y, pred, values if kind == "probability" else None, k),
+        "per_class": per_class(y, pred, bundle.classes),
+        "confusion": confusion(y, pred, k).tolist(),
+        "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
+        "predictions": [
+            {"path": str(p), "label": bundle.classes[t], "predicted": bundle.classes[q]}
+            for p, t, q in zip(test.paths, y, pred)
+        ],
+        "predict_seconds": round(seconds, 4),
+    }
 
 
 def top_k(values: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
@@ -284,8 +351,18 @@ def _rows(reader: CacheReader, items, values: np.ndarray, classes: list[str], k:
     return out
 
 
-def predict(model, images, *, top: int = 3, cache: str | None = None, weights: str | None = None,
-            layout: str = "auto", trust_pickle: bool = False, out: str | None = None, **run) -> dict:
+def predict(
+    model,
+    images,
+    *,
+    top: int = 3,
+    cache: str | None = None,
+    weights: str | None = None,
+    layout: str = "auto",
+    trust_pickle: bool = False,
+    out: str | None = None,
+    **run,
+) -> dict:
     """Classify images with a bundle: embedded with its settings, then its pipeline. Bad images get a row with
     an ``error`` and no prediction. ``out``: the file the caller writes the predictions to, refused (before any
     work) when it is the model or one of the images."""
@@ -293,28 +370,53 @@ def predict(model, images, *, top: int = 3, cache: str | None = None, weights: s
         refuse_overwrite(out, [model], "the output")
     bundle = _bundle(model, trust_pickle)
     reader, items, count = embedded(bundle, images, cache=cache, weights=weights, layout=layout, out=out, **run)
-    values, kind = bundle.scores(reader.features(bundle.layer)) if len(reader) else (np.empty((0, len(bundle.classes))), "")
-    return {"model": bundle.classifier, "layer": bundle.layer, "cache": reader.path, "embedded": count,
-            "score": kind or "probability", "rows": _rows(reader, items, values, bundle.classes, top)}
+    values, kind = (
+        bundle.scores(reader.features(bundle.layer)) if len(reader) else (np.empty((0, len(bundle.classes))), "")
+    )
+    return {
+        "model": bundle.classifier,
+        "layer": bundle.layer,
+        "cache": reader.path,
+        "embedded": count,
+        "score": kind or "probability",
+        "rows": _rows(reader, items, values, bundle.classes, top),
+    }
 
 
-def predict_imagenet(images, *, backbone: str = "resnet50", weights: str = "DEFAULT", seed: int = 0, top: int = 5,
-                     cache: str | None = None, layout: str = "auto", out: str | None = None, **run) -> dict:
+def predict_imagenet(
+    images,
+    *,
+    backbone: str = "resnet50",
+    weights: str = "DEFAULT",
+    seed: int = 0,
+    top: int = 5,
+    cache: str | None = None,
+    layout: str = "auto",
+    out: str | None = None,
+    **run,
+) -> dict:
     """Classify with the backbone's own head (ImageNet, or a fine-tuned checkpoint's classes): the logits are cached
     like any layer, then softmaxed."""
     from embedder.backbones import head_classes, output_node
 
     classes = head_classes(backbone, weights, seed)
     listing = _listing(images, layout, out)
-    summary = extract(listing, cache, backbone=backbone, weights=weights, seed=seed, layers=[output_node(backbone)],
-                      **run)
+    summary = extract(
+        listing, cache, backbone=backbone, weights=weights, seed=seed, layers=[output_node(backbone)], **run
+    )
     reader = CacheReader(summary.cache)
     logits = reader.features(reader.layers[0]).astype(np.float64) if len(reader) else np.empty((0, len(classes)))
     if logits.shape[1] != len(classes):
-        raise FeaturebankError(f"the {backbone} head has {logits.shape[1]} outputs, not the {len(classes)} ImageNet classes")
+        raise FeaturebankError(
+            f"the {backbone} head has {logits.shape[1]} outputs, not the {len(classes)} ImageNet classes"
+        )
     proba = np.exp(logits - logits.max(axis=1, keepdims=True))
     proba /= proba.sum(axis=1, keepdims=True)
-    return {"model": f"{backbone} head", "layer": reader.layers[0], "cache": reader.path,
-            "embedded": summary.embedded, "score": "probability",
-            "rows": _rows(reader, listing.items, proba, classes, top)}
-
+    return {
+        "model": f"{backbone} head",
+        "layer": reader.layers[0],
+        "cache": reader.path,
+        "embedded": summary.embedded,
+        "score": "probability",
+        "rows": _rows(reader, listing.items, proba, classes, top),
+    }

@@ -5,6 +5,7 @@ joblib ``Parallel`` call of one layer run on the cluster, with that layer's arra
 (joblib would otherwise scatter them again for every classifier). Without an address both are no-ops and nothing
 of Dask is imported, so a local run does not pay for it or need it installed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,9 @@ def on_cluster(address: str | None, timeout: float = 20.0):
     try:
         threads = client.nthreads()
         if not threads:
-            raise FeaturebankError(f"the Dask scheduler at {address} has no workers: start some with "
-                                   f"`dask worker {address}`")
+            raise FeaturebankError(
+                f"the Dask scheduler at {address} has no workers: start some with `dask worker {address}`"
+            )
         yield Cluster(client, address, len(threads), sum(threads.values()))
     finally:
         client.close()

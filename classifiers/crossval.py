@@ -9,6 +9,7 @@ Several caches of the same images (other backbones, weights, pooling) are ranked
 aligned by path to the first cache, whose labels and groups make the folds, so every (cache, layer, classifier)
 is scored on the same folds, and each row of the leaderboard carries a corrected t-test against the best.
 """
+
 from __future__ import annotations
 
 import sys
@@ -42,8 +43,14 @@ class Split:
     test: np.ndarray
 
 
-def make_splits(y: np.ndarray, groups: np.ndarray | None = None, folds: int = 5, repeats: int = 1,
-                seed: int = 0, classes: list[str] | None = None) -> list[Split]:
+def make_splits(
+    y: np.ndarray,
+    groups: np.ndarray | None = None,
+    folds: int = 5,
+    repeats: int = 1,
+    seed: int = 0,
+    classes: list[str] | None = None,
+) -> list[Split]:
     """Stratified k-fold, repeated with reshuffling: scikit-learn's ``RepeatedStratifiedKFold(folds, repeats,
     random_state=seed)``. With groups, ``StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r)`` for
     repeat r, so that the images of one group (one animal, one patient, one camera) never sit on both sides."""
@@ -59,15 +66,18 @@ def make_splits(y: np.ndarray, groups: np.ndarray | None = None, folds: int = 5,
         small = [(classes[i], int(n)) for i, n in enumerate(counts) if n < folds]
         if small:
             listed = ", ".join(f"{c!r} has {n}" for c, n in small[:5])
-            raise FeaturebankError(f"{listed} image(s), fewer than --folds {folds}: add images, lower --folds, "
-                                   f"or leave the class out")
+            raise FeaturebankError(
+                f"{listed} image(s), fewer than --folds {folds}: add images, lower --folds, or leave the class out"
+            )
         cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
         pairs = list(cv.split(np.zeros(len(y)), y))
     else:
         n_groups = len(set(groups.tolist()))
         if n_groups < folds:
-            raise FeaturebankError(f"{n_groups} groups, fewer than --folds {folds}: images of a group stay together, "
-                                   f"so lower --folds or add groups")
+            raise FeaturebankError(
+                f"{n_groups} groups, fewer than --folds {folds}: images of a group stay together, "
+                f"so lower --folds or add groups"
+            )
         pairs = []
         for r in range(repeats):
             cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
@@ -203,9 +213,16 @@ class CVReport:
         pred, confidence = result.oof()
         wrong = np.flatnonzero(pred != self.data.y)
         wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
-        return result, [{"path": str(self.data.paths[i]), "label": self.classes[self.data.y[i]],
-                         "predicted": self.classes[pred[i]], "confidence": round(float(confidence[i]), 4),
-                         "p_label": round(float(mean[i, self.data.y[i]]), 4)} for i in wrong]
+        return result, [
+            {
+                "path": str(self.data.paths[i]),
+                "label": self.classes[self.data.y[i]],
+                "predicted": self.classes[pred[i]],
+                "confidence": round(float(confidence[i]), 4),
+                "p_label": round(float(mean[i, self.data.y[i]]), 4),
+            }
+            for i in wrong
+        ]
 
     def outliers(self, limit: int = 20, reference: int = 20_000) -> tuple[str, list[dict]]:
         """The images least like any other (lowest cosine similarity to their nearest neighbour, in the best
@@ -214,9 +231,15 @@ class CVReport:
         layer, index, similarity = self.neighbours(reference=reference)
         nearest, which = similarity[:, 0], index[:, 0]
         order = np.argsort(nearest, kind="stable")[:limit]
-        return layer, [{"path": str(self.data.paths[i]), "label": self.classes[self.data.y[i]],
-                        "similarity": round(float(nearest[i]), 4), "nearest": str(self.data.paths[which[i]])}
-                       for i in order]
+        return layer, [
+            {
+                "path": str(self.data.paths[i]),
+                "label": self.classes[self.data.y[i]],
+                "similarity": round(float(nearest[i]), 4),
+                "nearest": str(self.data.paths[which[i]]),
+            }
+            for i in order
+        ]
 
     def neighbours(self, k: int = NEIGHBOURS, reference: int = REFERENCE) -> tuple[str, np.ndarray, np.ndarray]:
         """Each image's ``k`` most cosine-similar other images in the best result's layer (see
@@ -242,8 +265,9 @@ class CVReport:
         for rows in by_digest.values():
             if len(rows) > 1:
                 labels = sorted({self.classes[self.data.y[i]] for i in rows})
-                out.append({"paths": [str(self.data.paths[i]) for i in rows], "labels": labels,
-                            "conflicting": len(labels) > 1})
+                out.append(
+                    {"paths": [str(self.data.paths[i]) for i in rows], "labels": labels, "conflicting": len(labels) > 1}
+                )
         return sorted(out, key=lambda d: (not d["conflicting"], d["paths"][0]))
 
 
@@ -255,7 +279,9 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
     fitted = time.perf_counter()
     X_test = X[split.test]
     pred = model.predict(X_test)
-    proba = full_proba(model.predict_proba(X_test), model.classes_, n_classes) if hasattr(model, "predict_proba") else None
+    proba = (
+        full_proba(model.predict_proba(X_test), model.classes_, n_classes) if hasattr(model, "predict_proba") else None
+    )
     predicted = time.perf_counter()
     best = model.best_params_ if isinstance(model, GridSearchCV) else None
     missing = sorted(set(range(n_classes)) - set(np.asarray(model.classes_).tolist()))
@@ -267,8 +293,15 @@ def _estimator(spec: str, seed: int, search: bool, inner_folds: int, grouped: bo
     grid = search_grid(spec, n_train) if search else {}
     if not grid:
         return pipe
-    return GridSearchCV(pipe, grid, cv=inner_splitter(inner_folds, seed, grouped), scoring=RANK_BY, n_jobs=1,
-                        refit=True, error_score="raise")
+    return GridSearchCV(
+        pipe,
+        grid,
+        cv=inner_splitter(inner_folds, seed, grouped),
+        scoring=RANK_BY,
+        n_jobs=1,
+        refit=True,
+        error_score="raise",
+    )
 
 
 def _guarded(results, spec: str, layer: str):
@@ -280,9 +313,21 @@ def _guarded(results, spec: str, layer: str):
         raise FeaturebankError(f"{spec} on {layer} failed: {first}") from None
 
 
-def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repeats: int = 1, seed: int = 0,
-                   groups: bool | None = None, search: bool = False, inner_folds: int = 3, n_jobs: int = 1,
-                   scheduler: str | None = None, progress: bool = False) -> CVReport:
+def cross_validate(
+    cache,
+    classifiers=None,
+    layers=None,
+    *,
+    folds: int = 5,
+    repeats: int = 1,
+    seed: int = 0,
+    groups: bool | None = None,
+    search: bool = False,
+    inner_folds: int = 3,
+    n_jobs: int = 1,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> CVReport:
     """Score every classifier (zoo spec strings; default: all) on every layer (default: all of the cache's;
     ``a+b`` for two layers side by side) with the same stratified folds. ``cache``: one cache, or a list of
     caches of the same images (see ``sources``), all ranked on the first cache's folds. ``groups``: None uses
@@ -306,8 +351,12 @@ def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repe
     inner_train = min(len(s.train) for s in splits) * (inner_folds - 1) // inner_folds
     results = []
     tasks = sum(len(layers) for layers in per_source) * len(classifiers) * len(splits)
-    with on_cluster(scheduler) as cluster, tqdm(total=tasks, unit="fit", disable=not progress, file=sys.stderr,
-                                                dynamic_ncols=True, desc="cross-validation") as bar:
+    with (
+        on_cluster(scheduler) as cluster,
+        tqdm(
+            total=tasks, unit="fit", disable=not progress, file=sys.stderr, dynamic_ncols=True, desc="cross-validation"
+        ) as bar,
+    ):
         if cluster is not None:
             n_jobs = -1  # every thread of the cluster
             if progress:
@@ -320,12 +369,24 @@ def cross_validate(cache, classifiers=None, layers=None, *, folds: int = 5, repe
                     estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
                     bar.set_postfix_str(f"{spec} @ {where}")
                     fitted = _guarded(_fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)
-                    results.append(CVResult(spec, layer, describe(spec), *_collect(fitted, splits, data.y, k, bar),
-                                            source.name))
+                    results.append(
+                        CVResult(spec, layer, describe(spec), *_collect(fitted, splits, data.y, k, bar), source.name)
+                    )
             del X, fitted  # one layer in memory at a time (the spent generators hold it too): gone before the next
-    return CVReport(data, list(dict.fromkeys(layer for layers in per_source for layer in layers)), classifiers, folds,
-                    repeats, seed, search, group_ids is not None, results, round(time.perf_counter() - started, 3),
-                    splits, sources)
+    return CVReport(
+        data,
+        list(dict.fromkeys(layer for layers in per_source for layer in layers)),
+        classifiers,
+        folds,
+        repeats,
+        seed,
+        search,
+        group_ids is not None,
+        results,
+        round(time.perf_counter() - started, 3),
+        splits,
+        sources,
+    )
 
 
 def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar):
@@ -341,8 +402,17 @@ def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar):
             if proba is None:
                 proba = np.zeros((repeats, len(y), n_classes), dtype=np.float32)
             proba[s.repeat, s.test] = p
-        folds.append(FoldResult(s.repeat, s.fold, scores(y[s.test], pred, p, n_classes), round(fit_s, 4),
-                                round(pred_s, 4), best, missing))
+        folds.append(
+            FoldResult(
+                s.repeat,
+                s.fold,
+                scores(y[s.test], pred, p, n_classes),
+                round(fit_s, 4),
+                round(pred_s, 4),
+                best,
+                missing,
+            )
+        )
         bar.update()
     return folds, predictions, proba
 
@@ -387,8 +457,9 @@ def source_layers(sources: list[Source], layers) -> list[list[str]]:
             raise FeaturebankError(f"layer {layer!r} is in none of the caches ({has})")
     for s, got in zip(sources, found):
         if not got:
-            raise FeaturebankError(f"{s.data.reader.path} has none of the layers asked for "
-                                   f"(it has {', '.join(s.data.reader.layers)})")
+            raise FeaturebankError(
+                f"{s.data.reader.path} has none of the layers asked for (it has {', '.join(s.data.reader.layers)})"
+            )
     return found
 
 

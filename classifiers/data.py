@@ -4,6 +4,7 @@ Several caches of the same images (other backbones, weights or pooling) are alig
 path, so that they share its labels, groups and folds. Features are read one layer at a time and put in that
 order in place: a layer is never held twice (a cache with unlabeled rows, or rows in another order, included).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ class Labeled:
         start = 0
         for part in parts:
             X = take_rows_in_place(self.reader.features(part), self.rows)
-            out[:, start:start + X.shape[1]] = X
+            out[:, start : start + X.shape[1]] = X
             start += X.shape[1]
             del X  # before the next part is read
         return out
@@ -59,8 +60,8 @@ def take_rows_in_place(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if m < len(X) or (ordered != np.arange(m)).any():
         block = max(1, (1 << 24) // max(1, X.shape[1] * X.itemsize))  # 16 MB at a time
         for start in range(0, m, block):  # ordered[j] >= j: a block never overwrites rows still to be read
-            part = ordered[start:start + block]
-            X[start:start + len(part)] = X[part]
+            part = ordered[start : start + block]
+            X[start : start + len(part)] = X[part]
     X = X[:m]
     position = np.searchsorted(ordered, rows)  # row i of the result is X[position[i]] now
     moved = np.flatnonzero(position != np.arange(m))
@@ -103,8 +104,10 @@ def labeled(cache: str | CacheReader) -> Labeled:
     reader = open_cache(cache)
     labels = reader.labels
     if labels is None:
-        raise FeaturebankError(f"{reader.path} has no labels: extract a class-per-folder tree or a CSV manifest "
-                               f"with a label column (its input was {reader.attrs['source']})")
+        raise FeaturebankError(
+            f"{reader.path} has no labels: extract a class-per-folder tree or a CSV manifest "
+            f"with a label column (its input was {reader.attrs['source']})"
+        )
     keep = np.flatnonzero(labels != "")
     if len(keep) == 0:
         raise FeaturebankError(f"{reader.path} has no labelled rows")
@@ -112,8 +115,15 @@ def labeled(cache: str | CacheReader) -> Labeled:
     classes = sorted(set(names.tolist()))
     index = {c: i for i, c in enumerate(classes)}
     groups = reader.groups
-    return Labeled(reader, keep, np.array([index[c] for c in names], dtype=np.int64), classes,
-                   reader.paths[keep], groups[keep] if groups is not None else None, len(labels) - len(keep))
+    return Labeled(
+        reader,
+        keep,
+        np.array([index[c] for c in names], dtype=np.int64),
+        classes,
+        reader.paths[keep],
+        groups[keep] if groups is not None else None,
+        len(labels) - len(keep),
+    )
 
 
 def aligned(first: Labeled, cache: str | CacheReader) -> Labeled:
@@ -130,22 +140,28 @@ def aligned(first: Labeled, cache: str | CacheReader) -> Labeled:
     if missing or extra:
         said = [f"{len(missing)} labelled image(s) only in {first.reader.path} (e.g. {missing[0]})"] if missing else []
         said += [f"{len(extra)} only in {other.reader.path} (e.g. {extra[0]})"] if extra else []
-        raise FeaturebankError(f"the caches do not hold the same labelled images: {'; '.join(said)}; "
-                               f"extract the same input with each backbone")
+        raise FeaturebankError(
+            f"the caches do not hold the same labelled images: {'; '.join(said)}; "
+            f"extract the same input with each backbone"
+        )
     at = np.array([where[p] for p in mine], dtype=np.int64)
     theirs = np.array(other.classes)[other.y[at]]
     ours = np.array(first.classes)[first.y]
     differ = np.flatnonzero(theirs != ours)
     if len(differ):
         i = differ[0]
-        raise FeaturebankError(f"the caches label {len(differ)} image(s) differently (e.g. {mine[i]}: {ours[i]} in "
-                               f"{first.reader.path}, {theirs[i]} in {other.reader.path})")
+        raise FeaturebankError(
+            f"the caches label {len(differ)} image(s) differently (e.g. {mine[i]}: {ours[i]} in "
+            f"{first.reader.path}, {theirs[i]} in {other.reader.path})"
+        )
     a = first.reader.rows["digest"][first.rows]
     b = other.reader.rows["digest"][other.rows[at]]
     changed = np.flatnonzero((a != "") & (b != "") & (a != b))
     if len(changed):
-        raise FeaturebankError(f"{len(changed)} image(s) changed between the caches (e.g. {mine[changed[0]]}): "
-                               f"extract them again so that every cache embeds the same files")
+        raise FeaturebankError(
+            f"{len(changed)} image(s) changed between the caches (e.g. {mine[changed[0]]}): "
+            f"extract them again so that every cache embeds the same files"
+        )
     return Labeled(other.reader, other.rows[at], first.y, first.classes, first.paths, first.groups, other.unlabeled)
 
 
@@ -154,9 +170,15 @@ def backbone_names(readers: list[CacheReader]) -> list[str]:
     test-time augmentation where two caches share a backbone, else the file's name, else a number."""
     settings = [r.settings for r in readers]
     names = [s["backbone"] for s in settings]
-    steps = [(lambda i, key=key, short=short: short(settings[i].get(key)))
-             for key, short in (("weights", _short_weights), ("pooling", str), ("precision", str),
-                                ("tta", lambda v: f"tta-{v or 'none'}"))]
+    steps = [
+        (lambda i, key=key, short=short: short(settings[i].get(key)))
+        for key, short in (
+            ("weights", _short_weights),
+            ("pooling", str),
+            ("precision", str),
+            ("tta", lambda v: f"tta-{v or 'none'}"),
+        )
+    ]
     steps.append(lambda i: os.path.splitext(os.path.basename(readers[i].path))[0])
     for step in steps:
         for name in set(names):

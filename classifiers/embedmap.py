@@ -3,6 +3,7 @@
 It is saved as data (``map.json``: the points with their paths, labels and out-of-fold predictions) and as a
 picture (``map.png``), so that the HTML page can be rendered again later without the cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,17 @@ def embedding_map(X: np.ndarray, seed: int = 0, max_rows: int = MAX_ROWS) -> tup
     # One OpenMP thread: the same picture on any machine (threads change the order of the gradient's sums), and
     # no spinning threads on a busy CPU (on 2 shared cores, 3 times faster than two threads for 2,500 rows)
     with threadpool_limits(1, user_api="openmp"):
-        xy = TSNE(2, perplexity=perplexity, init="pca", learning_rate="auto", max_iter=ITERATIONS,
-                  random_state=seed).fit_transform(Z)
-    return rows, xy, (f"L2-normalized, PCA to {dims} dimensions, t-SNE (perplexity {perplexity:.3g}, {ITERATIONS} "
-                      f"iterations, seed {seed})")
+        xy = TSNE(
+            2, perplexity=perplexity, init="pca", learning_rate="auto", max_iter=ITERATIONS, random_state=seed
+        ).fit_transform(Z)
+    return (
+        rows,
+        xy,
+        (
+            f"L2-normalized, PCA to {dims} dimensions, t-SNE (perplexity {perplexity:.3g}, {ITERATIONS} "
+            f"iterations, seed {seed})"
+        ),
+    )
 
 
 def write_map(report, out_dir: str, max_rows: int = MAX_ROWS) -> dict[str, str]:
@@ -52,14 +60,29 @@ def write_map(report, out_dir: str, max_rows: int = MAX_ROWS) -> dict[str, str]:
     rows, xy, method = embedding_map(report.source(best).features(best.layer), report.seed, max_rows)
     pred, _ = best.oof()
     classes, y = report.classes, report.data.y
-    data = {"layer": best.layer, "classifier": best.classifier, "method": method, "rows": int(len(y)),
-            "points": {"path": [str(report.data.paths[i]) for i in rows], "label": [classes[y[i]] for i in rows],
-                       "predicted": [classes[pred[i]] for i in rows],
-                       "x": [round(float(v), 3) for v in xy[:, 0]], "y": [round(float(v), 3) for v in xy[:, 1]]}}
+    data = {
+        "layer": best.layer,
+        "classifier": best.classifier,
+        "method": method,
+        "rows": int(len(y)),
+        "points": {
+            "path": [str(report.data.paths[i]) for i in rows],
+            "label": [classes[y[i]] for i in rows],
+            "predicted": [classes[pred[i]] for i in rows],
+            "x": [round(float(v), 3) for v in xy[:, 0]],
+            "y": [round(float(v), 3) for v in xy[:, 1]],
+        },
+    }
     files = {"map_json": os.path.join(out_dir, "map.json"), "map_png": os.path.join(out_dir, "map.png")}
     with open(files["map_json"], "w", encoding="utf-8") as fh:
         json.dump(data, fh)
     sample = f"{len(rows)} of {len(y)} images" if len(rows) < len(y) else f"{len(y)} images"
-    map_png(xy, y[rows], classes, pred[rows] != y[rows], f"{best.layer}: {sample}, t-SNE" if "t-SNE" in method
-            else f"{best.layer}: {sample}, PCA", files["map_png"])
+    map_png(
+        xy,
+        y[rows],
+        classes,
+        pred[rows] != y[rows],
+        f"{best.layer}: {sample}, t-SNE" if "t-SNE" in method else f"{best.layer}: {sample}, PCA",
+        files["map_png"],
+    )
     return files

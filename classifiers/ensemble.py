@@ -12,6 +12,7 @@ method="sigmoid", ensemble=False)`` around its whole pipeline, fit on its decisi
 The members see the whole vector they are given: on a composite layer ``a+b`` each member sees every block.
 With ``fit(X, y, groups)`` (cv and train pass the cache's groups), every inner fold keeps a group on one side.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -83,8 +84,14 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
     def _probabilities(self, members, X) -> list[np.ndarray]:
         """Each member's probabilities over all of the ensemble's classes (a member may have missed one)."""
         index = {c: i for i, c in enumerate(self.classes_.tolist())}
-        return [full_proba(np.asarray(m.predict_proba(X), dtype=np.float64), [index[c] for c in m.classes_.tolist()],
-                           len(self.classes_)) for m in members]
+        return [
+            full_proba(
+                np.asarray(m.predict_proba(X), dtype=np.float64),
+                [index[c] for c in m.classes_.tolist()],
+                len(self.classes_),
+            )
+            for m in members
+        ]
 
     def fit(self, X, y, groups=None):
         self.check_params()
@@ -117,8 +124,9 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
     def describe(self) -> str:
         """``soft vote of [logreg: scale → LogisticRegression(C=0.1) | …]``: for reports and ``classifiers``."""
         how = "soft vote" if self.method == "vote" else "stacking (logistic regression on out-of-fold probabilities)"
-        inner = " | ".join(f"{name}: {describe(getattr(pipe, 'estimator', pipe))}"
-                           + (" + sigmoid calibration" if hasattr(pipe, "estimator") else "")
-                           for name, pipe in self.member_pipelines())
+        inner = " | ".join(
+            f"{name}: {describe(getattr(pipe, 'estimator', pipe))}"
+            + (" + sigmoid calibration" if hasattr(pipe, "estimator") else "")
+            for name, pipe in self.member_pipelines()
+        )
         return f"{how} of [{inner}]"
-

@@ -4,6 +4,7 @@ One place decides how the training rows of a fold are split again, so that near-
 camera (one group; a row without a group is its own) never sit on both sides of an inner fold either, and so that
 every fit that takes those groups gets them (``fit_grouped``).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -26,8 +27,7 @@ def inner_fold_count(y: np.ndarray, wanted: int, groups: np.ndarray | None = Non
     if groups is not None:
         n_groups = len(set(np.asarray(groups).tolist()))
         if n_groups < 2:
-            raise FeaturebankError(f"{n_groups} group: inner cross-validation needs at least 2 groups "
-                                   f"(or --no-groups)")
+            raise FeaturebankError(f"{n_groups} group: inner cross-validation needs at least 2 groups (or --no-groups)")
         folds = min(folds, n_groups)
     return folds
 

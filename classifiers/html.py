@@ -6,6 +6,7 @@ get 160 px JPEG thumbnails in ``RUN_DIR/thumbs/``, made once from the originals 
 folder can be moved or sent. Nothing is fetched: the CSS and the small sorting script are inline, and the
 markup comes from a Jinja2 template with autoescaping, so a path or a label is always text.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,13 @@ LABEL_ISSUE_THUMBS = 48  # the first page of the ranked label issues; label_issu
 def _environment():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("classifiers", "templates"), autoescape=True,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("classifiers", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     return env
 
 
@@ -120,8 +126,15 @@ def read_predictions(path: str) -> list[dict] | None:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         scored = any(name.startswith("p_") for name in reader.fieldnames or [])
-        return [{"path": r["path"], "label": r["label"], "predicted": r["predicted"],
-                 "confidence": float(r["confidence"]) if scored else None} for r in reader]
+        return [
+            {
+                "path": r["path"],
+                "label": r["label"],
+                "predicted": r["predicted"],
+                "confidence": float(r["confidence"]) if scored else None,
+            }
+            for r in reader
+        ]
 
 
 def _cell(m: dict | None, percent: bool = True) -> dict:
@@ -140,11 +153,22 @@ def _blend(colour: tuple[int, int, int], strength: float) -> str:
     return f"rgb({r}, {g}, {b})"
 
 
-def _card(thumbs: Thumbs, path: str, label: str, predicted: str | None = None, confidence: float | None = None,
-          **extra) -> dict:
+def _card(
+    thumbs: Thumbs, path: str, label: str, predicted: str | None = None, confidence: float | None = None, **extra
+) -> dict:
     """One image as the template's ``card`` shows it: thumbnail (or why there is none), path, label, prediction."""
-    return {"path": path, "label": label, "predicted": predicted, "confidence": confidence, "notes": [],
-            "conflict": False, "nearest": None, "compact": False, **extra, "thumb": thumbs(path)}
+    return {
+        "path": path,
+        "label": label,
+        "predicted": predicted,
+        "confidence": confidence,
+        "notes": [],
+        "conflict": False,
+        "nearest": None,
+        "compact": False,
+        **extra,
+        "thumb": thumbs(path),
+    }
 
 
 def _cells(classes: list[str], oof: list[dict], thumbs: Thumbs):
@@ -164,11 +188,17 @@ def _cells(classes: list[str], oof: list[dict], thumbs: Thumbs):
             n = counts[i][j]
             share = n / total if total else 0.0
             strength = share if i == j else share / ERROR_SATURATES
-            cells.append({"count": n, "id": f"cell-{i}-{j}", "diagonal": i == j,
-                          "bg": _blend(BLUE if i == j else RED, strength),
-                          "fg": "#fff" if min(strength, 1.0) > 0.55 else "#1d2330",
-                          "title": f"labelled {classes[i]}, predicted {classes[j]}: {n} "
-                                   f"({100 * share:.1f} % of {classes[i]})"})
+            cells.append(
+                {
+                    "count": n,
+                    "id": f"cell-{i}-{j}",
+                    "diagonal": i == j,
+                    "bg": _blend(BLUE if i == j else RED, strength),
+                    "fg": "#fff" if min(strength, 1.0) > 0.55 else "#1d2330",
+                    "title": f"labelled {classes[i]}, predicted {classes[j]}: {n} "
+                    f"({100 * share:.1f} % of {classes[i]})",
+                }
+            )
         matrix.append({"name": classes[i], "cells": cells})
     panels, budget = [], TOTAL_CELL_THUMBS
     for i in range(k):
@@ -182,19 +212,30 @@ def _cells(classes: list[str], oof: list[dict], thumbs: Thumbs):
             shown = min(CELL_THUMBS, budget, len(rows))
             budget -= shown
             cards = [_card(thumbs, **r, compact=True) for r in rows[:shown]]
-            panels.append({"id": f"cell-{i}-{j}", "true": classes[i], "predicted": classes[j], "count": len(rows),
-                           "order": "In the cache's order (this classifier gives no probabilities)." if not scored
-                           else "Least confident first: the closest calls." if i == j
-                           else "Most confident first: the surest mistakes.",
-                           "cards": cards, "more": rows[shown:CELL_ROWS],
-                           "unlisted": max(0, len(rows) - max(CELL_ROWS, shown))})
+            panels.append(
+                {
+                    "id": f"cell-{i}-{j}",
+                    "true": classes[i],
+                    "predicted": classes[j],
+                    "count": len(rows),
+                    "order": "In the cache's order (this classifier gives no probabilities)."
+                    if not scored
+                    else "Least confident first: the closest calls."
+                    if i == j
+                    else "Most confident first: the surest mistakes.",
+                    "cards": cards,
+                    "more": rows[shown:CELL_ROWS],
+                    "unlisted": max(0, len(rows) - max(CELL_ROWS, shown)),
+                }
+            )
     return matrix, panels
 
 
 def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
     def predictions_of(result: dict) -> str:  # reports before the "predictions" key named files this way
-        return result.get("predictions") or os.path.join("predictions", predictions_name(result["classifier"],
-                                                                                          result["layer"]))
+        return result.get("predictions") or os.path.join(
+            "predictions", predictions_name(result["classifier"], result["layer"])
+        )
 
     classes = d["classes"]
     best = find_result(d, d["best"])
@@ -212,66 +253,127 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         return _card(thumbs, path, label, known.get("predicted"), known.get("confidence"), **extra)
 
     s, cv = d["settings"], d["cv"]
-    facts = [("cache", f"{d['cache']} ({d['rows']} labelled images"
-              + (f", {d['unlabeled_rows']} unlabeled left out" if d["unlabeled_rows"] else "") + ")"),
-             ("input", d["source"]),
-             ("embedding", f"{s['backbone']}, weights {s['weights']}, pooling {s['pooling']}, precision {s['precision']}"),
-             ("folds", f"{cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
-              + (", nested hyperparameter search" if cv["search"] else "")),
-             ("classes", ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()))]
+    facts = [
+        (
+            "cache",
+            f"{d['cache']} ({d['rows']} labelled images"
+            + (f", {d['unlabeled_rows']} unlabeled left out" if d["unlabeled_rows"] else "")
+            + ")",
+        ),
+        ("input", d["source"]),
+        ("embedding", f"{s['backbone']}, weights {s['weights']}, pooling {s['pooling']}, precision {s['precision']}"),
+        (
+            "folds",
+            f"{cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
+            + (", nested hyperparameter search" if cv["search"] else ""),
+        ),
+        ("classes", ", ".join(f"{c} {n}" for c, n in d["class_counts"].items())),
+    ]
     if several_caches(d):
-        facts[2] = ("embedding", "; ".join(f"{c['backbone']} = {c['cache']} ({c['settings']['weights']}, pooling "
-                                           f"{c['settings']['pooling']}, {c['settings']['precision']})"
-                                           for c in d["caches"]))
+        facts[2] = (
+            "embedding",
+            "; ".join(
+                f"{c['backbone']} = {c['cache']} ({c['settings']['weights']}, pooling "
+                f"{c['settings']['pooling']}, {c['settings']['precision']})"
+                for c in d["caches"]
+            ),
+        )
         facts.append(("folds from", cv["folds_from"]))
-    leaderboard = [{**r, "metrics": [_cell(r["accuracy"]), _cell(r["balanced_accuracy"]), _cell(r["f1_macro"]),
-                                     _cell(r["log_loss"], percent=False)],
-                    "p": {"v": r.get("p_value") if r.get("p_value") is not None else 1.0, "text": p_text(r)}}
-                   for r in d["leaderboard"]]
-    per_class = [{"name": c, **{k: f"{100 * v[k]:.1f}" for k in ("precision", "recall", "f1")}, "support": v["support"]}
-                 for c, v in best["per_class"].items()]
+    leaderboard = [
+        {
+            **r,
+            "metrics": [
+                _cell(r["accuracy"]),
+                _cell(r["balanced_accuracy"]),
+                _cell(r["f1_macro"]),
+                _cell(r["log_loss"], percent=False),
+            ],
+            "p": {"v": r.get("p_value") if r.get("p_value") is not None else 1.0, "text": p_text(r)},
+        }
+        for r in d["leaderboard"]
+    ]
+    per_class = [
+        {"name": c, **{k: f"{100 * v[k]:.1f}" for k in ("precision", "recall", "f1")}, "support": v["support"]}
+        for c, v in best["per_class"].items()
+    ]
     matrix, panels = _cells(classes, oof, thumbs) if oof else (None, [])
-    suspicious = [_card(thumbs, i["path"], i["label"], i["predicted"], i["confidence"],
-                        notes=[f"p(label) {i['p_label']:.2f}"]) for i in susp["images"]]
-    outliers = [item(i["path"], i["label"], nearest=i["nearest"], similarity=i["similarity"])
-                for i in d["outliers"]["images"]]
-    duplicates = [{**g, "cards": [item(p, label, conflict=g["conflicting"])
-                                  for p, label in zip(g["paths"], _labels_of(g, by_path))]}
-                  for g in d["duplicates"][:DUPLICATE_SETS]]
+    suspicious = [
+        _card(thumbs, i["path"], i["label"], i["predicted"], i["confidence"], notes=[f"p(label) {i['p_label']:.2f}"])
+        for i in susp["images"]
+    ]
+    outliers = [
+        item(i["path"], i["label"], nearest=i["nearest"], similarity=i["similarity"]) for i in d["outliers"]["images"]
+    ]
+    duplicates = [
+        {
+            **g,
+            "cards": [
+                item(p, label, conflict=g["conflicting"]) for p, label in zip(g["paths"], _labels_of(g, by_path))
+            ],
+        }
+        for g in d["duplicates"][:DUPLICATE_SETS]
+    ]
     issues = d.get("label_issues") or []
-    label_issues = [_card(thumbs, i["path"], i["label"], notes=[f"suggested {i['suggested']}",
-                                                                 f"score {i['score']:.2f}"]
-                          + (["within the estimate"] if i.get("within_estimate") else []))
-                    for i in issues[:LABEL_ISSUE_THUMBS]]
+    label_issues = [
+        _card(
+            thumbs,
+            i["path"],
+            i["label"],
+            notes=[f"suggested {i['suggested']}", f"score {i['score']:.2f}"]
+            + (["within the estimate"] if i.get("within_estimate") else []),
+        )
+        for i in issues[:LABEL_ISSUE_THUMBS]
+    ]
     sections = [("leaderboard", "Leaderboard"), ("best", "Best model"), ("suspicious", "Suspicious")]
     if d.get("label_issues_estimated") is not None:
         sections.append(("label-issues", "Label issues"))
-    sections += [(k, name) for k, name, there in (("outliers", "Outliers", outliers), ("duplicates", "Duplicates", duplicates))
-                 if there]
+    sections += [
+        (k, name)
+        for k, name, there in (("outliers", "Outliers", outliers), ("duplicates", "Duplicates", duplicates))
+        if there
+    ]
     figure = _map(run_dir)
     if figure:
         sections.append(("map", "Map"))
     if d["failed"]:
         sections.append(("failed", "Files without a row"))
     versions = ", ".join(f"{k} {v}" for k, v in d["versions"].items())
-    return {"kind": "cv", "title": f"Cross-validation: {_short(d['source'])}",
-            "facts": facts, "sections": sections, "rank_by": cv["rank_by"].replace("_", " "), "leaderboard": leaderboard,
-            "several": several_caches(d), "significance": significance_note(d), "best": best,
-            "best_name": model_name(d, best).replace(" @ ", " on "),
-            "repeats": cv["repeats"], "per_class": per_class, "classes": classes, "matrix": matrix,
-            "panels": panels, "predictions_file": predictions_file,
-            "judge": model_name(d, susp).replace(" @ ", " on ") if susp["classifier"] else None,
-            "cards_by": model_name(d, judge).replace(" @ ", " on ") if cards_oof else None,
-            "suspicious": suspicious, "label_issues": label_issues, "label_issues_listed": len(issues),
-            "label_issues_estimated": d.get("label_issues_estimated"),
-            "label_issues_one_model": d.get("label_issues_one_model_estimate"),
-            "label_issues_pairs": d.get("label_issues_pairs"),
-            "label_issues_signals": (d.get("label_issues_method") or {}).get("signals"),
-            "outliers": outliers, "outlier_layer": d["outliers"].get("layer"),
-            "duplicates": duplicates, "duplicates_more": max(0, len(d["duplicates"]) - DUPLICATE_SETS),
-            "map": figure, "error_saturates": int(100 * ERROR_SATURATES),
-            "failed": d["failed"][:200], "failed_count": len(d["failed"]),
-            "footer": f"Computed in {d['seconds']:.1f} s with {versions}. Rendered by featurebank {__version__}."}
+    return {
+        "kind": "cv",
+        "title": f"Cross-validation: {_short(d['source'])}",
+        "facts": facts,
+        "sections": sections,
+        "rank_by": cv["rank_by"].replace("_", " "),
+        "leaderboard": leaderboard,
+        "several": several_caches(d),
+        "significance": significance_note(d),
+        "best": best,
+        "best_name": model_name(d, best).replace(" @ ", " on "),
+        "repeats": cv["repeats"],
+        "per_class": per_class,
+        "classes": classes,
+        "matrix": matrix,
+        "panels": panels,
+        "predictions_file": predictions_file,
+        "judge": model_name(d, susp).replace(" @ ", " on ") if susp["classifier"] else None,
+        "cards_by": model_name(d, judge).replace(" @ ", " on ") if cards_oof else None,
+        "suspicious": suspicious,
+        "label_issues": label_issues,
+        "label_issues_listed": len(issues),
+        "label_issues_estimated": d.get("label_issues_estimated"),
+        "label_issues_one_model": d.get("label_issues_one_model_estimate"),
+        "label_issues_pairs": d.get("label_issues_pairs"),
+        "label_issues_signals": (d.get("label_issues_method") or {}).get("signals"),
+        "outliers": outliers,
+        "outlier_layer": d["outliers"].get("layer"),
+        "duplicates": duplicates,
+        "duplicates_more": max(0, len(d["duplicates"]) - DUPLICATE_SETS),
+        "map": figure,
+        "error_saturates": int(100 * ERROR_SATURATES),
+        "failed": d["failed"][:200],
+        "failed_count": len(d["failed"]),
+        "footer": f"Computed in {d['seconds']:.1f} s with {versions}. Rendered by featurebank {__version__}.",
+    }
 
 
 def _short(source: str) -> str:
@@ -295,8 +397,15 @@ def _map(run_dir: str) -> dict | None:
         m = json.load(fh)
     points = m["points"]
     wrong = sum(a != b for a, b in zip(points["label"], points["predicted"]))
-    return {"png": "map.png", "points": len(points["path"]), "rows": m["rows"], "layer": m["layer"],
-            "method": m["method"], "classifier": m["classifier"], "wrong": wrong}
+    return {
+        "png": "map.png",
+        "points": len(points["path"]),
+        "rows": m["rows"],
+        "layer": m["layer"],
+        "method": m["method"],
+        "classifier": m["classifier"],
+        "wrong": wrong,
+    }
 
 
 def render_page(run_dir: str, context: dict) -> str:

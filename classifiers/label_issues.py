@@ -17,6 +17,7 @@ Which mix ranks best was measured on injected noise (benchmarks/label_noise.py, 
 defaults below are that measurement's choice. cleanlab (AGPL-3.0) is not used here: only the benchmark and a
 test compare against it when it is installed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,9 @@ def confident_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
 
 
-def confident_joint(labels: np.ndarray, probs: np.ndarray,
-                    thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def confident_joint(
+    labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The confident joint C[given, true] (counts, not calibrated; each diagonal at least 1, as in cleanlab) and
     each row's confident class (-1 where no class reaches its threshold). Among several classes above their
     thresholds an image goes to the most probable one."""
@@ -122,8 +124,9 @@ class LabelIssues:
         return sorted(out, key=lambda p: (-p[2], p[0], p[1]))
 
 
-def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = RANK_BY,
-                      flag: str = FLAG, count: int | None = None) -> LabelIssues:
+def find_label_issues(
+    labels: np.ndarray, probs: np.ndarray, rank_by: str = RANK_BY, flag: str = FLAG, count: int | None = None
+) -> LabelIssues:
     """Confident learning on ``probs`` (rows: images, columns: classes; out-of-fold, so no model saw the image
     it judges). ``flag``: how the estimated set is chosen: ``rank``, the first ``estimated`` images of the
     ranked list; ``pair``, per class pair (i, j) the C[i, j] images labelled i with the largest p(j) - p(i)
@@ -161,12 +164,11 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = RANK
             for j in range(k):
                 if i != j and joint[i, j] > 0:
                     margin = probs[mine, j] - probs[mine, i]
-                    flagged[mine[np.argsort(-margin, kind="stable")[:joint[i, j]]]] = True
+                    flagged[mine[np.argsort(-margin, kind="stable")[: joint[i, j]]]] = True
         flagged &= suggested != labels
     else:
         raise ValueError(f"unknown flag {flag!r} (one of {', '.join(FLAGS)})")
-    return LabelIssues(labels, suggested, quality, joint, confident_thresholds(labels, probs), order, flagged,
-                       rank_by)
+    return LabelIssues(labels, suggested, quality, joint, confident_thresholds(labels, probs), order, flagged, rank_by)
 
 
 def neighbour_probs(index: np.ndarray, labels: np.ndarray, n_classes: int, k: int = NEIGHBOURS) -> np.ndarray:
@@ -179,8 +181,9 @@ def neighbour_probs(index: np.ndarray, labels: np.ndarray, n_classes: int, k: in
     return out / near.shape[1]
 
 
-def combine(members: list[np.ndarray], neighbours: np.ndarray | None = None,
-            weight: float = NEIGHBOUR_WEIGHT) -> np.ndarray:
+def combine(
+    members: list[np.ndarray], neighbours: np.ndarray | None = None, weight: float = NEIGHBOUR_WEIGHT
+) -> np.ndarray:
     """The members' probabilities averaged, then mixed with the neighbour vote: (1 - weight) * mean + weight *
     vote (no vote: the mean alone)."""
     mean = np.mean([np.asarray(m, dtype=np.float64) for m in members], axis=0)
@@ -202,13 +205,21 @@ class Signals:
     def describe(self) -> str:
         text = "mean out-of-fold probabilities of " + ", ".join(self.members)
         if self.neighbours and self.weight > 0:
-            text += (f", mixed {1 - self.weight:g}:{self.weight:g} with the labels of each image's {self.neighbours} "
-                     f"nearest neighbours on {self.layer} (cosine)")
+            text += (
+                f", mixed {1 - self.weight:g}:{self.weight:g} with the labels of each image's {self.neighbours} "
+                f"nearest neighbours on {self.layer} (cosine)"
+            )
         return text
 
 
-def from_report(report, members: int = MEMBERS, neighbours: int = NEIGHBOURS, weight: float = NEIGHBOUR_WEIGHT,
-                rank_by: str = RANK_BY, flag: str = FLAG) -> tuple[LabelIssues | None, Signals | None]:
+def from_report(
+    report,
+    members: int = MEMBERS,
+    neighbours: int = NEIGHBOURS,
+    weight: float = NEIGHBOUR_WEIGHT,
+    rank_by: str = RANK_BY,
+    flag: str = FLAG,
+) -> tuple[LabelIssues | None, Signals | None]:
     """Label issues of a cross-validation run from what it already has: the out-of-fold probabilities of its
     results (``members`` of them, best log-loss first; 0: all) and its neighbour search (``CVReport.neighbours``).
     (None, None) when no result has probabilities."""
@@ -226,8 +237,10 @@ def from_report(report, members: int = MEMBERS, neighbours: int = NEIGHBOURS, we
     alone = None
     if len(chosen) > 1 or vote is not None:  # a single model over-counts, but reading that deep finds more
         alone = find_label_issues(report.data.y, chosen[0].proba.mean(axis=0), rank_by, flag).estimated
-    return (find_label_issues(report.data.y, probs, rank_by, flag),
-            Signals(names, neighbours if vote is not None else 0, weight if vote is not None else 0.0, layer, alone))
+    return (
+        find_label_issues(report.data.y, probs, rank_by, flag),
+        Signals(names, neighbours if vote is not None else 0, weight if vote is not None else 0.0, layer, alone),
+    )
 
 
 def report_entries(report) -> dict:
@@ -236,23 +249,40 @@ def report_entries(report) -> dict:
     within the estimate), ``label_issues_estimated`` and the estimate per class pair."""
     found, signals = from_report(report)
     if found is None:
-        return {"label_issues": [], "label_issues_estimated": None, "label_issues_one_model_estimate": None,
-                "label_issues_pairs": [], "label_issues_method": None}
+        return {
+            "label_issues": [],
+            "label_issues_estimated": None,
+            "label_issues_one_model_estimate": None,
+            "label_issues_pairs": [],
+            "label_issues_method": None,
+        }
     classes, paths = report.classes, report.data.paths
     return {
-        "label_issues": [{"path": str(paths[i]), "label": classes[found.labels[i]],
-                          "suggested": classes[found.suggested[i]], "score": round(1.0 - float(found.quality[i]), 4),
-                          "within_estimate": bool(found.flagged[i])} for i in found.order],
+        "label_issues": [
+            {
+                "path": str(paths[i]),
+                "label": classes[found.labels[i]],
+                "suggested": classes[found.suggested[i]],
+                "score": round(1.0 - float(found.quality[i]), 4),
+                "within_estimate": bool(found.flagged[i]),
+            }
+            for i in found.order
+        ],
         "label_issues_estimated": found.estimated,
         # measured (docs/label-issues.md): the list read down to this rank catches as many flips as cleanlab's
         # flagged set on one model's probabilities, or more, at a better precision
         "label_issues_one_model_estimate": signals.one_model,
         "label_issues_pairs": [{"label": classes[i], "suggested": classes[j], "count": n} for i, j, n in found.pairs()],
-        "label_issues_method": {"signals": signals.describe(), "members": signals.members,
-                                "neighbours": signals.neighbours, "neighbour_weight": signals.weight,
-                                "neighbour_layer": signals.layer, "rank_by": found.rank_by,
-                                "score": "1 - label quality (" + found.rank_by.replace("_", " ") + "), highest first",
-                                "estimate": "off-diagonal sum of the calibrated confident joint (confident learning)"},
+        "label_issues_method": {
+            "signals": signals.describe(),
+            "members": signals.members,
+            "neighbours": signals.neighbours,
+            "neighbour_weight": signals.weight,
+            "neighbour_layer": signals.layer,
+            "rank_by": found.rank_by,
+            "score": "1 - label quality (" + found.rank_by.replace("_", " ") + "), highest first",
+            "estimate": "off-diagonal sum of the calibrated confident joint (confident learning)",
+        },
     }
 
 
@@ -265,8 +295,16 @@ def write_csv(d: dict, path: str) -> str:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
         for rank, item in enumerate(d.get("label_issues") or [], 1):
-            w.writerow([rank, item["path"], item["label"], item["suggested"], f"{item['score']:.4f}",
-                        int(item["within_estimate"])])
+            w.writerow(
+                [
+                    rank,
+                    item["path"],
+                    item["label"],
+                    item["suggested"],
+                    f"{item['score']:.4f}",
+                    int(item["within_estimate"]),
+                ]
+            )
     return path
 
 
@@ -274,11 +312,14 @@ def summary_lines(d: dict, limit: int = 10) -> list[str]:
     """The terminal's and report.md's few lines: the estimate, the pairs, the first images."""
     if d.get("label_issues_estimated") is None:
         return []
-    out = [f"about {d['label_issues_estimated']} label(s) wrong (confident learning, out of fold); "
-           f"{len(d['label_issues'])} image(s) whose suggested class is not their label"]
+    out = [
+        f"about {d['label_issues_estimated']} label(s) wrong (confident learning, out of fold); "
+        f"{len(d['label_issues'])} image(s) whose suggested class is not their label"
+    ]
     if (d.get("label_issues_one_model_estimate") or 0) > d["label_issues_estimated"]:
-        out[0] += (f" (the best model alone estimates {d['label_issues_one_model_estimate']}: read that far to miss "
-                   f"fewer)")
+        out[0] += (
+            f" (the best model alone estimates {d['label_issues_one_model_estimate']}: read that far to miss fewer)"
+        )
     out += [f"  about {p['count']} {p['suggested']} labelled {p['label']}" for p in d["label_issues_pairs"][:limit]]
     return out
 
@@ -299,8 +340,11 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
 
     def key(path: str) -> str:
         path = path.strip()
-        return path if os.path.isabs(path) else os.path.relpath(os.path.normpath(os.path.join(root, path)),
-                                                                root).replace(os.sep, "/")
+        return (
+            path
+            if os.path.isabs(path)
+            else os.path.relpath(os.path.normpath(os.path.join(root, path)), root).replace(os.sep, "/")
+        )
 
     with open(manifest, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
@@ -319,14 +363,24 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
         names = {f.strip().lower(): f for f in reader.fieldnames or []}
         column = names.get("new_label") or names.get("suggested")
         if "path" not in names or column is None:
-            raise FeaturebankError(f"{corrections}: needs a 'path' column and a 'new_label' or 'suggested' column "
-                                   f"(as label_issues.csv has)")
-        wanted = [(r[names["path"]], (r.get(names["label"]) or "").strip() if "label" in names else None,
-                   (r.get(column) or "").strip()) for r in reader]
+            raise FeaturebankError(
+                f"{corrections}: needs a 'path' column and a 'new_label' or 'suggested' column "
+                f"(as label_issues.csv has)"
+            )
+        wanted = [
+            (
+                r[names["path"]],
+                (r.get(names["label"]) or "").strip() if "label" in names else None,
+                (r.get(column) or "").strip(),
+            )
+            for r in reader
+        ]
     unknown = [p for p, _, _ in wanted if key(p) not in where]
     if unknown:
-        raise FeaturebankError(f"{len(unknown)} path(s) of {corrections} are not in {manifest} (e.g. {unknown[0]}): "
-                               f"give the manifest the cache was extracted from")
+        raise FeaturebankError(
+            f"{len(unknown)} path(s) of {corrections} are not in {manifest} (e.g. {unknown[0]}): "
+            f"give the manifest the cache was extracted from"
+        )
     changed = stale = 0
     for path, given, new in wanted:
         row = rows[where[key(path)]]
@@ -344,16 +398,41 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, out)
-    return {"manifest": out, "rows": len(rows), "changed": changed, "stale": stale,
-            "unchanged": len(wanted) - changed - stale}
+    return {
+        "manifest": out,
+        "rows": len(rows),
+        "changed": changed,
+        "stale": stale,
+        "unchanged": len(wanted) - changed - stale,
+    }
 
 
-__all__ = ["FLAG", "LabelIssues", "MEMBERS", "NEIGHBOURS", "NEIGHBOUR_WEIGHT", "RANK_BY", "Signals", "calibrate",
-           "combine", "confident_joint", "confident_thresholds", "find_label_issues", "from_report",
-           "label_quality", "neighbour_probs", "relabel", "report_entries", "summary_lines", "write_csv"]
+__all__ = [
+    "FLAG",
+    "LabelIssues",
+    "MEMBERS",
+    "NEIGHBOURS",
+    "NEIGHBOUR_WEIGHT",
+    "RANK_BY",
+    "Signals",
+    "calibrate",
+    "combine",
+    "confident_joint",
+    "confident_thresholds",
+    "find_label_issues",
+    "from_report",
+    "label_quality",
+    "neighbour_probs",
+    "relabel",
+    "report_entries",
+    "summary_lines",
+    "write_csv",
+]
 
 
 def relabel_text(d: dict) -> list[str]:
     """``relabel``'s answer for a person."""
-    return [f"wrote {d['manifest']}: {d['changed']} label(s) changed, {d['stale']} stale row(s) skipped, "
-            f"{d['unchanged']} unchanged"]
+    return [
+        f"wrote {d['manifest']}: {d['changed']} label(s) changed, {d['stale']} stale row(s) skipped, "
+        f"{d['unchanged']} unchanged"
+    ]

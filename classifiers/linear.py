@@ -6,6 +6,7 @@ rows it is given (group-aware through ``folds``), so that when it sits inside a 
 stays honest. The sweep runs along the path from strong to weak regularization, each fit warm-started from the last,
 which costs a few times one fit rather than one fit per value (8x one fit with ``C=0.1`` on flowers, 2,569 rows).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,9 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     Fitted: ``C_`` (the strength used), ``cv_scores_`` (inner folds × ``Cs``, lower is better for log-loss),
     ``coef_``, ``intercept_``, ``classes_`` as ``LogisticRegression``'s, so it folds into a linear layer."""
 
-    def __init__(self, C=None, Cs=DEFAULT_CS, inner_folds=3, scoring="log_loss", inner_tol=1e-4, max_iter=2000,
-                 random_state=0):
+    def __init__(
+        self, C=None, Cs=DEFAULT_CS, inner_folds=3, scoring="log_loss", inner_tol=1e-4, max_iter=2000, random_state=0
+    ):
         self.C = C
         self.Cs = Cs
         self.inner_folds = inner_folds

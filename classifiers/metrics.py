@@ -1,9 +1,16 @@
 """The numbers a reviewer asks for, computed one way for cross-validation folds, evaluation and fine-tuning."""
+
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
 
@@ -15,17 +22,21 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, n_c
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true": a fact of small folds
-        out = {"accuracy": float(accuracy_score(y_true, y_pred)),
-               "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-               "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+        out = {
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        }
     out["log_loss"] = float(log_loss(y_true, proba, labels=np.arange(n_classes))) if proba is not None else None
     return out
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
     p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=np.arange(len(classes)), zero_division=0)
-    return {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
-            for i, c in enumerate(classes)}
+    return {
+        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+        for i, c in enumerate(classes)
+    }
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

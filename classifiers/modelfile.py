@@ -15,6 +15,7 @@ members are checked first. Old model files (joblib pickles) are read only when t
 (``trust_pickle=True``: ``--trust-pickle``, or ``featurebank convert OLD NEW`` once), since unpickling a file runs
 whatever code it names.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,14 +46,33 @@ TRUSTED_TYPES = [
 ]
 
 # The keys of the metadata, with the types they must have (a tuple: any of them).
-SCHEMA = {"classes": list, "classifier": str, "layer": str, "settings": dict, "weights_file": (str, type(None)),
-          "trained_on": dict, "versions": dict}
+SCHEMA = {
+    "classes": list,
+    "classifier": str,
+    "layer": str,
+    "settings": dict,
+    "weights_file": (str, type(None)),
+    "trained_on": dict,
+    "versions": dict,
+}
 
-_PICKLE_MAGIC = (b"\x80",  # pickle protocol 2 and later (joblib without compression)
-                 b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda",  # zlib: joblib's compress=1..9
-                 b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00\x00", b"\x04\x22\x4d\x18", b"ZF")  # gzip bz2 xz lzma lz4
-TRUST_HINT = ("if it is an old featurebank model file from a source you trust, load it with --trust-pickle, or "
-              "convert it once: featurebank convert OLD NEW")
+_PICKLE_MAGIC = (
+    b"\x80",  # pickle protocol 2 and later (joblib without compression)
+    b"\x78\x01",
+    b"\x78\x5e",
+    b"\x78\x9c",
+    b"\x78\xda",  # zlib: joblib's compress=1..9
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ",
+    b"\x5d\x00\x00",
+    b"\x04\x22\x4d\x18",
+    b"ZF",
+)  # gzip bz2 xz lzma lz4
+TRUST_HINT = (
+    "if it is an old featurebank model file from a source you trust, load it with --trust-pickle, or "
+    "convert it once: featurebank convert OLD NEW"
+)
 
 
 def trust_types(*names: str) -> None:
@@ -128,18 +148,24 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
     kind = kind_of(path)
     if kind == "pickle":
         if not trust_pickle:
-            raise FeaturebankError(f"{path} is a pickle, not a featurebank model file: it was not loaded, since "
-                                   f"loading a pickle can run any code; {TRUST_HINT}")
+            raise FeaturebankError(
+                f"{path} is a pickle, not a featurebank model file: it was not loaded, since "
+                f"loading a pickle can run any code; {TRUST_HINT}"
+            )
         return _read_pickle(path)
     if kind == "other":
-        raise FeaturebankError(f"{path} is not a featurebank model file (`featurebank train` writes them)"
-                               + (f"; {TRUST_HINT}" if trust_pickle is False and _maybe_old_pickle(path) else ""))
+        raise FeaturebankError(
+            f"{path} is not a featurebank model file (`featurebank train` writes them)"
+            + (f"; {TRUST_HINT}" if trust_pickle is False and _maybe_old_pickle(path) else "")
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             if META not in names or PIPELINE not in names:
-                raise FeaturebankError(f"{path} is a zip archive but not a featurebank model file (it lacks "
-                                       f"{META if META not in names else PIPELINE})")
+                raise FeaturebankError(
+                    f"{path} is a zip archive but not a featurebank model file (it lacks "
+                    f"{META if META not in names else PIPELINE})"
+                )
             if archive.getinfo(META).file_size > MAX_META_BYTES:
                 raise FeaturebankError(f"{path} is not a featurebank model file ({META} is too large)")
             with archive.open(META) as fh:
@@ -147,8 +173,9 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
             document = _document(path, raw)
             blob = archive.read(PIPELINE)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise FeaturebankError(f"{path} is a damaged featurebank model file ({type(exc).__name__}: "
-                               f"{_first_line(exc)})") from None
+        raise FeaturebankError(
+            f"{path} is a damaged featurebank model file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     return document, _load_pipeline(path, blob, document)
 
 
@@ -171,8 +198,10 @@ def _document(path: str, raw: bytes) -> dict:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise FeaturebankError(f"{path} is not a featurebank model file ({META} does not say format {FORMAT!r})")
     if document.get("version") != VERSION:
-        raise FeaturebankError(f"{path} is a model file of format version {document.get('version')!r}; this "
-                               f"featurebank reads version {VERSION}: train it again with `featurebank train`")
+        raise FeaturebankError(
+            f"{path} is a model file of format version {document.get('version')!r}; this "
+            f"featurebank reads version {VERSION}: train it again with `featurebank train`"
+        )
     check_metadata(path, document)
     return document
 
@@ -184,8 +213,10 @@ def check_metadata(path: str, document: dict) -> None:
             raise FeaturebankError(f"{path} is not a complete featurebank model file: it has no {key!r}")
         if not isinstance(document[key], kind):
             want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
-            raise FeaturebankError(f"{path} is not a valid featurebank model file: {key!r} is a "
-                                   f"{type(document[key]).__name__}, not a {want}")
+            raise FeaturebankError(
+                f"{path} is not a valid featurebank model file: {key!r} is a "
+                f"{type(document[key]).__name__}, not a {want}"
+            )
     classes = document["classes"]
     if len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise FeaturebankError(f"{path} is not a valid featurebank model file: 'classes' must be two or more names")
@@ -213,26 +244,36 @@ def _load_pipeline(path: str, blob: bytes, document: dict):
             named = ", ".join(t for t in skops.io.get_untrusted_types(data=blob) if t not in TRUSTED_TYPES)[:300]
         except Exception:  # noqa: BLE001 - the refusal stands whatever the listing hits
             named = _first_line(exc)
-        raise FeaturebankError(f"{path} was refused: its classifier names types featurebank does not trust ({named}); "
-                               f"a model file from `featurebank train` holds only scikit-learn, numpy, scipy and "
-                               f"featurebank classes") from None
+        raise FeaturebankError(
+            f"{path} was refused: its classifier names types featurebank does not trust ({named}); "
+            f"a model file from `featurebank train` holds only scikit-learn, numpy, scipy and "
+            f"featurebank classes"
+        ) from None
     except (ModuleNotFoundError, ImportError, AttributeError) as exc:
-        raise FeaturebankError(f"{path} was written by an incompatible version of featurebank or scikit-learn "
-                               f"({type(exc).__name__}: {_first_line(exc)}); train it again with "
-                               f"`featurebank train`") from None
+        raise FeaturebankError(
+            f"{path} was written by an incompatible version of featurebank or scikit-learn "
+            f"({type(exc).__name__}: {_first_line(exc)}); train it again with "
+            f"`featurebank train`"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a crafted or damaged archive: skops raises whatever the tree hits
-        raise FeaturebankError(f"{path} is a damaged featurebank model file (its classifier: {type(exc).__name__}: "
-                               f"{_first_line(exc)})") from None
+        raise FeaturebankError(
+            f"{path} is a damaged featurebank model file (its classifier: {type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     if not hasattr(pipeline, "predict"):
-        raise FeaturebankError(f"{path} is not a valid featurebank model file: its classifier is a "
-                               f"{type(pipeline).__name__}, which cannot predict")
+        raise FeaturebankError(
+            f"{path} is not a valid featurebank model file: its classifier is a "
+            f"{type(pipeline).__name__}, which cannot predict"
+        )
     for tree in _trees(pipeline):
         problem = _tree_problem(tree)
         if problem:
             raise FeaturebankError(f"{path} was refused: a decision tree in it is damaged or crafted ({problem})")
     if any("InconsistentVersion" in type(w.message).__name__ for w in caught):
-        warnings.warn(f"{path} was trained with scikit-learn {document['versions'].get('scikit-learn')}; "
-                      f"predictions may differ with this version. Train it again to be sure.", stacklevel=3)
+        warnings.warn(
+            f"{path} was trained with scikit-learn {document['versions'].get('scikit-learn')}; "
+            f"predictions may differ with this version. Train it again to be sure.",
+            stacklevel=3,
+        )
     return pipeline
 
 
@@ -269,7 +310,9 @@ def _tree_problem(tree) -> str | None:
     if np.any(leaf != (right == -1)):
         return "a node has one child"
     split = ~leaf
-    if np.any((left[split] <= index[split]) | (left[split] >= n) | (right[split] <= index[split]) | (right[split] >= n)):
+    if np.any(
+        (left[split] <= index[split]) | (left[split] >= n) | (right[split] <= index[split]) | (right[split] >= n)
+    ):
         return "a child index points outside the tree or backwards"
     if np.any((feature[split] < 0) | (feature[split] >= int(tree.n_features))):
         return "a split uses a feature the tree does not have"
@@ -287,16 +330,21 @@ def _read_pickle(path: str) -> tuple[dict, object]:
             warnings.simplefilter("always")
             data = joblib.load(path)
     except (ModuleNotFoundError, AttributeError, ImportError) as exc:
-        raise FeaturebankError(f"{path} was written by an incompatible version of featurebank or scikit-learn "
-                               f"({type(exc).__name__}: {exc}); train it again with `featurebank train`") from None
+        raise FeaturebankError(
+            f"{path} was written by an incompatible version of featurebank or scikit-learn "
+            f"({type(exc).__name__}: {exc}); train it again with `featurebank train`"
+        ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
-        raise FeaturebankError(f"{path} is not a featurebank model file ({type(exc).__name__}: "
-                               f"{_first_line(exc)})") from None
+        raise FeaturebankError(
+            f"{path} is not a featurebank model file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FeaturebankError(f"{path} is not a featurebank model file (`featurebank train` writes them)")
     if data.get("version") != 1:
-        raise FeaturebankError(f"{path} is a pickled model file of format version {data.get('version')!r}; this "
-                               f"featurebank reads version 1 pickles: train it again with `featurebank train`")
+        raise FeaturebankError(
+            f"{path} is a pickled model file of format version {data.get('version')!r}; this "
+            f"featurebank reads version 1 pickles: train it again with `featurebank train`"
+        )
     check_metadata(path, data)
     if "pipeline" not in data or not hasattr(data["pipeline"], "predict"):
         raise FeaturebankError(f"{path} is not a complete featurebank model file: it has no fitted 'pipeline'")
@@ -319,8 +367,9 @@ def convert(old: str, new: str) -> dict:
     try:
         skops.io.loads(skops.io.dumps(pipeline), trusted=list(TRUSTED_TYPES))
     except UntrustedTypesFoundException as exc:
-        raise FeaturebankError(f"{old} holds types a model file may not hold ({_first_line(exc)}): nothing "
-                               f"written") from None
+        raise FeaturebankError(
+            f"{old} holds types a model file may not hold ({_first_line(exc)}): nothing written"
+        ) from None
     write_model(new, meta, pipeline)
     read_model(new)
     return {"model": new, "from": old, "classifier": meta["classifier"], "classes": meta["classes"]}

@@ -3,6 +3,7 @@
 The outlier list (each image's most similar other image) and the label-issue neighbour signal (the labels of
 each image's k most similar images) read the same search, made once per run (``CVReport.neighbours``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,9 @@ NEIGHBOURS = 10  # per image: the outliers read the first, the label issues' nei
 REFERENCE = 20_000  # beyond this many rows, neighbours are sought among a fixed random sample of them
 
 
-def nearest_neighbours(X: np.ndarray, k: int = 10, reference: int = REFERENCE,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    X: np.ndarray, k: int = 10, reference: int = REFERENCE, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` most cosine-similar other rows (an image is not its own neighbour), most similar first:
     (indices, similarities), both ``(rows, k)``. Ties go to the earlier row.
     Beyond ``reference`` rows the neighbours come from a fixed random sample of that many rows (seeded). ``X`` is
@@ -31,8 +33,8 @@ def nearest_neighbours(X: np.ndarray, k: int = 10, reference: int = REFERENCE,
     index = np.empty((n, k), dtype=np.int64)
     similarity = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, BLOCK):
-        block = X[start:start + BLOCK] @ R.T
-        own = column[start:start + len(block)]
+        block = X[start : start + BLOCK] @ R.T
+        own = column[start : start + len(block)]
         mine = np.flatnonzero(own >= 0)
         block[mine, own[mine]] = -np.inf  # an image is not its own neighbour
         rows = np.arange(len(block))[:, None]
@@ -42,8 +44,8 @@ def nearest_neighbours(X: np.ndarray, k: int = 10, reference: int = REFERENCE,
             top = np.broadcast_to(np.arange(block.shape[1]), (len(block), block.shape[1])).copy()
         top.sort(axis=1)  # then a stable sort by similarity: ties go to the first row, as argmax's do
         top = np.take_along_axis(top, np.argsort(-block[rows, top], axis=1, kind="stable"), axis=1)
-        index[start:start + len(block)] = ref[top]
-        similarity[start:start + len(block)] = block[rows, top]
+        index[start : start + len(block)] = ref[top]
+        similarity[start : start + len(block)] = block[rows, top]
     return index, similarity
 
 

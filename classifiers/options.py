@@ -1,5 +1,6 @@
 """``cv``'s options as one value: each field says once its default, its help and how a command-line value is read
 (``embedder.options.option``); ``cross_validate`` takes the same names as keywords."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -10,22 +11,39 @@ from embedder.options import option
 @dataclass(frozen=True, kw_only=True)
 class CVOptions:
     classifiers: tuple[str, ...] | None = option(
-        None, "Zoo spec(s), repeated or comma-separated (featurebank classifiers). [default: all]", short="-c",
-        flag="--classifier", multiple=True, check="classifiers.zoo:split_specs")
+        None,
+        "Zoo spec(s), repeated or comma-separated (featurebank classifiers). [default: all]",
+        short="-c",
+        flag="--classifier",
+        multiple=True,
+        check="classifiers.zoo:split_specs",
+    )
     layers: tuple[str, ...] | None = option(
-        None, "Layer(s) of the cache, repeated or comma-separated; a+b is both side by side. [default: all of the "
-              "cache's]", short="-l", flag="--layer", multiple=True, check="embedder.settings:split_layers")
+        None,
+        "Layer(s) of the cache, repeated or comma-separated; a+b is both side by side. [default: all of the cache's]",
+        short="-l",
+        flag="--layer",
+        multiple=True,
+        check="embedder.settings:split_layers",
+    )
     folds: int = option(5, low=2)
     repeats: int = option(1, "Repeat the k folds with other shuffles.", low=1)
     seed: int = option(0, "Seed of the folds and of random classifiers.")
-    groups: bool | None = option(None, "Keep each group's images in one fold; an image without a group is a group "
-                                       "of its own (default: when the cache has groups).", flag="--groups/--no-groups")
+    groups: bool | None = option(
+        None,
+        "Keep each group's images in one fold; an image without a group is a group "
+        "of its own (default: when the cache has groups).",
+        flag="--groups/--no-groups",
+    )
     search: bool = option(False, "Tune C, gamma, k... by inner cross-validation in each fold (nested).")
     inner_folds: int = option(3, "Folds of --search.", low=2)
     n_jobs: int = option(1, "Folds fitted in parallel (-1: all cores).", short="-j")
-    scheduler: str | None = option(None, "Run every fit on this Dask scheduler (tcp://host:8786) through joblib's "
-                                         "Dask backend; needs pip install -e \".[dask]\". Same report as a local run.",
-                                   metavar="ADDRESS")
+    scheduler: str | None = option(
+        None,
+        "Run every fit on this Dask scheduler (tcp://host:8786) through joblib's "
+        'Dask backend; needs pip install -e ".[dask]". Same report as a local run.',
+        metavar="ADDRESS",
+    )
 
     def keywords(self) -> dict:
         """The keywords of ``classifiers.crossval.cross_validate``."""
@@ -36,15 +54,25 @@ class CVOptions:
 class TrainOptions:
     """``train``'s options; ``classifiers.bundle.train`` takes the same names as keywords."""
 
-    classifier: str = option("logreg", "A zoo spec (featurebank classifiers).", short="-c",
-                             check="classifiers.zoo:check_spec")
+    classifier: str = option(
+        "logreg", "A zoo spec (featurebank classifiers).", short="-c", check="classifiers.zoo:check_spec"
+    )
     layer: str | None = option(None, "Layer of the cache. [default: its first]", short="-l")
-    out: str | None = option(None, "Model file to write (.fbmodel: JSON and skops, loading it runs no code).", short="-o", path={"dir_okay": False},
-                             required=True)
-    search: bool = option(False, "Choose the hyperparameters by cross-validation first (StratifiedGroupKFold when "
-                                 "the cache has groups).")
-    groups: bool | None = option(None, "With --search: keep each group's images in one inner fold (default: when "
-                                       "the cache has groups).", flag="--groups/--no-groups")
+    out: str | None = option(
+        None,
+        "Model file to write (.fbmodel: JSON and skops, loading it runs no code).",
+        short="-o",
+        path={"dir_okay": False},
+        required=True,
+    )
+    search: bool = option(
+        False, "Choose the hyperparameters by cross-validation first (StratifiedGroupKFold when the cache has groups)."
+    )
+    groups: bool | None = option(
+        None,
+        "With --search: keep each group's images in one inner fold (default: when the cache has groups).",
+        flag="--groups/--no-groups",
+    )
     seed: int = option(0)
 
     def keywords(self) -> dict:

@@ -1,4 +1,5 @@
 """PNG figures for reports (matplotlib without a display)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,15 @@ def confusion_png(matrix: np.ndarray, classes: list[str], title: str, path: str)
         for i in range(k):
             for j in range(k):
                 if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(k), classes, fontsize=8)
     ax.set_xlabel("predicted")
@@ -62,8 +70,14 @@ def leaderboard_png(names: list[str], means: list[float], stds: list[float], met
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 1 + 0.35 * len(names)))
     order = list(range(len(names)))[::-1]
-    ax.barh([names[i] for i in order], [means[i] for i in order], xerr=[stds[i] for i in order],
-            color="#4c72b0", ecolor="black", capsize=3)
+    ax.barh(
+        [names[i] for i in order],
+        [means[i] for i in order],
+        xerr=[stds[i] for i in order],
+        color="#4c72b0",
+        ecolor="black",
+        capsize=3,
+    )
     low = max(0.0, min(m - s for m, s in zip(means, stds)) - 0.05)
     ax.set_xlim(low, 1.0)
     ax.set_xlabel(f"{metric.replace('_', ' ')} (mean ± std over folds)")
@@ -72,7 +86,6 @@ def leaderboard_png(names: list[str], means: list[float], stds: list[float], met
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
 
 
 @_plain_text
@@ -86,14 +99,36 @@ def map_png(xy: np.ndarray, y: np.ndarray, classes: list[str], wrong: np.ndarray
     size = 14 if len(y) <= 3000 else 6
     for c in range(k):
         here = (y == c) & ~wrong
-        ax.scatter(xy[here, 0], xy[here, 1], s=size, color=colours(c % colours.N), alpha=0.75, linewidths=0,
-                   label=classes[c] if k <= 20 else None)
+        ax.scatter(
+            xy[here, 0],
+            xy[here, 1],
+            s=size,
+            color=colours(c % colours.N),
+            alpha=0.75,
+            linewidths=0,
+            label=classes[c] if k <= 20 else None,
+        )
     for c in range(k):
         here = (y == c) & wrong
-        ax.scatter(xy[here, 0], xy[here, 1], s=2.5 * size, color=colours(c % colours.N), marker="X",
-                   edgecolors="black", linewidths=0.4)
-    ax.scatter([], [], s=2.5 * size, color="white", marker="X", edgecolors="black", linewidths=0.4,
-               label="misclassified (colour: its label)")
+        ax.scatter(
+            xy[here, 0],
+            xy[here, 1],
+            s=2.5 * size,
+            color=colours(c % colours.N),
+            marker="X",
+            edgecolors="black",
+            linewidths=0.4,
+        )
+    ax.scatter(
+        [],
+        [],
+        s=2.5 * size,
+        color="white",
+        marker="X",
+        edgecolors="black",
+        linewidths=0.4,
+        label="misclassified (colour: its label)",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=10)

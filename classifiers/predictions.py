@@ -1,5 +1,6 @@
 """Per-image answers as files: evaluate's predictions CSV (path, label, predicted) and predict's output, CSV (one
 row per image, its top classes side by side) or JSON."""
+
 from __future__ import annotations
 
 import csv
@@ -29,13 +30,29 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     score = "p" if result["score"] == "probability" else "score"
-    writer.writerow(["path", *(["label"] if labeled else []), "predicted", score,
-                     *[f"{name}{i}" for i in range(2, top + 1) for name in ("class", score)], "error"])
+    writer.writerow(
+        [
+            "path",
+            *(["label"] if labeled else []),
+            "predicted",
+            score,
+            *[f"{name}{i}" for i in range(2, top + 1) for name in ("class", score)],
+            "error",
+        ]
+    )
     for r in rows:
         rest = [v for t in r.get("top", [])[1:] for v in (t["class"], f"{t['score']:.4f}")]
         rest += [""] * (2 * (top - 1) - len(rest))
-        writer.writerow([r["path"], *([r.get("label", "")] if labeled else []), r.get("predicted", ""),
-                         f"{r['score']:.4f}" if "score" in r else "", *rest, r.get("error", "")])
+        writer.writerow(
+            [
+                r["path"],
+                *([r.get("label", "")] if labeled else []),
+                r.get("predicted", ""),
+                f"{r['score']:.4f}" if "score" in r else "",
+                *rest,
+                r.get("error", ""),
+            ]
+        )
     return buffer.getvalue()
 
 

@@ -1,5 +1,6 @@
 """A cv report as it reads: the words and cells that report.md, the terminal and report.html share, computed from
 the report's dict (``report_dict``, or ``report.json`` read back), so that each is written once."""
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,13 @@ def model_name(d: dict, row: dict) -> str:
 
 def find_result(d: dict, row: dict) -> dict:
     """The entry of ``d["results"]`` that a leaderboard row, ``best`` or the judge names."""
-    return next(r for r in d["results"] if r["classifier"] == row["classifier"] and r["layer"] == row["layer"]
-                and r.get("backbone") == row.get("backbone"))
+    return next(
+        r
+        for r in d["results"]
+        if r["classifier"] == row["classifier"]
+        and r["layer"] == row["layer"]
+        and r.get("backbone") == row.get("backbone")
+    )
 
 
 def p_text(row: dict) -> str:
@@ -34,9 +40,11 @@ def significance_note(d: dict) -> str:
     sig = d["cv"].get("significance")
     if not sig:
         return ""
-    return (f"p vs #1: {sig['test']} on {sig['metric'].replace('_', ' ')} ({d['cv']['folds']} folds × "
-            f"{d['cv']['repeats']} repeat(s), df {sig['df']}); ≈ marks rows not significantly worse than the best "
-            f"(p ≥ {sig['alpha']}), with no correction for the number of rows compared.")
+    return (
+        f"p vs #1: {sig['test']} on {sig['metric'].replace('_', ' ')} ({d['cv']['folds']} folds × "
+        f"{d['cv']['repeats']} repeat(s), df {sig['df']}); ≈ marks rows not significantly worse than the best "
+        f"(p ≥ {sig['alpha']}), with no correction for the number of rows compared."
+    )
 
 
 def pm(m: dict | None, percent: bool = True) -> str:
@@ -51,12 +59,37 @@ def pm(m: dict | None, percent: bool = True) -> str:
 def leaderboard_rows(d: dict, limit: int | None = None) -> list[list[str]]:
     """The leaderboard's cells, the header first; a backbone column when the run ranked several caches."""
     several = several_caches(d)
-    rows = [["#", *(["backbone"] if several else []), "classifier", "layer", "dims", "accuracy %", "balanced acc. %",
-             "macro-F1 %", "log-loss", "fit s/fold", "p vs #1"]]
+    rows = [
+        [
+            "#",
+            *(["backbone"] if several else []),
+            "classifier",
+            "layer",
+            "dims",
+            "accuracy %",
+            "balanced acc. %",
+            "macro-F1 %",
+            "log-loss",
+            "fit s/fold",
+            "p vs #1",
+        ]
+    ]
     for row in d["leaderboard"][:limit]:
-        rows.append([str(row["rank"]), *([row["backbone"]] if several else []), row["classifier"], row["layer"],
-                     str(row["features"]), pm(row["accuracy"]), pm(row["balanced_accuracy"]), pm(row["f1_macro"]),
-                     pm(row["log_loss"], percent=False), f"{row['fit_seconds']:.2f}", p_text(row)])
+        rows.append(
+            [
+                str(row["rank"]),
+                *([row["backbone"]] if several else []),
+                row["classifier"],
+                row["layer"],
+                str(row["features"]),
+                pm(row["accuracy"]),
+                pm(row["balanced_accuracy"]),
+                pm(row["f1_macro"]),
+                pm(row["log_loss"], percent=False),
+                f"{row['fit_seconds']:.2f}",
+                p_text(row),
+            ]
+        )
     return rows
 
 

@@ -1,12 +1,13 @@
 """The zoo's registry and its built-in entries: names → scikit-learn Pipelines whose preprocessing is part of the
 model, the spec strings that name them, and what ``--search`` tunes. ``classifiers.zoo`` adds the ensemble (built
 on these) and is the module to import."""
+
 from __future__ import annotations
 
 import ast
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.decomposition import PCA
@@ -80,8 +81,9 @@ def get_spec(name: str) -> ClassifierSpec:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise FeaturebankError(f"unknown classifier {name!r}{hint}; `featurebank classifiers` lists them: "
-                           f"{', '.join(_REGISTRY)}")
+    raise FeaturebankError(
+        f"unknown classifier {name!r}{hint}; `featurebank classifiers` lists them: {', '.join(_REGISTRY)}"
+    )
 
 
 def parse_spec(text: str) -> tuple[str, dict]:
@@ -108,8 +110,9 @@ def _parse(text: str) -> tuple[str, dict]:
     if "pca" in params:
         pca = params["pca"]
         if not (isinstance(pca, bool) or pca is None or (isinstance(pca, int) and pca >= 1)):
-            raise FeaturebankError(f"pca={pca!r} in classifier {text!r}: give a number of dimensions (1 or more), "
-                                   f"on (256) or off")
+            raise FeaturebankError(
+                f"pca={pca!r} in classifier {text!r}: give a number of dimensions (1 or more), on (256) or off"
+            )
     return name, params
 
 
@@ -169,8 +172,9 @@ def _build(name: str, params: dict, seed: int, text: str) -> Pipeline:
         clf.set_params(**params)
     except ValueError:
         valid = ", ".join(sorted(clf.get_params(deep=False)))
-        raise FeaturebankError(f"{name} has no parameter among {', '.join(params)}: it takes {', '.join(STEPS)} "
-                               f"and {valid}") from None
+        raise FeaturebankError(
+            f"{name} has no parameter among {', '.join(params)}: it takes {', '.join(STEPS)} and {valid}"
+        ) from None
     try:
         if hasattr(clf, "check_params"):  # featurebank's own estimators (the ensemble, the tuned probe)
             clf.check_params()
@@ -181,12 +185,14 @@ def _build(name: str, params: dict, seed: int, text: str) -> Pipeline:
     pca = steps.get("pca")
     if pca is True:
         pca = 256
-    return Pipeline([
-        ("l2", Normalizer() if steps.get("l2") else "passthrough"),
-        ("scale", StandardScaler() if steps.get("scale") else "passthrough"),
-        ("pca", ReducedPCA(int(pca), random_state=seed) if pca else "passthrough"),
-        ("clf", clf),
-    ])
+    return Pipeline(
+        [
+            ("l2", Normalizer() if steps.get("l2") else "passthrough"),
+            ("scale", StandardScaler() if steps.get("scale") else "passthrough"),
+            ("pca", ReducedPCA(int(pca), random_state=seed) if pca else "passthrough"),
+            ("clf", clf),
+        ]
+    )
 
 
 def search_grid(spec: str, n_train: int | None = None) -> dict:
@@ -214,39 +220,79 @@ def describe(spec) -> str:
             parts.append(name)
         else:
             base = type(step)()
-            changed = {k: v for k, v in step.get_params(deep=False).items()
-                       if k != "random_state" and repr(v) != repr(base.get_params(deep=False).get(k))}
+            changed = {
+                k: v
+                for k, v in step.get_params(deep=False).items()
+                if k != "random_state" and repr(v) != repr(base.get_params(deep=False).get(k))
+            }
             parts.append(f"{type(step).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})")
     return " → ".join(parts)
 
 
-register_classifier(ClassifierSpec(
-    "logreg", "multinomial logistic regression on standardized features (the linear probe); C chosen on 3 inner "
-    "folds over 1e-4 … 10 by log-loss, warm-started along the path (C=… fixes it)",
-    lambda seed: TunedLogisticRegression(random_state=seed),
-    steps={"scale": True}, grid={"C": [0.001, 0.01, 0.1, 1.0, 10.0]}, probabilities=True))
-register_classifier(ClassifierSpec(
-    "linear-svm", "linear support vector machine (one-vs-rest) on standardized features",
-    lambda seed: LinearSVC(C=0.001, max_iter=5000, random_state=seed),
-    steps={"scale": True}, grid={"C": [0.0001, 0.001, 0.01, 0.1, 1.0]}))
-register_classifier(ClassifierSpec(
-    "rbf-svm", "RBF-kernel SVM on L2-normalized features reduced to 256 dimensions by PCA (unit-norm rows "
-    "give gamma a fixed scale)",
-    lambda seed: SVC(C=10.0, kernel="rbf", gamma="scale", random_state=seed),
-    steps={"l2": True, "pca": 256}, grid={"C": [1.0, 10.0, 100.0], "gamma": ["scale", 0.5, 2.0, 8.0]}))
-register_classifier(ClassifierSpec(
-    "knn", "k-nearest neighbours by cosine similarity, closer neighbours weigh more",
-    lambda seed: KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine", algorithm="brute"),
-    grid={"n_neighbors": [1, 3, 5, 10, 20, 50]}, probabilities=True))
-register_classifier(ClassifierSpec(
-    "ridge", "ridge regression on one-hot targets (fast, often as good as logistic regression)",
-    lambda seed: RidgeClassifier(alpha=1000.0),
-    steps={"scale": True}, grid={"alpha": [1.0, 10.0, 100.0, 1000.0, 10000.0]}))
-register_classifier(ClassifierSpec(
-    "lda", "linear discriminant analysis with Ledoit-Wolf shrinkage",
-    lambda seed: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
-    steps={"scale": True}, grid={}, probabilities=True))
-register_classifier(ClassifierSpec(
-    "random-forest", "random forest of 300 trees (no scaling needed)",
-    lambda seed: RandomForestClassifier(n_estimators=300, random_state=seed),
-    grid={"max_features": ["sqrt", 0.05, 0.2]}, probabilities=True))
+register_classifier(
+    ClassifierSpec(
+        "logreg",
+        "multinomial logistic regression on standardized features (the linear probe); C chosen on 3 inner "
+        "folds over 1e-4 … 10 by log-loss, warm-started along the path (C=… fixes it)",
+        lambda seed: TunedLogisticRegression(random_state=seed),
+        steps={"scale": True},
+        grid={"C": [0.001, 0.01, 0.1, 1.0, 10.0]},
+        probabilities=True,
+    )
+)
+register_classifier(
+    ClassifierSpec(
+        "linear-svm",
+        "linear support vector machine (one-vs-rest) on standardized features",
+        lambda seed: LinearSVC(C=0.001, max_iter=5000, random_state=seed),
+        steps={"scale": True},
+        grid={"C": [0.0001, 0.001, 0.01, 0.1, 1.0]},
+    )
+)
+register_classifier(
+    ClassifierSpec(
+        "rbf-svm",
+        "RBF-kernel SVM on L2-normalized features reduced to 256 dimensions by PCA (unit-norm rows "
+        "give gamma a fixed scale)",
+        lambda seed: SVC(C=10.0, kernel="rbf", gamma="scale", random_state=seed),
+        steps={"l2": True, "pca": 256},
+        grid={"C": [1.0, 10.0, 100.0], "gamma": ["scale", 0.5, 2.0, 8.0]},
+    )
+)
+register_classifier(
+    ClassifierSpec(
+        "knn",
+        "k-nearest neighbours by cosine similarity, closer neighbours weigh more",
+        lambda seed: KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine", algorithm="brute"),
+        grid={"n_neighbors": [1, 3, 5, 10, 20, 50]},
+        probabilities=True,
+    )
+)
+register_classifier(
+    ClassifierSpec(
+        "ridge",
+        "ridge regression on one-hot targets (fast, often as good as logistic regression)",
+        lambda seed: RidgeClassifier(alpha=1000.0),
+        steps={"scale": True},
+        grid={"alpha": [1.0, 10.0, 100.0, 1000.0, 10000.0]},
+    )
+)
+register_classifier(
+    ClassifierSpec(
+        "lda",
+        "linear discriminant analysis with Ledoit-Wolf shrinkage",
+        lambda seed: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
+        steps={"scale": True},
+        grid={},
+        probabilities=True,
+    )
+)
+register_classifier(
+    ClassifierSpec(
+        "random-forest",
+        "random forest of 300 trees (no scaling needed)",
+        lambda seed: RandomForestClassifier(n_estimators=300, random_state=seed),
+        grid={"max_features": ["sqrt", 0.05, 0.2]},
+        probabilities=True,
+    )
+)

@@ -16,6 +16,7 @@ two-sided is twice the one-sided p here), alpha 0.05, no correction for the numb
 "not significantly worse" than the best when p >= alpha; the best row itself has no p-value. With zero variance
 of d, equal scores on every fold give p = 1 and a constant non-zero difference gives p = 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 ALPHA = 0.05
-TEST = ("two-sided corrected resampled t-test against the best row on the shared folds "
-        "(Nadeau & Bengio 2003, Machine Learning 52:239-281; Bouckaert & Frank 2004)")
+TEST = (
+    "two-sided corrected resampled t-test against the best row on the shared folds "
+    "(Nadeau & Bengio 2003, Machine Learning 52:239-281; Bouckaert & Frank 2004)"
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,9 @@ def corrected_t_test(best: np.ndarray, other: np.ndarray, n_train: float, n_test
     return float(t), float(2 * stats.t.sf(abs(t), J - 1))
 
 
-def compare_to_best(fold_scores: list[np.ndarray], n_train: float, n_test: float,
-                    alpha: float = ALPHA) -> list[Comparison]:
+def compare_to_best(
+    fold_scores: list[np.ndarray], n_train: float, n_test: float, alpha: float = ALPHA
+) -> list[Comparison]:
     """For rows in leaderboard order (the first is the best), each row's comparison with the first."""
     best = fold_scores[0]
     out = [Comparison(None, None, True)]

@@ -1,5 +1,6 @@
 """How the classifiers' results read for a person: the zoo, a cv report, a saved model, an evaluation (the
 commands print these lines; ``--json`` prints the data they are made from)."""
+
 from __future__ import annotations
 
 import json
@@ -11,25 +12,37 @@ from .zoo import describe, get_spec, list_classifiers, search_grid
 
 def classifier_rows() -> list[dict]:
     """Every zoo entry: its pipeline, whether it gives probabilities, what ``--search`` tunes, its summary."""
-    return [{"name": n, "pipeline": describe(n), "probabilities": get_spec(n).probabilities,
-             "search": {k.removeprefix("clf__"): v for k, v in search_grid(n).items()}, "summary": get_spec(n).summary}
-            for n in list_classifiers()]
+    return [
+        {
+            "name": n,
+            "pipeline": describe(n),
+            "probabilities": get_spec(n).probabilities,
+            "search": {k.removeprefix("clf__"): v for k, v in search_grid(n).items()},
+            "summary": get_spec(n).summary,
+        }
+        for n in list_classifiers()
+    ]
 
 
 def classifiers_text(rows: list[dict]) -> list[str]:
     lines = []
     for r in rows:
         grid = ", ".join(f"{k} in {v}" for k, v in r["search"].items()) or "nothing to tune"
-        lines += [f"{r['name']:14} {r['summary']}", f"{'':14}   {r['pipeline']}",
-                  f"{'':14}   probabilities: {'yes' if r['probabilities'] else 'no'}; --search: {grid}"]
+        lines += [
+            f"{r['name']:14} {r['summary']}",
+            f"{'':14}   {r['pipeline']}",
+            f"{'':14}   probabilities: {'yes' if r['probabilities'] else 'no'}; --search: {grid}",
+        ]
     return lines
 
 
 def cv_text(d: dict, files: dict | None = None) -> list[str]:
     """A cv report (``report_dict``): the run, the leaderboard, the images to look at, the files written."""
     cvd = d["cv"]
-    lines = [f"{d['rows']} images, {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
-             f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s"]
+    lines = [
+        f"{d['rows']} images, {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
+        f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s"
+    ]
     if len(d["caches"]) > 1:
         lines += [f"  {c['backbone']}: {c['cache']}" for c in d["caches"]]
         lines.append(f"  folds from {cvd['folds_from']}")
@@ -38,8 +51,10 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
     susp = d["suspicious"]
     if susp["images"]:
         lines.append(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
-        lines += [f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})"
-                  for i in susp["images"][:10]]
+        lines += [
+            f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})"
+            for i in susp["images"][:10]
+        ]
     if d.get("label_issues_estimated") is not None:
         lines.append("\nLabel issues: " + "\n".join(summary_lines(d, limit=5)))
     if d["outliers"]["images"]:
@@ -54,13 +69,17 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
 
 def train_text(d: dict) -> list[str]:
     """A saved model (``{"model": path, **Bundle.describe()}``)."""
-    lines = [f"saved {d['model']}: {d['classifier']} on {d['layer']} ({d['pipeline']})",
-             f"  {d['trained_on']['rows']} images, classes "
-             + ", ".join(f"{c} {n}" for c, n in d["trained_on"]["class_counts"].items())]
+    lines = [
+        f"saved {d['model']}: {d['classifier']} on {d['layer']} ({d['pipeline']})",
+        f"  {d['trained_on']['rows']} images, classes "
+        + ", ".join(f"{c} {n}" for c, n in d["trained_on"]["class_counts"].items()),
+    ]
     found = d["trained_on"].get("search")
     if found:
-        lines.append(f"  search: {found['splitter']} ({found['folds']} folds), chose {json.dumps(found['best_params'])} "
-                     f"(balanced accuracy {found['best_score']:.3f} on the inner folds)")
+        lines.append(
+            f"  search: {found['splitter']} ({found['folds']} folds), chose {json.dumps(found['best_params'])} "
+            f"(balanced accuracy {found['best_score']:.3f} on the inner folds)"
+        )
     s = d["settings"]
     lines.append(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
     return lines
@@ -69,15 +88,24 @@ def train_text(d: dict) -> list[str]:
 def evaluate_text(d: dict) -> list[str]:
     """An evaluation (``bundle.evaluate``): the metrics, per class, the confusion matrix, files without a row."""
     m = d["metrics"]
-    lines = [f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']}",
-             f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
-             f"macro-F1 {100 * m['f1_macro']:.2f} %" + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else ""),
-             f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}"]
-    lines += [f"  {c:20} {100 * v['precision']:8.1f}% {100 * v['recall']:6.1f}% {100 * v['f1']:5.1f}% {v['support']:7}"
-              for c, v in d["per_class"].items()]
-    lines.append("  confusion (rows true, columns predicted): " + " | ".join(
-        f"{c}: {' '.join(map(str, row))}" for c, row in zip(d["classes"], d["confusion"])))
+    lines = [
+        f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']}",
+        f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
+        f"macro-F1 {100 * m['f1_macro']:.2f} %"
+        + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else ""),
+        f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}",
+    ]
+    lines += [
+        f"  {c:20} {100 * v['precision']:8.1f}% {100 * v['recall']:6.1f}% {100 * v['f1']:5.1f}% {v['support']:7}"
+        for c, v in d["per_class"].items()
+    ]
+    lines.append(
+        "  confusion (rows true, columns predicted): "
+        + " | ".join(f"{c}: {' '.join(map(str, row))}" for c, row in zip(d["classes"], d["confusion"]))
+    )
     if d["failed"]:
-        lines.append(f"  {len(d['failed'])} files without a row: " + "; ".join(
-            f"{f['path']}: {f['reason']}" for f in d["failed"][:5]))
+        lines.append(
+            f"  {len(d['failed'])} files without a row: "
+            + "; ".join(f"{f['path']}: {f['reason']}" for f in d["failed"][:5])
+        )
     return lines

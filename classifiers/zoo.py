@@ -11,28 +11,49 @@ key is a parameter of the classifier itself. ``ensemble`` (``classifiers.ensembl
 entries: ``ensemble:members=logreg+rbf-svm,method=stack``. The registry and the other entries are in
 ``classifiers.registry``, which the ensemble builds on; this module adds the ensemble to them.
 """
+
 from __future__ import annotations
 
 from .ensemble import ZooEnsemble
 from .registry import (
-                       STEPS,
-                       ClassifierSpec,
-                       ReducedPCA,
-                       check_spec,
-                       describe,
-                       get_spec,
-                       list_classifiers,
-                       make_classifier,
-                       parse_spec,
-                       register_classifier,
-                       search_grid,
-                       split_specs,
-                       unregister_classifier,
+    STEPS,
+    ClassifierSpec,
+    ReducedPCA,
+    check_spec,
+    describe,
+    get_spec,
+    list_classifiers,
+    make_classifier,
+    parse_spec,
+    register_classifier,
+    search_grid,
+    split_specs,
+    unregister_classifier,
 )
 
-register_classifier(ClassifierSpec(
-    "ensemble", "soft vote of logreg, rbf-svm (sigmoid-calibrated) and knn, each with its own steps; "
-    "method=stack: a logistic regression on their out-of-fold probabilities; members=a+b+... chooses them",
-    lambda seed: ZooEnsemble(random_state=seed), grid={}, probabilities=True))
+register_classifier(
+    ClassifierSpec(
+        "ensemble",
+        "soft vote of logreg, rbf-svm (sigmoid-calibrated) and knn, each with its own steps; "
+        "method=stack: a logistic regression on their out-of-fold probabilities; members=a+b+... chooses them",
+        lambda seed: ZooEnsemble(random_state=seed),
+        grid={},
+        probabilities=True,
+    )
+)
 
-__all__ = ["STEPS", "ClassifierSpec", "ReducedPCA", "check_spec", "describe", "get_spec", "list_classifiers", "make_classifier", "parse_spec", "register_classifier", "search_grid", "split_specs", "unregister_classifier"]
+__all__ = [
+    "STEPS",
+    "ClassifierSpec",
+    "ReducedPCA",
+    "check_spec",
+    "describe",
+    "get_spec",
+    "list_classifiers",
+    "make_classifier",
+    "parse_spec",
+    "register_classifier",
+    "search_grid",
+    "split_specs",
+    "unregister_classifier",
+]

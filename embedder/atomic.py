@@ -1,6 +1,7 @@
 """Whole files or none: every file featurebank writes for later reading (model files, checkpoints, ONNX files,
 reports, thumbnails, engine records) is written under a temporary name beside it and renamed over it in one
 step, so that a kill or a full disk leaves the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """Training-time augmentation, shaped like ``Preprocessing`` (``draft_size``, ``to_uint8``) so that the same
 decoding dataset and batches serve training: random resized crop and flip by default, TrivialAugment on request.
 Evaluation never augments; it uses the weights' own preprocessing."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ class Augmentation:
         if self.policy == "none":
             return self.preprocessing.to_uint8(image)
         mode = InterpolationMode(self.preprocessing.interpolation)
-        steps = [v2.RandomResizedCrop(self.preprocessing.crop, interpolation=mode, antialias=True),
-                 v2.RandomHorizontalFlip()]
+        steps = [
+            v2.RandomResizedCrop(self.preprocessing.crop, interpolation=mode, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
         if self.policy == "trivial":
             steps.append(v2.TrivialAugmentWide(interpolation=mode))
         return TF.pil_to_tensor(v2.Compose(steps)(image))

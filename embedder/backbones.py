@@ -11,6 +11,7 @@ Weights are one of
 - for timm: ``DEFAULT`` (the name's tag, else timm's default tag) or a tag, through timm's hub cache
   (``$HF_HOME``), recorded as ``ARCH.TAG``; local files may also be ``.safetensors``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,13 +84,29 @@ def describe_backbones(source: str = "torchvision", pattern: str | None = None) 
                 prep = default_preprocessing(name)
             except FeaturebankError:  # a non-square input or timm's border crop: listed, not usable
                 continue
-            rows.append({"name": name, "resize": prep.resize, "crop": prep.crop, "interpolation": prep.interpolation,
-                         "mean": list(prep.mean), "std": list(prep.std)})
+            rows.append(
+                {
+                    "name": name,
+                    "resize": prep.resize,
+                    "crop": prep.crop,
+                    "interpolation": prep.interpolation,
+                    "mean": list(prep.mean),
+                    "std": list(prep.std),
+                }
+            )
             continue
         enum = weights_enum(name)
         prep = default_preprocessing(name)
-        rows.append({"name": name, "features": feature_dim(name), "default_weights": f"{enum.__name__}.{enum.DEFAULT.name}",
-                     "weights": list(enum.__members__), "resize": prep.resize, "crop": prep.crop})
+        rows.append(
+            {
+                "name": name,
+                "features": feature_dim(name),
+                "default_weights": f"{enum.__name__}.{enum.DEFAULT.name}",
+                "weights": list(enum.__members__),
+                "resize": prep.resize,
+                "crop": prep.crop,
+            }
+        )
     return rows
 
 
@@ -152,7 +169,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
         path = os.path.abspath(weights)
         return Weights("file", f"sha256:{sha256_file(path)}", path=path)
     if is_timm_name(name):
-        return Weights("timm", timm_source.weights_tag(typed, weights)[len(timm_source.PREFIX):])
+        return Weights("timm", timm_source.weights_tag(typed, weights)[len(timm_source.PREFIX) :])
     enum_cls = weights_enum(name)
     short = weights.split(".", 1)[1] if weights.startswith(enum_cls.__name__ + ".") else weights
     if short == "DEFAULT":
@@ -226,7 +243,7 @@ def _read_state_dict(path: str) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FeaturebankError(f"weights file {path} holds no state dict (a mapping of names to tensors)")
     if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -251,7 +268,9 @@ def _load_file(name: str, weights: Weights) -> nn.Module:
         if result.missing_keys:
             parts.append(f"{len(result.missing_keys)} missing keys ({', '.join(result.missing_keys[:3])}, ...)")
         if result.unexpected_keys:
-            parts.append(f"{len(result.unexpected_keys)} unexpected keys ({', '.join(result.unexpected_keys[:3])}, ...)")
+            parts.append(
+                f"{len(result.unexpected_keys)} unexpected keys ({', '.join(result.unexpected_keys[:3])}, ...)"
+            )
         raise FeaturebankError(f"weights file {weights.path} does not fit {name}: {'; '.join(parts)}")
     return model.float()
 
@@ -298,8 +317,10 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     head = f"{head_name(skeleton(name))}.weight"
     outputs = int(state[head].shape[0]) if head in state else None
     if outputs != 1000:
-        raise FeaturebankError(f"{spec.path} has a head of {outputs} outputs, not ImageNet's 1000: train a "
-                               f"featurebank model on its features instead")
+        raise FeaturebankError(
+            f"{spec.path} has a head of {outputs} outputs, not ImageNet's 1000: train a "
+            f"featurebank model on its features instead"
+        )
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
     return list(_IMAGENET_CATEGORIES)
@@ -320,7 +341,8 @@ def _load_torchvision(name: str, weights: Weights) -> nn.Module:
             raise FeaturebankError(f"cannot load {weights.identity} from {cached}: {first_line(exc)}") from None
         raise FeaturebankError(
             f"cannot download {weights.identity} ({type(exc).__name__}; no network?): save {url} as {cached} "
-            f"(or set TORCH_HOME), or pass a local checkpoint with --weights path/to/file.pth") from None
+            f"(or set TORCH_HOME), or pass a local checkpoint with --weights path/to/file.pth"
+        ) from None
 
 
 def canonical_name(name: str, weights: Weights) -> str:
@@ -331,8 +353,14 @@ def canonical_name(name: str, weights: Weights) -> str:
     return check_backbone(name)
 
 
-def load_backbone(name: str, weights: str | Weights | None = "DEFAULT", seed: int = 0,
-                  resize: int | None = None, crop: int | None = None, draft: bool | None = None) -> Backbone:
+def load_backbone(
+    name: str,
+    weights: str | Weights | None = "DEFAULT",
+    seed: int = 0,
+    resize: int | None = None,
+    crop: int | None = None,
+    draft: bool | None = None,
+) -> Backbone:
     """Build ``name`` with ``weights`` in eval mode with frozen parameters, plus its preprocessing."""
     name = check_backbone(name)
     spec = weights if isinstance(weights, Weights) else resolve_weights(name, weights, seed)
@@ -379,15 +407,17 @@ def node_names(model: nn.Module) -> list[str]:
         try:
             return timm_source.node_names(model)
         except Exception as exc:
-            raise FeaturebankError(f"timm cannot trace this model for feature extraction: "
-                                   f"{str(exc).splitlines()[0]}") from None
+            raise FeaturebankError(
+                f"timm cannot trace this model for feature extraction: {str(exc).splitlines()[0]}"
+            ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return get_graph_node_names(model.eval())[1]
         except Exception as exc:
-            raise FeaturebankError(f"torchvision cannot trace this model for feature extraction: "
-                                   f"{first_line(exc)}") from None
+            raise FeaturebankError(
+                f"torchvision cannot trace this model for feature extraction: {first_line(exc)}"
+            ) from None
 
 
 def resolve_layers(model: nn.Module, layers=None) -> list[str]:
@@ -466,7 +496,12 @@ def block_names(model: nn.Module) -> list[str]:
     head = head_name(model)
     names: list[str] = []
     for name, module in model.named_modules():
-        if not name or name == head or name.startswith(head + ".") or not any(True for _ in module.parameters(recurse=False)):
+        if (
+            not name
+            or name == head
+            or name.startswith(head + ".")
+            or not any(True for _ in module.parameters(recurse=False))
+        ):
             continue
         parts = name.split(".")
         depth = 2 if parts[0] in CONTAINERS and len(parts) > 1 else 1

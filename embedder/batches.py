@@ -11,6 +11,7 @@ Two ways to decode in parallel with inference:
 - worker processes (``batches(workers=N)``, torch's DataLoader): for GPUs, where decoding is the limit and Python
   work per image matters.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .engines import cpu_cores
 from .decode import DEFAULT_MAX_PIXELS, Decoded, decode_file, to_rgb
+from .engines import cpu_cores
 from .preprocess import Preprocessing
 
 
@@ -34,7 +35,7 @@ class Batch:
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason, digest)
     notes: list[tuple[int, str]] = field(default_factory=list)  # (index, Pillow's warning), good or failed images
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """The images in page-locked memory, as a torch tensor: called by the DataLoader's pinning thread
         (``pin_memory=True``), so that the copy to the GPU neither waits for a pinning copy on the main thread
         nor blocks it (``non_blocking``)."""
@@ -74,9 +75,13 @@ class ImageDataset:
 def collate(samples) -> Batch:
     good = [s for s in samples if s[1] is not None]
     images = np.stack([s[1] for s in good]) if good else np.empty((0, 3, 0, 0), dtype=np.uint8)
-    return Batch(indices=[s[0] for s in good], images=images, digests=[s[2] for s in good],
-                 failures=[(s[0], s[3], s[2]) for s in samples if s[1] is None],
-                 notes=[(s[0], note) for s in samples for note in (s[4] if len(s) > 4 else ())])
+    return Batch(
+        indices=[s[0] for s in good],
+        images=images,
+        digests=[s[2] for s in good],
+        failures=[(s[0], s[3], s[2]) for s in samples if s[1] is None],
+        notes=[(s[0], note) for s in samples for note in (s[4] if len(s) > 4 else ())],
+    )
 
 
 def default_workers(device_type: str = "cpu") -> int:
@@ -135,8 +140,14 @@ class ThreadBatches:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def batches(dataset: ImageDataset, batch_size: int = 32, workers: int | None = None, pin_memory: bool = False,
-            device_type: str = "cpu", threads: int | None = None):
+def batches(
+    dataset: ImageDataset,
+    batch_size: int = 32,
+    workers: int | None = None,
+    pin_memory: bool = False,
+    device_type: str = "cpu",
+    threads: int | None = None,
+):
     """Batches in dataset order: decoded by ``workers`` processes (torch's DataLoader), or, with no workers, by
     decoding threads in this process."""
     workers = default_workers(device_type) if workers is None else workers
@@ -144,5 +155,15 @@ def batches(dataset: ImageDataset, batch_size: int = 32, workers: int | None = N
         return ThreadBatches(dataset, batch_size, threads)
     from torch.utils.data import DataLoader
 
-    return iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                           pin_memory=pin_memory, prefetch_factor=4, persistent_workers=False))
+    return iter(
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=pin_memory,
+            prefetch_factor=4,
+            persistent_workers=False,
+        )
+    )

@@ -27,6 +27,7 @@ close to the old one it gathers each block of output rows from a few contiguous 
 reordered manifest) it sorts through a temporary spill file instead (read each source once, write each row to
 its output block's region of the spill file, then fill the output block by block).
 """
+
 from __future__ import annotations
 
 import errno
@@ -164,7 +165,7 @@ class _GuardedFile(io.RawIOBase):
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         data = os.pread(self.fd, len(view), self.pos)
-        view[:len(data)] = data
+        view[: len(data)] = data
         self.pos += len(data)
         return len(data)
 
@@ -231,8 +232,17 @@ class CacheWriter:
     lock: it reads and checks, writes its own parts, and neither cleans up nor commits.
     """
 
-    def __init__(self, path: str, settings: dict, source: str, root: str, info: dict | None = None, *,
-                 rank: int = 0, lock: bool = True):
+    def __init__(
+        self,
+        path: str,
+        settings: dict,
+        source: str,
+        root: str,
+        info: dict | None = None,
+        *,
+        rank: int = 0,
+        lock: bool = True,
+    ):
         self.path = os.path.abspath(path)
         self.rank, self.locking = rank, lock
         self.settings = settings
@@ -248,7 +258,7 @@ class CacheWriter:
         self._next_part = 1  # number of the next part this writer writes
 
     # -- opening: lock, check, read what is there ------------------------------------------------------
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         writable_folder(os.path.dirname(self.path), f"the cache {os.path.basename(self.path)}")
         if not self.locking:  # a rank of a job whose rank 0 holds the lock (and has cleaned up)
             self._check_existing()
@@ -272,8 +282,9 @@ class CacheWriter:
                         raise
                     busy = True
         if busy:
-            raise FeaturebankError(f"another featurebank process is writing {self.path}; wait for it to finish "
-                                   f"(or use another --cache)") from None
+            raise FeaturebankError(
+                f"another featurebank process is writing {self.path}; wait for it to finish (or use another --cache)"
+            ) from None
         try:
             self._check_existing()
             self._read_entries()
@@ -307,24 +318,32 @@ class CacheWriter:
                 if f.attrs.get("format_version") is None:
                     raise damaged(self.path, "format_version is None")
                 if int(f.attrs["format_version"]) > FORMAT_VERSION:
-                    raise FeaturebankError(f"{self.path} was written by a newer featurebank (format "
-                                           f"{f.attrs['format_version']}); upgrade featurebank")
+                    raise FeaturebankError(
+                        f"{self.path} was written by a newer featurebank (format "
+                        f"{f.attrs['format_version']}); upgrade featurebank"
+                    )
                 stored = json.loads(f.attrs["settings"])
                 stored_source = str(f.attrs["source"])
                 self.previous_info = json.loads(f.attrs.get("info", "{}"))
             diff = settings_differences(stored, self.settings)
             if diff:
-                raise FeaturebankError(f"{self.path} was made with other settings ({'; '.join(diff)}): rows are "
-                                       f"never mixed; leave out --cache to get a cache of its own, or delete it")
+                raise FeaturebankError(
+                    f"{self.path} was made with other settings ({'; '.join(diff)}): rows are "
+                    f"never mixed; leave out --cache to get a cache of its own, or delete it"
+                )
             if stored_source != self.source:
-                raise FeaturebankError(f"{self.path} mirrors another input ({stored_source}, not {self.source}); "
-                                       f"leave out --cache to get a cache of its own, or delete it")
+                raise FeaturebankError(
+                    f"{self.path} mirrors another input ({stored_source}, not {self.source}); "
+                    f"leave out --cache to get a cache of its own, or delete it"
+                )
         for part in _part_files(self.path):
             with _open(part) as f:
                 key, source = str(f.attrs["settings_key"]), str(f.attrs["source"])
             if key != self.settings_key or source != self.source:
-                raise FeaturebankError(f"{parts_dir(self.path)} holds batches of an interrupted run with other "
-                                       f"settings or input: run that again to finish it, or delete the folder")
+                raise FeaturebankError(
+                    f"{parts_dir(self.path)} holds batches of an interrupted run with other "
+                    f"settings or input: run that again to finish it, or delete the folder"
+                )
         if self.locking:
             self._clean_up()
 
@@ -351,8 +370,9 @@ class CacheWriter:
         for i, path in enumerate(rows["path"]):
             self.entries[path] = Entry(source, i, int(rows["size"][i]), int(rows["mtime_ns"][i]), rows["digest"][i])
         for i, path in enumerate(fails["path"]):
-            self.entries[path] = Entry(source, i, int(fails["size"][i]), int(fails["mtime_ns"][i]),
-                                       fails["digest"][i], fails["reason"][i])
+            self.entries[path] = Entry(
+                source, i, int(fails["size"][i]), int(fails["mtime_ns"][i]), fails["digest"][i], fails["reason"][i]
+            )
 
     def _read_entries(self) -> None:
         self.sources = [self.path if os.path.exists(self.path) else ""]
@@ -399,21 +419,27 @@ class CacheWriter:
             os.makedirs(folder, exist_ok=True)
             with _GuardedFile(tmp) as disk:  # a full disk: an OSError here, never a failed write inside HDF5
                 with h5py.File(disk, "w") as f:
-                    f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, settings_key=self.settings_key,
-                                   source=self.source, settings=json.dumps(self.settings))
+                    f.attrs.update(
+                        format=FORMAT,
+                        format_version=FORMAT_VERSION,
+                        settings_key=self.settings_key,
+                        source=self.source,
+                        settings=json.dumps(self.settings),
+                    )
                     _write_columns(f.create_group("rows"), rows, ROW_STRINGS)
                     _write_columns(f.create_group("failures"), failures, FAILURE_STRINGS)
                     group = f.create_group("features")
                     for layer in self.settings["layers"]:
-                        group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32),
-                                             fletcher32=True)
+                        group.create_dataset(layer, data=np.asarray(features[layer], dtype=np.float32), fletcher32=True)
                 disk.check()
             os.replace(tmp, final)
             _fsync(folder)
         except OSError as exc:
             _unlink_quietly(tmp)
-            raise FeaturebankError(f"cannot write a batch to {folder}: {exc.strerror or exc}; every batch written "
-                                   f"before it is kept: {_advice(exc)}run the same command again to continue") from None
+            raise FeaturebankError(
+                f"cannot write a batch to {folder}: {exc.strerror or exc}; every batch written "
+                f"before it is kept: {_advice(exc)}run the same command again to continue"
+            ) from None
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -454,14 +480,22 @@ class CacheWriter:
             with _GuardedFile(tmp) as disk:
                 try:
                     with h5py.File(disk, "w") as out:
-                        out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION,
-                                         settings=json.dumps(self.settings), settings_key=self.settings_key,
-                                         source=self.source, root=self.root, classes=json.dumps(classes),
-                                         info=json.dumps(self.info), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                        out.attrs.update(
+                            format=FORMAT,
+                            format_version=FORMAT_VERSION,
+                            settings=json.dumps(self.settings),
+                            settings_key=self.settings_key,
+                            source=self.source,
+                            root=self.root,
+                            classes=json.dumps(classes),
+                            info=json.dumps(self.info),
+                            updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        )
                         _write_columns(out.create_group("rows"), rows, ROW_STRINGS)
                         _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
-                        self._copy_features(out.create_group("features"),
-                                            np.array(where, dtype=np.int64).reshape(-1, 2))
+                        self._copy_features(
+                            out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2)
+                        )
                 except Exception:
                     if disk.error is None:  # not the disk's doing (a damaged part, a bug): as it is
                         raise
@@ -471,12 +505,16 @@ class CacheWriter:
         except OSError as exc:
             _unlink_quietly(tmp)
             if exc.errno is None:  # HDF5's: a part or the old cache cannot be read (a checksum failed)
-                raise FeaturebankError(f"cannot merge the batches into {self.path}: a batch in {parts_dir(self.path)} "
-                                       f"or the cache is damaged ({str(exc).splitlines()[0]}); delete that folder "
-                                       f"(its images are embedded again) or the cache") from None
-            raise FeaturebankError(f"cannot merge the batches into {self.path}: {exc.strerror or exc}; the cache is "
-                                   f"as it was and every batch is kept in {parts_dir(self.path)}: {_advice(exc)}run "
-                                   f"the same command again to merge them") from None
+                raise FeaturebankError(
+                    f"cannot merge the batches into {self.path}: a batch in {parts_dir(self.path)} "
+                    f"or the cache is damaged ({str(exc).splitlines()[0]}); delete that folder "
+                    f"(its images are embedded again) or the cache"
+                ) from None
+            raise FeaturebankError(
+                f"cannot merge the batches into {self.path}: {exc.strerror or exc}; the cache is "
+                f"as it was and every batch is kept in {parts_dir(self.path)}: {_advice(exc)}run "
+                f"the same command again to merge them"
+            ) from None
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -501,12 +539,21 @@ class CacheWriter:
                 dim = self.dims[layer]
                 n = len(where)
                 rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim))) if n else 1
-                ds = group.create_dataset(layer, shape=(n, dim), dtype=np.float32,  # a checksum per chunk:
-                                          chunks=(rows_per_chunk, dim) if n else None, fletcher32=True)  # damage shows
+                ds = group.create_dataset(
+                    layer,
+                    shape=(n, dim),
+                    dtype=np.float32,  # a checksum per chunk:
+                    chunks=(rows_per_chunk, dim) if n else None,
+                    fletcher32=True,
+                )  # damage shows
                 ds.attrs.update(node=layer, pooling=self.settings["pooling"])
                 if n:
-                    copy_rows(ds, where, lambda source: self._handle(source, handles)["features"][layer],
-                              spill_path(self.path))
+                    copy_rows(
+                        ds,
+                        where,
+                        lambda source: self._handle(source, handles)["features"][layer],  # noqa: B023 (used now)
+                        spill_path(self.path),
+                    )
         finally:
             for h in handles.values():
                 h.close()
@@ -528,7 +575,7 @@ class Blocks:
     gap: int  # skipped rows read through rather than skipped
 
     @classmethod
-    def for_row(cls, row_bytes: int, block_bytes: int) -> "Blocks":
+    def for_row(cls, row_bytes: int, block_bytes: int) -> Blocks:
         return cls(max(1, block_bytes // row_bytes), max(1, block_bytes // row_bytes), max(1, GAP_BYTES // row_bytes))
 
 
@@ -583,13 +630,13 @@ def _copy_direct(out: h5py.Dataset, where: np.ndarray, source, blocks: Blocks, s
         b1 = min(len(where), b0 + blocks.out)
         buf = np.empty((b1 - b0, dim), dtype=np.float32)
         while k < len(starts) and block_of[k] == b0 // blocks.out:
-            dest = order[starts[k]:ends[k] + 1]
+            dest = order[starts[k] : ends[k] + 1]
             rows = where[dest, 1]
             ds = source(int(where[dest[0], 0]))
             for w in range(int(rows[0]), int(rows[-1]) + 1, blocks.read):
                 lo, hi = np.searchsorted(rows, [w, w + blocks.read])
                 if hi > lo:
-                    data = ds[int(rows[lo]):int(rows[hi - 1]) + 1]
+                    data = ds[int(rows[lo]) : int(rows[hi - 1]) + 1]
                     buf[dest[lo:hi] - b0] = data[rows[lo:hi] - rows[lo]]
             k += 1
         out[b0:b1] = buf
@@ -618,7 +665,7 @@ def _copy_spilled(out: h5py.Dataset, where: np.ndarray, source, blocks: Blocks, 
                     continue
                 by_slot = np.argsort(slot[lo:hi])  # a block's rows of one window are consecutive in the file:
                 slots = slot[lo:hi][by_slot]  # one write per output block the window touches
-                data = ds[int(rows[lo]):int(rows[hi - 1]) + 1][(rows[lo:hi] - rows[lo])[by_slot]]
+                data = ds[int(rows[lo]) : int(rows[hi - 1]) + 1][(rows[lo:hi] - rows[lo])[by_slot]]
                 runs = np.flatnonzero(np.diff(slots) != 1) + 1
                 for r0, r1 in zip(np.r_[0, runs], np.r_[runs, hi - lo]):
                     os.pwrite(fd, data[r0:r1].tobytes(), int(slots[r0]) * row_bytes)
@@ -663,8 +710,10 @@ class CacheReader:
         self.path = os.path.abspath(os.fspath(path))
         if not os.path.exists(self.path):
             if _part_files(self.path):
-                raise FeaturebankError(f"{path} is not finished: an interrupted run left batches in "
-                                       f"{parts_dir(self.path)}; run the same extract command again to finish it")
+                raise FeaturebankError(
+                    f"{path} is not finished: an interrupted run left batches in "
+                    f"{parts_dir(self.path)}; run the same extract command again to finish it"
+                )
             raise FeaturebankError(f"cache not found: {path}")
         with _open(self.path) as f:
             if f.attrs.get("format") != FORMAT:
@@ -684,8 +733,10 @@ class CacheReader:
         if version is None or not np.issubdtype(np.asarray(version).dtype, np.integer) or int(version) < 1:
             raise damaged(self.path, f"format_version is {version!r}")
         if int(version) > FORMAT_VERSION:
-            raise FeaturebankError(f"{self.path} was written by a newer featurebank (cache format {int(version)}; this "
-                                   f"one reads up to {FORMAT_VERSION}): upgrade featurebank")
+            raise FeaturebankError(
+                f"{self.path} was written by a newer featurebank (cache format {int(version)}; this "
+                f"one reads up to {FORMAT_VERSION}): upgrade featurebank"
+            )
         self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         for name in ("settings", "source", "root", "classes"):
             if not isinstance(self.attrs.get(name), str):
@@ -693,8 +744,11 @@ class CacheReader:
         self.settings = json.loads(self.attrs["settings"])
         self.classes = json.loads(self.attrs["classes"])
         self.info = json.loads(self.attrs.get("info", "{}"))
-        if not isinstance(self.settings, dict) or not isinstance(self.info, dict) or not (
-                isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
+        if (
+            not isinstance(self.settings, dict)
+            or not isinstance(self.info, dict)
+            or not (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes))
+        ):
             raise damaged(self.path, "settings, classes or info are not what a cache holds")
         missing = [k for k in SETTINGS_KEYS if k not in self.settings]
         if missing:
@@ -705,12 +759,16 @@ class CacheReader:
             raise FeaturebankError(f"{self.path}: {exc}") from None
         self.rows = _read_columns(f["rows"])
         self.failures = _read_columns(f["failures"])
-        for group, names, columns in (("rows", ROW_STRINGS + INTS, self.rows),
-                                      ("failures", FAILURE_STRINGS + INTS, self.failures)):
+        for group, names, columns in (
+            ("rows", ROW_STRINGS + INTS, self.rows),
+            ("failures", FAILURE_STRINGS + INTS, self.failures),
+        ):
             lacking = [n for n in names if n not in columns]
             if lacking or len({len(columns[n]) for n in names}) > 1:
-                raise damaged(self.path, f"{group}/ lacks {', '.join(lacking)}" if lacking
-                              else f"the columns of {group}/ differ in length")
+                raise damaged(
+                    self.path,
+                    f"{group}/ lacks {', '.join(lacking)}" if lacking else f"the columns of {group}/ differ in length",
+                )
         self.layers = list(self.settings["layers"])
         n = len(self.rows["path"])
         self.dims = {}
@@ -760,9 +818,10 @@ class CacheReader:
             try:
                 return f["features"][layer][()]
             except OSError as exc:  # the fletcher32 filter refuses a chunk whose bytes changed
-                raise damaged(self.path, f"features/{layer} cannot be read ({str(exc).splitlines()[0]}): its "
-                                         f"bytes changed on disk") from None
-
+                raise damaged(
+                    self.path,
+                    f"features/{layer} cannot be read ({str(exc).splitlines()[0]}): its bytes changed on disk",
+                ) from None
 
     def verify(self) -> int:
         """Read every feature chunk, so that the checksums are checked (``info --verify``), holding one block of
@@ -774,10 +833,13 @@ class CacheReader:
                 step = max(1, BLOCK_BYTES // max(1, 4 * ds.shape[1]))
                 for start in range(0, ds.shape[0], step):
                     try:
-                        checked += ds[start:start + step].nbytes
+                        checked += ds[start : start + step].nbytes
                     except OSError as exc:
-                        raise damaged(self.path, f"features/{layer} rows {start}..{min(ds.shape[0], start + step) - 1} "
-                                                 f"fail their checksum ({str(exc).splitlines()[0]})") from None
+                        raise damaged(
+                            self.path,
+                            f"features/{layer} rows {start}..{min(ds.shape[0], start + step) - 1} "
+                            f"fail their checksum ({str(exc).splitlines()[0]})",
+                        ) from None
         return checked
 
 

@@ -1,9 +1,14 @@
 """What can be embedded with: the backbones and their feature sizes, and the layers of one backbone (``featurebank
 backbones`` and ``featurebank layers`` print these rows; ``--json`` prints them as they are)."""
+
 from __future__ import annotations
 
-from .backbones import (PENULTIMATE, default_preprocessing, feature_dim, layer_shapes, list_backbones, resolve_layers,
-                        skeleton, weights_enum)
+from .backbones import (
+    PENULTIMATE,
+    layer_shapes,
+    resolve_layers,
+    skeleton,
+)
 from .features import pooled_dim
 
 
@@ -12,12 +17,15 @@ def backbones_text(rows: list[dict]) -> list[str]:
     size without building the model) with their preprocessing."""
     if rows and "features" not in rows[0]:
         return [f"{'backbone':56} {'input':>7}  {'interpolation':13} mean"] + [
-            f"{r['name']:56} {r['resize']:>3}/{r['crop']:<3}  {r['interpolation']:13} {r['mean']}" for r in rows]
+            f"{r['name']:56} {r['resize']:>3}/{r['crop']:<3}  {r['interpolation']:13} {r['mean']}" for r in rows
+        ]
     lines = [f"{'backbone':24} {'features':>8}  {'input':>7}  weights (DEFAULT first)"]
     for r in rows:
         others = [w for w in r["weights"] if w != r["default_weights"].split(".")[1]]
-        lines.append(f"{r['name']:24} {r['features']:>8}  {r['resize']:>3}/{r['crop']:<3}  "
-                     f"{r['default_weights'].split('.')[1]} {' '.join(others)}")
+        lines.append(
+            f"{r['name']:24} {r['features']:>8}  {r['resize']:>3}/{r['crop']:<3}  "
+            f"{r['default_weights'].split('.')[1]} {' '.join(others)}"
+        )
     return lines
 
 
@@ -25,14 +33,22 @@ def layer_rows(backbone: str, size: int | None = None, pooling: str = "avg") -> 
     """The nodes ``--layer`` accepts, with output shapes and vector sizes; the penultimate one (the default) marked."""
     model = skeleton(backbone)
     penultimate = resolve_layers(model, [PENULTIMATE])[0]
-    return [{"node": n, "shape": list(s), "vector": pooled_dim(s, pooling) if len(s) in (1, 2, 3) else None,
-             "penultimate": n == penultimate}
-            for n, s in layer_shapes(backbone, size)]
+    return [
+        {
+            "node": n,
+            "shape": list(s),
+            "vector": pooled_dim(s, pooling) if len(s) in (1, 2, 3) else None,
+            "penultimate": n == penultimate,
+        }
+        for n, s in layer_shapes(backbone, size)
+    ]
 
 
 def layers_text(rows: list[dict]) -> list[str]:
     lines = [f"  {'node':40} {'output shape':>18} {'vector':>7}"]
     for r in rows:
-        lines.append(f"{'*' if r['penultimate'] else ' '} {r['node']:40} {'x'.join(map(str, r['shape'])):>18} "
-                     f"{r['vector'] if r['vector'] is not None else '-':>7}")
+        lines.append(
+            f"{'*' if r['penultimate'] else ' '} {r['node']:40} {'x'.join(map(str, r['shape'])):>18} "
+            f"{r['vector'] if r['vector'] is not None else '-':>7}"
+        )
     return lines

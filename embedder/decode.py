@@ -4,6 +4,7 @@ Every image, whatever its mode (grayscale, palette, RGBA, CMYK, 16-bit), becomes
 would expect to see it, with its EXIF orientation applied. The bytes are hashed on the way (the content part
 of the cache's fingerprint) so that no file is read twice.
 """
+
 from __future__ import annotations
 
 import errno
@@ -25,8 +26,12 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (a 1 GB
 BYTES_PER_PIXEL = 16
 METADATA_BYTES = 64 << 20
 READ_BLOCK = 1 << 20
-KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-         (stat.S_ISSOCK, "a socket"))
+KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 @dataclass
@@ -142,8 +147,10 @@ def _open_regular(path: str, max_bytes: int | None):
 
 
 def too_large(size: int, max_bytes: int) -> str:
-    return (f"too large for an image: {size:,} bytes is more than any image within the pixel limit can be "
-            f"({max_bytes:,} bytes; raise it with --max-pixels if the image is genuine)")
+    return (
+        f"too large for an image: {size:,} bytes is more than any image within the pixel limit can be "
+        f"({max_bytes:,} bytes; raise it with --max-pixels if the image is genuine)"
+    )
 
 
 def _blocks(fd: int, max_bytes: int | None, first: int = READ_BLOCK):
@@ -249,8 +256,10 @@ def _decode(data: bytes, digest: str, max_pixels: int, draft_size: int | None) -
 
 
 def bomb_reason(pixels: str, max_pixels: int) -> str:
-    return (f"decompression bomb: {pixels} pixels is over the limit of {max_pixels:,} (raise it with --max-pixels "
-            f"if the image is genuine: a raised limit retries it)")
+    return (
+        f"decompression bomb: {pixels} pixels is over the limit of {max_pixels:,} (raise it with --max-pixels "
+        f"if the image is genuine: a raised limit retries it)"
+    )
 
 
 def decode_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Decoded:
@@ -264,4 +273,3 @@ def decode_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int
     except OSError as exc:
         return Decoded(None, "", f"cannot read: {exc.strerror or exc}")
     return decode_bytes(data, max_pixels, draft_size)
-

@@ -1,5 +1,6 @@
 """Where a command writes: checked before any work, so that a wrong path costs one line, not a traceback after the
 work, and never an input overwritten by an output."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ def refuse_overwrite(out: str, inputs, what: str = "the output") -> None:
     """A FeaturebankError when ``out`` is one of ``inputs`` (paths of files the command reads)."""
     for path in inputs:
         if path is not None and os.path.isfile(path) and same_file(out, path):
-            raise FeaturebankError(f"{what} {out} is {path}, an input of this command: it would be overwritten; "
-                                   f"give another path")
+            raise FeaturebankError(
+                f"{what} {out} is {path}, an input of this command: it would be overwritten; give another path"
+            )
 
 
 def writable_folder(folder: str, what: str) -> str:

@@ -10,6 +10,7 @@ Every step that all ranks go through is a :meth:`Group.step`: whatever one rank 
 others at the end of the step, so no rank waits forever at a barrier for a rank that failed (a rank that dies
 outright is torchrun's to handle: it stops the whole group).
 """
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,7 @@ class Rank:
     local_world_size: int = 1
 
     @classmethod
-    def from_env(cls, environ=None) -> "Rank":
+    def from_env(cls, environ=None) -> Rank:
         environ = os.environ if environ is None else environ
         world = _env_int(environ, "WORLD_SIZE", 1)
         if world <= 1:
@@ -53,8 +54,9 @@ class Rank:
         rank, local = _env_int(environ, "RANK"), _env_int(environ, "LOCAL_RANK")
         local_world = _env_int(environ, "LOCAL_WORLD_SIZE", world)
         if not (0 <= rank < world and 0 <= local < local_world <= world):
-            raise FeaturebankError(f"inconsistent ranks: RANK={rank} LOCAL_RANK={local} LOCAL_WORLD_SIZE={local_world} "
-                                   f"WORLD_SIZE={world}")
+            raise FeaturebankError(
+                f"inconsistent ranks: RANK={rank} LOCAL_RANK={local} LOCAL_WORLD_SIZE={local_world} WORLD_SIZE={world}"
+            )
         return cls(rank, world, local, local_world)
 
     @property
@@ -79,7 +81,7 @@ class Rank:
         if not self.distributed:
             return list(items)
         starts = range(self.rank * batch_size, len(items), self.world_size * batch_size)
-        return [item for start in starts for item in items[start:start + batch_size]]
+        return [item for start in starts for item in items[start : start + batch_size]]
 
     def cores(self, available: list[int]) -> list[int]:
         """This rank's share of the machine's cores (``available``), so that the ranks of one machine do not
@@ -90,7 +92,7 @@ class Rank:
         if len(available) < self.local_world_size:
             return [available[self.local_rank % len(available)]]
         per = len(available) // self.local_world_size
-        return available[self.local_rank * per:(self.local_rank + 1) * per]
+        return available[self.local_rank * per : (self.local_rank + 1) * per]
 
 
 class Solo:
@@ -99,7 +101,7 @@ class Solo:
     rank = Rank()
     distributed = False
 
-    def __enter__(self) -> "Solo":
+    def __enter__(self) -> Solo:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -131,7 +133,7 @@ class Group(Solo):
         self._affinity: set[int] | None = None
         self._threads: int | None = None
 
-    def __enter__(self) -> "Group":
+    def __enter__(self) -> Group:
         self._share_cores()
         import datetime
 
@@ -147,8 +149,10 @@ class Group(Solo):
                 self._group = dist.new_group(backend="gloo", timeout=timeout)
         except (RuntimeError, ValueError) as exc:
             self._restore_cores()
-            raise FeaturebankError(f"rank {self.rank.rank} could not join the other {self.rank.world_size - 1} "
-                                   f"({type(exc).__name__}: {first_line(exc)})") from None
+            raise FeaturebankError(
+                f"rank {self.rank.rank} could not join the other {self.rank.world_size - 1} "
+                f"({type(exc).__name__}: {first_line(exc)})"
+            ) from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -185,8 +189,11 @@ class Group(Solo):
             yield
         except Exception as exc:  # noqa: BLE001 (the other ranks must hear of any failure)
             error = exc
-        message = None if error is None else (str(error) if isinstance(error, FeaturebankError)
-                                              else f"{type(error).__name__}: {error}")
+        message = (
+            None
+            if error is None
+            else (str(error) if isinstance(error, FeaturebankError) else f"{type(error).__name__}: {error}")
+        )
         try:
             reports = self.gather(message)
         except RuntimeError:  # the group is broken (a rank died, a timeout): this rank's own error comes first

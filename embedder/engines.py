@@ -9,6 +9,7 @@
 settings (measured once per settings and CPU model, recorded in the engine folder), torch on GPUs. Nothing here
 imports torch unless a torch model has to be built.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,7 @@ class TorchEngine(Engine):
 
         autocast_for(device, settings.precision)  # refuse fp16 on the CPU
         self.settings, self.device, self._torch, self.tf32 = settings, device, torch, tf32
-        self.extractor = FeatureExtractor(model, list(settings.layers), settings.pooling,
-                                          settings.tta).to(device)
+        self.extractor = FeatureExtractor(model, list(settings.layers), settings.pooling, settings.tta).to(device)
         self.channels_last = channels_last
         if channels_last:
             self.extractor = self.extractor.to(memory_format=torch.channels_last)
@@ -65,12 +65,24 @@ class TorchEngine(Engine):
         x = self._torch.as_tensor(images)
         if self.device.type == "cuda" and not x.is_pinned():  # pinned by the DataLoader's thread (Batch.pin_memory)
             x = x.pin_memory()
-        return embed_uint8(self.extractor, x, self.settings.preprocessing, self.device, self.settings.precision,
-                           channels_last=self.channels_last, tf32=self.tf32)
+        return embed_uint8(
+            self.extractor,
+            x,
+            self.settings.preprocessing,
+            self.device,
+            self.settings.precision,
+            channels_last=self.channels_last,
+            tf32=self.tf32,
+        )
 
     def describe(self) -> dict:
-        out = {"name": self.name, "device": str(self.device), "channels_last": self.channels_last,
-               "threads": self._torch.get_num_threads(), "torch": self._torch.__version__}
+        out = {
+            "name": self.name,
+            "device": str(self.device),
+            "channels_last": self.channels_last,
+            "threads": self._torch.get_num_threads(),
+            "torch": self._torch.__version__,
+        }
         if self.device.type == "cuda" and self.settings.precision == "fp32":
             out["tf32"] = self.tf32
         return out
@@ -102,15 +114,22 @@ class OnnxEngine(Engine):
         return {layer: np.asarray(o, dtype=np.float32) for layer, o in zip(self.outputs, out)}
 
     def describe(self) -> dict:
-        return {"name": self.name, "device": "cpu", "threads": self.threads, "onnxruntime": self.version,
-                "model": os.path.basename(self.path)}
+        return {
+            "name": self.name,
+            "device": "cpu",
+            "threads": self.threads,
+            "onnxruntime": self.version,
+            "model": os.path.basename(self.path),
+        }
 
 
 def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise FeaturebankError(f"onnxruntime is not installed ({exc}); pip install onnxruntime, or --engine torch") from None
+        raise FeaturebankError(
+            f"onnxruntime is not installed ({exc}); pip install onnxruntime, or --engine torch"
+        ) from None
     return onnxruntime
 
 
@@ -170,8 +189,17 @@ def onnx_name(settings: ExtractionSettings) -> str:
     return f"{settings.backbone.replace(':', '_')}-{settings.key}-{settings.precision}"
 
 
-def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *, engine: str = "auto",
-                device: str = "cpu", batch_size: int = 32, calibration=None, prepared: Prepared | None = None) -> Engine:
+def open_engine(
+    settings: ExtractionSettings,
+    store: EngineStore,
+    build_model,
+    *,
+    engine: str = "auto",
+    device: str = "cpu",
+    batch_size: int = 32,
+    calibration=None,
+    prepared: Prepared | None = None,
+) -> Engine:
     """An engine for ``settings``. ``build_model()`` returns the torch backbone (called only when one is needed:
     for the torch engine, an export, or measuring). ``calibration()`` yields uint8 batches for int8."""
     prepared = prepared if prepared is not None else Prepared()
@@ -180,8 +208,10 @@ def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *
     int8 = settings.precision == "int8"
     if device != "cpu":
         if int8 or engine == "onnxruntime":
-            raise FeaturebankError(f"the onnxruntime engine (and int8) runs on the CPU here; use --device cpu, or "
-                                   f"--engine torch with fp32/fp16/bf16 on {device}")
+            raise FeaturebankError(
+                f"the onnxruntime engine (and int8) runs on the CPU here; use --device cpu, or "
+                f"--engine torch with fp32/fp16/bf16 on {device}"
+            )
         return _torch_engine(settings, build_model, device)
     if engine == "torch" or (engine == "auto" and settings.precision in ("fp16", "bf16")):
         if int8:
@@ -201,8 +231,7 @@ def open_engine(settings: ExtractionSettings, store: EngineStore, build_model, *
         if engine == "onnxruntime" or int8:
             if isinstance(exc, FeaturebankError):
                 raise
-            raise FeaturebankError(f"the onnxruntime engine failed ({type(exc).__name__}: "
-                                   f"{first_line(exc)})") from None
+            raise FeaturebankError(f"the onnxruntime engine failed ({type(exc).__name__}: {first_line(exc)})") from None
         prepared.note = f"using the torch engine: {exc}"
         return _torch_engine(settings, build_model, device)
 
@@ -222,9 +251,11 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
             from .quantize import build_int8
 
             if calibration is None or _calibration_fixed(calibration):
-                raise FeaturebankError(f"the int8 engine {name} is not in {store.folder}: it is made when its cache is "
-                                       f"first extracted, from that input's images; without it, these int8 rows "
-                                       f"cannot be reproduced (extract into a new cache to calibrate anew)")
+                raise FeaturebankError(
+                    f"the int8 engine {name} is not in {store.folder}: it is made when its cache is "
+                    f"first extracted, from that input's images; without it, these int8 rows "
+                    f"cannot be reproduced (extract into a new cache to calibrate anew)"
+                )
             fp32 = _onnx_engine(settings_fp32(settings), store, build_model, batch_size, None, prepared)
             started = time.perf_counter()
             build_int8(fp32, settings, store, name, calibration(), OnnxEngine)
@@ -277,18 +308,19 @@ def _measure(engines: dict, n: int, crop: int, prepared: Prepared) -> tuple[int,
     """Both engines on ``n`` random images (warm-up and agreement), then timed three times. Out of memory (a big
     --crop) halves ``n``, as the extraction loop does, and the run's batches start at the size that fitted
     (``prepared.max_batch``). Returns the size measured, the worst disagreement and the images per second."""
-    from .guard import release_cached_memory, first_line, is_out_of_memory
+    from .guard import first_line, is_out_of_memory, release_cached_memory
 
     while True:
         try:
             images = np.random.default_rng(0).integers(0, 256, (n, 3, crop, crop), dtype=np.uint8)
             outputs = {name: engine(images) for name, engine in engines.items()}  # also the warm-up
             ort, ref = outputs["onnxruntime"], outputs["torch"]
-            worst = max(float((np.abs(ort[k] - ref[k]).max(1) / np.maximum(np.abs(ref[k]).max(1), 1e-12)).max())
-                        for k in ref)
+            worst = max(
+                float((np.abs(ort[k] - ref[k]).max(1) / np.maximum(np.abs(ref[k]).max(1), 1e-12)).max()) for k in ref
+            )
             del ort, ref
             del outputs
-            rates = {name: 0.0 for name in engines}
+            rates = dict.fromkeys(engines, 0.0)
             for _ in range(3):
                 for name, engine in engines.items():
                     t = time.perf_counter()
@@ -303,12 +335,16 @@ def _measure(engines: dict, n: int, crop: int, prepared: Prepared) -> tuple[int,
             images = outputs = None
             release_cached_memory()
             if n == 1:
-                raise FeaturebankError(f"out of memory on a single image of {crop} x {crop} while measuring the "
-                                       f"engines ({first_line(exc)}): use a smaller --crop") from None
+                raise FeaturebankError(
+                    f"out of memory on a single image of {crop} x {crop} while measuring the "
+                    f"engines ({first_line(exc)}): use a smaller --crop"
+                ) from None
             n //= 2
             prepared.max_batch = n
-            sys.stderr.write(f"featurebank: out of memory measuring the engines on {2 * n} images of {crop} x {crop}: "
-                             f"measuring on {n}, and embedding in batches of {n}\n")
+            sys.stderr.write(
+                f"featurebank: out of memory measuring the engines on {2 * n} images of {crop} x {crop}: "
+                f"measuring on {n}, and embedding in batches of {n}\n"
+            )
 
 
 def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepared) -> Engine:
@@ -323,11 +359,19 @@ def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepa
     engines = {"onnxruntime": ort_engine, "torch": torch_engine}
     n, worst, rates = _measure(engines, max(1, min(batch_size, 16)), settings.preprocessing.crop, prepared)
     chosen = max(rates, key=rates.get) if worst < 1e-4 else "torch"
-    choice = {**_choice_key(batch_size), "images_per_second": rates, "agreement": worst, "engine": chosen,
-              "measured_on": n}
+    choice = {
+        **_choice_key(batch_size),
+        "images_per_second": rates,
+        "agreement": worst,
+        "engine": chosen,
+        "measured_on": n,
+    }
     store.update_meta(onnx_name(settings), choice=choice)
     ort_engine.meta["choice"] = choice
     prepared.seconds += time.perf_counter() - started
-    prepared.steps.append(f"measured onnxruntime {rates['onnxruntime']} vs torch {rates['torch']} images/s"
-                          + ("" if worst < 1e-4 else f" (they disagree by {worst:.1e}: torch)") + f": {chosen}")
+    prepared.steps.append(
+        f"measured onnxruntime {rates['onnxruntime']} vs torch {rates['torch']} images/s"
+        + ("" if worst < 1e-4 else f" (they disagree by {worst:.1e}: torch)")
+        + f": {chosen}"
+    )
     return torch_engine if chosen == "torch" else ort_engine

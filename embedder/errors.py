@@ -1,4 +1,5 @@
 """The one exception type a user sees: its message is a single line that says what to do."""
+
 import contextlib
 
 

@@ -5,6 +5,7 @@ so that the engine only moves uint8 pixels in and vectors out, exactly the compu
 used: it exports torchvision's traced feature extractors as they are (the dynamo exporter needs onnxscript and
 rewrites more), with a dynamic batch dimension.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,12 +48,21 @@ def export_onnx(model: nn.Module, settings: ExtractionSettings, path: str) -> No
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False):
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (example,), path, dynamo=False, opset_version=OPSET,
-                              input_names=["images"], output_names=names,
-                              dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                path,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            )
     except Exception as exc:
         first = first_line(exc)
-        raise FeaturebankError(f"{settings.backbone} cannot be exported to ONNX ({type(exc).__name__}: {first})") from None
+        raise FeaturebankError(
+            f"{settings.backbone} cannot be exported to ONNX ({type(exc).__name__}: {first})"
+        ) from None
     if settings.tta != "none":
         with torch.inference_mode():
             widths = [int(t.shape[1]) for t in wrapper(example)]

@@ -3,6 +3,7 @@
 The same code serves the cache (``embedder.job``) and the scikit-learn transformer (``Embedder``), so a
 vector in the cache is exactly what ``Embedder.transform`` returns for the same image.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +12,7 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
+
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
 from .settings import POOLINGS, TORCH_PRECISIONS, TTAS
@@ -49,8 +51,9 @@ def check_pooling(ndim: int, pooling: str, tokens: tuple[int, bool]) -> None:
     """``cls`` and ``cls+avg`` take token sequences of a model with a class token."""
     if pooling in ("cls", "cls+avg"):
         if ndim == 4:
-            raise FeaturebankError(f"--pooling {pooling} takes token layers (N x T x D), not feature maps: use avg, "
-                                   f"max or avgmax")
+            raise FeaturebankError(
+                f"--pooling {pooling} takes token layers (N x T x D), not feature maps: use avg, max or avgmax"
+            )
         if ndim == 3 and not tokens[1]:
             raise FeaturebankError(f"--pooling {pooling}: this model's tokens have no class token (use avg)")
 
@@ -112,8 +115,9 @@ class FeatureExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.tta == "flip":
             outputs = self.body(torch.cat([x, x.flip(3)]))
-            return {layer: _mean_of_halves(pool(outputs[layer], self.pooling, self.tokens).float())
-                    for layer in self.layers}
+            return {
+                layer: _mean_of_halves(pool(outputs[layer], self.pooling, self.tokens).float()) for layer in self.layers
+            }
         outputs = self.body(x)
         return {layer: pool(outputs[layer], self.pooling, self.tokens).float() for layer in self.layers}
 
@@ -148,7 +152,8 @@ def tf32_off(device: torch.device, precision: str = "fp32"):
         return
     backends = torch.backends
     new_api = hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision") and hasattr(
-        backends.cuda.matmul, "fp32_precision")
+        backends.cuda.matmul, "fp32_precision"
+    )
     if new_api:
         places = [(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
     else:
@@ -164,14 +169,20 @@ def tf32_off(device: torch.device, precision: str = "fp32"):
 
 
 @torch.inference_mode()
-def embed_uint8(extractor: FeatureExtractor, images: torch.Tensor, preprocessing: Preprocessing,
-                device: torch.device, precision: str = "fp32", channels_last: bool = False,
-                tf32: bool = False) -> dict[str, np.ndarray]:
+def embed_uint8(
+    extractor: FeatureExtractor,
+    images: torch.Tensor,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    tf32: bool = False,
+) -> dict[str, np.ndarray]:
     """One uint8 batch → ``{layer: N x D float32 numpy}``, normalized on ``device``. ``images`` in pinned memory
     are copied to a GPU without blocking. fp32 on CUDA runs without TF32 unless ``tf32`` (see ``tf32_off``)."""
     x = preprocessing.normalize(torch.as_tensor(images).to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_for(device, precision), (contextlib.nullcontext() if tf32 else tf32_off(device, precision)):
+    with autocast_for(device, precision), contextlib.nullcontext() if tf32 else tf32_off(device, precision):
         out = extractor(x)
     return {layer: t.float().cpu().numpy() for layer, t in out.items()}

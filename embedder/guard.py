@@ -5,6 +5,7 @@ smaller size is kept for the rest of the run. Rows are only taken from pieces th
 is lost or written twice. Any other failure is reported as what it is (a CUDA error as a CUDA error, with what
 to do), never as a settings problem. Errors are recognized by type name and message, so no torch is imported.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,10 +15,23 @@ import numpy as np
 from .errors import FeaturebankError, first_line
 
 OOM_TYPES = {"OutOfMemoryError", "MemoryError"}
-OOM_TEXT = ("out of memory", "failed to allocate memory", "bad_alloc", "not enough memory")  # the last: torch's CPU allocator
+OOM_TEXT = (
+    "out of memory",
+    "failed to allocate memory",
+    "bad_alloc",
+    "not enough memory",
+)  # the last: torch's CPU allocator
 CUDA_TYPES = {"AcceleratorError", "CudaError"}
-CUDA_TEXT = ("cuda error", "cublas_status", "cudnn_status", "cudnn error", "device-side assert", "nccl error",
-             "cuda driver", "an illegal memory access")
+CUDA_TEXT = (
+    "cuda error",
+    "cublas_status",
+    "cudnn_status",
+    "cudnn error",
+    "device-side assert",
+    "nccl error",
+    "cuda driver",
+    "an illegal memory access",
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -52,15 +66,17 @@ class BatchRunner:
         while start < n:
             size = min(self.chunk or n, n - start)
             try:
-                out = self.engine(images[start:start + size])
+                out = self.engine(images[start : start + size])
             except FeaturebankError:
                 raise
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise engine_failed(exc, self.engine, size) from None
                 if size == 1:
-                    raise FeaturebankError(f"out of memory on a single image ({first_line(exc)}); free the device "
-                                           f"or use a smaller --crop; the batches before it are saved") from None
+                    raise FeaturebankError(
+                        f"out of memory on a single image ({first_line(exc)}); free the device "
+                        f"or use a smaller --crop; the batches before it are saved"
+                    ) from None
                 release_cached_memory()
                 self.chunk = max(1, size // 2)
                 self.halvings += 1
@@ -77,8 +93,12 @@ def engine_failed(exc: BaseException, engine, size: int) -> FeaturebankError:
     name = getattr(engine, "name", "engine")
     device = getattr(engine, "device", "cpu")
     if is_cuda_error(exc):
-        return FeaturebankError(f"CUDA error on {device} ({type(exc).__name__}: {first_line(exc)}); the batches "
-                                f"before it are saved: run the same command again to continue (CUDA_LAUNCH_BLOCKING=1 "
-                                f"locates the failing operation)")
-    return FeaturebankError(f"the {name} engine failed on a batch of {size} image(s) ({type(exc).__name__}: "
-                            f"{first_line(exc)}); the batches before it are saved")
+        return FeaturebankError(
+            f"CUDA error on {device} ({type(exc).__name__}: {first_line(exc)}); the batches "
+            f"before it are saved: run the same command again to continue (CUDA_LAUNCH_BLOCKING=1 "
+            f"locates the failing operation)"
+        )
+    return FeaturebankError(
+        f"the {name} engine failed on a batch of {size} image(s) ({type(exc).__name__}: "
+        f"{first_line(exc)}); the batches before it are saved"
+    )

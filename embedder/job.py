@@ -12,6 +12,7 @@ Under torchrun (``WORLD_SIZE`` > 1) every rank lists the input and plans alike, 
 ``WORLD_SIZE``-th batch of the plan) on its own device and writes its own parts; rank 0 holds the cache's lock,
 prepares the engine before the others load it, and merges once all are done (``embedder.distributed``).
 """
+
 from __future__ import annotations
 
 import os
@@ -122,13 +123,35 @@ class ExtractJob:
             raise FeaturebankError(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
 
 
-def extract(source, cache: str | None = None, *, backbone: str = "resnet50", weights: str | None = "DEFAULT",
-            layers=None, pooling: str = "avg", resize: int | None = None, crop: int | None = None,
-            draft: bool = True, precision: str = "fp32", device: str = "auto", batch_size: int = 32,
-            workers: int | None = None, seed: int = 0, layout: str = "auto", strict: bool = False,
-            max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | None = None, engine: str = "auto",
-            int8: Int8 | None = None, engine_dir: str | None = None, threads: int | None = None,
-            progress: bool = False, tta: str = "none", confine: bool = False, shards=None) -> ExtractSummary:
+def extract(
+    source,
+    cache: str | None = None,
+    *,
+    backbone: str = "resnet50",
+    weights: str | None = "DEFAULT",
+    layers=None,
+    pooling: str = "avg",
+    resize: int | None = None,
+    crop: int | None = None,
+    draft: bool = True,
+    precision: str = "fp32",
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    seed: int = 0,
+    layout: str = "auto",
+    strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    cache_dir: str | None = None,
+    engine: str = "auto",
+    int8: Int8 | None = None,
+    engine_dir: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    tta: str = "none",
+    confine: bool = False,
+    shards=None,
+) -> ExtractSummary:
     """Embed every image of ``source`` (a folder, manifest, list file, WebDataset tar shards or Parquet files
     (a folder of them, one, a glob, a list), or a :class:`Listing`) into the HDF5 cache ``cache`` (default: under
     ``cache/``). ``shards``: a :class:`embedder.options.ShardOptions` (image column, label and group sidecars).
@@ -142,13 +165,37 @@ def extract(source, cache: str | None = None, *, backbone: str = "resnet50", wei
     job's summary; only rank 0 shows progress."""
     started = time.perf_counter()
     job = ExtractJob(
-        source=source, cache=cache, tta=tta, layout=layout, strict=strict, cache_dir=cache_dir, engine_dir=engine_dir,
-        confine=confine, shards=shards,
-        request=Request(backbone=backbone, weights=weights, seed=seed, layers=layers or None, pooling=pooling,
-                        resize=resize, crop=crop, draft=draft, precision=precision,
-                        int8=int8 if precision == "int8" else None),
-        execution=Execution(device=device, engine=engine, batch_size=batch_size, workers=workers, threads=threads,
-                            max_pixels=max_pixels, progress=progress))
+        source=source,
+        cache=cache,
+        tta=tta,
+        layout=layout,
+        strict=strict,
+        cache_dir=cache_dir,
+        engine_dir=engine_dir,
+        confine=confine,
+        shards=shards,
+        request=Request(
+            backbone=backbone,
+            weights=weights,
+            seed=seed,
+            layers=layers or None,
+            pooling=pooling,
+            resize=resize,
+            crop=crop,
+            draft=draft,
+            precision=precision,
+            int8=int8 if precision == "int8" else None,
+        ),
+        execution=Execution(
+            device=device,
+            engine=engine,
+            batch_size=batch_size,
+            workers=workers,
+            threads=threads,
+            max_pixels=max_pixels,
+            progress=progress,
+        ),
+    )
     with join(Rank.from_env()) as group:
         return _extract(group, started, job)
 
@@ -164,8 +211,11 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
             dev = rank.device(resolve_device_name(asked.device))
         if request.precision == "fp16" and dev == "cpu":
             raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
-        listing = (job.source if isinstance(job.source, Listing)
-                   else list_input(job.source, job.layout, job.shards, job.confine))
+        listing = (
+            job.source
+            if isinstance(job.source, Listing)
+            else list_input(job.source, job.layout, job.shards, job.confine)
+        )
     # this rank's device; only rank 0 shows progress
     execution = replace(asked, device=dev, progress=asked.progress and rank.leader)
     store = EngineStore(job.engine_dir or engine_dir_for(job.cache, job.cache_dir))
@@ -180,8 +230,9 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
             settings, calibration_files = int8_settings(settings, listing, path)
     base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind}
 
-    writer = CacheWriter(path, settings.to_dict(), listing.source, listing.root, base_info, rank=rank.rank,
-                         lock=rank.leader)
+    writer = CacheWriter(
+        path, settings.to_dict(), listing.source, listing.root, base_info, rank=rank.rank, lock=rank.leader
+    )
     with ExitStack() as held:  # rank 0 takes the lock and cleans up; then the others read the cache
         group.leader_first("opening the cache", lambda: held.enter_context(writer))
         with group.step("planning"):
@@ -189,8 +240,11 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         _same_plan(group, todo)
         listed, planned = {item.path for item in listing.items}, {item.path for item in todo}
         removed = sum(1 for p, e in writer.entries.items() if p not in listed and e.reason is None)
-        reused = sum(1 for item in listing.items if not item.error and item.path not in planned
-                     and writer.entries[item.path].reason is None)
+        reused = sum(
+            1
+            for item in listing.items
+            if not item.error and item.path not in planned and writer.entries[item.path].reason is None
+        )
         new_failures = sum(1 for item in listing.items if item.error)
         run = Run(settings, resolved, store, execution)
         shard = rank.shard(todo, execution.batch_size)
@@ -210,24 +264,37 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         with group.step("merging"):
             if rank.leader:
                 writer.adopt_parts()
-                writer.info = lambda: _info({**base_info, "versions": library_versions()}, writer.previous_info,
-                                            run, path, rank.world_size)
+                writer.info = lambda: _info(
+                    {**base_info, "versions": library_versions()}, writer.previous_info, run, path, rank.world_size
+                )
                 if writer.dims is None:  # nothing was ever embedded: the sizes come from the architecture
                     writer.dims = {layer: int(resolved.dims[layer]) for layer in settings.layers}
-                writer.commit([(i.path, i.label, i.group) for i in listing.items],
-                              {i.path: (i.size, i.mtime_ns, i.error) for i in listing.items if i.error})
+                writer.commit(
+                    [(i.path, i.label, i.group) for i in listing.items],
+                    {i.path: (i.size, i.mtime_ns, i.error) for i in listing.items if i.error},
+                )
 
     summary = None
     with group.step("reading the merged cache"):
         if rank.leader:
-            summary = _summary(path, run, listing, started, reused=reused, removed=removed,
-                               new_failures=new_failures, ranks=rank.world_size)
+            summary = _summary(
+                path,
+                run,
+                listing,
+                started,
+                reused=reused,
+                removed=removed,
+                new_failures=new_failures,
+                ranks=rank.world_size,
+            )
     summary = group.broadcast(summary)
     failed = summary.failed
     if job.strict and failed:
         first = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
-        raise FeaturebankError(f"{len(failed)} file(s) could not be embedded (--strict): {first}"
-                               f"{' ...' if len(failed) > 3 else ''}; the {summary.rows} good rows are saved in {path}")
+        raise FeaturebankError(
+            f"{len(failed)} file(s) could not be embedded (--strict): {first}"
+            f"{' ...' if len(failed) > 3 else ''}; the {summary.rows} good rows are saved in {path}"
+        )
     return summary
 
 
@@ -241,23 +308,39 @@ def _same_plan(group, todo: list) -> None:
     digest = hashlib.blake2b(repr([(i.path, i.size, i.mtime_ns) for i in todo]).encode(), digest_size=16).hexdigest()
     plans = group.gather(digest)
     if len(set(plans)) > 1:
-        raise FeaturebankError("the ranks planned different images (did the input change while they listed it?); "
-                               "run the same command again")
+        raise FeaturebankError(
+            "the ranks planned different images (did the input change while they listed it?); "
+            "run the same command again"
+        )
 
 
-def _summary(path: str, run: Run, listing: Listing, started: float, *, reused: int, removed: int,
-             new_failures: int, ranks: int) -> ExtractSummary:
+def _summary(
+    path: str, run: Run, listing: Listing, started: float, *, reused: int, removed: int, new_failures: int, ranks: int
+) -> ExtractSummary:
     reader = CacheReader(path)
     failed = [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])]
     summary = ExtractSummary(
-        cache=path, rows=len(reader), embedded=run.embedded, reused=reused, removed=removed, failed=failed,
-        new_failures=new_failures, ignored=listing.ignored, classes=reader.classes, layers=reader.dims,
+        cache=path,
+        rows=len(reader),
+        embedded=run.embedded,
+        reused=reused,
+        removed=removed,
+        failed=failed,
+        new_failures=new_failures,
+        ignored=listing.ignored,
+        classes=reader.classes,
+        layers=reader.dims,
         device=run.execution.device,
-        engine=run.engine.describe() if run.engine else {}, prepared_seconds=round(run.prepared.seconds, 3),
-        prepared=run.prepared.steps, notes=[run.prepared.note] if run.prepared.note else [], warnings=run.warned,
+        engine=run.engine.describe() if run.engine else {},
+        prepared_seconds=round(run.prepared.seconds, 3),
+        prepared=run.prepared.steps,
+        notes=[run.prepared.note] if run.prepared.note else [],
+        warnings=run.warned,
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=run.rate,
-        settings=run.settings.to_dict(), ranks=ranks)
+        settings=run.settings.to_dict(),
+        ranks=ranks,
+    )
     return summary
 
 
@@ -270,8 +353,9 @@ def int8_of_cache(path: str) -> tuple[Int8, str]:
     return settings.int8, engine_dir_for(path)
 
 
-def int8_request(precision: str, images: int = 256, seed: int = 0, method: str = "minmax",
-                 calibration_from: str | None = None) -> tuple[Int8 | None, str | None]:
+def int8_request(
+    precision: str, images: int = 256, seed: int = 0, method: str = "minmax", calibration_from: str | None = None
+) -> tuple[Int8 | None, str | None]:
     """``extract``'s int8 options → the int8 engine to make or use, and the engine folder it is in (None: the
     cache's own): ``calibration_from`` names an int8 cache whose engine (and calibration) is used as it is."""
     if calibration_from:
@@ -294,11 +378,13 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
             wanted = stored.int8
     if hasattr(listing, "where"):  # samples of shards have no file to calibrate from
         if not wanted.calibration_set:
-            raise FeaturebankError("int8 from shards needs a calibration made on image files: extract some of "
-                                   "them with --precision int8, then use --calibration-from that cache")
+            raise FeaturebankError(
+                "int8 from shards needs a calibration made on image files: extract some of "
+                "them with --precision int8, then use --calibration-from that cache"
+            )
         return replace(settings, int8=wanted), []
     candidates = [(listing.full_path(i), i.path) for i in listing.items if not i.error]
-    chosen = draw_calibration(candidates, wanted)[:wanted.images]
+    chosen = draw_calibration(candidates, wanted)[: wanted.images]
     if not wanted.calibration_set:
         if not chosen:
             raise FeaturebankError("int8 needs calibration images, and the input has none")
@@ -312,17 +398,27 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
     return replace(settings, int8=wanted), chosen
 
 
-def _info(base: dict, previous: dict, run: "Run", path: str, ranks: int = 1) -> dict:
+def _info(base: dict, previous: dict, run: Run, path: str, ranks: int = 1) -> dict:
     """The cache's ``info``: versions and weights file, the last runs' engines, int8's measured agreement."""
     runs = list(previous.get("runs", []))
     if run.engine is not None:
-        runs.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "embedded": run.embedded,
-                     "engine": run.engine.describe(), "batch_size": run.execution.batch_size,
-                     "images_per_second": run.rate,
-                     "prepared_seconds": round(run.prepared.seconds, 3), **({"ranks": ranks} if ranks > 1 else {})})
+        runs.append(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "embedded": run.embedded,
+                "engine": run.engine.describe(),
+                "batch_size": run.execution.batch_size,
+                "images_per_second": run.rate,
+                "prepared_seconds": round(run.prepared.seconds, 3),
+                **({"ranks": ranks} if ranks > 1 else {}),
+            }
+        )
     info = {**base, "runs": runs[-KEEP_RUNS:]}
-    int8 = (run.engine.meta.get("cosine_to_fp32") if run.engine is not None and hasattr(run.engine, "meta")
-            else previous.get("int8", {}).get("cosine_to_fp32"))
+    int8 = (
+        run.engine.meta.get("cosine_to_fp32")
+        if run.engine is not None and hasattr(run.engine, "meta")
+        else previous.get("int8", {}).get("cosine_to_fp32")
+    )
     if run.settings.precision == "int8" and int8:
         calib = run.engine.meta.get("calibration") if run.engine is not None else previous["int8"].get("calibration")
         info["int8"] = {"cosine_to_fp32": int8, "calibration": calib}
@@ -335,7 +431,8 @@ def _plan(listing: Listing, writer: CacheWriter, max_pixels: int = DEFAULT_MAX_P
     for its size is tried again once ``max_pixels`` allows it (the advice its reason gives)."""
     todo = []
     digest = getattr(listing, "item_digest", None) or (
-        lambda item: file_digest(listing.full_path(item), max_file_bytes(max_pixels)))
+        lambda item: file_digest(listing.full_path(item), max_file_bytes(max_pixels))
+    )
     for item in listing.items:
         if item.error:
             continue
@@ -399,15 +496,23 @@ class Run:
 
     def open(self, calibration_files: list[str], fixed: bool = False) -> None:
         def calibration():
-            return calibration_batches(calibration_files, self.settings, self.execution.max_pixels,
-                                        self.execution.threads)
+            return calibration_batches(
+                calibration_files, self.settings, self.execution.max_pixels, self.execution.threads
+            )
 
         calibration.fixed = fixed  # an int8 engine named by a bundle or another cache: found, never redrawn
 
         how = self.execution
-        self.engine = open_engine(self.settings, self.store, self.build_model, engine=how.engine,
-                                  device=how.device, batch_size=how.batch_size, calibration=calibration,
-                                  prepared=self.prepared)
+        self.engine = open_engine(
+            self.settings,
+            self.store,
+            self.build_model,
+            engine=how.engine,
+            device=how.device,
+            batch_size=how.batch_size,
+            calibration=calibration,
+            prepared=self.prepared,
+        )
         if self.prepared.note:
             sys.stderr.write(f"featurebank: {self.prepared.note}\n")
 
@@ -426,11 +531,18 @@ class Run:
         if hasattr(listing, "dataset"):  # samples of shards: their bytes come from the shards
             dataset = listing.dataset(todo, self.settings.preprocessing, how.max_pixels)
         else:
-            dataset = ImageDataset([listing.full_path(item) for item in todo], self.settings.preprocessing,
-                                   how.max_pixels)
+            dataset = ImageDataset(
+                [listing.full_path(item) for item in todo], self.settings.preprocessing, how.max_pixels
+            )
         started = time.perf_counter()
-        stream = batches(dataset, how.batch_size, how.workers, pin_memory=how.device.startswith("cuda"),
-                         device_type=how.device.split(":")[0], threads=how.threads)
+        stream = batches(
+            dataset,
+            how.batch_size,
+            how.workers,
+            pin_memory=how.device.startswith("cuda"),
+            device_type=how.device.split(":")[0],
+            threads=how.threads,
+        )
         try:
             open_engine()
         except BaseException:
@@ -440,27 +552,49 @@ class Run:
         runner.chunk = self.prepared.max_batch  # measuring the engines ran out of memory: start at what fitted
         failures = 0
         in_flight: deque = deque()
-        with ThreadPoolExecutor(1, thread_name_prefix="featurebank-write") as write, \
-                tqdm(total=len(todo), unit="img", disable=not how.progress, file=sys.stderr, dynamic_ncols=True,
-                     desc=f"{self.settings.backbone} → {os.path.basename(writer.path)}") as bar:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="featurebank-write") as write,
+            tqdm(
+                total=len(todo),
+                unit="img",
+                disable=not how.progress,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                desc=f"{self.settings.backbone} → {os.path.basename(writer.path)}",
+            ) as bar,
+        ):
             try:
                 for batch in stream:
                     if batch.indices:
                         features = runner(batch.images)
                     else:
-                        features = {layer: np.empty((0, int(dims[layer])), np.float32) for layer in self.settings.layers}
+                        features = {
+                            layer: np.empty((0, int(dims[layer])), np.float32) for layer in self.settings.layers
+                        }
                     good = [todo[i] for i in batch.indices]
                     bad = [todo[i] for i, _, _ in batch.failures]
                     self.warned += [{"path": todo[i].path, "warning": w} for i, w in getattr(batch, "notes", ())]
-                    in_flight.append(write.submit(
-                        writer.write_batch,
-                        rows={"path": [i.path for i in good], "label": [i.label for i in good],
-                              "group": [i.group for i in good], "size": [i.size for i in good],
-                              "mtime_ns": [i.mtime_ns for i in good], "digest": batch.digests},
-                        features=features,
-                        failures={"path": [i.path for i in bad], "reason": [r for _, r, _ in batch.failures],
-                                  "digest": [d for _, _, d in batch.failures], "size": [i.size for i in bad],
-                                  "mtime_ns": [i.mtime_ns for i in bad]}))
+                    in_flight.append(
+                        write.submit(
+                            writer.write_batch,
+                            rows={
+                                "path": [i.path for i in good],
+                                "label": [i.label for i in good],
+                                "group": [i.group for i in good],
+                                "size": [i.size for i in good],
+                                "mtime_ns": [i.mtime_ns for i in good],
+                                "digest": batch.digests,
+                            },
+                            features=features,
+                            failures={
+                                "path": [i.path for i in bad],
+                                "reason": [r for _, r, _ in batch.failures],
+                                "digest": [d for _, _, d in batch.failures],
+                                "size": [i.size for i in bad],
+                                "mtime_ns": [i.mtime_ns for i in bad],
+                            },
+                        )
+                    )
                     while len(in_flight) > 2:  # bounded: at most two batches wait for the disk
                         in_flight.popleft().result()
                     self.embedded, failures = self.embedded + len(good), failures + len(bad)
@@ -486,7 +620,9 @@ def calibration_batches(files: list[str], settings: ExtractionSettings, max_pixe
     decoded = list(batches(dataset, 16, 0, threads=threads))
     digests = [d for b in decoded for d in b.digests] + [d for b in decoded for _, _, d in b.failures]
     if calibration_set_id(digests) != settings.int8.calibration_set:
-        raise FeaturebankError("the int8 engine of this cache is gone from its engine folder, and the calibration "
-                               "images it was made from have changed since: its rows cannot be reproduced; extract "
-                               "into a new cache (or delete this one) to calibrate anew")
+        raise FeaturebankError(
+            "the int8 engine of this cache is gone from its engine folder, and the calibration "
+            "images it was made from have changed since: its rows cannot be reproduced; extract "
+            "into a new cache (or delete this one) to calibrate anew"
+        )
     return [b.images for b in decoded if b.indices]

@@ -1,5 +1,6 @@
 """Package names imported on first use: ``import embedder`` (or ``classifiers``) stays instant, and torch or
 scikit-learn are imported only by the module that needs them, when a name of it is first asked for."""
+
 from __future__ import annotations
 
 import importlib
@@ -7,8 +8,10 @@ import importlib
 
 def lazy_attributes(package: str, exports: dict[str, str]):
     """A module ``__getattr__`` for ``package``: each name of ``exports`` (name → submodule) imported on first use."""
+
     def __getattr__(name: str):
         if name in exports:
             return getattr(importlib.import_module(f".{exports[name]}", package), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
     return __getattr__

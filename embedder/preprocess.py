@@ -5,6 +5,7 @@ does what ``weights.transforms()`` does to a float tensor (normalization is insi
 ``normalize`` for torch). ``to_array`` is Pillow and NumPy only (no torch import, so a run whose engine is ready
 never waits for torch) and gives exactly the pixels of torchvision's ``ImageClassification`` preset (tested).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -29,14 +30,20 @@ class Preprocessing:
     crop_mode: str = "center"  # timm's "squash": both sides resized to `resize` (aspect not kept), then the crop
 
     @classmethod
-    def from_transforms(cls, transforms) -> "Preprocessing":
+    def from_transforms(cls, transforms) -> Preprocessing:
         """Read a torchvision ``ImageClassification`` preset (``weights.transforms()``)."""
         mode = transforms.interpolation
-        return cls(resize=int(transforms.resize_size[0]), crop=int(transforms.crop_size[0]),
-                   mean=tuple(float(v) for v in transforms.mean), std=tuple(float(v) for v in transforms.std),
-                   interpolation=str(getattr(mode, "value", mode)))
+        return cls(
+            resize=int(transforms.resize_size[0]),
+            crop=int(transforms.crop_size[0]),
+            mean=tuple(float(v) for v in transforms.mean),
+            std=tuple(float(v) for v in transforms.std),
+            interpolation=str(getattr(mode, "value", mode)),
+        )
 
-    def overridden(self, resize: int | None = None, crop: int | None = None, draft: bool | None = None) -> "Preprocessing":
+    def overridden(
+        self, resize: int | None = None, crop: int | None = None, draft: bool | None = None
+    ) -> Preprocessing:
         changes = {k: v for k, v in (("resize", resize), ("crop", crop), ("draft", draft)) if v is not None}
         return replace(self, **changes)
 

@@ -6,6 +6,7 @@ activation ranges (MinMax by default) from a few hundred images drawn reproducib
 int8 and fp32 engines embed the calibration images and the cosine between their vectors is recorded next to the
 model (``featurebank info`` shows it): int8 is not free, and the user sees what it cost.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,9 @@ def draw_calibration(paths_with_keys: list[tuple[str, str]], int8: Int8) -> list
     reproducible and stable (a file added or changed alters it only if it ranks among the first ``int8.images``).
     Returns full paths in draw order; the caller takes the first ``int8.images`` and skips those that fail to
     decode."""
-    ranked = sorted(paths_with_keys,
-                    key=lambda pk: hashlib.blake2b(f"{int8.seed}:{pk[1]}".encode(), digest_size=8).digest())
+    ranked = sorted(
+        paths_with_keys, key=lambda pk: hashlib.blake2b(f"{int8.seed}:{pk[1]}".encode(), digest_size=8).digest()
+    )
     return [p for p, _ in ranked]
 
 
@@ -36,12 +38,19 @@ def calibration_set_id(digests: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(digests)).encode(), digest_size=12).hexdigest()
 
 
-def build_int8(fp32_engine, settings: ExtractionSettings, store: EngineStore, name: str, calibration,
-               open_int8) -> None:
+def build_int8(
+    fp32_engine, settings: ExtractionSettings, store: EngineStore, name: str, calibration, open_int8
+) -> None:
     """Quantize ``fp32_engine``'s model with ``calibration`` (a list of uint8 batches) into the store as ``name``,
     with the measured cosine to fp32 in its sidecar. ``open_int8(path, settings)`` opens the quantized file as an
     engine to measure it (the engines module passes its ONNX Runtime engine: it builds on this one)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     batches = [b for b in calibration if len(b)]
@@ -64,20 +73,38 @@ def build_int8(fp32_engine, settings: ExtractionSettings, store: EngineStore, na
             with _quiet():
                 quant_pre_process(fp32_engine.path, pre, skip_symbolic_shape=False)
                 keep = tail_nodes(pre) if settings.int8.fp32_tail else []
-                quantize_static(pre, tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=methods[settings.int8.method], nodes_to_exclude=keep)
+                quantize_static(
+                    pre,
+                    tmp,
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[settings.int8.method],
+                    nodes_to_exclude=keep,
+                )
         except Exception as exc:
             first = first_line(exc)
             raise FeaturebankError(f"int8 quantization failed ({type(exc).__name__}: {first})") from None
         int8_engine = open_int8(tmp, settings)
         agreement = feature_agreement(fp32_engine, int8_engine, batches)
         del int8_engine
-        store.save_model(name, tmp, {"settings": settings.to_dict(), "kind": "int8",
-                                     "calibration": {"images": int(sum(len(b) for b in batches)),
-                                                     "method": settings.int8.method, "seed": settings.int8.seed,
-                                                     "set": settings.int8.calibration_set},
-                                     "cosine_to_fp32": agreement})
+        store.save_model(
+            name,
+            tmp,
+            {
+                "settings": settings.to_dict(),
+                "kind": "int8",
+                "calibration": {
+                    "images": int(sum(len(b) for b in batches)),
+                    "method": settings.int8.method,
+                    "seed": settings.int8.seed,
+                    "set": settings.int8.calibration_set,
+                },
+                "cosine_to_fp32": agreement,
+            },
+        )
     finally:  # a failure or Ctrl-C leaves no temporary file of tens of MB behind
         for p in (pre, tmp):
             if os.path.exists(p):

@@ -4,6 +4,7 @@ Working this out needs torchvision (enum names, tracing the graph for node names
 which takes seconds to import. The answer depends only on the options, the torchvision version and, for a weights
 file, the file; so it is recorded in the engine folder and a repeat run reads it back without importing torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,13 @@ class Resolved:
 def _memo_key(request: Request) -> dict:
     from . import __version__
 
-    key = {**asdict(request), "int8": None, "featurebank": __version__, "torch": version_of("torch"),
-           "torchvision": version_of("torchvision")}
+    key = {
+        **asdict(request),
+        "int8": None,
+        "featurebank": __version__,
+        "torch": version_of("torch"),
+        "torchvision": version_of("torchvision"),
+    }
     if str(request.backbone).startswith("timm:"):
         key["timm"] = version_of("timm")
     weights = request.weights
@@ -59,8 +65,14 @@ def _memo_key(request: Request) -> dict:
         st = os.stat(path)
         # a file replaced by another of the same size and mtime (cp -p, rsync -a) still has another inode or ctime,
         # which no user tool sets: the recorded sha256 is reused only for this very file
-        key["weights"] = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-                          "inode": st.st_ino, "device": st.st_dev}
+        key["weights"] = {
+            "path": path,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino,
+            "device": st.st_dev,
+        }
     return json.loads(json.dumps(key))  # as it reads back from the record: tuples become lists
 
 
@@ -75,24 +87,33 @@ def resolve(request: Request, store: EngineStore | None = None) -> Resolved:
         return Resolved(settings, hit["dims"], hit["weights_file"], hit["weights_arg"], request.seed)
     resolved = _resolve_with_torch(request)
     if store is not None:
-        plain = replace(resolved.settings, precision=request.precision if request.precision != "int8" else "fp32",
-                        int8=None)
-        store.put_record("resolved", key, {"settings": plain.to_dict(), "dims": resolved.dims,
-                                           "weights_file": resolved.weights_file, "weights_arg": resolved.weights_arg})
+        plain = replace(
+            resolved.settings, precision=request.precision if request.precision != "int8" else "fp32", int8=None
+        )
+        store.put_record(
+            "resolved",
+            key,
+            {
+                "settings": plain.to_dict(),
+                "dims": resolved.dims,
+                "weights_file": resolved.weights_file,
+                "weights_arg": resolved.weights_arg,
+            },
+        )
     return resolved
 
 
 def _resolve_with_torch(request: Request) -> Resolved:
-    from .backbones import (canonical_name, layer_dims, preprocessing_for, resolve_layers, resolve_weights,
-                            skeleton)
+    from .backbones import canonical_name, layer_dims, preprocessing_for, resolve_layers, resolve_weights, skeleton
 
     spec = resolve_weights(request.backbone, request.weights, request.seed)
     name = canonical_name(request.backbone, spec)
     prep = preprocessing_for(name, spec).overridden(request.resize, request.crop, request.draft)
     shape = skeleton(name, prep.crop)
     layers = resolve_layers(shape, request.layers)
-    settings = ExtractionSettings(name, spec.identity, tuple(layers), request.pooling, prep,
-                                  request.precision, request.int8)
+    settings = ExtractionSettings(
+        name, spec.identity, tuple(layers), request.pooling, prep, request.precision, request.int8
+    )
     dims = layer_dims(shape, layers, request.pooling, prep.crop)
     weights_arg = spec.path if spec.kind == "file" else ("none" if spec.kind == "none" else spec.identity)
     if spec.kind == "timm":

@@ -1,6 +1,7 @@
 """Reading and decoding the samples of shards: a tar member's bytes by its byte range, a Parquet row from its row
 group; then exactly what a file goes through (``ImageDataset``: decode, EXIF, preprocessing, failures by index).
 """
+
 from __future__ import annotations
 
 import os
@@ -64,7 +65,8 @@ class SampleReader:
                 import pyarrow.parquet as pq
 
                 table = pq.ParquetFile(self.shards[where.shard]).read_row_group(
-                    where.offset, columns=[self.columns[where.shard]])
+                    where.offset, columns=[self.columns[where.shard]]
+                )
                 column = table.column(0).combine_chunks()
                 if hasattr(column.type, "get_field_index") and column.type.get_field_index("bytes") >= 0:
                     column = column.field("bytes")  # Hugging Face's Image feature: {"bytes": ..., "path": ...}

@@ -9,6 +9,7 @@ What does *not* belong here: how the vectors are computed when that cannot chang
 (the engine, threads, batch size, device for fp32). Those are recorded per run, in the cache's ``info``.
 Importing this module imports no torch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,13 @@ class Int8:
             raise FeaturebankError("--calibration-images must be at least 1")
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "seed": self.seed, "method": self.method,
-                "calibration_set": self.calibration_set, "fp32_tail": self.fp32_tail}
+        return {
+            "images": self.images,
+            "seed": self.seed,
+            "method": self.method,
+            "calibration_set": self.calibration_set,
+            "fp32_tail": self.fp32_tail,
+        }
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,14 @@ class ExtractionSettings:
     # -- serialization ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The canonical form stored in caches and bundles (format 1 keys always; newer keys when not default)."""
-        d = {"backbone": self.backbone, "weights": self.weights, "layers": list(self.layers),
-             "pooling": self.pooling, "preprocessing": self.preprocessing.to_dict(), "precision": self.precision}
+        d = {
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "layers": list(self.layers),
+            "pooling": self.pooling,
+            "preprocessing": self.preprocessing.to_dict(),
+            "precision": self.precision,
+        }
         if self.int8 is not None:
             d["int8"] = self.int8.to_dict()
         if self.tta != "none":
@@ -86,21 +98,31 @@ class ExtractionSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ExtractionSettings":
+    def from_dict(cls, d: dict) -> ExtractionSettings:
         """Read a stored dict; keys an older featurebank did not write take their defaults."""
         unknown = sorted(set(d) - set(cls.__dataclass_fields__)) + sorted(
-            f"preprocessing.{k}" for k in set(d.get("preprocessing") or {}) - set(Preprocessing.__dataclass_fields__))
+            f"preprocessing.{k}" for k in set(d.get("preprocessing") or {}) - set(Preprocessing.__dataclass_fields__)
+        )
         if unknown:  # a newer featurebank's setting: the vectors depend on something this version cannot honour
-            raise FeaturebankError(f"settings written by a newer featurebank ({', '.join(unknown)}): upgrade featurebank")
+            raise FeaturebankError(
+                f"settings written by a newer featurebank ({', '.join(unknown)}): upgrade featurebank"
+            )
         try:
             p = dict(d.get("preprocessing") or {})
             if p:
                 p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
             prep = Preprocessing(**p)
             int8 = Int8(**d["int8"]) if d.get("int8") else None
-            return cls(backbone=d["backbone"], weights=d["weights"], layers=tuple(d["layers"]),
-                       pooling=d.get("pooling", "avg"), preprocessing=prep, precision=d.get("precision", "fp32"),
-                       int8=int8, tta=d.get("tta", "none"))
+            return cls(
+                backbone=d["backbone"],
+                weights=d["weights"],
+                layers=tuple(d["layers"]),
+                pooling=d.get("pooling", "avg"),
+                preprocessing=prep,
+                precision=d.get("precision", "fp32"),
+                int8=int8,
+                tta=d.get("tta", "none"),
+            )
         except (KeyError, TypeError) as exc:
             raise FeaturebankError(f"unreadable extraction settings ({type(exc).__name__}: {exc})") from None
 
@@ -109,14 +131,15 @@ class ExtractionSettings:
         """A short hash of the canonical dict: names engine files, and (with the input) default cache files."""
         return settings_key(self.to_dict())
 
-    def without_layers(self) -> "ExtractionSettings":
+    def without_layers(self) -> ExtractionSettings:
         """What an engine of any layer subset shares (layers aside)."""
         return replace(self, layers=())
 
-    def differences(self, other: "ExtractionSettings") -> list[str]:
+    def differences(self, other: ExtractionSettings) -> list[str]:
         a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {a.get(k)!r} in the cache, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-                if a.get(k) != b.get(k)]
+        return [
+            f"{k}: {a.get(k)!r} in the cache, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+        ]
 
 
 def split_layers(values) -> list[str] | None:

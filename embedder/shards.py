@@ -17,6 +17,7 @@ touched one is compared sample by sample by content digest (``item_digest``), as
 A damaged shard loses only what the damage covers: a truncated image, a key without an image, a duplicated key,
 a member cut by the end of the file, all become failures with a reason; the samples before the damage are kept.
 """
+
 from __future__ import annotations
 
 import glob
@@ -54,7 +55,9 @@ class ShardListing(Listing):
 
     def full_path(self, item: Item) -> str:
         """The shard file that holds the sample (a sample has no file of its own)."""
-        return self.shards[self.where[item.path].shard] if item.path in self.where else os.path.join(self.root, item.path)
+        return (
+            self.shards[self.where[item.path].shard] if item.path in self.where else os.path.join(self.root, item.path)
+        )
 
     def reader(self):
         # reading needs pyarrow for Parquet, decoding needs Pillow: listing needs neither
@@ -87,8 +90,11 @@ def _expand_braces(pattern: str) -> list[str]:
     if not m:
         return [pattern]
     lo, hi, width = int(m.group(1)), int(m.group(2)), len(m.group(1))
-    return [p for i in range(lo, hi + 1)
-            for p in _expand_braces(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():])]
+    return [
+        p
+        for i in range(lo, hi + 1)
+        for p in _expand_braces(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end() :])
+    ]
 
 
 def is_shard_name(name: str) -> bool:
@@ -109,7 +115,7 @@ def _shards_in_folder(folder: str) -> list[str]:
 
 
 def _has_images(folder: str) -> bool:
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for _dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not is_hidden_or_system(d)]
         if any(is_image_name(f) and not is_hidden_or_system(f) for f in filenames):
             return True
@@ -174,7 +180,9 @@ def list_shards(paths: list[str], identity: str, options: ShardOptions) -> Shard
     """Every sample of every shard, shard by shard (in the order given), by key within a shard."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FeaturebankError(f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise FeaturebankError(
+            f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
     image_column = options.image_column
     source = f"shards:{identity}" + (f"#image={image_column}" if image_column else "")
@@ -225,9 +233,9 @@ def _number(field: bytes) -> int:
 
 def _pax_records(data: bytes) -> dict[str, str]:
     records, at = {}, 0
-    while at < len(data) and data[at:at + 1] != b"\0":
-        length = int(data[at:data.index(b" ", at)])
-        key, _, value = data[data.index(b" ", at) + 1:at + length - 1].partition(b"=")
+    while at < len(data) and data[at : at + 1] != b"\0":
+        length = int(data[at : data.index(b" ", at)])
+        key, _, value = data[data.index(b" ", at) + 1 : at + length - 1].partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         at += length
     return records
@@ -292,8 +300,14 @@ def _list_tar(listing: ShardListing, index: int, name: str, options: ShardOption
     except OSError as exc:
         members, damage = [], f"cannot read: {exc.strerror or exc}"
     if not members:
-        listing.items.append(Item(name, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                  error=f"not a readable tar shard ({damage or 'no members'})"))
+        listing.items.append(
+            Item(
+                name,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                error=f"not a readable tar shard ({damage or 'no members'})",
+            )
+        )
         return
     for member, offset, size, is_file in members:
         split = split_key(member) if is_file else None
@@ -320,22 +334,39 @@ def _list_tar(listing: ShardListing, index: int, name: str, options: ShardOption
         return None
 
     with open(path, "rb") as side:  # the sidecars that hold labels and groups
+
         def read(span):
             side.seek(span[0])
             return side.read(span[1])
 
         for key in sorted(samples):
-            _add_sample(listing, Where(index, 0, 0), name, key, samples[key], st.st_mtime_ns, options, read,
-                        damaged(key))
+            _add_sample(
+                listing, Where(index, 0, 0), name, key, samples[key], st.st_mtime_ns, options, read, damaged(key)
+            )
     attributed = bool(cut) or cut_short  # else the damage is the shard's own failure
     if damage is not None and not attributed:  # between samples: those before it are whole; say where it stops
-        listing.items.append(Item(name, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                  error=f"truncated shard: it stops after {len(samples)} samples ({damage}); "
-                                        f"the samples before the damage are kept"))
+        listing.items.append(
+            Item(
+                name,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                error=f"truncated shard: it stops after {len(samples)} samples ({damage}); "
+                f"the samples before the damage are kept",
+            )
+        )
 
 
-def _add_sample(listing: ShardListing, shard: Where, name: str, key: str, members: dict, mtime_ns: int,
-                options: ShardOptions, read, error: str | None) -> None:
+def _add_sample(
+    listing: ShardListing,
+    shard: Where,
+    name: str,
+    key: str,
+    members: dict,
+    mtime_ns: int,
+    options: ShardOptions,
+    read,
+    error: str | None,
+) -> None:
     """One sample's item: its image's byte range, label and group, or why it has none."""
     images = sorted(e for e in members if e in IMAGE_EXTS)
     if error is None and not images:
@@ -364,14 +395,22 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ... for a damaged file)
-        listing.items.append(Item(name, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                  error=f"not a readable Parquet file ({type(exc).__name__}: {exc})"))
+        listing.items.append(
+            Item(
+                name,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                error=f"not a readable Parquet file ({type(exc).__name__}: {exc})",
+            )
+        )
         return
     columns = pf.schema_arrow.names
     image = options.image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
     if image not in columns:
-        raise FeaturebankError(f"{path} has no image column {options.image_column or 'image'!r} (its columns: "
-                               f"{', '.join(columns)}); name it with --image-column")
+        raise FeaturebankError(
+            f"{path} has no image column {options.image_column or 'image'!r} (its columns: "
+            f"{', '.join(columns)}); name it with --image-column"
+        )
     for option, column in (("--label-column", options.label_column), ("--group-column", options.group_column)):
         if column and column not in columns:
             raise FeaturebankError(f"{path} has no column {column!r} ({option}); its columns: {', '.join(columns)}")
@@ -398,7 +437,10 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
         while g + 1 < len(starts) and starts[g + 1] <= row:
             g += 1
         group_of.append(g)
-    text = lambda column, row: "" if not column or values[column][row] is None else str(values[column][row])
+
+    def text(column, row):
+        return "" if not column or values[column][row] is None else str(values[column][row])
+
     done: set[str] = set()
     for row in sorted(range(n), key=lambda r: (keys[r], r)):
         key = keys[row]
@@ -413,6 +455,13 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
         else:
             error = None
             listing.where[item_path] = Where(index, group_of[row], row - starts[group_of[row]])
-        listing.items.append(Item(item_path, text(label_column, row) if not error else "",
-                                  text(options.group_column, row) if not error else "",
-                                  st.st_size, st.st_mtime_ns, error))
+        listing.items.append(
+            Item(
+                item_path,
+                text(label_column, row) if not error else "",
+                text(options.group_column, row) if not error else "",
+                st.st_size,
+                st.st_mtime_ns,
+                error,
+            )
+        )

@@ -5,6 +5,7 @@ The order is the order rows take in the cache: sorted paths for folders, the fil
 and lists. Nothing here opens an image; problems found while listing (a directory named ``x.jpg``, a path in
 a manifest that does not exist) become items with an ``error`` so that they are reported like bad images.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,7 @@ from .decode import file_kind
 from .errors import FeaturebankError
 
 IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm".split()
+    [".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"]
 )
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 LAYOUTS = ("auto", "classes", "flat")
@@ -76,8 +77,14 @@ def _stat_item(full: str, path: str, label: str = "", group: str = "") -> Item:
     if stat.S_ISDIR(st.st_mode):
         return Item(path, label, group, st.st_size, st.st_mtime_ns, error="is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the reader, /dev/zero would never end
-        return Item(path, label, group, st.st_size, st.st_mtime_ns,
-                    error=f"not a regular file ({file_kind(st.st_mode)}): only regular files are read")
+        return Item(
+            path,
+            label,
+            group,
+            st.st_size,
+            st.st_mtime_ns,
+            error=f"not a regular file ({file_kind(st.st_mode)}): only regular files are read",
+        )
     return Item(path, label, group, st.st_size, st.st_mtime_ns)
 
 
@@ -93,8 +100,9 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _walk_images(top: str, root: str, label: str, listing: Listing, fence: str | None = None,
-                 seen: set | None = None) -> None:
+def _walk_images(
+    top: str, root: str, label: str, listing: Listing, fence: str | None = None, seen: set | None = None
+) -> None:
     """Add the images below ``top`` (recursively, sorted) to ``listing`` with ``label``.
 
     Symbolic links: a file link is read as the file it points to; a folder link is walked only when its target
@@ -121,11 +129,18 @@ def _walk_images(top: str, root: str, label: str, listing: Listing, fence: str |
         elif _is_dir(entry):
             target = os.path.realpath(entry.path)
             if link and not _inside(target, fence):
-                listing.items.append(Item(rel, label, error=f"folder link that leaves its {'class ' if label else ''}"
-                                                          f"folder (to {target}): not followed"))
+                listing.items.append(
+                    Item(
+                        rel,
+                        label,
+                        error=f"folder link that leaves its {'class ' if label else ''}"
+                        f"folder (to {target}): not followed",
+                    )
+                )
             elif target in seen:
-                listing.items.append(Item(rel, label, error=f"folder link to a folder listed already ({target}): "
-                                                          f"not followed"))
+                listing.items.append(
+                    Item(rel, label, error=f"folder link to a folder listed already ({target}): not followed")
+                )
             else:
                 seen.add(target)
                 _walk_images(entry.path, root, label, listing, fence, seen)
@@ -142,7 +157,7 @@ def _loops(path: str) -> bool:
 
 
 def _has_images_below(folder: str) -> bool:
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for _dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not is_hidden_or_system(d)]
         if any(is_image_name(f) and not is_hidden_or_system(f) for f in filenames):
             return True
@@ -155,8 +170,7 @@ def list_folder(folder: str, layout: str = "auto") -> Listing:
     if layout not in LAYOUTS:
         raise FeaturebankError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     subdirs = sorted(
-        e.name for e in os.scandir(root)
-        if _is_dir(e) and not is_hidden_or_system(e.name) and not is_image_name(e.name)
+        e.name for e in os.scandir(root) if _is_dir(e) and not is_hidden_or_system(e.name) and not is_image_name(e.name)
     )
     if layout == "auto":
         layout = "classes" if any(_has_images_below(os.path.join(root, d)) for d in subdirs) else "flat"
@@ -173,9 +187,16 @@ def list_folder(folder: str, layout: str = "auto") -> Listing:
             listing.items.append(Item(entry.name, error=LOOP))
         elif is_image_name(entry.name):  # a loose file, or a directory named like an image
             item = _stat_item(entry.path, entry.name)
-            listing.items.append(item if item.error else Item(
-                item.path, size=item.size, mtime_ns=item.mtime_ns,
-                error="not inside a class folder (use --layout flat to embed it unlabeled)"))
+            listing.items.append(
+                item
+                if item.error
+                else Item(
+                    item.path,
+                    size=item.size,
+                    mtime_ns=item.mtime_ns,
+                    error="not inside a class folder (use --layout flat to embed it unlabeled)",
+                )
+            )
         else:
             listing.ignored += 1
     return listing
@@ -185,8 +206,7 @@ def _confined(full: str, root: str, where: str, path: str) -> None:
     """``confine``: refuse a path that leaves the list's folder, by ``..``, an absolute path or a symbolic link."""
     real, top = os.path.realpath(full), os.path.realpath(root)
     if not _inside(real, top) or not _inside(os.path.normpath(full), root):
-        raise FeaturebankError(f"{where}: {path} is outside the folder of the list ({root}), which --confine "
-                               f"refuses")
+        raise FeaturebankError(f"{where}: {path} is outside the folder of the list ({root}), which --confine refuses")
 
 
 def list_manifest(csv_path: str, confine: bool = False) -> Listing:
@@ -199,8 +219,10 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
     try:
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if "path" not in fields:
-            raise FeaturebankError(f"{csv_path}: the first line must name the columns, with at least 'path' "
-                                   f"(and optionally 'label', 'group'); found {reader.fieldnames}")
+            raise FeaturebankError(
+                f"{csv_path}: the first line must name the columns, with at least 'path' "
+                f"(and optionally 'label', 'group'); found {reader.fieldnames}"
+            )
         reader.fieldnames = fields
         seen: dict[str, int] = {}
         for line, row in enumerate(reader, start=2):
@@ -214,7 +236,9 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
             if rel in seen:
                 raise FeaturebankError(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
             seen[rel] = line
-            listing.items.append(_stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip()))
+            listing.items.append(
+                _stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip())
+            )
     except csv.Error as exc:
         raise FeaturebankError(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
     return listing
@@ -234,11 +258,13 @@ def read_text(path: str) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise FeaturebankError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as "
-                               f"UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise FeaturebankError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as "
+            f"UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
     if "\0" in text:
-        line = text[:text.index("\0")].count("\n") + 1
+        line = text[: text.index("\0")].count("\n") + 1
         raise FeaturebankError(f"{path} line {line}: a NUL byte, which no file name can hold; is it a text file?")
     return text
 
@@ -275,8 +301,9 @@ def list_images(source: str, layout: str = "auto", confine: bool = False) -> Lis
         listing = list_manifest(source, confine)
     elif source.lower().endswith((".txt", ".lst")):
         list_file = os.path.abspath(source)
-        lines = [ln.strip() for ln in read_text(list_file).splitlines()
-                 if ln.strip() and not ln.lstrip().startswith("#")]
+        lines = [
+            ln.strip() for ln in read_text(list_file).splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+        ]
         listing = list_paths(lines, root=os.path.dirname(list_file), source=f"list:{list_file}", confine=confine)
     else:
         raise FeaturebankError(f"{source}: give a folder, a .csv manifest (path,label[,group]) or a .txt list of paths")

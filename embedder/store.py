@@ -6,6 +6,7 @@ do not match its sidecar (truncated, corrupt, edited) is reported and rebuilt, n
 (``records/<key>.json``) memoize what would otherwise need torch to work out (resolved settings, the measured
 engine choice), so that a run whose engine is ready imports no torch at all.
 """
+
 from __future__ import annotations
 
 import hashlib

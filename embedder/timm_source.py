@@ -9,6 +9,7 @@ through timm's own Hugging Face hub cache, ``$HF_HOME``), and its preprocessing 
 Models whose input size is fixed at construction (ViTs: position embeddings) are built at the crop size when it
 differs from the pretrained one (timm resamples the position embeddings of pretrained weights).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,7 +49,7 @@ def _timm():
 
 def split_name(name: str) -> tuple[str, str]:
     """``timm:ARCH[.TAG]`` → (arch, tag); an empty tag when none is typed."""
-    body = name[len(PREFIX):] if is_timm_name(name) else name
+    body = name[len(PREFIX) :] if is_timm_name(name) else name
     arch, _, tag = body.partition(".")
     return arch, tag
 
@@ -70,8 +71,11 @@ def check_name(name: str) -> str:
         import difflib
 
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        hint = (f" (did you mean {', '.join(PREFIX + c for c in close)}?)" if close
-                else "; `featurebank backbones --source timm` lists them")
+        hint = (
+            f" (did you mean {', '.join(PREFIX + c for c in close)}?)"
+            if close
+            else "; `featurebank backbones --source timm` lists them"
+        )
         raise FeaturebankError(f"unknown timm model {arch!r}{hint}")
     tags = _pretrained_tags(arch)
     if tag and tag not in tags:
@@ -118,9 +122,14 @@ def preprocessing(name: str) -> Preprocessing:
     mode = cfg.get("crop_mode") or "center"
     if mode not in ("center", "squash"):
         raise FeaturebankError(f"{name} uses timm's crop_mode {mode!r}, which featurebank does not reproduce")
-    return Preprocessing(resize=math.floor(h / crop_pct), crop=int(h), mean=tuple(float(v) for v in cfg["mean"]),
-                         std=tuple(float(v) for v in cfg["std"]), interpolation=cfg.get("interpolation") or "bilinear",
-                         crop_mode=mode)
+    return Preprocessing(
+        resize=math.floor(h / crop_pct),
+        crop=int(h),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        interpolation=cfg.get("interpolation") or "bilinear",
+        crop_mode=mode,
+    )
 
 
 def _build_kwargs(name: str, size: int | None, num_classes: int | None = None) -> dict:
@@ -236,18 +245,24 @@ def pretrained(name: str, size: int | None) -> nn.Module:
         where = f"https://huggingface.co/{hub_id}/resolve/main/{filename}"
     else:
         filename, where = os.path.basename(cfg.get("url") or "?"), cfg.get("url") or "?"
-    advice = (f"download {where} elsewhere and pass it with --weights path/to/{filename}, or put it in timm's hub "
-              f"cache {hub_cache()} with `hf download {hub_id} {filename}` (HF_HOME sets where)"
-              if hub_id else f"download {where} elsewhere and pass it with --weights path/to/{filename}")
+    advice = (
+        f"download {where} elsewhere and pass it with --weights path/to/{filename}, or put it in timm's hub "
+        f"cache {hub_cache()} with `hf download {hub_id} {filename}` (HF_HOME sets where)"
+        if hub_id
+        else f"download {where} elsewhere and pass it with --weights path/to/{filename}"
+    )
     if hub_id and _offline() and _cached_file(hub_id, cfg.get("hf_hub_filename")) is None:
-        raise FeaturebankError(f"timm weights {arch}.{tag} are not in the hub cache and HF_HUB_OFFLINE is set: {advice}")
+        raise FeaturebankError(
+            f"timm weights {arch}.{tag} are not in the hub cache and HF_HUB_OFFLINE is set: {advice}"
+        )
     try:
         with contextlib.redirect_stdout(None):
             return _create(name, pretrained=True, **_build_kwargs(name, size)).float()
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise FeaturebankError(f"cannot load timm weights {arch}.{tag} ({type(exc).__name__}: {first}; no "
-                               f"network?): {advice}") from None
+        raise FeaturebankError(
+            f"cannot load timm weights {arch}.{tag} ({type(exc).__name__}: {first}; no network?): {advice}"
+        ) from None
 
 
 def head_name(model: nn.Module) -> str:
@@ -290,7 +305,12 @@ def block_names(model: nn.Module) -> list[str]:
     head = head_name(model)
     names: list[str] = []
     for name, module in model.named_modules():
-        if not name or name == head or name.startswith(head + ".") or not any(True for _ in module.parameters(recurse=False)):
+        if (
+            not name
+            or name == head
+            or name.startswith(head + ".")
+            or not any(True for _ in module.parameters(recurse=False))
+        ):
             continue
         parts = name.split(".")
         if parts[0] in CONTAINERS and len(parts) > 1:
@@ -318,8 +338,10 @@ def imagenet_classes(name: str) -> list[str]:
     cfg = pretrained_cfg(name)
     subset = infer_imagenet_subset(cfg) if cfg.get("num_classes") else None
     if not subset:
-        raise FeaturebankError(f"{name} has no ImageNet classifier head (its tag has {cfg.get('num_classes', 0)} "
-                               f"classes timm knows no names of): train a featurebank model on its features instead")
+        raise FeaturebankError(
+            f"{name} has no ImageNet classifier head (its tag has {cfg.get('num_classes', 0)} "
+            f"classes timm knows no names of): train a featurebank model on its features instead"
+        )
     if subset == "imagenet-1k":  # torchvision's names: the same order, with the two duplicate names told apart
         from torchvision.models._meta import _IMAGENET_CATEGORIES
 

@@ -4,6 +4,7 @@ It does nothing in ``__init__``; ``fit`` loads the model (and for int8, calibrat
 the only thing it learns); ``transform`` decodes, preprocesses and embeds with the same settings value, decoding
 and engine as ``featurebank extract``, so its rows equal the cache's.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,10 +33,27 @@ class Embedder(TransformerMixin, BaseEstimator):
     (default: ``$FEATUREBANK_ENGINE_DIR``, else ``cache/engines``). ``tta="flip"`` is ``extract --tta flip``.
     """
 
-    def __init__(self, backbone="resnet50", weights="DEFAULT", layers=None, pooling="avg", resize=None, crop=None,
-                 draft=True, precision="fp32", device="auto", batch_size=32, workers=0, seed=0,
-                 max_pixels=DEFAULT_MAX_PIXELS, engine="auto", engine_dir=None, calibration_images=256, int8=None,
-                 tta="none"):
+    def __init__(
+        self,
+        backbone="resnet50",
+        weights="DEFAULT",
+        layers=None,
+        pooling="avg",
+        resize=None,
+        crop=None,
+        draft=True,
+        precision="fp32",
+        device="auto",
+        batch_size=32,
+        workers=0,
+        seed=0,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        engine="auto",
+        engine_dir=None,
+        calibration_images=256,
+        int8=None,
+        tta="none",
+    ):
         self.backbone = backbone
         self.weights = weights
         self.layers = layers
@@ -58,7 +76,9 @@ class Embedder(TransformerMixin, BaseEstimator):
     def fit(self, X=None, y=None):
         """Load the backbone; nothing is learned from ``X``, except int8's calibration, which needs it."""
         self.backbone_ = load_backbone(self.backbone, self.weights, self.seed, self.resize, self.crop, self.draft)
-        self.layers_ = resolve_layers(self.backbone_.model, self.layers if not isinstance(self.layers, str) else [self.layers])
+        self.layers_ = resolve_layers(
+            self.backbone_.model, self.layers if not isinstance(self.layers, str) else [self.layers]
+        )
         self.dims_ = layer_dims(self.backbone_.model, self.layers_, self.pooling, self.backbone_.preprocessing.crop)
         self.n_features_out_ = sum(self.dims_.values())
         int8 = None
@@ -67,13 +87,21 @@ class Embedder(TransformerMixin, BaseEstimator):
             if self.int8 is not None:  # a cache's int8 engine (embedder.job.int8_of_cache): its rows exactly
                 int8 = self.int8
             elif X is None:
-                raise FeaturebankError("int8 calibrates on images: call fit with a list of paths or PIL images "
-                                       "(or give int8= of a cache)")
+                raise FeaturebankError(
+                    "int8 calibrates on images: call fit with a list of paths or PIL images (or give int8= of a cache)"
+                )
             else:
                 int8, self._calibration = self._calibrate_on(_as_list(X))
-        self.settings_ = ExtractionSettings(self.backbone_.name, self.backbone_.weights.identity, tuple(self.layers_),
-                                            self.pooling, self.backbone_.preprocessing, self.precision, int8,
-                                            self.tta)
+        self.settings_ = ExtractionSettings(
+            self.backbone_.name,
+            self.backbone_.weights.identity,
+            tuple(self.layers_),
+            self.pooling,
+            self.backbone_.preprocessing,
+            self.precision,
+            int8,
+            self.tta,
+        )
         self.__dict__.pop("_engine", None)
         return self
 
@@ -87,8 +115,11 @@ class Embedder(TransformerMixin, BaseEstimator):
         chosen = draw_calibration(keys, wanted)[: wanted.images]
         dataset = ImageDataset([images[i] for i in chosen], self.backbone_.preprocessing, self.max_pixels)
         decoded = list(batches(dataset, 16, 0))
-        digests = [d or hashlib.blake2b(dataset.images[i].tobytes(), digest_size=16).hexdigest()
-                   for b in decoded for i, d in list(zip(b.indices, b.digests)) + [(j, d) for j, _, d in b.failures]]
+        digests = [
+            d or hashlib.blake2b(dataset.images[i].tobytes(), digest_size=16).hexdigest()
+            for b in decoded
+            for i, d in list(zip(b.indices, b.digests)) + [(j, d) for j, _, d in b.failures]
+        ]
         chunks = [b.images for b in decoded if b.indices]
         if not chunks:
             raise FeaturebankError("none of the calibration images could be decoded")
@@ -104,8 +135,15 @@ class Embedder(TransformerMixin, BaseEstimator):
                 return chunks
 
             calibration.fixed = chunks is None  # a cache's engine, or an unpickled one: found, never redrawn
-            engine = open_engine(self.settings_, store, lambda: self.backbone_.model, engine=self.engine,
-                                 device=device, batch_size=self.batch_size, calibration=calibration)
+            engine = open_engine(
+                self.settings_,
+                store,
+                lambda: self.backbone_.model,
+                engine=self.engine,
+                device=device,
+                batch_size=self.batch_size,
+                calibration=calibration,
+            )
             self._engine, self._engine_device = engine, device
         return engine
 
@@ -126,7 +164,9 @@ class Embedder(TransformerMixin, BaseEstimator):
                 out[batch.indices] = np.concatenate([features[layer] for layer in self.layers_], axis=1)
         if bad:
             listed = "; ".join(f"{_name(img)}: {reason}" for img, reason in bad[:3])
-            raise FeaturebankError(f"{len(bad)} image(s) could not be embedded: {listed}{' ...' if len(bad) > 3 else ''}")
+            raise FeaturebankError(
+                f"{len(bad)} image(s) could not be embedded: {listed}{' ...' if len(bad) > 3 else ''}"
+            )
         return out
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:

@@ -3,6 +3,7 @@
 Reading a version must not import the library (torch takes seconds): a package's own ``version.py`` is read
 when it has one (the same string as ``__version__``, with the build tag: 2.15.0+cu132), else its metadata.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,7 +15,16 @@ from importlib import metadata
 from . import __version__
 
 MISSING = "-"  # the version of a package that is not installed
-LIBRARIES = ("torch", "torchvision", "timm", "onnxruntime", "numpy", "h5py", "pillow", "scikit-learn")  # what features depend on
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "onnxruntime",
+    "numpy",
+    "h5py",
+    "pillow",
+    "scikit-learn",
+)  # what features depend on
 
 
 def version_of(package: str) -> str:

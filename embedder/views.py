@@ -1,5 +1,6 @@
 """How the embedder's results read: a cache described (``featurebank info``) and an extraction summed up
 (``featurebank extract``), as data for ``--json`` and as lines for a person. Needs no torch."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -15,26 +16,36 @@ def describe_cache(path: str, verify: bool = False) -> dict:
     reader = CacheReader(path)
     if verify:
         reader.verify()
-    return {"cache": reader.path, "rows": len(reader),
-            "classes": dict(Counter(reader.labels)) if reader.labels is not None else {},
-            "layers": reader.dims, "settings": reader.full_settings, "source": reader.attrs["source"],
-            "root": reader.attrs["root"], "updated": reader.attrs["updated"],
-            "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
-            "pending_parts": reader.pending_parts, "info": reader.info, "checksums": reader.checksums}
+    return {
+        "cache": reader.path,
+        "rows": len(reader),
+        "classes": dict(Counter(reader.labels)) if reader.labels is not None else {},
+        "layers": reader.dims,
+        "settings": reader.full_settings,
+        "source": reader.attrs["source"],
+        "root": reader.attrs["root"],
+        "updated": reader.attrs["updated"],
+        "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
+        "pending_parts": reader.pending_parts,
+        "info": reader.info,
+        "checksums": reader.checksums,
+    }
 
 
 def cache_text(d: dict) -> list[str]:
     """``describe_cache``'s answer for a person."""
     s, info = d["settings"], d["info"]
     p = s["preprocessing"]
-    lines = [f"{d['cache']}: {d['rows']} rows, updated {d['updated']}",
-             f"  input        {d['source']}",
-             f"  backbone     {s['backbone']}  weights {s['weights']}"
-             + (f" ({info.get('weights_file')})" if info.get("weights_file") else ""),
-             f"  preprocess   resize {p['resize']} ({p['interpolation']}), crop {p['crop']}, mean {p['mean']}, "
-             f"std {p['std']}, draft {p['draft']}; precision {s['precision']}; pooling {s['pooling']}"
-             + (f"; tta {s['tta']}" if s.get("tta", "none") != "none" else ""),
-             "  layers       " + ", ".join(f"{k} [{v}]" for k, v in d["layers"].items())]
+    lines = [
+        f"{d['cache']}: {d['rows']} rows, updated {d['updated']}",
+        f"  input        {d['source']}",
+        f"  backbone     {s['backbone']}  weights {s['weights']}"
+        + (f" ({info.get('weights_file')})" if info.get("weights_file") else ""),
+        f"  preprocess   resize {p['resize']} ({p['interpolation']}), crop {p['crop']}, mean {p['mean']}, "
+        f"std {p['std']}, draft {p['draft']}; precision {s['precision']}; pooling {s['pooling']}"
+        + (f"; tta {s['tta']}" if s.get("tta", "none") != "none" else ""),
+        "  layers       " + ", ".join(f"{k} [{v}]" for k, v in d["layers"].items()),
+    ]
     if d["classes"]:
         lines.append("  classes      " + ", ".join(f"{k} {v}" for k, v in d["classes"].items()))
     else:
@@ -42,21 +53,27 @@ def cache_text(d: dict) -> list[str]:
     lines.append(f"  skipped      {len(d['failed'])} files")
     lines += [f"    {f['path']}: {f['reason']}" for f in d["failed"][:SHOWN_FAILURES]]
     if d["pending_parts"]:
-        lines.append(f"  unfinished   {d['pending_parts']} batches of an interrupted run wait in {d['cache']}.parts; "
-                     f"run extract again to merge them")
+        lines.append(
+            f"  unfinished   {d['pending_parts']} batches of an interrupted run wait in {d['cache']}.parts; "
+            f"run extract again to merge them"
+        )
     runs = info.get("runs", [])
     if runs:
         last = runs[-1]
         e = last["engine"]
-        lines.append(f"  engine       {e['name']} on {e.get('device', 'cpu')} ({e.get('threads', '?')} threads), last "
-                     f"run {last['time']}: {last['embedded']} images at {last['images_per_second']} images/s "
-                     f"({len(runs)} run(s) recorded)")
+        lines.append(
+            f"  engine       {e['name']} on {e.get('device', 'cpu')} ({e.get('threads', '?')} threads), last "
+            f"run {last['time']}: {last['embedded']} images at {last['images_per_second']} images/s "
+            f"({len(runs)} run(s) recorded)"
+        )
     int8 = info.get("int8")
     if int8:
         calib = int8.get("calibration") or {}
         for layer, c in int8["cosine_to_fp32"].items():
-            lines.append(f"  int8         {layer}: cosine to fp32 mean {c['mean']:.4f}, worst {c['min']:.4f}, on the "
-                         f"{c['images']} calibration images ({calib.get('method', '?')}, seed {calib.get('seed', '?')})")
+            lines.append(
+                f"  int8         {layer}: cosine to fp32 mean {c['mean']:.4f}, worst {c['min']:.4f}, on the "
+                f"{c['images']} calibration images ({calib.get('method', '?')}, seed {calib.get('seed', '?')})"
+            )
     lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()))
     return lines
 
@@ -67,14 +84,18 @@ def extract_text(s: dict) -> list[str]:
     engine += f", {s['ranks']} ranks" if s["ranks"] > 1 else ""
     lines = [f"{s['rows']} rows in {s['cache']}"]
     lines += [f"  prepared: {step}" for step in s["prepared"]]
-    lines.append(f"  embedded {s['embedded']} ({s['images_per_second']} images/s, {engine}), "
-                 f"kept {s['reused']}, removed {s['removed']}, failed {len(s['failed'])}, ignored {s['ignored']} "
-                 f"non-image files, {s['seconds']} s")
+    lines.append(
+        f"  embedded {s['embedded']} ({s['images_per_second']} images/s, {engine}), "
+        f"kept {s['reused']}, removed {s['removed']}, failed {len(s['failed'])}, ignored {s['ignored']} "
+        f"non-image files, {s['seconds']} s"
+    )
     lines += [f"  skipped {f['path']}: {f['reason']}" for f in s["failed"][:SHOWN_FAILURES]]
     if len(s["failed"]) > SHOWN_FAILURES:
         lines.append(f"  ... and {len(s['failed']) - SHOWN_FAILURES} more (featurebank info --json)")
     if s.get("warnings"):  # Pillow's warnings (corrupt EXIF data): folded here, not on stderr
         w = s["warnings"][0]
-        lines.append(f"  Pillow warned about {len(s['warnings'])} image(s), e.g. {w['path']}: {w['warning']}"
-                     + (" (--json lists all)" if len(s["warnings"]) > 1 else ""))
+        lines.append(
+            f"  Pillow warned about {len(s['warnings'])} image(s), e.g. {w['path']}: {w['warning']}"
+            + (" (--json lists all)" if len(s["warnings"]) > 1 else "")
+        )
     return lines

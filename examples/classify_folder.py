@@ -1,8 +1,11 @@
 """Classify a folder of images with a `featurebank export` file. Needs onnxruntime, numpy and Pillow only.
 
-    python classify_folder.py model.onnx photos/        # prints path, class, score per image
+python classify_folder.py model.onnx photos/        # prints path, class, score per image
 """
-import json, pathlib, sys
+
+import json
+import pathlib
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -29,7 +32,7 @@ def pixels(path):  # decode, shorter side to `resize`, center crop (zero padding
 
 files = sorted(p for p in pathlib.Path(sys.argv[2]).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 for start in range(0, len(files), 32):
-    batch = files[start:start + 32]
+    batch = files[start : start + 32]
     scores, labels = session.run(["scores", "label"], {"images": np.stack([pixels(p) for p in batch])})
     for path, s, k in zip(batch, scores, labels):
         print(f"{path},{classes[k]},{s[k]:.4f}")

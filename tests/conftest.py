@@ -1,4 +1,5 @@
 """Fixtures: small generated image folders (good and bad files), and the shared real photos when present."""
+
 from __future__ import annotations
 
 import io
@@ -65,10 +66,15 @@ def write_bad_files(folder: pathlib.Path) -> dict[str, str]:
     photo(98, (64, 64)).save(png, "PNG")
     damaged = bytearray(png.getvalue())
     at = damaged.index(b"IDAT") + 44
-    damaged[at:at + 30] = bytes(30)  # a broken zlib stream inside a valid PNG header
+    damaged[at : at + 30] = bytes(30)  # a broken zlib stream inside a valid PNG header
     (folder / "corrupt.png").write_bytes(bytes(damaged))
-    return {"empty.jpg": "empty file", "truncated.jpg": "truncated image", "notes.jpg": "not an image file",
-            "folder.jpg": "is a directory", "corrupt.png": "corrupt image"}
+    return {
+        "empty.jpg": "empty file",
+        "truncated.jpg": "truncated image",
+        "notes.jpg": "not an image file",
+        "folder.jpg": "is a directory",
+        "corrupt.png": "corrupt image",
+    }
 
 
 @pytest.fixture
@@ -78,14 +84,35 @@ def tree(tmp_path):
     return root, paths
 
 
-SYNTHETIC_SETTINGS = {"backbone": "resnet18", "weights": "none:seed=0", "layers": ["flatten", "layer3"],
-                      "pooling": "avg", "precision": "fp32",
-                      "preprocessing": {"resize": 72, "crop": 64, "interpolation": "bilinear",
-                                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "draft": True}}
+SYNTHETIC_SETTINGS = {
+    "backbone": "resnet18",
+    "weights": "none:seed=0",
+    "layers": ["flatten", "layer3"],
+    "pooling": "avg",
+    "precision": "fp32",
+    "preprocessing": {
+        "resize": 72,
+        "crop": 64,
+        "interpolation": "bilinear",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "draft": True,
+    },
+}
 
 
-def synthetic_cache(path, counts=(12, 10, 8), dim=16, seed=0, groups=None, labels=True, digests=None,
-                    centers=None, features=None, classes=None):
+def synthetic_cache(
+    path,
+    counts=(12, 10, 8),
+    dim=16,
+    seed=0,
+    groups=None,
+    labels=True,
+    digests=None,
+    centers=None,
+    features=None,
+    classes=None,
+):
     """A cache written through CacheWriter with Gaussian blobs instead of images: one blob per class, so the
     classes are learnable but overlap. Returns (X of layer "flatten", y); "layer3" holds a transform of half of X."""
     from embedder.cache import CacheWriter
@@ -97,14 +124,19 @@ def synthetic_cache(path, counts=(12, 10, 8), dim=16, seed=0, groups=None, label
     X = centers[y] + rng.normal(0, 1.5, (len(y), dim)) if features is None else features
     n = len(y)
     paths = [f"{classes[c]}/img{i:03d}.jpg" for i, c in enumerate(y)]
-    rows = {"path": paths, "label": [classes[c] if labels else "" for c in y],
-            "group": list(groups) if groups is not None else [""] * n, "size": [100] * n, "mtime_ns": [1] * n,
-            "digest": list(digests) if digests is not None else [f"{i:032x}" for i in range(n)]}
+    rows = {
+        "path": paths,
+        "label": [classes[c] if labels else "" for c in y],
+        "group": list(groups) if groups is not None else [""] * n,
+        "size": [100] * n,
+        "mtime_ns": [1] * n,
+        "digest": list(digests) if digests is not None else [f"{i:032x}" for i in range(n)],
+    }
     feats = {"flatten": X.astype(np.float32), "layer3": (X[:, : dim // 2] * 2 + 1).astype(np.float32)}
     empty = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
     with CacheWriter(str(path), SYNTHETIC_SETTINGS, "classes:/synthetic", "/synthetic", {"weights_file": None}) as w:
         w.write_batch(rows, feats, empty)
-        w.commit([(p, l, g) for p, l, g in zip(paths, rows["label"], rows["group"])], {})
+        w.commit(list(zip(paths, rows["label"], rows["group"])), {})
     return X.astype(np.float32), y
 
 

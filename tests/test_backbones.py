@@ -1,4 +1,5 @@
 """Backbones: weights identities, local checkpoints, seeded random init, node names and sizes, offline errors."""
+
 import hashlib
 import urllib.error
 
@@ -6,8 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from embedder.backbones import (feature_dim, layer_shapes, load_backbone, resolve_layers, resolve_weights,
-                                skeleton)
+from embedder.backbones import feature_dim, layer_shapes, load_backbone, resolve_layers, resolve_weights, skeleton
 from embedder.errors import FeaturebankError
 
 
@@ -76,11 +76,19 @@ def test_bad_weights_files_are_clear_errors(tmp_path):
         load_backbone("resnet18", str(tmp_path / "missing.pth"))
 
 
-@pytest.mark.parametrize("name,node,dim", [
-    ("resnet18", "flatten", 512), ("mobilenet_v3_small", "classifier.2", 1024), ("vgg11", "classifier.5", 4096),
-    ("squeezenet1_0", "classifier.0", 512), ("convnext_tiny", "classifier.1", 768),
-    ("efficientnet_b0", "classifier.0", 1280), ("inception_v3", "flatten", 2048), ("vit_b_16", "getitem_5", 768),
-])
+@pytest.mark.parametrize(
+    "name,node,dim",
+    [
+        ("resnet18", "flatten", 512),
+        ("mobilenet_v3_small", "classifier.2", 1024),
+        ("vgg11", "classifier.5", 4096),
+        ("squeezenet1_0", "classifier.0", 512),
+        ("convnext_tiny", "classifier.1", 768),
+        ("efficientnet_b0", "classifier.0", 1280),
+        ("inception_v3", "flatten", 2048),
+        ("vit_b_16", "getitem_5", 768),
+    ],
+)
 def test_penultimate_node_is_the_input_of_the_head(name, node, dim):
     assert resolve_layers(skeleton(name)) == [node]
     assert feature_dim(name) == dim

@@ -1,5 +1,6 @@
 """Bad input of every kind an adversarial pass tried (issue 18): a reason, never a hang, a traceback, a crash or a
 file read whole; nothing already done is lost."""
+
 from __future__ import annotations
 
 import io
@@ -143,7 +144,9 @@ def test_symlink_loops_given_to_predict_style_inputs_are_items_with_a_reason(tmp
     photo(1).save(tmp_path / "b.jpg")
     listing = embedder.sources.list_inputs([str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")])
     assert [(os.path.basename(i.path), i.error) for i in listing.items] == [
-        ("a.jpg", "symbolic link loop (too many levels of symbolic links)"), ("b.jpg", None)]
+        ("a.jpg", "symbolic link loop (too many levels of symbolic links)"),
+        ("b.jpg", None),
+    ]
 
 
 # -- Pillow's limit follows --max-pixels -------------------------------------------------------------------
@@ -186,8 +189,9 @@ def test_extract_skips_each_bad_input_with_its_reason_and_a_raised_limit_retries
     assert reasons["ants/loop.jpg"] == "symbolic link loop (too many levels of symbolic links)"
     assert reasons["ants/bees_link"].startswith("folder link that leaves its class folder")
     assert reasons["bees/big.png"].startswith("decompression bomb: 200x150 pixels is over the limit of 20,000")
-    assert first.warnings == [{"path": "ants/exif.jpg",
-                               "warning": "Corrupt EXIF data. Expecting to read 12 bytes but only got 0."}]
+    assert first.warnings == [
+        {"path": "ants/exif.jpg", "warning": "Corrupt EXIF data. Expecting to read 12 bytes but only got 0."}
+    ]
     assert "EXIF" not in capfd.readouterr().err
     # the same limit: nothing is tried again; the limit the reason advises: the big image is embedded
     assert finishes(lambda: embedder.extract(str(root), cache, max_pixels=20_000, **TORCH), 60).embedded == 0
@@ -198,15 +202,20 @@ def test_extract_skips_each_bad_input_with_its_reason_and_a_raised_limit_retries
 
 
 # -- manifests ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, data, message", [
-    ("latin1.csv", "path,label\nok.jpg,a\ncaf\xe9.jpg,a\n".encode("latin-1"),
-     "latin1.csv line 3: not UTF-8 text (byte 0xe9); save it as UTF-8"),
-    ("nul.csv", b"path,label\nok.jpg,a\nok2.jpg,a\nx\x00y.jpg,a\n", "nul.csv line 4: a NUL byte"),
-    ("latin1.txt", "ok.jpg\ncaf\xe9.jpg\n".encode("latin-1"), "latin1.txt line 2: not UTF-8 text"),
-    ("nul.txt", b"a\x00.jpg\n", "nul.txt line 1: a NUL byte"),
-])
-def test_a_manifest_in_another_encoding_or_with_a_nul_byte_is_one_line_naming_the_line(tmp_path, name, data,
-                                                                                        message):
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        (
+            "latin1.csv",
+            "path,label\nok.jpg,a\ncaf\xe9.jpg,a\n".encode("latin-1"),
+            "latin1.csv line 3: not UTF-8 text (byte 0xe9); save it as UTF-8",
+        ),
+        ("nul.csv", b"path,label\nok.jpg,a\nok2.jpg,a\nx\x00y.jpg,a\n", "nul.csv line 4: a NUL byte"),
+        ("latin1.txt", "ok.jpg\ncaf\xe9.jpg\n".encode("latin-1"), "latin1.txt line 2: not UTF-8 text"),
+        ("nul.txt", b"a\x00.jpg\n", "nul.txt line 1: a NUL byte"),
+    ],
+)
+def test_a_manifest_in_another_encoding_or_with_a_nul_byte_is_one_line_naming_the_line(tmp_path, name, data, message):
     (tmp_path / name).write_bytes(data)
     with pytest.raises(FeaturebankError) as caught:
         list_images(str(tmp_path / name))
@@ -225,7 +234,7 @@ def test_confine_refuses_manifest_paths_that_leave_its_folder(tmp_path):
     photo(1).save(inside / "a.jpg")
     photo(2).save(tmp_path / "secret.jpg")
     os.symlink(str(tmp_path / "secret.jpg"), inside / "link.jpg")
-    for line, path in (("../secret.jpg", "../secret.jpg"), (str(tmp_path / "secret.jpg"), None), ("link.jpg", None)):
+    for line, _path in (("../secret.jpg", "../secret.jpg"), (str(tmp_path / "secret.jpg"), None), ("link.jpg", None)):
         (inside / "m.csv").write_text(f"path,label\na.jpg,x\n{line},y\n")
         listing = list_images(str(inside / "m.csv"))  # by default any path is read, as a shell would
         assert [i.error for i in listing.items] == [None, None]
@@ -275,15 +284,23 @@ def _only_format(f):
 
 CRAFTED = {
     "only-format.h5": (_only_format, "is damaged (format_version is None)"),
-    "v99.h5": (lambda f: f.attrs.__setitem__("format_version", 99),
-               "was written by a newer featurebank (cache format 99; this one reads up to 1): upgrade featurebank"),
-    "settings.h5": (lambda f: f.attrs.__setitem__("settings", '{"backbone": "resnet18", "lay'),
-                    "is damaged (JSONDecodeError"),
-    "no-layers.h5": (lambda f: f.attrs.__setitem__("settings", '{"backbone": "resnet18"}'),
-                     "is damaged (its settings lack weights, layers)"),
+    "v99.h5": (
+        lambda f: f.attrs.__setitem__("format_version", 99),
+        "was written by a newer featurebank (cache format 99; this one reads up to 1): upgrade featurebank",
+    ),
+    "settings.h5": (
+        lambda f: f.attrs.__setitem__("settings", '{"backbone": "resnet18", "lay'),
+        "is damaged (JSONDecodeError",
+    ),
+    "no-layers.h5": (
+        lambda f: f.attrs.__setitem__("settings", '{"backbone": "resnet18"}'),
+        "is damaged (its settings lack weights, layers)",
+    ),
     "rows.h5": (lambda f: f.__delitem__("rows/size"), "is damaged (rows/ lacks size)"),
-    "short.h5": (lambda f: (f.__delitem__("rows/label"), f["rows"].create_dataset("label", data=["x"])),
-                 "is damaged (the columns of rows/ differ in length)"),
+    "short.h5": (
+        lambda f: (f.__delitem__("rows/label"), f["rows"].create_dataset("label", data=["x"])),
+        "is damaged (the columns of rows/ differ in length)",
+    ),
     "features.h5": (lambda f: f.__delitem__("features/layer3"), "is damaged (features/layer3 is missing"),
     "classes.h5": (lambda f: f.attrs.__setitem__("classes", "[1, 2]"), "is damaged (settings, classes or info"),
 }
@@ -376,8 +393,13 @@ def test_a_full_disk_while_batches_are_written_is_one_line_and_a_rerun_completes
     with pytest.raises(FeaturebankError) as caught:
         embedder.extract(str(root), str(cache), **TORCH)
     message = str(caught.value)
-    assert message.startswith(f"cannot write a batch to {cache}.parts: No space left on device; every batch "
-                              f"written before it is kept: free some space") and "\n" not in message
+    assert (
+        message.startswith(
+            f"cannot write a batch to {cache}.parts: No space left on device; every batch "
+            f"written before it is kept: free some space"
+        )
+        and "\n" not in message
+    )
     assert _leftovers(tmp_path) == [] and not cache.exists()
     assert sorted(os.listdir(f"{cache}.parts")) == ["part-00000001-rank0.h5"]
     monkeypatch.undo()
@@ -395,8 +417,10 @@ def test_a_full_disk_during_the_merge_keeps_the_old_cache_and_every_batch(tmp_pa
     _fails_on(monkeypatch, "pwrite", "c.h5.tmp")
     with pytest.raises(FeaturebankError) as caught:
         embedder.extract(str(root), str(cache), **TORCH)
-    assert str(caught.value).startswith(f"cannot merge the batches into {cache}: No space left on device; the cache "
-                                        f"is as it was and every batch is kept in {cache}.parts")
+    assert str(caught.value).startswith(
+        f"cannot merge the batches into {cache}: No space left on device; the cache "
+        f"is as it was and every batch is kept in {cache}.parts"
+    )
     assert _leftovers(tmp_path) == [] and len(CacheReader(str(cache))) == before.rows == 6
     assert len(os.listdir(f"{cache}.parts")) == 3
     monkeypatch.undo()
@@ -410,9 +434,13 @@ def test_a_full_disk_while_spilling_removes_the_spill_and_the_merged_file(tmp_pa
     root = tmp_path / "data"
     write_tree(root, per_class=4)
     cache = tmp_path / "c.h5"
-    monkeypatch.setattr(cache_module, "copy_rows", lambda out, where, source, spill, block_bytes=None:
-                        cache_module._copy_spilled(out, where, source, cache_module.Blocks.for_row(4 * out.shape[1], 4096),
-                                                   spill))
+    monkeypatch.setattr(
+        cache_module,
+        "copy_rows",
+        lambda out, where, source, spill, block_bytes=None: cache_module._copy_spilled(
+            out, where, source, cache_module.Blocks.for_row(4 * out.shape[1], 4096), spill
+        ),
+    )
     _fails_on(monkeypatch, "pwrite", ".spill.tmp")
     with pytest.raises(FeaturebankError, match="cannot merge the batches into .*: No space left on device"):
         embedder.extract(str(root), str(cache), **TORCH)
@@ -431,11 +459,39 @@ def test_a_real_write_failure_exits_1_with_one_line_never_a_crash(tmp_path, limi
     root = tmp_path / "data"
     write_tree(root, per_class=4)
     cache = tmp_path / "c.h5"
-    command = [sys.executable, "-m", "cli", "extract", str(root), "--cache", str(cache), "--backbone", "resnet18",
-               "--weights", "none", "--resize", "72", "--crop", "64", "--batch-size", "4", "--engine", "torch", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "extract",
+        str(root),
+        "--cache",
+        str(cache),
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "none",
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--batch-size",
+        "4",
+        "--engine",
+        "torch",
+        "-q",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    done = subprocess.run(
+        command,
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.startswith(f"Error: {says}") and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert "File too large" in done.stderr and _leftovers(tmp_path) == []
@@ -457,8 +513,10 @@ class _Hungry:
         return {"flatten": images.reshape(len(images), -1)[:, :4].astype("float32") + 1}
 
 
-@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: not enough memory: you tried "
-                                                               "to allocate 98304000000 bytes.")])
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 98304000000 bytes.")],
+)
 def test_measuring_the_engines_halves_its_batch_on_out_of_memory(error, capfd):
     from embedder.engines import Prepared, _measure
 
@@ -486,15 +544,17 @@ def test_extract_starts_at_the_batch_that_fitted_when_measuring(tmp_path, monkey
             if len(images) > 2:
                 raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
             return call(self, images)
+
         return run
 
     monkeypatch.setattr(engines_module.OnnxEngine, "__call__", hungry(engines_module.OnnxEngine.__call__))
     monkeypatch.setattr(engines_module.TorchEngine, "__call__", hungry(engines_module.TorchEngine.__call__))
-    summary = embedder.extract(str(root), str(tmp_path / "c.h5"), engine_dir=str(tmp_path / "engines"),
-                               **{**FAST, "batch_size": 8})
+    summary = embedder.extract(
+        str(root), str(tmp_path / "c.h5"), engine_dir=str(tmp_path / "engines"), **{**FAST, "batch_size": 8}
+    )
     assert summary.rows == 9 and summary.embedded == 9 and summary.failed == []
     assert "measuring on 2, and embedding in batches of 2" in capfd.readouterr().err
-    loop = seen[seen.index(2) + 8:]  # after the measurement (warm-up and 3 timings, 2 engines)
+    loop = seen[seen.index(2) + 8 :]  # after the measurement (warm-up and 3 timings, 2 engines)
     assert loop and max(loop) == 2  # the run never tried its batch of 8 again
 
 
@@ -528,16 +588,25 @@ def test_a_damaged_batch_is_named_by_the_merge_and_nothing_is_replaced(tmp_path)
     from embedder.cache import CacheWriter
 
     path = str(tmp_path / "c.h5")
-    rows = {"path": ["a.jpg", "b.jpg"], "label": ["x", "y"], "group": ["", ""], "size": [1, 2], "mtime_ns": [1, 1],
-            "digest": ["d1", "d2"]}
+    rows = {
+        "path": ["a.jpg", "b.jpg"],
+        "label": ["x", "y"],
+        "group": ["", ""],
+        "size": [1, 2],
+        "mtime_ns": [1, 1],
+        "digest": ["d1", "d2"],
+    }
     feats = {"flatten": np.ones((2, 300), np.float32), "layer3": np.zeros((2, 8), np.float32)}
     empty = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
     with CacheWriter(path, SYNTHETIC_SETTINGS, "classes:/synthetic", "/synthetic") as writer:
         writer.write_batch(rows, feats, empty)
         (part,) = os.listdir(path + ".parts")
         _garble_features(os.path.join(path + ".parts", part))
-        with pytest.raises(FeaturebankError, match=r"cannot merge the batches into .*: a batch in .*\.parts or the "
-                                                   r"cache is damaged \(.*\); delete that folder"):
+        with pytest.raises(
+            FeaturebankError,
+            match=r"cannot merge the batches into .*: a batch in .*\.parts or the "
+            r"cache is damaged \(.*\); delete that folder",
+        ):
             writer.commit([("a.jpg", "x", ""), ("b.jpg", "y", "")], {})
     assert not os.path.exists(path) and _leftovers(tmp_path) == [] and os.listdir(path + ".parts") == [part]
 
@@ -547,9 +616,9 @@ def test_info_shows_an_older_cache_whose_settings_lack_keys_with_their_defaults(
 
     import h5py
     from click.testing import CliRunner
+    from conftest import synthetic_cache
 
     import cli
-    from conftest import synthetic_cache
 
     path = tmp_path / "old.h5"
     synthetic_cache(path)

@@ -1,4 +1,5 @@
 """Model files: train on a cache, save, load; predict and evaluate new images with exactly the model's settings."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import FAST, write_bad_files, write_tree
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from classifiers.bundle import evaluate, load_bundle, predict, predict_imagenet, train
-from conftest import FAST, write_bad_files, write_tree
 from embedder import CacheReader, extract
 from embedder.errors import FeaturebankError
 
@@ -179,8 +180,12 @@ def test_train_errors(tmp_path):
 
     reader = CacheReader(str(tmp_path / "two.h5"))
     y = (reader.labels == "class1").astype(int)
-    theirs = GridSearchCV(make_classifier("knn", seed=0), search_grid("knn", 6), scoring="balanced_accuracy",
-                          cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(reader.features("layer3"), y)
+    theirs = GridSearchCV(
+        make_classifier("knn", seed=0),
+        search_grid("knn", 6),
+        scoring="balanced_accuracy",
+        cv=StratifiedKFold(3, shuffle=True, random_state=0),
+    ).fit(reader.features("layer3"), y)
     assert bundle.layer == "layer3" and bundle.trained_on["search"]["splitter"] == "StratifiedKFold"
     assert bundle.trained_on["search"]["best_params"] == theirs.best_params_
     assert bundle.pipeline.named_steps["clf"].n_neighbors == theirs.best_params_["clf__n_neighbors"]
@@ -219,14 +224,18 @@ def test_train_search_keeps_each_group_on_one_side_of_the_inner_folds(tmp_path):
     leaky = train(str(tmp_path / "c.h5"), "knn", search=True, seed=0, groups=False)
     own = CacheReader(str(tmp_path / "c.h5")).groups  # an ungrouped row: a group of its own (test_crossval)
     assert sum(g.startswith("\0") for g in own) == 6 and len(set(own.tolist())) == 22 + 6
-    theirs = GridSearchCV(make_classifier("knn", seed=0), {"clf__n_neighbors": [1, 3, 5, 10, 20]},
-                          cv=StratifiedGroupKFold(3, shuffle=True, random_state=0),
-                          scoring="balanced_accuracy").fit(X, y, groups=own)
+    theirs = GridSearchCV(
+        make_classifier("knn", seed=0),
+        {"clf__n_neighbors": [1, 3, 5, 10, 20]},
+        cv=StratifiedGroupKFold(3, shuffle=True, random_state=0),
+        scoring="balanced_accuracy",
+    ).fit(X, y, groups=own)
     found = grouped.trained_on["search"]
     assert found["splitter"] == "StratifiedGroupKFold" and found["folds"] == 3
     assert found["best_params"] == theirs.best_params_ == {"clf__n_neighbors": 5}
     assert found["best_score"] == pytest.approx(theirs.best_score_, abs=1e-4) and found["best_score"] < 0.9
     assert leaky.trained_on["search"]["splitter"] == "StratifiedKFold"
     assert leaky.trained_on["search"]["best_score"] == 1.0 and leaky.trained_on["search"]["best_params"] == {
-        "clf__n_neighbors": 1}
+        "clf__n_neighbors": 1
+    }
     assert grouped.pipeline.named_steps["clf"].n_neighbors == 5 and leaky.pipeline.named_steps["clf"].n_neighbors == 1

@@ -1,13 +1,13 @@
 """The command line: --help with examples, JSON on stdout, one-line errors, no tracebacks."""
+
 import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_tree
 
 import cli
 from embedder.cache import CacheReader
-
-from conftest import write_tree
 
 FAST_ARGS = ["-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--batch-size", "4", "--workers", "0"]
 
@@ -44,20 +44,31 @@ def test_extract_json_summary_and_info(runner, tmp_path):
     assert len(CacheReader(cache)) == 9
 
 
-@pytest.mark.parametrize("args,message", [
-    (["extract", "{tmp}/missing"], "Error: input not found:"),
-    (["extract", "{root}", "-b", "resnet5"], "unknown backbone 'resnet5' (did you mean"),
-    (["extract", "{root}", "-b", "resnet18", "-w", "IMAGENET9K"], "Error: unknown weights 'IMAGENET9K' for resnet18"),
-    (["extract", "{root}", "-b", "resnet18", "-w", "{tmp}/junk.pth"], "Error: cannot read weights file"),
-    (["extract", "{root}", "-b", "resnet18", "-w", "none", "-l", "layer7"], "Error: unknown layer 'layer7'"),
-    (["extract", "{root}", "--device", "tpu"], "'tpu' is not one of auto, cpu, cuda, cuda:N, mps"),
-    (["extract", "{root}", "-w", "none", "-b", "resnet18", "--device", "cpu", "--precision", "fp16"], "Error: fp16 needs a GPU"),
-    (["extract", "{root}", "-b", "vit_b_16", "-w", "none", "--crop", "200", "--cache", "{tmp}/v.h5"],
-     "Error: the model cannot run on 200x200 inputs"),
-    (["info", "{tmp}/nothing.h5"], "Error: cache not found"),
-    (["info", "{tmp}/junk.pth"], "Error: cannot open"),
-    (["layers", "alexnett"], "unknown backbone 'alexnett' (did you mean alexnet?)"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["extract", "{tmp}/missing"], "Error: input not found:"),
+        (["extract", "{root}", "-b", "resnet5"], "unknown backbone 'resnet5' (did you mean"),
+        (
+            ["extract", "{root}", "-b", "resnet18", "-w", "IMAGENET9K"],
+            "Error: unknown weights 'IMAGENET9K' for resnet18",
+        ),
+        (["extract", "{root}", "-b", "resnet18", "-w", "{tmp}/junk.pth"], "Error: cannot read weights file"),
+        (["extract", "{root}", "-b", "resnet18", "-w", "none", "-l", "layer7"], "Error: unknown layer 'layer7'"),
+        (["extract", "{root}", "--device", "tpu"], "'tpu' is not one of auto, cpu, cuda, cuda:N, mps"),
+        (
+            ["extract", "{root}", "-w", "none", "-b", "resnet18", "--device", "cpu", "--precision", "fp16"],
+            "Error: fp16 needs a GPU",
+        ),
+        (
+            ["extract", "{root}", "-b", "vit_b_16", "-w", "none", "--crop", "200", "--cache", "{tmp}/v.h5"],
+            "Error: the model cannot run on 200x200 inputs",
+        ),
+        (["info", "{tmp}/nothing.h5"], "Error: cache not found"),
+        (["info", "{tmp}/junk.pth"], "Error: cannot open"),
+        (["layers", "alexnett"], "unknown backbone 'alexnett' (did you mean alexnet?)"),
+    ],
+)
 def test_errors_are_one_line_without_traceback(runner, tmp_path, args, message):
     root = tmp_path / "images"
     write_tree(root, classes=("a",), per_class=1)
@@ -79,7 +90,9 @@ def test_layers_marks_the_penultimate_node(runner):
 @pytest.mark.slow
 def test_backbones_lists_every_torchvision_classifier_with_its_feature_size(runner):
     rows = {r["name"]: r for r in json.loads(runner.invoke(cli.main, ["backbones", "--json"]).stdout)}
-    assert rows["resnet50"]["features"] == 2048 and rows["resnet50"]["default_weights"] == "ResNet50_Weights.IMAGENET1K_V2"
+    assert (
+        rows["resnet50"]["features"] == 2048 and rows["resnet50"]["default_weights"] == "ResNet50_Weights.IMAGENET1K_V2"
+    )
     assert rows["vgg16"]["features"] == 4096 and rows["inception_v3"]["crop"] == 299
     assert {"efficientnet_b0", "mobilenet_v3_large", "convnext_tiny", "googlenet"} <= set(rows)
 
@@ -92,8 +105,16 @@ def test_classifier_commands_have_help_with_an_example(runner, command):
 
 def test_classifiers_json_lists_the_zoo(runner):
     rows = json.loads(runner.invoke(cli.main, ["classifiers", "--json"]).stdout)
-    assert [r["name"] for r in rows] == ["logreg", "linear-svm", "rbf-svm", "knn", "ridge", "lda", "random-forest",
-                                        "ensemble"]
+    assert [r["name"] for r in rows] == [
+        "logreg",
+        "linear-svm",
+        "rbf-svm",
+        "knn",
+        "ridge",
+        "lda",
+        "random-forest",
+        "ensemble",
+    ]
     assert rows[2]["pipeline"].startswith("l2 → pca(256) → SVC") and rows[2]["search"]["gamma"][0] == "scale"
     assert rows[0]["probabilities"] and not rows[4]["probabilities"]
 
@@ -103,8 +124,22 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
 
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
     synthetic_cache(tmp_path / "s.h5")
-    result = runner.invoke(cli.main, ["cv", str(tmp_path / "s.h5"), "-c", "logreg,rbf-svm:pca=8,C=3", "-l", "flatten",
-                                      "--folds", "3", "--out", str(tmp_path / "run"), "--json"])
+    result = runner.invoke(
+        cli.main,
+        [
+            "cv",
+            str(tmp_path / "s.h5"),
+            "-c",
+            "logreg,rbf-svm:pca=8,C=3",
+            "-l",
+            "flatten",
+            "--folds",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert {r["classifier"] for r in report["leaderboard"]} == {"logreg", "rbf-svm:pca=8,C=3"}
@@ -115,8 +150,11 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
     best = report["leaderboard"][0]  # the same folds as the JSON run: logreg's rows print what it printed
     logreg = [r for r in report["leaderboard"] if r["classifier"] == "logreg"][0]
     assert table[1][:4] == ["1", "logreg", "flatten", "16"] and table[1][-1] == "best"
-    assert table[1][4:7] == ["{:.1f}".format(100 * logreg["accuracy"]["mean"]), "±",
-                             "{:.1f}".format(100 * logreg["accuracy"]["std"])]
+    assert table[1][4:7] == [
+        "{:.1f}".format(100 * logreg["accuracy"]["mean"]),
+        "±",
+        "{:.1f}".format(100 * logreg["accuracy"]["std"]),
+    ]
     assert table[2][:3] == ["2", "logreg", "layer3"] and "Most suspicious images" in human.output
     assert best["p_value"] is None and best["not_worse"]
 
@@ -125,12 +163,16 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
     (root / "dogs" / "broken.jpg").write_bytes(b"")
     cache = tmp_path / "c.h5"
     assert runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), "-q", *FAST_ARGS]).exit_code == 0
-    trained = runner.invoke(cli.main, ["train", str(cache), "-c", "knn:n_neighbors=1", "-o", str(tmp_path / "m.joblib")])
+    trained = runner.invoke(
+        cli.main, ["train", str(cache), "-c", "knn:n_neighbors=1", "-o", str(tmp_path / "m.joblib")]
+    )
     assert trained.exit_code == 0 and trained.output.startswith(
-        f"saved {tmp_path / 'm.joblib'}: knn:n_neighbors=1 on flatten (")
+        f"saved {tmp_path / 'm.joblib'}: knn:n_neighbors=1 on flatten ("
+    )
     assert "  9 images, classes cats 3, dogs 3, owls 3\n" in trained.output
-    predicted = runner.invoke(cli.main, ["predict", str(tmp_path / "m.joblib"), str(root), "-k", "2",
-                                         "--batch-size", "4", "--workers", "0"])
+    predicted = runner.invoke(
+        cli.main, ["predict", str(tmp_path / "m.joblib"), str(root), "-k", "2", "--batch-size", "4", "--workers", "0"]
+    )
     assert predicted.exit_code == 0, predicted.output
     lines = predicted.stdout.strip().splitlines()
     assert lines[0] == "path,label,predicted,p,class2,p2,error"
@@ -171,14 +213,16 @@ def test_finetune_from_the_command_line(runner, tmp_path, monkeypatch):
     assert len(run["comparison"]) == 2 and run["comparison"][0]["model"] == "frozen linear probe"
     assert run["checkpoint"] == str(tmp_path / "run" / "best.pth")
     again = runner.invoke(cli.main, args)
-    assert again.exit_code == 1 and "holds a run already: add --resume" in again.output and "Traceback" not in again.output
+    assert (
+        again.exit_code == 1 and "holds a run already: add --resume" in again.output and "Traceback" not in again.output
+    )
     bad = runner.invoke(cli.main, [*args, "--unfreeze", "some"])
     assert bad.exit_code == 2 and "give 0 (head only), a number of blocks, or all" in bad.output
 
 
 def test_ctrl_c_says_how_to_continue(runner, monkeypatch):
-    import workflows.finetune
     import embedder.job
+    import workflows.finetune
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -199,33 +243,60 @@ def test_cv_ranks_several_caches_and_train_search_honours_groups(runner, tmp_pat
     X, y = synthetic_cache(tmp_path / "a.h5")
     paths = [f"class{c}/img{i:03d}.jpg" for i, c in enumerate(y)]
     labels = [f"class{c}" for c in y]
-    write_cache(tmp_path / "b.h5", paths[::-1], labels[::-1], {"classifier.0": X[::-1, :4]}, {"backbone": "mobilenet_v2"})
-    args = ["cv", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "-c", "logreg", "-l", "flatten,classifier.0",
-            "--folds", "3"]
+    write_cache(
+        tmp_path / "b.h5", paths[::-1], labels[::-1], {"classifier.0": X[::-1, :4]}, {"backbone": "mobilenet_v2"}
+    )
+    args = [
+        "cv",
+        str(tmp_path / "a.h5"),
+        str(tmp_path / "b.h5"),
+        "-c",
+        "logreg",
+        "-l",
+        "flatten,classifier.0",
+        "--folds",
+        "3",
+    ]
     result = runner.invoke(cli.main, [*args, "--json"])
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
-    assert [(r["backbone"], r["layer"]) for r in d["leaderboard"]] == [("resnet18", "flatten"),
-                                                                       ("mobilenet_v2", "classifier.0")]
+    assert [(r["backbone"], r["layer"]) for r in d["leaderboard"]] == [
+        ("resnet18", "flatten"),
+        ("mobilenet_v2", "classifier.0"),
+    ]
     assert d["leaderboard"][1]["p_value"] > 0 and d["cv"]["folds_from"].startswith(str(tmp_path / "a.h5"))
     human = runner.invoke(cli.main, args).output.splitlines()
-    assert human[1:4] == [f"  resnet18: {tmp_path / 'a.h5'}", f"  mobilenet_v2: {tmp_path / 'b.h5'}",
-                          f"  folds from {tmp_path / 'a.h5'} (the first cache; every cache's rows aligned to it by path)"]
-    assert human[4].split()[:3] == ["#", "backbone", "classifier"] and human[5].split()[:4] == ["1", "resnet18", "logreg",
-                                                                                               "flatten"]
+    assert human[1:4] == [
+        f"  resnet18: {tmp_path / 'a.h5'}",
+        f"  mobilenet_v2: {tmp_path / 'b.h5'}",
+        f"  folds from {tmp_path / 'a.h5'} (the first cache; every cache's rows aligned to it by path)",
+    ]
+    assert human[4].split()[:3] == ["#", "backbone", "classifier"] and human[5].split()[:4] == [
+        "1",
+        "resnet18",
+        "logreg",
+        "flatten",
+    ]
     write_cache(tmp_path / "other.h5", paths[:-1], labels[:-1], {"flatten": X[:-1]})
     refused = runner.invoke(cli.main, ["cv", str(tmp_path / "a.h5"), str(tmp_path / "other.h5"), "-c", "logreg"])
     assert refused.exit_code == 1 and "Traceback" not in refused.output and refused.output.count("\n") == 1
-    assert refused.output.startswith("Error: the caches do not hold the same labelled images: 1 labelled image(s) "
-                                     f"only in {tmp_path / 'a.h5'} (e.g. class2/img029.jpg)")
+    assert refused.output.startswith(
+        "Error: the caches do not hold the same labelled images: 1 labelled image(s) "
+        f"only in {tmp_path / 'a.h5'} (e.g. class2/img029.jpg)"
+    )
 
     near_copies(tmp_path / "g.h5")
-    trained = runner.invoke(cli.main, ["train", str(tmp_path / "g.h5"), "-c", "knn", "--search", "-o",
-                                       str(tmp_path / "g.joblib"), "--json"])
+    trained = runner.invoke(
+        cli.main, ["train", str(tmp_path / "g.h5"), "-c", "knn", "--search", "-o", str(tmp_path / "g.joblib"), "--json"]
+    )
     assert trained.exit_code == 0, trained.output
     found = json.loads(trained.stdout)["trained_on"]["search"]
     assert found["splitter"] == "StratifiedGroupKFold" and found["best_params"] == {"clf__n_neighbors": 5}
-    leaky = runner.invoke(cli.main, ["train", str(tmp_path / "g.h5"), "-c", "knn", "--search", "--no-groups", "-o",
-                                     str(tmp_path / "l.joblib")])
-    assert "  search: StratifiedKFold (3 folds), chose {\"clf__n_neighbors\": 1} (balanced accuracy 1.000 on the " \
-           "inner folds)" in leaky.output
+    leaky = runner.invoke(
+        cli.main,
+        ["train", str(tmp_path / "g.h5"), "-c", "knn", "--search", "--no-groups", "-o", str(tmp_path / "l.joblib")],
+    )
+    assert (
+        '  search: StratifiedKFold (3 folds), chose {"clf__n_neighbors": 1} (balanced accuracy 1.000 on the '
+        "inner folds)" in leaky.output
+    )

@@ -1,5 +1,6 @@
 """Cross-validation on a Dask cluster (joblib's Dask backend): the same report as a local run, the features sent to
 the workers once per layer, no Dask import without a scheduler, and an unreachable scheduler in one line."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, synthetic_cache
 
 from classifiers.crossval import cross_validate
-from conftest import ROOT, synthetic_cache
 from embedder.errors import FeaturebankError
 
 distributed = pytest.importorskip("distributed", reason='Dask is an optional extra: pip install -e ".[dask]"')
@@ -39,8 +40,9 @@ def test_cv_on_a_cluster_equals_the_local_run(tmp_path, cluster):
         assert (a.proba is None) == (b.proba is None)
         if a.proba is not None:
             np.testing.assert_allclose(a.proba, b.proba, rtol=0, atol=1e-6)
-        np.testing.assert_allclose([f.scores["log_loss"] or 0 for f in a.folds],
-                                   [f.scores["log_loss"] or 0 for f in b.folds], rtol=1e-6)
+        np.testing.assert_allclose(
+            [f.scores["log_loss"] or 0 for f in a.folds], [f.scores["log_loss"] or 0 for f in b.folds], rtol=1e-6
+        )
     assert [r.name for r in remote.leaderboard()] == [r.name for r in local.leaderboard()]
 
 
@@ -48,8 +50,9 @@ def test_each_layer_is_sent_to_the_workers_once(tmp_path, cluster):
     synthetic_cache(tmp_path / "c.h5", seed=7, dim=64)  # both layers big enough for joblib to scatter them itself
     start = len(cluster.scheduler.transition_log)
     cross_validate(tmp_path / "c.h5", SPECS, folds=3, seed=0, scheduler=cluster.scheduler_address)
-    arrays = {str(t.key) for t in list(cluster.scheduler.transition_log)[start:]
-              if str(t.key).startswith("ndarray-")}  # scattered data: put in memory, forgotten with the client
+    arrays = {
+        str(t.key) for t in list(cluster.scheduler.transition_log)[start:] if str(t.key).startswith("ndarray-")
+    }  # scattered data: put in memory, forgotten with the client
     # each layer's X once (two layers) and the labels once; joblib alone would scatter X again for every classifier
     assert len(arrays) == 3
 
@@ -57,8 +60,10 @@ def test_each_layer_is_sent_to_the_workers_once(tmp_path, cluster):
 def test_cli_with_a_scheduler_prints_the_local_report(tmp_path, cluster):
     synthetic_cache(tmp_path / "c.h5")
     base = [sys.executable, "-m", "cli", "cv", str(tmp_path / "c.h5"), "-c", "logreg,knn", "--folds", "3", "--json"]
-    runs = [subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
-            for extra in ([], ["--scheduler", cluster.scheduler_address])]
+    runs = [
+        subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        for extra in ([], ["--scheduler", cluster.scheduler_address])
+    ]
     assert [r.returncode for r in runs] == [0, 0], runs[1].stderr
     local, remote = (json.loads(r.stdout) for r in runs)
     for d in (local, remote):
@@ -70,9 +75,11 @@ def test_cli_with_a_scheduler_prints_the_local_report(tmp_path, cluster):
 
 def test_without_a_scheduler_nothing_of_dask_is_imported(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
-    code = ("import sys, cli\n"
-            f"cli.main(['cv', {str(tmp_path / 'c.h5')!r}, '-c', 'logreg', '--folds', '3', '-q'], standalone_mode=False)\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    code = (
+        "import sys, cli\n"
+        f"cli.main(['cv', {str(tmp_path / 'c.h5')!r}, '-c', 'logreg', '--folds', '3', '-q'], standalone_mode=False)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"

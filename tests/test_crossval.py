@@ -1,24 +1,29 @@
 """Cross-validation: scores equal scikit-learn's on the same folds, preprocessing is fit per fold, same seed
 same report, and a real folder's suspicious images and outliers are found."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from conftest import synthetic_cache
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import (GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold,
-                                     cross_validate as sk_cross_validate)
+from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold
+from sklearn.model_selection import cross_validate as sk_cross_validate
 
-from classifiers.crossval import cross_validate, make_splits
+from classifiers.crossval import cross_validate
 from classifiers.report import leaderboard_lines, report_dict, write_report
 from classifiers.zoo import ClassifierSpec, make_classifier, register_classifier, unregister_classifier
-from conftest import synthetic_cache
 from embedder.errors import FeaturebankError
 
-SCORING = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "f1_macro": "f1_macro",
-           "log_loss": "neg_log_loss"}
+SCORING = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced_accuracy",
+    "f1_macro": "f1_macro",
+    "log_loss": "neg_log_loss",
+}
 
 
 @pytest.mark.parametrize("spec", ["logreg", "knn:n_neighbors=3", "rbf-svm:pca=8", "ridge", "lda", "random-forest"])
@@ -27,9 +32,13 @@ def test_scores_equal_sklearn_on_the_same_folds(tmp_path, spec):
     report = cross_validate(tmp_path / "c.h5", [spec], ["flatten"], folds=4, repeats=2, seed=3)
     ours = report.results[0]
     proba = ours.proba is not None
-    theirs = sk_cross_validate(make_classifier(spec, seed=3), X, y,
-                               cv=RepeatedStratifiedKFold(n_splits=4, n_repeats=2, random_state=3),
-                               scoring={k: v for k, v in SCORING.items() if proba or k != "log_loss"})
+    theirs = sk_cross_validate(
+        make_classifier(spec, seed=3),
+        X,
+        y,
+        cv=RepeatedStratifiedKFold(n_splits=4, n_repeats=2, random_state=3),
+        scoring={k: v for k, v in SCORING.items() if proba or k != "log_loss"},
+    )
     assert len(ours.folds) == 8
     for metric in ("accuracy", "balanced_accuracy", "f1_macro"):
         np.testing.assert_allclose([f.scores[metric] for f in ours.folds], theirs[f"test_{metric}"], atol=1e-12)
@@ -43,7 +52,9 @@ def test_scores_equal_sklearn_on_the_same_folds(tmp_path, spec):
     assert len(report.splits) == 8
     for f, split in zip(ours.folds, report.splits):  # the folds cross_validate used, not a fresh make_splits
         assert (f.repeat, f.fold) == (split.repeat, split.fold)
-        assert f.scores["accuracy"] == pytest.approx(np.mean(ours.predictions[split.repeat, split.test] == y[split.test]))
+        assert f.scores["accuracy"] == pytest.approx(
+            np.mean(ours.predictions[split.repeat, split.test] == y[split.test])
+        )
     theirs_splits = list(RepeatedStratifiedKFold(n_splits=4, n_repeats=2, random_state=3).split(X, y))
     for split, (train, test) in zip(report.splits, theirs_splits):
         assert split.train.tolist() == train.tolist() and split.test.tolist() == test.tolist()
@@ -108,8 +119,9 @@ def test_same_seed_same_report_and_another_seed_other_folds(tmp_path):
 def test_leaderboard_ranks_layers_and_classifiers_on_the_same_folds(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
     report = cross_validate(tmp_path / "c.h5", ["logreg", "knn"], folds=3)
-    assert {(r.classifier, r.layer) for r in report.results} == {(c, l) for c in ("logreg", "knn")
-                                                                 for l in ("flatten", "layer3")}
+    assert {(r.classifier, r.layer) for r in report.results} == {
+        (c, layer) for c in ("logreg", "knn") for layer in ("flatten", "layer3")
+    }
     board = [r.metric("balanced_accuracy")["mean"] for r in report.leaderboard()]
     assert board == sorted(board, reverse=True)
     assert report.best.layer == "flatten"  # layer3 keeps half of the dimensions
@@ -134,7 +146,8 @@ def test_groups_never_straddle_the_folds_cv_used_and_ungrouped_rows_spread(tmp_p
         assert len(np.intersect1d(split.test, ungrouped)) >= 3  # not all 15 in one fold (as one group "" was)
         # these are the folds the scores came from
         assert result.folds[split.repeat * 3 + split.fold].scores["accuracy"] == pytest.approx(
-            np.mean(result.predictions[split.repeat, split.test] == y[split.test]))
+            np.mean(result.predictions[split.repeat, split.test] == y[split.test])
+        )
     for r in range(2):
         tested = np.concatenate([s.test for s in report.splits if s.repeat == r])
         assert sorted(tested.tolist()) == list(range(30))  # each row tested once per repeat
@@ -148,10 +161,20 @@ def test_nested_search_equals_gridsearch_inside_each_fold(tmp_path):
     X, y = synthetic_cache(tmp_path / "c.h5")
     report = cross_validate(tmp_path / "c.h5", ["knn"], ["flatten"], folds=3, search=True, seed=2)
     # 20 training rows per outer fold, ~13 per inner fold: k above that cannot be fit and leaves the grid
-    grid = GridSearchCV(make_classifier("knn", seed=2), {"clf__n_neighbors": [1, 3, 5, 10]},
-                        cv=StratifiedKFold(3, shuffle=True, random_state=2), scoring="balanced_accuracy")
-    theirs = sk_cross_validate(grid, X, y, cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=2),
-                               scoring="accuracy", return_estimator=True)
+    grid = GridSearchCV(
+        make_classifier("knn", seed=2),
+        {"clf__n_neighbors": [1, 3, 5, 10]},
+        cv=StratifiedKFold(3, shuffle=True, random_state=2),
+        scoring="balanced_accuracy",
+    )
+    theirs = sk_cross_validate(
+        grid,
+        X,
+        y,
+        cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=2),
+        scoring="accuracy",
+        return_estimator=True,
+    )
     result = report.results[0]
     assert [f.best_params for f in result.folds] == [e.best_params_ for e in theirs["estimator"]]
     np.testing.assert_allclose([f.scores["accuracy"] for f in result.folds], theirs["test_score"])
@@ -188,17 +211,23 @@ def test_suspicious_images_outliers_and_duplicates(tmp_path):
     assert layer == "flatten" and outliers[0]["path"] == "class1/img020.jpg"
     # every image's nearest neighbour, by brute force: among all rows, then among a sample of 2,048 (here 12) rows
     U = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
-    for reference, ref in ((20_000, np.arange(30)), (12, np.sort(np.random.default_rng(0).choice(30, 12, replace=False)))):
+    for reference, ref in (
+        (20_000, np.arange(30)),
+        (12, np.sort(np.random.default_rng(0).choice(30, 12, replace=False))),
+    ):
         S = U @ U[ref].T
         S[ref, np.arange(len(ref))] = -np.inf
         name = [f"class{y[i]}/img{i:03d}.jpg" for i in range(30)]
         _, found = report.outliers(30, reference=reference)
         # (mutual nearest neighbours tie on their similarity: compare each image's entry, then the order's values)
-        assert {o["path"]: o["nearest"] for o in found} == {name[i]: name[ref[j]] for i, j in enumerate(S.argmax(axis=1))}
+        assert {o["path"]: o["nearest"] for o in found} == {
+            name[i]: name[ref[j]] for i, j in enumerate(S.argmax(axis=1))
+        }
         np.testing.assert_allclose([o["similarity"] for o in found], np.sort(S.max(axis=1)), atol=1e-4)
     dups = report.duplicates()
-    assert dups == [{"paths": ["class0/img005.jpg", "class2/img025.jpg"], "labels": ["class0", "class2"],
-                     "conflicting": True}]
+    assert dups == [
+        {"paths": ["class0/img005.jpg", "class2/img025.jpg"], "labels": ["class0", "class2"], "conflicting": True}
+    ]
 
 
 def test_report_files(tmp_path):
@@ -209,7 +238,9 @@ def test_report_files(tmp_path):
     assert d["best"] == {"backbone": "resnet18", "classifier": report.best.classifier, "layer": "flatten"}
     assert [r["rank"] for r in d["leaderboard"]] == [1, 2]
     assert d["class_counts"] == {"class0": 12, "class1": 10, "class2": 8}
-    assert d["cv"]["splitter"] == "RepeatedStratifiedKFold" and len(d["results"][0]["metrics"]["accuracy"]["folds"]) == 3
+    assert (
+        d["cv"]["splitter"] == "RepeatedStratifiedKFold" and len(d["results"][0]["metrics"]["accuracy"]["folds"]) == 3
+    )
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| 1 | " + report.best.classifier in md and "## Suspicious images" in md
     for png in ("leaderboard_png", "confusion_png"):
@@ -258,21 +289,37 @@ def test_ungrouped_rows_are_groups_of_their_own(tmp_path):
 def write_cache(path, paths, labels, features: dict, settings=None, digests=None):
     """A cache of exactly these rows (any order, "" labels for unlabeled rows), written through CacheWriter."""
     from conftest import SYNTHETIC_SETTINGS
+
     from embedder.cache import CacheWriter
 
     n = len(paths)
     settings = {**SYNTHETIC_SETTINGS, **(settings or {}), "layers": list(features)}
-    rows = {"path": list(paths), "label": list(labels), "group": [""] * n, "size": [100] * n, "mtime_ns": [1] * n,
-            "digest": list(digests) if digests is not None else [""] * n}  # "": no digest recorded
+    rows = {
+        "path": list(paths),
+        "label": list(labels),
+        "group": [""] * n,
+        "size": [100] * n,
+        "mtime_ns": [1] * n,
+        "digest": list(digests) if digests is not None else [""] * n,
+    }  # "": no digest recorded
     empty = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
     with CacheWriter(str(path), settings, "classes:/synthetic", "/synthetic", {"weights_file": None}) as w:
         w.write_batch(rows, {k: np.asarray(v, dtype=np.float32) for k, v in features.items()}, empty)
-        w.commit([(p, l, "") for p, l in zip(paths, labels)], {})
+        w.commit([(p, label, "") for p, label in zip(paths, labels)], {})
 
 
 def stable_results(report):
-    return [(r.backbone, r.classifier, r.layer, [f.scores for f in r.folds], r.predictions.tolist(),
-             None if r.proba is None else r.proba.tolist()) for r in report.results]
+    return [
+        (
+            r.backbone,
+            r.classifier,
+            r.layer,
+            [f.scores for f in r.folds],
+            r.predictions.tolist(),
+            None if r.proba is None else r.proba.tolist(),
+        )
+        for r in report.results
+    ]
 
 
 def test_two_caches_equal_two_separate_runs_on_the_same_folds(tmp_path):
@@ -285,31 +332,45 @@ def test_two_caches_equal_two_separate_runs_on_the_same_folds(tmp_path):
     other = {"weights": "sha256:" + "ab" * 32, "pooling": "max"}
     write_cache(tmp_path / "b-same-order.h5", paths, labels, {"penultimate_b": Z}, other)
     shuffled = np.random.default_rng(1).permutation(30)
-    write_cache(tmp_path / "b.h5", [paths[i] for i in shuffled] + ["new/unlabeled.jpg"],
-                [labels[i] for i in shuffled] + [""], {"penultimate_b": np.vstack([Z[shuffled], np.full((1, 6), 99)])},
-                other, digests=[f"{i:032x}" for i in shuffled] + ["f" * 32])  # synthetic_cache's digests
+    write_cache(
+        tmp_path / "b.h5",
+        [paths[i] for i in shuffled] + ["new/unlabeled.jpg"],
+        [labels[i] for i in shuffled] + [""],
+        {"penultimate_b": np.vstack([Z[shuffled], np.full((1, 6), 99)])},
+        other,
+        digests=[f"{i:032x}" for i in shuffled] + ["f" * 32],
+    )  # synthetic_cache's digests
     options = dict(folds=3, repeats=2, seed=4)
     both = cross_validate([tmp_path / "a.h5", tmp_path / "b.h5"], ["logreg", "knn"], **options)
     alone_a = cross_validate(tmp_path / "a.h5", ["logreg", "knn"], **options)
     alone_b = cross_validate(tmp_path / "b-same-order.h5", ["logreg", "knn"], **options)
     assert [s.name for s in both.sources] == ["resnet18/none", "resnet18/sha256:abababab"]
-    assert [(s.train.tolist(), s.test.tolist()) for s in both.splits] == \
-        [(s.train.tolist(), s.test.tolist()) for s in alone_a.splits] == \
-        [(s.train.tolist(), s.test.tolist()) for s in alone_b.splits]
+    assert (
+        [(s.train.tolist(), s.test.tolist()) for s in both.splits]
+        == [(s.train.tolist(), s.test.tolist()) for s in alone_a.splits]
+        == [(s.train.tolist(), s.test.tolist()) for s in alone_b.splits]
+    )
     got = stable_results(both)
-    expected = [("resnet18/none", *r[1:]) for r in stable_results(alone_a)] + \
-        [("resnet18/sha256:abababab", *r[1:]) for r in stable_results(alone_b)]
+    expected = [("resnet18/none", *r[1:]) for r in stable_results(alone_a)] + [
+        ("resnet18/sha256:abababab", *r[1:]) for r in stable_results(alone_b)
+    ]
     assert got == expected
-    assert {(r.backbone, r.layer) for r in both.leaderboard()} == {("resnet18/none", "flatten"), ("resnet18/none", "layer3"),
-                                                                   ("resnet18/sha256:abababab", "penultimate_b")}
+    assert {(r.backbone, r.layer) for r in both.leaderboard()} == {
+        ("resnet18/none", "flatten"),
+        ("resnet18/none", "layer3"),
+        ("resnet18/sha256:abababab", "penultimate_b"),
+    }
     d = report_dict(both)
     assert [c["backbone"] for c in d["caches"]] == ["resnet18/none", "resnet18/sha256:abababab"]
     assert {r["cache"] for r in d["leaderboard"]} == {str(tmp_path / "a.h5"), str(tmp_path / "b.h5")}
     files = write_report(both, str(tmp_path / "out"), suspicious=3)
-    lines = (tmp_path / "out" / "predictions" / "resnet18_sha256_abababab--knn@penultimate_b.csv").read_text().splitlines()
+    lines = (
+        (tmp_path / "out" / "predictions" / "resnet18_sha256_abababab--knn@penultimate_b.csv").read_text().splitlines()
+    )
     pred, _ = both.result("knn", "penultimate_b", "resnet18/sha256:abababab").oof()
-    assert [ln.split(",")[0] for ln in lines[1:]] == paths and [ln.split(",")[2] for ln in lines[1:]] == \
-        [f"class{p}" for p in pred]
+    assert [ln.split(",")[0] for ln in lines[1:]] == paths and [ln.split(",")[2] for ln in lines[1:]] == [
+        f"class{p}" for p in pred
+    ]
     board = (tmp_path / "out" / "leaderboard.csv").read_text().splitlines()
     assert board[0].startswith("rank,backbone,cache,classifier,layer,features,") and len(board) == 7
     assert "| # | backbone | classifier |" in (tmp_path / "out" / "report.md").read_text()
@@ -321,13 +382,19 @@ def test_caches_of_other_images_or_labels_are_refused_in_one_line(tmp_path):
     paths = [f"class{c}/img{i:03d}.jpg" for i, c in enumerate(y)]
     labels = [f"class{c}" for c in y]
     write_cache(tmp_path / "fewer.h5", paths[1:], labels[1:], {"flatten": X[1:]})
-    with pytest.raises(FeaturebankError, match=r"do not hold the same labelled images: 1 labelled image\(s\) only in "
-                                               r".*a.h5 \(e.g. class0/img000.jpg\); extract the same input"):
+    with pytest.raises(
+        FeaturebankError,
+        match=r"do not hold the same labelled images: 1 labelled image\(s\) only in "
+        r".*a.h5 \(e.g. class0/img000.jpg\); extract the same input",
+    ):
         cross_validate([tmp_path / "a.h5", tmp_path / "fewer.h5"], ["logreg"], folds=3)
     relabelled = labels[:5] + ["class2"] + labels[6:]
     write_cache(tmp_path / "relabelled.h5", paths, relabelled, {"flatten": X})
-    with pytest.raises(FeaturebankError, match=r"label 1 image\(s\) differently \(e.g. class0/img005.jpg: class0 in "
-                                               r".*a.h5, class2 in .*relabelled.h5\)"):
+    with pytest.raises(
+        FeaturebankError,
+        match=r"label 1 image\(s\) differently \(e.g. class0/img005.jpg: class0 in "
+        r".*a.h5, class2 in .*relabelled.h5\)",
+    ):
         cross_validate([tmp_path / "a.h5", tmp_path / "relabelled.h5"], ["logreg"], folds=3)
     write_cache(tmp_path / "changed.h5", paths, labels, {"flatten": X}, digests=["0" * 32] * 30)  # row 0 keeps its own
     with pytest.raises(FeaturebankError, match=r"29 image\(s\) changed between the caches \(e.g. class0/img001.jpg\)"):
@@ -344,15 +411,30 @@ def test_backbone_names_are_short_and_unique():
     def reader(path, **s):
         return SimpleNamespace(path=path, settings={"weights": "DEFAULT", "pooling": "avg", "precision": "fp32", **s})
 
-    got = backbone_names([reader("/c/a.h5", backbone="resnet50", weights="ResNet50_Weights.IMAGENET1K_V2"),
-                          reader("/c/b.h5", backbone="mobilenet_v2"),
-                          reader("/c/c.h5", backbone="resnet50", weights="ResNet50_Weights.IMAGENET1K_V1"),
-                          reader("/c/d.h5", backbone="vgg16", pooling="avg"),
-                          reader("/c/e.h5", backbone="vgg16", pooling="max"),
-                          reader("/c/f.h5", backbone="alexnet"), reader("/d/f.h5", backbone="alexnet"),
-                          reader("/c/g.h5", backbone="squeezenet1_1"), reader("/c/h.h5", backbone="squeezenet1_1", tta="flip")])
-    assert got == ["resnet50/IMAGENET1K_V2", "mobilenet_v2", "resnet50/IMAGENET1K_V1", "vgg16/avg", "vgg16/max",
-                   "alexnet#1", "alexnet#2", "squeezenet1_1/tta-none", "squeezenet1_1/tta-flip"]
+    got = backbone_names(
+        [
+            reader("/c/a.h5", backbone="resnet50", weights="ResNet50_Weights.IMAGENET1K_V2"),
+            reader("/c/b.h5", backbone="mobilenet_v2"),
+            reader("/c/c.h5", backbone="resnet50", weights="ResNet50_Weights.IMAGENET1K_V1"),
+            reader("/c/d.h5", backbone="vgg16", pooling="avg"),
+            reader("/c/e.h5", backbone="vgg16", pooling="max"),
+            reader("/c/f.h5", backbone="alexnet"),
+            reader("/d/f.h5", backbone="alexnet"),
+            reader("/c/g.h5", backbone="squeezenet1_1"),
+            reader("/c/h.h5", backbone="squeezenet1_1", tta="flip"),
+        ]
+    )
+    assert got == [
+        "resnet50/IMAGENET1K_V2",
+        "mobilenet_v2",
+        "resnet50/IMAGENET1K_V1",
+        "vgg16/avg",
+        "vgg16/max",
+        "alexnet#1",
+        "alexnet#2",
+        "squeezenet1_1/tta-none",
+        "squeezenet1_1/tta-flip",
+    ]
 
 
 def test_corrected_t_test_against_a_hand_computation():
@@ -364,13 +446,13 @@ def test_corrected_t_test_against_a_hand_computation():
     t_hand = 0.06 / np.sqrt((1 / 5 + 1 / 4) * 0.00175)
     assert t_hand == pytest.approx(2.138090, abs=1e-6)
     # Student's t with 4 degrees of freedom in closed form: P(|T| > t) = 1 - x(3 - x^2)/2, x = t/sqrt(4 + t^2)
-    x = t_hand / np.sqrt(4 + t_hand ** 2)
-    p_hand = 1 - x * (3 - x ** 2) / 2
+    x = t_hand / np.sqrt(4 + t_hand**2)
+    p_hand = 1 - x * (3 - x**2) / 2
     t, p = corrected_t_test(np.array(best), np.array(other), n_train=80, n_test=20)
     assert t == pytest.approx(t_hand, rel=1e-9) and p == pytest.approx(p_hand, rel=1e-9)
     assert p == pytest.approx(0.0993, abs=1e-4)  # not significant at 0.05 ...
     t_plain = 0.06 / np.sqrt(0.00175 / 5)  # ... where the uncorrected paired t-test (t 3.21, p 0.033) would be
-    assert 1 - (x := t_plain / np.sqrt(4 + t_plain ** 2)) * (3 - x ** 2) / 2 < 0.05
+    assert 1 - (x := t_plain / np.sqrt(4 + t_plain**2)) * (3 - x**2) / 2 < 0.05
     # zero variance: equal scores on every fold are not worse; a constant difference is
     assert corrected_t_test(np.array(best), np.array(best), 80, 20) == (0.0, 1.0)
     assert corrected_t_test(np.array(best), np.array(best) - 0.1, 80, 20)[1] == 0.0
@@ -384,8 +466,11 @@ def test_every_leaderboard_row_carries_its_p_value_against_the_best(tmp_path):
     d = report_dict(report)
     board = d["leaderboard"]
     assert board[0]["p_value"] is None and board[0]["not_worse"]
-    best = np.array(d["results"][[(r["classifier"], r["layer"]) for r in d["results"]].index(
-        (board[0]["classifier"], board[0]["layer"]))]["metrics"]["balanced_accuracy"]["folds"])
+    best = np.array(
+        d["results"][
+            [(r["classifier"], r["layer"]) for r in d["results"]].index((board[0]["classifier"], board[0]["layer"]))
+        ]["metrics"]["balanced_accuracy"]["folds"]
+    )
     assert len(best) == 6
     for row in board[1:]:
         entry = next(r for r in d["results"] if (r["classifier"], r["layer"]) == (row["classifier"], row["layer"]))
@@ -396,6 +481,7 @@ def test_every_leaderboard_row_carries_its_p_value_against_the_best(tmp_path):
             assert row["p_value"] == (1.0 if diff[0] == 0 else 0.0)
             continue
         from scipy import stats
+
         assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 5), rel=1e-3)  # rounded to 4 digits
         assert row["not_worse"] == (row["p_value"] >= 0.05)
     assert {r["not_worse"] for r in board[1:]} == {True, False}  # layer3 rows lose; the task tells them apart
@@ -409,8 +495,13 @@ def test_composite_layer_is_the_two_layers_side_by_side(tmp_path):
     X, y = synthetic_cache(tmp_path / "c.h5")
     report = cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten+layer3", "layer3"], folds=3, seed=2)
     both = np.hstack([X, X[:, :8] * 2 + 1])
-    theirs = sk_cross_validate(make_classifier("logreg", seed=2), both, y, scoring="balanced_accuracy",
-                               cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=2))
+    theirs = sk_cross_validate(
+        make_classifier("logreg", seed=2),
+        both,
+        y,
+        scoring="balanced_accuracy",
+        cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=2),
+    )
     result = report.result("logreg", "flatten+layer3")
     np.testing.assert_allclose(result.fold_scores("balanced_accuracy"), theirs["test_score"], atol=1e-12)
     d = report_dict(report)
@@ -448,8 +539,13 @@ def test_cv_holds_one_layer_at_a_time(tmp_path, monkeypatch):
 
     X, y = synthetic_cache(tmp_path / "a.h5")
     paths = [f"class{c}/img{i:03d}.jpg" for i, c in enumerate(y)]
-    write_cache(tmp_path / "b.h5", paths[::-1] + ["x/unlabeled.jpg"], [f"class{c}" for c in y[::-1]] + [""],
-                {"b1": np.vstack([X[::-1], X[:1]]), "b2": np.vstack([X[::-1], X[:1]])}, {"backbone": "vgg11"})
+    write_cache(
+        tmp_path / "b.h5",
+        paths[::-1] + ["x/unlabeled.jpg"],
+        [f"class{c}" for c in y[::-1]] + [""],
+        {"b1": np.vstack([X[::-1], X[:1]]), "b2": np.vstack([X[::-1], X[:1]])},
+        {"backbone": "vgg11"},
+    )
     read, labeled_features = CacheReader.features, Labeled.features
     refs, alive, in_place = [], [], []
 

@@ -1,15 +1,15 @@
 """Decoding: every mode becomes the expected RGB, orientation is applied, bad bytes become reasons."""
+
 import io
 
 import numpy as np
 import torch
+from conftest import photo, write_bad_files
 from PIL import Image
+from torchvision.models import ResNet50_Weights
 
 from embedder.decode import decode_bytes, decode_file
 from embedder.preprocess import Preprocessing
-from torchvision.models import ResNet50_Weights
-
-from conftest import photo, write_bad_files
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:

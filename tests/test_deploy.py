@@ -1,5 +1,6 @@
 """One ONNX file per model: its predictions are `featurebank predict`'s, it runs without torch, int8 costs at most a
 point, and a head that cannot be exported is refused in one line."""
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from conftest import FAST, ROOT, write_tree
 
 from classifiers.bundle import Bundle, predict, predict_imagenet, train
 from classifiers.zoo import list_classifiers, make_classifier
-from conftest import FAST, ROOT, write_tree
 from embedder import CacheReader, extract
 from embedder.batches import ImageDataset
-from workflows.deploy import Head, check_head, export_checkpoint, head_model, refusal
-from workflows.export import export_model as export
 from embedder.errors import FeaturebankError
 from embedder.preprocess import Preprocessing
 from embedder.settings import Int8
+from workflows.deploy import Head, check_head, export_checkpoint, head_model, refusal
+from workflows.export import export_model as export
 
 RUN = {k: FAST[k] for k in ("batch_size", "workers")}
 EXAMPLE = ROOT / "examples" / "classify_folder.py"
@@ -67,8 +68,10 @@ def files_of(result: dict, folder) -> list[str]:
     return [str(pathlib.Path(folder) / r["path"]) for r in result["rows"]]
 
 
-@pytest.mark.parametrize("spec,how,output", [("logreg", "folded", "probability"), ("ridge", "folded", "decision"),
-                                             ("rbf-svm", "skl2onnx", "decision")])
+@pytest.mark.parametrize(
+    "spec,how,output",
+    [("logreg", "folded", "probability"), ("ridge", "folded", "decision"), ("rbf-svm", "skl2onnx", "decision")],
+)
 def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, output):
     root, images = trained
     bundle = train(str(root / "train.h5"), spec, out=str(tmp_path / "model.joblib"))
@@ -105,7 +108,8 @@ def test_every_exportable_zoo_head_gives_sklearns_scores(k):
         model, _ = head_model(Head(bundle.classes, bundle.pipeline, spec, X), 24, 17, 8)
         X_new = (X + rng.normal(0, 0.3, X.shape)).astype(np.float32)
         got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-            None, {"features": X_new})
+            None, {"features": X_new}
+        )
         expected, _ = bundle.scores(X_new)
         np.testing.assert_allclose(got[0], expected, atol=1e-4, err_msg=spec)
         np.testing.assert_array_equal(got[1], bundle.predict(X_new), err_msg=spec)
@@ -160,7 +164,8 @@ def _blocked_torch_env(tmp_path) -> dict:
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in ('torch', 'torchvision', 'sklearn', 'embedder', 'classifiers'):\n"
         "            raise ImportError(f'{name} is blocked in this test')\n"
-        "sys.meta_path.insert(0, _NoTorch())\n")
+        "sys.meta_path.insert(0, _NoTorch())\n"
+    )
     return {**os.environ, "PYTHONPATH": str(site)}
 
 
@@ -171,8 +176,14 @@ def test_the_example_classifies_a_folder_without_torch(trained, tmp_path):
     env = _blocked_torch_env(tmp_path)
     blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert blocked.returncode == 1 and "torch is blocked in this test" in blocked.stderr
-    done = subprocess.run([sys.executable, str(EXAMPLE), str(tmp_path / "model.onnx"), str(images)], env=env,
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), str(tmp_path / "model.onnx"), str(images)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     rows = [line.split(",") for line in done.stdout.splitlines()]
     result = predict(bundle, [str(images)], top=4, **RUN)
@@ -190,8 +201,14 @@ def _example_pixels(prep: dict):
     from PIL import Image, ImageOps
 
     tree = ast.parse(EXAMPLE.read_text())
-    keep = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "pixels"
-            or isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "FILTERS"]
+    keep = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef)
+        and n.name == "pixels"
+        or isinstance(n, ast.Assign)
+        and getattr(n.targets[0], "id", None) == "FILTERS"
+    ]
     namespace = {"np": np, "Image": Image, "ImageOps": ImageOps, "prep": prep}
     exec(compile(ast.Module(keep, []), str(EXAMPLE), "exec"), namespace)
     return namespace["pixels"]
@@ -200,9 +217,9 @@ def _example_pixels(prep: dict):
 @pytest.mark.parametrize("resize,crop,interpolation", [(72, 64, "bilinear"), (57, 64, "bicubic")])
 def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolation):
     """Big JPEGs (draft decoding), EXIF rotation, odd sizes, a resize under the crop (zero padding)."""
+    from conftest import photo
     from PIL import Image
 
-    from conftest import photo
     from embedder.decode import decode_file
 
     prep = Preprocessing(resize=resize, crop=crop, interpolation=interpolation)
@@ -225,8 +242,17 @@ def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
     from workflows.finetune import finetune
 
     _, images = trained
-    run = finetune(str(images), str(tmp_path / "run"), epochs=1, backbone="resnet18", weights="none", resize=72,
-                   crop=64, val_split=0.25, **RUN)
+    run = finetune(
+        str(images),
+        str(tmp_path / "run"),
+        epochs=1,
+        backbone="resnet18",
+        weights="none",
+        resize=72,
+        crop=64,
+        val_split=0.25,
+        **RUN,
+    )
     written = export_checkpoint(run.checkpoint, str(tmp_path / "ft.onnx"))  # the backbone comes from the file
     assert (written.head, written.output) == ("softmax", "probability")
     result = predict_imagenet([str(images)], backbone="resnet18", weights=run.checkpoint, top=4, **RUN)
@@ -238,8 +264,9 @@ def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
     np.testing.assert_allclose(scores, expected, atol=1e-4)
     with pytest.raises(FeaturebankError, match="int8 needs images to calibrate on: give --images DATA"):
         export_checkpoint(run.checkpoint, str(tmp_path / "q.onnx"), precision="int8")
-    q = export_checkpoint(run.checkpoint, str(tmp_path / "q.onnx"), precision="int8", images=str(images),
-                          int8=Int8(images=8))
+    q = export_checkpoint(
+        run.checkpoint, str(tmp_path / "q.onnx"), precision="int8", images=str(images), int8=Int8(images=8)
+    )
     assert q.accuracy["images"] == 24 and q.accuracy["source"] == f"classes:{images}"
     assert q.accuracy["fp32"] == pytest.approx(np.mean(np.array(names) == [r["label"] for r in result["rows"]]))
     assert abs(q.accuracy["int8"] - q.accuracy["fp32"]) <= 0.01
@@ -251,8 +278,7 @@ def test_int8_costs_at_most_a_point_on_the_training_images(trained, tmp_path, sp
     root, _ = trained
     reader = CacheReader(str(root / "train.h5"))
     bundle = train(str(root / "train.h5"), spec, out=str(tmp_path / "model.joblib"))
-    written = export(str(tmp_path / "model.joblib"), str(tmp_path / "q.onnx"), precision="int8",
-                     int8=Int8(images=16))
+    written = export(str(tmp_path / "model.joblib"), str(tmp_path / "q.onnx"), precision="int8", int8=Int8(images=16))
     a = written.accuracy
     assert a["images"] == 24 and a["unreadable"] == 0
     truth = np.array([bundle.classes.index(c) for c in reader.labels])
@@ -273,16 +299,41 @@ def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
 
     root, images = trained
     train(str(root / "train.h5"), "ridge", out=str(tmp_path / "m.joblib"))
-    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "q.onnx"),
-                                      "--precision", "int8", "--calibration-images", "8", "--json"])
+    r = CliRunner().invoke(
+        cli.main,
+        [
+            "export",
+            str(tmp_path / "m.joblib"),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--precision",
+            "int8",
+            "--calibration-images",
+            "8",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     a = json.loads(r.output)["accuracy"]
-    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "q.onnx"),
-                                      "--precision", "int8", "--calibration-images", "8"])
+    r = CliRunner().invoke(
+        cli.main,
+        [
+            "export",
+            str(tmp_path / "m.joblib"),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--precision",
+            "int8",
+            "--calibration-images",
+            "8",
+        ],
+    )
     line = r.output.splitlines()[2]
-    assert line == (f"  accuracy on 24 images of {images}: fp32 {100 * a['fp32']:.2f} %, int8 {100 * a['int8']:.2f} % "
-                    f"({100 * (a['int8'] - a['fp32']):+.2f} points); the same class for {100 * a['agreement']:.1f} % "
-                    f"of them")
+    assert line == (
+        f"  accuracy on 24 images of {images}: fp32 {100 * a['fp32']:.2f} %, int8 {100 * a['int8']:.2f} % "
+        f"({100 * (a['int8'] - a['fp32']):+.2f} points); the same class for {100 * a['agreement']:.1f} % "
+        f"of them"
+    )
 
 
 @pytest.mark.slow

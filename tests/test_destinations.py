@@ -1,6 +1,7 @@
 """Holes an adversarial pass found on the classifier side (issue 18): an unwritable destination, an output onto an
 input, bad classifier parameters, class names that are math text, interrupts, and predict when every image fails.
 Each is one line and a non-zero exit, with nothing written and nothing lost."""
+
 from __future__ import annotations
 
 import errno
@@ -56,6 +57,7 @@ def one_error_line(result) -> str:
 # Tests run as root, where a chmod'ed folder is still writable: the destinations below lie under a regular FILE
 # (NotADirectoryError, as a read-only folder gives EACCES/EROFS), and one case fakes EACCES with monkeypatch.
 
+
 def test_a_destination_that_cannot_be_written_is_one_line(model, tmp_path, runner):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
@@ -65,8 +67,13 @@ def test_a_destination_that_cannot_be_written_is_one_line(model, tmp_path, runne
         "the model file m.fbmodel": ["train", str(model / "c.h5"), "-o", str(blocker / "sub" / "m.fbmodel")],
         "the report": ["cv", str(model / "c.h5"), "-c", "logreg", "--folds", "2", "--out", str(blocker / "run")],
         "-o p.csv": ["predict", str(model / "m.fbmodel"), str(image), "-o", str(blocker / "p.csv")],
-        "--predictions p.csv": ["evaluate", str(model / "m.fbmodel"), str(model / "c.h5"), "--predictions",
-                                str(blocker / "sub" / "p.csv")],
+        "--predictions p.csv": [
+            "evaluate",
+            str(model / "m.fbmodel"),
+            str(model / "c.h5"),
+            "--predictions",
+            str(blocker / "sub" / "p.csv"),
+        ],
         "the ONNX file m.onnx": ["export", str(model / "m.fbmodel"), "-o", str(blocker / "m.onnx")],
     }
     for what, args in cases.items():
@@ -81,8 +88,24 @@ def test_an_unwritable_cache_is_one_line(tmp_path, runner):
     blocker = tmp_path / "file.txt"
     blocker.write_text("")
     write_tree(tmp_path / "images", per_class=1)
-    result = runner.invoke(cli.main, ["extract", str(tmp_path / "images"), "--cache", str(blocker / "x.h5"), "-q",
-                                      "-b", "resnet18", "-w", "none", "--resize", "40", "--crop", "32"])
+    result = runner.invoke(
+        cli.main,
+        [
+            "extract",
+            str(tmp_path / "images"),
+            "--cache",
+            str(blocker / "x.h5"),
+            "-q",
+            "-b",
+            "resnet18",
+            "-w",
+            "none",
+            "--resize",
+            "40",
+            "--crop",
+            "32",
+        ],
+    )
     assert one_error_line(result) == f"Error: cannot write the cache x.h5 in {blocker}: it is a file, not a folder"
 
 
@@ -100,20 +123,25 @@ def test_a_read_only_folder_is_one_line(model, tmp_path, runner, monkeypatch):
 
 # -- 6. an output onto an input ---------------------------------------------------------------------------------
 
+
 def test_no_command_overwrites_its_input(model, tmp_path, runner):
     before = {p: digest(model / p) for p in ("c.h5", "m.fbmodel")}
     line = one_error_line(runner.invoke(cli.main, ["train", str(model / "c.h5"), "-o", str(model / "c.h5")]))
     assert f"the model file {model / 'c.h5'} is {model / 'c.h5'}, an input of this command" in line
     other_spelling = str(model / ".." / model.name / "c.h5")
-    assert "an input of this command" in one_error_line(runner.invoke(cli.main, ["train", str(model / "c.h5"), "-o",
-                                                                                 other_spelling]))
+    assert "an input of this command" in one_error_line(
+        runner.invoke(cli.main, ["train", str(model / "c.h5"), "-o", other_spelling])
+    )
     os.symlink(model / "c.h5", tmp_path / "link.h5")
-    assert "an input of this command" in one_error_line(runner.invoke(cli.main, ["train", str(model / "c.h5"), "-o",
-                                                                                 str(tmp_path / "link.h5")]))
+    assert "an input of this command" in one_error_line(
+        runner.invoke(cli.main, ["train", str(model / "c.h5"), "-o", str(tmp_path / "link.h5")])
+    )
     line = one_error_line(runner.invoke(cli.main, ["export", str(model / "m.fbmodel"), "-o", str(model / "m.fbmodel")]))
     assert "the ONNX file" in line and "an input of this command" in line
     (tmp_path / "best.pth").write_bytes(b"checkpoint")
-    line = one_error_line(runner.invoke(cli.main, ["export", str(tmp_path / "best.pth"), "-o", str(tmp_path / "best.pth")]))
+    line = one_error_line(
+        runner.invoke(cli.main, ["export", str(tmp_path / "best.pth"), "-o", str(tmp_path / "best.pth")])
+    )
     assert "an input of this command" in line and (tmp_path / "best.pth").read_bytes() == b"checkpoint"
 
     write_tree(tmp_path / "images", per_class=1)
@@ -122,8 +150,9 @@ def test_no_command_overwrites_its_input(model, tmp_path, runner):
     for inputs in ([str(image)], [str(tmp_path / "images")]):  # named, or found in a folder
         result = runner.invoke(cli.main, ["predict", str(model / "m.fbmodel"), *inputs, "-o", str(image)])
         assert "an input of this command" in one_error_line(result)
-    line = one_error_line(runner.invoke(cli.main, ["predict", str(model / "m.fbmodel"), str(image), "-o",
-                                                   str(model / "m.fbmodel")]))
+    line = one_error_line(
+        runner.invoke(cli.main, ["predict", str(model / "m.fbmodel"), str(image), "-o", str(model / "m.fbmodel")])
+    )
     assert "an input of this command" in line
     assert digest(image) == image_digest and {p: digest(model / p) for p in before} == before
     assert not (tmp_path / "cache").exists()  # refused before anything was embedded
@@ -131,13 +160,23 @@ def test_no_command_overwrites_its_input(model, tmp_path, runner):
 
 # -- 8. bad classifier parameters ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, says", [
-    ("rbf-svm:pca=abc", "pca='abc'"), ("rbf-svm:pca=[1]", "pca=[1]"), ("rbf-svm:pca=1e999", "pca=inf"),
-    ("rbf-svm:pca=-5", "pca=-5"), ("rbf-svm:pca=0", "pca=0"), ("rbf-svm:l2=maybe", "l2='maybe'"),
-    ("logreg:scale=2", "scale=2"), ("logreg:C=abc", "The 'C' parameter of LogisticRegression must be"),
-    ("knn:n_neighbors=0", "The 'n_neighbors' parameter"), ("ensemble:method=vote2", "unknown ensemble method"),
-    ("ensemble:inner_folds=1", "inner_folds=1"),
-])
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("rbf-svm:pca=abc", "pca='abc'"),
+        ("rbf-svm:pca=[1]", "pca=[1]"),
+        ("rbf-svm:pca=1e999", "pca=inf"),
+        ("rbf-svm:pca=-5", "pca=-5"),
+        ("rbf-svm:pca=0", "pca=0"),
+        ("rbf-svm:l2=maybe", "l2='maybe'"),
+        ("logreg:scale=2", "scale=2"),
+        ("logreg:C=abc", "The 'C' parameter of LogisticRegression must be"),
+        ("knn:n_neighbors=0", "The 'n_neighbors' parameter"),
+        ("ensemble:method=vote2", "unknown ensemble method"),
+        ("ensemble:inner_folds=1", "inner_folds=1"),
+    ],
+)
 def test_bad_classifier_parameters_are_one_line(model, runner, spec, says):
     for command in (["cv", str(model / "c.h5")], ["train", str(model / "c.h5"), "-o", "never.fbmodel"]):
         result = runner.invoke(cli.main, [*command, "-c", spec])
@@ -163,11 +202,26 @@ def test_good_step_values_still_work():
 
 # -- 9. class names that are math text ----------------------------------------------------------------------------
 
+
 def test_class_names_that_look_like_math_are_drawn_as_text(tmp_path, runner):
     classes = ["$\\foo$", "$x^{$", "50$ or $60"]
     synthetic_cache(tmp_path / "m.h5", counts=(8, 8, 8), classes=classes)
-    result = runner.invoke(cli.main, ["cv", str(tmp_path / "m.h5"), "-c", "logreg", "-l", "flatten", "--folds", "2",
-                                      "--out", str(tmp_path / "run"), "-q"])
+    result = runner.invoke(
+        cli.main,
+        [
+            "cv",
+            str(tmp_path / "m.h5"),
+            "-c",
+            "logreg",
+            "-l",
+            "flatten",
+            "--folds",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for name in ("confusion.png", "leaderboard.png", "map.png", "report.html"):
         assert (tmp_path / "run" / name).stat().st_size > 1000, name
@@ -181,11 +235,23 @@ def test_class_names_that_look_like_math_are_drawn_as_text(tmp_path, runner):
 
 # -- 13. predict when no image can be classified ---------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_predict_exits_1_when_every_image_fails(model, tmp_path, runner):
     write_bad_files(tmp_path / "bad")
-    result = runner.invoke(cli.main, ["predict", str(model / "m.fbmodel"), str(tmp_path / "bad"), "--workers", "0",
-                                      "-q", "-o", str(tmp_path / "p.csv")])
+    result = runner.invoke(
+        cli.main,
+        [
+            "predict",
+            str(model / "m.fbmodel"),
+            str(tmp_path / "bad"),
+            "--workers",
+            "0",
+            "-q",
+            "-o",
+            str(tmp_path / "p.csv"),
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("Error: none of the 5 images could be classified: ")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -214,8 +280,14 @@ cli.main()
 def interrupted(module: str, name: str, args: list, signum: int) -> subprocess.CompletedProcess:
     """Run the command in a process of its own, stalled inside ``module.name``, and send it ``signum`` there."""
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen([sys.executable, "-c", STALL.format(module=module, name=name, args=args)], cwd=REPO,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", STALL.format(module=module, name=name, args=args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     timer = threading.Timer(240, process.kill)
     timer.start()
     try:
@@ -230,13 +302,18 @@ def interrupted(module: str, name: str, args: list, signum: int) -> subprocess.C
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_cv_says_nothing_was_written(model, tmp_path, signum):
-    done = interrupted("classifiers.crossval", "_fit_folds",
-                       ["cv", str(model / "c.h5"), "-c", "logreg", "--folds", "2", "--out", str(tmp_path / "run")],
-                       signum)
+    done = interrupted(
+        "classifiers.crossval",
+        "_fit_folds",
+        ["cv", str(model / "c.h5"), "-c", "logreg", "--folds", "2", "--out", str(tmp_path / "run")],
+        signum,
+    )
     how, code = ("Interrupted", 130) if signum == signal.SIGINT else ("Terminated (SIGTERM)", 143)
     assert done.returncode == code, done.stderr
-    assert done.stderr.strip() == f"{how}: no report was written and the caches are unchanged; run the same " \
-                                  f"command again to start over."
+    assert (
+        done.stderr.strip() == f"{how}: no report was written and the caches are unchanged; run the same "
+        f"command again to start over."
+    )
     assert "every finished batch" not in done.stderr and not os.listdir(tmp_path / "run")
 
 
@@ -244,21 +321,29 @@ def test_an_interrupted_cv_says_nothing_was_written(model, tmp_path, signum):
 def test_a_terminated_train_keeps_the_previous_model_file(model, tmp_path):
     out = tmp_path / "m.fbmodel"
     out.write_bytes(b"the previous model")
-    done = interrupted("classifiers.bundle", "fit_grouped", ["train", str(model / "c.h5"), "-o", str(out)],
-                       signal.SIGTERM)
+    done = interrupted(
+        "classifiers.bundle", "fit_grouped", ["train", str(model / "c.h5"), "-o", str(out)], signal.SIGTERM
+    )
     assert done.returncode == 143, done.stderr
-    assert done.stderr.strip() == ("Terminated (SIGTERM): no model file was written (an existing -o file is "
-                                   "unchanged); run the same command again.")
+    assert done.stderr.strip() == (
+        "Terminated (SIGTERM): no model file was written (an existing -o file is "
+        "unchanged); run the same command again."
+    )
     assert out.read_bytes() == b"the previous model" and os.listdir(tmp_path) == ["m.fbmodel"]
 
 
 @pytest.mark.slow
 def test_an_interrupted_predict_says_what_it_kept(model, tmp_path):
     write_tree(tmp_path / "images", per_class=1)
-    done = interrupted("classifiers.bundle", "extract",
-                       ["predict", str(model / "m.fbmodel"), str(tmp_path / "images"), "-o", str(tmp_path / "p.csv")],
-                       signal.SIGINT)
+    done = interrupted(
+        "classifiers.bundle",
+        "extract",
+        ["predict", str(model / "m.fbmodel"), str(tmp_path / "images"), "-o", str(tmp_path / "p.csv")],
+        signal.SIGINT,
+    )
     assert done.returncode == 130, done.stderr
-    assert done.stderr.strip() == ("Interrupted: no predictions were written; the images embedded so far are kept "
-                                   "in the cache, and the same command continues from them.")
+    assert done.stderr.strip() == (
+        "Interrupted: no predictions were written; the images embedded so far are kept "
+        "in the cache, and the same command continues from them."
+    )
     assert not (tmp_path / "p.csv").exists()

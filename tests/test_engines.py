@@ -1,4 +1,5 @@
 """The engine seam: one settings value, torch and ONNX Runtime engines that agree, the engine folder, int8."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import FAST, ROOT, photo, write_bad_files, write_tree
 from PIL import Image
 
 import embedder
@@ -16,8 +18,6 @@ from embedder.errors import FeaturebankError
 from embedder.preprocess import Preprocessing
 from embedder.settings import ExtractionSettings, Int8
 from embedder.store import EngineStore
-
-from conftest import FAST, ROOT, photo, write_bad_files, write_tree
 
 
 def rows_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-4) -> float:
@@ -28,9 +28,16 @@ def rows_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-4) -> float:
 
 
 # -- preprocessing without torch ------------------------------------------------------------------------------
-@pytest.mark.parametrize("prep", [Preprocessing(), Preprocessing(resize=232), Preprocessing(resize=200, crop=224),
-                                  Preprocessing(resize=342, crop=299, interpolation="bicubic"),
-                                  Preprocessing(resize=72, crop=64)])
+@pytest.mark.parametrize(
+    "prep",
+    [
+        Preprocessing(),
+        Preprocessing(resize=232),
+        Preprocessing(resize=200, crop=224),
+        Preprocessing(resize=342, crop=299, interpolation="bicubic"),
+        Preprocessing(resize=72, crop=64),
+    ],
+)
 def test_pixels_equal_torchvisions_preset(prep):
     """to_array (Pillow and NumPy only) gives exactly torchvision's resize + center crop, padding included."""
     import torchvision.transforms.functional as TF
@@ -39,15 +46,30 @@ def test_pixels_equal_torchvisions_preset(prep):
     rng = np.random.default_rng(0)
     for w, h in [(500, 375), (375, 500), (256, 256), (257, 1000), (100, 50), (224, 300), (1, 400)]:
         image = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        expected = TF.pil_to_tensor(TF.center_crop(TF.resize(image, [prep.resize], InterpolationMode(prep.interpolation),
-                                                             antialias=True), [prep.crop])).numpy()
+        expected = TF.pil_to_tensor(
+            TF.center_crop(
+                TF.resize(image, [prep.resize], InterpolationMode(prep.interpolation), antialias=True), [prep.crop]
+            )
+        ).numpy()
         np.testing.assert_array_equal(prep.to_array(image), expected)
 
 
 # -- the settings value -------------------------------------------------------------------------------------
-FORMAT_1 = {"backbone": "resnet18", "weights": "none:seed=0", "layers": ["flatten"], "pooling": "avg",
-            "preprocessing": {"resize": 72, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                              "interpolation": "bilinear", "draft": True}, "precision": "fp32"}
+FORMAT_1 = {
+    "backbone": "resnet18",
+    "weights": "none:seed=0",
+    "layers": ["flatten"],
+    "pooling": "avg",
+    "preprocessing": {
+        "resize": 72,
+        "crop": 64,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+        "draft": True,
+    },
+    "precision": "fp32",
+}
 
 
 def test_a_format_1_dict_reads_back_to_the_same_dict_and_key():
@@ -60,8 +82,10 @@ def test_a_format_1_dict_reads_back_to_the_same_dict_and_key():
     assert ExtractionSettings.from_dict(older) == s
     q = ExtractionSettings.from_dict({**FORMAT_1, "precision": "int8", "int8": Int8(calibration_set="abc").to_dict()})
     assert q.key != s.key and q.to_dict()["int8"]["calibration_set"] == "abc"
-    assert s.differences(q) == [f"int8: None in the cache, {q.int8.to_dict()!r} now",
-                                "precision: 'fp32' in the cache, 'int8' now"]
+    assert s.differences(q) == [
+        f"int8: None in the cache, {q.int8.to_dict()!r} now",
+        "precision: 'fp32' in the cache, 'int8' now",
+    ]
     with pytest.raises(FeaturebankError, match="int8 settings go with precision int8"):
         ExtractionSettings("resnet18", "none:seed=0", ("flatten",), precision="int8")
 
@@ -136,13 +160,16 @@ def test_missing_onnxruntime_falls_back_or_fails_in_one_line(tree, tmp_path, mon
     from embedder import engines
 
     def missing():
-        raise FeaturebankError("onnxruntime is not installed (No module named 'onnxruntime'); pip install "
-                               "onnxruntime, or --engine torch")
+        raise FeaturebankError(
+            "onnxruntime is not installed (No module named 'onnxruntime'); pip install onnxruntime, or --engine torch"
+        )
 
     monkeypatch.setattr(engines, "import_onnxruntime", missing)
     root, _ = tree
     s = embedder.extract(str(root), str(tmp_path / "a.h5"), **FAST)
-    assert s.engine["name"] == "torch" and "using the torch engine: onnxruntime is not installed" in capfd.readouterr().err
+    assert (
+        s.engine["name"] == "torch" and "using the torch engine: onnxruntime is not installed" in capfd.readouterr().err
+    )
     with pytest.raises(FeaturebankError, match="onnxruntime is not installed"):
         embedder.extract(str(root), str(tmp_path / "b.h5"), engine="onnxruntime", **FAST)
 
@@ -157,8 +184,12 @@ def test_a_model_onnx_cannot_export_falls_back_to_torch(tree, tmp_path, monkeypa
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
     root, _ = tree
     s = embedder.extract(str(root), str(tmp_path / "a.h5"), **FAST)
-    assert s.engine["name"] == "torch" and s.prepared == [] and s.notes == [
-        "using the torch engine: resnet18 cannot be exported to ONNX (RuntimeError: unsupported operator)"]
+    assert (
+        s.engine["name"] == "torch"
+        and s.prepared == []
+        and s.notes
+        == ["using the torch engine: resnet18 cannot be exported to ONNX (RuntimeError: unsupported operator)"]
+    )
     assert not list((tmp_path / "engines").glob("*.onnx*"))  # no half-written file left behind
     with pytest.raises(FeaturebankError, match="cannot be exported to ONNX"):
         embedder.extract(str(root), str(tmp_path / "b.h5"), engine="onnxruntime", **FAST)
@@ -168,12 +199,17 @@ def test_a_run_whose_engine_is_ready_imports_no_torch(tree, tmp_path):
     """Importing torch costs seconds per process; a prepared engine and a resolved request need none of it (layers
     given, as bundles always give them, included)."""
     root, _ = tree
-    code = ("import sys, embedder; s = embedder.extract(sys.argv[1], sys.argv[2], backbone='resnet18', weights='none',"
-            " resize=72, crop=64, batch_size=4, layers=['layer3', 'flatten'], engine='onnxruntime');"
-            " print(s.embedded, s.engine.get('name'), 'torch' in sys.modules)")
+    code = (
+        "import sys, embedder; s = embedder.extract(sys.argv[1], sys.argv[2], backbone='resnet18', weights='none',"
+        " resize=72, crop=64, batch_size=4, layers=['layer3', 'flatten'], engine='onnxruntime');"
+        " print(s.embedded, s.engine.get('name'), 'torch' in sys.modules)"
+    )
     env = {**os.environ, "FEATUREBANK_ENGINE_DIR": str(tmp_path / "engines")}
-    run = lambda cache: subprocess.run([sys.executable, "-c", code, str(root), str(tmp_path / cache)], cwd=ROOT,  # noqa: E731
-                                       env=env, capture_output=True, text=True, check=True).stdout.split()
+
+    def run(cache):
+        command = [sys.executable, "-c", code, str(root), str(tmp_path / cache)]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.split()
+
     assert run("a.h5") == ["9", "onnxruntime", "True"]  # the first run resolves and exports: torch is needed
     assert run("b.h5") == ["9", "onnxruntime", "False"]  # the same settings again: no torch at all
     assert run("b.h5") == ["0", "None", "False"]  # nothing to do: no engine, no torch
@@ -222,7 +258,7 @@ def test_int8_has_its_own_rows_its_calibration_and_its_measured_cosine(tmp_path,
     assert len(int8.failed) == len(bad) and int8.rows == fp32.rows == 18
     a, b = embedder.load(int8.cache)[0], embedder.load(fp32.cache)[0]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert 0.9 < cos.min() and not np.allclose(a, b, rtol=1e-4)  # close to fp32, but its own numbers
+    assert cos.min() > 0.9 and not np.allclose(a, b, rtol=1e-4)  # close to fp32, but its own numbers
     info = CacheReader(int8.cache).info["int8"]
     measured = info["cosine_to_fp32"]["flatten"]
     assert info["calibration"]["images"] == 18 == measured["images"]  # every file drawn; the bad ones skipped
@@ -237,8 +273,9 @@ def test_int8_has_its_own_rows_its_calibration_and_its_measured_cosine(tmp_path,
     from embedder.job import int8_of_cache
 
     wanted, folder = int8_of_cache(int8.cache)
-    third = embedder.extract(str(other), str(tmp_path / "other.h5"), precision="int8", int8=wanted, engine_dir=folder,
-                             **FAST)
+    third = embedder.extract(
+        str(other), str(tmp_path / "other.h5"), precision="int8", int8=wanted, engine_dir=folder, **FAST
+    )
     assert third.settings == int8.settings and third.prepared == []
     X, _, paths = embedder.load(third.cache)
     X0, _, paths0 = embedder.load(int8.cache)
@@ -250,8 +287,14 @@ def test_int8_refusals_are_one_line(tree, tmp_path):
     with pytest.raises(FeaturebankError, match="int8 runs on the onnxruntime engine"):
         embedder.extract(str(root), str(tmp_path / "a.h5"), precision="int8", engine="torch", **FAST)
     with pytest.raises(FeaturebankError, match="is not in"):  # a bundle's exact engine, and the folder lacks it
-        embedder.extract(str(root), str(tmp_path / "b.h5"), precision="int8", int8=Int8(calibration_set="f" * 24),
-                         engine_dir=str(tmp_path / "empty"), **FAST)
+        embedder.extract(
+            str(root),
+            str(tmp_path / "b.h5"),
+            precision="int8",
+            int8=Int8(calibration_set="f" * 24),
+            engine_dir=str(tmp_path / "empty"),
+            **FAST,
+        )
     fp32 = embedder.extract(str(root), str(tmp_path / "c.h5"), **FAST)
     from embedder.job import int8_of_cache
 
@@ -266,14 +309,16 @@ def test_tail_nodes_stop_at_the_first_convolution_or_merge(tmp_path):
     from embedder.quantize import tail_nodes
 
     t = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1"),
-             helper.make_node("Relu", ["a"], ["b"], name="relu1"),
-             helper.make_node("Conv", ["b", "w2"], ["c"], name="conv2"),
-             helper.make_node("Add", ["c", "b"], ["d"], name="add"),
-             helper.make_node("Relu", ["d"], ["e"], name="relu2"),
-             helper.make_node("GlobalAveragePool", ["e"], ["y"], name="pool"),
-             helper.make_node("Relu", ["c"], ["f"], name="relu3"),
-             helper.make_node("Flatten", ["f"], ["z"], name="flat")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1"),
+        helper.make_node("Relu", ["a"], ["b"], name="relu1"),
+        helper.make_node("Conv", ["b", "w2"], ["c"], name="conv2"),
+        helper.make_node("Add", ["c", "b"], ["d"], name="add"),
+        helper.make_node("Relu", ["d"], ["e"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["e"], ["y"], name="pool"),
+        helper.make_node("Relu", ["c"], ["f"], name="relu3"),
+        helper.make_node("Flatten", ["f"], ["z"], name="flat"),
+    ]
     graph = helper.make_graph(nodes, "g", [t("x"), t("w1"), t("w2")], [t("y"), t("z")])
     onnx.save(helper.make_model(graph), tmp_path / "g.onnx")
     assert sorted(tail_nodes(str(tmp_path / "g.onnx"))) == ["add", "conv2", "flat", "pool", "relu2", "relu3"]
@@ -284,7 +329,7 @@ def test_embedder_int8_calibrates_in_fit_and_matches_its_engine(tree, tmp_path):
 
     root, paths = tree
     full = [str(root / p) for p in paths]
-    params = {k: v for k, v in FAST.items()}
+    params = dict(FAST)
     e = Embedder(precision="int8", engine_dir=str(tmp_path / "engines"), **params)
     with pytest.raises(FeaturebankError, match="int8 calibrates on images"):
         e.fit()
@@ -316,20 +361,46 @@ def test_cli_engine_and_int8_options(tree, tmp_path, monkeypatch):
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
     base = [str(root), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--batch-size", "4"]
     runner = CliRunner()
-    r = runner.invoke(cli.main, ["extract", *base, "--cache", str(tmp_path / "q.h5"), "--precision", "int8",
-                                 "--calibration-images", "5", "--json"])
+    r = runner.invoke(
+        cli.main,
+        [
+            "extract",
+            *base,
+            "--cache",
+            str(tmp_path / "q.h5"),
+            "--precision",
+            "int8",
+            "--calibration-images",
+            "5",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["settings"]["int8"]["images"] == 5 and out["engine"]["name"] == "onnxruntime"
     r = runner.invoke(cli.main, ["info", str(tmp_path / "q.h5")])
     assert "int8         flatten: cosine to fp32 mean" in r.output and "engine       onnxruntime" in r.output
-    r = runner.invoke(cli.main, ["extract", *base, "--cache", str(tmp_path / "v.h5"), "--precision", "int8",
-                                 "--calibration-from", str(tmp_path / "q.h5"), "--json"])
+    r = runner.invoke(
+        cli.main,
+        [
+            "extract",
+            *base,
+            "--cache",
+            str(tmp_path / "v.h5"),
+            "--precision",
+            "int8",
+            "--calibration-from",
+            str(tmp_path / "q.h5"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0 and json.loads(r.output)["settings"] == out["settings"]
-    r = runner.invoke(cli.main, ["extract", *base, "--cache", str(tmp_path / "t.h5"), "--precision", "int8",
-                                 "--engine", "torch"])
+    r = runner.invoke(
+        cli.main, ["extract", *base, "--cache", str(tmp_path / "t.h5"), "--precision", "int8", "--engine", "torch"]
+    )
     assert r.exit_code == 1 and r.output.strip().splitlines() == [
-        "Error: int8 runs on the onnxruntime engine: use --engine onnxruntime (or auto)"]
+        "Error: int8 runs on the onnxruntime engine: use --engine onnxruntime (or auto)"
+    ]
 
 
 # -- int8 across reruns, lost engines, bundles ---------------------------------------------------------------------
@@ -395,7 +466,9 @@ def test_an_int8_model_predicts_with_its_own_engine_and_layers(tmp_path, monkeyp
     images = [str(root / "cats" / "img00.jpg"), str(root / "owls" / "img03.png")]
     rows = predict(str(tmp_path / "m.joblib"), images)["rows"]
     X, _, paths = embedder.load(cache, "flatten")
-    expected = bundle.pipeline.predict_proba(X[[list(paths).index("cats/img00.jpg"), list(paths).index("owls/img03.png")]])
+    expected = bundle.pipeline.predict_proba(
+        X[[list(paths).index("cats/img00.jpg"), list(paths).index("owls/img03.png")]]
+    )
     assert [r["predicted"] for r in rows] == [bundle.classes[i] for i in expected.argmax(1)]
     np.testing.assert_allclose([r["score"] for r in rows], expected.max(1), atol=1e-6)  # scores rounded to 6 places
     assert bundle.trained_on["layers"] == ["layer3", "flatten"]

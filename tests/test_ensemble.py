@@ -1,22 +1,23 @@
 """The ``ensemble`` zoo entry: a scikit-learn estimator whose soft vote is the mean of its members' probabilities,
 whose stacking learns from out-of-fold probabilities of the training rows only, and which goes wherever a zoo
 classifier goes (Pipeline, GridSearchCV, cv's folds, model files); its ONNX export is refused in one line."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import synthetic_cache
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import (GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold, cross_val_predict,
-                                     cross_validate as sk_cross_validate)
+from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import cross_validate as sk_cross_validate
 
 from classifiers.bundle import evaluate, load_bundle, train
 from classifiers.crossval import cross_validate, make_splits
 from classifiers.ensemble import ZooEnsemble
 from classifiers.zoo import describe, list_classifiers, make_classifier, parse_spec
-from conftest import synthetic_cache
 from embedder.errors import FeaturebankError
 
 
@@ -30,10 +31,13 @@ def blobs(n=90, k=3, dim=12, seed=0):
 def members_fit_alone(X, y, seed=0, folds=5):
     """logreg, rbf-svm with a sigmoid calibration on 5 shuffled inner folds, knn: each fit on its own."""
     inner = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return [make_classifier("logreg", seed=seed).fit(X, y),
-            CalibratedClassifierCV(make_classifier("rbf-svm", seed=seed), method="sigmoid", cv=inner,
-                                   ensemble=False).fit(X, y),
-            make_classifier("knn", seed=seed).fit(X, y)]
+    return [
+        make_classifier("logreg", seed=seed).fit(X, y),
+        CalibratedClassifierCV(make_classifier("rbf-svm", seed=seed), method="sigmoid", cv=inner, ensemble=False).fit(
+            X, y
+        ),
+        make_classifier("knn", seed=seed).fit(X, y),
+    ]
 
 
 def test_an_estimator_that_does_nothing_in_init_and_clones():
@@ -42,8 +46,11 @@ def test_an_estimator_that_does_nothing_in_init_and_clones():
     X, y = blobs()
     with pytest.raises(FeaturebankError, match="unknown classifier 'nope'"):
         e.fit(X, y)
-    for members, message in [("logreg", "two or more different members"), ("logreg+logreg", "two or more"),
-                             ("logreg+ensemble", "cannot be a member of an ensemble")]:
+    for members, message in [
+        ("logreg", "two or more different members"),
+        ("logreg+logreg", "two or more"),
+        ("logreg+ensemble", "cannot be a member of an ensemble"),
+    ]:
         with pytest.raises(FeaturebankError, match=message):
             ZooEnsemble(members=members).fit(X, y)
     with pytest.raises(FeaturebankError, match="unknown ensemble method 'boost': choose one of vote, stack"):
@@ -59,7 +66,8 @@ def test_the_spec_round_trips_into_the_estimators_parameters():
     assert describe("ensemble") == (
         "soft vote of [logreg: scale → LogisticRegression(C=0.1, max_iter=2000) | rbf-svm: l2 → pca(256) → "
         "SVC(C=10.0) + sigmoid calibration | knn: KNeighborsClassifier(algorithm='brute', metric='cosine', "
-        "n_neighbors=10, weights='distance')]")
+        "n_neighbors=10, weights='distance')]"
+    )
 
 
 def test_soft_vote_is_the_mean_of_the_members_probabilities_fit_alone():
@@ -78,16 +86,23 @@ def test_stacking_learns_from_out_of_fold_probabilities_of_its_training_rows_onl
     train_rows = make_splits(y, folds=4)[0].train
     stacked = make_classifier("ensemble:method=stack,members=logreg+knn", seed=2).fit(X[train_rows], y[train_rows])
     inner = StratifiedKFold(5, shuffle=True, random_state=2)
-    oof = np.hstack([cross_val_predict(make_classifier(m, seed=2), X[train_rows], y[train_rows], cv=inner,
-                                       method="predict_proba") for m in ("logreg", "knn")])
+    oof = np.hstack(
+        [
+            cross_val_predict(
+                make_classifier(m, seed=2), X[train_rows], y[train_rows], cv=inner, method="predict_proba"
+            )
+            for m in ("logreg", "knn")
+        ]
+    )
     final = LogisticRegression(max_iter=2000).fit(oof, y[train_rows])
     fitted = stacked.named_steps["clf"].final_
     np.testing.assert_allclose(fitted.coef_, final.coef_, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(fitted.intercept_, final.intercept_, rtol=1e-6, atol=1e-8)
     # and the members it predicts with are refit on all the training rows
     knn = make_classifier("knn", seed=2).fit(X[train_rows], y[train_rows])
-    np.testing.assert_allclose(stacked.named_steps["clf"].members_[1].predict_proba(X),
-                               knn.predict_proba(X), atol=1e-12)
+    np.testing.assert_allclose(
+        stacked.named_steps["clf"].members_[1].predict_proba(X), knn.predict_proba(X), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("spec", ["ensemble", "ensemble:method=stack,members=logreg+lda+rbf-svm"])
@@ -95,9 +110,13 @@ def test_cross_validated_like_any_classifier(tmp_path, spec):
     X, y = synthetic_cache(tmp_path / "c.h5")
     report = cross_validate(tmp_path / "c.h5", [spec, "logreg"], ["flatten"], folds=3, repeats=1, seed=1)
     ours = report.result(spec, "flatten")
-    theirs = sk_cross_validate(make_classifier(spec, seed=1), X, y,
-                               cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=1),
-                               scoring={"accuracy": "accuracy", "log_loss": "neg_log_loss"})
+    theirs = sk_cross_validate(
+        make_classifier(spec, seed=1),
+        X,
+        y,
+        cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=1),
+        scoring={"accuracy": "accuracy", "log_loss": "neg_log_loss"},
+    )
     np.testing.assert_allclose([f.scores["accuracy"] for f in ours.folds], theirs["test_accuracy"], atol=1e-12)
     np.testing.assert_allclose([f.scores["log_loss"] for f in ours.folds], -theirs["test_log_loss"], rtol=1e-6)
     assert ours.proba is not None and ours.pipeline.startswith(("soft vote of [logreg", "stacking"))
@@ -105,11 +124,18 @@ def test_cross_validated_like_any_classifier(tmp_path, spec):
 
 def test_in_grid_search_and_in_a_model_file(tmp_path):
     X, y = blobs()
-    grid = GridSearchCV(make_classifier("ensemble:members=logreg+knn"), {"clf__method": ["vote", "stack"]},
-                        cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
+    grid = GridSearchCV(
+        make_classifier("ensemble:members=logreg+knn"),
+        {"clf__method": ["vote", "stack"]},
+        cv=StratifiedKFold(3, shuffle=True, random_state=0),
+    ).fit(X, y)
     for i, method in enumerate(["vote", "stack"]):
-        alone = sk_cross_validate(make_classifier(f"ensemble:members=logreg+knn,method={method}"), X, y,
-                                  cv=StratifiedKFold(3, shuffle=True, random_state=0))
+        alone = sk_cross_validate(
+            make_classifier(f"ensemble:members=logreg+knn,method={method}"),
+            X,
+            y,
+            cv=StratifiedKFold(3, shuffle=True, random_state=0),
+        )
         assert grid.cv_results_["mean_test_score"][i] == pytest.approx(alone["test_score"].mean())
     X, y = synthetic_cache(tmp_path / "c.h5")
     bundle = train(str(tmp_path / "c.h5"), "ensemble", layer="flatten", out=str(tmp_path / "m.joblib"))
@@ -143,10 +169,10 @@ def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
     probabilities look perfect: with groups, the final regression learns from group-aware folds (a hand
     computation with StratifiedGroupKFold), and cv and train hand the cache's groups to the ensemble."""
     from sklearn.model_selection import StratifiedGroupKFold
+    from test_bundle import near_copies
 
     from classifiers.folds import fit_grouped
     from embedder.cache import CacheReader
-    from test_bundle import near_copies
 
     X, y, _ = near_copies(tmp_path / "c.h5")
     groups = CacheReader(str(tmp_path / "c.h5")).groups  # a row without a group is a group of its own
@@ -154,8 +180,12 @@ def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
     stacked = make_classifier(spec, seed=3).fit(X, y, clf__groups=groups).named_steps["clf"]
     inner = list(StratifiedGroupKFold(5, shuffle=True, random_state=3).split(X, y, groups))
     assert all(not set(groups[a]) & set(groups[b]) for a, b in inner)
-    oof = np.hstack([cross_val_predict(make_classifier(m, seed=3), X, y, cv=inner, method="predict_proba")
-                     for m in ("logreg", "knn")])
+    oof = np.hstack(
+        [
+            cross_val_predict(make_classifier(m, seed=3), X, y, cv=inner, method="predict_proba")
+            for m in ("logreg", "knn")
+        ]
+    )
     final = LogisticRegression(max_iter=2000).fit(oof, y)
     np.testing.assert_allclose(stacked.final_.coef_, final.coef_, rtol=1e-6, atol=1e-8)
     blind = make_classifier(spec, seed=3).fit(X, y).named_steps["clf"]
@@ -167,8 +197,16 @@ def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
     for split, fold in zip(report.splits, report.results[0].folds):
         model = fit_grouped(make_classifier(spec, seed=3), X[split.train], y[split.train], groups[split.train])
         assert fold.scores["log_loss"] == pytest.approx(
-            float(-np.mean(np.log(np.clip(model.predict_proba(X[split.test])[np.arange(len(split.test)),
-                                                                              y[split.test]], 1e-15, None)))),
-            rel=1e-9)
+            float(
+                -np.mean(
+                    np.log(
+                        np.clip(
+                            model.predict_proba(X[split.test])[np.arange(len(split.test)), y[split.test]], 1e-15, None
+                        )
+                    )
+                )
+            ),
+            rel=1e-9,
+        )
     bundle = train(str(tmp_path / "c.h5"), spec, layer="flatten", seed=3)
     np.testing.assert_allclose(bundle.pipeline.named_steps["clf"].final_.coef_, stacked.final_.coef_, rtol=1e-9)

@@ -1,5 +1,6 @@
 """The extraction cache: its rows equal a direct forward pass, survive interruption, follow the input, and
 never mix settings."""
+
 import dataclasses
 import os
 import time
@@ -9,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import FAST, photo, write_bad_files, write_tree
 from PIL import Image
 from torchvision.transforms._presets import ImageClassification
 
 import embedder
 from embedder.cache import CacheReader, CacheWriter, parts_dir
 from embedder.errors import FeaturebankError
-
-from conftest import FAST, photo, write_bad_files, write_tree
 
 
 def reference_features(paths, seed=0, crop=64, resize=72):
@@ -64,9 +64,20 @@ def test_settings_and_provenance_are_recorded(tree, tmp_path):
     summary = embedder.extract(str(root), str(tmp_path / "c.h5"), seed=5, **FAST)
     reader = CacheReader(summary.cache)
     assert reader.settings == {
-        "backbone": "resnet18", "weights": "none:seed=5", "layers": ["flatten"], "pooling": "avg", "precision": "fp32",
-        "preprocessing": {"resize": 72, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                          "interpolation": "bilinear", "draft": True}}
+        "backbone": "resnet18",
+        "weights": "none:seed=5",
+        "layers": ["flatten"],
+        "pooling": "avg",
+        "precision": "fp32",
+        "preprocessing": {
+            "resize": 72,
+            "crop": 64,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "interpolation": "bilinear",
+            "draft": True,
+        },
+    }
     assert reader.attrs["source"] == f"classes:{root}" and reader.attrs["root"] == str(root)
     assert reader.info["versions"]["torch"] == torch.__version__
     st = os.stat(root / reader.paths[0])
@@ -137,8 +148,10 @@ def test_a_failure_during_the_merge_leaves_the_old_cache_and_every_batch(tmp_pat
     old = embedder.load(cache)[0]
     photo(77).save(root / "owls" / "late.png")
     with monkeypatch.context() as m:
+
         def crash(*args, **kwargs):
             raise Interrupt()
+
         m.setattr(CacheWriter, "_copy_features", crash)
         with pytest.raises(Interrupt):
             embedder.extract(str(root), cache, **FAST)
@@ -213,7 +226,9 @@ def test_other_settings_never_share_rows(tree, tmp_path):
     a = embedder.extract(str(root), cache_dir=cache_dir, **FAST)
     b = embedder.extract(str(root), cache_dir=cache_dir, pooling="max", **FAST)
     c = embedder.extract(str(root), cache_dir=cache_dir, seed=1, **FAST)
-    assert len({a.cache, b.cache, c.cache}) == 3 and os.path.basename(a.cache).startswith(f"{tmp_path.name}-images-resnet18-")
+    assert len({a.cache, b.cache, c.cache}) == 3 and os.path.basename(a.cache).startswith(
+        f"{tmp_path.name}-images-resnet18-"
+    )
     assert embedder.extract(str(root), cache_dir=cache_dir, **FAST).cache == a.cache
     assert not np.allclose(embedder.load(a.cache)[0], embedder.load(c.cache)[0])
     with pytest.raises(FeaturebankError, match="made with other settings .*pooling: 'avg' in the cache, 'max' now"):
@@ -232,16 +247,20 @@ def test_a_second_writer_is_refused_with_a_clear_message(tree, tmp_path):
     cache = str(tmp_path / "c.h5")
     embedder.extract(str(root), cache, **FAST)
     settings = CacheReader(cache).settings
-    with CacheWriter(cache, settings, f"classes:{root}", str(root)):
-        with pytest.raises(FeaturebankError, match="another featurebank process is writing"):
-            embedder.extract(str(root), cache, **FAST)
+    with (
+        CacheWriter(cache, settings, f"classes:{root}", str(root)),
+        pytest.raises(FeaturebankError, match="another featurebank process is writing"),
+    ):
+        embedder.extract(str(root), cache, **FAST)
 
 
 def test_manifest_labels_and_groups_reach_the_cache_and_relabeling_needs_no_embedding(tmp_path):
     root = tmp_path / "images"
     paths = write_tree(root, classes=("x",), per_class=4)
     manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label,group\n" + "".join(f"images/{p},{'ab'[i % 2]},g{i // 2}\n" for i, p in enumerate(paths)))
+    manifest.write_text(
+        "path,label,group\n" + "".join(f"images/{p},{'ab'[i % 2]},g{i // 2}\n" for i, p in enumerate(paths))
+    )
     cache = str(tmp_path / "c.h5")
     embedder.extract(str(manifest), cache, **FAST)
     reader = CacheReader(cache)
@@ -264,7 +283,11 @@ def test_a_reordered_manifest_reorders_the_rows_without_embedding(tmp_path):
     manifest.write_text("path,label\n" + "".join(f"images/{paths[i]},{paths[i][0]}\n" for i in order))
     summary = embedder.extract(str(manifest), cache, **FAST)
     Y, y, after = embedder.load(cache)
-    assert summary.embedded == 0 and list(after) == [before[i] for i in order] and list(y) == [p.split("/")[1] for p in after]
+    assert (
+        summary.embedded == 0
+        and list(after) == [before[i] for i in order]
+        and list(y) == [p.split("/")[1] for p in after]
+    )
     np.testing.assert_array_equal(Y, X[order])
 
 
@@ -293,17 +316,21 @@ def test_a_forked_child_does_not_keep_the_lock_of_a_killed_writer(tree, tmp_path
     cache = str(tmp_path / "c.h5")
     embedder.extract(str(root), cache, **FAST)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    writer = ("import os, sys, time; from embedder.cache import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
-              "w = CacheWriter(sys.argv[1], r.settings, r.attrs['source'], r.attrs['root']); w.__enter__(); "
-              "child = os.fork()\nif child == 0:\n    time.sleep(30); os._exit(0)\n"
-              "print(child, flush=True); time.sleep(30)")
+    writer = (
+        "import os, sys, time; from embedder.cache import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
+        "w = CacheWriter(sys.argv[1], r.settings, r.attrs['source'], r.attrs['root']); w.__enter__(); "
+        "child = os.fork()\nif child == 0:\n    time.sleep(30); os._exit(0)\n"
+        "print(child, flush=True); time.sleep(30)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", writer, cache], stdout=subprocess.PIPE, text=True, cwd=repo)
     child = int(proc.stdout.readline())  # the writer holds the lock and has forked its "worker"
     try:
         proc.send_signal(signal.SIGKILL)  # as kill -9: no release, the child lives on with every descriptor
         proc.wait()
-        second = ("import sys; from embedder.cache import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
-                  "w = CacheWriter(sys.argv[1], r.settings, r.attrs['source'], r.attrs['root']); w.__enter__(); print('ok')")
+        second = (
+            "import sys; from embedder.cache import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
+            "w = CacheWriter(sys.argv[1], r.settings, r.attrs['source'], r.attrs['root']); w.__enter__(); print('ok')"
+        )
         out = subprocess.run([sys.executable, "-c", second, cache], capture_output=True, text=True, cwd=repo)
         assert out.stdout.strip() == "ok", out.stderr
     finally:
@@ -347,11 +374,34 @@ def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeyp
     from embedder.settings import Int8
     from embedder.shards import ShardOptions
 
-    given = dict(source="photos/", cache="c.h5", backbone="resnet18", weights="w.pth", layers=["layer3", "layer2"],
-                 pooling="max", resize=80, crop=48, draft=False, precision="int8", device="cpu", batch_size=3,
-                 workers=2, seed=7, layout="flat", strict=True, max_pixels=12345, cache_dir="cached",
-                 engine="torch", int8=Int8(images=5, seed=9), engine_dir="engines", threads=1, progress=True,
-                 tta="flip", confine=True, shards=ShardOptions(image_column="jpg", label_key="json:label"))
+    given = dict(
+        source="photos/",
+        cache="c.h5",
+        backbone="resnet18",
+        weights="w.pth",
+        layers=["layer3", "layer2"],
+        pooling="max",
+        resize=80,
+        crop=48,
+        draft=False,
+        precision="int8",
+        device="cpu",
+        batch_size=3,
+        workers=2,
+        seed=7,
+        layout="flat",
+        strict=True,
+        max_pixels=12345,
+        cache_dir="cached",
+        engine="torch",
+        int8=Int8(images=5, seed=9),
+        engine_dir="engines",
+        threads=1,
+        progress=True,
+        tta="flip",
+        confine=True,
+        shards=ShardOptions(image_column="jpg", label_key="json:label"),
+    )
     assert set(given) == set(inspect.signature(job_module.extract).parameters)  # every keyword is exercised
     seen = []
     monkeypatch.setattr(job_module, "_extract", lambda group, started, job: seen.append(job))
@@ -373,9 +423,14 @@ def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeyp
     assert seen[-1].request.int8 is None and seen[-1].request.precision == "fp32"
 
 
-@pytest.mark.parametrize("bad, message", [({"pooling": "mean"}, "unknown pooling 'mean'"),
-                                          ({"batch_size": 0}, "--batch-size must be at least 1"),
-                                          ({"tta": "rotate"}, "unknown test-time augmentation 'rotate'")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"pooling": "mean"}, "unknown pooling 'mean'"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"tta": "rotate"}, "unknown test-time augmentation 'rotate'"),
+    ],
+)
 def test_bad_options_are_refused_before_the_input_is_read(tmp_path, bad, message):
     with pytest.raises(FeaturebankError, match=message):
         embedder.extract(str(tmp_path / "no such folder"), str(tmp_path / "c.h5"), **{**FAST, **bad})
@@ -386,18 +441,50 @@ def test_every_option_reaches_the_cache_and_its_run_record(tree, tmp_path):
     """Non-default settings end up in the cache's settings, the execution options in the run it records."""
     root, paths = tree
     engines = tmp_path / "engines"
-    summary = embedder.extract(str(root), backbone="resnet18", weights="none", seed=3, layers=["layer3"],
-                               pooling="max", resize=80, crop=48, draft=False, tta="flip", engine="torch",
-                               batch_size=5, workers=0, threads=1, device="cpu", layout="flat",
-                               cache_dir=str(tmp_path / "cached"), engine_dir=str(engines))
+    summary = embedder.extract(
+        str(root),
+        backbone="resnet18",
+        weights="none",
+        seed=3,
+        layers=["layer3"],
+        pooling="max",
+        resize=80,
+        crop=48,
+        draft=False,
+        tta="flip",
+        engine="torch",
+        batch_size=5,
+        workers=0,
+        threads=1,
+        device="cpu",
+        layout="flat",
+        cache_dir=str(tmp_path / "cached"),
+        engine_dir=str(engines),
+    )
     reader = CacheReader(summary.cache)
     assert reader.settings == {
-        "backbone": "resnet18", "weights": "none:seed=3", "layers": ["layer3"], "pooling": "max", "precision": "fp32",
-        "tta": "flip", "preprocessing": {"resize": 80, "crop": 48, "mean": [0.485, 0.456, 0.406],
-                                         "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "draft": False}}
+        "backbone": "resnet18",
+        "weights": "none:seed=3",
+        "layers": ["layer3"],
+        "pooling": "max",
+        "precision": "fp32",
+        "tta": "flip",
+        "preprocessing": {
+            "resize": 80,
+            "crop": 48,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "interpolation": "bilinear",
+            "draft": False,
+        },
+    }
     assert os.path.dirname(summary.cache) == str(tmp_path / "cached") and "-resnet18-" in summary.cache
     assert sorted(reader.paths) == sorted(paths) and summary.classes == []  # flat: unlabeled
     run = reader.info["runs"][-1]
-    assert (run["batch_size"], run["engine"]["name"], run["engine"]["device"], summary.device) == (5, "torch", "cpu",
-                                                                                                  "cpu")
+    assert (run["batch_size"], run["engine"]["name"], run["engine"]["device"], summary.device) == (
+        5,
+        "torch",
+        "cpu",
+        "cpu",
+    )
     assert os.listdir(engines) and not os.path.exists(os.path.join(str(tmp_path / "cached"), "engines"))

@@ -1,6 +1,7 @@
 """Fine-tuning on tiny CPU runs: what is frozen stays bit-identical, learning rates are as asked, a resumed run
 follows the uninterrupted one exactly, the result is a checkpoint like any other, the epoch is chosen on
 validation only (test images cannot change it), and groups stay on one side of the split."""
+
 from __future__ import annotations
 
 import csv
@@ -10,13 +11,22 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_bad_files, write_tree
+
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones import skeleton
 from embedder.errors import FeaturebankError
-from workflows.finetune import (block_names, finetune, fold_linear, freeze, linear_probe, param_groups, replace_head,
-                               split_rows, unfrozen_blocks)
+from workflows.finetune import (
+    block_names,
+    finetune,
+    fold_linear,
+    freeze,
+    linear_probe,
+    param_groups,
+    replace_head,
+    split_rows,
+    unfrozen_blocks,
+)
 
 TINY = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0, val_split=0.25)
 
@@ -51,8 +61,9 @@ def _head_log_loss(checkpoint: str, rows: list[dict]) -> float:
     for rows with a path and a label."""
     from classifiers.bundle import predict_imagenet
 
-    got = predict_imagenet([r["path"] for r in rows], backbone="resnet18", weights=checkpoint, top=10, batch_size=4,
-                           workers=0)["rows"]
+    got = predict_imagenet(
+        [r["path"] for r in rows], backbone="resnet18", weights=checkpoint, top=10, batch_size=4, workers=0
+    )["rows"]
     p = [{t["class"]: t["score"] for t in g["top"]}[r["label"]] for g, r in zip(got, rows)]
     return float(-np.mean(np.log(p)))
 
@@ -122,22 +133,61 @@ def test_resume_follows_the_uninterrupted_trajectory(images, tmp_path):
 
 
 # the keys of last.pt's "config" and best.pth's "featurebank", in order, as every featurebank so far wrote them
-RECORDED_KEYS = ["backbone", "weights", "unfreeze", "epochs", "lr", "backbone_lr_scale", "weight_decay", "batch_size",
-                 "dropout", "bn", "augment", "probe_init", "patience", "seed", "precision", "workers", "classes",
-                 "train_images", "val_images", "validation"]
+RECORDED_KEYS = [
+    "backbone",
+    "weights",
+    "unfreeze",
+    "epochs",
+    "lr",
+    "backbone_lr_scale",
+    "weight_decay",
+    "batch_size",
+    "dropout",
+    "bn",
+    "augment",
+    "probe_init",
+    "patience",
+    "seed",
+    "precision",
+    "workers",
+    "classes",
+    "train_images",
+    "val_images",
+    "validation",
+]
 
 
 def test_every_training_option_is_recorded_under_its_own_name(images, tmp_path):
     """Each option, given a value unlike the others', reaches the config that last.pt, best.pth and the result
     record, under its own name, in the format older runs have (so their --resume still matches); a resume that
     differs in one option names it."""
-    options = dict(unfreeze=2, epochs=1, lr=0.003, backbone_lr_scale=0.25, weight_decay=0.0007, batch_size=3,
-                   dropout=0.35, bn="train", augment="trivial", probe_init=False, patience=5, seed=11,
-                   precision="fp32", workers=0)
+    options = dict(
+        unfreeze=2,
+        epochs=1,
+        lr=0.003,
+        backbone_lr_scale=0.25,
+        weight_decay=0.0007,
+        batch_size=3,
+        dropout=0.35,
+        bn="train",
+        augment="trivial",
+        probe_init=False,
+        patience=5,
+        seed=11,
+        precision="fp32",
+        workers=0,
+    )
     common = dict(backbone="resnet18", weights="none", resize=72, crop=64, val_split=0.25)
     result = finetune(str(images), str(tmp_path / "run"), **common, **options)
-    expected = {"backbone": "resnet18", "weights": "none:seed=11", **options, "classes": ["cats", "dogs", "owls"],
-                "train_images": 9, "val_images": 3, "validation": "--val-split 0.25 of DATA, stratified"}
+    expected = {
+        "backbone": "resnet18",
+        "weights": "none:seed=11",
+        **options,
+        "classes": ["cats", "dogs", "owls"],
+        "train_images": 9,
+        "val_images": 3,
+        "validation": "--val-split 0.25 of DATA, stratified",
+    }
     last = _last(tmp_path / "run")
     assert last["config"] == expected and list(last["config"]) == RECORDED_KEYS
     best = torch.load(tmp_path / "run" / "best.pth", map_location="cpu", weights_only=True)["featurebank"]
@@ -145,17 +195,28 @@ def test_every_training_option_is_recorded_under_its_own_name(images, tmp_path):
     assert (result.history[1]["lr_head"], result.history[1]["lr_backbone"]) == (0.003, 0.003 * 0.25)
     # fields of one type swapped (lr and weight_decay) is another run, and --resume says which option differs
     with pytest.raises(FeaturebankError, match=r"was started with lr=0.003, not 0.0007; use the same options"):
-        finetune(str(images), str(tmp_path / "run"), resume=True, **common,
-                 **{**options, "lr": 0.0007, "weight_decay": 0.003})
+        finetune(
+            str(images),
+            str(tmp_path / "run"),
+            resume=True,
+            **common,
+            **{**options, "lr": 0.0007, "weight_decay": 0.003},
+        )
     with pytest.raises(FeaturebankError, match=r"was started with probe_init=False, not True"):
         finetune(str(images), str(tmp_path / "run"), resume=True, **common, **{**options, "probe_init": True})
     resumed = finetune(str(images), str(tmp_path / "run"), resume=True, **common, **{**options, "patience": 1})
     assert len(resumed.history) == 2 and resumed.config == {**expected, "patience": 1}  # patience may change
 
 
-@pytest.mark.parametrize("bad, message", [({"epochs": 0}, "--epochs and --batch-size must be at least 1"),
-                                          ({"lr": 0.0}, "--lr positive"), ({"dropout": 1.0}, r"--dropout in \[0, 1\)"),
-                                          ({"augment": "heavy"}, "unknown augmentation 'heavy'")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"epochs": 0}, "--epochs and --batch-size must be at least 1"),
+        ({"lr": 0.0}, "--lr positive"),
+        ({"dropout": 1.0}, r"--dropout in \[0, 1\)"),
+        ({"augment": "heavy"}, "unknown augmentation 'heavy'"),
+    ],
+)
 def test_bad_training_options_are_refused_before_anything_is_embedded(images, tmp_path, bad, message):
     with pytest.raises(FeaturebankError, match=message):
         finetune(str(images), str(tmp_path / "run"), **{**TINY, **bad})
@@ -196,9 +257,14 @@ def test_head_starts_as_the_linear_probe():
 
 def test_checkpoint_is_a_backbone_like_any_other(images, tmp_path):
     result = finetune(str(images), str(tmp_path / "run"), epochs=2, from_scratch=True, **TINY)
-    assert [r["model"].split(" (")[0] for r in result.comparison] == ["frozen linear probe", "fine-tuned", "from scratch"]
-    summary = extract(images, str(tmp_path / "ft.h5"), backbone="resnet18", weights=result.checkpoint, batch_size=4,
-                      workers=0)
+    assert [r["model"].split(" (")[0] for r in result.comparison] == [
+        "frozen linear probe",
+        "fine-tuned",
+        "from scratch",
+    ]
+    summary = extract(
+        images, str(tmp_path / "ft.h5"), backbone="resnet18", weights=result.checkpoint, batch_size=4, workers=0
+    )
     settings = CacheReader(summary.cache).settings
     assert settings["weights"].startswith("sha256:") and settings["weights"] != "none:seed=0"
     assert (settings["preprocessing"]["resize"], settings["preprocessing"]["crop"]) == (72, 64)  # carried by the file
@@ -213,7 +279,12 @@ def test_checkpoint_is_a_backbone_like_any_other(images, tmp_path):
     assert len(val) == result.config["val_images"] == 3
     assert _head_log_loss(result.checkpoint, val) == pytest.approx(history[best]["val_loss"], abs=2e-3)
     assert result.comparison[1]["val_accuracy"] == history[best]["val_accuracy"]
-    assert (tmp_path / "run" / "log.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_accuracy,val_loss")
+    assert (
+        (tmp_path / "run" / "log.csv")
+        .read_text()
+        .splitlines()[0]
+        .startswith("epoch,train_loss,train_accuracy,val_loss")
+    )
     assert (tmp_path / "run" / "scratch" / "log.csv").read_text().count("\n") == 4  # header, epochs 0 to 2
     scratch = _last(tmp_path / "run" / "scratch")["model"]
     base = load_backbone("resnet18", "none").model.state_dict()
@@ -230,9 +301,11 @@ def test_the_curves_draw_the_history(tmp_path):
 
     from classifiers.plots import training_curves, training_curves_png
 
-    history = [{"epoch": 0, "train_loss": None, "train_accuracy": None, "val_loss": 1.1, "val_accuracy": 0.4},
-               {"epoch": 1, "train_loss": 0.9, "train_accuracy": 0.5, "val_loss": 0.8, "val_accuracy": 0.6},
-               {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.9}]
+    history = [
+        {"epoch": 0, "train_loss": None, "train_accuracy": None, "val_loss": 1.1, "val_accuracy": 0.4},
+        {"epoch": 1, "train_loss": 0.9, "train_accuracy": 0.5, "val_loss": 0.8, "val_accuracy": 0.6},
+        {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.9},
+    ]
     fig = training_curves(history)
     loss, accuracy = fig.axes
     lines = {(ax.get_title(), line.get_label()): list(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()}
@@ -284,17 +357,26 @@ def test_test_images_never_influence_the_checkpoint(images, tmp_path):
     assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
     val = lambda r: {k: v for k, v in r.items() if k.startswith("val_")}  # noqa: E731
     assert [val(r) for r in a.comparison] == [val(r) for r in b.comparison]
-    assert (a.reported_on, a.test_images, b.test_images) == ("test", 6, 9) and "nothing was trained or selected" in a.note
+    assert (a.reported_on, a.test_images, b.test_images) == (
+        "test",
+        6,
+        9,
+    ) and "nothing was trained or selected" in a.note
     # the probe's test numbers: the zoo's logreg fit on the training part of the cache, scored on the test cache
     split = _split(tmp_path / "a")
-    assert len(split["test"]) == 6 and not {r["path"] for r in split["test"]} & {r["path"] for r in split["train"] + split["val"]}
-    fast = dict(backbone="resnet18", weights="none", resize=72, crop=64, layers=["penultimate"], batch_size=4, workers=0)
+    assert len(split["test"]) == 6 and not {r["path"] for r in split["test"]} & {
+        r["path"] for r in split["train"] + split["val"]
+    }
+    fast = dict(
+        backbone="resnet18", weights="none", resize=72, crop=64, layers=["penultimate"], batch_size=4, workers=0
+    )
     train_cache = CacheReader(extract(images, **fast).cache)
     test_cache = CacheReader(extract(tmp_path / "test1", **fast).cache)
     classes = ["cats", "dogs", "owls"]
     rows = [i for i, p in enumerate(train_cache.full_paths()) if p in {r["path"] for r in split["train"]}]
-    probe = make_classifier("logreg").fit(train_cache.features()[rows],
-                                          [classes.index(c) for c in train_cache.labels[rows]])
+    probe = make_classifier("logreg").fit(
+        train_cache.features()[rows], [classes.index(c) for c in train_cache.labels[rows]]
+    )
     y_test = np.array([classes.index(c) for c in test_cache.labels])
     expected = scores(y_test, probe.predict(test_cache.features()), probe.predict_proba(test_cache.features()), 3)
     assert {k: a.comparison[0][f"test_{k}"] for k in expected} == pytest.approx(expected)
@@ -310,8 +392,11 @@ def test_test_images_that_are_training_images_are_refused(images, tmp_path):
     copy = tmp_path / "copy" / "cats"
     copy.mkdir(parents=True)
     shutil.copy(images / "dogs" / "img01.png", copy / "renamed.png")  # same bytes, another name and class
-    with pytest.raises(FeaturebankError, match=r"holds 1 image\(s\) whose bytes equal a training or validation image "
-                                               r"\(cats/renamed.png\).*give --drop-test-copies"):
+    with pytest.raises(
+        FeaturebankError,
+        match=r"holds 1 image\(s\) whose bytes equal a training or validation image "
+        r"\(cats/renamed.png\).*give --drop-test-copies",
+    ):
         finetune(str(images), str(tmp_path / "run"), test=str(tmp_path / "copy"), epochs=1, **TINY)
     assert not (tmp_path / "run" / "last.pt").exists()  # refused before any training
 
@@ -358,8 +443,11 @@ def _manifest(path, images, groups: dict[str, str]):
 def test_groups_stay_on_one_side_in_the_split_used(images, tmp_path):
     """A manifest where only some images have a group: the run's split (split.csv) keeps each group on one side,
     the ungrouped images spread over both; a --val or --test sharing a group with DATA is refused."""
-    groups = {f"{c}/img{i:02d}.{'jpg' if i % 2 == 0 else 'png'}": f"{c}-pair" for c in ("cats", "dogs", "owls")
-              for i in (0, 1)}
+    groups = {
+        f"{c}/img{i:02d}.{'jpg' if i % 2 == 0 else 'png'}": f"{c}-pair"
+        for c in ("cats", "dogs", "owls")
+        for i in (0, 1)
+    }
     _manifest(tmp_path / "data.csv", images, groups)
     result = finetune(str(tmp_path / "data.csv"), str(tmp_path / "run"), epochs=1, **TINY)
     split = _split(tmp_path / "run")
@@ -385,17 +473,50 @@ def test_the_command_says_what_its_numbers_are(images, tmp_path):
     import cli
 
     write_tree(tmp_path / "test", per_class=2, start=100)
-    args = ["finetune", str(images), "-o", str(tmp_path / "run"), "-b", "resnet18", "-w", "none", "--resize", "72",
-            "--crop", "64", "--batch-size", "4", "--workers", "0", "--epochs", "1", "--val-split", "0.25", "-q"]
+    args = [
+        "finetune",
+        str(images),
+        "-o",
+        str(tmp_path / "run"),
+        "-b",
+        "resnet18",
+        "-w",
+        "none",
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--epochs",
+        "1",
+        "--val-split",
+        "0.25",
+        "-q",
+    ]
     done = CliRunner().invoke(cli.main, [*args, "--test", str(tmp_path / "test")])
     assert done.exit_code == 0, done.output
     d = json.loads((tmp_path / "run" / "report.json").read_text())
     lines = done.output.splitlines()
-    assert lines[1] == d["note"] and lines[2].split() == ["model", "test", "acc", "%", "bal.", "acc", "%", "val", "acc",
-                                                           "%", "seconds"]
+    assert lines[1] == d["note"] and lines[2].split() == [
+        "model",
+        "test",
+        "acc",
+        "%",
+        "bal.",
+        "acc",
+        "%",
+        "val",
+        "acc",
+        "%",
+        "seconds",
+    ]
     probe = d["comparison"][0]
-    assert lines[3].split()[-4:-1] == [f"{100 * probe[k]:.2f}" for k in ("test_accuracy", "test_balanced_accuracy",
-                                                                         "val_accuracy")]
+    assert lines[3].split()[-4:-1] == [
+        f"{100 * probe[k]:.2f}" for k in ("test_accuracy", "test_balanced_accuracy", "val_accuracy")
+    ]
     refused = CliRunner().invoke(cli.main, [*args[:3], str(tmp_path / "other"), *args[4:], "--test", str(images)])
     assert refused.exit_code == 1 and refused.output.count("\n") == 1
     assert refused.output.startswith("Error: --test ") and "also a training or validation image" in refused.output

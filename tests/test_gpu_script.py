@@ -1,5 +1,6 @@
 """benchmarks/gpu.py, the script a lent GPU runs, run here in its --tiny mode on the CPU (its table must hold the
 expected rows with values that make sense), and the GPU code paths that can be checked without a GPU."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,17 +37,42 @@ def tiny(tmp_path_factory):
     before = TRACKED.read_bytes() if TRACKED.exists() else None
     # one math thread: a busy shared CI machine makes two spin-waiting threads many times slower than one
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--results", str(tmp / "RESULTS.md"), "--out",
-                           str(tmp / "out"), "--work", str(tmp / "work"), "--assets", str(tmp / "no-assets"),
-                           "--budget", "900"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
-                          check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--tiny",
+            "--results",
+            str(tmp / "RESULTS.md"),
+            "--out",
+            str(tmp / "out"),
+            "--work",
+            str(tmp / "work"),
+            "--assets",
+            str(tmp / "no-assets"),
+            "--budget",
+            "900",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     after = TRACKED.read_bytes() if TRACKED.exists() else None
     data = json.loads((tmp / "out" / "gpu_results.json").read_text())
     rows = {r["key"]: r for s in data["sections"] for r in s["rows"]}
-    return {"data": data, "rows": rows, "sections": {s["name"]: s for s in data["sections"]},
-            "markdown": (tmp / "RESULTS.md").read_text(), "tracked_unchanged": before == after, "tmp": tmp,
-            "stdout": done.stdout}
+    return {
+        "data": data,
+        "rows": rows,
+        "sections": {s["name"]: s for s in data["sections"]},
+        "markdown": (tmp / "RESULTS.md").read_text(),
+        "tracked_unchanged": before == after,
+        "tmp": tmp,
+        "stdout": done.stdout,
+    }
 
 
 @pytest.mark.slow
@@ -54,8 +80,18 @@ def test_tiny_runs_every_section_it_can_and_skips_the_cuda_ones_with_the_reason(
     sections = tiny["sections"]
     assert list(sections) == [name for name, *_ in load_script().SECTIONS]
     ran = [n for n, s in sections.items() if s["status"] == "ok"]
-    assert ran == ["env", "synth", "vectors", "model", "decode", "nvjpeg", "extract", "devices", "finetune",
-                   "compile"], {n: (s["status"], s["error"]) for n, s in sections.items()}
+    assert ran == [
+        "env",
+        "synth",
+        "vectors",
+        "model",
+        "decode",
+        "nvjpeg",
+        "extract",
+        "devices",
+        "finetune",
+        "compile",
+    ], {n: (s["status"], s["error"]) for n, s in sections.items()}
     assert sections["oom"]["status"] == "skipped" and "needs CUDA" in sections["oom"]["error"]
     assert sections["tests"]["status"] == "skipped" and "--tiny" in sections["tests"]["error"]
     assert tiny["rows"]["cuda"]["value"] is False and tiny["data"]["mode"] == "tiny"
@@ -117,14 +153,33 @@ def test_tiny_devices_finetune_and_verdict(tiny):
 
 def test_record_merges_a_rerun_into_the_results_file(tmp_path):
     gpu = load_script()
-    section = lambda name, status, value: {"name": name, "status": status, "seconds": 1.0, "error": "",
-                                           "rows": [{"key": f"{name}.x", "value": value, "unit": "", "note": "",
-                                                     "check": None}]}
-    first = {"mode": "full", "machine": "NVIDIA H200", "host": "16 cores", "date": "2026-12-01 10:00 UTC",
-             "budget": 450, "seconds": 400.0, "data": "", "models": ["resnet50"],
-             "sections": [section("env", "ok", 1), section("vectors", "failed", 2), section("oom", "ok", 3)]}
-    second = {**first, "date": "2026-12-01 10:20 UTC", "seconds": 50.0,
-              "sections": [section("env", "ok", 1), section("vectors", "ok", 20), section("oom", "skipped", 0)]}
+
+    def section(name, status, value):
+        return {
+            "name": name,
+            "status": status,
+            "seconds": 1.0,
+            "error": "",
+            "rows": [{"key": f"{name}.x", "value": value, "unit": "", "note": "", "check": None}],
+        }
+
+    first = {
+        "mode": "full",
+        "machine": "NVIDIA H200",
+        "host": "16 cores",
+        "date": "2026-12-01 10:00 UTC",
+        "budget": 450,
+        "seconds": 400.0,
+        "data": "",
+        "models": ["resnet50"],
+        "sections": [section("env", "ok", 1), section("vectors", "failed", 2), section("oom", "ok", 3)],
+    }
+    second = {
+        **first,
+        "date": "2026-12-01 10:20 UTC",
+        "seconds": 50.0,
+        "sections": [section("env", "ok", 1), section("vectors", "ok", 20), section("oom", "skipped", 0)],
+    }
     (tmp_path / "a.json").write_text(json.dumps(first))
     (tmp_path / "b.json").write_text(json.dumps(second))
     results = tmp_path / "RESULTS.md"

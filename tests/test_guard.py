@@ -1,18 +1,18 @@
 """Device failures: out-of-memory halves the batch without losing or duplicating a row; other errors say what they are.
 
 No GPU is needed: fake engines raise torch's own exception types with CUDA's messages."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import FAST
 
 import embedder
 from embedder.cache import CacheReader
 from embedder.errors import FeaturebankError
 from embedder.guard import BatchRunner
-
-from conftest import FAST
 
 
 class Engine:
@@ -29,8 +29,9 @@ class Engine:
         if self.error is not None:
             raise self.error
         if len(images) > self.fits:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(images) * 98} MiB (GPU 0; "
-                                         f"79.10 GiB total capacity)")
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate {len(images) * 98} MiB (GPU 0; 79.10 GiB total capacity)"
+            )
         x = np.asarray(images, dtype=np.float32)
         return {"a": x.reshape(len(x), -1).sum(1, keepdims=True), "b": x[:, :1, 0, 0]}
 
@@ -50,8 +51,10 @@ def test_out_of_memory_halves_until_it_fits_and_keeps_every_row_in_order():
         np.testing.assert_array_equal(out[layer], expected[layer])
     assert runner.chunk == 3 and runner.halvings == 2  # 13 → 6 → 3
     assert engine.calls == [13, 6, 3, 3, 3, 3, 1]  # each image ran once in a piece that succeeded
-    assert said == ["out of memory on a batch of 13: continuing with batches of 6",
-                    "out of memory on a batch of 6: continuing with batches of 3"]
+    assert said == [
+        "out of memory on a batch of 13: continuing with batches of 6",
+        "out of memory on a batch of 6: continuing with batches of 3",
+    ]
     engine.calls.clear()
     np.testing.assert_array_equal(runner(batch(7, 1))["a"], Engine()(batch(7, 1))["a"])
     assert engine.calls == [3, 3, 1]  # the size that fits is kept: no failed attempt per batch
@@ -62,14 +65,24 @@ def test_out_of_memory_on_one_image_is_one_line():
         BatchRunner(Engine(fits=0), say=lambda s: None)(batch(4))
 
 
-@pytest.mark.parametrize("error, expected", [
-    (torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
-     r"^CUDA error on cuda:0 \(AcceleratorError: CUDA error: an illegal memory access was encountered\); the "
-     r"batches before it are saved"),
-    (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), r"^CUDA error on cuda:0 \(RuntimeError: cuDNN error"),
-    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"),
-     r"^the torch engine failed on a batch of 4 image\(s\) \(RuntimeError: mat1 and mat2 shapes"),
-])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (
+            torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+            r"^CUDA error on cuda:0 \(AcceleratorError: CUDA error: an illegal memory access was encountered\); the "
+            r"batches before it are saved",
+        ),
+        (
+            RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"),
+            r"^CUDA error on cuda:0 \(RuntimeError: cuDNN error",
+        ),
+        (
+            RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"),
+            r"^the torch engine failed on a batch of 4 image\(s\) \(RuntimeError: mat1 and mat2 shapes",
+        ),
+    ],
+)
 def test_other_errors_are_reported_as_what_they_are(error, expected):
     with pytest.raises(FeaturebankError, match=expected) as info:
         BatchRunner(Engine(error=error))(batch(4))
@@ -92,8 +105,16 @@ def test_an_extract_run_that_runs_out_of_memory_writes_the_same_rows(tree, tmp_p
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return engine(images)
 
-        wrapped = type("Small", (), {"name": "torch", "device": "cuda:0", "__call__": lambda self, x: call(x),
-                                     "describe": lambda self: engine.describe()})()
+        wrapped = type(
+            "Small",
+            (),
+            {
+                "name": "torch",
+                "device": "cuda:0",
+                "__call__": lambda self, x: call(x),
+                "describe": lambda self: engine.describe(),
+            },
+        )()
         return wrapped
 
     monkeypatch.setattr(job, "open_engine", small_memory)

@@ -1,4 +1,5 @@
 """A real `kill -9` in the middle of `featurebank extract` loses only the batches in flight."""
+
 import os
 import signal
 import subprocess
@@ -7,18 +8,36 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST, ROOT, write_tree
 
 import embedder
 from embedder.cache import CacheReader, parts_dir
-
-from conftest import FAST, ROOT, write_tree
 
 pytestmark = pytest.mark.slow
 
 
 def run_cli(root, cache, *extra):
-    args = [sys.executable, "-c", "import cli; cli.main()", "extract", str(root), "--cache", str(cache), "-q",
-            "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "0", *extra]
+    args = [
+        sys.executable,
+        "-c",
+        "import cli; cli.main()",
+        "extract",
+        str(root),
+        "--cache",
+        str(cache),
+        "-q",
+        "-b",
+        "resnet18",
+        "-w",
+        "none",
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--workers",
+        "0",
+        *extra,
+    ]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -57,9 +76,35 @@ def test_kill_9_mid_finetune_then_resume_gives_the_uninterrupted_weights(tmp_pat
     env = {**os.environ, "FEATUREBANK_CACHE_DIR": str(tmp_path / "cache")}
 
     def finetune(out, *extra):
-        args = [sys.executable, "-c", "import cli; cli.main()", "finetune", str(root), "-o", str(out), "-q",
-                "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "0",
-                "--batch-size", "2", "--epochs", "6", "--patience", "6", "--val-split", "0.25", *extra]
+        args = [
+            sys.executable,
+            "-c",
+            "import cli; cli.main()",
+            "finetune",
+            str(root),
+            "-o",
+            str(out),
+            "-q",
+            "-b",
+            "resnet18",
+            "-w",
+            "none",
+            "--resize",
+            "72",
+            "--crop",
+            "64",
+            "--workers",
+            "0",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "6",
+            "--patience",
+            "6",
+            "--val-split",
+            "0.25",
+            *extra,
+        ]
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     whole = finetune(tmp_path / "whole")

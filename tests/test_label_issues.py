@@ -1,6 +1,7 @@
 """Label issues (classifiers/label_issues.py): flipped labels rank first, the estimate is near the number flipped
 and near zero without flips, the class-pair counts add up to it, the confident joint is cleanlab's, and the
 report carries the list in report.json, label_issues.csv, report.md and report.html."""
+
 from __future__ import annotations
 
 import csv
@@ -10,8 +11,15 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from classifiers.label_issues import (calibrate, combine, confident_joint, confident_thresholds, find_label_issues,
-                                      label_quality, neighbour_probs)
+from classifiers.label_issues import (
+    calibrate,
+    combine,
+    confident_joint,
+    confident_thresholds,
+    find_label_issues,
+    label_quality,
+    neighbour_probs,
+)
 from classifiers.neighbours import nearest_neighbours
 
 
@@ -34,8 +42,13 @@ def flip(y, rate, k, seed=0, only=None):
 
 
 def oof(X, y, seed=0):
-    return cross_val_predict(LogisticRegression(C=1.0, max_iter=1000), X, y, method="predict_proba",
-                             cv=StratifiedKFold(5, shuffle=True, random_state=seed))
+    return cross_val_predict(
+        LogisticRegression(C=1.0, max_iter=1000),
+        X,
+        y,
+        method="predict_proba",
+        cv=StratifiedKFold(5, shuffle=True, random_state=seed),
+    )
 
 
 @pytest.mark.parametrize("rank_by", ["self_confidence", "normalized_margin"])
@@ -53,7 +66,7 @@ def test_flipped_rows_rank_first_and_the_estimate_is_near_the_number_flipped(ran
     assert flagged <= set(found.order.tolist()) and 0.8 * k <= len(flagged) <= found.estimated
     assert len(flagged & set(flipped.tolist())) >= 0.9 * k  # recall of the estimated set
     by_rank = find_label_issues(noisy, oof(X, noisy), rank_by, flag="rank")  # the other rule: the first `estimated`
-    assert set(np.flatnonzero(by_rank.flagged).tolist()) == set(by_rank.order[:by_rank.estimated].tolist())
+    assert set(np.flatnonzero(by_rank.flagged).tolist()) == set(by_rank.order[: by_rank.estimated].tolist())
 
 
 def test_class_pair_estimate_points_at_the_pair_that_was_flipped():
@@ -77,8 +90,16 @@ def test_an_unflipped_separable_dataset_has_an_estimate_near_zero():
 
 def test_confident_joint_and_calibration_by_hand():
     labels = np.array([0, 0, 0, 1, 1, 1])
-    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8],  # the third: labelled 0, confidently 1
-                      [0.1, 0.9], [0.3, 0.7], [0.4, 0.6]])
+    probs = np.array(
+        [
+            [0.9, 0.1],
+            [0.8, 0.2],
+            [0.2, 0.8],  # the third: labelled 0, confidently 1
+            [0.1, 0.9],
+            [0.3, 0.7],
+            [0.4, 0.6],
+        ]
+    )
     t = confident_thresholds(labels, probs)
     np.testing.assert_allclose(t, [(0.9 + 0.8 + 0.2) / 3, (0.9 + 0.7 + 0.6) / 3])
     joint, guess = confident_joint(labels, probs)
@@ -134,21 +155,28 @@ def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
     assert issues[0]["label"] == "class0" and issues[0]["suggested"] == "class1" and issues[0]["score"] > 0.5
     assert [i["score"] for i in issues] == sorted((i["score"] for i in issues), reverse=True)
     assert d["label_issues_estimated"] >= 1
-    assert {"label": "class0", "suggested": "class1", "count": next(
-        p["count"] for p in d["label_issues_pairs"] if (p["label"], p["suggested"]) == ("class0", "class1"))} \
-        in d["label_issues_pairs"]
+    assert {
+        "label": "class0",
+        "suggested": "class1",
+        "count": next(
+            p["count"] for p in d["label_issues_pairs"] if (p["label"], p["suggested"]) == ("class0", "class1")
+        ),
+    } in d["label_issues_pairs"]
     assert sum(p["count"] for p in d["label_issues_pairs"]) == d["label_issues_estimated"]
     judge = [r for r in report.leaderboard("log_loss") if r.proba is not None][0]  # the best member alone
     assert d["label_issues_one_model_estimate"] == find_label_issues(report.data.y, judge.proba.mean(axis=0)).estimated
-    assert d["label_issues_method"]["members"] and d["label_issues_method"]["rank_by"] in ("self_confidence",
-                                                                                          "normalized_margin")
+    assert d["label_issues_method"]["members"] and d["label_issues_method"]["rank_by"] in (
+        "self_confidence",
+        "normalized_margin",
+    )
     with open(run / "label_issues.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["path"], r["label"], r["suggested"], float(r["score"])) for r in rows] == \
-        [(i["path"], i["label"], i["suggested"], i["score"]) for i in issues]
+    assert [(r["path"], r["label"], r["suggested"], float(r["score"])) for r in rows] == [
+        (i["path"], i["label"], i["suggested"], i["score"]) for i in issues
+    ]
     assert rows[0]["rank"] == "1"
     cards = page.section("label-issues")
-    assert [c["path"] for c in cards] == [i["path"] for i in issues][:len(cards)] and cards
+    assert [c["path"] for c in cards] == [i["path"] for i in issues][: len(cards)] and cards
     assert cards[0]["src"] and "suggested class1" in cards[0]["text"]
     assert page.text["label-issues-estimated"] == str(d["label_issues_estimated"])
     assert "label-issue-pairs" in page.text and "class0" in page.text["label-issue-pairs"]
@@ -160,9 +188,9 @@ def test_relabel_applies_accepted_corrections_to_a_manifest_and_extract_keeps_th
     import json
 
     from click.testing import CliRunner
+    from conftest import write_tree
 
     import cli
-    from conftest import write_tree
     from embedder.cache import CacheReader
 
     root = tmp_path / "photos"
@@ -176,8 +204,9 @@ def test_relabel_applies_accepted_corrections_to_a_manifest_and_extract_keeps_th
     before = CacheReader(str(cache)).features(CacheReader(str(cache)).layers[0]).copy()
     # label_issues.csv as cv writes it, less a row not accepted; one row stale (its label changed since)
     corrections = tmp_path / "label_issues.csv"
-    corrections.write_text("rank,path,label,suggested,score,within_estimate\n"
-                           f"1,{paths[0]},cats,dogs,0.9,1\n3,{paths[3]},cats,owls,0.5,0\n")
+    corrections.write_text(
+        f"rank,path,label,suggested,score,within_estimate\n1,{paths[0]},cats,dogs,0.9,1\n3,{paths[3]},cats,owls,0.5,0\n"
+    )
     out = tmp_path / "fixed.csv"
     result = runner.invoke(cli.main, ["relabel", str(manifest), str(corrections), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output

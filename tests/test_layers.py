@@ -1,5 +1,6 @@
 """The layer rule (docs/contributing.md): imports point one way, cli → workflows → classifiers → embedder, with no
 cycle inside a package and no private name taken from another module. The contracts are in ``.importlinter``."""
+
 from __future__ import annotations
 
 import ast
@@ -9,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 pytest.importorskip("importlinter", reason="import-linter checks the layers: pip install -e '.[test]'")
@@ -20,8 +20,14 @@ LINT = "import sys; from importlinter.cli import lint_imports_command; sys.exit(
 
 def lint_imports(root) -> subprocess.CompletedProcess:
     """``lint-imports`` on the tree at ``root`` (its own packages first on the path), without a cache folder."""
-    return subprocess.run([sys.executable, "-c", LINT, "--no-cache"], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", LINT, "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=120,
+    )
 
 
 def test_the_import_contracts_hold():
@@ -39,13 +45,16 @@ def tree(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("module,line,broken", [
-    ("embedder/settings.py", "from classifiers import zoo", "embedder is not allowed to import classifiers"),
-    ("classifiers/data.py", "from workflows import deploy", "classifiers is not allowed to import workflows"),
-    ("embedder/errors.py", "import cli", "cli.py is the top: no package imports it BROKEN"),
-    ("workflows/deploy.py", "from workflows.finetune import loop", "do not import each other BROKEN"),
-    ("classifiers/reading.py", "from . import report", "No cycles are allowed in classifiers"),
-])
+@pytest.mark.parametrize(
+    "module,line,broken",
+    [
+        ("embedder/settings.py", "from classifiers import zoo", "embedder is not allowed to import classifiers"),
+        ("classifiers/data.py", "from workflows import deploy", "classifiers is not allowed to import workflows"),
+        ("embedder/errors.py", "import cli", "cli.py is the top: no package imports it BROKEN"),
+        ("workflows/deploy.py", "from workflows.finetune import loop", "do not import each other BROKEN"),
+        ("classifiers/reading.py", "from . import report", "No cycles are allowed in classifiers"),
+    ],
+)
 def test_an_upward_or_circular_import_breaks_a_contract(tree, module, line, broken):
     """Each contract bites: the same check fails once one such import is added, even inside a function."""
     path = tree / module
@@ -61,8 +70,11 @@ def private_imports(root) -> list[str]:
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in PACKAGES):
-                found += [f"{path.relative_to(root)}: {node.module}.{a.name}" for a in node.names
-                          if a.name.startswith("_") and not a.name.startswith("__")]
+                found += [
+                    f"{path.relative_to(root)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     return found
 
 

@@ -1,4 +1,5 @@
 """The tuned linear probe: C chosen on inner folds along a warm-started path, refit on every row."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,7 @@ def test_the_warm_started_path_scores_what_cold_fits_score():
                 continue
             assert model.cv_scores_[f, j] == pytest.approx(loss, rel=1e-3, abs=1e-4)
     best = (0.001, 0.01, 0.1, 1.0)[int(np.nanargmin(model.cv_scores_.mean(axis=0)))]
-    assert model.C_ == best  # a sweep that stopped early left NaN for the values it never ran
+    assert best == model.C_  # a sweep that stopped early left NaN for the values it never ran
     refit = LogisticRegression(C=best, max_iter=2000).fit(X, y)
     np.testing.assert_allclose(model.coef_, refit.coef_, atol=1e-4)
     np.testing.assert_array_equal(model.predict(X), refit.predict(X))
@@ -38,7 +39,7 @@ def test_the_warm_started_path_scores_what_cold_fits_score():
 
 def test_noise_asks_for_strong_regularization_and_clean_data_for_weak():
     noisy_X, noisy_y = blobs(n_per_class=15, dims=200, spread=20.0, seed=1)  # few rows, many noisy dimensions
-    clean_X, clean_y = blobs(n_per_class=60, dims=5, spread=0.6, seed=2)     # well separated
+    clean_X, clean_y = blobs(n_per_class=60, dims=5, spread=0.6, seed=2)  # well separated
     noisy = TunedLogisticRegression().fit(noisy_X, noisy_y)
     clean = TunedLogisticRegression().fit(clean_X, clean_y)
     assert noisy.C_ <= 1e-3 < 1.0 <= clean.C_
@@ -78,7 +79,7 @@ def test_inner_folds_keep_each_group_on_one_side(monkeypatch):
     linear_inner_splits = linear.inner_splits
     monkeypatch.setattr(linear, "inner_splits", recording)
     make_classifier("logreg").fit(X, y, clf__groups=groups)
-    (used, splits), = seen
+    ((used, splits),) = seen
     np.testing.assert_array_equal(used, groups)
     for train, test in splits:
         assert not set(groups[train]) & set(groups[test])
@@ -98,7 +99,11 @@ def test_the_zoo_probe_is_tuned_and_folds_into_one_linear_layer():
 def test_bad_values_are_one_line_when_the_spec_is_read():
     from embedder.errors import FeaturebankError
 
-    for spec, words in (("logreg:scoring=auc", "scoring must be one of"), ("logreg:C=-1", "C=-1: give a positive"),
-                        ("logreg:C=abc", "C='abc'"), ("logreg:inner_folds=1", "inner_folds=1")):
+    for spec, words in (
+        ("logreg:scoring=auc", "scoring must be one of"),
+        ("logreg:C=-1", "C=-1: give a positive"),
+        ("logreg:C=abc", "C='abc'"),
+        ("logreg:inner_folds=1", "inner_folds=1"),
+    ):
         with pytest.raises(FeaturebankError, match=words):
             make_classifier(spec)

@@ -1,14 +1,14 @@
 """The cache merge: bounded reads whatever the row order, parts of several ranks, the lock holder's clean-up."""
+
 import os
 
 import h5py
 import numpy as np
 import pytest
+from conftest import SYNTHETIC_SETTINGS, synthetic_cache
 
 import embedder.cache as cache_module
 from embedder.cache import CacheReader, CacheWriter, copy_rows, parts_dir, spill_path
-
-from conftest import SYNTHETIC_SETTINGS, synthetic_cache
 
 
 class Recorded:
@@ -80,8 +80,14 @@ def test_a_commit_in_a_new_order_moves_every_row_with_its_features(tmp_path, mon
 
 def batch(paths, dim=16, value=0.0):
     n = len(paths)
-    rows = {"path": paths, "label": ["a"] * n, "group": [""] * n, "size": [1] * n, "mtime_ns": [1] * n,
-            "digest": [f"{i:032x}" for i in range(n)]}
+    rows = {
+        "path": paths,
+        "label": ["a"] * n,
+        "group": [""] * n,
+        "size": [1] * n,
+        "mtime_ns": [1] * n,
+        "digest": [f"{i:032x}" for i in range(n)],
+    }
     feats = {"flatten": np.full((n, dim), value, np.float32), "layer3": np.full((n, dim // 2), value, np.float32)}
     return rows, feats, {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
 
@@ -106,8 +112,11 @@ def test_parts_of_two_ranks_merge_into_the_input_order(tmp_path):
             leader.write_batch(*batch(["a/4.jpg"], value=2))
             with pytest.raises(RuntimeError, match="only the writer that holds the cache's lock commits"):
                 other.commit([], {})
-        assert sorted(os.listdir(parts_dir(path))) == ["part-00000001-rank0.h5", "part-00000001-rank1.h5",
-                                                       "part-00000002-rank0.h5"]
+        assert sorted(os.listdir(parts_dir(path))) == [
+            "part-00000001-rank0.h5",
+            "part-00000001-rank1.h5",
+            "part-00000002-rank0.h5",
+        ]
         assert leader.adopt_parts() == 1
         leader.commit([(f"a/{i}.jpg", "a", "") for i in range(5)], {})
     reader = CacheReader(path)
@@ -118,7 +127,7 @@ def test_parts_of_two_ranks_merge_into_the_input_order(tmp_path):
 def test_a_later_runs_parts_win_over_an_earlier_runs_whatever_their_rank(tmp_path):
     path = str(tmp_path / "c.h5")
     args = (SYNTHETIC_SETTINGS, "classes:/s", "/s")
-    with CacheWriter(path, *args) as leader, CacheWriter(path, *args, rank=3, lock=False) as other:
+    with CacheWriter(path, *args), CacheWriter(path, *args, rank=3, lock=False) as other:
         for _ in range(3):
             other.write_batch(*batch(["a/0.jpg"], value=1))  # an interrupted run: rank 3 got to part 3
     with CacheWriter(path, *args) as again:  # the next run (one process): a newer version of the same file

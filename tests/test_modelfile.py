@@ -1,6 +1,7 @@
 """Model files that cannot run code: a pickle (whatever its name) is refused unread, a crafted model file naming an
 untrusted type is refused unbuilt, a file with a missing key is one line; a saved model predicts exactly what the
 trained one did; old pickled model files load only when trusted (--trust-pickle, convert)."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,20 @@ from conftest import synthetic_cache
 import cli
 from classifiers import modelfile
 from classifiers.bundle import evaluate, load_bundle, predict, train
-from workflows.export import export_model as export
 from embedder.errors import FeaturebankError
+from workflows.export import export_model as export
 
-SPECS = ["logreg", "linear-svm", "rbf-svm:pca=8", "knn", "ridge", "lda", "random-forest:n_estimators=20",
-         "ensemble", "ensemble:members=logreg+knn,method=stack"]
+SPECS = [
+    "logreg",
+    "linear-svm",
+    "rbf-svm:pca=8",
+    "knn",
+    "ridge",
+    "lda",
+    "random-forest:n_estimators=20",
+    "ensemble",
+    "ensemble:members=logreg+knn,method=stack",
+]
 
 
 class Payload:
@@ -82,8 +92,11 @@ def test_a_malicious_pickle_is_never_unpickled_by_any_command(synthetic, tmp_pat
     image = tmp_path / "x.jpg"
     image.write_bytes(b"")
     for path in malicious_files(tmp_path / "files", marker):
-        commands = [["evaluate", str(path), str(root / "c.h5")], ["predict", str(path), str(image)],
-                    ["export", str(path), "-o", str(tmp_path / "m.onnx")]]
+        commands = [
+            ["evaluate", str(path), str(root / "c.h5")],
+            ["predict", str(path), str(image)],
+            ["export", str(path), "-o", str(tmp_path / "m.onnx")],
+        ]
         for args in commands:
             result = runner.invoke(cli.main, args)
             assert result.exit_code == 1, (args, result.output)
@@ -93,8 +106,12 @@ def test_a_malicious_pickle_is_never_unpickled_by_any_command(synthetic, tmp_pat
             if not path.name.startswith("proto0"):
                 assert "it was not loaded, since loading a pickle can run any code" in lines[0]
                 assert "--trust-pickle" in lines[0] and "featurebank convert OLD NEW" in lines[0]
-        for call, args in ((load_bundle, [str(path)]), (evaluate, [str(path), str(root / "c.h5")]),
-                           (predict, [str(path), [str(image)]]), (export, [str(path), str(tmp_path / "m.onnx")])):
+        for call, args in (
+            (load_bundle, [str(path)]),
+            (evaluate, [str(path), str(root / "c.h5")]),
+            (predict, [str(path), [str(image)]]),
+            (export, [str(path), str(tmp_path / "m.onnx")]),
+        ):
             with pytest.raises(FeaturebankError, match="not a featurebank model file"):
                 call(*args)
         assert not marker.exists(), path.name
@@ -109,8 +126,11 @@ def _model_zip(path, meta: dict, blob: bytes) -> str:
 
 
 def _meta(bundle) -> dict:
-    return {"format": "featurebank-model", "version": modelfile.VERSION,
-            **{k: getattr(bundle, k) for k in modelfile.SCHEMA}}
+    return {
+        "format": "featurebank-model",
+        "version": modelfile.VERSION,
+        **{k: getattr(bundle, k) for k in modelfile.SCHEMA},
+    }
 
 
 def test_a_crafted_model_file_naming_untrusted_types_is_refused_unbuilt(synthetic, tmp_path, monkeypatch, runner):
@@ -126,7 +146,8 @@ def test_a_crafted_model_file_naming_untrusted_types_is_refused_unbuilt(syntheti
         "    def __setstate__(self, state):\n"
         "        open(state['marker'], 'w').close()\n"
         "    def predict(self, X):\n"
-        "        return X\n")
+        "        return X\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import evil_module
 
@@ -137,12 +158,18 @@ def test_a_crafted_model_file_naming_untrusted_types_is_refused_unbuilt(syntheti
     assert marker.exists()
     marker.unlink()
     crafted = _model_zip(tmp_path / "crafted.fbmodel", _meta(bundle), blob)
-    with pytest.raises(FeaturebankError, match=r"was refused: its classifier names types featurebank does not trust "
-                                               r"\(evil_module\.Evil\)"):
+    with pytest.raises(
+        FeaturebankError,
+        match=r"was refused: its classifier names types featurebank does not trust "
+        r"\(evil_module\.Evil\)",
+    ):
         load_bundle(crafted)
     # a function of the operating system inside a scikit-learn transformer
-    system = _model_zip(tmp_path / "system.joblib", _meta(bundle),
-                        skops.io.dumps(Pipeline([("f", FunctionTransformer(os.system)), ("clf", bundle.pipeline)])))
+    system = _model_zip(
+        tmp_path / "system.joblib",
+        _meta(bundle),
+        skops.io.dumps(Pipeline([("f", FunctionTransformer(os.system)), ("clf", bundle.pipeline)])),
+    )
     for path in (crafted, system):
         result = runner.invoke(cli.main, ["evaluate", path, str(root / "c.h5")])
         assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
@@ -161,8 +188,14 @@ def test_a_hand_written_reduce_node_is_refused(synthetic, tmp_path):
     inner = zipfile.ZipFile(io.BytesIO(skops.io.dumps((str(marker), "w"))))
     schema = json.loads(inner.read("schema.json"))
     args = {k: v for k, v in schema.items() if k not in ("protocol", "_skops_version")}
-    evil = {"__class__": "open", "__module__": "builtins", "__loader__": "ConstructorFromReduceNode", "content": args,
-            "protocol": schema["protocol"], "_skops_version": schema["_skops_version"]}
+    evil = {
+        "__class__": "open",
+        "__module__": "builtins",
+        "__loader__": "ConstructorFromReduceNode",
+        "content": args,
+        "protocol": schema["protocol"],
+        "_skops_version": schema["_skops_version"],
+    }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("schema.json", json.dumps(evil))
@@ -182,7 +215,7 @@ def test_a_crafted_tree_is_refused(synthetic, tmp_path):
     state = tree.__getstate__()
     nodes = state["nodes"].copy()
     split = np.flatnonzero(nodes["left_child"] != -1)[0]
-    nodes["left_child"][split] = 10 ** 6
+    nodes["left_child"][split] = 10**6
     state["nodes"] = nodes
     bad = Tree(tree.n_features, tree.n_classes, tree.n_outputs)
     bad.__setstate__(state)
@@ -203,8 +236,13 @@ def test_missing_wrong_typed_and_damaged_files_are_one_line(synthetic, tmp_path)
         del meta[key]
         with pytest.raises(FeaturebankError, match=f"is not a complete featurebank model file: it has no '{key}'"):
             load_bundle(_model_zip(tmp_path / f"no-{key}.fbmodel", meta, blob))
-    for key, value, kind in [("classes", "ab", "str"), ("settings", [], "list"), ("layer", 3, "int"),
-                             ("trained_on", None, "NoneType"), ("weights_file", 1.5, "float")]:
+    for key, value, kind in [
+        ("classes", "ab", "str"),
+        ("settings", [], "list"),
+        ("layer", 3, "int"),
+        ("trained_on", None, "NoneType"),
+        ("weights_file", 1.5, "float"),
+    ]:
         meta = {**_meta(bundle), key: value}
         with pytest.raises(FeaturebankError, match=f"'{key}' is a {kind}, not a "):
             load_bundle(_model_zip(tmp_path / f"bad-{key}.fbmodel", meta, blob))
@@ -220,9 +258,11 @@ def test_missing_wrong_typed_and_damaged_files_are_one_line(synthetic, tmp_path)
     with pytest.raises(FeaturebankError, match="damaged featurebank model file"):
         load_bundle(str(tmp_path / "deep.fbmodel"))
     good = (root / "m.fbmodel").read_bytes()
-    cases = {"empty.fbmodel": (b"", "not a featurebank model file"),
-             "half.fbmodel": (good[: len(good) // 2], "damaged featurebank model file"),
-             "text.fbmodel": (b"hello", "not a featurebank model file")}
+    cases = {
+        "empty.fbmodel": (b"", "not a featurebank model file"),
+        "half.fbmodel": (good[: len(good) // 2], "damaged featurebank model file"),
+        "text.fbmodel": (b"hello", "not a featurebank model file"),
+    }
     for name, (data, message) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(FeaturebankError, match=message):
@@ -256,8 +296,12 @@ def test_a_saved_model_predicts_exactly_what_the_trained_one_did(synthetic, tmp_
     after, kind_after = loaded.scores(X)
     assert kind == kind_after and np.array_equal(before, after)
     np.testing.assert_array_equal(loaded.predict(X), bundle.predict(X))
-    assert (loaded.classes, loaded.classifier, loaded.layer, loaded.settings) == \
-           (bundle.classes, bundle.classifier, bundle.layer, json.loads(json.dumps(bundle.settings)))
+    assert (loaded.classes, loaded.classifier, loaded.layer, loaded.settings) == (
+        bundle.classes,
+        bundle.classifier,
+        bundle.layer,
+        json.loads(json.dumps(bundle.settings)),
+    )
     assert loaded.trained_on["rows"] == 30 and loaded.trained_on["class_counts"] == bundle.trained_on["class_counts"]
 
 

@@ -1,4 +1,5 @@
 """What `pip install .` ships: every package of the source tree (an editable install would hide a missing one)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -10,8 +11,11 @@ def test_every_package_of_the_tree_is_installed():
     from setuptools.config.setupcfg import read_configuration
 
     options = read_configuration(str(ROOT / "setup.cfg"))["options"]
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for top in ("embedder", "classifiers", "workflows")
-               for p in (ROOT / top).rglob("__init__.py")}
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("embedder", "classifiers", "workflows")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
     assert {"embedder", "classifiers", "workflows", "workflows.finetune"} <= on_disk
     assert set(options["packages"]) == on_disk
     assert options["py_modules"] == ["cli"]

@@ -1,17 +1,17 @@
 """Real photos and a real ImageNet checkpoint (../shared): the cache equals loading the state dict by hand,
 and the features classify ants and bees as well as the PyTorch tutorial reports."""
+
 import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import HYMENOPTERA, MOBILENET_V2, need
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from torchvision.transforms._presets import ImageClassification
 
 import embedder
 from embedder.cache import CacheReader
-
-from conftest import HYMENOPTERA, MOBILENET_V2, need
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +21,16 @@ def caches(tmp_path_factory):
     need(HYMENOPTERA)
     need(MOBILENET_V2)
     out = tmp_path_factory.mktemp("real")
-    return {split: embedder.extract(str(HYMENOPTERA / split), str(out / f"{split}.h5"), backbone="mobilenet_v2",
-                                    weights=str(MOBILENET_V2), batch_size=16)
-            for split in ("train", "val")}
+    return {
+        split: embedder.extract(
+            str(HYMENOPTERA / split),
+            str(out / f"{split}.h5"),
+            backbone="mobilenet_v2",
+            weights=str(MOBILENET_V2),
+            batch_size=16,
+        )
+        for split in ("train", "val")
+    }
 
 
 def test_checkpoint_features_equal_loading_the_state_dict_by_hand(caches):
@@ -36,8 +43,9 @@ def test_checkpoint_features_equal_loading_the_state_dict_by_hand(caches):
     preset = ImageClassification(crop_size=224, resize_size=256)
     pick = np.arange(0, len(reader), 10)
     with torch.no_grad():
-        ref = model(torch.stack([preset(Image.open(HYMENOPTERA / "val" / reader.paths[i]).convert("RGB"))
-                                 for i in pick])).numpy()
+        ref = model(
+            torch.stack([preset(Image.open(HYMENOPTERA / "val" / reader.paths[i]).convert("RGB")) for i in pick])
+        ).numpy()
     np.testing.assert_allclose(reader.features()[pick], ref, rtol=1e-4, atol=1e-4)
 
 
@@ -96,8 +104,16 @@ def test_finetuning_starts_exactly_at_the_linear_probe(caches, tmp_path, monkeyp
     from workflows.finetune import finetune
 
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
-    run = finetune(str(HYMENOPTERA / "train"), str(tmp_path / "run"), val=str(HYMENOPTERA / "val"),
-                   backbone="mobilenet_v2", weights=str(MOBILENET_V2), unfreeze=1, epochs=1, batch_size=16)
+    run = finetune(
+        str(HYMENOPTERA / "train"),
+        str(tmp_path / "run"),
+        val=str(HYMENOPTERA / "val"),
+        backbone="mobilenet_v2",
+        weights=str(MOBILENET_V2),
+        unfreeze=1,
+        epochs=1,
+        batch_size=16,
+    )
     probe = run.comparison[0]
     assert probe["val_accuracy"] > 0.9 and run.history[0]["val_accuracy"] == pytest.approx(probe["val_accuracy"])
     assert run.blocks == ["features.18"]
@@ -126,8 +142,10 @@ def test_label_issues_on_other_photos_with_flipped_labels(caches):
     noisy = y.copy()
     noisy[flipped] = 1 - y[flipped]
     folds = [(s.train, s.test) for s in make_splits(noisy, folds=5, seed=0)]
-    members = [cross_val_predict(make_classifier(spec), X, noisy, cv=folds, method="predict_proba")
-               for spec in ("logreg", "lda", "knn")][:MEMBERS]
+    members = [
+        cross_val_predict(make_classifier(spec), X, noisy, cv=folds, method="predict_proba")
+        for spec in ("logreg", "lda", "knn")
+    ][:MEMBERS]
     index, _ = nearest_neighbours(X.astype(np.float32).copy(), NEIGHBOURS)
     found = find_label_issues(noisy, combine(members, neighbour_probs(index, noisy, 2)))
     hits = len(set(found.order[:15].tolist()) & set(flipped.tolist()))

@@ -1,6 +1,7 @@
 """report.html: every image the report names is on the page with a real thumbnail, text is escaped, nothing is
 fetched from elsewhere, a missing image is a placeholder, the confusion cells hold exactly their out-of-fold rows,
 ``featurebank report`` renders it again, and a real browser shows it."""
+
 from __future__ import annotations
 
 import csv
@@ -17,6 +18,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import FAST, ROOT, SYNTHETIC_SETTINGS, photo, write_tree
 from PIL import Image
 
 import cli
@@ -24,7 +26,6 @@ from classifiers import html as page_module
 from classifiers.crossval import cross_validate
 from classifiers.embedmap import embedding_map
 from classifiers.report import predictions_name, write_report
-from conftest import FAST, ROOT, SYNTHETIC_SETTINGS, photo, write_tree
 from embedder.decode import file_digest
 
 VOID = {"img", "meta", "br", "input", "link", "hr", "source", "wbr"}
@@ -108,13 +109,19 @@ def image_run(tmp_path, classifiers=("logreg", "knn"), before_report=None, class
         photo(i, (200, 150)).save(root / p, quality=90)
     shutil.copyfile(root / paths[5], root / paths[25])
     n = len(y)
-    rows = {"path": paths, "label": [classes[c] for c in y], "group": [""] * n, "size": [100] * n,
-            "mtime_ns": [1] * n, "digest": [file_digest(str(root / p)) for p in paths]}
+    rows = {
+        "path": paths,
+        "label": [classes[c] for c in y],
+        "group": [""] * n,
+        "size": [100] * n,
+        "mtime_ns": [1] * n,
+        "digest": [file_digest(str(root / p)) for p in paths],
+    }
     empty = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
     cache = tmp_path / "c.h5"
     with CacheWriter(str(cache), SYNTHETIC_SETTINGS, f"classes:{root}", str(root), {"weights_file": None}) as w:
         w.write_batch(rows, {"flatten": X.astype(np.float32), "layer3": X[:, :8].astype(np.float32)}, empty)
-        w.commit([(p, l, "") for p, l in zip(paths, rows["label"])], {})
+        w.commit([(p, label, "") for p, label in zip(paths, rows["label"])], {})
     report = cross_validate(cache, list(classifiers), ["flatten"], folds=3)
     if before_report:
         before_report(root)
@@ -174,7 +181,7 @@ def test_nothing_is_fetched_and_the_folder_can_move(tmp_path):
     local = [r for r in page.refs if not r.startswith(("#", "file:///"))]
     assert local and all(not re.match(r"[a-z]+:|//", r) for r in local)
     originals = [r for r in page.refs if r.startswith("file:///")]
-    assert originals and all(r.startswith((root.as_uri() + "/")) for r in originals)  # click: the original image
+    assert originals and all(r.startswith(root.as_uri() + "/") for r in originals)  # click: the original image
     moved = tmp_path / "elsewhere" / "run"
     shutil.move(str(run), str(moved))
     assert all((moved / r).is_file() for r in local)
@@ -203,13 +210,17 @@ def test_confusion_cells_hold_exactly_their_out_of_fold_rows(tmp_path, monkeypat
     d, _, page = load(run)
     classes = d["classes"]
     rows = oof_rows(run, d)
-    best = next(r for r in d["results"] if r["classifier"] == d["best"]["classifier"] and r["layer"] == d["best"]["layer"])
+    best = next(
+        r for r in d["results"] if r["classifier"] == d["best"]["classifier"] and r["layer"] == d["best"]["layer"]
+    )
     expected: dict[str, list[dict]] = {}
     for r in rows:
         expected.setdefault(f"cell-{classes.index(r['label'])}-{classes.index(r['predicted'])}", []).append(r)
     matrix = np.zeros((3, 3), dtype=int)
     for cell, members in expected.items():
-        shown = [c["path"] for c in page.cards if c["in"] == cell] + [li["path"] for li in page.listed if li["in"] == cell]
+        shown = [c["path"] for c in page.cards if c["in"] == cell] + [
+            li["path"] for li in page.listed if li["in"] == cell
+        ]
         assert sorted(shown) == sorted(r["path"] for r in members), cell
         assert len([c for c in page.cards if c["in"] == cell]) == min(2, len(members))
         _, i, j = cell.split("-")
@@ -219,9 +230,11 @@ def test_confusion_cells_hold_exactly_their_out_of_fold_rows(tmp_path, monkeypat
         assert order == sorted(order, reverse=i != j)  # mistakes: surest first; right: closest calls first
     assert matrix.tolist() == best["confusion"]  # one repeat: each image once, as in report.json
     assert (matrix > 0).sum() > 3  # some mistakes, so there is something to click
-    assert len({li["in"] for li in page.listed} | {c["in"] for c in page.cards if c["in"].startswith("cell-")}) == len(expected)
+    assert len({li["in"] for li in page.listed} | {c["in"] for c in page.cards if c["in"].startswith("cell-")}) == len(
+        expected
+    )
     cm = page.text["confusion"]
-    for i, c in enumerate(classes):
+    for c in classes:
         assert c in cm
     links = [r for r in page.refs if r.startswith("#cell-")]
     assert sorted(links) == sorted(f"#{cell}" for cell in expected)  # empty cells have nothing to click
@@ -234,7 +247,9 @@ def test_map_of_the_embeddings(tmp_path):
     assert m["layer"] == "flatten" and m["rows"] == 30 and "t-SNE" in m["method"]
     rows = oof_rows(run, d)
     assert m["points"]["path"] == [r["path"] for r in rows]
-    assert m["points"]["predicted"] == [r["predicted"] for r in rows] and m["points"]["label"] == [r["label"] for r in rows]
+    assert m["points"]["predicted"] == [r["predicted"] for r in rows] and m["points"]["label"] == [
+        r["label"] for r in rows
+    ]
     xy = np.c_[m["points"]["x"], m["points"]["y"]]
     assert np.isfinite(xy).all() and xy.std(axis=0).min() > 0
     with Image.open(run / "map.png") as im:
@@ -280,10 +295,12 @@ def test_report_command_errors_are_one_line(tmp_path):
     (tmp_path / "other" / "report.json").write_text('{"format": "something else"}')
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "report.json").write_text('{"format": ')
-    for folder, message in [("absent", "is not a folder: give a run folder written by cv --out or finetune"),
-                            ("empty", "has no report.json"),
-                            ("other", "is not a report of featurebank cv or finetune"),
-                            ("broken", "is not a readable report (JSONDecodeError")]:
+    for folder, message in [
+        ("absent", "is not a folder: give a run folder written by cv --out or finetune"),
+        ("empty", "has no report.json"),
+        ("other", "is not a report of featurebank cv or finetune"),
+        ("broken", "is not a readable report (JSONDecodeError"),
+    ]:
         result = runner.invoke(cli.main, ["report", str(tmp_path / folder)])
         assert result.exit_code == 1 and result.output.startswith("Error: ") and message in result.output, result.output
         assert result.output.count("\n") == 1 and "Traceback" not in result.output
@@ -325,8 +342,29 @@ def test_finetune_writes_its_page(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "images"
     write_tree(root, per_class=4)
-    args = ["finetune", str(root), "-o", str(tmp_path / "run"), "-b", "resnet18", "-w", "none", "--resize", "72",
-            "--crop", "64", "--batch-size", "4", "--workers", "0", "--epochs", "1", "--val-split", "0.25", "--json"]
+    args = [
+        "finetune",
+        str(root),
+        "-o",
+        str(tmp_path / "run"),
+        "-b",
+        "resnet18",
+        "-w",
+        "none",
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--epochs",
+        "1",
+        "--val-split",
+        "0.25",
+        "--json",
+    ]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
     run = json.loads(result.stdout)
@@ -351,9 +389,11 @@ def test_the_page_needs_no_torch(tmp_path):
     from conftest import synthetic_cache
 
     synthetic_cache(tmp_path / "s.h5")
-    code = ("import sys; from classifiers import cross_validate, write_report; "
-            f"write_report(cross_validate({str(tmp_path / 's.h5')!r}, ['logreg'], ['flatten'], folds=3), "
-            f"{str(tmp_path / 'run')!r}); assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; from classifiers import cross_validate, write_report; "
+        f"write_report(cross_validate({str(tmp_path / 's.h5')!r}, ['logreg'], ['flatten'], folds=3), "
+        f"{str(tmp_path / 'run')!r}); assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "report.html").is_file()
@@ -388,10 +428,25 @@ def chromium():
 
 def run_browser(browser, *args, timeout=90) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                               "--hide-scrollbars", f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """WebDataset tar shards and Parquet files as inputs: the rows and vectors of the folder extraction of the same
 images, every bad sample recorded with its reason, reruns by shard, a kill in the middle of a shard resumed."""
+
 from __future__ import annotations
 
 import io
@@ -78,32 +79,59 @@ def data(tmp_path_factory):
     file_of = {key: f"{cls}/{key.split('_', 1)[1] if cls != 'synthetic' else key}.{ext}" for cls, key, ext, _ in good}
 
     def sample(cls, key, ext, raw):
-        return [(f"{key}.{ext}", raw), (f"{key}.cls", cls.encode()),
-                (f"{key}.json", json.dumps({"label": cls, "camera": f"cam{len(key) % 3}"}).encode())]
+        return [
+            (f"{key}.{ext}", raw),
+            (f"{key}.cls", cls.encode()),
+            (f"{key}.json", json.dumps({"label": cls, "camera": f"cam{len(key) % 3}"}).encode()),
+        ]
 
     real = [s for s in good if s[0] != "synthetic"]
     synthetic = [s for s in good if s[0] == "synthetic"]
     shards = tmp / "shards"
     shards.mkdir()
-    first, second = real[: len(real) // 2], real[len(real) // 2:]
+    first, second = real[: len(real) // 2], real[len(real) // 2 :]
     write_tar(shards / "00000.tar", [m for s in first for m in sample(*s)])
-    write_tar(shards / "00001.tar", [m for s in second + synthetic[:3] for m in sample(*s)]
-              + [("bad_truncated.jpg", truncated), ("bad_truncated.cls", b"synthetic"),
-                 ("bad_noimage.cls", b"ants"), ("bad_noimage.json", b"{}"),
-                 ("bad_dup.jpg", good[0][3]), ("bad_dup.cls", b"ants"), ("bad_dup.jpg", good[1][3])])
+    write_tar(
+        shards / "00001.tar",
+        [m for s in second + synthetic[:3] for m in sample(*s)]
+        + [
+            ("bad_truncated.jpg", truncated),
+            ("bad_truncated.cls", b"synthetic"),
+            ("bad_noimage.cls", b"ants"),
+            ("bad_noimage.json", b"{}"),
+            ("bad_dup.jpg", good[0][3]),
+            ("bad_dup.cls", b"ants"),
+            ("bad_dup.jpg", good[1][3]),
+        ],
+    )
     whole = io.BytesIO()
     with tarfile.open(fileobj=whole, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, raw in (m for s in synthetic[3:] for m in sample(*s)):
             add(tar, name, raw)
     cut_at = whole.getvalue().index(synthetic[5][3]) + 100  # in the middle of the last image
     (shards / "00002.tar").write_bytes(whole.getvalue()[:cut_at])
-    in_shards = {**{f"00000.tar/{s[1]}": file_of[s[1]] for s in first},
-                 **{f"00001.tar/{s[1]}": file_of[s[1]] for s in second + synthetic[:3]},
-                 **{f"00002.tar/{s[1]}": file_of[s[1]] for s in synthetic[3:5]}}
-    bad = {"00001.tar/bad_truncated": "truncated image", "00001.tar/bad_noimage": "no image in the sample",
-           "00001.tar/bad_dup": "duplicated key", f"00002.tar/{synthetic[5][1]}": "truncated shard"}
-    return {"tmp": tmp, "folder": folder, "reference": reference, "shards": shards, "in_shards": in_shards,
-            "bad": bad, "good": good, "truncated": truncated, "file_of": file_of}
+    in_shards = {
+        **{f"00000.tar/{s[1]}": file_of[s[1]] for s in first},
+        **{f"00001.tar/{s[1]}": file_of[s[1]] for s in second + synthetic[:3]},
+        **{f"00002.tar/{s[1]}": file_of[s[1]] for s in synthetic[3:5]},
+    }
+    bad = {
+        "00001.tar/bad_truncated": "truncated image",
+        "00001.tar/bad_noimage": "no image in the sample",
+        "00001.tar/bad_dup": "duplicated key",
+        f"00002.tar/{synthetic[5][1]}": "truncated shard",
+    }
+    return {
+        "tmp": tmp,
+        "folder": folder,
+        "reference": reference,
+        "shards": shards,
+        "in_shards": in_shards,
+        "bad": bad,
+        "good": good,
+        "truncated": truncated,
+        "file_of": file_of,
+    }
 
 
 def assert_same_vectors(cache, data, names: dict, exact: bool = True):
@@ -144,11 +172,14 @@ def test_a_parquet_file_gives_the_rows_and_vectors_of_the_folder(data):
     keys = [key for _, key, _, _ in good] + ["bad_truncated", "bad_null", "bad_dup", "bad_dup"]
     blobs = [raw for *_, raw in good] + [data["truncated"], None, good[0][3], good[1][3]]
     labels = [cls for cls, *_ in good] + ["synthetic", "ants", "ants", "bees"]
-    image = pa.array([None if b is None else {"bytes": b, "path": f"{k}.jpg"} for k, b in zip(keys, blobs)],
-                     type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))  # Hugging Face's Image
+    image = pa.array(
+        [None if b is None else {"bytes": b, "path": f"{k}.jpg"} for k, b in zip(keys, blobs)],
+        type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )  # Hugging Face's Image
     order = np.random.default_rng(0).permutation(len(keys))  # rows in no particular order: sorted by key
-    table = pa.table({"key": [keys[i] for i in order], "image": image.take(pa.array(order)),
-                      "label": [labels[i] for i in order]})
+    table = pa.table(
+        {"key": [keys[i] for i in order], "image": image.take(pa.array(order)), "label": [labels[i] for i in order]}
+    )
     folder = data["tmp"] / "parquet"
     folder.mkdir()
     pq.write_table(table, folder / "train.parquet", row_group_size=7)  # several row groups
@@ -180,12 +211,13 @@ def test_a_rerun_embeds_only_new_or_changed_shards(data, tmp_path):
     # 00001.tar gets another image for one key: only that sample is embedded again
     with tarfile.open(shards / "00001.tar") as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
-    write_tar(shards / "00001.tar", [(n, jpeg(photo(901, (90, 90))) if n == "syn02.jpg" else raw)
-                                     for n, raw in members])
+    write_tar(
+        shards / "00001.tar", [(n, jpeg(photo(901, (90, 90))) if n == "syn02.jpg" else raw) for n, raw in members]
+    )
     summary = embedder.extract(str(shards), cache, **SETTINGS)
     assert summary.embedded == 2  # new.jpg and syn02.jpg; the rest of 00001.tar has the same bytes
     assert summary.rows == len(data["in_shards"]) + 1
-    gone = (shards / "00003.tar")
+    gone = shards / "00003.tar"
     gone.unlink()
     assert embedder.extract(str(shards), cache, **SETTINGS).removed == 1
 
@@ -194,8 +226,11 @@ def test_what_extract_accepts_as_shards(data, tmp_path):
     shards = data["shards"]
     by_folder = list_input(str(shards))
     keys = [i.path for i in by_folder.items]
-    for source in ([str(shards / n) for n in ("00000.tar", "00001.tar", "00002.tar")],  # a shell's glob
-                   str(shards / "*.tar"), str(shards / "{00000..00002}.tar")):
+    for source in (
+        [str(shards / n) for n in ("00000.tar", "00001.tar", "00002.tar")],  # a shell's glob
+        str(shards / "*.tar"),
+        str(shards / "{00000..00002}.tar"),
+    ):
         listing = list_input(source)
         assert [i.path for i in listing.items] == keys and listing.kind == "shards"
     (tmp_path / "list.txt").write_text("".join(f"{shards}/{n}\n" for n in ("00001.tar", "00000.tar")))
@@ -207,7 +242,9 @@ def test_what_extract_accepts_as_shards(data, tmp_path):
     (both / "00000.parquet").write_bytes(b"PAR1")
     assert {i.path.split("/")[0] for i in list_input(str(both)).items} == {"00000.tar"}
     # labels and groups from json:FIELD
-    listing = list_input(str(shards / "00000.tar"), options=ShardOptions(label_key="json:label", group_key="json:camera"))
+    listing = list_input(
+        str(shards / "00000.tar"), options=ShardOptions(label_key="json:label", group_key="json:camera")
+    )
     assert all(i.label == "ants" and i.group.startswith("cam") for i in listing.items)
     assert {i.label for i in list_input(str(shards / "00000.tar"), options=ShardOptions(label_key="")).items} == {""}
     # an image folder is still an image folder
@@ -249,8 +286,11 @@ def test_the_header_scan_finds_what_tarfile_finds_and_a_prefix_of_it_when_cut(fm
     with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
         for i in range(40):
             long = fmt != tarfile.USTAR_FORMAT  # long and non-ASCII names: GNU longname, pax path records
-            name = ("dir" * 40 + "/") * (i % 3) + f"k\u00e9y{i}." + "x" * (i % 120) + ".jpg" if long else \
-                ("d" * 60 + "/") * (i % 2) + f"k{i}.jpg"
+            name = (
+                ("dir" * 40 + "/") * (i % 3) + f"k\u00e9y{i}." + "x" * (i % 120) + ".jpg"
+                if long
+                else ("d" * 60 + "/") * (i % 2) + f"k{i}.jpg"
+            )
             info = tarfile.TarInfo(name)
             data = rng.bytes(int(rng.integers(0, 3000)))
             info.size, info.mtime = len(data), 1.7e9 + i / 3  # a float mtime: a pax header in PAX_FORMAT
@@ -265,7 +305,7 @@ def test_the_header_scan_finds_what_tarfile_finds_and_a_prefix_of_it_when_cut(fm
     assert scan_tar(io.BytesIO(raw), len(raw)) == (expected, None)
     for cut in rng.choice(len(raw), 60, replace=False):
         members, damage = scan_tar(io.BytesIO(raw[:cut]), int(cut))
-        assert members == expected[:len(members)]
+        assert members == expected[: len(members)]
         ends = expected[-1][1] + expected[-1][2]
         assert (damage is None) == (cut >= (ends + 511) // 512 * 512 + 512)  # whole up to an end block
 
@@ -295,8 +335,28 @@ def test_kill_9_in_the_middle_of_a_shard_then_resume(data, tmp_path):
     members = [m for cls, key, ext, raw in data["good"] for m in ((f"{key}.{ext}", raw), (f"{key}.cls", cls.encode()))]
     write_tar(shards / "all.tar", members)
     cache = tmp_path / "killed.h5"
-    args = [sys.executable, "-c", "import cli; cli.main()", "extract", str(shards), "--cache", str(cache), "-q",
-            "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "0", "--engine", "torch"]
+    args = [
+        sys.executable,
+        "-c",
+        "import cli; cli.main()",
+        "extract",
+        str(shards),
+        "--cache",
+        str(cache),
+        "-q",
+        "-b",
+        "resnet18",
+        "-w",
+        "none",
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--workers",
+        "0",
+        "--engine",
+        "torch",
+    ]
     proc = subprocess.Popen([*args, "--batch-size", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -325,10 +385,34 @@ def test_cli_takes_shards_as_a_shell_glob_with_labels_and_groups_from_json(data,
 
     shards = [str(data["shards"] / n) for n in ("00000.tar", "00001.tar", "00002.tar")]
     cache = tmp_path / "cli.h5"
-    result = CliRunner().invoke(cli.main, ["extract", *shards, "--cache", str(cache), "--json", "--label-key",
-                                           "json:label", "--group-key", "json:camera", "-b", "resnet18", "-w", "none",
-                                           "--resize", "72", "--crop", "64", "--batch-size", "4", "--workers", "0",
-                                           "--engine", "torch"])
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "extract",
+            *shards,
+            "--cache",
+            str(cache),
+            "--json",
+            "--label-key",
+            "json:label",
+            "--group-key",
+            "json:camera",
+            "-b",
+            "resnet18",
+            "-w",
+            "none",
+            "--resize",
+            "72",
+            "--crop",
+            "64",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--engine",
+            "torch",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["rows"] == len(data["in_shards"]) and len(summary["failed"]) == len(data["bad"])
@@ -342,11 +426,36 @@ def test_cli_takes_shards_as_a_shell_glob_with_labels_and_groups_from_json(data,
 @pytest.mark.slow
 def test_two_torchrun_ranks_give_the_single_process_rows_of_shards(data, tmp_path):
     single = embedder.extract(str(data["shards"]), str(tmp_path / "single.h5"), **{**SETTINGS, "batch_size": 2})
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
-            "extract", str(data["shards"]), "--cache", str(tmp_path / "two.h5"), "-q", "-b", "resnet18", "-w", "none",
-            "--resize", "72", "--crop", "64", "--workers", "0", "--engine", "torch", "--batch-size", "2"]
-    done = subprocess.run(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          timeout=300)
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cli",
+        "extract",
+        str(data["shards"]),
+        "--cache",
+        str(tmp_path / "two.h5"),
+        "-q",
+        "-b",
+        "resnet18",
+        "-w",
+        "none",
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--workers",
+        "0",
+        "--engine",
+        "torch",
+        "--batch-size",
+        "2",
+    ]
+    done = subprocess.run(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     got, ref = CacheReader(tmp_path / "two.h5"), CacheReader(single.cache)
     assert list(got.paths) == list(ref.paths) and np.array_equal(got.features(), ref.features())  # bit for bit

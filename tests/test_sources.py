@@ -1,12 +1,12 @@
 """Listing inputs: order, labels, groups, hidden and system files, layouts, manifests, lists."""
+
 import os
 
 import pytest
+from conftest import photo, write_tree
 
 from embedder.errors import FeaturebankError
 from embedder.sources import list_images
-
-from conftest import photo, write_tree
 
 
 def test_class_folders_give_sorted_labeled_items_and_skip_hidden_and_system_files(tmp_path):
@@ -23,8 +23,13 @@ def test_class_folders_give_sorted_labeled_items_and_skip_hidden_and_system_file
     listing = list_images(str(tmp_path))
     assert listing.kind == "classes" and listing.labeled
     assert [(i.path, i.label) for i in listing.items] == [
-        ("a_class/UPPER.JPG", "a_class"), ("a_class/img00.jpg", "a_class"), ("a_class/img01.png", "a_class"),
-        ("a_class/nested/deep.Png", "a_class"), ("b_class/img00.jpg", "b_class"), ("b_class/img01.png", "b_class")]
+        ("a_class/UPPER.JPG", "a_class"),
+        ("a_class/img00.jpg", "a_class"),
+        ("a_class/img01.png", "a_class"),
+        ("a_class/nested/deep.Png", "a_class"),
+        ("b_class/img00.jpg", "b_class"),
+        ("b_class/img01.png", "b_class"),
+    ]
     assert listing.ignored == 5
     item = listing.items[1]
     st = os.stat(tmp_path / item.path)
@@ -50,11 +55,16 @@ def test_directory_named_like_an_image_is_reported_not_walked(tmp_path):
 
 def test_manifest_keeps_its_order_labels_and_groups(tmp_path):
     write_tree(tmp_path / "img", classes=("x",), per_class=3)
-    (tmp_path / "m.csv").write_text("path,label,group\nimg/x/img02.jpg,b,g1\nimg/x/img00.jpg,a,g2\nimg/x/gone.jpg,a,g2\n")
+    (tmp_path / "m.csv").write_text(
+        "path,label,group\nimg/x/img02.jpg,b,g1\nimg/x/img00.jpg,a,g2\nimg/x/gone.jpg,a,g2\n"
+    )
     listing = list_images(str(tmp_path / "m.csv"))
     assert listing.kind == "csv"
     assert [(i.path, i.label, i.group) for i in listing.items] == [
-        ("img/x/img02.jpg", "b", "g1"), ("img/x/img00.jpg", "a", "g2"), ("img/x/gone.jpg", "a", "g2")]
+        ("img/x/img02.jpg", "b", "g1"),
+        ("img/x/img00.jpg", "a", "g2"),
+        ("img/x/gone.jpg", "a", "g2"),
+    ]
     assert listing.items[2].error == "file not found"
 
 

@@ -1,6 +1,7 @@
 """timm backbones (``timm:NAME[.TAG]``): preprocessing equal to timm's eval transform, default vectors equal to
 ``forward_head(forward_features(x), pre_logits=True)``, ONNX Runtime rows equal to torch's, token pooling, tags
 as settings, and weights (local safetensors, offline hub). Random weights saved to local files: no download."""
+
 from __future__ import annotations
 
 import hashlib
@@ -140,8 +141,9 @@ def test_default_vectors_are_timms_pre_logits_and_onnxruntime_shares_the_rows(fa
     path, model = saved(family)
     _, cfg = timm_eval_transform(arch, crop)
     resize = math.floor(crop / cfg["crop_pct"])  # timm's resize for this crop; draft off: the same decoded image
-    opts = dict(backbone=f"timm:{arch}", weights=str(path), resize=resize, crop=crop, batch_size=4, workers=0,
-                draft=False)
+    opts = dict(
+        backbone=f"timm:{arch}", weights=str(path), resize=resize, crop=crop, batch_size=4, workers=0, draft=False
+    )
     by_torch = embedder.extract(str(root), str(tmp_path / "torch.h5"), engine="torch", **opts)
     X, _, files = embedder.load(by_torch.cache)
     expected = reference(model, [root / f for f in files], arch, crop)
@@ -149,7 +151,8 @@ def test_default_vectors_are_timms_pre_logits_and_onnxruntime_shares_the_rows(fa
     assert cosines(X, expected).min() >= 0.9999
     s = by_torch.settings
     assert s["backbone"] == check_backbone(f"timm:{arch}") and s["weights"] == (
-        "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
+        "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    )
     by_ort = embedder.extract(str(root), str(tmp_path / "ort.h5"), engine="onnxruntime", **opts)
     assert by_ort.engine["name"] == "onnxruntime" and by_ort.settings == s  # the same rows
     rows_close(embedder.load(by_ort.cache)[0], X)
@@ -172,12 +175,23 @@ def test_cls_avg_and_cls_avg_pool_the_token_tensor_without_register_tokens(photo
         model.forward_features(torch.stack([transform(im) for im in images]))
     tokens = captured["t"].numpy()
     assert model.num_prefix_tokens == 5 and tokens.shape[1] == 5 + (crop // 14) ** 2
-    hand = {"cls": tokens[:, 0], "avg": tokens[:, 5:].mean(1),
-            "cls+avg": np.concatenate([tokens[:, 0], tokens[:, 5:].mean(1)], 1)}
+    hand = {
+        "cls": tokens[:, 0],
+        "avg": tokens[:, 5:].mean(1),
+        "cls+avg": np.concatenate([tokens[:, 0], tokens[:, 5:].mean(1)], 1),
+    }
     assert not np.allclose(hand["avg"], tokens.mean(1), atol=1e-3)  # the registers would change it
     for pooling, want in hand.items():
-        e = embedder.Embedder(f"timm:{arch}", str(path), layers=["blocks.1"], pooling=pooling, resize=crop, crop=crop,
-                              engine="torch", device="cpu").fit()
+        e = embedder.Embedder(
+            f"timm:{arch}",
+            str(path),
+            layers=["blocks.1"],
+            pooling=pooling,
+            resize=crop,
+            crop=crop,
+            engine="torch",
+            device="cpu",
+        ).fit()
         got = e.transform(images)
         assert got.shape == want.shape and e.n_features_out_ == want.shape[1]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -199,12 +213,25 @@ def test_layer_names_several_in_one_pass_and_blocks_for_finetuning(photos):
     assert resolve_layers(dino) == ["head_drop"]
     assert resolve_layers(dino, ["blocks.3", "penultimate", "norm"]) == ["blocks.3", "head_drop", "norm"]
     assert block_names(dino)[:2] == ["patch_embed", "blocks.0"] and block_names(dino)[-2:] == ["blocks.11", "norm"]
-    assert block_names(skeleton("timm:convnext_atto")) == ["stem", "stages.0", "stages.1", "stages.2", "stages.3",
-                                                           "head.norm"]
+    assert block_names(skeleton("timm:convnext_atto")) == [
+        "stem",
+        "stages.0",
+        "stages.1",
+        "stages.2",
+        "stages.3",
+        "head.norm",
+    ]
     assert block_names(skeleton("timm:efficientnet_b0"))[2:9] == [f"blocks.{i}" for i in range(7)]
     root, paths = photos
-    e = embedder.Embedder("timm:convnext_atto", "none", layers=["stages.1", "stages.3", "penultimate"], resize=64,
-                          crop=64, engine="torch", device="cpu").fit()
+    e = embedder.Embedder(
+        "timm:convnext_atto",
+        "none",
+        layers=["stages.1", "stages.3", "penultimate"],
+        resize=64,
+        crop=64,
+        engine="torch",
+        device="cpu",
+    ).fit()
     X = e.transform([str(p) for p in paths])
     assert e.dims_ == {"stages.1": 80, "stages.3": 320, "head.drop": 320} and X.shape == (len(paths), 720)
     model = load_backbone("timm:convnext_atto", "none", resize=64, crop=64).model
@@ -248,8 +275,9 @@ def test_a_rerun_keeps_its_rows_and_another_tag_gets_its_own_settings(photos, tm
     first = embedder.extract(str(root), str(tmp_path / "a.h5"), backbone="timm:efficientnet_b0", **opts)
     again = embedder.extract(str(root), str(tmp_path / "a.h5"), backbone="timm:efficientnet_b0.ra_in1k", **opts)
     assert first.embedded == 4 and again.embedded == 0 and again.settings == first.settings
-    other = embedder.extract(str(root), str(tmp_path / "b.h5"), backbone="timm:efficientnet_b0.ra4_e3600_r224_in1k",
-                             **opts)
+    other = embedder.extract(
+        str(root), str(tmp_path / "b.h5"), backbone="timm:efficientnet_b0.ra4_e3600_r224_in1k", **opts
+    )
     assert other.settings["backbone"] == "timm:efficientnet_b0.ra4_e3600_r224_in1k" != first.settings["backbone"]
     with pytest.raises(FeaturebankError):
         embedder.extract(str(root), str(tmp_path / "a.h5"), backbone="timm:efficientnet_b0.ra4_e3600_r224_in1k", **opts)
@@ -268,8 +296,11 @@ def test_finetuning_surgery_on_timm_layouts():
     blocks = unfrozen_blocks(model, 2)
     assert blocks == ["blocks.11", "norm"]
     freeze(model, blocks, "frozen")
-    trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks.") else "")
-                 for n, p in model.named_parameters() if p.requires_grad}
+    trainable = {
+        n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks.") else "")
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
     assert trainable == {"blocks.11", "norm", "head"}
     x = torch.zeros(2, 3, 28, 28)
     with torch.no_grad():
@@ -287,8 +318,10 @@ def test_the_command_line_lists_timm_backbones_and_their_layers():
     listed = CliRunner().invoke(main, ["backbones", "--source", "timm", "--filter", "*small*dinov2*", "--json"])
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)
-    assert [r["name"] for r in rows] == ["timm:vit_small_patch14_dinov2.lvd142m",
-                                        "timm:vit_small_patch14_reg4_dinov2.lvd142m"]
+    assert [r["name"] for r in rows] == [
+        "timm:vit_small_patch14_dinov2.lvd142m",
+        "timm:vit_small_patch14_reg4_dinov2.lvd142m",
+    ]
     assert (rows[0]["resize"], rows[0]["crop"], rows[0]["interpolation"]) == (518, 518, "bicubic")
     shown = CliRunner().invoke(main, ["layers", "timm:vit_small_patch14_dinov2", "--size", "56", "--json"])
     assert shown.exit_code == 0, shown.output

@@ -1,5 +1,6 @@
 """`torchrun -m cli extract`: ranks embed disjoint shards into one cache equal to a single-process run, a rank
 killed with SIGKILL loses only its batches in flight, and the rank set-up itself."""
+
 import os
 import signal
 import subprocess
@@ -8,29 +9,46 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST, ROOT, write_tree
 
 import embedder
 from embedder.cache import CacheReader, CacheWriter, parts_dir
 from embedder.distributed import Rank
 from embedder.errors import FeaturebankError
 
-from conftest import FAST, ROOT, write_tree
-
 OPTIONS = ["-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "0", "--engine", "torch"]
 
 
 def torchrun(root, cache, *extra, nproc=2):
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "cli", "extract", str(root), "--cache", str(cache), *OPTIONS, *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "cli",
+        "extract",
+        str(root),
+        "--cache",
+        str(cache),
+        *OPTIONS,
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
 
 
 def single_process(root, tmp_path, batch_size):
     """The reference: the same settings in this process, one rank."""
-    return CacheReader(embedder.extract(str(root), str(tmp_path / "single.h5"), engine="torch",
-                                        **{**FAST, "batch_size": batch_size}).cache)
+    return CacheReader(
+        embedder.extract(
+            str(root), str(tmp_path / "single.h5"), engine="torch", **{**FAST, "batch_size": batch_size}
+        ).cache
+    )
 
 
 def assert_same_cache(cache, reference):
@@ -55,7 +73,11 @@ def test_two_cpu_ranks_give_the_rows_and_features_of_a_single_process(tmp_path):
     assert lines[0] == f"15 rows in {tmp_path / 'two.h5'}" and sum("rows in" in line for line in lines) == 1
     assert "embedded 15 (" in lines[-1] and "torch on cpu, 2 ranks), kept 0" in lines[-1]
     run = CacheReader(tmp_path / "two.h5").info["runs"][-1]
-    assert (run["embedded"], run["ranks"], run["engine"]["threads"]) == (15, 2, max(1, len(os.sched_getaffinity(0)) // 2))
+    assert (run["embedded"], run["ranks"], run["engine"]["threads"]) == (
+        15,
+        2,
+        max(1, len(os.sched_getaffinity(0)) // 2),
+    )
 
     again = torchrun(root, tmp_path / "two.h5", "--batch-size", "2")  # nothing to do: nothing embedded
     out, err = again.communicate(timeout=300)
@@ -136,7 +158,7 @@ def test_a_second_job_on_a_cache_being_written_is_refused_on_every_rank(tmp_path
     assert proc.returncode != 0 and not cache.exists()
     text = err.decode()
     assert text.count(f"Error: another featurebank process is writing {cache}") == 1  # rank 0's own words
-    assert text.count(f"Error: rank 0 failed while opening the cache: another featurebank process is writing") == 1
+    assert text.count("Error: rank 0 failed while opening the cache: another featurebank process is writing") == 1
 
 
 def test_rank_comes_from_torchruns_environment():
@@ -170,9 +192,17 @@ def test_each_rank_of_a_machine_gets_its_own_cores_and_its_own_gpu():
 def test_a_single_process_run_does_not_import_torch_distributed(tree, tmp_path):
     root, _ = tree
     embedder.extract(str(root), str(tmp_path / "c.h5"), **FAST)
-    code = ("import sys, embedder; embedder.extract(sys.argv[1], sys.argv[2], backbone='resnet18', weights='none', "
-            "resize=72, crop=64, batch_size=4, workers=0); print('torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code, str(root), str(tmp_path / "c.h5")], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, embedder; embedder.extract(sys.argv[1], sys.argv[2], backbone='resnet18', weights='none', "
+        "resize=72, crop=64, batch_size=4, workers=0); print('torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(tmp_path / "c.h5")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"  # a rerun with nothing to do: neither torch nor torch.distributed

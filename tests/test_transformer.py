@@ -1,8 +1,10 @@
 """Embedder: a scikit-learn transformer whose rows equal the cache's, usable in Pipeline and GridSearchCV."""
+
 import pickle
 
 import numpy as np
 import pytest
+from conftest import FAST, photo
 from PIL import Image
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
@@ -14,9 +16,7 @@ import embedder
 from embedder import Embedder
 from embedder.errors import FeaturebankError
 
-from conftest import FAST, photo
-
-PARAMS = {k: v for k, v in FAST.items()}
+PARAMS = dict(FAST)
 
 
 def test_init_does_nothing_and_transform_needs_fit():

@@ -1,5 +1,6 @@
 """Flip test-time augmentation (``--tta flip``): the mean of the image's and its mirror's vectors, the same in both
 engines, in int8, in ``Embedder``, in model files and in their ONNX export; a setting of its own."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from conftest import FAST, photo
 from PIL import Image, ImageOps
 
 import embedder
 from embedder.errors import FeaturebankError
 from embedder.settings import ExtractionSettings, settings_key
-
-from conftest import FAST, photo
 
 LAYERS = ["flatten", "layer3"]
 
@@ -46,10 +46,21 @@ def features(summary, layer):
 
 # -- the setting ---------------------------------------------------------------------------------------------------
 def test_tta_is_recorded_only_when_on_so_older_settings_keep_their_key():
-    plain = {"backbone": "resnet18", "weights": "none:seed=0", "layers": ["flatten"], "pooling": "avg",
-             "preprocessing": {"resize": 72, "crop": 64, "mean": [0.485, 0.456, 0.406],
-                               "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "draft": True},
-             "precision": "fp32"}
+    plain = {
+        "backbone": "resnet18",
+        "weights": "none:seed=0",
+        "layers": ["flatten"],
+        "pooling": "avg",
+        "preprocessing": {
+            "resize": 72,
+            "crop": 64,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "interpolation": "bilinear",
+            "draft": True,
+        },
+        "precision": "fp32",
+    }
     s = ExtractionSettings.from_dict(plain)
     assert s.tta == "none" and s.to_dict() == plain and s.key == settings_key(plain)
     flip = ExtractionSettings.from_dict({**plain, "tta": "flip"})
@@ -65,8 +76,10 @@ def test_flip_features_are_the_mean_of_the_image_and_its_mirror_in_both_engines(
     opts = {**FAST, "layers": LAYERS, "cache_dir": str(tmp_path / "cache")}
     plain = embedder.extract(str(images), engine="torch", **opts)
     mirror = embedder.extract(str(mirrored), engine="torch", **opts)
-    runs = {engine: embedder.extract(str(images), str(tmp_path / f"{engine}.h5"), engine=engine, tta="flip",
-                                     **opts) for engine in ("torch", "onnxruntime")}
+    runs = {
+        engine: embedder.extract(str(images), str(tmp_path / f"{engine}.h5"), engine=engine, tta="flip", **opts)
+        for engine in ("torch", "onnxruntime")
+    }
     assert runs["torch"].engine["name"] == "torch" and runs["onnxruntime"].engine["name"] == "onnxruntime"
     assert runs["torch"].settings == runs["onnxruntime"].settings and runs["torch"].settings["tta"] == "flip"
     for layer in LAYERS:
@@ -102,7 +115,7 @@ def test_flip_features_do_not_change_when_the_image_is_mirrored_int8_too(pairs, 
     q = embedder.load(str(tmp_path / "a-int8.h5"), "flatten")[0]
     f = embedder.load(str(tmp_path / "a-fp32.h5"), "flatten")[0]
     cosine = (q * f).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(f, axis=1)
-    assert 0.9 < cosine.min() and not np.allclose(q, f, rtol=1e-4)  # int8: close to fp32, not equal
+    assert cosine.min() > 0.9 and not np.allclose(q, f, rtol=1e-4)  # int8: close to fp32, not equal
 
 
 # -- the cache, Embedder, the command line -----------------------------------------------------------------------
@@ -114,8 +127,10 @@ def test_a_cache_without_tta_refuses_tta_rows_and_the_default_name_differs(pairs
         embedder.extract(str(images), path, tta="flip", engine="torch", **FAST)
     assert len(embedder.CacheReader(path)) == 5  # nothing lost
     cache_dir = str(tmp_path / "cache")
-    names = {embedder.extract(str(images), cache_dir=cache_dir, tta=t, engine="torch", **FAST).cache
-             for t in ("none", "flip")}
+    names = {
+        embedder.extract(str(images), cache_dir=cache_dir, tta=t, engine="torch", **FAST).cache
+        for t in ("none", "flip")
+    }
     assert len(names) == 2
 
 
@@ -127,16 +142,29 @@ def test_embedder_with_flip_equals_the_cache(pairs, tmp_path):
     files = sorted(str(p) for p in (images / "a").iterdir())
     e = Embedder(layers=LAYERS, tta="flip", **FAST).fit()
     assert e.settings_.to_dict() == summary.settings
-    np.testing.assert_array_equal(e.transform(files),
-                                  np.hstack([features(summary, "flatten"), features(summary, "layer3")]))
+    np.testing.assert_array_equal(
+        e.transform(files), np.hstack([features(summary, "flatten"), features(summary, "layer3")])
+    )
 
 
 def test_cli_extract_tta_and_info_shows_it(pairs, tmp_path):
     import cli
 
     images, _ = pairs
-    base = ["extract", str(images), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64",
-            "--engine", "torch"]
+    base = [
+        "extract",
+        str(images),
+        "-b",
+        "resnet18",
+        "-w",
+        "none",
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--engine",
+        "torch",
+    ]
     runner = CliRunner()
     r = runner.invoke(cli.main, [*base, "--cache", str(tmp_path / "f.h5"), "--tta", "flip", "--json"])
     assert r.exit_code == 0, r.output

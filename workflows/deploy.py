@@ -10,6 +10,7 @@ is refused, never shipped. The head stays fp32 in an int8 file.
 
 Receives the scikit-learn objects it converts; never imports ``classifiers``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +31,7 @@ from embedder.backbones import file_metadata, head_classes, load_backbone, outpu
 from embedder.batches import ImageDataset, ThreadBatches
 from embedder.cache import CacheReader
 from embedder.decode import DEFAULT_MAX_PIXELS
+from embedder.destination import check_destination
 from embedder.engines import open_engine, settings_fp32
 from embedder.errors import FeaturebankError, first_line
 from embedder.job import calibration_batches, int8_settings
@@ -37,7 +39,6 @@ from embedder.resolve import Request, resolve
 from embedder.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
 from embedder.sources import Item, Listing, list_inputs
 from embedder.store import EngineStore, engine_dir_for
-from embedder.destination import check_destination
 
 INPUT, SCORES, LABEL = "images", "scores", "label"
 ML_OPSET = 3
@@ -155,8 +156,9 @@ class _Affine:
 
 def _l2(g: _Graph, x: str) -> str:
     """Row L2 normalization as scikit-learn's ``normalize`` does it: a norm under 10 float32 epsilons counts as 1."""
-    norm = g.op("Sqrt", [g.op("ReduceSum", [g.op("Mul", [x, x]), g.const(np.array([1], np.int64), "axes")],
-                              keepdims=1)])
+    norm = g.op(
+        "Sqrt", [g.op("ReduceSum", [g.op("Mul", [x, x]), g.const(np.array([1], np.int64), "axes")], keepdims=1)]
+    )
     small = g.op("Less", [norm, g.const(np.float32(10 * np.finfo(np.float32).eps), "eps")])
     safe = g.op("Where", [small, g.const(np.float32(1.0), "one"), norm])
     return g.op("Div", [x, safe])
@@ -186,8 +188,10 @@ def _write_transforms(g: _Graph, x: str, transforms: list) -> tuple[str, _Affine
             mean = step.mean_ if step.with_mean else 0.0
             scale = step.scale_ if step.with_std else 1.0
             n = step.n_features_in_
-            affine.then_scale(np.broadcast_to(1.0 / np.asarray(scale, np.float64), (n,)),
-                              np.broadcast_to(-np.asarray(mean, np.float64) / scale, (n,)))
+            affine.then_scale(
+                np.broadcast_to(1.0 / np.asarray(scale, np.float64), (n,)),
+                np.broadcast_to(-np.asarray(mean, np.float64) / scale, (n,)),
+            )
         elif isinstance(pca, PCA):
             A = pca.components_.T.astype(np.float64)
             b = -pca.mean_.astype(np.float64) @ A
@@ -197,8 +201,11 @@ def _write_transforms(g: _Graph, x: str, transforms: list) -> tuple[str, _Affine
                 A, b = A / scale, b / scale
             affine.then(A, b)
         else:
-            raise NotExportable(type(step).__name__, f"the pipeline step {type(step).__name__} cannot be exported "
-                                                     f"(L2 Normalizer, StandardScaler and PCA can)")
+            raise NotExportable(
+                type(step).__name__,
+                f"the pipeline step {type(step).__name__} cannot be exported "
+                f"(L2 Normalizer, StandardScaler and PCA can)",
+            )
     return x, affine
 
 
@@ -221,21 +228,36 @@ def refusal(pipeline) -> NotExportable | None:
 
     transforms, clf = _transform_steps(pipeline)
     for step in transforms:
-        ok = (isinstance(step, Normalizer) and step.norm == "l2") or isinstance(step, (StandardScaler, PCA)) \
-            or isinstance(getattr(step, "pca_", None), PCA) or type(step).__name__ == "ReducedPCA"  # the zoo's
+        ok = (
+            (isinstance(step, Normalizer) and step.norm == "l2")
+            or isinstance(step, (StandardScaler, PCA))
+            or isinstance(getattr(step, "pca_", None), PCA)
+            or type(step).__name__ == "ReducedPCA"
+        )  # the zoo's
         if not ok:
-            return NotExportable(type(clf).__name__, f"its pipeline step {type(step).__name__} has no export (L2 "
-                                                     f"Normalizer, StandardScaler and PCA have)")
+            return NotExportable(
+                type(clf).__name__,
+                f"its pipeline step {type(step).__name__} has no export (L2 Normalizer, StandardScaler and PCA have)",
+            )
     kind = type(clf).__name__
     if hasattr(clf, "member_pipelines"):  # the zoo's ensemble (classifiers.ensemble)
-        return NotExportable(kind, "an ensemble's head has no ONNX export yet (its members' calibration and "
-                                   "combination are not written); export one of its members' models instead")
+        return NotExportable(
+            kind,
+            "an ensemble's head has no ONNX export yet (its members' calibration and "
+            "combination are not written); export one of its members' models instead",
+        )
     if kind not in FOLDED + CONVERTED:
-        return NotExportable(kind, f"{kind} has no export (linear models fold into one matrix product; "
-                                   f"{', '.join(CONVERTED)} go through skl2onnx)")
+        return NotExportable(
+            kind,
+            f"{kind} has no export (linear models fold into one matrix product; "
+            f"{', '.join(CONVERTED)} go through skl2onnx)",
+        )
     if kind == "KNeighborsClassifier" and clf.weights != "uniform":
-        return NotExportable(kind, f"skl2onnx ignores the distances of weights={clf.weights!r} (it weighs every "
-                                   f"neighbour alike: other probabilities than scikit-learn's)")
+        return NotExportable(
+            kind,
+            f"skl2onnx ignores the distances of weights={clf.weights!r} (it weighs every "
+            f"neighbour alike: other probabilities than scikit-learn's)",
+        )
     return None
 
 
@@ -266,8 +288,10 @@ def _finish(g: _Graph, scores: str, k: int) -> list:
     """``scores`` and their arg-max, ``label``: the graph's outputs."""
     g.op("Identity", [scores], SCORES)
     g.op("ArgMax", [SCORES], LABEL, axis=1, keepdims=0)
-    return [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["batch", k]),
-            helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["batch"])]
+    return [
+        helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["batch", k]),
+        helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["batch"]),
+    ]
 
 
 def _converted(g: _Graph, x: str, clf, head: Head, width: int, opset: int, ir_version: int) -> onnx.ModelProto:
@@ -277,8 +301,9 @@ def _converted(g: _Graph, x: str, clf, head: Head, width: int, opset: int, ir_ve
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
     except ImportError as exc:
-        raise NotExportable(kind, f"{kind} exports through skl2onnx, which is not installed ({exc}): "
-                                  f"pip install skl2onnx") from None
+        raise NotExportable(
+            kind, f"{kind} exports through skl2onnx, which is not installed ({exc}): pip install skl2onnx"
+        ) from None
     dims = _width_after(head.pipeline, width)
     # trees compare in double as scikit-learn does (float32 features, float64 thresholds); the rest in float
     double = kind == "RandomForestClassifier"
@@ -286,9 +311,12 @@ def _converted(g: _Graph, x: str, clf, head: Head, width: int, opset: int, ir_ve
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             tensor = (DoubleTensorType if double else FloatTensorType)([None, dims])
-            converted = convert_sklearn(clf, initial_types=[("x", tensor)],
-                                        target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
-                                        options={id(clf): {"zipmap": False}})
+            converted = convert_sklearn(
+                clf,
+                initial_types=[("x", tensor)],
+                target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
+                options={id(clf): {"zipmap": False}},
+            )
     except Exception as exc:
         first = first_line(exc, 200)
         raise NotExportable(kind, f"skl2onnx cannot convert {kind} ({first})") from None
@@ -304,8 +332,7 @@ def _converted(g: _Graph, x: str, clf, head: Head, width: int, opset: int, ir_ve
     tail = post.model([probabilities], _finish(post, s, len(head.classes)), opset, ir_version)
     pre.graph.ClearField("output")
     pre.graph.output.extend([clf_in])
-    joined = compose.merge_models(pre, converted, io_map=[(clf_in.name, clf_in.name)],
-                                  outputs=[probabilities.name])
+    joined = compose.merge_models(pre, converted, io_map=[(clf_in.name, clf_in.name)], outputs=[probabilities.name])
     return _used_opsets(compose.merge_models(joined, tail, io_map=[(probabilities.name, probabilities.name)]))
 
 
@@ -352,15 +379,20 @@ def check_head(model: onnx.ModelProto, head: Head, width: int) -> dict:
         ref = head.pipeline.decision_function(X)
         ref = np.column_stack([-ref, ref]) if ref.ndim == 1 else ref
     if got.shape != ref.shape:
-        raise NotExportable(type(_transform_steps(head.pipeline)[1]).__name__,
-                            f"the exported head gives {got.shape[1]} scores per image, scikit-learn {ref.shape[1]}")
+        raise NotExportable(
+            type(_transform_steps(head.pipeline)[1]).__name__,
+            f"the exported head gives {got.shape[1]} scores per image, scikit-learn {ref.shape[1]}",
+        )
     tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
     diff = np.abs(got - ref).max(axis=1)
     bad = int((diff > tol).sum())
     if bad > 0.01 * len(X):
         kind = type(_transform_steps(head.pipeline)[1]).__name__
-        raise NotExportable(kind, f"the ONNX conversion of {kind} disagrees with scikit-learn on {bad} of {len(X)} "
-                                  f"training rows (largest difference {diff.max():.3g})")
+        raise NotExportable(
+            kind,
+            f"the ONNX conversion of {kind} disagrees with scikit-learn on {bad} of {len(X)} "
+            f"training rows (largest difference {diff.max():.3g})",
+        )
     return {"rows": int(len(X)), "max_difference": float(diff.max())}
 
 
@@ -368,9 +400,12 @@ def check_head(model: onnx.ModelProto, head: Head, width: int) -> dict:
 def _layout(crop: int, opset: int, ir_version: int) -> onnx.ModelProto:
     g = _Graph("layout/")
     g.op("Transpose", [INPUT], "layout/nchw", perm=[0, 3, 1, 2])
-    return g.model([helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", crop, crop, 3])],
-                   [helper.make_tensor_value_info("layout/nchw", TensorProto.UINT8, ["batch", 3, crop, crop])],
-                   opset, ir_version)
+    return g.model(
+        [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", crop, crop, 3])],
+        [helper.make_tensor_value_info("layout/nchw", TensorProto.UINT8, ["batch", 3, crop, crop])],
+        opset,
+        ir_version,
+    )
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -390,10 +425,10 @@ def assemble(backbone: onnx.ModelProto, layer: str, head_onnx: onnx.ModelProto, 
     """layout → backbone → head, as one model (the backbone's names prefixed with ``backbone/``)."""
     opset, ir = _default_opset(backbone), backbone.ir_version
     body = compose.add_prefix(_used_opsets(backbone), "backbone/")
-    model = compose.merge_models(_layout(crop, opset, ir), body, io_map=[("layout/nchw", f"backbone/{INPUT}")],
-                                 outputs=[f"backbone/{layer}"])
-    model = compose.merge_models(model, head_onnx, io_map=[(f"backbone/{layer}", "features")],
-                                 outputs=[SCORES, LABEL])
+    model = compose.merge_models(
+        _layout(crop, opset, ir), body, io_map=[("layout/nchw", f"backbone/{INPUT}")], outputs=[f"backbone/{layer}"]
+    )
+    model = compose.merge_models(model, head_onnx, io_map=[(f"backbone/{layer}", "features")], outputs=[SCORES, LABEL])
     model.producer_name, model.producer_version = "featurebank", __version__
     return _used_opsets(model)
 
@@ -417,11 +452,22 @@ def metadata(settings: ExtractionSettings, head: Head, precision: str, how: str,
     prep = settings.preprocessing
     return {
         "classes": list(head.classes),
-        "preprocessing": {"resize": prep.resize, "crop": prep.crop, "interpolation": prep.interpolation,
-                          "draft": prep.draft, "mean": list(prep.mean), "std": list(prep.std),
-                          "note": "shorter side to resize, center crop; mean/std are applied inside the graph"},
-        "input": {"name": INPUT, "layout": "NHWC", "dtype": "uint8", "shape": ["batch", prep.crop, prep.crop, 3],
-                  "channels": "RGB"},
+        "preprocessing": {
+            "resize": prep.resize,
+            "crop": prep.crop,
+            "interpolation": prep.interpolation,
+            "draft": prep.draft,
+            "mean": list(prep.mean),
+            "std": list(prep.std),
+            "note": "shorter side to resize, center crop; mean/std are applied inside the graph",
+        },
+        "input": {
+            "name": INPUT,
+            "layout": "NHWC",
+            "dtype": "uint8",
+            "shape": ["batch", prep.crop, prep.crop, 3],
+            "channels": "RGB",
+        },
         "output": {SCORES: head.output, LABEL: "index into classes", "head": how},
         "precision": precision,
         "settings": settings.to_dict(),
@@ -439,10 +485,21 @@ def _save(model: onnx.ModelProto, meta: dict, out: str) -> int:
     return os.path.getsize(out)
 
 
-def export(settings: ExtractionSettings, build_model, head: Head, out: str, *, store: EngineStore,
-           precision: str = "fp32", calibration: Listing | None = None, int8: Int8 | None = None,
-           labelled: list[tuple[str, str]] | None = None, extra: dict | None = None, max_pixels: int | None = None,
-           threads: int | None = None) -> Exported:
+def export(
+    settings: ExtractionSettings,
+    build_model,
+    head: Head,
+    out: str,
+    *,
+    store: EngineStore,
+    precision: str = "fp32",
+    calibration: Listing | None = None,
+    int8: Int8 | None = None,
+    labelled: list[tuple[str, str]] | None = None,
+    extra: dict | None = None,
+    max_pixels: int | None = None,
+    threads: int | None = None,
+) -> Exported:
     """Write ``head`` on the backbone of ``settings`` as one ONNX file ``out``.
 
     ``build_model()`` returns the torch backbone (called only when the engine folder lacks its ONNX file).
@@ -463,33 +520,49 @@ def export(settings: ExtractionSettings, build_model, head: Head, out: str, *, s
     crop = settings.preprocessing.crop
     fp32_engine = open_engine(fp32_settings, store, build_model, engine="onnxruntime", device="cpu")
     fp32_backbone = onnx.load(fp32_engine.path)
-    head_onnx, how = head_model(head, _width(fp32_backbone, layer, head), _default_opset(fp32_backbone),
-                                fp32_backbone.ir_version)
+    head_onnx, how = head_model(
+        head, _width(fp32_backbone, layer, head), _default_opset(fp32_backbone), fp32_backbone.ir_version
+    )
     checked = check_head(head_onnx, head, _width(fp32_backbone, layer, head))
     fp32_model = assemble(fp32_backbone, layer, head_onnx, crop)
     info = {**(extra or {}), "head_check": checked}
     if precision == "fp32":
         meta = metadata(fp32_settings, head, "fp32", how, info)
         size = _save(fp32_model, meta, out)
-        return Exported(os.path.abspath(out), size, "fp32", head.output, how, meta,
-                        seconds=round(time.perf_counter() - started, 2))
+        return Exported(
+            os.path.abspath(out), size, "fp32", head.output, how, meta, seconds=round(time.perf_counter() - started, 2)
+        )
 
     q_settings, calibration_fn = _int8_plan(settings, calibration, int8, max_pixels, threads)
-    q_engine = open_engine(q_settings, store, build_model, engine="onnxruntime", device="cpu",
-                           calibration=calibration_fn)
+    q_engine = open_engine(
+        q_settings, store, build_model, engine="onnxruntime", device="cpu", calibration=calibration_fn
+    )
     q_backbone = onnx.load(q_engine.path)
     if (_default_opset(q_backbone), q_backbone.ir_version) != (_default_opset(fp32_backbone), fp32_backbone.ir_version):
-        head_onnx, _ = head_model(head, _width(fp32_backbone, layer, head), _default_opset(q_backbone),
-                                  q_backbone.ir_version)
+        head_onnx, _ = head_model(
+            head, _width(fp32_backbone, layer, head), _default_opset(q_backbone), q_backbone.ir_version
+        )
     q_model = assemble(q_backbone, layer, head_onnx, crop)
     accuracy = compare(fp32_model, q_model, labelled or [], head.classes, settings.preprocessing, max_pixels, threads)
     accuracy["source"] = calibration.source if calibration is not None else None
-    meta = metadata(q_settings, head, "int8", how,
-                    {**info, "int8": {"calibration": q_engine.meta.get("calibration"),
-                                      "cosine_to_fp32": q_engine.meta.get("cosine_to_fp32"), "accuracy": accuracy}})
+    meta = metadata(
+        q_settings,
+        head,
+        "int8",
+        how,
+        {
+            **info,
+            "int8": {
+                "calibration": q_engine.meta.get("calibration"),
+                "cosine_to_fp32": q_engine.meta.get("cosine_to_fp32"),
+                "accuracy": accuracy,
+            },
+        },
+    )
     size = _save(q_model, meta, out)
-    return Exported(os.path.abspath(out), size, "int8", head.output, how, meta, accuracy,
-                    round(time.perf_counter() - started, 2))
+    return Exported(
+        os.path.abspath(out), size, "int8", head.output, how, meta, accuracy, round(time.perf_counter() - started, 2)
+    )
 
 
 def _int8_plan(settings: ExtractionSettings, calibration: Listing | None, int8: Int8 | None, max_pixels, threads):
@@ -500,8 +573,9 @@ def _int8_plan(settings: ExtractionSettings, calibration: Listing | None, int8: 
     if settings.precision == "int8":
         return settings, None
     if calibration is None or not calibration.items:
-        raise FeaturebankError("int8 needs images to calibrate on: give --images DATA (labelled images, such as "
-                               "the training folder)")
+        raise FeaturebankError(
+            "int8 needs images to calibrate on: give --images DATA (labelled images, such as the training folder)"
+        )
     q, files = int8_settings(replace(settings, precision="int8", int8=int8 or Int8()), calibration, None)
 
     def batches():
@@ -510,18 +584,27 @@ def _int8_plan(settings: ExtractionSettings, calibration: Listing | None, int8: 
     return q, batches
 
 
-def compare(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, labelled: list[tuple[str, str]],
-            classes: list[str], prep, max_pixels: int, threads: int | None = None, batch_size: int = 32) -> dict:
+def compare(
+    fp32_model: onnx.ModelProto,
+    int8_model: onnx.ModelProto,
+    labelled: list[tuple[str, str]],
+    classes: list[str],
+    prep,
+    max_pixels: int,
+    threads: int | None = None,
+    batch_size: int = 32,
+) -> dict:
     """Both files on the same decoded images: accuracy of each, and how often they name the same class."""
     import onnxruntime as ort
-
 
     index = {c: i for i, c in enumerate(classes)}
     labelled = [(p, index[c]) for p, c in labelled if c in index]
     if not labelled:
         raise FeaturebankError("no labelled images to measure int8 against fp32 on: give --images DATA")
-    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-                for m in (fp32_model, int8_model)]
+    sessions = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for m in (fp32_model, int8_model)
+    ]
     dataset = ImageDataset([p for p, _ in labelled], prep, max_pixels)
     y = np.array([c for _, c in labelled])
     preds: list[list[np.ndarray]] = [[], []]
@@ -538,12 +621,17 @@ def compare(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, labelled: 
             out.append(session.run([LABEL], {INPUT: x})[0])
         kept.extend(batch.indices)
     if not kept:
-        raise FeaturebankError(f"none of the {len(labelled)} labelled images could be read ({first_failure}): give "
-                               f"--images DATA")
+        raise FeaturebankError(
+            f"none of the {len(labelled)} labelled images could be read ({first_failure}): give --images DATA"
+        )
     a, b, truth = np.concatenate(preds[0]), np.concatenate(preds[1]), y[kept]
-    return {"images": int(len(kept)), "unreadable": int(len(labelled) - len(kept)),
-            "fp32": round(float((a == truth).mean()), 6), "int8": round(float((b == truth).mean()), 6),
-            "agreement": round(float((a == b).mean()), 6)}
+    return {
+        "images": int(len(kept)),
+        "unreadable": int(len(labelled) - len(kept)),
+        "fp32": round(float((a == truth).mean()), 6),
+        "int8": round(float((b == truth).mean()), 6),
+        "agreement": round(float((a == b).mean()), 6),
+    }
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------
@@ -553,8 +641,10 @@ def cache_listing(cache_path: str) -> Listing:
 
     reader = CacheReader(cache_path)
     rows, fails = reader.rows, reader.failures
-    items = [Item(str(p), str(l), str(gr), int(s), int(m))
-             for p, l, gr, s, m in zip(rows["path"], rows["label"], rows["group"], rows["size"], rows["mtime_ns"])]
+    items = [
+        Item(str(p), str(label), str(gr), int(s), int(m))
+        for p, label, gr, s, m in zip(rows["path"], rows["label"], rows["group"], rows["size"], rows["mtime_ns"])
+    ]
     items += [Item(str(p), "", "", int(s), int(m)) for p, s, m in zip(fails["path"], fails["size"], fails["mtime_ns"])]
     return Listing(reader.attrs["root"], "cache", reader.attrs["source"], items)
 
@@ -563,9 +653,17 @@ def labelled_images(listing: Listing) -> list[tuple[str, str]]:
     return [(listing.full_path(i), i.label) for i in listing.items if i.label and not i.error]
 
 
-def export_checkpoint(path: str, out: str, *, backbone: str | None = None, precision: str = "fp32",
-                      images=None, int8: Int8 | None = None, store: EngineStore | None = None,
-                      threads: int | None = None) -> Exported:
+def export_checkpoint(
+    path: str,
+    out: str,
+    *,
+    backbone: str | None = None,
+    precision: str = "fp32",
+    images=None,
+    int8: Int8 | None = None,
+    store: EngineStore | None = None,
+    threads: int | None = None,
+) -> Exported:
     """A checkpoint with its own head (``finetune``'s ``best.pth``, or an ImageNet checkpoint) as one ONNX file:
     the backbone's logits, softmaxed, as ``predict --head`` gives them. int8 calibrates on ``images``."""
 
@@ -587,7 +685,24 @@ def export_checkpoint(path: str, out: str, *, backbone: str | None = None, preci
         return model_cache["model"]
 
     head = Head(classes, None, f"{backbone} head")
-    extra = {"model": {"kind": "checkpoint", "file": os.path.basename(path), "backbone": backbone,
-                       "layer": resolved.settings.layers[0]}}
-    return export(resolved.settings, build_model, head, out, store=store, precision=precision, calibration=listing,
-                  int8=int8, labelled=labelled_images(listing) if listing else None, extra=extra, threads=threads)
+    extra = {
+        "model": {
+            "kind": "checkpoint",
+            "file": os.path.basename(path),
+            "backbone": backbone,
+            "layer": resolved.settings.layers[0],
+        }
+    }
+    return export(
+        resolved.settings,
+        build_model,
+        head,
+        out,
+        store=store,
+        precision=precision,
+        calibration=listing,
+        int8=int8,
+        labelled=labelled_images(listing) if listing else None,
+        extra=extra,
+        threads=threads,
+    )

@@ -3,6 +3,7 @@
 ``export`` tells the two apart by the file's name (a checkpoint's suffix, as ``--weights`` does); the ONNX graph
 itself is built by ``workflows.deploy``.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,14 +29,31 @@ def export(model: str, options: ExportOptions) -> Exported:
     weights file is now)."""
     o = options
     if is_checkpoint(model):
-        return export_checkpoint(model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images,
-                                 int8=o.int8)
-    return export_model(model, o.out, precision=o.precision, weights=o.weights, images=o.images, int8=o.int8,
-                        trust_pickle=o.trust_pickle)
+        return export_checkpoint(
+            model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images, int8=o.int8
+        )
+    return export_model(
+        model,
+        o.out,
+        precision=o.precision,
+        weights=o.weights,
+        images=o.images,
+        int8=o.int8,
+        trust_pickle=o.trust_pickle,
+    )
 
 
-def export_model(model, out: str, *, precision: str | None = None, weights: str | None = None, images=None,
-                 int8=None, threads: int | None = None, trust_pickle: bool = False):
+def export_model(
+    model,
+    out: str,
+    *,
+    precision: str | None = None,
+    weights: str | None = None,
+    images=None,
+    int8=None,
+    threads: int | None = None,
+    trust_pickle: bool = False,
+):
     """A model file of ``train`` as one ONNX file (``workflows.deploy``): uint8 images in, its scores and class out. ``precision``
     defaults to the model's own (int8 for a model trained on int8 features). int8 calibrates on the model's
     training images (its training cache's input; ``images`` instead) and measures fp32 against int8 on them."""
@@ -50,22 +68,42 @@ def export_model(model, out: str, *, precision: str | None = None, weights: str 
     samples = reader.features(bundle.layer) if reader and bundle.layer in reader.dims else None  # to check the head
 
     def build_model():
-        return load_backbone(options["backbone"], options["weights"], options["seed"], options["resize"],
-                             options["crop"], options["draft"]).model
+        return load_backbone(
+            options["backbone"],
+            options["weights"],
+            options["seed"],
+            options["resize"],
+            options["crop"],
+            options["draft"],
+        ).model
 
-    about = {"kind": "featurebank model", "file": None if isinstance(model, Bundle) else os.path.basename(model),
-             "classifier": bundle.classifier, "pipeline": describe(bundle.pipeline), "layer": bundle.layer,
-             "trained_on": {k: bundle.trained_on.get(k) for k in ("rows", "class_counts", "created")}}
+    about = {
+        "kind": "featurebank model",
+        "file": None if isinstance(model, Bundle) else os.path.basename(model),
+        "classifier": bundle.classifier,
+        "pipeline": describe(bundle.pipeline),
+        "layer": bundle.layer,
+        "trained_on": {k: bundle.trained_on.get(k) for k in ("rows", "class_counts", "created")},
+    }
     try:
-        return write_onnx(settings, build_model, Head(bundle.classes, bundle.pipeline, bundle.classifier, samples),
-                          out, store=EngineStore(options.get("engine_dir") or engine_dir_for(cache)),
-                          precision=precision or ("int8" if settings.int8 else "fp32"), calibration=listing,
-                          int8=int8, labelled=labelled_images(listing) if listing else None, extra={"model": about},
-                          threads=threads)
+        return write_onnx(
+            settings,
+            build_model,
+            Head(bundle.classes, bundle.pipeline, bundle.classifier, samples),
+            out,
+            store=EngineStore(options.get("engine_dir") or engine_dir_for(cache)),
+            precision=precision or ("int8" if settings.int8 else "fp32"),
+            calibration=listing,
+            int8=int8,
+            labelled=labelled_images(listing) if listing else None,
+            extra={"model": about},
+            threads=threads,
+        )
     except NotExportable as exc:
         ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
-        raise FeaturebankError(f"cannot export {bundle.classifier} ({exc.classifier}): {exc}; these export: "
-                               f"{', '.join(ok)}") from None
+        raise FeaturebankError(
+            f"cannot export {bundle.classifier} ({exc.classifier}): {exc}; these export: {', '.join(ok)}"
+        ) from None
 
 
 HEADS = {"folded": "folded into one matrix product", "skl2onnx": "through skl2onnx", "softmax": "softmax of its logits"}
@@ -75,15 +113,19 @@ def export_text(d: dict) -> list[str]:
     """What was written (``Exported.to_dict()``): precision, size, classes, input, int8 against fp32, the path."""
     m = d["metadata"]
     prep, head = m["preprocessing"], m["output"]["head"]
-    lines = [f"{d['precision']}, {d['bytes'] / 1e6:.1f} MB, {len(m['classes'])} classes, "
-             f"{'probabilities' if d['output'] == 'probability' else 'decision scores'} (head {HEADS[head]})",
-             f"  input: uint8 N x {prep['crop']} x {prep['crop']} x 3 RGB after resizing the shorter side to "
-             f"{prep['resize']} ({prep['interpolation']}) and a center crop"]
+    lines = [
+        f"{d['precision']}, {d['bytes'] / 1e6:.1f} MB, {len(m['classes'])} classes, "
+        f"{'probabilities' if d['output'] == 'probability' else 'decision scores'} (head {HEADS[head]})",
+        f"  input: uint8 N x {prep['crop']} x {prep['crop']} x 3 RGB after resizing the shorter side to "
+        f"{prep['resize']} ({prep['interpolation']}) and a center crop",
+    ]
     a = d["accuracy"]
     if a:
         of = (a.get("source") or "").split(":", 1)[-1]
-        lines.append(f"  accuracy on {a['images']} images{' of ' + of if of else ''}: fp32 {100 * a['fp32']:.2f} %, "
-                     f"int8 {100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); the same class "
-                     f"for {100 * a['agreement']:.1f} % of them")
+        lines.append(
+            f"  accuracy on {a['images']} images{' of ' + of if of else ''}: fp32 {100 * a['fp32']:.2f} %, "
+            f"int8 {100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); the same class "
+            f"for {100 * a['agreement']:.1f} % of them"
+        )
     lines.append(d["path"])
     return lines

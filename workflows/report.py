@@ -1,5 +1,6 @@
 """``featurebank report RUN_DIR``: render a run folder's report.html again, whichever workflow wrote it (``cv --out``
 in ``classifiers``, or ``finetune`` here), from its report.json alone."""
+
 from __future__ import annotations
 
 import os

@@ -18,14 +18,29 @@ The parts: ``options`` (what a run is asked, checked before anything is done), `
 
 The names below are imported on first use, so that the command line can build ``FinetuneOptions`` without torch.
 """
+
 from embedder.lazy import lazy_attributes
 
 _EXPORTS = {
-    "TrainingConfig": "loop", "TrainingState": "loop", "evaluate_images": "loop", "export_weights": "loop",
-    "train_loop": "loop", "FinetuneOptions": "options", "TrainingOptions": "options", "fold_linear": "probe",
-    "linear_probe": "probe", "FinetuneResult": "run", "finetune": "run", "split_rows": "split",
-    "add_head_dropout": "surgery", "block_names": "surgery", "freeze": "surgery", "param_groups": "surgery",
-    "replace_head": "surgery", "set_train_mode": "surgery", "unfrozen_blocks": "surgery",
+    "TrainingConfig": "loop",
+    "TrainingState": "loop",
+    "evaluate_images": "loop",
+    "export_weights": "loop",
+    "train_loop": "loop",
+    "FinetuneOptions": "options",
+    "TrainingOptions": "options",
+    "fold_linear": "probe",
+    "linear_probe": "probe",
+    "FinetuneResult": "run",
+    "finetune": "run",
+    "split_rows": "split",
+    "add_head_dropout": "surgery",
+    "block_names": "surgery",
+    "freeze": "surgery",
+    "param_groups": "surgery",
+    "replace_head": "surgery",
+    "set_train_mode": "surgery",
+    "unfrozen_blocks": "surgery",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,6 +2,7 @@
 on validation only, checkpoints that ``--resume`` continues from exactly, and the evaluation of images with the
 weights' own preprocessing (the same function scores validation during training and the test images after it).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,9 +47,15 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         """The recorded form: one flat dict, keys in this order (as last.pt and best.pth have always had them)."""
-        return {"backbone": self.backbone, "weights": self.weights, **asdict(self.options),
-                "classes": list(self.classes), "train_images": self.train_images, "val_images": self.val_images,
-                "validation": self.validation}
+        return {
+            "backbone": self.backbone,
+            "weights": self.weights,
+            **asdict(self.options),
+            "classes": list(self.classes),
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "validation": self.validation,
+        }
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -57,13 +64,28 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _loader(paths, transform, batch_size, workers, max_pixels):
-    return DataLoader(ImageDataset(paths, transform, max_pixels), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate, prefetch_factor=4 if workers else None)
+    return DataLoader(
+        ImageDataset(paths, transform, max_pixels),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=4 if workers else None,
+    )
 
 
 @torch.no_grad()
-def evaluate_images(model, part: Part, prep, device, precision, batch_size, workers, max_pixels=DEFAULT_MAX_PIXELS,
-                    role: str = "validation"):
+def evaluate_images(
+    model,
+    part: Part,
+    prep,
+    device,
+    precision,
+    batch_size,
+    workers,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    role: str = "validation",
+):
     """Scores of ``model`` on the images of ``part`` with the evaluation preprocessing, computed as everywhere else
     (``classifiers.metrics.scores``; ``loss`` is the log-loss of the softmax). Files that fail are left out and
     returned."""
@@ -76,8 +98,9 @@ def evaluate_images(model, part: Part, prep, device, precision, batch_size, work
                 logits.append(_forward(model, prep.normalize(torch.as_tensor(batch.images).to(device))).float().cpu())
             targets.append(part.y[batch.indices])
     if not logits:
-        raise FeaturebankError(f"none of the {len(part)} {role} images could be read now "
-                               f"(first: {failed[0][0]}: {failed[0][1]})")
+        raise FeaturebankError(
+            f"none of the {len(part)} {role} images could be read now (first: {failed[0][0]}: {failed[0][1]})"
+        )
     logits, y = torch.cat(logits), np.concatenate(targets)
     proba = torch.softmax(logits.double(), 1).numpy()
     s = scores(y, logits.argmax(1).numpy(), proba, logits.shape[1])
@@ -92,8 +115,15 @@ def _save(obj, path: str) -> None:
 def export_weights(model: nn.Module, path: str, classes: list[str], prep, meta: dict) -> str:
     """A checkpoint ``extract --weights`` and ``predict --head`` accept: the state dict plus class names and the
     preprocessing it was trained with."""
-    _save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "classes": list(classes),
-           "preprocessing": prep.to_dict(), "featurebank": meta}, path)
+    _save(
+        {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "classes": list(classes),
+            "preprocessing": prep.to_dict(),
+            "featurebank": meta,
+        },
+        path,
+    )
     return path
 
 
@@ -121,8 +151,10 @@ def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scale
     differ = [k for k in wanted if k not in NOT_COMPARED_ON_RESUME and saved["config"].get(k) != wanted[k]]
     if differ:
         key = differ[0]
-        raise FeaturebankError(f"--resume: {out} was started with {key}={saved['config'].get(key)!r}, not "
-                               f"{wanted[key]!r}; use the same options, or another --out")
+        raise FeaturebankError(
+            f"--resume: {out} was started with {key}={saved['config'].get(key)!r}, not "
+            f"{wanted[key]!r}; use the same options, or another --out"
+        )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -130,9 +162,22 @@ def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scale
     return TrainingState(**saved["state"])
 
 
-def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, classes: list[str], prep, out: str,
-               config: TrainingConfig, *, device, resume: bool, progress: bool, on_epoch_end=None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> TrainingState:
+def train_loop(
+    model: nn.Module,
+    blocks: list[str],
+    train: Part,
+    val: Part,
+    classes: list[str],
+    prep,
+    out: str,
+    config: TrainingConfig,
+    *,
+    device,
+    resume: bool,
+    progress: bool,
+    on_epoch_end=None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> TrainingState:
     """Train ``model`` (head and ``blocks``) on ``train`` for ``config.options.epochs``, early stopping on ``val`` accuracy.
     Epoch 0 is the untrained start: ``best.pth`` stays the start when no epoch beats it. Everything random is
     seeded from (seed, epoch), so a resumed run follows the uninterrupted trajectory. Only ``train`` and ``val``
@@ -159,31 +204,59 @@ def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, clas
         state.failed.update(dict(failed))
         return scores
 
-    epochs = _Epochs(model, blocks, train, Augmentation(prep, c.augment), c, device, workers, max_pixels,
-                     optimizer, scaler, has_training_batchnorm(model, blocks, c.bn))
+    epochs = _Epochs(
+        model,
+        blocks,
+        train,
+        Augmentation(prep, c.augment),
+        c,
+        device,
+        workers,
+        max_pixels,
+        optimizer,
+        scaler,
+        has_training_batchnorm(model, blocks, c.bn),
+    )
     if not state.history:  # epoch 0: the starting point (the probe's head); training must beat it to count
         started = time.perf_counter()
         scores = validate()
         state.seconds += time.perf_counter() - started
-        state.history.append({"epoch": 0, "train_loss": None, "train_accuracy": None,
-                              **{f"val_{k}": v for k, v in scores.items()},
-                              **{f"lr_{g['name']}": 0.0 for g in optimizer.param_groups},
-                              "seconds": round(state.seconds, 2)})
+        state.history.append(
+            {
+                "epoch": 0,
+                "train_loss": None,
+                "train_accuracy": None,
+                **{f"val_{k}": v for k, v in scores.items()},
+                **{f"lr_{g['name']}": 0.0 for g in optimizer.param_groups},
+                "seconds": round(state.seconds, 2),
+            }
+        )
         state.best, state.best_epoch = scores, 0
         export_weights(model, best_path, classes, prep, {**meta, "epoch": 0, "val": scores})
     first = c.epochs + 1 if state.stopped_early else state.epoch + 1
     for epoch in range(first, c.epochs + 1):
         started = time.perf_counter()
-        with tqdm(total=len(train), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-                  desc=f"{os.path.basename(out)} epoch {epoch}/{c.epochs}") as bar:
+        with tqdm(
+            total=len(train),
+            unit="img",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            desc=f"{os.path.basename(out)} epoch {epoch}/{c.epochs}",
+        ) as bar:
             train_loss, train_accuracy = epochs.run(epoch, state.failed, bar)
         rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
         scheduler.step()
         scores = validate()
         state.seconds += time.perf_counter() - started
-        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-               **{f"val_{k}": v for k, v in scores.items()}, **{f"lr_{k}": v for k, v in rates.items()},
-               "seconds": round(state.seconds, 2)}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            **{f"val_{k}": v for k, v in scores.items()},
+            **{f"lr_{k}": v for k, v in rates.items()},
+            "seconds": round(state.seconds, 2),
+        }
         state.history.append(row)
         if better(scores, state.best):
             state.best, state.best_epoch = scores, epoch
@@ -191,8 +264,17 @@ def train_loop(model: nn.Module, blocks: list[str], train: Part, val: Part, clas
         state.epoch = epoch
         stopped = epoch - state.best_epoch >= c.patience
         state.stopped_early = stopped and epoch < c.epochs
-        _save({"config": meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": asdict(state)}, last)
+        _save(
+            {
+                "config": meta,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "state": asdict(state),
+            },
+            last,
+        )
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
         if stopped:
@@ -227,8 +309,9 @@ class _Epochs:
         y_train = torch.as_tensor(self.train.y)
         set_train_mode(model, self.blocks, c.bn)
         total_loss = correct = seen = 0
-        for batch in _loader([self.train.paths[i] for i in order], self.augmentation, c.batch_size, self.workers,
-                             self.max_pixels):
+        for batch in _loader(
+            [self.train.paths[i] for i in order], self.augmentation, c.batch_size, self.workers, self.max_pixels
+        ):
             for i, reason, _ in batch.failures:
                 failed[self.train.paths[order[i]]] = reason
             bar.update(len(batch.indices) + len(batch.failures))

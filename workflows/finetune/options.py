@@ -4,6 +4,7 @@ Checked when built, before anything is embedded; needs no torch, so that the com
 
 Each field says once its default, its help and how a command-line value is read (``embedder.options.option``);
 ``featurebank finetune``'s options are made from them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -34,18 +35,23 @@ class TrainingOptions:
     """How to train, as ``finetune``'s options say: built once from them by name (no field can take another's
     value), checked on the spot, before anything is embedded."""
 
-    unfreeze: int | str = option(1, "Train the last N blocks (0: the head only; all: everything). The report names "
-                                    "them.", check="workflows.finetune.options:parse_unfreeze")
+    unfreeze: int | str = option(
+        1,
+        "Train the last N blocks (0: the head only; all: everything). The report names them.",
+        check="workflows.finetune.options:parse_unfreeze",
+    )
     epochs: int = option(10, low=1)
     lr: float = option(1e-3, "AdamW learning rate of the head (cosine decay).", low=0, low_open=True)
     backbone_lr_scale: float = option(0.1, "The unfrozen pretrained layers learn at lr x this.", low=0)
     weight_decay: float = option(1e-4, low=0)
     batch_size: int = option(32, low=1)
     dropout: float = option(0.2, "On the head's input.", low=0, high=1, high_open=True)
-    bn: str = option("frozen", "frozen: BatchNorm parameters and running statistics stay as they were.",
-                     choices=BN_POLICIES)
-    augment: str = option("flip", "flip: random resized crop and flip; trivial: and TrivialAugment.",
-                          choices=AUGMENTATIONS)
+    bn: str = option(
+        "frozen", "frozen: BatchNorm parameters and running statistics stay as they were.", choices=BN_POLICIES
+    )
+    augment: str = option(
+        "flip", "flip: random resized crop and flip; trivial: and TrivialAugment.", choices=AUGMENTATIONS
+    )
     probe_init: bool = option(True, "Start the head at random, not from the linear probe.", flag="--no-probe-init")
     patience: int = option(3, "Epochs without a better validation accuracy before stopping.", low=1)
     seed: int = option(0)
@@ -53,10 +59,17 @@ class TrainingOptions:
     workers: int | None = option(None, "Decoding processes (as in extract).", low=0)
 
     def __post_init__(self):
-        if (self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.dropout < 1
-                or self.backbone_lr_scale < 0):
-            raise FeaturebankError("--epochs and --batch-size must be at least 1, --lr positive, --dropout in [0, 1), "
-                                   "--backbone-lr-scale at least 0")
+        if (
+            self.epochs < 1
+            or self.batch_size < 1
+            or self.lr <= 0
+            or not 0 <= self.dropout < 1
+            or self.backbone_lr_scale < 0
+        ):
+            raise FeaturebankError(
+                "--epochs and --batch-size must be at least 1, --lr positive, --dropout in [0, 1), "
+                "--backbone-lr-scale at least 0"
+            )
         if self.augment not in AUGMENTATIONS:
             raise FeaturebankError(f"unknown augmentation {self.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
 
@@ -65,16 +78,28 @@ class TrainingOptions:
 class FinetuneOptions:
     """A whole run's options besides its training images and run folder."""
 
-    val: str | None = option(None, "Validation images (class folders or manifest). [default: --val-split]",
-                             path={})
-    val_split: float = option(0.2, "Stratified share of DATA held out for validation when there is no --val; with "
-                                   "groups (a manifest's third column), whole groups: one fold of round(1/share).",
-                              low=0, high=1, low_open=True, high_open=True)
-    test: str | None = option(None, "Test images, apart from DATA and validation: embedded and scored only after "
-                                    "training; the comparison is reported on them. [default: validation numbers, "
-                                    "selection included]", path={"exists": True})
-    drop_test_copies: bool = option(False, "Leave out --test files whose bytes equal a training or validation image "
-                                           "(the report lists them). [default: refuse them before training]")
+    val: str | None = option(None, "Validation images (class folders or manifest). [default: --val-split]", path={})
+    val_split: float = option(
+        0.2,
+        "Stratified share of DATA held out for validation when there is no --val; with "
+        "groups (a manifest's third column), whole groups: one fold of round(1/share).",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+    )
+    test: str | None = option(
+        None,
+        "Test images, apart from DATA and validation: embedded and scored only after "
+        "training; the comparison is reported on them. [default: validation numbers, "
+        "selection included]",
+        path={"exists": True},
+    )
+    drop_test_copies: bool = option(
+        False,
+        "Leave out --test files whose bytes equal a training or validation image "
+        "(the report lists them). [default: refuse them before training]",
+    )
     backbone: str = option("resnet50", check=BACKBONE, short="-b")
     weights: str | None = option("DEFAULT", "As in extract: a weights name, a .pth file, none.", short="-w")
     resize: int | None = option(None, "Shorter side for evaluation (default: from the weights).", low=16)
@@ -88,7 +113,7 @@ class FinetuneOptions:
     training: TrainingOptions = field(default_factory=TrainingOptions)
 
     @classmethod
-    def of(cls, **options) -> "FinetuneOptions":
+    def of(cls, **options) -> FinetuneOptions:
         """From flat keywords (``epochs=5, backbone="resnet18"``), as ``finetune()`` and the command line take them;
         a keyword that is no option is a TypeError, as for any function."""
         names = {f.name for f in fields(TrainingOptions)}

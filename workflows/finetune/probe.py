@@ -1,5 +1,6 @@
 """The frozen baseline: the zoo's ``logreg`` on the cached features, and the same decision function as one
 Linear layer on raw features (``W x + b``), which is where the fine-tuned head starts."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """What a run says: the comparison rows (validation numbers, selection included, and test numbers that nothing was
 selected on), the per-epoch log, the curves, the split actually used, report.json, report.md and report.html
 (fine-tuning's own section of the report page, rendered from report.json alone, as ``featurebank report`` does)."""
+
 from __future__ import annotations
 
 import csv
@@ -14,29 +15,38 @@ from embedder import __version__
 
 NOTES = {
     "test": "Numbers on the --test images: nothing was trained or selected on them (the epoch and early stopping "
-            "were chosen on the validation images, whose numbers are in val_*).",
+    "were chosen on the validation images, whose numbers are in val_*).",
     "validation": "Validation numbers, selection included: the fine-tuned epoch (and early stopping) was chosen on "
-                  "these same images by accuracy, and epoch 0 is the probe, so the fine-tuned row cannot have a "
-                  "lower accuracy than the probe here. Give --test DATA for numbers nothing was selected on.",
+    "these same images by accuracy, and epoch 0 is the probe, so the fine-tuned row cannot have a "
+    "lower accuracy than the probe here. Give --test DATA for numbers nothing was selected on.",
 }
 
 
 def comparison_row(model: str, trained: str, val: dict, test: dict | None, seconds: float) -> dict:
     """One model of the comparison: ``val_*`` and ``test_*`` (None without ``--test``) metrics, same keys always."""
+
     def metrics(prefix, scores):
         scores = {("log_loss" if k == "loss" else k): v for k, v in (scores or {}).items()}
         return {f"{prefix}_{k}": scores.get(k) for k in METRICS}
 
-    return {"model": model, "trained": trained, **metrics("val", val), **metrics("test", test),
-            "seconds": round(seconds, 2)}
+    return {
+        "model": model,
+        "trained": trained,
+        **metrics("val", val),
+        **metrics("test", test),
+        "seconds": round(seconds, 2),
+    }
 
 
 def trained_text(state) -> str:
     """How a ``TrainingState`` ended, for the comparison's "trained" cell."""
     epochs, best_epoch = len(state.history) - 1, state.best_epoch
-    return (f"{epochs} epoch(s), best on validation at epoch {best_epoch}" if best_epoch else
-            f"{epochs} epoch(s), none better on validation than the start: epoch 0 kept, so this row is the "
-            f"probe's head run as a network")
+    return (
+        f"{epochs} epoch(s), best on validation at epoch {best_epoch}"
+        if best_epoch
+        else f"{epochs} epoch(s), none better on validation than the start: epoch 0 kept, so this row is the "
+        f"probe's head run as a network"
+    )
 
 
 def write_log(history: list[dict], folder: str) -> None:
@@ -68,35 +78,56 @@ def write_run_report(result, prep, versions: dict) -> dict[str, str]:
     """report.json, report.md and report.html (and the logs and curves) in the run folder; returns the files by
     role."""
     out = result.out
-    files = {"log_csv": os.path.join(out, "log.csv"), "log_json": os.path.join(out, "log.json"),
-             "report_json": os.path.join(out, "report.json"), "report_md": os.path.join(out, "report.md"),
-             "curves_png": os.path.join(out, "curves.png"), "split_csv": os.path.join(out, "split.csv"),
-             "checkpoint": result.checkpoint, "report_html": os.path.join(out, "report.html")}
+    files = {
+        "log_csv": os.path.join(out, "log.csv"),
+        "log_json": os.path.join(out, "log.json"),
+        "report_json": os.path.join(out, "report.json"),
+        "report_md": os.path.join(out, "report.md"),
+        "curves_png": os.path.join(out, "curves.png"),
+        "split_csv": os.path.join(out, "split.csv"),
+        "checkpoint": result.checkpoint,
+        "report_html": os.path.join(out, "report.html"),
+    }
     write_log(result.history, out)
     if result.scratch_history:
         write_log(result.scratch_history, os.path.join(out, "scratch"))
     with open(files["report_json"], "w", encoding="utf-8") as fh:
-        json.dump({**result.to_dict(), "files": files, "preprocessing": prep.to_dict(), "versions": versions}, fh,
-                  indent=1)
+        json.dump(
+            {**result.to_dict(), "files": files, "preprocessing": prep.to_dict(), "versions": versions}, fh, indent=1
+        )
     c, on = result.config, result.reported_on
     short = "test" if on == "test" else "val"
-    images = (f"{c['train_images']} training, {c['val_images']} validation"
-              + (f" and {result.test_images} test" if on == "test" else "") + " images")
-    lines = [f"# Fine-tuning {c['backbone']} ({c['weights']})", "",
-             f"{images}, {len(result.classes)} classes; validation: {c['validation']}; unfrozen: "
-             f"{', '.join(result.blocks) or 'head only'} ({result.trainable_parameters:,} trainable parameters); "
-             f"BatchNorm {c['bn']}.", "", result.note, "",
-             f"| model | trained | {short} accuracy % | {short} balanced acc. % | {short} macro-F1 % "
-             + ("| val accuracy % (selection) " if on == "test" else "") + "| seconds |",
-             "|---|---|--:|--:|--:|" + ("--:|" if on == "test" else "") + "--:|"]
+    images = (
+        f"{c['train_images']} training, {c['val_images']} validation"
+        + (f" and {result.test_images} test" if on == "test" else "")
+        + " images"
+    )
+    lines = [
+        f"# Fine-tuning {c['backbone']} ({c['weights']})",
+        "",
+        f"{images}, {len(result.classes)} classes; validation: {c['validation']}; unfrozen: "
+        f"{', '.join(result.blocks) or 'head only'} ({result.trainable_parameters:,} trainable parameters); "
+        f"BatchNorm {c['bn']}.",
+        "",
+        result.note,
+        "",
+        f"| model | trained | {short} accuracy % | {short} balanced acc. % | {short} macro-F1 % "
+        + ("| val accuracy % (selection) " if on == "test" else "")
+        + "| seconds |",
+        "|---|---|--:|--:|--:|" + ("--:|" if on == "test" else "") + "--:|",
+    ]
     for r in result.comparison:
         cells = [_pct(r[f"{short}_{k}"]) for k in ("accuracy", "balanced_accuracy", "f1_macro")]
         if on == "test":
             cells.append(_pct(r["val_accuracy"]))
         lines.append(f"| {r['model']} | {r['trained']} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
     lines += ["", "| epoch | train loss | train acc. % | val loss | val acc. % |", "|--:|--:|--:|--:|--:|"]
-    lines += [f"| {h['epoch']} | " + (f"{h['train_loss']:.4f} | {100 * h['train_accuracy']:.1f}" if h["epoch"] else "– | –")
-              + f" | {h['val_loss']:.4f} | {100 * h['val_accuracy']:.1f} |" for h in result.history]
+    lines += [
+        f"| {h['epoch']} | "
+        + (f"{h['train_loss']:.4f} | {100 * h['train_accuracy']:.1f}" if h["epoch"] else "– | –")
+        + f" | {h['val_loss']:.4f} | {100 * h['val_accuracy']:.1f} |"
+        for h in result.history
+    ]
     if result.skipped:
         lines += ["", "Skipped files:", ""] + [f"- `{s['path']}`: {s['reason']}" for s in result.skipped[:50]]
     with open(files["report_md"], "w", encoding="utf-8") as fh:
@@ -115,8 +146,10 @@ SHOWN = METRICS[:3]  # the comparison's columns (the log-loss is in report.json)
 def _comparison_on(d: dict) -> tuple[str, list[dict]]:
     """Which images the comparison is reported on (``test``, or ``val`` with selection included), and the rows
     with ``val_*``/``test_*`` metrics (a report written before --test existed has bare validation metrics)."""
-    rows = [r if "val_accuracy" in r else {**r, **{f"val_{k}": r.get(k) for k in SHOWN}, "test_accuracy": None}
-            for r in d["comparison"]]
+    rows = [
+        r if "val_accuracy" in r else {**r, **{f"val_{k}": r.get(k) for k in SHOWN}, "test_accuracy": None}
+        for r in d["comparison"]
+    ]
     return ("test" if d.get("reported_on") == "test" else "val"), rows
 
 
@@ -125,51 +158,96 @@ def page_context(d: dict, run_dir: str) -> dict:
     c = d["config"]
     on, rows = _comparison_on(d)
     best_accuracy = max(r[f"{on}_accuracy"] for r in rows)
-    comparison = [{**r, "best": r[f"{on}_accuracy"] == best_accuracy,
-                   "metrics": [{"v": r[f"{on}_{k}"], "text": f"{100 * r[f'{on}_{k}']:.2f}"} for k in SHOWN]
-                   + ([{"v": r["val_accuracy"], "text": f"{100 * r['val_accuracy']:.2f}"}] if on == "test" else [])}
-                  for r in rows]
+    comparison = [
+        {
+            **r,
+            "best": r[f"{on}_accuracy"] == best_accuracy,
+            "metrics": [{"v": r[f"{on}_{k}"], "text": f"{100 * r[f'{on}_{k}']:.2f}"} for k in SHOWN]
+            + ([{"v": r["val_accuracy"], "text": f"{100 * r['val_accuracy']:.2f}"}] if on == "test" else []),
+        }
+        for r in rows
+    ]
 
     def history(rows, best_epoch):
-        return [{"epoch": h["epoch"], "best": h["epoch"] == best_epoch, "train_loss": _f(h["train_loss"], ".4f"),
-                 "train_accuracy": _f(None if h["train_accuracy"] is None else 100 * h["train_accuracy"], ".1f"),
-                 "val_loss": _f(h["val_loss"], ".4f"), "val_accuracy": f"{100 * h['val_accuracy']:.1f}",
-                 "val_balanced_accuracy": f"{100 * h['val_balanced_accuracy']:.1f}", "seconds": f"{h['seconds']:.1f}"}
-                for h in rows]
+        return [
+            {
+                "epoch": h["epoch"],
+                "best": h["epoch"] == best_epoch,
+                "train_loss": _f(h["train_loss"], ".4f"),
+                "train_accuracy": _f(None if h["train_accuracy"] is None else 100 * h["train_accuracy"], ".1f"),
+                "val_loss": _f(h["val_loss"], ".4f"),
+                "val_accuracy": f"{100 * h['val_accuracy']:.1f}",
+                "val_balanced_accuracy": f"{100 * h['val_balanced_accuracy']:.1f}",
+                "seconds": f"{h['seconds']:.1f}",
+            }
+            for h in rows
+        ]
 
-    curves = [{"name": "fine-tuned" + (f" (best: epoch {d['best_epoch']})" if d["best_epoch"] else " (no epoch beat the start)"),
-               "png": "curves.png" if os.path.isfile(os.path.join(run_dir, "curves.png")) else None,
-               "history": history(d["history"], d["best_epoch"])}]
+    curves = [
+        {
+            "name": "fine-tuned"
+            + (f" (best: epoch {d['best_epoch']})" if d["best_epoch"] else " (no epoch beat the start)"),
+            "png": "curves.png" if os.path.isfile(os.path.join(run_dir, "curves.png")) else None,
+            "history": history(d["history"], d["best_epoch"]),
+        }
+    ]
     if d.get("scratch_history"):
         best_scratch = max(d["scratch_history"], key=lambda h: (h["val_accuracy"], -h["val_loss"]))["epoch"]
-        curves.append({"name": "from scratch (same architecture, random init)",
-                       "png": "scratch/curves.png" if os.path.isfile(os.path.join(run_dir, "scratch", "curves.png")) else None,
-                       "history": history(d["scratch_history"], best_scratch)})
+        curves.append(
+            {
+                "name": "from scratch (same architecture, random init)",
+                "png": "scratch/curves.png" if os.path.isfile(os.path.join(run_dir, "scratch", "curves.png")) else None,
+                "history": history(d["scratch_history"], best_scratch),
+            }
+        )
     p = d.get("preprocessing", {})
-    facts = [("backbone", f"{c['backbone']}, weights {c['weights']}"),
-             ("unfrozen", f"{', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters); "
-                          f"BatchNorm {c['bn']}"),
-             ("training", f"{c['epochs']} epochs max, lr {c['lr']:g} (backbone × {c['backbone_lr_scale']:g}), batch "
-                          f"{c['batch_size']}, dropout {c['dropout']:g}, augmentation {c['augment']}, patience "
-                          f"{c['patience']}, seed {c['seed']}, {c['precision']}"),
-             ("images", f"{c['train_images']} training, {c['val_images']} validation"
-                        + (f", {d['test_images']} test ({d['test']})" if on == "test" else "")
-                        + "; classes " + ", ".join(d["classes"])),
-             ("validation", c.get("validation", "")),
-             ("checkpoint", d["checkpoint"])]
+    facts = [
+        ("backbone", f"{c['backbone']}, weights {c['weights']}"),
+        (
+            "unfrozen",
+            f"{', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters); "
+            f"BatchNorm {c['bn']}",
+        ),
+        (
+            "training",
+            f"{c['epochs']} epochs max, lr {c['lr']:g} (backbone × {c['backbone_lr_scale']:g}), batch "
+            f"{c['batch_size']}, dropout {c['dropout']:g}, augmentation {c['augment']}, patience "
+            f"{c['patience']}, seed {c['seed']}, {c['precision']}",
+        ),
+        (
+            "images",
+            f"{c['train_images']} training, {c['val_images']} validation"
+            + (f", {d['test_images']} test ({d['test']})" if on == "test" else "")
+            + "; classes "
+            + ", ".join(d["classes"]),
+        ),
+        ("validation", c.get("validation", "")),
+        ("checkpoint", d["checkpoint"]),
+    ]
     if p:
         facts.insert(1, ("preprocessing", f"resize {p.get('resize')}, crop {p.get('crop')}"))
-    sections = [("comparison", "Comparison"), ("curves", "Curves")] + ([("failed", "Skipped files")] if d["skipped"] else [])
+    sections = [("comparison", "Comparison"), ("curves", "Curves")] + (
+        [("failed", "Skipped files")] if d["skipped"] else []
+    )
     versions = ", ".join(f"{k} {v}" for k, v in d.get("versions", {}).items())
-    return {"kind": "finetune", "title": f"Fine-tuning {c['backbone']}", "facts": facts, "sections": sections,
-            "summary": "The frozen linear probe (logistic regression on the cached features) is the baseline; "
-                       "fine-tuning starts from it" + ("" if c.get("probe_init", True) else " (here: from a random head)")
-                       + ". Every model is scored on the same images. Seconds: training and its "
-                       "validation; the probe's include embedding the images when this run did it.",
-            "note": d.get("note") or "Validation numbers, selection included: the fine-tuned epoch was chosen on "
-                                     "these same images.",
-            "reported_on": on, "comparison": comparison, "curves": curves, "failed": d["skipped"][:200],
-            "footer": (f"With {versions}. " if versions else "") + f"Rendered by featurebank {__version__}."}
+    return {
+        "kind": "finetune",
+        "title": f"Fine-tuning {c['backbone']}",
+        "facts": facts,
+        "sections": sections,
+        "summary": "The frozen linear probe (logistic regression on the cached features) is the baseline; "
+        "fine-tuning starts from it"
+        + ("" if c.get("probe_init", True) else " (here: from a random head)")
+        + ". Every model is scored on the same images. Seconds: training and its "
+        "validation; the probe's include embedding the images when this run did it.",
+        "note": d.get("note")
+        or "Validation numbers, selection included: the fine-tuned epoch was chosen on these same images.",
+        "reported_on": on,
+        "comparison": comparison,
+        "curves": curves,
+        "failed": d["skipped"][:200],
+        "footer": (f"With {versions}. " if versions else "") + f"Rendered by featurebank {__version__}.",
+    }
 
 
 def is_finetune_report(d: dict) -> bool:
@@ -183,18 +261,28 @@ def write_html(run_dir: str) -> str:
 
 def epoch_text(epoch: int, row: dict) -> str:
     """One finished epoch, as the run goes."""
-    return (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
-            f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({row['seconds']:.0f} s)")
+    return (
+        f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
+        f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({row['seconds']:.0f} s)"
+    )
 
 
 def result_text(d: dict) -> list[str]:
     """A finished run (``FinetuneResult.to_dict()``): what was trained, the comparison, the files."""
     on = "test" if d["reported_on"] == "test" else "val"
-    lines = [f"unfrozen: {', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters)",
-             d["note"], f"{'model':48} {on + ' acc %':>10} {'bal. acc %':>10} {'val acc %':>9} {'seconds':>8}"]
-    lines += [f"{r['model']:48} {100 * r[on + '_accuracy']:10.2f} {100 * r[on + '_balanced_accuracy']:10.2f} "
-              f"{100 * r['val_accuracy']:9.2f} {r['seconds']:8.1f}" for r in d["comparison"]]
+    lines = [
+        f"unfrozen: {', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters)",
+        d["note"],
+        f"{'model':48} {on + ' acc %':>10} {'bal. acc %':>10} {'val acc %':>9} {'seconds':>8}",
+    ]
+    lines += [
+        f"{r['model']:48} {100 * r[on + '_accuracy']:10.2f} {100 * r[on + '_balanced_accuracy']:10.2f} "
+        f"{100 * r['val_accuracy']:9.2f} {r['seconds']:8.1f}"
+        for r in d["comparison"]
+    ]
     lines += [f"skipped {s['path']}: {s['reason']}" for s in d["skipped"][:10]]
-    lines += [f"best checkpoint  {d['checkpoint']} (epoch {d['best_epoch']})",
-              f"report           {d['files']['report_html']}"]
+    lines += [
+        f"best checkpoint  {d['checkpoint']} (epoch {d['best_epoch']})",
+        f"report           {d['files']['report_html']}",
+    ]
     return lines

@@ -1,5 +1,6 @@
 """A whole fine-tuning run: embed and split the data, fit the probe, train the network (and, on request, the same
 one from scratch), then, only after training, score every model on the ``--test`` images, and write the report."""
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,15 @@ def _probe_scores(probe, part: Part, k: int) -> dict:
     return scores(part.y, probe.predict(part.X), proba, k)
 
 
-def finetune(train, out: str = "runs/finetune", options: FinetuneOptions | None = None, *, progress: bool = False,
-             on_epoch_end=None, **keywords) -> FinetuneResult:
+def finetune(
+    train,
+    out: str = "runs/finetune",
+    options: FinetuneOptions | None = None,
+    *,
+    progress: bool = False,
+    on_epoch_end=None,
+    **keywords,
+) -> FinetuneResult:
     """Fine-tune a backbone on the labelled images of ``train`` and write the run into ``out``: ``options``, or the
     same as keywords (``epochs=5, backbone="resnet18"``: ``FinetuneOptions.of``). The epoch is chosen on ``val`` (or
     a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only after training, and the
@@ -61,15 +69,35 @@ def finetune(train, out: str = "runs/finetune", options: FinetuneOptions | None 
     dev = resolve_device(o.device)
     autocast_for(dev, t.precision)
     spec = resolve_weights(o.backbone, o.weights, t.seed)
-    embedding = Embedding(dict(backbone=o.backbone, weights=spec.path if spec.kind == "file" else o.weights,
-                               seed=t.seed, resize=o.resize, crop=o.crop, draft=o.draft, layers=["penultimate"],
-                               device=o.device, batch_size=t.batch_size, workers=t.workers, max_pixels=o.max_pixels,
-                               cache_dir=o.cache_dir, progress=progress))
+    embedding = Embedding(
+        dict(
+            backbone=o.backbone,
+            weights=spec.path if spec.kind == "file" else o.weights,
+            seed=t.seed,
+            resize=o.resize,
+            crop=o.crop,
+            draft=o.draft,
+            layers=["penultimate"],
+            device=o.device,
+            batch_size=t.batch_size,
+            workers=t.workers,
+            max_pixels=o.max_pixels,
+            cache_dir=o.cache_dir,
+            progress=progress,
+        )
+    )
     data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
     dropped = check_test_apart(o.test, data, o.drop_test_copies) if o.test is not None else []
     k = len(data.classes)
-    config = TrainingConfig(backbone=o.backbone, weights=spec.identity, options=t, classes=tuple(data.classes),
-                            train_images=len(data.train), val_images=len(data.val), validation=data.how)
+    config = TrainingConfig(
+        backbone=o.backbone,
+        weights=spec.identity,
+        options=t,
+        classes=tuple(data.classes),
+        train_images=len(data.train),
+        val_images=len(data.val),
+        validation=data.how,
+    )
     os.makedirs(out, exist_ok=True)
     write_split({"train": data.train, "val": data.val}, data.classes, os.path.join(out, "split.csv"))
 
@@ -82,18 +110,23 @@ def finetune(train, out: str = "runs/finetune", options: FinetuneOptions | None 
     blocks = unfrozen_blocks(model, t.unfreeze)
     replace_head(model, k, head_init if t.probe_init else None)
     run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
-    state = train_loop(model, blocks, data.train, data.val, data.classes, prep, out, config,
-                       on_epoch_end=on_epoch_end, **run)
+    state = train_loop(
+        model, blocks, data.train, data.val, data.classes, prep, out, config, on_epoch_end=on_epoch_end, **run
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained = {"fine-tuned": (model, out, state)}
     if o.from_scratch:
         scratch = load_backbone(o.backbone, "none", t.seed, resize=o.resize, crop=o.crop, draft=o.draft).model
         replace_head(scratch, k)
-        scratch_config = replace(config, weights=f"none:seed={t.seed}", options=replace(
-            t, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False))
+        scratch_config = replace(
+            config,
+            weights=f"none:seed={t.seed}",
+            options=replace(t, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False),
+        )
         scratch_out = os.path.join(out, "scratch")
-        scratch_state = train_loop(scratch, block_names(scratch), data.train, data.val, data.classes, prep, scratch_out,
-                                   scratch_config, **run)
+        scratch_state = train_loop(
+            scratch, block_names(scratch), data.train, data.val, data.classes, prep, scratch_out, scratch_config, **run
+        )
         trained["from scratch"] = (scratch, scratch_out, scratch_state)
 
     # Training is over: only now are the test images embedded and scored, by the probe and the chosen epochs.
@@ -101,35 +134,81 @@ def finetune(train, out: str = "runs/finetune", options: FinetuneOptions | None 
     if o.test is not None:
         test_data = embed_test(o.test, data.classes, embedding, data)
         test_rows = len(test_data)
-        write_split({"train": data.train, "val": data.val, "test": test_data}, data.classes,
-                    os.path.join(out, "split.csv"))
+        write_split(
+            {"train": data.train, "val": data.val, "test": test_data}, data.classes, os.path.join(out, "split.csv")
+        )
         tests["probe"] = _probe_scores(probe, test_data, k)
         eval_workers = default_workers(dev.type) if t.workers is None else t.workers
         for name, (net, folder, _) in trained.items():
-            tests[name], failed = evaluate_images(load_best(net, folder), test_data, prep, dev, t.precision,
-                                                  t.batch_size, eval_workers, o.max_pixels, role="test")
+            tests[name], failed = evaluate_images(
+                load_best(net, folder),
+                test_data,
+                prep,
+                dev,
+                t.precision,
+                t.batch_size,
+                eval_workers,
+                o.max_pixels,
+                role="test",
+            )
             failed_now.update(dict(failed))
     known = {s["path"] for s in embedding.skipped}
-    skipped = embedding.skipped + [{"path": p, "reason": r, "part": "failed when read again"} for p, r in failed_now.items()
-                                   if p not in known]
-    comparison = [comparison_row("frozen linear probe", "logistic regression on the cached features (the zoo's logreg)",
-                                 _probe_scores(probe, data.val, k), tests.get("probe"), probe_seconds)]
-    comparison.append(comparison_row(f"fine-tuned (last {len(blocks)} block(s) + head)" if t.unfreeze != "all"
-                                     else "fine-tuned (all layers)", trained_text(state), state.best,
-                                     tests.get("fine-tuned"), state.seconds))
+    skipped = embedding.skipped + [
+        {"path": p, "reason": r, "part": "failed when read again"} for p, r in failed_now.items() if p not in known
+    ]
+    comparison = [
+        comparison_row(
+            "frozen linear probe",
+            "logistic regression on the cached features (the zoo's logreg)",
+            _probe_scores(probe, data.val, k),
+            tests.get("probe"),
+            probe_seconds,
+        )
+    ]
+    comparison.append(
+        comparison_row(
+            f"fine-tuned (last {len(blocks)} block(s) + head)" if t.unfreeze != "all" else "fine-tuned (all layers)",
+            trained_text(state),
+            state.best,
+            tests.get("fine-tuned"),
+            state.seconds,
+        )
+    )
     if o.from_scratch:
-        comparison.append(comparison_row("from scratch (same architecture, random init)", trained_text(scratch_state),
-                                         scratch_state.best, tests.get("from scratch"), scratch_state.seconds))
+        comparison.append(
+            comparison_row(
+                "from scratch (same architecture, random init)",
+                trained_text(scratch_state),
+                scratch_state.best,
+                tests.get("from scratch"),
+                scratch_state.seconds,
+            )
+        )
     on = "test" if o.test is not None else "validation"
-    note = NOTES[on] + (f" {len(dropped)} test image(s) whose bytes equal a training or validation image were left "
-                        f"out (--drop-test-copies): {', '.join(dropped)}." if dropped else "")
-    result = FinetuneResult(os.path.abspath(out), data.classes, blocks, trainable, state.best_epoch,
-                            state.history, comparison, on, note,
-                            os.path.abspath(os.path.join(out, "best.pth")), skipped,
-                            test=os.path.abspath(o.test) if o.test is not None else None, test_images=test_rows,
-                            test_dropped=dropped,
-                            config=config.to_dict(),
-                            scratch_history=scratch_state.history if o.from_scratch else [])
+    note = NOTES[on] + (
+        f" {len(dropped)} test image(s) whose bytes equal a training or validation image were left "
+        f"out (--drop-test-copies): {', '.join(dropped)}."
+        if dropped
+        else ""
+    )
+    result = FinetuneResult(
+        os.path.abspath(out),
+        data.classes,
+        blocks,
+        trainable,
+        state.best_epoch,
+        state.history,
+        comparison,
+        on,
+        note,
+        os.path.abspath(os.path.join(out, "best.pth")),
+        skipped,
+        test=os.path.abspath(o.test) if o.test is not None else None,
+        test_images=test_rows,
+        test_dropped=dropped,
+        config=config.to_dict(),
+        scratch_history=scratch_state.history if o.from_scratch else [],
+    )
     result.files = write_run_report(result, prep, library_versions())
     return result
 

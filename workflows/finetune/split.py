@@ -6,6 +6,7 @@ group on one side (a row without a group is a group of its own), an explicit ``-
 group with the training data is refused, and so is a ``--test`` that shares an image (same file, or the same bytes
 elsewhere) with training or validation.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,14 @@ class Part:
     groups: list[str]  # the manifest's group per row, "" for none
     digests: list[str]  # content digests (blake2b-128 of the file's bytes), as the cache records them
 
-    def take(self, index: np.ndarray) -> "Part":
-        return Part([self.paths[i] for i in index], self.y[index], self.X[index],
-                    [self.groups[i] for i in index], [self.digests[i] for i in index])
+    def take(self, index: np.ndarray) -> Part:
+        return Part(
+            [self.paths[i] for i in index],
+            self.y[index],
+            self.X[index],
+            [self.groups[i] for i in index],
+            [self.digests[i] for i in index],
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,7 +71,9 @@ class Embedding:
         return CacheReader(summary.cache)
 
 
-def labeled_part(reader: CacheReader, classes: list[str] | None = None, role: str = "validation") -> tuple[list[str], Part]:
+def labeled_part(
+    reader: CacheReader, classes: list[str] | None = None, role: str = "validation"
+) -> tuple[list[str], Part]:
     """The labelled rows of a cache as a Part; ``classes`` (the training classes) must cover its labels."""
     labels = reader.labels
     if labels is None:
@@ -77,9 +85,13 @@ def labeled_part(reader: CacheReader, classes: list[str] | None = None, role: st
         raise FeaturebankError(f"{role} classes not in the training data: {', '.join(unknown[:10])}")
     index = {c: i for i, c in enumerate(classes)}
     full = reader.full_paths()
-    return classes, Part([full[i] for i in keep], np.array([index[labels[i]] for i in keep], dtype=np.int64),
-                         reader.features()[keep], [str(reader.rows["group"][i]) for i in keep],
-                         [str(reader.rows["digest"][i]) for i in keep])
+    return classes, Part(
+        [full[i] for i in keep],
+        np.array([index[labels[i]] for i in keep], dtype=np.int64),
+        reader.features()[keep],
+        [str(reader.rows["group"][i]) for i in keep],
+        [str(reader.rows["digest"][i]) for i in keep],
+    )
 
 
 def own_groups(part: Part) -> np.ndarray | None:
@@ -88,8 +100,9 @@ def own_groups(part: Part) -> np.ndarray | None:
     return groups_of_rows(part.groups, part.paths)
 
 
-def split_rows(y: np.ndarray, groups: np.ndarray | None, val_split: float, seed: int,
-               classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(
+    y: np.ndarray, groups: np.ndarray | None, val_split: float, seed: int, classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Training and validation row indices, sorted. Without groups: a stratified ``val_split`` share. With groups:
     the first fold of ``StratifiedGroupKFold(round(1 / val_split))`` (0.2: one fold of 5), so that a group is on
     one side only while the classes stay as balanced as the groups allow."""
@@ -101,33 +114,41 @@ def split_rows(y: np.ndarray, groups: np.ndarray | None, val_split: float, seed:
     name = (lambda c: repr(classes[c])) if classes else str
     counts = np.bincount(y, minlength=n_classes)
     if counts.min() < 2:
-        raise FeaturebankError(f"class {name(int(counts.argmin()))} has {counts.min()} image(s): a stratified --val-split "
-                               f"needs at least 2 per class (or give --val DATA)")
+        raise FeaturebankError(
+            f"class {name(int(counts.argmin()))} has {counts.min()} image(s): a stratified --val-split "
+            f"needs at least 2 per class (or give --val DATA)"
+        )
     if groups is None:
         train, val = train_test_split(np.arange(len(y)), test_size=val_split, stratify=y, random_state=seed)
         return np.sort(train), np.sort(val)
     folds = max(2, round(1 / val_split))
     n_groups = len(set(groups.tolist()))
     if n_groups < folds:
-        raise FeaturebankError(f"{n_groups} groups: a --val-split of {val_split} keeps 1 of {folds} parts of the groups "
-                               f"apart, so it needs at least {folds} groups (or give --val DATA)")
+        raise FeaturebankError(
+            f"{n_groups} groups: a --val-split of {val_split} keeps 1 of {folds} parts of the groups "
+            f"apart, so it needs at least {folds} groups (or give --val DATA)"
+        )
     train, val = next(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
     missing = sorted(set(range(n_classes)) - set(y[train].tolist()))
     if missing:
-        raise FeaturebankError(f"class {name(missing[0])} has all its images in the groups held out for validation: "
-                               f"add groups to it, or give --val DATA")
+        raise FeaturebankError(
+            f"class {name(missing[0])} has all its images in the groups held out for validation: "
+            f"add groups to it, or give --val DATA"
+        )
     return np.sort(train), np.sort(val)
 
 
 def shared_groups(a: Part, b: Part) -> list[str]:
-    return sorted(({g for g in a.groups if g} & {g for g in b.groups if g}))
+    return sorted({g for g in a.groups if g} & {g for g in b.groups if g})
 
 
 def _refuse_shared_groups(train: Part, other: Part, option: str) -> None:
     shared = shared_groups(train, other)
     if shared:
-        raise FeaturebankError(f"{option} shares {len(shared)} group(s) with DATA (first: {shared[0]!r}): images of "
-                               f"one group must be on one side only")
+        raise FeaturebankError(
+            f"{option} shares {len(shared)} group(s) with DATA (first: {shared[0]!r}): images of "
+            f"one group must be on one side only"
+        )
 
 
 def prepare_data(train, val, val_split: float, seed: int, embedding: Embedding) -> Data:
@@ -144,8 +165,9 @@ def prepare_data(train, val, val_split: float, seed: int, embedding: Embedding) 
         groups = own_groups(data)
         idx_train, idx_val = split_rows(data.y, groups, val_split, seed, classes)
         train_part, held_out = data.take(idx_train), data.take(idx_val)
-        how = (f"--val-split {val_split:g} of DATA, " + ("groups kept on one side (an ungrouped image is a group of "
-                                                         "its own)" if groups is not None else "stratified"))
+        how = f"--val-split {val_split:g} of DATA, " + (
+            "groups kept on one side (an ungrouped image is a group of its own)" if groups is not None else "stratified"
+        )
     return Data(classes, train_part, held_out, how, embedding.skipped, embedding.caches, embedding.seconds)
 
 
@@ -166,11 +188,15 @@ def check_test_apart(test, data: Data, drop_copies: bool = False) -> list[str]:
     for item in listing.items:
         full = listing.full_path(item)
         if os.path.realpath(full) in seen:
-            raise FeaturebankError(f"--test {test} holds {item.path}, which is also a training or validation image: "
-                                   f"the test images must be images nothing was trained or selected on")
+            raise FeaturebankError(
+                f"--test {test} holds {item.path}, which is also a training or validation image: "
+                f"the test images must be images nothing was trained or selected on"
+            )
         if item.group and item.group in groups:
-            raise FeaturebankError(f"--test {test} shares group {item.group!r} ({item.path}) with the training or "
-                                   f"validation images: images of one group must be on one side only")
+            raise FeaturebankError(
+                f"--test {test} shares group {item.group!r} ({item.path}) with the training or "
+                f"validation images: images of one group must be on one side only"
+            )
         if item.error is None and os.path.isfile(full):
             try:
                 digest = file_digest(full)
@@ -179,10 +205,12 @@ def check_test_apart(test, data: Data, drop_copies: bool = False) -> list[str]:
             if digest in digests:
                 copies.append(item.path)
     if copies and not drop_copies:
-        raise FeaturebankError(f"--test {test} holds {len(copies)} image(s) whose bytes equal a training or validation "
-                               f"image ({', '.join(copies[:3])}{', ...' if len(copies) > 3 else ''}): the test images "
-                               f"must be images nothing was trained or selected on; remove them, or give "
-                               f"--drop-test-copies to leave them out of the test numbers")
+        raise FeaturebankError(
+            f"--test {test} holds {len(copies)} image(s) whose bytes equal a training or validation "
+            f"image ({', '.join(copies[:3])}{', ...' if len(copies) > 3 else ''}): the test images "
+            f"must be images nothing was trained or selected on; remove them, or give "
+            f"--drop-test-copies to leave them out of the test numbers"
+        )
     return copies
 
 

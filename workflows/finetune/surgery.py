@@ -1,6 +1,7 @@
 """Model surgery: which blocks a backbone has, which of them train, how BatchNorm behaves, and the new head
 (started from the linear probe, with dropout on its input as a hook so that the state dict keeps the
 architecture's own keys)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ def unfrozen_blocks(model: nn.Module, unfreeze: int | str) -> list[str]:
     n = int(unfreeze)
     if n < 0:
         raise FeaturebankError("--unfreeze takes 0 (head only), a number of blocks, or all")
-    return blocks[len(blocks) - min(n, len(blocks)):] if n else []
+    return blocks[len(blocks) - min(n, len(blocks)) :] if n else []
 
 
 def _in(name: str, prefixes) -> bool:
@@ -96,4 +97,5 @@ def add_head_dropout(model: nn.Module, p: float):
     if p <= 0:
         return None
     return model.get_submodule(head_name(model)).register_forward_pre_hook(
-        lambda module, args: (F.dropout(args[0], p, module.training), *args[1:]))
+        lambda module, args: (F.dropout(args[0], p, module.training), *args[1:])
+    )

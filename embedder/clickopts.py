@@ -1,0 +1,117 @@
+"""The command line's plumbing, apart from its commands: one-line errors and what an interrupted command kept
+(``Group``), JSON or text output (``emit``), and click options made from the library's value objects
+(``embedder.options.option`` fields), so that every option's default, help and reading is written once, in the value
+it fills (``value_options``, ``checked``). Used by ``cli.py``; it imports nothing of featurebank's heavy parts."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import fields, is_dataclass
+
+import click
+
+from .errors import FeaturebankError, Terminated, terminate_as_interrupt
+
+
+def checked(function: str):
+    """A click callback: the value as the library's ``module:function`` reads it (None stays None), its one-line
+    error a usage error. The module is imported when the option is given, so that --help waits for no torch."""
+
+    def callback(ctx, param, value):
+        module, name = function.split(":")
+        try:
+            return None if value is None else getattr(importlib.import_module(module), name)(value)
+        except FeaturebankError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+def value_options(cls):
+    """click options made from the fields of a value object (and of one inside it): the names, defaults, help and
+    checks are the object's, written once there (``embedder.options.option``)."""
+
+    def leaves(c):
+        return [
+            g
+            for f in fields(c)
+            for g in (leaves(f.default_factory) if is_dataclass(f.default_factory) else [f])
+            if g.metadata.get("cli", True)
+        ]
+
+    def reading(f) -> dict:
+        m, default = f.metadata, f.default
+        if isinstance(default, bool) or "/" in m.get("flag", ""):  # --x, --no-x (default True), or --x/--no-x
+            return {
+                "default": default,
+                "help": m["help"],
+                **({} if default is None else {"is_flag": True, "flag_value": not default}),
+            }
+        kw = {
+            "default": default,
+            "help": m["help"],
+            "show_default": default is not None,
+            "multiple": bool(m.get("multiple")),
+            "required": m.get("required", False),
+            "metavar": m.get("metavar") or (f.name.upper() if "check" in m else None),
+        }
+        if "choices" in m:
+            kw["type"] = click.Choice(m["choices"])
+        elif "path" in m:
+            kw["type"] = click.Path(**m["path"])
+        elif "check" in m:
+            kw.update(type=click.STRING, callback=checked(m["check"]))
+        elif "low" in m:
+            kw["type"] = (click.FloatRange if "float" in f.type else click.IntRange)(
+                m["low"], m.get("high"), min_open=m.get("low_open", False), max_open=m.get("high_open", False)
+            )
+        elif f.type == "int":
+            kw["type"] = int
+        return kw
+
+    def apply(command):
+        for f in reversed(leaves(cls)):
+            names = [
+                *([f.metadata["short"]] if "short" in f.metadata else []),
+                f.metadata.get("flag") or "--" + f.name.replace("_", "-"),
+                f.name,
+            ]
+            command = click.option(*names, **reading(f))(command)
+        return command
+
+    return apply
+
+
+EMBEDDED_KEPT = "the images embedded so far are kept in the cache, and the same command continues from them"
+KEPT = {  # what an interrupted command kept, by command
+    "extract": "every finished batch is kept; run the same command again to continue",
+    "finetune": "the last finished epoch is saved (OUT/last.pt); run the same command with --resume to continue",
+    "cv": "no report was written and the caches are unchanged; run the same command again to start over",
+    "train": "no model file was written (an existing -o file is unchanged); run the same command again",
+    "predict": f"no predictions were written; {EMBEDDED_KEPT}",
+    "evaluate": f"nothing was scored; {EMBEDDED_KEPT}",
+    "export": "no ONNX file was written (an existing -o file is unchanged)",
+    "convert": "NEW was not written",
+}
+
+
+class Group(click.Group):
+    """Turns FeaturebankError, Ctrl-C and SIGTERM into one line and an exit code instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            with terminate_as_interrupt():
+                return super().invoke(ctx)
+        except FeaturebankError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt as exc:
+            how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+            click.echo(f"{how}: {KEPT.get(ctx.invoked_subcommand, 'stopped before it finished')}.", err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+
+def emit(data, as_json: bool, text) -> None:
+    """``data`` as JSON, or the lines ``text(data)`` returns."""
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else "\n".join(text(data)))
