@@ -34,6 +34,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from . import timm_source
 from .errors import FeaturebankError, first_line
 from .preprocess import Preprocessing
+from .statedicts import parameters_on_meta, read_state_dict
 from .timm_source import is_timm_model, is_timm_name
 
 PENULTIMATE = "penultimate"  # alias of the node that feeds the classification head
@@ -182,23 +183,6 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
     return Weights("torchvision", f"{enum_cls.__name__}.{member.name}", enum=member)
 
 
-@contextlib.contextmanager
-def _parameters_on_meta():
-    """Build a model without allocating or initializing its parameters (they are loaded or only inspected)."""
-    register = nn.Module.register_parameter
-
-    def register_on_meta(module, name, param):
-        register(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
-
-
 def head_name(model: nn.Module) -> str:
     """The classification head: the last Linear (a Conv2d for SqueezeNet); timm's pretrained config names it."""
     if is_timm_model(model):
@@ -220,7 +204,7 @@ def skeleton(name: str, size: int | None = None, **kwargs) -> nn.Module:
     ``size``: the input size a timm model with a fixed input size (a ViT) is built for (default: its own)."""
     if is_timm_name(name):
         return timm_source.skeleton(name, size, **kwargs)
-    with _parameters_on_meta(), warnings.catch_warnings():
+    with parameters_on_meta(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return get_model(check_backbone(name), weights=None, **kwargs).eval()
 
@@ -230,25 +214,8 @@ def feature_dim(name: str) -> int:
     return head_inputs(skeleton(name))
 
 
-def _read_state_dict(path: str) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = first_line(exc)
-        raise FeaturebankError(f"cannot read weights file {path}: {first}") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FeaturebankError(f"weights file {path} holds no state dict (a mapping of names to tensors)")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
-
-
 def _load_file(name: str, weights: Weights) -> nn.Module:
-    state = _read_state_dict(weights.path)
+    state = read_state_dict(weights.path)
     kwargs = {}
     probe = skeleton(name)
     head = head_name(probe)
@@ -313,7 +280,7 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     classes = file_metadata(spec.path).get("classes")
     if classes:
         return list(classes)
-    state = timm_source.read_state(spec.path) if is_timm_name(name) else _read_state_dict(spec.path)
+    state = timm_source.read_state(spec.path) if is_timm_name(name) else read_state_dict(spec.path)
     head = f"{head_name(skeleton(name))}.weight"
     outputs = int(state[head].shape[0]) if head in state else None
     if outputs != 1000:
@@ -460,14 +427,6 @@ def model_failed(size: int, exc: Exception) -> FeaturebankError:
     """A model that cannot take the chosen input (a ViT built for another image size, say) is a settings error."""
     first = first_line(exc)
     return FeaturebankError(f"the model cannot run on {size}x{size} inputs ({first}); choose another --crop/--resize")
-
-
-def layer_dims(model: nn.Module, layers: list[str], pooling: str, size: int) -> dict[str, int]:
-    """Length of each layer's pooled vector."""
-    from .features import pooled_dim
-
-    shapes = dict(layer_shapes(model, size, layers))
-    return {layer: pooled_dim(shapes[layer], pooling, tokens(model)) for layer in layers}
 
 
 def feature_body(model: nn.Module, layers: list[str]) -> nn.Module:

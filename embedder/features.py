@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backbones import feature_body, layer_shapes, tokens
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
 from .settings import POOLINGS, TORCH_PRECISIONS, TTAS
@@ -101,8 +102,6 @@ class FeatureExtractor(nn.Module):
             raise FeaturebankError(f"unknown test-time augmentation {tta!r}: choose one of {', '.join(TTAS)}")
         if pooling not in POOLINGS:
             raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
-        from .backbones import feature_body, tokens
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.body = feature_body(model.eval(), list(layers))
@@ -186,3 +185,9 @@ def embed_uint8(
     with autocast_for(device, precision), contextlib.nullcontext() if tf32 else tf32_off(device, precision):
         out = extractor(x)
     return {layer: t.float().cpu().numpy() for layer, t in out.items()}
+
+
+def layer_dims(model: nn.Module, layers: list[str], pooling: str, size: int) -> dict[str, int]:
+    """Length of each layer's pooled vector."""
+    shapes = dict(layer_shapes(model, size, layers))
+    return {layer: pooled_dim(shapes[layer], pooling, tokens(model)) for layer in layers}

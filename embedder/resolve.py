@@ -104,7 +104,7 @@ def resolve(request: Request, store: EngineStore | None = None) -> Resolved:
 
 
 def _resolve_with_torch(request: Request) -> Resolved:
-    from .backbones import canonical_name, layer_dims, preprocessing_for, resolve_layers, resolve_weights, skeleton
+    from .backbones import canonical_name, preprocessing_for, resolve_layers, resolve_weights, skeleton
 
     spec = resolve_weights(request.backbone, request.weights, request.seed)
     name = canonical_name(request.backbone, spec)
@@ -114,6 +114,8 @@ def _resolve_with_torch(request: Request) -> Resolved:
     settings = ExtractionSettings(
         name, spec.identity, tuple(layers), request.pooling, prep, request.precision, request.int8
     )
+    from .features import layer_dims
+
     dims = layer_dims(shape, layers, request.pooling, prep.crop)
     weights_arg = spec.path if spec.kind == "file" else ("none" if spec.kind == "none" else spec.identity)
     if spec.kind == "timm":

@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
+from .statedicts import parameters_on_meta, read_state_dict
 
 PREFIX = "timm:"
 CONTAINERS = ("stages", "blocks", "layers", "levels")  # top-level sequences whose items are fine-tuning blocks
@@ -175,9 +176,8 @@ def read_state(path: str) -> dict:
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise FeaturebankError(f"cannot read weights file {path}: {first}") from None
-    from .backbones import _read_state_dict
 
-    return _read_state_dict(path)
+    return read_state_dict(path)
 
 
 def from_file(name: str, path: str, size: int | None) -> nn.Module:
@@ -187,9 +187,8 @@ def from_file(name: str, path: str, size: int | None) -> nn.Module:
     classifier = _classifier_name(pretrained_cfg(name))
     key = f"{classifier}.weight"
     num_classes = int(state[key].shape[0]) if key in state else 0
-    from .backbones import _parameters_on_meta
 
-    with _parameters_on_meta():  # no random initialization of what the file replaces (buffers are built as usual)
+    with parameters_on_meta():  # no random initialization of what the file replaces (buffers are built as usual)
         model = _create(name, **_build_kwargs(name, size, num_classes))
     try:
         model.load_state_dict(state, strict=True, assign=True)

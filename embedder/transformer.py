@@ -14,11 +14,12 @@ from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones import layer_dims, load_backbone, resolve_layers
+from .backbones import load_backbone, resolve_layers
 from .batches import ImageDataset, batches
 from .decode import DEFAULT_MAX_PIXELS
 from .engines import open_engine, resolve_device_name
 from .errors import FeaturebankError
+from .features import layer_dims
 from .guard import BatchRunner
 from .settings import ExtractionSettings, Int8
 from .store import EngineStore, engine_dir_for

@@ -199,7 +199,7 @@ def test_cls_avg_and_cls_avg_pool_the_token_tensor_without_register_tokens(photo
 
 def test_cls_pooling_is_refused_where_there_is_no_class_token():
     model = skeleton("timm:vit_base_patch16_siglip_224", 32)  # SigLIP: no class token, a MAP head
-    from embedder.backbones import layer_dims
+    from embedder.features import layer_dims
 
     assert layer_dims(model, ["blocks.0"], "avg", 32) == {"blocks.0": 768}
     with pytest.raises(FeaturebankError, match="no class token"):
