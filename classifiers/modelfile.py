@@ -28,6 +28,10 @@ import numpy as np
 
 from embedder.errors import FeaturebankError
 
+from .ensemble import ZooEnsemble
+from .linear import TunedLogisticRegression
+from .registry import ReducedPCA
+
 FORMAT = "featurebank-model"
 VERSION = 2
 EXTENSION = ".fbmodel"
@@ -35,11 +39,16 @@ META = "featurebank-model.json"
 PIPELINE = "pipeline.skops"
 MAX_META_BYTES = 64 << 20  # settings and metadata are a few kilobytes; a larger member is not ours
 
+
 # Trusted beyond skops's defaults (which already trust scikit-learn's estimators, numpy and scipy types). Each is a
 # class whose loading only sets attributes: built with __new__, then __setstate__ or __dict__.update.
+def _name(cls) -> str:
+    """The name skops records for a class: where it is defined (not where it is re-exported from)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 TRUSTED_TYPES = [
-    "classifiers.zoo.ReducedPCA",
-    "classifiers.ensemble.ZooEnsemble",
+    *(_name(cls) for cls in (ReducedPCA, TunedLogisticRegression, ZooEnsemble)),
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.tree._tree.Tree",

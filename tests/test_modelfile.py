@@ -335,7 +335,8 @@ def test_metadata_is_plain_json_and_a_write_replaces_only_whole(synthetic, tmp_p
         assert sorted(archive.namelist()) == [modelfile.META, modelfile.PIPELINE]
         meta = json.loads(archive.read(modelfile.META))
     assert meta["format"] == "featurebank-model" and meta["version"] == 2 and meta["classes"] == bundle.classes
-    assert meta["trained_on"]["params"]["C"] == 0.1 and meta["settings"]["weights"] == "none:seed=0"
+    params = meta["trained_on"]["params"]  # the tuned probe: C chosen on inner folds (None), over its grid
+    assert params["C"] is None and params["inner_folds"] == 3 and meta["settings"]["weights"] == "none:seed=0"
     # an existing file is replaced by a whole one, and no temporary file is left behind
     target = tmp_path / "m.fbmodel"
     target.write_bytes(b"previous")
