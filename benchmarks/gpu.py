@@ -974,7 +974,7 @@ def _finetune_data(ctx: Ctx) -> tuple[pathlib.Path, pathlib.Path, str]:
 def section_finetune(ctx: Ctx, out: Rows) -> None:
     """Fine-tuning MobileNetV2 (last block + head) on the CPU in fp32 and on the device in bf16, same data and
     seed: the test accuracies should be within a point."""
-    from embedder.finetune import finetune
+    from workflows.finetune import finetune
 
     p = ctx.plan
     train, test, what = _finetune_data(ctx)
@@ -1482,7 +1482,7 @@ def main(argv=None) -> int:
 
         import cli  # noqa: F401
         import embedder.features  # noqa: F401
-        import embedder.finetune  # noqa: F401
+        import workflows.finetune  # noqa: F401
         import embedder.job  # noqa: F401
     wanted = set(args.only.split(",")) | {"env", "synth"} if args.only else set(FUNCTIONS)
     result = {

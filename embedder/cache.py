@@ -138,13 +138,19 @@ def _remove_folder(folder: str) -> None:
 class _GuardedFile(io.RawIOBase):
     """The file HDF5 writes a part or the merged cache through. A write that fails (a full disk) is kept, not
     passed to HDF5: a failed write inside HDF5 leaves its file in a state that crashed the process when it was
-    closed (exit 139). HDF5 goes on writing into nothing, closes cleanly, and ``check`` raises the kept error."""
+    closed (exit 139). From then on writes go to memory (``overlay``, up to ``OVERLAY_BYTES``), so that what HDF5
+    reads back is what it wrote, it closes cleanly, and ``check`` raises the kept error. Beyond that bound writes are
+    dropped: the merge stops copying features once a write failed, so only metadata gets there."""
+
+    OVERLAY_BYTES = 256 << 20
 
     def __init__(self, path: str):
         super().__init__()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
         self.pos = 0
         self.error: OSError | None = None
+        self.overlay: list[tuple[int, bytes]] = []  # (offset, bytes) written after the failure, in order
+        self.overlay_bytes = 0
 
     def readable(self) -> bool:
         return True
@@ -166,8 +172,18 @@ class _GuardedFile(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         data = os.pread(self.fd, len(view), self.pos)
         view[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        got = len(data)
+        start, end = self.pos, self.pos + len(view)
+        spans = [(max(o, start), min(o + len(b), end), o, b) for o, b in self.overlay if o < end and o + len(b) > start]
+        if spans:  # what was written after the failure, over what the disk has (zeros in between)
+            top = max(hi for _, hi, _, _ in spans) - start
+            if top > got:
+                view[got:top] = bytes(top - got)
+                got = top
+            for lo, hi, offset, blob in spans:
+                view[lo - start : hi - start] = blob[lo - offset : hi - offset]
+        self.pos += got
+        return got
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
@@ -178,6 +194,9 @@ class _GuardedFile(io.RawIOBase):
                     done += os.pwrite(self.fd, view[done:], self.pos + done)
             except OSError as exc:
                 self.error = exc
+        if self.error is not None and self.overlay_bytes + len(view) <= self.OVERLAY_BYTES:
+            self.overlay.append((self.pos, bytes(view)))
+            self.overlay_bytes += len(view)
         self.pos += len(view)
         return len(view)
 
@@ -494,7 +513,9 @@ class CacheWriter:
                         _write_columns(out.create_group("rows"), rows, ROW_STRINGS)
                         _write_columns(out.create_group("failures"), fails, FAILURE_STRINGS)
                         self._copy_features(
-                            out.create_group("features"), np.array(where, dtype=np.int64).reshape(-1, 2)
+                            out.create_group("features"),
+                            np.array(where, dtype=np.int64).reshape(-1, 2),
+                            lambda: disk.error is not None,
                         )
                 except Exception:
                     if disk.error is None:  # not the disk's doing (a damaged part, a bug): as it is
@@ -530,12 +551,15 @@ class CacheWriter:
         same = lambda a, b: all(list(a[k]) == list(b[k]) for k in b)  # noqa: E731
         return same(old_rows, rows) and same(old_fails, fails)
 
-    def _copy_features(self, group: h5py.Group, where: np.ndarray) -> None:
+    def _copy_features(self, group: h5py.Group, where: np.ndarray, failed=lambda: False) -> None:
         """Each layer's output rows from the file and row that hold them (``where``: source, row per output row),
-        in blocks bounded by bytes whatever their order (see the module's docstring)."""
+        in blocks bounded by bytes whatever their order (see the module's docstring). ``failed``: whether a write
+        already failed (a full disk), after which no further layer is copied."""
         handles: dict[int, h5py.File] = {}
         try:
             for layer in self.settings["layers"]:
+                if failed():
+                    break
                 dim = self.dims[layer]
                 n = len(where)
                 rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim))) if n else 1
