@@ -1482,8 +1482,8 @@ def main(argv=None) -> int:
 
         import cli  # noqa: F401
         import embedder.features  # noqa: F401
-        import workflows.finetune  # noqa: F401
         import embedder.job  # noqa: F401
+        import workflows.finetune  # noqa: F401
     wanted = set(args.only.split(",")) | {"env", "synth"} if args.only else set(FUNCTIONS)
     result = {
         "script": "benchmarks/gpu.py",

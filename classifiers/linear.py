@@ -50,12 +50,16 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     def check_params(self) -> None:
         """A bad value is one line when the spec is read, before any fit."""
         if self.scoring not in SCORINGS:
-            raise FeaturebankError(f"logreg scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
+            raise FeaturebankError(
+                f"classifier logreg: scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}"
+            )
         for name, value in (("C", self.C), *(("Cs", c) for c in self.Cs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise FeaturebankError(f"logreg {name}={value!r}: give a positive number")
+                raise FeaturebankError(f"classifier logreg: {name}={value!r}: give a positive number")
         if isinstance(self.inner_folds, bool) or not isinstance(self.inner_folds, int) or self.inner_folds < 2:
-            raise FeaturebankError(f"logreg inner_folds={self.inner_folds!r}: give a whole number of 2 or more")
+            raise FeaturebankError(
+                f"classifier logreg: inner_folds={self.inner_folds!r}: give a whole number of 2 or more"
+            )
 
     def fit(self, X, y, groups=None):
         self.check_params()
@@ -66,7 +70,6 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
         else:
             self.C_, self.cv_scores_ = self._sweep(X, y, None if groups is None else np.asarray(groups))
         self.model_ = LogisticRegression(C=self.C_, max_iter=self.max_iter).fit(X, y)
-        self.coef_, self.intercept_, self.n_iter_ = self.model_.coef_, self.model_.intercept_, self.model_.n_iter_
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -95,6 +98,28 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
                 if worse >= PATIENCE:
                     break
         return Cs[best], scores
+
+    # The refit model's coefficients, read and written through: what folds into a linear layer (or is changed) is
+    # what predicts.
+    @property
+    def coef_(self):
+        return self.model_.coef_
+
+    @coef_.setter
+    def coef_(self, value):
+        self.model_.coef_ = value
+
+    @property
+    def intercept_(self):
+        return self.model_.intercept_
+
+    @intercept_.setter
+    def intercept_(self, value):
+        self.model_.intercept_ = value
+
+    @property
+    def n_iter_(self):
+        return self.model_.n_iter_
 
     def decision_function(self, X):
         check_is_fitted(self, "model_")
