@@ -64,7 +64,7 @@ def test_the_spec_round_trips_into_the_estimators_parameters():
     assert clf.get_params() == {"members": "logreg+rbf-svm", "method": "stack", "inner_folds": 3, "random_state": 7}
     assert "ensemble" in list_classifiers()
     assert describe("ensemble") == (
-        "soft vote of [logreg: scale → LogisticRegression(C=0.1, max_iter=2000) | rbf-svm: l2 → pca(256) → "
+        "soft vote of [logreg: scale → TunedLogisticRegression() | rbf-svm: l2 → pca(256) → "
         "SVC(C=10.0) + sigmoid calibration | knn: KNeighborsClassifier(algorithm='brute', metric='cosine', "
         "n_neighbors=10, weights='distance')]"
     )
@@ -182,7 +182,14 @@ def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
     assert all(not set(groups[a]) & set(groups[b]) for a, b in inner)
     oof = np.hstack(
         [
-            cross_val_predict(make_classifier(m, seed=3), X, y, cv=inner, method="predict_proba")
+            cross_val_predict(  # the tuned logreg's own inner folds take the groups too
+                make_classifier(m, seed=3),
+                X,
+                y,
+                cv=inner,
+                method="predict_proba",
+                params={"clf__groups": groups} if m == "logreg" else None,
+            )
             for m in ("logreg", "knn")
         ]
     )
@@ -190,7 +197,8 @@ def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
     np.testing.assert_allclose(stacked.final_.coef_, final.coef_, rtol=1e-6, atol=1e-8)
     blind = make_classifier(spec, seed=3).fit(X, y).named_steps["clf"]
     knn_weight = lambda s: np.abs(s.final_.coef_[0, 2:]).sum()  # noqa: E731  (knn's columns)
-    assert knn_weight(blind) > 1.25 * knn_weight(stacked)  # the leak: knn looks better than it is
+    # the leak: knn looks better than it is (1.22x with the tuned logreg as the other member, 1.4x with C = 0.1)
+    assert knn_weight(blind) > 1.15 * knn_weight(stacked)
 
     report = cross_validate(tmp_path / "c.h5", [spec], ["flatten"], folds=3, seed=3)
     assert report.grouped

@@ -231,7 +231,7 @@ def test_the_probe_is_the_zoos_logreg():
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(20, 4)), np.repeat([0, 1], 10)
     probe, _ = linear_probe(X, y, 2)
-    assert describe(probe) == describe("logreg") == "scale → LogisticRegression(C=0.1, max_iter=2000)"
+    assert describe(probe) == describe("logreg") == "scale → TunedLogisticRegression()"
     np.testing.assert_array_equal(probe.predict_proba(X), make_classifier("logreg").fit(X, y).predict_proba(X))
     with pytest.raises(FeaturebankError, match="cannot start a Linear head"):
         fold_linear(make_classifier("logreg:pca=2").fit(X, y))

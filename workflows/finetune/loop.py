@@ -5,6 +5,7 @@ weights' own preprocessing (the same function scores validation during training 
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -108,8 +109,12 @@ def evaluate_images(
 
 
 def _save(obj, path: str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Written whole (a temporary file renamed over it), and the same bytes for the same content: torch names the
+    archive inside after the file it writes, so it writes to memory, not to the randomly named temporary file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getvalue())
 
 
 def export_weights(model: nn.Module, path: str, classes: list[str], prep, meta: dict) -> str:
