@@ -286,8 +286,8 @@ def test_a_rerun_keeps_its_rows_and_another_tag_gets_its_own_settings(photos, tm
 def test_finetuning_surgery_on_timm_layouts():
     """A ViT built without classes (DINOv2: Identity head) gets a Linear head from the probe; the last blocks
     and the head train, nothing else."""
-    from embedder.finetune import freeze, replace_head
-    from embedder.finetune.surgery import unfrozen_blocks
+    from workflows.finetune import freeze, replace_head
+    from workflows.finetune.surgery import unfrozen_blocks
 
     model = load_backbone("timm:vit_small_patch14_dinov2", "none", resize=28, crop=28).model
     W, b = np.full((3, 384), 0.01, np.float32), np.arange(3, dtype=np.float32)
