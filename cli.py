@@ -266,7 +266,6 @@ def train(cache, as_json, **options):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write path,label,predicted per image (CSV).")
 @TRUST_PICKLE
-@TRUST_PICKLE
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
     """Score MODEL on held-out labelled DATA: a folder of class folders, a CSV manifest, or a cache made with
