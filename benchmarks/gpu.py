@@ -7,7 +7,7 @@ RUNBOOK (the session that is lent a GPU: status says can_start_another true; doc
      copies 40 hymenoptera photos, 800 flowers training photos (160 a class), the 550 flowers val photos and the
      MobileNetV2 checkpoint into benchmarks/gpu_assets/ (git-ignored, about 35 MB; 64 MiB travel in all).
      Dry run on this CPU (about 50 CPU-seconds; writes nothing tracked):
-         OMP_NUM_THREADS=1 python benchmarks/gpu.py --tiny --results /tmp/gpu-tiny.md
+         OMP_NUM_THREADS=1 python benchmarks/gpu.py --tiny --results runs/gpu-tiny.md
   2. The device tool, ONE call:
          run(carry=["benchmarks/gpu_assets"], timeout_s=540,
              command="PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --budget 450")
@@ -15,8 +15,8 @@ RUNBOOK (the session that is lent a GPU: status says can_start_another true; doc
      every section in its own forked process with its own time box (one failing or hanging section records its
      error and the rest still runs), stops starting sections when the budget is spent, and after each section
      writes $OUT/gpu_results.json, $OUT/gpu_results.md and $OUT/gpu_log.txt (they come back under files_at).
-  3. Here, at once: cp <files_at>/gpu_results.json /tmp/gpu-first.json (a later call's files may replace them), then
-         python benchmarks/gpu.py --record /tmp/gpu-first.json
+  3. Here, at once: mkdir -p runs && cp <files_at>/gpu_results.json runs/gpu-first.json (a later call's files may replace them), then
+         python benchmarks/gpu.py --record runs/gpu-first.json
      puts the section (machine name, date, table, verdict) at the end of benchmarks/RESULTS.md; commit it.
   4. Failed sections: give the machine back at once unless the fix is ready within its 30 s warm time; fix here,
      then rerun only them: --only vectors,oom --budget 200 (timeout_s 260), and record both:
