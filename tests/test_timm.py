@@ -158,6 +158,32 @@ def test_default_vectors_are_timms_pre_logits_and_onnxruntime_shares_the_rows(fa
     rows_close(embedder.load(by_ort.cache)[0], X)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["convnext_atto", "efficientnet_b0", "vit_small_patch14_dinov2"])
+def test_on_real_photos_at_the_tags_own_size_the_vectors_are_timms(arch, tmp_path):
+    """The same check on other, real photos (hymenoptera val: JPEGs of many sizes), with nothing overridden: the
+    tag's own preprocessing (DINOv2 at 518 px) and featurebank's default decoding."""
+    from conftest import HYMENOPTERA, need
+
+    folder = need(HYMENOPTERA) / "val"
+    root = tmp_path / "photos"
+    for cls in ("ants", "bees"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((folder / cls).glob("*.jpg"))[:1]:
+            (root / cls / f.name).symlink_to(f)
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False).eval()
+    weights = tmp_path / f"{arch}.safetensors"
+    safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    run = embedder.extract(
+        str(root), str(tmp_path / "c.h5"), backbone=f"timm:{arch}", weights=str(weights), batch_size=2, workers=0
+    )
+    X, _, files = embedder.load(run.cache)
+    crop = default_preprocessing(check_backbone(f"timm:{arch}")).crop
+    assert run.settings["preprocessing"]["crop"] == crop == timm_eval_transform(arch, crop)[1]["input_size"][1]
+    assert cosines(X, reference(model, [root / f for f in files], arch, crop)).min() >= 0.9999
+
+
 # -- token layers and pooling -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cls_avg_and_cls_avg_pool_the_token_tensor_without_register_tokens(photos, tmp_path):
