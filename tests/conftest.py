@@ -19,6 +19,18 @@ MOBILENET_V2 = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
 FAST = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0)
 
 
+def rows_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-4) -> float:
+    """Largest difference of a row relative to that row's largest magnitude (the engines' 1e-4 rule), asserted."""
+    worst = float((np.abs(a - b).max(1) / np.maximum(np.abs(b).max(1), 1e-12)).max())
+    assert worst < rel, worst
+    return worst
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity."""
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
 def need(path: pathlib.Path):
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared data and weights of this project live in ../shared)")

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FAST, ROOT, photo, write_bad_files, write_tree
+from conftest import FAST, ROOT, photo, rows_close, write_bad_files, write_tree
 from PIL import Image
 
 import embedder
@@ -18,13 +18,6 @@ from embedder.errors import FeaturebankError
 from embedder.preprocess import Preprocessing
 from embedder.settings import ExtractionSettings, Int8
 from embedder.store import EngineStore
-
-
-def rows_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-4) -> float:
-    """Largest difference of a row relative to that row's largest magnitude (asserted below ``rel``)."""
-    worst = float((np.abs(a - b).max(1) / np.maximum(np.abs(b).max(1), 1e-12)).max())
-    assert worst < rel, worst
-    return worst
 
 
 # -- preprocessing without torch ------------------------------------------------------------------------------

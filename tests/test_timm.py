@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import photo, write_tree
+from conftest import cosines, photo, rows_close, write_tree
 from PIL import Image
 
 import embedder
@@ -77,16 +77,6 @@ def saved(tmp_path_factory):
         return made[family]
 
     return get
-
-
-def rows_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-4) -> float:
-    worst = float((np.abs(a - b).max(1) / np.maximum(np.abs(b).max(1), 1e-12)).max())
-    assert worst < rel, worst
-    return worst
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 # -- preprocessing: the pretrained config, and timm's pixels -------------------------------------------------

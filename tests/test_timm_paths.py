@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import photo, write_tree
+from conftest import cosines, photo, rows_close, write_tree
 from PIL import ImageOps
 
 import embedder
@@ -16,16 +16,6 @@ from embedder.settings import ExtractionSettings, Int8
 pytest.importorskip("timm")
 
 TIMM = dict(backbone="timm:convnext_atto", weights="none", resize=72, crop=64, batch_size=4, workers=0)
-
-
-def rows_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-4) -> float:
-    worst = float((np.abs(a - b).max(1) / np.maximum(np.abs(b).max(1), 1e-12)).max())
-    assert worst < rel, worst
-    return worst
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, photo
+from conftest import FAST, photo, rows_close
 from PIL import Image, ImageOps
 
 import embedder
@@ -18,13 +18,6 @@ from embedder.errors import FeaturebankError
 from embedder.settings import ExtractionSettings, settings_key
 
 LAYERS = ["flatten", "layer3"]
-
-
-def rows_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-4) -> float:
-    """Largest difference of a row relative to that row's largest magnitude (the engines' 1e-4 rule)."""
-    worst = float((np.abs(a - b).max(1) / np.maximum(np.abs(b).max(1), 1e-12)).max())
-    assert worst < rel, worst
-    return worst
 
 
 @pytest.fixture
