@@ -17,6 +17,8 @@ MOBILENET_V2 = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
 
 # A small, fast setting used by most tests: random resnet18 (seeded) on 64 px crops.
 FAST = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0)
+# the same settings on the command line, less the batch size
+FAST_ARGS = ["-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "0"]
 
 
 def rows_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-4) -> float:

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FAST, ROOT, write_tree
+from conftest import FAST, FAST_ARGS, ROOT, write_tree
 
 import embedder
 from embedder.cache import CacheReader, parts_dir
@@ -26,16 +26,7 @@ def run_cli(root, cache, *extra):
         "--cache",
         str(cache),
         "-q",
-        "-b",
-        "resnet18",
-        "-w",
-        "none",
-        "--resize",
-        "72",
-        "--crop",
-        "64",
-        "--workers",
-        "0",
+        *FAST_ARGS,
         *extra,
     ]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -85,16 +76,7 @@ def test_kill_9_mid_finetune_then_resume_gives_the_uninterrupted_weights(tmp_pat
             "-o",
             str(out),
             "-q",
-            "-b",
-            "resnet18",
-            "-w",
-            "none",
-            "--resize",
-            "72",
-            "--crop",
-            "64",
-            "--workers",
-            "0",
+            *FAST_ARGS,
             "--batch-size",
             "2",
             "--epochs",

@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, ROOT, SYNTHETIC_SETTINGS, photo, write_tree
+from conftest import FAST, FAST_ARGS, ROOT, SYNTHETIC_SETTINGS, photo, write_tree
 from PIL import Image
 
 import cli
@@ -347,18 +347,9 @@ def test_finetune_writes_its_page(tmp_path, monkeypatch):
         str(root),
         "-o",
         str(tmp_path / "run"),
-        "-b",
-        "resnet18",
-        "-w",
-        "none",
-        "--resize",
-        "72",
-        "--crop",
-        "64",
+        *FAST_ARGS,
         "--batch-size",
         "4",
-        "--workers",
-        "0",
         "--epochs",
         "1",
         "--val-split",
