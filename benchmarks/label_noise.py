@@ -11,12 +11,17 @@ probabilities but random-forest (logreg, lda, knn) gives out-of-fold probabiliti
 stratified, the folds `cv` makes), and the neighbour vote reads the 10 nearest neighbours' noisy labels.
 
 Reported per method: top-K precision (K = the number flipped: the share of flips among the first K of the
-ranking), the estimated number of issues, and the recall and precision of the estimated set (the flagged images).
-cleanlab (when installed): `cleanlab.filter.find_label_issues` (its defaults) for the flagged set and
-`cleanlab.rank.get_label_quality_scores` (self-confidence) for its ranking, on the same probabilities.
+ranking), the estimated set's size (the flagged images) and its recall and precision against the flips, and the
+confident joint's own count on the method's probabilities. cleanlab (when installed):
+`cleanlab.filter.find_label_issues` (its defaults) for the flagged set and `cleanlab.rank.get_label_quality_scores`
+(self-confidence) for its ranking, on the same probabilities.
 
-Selection: the variants are compared on flowers with flip seed --select-seed (the default was chosen there);
-the table reported uses flip seed --seed, a different draw of flips, and hymenoptera was not used to choose.
+Selection: the variants (members, neighbour weight, ranking, estimated-set rule) are compared on flowers with
+flip seed --select-seed at every rate (selection(): the flagged set's recall and precision each at least
+cleanlab's on logreg at every rate, then the best mean top-K precision); the defaults of
+classifiers/label_issues.py are that choice. The table reported uses flip seed --seed, a different draw of flips,
+and hymenoptera was not used to choose. Out-of-fold probabilities are kept in cache/labelnoise-oof/ per draw, so
+a rerun only re-scores.
 """
 
 from __future__ import annotations
@@ -215,7 +220,7 @@ def evaluate(name: str, seed: int, rates=RATES, oof_seed: int = 0) -> list[dict]
         if SAVE:  # after each rate: what is done survives an interrupted run
             SAVE(rows)
         print(
-            f"{name} seed {seed} {rate:.0%}: {len(flips)} flipped, out-of-fold probabilities in {seconds:.0f} s",
+            f"{name} seed {seed} {rate:.0%}: {len(flips)} flipped, out-of-fold probabilities ready in {seconds:.0f} s",
             file=sys.stderr,
         )
     return rows
@@ -343,12 +348,13 @@ def table(rows: list[dict], seed: int, select_seed: int) -> str:
         f"Labels flipped to a uniformly drawn other class (flip seed {seed}); out-of-fold probabilities of the "
         f"zoo's logreg, lda and knn (5-fold stratified, on the noisy labels); neighbour vote: 10 nearest "
         f"neighbours (cosine). top-K precision: flips among the first K of the ranking (K = flipped). flagged: the "
-        f"estimated set (featurebank: the first `estimate` of its ranked list, or per class pair; cleanlab: "
-        f"`find_label_issues` with its defaults); recall and precision of that set against the flips. "
-        f"estimate: featurebank's calibrated confident-joint count. \"read down\": the default's ranked list down to "
-        f"the best member's own estimate (report.json's label_issues_one_model_estimate). The default was chosen on another draw "
-        f"(flip seed {select_seed}, flowers only); hymenoptera was not used to choose. One run each, a loaded "
-        f"2-core machine (times not reported)."
+        f"estimated set (featurebank's default: the first n of its ranked list, n the size of the best member's "
+        f"own prune-by-noise-rate set, report.json's label_issues_estimated; cleanlab: `find_label_issues` with its "
+        f"defaults); recall and precision of that set against the flips. counted: the calibrated confident joint's "
+        f"off-diagonal sum on that row's probabilities (report.json's label_issues_counted for the default). The "
+        f"default was chosen on another draw (flip seed {select_seed}, flowers only); hymenoptera was not used to "
+        f"choose. One run each, on a loaded 2-core machine (which does not change these counts; "
+        f"times not reported)."
         + (f" Not run: {', '.join(missing)}." if missing else "")
         + "\n\n"
         + "\n".join(lines)
