@@ -291,7 +291,7 @@ def report_entries(report) -> dict:
     likely mislabelled first: path, given label, suggested label, score = 1 - label quality, and whether it is
     in the estimated set), ``label_issues_estimated`` (that set's size) and that set per class pair."""
     found, signals = from_report(report)
-    if found is None:
+    if found is None or signals is None:
         return {
             "label_issues": [],
             "label_issues_estimated": None,
@@ -462,8 +462,10 @@ __all__ = [
     "from_report",
     "label_quality",
     "neighbour_probs",
+    "prune_by_noise_rate",
     "relabel",
     "report_entries",
+    "suggest",
     "summary_lines",
     "write_csv",
 ]
