@@ -312,7 +312,7 @@ def report_entries(report) -> dict:
             for i in found.order
         ],
         "label_issues_estimated": found.estimated,
-        # the combined probabilities' own confident-joint count: sharper, smaller, misses more (docs/label-issues.md)
+        # the combined probabilities' own confident-joint count: a second figure, from sharper probabilities
         "label_issues_counted": found.counted,
         "label_issues_pairs": [{"label": classes[i], "suggested": classes[j], "count": n} for i, j, n in found.pairs()],
         "label_issues_method": {
