@@ -8,7 +8,10 @@ JAIR 2021), written here with numpy alone, on the out-of-fold probabilities that
   j; calibrated so that each row adds up to the number of images labelled i;
 - its off-diagonal sum estimates how many labels are wrong, C[i, j] (i != j) how many images of j are labelled i;
 - every image is ranked by a label-quality score (self-confidence p(label), or the normalized margin
-  p(label) - max other p), lowest first.
+  p(label) - max other p), lowest first;
+- the estimated set (the images to review): per class pair (i, j), the C[i, j] images labelled i with the largest
+  p(j) - p(i), less those whose most probable class is their label ("prune by noise rate", the paper's rule and
+  cleanlab's default), or the first n of the ranking with n taken from such a set (see FLAG).
 
 The probabilities are those of several zoo members averaged, mixed with a neighbour signal (Zhu, Dong & Liu,
 "Detecting corrupted labels without training a model to predict", ICML 2022): the share of each class among an
@@ -29,12 +32,15 @@ from .neighbours import NEIGHBOURS as NEIGHBOURS_SEARCHED
 
 RANKINGS = ("self_confidence", "normalized_margin")
 RANK_BY = "self_confidence"
-FLAGS = ("rank", "pair")
+FLAGS = ("rank", "pair", "one_model")
 # The defaults: the best of the variants compared in benchmarks/label_noise.py on flowers with a draw of flips
 # that the reported table does not use (docs/label-issues.md): logreg, lda and knn averaged, mixed 3:1 with the
-# neighbour vote, the estimated set chosen per class pair; it ranked flips better than one model (top-K precision
-# 78 % against 66 %) and flagged 195 images instead of 340 for 128 flips, at the same recall.
-FLAG = "pair"
+# neighbour vote, which ranks flips better than one model. The estimated set: the first n of that ranking, n the
+# size of the best member's own prune-by-noise-rate set ("one_model"). The combined probabilities are sharper, so
+# their own set ("pair") is smaller and more precise but can miss flips that one model's set catches (recall 5.9
+# points below cleanlab's at 2 % on the selection draw); at one model's size the better ranking holds at least as
+# many flips, so recall and precision both follow (at least cleanlab's at every rate of that draw).
+FLAG = "one_model"
 MEMBERS = 3  # how many of the results with probabilities, best log-loss first, are averaged (0: all of them)
 NEIGHBOURS = 10  # k of the neighbour signal
 NEIGHBOUR_WEIGHT = 0.25  # its share of the mixed probabilities
@@ -108,66 +114,95 @@ class LabelIssues:
     joint: np.ndarray  # calibrated confident joint, counts [given, true]; each row adds up to its label count
     thresholds: np.ndarray
     order: np.ndarray  # the images whose suggested class is not their label, most likely mislabelled first
-    flagged: np.ndarray  # bool per image: in the estimated set
+    flagged: np.ndarray  # bool per image: in the estimated set (always a subset of ``order``)
     rank_by: str
 
     @property
     def estimated(self) -> int:
-        """How many labels are estimated wrong: the calibrated joint's off-diagonal sum."""
+        """How many labels are estimated wrong: the size of the estimated set (the images to review)."""
+        return int(self.flagged.sum())
+
+    @property
+    def counted(self) -> int:
+        """The calibrated confident joint's off-diagonal sum: confident learning's count on these probabilities
+        (the pair rule's set is this, less the images whose most probable class is their label)."""
         return int(self.joint.sum() - np.trace(self.joint))
 
     def pairs(self) -> list[tuple[int, int, int]]:
-        """(given, true, count) of every class pair with a count, largest first; the counts add up to
+        """(given, suggested, count) of the estimated set per class pair, largest first; the counts add up to
         ``estimated``."""
         k = len(self.joint)
-        out = [(i, j, int(self.joint[i, j])) for i in range(k) for j in range(k) if i != j and self.joint[i, j] > 0]
+        counts = np.bincount(self.labels[self.flagged] * k + self.suggested[self.flagged], minlength=k * k)
+        out = [(int(c) // k, int(c) % k, int(counts[c])) for c in np.flatnonzero(counts)]
         return sorted(out, key=lambda p: (-p[2], p[0], p[1]))
 
 
+def suggest(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The most probable class per image; a tie with the label keeps the label (as cleanlab's small nudge
+    towards it does)."""
+    rows = np.arange(len(labels))
+    suggested = probs.argmax(axis=1)
+    return np.where(probs[rows, labels] >= probs[rows, suggested], labels, suggested)
+
+
+def prune_by_noise_rate(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray) -> np.ndarray:
+    """The paper's estimated set (Northcutt et al. 2021, section 4, "prune by noise rate"): per class pair
+    (i, j), i != j, the joint[i, j] images labelled i with the largest margin p(j) - p(i); less those whose most
+    probable class is their label. A class with a single image is never pruned."""
+    flagged = np.zeros(len(labels), dtype=bool)
+    for i in range(probs.shape[1]):
+        mine = np.flatnonzero(labels == i)
+        if len(mine) <= 1:
+            continue
+        for j in np.flatnonzero(joint[i] > 0):
+            if j != i:
+                margin = probs[mine, j] - probs[mine, i]
+                flagged[mine[np.argsort(-margin, kind="stable")[: joint[i, j]]]] = True
+    return flagged & (suggest(labels, probs) != labels)
+
+
 def find_label_issues(
-    labels: np.ndarray, probs: np.ndarray, rank_by: str = RANK_BY, flag: str = FLAG, count: int | None = None
+    labels: np.ndarray,
+    probs: np.ndarray,
+    rank_by: str = RANK_BY,
+    flag: str = FLAG,
+    count: int | None = None,
+    size_from: np.ndarray | None = None,
 ) -> LabelIssues:
     """Confident learning on ``probs`` (rows: images, columns: classes; out-of-fold, so no model saw the image
-    it judges). ``flag``: how the estimated set is chosen: ``rank``, the first ``estimated`` images of the
-    ranked list; ``pair``, per class pair (i, j) the C[i, j] images labelled i with the largest p(j) - p(i)
-    (cleanlab's prune_by_noise_rate), less those whose most probable class is their label. ``count``: flag the
-    first ``count`` of the ranked list instead (another estimate's, say; the reported estimate stays this one)."""
+    it judges). ``flag``: how the estimated set is chosen: ``pair``, prune by noise rate on ``probs``;
+    ``one_model``, the first n images of the ranked list, n the size of the pair rule's set on ``size_from``
+    (another model's probabilities of the same images: the best single model's; default ``probs``); ``rank``,
+    the first ``counted`` of the ranked list. ``count``: the first ``count`` of the ranked list instead."""
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or len(probs) != len(labels):
         raise ValueError(f"probabilities of shape {probs.shape} for {len(labels)} labels")
+    if size_from is not None and np.shape(size_from) != probs.shape:
+        raise ValueError(f"size_from of shape {np.shape(size_from)} for probabilities of shape {probs.shape}")
     if rank_by not in RANKINGS:
         raise ValueError(f"unknown ranking {rank_by!r} (one of {', '.join(RANKINGS)})")
+    if flag not in FLAGS:
+        raise ValueError(f"unknown flag {flag!r} (one of {', '.join(FLAGS)})")
     k = probs.shape[1]
     counts = np.bincount(labels, minlength=k)
-    raw, _ = confident_joint(labels, probs)
-    joint = calibrate(raw, counts)
+    joint = calibrate(confident_joint(labels, probs)[0], counts)
     quality = label_quality(labels, probs, rank_by)
-    suggested = probs.argmax(axis=1)
-    rows = np.arange(len(labels))
-    # a tie with the label keeps the label, as cleanlab's small nudge towards it does
-    keeps = probs[rows, labels] >= probs[rows, suggested]
-    suggested = np.where(keeps, labels, suggested)
+    suggested = suggest(labels, probs)
     wrong = np.flatnonzero(suggested != labels)
     order = wrong[np.lexsort((wrong, quality[wrong]))]  # lowest quality first, then row order
     flagged = np.zeros(len(labels), dtype=bool)
-    estimated = int(joint.sum() - np.trace(joint))
+    if count is None and flag == "one_model" and size_from is not None:
+        other = np.asarray(size_from, dtype=np.float64)
+        count = int(prune_by_noise_rate(labels, other, calibrate(confident_joint(labels, other)[0], counts)).sum())
+    if count is None and flag == "rank":
+        count = int(joint.sum() - np.trace(joint))
+    if count is None and flag == "one_model":  # sized by its own pair rule
+        count = int(prune_by_noise_rate(labels, probs, joint).sum())
     if count is not None:
         flagged[order[:count]] = True
-    elif flag == "rank":
-        flagged[order[:estimated]] = True
-    elif flag == "pair":
-        for i in range(k):
-            mine = np.flatnonzero(labels == i)
-            if len(mine) <= 1:
-                continue
-            for j in range(k):
-                if i != j and joint[i, j] > 0:
-                    margin = probs[mine, j] - probs[mine, i]
-                    flagged[mine[np.argsort(-margin, kind="stable")[: joint[i, j]]]] = True
-        flagged &= suggested != labels
     else:
-        raise ValueError(f"unknown flag {flag!r} (one of {', '.join(FLAGS)})")
+        flagged = prune_by_noise_rate(labels, probs, joint)
     return LabelIssues(labels, suggested, quality, joint, confident_thresholds(labels, probs), order, flagged, rank_by)
 
 
@@ -200,7 +235,7 @@ class Signals:
     neighbours: int
     weight: float
     layer: str | None
-    one_model: int | None = None  # the estimate from the best member alone (None: it is the only signal)
+    flag: str = FLAG
 
     def describe(self) -> str:
         text = "mean out-of-fold probabilities of " + ", ".join(self.members)
@@ -210,6 +245,17 @@ class Signals:
                 f"nearest neighbours on {self.layer} (cosine)"
             )
         return text
+
+    def estimate(self) -> str:
+        """How the estimated set was chosen, in words."""
+        if self.flag == "one_model":
+            return (
+                f"the first n of the ranked list, n the size of {self.members[0]}'s own confident-learning set "
+                "(prune by noise rate on its calibrated confident joint)"
+            )
+        if self.flag == "pair":
+            return "prune by noise rate on the calibrated confident joint of these probabilities"
+        return "the first n of the ranked list, n the calibrated confident joint's off-diagonal sum"
 
 
 def from_report(
@@ -234,25 +280,22 @@ def from_report(
         layer, index, _ = report.neighbours(max(neighbours, NEIGHBOURS_SEARCHED))
         vote = neighbour_probs(index, report.data.y, len(report.classes), neighbours)
     probs = combine([r.proba.mean(axis=0) for r in chosen], vote, weight)
-    alone = None
-    if len(chosen) > 1 or vote is not None:  # a single model over-counts, but reading that deep finds more
-        alone = find_label_issues(report.data.y, chosen[0].proba.mean(axis=0), rank_by, flag).estimated
     return (
-        find_label_issues(report.data.y, probs, rank_by, flag),
-        Signals(names, neighbours if vote is not None else 0, weight if vote is not None else 0.0, layer, alone),
+        find_label_issues(report.data.y, probs, rank_by, flag, size_from=chosen[0].proba.mean(axis=0)),
+        Signals(names, neighbours if vote is not None else 0, weight if vote is not None else 0.0, layer, flag),
     )
 
 
 def report_entries(report) -> dict:
     """The ``report.json`` keys: ``label_issues`` (every image whose suggested class is not its label, most
     likely mislabelled first: path, given label, suggested label, score = 1 - label quality, and whether it is
-    within the estimate), ``label_issues_estimated`` and the estimate per class pair."""
+    in the estimated set), ``label_issues_estimated`` (that set's size) and that set per class pair."""
     found, signals = from_report(report)
-    if found is None:
+    if found is None or signals is None:
         return {
             "label_issues": [],
             "label_issues_estimated": None,
-            "label_issues_one_model_estimate": None,
+            "label_issues_counted": None,
             "label_issues_pairs": [],
             "label_issues_method": None,
         }
@@ -269,9 +312,8 @@ def report_entries(report) -> dict:
             for i in found.order
         ],
         "label_issues_estimated": found.estimated,
-        # measured (docs/label-issues.md): the list read down to this rank catches as many flips as cleanlab's
-        # flagged set on one model's probabilities, or more, at a better precision
-        "label_issues_one_model_estimate": signals.one_model,
+        # the combined probabilities' own confident-joint count: a second figure, from sharper probabilities
+        "label_issues_counted": found.counted,
         "label_issues_pairs": [{"label": classes[i], "suggested": classes[j], "count": n} for i, j, n in found.pairs()],
         "label_issues_method": {
             "signals": signals.describe(),
@@ -281,7 +323,7 @@ def report_entries(report) -> dict:
             "neighbour_layer": signals.layer,
             "rank_by": found.rank_by,
             "score": "1 - label quality (" + found.rank_by.replace("_", " ") + "), highest first",
-            "estimate": "off-diagonal sum of the calibrated confident joint (confident learning)",
+            "estimate": signals.estimate(),
         },
     }
 
@@ -313,13 +355,10 @@ def summary_lines(d: dict, limit: int = 10) -> list[str]:
     if d.get("label_issues_estimated") is None:
         return []
     out = [
-        f"about {d['label_issues_estimated']} label(s) wrong (confident learning, out of fold); "
-        f"{len(d['label_issues'])} image(s) whose suggested class is not their label"
+        f"about {d['label_issues_estimated']} label(s) wrong: the first {d['label_issues_estimated']} of the list "
+        f"(confident learning, out of fold); {len(d['label_issues'])} image(s) whose suggested class is not their "
+        "label"
     ]
-    if (d.get("label_issues_one_model_estimate") or 0) > d["label_issues_estimated"]:
-        out[0] += (
-            f" (the best model alone estimates {d['label_issues_one_model_estimate']}: read that far to miss fewer)"
-        )
     out += [f"  about {p['count']} {p['suggested']} labelled {p['label']}" for p in d["label_issues_pairs"][:limit]]
     return out
 
@@ -423,8 +462,10 @@ __all__ = [
     "from_report",
     "label_quality",
     "neighbour_probs",
+    "prune_by_noise_rate",
     "relabel",
     "report_entries",
+    "suggest",
     "summary_lines",
     "write_csv",
 ]

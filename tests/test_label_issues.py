@@ -19,6 +19,7 @@ from classifiers.label_issues import (
     find_label_issues,
     label_quality,
     neighbour_probs,
+    prune_by_noise_rate,
 )
 from classifiers.neighbours import nearest_neighbours
 
@@ -60,13 +61,44 @@ def test_flipped_rows_rank_first_and_the_estimate_is_near_the_number_flipped(ran
     top = set(found.order[:k].tolist())
     assert len(top & set(flipped.tolist())) / k >= 0.9  # top-K precision, K = the number flipped
     assert abs(found.estimated - k) <= 0.2 * k  # stated tolerance: within 20 % of the true count
+    assert abs(found.counted - k) <= 0.2 * k  # the confident joint's own count too
     assert sum(n for _, _, n in found.pairs()) == found.estimated
     assert (found.suggested[flipped] == y[flipped]).mean() >= 0.9  # the suggestion is the true class
     flagged = set(np.flatnonzero(found.flagged).tolist())
-    assert flagged <= set(found.order.tolist()) and 0.8 * k <= len(flagged) <= found.estimated
+    # the default rule ("one_model", no other model given): the first n of the ranking, n the pair rule's size
+    assert flagged == set(found.order[: found.estimated].tolist())
+    assert found.estimated == find_label_issues(noisy, oof(X, noisy), rank_by, flag="pair").estimated
     assert len(flagged & set(flipped.tolist())) >= 0.9 * k  # recall of the estimated set
-    by_rank = find_label_issues(noisy, oof(X, noisy), rank_by, flag="rank")  # the other rule: the first `estimated`
-    assert set(np.flatnonzero(by_rank.flagged).tolist()) == set(by_rank.order[: by_rank.estimated].tolist())
+    by_rank = find_label_issues(noisy, oof(X, noisy), rank_by, flag="rank")  # the first `counted` of the ranking
+    assert set(np.flatnonzero(by_rank.flagged).tolist()) == set(by_rank.order[: by_rank.counted].tolist())
+
+
+def test_the_estimated_set_takes_its_size_from_the_other_model_and_its_members_from_the_ranking():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    sharp = np.array(  # rows 2 and 6 confidently wrong; rows 1, 3, 0 barely (their suggestion is still the other)
+        [[0.48, 0.52], [0.4, 0.6], [0.1, 0.9], [0.45, 0.55], [0.05, 0.95], [0.1, 0.9], [0.8, 0.2], [0.1, 0.9]]
+    )
+    wide = np.array(  # an under-confident model: thresholds 0.4625 for both classes
+        [[0.6, 0.4], [0.55, 0.45], [0.3, 0.7], [0.4, 0.6], [0.4, 0.6], [0.45, 0.55], [0.7, 0.3], [0.6, 0.4]]
+    )
+    # sharp: thresholds 0.3575 and 0.7375; confident joint [[3, 1], [1, 3]]: prune row 2 from class 0, row 6 from 1
+    own = find_label_issues(labels, sharp, flag="pair")
+    np.testing.assert_allclose(own.thresholds, [0.3575, 0.7375])
+    assert own.joint.tolist() == [[3, 1], [1, 3]] and np.flatnonzero(own.flagged).tolist() == [2, 6]
+    # wide: joint [[2, 2], [2, 2]]: the two largest p(1) - p(0) of class 0 (rows 2, 3), of class 1 rows 6, 7
+    wide_set = prune_by_noise_rate(labels, wide, calibrate(confident_joint(labels, wide)[0], np.array([4, 4])))
+    assert np.flatnonzero(wide_set).tolist() == [2, 3, 6, 7]
+    found = find_label_issues(labels, sharp, size_from=wide)  # the default rule: one_model
+    assert found.order.tolist() == [2, 6, 1, 3, 0]  # lowest p(label) first: 0.1, 0.2, 0.4, 0.45, 0.48
+    # wide's size (4), sharp's ranking: rows 2, 6, 1, 3 (not wide's row 7, which sharp calls right)
+    assert found.estimated == 4 and np.flatnonzero(found.flagged).tolist() == [1, 2, 3, 6]
+    assert found.pairs() == [(0, 1, 3), (1, 0, 1)] and found.counted == 2
+    assert find_label_issues(labels, sharp).estimated == 2  # no other model: sized by its own pair rule
+    assert find_label_issues(labels, sharp, count=9).estimated == 5  # never more than the ranked list
+    with pytest.raises(ValueError, match="size_from of shape"):
+        find_label_issues(labels, sharp, size_from=wide[:4])
+    with pytest.raises(ValueError, match="unknown flag"):
+        find_label_issues(labels, sharp, flag="both")
 
 
 def test_class_pair_estimate_points_at_the_pair_that_was_flipped():
@@ -78,14 +110,16 @@ def test_class_pair_estimate_points_at_the_pair_that_was_flipped():
     # one-directional noise is the hard case: the flipped images look exactly like class 0's own, so about half of
     # them fall under class 0's threshold (its mean); confident learning under-counts here, by design, never over
     assert (given, true) == (2, 0) and len(flipped) / 2 <= count <= len(flipped)
-    assert sum(n for *_, n in pairs) == found.estimated == int(found.joint.sum() - np.trace(found.joint))
+    assert len(flipped) / 2 <= found.joint[2, 0] <= len(flipped)
+    assert sum(n for *_, n in pairs) == found.estimated == int(found.flagged.sum())
+    assert found.counted == int(found.joint.sum() - np.trace(found.joint)) >= found.estimated
     assert (found.joint.sum(axis=1) == np.bincount(noisy)).all()  # calibrated to the given label counts
 
 
 def test_an_unflipped_separable_dataset_has_an_estimate_near_zero():
     X, y = blobs(spread=0.5, seed=2)
     found = find_label_issues(y, oof(X, y))
-    assert found.estimated <= 2 and len(found.order) <= 2
+    assert found.estimated <= 2 and found.counted <= 2 and len(found.order) <= 2
 
 
 def test_confident_joint_and_calibration_by_hand():
@@ -140,9 +174,11 @@ def test_agrees_with_cleanlab_on_the_same_probabilities():
     # probable class above its threshold: the same class unless the overall argmax is under its own threshold
     assert np.abs(ours.joint - joint).max() <= 2, (ours.joint, joint, cleanlab.__version__)
     estimate = num_label_issues(noisy, probs, estimation_method="off_diagonal_calibrated")
-    assert abs(ours.estimated - estimate) <= 2
+    assert abs(ours.counted - estimate) <= 2
     mask = theirs(noisy, probs)
     assert (ours.flagged != mask).sum() <= 0.05 * max(1, mask.sum())
+    # the default set is as large as cleanlab's on the model that sizes it
+    assert abs(find_label_issues(noisy, probs, size_from=probs).estimated - mask.sum()) <= 0.05 * mask.sum()
 
 
 def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
@@ -164,7 +200,10 @@ def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
     } in d["label_issues_pairs"]
     assert sum(p["count"] for p in d["label_issues_pairs"]) == d["label_issues_estimated"]
     judge = [r for r in report.leaderboard("log_loss") if r.proba is not None][0]  # the best member alone
-    assert d["label_issues_one_model_estimate"] == find_label_issues(report.data.y, judge.proba.mean(axis=0)).estimated
+    size = find_label_issues(report.data.y, judge.proba.mean(axis=0), flag="pair").estimated
+    assert d["label_issues_estimated"] == min(size, len(issues)) >= 1  # sized by it, the first n of the list
+    assert [i["within_estimate"] for i in issues] == [n < d["label_issues_estimated"] for n in range(len(issues))]
+    assert d["label_issues_counted"] >= 1 and "prune by noise rate" in d["label_issues_method"]["estimate"]
     assert d["label_issues_method"]["members"] and d["label_issues_method"]["rank_by"] in (
         "self_confidence",
         "normalized_margin",
@@ -174,6 +213,7 @@ def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
     assert [(r["path"], r["label"], r["suggested"], float(r["score"])) for r in rows] == [
         (i["path"], i["label"], i["suggested"], i["score"]) for i in issues
     ]
+    assert [r["within_estimate"] for r in rows] == [str(int(i["within_estimate"])) for i in issues]
     assert rows[0]["rank"] == "1"
     cards = page.section("label-issues")
     assert [c["path"] for c in cards] == [i["path"] for i in issues][: len(cards)] and cards
