@@ -130,6 +130,13 @@ def nearest_neighbours(
     return ref[index], similarity
 
 
+def search_text(rows: int, reference: int = REFERENCE) -> str:
+    """What the neighbour search of ``rows`` images looked through, for reports."""
+    if rows <= reference:
+        return f"exact, among all {rows:,} images"
+    return f"exact among a fixed random sample of {reference:,} of the {rows:,} images"
+
+
 class CosineKNeighbors(ClassifierMixin, BaseEstimator):
     """k nearest neighbours by cosine similarity, exact, searched in BLAS tiles of bounded memory (``search``):
     scikit-learn's ``KNeighborsClassifier(metric="cosine", algorithm="brute")``'s predictions and probabilities
@@ -185,4 +192,4 @@ class CosineKNeighbors(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
-__all__ = ["NEIGHBOURS", "REFERENCE", "CosineKNeighbors", "nearest_neighbours", "search"]
+__all__ = ["NEIGHBOURS", "REFERENCE", "CosineKNeighbors", "nearest_neighbours", "search", "search_text"]
