@@ -105,3 +105,30 @@ def test_a_damaged_sidecar_is_computed_again(tmp_path):
     assert not reused and made["a"].tolist() == [1.0, 1.0]
     again, reused = extras.remembered(report.data, "flatten", "x", {}, lambda: pytest.fail("computed again"))
     assert reused and again["a"].tolist() == [1.0, 1.0]
+
+
+PROBE = (
+    "import sys, cli; from click.testing import CliRunner; "
+    "r = CliRunner().invoke(cli.main, ['cv', *sys.argv[1:], '-c', 'logreg', '--folds', '3']); "
+    "print(r.exit_code, [m for m in ('torch', 'matplotlib', 'sklearn.manifold') if m in sys.modules])"
+)
+
+
+def imported(*args) -> str:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cv_imports_no_torch_and_only_what_it_draws(tmp_path):
+    """torch is never imported by cv; matplotlib only for the report's figures; t-SNE only when the map is not kept."""
+    synthetic_cache(tmp_path / "c.h5")
+    assert imported(str(tmp_path / "c.h5")) == "0 []"
+    assert imported(str(tmp_path / "c.h5"), "--out", str(tmp_path / "one")) == "0 ['matplotlib', 'sklearn.manifold']"
+    assert imported(str(tmp_path / "c.h5"), "--out", str(tmp_path / "two")) == "0 ['matplotlib']"
