@@ -52,11 +52,15 @@ SETTINGS = {
 }
 LAYER = "classifier.0"
 
-MAXRSS = (
-    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-    "sys.stderr.write(r.stderr[-4000:]); print(r.stdout.strip()); "
-    "print('maxrss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
-)
+MAXRSS = """
+import resource, subprocess, sys
+try:
+    r = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=float(sys.argv[1]))
+    sys.stderr.write(r.stderr[-4000:]); print(r.stdout.strip()); code = r.returncode
+except subprocess.TimeoutExpired:
+    print("timed out"); code = 124
+print("maxrss", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)
+"""
 
 # The script a user would write instead of `featurebank cv -c logreg --folds 3`: the same file, the same folds'
 # kind and the same model as the former fixed default (C=0.1).
@@ -117,19 +121,175 @@ def ensure(rows: int) -> str:
     path = cache_path(rows)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        t = time.perf_counter()
-        measured([sys.executable, __file__, "--step", "build", str(path), str(rows)])
-        print(f"built {path} in {time.perf_counter() - t:.0f} s", flush=True)
+        seconds, peak, _ = measured([sys.executable, __file__, "--step", "build", str(path), str(rows)], 7200)
+        print(f"built {path} in {seconds:.0f} s (peak {peak:.1f} GB)", flush=True)
     return str(path)
 
 
-def measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Seconds and peak RSS (GB) of ``cmd`` as a whole process, and its output."""
+def measured(cmd: list[str], timeout: float) -> tuple[float | None, float, str]:
+    """Seconds (None past ``timeout``) and peak RSS (GB) of ``cmd`` as a whole process, and its output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", MAXRSS, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", MAXRSS, str(timeout), *cmd], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     seconds = time.perf_counter() - t
+    text, peak = out.stdout.rsplit("maxrss", 1)
+    if out.returncode == 124:
+        return None, int(peak) / 1024 / 1024, "timed out"
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    text, peak = out.stdout.rsplit("maxrss", 1)
     return seconds, int(peak) / 1024 / 1024, text.strip()
+
+
+def cv(cache: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cli", "cv", cache, "--folds", str(FOLDS), *args]
+
+
+def knn_fold(cache: str) -> None:
+    """One fold of kNN (10 neighbours, cosine, distance weights) in this process: scikit-learn's brute-force
+    KNeighborsClassifier, the zoo's former entry, against the blocked exact search (the zoo's now)."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from classifiers.neighbours import CosineKNeighbors
+    from embedder.cache import CacheReader
+
+    reader = CacheReader(cache)
+    X, y = reader.features(LAYER), reader.labels
+    train, test = next(StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(X, y))
+    out = {}
+    for name, model in (
+        ("scikit-learn", KNeighborsClassifier(10, weights="distance", metric="cosine", algorithm="brute")),
+        ("blocked", CosineKNeighbors(10, weights="distance")),
+    ):
+        t = time.perf_counter()
+        out[name] = model.fit(X[train], y[train]).predict_proba(X[test])
+        print(name, round(time.perf_counter() - t, 2))
+    print("same predictions", bool((out["scikit-learn"].argmax(1) == out["blocked"].argmax(1)).all()))
+    print("largest probability difference", float(np.abs(out["scikit-learn"] - out["blocked"]).max()))
+
+
+def fmt(seconds: float | None, timeout: float) -> str:
+    return f"> {timeout:.0f} (stopped)" if seconds is None else f"{seconds:.1f}"
+
+
+def scale(rows: int, entries: list[str], default: bool, timeout: float, probe: str = "logreg") -> list[str]:
+    """The table of one cache size."""
+    import json
+    import shutil
+
+    cache = ensure(rows)
+    load = os.getloadavg()
+    lines = [
+        f"### {rows:,} rows x {DIM} float32, {CLASSES} classes, {FOLDS} folds",
+        "",
+        f"Load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min) on {os.cpu_count()} cores.",
+        "",
+        "| command (whole process) | seconds | x plain script | s per fold (fit + predict) | peak RSS GB "
+        "| balanced accuracy |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+
+    def row(name, seconds, peak, per_fold="", score=""):
+        ratio = f"{seconds / plain:.2f}" if seconds is not None and plain else ""
+        lines.append(f"| {name} | {fmt(seconds, timeout)} | {ratio} | {per_fold} | {peak:.2f} | {score} |")
+        print(lines[-1], flush=True)
+
+    plain, peak, text = measured([sys.executable, "-c", PLAIN, cache, LAYER], timeout)
+    row(
+        "plain scikit-learn script: h5py read, 3-fold StandardScaler + LogisticRegression(C=0.1)",
+        plain,
+        peak,
+        score=text.split()[-1] + " (accuracy)" if plain else "",
+    )
+    shutil.rmtree(cache + ".extras", ignore_errors=True)  # the first run computes the report's extras
+    with tempfile.TemporaryDirectory(prefix="cv-scale-") as tmp:
+        for name, args in (
+            (f"`cv -c {probe}`", ["-c", probe, "--json"]),
+            (f"`cv -c {probe} --out` (first run: extras computed)", ["-c", probe, "--out", f"{tmp}/a", "--json"]),
+            (f"`cv -c {probe} --out` (again: extras reused)", ["-c", probe, "--out", f"{tmp}/b", "--json"]),
+        ):
+            seconds, peak, text = measured(cv(cache, *args), timeout)
+            board = json.loads(text)["leaderboard"][0] if seconds else None
+            row(
+                name,
+                seconds,
+                peak,
+                f"{board['fit_seconds'] + board['predict_seconds']:.1f}" if board else "",
+                f"{board['balanced_accuracy']['mean']:.4f}" if board else "",
+            )
+        for entry in entries:
+            seconds, peak, text = measured(cv(cache, "-c", entry, "--json"), timeout)
+            board = json.loads(text)["leaderboard"][0] if seconds else None
+            row(
+                f"`cv -c {entry}`",
+                seconds,
+                peak,
+                f"{board['fit_seconds'] + board['predict_seconds']:.1f}" if board else "",
+                f"{board['balanced_accuracy']['mean']:.4f}" if board else "",
+            )
+        if default:
+            seconds, peak, text = measured(cv(cache, "--out", f"{tmp}/default", "--json"), timeout)
+            best = json.loads(text)["leaderboard"] if seconds else []
+            row(
+                f"default `cv --out` (entries: {', '.join(r['classifier'] for r in best) or 'as the tree chooses'})",
+                seconds,
+                peak,
+                "",
+                f"{best[0]['balanced_accuracy']['mean']:.4f} ({best[0]['classifier']})" if best else "",
+            )
+    load = os.getloadavg()
+    lines += ["", f"Load average after: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min)."]
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
+    parser.add_argument("--million", action="store_true", help="also 1,000,000 rows (a 5 GB cache)")
+    parser.add_argument("--entries", default=None, help="zoo entries, comma-separated (default: all of them)")
+    parser.add_argument("--no-default", action="store_true", help="skip the default `cv --out` (every entry)")
+    parser.add_argument("--probe", default="logreg", help="the entry run with and without --out against the script")
+    parser.add_argument("--knn", action="store_true", help="one kNN fold: scikit-learn's search against ours")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before a command is stopped")
+    parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.step == "build":
+        build(opts.args[0], int(opts.args[1]))
+        return 0
+    if opts.step == "knn":
+        knn_fold(opts.args[0])
+        return 0
+    if opts.entries is None:
+        from classifiers.zoo import list_classifiers
+
+        entries = list_classifiers()
+    else:
+        entries = [e for e in opts.entries.split(",") if e]
+    name, _ = cpu()
+    lines = [
+        f"Machine: {name}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} "
+        f"GiB; {time.strftime('%Y-%m-%d %H:%M')}. Synthetic caches (class means plus unit noise, written by "
+        f"`CacheWriter`); every number is one whole process (imports included), one run; peak RSS is the "
+        f"process's ru_maxrss. The x plain column divides by the plain script's time measured in the same run.",
+        "",
+    ]
+    for rows in opts.rows + ([1_000_000] if opts.million else []):
+        lines += scale(rows, entries, not opts.no_default, opts.timeout, opts.probe) + [""]
+        if opts.knn:
+            seconds, peak, text = measured([sys.executable, __file__, "--step", "knn", ensure(rows)], opts.timeout)
+            lines += [f"One kNN fold at {rows:,} rows, in one process (seconds): " + "; ".join(text.splitlines()), ""]
+            print(lines[-2], flush=True)
+    text = "\n".join(lines).rstrip()
+    print(text)
+    if opts.write:
+        write_section(ROOT / "benchmarks" / "RESULTS.md", text, "cv_scale.py", "cv from 20,000 to a million rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
