@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import zipfile
 from collections.abc import Callable
 
@@ -25,9 +26,31 @@ SUFFIX = ".extras"
 
 def fingerprint(reader) -> str:
     """What identifies the cache file's content without reading it: the cache is replaced whole when it changes."""
-    st = os.stat(reader.path)
-    parts = [st.st_size, st.st_mtime_ns, st.st_ino, reader.attrs.get("updated", ""), reader.attrs.get("settings_key")]
+    return file_fingerprint(reader.path, reader.attrs.get("updated", ""), reader.attrs.get("settings_key"))
+
+
+def file_fingerprint(path: str, updated=None, settings_key=None) -> str:
+    """``fingerprint`` from the file alone (its two attributes read when not given)."""
+    if updated is None:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            updated, settings_key = (_text(f.attrs.get(k, "")) for k in ("updated", "settings_key"))
+    st = os.stat(path)
+    parts = [st.st_size, st.st_mtime_ns, st.st_ino, updated, settings_key]
     return hashlib.blake2b(json.dumps(parts, default=str).encode(), digest_size=8).hexdigest()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def thumbs_folder(cache: str) -> str | None:
+    """Where the thumbnails of the images of ``cache`` are kept between run folders (None: no such cache)."""
+    try:
+        return os.path.join(os.path.abspath(cache) + SUFFIX, f"{file_fingerprint(cache)}-thumbs")
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def sidecar(data, layer: str, what: str, params: dict) -> str:
@@ -75,8 +98,12 @@ def _forget_others(path: str) -> None:
     if not os.path.isdir(folder):
         return
     for other in os.listdir(folder):
-        if other.endswith(".npz") and not other.startswith(mine + "-"):
+        if other.startswith(mine + "-"):
+            continue
+        if other.endswith(".npz"):
             os.unlink(os.path.join(folder, other))
+        elif other.endswith("-thumbs"):
+            shutil.rmtree(os.path.join(folder, other), ignore_errors=True)
 
 
 def neighbours_of(data, layer: str, k: int, reference: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,4 +119,4 @@ def neighbours_of(data, layer: str, k: int, reference: int, seed: int) -> tuple[
     return found["index"], found["similarity"]
 
 
-__all__ = ["SUFFIX", "fingerprint", "neighbours_of", "remembered", "sidecar"]
+__all__ = ["SUFFIX", "fingerprint", "neighbours_of", "remembered", "sidecar", "thumbs_folder"]

@@ -132,3 +132,26 @@ def test_cv_imports_no_torch_and_only_what_it_draws(tmp_path):
     assert imported(str(tmp_path / "c.h5")) == "0 []"
     assert imported(str(tmp_path / "c.h5"), "--out", str(tmp_path / "one")) == "0 ['matplotlib', 'sklearn.manifold']"
     assert imported(str(tmp_path / "c.h5"), "--out", str(tmp_path / "two")) == "0 ['matplotlib']"
+
+
+def test_thumbnails_are_made_once_per_cache_not_per_run_folder(tmp_path):
+    from conftest import photo
+
+    from classifiers.html import Thumbs
+
+    synthetic_cache(tmp_path / "c.h5")
+    (tmp_path / "images" / "cats").mkdir(parents=True)
+    photo(1, (320, 240)).save(tmp_path / "images" / "cats" / "a.jpg")
+    shared = extras.thumbs_folder(str(tmp_path / "c.h5"))
+    assert shared.startswith(str(tmp_path / "c.h5.extras") + os.sep)
+    first = Thumbs(str(tmp_path / "one"), str(tmp_path / "images"), shared)
+    card = first("cats/a.jpg")
+    assert first.made == 1 and card["src"].startswith("thumbs/")
+    os.remove(tmp_path / "images" / "cats" / "a.jpg")  # the next run folder does not need the original
+    second = Thumbs(str(tmp_path / "two"), str(tmp_path / "images"), shared)
+    assert second("cats/a.jpg")["src"] == card["src"] and second.made == 0
+    made = (tmp_path / "one" / card["src"]).read_bytes()
+    assert (tmp_path / "two" / card["src"]).read_bytes() == made and made[:2] == b"\xff\xd8"
+    synthetic_cache(tmp_path / "c.h5", seed=4)  # another version of the cache: another folder
+    assert extras.thumbs_folder(str(tmp_path / "c.h5")) != shared
+    assert extras.thumbs_folder(str(tmp_path / "absent.h5")) is None
