@@ -16,6 +16,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,8 @@ def remembered(
     try:
         _forget_others(path)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            save: Any = np.savez  # (numpy's stubs take the arrays' names for its own keywords)
+            save(fh, **arrays)
     except OSError:  # a read-only folder (a shared cache): computed again next time
         pass
     return arrays, False
