@@ -204,12 +204,18 @@ def scale(rows: int, entries: list[str], default: bool, timeout: float, probe: s
         peak,
         score=text.split()[-1] + " (accuracy)" if plain else "",
     )
-    shutil.rmtree(cache + ".extras", ignore_errors=True)  # the first run computes the report's extras
+    shutil.rmtree(cache + ".extras", ignore_errors=True)  # the first run makes the report's extras, the next reuse
     with tempfile.TemporaryDirectory(prefix="cv-scale-") as tmp:
         for name, args in (
-            (f"`cv -c {probe}`", ["-c", probe, "--json"]),
-            (f"`cv -c {probe} --out` (first run: extras computed)", ["-c", probe, "--out", f"{tmp}/a", "--json"]),
-            (f"`cv -c {probe} --out` (again: extras reused)", ["-c", probe, "--out", f"{tmp}/b", "--json"]),
+            (f"`cv -c {probe}` (first on this cache: the neighbour search made and kept)", ["-c", probe, "--json"]),
+            (
+                f"`cv -c {probe} --out` (neighbours reused; the map made and kept, figures, thumbnails)",
+                ["-c", probe, "--out", f"{tmp}/a", "--json"],
+            ),
+            (
+                f"`cv -c {probe} --out` again (every extra reused)",
+                ["-c", probe, "--out", f"{tmp}/b", "--json"],
+            ),
         ):
             seconds, peak, text = measured(cv(cache, *args), timeout)
             board = json.loads(text)["leaderboard"][0] if seconds else None
