@@ -26,9 +26,10 @@ from embedder.errors import FeaturebankError, first_line
 
 from .cluster import layer_tasks, on_cluster
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
+from .extras import neighbours_of
 from .folds import fit_grouped, inner_splitter
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
-from .neighbours import NEIGHBOURS, REFERENCE, nearest_neighbours
+from .neighbours import NEIGHBOURS, REFERENCE
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, list_classifiers, make_classifier, parse_spec, search_grid
 
@@ -247,10 +248,8 @@ class CVReport:
         setting; the outliers and the label issues' neighbour signal share it."""
         memo = self.__dict__.setdefault("_neighbours", {})
         if (k, reference) not in memo:
-            layer = self.best.layer
-            X = self.source(self.best).features(layer)
-            memo[(k, reference)] = (layer, *nearest_neighbours(X, k, reference, self.seed))
-            del X
+            layer = self.best.layer  # searched once per cache and layer: kept beside the cache (extras.py)
+            memo[(k, reference)] = (layer, *neighbours_of(self.source(self.best), layer, k, reference, self.seed))
         return memo[(k, reference)]
 
     def duplicates(self) -> list[dict]:

@@ -15,11 +15,13 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 
 from embedder import __version__
 from embedder.atomic import atomic_path
 from embedder.errors import FeaturebankError
 
+from .extras import thumbs_folder
 from .reading import FORMAT, find_result, model_name, p_text, pm, predictions_name, several_caches, significance_note
 
 THUMB = 160  # pixels, the longer side
@@ -49,9 +51,10 @@ class Thumbs:
     later render finds them even when the originals are gone. An image that cannot be read gets no thumbnail
     but the reason, which the page shows in a placeholder."""
 
-    def __init__(self, run_dir: str, root: str | None):
+    def __init__(self, run_dir: str, root: str | None, shared: str | None = None):
         self.dir = os.path.join(run_dir, "thumbs")
         self.root = root
+        self.shared = shared  # thumbnails kept beside the cache for the next run folder (extras.thumbs_folder)
         self.made = 0
         self._known: dict[str, dict] = {}
 
@@ -67,6 +70,9 @@ class Thumbs:
         dest = os.path.join(self.dir, name)
         full = os.path.join(self.root, path) if self.root else None
         original = pathlib.Path(os.path.abspath(full)).as_uri() if full and os.path.isfile(full) else None
+        kept = os.path.join(self.shared, name) if self.shared else None
+        if not os.path.isfile(dest) and kept and os.path.isfile(kept):
+            _link_or_copy(kept, dest)
         if not os.path.isfile(dest):
             if full is None:
                 return {"src": None, "original": None, "missing": "the image folder is unknown"}
@@ -78,7 +84,22 @@ class Thumbs:
             with atomic_path(dest) as tmp:
                 image.save(tmp, "JPEG", quality=85)
             self.made += 1
+            if kept:
+                _link_or_copy(dest, kept)
         return {"src": f"thumbs/{name}", "original": original, "missing": None}
+
+
+def _link_or_copy(source: str, dest: str) -> None:
+    """A thumbnail into the other folder (a hard link, else a copy), best effort: a folder that cannot be written
+    keeps nothing, and the thumbnail is made again next time."""
+    try:
+        with atomic_path(dest) as tmp:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+    except OSError:
+        pass
 
 
 def read_run(run_dir: str) -> dict:
@@ -424,7 +445,8 @@ def write_html(run_dir: str, root: str | None = None) -> str:
     d = read_run(run_dir)
     if not is_cv_report(d):
         raise FeaturebankError(f"{os.path.join(run_dir, 'report.json')} is not a report of featurebank cv")
-    return render_page(run_dir, cv_context(d, run_dir, Thumbs(run_dir, image_root(d, root))))
+    shared = thumbs_folder(d["cache"]) if d.get("cache") and os.path.isfile(d["cache"]) else None
+    return render_page(run_dir, cv_context(d, run_dir, Thumbs(run_dir, image_root(d, root), shared)))
 
 
 __all__ = ["THUMB", "Thumbs", "is_cv_report", "read_run", "render_page", "write_html"]

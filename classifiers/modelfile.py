@@ -30,6 +30,7 @@ from embedder.errors import FeaturebankError
 
 from .ensemble import ZooEnsemble
 from .linear import TunedLogisticRegression
+from .neighbours import CosineKNeighbors
 from .registry import ReducedPCA
 
 FORMAT = "featurebank-model"
@@ -48,7 +49,7 @@ def _name(cls) -> str:
 
 
 TRUSTED_TYPES = [
-    *(_name(cls) for cls in (ReducedPCA, TunedLogisticRegression, ZooEnsemble)),
+    *(_name(cls) for cls in (ReducedPCA, TunedLogisticRegression, ZooEnsemble, CosineKNeighbors)),
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.tree._tree.Tree",

@@ -1,52 +1,195 @@
-"""Nearest neighbours by cosine similarity, in blocks: the one neighbour search of a ``cv`` run.
+"""Exact nearest neighbours by cosine similarity, blocked on BLAS with bounded memory: the one neighbour search of
+a ``cv`` run, and the zoo's ``knn``.
+
+The search multiplies a block of query rows by a chunk of reference rows (one BLAS matrix product, a tile of at
+most ``TILE_BYTES``) and keeps each query's ``k`` best so far; a later chunk's similarities are compared with each
+query's k-th best (one pass), and only those above it are merged. Memory beyond the inputs is the tile and the
+running best, whatever the number of rows; time is that of the matrix products plus a pass over each tile.
 
 The outlier list (each image's most similar other image) and the label-issue neighbour signal (the labels of
-each image's k most similar images) read the same search, made once per run (``CVReport.neighbours``).
+each image's k most similar images) read the same search, made once per cache and layer (``extras.py`` keeps it
+beside the cache for the next run).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-BLOCK = 1024  # query rows per matrix product: BLOCK x references similarities is the only other memory
+TILE_BYTES = 64 << 20  # one similarity tile (float32), and about as much again for the pass over it
+QUERY_BLOCK = 2048  # query rows per tile: large enough for BLAS to run at full speed
 NEIGHBOURS = 10  # per image: the outliers read the first, the label issues' neighbour vote all of them
 REFERENCE = 20_000  # beyond this many rows, neighbours are sought among a fixed random sample of them
 
 
+def normalize(X: np.ndarray) -> np.ndarray:
+    """Rows to unit length, in place (float32 stays float32)."""
+    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12).astype(X.dtype, copy=False)
+    return X
+
+
+def search(Q: np.ndarray, R: np.ndarray, k: int, own: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``Q``'s ``k`` largest dot products with the rows of ``R`` (unit rows: cosine similarities),
+    most similar first, ties to the earlier reference row: (indices into R, similarities), both ``(len(Q), k)``.
+    ``own[i]``: the row of R that query i is (excluded: an image is not its own neighbour), or -1."""
+    k = min(k, len(R) - (own is not None and bool((own >= 0).any())))
+    if k < 1:
+        raise ValueError(f"{len(R)} reference rows: too few for a neighbour")
+    dtype = np.result_type(Q.dtype, R.dtype, np.float32)
+    index = np.empty((len(Q), k), dtype=np.int64)
+    similarity = np.empty((len(Q), k), dtype=dtype)
+    q_rows = max(1, min(QUERY_BLOCK, len(Q)))
+    r_rows = max(k, TILE_BYTES // (q_rows * np.dtype(dtype).itemsize))
+    for q0 in range(0, len(Q), q_rows):
+        q = Q[q0 : q0 + q_rows]
+        mine = None if own is None else own[q0 : q0 + len(q)]
+        best_s = np.full((len(q), k), -np.inf, dtype=dtype)
+        best_i = np.full((len(q), k), np.iinfo(np.int64).max, dtype=np.int64)
+        for r0 in range(0, len(R), r_rows):
+            tile = q @ R[r0 : r0 + r_rows].T
+            if mine is not None:
+                hit = np.flatnonzero((mine >= r0) & (mine < r0 + tile.shape[1]))
+                tile[hit, mine[hit] - r0] = -np.inf
+            best_s, best_i = _merge(best_s, best_i, tile, r0, k)
+        order = np.lexsort((best_i, -best_s), axis=1)  # by similarity, then by row: ties to the earlier row
+        index[q0 : q0 + len(q)] = np.take_along_axis(best_i, order, axis=1)
+        similarity[q0 : q0 + len(q)] = np.take_along_axis(best_s, order, axis=1)
+    return index, similarity
+
+
+def self_search(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``search(X, X, k, own=arange)`` in half the arithmetic: the similarity of rows a and b is that of b and a,
+    so each tile above the diagonal serves both its row block and its column block."""
+    n = len(X)
+    k = min(k, n - 1)
+    if k < 1:
+        raise ValueError(f"{n} rows: too few for a neighbour")
+    dtype = np.result_type(X.dtype, np.float32)
+    step = max(k + 1, min(n, QUERY_BLOCK, int(np.sqrt(TILE_BYTES // np.dtype(dtype).itemsize))))
+    best_s = np.full((n, k), -np.inf, dtype=dtype)
+    best_i = np.full((n, k), np.iinfo(np.int64).max, dtype=np.int64)
+    for a in range(0, n, step):
+        for b in range(a, n, step):
+            tile = X[a : a + step] @ X[b : b + step].T
+            if a == b:
+                np.fill_diagonal(tile, -np.inf)  # an image is not its own neighbour
+            rows = slice(a, a + len(tile))
+            best_s[rows], best_i[rows] = _merge(best_s[rows], best_i[rows], tile, b, k)
+            if a != b:
+                cols = slice(b, b + tile.shape[1])
+                best_s[cols], best_i[cols] = _merge(best_s[cols], best_i[cols], np.ascontiguousarray(tile.T), a, k)
+    order = np.lexsort((best_i, -best_s), axis=1)  # by similarity, then by row: ties to the earlier row
+    return np.take_along_axis(best_i, order, axis=1), np.take_along_axis(best_s, order, axis=1)
+
+
+def _merge(best_s, best_i, tile, offset: int, k: int):
+    """The running best k per row, with one tile's similarities (columns ``offset + j``) added: only the entries
+    above a row's k-th best so far are looked at (after the first tile, few are)."""
+    kth = best_s.min(axis=1)
+    if tile.shape[1] > k and np.isneginf(kth).any():  # a first tile: its own k-th best is the bar (a partition)
+        kth = np.maximum(kth, np.partition(tile, tile.shape[1] - k, axis=1)[:, tile.shape[1] - k])
+    rows, cols = np.nonzero(tile >= kth[:, None])
+    if len(rows) == 0:
+        return best_s, best_i
+    n, width = best_s.shape[0], k
+    # the candidates: the kept best and the tile's entries above the bar, sorted by row, then similarity, then index
+    cand_r = np.concatenate([np.repeat(np.arange(n), width), rows])
+    cand_s = np.concatenate([best_s.ravel(), tile[rows, cols]])
+    cand_i = np.concatenate([best_i.ravel(), cols.astype(np.int64) + offset])
+    order = np.lexsort((cand_i, -cand_s, cand_r))
+    cand_r, cand_s, cand_i = cand_r[order], cand_s[order], cand_i[order]
+    start = np.searchsorted(cand_r, np.arange(n))
+    take = start[:, None] + np.arange(width)  # every row has at least its k kept entries
+    return cand_s[take], cand_i[take]
+
+
 def nearest_neighbours(
-    X: np.ndarray, k: int = 10, reference: int = REFERENCE, seed: int = 0
+    X: np.ndarray, k: int = NEIGHBOURS, reference: int = REFERENCE, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` most cosine-similar other rows (an image is not its own neighbour), most similar first:
-    (indices, similarities), both ``(rows, k)``. Ties go to the earlier row.
-    Beyond ``reference`` rows the neighbours come from a fixed random sample of that many rows (seeded). ``X`` is
+    (indices, similarities), both ``(rows, k)``. Ties go to the earlier row. Exact up to ``reference`` rows;
+    beyond, the neighbours are sought among a fixed random sample of that many rows (seeded), exactly. ``X`` is
     normalized in place (the caller's copy of the layer: no second one)."""
-    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    normalize(X)
     n = len(X)
     if n <= reference:
         ref, R = np.arange(n), X  # every row is a reference: no copy
     else:
         ref = np.sort(np.random.default_rng(seed).choice(n, reference, replace=False))
-        R = X[ref]  # once: at most `reference` rows (164 MB of 2048-d float32)
-    k = max(1, min(k, len(ref) - 1)) if len(ref) > 1 else 1
-    column = np.full(n, -1, dtype=np.int64)
-    column[ref] = np.arange(len(ref))  # where each row sits among the references (-1: not one)
-    index = np.empty((n, k), dtype=np.int64)
-    similarity = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, BLOCK):
-        block = X[start : start + BLOCK] @ R.T
-        own = column[start : start + len(block)]
-        mine = np.flatnonzero(own >= 0)
-        block[mine, own[mine]] = -np.inf  # an image is not its own neighbour
-        rows = np.arange(len(block))[:, None]
-        if k < block.shape[1]:
-            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        R = X[ref]  # once: at most `reference` rows (100 MB of 1,280-d float32)
+    if len(ref) < 2:
+        return np.zeros((n, 1), dtype=np.int64), np.full((n, 1), -np.inf, dtype=np.float32)
+    k = max(1, min(k, len(ref) - 1))
+    if R is X:
+        return self_search(X, k)
+    own = np.full(n, -1, dtype=np.int64)
+    own[ref] = np.arange(len(ref))  # where each row sits among the references (-1: not one)
+    index, similarity = search(X, R, k, own)
+    return ref[index], similarity
+
+
+def search_text(rows: int, reference: int = REFERENCE) -> str:
+    """What the neighbour search of ``rows`` images looked through, for reports."""
+    if rows <= reference:
+        return f"exact, among all {rows:,} images"
+    return f"exact among a fixed random sample of {reference:,} of the {rows:,} images"
+
+
+class CosineKNeighbors(ClassifierMixin, BaseEstimator):
+    """k nearest neighbours by cosine similarity, exact, searched in BLAS tiles of bounded memory (``search``):
+    scikit-learn's ``KNeighborsClassifier(metric="cosine", algorithm="brute")``'s predictions and probabilities
+    (distance 1 - cosine; ``weights="distance"`` weighs by its inverse, an exact match alone when there is one),
+    without its float64 distance blocks."""
+
+    def __init__(self, n_neighbors: int = 10, weights: str = "distance"):
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+
+    def check_params(self) -> None:
+        from sklearn.utils._param_validation import InvalidParameterError
+
+        if not (isinstance(self.n_neighbors, (int, np.integer)) and self.n_neighbors >= 1):
+            raise InvalidParameterError(f"n_neighbors must be a whole number >= 1, got {self.n_neighbors!r}")
+        if self.weights not in ("uniform", "distance"):
+            raise InvalidParameterError(f"weights must be 'uniform' or 'distance', got {self.weights!r}")
+
+    def fit(self, X, y):
+        self.check_params()
+        X, y = validate_data(self, X, y, dtype=(np.float32, np.float64))
+        check_classification_targets(y)
+        if self.n_neighbors > len(X):
+            raise ValueError(
+                f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {self.n_neighbors}, n_samples_fit = {len(X)}"
+            )
+        self.classes_, self.y_ = np.unique(y, return_inverse=True)
+        self.X_ = normalize(np.array(X, dtype=np.float32))
+        return self
+
+    def kneighbors(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine distances, indices of the training rows), nearest first."""
+        check_is_fitted(self, "X_")
+        X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64))
+        index, similarity = search(normalize(np.array(X, dtype=np.float32)), self.X_, self.n_neighbors)
+        return np.clip(1.0 - similarity, 0.0, 2.0), index
+
+    def predict_proba(self, X) -> np.ndarray:
+        distance, index = self.kneighbors(X)
+        if self.weights == "distance":
+            exact = distance == 0
+            with np.errstate(divide="ignore"):
+                w = 1.0 / distance.astype(np.float64)
+            has = exact.any(axis=1)
+            w[has] = exact[has]  # an exact match decides alone, as scikit-learn's weights do
         else:
-            top = np.broadcast_to(np.arange(block.shape[1]), (len(block), block.shape[1])).copy()
-        top.sort(axis=1)  # then a stable sort by similarity: ties go to the first row, as argmax's do
-        top = np.take_along_axis(top, np.argsort(-block[rows, top], axis=1, kind="stable"), axis=1)
-        index[start : start + len(block)] = ref[top]
-        similarity[start : start + len(block)] = block[rows, top]
-    return index, similarity
+            w = np.ones(distance.shape)
+        proba = np.zeros((len(index), len(self.classes_)))
+        np.add.at(proba, (np.arange(len(index))[:, None], self.y_[index]), w)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
-__all__ = ["nearest_neighbours"]
+__all__ = ["NEIGHBOURS", "REFERENCE", "CosineKNeighbors", "nearest_neighbours", "search", "search_text"]

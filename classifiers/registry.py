@@ -14,7 +14,6 @@ from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import RidgeClassifier
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -23,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from embedder.errors import FeaturebankError
 
 from .linear import TunedLogisticRegression
+from .neighbours import CosineKNeighbors
 
 STEPS = ("l2", "scale", "pca")
 
@@ -263,7 +263,7 @@ register_classifier(
     ClassifierSpec(
         "knn",
         "k-nearest neighbours by cosine similarity, closer neighbours weigh more",
-        lambda seed: KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine", algorithm="brute"),
+        lambda seed: CosineKNeighbors(n_neighbors=10, weights="distance"),
         grid={"n_neighbors": [1, 3, 5, 10, 20, 50]},
         probabilities=True,
     )

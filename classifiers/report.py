@@ -18,6 +18,7 @@ from .label_issues import report_entries as label_issue_entries
 from .label_issues import summary_lines as label_issue_lines
 from .label_issues import write_csv as write_label_issues
 from .metrics import METRICS
+from .neighbours import search_text
 from .plots import confusion_png, leaderboard_png
 from .reading import (
     FORMAT,
@@ -145,7 +146,11 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
             "layer": susp_from.layer if susp_from else None,
             "images": susp,
         },
-        "outliers": {"backbone": report.best.backbone, **dict(zip(("layer", "images"), report.outliers(suspicious)))},
+        "outliers": {
+            "backbone": report.best.backbone,
+            **dict(zip(("layer", "images"), report.outliers(suspicious))),
+            "search": search_text(len(report.data.y)),
+        },
         "duplicates": report.duplicates(),
         **label_issue_entries(report),
         "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
@@ -249,7 +254,8 @@ def markdown(d: dict) -> str:
             "## Outliers",
             "",
             f"Images least like any other image (cosine similarity to their nearest neighbour "
-            f"on {d['outliers']['layer']}, lowest first): placeholders, blank or broken pictures, other domains.",
+            f"on {d['outliers']['layer']}, lowest first; {d['outliers'].get('search', 'exact')}): placeholders, blank "
+            f"or broken pictures, other domains.",
             "",
             "| image | label | similarity | nearest image |",
             "|---|---|--:|---|",

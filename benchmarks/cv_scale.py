@@ -1,0 +1,301 @@
+"""`featurebank cv` at 20,000 to a million rows: seconds per fold and peak memory of each zoo entry, the default
+`cv --out`, and the plain scikit-learn script a user would write instead, each as a whole process.
+
+    python benchmarks/cv_scale.py [--rows 20000 200000] [--million] [--entries logreg,ridge] [--no-default]
+                                  [--write]
+
+Synthetic caches (class means plus noise, 1,280-d float32, 10 classes), written with the project's cache writer
+(``CacheWriter``: parts, then the merge) so that `featurebank cv` reads them as it reads any cache, under
+``cache/scale/`` (git-ignored; made once, kept: 100 MB at 20k, 1 GB at 200k, 5 GB at 1M with ``--million``).
+
+Every measurement is a subprocess (imports included, as a user runs it), timed, with its peak resident memory
+(``ru_maxrss`` of the child). The machine may be shared: the load average is printed beside the table, and the
+ratios that matter (featurebank against the plain script) are measured in the same run, one after the other.
+``--write`` replaces this script's section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from cpu_engines import cpu, write_section  # noqa: E402
+
+DIM = 1280
+CLASSES = 10
+PART_ROWS = 50_000
+SEPARATION = 0.06  # class means' scale per dimension against unit noise: accuracy well below 100% at 1,280-d
+FOLDS = 3
+SETTINGS = {
+    "backbone": "mobilenet_v2",
+    "weights": "none:seed=0",
+    "layers": ["classifier.0"],
+    "pooling": "avg",
+    "precision": "fp32",
+    "preprocessing": {
+        "resize": 256,
+        "crop": 224,
+        "interpolation": "bilinear",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "draft": True,
+    },
+}
+LAYER = "classifier.0"
+
+MAXRSS = """
+import resource, subprocess, sys
+try:
+    r = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=float(sys.argv[1]))
+    sys.stderr.write(r.stderr[-4000:]); print(r.stdout.strip()); code = r.returncode
+except subprocess.TimeoutExpired:
+    print("timed out"); code = 124
+print("maxrss", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)
+"""
+
+# The script a user would write instead of `featurebank cv -c logreg --folds 3`: the same file, the same folds'
+# kind and the same model as the former fixed default (C=0.1).
+PLAIN = """
+import sys, h5py, numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+with h5py.File(sys.argv[1]) as f:
+    X = f["features/" + sys.argv[2]][()]
+    y = f["rows/label"].asstr()[()]
+scores = []
+for train, test in StratifiedKFold(3, shuffle=True, random_state=0).split(X, y):
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000)).fit(X[train], y[train])
+    scores.append(np.mean(model.predict(X[test]) == y[test]))
+print("accuracy", round(float(np.mean(scores)), 4))
+"""
+
+
+def cache_path(rows: int) -> pathlib.Path:
+    return ROOT / "cache" / "scale" / f"synthetic-{rows}.h5"
+
+
+def build(cache: str, rows: int, dim: int = DIM, seed: int = 0) -> None:
+    """Class means plus unit Gaussian noise, parts of PART_ROWS rows through ``CacheWriter.write_batch``, then the
+    merge: the file `extract` would leave, with synthetic paths (no images behind them)."""
+    import numpy as np
+
+    from embedder.cache import CacheWriter
+
+    rng = np.random.default_rng(seed)
+    means = (SEPARATION * rng.standard_normal((CLASSES, dim))).astype(np.float32)
+    labels = rng.integers(0, CLASSES, rows)
+    order = [(f"class{c}/img{i:07d}.jpg", f"class{c}", "") for i, c in enumerate(labels)]
+    with CacheWriter(cache, SETTINGS, "csv:/synthetic/manifest.csv", "/synthetic") as writer:
+        for start in range(0, rows, PART_ROWS):
+            chunk = order[start : start + PART_ROWS]
+            n = len(chunk)
+            X = rng.standard_normal((n, dim), dtype=np.float32)
+            X += means[labels[start : start + n]]
+            writer.write_batch(
+                {
+                    "path": [p for p, _, _ in chunk],
+                    "label": [c for _, c, _ in chunk],
+                    "group": [""] * n,
+                    "size": [1000] * n,
+                    "mtime_ns": [1] * n,
+                    "digest": [f"{start + i:032x}" for i in range(n)],
+                },
+                {LAYER: X},
+                {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")},
+            )
+        writer.commit(order, {})
+
+
+def ensure(rows: int) -> str:
+    path = cache_path(rows)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seconds, peak, _ = measured([sys.executable, __file__, "--step", "build", str(path), str(rows)], 7200)
+        print(f"built {path} in {seconds:.0f} s (peak {peak:.1f} GB)", flush=True)
+    return str(path)
+
+
+def measured(cmd: list[str], timeout: float) -> tuple[float | None, float, str]:
+    """Seconds (None past ``timeout``) and peak RSS (GB) of ``cmd`` as a whole process, and its output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", MAXRSS, str(timeout), *cmd], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    seconds = time.perf_counter() - t
+    text, peak = out.stdout.rsplit("maxrss", 1)
+    if out.returncode == 124:
+        return None, int(peak) / 1024 / 1024, "timed out"
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return seconds, int(peak) / 1024 / 1024, text.strip()
+
+
+def cv(cache: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cli", "cv", cache, "--folds", str(FOLDS), *args]
+
+
+def knn_fold(cache: str) -> None:
+    """One fold of kNN (10 neighbours, cosine, distance weights) in this process: scikit-learn's brute-force
+    KNeighborsClassifier, the zoo's former entry, against the blocked exact search (the zoo's now)."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from classifiers.neighbours import CosineKNeighbors
+    from embedder.cache import CacheReader
+
+    reader = CacheReader(cache)
+    X, y = reader.features(LAYER), reader.labels
+    train, test = next(StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(X, y))
+    out = {}
+    for name, model in (
+        ("scikit-learn", KNeighborsClassifier(10, weights="distance", metric="cosine", algorithm="brute")),
+        ("blocked", CosineKNeighbors(10, weights="distance")),
+    ):
+        t = time.perf_counter()
+        out[name] = model.fit(X[train], y[train]).predict_proba(X[test])
+        print(name, round(time.perf_counter() - t, 2))
+    print("same predictions", bool((out["scikit-learn"].argmax(1) == out["blocked"].argmax(1)).all()))
+    print("largest probability difference", float(np.abs(out["scikit-learn"] - out["blocked"]).max()))
+
+
+def fmt(seconds: float | None, timeout: float) -> str:
+    return f"> {timeout:.0f} (stopped)" if seconds is None else f"{seconds:.1f}"
+
+
+def scale(rows: int, entries: list[str], default: bool, timeout: float, probe: str = "logreg") -> list[str]:
+    """The table of one cache size."""
+    import json
+    import shutil
+
+    cache = ensure(rows)
+    load = os.getloadavg()
+    lines = [
+        f"### {rows:,} rows x {DIM} float32, {CLASSES} classes, {FOLDS} folds",
+        "",
+        f"Load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min) on {os.cpu_count()} cores.",
+        "",
+        "| command (whole process) | seconds | x plain script | s per fold (fit + predict) | peak RSS GB "
+        "| balanced accuracy |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+
+    def row(name, seconds, peak, per_fold="", score=""):
+        ratio = f"{seconds / plain:.2f}" if seconds is not None and plain else ""
+        lines.append(f"| {name} | {fmt(seconds, timeout)} | {ratio} | {per_fold} | {peak:.2f} | {score} |")
+        print(lines[-1], flush=True)
+
+    plain, peak, text = measured([sys.executable, "-c", PLAIN, cache, LAYER], timeout)
+    row(
+        "plain scikit-learn script: h5py read, 3-fold StandardScaler + LogisticRegression(C=0.1)",
+        plain,
+        peak,
+        score=text.split()[-1] + " (accuracy)" if plain else "",
+    )
+    shutil.rmtree(cache + ".extras", ignore_errors=True)  # the first run makes the report's extras, the next reuse
+    with tempfile.TemporaryDirectory(prefix="cv-scale-") as tmp:
+        for name, args in (
+            (f"`cv -c {probe}` (first on this cache: the neighbour search made and kept)", ["-c", probe, "--json"]),
+            (
+                f"`cv -c {probe} --out` (neighbours reused; the map made and kept, figures, thumbnails)",
+                ["-c", probe, "--out", f"{tmp}/a", "--json"],
+            ),
+            (
+                f"`cv -c {probe} --out` again (every extra reused)",
+                ["-c", probe, "--out", f"{tmp}/b", "--json"],
+            ),
+        ):
+            seconds, peak, text = measured(cv(cache, *args), timeout)
+            board = json.loads(text)["leaderboard"][0] if seconds else None
+            row(
+                name,
+                seconds,
+                peak,
+                f"{board['fit_seconds'] + board['predict_seconds']:.1f}" if board else "",
+                f"{board['balanced_accuracy']['mean']:.4f}" if board else "",
+            )
+        for entry in entries:
+            seconds, peak, text = measured(cv(cache, "-c", entry, "--json"), timeout)
+            board = json.loads(text)["leaderboard"][0] if seconds else None
+            row(
+                f"`cv -c {entry}`",
+                seconds,
+                peak,
+                f"{board['fit_seconds'] + board['predict_seconds']:.1f}" if board else "",
+                f"{board['balanced_accuracy']['mean']:.4f}" if board else "",
+            )
+        if default:
+            seconds, peak, text = measured(cv(cache, "--out", f"{tmp}/default", "--json"), timeout)
+            best = json.loads(text)["leaderboard"] if seconds else []
+            row(
+                f"default `cv --out` (entries: {', '.join(r['classifier'] for r in best) or 'as the tree chooses'})",
+                seconds,
+                peak,
+                "",
+                f"{best[0]['balanced_accuracy']['mean']:.4f} ({best[0]['classifier']})" if best else "",
+            )
+    load = os.getloadavg()
+    lines += ["", f"Load average after: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min)."]
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
+    parser.add_argument("--million", action="store_true", help="also 1,000,000 rows (a 5 GB cache)")
+    parser.add_argument("--entries", default=None, help="zoo entries, comma-separated (default: all of them)")
+    parser.add_argument("--no-default", action="store_true", help="skip the default `cv --out` (every entry)")
+    parser.add_argument("--probe", default="logreg", help="the entry run with and without --out against the script")
+    parser.add_argument("--knn", action="store_true", help="one kNN fold: scikit-learn's search against ours")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before a command is stopped")
+    parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.step == "build":
+        build(opts.args[0], int(opts.args[1]))
+        return 0
+    if opts.step == "knn":
+        knn_fold(opts.args[0])
+        return 0
+    if opts.entries is None:
+        from classifiers.zoo import list_classifiers
+
+        entries = list_classifiers()
+    else:
+        entries = [e for e in opts.entries.split(",") if e]
+    name, _ = cpu()
+    lines = [
+        f"Machine: {name}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} "
+        f"GiB; {time.strftime('%Y-%m-%d %H:%M')}. Synthetic caches (class means plus unit noise, written by "
+        f"`CacheWriter`); every number is one whole process (imports included), one run; peak RSS is the "
+        f"process's ru_maxrss. The x plain column divides by the plain script's time measured in the same run.",
+        "",
+    ]
+    for rows in opts.rows + ([1_000_000] if opts.million else []):
+        lines += scale(rows, entries, not opts.no_default, opts.timeout, opts.probe) + [""]
+        if opts.knn:
+            seconds, peak, text = measured([sys.executable, __file__, "--step", "knn", ensure(rows)], opts.timeout)
+            lines += [f"One kNN fold at {rows:,} rows, in one process (seconds): " + "; ".join(text.splitlines()), ""]
+            print(lines[-2], flush=True)
+    text = "\n".join(lines).rstrip()
+    print(text)
+    if opts.write:
+        write_section(ROOT / "benchmarks" / "RESULTS.md", text, "cv_scale.py", "cv from 20,000 to a million rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The report's extras (the neighbour search of the outliers and label issues, the map's coordinates), computed once
+per cache, layer and setting and kept beside the cache, so that a later ``cv`` of the same cache reuses them.
+
+They depend only on the features of the rows, never on the folds or classifiers: a file in ``CACHE.extras/``,
+named after the cache's fingerprint (its size, modification time, inode, write time and settings key: a cache is
+rewritten as a whole file, so any change to it changes these), the layer, the rows and the parameters. A changed
+cache computes them again (and its old files are removed); a folder that cannot be written, or a file that cannot
+be read, computes them as before, with nothing kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from embedder.atomic import atomic_path
+
+SUFFIX = ".extras"
+
+
+def fingerprint(reader) -> str:
+    """What identifies the cache file's content without reading it: the cache is replaced whole when it changes."""
+    return file_fingerprint(reader.path, reader.attrs.get("updated", ""), reader.attrs.get("settings_key"))
+
+
+def file_fingerprint(path: str, updated=None, settings_key=None) -> str:
+    """``fingerprint`` from the file alone (its two attributes read when not given)."""
+    if updated is None:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            updated, settings_key = (_text(f.attrs.get(k, "")) for k in ("updated", "settings_key"))
+    st = os.stat(path)
+    parts = [st.st_size, st.st_mtime_ns, st.st_ino, updated, settings_key]
+    return hashlib.blake2b(json.dumps(parts, default=str).encode(), digest_size=8).hexdigest()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def thumbs_folder(cache: str) -> str | None:
+    """Where the thumbnails of the images of ``cache`` are kept between run folders (None: no such cache)."""
+    try:
+        return os.path.join(os.path.abspath(cache) + SUFFIX, f"{file_fingerprint(cache)}-thumbs")
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def sidecar(data, layer: str, what: str, params: dict) -> str:
+    """The file of one extra of ``data`` (a ``Labeled``: its cache and its rows) on ``layer``."""
+    key = hashlib.blake2b(digest_size=8)
+    key.update(json.dumps([layer, what, params], sort_keys=True, default=str).encode())
+    key.update(np.ascontiguousarray(data.rows, dtype=np.int64).tobytes())  # the labelled rows, in their order
+    return os.path.join(data.reader.path + SUFFIX, f"{fingerprint(data.reader)}-{what}-{key.hexdigest()}.npz")
+
+
+def remembered(
+    data, layer: str, what: str, params: dict, compute: Callable[[], dict[str, np.ndarray]]
+) -> tuple[dict[str, np.ndarray], bool]:
+    """``compute()``'s arrays, read from the sidecar when this cache, layer, rows and ``params`` made them before;
+    else computed and kept (best effort). Returns them and whether they were reused."""
+    try:
+        path = sidecar(data, layer, what, params)
+    except OSError:  # the cache went away under us: nothing to key on
+        return compute(), False
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {name: saved[name] for name in saved.files}, True
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+    ):  # absent, unreadable or half a file from elsewhere
+        pass
+    arrays = compute()
+    try:
+        _forget_others(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            save: Any = np.savez  # (numpy's stubs take the arrays' names for its own keywords)
+            save(fh, **arrays)
+    except OSError:  # a read-only folder (a shared cache): computed again next time
+        pass
+    return arrays, False
+
+
+def _forget_others(path: str) -> None:
+    """The files of an earlier version of the cache (another fingerprint) are of no further use."""
+    folder, name = os.path.split(path)
+    mine = name.split("-", 1)[0]
+    if not os.path.isdir(folder):
+        return
+    for other in os.listdir(folder):
+        if other.startswith(mine + "-"):
+            continue
+        if other.endswith(".npz"):
+            os.unlink(os.path.join(folder, other))
+        elif other.endswith("-thumbs"):
+            shutil.rmtree(os.path.join(folder, other), ignore_errors=True)
+
+
+def neighbours_of(data, layer: str, k: int, reference: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``nearest_neighbours`` of ``data``'s rows on ``layer``, kept beside the cache (the layer is read only when
+    they are computed)."""
+    from .neighbours import nearest_neighbours
+
+    def compute():
+        index, similarity = nearest_neighbours(data.features(layer), k, reference, seed)
+        return {"index": index, "similarity": similarity}
+
+    found, _ = remembered(data, layer, "neighbours", {"k": k, "reference": reference, "seed": seed}, compute)
+    return found["index"], found["similarity"]
+
+
+__all__ = ["SUFFIX", "fingerprint", "neighbours_of", "remembered", "sidecar", "thumbs_folder"]
