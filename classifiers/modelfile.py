@@ -30,7 +30,8 @@ from embedder.errors import FeaturebankError
 
 from .ensemble import ZooEnsemble
 from .linear import TunedLogisticRegression
-from .registry import ReducedPCA
+from .registry import BlockedScaler, ReducedPCA
+from .ridge import NystroemRidge, TunedRidge
 
 FORMAT = "featurebank-model"
 VERSION = 2
@@ -48,7 +49,10 @@ def _name(cls) -> str:
 
 
 TRUSTED_TYPES = [
-    *(_name(cls) for cls in (ReducedPCA, TunedLogisticRegression, ZooEnsemble)),
+    *(
+        _name(cls)
+        for cls in (ReducedPCA, BlockedScaler, TunedLogisticRegression, TunedRidge, NystroemRidge, ZooEnsemble)
+    ),
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.tree._tree.Tree",
