@@ -277,13 +277,14 @@ class CVReport:
 def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
     """Fit a clone on the training rows, predict the test rows. Runs in a joblib worker.
 
-    The fold's rows are its own copies (fancy indexing), so the Pipeline's own L2 and scaling steps work on them in
-    place: the layer, the fold's rows and the classifier's own data are the memory, never a second scaled copy."""
+    The training rows are the fold's own copy (fancy indexing), so the Pipeline's own L2 and scaling steps fit on them
+    in place: the layer, the fold's rows and the classifier's own data are the memory, never a second scaled copy."""
     model = _in_place(clone(estimator))
     started = time.perf_counter()
     X_train = X[split.train]
     fit_grouped(model, X_train, y[split.train], None if groups is None else groups[split.train])
     del X_train  # before the test rows are taken
+    _in_place(model, on=False)  # the test rows are transformed twice (labels, probabilities): not in place
     fitted = time.perf_counter()
     X_test = X[split.test]
     pred = model.predict(X_test)
@@ -296,13 +297,13 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
     return pred, proba, fitted - started, predicted - fitted, best, missing
 
 
-def _in_place(model):
-    """The top Pipeline's ``l2`` and ``scale`` steps without their copy (a search's inner folds are copies too; an
-    ensemble's members, which share their rows, keep theirs)."""
-    pipe = model.estimator if isinstance(model, GridSearchCV) else model
-    prefix = "estimator__" if isinstance(model, GridSearchCV) else ""
+def _in_place(model, on: bool = True):
+    """The top Pipeline's ``l2`` and ``scale`` steps without their copy (``on``) or with it again (a search's inner
+    folds are copies too; an ensemble's members, which share their rows, keep theirs). Fitted: the refit Pipeline."""
+    searched = isinstance(model, GridSearchCV)
+    pipe = (model.best_estimator_ if hasattr(model, "best_estimator_") else model.estimator) if searched else model
     steps = dict(pipe.steps)
-    model.set_params(**{f"{prefix}{name}__copy": False for name in ("l2", "scale") if steps.get(name) != "passthrough"})
+    pipe.set_params(**{f"{name}__copy": not on for name in ("l2", "scale") if steps.get(name) != "passthrough"})
     return model
 
 
