@@ -106,7 +106,8 @@ def plan(
 
     def total(spec: str) -> float | None:
         parts = [estimate(spec, s, search, inner_folds) for s in shapes]
-        return None if any(p is None for p in parts) else speed * sum(parts)  # type: ignore[misc]
+        known = [p for p in parts if p is not None]
+        return speed * sum(known) if len(known) == len(parts) else None
 
     seconds = {spec: total(spec) for spec in candidates}
     if explicit or budget is None:

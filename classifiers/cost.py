@@ -53,7 +53,7 @@ def linear_svm(s: Shape, params: dict) -> float:
     return LINEAR_SVM * s.n * s.d * s.k
 
 
-def _pca(s: Shape, params: dict, default: int | None) -> float:
+def _pca(s: Shape, params: dict, default: int | None) -> tuple[float, float]:
     """The PCA step's seconds and the dimensions after it."""
     p = params.get("pca", default)
     p = 256 if p is True else p

@@ -45,11 +45,10 @@ def loo_ridge(X, Y, alphas, transform=None) -> tuple[float, np.ndarray, np.ndarr
     rows = (
         (lambda b: np.asarray(transform(X[b]), dtype=np.float64)) if transform else (lambda b: X[b].astype(np.float64))
     )
-    total, G, XtY = None, None, None
+    d = rows(slice(0, 1)).shape[1]  # the mapped width (a feature map may change it)
+    total, G, XtY = np.zeros(d), np.zeros((d, d)), np.zeros((d, Y.shape[1]))
     for b in _blocks(n):
         Z = rows(b)
-        if G is None:
-            total, G, XtY = np.zeros(Z.shape[1]), np.zeros((Z.shape[1], Z.shape[1])), np.zeros((Z.shape[1], Y.shape[1]))
         total += Z.sum(axis=0)
         G += Z.T @ Z
         XtY += Z.T @ Y[b]
