@@ -53,6 +53,11 @@ class Plan:
         return sum(self.seconds[c] or 0.0 for c in self.classifiers)
 
     @property
+    def worth_saying(self) -> bool:
+        """A run without ``-c`` says its plan (the budget, what it left out); an explicit list only when it is over."""
+        return not self.explicit or (self.budget is not None and self.total > self.budget)
+
+    @property
     def message(self) -> str:
         limit = f"--budget {duration(self.budget)}" if self.budget is not None else "no --budget"
         head = f"cv: {len(self.classifiers)} classifier(s), about {duration(self.total)} of fitting estimated ({limit})"

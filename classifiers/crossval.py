@@ -354,7 +354,8 @@ def cross_validate(
     ``cache``: one cache, or a list of caches of the same images (see ``sources``), all ranked on the first cache's
     folds. ``groups``: None uses the cache's groups when it has some. ``scheduler``: the address of a Dask scheduler
     that runs every (layer, classifier, fold) fit (``n_jobs`` is then the cluster's). ``budget``: seconds or a
-    duration (``"15m"``, ``"none"``) of estimated fitting; ``say``: called with the plan's one line before any fit."""
+    duration (``"15m"``, ``"none"``) of estimated fitting; ``say``: called with the plan's one line before any fit
+    (without ``classifiers``, or when they are over the budget)."""
     started = time.perf_counter()
     sources = load_sources(cache)
     data = sources[0].data
@@ -383,7 +384,7 @@ def cross_validate(
         search,
         inner_folds,
     )
-    if say is not None:
+    if say is not None and the_plan.worth_saying:
         say(the_plan.message)
     classifiers = the_plan.classifiers
     inner_train = min(len(s.train) for s in splits) * (inner_folds - 1) // inner_folds

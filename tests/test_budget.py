@@ -3,6 +3,7 @@ and the memory of a fold."""
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import numpy as np
@@ -226,10 +227,25 @@ def test_progress_shows_only_when_asked_with_its_fits(tmp_path, capsys):
     assert "0/6 fits; logreg:C=1 @ flatten" in err and "3/6 fits; ridge @ flatten" in err
     cross_validate(str(tmp_path / "c.h5"), ["logreg:C=1"], ["flatten"], folds=3)
     assert capsys.readouterr().err == ""
-    # the command line outside a terminal: the plan's line, no bar
-    result = CliRunner().invoke(
-        main, ["cv", str(tmp_path / "c.h5"), "-c", "logreg:C=1", "-l", "flatten", "--folds", "3"]
-    )
+    # the command line outside a terminal: no bar; an explicit list within the budget says nothing more
+    args = ["cv", str(tmp_path / "c.h5"), "-c", "logreg:C=1", "-l", "flatten", "--folds", "3"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "cv: 1 classifier(s), about 0s of fitting estimated (--budget 15m)" in result.stderr
-    assert "cross-validation:" not in result.stderr
+    assert result.stderr == ""
+
+
+def test_an_explicit_list_over_the_budget_is_run_whole_with_a_warning(tmp_path, monkeypatch):
+    synthetic_cache(tmp_path / "c.h5")
+    monkeypatch.setattr(crossval, "machine_speed", lambda: 1e9)  # a very slow machine: every estimate is days
+    args = ["cv", str(tmp_path / "c.h5"), "-c", "logreg:C=1,ridge", "-l", "flatten", "--folds", "3", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("warning: cv: 2 classifier(s), about ")
+    assert line.endswith("(--budget 15m), over the budget; running every -c entry as asked")
+    d = json.loads(result.stdout)
+    assert [r["classifier"] for r in d["leaderboard"]] and {r["classifier"] for r in d["leaderboard"]} == {
+        "logreg:C=1",
+        "ridge",
+    }
+    assert d["cv"]["budget"]["message"] == line and d["cv"]["budget"]["left_out"] == {}
