@@ -231,7 +231,8 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
     if out:
         writable_folder(out, "the report")  # before the folds, not after them
-    report = cross_validate(list(caches), progress=not quiet and sys.stderr.isatty(), **o.keywords())
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    report = cross_validate(list(caches), progress=not quiet and sys.stderr.isatty(), say=say, **o.keywords())
     data = report_dict(report, suspicious)
     files = write_report(report, out, suspicious, data) if out else {}
     emit(data, as_json, lambda d: cv_text(d, files))

@@ -24,14 +24,16 @@ from tqdm import tqdm
 
 from embedder.errors import FeaturebankError, first_line
 
+from .budget import Plan, estimate, plan
 from .cluster import layer_tasks, on_cluster
+from .cost import DEFAULT_BUDGET, Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
 from .extras import neighbours_of
 from .folds import fit_grouped, inner_splitter
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
 from .neighbours import NEIGHBOURS, REFERENCE
 from .significance import ALPHA, Comparison, compare_to_best
-from .zoo import describe, list_classifiers, make_classifier, parse_spec, search_grid
+from .zoo import describe, make_classifier, parse_spec, search_grid
 
 RANK_BY = "balanced_accuracy"
 
@@ -156,6 +158,7 @@ class CVReport:
     seconds: float
     splits: list[Split]  # the folds every result was scored on (from the first cache's labels and groups)
     sources: list[Source]
+    plan: Plan | None = None  # what the budget let in and left out, with the estimates
 
     @property
     def classes(self) -> list[str]:
@@ -271,10 +274,16 @@ class CVReport:
 
 
 def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
-    """Fit a clone on the training rows, predict the test rows. Runs in a joblib worker."""
-    model = clone(estimator)
+    """Fit a clone on the training rows, predict the test rows. Runs in a joblib worker.
+
+    The training rows are the fold's own copy (fancy indexing), so the Pipeline's own L2 and scaling steps fit on them
+    in place: the layer, the fold's rows and the classifier's own data are the memory, never a second scaled copy."""
+    model = _in_place(clone(estimator))
     started = time.perf_counter()
-    fit_grouped(model, X[split.train], y[split.train], None if groups is None else groups[split.train])
+    X_train = X[split.train]
+    fit_grouped(model, X_train, y[split.train], None if groups is None else groups[split.train])
+    del X_train  # before the test rows are taken
+    _in_place(model, on=False)  # the test rows are transformed twice (labels, probabilities): not in place
     fitted = time.perf_counter()
     X_test = X[split.test]
     pred = model.predict(X_test)
@@ -285,6 +294,16 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
     best = model.best_params_ if isinstance(model, GridSearchCV) else None
     missing = sorted(set(range(n_classes)) - set(np.asarray(model.classes_).tolist()))
     return pred, proba, fitted - started, predicted - fitted, best, missing
+
+
+def _in_place(model, on: bool = True):
+    """The top Pipeline's ``l2`` and ``scale`` steps without their copy (``on``) or with it again (a search's inner
+    folds are copies too; an ensemble's members, which share their rows, keep theirs). Fitted: the refit Pipeline."""
+    searched = isinstance(model, GridSearchCV)
+    pipe = (model.best_estimator_ if hasattr(model, "best_estimator_") else model.estimator) if searched else model
+    steps = dict(pipe.steps)
+    pipe.set_params(**{f"{name}__copy": not on for name in ("l2", "scale") if steps.get(name) != "passthrough"})
+    return model
 
 
 def _estimator(spec: str, seed: int, search: bool, inner_folds: int, grouped: bool, n_train: int):
@@ -325,19 +344,23 @@ def cross_validate(
     inner_folds: int = 3,
     n_jobs: int = 1,
     scheduler: str | None = None,
+    budget: str | float | None = DEFAULT_BUDGET,
     progress: bool = False,
+    say=None,
 ) -> CVReport:
-    """Score every classifier (zoo spec strings; default: all) on every layer (default: all of the cache's;
-    ``a+b`` for two layers side by side) with the same stratified folds. ``cache``: one cache, or a list of
-    caches of the same images (see ``sources``), all ranked on the first cache's folds. ``groups``: None uses
-    the cache's groups when it has some. ``scheduler``: the address of a Dask scheduler that runs every
-    (layer, classifier, fold) fit (``n_jobs`` is then the cluster's)."""
+    """Score every classifier (zoo spec strings; default: every entry that fits ``budget``, see ``budget.plan``) on
+    every layer (default: all of the cache's; ``a+b`` for two layers side by side) with the same stratified folds.
+    ``cache``: one cache, or a list of caches of the same images (see ``sources``), all ranked on the first cache's
+    folds. ``groups``: None uses the cache's groups when it has some. ``scheduler``: the address of a Dask scheduler
+    that runs every (layer, classifier, fold) fit (``n_jobs`` is then the cluster's). ``budget``: seconds or a
+    duration (``"15m"``, ``"none"``) of estimated fitting; ``say``: called with the plan's one line before any fit
+    (without ``classifiers``, or when they are over the budget)."""
     started = time.perf_counter()
     sources = load_sources(cache)
     data = sources[0].data
     per_source = source_layers(sources, layers)
-    classifiers = list(classifiers) if classifiers else list_classifiers()
-    for spec in classifiers:
+    classifiers = list(classifiers) if classifiers else None
+    for spec in classifiers or []:
         parse_spec(spec)
     if groups and data.groups is None:
         raise FeaturebankError(f"{data.reader.path} has no groups: give a CSV manifest with a group column")
@@ -347,30 +370,59 @@ def cross_validate(
         smallest = min(np.bincount(data.y[s.train], minlength=len(data.classes)).min() for s in splits)
         inner_folds = max(2, min(inner_folds, int(smallest)))
     k = len(data.classes)
+    pairs = [(source, layer) for source, names in zip(sources, per_source) for layer in names]
+    shapes = {
+        (source.name, layer): [Shape(len(s.train), len(s.test), source.data.dims(layer), k) for s in splits]
+        for source, layer in pairs
+    }
+    the_plan = plan(
+        classifiers,
+        [shape for fold_shapes in shapes.values() for shape in fold_shapes],
+        parse_budget(budget),
+        machine_speed(),
+        search,
+        inner_folds,
+    )
+    if say is not None and the_plan.worth_saying:
+        say(the_plan.message)
+    classifiers = the_plan.classifiers
     inner_train = min(len(s.train) for s in splits) * (inner_folds - 1) // inner_folds
     results = []
-    tasks = sum(len(layers) for layers in per_source) * len(classifiers) * len(splits)
+    weights = _task_weights(the_plan, shapes, search, inner_folds)
     with (
         on_cluster(scheduler) as cluster,
         tqdm(
-            total=tasks, unit="fit", disable=not progress, file=sys.stderr, dynamic_ncols=True, desc="cross-validation"
+            total=sum(w for ws in weights.values() for w in ws),
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            desc="cross-validation",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}",
         ) as bar,
     ):
         if cluster is not None:
             n_jobs = -1  # every thread of the cluster
             if progress:
                 bar.write(f"cross-validation on the {cluster.describe()}", file=sys.stderr)
-        for source, layer in [(source, layer) for source, names in zip(sources, per_source) for layer in names]:
+        done, tasks = 0, len(pairs) * len(classifiers) * len(splits)
+        for source, layer in pairs:
             X = source.data.features(layer)
             where = f"{source.name}:{layer}" if len(sources) > 1 else layer
             with layer_tasks(cluster, [X, data.y, group_ids]):
                 for spec in classifiers:
                     estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
-                    bar.set_postfix_str(f"{spec} @ {where}")
+                    bar.set_postfix_str(f"{done}/{tasks} fits; {spec} @ {where}")
                     fitted = _guarded(_fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)
                     results.append(
-                        CVResult(spec, layer, describe(spec), *_collect(fitted, splits, data.y, k, bar), source.name)
+                        CVResult(
+                            spec,
+                            layer,
+                            describe(spec),
+                            *_collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)]),
+                            source.name,
+                        )
                     )
+                    done += len(splits)
             del X, fitted  # one layer in memory at a time (the spent generators hold it too): gone before the next
     return CVReport(
         data,
@@ -385,17 +437,30 @@ def cross_validate(
         round(time.perf_counter() - started, 3),
         splits,
         sources,
+        the_plan,
     )
 
 
-def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar):
+def _task_weights(the_plan: Plan, shapes: dict, search: bool, inner_folds: int) -> dict:
+    """Each (cache, layer, classifier)'s folds weighed by their estimated seconds, so that the progress bar's share
+    and ETA follow the work rather than the count of fits; every fit weighs 1 when an entry has no estimate."""
+    out = {}
+    for (name, layer), fold_shapes in shapes.items():
+        for spec in the_plan.classifiers:
+            out[(name, layer, spec)] = [estimate(spec, s, search, inner_folds) for s in fold_shapes]
+    if any(w is None for ws in out.values() for w in ws):
+        return {key: [1.0] * len(ws) for key, ws in out.items()}
+    return out
+
+
+def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar, weights: list[float]):
     """The folds' results of one (layer, classifier), as they arrive: per-fold scores, and every row's out-of-fold
-    prediction (and probabilities) in each repeat."""
+    prediction (and probabilities) in each repeat; the bar advances by each fold's weight."""
     repeats = max(s.repeat for s in splits) + 1
     predictions = np.full((repeats, len(y)), -1, dtype=np.int64)
     proba = None
     folds = []
-    for s, (pred, p, fit_s, pred_s, best, missing) in zip(splits, fitted):
+    for s, weight, (pred, p, fit_s, pred_s, best, missing) in zip(splits, weights, fitted):
         predictions[s.repeat, s.test] = pred
         if p is not None:
             if proba is None:
@@ -412,7 +477,7 @@ def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar):
                 missing,
             )
         )
-        bar.update()
+        bar.update(weight)
     return folds, predictions, proba
 
 

@@ -31,7 +31,8 @@ from embedder.errors import FeaturebankError
 from .ensemble import ZooEnsemble
 from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
-from .registry import ReducedPCA
+from .registry import BlockedScaler, ReducedPCA
+from .ridge import NystroemRidge, TunedRidge
 
 FORMAT = "featurebank-model"
 VERSION = 2
@@ -49,7 +50,18 @@ def _name(cls) -> str:
 
 
 TRUSTED_TYPES = [
-    *(_name(cls) for cls in (ReducedPCA, TunedLogisticRegression, ZooEnsemble, CosineKNeighbors)),
+    *(
+        _name(cls)
+        for cls in (
+            ReducedPCA,
+            BlockedScaler,
+            TunedLogisticRegression,
+            TunedRidge,
+            NystroemRidge,
+            ZooEnsemble,
+            CosineKNeighbors,
+        )
+    ),
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.tree._tree.Tree",

@@ -38,6 +38,14 @@ class CVOptions:
     search: bool = option(False, "Tune C, gamma, k... by inner cross-validation in each fold (nested).")
     inner_folds: int = option(3, "Folds of --search.", low=2)
     n_jobs: int = option(1, "Folds fitted in parallel (-1: all cores).", short="-j")
+    budget: str = option(
+        "15m",
+        "Without -c: run the entries whose estimated fitting time (cost model, calibrated on this machine at the "
+        "start) fits in this, cheapest first, approximate stand-ins (rbf-svm~nystroem) for exact ones that do not; "
+        "says in one line what it left out. 90s, 15m, 2h, none. With -c: a warning only.",
+        check="classifiers.cost:check_budget",
+        metavar="DURATION",
+    )
     scheduler: str | None = option(
         None,
         "Run every fit on this Dask scheduler (tcp://host:8786) through joblib's "

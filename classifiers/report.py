@@ -102,6 +102,7 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
             "splitter": "StratifiedGroupKFold" if report.grouped else "RepeatedStratifiedKFold",
             "grouped": report.grouped,
             "search": report.search,
+            "budget": report.plan.to_dict() if report.plan is not None else None,  # what ran, what was left out
             "rank_by": RANK_BY,
             "confusion": "summed over all folds of all repeats",
             "std": "population std over folds",

@@ -43,6 +43,9 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         f"{d['rows']} images, {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
         f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s"
     ]
+    planned = cvd.get("budget") or {}
+    if planned.get("left_out") or planned.get("stand_ins"):
+        lines.append(f"  {planned['message']}")
     if len(d["caches"]) > 1:
         lines += [f"  {c['backbone']}: {c['cache']}" for c in d["caches"]]
         lines.append(f"  folds from {cvd['folds_from']}")

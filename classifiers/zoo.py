@@ -14,12 +14,15 @@ entries: ``ensemble:members=logreg+rbf-svm,method=stack``. The registry and the 
 
 from __future__ import annotations
 
-from .ensemble import ZooEnsemble
+from .budget import estimate
+from .cost import Shape
+from .ensemble import DEFAULT_MEMBERS, ZooEnsemble, member_names
 from .registry import (
     STEPS,
     ClassifierSpec,
     ReducedPCA,
     check_spec,
+    default_classifiers,
     describe,
     get_spec,
     list_classifiers,
@@ -31,6 +34,18 @@ from .registry import (
     unregister_classifier,
 )
 
+
+def ensemble_cost(shape: Shape, params: dict) -> float:
+    """The members' costs: those without probabilities once more per calibration fold; stacking refits every
+    member on each of its inner folds too."""
+    folds = params.get("inner_folds", 5)
+    seconds = 0.0
+    for name in member_names(params.get("members", DEFAULT_MEMBERS)):
+        member = estimate(name, shape) or 0.0
+        seconds += member * (1 if get_spec(name).probabilities else folds + 1)
+    return seconds * (folds + 1 if params.get("method") == "stack" else 1)
+
+
 register_classifier(
     ClassifierSpec(
         "ensemble",
@@ -39,6 +54,7 @@ register_classifier(
         lambda seed: ZooEnsemble(random_state=seed),
         grid={},
         probabilities=True,
+        cost=ensemble_cost,
     )
 )
 
@@ -47,6 +63,7 @@ __all__ = [
     "ClassifierSpec",
     "ReducedPCA",
     "check_spec",
+    "default_classifiers",
     "describe",
     "get_spec",
     "list_classifiers",

@@ -43,7 +43,14 @@ from embedder.store import EngineStore, engine_dir_for
 INPUT, SCORES, LABEL = "images", "scores", "label"
 ML_OPSET = 3
 # what exports, by scikit-learn class: folded into one affine map, or converted by skl2onnx (and checked)
-FOLDED = ("LogisticRegression", "TunedLogisticRegression", "RidgeClassifier", "LinearSVC", "LinearDiscriminantAnalysis")
+FOLDED = (
+    "LogisticRegression",
+    "TunedLogisticRegression",
+    "RidgeClassifier",
+    "TunedRidge",
+    "LinearSVC",
+    "LinearDiscriminantAnalysis",
+)
 CONVERTED = ("SVC", "RandomForestClassifier", "KNeighborsClassifier")
 
 

@@ -1,0 +1,142 @@
+"""What a ``cv`` run without ``-c`` fits in its time budget: each entry's estimated seconds over every (cache, layer,
+fold) from its cost model (``cost``); in the zoo's order (the linear probe first) each entry that still fits the rest
+of the budget is in, and an exact entry that does not fit gives way to its approximate stand-in (``rbf-svm~nystroem`` for ``rbf-svm``) when that one fits. An
+explicit list is never cut: it is run whole, with a warning when its estimate is over the budget. Either way the
+plan says in one line what it left out, what stands in, and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cost import Shape, duration
+from .registry import default_classifiers, get_spec, list_classifiers, parse_spec, search_grid
+
+# Entries registered before the cost model whose own registration does not carry one (kept in one place here).
+
+
+def estimate(spec: str, shape: Shape, search: bool = False, inner_folds: int = 3) -> float | None:
+    """Seconds of one fold of ``spec`` (a zoo spec string) on the calibration machine; None when the entry has no
+    cost model. ``search``: a nested grid search, ``inner_folds`` fits per candidate plus the refit."""
+    name, params = parse_spec(spec)
+    model = get_spec(name).cost
+    if model is None:
+        return None
+    seconds = model(shape, params)
+    grid = search_grid(spec) if search else {}
+    if grid:
+        candidates = 1
+        for values in grid.values():
+            candidates *= len(values)
+        inner = Shape(shape.n * (inner_folds - 1) / inner_folds, shape.n / inner_folds, shape.d, shape.k)
+        seconds += candidates * inner_folds * model(inner, params)
+    return seconds
+
+
+@dataclass
+class Plan:
+    """The entries to run and why the others are not: ``seconds`` per entry (the run's estimate, scaled by the
+    machine's speed; None: no cost model), ``left_out`` (entry → its estimate), ``stand_ins`` (approximate →
+    exact), ``budget`` (None: no limit) and ``message``, the one line a run prints."""
+
+    classifiers: list[str]
+    seconds: dict[str, float | None]
+    budget: float | None
+    speed: float
+    explicit: bool
+    left_out: dict[str, float] = field(default_factory=dict)
+    stand_ins: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds[c] or 0.0 for c in self.classifiers)
+
+    @property
+    def worth_saying(self) -> bool:
+        """A run without ``-c`` says its plan (the budget, what it left out); an explicit list only when it is over."""
+        return not self.explicit or (self.budget is not None and self.total > self.budget)
+
+    @property
+    def message(self) -> str:
+        limit = f"--budget {duration(self.budget)}" if self.budget is not None else "no --budget"
+        head = f"cv: {len(self.classifiers)} classifier(s), about {duration(self.total)} of fitting estimated ({limit})"
+        if self.explicit:
+            if self.budget is not None and self.total > self.budget:
+                return f"warning: {head}, over the budget; running every -c entry as asked"
+            return head
+        said = []
+        if self.left_out:
+            said.append(
+                "left out, over the budget: "
+                + ", ".join(f"{n} (about {duration(s)})" for n, s in self.left_out.items())
+            )
+            if self.total > (self.budget or 0.0):
+                said.append(f"nothing fits: running the cheapest, {self.classifiers[0]}")
+        said += [f"{a} stands in for {e} (approximate, named as such)" for a, e in self.stand_ins.items()]
+        unknown = [c for c in self.classifiers if self.seconds[c] is None]
+        if unknown:
+            said.append(f"no estimate for {', '.join(unknown)}")
+        return (
+            head
+            + ("; " + "; ".join(said) if said else "")
+            + ("; --budget none runs every entry" if self.left_out else "")
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "budget_seconds": self.budget,
+            "estimated_seconds": {k: None if v is None else round(v, 1) for k, v in self.seconds.items()},
+            "classifiers": self.classifiers,
+            "left_out": {k: round(v, 1) for k, v in self.left_out.items()},
+            "stand_ins": self.stand_ins,
+            "machine_speed": round(self.speed, 3),
+            "message": self.message,
+        }
+
+
+def plan(
+    classifiers,
+    shapes: list[Shape],
+    budget: float | None,
+    speed: float = 1.0,
+    search: bool = False,
+    inner_folds: int = 3,
+) -> Plan:
+    """The run's entries. ``classifiers``: an explicit list (kept whole) or None (the default entries, cut to the
+    budget); ``shapes``: one per (cache, layer, fold) the run fits; ``speed``: ``cost.machine_speed()``."""
+    explicit = bool(classifiers)
+    wanted = list(classifiers) if explicit else default_classifiers()
+    candidates = wanted if explicit else wanted + [n for n in list_classifiers() if n not in wanted]
+
+    def total(spec: str) -> float | None:
+        parts = [estimate(spec, s, search, inner_folds) for s in shapes]
+        known = [p for p in parts if p is not None]
+        return speed * sum(known) if len(known) == len(parts) else None
+
+    seconds = {spec: total(spec) for spec in candidates}
+    if explicit or budget is None:
+        return Plan(wanted, {c: seconds[c] for c in wanted}, budget, speed, explicit)
+    stand_in = {get_spec(n).stands_in_for: n for n in candidates if get_spec(n).stands_in_for}
+    chosen, left_out, stand_ins, spent = [], {}, {}, 0.0
+    for spec in wanted:  # in the zoo's order, the linear probe first; no estimate: kept
+        s = seconds[spec] or 0.0
+        if spent + s <= budget:
+            chosen.append(spec)
+            spent += s
+            continue
+        left_out[spec] = s
+        other = stand_in.get(spec)
+        if other is not None and spent + (seconds[other] or 0.0) <= budget:
+            chosen.append(other)
+            stand_ins[other] = spec
+            spent += seconds[other] or 0.0
+    if not chosen:  # nothing fits: the cheapest entry rather than no run
+        cheapest = min(wanted, key=lambda c: seconds[c] or 0.0)
+        chosen.append(cheapest)
+        left_out.pop(cheapest, None)
+        stand_ins.clear()
+    order = {c: i for i, c in enumerate(wanted)}
+    chosen.sort(key=lambda c: order.get(c, order.get(stand_ins.get(c, ""), len(order))))
+    return Plan(chosen, {c: seconds[c] for c in chosen}, budget, speed, False, left_out, stand_ins)
+
+
+__all__ = ["Plan", "estimate", "plan"]

@@ -1,0 +1,165 @@
+"""How long a zoo entry takes on one fold, from the rows, dimensions and classes: the cost model ``cv --budget``
+plans with.
+
+Each family grows its own way with the training rows ``n`` (and the ``t`` test rows it predicts): linear models
+like ``n·d·k``, ridge and LDA like ``n·d²`` plus ``d³``, the exact RBF SVM and brute-force kNN like ``n²``, a forest
+like ``trees·n·log n·√d``. Each formula's constant is seconds on the machine the constants were measured on
+(``benchmarks/cost_model.py``: small fits timed and fitted, numbers in docs/cross-validation.md). At the start of
+a run, ``machine_speed`` times a small matrix product (about 50 ms) against the same product's time then, and the
+estimates scale by that ratio: a loaded or faster machine gets estimates of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedder.errors import FeaturebankError
+
+DEFAULT_BUDGET = 15 * 60.0  # seconds of estimated fitting, over every (cache, layer, classifier, fold)
+PROBE_SECONDS = 0.4542  # the probe below on the calibration machine (2 cores, loaded: see benchmarks/cost_model.py)
+
+# Seconds per unit of each formula, measured by benchmarks/cost_model.py (2-core machine, shared; one run).
+LOGREG = 1.4e-6  # the tuned probe (inner sweep + refit), per n·d·k
+LINEAR_SVM = 2.9e-7  # per n·d·k
+RBF_SVM = 1.8e-9  # per n·(n + t)·p (p: the PCA's dimensions)
+PCA = 1.4e-8  # per n·d·p
+NYSTROEM = 1.6e-9  # per n·m·(p + m), m components
+CUBIC = 2.1e-8  # per d³ (an eigendecomposition, a solve)
+GRAM = 2.4e-9  # per n·d² (ridge's two passes, LDA's covariance)
+NEIGHBOURS = 5.8e-10  # per n·t·d (brute force)
+FOREST = 3.2e-7  # per tree·n·log2(n)·√d
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One fold's work: ``n`` training rows, ``t`` test rows, ``d`` dimensions, ``k`` classes."""
+
+    n: float
+    t: float
+    d: float
+    k: float
+
+
+def logreg(s: Shape, params: dict) -> float:
+    return LOGREG * s.n * s.d * s.k * (0.15 if params.get("C") is not None else 1.0)  # a fixed C: no sweep
+
+
+def linear_svm(s: Shape, params: dict) -> float:
+    return LINEAR_SVM * s.n * s.d * s.k
+
+
+def _pca(s: Shape, params: dict, default: int | None) -> tuple[float, float]:
+    """The PCA step's seconds and the dimensions after it."""
+    p = params.get("pca", default)
+    p = 256 if p is True else p
+    return (PCA * s.n * s.d * min(p, s.d), min(p, s.d)) if p else (0.0, s.d)
+
+
+def rbf_svm(s: Shape, params: dict) -> float:
+    seconds, p = _pca(s, params, 256)
+    return seconds + RBF_SVM * s.n * (s.n + s.t) * p
+
+
+def nystroem(s: Shape, params: dict) -> float:
+    seconds, p = _pca(s, params, 256)
+    m = min(params.get("n_components", 1000), s.n)
+    return seconds + NYSTROEM * (s.n + s.t) * m * (p + m) + 2 * CUBIC * m**3
+
+
+def ridge(s: Shape, params: dict) -> float:
+    return 2 * GRAM * s.n * s.d**2 + CUBIC * s.d**3
+
+
+def lda(s: Shape, params: dict) -> float:
+    return GRAM * s.n * s.d**2 + 2 * CUBIC * s.d**3
+
+
+def brute_neighbours(s: Shape, params: dict) -> float:
+    return NEIGHBOURS * s.n * s.t * s.d
+
+
+def forest(s: Shape, params: dict) -> float:
+    trees = params.get("n_estimators", 300)
+    return FOREST * trees * s.n * math.log2(max(s.n, 2)) * math.sqrt(s.d)
+
+
+_MEASURED: dict[str, float] = {}  # the last probe in this process: when, and what it said
+REPROBE = 300.0  # seconds before a run probes again (one process running many cvs probes once in a while)
+
+
+def machine_speed(repeats: int = 3) -> float:
+    """How much slower (> 1) or faster this machine is now than the calibration machine: the best of ``repeats``
+    timings of a 1024 x 512 by 512 x 1024 float32 product (plus a 512 x 512 solve), over that one's. Kept for
+    ``REPROBE`` seconds in the process."""
+    if time.monotonic() - _MEASURED.get("at", -math.inf) < REPROBE:
+        return _MEASURED["speed"]
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((1024, 512), dtype=np.float32)
+    B = A[:512].T @ A[:512] + 512 * np.eye(512, dtype=np.float32)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        A @ A.T
+        np.linalg.solve(B, A[:512].T)
+        best = min(best, time.perf_counter() - started)
+    _MEASURED.update(at=time.monotonic(), speed=best / PROBE_SECONDS)
+    return _MEASURED["speed"]
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
+
+
+def parse_budget(text) -> float | None:
+    """``"15m"``, ``"2h"``, ``"1h30m"``, ``"90s"`` (a bare number is minutes) → seconds; ``"none"`` → None (no limit).
+    Anything else is one line that says how to write it."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    value = str(text).strip().lower()
+    if value in ("none", "off", "inf", "unlimited"):
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        seconds = float(value) * 60
+    elif value and re.fullmatch(rf"(?:{_DURATION.pattern}\s*)+", value):
+        seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in _DURATION.findall(value))
+    else:
+        raise FeaturebankError(f"--budget {text!r}: write a duration like 90s, 15m, 2h or 1h30m, or none")
+    if seconds <= 0:
+        raise FeaturebankError(f"--budget {text!r}: give a duration above zero (90s, 15m, 2h), or none")
+    return seconds
+
+
+def check_budget(text) -> str:
+    """``text`` when ``parse_budget`` reads it (the command line's check), else its one-line error."""
+    parse_budget(text)
+    return text
+
+
+def duration(seconds: float | None) -> str:
+    """``45s``, ``12m``, ``3h10m``, ``2d4h``: an estimate, to the unit that matters."""
+    if seconds is None:
+        return "none"
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f}s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"{minutes:.0f}m"
+    hours, rest = divmod(round(minutes), 60)
+    if hours < 48:
+        return f"{hours}h{rest:02d}m" if rest else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "Shape",
+    "check_budget",
+    "duration",
+    "machine_speed",
+    "parse_budget",
+]

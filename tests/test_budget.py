@@ -1,0 +1,251 @@
+"""cv sized to the data: the cost model, the budget's plan, approximate stand-ins, the tuned ridge, the progress bar
+and the memory of a fold."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression, RidgeClassifier, RidgeClassifierCV
+from sklearn.model_selection import train_test_split
+
+import classifiers.budget as budget_module
+import classifiers.crossval as crossval
+import classifiers.ridge as ridge_module
+from classifiers.budget import estimate, plan
+from classifiers.cost import Shape, duration, parse_budget
+from classifiers.crossval import Split, _run_fold, cross_validate
+from classifiers.registry import BlockedScaler, ClassifierSpec, register_classifier, unregister_classifier
+from classifiers.ridge import ALPHAS, TunedRidge
+from classifiers.zoo import default_classifiers, list_classifiers, make_classifier, parse_spec
+from cli import main
+from embedder.errors import FeaturebankError
+from tests.conftest import synthetic_cache
+
+
+def folds_of(n: int, d: int = 1280, k: int = 10, folds: int = 5) -> list[Shape]:
+    return [Shape(n * (folds - 1) / folds, n / folds, d, k)] * folds
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("15m", 900), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("10", 600), (" 1.5h ", 5400), ("none", None)],
+)
+def test_budget_reads_durations(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["fast", "0m", "-5m", "15 x", "", "m"])
+def test_a_bad_budget_is_one_line(text):
+    with pytest.raises(FeaturebankError) as caught:
+        parse_budget(text)
+    assert "\n" not in str(caught.value) and "15m" in str(caught.value)
+
+
+def test_a_bad_budget_on_the_command_line_is_one_usage_line(tmp_path):
+    synthetic_cache(tmp_path / "c.h5")
+    result = CliRunner().invoke(main, ["cv", str(tmp_path / "c.h5"), "--budget", "soon"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--budget'" in result.output and "write a duration like 90s, 15m" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_durations_say_the_unit_that_matters():
+    assert [duration(s) for s in (12, 600, 7200, 7260, 3 * 86400 + 7200, None)] == [
+        "12s",
+        "10m",
+        "2h",
+        "2h01m",
+        "3d2h",
+        "none",
+    ]
+
+
+def test_each_family_grows_its_own_way():
+    """Twice the rows: linear entries twice the time, the exact kernel and brute-force neighbours four times (their
+    PCA aside), the forest a little over twice; more dimensions weigh on ridge and LDA as d²."""
+    small, large = Shape(50_000, 12_500, 256, 10), Shape(100_000, 25_000, 256, 10)
+    ratio = {c: estimate(c, large) / estimate(c, small) for c in ("logreg", "linear-svm", "knn", "random-forest")}
+    assert ratio["logreg"] == pytest.approx(2.0) and ratio["linear-svm"] == pytest.approx(2.0)
+    assert ratio["knn"] == pytest.approx(4.0)
+    assert 2.0 < ratio["random-forest"] < 2.2
+    assert 3.9 < estimate("rbf-svm:pca=off", large) / estimate("rbf-svm:pca=off", small) <= 4.0
+    wide = Shape(50_000, 12_500, 1024, 10)
+    assert 16.0 <= estimate("ridge", wide) / estimate("ridge", small) <= 64.0  # n·d² plus d³
+    # at 200,000 rows of 1,280 dims: every linear entry below the quadratic ones; the approximation far below the
+    # exact kernel; the ensemble above its members together
+    big = Shape(160_000, 40_000, 1280, 10)
+    seconds = {c: estimate(c, big) for c in list_classifiers()}
+    assert max(seconds[c] for c in ("logreg", "linear-svm", "ridge", "lda")) < min(seconds["knn"], seconds["rbf-svm"])
+    assert seconds["rbf-svm~nystroem"] < seconds["rbf-svm"] / 5
+    assert seconds["ensemble"] > seconds["rbf-svm"] + seconds["knn"]
+    assert estimate("logreg:C=0.1", big) < seconds["logreg"]  # a fixed C has no sweep
+    assert estimate("rbf-svm", big, search=True) > 12 * seconds["rbf-svm"]  # 12 candidates on inner folds
+
+
+UNLOADED = 0.05  # machine_speed on an idle 2-core machine: the constants were measured at a load of about 13
+
+
+def test_the_budget_leaves_out_the_quadratic_entries_at_large_n_and_says_so():
+    p = plan(None, folds_of(200_000), 15 * 60, speed=UNLOADED)
+    assert p.classifiers == ["logreg", "linear-svm"]  # in the zoo's order: the linear probe first
+    assert list(p.left_out) == ["rbf-svm", "knn", "ridge", "lda", "random-forest", "ensemble"]
+    assert p.total <= 15 * 60 and not p.stand_ins
+    line = p.message
+    assert "\n" not in line and line.startswith("cv: 2 classifier(s), about ") and "(--budget 15m)" in line
+    assert "left out, over the budget: rbf-svm (about " in line
+    for name in ("rbf-svm", "knn", "ensemble", "random-forest"):
+        assert f"{name} (about {duration(p.left_out[name])})" in line
+    assert line.endswith("; --budget none runs every entry")
+    # a small dataset: every default entry, none approximate, nothing said about leaving out
+    small = plan(None, folds_of(2_000, d=512), 15 * 60, speed=UNLOADED)
+    assert small.classifiers == default_classifiers() and not small.left_out and "left out" not in small.message
+    assert "rbf-svm~nystroem" not in default_classifiers()
+    # no budget: every default entry whatever the size; a slower machine leaves more out, down to the cheapest one
+    assert plan(None, folds_of(1_000_000), None).classifiers == default_classifiers()
+    slow = plan(None, folds_of(200_000), 15 * 60, speed=1.0)
+    assert slow.classifiers == ["linear-svm"] and "nothing fits: running the cheapest, linear-svm" in slow.message
+
+
+def test_an_approximation_stands_in_for_its_exact_entry_only_in_its_place_and_by_its_name(monkeypatch):
+    shapes = folds_of(50_000, d=512)
+    exact, approximate = (sum(estimate(c, s) for s in shapes) for c in ("rbf-svm", "rbf-svm~nystroem"))
+    cheap = sum(sum(estimate(c, s) for s in shapes) for c in ("logreg", "linear-svm", "ridge", "lda"))
+    room = cheap + approximate * 1.01
+    assert room < exact  # the exact kernel does not fit, its stand-in does
+    p = plan(["logreg", "linear-svm", "ridge", "lda", "rbf-svm"], shapes, room)
+    assert p.classifiers == ["logreg", "linear-svm", "ridge", "lda", "rbf-svm"]  # an explicit list is never cut
+    assert p.message.startswith("warning: ") and "running every -c entry as asked" in p.message
+    monkeypatch.setattr(
+        budget_module, "default_classifiers", lambda: ["logreg", "linear-svm", "rbf-svm", "ridge", "lda"]
+    )
+    p = plan(None, shapes, room)
+    assert p.classifiers == ["logreg", "linear-svm", "rbf-svm~nystroem", "ridge", "lda"]
+    assert p.stand_ins == {"rbf-svm~nystroem": "rbf-svm"} and list(p.left_out) == ["rbf-svm"]
+    assert "rbf-svm~nystroem stands in for rbf-svm (approximate, named as such)" in p.message
+
+
+def test_nystroem_stand_in_is_close_to_the_exact_rbf_svm():
+    """On digits (1,797 images of 64 dims; 30 % held out) both run: the same held-out accuracy within a point."""
+    X, y = load_digits(return_X_y=True)
+    a, b, ya, yb = train_test_split(X.astype(np.float32), y, test_size=0.3, random_state=0, stratify=y)
+    exact = make_classifier("rbf-svm").fit(a, ya)
+    approximate = make_classifier("rbf-svm~nystroem:n_components=300").fit(a, ya)
+    acc_exact, acc_approx = (np.mean(m.predict(b) == yb) for m in (exact, approximate))
+    assert acc_exact == pytest.approx(0.9907, abs=5e-4)
+    assert acc_approx >= 0.97 and abs(acc_exact - acc_approx) <= 0.01
+    agree = np.mean(exact.predict(b) == approximate.predict(b))
+    assert agree >= 0.98
+    assert approximate.named_steps["clf"].alpha_ in ALPHAS
+
+
+@pytest.mark.parametrize("k, n, d", [(3, 300, 40), (2, 200, 60), (5, 100, 150)])
+def test_tuned_ridge_is_ridge_classifier_cv_without_its_svd(k, n, d, monkeypatch):
+    monkeypatch.setattr(ridge_module, "BLOCK", 64)  # several blocks
+    rng = np.random.default_rng(k)
+    y = np.arange(n) % k
+    X = (rng.normal(size=(k, d))[y] + 2 * rng.normal(size=(n, d))).astype(np.float32)
+    reference = RidgeClassifierCV(alphas=ALPHAS).fit(X, y)
+    mine = TunedRidge().fit(X, y)
+    assert mine.alpha_ == reference.alpha_
+    assert -mine.cv_errors_.min() == pytest.approx(reference.best_score_, rel=1e-9)
+    np.testing.assert_allclose(mine.coef_.reshape(reference.coef_.shape), reference.coef_, atol=1e-7)
+    np.testing.assert_allclose(mine.intercept_, reference.intercept_, atol=1e-7)
+    assert np.array_equal(mine.predict(X), reference.predict(X))
+    fixed = TunedRidge(alpha=10.0).fit(X, y)  # alpha given: no search, RidgeClassifier's fit
+    plain = RidgeClassifier(alpha=10.0).fit(X, y)
+    assert fixed.alpha_ == 10.0
+    np.testing.assert_allclose(fixed.coef_, plain.coef_.reshape(fixed.coef_.shape), rtol=1e-3, atol=1e-5)
+
+
+def test_ridge_spec_alpha_fixes_it_and_a_bad_one_is_one_line():
+    assert make_classifier("ridge:alpha=10").named_steps["clf"].alpha == 10
+    assert make_classifier("ridge").named_steps["clf"].alpha is None
+    with pytest.raises(FeaturebankError, match="alpha=-1: give a positive number"):
+        parse_spec("ridge:alpha=-1")
+
+
+def test_a_fold_holds_its_rows_once_the_scaling_works_in_place(monkeypatch):
+    """One fold of the scaled ridge on a 16 MB layer: beyond the layer, the training rows' copy (80 %) and blocks;
+    the StandardScaler's own copy (another 80 %) would take it past 1.6 layers."""
+    monkeypatch.setattr(ridge_module, "BLOCK", 512)
+    monkeypatch.setattr(BlockedScaler, "BLOCK_BYTES", 1 << 20)  # blocks of 1 MB, as 16 MB are beside 5 GB
+    rng = np.random.default_rng(0)
+    n, d = 16_000, 256
+    y = np.arange(n) % 4
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    split = Split(0, 0, np.flatnonzero(np.arange(n) % 5), np.arange(0, n, 5))
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        pred = _run_fold(make_classifier("ridge"), X, y, None, split, 4)[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(pred) == len(split.test)
+    assert peak < 1.2 * X.nbytes, f"{peak / X.nbytes:.2f} layers"
+    assert X.dtype == np.float32 and float(np.abs(X.mean())) < 0.01  # the layer itself was not scaled in place
+
+
+def test_cv_without_c_runs_what_fits_says_what_it_left_out_and_names_stand_ins(tmp_path, monkeypatch):
+    synthetic_cache(tmp_path / "c.h5")
+    for spec in (
+        ClassifierSpec("slow", "a test entry", lambda seed: LogisticRegression(), cost=lambda s, p: 1e6),
+        ClassifierSpec(
+            "slow~quick",
+            "its stand-in",
+            lambda seed: LogisticRegression(C=0.5),
+            cost=lambda s, p: 1.0,
+            stands_in_for="slow",
+        ),
+    ):
+        register_classifier(spec)
+    monkeypatch.setattr(budget_module, "default_classifiers", lambda: ["logreg", "slow"])
+    monkeypatch.setattr(crossval, "machine_speed", lambda: 1.0)
+    said = []
+    try:
+        report = cross_validate(str(tmp_path / "c.h5"), layers=["flatten"], folds=3, budget="15m", say=said.append)
+    finally:
+        unregister_classifier("slow")
+        unregister_classifier("slow~quick")
+    assert report.classifiers == ["logreg", "slow~quick"]
+    assert [r.classifier for r in report.results] == ["logreg", "slow~quick"]
+    assert len(said) == 1 and f"left out, over the budget: slow (about {duration(3e6)})" in said[0]
+    assert "slow~quick stands in for slow" in said[0]
+    assert report.plan.left_out == {"slow": 3e6} and report.plan.stand_ins == {"slow~quick": "slow"}
+
+
+def test_progress_shows_only_when_asked_with_its_fits(tmp_path, capsys):
+    synthetic_cache(tmp_path / "c.h5")
+    cross_validate(str(tmp_path / "c.h5"), ["logreg:C=1", "ridge"], ["flatten"], folds=3, progress=True)
+    err = capsys.readouterr().err
+    assert "cross-validation: 100%" in err and "6/6 fits" not in err  # the postfix names the fit it is on
+    assert "0/6 fits; logreg:C=1 @ flatten" in err and "3/6 fits; ridge @ flatten" in err
+    cross_validate(str(tmp_path / "c.h5"), ["logreg:C=1"], ["flatten"], folds=3)
+    assert capsys.readouterr().err == ""
+    # the command line outside a terminal: no bar; an explicit list within the budget says nothing more
+    args = ["cv", str(tmp_path / "c.h5"), "-c", "logreg:C=1", "-l", "flatten", "--folds", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+
+
+def test_an_explicit_list_over_the_budget_is_run_whole_with_a_warning(tmp_path, monkeypatch):
+    synthetic_cache(tmp_path / "c.h5")
+    monkeypatch.setattr(crossval, "machine_speed", lambda: 1e9)  # a very slow machine: every estimate is days
+    args = ["cv", str(tmp_path / "c.h5"), "-c", "logreg:C=1,ridge", "-l", "flatten", "--folds", "3", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("warning: cv: 2 classifier(s), about ")
+    assert line.endswith("(--budget 15m), over the budget; running every -c entry as asked")
+    d = json.loads(result.stdout)
+    assert [r["classifier"] for r in d["leaderboard"]] and {r["classifier"] for r in d["leaderboard"]} == {
+        "logreg:C=1",
+        "ridge",
+    }
+    assert d["cv"]["budget"]["message"] == line and d["cv"]["budget"]["left_out"] == {}
