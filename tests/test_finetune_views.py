@@ -286,3 +286,85 @@ def test_kill_9_while_caching_keeps_the_finished_views(tmp_path):
     assert sorted(b.index) == keys and len(keys) == 18 * 4 + 6  # training images x 4 views, validation x center
     np.testing.assert_array_equal(a.gather(a.locate(keys)), b.gather(b.locate(keys)))
     assert not list((tmp_path / "cache" / "trunk").glob("*/parts/*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "arch,crop,unfreeze,cut",
+    [("timm:convnext_atto", 64, 2, "stages.3"), ("timm:vit_xsmall_patch16_clip_224", 32, 2, "blocks.9")],
+)
+def test_timm_layouts_split_and_train_like_the_whole_network(arch, crop, unfreeze, cut):
+    """timm's stages.N (ConvNeXt) and blocks.N (ViT) layouts: the cut is before the first unfrozen block, the two
+    halves compute the model's logits, and one step's loss and gradients are the whole network's."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = load_backbone(arch, "none", 0, resize=crop, crop=crop).model
+    replace_head(model, 3)
+    blocks = unfrozen_blocks(model, unfreeze)
+    assert blocks[0] == cut
+    freeze(model, blocks, "frozen")
+    trunk, rest = split_at(model, blocks[0], [*block_names(model), head_name(model)])
+    x, y = torch.randn(4, 3, crop, crop), torch.tensor([0, 1, 2, 0])
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def loss_and_grads(forward):
+        model.zero_grad(set_to_none=True)
+        set_train_mode(model, blocks, "frozen")
+        loss = F.cross_entropy(forward(), y)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in trainable}
+
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(rest(trunk(x)), model(x), rtol=1e-5, atol=1e-5)
+        cut32 = trunk(x)
+    full_loss, full_grads = loss_and_grads(lambda: model(x))
+    loss, grads = loss_and_grads(lambda: rest(cut32))
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert any(n.startswith(cut + ".") for n in grads) and any(g.abs().sum() > 0 for g in grads.values())
+    for n, g in full_grads.items():
+        torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-6)
+
+
+def test_the_command_line_trains_on_views_and_a_second_run_reuses_them(tmp_path, monkeypatch):
+    """``featurebank finetune --augment views`` end to end on a tiny folder: the pass computes every image once
+    (training images: 2 views, validation images: the center), the run's checkpoint records the views, the chosen
+    epoch's numbers are the comparison's, and the same command into another folder computes nothing and follows
+    the same trajectory; a bad --views is a usage error."""
+    from click.testing import CliRunner
+
+    import cli
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)  # 12 images: 9 training, 3 validation
+    args = [
+        *("finetune", str(root), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64"),
+        *("--batch-size", "4", "--workers", "0", "--epochs", "2", "--val-split", "0.25", "--patience", "5"),
+        *("--augment", "views", "--views", "center,flip", "--json"),
+    ]
+    runner = CliRunner()
+    first = runner.invoke(cli.main, [*args, "-o", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    run = json.loads(first.stdout)
+    info = json.loads((tmp_path / "a" / "views.json").read_text())
+    assert info["views"] == ["center", "flip"] and info["computed_images"] == 12 and info["cut"] == "layer4"
+    store, _ = _store_of(tmp_path / "a")
+    assert len(store.index) == 9 * 2 + 3 and store.shape == (256, 4, 4)  # resnet18's layer3 output at 64 px
+    assert [h["epoch"] for h in run["history"]] == [0, 1, 2] and run["blocks"] == ["layer4"]
+    best = run["history"][run["best_epoch"]]
+    tuned = run["comparison"][1]
+    assert tuned["val_accuracy"] == best["val_accuracy"] and tuned["val_log_loss"] == best["val_loss"]
+    saved = torch.load(tmp_path / "a" / "best.pth", weights_only=True)["featurebank"]
+    assert saved["augment"] == "views" and saved["views"] == "center,flip" and saved["epoch"] == run["best_epoch"]
+    second = runner.invoke(cli.main, [*args, "-o", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    assert json.loads((tmp_path / "b" / "views.json").read_text())["computed_images"] == 0
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(json.loads(second.stdout)["history"]) == strip(run["history"])
+    bad = runner.invoke(cli.main, [*args[:-1], "-o", str(tmp_path / "c"), "--views", "center,zoom"])
+    assert (
+        bad.exit_code == 2 and "'zoom' is not center, flip or crops:N" in bad.output and "Traceback" not in bad.output
+    )
+    pixels = runner.invoke(cli.main, [*args[:-5], "--epochs", "1", "--augment", "pixels", "-o", str(tmp_path / "d")])
+    assert pixels.exit_code == 0, pixels.output
+    config = torch.load(tmp_path / "d" / "last.pt", weights_only=True)["config"]
+    assert config["augment"] == "flip" and "views" not in config and not (tmp_path / "d" / "views.json").exists()

@@ -14,6 +14,7 @@ epoch runs only the unfrozen blocks and the head.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -45,6 +46,13 @@ class BlockTracer(fx.Tracer):
         return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
+def defaults_of(model: nn.Module) -> dict:
+    """The forward's optional arguments at their defaults (timm's ViT: ``attn_mask=None``, ``is_causal=False``),
+    so that tracing sees one input, the images."""
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def split_at(model: nn.Module, block: str, leaves) -> tuple[fx.GraphModule, fx.GraphModule]:
     """``(trunk, rest)`` with ``rest(trunk(x)) == model(x)``: the cut is the input of ``block``. Both share the
     model's modules (training ``rest`` trains ``model``; its hooks and train/eval modes apply). Refused, in one
@@ -52,7 +60,7 @@ def split_at(model: nn.Module, block: str, leaves) -> tuple[fx.GraphModule, fx.G
     was_training = model.training
     model.eval()  # Inception's auxiliary head: traced out, as in evaluation
     try:
-        graph = BlockTracer([*leaves, block]).trace(model)
+        graph = BlockTracer([*leaves, block]).trace(model, concrete_args=defaults_of(model))
     except Exception as exc:  # noqa: BLE001 - any tracing failure is the same answer for the user
         raise FeaturebankError(
             f"--augment views cannot split {type(model).__name__} into blocks "
@@ -61,7 +69,7 @@ def split_at(model: nn.Module, block: str, leaves) -> tuple[fx.GraphModule, fx.G
     finally:
         model.train(was_training)
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == block]
-    if len(calls) != 1 or len(calls[0].args) != 1 or calls[0].kwargs or not isinstance(calls[0].args[0], fx.Node):
+    if len(calls) != 1 or not calls[0].args or calls[0].all_input_nodes != [calls[0].args[0]]:  # one tensor in
         raise FeaturebankError(
             f"--augment views cannot cut before {block} (it is not called once on one tensor); use --augment pixels"
         )
