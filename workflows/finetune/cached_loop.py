@@ -159,7 +159,7 @@ class ViewEpochs:
         one_image_batches_fail = has_training_batchnorm(t.model, t.blocks, c.bn)
         y_train = torch.as_tensor(self.y_train)
         set_train_mode(t.model, t.blocks, c.bn)
-        total_loss = correct = seen = 0
+        total_loss, correct, seen = 0.0, 0, 0
         for start in range(0, len(order), c.batch_size):
             index = order[start : start + c.batch_size]
             bar.update(len(index))

@@ -365,7 +365,7 @@ class PixelEpochs:
         order = np.random.default_rng([c.seed, epoch]).permutation(len(self.train))
         y_train = torch.as_tensor(self.train.y)
         set_train_mode(model, t.blocks, c.bn)
-        total_loss = correct = seen = 0
+        total_loss, correct, seen = 0.0, 0, 0
         for batch in _loader(
             [self.train.paths[i] for i in order], self.augmentation, c.batch_size, t.workers, t.max_pixels
         ):

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import uuid
+from typing import cast
 
 import numpy as np
 import torch
@@ -178,7 +179,7 @@ class TrunkStore:
 
     def gather(self, where: np.ndarray) -> np.ndarray:
         """The float16 rows at ``where`` (``locate``'s rows), in that order; reads only those rows."""
-        out = np.empty((len(where), *self.shape), dtype=np.float16)
+        out = np.empty((len(where), *self.arrays[0].shape[1:]), dtype=np.float16)
         for part in np.unique(where[:, 0]):
             mask = where[:, 0] == part
             out[mask] = self.arrays[part][where[mask, 1]]
@@ -213,7 +214,8 @@ def fill(
     failed: dict[str, str] = {}
     if not todo:
         return 0, failed
-    dataset = ImageDataset([paths[i] for i in todo], ViewsTransform(prep, views), max_pixels)
+    views_of = cast(Preprocessing, ViewsTransform(prep, views))  # shaped like one: draft_size, to_array
+    dataset = ImageDataset([paths[i] for i in todo], views_of, max_pixels)
     chunk = batch_size * (GPU_CHUNK if device.type == "cuda" else 1)  # view-images per forward
     computed = 0
     bar = tqdm(
