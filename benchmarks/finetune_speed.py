@@ -121,17 +121,34 @@ def finish(proc: subprocess.Popen, name: str, work: pathlib.Path) -> dict:
     return row
 
 
+def partial(folder: pathlib.Path) -> dict | None:
+    """A run that has not finished (still going, or stopped): its epochs so far, from ``last.pt``."""
+    last = folder / "run" / "last.pt"
+    if not last.exists():
+        return None
+    import torch
+
+    history = torch.load(last, map_location="cpu", weights_only=True)["state"]["history"]
+    per_epoch = [b["seconds"] - a["seconds"] for a, b in zip(history, history[1:])]
+    return {"epochs": len(per_epoch), "seconds_per_epoch": sum(per_epoch) / len(per_epoch), "start": history[0]}
+
+
 def table(work: pathlib.Path) -> str:
-    done = {}
+    """One row per run; ``epochs s`` is the training epochs with their validation (the views pass apart), the
+    ratios are the pixel run's over the views run's of the same pair."""
+    done, unfinished = {}, {}
     for d, n, path in RUNS:
-        f = work / name_of(d, n, path) / "result.json"
-        if f.exists():
-            row = json.loads(f.read_text())
-            if "peak_rss_gb" in row:
-                done[(d, n, path)] = row
+        folder = work / name_of(d, n, path)
+        f = folder / "result.json"
+        row = json.loads(f.read_text()) if f.exists() else {}
+        if "peak_rss_gb" in row:
+            row["epochs_seconds"] = row["training_seconds"] - (row.get("views_seconds") or 0.0)
+            done[(d, n, path)] = row
+        elif (p := partial(folder)) is not None:
+            unfinished[(d, n, path)] = p
     lines = [
-        "| data | unfrozen | path | views pass s | s / epoch | training s | whole command s | peak memory GB "
-        "| test acc. % | probe test acc. % | training × less | command × faster | test Δ points | load avg |",
+        "| data | unfrozen | path | views pass s | s / epoch | epochs s | whole command s | peak memory GB "
+        "| test acc. % | probe test acc. % | epochs × less | command × faster | test Δ points | load avg |",
         "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for (d, n, path), r in done.items():
@@ -144,12 +161,17 @@ def table(work: pathlib.Path) -> str:
         vs = f"{r['views_seconds']:.0f}" if r.get("views_seconds") is not None else "–"
         lo, hi = r["load_average"]
         lines.append(
-            f"| {d} | {n} | {path} | {vs} | {r['seconds_per_epoch']:.1f} | {r['training_seconds']:.0f} "
+            f"| {d} | {n} | {path} | {vs} | {r['seconds_per_epoch']:.1f} | {r['epochs_seconds']:.0f} "
             f"| {r['total_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {100 * r['test_accuracy']:.2f} "
-            f"| {100 * r['probe_test_accuracy']:.2f} | {ratio('training_seconds')} | {ratio('total_seconds')} "
+            f"| {100 * r['probe_test_accuracy']:.2f} | {ratio('epochs_seconds')} | {ratio('total_seconds')} "
             f"| {delta} | {lo:.1f}-{hi:.1f} |"
         )
-    missing = [name_of(*k) for k in RUNS if k not in done]
+    for (d, n, path), p in unfinished.items():
+        lines.append(
+            f"| {d} | {n} | {path} (unfinished: {p['epochs']} of {EPOCHS} epochs) | – | {p['seconds_per_epoch']:.1f} "
+            f"| ~{EPOCHS * p['seconds_per_epoch']:.0f} projected | – | – | – | – | – | – | – | – |"
+        )
+    missing = [name_of(*k) for k in RUNS if k not in done and k not in unfinished]
     if missing:
         lines += ["", "Not run: " + ", ".join(missing)]
     return "\n".join(lines)
