@@ -9,7 +9,9 @@ import io
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -48,10 +50,13 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         """The recorded form: one flat dict, keys in this order (as last.pt and best.pth have always had them)."""
+        options = asdict(self.options)
+        if self.options.augment != "views":
+            options.pop("views")  # not part of a pixel trajectory: its config stays as older runs wrote it
         return {
             "backbone": self.backbone,
             "weights": self.weights,
-            **asdict(self.options),
+            **options,
             "classes": list(self.classes),
             "train_images": self.train_images,
             "val_images": self.val_images,
@@ -182,11 +187,14 @@ def train_loop(
     progress: bool,
     on_epoch_end=None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    epochs_of: Callable[..., Epochs] | None = None,
 ) -> TrainingState:
     """Train ``model`` (head and ``blocks``) on ``train`` for ``config.options.epochs``, early stopping on ``val`` accuracy.
     Epoch 0 is the untrained start: ``best.pth`` stays the start when no epoch beats it. Everything random is
     seeded from (seed, epoch), so a resumed run follows the uninterrupted trajectory. Only ``train`` and ``val``
-    are seen here: whatever is chosen, is chosen on ``val``."""
+    are seen here: whatever is chosen, is chosen on ``val``. ``epochs_of(trainer, train, val, prep, failed)``
+    makes the epochs (``PixelEpochs.of`` by default: decoded, augmented images through the whole network;
+    ``cached_loop.ViewEpochs.of``: the frozen trunk's cached output through the unfrozen layers)."""
     os.makedirs(out, exist_ok=True)
     c = config.options
     freeze(model, blocks, c.bn)
@@ -204,24 +212,14 @@ def train_loop(
             raise FeaturebankError(f"{out} holds a run already: add --resume to continue it, or choose another --out")
         state = _resume(out, config, model, optimizer, scheduler, scaler)
 
-    def validate():
-        scores, failed = evaluate_images(model, val, prep, device, c.precision, c.batch_size, workers, max_pixels)
-        state.failed.update(dict(failed))
-        return scores
+    trainer = Trainer(model, blocks, c, device, workers, max_pixels, optimizer, scaler)
+    epochs = (epochs_of or PixelEpochs.of)(trainer, train, val, prep, state.failed)  # the views pass, if any
+    if not state.history:
+        state.seconds += epochs.seconds_before  # what the one-time pass cost is part of this training
 
-    epochs = _Epochs(
-        model,
-        blocks,
-        train,
-        Augmentation(prep, c.augment),
-        c,
-        device,
-        workers,
-        max_pixels,
-        optimizer,
-        scaler,
-        has_training_batchnorm(model, blocks, c.bn),
-    )
+    def validate():
+        return epochs.validate(state.failed)
+
     if not state.history:  # epoch 0: the starting point (the probe's head); training must beat it to count
         started = time.perf_counter()
         scores = validate()
@@ -289,51 +287,97 @@ def train_loop(
     return state
 
 
+class Epochs(Protocol):
+    """What ``train_loop`` runs: the epochs of one path and its validation."""
+
+    seconds_before: float  # spent once before the first epoch (the views pass)
+
+    def run(self, epoch: int, failed: dict[str, str], bar) -> tuple[float, float]: ...
+
+    def validate(self, failed: dict[str, str]) -> dict: ...
+
+
 @dataclass
-class _Epochs:
-    """One training pass over the images, as every epoch of a trajectory makes it."""
+class Trainer:
+    """The model being trained and its optimizer: one training step, the same on both paths."""
 
     model: nn.Module
     blocks: list[str]
-    train: Part
-    augmentation: Augmentation
     options: TrainingOptions
     device: torch.device
     workers: int
     max_pixels: int
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+
+    def step(self, forward, x: torch.Tensor, target: torch.Tensor) -> tuple[float, int]:
+        """One optimizer step on ``forward(x)``; returns the summed loss and the number right."""
+        with autocast_for(self.device, self.options.precision):
+            logits = forward(x)
+            loss = F.cross_entropy(logits.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach()) * len(target), int((logits.argmax(1) == target).sum())
+
+
+@dataclass
+class PixelEpochs:
+    """``--augment pixels`` (and ``trivial``, ``none``): every epoch decodes and augments the images again and runs
+    the whole network; validation decodes the validation images with the weights' preprocessing."""
+
+    trainer: Trainer
+    train: Part
+    val: Part
+    prep: object
+    augmentation: Augmentation
     one_image_batches_fail: bool  # BatchNorm in training mode cannot train on a single image
+    seconds_before: float = 0.0
+
+    @classmethod
+    def of(cls, trainer: Trainer, train: Part, val: Part, prep, failed: dict[str, str]) -> PixelEpochs:
+        c = trainer.options
+        return cls(
+            trainer,
+            train,
+            val,
+            prep,
+            Augmentation(prep, c.augment),
+            has_training_batchnorm(trainer.model, trainer.blocks, c.bn),
+        )
+
+    def validate(self, failed: dict[str, str]) -> dict:
+        t = self.trainer
+        c = t.options
+        scores, bad = evaluate_images(
+            t.model, self.val, self.prep, t.device, c.precision, c.batch_size, t.workers, t.max_pixels
+        )
+        failed.update(dict(bad))
+        return scores
 
     def run(self, epoch: int, failed: dict[str, str], bar) -> tuple[float, float]:
         """Epoch ``epoch`` (its shuffle, augmentation and dropout seeded from it); returns the mean training loss
         and accuracy. Files that cannot be read go into ``failed``."""
-        c, model = self.options, self.model
+        t = self.trainer
+        c, model = t.options, t.model
         torch.manual_seed(c.seed * 100_003 + epoch)  # augmentation and dropout of this epoch
         order = np.random.default_rng([c.seed, epoch]).permutation(len(self.train))
         y_train = torch.as_tensor(self.train.y)
-        set_train_mode(model, self.blocks, c.bn)
-        total_loss = correct = seen = 0
+        set_train_mode(model, t.blocks, c.bn)
+        total_loss, correct, seen = 0.0, 0, 0
         for batch in _loader(
-            [self.train.paths[i] for i in order], self.augmentation, c.batch_size, self.workers, self.max_pixels
+            [self.train.paths[i] for i in order], self.augmentation, c.batch_size, t.workers, t.max_pixels
         ):
             for i, reason, _ in batch.failures:
                 failed[self.train.paths[order[i]]] = reason
             bar.update(len(batch.indices) + len(batch.failures))
             if not batch.indices or (self.one_image_batches_fail and len(batch.indices) < 2):
                 continue
-            x = self.augmentation.preprocessing.normalize(torch.as_tensor(batch.images).to(self.device))
-            target = y_train[order[batch.indices]].to(self.device)
-            with autocast_for(self.device, c.precision):
-                logits = _forward(model, x)
-                loss = F.cross_entropy(logits.float(), target)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            total_loss += float(loss.detach()) * len(target)
-            correct += int((logits.argmax(1) == target).sum())
-            seen += len(target)
+            x = self.augmentation.preprocessing.normalize(torch.as_tensor(batch.images).to(t.device))
+            target = y_train[order[batch.indices]].to(t.device)
+            loss, right = t.step(lambda x: _forward(model, x), x, target)
+            total_loss, correct, seen = total_loss + loss, correct + right, seen + len(target)
         return total_loss / max(seen, 1), correct / max(seen, 1)
 
 

@@ -14,7 +14,10 @@ from embedder.errors import FeaturebankError
 from embedder.options import BACKBONE, DEVICE, option
 from embedder.settings import AUGMENTATIONS, TORCH_PRECISIONS
 
+from .fixed_views import DEFAULT_VIEWS, parse_views
+
 BN_POLICIES = ("frozen", "train")
+AUGMENT = ("views", "pixels", *AUGMENTATIONS)  # views: the frozen trunk run once (cached_loop); the others: pixels
 
 
 def parse_unfreeze(value) -> int | str:
@@ -50,7 +53,17 @@ class TrainingOptions:
         "frozen", "frozen: BatchNorm parameters and running statistics stay as they were.", choices=BN_POLICIES
     )
     augment: str = option(
-        "flip", "flip: random resized crop and flip; trivial: and TrivialAugment.", choices=AUGMENTATIONS
+        "flip",
+        "views: the frozen layers run once over --views of each image and each epoch draws one (fast, "
+        "docs/fine-tuning-speed.md); pixels (= flip): a new random resized crop and flip every epoch, through the "
+        "whole network; trivial: and TrivialAugment; none.",
+        choices=AUGMENT,
+    )
+    views: str = option(
+        DEFAULT_VIEWS,
+        "With --augment views: center (the weights' preprocessing), flip (its mirror), crops:N (N fixed crops of "
+        "25-100 % of the image, every other one mirrored).",
+        check="workflows.finetune.fixed_views:views_option",
     )
     probe_init: bool = option(True, "Start the head at random, not from the linear probe.", flag="--no-probe-init")
     patience: int = option(3, "Epochs without a better validation accuracy before stopping.", low=1)
@@ -70,8 +83,15 @@ class TrainingOptions:
                 "--epochs and --batch-size must be at least 1, --lr positive, --dropout in [0, 1), "
                 "--backbone-lr-scale at least 0"
             )
-        if self.augment not in AUGMENTATIONS:
-            raise FeaturebankError(f"unknown augmentation {self.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+        if self.augment not in AUGMENT:
+            raise FeaturebankError(f"unknown augmentation {self.augment!r}: choose one of {', '.join(AUGMENT)}")
+        if self.augment == "pixels":  # flip's other name: recorded as flip, so that older runs resume
+            object.__setattr__(self, "augment", "flip")
+        parse_views(self.views)
+        if self.augment == "views" and self.unfreeze == "all":
+            raise FeaturebankError(
+                "--augment views needs a frozen trunk to run once: with --unfreeze all, use --augment pixels"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

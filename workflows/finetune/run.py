@@ -13,6 +13,7 @@ from embedder.batches import default_workers
 from embedder.features import autocast_for, resolve_device
 from embedder.versions import library_versions
 
+from .cached_loop import ViewEpochs
 from .loop import TrainingConfig, evaluate_images, load_best, train_loop
 from .options import FinetuneOptions
 from .probe import linear_probe
@@ -110,8 +111,19 @@ def finetune(
     blocks = unfrozen_blocks(model, t.unfreeze)
     replace_head(model, k, head_init if t.probe_init else None)
     run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
+    views = ViewEpochs.maker(config, o.cache_dir, out, progress) if t.augment == "views" else None
     state = train_loop(
-        model, blocks, data.train, data.val, data.classes, prep, out, config, on_epoch_end=on_epoch_end, **run
+        model,
+        blocks,
+        data.train,
+        data.val,
+        data.classes,
+        prep,
+        out,
+        config,
+        on_epoch_end=on_epoch_end,
+        epochs_of=views,  # None: pixels; views: the frozen trunk once, then epochs of the unfrozen layers
+        **run,
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained = {"fine-tuned": (model, out, state)}
@@ -121,7 +133,14 @@ def finetune(
         scratch_config = replace(
             config,
             weights=f"none:seed={t.seed}",
-            options=replace(t, unfreeze="all", bn="train", backbone_lr_scale=1.0, probe_init=False),
+            options=replace(
+                t,
+                unfreeze="all",
+                bn="train",
+                backbone_lr_scale=1.0,
+                probe_init=False,
+                augment="flip" if t.augment == "views" else t.augment,  # no frozen trunk to run once
+            ),
         )
         scratch_out = os.path.join(out, "scratch")
         scratch_state = train_loop(

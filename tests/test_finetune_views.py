@@ -1,0 +1,370 @@
+"""Fine-tuning on the frozen trunk run once (``--augment views``): the cut network computes what the whole network
+computes (loss and gradients, on the same views), the probe's features come back from the cached center views,
+a changed image gets new views, and a kill while caching keeps the finished views."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import MOBILENET_V2, ROOT, need, photo, write_tree
+
+from embedder import CacheReader, extract, load_backbone
+from embedder.backbones import head_name
+from embedder.errors import FeaturebankError
+from workflows.finetune import (
+    add_head_dropout,
+    block_names,
+    finetune,
+    freeze,
+    replace_head,
+    set_train_mode,
+    unfrozen_blocks,
+)
+from workflows.finetune.fixed_views import ViewsTransform, crop_box, parse_views
+from workflows.finetune.trunk import TrunkStore, split_at
+
+TINY = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0, val_split=0.25)
+VIEWS = dict(TINY, augment="views")
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_views_are_named_and_fixed():
+    assert parse_views("center,flip,crops:3") == ("center", "flip", "crop0", "crop1", "crop2")
+    assert parse_views("crops:2,center,crops:3") == ("crop0", "crop1", "center", "crop2")
+    for bad in ("center,zoom", "crops:0", "crops:x", ""):
+        with pytest.raises(FeaturebankError, match="--views"):
+            parse_views(bad)
+    # crop i is the same box whatever N is (its rows stay valid when N grows), inside the image, 25-100 % of it
+    boxes = [crop_box(i) for i in range(8)]
+    assert boxes == [crop_box(i) for i in range(8)] and len(set(boxes)) == 8
+    for left, top, right, bottom, _ in boxes:
+        assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1 and 0.2 <= (right - left) * (bottom - top) <= 1
+    assert [b[4] for b in boxes] == [False, True] * 4
+
+
+def test_view_pixels():
+    """center is the weights' preprocessing, flip its mirror, a crop the resized box of the image."""
+    from embedder.preprocess import Preprocessing
+
+    prep = Preprocessing(resize=72, crop=64)
+    image = photo(3, (120, 90))
+    views = ViewsTransform(prep, ("center", "flip", "crop0")).to_array(image)
+    assert views.shape == (3, 3, 64, 64) and views.dtype == np.uint8
+    assert np.array_equal(views[0], prep.to_array(image)) and np.array_equal(views[1], views[0][:, :, ::-1])
+    left, top, right, bottom, _ = crop_box(0)
+    box = image.crop((round(left * 120), round(top * 90), round(right * 120), round(bottom * 90))).resize((64, 64), 2)
+    diff = np.abs(views[2].astype(int) - np.asarray(box).transpose(2, 0, 1).astype(int))
+    assert diff.mean() < 8  # the same picture (the box's edges are rounded to pixels here)
+
+
+def _batch(n=6, size=64):
+    from embedder.preprocess import Preprocessing
+
+    prep = Preprocessing(resize=72, crop=size)
+    views = ViewsTransform(prep, ("center", "flip", "crop0", "crop1"))
+    x = torch.as_tensor(np.stack([views.to_array(photo(i, (96 + 4 * i, 80)))[i % 4] for i in range(n)]))
+    return prep, prep.normalize(x), torch.arange(n) % 3
+
+
+@pytest.mark.parametrize("backbone,unfreeze", [("resnet18", 2), ("mobilenet_v2", 1), ("resnet18", 0)])
+def test_cached_loss_and_gradients_equal_the_full_network(backbone, unfreeze):
+    """The same batch of the same views, with dropout and frozen BatchNorm: the cut network's loss and gradients
+    are the whole network's (float32 cut: float tolerance), and within float16 rounding from the stored rows.
+    MobileNetV2 is the real checkpoint (a random one's activations at 64 px are around 1e-12: below float16)."""
+    weights = str(need(MOBILENET_V2)) if backbone == "mobilenet_v2" else "none"
+    model = load_backbone(backbone, weights, 0).model
+    replace_head(model, 3)
+    blocks = unfrozen_blocks(model, unfreeze)
+    freeze(model, blocks, "frozen")
+    add_head_dropout(model, 0.3)
+    trunk, rest = split_at(model, blocks[0] if blocks else head_name(model), [*block_names(model), head_name(model)])
+    _, x, y = _batch()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and len(trainable) < len(list(model.parameters()))
+
+    def loss_and_grads(forward):
+        model.zero_grad(set_to_none=True)
+        set_train_mode(model, blocks, "frozen")
+        torch.manual_seed(7)  # the same dropout mask
+        loss = F.cross_entropy(forward(), y)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in trainable}
+
+    with torch.no_grad():
+        model.eval()
+        cut32 = trunk(x)
+        cut16 = cut32.half().float()
+    full_loss, full_grads = loss_and_grads(lambda: model(x))
+    loss32, grads32 = loss_and_grads(lambda: rest(cut32))
+    loss16, grads16 = loss_and_grads(lambda: rest(cut16))
+    assert full_loss > 0
+    torch.testing.assert_close(loss32, full_loss, rtol=1e-5, atol=1e-6)
+    for n, g in full_grads.items():
+        assert g.abs().sum() > 0, n
+        torch.testing.assert_close(grads32[n], g, rtol=1e-4, atol=1e-6)
+        # float16 rows (a relative error of 2e-4 on the cut): the head's gradients within 1e-2, the blocks' in
+        # direction (cosine 0.998 and about 5 % in norm on this random resnet18, whose layers amplify the rounding)
+        if n.startswith(head_name(model)):
+            assert (grads16[n] - g).norm() <= 1e-2 * g.norm(), n
+        assert F.cosine_similarity(grads16[n].flatten(), g.flatten(), 0) > 0.99, n
+        assert (grads16[n] - g).norm() <= 0.15 * g.norm(), n
+    assert abs(float(loss16 - full_loss)) <= 1e-3 * float(full_loss)
+
+
+def _store_of(out) -> TrunkStore:
+    info = json.loads((out / "views.json").read_text())
+    with open(os.path.join(info["store"], "settings.json"), encoding="utf-8") as fh:
+        settings = json.load(fh)
+    settings.pop("views_version")
+    return TrunkStore(os.path.dirname(info["store"]), settings), info
+
+
+def test_the_probes_features_come_back_from_the_cached_center_views(tmp_path):
+    """The unfrozen layers in evaluation mode on the cached center view give the extraction's penultimate rows
+    (within float16 rounding of the cut): the pass holds what the probe was fit on."""
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    finetune(str(root), str(tmp_path / "run"), unfreeze=1, epochs=1, **VIEWS)
+    store, info = _store_of(tmp_path / "run")
+    reader = CacheReader(extract(str(root), backbone="resnet18", weights="none", resize=72, crop=64, workers=0).cache)
+    model = load_backbone("resnet18", "none", 0).model.eval()
+    _, rest = split_at(model, info["cut"], [*block_names(model), head_name(model)])
+    seen = []
+    model.get_submodule("fc").register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    rows = store.gather(store.locate([(str(d), "center") for d in reader.rows["digest"]]))
+    with torch.no_grad():
+        rest(torch.from_numpy(rows).float())
+    got, want = seen[0].numpy(), reader.features()
+    assert got.shape == want.shape and np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
+
+
+def test_a_changed_image_gets_new_views_and_only_it(tmp_path):
+    root = tmp_path / "images"
+    paths = write_tree(root, per_class=4)
+    finetune(str(root), str(tmp_path / "a"), unfreeze=1, epochs=1, **VIEWS)
+    store, info = _store_of(tmp_path / "a")
+    assert info["computed_images"] == 12 and info["views"] == list(parse_views("center,flip,crops:2"))
+    again = finetune(str(root), str(tmp_path / "b"), unfreeze=1, epochs=1, **VIEWS)
+    assert json.loads((tmp_path / "b" / "views.json").read_text())["computed_images"] == 0  # all reused
+    changed = root / paths[0]
+    photo(500, (100, 84)).save(changed)
+    finetune(str(root), str(tmp_path / "c"), unfreeze=1, epochs=1, **VIEWS)
+    assert json.loads((tmp_path / "c" / "views.json").read_text())["computed_images"] == 1
+    from embedder.decode import file_digest
+
+    store.reload()
+    model = load_backbone("resnet18", "none", 0).model.eval()
+    trunk, _ = split_at(model, info["cut"], [*block_names(model), head_name(model)])
+    prep = load_backbone("resnet18", "none", 0, resize=72, crop=64).preprocessing
+    from PIL import Image
+
+    views = ViewsTransform(prep, tuple(info["views"]))
+    with torch.no_grad():
+        want = trunk(prep.normalize(torch.as_tensor(views.to_array(Image.open(changed).convert("RGB"))))).numpy()
+    digest = file_digest(str(changed))
+    present = [i for i, v in enumerate(info["views"]) if (digest, v) in store]  # a validation image: center only
+    assert 0 in present
+    got = store.gather(store.locate([(digest, info["views"][i]) for i in present])).astype(np.float32)
+    np.testing.assert_allclose(got, want[present], rtol=1e-2, atol=1e-2)
+    assert again.history[1]["train_loss"] is not None
+
+
+@pytest.mark.parametrize("augment", ["views", "pixels"])
+def test_resume_follows_the_uninterrupted_trajectory_on_both_paths(tmp_path, augment):
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    run = dict(epochs=3, unfreeze=2, augment=augment, **TINY)
+    whole = finetune(str(root), str(tmp_path / "whole"), **run)
+
+    def interrupt(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(root), str(tmp_path / "cut"), on_epoch_end=interrupt, **run)
+    resumed = finetune(str(root), str(tmp_path / "cut"), resume=True, **run)
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history) and len(whole.history) == 4
+    assert ("views" in a["config"]) == (augment == "views")  # a pixel run's config is as older runs wrote it
+    with pytest.raises(FeaturebankError, match="was started with augment"):
+        finetune(
+            str(root),
+            str(tmp_path / "cut"),
+            resume=True,
+            **{**run, "augment": "pixels" if augment == "views" else "views"},
+        )
+
+
+def test_views_need_a_frozen_trunk(tmp_path):
+    with pytest.raises(FeaturebankError, match="--augment views needs a frozen trunk"):
+        finetune(str(tmp_path), str(tmp_path / "run"), unfreeze="all", **VIEWS)
+
+
+@pytest.mark.slow
+def test_kill_9_while_caching_keeps_the_finished_views(tmp_path):
+    """Killed in the views pass, the next run computes only the images whose views were not committed, and ends
+    with the rows of a run never killed."""
+    root = tmp_path / "images"
+    write_tree(root, per_class=8)  # 24 images: 18 training, 6 validation
+    env = {**os.environ, "FEATUREBANK_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(out, cache):
+        args = [
+            sys.executable,
+            "-c",
+            "import cli; cli.main()",
+            "finetune",
+            str(root),
+            "-o",
+            str(out),
+            "-q",
+            "-b",
+            "resnet18",
+            "-w",
+            "none",
+            "--resize",
+            "72",
+            "--crop",
+            "64",
+            "--workers",
+            "0",
+            "--batch-size",
+            "1",
+            "--epochs",
+            "1",
+            "--val-split",
+            "0.25",
+            "--augment",
+            "views",
+            "--views",
+            "center,flip,crops:2",
+        ]
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**env, "FEATUREBANK_CACHE_DIR": str(cache)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    whole = run(tmp_path / "whole", tmp_path / "cache-whole")
+    assert whole.wait(timeout=1500) == 0, whole.communicate()
+    killed = run(tmp_path / "killed", tmp_path / "cache")
+    deadline = time.time() + 600
+    parts = lambda: sorted((tmp_path / "cache" / "trunk").glob("*/parts/*.json"))  # noqa: E731
+    while time.time() < deadline and killed.poll() is None and len(parts()) < 4:
+        time.sleep(0.01)
+    assert killed.poll() is None, killed.communicate()
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    kept = len(parts())  # one image per committed part (batch size 1)
+    assert 4 <= kept < 24
+    done = run(tmp_path / "killed-2", tmp_path / "cache")
+    assert done.wait(timeout=1500) == 0, done.communicate()
+    info = json.loads((tmp_path / "killed-2" / "views.json").read_text())
+    assert info["computed_images"] == 24 - kept
+    a, _ = _store_of(tmp_path / "whole")
+    b, _ = _store_of(tmp_path / "killed-2")
+    keys = sorted(a.index)
+    assert sorted(b.index) == keys and len(keys) == 18 * 4 + 6  # training images x 4 views, validation x center
+    np.testing.assert_array_equal(a.gather(a.locate(keys)), b.gather(b.locate(keys)))
+    assert not list((tmp_path / "cache" / "trunk").glob("*/parts/*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "arch,crop,unfreeze,cut",
+    [("timm:convnext_atto", 64, 2, "stages.3"), ("timm:vit_xsmall_patch16_clip_224", 32, 2, "blocks.9")],
+)
+def test_timm_layouts_split_and_train_like_the_whole_network(arch, crop, unfreeze, cut):
+    """timm's stages.N (ConvNeXt) and blocks.N (ViT) layouts: the cut is before the first unfrozen block, the two
+    halves compute the model's logits, and one step's loss and gradients are the whole network's."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = load_backbone(arch, "none", 0, resize=crop, crop=crop).model
+    replace_head(model, 3)
+    blocks = unfrozen_blocks(model, unfreeze)
+    assert blocks[0] == cut
+    freeze(model, blocks, "frozen")
+    trunk, rest = split_at(model, blocks[0], [*block_names(model), head_name(model)])
+    x, y = torch.randn(4, 3, crop, crop), torch.tensor([0, 1, 2, 0])
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def loss_and_grads(forward):
+        model.zero_grad(set_to_none=True)
+        set_train_mode(model, blocks, "frozen")
+        loss = F.cross_entropy(forward(), y)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in trainable}
+
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(rest(trunk(x)), model(x), rtol=1e-5, atol=1e-5)
+        cut32 = trunk(x)
+    full_loss, full_grads = loss_and_grads(lambda: model(x))
+    loss, grads = loss_and_grads(lambda: rest(cut32))
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert any(n.startswith(cut + ".") for n in grads) and any(g.abs().sum() > 0 for g in grads.values())
+    for n, g in full_grads.items():
+        torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-6)
+
+
+def test_the_command_line_trains_on_views_and_a_second_run_reuses_them(tmp_path, monkeypatch):
+    """``featurebank finetune --augment views`` end to end on a tiny folder: the pass computes every image once
+    (training images: 2 views, validation images: the center), the run's checkpoint records the views, the chosen
+    epoch's numbers are the comparison's, and the same command into another folder computes nothing and follows
+    the same trajectory; a bad --views is a usage error."""
+    from click.testing import CliRunner
+
+    import cli
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)  # 12 images: 9 training, 3 validation
+    args = [
+        *("finetune", str(root), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64"),
+        *("--batch-size", "4", "--workers", "0", "--epochs", "2", "--val-split", "0.25", "--patience", "5"),
+        *("--augment", "views", "--views", "center,flip", "--json"),
+    ]
+    runner = CliRunner()
+    first = runner.invoke(cli.main, [*args, "-o", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    run = json.loads(first.stdout)
+    info = json.loads((tmp_path / "a" / "views.json").read_text())
+    assert info["views"] == ["center", "flip"] and info["computed_images"] == 12 and info["cut"] == "layer4"
+    store, _ = _store_of(tmp_path / "a")
+    assert len(store.index) == 9 * 2 + 3 and store.shape == (256, 4, 4)  # resnet18's layer3 output at 64 px
+    assert [h["epoch"] for h in run["history"]] == [0, 1, 2] and run["blocks"] == ["layer4"]
+    best = run["history"][run["best_epoch"]]
+    tuned = run["comparison"][1]
+    assert tuned["val_accuracy"] == best["val_accuracy"] and tuned["val_log_loss"] == best["val_loss"]
+    saved = torch.load(tmp_path / "a" / "best.pth", weights_only=True)["featurebank"]
+    assert saved["augment"] == "views" and saved["views"] == "center,flip" and saved["epoch"] == run["best_epoch"]
+    second = runner.invoke(cli.main, [*args, "-o", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    assert json.loads((tmp_path / "b" / "views.json").read_text())["computed_images"] == 0
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(json.loads(second.stdout)["history"]) == strip(run["history"])
+    bad = runner.invoke(cli.main, [*args[:-1], "-o", str(tmp_path / "c"), "--views", "center,zoom"])
+    assert (
+        bad.exit_code == 2 and "'zoom' is not center, flip or crops:N" in bad.output and "Traceback" not in bad.output
+    )
+    pixels = runner.invoke(cli.main, [*args[:-5], "--epochs", "1", "--augment", "pixels", "-o", str(tmp_path / "d")])
+    assert pixels.exit_code == 0, pixels.output
+    config = torch.load(tmp_path / "d" / "last.pt", weights_only=True)["config"]
+    assert config["augment"] == "flip" and "views" not in config and not (tmp_path / "d" / "views.json").exists()

@@ -1,0 +1,251 @@
+"""The frozen trunk, run once: the network cut before its first unfrozen block, its output for the fixed views of
+each image (``fixed_views``) computed one time, kept on disk in float16 and read back memory-mapped, so that every
+epoch runs only the unfrozen blocks and the head.
+
+- ``split_at``: the model as two graphs that share its modules (``torch.fx``, blocks kept whole): ``trunk``
+  (input → the cut) and ``rest`` (the cut → logits). Training ``rest`` trains the model itself.
+- ``TrunkStore``: rows keyed by (file digest, view) in a folder keyed by the backbone settings and the cut. Written
+  like extraction's parts: each batch is one ``.npy`` plus its ``.json`` list of keys, each written to a temporary
+  name and renamed, the list last, so that a kill keeps every finished batch and never a half one; a changed file
+  has another digest, so its views are computed again.
+- ``fill``: the missing rows of some images, a batch of images at a time (memory bounded by the batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import sys
+import uuid
+from typing import cast
+
+import numpy as np
+import torch
+from torch import fx, nn
+from tqdm import tqdm
+
+from embedder.atomic import atomic_path
+from embedder.batches import ImageDataset, batches
+from embedder.errors import FeaturebankError
+from embedder.preprocess import Preprocessing
+
+from .fixed_views import VIEWS_VERSION, ViewsTransform
+
+GPU_CHUNK = 8  # on a GPU the trunk runs on 8 training batches of view-images at a time (memory is plenty there)
+
+
+class BlockTracer(fx.Tracer):
+    """Traces a model with its blocks (and head) as single calls, so that a block is a node to cut before."""
+
+    def __init__(self, leaves):
+        super().__init__()
+        self.leaves = set(leaves)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def defaults_of(model: nn.Module) -> dict:
+    """The forward's optional arguments at their defaults (timm's ViT: ``attn_mask=None``, ``is_causal=False``),
+    so that tracing sees one input, the images."""
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def split_at(model: nn.Module, block: str, leaves) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """``(trunk, rest)`` with ``rest(trunk(x)) == model(x)``: the cut is the input of ``block``. Both share the
+    model's modules (training ``rest`` trains ``model``; its hooks and train/eval modes apply). Refused, in one
+    line, when anything after the cut needs the input other than through the cut."""
+    was_training = model.training
+    model.eval()  # Inception's auxiliary head: traced out, as in evaluation
+    try:
+        graph = BlockTracer([*leaves, block]).trace(model, concrete_args=defaults_of(model))
+    except Exception as exc:  # noqa: BLE001 - any tracing failure is the same answer for the user
+        raise FeaturebankError(
+            f"--augment views cannot split {type(model).__name__} into blocks "
+            f"({type(exc).__name__}); use --augment pixels"
+        ) from None
+    finally:
+        model.train(was_training)
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == block]
+    if len(calls) != 1 or not calls[0].args or calls[0].all_input_nodes != [calls[0].args[0]]:  # one tensor in
+        raise FeaturebankError(
+            f"--augment views cannot cut before {block} (it is not called once on one tensor); use --augment pixels"
+        )
+    cut = calls[0].args[0]
+    output = next(n for n in graph.nodes if n.op == "output")
+
+    def needed(start, stop=None) -> set:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node is not stop:
+                todo += node.all_input_nodes
+        return seen
+
+    before, after = needed(cut), needed(output, stop=cut)
+    if cut.op == "placeholder" or any(n.op == "placeholder" for n in after - {cut}):
+        raise FeaturebankError(
+            f"--augment views cannot cut before {block}: there is no frozen trunk before it, or "
+            f"a later layer reads the input itself; use --augment pixels"
+        )
+
+    def copy(nodes, start: dict, out_node, g: fx.Graph | None = None) -> fx.Graph:
+        g = fx.Graph() if g is None else g
+        env = dict(start)
+        for node in graph.nodes:
+            if node in nodes and node not in env and node.op != "output":
+                env[node] = g.node_copy(node, lambda n: env[n])
+        g.output(env[out_node])
+        return g
+
+    rest_graph = fx.Graph()
+    rest_graph = copy(after, {cut: rest_graph.placeholder("cut")}, output.args[0], rest_graph)
+    trunk = fx.GraphModule(model, copy(before, {}, cut))
+    return trunk.eval(), fx.GraphModule(model, rest_graph)
+
+
+def store_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def write_file(path: str, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+class TrunkStore:
+    """Trunk outputs at one cut of one backbone setting, one float16 row per (file digest, view), memory-mapped."""
+
+    def __init__(self, root: str, settings: dict):
+        self.settings = {**settings, "views_version": VIEWS_VERSION}
+        self.folder = os.path.join(root, store_key(self.settings))
+        self.parts = os.path.join(self.folder, "parts")
+        os.makedirs(self.parts, exist_ok=True)
+        meta = os.path.join(self.folder, "settings.json")
+        if not os.path.exists(meta):
+            write_file(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
+        self.index: dict[tuple[str, str], tuple[int, int]] = {}
+        self.arrays: list[np.ndarray] = []
+        self.reload()
+
+    def reload(self) -> None:
+        """Open every committed part (its key list exists: it was written after its rows)."""
+        self.index.clear()
+        self.arrays.clear()
+        for name in sorted(os.listdir(self.parts)):
+            if not name.endswith(".json"):
+                continue
+            base = os.path.join(self.parts, name[:-5])
+            try:
+                with open(base + ".json", encoding="utf-8") as fh:
+                    keys = json.load(fh)
+                array = np.load(base + ".npy", mmap_mode="r")
+            except (OSError, ValueError):
+                continue  # a part whose rows are gone: its images are computed again
+            self.add(keys, array)
+
+    def add(self, keys, array: np.ndarray) -> None:
+        part = len(self.arrays)
+        self.arrays.append(array)
+        for row, (digest, view) in enumerate(keys):
+            self.index[(digest, view)] = (part, row)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self.index
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        return tuple(self.arrays[0].shape[1:]) if self.arrays else None
+
+    def write(self, keys: list[tuple[str, str]], rows: np.ndarray) -> None:
+        """One finished batch, committed: rows first, then the key list that makes them visible."""
+        if not len(keys):
+            return
+        base = os.path.join(self.parts, uuid.uuid4().hex)
+        with atomic_path(base + ".npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(rows, dtype=np.float16))
+        write_file(base + ".json", json.dumps([list(k) for k in keys]).encode())
+        self.add(keys, np.load(base + ".npy", mmap_mode="r"))
+
+    def locate(self, keys) -> np.ndarray:
+        """``(part, row)`` of each key, as an ``n x 2`` array (a training epoch gathers with it)."""
+        return np.array([self.index[tuple(k)] for k in keys], dtype=np.int64).reshape(-1, 2)
+
+    def gather(self, where: np.ndarray) -> np.ndarray:
+        """The float16 rows at ``where`` (``locate``'s rows), in that order; reads only those rows."""
+        out = np.empty((len(where), *self.arrays[0].shape[1:]), dtype=np.float16)
+        for part in np.unique(where[:, 0]):
+            mask = where[:, 0] == part
+            out[mask] = self.arrays[part][where[mask, 1]]
+        return out
+
+
+def store_root(cache_dir: str | None) -> str:
+    """Under the cache folder, next to the extraction caches: runs with other options reuse the same pass."""
+    return os.path.join(cache_dir or os.environ.get("FEATUREBANK_CACHE_DIR") or "cache", "trunk")
+
+
+@torch.no_grad()
+def fill(
+    store: TrunkStore,
+    trunk: nn.Module,
+    paths: list[str],
+    digests: list[str],
+    views: tuple[str, ...],
+    prep: Preprocessing,
+    *,
+    device: torch.device,
+    autocast,
+    batch_size: int,
+    workers: int | None,
+    max_pixels: int,
+    progress: bool = False,
+) -> tuple[int, dict[str, str]]:
+    """Compute the missing views of ``paths`` (their digests as the cache recorded them) into ``store``, a batch of
+    images at a time. Returns the number of images computed and ``{path: reason}`` of those that could not be (a
+    file that fails to decode, or whose bytes changed since they were embedded)."""
+    todo = [i for i, d in enumerate(digests) if any((d, v) not in store for v in views)]
+    failed: dict[str, str] = {}
+    if not todo:
+        return 0, failed
+    views_of = cast(Preprocessing, ViewsTransform(prep, views))  # shaped like one: draft_size, to_array
+    dataset = ImageDataset([paths[i] for i in todo], views_of, max_pixels)
+    chunk = batch_size * (GPU_CHUNK if device.type == "cuda" else 1)  # view-images per forward
+    computed = 0
+    bar = tqdm(
+        total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True, desc="frozen trunk"
+    )
+    with bar:
+        for batch in batches(dataset, batch_size, workers, device_type=device.type):
+            for i, reason, _ in batch.failures:
+                failed[paths[todo[i]]] = reason
+            keep = [j for j, (i, d) in enumerate(zip(batch.indices, batch.digests)) if d == digests[todo[i]]]
+            for j, i in enumerate(batch.indices):
+                if j not in keep:
+                    failed[paths[todo[i]]] = "the file changed since it was embedded: run again"
+            bar.update(len(batch.indices) + len(batch.failures))
+            if not keep:
+                continue
+            images = torch.as_tensor(batch.images[keep]).flatten(0, 1)  # image-major: image 0's views first
+            outs = []
+            for start in range(0, len(images), chunk):
+                x = prep.normalize(images[start : start + chunk].to(device))
+                with autocast:
+                    outs.append(trunk(x).float().cpu())
+            exact = torch.cat(outs)
+            rows = exact.to(torch.float16)
+            lost = int(((rows == 0) & (exact != 0)).sum())  # values below float16's smallest: flushed to zero
+            if not torch.isfinite(rows).all() or lost > 0.01 * max(int((exact != 0).sum()), 1):
+                raise FeaturebankError(
+                    "the frozen trunk's output does not fit in float16 (values too large or too small): "
+                    "use --augment pixels"
+                )
+            store.write([(batch.digests[j], v) for j in keep for v in views], rows.numpy())
+            computed += len(keep)
+    return computed, failed
