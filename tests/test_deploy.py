@@ -135,7 +135,7 @@ def test_a_head_that_cannot_be_exported_is_one_line(trained, tmp_path):
     train(str(root / "train.h5"), "knn", out=str(tmp_path / "knn.joblib"))
     r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "knn.joblib"), "-o", str(tmp_path / "knn.onnx")])
     assert r.exit_code == 1 and "Traceback" not in r.output
-    assert r.output.count("\n") == 1 and r.output.startswith("Error: cannot export knn (KNeighborsClassifier): ")
+    assert r.output.count("\n") == 1 and r.output.startswith("Error: cannot export knn (CosineKNeighbors): ")
     assert r.output.rstrip().endswith("these export: logreg, linear-svm, rbf-svm, ridge, lda, random-forest")
     assert not (tmp_path / "knn.onnx").exists()
 

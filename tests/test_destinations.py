@@ -172,7 +172,7 @@ def test_no_command_overwrites_its_input(model, tmp_path, runner):
         ("rbf-svm:l2=maybe", "l2='maybe'"),
         ("logreg:scale=2", "scale=2"),
         ("logreg:C=abc", "classifier logreg: C='abc': give a positive number"),
-        ("knn:n_neighbors=0", "The 'n_neighbors' parameter"),
+        ("knn:n_neighbors=0", "n_neighbors must be a whole number >= 1, got 0"),
         ("ensemble:method=vote2", "unknown ensemble method"),
         ("ensemble:inner_folds=1", "inner_folds=1"),
     ],

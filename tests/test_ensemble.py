@@ -65,8 +65,7 @@ def test_the_spec_round_trips_into_the_estimators_parameters():
     assert "ensemble" in list_classifiers()
     assert describe("ensemble") == (
         "soft vote of [logreg: scale → TunedLogisticRegression() | rbf-svm: l2 → pca(256) → "
-        "SVC(C=10.0) + sigmoid calibration | knn: KNeighborsClassifier(algorithm='brute', metric='cosine', "
-        "n_neighbors=10, weights='distance')]"
+        "SVC(C=10.0) + sigmoid calibration | knn: CosineKNeighbors()]"
     )
 
 

@@ -51,7 +51,7 @@ FOLDED = (
     "LinearSVC",
     "LinearDiscriminantAnalysis",
 )
-CONVERTED = ("SVC", "RandomForestClassifier", "KNeighborsClassifier")
+CONVERTED = ("SVC", "RandomForestClassifier", "KNeighborsClassifier", "CosineKNeighbors")
 
 
 class NotExportable(FeaturebankError):
@@ -259,7 +259,7 @@ def refusal(pipeline) -> NotExportable | None:
             f"{kind} has no export (linear models fold into one matrix product; "
             f"{', '.join(CONVERTED)} go through skl2onnx)",
         )
-    if kind == "KNeighborsClassifier" and clf.weights != "uniform":
+    if kind in ("KNeighborsClassifier", "CosineKNeighbors") and clf.weights != "uniform":
         return NotExportable(
             kind,
             f"skl2onnx ignores the distances of weights={clf.weights!r} (it weighs every "
@@ -312,6 +312,12 @@ def _converted(g: _Graph, x: str, clf, head: Head, width: int, opset: int, ir_ve
             kind, f"{kind} exports through skl2onnx, which is not installed ({exc}): pip install skl2onnx"
         ) from None
     dims = _width_after(head.pipeline, width)
+    if kind == "CosineKNeighbors":  # the zoo's blocked search: scikit-learn's brute-force cosine kNN, which converts
+        from sklearn.neighbors import KNeighborsClassifier
+
+        clf = KNeighborsClassifier(
+            n_neighbors=clf.n_neighbors, weights=clf.weights, metric="cosine", algorithm="brute"
+        ).fit(clf.X_, clf.classes_[clf.y_])
     # trees compare in double as scikit-learn does (float32 features, float64 thresholds); the rest in float
     double = kind == "RandomForestClassifier"
     try:
