@@ -3,10 +3,15 @@ and torchrun. Seeded random weights (``-w none``) of the smallest ConvNeXt at 64
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import cosines, photo, rows_close, write_tree
+from conftest import ROOT, cosines, photo, rows_close, write_tree
 from PIL import ImageOps
 
 import embedder
@@ -95,8 +100,6 @@ def test_a_finetuned_timm_checkpoint_exports_to_one_onnx_file_that_predicts_as_p
     classes = ["cats", "dogs", "owls"]
     expected = np.array([[{t["class"]: t["score"] for t in r["top"]}[c] for c in classes] for r in result["rows"]])
     session = ort.InferenceSession(written.path, providers=["CPUExecutionProvider"])
-    import json
-
     meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     assert meta["classes"] == classes and meta["model"]["backbone"].startswith("timm:convnext_atto")
     p = meta["preprocessing"]
@@ -110,12 +113,6 @@ def test_a_finetuned_timm_checkpoint_exports_to_one_onnx_file_that_predicts_as_p
 
 @pytest.mark.slow
 def test_two_torchrun_ranks_give_the_rows_of_one_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     root = tmp_path / "images"
     write_tree(root, per_class=2)  # 6 images: 3 batches of 2 over 2 ranks
     opts = {**TIMM, "batch_size": 2}
