@@ -297,12 +297,16 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
 
 
 def _in_place(model, on: bool = True):
-    """The top Pipeline's ``l2`` and ``scale`` steps without their copy (``on``) or with it again (a search's inner
-    folds are copies too; an ensemble's members, which share their rows, keep theirs). Fitted: the refit Pipeline."""
+    """The top Pipeline's ``l2`` and ``scale`` steps, and a classifier that takes ``copy``, without their copy
+    (``on``) or with it again (a search's inner folds are copies too; an ensemble's members, which share their rows,
+    keep theirs). Fitted: the refit Pipeline."""
     searched = isinstance(model, GridSearchCV)
     pipe = (model.best_estimator_ if hasattr(model, "best_estimator_") else model.estimator) if searched else model
     steps = dict(pipe.steps)
-    pipe.set_params(**{f"{name}__copy": not on for name in ("l2", "scale") if steps.get(name) != "passthrough"})
+    in_place = [name for name in ("l2", "scale") if steps.get(name) != "passthrough"]
+    if "copy" in steps["clf"].get_params(deep=False):  # the tuned probe reorders the rows for its held-out split
+        in_place.append("clf")
+    pipe.set_params(**{f"{name}__copy": not on for name in in_place})
     return model
 
 

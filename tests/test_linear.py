@@ -32,9 +32,13 @@ def test_the_warm_started_path_scores_what_cold_fits_score():
             assert model.cv_scores_[f, j] == pytest.approx(loss, rel=1e-3, abs=1e-4)
     best = (0.001, 0.01, 0.1, 1.0)[int(np.nanargmin(model.cv_scores_.mean(axis=0)))]
     assert best == model.C_  # a sweep that stopped early left NaN for the values it never ran
-    refit = LogisticRegression(C=best, max_iter=2000).fit(X, y)
-    np.testing.assert_allclose(model.coef_, refit.coef_, atol=1e-4)
-    np.testing.assert_array_equal(model.predict(X), refit.predict(X))
+    # The refit starts from the chosen value's inner solution: the optimum a cold fit reaches, in fewer steps.
+    optimum = LogisticRegression(C=best, max_iter=20_000, tol=1e-10).fit(X, y)
+    cold = LogisticRegression(C=best, max_iter=2000).fit(X, y)
+    for fit in (model, cold):  # both to the solver's default tolerance
+        np.testing.assert_allclose(fit.predict_proba(X), optimum.predict_proba(X), atol=2e-3)
+        np.testing.assert_array_equal(fit.predict(X), optimum.predict(X))
+    assert model.n_iter_[0] < cold.n_iter_[0] / 2
 
 
 def test_noise_asks_for_strong_regularization_and_clean_data_for_weak():
@@ -104,6 +108,46 @@ def test_bad_values_are_one_line_when_the_spec_is_read():
         ("logreg:C=-1", "C=-1: give a positive"),
         ("logreg:C=abc", "C='abc'"),
         ("logreg:inner_folds=1", "inner_folds=1"),
+        ("logreg:holdout_from=-5", "holdout_from=-5"),
     ):
         with pytest.raises(FeaturebankError, match=words):
             make_classifier(spec)
+
+
+def test_from_holdout_from_rows_one_inner_split_chooses_C_and_scores_what_cold_fits_score():
+    X, y = blobs(n_per_class=40, dims=20, spread=2.0)
+    Cs = (0.001, 0.01, 0.1, 1.0)
+    model = TunedLogisticRegression(Cs=Cs, inner_tol=1e-6, holdout_from=len(y)).fit(X, y)
+    assert model.cv_scores_.shape == (1, len(Cs))  # one split, not three
+    train, test = linear.inner_splits(X, y, None, 3, 0)[0]  # the first of the three folds
+    for j, C in enumerate(Cs):
+        if np.isnan(model.cv_scores_[0, j]):
+            continue
+        cold = LogisticRegression(C=C, max_iter=5000, tol=1e-6).fit(X[train], y[train])
+        loss = -np.mean(np.log(cold.predict_proba(X[test])[np.arange(len(test)), y[test]]))
+        assert model.cv_scores_[0, j] == pytest.approx(loss, rel=1e-3, abs=1e-4)
+    assert Cs[int(np.nanargmin(model.cv_scores_[0]))] == model.C_
+    below = TunedLogisticRegression(Cs=Cs, inner_tol=1e-6, holdout_from=len(y) + 1).fit(X, y)
+    assert below.cv_scores_.shape == (3, len(Cs))
+
+
+def test_the_held_out_split_reorders_the_rows_in_place_only_when_allowed():
+    import tracemalloc
+
+    X, y = blobs(n_per_class=400, dims=100, classes=5, spread=3.0)
+    labels = np.array(["ant", "bee", "cat", "dog", "eel"])[y]  # string labels travel with their rows
+    original = X.copy()
+    kept = TunedLogisticRegression(holdout_from=1000).fit(X, labels)
+    np.testing.assert_array_equal(X, original)  # copy=True (the default): the caller's rows untouched
+
+    tracemalloc.start()
+    moved = TunedLogisticRegression(holdout_from=1000, copy=False).fit(X, labels)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.5 * X.nbytes  # neither side of the split, nor the rows, copied
+    assert not np.array_equal(X, original)  # reordered in place ...
+    np.testing.assert_array_equal(np.sort(X, axis=0), np.sort(original, axis=0))  # ... the same rows
+    assert moved.C_ == kept.C_
+    np.testing.assert_array_equal(moved.coef_, kept.coef_)  # the same swaps on a copy: the same model
+    np.testing.assert_array_equal(moved.predict(original), kept.predict(original))
+    assert (kept.predict(original) == labels).mean() > 0.9
