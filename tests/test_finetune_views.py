@@ -4,6 +4,7 @@ a changed image gets new views, and a kill while caching keeps the finished view
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -550,3 +551,32 @@ def test_the_views_path_takes_val_data_and_trains_from_scratch_on_pixels(tmp_pat
     assert len(keys) == len(set(keys)) == 9 * 4 + 3
     info = json.loads((tmp_path / "run" / "views.json").read_text())
     assert info["phases"]["center"]["computed_images"] == 12 and info["phases"]["views"]["computed_images"] == 9
+
+
+@pytest.mark.parametrize(
+    "arch,crop",
+    [("timm:convnext_atto", 64), ("timm:vit_xsmall_patch16_clip_224", 32), ("squeezenet1_1", 64), ("resnet18", 64)],
+)
+def test_the_heads_input_after_the_cut_is_the_penultimate_layer(arch, crop):
+    """What ``CenterEmbedding`` reads (the head's input, after the cut, in a copy of the layers as loaded, pooled as
+    ``extract`` pools) is ``extract``'s penultimate node, also for timm's heads and SqueezeNet's convolution."""
+    from embedder.backbones import feature_body, resolve_layers, tokens
+    from embedder.features import pool
+
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = load_backbone(arch, "none", 0, resize=crop, crop=crop).model.eval()
+    trunk, rest = split_at(model, unfrozen_blocks(model, 1)[0], [*block_names(model), head_name(model)])
+    rest = copy.deepcopy(rest).eval()
+    seen = []
+    rest.get_submodule(head_name(model)).register_forward_pre_hook(
+        lambda m, args: seen.append(pool(args[0].float(), "avg", tokens(model)))
+    )
+    x = torch.randn(2, 3, crop, crop)
+    with torch.no_grad():
+        rest(trunk(x))
+        layer = resolve_layers(model, ["penultimate"])[0]
+        want = pool(feature_body(model, [layer])(x)[layer], "avg", tokens(model))
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(seen[0], want, rtol=1e-5, atol=1e-6)
