@@ -438,7 +438,7 @@ def test_the_center_pass_gives_the_extractions_rows_and_the_same_probe(tmp_path)
         assert g.labels.tolist() == w.labels.tolist() and len(g.paths) == (12 if part == "DATA" else 6)
         assert g.features.shape == w.features.shape == (len(g.paths), 512) and np.abs(w.features).max() > 0
         np.testing.assert_allclose(g.features, w.features, rtol=0, atol=2e-3 * np.abs(w.features).max())
-    assert embed.skipped == [] and embed.phase["images"] == 12 and embed.phase["computed_images"] == 12
+    assert embed.skipped == [] and embed.phase.images == 12 and len(set(embed.phase.computed)) == 12
     # the probe: fit on the training rows of each, it predicts the same on the validation and the test images
     classes, views = labeled_part(got["DATA"])
     _, ref = labeled_part(want["DATA"])

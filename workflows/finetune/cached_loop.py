@@ -77,7 +77,7 @@ class ViewEpochs:
     @classmethod
     def maker(cls, config, cache_dir: str | None, out: str, progress: bool = False, center: dict | None = None):
         """``train_loop``'s ``epochs_of``: runs the one-time pass when called, then makes the epochs. ``center``:
-        what the probe's pass over the center views did (``CenterEmbedding.phase``), for ``views.json``."""
+        what the probe's pass over the center views did (``CenterEmbedding.phase.as_dict()``), for ``views.json``."""
 
         def make(trainer: Trainer, train: Part, val: Part, prep, failed: dict[str, str]) -> ViewEpochs:
             return cls.of(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +35,23 @@ def listed_digest(path: str, max_pixels: int) -> str:
         return file_digest(path, max_file_bytes(max_pixels))
     except OSError:
         return ""
+
+
+@dataclass
+class Phase:
+    """The center pass before training (the training and validation images): what ``views.json`` reports."""
+
+    images: int = 0  # files given (listed without an error)
+    computed: list[str] = field(default_factory=list)  # digests of the images whose center was computed now
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "images": self.images,
+            "computed_images": len(set(self.computed)),
+            "seconds": round(self.seconds, 2),
+            "computed": list(self.computed),
+        }
 
 
 class CenterEmbedding:
@@ -75,7 +93,7 @@ class CenterEmbedding:
         self.skipped: list[dict] = []
         self.caches = [self.store.folder]
         self.seconds = 0.0  # the passes over the inputs, features included
-        self.phase = {"images": 0, "computed_images": 0, "seconds": 0.0, "computed": []}  # before training
+        self.phase = Phase()  # before training
 
     def __call__(self, source, part: str) -> Embedded:
         started = time.perf_counter()
@@ -98,10 +116,9 @@ class CenterEmbedding:
         seconds = time.perf_counter() - started
         self.seconds += seconds
         if part != "--test":  # the pass before training (the test images come after it)
-            self.phase["images"] += len(paths)
-            self.phase["computed"] += computed
-            self.phase["computed_images"] = len(set(self.phase["computed"]))
-            self.phase["seconds"] = round(self.phase["seconds"] + seconds, 2)
+            self.phase.images += len(paths)
+            self.phase.computed += computed
+            self.phase.seconds += seconds
         return Embedded(
             listing.source,
             np.array(labels, dtype=str) if any(labels) else None,

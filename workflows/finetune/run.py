@@ -128,7 +128,11 @@ def finetune(
         blocks = unfrozen_blocks(model, t.unfreeze)
     replace_head(model, k, head_init if t.probe_init else None)  # a new module: the views path splits it anew
     run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
-    views = ViewEpochs.maker(config, o.cache_dir, out, progress, center=center.phase) if center is not None else None
+    views = (
+        ViewEpochs.maker(config, o.cache_dir, out, progress, center=center.phase.as_dict())
+        if center is not None
+        else None
+    )
     state = train_loop(
         model,
         blocks,
