@@ -388,6 +388,7 @@ def _written_keys(cache) -> list[tuple[str, str]]:
     return keys
 
 
+@pytest.mark.slow
 def test_the_center_pass_gives_the_extractions_rows_and_the_same_probe(tmp_path):
     """``CenterEmbedding`` (the views path's embedding): the same rows as ``extract`` (paths, labels, digests),
     features within float16 rounding of the extraction's, so a probe fit on them predicts what a probe fit on the
@@ -532,6 +533,7 @@ def test_the_views_path_runs_no_extraction_and_splits_as_the_pixel_path(tmp_path
     )
 
 
+@pytest.mark.slow
 def test_the_views_path_takes_val_data_and_trains_from_scratch_on_pixels(tmp_path):
     """``--val DATA`` on the views path: its images are embedded by the same pass (their centers stored once);
     ``--from-scratch`` trains on pixels beside it."""
