@@ -4,8 +4,12 @@ a changed image gets new views, and a kill while caching keeps the finished view
 
 from __future__ import annotations
 
+import copy
+import csv
 import json
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +33,11 @@ from workflows.finetune import (
     set_train_mode,
     unfrozen_blocks,
 )
+from workflows.finetune.cached_loop import store_settings
+from workflows.finetune.center_pass import CenterEmbedding
 from workflows.finetune.fixed_views import ViewsTransform, crop_box, parse_views
+from workflows.finetune.probe import linear_probe
+from workflows.finetune.split import Embedded, labeled_part, split_rows
 from workflows.finetune.trunk import TrunkStore, split_at
 
 TINY = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0, val_split=0.25)
@@ -279,7 +287,9 @@ def test_kill_9_while_caching_keeps_the_finished_views(tmp_path):
     done = run(tmp_path / "killed-2", tmp_path / "cache")
     assert done.wait(timeout=1500) == 0, done.communicate()
     info = json.loads((tmp_path / "killed-2" / "views.json").read_text())
-    assert info["computed_images"] == 24 - kept
+    # killed in the center pass (24 centers, one part each, before the 18 training images' other views)
+    assert info["phases"]["center"]["computed_images"] == 24 - kept
+    assert info["phases"]["views"]["computed_images"] == 18
     a, _ = _store_of(tmp_path / "whole")
     b, _ = _store_of(tmp_path / "killed-2")
     keys = sorted(a.index)
@@ -368,3 +378,207 @@ def test_the_command_line_trains_on_views_and_a_second_run_reuses_them(tmp_path,
     assert pixels.exit_code == 0, pixels.output
     config = torch.load(tmp_path / "d" / "last.pt", weights_only=True)["config"]
     assert config["augment"] == "flip" and "views" not in config and not (tmp_path / "d" / "views.json").exists()
+
+
+def _written_keys(cache) -> list[tuple[str, str]]:
+    """Every (digest, view) row ever written into the trunk stores under ``cache``, once per write."""
+    keys = []
+    for part in sorted(pathlib.Path(cache, "trunk").glob("*/parts/*.json")):
+        keys += [tuple(k) for k in json.loads(part.read_text())]
+    return keys
+
+
+@pytest.mark.slow
+def test_the_center_pass_gives_the_extractions_rows_and_the_same_probe(tmp_path):
+    """``CenterEmbedding`` (the views path's embedding): the same rows as ``extract`` (paths, labels, digests),
+    features within float16 rounding of the extraction's, so a probe fit on them predicts what a probe fit on the
+    extraction predicts, on validation and test images; test images embedded after the model's head was replaced
+    and its blocks changed (as training does) still get the loaded network's features; each center once."""
+    root, test = tmp_path / "images", tmp_path / "test"
+    write_tree(root, per_class=4)
+    write_tree(test, per_class=2, start=40)
+    loaded = load_backbone("resnet18", "none", 0, resize=72, crop=64)
+    model = loaded.model.eval()
+    embed = CenterEmbedding(
+        model,
+        unfrozen_blocks(model, 1),
+        store_settings("resnet18", "none:seed=0", "fp32"),
+        loaded.preprocessing,
+        cache_dir=str(tmp_path / "cache"),
+        device=torch.device("cpu"),
+        precision="fp32",
+        batch_size=4,
+        workers=0,
+        max_pixels=10**8,
+    )
+    got = {"DATA": embed(str(root), "DATA")}
+    replace_head(model, 3)  # what training does to the model after the pass: the probe's features must not move
+    with torch.no_grad():
+        for p in model.layer4.parameters():
+            p.mul_(-0.5)
+    got["--test"] = embed(str(test), "--test")
+    want = {
+        part: Embedded.of_cache(
+            CacheReader(
+                extract(
+                    str(folder),
+                    backbone="resnet18",
+                    weights="none",
+                    resize=72,
+                    crop=64,
+                    workers=0,
+                    cache_dir=str(tmp_path / "extracted"),
+                ).cache
+            )
+        )
+        for part, folder in (("DATA", root), ("--test", test))
+    }
+    for part in got:
+        g, w = got[part], want[part]
+        assert (g.source, g.paths, g.digests, g.groups) == (w.source, w.paths, w.digests, w.groups)
+        assert g.labels.tolist() == w.labels.tolist() and len(g.paths) == (12 if part == "DATA" else 6)
+        assert g.features.shape == w.features.shape == (len(g.paths), 512) and np.abs(w.features).max() > 0
+        np.testing.assert_allclose(g.features, w.features, rtol=0, atol=2e-3 * np.abs(w.features).max())
+    assert embed.skipped == [] and embed.phase.images == 12 and len(set(embed.phase.computed)) == 12
+    # the probe: fit on the training rows of each, it predicts the same on the validation and the test images
+    classes, views = labeled_part(got["DATA"])
+    _, ref = labeled_part(want["DATA"])
+    train, val = split_rows(ref.y, None, 0.25, 0, classes)
+    probe_views, init_views = linear_probe(views.X[train], views.y[train], 3)
+    probe_ref, init_ref = linear_probe(ref.X[train], ref.y[train], 3)
+    np.testing.assert_allclose(init_views[0], init_ref[0], rtol=0, atol=0.05 * np.abs(init_ref[0]).max())
+    test_views, test_ref = labeled_part(got["--test"], classes)[1], labeled_part(want["--test"], classes)[1]
+    for a, b in ((views.X[val], ref.X[val]), (test_views.X, test_ref.X)):
+        proba = np.sort(probe_ref.predict_proba(b), 1)
+        clear = proba[:, -1] - proba[:, -2] > 0.02  # a near tie may go either way within the rounding
+        assert clear.sum() >= len(b) / 2 and len(set(probe_ref.predict(b).tolist())) > 1
+        assert probe_views.predict(a)[clear].tolist() == probe_ref.predict(b)[clear].tolist()
+        np.testing.assert_allclose(probe_views.predict_proba(a), probe_ref.predict_proba(b), atol=1e-2)
+    # each center computed once: a second pass computes nothing and gives the same rows
+    again = embed(str(root), "DATA")
+    np.testing.assert_array_equal(again.features, got["DATA"].features)
+    keys = _written_keys(tmp_path / "cache")
+    assert len(keys) == len(set(keys)) == 18 and {v for _, v in keys} == {"center"}
+
+
+def _manifest_with_groups(root, path) -> None:
+    """A manifest of every file under ``root``; two images of each class form a group, the others have none."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "group"])
+        for p in sorted(root.rglob("*.*")):
+            rel = p.relative_to(root).as_posix()
+            pair = rel.endswith(("img00.jpg", "img01.png"))
+            writer.writerow([f"{root.name}/{rel}", rel.split("/")[0], f"{rel.split('/')[0]}-pair" if pair else ""])
+
+
+@pytest.mark.slow
+def test_the_views_path_runs_no_extraction_and_splits_as_the_pixel_path(tmp_path):
+    """The same grouped manifest with a bad file, a --test folder with a bad file and a byte copy of a training
+    image (--drop-test-copies), on both paths: the same split.csv (train, val, test), the same skipped files and
+    reasons, the probe's numbers within float16 rounding; the views path writes no extraction cache, computes
+    each (image, view) once, and says so in views.json."""
+    root, test = tmp_path / "images", tmp_path / "test"
+    write_tree(root, per_class=4)
+    (root / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    _manifest_with_groups(root, tmp_path / "data.csv")
+    write_tree(test, per_class=2, start=40)
+    shutil.copy(root / "dogs" / "img01.png", test / "cats" / "copy.png")
+    (test / "owls" / "empty.jpg").write_bytes(b"")
+    run = dict(TINY, test=str(test), drop_test_copies=True, epochs=1, unfreeze=1)
+    results = {
+        augment: finetune(
+            str(tmp_path / "data.csv"),
+            str(tmp_path / augment),
+            augment=augment,
+            cache_dir=str(tmp_path / f"cache-{augment}"),
+            **run,
+        )
+        for augment in ("pixels", "views")
+    }
+    pixels, views = results["pixels"], results["views"]
+    split = (tmp_path / "views" / "split.csv").read_text()
+    assert split == (tmp_path / "pixels" / "split.csv").read_text()
+    rows = list(csv.DictReader(split.splitlines()))
+    sides = {part: sum(r["part"] == part for r in rows) for part in ("train", "val", "test")}
+    assert (
+        sides["train"] + sides["val"] == 12
+        and sides["test"] == 6
+        and "groups kept on one side" in views.config["validation"]
+    )
+    assert [(s["path"], s["reason"], s["part"]) for s in views.skipped] == [
+        (s["path"], s["reason"], s["part"]) for s in pixels.skipped
+    ]
+    assert {s["part"] for s in views.skipped} == {"DATA", "--test"} and len(views.skipped) == 2
+    assert views.test_dropped == pixels.test_dropped == ["cats/copy.png"]
+    probe = {name: r.comparison[0] for name, r in results.items()}
+    start = {name: r.history[0] for name, r in results.items()}  # the head as the probe left it
+    for (a, b), key, n in (
+        ((probe["views"], probe["pixels"]), "val", sides["val"]),
+        ((probe["views"], probe["pixels"]), "test", 6),
+        ((start["views"], start["pixels"]), "val", sides["val"]),
+    ):
+        loss = "log_loss" if "test_accuracy" in a else "loss"
+        assert a[f"{key}_{loss}"] == pytest.approx(b[f"{key}_{loss}"], rel=2e-2), key
+        assert abs(a[f"{key}_accuracy"] - b[f"{key}_accuracy"]) <= 1 / n + 1e-9, key  # a near tie may flip
+    assert list((tmp_path / "cache-pixels").rglob("*.h5")) and not list((tmp_path / "cache-views").rglob("*.h5"))
+    keys = _written_keys(tmp_path / "cache-views")
+    assert len(keys) == len(set(keys)) == sides["train"] * 4 + sides["val"] + 6  # the copy's center: there already
+    info = json.loads((tmp_path / "views" / "views.json").read_text())
+    assert info["probe_from"] == "views pass" and info["computed_images"] == 12
+    assert info["phases"]["center"]["images"] == 13 and info["phases"]["center"]["computed_images"] == 12
+    assert info["phases"]["views"]["computed_images"] == sides["train"]
+    assert info["seconds"] == pytest.approx(
+        info["phases"]["center"]["seconds"] + info["phases"]["views"]["seconds"], abs=0.02
+    )
+
+
+@pytest.mark.slow
+def test_the_views_path_takes_val_data_and_trains_from_scratch_on_pixels(tmp_path):
+    """``--val DATA`` on the views path: its images are embedded by the same pass (their centers stored once);
+    ``--from-scratch`` trains on pixels beside it."""
+    root, val = tmp_path / "images", tmp_path / "val"
+    write_tree(root, per_class=3)
+    write_tree(val, per_class=1, start=60)
+    result = finetune(str(root), str(tmp_path / "run"), val=str(val), from_scratch=True, epochs=1, **VIEWS)
+    split = list(csv.DictReader((tmp_path / "run" / "split.csv").read_text().splitlines()))
+    assert sum(r["part"] == "val" for r in split) == 3 and all(
+        r["path"].startswith(str(val)) for r in split if r["part"] == "val"
+    )
+    assert result.config["validation"] == f"--val {val}" and len(result.comparison) == 3
+    assert result.comparison[2]["val_accuracy"] is not None
+    scratch = torch.load(tmp_path / "run" / "scratch" / "last.pt", weights_only=True)["config"]
+    assert scratch["augment"] == "flip" and not (tmp_path / "run" / "scratch" / "views.json").exists()
+    keys = _written_keys(tmp_path / "cache")
+    assert len(keys) == len(set(keys)) == 9 * 4 + 3
+    info = json.loads((tmp_path / "run" / "views.json").read_text())
+    assert info["phases"]["center"]["computed_images"] == 12 and info["phases"]["views"]["computed_images"] == 9
+
+
+@pytest.mark.parametrize(
+    "arch,crop",
+    [("timm:convnext_atto", 64), ("timm:vit_xsmall_patch16_clip_224", 32), ("squeezenet1_1", 64), ("resnet18", 64)],
+)
+def test_the_heads_input_after_the_cut_is_the_penultimate_layer(arch, crop):
+    """What ``CenterEmbedding`` reads (the head's input, after the cut, in a copy of the layers as loaded, pooled as
+    ``extract`` pools) is ``extract``'s penultimate node, also for timm's heads and SqueezeNet's convolution."""
+    from embedder.backbones import feature_body, resolve_layers, tokens
+    from embedder.features import pool
+
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = load_backbone(arch, "none", 0, resize=crop, crop=crop).model.eval()
+    trunk, rest = split_at(model, unfrozen_blocks(model, 1)[0], [*block_names(model), head_name(model)])
+    rest = copy.deepcopy(rest).eval()
+    seen = []
+    rest.get_submodule(head_name(model)).register_forward_pre_hook(
+        lambda m, args: seen.append(pool(args[0].float(), "avg", tokens(model)))
+    )
+    x = torch.randn(2, 3, crop, crop)
+    with torch.no_grad():
+        rest(trunk(x))
+        layer = resolve_layers(model, ["penultimate"])[0]
+        want = pool(feature_body(model, [layer])(x)[layer], "avg", tokens(model))
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(seen[0], want, rtol=1e-5, atol=1e-6)

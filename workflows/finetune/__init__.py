@@ -2,7 +2,8 @@
 score it fairly against the frozen linear probe (and, on request, the same network trained from scratch).
 
 The images are first embedded into the cache like any ``extract`` (penultimate layer, the weights'
-preprocessing). That gives, at no extra decoding cost later: the list of good images (bad files are skipped and
+preprocessing; with ``--augment views``, by the views pass instead, the same rows without an extraction:
+``center_pass``). That gives, at no extra decoding cost later: the list of good images (bad files are skipped and
 reported there), the linear-probe baseline (the zoo's ``logreg``), and the head's initialization (the probe's
 weights, standardization folded in). Training then decodes images again, since every epoch sees another random
 crop. The epoch and early stopping are chosen on validation images; ``test`` images, when given, are embedded and
@@ -14,7 +15,9 @@ which ``extract --weights`` and ``predict --head`` take like any checkpoint.
 
 The parts: ``options`` (what a run is asked, checked before anything is done), ``surgery`` (blocks, freezing, BatchNorm, the head), ``probe`` (the baseline and the head's start),
 ``split`` (embedding, groups, train/val/test kept apart), ``loop`` (training, evaluation, checkpoints),
-``report`` (comparison rows, logs, report files), ``run`` (``finetune``, all of it in order).
+``report`` (comparison rows, logs, report files), ``run`` (``finetune``, all of it in order); for ``--augment
+views``: ``fixed_views``, ``trunk`` (the cut and the store of its rows), ``center_pass`` (the probe's features from
+the pass), ``cached_loop`` (the epochs on the stored rows).
 
 The names below are imported on first use, so that the command line can build ``FinetuneOptions`` without torch.
 """

@@ -35,6 +35,11 @@ def cut_of(model: nn.Module, blocks: list[str]) -> str:
     return blocks[0] if blocks else head_name(model)
 
 
+def store_settings(backbone: str, weights: str, precision: str) -> dict:
+    """What the trunk's rows depend on besides the preprocessing and the cut (``weights``: their identity)."""
+    return {"backbone": backbone, "weights": weights, "precision": precision}
+
+
 def trunk_store(model: nn.Module, blocks: list[str], settings: dict, prep, cache_dir: str | None):
     """The split model and the store of its trunk's outputs, keyed by the backbone ``settings`` (backbone, weights'
     identity, precision), the preprocessing and the cut."""
@@ -67,15 +72,25 @@ class ViewEpochs:
     y_train: np.ndarray
     val_where: np.ndarray  # (part, row) of the center view of each readable validation image
     y_val: np.ndarray
-    seconds_before: float  # the one-time pass
+    seconds_before: float  # the one-time pass (the views the probe's center pass did not store)
 
     @classmethod
-    def maker(cls, config, cache_dir: str | None, out: str, progress: bool = False):
-        """``train_loop``'s ``epochs_of``: runs the one-time pass when called, then makes the epochs."""
+    def maker(cls, config, cache_dir: str | None, out: str, progress: bool = False, center: dict | None = None):
+        """``train_loop``'s ``epochs_of``: runs the one-time pass when called, then makes the epochs. ``center``:
+        what the probe's pass over the center views did (``CenterEmbedding.phase.as_dict()``), for ``views.json``."""
 
         def make(trainer: Trainer, train: Part, val: Part, prep, failed: dict[str, str]) -> ViewEpochs:
             return cls.of(
-                trainer, train, val, prep, failed, config=config, cache_dir=cache_dir, out=out, progress=progress
+                trainer,
+                train,
+                val,
+                prep,
+                failed,
+                config=config,
+                cache_dir=cache_dir,
+                out=out,
+                progress=progress,
+                center=center,
             )
 
         return make
@@ -93,13 +108,15 @@ class ViewEpochs:
         cache_dir,
         out: str,
         progress: bool = False,
+        center: dict | None = None,
     ) -> ViewEpochs:
         """The pass: every view of the training images, the center view of the validation images (what is in the
-        store already is reused); ``OUT/views.json`` says what was done."""
+        store already is reused: the centers the probe's pass stored); ``OUT/views.json`` says what was done."""
         c, model = trainer.options, trainer.model
         views = parse_views(c.views)
-        settings = {"backbone": config.backbone, "weights": config.weights, "precision": c.precision}
-        trunk, rest, store = trunk_store(model, trainer.blocks, settings, prep, cache_dir)
+        trunk, rest, store = trunk_store(
+            model, trainer.blocks, store_settings(config.backbone, config.weights, c.precision), prep, cache_dir
+        )
         started = time.perf_counter()
         model.eval()
         run = dict(
@@ -113,6 +130,7 @@ class ViewEpochs:
         done_train, bad = fill(store, trunk, train.paths, train.digests, views, prep, **run)
         done_val, bad_val = fill(store, trunk, val.paths, val.digests, ("center",), prep, **run)
         seconds = time.perf_counter() - started
+        extra = {"images": len(train) + len(val), "computed_images": len(set(done_train + done_val))}
         bad.update(bad_val)
         failed.update(bad)
         ok_train = np.array([p not in bad for p in train.paths], dtype=bool)
@@ -129,8 +147,13 @@ class ViewEpochs:
             "cut": store.settings["cut"],
             "row_shape": list(store.shape or ()),
             "dtype": "float16",
-            "computed_images": done_train + done_val,
-            "seconds": round(seconds, 2),
+            "computed_images": len(set(done_train + done_val) | set(center["computed"] if center else ())),
+            "seconds": round(seconds + (center["seconds"] if center else 0.0), 2),
+            "phases": {
+                **({"center": {k: v for k, v in center.items() if k != "computed"}} if center else {}),
+                "views": {**extra, "seconds": round(seconds, 2)},
+            },
+            **({"probe_from": "views pass"} if center else {}),
             "failed": bad,
         }
         os.makedirs(out, exist_ok=True)

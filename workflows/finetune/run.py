@@ -1,5 +1,7 @@
 """A whole fine-tuning run: embed and split the data, fit the probe, train the network (and, on request, the same
-one from scratch), then, only after training, score every model on the ``--test`` images, and write the report."""
+one from scratch), then, only after training, score every model on the ``--test`` images, and write the report.
+The pixel path embeds with ``extract``; the views path takes the probe's features from its views pass
+(``center_pass``), so the frozen trunk runs once per image and view, and never a second time for the probe."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from embedder.batches import default_workers
 from embedder.features import autocast_for, resolve_device
 from embedder.versions import library_versions
 
-from .cached_loop import ViewEpochs
+from .cached_loop import ViewEpochs, store_settings
+from .center_pass import CenterEmbedding
 from .loop import TrainingConfig, evaluate_images, load_best, train_loop
 from .options import FinetuneOptions
 from .probe import linear_probe
@@ -70,35 +73,49 @@ def finetune(
     dev = resolve_device(o.device)
     autocast_for(dev, t.precision)
     spec = resolve_weights(o.backbone, o.weights, t.seed)
-    embedding = Embedding(
-        dict(
-            backbone=o.backbone,
-            weights=spec.path if spec.kind == "file" else o.weights,
-            seed=t.seed,
-            resize=o.resize,
-            crop=o.crop,
-            draft=o.draft,
-            layers=["penultimate"],
-            device=o.device,
-            batch_size=t.batch_size,
-            workers=t.workers,
-            max_pixels=o.max_pixels,
+    embedding: Embedding | CenterEmbedding
+    center: CenterEmbedding | None = (
+        None  # the views path: the probe's features come from the views pass (center_pass), no extraction
+    )
+    if t.augment == "views":
+        prep, model = _load(o, spec)
+        model.to(dev)
+        blocks = unfrozen_blocks(model, t.unfreeze)
+        embedding = center = CenterEmbedding(
+            model,  # before its head is replaced: the probe's features are the loaded network's
+            blocks,
+            store_settings(o.backbone, spec.identity, t.precision),
+            prep,
             cache_dir=o.cache_dir,
+            device=dev,
+            precision=t.precision,
+            batch_size=t.batch_size,
+            workers=default_workers(dev.type) if t.workers is None else t.workers,
+            max_pixels=o.max_pixels,
             progress=progress,
         )
-    )
+    else:
+        embedding = Embedding(
+            dict(
+                backbone=o.backbone,
+                weights=spec.path if spec.kind == "file" else o.weights,
+                seed=t.seed,
+                resize=o.resize,
+                crop=o.crop,
+                draft=o.draft,
+                layers=["penultimate"],
+                device=o.device,
+                batch_size=t.batch_size,
+                workers=t.workers,
+                max_pixels=o.max_pixels,
+                cache_dir=o.cache_dir,
+                progress=progress,
+            )
+        )
     data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
     dropped = check_test_apart(o.test, data, o.drop_test_copies) if o.test is not None else []
     k = len(data.classes)
-    config = TrainingConfig(
-        backbone=o.backbone,
-        weights=spec.identity,
-        options=t,
-        classes=tuple(data.classes),
-        train_images=len(data.train),
-        val_images=len(data.val),
-        validation=data.how,
-    )
+    config = _config(o, spec, data.classes, len(data.train), len(data.val), data.how)
     os.makedirs(out, exist_ok=True)
     write_split({"train": data.train, "val": data.val}, data.classes, os.path.join(out, "split.csv"))
 
@@ -106,12 +123,16 @@ def finetune(
     probe, head_init = linear_probe(data.train.X, data.train.y, k, t.seed)
     probe_seconds = time.perf_counter() - started + data.embed_seconds  # embedding included when done now
 
-    loaded = load_backbone(o.backbone, spec, resize=o.resize, crop=o.crop, draft=o.draft)
-    prep, model = loaded.preprocessing, loaded.model
-    blocks = unfrozen_blocks(model, t.unfreeze)
-    replace_head(model, k, head_init if t.probe_init else None)
+    if center is None:
+        prep, model = _load(o, spec)
+        blocks = unfrozen_blocks(model, t.unfreeze)
+    replace_head(model, k, head_init if t.probe_init else None)  # a new module: the views path splits it anew
     run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
-    views = ViewEpochs.maker(config, o.cache_dir, out, progress) if t.augment == "views" else None
+    views = (
+        ViewEpochs.maker(config, o.cache_dir, out, progress, center=center.phase.as_dict())
+        if center is not None
+        else None
+    )
     state = train_loop(
         model,
         blocks,
@@ -178,7 +199,9 @@ def finetune(
     comparison = [
         comparison_row(
             "frozen linear probe",
-            "logistic regression on the cached features (the zoo's logreg)",
+            "logistic regression on the cached features (the zoo's logreg)"
+            if center is None
+            else "logistic regression on the center view's features from the views pass (the zoo's logreg)",
             _probe_scores(probe, data.val, k),
             tests.get("probe"),
             probe_seconds,
@@ -230,6 +253,24 @@ def finetune(
     )
     result.files = write_run_report(result, prep, library_versions())
     return result
+
+
+def _load(o: FinetuneOptions, spec):
+    """The backbone with its own head, and its preprocessing."""
+    loaded = load_backbone(o.backbone, spec, resize=o.resize, crop=o.crop, draft=o.draft)
+    return loaded.preprocessing, loaded.model
+
+
+def _config(o: FinetuneOptions, spec, classes, train_images: int, val_images: int, how: str) -> TrainingConfig:
+    return TrainingConfig(
+        backbone=o.backbone,
+        weights=spec.identity,
+        options=o.training,
+        classes=tuple(classes),
+        train_images=train_images,
+        val_images=val_images,
+        validation=how,
+    )
 
 
 def _flat(options: FinetuneOptions | None) -> dict:

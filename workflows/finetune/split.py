@@ -1,5 +1,7 @@
-"""The data of a run: the images embedded once into the cache (their frozen features are the probe's input),
-split into training and validation, and kept apart from the test images.
+"""The data of a run: the images embedded once (their frozen features are the probe's input), split into training
+and validation, and kept apart from the test images. ``Embedding`` embeds them with ``extract`` into the cache (the
+pixel path); ``center_pass.CenterEmbedding`` takes them from the views pass (``--augment views``): both give an
+``Embedded``, the rows ``labeled_part`` reads.
 
 Groups (a patient, a camera: the manifest's third column) never straddle two sides: ``--val-split`` keeps each
 group on one side (a row without a group is a group of its own), an explicit ``--val`` or ``--test`` that shares a
@@ -54,6 +56,30 @@ class Data:
     embed_seconds: float = 0.0  # embedding in this run (0 when the caches were there already)
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """The good rows of one embedded input, in the input's order (files that failed left out), as a cache holds
+    them: what ``labeled_part`` reads, whichever pass made them."""
+
+    source: str  # the listing's source (``classes:/abs/folder``): names the input in messages
+    labels: np.ndarray | None  # class name per row ("" for an unlabelled row); None when no row has one
+    paths: list[str]  # full paths
+    features: np.ndarray  # the frozen penultimate features, rows x D float32
+    groups: list[str]  # the manifest's group per row, "" for none
+    digests: list[str]  # content digests, as decoding records them
+
+    @classmethod
+    def of_cache(cls, reader: CacheReader) -> Embedded:
+        return cls(
+            reader.attrs["source"],
+            reader.labels,
+            reader.full_paths(),
+            reader.features(),
+            [str(g) for g in reader.rows["group"]],
+            [str(d) for d in reader.rows["digest"]],
+        )
+
+
 class Embedding:
     """``extract`` with the run's settings, remembering the caches, skipped files and seconds it took."""
 
@@ -63,34 +89,34 @@ class Embedding:
         self.caches: list[str] = []
         self.seconds = 0.0
 
-    def __call__(self, source, part: str) -> CacheReader:
+    def __call__(self, source, part: str) -> Embedded:
         summary = extract(source, **self.settings)
         self.seconds += summary.seconds if summary.embedded else 0.0
         self.skipped += [{"path": f["path"], "reason": f["reason"], "part": part} for f in summary.failed]
         self.caches.append(summary.cache)
-        return CacheReader(summary.cache)
+        return Embedded.of_cache(CacheReader(summary.cache))
 
 
 def labeled_part(
-    reader: CacheReader, classes: list[str] | None = None, role: str = "validation"
+    embedded: Embedded, classes: list[str] | None = None, role: str = "validation"
 ) -> tuple[list[str], Part]:
-    """The labelled rows of a cache as a Part; ``classes`` (the training classes) must cover its labels."""
-    labels = reader.labels
+    """The labelled rows of an embedded input as a Part; ``classes`` (the training classes) must cover its labels."""
+    labels = embedded.labels
     if labels is None:
-        raise FeaturebankError(f"{reader.attrs['source']} has no labels: fine-tuning needs class folders or a manifest")
+        raise FeaturebankError(f"{embedded.source} has no labels: fine-tuning needs class folders or a manifest")
     keep = np.flatnonzero(labels != "")
     classes = classes or sorted(set(labels[keep].tolist()))
     unknown = sorted(set(labels[keep].tolist()) - set(classes))
     if unknown:
         raise FeaturebankError(f"{role} classes not in the training data: {', '.join(unknown[:10])}")
     index = {c: i for i, c in enumerate(classes)}
-    full = reader.full_paths()
+    full = embedded.paths
     return classes, Part(
         [full[i] for i in keep],
         np.array([index[labels[i]] for i in keep], dtype=np.int64),
-        reader.features()[keep],
-        [str(reader.rows["group"][i]) for i in keep],
-        [str(reader.rows["digest"][i]) for i in keep],
+        embedded.features[keep],
+        [embedded.groups[i] for i in keep],
+        [embedded.digests[i] for i in keep],
     )
 
 
@@ -151,8 +177,9 @@ def _refuse_shared_groups(train: Part, other: Part, option: str) -> None:
         )
 
 
-def prepare_data(train, val, val_split: float, seed: int, embedding: Embedding) -> Data:
-    """Embed the training (and validation) images once into the cache, then split them."""
+def prepare_data(train, val, val_split: float, seed: int, embedding) -> Data:
+    """Embed the training (and validation) images once (``embedding``: an ``Embedding``, or the views path's
+    ``CenterEmbedding``), then split them."""
     classes, data = labeled_part(embedding(train, "DATA"))
     if len(classes) < 2:
         raise FeaturebankError(f"only one class ({classes[0]}): fine-tuning needs at least two")
@@ -214,8 +241,8 @@ def check_test_apart(test, data: Data, drop_copies: bool = False) -> list[str]:
     return copies
 
 
-def embed_test(test, classes: list[str], embedding: Embedding, data: Data) -> Part:
-    """After training: the labelled test images, embedded into their own cache, without those whose bytes equal a
+def embed_test(test, classes: list[str], embedding, data: Data) -> Part:
+    """After training: the labelled test images, embedded by ``embedding`` (into their own cache), without those whose bytes equal a
     training or validation image (``check_test_apart`` refused them unless they were to be dropped)."""
     part = labeled_part(embedding(test, "--test"), classes, role="test")[1]
     seen = {d for side in (data.train, data.val) for d in side.digests if d}

@@ -8,7 +8,8 @@ epoch runs only the unfrozen blocks and the head.
   like extraction's parts: each batch is one ``.npy`` plus its ``.json`` list of keys, each written to a temporary
   name and renamed, the list last, so that a kill keeps every finished batch and never a half one; a changed file
   has another digest, so its views are computed again.
-- ``fill``: the missing rows of some images, a batch of images at a time (memory bounded by the batch).
+- ``fill``: the missing rows of some images (only the views each lacks), a batch of images at a time (memory
+  bounded by the batch).
 """
 
 from __future__ import annotations
@@ -206,46 +207,63 @@ def fill(
     workers: int | None,
     max_pixels: int,
     progress: bool = False,
-) -> tuple[int, dict[str, str]]:
-    """Compute the missing views of ``paths`` (their digests as the cache recorded them) into ``store``, a batch of
-    images at a time. Returns the number of images computed and ``{path: reason}`` of those that could not be (a
-    file that fails to decode, or whose bytes changed since they were embedded)."""
-    todo = [i for i, d in enumerate(digests) if any((d, v) not in store for v in views)]
+) -> tuple[list[str], dict[str, str]]:
+    """Compute the missing views of ``paths`` (their digests as recorded before) into ``store``, a batch of images
+    at a time: only the views an image lacks (the center view the probe's pass stored is not computed again).
+    Returns the digests of the images computed and ``{path: reason}`` of those that could not be (a file that
+    fails to decode, or whose bytes changed since their digest was taken)."""
+    lacking: dict[tuple[str, ...], list[int]] = {}  # the views missing → the images that miss exactly those
+    for i, d in enumerate(digests):
+        missing = tuple(v for v in views if (d, v) not in store)
+        if missing:
+            lacking.setdefault(missing, []).append(i)
+    computed: list[str] = []
     failed: dict[str, str] = {}
-    if not todo:
-        return 0, failed
-    views_of = cast(Preprocessing, ViewsTransform(prep, views))  # shaped like one: draft_size, to_array
-    dataset = ImageDataset([paths[i] for i in todo], views_of, max_pixels)
-    chunk = batch_size * (GPU_CHUNK if device.type == "cuda" else 1)  # view-images per forward
-    computed = 0
+    if not lacking:
+        return computed, failed
     bar = tqdm(
-        total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True, desc="frozen trunk"
+        total=sum(len(todo) for todo in lacking.values()),
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        desc="frozen trunk",
     )
     with bar:
-        for batch in batches(dataset, batch_size, workers, device_type=device.type):
-            for i, reason, _ in batch.failures:
-                failed[paths[todo[i]]] = reason
-            keep = [j for j, (i, d) in enumerate(zip(batch.indices, batch.digests)) if d == digests[todo[i]]]
-            for j, i in enumerate(batch.indices):
-                if j not in keep:
-                    failed[paths[todo[i]]] = "the file changed since it was embedded: run again"
-            bar.update(len(batch.indices) + len(batch.failures))
-            if not keep:
-                continue
-            images = torch.as_tensor(batch.images[keep]).flatten(0, 1)  # image-major: image 0's views first
-            outs = []
-            for start in range(0, len(images), chunk):
-                x = prep.normalize(images[start : start + chunk].to(device))
-                with autocast:
-                    outs.append(trunk(x).float().cpu())
-            exact = torch.cat(outs)
-            rows = exact.to(torch.float16)
-            lost = int(((rows == 0) & (exact != 0)).sum())  # values below float16's smallest: flushed to zero
-            if not torch.isfinite(rows).all() or lost > 0.01 * max(int((exact != 0).sum()), 1):
-                raise FeaturebankError(
-                    "the frozen trunk's output does not fit in float16 (values too large or too small): "
-                    "use --augment pixels"
-                )
-            store.write([(batch.digests[j], v) for j in keep for v in views], rows.numpy())
-            computed += len(keep)
+        for missing, todo in lacking.items():
+            dataset = ImageDataset(
+                [paths[i] for i in todo], cast(Preprocessing, ViewsTransform(prep, missing)), max_pixels
+            )
+            for batch in batches(dataset, batch_size, workers, device_type=device.type):
+                for i, reason, _ in batch.failures:
+                    failed[paths[todo[i]]] = reason
+                keep = [j for j, (i, d) in enumerate(zip(batch.indices, batch.digests)) if d == digests[todo[i]]]
+                for j, i in enumerate(batch.indices):
+                    if j not in keep:
+                        failed[paths[todo[i]]] = "the file changed since it was listed: run again"
+                bar.update(len(batch.indices) + len(batch.failures))
+                if keep:
+                    rows = _trunk_rows(trunk, torch.as_tensor(batch.images[keep]), prep, device, autocast, batch_size)
+                    store.write([(batch.digests[j], v) for j in keep for v in missing], rows)
+                    computed += [batch.digests[j] for j in keep]
     return computed, failed
+
+
+def _trunk_rows(trunk, images: torch.Tensor, prep, device: torch.device, autocast, batch_size: int) -> np.ndarray:
+    """The trunk's float16 rows of ``images`` (images x views x 3 x H x W uint8), image-major: image 0's views
+    first. Refused in one line when they do not fit in float16."""
+    chunk = batch_size * (GPU_CHUNK if device.type == "cuda" else 1)  # view-images per forward
+    flat = images.flatten(0, 1)
+    outs = []
+    for start in range(0, len(flat), chunk):
+        x = prep.normalize(flat[start : start + chunk].to(device))
+        with autocast:
+            outs.append(trunk(x).float().cpu())
+    exact = torch.cat(outs)
+    rows = exact.to(torch.float16)
+    lost = int(((rows == 0) & (exact != 0)).sum())  # values below float16's smallest: flushed to zero
+    if not torch.isfinite(rows).all() or lost > 0.01 * max(int((exact != 0).sum()), 1):
+        raise FeaturebankError(
+            "the frozen trunk's output does not fit in float16 (values too large or too small): use --augment pixels"
+        )
+    return rows.numpy()
