@@ -232,7 +232,8 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
     if out:
         writable_folder(out, "the report")  # before the folds, not after them
     say = lambda line: click.echo(line, err=True)  # noqa: E731
-    report = cross_validate(list(caches), progress=not quiet and sys.stderr.isatty(), say=say, **o.keywords())
+    progress, extras = not quiet and sys.stderr.isatty(), "out" if out else "report"
+    report = cross_validate(list(caches), extras=extras, progress=progress, say=say, **o.keywords())
     data = report_dict(report, suspicious)
     files = write_report(report, out, suspicious, data) if out else {}
     emit(data, as_json, lambda d: cv_text(d, files))

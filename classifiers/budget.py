@@ -1,5 +1,6 @@
-"""What a ``cv`` run without ``-c`` fits in its time budget: each entry's estimated seconds over every (cache, layer,
-fold) from its cost model (``cost``); in the zoo's order (the linear probe first) each entry that still fits the rest
+"""What a ``cv`` run without ``-c`` fits in its time budget: the report's own work after the folds (the neighbour
+search, the map) first, then each entry's estimated seconds over every (cache, layer, fold) from its cost model
+(``cost``); in the zoo's order (the linear probe first) each entry that still fits the rest
 of the budget is in, and an exact entry that does not fit gives way to its approximate stand-in (``rbf-svm~nystroem`` for ``rbf-svm``) when that one fits. An
 explicit list is never cut: it is run whole, with a warning when its estimate is over the budget. Either way the
 plan says in one line what it left out, what stands in, and why."""
@@ -8,10 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import cost
 from .cost import Shape, duration
 from .registry import default_classifiers, get_spec, list_classifiers, parse_spec, search_grid
 
-# Entries registered before the cost model whose own registration does not carry one (kept in one place here).
+
+def extras_estimate(n: int, d: int, neighbours: bool = True, drawn_map: bool = False, reference: int = 20_000) -> float:
+    """Seconds (on the calibration machine) of what the report adds after the folds, charged to the same budget:
+    the neighbour search of the outliers and label issues (exact among ``n`` rows: ``n²·d/2``; beyond
+    ``reference`` rows, ``n·reference·d``) and, with ``--out``, the map (t-SNE of at most 2,000 rows: about a
+    constant). Pass False for what is kept beside the cache already (``extras.kept``)."""
+    seconds = 0.0
+    if neighbours:
+        seconds += cost.NEIGHBOURS * n * d * (n / 2 if n <= reference else reference)
+    if drawn_map:
+        seconds += cost.MAP
+    return seconds
 
 
 def estimate(spec: str, shape: Shape, search: bool = False, inner_folds: int = 3) -> float | None:
@@ -45,6 +58,7 @@ class Plan:
     explicit: bool
     left_out: dict[str, float] = field(default_factory=dict)
     stand_ins: dict[str, str] = field(default_factory=dict)
+    extras: float = 0.0  # the report's neighbour search and map, estimated (scaled), out of the same budget
 
     @property
     def total(self) -> float:
@@ -53,14 +67,17 @@ class Plan:
     @property
     def worth_saying(self) -> bool:
         """A run without ``-c`` says its plan (the budget, what it left out); an explicit list only when it is over."""
-        return not self.explicit or (self.budget is not None and self.total > self.budget)
+        return not self.explicit or (self.budget is not None and self.total + self.extras > self.budget)
 
     @property
     def message(self) -> str:
         limit = f"--budget {duration(self.budget)}" if self.budget is not None else "no --budget"
-        head = f"cv: {len(self.classifiers)} classifier(s), about {duration(self.total)} of fitting estimated ({limit})"
+        head = f"cv: {len(self.classifiers)} classifier(s), about {duration(self.total)} of fitting estimated"
+        if self.extras >= 1:
+            head += f" and {duration(self.extras)} for the report's neighbour search and map"
+        head += f" ({limit})"
         if self.explicit:
-            if self.budget is not None and self.total > self.budget:
+            if self.budget is not None and self.total + self.extras > self.budget:
                 return f"warning: {head}, over the budget; running every -c entry as asked"
             return head
         said = []
@@ -69,7 +86,7 @@ class Plan:
                 "left out, over the budget: "
                 + ", ".join(f"{n} (about {duration(s)})" for n, s in self.left_out.items())
             )
-            if self.total > (self.budget or 0.0):
+            if self.total + self.extras > (self.budget or 0.0):
                 said.append(f"nothing fits: running the cheapest, {self.classifiers[0]}")
         said += [f"{a} stands in for {e} (approximate, named as such)" for a, e in self.stand_ins.items()]
         unknown = [c for c in self.classifiers if self.seconds[c] is None]
@@ -85,6 +102,7 @@ class Plan:
         return {
             "budget_seconds": self.budget,
             "estimated_seconds": {k: None if v is None else round(v, 1) for k, v in self.seconds.items()},
+            "extras_estimated_seconds": round(self.extras, 1),
             "classifiers": self.classifiers,
             "left_out": {k: round(v, 1) for k, v in self.left_out.items()},
             "stand_ins": self.stand_ins,
@@ -100,9 +118,11 @@ def plan(
     speed: float = 1.0,
     search: bool = False,
     inner_folds: int = 3,
+    extras: float = 0.0,
 ) -> Plan:
-    """The run's entries. ``classifiers``: an explicit list (kept whole) or None (the default entries, cut to the
-    budget); ``shapes``: one per (cache, layer, fold) the run fits; ``speed``: ``cost.machine_speed()``."""
+    """The run's entries. ``classifiers``: an explicit list (kept whole) or None (the default entries, cut to what
+    the budget leaves after ``extras``, the report's work: ``extras_estimate``); ``shapes``: one per (cache, layer,
+    fold) the run fits; ``speed``: ``cost.machine_speed()``."""
     explicit = bool(classifiers)
     wanted = list(classifiers) if explicit else default_classifiers()
     candidates = wanted if explicit else wanted + [n for n in list_classifiers() if n not in wanted]
@@ -113,10 +133,11 @@ def plan(
         return speed * sum(known) if len(known) == len(parts) else None
 
     seconds = {spec: total(spec) for spec in candidates}
+    extras *= speed
     if explicit or budget is None:
-        return Plan(wanted, {c: seconds[c] for c in wanted}, budget, speed, explicit)
+        return Plan(wanted, {c: seconds[c] for c in wanted}, budget, speed, explicit, extras=extras)
     stand_in = {get_spec(n).stands_in_for: n for n in candidates if get_spec(n).stands_in_for}
-    chosen, left_out, stand_ins, spent = [], {}, {}, 0.0
+    chosen, left_out, stand_ins, spent = [], {}, {}, extras
     for spec in wanted:  # in the zoo's order, the linear probe first; no estimate: kept
         s = seconds[spec] or 0.0
         if spent + s <= budget:
@@ -136,7 +157,7 @@ def plan(
         stand_ins.clear()
     order = {c: i for i, c in enumerate(wanted)}
     chosen.sort(key=lambda c: order.get(c, order.get(stand_ins.get(c, ""), len(order))))
-    return Plan(chosen, {c: seconds[c] for c in chosen}, budget, speed, False, left_out, stand_ins)
+    return Plan(chosen, {c: seconds[c] for c in chosen}, budget, speed, False, left_out, stand_ins, extras)
 
 
-__all__ = ["Plan", "estimate", "plan"]
+__all__ = ["Plan", "estimate", "extras_estimate", "plan"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from embedder.errors import FeaturebankError
 
-DEFAULT_BUDGET = 15 * 60.0  # seconds of estimated fitting, over every (cache, layer, classifier, fold)
+DEFAULT_BUDGET = 15 * 60.0  # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras
 PROBE_SECONDS = 0.4542  # the probe below on the calibration machine (2 cores, loaded: see benchmarks/cost_model.py)
 
 # Seconds per unit of each formula, measured by benchmarks/cost_model.py (2-core machine, shared; one run).
@@ -33,6 +33,7 @@ CUBIC = 2.1e-8  # per d³ (an eigendecomposition, a solve)
 GRAM = 2.4e-9  # per n·d² (ridge's two passes, LDA's covariance)
 NEIGHBOURS = 5.8e-10  # per n·t·d (brute force)
 FOREST = 3.2e-7  # per tree·n·log2(n)·√d
+MAP = 60.0  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds
 
 
 @dataclass(frozen=True)

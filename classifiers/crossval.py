@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from embedder.errors import FeaturebankError, first_line
 
-from .budget import Plan, estimate, plan
+from .budget import Plan, estimate, extras_estimate, plan
 from .cluster import layer_tasks, on_cluster
 from .cost import DEFAULT_BUDGET, Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
-from .extras import neighbours_of
+from .extras import kept, neighbours_of
 from .folds import fit_grouped, inner_splitter
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
 from .neighbours import NEIGHBOURS, REFERENCE
@@ -349,6 +349,7 @@ def cross_validate(
     n_jobs: int = 1,
     scheduler: str | None = None,
     budget: str | float | None = DEFAULT_BUDGET,
+    extras: str | None = "report",
     progress: bool = False,
     say=None,
 ) -> CVReport:
@@ -357,7 +358,9 @@ def cross_validate(
     ``cache``: one cache, or a list of caches of the same images (see ``sources``), all ranked on the first cache's
     folds. ``groups``: None uses the cache's groups when it has some. ``scheduler``: the address of a Dask scheduler
     that runs every (layer, classifier, fold) fit (``n_jobs`` is then the cluster's). ``budget``: seconds or a
-    duration (``"15m"``, ``"none"``) of estimated fitting; ``say``: called with the plan's one line before any fit
+    duration (``"15m"``, ``"none"``) of estimated work, out of which ``extras`` is charged first: ``"report"`` (the neighbour
+    search that ``report_dict`` makes), ``"out"`` (and the map that ``write_report`` draws) or None, each unless
+    kept beside the cache already; ``say``: called with the plan's one line before any fit
     (without ``classifiers``, or when they are over the budget)."""
     started = time.perf_counter()
     sources = load_sources(cache)
@@ -386,6 +389,7 @@ def cross_validate(
         machine_speed(),
         search,
         inner_folds,
+        _extras_seconds(data, max(source.data.dims(layer) for source, layer in pairs), extras),
     )
     if say is not None and the_plan.worth_saying:
         say(the_plan.message)
@@ -443,6 +447,17 @@ def cross_validate(
         sources,
         the_plan,
     )
+
+
+def _extras_seconds(data, dims: int, extras: str | None) -> float:
+    """The report's work after the folds (see ``cross_validate``), estimated on the widest layer."""
+    if extras not in (None, "report", "out"):
+        raise ValueError(f"extras must be None, 'report' or 'out', not {extras!r}")
+    if extras is None:
+        return 0.0
+    search = not kept(data.reader, "neighbours")
+    drawn = extras == "out" and not kept(data.reader, "map")
+    return extras_estimate(len(data.y), dims, search, drawn, REFERENCE)
 
 
 def _task_weights(the_plan: Plan, shapes: dict, search: bool, inner_folds: int) -> dict:

@@ -108,6 +108,17 @@ def _forget_others(path: str) -> None:
             shutil.rmtree(os.path.join(folder, other), ignore_errors=True)
 
 
+def kept(reader, what: str) -> bool:
+    """Whether an extra (``"neighbours"``, ``"map"``) of this version of the cache is kept beside it, for some layer
+    and setting: what the budget need not charge again (a close guess: the best layer is known only after the folds).
+    """
+    try:
+        prefix = f"{fingerprint(reader)}-{what}-"
+        return any(name.startswith(prefix) for name in os.listdir(reader.path + SUFFIX))
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def neighbours_of(data, layer: str, k: int, reference: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``nearest_neighbours`` of ``data``'s rows on ``layer``, kept beside the cache (the layer is read only when
     they are computed)."""
@@ -121,4 +132,4 @@ def neighbours_of(data, layer: str, k: int, reference: int, seed: int) -> tuple[
     return found["index"], found["similarity"]
 
 
-__all__ = ["SUFFIX", "fingerprint", "neighbours_of", "remembered", "sidecar", "thumbs_folder"]
+__all__ = ["SUFFIX", "fingerprint", "kept", "neighbours_of", "remembered", "sidecar", "thumbs_folder"]

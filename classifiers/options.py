@@ -40,9 +40,10 @@ class CVOptions:
     n_jobs: int = option(1, "Folds fitted in parallel (-1: all cores).", short="-j")
     budget: str = option(
         "15m",
-        "Without -c: run the entries whose estimated fitting time (cost model, calibrated on this machine at the "
-        "start) fits in this, cheapest first, approximate stand-ins (rbf-svm~nystroem) for exact ones that do not; "
-        "says in one line what it left out. 90s, 15m, 2h, none. With -c: a warning only.",
+        "Without -c: run the entries whose estimated time (cost model, calibrated on this machine at the start) "
+        "fits in this after the report's own neighbour search and map, in the zoo's order, approximate stand-ins "
+        "(rbf-svm~nystroem) for exact ones that do not; says in one line what it left out. 90s, 15m, 2h, none. "
+        "With -c: a warning only.",
         check="classifiers.cost:check_budget",
         metavar="DURATION",
     )

@@ -249,3 +249,39 @@ def test_an_explicit_list_over_the_budget_is_run_whole_with_a_warning(tmp_path, 
         "ridge",
     }
     assert d["cv"]["budget"]["message"] == line and d["cv"]["budget"]["left_out"] == {}
+
+
+def test_the_reports_own_work_is_charged_to_the_budget_first():
+    """The neighbour search grows as n² up to the reference sample, then as n; the map is about a constant; what is
+    kept beside the cache is not charged. Charged first, it leaves less for the classifiers, and the line says so."""
+    from classifiers.budget import extras_estimate
+
+    assert extras_estimate(20_000, 1280) == pytest.approx(4 * extras_estimate(10_000, 1280))
+    assert extras_estimate(400_000, 1280) == pytest.approx(2 * extras_estimate(200_000, 1280))
+    assert extras_estimate(200_000, 1280, drawn_map=True) > extras_estimate(200_000, 1280)
+    assert extras_estimate(200_000, 1280, neighbours=False, drawn_map=False) == 0.0
+    shapes = folds_of(200_000)
+    alone = plan(None, shapes, 15 * 60, speed=UNLOADED)
+    extras = (15 * 60 - alone.total) / UNLOADED + 1.0  # unscaled seconds that no longer leave room for the last entry
+    charged = plan(None, shapes, 15 * 60, speed=UNLOADED, extras=extras)
+    assert charged.extras == pytest.approx(extras * UNLOADED)
+    assert charged.total + charged.extras <= 15 * 60
+    assert charged.classifiers == alone.classifiers[:-1] and alone.classifiers[-1] in charged.left_out
+    line = charged.message
+    assert f"and {duration(charged.extras)} for the report's neighbour search and map (--budget 15m)" in line
+    assert charged.to_dict()["extras_estimated_seconds"] == round(charged.extras, 1)
+
+
+def test_cv_charges_the_neighbour_search_until_it_is_kept_beside_the_cache(tmp_path):
+    from classifiers.report import report_dict
+
+    synthetic_cache(tmp_path / "c.h5", counts=(40, 40, 40))
+    first = cross_validate(str(tmp_path / "c.h5"), layers=["flatten"], folds=3, budget="15m")
+    assert first.plan.extras > 0
+    report_dict(first)  # the outliers' neighbour search: kept beside the cache
+    again = cross_validate(str(tmp_path / "c.h5"), layers=["flatten"], folds=3, budget="15m")
+    assert again.plan.extras == 0.0
+    drawn = cross_validate(str(tmp_path / "c.h5"), layers=["flatten"], folds=3, budget="15m", extras="out")
+    assert drawn.plan.extras > 0  # the map is not kept yet
+    none = cross_validate(str(tmp_path / "c.h5"), ["logreg:C=1"], ["flatten"], folds=3, extras=None)
+    assert none.plan.extras == 0.0
