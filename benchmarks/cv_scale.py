@@ -171,6 +171,31 @@ def knn_fold(cache: str) -> None:
     print("largest probability difference", float(np.abs(out["scikit-learn"] - out["blocked"]).max()))
 
 
+def planned(budget: dict, board: list[dict], rows: int) -> list[str]:
+    """The default run's plan against what its folds took: the cost model's check at this size."""
+    lines = [
+        f"The default run's plan ({budget['message']}): estimated against measured seconds per fold (fit + predict)",
+        "",
+        "| entry | estimated s / fold | measured s / fold | measured / estimated |",
+        "|---|--:|--:|--:|",
+    ]
+    measured_by = {r["classifier"]: r["fit_seconds"] + r["predict_seconds"] for r in board}
+    for entry, total in budget["estimated_seconds"].items():
+        guess = None if total is None else total / FOLDS
+        took = measured_by.get(entry)
+        ratio = f"{took / guess:.2f}" if guess and took is not None else ""
+        took_text = f"{took:.1f}" if took is not None else ""
+        lines.append(f"| {entry} | {'' if guess is None else f'{guess:.1f}'} | {took_text} | {ratio} |")
+    left = ", ".join(f"{k} (about {v / 60:.0f} min)" for k, v in budget["left_out"].items()) or "none"
+    lines += [
+        "",
+        f"Left out at {rows:,} rows: {left}; the report's extras estimated at "
+        f"{budget.get('extras_estimated_seconds', 0):.0f} s.",
+    ]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def fmt(seconds: float | None, timeout: float) -> str:
     return f"> {timeout:.0f} (stopped)" if seconds is None else f"{seconds:.1f}"
 
@@ -206,7 +231,7 @@ def scale(rows: int, entries: list[str], default: bool, timeout: float, probe: s
     )
     shutil.rmtree(cache + ".extras", ignore_errors=True)  # the first run makes the report's extras, the next reuse
     with tempfile.TemporaryDirectory(prefix="cv-scale-") as tmp:
-        for name, args in (
+        probes = (
             (f"`cv -c {probe}` (first on this cache: the neighbour search made and kept)", ["-c", probe, "--json"]),
             (
                 f"`cv -c {probe} --out` (neighbours reused; the map made and kept, figures, thumbnails)",
@@ -216,7 +241,8 @@ def scale(rows: int, entries: list[str], default: bool, timeout: float, probe: s
                 f"`cv -c {probe} --out` again (every extra reused)",
                 ["-c", probe, "--out", f"{tmp}/b", "--json"],
             ),
-        ):
+        )
+        for name, args in probes if probe != "none" else ():
             seconds, peak, text = measured(cv(cache, *args), timeout)
             board = json.loads(text)["leaderboard"][0] if seconds else None
             row(
@@ -237,15 +263,19 @@ def scale(rows: int, entries: list[str], default: bool, timeout: float, probe: s
                 f"{board['balanced_accuracy']['mean']:.4f}" if board else "",
             )
         if default:
+            shutil.rmtree(cache + ".extras", ignore_errors=True)  # the default run pays for its extras too
             seconds, peak, text = measured(cv(cache, "--out", f"{tmp}/default", "--json"), timeout)
-            best = json.loads(text)["leaderboard"] if seconds else []
+            report = json.loads(text) if seconds else {}
+            best = report.get("leaderboard", [])
             row(
-                f"default `cv --out` (entries: {', '.join(r['classifier'] for r in best) or 'as the tree chooses'})",
+                f"default `cv --out` (entries: {', '.join(r['classifier'] for r in best) or 'none finished'})",
                 seconds,
                 peak,
                 "",
                 f"{best[0]['balanced_accuracy']['mean']:.4f} ({best[0]['classifier']})" if best else "",
             )
+            if report:
+                lines.extend(["", *planned(report["cv"]["budget"], best, rows)])
     load = os.getloadavg()
     lines += ["", f"Load average after: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min)."]
     return lines
@@ -257,7 +287,11 @@ def main() -> int:
     parser.add_argument("--million", action="store_true", help="also 1,000,000 rows (a 5 GB cache)")
     parser.add_argument("--entries", default=None, help="zoo entries, comma-separated (default: all of them)")
     parser.add_argument("--no-default", action="store_true", help="skip the default `cv --out` (every entry)")
-    parser.add_argument("--probe", default="logreg", help="the entry run with and without --out against the script")
+    parser.add_argument(
+        "--probe",
+        default="logreg",
+        help="the entry run with and without --out against the script (none: skip those runs)",
+    )
     parser.add_argument("--knn", action="store_true", help="one kNN fold: scikit-learn's search against ours")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a command is stopped")
     parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")

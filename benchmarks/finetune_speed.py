@@ -133,6 +133,17 @@ def partial(folder: pathlib.Path) -> dict | None:
     return {"epochs": len(per_epoch), "seconds_per_epoch": sum(per_epoch) / len(per_epoch), "start": history[0]}
 
 
+def in_training(folder: pathlib.Path) -> float:
+    """Seconds of the views pass counted in the fine-tuned row's training time: the phase of the extra views (the
+    centre pass is the probe's, the extraction's stand-in); older runs counted the whole pass there."""
+    f = folder / "run" / "views.json"
+    if not f.exists():
+        return 0.0
+    views = json.loads(f.read_text())
+    phases = views.get("phases")
+    return phases["views"]["seconds"] if phases else views.get("seconds", 0.0)
+
+
 def table(work: pathlib.Path) -> str:
     """One row per run; ``epochs s`` is the training epochs with their validation (the views pass apart), the
     ratios are the pixel run's over the views run's of the same pair."""
@@ -142,14 +153,14 @@ def table(work: pathlib.Path) -> str:
         f = folder / "result.json"
         row = json.loads(f.read_text()) if f.exists() else {}
         if "peak_rss_gb" in row:
-            row["epochs_seconds"] = row["training_seconds"] - (row.get("views_seconds") or 0.0)
+            row["epochs_seconds"] = row["training_seconds"] - in_training(folder)
             done[(d, n, path)] = row
         elif (p := partial(folder)) is not None:
             unfinished[(d, n, path)] = p
     lines = [
-        "| data | unfrozen | path | views pass s | s / epoch | epochs s | whole command s | peak memory GB "
+        "| data | unfrozen | path | views pass s | s / epoch | epochs s | whole command s | CPU s | peak memory GB "
         "| test acc. % | probe test acc. % | epochs × less | command × faster | test Δ points | load avg |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for (d, n, path), r in done.items():
         base = done.get((d, n, "pixels"))
@@ -162,14 +173,14 @@ def table(work: pathlib.Path) -> str:
         lo, hi = r["load_average"]
         lines.append(
             f"| {d} | {n} | {path} | {vs} | {r['seconds_per_epoch']:.1f} | {r['epochs_seconds']:.0f} "
-            f"| {r['total_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {100 * r['test_accuracy']:.2f} "
+            f"| {r['total_seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {100 * r['test_accuracy']:.2f} "
             f"| {100 * r['probe_test_accuracy']:.2f} | {ratio('epochs_seconds')} | {ratio('total_seconds')} "
             f"| {delta} | {lo:.1f}-{hi:.1f} |"
         )
     for (d, n, path), p in unfinished.items():
         lines.append(
             f"| {d} | {n} | {path} (unfinished: {p['epochs']} of {EPOCHS} epochs) | – | {p['seconds_per_epoch']:.1f} "
-            f"| ~{EPOCHS * p['seconds_per_epoch']:.0f} projected | – | – | – | – | – | – | – | – |"
+            f"| ~{EPOCHS * p['seconds_per_epoch']:.0f} projected | – | – | – | – | – | – | – | – | – |"
         )
     missing = [name_of(*k) for k in RUNS if k not in done and k not in unfinished]
     if missing:

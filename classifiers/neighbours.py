@@ -24,9 +24,12 @@ NEIGHBOURS = 10  # per image: the outliers read the first, the label issues' nei
 REFERENCE = 20_000  # beyond this many rows, neighbours are sought among a fixed random sample of them
 
 
-def normalize(X: np.ndarray) -> np.ndarray:
-    """Rows to unit length, in place (float32 stays float32)."""
-    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12).astype(X.dtype, copy=False)
+def normalize(X: np.ndarray, block: int = 16_384) -> np.ndarray:
+    """Rows to unit length, in place (float32 stays float32), ``block`` rows at a time: the norm's squares are a
+    temporary as large as the rows it is given (a second layer, at a million rows)."""
+    for start in range(0, len(X), block):
+        rows = X[start : start + block]
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12).astype(X.dtype, copy=False)
     return X
 
 
@@ -143,9 +146,10 @@ class CosineKNeighbors(ClassifierMixin, BaseEstimator):
     (distance 1 - cosine; ``weights="distance"`` weighs by its inverse, an exact match alone when there is one),
     without its float64 distance blocks."""
 
-    def __init__(self, n_neighbors: int = 10, weights: str = "distance"):
+    def __init__(self, n_neighbors: int = 10, weights: str = "distance", copy: bool = True):
         self.n_neighbors = n_neighbors
         self.weights = weights
+        self.copy = copy  # False: keep (and normalize in place) the float32 rows given to fit (cv's fold copy)
 
     def check_params(self) -> None:
         from sklearn.utils._param_validation import InvalidParameterError
@@ -164,7 +168,7 @@ class CosineKNeighbors(ClassifierMixin, BaseEstimator):
                 f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {self.n_neighbors}, n_samples_fit = {len(X)}"
             )
         self.classes_, self.y_ = np.unique(y, return_inverse=True)
-        self.X_ = normalize(np.array(X, dtype=np.float32))
+        self.X_ = normalize(np.array(X, dtype=np.float32, copy=True if self.copy else None))
         return self
 
     def kneighbors(self, X) -> tuple[np.ndarray, np.ndarray]:
