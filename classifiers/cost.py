@@ -21,19 +21,20 @@ import numpy as np
 from embedder.errors import FeaturebankError
 
 DEFAULT_BUDGET = 15 * 60.0  # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras
-PROBE_SECONDS = 0.4542  # the probe below on the calibration machine (2 cores, loaded: see benchmarks/cost_model.py)
+PROBE_SECONDS = 0.03316  # the probe below on the calibration machine (2 idle cores: see benchmarks/cost_model.py)
 
-# Seconds per unit of each formula, measured by benchmarks/cost_model.py (2-core machine, shared; one run).
-LOGREG = 1.4e-6  # the tuned probe (inner sweep + refit), per n·d·k
-LINEAR_SVM = 2.9e-7  # per n·d·k
-RBF_SVM = 1.8e-9  # per n·(n + t)·p (p: the PCA's dimensions)
-PCA = 1.4e-8  # per n·d·p
-NYSTROEM = 1.6e-9  # per n·m·(p + m), m components
-CUBIC = 2.1e-8  # per d³ (an eigendecomposition, a solve)
-GRAM = 2.4e-9  # per n·d² (ridge's two passes, LDA's covariance)
-NEIGHBOURS = 5.8e-10  # per n·t·d (brute force)
-FOREST = 3.2e-7  # per tree·n·log2(n)·√d
-MAP = 60.0  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds
+# Seconds per unit of each formula, measured by benchmarks/cost_model.py (2-core AMD EPYC, idle; one run,
+# 2026-11-30; at 1,280 dims and 8,000 to 16,000 training rows, the kernel families at 256 dims).
+LOGREG = 1.96e-08  # the tuned probe (inner sweep + refit), per n·d·k
+LINEAR_SVM = 1.4e-07  # per n·d·k
+RBF_SVM = 5.47e-10  # per n·(n + t)·p (p: the PCA's dimensions)
+PCA = 3.52e-10  # per n·d·p
+NYSTROEM = 2.12e-10  # per n·m·(p + m), m components
+CUBIC = 1.73e-10  # per d³ (an eigendecomposition, a solve)
+GRAM = 4.68e-11  # per n·d² (ridge's two passes, LDA's covariance)
+NEIGHBOURS = 2.21e-11  # per n·t·d (brute force)
+FOREST = 7.37e-08  # per tree·n·log2(n)·√d
+MAP = 6.72  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Shape:
 
 
 def logreg(s: Shape, params: dict) -> float:
-    return LOGREG * s.n * s.d * s.k * (0.15 if params.get("C") is not None else 1.0)  # a fixed C: no sweep
+    return LOGREG * s.n * s.d * s.k * (0.45 if params.get("C") is not None else 1.0)  # a fixed C: no sweep
 
 
 def linear_svm(s: Shape, params: dict) -> float:
