@@ -59,6 +59,8 @@ class Plan:
     left_out: dict[str, float] = field(default_factory=dict)
     stand_ins: dict[str, str] = field(default_factory=dict)
     extras: float = 0.0  # the report's neighbour search and map, estimated (scaled), out of the same budget
+    over_memory: dict[str, float] = field(default_factory=dict)  # entry → its fold's estimated peak bytes
+    memory_limit: float | None = None  # cost.memory_bound of the largest layer (None: not checked)
 
     @property
     def total(self) -> float:
@@ -81,6 +83,11 @@ class Plan:
                 return f"warning: {head}, over the budget; running every -c entry as asked"
             return head
         said = []
+        if self.over_memory:
+            said.append(
+                f"left out, over the memory bound ({gb(self.memory_limit)}): "
+                + ", ".join(f"{n} (about {gb(b)})" for n, b in self.over_memory.items())
+            )
         if self.left_out:
             said.append(
                 "left out, over the budget: "
@@ -95,7 +102,7 @@ class Plan:
         return (
             head
             + ("; " + "; ".join(said) if said else "")
-            + ("; --budget none runs every entry" if self.left_out else "")
+            + ("; --budget none runs every entry" if self.left_out or self.over_memory else "")
         )
 
     def to_dict(self) -> dict:
@@ -106,9 +113,15 @@ class Plan:
             "classifiers": self.classifiers,
             "left_out": {k: round(v, 1) for k, v in self.left_out.items()},
             "stand_ins": self.stand_ins,
+            "over_memory_bytes": {k: round(v) for k, v in self.over_memory.items()},
+            "memory_limit_bytes": None if self.memory_limit is None else round(self.memory_limit),
             "machine_speed": round(self.speed, 3),
             "message": self.message,
         }
+
+
+def gb(size: float | None) -> str:
+    return "no bound" if size is None else f"{size / 1e9:.1f} GB"
 
 
 def plan(
@@ -119,10 +132,12 @@ def plan(
     search: bool = False,
     inner_folds: int = 3,
     extras: float = 0.0,
+    layer_bytes: float = 0.0,
 ) -> Plan:
     """The run's entries. ``classifiers``: an explicit list (kept whole) or None (the default entries, cut to what
-    the budget leaves after ``extras``, the report's work: ``extras_estimate``); ``shapes``: one per (cache, layer,
-    fold) the run fits; ``speed``: ``cost.machine_speed()``."""
+    the budget leaves after ``extras``, the report's work: ``extras_estimate``, and to those whose fold fits
+    ``cost.memory_bound`` of the largest layer, ``layer_bytes``); ``shapes``: one per (cache, layer, fold) the run
+    fits; ``speed``: ``cost.machine_speed()``."""
     explicit = bool(classifiers)
     wanted = list(classifiers) if explicit else default_classifiers()
     candidates = wanted if explicit else wanted + [n for n in list_classifiers() if n not in wanted]
@@ -137,27 +152,43 @@ def plan(
     if explicit or budget is None:
         return Plan(wanted, {c: seconds[c] for c in wanted}, budget, speed, explicit, extras=extras)
     stand_in = {get_spec(n).stands_in_for: n for n in candidates if get_spec(n).stands_in_for}
+    limit = cost.memory_bound(layer_bytes) if layer_bytes else None
+    peaks = {spec: peak(spec, shapes, layer_bytes) for spec in candidates}
+    heavy = {c: peaks[c] for c in wanted if limit is not None and peaks[c] > limit}
+    if len(heavy) == len(wanted):
+        heavy = {}  # nothing fits in memory either: the time alone decides
     chosen, left_out, stand_ins, spent = [], {}, {}, extras
     for spec in wanted:  # in the zoo's order, the linear probe first; no estimate: kept
         s = seconds[spec] or 0.0
-        if spent + s <= budget:
+        if spec not in heavy and spent + s <= budget:
             chosen.append(spec)
             spent += s
             continue
-        left_out[spec] = s
+        if spec not in heavy:
+            left_out[spec] = s
         other = stand_in.get(spec)
-        if other is not None and spent + (seconds[other] or 0.0) <= budget:
+        if other is not None and spent + (seconds[other] or 0.0) <= budget and (limit is None or peaks[other] <= limit):
             chosen.append(other)
             stand_ins[other] = spec
             spent += seconds[other] or 0.0
     if not chosen:  # nothing fits: the cheapest entry rather than no run
-        cheapest = min(wanted, key=lambda c: seconds[c] or 0.0)
+        cheapest = min((c for c in wanted if c not in heavy), key=lambda c: seconds[c] or 0.0)
         chosen.append(cheapest)
         left_out.pop(cheapest, None)
         stand_ins.clear()
     order = {c: i for i, c in enumerate(wanted)}
     chosen.sort(key=lambda c: order.get(c, order.get(stand_ins.get(c, ""), len(order))))
-    return Plan(chosen, {c: seconds[c] for c in chosen}, budget, speed, False, left_out, stand_ins, extras)
+    the_plan = Plan(chosen, {c: seconds[c] for c in chosen}, budget, speed, False, left_out, stand_ins, extras)
+    the_plan.over_memory, the_plan.memory_limit = heavy, limit
+    return the_plan
+
+
+def peak(spec: str, shapes: list[Shape], layer_bytes: float) -> float:
+    """The largest fold's peak bytes of ``spec``: the layer, the fold's rows and the entry's own memory model (an
+    entry without one: its rows only)."""
+    name, params = parse_spec(spec)
+    model = get_spec(name).memory
+    return max(cost.peak_bytes(layer_bytes, s, model(s, params) if model else 0.0) for s in shapes)
 
 
 __all__ = ["Plan", "estimate", "extras_estimate", "plan"]

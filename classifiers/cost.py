@@ -20,7 +20,8 @@ import numpy as np
 
 from embedder.errors import FeaturebankError
 
-DEFAULT_BUDGET = 15 * 60.0  # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras
+DEFAULT_BUDGET = 12 * 60.0  # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras;
+# 12 minutes of estimates leave room for reading the layer, imports and writing the report within about 15
 PROBE_SECONDS = 0.03316  # the probe below on the calibration machine (2 idle cores: see benchmarks/cost_model.py)
 
 # Seconds per unit of each formula, measured by benchmarks/cost_model.py (2-core AMD EPYC, idle; one run,
@@ -88,6 +89,60 @@ def brute_neighbours(s: Shape, params: dict) -> float:
 def forest(s: Shape, params: dict) -> float:
     trees = params.get("n_estimators", 300)
     return FOREST * trees * s.n * math.log2(max(s.n, 2)) * math.sqrt(s.d)
+
+
+# Memory: the bytes an entry's fold needs beyond the layer and the fold's own float32 training rows (cv holds both).
+# Measured with tracemalloc at 40,000 training rows x 1,280 dims (logreg, ridge, lda, knn); the others from what their
+# solvers copy (liblinear: a float64 copy; SVC: the PCA'd rows and its kernel cache; a forest: about the rows again).
+MEMORY_FLOOR = 4 * 2**30  # the bound is twice the layer, or this much if that is more: small layers are never cut
+TILES = 128 * 2**20  # the neighbour search's tile and its pass over it
+
+
+def fold_bytes(s: Shape) -> float:
+    return 4.0 * s.n * s.d
+
+
+def logreg_memory(s: Shape, params: dict) -> float:
+    return 0.25 * fold_bytes(s)  # the solver's n x k arrays and the held-out probabilities (the rows: in place)
+
+
+def linear_svm_memory(s: Shape, params: dict) -> float:
+    return 2.0 * fold_bytes(s)  # liblinear works on a float64 copy of the rows
+
+
+def ridge_memory(s: Shape, params: dict) -> float:
+    return 3 * 8192 * s.d * 8 + 4 * 8 * s.d**2  # float64 blocks of rows, the Gram matrix and its eigenvectors
+
+
+def lda_memory(s: Shape, params: dict) -> float:
+    return 1.1 * fold_bytes(s)  # scikit-learn's class-wise copies for the shrunk covariance
+
+
+def neighbours_memory(s: Shape, params: dict) -> float:
+    return 4.0 * s.t * s.d + TILES  # the test rows normalized, the tiles (the training rows are kept, not copied)
+
+
+def rbf_svm_memory(s: Shape, params: dict) -> float:
+    return 8.0 * (s.n + s.t) * 256 + 200 * 2**20  # the rows after PCA (float64), the kernel cache
+
+
+def nystroem_memory(s: Shape, params: dict) -> float:
+    m = min(params.get("n_components", 1000), s.n)
+    return 8.0 * (s.n + s.t) * 256 + 8.0 * m * (m + 2 * 8192)  # the rows after PCA, the map, mapped blocks
+
+
+def forest_memory(s: Shape, params: dict) -> float:
+    return 1.0 * fold_bytes(s)  # the trees' own sorted copy of the rows and the trees, about as much again
+
+
+def peak_bytes(layer: float, s: Shape, extra: float) -> float:
+    """One fold's peak: the layer, the fold's training rows and the entry's own memory."""
+    return layer + fold_bytes(s) + extra
+
+
+def memory_bound(layer: float) -> float:
+    """What a run without ``-c`` may hold: twice the layer, and never less than ``MEMORY_FLOOR``."""
+    return max(2.0 * layer, MEMORY_FLOOR)
 
 
 _MEASURED: dict[str, float] = {}  # the last probe in this process: when, and what it said

@@ -390,6 +390,7 @@ def cross_validate(
         search,
         inner_folds,
         _extras_seconds(data, max(source.data.dims(layer) for source, layer in pairs), extras),
+        layer_bytes=4.0 * len(data.y) * max(source.data.dims(layer) for source, layer in pairs),  # float32 rows
     )
     if say is not None and the_plan.worth_saying:
         say(the_plan.message)

@@ -39,7 +39,7 @@ class CVOptions:
     inner_folds: int = option(3, "Folds of --search.", low=2)
     n_jobs: int = option(1, "Folds fitted in parallel (-1: all cores).", short="-j")
     budget: str = option(
-        "15m",
+        "12m",
         "Without -c: run the entries whose estimated time (cost model, calibrated on this machine at the start) "
         "fits in this after the report's own neighbour search and map, in the zoo's order, approximate stand-ins "
         "(rbf-svm~nystroem) for exact ones that do not; says in one line what it left out. 90s, 15m, 2h, none. "

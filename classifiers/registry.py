@@ -87,6 +87,7 @@ class ClassifierSpec:
     grid: dict = field(default_factory=dict)  # classifier parameter → values for nested search
     probabilities: bool = False  # has predict_proba (log-loss and confidence)
     cost: Callable[[cost.Shape, dict], float] | None = None  # (fold's shape, spec's params) → seconds (cost.py)
+    memory: Callable[[cost.Shape, dict], float] | None = None  # → bytes beyond the layer and the fold's rows
     stands_in_for: str | None = None  # an approximation of this entry: never in the default list, only in its place
 
 
@@ -275,6 +276,7 @@ register_classifier(
         grid={"C": [0.001, 0.01, 0.1, 1.0, 10.0]},
         probabilities=True,
         cost=cost.logreg,
+        memory=cost.logreg_memory,
     )
 )
 register_classifier(
@@ -285,6 +287,7 @@ register_classifier(
         steps={"scale": True},
         grid={"C": [0.0001, 0.001, 0.01, 0.1, 1.0]},
         cost=cost.linear_svm,
+        memory=cost.linear_svm_memory,
     )
 )
 register_classifier(
@@ -296,6 +299,7 @@ register_classifier(
         steps={"l2": True, "pca": 256},
         grid={"C": [1.0, 10.0, 100.0], "gamma": ["scale", 0.5, 2.0, 8.0]},
         cost=cost.rbf_svm,
+        memory=cost.rbf_svm_memory,
     )
 )
 register_classifier(
@@ -308,6 +312,7 @@ register_classifier(
         steps={"l2": True, "pca": 256},
         grid={"gamma": ["scale", 0.5, 2.0, 8.0]},
         cost=cost.nystroem,
+        memory=cost.nystroem_memory,
         stands_in_for="rbf-svm",
     )
 )
@@ -319,6 +324,7 @@ register_classifier(
         grid={"n_neighbors": [1, 3, 5, 10, 20, 50]},
         probabilities=True,
         cost=cost.brute_neighbours,
+        memory=cost.neighbours_memory,
     )
 )
 register_classifier(
@@ -330,6 +336,7 @@ register_classifier(
         steps={"scale": True},
         grid={},
         cost=cost.ridge,
+        memory=cost.ridge_memory,
     )
 )
 register_classifier(
@@ -341,6 +348,7 @@ register_classifier(
         grid={},
         probabilities=True,
         cost=cost.lda,
+        memory=cost.lda_memory,
     )
 )
 register_classifier(
@@ -351,5 +359,6 @@ register_classifier(
         grid={"max_features": ["sqrt", 0.05, 0.2]},
         probabilities=True,
         cost=cost.forest,
+        memory=cost.forest_memory,
     )
 )

@@ -46,6 +46,15 @@ def ensemble_cost(shape: Shape, params: dict) -> float:
     return seconds * (folds + 1 if params.get("method") == "stack" else 1)
 
 
+def ensemble_memory(shape: Shape, params: dict) -> float:
+    """The members', fitted one after the other and kept: each holds what its own fit holds."""
+    total = 0.0
+    for name in member_names(params.get("members", DEFAULT_MEMBERS)):
+        model = get_spec(name).memory
+        total += model(shape, {}) if model is not None else 0.0
+    return total + 4.0 * shape.n * shape.d  # and kNN's copy of the rows (members share them: not in place)
+
+
 register_classifier(
     ClassifierSpec(
         "ensemble",
@@ -55,6 +64,7 @@ register_classifier(
         grid={},
         probabilities=True,
         cost=ensemble_cost,
+        memory=ensemble_memory,
     )
 )
 
