@@ -92,8 +92,9 @@ def forest(s: Shape, params: dict) -> float:
 
 
 # Memory: the bytes an entry's fold needs beyond the layer and the fold's own float32 training rows (cv holds both).
-# Measured with tracemalloc at 40,000 training rows x 1,280 dims (logreg, ridge, lda, knn); the others from what their
-# solvers copy (liblinear: a float64 copy; SVC: the PCA'd rows and its kernel cache; a forest: about the rows again).
+# Measured with tracemalloc at 40,000 training rows x 1,280 dims (benchmarks/fold_memory.py: logreg 0.21 fold rows
+# beyond them, lda 1.06, ridge its blocks); the others from what their code copies (liblinear: a float64 copy; kNN:
+# the test rows normalized and its tiles; SVC: the PCA'd rows and its kernel cache; a forest: about the rows again).
 MEMORY_FLOOR = 4 * 2**30  # the bound is twice the layer, or this much if that is more: small layers are never cut
 TILES = 128 * 2**20  # the neighbour search's tile and its pass over it
 

@@ -270,7 +270,7 @@ register_classifier(
     ClassifierSpec(
         "logreg",
         "multinomial logistic regression on standardized features (the linear probe); C chosen on 3 inner "
-        "folds over 1e-4 … 10 by log-loss, warm-started along the path (C=… fixes it)",
+        "folds (one from 6,000 rows) over 1e-4 … 10 by log-loss, warm-started along the path (C=… fixes it)",
         lambda seed: TunedLogisticRegression(random_state=seed),
         steps={"scale": True},
         grid={"C": [0.001, 0.01, 0.1, 1.0, 10.0]},
