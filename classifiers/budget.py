@@ -93,8 +93,8 @@ class Plan:
                 "left out, over the budget: "
                 + ", ".join(f"{n} (about {duration(s)})" for n, s in self.left_out.items())
             )
-            if self.total + self.extras > (self.budget or 0.0):
-                said.append(f"nothing fits: running the cheapest, {self.classifiers[0]}")
+        if self.budget is not None and self.total + self.extras > self.budget:
+            said.append(f"nothing fits: running the cheapest, {self.classifiers[0]}")
         said += [f"{a} stands in for {e} (approximate, named as such)" for a, e in self.stand_ins.items()]
         unknown = [c for c in self.classifiers if self.seconds[c] is None]
         if unknown:

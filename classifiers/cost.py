@@ -113,7 +113,7 @@ def linear_svm_memory(s: Shape, params: dict) -> float:
 
 
 def ridge_memory(s: Shape, params: dict) -> float:
-    return 3 * 8192 * s.d * 8 + 4 * 8 * s.d**2  # float64 blocks of rows, the Gram matrix and its eigenvectors
+    return 3 * 2048 * s.d * 8 + 4 * 8 * s.d**2  # float64 blocks of rows, the Gram matrix and its eigenvectors
 
 
 def lda_memory(s: Shape, params: dict) -> float:
@@ -137,9 +137,12 @@ def forest_memory(s: Shape, params: dict) -> float:
     return 1.0 * fold_bytes(s)  # the trees' own sorted copy of the rows and the trees, about as much again
 
 
+PROCESS = 512 * 2**20  # the interpreter, its libraries, and the rows' paths and labels at a million rows
+
+
 def peak_bytes(layer: float, s: Shape, extra: float) -> float:
-    """One fold's peak: the layer, the fold's training rows and the entry's own memory."""
-    return layer + fold_bytes(s) + extra
+    """One fold's peak: the process itself, the layer, the fold's training rows and the entry's own memory."""
+    return PROCESS + layer + fold_bytes(s) + extra
 
 
 def memory_bound(layer: float) -> float:

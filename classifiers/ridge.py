@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from embedder.errors import FeaturebankError
 
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))  # 0.1 … 1e6, half a decade apart
-BLOCK = 8192  # rows per block: BLOCK x d float64 is the only per-row memory
+BLOCK = 2048  # rows per block: BLOCK x d float64 is the only per-row memory (a few of them: 60 MB at 1,280 dims)
 
 
 def _targets(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
