@@ -231,7 +231,7 @@ def scale(
         "",
         f"Load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min) on {os.cpu_count()} cores.",
         "",
-        "| command (whole process) | seconds | x plain script | s per fold (fit + predict) | peak RSS GB "
+        "| command (whole process) | seconds | x plain script | s per fold (fit + predict) | peak RSS GiB "
         "| balanced accuracy |",
         "|---|--:|--:|--:|--:|--:|",
     ]
