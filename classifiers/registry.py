@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from embedder.errors import FeaturebankError
 
 from . import cost
+from .cost import Shape
 from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
 from .ridge import NystroemRidge, TunedRidge
@@ -86,8 +87,8 @@ class ClassifierSpec:
     steps: dict = field(default_factory=dict)  # default preprocessing: {"l2": bool, "scale": bool, "pca": int|None}
     grid: dict = field(default_factory=dict)  # classifier parameter → values for nested search
     probabilities: bool = False  # has predict_proba (log-loss and confidence)
-    cost: Callable[[cost.Shape, dict], float] | None = None  # (fold's shape, spec's params) → seconds (cost.py)
-    memory: Callable[[cost.Shape, dict], float] | None = None  # → bytes beyond the layer and the fold's rows
+    cost: Callable[[Shape, dict], float] | None = None  # (fold's shape, spec's params) → seconds (cost.py)
+    memory: Callable[[Shape, dict], float] | None = None  # → bytes beyond the layer and the fold's rows
     stands_in_for: str | None = None  # an approximation of this entry: never in the default list, only in its place
 
 
