@@ -28,6 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import million_rows  # noqa: E402
 from cpu_engines import cpu, write_section  # noqa: E402
 
 DIM = 1280
@@ -35,22 +36,9 @@ CLASSES = 10
 PART_ROWS = 50_000
 SEPARATION = 0.06  # class means' scale per dimension against unit noise: accuracy well below 100% at 1,280-d
 FOLDS = 3
-SETTINGS = {
-    "backbone": "mobilenet_v2",
-    "weights": "none:seed=0",
-    "layers": ["classifier.0"],
-    "pooling": "avg",
-    "precision": "fp32",
-    "preprocessing": {
-        "resize": 256,
-        "crop": 224,
-        "interpolation": "bilinear",
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "draft": True,
-    },
-}
 LAYER = "classifier.0"
+# million_rows.py's synthetic settings (the cache writer needs some), as MobileNetV2's 1,280-d layer
+SETTINGS = {**million_rows.SETTINGS, "backbone": "mobilenet_v2", "layers": [LAYER]}
 
 MAXRSS = """
 import resource, subprocess, sys
@@ -241,23 +229,21 @@ def scale(
         lines.append(f"| {name} | {fmt(seconds, timeout)} | {ratio} | {per_fold} | {peak:.2f} | {score} |")
         print(lines[-1], flush=True)
 
-    plain, peak, text = None, 0.0, ""
-    if with_plain:
-        plain, peak, text = measured([sys.executable, "-c", PLAIN, cache, LAYER], timeout)
-        row(
-            "plain scikit-learn script: h5py read, 3-fold StandardScaler + LogisticRegression(C=0.1)",
-            plain,
-            peak,
-            score=text.split()[-1] + " (accuracy)" if plain else "",
-        )
-    if plain_tuned:
-        seconds, peak, text = measured([sys.executable, "-c", PLAIN_TUNED, cache, LAYER], timeout)
-        row(
+    plain = None
+    scripts = [
+        ("plain scikit-learn script: h5py read, 3-fold StandardScaler + LogisticRegression(C=0.1)", PLAIN, with_plain),
+        (
             "plain scikit-learn, tuned: the same with LogisticRegressionCV (C over 1e-4 … 10, 3 inner folds, log-loss)",
-            seconds,
-            peak,
-            score=text.split()[-1] + " (accuracy)" if seconds else "",
-        )
+            PLAIN_TUNED,
+            plain_tuned,
+        ),
+    ]
+    for name, script, wanted in scripts:
+        if not wanted:
+            continue
+        seconds, peak, text = measured([sys.executable, "-c", script, cache, LAYER], timeout)
+        plain = seconds if script is PLAIN else plain  # the ratios' reference
+        row(name, seconds, peak, score=text.split()[-1] + " (accuracy)" if seconds else "")
     shutil.rmtree(cache + ".extras", ignore_errors=True)  # the first run makes the report's extras, the next reuse
     with tempfile.TemporaryDirectory(prefix="cv-scale-") as tmp:
         probes = (

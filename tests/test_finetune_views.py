@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MOBILENET_V2, ROOT, need, photo, write_tree
+from conftest import FAST_ARGS, MOBILENET_V2, ROOT, need, photo, write_tree
 
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones import head_name
@@ -243,16 +243,7 @@ def test_kill_9_while_caching_keeps_the_finished_views(tmp_path):
             "-o",
             str(out),
             "-q",
-            "-b",
-            "resnet18",
-            "-w",
-            "none",
-            "--resize",
-            "72",
-            "--crop",
-            "64",
-            "--workers",
-            "0",
+            *FAST_ARGS,
             "--batch-size",
             "1",
             "--epochs",
