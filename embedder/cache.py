@@ -106,15 +106,26 @@ def _open(path: str, mode: str = "r") -> h5py.File:
 
 
 def _write_columns(group: h5py.Group, columns: dict, strings: tuple[str, ...]) -> None:
+    """Strings are stored as the bytes they are: a file name that is not UTF-8 (``caf\xe9.jpg``, which Python
+    names with a surrogate, ``caf\udce9.jpg``) keeps its bytes, and ``_read_columns`` gives back the same ``str``."""
     for name, values in columns.items():
         if name in strings:
-            group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STRING)
+            data = np.array([to_bytes(v) for v in values], dtype=object)
+            group.create_dataset(name, data=data, dtype=STRING)
         else:
             group.create_dataset(name, data=np.asarray(values, dtype=np.int64))
 
 
+def to_bytes(text) -> bytes:
+    """A path, label or reason as stored: UTF-8, and the bytes of a name that was not UTF-8 as they were."""
+    return text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
+
+
 def _read_columns(group: h5py.Group) -> dict[str, np.ndarray]:
-    return {name: ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()] for name, ds in group.items()}
+    return {
+        name: ds.asstr(errors="surrogateescape")[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+        for name, ds in group.items()
+    }
 
 
 def _fsync(path: str) -> None:

@@ -430,9 +430,16 @@ def _plan(listing: Listing, writer: CacheWriter, max_pixels: int = DEFAULT_MAX_P
     another mtime: compared by content digest (a touched or copied file is not embedded again). A file refused
     for its size is tried again once ``max_pixels`` allows it (the advice its reason gives)."""
     todo = []
-    digest = getattr(listing, "item_digest", None) or (
-        lambda item: file_digest(listing.full_path(item), max_file_bytes(max_pixels))
-    )
+    if hasattr(listing, "item_digest"):  # a sample of a shard: as bounded as a file
+
+        def digest(item):
+            return listing.item_digest(item, max_pixels)
+
+    else:
+
+        def digest(item):
+            return file_digest(listing.full_path(item), max_file_bytes(max_pixels))
+
     for item in listing.items:
         if item.error:
             continue

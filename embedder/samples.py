@@ -4,13 +4,14 @@ group; then exactly what a file goes through (``ImageDataset``: decode, EXIF, pr
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from .batches import ImageDataset
-from .decode import DEFAULT_MAX_PIXELS, Decoded, decode_bytes
+from .decode import DEFAULT_MAX_PIXELS, Decoded, NotReadable, decode_bytes, max_file_bytes, too_large
 
 ROW_GROUPS_KEPT = 4  # Parquet row groups held in memory per process (threads read them in order)
 
@@ -45,9 +46,13 @@ class SampleReader:
         self.__dict__.update(state)
         self._setup()
 
-    def read(self, where: Where) -> bytes | None:
+    def read(self, where: Where, max_bytes: int | None = None) -> bytes | None:
+        """A sample's bytes; ``NotReadable`` without reading them when there are more than ``max_bytes`` (the
+        bound of a file: no image within the pixel limit is larger)."""
         if where.shard in self.columns:
-            return self._row(where)
+            return self._row(where, max_bytes)
+        if max_bytes is not None and where.length > max_bytes:
+            raise NotReadable(too_large(where.length, max_bytes), errno.EFBIG)
         with self._lock:
             fd = self._fds.get(where.shard)
             if fd is None:
@@ -57,7 +62,7 @@ class SampleReader:
             raise OSError(f"the shard ends {where.length - len(data)} bytes before the end of the member")
         return data
 
-    def _row(self, where: Where) -> bytes | None:
+    def _row(self, where: Where, max_bytes: int | None = None) -> bytes | None:
         key = (where.shard, where.offset)
         with self._lock:  # one thread reads a row group while the others wait for it, then all decode in parallel
             column = self._groups.get(key)
@@ -99,7 +104,9 @@ class SampleDataset(ImageDataset):
 
     def decode(self, index: int) -> Decoded:
         try:
-            data = self.reader.read(self.images[index])
+            data = self.reader.read(self.images[index], max_file_bytes(self.max_pixels))
+        except NotReadable as exc:  # larger than any image within the pixel limit: not read
+            return Decoded(None, "", exc.reason)
         except Exception as exc:  # noqa: BLE001 (a shard cut or removed since it was listed, a damaged Parquet page)
             return Decoded(None, "", f"cannot read the sample ({type(exc).__name__}: {exc})")
         if data is None:

@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .decode import DEFAULT_MAX_PIXELS, digest_bytes
+from .decode import DEFAULT_MAX_PIXELS, digest_bytes, max_file_bytes
 from .errors import FeaturebankError
 from .options import ShardOptions
 from .samples import Where
@@ -44,6 +44,9 @@ from .sources import (
 SHARD_EXTENSIONS = (".tar", ".parquet")
 IMAGE_EXTS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp")  # img2dataset's parquet names the column by format
+MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header larger than this is damage, not a name
+SIDECAR_BYTES = 1 << 20  # a label or group sidecar larger than this is not read
+MAX_PATTERN_NAMES = 100_000  # the most names a brace pattern may expand to
 
 
 @dataclass
@@ -71,12 +74,13 @@ class ShardListing(Listing):
 
         return SampleDataset([self.where[i.path] for i in items], self.reader(), preprocessing, max_pixels)
 
-    def item_digest(self, item: Item) -> str:
+    def item_digest(self, item: Item, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
         """The content digest of a sample's image (what the decoder records), to compare with the cache's. One
-        reader for all the items of a touched shard: a Parquet row group is read once, not once per row."""
+        reader for all the items of a touched shard: a Parquet row group is read once, not once per row. A sample
+        larger than any image within ``max_pixels`` is not read (``NotReadable``, an ``OSError``)."""
         if self._digests is None:
             self._digests = self.reader()
-        data = self._digests.read(self.where[item.path])
+        data = self._digests.read(self.where[item.path], max_file_bytes(max_pixels))
         return digest_bytes(data) if data is not None else ""
 
 
@@ -95,6 +99,14 @@ def _expand_braces(pattern: str) -> list[str]:
         for i in range(lo, hi + 1)
         for p in _expand_braces(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end() :])
     ]
+
+
+def _pattern_names(pattern: str) -> int:
+    """How many names a brace pattern expands to (the product of its ranges), counted before any is made."""
+    count = 1
+    for m in _BRACES.finditer(pattern):
+        count *= max(0, int(m.group(2)) - int(m.group(1)) + 1)
+    return count
 
 
 def is_shard_name(name: str) -> bool:
@@ -135,6 +147,12 @@ def shard_paths(source) -> tuple[list[str], str] | None:
     found: list[str] = []
     for name in names:
         if _is_pattern(name) and not os.path.exists(name):
+            count = _pattern_names(name)
+            if count > MAX_PATTERN_NAMES:
+                raise FeaturebankError(
+                    f"{name}: the brace pattern expands to {count:,} names, more than the {MAX_PATTERN_NAMES:,} "
+                    f"at most that a pattern may name; list the shards in a .txt file (one a line) instead"
+                )
             matches = sorted({m for p in _expand_braces(name) for m in glob.glob(p)})
             if not matches:
                 raise FeaturebankError(f"no files match {name}")
@@ -208,35 +226,69 @@ def split_key(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+class SidecarError(ValueError):
+    """A sidecar that cannot be a label or group; its text is the reason."""
+
+
 def _sidecar_value(spec: str, members: dict, read) -> str:
-    """A label or group from a sidecar: ``EXT`` (its text) or ``json:FIELD``; "" when the sample has none."""
+    """A label or group from a sidecar: ``EXT`` (its text) or ``json:FIELD``; "" when the sample has none.
+    ``SidecarError`` for a sidecar that cannot be one (larger than ``SIDECAR_BYTES``, nested too deep, a NUL)."""
     if not spec:
         return ""
-    if spec.startswith("json:"):
-        if "json" not in members:
-            return ""
-        data = json.loads(read(members["json"]).decode("utf-8"))
-        value = data.get(spec[5:]) if isinstance(data, dict) else None
-        return "" if value is None else str(value)
-    if spec.lower() not in members:
+    ext = "json" if spec.startswith("json:") else spec.lower()
+    if ext not in members:
         return ""
-    return read(members[spec.lower()]).decode("utf-8").strip()
+    span = members[ext]
+    if span[1] > SIDECAR_BYTES:
+        raise SidecarError(f"{span[1]:,} bytes, more than the {SIDECAR_BYTES:,} a label or group may take")
+    text = read(span).decode("utf-8")
+    if ext == "json":
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise SidecarError("nested too deep to be read") from None
+        value = data.get(spec[5:]) if isinstance(data, dict) else None
+        text = "" if value is None else str(value)
+    text = text.strip()
+    if "\0" in text:
+        raise SidecarError("a NUL byte, which the cache cannot store")
+    return text
 
 
 def _number(field: bytes) -> int:
-    """A tar header's number: octal text, or base-256 (GNU) when the first byte's high bit is set."""
+    """A tar header's number: octal text, or base-256 (GNU) when the first byte's high bit is set (negative when
+    it is 0xff). Any size: whether it fits the file is the scan's question."""
     if field[0] & 0x80:
-        return int.from_bytes(field[1:], "big")
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
     text = field.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
 
 
+_DIGITS = re.compile(rb"[0-9]{1,20}")
+PAX_NUMBERS = ("size",)  # the records whose value is read as a number
+
+
 def _pax_records(data: bytes) -> dict[str, str]:
+    """A pax header's records (``LENGTH KEY=VALUE\n``), each checked: a length that is no number, that does not
+    cover its own text or runs past the header, a record without ``=`` or its newline, a ``size`` that is not a
+    decimal number: ``ValueError`` with what is wrong (a record of length 0 used to loop forever)."""
     records, at = {}, 0
     while at < len(data) and data[at : at + 1] != b"\0":
-        length = int(data[at : data.index(b" ", at)])
-        key, _, value = data[data.index(b" ", at) + 1 : at + length - 1].partition(b"=")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        space = data.find(b" ", at, at + 22)
+        if space < 0 or not _DIGITS.fullmatch(data[at:space]):
+            raise ValueError(f"a record at byte {at} does not start with its length")
+        length = int(data[at:space])
+        if length <= space - at + 2 or at + length > len(data):
+            raise ValueError(f"a record at byte {at} declares a length of {length}, which does not fit")
+        body = data[space + 1 : at + length]
+        key, equals, value = body[:-1].partition(b"=")
+        if not body.endswith(b"\n") or not equals or not key:
+            raise ValueError(f"a record at byte {at} is not KEY=VALUE and a newline")
+        text = key.decode("utf-8", "surrogateescape")
+        if text in PAX_NUMBERS and not _DIGITS.fullmatch(value):
+            raise ValueError(f"its {text} record {value[:40]!r} is not a decimal number")
+        records[text] = value.decode("utf-8", "surrogateescape")
         at += length
     return records
 
@@ -264,16 +316,20 @@ def scan_tar(fh, file_size: int) -> tuple[list[tuple[str, int, int, bool]], str 
         if stored != sum(block[:148]) + 256 + sum(block[156:]):
             return members, f"unreadable member header at byte {offset}"
         kind, data = block[156:157], offset + 512
+        if size < 0:
+            return members, f"unreadable member header at byte {offset} (a negative size)"
         if kind in (b"x", b"g", b"L", b"K"):  # a pax or GNU header that describes the next member
             if data + size > file_size:
                 return members, f"truncated member header at byte {offset}"
+            if size > MAX_HEADER_BYTES:
+                return members, f"unreadable member header at byte {offset} (an extended header of {size:,} bytes)"
             fh.seek(data)
             payload = fh.read(size)
             if kind == b"x":
                 try:
                     pending = _pax_records(payload)
-                except ValueError:
-                    return members, f"unreadable pax header at byte {offset}"
+                except ValueError as exc:
+                    return members, f"unreadable pax header at byte {offset} ({exc})"
             elif kind == b"L":
                 long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             offset = data + (size + 511) // 512 * 512
@@ -286,6 +342,10 @@ def scan_tar(fh, file_size: int) -> tuple[list[tuple[str, int, int, bool]], str 
         size = int(pending.get("size", size))
         members.append((name, data, size, kind in (b"0", b"\0", b"7") and not name.endswith("/")))
         pending, long_name = {}, None
+        if data + size > file_size:  # a size that lies (2^80, 1e20) or a file cut short: nothing follows it
+            return members, (
+                f"the member at byte {offset} declares {size:,} bytes, past the end of the file ({file_size:,} bytes)"
+            )
         offset = data + (size + 511) // 512 * 512
 
 
@@ -309,7 +369,11 @@ def _list_tar(listing: ShardListing, index: int, name: str, options: ShardOption
             )
         )
         return
+    with_nul: list[tuple[int, str]] = []  # (header byte, name) of members whose name holds a NUL
     for member, offset, size, is_file in members:
+        if "\0" in member:
+            with_nul.append((offset - 512, member))
+            continue
         split = split_key(member) if is_file else None
         if split is None or any(is_hidden_or_system(p) for p in member.split("/")):
             listing.ignored += is_file
@@ -344,16 +408,20 @@ def _list_tar(listing: ShardListing, index: int, name: str, options: ShardOption
                 listing, Where(index, 0, 0), name, key, samples[key], st.st_mtime_ns, options, read, damaged(key)
             )
     attributed = bool(cut) or cut_short  # else the damage is the shard's own failure
+    problems = []
     if damage is not None and not attributed:  # between samples: those before it are whole; say where it stops
-        listing.items.append(
-            Item(
-                name,
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-                error=f"truncated shard: it stops after {len(samples)} samples ({damage}); "
-                f"the samples before the damage are kept",
-            )
+        problems.append(
+            f"truncated shard: it stops after {len(samples)} samples ({damage}); the samples before the damage are kept"
         )
+    if with_nul:
+        problems.append(_nul_names("member name", [f"at byte {at} ({n!r})" for at, n in with_nul]))
+    if problems:  # the shard's own failure, under its name
+        listing.items.append(Item(name, size=st.st_size, mtime_ns=st.st_mtime_ns, error="; ".join(problems)))
+
+
+def _nul_names(what: str, where: list[str]) -> str:
+    more = f" and {len(where) - 1} more" if len(where) > 1 else ""
+    return f"a {what} with a NUL byte, which no file name and no cache can hold: not embedded ({where[0]}{more})"
 
 
 def _add_sample(
@@ -378,6 +446,8 @@ def _add_sample(
         try:
             label = _sidecar_value(options.label_key, members, read)
             group = _sidecar_value(options.group_key, members, read)
+        except SidecarError as exc:
+            error = f"unreadable label or group sidecar ({exc})"
         except (ValueError, UnicodeDecodeError, OSError) as exc:
             error = f"unreadable label or group sidecar ({type(exc).__name__}: {exc})"
     size, path = -1, f"{name}/{key}"
@@ -442,9 +512,12 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
         return "" if not column or values[column][row] is None else str(values[column][row])
 
     done: set[str] = set()
+    with_nul = [row for row in range(n) if "\0" in keys[row]]
     for row in sorted(range(n), key=lambda r: (keys[r], r)):
         key = keys[row]
         item_path = f"{name}/{key}"
+        if "\0" in key:
+            continue
         if counts[key] > 1:
             if key in done:
                 continue
@@ -452,6 +525,8 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
             error = f"duplicated key: {key} is in {counts[key]} rows of the file; no copy is embedded"
         elif not key:
             error = f"row {row} has an empty key"
+        elif "\0" in text(label_column, row) + text(options.group_column, row):
+            error = f"row {row}'s label or group holds a NUL byte, which the cache cannot store"
         else:
             error = None
             listing.where[item_path] = Where(index, group_of[row], row - starts[group_of[row]])
@@ -465,3 +540,6 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
                 error,
             )
         )
+    if with_nul:
+        error = _nul_names("key", [f"row {r}" for r in with_nul])
+        listing.items.append(Item(name, size=st.st_size, mtime_ns=st.st_mtime_ns, error=error))

@@ -1,0 +1,238 @@
+"""Bad input, second pass (issue 32), on the embedder's side: tar shards whose headers lie, samples larger than any
+image, Parquet cells, names HDF5 cannot hold as text, deep sidecars, brace patterns, crafted caches, and
+checkpoints whose recorded settings or head shapes are wrong. Each is a reason or one line, never a traceback,
+a hang or memory without bound; the good samples still reach the cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import pytest
+from conftest import FAST, photo
+
+import embedder
+from embedder.cache import CacheReader
+from embedder.decode import max_file_bytes
+from embedder.errors import FeaturebankError
+from embedder.preprocess import Preprocessing
+from embedder.shards import ShardOptions, list_input, scan_tar
+
+TORCH = dict(FAST, engine="torch")
+
+
+def finishes(fn, seconds=20.0):
+    """``fn()``'s result, failing the test (instead of hanging it) when it does not return in time."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn} did not return within {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def jpeg(seed: int) -> bytes:
+    out = io.BytesIO()
+    photo(seed, (40, 32)).save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+# -- tar headers, built by hand ----------------------------------------------------------------------------------
+def header(name: bytes, size: int = 0, kind: bytes = b"0", size_field: bytes | None = None) -> bytes:
+    """One ustar header block with a correct checksum; ``size_field`` replaces the 12 bytes of the size."""
+    block = bytearray(512)
+    block[: len(name)] = name
+    block[100:108] = b"0000644\0"
+    block[108:116] = b"0000000\0"
+    block[116:124] = b"0000000\0"
+    block[124:136] = size_field if size_field is not None else f"{size:011o}\0".encode()
+    block[136:148] = b"00000000000\0"
+    block[156:157] = kind
+    block[257:263] = b"ustar\0"
+    block[263:265] = b"00"
+    block[148:156] = b"        "
+    block[148:156] = f"{sum(block):06o}\0 ".encode()
+    return bytes(block)
+
+
+def member(name: bytes, data: bytes, kind: bytes = b"0") -> bytes:
+    return header(name, len(data), kind) + data + b"\0" * (-len(data) % 512)
+
+
+def pax(records: bytes) -> bytes:
+    return member(b"././@PaxHeader", records, b"x")
+
+
+def record(key: str, value: bytes) -> bytes:
+    body = key.encode() + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(str(n)) + len(body) + 1 != n:
+        n += 1
+    return str(n).encode() + b" " + body
+
+
+END = b"\0" * 1024
+
+
+def good_then(tail: bytes) -> bytes:
+    """A shard of two good samples, then ``tail`` (the lie), then the end blocks."""
+    return member(b"a.jpg", jpeg(1)) + member(b"a.cls", b"ants") + member(b"b.jpg", jpeg(2)) + tail + END
+
+
+LIES = {
+    "base-256 size of 2^80": header(b"c.jpg", size_field=b"\x80" + (1 << 80).to_bytes(11, "big")) + b"\0" * 512,
+    "pax size of 1e20": pax(record("size", b"100000000000000000000")) + header(b"c.jpg", 10) + b"\0" * 512,
+    "pax size that is no number": pax(record("size", b"12abc")) + header(b"c.jpg", 10) + b"\0" * 512,
+    "negative pax size": pax(record("size", b"-5")) + header(b"c.jpg", 10) + b"\0" * 512,
+    "pax record of length 0": pax(b"0 path=x\n" + b"\0" * 20) + header(b"c.jpg", 10) + b"\0" * 512,
+    "pax record longer than its header": pax(b"999 path=x\n") + header(b"c.jpg", 10) + b"\0" * 512,
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_a_tar_header_that_lies_is_a_failure_with_a_reason_and_the_samples_before_it_are_kept(tmp_path, lie):
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(good_then(LIES[lie]))
+    listing = finishes(lambda: list_input(str(shard), options=ShardOptions(label_key="cls")), 10)
+    errors = {i.path: i.error for i in listing.items}
+    assert errors["s.tar/a"] is None and errors["s.tar/b"] is None
+    assert [i.label for i in listing.items if i.path == "s.tar/a"] == ["ants"]
+    bad = {p: e for p, e in errors.items() if e}
+    assert bad and all("s.tar" in p for p in bad), errors
+    assert any(("past the end" in e or "pax" in e or "size" in e) for e in bad.values()), bad
+    assert "s.tar/c" not in errors or errors["s.tar/c"]  # the lying member never becomes a good sample
+
+
+def test_the_scan_of_a_pax_header_of_length_zero_returns_at_once():
+    raw = good_then(LIES["pax record of length 0"])
+    members, damage = finishes(lambda: scan_tar(io.BytesIO(raw), len(raw)), 5)
+    assert [m[0] for m in members] == ["a.jpg", "a.cls", "b.jpg"]
+    assert damage is not None and "pax" in damage
+
+
+# -- one bound on the bytes of any sample -----------------------------------------------------------------------
+def test_a_tar_member_larger_than_any_image_is_refused_unread(tmp_path, monkeypatch):
+    """A sparse shard declaring a 72 MiB member: at --max-pixels 2000 no image can be larger than 64 MiB and a
+    little, so the member is refused before a byte of it is read, with the reason a file gets."""
+    from embedder import samples
+
+    big = 72 << 20
+    shard = tmp_path / "s.tar"
+    with open(shard, "wb") as fh:
+        fh.write(member(b"a.jpg", jpeg(1)) + header(b"big.jpg", big))
+        fh.seek(big + (-big % 512), 1)
+        fh.write(END)
+    assert os.stat(shard).st_blocks * 512 < 1 << 20  # sparse: a few KB on disk
+    listing = list_input(str(shard))
+    items = {i.path: i for i in listing.items}
+    assert items["s.tar/big"].error is None and items["s.tar/big"].size == big
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(samples.os, "pread", lambda fd, n, at: reads.append(n) or real_pread(fd, n, at))
+    dataset = listing.dataset([items["s.tar/a"], items["s.tar/big"]], Preprocessing(resize=36, crop=32), 2000)
+    assert dataset.decode(0).reason is None
+    refused = dataset.decode(1)
+    assert refused.image is None and refused.reason.startswith(f"too large for an image: {big:,} bytes")
+    assert f"({max_file_bytes(2000):,} bytes; raise it with --max-pixels" in refused.reason
+    assert max(reads) < 1 << 20  # the big member was never read
+    with pytest.raises(OSError, match="too large for an image"):
+        listing.item_digest(items["s.tar/big"], 2000)
+    assert max(reads) < 1 << 20
+
+
+# -- brace patterns and sidecars ---------------------------------------------------------------------------------
+def test_a_brace_pattern_of_a_hundred_million_names_is_one_line_not_memory(tmp_path):
+    (tmp_path / "s-0.tar").write_bytes(good_then(b""))
+    with pytest.raises(FeaturebankError, match=r"expands to 100,000,000 names.*more than .* at most"):
+        finishes(lambda: list_input(str(tmp_path / "s-{0..99999999}.tar")), 5)
+    with pytest.raises(FeaturebankError, match=r"expands to 1,000,000 names"):  # two ranges multiply
+        finishes(lambda: list_input(str(tmp_path / "s-{0..999}-{0..999}.tar")), 5)
+    listing = list_input(str(tmp_path / "s-{0..9}.tar"))  # a pattern of a reasonable size still works
+    assert [i.path for i in listing.items] == ["s-0.tar/a", "s-0.tar/b"]
+
+
+def test_a_json_sidecar_nested_100000_deep_is_that_samples_reason(tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(
+        member(b"a.jpg", jpeg(1))
+        + member(b"a.json", b'{"label": "ants"}')
+        + member(b"b.jpg", jpeg(2))
+        + member(b"b.json", deep)
+        + END
+    )
+    listing = list_input(str(shard), options=ShardOptions(label_key="json:label"))
+    items = {i.path: i for i in listing.items}
+    assert items["s.tar/a"].error is None and items["s.tar/a"].label == "ants"
+    assert items["s.tar/b"].error.startswith("unreadable label or group sidecar (nested too deep")
+
+
+# -- names that HDF5 cannot hold as text -------------------------------------------------------------------------
+def test_a_nul_in_a_pax_path_refuses_that_member_naming_the_shard(tmp_path):
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(
+        member(b"a.jpg", jpeg(1)) + pax(record("path", b"b\0x.jpg")) + member(b"placeholder.jpg", jpeg(2)) + END
+    )
+    listing = list_input(str(shard))
+    errors = {i.path: i.error for i in listing.items}
+    assert errors["s.tar/a"] is None
+    assert not any("\0" in p for p in errors)
+    bad = [e for p, e in errors.items() if e]
+    assert len(bad) == 1 and "NUL" in bad[0] and "s.tar" in [p for p, e in errors.items() if e][0]
+
+
+def test_a_nul_in_a_parquet_key_refuses_that_row_naming_the_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"key": ["a", "b\0x"], "image": [jpeg(1), jpeg(2)], "label": ["x", "y"]}), path)
+    listing = list_input(str(path))
+    errors = {i.path: i.error for i in listing.items}
+    assert errors["p.parquet/a"] is None and not any("\0" in p for p in errors)
+    bad = [(p, e) for p, e in errors.items() if e]
+    assert len(bad) == 1 and bad[0][0].startswith("p.parquet") and "NUL" in bad[0][1] and "row 1" in bad[0][1]
+
+
+NOT_UTF8 = b"caf\xe9"  # Latin-1 é
+
+
+def test_a_non_utf8_member_name_is_stored_as_its_bytes_and_a_rerun_reuses_it(tmp_path):
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(member(b"a.jpg", jpeg(1)) + member(NOT_UTF8 + b".jpg", jpeg(2)) + END)
+    cache = tmp_path / "c.h5"
+    first = embedder.extract(str(shard), str(cache), **TORCH)
+    name = "s.tar/" + NOT_UTF8.decode("utf-8", "surrogateescape")
+    assert first.rows == 2 and not first.failed
+    reader = CacheReader(str(cache))
+    assert sorted(reader.paths) == sorted(["s.tar/a", name])
+    again = embedder.extract(str(shard), str(cache), **TORCH)
+    assert again.embedded == 0 and again.reused == 2 and again.rows == 2
+
+
+def test_a_non_utf8_file_name_in_a_folder_is_stored_as_its_bytes_and_read_back_to_the_same_path(tmp_path):
+    folder = os.fsencode(tmp_path / "photos")
+    os.makedirs(os.path.join(folder, b"ants"))
+    os.makedirs(os.path.join(folder, b"bees"))
+    for i, name in enumerate([b"ants/a.jpg", b"ants/" + NOT_UTF8 + b".jpg", b"bees/b.jpg"]):
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(jpeg(i))
+    cache = tmp_path / "c.h5"
+    summary = embedder.extract(str(tmp_path / "photos"), str(cache), **TORCH)
+    assert summary.rows == 3 and not summary.failed
+    reader = CacheReader(str(cache))
+    odd = "ants/" + NOT_UTF8.decode("utf-8", "surrogateescape") + ".jpg"
+    assert odd in list(reader.paths)
+    full = [p for p in reader.full_paths() if "caf" in p][0]
+    assert os.fsencode(full) == os.path.join(folder, b"ants/" + NOT_UTF8 + b".jpg") and os.path.isfile(full)
+    assert embedder.extract(str(tmp_path / "photos"), str(cache), **TORCH).embedded == 0
