@@ -773,6 +773,7 @@ class CacheReader:
                 f"one reads up to {FORMAT_VERSION}): upgrade featurebank"
             )
         self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        check_storage(f, self.path)
         for name in ("settings", "source", "root", "classes"):
             if not isinstance(self.attrs.get(name), str):
                 raise damaged(self.path, f"attribute {name!r} is missing or not text")
@@ -876,6 +877,56 @@ class CacheReader:
                             f"fail their checksum ({str(exc).splitlines()[0]})",
                         ) from None
         return checked
+
+
+MAX_VALUES_PER_PIXEL = 256  # no layer's output has more values per input pixel (VGG's first convolutions: 64)
+
+
+def max_columns(settings: dict) -> int:
+    """The most values a feature row can have for the cache's input size: ``MAX_VALUES_PER_PIXEL`` per pixel of
+    the crop (at least a million)."""
+    crop = (settings.get("preprocessing") or {}).get("crop") if isinstance(settings, dict) else None
+    crop = crop if isinstance(crop, int) and 0 < crop <= 100_000 else 224
+    return max(1 << 20, MAX_VALUES_PER_PIXEL * crop * crop)
+
+
+def check_storage(f: h5py.File, path: str) -> None:
+    """What a crafted file could make a reader do, refused before anything is read: a dataset stored outside the
+    file (HDF5 external storage: /etc/passwd, a FIFO) or virtual (its rows in other files, zeros when they are
+    gone), a feature layer wider than any layer of the cache's input size, and any dataset declaring more bytes
+    than the file holds (a cache never compresses: every declared byte is in the file)."""
+    file_size = os.path.getsize(f.filename)
+    try:
+        settings = json.loads(f.attrs.get("settings", "{}"))
+    except (TypeError, ValueError):
+        settings = {}
+    found: list[tuple[str, h5py.Dataset]] = []
+    f.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    for name, ds in found:
+        if ds.is_virtual:
+            raise damaged(
+                path, f"{name} is an HDF5 virtual dataset (its rows are read from other files), which a cache never is"
+            )
+        external = ds.external
+        if external:
+            target = os.fsdecode(external[0][0])
+            raise damaged(
+                path, f"{name} is stored outside the file (HDF5 external storage: {target}), which a cache never is"
+            )
+        shape = ds.shape or ()
+        if name.startswith("features/") and len(shape) == 2 and shape[1] > max_columns(settings):
+            raise damaged(
+                path,
+                f"{name} declares {shape[1]:,} columns, more than any layer of the cache's input size can have "
+                f"({max_columns(settings):,})",
+            )
+        count = int(np.prod(shape, dtype=object)) if shape else 1
+        declared = count * ds.id.get_type().get_size()
+        if declared > file_size:
+            raise damaged(
+                path,
+                f"{name} declares {count:,} values ({declared:,} bytes), more than the file holds ({file_size:,} bytes)",
+            )
 
 
 def damaged(path: str, what: str) -> FeaturebankError:

@@ -9,6 +9,7 @@ import io
 import os
 import threading
 
+import numpy as np
 import pytest
 from conftest import FAST, photo
 
@@ -236,3 +237,87 @@ def test_a_non_utf8_file_name_in_a_folder_is_stored_as_its_bytes_and_read_back_t
     full = [p for p in reader.full_paths() if "caf" in p][0]
     assert os.fsencode(full) == os.path.join(folder, b"ants/" + NOT_UTF8 + b".jpg") and os.path.isfile(full)
     assert embedder.extract(str(tmp_path / "photos"), str(cache), **TORCH).embedded == 0
+
+
+# -- crafted caches ----------------------------------------------------------------------------------------------
+def _crafted(tmp_path, edit):
+    """A copy of a small synthetic cache whose ``features/flatten`` is replaced by ``edit(f, n, dim)``."""
+    import h5py
+    from conftest import synthetic_cache
+
+    path = tmp_path / "crafted.h5"
+    synthetic_cache(path)
+    with h5py.File(path, "a") as f:
+        n, dim = f["features/flatten"].shape
+        del f["features/flatten"]
+        edit(f, n, dim)
+    return path
+
+
+def _wide(f, n, dim):
+    f["features"].create_dataset("flatten", shape=(n, 1 << 38), dtype="f4", chunks=(1, 1024))
+
+
+def _external(target):
+    def edit(f, n, dim):
+        f["features"].create_dataset("flatten", shape=(n, dim), dtype="f4", external=[(target, 0, 4 * n * dim)])
+
+    return edit
+
+
+def _virtual(tmp_path):
+    def edit(f, n, dim):
+        import h5py
+
+        layout = h5py.VirtualLayout(shape=(n, dim), dtype="f4")
+        layout[:] = h5py.VirtualSource(str(tmp_path / "gone.h5"), "x", shape=(n, dim))
+        f["features"].create_virtual_dataset("flatten", layout, fillvalue=0)
+
+    return edit
+
+
+def _run_cli(args):
+    from click.testing import CliRunner
+
+    import cli
+
+    return CliRunner().invoke(cli.main, args)
+
+
+@pytest.mark.parametrize("case", ["wide", "passwd", "fifo", "virtual"])
+def test_a_crafted_cache_is_refused_when_opened_in_one_line_never_read(tmp_path, case):
+    if case == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+    edit = {
+        "wide": _wide,
+        "passwd": _external("/etc/passwd"),
+        "fifo": _external(str(tmp_path / "fifo")),
+        "virtual": _virtual(tmp_path),
+    }[case]
+    path = _crafted(tmp_path, edit)
+    says = {
+        "wide": "features/flatten declares 274,877,906,944 columns",
+        "passwd": "features/flatten is stored outside the file (HDF5 external storage: /etc/passwd)",
+        "fifo": "features/flatten is stored outside the file (HDF5 external storage: ",
+        "virtual": "features/flatten is an HDF5 virtual dataset",
+    }[case]
+    with pytest.raises(FeaturebankError, match=f"^{path} is damaged .*" + says.replace("(", r"\(").replace(")", r"\)")):
+        finishes(lambda: CacheReader(str(path)), 10)
+    for args in (["info", str(path)], ["info", str(path), "--verify"], ["cv", str(path), "-c", "logreg"]):
+        result = finishes(lambda args=args: _run_cli(args), 20)
+        assert result.exit_code == 1 and says in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_declared_shapes_beyond_the_file_are_refused_and_a_real_cache_still_opens(tmp_path):
+    import h5py
+    from conftest import synthetic_cache
+
+    path = tmp_path / "c.h5"
+    X, _ = synthetic_cache(path)
+    reader = CacheReader(str(path))
+    assert np.array_equal(reader.features("flatten"), X)
+    with h5py.File(path, "a") as f:  # a rows/ column declaring 2^36 rows, none of them stored
+        del f["rows/size"]
+        f["rows"].create_dataset("size", shape=(1 << 36,), dtype="i8", chunks=(1024,))
+    with pytest.raises(FeaturebankError, match=r"rows/size declares 68,719,476,736 values .* more than the file holds"):
+        finishes(lambda: CacheReader(str(path)), 10)
