@@ -34,7 +34,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from . import timm_source
 from .errors import FeaturebankError, first_line
 from .preprocess import Preprocessing
-from .statedicts import parameters_on_meta, read_state_dict
+from .statedicts import head_outputs, parameters_on_meta, read_state_dict
 from .timm_source import is_timm_model, is_timm_name
 
 PENULTIMATE = "penultimate"  # alias of the node that feeds the classification head
@@ -219,8 +219,9 @@ def _load_file(name: str, weights: Weights) -> nn.Module:
     kwargs = {}
     probe = skeleton(name)
     head = head_name(probe)
-    if f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != probe.get_submodule(head).weight.shape[0]:
-        kwargs["num_classes"] = int(state[f"{head}.weight"].shape[0])
+    outputs = head_outputs(state, f"{head}.weight", head_inputs(probe), weights.path)
+    if outputs is not None and outputs != probe.get_submodule(head).weight.shape[0]:
+        kwargs["num_classes"] = outputs
     if name in AUX_HEADS:
         kwargs["aux_logits"] = any(k.startswith(AUX_HEADS[name]) for k in state)
         kwargs["init_weights"] = False
@@ -281,8 +282,9 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     if classes:
         return list(classes)
     state = timm_source.read_state(spec.path) if is_timm_name(name) else read_state_dict(spec.path)
-    head = f"{head_name(skeleton(name))}.weight"
-    outputs = int(state[head].shape[0]) if head in state else None
+    probe = skeleton(name)
+    head = f"{head_name(probe)}.weight"
+    outputs = head_outputs(state, head, head_inputs(probe), spec.path)
     if outputs != 1000:
         raise FeaturebankError(
             f"{spec.path} has a head of {outputs} outputs, not ImageNet's 1000: train a "
@@ -365,8 +367,55 @@ def preprocessing_for(name: str, weights: Weights) -> Preprocessing:
     if weights.kind == "file" and not weights.path.lower().endswith(".safetensors"):
         stored = file_metadata(weights.path).get("preprocessing")
         if stored:
-            return Preprocessing(**{**stored, "mean": tuple(stored["mean"]), "std": tuple(stored["std"])})
+            return recorded_preprocessing(stored, weights.path)
     return default_preprocessing(name)
+
+
+def recorded_preprocessing(stored, path: str) -> Preprocessing:
+    """The preprocessing a checkpoint records, checked field by field: a crafted or damaged record (no ``mean``,
+    a string, a size of -1, an unknown interpolation) is one line naming what is wrong."""
+    try:
+        return _recorded_preprocessing(stored)
+    except ValueError as exc:
+        raise FeaturebankError(
+            f"weights file {path} records a preprocessing that is not valid ({exc}); was it written by featurebank "
+            f"finetune? Save its state dict alone to use the backbone's standard preprocessing"
+        ) from None
+
+
+def _numbers(value, name: str, positive: bool = False) -> tuple[float, float, float]:
+    import math
+
+    ok = isinstance(value, (list, tuple)) and len(value) == 3
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok or (positive and any(v <= 0 for v in value)):
+        raise ValueError(f"{name} is not three numbers{' above 0' if positive else ''}")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _recorded_preprocessing(stored) -> Preprocessing:
+    from .preprocess import PIL_FILTERS
+
+    if not isinstance(stored, dict):
+        raise ValueError(f"it is not a mapping but {type(stored).__name__}")
+    fields = set(Preprocessing.__dataclass_fields__)
+    unknown = sorted(str(k) for k in stored if k not in fields)
+    missing = [k for k in ("resize", "crop", "mean", "std") if k not in stored]
+    if unknown or missing:
+        raise ValueError(", ".join([f"lacks {k}" for k in missing] + [f"has an unknown field {k!r}" for k in unknown]))
+    for key in ("resize", "crop"):
+        value = stored[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
+            raise ValueError(f"{key} is not a whole number of pixels ({value!r})")
+    if stored.get("interpolation", "bilinear") not in PIL_FILTERS:
+        raise ValueError(f"interpolation {stored['interpolation']!r} is not one of {', '.join(PIL_FILTERS)}")
+    if not isinstance(stored.get("draft", True), bool):
+        raise ValueError("draft is not true or false")
+    if stored.get("crop_mode", "center") not in ("center", "squash"):
+        raise ValueError(f"crop_mode {stored['crop_mode']!r} is not center or squash")
+    return Preprocessing(
+        **{**stored, "mean": _numbers(stored["mean"], "mean"), "std": _numbers(stored["std"], "std", positive=True)}
+    )
 
 
 def node_names(model: nn.Module) -> list[str]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from .errors import FeaturebankError
 from .preprocess import Preprocessing
-from .statedicts import parameters_on_meta, read_state_dict
+from .statedicts import head_outputs, parameters_on_meta, read_state_dict
 
 PREFIX = "timm:"
 CONTAINERS = ("stages", "blocks", "layers", "levels")  # top-level sequences whose items are fine-tuning blocks
@@ -185,8 +185,10 @@ def from_file(name: str, path: str, size: int | None) -> nn.Module:
     A ViT's position embeddings saved for another input size are resampled by timm's own checkpoint filter."""
     state = read_state(path)
     classifier = _classifier_name(pretrained_cfg(name))
-    key = f"{classifier}.weight"
-    num_classes = int(state[key].shape[0]) if key in state else 0
+    probe = skeleton(name, size)
+    head = probe.get_submodule(classifier) if classifier in dict(probe.named_modules()) else None
+    inputs = head.in_features if isinstance(head, nn.Linear) else head_inputs(probe)
+    num_classes = head_outputs(state, f"{classifier}.weight", inputs, path) or 0
 
     with parameters_on_meta():  # no random initialization of what the file replaces (buffers are built as usual)
         model = _create(name, **_build_kwargs(name, size, num_classes))

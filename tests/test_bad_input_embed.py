@@ -321,3 +321,86 @@ def test_declared_shapes_beyond_the_file_are_refused_and_a_real_cache_still_open
         f["rows"].create_dataset("size", shape=(1 << 36,), dtype="i8", chunks=(1024,))
     with pytest.raises(FeaturebankError, match=r"rows/size declares 68,719,476,736 values .* more than the file holds"):
         finishes(lambda: CacheReader(str(path)), 10)
+
+
+# -- checkpoints and weights files -------------------------------------------------------------------------------
+def _checkpoint(path, state, **extra):
+    import torch
+
+    torch.save({"state_dict": state, **extra} if extra else state, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "recorded, says",
+    [
+        ({"resize": 72, "crop": 64, "std": [0.2, 0.2, 0.2]}, "lacks mean"),
+        ("bilinear", "is not a mapping"),
+        ({"resize": 72, "crop": 64, "mean": "0.5", "std": [0.2, 0.2, 0.2]}, "mean is not three numbers"),
+        ({"resize": 72, "crop": 64, "mean": [0.5] * 3, "std": [0.0, 0.2, 0.2]}, "std is not three numbers above 0"),
+        ({"resize": -1, "crop": 64, "mean": [0.5] * 3, "std": [0.2] * 3}, "resize is not a whole number"),
+        ({"resize": 72, "crop": 64, "mean": [0.5] * 3, "std": [0.2] * 3, "interpolation": "magic"}, "interpolation"),
+    ],
+)
+def test_a_checkpoints_recorded_preprocessing_that_is_wrong_is_one_line(tmp_path, recorded, says):
+    import torch
+
+    from embedder.backbones import preprocessing_for, resolve_weights
+
+    path = _checkpoint(tmp_path / "ft.pth", {"fc.weight": torch.zeros(2, 512)}, preprocessing=recorded)
+    with pytest.raises(
+        FeaturebankError, match=rf"^weights file {path} records a preprocessing that is not valid .*{says}"
+    ):
+        preprocessing_for("resnet18", resolve_weights("resnet18", path))
+    good = {"resize": 72, "crop": 64, "mean": [0.5] * 3, "std": [0.2] * 3, "interpolation": "bicubic"}
+    path = _checkpoint(tmp_path / "good.pth", {"fc.weight": torch.zeros(2, 512)}, preprocessing=good)
+    prep = preprocessing_for("resnet18", resolve_weights("resnet18", path))
+    assert (prep.resize, prep.crop, prep.mean, prep.interpolation) == (72, 64, (0.5, 0.5, 0.5), "bicubic")
+
+
+def _resnet18_state(head, bias=None):
+    import torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    state = {k: v for k, v in resnet18(num_classes=2).state_dict().items() if not k.startswith("fc.")}
+    bias = torch.zeros(head.shape[0] if head.ndim else 1) if bias is None else bias
+    return {**state, "fc.weight": head, "fc.bias": bias}
+
+
+def test_a_torchvision_head_weight_that_is_0_d_or_declares_a_trillion_classes_is_one_line(tmp_path):
+    import torch
+
+    from embedder.backbones import head_classes, load_backbone
+
+    flat = _checkpoint(tmp_path / "flat.pth", _resnet18_state(torch.tensor(1.0)))
+    for call in (lambda: load_backbone("resnet18", flat), lambda: head_classes("resnet18", flat)):
+        with pytest.raises(FeaturebankError, match=r"fc\.weight has shape \(\), not \(classes, 512\)"):
+            call()
+    trillion = _resnet18_state(torch.zeros(1, 1).expand(10**12, 512), torch.zeros(1).expand(10**12))
+    huge = _checkpoint(tmp_path / "huge.pth", trillion)  # a stride-0 view: 4 bytes on disk, 2 PB built
+    with pytest.raises(FeaturebankError, match=r"fc\.weight declares 512,000,000,000,000 values .* more than the"):
+        finishes(lambda: load_backbone("resnet18", huge), 20)
+    many = _resnet18_state(torch.zeros(1, 1).expand(2_000_000, 512), torch.zeros(1).expand(2_000_000))
+    many = _checkpoint(tmp_path / "many.pth", many)
+    with pytest.raises(FeaturebankError, match=r"fc\.weight declares 2,000,000 classes, more than the 1,000,000 at"):
+        finishes(lambda: load_backbone("resnet18", many), 20)
+    fine = _checkpoint(tmp_path / "fine.pth", _resnet18_state(torch.zeros(3, 512)))
+    model = load_backbone("resnet18", fine).model
+    assert model.fc.weight.shape == (3, 512)
+
+
+def test_a_timm_head_weight_that_is_0_d_or_declares_a_trillion_classes_is_one_line(tmp_path):
+    import torch
+
+    from embedder.backbones import load_backbone
+    from embedder.timm_source import from_file
+
+    state = {"head.fc.weight": torch.tensor(1.0), "head.fc.bias": torch.zeros(1)}
+    flat = _checkpoint(tmp_path / "flat.pth", state)
+    with pytest.raises(FeaturebankError, match=r"head\.fc\.weight has shape \(\), not \(classes, 320\)"):
+        from_file("timm:convnext_atto.d2_in1k", flat, 64)
+    state = {"head.fc.weight": torch.zeros(1, 1).expand(10**12, 320), "head.fc.bias": torch.zeros(1).expand(10**12)}
+    huge = _checkpoint(tmp_path / "huge.pth", state)
+    with pytest.raises(FeaturebankError, match=r"head\.fc\.weight declares 320,000,000,000,000 values"):
+        finishes(lambda: load_backbone("timm:convnext_atto", huge, crop=64, resize=72), 20)
