@@ -76,6 +76,7 @@ def _record_pil_warnings() -> None:
 
 
 _PIL_MODULES = r"PIL(\.|$)"
+_TOO_LARGE = re.compile(r"too large for an image: ([\d,]+) bytes")
 _BOMB = re.compile(r"(\d+)x(\d+) pixels|\(?([\d,]+) pixels\)? is over|Image size \(([\d,]+) pixels\)")
 
 
@@ -95,7 +96,8 @@ def fits_now(reason: str | None, size: int, max_pixels: int) -> bool:
     """Whether a file refused for its size (pixels or bytes) is within ``max_pixels`` now: a raised limit
     retries it."""
     if reason and reason.startswith("too large for an image"):
-        return 0 <= size <= max_file_bytes(max_pixels)
+        m = _TOO_LARGE.match(reason)  # the sample's own size (a Parquet row's ``size`` is its file's)
+        return 0 <= (int(m.group(1).replace(",", "")) if m else size) <= max_file_bytes(max_pixels)
     pixels = bomb_pixels(reason)
     return pixels is not None and pixels <= max_pixels
 

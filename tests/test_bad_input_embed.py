@@ -404,3 +404,80 @@ def test_a_timm_head_weight_that_is_0_d_or_declares_a_trillion_classes_is_one_li
     huge = _checkpoint(tmp_path / "huge.pth", state)
     with pytest.raises(FeaturebankError, match=r"head\.fc\.weight declares 320,000,000,000,000 values"):
         finishes(lambda: load_backbone("timm:convnext_atto", huge, crop=64, resize=72), 20)
+
+
+# -- Parquet cells -----------------------------------------------------------------------------------------------
+def test_a_parquet_cell_larger_than_any_image_is_refused_before_it_is_copied_and_a_lone_one_unread(
+    tmp_path, monkeypatch
+):
+    """72 MiB of zeros (a few KB with zstd) at --max-pixels 2000 (a bound of 64 MiB and a little): refused with the
+    file's reason; in a row group of its own it is refused from the metadata, the row group never read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    zeros = b"\0" * (72 << 20)
+    path = tmp_path / "p.parquet"
+    table = pa.table({"key": ["a", "b", "c", "d"], "image": [jpeg(1), zeros, zeros, jpeg(2)]})
+    pq.write_table(table, path, compression="zstd", row_group_size=2)  # groups (a, b) and (c, d)
+    lone = tmp_path / "lone.parquet"
+    pq.write_table(table.slice(1, 1), lone, compression="zstd")
+    assert os.path.getsize(path) < 1 << 20 and os.path.getsize(lone) < 1 << 20
+    prep = Preprocessing(resize=36, crop=32)
+    listing = list_input(str(path))
+    items = {i.path: i for i in listing.items}
+    decoded = [listing.dataset([items[f"p.parquet/{k}"]], prep, 2000).decode(0) for k in "abcd"]
+    assert [d.reason is None for d in decoded] == [True, False, False, True]
+    bound = max_file_bytes(2000)
+    for d in decoded[1:3]:
+        assert d.reason == f"too large for an image: {72 << 20:,} bytes is more than any image within the pixel " + (
+            f"limit can be ({bound:,} bytes; raise it with --max-pixels if the image is genuine)"
+        )
+    read = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, *a, **k: read.append(a) or real(self, *a, **k))
+    listing = list_input(str(lone))
+    refused = listing.dataset(listing.items, prep, 2000).decode(0)
+    assert refused.reason.startswith("too large for an image: ") and read == []
+    assert listing.dataset(listing.items, prep).decode(0).reason == "not an image file (Pillow cannot identify it)"
+    monkeypatch.setattr(embedder.samples, "GROUP_BYTES", 0)  # every row group streamed a row at a time
+    listing = list_input(str(path))
+    items = {i.path: i for i in listing.items}
+    dataset = listing.dataset([items[f"p.parquet/{k}"] for k in "dcba"], prep, 2000)  # out of order: restarts
+    streamed = [dataset.decode(i) for i in range(4)]
+    assert [d.digest for d in streamed] == [d.digest for d in reversed(decoded)]
+    assert [d.reason for d in streamed] == [d.reason for d in reversed(decoded)]
+    assert np.array_equal(np.asarray(streamed[0].image), np.asarray(decoded[3].image))
+
+
+def test_a_raised_limit_retries_a_sample_refused_for_its_size_by_the_size_its_reason_names():
+    from embedder.decode import fits_now, too_large
+
+    reason = too_large(72 << 20, max_file_bytes(2000))
+    assert not fits_now(reason, 30_000, 2000)  # a Parquet row's size is its file's: the reason's size counts
+    assert fits_now(reason, 30_000, 5_000_000)
+
+
+def test_parquet_rows_whose_page_declares_more_than_the_bound_are_refused_unread(tmp_path, monkeypatch):
+    """The issue's file, smaller: two cells of the same 72 MiB of zeros (one dictionary page of one value), and the
+    same without a dictionary (a page per cell): each row refused from its page header, no page decompressed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    zeros = b"\0" * (72 << 20)
+    table = pa.table({"key": ["a", "b", "c"], "image": [zeros, zeros, jpeg(3)]})
+    pq.write_table(table.slice(0, 2), tmp_path / "dictionary.parquet", compression="zstd")
+    pq.write_table(table, tmp_path / "plain.parquet", compression="zstd", use_dictionary=False, write_batch_size=1)
+    read = []
+    for method in ("read_row_group", "iter_batches"):
+        real = getattr(pq.ParquetFile, method)
+        monkeypatch.setattr(
+            pq.ParquetFile, method, lambda self, *a, _real=real, **k: read.append(a) or _real(self, *a, **k)
+        )
+    prep = Preprocessing(resize=36, crop=32)
+    listing = list_input(str(tmp_path / "dictionary.parquet"))
+    reasons = [listing.dataset(listing.items, prep, 2000).decode(i).reason for i in range(2)]
+    assert all(r.startswith("too large for an image: ") for r in reasons) and read == []
+    listing = list_input(str(tmp_path / "plain.parquet"))
+    dataset = listing.dataset(listing.items, prep, 2000)
+    assert [dataset.decode(i).reason is None for i in range(2)] == [False, False] and read == []
+    assert dataset.decode(2).reason is None  # the small image is read (streamed past the refused pages)
