@@ -371,7 +371,7 @@ def preprocessing_for(name: str, weights: Weights) -> Preprocessing:
     return default_preprocessing(name)
 
 
-def recorded_preprocessing(stored, path: str) -> Preprocessing:
+def recorded_preprocessing(stored, path: str | None) -> Preprocessing:
     """The preprocessing a checkpoint records, checked field by field: a crafted or damaged record (no ``mean``,
     a string, a size of -1, an unknown interpolation) is one line naming what is wrong."""
     try:

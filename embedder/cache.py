@@ -913,7 +913,7 @@ def check_storage(f: h5py.File, path: str) -> None:
             raise damaged(
                 path, f"{name} is stored outside the file (HDF5 external storage: {target}), which a cache never is"
             )
-        shape = ds.shape or ()
+        shape: tuple[int, ...] = tuple(ds.shape or ())
         if name.startswith("features/") and len(shape) == 2 and shape[1] > max_columns(settings):
             raise damaged(
                 path,

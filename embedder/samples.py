@@ -9,6 +9,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from .batches import ImageDataset
 from .decode import DEFAULT_MAX_PIXELS, Decoded, NotReadable, decode_bytes, max_file_bytes, too_large
@@ -154,7 +155,8 @@ class _Stream:
 
     def __init__(self, pf, group: int, column: str, refused: dict | None = None):
         self.pf, self.group, self.column, self.refused = pf, group, column, refused or {}
-        self.batches, self.at, self.current = None, -1, None  # started when a row is first read
+        self.batches: Any = None  # started when a row is first read
+        self.at, self.current = -1, None
 
     def _start(self) -> None:
         self.batches = self.pf.iter_batches(batch_size=1, row_groups=[self.group], columns=[self.column])

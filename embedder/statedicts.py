@@ -54,7 +54,7 @@ def _shape(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-def check_sizes(state: dict, path: str) -> None:
+def check_sizes(state: dict, path: str | None) -> None:
     """No tensor of a weights file declares more than ``MAX_TENSOR_VALUES`` values: a view saved with stride 0
     costs nothing on disk and could otherwise ask for petabytes when a model of its shape is built."""
     for key, tensor in state.items():
@@ -68,7 +68,7 @@ def check_sizes(state: dict, path: str) -> None:
             )
 
 
-def head_outputs(state: dict, key: str, inputs: int, path: str) -> int | None:
+def head_outputs(state: dict, key: str, inputs: int, path: str | None) -> int | None:
     """The classes the head ``key`` of a weights file declares (None when the file has no such tensor), checked
     before a model of that size is built: a ``(classes, inputs)`` matrix (``(classes, inputs, 1, 1)`` for a
     convolution head), with at most ``MAX_CLASSES`` classes."""
