@@ -280,6 +280,8 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
         return list(categories)
     classes = file_metadata(spec.path).get("classes")
     if classes:
+        if not isinstance(classes, list) or not all(isinstance(c, str) and "\0" not in c for c in classes):
+            raise FeaturebankError(f"weights file {spec.path} records classes that are not a list of names")
         return list(classes)
     state = timm_source.read_state(spec.path) if is_timm_name(name) else read_state_dict(spec.path)
     probe = skeleton(name)

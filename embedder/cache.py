@@ -352,6 +352,7 @@ class CacheWriter:
                         f"{self.path} was written by a newer featurebank (format "
                         f"{f.attrs['format_version']}); upgrade featurebank"
                     )
+                check_storage(f, self.path)  # its rows are copied into the new file: none from outside it
                 stored = json.loads(f.attrs["settings"])
                 stored_source = str(f.attrs["source"])
                 self.previous_info = json.loads(f.attrs.get("info", "{}"))
@@ -368,6 +369,7 @@ class CacheWriter:
                 )
         for part in _part_files(self.path):
             with _open(part) as f:
+                check_storage(f, part)
                 key, source = str(f.attrs["settings_key"]), str(f.attrs["source"])
             if key != self.settings_key or source != self.source:
                 raise FeaturebankError(

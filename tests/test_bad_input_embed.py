@@ -481,3 +481,27 @@ def test_parquet_rows_whose_page_declares_more_than_the_bound_are_refused_unread
     dataset = listing.dataset(listing.items, prep, 2000)
     assert [dataset.decode(i).reason is None for i in range(2)] == [False, False] and read == []
     assert dataset.decode(2).reason is None  # the small image is read (streamed past the refused pages)
+
+
+def test_writing_into_a_crafted_cache_copies_nothing_from_outside_it(tmp_path):
+    import h5py
+    from conftest import SYNTHETIC_SETTINGS
+
+    from embedder.cache import CacheWriter
+
+    path = _crafted(tmp_path, _external("/etc/passwd"))
+    with h5py.File(path) as f:
+        source, root = f.attrs["source"], f.attrs["root"]
+    writer = CacheWriter(str(path), SYNTHETIC_SETTINGS, source, root, {})
+    with pytest.raises(FeaturebankError, match="HDF5 external storage: /etc/passwd"), writer:
+        pass
+
+
+def test_a_checkpoints_recorded_classes_that_are_not_names_are_one_line(tmp_path):
+    import torch
+
+    from embedder.backbones import head_classes
+
+    path = _checkpoint(tmp_path / "ft.pth", _resnet18_state(torch.zeros(3, 512)), classes="abc")
+    with pytest.raises(FeaturebankError, match="records classes that are not a list of names"):
+        head_classes("resnet18", path)
