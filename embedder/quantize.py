@@ -29,7 +29,10 @@ def draw_calibration(paths_with_keys: list[tuple[str, str]], int8: Int8) -> list
     Returns full paths in draw order; the caller takes the first ``int8.images`` and skips those that fail to
     decode."""
     ranked = sorted(
-        paths_with_keys, key=lambda pk: hashlib.blake2b(f"{int8.seed}:{pk[1]}".encode(), digest_size=8).digest()
+        paths_with_keys,
+        key=lambda pk: hashlib.blake2b(
+            f"{int8.seed}:{pk[1]}".encode("utf-8", "surrogateescape"), digest_size=8
+        ).digest(),
     )
     return [p for p, _ in ranked]
 

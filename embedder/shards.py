@@ -179,7 +179,7 @@ def shard_paths(source) -> tuple[list[str], str] | None:
     if len(names) == 1:
         identity = os.path.abspath(names[0])
     else:
-        identity = "list-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+        identity = "list-" + hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return paths, identity
 
 

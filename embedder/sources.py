@@ -329,7 +329,7 @@ def list_inputs(inputs, layout: str = "auto") -> Listing:
         else:
             paths.append(name)
     full = [os.path.abspath(p) for p in paths]
-    key = hashlib.sha256("\n".join(full).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join(full).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     listing = list_paths(full, root=os.getcwd(), source=f"paths:{key}")
     if errors:  # what listing a folder found (a folder link not followed) stays the reason
         listing.items = [replace(i, error=errors.get(listing.full_path(i), i.error)) for i in listing.items]

@@ -505,3 +505,14 @@ def test_a_checkpoints_recorded_classes_that_are_not_names_are_one_line(tmp_path
     path = _checkpoint(tmp_path / "ft.pth", _resnet18_state(torch.zeros(3, 512)), classes="abc")
     with pytest.raises(FeaturebankError, match="records classes that are not a list of names"):
         head_classes("resnet18", path)
+
+
+def test_image_files_named_on_the_command_line_may_have_names_that_are_not_utf8(tmp_path):
+    from embedder.sources import list_inputs
+
+    odd = os.path.join(os.fsencode(tmp_path), NOT_UTF8 + b".jpg")
+    with open(odd, "wb") as fh:
+        fh.write(jpeg(5))
+    listing = list_inputs([os.fsdecode(odd), str(tmp_path / "missing.jpg")])
+    assert [os.fsencode(listing.full_path(i)) for i in listing.items][0] == odd
+    assert [i.error for i in listing.items] == [None, "file not found"]
