@@ -265,7 +265,8 @@ def _number(field: bytes) -> int:
     return int(text, 8) if text else 0
 
 
-_DIGITS = re.compile(rb"[0-9]{1,20}")
+_DIGITS = re.compile(rb"[0-9]{1,20}")  # a record's length
+_NUMBER = re.compile(rb"[0-9]{1,100}")  # a number record's value (a size past the file is the scan's to say)
 PAX_NUMBERS = ("size",)  # the records whose value is read as a number
 
 
@@ -286,7 +287,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
         if not body.endswith(b"\n") or not equals or not key:
             raise ValueError(f"a record at byte {at} is not KEY=VALUE and a newline")
         text = key.decode("utf-8", "surrogateescape")
-        if text in PAX_NUMBERS and not _DIGITS.fullmatch(value):
+        if text in PAX_NUMBERS and not _NUMBER.fullmatch(value):
             raise ValueError(f"its {text} record {value[:40]!r} is not a decimal number")
         records[text] = value.decode("utf-8", "surrogateescape")
         at += length
