@@ -418,18 +418,20 @@ def test_a_timm_head_weight_that_is_0_d_or_declares_a_trillion_classes_is_one_li
 def test_a_parquet_cell_larger_than_any_image_is_refused_before_it_is_copied_and_a_lone_one_unread(
     tmp_path, monkeypatch
 ):
-    """72 MiB of zeros (a few KB with zstd) at --max-pixels 2000 (a bound of 64 MiB and a little): refused with the
-    file's reason; in a row group of its own it is refused from the metadata, the row group never read."""
+    """3 MiB of zeros (a few KB with zstd) at --max-pixels 2000 with 1 MiB of metadata allowed (a bound of 1 MiB and
+    a little; 64 MiB in the product): refused with the file's reason; in a row group of its own it is refused from
+    the metadata, the row group never read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    zeros = b"\0" * (72 << 20)
+    monkeypatch.setattr(embedder.decode, "METADATA_BYTES", 1 << 20)
+    zeros = b"\0" * (3 << 20)
     path = tmp_path / "p.parquet"
     table = pa.table({"key": ["a", "b", "c", "d"], "image": [jpeg(1), zeros, zeros, jpeg(2)]})
     pq.write_table(table, path, compression="zstd", row_group_size=2)  # groups (a, b) and (c, d)
     lone = tmp_path / "lone.parquet"
     pq.write_table(table.slice(1, 1), lone, compression="zstd")
-    assert os.path.getsize(path) < 1 << 20 and os.path.getsize(lone) < 1 << 20
+    assert os.path.getsize(path) < 100_000 and os.path.getsize(lone) < 100_000
     prep = Preprocessing(resize=36, crop=32)
     listing = list_input(str(path))
     items = {i.path: i for i in listing.items}
@@ -437,7 +439,7 @@ def test_a_parquet_cell_larger_than_any_image_is_refused_before_it_is_copied_and
     assert [d.reason is None for d in decoded] == [True, False, False, True]
     bound = max_file_bytes(2000)
     for d in decoded[1:3]:
-        assert d.reason == f"too large for an image: {72 << 20:,} bytes is more than any image within the pixel " + (
+        assert d.reason == f"too large for an image: {3 << 20:,} bytes is more than any image within the pixel " + (
             f"limit can be ({bound:,} bytes; raise it with --max-pixels if the image is genuine)"
         )
     read = []
@@ -466,12 +468,14 @@ def test_a_raised_limit_retries_a_sample_refused_for_its_size_by_the_size_its_re
 
 
 def test_parquet_rows_whose_page_declares_more_than_the_bound_are_refused_unread(tmp_path, monkeypatch):
-    """The issue's file, smaller: two cells of the same 72 MiB of zeros (one dictionary page of one value), and the
-    same without a dictionary (a page per cell): each row refused from its page header, no page decompressed."""
+    """The issue's file, smaller: two cells of the same 3 MiB of zeros (one dictionary page of one value), and the
+    same without a dictionary (a page per cell): each row refused from its page header, no page decompressed (a
+    bound of 1 MiB and a little: 1 MiB of metadata allowed here, 64 MiB in the product)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    zeros = b"\0" * (72 << 20)
+    monkeypatch.setattr(embedder.decode, "METADATA_BYTES", 1 << 20)
+    zeros = b"\0" * (3 << 20)
     table = pa.table({"key": ["a", "b", "c"], "image": [zeros, zeros, jpeg(3)]})
     pq.write_table(table.slice(0, 2), tmp_path / "dictionary.parquet", compression="zstd")
     pq.write_table(table, tmp_path / "plain.parquet", compression="zstd", use_dictionary=False, write_batch_size=1)
