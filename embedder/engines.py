@@ -491,7 +491,7 @@ def prepare_int8(
         )
     choice = Int8Choice(chosen, tried, note)
     if choice.int8:
-        store.update_meta(onnx_name(chosen), choice={"tried": tried, "bound": COSINE_BOUND, "cpu": cpu.to_dict()})
+        store.update_meta(onnx_name(chosen), int8_choice={"tried": tried, "bound": COSINE_BOUND, "cpu": cpu.to_dict()})
     store.put_record("int8-choice", key, {"settings": chosen.to_dict(), "tried": tried, "note": note})
     if note:
         prepared.note = note

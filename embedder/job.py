@@ -452,7 +452,7 @@ def _info(base: dict, previous: dict, run: Run, path: str, ranks: int = 1) -> di
             "calibration": meta.get("calibration"),
             "scheme": meta.get("scheme", run.settings.int8.name),
             "cpu": meta.get("cpu"),  # where it was calibrated and measured (absent: before CPUs were recorded)
-            "choice": meta.get("choice"),  # the schemes tried on that CPU, with their cosines
+            "choice": meta.get("int8_choice", meta.get("choice")),  # the schemes tried on that CPU, with their cosines
         }
     return info
 

@@ -103,7 +103,7 @@ class ExtractOptions:
     int8_scheme: str = option(
         "auto",
         "int8: how weights are quantized; auto: this CPU's first scheme whose mean cosine to fp32 on the "
-        "calibration images reaches 0.98 (u8s8-reduce first without VNNI), else fp32 (said in one line).",
+        "calibration images reaches 0.97 (u8s8-reduce first without VNNI), else fp32 (said in one line).",
         choices=("auto", *INT8_SCHEMES),
     )
     force_int8: bool = option(

@@ -35,8 +35,9 @@ SCHEMES = {
     "u8u8": dict(per_channel=True, reduce_range=False, weights="uint8"),
 }
 # The mean cosine to fp32 on the calibration images (of every extracted layer) an int8 engine must reach to be
-# used without --force-int8 (benchmarks/int8_accuracy.py: the schemes that reached it kept the probe's accuracy).
-COSINE_BOUND = 0.98
+# used without --force-int8. Chosen on flowers (benchmarks/int8_accuracy.py, MobileNetV2, AVX2): u8s8 at 0.91 lost
+# 2.4 points of probe accuracy, u8s8-reduce at 0.976 lost 0.2 (one image of 550); 0.98 would have refused the latter.
+COSINE_BOUND = 0.97
 WORST_LAYERS = 8  # the convolutions kept in fp32 by the last rung of a ladder
 # What each kind of CPU tries, in order, as (scheme, convolutions kept in fp32) (benchmarks/int8_accuracy.py).
 # U8U8 never saturates either, but ran at a third of fp32's speed on AVX2: it is offered, never chosen.
