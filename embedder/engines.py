@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .cpu import CpuInfo, cpu_cores, current_cpu
+from . import cpu as host
+from .cpu import CpuInfo, cpu_cores
 from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings
 from .store import EngineStore
@@ -85,7 +86,7 @@ class TorchEngine(Engine):
             "torch": self._torch.__version__,
         }
         if self.device.type == "cpu":
-            out["cpu"] = current_cpu().to_dict()
+            out["cpu"] = host.current_cpu().to_dict()
         if self.device.type == "cuda" and self.settings.precision == "fp32":
             out["tf32"] = self.tf32
         return out
@@ -123,7 +124,7 @@ class OnnxEngine(Engine):
             "threads": self.threads,
             "onnxruntime": self.version,
             "model": os.path.basename(self.path),
-            "cpu": current_cpu().to_dict(),
+            "cpu": host.current_cpu().to_dict(),
         }
 
 
@@ -247,7 +248,7 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
         if settings.precision == "int8":
             from .quantize import build_int8
 
-            if settings.int8.scheme == "auto":
+            if settings.int8 is not None and settings.int8.scheme == "auto":
                 raise FeaturebankError("int8 scheme auto: choose it first (embedder.engines.prepare_int8)")
 
             if calibration is None or _calibration_fixed(calibration):
@@ -412,8 +413,10 @@ def prepare_int8(
     from .quantize import COSINE_BOUND, build_int8, ladder, mean_cosine
 
     prepared = prepared if prepared is not None else Prepared()
-    cpu = cpu or current_cpu()
+    cpu = cpu or host.current_cpu()
     asked = settings.int8
+    if asked is None:
+        raise FeaturebankError("prepare_int8 takes int8 settings")
     key = {
         "settings": settings.to_dict(),
         "cpu": cpu.to_dict()["flags"],
@@ -430,15 +433,18 @@ def prepare_int8(
                 prepared.note = choice.note
             return choice
     rungs = ladder(cpu) if asked.scheme == "auto" else ((asked.scheme, asked.fp32_layers),)
-    candidates = [replace(settings, int8=replace(asked, scheme=s, fp32_layers=n)) for s, n in rungs]
+    schemes = [replace(asked, scheme=s, fp32_layers=n) for s, n in rungs]
+    candidates = [replace(settings, int8=q) for q in schemes]
     import_onnxruntime()
     started = time.perf_counter()
     batches = None
     ranges = store.new_model_path("int8-ranges")
     os.unlink(ranges)  # quantize_static writes the activation ranges of the first calibration here
-    tried, chosen = [], None
+    tried: list[dict] = []
+    cosines: list[float] = []
+    chosen: int | None = None
     try:
-        for candidate in candidates:
+        for i, (q, candidate) in enumerate(zip(schemes, candidates)):
             name = onnx_name(candidate)
             found = store.find_model(name)
             if found is not None:
@@ -455,12 +461,13 @@ def prepare_int8(
                 t = time.perf_counter()
                 meta = build_int8(fp32, candidate, store, name, batches, OnnxEngine, ranges)
                 prepared.steps.append(
-                    f"calibrated int8 {candidate.int8.name} in {time.perf_counter() - t:.1f} s: mean cosine to "
+                    f"calibrated int8 {q.name} in {time.perf_counter() - t:.1f} s: mean cosine to "
                     f"fp32 {mean_cosine(meta['cosine_to_fp32']):.4f}"
                 )
-            tried.append({"scheme": candidate.int8.name, "cosine": mean_cosine(meta["cosine_to_fp32"])})
-            if tried[-1]["cosine"] >= COSINE_BOUND:
-                chosen = candidate
+            cosines.append(mean_cosine(meta["cosine_to_fp32"]))
+            tried.append({"scheme": q.name, "cosine": cosines[-1]})
+            if cosines[-1] >= COSINE_BOUND:
+                chosen = i
                 break
     finally:
         if os.path.exists(ranges):
@@ -470,29 +477,29 @@ def prepare_int8(
     said = ", ".join(f"{t['scheme']} {t['cosine']:.4f}" for t in tried)
     note = None
     if chosen is None:
-        best = max(range(len(tried)), key=lambda i: tried[i]["cosine"])
+        best = max(range(len(cosines)), key=lambda i: cosines[i])
         if force or asked.scheme != "auto":
-            chosen = candidates[best]
+            chosen = best
             note = (
-                f"int8 {chosen.int8.name} kept ({'--force-int8' if force else 'asked by name'}) although its mean "
-                f"cosine to fp32 on the {images} calibration images is {tried[best]['cosine']:.4f}, under "
+                f"int8 {schemes[best].name} kept ({'--force-int8' if force else 'asked by name'}) although its mean "
+                f"cosine to fp32 on the {images} calibration images is {cosines[best]:.4f}, under "
                 f"{COSINE_BOUND} on this CPU ({cpu.int8_kind}): expect a less accurate classifier"
             )
         else:
-            chosen = settings_fp32(settings)
             note = (
                 f"int8 would cost accuracy on this CPU ({cpu.int8_kind}): mean cosine to fp32 on the {images} "
                 f"calibration images {said}, all under {COSINE_BOUND}; using fp32 (--force-int8 keeps int8)"
             )
     elif len(tried) > 1:
         note = (
-            f"int8 fell back to {chosen.int8.name} on this CPU ({cpu.int8_kind}): mean cosine to fp32 on the "
+            f"int8 fell back to {schemes[chosen].name} on this CPU ({cpu.int8_kind}): mean cosine to fp32 on the "
             f"{images} calibration images {said} (bound {COSINE_BOUND})"
         )
-    choice = Int8Choice(chosen, tried, note)
+    result = settings_fp32(settings) if chosen is None else candidates[chosen]
+    choice = Int8Choice(result, tried, note)
     if choice.int8:
-        store.update_meta(onnx_name(chosen), int8_choice={"tried": tried, "bound": COSINE_BOUND, "cpu": cpu.to_dict()})
-    store.put_record("int8-choice", key, {"settings": chosen.to_dict(), "tried": tried, "note": note})
+        store.update_meta(onnx_name(result), int8_choice={"tried": tried, "bound": COSINE_BOUND, "cpu": cpu.to_dict()})
+    store.put_record("int8-choice", key, {"settings": result.to_dict(), "tried": tried, "note": note})
     if note:
         prepared.note = note
     return choice

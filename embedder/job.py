@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from . import cpu as host
 from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from .distributed import Rank, join
@@ -416,9 +417,11 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
     return replace(settings, int8=wanted), chosen
 
 
-def same_request(stored: Int8, wanted: Int8) -> bool:
+def same_request(stored: Int8, wanted: Int8 | None) -> bool:
     """Whether the int8 of a cache is what ``wanted`` asks for (its calibration set aside; any scheme for
     ``auto``: the one chosen when the cache was made is kept, whatever this CPU would choose now)."""
+    if wanted is None:
+        return False
     if wanted.scheme == "auto":
         stored = replace(stored, scheme="auto", fp32_layers=0)
     return replace(stored, calibration_set="") == wanted
@@ -450,7 +453,7 @@ def _info(base: dict, previous: dict, run: Run, path: str, ranks: int = 1) -> di
         info["int8"] = {
             "cosine_to_fp32": int8,
             "calibration": meta.get("calibration"),
-            "scheme": meta.get("scheme", run.settings.int8.name),
+            "scheme": meta.get("scheme", run.settings.int8.name if run.settings.int8 is not None else None),
             "cpu": meta.get("cpu"),  # where it was calibrated and measured (absent: before CPUs were recorded)
             "choice": meta.get("int8_choice", meta.get("choice")),  # the schemes tried on that CPU, with their cosines
         }
@@ -558,15 +561,13 @@ class Run:
     def cpu_note(self, previous: dict) -> None:
         """An int8 cache extended on another kind of CPU than the one that made its rows: one line, not an error
         (the same int8 file computes other vectors where VNNI is missing or present)."""
-        from .cpu import current_cpu, same_kind
-
         if self.settings.precision != "int8":
             return
         made = (previous.get("int8") or {}).get("cpu") or next(
             (r["engine"].get("cpu") for r in reversed(previous.get("runs", [])) if r["engine"].get("cpu")), None
         )
-        here = current_cpu()
-        if made and not same_kind(made, here):
+        here = host.current_cpu()
+        if made and not host.same_kind(made, here):
             note = (
                 f"this int8 cache was made on another kind of CPU ({made.get('model')}, int8 kind "
                 f"{made.get('int8_kind')}) than this one ({here.model}, {here.int8_kind}): its new rows may differ "

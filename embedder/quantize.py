@@ -22,7 +22,8 @@ import warnings
 
 import numpy as np
 
-from .cpu import CpuInfo, current_cpu
+from . import cpu as host
+from .cpu import CpuInfo, cpu_cores
 from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings, Int8
 from .store import EngineStore
@@ -50,7 +51,7 @@ DEFAULT_LADDER = (("u8s8", 0), ("u8s8-reduce", 0), ("u8s8-reduce", WORST_LAYERS)
 
 def ladder(cpu: CpuInfo | None = None) -> tuple[tuple[str, int], ...]:
     """The (scheme, fp32 layers) to try on ``cpu`` (default: this one), safest last."""
-    return LADDERS.get((cpu or current_cpu()).int8_kind, DEFAULT_LADDER)
+    return LADDERS.get((cpu or host.current_cpu()).int8_kind, DEFAULT_LADDER)
 
 
 def mean_cosine(agreement: dict) -> float:
@@ -100,6 +101,8 @@ def build_int8(
         raise FeaturebankError("no calibration image could be decoded: int8 needs at least one")
     methods = {"minmax": CalibrationMethod.MinMax}
     int8 = settings.int8
+    if int8 is None:
+        raise FeaturebankError("build_int8 takes int8 settings")
     if int8.scheme not in SCHEMES:
         raise FeaturebankError(f"int8 scheme {int8.scheme!r} is not a scheme to build (auto is chosen before)")
     scheme = SCHEMES[int8.scheme]
@@ -161,7 +164,7 @@ def build_int8(
             "kind": "int8",
             "scheme": int8.name,
             "fp32_nodes": fp32_nodes,
-            "cpu": current_cpu().to_dict(),
+            "cpu": host.current_cpu().to_dict(),
             "calibration": {
                 "images": int(sum(len(b) for b in batches)),
                 "method": int8.method,
@@ -218,8 +221,6 @@ def worst_layers(fp32_path: str, int8_path: str, batches, n: int, images: int = 
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
-
-    from .cpu import cpu_cores
 
     q = onnx.load(int8_path)
     init = {i.name: i for i in q.graph.initializer}
