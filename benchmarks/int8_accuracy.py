@@ -191,7 +191,7 @@ def main() -> int:
     skip = set(opts.skip_schemes.split(",")) if opts.skip_schemes else set()
     rows = [
         "| data | scheme | cosine to fp32, calibration images (mean / worst) | cosine on val/ (mean / worst) | "
-        "probe on val/: accuracy % (vs fp32) | val predictions changed | ORT images/s (vs fp32) | calibration |",
+        "probe on val/: accuracy % (vs fp32) | val predictions changed | ORT images/s (vs fp32) | one-time (export or calibration) |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
