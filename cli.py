@@ -128,7 +128,9 @@ def extract(source, cache, quiet, as_json, **options):
     o = ExtractOptions(**options)
     if o.calibration_from and o.precision != "int8":
         raise click.UsageError("--calibration-from goes with --precision int8")
-    int8, engine_dir = int8_request(o.precision, o.calibration_images, o.seed, o.calibration, o.calibration_from)
+    int8, engine_dir = int8_request(
+        o.precision, o.calibration_images, o.seed, o.calibration, o.calibration_from, o.int8_scheme
+    )
     summary = run_extract(
         source[0] if len(source) == 1 else list(source),
         cache,

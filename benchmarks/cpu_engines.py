@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,18 +31,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 PHOTOS = SHARED / "data" / "hymenoptera"
-FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-)
 MAXRSS = (
     "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
     "sys.stderr.write(r.stderr); print(r.stdout.strip()); "
@@ -53,10 +39,12 @@ MAXRSS = (
 
 
 def cpu() -> tuple[str, str]:
-    text = pathlib.Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
-    name = re.search(r"model name\s*:\s*(.*)", text)
-    flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split()) if "flags" in text else set()
-    return (name.group(1) if name else platform.processor()), " ".join(f for f in FLAGS if f in flags) or "-"
+    """The CPU's model and the instruction sets int8 depends on (``embedder.cpu``), with its int8 kind."""
+    from embedder.cpu import current_cpu
+
+    here = current_cpu()
+    flags = "unknown" if here.flags is None else (" ".join(here.flags) or "-")
+    return here.model, f"{flags} (int8 kind {here.int8_kind})"
 
 
 def photo_farm(folder: pathlib.Path, copies: int = 1, limit: int | None = None) -> int:
@@ -125,6 +113,18 @@ def decode_only(folder: pathlib.Path) -> float:
     return n / (time.perf_counter() - t)
 
 
+def int8_choice(summary: dict) -> str:
+    """The scheme ``--precision int8`` chose on this CPU and its mean cosine to fp32, or its fallback to fp32."""
+    from embedder.cache import CacheReader
+    from embedder.settings import ExtractionSettings
+
+    settings = ExtractionSettings.from_dict(summary["settings"])
+    if settings.int8 is None:
+        return "fp32: " + "; ".join(summary["notes"])
+    c = next(iter(CacheReader(summary["cache"]).info["int8"]["cosine_to_fp32"].values()))
+    return f"{settings.int8.name} ({c['mean']:.4f})"
+
+
 def engines_of(model: str, store_dir: str, prep_summary: dict, int8_summary: dict):
     import torch
 
@@ -141,7 +141,9 @@ def engines_of(model: str, store_dir: str, prep_summary: dict, int8_summary: dic
         "torch eager": TorchEngine(net, settings, torch.device("cpu"), channels_last=False),
         "torch channels_last": TorchEngine(net, settings, torch.device("cpu"), channels_last=True),
         "onnxruntime fp32": OnnxEngine(store.find_model(onnx_name(settings))[0], settings),
-        "onnxruntime int8": OnnxEngine(store.find_model(onnx_name(int8))[0], int8),
+        "onnxruntime int8": OnnxEngine(store.find_model(onnx_name(int8))[0], int8)
+        if int8.precision == "int8"
+        else OnnxEngine(store.find_model(onnx_name(settings))[0], settings),  # int8 fell back to fp32
     }
 
 
@@ -171,8 +173,8 @@ def main() -> int:
         table = [
             "| model | (a) torch eager | (a) torch channels_last | (a) ORT fp32 | (a) ORT int8 | (b) decode | "
             "(c) limit fp32 / int8 | (d) tutorial | (e) extract fp32 | (e) extract int8 | e/d fp32 / int8 | "
-            "e/c fp32 / int8 | one-time fp32 / int8 |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+            "e/c fp32 / int8 | one-time fp32 / int8 | int8 scheme chosen (cosine to fp32, calibration images) |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
         ]
         for model in opts.models.split(","):
             _, out = run(extract_cmd(photos, tmp / f"prep-{model}.h5", model), env)
@@ -207,7 +209,7 @@ def main() -> int:
                 f"{rates['onnxruntime fp32']:.1f} | {rates['onnxruntime int8']:.1f} | {decode:.0f} | "
                 f"{limit32:.1f} / {limit8:.1f} | {d:.1f} | {f32:.1f} (loop {np.mean(loops):.1f}) | {f8:.1f} | "
                 f"{f32 / d:.2f} / {f8 / d:.2f} | {f32 / limit32:.2f} / {f8 / limit8:.2f} | "
-                f"{prep['prepared_seconds']:.1f} s / {prep8['prepared_seconds']:.1f} s |"
+                f"{prep['prepared_seconds']:.1f} s / {prep8['prepared_seconds']:.1f} s | {int8_choice(prep8)} |"
             )
             print(table[-1], flush=True)
         lines += [

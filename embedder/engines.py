@@ -17,10 +17,12 @@ import platform
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import cpu as host
+from .cpu import CpuInfo, cpu_cores
 from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings
 from .store import EngineStore
@@ -83,6 +85,8 @@ class TorchEngine(Engine):
             "threads": self._torch.get_num_threads(),
             "torch": self._torch.__version__,
         }
+        if self.device.type == "cpu":
+            out["cpu"] = host.current_cpu().to_dict()
         if self.device.type == "cuda" and self.settings.precision == "fp32":
             out["tf32"] = self.tf32
         return out
@@ -120,6 +124,7 @@ class OnnxEngine(Engine):
             "threads": self.threads,
             "onnxruntime": self.version,
             "model": os.path.basename(self.path),
+            "cpu": host.current_cpu().to_dict(),
         }
 
 
@@ -131,13 +136,6 @@ def import_onnxruntime():
             f"onnxruntime is not installed ({exc}); pip install onnxruntime, or --engine torch"
         ) from None
     return onnxruntime
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def cpu_name() -> str:
@@ -249,6 +247,9 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
     if found is None:
         if settings.precision == "int8":
             from .quantize import build_int8
+
+            if settings.int8 is not None and settings.int8.scheme == "auto":
+                raise FeaturebankError("int8 scheme auto: choose it first (embedder.engines.prepare_int8)")
 
             if calibration is None or _calibration_fixed(calibration):
                 raise FeaturebankError(
@@ -375,3 +376,130 @@ def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepa
         + f": {chosen}"
     )
     return torch_engine if chosen == "torch" else ort_engine
+
+
+@dataclass
+class Int8Choice:
+    """What ``prepare_int8`` decided: the settings to extract with (int8 with a scheme, or fp32), each scheme tried
+    with its mean cosine to fp32 on the calibration images, and the line said to the user when it fell back."""
+
+    settings: ExtractionSettings
+    tried: list[dict] = field(default_factory=list)  # {scheme, cosine}
+    note: str | None = None
+
+    @property
+    def int8(self) -> bool:
+        return self.settings.precision == "int8"
+
+
+def prepare_int8(
+    settings: ExtractionSettings,
+    store: EngineStore,
+    build_model,
+    calibration,
+    prepared: Prepared | None = None,
+    *,
+    batch_size: int = 32,
+    force: bool = False,
+    cpu: CpuInfo | None = None,
+) -> Int8Choice:
+    """int8 ``settings`` whose scheme is ``auto`` → the scheme this CPU keeps, its engine in the store. The CPU's
+    ladder (``quantize.ladder``) is tried in order, calibrating once; the first whose mean cosine to fp32 on the
+    calibration images reaches ``quantize.COSINE_BOUND`` is kept. If none does: fp32 settings, with a note saying
+    that int8 would cost accuracy on this CPU; ``force`` keeps the int8 scheme of the best cosine instead. The
+    decision is recorded in the store (per settings, CPU flags and ONNX Runtime version), so a rerun or another
+    cache of the same input decides alike without calibrating. A scheme asked for by name is built as asked
+    (a note when it misses the bound)."""
+    from .quantize import COSINE_BOUND, build_int8, ladder, mean_cosine
+
+    prepared = prepared if prepared is not None else Prepared()
+    cpu = cpu or host.current_cpu()
+    asked = settings.int8
+    if asked is None:
+        raise FeaturebankError("prepare_int8 takes int8 settings")
+    key = {
+        "settings": settings.to_dict(),
+        "cpu": cpu.to_dict()["flags"],
+        "kind": cpu.int8_kind,
+        "bound": COSINE_BOUND,
+        "force": force,
+        "onnxruntime": version_of("onnxruntime"),
+    }
+    known = store.record("int8-choice", key)
+    if known is not None:
+        choice = Int8Choice(ExtractionSettings.from_dict(known["settings"]), known["tried"], known.get("note"))
+        if not choice.int8 or store.find_model(onnx_name(choice.settings)) is not None:
+            if choice.note:
+                prepared.note = choice.note
+            return choice
+    rungs = ladder(cpu) if asked.scheme == "auto" else ((asked.scheme, asked.fp32_layers),)
+    schemes = [replace(asked, scheme=s, fp32_layers=n) for s, n in rungs]
+    candidates = [replace(settings, int8=q) for q in schemes]
+    import_onnxruntime()
+    started = time.perf_counter()
+    batches = None
+    ranges = store.new_model_path("int8-ranges")
+    os.unlink(ranges)  # quantize_static writes the activation ranges of the first calibration here
+    tried: list[dict] = []
+    cosines: list[float] = []
+    chosen: int | None = None
+    try:
+        for i, (q, candidate) in enumerate(zip(schemes, candidates)):
+            name = onnx_name(candidate)
+            found = store.find_model(name)
+            if found is not None:
+                meta = found[1]
+            else:
+                if calibration is None or _calibration_fixed(calibration):
+                    raise FeaturebankError(
+                        f"the int8 engine {name} is not in {store.folder}: it is made when its cache is first "
+                        f"extracted, from that input's images"
+                    )
+                if batches is None:
+                    batches = list(calibration())
+                fp32 = _onnx_engine(settings_fp32(settings), store, build_model, batch_size, None, prepared)
+                t = time.perf_counter()
+                meta = build_int8(fp32, candidate, store, name, batches, OnnxEngine, ranges)
+                prepared.steps.append(
+                    f"calibrated int8 {q.name} in {time.perf_counter() - t:.1f} s: mean cosine to "
+                    f"fp32 {mean_cosine(meta['cosine_to_fp32']):.4f}"
+                )
+            cosines.append(mean_cosine(meta["cosine_to_fp32"]))
+            tried.append({"scheme": q.name, "cosine": cosines[-1]})
+            if cosines[-1] >= COSINE_BOUND:
+                chosen = i
+                break
+    finally:
+        if os.path.exists(ranges):
+            os.unlink(ranges)
+    prepared.seconds += time.perf_counter() - started
+    images = (store.sidecar(onnx_name(candidates[0])) or {}).get("calibration", {}).get("images", "?")
+    said = ", ".join(f"{t['scheme']} {t['cosine']:.4f}" for t in tried)
+    note = None
+    if chosen is None:
+        best = max(range(len(cosines)), key=lambda i: cosines[i])
+        if force or asked.scheme != "auto":
+            chosen = best
+            note = (
+                f"int8 {schemes[best].name} kept ({'--force-int8' if force else 'asked by name'}) although its mean "
+                f"cosine to fp32 on the {images} calibration images is {cosines[best]:.4f}, under "
+                f"{COSINE_BOUND} on this CPU ({cpu.int8_kind}): expect a less accurate classifier"
+            )
+        else:
+            note = (
+                f"int8 would cost accuracy on this CPU ({cpu.int8_kind}): mean cosine to fp32 on the {images} "
+                f"calibration images {said}, all under {COSINE_BOUND}; using fp32 (--force-int8 keeps int8)"
+            )
+    elif len(tried) > 1:
+        note = (
+            f"int8 fell back to {schemes[chosen].name} on this CPU ({cpu.int8_kind}): mean cosine to fp32 on the "
+            f"{images} calibration images {said} (bound {COSINE_BOUND})"
+        )
+    result = settings_fp32(settings) if chosen is None else candidates[chosen]
+    choice = Int8Choice(result, tried, note)
+    if choice.int8:
+        store.update_meta(onnx_name(result), int8_choice={"tried": tried, "bound": COSINE_BOUND, "cpu": cpu.to_dict()})
+    store.put_record("int8-choice", key, {"settings": result.to_dict(), "tried": tried, "note": note})
+    if note:
+        prepared.note = note
+    return choice

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from . import cpu as host
 from .cache import CacheReader, CacheWriter, settings_key
 from .decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from .distributed import Rank, join
@@ -115,6 +116,7 @@ class ExtractJob:
     cache_dir: str | None = None
     engine_dir: str | None = None  # None: the engine folder next to the cache
     shards: object = None  # ShardOptions: where tar samples and Parquet rows keep their image, label, group
+    force_int8: bool = False  # keep int8 even when no scheme reaches the cosine bound on this CPU
 
     def __post_init__(self):
         if self.request.pooling not in POOLINGS:
@@ -151,6 +153,7 @@ def extract(
     tta: str = "none",
     confine: bool = False,
     shards=None,
+    force_int8: bool = False,
 ) -> ExtractSummary:
     """Embed every image of ``source`` (a folder, manifest, list file, WebDataset tar shards or Parquet files
     (a folder of them, one, a glob, a list), or a :class:`Listing`) into the HDF5 cache ``cache`` (default: under
@@ -159,7 +162,9 @@ def extract(
 
     ``engine``: ``auto`` (ONNX Runtime on the CPU where it measured faster, torch on GPUs), ``torch`` or
     ``onnxruntime``. ``precision="int8"`` calibrates on images of the input (``int8`` sets how many, the seed and
-    the method; an ``int8.calibration_set`` given asks for that exact engine, as a model bundle does).
+    the method; an ``int8.calibration_set`` given asks for that exact engine, as a model bundle does). Its scheme
+    ``auto`` (the default) is the CPU's first scheme whose cosine to fp32 on the calibration images reaches the
+    bound, else fp32, said in one line (``force_int8``: int8 anyway; ``embedder.engines.prepare_int8``).
 
     Under torchrun each rank calls this with the same arguments (``cli extract`` does); every rank returns the
     job's summary; only rank 0 shows progress."""
@@ -174,6 +179,7 @@ def extract(
         engine_dir=engine_dir,
         confine=confine,
         shards=shards,
+        force_int8=force_int8,
         request=Request(
             backbone=backbone,
             weights=weights,
@@ -228,6 +234,14 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
     with group.step("drawing the int8 calibration images"):
         if settings.precision == "int8":
             settings, calibration_files = int8_settings(settings, listing, path)
+    run = Run(settings, resolved, store, execution)
+    if settings.int8 is not None and settings.int8.scheme == "auto":  # before the cache: it names the rows
+        choice = group.leader_first(
+            "choosing the int8 scheme", lambda: run.choose_int8(calibration_files, fixed_calibration, job.force_int8)
+        )
+        settings = run.settings = choice.settings
+        if not choice.int8 and job.cache is None:  # fp32 instead: the fp32 cache of this input, rows shared
+            path = os.path.abspath(default_cache_path(listing, settings.to_dict(), settings.backbone, job.cache_dir))
     base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind}
 
     writer = CacheWriter(
@@ -246,7 +260,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
             if not item.error and item.path not in planned and writer.entries[item.path].reason is None
         )
         new_failures = sum(1 for item in listing.items if item.error)
-        run = Run(settings, resolved, store, execution)
+        run.cpu_note(writer.previous_info)
         shard = rank.shard(todo, execution.batch_size)
 
         def open_engine():
@@ -334,7 +348,7 @@ def _summary(
         engine=run.engine.describe() if run.engine else {},
         prepared_seconds=round(run.prepared.seconds, 3),
         prepared=run.prepared.steps,
-        notes=[run.prepared.note] if run.prepared.note else [],
+        notes=run.notes,
         warnings=run.warned,
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=run.rate,
@@ -354,13 +368,18 @@ def int8_of_cache(path: str) -> tuple[Int8, str]:
 
 
 def int8_request(
-    precision: str, images: int = 256, seed: int = 0, method: str = "minmax", calibration_from: str | None = None
+    precision: str,
+    images: int = 256,
+    seed: int = 0,
+    method: str = "minmax",
+    calibration_from: str | None = None,
+    scheme: str = "auto",
 ) -> tuple[Int8 | None, str | None]:
     """``extract``'s int8 options → the int8 engine to make or use, and the engine folder it is in (None: the
-    cache's own): ``calibration_from`` names an int8 cache whose engine (and calibration) is used as it is."""
+    cache's own): ``calibration_from`` names an int8 cache whose engine (calibration and scheme) is used as it is."""
     if calibration_from:
         return int8_of_cache(calibration_from)
-    return (Int8(images, seed, method) if precision == "int8" else None), None
+    return (Int8(images, seed, method, scheme=scheme) if precision == "int8" else None), None
 
 
 def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | None):
@@ -374,7 +393,7 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
     stored = stored_settings(path) if path else None
     if not wanted.calibration_set and stored:
         stored = ExtractionSettings.from_dict(stored)
-        if stored.int8 and replace(stored.int8, calibration_set="") == wanted:
+        if stored.int8 and same_request(stored.int8, wanted):
             wanted = stored.int8
     if hasattr(listing, "where"):  # samples of shards have no file to calibrate from
         if not wanted.calibration_set:
@@ -396,6 +415,16 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
                 digests.append("")  # as the decoder records an unreadable file
         wanted = replace(wanted, calibration_set=calibration_set_id(digests))
     return replace(settings, int8=wanted), chosen
+
+
+def same_request(stored: Int8, wanted: Int8 | None) -> bool:
+    """Whether the int8 of a cache is what ``wanted`` asks for (its calibration set aside; any scheme for
+    ``auto``: the one chosen when the cache was made is kept, whatever this CPU would choose now)."""
+    if wanted is None:
+        return False
+    if wanted.scheme == "auto":
+        stored = replace(stored, scheme="auto", fp32_layers=0)
+    return replace(stored, calibration_set="") == wanted
 
 
 def _info(base: dict, previous: dict, run: Run, path: str, ranks: int = 1) -> dict:
@@ -420,8 +449,14 @@ def _info(base: dict, previous: dict, run: Run, path: str, ranks: int = 1) -> di
         else previous.get("int8", {}).get("cosine_to_fp32")
     )
     if run.settings.precision == "int8" and int8:
-        calib = run.engine.meta.get("calibration") if run.engine is not None else previous["int8"].get("calibration")
-        info["int8"] = {"cosine_to_fp32": int8, "calibration": calib}
+        meta = run.engine.meta if run.engine is not None else previous["int8"]
+        info["int8"] = {
+            "cosine_to_fp32": int8,
+            "calibration": meta.get("calibration"),
+            "scheme": meta.get("scheme", run.settings.int8.name if run.settings.int8 is not None else None),
+            "cpu": meta.get("cpu"),  # where it was calibrated and measured (absent: before CPUs were recorded)
+            "choice": meta.get("int8_choice", meta.get("choice")),  # the schemes tried on that CPU, with their cosines
+        }
     return info
 
 
@@ -474,6 +509,7 @@ class Run:
         self.processed = 0  # images pushed through decoding (embedded or failed)
         self.loop_seconds = 0.0
         self._model = None
+        self.notes: list[str] = []  # fallbacks and warnings, each said once on stderr
 
     def tally(self, failures: int) -> tuple:
         return self.embedded, failures, self.processed, self.loop_seconds
@@ -501,13 +537,54 @@ class Run:
             self._model = load_backbone(self.settings.backbone, r.weights_arg, r.seed, p.resize, p.crop, p.draft).model
         return self._model
 
-    def open(self, calibration_files: list[str], fixed: bool = False) -> None:
+    def calibration(self, calibration_files: list[str], fixed: bool = False):
         def calibration():
             return calibration_batches(
                 calibration_files, self.settings, self.execution.max_pixels, self.execution.threads
             )
 
         calibration.fixed = fixed  # an int8 engine named by a bundle or another cache: found, never redrawn
+        return calibration
+
+    def choose_int8(self, calibration_files: list[str], fixed: bool, force: bool):
+        """The int8 scheme (or fp32) this CPU keeps for these settings (``engines.prepare_int8``)."""
+        from .engines import prepare_int8
+
+        choice = prepare_int8(
+            self.settings,
+            self.store,
+            self.build_model,
+            self.calibration(calibration_files, fixed),
+            self.prepared,
+            batch_size=self.execution.batch_size,
+            force=force,
+        )
+        if self.prepared.note:
+            sys.stderr.write(f"featurebank: {self.prepared.note}\n")
+            self.notes.append(self.prepared.note)
+            self.prepared.note = None
+        return choice
+
+    def cpu_note(self, previous: dict) -> None:
+        """An int8 cache extended on another kind of CPU than the one that made its rows: one line, not an error
+        (the same int8 file computes other vectors where VNNI is missing or present)."""
+        if self.settings.precision != "int8":
+            return
+        made = (previous.get("int8") or {}).get("cpu") or next(
+            (r["engine"].get("cpu") for r in reversed(previous.get("runs", [])) if r["engine"].get("cpu")), None
+        )
+        here = host.current_cpu()
+        if made and not host.same_kind(made, here):
+            note = (
+                f"this int8 cache was made on another kind of CPU ({made.get('model')}, int8 kind "
+                f"{made.get('int8_kind')}) than this one ({here.model}, {here.int8_kind}): its new rows may differ "
+                f"from the old beyond rounding (featurebank info shows both CPUs)"
+            )
+            sys.stderr.write(f"featurebank: {note}\n")
+            self.notes.append(note)
+
+    def open(self, calibration_files: list[str], fixed: bool = False) -> None:
+        calibration = self.calibration(calibration_files, fixed)
 
         how = self.execution
         self.engine = open_engine(
@@ -522,6 +599,7 @@ class Run:
         )
         if self.prepared.note:
             sys.stderr.write(f"featurebank: {self.prepared.note}\n")
+            self.notes.append(self.prepared.note)
 
     def embed(self, todo, listing: Listing, writer: CacheWriter, open_engine) -> int:
         """Push ``todo`` through the engine (``open_engine()`` loads it while the first batches decode); each
@@ -541,7 +619,7 @@ class Run:
             dataset = ImageDataset(
                 [listing.full_path(item) for item in todo], self.settings.preprocessing, how.max_pixels
             )
-        started = time.perf_counter()
+        started, prepared_before = time.perf_counter(), self.prepared.seconds
         stream = batches(
             dataset,
             how.batch_size,
@@ -612,7 +690,7 @@ class Run:
                     in_flight.popleft().result()
         # the loop: from the first decode to the last batch handed over; the engine's loading (which overlaps
         # decoding) is in it, one-time preparation (export, measuring, calibration) is not
-        self.loop_seconds = max(1e-9, time.perf_counter() - started - self.prepared.seconds)
+        self.loop_seconds = max(1e-9, time.perf_counter() - started - (self.prepared.seconds - prepared_before))
         self.processed = len(todo)
         return failures
 

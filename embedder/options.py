@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from .decode import DEFAULT_MAX_PIXELS
 from .engines import ENGINES
 from .errors import FeaturebankError
-from .settings import CALIBRATIONS, POOLINGS, PRECISIONS, TTAS
+from .settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS
 from .sources import LAYOUTS
 
 BACKBONE, DEVICE = "embedder.backbones:check_backbone", "embedder.engines:check_device"
@@ -100,6 +100,17 @@ class ExtractOptions:
     calibration: str = option(
         "minmax", "int8: how activation ranges are read from the calibration images.", choices=CALIBRATIONS
     )
+    int8_scheme: str = option(
+        "auto",
+        "int8: how weights are quantized; auto: this CPU's first scheme whose mean cosine to fp32 on the "
+        "calibration images reaches 0.97 (u8s8-reduce first without VNNI), else fp32 (said in one line).",
+        choices=("auto", *INT8_SCHEMES),
+    )
+    force_int8: bool = option(
+        False,
+        "int8: keep int8 (the scheme closest to fp32) even when none reaches the cosine bound on this CPU, "
+        "instead of falling back to fp32.",
+    )
     calibration_from: str | None = option(
         None,
         "int8: use the int8 engine of this cache (e.g. embed val/ with "
@@ -127,7 +138,9 @@ class ExtractOptions:
     def keywords(self) -> dict:
         """The keywords of ``embedder.job.extract``, without the int8 options (``job.int8_request`` reads them)."""
         return {
-            k: v for k, v in asdict(self).items() if k not in ("calibration_images", "calibration", "calibration_from")
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("calibration_images", "calibration", "calibration_from", "int8_scheme")
         }
 
 

@@ -26,34 +26,65 @@ ONNX_PRECISIONS = ("fp32", "int8")  # what an ONNX Runtime engine, and an export
 TTAS = ("none", "flip")  # test-time augmentation: "flip" is the mean of the image's and its mirror's vectors
 AUGMENTATIONS = ("flip", "trivial", "none")  # training-time policies (embedder.augment; not a setting of vectors)
 CALIBRATIONS = ("minmax",)  # ONNX Runtime 1.31's percentile and entropy calibrators fail on these graphs
+# How int8 is computed (embedder.quantize.SCHEMES): uint8 activations with per-channel int8 weights (u8s8), the same
+# with 7-bit weights (u8s8-reduce: no 16-bit saturation on CPUs without VNNI), per-tensor int8 weights (u8s8-tensor),
+# per-channel uint8 weights (u8u8). "auto" asks for the CPU's default and its fallbacks (embedder.quantize.ladder).
+INT8_SCHEMES = ("u8s8", "u8s8-reduce", "u8s8-tensor", "u8u8")
 
 
 @dataclass(frozen=True)
 class Int8:
-    """Post-training static int8 (ONNX Runtime QDQ: per-channel int8 weights, uint8 activations), calibrated on
+    """Post-training static int8 (ONNX Runtime QDQ, uint8 activations, weights as ``scheme`` says), calibrated on
     ``images`` images drawn reproducibly (``seed``) from the input. ``calibration_set`` is a hash of those images'
-    bytes: two inputs with other calibration images get other int8 models, hence other settings."""
+    bytes: two inputs with other calibration images get other int8 models, hence other settings. ``scheme`` and
+    ``fp32_layers`` (the convolutions that lost most on the calibration images, kept in fp32) are settings too: two
+    schemes, two caches. ``scheme="auto"`` is a request only (the CPU's choice, ``embedder.quantize.choose_int8``);
+    settings that name vectors always hold the scheme chosen."""
 
     images: int = 256
     seed: int = 0
     method: str = "minmax"
     calibration_set: str = ""  # blake2b of the sorted content digests of the calibration images; "" until drawn
     fp32_tail: bool = True  # keep each output's last convolution and what follows it in fp32 (measured: README)
+    scheme: str = "auto"  # a stored dict without it is "u8s8" (the only scheme before there were others)
+    fp32_layers: int = 0
 
     def __post_init__(self):
+        if self.scheme not in ("auto", *INT8_SCHEMES):
+            raise FeaturebankError(
+                f"unknown int8 scheme {self.scheme!r}: choose one of auto, {', '.join(INT8_SCHEMES)}"
+            )
+        if self.fp32_layers < 0:
+            raise FeaturebankError("fp32_layers must be at least 0")
         if self.method not in CALIBRATIONS:
             raise FeaturebankError(f"unknown calibration {self.method!r}: choose one of {', '.join(CALIBRATIONS)}")
         if self.images < 1:
             raise FeaturebankError("--calibration-images must be at least 1")
 
     def to_dict(self) -> dict:
-        return {
+        """The five keys of before, then ``scheme`` unless u8s8 and ``fp32_layers`` unless 0 (older int8 caches, all
+        u8s8, keep their settings key)."""
+        d: dict = {
             "images": self.images,
             "seed": self.seed,
             "method": self.method,
             "calibration_set": self.calibration_set,
             "fp32_tail": self.fp32_tail,
         }
+        if self.scheme != "u8s8":
+            d["scheme"] = self.scheme
+        if self.fp32_layers:
+            d["fp32_layers"] = self.fp32_layers
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Int8:
+        return cls(**{"scheme": "u8s8", **d})
+
+    @property
+    def name(self) -> str:
+        """The scheme as a person reads it: ``u8s8-reduce``, ``u8s8-reduce + 4 layers fp32``."""
+        return self.scheme + (f" + {self.fp32_layers} layers fp32" if self.fp32_layers else "")
 
 
 @dataclass(frozen=True)
@@ -112,7 +143,7 @@ class ExtractionSettings:
             if p:
                 p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
             prep = Preprocessing(**p)
-            int8 = Int8(**d["int8"]) if d.get("int8") else None
+            int8 = Int8.from_dict(d["int8"]) if d.get("int8") else None
             return cls(
                 backbone=d["backbone"],
                 weights=d["weights"],

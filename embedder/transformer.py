@@ -8,6 +8,7 @@ and engine as ``featurebank extract``, so its rows equal the cache's.
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -17,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from .backbones import load_backbone, resolve_layers
 from .batches import ImageDataset, batches
 from .decode import DEFAULT_MAX_PIXELS
-from .engines import open_engine, resolve_device_name
+from .engines import open_engine, prepare_int8, resolve_device_name
 from .errors import FeaturebankError
 from .features import layer_dims
 from .guard import BatchRunner
@@ -136,6 +137,13 @@ class Embedder(TransformerMixin, BaseEstimator):
                 return chunks
 
             calibration.fixed = chunks is None  # a cache's engine, or an unpickled one: found, never redrawn
+            if self.settings_.int8 is not None and self.settings_.int8.scheme == "auto":
+                choice = prepare_int8(
+                    self.settings_, store, lambda: self.backbone_.model, calibration, batch_size=self.batch_size
+                )
+                if choice.note:  # another scheme, or fp32: the vectors are what settings_ says
+                    warnings.warn(choice.note, stacklevel=3)
+                self.settings_ = choice.settings
             engine = open_engine(
                 self.settings_,
                 store,

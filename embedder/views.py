@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .cache import CacheReader
+from .cpu import CpuInfo
 
 SHOWN_FAILURES = 20  # files listed by name; --json has them all
 
@@ -66,13 +67,24 @@ def cache_text(d: dict) -> list[str]:
             f"run {last['time']}: {last['embedded']} images at {last['images_per_second']} images/s "
             f"({len(runs)} run(s) recorded)"
         )
+        cpus = list({CpuInfo.from_dict(r["engine"]["cpu"]).describe(): None for r in runs if r["engine"].get("cpu")})
+        for cpu in cpus[-3:]:
+            lines.append(f"  cpu          {cpu}" + ("" if len(cpus) == 1 else " (runs of this cache differ in CPU)"))
     int8 = info.get("int8")
     if int8:
         calib = int8.get("calibration") or {}
+        scheme = int8.get("scheme", "u8s8")
         for layer, c in int8["cosine_to_fp32"].items():
             lines.append(
                 f"  int8         {layer}: cosine to fp32 mean {c['mean']:.4f}, worst {c['min']:.4f}, on the "
-                f"{c['images']} calibration images ({calib.get('method', '?')}, seed {calib.get('seed', '?')})"
+                f"{c['images']} calibration images ({scheme}, {calib.get('method', '?')}, seed {calib.get('seed', '?')})"
+            )
+        tried = (int8.get("choice") or {}).get("tried") or []
+        if int8.get("cpu") or len(tried) > 1:
+            made = CpuInfo.from_dict(int8["cpu"]).describe() if int8.get("cpu") else "a CPU not recorded"
+            lines.append(
+                f"  int8         calibrated on {made}"
+                + (": tried " + ", ".join(f"{t['scheme']} {t['cosine']:.4f}" for t in tried) if len(tried) > 1 else "")
             )
     lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()))
     return lines

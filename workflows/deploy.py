@@ -32,7 +32,7 @@ from embedder.batches import ImageDataset, ThreadBatches
 from embedder.cache import CacheReader
 from embedder.decode import DEFAULT_MAX_PIXELS
 from embedder.destination import check_destination
-from embedder.engines import open_engine, settings_fp32
+from embedder.engines import open_engine, prepare_int8, settings_fp32
 from embedder.errors import FeaturebankError, first_line
 from embedder.job import calibration_batches, int8_settings
 from embedder.resolve import Request, resolve
@@ -547,6 +547,8 @@ def export(
         )
 
     q_settings, calibration_fn = _int8_plan(settings, calibration, int8, max_pixels, threads)
+    if q_settings.int8.scheme == "auto":  # int8 asked for a file: this CPU's scheme, kept (compare() says the cost)
+        q_settings = prepare_int8(q_settings, store, build_model, calibration_fn, force=True).settings
     q_engine = open_engine(
         q_settings, store, build_model, engine="onnxruntime", device="cpu", calibration=calibration_fn
     )

@@ -1,0 +1,195 @@
+"""int8 that knows its CPU: the instruction sets recorded and read back, schemes as settings, the cosine guard that
+falls back to a safer scheme or to fp32 (and --force-int8 that keeps int8), a cache extended on another CPU."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+from conftest import FAST, photo, write_tree
+
+import embedder
+import embedder.cpu
+import embedder.quantize
+from embedder.cache import CacheReader
+from embedder.cpu import CpuInfo, parse_cpuinfo, same_kind
+from embedder.settings import ExtractionSettings, Int8
+
+EPYC = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n\nprocessor\t: 1\n"
+XEON = "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: avx2 avx512f avx512bw avx512_vnni amx_int8 amx_tile\n"
+GRAVITON = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd aes asimddp i8mm\nCPU implementer\t: 0x41\n"
+VNNI_CPU = CpuInfo("Some Xeon", 2, "x86_64", ("avx2", "avx512f", "avx512bw", "avx512_vnni"))
+TINY = dict(FAST, batch_size=8)
+
+
+def test_the_instruction_sets_that_matter_are_read_from_cpuinfo():
+    epyc, xeon, arm = (parse_cpuinfo(t, a, 2) for t, a in ((EPYC, "x86_64"), (XEON, "x86_64"), (GRAVITON, "aarch64")))
+    assert (epyc.model, epyc.flags, epyc.int8_kind) == ("AMD EPYC 7B13", ("avx2",), "avx2")
+    assert xeon.flags == ("avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8") and xeon.int8_kind == "vnni"
+    assert arm.flags == ("asimddp", "i8mm") and arm.int8_kind == "arm-dot"
+    assert parse_cpuinfo("model name: X\n", "x86_64", 1).int8_kind == "unknown"  # no flags line: not guessed
+    assert CpuInfo.from_dict(json.loads(json.dumps(xeon.to_dict()))) == xeon
+    assert epyc.describe() == "AMD EPYC 7B13, 2 cores, x86_64: avx2 (int8 kind avx2)"
+    assert same_kind(epyc.to_dict(), parse_cpuinfo(EPYC, "x86_64", 64)) and not same_kind(epyc.to_dict(), xeon)
+    assert same_kind(None, xeon)  # an older cache recorded no CPU: nothing to say
+
+
+def test_each_kind_of_cpu_starts_its_own_ladder():
+    ladder = embedder.quantize.ladder
+    assert ladder(parse_cpuinfo(XEON, "x86_64", 2))[0] == ("u8s8", 0)
+    assert ladder(parse_cpuinfo(EPYC, "x86_64", 2))[0] == ("u8s8-reduce", 0)  # U8S8 saturates without VNNI
+    for cpu in (parse_cpuinfo(t, "x86_64", 2) for t in (EPYC, XEON)):
+        assert ladder(cpu)[-1] == ("u8s8-reduce", embedder.quantize.WORST_LAYERS)  # the safest rung last
+
+
+def test_schemes_are_settings_and_older_int8_settings_keep_their_key(tmp_path, monkeypatch):
+    old = {"images": 256, "seed": 0, "method": "minmax", "calibration_set": "abc", "fp32_tail": True}
+    assert Int8.from_dict(old).scheme == "u8s8" and Int8.from_dict(old).to_dict() == old  # the key of before
+    reduce = Int8.from_dict({**old, "scheme": "u8s8-reduce", "fp32_layers": 4})
+    assert reduce.to_dict() == {**old, "scheme": "u8s8-reduce", "fp32_layers": 4}
+    assert reduce.name == "u8s8-reduce + 4 layers fp32"
+    with pytest.raises(embedder.errors.FeaturebankError, match="unknown int8 scheme 'u8s9'"):
+        Int8(scheme="u8s9")
+    # extracted with two schemes: two caches (default paths), two settings keys, each scheme recorded
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    opts = dict(precision="int8", cache_dir=str(tmp_path / "caches"), **TINY)
+    a = embedder.extract(str(root), int8=Int8(images=6, scheme="u8s8"), **opts)
+    b = embedder.extract(str(root), int8=Int8(images=6, scheme="u8s8-reduce"), **opts)
+    sa, sb = (ExtractionSettings.from_dict(s.settings) for s in (a, b))
+    assert (sa.int8.scheme, sb.int8.scheme) == ("u8s8", "u8s8-reduce") and "scheme" not in a.settings["int8"]
+    assert a.cache != b.cache and sa.key != sb.key
+    assert CacheReader(b.cache).info["int8"]["scheme"] == "u8s8-reduce"
+
+
+def test_the_cpu_is_recorded_with_each_run_and_the_int8_engine_and_info_shows_it(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    here = embedder.cpu.current_cpu()
+    q = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
+    info = CacheReader(q.cache).info
+    assert info["runs"][-1]["engine"]["cpu"] == here.to_dict() == info["int8"]["cpu"]
+    scheme = ExtractionSettings.from_dict(q.settings).int8
+    assert (scheme.scheme, scheme.fp32_layers) in embedder.quantize.ladder(here)  # a rung of this CPU's ladder
+    assert info["int8"]["choice"]["tried"][-1]["scheme"] == scheme.name
+    out = CliRunner().invoke(cli.main, ["info", q.cache]).output
+    assert f"  cpu          {here.describe()}\n" in out
+    assert f"  int8         calibrated on {here.describe()}" in out
+
+
+def _pretend(monkeypatch, cosines: dict):
+    """Builds as usual, but with the mean cosine of the named schemes replaced (as if they had lost that much)."""
+    real = embedder.quantize.build_int8
+
+    def build(fp32, settings, store, name, calibration, open_int8, ranges=None):
+        meta = real(fp32, settings, store, name, calibration, open_int8, ranges)
+        if settings.int8.scheme in cosines:  # in the sidecar too, where a later run finds the engine
+            mean = cosines[settings.int8.scheme]
+            meta["cosine_to_fp32"] = {k: {**v, "mean": mean} for k, v in meta["cosine_to_fp32"].items()}
+            store.update_meta(name, cosine_to_fp32=meta["cosine_to_fp32"])
+        return meta
+
+    monkeypatch.setattr(embedder.quantize, "build_int8", build)
+    monkeypatch.setattr(embedder.quantize, "ladder", lambda cpu=None: (("u8s8", 0), ("u8s8-reduce", 0)))
+
+
+def test_a_low_cosine_falls_back_to_the_next_scheme_and_says_so(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    _pretend(monkeypatch, {"u8s8": 0.9, "u8s8-reduce": 0.995})
+    q = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
+    assert ExtractionSettings.from_dict(q.settings).int8.scheme == "u8s8-reduce"
+    said = "int8 fell back to u8s8-reduce on this CPU"
+    assert any(
+        n.startswith(said) and f"u8s8 0.9000, u8s8-reduce 0.9950 (bound {embedder.quantize.COSINE_BOUND})" in n
+        for n in q.notes
+    )
+    assert f"featurebank: {said}" in capsys.readouterr().err
+    # the decision is recorded: another cache of the same input decides alike, calibrating nothing
+    again = embedder.extract(str(root), str(tmp_path / "r.h5"), precision="int8", int8=Int8(images=6), **TINY)
+    assert again.settings == q.settings and not any("calibrated" in p for p in again.prepared)
+
+
+def test_when_no_scheme_reaches_the_bound_fp32_is_used_unless_forced(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    _pretend(monkeypatch, {"u8s8": 0.9, "u8s8-reduce": 0.95})  # both under the bound
+    args = ["extract", str(root), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64"]
+    args += ["--workers", "0", "--precision", "int8", "--calibration-images", "6"]
+    r = CliRunner().invoke(cli.main, [*args, "--cache", str(tmp_path / "q.h5"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["settings"]["precision"] == "fp32" and out["rows"] == 6  # fp32 rows, said in one line
+    assert r.stderr == f"featurebank: {out['notes'][0]}\n"
+    assert out["notes"] == [
+        "int8 would cost accuracy on this CPU (" + embedder.cpu.current_cpu().int8_kind + "): mean cosine to fp32 on "
+        f"the 6 calibration images u8s8 0.9000, u8s8-reduce 0.9500, all under {embedder.quantize.COSINE_BOUND}; using "
+        "fp32 (--force-int8 keeps int8)"
+    ]
+    r = CliRunner().invoke(cli.main, [*args, "--cache", str(tmp_path / "f.h5"), "--force-int8", "--json"])
+    assert r.exit_code == 0, r.output
+    forced = json.loads(r.stdout)
+    assert forced["settings"]["precision"] == "int8" and forced["settings"]["int8"]["scheme"] == "u8s8-reduce"
+    assert forced["notes"][0].startswith("int8 u8s8-reduce kept (--force-int8) although its mean cosine")
+
+
+def test_an_int8_cache_extended_on_another_kind_of_cpu_says_so(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    first = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
+    made = embedder.cpu.current_cpu()
+    photo(700).save(root / "cats" / "new.jpg")
+    other = VNNI_CPU if made.int8_kind != "vnni" else CpuInfo("Some EPYC", 2, "x86_64", ("avx2",))
+    monkeypatch.setattr(embedder.cpu, "current_cpu", lambda: other)
+    again = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
+    assert again.embedded == 1 and again.settings == first.settings  # the cache's scheme kept: one kind of rows
+    assert len(again.notes) == 1 and again.notes[0].startswith(
+        f"this int8 cache was made on another kind of CPU ({made.model}, int8 kind {made.int8_kind}) than this one "
+        f"({other.model}, {other.int8_kind})"
+    )
+    runs = CacheReader(again.cache).info["runs"]
+    assert [r["engine"]["cpu"]["int8_kind"] for r in runs] == [made.int8_kind, other.int8_kind]
+    monkeypatch.setattr(embedder.cpu, "current_cpu", lambda: made)
+    photo(701).save(root / "cats" / "newer.jpg")
+    back = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
+    assert back.notes == []  # made here: nothing to say
+
+
+def test_the_worst_layers_are_kept_in_fp32(tmp_path, monkeypatch):
+    import onnx
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    q = embedder.extract(
+        str(root),
+        str(tmp_path / "q.h5"),
+        precision="int8",
+        int8=Int8(images=6, scheme="u8s8-reduce", fp32_layers=2),
+        **TINY,
+    )
+    model = str(tmp_path / "engines" / q.engine["model"])
+    meta = json.loads(pathlib.Path(model[: -len(".onnx")] + ".json").read_text())
+    assert meta["scheme"] == "u8s8-reduce + 2 layers fp32" and len(meta["fp32_nodes"]) == 2
+    graph = onnx.load(model).graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    for node in (n for n in graph.node if n.name in meta["fp32_nodes"]):
+        assert node.op_type == "Conv"
+        weight = made_by.get(node.input[1])
+        assert weight is None or weight.op_type != "DequantizeLinear"  # float weights: not quantized
+    quantized = [n for n in graph.node if n.op_type == "Conv" and made_by.get(n.input[1]) is not None]
+    assert quantized  # the others are int8
