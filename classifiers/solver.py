@@ -97,6 +97,7 @@ def fit_path(
     Cs: Sequence[float],
     member: np.ndarray | None = None,
     tol: float = 1e-4,
+    relative: float | None = None,
     max_iter: int = 2000,
     arrived: Callable[[int, int, np.ndarray, np.ndarray], None] | None = None,
     limit: Callable[[], int] | None = None,
@@ -109,7 +110,9 @@ def fit_path(
     when problem ``p`` converges at ``Cs[j]``; ``limit()`` (after it, and every iteration) is the last index any
     problem may go on to (the others stop where they are). ``start``: coef and intercept every problem starts from,
     with ``pairs`` (``Path.warm``: another fit's L-BFGS pairs) to begin its curvature model with (else zero, none).
-    ``max_iter`` caps each problem's iterations at each value."""
+    A problem stops at a value when the largest entry of its gradient is at most ``tol``, and, with ``relative``,
+    at most that share of what it was when the problem began that value. ``max_iter`` caps each problem's
+    iterations at each value."""
     Cs = np.asarray(Cs, dtype=np.float64)
     member = np.ones((len(blocks), 1), dtype=bool) if member is None else np.asarray(member, dtype=bool)
     n_blocks, P = member.shape
@@ -127,6 +130,8 @@ def fit_path(
     if start is not None:
         x[:, :KD] = np.asarray(start[0], dtype=np.float64).reshape(1, KD)
         x[:, KD:] = np.asarray(start[1], dtype=np.float64).reshape(1, K)
+        if K > 2:
+            x[:, KD:] -= x[:, KD:].mean(axis=1, keepdims=True)
     slot = 0  # the next pair's place in the circular memory, shared by every problem
     if pairs is not None:  # another fit's curvature, corrected for this penalty
         S0, Y0, rho0, lam0, slot = pairs
@@ -161,6 +166,8 @@ def fit_path(
                 R2 = R.reshape(-1, len(cols) * K)
                 g[cols, :KD] += (Xr.T @ R2).T.reshape(len(cols), KD)
                 g[cols, KD:] += R2.sum(axis=0, dtype=np.float64).reshape(len(cols), K)
+        if K > 2:  # adding one number to every class's intercept changes nothing: stay where they sum to zero, as
+            g[:, KD:] -= g[:, KD:].mean(axis=1, keepdims=True)  # scikit-learn's do (float32 rounding drifts else)
         coef = xs[:, :KD]
         f += 0.5 * lam[which] * np.einsum("pd,pd->p", coef, coef)
         g[:, :KD] += lam[which][:, None] * coef
@@ -203,11 +210,18 @@ def fit_path(
             if rho[newest, p] > 0:
                 gamma[p] = 1.0 / (rho[newest, p] * Y[newest, p] @ Y[newest, p])
             lam[p] += delta
-            if np.abs(g[p]).max() > tol:
+            bound[p] = target(np.abs(g[p]).max())
+            if np.abs(g[p]).max() > bound[p]:
                 return
 
+    def target(start_gradient: float) -> float:
+        """The gradient a problem stops at: ``tol``, and with ``relative`` also that share of its gradient when it
+        began this value of C (a weakly regularized value starts within ``tol`` already, yet far from its optimum)."""
+        return tol if relative is None else min(tol, relative * start_gradient)
+
+    bound = np.array([target(np.abs(g[p]).max()) for p in range(P)])
     for p in range(P):
-        if np.abs(g[p]).max() <= tol:
+        if np.abs(g[p]).max() <= bound[p]:
             settle(p)
     while True:
         last = len(Cs) - 1 if limit is None else limit()
@@ -268,7 +282,7 @@ def fit_path(
         first[active] = False
         path.n_iter[active, j[active]] += 1
         for i, p in enumerate(active):
-            if stuck[i] or np.abs(g[p]).max() <= tol or path.n_iter[p, j[p]] >= max_iter:
+            if stuck[i] or np.abs(g[p]).max() <= bound[p] or path.n_iter[p, j[p]] >= max_iter:
                 settle(p)
     path.slot = slot
     return path
