@@ -126,9 +126,9 @@ def choice(name: str, train: str, val: str, layer: str | None) -> str:
     five, clf5 = score("logreg:inner_folds=5")
     Cs = np.array(sorted(DEFAULT_CS))
     scores = clf.cv_scores_
-    mean = np.nanmean(scores, axis=0)  # NaN where the sweep stopped before
-    ran = ~np.isnan(scores).any(axis=0)
-    best = int(np.nanargmin(np.where(ran, mean, np.nan)))
+    ran = ~np.isnan(scores).any(axis=0)  # NaN where the sweep stopped before
+    mean = np.where(ran, np.nan_to_num(scores).mean(axis=0), np.nan)
+    best = int(np.nanargmin(mean))
     se = scores[:, best].std(ddof=1) / np.sqrt(scores.shape[0])
     one_se = float(Cs[int(np.flatnonzero(ran & (mean <= mean[best] + se))[0])])
     top3 = Cs[ran][np.argsort(mean[ran])[:3]]

@@ -113,7 +113,7 @@ def fit_path(
     A problem stops at a value when the largest entry of its gradient is at most ``tol``, and, with ``relative``,
     at most that share of what it was when the problem began that value. ``max_iter`` caps each problem's
     iterations at each value."""
-    Cs = np.asarray(Cs, dtype=np.float64)
+    grid = np.asarray(Cs, dtype=np.float64)
     member = np.ones((len(blocks), 1), dtype=bool) if member is None else np.asarray(member, dtype=bool)
     n_blocks, P = member.shape
     d = blocks[0].shape[1]
@@ -122,7 +122,7 @@ def fit_path(
     D = KD + K
     counts = np.array([sum(len(labels[b]) for b in range(n_blocks) if member[b, p]) for p in range(P)], float)
     j = np.zeros(P, dtype=int)
-    lam = 1.0 / (Cs[j] * counts)
+    lam = 1.0 / (grid[j] * counts)
     x = np.zeros((P, D))
     S, Y, rho = np.zeros((MEMORY, P, D)), np.zeros((MEMORY, P, D)), np.zeros((MEMORY, P))
     gamma = np.ones(P)
@@ -174,9 +174,9 @@ def fit_path(
         return f, g
 
     path = Path(
-        coef=np.full((P, len(Cs), K, d), np.nan),
-        intercept=np.full((P, len(Cs), K), np.nan),
-        n_iter=np.zeros((P, len(Cs)), dtype=int),
+        coef=np.full((P, len(grid), K, d), np.nan),
+        intercept=np.full((P, len(grid), K), np.nan),
+        n_iter=np.zeros((P, len(grid)), dtype=int),
         reached=np.full(P, -1),
         pairs=(S, Y, rho),
         lam=lam,
@@ -186,7 +186,7 @@ def fit_path(
     f, g = evaluate(x, np.arange(P))
 
     def settle(p: int) -> None:
-        """Problem ``p`` converged (or ran out of iterations) at ``Cs[j[p]]``: recorded, then on to the next value
+        """Problem ``p`` converged (or ran out of iterations) at ``grid[j[p]]``: recorded, then on to the next value
         when allowed, from the same point with its pairs corrected for the new penalty; else done."""
         while True:
             path.coef[p, j[p]] = x[p, :KD].reshape(K, d)
@@ -194,12 +194,12 @@ def fit_path(
             path.reached[p] = j[p]
             if arrived is not None:
                 arrived(p, int(j[p]), path.coef[p, j[p]], path.intercept[p, j[p]])
-            last = len(Cs) - 1 if limit is None else min(limit(), len(Cs) - 1)
+            last = len(grid) - 1 if limit is None else min(limit(), len(grid) - 1)
             if j[p] + 1 > last:
                 done[p] = True
                 return
             j[p] += 1
-            delta = 1.0 / (Cs[j[p]] * counts[p]) - lam[p]
+            delta = 1.0 / (grid[j[p]] * counts[p]) - lam[p]
             coef = x[p, :KD]
             f[p] += 0.5 * delta * coef @ coef
             g[p, :KD] += delta * coef
@@ -224,7 +224,7 @@ def fit_path(
         if np.abs(g[p]).max() <= bound[p]:
             settle(p)
     while True:
-        last = len(Cs) - 1 if limit is None else limit()
+        last = len(grid) - 1 if limit is None else limit()
         done |= j > last
         active = np.flatnonzero(~done)
         if not len(active):
@@ -281,7 +281,7 @@ def fit_path(
         f[pm], g[pm] = new_f[moved], new_g[moved]
         first[active] = False
         path.n_iter[active, j[active]] += 1
-        for i, p in enumerate(active):
+        for i, p in enumerate(active.tolist()):
             if stuck[i] or np.abs(g[p]).max() <= bound[p] or path.n_iter[p, j[p]] >= max_iter:
                 settle(p)
     path.slot = slot
