@@ -134,7 +134,7 @@ def test_from_holdout_from_rows_one_inner_split_chooses_C_and_scores_what_cold_f
 def test_the_held_out_split_reorders_the_rows_in_place_only_when_allowed():
     import tracemalloc
 
-    X, y = blobs(n_per_class=400, dims=400, classes=5, spread=6.0)
+    X, y = blobs(n_per_class=1000, dims=400, classes=5, spread=6.0)  # 8 MB: the solver's own state is 2.6 MB
     labels = np.array(["ant", "bee", "cat", "dog", "eel"])[y]  # string labels travel with their rows
     original = X.copy()
     kept = TunedLogisticRegression(holdout_from=1000).fit(X, labels)
@@ -151,3 +151,96 @@ def test_the_held_out_split_reorders_the_rows_in_place_only_when_allowed():
     np.testing.assert_array_equal(moved.coef_, kept.coef_)  # the same swaps on a copy: the same model
     np.testing.assert_array_equal(moved.predict(original), kept.predict(original))
     assert (kept.predict(original) == labels).mean() > 0.9
+
+
+def _sklearn_objective(X, y, C, coef, intercept):
+    """scikit-learn's lbfgs objective (mean log-loss + ||W||² / (2 C n)) at a solution, in float64."""
+    from classifiers.solver import probabilities
+
+    proba = probabilities(X.astype(np.float64), coef, intercept, len(np.unique(y)))
+    loss = -np.mean(np.log(proba[np.arange(len(y)), y]))
+    return loss + 0.5 / (C * len(y)) * float(np.sum(np.asarray(coef, dtype=np.float64) ** 2))
+
+
+@pytest.mark.parametrize(
+    "classes, counts",
+    [(4, None), (3, (80, 25, 8)), (2, None), (2, (70, 12))],  # multinomial and binary, balanced and imbalanced
+)
+def test_the_path_solver_reaches_what_scikit_learn_reaches_at_each_C(classes, counts):
+    from classifiers.solver import fit_path, probabilities
+
+    rng = np.random.default_rng(classes)
+    counts = counts or (40,) * classes
+    centers = rng.normal(0, 1, (classes, 15))
+    X = np.vstack([centers[c] + rng.normal(0, 1.5, (n, 15)) for c, n in enumerate(counts)])
+    y = np.repeat(np.arange(classes), counts)
+    Cs = (0.01, 1.0)
+    for dtype, tol, close in ((np.float64, 1e-9, 1e-5), (np.float32, 1e-5, 2e-3)):
+        path = fit_path([X.astype(dtype)], [y], classes, Cs, tol=tol)
+        for j, C in enumerate(Cs):
+            sk = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+            assert path.coef[0, j].shape == sk.coef_.shape  # binary: one row, as scikit-learn's
+            np.testing.assert_allclose(path.coef[0, j], sk.coef_, atol=close)
+            np.testing.assert_allclose(path.intercept[0, j], sk.intercept_, atol=10 * close)
+            ours = _sklearn_objective(X, y, C, path.coef[0, j], path.intercept[0, j])
+            assert ours == pytest.approx(_sklearn_objective(X, y, C, sk.coef_, sk.intercept_), rel=1e-6, abs=1e-7)
+            loss = -np.mean(
+                np.log(probabilities(X, path.coef[0, j], path.intercept[0, j], classes)[np.arange(len(y)), y])
+            )
+            assert loss == pytest.approx(-np.mean(np.log(sk.predict_proba(X)[np.arange(len(y)), y])), abs=close)
+
+
+def test_the_folds_problems_fit_only_their_blocks_and_equal_separate_fits():
+    from classifiers.solver import fit_path
+
+    X, y = blobs(n_per_class=30, dims=10, classes=3, spread=2.0)
+    X = X.astype(np.float64)  # exact enough to compare at 1e-6
+    blocks = [X[0::3], X[1::3], X[2::3]]
+    labels = [y[0::3], y[1::3], y[2::3]]
+    member = ~np.eye(3, dtype=bool)  # problem p holds block p out
+    together = fit_path(blocks, labels, 3, (0.1, 1.0), member, tol=1e-7)
+    for p in range(3):
+        rows = [b for b in range(3) if b != p]
+        alone = fit_path(
+            [np.vstack([blocks[b] for b in rows])], [np.concatenate([labels[b] for b in rows])], 3, (0.1, 1.0), tol=1e-7
+        )
+        np.testing.assert_allclose(together.coef[p], alone.coef[0], atol=1e-6)
+
+
+def test_a_weak_C_is_fit_not_ended_where_the_last_value_left_it(monkeypatch):
+    X, y = blobs(n_per_class=30, dims=300, spread=8.0, seed=2)  # few rows, many dims: weak C fits slowly
+    Cs = (0.01, 0.1, 1.0, 10.0)
+    monkeypatch.setattr(linear, "PATIENCE", len(Cs))  # every value scored
+    relative = TunedLogisticRegression(Cs=Cs).fit(X, y)
+    monkeypatch.setattr(linear, "RELATIVE", None)  # the absolute test alone: a weak C begins within it
+    absolute = TunedLogisticRegression(Cs=Cs).fit(X, y)
+    cold = np.array(
+        [
+            [
+                -np.mean(
+                    np.log(
+                        LogisticRegression(C=C, tol=1e-8, max_iter=10_000)
+                        .fit(X[train], y[train])
+                        .predict_proba(X[test])[np.arange(len(test)), y[test]]
+                    )
+                )
+                for C in Cs
+            ]
+            for train, test in linear.inner_splits(X, y, None, 3, 0)
+        ]
+    ).mean(axis=0)
+    error = np.abs(relative.cv_scores_.mean(axis=0) / cold - 1)
+    assert error.max() < 0.03  # every value's mean inner log-loss within 3 % of the exact optimum's
+    assert np.abs(absolute.cv_scores_.mean(axis=0)[-1] / cold[-1] - 1) > 3 * error[-1]  # 12 % off at C = 10
+    assert Cs[int(np.argmin(cold))] == relative.C_
+
+
+def test_the_refit_is_a_fitted_scikit_learn_model_at_the_chosen_C():
+    X, y = blobs(n_per_class=30, classes=3, spread=2.0)
+    labels = np.array(["a", "b", "c"])[y]
+    model = TunedLogisticRegression().fit(X, labels)
+    assert isinstance(model.model_, LogisticRegression) and model.model_.C == model.C_
+    optimum = LogisticRegression(C=model.C_, tol=1e-10, max_iter=10_000).fit(X, labels)
+    np.testing.assert_allclose(model.predict_proba(X), optimum.predict_proba(X), atol=2e-3)
+    np.testing.assert_array_equal(model.predict(X), optimum.predict(X))
+    assert set(model.predict(X)) <= {"a", "b", "c"}
