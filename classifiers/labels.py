@@ -21,7 +21,7 @@ from embedder.sources import read_text
 from .data import open_cache
 
 
-def _key(path: str) -> str:
+def path_key(path: str) -> str:
     """A path as the cache writes it: forward slashes, no ``./`` or doubled slash."""
     path = path.strip().replace("\\", "/")
     return posixpath.normpath(path) if path else path
@@ -36,7 +36,7 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
     where: dict[str, int] = {}
     for i, p in enumerate(paths):
         where.setdefault(p, i)
-        where.setdefault(_key(p), i)
+        where.setdefault(path_key(p), i)
     out = np.full(len(paths), "", dtype=object)
     reader = csv.reader(io.StringIO(read_text(csv_path), newline=""))
     try:
@@ -61,7 +61,7 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
             path, label = row[at_path].strip(), row[at_label].strip()
             if not path:
                 raise FeaturebankError(f"{csv_path} line {line}: no path")
-            i = where.get(path, where.get(_key(path)))
+            i = where.get(path, where.get(path_key(path)))
             if i is None:
                 raise FeaturebankError(
                     f"{csv_path} line {line}: {path} is not in the cache (name images as the cache does, "
@@ -96,4 +96,4 @@ def labels_of(reader: str | CacheReader, labels_csv: str | None = None) -> np.nd
     return labels
 
 
-__all__ = ["labels_of", "read_labels"]
+__all__ = ["labels_of", "path_key", "read_labels"]
