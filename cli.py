@@ -476,8 +476,8 @@ def select(cache, out, as_json, **options):
       featurebank select cache/photos.h5 --budget 50 -o round1.csv
       featurebank select cache/photos.h5 --budget 50 --labels round1.csv -o round2.csv
     """
-    from classifiers.select import select as run_select
-    from classifiers.select import select_text
+    from classifiers.selection import select as run_select
+    from classifiers.selection import select_text
 
     selection = run_select(cache, out=out, **SelectOptions(**options).keywords())
     emit(selection.to_dict(), as_json, select_text)

@@ -20,6 +20,7 @@ DEFAULT_WARM) were chosen on flowers; hymenoptera is the held-out check.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -134,12 +135,22 @@ def main() -> int:
     parser.add_argument("--random-draws", type=int, default=20)
     parser.add_argument("--caches", type=pathlib.Path, default=CACHES)
     parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
+    parser.add_argument("--save", type=pathlib.Path, help="also write the rows measured as JSON here")
+    parser.add_argument(
+        "--render", type=pathlib.Path, nargs="*", help="measure nothing: the rows of these --save files"
+    )
     opts = parser.parse_args()
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     shots = [int(s) for s in opts.shots.split(",")]
     rows = []
-    for name in opts.datasets.split(","):
-        rows += run(name, opts.caches, shots, opts.draws, opts.random_draws, say)
+    if opts.render:
+        for saved in opts.render:
+            rows += json.loads(saved.read_text())
+    else:
+        for name in opts.datasets.split(","):
+            rows += run(name, opts.caches, shots, opts.draws, opts.random_draws, say)
+    if opts.save:
+        opts.save.write_text(json.dumps(rows, default=float))
     load_avg = os.getloadavg()[0]
     text = "\n".join(table(rows))
     print(text)

@@ -14,7 +14,7 @@ from .html import Thumbs
 
 
 def write_sheet(selection, path: str, root: str | None) -> str:
-    """Write the sheet of ``selection`` (a ``select.Selection``) to ``path``; thumbnails go to ``thumbs/`` beside
+    """Write the sheet of ``selection`` (a ``selection.Selection``) to ``path``; thumbnails go to ``thumbs/`` beside
     it. ``root``: the folder the cache's paths are relative to. Returns ``path``."""
     import jinja2
 

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from classifiers.select import select
 from classifiers.select_rules import COLD, DEFAULT_WARM, choose, prepared, probe_proba
+from classifiers.selection import select
 from embedder.cache import CacheWriter
 from tests.conftest import SYNTHETIC_SETTINGS
 

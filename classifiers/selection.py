@@ -211,8 +211,8 @@ def select_text(d: dict) -> list[str]:
     if files:
         lines.append(f"wrote {files['manifest']} and {files['sheet']} (the picks with thumbnails)")
         lines.append(
-            f"next: fill in the label column, then featurebank select {d['cache']} --labels {files['manifest']} "
-            f"--budget N -o NEXT.csv (or train/cv with --labels)"
+            f"next: fill in its label column, then featurebank select {d['cache']} --budget N "
+            f"--labels {files['manifest']} --exclude {files['manifest']} -o NEXT.csv (keep every label in one CSV)"
         )
     return lines
 
