@@ -61,16 +61,16 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
             path, label = row[at_path].strip(), row[at_label].strip()
             if not path:
                 raise FeaturebankError(f"{csv_path} line {line}: no path")
-            i = where.get(path, where.get(path_key(path)))
-            if i is None:
+            row_at = where.get(path, where.get(path_key(path)))
+            if row_at is None:
                 raise FeaturebankError(
                     f"{csv_path} line {line}: {path} is not in the cache (name images as the cache does, "
                     f"e.g. {paths[0] if paths else 'its paths'}; featurebank info lists where they came from)"
                 )
-            if i in seen:
-                raise FeaturebankError(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[i]})")
-            seen[i] = line
-            out[i] = label
+            if row_at in seen:
+                raise FeaturebankError(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[row_at]})")
+            seen[row_at] = line
+            out[row_at] = label
     except csv.Error as exc:
         raise FeaturebankError(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
     return out

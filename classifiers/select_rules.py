@@ -259,8 +259,8 @@ def _clusters(X, rows, labelled, budget, rule, rng, batch: Batch, uncertainty=No
     known = np.bincount(assigned[~in_pool], minlength=k)
     weight = sizes.astype(np.float64)
     if uncertainty is not None:
-        total = np.bincount(assigned[in_pool], weights=uncertainty, minlength=k)
-        weight = total  # size × mean uncertainty of the pool's rows
+        weight = np.asarray(np.bincount(assigned[in_pool], weights=uncertainty, minlength=k), dtype=np.float64)
+        # the sum of the pool rows' uncertainty: size × mean uncertainty
     order = sorted(range(k), key=lambda c: (known[c] > 0, -weight[c] / (known[c] + 1), c))
     members = {c: np.flatnonzero((assigned == c) & in_pool) for c in order}
     rounds = 0

@@ -80,15 +80,15 @@ def read_paths(list_path: str, paths) -> np.ndarray:
         except csv.Error as exc:
             raise FeaturebankError(f"{list_path} line {reader.line_num}: not valid CSV ({exc})") from None
     else:
-        for n, line in enumerate(text.splitlines(), start=1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                named.append((n, line.strip()))
+        for n, entry in enumerate(text.splitlines(), start=1):
+            if entry.strip() and not entry.lstrip().startswith("#"):
+                named.append((n, entry.strip()))
     mask = np.zeros(len(paths), dtype=bool)
     for line, path in named:
-        i = where.get(path, where.get(path_key(path)))
-        if i is None:
+        row_at = where.get(path, where.get(path_key(path)))
+        if row_at is None:
             raise FeaturebankError(f"{list_path} line {line}: {path} is not in the cache")
-        mask[i] = True
+        mask[row_at] = True
     return mask
 
 
