@@ -119,9 +119,9 @@ class Batch:
 
 def prepared(X: np.ndarray) -> np.ndarray:
     """The space every rule works in: the rows less their mean (over every row given: no label is read), at unit
-    length; in place (float32). Centring first measured better than the raw rows on flowers (k-means picks: 64.9 %
-    against 62.6 % at 2 images per class, 72.8 % against 70.5 % at 5): CNN features after a ReLU all point into
-    one orthant, where cosine similarity is mostly their shared mean."""
+    length; in place (float32). Centring first measured better than the raw rows on flowers (k-means picks, the
+    fixed probe on val/, 5 seeds: 60.0 % against 58.2 % at 2 images per class, 75.2 % against 70.3 % at 5): CNN
+    features after a ReLU all point into one orthant, where cosine similarity is mostly their shared mean."""
     X = np.asarray(X, dtype=np.float32)
     mean = np.zeros(X.shape[1], dtype=np.float64)
     for start in range(0, len(X), BLOCK):
@@ -239,7 +239,7 @@ def kmeans(X: np.ndarray, k: int, seed: int):
     if len(X) <= FULL_KMEANS_ROWS:
         km = KMeans(k, n_init=KMEANS_INIT, random_state=seed).fit(X)
     else:
-        km = MiniBatchKMeans(k, n_init=3, batch_size=4096, random_state=seed).fit(X)
+        km = MiniBatchKMeans(k, n_init=1, batch_size=4096, random_state=seed).fit(X)  # 3 inits: 2x the time
     return km.cluster_centers_.astype(np.float32), km.labels_
 
 
