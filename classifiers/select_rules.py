@@ -26,7 +26,8 @@ Later rounds (two classes labelled or more): what a probe fitted on the labelled
 
 ``random`` is the baseline of both stages. The probe is the zoo's ``logreg``: C chosen on inner folds when every
 labelled class has ``TUNED_FROM`` images or more, else fixed at ``FIXED_C`` (no inner fold can be made from one
-image, and with 2 to 4 the inner folds chose the strongest regularization, which flattens every probability).
+image, and folds of 1 to 3 images choose C by chance: on generated blobs, 3 per class chose the strongest
+regularization, which flattened every probability).
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import synthetic_cache
 
 from classifiers.labels import labels_of, read_labels
 from embedder.cache import CacheReader
 from embedder.errors import FeaturebankError
-from tests.conftest import synthetic_cache
 
 PATHS = ["a/1.jpg", "a/2.jpg", "b/3.jpg", "b/4.jpg"]
 

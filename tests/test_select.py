@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import SYNTHETIC_SETTINGS
 
 import cli
 from classifiers.select_rules import COLD, DEFAULT_WARM, choose, prepared, probe_proba
 from classifiers.selection import select
 from embedder.cache import CacheWriter
-from tests.conftest import SYNTHETIC_SETTINGS
 
 EMPTY = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
 
