@@ -236,3 +236,9 @@ def test_choose_on_arrays_never_picks_outside_the_pool():
     for rule in ("kmeans", "typiclust", "probcover", "random"):
         picked = choose(S, labels, pool, 6, rule, 0, duplicate_cosine=1.0)
         assert len(set(picked.rows)) == 6 and pool[picked.rows].all(), rule
+
+
+def test_select_has_help_with_an_example():
+    result = CliRunner().invoke(cli.main, ["select", "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output and "featurebank select" in result.output
+    assert "--budget N" in result.output and "--labels LABELLED.csv" in result.output
