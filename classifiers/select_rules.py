@@ -285,7 +285,12 @@ def _clusters(X, rows, labelled, budget, rule, rng, batch: Batch, uncertainty=No
             if i is None:
                 continue
             cover = "a cluster" if known[c] == 0 else f"a cluster with {known[c]} labelled"
-            batch.take(i, f"{what} {cover} of {sizes[c]} images", scores[list(ranked).index(i)])
+            if uncertainty is not None:  # the cluster's mean uncertainty is why it was chosen: that is its score
+                mean = float(weight[c] / max(1, sizes[c] - known[c]))
+                reason = f"{what} {cover} of {sizes[c]} images the probe is unsure of (mean 1 − margin {mean:.2f})"
+                batch.take(i, reason, mean)
+            else:
+                batch.take(i, f"{what} {cover} of {sizes[c]} images", scores[list(ranked).index(i)])
         rounds += 1
 
 
@@ -378,8 +383,8 @@ def probe_proba(X, labels, labelled, rows, classes, seed) -> tuple[np.ndarray, s
             + (
                 "a class has a single labelled image: no inner folds can be made"
                 if single
-                else f"{', '.join(few[:3])}{' …' if len(few) > 3 else ''} has fewer than {TUNED_FROM} labelled "
-                f"images: inner folds that small choose C by chance"
+                else f"fewer than {TUNED_FROM} labelled images in {', '.join(few[:3])}{' …' if len(few) > 3 else ''}: "
+                f"inner folds that small choose C by chance"
             )
             + ")"
         )
