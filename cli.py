@@ -11,6 +11,7 @@ from dataclasses import fields
 import click
 
 from classifiers.options import CVOptions, TrainOptions
+from classifiers.select_options import SelectOptions
 from embedder.clickopts import Group, checked, emit, value_options
 from embedder.errors import FeaturebankError
 from embedder.options import BACKBONE, ExtractOptions, RunOptions, ShardOptions
@@ -449,6 +450,39 @@ def relabel(manifest, corrections, out, as_json):
     from classifiers.label_issues import relabel_text
 
     emit(run_relabel(manifest, corrections, out), as_json, relabel_text)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cache", type=click.Path())
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="The manifest to write (path,label,reason,score; label empty, best first); the contact sheet goes beside "
+    "it (TO_LABEL.html, thumbnails in thumbs/).",
+)
+@value_options(SelectOptions)
+@click.option("--json", "as_json", is_flag=True, help="Print the picks as JSON.")
+def select(cache, out, as_json, **options):
+    """Pick the N unlabeled images of CACHE to label next, and write them as a manifest to fill in.
+
+    With no labels yet, the picks cover the embedding space (one image per k-means cluster); once images of two
+    classes or more are labelled (in the cache, or --labels), they are what a probe on those labels is least
+    sure of, spread over the space. Never two images of one group, nor near-duplicates, in one batch. Fill in
+    the label column and give the file back with --labels.
+
+    \b
+    Example:
+      featurebank extract photos/ -b mobilenet_v2 -w mobilenet_v2-imagenet.pth --cache cache/photos.h5
+      featurebank select cache/photos.h5 --budget 50 -o round1.csv
+      featurebank select cache/photos.h5 --budget 50 --labels round1.csv -o round2.csv
+    """
+    from classifiers.selection import select as run_select
+    from classifiers.selection import select_text
+
+    selection = run_select(cache, out=out, **SelectOptions(**options).keywords())
+    emit(selection.to_dict(), as_json, select_text)
 
 
 @main.command(context_settings=CONTEXT)

@@ -1,0 +1,220 @@
+"""``featurebank select``: which images of a cache to label next, written as a manifest to fill in (``path,label``
+with the label empty, best first, with the reason and the rule's score) and a contact sheet of the picks.
+
+The cache's unlabeled rows are the pool; its labels, with a ``--labels`` CSV on top (``labels.py``), are what is
+known; ``--exclude`` lists images already sent out. The rules themselves are in ``select_rules.py``; their
+measured comparison is ``benchmarks/few_labels.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from embedder.atomic import atomic_path
+from embedder.errors import FeaturebankError
+from embedder.sources import read_text
+
+from .data import open_cache
+from .labels import labels_of, path_key
+from .select_rules import DUPLICATE_COSINE
+
+
+@dataclass
+class Pick:
+    path: str
+    reason: str
+    score: float
+
+
+@dataclass
+class Selection:
+    """What ``select`` picked, and from what: the picks best first, the rule that made them and the counts of
+    the cache's rows it saw."""
+
+    cache: str
+    layer: str
+    rule: str
+    stage: str  # "cold start" or "labelled"
+    budget: int
+    seed: int
+    rows: int
+    labelled: int
+    classes: dict[str, int]  # labelled images per class
+    excluded: int
+    pool: int
+    picks: list[Pick]
+    notes: list[str] = field(default_factory=list)
+    refused: dict = field(default_factory=dict)  # candidates passed over: {"group": n, "duplicate": n}
+    seconds: float = 0.0
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_paths(list_path: str, paths) -> np.ndarray:
+    """The rows of ``paths`` (a cache's) that a CSV with a ``path`` column, or a list of one path a line, names:
+    a boolean mask. A path not in the cache is one line naming the file and line."""
+    where: dict[str, int] = {}
+    for i, p in enumerate(paths):
+        where.setdefault(str(p), i)
+        where.setdefault(path_key(str(p)), i)
+    text = read_text(list_path)
+    named: list[tuple[int, str]] = []
+    if list_path.lower().endswith(".csv"):
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = [h.strip().lower() for h in next(reader, [])]
+        if "path" not in header:
+            raise FeaturebankError(f"{list_path} line 1: the first line must name a 'path' column")
+        at = header.index("path")
+        try:
+            for row in reader:
+                if len(row) > at and row[at].strip():
+                    named.append((reader.line_num, row[at].strip()))
+        except csv.Error as exc:
+            raise FeaturebankError(f"{list_path} line {reader.line_num}: not valid CSV ({exc})") from None
+    else:
+        for n, entry in enumerate(text.splitlines(), start=1):
+            if entry.strip() and not entry.lstrip().startswith("#"):
+                named.append((n, entry.strip()))
+    mask = np.zeros(len(paths), dtype=bool)
+    for line, path in named:
+        row_at = where.get(path, where.get(path_key(path)))
+        if row_at is None:
+            raise FeaturebankError(f"{list_path} line {line}: {path} is not in the cache")
+        mask[row_at] = True
+    return mask
+
+
+def select(
+    cache,
+    budget: int,
+    *,
+    labels: str | None = None,
+    exclude=(),
+    layer: str | None = None,
+    strategy: str = "auto",
+    seed: int = 0,
+    duplicate_cosine: float = DUPLICATE_COSINE,
+    out: str | None = None,
+) -> Selection:
+    """The ``budget`` images of ``cache`` to label next (see ``select_rules`` for the rules), and with ``out``
+    the manifest to fill in there (``path,label,reason,score``) and its contact sheet beside it (``.html``)."""
+    from .select_rules import choose, prepared
+
+    started = time.perf_counter()
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise FeaturebankError(f"--budget {budget}: give how many images to pick, 1 or more")
+    if out:
+        from embedder.destination import check_destination
+
+        inputs = [open_cache(cache).path, labels, *exclude]
+        check_destination(out, inputs, "-o")
+        check_destination(sheet_path(out), inputs, "the contact sheet")
+    reader = open_cache(cache)
+    layer = reader.layer(layer)
+    known = labels_of(reader, labels)
+    unlabeled = known == ""
+    if not unlabeled.any():
+        raise FeaturebankError(
+            f"{reader.path} has no unlabeled images: every one of its {len(known):,} rows is labelled"
+            + (f" (with {labels})" if labels else "")
+            + "; extract the images still to label (a flat folder or a list) into it"
+        )
+    excluded = np.zeros(len(known), dtype=bool)
+    for path in exclude:
+        excluded |= read_paths(path, reader.paths)
+    pool = unlabeled & ~excluded
+    if not pool.any():
+        raise FeaturebankError(
+            f"no image left to pick: the {int(unlabeled.sum()):,} unlabeled images of {reader.path} are all excluded"
+        )
+    if budget > pool.sum():
+        raise FeaturebankError(
+            f"--budget {budget} is more than the {int(pool.sum()):,} unlabeled images left to pick"
+            + (f" ({int((unlabeled & excluded).sum()):,} excluded)" if (unlabeled & excluded).any() else "")
+        )
+    X = prepared(reader.features(layer))
+    picked = choose(X, known, pool, int(budget), strategy, seed, reader.groups, duplicate_cosine)
+    del X
+    named = known[~unlabeled]
+    classes = {str(c): int(n) for c, n in zip(*np.unique(named.astype(str), return_counts=True))} if len(named) else {}
+    selection = Selection(
+        cache=reader.path,
+        layer=layer,
+        rule=picked.rule,
+        stage=picked.stage,
+        budget=int(budget),
+        seed=seed,
+        rows=len(known),
+        labelled=int((~unlabeled).sum()),
+        classes=classes,
+        excluded=int((unlabeled & excluded).sum()),
+        pool=int(pool.sum()),
+        picks=[
+            Pick(str(reader.paths[i]), reason, round(float(score), 6))
+            for i, reason, score in zip(picked.rows, picked.reasons, picked.scores)
+        ],
+        notes=picked.notes,
+        refused=picked.refused,
+    )
+    if out:
+        selection.files = write_selection(selection, out, reader.attrs.get("root"))
+    selection.seconds = round(time.perf_counter() - started, 3)
+    return selection
+
+
+def sheet_path(out: str) -> str:
+    """The contact sheet beside the manifest: ``TO_LABEL.csv`` → ``TO_LABEL.html``."""
+    stem, ext = os.path.splitext(out)
+    return (stem if ext.lower() == ".csv" else out) + ".html"
+
+
+def write_selection(selection: Selection, out: str, root: str | None) -> dict[str, str]:
+    """The manifest (``path,label,reason,score``, "\\n" line ends, best first) and its contact sheet."""
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["path", "label", "reason", "score"])
+        for p in selection.picks:
+            w.writerow([p.path, "", p.reason, f"{p.score:.6g}"])
+    from .selectsheet import write_sheet
+
+    return {"manifest": out, "sheet": write_sheet(selection, sheet_path(out), root)}
+
+
+def select_text(d: dict) -> list[str]:
+    """The lines ``featurebank select`` prints."""
+    known = ", ".join(f"{c} {n}" for c, n in d["classes"].items()) or "none"
+    lines = [
+        f"picked {len(d['picks'])} of {d['pool']:,} unlabeled images of {d['cache']} (layer {d['layer']}) "
+        f"by {d['rule']} ({d['stage']}; seed {d['seed']})",
+        f"  the cache's {d['rows']:,} rows: {d['labelled']:,} labelled ({known}), {d['excluded']:,} excluded",
+    ]
+    lines += [f"  {note}" for note in d["notes"]]
+    refused = d.get("refused") or {}
+    if any(refused.values()):
+        lines.append(
+            f"  passed over: {refused.get('group', 0)} candidate(s) of a group already picked, "
+            f"{refused.get('duplicate', 0)} near-duplicate(s) of a picked or labelled image"
+        )
+    for n, p in enumerate(d["picks"][:10], start=1):
+        lines.append(f"  {n:>3}. {p['path']}  ({p['reason']})")
+    if len(d["picks"]) > 10:
+        lines.append(f"       … {len(d['picks']) - 10} more in the manifest")
+    files = d.get("files") or {}
+    if files:
+        lines.append(f"wrote {files['manifest']} and {files['sheet']} (the picks with thumbnails)")
+        lines.append(
+            f"next: fill in its label column, then featurebank select {d['cache']} --budget N "
+            f"--labels {files['manifest']} --exclude {files['manifest']} -o NEXT.csv (keep every label in one CSV)"
+        )
+    return lines
+
+
+__all__ = ["Pick", "Selection", "read_paths", "select", "select_text", "sheet_path", "write_selection"]

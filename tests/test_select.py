@@ -1,0 +1,244 @@
+"""featurebank select: which unlabeled images to label next (seeded blobs in generated caches)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import SYNTHETIC_SETTINGS
+
+import cli
+from classifiers.select_rules import COLD, DEFAULT_WARM, choose, prepared, probe_proba
+from classifiers.selection import select
+from embedder.cache import CacheWriter
+
+EMPTY = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
+
+
+def write_cache(path, X, labels=None, groups=None, root="/nowhere/images"):
+    """A cache of the rows ``X`` named ``img000.jpg``... with ``labels`` ("" for unlabeled) and ``groups``."""
+    n = len(X)
+    paths = [f"img{i:03d}.jpg" for i in range(n)]
+    rows = {
+        "path": paths,
+        "label": list(labels) if labels is not None else [""] * n,
+        "group": list(groups) if groups is not None else [""] * n,
+        "size": [100] * n,
+        "mtime_ns": [1] * n,
+        "digest": [f"{i:032x}" for i in range(n)],
+    }
+    feats = {"flatten": X.astype(np.float32), "layer3": X[:, :4].astype(np.float32)}
+    with CacheWriter(str(path), SYNTHETIC_SETTINGS, f"flat:{root}", root, {"weights_file": None}) as w:
+        w.write_batch(rows, feats, EMPTY)
+        w.commit(list(zip(paths, rows["label"], rows["group"])), {})
+    return str(path), paths
+
+
+def blobs(k=4, per=15, dim=16, spread=8.0, noise=1.0, seed=0):
+    """``k`` well separated Gaussian blobs: (X, blob of each row)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, spread, (k, dim))
+    y = np.repeat(np.arange(k), per)
+    return centres[y] + rng.normal(0, noise, (len(y), dim)), y
+
+
+def two_overlapping(per=40, seed=1):
+    """Two classes that overlap along the first axis: a boundary with rows on both sides."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], per)
+    X = rng.normal(0, 1, (2 * per, 8))
+    X[:, 0] += np.where(y == 0, -1.2, 1.2)
+    X[:, 1] += 6  # away from the origin, so that centring matters less than the classes
+    return X, y
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, ["select", *map(str, args)])
+
+
+@pytest.mark.parametrize("rule", ["auto", *COLD])
+def test_cold_start_picks_one_image_of_every_blob(tmp_path, rule):
+    X, blob = blobs()
+    cache, paths = write_cache(tmp_path / "flat.h5", X)
+    picked = select(cache, 4, strategy=rule)
+    assert picked.stage == "cold start" and picked.rule == ("kmeans" if rule == "auto" else rule)
+    assert sorted(blob[paths.index(p.path)] for p in picked.picks) == [0, 1, 2, 3]
+
+
+def test_random_is_the_baseline_and_differs_by_seed(tmp_path):
+    X, _ = blobs()
+    cache, _ = write_cache(tmp_path / "flat.h5", X)
+    a, b = (select(cache, 5, strategy="random", seed=s) for s in (0, 1))
+    assert [p.path for p in a.picks] != [p.path for p in b.picks]
+    assert [p.path for p in select(cache, 5, strategy="random", seed=0).picks] == [p.path for p in a.picks]
+
+
+def test_second_round_picks_near_the_decision_boundary(tmp_path):
+    X, y = two_overlapping()
+    rng = np.random.default_rng(0)
+    known = np.full(len(y), "", dtype=object)
+    for c in (0, 1):
+        known[rng.choice(np.flatnonzero(y == c), 3, replace=False)] = f"c{c}"
+    cache, paths = write_cache(tmp_path / "half.h5", X, known)
+    picked = select(cache, 6)
+    assert picked.stage == "labelled" and picked.rule == DEFAULT_WARM
+    S = prepared(X.copy())
+    pool = np.flatnonzero(known == "")
+    proba, _ = probe_proba(S, known, np.flatnonzero(known != ""), pool, ["c0", "c1"], 0)
+    margin = np.abs(proba[:, 0] - proba[:, 1])
+    mine = np.array([margin[list(pool).index(paths.index(p.path))] for p in picked.picks])
+    assert np.median(mine) < np.median(margin), (mine, np.median(margin))
+
+
+def test_one_labelled_image_per_class_uses_a_fixed_c_and_says_so(tmp_path):
+    X, y = two_overlapping()
+    known = np.full(len(y), "", dtype=object)
+    known[0], known[-1] = "c0", "c1"
+    cache, _ = write_cache(tmp_path / "one.h5", X, known)
+    picked = select(cache, 3)
+    assert picked.stage == "labelled" and len(picked.picks) == 3
+    assert any("C fixed at 0.1 (a class has a single labelled image" in note for note in picked.notes)
+
+
+def test_labels_csv_and_cache_labels_give_the_same_picks(tmp_path):
+    X, y = two_overlapping()
+    known = np.full(len(y), "", dtype=object)
+    known[[0, 1, 2, 40, 41, 42]] = ["c0"] * 3 + ["c1"] * 3
+    in_cache, paths = write_cache(tmp_path / "labelled.h5", X, known)
+    flat, _ = write_cache(tmp_path / "flat.h5", X)
+    labels = tmp_path / "labelled.csv"
+    labels.write_text("path,label\n" + "".join(f"{paths[i]},{known[i]}\n" for i in np.flatnonzero(known != "")))
+    a = select(in_cache, 5, seed=3)
+    b = select(flat, 5, seed=3, labels=str(labels))
+    assert [p.path for p in a.picks] == [p.path for p in b.picks]
+    assert a.labelled == b.labelled == 6 and a.classes == b.classes == {"c0": 3, "c1": 3}
+
+
+def test_exclude_is_honoured_from_a_manifest_and_a_list(tmp_path):
+    X, _ = blobs()
+    cache, paths = write_cache(tmp_path / "flat.h5", X)
+    first = [p.path for p in select(cache, 4).picks]
+    sent = tmp_path / "sent.csv"
+    sent.write_text("path,label,reason,score\n" + "".join(f"{p},,x,1\n" for p in first[:2]))
+    listed = tmp_path / "sent.txt"
+    listed.write_text(f"# sent out\n{first[2]}\n")
+    again = select(cache, 4, exclude=[str(sent), str(listed)])
+    assert not set(first[:3]) & {p.path for p in again.picks}
+    assert again.excluded == 3 and again.pool == len(paths) - 3
+
+
+def test_groups_are_never_picked_twice_in_a_batch(tmp_path):
+    X, blob = blobs(k=3, per=10)
+    groups = [f"scene{i // 2}" for i in range(len(X))]  # pairs of neighbouring rows share a scene
+    cache, paths = write_cache(tmp_path / "grouped.h5", X, groups=groups)
+    for rule in ("kmeans", "random", "probcover"):
+        picked = select(cache, 12, strategy=rule, duplicate_cosine=1.0)  # blobs this tight are near-duplicates
+        scenes = [groups[paths.index(p.path)] for p in picked.picks]
+        assert len(scenes) == 12 and len(set(scenes)) == 12, (rule, scenes)
+
+
+def test_near_duplicates_are_not_picked_together(tmp_path):
+    X = np.random.default_rng(0).normal(0, 1, (12, 16))
+    X = np.concatenate([X, X + 1e-3])  # every image twice
+    cache, _ = write_cache(tmp_path / "dups.h5", X)
+    picked = select(cache, 12, strategy="random")
+    S = prepared(X.copy())
+    rows = [int(p.path[3:6]) for p in picked.picks]
+    cos = S[rows] @ S[rows].T
+    np.fill_diagonal(cos, 0)
+    assert cos.max() <= 0.95 and picked.refused["duplicate"] > 0
+    assert len({r % 12 for r in rows}) == 12  # one of each pair
+
+
+def test_csv_columns_order_and_line_ends_and_the_sheet_names_every_pick(tmp_path):
+    X, _ = blobs()
+    cache, paths = write_cache(tmp_path / "flat.h5", X)
+    out = tmp_path / "TO_LABEL.csv"
+    result = run(cache, "--budget", 5, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.output)
+    raw = out.read_bytes()
+    assert b"\r" not in raw and raw.startswith(b"path,label,reason,score\n")
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert [r["path"] for r in rows] == [p["path"] for p in d["picks"]]
+    assert all(r["path"] in paths and r["label"] == "" and r["reason"] for r in rows)
+    scores = [float(r["score"]) for r in rows]
+    assert scores == [pytest.approx(p["score"], rel=1e-5) for p in d["picks"]]
+    sheet = (tmp_path / "TO_LABEL.html").read_text()
+    assert all(f'data-path="{r["path"]}"' in sheet for r in rows)
+    assert "not reachable" in sheet  # the cache's images are under /nowhere: said, not failed
+    assert d["files"] == {"manifest": str(out), "sheet": str(tmp_path / "TO_LABEL.html")}
+
+
+def test_the_sheet_shows_thumbnails_when_the_images_are_there(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    X, _ = blobs(k=2, per=3)
+    for i in range(len(X)):
+        Image.new("RGB", (40, 30), (i * 30, 0, 0)).save(root / f"img{i:03d}.jpg")
+    cache, _ = write_cache(tmp_path / "flat.h5", X, root=str(root))
+    result = run(cache, "--budget", 2, "-o", tmp_path / "out" / "pick.csv")
+    assert result.exit_code == 0, result.output
+    sheet = (tmp_path / "out" / "pick.html").read_text()
+    assert sheet.count('<img class="thumb" src="thumbs/') == 2 and "not reachable" not in sheet
+    assert len(list((tmp_path / "out" / "thumbs").iterdir())) == 2
+
+
+def test_a_fully_labelled_cache_is_a_one_line_error(tmp_path):
+    X, y = two_overlapping(per=5)
+    cache, _ = write_cache(tmp_path / "all.h5", X, [f"c{c}" for c in y])
+    result = run(cache, "--budget", 2, "-o", tmp_path / "x.csv")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("Error: ") and "has no unlabeled images" in result.output
+    assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["--budget", 61], "--budget 61 is more than the 60 unlabeled images left to pick"),
+        (["--budget", 0], "--budget 0: give how many images to pick, 1 or more"),
+        (["--budget", 2, "--strategy", "badge"], "--strategy badge needs labelled images of two classes or more"),
+    ],
+)
+def test_bad_budgets_and_stages_are_one_line_errors(tmp_path, args, said):
+    X, _ = blobs()
+    cache, _ = write_cache(tmp_path / "flat.h5", X)
+    result = run(cache, *args, "-o", tmp_path / "x.csv")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert said in result.output
+
+
+def test_a_budget_beyond_the_pool_after_exclude_is_an_error(tmp_path):
+    X, _ = blobs(k=2, per=3)
+    cache, paths = write_cache(tmp_path / "flat.h5", X)
+    sent = tmp_path / "sent.txt"
+    sent.write_text("\n".join(paths[:4]) + "\n")
+    result = run(cache, "--budget", 3, "--exclude", sent, "-o", tmp_path / "x.csv")
+    assert result.exit_code == 1 and "more than the 2 unlabeled images left to pick (4 excluded)" in result.output
+    unknown = tmp_path / "other.txt"
+    unknown.write_text("elsewhere/img.jpg\n")
+    result = run(cache, "--budget", 1, "--exclude", unknown, "-o", tmp_path / "x.csv")
+    assert result.exit_code == 1 and "other.txt line 1: elsewhere/img.jpg is not in the cache" in result.output
+
+
+def test_choose_on_arrays_never_picks_outside_the_pool():
+    X, _ = blobs()
+    S = prepared(X.copy())
+    labels = np.full(len(X), "", dtype=object)
+    pool = np.ones(len(X), dtype=bool)
+    pool[::2] = False
+    for rule in ("kmeans", "typiclust", "probcover", "random"):
+        picked = choose(S, labels, pool, 6, rule, 0, duplicate_cosine=1.0)
+        assert len(set(picked.rows)) == 6 and pool[picked.rows].all(), rule
+
+
+def test_select_has_help_with_an_example():
+    result = CliRunner().invoke(cli.main, ["select", "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output and "featurebank select" in result.output
+    assert "--budget N" in result.output and "--labels LABELLED.csv" in result.output
