@@ -19,12 +19,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from embedder.errors import FeaturebankError
 
-from .folds import inner_fold_count, inner_splits
+from .folds import inner_fold_count, inner_splits, too_few_for_inner_folds
 from .metrics import full_proba
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))  # 1e-4 … 10, half a decade apart
 SCORINGS = ("log_loss", "accuracy")
 PATIENCE = 2  # values of C past the best before the sweep stops
+FALLBACK_C = 0.1  # the probe's former fixed C: used when inner folds cannot be made (one labelled image in a class)
 HOLDOUT_FROM = 6000  # rows from which one inner split (a third held out: 2,000 rows or more) chooses C
 PARTITION_BLOCK = 4096  # rows swapped at a time when the held-out rows are moved to the end in place
 
@@ -43,6 +44,9 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     on flowers with the same choice, but on hymenoptera it ended weakly regularized fits early, which then looked
     better than they are (C=3.16 chosen, 2 test images lost). The refit starts from the chosen value's inner
     solution (the mean over the inner folds): the same optimum, reached in fewer steps.
+
+    With one labelled row in a class (or one group), no inner fold can be made: ``C`` is then ``FALLBACK_C`` and
+    ``fallback_`` says so (None when ``C`` was chosen or given).
 
     Fitted: ``C_`` (the strength used), ``cv_scores_`` (inner folds × ``Cs``, lower is better for log-loss),
     ``coef_``, ``intercept_``, ``classes_`` as ``LogisticRegression``'s, so it folds into a linear layer."""
@@ -92,8 +96,13 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X), np.asarray(y)
         self.classes_ = np.unique(y)
         start = None
+        self.fallback_ = None
+        why = None if self.C is not None else too_few_for_inner_folds(y, groups)
         if self.C is not None:
             self.C_, self.cv_scores_ = float(self.C), None
+        elif why:
+            self.C_, self.cv_scores_ = FALLBACK_C, None
+            self.fallback_ = f"logreg: C={FALLBACK_C} fixed, not chosen on inner folds ({why})"
         else:
             X, y, self.C_, self.cv_scores_, start = self._sweep(X, y, None if groups is None else np.asarray(groups))
         model = LogisticRegression(C=self.C_, max_iter=self.max_iter, warm_start=start is not None)
