@@ -59,7 +59,7 @@ def fallbacks(model) -> list[str]:
             found.append(note)
         for _, step in getattr(obj, "steps", []) or []:
             walk(step)
-        for name in ("best_estimator_", "estimator"):
+        for name in ("best_estimator_", "model_", "estimator"):
             walk(getattr(obj, name, None))
         for member in getattr(obj, "members_", []) or []:
             walk(member)
