@@ -225,6 +225,7 @@ def test_shots_draws_depend_on_the_seed_and_take_k_per_class():
     assert projection([(1, 0.5), (2, 0.9), (4, 0.9)]) is None  # flat at the end: nothing projected
 
 
+@pytest.mark.slow  # the whole report: map, thumbnails, page
 def test_cv_shots_on_the_command_line_prints_the_curve_and_writes_it(tmp_path):
     synthetic_cache(tmp_path / "c.h5", counts=(8, 8), seed=9)
     out = tmp_path / "run"
@@ -258,7 +259,7 @@ def test_cv_shots_on_the_command_line_prints_the_curve_and_writes_it(tmp_path):
 def test_predict_on_a_cache_writes_pseudo_labels_least_confident_first(tmp_path):
     cache, csv, paths, chosen = partly_labelled(tmp_path)
     model = str(tmp_path / "m.fbmodel")
-    train(cache, "logreg", out=model, labels=csv)
+    train(cache, "logreg:C=1.0", out=model, labels=csv)
     out = tmp_path / "pseudo.csv"
     result = CliRunner().invoke(cli.main, ["predict", model, cache, "-o", str(out)])
     assert result.exit_code == 0, result.output
