@@ -220,6 +220,8 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
       featurebank cv cache/flowers.h5 -c logreg,rbf-svm,knn --search -j 2
       featurebank cv cache/flowers-mnv2.h5 cache/flowers-sq11.h5 -c logreg,rbf-svm --repeats 2
       featurebank cv cache/flowers.h5 --search --scheduler tcp://head-node:8786
+      featurebank cv cache/photos.h5 --labels labelled.csv --unlabeled -c logreg --folds 2
+      featurebank cv cache/flowers.h5 -c logreg,knn --shots 1,2,5,10,all --draws 5
     """
     from classifiers.crossval import cross_validate
     from classifiers.report import report_dict, write_report
@@ -252,6 +254,7 @@ def train(cache, as_json, **options):
     \b
     Example:
       featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.fbmodel
+      featurebank train cache/photos.h5 --labels labelled.csv --unlabeled -o models/photos.fbmodel
     """
     from classifiers.bundle import train as run_train
     from classifiers.views import train_text
