@@ -286,3 +286,14 @@ def test_fallbacks_are_found_inside_an_ensemble():
     X = np.eye(3, 6, dtype=np.float32)
     notes = fallbacks(make_classifier("ensemble").fit(X, [0, 1, 2]))
     assert notes[0].startswith("ensemble: rbf-svm left out") and any(n.startswith("knn: k=3") for n in notes)
+
+
+def test_the_learning_curve_with_unlabeled_rows_has_both_curves(tmp_path):
+    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    report = cross_validate(
+        cache, ["knn"], ["flatten"], folds=2, labels=csv, unlabeled=True, shots="1,2,all", draws=1, extras=None
+    )
+    curves = {(r["classifier"], r["shots"]): r for r in report.curve if not r.get("projection")}
+    assert set(curves) == {(c, k) for c in ("knn", "knn +unlabeled") for k in (1, 2, "all")}
+    plus = report.result("knn +unlabeled", "flatten").metric("balanced_accuracy")["mean"]
+    assert curves[("knn +unlabeled", "all")]["mean"] == plus
