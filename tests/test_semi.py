@@ -203,6 +203,11 @@ def test_learning_curve_all_equals_plain_cv_and_draws_are_reproducible(tmp_path)
         assert {"shots", "classifier", "metric", "mean", "std", "draws"} <= set(row)
         assert row["metric"] == "balanced_accuracy"
     json.dumps(d)  # JSON-ready
+    from classifiers.report import markdown
+    from classifiers.views import cv_text
+
+    assert "## Learning curve" in markdown(d) and "| logreg:C=1.0 @ flatten |" in markdown(d)
+    assert any(line.startswith("Learning curve: balanced accuracy") for line in "\n".join(cv_text(d)).splitlines())
 
 
 def test_shots_draws_depend_on_the_seed_and_take_k_per_class():
