@@ -490,8 +490,10 @@ def cross_validate(
             with layer_tasks(cluster, [X, data.y, group_ids]):
                 for spec in classifiers:
                     estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
-                    variants = [(spec, estimator, describe(spec), None)]
-                    if unlabeled:
+                    variants: list[tuple[str, object, str, np.ndarray | None]] = [
+                        (spec, estimator, describe(spec), None)
+                    ]
+                    if free is not None:
                         semi = SemiSupervised(estimator, mode=unlabeled_mode, random_state=seed)
                         said = (
                             f"{unlabeled_mode} of {len(free):,} unlabeled rows (switch-off rule), then {describe(spec)}"

@@ -227,7 +227,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
     def _inner_scores(self, X, y, labelled, free, groups) -> dict:
         """Mean accuracy on inner held-out labelled rows, fit without and with the unlabeled rows."""
         yl = y[labelled]
-        hits = {"without": [], "with": []}
+        hits: dict[str, list[np.ndarray]] = {"without": [], "with": []}
         for repeat in range(int(self.inner_repeats)):
             folds = inner_fold_count(yl, INNER_FOLDS, groups)
             for train, test in inner_splits(X[labelled], yl, groups, folds, self.random_state + repeat):

@@ -76,7 +76,7 @@ def learning_curve(
     for k in (k for k in shots if k != ALL):
         per_draw, notes = [], []
         for d in range(draws):
-            fold_scores = []
+            fold_scores: list[float] = []
             for i, split in enumerate(splits):
                 rng = np.random.default_rng([seed, k, d, i])
                 rows = draw_rows(split.train, y, k, rng)
@@ -90,7 +90,8 @@ def learning_curve(
                 model = fit_grouped(clone(estimator), X_fit, y_fit, g_fit)
                 notes += [n for n in fallbacks(model) if n not in notes]
                 pred = model.predict(X[split.test])
-                fold_scores.append(scores(y[split.test], pred, None, n_classes)[metric])
+                score = scores(y[split.test], pred, None, n_classes)[metric]
+                fold_scores.append(float("nan") if score is None else float(score))
             per_draw.append(float(np.mean(fold_scores)))
         out.append({"shots": k, "draws": draws, "scores": per_draw, "notes": notes})
     return out
