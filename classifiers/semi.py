@@ -109,7 +109,7 @@ def balanced_top(proba: np.ndarray, share: float) -> np.ndarray:
 class SemiSupervised(ClassifierMixin, BaseEstimator):
     """``estimator`` (a zoo Pipeline) fit on the labelled rows and, where it helps, the unlabeled ones with
     pseudo-labels (``mode``: ``spread`` or ``self-train``; see the module). ``fit(X, y, groups)``: rows with
-    ``y == -1`` are unlabeled. ``switch``: decide on inner folds of the labelled rows (the default), or False to
+    ``y == -1`` are unlabeled (their groups, if any, are ignored: each is a group of its own). ``switch``: decide on inner folds of the labelled rows (the default), or False to
     always use them.
 
     Fitted: ``model_`` (the estimator as fit: a plain zoo Pipeline, what a model file keeps), ``used_`` (whether
@@ -158,7 +158,10 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y[known])
         free = np.flatnonzero(~known)
         labelled = np.flatnonzero(known)
-        g = None if groups is None else np.asarray(groups)[labelled]
+        if groups is not None:  # an unlabeled row is a group of its own (not one group of them all)
+            groups = np.asarray(groups, dtype=object).copy()
+            groups[free] = [f"\0unlabeled:{i}" for i in free]
+        g = None if groups is None else groups[labelled]
         self._graph = knn_graph(X, self.neighbours) if self.mode == "spread" and len(free) else None
         self.used_, self.decision_, self.inner_ = self._decide(X, y, labelled, free, g)
         rows, labels = labelled, y[labelled]
@@ -166,9 +169,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
             extra, extra_labels = self._pseudo(X, labelled, y[labelled], free, g)
             rows, labels = np.concatenate([labelled, extra]), np.concatenate([labels, extra_labels])
         self.pseudo_ = len(rows) - len(labelled)
-        self.model_ = fit_grouped(
-            clone(self._base()), X[rows], labels, None if groups is None else np.asarray(groups)[rows]
-        )
+        self.model_ = fit_grouped(clone(self._base()), X[rows], labels, None if groups is None else groups[rows])
         self.fallback_ = None
         self._graph = None  # not kept: nothing predicts from it
         self.n_features_in_ = X.shape[1]

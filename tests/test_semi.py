@@ -302,3 +302,30 @@ def test_the_learning_curve_with_unlabeled_rows_has_both_curves(tmp_path):
     assert set(curves) == {(c, k) for c in ("knn", "knn +unlabeled") for k in (1, 2, "all")}
     plus = report.result("knn +unlabeled", "flatten").metric("balanced_accuracy")["mean"]
     assert curves[("knn +unlabeled", "all")]["mean"] == plus
+
+
+class GroupCounter:
+    """A classifier that remembers how many groups its fit was given."""
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **params):
+        return self
+
+    def fit(self, X, y, groups=None):
+        self.groups_, self.classes_ = len(set(groups.tolist())), np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
+
+
+def test_unlabeled_rows_are_groups_of_their_own():
+    X, y = blobs(n=20)
+    partial = np.full(len(y), UNLABELED)
+    seeds = np.array([0, 1, 2, 20, 21, 22])
+    partial[seeds] = y[seeds]
+    groups = np.array([f"g{i % 3}" if i in seeds else "" for i in range(len(y))], dtype=object)
+    model = SemiSupervised(GroupCounter(), switch=False).fit(X, partial, groups)
+    assert model.pseudo_ == 34 and model.model_.groups_ == 3 + 34  # not 3 + one group of all 34
