@@ -223,6 +223,8 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
       featurebank cv cache/flowers.h5 -c logreg,rbf-svm,knn --search -j 2
       featurebank cv cache/flowers-mnv2.h5 cache/flowers-sq11.h5 -c logreg,rbf-svm --repeats 2
       featurebank cv cache/flowers.h5 --search --scheduler tcp://head-node:8786
+      featurebank cv cache/photos.h5 --labels labelled.csv --unlabeled -c logreg --folds 2
+      featurebank cv cache/flowers.h5 -c logreg,knn --shots 1,2,5,10,all --draws 5
     """
     from classifiers.crossval import cross_validate
     from classifiers.report import report_dict, write_report
@@ -255,6 +257,7 @@ def train(cache, as_json, **options):
     \b
     Example:
       featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.fbmodel
+      featurebank train cache/photos.h5 --labels labelled.csv --unlabeled -o models/photos.fbmodel
     """
     from classifiers.bundle import train as run_train
     from classifiers.views import train_text
@@ -322,25 +325,44 @@ def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
 @click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
+@click.option(
+    "--sort",
+    type=click.Choice(["confidence", "path"]),
+    default="confidence",
+    show_default=True,
+    help="On a cache: the pseudo-labels least confident first (to review), or by path.",
+)
 @TRUST_PICKLE
-def predict(args, imagenet, backbone, quiet, top, fmt, out, trust_pickle, **options):
+def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, trust_pickle, **options):
     """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
     model's settings; a file that cannot be read gets a row with its error, never a stop.
 
+    MODEL CACHE.h5 (a cache made with the model's settings): pseudo-labels for its unlabeled rows (all of
+    them when it has no labels), path,label,confidence, least confident first: a manifest to review, then
+    extract or --labels.
+
     \b
     Example:
       featurebank predict models/flowers.fbmodel photo1.jpg photo2.jpg
+      featurebank predict models/flowers.fbmodel cache/unlabeled.h5 -o pseudo-labels.csv
       featurebank predict --imagenet -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth photos/ -k 5
     """
+    from classifiers.bundle import is_cache_file, predict_imagenet, prediction_outcome, pseudo_labels
     from classifiers.bundle import predict as run_predict
-    from classifiers.bundle import predict_imagenet, prediction_outcome
     from classifiers.predictions import predictions_text, write_predictions
     from embedder.destination import check_destination
 
     if out:
         check_destination(out, args, "-o")
+    if not imagenet and len(args) == 2 and is_cache_file(args[1]):
+        result = pseudo_labels(args[0], args[1], sort=sort, trust_pickle=trust_pickle)
+        if out:
+            write_predictions(result, out, fmt)
+        else:
+            click.echo(predictions_text(result, fmt), nl=False)
+        return
     run = {**RunOptions(**options).keywords(), "progress": not quiet and sys.stderr.isatty(), "out": out}
     if imagenet:
         result = predict_imagenet(

@@ -11,6 +11,8 @@ _EXPORTS = {
     "load_bundle": "bundle",
     "predict": "bundle",
     "predict_imagenet": "bundle",
+    "pseudo_labels": "bundle",
+    "SemiSupervised": "semi",
     "save_bundle": "bundle",
     "train": "bundle",
     "convert": "modelfile",

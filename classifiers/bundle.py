@@ -26,9 +26,11 @@ from embedder.versions import library_versions
 
 from .crossval import RANK_BY
 from .data import labeled, open_cache
-from .folds import fit_grouped, inner_fold_count, inner_splitter
+from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
+from .labels import labels_of
 from .metrics import confusion, per_class, scores
 from .modelfile import FORMAT, VERSION, read_model, write_model
+from .semi import DEFAULT_MODE, MODES, UNLABELED, SemiSupervised
 from .zoo import describe, make_classifier, search_grid
 
 
@@ -87,12 +89,18 @@ def train(
     search: bool = False,
     inner_folds: int = 3,
     groups: bool | None = None,
+    labels: str | None = None,
+    unlabeled: bool = False,
+    unlabeled_mode: str = DEFAULT_MODE,
 ) -> Bundle:
     """Fit ``classifier`` on every labelled row of ``cache`` (``search``: hyperparameters by cross-validation
     first, group-aware when the cache has groups and ``groups`` is not False) and save the bundle to ``out``
-    when given."""
-    data = labeled(cache)
-    reader = data.reader
+    when given. ``labels``: a ``path,label`` CSV over the cache's own labels (its sha256 is recorded).
+    ``unlabeled``: the cache's unlabeled rows join with pseudo-labels where the switch-off rule finds that they
+    help (``semi.SemiSupervised`` in ``unlabeled_mode``); the model file keeps the classifier as fit, and what
+    was decided."""
+    reader = open_cache(cache)
+    data = labeled(reader, labels_of(reader, labels) if labels else None)
     layer = reader.layer(layer)
     make_classifier(classifier, seed=seed)  # a bad spec is one line before anything is fit
     if out:
@@ -101,24 +109,53 @@ def train(
         raise FeaturebankError(f"only one class ({data.classes[0]}): a classifier needs at least two")
     if groups and data.groups is None:
         raise FeaturebankError(f"{reader.path} has no groups: give a CSV manifest with a group column")
+    if unlabeled and unlabeled_mode not in MODES:
+        raise FeaturebankError(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
+    if unlabeled and not data.unlabeled:
+        raise FeaturebankError(
+            f"{reader.path} has no unlabeled rows for --unlabeled: extract unlabeled images into it, or give "
+            f"--labels with some images left unlabeled"
+        )
     pipeline = make_classifier(classifier, seed=seed)
     X = data.features(layer)
     found = None
+    group_ids = data.groups if groups is not False else None
+    notes = []
+    why = too_few_for_inner_folds(data.y, group_ids) if search else None
+    if why:
+        search = False
+        notes.append(f"--search: not run, the spec's own values are used ({why})")
     folds, splitter = search_folds(data, inner_folds, groups, seed) if search else (0, None)
     grid = search_grid(classifier, len(data.y) * (folds - 1) // folds) if search else {}
-    group_ids = data.groups if groups is not False else None
-    if grid:
+    semi_info = None
+    if unlabeled:
+        if grid:
+            pipeline = GridSearchCV(pipeline, grid, cv=splitter, scoring=RANK_BY)
+        semi = SemiSupervised(pipeline, mode=unlabeled_mode, random_state=seed)
+        free = data.free_features(layer)
+        y_all = np.concatenate([data.y, np.full(len(free), UNLABELED, dtype=data.y.dtype)])
+        g_all = None if group_ids is None else np.concatenate([group_ids, np.full(len(free), "", dtype=object)])
+        fit_grouped(semi, np.vstack([X, free]), y_all, g_all)
+        del free
+        pipeline = semi.model_
+        semi_info = {
+            "rows": int(len(y_all) - len(data.y)),
+            "mode": unlabeled_mode,
+            "used": bool(semi.used_),
+            "decision": semi.decision_,
+            "inner": semi.inner_,
+            "pseudo_labelled": int(semi.pseudo_),
+        }
+        if isinstance(pipeline, GridSearchCV):
+            found = _found(pipeline, splitter, folds)
+            pipeline = pipeline.best_estimator_
+    elif grid:
         searched = fit_grouped(GridSearchCV(pipeline, grid, cv=splitter, scoring=RANK_BY), X, data.y, group_ids)
         pipeline = searched.best_estimator_
-        found = {
-            "splitter": type(splitter).__name__,
-            "folds": folds,
-            "scoring": RANK_BY,
-            "best_params": searched.best_params_,
-            "best_score": round(float(searched.best_score_), 4),
-        }
+        found = _found(searched, splitter, folds)
     else:
         fit_grouped(pipeline, X, data.y, group_ids)
+    notes += fallbacks(pipeline)
     bundle = Bundle(
         pipeline,
         data.classes,
@@ -134,6 +171,9 @@ def train(
             "class_counts": data.counts,
             "params": pipeline.named_steps["clf"].get_params(deep=False),
             **({"search": found} if found else {}),
+            **({"labels": {"csv": labels, "sha256": sha256_of(labels)}} if labels else {}),
+            **({"unlabeled": semi_info} if semi_info else {}),
+            **({"notes": notes} if notes else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         library_versions(),
@@ -141,6 +181,17 @@ def train(
     if out:
         save_bundle(bundle, out)
     return bundle
+
+
+def _found(searched, splitter, folds: int) -> dict:
+    """What ``train --search`` chose, for the model file."""
+    return {
+        "splitter": type(splitter).__name__,
+        "folds": folds,
+        "scoring": RANK_BY,
+        "best_params": searched.best_params_,
+        "best_score": round(float(searched.best_score_), 4),
+    }
 
 
 def search_folds(data, inner_folds: int, groups: bool | None, seed: int) -> tuple[int, object]:
@@ -380,6 +431,51 @@ def predict(
         "embedded": count,
         "score": kind or "probability",
         "rows": _rows(reader, items, values, bundle.classes, top),
+    }
+
+
+SORTS = ("confidence", "path")
+
+
+def is_cache_file(path) -> bool:
+    """Whether ``predict``'s input is a cache (an existing ``.h5`` file) rather than images."""
+    return isinstance(path, (str, os.PathLike)) and str(path).endswith(".h5") and os.path.isfile(path)
+
+
+def pseudo_labels(model, cache, *, sort: str = "confidence", trust_pickle: bool = False) -> dict:
+    """The model's label and confidence for every unlabeled row of a cache made with its embedding settings (a
+    whole cache when it has no labels): pseudo-labels to review, least confident first (``sort="confidence"``)
+    or by path. The confidence is the predicted class's probability, or its decision score for a classifier
+    without probabilities (``"score"`` says which)."""
+    if sort not in SORTS:
+        raise FeaturebankError(f"--sort {sort!r}: choose {' or '.join(SORTS)}")
+    bundle = _bundle(model, trust_pickle)
+    reader = open_cache(cache)
+    check_cache(reader, bundle)
+    labels = reader.labels
+    rows = np.arange(len(reader)) if labels is None else np.flatnonzero(labels == "")
+    if not len(rows):
+        raise FeaturebankError(
+            f"every row of {reader.path} is labelled: there is nothing to pseudo-label "
+            f"(featurebank evaluate MODEL {reader.path} scores the model on them)"
+        )
+    X = reader.features(bundle.layer)[rows]
+    values, kind = bundle.scores(X)
+    best = values.argmax(axis=1)
+    known = np.asarray(getattr(bundle.pipeline, "classes_", np.arange(values.shape[1])))
+    names = [bundle.classes[int(c)] for c in known[best]]
+    confidence = values[np.arange(len(best)), best]
+    paths = reader.paths[rows]
+    order = np.lexsort((paths, confidence)) if sort == "confidence" else np.argsort(paths, kind="stable")
+    return {
+        "model": bundle.classifier,
+        "layer": bundle.layer,
+        "cache": reader.path,
+        "score": kind,
+        "pseudo": True,
+        "labelled_rows_skipped": int(len(reader) - len(rows)),
+        "sort": "least confident first" if sort == "confidence" else "by path",
+        "rows": [{"path": str(paths[i]), "label": names[i], "confidence": float(confidence[i])} for i in order],
     }
 
 

@@ -29,9 +29,12 @@ from .cluster import layer_tasks, on_cluster
 from .cost import DEFAULT_BUDGET, Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
 from .extras import kept, neighbours_of
-from .folds import fit_grouped, inner_splitter
+from .folds import fallbacks, fit_grouped, inner_splitter
+from .labels import labels_of
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
 from .neighbours import NEIGHBOURS, REFERENCE
+from .semi import DEFAULT_MODE, MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
+from .shots import curve_rows, learning_curve, parse_shots
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, make_classifier, parse_spec, search_grid
 
@@ -67,6 +70,13 @@ def make_splits(
         raise FeaturebankError(f"only one class ({classes[int(np.argmax(counts))]}): a classifier needs at least two")
     if groups is None:
         small = [(classes[i], int(n)) for i, n in enumerate(counts) if n < folds]
+        if small and min(n for _, n in small) < 2:
+            listed = ", ".join(f"{c!r} has {n}" for c, n in small[:5] if n < 2)
+            raise FeaturebankError(
+                f"{listed} labelled image: cross-validation holds out images of every class, so it needs 2 per "
+                f"class (with k per class, --folds k at most); train on them as they are, or see what few labels "
+                f"reach with cv --shots 1,2,5 on a cache with more"
+            )
         if small:
             listed = ", ".join(f"{c!r} has {n}" for c, n in small[:5])
             raise FeaturebankError(
@@ -97,6 +107,8 @@ class FoldResult:
     predict_seconds: float
     best_params: dict | None = None
     missing_classes: list[int] = field(default_factory=list)  # classes absent from this fold's training rows
+    notes: list[str] = field(default_factory=list)  # what the fit did instead of what it was asked (folds.fallbacks)
+    unlabeled: dict | None = None  # with unlabeled rows: whether they joined this fold's fit, and why
 
 
 @dataclass
@@ -113,6 +125,24 @@ class CVResult:
 
     def metric(self, name: str) -> dict:
         return mean_std([f.scores[name] for f in self.folds])
+
+    @property
+    def notes(self) -> list[str]:
+        """Every fold's fallbacks, each once (one labelled image per class: a fixed C, k lowered...)."""
+        return list(dict.fromkeys(note for f in self.folds for note in f.notes))
+
+    @property
+    def unlabeled(self) -> dict | None:
+        """With unlabeled rows: in how many folds they joined the fit, and each fold's decision."""
+        decided = [f.unlabeled for f in self.folds if f.unlabeled is not None]
+        if not decided:
+            return None
+        return {
+            "used_in_folds": sum(bool(d["used"]) for d in decided),
+            "folds": len(decided),
+            "pseudo_labelled": [d["pseudo"] for d in decided],
+            "decisions": [d["decision"] for d in decided],
+        }
 
     @property
     def name(self) -> str:
@@ -159,6 +189,8 @@ class CVReport:
     splits: list[Split]  # the folds every result was scored on (from the first cache's labels and groups)
     sources: list[Source]
     plan: Plan | None = None  # what the budget let in and left out, with the estimates
+    unlabeled_mode: str | None = None  # with unlabeled rows: how they got labels (semi.MODES)
+    curve: list[dict] | None = None  # with shots: the learning curve (shots.learning_curve's rows)
 
     @property
     def classes(self) -> list[str]:
@@ -273,15 +305,22 @@ class CVReport:
         return sorted(out, key=lambda d: (not d["conflicting"], d["paths"][0]))
 
 
-def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
+def _run_fold(estimator, X, y, groups, split: Split, n_classes: int, free: np.ndarray | None = None):
     """Fit a clone on the training rows, predict the test rows. Runs in a joblib worker.
 
     The training rows are the fold's own copy (fancy indexing), so the Pipeline's own L2 and scaling steps fit on them
-    in place: the layer, the fold's rows and the classifier's own data are the memory, never a second scaled copy."""
+    in place: the layer, the fold's rows and the classifier's own data are the memory, never a second scaled copy.
+    ``free``: unlabeled rows that join the training side (``semi.SemiSupervised``, label ``-1``), never the test
+    side: the held-out rows are labelled rows of the cache only."""
     model = _in_place(clone(estimator))
     started = time.perf_counter()
-    X_train = X[split.train]
-    fit_grouped(model, X_train, y[split.train], None if groups is None else groups[split.train])
+    X_train, y_train = X[split.train], y[split.train]
+    g_train = None if groups is None else groups[split.train]
+    if free is not None:
+        X_train = np.vstack([X_train, free])
+        y_train = np.concatenate([y_train, np.full(len(free), UNLABELED, dtype=y.dtype)])
+        g_train = None if g_train is None else np.concatenate([g_train, np.full(len(free), "", dtype=object)])
+    fit_grouped(model, X_train, y_train, g_train)
     del X_train  # before the test rows are taken
     _in_place(model, on=False)  # the test rows are transformed twice (labels, probabilities): not in place
     fitted = time.perf_counter()
@@ -293,13 +332,18 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int):
     predicted = time.perf_counter()
     best = model.best_params_ if isinstance(model, GridSearchCV) else None
     missing = sorted(set(range(n_classes)) - set(np.asarray(model.classes_).tolist()))
-    return pred, proba, fitted - started, predicted - fitted, best, missing
+    semi = None
+    if isinstance(model, SemiSupervised):
+        semi = {"used": bool(model.used_), "decision": model.decision_, "pseudo": int(model.pseudo_)}
+    return pred, proba, fitted - started, predicted - fitted, best, missing, fallbacks(model), semi
 
 
 def _in_place(model, on: bool = True):
     """The top Pipeline's ``l2`` and ``scale`` steps, and a classifier that takes ``copy``, without their copy
     (``on``) or with it again (a search's inner folds are copies too; an ensemble's members, which share their rows,
     keep theirs). Fitted: the refit Pipeline."""
+    if isinstance(model, SemiSupervised):  # its classifier is fit on rows it chooses: copies already
+        return model
     searched = isinstance(model, GridSearchCV)
     pipe = (model.best_estimator_ if hasattr(model, "best_estimator_") else model.estimator) if searched else model
     steps = dict(pipe.steps)
@@ -350,6 +394,11 @@ def cross_validate(
     scheduler: str | None = None,
     budget: str | float | None = DEFAULT_BUDGET,
     extras: str | None = "report",
+    labels: str | None = None,
+    unlabeled: bool = False,
+    unlabeled_mode: str = DEFAULT_MODE,
+    shots=None,
+    draws: int = 5,
     progress: bool = False,
     say=None,
 ) -> CVReport:
@@ -361,11 +410,30 @@ def cross_validate(
     duration (``"15m"``, ``"none"``) of estimated work, out of which ``extras`` is charged first: ``"report"`` (the neighbour
     search that ``report_dict`` makes), ``"out"`` (and the map that ``write_report`` draws) or None, each unless
     kept beside the cache already; ``say``: called with the plan's one line before any fit
-    (without ``classifiers``, or when they are over the budget)."""
+    (without ``classifiers``, or when they are over the budget).
+
+    ``labels``: a ``path,label`` CSV laid over the caches' own labels (``labels.labels_of``). ``unlabeled``: each
+    classifier is scored a second time (``"<spec> +unlabeled"``) with the cache's unlabeled rows joining the
+    training side of every fold (``semi.SemiSupervised`` in ``unlabeled_mode``, with its switch-off rule), on
+    the same held-out labelled rows. ``shots``: a list of labelled images per class (and ``"all"``, the run
+    itself) for a learning curve (``shots.learning_curve``), ``draws`` seeded draws each."""
     started = time.perf_counter()
-    sources = load_sources(cache)
+    sources = load_sources(cache, labels)
     data = sources[0].data
     per_source = source_layers(sources, layers)
+    shot_list = parse_shots(shots) if shots is not None else None
+    if unlabeled:
+        if unlabeled_mode not in MODES:
+            raise FeaturebankError(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
+        if len(sources) > 1:
+            raise FeaturebankError("--unlabeled takes one cache: its unlabeled rows join the training folds")
+        if not data.unlabeled:
+            raise FeaturebankError(
+                f"{data.reader.path} has no unlabeled rows for --unlabeled: extract unlabeled images into it, or "
+                f"give --labels with some images left unlabeled"
+            )
+    if shot_list is not None and search:
+        raise FeaturebankError("--shots runs each classifier as it is: leave out --search")
     classifiers = list(classifiers) if classifiers else None
     for spec in classifiers or []:
         parse_spec(spec)
@@ -398,10 +466,11 @@ def cross_validate(
     inner_train = min(len(s.train) for s in splits) * (inner_folds - 1) // inner_folds
     results = []
     weights = _task_weights(the_plan, shapes, search, inner_folds)
+    curve: list[dict] = []
     with (
         on_cluster(scheduler) as cluster,
         tqdm(
-            total=sum(w for ws in weights.values() for w in ws),
+            total=sum(w for ws in weights.values() for w in ws) * (2 if unlabeled else 1),
             disable=not progress,
             file=sys.stderr,
             dynamic_ncols=True,
@@ -416,23 +485,40 @@ def cross_validate(
         done, tasks = 0, len(pairs) * len(classifiers) * len(splits)
         for source, layer in pairs:
             X = source.data.features(layer)
+            free = source.data.free_features(layer) if unlabeled else None
             where = f"{source.name}:{layer}" if len(sources) > 1 else layer
             with layer_tasks(cluster, [X, data.y, group_ids]):
                 for spec in classifiers:
                     estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
-                    bar.set_postfix_str(f"{done}/{tasks} fits; {spec} @ {where}")
-                    fitted = _guarded(_fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)
-                    results.append(
-                        CVResult(
-                            spec,
-                            layer,
-                            describe(spec),
-                            *_collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)]),
-                            source.name,
+                    variants: list[tuple[str, object, str, np.ndarray | None]] = [
+                        (spec, estimator, describe(spec), None)
+                    ]
+                    if free is not None:
+                        semi = SemiSupervised(estimator, mode=unlabeled_mode, random_state=seed)
+                        said = (
+                            f"{unlabeled_mode} of {len(free):,} unlabeled rows (switch-off rule), then {describe(spec)}"
                         )
-                    )
+                        variants.append((spec + WITH_UNLABELED, semi, said, free))
+                    for name, model, pipeline, rows in variants:
+                        bar.set_postfix_str(f"{done}/{tasks} fits; {name} @ {where}")
+                        fitted = _guarded(_fit_folds(model, X, data.y, group_ids, splits, k, n_jobs, rows), spec, where)
+                        results.append(
+                            CVResult(
+                                name,
+                                layer,
+                                pipeline,
+                                *_collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)]),
+                                source.name,
+                            )
+                        )
+                        if shot_list is not None:
+                            bar.set_postfix_str(f"learning curve; {name} @ {where}")
+                            points = learning_curve(
+                                model, X, data.y, group_ids, splits, k, shot_list, draws, seed, rows
+                            )
+                            curve += curve_rows(points, results[-1], shot_list, RANK_BY)
                     done += len(splits)
-            del X, fitted  # one layer in memory at a time (the spent generators hold it too): gone before the next
+            del X, free, fitted  # one layer in memory at a time (the spent generators hold it too)
     return CVReport(
         data,
         list(dict.fromkeys(layer for layers in per_source for layer in layers)),
@@ -447,6 +533,8 @@ def cross_validate(
         splits,
         sources,
         the_plan,
+        unlabeled_mode if unlabeled else None,
+        curve if shot_list is not None else None,
     )
 
 
@@ -480,7 +568,7 @@ def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar, we
     predictions = np.full((repeats, len(y)), -1, dtype=np.int64)
     proba = None
     folds = []
-    for s, weight, (pred, p, fit_s, pred_s, best, missing) in zip(splits, weights, fitted):
+    for s, weight, (pred, p, fit_s, pred_s, best, missing, notes, semi) in zip(splits, weights, fitted):
         predictions[s.repeat, s.test] = pred
         if p is not None:
             if proba is None:
@@ -495,20 +583,22 @@ def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar, we
                 round(pred_s, 4),
                 best,
                 missing,
+                notes,
+                semi,
             )
         )
         bar.update(weight)
     return folds, predictions, proba
 
 
-def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, n_jobs: int):
+def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, n_jobs: int, free=None):
     """Every fold of one (layer, classifier), through joblib, in the splits' order: the one place that runs
     folds in parallel."""
-    jobs = (delayed(_run_fold)(estimator, X, y, groups, s, n_classes) for s in splits)
+    jobs = (delayed(_run_fold)(estimator, X, y, groups, s, n_classes, free) for s in splits)
     return Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
 
 
-def load_sources(cache) -> list[Source]:
+def load_sources(cache, labels: str | None = None) -> list[Source]:
     """One cache, or several caches of the same images: the first one's labelled rows, the others aligned to
     them by path (refused, saying what differs, unless they hold the same labelled images and labels), each
     with a short unique name (its backbone, plus weights, pooling or precision where backbones repeat)."""
@@ -516,8 +606,9 @@ def load_sources(cache) -> list[Source]:
     if not caches:
         raise FeaturebankError("give at least one cache")
     readers = [open_cache(c) for c in caches]
-    first = labeled(readers[0])
-    datas = [first] + [aligned(first, r) for r in readers[1:]]
+    overlay = [labels_of(r, labels) if labels else None for r in readers]  # the CSV on top of each cache's labels
+    first = labeled(readers[0], overlay[0])
+    datas = [first] + [aligned(first, r, o) for r, o in zip(readers[1:], overlay[1:])]
     return [Source(name, d) for name, d in zip(backbone_names(readers), datas)]
 
 

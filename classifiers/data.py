@@ -29,6 +29,7 @@ class Labeled:
     paths: np.ndarray
     groups: np.ndarray | None
     unlabeled: int  # rows of the cache without a label, left out
+    free: np.ndarray | None = None  # the cache rows without a label (``semi``: they may join the training rows)
 
     def features(self, layer: str) -> np.ndarray:
         """The rows' features of ``layer`` (``a+b``: those layers side by side), in row order, float32."""
@@ -43,6 +44,11 @@ class Labeled:
             start += X.shape[1]
             del X  # before the next part is read
         return out
+
+    def free_features(self, layer: str) -> np.ndarray:
+        """The unlabeled rows' features of ``layer`` (``a+b`` side by side), in cache order, float32."""
+        rows = self.free if self.free is not None else np.empty(0, dtype=np.int64)
+        return np.hstack([self.reader.features(part)[rows] for part in layer.split(COMPOSITE)]).astype(np.float32)
 
     def dims(self, layer: str) -> int:
         return sum(self.reader.dims[part] for part in layer.split(COMPOSITE))
@@ -99,10 +105,11 @@ def check_layers(reader: CacheReader, layers) -> list[str]:
     return list(dict.fromkeys(out))  # "penultimate" and its node's name are one layer
 
 
-def labeled(cache: str | CacheReader) -> Labeled:
-    """The labelled rows of a cache; a cache without labels is an error that says how to get them."""
+def labeled(cache: str | CacheReader, labels: np.ndarray | None = None) -> Labeled:
+    """The labelled rows of a cache; a cache without labels is an error that says how to get them. ``labels``: a
+    class name per cache row ("" for unlabeled) to use instead of the cache's own (``labels.labels_of``)."""
     reader = open_cache(cache)
-    labels = reader.labels
+    labels = reader.labels if labels is None else np.asarray(labels, dtype=object)
     if labels is None:
         raise FeaturebankError(
             f"{reader.path} has no labels: extract a class-per-folder tree or a CSV manifest "
@@ -123,14 +130,15 @@ def labeled(cache: str | CacheReader) -> Labeled:
         reader.paths[keep],
         groups[keep] if groups is not None else None,
         len(labels) - len(keep),
+        np.flatnonzero(labels == ""),
     )
 
 
-def aligned(first: Labeled, cache: str | CacheReader) -> Labeled:
+def aligned(first: Labeled, cache: str | CacheReader, labels: np.ndarray | None = None) -> Labeled:
     """Another cache's labelled rows in ``first``'s order (matched by path), with ``first``'s labels and groups.
     Refused in one line, saying what differs, unless both hold the same labelled paths with the same labels (and
     the same file contents, where both recorded a digest)."""
-    other = labeled(cache)
+    other = labeled(cache, labels)
     where = {p: i for i, p in enumerate(other.paths.tolist())}
     if len(where) < len(other.paths):
         raise FeaturebankError(f"{other.reader.path} has a path in more than one row")

@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from embedder.errors import FeaturebankError
 
-from .folds import fit_grouped, inner_fold_count, inner_splits, inner_splitter
+from .folds import fit_grouped, inner_fold_count, inner_splits, inner_splitter, too_few_for_inner_folds
 from .metrics import full_proba
 from .registry import describe, get_spec, make_classifier
 
@@ -77,9 +77,25 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
         return out
 
     def _fit_members(self, X, y, groups) -> list:
-        """Every member fit on these rows; calibrations on inner folds of these rows (by group when given)."""
-        cv = inner_splits(X, y, groups, inner_fold_count(y, self.inner_folds, groups), self.random_state)
-        return [fit_grouped(pipe, X, y, groups) for _, pipe in self.member_pipelines(cv)]
+        """Every member fit on these rows; calibrations on inner folds of these rows (by group when given). When
+        those folds cannot be made (one labelled image in a class), the members that need a calibration are left
+        out (``fallback_`` says which); with none left, a one-line error."""
+        why = too_few_for_inner_folds(y, groups)
+        if why is None:
+            cv = inner_splits(X, y, groups, inner_fold_count(y, self.inner_folds, groups), self.random_state)
+            return [fit_grouped(pipe, X, y, groups) for _, pipe in self.member_pipelines(cv)]
+        names = member_names(self.members)
+        kept = [n for n in names if get_spec(n).probabilities]
+        if not kept:
+            raise FeaturebankError(
+                f"ensemble of {'+'.join(names)}: every member needs a calibration on inner folds ({why})"
+            )
+        left = [n for n in names if n not in kept]
+        if left:
+            self.fallback_ = (
+                f"ensemble: {'+'.join(left)} left out, its calibration needs inner folds ({why}); {'+'.join(kept)} kept"
+            )
+        return [fit_grouped(make_classifier(n, seed=self.random_state), X, y, groups) for n in kept]
 
     def _probabilities(self, members, X) -> list[np.ndarray]:
         """Each member's probabilities over all of the ensemble's classes (a member may have missed one)."""
@@ -99,7 +115,11 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
         groups = None if groups is None else np.asarray(groups)
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
-        if self.method == "stack":
+        self.fallback_, self.method_ = None, self.method
+        why = too_few_for_inner_folds(y, groups)
+        if self.method == "stack" and why:
+            self.method_ = "vote"
+        if self.method_ == "stack":
             # the final regression learns from probabilities of rows the members did not see (nor their groups)
             outer = inner_splits(X, y, groups, inner_fold_count(y, self.inner_folds, groups), self.random_state)
             oof = np.zeros((len(y), len(member_names(self.members)) * len(self.classes_)))
@@ -108,12 +128,15 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
                 oof[test] = np.hstack(self._probabilities(members, X[test]))
             self.final_ = LogisticRegression(max_iter=2000).fit(oof, y)
         self.members_ = self._fit_members(X, y, groups)
+        if self.method_ != self.method:
+            said = f"ensemble: a soft vote, not stacking, which needs inner folds ({why})"
+            self.fallback_ = said + ("; " + self.fallback_.removeprefix("ensemble: ") if self.fallback_ else "")
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "members_")
         probabilities = self._probabilities(self.members_, X)
-        if self.method == "stack":
+        if getattr(self, "method_", self.method) == "stack":  # a model file written before method_: the method
             return self.final_.predict_proba(np.hstack(probabilities))
         proba = np.mean(probabilities, axis=0)
         return proba / proba.sum(axis=1, keepdims=True)  # float32 members' mean can miss 1 by 1e-7

@@ -32,6 +32,44 @@ def inner_fold_count(y: np.ndarray, wanted: int, groups: np.ndarray | None = Non
     return folds
 
 
+def too_few_for_inner_folds(y, groups=None) -> str | None:
+    """Why these rows cannot be split into 2 stratified inner folds (a class with one row, or a single group), in
+    words for a report, or None when they can."""
+    counts = np.unique(np.asarray(y), return_counts=True)[1]
+    if len(counts) and counts.min() < 2:
+        return f"a class has {int(counts.min())} labelled image, inner folds need 2"
+    if groups is not None and len(set(np.asarray(groups).tolist())) < 2:
+        return "the rows are one group, inner folds need 2"
+    return None
+
+
+def fallbacks(model) -> list[str]:
+    """What a fitted model did instead of what it was asked because its rows were too few (a tuned entry's fixed
+    choice, kNN's k lowered, an ensemble member left out): the ``fallback_`` lines of every estimator in it (a
+    Pipeline's steps, a search's refit model, an ensemble's members), each once, in order."""
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def walk(obj):
+        if obj is None or id(obj) in seen or isinstance(obj, (str, int, float, bool)):
+            return
+        seen.add(id(obj))
+        note = getattr(obj, "fallback_", None)
+        if isinstance(note, str) and note not in found:
+            found.append(note)
+        for _, step in getattr(obj, "steps", []) or []:
+            walk(step)
+        for name in ("best_estimator_", "model_", "estimator"):
+            walk(getattr(obj, name, None))
+        for member in getattr(obj, "members_", []) or []:
+            walk(member)
+        for calibrated in getattr(obj, "calibrated_classifiers_", []) or []:
+            walk(getattr(calibrated, "estimator", None))
+
+    walk(model)
+    return found
+
+
 def inner_splits(X, y, groups, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The inner folds of these rows, as index pairs (usable as any scikit-learn ``cv``)."""
     return list(inner_splitter(folds, seed, groups is not None).split(X, y, groups))
@@ -57,4 +95,12 @@ def fit_grouped(model, X, y, groups):
     return model.fit(X, y, **kwargs)
 
 
-__all__ = ["fit_grouped", "inner_fold_count", "inner_splits", "inner_splitter", "takes_groups"]
+__all__ = [
+    "fallbacks",
+    "too_few_for_inner_folds",
+    "fit_grouped",
+    "inner_fold_count",
+    "inner_splits",
+    "inner_splitter",
+    "takes_groups",
+]

@@ -22,7 +22,18 @@ from embedder.atomic import atomic_path
 from embedder.errors import FeaturebankError
 
 from .extras import thumbs_folder
-from .reading import FORMAT, find_result, model_name, p_text, pm, predictions_name, several_caches, significance_note
+from .reading import (
+    FORMAT,
+    curve_table,
+    curve_text,
+    find_result,
+    model_name,
+    p_text,
+    pm,
+    predictions_name,
+    several_caches,
+    significance_note,
+)
 
 THUMB = 160  # pixels, the longer side
 CELL_THUMBS = 48  # thumbnails per confusion cell; the rest of its images are listed by path
@@ -353,6 +364,12 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         for k, name, there in (("outliers", "Outliers", outliers), ("duplicates", "Duplicates", duplicates))
         if there
     ]
+    unlabeled = d.get("unlabeled")
+    if unlabeled:
+        sections.append(("unlabeled", "Unlabeled rows"))
+    chart = curve_chart(d)
+    if chart:
+        sections.append(("learning-curve", "Learning curve"))
     figure = _map(run_dir)
     if figure:
         sections.append(("map", "Map"))
@@ -390,10 +407,89 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         "duplicates": duplicates,
         "duplicates_more": max(0, len(d["duplicates"]) - DUPLICATE_SETS),
         "map": figure,
+        "unlabeled": unlabeled,
+        "unlabeled_pairs": [
+            {**p, "name": model_name(d, p), "without_text": pm(p["without"]), "with_text": pm(p["with"])}
+            for p in (unlabeled or {}).get("pairs", [])
+        ],
+        "curve": chart,
         "error_saturates": int(100 * ERROR_SATURATES),
         "failed": d["failed"][:200],
         "failed_count": len(d["failed"]),
         "footer": f"Computed in {d['seconds']:.1f} s with {versions}. Rendered by featurebank {__version__}.",
+    }
+
+
+CURVE_COLOURS = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7b83", "#57606a")
+
+
+def curve_chart(d: dict) -> dict | None:
+    """The learning curve as an SVG chart's coordinates (drawn by the template): the score against labelled images
+    per class on a log axis, a line per model, its projection dashed, ``all`` at the mean number of labelled
+    training rows per class of a fold; and the same numbers as a table."""
+    import math
+
+    rows = d.get("learning_curve") or []
+    if not rows:
+        return None
+    width, height, left, right, top, bottom = 640, 300, 50, 20, 14, 36
+    folds = d["cv"]["folds"]
+    everything = max(1.0, d["rows"] * (folds - 1) / folds / max(1, len(d["classes"])))  # "all": rows per class
+    xs = [everything if r["shots"] == "all" else float(r["shots"]) for r in rows]
+    lo, hi = math.log(min(xs)), math.log(max(max(xs), min(xs) * 2))
+    means = [r["mean"] for r in rows if r["mean"] is not None]
+    y_lo = max(0.0, math.floor(10 * min(means)) / 10 - 0.05)
+
+    def x(v):
+        return round(left + (math.log(v) - lo) / (hi - lo) * (width - left - right), 1)
+
+    def y(v):
+        return round(top + (1.0 - (v - y_lo) / (1.0 - y_lo)) * (height - top - bottom), 1)
+
+    series: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["classifier"], r["layer"], r.get("backbone"))
+        s = series.setdefault(key, {"name": model_name(d, r), "measured": [], "projection": None})
+        at = everything if r["shots"] == "all" else float(r["shots"])
+        point = {"x": x(at), "y": y(r["mean"]), "text": f"{r['shots']}: {curve_text(r)}"}
+        if r.get("projection"):
+            s["projection"] = point
+        else:
+            s["measured"].append((at, r["shots"] == "all", point))
+    lines = []
+    for i, s in enumerate(series.values()):
+        ordered = sorted(s["measured"], key=lambda t: t[0])
+        measured = [p for _, _, p in ordered]
+        numeric = [p for _, is_all, p in ordered if not is_all]
+        last = numeric[-1] if numeric else None
+        lines.append(
+            {
+                "name": s["name"],
+                "colour": CURVE_COLOURS[i % len(CURVE_COLOURS)],
+                "points": " ".join(f"{p['x']},{p['y']}" for p in measured),
+                "dots": measured,
+                "projection": s["projection"],
+                "from": last,
+            }
+        )
+    ticks = sorted({r["shots"] for r in rows}, key=lambda k: everything if k == "all" else float(k))
+    shots, cells = curve_table(d)
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "bottom": height - bottom,
+        "right": width - right,
+        "top": top,
+        "x_ticks": [{"x": x(everything if k == "all" else float(k)), "text": str(k)} for k in ticks],
+        "y_ticks": [
+            {"y": y(v / 100), "text": f"{v} %"} for v in range(int(100 * y_lo + 0.999), 101, 10) if v / 100 >= y_lo
+        ],
+        "lines": lines,
+        "metric": rows[0]["metric"].replace("_", " "),
+        "draws": max(r["draws"] for r in rows),
+        "shots": shots,
+        "cells": cells,
     }
 
 

@@ -21,7 +21,8 @@ from sklearn.utils.validation import check_is_fitted
 from embedder.errors import FeaturebankError
 
 from . import solver
-from .folds import inner_fold_count, inner_splits
+from .folds import inner_fold_count, inner_splits, too_few_for_inner_folds
+from .metrics import full_proba
 from .solver import fit_path
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))  # 1e-4 … 10, half a decade apart
@@ -29,6 +30,7 @@ SCORINGS = ("log_loss", "accuracy")
 PATIENCE = 2  # values of C past the best before the sweep stops
 REFIT_RELATIVE = 0.01  # the refit stops at 1e-4 and at this share of its starting gradient if less
 RELATIVE = 0.1  # an inner fit stops at inner_tol, or at this share of its gradient where it began the value if less
+FALLBACK_C = 0.1  # the probe's former fixed C: used when inner folds cannot be made (one labelled image in a class)
 HOLDOUT_FROM = 6000  # rows from which one inner split (a third held out: 2,000 rows or more) chooses C
 PARTITION_BLOCK = 4096  # rows swapped at a time when the held-out rows are moved to the end in place
 
@@ -50,6 +52,9 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     relative test). The refit stops at scikit-learn's 1e-4 and at a hundredth (``REFIT_RELATIVE``) of its gradient
     where it began: started warm, 1e-4 alone left it further from the optimum than scikit-learn's cold fit gets
     (on hymenoptera's val/ images, probabilities up to 0.086 from a 1e-8 fit's, against 0.066; a hundredth: 0.012).
+
+    With one labelled row in a class (or one group), no inner fold can be made: ``C`` is then ``FALLBACK_C`` and
+    ``fallback_`` says so (None when ``C`` was chosen or given).
 
     Fitted: ``C_`` (the strength used), ``cv_scores_`` (inner folds × ``Cs``, lower is better for log-loss),
     ``n_inner_iter_`` (iterations per inner fold and value), ``model_`` (a fitted ``LogisticRegression``), and
@@ -100,8 +105,13 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X), np.asarray(y)
         self.classes_ = np.unique(y)
         start = None
+        self.fallback_ = None
+        why = None if self.C is not None else too_few_for_inner_folds(y, groups)
         if self.C is not None:
             self.C_, self.cv_scores_ = float(self.C), None
+        elif why:
+            self.C_, self.cv_scores_ = FALLBACK_C, None
+            self.fallback_ = f"logreg: C={FALLBACK_C} fixed, not chosen on inner folds ({why})"
         else:
             X, y, self.C_, self.cv_scores_, start = self._sweep(X, y, None if groups is None else np.asarray(groups))
         if start is None:

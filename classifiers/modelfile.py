@@ -31,7 +31,7 @@ from embedder.errors import FeaturebankError
 from .ensemble import ZooEnsemble
 from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
-from .registry import BlockedScaler, ReducedPCA
+from .registry import BlockedScaler, FewShotLDA, ReducedPCA
 from .ridge import NystroemRidge, TunedRidge
 
 FORMAT = "featurebank-model"
@@ -60,6 +60,7 @@ TRUSTED_TYPES = [
             NystroemRidge,
             ZooEnsemble,
             CosineKNeighbors,
+            FewShotLDA,
         )
     ),
     "sklearn.calibration._CalibratedClassifier",

@@ -144,7 +144,8 @@ class CosineKNeighbors(ClassifierMixin, BaseEstimator):
     """k nearest neighbours by cosine similarity, exact, searched in BLAS tiles of bounded memory (``search``):
     scikit-learn's ``KNeighborsClassifier(metric="cosine", algorithm="brute")``'s predictions and probabilities
     (distance 1 - cosine; ``weights="distance"`` weighs by its inverse, an exact match alone when there is one),
-    without its float64 distance blocks."""
+    without its float64 distance blocks. Fitted on fewer rows than ``n_neighbors`` (a few labelled images), it
+    uses them all (``k_``) and ``fallback_`` says so."""
 
     def __init__(self, n_neighbors: int = 10, weights: str = "distance", copy: bool = True):
         self.n_neighbors = n_neighbors
@@ -163,10 +164,10 @@ class CosineKNeighbors(ClassifierMixin, BaseEstimator):
         self.check_params()
         X, y = validate_data(self, X, y, dtype=(np.float32, np.float64))
         check_classification_targets(y)
-        if self.n_neighbors > len(X):
-            raise ValueError(
-                f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {self.n_neighbors}, n_samples_fit = {len(X)}"
-            )
+        self.k_, self.fallback_ = int(self.n_neighbors), None
+        if self.n_neighbors > len(X):  # a few labelled images: every one of them is a neighbour
+            self.k_ = len(X)
+            self.fallback_ = f"knn: k={self.k_}, every training row, not {self.n_neighbors} ({len(X)} rows)"
         self.classes_, self.y_ = np.unique(y, return_inverse=True)
         self.X_ = normalize(np.array(X, dtype=np.float32, copy=True if self.copy else None))
         return self
@@ -175,7 +176,8 @@ class CosineKNeighbors(ClassifierMixin, BaseEstimator):
         """(cosine distances, indices of the training rows), nearest first."""
         check_is_fitted(self, "X_")
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64))
-        index, similarity = search(normalize(np.array(X, dtype=np.float32)), self.X_, self.n_neighbors)
+        k = getattr(self, "k_", self.n_neighbors)  # a model file written before k_ used n_neighbors
+        index, similarity = search(normalize(np.array(X, dtype=np.float32)), self.X_, k)
         return np.clip(1.0 - similarity, 0.0, 2.0), index
 
     def predict_proba(self, X) -> np.ndarray:

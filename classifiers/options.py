@@ -54,6 +54,33 @@ class CVOptions:
         metavar="ADDRESS",
     )
 
+    labels: str | None = option(
+        None,
+        "A path,label CSV laid over the cache's own labels (paths as the cache names them; an empty label leaves "
+        "an image unlabeled).",
+        path={"exists": True, "dir_okay": False},
+        metavar="LABELLED.csv",
+    )
+    unlabeled: bool = option(
+        False,
+        "Score each classifier again with the cache's unlabeled rows joining every training fold (pseudo-labels, "
+        "used in a fold only where inner folds of its labelled rows show that they help), side by side, on the "
+        "same labelled held-out rows.",
+    )
+    unlabeled_mode: str = option(
+        "spread",
+        "How unlabeled rows get labels: label spreading on the kNN graph, or self-training.",
+        choices=("spread", "self-train"),
+    )
+    shots: str | None = option(
+        None,
+        "A learning curve: k labelled images per class drawn from each training fold, e.g. 1,2,5,10,all "
+        "(all: the full run), scored on the held-out fold rows; report.json learning_curve.",
+        check="classifiers.shots:parse_shots",
+        metavar="K,K,...",
+    )
+    draws: int = option(5, "Seeded draws per number of --shots.", low=1)
+
     def keywords(self) -> dict:
         """The keywords of ``classifiers.crossval.cross_validate``."""
         return asdict(self)
@@ -83,6 +110,22 @@ class TrainOptions:
         flag="--groups/--no-groups",
     )
     seed: int = option(0)
+    labels: str | None = option(
+        None,
+        "A path,label CSV laid over the cache's own labels (its sha256 goes in the model file).",
+        path={"exists": True, "dir_okay": False},
+        metavar="LABELLED.csv",
+    )
+    unlabeled: bool = option(
+        False,
+        "The cache's unlabeled rows join with pseudo-labels where inner folds of the labelled rows show that they "
+        "help (the model file says what was decided).",
+    )
+    unlabeled_mode: str = option(
+        "spread",
+        "How unlabeled rows get labels: label spreading on the kNN graph, or self-training.",
+        choices=("spread", "self-train"),
+    )
 
     def keywords(self) -> dict:
         return asdict(self)

@@ -1,5 +1,5 @@
 """Per-image answers as files: evaluate's predictions CSV (path, label, predicted) and predict's output, CSV (one
-row per image, its top classes side by side) or JSON."""
+row per image, its top classes side by side; on a cache, the pseudo-labels as ``path,label,confidence``) or JSON."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
     then class and score of the next ones, and the error of an image that could not be classified."""
     if fmt == "json":
         return json.dumps(result, indent=1) + "\n"
+    if result.get("pseudo"):  # pseudo-labels of a cache (bundle.pseudo_labels): a manifest to review
+        return pseudo_label_csv(result["rows"])
     rows = result["rows"]
     top = max([len(r["top"]) for r in rows if "top" in r] or [1])  # no more columns than classes
     labeled = any("label" in r for r in rows)
@@ -53,6 +55,15 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
                 r.get("error", ""),
             ]
         )
+    return buffer.getvalue()
+
+
+def pseudo_label_csv(rows: list[dict]) -> str:
+    """``path,label,confidence`` per row, in the rows' order, "\n" line endings."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "confidence"])
+    writer.writerows([r["path"], r["label"], f"{r['confidence']:.4f}"] for r in rows)
     return buffer.getvalue()
 
 

@@ -115,3 +115,78 @@ def predictions_name(classifier: str, layer: str, backbone: str | None = None) -
     """The file name of a result's out-of-fold predictions in ``predictions/`` (``backbone``: given when the run
     ranked several caches)."""
     return (f"{_slug(backbone)}--" if backbone else "") + f"{_slug(classifier)}@{_slug(layer)}.csv"
+
+
+def unlabeled_role(d: dict) -> str:
+    """What the run did with the cache's unlabeled rows."""
+    return "joined the training folds of the +unlabeled rows" if d.get("unlabeled") else "left out"
+
+
+def unlabeled_lines(d: dict) -> list[str]:
+    """Each classifier without and with the unlabeled rows, side by side (Markdown)."""
+    u = d.get("unlabeled")
+    if not u:
+        return []
+    out = [
+        "",
+        "## With and without the unlabeled rows",
+        "",
+        f"{u['rows']} unlabeled rows joined the training side of every fold by {u['mode']}, where the switch-off "
+        f"rule (inner folds of that fold's labelled training rows) found that they help; both columns are scored "
+        f"on {u['scored_on']}.",
+        "",
+        "| classifier | layer | without, mean ± std % | with, mean ± std % | used in folds |",
+        "|---|---|--:|--:|--:|",
+    ]
+    out += [
+        f"| {p['classifier']} | {p['layer']} | {pm(p['without'])} | {pm(p['with'])} | {p['used_in_folds']} of "
+        f"{p['folds']} |"
+        for p in u["pairs"]
+    ]
+    return out
+
+
+def curve_text(row: dict) -> str:
+    """A learning-curve point: ``62.1 ± 4.0 %``, a projection marked as one."""
+    if row.get("projection"):
+        return f"{100 * row['mean']:.1f} % (projected)"
+    return f"{100 * row['mean']:.1f} ± {100 * (row['std'] or 0):.1f} %"
+
+
+def curve_table(d: dict) -> tuple[list, list[list[str]]]:
+    """The learning curve as a table: its shots (the columns, ``all`` and a projection's 2k included), and one row
+    of cells per (classifier, layer, backbone)."""
+    rows = d.get("learning_curve") or []
+    shots = sorted({r["shots"] for r in rows if r["shots"] != "all"}) + (
+        ["all"] if any(r["shots"] == "all" for r in rows) else []
+    )
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        table.setdefault((r["classifier"], r["layer"], r.get("backbone")), {})[r["shots"]] = r
+    cells = [
+        [model_name(d, {"classifier": c, "layer": layer, "backbone": b})]
+        + [curve_text(points[k]) if k in points else "" for k in shots]
+        for (c, layer, b), points in table.items()
+    ]
+    return shots, cells
+
+
+def curve_lines(d: dict) -> list[str]:
+    """The learning curve (Markdown): a row per classifier, a column per number of labels per class."""
+    if not d.get("learning_curve"):
+        return []
+    shots, cells = curve_table(d)
+    metric = d["learning_curve"][0]["metric"].replace("_", " ")
+    draws = max(r["draws"] for r in d["learning_curve"])
+    return [
+        "",
+        "## Learning curve",
+        "",
+        f"{metric.capitalize()} with k labelled images per class drawn from each fold's training rows ({draws} seeded "
+        f"draws, mean ± std over draws), scored on the held-out rows; all: the leaderboard (std over folds). "
+        f"(projected): a power law fitted through the curve, where it still rises; not measured.",
+        "",
+        "| model | " + " | ".join(str(k) for k in shots) + " |",
+        "|---|" + "--:|" * len(shots),
+        *["| " + " | ".join(row) + " |" for row in cells],
+    ]

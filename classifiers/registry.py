@@ -77,6 +77,29 @@ class BlockedScaler(StandardScaler):
         return self
 
 
+class FewShotLDA(LinearDiscriminantAnalysis):
+    """scikit-learn's LDA; with one row per class there is no within-class spread to estimate (its fit refuses):
+    then the nearest class mean, LDA with an identity covariance (the limit of full shrinkage), and ``fallback_``
+    says so."""
+
+    def fit(self, X, y):
+        X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+        classes, index = np.unique(y, return_inverse=True)
+        self.fallback_ = None
+        if len(y) > len(classes):
+            return super().fit(X, y)
+        means = np.zeros((len(classes), X.shape[1]))
+        np.add.at(means, index, X)
+        coef = means
+        intercept = -0.5 * (means * means).sum(axis=1) - np.log(len(classes))
+        if len(classes) == 2:  # one column for two classes, as scikit-learn's
+            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        self.classes_, self.means_, self.priors_ = classes, means, np.full(len(classes), 1.0 / len(classes))
+        self.coef_, self.intercept_, self.n_features_in_ = coef, intercept, X.shape[1]
+        self.fallback_ = "lda: one labelled image per class, no within-class spread: the nearest class mean"
+        return self
+
+
 @dataclass(frozen=True)
 class ClassifierSpec:
     """A named classifier: how to build it, its default steps, and what ``--search`` tunes."""
@@ -344,7 +367,7 @@ register_classifier(
     ClassifierSpec(
         "lda",
         "linear discriminant analysis with Ledoit-Wolf shrinkage",
-        lambda seed: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
+        lambda seed: FewShotLDA(solver="lsqr", shrinkage="auto"),
         steps={"scale": True},
         grid={},
         probabilities=True,

@@ -22,13 +22,17 @@ from .neighbours import search_text
 from .plots import confusion_png, leaderboard_png
 from .reading import (
     FORMAT,
+    curve_lines,
     find_result,
     leaderboard_lines,
     model_name,
     predictions_name,
     several_caches,
     significance_note,
+    unlabeled_lines,
+    unlabeled_role,
 )
+from .semi import WITH_UNLABELED
 from .significance import ALPHA, TEST
 
 
@@ -69,6 +73,8 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
                 "predict_seconds": [f.predict_seconds for f in r.folds],
                 "best_params": [f.best_params for f in r.folds] if report.search else None,
                 "missing_classes": sorted({report.classes[c] for f in r.folds for c in f.missing_classes}),
+                "notes": r.notes,
+                **({"unlabeled": r.unlabeled} if r.unlabeled is not None else {}),
                 "predictions": "predictions/"
                 + predictions_name(r.classifier, r.layer, r.backbone if several else None),
             }
@@ -140,6 +146,8 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
             for i, (r, c) in enumerate(compared)
         ],
         "best": {"backbone": board[0].backbone, "classifier": board[0].classifier, "layer": board[0].layer},
+        "unlabeled": unlabeled_entry(report),
+        **({"learning_curve": report.curve} if report.curve is not None else {}),
         "results": results,
         "suspicious": {
             "backbone": susp_from.backbone if susp_from else None,
@@ -161,6 +169,37 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
     }
 
 
+def unlabeled_entry(report: CVReport) -> dict | None:
+    """With unlabeled rows: how they joined, and each classifier's scores without and with them, side by side
+    (both on the same held-out labelled rows of the same folds)."""
+    if report.unlabeled_mode is None:
+        return None
+    pairs = []
+    for r in report.results:
+        if not r.classifier.endswith(WITH_UNLABELED):
+            continue
+        plain = report.result(r.classifier.removesuffix(WITH_UNLABELED), r.layer, r.backbone)
+        used = r.unlabeled or {}
+        pairs.append(
+            {
+                "classifier": plain.classifier,
+                "layer": r.layer,
+                "backbone": r.backbone,
+                "metric": RANK_BY,
+                "without": {k: _round(v) for k, v in plain.metric(RANK_BY).items()},
+                "with": {k: _round(v) for k, v in r.metric(RANK_BY).items()},
+                "used_in_folds": used.get("used_in_folds"),
+                "folds": used.get("folds"),
+            }
+        )
+    return {
+        "mode": report.unlabeled_mode,
+        "rows": int(report.data.unlabeled),
+        "scored_on": "the labelled held-out rows of each fold (no unlabeled row is ever scored or held out)",
+        "pairs": pairs,
+    }
+
+
 def markdown(d: dict) -> str:
     cv = d["cv"]
     best = find_result(d, d["best"])
@@ -177,7 +216,7 @@ def markdown(d: dict) -> str:
         "# Cross-validation report",
         "",
         f"- cache: `{d['cache']}` ({d['rows']} labelled rows, {len(d['classes'])} classes"
-        + (f", {d['unlabeled_rows']} unlabeled rows left out" if d["unlabeled_rows"] else "")
+        + (f", {d['unlabeled_rows']} unlabeled rows {unlabeled_role(d)}" if d["unlabeled_rows"] else "")
         + ")",
         f"- input: `{d['source']}`",
         *[f"- embedding: {e}" for e in embedding],
@@ -279,6 +318,7 @@ def markdown(d: dict) -> str:
             f" ({', '.join(g['labels'])})"
             for g in d["duplicates"][:50]
         ]
+    out += unlabeled_lines(d) + curve_lines(d)
     if d["failed"]:
         out += ["", "## Files without a row", ""] + [f"- `{f['path']}`: {f['reason']}" for f in d["failed"][:50]]
     out += [

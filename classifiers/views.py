@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from .label_issues import summary_lines
-from .reading import leaderboard_text, model_name, significance_note
+from .reading import curve_table, leaderboard_text, model_name, pm, significance_note
 from .zoo import describe, get_spec, list_classifiers, search_grid
 
 
@@ -51,6 +51,30 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         lines.append(f"  folds from {cvd['folds_from']}")
     lines += leaderboard_text(d)
     lines.append(significance_note(d))
+    notes = [n for r in d["results"] for n in r.get("notes") or []]
+    notes = list(dict.fromkeys(notes + [n for r in d.get("learning_curve") or [] for n in r.get("notes") or []]))
+    lines += [f"  note: {n}" for n in notes]
+    u = d.get("unlabeled")
+    if u:
+        lines.append(
+            f"\nWith the {u['rows']} unlabeled rows ({u['mode']}, switch-off rule per fold), on the same labelled "
+            f"held-out rows ({u['pairs'][0]['metric'].replace('_', ' ') if u['pairs'] else ''}):"
+        )
+        lines += _aligned(
+            [["model", "without", "with", "used in folds"]]
+            + [
+                [model_name(d, p), pm(p["without"]), pm(p["with"]), f"{p['used_in_folds']} of {p['folds']}"]
+                for p in u["pairs"]
+            ]
+        )
+    if d.get("learning_curve"):
+        shots, cells = curve_table(d)
+        draws = max(r["draws"] for r in d["learning_curve"])
+        lines.append(
+            f"\nLearning curve: {d['learning_curve'][0]['metric'].replace('_', ' ')} with k labelled images per "
+            f"class per training fold ({draws} draws; all: the leaderboard; projected: a power law, not measured):"
+        )
+        lines += _aligned([["model", *(f"k={k}" if k != "all" else "all" for k in shots)], *cells])
     susp = d["suspicious"]
     if susp["images"]:
         lines.append(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
@@ -70,6 +94,11 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
     return lines
 
 
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
 def train_text(d: dict) -> list[str]:
     """A saved model (``{"model": path, **Bundle.describe()}``)."""
     lines = [
@@ -83,6 +112,15 @@ def train_text(d: dict) -> list[str]:
             f"  search: {found['splitter']} ({found['folds']} folds), chose {json.dumps(found['best_params'])} "
             f"(balanced accuracy {found['best_score']:.3f} on the inner folds)"
         )
+    u = d["trained_on"].get("unlabeled")
+    if u:
+        lines.append(
+            f"  unlabeled rows: {u['rows']}, {u['mode']}: {u['decision']}"
+            + (f"; {u['pseudo_labelled']} fit on with their pseudo-labels" if u["used"] else "")
+        )
+    if d["trained_on"].get("labels"):
+        lines.append(f"  labels: {d['trained_on']['labels']['csv']} over the cache's own")
+    lines += [f"  note: {n}" for n in d["trained_on"].get("notes") or []]
     s = d["settings"]
     lines.append(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
     return lines

@@ -20,7 +20,8 @@ def describe_cache(path: str, verify: bool = False) -> dict:
     return {
         "cache": reader.path,
         "rows": len(reader),
-        "classes": dict(Counter(reader.labels)) if reader.labels is not None else {},
+        "classes": {k: v for k, v in Counter(reader.labels).items() if k} if reader.labels is not None else {},
+        "unlabeled": len(reader) if reader.labels is None else int((reader.labels == "").sum()),
         "layers": reader.dims,
         "settings": reader.full_settings,
         "source": reader.attrs["source"],
@@ -50,7 +51,9 @@ def cache_text(d: dict) -> list[str]:
     if d["classes"]:
         lines.append("  classes      " + ", ".join(f"{k} {v}" for k, v in d["classes"].items()))
     else:
-        lines.append("  classes      none (unlabeled)")
+        lines.append("  classes      none")
+    if d.get("unlabeled"):
+        lines.append(f"  unlabeled    {d['unlabeled']}")
     lines.append(f"  skipped      {len(d['failed'])} files")
     lines += [f"    {f['path']}: {f['reason']}" for f in d["failed"][:SHOWN_FAILURES]]
     if d["pending_parts"]:

@@ -267,8 +267,9 @@ def test_clear_errors(tmp_path):
         cross_validate(tmp_path / "small.h5", ["logreg"], ["layer4"], folds=3)
     with pytest.raises(FeaturebankError, match="unknown classifier 'logregg' .did you mean logreg"):
         cross_validate(tmp_path / "small.h5", ["logregg"], folds=3)
-    with pytest.raises(FeaturebankError, match="knn:n_neighbors=40 on flatten failed: Expected n_neighbors"):
-        cross_validate(tmp_path / "small.h5", ["knn:n_neighbors=40"], ["flatten"], folds=3)
+    # more neighbours than a fold's rows: every row, said once per result (it was an error before)
+    few = cross_validate(tmp_path / "small.h5", ["knn:n_neighbors=40"], ["flatten"], folds=3, extras=None)
+    assert few.results[0].notes == ["knn: k=10, every training row, not 40 (10 rows)"]
     with pytest.raises(FeaturebankError, match="has no groups"):
         cross_validate(tmp_path / "small.h5", ["logreg"], folds=3, groups=True)
 

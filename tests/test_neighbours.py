@@ -133,5 +133,6 @@ def test_knn_bad_parameters_are_one_line():
 
     with pytest.raises(FeaturebankError, match="n_neighbors must be a whole number"):
         make_classifier("knn:n_neighbors=0")
-    with pytest.raises(ValueError, match="n_neighbors <= n_samples_fit"):
-        CosineKNeighbors(n_neighbors=5).fit(np.eye(3, 4), [0, 1, 1])
+    few = CosineKNeighbors(n_neighbors=5).fit(np.eye(3, 4), [0, 1, 1])  # fewer rows than k: all of them, said
+    assert few.k_ == 3 and few.fallback_ == "knn: k=3, every training row, not 5 (3 rows)"
+    assert few.predict(np.eye(3, 4)).tolist() == [0, 1, 1]

@@ -1,0 +1,284 @@
+"""Unlabeled rows that help: a cache's rows without a label join the training rows of any zoo classifier, with
+labels of their own (pseudo-labels), only where that is seen to help.
+
+Two ways to give them labels:
+
+- ``spread``: label spreading (Zhou et al., NIPS 2003) on the k-nearest-neighbour graph of every row, labelled and
+  not, by cosine similarity (L2-normalized vectors; the exact blocked search of ``neighbours``). Each labelled row
+  starts with its class; the classes flow along the symmetric normalized graph ``S`` (``F = alpha S F + (1 - alpha)
+  Y``, iterated), then each class's mass is normalized (a class with more seeds does not flood the graph) and each
+  unlabeled row takes its largest share as its label and that share as its confidence.
+- ``self-train``: the classifier is fit on the labelled rows, labels the unlabeled rows it is most sure of, a
+  share of each predicted class a round, and is fit again on both (a confidence threshold that follows the
+  classifier's own scale, class by class, rather than a fixed probability that a 1-shot probe never reaches).
+
+Either way, the classifier is then fit on the labelled rows and the pseudo-labelled ones together.
+
+The switch-off rule. Whether the unlabeled rows help is decided on the labelled training rows only, on inner folds
+of them (stratified, group-aware, ``inner_repeats`` shuffles): the classifier is fit on the inner training rows
+alone and scored on the inner held-out labelled rows; against that, ``spread`` scores the pseudo-labels those
+held-out rows get when only the inner training rows are seeds (they are unlabeled nodes of the graph, as the
+unlabeled rows are: the pseudo-labels are worth fitting on where they are right more often than the classifier
+alone), and ``self-train`` scores the classifier self-trained from the inner training rows (never fit on the
+held-out rows). The unlabeled rows are used when their accuracy there is higher; on a tie or worse, they are left
+out. Where no inner fold can be made (one
+labelled image in a class) nothing can be checked: they are used, and the decision says so. Nothing outside the
+rows given to ``fit`` (a cross-validation's held-out fold, a test set) takes part in any of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+
+from embedder.errors import FeaturebankError
+
+from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
+from .neighbours import normalize, self_search
+
+WITH_UNLABELED = " +unlabeled"  # a cv result's classifier name with the unlabeled rows: "logreg +unlabeled"
+UNLABELED = -1  # the class index of an unlabeled row in ``fit``'s ``y`` (scikit-learn's convention)
+MODES = ("spread", "self-train")
+DEFAULT_MODE = "spread"  # the better of the two in benchmarks/semi_supervised.py (flowers; hymenoptera to check)
+NEIGHBOURS = 10
+ALPHA = 0.99
+ITERATIONS = 60
+ROUNDS = 2  # of self-training: the last round's rows are fit on by ``fit``
+INNER_FOLDS = 3
+INNER_REPEATS = 2
+
+
+def knn_graph(X: np.ndarray, k: int = NEIGHBOURS):
+    """The symmetric normalized k-nearest-neighbour graph ``D^-1/2 W D^-1/2`` of the rows (``W``: cosine
+    similarities of each row's ``k`` nearest, clipped at 0, made symmetric by the larger of both directions), as
+    a scipy CSR matrix. ``X`` is not changed."""
+    from scipy import sparse
+
+    n = len(X)
+    if n < 2:
+        return sparse.csr_matrix((n, n))
+    index, similarity = self_search(normalize(np.array(X, dtype=np.float32)), min(k, n - 1))
+    weights = np.clip(similarity, 0.0, None).astype(np.float64).ravel()
+    W = sparse.csr_matrix((weights, (np.repeat(np.arange(n), index.shape[1]), index.ravel())), shape=(n, n))
+    W = W.maximum(W.T)
+    degree = np.asarray(W.sum(axis=1)).ravel()
+    scale = sparse.diags(1.0 / np.sqrt(np.where(degree > 0, degree, 1.0)))
+    return (scale @ W @ scale).tocsr()
+
+
+def spread(graph, seeds: np.ndarray, labels: np.ndarray, n_classes: int, alpha: float = ALPHA) -> np.ndarray:
+    """Each row's class distribution after spreading ``labels`` (class indices) from the rows ``seeds`` along
+    ``graph`` (``knn_graph``), each class's mass normalized, rows summing to 1 (a row no class reached: uniform)."""
+    Y = np.zeros((graph.shape[0], n_classes))
+    Y[seeds, labels] = 1.0
+    F = Y.copy()
+    for _ in range(ITERATIONS):
+        F = alpha * (graph @ F) + (1.0 - alpha) * Y
+    F /= np.maximum(F.sum(axis=0, keepdims=True), 1e-300)  # class mass normalization
+    total = F.sum(axis=1, keepdims=True)
+    return np.where(total > 0, F / np.where(total > 0, total, 1.0), 1.0 / n_classes)
+
+
+def _confidences(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """(rows, classes) scores of a fitted model, larger meaning surer: probabilities, else a softmax of decision
+    values."""
+    from .metrics import full_proba
+
+    if hasattr(model, "predict_proba"):
+        return full_proba(model.predict_proba(X), model.classes_, n_classes)
+    s = np.asarray(model.decision_function(X), dtype=np.float64)
+    if s.ndim == 1:
+        s = np.column_stack([-s, s])
+    s = np.exp(s - s.max(axis=1, keepdims=True))
+    return full_proba(s / s.sum(axis=1, keepdims=True), model.classes_, n_classes)
+
+
+def balanced_top(proba: np.ndarray, share: float) -> np.ndarray:
+    """The rows to keep: of the rows each class is the largest for, the ``share`` most confident (at least 1)."""
+    label, confidence = proba.argmax(axis=1), proba.max(axis=1)
+    keep = []
+    for c in np.unique(label):
+        rows = np.flatnonzero(label == c)
+        take = max(1, int(round(share * len(rows))))
+        keep.append(rows[np.argsort(-confidence[rows], kind="stable")[:take]])
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
+
+
+class SemiSupervised(ClassifierMixin, BaseEstimator):
+    """``estimator`` (a zoo Pipeline) fit on the labelled rows and, where it helps, the unlabeled ones with
+    pseudo-labels (``mode``: ``spread`` or ``self-train``; see the module). ``fit(X, y, groups)``: rows with
+    ``y == -1`` are unlabeled (their groups, if any, are ignored: each is a group of its own). ``switch``: decide on inner folds of the labelled rows (the default), or False to
+    always use them.
+
+    Fitted: ``model_`` (the estimator as fit: a plain zoo Pipeline, what a model file keeps), ``used_`` (whether
+    the unlabeled rows joined), ``decision_`` (why, in words), ``inner_`` (the inner folds' mean accuracy without
+    and with them, or None), ``pseudo_`` (how many unlabeled rows were fit on), ``classes_``."""
+
+    def __init__(
+        self,
+        estimator=None,
+        mode=DEFAULT_MODE,
+        switch=True,
+        neighbours=NEIGHBOURS,
+        alpha=ALPHA,
+        share=1.0,
+        inner_repeats=INNER_REPEATS,
+        random_state=0,
+    ):
+        self.estimator = estimator
+        self.mode = mode
+        self.switch = switch
+        self.neighbours = neighbours
+        self.alpha = alpha
+        self.share = share
+        self.inner_repeats = inner_repeats
+        self.random_state = random_state
+
+    def check_params(self) -> None:
+        if self.mode not in MODES:
+            raise FeaturebankError(f"unknown way to use unlabeled rows {self.mode!r}: choose {' or '.join(MODES)}")
+        if not 0.0 < float(self.share) <= 1.0:
+            raise FeaturebankError(f"share={self.share!r}: give a fraction above 0, at most 1")
+
+    def _base(self):
+        if self.estimator is None:
+            from .zoo import make_classifier
+
+            return make_classifier("logreg", seed=self.random_state)
+        return self.estimator
+
+    def fit(self, X, y, groups=None):
+        self.check_params()
+        X, y = np.asarray(X), np.asarray(y)
+        known = y != UNLABELED
+        if not known.any():
+            raise FeaturebankError("no labelled rows: label at least one image per class")
+        self.classes_ = np.unique(y[known])
+        free = np.flatnonzero(~known)
+        labelled = np.flatnonzero(known)
+        if groups is not None:  # an unlabeled row is a group of its own (not one group of them all)
+            groups = np.asarray(groups, dtype=object).copy()
+            groups[free] = [f"\0unlabeled:{i}" for i in free]
+        g = None if groups is None else groups[labelled]
+        self._graph = knn_graph(X, self.neighbours) if self.mode == "spread" and len(free) else None
+        self.used_, self.decision_, self.inner_ = self._decide(X, y, labelled, free, g)
+        rows, labels = labelled, y[labelled]
+        if self.used_:
+            extra, extra_labels = self._pseudo(X, labelled, y[labelled], free, g)
+            rows, labels = np.concatenate([labelled, extra]), np.concatenate([labels, extra_labels])
+        self.pseudo_ = len(rows) - len(labelled)
+        self.model_ = fit_grouped(clone(self._base()), X[rows], labels, None if groups is None else groups[rows])
+        self.fallback_ = None
+        self._graph = None  # not kept: nothing predicts from it
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decide(self, X, y, groups=None) -> tuple[bool, str, dict | None]:
+        """What ``fit`` would decide on these rows, without its final fit: whether the unlabeled rows join, why,
+        and the inner folds' accuracies (None where not checked)."""
+        self.check_params()
+        X, y = np.asarray(X), np.asarray(y)
+        known = y != UNLABELED
+        self.classes_ = np.unique(y[known])
+        labelled, free = np.flatnonzero(known), np.flatnonzero(~known)
+        g = None if groups is None else np.asarray(groups)[labelled]
+        self._graph = knn_graph(X, self.neighbours) if self.mode == "spread" and len(free) else None
+        try:
+            return self._decide(X, y, labelled, free, g)
+        finally:
+            self._graph = None
+
+    def _decide(self, X, y, labelled, free, groups) -> tuple[bool, str, dict | None]:
+        if not len(free):
+            return False, "no unlabeled rows", None
+        if not self.switch:
+            return True, "used (no switch-off rule)", None
+        why = too_few_for_inner_folds(y[labelled], groups)
+        if why:
+            return True, f"used, not checked: {why}", None
+        inner = self._inner_scores(X, y, labelled, free, groups)
+        used = inner["with"] > inner["without"]
+        return (
+            used,
+            f"{'used' if used else 'left out'}: inner folds of the labelled rows, accuracy "
+            f"{100 * inner['without']:.1f} % without, {100 * inner['with']:.1f} % with",
+            inner,
+        )
+
+    def _pseudo(self, X, seeds, labels, free, groups) -> tuple[np.ndarray, np.ndarray]:
+        """The unlabeled rows ``free`` to fit on and their pseudo-labels, from the labelled rows ``seeds`` alone."""
+        index = np.searchsorted(self.classes_, labels)
+        n_classes = len(self.classes_)
+        if self.mode == "spread":
+            proba = spread(self._graph, seeds, index, n_classes, self.alpha)[free]
+            keep = balanced_top(proba, float(self.share))
+            return free[keep], self.classes_[proba[keep].argmax(axis=1)]
+        model = fit_grouped(clone(self._base()), X[seeds], labels, groups)
+        for r in range(ROUNDS):
+            proba = _confidences(model, X[free], n_classes)
+            taken = balanced_top(proba, float(self.share) * (r + 1) / ROUNDS)
+            pseudo = self.classes_[proba[taken].argmax(axis=1)]
+            if r < ROUNDS - 1:  # the last round's rows are fit on by the caller
+                rows = np.concatenate([seeds, free[taken]])
+                model = fit_grouped(clone(self._base()), X[rows], np.concatenate([labels, pseudo]), None)
+        return free[taken], pseudo
+
+    def _inner_scores(self, X, y, labelled, free, groups) -> dict:
+        """Mean accuracy on inner held-out labelled rows, fit without and with the unlabeled rows."""
+        yl = y[labelled]
+        hits: dict[str, list[np.ndarray]] = {"without": [], "with": []}
+        for repeat in range(int(self.inner_repeats)):
+            folds = inner_fold_count(yl, INNER_FOLDS, groups)
+            for train, test in inner_splits(X[labelled], yl, groups, folds, self.random_state + repeat):
+                g = None if groups is None else groups[train]
+                seeds = labelled[train]
+                held = labelled[test]
+                alone = fit_grouped(clone(self._base()), X[seeds], yl[train], g)
+                hits["without"].append(alone.predict(X[held]) == yl[test])
+                if self.mode == "spread":  # the pseudo-labels the held-out rows get, as unlabeled rows of the graph
+                    proba = spread(
+                        self._graph, seeds, np.searchsorted(self.classes_, yl[train]), len(self.classes_), self.alpha
+                    )
+                    hits["with"].append(self.classes_[proba[held].argmax(axis=1)] == yl[test])
+                    continue
+                extra, extra_labels = self._pseudo(X, seeds, yl[train], free, g)
+                rows = np.concatenate([seeds, extra])
+                both = fit_grouped(clone(self._base()), X[rows], np.concatenate([yl[train], extra_labels]), None)
+                hits["with"].append(both.predict(X[held]) == yl[test])
+        return {
+            "without": float(np.mean(np.concatenate(hits["without"]))),
+            "with": float(np.mean(np.concatenate(hits["with"]))),
+            "rows": int(sum(len(h) for h in hits["with"])),
+        }
+
+    def notes(self) -> list[str]:
+        """The fitted classifier's own fallbacks (``folds.fallbacks``)."""
+        return fallbacks(self.model_)
+
+    @available_if(lambda self: hasattr(self._base(), "predict_proba"))
+    def predict_proba(self, X):
+        check_is_fitted(self, "model_")
+        return self.model_.predict_proba(X)
+
+    @available_if(lambda self: hasattr(self._base(), "decision_function"))
+    def decision_function(self, X):
+        check_is_fitted(self, "model_")
+        return self.model_.decision_function(X)
+
+    def predict(self, X):
+        check_is_fitted(self, "model_")
+        return self.model_.predict(X)
+
+
+__all__ = [
+    "DEFAULT_MODE",
+    "MODES",
+    "UNLABELED",
+    "WITH_UNLABELED",
+    "SemiSupervised",
+    "balanced_top",
+    "knn_graph",
+    "spread",
+]

@@ -1,0 +1,143 @@
+"""How many labels are enough: a learning curve over labelled images per class, on cross-validation's own folds.
+
+For each number of shots k and each of ``draws`` seeded draws, k labelled images of each class are drawn from each
+fold's training rows (all of a class where it has fewer), the classifier is fit on them alone (with unlabeled rows:
+the fold's other training rows, their labels hidden, and the cache's unlabeled rows join as unlabeled), and it is
+scored on that fold's held-out rows, the same rows plain ``cv`` scores on. A draw's score is the mean over the
+folds; a point is the mean and spread (population std) over the draws. ``all`` is the run itself: every labelled
+training row, the leaderboard's numbers (the std there is over folds).
+
+The draws depend on the seed, k, the draw and the fold only: every classifier is scored on the same draws, so
+their curves are paired. Where the curve still rises at its largest k, a power law of the error,
+``error(k) = b k^-c``, fitted through its points in log-log space, gives what 2k labels per class would reach:
+a projection, marked as one, never a measurement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import clone
+
+from embedder.errors import FeaturebankError
+
+from .folds import fallbacks, fit_grouped
+from .metrics import scores
+from .semi import UNLABELED
+
+ALL = "all"
+RISING = 0.005  # the last step of the curve must gain more than half a point for a projection
+
+
+def parse_shots(value) -> list:
+    """``"1,2,5,all"`` (or a list) → ``[1, 2, 5, "all"]``: whole numbers of 1 or more, each once, ascending, and
+    ``all`` last when given."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list = []
+    for item in (str(i).strip().lower() for i in items):
+        if not item:
+            continue
+        if item == ALL:
+            out.append(ALL)
+            continue
+        try:
+            k = int(item)
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise FeaturebankError(
+                f"--shots {value!r}: give whole numbers of labelled images per class (1 or more) or all"
+            )
+        out.append(k)
+    numbers = sorted({k for k in out if k != ALL})
+    if not out:
+        raise FeaturebankError("--shots: give at least one number of labelled images per class, e.g. 1,2,5,all")
+    return numbers + ([ALL] if ALL in out else [])
+
+
+def draw_rows(train: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k of the rows ``train`` of each class (all of a class with fewer), drawn without replacement, sorted."""
+    picked = []
+    for c in np.unique(y[train]):
+        rows = train[y[train] == c]
+        picked.append(rng.choice(rows, min(k, len(rows)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def learning_curve(
+    estimator, X, y, groups, splits, n_classes: int, shots: list, draws: int, seed: int, free=None, metric=None
+) -> list[dict]:
+    """Per number of shots (``all`` left to the caller): ``{shots, draws, scores, notes}``, ``scores`` being each
+    draw's mean over the folds of ``metric`` (default: balanced accuracy), ``notes`` the fits' fallbacks. ``free``: unlabeled rows, for an estimator that
+    takes them (``semi.SemiSupervised``, label -1); the fold's training rows not drawn join them."""
+    metric = metric or "balanced_accuracy"
+    if draws < 1:
+        raise FeaturebankError("--draws must be at least 1")
+    out = []
+    for k in (k for k in shots if k != ALL):
+        per_draw, notes = [], []
+        for d in range(draws):
+            fold_scores: list[float] = []
+            for i, split in enumerate(splits):
+                rng = np.random.default_rng([seed, k, d, i])
+                rows = draw_rows(split.train, y, k, rng)
+                X_fit, y_fit = X[rows], y[rows]
+                g_fit = None if groups is None else groups[rows]
+                if free is not None:
+                    rest = np.setdiff1d(split.train, rows)
+                    X_fit = np.vstack([X_fit, X[rest], free])
+                    y_fit = np.concatenate([y_fit, np.full(len(rest) + len(free), UNLABELED, dtype=y.dtype)])
+                    g_fit = None if g_fit is None else np.concatenate([g_fit, np.full(len(rest) + len(free), "")])
+                model = fit_grouped(clone(estimator), X_fit, y_fit, g_fit)
+                notes += [n for n in fallbacks(model) if n not in notes]
+                pred = model.predict(X[split.test])
+                score = scores(y[split.test], pred, None, n_classes)[metric]
+                fold_scores.append(float("nan") if score is None else float(score))
+            per_draw.append(float(np.mean(fold_scores)))
+        out.append({"shots": k, "draws": draws, "scores": per_draw, "notes": notes})
+    return out
+
+
+def projection(points: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """(2k, projected score) from the curve's (k, mean score) points, where it still rises at its largest k: the
+    power law ``1 - score = b k^-c`` fitted by least squares in log-log space; None where it does not rise, where
+    fewer than 2 points, or where the fit does not decrease."""
+    points = sorted((k, s) for k, s in points if s is not None)
+    if len(points) < 2 or points[-1][1] - points[-2][1] <= RISING:
+        return None
+    k = np.log([p[0] for p in points])
+    err = np.log(np.clip([1.0 - p[1] for p in points], 1e-6, None))
+    slope, intercept = np.polyfit(k, err, 1)
+    if slope >= 0:
+        return None
+    top = 2 * points[-1][0]
+    return top, float(1.0 - np.exp(intercept + slope * np.log(top)))
+
+
+def curve_rows(points: list[dict], result, shots: list, metric: str) -> list[dict]:
+    """``report.json``'s ``learning_curve`` rows of one result: ``{shots, classifier, layer, backbone, metric, mean,
+    std, draws}`` per k, ``all`` from the result itself, and the projection (``"projection": true``) where the
+    curve still rises."""
+    who = {"classifier": result.classifier, "layer": result.layer, "backbone": result.backbone, "metric": metric}
+    rows = [
+        {
+            "shots": p["shots"],
+            **who,
+            "mean": round(float(np.mean(p["scores"])), 4),
+            "std": round(float(np.std(p["scores"])), 4),
+            "draws": p["draws"],
+            **({"notes": p["notes"]} if p.get("notes") else {}),
+        }
+        for p in points
+    ]
+    if ALL in shots:
+        m = result.metric(metric)
+        rows.append({"shots": ALL, **who, "mean": m["mean"], "std": m["std"], "draws": 1})
+    projected = projection([(r["shots"], r["mean"]) for r in rows if r["shots"] != ALL])
+    if projected is not None:
+        rows.append(
+            {"shots": projected[0], **who, "mean": round(projected[1], 4), "std": None, "draws": 0, "projection": True}
+        )
+    return rows
+
+
+__all__ = ["ALL", "curve_rows", "draw_rows", "learning_curve", "parse_shots", "projection"]

@@ -1,0 +1,331 @@
+"""Few labels, many images: every zoo entry at one label per class, --labels, unlabeled rows that help (label
+spreading, its switch-off rule), cv with and without them, pseudo-labels of a cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import synthetic_cache
+
+import cli
+from classifiers.bundle import load_bundle, pseudo_labels, train
+from classifiers.crossval import cross_validate
+from classifiers.folds import fallbacks
+from classifiers.report import report_dict, write_report
+from classifiers.semi import UNLABELED, SemiSupervised, knn_graph, spread
+from classifiers.zoo import list_classifiers, make_classifier
+from embedder.errors import FeaturebankError
+from embedder.store import sha256_of
+
+
+def blobs(n=40, dim=8, gap=8.0, seed=0):
+    """Two tight blobs far apart, ``n`` rows each."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((2, dim))
+    centres[1, 0] = gap
+    centres[:, 1] = 3.0  # off the origin, so that cosine similarity separates them as well
+    y = np.repeat([0, 1], n)
+    return (centres[y] + rng.normal(0, 0.5, (2 * n, dim))).astype(np.float32), y
+
+
+def test_label_spreading_on_two_separated_blobs_labels_every_point():
+    X, y = blobs()
+    seeds = np.array([0, len(y) - 1])  # one label per blob
+    proba = spread(knn_graph(X, 5), seeds, y[seeds], 2)
+    assert (proba.argmax(axis=1) == y).all()
+    assert np.allclose(proba.sum(axis=1), 1.0) and proba.min() >= 0
+    partial = np.full(len(y), UNLABELED)
+    partial[seeds] = y[seeds]
+    model = SemiSupervised(make_classifier("logreg")).fit(X, partial)
+    assert model.used_ and model.pseudo_ == len(y) - 2 and model.decision_.startswith("used, not checked")
+    assert (model.predict(X) == y).all()
+
+
+def hurtful(n=60, seed=0):
+    """A class told by one feature that the cosine graph cannot see: the other 15 features are large noise shared
+    by both classes, so each row's nearest neighbours (by angle) are of either class at random, while a linear
+    probe on standardized features finds the one that matters."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.repeat([0, 1], n))
+    X = rng.normal(0, 10.0, (2 * n, 16))
+    X[:, 0] = 4.0 * y + rng.normal(0, 0.3, 2 * n)
+    return X.astype(np.float32), y
+
+
+def test_the_switch_off_rule_leaves_the_unlabeled_rows_out_where_they_hurt():
+    X, y = hurtful()
+    rng = np.random.default_rng(1)
+    seeds = np.concatenate([rng.choice(np.flatnonzero(y == c), 6, replace=False) for c in (0, 1)])
+    partial = np.full(len(y), UNLABELED)
+    partial[seeds] = y[seeds]
+    probe = "logreg:C=1.0"  # a fixed probe: the rule is under test, not the probe's own tuning
+    forced = SemiSupervised(make_classifier(probe), switch=False).fit(X, partial)
+    alone = make_classifier(probe).fit(X[seeds], y[seeds])
+    # the pseudo-labels are noise here: fit on them, the probe is worse than on the 12 labels alone
+    assert np.mean(forced.predict(X) == y) < np.mean(alone.predict(X) == y) - 0.1
+    model = SemiSupervised(make_classifier(probe)).fit(X, partial)
+    assert not model.used_ and model.pseudo_ == 0 and model.decision_.startswith("left out")
+    assert model.inner_["with"] < model.inner_["without"]
+    assert (model.predict(X) == alone.predict(X)).all()  # the same fit as the labels alone
+
+
+def test_the_switch_keeps_them_where_they_help():
+    X, y = blobs(n=60, gap=3.0, seed=2)
+    X[:, 2:] += np.random.default_rng(3).normal(0, 2.0, (len(y), X.shape[1] - 2))  # noisy labels alone
+    rng = np.random.default_rng(4)
+    seeds = np.concatenate([rng.choice(np.flatnonzero(y == c), 3, replace=False) for c in (0, 1)])
+    partial = np.full(len(y), UNLABELED)
+    partial[seeds] = y[seeds]
+    model = SemiSupervised(make_classifier("logreg:C=1.0"), inner_repeats=3).fit(X, partial)
+    assert model.inner_["with"] >= model.inner_["without"] and model.used_ == (
+        model.inner_["with"] > model.inner_["without"]
+    )
+
+
+def one_per_class_cache(tmp_path, counts=(6, 6, 6)):
+    """A cache extracted without labels and a path,label CSV naming one image per class."""
+    X, y = synthetic_cache(tmp_path / "c.h5", counts=counts, labels=False, seed=5)
+    from embedder.cache import CacheReader
+
+    paths = CacheReader(str(tmp_path / "c.h5")).paths
+    first = [int(np.flatnonzero(y == c)[0]) for c in range(len(counts))]
+    csv = tmp_path / "labelled.csv"
+    csv.write_text("path,label\n" + "".join(f"{paths[i]},class{y[i]}\n" for i in first))
+    return str(tmp_path / "c.h5"), str(csv), X, y, first
+
+
+@pytest.mark.parametrize("spec", list_classifiers())
+def test_every_zoo_entry_trains_on_one_labelled_image_per_class(tmp_path, spec):
+    cache, csv, X, y, first = one_per_class_cache(tmp_path)
+    bundle = train(cache, spec, out=str(tmp_path / "m.fbmodel"), labels=csv)
+    assert bundle.trained_on["rows"] == 3 and bundle.trained_on["class_counts"] == {f"class{c}": 1 for c in range(3)}
+    assert bundle.trained_on["labels"] == {"csv": csv, "sha256": sha256_of(csv)}
+    assert (bundle.predict(X[first]) == [0, 1, 2]).all()  # each labelled image is its own class
+    expected = {"logreg": "logreg: C=0.1 fixed", "knn": "knn: k=3", "lda": "lda: one labelled image per class"}
+    if spec in expected:
+        assert any(n.startswith(expected[spec]) for n in bundle.trained_on["notes"])
+    if spec == "ensemble":
+        assert any("rbf-svm left out" in n for n in bundle.trained_on["notes"])
+    loaded = load_bundle(str(tmp_path / "m.fbmodel"))
+    assert (loaded.predict(X) == bundle.predict(X)).all()
+
+
+@pytest.mark.parametrize("spec", list_classifiers())
+def test_every_zoo_entry_cross_validates_at_one_labelled_image_per_class(tmp_path, spec):
+    synthetic_cache(tmp_path / "c.h5", counts=(4, 4, 4), seed=6)
+    report = cross_validate(str(tmp_path / "c.h5"), [spec], ["flatten"], folds=2, shots="1,all", draws=2, extras=None)
+    curve = {r["shots"]: r for r in report.curve}
+    assert curve[1]["draws"] == 2 and 0.0 <= curve[1]["mean"] <= 1.0
+    assert curve["all"]["mean"] == report.results[0].metric("balanced_accuracy")["mean"]
+
+
+def test_cv_refuses_one_image_per_class_in_one_line(tmp_path):
+    cache, csv, *_ = one_per_class_cache(tmp_path)
+    with pytest.raises(FeaturebankError, match="1 labelled image: cross-validation .* cv --shots"):
+        cross_validate(cache, ["logreg"], ["flatten"], folds=2, labels=csv, extras=None)
+
+
+def test_train_with_unlabeled_rows_records_what_was_decided(tmp_path):
+    cache, csv, X, y, first = one_per_class_cache(tmp_path, counts=(10, 10, 10))
+    bundle = train(cache, "logreg", labels=csv, unlabeled=True)
+    u = bundle.trained_on["unlabeled"]
+    assert u["rows"] == 27 and u["mode"] == "spread" and u["used"] and u["pseudo_labelled"] == 27
+    assert u["decision"].startswith("used, not checked: a class has 1 labelled image")
+    assert type(bundle.pipeline).__name__ == "Pipeline"  # the classifier as fit: a plain zoo Pipeline
+    with pytest.raises(FeaturebankError, match="no unlabeled rows"):
+        synthetic_cache(tmp_path / "full.h5", counts=(3, 3))
+        train(str(tmp_path / "full.h5"), "logreg", unlabeled=True)
+
+
+def partly_labelled(tmp_path, labelled_per_class=4, counts=(14, 14)):
+    """A cache without labels, and a CSV labelling the first ``labelled_per_class`` images of each class."""
+    X, y = synthetic_cache(tmp_path / "c.h5", counts=counts, labels=False, seed=7, dim=8)
+    from embedder.cache import CacheReader
+
+    paths = CacheReader(str(tmp_path / "c.h5")).paths
+    chosen = [int(i) for c in range(len(counts)) for i in np.flatnonzero(y == c)[:labelled_per_class]]
+    csv = tmp_path / "labelled.csv"
+    csv.write_text("path,label\n" + "".join(f"{paths[i]},class{y[i]}\n" for i in chosen))
+    return str(tmp_path / "c.h5"), str(csv), paths, chosen
+
+
+def test_cv_unlabeled_scores_only_labelled_held_out_rows_side_by_side(tmp_path):
+    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    report = cross_validate(
+        cache, ["logreg:C=1.0", "knn"], ["flatten"], folds=2, labels=csv, unlabeled=True, extras=None
+    )
+    names = [r.classifier for r in report.results]
+    assert names == ["logreg:C=1.0", "logreg:C=1.0 +unlabeled", "knn", "knn +unlabeled"]
+    for r in report.results:
+        assert r.predictions.shape == (1, len(chosen))  # the labelled rows only, each held out once
+        assert sorted(i for s in report.splits for i in s.test) == list(range(len(chosen)))
+    assert set(report.data.paths.tolist()) == {paths[i] for i in chosen}
+    d = report_dict(report)
+    pairs = {p["classifier"]: p for p in d["unlabeled"]["pairs"]}
+    assert set(pairs) == {"logreg:C=1.0", "knn"} and d["unlabeled"]["rows"] == 28 - len(chosen)
+    assert pairs["logreg:C=1.0"]["without"]["mean"] == round(
+        report.result("logreg:C=1.0", "flatten").metric("balanced_accuracy")["mean"], 4
+    )
+    with_rows = report.result("logreg:C=1.0 +unlabeled", "flatten")
+    assert pairs["logreg:C=1.0"]["with"]["mean"] == round(with_rows.metric("balanced_accuracy")["mean"], 4)
+    assert with_rows.unlabeled["folds"] == 2 and len(with_rows.unlabeled["decisions"]) == 2
+    files = write_report(report, str(tmp_path / "run"), 20, d)
+    written = (tmp_path / "run" / "predictions").iterdir()
+    for f in written:
+        listed = {line.split(",")[0] for line in f.read_text().splitlines()[1:]}
+        assert listed == {paths[i] for i in chosen}  # no unlabeled row is ever predicted or scored
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "With and without the unlabeled rows" in html and "logreg:C=1.0 +unlabeled" in html
+    assert "## With and without the unlabeled rows" in (tmp_path / "run" / "report.md").read_text()
+    assert files
+
+
+def test_learning_curve_all_equals_plain_cv_and_draws_are_reproducible(tmp_path):
+    synthetic_cache(tmp_path / "c.h5", counts=(12, 10, 8), seed=8)
+    cache = str(tmp_path / "c.h5")
+    specs = ["logreg:C=1.0", "knn"]  # fixed, fast entries: the curve is under test
+    plain = cross_validate(cache, specs, ["flatten"], folds=3, extras=None)
+    curved = cross_validate(cache, specs, ["flatten"], folds=3, shots="1,2,5,all", draws=2, extras=None)
+    again = cross_validate(cache, specs, ["flatten"], folds=3, shots=[5, 1, 2, "all"], draws=2, extras=None)
+    assert curved.curve == again.curve  # seeded: the same draws, the same scores
+    for spec in specs:
+        points = {r["shots"]: r for r in curved.curve if r["classifier"] == spec and not r.get("projection")}
+        assert list(points) == [1, 2, 5, "all"]
+        assert points["all"]["mean"] == plain.result(spec, "flatten").metric("balanced_accuracy")["mean"]
+        assert points["all"]["std"] == plain.result(spec, "flatten").metric("balanced_accuracy")["std"]
+        assert all(points[k]["draws"] == 2 for k in (1, 2, 5))
+    d = report_dict(curved)
+    assert d["learning_curve"] == curved.curve
+    for row in d["learning_curve"]:
+        assert {"shots", "classifier", "metric", "mean", "std", "draws"} <= set(row)
+        assert row["metric"] == "balanced_accuracy"
+    json.dumps(d)  # JSON-ready
+    from classifiers.report import markdown
+    from classifiers.views import cv_text
+
+    assert "## Learning curve" in markdown(d) and "| logreg:C=1.0 @ flatten |" in markdown(d)
+    assert any(line.startswith("Learning curve: balanced accuracy") for line in "\n".join(cv_text(d)).splitlines())
+
+
+def test_shots_draws_depend_on_the_seed_and_take_k_per_class():
+    from classifiers.shots import draw_rows, parse_shots, projection
+
+    y = np.repeat([0, 1, 2], [5, 3, 1])
+    train_rows = np.arange(len(y))
+    a = draw_rows(train_rows, y, 2, np.random.default_rng([0, 2, 0, 0]))
+    b = draw_rows(train_rows, y, 2, np.random.default_rng([0, 2, 0, 0]))
+    c = draw_rows(train_rows, y, 2, np.random.default_rng([1, 2, 0, 0]))
+    assert (a == b).all() and np.bincount(y[a]).tolist() == [2, 2, 1]  # a class with fewer: all of it
+    assert np.bincount(y[c]).tolist() == [2, 2, 1]
+    assert parse_shots("10, 1,all,2") == [1, 2, 10, "all"]
+    with pytest.raises(FeaturebankError, match="whole numbers"):
+        parse_shots("0,2")
+    # a power law through 1 - score = 0.5 k^-0.5: twice the largest k is projected on the same law
+    points = [(k, 1 - 0.5 * k**-0.5) for k in (1, 2, 4, 8)]
+    k, score = projection(points)
+    assert k == 16 and score == pytest.approx(1 - 0.5 * 16**-0.5)
+    assert projection([(1, 0.5), (2, 0.9), (4, 0.9)]) is None  # flat at the end: nothing projected
+
+
+@pytest.mark.slow  # the whole report: map, thumbnails, page
+def test_cv_shots_on_the_command_line_prints_the_curve_and_writes_it(tmp_path):
+    synthetic_cache(tmp_path / "c.h5", counts=(8, 8), seed=9)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "cv",
+            str(tmp_path / "c.h5"),
+            "-c",
+            "logreg",
+            "-l",
+            "flatten",
+            "--folds",
+            "2",
+            "--shots",
+            "1,2,all",
+            "--draws",
+            "2",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Learning curve" in result.output and "k=1" in result.output
+    assert "note: logreg: C=0.1 fixed" in result.output  # the fallback, said once
+    d = json.loads((out / "report.json").read_text())
+    assert [r["shots"] for r in d["learning_curve"] if not r.get("projection")] == [1, 2, "all"]
+    assert "<svg" in (out / "report.html").read_text()
+
+
+def test_predict_on_a_cache_writes_pseudo_labels_least_confident_first(tmp_path):
+    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    model = str(tmp_path / "m.fbmodel")
+    train(cache, "logreg:C=1.0", out=model, labels=csv)
+    out = tmp_path / "pseudo.csv"
+    result = CliRunner().invoke(cli.main, ["predict", model, cache, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    data = out.read_bytes()
+    assert b"\r\n" not in data
+    lines = data.decode().splitlines()
+    assert lines[0] == "path,label,confidence" and len(lines) == 1 + len(paths)  # the cache has no labels of its own
+    confidence = [float(line.split(",")[2]) for line in lines[1:]]
+    assert confidence == sorted(confidence)
+    by_path = pseudo_labels(model, cache, sort="path")
+    assert [r["path"] for r in by_path["rows"]] == sorted(paths)
+    assert {r["label"] for r in by_path["rows"]} <= {"class0", "class1"}
+
+
+def test_info_says_how_many_rows_are_unlabeled(tmp_path):
+    synthetic_cache(tmp_path / "c.h5", counts=(3, 2), labels=False)
+    result = CliRunner().invoke(cli.main, ["info", str(tmp_path / "c.h5")])
+    assert "  unlabeled    5" in result.output and "classes      none" in result.output
+    data = json.loads(CliRunner().invoke(cli.main, ["info", str(tmp_path / "c.h5"), "--json"]).output)
+    assert data["classes"] == {} and data["unlabeled"] == 5
+
+
+def test_fallbacks_are_found_inside_an_ensemble():
+    X = np.eye(3, 6, dtype=np.float32)
+    notes = fallbacks(make_classifier("ensemble").fit(X, [0, 1, 2]))
+    assert notes[0].startswith("ensemble: rbf-svm left out") and any(n.startswith("knn: k=3") for n in notes)
+
+
+def test_the_learning_curve_with_unlabeled_rows_has_both_curves(tmp_path):
+    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    report = cross_validate(
+        cache, ["knn"], ["flatten"], folds=2, labels=csv, unlabeled=True, shots="1,2,all", draws=1, extras=None
+    )
+    curves = {(r["classifier"], r["shots"]): r for r in report.curve if not r.get("projection")}
+    assert set(curves) == {(c, k) for c in ("knn", "knn +unlabeled") for k in (1, 2, "all")}
+    plus = report.result("knn +unlabeled", "flatten").metric("balanced_accuracy")["mean"]
+    assert curves[("knn +unlabeled", "all")]["mean"] == plus
+
+
+class GroupCounter:
+    """A classifier that remembers how many groups its fit was given."""
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **params):
+        return self
+
+    def fit(self, X, y, groups=None):
+        self.groups_, self.classes_ = len(set(groups.tolist())), np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
+
+
+def test_unlabeled_rows_are_groups_of_their_own():
+    X, y = blobs(n=20)
+    partial = np.full(len(y), UNLABELED)
+    seeds = np.array([0, 1, 2, 20, 21, 22])
+    partial[seeds] = y[seeds]
+    groups = np.array([f"g{i % 3}" if i in seeds else "" for i in range(len(y))], dtype=object)
+    model = SemiSupervised(GroupCounter(), switch=False).fit(X, partial, groups)
+    assert model.pseudo_ == 34 and model.model_.groups_ == 3 + 34  # not 3 + one group of all 34
