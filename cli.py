@@ -230,7 +230,7 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
     if o.scheduler and o.n_jobs != 1:
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
     if out:
-        writable_folder(out, "the report")  # before the folds, not after them
+        writable_folder(out, "the report", create=False)  # before the folds; made once the inputs are read
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     progress, extras = not quiet and sys.stderr.isatty(), "out" if out else "report"
     report = cross_validate(list(caches), extras=extras, progress=progress, say=say, **o.keywords())

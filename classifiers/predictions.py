@@ -13,7 +13,7 @@ from embedder.atomic import atomic_path
 def write_evaluation_csv(result: dict, path: str) -> str:
     """``path,label,predicted`` per image of an evaluation (``bundle.evaluate``); returns ``path``."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, ["path", "label", "predicted"])
+        writer = csv.DictWriter(fh, ["path", "label", "predicted"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(result["predictions"])
     return path
