@@ -138,7 +138,7 @@ def test_metadata_naming_a_layer_of_other_dimensions_is_refused(model, tmp_path)
 def test_a_trained_model_records_its_layer_dimensions_and_the_estimator_agrees(model):
     bundle = load_bundle(model / "m.fbmodel")
     assert bundle.trained_on["dimensions"] == {"flatten": 12, "layer3": 6}
-    assert bundle.pipeline.n_features_in_ == 12
+    assert modelfile.input_dimensions(bundle.pipeline) == 12
 
 
 @pytest.mark.parametrize("target", ["/proc/self/pagemap", "fifo", "empty", "folder"])
