@@ -20,7 +20,7 @@ from embedder.destination import check_destination, refuse_overwrite
 from embedder.errors import FeaturebankError
 from embedder.job import extract
 from embedder.settings import ExtractionSettings
-from embedder.sources import list_inputs
+from embedder.sources import Listing, list_inputs
 from embedder.store import engine_dir_for
 from embedder.versions import library_versions
 
@@ -296,7 +296,10 @@ def embedded(
 
 
 def _listing(inputs, layout: str, out: str | None):
-    listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
+    if isinstance(inputs, Listing):
+        listing = inputs
+    else:
+        listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
     if out:
         refuse_overwrite(out, [listing.full_path(i) for i in listing.items], "the output")
     return listing
@@ -322,7 +325,15 @@ def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> Cache
         reader = open_cache(data)
         check_cache(reader, bundle)
         return reader
-    return embedded(bundle, data, cache=cache, weights=weights, layout=layout, **run)[0]
+    listing = _listing(data, layout, None)
+    if not listing.labeled:  # said before a single image is embedded, not after all of them
+        shown = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "the images given"
+        raise FeaturebankError(
+            f"{shown} has no labels (a {listing.kind} input): evaluate needs labelled images, a folder of class "
+            f"folders (give {os.path.dirname(os.path.abspath(shown))} if {os.path.basename(shown)} is one class "
+            f"of it) or a CSV manifest with a label column; to classify unlabeled images, use predict"
+        )
+    return embedded(bundle, listing, cache=cache, weights=weights, layout=layout, **run)[0]
 
 
 def evaluate(

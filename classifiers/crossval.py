@@ -422,17 +422,27 @@ def cross_validate(
                     estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
                     bar.set_postfix_str(f"{done}/{tasks} fits; {spec} @ {where}")
                     fitted = _guarded(_fit_folds(estimator, X, data.y, group_ids, splits, k, n_jobs), spec, where)
-                    results.append(
-                        CVResult(
-                            spec,
-                            layer,
-                            describe(spec),
-                            *_collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)]),
-                            source.name,
-                        )
-                    )
-                    done += len(splits)
+                    try:
+                        collected = _collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)])
+                    except FeaturebankError as exc:
+                        if the_plan.explicit:  # asked for by name: its failure is the run's
+                            raise
+                        # an entry of the default list that cannot run on these data (knn's k above a fold's
+                        # rows): left out with its reason, never the end of the run
+                        why = str(exc).split(" failed: ", 1)[-1]
+                        the_plan.skipped.setdefault(spec, f"{where}: {why}")
+                        if say is not None:
+                            say(f"cv: {spec} left out: it cannot fit these data ({where}: {why})")
+                        continue
+                    finally:
+                        done += len(splits)
+                    results.append(CVResult(spec, layer, describe(spec), *collected, source.name))
             del X, fitted  # one layer in memory at a time (the spent generators hold it too): gone before the next
+    if not results:  # every entry failed: the first one's reason
+        raise FeaturebankError(f"no classifier could fit these data: {next(iter(the_plan.skipped.items()), ('', ''))[1]}")
+    ran = {r.classifier for r in results}
+    the_plan.skipped = {c: why for c, why in the_plan.skipped.items() if c not in ran}  # left out on every layer
+    classifiers = [c for c in classifiers if c in ran]
     return CVReport(
         data,
         list(dict.fromkeys(layer for layers in per_source for layer in layers)),

@@ -44,7 +44,7 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s"
     ]
     planned = cvd.get("budget") or {}
-    if planned.get("left_out") or planned.get("stand_ins"):
+    if planned.get("left_out") or planned.get("stand_ins") or planned.get("skipped"):
         lines.append(f"  {planned['message']}")
     if len(d["caches"]) > 1:
         lines += [f"  {c['backbone']}: {c['cache']}" for c in d["caches"]]

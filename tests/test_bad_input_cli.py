@@ -367,7 +367,11 @@ def test_the_largest_seed_still_runs(model):
 
 
 # -- an entry that cannot fit the data -----------------------------------------------------------------------
-def test_cv_without_c_skips_an_entry_that_cannot_fit_with_its_reason(tmp_path):
+def test_cv_without_c_skips_an_entry_that_cannot_fit_with_its_reason(tmp_path, monkeypatch):
+    """18 rows, 2 folds: knn (k = 10) cannot fit 9 rows. The default list is cut to two entries to stay fast."""
+    from classifiers import budget
+
+    monkeypatch.setattr(budget, "default_classifiers", lambda: ["logreg", "knn"])
     synthetic_cache(tmp_path / "c.h5", counts=(9, 9), dim=8)
     out = tmp_path / "run"
     result = CliRunner().invoke(cli.main, ["cv", str(tmp_path / "c.h5"), "--folds", "2", "--budget", "none", "-o", str(out)])
@@ -419,5 +423,5 @@ def test_evaluate_on_one_class_folder_fails_before_embedding(model, tmp_path, mo
 
     write_tree(tmp_path / "val", classes=("class0",), per_class=2)
     monkeypatch.setattr(bundle_module, "extract", lambda *a, **k: pytest.fail("embedded before the check"))
-    with pytest.raises(FeaturebankError, match="no labels .*class0.*a folder of class folders"):
+    with pytest.raises(FeaturebankError, match="class0 has no labels.*a folder of class folders .give .*val if class0 is one class"):
         evaluate(str(model / "m.fbmodel"), str(tmp_path / "val" / "class0"))
