@@ -253,7 +253,10 @@ def test_report_on_a_run_folder_whose_report_has_wrong_types_is_one_line(run_fol
 
 def test_report_on_a_predictions_csv_holding_a_non_number_is_one_line_naming_the_line(run_folder, tmp_path):
     run = _copy_run(run_folder, tmp_path)
-    [csv_path] = (run / "predictions").glob("*.csv")
+    from classifiers.reading import find_result
+
+    d = json.loads((run / "report.json").read_text())
+    csv_path = run / find_result(d, d["best"])["predictions"]
     lines = csv_path.read_text().splitlines()
     cells = lines[3].split(",")
     cells[4] = "lots"
