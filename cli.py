@@ -436,7 +436,8 @@ def relabel(manifest, corrections, out, as_json):
     """Write a copy of the CSV MANIFEST with the labels of CORRECTIONS applied.
 
     CORRECTIONS is the label_issues.csv of a cv --out folder, less the rows you do not accept (each row left
-    takes its suggested label), or with a new_label column (empty: no change). Rows whose label is no longer
+    takes its suggested label), or with a new_label column (an empty cell: no change, counted and said).
+    No manifest yet? featurebank manifest FOLDER -o FILE.csv writes one. Rows whose label is no longer
     the manifest's are skipped and counted. Extract the new manifest again: only the labels change.
 
     
@@ -447,6 +448,34 @@ def relabel(manifest, corrections, out, as_json):
     from classifiers.label_issues import relabel_text
 
     emit(run_relabel(manifest, corrections, out), as_json, relabel_text)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The CSV manifest to write.")
+@click.option(
+    "--layout",
+    type=click.Choice(["auto", "classes", "flat"]),
+    default="auto",
+    show_default=True,
+    help="As extract reads FOLDER: class-per-folder (labels) or flat (unlabeled).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def manifest(folder, out, layout, as_json):
+    """Write the CSV manifest (path,label) of FOLDER: its images as extract lists them, with their labels.
+
+    The cache extracted from FOLDER takes the manifest as the same input: extracting it into that --cache embeds
+    nothing, and after relabel only the labels change.
+
+    \b
+    Example:
+      featurebank manifest photos/ -o photos.csv
+      featurebank relabel photos.csv runs/photos-cv/label_issues.csv -o photos-fixed.csv
+      featurebank extract photos-fixed.csv --cache cache/photos.h5
+    """
+    from embedder.manifest import manifest_text, write_manifest
+
+    emit(write_manifest(folder, out, layout), as_json, manifest_text)
 
 
 @main.command(context_settings=CONTEXT)

@@ -47,6 +47,7 @@ import numpy as np
 from .destination import writable_folder
 from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings, settings_key
+from .sources import same_files
 
 FORMAT = "featurebank-cache"
 FORMAT_VERSION = 1
@@ -243,6 +244,18 @@ def settings_differences(stored: dict, wanted: dict) -> list[str]:
     return ExtractionSettings.from_dict(stored).differences(ExtractionSettings.from_dict(wanted))
 
 
+def stored_input(path: str) -> tuple[str, str] | None:
+    """The input a cache mirrors, ``(source, root)``, or None when there is no readable cache at ``path`` (the
+    writer says what is wrong with one that is not)."""
+    if not os.path.isfile(path):  # absent, or not a regular file (never opened: a FIFO would wait)
+        return None
+    try:
+        with _open(path) as f:
+            return str(f.attrs["source"]), str(f.attrs["root"])
+    except Exception:  # noqa: BLE001 - absent, damaged or not a cache: CacheWriter's own checks speak for it
+        return None
+
+
 class CacheWriter:
     """Adds rows to a cache for one set of extraction settings; used as a context manager.
 
@@ -343,6 +356,7 @@ class CacheWriter:
                     )
                 stored = json.loads(f.attrs["settings"])
                 stored_source = str(f.attrs["source"])
+                stored_root = str(f.attrs.get("root", ""))
                 self.previous_info = json.loads(f.attrs.get("info", "{}"))
             diff = settings_differences(stored, self.settings)
             if diff:
@@ -350,7 +364,7 @@ class CacheWriter:
                     f"{self.path} was made with other settings ({'; '.join(diff)}): rows are "
                     f"never mixed; leave out --cache to get a cache of its own, or delete it"
                 )
-            if stored_source != self.source:
+            if stored_source != self.source and not same_files(stored_source, stored_root, self.source, self.root):
                 raise FeaturebankError(
                     f"{self.path} mirrors another input ({stored_source}, not {self.source}); "
                     f"leave out --cache to get a cache of its own, or delete it"

@@ -428,3 +428,65 @@ def test_evaluate_on_one_class_folder_fails_before_embedding(model, tmp_path, mo
     monkeypatch.setattr(bundle_module, "extract", lambda *a, **k: pytest.fail("embedded before the check"))
     with pytest.raises(FeaturebankError, match="class0 has no labels.*a folder of class folders .give .*val if class0 is one class"):
         evaluate(str(model / "m.fbmodel"), str(tmp_path / "val" / "class0"))
+
+
+# -- featurebank manifest: the relabel loop from a class-per-folder tree -------------------------------------
+TORCH = dict(FAST, engine="torch")  # no ONNX export, no engine timing
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["beside", "inside"])
+def test_a_manifest_of_the_folder_is_the_same_input_and_relabeling_embeds_nothing(tmp_path, inside):
+    import embedder
+    from embedder.cache import CacheReader
+
+    root = tmp_path / "photos"
+    paths = write_tree(root, classes=("cats", "dogs"), per_class=2)
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(root), cache, **TORCH)
+    before = CacheReader(cache)
+    X = before.features("flatten").copy()
+    out = (root if inside else tmp_path) / "photos.csv"
+    result = CliRunner().invoke(cli.main, ["manifest", str(root), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["classes"] == {"cats": 2, "dogs": 2}
+    prefix = "" if inside else "photos/"
+    assert out.read_bytes() == ("path,label\n" + "".join(f"{prefix}{p},{p.split('/')[0]}\n" for p in paths)).encode()
+    same = embedder.extract(str(out), cache, **TORCH)
+    reader = CacheReader(cache)
+    assert (same.embedded, same.reused, same.removed) == (0, 4, 0)
+    assert list(reader.paths) == paths and list(reader.labels) == list(before.labels)
+    np.testing.assert_array_equal(reader.features("flatten"), X)
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(f"path,new_label\n{prefix}{paths[0]},dogs\n")
+    fixed = tmp_path / "fixed.csv"
+    assert CliRunner().invoke(cli.main, ["relabel", str(out), str(fixes), "-o", str(fixed)]).exit_code == 0
+    if inside:  # the corrected manifest beside the first one, so that its paths name the same files
+        fixed = root / "fixed.csv"
+        (tmp_path / "fixed.csv").rename(fixed)
+    relabeled = embedder.extract(str(fixed), cache, **TORCH)
+    reader = CacheReader(cache)
+    assert relabeled.embedded == 0 and list(reader.paths) == paths
+    assert list(reader.labels) == ["dogs", "cats", "dogs", "dogs"]
+    np.testing.assert_array_equal(reader.features("flatten"), X)
+    back = embedder.extract(str(root), cache, **TORCH)  # and the folder again: its own labels, nothing embedded
+    assert back.embedded == 0 and list(CacheReader(cache).labels) == list(before.labels)
+
+
+def test_a_manifest_of_files_outside_the_cache_folder_is_still_another_input(tmp_path):
+    import embedder
+
+    write_tree(tmp_path / "a", classes=("x", "y"), per_class=1)
+    write_tree(tmp_path / "b", classes=("x", "y"), per_class=1, start=10)
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(tmp_path / "a"), cache, **TORCH)
+    assert CliRunner().invoke(cli.main, ["manifest", str(tmp_path / "b"), "-o", str(tmp_path / "b.csv")]).exit_code == 0
+    with pytest.raises(FeaturebankError, match="mirrors another input"):
+        embedder.extract(str(tmp_path / "b.csv"), cache, **TORCH)
+
+
+def test_manifest_of_a_missing_folder_or_into_a_folder_is_one_line(tmp_path):
+    one_line_error(CliRunner().invoke(cli.main, ["manifest", str(tmp_path / "nope"), "-o", str(tmp_path / "m.csv")]))
+    write_tree(tmp_path / "p", classes=("x",), per_class=1)
+    one_line_error(CliRunner().invoke(cli.main, ["manifest", str(tmp_path / "p"), "-o", str(tmp_path)]))
+    result = CliRunner().invoke(cli.main, ["manifest", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "Missing option '-o'" in result.output
