@@ -60,10 +60,9 @@ def backbones(source, pattern, as_json):
       featurebank backbones --json
       featurebank backbones --source timm --filter '*dinov2*'
     """
-    from embedder.backbones import describe_backbones
-    from embedder.catalog import backbones_text
+    from embedder.backbone_table import backbone_rows, backbones_text
 
-    emit(describe_backbones(source, pattern), as_json, backbones_text)
+    emit(backbone_rows(source, pattern), as_json, backbones_text)
 
 
 @main.command(context_settings=CONTEXT)

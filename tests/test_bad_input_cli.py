@@ -490,3 +490,41 @@ def test_manifest_of_a_missing_folder_or_into_a_folder_is_one_line(tmp_path):
     one_line_error(CliRunner().invoke(cli.main, ["manifest", str(tmp_path / "p"), "-o", str(tmp_path)]))
     result = CliRunner().invoke(cli.main, ["manifest", str(tmp_path / "p")])
     assert result.exit_code == 2 and "Missing option '-o'" in result.output
+
+
+# -- featurebank backbones: fast ----------------------------------------------------------------------------
+def test_backbones_lists_the_recorded_rows_without_building_a_model(monkeypatch):
+    import embedder.backbones as backbones
+    from embedder import backbone_table
+
+    if backbone_table.installed_torchvision() != backbone_table.TORCHVISION:
+        pytest.skip(f"the table is of torchvision {backbone_table.TORCHVISION}")
+    monkeypatch.setattr(backbones, "describe_backbones", lambda *a: pytest.fail("described live"))
+    monkeypatch.setattr(backbones, "skeleton", lambda *a, **k: pytest.fail("a model was built"))
+    result = CliRunner().invoke(cli.main, ["backbones", "--json", "--filter", "resnet1*"])
+    assert result.exit_code == 0, result.output
+    assert [(r["name"], r["features"]) for r in json.loads(result.output)] == [("resnet101", 2048), ("resnet152", 2048), ("resnet18", 512)]
+
+
+def test_the_recorded_rows_are_what_torchvision_says(monkeypatch):
+    from embedder import backbone_table
+    from embedder.backbones import describe_backbones
+
+    if backbone_table.installed_torchvision() != backbone_table.TORCHVISION:
+        pytest.skip(f"the table is of torchvision {backbone_table.TORCHVISION}")
+    for name in ("resnet18", "mobilenet_v2", "squeezenet1_1"):
+        assert backbone_table.backbone_rows(pattern=name) == describe_backbones(pattern=name)
+    monkeypatch.setattr(backbone_table, "installed_torchvision", lambda: "0.0.1")  # another version: described live
+    assert backbone_table.backbone_rows(pattern="resnet18") == describe_backbones(pattern="resnet18")
+
+
+@pytest.mark.slow
+def test_every_recorded_row_is_what_torchvision_says():
+    from embedder import backbone_table
+    from embedder.backbones import describe_backbones
+
+    if backbone_table.installed_torchvision() != backbone_table.TORCHVISION:
+        pytest.skip(f"the table is of torchvision {backbone_table.TORCHVISION}")
+    live = {r["name"]: r for r in describe_backbones()}
+    recorded = {r["name"]: r for r in backbone_table.recorded(backbone_table.TORCHVISION)}
+    assert recorded == live, sorted(n for n in set(live) | set(recorded) if live.get(n) != recorded.get(n))
