@@ -332,7 +332,7 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, trust_pickle, **opti
     """
     from classifiers.bundle import predict as run_predict
     from classifiers.bundle import predict_imagenet, prediction_outcome
-    from classifiers.predictions import predictions_text, write_predictions
+    from classifiers.predictions import cache_note, predictions_text, write_predictions
     from embedder.destination import check_destination
 
     if out:
@@ -353,8 +353,8 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, trust_pickle, **opti
     message, all_failed = prediction_outcome(result)
     if all_failed:
         raise FeaturebankError(message)
-    if message and not quiet:
-        click.echo(message, err=True)
+    if not quiet:
+        click.echo("\n".join(([message] if message else []) + [cache_note(result)]), err=True)
 
 
 @main.command("export", context_settings=CONTEXT)

@@ -61,3 +61,11 @@ def write_predictions(result: dict, path: str, fmt: str = "csv") -> str:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write(predictions_text(result, fmt))
     return path
+
+
+def cache_note(result: dict) -> str:
+    """The line that names the cache a prediction embedded its images into (stderr: stdout is the CSV or JSON)."""
+    return (
+        f"cache: {result['cache']} ({result['embedded']} image(s) embedded now; the same images are not embedded "
+        f"again; --cache chooses the file, FEATUREBANK_CACHE_DIR the folder)"
+    )

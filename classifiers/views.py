@@ -92,7 +92,7 @@ def evaluate_text(d: dict) -> list[str]:
     """An evaluation (``bundle.evaluate``): the metrics, per class, the confusion matrix, files without a row."""
     m = d["metrics"]
     lines = [
-        f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']}",
+        f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']} (cache {d['cache']})",
         f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
         f"macro-F1 {100 * m['f1_macro']:.2f} %"
         + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else ""),

@@ -14,7 +14,8 @@ finished batch is written to its own small file ``X.h5.parts/part-NNNNNNNN-rankR
 temporary name, flushed to disk, then renamed: it exists whole or not at all). When the run ends, the old ``X.h5`` and
 the parts are merged, in input order, into a new file that atomically replaces ``X.h5``; then the parts go.
 A kill at any moment (even ``kill -9``) therefore leaves the previous ``X.h5`` intact plus every finished
-batch, and the next run continues from there. One writer at a time: ``X.h5.lock`` holds a POSIX record lock.
+batch, and the next run continues from there. One writer at a time: ``X.h5.lock`` holds a POSIX record lock (the file
+is there while a writer runs, and removed when it is done).
 
 Several processes (the ranks of a torchrun job) write one cache the same way: rank 0 holds the lock for the job
 and cleans up what a killed run left, the others then open the cache without the lock (``lock=False``), each
@@ -244,6 +245,15 @@ def settings_differences(stored: dict, wanted: dict) -> list[str]:
     return ExtractionSettings.from_dict(stored).differences(ExtractionSettings.from_dict(wanted))
 
 
+def _same_inode(handle, path: str) -> bool:
+    """Whether the open file ``handle`` is still the file at ``path``."""
+    try:
+        a, b = os.fstat(handle.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
 def stored_input(path: str) -> tuple[str, str] | None:
     """The input a cache mirrors, ``(source, root)``, or None when there is no readable cache at ``path`` (the
     writer says what is wrong with one that is not)."""
@@ -300,19 +310,28 @@ class CacheWriter:
         # hold it after a kill -9 of this process (an flock would live on in the orphaned worker for seconds).
         # POSIX locks do not exclude a second writer in the same process, and closing any descriptor of the
         # file drops them: the paths this process holds are kept in _HELD, and the file is opened once.
+        # The lock file is removed when the lock is released (no empty X.h5.lock is left beside a cache): the
+        # holder unlinks it before unlocking, and a writer that locked a file no longer at that path (one it opened
+        # just before the unlink) lets it go and takes the new one, so two writers never hold two files.
         with _HELD_GUARD:
             busy = self.path in _HELD
-            if not busy:
+            while not busy:
                 self._lock = open(self.path + ".lock", "a+")
                 try:
                     fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    _HELD.add(self.path)
                 except OSError as exc:
                     self._lock.close()
                     self._lock = None
                     if exc.errno not in (errno.EACCES, errno.EAGAIN):
                         raise
                     busy = True
+                    break
+                if _same_inode(self._lock, self.path + ".lock"):
+                    _HELD.add(self.path)
+                    break
+                fcntl.lockf(self._lock, fcntl.LOCK_UN)  # a released writer's old file: take the new one
+                self._lock.close()
+                self._lock = None
         if busy:
             raise FeaturebankError(
                 f"another featurebank process is writing {self.path}; wait for it to finish (or use another --cache)"
@@ -332,10 +351,14 @@ class CacheWriter:
         self._release()
 
     def _release(self) -> None:
-        """Unlock; the lock file stays (unlinking it first would let a second writer lock a new file while a
-        third still holds the old one)."""
+        """Remove the lock file, then unlock (in that order: see ``__enter__``)."""
         if self._lock is not None:
             with _HELD_GUARD:
+                try:
+                    if _same_inode(self._lock, self.path + ".lock"):
+                        os.unlink(self.path + ".lock")
+                except OSError:  # a read-only folder: the empty file stays, as it always did
+                    pass
                 fcntl.lockf(self._lock, fcntl.LOCK_UN)
                 self._lock.close()
                 self._lock = None

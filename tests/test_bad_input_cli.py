@@ -528,3 +528,26 @@ def test_every_recorded_row_is_what_torchvision_says():
     live = {r["name"]: r for r in describe_backbones()}
     recorded = {r["name"]: r for r in backbone_table.recorded(backbone_table.TORCHVISION)}
     assert recorded == live, sorted(n for n in set(live) | set(recorded) if live.get(n) != recorded.get(n))
+
+
+# -- predict and evaluate: the caches they make are named, and no lock file is left ----------------------------
+def test_predict_and_evaluate_name_their_cache_and_leave_no_lock_files(tmp_path, monkeypatch):
+    import embedder
+
+    monkeypatch.delenv("FEATUREBANK_CACHE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    write_tree(tmp_path / "train", classes=("a", "b"), per_class=2)
+    write_tree(tmp_path / "val", classes=("a", "b"), per_class=1, start=20)
+    embedder.extract(str(tmp_path / "train"), str(tmp_path / "train.h5"), **TORCH)
+    assert not os.path.exists(tmp_path / "train.h5.lock")
+    train(str(tmp_path / "train.h5"), "logreg", out=str(tmp_path / "m.fbmodel"))
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["predict", "m.fbmodel", "val", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    [made] = os.listdir(tmp_path / "cache")  # where the docs say: cache/, and nothing else there
+    assert made.endswith(".h5") and f"cache: {os.path.abspath('cache/' + made)} (2 image(s) embedded now" in result.stderr
+    assert f"cache/{made}" not in result.stdout  # stdout is the CSV alone
+    result = runner.invoke(cli.main, ["evaluate", "m.fbmodel", "val", "--workers", "0", "--cache", "val.h5"])
+    assert result.exit_code == 0, result.output
+    assert f"(cache {tmp_path / 'val.h5'})" in result.output
+    assert sorted(os.listdir(tmp_path / "cache")) == [made] and not os.path.exists("val.h5.lock")
