@@ -29,9 +29,9 @@ from .data import labeled, open_cache
 from .folds import fit_grouped, inner_fold_count, inner_splitter
 from .metrics import confusion, per_class, scores
 from .modelfile import FORMAT, VERSION, input_dimensions, read_model, write_model
+from .zoo import describe, make_classifier, search_grid
 
 MAX_WEIGHTS_BYTES = 64 << 30  # the largest checkpoint a model file may name (timm's largest ViTs are a few GB)
-from .zoo import describe, make_classifier, search_grid
 
 
 @dataclass

@@ -439,7 +439,9 @@ def cross_validate(
                     results.append(CVResult(spec, layer, describe(spec), *collected, source.name))
             del X, fitted  # one layer in memory at a time (the spent generators hold it too): gone before the next
     if not results:  # every entry failed: the first one's reason
-        raise FeaturebankError(f"no classifier could fit these data: {next(iter(the_plan.skipped.items()), ('', ''))[1]}")
+        raise FeaturebankError(
+            f"no classifier could fit these data: {next(iter(the_plan.skipped.items()), ('', ''))[1]}"
+        )
     ran = {r.classifier for r in results}
     the_plan.skipped = {c: why for c, why in the_plan.skipped.items() if c not in ran}  # left out on every layer
     classifiers = [c for c in classifiers if c in ran]

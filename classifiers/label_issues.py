@@ -446,7 +446,9 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
     for line, r in enumerate(wanted_rows, start=2):
         new = r[column].strip()
         if "\n" in new or "\r" in new:
-            raise FeaturebankError(f"{corrections} line {line}: a line break in a label, which no class folder can hold")
+            raise FeaturebankError(
+                f"{corrections} line {line}: a line break in a label, which no class folder can hold"
+            )
         wanted.append((r[names["path"]], r[names["label"]].strip() if "label" in names else None, new))
     unknown = [p for p, _, _ in wanted if key(p) not in where]
     if unknown:

@@ -249,12 +249,11 @@ def check_consistent(path: str, document: dict, pipeline) -> None:
         )
     takes = input_dimensions(pipeline)
     dims = trained_on.get("dimensions")
-    if isinstance(dims, dict) and takes is not None:
-        if dims.get(layer) != takes:
-            raise FeaturebankError(
-                f"{path} was refused: its layer {layer!r} has {dims.get(layer, 'unrecorded')} dimensions but its "
-                f"classifier takes {takes}"
-            )
+    if isinstance(dims, dict) and takes is not None and dims.get(layer) != takes:
+        raise FeaturebankError(
+            f"{path} was refused: its layer {layer!r} has {dims.get(layer, 'unrecorded')} dimensions but its "
+            f"classifier takes {takes}"
+        )
 
 
 def _maybe_old_pickle(path: str) -> bool:

@@ -64,8 +64,7 @@ def manifest_text(d: dict) -> list[str]:
     lines = [f"wrote {d['manifest']}: {d['rows']} images of {d['folder']} ({d['layout']}), {named}"]
     if d["left_out"]:
         lines.append(
-            f"  {len(d['left_out'])} left out: "
-            + "; ".join(f"{x['path']}: {x['reason']}" for x in d["left_out"][:5])
+            f"  {len(d['left_out'])} left out: " + "; ".join(f"{x['path']}: {x['reason']}" for x in d["left_out"][:5])
         )
     return lines
 

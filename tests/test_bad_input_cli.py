@@ -5,7 +5,6 @@ never a traceback, a hang or a silent loss."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -15,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, FAST_ARGS, synthetic_cache, write_tree
+from conftest import FAST, synthetic_cache, write_tree
 
 import cli
 from classifiers import modelfile
@@ -301,8 +300,16 @@ def test_relabel_refuses_a_fifo_without_waiting_for_it(manifest, tmp_path):
 
 @pytest.mark.parametrize(
     "which, data, says",
-    ids=["latin1-manifest", "latin1-fixes", "long-manifest", "long-fixes", "short-fixes", "short-manifest", "nul",
-         "newline"],
+    ids=[
+        "latin1-manifest",
+        "latin1-fixes",
+        "long-manifest",
+        "long-fixes",
+        "short-fixes",
+        "short-manifest",
+        "nul",
+        "newline",
+    ],
     argvalues=[
         ("manifest", b"path,label\na/1.jpg,caf\xe9\n", "not UTF-8 text"),
         ("corrections", b"path,new_label\na/1.jpg,caf\xe9\n", "not UTF-8 text"),
@@ -311,7 +318,7 @@ def test_relabel_refuses_a_fifo_without_waiting_for_it(manifest, tmp_path):
         ("corrections", b"path,label,new_label\na/1.jpg\n", "line 2: 1 field(s), the header names 3"),
         ("manifest", b"path,label,group\na/1.jpg,cat\n", "line 2: 2 field(s), the header names 3"),
         ("corrections", b"path,new_label\na/1.jpg,d\x00og\n", "NUL"),
-        ("corrections", b"path,new_label\na/1.jpg,\"do\ng\"\n", "line 2: a line break in a label"),
+        ("corrections", b'path,new_label\na/1.jpg,"do\ng"\n', "line 2: a line break in a label"),
     ],
 )
 def test_relabel_inputs_that_cannot_be_read_are_one_line(manifest, tmp_path, which, data, says):
@@ -377,7 +384,9 @@ def test_cv_without_c_skips_an_entry_that_cannot_fit_with_its_reason(tmp_path, m
     monkeypatch.setattr(budget, "default_classifiers", lambda: ["logreg", "knn"])
     synthetic_cache(tmp_path / "c.h5", counts=(9, 9), dim=8)
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli.main, ["cv", str(tmp_path / "c.h5"), "--folds", "2", "--budget", "none", "-o", str(out)])
+    result = CliRunner().invoke(
+        cli.main, ["cv", str(tmp_path / "c.h5"), "--folds", "2", "--budget", "none", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     d = json.loads((out / "report.json").read_text())
     skipped = d["cv"]["budget"]["skipped"]
@@ -426,7 +435,9 @@ def test_evaluate_on_one_class_folder_fails_before_embedding(model, tmp_path, mo
 
     write_tree(tmp_path / "val", classes=("class0",), per_class=2)
     monkeypatch.setattr(bundle_module, "extract", lambda *a, **k: pytest.fail("embedded before the check"))
-    with pytest.raises(FeaturebankError, match="class0 has no labels.*a folder of class folders .give .*val if class0 is one class"):
+    with pytest.raises(
+        FeaturebankError, match="class0 has no labels.*a folder of class folders .give .*val if class0 is one class"
+    ):
         evaluate(str(model / "m.fbmodel"), str(tmp_path / "val" / "class0"))
 
 
@@ -503,7 +514,11 @@ def test_backbones_lists_the_recorded_rows_without_building_a_model(monkeypatch)
     monkeypatch.setattr(backbones, "skeleton", lambda *a, **k: pytest.fail("a model was built"))
     result = CliRunner().invoke(cli.main, ["backbones", "--json", "--filter", "resnet1*"])
     assert result.exit_code == 0, result.output
-    assert [(r["name"], r["features"]) for r in json.loads(result.output)] == [("resnet101", 2048), ("resnet152", 2048), ("resnet18", 512)]
+    assert [(r["name"], r["features"]) for r in json.loads(result.output)] == [
+        ("resnet101", 2048),
+        ("resnet152", 2048),
+        ("resnet18", 512),
+    ]
 
 
 def test_the_recorded_rows_are_what_torchvision_says(monkeypatch):
@@ -545,7 +560,9 @@ def test_predict_and_evaluate_name_their_cache_and_leave_no_lock_files(tmp_path,
     result = runner.invoke(cli.main, ["predict", "m.fbmodel", "val", "--workers", "0"])
     assert result.exit_code == 0, result.output
     [made] = os.listdir(tmp_path / "cache")  # where the docs say: cache/, and nothing else there
-    assert made.endswith(".h5") and f"cache: {os.path.abspath('cache/' + made)} (2 image(s) embedded now" in result.stderr
+    assert (
+        made.endswith(".h5") and f"cache: {os.path.abspath('cache/' + made)} (2 image(s) embedded now" in result.stderr
+    )
     assert f"cache/{made}" not in result.stdout  # stdout is the CSV alone
     result = runner.invoke(cli.main, ["evaluate", "m.fbmodel", "val", "--workers", "0", "--cache", "val.h5"])
     assert result.exit_code == 0, result.output
