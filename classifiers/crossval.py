@@ -430,9 +430,9 @@ def cross_validate(
                         # an entry of the default list that cannot run on these data (knn's k above a fold's
                         # rows): left out with its reason, never the end of the run
                         why = str(exc).split(" failed: ", 1)[-1]
-                        the_plan.skipped.setdefault(spec, f"{where}: {why}")
-                        if say is not None:
+                        if say is not None and spec not in the_plan.skipped:  # once, not once per layer
                             say(f"cv: {spec} left out: it cannot fit these data ({where}: {why})")
+                        the_plan.skipped.setdefault(spec, f"{where}: {why}")
                         continue
                     finally:
                         done += len(splits)

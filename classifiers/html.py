@@ -9,6 +9,7 @@ markup comes from a Jinja2 template with autoescaping, so a path or a label is a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -72,7 +73,8 @@ class Thumbs:
         original = pathlib.Path(os.path.abspath(full)).as_uri() if full and os.path.isfile(full) else None
         kept = os.path.join(self.shared, name) if self.shared else None
         if os.path.islink(dest) or (os.path.lexists(dest) and not _is_thumbnail(dest)):
-            os.unlink(dest)  # a run folder never carries a link out of itself, nor a file that is not a thumbnail
+            with contextlib.suppress(OSError):  # a run folder never carries a link out of itself
+                os.unlink(dest)
         if not os.path.lexists(dest) and kept and _is_thumbnail(kept):
             _copy(kept, dest)
         if not os.path.isfile(dest):

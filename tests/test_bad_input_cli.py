@@ -369,6 +369,16 @@ def test_option_values_are_checked_by_their_types(model, args, says):
     one_line_error(result, says)
 
 
+def test_jobs_take_every_core_and_all_but_some_as_joblib_does():
+    import click
+
+    from embedder.clickopts import Jobs
+
+    assert [Jobs().convert(v, None, None) for v in ("1", "4", "-1", "-2")] == [1, 4, -1, -2]
+    with pytest.raises(click.BadParameter, match="0 jobs cannot run anything"):
+        Jobs().convert("0", None, None)
+
+
 def test_the_largest_seed_still_runs(model):
     result = CliRunner().invoke(
         cli.main, ["cv", str(model / "c.h5"), "-c", "logreg", "--folds", "2", "--seed", str(2**32 - 1)]
