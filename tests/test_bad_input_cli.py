@@ -379,11 +379,12 @@ def test_jobs_take_every_core_and_all_but_some_as_joblib_does():
         Jobs().convert("0", None, None)
 
 
-def test_the_largest_seed_still_runs(model):
-    result = CliRunner().invoke(
-        cli.main, ["cv", str(model / "c.h5"), "-c", "logreg", "--folds", "2", "--seed", str(2**32 - 1)]
-    )
-    assert result.exit_code == 0, result.output
+def test_the_bounds_themselves_are_accepted():
+    """Seeds 0 and 2**32 - 1 (numpy's range), and a 2**62 batch size (the guard, not a choice) are valid values."""
+    seed = next(p for p in cli.cv.params if p.name == "seed").type
+    batch = next(p for p in cli.extract.params if p.name == "batch_size").type
+    assert [seed.convert(v, None, None) for v in ("0", str(2**32 - 1))] == [0, 2**32 - 1]
+    assert batch.convert(str(2**62), None, None) == 2**62
 
 
 # -- an entry that cannot fit the data -----------------------------------------------------------------------
