@@ -211,7 +211,7 @@ def read_predictions(path: str, classes: list[str] | None = None) -> list[dict] 
 
 
 # report.json's top-level keys that report.html reads, with their types (a tuple: any of them)
-CV_KEYS = {
+CV_KEYS: dict[str, type | tuple[type, ...]] = {
     "classes": list,
     "best": dict,
     "results": list,

@@ -316,22 +316,21 @@ class CacheWriter:
         with _HELD_GUARD:
             busy = self.path in _HELD
             while not busy:
-                self._lock = open(self.path + ".lock", "a+")
+                handle = open(self.path + ".lock", "a+")
                 try:
-                    fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
-                    self._lock.close()
-                    self._lock = None
+                    handle.close()
                     if exc.errno not in (errno.EACCES, errno.EAGAIN):
                         raise
                     busy = True
                     break
-                if _same_inode(self._lock, self.path + ".lock"):
+                if _same_inode(handle, self.path + ".lock"):
+                    self._lock = handle
                     _HELD.add(self.path)
                     break
-                fcntl.lockf(self._lock, fcntl.LOCK_UN)  # a released writer's old file: take the new one
-                self._lock.close()
-                self._lock = None
+                fcntl.lockf(handle, fcntl.LOCK_UN)  # a released writer's old file: take the new one
+                handle.close()
         if busy:
             raise FeaturebankError(
                 f"another featurebank process is writing {self.path}; wait for it to finish (or use another --cache)"

@@ -26,7 +26,9 @@ def write_manifest(folder: str, out: str, layout: str = "auto") -> dict:
     check_destination(out, [], "the manifest")
     listing = list_folder(folder, layout)
     base = os.path.dirname(os.path.abspath(out))
-    rows, left_out, classes = [], [], {}
+    rows: list[tuple[str, str]] = []
+    left_out: list[dict[str, str]] = []
+    classes: dict[str, int] = {}
     for item in listing.items:
         if item.error:
             left_out.append({"path": item.path, "reason": item.error})

@@ -21,6 +21,7 @@ from classifiers import modelfile
 from classifiers.bundle import evaluate, extract_options, load_bundle, train
 from classifiers.crossval import cross_validate
 from embedder.errors import FeaturebankError
+from workflows.export import export_model
 
 
 def finishes(fn, seconds=20.0):
@@ -132,6 +133,8 @@ def test_metadata_naming_a_layer_of_other_dimensions_is_refused(model, tmp_path)
     assert bundle.layer == "layer3"
     with pytest.raises(FeaturebankError, match="layer3 has 6 dimensions; the model's classifier takes 12"):
         evaluate(bundle, str(model / "c.h5"))
+    with pytest.raises(FeaturebankError, match="layer3 has 6 dimensions; the model's classifier takes 12"):
+        export_model(bundle, str(tmp_path / "x.onnx"))  # its training cache is there: checked before ONNX Runtime
 
 
 def test_a_trained_model_records_its_layer_dimensions_and_the_estimator_agrees(model):
