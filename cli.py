@@ -61,10 +61,9 @@ def backbones(source, pattern, as_json):
       featurebank backbones --json
       featurebank backbones --source timm --filter '*dinov2*'
     """
-    from embedder.backbones import describe_backbones
-    from embedder.catalog import backbones_text
+    from embedder.backbone_table import backbone_rows, backbones_text
 
-    emit(describe_backbones(source, pattern), as_json, backbones_text)
+    emit(backbone_rows(source, pattern), as_json, backbones_text)
 
 
 @main.command(context_settings=CONTEXT)
@@ -235,7 +234,7 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
     if o.scheduler and o.n_jobs != 1:
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
     if out:
-        writable_folder(out, "the report")  # before the folds, not after them
+        writable_folder(out, "the report", create=False)  # before the folds; made once the inputs are read
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     progress, extras = not quiet and sys.stderr.isatty(), "out" if out else "report"
     report = cross_validate(list(caches), extras=extras, progress=progress, say=say, **o.keywords())
@@ -351,7 +350,7 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, trust_pickle, 
     """
     from classifiers.bundle import is_cache_file, predict_imagenet, prediction_outcome, pseudo_labels
     from classifiers.bundle import predict as run_predict
-    from classifiers.predictions import predictions_text, write_predictions
+    from classifiers.predictions import cache_note, predictions_text, write_predictions
     from embedder.destination import check_destination
 
     if out:
@@ -379,8 +378,8 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, trust_pickle, 
     message, all_failed = prediction_outcome(result)
     if all_failed:
         raise FeaturebankError(message)
-    if message and not quiet:
-        click.echo(message, err=True)
+    if not quiet:
+        click.echo("\n".join(([message] if message else []) + [cache_note(result)]), err=True)
 
 
 @main.command("export", context_settings=CONTEXT)
@@ -461,7 +460,8 @@ def relabel(manifest, corrections, out, as_json):
     """Write a copy of the CSV MANIFEST with the labels of CORRECTIONS applied.
 
     CORRECTIONS is the label_issues.csv of a cv --out folder, less the rows you do not accept (each row left
-    takes its suggested label), or with a new_label column (empty: no change). Rows whose label is no longer
+    takes its suggested label), or with a new_label column (an empty cell: no change, counted and said).
+    No manifest yet? featurebank manifest FOLDER -o FILE.csv writes one. Rows whose label is no longer
     the manifest's are skipped and counted. Extract the new manifest again: only the labels change.
 
     
@@ -505,6 +505,34 @@ def select(cache, out, as_json, **options):
 
     selection = run_select(cache, out=out, **SelectOptions(**options).keywords())
     emit(selection.to_dict(), as_json, select_text)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The CSV manifest to write.")
+@click.option(
+    "--layout",
+    type=click.Choice(["auto", "classes", "flat"]),
+    default="auto",
+    show_default=True,
+    help="As extract reads FOLDER: class-per-folder (labels) or flat (unlabeled).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def manifest(folder, out, layout, as_json):
+    """Write the CSV manifest (path,label) of FOLDER: its images as extract lists them, with their labels.
+
+    The cache extracted from FOLDER takes the manifest as the same input: extracting it into that --cache embeds
+    nothing, and after relabel only the labels change.
+
+    \b
+    Example:
+      featurebank manifest photos/ -o photos.csv
+      featurebank relabel photos.csv runs/photos-cv/label_issues.csv -o photos-fixed.csv
+      featurebank extract photos-fixed.csv --cache cache/photos.h5
+    """
+    from embedder.manifest import manifest_text, write_manifest
+
+    emit(write_manifest(folder, out, layout), as_json, manifest_text)
 
 
 @main.command(context_settings=CONTEXT)

@@ -61,6 +61,7 @@ class Plan:
     extras: float = 0.0  # the report's neighbour search and map, estimated (scaled), out of the same budget
     over_memory: dict[str, float] = field(default_factory=dict)  # entry → its fold's estimated peak bytes
     memory_limit: float | None = None  # cost.memory_bound of the largest layer (None: not checked)
+    skipped: dict[str, str] = field(default_factory=dict)  # entry → why it could not fit the data (found by fitting)
 
     @property
     def total(self) -> float:
@@ -99,6 +100,7 @@ class Plan:
         unknown = [c for c in self.classifiers if self.seconds[c] is None]
         if unknown:
             said.append(f"no estimate for {', '.join(unknown)}")
+        said += [f"{c} left out: it cannot fit these data ({why})" for c, why in self.skipped.items()]
         return (
             head
             + ("; " + "; ".join(said) if said else "")
@@ -115,6 +117,7 @@ class Plan:
             "stand_ins": self.stand_ins,
             "over_memory_bytes": {k: round(v) for k, v in self.over_memory.items()},
             "memory_limit_bytes": None if self.memory_limit is None else round(self.memory_limit),
+            "skipped": dict(self.skipped),
             "machine_speed": round(self.speed, 3),
             "message": self.message,
         }

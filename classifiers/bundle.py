@@ -20,7 +20,7 @@ from embedder.destination import check_destination, refuse_overwrite
 from embedder.errors import FeaturebankError
 from embedder.job import extract
 from embedder.settings import ExtractionSettings
-from embedder.sources import list_inputs
+from embedder.sources import Listing, list_inputs
 from embedder.store import engine_dir_for, sha256_of
 from embedder.versions import library_versions
 
@@ -29,9 +29,11 @@ from .data import labeled, open_cache
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
 from .metrics import confusion, per_class, scores
-from .modelfile import FORMAT, VERSION, read_model, write_model
+from .modelfile import FORMAT, VERSION, input_dimensions, read_model, write_model
 from .semi import DEFAULT_MODE, MODES, UNLABELED, SemiSupervised
 from .zoo import describe, make_classifier, search_grid
+
+MAX_WEIGHTS_BYTES = 64 << 30  # the largest checkpoint a model file may name (timm's largest ViTs are a few GB)
 
 
 @dataclass
@@ -60,6 +62,16 @@ class Bundle:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.pipeline.predict(X)
+
+    def checked(self, X: np.ndarray, where: str) -> np.ndarray:
+        """``X`` when it has the features the classifier takes; else one line, before the classifier sees a row."""
+        takes = input_dimensions(self.pipeline)
+        if takes is not None and X.ndim == 2 and X.shape[1] != takes:
+            raise FeaturebankError(
+                f"{where}'s {self.layer} has {X.shape[1]} dimensions; the model's classifier takes {takes}: "
+                f"the model file's layer is not the one it was trained on"
+            )
+        return X
 
 
 def save_bundle(bundle: Bundle, path: str) -> str:
@@ -168,6 +180,7 @@ def train(
             "source": reader.attrs["source"],
             "rows": len(data.y),
             "layers": list(reader.layers),
+            "dimensions": {name: int(reader.dims[name]) for name in reader.layers},  # checked when the file is read
             "class_counts": data.counts,
             "params": pipeline.named_steps["clf"].get_params(deep=False),
             **({"search": found} if found else {}),
@@ -217,6 +230,39 @@ def settings_differ(cache_settings: dict, bundle: Bundle) -> list[str]:
     return differ
 
 
+def weights_digest(path: str) -> str:
+    """The sha256 of a weights file a model names, read only when it is a regular file of a size between one byte
+    and ``MAX_WEIGHTS_BYTES``, and never past the size it had when opened: a FIFO, a device or ``/proc/self/pagemap``
+    (a "regular" file of size 0 that never ends) is one line, not a hang."""
+    import hashlib
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise FeaturebankError(f"cannot read the weights file {path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FeaturebankError(f"the weights file {path} is not a regular file: pass --weights PATH to the file")
+    with os.fdopen(fd, "rb") as fh:
+        if st.st_size == 0:
+            raise FeaturebankError(f"the weights file {path} is empty: pass --weights PATH to the file")
+        if st.st_size > MAX_WEIGHTS_BYTES:
+            raise FeaturebankError(
+                f"the weights file {path} is {st.st_size:,} bytes, more than any checkpoint "
+                f"({MAX_WEIGHTS_BYTES:,}): pass --weights PATH to the file"
+            )
+        h, left = hashlib.sha256(), st.st_size
+        while left > 0:
+            block = fh.read(min(left, 1 << 22))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
 def int8_layers(bundle: Bundle) -> list[str]:
     return list(bundle.trained_on.get("layers") or [bundle.layer])
 
@@ -238,12 +284,12 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
     seed = 0
     if identity.startswith("sha256:"):
         path = weights or bundle.weights_file
-        if not path or not os.path.isfile(path):
+        if not path or not os.path.lexists(path):
             raise FeaturebankError(
                 f"the model was trained on features of the weights file {bundle.weights_file} "
                 f"({identity[:19]}...), which is not there: pass --weights PATH to that file"
             )
-        found = f"sha256:{sha256_of(path)}"
+        found = f"sha256:{weights_digest(path)}"
         if found != identity:
             raise FeaturebankError(
                 f"{path} is not the weights file the model was trained with ({found[:19]}... is not {identity[:19]}...)"
@@ -301,7 +347,10 @@ def embedded(
 
 
 def _listing(inputs, layout: str, out: str | None):
-    listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
+    if isinstance(inputs, Listing):
+        listing = inputs
+    else:
+        listing = list_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs], layout)
     if out:
         refuse_overwrite(out, [listing.full_path(i) for i in listing.items], "the output")
     return listing
@@ -327,7 +376,15 @@ def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> Cache
         reader = open_cache(data)
         check_cache(reader, bundle)
         return reader
-    return embedded(bundle, data, cache=cache, weights=weights, layout=layout, **run)[0]
+    listing = _listing(data, layout, None)
+    if not listing.labeled:  # said before a single image is embedded, not after all of them
+        shown = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "the images given"
+        raise FeaturebankError(
+            f"{shown} has no labels (a {listing.kind} input): evaluate needs labelled images, a folder of class "
+            f"folders (give {os.path.dirname(os.path.abspath(shown))} if {os.path.basename(shown)} is one class "
+            f"of it) or a CSV manifest with a label column; to classify unlabeled images, use predict"
+        )
+    return embedded(bundle, listing, cache=cache, weights=weights, layout=layout, **run)[0]
 
 
 def evaluate(
@@ -351,7 +408,7 @@ def evaluate(
         )
     index = {c: i for i, c in enumerate(bundle.classes)}
     y = np.array([index[test.classes[i]] for i in test.y], dtype=np.int64)
-    X = test.features(bundle.layer)
+    X = bundle.checked(test.features(bundle.layer), reader.path)
     started = time.perf_counter()
     pred = bundle.predict(X)
     values, kind = bundle.scores(X)
@@ -422,7 +479,9 @@ def predict(
     bundle = _bundle(model, trust_pickle)
     reader, items, count = embedded(bundle, images, cache=cache, weights=weights, layout=layout, out=out, **run)
     values, kind = (
-        bundle.scores(reader.features(bundle.layer)) if len(reader) else (np.empty((0, len(bundle.classes))), "")
+        bundle.scores(bundle.checked(reader.features(bundle.layer), reader.path))
+        if len(reader)
+        else (np.empty((0, len(bundle.classes))), "")
     )
     return {
         "model": bundle.classifier,

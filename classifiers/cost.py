@@ -173,6 +173,7 @@ def machine_speed(repeats: int = 3) -> float:
     return _MEASURED["speed"]
 
 
+MAX_BUDGET = 10_000 * 86400.0  # seconds: any budget beyond this means none (which says so)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
 
 
@@ -192,6 +193,8 @@ def parse_budget(text) -> float | None:
         raise FeaturebankError(f"--budget {text!r}: write a duration like 90s, 15m, 2h or 1h30m, or none")
     if seconds <= 0:
         raise FeaturebankError(f"--budget {text!r}: give a duration above zero (90s, 15m, 2h), or none")
+    if not seconds <= MAX_BUDGET:  # a 400-digit number is infinity as a float: an OverflowError later
+        raise FeaturebankError(f"--budget {str(text)[:40]!r}: give at most {MAX_BUDGET // 86400:.0f} days, or none")
     return seconds
 
 

@@ -502,15 +502,19 @@ def cross_validate(
                     for name, model, pipeline, rows in variants:
                         bar.set_postfix_str(f"{done}/{tasks} fits; {name} @ {where}")
                         fitted = _guarded(_fit_folds(model, X, data.y, group_ids, splits, k, n_jobs, rows), spec, where)
-                        results.append(
-                            CVResult(
-                                name,
-                                layer,
-                                pipeline,
-                                *_collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)]),
-                                source.name,
-                            )
-                        )
+                        try:
+                            collected = _collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)])
+                        except FeaturebankError as exc:
+                            if the_plan.explicit:  # asked for by name: its failure is the run's
+                                raise
+                            # an entry of the default list that cannot run on these data (knn's k above a fold's
+                            # rows): left out with its reason, never the end of the run
+                            why = str(exc).split(" failed: ", 1)[-1]
+                            if say is not None and spec not in the_plan.skipped:  # once, not once per layer
+                                say(f"cv: {spec} left out: it cannot fit these data ({where}: {why})")
+                            the_plan.skipped.setdefault(spec, f"{where}: {why}")
+                            break  # and its variant with the unlabeled rows
+                        results.append(CVResult(name, layer, pipeline, *collected, source.name))
                         if shot_list is not None:
                             bar.set_postfix_str(f"learning curve; {name} @ {where}")
                             points = learning_curve(
@@ -519,6 +523,13 @@ def cross_validate(
                             curve += curve_rows(points, results[-1], shot_list, RANK_BY)
                     done += len(splits)
             del X, free, fitted  # one layer in memory at a time (the spent generators hold it too)
+    if not results:  # every entry failed: the first one's reason
+        raise FeaturebankError(
+            f"no classifier could fit these data: {next(iter(the_plan.skipped.items()), ('', ''))[1]}"
+        )
+    ran = {r.classifier for r in results}
+    the_plan.skipped = {c: why for c, why in the_plan.skipped.items() if c not in ran}  # left out on every layer
+    classifiers = [c for c in classifiers if c in ran]
     return CVReport(
         data,
         list(dict.fromkeys(layer for layers in per_source for layer in layers)),

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .extras import remembered
+from .extras import remembered, valid_map
 
 MAX_ROWS = 2000  # t-SNE's time grows faster than its rows; beyond this, a fixed random sample of rows (plotted as such)
 PCA_DIMS = 50  # t-SNE's usual first step: faster, and less noise in the neighbourhoods
@@ -66,7 +66,7 @@ def write_map(report, out_dir: str, max_rows: int = MAX_ROWS) -> dict[str, str]:
         return {"rows": rows, "xy": xy, "method": np.array(method)}
 
     params = {"seed": report.seed, "max_rows": max_rows, "pca": PCA_DIMS, "iterations": ITERATIONS}
-    made, _ = remembered(data, best.layer, "map", params, compute)
+    made, _ = remembered(data, best.layer, "map", params, compute, valid_map(len(report.data.y)))
     rows, xy, method = made["rows"], made["xy"], str(made["method"])
     pred, _ = best.oof()
     classes, y = report.classes, report.data.y

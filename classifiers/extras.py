@@ -63,17 +63,25 @@ def sidecar(data, layer: str, what: str, params: dict) -> str:
 
 
 def remembered(
-    data, layer: str, what: str, params: dict, compute: Callable[[], dict[str, np.ndarray]]
+    data,
+    layer: str,
+    what: str,
+    params: dict,
+    compute: Callable[[], dict[str, np.ndarray]],
+    valid: Callable[[dict[str, np.ndarray]], bool] | None = None,
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """``compute()``'s arrays, read from the sidecar when this cache, layer, rows and ``params`` made them before;
-    else computed and kept (best effort). Returns them and whether they were reused."""
+    """``compute()``'s arrays, read from the sidecar when this cache, layer, rows and ``params`` made them before
+    and ``valid`` accepts them (a file beside the cache can be damaged or planted: indices out of range, NaN); else
+    computed and kept (best effort). Returns them and whether they were reused."""
     try:
         path = sidecar(data, layer, what, params)
     except OSError:  # the cache went away under us: nothing to key on
         return compute(), False
     try:
         with np.load(path, allow_pickle=False) as saved:
-            return {name: saved[name] for name in saved.files}, True
+            found = {name: saved[name] for name in saved.files}
+        if valid is None or valid(found):
+            return found, True
     except (
         OSError,
         ValueError,
@@ -128,8 +136,47 @@ def neighbours_of(data, layer: str, k: int, reference: int, seed: int) -> tuple[
         index, similarity = nearest_neighbours(data.features(layer), k, reference, seed)
         return {"index": index, "similarity": similarity}
 
-    found, _ = remembered(data, layer, "neighbours", {"k": k, "reference": reference, "seed": seed}, compute)
+    n = len(data.rows)
+
+    def valid(found) -> bool:  # integer indices of rows, finite similarities, one row of each per image
+        index, similarity = found.get("index"), found.get("similarity")
+        return (
+            isinstance(index, np.ndarray)
+            and isinstance(similarity, np.ndarray)
+            and index.dtype.kind in "iu"
+            and index.ndim == 2
+            and index.shape[0] == n
+            and similarity.shape == index.shape
+            and similarity.dtype.kind == "f"
+            and bool(((index >= 0) & (index < n)).all())
+            and not np.isnan(similarity).any()
+        )
+
+    found, _ = remembered(data, layer, "neighbours", {"k": k, "reference": reference, "seed": seed}, compute, valid)
     return found["index"], found["similarity"]
 
 
-__all__ = ["SUFFIX", "fingerprint", "kept", "neighbours_of", "remembered", "sidecar", "thumbs_folder"]
+def valid_map(n: int):
+    """The check of a kept map of ``n`` rows: rows are distinct row numbers, one finite 2-D point each."""
+
+    def valid(found) -> bool:
+        rows, xy, method = found.get("rows"), found.get("xy"), found.get("method")
+        return (
+            isinstance(rows, np.ndarray)
+            and isinstance(xy, np.ndarray)
+            and isinstance(method, np.ndarray)
+            and method.ndim == 0
+            and method.dtype.kind == "U"
+            and rows.dtype.kind in "iu"
+            and rows.ndim == 1
+            and xy.shape == (len(rows), 2)
+            and xy.dtype.kind == "f"
+            and bool(((rows >= 0) & (rows < n)).all())
+            and len(np.unique(rows)) == len(rows)
+            and bool(np.isfinite(xy).all())
+        )
+
+    return valid
+
+
+__all__ = ["SUFFIX", "fingerprint", "kept", "neighbours_of", "remembered", "sidecar", "thumbs_folder", "valid_map"]

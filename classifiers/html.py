@@ -9,13 +9,14 @@ markup comes from a Jinja2 template with autoescaping, so a path or a label is a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
 import json
 import os
 import pathlib
-import shutil
+import stat
 
 from embedder import __version__
 from embedder.atomic import atomic_path
@@ -82,8 +83,11 @@ class Thumbs:
         full = os.path.join(self.root, path) if self.root else None
         original = pathlib.Path(os.path.abspath(full)).as_uri() if full and os.path.isfile(full) else None
         kept = os.path.join(self.shared, name) if self.shared else None
-        if not os.path.isfile(dest) and kept and os.path.isfile(kept):
-            _link_or_copy(kept, dest)
+        if os.path.islink(dest) or (os.path.lexists(dest) and not _is_thumbnail(dest)):
+            with contextlib.suppress(OSError):  # a run folder never carries a link out of itself
+                os.unlink(dest)
+        if not os.path.lexists(dest) and kept and _is_thumbnail(kept):
+            _copy(kept, dest)
         if not os.path.isfile(dest):
             if full is None:
                 return {"src": None, "original": None, "missing": "the image folder is unknown"}
@@ -96,19 +100,42 @@ class Thumbs:
                 image.save(tmp, "JPEG", quality=85)
             self.made += 1
             if kept:
-                _link_or_copy(dest, kept)
+                _copy(dest, kept)
         return {"src": f"thumbs/{name}", "original": original, "missing": None}
 
 
-def _link_or_copy(source: str, dest: str) -> None:
-    """A thumbnail into the other folder (a hard link, else a copy), best effort: a folder that cannot be written
-    keeps nothing, and the thumbnail is made again next time."""
+MAX_THUMB_BYTES = 1 << 20  # a 160 px JPEG is a few kilobytes
+
+
+def _is_thumbnail(path: str) -> bool:
+    """A file that may be a thumbnail: a regular file (not a link, not a hard link to another file), of a
+    thumbnail's size, starting like a JPEG. What is planted beside a cache (a link to a secret, a hard link to
+    one) fails this and is never taken into a run folder, which can be sent to someone."""
     try:
-        with atomic_path(dest) as tmp:
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not 0 < st.st_size <= MAX_THUMB_BYTES:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        return False
+
+
+def _copy(source: str, dest: str) -> None:
+    """A thumbnail into the other folder, as a copy of its bytes (never a link, hard or symbolic: each folder owns
+    its files), best effort: a folder that cannot be written keeps nothing, and the thumbnail is made again next
+    time."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(MAX_THUMB_BYTES + 1)
+        if len(data) > MAX_THUMB_BYTES:
+            return
+        with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+            out.write(data)
     except OSError:
         pass
 
@@ -149,24 +176,99 @@ def image_root(d: dict, root: str | None = None) -> str | None:
     return None
 
 
-def read_predictions(path: str) -> list[dict] | None:
+def read_predictions(path: str, classes: list[str] | None = None) -> list[dict] | None:
     """The out-of-fold CSV of one result: path, label, predicted and confidence per image (None when the file is
     absent). The confidence is None for a classifier without probabilities: its column there is a share of
-    votes over the repeats, not a confidence."""
+    votes over the repeats, not a confidence. A file that is not what cv wrote (a column missing, a confidence
+    that is not a number in [0, 1], a class the report does not have) is one line naming its line."""
+    import math
+
     if not os.path.isfile(path):
         return None
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        scored = any(name.startswith("p_") for name in reader.fieldnames or [])
-        return [
-            {
-                "path": r["path"],
-                "label": r["label"],
-                "predicted": r["predicted"],
-                "confidence": float(r["confidence"]) if scored else None,
-            }
-            for r in reader
-        ]
+
+    def bad(line: int, what: str):
+        return FeaturebankError(f"{path} line {line}: {what}; run cv --out again to write the run folder anew")
+
+    known = set(classes) if classes is not None else None
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            missing = [c for c in ("path", "label", "predicted", "confidence") if c not in fields]
+            if missing:
+                raise bad(1, f"no {missing[0]!r} column")
+            scored = any(name.startswith("p_") for name in fields)
+            rows = []
+            for r in reader:
+                if None in r or None in r.values():
+                    raise bad(reader.line_num, "not as many fields as the header names")
+                confidence = None
+                if scored:
+                    try:
+                        confidence = float(r["confidence"])
+                    except ValueError:
+                        raise bad(reader.line_num, f"confidence {r['confidence'][:40]!r} is not a number") from None
+                    if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+                        raise bad(reader.line_num, f"confidence {r['confidence'][:40]!r} is not in [0, 1]")
+                for column in ("label", "predicted"):
+                    if known is not None and r[column] not in known:
+                        raise bad(reader.line_num, f"{column} {r[column][:80]!r} is not a class of the report")
+                rows.append(
+                    {"path": r["path"], "label": r["label"], "predicted": r["predicted"], "confidence": confidence}
+                )
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FeaturebankError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+    return rows
+
+
+# report.json's top-level keys that report.html reads, with their types (a tuple: any of them)
+CV_KEYS: dict[str, type | tuple[type, ...]] = {
+    "classes": list,
+    "best": dict,
+    "results": list,
+    "leaderboard": list,
+    "suspicious": dict,
+    "settings": dict,
+    "cv": dict,
+    "cache": str,
+    "source": str,
+    "rows": int,
+    "unlabeled_rows": int,
+    "class_counts": dict,
+    "outliers": dict,
+    "duplicates": list,
+    "failed": list,
+    "versions": dict,
+    "seconds": (int, float),
+}
+
+
+def check_cv_report(d: dict, path: str) -> None:
+    """The keys report.html needs, of their types, else one line naming the first that is not."""
+    for key, kind in CV_KEYS.items():
+        if key not in d:
+            raise FeaturebankError(f"{path} is not a complete cv report: it has no {key!r}; run cv --out again")
+        if not isinstance(d[key], kind) or isinstance(d[key], bool):
+            want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+            raise FeaturebankError(
+                f"{path} is not a valid cv report: {key!r} is a {type(d[key]).__name__}, not a {want}"
+            )
+    if not d["classes"] or not all(isinstance(c, str) for c in d["classes"]):
+        raise FeaturebankError(f"{path} is not a valid cv report: 'classes' must be a list of names")
+
+
+def damaged_report(run_dir: str, exc: BaseException) -> FeaturebankError:
+    """The one line for a report.json whose inner structure is not what its writer wrote (a key missing deep
+    inside, a value of another type): rendering stops, nothing is written."""
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return FeaturebankError(
+        f"{os.path.join(run_dir, 'report.json')} is damaged ({type(exc).__name__}"
+        + (f": {detail}" if detail else "")
+        + "): report.html was not written; run the command that made the folder again"
+    )
+
+
+RENDER_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration)
 
 
 def _cell(m: dict | None, percent: bool = True) -> dict:
@@ -272,12 +374,12 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
     classes = d["classes"]
     best = find_result(d, d["best"])
     predictions_file = predictions_of(best)
-    oof = read_predictions(os.path.join(run_dir, predictions_file))
+    oof = read_predictions(os.path.join(run_dir, predictions_file), classes)
     susp = d["suspicious"]
     # the images' cards show the judge's predictions: the classifier with the best log-loss, whose confidences
     # are the most trustworthy (it chose the suspicious images too); without one, the best model's
     judge = find_result(d, susp) if susp["classifier"] else best
-    cards_oof = oof if judge is best else read_predictions(os.path.join(run_dir, predictions_of(judge)))
+    cards_oof = oof if judge is best else read_predictions(os.path.join(run_dir, predictions_of(judge)), classes)
     by_path = {r["path"]: r for r in cards_oof or []}
 
     def item(path, label, **extra):  # an image with the judge's out-of-fold prediction
@@ -541,8 +643,23 @@ def write_html(run_dir: str, root: str | None = None) -> str:
     d = read_run(run_dir)
     if not is_cv_report(d):
         raise FeaturebankError(f"{os.path.join(run_dir, 'report.json')} is not a report of featurebank cv")
-    shared = thumbs_folder(d["cache"]) if d.get("cache") and os.path.isfile(d["cache"]) else None
-    return render_page(run_dir, cv_context(d, run_dir, Thumbs(run_dir, image_root(d, root), shared)))
+    check_cv_report(d, os.path.join(run_dir, "report.json"))
+    shared = thumbs_folder(d["cache"]) if os.path.isfile(d["cache"]) else None
+    try:
+        context = cv_context(d, run_dir, Thumbs(run_dir, image_root(d, root), shared))
+    except RENDER_ERRORS as exc:
+        raise damaged_report(run_dir, exc) from None
+    return render_page(run_dir, context)
 
 
-__all__ = ["THUMB", "Thumbs", "is_cv_report", "read_run", "render_page", "write_html"]
+__all__ = [
+    "RENDER_ERRORS",
+    "THUMB",
+    "Thumbs",
+    "check_cv_report",
+    "damaged_report",
+    "is_cv_report",
+    "read_run",
+    "render_page",
+    "write_html",
+]

@@ -334,7 +334,7 @@ CSV_COLUMNS = ["rank", "path", "label", "suggested", "score", "within_estimate"]
 def write_csv(d: dict, path: str) -> str:
     """``label_issues.csv``: the report's list, one image a row, most likely mislabelled first."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csv.writer(fh, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
         for rank, item in enumerate(d.get("label_issues") or [], 1):
             w.writerow(
@@ -363,18 +363,59 @@ def summary_lines(d: dict, limit: int = 10) -> list[str]:
     return out
 
 
+def read_table(path: str, what: str) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV file a person hands over (a manifest, a corrections list): its header and rows as dicts, read as
+    ``extract`` reads a manifest (a regular file only, UTF-8, no NUL byte) and checked row by row: a row with more
+    or fewer fields than the header, or a field too long for a CSV reader, is one line naming its line."""
+    import io
+
+    from embedder.errors import FeaturebankError
+    from embedder.sources import read_text
+
+    text = read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    try:
+        for fields in reader:
+            if not fields:  # a blank line
+                continue
+            if not header:
+                header = fields
+                continue
+            if len(fields) != len(header):
+                raise FeaturebankError(
+                    f"{path} line {reader.line_num}: {len(fields)} field(s), the header names {len(header)} "
+                    f"({', '.join(header)}); is {what} a CSV file with one row per image?"
+                )
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as exc:
+        reason = (
+            f"a field of more than {csv.field_size_limit():,} characters"
+            if "field larger than field limit" in str(exc)
+            else f"not valid CSV ({exc})"
+        )
+        raise FeaturebankError(f"{path} line {reader.line_num}: {reason}; is {what} a CSV file?") from None
+    return header, rows
+
+
 def relabel(manifest: str, corrections: str, out: str) -> dict:
     """A copy of the CSV ``manifest`` (path,label[,group]) with the labels of ``corrections`` applied, written to
     ``out``: ``label_issues.csv`` as the report wrote it, less the rows you do not accept (each remaining row
-    takes its ``suggested`` label), or with a ``new_label`` column (empty: no change). A row whose ``label`` is
-    no longer the manifest's (a stale list) is skipped and counted, never applied; a path the manifest does not
-    list is an error. Paths are matched as the cache names them: relative to the manifest's folder."""
+    takes its ``suggested`` label), or with a ``new_label`` column. An empty ``new_label`` (or ``suggested``) cell
+    means "no change": such rows are counted and said (``left_empty``), never applied. A row whose ``label`` is no
+    longer the manifest's (a stale list) is skipped and counted, never applied; a path the manifest does not list
+    is an error. Paths are matched as the cache names them: relative to the manifest's folder. Both files are read
+    as ``extract`` reads a manifest (``read_table``); ``out`` is written whole or not at all, with ``\\n`` line ends."""
     import os
 
+    from embedder.atomic import atomic_path
+    from embedder.destination import check_destination, same_file
     from embedder.errors import FeaturebankError
 
-    if os.path.abspath(out) == os.path.abspath(manifest):
+    if os.path.abspath(out) == os.path.abspath(manifest) or same_file(out, manifest):
         raise FeaturebankError(f"-o {out} is the manifest itself: write the corrected manifest to a new file")
+    check_destination(out, [manifest, corrections], "the corrected manifest")
     root = os.path.dirname(os.path.abspath(manifest))
 
     def key(path: str) -> str:
@@ -385,64 +426,64 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
             else os.path.relpath(os.path.normpath(os.path.join(root, path)), root).replace(os.sep, "/")
         )
 
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        fields = list(reader.fieldnames or [])
-        lower = {f.strip().lower(): f for f in fields}
-        if "path" not in lower:
-            raise FeaturebankError(f"{manifest}: not a CSV manifest (its first line must name a 'path' column)")
-        rows = list(reader)
+    fields, rows = read_table(manifest, "the manifest")
+    lower = {f.strip().lower(): f for f in fields}
+    if "path" not in lower:
+        raise FeaturebankError(f"{manifest}: not a CSV manifest (its first line must name a 'path' column)")
     path_col = lower["path"]
     label_col = lower.get("label") or "label"
     if label_col not in fields:
         fields.append(label_col)
-    where = {key(r[path_col]): i for i, r in enumerate(rows) if (r.get(path_col) or "").strip()}
-    with open(corrections, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        names = {f.strip().lower(): f for f in reader.fieldnames or []}
-        column = names.get("new_label") or names.get("suggested")
-        if "path" not in names or column is None:
+    where = {key(r[path_col]): i for i, r in enumerate(rows) if r[path_col].strip()}
+    header, wanted_rows = read_table(corrections, "the corrections file")
+    names = {f.strip().lower(): f for f in header}
+    column = names.get("new_label") or names.get("suggested")
+    if "path" not in names or column is None:
+        raise FeaturebankError(
+            f"{corrections}: needs a 'path' column and a 'new_label' or 'suggested' column (as label_issues.csv has)"
+        )
+    wanted = []
+    for line, r in enumerate(wanted_rows, start=2):
+        new = r[column].strip()
+        if "\n" in new or "\r" in new:
             raise FeaturebankError(
-                f"{corrections}: needs a 'path' column and a 'new_label' or 'suggested' column "
-                f"(as label_issues.csv has)"
+                f"{corrections} line {line}: a line break in a label, which no class folder can hold"
             )
-        wanted = [
-            (
-                r[names["path"]],
-                (r.get(names["label"]) or "").strip() if "label" in names else None,
-                (r.get(column) or "").strip(),
-            )
-            for r in reader
-        ]
+        wanted.append((r[names["path"]], r[names["label"]].strip() if "label" in names else None, new))
     unknown = [p for p, _, _ in wanted if key(p) not in where]
     if unknown:
         raise FeaturebankError(
-            f"{len(unknown)} path(s) of {corrections} are not in {manifest} (e.g. {unknown[0]}): "
+            f"{len(unknown)} path(s) of {corrections} are not in {manifest} (e.g. {unknown[0][:200]}): "
             f"give the manifest the cache was extracted from"
         )
-    changed = stale = 0
+    changed = stale = empty = 0
     for path, given, new in wanted:
         row = rows[where[key(path)]]
         current = (row.get(label_col) or "").strip()
-        if not new or new == current:
+        if not new:
+            empty += 1
+            continue
+        if new == current:
             continue
         if given is not None and given != current:
             stale += 1
             continue
         row[label_col] = new
         changed += 1
-    tmp = out + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+    except OSError as exc:
+        raise FeaturebankError(f"cannot write {out}: {exc.strerror or exc}; {manifest} is unchanged") from None
     return {
         "manifest": out,
         "rows": len(rows),
         "changed": changed,
         "stale": stale,
-        "unchanged": len(wanted) - changed - stale,
+        "left_empty": empty,
+        "unchanged": len(wanted) - changed - stale - empty,
     }
 
 
@@ -463,6 +504,7 @@ __all__ = [
     "label_quality",
     "neighbour_probs",
     "prune_by_noise_rate",
+    "read_table",
     "relabel",
     "report_entries",
     "suggest",
@@ -476,4 +518,9 @@ def relabel_text(d: dict) -> list[str]:
     return [
         f"wrote {d['manifest']}: {d['changed']} label(s) changed, {d['stale']} stale row(s) skipped, "
         f"{d['unchanged']} unchanged"
+        + (
+            f", {d['left_empty']} row(s) with an empty new_label left as they were (an empty cell means no change)"
+            if d.get("left_empty")
+            else ""
+        )
     ]

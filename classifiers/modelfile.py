@@ -183,7 +183,14 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
         )
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
+            listed = archive.namelist()
+            names = set(listed)
+            twice = sorted(n for n in names if listed.count(n) > 1)
+            if twice:  # zipfile reads the last copy, unzip -p shows the first: what is inspected must be what runs
+                raise FeaturebankError(
+                    f"{path} was refused: it holds {twice[0][:100]} twice (a model file holds each member once; "
+                    f"a second copy would run instead of the one `unzip -p` shows)"
+                )
             if META not in names or PIPELINE not in names:
                 raise FeaturebankError(
                     f"{path} is a zip archive but not a featurebank model file (it lacks "
@@ -199,7 +206,55 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
         raise FeaturebankError(
             f"{path} is a damaged featurebank model file ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
-    return document, _load_pipeline(path, blob, document)
+    pipeline = _load_pipeline(path, blob, document)
+    check_consistent(path, document, pipeline)
+    return document, pipeline
+
+
+def input_dimensions(pipeline) -> int | None:
+    """How many features the fitted pipeline takes (its first step that says), or None when none says."""
+    for _, step in getattr(pipeline, "steps", [("clf", pipeline)]):
+        n = getattr(step, "n_features_in_", None)
+        if n is not None:
+            return int(n)
+    return None
+
+
+def check_consistent(path: str, document: dict, pipeline) -> None:
+    """The metadata and the classifier must tell one story before anything runs: the classifier fitted, predicting
+    exactly the class indices 0..k-1 of the k names in ``classes``, and taking as many features as the file says
+    its ``layer`` has (``trained_on``'s ``dimensions``, recorded since this check; and the layer among
+    ``trained_on``'s ``layers``). Else one line naming what disagrees."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(pipeline)
+        fitted_classes = np.asarray(pipeline.classes_)
+    except (NotFittedError, AttributeError, TypeError):
+        raise FeaturebankError(
+            f"{path} was refused: its classifier was never fitted (train one with `featurebank train`)"
+        ) from None
+    k = len(document["classes"])
+    if fitted_classes.shape != (k,) or not np.array_equal(fitted_classes, np.arange(k)):
+        raise FeaturebankError(
+            f"{path} was refused: its metadata names {k} classes but its classifier predicts "
+            f"{len(fitted_classes) if fitted_classes.ndim == 1 else 'other'} "
+            f"(classes {', '.join(map(str, fitted_classes.ravel()[:10]))})"
+        )
+    layer, trained_on = document["layer"], document["trained_on"]
+    layers = trained_on.get("layers")
+    if isinstance(layers, list) and layers and layer not in layers:
+        raise FeaturebankError(
+            f"{path} was refused: its layer {layer!r} is not one of the layers it was trained on ({', '.join(map(str, layers[:10]))})"
+        )
+    takes = input_dimensions(pipeline)
+    dims = trained_on.get("dimensions")
+    if isinstance(dims, dict) and takes is not None and dims.get(layer) != takes:
+        raise FeaturebankError(
+            f"{path} was refused: its layer {layer!r} has {dims.get(layer, 'unrecorded')} dimensions but its "
+            f"classifier takes {takes}"
+        )
 
 
 def _maybe_old_pickle(path: str) -> bool:
@@ -371,6 +426,7 @@ def _read_pickle(path: str) -> tuple[dict, object]:
     check_metadata(path, data)
     if "pipeline" not in data or not hasattr(data["pipeline"], "predict"):
         raise FeaturebankError(f"{path} is not a complete featurebank model file: it has no fitted 'pipeline'")
+    check_consistent(path, data, data["pipeline"])
     meta = {k: data[k] for k in SCHEMA}
     return json.loads(json.dumps(_jsonable(meta))), data["pipeline"]
 

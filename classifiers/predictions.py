@@ -13,7 +13,7 @@ from embedder.atomic import atomic_path
 def write_evaluation_csv(result: dict, path: str) -> str:
     """``path,label,predicted`` per image of an evaluation (``bundle.evaluate``); returns ``path``."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, ["path", "label", "predicted"])
+        writer = csv.DictWriter(fh, ["path", "label", "predicted"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(result["predictions"])
     return path
@@ -72,3 +72,11 @@ def write_predictions(result: dict, path: str, fmt: str = "csv") -> str:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write(predictions_text(result, fmt))
     return path
+
+
+def cache_note(result: dict) -> str:
+    """The line that names the cache a prediction embedded its images into (stderr: stdout is the CSV or JSON)."""
+    return (
+        f"cache: {result['cache']} ({result['embedded']} image(s) embedded now; the same images are not embedded "
+        f"again; --cache chooses the file, FEATUREBANK_CACHE_DIR the folder)"
+    )

@@ -335,7 +335,7 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
     classes = report.classes
     mean = result.proba.mean(axis=0) if result.proba is not None else None
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csv.writer(fh, lineterminator="\n")
         w.writerow(
             ["path", "label", "predicted", "correct", "confidence"] + [f"p_{c}" for c in classes] * (mean is not None)
         )
@@ -357,7 +357,7 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
     """The leaderboard as CSV: one row per (cache, layer, classifier), best first, with its p-value against the
     best (empty for the best) and whether it is not significantly worse."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csv.writer(fh, lineterminator="\n")
         w.writerow(
             [
                 "rank",

@@ -44,7 +44,7 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s"
     ]
     planned = cvd.get("budget") or {}
-    if planned.get("left_out") or planned.get("stand_ins"):
+    if planned.get("left_out") or planned.get("stand_ins") or planned.get("skipped"):
         lines.append(f"  {planned['message']}")
     if len(d["caches"]) > 1:
         lines += [f"  {c['backbone']}: {c['cache']}" for c in d["caches"]]
@@ -130,7 +130,7 @@ def evaluate_text(d: dict) -> list[str]:
     """An evaluation (``bundle.evaluate``): the metrics, per class, the confusion matrix, files without a row."""
     m = d["metrics"]
     lines = [
-        f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']}",
+        f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']} (cache {d['cache']})",
         f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
         f"macro-F1 {100 * m['f1_macro']:.2f} %"
         + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else ""),

@@ -14,7 +14,8 @@ finished batch is written to its own small file ``X.h5.parts/part-NNNNNNNN-rankR
 temporary name, flushed to disk, then renamed: it exists whole or not at all). When the run ends, the old ``X.h5`` and
 the parts are merged, in input order, into a new file that atomically replaces ``X.h5``; then the parts go.
 A kill at any moment (even ``kill -9``) therefore leaves the previous ``X.h5`` intact plus every finished
-batch, and the next run continues from there. One writer at a time: ``X.h5.lock`` holds a POSIX record lock.
+batch, and the next run continues from there. One writer at a time: ``X.h5.lock`` holds a POSIX record lock (the file
+is there while a writer runs, and removed when it is done).
 
 Several processes (the ranks of a torchrun job) write one cache the same way: rank 0 holds the lock for the job
 and cleans up what a killed run left, the others then open the cache without the lock (``lock=False``), each
@@ -47,6 +48,7 @@ import numpy as np
 from .destination import writable_folder
 from .errors import FeaturebankError, first_line
 from .settings import ExtractionSettings, settings_key
+from .sources import same_files
 
 FORMAT = "featurebank-cache"
 FORMAT_VERSION = 1
@@ -254,6 +256,27 @@ def settings_differences(stored: dict, wanted: dict) -> list[str]:
     return ExtractionSettings.from_dict(stored).differences(ExtractionSettings.from_dict(wanted))
 
 
+def _same_inode(handle, path: str) -> bool:
+    """Whether the open file ``handle`` is still the file at ``path``."""
+    try:
+        a, b = os.fstat(handle.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def stored_input(path: str) -> tuple[str, str] | None:
+    """The input a cache mirrors, ``(source, root)``, or None when there is no readable cache at ``path`` (the
+    writer says what is wrong with one that is not)."""
+    if not os.path.isfile(path):  # absent, or not a regular file (never opened: a FIFO would wait)
+        return None
+    try:
+        with _open(path) as f:
+            return str(f.attrs["source"]), str(f.attrs["root"])
+    except Exception:  # noqa: BLE001 - absent, damaged or not a cache: CacheWriter's own checks speak for it
+        return None
+
+
 class CacheWriter:
     """Adds rows to a cache for one set of extraction settings; used as a context manager.
 
@@ -298,19 +321,27 @@ class CacheWriter:
         # hold it after a kill -9 of this process (an flock would live on in the orphaned worker for seconds).
         # POSIX locks do not exclude a second writer in the same process, and closing any descriptor of the
         # file drops them: the paths this process holds are kept in _HELD, and the file is opened once.
+        # The lock file is removed when the lock is released (no empty X.h5.lock is left beside a cache): the
+        # holder unlinks it before unlocking, and a writer that locked a file no longer at that path (one it opened
+        # just before the unlink) lets it go and takes the new one, so two writers never hold two files.
         with _HELD_GUARD:
             busy = self.path in _HELD
-            if not busy:
-                self._lock = open(self.path + ".lock", "a+")
+            while not busy:
+                handle = open(self.path + ".lock", "a+")
                 try:
-                    fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    _HELD.add(self.path)
+                    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
-                    self._lock.close()
-                    self._lock = None
+                    handle.close()
                     if exc.errno not in (errno.EACCES, errno.EAGAIN):
                         raise
                     busy = True
+                    break
+                if _same_inode(handle, self.path + ".lock"):
+                    self._lock = handle
+                    _HELD.add(self.path)
+                    break
+                fcntl.lockf(handle, fcntl.LOCK_UN)  # a released writer's old file: take the new one
+                handle.close()
         if busy:
             raise FeaturebankError(
                 f"another featurebank process is writing {self.path}; wait for it to finish (or use another --cache)"
@@ -330,10 +361,14 @@ class CacheWriter:
         self._release()
 
     def _release(self) -> None:
-        """Unlock; the lock file stays (unlinking it first would let a second writer lock a new file while a
-        third still holds the old one)."""
+        """Remove the lock file, then unlock (in that order: see ``__enter__``)."""
         if self._lock is not None:
             with _HELD_GUARD:
+                try:
+                    if _same_inode(self._lock, self.path + ".lock"):
+                        os.unlink(self.path + ".lock")
+                except OSError:  # a read-only folder: the empty file stays, as it always did
+                    pass
                 fcntl.lockf(self._lock, fcntl.LOCK_UN)
                 self._lock.close()
                 self._lock = None
@@ -355,6 +390,7 @@ class CacheWriter:
                 check_storage(f, self.path)  # its rows are copied into the new file: none from outside it
                 stored = json.loads(f.attrs["settings"])
                 stored_source = str(f.attrs["source"])
+                stored_root = str(f.attrs.get("root", ""))
                 self.previous_info = json.loads(f.attrs.get("info", "{}"))
             diff = settings_differences(stored, self.settings)
             if diff:
@@ -362,7 +398,7 @@ class CacheWriter:
                     f"{self.path} was made with other settings ({'; '.join(diff)}): rows are "
                     f"never mixed; leave out --cache to get a cache of its own, or delete it"
                 )
-            if stored_source != self.source:
+            if stored_source != self.source and not same_files(stored_source, stored_root, self.source, self.root):
                 raise FeaturebankError(
                     f"{self.path} mirrors another input ({stored_source}, not {self.source}); "
                     f"leave out --cache to get a cache of its own, or delete it"

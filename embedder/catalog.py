@@ -12,23 +12,6 @@ from .backbones import (
 from .features import pooled_dim
 
 
-def backbones_text(rows: list[dict]) -> list[str]:
-    """``backbones.describe_backbones``'s rows for a person: torchvision's with their weights, timm's (no feature
-    size without building the model) with their preprocessing."""
-    if rows and "features" not in rows[0]:
-        return [f"{'backbone':56} {'input':>7}  {'interpolation':13} mean"] + [
-            f"{r['name']:56} {r['resize']:>3}/{r['crop']:<3}  {r['interpolation']:13} {r['mean']}" for r in rows
-        ]
-    lines = [f"{'backbone':24} {'features':>8}  {'input':>7}  weights (DEFAULT first)"]
-    for r in rows:
-        others = [w for w in r["weights"] if w != r["default_weights"].split(".")[1]]
-        lines.append(
-            f"{r['name']:24} {r['features']:>8}  {r['resize']:>3}/{r['crop']:<3}  "
-            f"{r['default_weights'].split('.')[1]} {' '.join(others)}"
-        )
-    return lines
-
-
 def layer_rows(backbone: str, size: int | None = None, pooling: str = "avg") -> list[dict]:
     """The nodes ``--layer`` accepts, with output shapes and vector sizes; the penultimate one (the default) marked."""
     model = skeleton(backbone)

@@ -29,9 +29,54 @@ def checked(function: str):
     return callback
 
 
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit: a larger one was a traceback deep inside
+INT_MAX = 2**62  # no count or size is larger; a 400-digit number is refused by its type, not by an OverflowError
+
+
+class Jobs(click.ParamType):
+    """``-j``: a number of parallel jobs, 1 or more, or -1 (every core), -2 (every core but one), ... as joblib reads
+    it; 0 means nothing to joblib and is refused."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        n = click.IntRange(-4096, 4096).convert(value, param, ctx)
+        if n == 0:
+            self.fail("0 jobs cannot run anything: give 1 or more, or -1 for every core", param, ctx)
+        return n
+
+
+class Bounded(click.IntRange):
+    """An IntRange whose upper bound ``INT_MAX`` (a guard, not a choice) is not shown in --help."""
+
+    def convert(self, value, param, ctx):
+        n = click.INT.convert(value, param, ctx)
+        if self.max == INT_MAX and n > INT_MAX:
+            self.fail(f"{n} is too large (more than {INT_MAX:,})", param, ctx)
+        return super().convert(n, param, ctx)
+
+    def _describe_range(self) -> str:
+        if self.max == INT_MAX:
+            return click.IntRange(self.min, None, min_open=self.min_open)._describe_range()
+        return super()._describe_range()
+
+
+def int_type(m: dict, name: str) -> click.ParamType:
+    """The click type of an int field: its range (``low``, ``high``), a seed's 32 bits, ``n_jobs``'s rule; every int
+    is bounded, so that a value too large for the code that uses it is a usage error."""
+    if name == "n_jobs":
+        return Jobs()
+    if name == "seed" and "low" not in m:
+        return click.IntRange(0, SEED_MAX)
+    return Bounded(
+        m.get("low"), m.get("high", INT_MAX), min_open=m.get("low_open", False), max_open=m.get("high_open", False)
+    )
+
+
 def value_options(cls):
     """click options made from the fields of a value object (and of one inside it): the names, defaults, help and
-    checks are the object's, written once there (``embedder.options.option``)."""
+    checks are the object's, written once there (``embedder.options.option``). A required option has no default
+    (click would count a default of None as given)."""
 
     def leaves(c):
         return [
@@ -50,7 +95,7 @@ def value_options(cls):
                 **({} if default is None else {"is_flag": True, "flag_value": not default}),
             }
         kw = {
-            "default": default,
+            **({} if m.get("required") else {"default": default}),
             "help": m["help"],
             "show_default": default is not None,
             "multiple": bool(m.get("multiple")),
@@ -63,12 +108,12 @@ def value_options(cls):
             kw["type"] = click.Path(**m["path"])
         elif "check" in m:
             kw.update(type=click.STRING, callback=checked(m["check"]))
-        elif "low" in m:
-            kw["type"] = (click.FloatRange if "float" in f.type else click.IntRange)(
+        elif "float" in f.type and "low" in m:
+            kw["type"] = click.FloatRange(
                 m["low"], m.get("high"), min_open=m.get("low_open", False), max_open=m.get("high_open", False)
             )
-        elif f.type == "int":
-            kw["type"] = int
+        elif f.type in ("int", "int | None"):
+            kw["type"] = int_type(m, f.name)
         return kw
 
     def apply(command):

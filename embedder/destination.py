@@ -26,15 +26,23 @@ def refuse_overwrite(out: str, inputs, what: str = "the output") -> None:
             )
 
 
-def writable_folder(folder: str, what: str) -> str:
+def writable_folder(folder: str, what: str, create: bool = True) -> str:
     """Make ``folder`` (and its parents) and check that a file can be created in it, with a probe file removed at
-    once: a read-only folder, a path under a regular file or a full disk is one line naming ``what``."""
+    once: a read-only folder, a path under a regular file or a full disk is one line naming ``what``. ``create``
+    False: nothing is made (a check before the inputs are read); the probe goes into the nearest existing folder."""
     folder = os.path.abspath(folder or ".")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise FeaturebankError(f"cannot write {what} in {folder}: it is a file, not a folder")
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".featurebank-probe-", dir=folder)
+        existing = folder
+        if create:
+            os.makedirs(folder, exist_ok=True)
+        else:
+            while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+                existing = os.path.dirname(existing)
+            if not os.path.isdir(existing):
+                raise FeaturebankError(f"cannot write {what} in {folder}: {existing} is a file, not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".featurebank-probe-", dir=existing)
         os.close(fd)
         os.remove(probe)
     except OSError as exc:

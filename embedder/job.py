@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from . import cpu as host
-from .cache import CacheReader, CacheWriter, settings_key
+from .cache import CacheReader, CacheWriter, settings_key, stored_input
 from .decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from .distributed import Rank, join
 from .engines import Prepared, open_engine, resolve_device_name
@@ -34,7 +34,7 @@ from .errors import FeaturebankError
 from .resolve import Request, Resolved, resolve
 from .settings import POOLINGS, TTAS, ExtractionSettings, Int8
 from .shards import list_input
-from .sources import Listing
+from .sources import Listing, rebased, same_files
 from .store import EngineStore, engine_dir_for
 from .versions import library_versions
 
@@ -243,6 +243,10 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         if not choice.int8 and job.cache is None:  # fp32 instead: the fp32 cache of this input, rows shared
             path = os.path.abspath(default_cache_path(listing, settings.to_dict(), settings.backbone, job.cache_dir))
     base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind}
+    stored = stored_input(path)
+    if stored and stored[0] != listing.source and same_files(*stored, listing.source, stored[1]):
+        # a manifest of the files of this cache's folder (or the other way round): its rows, by their names there
+        listing = rebased(listing, stored[1]) or listing
 
     writer = CacheWriter(
         path, settings.to_dict(), listing.source, listing.root, base_info, rank=rank.rank, lock=rank.leader

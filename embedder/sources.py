@@ -269,6 +269,29 @@ def read_text(path: str) -> str:
     return text
 
 
+def same_files(stored_source: str, stored_root: str, source: str, root: str) -> bool:
+    """Whether a cache that mirrors ``stored_source`` (its rows' paths relative to ``stored_root``) may take the
+    input ``source`` as the same input: a CSV manifest listing files under the same root, in place of the folder it
+    was written from (``featurebank manifest``) or of another manifest (``relabel``'s output), and back. Its rows
+    are matched by path (``rebased``): same files, no image embedded again; other labels, labels updated."""
+    kinds = {stored_source.split(":", 1)[0], source.split(":", 1)[0]}
+    return stored_root == root and "csv" in kinds and kinds <= {"csv", "classes", "flat"}
+
+
+def rebased(listing: Listing, root: str) -> Listing | None:
+    """``listing`` with its paths relative to ``root`` instead of its own root (the names another input's cache
+    gave the same files), or None when one of its files lies outside ``root``."""
+    if listing.root == root:
+        return listing
+    items = []
+    for item in listing.items:
+        full = os.path.normpath(os.path.join(listing.root, item.path))
+        if not _inside(full, root):
+            return None
+        items.append(replace(item, path=os.path.relpath(full, root).replace(os.sep, "/")))
+    return replace(listing, root=root, items=items)
+
+
 def list_paths(paths, root: str | None = None, source: str = "list", confine: bool = False) -> Listing:
     """Unlabeled images given one by one (the command line, a text file with one path a line). ``confine``: a
     path outside ``root`` is refused."""

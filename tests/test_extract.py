@@ -118,7 +118,7 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monk
         CacheReader(tmp_path / "resumed.h5")
     resumed = embedder.extract(str(root), str(tmp_path / "resumed.h5"), **FAST)
     assert resumed.embedded == 12 - 2 * FAST["batch_size"] and resumed.reused == 8
-    assert not os.path.exists(parts_dir(resumed.cache))  # X.h5.lock stays: unlinking it would race a new writer
+    assert not os.path.exists(parts_dir(resumed.cache)) and not os.path.exists(resumed.cache + ".lock")
     a, b = CacheReader(whole.cache), CacheReader(resumed.cache)
     assert list(a.paths) == list(b.paths) == paths and list(a.labels) == list(b.labels)
     np.testing.assert_allclose(a.features(), b.features(), rtol=1e-5, atol=1e-6)

@@ -66,6 +66,8 @@ def export_model(
     listing = list_inputs([images]) if images else (cache_listing(cache) if cache else None)
     reader = CacheReader(cache) if cache else None
     samples = reader.features(bundle.layer) if reader and bundle.layer in reader.dims else None  # to check the head
+    if samples is not None:  # a layer of other dimensions than the classifier takes: one line, not ONNX Runtime's
+        bundle.checked(samples, str(cache))
 
     def build_model():
         return load_backbone(

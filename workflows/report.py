@@ -17,5 +17,8 @@ def write_html(run_dir: str, root: str | None = None) -> str:
     if cv_page.is_cv_report(d):
         return cv_page.write_html(run_dir, root)
     if finetune_page.is_finetune_report(d):
-        return finetune_page.write_html(run_dir)
+        try:
+            return finetune_page.write_html(run_dir)
+        except cv_page.RENDER_ERRORS as exc:  # a report.json edited or damaged inside: one line, nothing written
+            raise cv_page.damaged_report(run_dir, exc) from None
     raise FeaturebankError(f"{os.path.join(run_dir, 'report.json')} is not a report of featurebank cv or finetune")

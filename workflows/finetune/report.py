@@ -52,7 +52,7 @@ def trained_text(state) -> str:
 def write_log(history: list[dict], folder: str) -> None:
     """log.csv, log.json and curves.png of one training run."""
     with open(os.path.join(folder, "log.csv"), "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, list(history[0]))
+        writer = csv.DictWriter(fh, list(history[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
     with open(os.path.join(folder, "log.json"), "w", encoding="utf-8") as fh:
@@ -63,7 +63,7 @@ def write_log(history: list[dict], folder: str) -> None:
 def write_split(parts: dict, classes: list[str], path: str) -> None:
     """split.csv: every image of the run with its side (train, val, test), label and group."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+        writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["path", "part", "label", "group"])
         for name, part in parts.items():
             for p, y, g in zip(part.paths, part.y, part.groups):
