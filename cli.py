@@ -488,7 +488,12 @@ def finetune(data, out, quiet, as_json, **options):
             click.echo(epoch_text(epoch, row))
 
     result = run_finetune(
-        data, out, FinetuneOptions.of(**options), progress=not quiet and sys.stderr.isatty(), on_epoch_end=said
+        data,
+        out,
+        FinetuneOptions.of(**options),
+        progress=not quiet and sys.stderr.isatty(),
+        on_epoch_end=said,
+        say=lambda line: click.echo(line, err=True),
     )
     emit(result.to_dict(), as_json, result_text)
 

@@ -20,9 +20,18 @@ from .center_pass import CenterEmbedding
 from .loop import TrainingConfig, evaluate_images, load_best, train_loop
 from .options import FinetuneOptions
 from .probe import linear_probe
-from .report import NOTES, comparison_row, trained_text, write_run_report, write_split
+from .report import (
+    NOTES,
+    center_text,
+    comparison_row,
+    kept_after_interrupt,
+    trained_text,
+    write_run_report,
+    write_split,
+)
 from .split import Embedding, Part, check_test_apart, embed_test, prepare_data
 from .surgery import block_names, replace_head, unfrozen_blocks
+from .trunk import ViewsUnavailable
 
 
 @dataclass
@@ -61,58 +70,129 @@ def finetune(
     *,
     progress: bool = False,
     on_epoch_end=None,
+    say=None,
     **keywords,
 ) -> FinetuneResult:
     """Fine-tune a backbone on the labelled images of ``train`` and write the run into ``out``: ``options``, or the
     same as keywords (``epochs=5, backbone="resnet18"``: ``FinetuneOptions.of``). The epoch is chosen on ``val`` (or
     a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only after training, and the
     comparison is reported on them (``drop_test_copies``: without the test files whose bytes equal a training or
-    validation image; else such a file is refused before training)."""
+    validation image; else such a file is refused before training).
+
+    ``augment="auto"`` (the default) is ``views`` where the network splits before its first unfrozen block and
+    the frozen trunk's output fits float16, else ``pixels``, with a note saying why; ``--resume`` keeps what the run
+    was started with. ``say(line)`` receives the run's notes and the one-time passes' lines (``on_epoch_end(epoch,
+    row)`` each finished epoch, ``row["epoch_seconds"]`` that epoch's own time). A Ctrl-C (``KeyboardInterrupt``)
+    goes through with a ``kept`` attribute: what the interrupted run kept, in words."""
     o = options if options is not None and not keywords else FinetuneOptions.of(**{**_flat(options), **keywords})
+    saved: dict = {"epoch": None, "trunk": None}  # what a Ctrl-C leaves: the last saved epoch, the trunk store
+
+    def epoch_done(epoch, row):
+        saved["epoch"] = epoch
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    try:
+        return _finetune(train, out, o, progress, epoch_done, say or (lambda line: None), saved)
+    except KeyboardInterrupt as exc:
+        exc.kept = kept_after_interrupt(out, saved["epoch"], saved["trunk"])  # type: ignore[attr-defined]
+        raise
+
+
+def _say_rejected(store, say) -> None:
+    if store.rejected:
+        first = store.rejected[0]
+        say(
+            f"note: {len(store.rejected)} part(s) of the trunk store {store.parts} could not be used and were set "
+            f"aside as .json.rejected (first: {first['part']}: {first['reason']}); their images are computed again"
+        )
+
+
+def _recorded_augment(out: str) -> dict | None:
+    """The augmentation (and views) a run in ``out`` was started with, from its last.pt; None without one."""
+    import torch
+
+    try:
+        config = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)["config"]
+        return {"augment": str(config["augment"]), **({"views": str(config["views"])} if "views" in config else {})}
+    except Exception:  # noqa: BLE001 - no readable last.pt: resuming is train_loop's to refuse, in its words
+        return None
+
+
+def _views_embedding(o: FinetuneOptions, spec, dev, progress: bool):
+    """The views path's start: the backbone, its unfrozen blocks, and the center pass that embeds for the probe
+    (``ViewsUnavailable`` when the network does not split there)."""
+    t = o.training
+    prep, model = _load(o, spec)
+    model.to(dev)
+    blocks = unfrozen_blocks(model, t.unfreeze)
+    center = CenterEmbedding(
+        model,  # before its head is replaced: the probe's features are the loaded network's
+        blocks,
+        store_settings(o.backbone, spec.identity, t.precision),
+        prep,
+        cache_dir=o.cache_dir,
+        device=dev,
+        precision=t.precision,
+        batch_size=t.batch_size,
+        workers=default_workers(dev.type) if t.workers is None else t.workers,
+        max_pixels=o.max_pixels,
+        progress=progress,
+    )
+    return prep, model, blocks, center
+
+
+def _pixel_embedding(o: FinetuneOptions, spec, progress: bool) -> Embedding:
+    t = o.training
+    return Embedding(
+        dict(
+            backbone=o.backbone,
+            weights=spec.path if spec.kind == "file" else o.weights,
+            seed=t.seed,
+            resize=o.resize,
+            crop=o.crop,
+            draft=o.draft,
+            layers=["penultimate"],
+            device=o.device,
+            batch_size=t.batch_size,
+            workers=t.workers,
+            max_pixels=o.max_pixels,
+            cache_dir=o.cache_dir,
+            progress=progress,
+        )
+    )
+
+
+def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end, say, saved: dict) -> FinetuneResult:
     t = o.training  # checked when built, before anything is embedded
     dev = resolve_device(o.device)
     autocast_for(dev, t.precision)
     spec = resolve_weights(o.backbone, o.weights, t.seed)
+    if t.augment == "auto" and o.resume:
+        recorded = _recorded_augment(out)
+        if recorded is not None:  # a resumed run goes on as it was started
+            t = replace(t, **recorded)
     embedding: Embedding | CenterEmbedding
-    center: CenterEmbedding | None = (
-        None  # the views path: the probe's features come from the views pass (center_pass), no extraction
-    )
-    if t.augment == "views":
-        prep, model = _load(o, spec)
-        model.to(dev)
-        blocks = unfrozen_blocks(model, t.unfreeze)
-        embedding = center = CenterEmbedding(
-            model,  # before its head is replaced: the probe's features are the loaded network's
-            blocks,
-            store_settings(o.backbone, spec.identity, t.precision),
-            prep,
-            cache_dir=o.cache_dir,
-            device=dev,
-            precision=t.precision,
-            batch_size=t.batch_size,
-            workers=default_workers(dev.type) if t.workers is None else t.workers,
-            max_pixels=o.max_pixels,
-            progress=progress,
-        )
-    else:
-        embedding = Embedding(
-            dict(
-                backbone=o.backbone,
-                weights=spec.path if spec.kind == "file" else o.weights,
-                seed=t.seed,
-                resize=o.resize,
-                crop=o.crop,
-                draft=o.draft,
-                layers=["penultimate"],
-                device=o.device,
-                batch_size=t.batch_size,
-                workers=t.workers,
-                max_pixels=o.max_pixels,
-                cache_dir=o.cache_dir,
-                progress=progress,
-            )
-        )
-    data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
+    center: CenterEmbedding | None = None  # the views path: the probe's features come from its center pass
+    data = None
+    if t.augment in ("auto", "views"):
+        try:
+            prep, model, blocks, center = _views_embedding(o, spec, dev, progress)
+            saved["trunk"] = center.store.folder
+            _say_rejected(center.store, say)
+            data = prepare_data(train, o.val, o.val_split, t.seed, center)
+            t = replace(t, augment="views")
+        except ViewsUnavailable as exc:
+            if t.augment == "views":
+                raise
+            say(f"note: training on pixels (--augment pixels), not --augment views: {exc.reason}")
+            t, center, saved["trunk"] = replace(t, augment="flip"), None, None
+    o = replace(o, training=t)
+    embedding = center if center is not None else _pixel_embedding(o, spec, progress)
+    if data is None:
+        data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
+    if center is not None:
+        say(center_text(center.phase))
     dropped = check_test_apart(o.test, data, o.drop_test_copies) if o.test is not None else []
     k = len(data.classes)
     config = _config(o, spec, data.classes, len(data.train), len(data.val), data.how)
@@ -129,7 +209,7 @@ def finetune(
     replace_head(model, k, head_init if t.probe_init else None)  # a new module: the views path splits it anew
     run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
     views = (
-        ViewEpochs.maker(config, o.cache_dir, out, progress, center=center.phase.as_dict())
+        ViewEpochs.maker(config, o.cache_dir, out, progress, center=center.phase.as_dict(), say=say, store=center.store)
         if center is not None
         else None
     )
