@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pathlib
 import re
 import threading
 
@@ -73,19 +74,21 @@ def _fifo(path: str) -> None:
 
 DAMAGE = {
     "an index that is a dict": (
-        lambda base: open(base + ".json", "w").write(json.dumps({"c": "center", "d": "center"})),
+        lambda base: pathlib.Path(base + ".json").write_text(json.dumps({"c": "center", "d": "center"})),
         "its index is not a list of [digest, view] pairs",
     ),
     "an index with more keys than rows": (
-        lambda base: open(base + ".json", "w").write(json.dumps([["c", "center"], ["d", "center"], ["e", "center"]])),
+        lambda base: pathlib.Path(base + ".json").write_text(
+            json.dumps([["c", "center"], ["d", "center"], ["e", "center"]])
+        ),
         "its index lists 3 rows and its .npy holds 2",
     ),
     "an index whose keys have extra items": (
-        lambda base: open(base + ".json", "w").write(json.dumps([["c", "center", "x"], ["d", "center", 1]])),
+        lambda base: pathlib.Path(base + ".json").write_text(json.dumps([["c", "center", "x"], ["d", "center", 1]])),
         "its index is not a list of [digest, view] pairs",
     ),
     "an index nested 100,000 deep": (
-        lambda base: open(base + ".json", "w").write("[" * 100_000 + "]" * 100_000),
+        lambda base: pathlib.Path(base + ".json").write_text("[" * 100_000 + "]" * 100_000),
         "its index is not readable JSON",
     ),
     "rows of another shape": (
@@ -101,7 +104,7 @@ DAMAGE = {
         "a row that is not finite",
     ),
     "an .npy that is not an array": (
-        lambda base: open(base + ".npy", "wb").write(b"junk" * 10),
+        lambda base: pathlib.Path(base + ".npy").write_bytes(b"junk" * 10),
         "its .npy is not readable",
     ),
     "an .npy replaced by a FIFO": (lambda base: _fifo(base + ".npy"), "its .npy is not a regular file (a FIFO)"),
