@@ -242,22 +242,44 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @value_options(TrainOptions)
+@click.option(
+    "--from",
+    "from_run",
+    type=click.Path(),
+    help="A cv --out folder: train the best row of its leaderboard (its classifier and layer, searched when cv "
+    "searched it) instead of -c and -l.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was saved as JSON.")
-def train(cache, as_json, **options):
+@click.pass_context
+def train(ctx, cache, from_run, as_json, **options):
     """Fit a classifier on every labelled row of CACHE and save it with its embedding settings.
 
     The model file holds JSON and a skops archive loaded with a fixed list of trusted types: loading one
     runs no code from it.
 
+    --from RUN_DIR trains the best row of a cv --out folder by name: its classifier spec and layer (with
+    --search when cv searched it); CACHE must be made with the embedding settings cv's cache was.
+
     \b
     Example:
       featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.fbmodel
+      featurebank train cache/flowers.h5 --from runs/flowers-cv -o models/flowers.fbmodel
     """
     from classifiers.bundle import train as run_train
     from classifiers.views import train_text
 
     o = TrainOptions(**options)
-    bundle = run_train(cache, **o.keywords())
+    if from_run:
+        from classifiers.from_run import train_best
+
+        given = [
+            f for f, n in (("-c", "classifier"), ("-l", "layer")) if ctx.get_parameter_source(n).name == "COMMANDLINE"
+        ]
+        if given:
+            raise click.UsageError(f"--from takes the classifier and layer from the run: leave out {', '.join(given)}")
+        bundle, _ = train_best(cache, from_run, **o.keywords())
+    else:
+        bundle = run_train(cache, **o.keywords())
     emit({"model": o.out, **bundle.describe()}, as_json, train_text)
 
 

@@ -354,3 +354,62 @@ def test_resume_keeps_the_augmentation_the_run_was_started_with(tmp_path):
         finetune(str(root), str(tmp_path / "run"), epochs=2, augment="pixels", on_epoch_end=interrupt, **TINY)
     resumed = finetune(str(root), str(tmp_path / "run"), epochs=2, resume=True, **TINY)  # the default: auto
     assert resumed.config["augment"] == "flip" and len(resumed.history) == 3
+
+
+# -- the best cv row, by name: train --from ---------------------------------------------------------------------
+@pytest.fixture
+def cv_run(tmp_path):
+    """A synthetic cache and a cv --out folder of it whose best row is not train's default (logreg)."""
+    from conftest import synthetic_cache
+
+    cache = tmp_path / "c.h5"
+    synthetic_cache(cache, counts=(10, 10, 10))
+    done = _cli(["cv", str(cache), "-c", "knn:n_neighbors=3", "-l", "flatten,layer3", "--folds", "3", "-o",
+                 str(tmp_path / "cv"), "-q"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    return cache, tmp_path / "cv", json.loads((tmp_path / "cv" / "report.json").read_text())["best"]
+
+
+def test_train_from_a_cv_run_trains_its_best_row(cv_run, tmp_path):
+    from classifiers.bundle import load_bundle
+
+    cache, run, best = cv_run
+    done = _cli(["train", str(cache), "--from", str(run), "-o", str(tmp_path / "m.fbmodel"), "--json"])
+    assert done.exit_code == 0, done.output
+    model = load_bundle(str(tmp_path / "m.fbmodel"))
+    assert (model.classifier, model.layer) == (best["classifier"], best["layer"]) and best["classifier"].startswith(
+        "knn"
+    )
+    for flags in (["-c", "rbf-svm"], ["-l", "flatten"]):
+        both = _cli(["train", str(cache), "--from", str(run), *flags, "-o", str(tmp_path / "x.fbmodel")])
+        assert both.exit_code == 2 and f"--from takes the classifier and layer from the run: leave out {flags[0]}" in (
+            both.output
+        )
+        assert not (tmp_path / "x.fbmodel").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda d: d["caches"][0]["settings"].update(backbone="resnet50"), "made with other settings than"),
+        (lambda d: d["best"].update(layer="layer9"), "its best row is on layer layer9, which"),
+        (lambda d: d.pop("best"), "lacks its best row"),
+        (lambda d: d["best"].update(classifier="no-such"), "is not a zoo spec"),
+        (lambda d: d.update(format="something else"), "is not a cross-validation run folder"),
+    ],
+)
+def test_train_from_a_run_that_does_not_match_is_one_line(cv_run, tmp_path, edit, says):
+    cache, run, _ = cv_run
+    d = json.loads((run / "report.json").read_text())
+    edit(d)
+    (run / "report.json").write_text(json.dumps(d))
+    done = _cli(["train", str(cache), "--from", str(run), "-o", str(tmp_path / "m.fbmodel")])
+    assert done.exit_code == 1 and done.output.startswith("Error: ") and done.output.count("\n") == 1, done.output
+    assert says in done.output and not (tmp_path / "m.fbmodel").exists()
+
+
+def test_train_from_a_folder_without_a_report_is_one_line(cv_run, tmp_path):
+    cache, _, _ = cv_run
+    (tmp_path / "empty").mkdir()
+    done = _cli(["train", str(cache), "--from", str(tmp_path / "empty"), "-o", str(tmp_path / "m.fbmodel")])
+    assert done.exit_code == 1 and "has no report.json" in done.output and done.output.count("\n") == 1
