@@ -509,13 +509,19 @@ def finetune(data, out, quiet, as_json, **options):
         if not quiet and not as_json:
             click.echo(epoch_text(epoch, row))
 
+    def say(line):  # a note (what the run chose, and why) always, on stderr; the passes' lines as the epochs'
+        if line.startswith("note: "):
+            click.echo(line, err=True)
+        elif not quiet and not as_json:
+            click.echo(line)
+
     result = run_finetune(
         data,
         out,
         FinetuneOptions.of(**options),
         progress=not quiet and sys.stderr.isatty(),
         on_epoch_end=said,
-        say=lambda line: click.echo(line, err=True),
+        say=say,
     )
     emit(result.to_dict(), as_json, result_text)
 

@@ -96,3 +96,22 @@ def train_best(cache, run_dir: str, out: str | None = None, **keywords):
     keywords.pop("classifier", None)
     keywords.pop("layer", None)
     return train(reader, row.classifier, row.layer, out, **keywords), row
+
+
+def fit_row(row: BestRow, X, y, seed: int = 0, inner_folds: int = 3):
+    """The row's classifier fit on ``X, y`` (its hyperparameters searched on inner folds of these rows when cv
+    searched them), as ``train`` fits it: what ``finetune --compare`` scores beside the fine-tuned network."""
+    from sklearn.model_selection import GridSearchCV
+
+    from .crossval import RANK_BY
+    from .folds import inner_fold_count, inner_splitter
+    from .zoo import make_classifier, search_grid
+
+    pipeline = make_classifier(row.classifier, seed=seed)
+    if row.search:
+        folds = inner_fold_count(y, inner_folds)
+        grid = search_grid(row.classifier, len(y) * (folds - 1) // folds)
+        if grid:
+            search = GridSearchCV(pipeline, grid, cv=inner_splitter(folds, seed, False), scoring=RANK_BY)
+            return search.fit(X, y).best_estimator_
+    return pipeline.fit(X, y)

@@ -5,6 +5,7 @@ of a cv run trained by name (``train --from``) and compared with fine-tuning (``
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -413,3 +414,53 @@ def test_train_from_a_folder_without_a_report_is_one_line(cv_run, tmp_path):
     (tmp_path / "empty").mkdir()
     done = _cli(["train", str(cache), "--from", str(tmp_path / "empty"), "-o", str(tmp_path / "m.fbmodel")])
     assert done.exit_code == 1 and "has no report.json" in done.output and done.output.count("\n") == 1
+
+
+# -- finetune --compare: the best cv row beside the fine-tuned network ------------------------------------------
+def test_finetune_compares_with_the_best_row_of_a_cv_run(tmp_path):
+    """A cv run on the extraction of the same images (same backbone, weights, penultimate layer): its best row
+    (not logreg) is fit on the same training rows as the probe and scored on the same validation images."""
+    from workflows.finetune import finetune
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    args = ["extract", str(root), "--cache", str(tmp_path / "c.h5"), "-b", "resnet18", "-w", "none", "--resize",
+            "72", "--crop", "64", "--workers", "0", "--engine", "torch", "-q"]  # fmt: skip
+    assert _cli(args).exit_code == 0
+    cv = _cli(["cv", str(tmp_path / "c.h5"), "-c", "knn:n_neighbors=3,lda", "--folds", "2", "-o",
+               str(tmp_path / "cv"), "-q"])  # fmt: skip
+    assert cv.exit_code == 0, cv.output
+    best = json.loads((tmp_path / "cv" / "report.json").read_text())["best"]
+    result = finetune(
+        str(root), str(tmp_path / "run"), epochs=1, augment="pixels", compare=str(tmp_path / "cv"), **TINY
+    )
+    rows = {r["model"]: r for r in result.comparison}
+    row = rows[f"frozen {best['classifier']} (cv's best row)"]
+    assert list(rows)[-1] == row["model"] and str(tmp_path / "cv") in row["trained"]
+    # the same classifier fit on the probe's training rows, scored on its validation rows
+    from classifiers.zoo import make_classifier
+    from embedder import CacheReader
+
+    reader = CacheReader(str(tmp_path / "c.h5"))
+    split = {r["path"]: r["part"] for r in csv.DictReader((tmp_path / "run" / "split.csv").read_text().splitlines())}
+    paths = reader.full_paths()
+    train = np.array([split.get(p) == "train" for p in paths])
+    val = np.array([split.get(p) == "val" for p in paths])
+    X, y = reader.features(), reader.labels
+    fitted = make_classifier(best["classifier"]).fit(X[train], y[train])
+    assert row["val_accuracy"] == pytest.approx(float((fitted.predict(X[val]) == y[val]).mean()))
+
+
+def test_finetune_compare_with_a_run_of_other_features_is_refused_before_anything_runs(cv_run, tmp_path):
+    _, run, _ = cv_run  # a cv run of a synthetic cache: resnet18 random weights, layers flatten and layer3
+    d = json.loads((run / "report.json").read_text())
+    d["best"]["layer"] = "layer3"
+    (run / "report.json").write_text(json.dumps(d))
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    done = _cli(_finetune_args(root, tmp_path / "run", "--compare", str(run), "--epochs", "1"))
+    assert done.exit_code == 1 and done.output.count("\n") == 1, done.output
+    assert done.output.startswith(
+        f"Error: --compare {run}: its best row ("
+    ) and "layer 'layer3' there, 'flatten' here" in (done.output)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

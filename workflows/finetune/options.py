@@ -132,6 +132,12 @@ class FinetuneOptions:
     device: str = option("auto", check=DEVICE)
     resume: bool = option(False, "Continue the interrupted run in --out.")
     from_scratch: bool = option(False, "Also train the same architecture from random weights, for comparison.")
+    compare: str | None = option(
+        None,
+        "A cv --out folder of the same backbone, weights and penultimate layer: its best row (classifier spec) is "
+        "fit on the same frozen features as the probe and compared too.",
+        path={"exists": True, "file_okay": False},
+    )
     cache_dir: str | None = option(None, cli=False)  # where the embedded images' caches go (default: cache/)
     training: TrainingOptions = field(default_factory=TrainingOptions)
 

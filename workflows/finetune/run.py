@@ -9,9 +9,11 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from classifiers.from_run import best_row, fit_row
 from classifiers.metrics import full_proba, scores
 from embedder.backbones import load_backbone, resolve_weights
 from embedder.batches import default_workers
+from embedder.errors import FeaturebankError
 from embedder.features import autocast_for, resolve_device
 from embedder.versions import library_versions
 
@@ -53,14 +55,35 @@ class FinetuneResult:
     files: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     scratch_history: list[dict] = field(default_factory=list)  # with --from-scratch
+    notes: list[str] = field(default_factory=list)  # what the run decided on its own (views or pixels), and why
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def _probe_scores(probe, part: Part, k: int) -> dict:
-    proba = full_proba(probe.predict_proba(part.X), probe.classes_, k)
+    proba = full_proba(probe.predict_proba(part.X), probe.classes_, k) if hasattr(probe, "predict_proba") else None
     return scores(part.y, probe.predict(part.X), proba, k)
+
+
+def _compared_row(o: FinetuneOptions, spec):
+    """``--compare RUN_DIR``: the best row of that cv run, checked before anything is embedded to have been
+    cross-validated on the features fine-tuning starts from (the same backbone, weights and penultimate layer)."""
+    if o.compare is None:
+        return None
+    from embedder.backbones import resolve_layers, skeleton
+
+    row = best_row(o.compare)
+    here = {"backbone": o.backbone, "weights": spec.identity, "layer": resolve_layers(skeleton(o.backbone))[0]}
+    there = {"backbone": row.settings.get("backbone"), "weights": row.settings.get("weights"), "layer": row.layer}
+    differ = [f"{k} {there[k]!r} there, {here[k]!r} here" for k in here if there[k] != here[k]]
+    if differ:
+        raise FeaturebankError(
+            f"--compare {o.compare}: its best row ({row.text()}) was not cross-validated on the frozen features "
+            f"fine-tuning starts from ({'; '.join(differ)}): give a cv run of a cache of this backbone and weights "
+            f"at its penultimate layer"
+        )
+    return row
 
 
 def finetune(
@@ -85,7 +108,13 @@ def finetune(
     row)`` each finished epoch, ``row["epoch_seconds"]`` that epoch's own time). A Ctrl-C (``KeyboardInterrupt``)
     goes through with a ``kept`` attribute: what the interrupted run kept, in words."""
     o = options if options is not None and not keywords else FinetuneOptions.of(**{**_flat(options), **keywords})
-    saved: dict = {"epoch": None, "trunk": None}  # what a Ctrl-C leaves: the last saved epoch, the trunk store
+    saved: dict = {"epoch": None, "trunk": None, "notes": []}  # what a Ctrl-C leaves: the last epoch, the store
+
+    def said(line: str) -> None:
+        if line.startswith("note: "):  # kept in the result (report.json) too
+            saved["notes"].append(line[len("note: ") :])
+        if say is not None:
+            say(line)
 
     def epoch_done(epoch, row):
         saved["epoch"] = epoch
@@ -93,7 +122,7 @@ def finetune(
             on_epoch_end(epoch, row)
 
     try:
-        return _finetune(train, out, o, progress, epoch_done, say or (lambda line: None), saved)
+        return _finetune(train, out, o, progress, epoch_done, said, saved)
     except KeyboardInterrupt as exc:
         exc.kept = kept_after_interrupt(out, saved["epoch"], saved["trunk"])  # type: ignore[attr-defined]
         raise
@@ -168,6 +197,7 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
     dev = resolve_device(o.device)
     autocast_for(dev, t.precision)
     spec = resolve_weights(o.backbone, o.weights, t.seed)
+    compared = _compared_row(o, spec)
     if t.augment == "auto" and o.resume:
         recorded = _recorded_augment(out)
         if recorded is not None:  # a resumed run goes on as it was started
@@ -202,6 +232,10 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
     started = time.perf_counter()
     probe, head_init = linear_probe(data.train.X, data.train.y, k, t.seed)
     probe_seconds = time.perf_counter() - started + data.embed_seconds  # embedding included when done now
+    if compared is not None:  # cv's best classifier, fit on the same training rows as the probe
+        started = time.perf_counter()
+        best_frozen = fit_row(compared, data.train.X, data.train.y, t.seed)
+        compared_seconds = time.perf_counter() - started
 
     if center is None:
         prep, model = _load(o, spec)
@@ -258,6 +292,8 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
             {"train": data.train, "val": data.val, "test": test_data}, data.classes, os.path.join(out, "split.csv")
         )
         tests["probe"] = _probe_scores(probe, test_data, k)
+        if compared is not None:
+            tests["compared"] = _probe_scores(best_frozen, test_data, k)
         eval_workers = default_workers(dev.type) if t.workers is None else t.workers
         for name, (net, folder, _) in trained.items():
             tests[name], failed = evaluate_images(
@@ -306,6 +342,17 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
                 scratch_state.seconds,
             )
         )
+    if compared is not None:
+        comparison.append(
+            comparison_row(
+                f"frozen {compared.classifier} (cv's best row)",
+                f"{compared.text()}, the best row of {o.compare}, fit on the same frozen features and training "
+                f"images as the probe",
+                _probe_scores(best_frozen, data.val, k),
+                tests.get("compared"),
+                compared_seconds,
+            )
+        )
     on = "test" if o.test is not None else "validation"
     note = NOTES[on] + (
         f" {len(dropped)} test image(s) whose bytes equal a training or validation image were left "
@@ -330,6 +377,7 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
         test_dropped=dropped,
         config=config.to_dict(),
         scratch_history=scratch_state.history if o.from_scratch else [],
+        notes=list(saved["notes"]),
     )
     result.files = write_run_report(result, prep, library_versions())
     return result
