@@ -487,8 +487,10 @@ def relabel(manifest, corrections, out, as_json):
 def finetune(data, out, quiet, as_json, **options):
     """Unfreeze the last blocks of BACKBONE and train them with a new head on DATA, end to end.
 
-    The images are embedded into the cache first (reused if there): the frozen linear probe on those
-    features is the baseline and the head's starting point. The epoch (and early stopping) is chosen on the
+    The images are embedded first (reused if there): the frozen linear probe on those features is the
+    baseline and the head's starting point (--compare RUN_DIR: cv's best row too). --augment auto (the
+    default) runs the frozen layers once over fixed views of each image and trains on their stored output
+    where the network splits and fits float16, else on pixels, with a note saying why. The epoch (and early stopping) is chosen on the
     validation images; with --test, the probe, the chosen epoch (and --from-scratch) are compared on the test
     images, which nothing was selected on. Checkpoints every epoch; the best one, OUT/best.pth, works as
     --weights for extract and predict --head.
