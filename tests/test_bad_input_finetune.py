@@ -279,7 +279,7 @@ def test_the_views_pass_has_its_own_line_and_the_epoch_line_its_own_time(tmp_pat
     real = cached_loop.fill
 
     def slow(*args, **kwargs):
-        time.sleep(1.5)
+        time.sleep(0.6)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cached_loop, "fill", slow)  # twice: the training images' views, the validation centers
@@ -289,11 +289,11 @@ def test_the_views_pass_has_its_own_line_and_the_epoch_line_its_own_time(tmp_pat
     views = next(x for x in lines if x.startswith("views pass:"))
     epoch = next(x for x in lines if x.startswith("epoch 1:"))
     assert lines.index(views) < lines.index(epoch)
-    assert float(re.search(r"in ([\d.]+) s", views).group(1)) >= 3.0
+    assert float(re.search(r"in ([\d.]+) s", views).group(1)) >= 1.2
     assert "9 training images x 2 views, 3 validation centers" in views
     log = json.loads((tmp_path / "run" / "log.json").read_text())  # "seconds": the run's total so far
     own = log[1]["seconds"] - log[0]["seconds"]  # epoch 1 alone; epoch 0's total holds the pass
-    assert log[0]["seconds"] >= 3.0 and float(re.search(r"\(([\d.]+) s\)$", epoch).group(1)) == pytest.approx(
+    assert log[0]["seconds"] >= 1.2 and float(re.search(r"\(([\d.]+) s\)$", epoch).group(1)) == pytest.approx(
         own, abs=0.11
     )
 
