@@ -246,23 +246,45 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @value_options(TrainOptions)
+@click.option(
+    "--from",
+    "from_run",
+    type=click.Path(),
+    help="A cv --out folder: train the best row of its leaderboard (its classifier and layer, searched when cv "
+    "searched it) instead of -c and -l.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was saved as JSON.")
-def train(cache, as_json, **options):
+@click.pass_context
+def train(ctx, cache, from_run, as_json, **options):
     """Fit a classifier on every labelled row of CACHE and save it with its embedding settings.
 
     The model file holds JSON and a skops archive loaded with a fixed list of trusted types: loading one
     runs no code from it.
 
+    --from RUN_DIR trains the best row of a cv --out folder by name: its classifier spec and layer (with
+    --search when cv searched it); CACHE must be made with the embedding settings cv's cache was.
+
     \b
     Example:
       featurebank train cache/flowers.h5 -c rbf-svm -l classifier.0 -o models/flowers.fbmodel
       featurebank train cache/photos.h5 --labels labelled.csv --unlabeled -o models/photos.fbmodel
+      featurebank train cache/flowers.h5 --from runs/flowers-cv -o models/flowers.fbmodel
     """
     from classifiers.bundle import train as run_train
     from classifiers.views import train_text
 
     o = TrainOptions(**options)
-    bundle = run_train(cache, **o.keywords())
+    if from_run:
+        from classifiers.from_run import train_best
+
+        given = [
+            f for f, n in (("-c", "classifier"), ("-l", "layer")) if ctx.get_parameter_source(n).name == "COMMANDLINE"
+        ]
+        if given:
+            raise click.UsageError(f"--from takes the classifier and layer from the run: leave out {', '.join(given)}")
+        bundle, _ = train_best(cache, from_run, **o.keywords())
+    else:
+        bundle = run_train(cache, **o.keywords())
     emit({"model": o.out, **bundle.describe()}, as_json, train_text)
 
 
@@ -551,8 +573,10 @@ def manifest(folder, out, layout, as_json):
 def finetune(data, out, quiet, as_json, **options):
     """Unfreeze the last blocks of BACKBONE and train them with a new head on DATA, end to end.
 
-    The images are embedded into the cache first (reused if there): the frozen linear probe on those
-    features is the baseline and the head's starting point. The epoch (and early stopping) is chosen on the
+    The images are embedded first (reused if there): the frozen linear probe on those features is the
+    baseline and the head's starting point (--compare RUN_DIR: cv's best row too). --augment auto (the
+    default) runs the frozen layers once over fixed views of each image and trains on their stored output
+    where the network splits and fits float16, else on pixels, with a note saying why. The epoch (and early stopping) is chosen on the
     validation images; with --test, the probe, the chosen epoch (and --from-scratch) are compared on the test
     images, which nothing was selected on. Checkpoints every epoch; the best one, OUT/best.pth, works as
     --weights for extract and predict --head.
@@ -573,8 +597,19 @@ def finetune(data, out, quiet, as_json, **options):
         if not quiet and not as_json:
             click.echo(epoch_text(epoch, row))
 
+    def say(line):  # a note (what the run chose, and why) always, on stderr; the passes' lines as the epochs'
+        if line.startswith("note: "):
+            click.echo(line, err=True)
+        elif not quiet and not as_json:
+            click.echo(line)
+
     result = run_finetune(
-        data, out, FinetuneOptions.of(**options), progress=not quiet and sys.stderr.isatty(), on_epoch_end=said
+        data,
+        out,
+        FinetuneOptions.of(**options),
+        progress=not quiet and sys.stderr.isatty(),
+        on_epoch_end=said,
+        say=say,
     )
     emit(result.to_dict(), as_json, result_text)
 

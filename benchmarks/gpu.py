@@ -999,6 +999,7 @@ def section_finetune(ctx: Ctx, out: Rows) -> None:
                 seed=0,
                 device=device,
                 precision=precision,
+                augment="pixels",  # what this section has always measured (the default, auto, may take views)
                 cache_dir=str(ctx.work / f"ft-cache-{device}"),
                 **ctx.size_args(),
             )

@@ -153,7 +153,8 @@ class Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt as exc:
             how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
-            click.echo(f"{how}: {KEPT.get(ctx.invoked_subcommand, 'stopped before it finished')}.", err=True)
+            kept = getattr(exc, "kept", None) or KEPT.get(ctx.invoked_subcommand, "stopped before it finished")
+            click.echo(f"{how}: {kept}.", err=True)  # kept: what the library knows was kept, when it said
             sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 

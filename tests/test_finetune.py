@@ -28,7 +28,10 @@ from workflows.finetune import (
     unfrozen_blocks,
 )
 
-TINY = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0, val_split=0.25)
+# the pixel path, named (the default, auto, takes views where they apply: tests/test_finetune_views.py)
+TINY = dict(
+    backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0, val_split=0.25, augment="pixels"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -338,7 +341,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(FeaturebankError, match="needs at least 2 per class"):
         finetune(str(two), str(tmp_path / "run"), **TINY)
     with pytest.raises(FeaturebankError, match="unknown augmentation"):
-        finetune(str(two), str(tmp_path / "run"), augment="heavy", **TINY)
+        finetune(str(two), str(tmp_path / "run"), **{**TINY, "augment": "heavy"})
 
 
 @pytest.mark.slow

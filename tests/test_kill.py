@@ -85,6 +85,8 @@ def test_kill_9_mid_finetune_then_resume_gives_the_uninterrupted_weights(tmp_pat
             "6",
             "--val-split",
             "0.25",
+            "--augment",
+            "pixels",  # every epoch decodes again: slow enough to be killed mid-run (views: tests/test_finetune_views)
             *extra,
         ]
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

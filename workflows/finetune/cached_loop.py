@@ -23,16 +23,31 @@ from embedder.features import autocast_for
 
 from .fixed_views import parse_views
 from .loop import Trainer
+from .report import views_pass_text
 from .split import Part
 from .surgery import block_names, has_training_batchnorm, set_train_mode
-from .trunk import TrunkStore, fill, split_at, store_root
+from .trunk import TrunkStore, fill, split_at, store_root, unavailable
 
 
 def cut_of(model: nn.Module, blocks: list[str]) -> str:
     """Where the trunk ends: before the first unfrozen block (before the head when only the head trains)."""
     if blocks == block_names(model):
-        raise FeaturebankError("--augment views needs a frozen trunk: with --unfreeze all, use --augment pixels")
+        raise unavailable(
+            "with --unfreeze all there is no frozen trunk",
+            "--augment views needs a frozen trunk: with --unfreeze all, use --augment pixels",
+        )
     return blocks[0] if blocks else head_name(model)
+
+
+@torch.no_grad()
+def row_shape(trunk: nn.Module, prep, device) -> tuple[int, ...]:
+    """The shape of the trunk's output for one view (one forward of a blank image): what every stored row is."""
+    was_training = trunk.training
+    trunk.eval()
+    try:
+        return tuple(trunk(torch.zeros((1, 3, prep.crop, prep.crop), device=device)).shape[1:])
+    finally:
+        trunk.train(was_training)
 
 
 def store_settings(backbone: str, weights: str, precision: str) -> dict:
@@ -40,12 +55,18 @@ def store_settings(backbone: str, weights: str, precision: str) -> dict:
     return {"backbone": backbone, "weights": weights, "precision": precision}
 
 
-def trunk_store(model: nn.Module, blocks: list[str], settings: dict, prep, cache_dir: str | None):
+def trunk_store(
+    model: nn.Module, blocks: list[str], settings: dict, prep, cache_dir: str | None, device=None, store=None
+):
     """The split model and the store of its trunk's outputs, keyed by the backbone ``settings`` (backbone, weights'
-    identity, precision), the preprocessing and the cut."""
+    identity, precision), the preprocessing and the cut; its parts are checked against the trunk's own output
+    shape when opened. ``store``: the same store, opened already (by the center pass), reused as it is."""
     cut = cut_of(model, blocks)
     trunk, rest = split_at(model, cut, [*block_names(model), head_name(model)])
-    store = TrunkStore(store_root(cache_dir), {**settings, "preprocessing": prep.to_dict(), "cut": cut})
+    keyed = {**settings, "preprocessing": prep.to_dict(), "cut": cut}
+    if store is None or store.settings != {**keyed, "views_version": store.settings.get("views_version")}:
+        shape = row_shape(trunk, prep, device or next(model.parameters()).device)
+        store = TrunkStore(store_root(cache_dir), keyed, shape)
     return trunk, rest, store
 
 
@@ -75,9 +96,19 @@ class ViewEpochs:
     seconds_before: float  # the one-time pass (the views the probe's center pass did not store)
 
     @classmethod
-    def maker(cls, config, cache_dir: str | None, out: str, progress: bool = False, center: dict | None = None):
+    def maker(
+        cls,
+        config,
+        cache_dir: str | None,
+        out: str,
+        progress: bool = False,
+        center: dict | None = None,
+        say=None,
+        store: TrunkStore | None = None,
+    ):
         """``train_loop``'s ``epochs_of``: runs the one-time pass when called, then makes the epochs. ``center``:
-        what the probe's pass over the center views did (``CenterEmbedding.phase.as_dict()``), for ``views.json``."""
+        what the probe's pass over the center views did (``CenterEmbedding.phase.as_dict()``), for ``views.json``;
+        ``say``: where the pass's own line goes; ``store``: the trunk store the center pass opened."""
 
         def make(trainer: Trainer, train: Part, val: Part, prep, failed: dict[str, str]) -> ViewEpochs:
             return cls.of(
@@ -91,6 +122,8 @@ class ViewEpochs:
                 out=out,
                 progress=progress,
                 center=center,
+                say=say,
+                store=store,
             )
 
         return make
@@ -109,13 +142,21 @@ class ViewEpochs:
         out: str,
         progress: bool = False,
         center: dict | None = None,
+        say=None,
+        store: TrunkStore | None = None,
     ) -> ViewEpochs:
         """The pass: every view of the training images, the center view of the validation images (what is in the
         store already is reused: the centers the probe's pass stored); ``OUT/views.json`` says what was done."""
         c, model = trainer.options, trainer.model
         views = parse_views(c.views)
         trunk, rest, store = trunk_store(
-            model, trainer.blocks, store_settings(config.backbone, config.weights, c.precision), prep, cache_dir
+            model,
+            trainer.blocks,
+            store_settings(config.backbone, config.weights, c.precision),
+            prep,
+            cache_dir,
+            trainer.device,
+            store,
         )
         started = time.perf_counter()
         model.eval()
@@ -130,6 +171,8 @@ class ViewEpochs:
         done_train, bad = fill(store, trunk, train.paths, train.digests, views, prep, **run)
         done_val, bad_val = fill(store, trunk, val.paths, val.digests, ("center",), prep, **run)
         seconds = time.perf_counter() - started
+        if say is not None:
+            say(views_pass_text(len(train), len(views), len(val), len(set(done_train + done_val)), seconds))
         extra = {"images": len(train) + len(val), "computed_images": len(set(done_train + done_val))}
         bad.update(bad_val)
         failed.update(bad)
@@ -155,6 +198,7 @@ class ViewEpochs:
             },
             **({"probe_from": "views pass"} if center else {}),
             "failed": bad,
+            "rejected": store.rejected,  # parts of the store that could not be used: set aside, computed again
         }
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "views.json"), "w", encoding="utf-8") as fh:

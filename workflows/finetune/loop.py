@@ -251,7 +251,8 @@ def train_loop(
         rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
         scheduler.step()
         scores = validate()
-        state.seconds += time.perf_counter() - started
+        took = time.perf_counter() - started  # this epoch's training and validation
+        state.seconds += took
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -278,8 +279,8 @@ def train_loop(
             },
             last,
         )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+        if on_epoch_end is not None:  # this epoch's own time beside the run's total ("seconds")
+            on_epoch_end(epoch, {**row, "epoch_seconds": round(took, 2)})
         if stopped:
             break
     if hook is not None:

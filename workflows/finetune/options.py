@@ -17,7 +17,9 @@ from embedder.settings import AUGMENTATIONS, TORCH_PRECISIONS
 from .fixed_views import DEFAULT_VIEWS, parse_views
 
 BN_POLICIES = ("frozen", "train")
-AUGMENT = ("views", "pixels", *AUGMENTATIONS)  # views: the frozen trunk run once (cached_loop); the others: pixels
+# auto: views where the network splits and its trunk fits float16, else pixels (run.finetune decides, with a note);
+# views: the frozen trunk run once (cached_loop); the others: pixels
+AUGMENT = ("auto", "views", "pixels", *AUGMENTATIONS)
 
 
 def parse_unfreeze(value) -> int | str:
@@ -53,10 +55,11 @@ class TrainingOptions:
         "frozen", "frozen: BatchNorm parameters and running statistics stay as they were.", choices=BN_POLICIES
     )
     augment: str = option(
-        "flip",
-        "views: the frozen layers run once over --views of each image and each epoch draws one (fast, "
-        "docs/fine-tuning-speed.md); pixels (= flip): a new random resized crop and flip every epoch, through the "
-        "whole network; trivial: and TrivialAugment; none.",
+        "auto",
+        "auto: views where the network splits into blocks (torch.fx) and its frozen trunk's output fits float16, "
+        "else pixels, with a note saying why; views: the frozen layers run once over --views of each image and each "
+        "epoch draws one (fast, docs/fine-tuning-speed.md); pixels (= flip): a new random resized crop and flip "
+        "every epoch, through the whole network; trivial: and TrivialAugment; none.",
         choices=AUGMENT,
     )
     views: str = option(
@@ -129,6 +132,12 @@ class FinetuneOptions:
     device: str = option("auto", check=DEVICE)
     resume: bool = option(False, "Continue the interrupted run in --out.")
     from_scratch: bool = option(False, "Also train the same architecture from random weights, for comparison.")
+    compare: str | None = option(
+        None,
+        "A cv --out folder of the same backbone, weights and penultimate layer: its best row (classifier spec) is "
+        "fit on the same frozen features as the probe and compared too.",
+        path={"exists": True, "file_okay": False},
+    )
     cache_dir: str | None = option(None, cli=False)  # where the embedded images' caches go (default: cache/)
     training: TrainingOptions = field(default_factory=TrainingOptions)
 

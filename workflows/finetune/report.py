@@ -260,11 +260,47 @@ def write_html(run_dir: str) -> str:
 
 
 def epoch_text(epoch: int, row: dict) -> str:
-    """One finished epoch, as the run goes."""
+    """One finished epoch, as the run goes: its own time (training and validation), not the run's so far."""
+    seconds = row.get("epoch_seconds", row["seconds"])
     return (
         f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
-        f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({row['seconds']:.0f} s)"
+        f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({seconds:.1f} s)"
     )
+
+
+def center_text(phase) -> str:
+    """The views path's first pass (the center view of every training and validation image, the probe's
+    features), on its own line."""
+    d = phase.as_dict()
+    return (
+        f"center pass (the probe's features): {d['images']} images, {d['computed_images']} computed through the "
+        f"frozen trunk, {d['images'] - d['computed_images']} reused from the trunk store, in {d['seconds']:.1f} s"
+    )
+
+
+def views_pass_text(train_images: int, views: int, val_images: int, computed: int, seconds: float) -> str:
+    """The one-time views pass, on its own line (the epochs after it read the stored rows)."""
+    return (
+        f"views pass: {train_images} training images x {views} views, {val_images} validation centers: "
+        f"{computed} images computed through the frozen trunk, the rest reused, in {seconds:.1f} s (once: the "
+        f"epochs read the stored rows)"
+    )
+
+
+def kept_after_interrupt(out: str, epoch: int | None, trunk: str | None) -> str:
+    """What an interrupted run kept, in words that are true: the epoch saved in OUT/last.pt when one is, else
+    what the passes before training kept (the frozen trunk's rows, or the embedded images in the cache)."""
+    last = os.path.join(out, "last.pt")
+    if epoch is not None:
+        return f"epoch {epoch} is saved ({last}); run the same command with --resume to continue"
+    if os.path.exists(last):
+        return f"the last finished epoch is saved ({last}); run the same command with --resume to continue"
+    kept = (
+        f"the frozen trunk's rows computed so far are kept in {trunk}"
+        if trunk
+        else "the images embedded so far are kept in the cache"
+    )
+    return f"no epoch had finished, so there is no {last} to resume; {kept}: run the same command again to continue from them"
 
 
 def result_text(d: dict) -> list[str]:

@@ -9,9 +9,11 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from classifiers.from_run import best_row, fit_row
 from classifiers.metrics import full_proba, scores
 from embedder.backbones import load_backbone, resolve_weights
 from embedder.batches import default_workers
+from embedder.errors import FeaturebankError
 from embedder.features import autocast_for, resolve_device
 from embedder.versions import library_versions
 
@@ -20,9 +22,18 @@ from .center_pass import CenterEmbedding
 from .loop import TrainingConfig, evaluate_images, load_best, train_loop
 from .options import FinetuneOptions
 from .probe import linear_probe
-from .report import NOTES, comparison_row, trained_text, write_run_report, write_split
+from .report import (
+    NOTES,
+    center_text,
+    comparison_row,
+    kept_after_interrupt,
+    trained_text,
+    write_run_report,
+    write_split,
+)
 from .split import Embedding, Part, check_test_apart, embed_test, prepare_data
 from .surgery import block_names, replace_head, unfrozen_blocks
+from .trunk import ViewsUnavailable
 
 
 @dataclass
@@ -44,14 +55,35 @@ class FinetuneResult:
     files: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     scratch_history: list[dict] = field(default_factory=list)  # with --from-scratch
+    notes: list[str] = field(default_factory=list)  # what the run decided on its own (views or pixels), and why
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def _probe_scores(probe, part: Part, k: int) -> dict:
-    proba = full_proba(probe.predict_proba(part.X), probe.classes_, k)
+    proba = full_proba(probe.predict_proba(part.X), probe.classes_, k) if hasattr(probe, "predict_proba") else None
     return scores(part.y, probe.predict(part.X), proba, k)
+
+
+def _compared_row(o: FinetuneOptions, spec):
+    """``--compare RUN_DIR``: the best row of that cv run, checked before anything is embedded to have been
+    cross-validated on the features fine-tuning starts from (the same backbone, weights and penultimate layer)."""
+    if o.compare is None:
+        return None
+    from embedder.backbones import resolve_layers, skeleton
+
+    row = best_row(o.compare)
+    here = {"backbone": o.backbone, "weights": spec.identity, "layer": resolve_layers(skeleton(o.backbone))[0]}
+    there = {"backbone": row.settings.get("backbone"), "weights": row.settings.get("weights"), "layer": row.layer}
+    differ = [f"{k} {there[k]!r} there, {here[k]!r} here" for k in here if there[k] != here[k]]
+    if differ:
+        raise FeaturebankError(
+            f"--compare {o.compare}: its best row ({row.text()}) was not cross-validated on the frozen features "
+            f"fine-tuning starts from ({'; '.join(differ)}): give a cv run of a cache of this backbone and weights "
+            f"at its penultimate layer"
+        )
+    return row
 
 
 def finetune(
@@ -61,58 +93,136 @@ def finetune(
     *,
     progress: bool = False,
     on_epoch_end=None,
+    say=None,
     **keywords,
 ) -> FinetuneResult:
     """Fine-tune a backbone on the labelled images of ``train`` and write the run into ``out``: ``options``, or the
     same as keywords (``epochs=5, backbone="resnet18"``: ``FinetuneOptions.of``). The epoch is chosen on ``val`` (or
     a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only after training, and the
     comparison is reported on them (``drop_test_copies``: without the test files whose bytes equal a training or
-    validation image; else such a file is refused before training)."""
+    validation image; else such a file is refused before training).
+
+    ``augment="auto"`` (the default) is ``views`` where the network splits before its first unfrozen block and
+    the frozen trunk's output fits float16, else ``pixels``, with a note saying why; ``--resume`` keeps what the run
+    was started with. ``say(line)`` receives the run's notes and the one-time passes' lines (``on_epoch_end(epoch,
+    row)`` each finished epoch, ``row["epoch_seconds"]`` that epoch's own time). A Ctrl-C (``KeyboardInterrupt``)
+    goes through with a ``kept`` attribute: what the interrupted run kept, in words."""
     o = options if options is not None and not keywords else FinetuneOptions.of(**{**_flat(options), **keywords})
+    saved: dict = {"epoch": None, "trunk": None, "notes": []}  # what a Ctrl-C leaves: the last epoch, the store
+
+    def said(line: str) -> None:
+        if line.startswith("note: "):  # kept in the result (report.json) too
+            saved["notes"].append(line[len("note: ") :])
+        if say is not None:
+            say(line)
+
+    def epoch_done(epoch, row):
+        saved["epoch"] = epoch
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    try:
+        return _finetune(train, out, o, progress, epoch_done, said, saved)
+    except KeyboardInterrupt as exc:
+        exc.kept = kept_after_interrupt(out, saved["epoch"], saved["trunk"])  # type: ignore[attr-defined]
+        raise
+
+
+def _say_rejected(store, say) -> None:
+    if store.rejected:
+        first = store.rejected[0]
+        say(
+            f"note: {len(store.rejected)} part(s) of the trunk store {store.parts} could not be used and were set "
+            f"aside as .json.rejected (first: {first['part']}: {first['reason']}); their images are computed again"
+        )
+
+
+def _recorded_augment(out: str) -> dict | None:
+    """The augmentation (and views) a run in ``out`` was started with, from its last.pt; None without one."""
+    import torch
+
+    try:
+        config = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)["config"]
+        return {"augment": str(config["augment"]), **({"views": str(config["views"])} if "views" in config else {})}
+    except Exception:  # noqa: BLE001 - no readable last.pt: resuming is train_loop's to refuse, in its words
+        return None
+
+
+def _views_embedding(o: FinetuneOptions, spec, dev, progress: bool):
+    """The views path's start: the backbone, its unfrozen blocks, and the center pass that embeds for the probe
+    (``ViewsUnavailable`` when the network does not split there)."""
+    t = o.training
+    prep, model = _load(o, spec)
+    model.to(dev)
+    blocks = unfrozen_blocks(model, t.unfreeze)
+    center = CenterEmbedding(
+        model,  # before its head is replaced: the probe's features are the loaded network's
+        blocks,
+        store_settings(o.backbone, spec.identity, t.precision),
+        prep,
+        cache_dir=o.cache_dir,
+        device=dev,
+        precision=t.precision,
+        batch_size=t.batch_size,
+        workers=default_workers(dev.type) if t.workers is None else t.workers,
+        max_pixels=o.max_pixels,
+        progress=progress,
+    )
+    return prep, model, blocks, center
+
+
+def _pixel_embedding(o: FinetuneOptions, spec, progress: bool) -> Embedding:
+    t = o.training
+    return Embedding(
+        dict(
+            backbone=o.backbone,
+            weights=spec.path if spec.kind == "file" else o.weights,
+            seed=t.seed,
+            resize=o.resize,
+            crop=o.crop,
+            draft=o.draft,
+            layers=["penultimate"],
+            device=o.device,
+            batch_size=t.batch_size,
+            workers=t.workers,
+            max_pixels=o.max_pixels,
+            cache_dir=o.cache_dir,
+            progress=progress,
+        )
+    )
+
+
+def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end, say, saved: dict) -> FinetuneResult:
     t = o.training  # checked when built, before anything is embedded
     dev = resolve_device(o.device)
     autocast_for(dev, t.precision)
     spec = resolve_weights(o.backbone, o.weights, t.seed)
+    compared = _compared_row(o, spec)
+    if t.augment == "auto" and o.resume:
+        recorded = _recorded_augment(out)
+        if recorded is not None:  # a resumed run goes on as it was started
+            t = replace(t, **recorded)
     embedding: Embedding | CenterEmbedding
-    center: CenterEmbedding | None = (
-        None  # the views path: the probe's features come from the views pass (center_pass), no extraction
-    )
-    if t.augment == "views":
-        prep, model = _load(o, spec)
-        model.to(dev)
-        blocks = unfrozen_blocks(model, t.unfreeze)
-        embedding = center = CenterEmbedding(
-            model,  # before its head is replaced: the probe's features are the loaded network's
-            blocks,
-            store_settings(o.backbone, spec.identity, t.precision),
-            prep,
-            cache_dir=o.cache_dir,
-            device=dev,
-            precision=t.precision,
-            batch_size=t.batch_size,
-            workers=default_workers(dev.type) if t.workers is None else t.workers,
-            max_pixels=o.max_pixels,
-            progress=progress,
-        )
-    else:
-        embedding = Embedding(
-            dict(
-                backbone=o.backbone,
-                weights=spec.path if spec.kind == "file" else o.weights,
-                seed=t.seed,
-                resize=o.resize,
-                crop=o.crop,
-                draft=o.draft,
-                layers=["penultimate"],
-                device=o.device,
-                batch_size=t.batch_size,
-                workers=t.workers,
-                max_pixels=o.max_pixels,
-                cache_dir=o.cache_dir,
-                progress=progress,
-            )
-        )
-    data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
+    center: CenterEmbedding | None = None  # the views path: the probe's features come from its center pass
+    data = None
+    if t.augment in ("auto", "views"):
+        try:
+            prep, model, blocks, center = _views_embedding(o, spec, dev, progress)
+            saved["trunk"] = center.store.folder
+            _say_rejected(center.store, say)
+            data = prepare_data(train, o.val, o.val_split, t.seed, center)
+            t = replace(t, augment="views")
+        except ViewsUnavailable as exc:
+            if t.augment == "views":
+                raise
+            say(f"note: training on pixels (--augment pixels), not --augment views: {exc.reason}")
+            t, center, saved["trunk"] = replace(t, augment="flip"), None, None
+    o = replace(o, training=t)
+    embedding = center if center is not None else _pixel_embedding(o, spec, progress)
+    if data is None:
+        data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
+    if center is not None:
+        say(center_text(center.phase))
     dropped = check_test_apart(o.test, data, o.drop_test_copies) if o.test is not None else []
     k = len(data.classes)
     config = _config(o, spec, data.classes, len(data.train), len(data.val), data.how)
@@ -122,6 +232,10 @@ def finetune(
     started = time.perf_counter()
     probe, head_init = linear_probe(data.train.X, data.train.y, k, t.seed)
     probe_seconds = time.perf_counter() - started + data.embed_seconds  # embedding included when done now
+    if compared is not None:  # cv's best classifier, fit on the same training rows as the probe
+        started = time.perf_counter()
+        best_frozen = fit_row(compared, data.train.X, data.train.y, t.seed)
+        compared_seconds = time.perf_counter() - started
 
     if center is None:
         prep, model = _load(o, spec)
@@ -129,7 +243,7 @@ def finetune(
     replace_head(model, k, head_init if t.probe_init else None)  # a new module: the views path splits it anew
     run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
     views = (
-        ViewEpochs.maker(config, o.cache_dir, out, progress, center=center.phase.as_dict())
+        ViewEpochs.maker(config, o.cache_dir, out, progress, center=center.phase.as_dict(), say=say, store=center.store)
         if center is not None
         else None
     )
@@ -178,6 +292,8 @@ def finetune(
             {"train": data.train, "val": data.val, "test": test_data}, data.classes, os.path.join(out, "split.csv")
         )
         tests["probe"] = _probe_scores(probe, test_data, k)
+        if compared is not None:
+            tests["compared"] = _probe_scores(best_frozen, test_data, k)
         eval_workers = default_workers(dev.type) if t.workers is None else t.workers
         for name, (net, folder, _) in trained.items():
             tests[name], failed = evaluate_images(
@@ -226,6 +342,17 @@ def finetune(
                 scratch_state.seconds,
             )
         )
+    if compared is not None:
+        comparison.append(
+            comparison_row(
+                f"frozen {compared.classifier} (cv's best row)",
+                f"{compared.text()}, the best row of {o.compare}, fit on the same frozen features and training "
+                f"images as the probe",
+                _probe_scores(best_frozen, data.val, k),
+                tests.get("compared"),
+                compared_seconds,
+            )
+        )
     on = "test" if o.test is not None else "validation"
     note = NOTES[on] + (
         f" {len(dropped)} test image(s) whose bytes equal a training or validation image were left "
@@ -250,6 +377,7 @@ def finetune(
         test_dropped=dropped,
         config=config.to_dict(),
         scratch_history=scratch_state.history if o.from_scratch else [],
+        notes=list(saved["notes"]),
     )
     result.files = write_run_report(result, prep, library_versions())
     return result

@@ -1,0 +1,117 @@
+"""The best row of a cross-validation run, by name: ``featurebank train CACHE --from RUN_DIR`` trains it, and
+``featurebank finetune --compare RUN_DIR`` compares fine-tuning with it. The row is read from the run folder's
+report.json (cv --out): its classifier spec, its layer, whether cv searched its hyperparameters, and the embedding
+settings of its cache, which the features it is fit on must have been made with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedder.cache import CacheReader
+from embedder.errors import FeaturebankError
+
+from .data import open_cache
+from .html import is_cv_report, read_run
+from .registry import check_spec
+
+COMPARED = ("backbone", "weights", "pooling", "precision", "preprocessing")  # what a row's vectors depend on
+
+
+@dataclass(frozen=True)
+class BestRow:
+    """Rank 1 of a cv run's leaderboard."""
+
+    run: str  # the run folder
+    classifier: str  # its zoo spec
+    layer: str
+    search: bool  # cv chose its hyperparameters by nested search
+    cache: str  # the cache cv read it from
+    settings: dict  # that cache's extraction settings
+
+    def text(self) -> str:
+        return f"{self.classifier} on {self.layer}" + (" (searched)" if self.search else "")
+
+
+def best_row(run_dir: str) -> BestRow:
+    """The best row of ``run_dir``'s cv report, checked; a folder that is no cv run is one line."""
+    d = read_run(run_dir)
+    if not is_cv_report(d):
+        raise FeaturebankError(
+            f"{run_dir} is not a cross-validation run folder (its report.json is not cv's): give a folder written "
+            f"by featurebank cv --out"
+        )
+    best, caches, cv = d.get("best"), d.get("caches"), d.get("cv")
+    try:
+        assert isinstance(best, dict) and isinstance(caches, list) and isinstance(cv, dict)
+        classifier, layer, name = (str(best[k]) for k in ("classifier", "layer", "backbone"))
+        source = next(c for c in caches if isinstance(c, dict) and c.get("backbone") == name)
+        settings, cache = source["settings"], str(source["cache"])
+        assert isinstance(settings, dict)
+    except (AssertionError, KeyError, StopIteration, TypeError):
+        raise FeaturebankError(
+            f"{run_dir}/report.json lacks its best row (best, caches, cv): write it again with featurebank cv --out"
+        ) from None
+    try:
+        check_spec(classifier)
+    except (FeaturebankError, ValueError) as exc:
+        raise FeaturebankError(
+            f"{run_dir}: its best row's classifier {classifier!r} is not a zoo spec ({exc})"
+        ) from None
+    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings)
+
+
+def differences(row: BestRow, settings: dict) -> list[str]:
+    """How the embedding ``settings`` differ from those the row was cross-validated on (the layers aside)."""
+    return [
+        f"{k}: {row.settings.get(k)!r} in the cv run, {settings.get(k)!r} here"
+        for k in COMPARED
+        if row.settings.get(k) != settings.get(k)
+    ]
+
+
+def matched(row: BestRow, reader: CacheReader) -> None:
+    """Refuse, in one line, a cache whose vectors are not the row's: other embedding settings, or no such layer."""
+    diff = differences(row, reader.settings)
+    if diff:
+        raise FeaturebankError(
+            f"--from {row.run}: its best row ({row.text()}) was cross-validated on {row.cache}, made with other "
+            f"settings than {reader.path} ({'; '.join(diff)}): give a cache made like it, or -c and -l"
+        )
+    if row.layer not in reader.layers:
+        raise FeaturebankError(
+            f"--from {row.run}: its best row is on layer {row.layer}, which {reader.path} does not hold "
+            f"({', '.join(reader.layers)}): extract that layer, or give -c and -l"
+        )
+
+
+def train_best(cache, run_dir: str, out: str | None = None, **keywords):
+    """``bundle.train`` on ``cache`` with the classifier and layer of ``run_dir``'s best row (searched when cv
+    searched it, or when ``search`` is asked). Returns the bundle and the row."""
+    from .bundle import train
+
+    row = best_row(run_dir)
+    reader = open_cache(cache)
+    matched(row, reader)
+    keywords["search"] = bool(keywords.get("search")) or row.search
+    keywords.pop("classifier", None)
+    keywords.pop("layer", None)
+    return train(reader, row.classifier, row.layer, out, **keywords), row
+
+
+def fit_row(row: BestRow, X, y, seed: int = 0, inner_folds: int = 3):
+    """The row's classifier fit on ``X, y`` (its hyperparameters searched on inner folds of these rows when cv
+    searched them), as ``train`` fits it: what ``finetune --compare`` scores beside the fine-tuned network."""
+    from sklearn.model_selection import GridSearchCV
+
+    from .crossval import RANK_BY
+    from .folds import inner_fold_count, inner_splitter
+    from .zoo import make_classifier, search_grid
+
+    pipeline = make_classifier(row.classifier, seed=seed)
+    if row.search:
+        folds = inner_fold_count(y, inner_folds)
+        grid = search_grid(row.classifier, len(y) * (folds - 1) // folds)
+        if grid:
+            search = GridSearchCV(pipeline, grid, cv=inner_splitter(folds, seed, False), scoring=RANK_BY)
+            return search.fit(X, y).best_estimator_
+    return pipeline.fit(X, y)
