@@ -392,24 +392,32 @@ def test_the_bounds_themselves_are_accepted():
 
 # -- an entry that cannot fit the data -----------------------------------------------------------------------
 def test_cv_without_c_skips_an_entry_that_cannot_fit_with_its_reason(tmp_path, monkeypatch):
-    """18 rows, 2 folds: knn (k = 10) cannot fit 9 rows. The default list is cut to two entries to stay fast."""
-    from classifiers import budget
+    """18 rows, 2 folds: an entry built as a plain k = 10 neighbours cannot predict from 9 rows (the zoo's own knn
+    now uses every row when k exceeds them, so a test entry stands in). The default list is cut to two entries."""
+    from sklearn.neighbors import KNeighborsClassifier
 
-    monkeypatch.setattr(budget, "default_classifiers", lambda: ["logreg", "knn"])
+    from classifiers import budget
+    from classifiers.registry import ClassifierSpec, register_classifier, unregister_classifier
+
+    register_classifier(ClassifierSpec("k10", "a test entry", lambda seed: KNeighborsClassifier(n_neighbors=10)))
+    monkeypatch.setattr(budget, "default_classifiers", lambda: ["logreg", "k10"])
     synthetic_cache(tmp_path / "c.h5", counts=(9, 9), dim=8)
     out = tmp_path / "run"
-    result = CliRunner().invoke(
-        cli.main, ["cv", str(tmp_path / "c.h5"), "--folds", "2", "--budget", "none", "-o", str(out)]
-    )
-    assert result.exit_code == 0, result.output
-    d = json.loads((out / "report.json").read_text())
-    skipped = d["cv"]["budget"]["skipped"]
-    assert "knn" in skipped and "n_neighbors" in skipped["knn"]
-    assert "knn" not in {r["classifier"] for r in d["leaderboard"]}
-    assert "logreg" in {r["classifier"] for r in d["leaderboard"]}
-    assert "knn left out: it cannot fit these data" in result.output
-    with pytest.raises(FeaturebankError, match="knn on flatten failed"):  # asked for by name: an error
-        cross_validate(str(tmp_path / "c.h5"), ["knn"], ["flatten"], folds=2)
+    try:
+        result = CliRunner().invoke(
+            cli.main, ["cv", str(tmp_path / "c.h5"), "--folds", "2", "--budget", "none", "-o", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        d = json.loads((out / "report.json").read_text())
+        skipped = d["cv"]["budget"]["skipped"]
+        assert "k10" in skipped and "n_neighbors" in skipped["k10"]
+        assert "k10" not in {r["classifier"] for r in d["leaderboard"]}
+        assert "logreg" in {r["classifier"] for r in d["leaderboard"]}
+        assert "k10 left out: it cannot fit these data" in result.output
+        with pytest.raises(FeaturebankError, match="k10 on flatten failed"):  # asked for by name: an error
+            cross_validate(str(tmp_path / "c.h5"), ["k10"], ["flatten"], folds=2)
+    finally:
+        unregister_classifier("k10")
 
 
 # -- a newcomer's first hour --------------------------------------------------------------------------------
