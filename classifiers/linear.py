@@ -22,7 +22,6 @@ from embedder.errors import FeaturebankError
 
 from . import solver
 from .folds import inner_fold_count, inner_splits, too_few_for_inner_folds
-from .metrics import full_proba
 from .solver import fit_path
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))  # 1e-4 … 10, half a decade apart
