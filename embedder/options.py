@@ -115,7 +115,7 @@ class ExtractOptions:
         None,
         "int8: use the int8 engine of this cache (e.g. embed val/ with "
         "train/'s calibration); its calibration options replace "
-        "--calibration-images, --calibration and the draw's --seed.",
+        "--calibration-images, --calibration, --int8-scheme and the draw's --seed.",
         path={"dir_okay": False},
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", check=DEVICE)
