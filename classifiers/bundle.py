@@ -21,7 +21,7 @@ from embedder.errors import FeaturebankError
 from embedder.job import extract
 from embedder.settings import ExtractionSettings
 from embedder.sources import Listing, list_inputs
-from embedder.store import engine_dir_for, sha256_of
+from embedder.store import engine_dir_for, sha256_of, weights_digest
 from embedder.versions import library_versions
 
 from .crossval import RANK_BY
@@ -32,8 +32,6 @@ from .metrics import confusion, per_class, scores
 from .modelfile import FORMAT, VERSION, input_dimensions, read_model, write_model
 from .semi import DEFAULT_MODE, MODES, UNLABELED, SemiSupervised
 from .zoo import describe, make_classifier, search_grid
-
-MAX_WEIGHTS_BYTES = 64 << 30  # the largest checkpoint a model file may name (timm's largest ViTs are a few GB)
 
 
 @dataclass
@@ -228,39 +226,6 @@ def settings_differ(cache_settings: dict, bundle: Bundle) -> list[str]:
         # an int8 graph is quantized as a whole: its vectors of one layer depend on which others it returns
         differ.append(f"layers: cache {list(cache.layers)}, int8 model trained on {int8_layers(bundle)}")
     return differ
-
-
-def weights_digest(path: str) -> str:
-    """The sha256 of a weights file a model names, read only when it is a regular file of a size between one byte
-    and ``MAX_WEIGHTS_BYTES``, and never past the size it had when opened: a FIFO, a device or ``/proc/self/pagemap``
-    (a "regular" file of size 0 that never ends) is one line, not a hang."""
-    import hashlib
-    import stat
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise FeaturebankError(f"cannot read the weights file {path}: {exc.strerror or exc}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise FeaturebankError(f"the weights file {path} is not a regular file: pass --weights PATH to the file")
-    with os.fdopen(fd, "rb") as fh:
-        if st.st_size == 0:
-            raise FeaturebankError(f"the weights file {path} is empty: pass --weights PATH to the file")
-        if st.st_size > MAX_WEIGHTS_BYTES:
-            raise FeaturebankError(
-                f"the weights file {path} is {st.st_size:,} bytes, more than any checkpoint "
-                f"({MAX_WEIGHTS_BYTES:,}): pass --weights PATH to the file"
-            )
-        h, left = hashlib.sha256(), st.st_size
-        while left > 0:
-            block = fh.read(min(left, 1 << 22))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
-    return h.hexdigest()
 
 
 def int8_layers(bundle: Bundle) -> list[str]:

@@ -141,9 +141,9 @@ def default_preprocessing(name: str) -> Preprocessing:
 
 
 def sha256_file(path: str) -> str:
-    from .store import sha256_of
+    from .store import weights_digest
 
-    return sha256_of(path)
+    return weights_digest(path)  # a regular file of bounded size, read no further than its size: never a hang
 
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")

@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 from .atomic import write_atomically
+from .errors import FeaturebankError
 
 ENGINE_DIR_ENV = "FEATUREBANK_ENGINE_DIR"
 
@@ -35,6 +36,42 @@ def sha256_of(path: str) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+MAX_WEIGHTS_BYTES = 64 << 30  # the largest checkpoint a model file may name (timm's largest ViTs are a few GB)
+
+
+def weights_digest(path: str) -> str:
+    """The sha256 of a weights file a model names, read only when it is a regular file of a size between one byte
+    and ``MAX_WEIGHTS_BYTES``, and never past the size it had when opened: a FIFO, a device or ``/proc/self/pagemap``
+    (a "regular" file of size 0 that never ends) is one line, not a hang."""
+    import hashlib
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise FeaturebankError(f"cannot read the weights file {path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FeaturebankError(f"the weights file {path} is not a regular file: pass --weights PATH to the file")
+    with os.fdopen(fd, "rb") as fh:
+        if st.st_size == 0:
+            raise FeaturebankError(f"the weights file {path} is empty: pass --weights PATH to the file")
+        if st.st_size > MAX_WEIGHTS_BYTES:
+            raise FeaturebankError(
+                f"the weights file {path} is {st.st_size:,} bytes, more than any checkpoint "
+                f"({MAX_WEIGHTS_BYTES:,}): pass --weights PATH to the file"
+            )
+        h, left = hashlib.sha256(), st.st_size
+        while left > 0:
+            block = fh.read(min(left, 1 << 22))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
     return h.hexdigest()
 
 

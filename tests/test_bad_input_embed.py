@@ -528,3 +528,19 @@ def test_image_files_named_on_the_command_line_may_have_names_that_are_not_utf8(
     listing = list_inputs([os.fsdecode(odd), str(tmp_path / "missing.jpg")])
     assert [os.fsencode(listing.full_path(i)) for i in listing.items][0] == odd
     assert [i.error for i in listing.items] == [None, "file not found"]
+
+
+def test_a_weights_file_that_never_ends_is_one_line_not_a_hang(tmp_path):
+    """``-w /proc/self/pagemap`` (a 'regular' file of size 0 that reads forever) and a FIFO: refused before any read."""
+    from embedder.backbones import sha256_file
+
+    fifo = tmp_path / "w.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(FeaturebankError, match="is not a regular file"):
+        sha256_file(str(fifo))
+    if os.path.exists("/proc/self/pagemap"):
+        with pytest.raises(FeaturebankError, match="is empty"):
+            sha256_file("/proc/self/pagemap")
+    good = tmp_path / "ok.pth"
+    good.write_bytes(b"abc")
+    assert sha256_file(str(good)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -395,6 +395,7 @@ def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeyp
         cache_dir="cached",
         engine="torch",
         int8=Int8(images=5, seed=9),
+        force_int8=True,
         engine_dir="engines",
         threads=1,
         progress=True,

@@ -250,7 +250,14 @@ def test_relabel_applies_accepted_corrections_to_a_manifest_and_extract_keeps_th
     out = tmp_path / "fixed.csv"
     result = runner.invoke(cli.main, ["relabel", str(manifest), str(corrections), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"manifest": str(out), "rows": 4, "changed": 1, "stale": 1, "unchanged": 0}
+    assert json.loads(result.output) == {
+        "manifest": str(out),
+        "rows": 4,
+        "changed": 1,
+        "stale": 1,
+        "unchanged": 0,
+        "left_empty": 0,
+    }
     lines = out.read_text().splitlines()
     assert lines[0] == "path,label,group" and lines[1] == f"./{paths[0]},dogs,g0"  # the rest as they were
     assert lines[2:] == manifest.read_text().splitlines()[2:]

@@ -50,6 +50,7 @@ FOLDED = (
     "TunedRidge",
     "LinearSVC",
     "LinearDiscriminantAnalysis",
+    "FewShotLDA",
 )
 CONVERTED = ("SVC", "RandomForestClassifier", "KNeighborsClassifier", "CosineKNeighbors")
 
