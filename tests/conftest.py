@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pathlib
+import threading
 
 import numpy as np
 import pytest
@@ -169,3 +170,22 @@ def shared_engine_dir(tmp_path_factory):
         os.environ.pop(ENGINE_DIR_ENV, None)
     else:
         os.environ[ENGINE_DIR_ENV] = previous
+
+
+def finishes(fn, seconds=20.0):
+    """``fn()``'s result, failing the test (instead of hanging it) when it does not return in time."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn} did not return within {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

@@ -6,10 +6,9 @@ from __future__ import annotations
 import io
 import os
 import struct
-import threading
 
 import pytest
-from conftest import FAST, ROOT, photo, write_tree
+from conftest import FAST, ROOT, finishes, photo, write_tree
 from PIL import Image
 
 import embedder
@@ -26,25 +25,6 @@ from embedder.errors import FeaturebankError
 from embedder.sources import list_images
 
 TORCH = dict(FAST, engine="torch")  # no ONNX export, no engine timing: the fastest honest extract
-
-
-def finishes(fn, seconds=20.0):
-    """``fn()``'s result, failing the test (instead of hanging it) when it does not return in time."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{fn} did not return within {seconds} s"
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def corrupt_exif_jpeg() -> bytes:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import zipfile
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, synthetic_cache, write_tree
+from conftest import FAST, finishes, synthetic_cache, write_tree
 
 import cli
 from classifiers import modelfile
@@ -22,25 +21,6 @@ from classifiers.bundle import evaluate, extract_options, load_bundle, train
 from classifiers.crossval import cross_validate
 from embedder.errors import FeaturebankError
 from workflows.export import export_model
-
-
-def finishes(fn, seconds=20.0):
-    """``fn()``'s result, failing the test (instead of hanging it) when it does not return in time."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{fn} did not return within {seconds} s"
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def one_line_error(result, *words):

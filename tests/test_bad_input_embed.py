@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 
 import numpy as np
 import pytest
-from conftest import FAST, photo
+from conftest import FAST, finishes, photo
 
 import embedder
 from embedder.cache import CacheReader
@@ -21,25 +20,6 @@ from embedder.preprocess import Preprocessing
 from embedder.shards import ShardOptions, list_input, scan_tar
 
 TORCH = dict(FAST, engine="torch")
-
-
-def finishes(fn, seconds=20.0):
-    """``fn()``'s result, failing the test (instead of hanging it) when it does not return in time."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{fn} did not return within {seconds} s"
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def jpeg(seed: int) -> bytes:

@@ -11,11 +11,10 @@ import json
 import os
 import pathlib
 import re
-import threading
 
 import numpy as np
 import pytest
-from conftest import FAST, write_tree
+from conftest import FAST, finishes, write_tree
 
 from embedder.errors import FeaturebankError
 from workflows.finetune.trunk import TrunkStore
@@ -28,25 +27,6 @@ TINY = dict(FAST, val_split=0.25)
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def finishes(fn, seconds=20.0):
-    """``fn()``'s result, failing the test (instead of hanging it) when it does not return in time."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{fn} did not return within {seconds} s"
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 # -- the trunk store, validated when opened ------------------------------------------------------------------
