@@ -1,11 +1,11 @@
 """Which images to label first: the selection rules of `featurebank select` against random picks, on real photos.
 
     python benchmarks/few_labels.py [--datasets flowers,hymenoptera] [--draws 10] [--random-draws 20]
-                                    [--shots 1,2,5,10] [--caches /work/fbcache] [--write]
+                                    [--shots 1,2,5,10] [--caches cache/fewlabels] [--write]
 
 The caches are MobileNetV2 (the real ImageNet checkpoint of ../shared/weights, layer classifier.0, 224 px) of
 train/ and val/ (made with `featurebank extract DATA/train -b mobilenet_v2 -w WEIGHTS --cache DIR/NAME-train.h5`,
-the same for val/). train/ is the pool, its labels hidden from the rules; val/ is the test set, scored once per
+the same for val/); missing ones are made from ../shared/data on the first run. train/ is the pool, its labels hidden from the rules; val/ is the test set, scored once per
 pick set. The probe scored is FIXED (the zoo's logreg with C fixed at select_rules.FIXED_C, standardized
 features), trained on the picked images with their true labels: nothing about it is tuned on val/.
 
@@ -37,13 +37,27 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from classifiers import select_rules as rules  # noqa: E402
 
-CACHES = pathlib.Path("/work/fbcache")
+CACHES = ROOT / "cache" / "fewlabels"  # /cache/* is git-ignored
+SHARED = ROOT.parent / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
+
+
+def made(caches: pathlib.Path, name: str, part: str) -> str:
+    """The cache of ../shared/data/NAME/PART, embedded once (a later call finds every image there)."""
+    cache = caches / f"{name}-{part}.h5"
+    if not cache.exists():
+        import embedder
+
+        embedder.extract(
+            str(SHARED / "data" / name / part), cache=str(cache), backbone="mobilenet_v2", weights=str(WEIGHTS)
+        )
+    return str(cache)
 
 
 def load(caches: pathlib.Path, name: str):
     from embedder.cache import CacheReader
 
-    train, val = (CacheReader(str(caches / f"{name}-{part}.h5")) for part in ("train", "val"))
+    train, val = (CacheReader(made(caches, name, part)) for part in ("train", "val"))
     X = train.features()
     return rules.prepared(X.copy()), X, np.asarray(train.labels), val.features(), np.asarray(val.labels)
 

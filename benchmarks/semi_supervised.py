@@ -16,7 +16,11 @@ The probe is the zoo's ``logreg`` at a fixed C (``--probe``, default ``logreg:C=
 at one label per class): the tuned one sweeps C on inner folds of every fit, which on 2,500 pseudo-labelled rows
 is too slow for 40 draws on a shared 2-core machine.
 
-    python benchmarks/semi_supervised.py --data flowers /work/fbcache/flowers-train.h5 /work/fbcache/flowers-val.h5
+    python benchmarks/semi_supervised.py --data flowers cache/fewlabels/flowers-train.h5 cache/fewlabels/flowers-val.h5
+
+The caches: MobileNetV2 with the real checkpoint of ../shared/weights, default layer, e.g.
+``featurebank extract ../shared/data/flowers/train -b mobilenet_v2 -w ../shared/weights/mobilenet_v2-imagenet.pth
+--cache cache/fewlabels/flowers-train.h5`` (and val/); ``benchmarks/few_labels.py`` makes the same ones.
 """
 
 from __future__ import annotations
