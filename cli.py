@@ -13,11 +13,11 @@ import click
 from classifiers.options import CVOptions, TrainOptions
 from classifiers.select_options import SelectOptions
 from embedder.clickopts import Group, checked, emit, value_options
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.settings import POOLINGS
 from embedder.options import BACKBONE, ExtractOptions, RunOptions, ShardOptions
-from embedder.settings import POOLINGS
+from workflows.deploy.options import ExportOptions
 from workflows.finetune.options import FinetuneOptions
-from workflows.options import ExportOptions
 
 SHARD_FIELDS = {f.name for f in fields(ShardOptions)}
 
@@ -61,7 +61,7 @@ def backbones(source, pattern, as_json):
       featurebank backbones --json
       featurebank backbones --source timm --filter '*dinov2*'
     """
-    from embedder.backbone_table import backbone_rows, backbones_text
+    from embedder.backbones.table import backbone_rows, backbones_text
 
     emit(backbone_rows(source, pattern), as_json, backbones_text)
 
@@ -87,7 +87,7 @@ def layers(backbone, size, pooling, as_json):
       featurebank layers resnet50
       featurebank extract photos/ -b resnet50 --layer layer3,penultimate
     """
-    from embedder.catalog import layer_rows, layers_text
+    from embedder.backbones.catalog import layer_rows, layers_text
 
     emit(layer_rows(backbone, size, pooling), as_json, layers_text)
 
@@ -119,10 +119,10 @@ def extract(source, cache, quiet, as_json, **options):
       torchrun --nproc_per_node 4 -m cli extract photos/ --cache cache/photos.h5
       featurebank extract shards/ --label-key json:label --cache cache/web.h5
     """
+    from embedder.cache.describe import extract_text
     from embedder.distributed import Rank
     from embedder.job import extract as run_extract
     from embedder.job import int8_request
-    from embedder.views import extract_text
 
     shards = ShardOptions(**{k: options.pop(k) for k in list(options) if k in SHARD_FIELDS})
     o = ExtractOptions(**options)
@@ -160,7 +160,7 @@ def info(cache, as_json, verify):
     Example:
       featurebank info cache/ants.h5
     """
-    from embedder.views import cache_text, describe_cache
+    from embedder.cache.describe import cache_text, describe_cache
 
     emit(describe_cache(cache, verify), as_json, cache_text)
 
@@ -179,7 +179,7 @@ def classifiers(as_json):
       featurebank classifiers --json
       featurebank cv cache/flowers.h5 -c logreg -c "rbf-svm:pca=128,C=10" -c knn:n_neighbors=5
     """
-    from classifiers.views import classifier_rows, classifiers_text
+    from classifiers.report.text import classifier_rows, classifiers_text
 
     emit(classifier_rows(), as_json, classifiers_text)
 
@@ -226,9 +226,9 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
       featurebank cv cache/flowers.h5 -c logreg,knn --shots 1,2,5,10,all --draws 5
     """
     from classifiers.crossval import cross_validate
-    from classifiers.report import report_dict, write_report
-    from classifiers.views import cv_text
-    from embedder.destination import writable_folder
+    from classifiers.report.text import cv_text
+    from classifiers.report.writer import report_dict, write_report
+    from embedder.kernel.destination import writable_folder
 
     o = CVOptions(**options)
     if o.scheduler and o.n_jobs != 1:
@@ -271,7 +271,7 @@ def train(ctx, cache, from_run, as_json, **options):
       featurebank train cache/flowers.h5 --from runs/flowers-cv -o models/flowers.fbmodel
     """
     from classifiers.bundle import train as run_train
-    from classifiers.views import train_text
+    from classifiers.report.text import train_text
 
     o = TrainOptions(**options)
     if from_run:
@@ -306,8 +306,8 @@ def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
     """
     from classifiers.bundle import evaluate as run_evaluate
     from classifiers.predictions import write_evaluation_csv
-    from classifiers.views import evaluate_text
-    from embedder.destination import check_destination
+    from classifiers.report.text import evaluate_text
+    from embedder.kernel.destination import check_destination
 
     if predictions:
         check_destination(predictions, [model, data], "--predictions")
@@ -373,7 +373,7 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, trust_pickle, 
     from classifiers.bundle import is_cache_file, predict_imagenet, prediction_outcome, pseudo_labels
     from classifiers.bundle import predict as run_predict
     from classifiers.predictions import cache_note, predictions_text, write_predictions
-    from embedder.destination import check_destination
+    from embedder.kernel.destination import check_destination
 
     if out:
         check_destination(out, args, "-o")
@@ -422,8 +422,8 @@ def export(model, as_json, **options):
       featurebank export models/flowers.fbmodel -o flowers-int8.onnx --precision int8
       featurebank export runs/ants-finetune/best.pth -b mobilenet_v2 -o ants.onnx
     """
-    from workflows.export import export as run_export
-    from workflows.export import export_text
+    from workflows.deploy.entry import export as run_export
+    from workflows.deploy.entry import export_text
 
     result = run_export(model, ExportOptions(**options))
     emit(result.to_dict(), as_json, export_text)
@@ -468,7 +468,7 @@ def report_command(run_dir, images):
       featurebank report runs/flowers-cv
       featurebank report runs/flowers-cv --images /mnt/photos/flowers/train
     """
-    from workflows.report import write_html
+    from workflows.render import write_html
 
     click.echo(write_html(run_dir, root=images))
 
@@ -552,7 +552,7 @@ def manifest(folder, out, layout, as_json):
       featurebank relabel photos.csv runs/photos-cv/label_issues.csv -o photos-fixed.csv
       featurebank extract photos-fixed.csv --cache cache/photos.h5
     """
-    from embedder.manifest import manifest_text, write_manifest
+    from embedder.inputs.manifest import manifest_text, write_manifest
 
     emit(write_manifest(folder, out, layout), as_json, manifest_text)
 

@@ -46,7 +46,7 @@ def main(quick: bool = False) -> None:
     Gram and neighbour families, from 6,000 training rows (where the tuned probe chooses C on one inner split),
     so that the matrix products run as efficiently as they do at 200,000 rows; the kernel families on the PCA's
     256 dimensions."""
-    from classifiers.embedmap import embedding_map
+    from classifiers.report.embedmap import embedding_map
 
     probe = machine_speed() * cost.PROBE_SECONDS
     k, m = 10, 300

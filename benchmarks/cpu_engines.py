@@ -39,8 +39,8 @@ MAXRSS = (
 
 
 def cpu() -> tuple[str, str]:
-    """The CPU's model and the instruction sets int8 depends on (``embedder.cpu``), with its int8 kind."""
-    from embedder.cpu import current_cpu
+    """The CPU's model and the instruction sets int8 depends on (``embedder.engines.cpu``), with its int8 kind."""
+    from embedder.engines.cpu import current_cpu
 
     here = current_cpu()
     flags = "unknown" if here.flags is None else (" ".join(here.flags) or "-")
@@ -100,9 +100,9 @@ def model_only(engine, n: int = 32, reps: int = 3) -> float:
 
 
 def decode_only(folder: pathlib.Path) -> float:
-    from embedder.batches import ImageDataset, ThreadBatches
-    from embedder.preprocess import Preprocessing
-    from embedder.sources import list_images
+    from embedder.inputs.batches import ImageDataset, ThreadBatches
+    from embedder.inputs.sources import list_images
+    from embedder.kernel.preprocess import Preprocessing
 
     listing = list_images(str(folder))
     dataset = ImageDataset([listing.full_path(i) for i in listing.items], Preprocessing())
@@ -115,8 +115,8 @@ def decode_only(folder: pathlib.Path) -> float:
 
 def int8_choice(summary: dict) -> str:
     """The scheme ``--precision int8`` chose on this CPU and its mean cosine to fp32, or its fallback to fp32."""
-    from embedder.cache import CacheReader
-    from embedder.settings import ExtractionSettings
+    from embedder.cache.hdf5 import CacheReader
+    from embedder.kernel.settings import ExtractionSettings
 
     settings = ExtractionSettings.from_dict(summary["settings"])
     if settings.int8 is None:
@@ -128,10 +128,10 @@ def int8_choice(summary: dict) -> str:
 def engines_of(model: str, store_dir: str, prep_summary: dict, int8_summary: dict):
     import torch
 
-    from embedder.backbones import load_backbone
-    from embedder.engines import OnnxEngine, TorchEngine, onnx_name
-    from embedder.settings import ExtractionSettings
-    from embedder.store import EngineStore
+    from embedder.backbones.registry import load_backbone
+    from embedder.engines.engine import OnnxEngine, TorchEngine, onnx_name
+    from embedder.kernel.settings import ExtractionSettings
+    from embedder.kernel.store import EngineStore
 
     settings = ExtractionSettings.from_dict(prep_summary["settings"])
     int8 = ExtractionSettings.from_dict(int8_summary["settings"])

@@ -88,7 +88,7 @@ def build(cache: str, rows: int, dim: int = DIM, seed: int = 0) -> None:
     merge: the file `extract` would leave, with synthetic paths (no images behind them)."""
     import numpy as np
 
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     rng = np.random.default_rng(seed)
     means = (SEPARATION * rng.standard_normal((CLASSES, dim))).astype(np.float32)
@@ -153,7 +153,7 @@ def knn_fold(cache: str) -> None:
     from sklearn.neighbors import KNeighborsClassifier
 
     from classifiers.neighbours import CosineKNeighbors
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     reader = CacheReader(cache)
     X, y = reader.features(LAYER), reader.labels

@@ -44,9 +44,9 @@ def main() -> None:
 
     from classifiers.bundle import evaluate, train
     from embedder import extract
-    from embedder.batches import ImageDataset
-    from embedder.sources import list_images
-    from workflows.export import export_model as export
+    from embedder.inputs.batches import ImageDataset
+    from embedder.inputs.sources import list_images
+    from workflows.deploy.entry import export_model as export
 
     common = dict(backbone="mobilenet_v2", weights=str(WEIGHTS), layers=["penultimate"], device="cpu")
     train_cache = extract(str(FLOWERS / "train"), str(work / "flowers-train.h5"), **common).cache
@@ -117,7 +117,7 @@ def main() -> None:
 
 
 def bundle_prep(meta: dict):
-    from embedder.preprocess import Preprocessing
+    from embedder.kernel.preprocess import Preprocessing
 
     p = meta["preprocessing"]
     return Preprocessing(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"], p["draft"])

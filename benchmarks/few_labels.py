@@ -55,7 +55,7 @@ def made(caches: pathlib.Path, name: str, part: str) -> str:
 
 
 def load(caches: pathlib.Path, name: str):
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     train, val = (CacheReader(made(caches, name, part)) for part in ("train", "val"))
     X = train.features()

@@ -235,7 +235,7 @@ def say(text: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # helpers shared by sections
 def cores() -> int:
-    from embedder.engines import cpu_cores
+    from embedder.engines.engine import cpu_cores
 
     return cpu_cores()
 
@@ -269,8 +269,8 @@ def resolved(ctx: Ctx, backbone: str, weights: str | None, precision: str):
 
 
 def torch_engine(ctx: Ctx, backbone: str, precision: str, device, **kw):
-    from embedder.backbones import load_backbone
-    from embedder.engines import TorchEngine
+    from embedder.backbones.registry import load_backbone
+    from embedder.engines.engine import TorchEngine
 
     r = resolved(ctx, backbone, "none", precision)
     model = load_backbone(backbone, "none", 0, **ctx.size_args()).model
@@ -336,7 +336,7 @@ def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
 
 
 def rows_by_path(cache: str) -> dict[str, np.ndarray]:
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     reader = CacheReader(cache)
     features = reader.features()
@@ -354,7 +354,7 @@ def section_env(ctx: Ctx, out: Rows) -> None:
     import torch
     import torchvision
 
-    from embedder.engines import cpu_name
+    from embedder.engines.engine import cpu_name
 
     out.add("cuda", bool(torch.cuda.is_available()), note="torch.cuda.is_available()")
     out.add(
@@ -512,9 +512,9 @@ def section_vectors(ctx: Ctx, out: Rows) -> None:
                 "",
                 "the engine's description in the cache records tf32",
             )
-            from embedder.backbones import load_backbone
-            from embedder.batches import ImageDataset, batches
-            from embedder.engines import TorchEngine
+            from embedder.backbones.registry import load_backbone
+            from embedder.engines.engine import TorchEngine
+            from embedder.inputs.batches import ImageDataset, batches
 
             r = resolved(ctx, backbone, weights, "fp32")
             model = load_backbone(backbone, weights, 0, **ctx.size_args()).model
@@ -571,7 +571,7 @@ def section_model(ctx: Ctx, out: Rows) -> None:
     features back), then from pinned host memory and from ordinary memory (the copy included)."""
     import torch
 
-    from embedder.features import embed_uint8
+    from embedder.backbones.features import embed_uint8
 
     p = ctx.plan
     dev = torch.device(ctx.device)
@@ -626,7 +626,7 @@ def section_model(ctx: Ctx, out: Rows) -> None:
 def _decode_rate(files, prep, batch, workers, pin, device_type, seconds, deadline) -> tuple[float, int]:
     """Images/s of the project's decoding stream (``batches``) for ``seconds``: from its first batch on (the
     steady rate) when there are more than 4 batches, else from its start (workers' start included)."""
-    from embedder.batches import ImageDataset, batches
+    from embedder.inputs.batches import ImageDataset, batches
 
     started = time.perf_counter()
     stream = batches(ImageDataset(files, prep), batch, workers, pin_memory=pin, device_type=device_type)
@@ -645,7 +645,7 @@ def _decode_rate(files, prep, batch, workers, pin, device_type, seconds, deadlin
 
 
 def section_decode(ctx: Ctx, out: Rows) -> None:
-    from embedder.batches import default_workers
+    from embedder.inputs.batches import default_workers
 
     p = ctx.plan
     r = resolved(ctx, p.models[0], "none", p.precision)
@@ -695,7 +695,7 @@ def section_nvjpeg(ctx: Ctx, out: Rows) -> None:
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import functional as TF
 
-    from embedder.batches import ImageDataset
+    from embedder.inputs.batches import ImageDataset
 
     p = ctx.plan
     dev = torch.device(ctx.device)
@@ -1074,7 +1074,7 @@ def section_compile(ctx: Ctx, out: Rows) -> None:
     eager; the images after which compiling pays for itself."""
     import torch
 
-    from embedder.features import embed_uint8
+    from embedder.backbones.features import embed_uint8
 
     p = ctx.plan
     dev = torch.device(ctx.device)
@@ -1482,7 +1482,7 @@ def main(argv=None) -> int:
         import torchvision  # noqa: F401
 
         import cli  # noqa: F401
-        import embedder.features  # noqa: F401
+        import embedder.backbones.features  # noqa: F401
         import embedder.job  # noqa: F401
         import workflows.finetune  # noqa: F401
     wanted = set(args.only.split(",")) | {"env", "synth"} if args.only else set(FUNCTIONS)

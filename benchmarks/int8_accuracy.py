@@ -32,7 +32,7 @@ SCHEMES = "u8s8,u8s8-reduce,u8s8-reduce+8,u8s8-tensor,u8u8"
 
 
 def as_int8(scheme: str):
-    from embedder.settings import Int8
+    from embedder.kernel.settings import Int8
 
     if scheme == "default":
         return Int8()
@@ -68,10 +68,10 @@ def speeds(engines: dict, images: np.ndarray) -> dict:
 
 def dataset_rows(name: str, schemes: list[str], tmp: pathlib.Path, engine_dir: str) -> list[str]:
     import embedder
-    from embedder.cache import CacheReader
-    from embedder.engines import OnnxEngine
+    from embedder.cache.hdf5 import CacheReader
+    from embedder.engines.engine import OnnxEngine
     from embedder.job import int8_of_cache
-    from embedder.settings import ExtractionSettings
+    from embedder.kernel.settings import ExtractionSettings
 
     data = SHARED / "data" / name
     common = dict(backbone="mobilenet_v2", weights=str(WEIGHTS), engine_dir=engine_dir, progress=False)
@@ -104,9 +104,9 @@ def dataset_rows(name: str, schemes: list[str], tmp: pathlib.Path, engine_dir: s
         label = scheme if scheme != "default" else f"default ({settings.int8.name})"
         engines[label] = OnnxEngine(os.path.join(folder, train.engine["model"]), settings)
         found[label] = (calib, cos, acc, int(np.sum(pred != base_pred)), seconds, train.prepared, train.notes)
-    from embedder.batches import ImageDataset, ThreadBatches
-    from embedder.preprocess import Preprocessing
-    from embedder.sources import list_images
+    from embedder.inputs.batches import ImageDataset, ThreadBatches
+    from embedder.inputs.sources import list_images
+    from embedder.kernel.preprocess import Preprocessing
 
     listing = list_images(str(data / "train"))
     images = next(
@@ -130,7 +130,7 @@ def dataset_rows(name: str, schemes: list[str], tmp: pathlib.Path, engine_dir: s
 
 
 def _settings(summary):
-    from embedder.settings import ExtractionSettings
+    from embedder.kernel.settings import ExtractionSettings
 
     return ExtractionSettings.from_dict(summary.settings)
 
@@ -138,7 +138,7 @@ def _settings(summary):
 def resnet50_rows(schemes: list[str], tmp: pathlib.Path, engine_dir: str) -> list[str]:
     """The cosine to fp32 on the 245 hymenoptera train images (all of them calibrate), random ResNet-50."""
     import embedder
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     rows = []
     folder = SHARED / "data" / "hymenoptera" / "train"
@@ -163,7 +163,7 @@ def resnet50_rows(schemes: list[str], tmp: pathlib.Path, engine_dir: str) -> lis
 
 
 def as_scheme(settings: dict) -> str:
-    from embedder.settings import ExtractionSettings
+    from embedder.kernel.settings import ExtractionSettings
 
     return ExtractionSettings.from_dict(settings).int8.name
 
@@ -183,8 +183,8 @@ def main() -> int:
     if not WEIGHTS.exists():
         print(f"skipped: {WEIGHTS} is absent")
         return 0
-    from embedder.cpu import current_cpu
-    from embedder.quantize import COSINE_BOUND, ladder
+    from embedder.engines.cpu import current_cpu
+    from embedder.engines.quantize import COSINE_BOUND, ladder
 
     cpu = current_cpu()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1]

@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import photo, write_tree  # noqa: E402
 
 import embedder  # noqa: E402
-from embedder.cache import CacheReader, parts_dir  # noqa: E402
+from embedder.cache.hdf5 import CacheReader, parts_dir  # noqa: E402
 
 ARGS = ["-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "1", "--batch-size", "2", "-q"]
 

@@ -61,7 +61,7 @@ def build(cache: str, rows: int, dim: int) -> None:
     """Parts of PART_ROWS random rows, then the merge in input order."""
     import numpy as np
 
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     rng = np.random.default_rng(0)
     order = paths(rows)
@@ -90,7 +90,7 @@ def reorder(cache: str, rows: int) -> None:
     """The same rows in a shuffled order: the merge after a reordered manifest."""
     import numpy as np
 
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     order = paths(rows)
     shuffled = [order[i] for i in np.random.default_rng(1).permutation(rows)]

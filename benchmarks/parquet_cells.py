@@ -18,7 +18,7 @@ import tempfile
 
 CHILD = r"""
 import sys, time
-from embedder.preprocess import Preprocessing
+from embedder.kernel.preprocess import Preprocessing
 from embedder.shards import list_input
 path, max_pixels = sys.argv[1], int(sys.argv[2])
 listing = list_input(path)

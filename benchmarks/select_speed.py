@@ -37,7 +37,7 @@ def build(cache: str, rows: int, dim: int) -> list[int]:
     """The cache, unlabeled; returns the cluster of each row (for the labels CSV of the second round)."""
     import numpy as np
 
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (CLUSTERS, dim)).astype(np.float32)

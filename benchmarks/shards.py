@@ -30,8 +30,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import FLOWERS, HYMENOPTERA, MOBILENET_V2  # noqa: E402
 
 import embedder  # noqa: E402
-from embedder.batches import ImageDataset, ThreadBatches  # noqa: E402
-from embedder.preprocess import Preprocessing  # noqa: E402
+from embedder.inputs.batches import ImageDataset, ThreadBatches  # noqa: E402
+from embedder.kernel.preprocess import Preprocessing  # noqa: E402
 from embedder.shards import list_input  # noqa: E402
 
 

@@ -57,11 +57,11 @@ def rate(engine, batch: np.ndarray) -> float:
 
 def measure(name: str, crop: int | None, images: pathlib.Path, n_batch: int, workdir: str) -> dict:
     import embedder
-    from embedder.backbones import check_backbone, default_preprocessing, load_backbone
-    from embedder.engines import Prepared, open_engine
+    from embedder.backbones.registry import check_backbone, default_preprocessing, load_backbone
+    from embedder.engines.engine import Prepared, open_engine
+    from embedder.kernel.settings import Int8
+    from embedder.kernel.store import EngineStore
     from embedder.resolve import Request, resolve
-    from embedder.settings import Int8
-    from embedder.store import EngineStore
 
     prep = default_preprocessing(check_backbone(name))
     resize = None if crop is None else int(crop * prep.resize / prep.crop)

@@ -3,7 +3,7 @@
 The names below are imported on first use, so that ``cv`` and ``classifiers`` do not wait for torch.
 """
 
-from embedder.lazy import lazy_attributes
+from embedder.kernel.lazy import lazy_attributes
 
 _EXPORTS = {
     "Bundle": "bundle",
@@ -20,12 +20,12 @@ _EXPORTS = {
     "CVReport": "crossval",
     "cross_validate": "crossval",
     "make_splits": "crossval",
-    "report_dict": "report",
+    "report_dict": "report.writer",
     "Selection": "selection",
     "select": "selection",
     "labels_of": "labels",
     "read_labels": "labels",
-    "write_report": "report",
+    "write_report": "report.writer",
     "ClassifierSpec": "zoo",
     "list_classifiers": "zoo",
     "make_classifier": "zoo",

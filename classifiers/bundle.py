@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import GridSearchCV
 
-from embedder.cache import CacheReader
-from embedder.destination import check_destination, refuse_overwrite
-from embedder.errors import FeaturebankError
+from embedder.cache.hdf5 import CacheReader
+from embedder.inputs.sources import Listing, list_inputs
 from embedder.job import extract
-from embedder.settings import ExtractionSettings
-from embedder.sources import Listing, list_inputs
-from embedder.store import engine_dir_for, sha256_of, weights_digest
-from embedder.versions import library_versions
+from embedder.kernel.destination import check_destination, refuse_overwrite
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.settings import ExtractionSettings
+from embedder.kernel.store import engine_dir_for, sha256_of, weights_digest
+from embedder.kernel.versions import library_versions
 
 from .crossval import RANK_BY
 from .data import labeled, open_cache
@@ -517,7 +517,7 @@ def predict_imagenet(
 ) -> dict:
     """Classify with the backbone's own head (ImageNet, or a fine-tuned checkpoint's classes): the logits are cached
     like any layer, then softmaxed."""
-    from embedder.backbones import head_classes, output_node
+    from embedder.backbones.registry import head_classes, output_node
 
     classes = head_classes(backbone, weights, seed)
     listing = _listing(images, layout, out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from embedder.errors import FeaturebankError, first_line
+from embedder.kernel.errors import FeaturebankError, first_line
 
 INSTALL = 'pip install -e ".[dask]"'
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 DEFAULT_BUDGET = 12 * 60.0  # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras;
 # 12 minutes of estimates leave room for reading the layer, imports and writing the report within about 15

@@ -22,7 +22,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedGroupKFold
 from tqdm import tqdm
 
-from embedder.errors import FeaturebankError, first_line
+from embedder.kernel.errors import FeaturebankError, first_line
 
 from .budget import Plan, estimate, extras_estimate, plan
 from .cluster import layer_tasks, on_cluster

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedder.cache import CacheReader
-from embedder.errors import FeaturebankError
+from embedder.cache.hdf5 import CacheReader
+from embedder.kernel.errors import FeaturebankError
 
 COMPOSITE = "+"  # "layer3+layer4": the horizontal concatenation of those layers of one cache
 

@@ -21,7 +21,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 from .folds import fit_grouped, inner_fold_count, inner_splits, inner_splitter, too_few_for_inner_folds
 from .metrics import full_proba

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.atomic import atomic_path
+from embedder.kernel.atomic import atomic_path
 
 SUFFIX = ".extras"
 

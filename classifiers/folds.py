@@ -12,7 +12,7 @@ import inspect
 import numpy as np
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 
 def inner_splitter(folds: int, seed: int, grouped: bool):

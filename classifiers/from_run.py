@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embedder.cache import CacheReader
-from embedder.errors import FeaturebankError
+from classifiers.report.html import is_cv_report, read_run
+from embedder.cache.hdf5 import CacheReader
+from embedder.kernel.errors import FeaturebankError
 
 from .data import open_cache
-from .html import is_cv_report, read_run
 from .registry import check_spec
 
 COMPARED = ("backbone", "weights", "pooling", "precision", "preprocessing")  # what a row's vectors depend on

@@ -369,8 +369,8 @@ def read_table(path: str, what: str) -> tuple[list[str], list[dict[str, str]]]:
     or fewer fields than the header, or a field too long for a CSV reader, is one line naming its line."""
     import io
 
-    from embedder.errors import FeaturebankError
-    from embedder.sources import read_text
+    from embedder.inputs.sources import read_text
+    from embedder.kernel.errors import FeaturebankError
 
     text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -409,9 +409,9 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
     as ``extract`` reads a manifest (``read_table``); ``out`` is written whole or not at all, with ``\\n`` line ends."""
     import os
 
-    from embedder.atomic import atomic_path
-    from embedder.destination import check_destination, same_file
-    from embedder.errors import FeaturebankError
+    from embedder.kernel.atomic import atomic_path
+    from embedder.kernel.destination import check_destination, same_file
+    from embedder.kernel.errors import FeaturebankError
 
     if os.path.abspath(out) == os.path.abspath(manifest) or same_file(out, manifest):
         raise FeaturebankError(f"-o {out} is the manifest itself: write the corrected manifest to a new file")

@@ -14,9 +14,9 @@ import posixpath
 
 import numpy as np
 
-from embedder.cache import CacheReader
-from embedder.errors import FeaturebankError
-from embedder.sources import read_text
+from embedder.cache.hdf5 import CacheReader
+from embedder.inputs.sources import read_text
+from embedder.kernel.errors import FeaturebankError
 
 from .data import open_cache
 

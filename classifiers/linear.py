@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 from . import solver
 from .folds import inner_fold_count, inner_splits, too_few_for_inner_folds

@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 from .ensemble import ZooEnsemble
 from .linear import TunedLogisticRegression
@@ -301,7 +301,7 @@ def check_metadata(path: str, document: dict) -> None:
     weights = document["settings"].get("weights")
     if not isinstance(weights, str):
         raise FeaturebankError(f"{path} is not a valid featurebank model file: 'settings' has no 'weights' name")
-    from embedder.settings import ExtractionSettings
+    from embedder.kernel.settings import ExtractionSettings
 
     try:
         ExtractionSettings.from_dict(document["settings"])

@@ -24,7 +24,7 @@ class CVOptions:
         short="-l",
         flag="--layer",
         multiple=True,
-        check="embedder.settings:split_layers",
+        check="embedder.kernel.settings:split_layers",
     )
     folds: int = option(5, low=2)
     repeats: int = option(1, "Repeat the k folds with other shuffles.", low=1)

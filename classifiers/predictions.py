@@ -7,7 +7,7 @@ import csv
 import io
 import json
 
-from embedder.atomic import atomic_path
+from embedder.kernel.atomic import atomic_path
 
 
 def write_evaluation_csv(result: dict, path: str) -> str:

@@ -19,7 +19,7 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 from . import cost
 from .cost import Shape

@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.kernel_approximation import Nystroem
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))  # 0.1 … 1e6, half a decade apart
 BLOCK = 2048  # rows per block: BLOCK x d float64 is the only per-row memory (a few of them: 60 MB at 1,280 dims)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 COLD = ("kmeans", "typiclust", "probcover")
 WARM = ("margin", "cluster-margin", "badge", "coverage-margin")

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from embedder.atomic import atomic_path
-from embedder.errors import FeaturebankError
-from embedder.sources import read_text
+from embedder.inputs.sources import read_text
+from embedder.kernel.atomic import atomic_path
+from embedder.kernel.errors import FeaturebankError
 
 from .data import open_cache
 from .labels import labels_of, path_key
@@ -112,7 +112,7 @@ def select(
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise FeaturebankError(f"--budget {budget}: give how many images to pick, 1 or more")
     if out:
-        from embedder.destination import check_destination
+        from embedder.kernel.destination import check_destination
 
         inputs = [open_cache(cache).path, labels, *exclude]
         check_destination(out, inputs, "-o")

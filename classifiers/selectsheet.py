@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 
+from classifiers.report.html import Thumbs
 from embedder import __version__
-from embedder.atomic import atomic_path
+from embedder.kernel.atomic import atomic_path
 
 from .extras import thumbs_folder
-from .html import Thumbs
 
 
 def write_sheet(selection, path: str, root: str | None) -> str:

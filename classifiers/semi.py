@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
 from .neighbours import normalize, self_search

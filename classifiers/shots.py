@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 from .folds import fallbacks, fit_grouped
 from .metrics import scores

@@ -3,21 +3,21 @@
 The names below are imported on first use, so that ``featurebank --help`` does not wait for torch.
 """
 
-from .lazy import lazy_attributes
+from embedder.kernel.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CacheReader": "cache",
-    "load": "cache",
+    "CacheReader": "cache.hdf5",
+    "load": "cache.hdf5",
     "Embedder": "transformer",
     "ExtractSummary": "job",
     "extract": "job",
-    "FeaturebankError": "errors",
-    "feature_dim": "backbones",
-    "layer_shapes": "backbones",
-    "list_backbones": "backbones",
-    "load_backbone": "backbones",
+    "FeaturebankError": "kernel.errors",
+    "feature_dim": "backbones.registry",
+    "layer_shapes": "backbones.registry",
+    "list_backbones": "backbones.registry",
+    "load_backbone": "backbones.registry",
 }
 __all__ = sorted(_EXPORTS)
 

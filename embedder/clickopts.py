@@ -12,7 +12,7 @@ from dataclasses import fields, is_dataclass
 
 import click
 
-from .errors import FeaturebankError, Terminated, terminate_as_interrupt
+from embedder.kernel.errors import FeaturebankError, Terminated, terminate_as_interrupt
 
 
 def checked(function: str):

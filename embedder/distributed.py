@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import FeaturebankError, first_line
+from embedder.kernel.errors import FeaturebankError, first_line
 
 TIMEOUT_ENV = "FEATUREBANK_DIST_TIMEOUT"  # seconds a rank waits for the others at one step (default: an hour)
 DEFAULT_TIMEOUT_S = 3600

@@ -25,18 +25,19 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from . import cpu as host
-from .cache import CacheReader, CacheWriter, settings_key, stored_input
-from .decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
+from embedder.cache.hdf5 import CacheReader, CacheWriter, settings_key, stored_input
+from embedder.engines.engine import Prepared, open_engine, resolve_device_name
+from embedder.inputs.decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
+from embedder.inputs.sources import Listing, rebased, same_files
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.settings import POOLINGS, TTAS, ExtractionSettings, Int8
+from embedder.kernel.store import EngineStore, engine_dir_for
+from embedder.kernel.versions import library_versions
+
 from .distributed import Rank, join
-from .engines import Prepared, open_engine, resolve_device_name
-from .errors import FeaturebankError
+from .engines import cpu as host
 from .resolve import Request, Resolved, resolve
-from .settings import POOLINGS, TTAS, ExtractionSettings, Int8
 from .shards import list_input
-from .sources import Listing, rebased, same_files
-from .store import EngineStore, engine_dir_for
-from .versions import library_versions
 
 DEFAULT_CACHE_DIR = "cache"
 KEEP_RUNS = 20  # run records kept in the cache's info
@@ -164,7 +165,7 @@ def extract(
     ``onnxruntime``. ``precision="int8"`` calibrates on images of the input (``int8`` sets how many, the seed and
     the method; an ``int8.calibration_set`` given asks for that exact engine, as a model bundle does). Its scheme
     ``auto`` (the default) is the CPU's first scheme whose cosine to fp32 on the calibration images reaches the
-    bound, else fp32, said in one line (``force_int8``: int8 anyway; ``embedder.engines.prepare_int8``).
+    bound, else fp32, said in one line (``force_int8``: int8 anyway; ``embedder.engines.engine.prepare_int8``).
 
     Under torchrun each rank calls this with the same arguments (``cli extract`` does); every rank returns the
     job's summary; only rank 0 shows progress."""
@@ -390,8 +391,8 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
     """Fill in the calibration set: the one asked for (a bundle's, another cache's), the one this cache was made
     with (so reruns keep their engine whatever changed in the input), or a reproducible draw from the input.
     Returns the settings and the draw's files (what a missing engine is rebuilt from, if they are unchanged)."""
-    from .cache import stored_settings
-    from .quantize import calibration_set_id, draw_calibration
+    from embedder.cache.hdf5 import stored_settings
+    from embedder.engines.quantize import calibration_set_id, draw_calibration
 
     wanted = settings.int8
     stored = stored_settings(path) if path else None
@@ -534,7 +535,7 @@ class Run:
     def build_model(self):
         """The torch backbone (imports torch, loads the weights): only when an engine needs it."""
         if self._model is None:
-            from .backbones import load_backbone
+            from embedder.backbones.registry import load_backbone
 
             p = self.settings.preprocessing
             r = self.resolved
@@ -552,7 +553,7 @@ class Run:
 
     def choose_int8(self, calibration_files: list[str], fixed: bool, force: bool):
         """The int8 scheme (or fp32) this CPU keeps for these settings (``engines.prepare_int8``)."""
-        from .engines import prepare_int8
+        from embedder.engines.engine import prepare_int8
 
         choice = prepare_int8(
             self.settings,
@@ -613,8 +614,8 @@ class Run:
 
         from tqdm import tqdm  # rerun with nothing to do stays a fraction of a second
 
-        from .batches import ImageDataset, batches
-        from .guard import BatchRunner
+        from embedder.engines.guard import BatchRunner
+        from embedder.inputs.batches import ImageDataset, batches
 
         dims, how = self.resolved.dims, self.execution
         if hasattr(listing, "dataset"):  # samples of shards: their bytes come from the shards
@@ -702,8 +703,8 @@ class Run:
 def calibration_batches(files: list[str], settings: ExtractionSettings, max_pixels: int, threads) -> list[np.ndarray]:
     """The calibration images, decoded like any input (bad files skipped), in batches of 16. They must be the ones
     the settings name: an int8 engine rebuilt from other images would put other vectors under the same settings."""
-    from .batches import ImageDataset, batches
-    from .quantize import calibration_set_id
+    from embedder.engines.quantize import calibration_set_id
+    from embedder.inputs.batches import ImageDataset, batches
 
     dataset = ImageDataset(files, settings.preprocessing, max_pixels)
     decoded = list(batches(dataset, 16, 0, threads=threads))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from .decode import DEFAULT_MAX_PIXELS
-from .engines import ENGINES
-from .errors import FeaturebankError
-from .settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS
-from .sources import LAYOUTS
+from embedder.engines.engine import ENGINES
+from embedder.inputs.decode import DEFAULT_MAX_PIXELS
+from embedder.inputs.sources import LAYOUTS
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS
 
-BACKBONE, DEVICE = "embedder.backbones:check_backbone", "embedder.engines:check_device"
+BACKBONE, DEVICE = "embedder.backbones.registry:check_backbone", "embedder.engines.engine:check_device"
 
 
 def option(default, help: str | None = None, **read):
@@ -69,7 +69,7 @@ class ExtractOptions:
         short="-l",
         flag="--layer",
         multiple=True,
-        check="embedder.settings:split_layers",
+        check="embedder.kernel.settings:split_layers",
     )
     pooling: str = option(
         "avg",

@@ -11,9 +11,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 
-from .settings import ExtractionSettings, Int8
-from .store import EngineStore
-from .versions import version_of
+from embedder.kernel.settings import ExtractionSettings, Int8
+from embedder.kernel.store import EngineStore
+from embedder.kernel.versions import version_of
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def resolve(request: Request, store: EngineStore | None = None) -> Resolved:
 
 
 def _resolve_with_torch(request: Request) -> Resolved:
-    from .backbones import canonical_name, preprocessing_for, resolve_layers, resolve_weights, skeleton
+    from embedder.backbones.registry import canonical_name, preprocessing_for, resolve_layers, resolve_weights, skeleton
 
     spec = resolve_weights(request.backbone, request.weights, request.seed)
     name = canonical_name(request.backbone, spec)
@@ -114,7 +114,7 @@ def _resolve_with_torch(request: Request) -> Resolved:
     settings = ExtractionSettings(
         name, spec.identity, tuple(layers), request.pooling, prep, request.precision, request.int8
     )
-    from .features import layer_dims
+    from embedder.backbones.features import layer_dims
 
     dims = layer_dims(shape, layers, request.pooling, prep.crop)
     weights_arg = spec.path if spec.kind == "file" else ("none" if spec.kind == "none" else spec.identity)

@@ -27,11 +27,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .decode import DEFAULT_MAX_PIXELS, digest_bytes, max_file_bytes
-from .errors import FeaturebankError
-from .options import ShardOptions
-from .samples import Where
-from .sources import (
+from embedder.inputs.decode import DEFAULT_MAX_PIXELS, digest_bytes, max_file_bytes
+from embedder.inputs.samples import Where
+from embedder.inputs.sources import (
     IMAGE_EXTENSIONS,
     Item,
     Listing,
@@ -40,6 +38,9 @@ from .sources import (
     list_images,
     list_inputs,
 )
+from embedder.kernel.errors import FeaturebankError
+
+from .options import ShardOptions
 
 SHARD_EXTENSIONS = (".tar", ".parquet")
 IMAGE_EXTS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -64,13 +65,13 @@ class ShardListing(Listing):
 
     def reader(self):
         # reading needs pyarrow for Parquet, decoding needs Pillow: listing needs neither
-        from .samples import SampleReader
+        from embedder.inputs.samples import SampleReader
 
         return SampleReader(self.shards, self.columns)
 
     def dataset(self, items, preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
         """The samples ``items``, as a dataset for the decoding pipeline (threads or processes)."""
-        from .samples import SampleDataset
+        from embedder.inputs.samples import SampleDataset
 
         return SampleDataset([self.where[i.path] for i in items], self.reader(), preprocessing, max_pixels)
 

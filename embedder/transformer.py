@@ -15,15 +15,15 @@ from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones import load_backbone, resolve_layers
-from .batches import ImageDataset, batches
-from .decode import DEFAULT_MAX_PIXELS
-from .engines import open_engine, prepare_int8, resolve_device_name
-from .errors import FeaturebankError
-from .features import layer_dims
-from .guard import BatchRunner
-from .settings import ExtractionSettings, Int8
-from .store import EngineStore, engine_dir_for
+from embedder.backbones.features import layer_dims
+from embedder.backbones.registry import load_backbone, resolve_layers
+from embedder.engines.engine import open_engine, prepare_int8, resolve_device_name
+from embedder.engines.guard import BatchRunner
+from embedder.inputs.batches import ImageDataset, batches
+from embedder.inputs.decode import DEFAULT_MAX_PIXELS
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.settings import ExtractionSettings, Int8
+from embedder.kernel.store import EngineStore, engine_dir_for
 
 
 class Embedder(TransformerMixin, BaseEstimator):
@@ -110,7 +110,7 @@ class Embedder(TransformerMixin, BaseEstimator):
     def _calibrate_on(self, images: list):
         """Up to ``calibration_images`` of ``images``, drawn as ``extract`` draws (a seeded hash of each path) and
         identified as it does (by the files' bytes; a PIL image by its pixels)."""
-        from .quantize import calibration_set_id, draw_calibration
+        from embedder.engines.quantize import calibration_set_id, draw_calibration
 
         wanted = Int8(self.calibration_images, self.seed)
         keys = [(i, _name(img) if not isinstance(img, Image.Image) else f"<image {i}>") for i, img in enumerate(images)]

@@ -130,7 +130,7 @@ def synthetic_cache(
 ):
     """A cache written through CacheWriter with Gaussian blobs instead of images: one blob per class, so the
     classes are learnable but overlap. Returns (X of layer "flatten", y); "layer3" holds a transform of half of X."""
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     rng = np.random.default_rng(seed)
     classes = [f"class{i}" for i in range(len(counts))] if classes is None else list(classes)
@@ -160,7 +160,7 @@ def shared_engine_dir(tmp_path_factory):
     """One engine folder for the session: each settings value is exported to ONNX once, not once per test."""
     import os
 
-    from embedder.store import ENGINE_DIR_ENV
+    from embedder.kernel.store import ENGINE_DIR_ENV
 
     folder = str(tmp_path_factory.mktemp("engines"))
     previous = os.environ.get(ENGINE_DIR_ENV)

@@ -7,8 +7,15 @@ import pytest
 import torch
 import torchvision
 
-from embedder.backbones import feature_dim, layer_shapes, load_backbone, resolve_layers, resolve_weights, skeleton
-from embedder.errors import FeaturebankError
+from embedder.backbones.registry import (
+    feature_dim,
+    layer_shapes,
+    load_backbone,
+    resolve_layers,
+    resolve_weights,
+    skeleton,
+)
+from embedder.kernel.errors import FeaturebankError
 
 
 def test_weights_names_resolve_to_recorded_identities():

@@ -12,17 +12,11 @@ from conftest import FAST, ROOT, finishes, photo, write_tree
 from PIL import Image
 
 import embedder
-from embedder import decode
-from embedder.cache import CacheReader
-from embedder.decode import (
-    NotReadable,
-    decode_bytes,
-    decode_file,
-    file_digest,
-    max_file_bytes,
-)
-from embedder.errors import FeaturebankError
-from embedder.sources import list_images
+from embedder.cache.hdf5 import CacheReader
+from embedder.inputs import decode
+from embedder.inputs.decode import NotReadable, decode_bytes, decode_file, file_digest, max_file_bytes
+from embedder.inputs.sources import list_images
+from embedder.kernel.errors import FeaturebankError
 
 TORCH = dict(FAST, engine="torch")  # no ONNX export, no engine timing: the fastest honest extract
 
@@ -56,7 +50,7 @@ def test_a_link_to_dev_zero_is_refused_without_reading_it(tmp_path, monkeypatch)
     with pytest.raises(NotReadable):
         file_digest(str(link))
     assert read == []  # not one byte
-    listing = embedder.sources.list_inputs([str(link)])
+    listing = embedder.inputs.sources.list_inputs([str(link)])
     assert listing.items[0].error.startswith("not a regular file (a character device)")
 
 
@@ -122,7 +116,7 @@ def test_symlink_loops_are_reported_and_folder_links_never_leave_their_class_or_
 def test_symlink_loops_given_to_predict_style_inputs_are_items_with_a_reason(tmp_path):
     os.symlink("a.jpg", tmp_path / "a.jpg")
     photo(1).save(tmp_path / "b.jpg")
-    listing = embedder.sources.list_inputs([str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")])
+    listing = embedder.inputs.sources.list_inputs([str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")])
     assert [(os.path.basename(i.path), i.error) for i in listing.items] == [
         ("a.jpg", "symbolic link loop (too many levels of symbolic links)"),
         ("b.jpg", None),
@@ -409,7 +403,7 @@ def test_a_full_disk_during_the_merge_keeps_the_old_cache_and_every_batch(tmp_pa
 
 
 def test_a_full_disk_while_spilling_removes_the_spill_and_the_merged_file(tmp_path, monkeypatch):
-    from embedder import cache as cache_module
+    from embedder.cache import hdf5 as cache_module
 
     root = tmp_path / "data"
     write_tree(root, per_class=4)
@@ -498,7 +492,7 @@ class _Hungry:
     [MemoryError(), RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 98304000000 bytes.")],
 )
 def test_measuring_the_engines_halves_its_batch_on_out_of_memory(error, capfd):
-    from embedder.engines import Prepared, _measure
+    from embedder.engines.engine import Prepared, _measure
 
     engines = {"onnxruntime": _Hungry(4, error), "torch": _Hungry(4, error)}
     prepared = Prepared()
@@ -512,7 +506,7 @@ def test_measuring_the_engines_halves_its_batch_on_out_of_memory(error, capfd):
 
 @pytest.mark.slow
 def test_extract_starts_at_the_batch_that_fitted_when_measuring(tmp_path, monkeypatch, capfd):
-    from embedder import engines as engines_module
+    from embedder.engines import engine as engines_module
 
     root = tmp_path / "data"
     write_tree(root, per_class=3)
@@ -565,7 +559,7 @@ def test_a_damaged_batch_is_named_by_the_merge_and_nothing_is_replaced(tmp_path)
     import numpy as np
     from conftest import SYNTHETIC_SETTINGS
 
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     path = str(tmp_path / "c.h5")
     rows = {

@@ -19,8 +19,8 @@ import cli
 from classifiers import modelfile
 from classifiers.bundle import evaluate, extract_options, load_bundle, train
 from classifiers.crossval import cross_validate
-from embedder.errors import FeaturebankError
-from workflows.export import export_model
+from embedder.kernel.errors import FeaturebankError
+from workflows.deploy.entry import export_model
 
 
 def one_line_error(result, *words):
@@ -163,7 +163,7 @@ def test_a_weights_file_is_hashed_only_up_to_its_size(model, tmp_path):
 
 # -- run folders -----------------------------------------------------------------------------------------------
 def test_links_planted_beside_the_cache_never_reach_a_run_folder(tmp_path):
-    from classifiers.html import Thumbs
+    from classifiers.report.html import Thumbs
 
     secret = tmp_path / "secret.txt"
     secret.write_text("do not send me")
@@ -235,7 +235,7 @@ def test_report_on_a_run_folder_whose_report_has_wrong_types_is_one_line(run_fol
 
 def test_report_on_a_predictions_csv_holding_a_non_number_is_one_line_naming_the_line(run_folder, tmp_path):
     run = _copy_run(run_folder, tmp_path)
-    from classifiers.reading import find_result
+    from classifiers.report.reading import find_result
 
     d = json.loads((run / "report.json").read_text())
     csv_path = run / find_result(d, d["best"])["predictions"]
@@ -450,7 +450,7 @@ TORCH = dict(FAST, engine="torch")  # no ONNX export, no engine timing
 @pytest.mark.parametrize("inside", [False, True], ids=["beside", "inside"])
 def test_a_manifest_of_the_folder_is_the_same_input_and_relabeling_embeds_nothing(tmp_path, inside):
     import embedder
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     root = tmp_path / "photos"
     paths = write_tree(root, classes=("cats", "dogs"), per_class=2)
@@ -507,8 +507,8 @@ def test_manifest_of_a_missing_folder_or_into_a_folder_is_one_line(tmp_path):
 
 # -- featurebank backbones: fast ----------------------------------------------------------------------------
 def test_backbones_lists_the_recorded_rows_without_building_a_model(monkeypatch):
-    import embedder.backbones as backbones
-    from embedder import backbone_table
+    import embedder.backbones.registry as backbones
+    from embedder.backbones import table as backbone_table
 
     if backbone_table.installed_torchvision() != backbone_table.TORCHVISION:
         pytest.skip(f"the table is of torchvision {backbone_table.TORCHVISION}")
@@ -524,8 +524,8 @@ def test_backbones_lists_the_recorded_rows_without_building_a_model(monkeypatch)
 
 
 def test_the_recorded_rows_are_what_torchvision_says(monkeypatch):
-    from embedder import backbone_table
-    from embedder.backbones import describe_backbones
+    from embedder.backbones import table as backbone_table
+    from embedder.backbones.registry import describe_backbones
 
     if backbone_table.installed_torchvision() != backbone_table.TORCHVISION:
         pytest.skip(f"the table is of torchvision {backbone_table.TORCHVISION}")
@@ -537,8 +537,8 @@ def test_the_recorded_rows_are_what_torchvision_says(monkeypatch):
 
 @pytest.mark.slow
 def test_every_recorded_row_is_what_torchvision_says():
-    from embedder import backbone_table
-    from embedder.backbones import describe_backbones
+    from embedder.backbones import table as backbone_table
+    from embedder.backbones.registry import describe_backbones
 
     if backbone_table.installed_torchvision() != backbone_table.TORCHVISION:
         pytest.skip(f"the table is of torchvision {backbone_table.TORCHVISION}")

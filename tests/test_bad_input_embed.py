@@ -13,10 +13,10 @@ import pytest
 from conftest import FAST, finishes, photo
 
 import embedder
-from embedder.cache import CacheReader
-from embedder.decode import max_file_bytes
-from embedder.errors import FeaturebankError
-from embedder.preprocess import Preprocessing
+from embedder.cache.hdf5 import CacheReader
+from embedder.inputs.decode import max_file_bytes
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.preprocess import Preprocessing
 from embedder.shards import ShardOptions, list_input, scan_tar
 
 TORCH = dict(FAST, engine="torch")
@@ -113,7 +113,7 @@ def test_the_scan_of_a_pax_header_of_length_zero_returns_at_once():
 def test_a_tar_member_larger_than_any_image_is_refused_unread(tmp_path, monkeypatch):
     """A sparse shard declaring a 72 MiB member: at --max-pixels 2000 no image can be larger than 64 MiB and a
     little, so the member is refused before a byte of it is read, with the reason a file gets."""
-    from embedder import samples
+    from embedder.inputs import samples
 
     big = 72 << 20
     shard = tmp_path / "s.tar"
@@ -333,7 +333,7 @@ def _checkpoint(path, state, **extra):
 def test_a_checkpoints_recorded_preprocessing_that_is_wrong_is_one_line(tmp_path, recorded, says):
     import torch
 
-    from embedder.backbones import preprocessing_for, resolve_weights
+    from embedder.backbones.registry import preprocessing_for, resolve_weights
 
     path = _checkpoint(tmp_path / "ft.pth", {"fc.weight": torch.zeros(2, 512)}, preprocessing=recorded)
     with pytest.raises(
@@ -359,7 +359,7 @@ def _resnet18_state(head, bias=None):
 def test_a_torchvision_head_weight_that_is_0_d_or_declares_a_trillion_classes_is_one_line(tmp_path):
     import torch
 
-    from embedder.backbones import head_classes, load_backbone
+    from embedder.backbones.registry import head_classes, load_backbone
 
     flat = _checkpoint(tmp_path / "flat.pth", _resnet18_state(torch.tensor(1.0)))
     for call in (lambda: load_backbone("resnet18", flat), lambda: head_classes("resnet18", flat)):
@@ -381,8 +381,8 @@ def test_a_torchvision_head_weight_that_is_0_d_or_declares_a_trillion_classes_is
 def test_a_timm_head_weight_that_is_0_d_or_declares_a_trillion_classes_is_one_line(tmp_path):
     import torch
 
-    from embedder.backbones import load_backbone
-    from embedder.timm_source import from_file
+    from embedder.backbones.registry import load_backbone
+    from embedder.backbones.timm import from_file
 
     state = {"head.fc.weight": torch.tensor(1.0), "head.fc.bias": torch.zeros(1)}
     flat = _checkpoint(tmp_path / "flat.pth", state)
@@ -404,7 +404,7 @@ def test_a_parquet_cell_larger_than_any_image_is_refused_before_it_is_copied_and
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr(embedder.decode, "METADATA_BYTES", 1 << 20)
+    monkeypatch.setattr(embedder.inputs.decode, "METADATA_BYTES", 1 << 20)
     zeros = b"\0" * (3 << 20)
     path = tmp_path / "p.parquet"
     table = pa.table({"key": ["a", "b", "c", "d"], "image": [jpeg(1), zeros, zeros, jpeg(2)]})
@@ -429,7 +429,7 @@ def test_a_parquet_cell_larger_than_any_image_is_refused_before_it_is_copied_and
     refused = listing.dataset(listing.items, prep, 2000).decode(0)
     assert refused.reason.startswith("too large for an image: ") and read == []
     assert listing.dataset(listing.items, prep).decode(0).reason == "not an image file (Pillow cannot identify it)"
-    monkeypatch.setattr(embedder.samples, "GROUP_BYTES", 0)  # every row group streamed a row at a time
+    monkeypatch.setattr(embedder.inputs.samples, "GROUP_BYTES", 0)  # every row group streamed a row at a time
     listing = list_input(str(path))
     items = {i.path: i for i in listing.items}
     dataset = listing.dataset([items[f"p.parquet/{k}"] for k in "dcba"], prep, 2000)  # out of order: restarts
@@ -440,7 +440,7 @@ def test_a_parquet_cell_larger_than_any_image_is_refused_before_it_is_copied_and
 
 
 def test_a_raised_limit_retries_a_sample_refused_for_its_size_by_the_size_its_reason_names():
-    from embedder.decode import fits_now, too_large
+    from embedder.inputs.decode import fits_now, too_large
 
     reason = too_large(72 << 20, max_file_bytes(2000))
     assert not fits_now(reason, 30_000, 2000)  # a Parquet row's size is its file's: the reason's size counts
@@ -454,7 +454,7 @@ def test_parquet_rows_whose_page_declares_more_than_the_bound_are_refused_unread
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr(embedder.decode, "METADATA_BYTES", 1 << 20)
+    monkeypatch.setattr(embedder.inputs.decode, "METADATA_BYTES", 1 << 20)
     zeros = b"\0" * (3 << 20)
     table = pa.table({"key": ["a", "b", "c"], "image": [zeros, zeros, jpeg(3)]})
     pq.write_table(table.slice(0, 2), tmp_path / "dictionary.parquet", compression="zstd")
@@ -479,7 +479,7 @@ def test_writing_into_a_crafted_cache_copies_nothing_from_outside_it(tmp_path):
     import h5py
     from conftest import SYNTHETIC_SETTINGS
 
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     path = _crafted(tmp_path, _external("/etc/passwd"))
     with h5py.File(path) as f:
@@ -492,7 +492,7 @@ def test_writing_into_a_crafted_cache_copies_nothing_from_outside_it(tmp_path):
 def test_a_checkpoints_recorded_classes_that_are_not_names_are_one_line(tmp_path):
     import torch
 
-    from embedder.backbones import head_classes
+    from embedder.backbones.registry import head_classes
 
     path = _checkpoint(tmp_path / "ft.pth", _resnet18_state(torch.zeros(3, 512)), classes="abc")
     with pytest.raises(FeaturebankError, match="records classes that are not a list of names"):
@@ -500,7 +500,7 @@ def test_a_checkpoints_recorded_classes_that_are_not_names_are_one_line(tmp_path
 
 
 def test_image_files_named_on_the_command_line_may_have_names_that_are_not_utf8(tmp_path):
-    from embedder.sources import list_inputs
+    from embedder.inputs.sources import list_inputs
 
     odd = os.path.join(os.fsencode(tmp_path), NOT_UTF8 + b".jpg")
     with open(odd, "wb") as fh:
@@ -512,7 +512,7 @@ def test_image_files_named_on_the_command_line_may_have_names_that_are_not_utf8(
 
 def test_a_weights_file_that_never_ends_is_one_line_not_a_hang(tmp_path):
     """``-w /proc/self/pagemap`` (a 'regular' file of size 0 that reads forever) and a FIFO: refused before any read."""
-    from embedder.backbones import sha256_file
+    from embedder.backbones.registry import sha256_file
 
     fifo = tmp_path / "w.pth"
     os.mkfifo(fifo)

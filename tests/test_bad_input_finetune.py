@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import FAST, finishes, write_tree
 
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 from workflows.finetune.trunk import TrunkStore
 
 SETTINGS = {"backbone": "resnet18", "weights": "w", "precision": "fp32", "preprocessing": {}, "cut": "layer4"}
@@ -186,7 +186,7 @@ def test_a_full_disk_while_the_views_are_written_is_one_line_and_a_rerun_continu
 def test_the_trunk_rows_that_do_not_fit_float16_or_are_not_finite_are_never_written(tmp_path):
     import torch
 
-    from embedder.preprocess import Preprocessing
+    from embedder.kernel.preprocess import Preprocessing
     from workflows.finetune.trunk import trunk_rows
 
     prep = Preprocessing(resize=8, crop=8)

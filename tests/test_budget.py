@@ -23,7 +23,7 @@ from classifiers.registry import BlockedScaler, ClassifierSpec, register_classif
 from classifiers.ridge import ALPHAS, TunedRidge
 from classifiers.zoo import default_classifiers, list_classifiers, make_classifier, parse_spec
 from cli import main
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 from tests.conftest import synthetic_cache
 
 
@@ -302,7 +302,7 @@ def test_the_reports_own_work_is_charged_to_the_budget_first():
 
 
 def test_cv_charges_the_neighbour_search_until_it_is_kept_beside_the_cache(tmp_path):
-    from classifiers.report import report_dict
+    from classifiers.report.writer import report_dict
 
     synthetic_cache(tmp_path / "c.h5", counts=(40, 40, 40))
     first = cross_validate(str(tmp_path / "c.h5"), layers=["flatten"], folds=3, budget="15m")

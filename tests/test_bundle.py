@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from classifiers.bundle import evaluate, load_bundle, predict, predict_imagenet, train
 from embedder import CacheReader, extract
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 RUN = {k: FAST[k] for k in ("batch_size", "workers")}
 

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from conftest import write_tree
 
 import cli
-from embedder.cache import CacheReader
+from embedder.cache.hdf5 import CacheReader
 
 FAST_ARGS = ["-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--batch-size", "4", "--workers", "0"]
 

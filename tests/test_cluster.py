@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, synthetic_cache
 
 from classifiers.crossval import cross_validate
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 distributed = pytest.importorskip("distributed", reason='Dask is an optional extra: pip install -e ".[dask]"')
 

@@ -14,9 +14,9 @@ from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, Strat
 from sklearn.model_selection import cross_validate as sk_cross_validate
 
 from classifiers.crossval import cross_validate
-from classifiers.report import leaderboard_lines, report_dict, write_report
+from classifiers.report.writer import leaderboard_lines, report_dict, write_report
 from classifiers.zoo import ClassifierSpec, make_classifier, register_classifier, unregister_classifier
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 SCORING = {
     "accuracy": "accuracy",
@@ -276,7 +276,7 @@ def test_clear_errors(tmp_path):
 
 def test_ungrouped_rows_are_groups_of_their_own(tmp_path):
     """In a manifest where only some rows have a group, each ungrouped row is its own group (not one shared "")."""
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     groups = ["a", "a", "b", "b"] + [""] * 26
     synthetic_cache(tmp_path / "c.h5", groups=groups)
@@ -291,7 +291,7 @@ def write_cache(path, paths, labels, features: dict, settings=None, digests=None
     """A cache of exactly these rows (any order, "" labels for unlabeled rows), written through CacheWriter."""
     from conftest import SYNTHETIC_SETTINGS
 
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     n = len(paths)
     settings = {**SYNTHETIC_SETTINGS, **(settings or {}), "layers": list(features)}
@@ -536,7 +536,7 @@ def test_cv_holds_one_layer_at_a_time(tmp_path, monkeypatch):
     import weakref
 
     from classifiers.data import Labeled
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     X, y = synthetic_cache(tmp_path / "a.h5")
     paths = [f"class{c}/img{i:03d}.jpg" for i, c in enumerate(y)]

@@ -8,8 +8,8 @@ from conftest import photo, write_bad_files
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 
-from embedder.decode import decode_bytes, decode_file
-from embedder.preprocess import Preprocessing
+from embedder.inputs.decode import decode_bytes, decode_file
+from embedder.kernel.preprocess import Preprocessing
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -19,12 +19,13 @@ from conftest import FAST, ROOT, write_tree
 from classifiers.bundle import Bundle, predict, predict_imagenet, train
 from classifiers.zoo import list_classifiers, make_classifier
 from embedder import CacheReader, extract
-from embedder.batches import ImageDataset
-from embedder.errors import FeaturebankError
-from embedder.preprocess import Preprocessing
-from embedder.settings import Int8
-from workflows.deploy import Head, check_head, export_checkpoint, head_model, refusal
-from workflows.export import export_model as export
+from embedder.inputs.batches import ImageDataset
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.preprocess import Preprocessing
+from embedder.kernel.settings import Int8
+from workflows.deploy.entry import export_model as export
+from workflows.deploy.head import Head, check_head, head_model, refusal
+from workflows.deploy.run import export_checkpoint
 
 RUN = {k: FAST[k] for k in ("batch_size", "workers")}
 EXAMPLE = ROOT / "examples" / "classify_folder.py"
@@ -220,7 +221,7 @@ def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolat
     from conftest import photo
     from PIL import Image
 
-    from embedder.decode import decode_file
+    from embedder.inputs.decode import decode_file
 
     prep = Preprocessing(resize=resize, crop=crop, interpolation=interpolation)
     cases = {"big.jpg": (640, 480), "tall.jpg": (301, 677), "small.png": (50, 41), "thin.png": (200, 61)}

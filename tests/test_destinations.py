@@ -110,12 +110,12 @@ def test_an_unwritable_cache_is_one_line(tmp_path, runner):
 
 
 def test_a_read_only_folder_is_one_line(model, tmp_path, runner, monkeypatch):
-    import embedder.destination
+    import embedder.kernel.destination
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", os.path.join(kwargs.get("dir", ""), "probe"))
 
-    monkeypatch.setattr(embedder.destination.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(embedder.kernel.destination.tempfile, "mkstemp", refuse)
     line = one_error_line(runner.invoke(cli.main, ["train", str(model / "c.h5"), "-o", str(tmp_path / "m.fbmodel")]))
     assert line.startswith(f"Error: cannot write the model file m.fbmodel in {tmp_path}: Permission denied")
     assert not (tmp_path / "m.fbmodel").exists()
@@ -185,7 +185,7 @@ def test_bad_classifier_parameters_are_one_line(model, runner, spec, says):
         assert len(errors) == 1 and says in errors[0], result.stderr
     assert not os.path.exists("never.fbmodel")
     from classifiers.zoo import make_classifier
-    from embedder.errors import FeaturebankError
+    from embedder.kernel.errors import FeaturebankError
 
     with pytest.raises(FeaturebankError, match="classifier|ensemble|pca|l2|scale"):
         make_classifier(spec)
@@ -227,7 +227,7 @@ def test_class_names_that_look_like_math_are_drawn_as_text(tmp_path, runner):
         assert (tmp_path / "run" / name).stat().st_size > 1000, name
     import numpy as np
 
-    from classifiers.plots import confusion_png
+    from classifiers.report.plots import confusion_png
 
     confusion_png(np.eye(3, dtype=int), classes, "$x^{$", str(tmp_path / "c.png"))  # the title too
     assert (tmp_path / "c.png").stat().st_size > 1000

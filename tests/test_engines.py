@@ -13,11 +13,11 @@ from conftest import FAST, ROOT, photo, rows_close, write_bad_files, write_tree
 from PIL import Image
 
 import embedder
-from embedder.cache import CacheReader
-from embedder.errors import FeaturebankError
-from embedder.preprocess import Preprocessing
-from embedder.settings import ExtractionSettings, Int8
-from embedder.store import EngineStore
+from embedder.cache.hdf5 import CacheReader
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.preprocess import Preprocessing
+from embedder.kernel.settings import ExtractionSettings, Int8
+from embedder.kernel.store import EngineStore
 
 
 # -- preprocessing without torch ------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ FORMAT_1 = {
 
 def test_a_format_1_dict_reads_back_to_the_same_dict_and_key():
     """Caches written before the settings value existed keep their settings key, hence their default file name."""
-    from embedder.settings import settings_key
+    from embedder.kernel.settings import settings_key
 
     s = ExtractionSettings.from_dict(FORMAT_1)
     assert s.to_dict() == FORMAT_1 and s.key == settings_key(FORMAT_1)
@@ -150,7 +150,7 @@ def test_a_corrupt_engine_file_is_rebuilt_not_trusted(tree, tmp_path, monkeypatc
 
 
 def test_missing_onnxruntime_falls_back_or_fails_in_one_line(tree, tmp_path, monkeypatch, capfd):
-    from embedder import engines
+    from embedder.engines import engine as engines
 
     def missing():
         raise FeaturebankError(
@@ -168,7 +168,7 @@ def test_missing_onnxruntime_falls_back_or_fails_in_one_line(tree, tmp_path, mon
 
 
 def test_a_model_onnx_cannot_export_falls_back_to_torch(tree, tmp_path, monkeypatch):
-    from embedder import export
+    from embedder.engines import export
 
     def refuse(model, settings, path):
         raise FeaturebankError("resnet18 cannot be exported to ONNX (RuntimeError: unsupported operator)")
@@ -213,7 +213,7 @@ def test_a_weights_file_replaced_by_one_of_the_same_size_and_mtime_is_recognized
     import torch
     import torchvision
 
-    from embedder.store import sha256_of
+    from embedder.kernel.store import sha256_of
 
     root, _ = tree
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
@@ -299,7 +299,7 @@ def test_tail_nodes_stop_at_the_first_convolution_or_merge(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from embedder.quantize import tail_nodes
+    from embedder.engines.quantize import tail_nodes
 
     t = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
     nodes = [

@@ -18,7 +18,7 @@ from classifiers.bundle import evaluate, load_bundle, train
 from classifiers.crossval import cross_validate, make_splits
 from classifiers.ensemble import ZooEnsemble
 from classifiers.zoo import describe, list_classifiers, make_classifier, parse_spec
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 
 def blobs(n=90, k=3, dim=12, seed=0):
@@ -147,7 +147,7 @@ def test_in_grid_search_and_in_a_model_file(tmp_path):
 
 def test_cli_errors_and_export_refusal_are_one_line(tmp_path):
     import cli
-    from workflows.deploy import refusal
+    from workflows.deploy.head import refusal
 
     synthetic_cache(tmp_path / "c.h5")
     runner = CliRunner()
@@ -171,7 +171,7 @@ def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
     from test_bundle import near_copies
 
     from classifiers.folds import fit_grouped
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     X, y, _ = near_copies(tmp_path / "c.h5")
     groups = CacheReader(str(tmp_path / "c.h5")).groups  # a row without a group is a group of its own

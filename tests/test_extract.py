@@ -15,8 +15,8 @@ from PIL import Image
 from torchvision.transforms._presets import ImageClassification
 
 import embedder
-from embedder.cache import CacheReader, CacheWriter, parts_dir
-from embedder.errors import FeaturebankError
+from embedder.cache.hdf5 import CacheReader, CacheWriter, parts_dir
+from embedder.kernel.errors import FeaturebankError
 
 
 def reference_features(paths, seed=0, crop=64, resize=72):
@@ -341,7 +341,7 @@ def test_merged_parts_are_renamed_before_deletion(tree, tmp_path, monkeypatch):
     """A kill while the merged parts are deleted must not leave some of them where unmerged batches wait."""
     import shutil
 
-    from embedder import cache as cache_module
+    from embedder.cache import hdf5 as cache_module
 
     root, _ = tree
     path = str(tmp_path / "c.h5")
@@ -371,7 +371,7 @@ def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeyp
     from dataclasses import fields
 
     from embedder import job as job_module
-    from embedder.settings import Int8
+    from embedder.kernel.settings import Int8
     from embedder.shards import ShardOptions
 
     given = dict(

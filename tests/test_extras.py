@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from conftest import synthetic_cache
 
-from classifiers import embedmap, extras, neighbours
+from classifiers import extras, neighbours
 from classifiers.crossval import cross_validate
-from classifiers.report import report_dict, write_report
+from classifiers.report import embedmap
+from classifiers.report.writer import report_dict, write_report
 
 
 def run(cache, out=None):
@@ -137,7 +138,7 @@ def test_cv_imports_no_torch_and_only_what_it_draws(tmp_path):
 def test_thumbnails_are_made_once_per_cache_not_per_run_folder(tmp_path):
     from conftest import photo
 
-    from classifiers.html import Thumbs
+    from classifiers.report.html import Thumbs
 
     synthetic_cache(tmp_path / "c.h5")
     (tmp_path / "images" / "cats").mkdir(parents=True)

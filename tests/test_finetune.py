@@ -14,8 +14,8 @@ import torch
 from conftest import write_bad_files, write_tree
 
 from embedder import CacheReader, extract, load_backbone
-from embedder.backbones import skeleton
-from embedder.errors import FeaturebankError
+from embedder.backbones.registry import skeleton
+from embedder.kernel.errors import FeaturebankError
 from workflows.finetune import (
     block_names,
     finetune,
@@ -302,7 +302,7 @@ def test_checkpoint_is_a_backbone_like_any_other(images, tmp_path):
 def test_the_curves_draw_the_history(tmp_path):
     from PIL import Image
 
-    from classifiers.plots import training_curves, training_curves_png
+    from classifiers.report.plots import training_curves, training_curves_png
 
     history = [
         {"epoch": 0, "train_loss": None, "train_accuracy": None, "val_loss": 1.1, "val_accuracy": 0.4},

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from conftest import FAST_ARGS, MOBILENET_V2, ROOT, need, photo, write_tree
 
 from embedder import CacheReader, extract, load_backbone
-from embedder.backbones import head_name
-from embedder.errors import FeaturebankError
+from embedder.backbones.registry import head_name
+from embedder.kernel.errors import FeaturebankError
 from workflows.finetune import (
     add_head_dropout,
     block_names,
@@ -65,7 +65,7 @@ def test_views_are_named_and_fixed():
 
 def test_view_pixels():
     """center is the weights' preprocessing, flip its mirror, a crop the resized box of the image."""
-    from embedder.preprocess import Preprocessing
+    from embedder.kernel.preprocess import Preprocessing
 
     prep = Preprocessing(resize=72, crop=64)
     image = photo(3, (120, 90))
@@ -79,7 +79,7 @@ def test_view_pixels():
 
 
 def _batch(n=6, size=64):
-    from embedder.preprocess import Preprocessing
+    from embedder.kernel.preprocess import Preprocessing
 
     prep = Preprocessing(resize=72, crop=size)
     views = ViewsTransform(prep, ("center", "flip", "crop0", "crop1"))
@@ -172,7 +172,7 @@ def test_a_changed_image_gets_new_views_and_only_it(tmp_path):
     photo(500, (100, 84)).save(changed)
     finetune(str(root), str(tmp_path / "c"), unfreeze=1, epochs=1, **VIEWS)
     assert json.loads((tmp_path / "c" / "views.json").read_text())["computed_images"] == 1
-    from embedder.decode import file_digest
+    from embedder.inputs.decode import file_digest
 
     store.reload()
     model = load_backbone("resnet18", "none", 0).model.eval()
@@ -553,8 +553,8 @@ def test_the_views_path_takes_val_data_and_trains_from_scratch_on_pixels(tmp_pat
 def test_the_heads_input_after_the_cut_is_the_penultimate_layer(arch, crop):
     """What ``CenterEmbedding`` reads (the head's input, after the cut, in a copy of the layers as loaded, pooled as
     ``extract`` pools) is ``extract``'s penultimate node, also for timm's heads and SqueezeNet's convolution."""
-    from embedder.backbones import feature_body, resolve_layers, tokens
-    from embedder.features import pool
+    from embedder.backbones.features import pool
+    from embedder.backbones.registry import feature_body, resolve_layers, tokens
 
     if arch.startswith("timm:"):
         pytest.importorskip("timm")

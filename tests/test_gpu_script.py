@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from embedder import batches as batches_module
-from embedder.batches import Batch, default_workers
-from embedder.features import tf32_off
+from embedder.backbones.features import tf32_off
+from embedder.inputs import batches as batches_module
+from embedder.inputs.batches import Batch, default_workers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu.py"

@@ -10,9 +10,9 @@ import torch
 from conftest import FAST
 
 import embedder
-from embedder.cache import CacheReader
-from embedder.errors import FeaturebankError
-from embedder.guard import BatchRunner
+from embedder.cache.hdf5 import CacheReader
+from embedder.engines.guard import BatchRunner
+from embedder.kernel.errors import FeaturebankError
 
 
 class Engine:

@@ -10,11 +10,11 @@ import pytest
 from conftest import FAST, photo, write_tree
 
 import embedder
-import embedder.cpu
-import embedder.quantize
-from embedder.cache import CacheReader
-from embedder.cpu import CpuInfo, parse_cpuinfo, same_kind
-from embedder.settings import ExtractionSettings, Int8
+import embedder.engines.cpu
+import embedder.engines.quantize
+from embedder.cache.hdf5 import CacheReader
+from embedder.engines.cpu import CpuInfo, parse_cpuinfo, same_kind
+from embedder.kernel.settings import ExtractionSettings, Int8
 
 EPYC = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n\nprocessor\t: 1\n"
 XEON = "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: avx2 avx512f avx512bw avx512_vnni amx_int8 amx_tile\n"
@@ -36,11 +36,11 @@ def test_the_instruction_sets_that_matter_are_read_from_cpuinfo():
 
 
 def test_each_kind_of_cpu_starts_its_own_ladder():
-    ladder = embedder.quantize.ladder
+    ladder = embedder.engines.quantize.ladder
     assert ladder(parse_cpuinfo(XEON, "x86_64", 2))[0] == ("u8s8", 0)
     assert ladder(parse_cpuinfo(EPYC, "x86_64", 2))[0] == ("u8s8-reduce", 0)  # U8S8 saturates without VNNI
     for cpu in (parse_cpuinfo(t, "x86_64", 2) for t in (EPYC, XEON)):
-        assert ladder(cpu)[-1] == ("u8s8-reduce", embedder.quantize.WORST_LAYERS)  # the safest rung last
+        assert ladder(cpu)[-1] == ("u8s8-reduce", embedder.engines.quantize.WORST_LAYERS)  # the safest rung last
 
 
 def test_schemes_are_settings_and_older_int8_settings_keep_their_key(tmp_path, monkeypatch):
@@ -49,7 +49,7 @@ def test_schemes_are_settings_and_older_int8_settings_keep_their_key(tmp_path, m
     reduce = Int8.from_dict({**old, "scheme": "u8s8-reduce", "fp32_layers": 4})
     assert reduce.to_dict() == {**old, "scheme": "u8s8-reduce", "fp32_layers": 4}
     assert reduce.name == "u8s8-reduce + 4 layers fp32"
-    with pytest.raises(embedder.errors.FeaturebankError, match="unknown int8 scheme 'u8s9'"):
+    with pytest.raises(embedder.kernel.errors.FeaturebankError, match="unknown int8 scheme 'u8s9'"):
         Int8(scheme="u8s9")
     # extracted with two schemes: two caches (default paths), two settings keys, each scheme recorded
     root = tmp_path / "images"
@@ -72,12 +72,12 @@ def test_the_cpu_is_recorded_with_each_run_and_the_int8_engine_and_info_shows_it
     root = tmp_path / "images"
     write_tree(root, per_class=2)
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
-    here = embedder.cpu.current_cpu()
+    here = embedder.engines.cpu.current_cpu()
     q = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
     info = CacheReader(q.cache).info
     assert info["runs"][-1]["engine"]["cpu"] == here.to_dict() == info["int8"]["cpu"]
     scheme = ExtractionSettings.from_dict(q.settings).int8
-    assert (scheme.scheme, scheme.fp32_layers) in embedder.quantize.ladder(here)  # a rung of this CPU's ladder
+    assert (scheme.scheme, scheme.fp32_layers) in embedder.engines.quantize.ladder(here)  # a rung of this CPU's ladder
     assert info["int8"]["choice"]["tried"][-1]["scheme"] == scheme.name
     out = CliRunner().invoke(cli.main, ["info", q.cache]).output
     assert f"  cpu          {here.describe()}\n" in out
@@ -86,7 +86,7 @@ def test_the_cpu_is_recorded_with_each_run_and_the_int8_engine_and_info_shows_it
 
 def _pretend(monkeypatch, cosines: dict):
     """Builds as usual, but with the mean cosine of the named schemes replaced (as if they had lost that much)."""
-    real = embedder.quantize.build_int8
+    real = embedder.engines.quantize.build_int8
 
     def build(fp32, settings, store, name, calibration, open_int8, ranges=None):
         meta = real(fp32, settings, store, name, calibration, open_int8, ranges)
@@ -96,8 +96,8 @@ def _pretend(monkeypatch, cosines: dict):
             store.update_meta(name, cosine_to_fp32=meta["cosine_to_fp32"])
         return meta
 
-    monkeypatch.setattr(embedder.quantize, "build_int8", build)
-    monkeypatch.setattr(embedder.quantize, "ladder", lambda cpu=None: (("u8s8", 0), ("u8s8-reduce", 0)))
+    monkeypatch.setattr(embedder.engines.quantize, "build_int8", build)
+    monkeypatch.setattr(embedder.engines.quantize, "ladder", lambda cpu=None: (("u8s8", 0), ("u8s8-reduce", 0)))
 
 
 def test_a_low_cosine_falls_back_to_the_next_scheme_and_says_so(tmp_path, monkeypatch, capsys):
@@ -109,7 +109,7 @@ def test_a_low_cosine_falls_back_to_the_next_scheme_and_says_so(tmp_path, monkey
     assert ExtractionSettings.from_dict(q.settings).int8.scheme == "u8s8-reduce"
     said = "int8 fell back to u8s8-reduce on this CPU"
     assert any(
-        n.startswith(said) and f"u8s8 0.9000, u8s8-reduce 0.9950 (bound {embedder.quantize.COSINE_BOUND})" in n
+        n.startswith(said) and f"u8s8 0.9000, u8s8-reduce 0.9950 (bound {embedder.engines.quantize.COSINE_BOUND})" in n
         for n in q.notes
     )
     assert f"featurebank: {said}" in capsys.readouterr().err
@@ -135,8 +135,10 @@ def test_when_no_scheme_reaches_the_bound_fp32_is_used_unless_forced(tmp_path, m
     assert out["settings"]["precision"] == "fp32" and out["rows"] == 6  # fp32 rows, said in one line
     assert r.stderr == f"featurebank: {out['notes'][0]}\n"
     assert out["notes"] == [
-        "int8 would cost accuracy on this CPU (" + embedder.cpu.current_cpu().int8_kind + "): mean cosine to fp32 on "
-        f"the 6 calibration images u8s8 0.9000, u8s8-reduce 0.9500, all under {embedder.quantize.COSINE_BOUND}; using "
+        "int8 would cost accuracy on this CPU ("
+        + embedder.engines.cpu.current_cpu().int8_kind
+        + "): mean cosine to fp32 on "
+        f"the 6 calibration images u8s8 0.9000, u8s8-reduce 0.9500, all under {embedder.engines.quantize.COSINE_BOUND}; using "
         "fp32 (--force-int8 keeps int8)"
     ]
     r = CliRunner().invoke(cli.main, [*args, "--cache", str(tmp_path / "f.h5"), "--force-int8", "--json"])
@@ -151,10 +153,10 @@ def test_an_int8_cache_extended_on_another_kind_of_cpu_says_so(tmp_path, monkeyp
     write_tree(root, per_class=2)
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
     first = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
-    made = embedder.cpu.current_cpu()
+    made = embedder.engines.cpu.current_cpu()
     photo(700).save(root / "cats" / "new.jpg")
     other = VNNI_CPU if made.int8_kind != "vnni" else CpuInfo("Some EPYC", 2, "x86_64", ("avx2",))
-    monkeypatch.setattr(embedder.cpu, "current_cpu", lambda: other)
+    monkeypatch.setattr(embedder.engines.cpu, "current_cpu", lambda: other)
     again = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
     assert again.embedded == 1 and again.settings == first.settings  # the cache's scheme kept: one kind of rows
     assert len(again.notes) == 1 and again.notes[0].startswith(
@@ -163,7 +165,7 @@ def test_an_int8_cache_extended_on_another_kind_of_cpu_says_so(tmp_path, monkeyp
     )
     runs = CacheReader(again.cache).info["runs"]
     assert [r["engine"]["cpu"]["int8_kind"] for r in runs] == [made.int8_kind, other.int8_kind]
-    monkeypatch.setattr(embedder.cpu, "current_cpu", lambda: made)
+    monkeypatch.setattr(embedder.engines.cpu, "current_cpu", lambda: made)
     photo(701).save(root / "cats" / "newer.jpg")
     back = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
     assert back.notes == []  # made here: nothing to say

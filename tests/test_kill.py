@@ -11,7 +11,7 @@ import pytest
 from conftest import FAST, FAST_ARGS, ROOT, write_tree
 
 import embedder
-from embedder.cache import CacheReader, parts_dir
+from embedder.cache.hdf5 import CacheReader, parts_dir
 
 pytestmark = pytest.mark.slow
 

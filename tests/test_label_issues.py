@@ -231,7 +231,7 @@ def test_relabel_applies_accepted_corrections_to_a_manifest_and_extract_keeps_th
     from conftest import write_tree
 
     import cli
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     root = tmp_path / "photos"
     paths = write_tree(root, classes=("cats", "dogs"), per_class=2)

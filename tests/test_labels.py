@@ -7,8 +7,8 @@ import pytest
 from conftest import synthetic_cache
 
 from classifiers.labels import labels_of, read_labels
-from embedder.cache import CacheReader
-from embedder.errors import FeaturebankError
+from embedder.cache.hdf5 import CacheReader
+from embedder.kernel.errors import FeaturebankError
 
 PATHS = ["a/1.jpg", "a/2.jpg", "b/3.jpg", "b/4.jpg"]
 

@@ -101,7 +101,7 @@ def test_the_zoo_probe_is_tuned_and_folds_into_one_linear_layer():
 
 
 def test_bad_values_are_one_line_when_the_spec_is_read():
-    from embedder.errors import FeaturebankError
+    from embedder.kernel.errors import FeaturebankError
 
     for spec, words in (
         ("logreg:scoring=auc", "scoring must be one of"),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import SYNTHETIC_SETTINGS, synthetic_cache
 
-import embedder.cache as cache_module
-from embedder.cache import CacheReader, CacheWriter, copy_rows, parts_dir, spill_path
+import embedder.cache.hdf5 as cache_module
+from embedder.cache.hdf5 import CacheReader, CacheWriter, copy_rows, parts_dir, spill_path
 
 
 class Recorded:

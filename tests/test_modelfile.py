@@ -18,8 +18,8 @@ from conftest import synthetic_cache
 import cli
 from classifiers import modelfile
 from classifiers.bundle import evaluate, load_bundle, predict, train
-from embedder.errors import FeaturebankError
-from workflows.export import export_model as export
+from embedder.kernel.errors import FeaturebankError
+from workflows.deploy.entry import export_model as export
 
 SPECS = [
     "logreg",

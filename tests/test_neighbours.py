@@ -129,7 +129,7 @@ def test_the_zoo_knn_composes_in_a_pipeline_and_a_search():
 
 
 def test_knn_bad_parameters_are_one_line():
-    from embedder.errors import FeaturebankError
+    from embedder.kernel.errors import FeaturebankError
 
     with pytest.raises(FeaturebankError, match="n_neighbors must be a whole number"):
         make_classifier("knn:n_neighbors=0")

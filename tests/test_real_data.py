@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from torchvision.transforms._presets import ImageClassification
 
 import embedder
-from embedder.cache import CacheReader
+from embedder.cache.hdf5 import CacheReader
 
 pytestmark = pytest.mark.slow
 

@@ -22,11 +22,11 @@ from conftest import FAST, FAST_ARGS, ROOT, SYNTHETIC_SETTINGS, photo, write_tre
 from PIL import Image
 
 import cli
-from classifiers import html as page_module
 from classifiers.crossval import cross_validate
-from classifiers.embedmap import embedding_map
-from classifiers.report import predictions_name, write_report
-from embedder.decode import file_digest
+from classifiers.report import html as page_module
+from classifiers.report.embedmap import embedding_map
+from classifiers.report.writer import predictions_name, write_report
+from embedder.inputs.decode import file_digest
 
 VOID = {"img", "meta", "br", "input", "link", "hr", "source", "wbr"}
 
@@ -94,7 +94,7 @@ def image_run(tmp_path, classifiers=("logreg", "knn"), before_report=None, class
     """A cache of 30 real image files (200x150 JPEGs) with planted features: class0/img003 looks like class1 (a
     label error), img020 is unlike anything (an outlier), img025 is a byte copy of img005 under another class.
     Cross-validated and reported into tmp_path/run; returns (run folder, image root, report)."""
-    from embedder.cache import CacheWriter
+    from embedder.cache.hdf5 import CacheWriter
 
     root = tmp_path / "images"
     rng = np.random.default_rng(5)

@@ -13,7 +13,7 @@ from conftest import SYNTHETIC_SETTINGS
 import cli
 from classifiers.select_rules import COLD, DEFAULT_WARM, choose, prepared, probe_proba
 from classifiers.selection import select
-from embedder.cache import CacheWriter
+from embedder.cache.hdf5 import CacheWriter
 
 EMPTY = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
 

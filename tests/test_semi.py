@@ -14,11 +14,11 @@ import cli
 from classifiers.bundle import load_bundle, pseudo_labels, train
 from classifiers.crossval import cross_validate
 from classifiers.folds import fallbacks
-from classifiers.report import report_dict, write_report
+from classifiers.report.writer import report_dict, write_report
 from classifiers.semi import UNLABELED, SemiSupervised, knn_graph, spread
 from classifiers.zoo import list_classifiers, make_classifier
-from embedder.errors import FeaturebankError
-from embedder.store import sha256_of
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.store import sha256_of
 
 
 def blobs(n=40, dim=8, gap=8.0, seed=0):
@@ -88,7 +88,7 @@ def test_the_switch_keeps_them_where_they_help():
 def one_per_class_cache(tmp_path, counts=(6, 6, 6)):
     """A cache extracted without labels and a path,label CSV naming one image per class."""
     X, y = synthetic_cache(tmp_path / "c.h5", counts=counts, labels=False, seed=5)
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     paths = CacheReader(str(tmp_path / "c.h5")).paths
     first = [int(np.flatnonzero(y == c)[0]) for c in range(len(counts))]
@@ -143,7 +143,7 @@ def test_train_with_unlabeled_rows_records_what_was_decided(tmp_path):
 def partly_labelled(tmp_path, labelled_per_class=4, counts=(14, 14)):
     """A cache without labels, and a CSV labelling the first ``labelled_per_class`` images of each class."""
     X, y = synthetic_cache(tmp_path / "c.h5", counts=counts, labels=False, seed=7, dim=8)
-    from embedder.cache import CacheReader
+    from embedder.cache.hdf5 import CacheReader
 
     paths = CacheReader(str(tmp_path / "c.h5")).paths
     chosen = [int(i) for c in range(len(counts)) for i in np.flatnonzero(y == c)[:labelled_per_class]]
@@ -203,8 +203,8 @@ def test_learning_curve_all_equals_plain_cv_and_draws_are_reproducible(tmp_path)
         assert {"shots", "classifier", "metric", "mean", "std", "draws"} <= set(row)
         assert row["metric"] == "balanced_accuracy"
     json.dumps(d)  # JSON-ready
-    from classifiers.report import markdown
-    from classifiers.views import cv_text
+    from classifiers.report.text import cv_text
+    from classifiers.report.writer import markdown
 
     assert "## Learning curve" in markdown(d) and "| logreg:C=1.0 @ flatten |" in markdown(d)
     assert any(line.startswith("Learning curve: balanced accuracy") for line in "\n".join(cv_text(d)).splitlines())

@@ -18,8 +18,8 @@ import pytest
 from conftest import FAST, FAST_ARGS, HYMENOPTERA, ROOT, photo
 
 import embedder
-from embedder.cache import CacheReader, parts_dir
-from embedder.errors import FeaturebankError
+from embedder.cache.hdf5 import CacheReader, parts_dir
+from embedder.kernel.errors import FeaturebankError
 from embedder.shards import ShardOptions, list_input, scan_tar, split_key
 
 SETTINGS = {**FAST, "engine": "torch"}

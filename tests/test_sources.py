@@ -5,8 +5,8 @@ import os
 import pytest
 from conftest import photo, write_tree
 
-from embedder.errors import FeaturebankError
-from embedder.sources import list_images
+from embedder.inputs.sources import list_images
+from embedder.kernel.errors import FeaturebankError
 
 
 def test_class_folders_give_sorted_labeled_items_and_skip_hidden_and_system_files(tmp_path):

@@ -14,7 +14,7 @@ from conftest import cosines, photo, rows_close, write_tree
 from PIL import Image
 
 import embedder
-from embedder.backbones import (
+from embedder.backbones.registry import (
     block_names,
     check_backbone,
     default_preprocessing,
@@ -23,7 +23,7 @@ from embedder.backbones import (
     resolve_weights,
     skeleton,
 )
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -215,7 +215,7 @@ def test_cls_avg_and_cls_avg_pool_the_token_tensor_without_register_tokens(photo
 
 def test_cls_pooling_is_refused_where_there_is_no_class_token():
     model = skeleton("timm:vit_base_patch16_siglip_224", 32)  # SigLIP: no class token, a MAP head
-    from embedder.features import layer_dims
+    from embedder.backbones.features import layer_dims
 
     assert layer_dims(model, ["blocks.0"], "avg", 32) == {"blocks.0": 768}
     with pytest.raises(FeaturebankError, match="no class token"):
@@ -349,7 +349,7 @@ def test_the_command_line_lists_timm_backbones_and_their_layers():
 
 
 def test_the_backbones_own_classes_for_predict_head(tmp_path):
-    from embedder.backbones import head_classes, output_node
+    from embedder.backbones.registry import head_classes, output_node
 
     classes = head_classes("timm:convnext_tiny.fb_in1k", "DEFAULT")  # names only: nothing is downloaded
     assert len(classes) == 1000 and classes[0] == "tench" and classes[1] == "goldfish"

@@ -15,8 +15,8 @@ from conftest import ROOT, cosines, photo, rows_close, write_tree
 from PIL import ImageOps
 
 import embedder
-from embedder.cache import CacheReader
-from embedder.settings import ExtractionSettings, Int8
+from embedder.cache.hdf5 import CacheReader
+from embedder.kernel.settings import ExtractionSettings, Int8
 
 pytest.importorskip("timm")
 
@@ -75,9 +75,9 @@ def test_int8_runs_on_onnxruntime_with_its_own_settings_and_stays_close_to_fp32(
 @pytest.mark.slow
 def test_a_finetuned_timm_checkpoint_exports_to_one_onnx_file_that_predicts_as_predict_does(tmp_path):
     from classifiers.bundle import predict_imagenet
-    from embedder.batches import ImageDataset
-    from embedder.preprocess import Preprocessing
-    from workflows.deploy import export_checkpoint
+    from embedder.inputs.batches import ImageDataset
+    from embedder.kernel.preprocess import Preprocessing
+    from workflows.deploy.run import export_checkpoint
     from workflows.finetune import finetune
 
     images = tmp_path / "images"

@@ -12,9 +12,9 @@ import pytest
 from conftest import FAST, ROOT, write_tree
 
 import embedder
-from embedder.cache import CacheReader, CacheWriter, parts_dir
+from embedder.cache.hdf5 import CacheReader, CacheWriter, parts_dir
 from embedder.distributed import Rank
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 OPTIONS = ["-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64", "--workers", "0", "--engine", "torch"]
 

@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 
 import embedder
 from embedder import Embedder
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 PARAMS = dict(FAST)
 

@@ -14,8 +14,8 @@ from conftest import FAST, photo, rows_close
 from PIL import Image, ImageOps
 
 import embedder
-from embedder.errors import FeaturebankError
-from embedder.settings import ExtractionSettings, settings_key
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.settings import ExtractionSettings, settings_key
 
 LAYERS = ["flatten", "layer3"]
 
@@ -172,7 +172,7 @@ def test_cli_extract_tta_and_info_shows_it(pairs, tmp_path):
 # -- model files and their ONNX export ---------------------------------------------------------------------------
 def test_a_model_on_flip_features_predicts_and_exports_with_flip(pairs, tmp_path, monkeypatch):
     from classifiers.bundle import predict, train
-    from workflows.export import export_model as export
+    from workflows.deploy.entry import export_model as export
 
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
     images, mirrored = pairs

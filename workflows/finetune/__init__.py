@@ -22,7 +22,7 @@ the pass), ``cached_loop`` (the epochs on the stored rows).
 The names below are imported on first use, so that the command line can build ``FinetuneOptions`` without torch.
 """
 
-from embedder.lazy import lazy_attributes
+from embedder.kernel.lazy import lazy_attributes
 
 _EXPORTS = {
     "TrainingConfig": "loop",

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from classifiers.metrics import scores
-from embedder.backbones import head_name
-from embedder.errors import FeaturebankError
-from embedder.features import autocast_for
+from embedder.backbones.features import autocast_for
+from embedder.backbones.registry import head_name
+from embedder.kernel.errors import FeaturebankError
 
 from .fixed_views import parse_views
 from .loop import Trainer

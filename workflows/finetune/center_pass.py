@@ -4,7 +4,7 @@ the epochs read; the probe's features are those rows through the remaining layer
 to the head's input: the extraction's penultimate features, within the float16 rounding of the rows.
 
 ``CenterEmbedding`` plays ``split.Embedding``'s part: the same listing (``sources.list_images``), the same decoding
-(``embedder.batches``: the same failures and reasons, the same content digests), rows in the input's order, the
+(``embedder.inputs.batches``: the same failures and reasons, the same content digests), rows in the input's order, the
 failed files in ``skipped``. So the good images, and the split made from them, are the pixel path's.
 """
 
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedder.backbones import head_name, tokens
-from embedder.decode import file_digest, max_file_bytes
-from embedder.features import autocast_for, pool
-from embedder.sources import list_images
+from embedder.backbones.features import autocast_for, pool
+from embedder.backbones.registry import head_name, tokens
+from embedder.inputs.decode import file_digest, max_file_bytes
+from embedder.inputs.sources import list_images
 
 from .cached_loop import trunk_store
 from .split import Embedded

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedder.errors import FeaturebankError
-from embedder.preprocess import PIL_FILTERS, Preprocessing
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.preprocess import PIL_FILTERS, Preprocessing
 
 VIEWS_VERSION = 1  # the geometry of the views; part of the trunk store's key
 DEFAULT_VIEWS = "center,flip,crops:2"

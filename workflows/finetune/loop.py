@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from classifiers.metrics import scores
-from embedder.atomic import atomic_path
-from embedder.augment import Augmentation
-from embedder.batches import ImageDataset, collate, default_workers
-from embedder.decode import DEFAULT_MAX_PIXELS
-from embedder.errors import FeaturebankError
-from embedder.features import autocast_for
+from embedder.backbones.augment import Augmentation
+from embedder.backbones.features import autocast_for
+from embedder.inputs.batches import ImageDataset, collate, default_workers
+from embedder.inputs.decode import DEFAULT_MAX_PIXELS
+from embedder.kernel.atomic import atomic_path
+from embedder.kernel.errors import FeaturebankError
 
 from .options import TrainingOptions
 from .split import Part

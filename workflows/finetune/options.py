@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from embedder.decode import DEFAULT_MAX_PIXELS
-from embedder.errors import FeaturebankError
+from embedder.inputs.decode import DEFAULT_MAX_PIXELS
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.settings import AUGMENTATIONS, TORCH_PRECISIONS
 from embedder.options import BACKBONE, DEVICE, option
-from embedder.settings import AUGMENTATIONS, TORCH_PRECISIONS
 
 from .fixed_views import DEFAULT_VIEWS, parse_views
 

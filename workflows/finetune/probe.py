@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from classifiers.zoo import make_classifier
-from embedder.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError
 
 PROBE = "logreg"  # the zoo's linear probe (classifiers/zoo.py)
 

@@ -8,9 +8,9 @@ import csv
 import json
 import os
 
-from classifiers.html import read_run, render_page
 from classifiers.metrics import METRICS
-from classifiers.plots import training_curves_png
+from classifiers.report.html import read_run, render_page
+from classifiers.report.plots import training_curves_png
 from embedder import __version__
 
 NOTES = {

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from classifiers.from_run import best_row, fit_row
 from classifiers.metrics import full_proba, scores
-from embedder.backbones import load_backbone, resolve_weights
-from embedder.batches import default_workers
-from embedder.errors import FeaturebankError
-from embedder.features import autocast_for, resolve_device
-from embedder.versions import library_versions
+from embedder.backbones.features import autocast_for, resolve_device
+from embedder.backbones.registry import load_backbone, resolve_weights
+from embedder.inputs.batches import default_workers
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.versions import library_versions
 
 from .cached_loop import ViewEpochs, store_settings
 from .center_pass import CenterEmbedding
@@ -71,7 +71,7 @@ def _compared_row(o: FinetuneOptions, spec):
     cross-validated on the features fine-tuning starts from (the same backbone, weights and penultimate layer)."""
     if o.compare is None:
         return None
-    from embedder.backbones import resolve_layers, skeleton
+    from embedder.backbones.registry import resolve_layers, skeleton
 
     row = best_row(o.compare)
     here = {"backbone": o.backbone, "weights": spec.identity, "layer": resolve_layers(skeleton(o.backbone))[0]}

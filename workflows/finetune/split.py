@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedder.cache import CacheReader
-from embedder.cache import own_groups as groups_of_rows
-from embedder.errors import FeaturebankError
+from embedder.cache.hdf5 import CacheReader
+from embedder.cache.hdf5 import own_groups as groups_of_rows
 from embedder.job import extract
+from embedder.kernel.errors import FeaturebankError
 
 
 @dataclass(frozen=True)
@@ -204,8 +204,8 @@ def check_test_apart(test, data: Data, drop_copies: bool = False) -> list[str]:
     validation image are left out instead (data sets have such copies: flowers' val/ has 2 of train/), and their
     paths returned. Only lists and hashes the test files: nothing of them is embedded, so they cannot influence
     training."""
-    from embedder.decode import file_digest
-    from embedder.sources import list_images
+    from embedder.inputs.decode import file_digest
+    from embedder.inputs.sources import list_images
 
     listing = list_images(test)
     seen = {os.path.realpath(p): "file" for part in (data.train, data.val) for p in part.paths}

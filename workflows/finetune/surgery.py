@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedder.backbones import block_names, head_inputs, head_name
-from embedder.errors import FeaturebankError
+from embedder.backbones.registry import block_names, head_inputs, head_name
+from embedder.kernel.errors import FeaturebankError
 
 from .options import BN_POLICIES
 

@@ -30,11 +30,11 @@ import torch
 from torch import fx, nn
 from tqdm import tqdm
 
-from embedder.atomic import atomic_path
-from embedder.batches import ImageDataset, batches
-from embedder.decode import file_kind
-from embedder.errors import FeaturebankError, first_line
-from embedder.preprocess import Preprocessing
+from embedder.inputs.batches import ImageDataset, batches
+from embedder.inputs.decode import file_kind
+from embedder.kernel.atomic import atomic_path
+from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.preprocess import Preprocessing
 
 from .fixed_views import VIEWS_VERSION, ViewsTransform
 

@@ -1,0 +1,153 @@
+"""How the classifiers' results read for a person: the zoo, a cv report, a saved model, an evaluation (the
+commands print these lines; ``--json`` prints the data they are made from)."""
+
+from __future__ import annotations
+
+import json
+
+from classifiers.label_issues import summary_lines
+from classifiers.zoo import describe, get_spec, list_classifiers, search_grid
+
+from .reading import curve_table, leaderboard_text, model_name, pm, significance_note
+
+
+def classifier_rows() -> list[dict]:
+    """Every zoo entry: its pipeline, whether it gives probabilities, what ``--search`` tunes, its summary."""
+    return [
+        {
+            "name": n,
+            "pipeline": describe(n),
+            "probabilities": get_spec(n).probabilities,
+            "search": {k.removeprefix("clf__"): v for k, v in search_grid(n).items()},
+            "summary": get_spec(n).summary,
+        }
+        for n in list_classifiers()
+    ]
+
+
+def classifiers_text(rows: list[dict]) -> list[str]:
+    lines = []
+    for r in rows:
+        grid = ", ".join(f"{k} in {v}" for k, v in r["search"].items()) or "nothing to tune"
+        lines += [
+            f"{r['name']:14} {r['summary']}",
+            f"{'':14}   {r['pipeline']}",
+            f"{'':14}   probabilities: {'yes' if r['probabilities'] else 'no'}; --search: {grid}",
+        ]
+    return lines
+
+
+def cv_text(d: dict, files: dict | None = None) -> list[str]:
+    """A cv report (``report_dict``): the run, the leaderboard, the images to look at, the files written."""
+    cvd = d["cv"]
+    lines = [
+        f"{d['rows']} images, {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
+        f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s"
+    ]
+    planned = cvd.get("budget") or {}
+    if planned.get("left_out") or planned.get("stand_ins") or planned.get("skipped"):
+        lines.append(f"  {planned['message']}")
+    if len(d["caches"]) > 1:
+        lines += [f"  {c['backbone']}: {c['cache']}" for c in d["caches"]]
+        lines.append(f"  folds from {cvd['folds_from']}")
+    lines += leaderboard_text(d)
+    lines.append(significance_note(d))
+    notes = [n for r in d["results"] for n in r.get("notes") or []]
+    notes = list(dict.fromkeys(notes + [n for r in d.get("learning_curve") or [] for n in r.get("notes") or []]))
+    lines += [f"  note: {n}" for n in notes]
+    u = d.get("unlabeled")
+    if u:
+        lines.append(
+            f"\nWith the {u['rows']} unlabeled rows ({u['mode']}, switch-off rule per fold), on the same labelled "
+            f"held-out rows ({u['pairs'][0]['metric'].replace('_', ' ') if u['pairs'] else ''}):"
+        )
+        lines += _aligned(
+            [["model", "without", "with", "used in folds"]]
+            + [
+                [model_name(d, p), pm(p["without"]), pm(p["with"]), f"{p['used_in_folds']} of {p['folds']}"]
+                for p in u["pairs"]
+            ]
+        )
+    if d.get("learning_curve"):
+        shots, cells = curve_table(d)
+        draws = max(r["draws"] for r in d["learning_curve"])
+        lines.append(
+            f"\nLearning curve: {d['learning_curve'][0]['metric'].replace('_', ' ')} with k labelled images per "
+            f"class per training fold ({draws} draws; all: the leaderboard; projected: a power law, not measured):"
+        )
+        lines += _aligned([["model", *(f"k={k}" if k != "all" else "all" for k in shots)], *cells])
+    susp = d["suspicious"]
+    if susp["images"]:
+        lines.append(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
+        lines += [
+            f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})"
+            for i in susp["images"][:10]
+        ]
+    if d.get("label_issues_estimated") is not None:
+        lines.append("\nLabel issues: " + "\n".join(summary_lines(d, limit=5)))
+    if d["outliers"]["images"]:
+        lines.append(f"\nLeast like any other image (nearest-neighbour cosine similarity on {d['outliers']['layer']}):")
+        lines += [f"  {i['path']}: {i['similarity']:.2f} (nearest {i['nearest']})" for i in d["outliers"]["images"][:5]]
+    conflicting = [g for g in d["duplicates"] if g["conflicting"]]
+    if d["duplicates"]:
+        lines.append(f"\n{len(d['duplicates'])} groups of identical files ({len(conflicting)} with different labels)")
+    lines += [f"{name:16} {path}" for name, path in (files or {}).items()]
+    return lines
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def train_text(d: dict) -> list[str]:
+    """A saved model (``{"model": path, **Bundle.describe()}``)."""
+    lines = [
+        f"saved {d['model']}: {d['classifier']} on {d['layer']} ({d['pipeline']})",
+        f"  {d['trained_on']['rows']} images, classes "
+        + ", ".join(f"{c} {n}" for c, n in d["trained_on"]["class_counts"].items()),
+    ]
+    found = d["trained_on"].get("search")
+    if found:
+        lines.append(
+            f"  search: {found['splitter']} ({found['folds']} folds), chose {json.dumps(found['best_params'])} "
+            f"(balanced accuracy {found['best_score']:.3f} on the inner folds)"
+        )
+    u = d["trained_on"].get("unlabeled")
+    if u:
+        lines.append(
+            f"  unlabeled rows: {u['rows']}, {u['mode']}: {u['decision']}"
+            + (f"; {u['pseudo_labelled']} fit on with their pseudo-labels" if u["used"] else "")
+        )
+    if d["trained_on"].get("labels"):
+        lines.append(f"  labels: {d['trained_on']['labels']['csv']} over the cache's own")
+    lines += [f"  note: {n}" for n in d["trained_on"].get("notes") or []]
+    s = d["settings"]
+    lines.append(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
+    return lines
+
+
+def evaluate_text(d: dict) -> list[str]:
+    """An evaluation (``bundle.evaluate``): the metrics, per class, the confusion matrix, files without a row."""
+    m = d["metrics"]
+    lines = [
+        f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']} (cache {d['cache']})",
+        f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
+        f"macro-F1 {100 * m['f1_macro']:.2f} %"
+        + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else ""),
+        f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}",
+    ]
+    lines += [
+        f"  {c:20} {100 * v['precision']:8.1f}% {100 * v['recall']:6.1f}% {100 * v['f1']:5.1f}% {v['support']:7}"
+        for c, v in d["per_class"].items()
+    ]
+    lines.append(
+        "  confusion (rows true, columns predicted): "
+        + " | ".join(f"{c}: {' '.join(map(str, row))}" for c, row in zip(d["classes"], d["confusion"]))
+    )
+    if d["failed"]:
+        lines.append(
+            f"  {len(d['failed'])} files without a row: "
+            + "; ".join(f"{f['path']}: {f['reason']}" for f in d["failed"][:5])
+        )
+    return lines

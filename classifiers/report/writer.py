@@ -1,0 +1,426 @@
+"""A cross-validation report as data (``report.json``), as reading (``report.md``), as figures (PNG) and as
+out-of-fold predictions per image (``predictions/<classifier>@<layer>.csv``), the leaderboard as CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from classifiers.crossval import RANK_BY, CVReport, CVResult
+from classifiers.label_issues import report_entries as label_issue_entries
+from classifiers.label_issues import summary_lines as label_issue_lines
+from classifiers.label_issues import write_csv as write_label_issues
+from classifiers.metrics import METRICS
+from classifiers.neighbours import search_text
+from classifiers.semi import WITH_UNLABELED
+from classifiers.significance import ALPHA, TEST
+from embedder.kernel.versions import library_versions
+
+from .embedmap import write_map
+from .html import write_html
+from .plots import confusion_png, leaderboard_png
+from .reading import (
+    FORMAT,
+    curve_lines,
+    find_result,
+    leaderboard_lines,
+    model_name,
+    predictions_name,
+    several_caches,
+    significance_note,
+    unlabeled_lines,
+    unlabeled_role,
+)
+
+
+def _round(value, digits=4):
+    return None if value is None else round(float(value), digits)
+
+
+def _metric(result: CVResult, name: str) -> dict:
+    m = result.metric(name)
+    return {"mean": _round(m["mean"]), "std": _round(m["std"]), "folds": [_round(f.scores[name]) for f in result.folds]}
+
+
+def report_dict(report: CVReport, suspicious: int = 20) -> dict:
+    """Everything in the report, JSON-ready. Two runs with the same seed differ only in the timings."""
+    reader = report.data.reader
+    several = len(report.sources) > 1
+    path_of = {s.name: s.data.reader.path for s in report.sources}
+    compared = report.compared()
+    board = [r for r, _ in compared]
+    susp_from, susp = report.suspicious(suspicious)
+    results = []
+    for r in report.results:
+        results.append(
+            {
+                "backbone": r.backbone,
+                "cache": path_of[r.backbone],
+                "classifier": r.classifier,
+                "layer": r.layer,
+                "pipeline": r.pipeline,
+                "features": report.source(r).dims(r.layer),
+                "metrics": {m: _metric(r, m) for m in METRICS},
+                "per_class": {
+                    c: {k: _round(v) if k != "support" else v for k, v in d.items()}
+                    for c, d in report.per_class(r).items()
+                },
+                "confusion": report.confusion(r).tolist(),
+                "fit_seconds": [f.fit_seconds for f in r.folds],
+                "predict_seconds": [f.predict_seconds for f in r.folds],
+                "best_params": [f.best_params for f in r.folds] if report.search else None,
+                "missing_classes": sorted({report.classes[c] for f in r.folds for c in f.missing_classes}),
+                "notes": r.notes,
+                **({"unlabeled": r.unlabeled} if r.unlabeled is not None else {}),
+                "predictions": "predictions/"
+                + predictions_name(r.classifier, r.layer, r.backbone if several else None),
+            }
+        )
+    splits = report.splits
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "cache": reader.path,
+        "source": reader.attrs["source"],
+        "root": reader.attrs["root"],
+        "settings": reader.settings,
+        "caches": [
+            {
+                "backbone": s.name,
+                "cache": s.data.reader.path,
+                "source": s.data.reader.attrs["source"],
+                "settings": s.data.reader.settings,
+                "unlabeled_rows": s.data.unlabeled,
+            }
+            for s in report.sources
+        ],
+        "rows": len(report.data.y),
+        "unlabeled_rows": report.data.unlabeled,
+        "classes": report.classes,
+        "class_counts": report.data.counts,
+        "cv": {
+            "folds": report.folds,
+            "repeats": report.repeats,
+            "seed": report.seed,
+            "splitter": "StratifiedGroupKFold" if report.grouped else "RepeatedStratifiedKFold",
+            "grouped": report.grouped,
+            "search": report.search,
+            "budget": report.plan.to_dict() if report.plan is not None else None,  # what ran, what was left out
+            "rank_by": RANK_BY,
+            "confusion": "summed over all folds of all repeats",
+            "std": "population std over folds",
+            "folds_from": reader.path
+            + (" (the first cache; every cache's rows aligned to it by path)" if several else ""),
+            "significance": {
+                "test": TEST,
+                "metric": RANK_BY,
+                "alpha": ALPHA,
+                "sided": 2,
+                "against": "the best row (rank 1), which has no p-value",
+                "df": len(splits) - 1,
+                "n_test/n_train": _round(
+                    np.mean([len(s.test) for s in splits]) / np.mean([len(s.train) for s in splits]), 6
+                ),
+                "not_worse": "p >= alpha: not significantly worse than the best (no correction "
+                "for the number of rows compared)",
+            },
+        },
+        "leaderboard": [
+            {
+                "rank": i + 1,
+                "backbone": r.backbone,
+                "cache": path_of[r.backbone],
+                "classifier": r.classifier,
+                "layer": r.layer,
+                "features": report.source(r).dims(r.layer),
+                **{m: {"mean": _round(r.metric(m)["mean"]), "std": _round(r.metric(m)["std"])} for m in METRICS},
+                "fit_seconds": _round(np.mean([f.fit_seconds for f in r.folds]), 3),
+                "predict_seconds": _round(np.mean([f.predict_seconds for f in r.folds]), 3),
+                "t": _round(c.t, 4) if c.t is None or np.isfinite(c.t) else str(c.t),
+                "p_value": None if c.p_value is None else float(f"{c.p_value:.4g}"),
+                "not_worse": c.not_worse,
+            }
+            for i, (r, c) in enumerate(compared)
+        ],
+        "best": {"backbone": board[0].backbone, "classifier": board[0].classifier, "layer": board[0].layer},
+        "unlabeled": unlabeled_entry(report),
+        **({"learning_curve": report.curve} if report.curve is not None else {}),
+        "results": results,
+        "suspicious": {
+            "backbone": susp_from.backbone if susp_from else None,
+            "classifier": susp_from.classifier if susp_from else None,
+            "layer": susp_from.layer if susp_from else None,
+            "images": susp,
+        },
+        "outliers": {
+            "backbone": report.best.backbone,
+            **dict(zip(("layer", "images"), report.outliers(suspicious))),
+            "search": search_text(len(report.data.y)),
+        },
+        "duplicates": report.duplicates(),
+        **label_issue_entries(report),
+        "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
+        "seconds": report.seconds,
+        "versions": library_versions(("scikit-learn", "numpy")),
+        "extraction_versions": reader.info.get("versions", {}),
+    }
+
+
+def unlabeled_entry(report: CVReport) -> dict | None:
+    """With unlabeled rows: how they joined, and each classifier's scores without and with them, side by side
+    (both on the same held-out labelled rows of the same folds)."""
+    if report.unlabeled_mode is None:
+        return None
+    pairs = []
+    for r in report.results:
+        if not r.classifier.endswith(WITH_UNLABELED):
+            continue
+        plain = report.result(r.classifier.removesuffix(WITH_UNLABELED), r.layer, r.backbone)
+        used = r.unlabeled or {}
+        pairs.append(
+            {
+                "classifier": plain.classifier,
+                "layer": r.layer,
+                "backbone": r.backbone,
+                "metric": RANK_BY,
+                "without": {k: _round(v) for k, v in plain.metric(RANK_BY).items()},
+                "with": {k: _round(v) for k, v in r.metric(RANK_BY).items()},
+                "used_in_folds": used.get("used_in_folds"),
+                "folds": used.get("folds"),
+            }
+        )
+    return {
+        "mode": report.unlabeled_mode,
+        "rows": int(report.data.unlabeled),
+        "scored_on": "the labelled held-out rows of each fold (no unlabeled row is ever scored or held out)",
+        "pairs": pairs,
+    }
+
+
+def markdown(d: dict) -> str:
+    cv = d["cv"]
+    best = find_result(d, d["best"])
+    s = d["settings"]
+    embedding = [f"{s['backbone']}, weights `{s['weights']}`, pooling {s['pooling']}, precision {s['precision']}"]
+    if several_caches(d):
+        embedding = [
+            f"{c['backbone']} = `{c['cache']}`: {c['settings']['backbone']}, weights "
+            f"`{c['settings']['weights']}`, pooling {c['settings']['pooling']}, precision "
+            f"{c['settings']['precision']}"
+            for c in d["caches"]
+        ]
+    out = [
+        "# Cross-validation report",
+        "",
+        f"- cache: `{d['cache']}` ({d['rows']} labelled rows, {len(d['classes'])} classes"
+        + (f", {d['unlabeled_rows']} unlabeled rows {unlabeled_role(d)}" if d["unlabeled_rows"] else "")
+        + ")",
+        f"- input: `{d['source']}`",
+        *[f"- embedding: {e}" for e in embedding],
+        f"- folds: {cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
+        + (", hyperparameters chosen by nested inner cross-validation" if cv["search"] else "")
+        + f"; ranked by {cv['rank_by'].replace('_', ' ')}; scores are mean ± std over folds"
+        + (f"; folds from {cv['folds_from']}" if several_caches(d) else ""),
+        "- classes: " + ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()),
+        "",
+        "## Leaderboard",
+        "",
+        *leaderboard_lines(d),
+        "",
+        significance_note(d),
+        "",
+        f"## Best: {model_name(d, best).replace(' @ ', ' on ')}",
+        "",
+        f"Pipeline: `{best['pipeline']}`",
+        "",
+    ]
+    if best["best_params"]:
+        out += ["Hyperparameters chosen per fold: " + "; ".join(json.dumps(p) for p in best["best_params"]), ""]
+    out += ["| class | precision % | recall % | F1 % | support |", "|---|--:|--:|--:|--:|"]
+    for c, v in best["per_class"].items():
+        out.append(
+            f"| {c} | {100 * v['precision']:.1f} | {100 * v['recall']:.1f} | {100 * v['f1']:.1f} | {v['support']} |"
+        )
+    out += [
+        "",
+        f"Confusion matrix ({cv['confusion']}; rows true, columns predicted):",
+        "",
+        "| true \\ predicted | " + " | ".join(d["classes"]) + " |",
+        "|---|" + "--:|" * len(d["classes"]),
+    ]
+    for c, row in zip(d["classes"], best["confusion"]):
+        out.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
+    susp = d["suspicious"]
+    out += ["", "## Suspicious images", ""]
+    if susp["images"]:
+        judge = model_name(d, susp).replace(" @ ", " on ")
+        out += [
+            f"Images that {judge} puts in another class than their label with the "
+            f"highest confidence (out-of-fold, so no model saw the image it judges): likely label errors, junk "
+            f"files or look-alikes.",
+            "",
+            "| image | label | predicted | confidence | p(label) |",
+            "|---|---|---|--:|--:|",
+        ]
+        out += [
+            f"| `{i['path']}` | {i['label']} | {i['predicted']} | {i['confidence']:.3f} | {i['p_label']:.3f} |"
+            for i in susp["images"]
+        ]
+    else:
+        out.append("None listed (no misclassified image, or no classifier with probabilities).")
+    if d.get("label_issues_estimated") is not None:
+        out += [
+            "",
+            "## Label issues",
+            "",
+            f"Confident learning on the {d['label_issues_method']['signals']}: "
+            f"{'; '.join(label_issue_lines(d, limit=0))}. The whole ranked list: label_issues.csv.",
+            "",
+            "| given label | probably | images |",
+            "|---|---|--:|",
+        ]
+        out += [f"| {p['label']} | {p['suggested']} | {p['count']} |" for p in d["label_issues_pairs"]]
+        out += ["", "| # | image | label | suggested | score |", "|--:|---|---|---|--:|"]
+        out += [
+            f"| {n} | `{i['path']}` | {i['label']} | {i['suggested']} | {i['score']:.3f} |"
+            for n, i in enumerate(d["label_issues"][:20], 1)
+        ]
+    if d["outliers"]["images"]:
+        out += [
+            "",
+            "## Outliers",
+            "",
+            f"Images least like any other image (cosine similarity to their nearest neighbour "
+            f"on {d['outliers']['layer']}, lowest first; {d['outliers'].get('search', 'exact')}): placeholders, blank "
+            f"or broken pictures, other domains.",
+            "",
+            "| image | label | similarity | nearest image |",
+            "|---|---|--:|---|",
+        ]
+        out += [
+            f"| `{i['path']}` | {i['label']} | {i['similarity']:.3f} | `{i['nearest']}` |"
+            for i in d["outliers"]["images"]
+        ]
+    if d["duplicates"]:
+        out += [
+            "",
+            "## Duplicate files",
+            "",
+            "Byte-identical images in several rows"
+            " (different labels: label noise; same label: they can sit on both sides of a fold):",
+            "",
+        ]
+        out += [
+            f"- {'**conflicting labels** ' if g['conflicting'] else ''}{', '.join(f'`{p}`' for p in g['paths'])}"
+            f" ({', '.join(g['labels'])})"
+            for g in d["duplicates"][:50]
+        ]
+    out += unlabeled_lines(d) + curve_lines(d)
+    if d["failed"]:
+        out += ["", "## Files without a row", ""] + [f"- `{f['path']}`: {f['reason']}" for f in d["failed"][:50]]
+    out += [
+        "",
+        f"Computed in {d['seconds']:.1f} s with " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()) + ".",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
+    """One row per image: label, out-of-fold prediction, confidence and (when there are) class probabilities."""
+    pred, confidence = result.oof()
+    classes = report.classes
+    mean = result.proba.mean(axis=0) if result.proba is not None else None
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(
+            ["path", "label", "predicted", "correct", "confidence"] + [f"p_{c}" for c in classes] * (mean is not None)
+        )
+        for i, p in enumerate(report.data.paths):
+            row = [
+                p,
+                classes[report.data.y[i]],
+                classes[pred[i]],
+                int(pred[i] == report.data.y[i]),
+                f"{confidence[i]:.4f}",
+            ]
+            if mean is not None:
+                row += [f"{v:.4f}" for v in mean[i]]
+            w.writerow(row)
+    return path
+
+
+def write_leaderboard_csv(d: dict, path: str) -> str:
+    """The leaderboard as CSV: one row per (cache, layer, classifier), best first, with its p-value against the
+    best (empty for the best) and whether it is not significantly worse."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(
+            [
+                "rank",
+                "backbone",
+                "cache",
+                "classifier",
+                "layer",
+                "features",
+                *[f"{m}_{k}" for m in METRICS for k in ("mean", "std")],
+                "fit_seconds",
+                "p_value",
+                "not_worse",
+            ]
+        )
+        for row in d["leaderboard"]:
+            w.writerow(
+                [
+                    row["rank"],
+                    row["backbone"],
+                    row["cache"],
+                    row["classifier"],
+                    row["layer"],
+                    row["features"],
+                    *["" if row[m][k] is None else row[m][k] for m in METRICS for k in ("mean", "std")],
+                    row["fit_seconds"],
+                    "" if row["p_value"] is None else row["p_value"],
+                    int(row["not_worse"]),
+                ]
+            )
+    return path
+
+
+def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict | None = None) -> dict[str, str]:
+    """Write report.json, report.md, leaderboard.png, leaderboard.csv, confusion.png, predictions/*.csv, the
+    embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
+    ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already)."""
+    os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
+    d = d or report_dict(report, suspicious)
+    files = {"json": os.path.join(out_dir, "report.json"), "markdown": os.path.join(out_dir, "report.md")}
+    with open(files["json"], "w", encoding="utf-8") as fh:
+        json.dump(d, fh, indent=1)
+    with open(files["markdown"], "w", encoding="utf-8") as fh:
+        fh.write(markdown(d))
+    board = d["leaderboard"]
+    files["leaderboard_png"] = leaderboard_png(
+        [model_name(d, r) for r in board],
+        [r[RANK_BY]["mean"] for r in board],
+        [r[RANK_BY]["std"] for r in board],
+        RANK_BY,
+        os.path.join(out_dir, "leaderboard.png"),
+    )
+    best = report.best
+    files["confusion_png"] = confusion_png(
+        report.confusion(best),
+        report.classes,
+        f"{model_name(d, d['best'])} (out-of-fold)",
+        os.path.join(out_dir, "confusion.png"),
+    )
+    files["leaderboard_csv"] = write_leaderboard_csv(d, os.path.join(out_dir, "leaderboard.csv"))
+    files["label_issues_csv"] = write_label_issues(d, os.path.join(out_dir, "label_issues.csv"))
+    for r, entry in zip(report.results, d["results"]):
+        write_predictions(report, r, os.path.join(out_dir, entry["predictions"]))
+    files["predictions"] = os.path.join(out_dir, "predictions")
+    files.update(write_map(report, out_dir))
+    files["html"] = write_html(out_dir)
+    return files

@@ -1,0 +1,87 @@
+"""Weights files read safely (``torch.load(weights_only=True)``: tensors, never code) into a plain state dict, and
+models built without allocating parameters that are loaded or only inspected. Shared by torchvision's and timm's
+loading (``backbones``, ``timm_source``)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from embedder.kernel.errors import FeaturebankError, first_line
+
+MAX_CLASSES = 1_000_000  # the most outputs a head read from a file may have (ImageNet-21k has 21,843)
+MAX_TENSOR_VALUES = 1 << 31  # the most values one tensor of a weights file may declare (8 GiB of float32)
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Build a model without allocating or initializing its parameters (they are loaded or only inspected)."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def read_state_dict(path: str) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = first_line(exc)
+        raise FeaturebankError(f"cannot read weights file {path}: {first}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FeaturebankError(f"weights file {path} holds no state dict (a mapping of names to tensors)")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    check_sizes(obj, path)
+    return obj
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_sizes(state: dict, path: str | None) -> None:
+    """No tensor of a weights file declares more than ``MAX_TENSOR_VALUES`` values: a view saved with stride 0
+    costs nothing on disk and could otherwise ask for petabytes when a model of its shape is built."""
+    for key, tensor in state.items():
+        values = 1
+        for d in tensor.shape:
+            values *= int(d)
+        if values > MAX_TENSOR_VALUES:
+            raise FeaturebankError(
+                f"weights file {path}: {key} declares {values:,} values (shape {_shape(tensor.shape)}), more than "
+                f"the {MAX_TENSOR_VALUES:,} at most of any tensor featurebank loads"
+            )
+
+
+def head_outputs(state: dict, key: str, inputs: int, path: str | None) -> int | None:
+    """The classes the head ``key`` of a weights file declares (None when the file has no such tensor), checked
+    before a model of that size is built: a ``(classes, inputs)`` matrix (``(classes, inputs, 1, 1)`` for a
+    convolution head), with at most ``MAX_CLASSES`` classes."""
+    if key not in state:
+        return None
+    shape = tuple(int(d) for d in state[key].shape)
+    if len(shape) not in (2, 4) or shape[0] < 1 or shape[1] != inputs or any(d != 1 for d in shape[2:]):
+        raise FeaturebankError(
+            f"weights file {path}: its head {key} has shape {_shape(shape)}, not (classes, {inputs})"
+        )
+    if shape[0] > MAX_CLASSES:
+        raise FeaturebankError(
+            f"weights file {path}: its head {key} declares {shape[0]:,} classes, more than the {MAX_CLASSES:,} at "
+            f"most that featurebank builds"
+        )
+    return shape[0]

@@ -1,0 +1,134 @@
+"""Deployment's entry points: a model file of ``train`` or a checkpoint of ``finetune`` as one ONNX file.
+
+``export`` tells the two apart by the file's name (a checkpoint's suffix, as ``--weights`` does); the ONNX graph
+itself is built by ``workflows.deploy``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from classifiers.bundle import Bundle, extract_options, load_bundle
+from classifiers.zoo import describe, list_classifiers, make_classifier
+from embedder.backbones.registry import is_checkpoint, load_backbone
+from embedder.cache.hdf5 import CacheReader
+from embedder.inputs.sources import list_inputs
+from embedder.kernel.destination import check_destination
+from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.settings import ExtractionSettings
+from embedder.kernel.store import EngineStore, engine_dir_for
+
+from .head import Head, NotExportable, refusal
+from .options import ExportOptions
+from .run import Exported, cache_listing, export_checkpoint, labelled_images
+from .run import export as write_onnx
+
+
+def export(model: str, options: ExportOptions) -> Exported:
+    """``model`` as one ONNX file ``options.out``: a checkpoint (``.pth``...: its own head, ``options.backbone`` when
+    it does not say) or a model file of ``train`` (its backbone, layer and classifier; ``options.weights``: where its
+    weights file is now)."""
+    o = options
+    if is_checkpoint(model):
+        return export_checkpoint(
+            model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images, int8=o.int8
+        )
+    return export_model(
+        model,
+        o.out,
+        precision=o.precision,
+        weights=o.weights,
+        images=o.images,
+        int8=o.int8,
+        trust_pickle=o.trust_pickle,
+    )
+
+
+def export_model(
+    model,
+    out: str,
+    *,
+    precision: str | None = None,
+    weights: str | None = None,
+    images=None,
+    int8=None,
+    threads: int | None = None,
+    trust_pickle: bool = False,
+):
+    """A model file of ``train`` as one ONNX file (``workflows.deploy``): uint8 images in, its scores and class out. ``precision``
+    defaults to the model's own (int8 for a model trained on int8 features). int8 calibrates on the model's
+    training images (its training cache's input; ``images`` instead) and measures fp32 against int8 on them."""
+    check_destination(out, [] if isinstance(model, Bundle) else [model], "the ONNX file")
+    bundle = model if isinstance(model, Bundle) else load_bundle(model, trust_pickle=trust_pickle)
+    options = extract_options(bundle, weights)
+    settings = ExtractionSettings.from_dict(bundle.settings)
+    cache = bundle.trained_on.get("cache")
+    cache = cache if cache and os.path.exists(cache) else None
+    listing = list_inputs([images]) if images else (cache_listing(cache) if cache else None)
+    reader = CacheReader(cache) if cache else None
+    samples = reader.features(bundle.layer) if reader and bundle.layer in reader.dims else None  # to check the head
+    if samples is not None:  # a layer of other dimensions than the classifier takes: one line, not ONNX Runtime's
+        bundle.checked(samples, str(cache))
+
+    def build_model():
+        return load_backbone(
+            options["backbone"],
+            options["weights"],
+            options["seed"],
+            options["resize"],
+            options["crop"],
+            options["draft"],
+        ).model
+
+    about = {
+        "kind": "featurebank model",
+        "file": None if isinstance(model, Bundle) else os.path.basename(model),
+        "classifier": bundle.classifier,
+        "pipeline": describe(bundle.pipeline),
+        "layer": bundle.layer,
+        "trained_on": {k: bundle.trained_on.get(k) for k in ("rows", "class_counts", "created")},
+    }
+    try:
+        return write_onnx(
+            settings,
+            build_model,
+            Head(bundle.classes, bundle.pipeline, bundle.classifier, samples),
+            out,
+            store=EngineStore(options.get("engine_dir") or engine_dir_for(cache)),
+            precision=precision or ("int8" if settings.int8 else "fp32"),
+            calibration=listing,
+            int8=int8,
+            labelled=labelled_images(listing) if listing else None,
+            extra={"model": about},
+            threads=threads,
+        )
+    except NotExportable as exc:
+        ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
+        raise FeaturebankError(
+            f"cannot export {bundle.classifier} ({exc.classifier}): {exc}; these export: {', '.join(ok)}"
+        ) from None
+
+
+HEADS = {"folded": "folded into one matrix product", "skl2onnx": "through skl2onnx", "softmax": "softmax of its logits"}
+
+
+def export_text(d: dict) -> list[str]:
+    """What was written (``Exported.to_dict()``): precision, size, classes, input, int8 against fp32, the path."""
+    m = d["metadata"]
+    prep, head = m["preprocessing"], m["output"]["head"]
+    lines = [
+        f"{d['precision']}, {d['bytes'] / 1e6:.1f} MB, {len(m['classes'])} classes, "
+        f"{'probabilities' if d['output'] == 'probability' else 'decision scores'} (head {HEADS[head]})",
+        f"  input: uint8 N x {prep['crop']} x {prep['crop']} x 3 RGB after resizing the shorter side to "
+        f"{prep['resize']} ({prep['interpolation']}) and a center crop",
+    ]
+    a = d["accuracy"]
+    if a:
+        of = (a.get("source") or "").split(":", 1)[-1]
+        lines.append(
+            f"  accuracy on {a['images']} images{' of ' + of if of else ''}: fp32 {100 * a['fp32']:.2f} %, "
+            f"int8 {100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); the same class "
+            f"for {100 * a['agreement']:.1f} % of them"
+        )
+    lines.append(d["path"])
+    return lines

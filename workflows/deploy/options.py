@@ -1,0 +1,45 @@
+"""``export``'s options as one value (each field says once its default, help and reading:
+``embedder.options.option``). Imports nothing heavy, so that the command line can build it before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedder.kernel.settings import ONNX_PRECISIONS, Int8
+from embedder.options import BACKBONE, option
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    out: str | None = option(None, "The ONNX file to write.", short="-o", path={"dir_okay": False}, required=True)
+    precision: str | None = option(
+        None,
+        "int8: the backbone calibrated as extract --precision int8 does, the head "
+        "in fp32. [default: the model's own precision]",
+        choices=ONNX_PRECISIONS,
+    )
+    backbone: str | None = option(
+        None, "A checkpoint's architecture (default: what it records).", short="-b", check=BACKBONE
+    )
+    weights: str | None = option(
+        None, "Where the model's weights file is now, if it moved (checked by sha256).", short="-w"
+    )
+    images: str | None = option(
+        None,
+        "int8: labelled images to calibrate on and to compare fp32 with int8 on "
+        "(default: the model's training images; a checkpoint needs them).",
+        path={},
+    )
+    calibration_images: int = option(256, "int8: images drawn reproducibly to calibrate on.", low=1)
+    seed: int = option(0, "Seed of the int8 calibration draw.")
+    trust_pickle: bool = option(
+        False,
+        "Also load an old model file (a joblib pickle). Unpickling runs whatever code "
+        "the file names: only for files you made or trust; featurebank convert OLD NEW "
+        "rewrites one once in the safe format.",
+    )
+
+    @property
+    def int8(self) -> Int8:
+        """The calibration an int8 export draws (when the model is not int8 already)."""
+        return Int8(self.calibration_images, self.seed)
