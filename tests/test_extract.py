@@ -317,7 +317,7 @@ def test_a_forked_child_does_not_keep_the_lock_of_a_killed_writer(tree, tmp_path
     embedder.extract(str(root), cache, **FAST)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     writer = (
-        "import os, sys, time; from embedder.cache import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
+        "import os, sys, time; from embedder.cache.hdf5 import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
         "w = CacheWriter(sys.argv[1], r.settings, r.attrs['source'], r.attrs['root']); w.__enter__(); "
         "child = os.fork()\nif child == 0:\n    time.sleep(30); os._exit(0)\n"
         "print(child, flush=True); time.sleep(30)"
@@ -328,7 +328,7 @@ def test_a_forked_child_does_not_keep_the_lock_of_a_killed_writer(tree, tmp_path
         proc.send_signal(signal.SIGKILL)  # as kill -9: no release, the child lives on with every descriptor
         proc.wait()
         second = (
-            "import sys; from embedder.cache import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
+            "import sys; from embedder.cache.hdf5 import CacheWriter, CacheReader; r = CacheReader(sys.argv[1]); "
             "w = CacheWriter(sys.argv[1], r.settings, r.attrs['source'], r.attrs['root']); w.__enter__(); print('ok')"
         )
         out = subprocess.run([sys.executable, "-c", second, cache], capture_output=True, text=True, cwd=repo)
