@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 
+from .options import ExtractOptions
 from .settings import ExtractionSettings, Int8
 from .store import EngineStore
 from .versions import version_of
@@ -18,17 +19,18 @@ from .versions import version_of
 
 @dataclass(frozen=True)
 class Request:
-    """Extraction options as given, before anything is looked up."""
+    """Extraction options as given, before anything is looked up: the fields of ``ExtractOptions`` that the vectors
+    depend on (``job.request_of`` makes one from them by name), with their defaults."""
 
-    backbone: str = "resnet50"
-    weights: str | None = "DEFAULT"
-    seed: int = 0
-    layers: tuple[str, ...] | None = None
-    pooling: str = "avg"
-    resize: int | None = None
-    crop: int | None = None
-    draft: bool = True
-    precision: str = "fp32"
+    backbone: str = ExtractOptions.backbone
+    weights: str | None = ExtractOptions.weights
+    seed: int = ExtractOptions.seed
+    layers: tuple[str, ...] | None = ExtractOptions.layers
+    pooling: str = ExtractOptions.pooling
+    resize: int | None = ExtractOptions.resize
+    crop: int | None = ExtractOptions.crop
+    draft: bool = ExtractOptions.draft
+    precision: str = ExtractOptions.precision
     int8: Int8 | None = None  # calibration options (its calibration_set is filled in once drawn)
 
     def __post_init__(self):

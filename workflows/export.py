@@ -14,6 +14,7 @@ from embedder.backbones import is_checkpoint, load_backbone
 from embedder.cache import CacheReader
 from embedder.destination import check_destination
 from embedder.errors import FeaturebankError
+from embedder.options import with_overrides
 from embedder.settings import ExtractionSettings
 from embedder.sources import list_inputs
 from embedder.store import EngineStore, engine_dir_for
@@ -23,11 +24,13 @@ from .deploy import export as write_onnx
 from .options import ExportOptions
 
 
-def export(model: str, options: ExportOptions) -> Exported:
+def export(model: str, options: ExportOptions | None = None, **overrides) -> Exported:
     """``model`` as one ONNX file ``options.out``: a checkpoint (``.pth``...: its own head, ``options.backbone`` when
     it does not say) or a model file of ``train`` (its backbone, layer and classifier; ``options.weights``: where its
-    weights file is now)."""
-    o = options
+    weights file is now). ``overrides``: fields of ``ExportOptions`` by name (``out="model.onnx"``)."""
+    o = with_overrides(ExportOptions, options, overrides)
+    if not o.out:
+        raise FeaturebankError("export needs out: the ONNX file to write")
     if is_checkpoint(model):
         return export_checkpoint(
             model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images, int8=o.int8
@@ -71,12 +74,7 @@ def export_model(
 
     def build_model():
         return load_backbone(
-            options["backbone"],
-            options["weights"],
-            options["seed"],
-            options["resize"],
-            options["crop"],
-            options["draft"],
+            options.backbone, options.weights, options.seed, options.resize, options.crop, options.draft
         ).model
 
     about = {
@@ -93,7 +91,7 @@ def export_model(
             build_model,
             Head(bundle.classes, bundle.pipeline, bundle.classifier, samples),
             out,
-            store=EngineStore(options.get("engine_dir") or engine_dir_for(cache)),
+            store=EngineStore(options.engine_dir or engine_dir_for(cache)),
             precision=precision or ("int8" if settings.int8 else "fp32"),
             calibration=listing,
             int8=int8,
