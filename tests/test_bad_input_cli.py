@@ -355,7 +355,7 @@ def test_option_values_are_checked_by_their_types(model, args, says):
 def test_jobs_take_every_core_and_all_but_some_as_joblib_does():
     import click
 
-    from embedder.clickopts import Jobs
+    from cli import Jobs
 
     assert [Jobs().convert(v, None, None) for v in ("1", "4", "-1", "-2")] == [1, 4, -1, -2]
     with pytest.raises(click.BadParameter, match="0 jobs cannot run anything"):
