@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .decode import DEFAULT_MAX_PIXELS, Decoded, decode_file, to_rgb
-from .engines import cpu_cores
+from .engines import BATCH_SIZE, cpu_cores
 from .preprocess import Preprocessing
 
 
@@ -100,7 +100,7 @@ class ThreadBatches:
     ahead of the consumer (bounded memory). Decoding starts when this is created, so that whatever the caller does
     next (loading the engine) overlaps with it."""
 
-    def __init__(self, dataset: ImageDataset, batch_size: int = 32, threads: int | None = None, ahead: int = 2):
+    def __init__(self, dataset: ImageDataset, batch_size: int = BATCH_SIZE, threads: int | None = None, ahead: int = 2):
         self.dataset, self.batch_size = dataset, batch_size
         self.pool = ThreadPoolExecutor(threads or cpu_cores(), thread_name_prefix="featurebank-decode")
         self.pending: deque = deque()
@@ -142,7 +142,7 @@ class ThreadBatches:
 
 def batches(
     dataset: ImageDataset,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     workers: int | None = None,
     pin_memory: bool = False,
     device_type: str = "cpu",

@@ -28,6 +28,8 @@ from .settings import ExtractionSettings
 from .store import EngineStore
 from .versions import version_of
 
+BATCH_SIZE = 32  # images per engine call: the default of extract's --batch-size (ExtractOptions) and of all below
+
 ENGINES = ("auto", "torch", "onnxruntime")
 
 
@@ -194,7 +196,7 @@ def open_engine(
     *,
     engine: str = "auto",
     device: str = "cpu",
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     calibration=None,
     prepared: Prepared | None = None,
 ) -> Engine:
@@ -399,7 +401,7 @@ def prepare_int8(
     calibration,
     prepared: Prepared | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     force: bool = False,
     cpu: CpuInfo | None = None,
 ) -> Int8Choice:

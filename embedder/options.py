@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
 from .decode import DEFAULT_MAX_PIXELS
-from .engines import ENGINES
+from .engines import BATCH_SIZE, ENGINES
 from .errors import FeaturebankError
 from .settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS, Int8
 from .sources import LAYOUTS
@@ -174,7 +174,7 @@ class ExtractOptions:
         path={"dir_okay": False},
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", check=DEVICE)
-    batch_size: int = option(32, low=1)
+    batch_size: int = option(BATCH_SIZE, low=1)
     workers: int | None = option(
         None,
         "Decoding processes (default: on a GPU one per core but one; on a CPU none: "

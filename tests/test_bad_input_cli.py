@@ -155,7 +155,7 @@ def test_a_weights_file_is_hashed_only_up_to_its_size(model, tmp_path):
         m["weights_file"] = str(weights)
 
     bundle = load_bundle(rewrite(model / "m.fbmodel", tmp_path / "w.fbmodel", point))
-    assert extract_options(bundle)["weights"] == str(weights)
+    assert extract_options(bundle).weights == str(weights)
     weights.write_bytes(b"other" * 10)
     with pytest.raises(FeaturebankError, match="is not the weights file the model was trained with"):
         extract_options(bundle)

@@ -32,7 +32,7 @@ from embedder.batches import ImageDataset, ThreadBatches
 from embedder.cache import CacheReader
 from embedder.decode import DEFAULT_MAX_PIXELS
 from embedder.destination import check_destination
-from embedder.engines import open_engine, prepare_int8, settings_fp32
+from embedder.engines import BATCH_SIZE, open_engine, prepare_int8, settings_fp32
 from embedder.errors import FeaturebankError, first_line
 from embedder.job import calibration_batches, int8_settings
 from embedder.resolve import Request, resolve
@@ -608,7 +608,7 @@ def compare(
     prep,
     max_pixels: int,
     threads: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
 ) -> dict:
     """Both files on the same decoded images: accuracy of each, and how often they name the same class."""
     import onnxruntime as ort
