@@ -408,7 +408,8 @@ def cross_validate(
     the same held-out labelled rows. ``shots``: a list of labelled images per class (and ``"all"``, the run
     itself) for a learning curve (``shots.learning_curve``), ``draws`` seeded draws each."""
     o = with_overrides(CVOptions, options, overrides)
-    classifiers, layers, folds, repeats, seed, groups = o.classifiers, o.layers, o.folds, o.repeats, o.seed, o.groups
+    classifiers: list[str] | None = list(o.classifiers) if o.classifiers else None
+    layers, folds, repeats, seed, groups = o.layers, o.folds, o.repeats, o.seed, o.groups
     search, inner_folds, n_jobs, scheduler, budget = o.search, o.inner_folds, o.n_jobs, o.scheduler, o.budget
     labels, unlabeled, unlabeled_mode, shots, draws = o.labels, o.unlabeled, o.unlabeled_mode, o.shots, o.draws
     started = time.perf_counter()
@@ -428,7 +429,6 @@ def cross_validate(
             )
     if shot_list is not None and search:
         raise FeaturebankError("--shots runs each classifier as it is: leave out --search")
-    classifiers = list(classifiers) if classifiers else None
     for spec in classifiers or []:
         parse_spec(spec)
     if groups and data.groups is None:

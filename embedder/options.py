@@ -65,7 +65,7 @@ def with_overrides(cls: type[Options], options: Options | None, overrides: dict[
         g.name: f.name
         for f in fields(options)  # type: ignore[arg-type]
         if is_dataclass(f.default_factory)
-        for g in fields(f.default_factory)
+        for g in fields(f.default_factory)  # type: ignore[arg-type]
     }
     unknown = [k for k in overrides if k not in own and k not in inner]
     if unknown:

@@ -250,7 +250,9 @@ def test_cv_without_c_runs_what_fits_says_what_it_left_out_and_names_stand_ins(t
 
 def test_progress_shows_only_when_asked_with_its_fits(tmp_path, capsys):
     synthetic_cache(tmp_path / "c.h5")
-    cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg:C=1", "ridge"], layers=["flatten"], folds=3, progress=True)
+    cross_validate(
+        str(tmp_path / "c.h5"), classifiers=["logreg:C=1", "ridge"], layers=["flatten"], folds=3, progress=True
+    )
     err = capsys.readouterr().err
     assert "cross-validation: 100%" in err and "6/6 fits" not in err  # the postfix names the fit it is on
     assert "0/6 fits; logreg:C=1 @ flatten" in err and "3/6 fits; ridge @ flatten" in err

@@ -28,7 +28,9 @@ def cluster():
 
 def test_cv_on_a_cluster_equals_the_local_run(tmp_path, cluster):
     synthetic_cache(tmp_path / "c.h5", groups=[f"g{i // 3}" if i % 4 else "" for i in range(30)])
-    remote = cross_validate(tmp_path / "c.h5", classifiers=SPECS, folds=3, repeats=2, seed=5, scheduler=cluster.scheduler_address)
+    remote = cross_validate(
+        tmp_path / "c.h5", classifiers=SPECS, folds=3, repeats=2, seed=5, scheduler=cluster.scheduler_address
+    )
     local = cross_validate(tmp_path / "c.h5", classifiers=SPECS, folds=3, repeats=2, seed=5)
     assert remote.grouped and [r.name for r in remote.results] == [r.name for r in local.results]
     assert len(remote.results) == len(SPECS) * 2  # two layers

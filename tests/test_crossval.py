@@ -268,7 +268,9 @@ def test_clear_errors(tmp_path):
     with pytest.raises(FeaturebankError, match="unknown classifier 'logregg' .did you mean logreg"):
         cross_validate(tmp_path / "small.h5", classifiers=["logregg"], folds=3)
     # more neighbours than a fold's rows: every row, said once per result (it was an error before)
-    few = cross_validate(tmp_path / "small.h5", classifiers=["knn:n_neighbors=40"], layers=["flatten"], folds=3, extras=None)
+    few = cross_validate(
+        tmp_path / "small.h5", classifiers=["knn:n_neighbors=40"], layers=["flatten"], folds=3, extras=None
+    )
     assert few.results[0].notes == ["knn: k=10, every training row, not 40 (10 rows)"]
     with pytest.raises(FeaturebankError, match="has no groups"):
         cross_validate(tmp_path / "small.h5", classifiers=["logreg"], folds=3, groups=True)
@@ -494,7 +496,9 @@ def test_every_leaderboard_row_carries_its_p_value_against_the_best(tmp_path):
 
 def test_composite_layer_is_the_two_layers_side_by_side(tmp_path):
     X, y = synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", classifiers=["logreg"], layers=["flatten+layer3", "layer3"], folds=3, seed=2)
+    report = cross_validate(
+        tmp_path / "c.h5", classifiers=["logreg"], layers=["flatten+layer3", "layer3"], folds=3, seed=2
+    )
     both = np.hstack([X, X[:, :8] * 2 + 1])
     theirs = sk_cross_validate(
         make_classifier("logreg", seed=2),

@@ -107,7 +107,9 @@ def test_stacking_learns_from_out_of_fold_probabilities_of_its_training_rows_onl
 @pytest.mark.parametrize("spec", ["ensemble", "ensemble:method=stack,members=logreg+lda+rbf-svm"])
 def test_cross_validated_like_any_classifier(tmp_path, spec):
     X, y = synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", classifiers=[spec, "logreg"], layers=["flatten"], folds=3, repeats=1, seed=1)
+    report = cross_validate(
+        tmp_path / "c.h5", classifiers=[spec, "logreg"], layers=["flatten"], folds=3, repeats=1, seed=1
+    )
     ours = report.result(spec, "flatten")
     theirs = sk_cross_validate(
         make_classifier(spec, seed=1),
@@ -156,7 +158,12 @@ def test_cli_errors_and_export_refusal_are_one_line(tmp_path):
     assert r.exit_code == 2 and "Error: Invalid value for '-c' / '--classifier': unknown classifier 'nope'" in r.output
     refused = refusal(make_classifier("ensemble"))
     assert refused.classifier == "ZooEnsemble" and "ensemble's head has no ONNX export" in str(refused)
-    train(str(tmp_path / "c.h5"), classifier="ensemble:members=logreg+lda", layer="flatten", out=str(tmp_path / "m.joblib"))
+    train(
+        str(tmp_path / "c.h5"),
+        classifier="ensemble:members=logreg+lda",
+        layer="flatten",
+        out=str(tmp_path / "m.joblib"),
+    )
     r = runner.invoke(cli.main, ["export", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "m.onnx")])
     assert r.exit_code == 1 and r.output.count("\n") == 1
     assert r.output.startswith("Error: cannot export ensemble:members=logreg+lda (ZooEnsemble): ")

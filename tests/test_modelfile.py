@@ -348,7 +348,9 @@ def test_the_trusted_list_decides(synthetic, tmp_path, monkeypatch):
     """A type is loaded because it is on the explicit list, not because skops or the file offers it: without
     featurebank's ensemble class on the list, an ensemble's model file is refused, naming it."""
     root, _, _ = synthetic
-    train(str(root / "c.h5"), classifier="ensemble:members=logreg+knn", layer="flatten", out=str(tmp_path / "e.fbmodel"))
+    train(
+        str(root / "c.h5"), classifier="ensemble:members=logreg+knn", layer="flatten", out=str(tmp_path / "e.fbmodel")
+    )
     load_bundle(str(tmp_path / "e.fbmodel"))
     monkeypatch.setattr(modelfile, "TRUSTED_TYPES", [t for t in modelfile.TRUSTED_TYPES if "ZooEnsemble" not in t])
     with pytest.raises(FeaturebankError, match=r"does not trust \(classifiers\.ensemble\.ZooEnsemble\)"):

@@ -116,7 +116,9 @@ def test_every_zoo_entry_trains_on_one_labelled_image_per_class(tmp_path, spec):
 @pytest.mark.parametrize("spec", list_classifiers())
 def test_every_zoo_entry_cross_validates_at_one_labelled_image_per_class(tmp_path, spec):
     synthetic_cache(tmp_path / "c.h5", counts=(4, 4, 4), seed=6)
-    report = cross_validate(str(tmp_path / "c.h5"), classifiers=[spec], layers=["flatten"], folds=2, shots="1,all", draws=2, extras=None)
+    report = cross_validate(
+        str(tmp_path / "c.h5"), classifiers=[spec], layers=["flatten"], folds=2, shots="1,all", draws=2, extras=None
+    )
     curve = {r["shots"]: r for r in report.curve}
     assert curve[1]["draws"] == 2 and 0.0 <= curve[1]["mean"] <= 1.0
     assert curve["all"]["mean"] == report.results[0].metric("balanced_accuracy")["mean"]
@@ -188,8 +190,12 @@ def test_learning_curve_all_equals_plain_cv_and_draws_are_reproducible(tmp_path)
     cache = str(tmp_path / "c.h5")
     specs = ["logreg:C=1.0", "knn"]  # fixed, fast entries: the curve is under test
     plain = cross_validate(cache, classifiers=specs, layers=["flatten"], folds=3, extras=None)
-    curved = cross_validate(cache, classifiers=specs, layers=["flatten"], folds=3, shots="1,2,5,all", draws=2, extras=None)
-    again = cross_validate(cache, classifiers=specs, layers=["flatten"], folds=3, shots=[5, 1, 2, "all"], draws=2, extras=None)
+    curved = cross_validate(
+        cache, classifiers=specs, layers=["flatten"], folds=3, shots="1,2,5,all", draws=2, extras=None
+    )
+    again = cross_validate(
+        cache, classifiers=specs, layers=["flatten"], folds=3, shots=[5, 1, 2, "all"], draws=2, extras=None
+    )
     assert curved.curve == again.curve  # seeded: the same draws, the same scores
     for spec in specs:
         points = {r["shots"]: r for r in curved.curve if r["classifier"] == spec and not r.get("projection")}
@@ -296,7 +302,15 @@ def test_fallbacks_are_found_inside_an_ensemble():
 def test_the_learning_curve_with_unlabeled_rows_has_both_curves(tmp_path):
     cache, csv, paths, chosen = partly_labelled(tmp_path)
     report = cross_validate(
-        cache, classifiers=["knn"], layers=["flatten"], folds=2, labels=csv, unlabeled=True, shots="1,2,all", draws=1, extras=None
+        cache,
+        classifiers=["knn"],
+        layers=["flatten"],
+        folds=2,
+        labels=csv,
+        unlabeled=True,
+        shots="1,2,all",
+        draws=1,
+        extras=None,
     )
     curves = {(r["classifier"], r["shots"]): r for r in report.curve if not r.get("projection")}
     assert set(curves) == {(c, k) for c in ("knn", "knn +unlabeled") for k in (1, 2, "all")}
