@@ -22,7 +22,7 @@ from classifiers.select_options import SelectOptions
 from embedder.errors import FeaturebankError, Terminated, terminate_as_interrupt
 from embedder.options import BACKBONE, ExtractOptions, RunOptions, with_overrides
 from embedder.settings import POOLINGS
-from workflows.finetune.options import FinetuneOptions
+from workflows.finetune.options import RUN_FOLDER, FinetuneOptions
 from workflows.options import ExportOptions
 
 
@@ -695,7 +695,7 @@ def manifest(folder, out, layout, as_json):
     "-o",
     "--out",
     type=click.Path(file_okay=False),
-    default="runs/finetune",
+    default=RUN_FOLDER,
     show_default=True,
     help="Run folder: checkpoints, log, curves, report.",
 )

@@ -120,8 +120,7 @@ def request_of(options: ExtractOptions) -> Request:
         int8 = options.int8 or Int8(
             options.calibration_images, options.seed, options.calibration, scheme=options.int8_scheme
         )
-    request = Request(**_named(Request, options, "int8", "layers"), layers=options.layers or None, int8=int8)
-    return request
+    return Request(**_named(Request, options, "int8", "layers"), layers=options.layers or None, int8=int8)
 
 
 @dataclass(frozen=True)

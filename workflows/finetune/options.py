@@ -15,6 +15,7 @@ from embedder.settings import AUGMENTATIONS, TORCH_PRECISIONS
 
 from .fixed_views import DEFAULT_VIEWS, parse_views
 
+RUN_FOLDER = "runs/finetune"  # where a run goes when no folder is given (finetune's out, the command's --out)
 BN_POLICIES = ("frozen", "train")
 # auto: views where the network splits and its trunk fits float16, else pixels (run.finetune decides, with a note);
 # views: the frozen trunk run once (cached_loop); the others: pixels

@@ -21,7 +21,7 @@ from embedder.versions import library_versions
 from .cached_loop import ViewEpochs, store_settings
 from .center_pass import CenterEmbedding
 from .loop import TrainingConfig, evaluate_images, load_best, train_loop
-from .options import FinetuneOptions
+from .options import RUN_FOLDER, FinetuneOptions
 from .probe import linear_probe
 from .report import (
     NOTES,
@@ -89,7 +89,7 @@ def _compared_row(o: FinetuneOptions, spec):
 
 def finetune(
     train,
-    out: str = "runs/finetune",
+    out: str = RUN_FOLDER,
     options: FinetuneOptions | None = None,
     *,
     progress: bool = False,
