@@ -1,33 +1,185 @@
 """featurebank's command line: parse, call one function of the Python API, print.
 
 Every command has --help with an example; errors are one line (``Error: ...``) and a non-zero exit.
+
+The plumbing comes first: one-line errors and what an interrupted command kept (``Group``, ``KEPT``), JSON or text
+output (``emit``), and click options made from the fields of the library's options values (``value_options``), so
+that every option's default, help and reading is written once, in the field it fills (``embedder.options.option``).
+This is the only module that imports click; it imports nothing of featurebank's heavy parts before a command runs.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import sys
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 
 import click
 
 from classifiers.options import CVOptions, TrainOptions
 from classifiers.select_options import SelectOptions
-from embedder.clickopts import Group, checked, emit, value_options
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, Terminated, terminate_as_interrupt
 from embedder.kernel.settings import POOLINGS
-from embedder.options import BACKBONE, ExtractOptions, RunOptions, ShardOptions
+from embedder.options import BACKBONE, ExtractOptions, RunOptions, with_overrides
 from workflows.deploy.options import ExportOptions
-from workflows.finetune.options import FinetuneOptions
+from workflows.finetune.options import RUN_FOLDER, FinetuneOptions
 
-SHARD_FIELDS = {f.name for f in fields(ShardOptions)}
+
+def checked(function: str):
+    """A click callback: the value as the library's ``module:function`` reads it (None stays None), its one-line
+    error a usage error. The module is imported when the option is given, so that --help waits for no torch."""
+
+    def callback(ctx, param, value):
+        module, name = function.split(":")
+        try:
+            return None if value is None else getattr(importlib.import_module(module), name)(value)
+        except FeaturebankError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit: a larger one was a traceback deep inside
+INT_MAX = 2**62  # no count or size is larger; a 400-digit number is refused by its type, not by an OverflowError
+
+
+class Jobs(click.ParamType):
+    """``-j``: a number of parallel jobs, 1 or more, or -1 (every core), -2 (every core but one), ... as joblib reads
+    it; 0 means nothing to joblib and is refused."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        n = click.IntRange(-4096, 4096).convert(value, param, ctx)
+        if n == 0:
+            self.fail("0 jobs cannot run anything: give 1 or more, or -1 for every core", param, ctx)
+        return n
+
+
+class Bounded(click.IntRange):
+    """An IntRange whose upper bound ``INT_MAX`` (a guard, not a choice) is not shown in --help."""
+
+    def convert(self, value, param, ctx):
+        n = click.INT.convert(value, param, ctx)
+        if self.max == INT_MAX and n > INT_MAX:
+            self.fail(f"{n} is too large (more than {INT_MAX:,})", param, ctx)
+        return super().convert(n, param, ctx)
+
+    def _describe_range(self) -> str:
+        if self.max == INT_MAX:
+            return click.IntRange(self.min, None, min_open=self.min_open)._describe_range()
+        return super()._describe_range()
+
+
+def int_type(m: dict, name: str) -> click.ParamType:
+    """The click type of an int field: its range (``low``, ``high``), a seed's 32 bits, ``n_jobs``'s rule; every int
+    is bounded, so that a value too large for the code that uses it is a usage error."""
+    if name == "n_jobs":
+        return Jobs()
+    if name == "seed" and "low" not in m:
+        return click.IntRange(0, SEED_MAX)
+    return Bounded(
+        m.get("low"), m.get("high", INT_MAX), min_open=m.get("low_open", False), max_open=m.get("high_open", False)
+    )
+
+
+def made(cls, options: dict):
+    """The options value ``cls`` of a command's parsed options (by field name, a nested value's fields too)."""
+    return with_overrides(cls, None, options)
+
+
+def value_options(cls):
+    """click options made from the fields of a value object (and of one inside it): the names, defaults, help and
+    checks are the object's, written once there (``embedder.options.option``). A required option has no default
+    (click would count a default of None as given)."""
+
+    def leaves(c):
+        return [
+            g
+            for f in fields(c)
+            for g in (leaves(f.default_factory) if is_dataclass(f.default_factory) else [f])
+            if g.metadata.get("cli", True)
+        ]
+
+    def reading(f) -> dict:
+        m, default = f.metadata, f.default
+        if isinstance(default, bool) or "/" in m.get("flag", ""):  # --x, --no-x (default True), or --x/--no-x
+            return {
+                "default": default,
+                "help": m["help"],
+                **({} if default is None else {"is_flag": True, "flag_value": not default}),
+            }
+        kw = {
+            **({} if m.get("required") else {"default": default}),
+            "help": m["help"],
+            "show_default": default is not None,
+            "multiple": bool(m.get("multiple")),
+            "required": m.get("required", False),
+            "metavar": m.get("metavar") or (f.name.upper() if "check" in m else None),
+        }
+        if "choices" in m:
+            kw["type"] = click.Choice(m["choices"])
+        elif "path" in m:
+            kw["type"] = click.Path(**m["path"])
+        elif "check" in m:
+            kw.update(type=click.STRING, callback=checked(m["check"]))
+        elif "float" in f.type and "low" in m:
+            kw["type"] = click.FloatRange(
+                m["low"], m.get("high"), min_open=m.get("low_open", False), max_open=m.get("high_open", False)
+            )
+        elif f.type in ("int", "int | None"):
+            kw["type"] = int_type(m, f.name)
+        return kw
+
+    def apply(command):
+        for f in reversed(leaves(cls)):
+            names = [
+                *([f.metadata["short"]] if "short" in f.metadata else []),
+                f.metadata.get("flag") or "--" + f.name.replace("_", "-"),
+                f.name,
+            ]
+            command = click.option(*names, **reading(f))(command)
+        return command
+
+    return apply
+
+
+EMBEDDED_KEPT = "the images embedded so far are kept in the cache, and the same command continues from them"
+KEPT = {  # what an interrupted command kept, by command
+    "extract": "every finished batch is kept; run the same command again to continue",
+    "finetune": "the last finished epoch is saved (OUT/last.pt); run the same command with --resume to continue",
+    "cv": "no report was written and the caches are unchanged; run the same command again to start over",
+    "train": "no model file was written (an existing -o file is unchanged); run the same command again",
+    "predict": f"no predictions were written; {EMBEDDED_KEPT}",
+    "evaluate": f"nothing was scored; {EMBEDDED_KEPT}",
+    "export": "no ONNX file was written (an existing -o file is unchanged)",
+    "convert": "NEW was not written",
+}
+
+
+class Group(click.Group):
+    """Turns FeaturebankError, Ctrl-C and SIGTERM into one line and an exit code instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            with terminate_as_interrupt():
+                return super().invoke(ctx)
+        except FeaturebankError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt as exc:
+            how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+            kept = getattr(exc, "kept", None) or KEPT.get(ctx.invoked_subcommand, "stopped before it finished")
+            click.echo(f"{how}: {kept}.", err=True)  # kept: what the library knows was kept, when it said
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+
+def emit(data, as_json: bool, text) -> None:
+    """``data`` as JSON, or the lines ``text(data)`` returns."""
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else "\n".join(text(data)))
+
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-TRUST_PICKLE = click.option(
-    "--trust-pickle",
-    is_flag=True,
-    help="Also load an old model file (a joblib pickle). Unpickling runs whatever code the file names: only for "
-    "files you made or trust; featurebank convert OLD NEW rewrites one once in the safe format.",
-)
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -72,7 +224,7 @@ def backbones(source, pattern, as_json):
 @click.option(
     "--pooling",
     type=click.Choice(POOLINGS),
-    default="avg",
+    default=ExtractOptions.pooling,
     show_default=True,
     help="Pooling, for the vector sizes shown.",
 )
@@ -100,7 +252,6 @@ def layers(backbone, size, pooling, as_json):
     help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).",
 )
 @value_options(ExtractOptions)
-@value_options(ShardOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def extract(source, cache, quiet, as_json, **options):
@@ -122,23 +273,12 @@ def extract(source, cache, quiet, as_json, **options):
     from embedder.cache.describe import extract_text
     from embedder.distributed import Rank
     from embedder.job import extract as run_extract
-    from embedder.job import int8_request
 
-    shards = ShardOptions(**{k: options.pop(k) for k in list(options) if k in SHARD_FIELDS})
-    o = ExtractOptions(**options)
-    if o.calibration_from and o.precision != "int8":
-        raise click.UsageError("--calibration-from goes with --precision int8")
-    int8, engine_dir = int8_request(
-        o.precision, o.calibration_images, o.seed, o.calibration, o.calibration_from, o.int8_scheme
-    )
     summary = run_extract(
         source[0] if len(source) == 1 else list(source),
         cache,
-        int8=int8,
-        engine_dir=engine_dir,
+        made(ExtractOptions, options),
         progress=not quiet and sys.stderr.isatty(),
-        shards=shards,
-        **o.keywords(),
     )
     if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
@@ -230,14 +370,14 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
     from classifiers.report.writer import report_dict, write_report
     from embedder.kernel.destination import writable_folder
 
-    o = CVOptions(**options)
+    o = made(CVOptions, options)
     if o.scheduler and o.n_jobs != 1:
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
     if out:
         writable_folder(out, "the report", create=False)  # before the folds; made once the inputs are read
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     progress, extras = not quiet and sys.stderr.isatty(), "out" if out else "report"
-    report = cross_validate(list(caches), extras=extras, progress=progress, say=say, **o.keywords())
+    report = cross_validate(list(caches), o, extras=extras, progress=progress, say=say)
     data = report_dict(report, suspicious)
     files = write_report(report, out, suspicious, data) if out else {}
     emit(data, as_json, lambda d: cv_text(d, files))
@@ -273,7 +413,7 @@ def train(ctx, cache, from_run, as_json, **options):
     from classifiers.bundle import train as run_train
     from classifiers.report.text import train_text
 
-    o = TrainOptions(**options)
+    o = made(TrainOptions, options)
     if from_run:
         from classifiers.from_run import train_best
 
@@ -282,9 +422,9 @@ def train(ctx, cache, from_run, as_json, **options):
         ]
         if given:
             raise click.UsageError(f"--from takes the classifier and layer from the run: leave out {', '.join(given)}")
-        bundle, _ = train_best(cache, from_run, **o.keywords())
+        bundle, _ = train_best(cache, from_run, o)
     else:
-        bundle = run_train(cache, **o.keywords())
+        bundle = run_train(cache, o)
     emit({"model": o.out, **bundle.describe()}, as_json, train_text)
 
 
@@ -294,9 +434,8 @@ def train(ctx, cache, from_run, as_json, **options):
 @value_options(RunOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write path,label,predicted per image (CSV).")
-@TRUST_PICKLE
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
+def evaluate(model, data, quiet, predictions, as_json, **options):
     """Score MODEL on held-out labelled DATA: a folder of class folders, a CSV manifest, or a cache made with
     the model's embedding settings.
 
@@ -311,13 +450,7 @@ def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
 
     if predictions:
         check_destination(predictions, [model, data], "--predictions")
-    result = run_evaluate(
-        model,
-        data,
-        progress=not quiet and sys.stderr.isatty(),
-        trust_pickle=trust_pickle,
-        **RunOptions(**options).keywords(),
-    )
+    result = run_evaluate(model, data, made(RunOptions, options), progress=not quiet and sys.stderr.isatty())
     if predictions:
         write_evaluation_csv(result, predictions)
     emit({k: v for k, v in result.items() if k != "predictions"}, as_json, evaluate_text)
@@ -337,7 +470,7 @@ def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
     "--backbone",
     callback=checked(BACKBONE),
     metavar="BACKBONE",
-    default="resnet50",
+    default=ExtractOptions.backbone,
     show_default=True,
     help="With --head.",
 )
@@ -353,8 +486,7 @@ def evaluate(model, data, quiet, predictions, trust_pickle, as_json, **options):
     show_default=True,
     help="On a cache: the pseudo-labels least confident first (to review), or by path.",
 )
-@TRUST_PICKLE
-def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, trust_pickle, **options):
+def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, **options):
     """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
@@ -375,24 +507,24 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, trust_pickle, 
     from classifiers.predictions import cache_note, predictions_text, write_predictions
     from embedder.kernel.destination import check_destination
 
+    o, progress = made(RunOptions, options), not quiet and sys.stderr.isatty()
     if out:
         check_destination(out, args, "-o")
     if not imagenet and len(args) == 2 and is_cache_file(args[1]):
-        result = pseudo_labels(args[0], args[1], sort=sort, trust_pickle=trust_pickle)
+        result = pseudo_labels(args[0], args[1], sort=sort, trust_pickle=o.trust_pickle)
         if out:
             write_predictions(result, out, fmt)
         else:
             click.echo(predictions_text(result, fmt), nl=False)
         return
-    run = {**RunOptions(**options).keywords(), "progress": not quiet and sys.stderr.isatty(), "out": out}
     if imagenet:
-        result = predict_imagenet(
-            list(args), backbone=backbone, top=top, **{**run, "weights": run["weights"] or "DEFAULT"}
-        )
+        weights = o.weights or ExtractOptions.weights
+        head = ExtractOptions(backbone=backbone, weights=weights, **o.extract_overrides())
+        result = predict_imagenet(list(args), head, top=top, cache=o.cache, out=out, progress=progress)
     elif len(args) < 2:
         raise click.UsageError("give a MODEL file and at least one image (or --head to use the backbone's own head)")
     else:
-        result = run_predict(args[0], list(args[1:]), top=top, trust_pickle=trust_pickle, **run)
+        result = run_predict(args[0], list(args[1:]), o, top=top, out=out, progress=progress)
     if out:
         write_predictions(result, out, fmt)
     else:
@@ -425,7 +557,7 @@ def export(model, as_json, **options):
     from workflows.deploy.entry import export as run_export
     from workflows.deploy.entry import export_text
 
-    result = run_export(model, ExportOptions(**options))
+    result = run_export(model, made(ExportOptions, options))
     emit(result.to_dict(), as_json, export_text)
 
 
@@ -525,7 +657,7 @@ def select(cache, out, as_json, **options):
     from classifiers.selection import select as run_select
     from classifiers.selection import select_text
 
-    selection = run_select(cache, out=out, **SelectOptions(**options).keywords())
+    selection = run_select(cache, made(SelectOptions, options), out=out)
     emit(selection.to_dict(), as_json, select_text)
 
 
@@ -563,7 +695,7 @@ def manifest(folder, out, layout, as_json):
     "-o",
     "--out",
     type=click.Path(file_okay=False),
-    default="runs/finetune",
+    default=RUN_FOLDER,
     show_default=True,
     help="Run folder: checkpoints, log, curves, report.",
 )
@@ -606,7 +738,7 @@ def finetune(data, out, quiet, as_json, **options):
     result = run_finetune(
         data,
         out,
-        FinetuneOptions.of(**options),
+        made(FinetuneOptions, options),
         progress=not quiet and sys.stderr.isatty(),
         on_epoch_end=said,
         say=say,

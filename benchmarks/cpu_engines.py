@@ -268,7 +268,7 @@ def cv_against_sklearn(tmp: pathlib.Path, env: dict, rounds: int) -> list[str]:
     ours, theirs = [], []
     for r in range(rounds + 1):  # round 0 warms both up (imports, first-call allocations) and is not counted
         t = time.perf_counter()
-        report = cross_validate(str(cache), ["logreg"], ["flatten"], folds=5, n_jobs=1)
+        report = cross_validate(str(cache), classifiers=["logreg"], layers=["flatten"], folds=5, n_jobs=1)
         ours.append(time.perf_counter() - t)
         t = time.perf_counter()
         X, labels, _ = embedder.load(str(cache), "flatten")

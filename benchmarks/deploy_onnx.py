@@ -58,7 +58,7 @@ def main() -> None:
     rows = []
     for spec in args.classifiers.split(","):
         model = str(work / f"flowers-{spec}.joblib")
-        train(train_cache, spec, out=model)
+        train(train_cache, classifier=spec, out=model)
         reference = evaluate(model, val_cache)["metrics"]["accuracy"]
         for precision in ("fp32", "int8"):
             started = time.perf_counter()

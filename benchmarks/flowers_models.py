@@ -102,7 +102,13 @@ def main() -> int:
             notes.append(f"extract {name}: {summary['rows']} rows, {seconds:.0f} s")
         started = time.perf_counter()
         report = cross_validate(
-            paths, specs, [LAYER], folds=opts.folds, repeats=opts.repeats, seed=opts.seed, n_jobs=opts.n_jobs
+            paths,
+            classifiers=specs,
+            layers=[LAYER],
+            folds=opts.folds,
+            repeats=opts.repeats,
+            seed=opts.seed,
+            n_jobs=opts.n_jobs,
         )
         notes.append(
             f"cv: {len(specs)} classifiers x {len(paths)} caches x {opts.folds} folds x {opts.repeats} "

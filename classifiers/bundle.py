@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sklearn.model_selection import GridSearchCV
@@ -23,6 +23,7 @@ from embedder.kernel.errors import FeaturebankError
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import engine_dir_for, sha256_of, weights_digest
 from embedder.kernel.versions import library_versions
+from embedder.options import ExtractOptions, RunOptions, with_overrides
 
 from .crossval import RANK_BY
 from .data import labeled, open_cache
@@ -30,8 +31,11 @@ from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too
 from .labels import labels_of
 from .metrics import confusion, per_class, scores
 from .modelfile import FORMAT, VERSION, input_dimensions, read_model, write_model
-from .semi import DEFAULT_MODE, MODES, UNLABELED, SemiSupervised
+from .options import TrainOptions
+from .semi import MODES, UNLABELED, SemiSupervised
 from .zoo import describe, make_classifier, search_grid
+
+TOP = 3  # classes listed per image by predict
 
 
 @dataclass
@@ -89,26 +93,17 @@ def _bundle(model, trust_pickle: bool) -> Bundle:
     return model if isinstance(model, Bundle) else load_bundle(model, trust_pickle=trust_pickle)
 
 
-def train(
-    cache,
-    classifier: str = "logreg",
-    layer: str | None = None,
-    out: str | None = None,
-    *,
-    seed: int = 0,
-    search: bool = False,
-    inner_folds: int = 3,
-    groups: bool | None = None,
-    labels: str | None = None,
-    unlabeled: bool = False,
-    unlabeled_mode: str = DEFAULT_MODE,
-) -> Bundle:
-    """Fit ``classifier`` on every labelled row of ``cache`` (``search``: hyperparameters by cross-validation
-    first, group-aware when the cache has groups and ``groups`` is not False) and save the bundle to ``out``
-    when given. ``labels``: a ``path,label`` CSV over the cache's own labels (its sha256 is recorded).
-    ``unlabeled``: the cache's unlabeled rows join with pseudo-labels where the switch-off rule finds that they
-    help (``semi.SemiSupervised`` in ``unlabeled_mode``); the model file keeps the classifier as fit, and what
-    was decided."""
+def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
+    """Fit ``classifier`` on every labelled row of ``cache`` with ``options`` (a ``TrainOptions``, default
+    ``TrainOptions()``; ``overrides``: its fields by name, ``classifier="knn", out="m.fbmodel"``) and save the
+    bundle to ``out`` when given. ``search``: hyperparameters by cross-validation first, group-aware when the cache
+    has groups and ``groups`` is not False. ``labels``: a ``path,label`` CSV over the cache's own labels (its
+    sha256 is recorded). ``unlabeled``: the cache's unlabeled rows join with pseudo-labels where the switch-off
+    rule finds that they help (``semi.SemiSupervised`` in ``unlabeled_mode``); the model file keeps the classifier
+    as fit, and what was decided."""
+    o = with_overrides(TrainOptions, options, overrides)
+    classifier, layer, out, seed, search, inner_folds = o.classifier, o.layer, o.out, o.seed, o.search, o.inner_folds
+    groups, labels, unlabeled, unlabeled_mode = o.groups, o.labels, o.unlabeled, o.unlabeled_mode
     reader = open_cache(cache)
     data = labeled(reader, labels_of(reader, labels) if labels else None)
     layer = reader.layer(layer)
@@ -241,12 +236,12 @@ def check_cache(reader: CacheReader, bundle: Bundle) -> None:
         )
 
 
-def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
-    """``extract`` keyword arguments that reproduce the bundle's embedding settings. A local weights file is
-    found where it was at training time, or at ``weights``; its sha256 must match."""
+def extract_options(bundle: Bundle, weights: str | None = None) -> ExtractOptions:
+    """The ``ExtractOptions`` that reproduce the bundle's embedding settings. A local weights file is found where
+    it was at training time, or at ``weights``; its sha256 must match."""
     s = bundle.settings
     identity = s["weights"]
-    seed = 0
+    seed = ExtractOptions.seed
     if identity.startswith("sha256:"):
         path = weights or bundle.weights_file
         if not path or not os.path.lexists(path):
@@ -266,46 +261,42 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
         weights = identity
     settings = ExtractionSettings.from_dict(s)
     prep = settings.preprocessing
-    options = {
-        "backbone": settings.backbone,
-        "weights": weights,
-        "seed": seed,
-        "pooling": settings.pooling,
-        "resize": prep.resize,
-        "crop": prep.crop,
-        "draft": prep.draft,
-        "precision": settings.precision,
-        "tta": settings.tta,
-    }
+    options = ExtractOptions(
+        backbone=settings.backbone,
+        weights=weights,
+        seed=seed,
+        layers=(bundle.layer,),
+        pooling=settings.pooling,
+        resize=prep.resize,
+        crop=prep.crop,
+        draft=prep.draft,
+        precision=settings.precision,
+        tta=settings.tta,
+    )
     if settings.int8 is not None:  # that exact int8 engine (all its layers), from the training cache's folder
-        options["int8"] = settings.int8
-        options["layers"] = int8_layers(bundle)
-        if bundle.trained_on.get("cache"):
-            options["engine_dir"] = engine_dir_for(bundle.trained_on["cache"])
+        cache = bundle.trained_on.get("cache")
+        options = replace(
+            options,
+            int8=settings.int8,
+            layers=tuple(int8_layers(bundle)),
+            engine_dir=engine_dir_for(cache) if cache else None,
+        )
     return options
 
 
 def embedded(
-    bundle: Bundle,
-    inputs,
-    *,
-    cache: str | None = None,
-    weights: str | None = None,
-    layout: str = "auto",
-    out: str | None = None,
-    **run,
+    bundle: Bundle, inputs, run: RunOptions, *, out: str | None = None, progress: bool = False
 ) -> tuple[CacheReader, list, int]:
-    """The images of ``inputs`` embedded with the bundle's settings (into a matching cache, reused and brought
-    up to date): the cache reader, the listing's items in input order, and how many images were embedded now.
-    ``out``: a file the caller will write, refused before any work when it is one of the images."""
-    listing = _listing(inputs, layout, out)
-    options = extract_options(bundle, weights)
-    layers = options.pop("layers", [bundle.layer])
-    if cache and os.path.exists(cache):
-        existing = CacheReader(cache)
+    """The images of ``inputs`` embedded with the bundle's settings (into ``run.cache``, reused and brought up to
+    date), run as ``run`` says: the cache reader, the listing's items in input order, and how many images were
+    embedded now. ``out``: a file the caller will write, refused before any work when it is one of the images."""
+    listing = _listing(inputs, run.layout, out)
+    options = replace(extract_options(bundle, run.weights), **run.extract_overrides())
+    if run.cache and os.path.exists(run.cache):
+        existing = CacheReader(run.cache)
         check_cache(existing, bundle)
-        layers = existing.layers  # keep the cache's other layers: its settings include them
-    summary = extract(listing, cache, layers=layers, **options, **run)
+        options = replace(options, layers=tuple(existing.layers))  # keep the cache's other layers: its settings
+    summary = extract(listing, run.cache, options, progress=progress)
     reader = CacheReader(summary.cache)
     check_cache(reader, bundle)
     return reader, listing.items, summary.embedded
@@ -334,14 +325,14 @@ def prediction_outcome(result: dict) -> tuple[str | None, bool]:
     return f"{len(failed)} of {len(rows)} images could not be classified: {listed}", False
 
 
-def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> CacheReader:
+def _cache_or_images(bundle: Bundle, data, run: RunOptions, progress: bool) -> CacheReader:
     if isinstance(data, CacheReader) or (
         isinstance(data, (str, os.PathLike)) and str(data).endswith(".h5") and os.path.isfile(data)
     ):
         reader = open_cache(data)
         check_cache(reader, bundle)
         return reader
-    listing = _listing(data, layout, None)
+    listing = _listing(data, run.layout, None)
     if not listing.labeled:  # said before a single image is embedded, not after all of them
         shown = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "the images given"
         raise FeaturebankError(
@@ -349,22 +340,15 @@ def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> Cache
             f"folders (give {os.path.dirname(os.path.abspath(shown))} if {os.path.basename(shown)} is one class "
             f"of it) or a CSV manifest with a label column; to classify unlabeled images, use predict"
         )
-    return embedded(bundle, listing, cache=cache, weights=weights, layout=layout, **run)[0]
+    return embedded(bundle, listing, run, progress=progress)[0]
 
 
-def evaluate(
-    model,
-    data,
-    *,
-    cache: str | None = None,
-    weights: str | None = None,
-    layout: str = "auto",
-    trust_pickle: bool = False,
-    **run,
-) -> dict:
-    """Score a model on held-out labelled images (a folder, manifest, or a cache made with the model's settings)."""
-    bundle = _bundle(model, trust_pickle)
-    reader = _cache_or_images(bundle, data, cache, weights, layout, run)
+def evaluate(model, data, options: RunOptions | None = None, *, progress: bool = False, **overrides) -> dict:
+    """Score a model on held-out labelled images (a folder, manifest, or a cache made with the model's settings),
+    embedded as ``options`` (a ``RunOptions``) and ``overrides`` (its fields by name) say."""
+    run = with_overrides(RunOptions, options, overrides)
+    bundle = _bundle(model, run.trust_pickle)
+    reader = _cache_or_images(bundle, data, run, progress)
     test = labeled(reader)
     unknown = sorted(set(test.classes) - set(bundle.classes))
     if unknown:
@@ -427,22 +411,22 @@ def _rows(reader: CacheReader, items, values: np.ndarray, classes: list[str], k:
 def predict(
     model,
     images,
+    options: RunOptions | None = None,
     *,
-    top: int = 3,
-    cache: str | None = None,
-    weights: str | None = None,
-    layout: str = "auto",
-    trust_pickle: bool = False,
+    top: int = TOP,
     out: str | None = None,
-    **run,
+    progress: bool = False,
+    **overrides,
 ) -> dict:
-    """Classify images with a bundle: embedded with its settings, then its pipeline. Bad images get a row with
-    an ``error`` and no prediction. ``out``: the file the caller writes the predictions to, refused (before any
-    work) when it is the model or one of the images."""
+    """Classify images with a bundle: embedded with its settings as ``options`` (a ``RunOptions``; ``overrides``:
+    its fields by name) say, then its pipeline; ``top`` classes per image. Bad images get a row with an ``error``
+    and no prediction. ``out``: the file the caller writes the predictions to, refused (before any work) when it
+    is the model or one of the images."""
+    run = with_overrides(RunOptions, options, overrides)
     if out and not isinstance(model, Bundle):
         refuse_overwrite(out, [model], "the output")
-    bundle = _bundle(model, trust_pickle)
-    reader, items, count = embedded(bundle, images, cache=cache, weights=weights, layout=layout, out=out, **run)
+    bundle = _bundle(model, run.trust_pickle)
+    reader, items, count = embedded(bundle, images, run, out=out, progress=progress)
     values, kind = (
         bundle.scores(bundle.checked(reader.features(bundle.layer), reader.path))
         if len(reader)
@@ -505,25 +489,24 @@ def pseudo_labels(model, cache, *, sort: str = "confidence", trust_pickle: bool 
 
 def predict_imagenet(
     images,
+    options: ExtractOptions | None = None,
     *,
-    backbone: str = "resnet50",
-    weights: str = "DEFAULT",
-    seed: int = 0,
     top: int = 5,
     cache: str | None = None,
-    layout: str = "auto",
     out: str | None = None,
-    **run,
+    progress: bool = False,
+    **overrides,
 ) -> dict:
     """Classify with the backbone's own head (ImageNet, or a fine-tuned checkpoint's classes): the logits are cached
-    like any layer, then softmaxed."""
+    (``cache``) like any layer, with ``options`` (an ``ExtractOptions``, its layers aside; ``overrides``: its fields
+    by name), then softmaxed."""
     from embedder.backbones.registry import head_classes, output_node
 
-    classes = head_classes(backbone, weights, seed)
-    listing = _listing(images, layout, out)
-    summary = extract(
-        listing, cache, backbone=backbone, weights=weights, seed=seed, layers=[output_node(backbone)], **run
-    )
+    o = with_overrides(ExtractOptions, options, overrides)
+    backbone = o.backbone
+    classes = head_classes(backbone, o.weights, o.seed)
+    listing = _listing(images, o.layout, out)
+    summary = extract(listing, cache, replace(o, layers=(output_node(backbone),)), progress=progress)
     reader = CacheReader(summary.cache)
     logits = reader.features(reader.layers[0]).astype(np.float64) if len(reader) else np.empty((0, len(classes)))
     if logits.shape[1] != len(classes):

@@ -20,8 +20,7 @@ import numpy as np
 
 from embedder.kernel.errors import FeaturebankError
 
-DEFAULT_BUDGET = 12 * 60.0  # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras;
-# 12 minutes of estimates leave room for reading the layer, imports and writing the report within about 15
+# The default budget is cv's option (classifiers.options.CVOptions.budget), read by parse_budget.
 PROBE_SECONDS = 0.03316  # the probe below on the calibration machine (2 idle cores: see benchmarks/cost_model.py)
 
 # Seconds per unit of each formula, measured by benchmarks/cost_model.py (2-core AMD EPYC, idle; one run,
@@ -221,7 +220,6 @@ def duration(seconds: float | None) -> str:
 
 
 __all__ = [
-    "DEFAULT_BUDGET",
     "Shape",
     "check_budget",
     "duration",

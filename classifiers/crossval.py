@@ -23,17 +23,19 @@ from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, Strat
 from tqdm import tqdm
 
 from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.options import with_overrides
 
 from .budget import Plan, estimate, extras_estimate, plan
 from .cluster import layer_tasks, on_cluster
-from .cost import DEFAULT_BUDGET, Shape, machine_speed, parse_budget
+from .cost import Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
 from .extras import kept, neighbours_of
 from .folds import fallbacks, fit_grouped, inner_splitter
 from .labels import labels_of
 from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
 from .neighbours import NEIGHBOURS, REFERENCE
-from .semi import DEFAULT_MODE, MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
+from .options import CVOptions
+from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
 from .shots import curve_rows, learning_curve, parse_shots
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, make_classifier, parse_spec, search_grid
@@ -381,42 +383,35 @@ def _guarded(results, spec: str, layer: str):
 
 def cross_validate(
     cache,
-    classifiers=None,
-    layers=None,
+    options: CVOptions | None = None,
     *,
-    folds: int = 5,
-    repeats: int = 1,
-    seed: int = 0,
-    groups: bool | None = None,
-    search: bool = False,
-    inner_folds: int = 3,
-    n_jobs: int = 1,
-    scheduler: str | None = None,
-    budget: str | float | None = DEFAULT_BUDGET,
     extras: str | None = "report",
-    labels: str | None = None,
-    unlabeled: bool = False,
-    unlabeled_mode: str = DEFAULT_MODE,
-    shots=None,
-    draws: int = 5,
     progress: bool = False,
     say=None,
+    **overrides,
 ) -> CVReport:
-    """Score every classifier (zoo spec strings; default: every entry that fits ``budget``, see ``budget.plan``) on
-    every layer (default: all of the cache's; ``a+b`` for two layers side by side) with the same stratified folds.
-    ``cache``: one cache, or a list of caches of the same images (see ``sources``), all ranked on the first cache's
-    folds. ``groups``: None uses the cache's groups when it has some. ``scheduler``: the address of a Dask scheduler
-    that runs every (layer, classifier, fold) fit (``n_jobs`` is then the cluster's). ``budget``: seconds or a
-    duration (``"15m"``, ``"none"``) of estimated work, out of which ``extras`` is charged first: ``"report"`` (the neighbour
-    search that ``report_dict`` makes), ``"out"`` (and the map that ``write_report`` draws) or None, each unless
-    kept beside the cache already; ``say``: called with the plan's one line before any fit
-    (without ``classifiers``, or when they are over the budget).
+    """Score every classifier (``options.classifiers``, zoo spec strings; default: every entry that fits
+    ``budget``, see ``budget.plan``) on every layer (``layers``; default: all of the cache's; ``a+b`` for two
+    layers side by side) with the same stratified folds. ``options``: a ``CVOptions`` (default ``CVOptions()``),
+    ``overrides`` its fields by name (``classifiers=["logreg"], folds=3``). ``cache``: one cache, or a list of
+    caches of the same images (see ``sources``), all ranked on the first cache's folds. ``groups``: None uses the
+    cache's groups when it has some. ``scheduler``: the address of a Dask scheduler that runs every (layer,
+    classifier, fold) fit (``n_jobs`` is then the cluster's). ``budget``: seconds or a duration (``"15m"``,
+    ``"none"``) of estimated work, out of which ``extras`` is charged first: ``"report"`` (the neighbour search
+    that ``report_dict`` makes), ``"out"`` (and the map that ``write_report`` draws) or None, each unless kept
+    beside the cache already; ``say``: called with the plan's one line before any fit (without ``classifiers``,
+    or when they are over the budget).
 
     ``labels``: a ``path,label`` CSV laid over the caches' own labels (``labels.labels_of``). ``unlabeled``: each
     classifier is scored a second time (``"<spec> +unlabeled"``) with the cache's unlabeled rows joining the
     training side of every fold (``semi.SemiSupervised`` in ``unlabeled_mode``, with its switch-off rule), on
     the same held-out labelled rows. ``shots``: a list of labelled images per class (and ``"all"``, the run
     itself) for a learning curve (``shots.learning_curve``), ``draws`` seeded draws each."""
+    o = with_overrides(CVOptions, options, overrides)
+    classifiers: list[str] | None = list(o.classifiers) if o.classifiers else None
+    layers, folds, repeats, seed, groups = o.layers, o.folds, o.repeats, o.seed, o.groups
+    search, inner_folds, n_jobs, scheduler, budget = o.search, o.inner_folds, o.n_jobs, o.scheduler, o.budget
+    labels, unlabeled, unlabeled_mode, shots, draws = o.labels, o.unlabeled, o.unlabeled_mode, o.shots, o.draws
     started = time.perf_counter()
     sources = load_sources(cache, labels)
     data = sources[0].data
@@ -434,7 +429,6 @@ def cross_validate(
             )
     if shot_list is not None and search:
         raise FeaturebankError("--shots runs each classifier as it is: leave out --search")
-    classifiers = list(classifiers) if classifiers else None
     for spec in classifiers or []:
         parse_spec(spec)
     if groups and data.groups is None:

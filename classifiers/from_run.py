@@ -5,13 +5,15 @@ settings of its cache, which the features it is fit on must have been made with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from classifiers.report.html import is_cv_report, read_run
 from embedder.cache.hdf5 import CacheReader
 from embedder.kernel.errors import FeaturebankError
+from embedder.options import with_overrides
 
 from .data import open_cache
+from .options import TrainOptions
 from .registry import check_spec
 
 COMPARED = ("backbone", "weights", "pooling", "precision", "preprocessing")  # what a row's vectors depend on
@@ -84,18 +86,18 @@ def matched(row: BestRow, reader: CacheReader) -> None:
         )
 
 
-def train_best(cache, run_dir: str, out: str | None = None, **keywords):
+def train_best(cache, run_dir: str, options: TrainOptions | None = None, **overrides):
     """``bundle.train`` on ``cache`` with the classifier and layer of ``run_dir``'s best row (searched when cv
-    searched it, or when ``search`` is asked). Returns the bundle and the row."""
+    searched it, or when ``search`` is asked), the rest as ``options`` and ``overrides`` say. Returns the bundle
+    and the row."""
     from .bundle import train
 
+    o = with_overrides(TrainOptions, options, overrides)
     row = best_row(run_dir)
     reader = open_cache(cache)
     matched(row, reader)
-    keywords["search"] = bool(keywords.get("search")) or row.search
-    keywords.pop("classifier", None)
-    keywords.pop("layer", None)
-    return train(reader, row.classifier, row.layer, out, **keywords), row
+    chosen = replace(o, classifier=row.classifier, layer=row.layer, search=o.search or row.search)
+    return train(reader, chosen), row
 
 
 def fit_row(row: BestRow, X, y, seed: int = 0, inner_folds: int = 3):

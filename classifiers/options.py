@@ -1,15 +1,18 @@
-"""``cv``'s options as one value: each field says once its default, its help and how a command-line value is read
-(``embedder.options.option``); ``cross_validate`` takes the same names as keywords."""
+"""``cv``'s and ``train``'s options as values: each field says once its default, its help and how a command-line value
+is read (``embedder.options.option``); ``cross_validate(cache, options, **overrides)`` and ``train`` take one, and
+its fields by name as overrides. Light to import: the command line builds them before anything heavy."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from embedder.options import option
+from embedder.options import option, same_as
 
 
 @dataclass(frozen=True, kw_only=True)
 class CVOptions:
+    """``cv``'s options: ``classifiers.crossval.cross_validate(caches, options, **overrides)``."""
+
     classifiers: tuple[str, ...] | None = option(
         None,
         "Zoo spec(s), repeated or comma-separated (featurebank classifiers). [default: all]",
@@ -38,6 +41,8 @@ class CVOptions:
     search: bool = option(False, "Tune C, gamma, k... by inner cross-validation in each fold (nested).")
     inner_folds: int = option(3, "Folds of --search.", low=2)
     n_jobs: int = option(1, "Folds fitted in parallel (-1: all cores).", short="-j")
+    # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras; 12 minutes of
+    # estimates leave room for reading the layer, imports and writing the report within about 15
     budget: str = option(
         "12m",
         "Without -c: run the entries whose estimated time (cost model, calibrated on this machine at the start) "
@@ -67,6 +72,7 @@ class CVOptions:
         "used in a fold only where inner folds of its labelled rows show that they help), side by side, on the "
         "same labelled held-out rows.",
     )
+    # spread: the better of the two in benchmarks/semi_supervised.py (flowers; hymenoptera to check)
     unlabeled_mode: str = option(
         "spread",
         "How unlabeled rows get labels: label spreading on the kNN graph, or self-training.",
@@ -81,14 +87,10 @@ class CVOptions:
     )
     draws: int = option(5, "Seeded draws per number of --shots.", low=1)
 
-    def keywords(self) -> dict:
-        """The keywords of ``classifiers.crossval.cross_validate``."""
-        return asdict(self)
-
 
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions:
-    """``train``'s options; ``classifiers.bundle.train`` takes the same names as keywords."""
+    """``train``'s options: ``classifiers.bundle.train(cache, options, **overrides)``."""
 
     classifier: str = option(
         "logreg", "A zoo spec (featurebank classifiers).", short="-c", check="classifiers.zoo:check_spec"
@@ -121,11 +123,5 @@ class TrainOptions:
         "The cache's unlabeled rows join with pseudo-labels where inner folds of the labelled rows show that they "
         "help (the model file says what was decided).",
     )
-    unlabeled_mode: str = option(
-        "spread",
-        "How unlabeled rows get labels: label spreading on the kNN graph, or self-training.",
-        choices=("spread", "self-train"),
-    )
-
-    def keywords(self) -> dict:
-        return asdict(self)
+    unlabeled_mode: str = same_as(CVOptions, "unlabeled_mode")
+    inner_folds: int = same_as(CVOptions, "inner_folds", cli=False)

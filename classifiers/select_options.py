@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from embedder.options import option
 
@@ -11,7 +11,8 @@ from .select_rules import DUPLICATE_COSINE, RULES
 
 @dataclass(frozen=True, kw_only=True)
 class SelectOptions:
-    """``select``'s options besides the cache and the output (``select()`` takes the same names as keywords)."""
+    """``select``'s options besides the cache and the output: ``classifiers.selection.select(cache, options,
+    out=..., **overrides)``."""
 
     budget: int = option(None, "How many images to pick (1 or more).", required=True, metavar="N")
     labels: str | None = option(
@@ -44,9 +45,6 @@ class SelectOptions:
         low=0.0,
         high=1.0,
     )
-
-    def keywords(self) -> dict:
-        return asdict(self)
 
 
 __all__ = ["SelectOptions"]

@@ -19,10 +19,11 @@ import numpy as np
 from embedder.inputs.sources import read_text
 from embedder.kernel.atomic import atomic_path
 from embedder.kernel.errors import FeaturebankError
+from embedder.options import with_overrides
 
 from .data import open_cache
 from .labels import labels_of, path_key
-from .select_rules import DUPLICATE_COSINE
+from .select_options import SelectOptions
 
 
 @dataclass
@@ -92,22 +93,15 @@ def read_paths(list_path: str, paths) -> np.ndarray:
     return mask
 
 
-def select(
-    cache,
-    budget: int,
-    *,
-    labels: str | None = None,
-    exclude=(),
-    layer: str | None = None,
-    strategy: str = "auto",
-    seed: int = 0,
-    duplicate_cosine: float = DUPLICATE_COSINE,
-    out: str | None = None,
-) -> Selection:
-    """The ``budget`` images of ``cache`` to label next (see ``select_rules`` for the rules), and with ``out``
-    the manifest to fill in there (``path,label,reason,score``) and its contact sheet beside it (``.html``)."""
+def select(cache, options: SelectOptions | None = None, *, out: str | None = None, **overrides) -> Selection:
+    """The ``budget`` images of ``cache`` to label next (see ``select_rules`` for the rules), as ``options`` (a
+    ``SelectOptions``; ``overrides``: its fields by name, ``budget=50``) say, and with ``out`` the manifest to fill
+    in there (``path,label,reason,score``) and its contact sheet beside it (``.html``)."""
     from .select_rules import choose, prepared
 
+    o = with_overrides(SelectOptions, options, overrides)
+    budget, labels, exclude, layer, strategy = o.budget, o.labels, o.exclude, o.layer, o.strategy
+    seed, duplicate_cosine = o.seed, o.duplicate_cosine
     started = time.perf_counter()
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise FeaturebankError(f"--budget {budget}: give how many images to pick, 1 or more")

@@ -37,11 +37,12 @@ from embedder.kernel.errors import FeaturebankError
 
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
 from .neighbours import normalize, self_search
+from .options import CVOptions
 
 WITH_UNLABELED = " +unlabeled"  # a cv result's classifier name with the unlabeled rows: "logreg +unlabeled"
 UNLABELED = -1  # the class index of an unlabeled row in ``fit``'s ``y`` (scikit-learn's convention)
 MODES = ("spread", "self-train")
-DEFAULT_MODE = "spread"  # the better of the two in benchmarks/semi_supervised.py (flowers; hymenoptera to check)
+DEFAULT_MODE = CVOptions.unlabeled_mode  # written once, with its reason, in cv's option
 NEIGHBOURS = 10
 ALPHA = 0.99
 ITERATIONS = 60

@@ -21,7 +21,7 @@ import sys
 import time
 from collections import deque
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from embedder.kernel.versions import library_versions
 
 from .distributed import Rank, join
 from .engines import cpu as host
+from .options import ExtractOptions, with_overrides
 from .resolve import Request, Resolved, resolve
 from .shards import list_input
 
@@ -86,123 +87,105 @@ def default_cache_path(listing: Listing, settings: dict, backbone: str, cache_di
 @dataclass(frozen=True)
 class Execution:
     """How the vectors are computed, where nothing changes them beyond float rounding: recorded per run (the
-    cache's ``info``), never in the settings. ``device`` is as given (``auto``) until a rank picks its own."""
+    cache's ``info``), never in the settings. ``device`` is as given (``auto``) until a rank picks its own. Made
+    from ``ExtractOptions`` by name (``from_options``); its defaults are the options'."""
 
-    device: str = "auto"
-    engine: str = "auto"  # auto, torch or onnxruntime
-    batch_size: int = 32
-    workers: int | None = None  # decoding processes
-    threads: int | None = None  # decoding threads
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    device: str = ExtractOptions.device
+    engine: str = ExtractOptions.engine  # auto, torch or onnxruntime
+    batch_size: int = ExtractOptions.batch_size
+    workers: int | None = ExtractOptions.workers  # decoding processes
+    threads: int | None = ExtractOptions.threads  # decoding threads
+    max_pixels: int = ExtractOptions.max_pixels
     progress: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise FeaturebankError("--batch-size must be at least 1")
 
+    @classmethod
+    def from_options(cls, options: ExtractOptions, progress: bool = False) -> Execution:
+        return cls(**_named(cls, options, "progress"), progress=progress)
+
+
+def _named(cls, options: ExtractOptions, *leave: str) -> dict:
+    """The fields of ``cls`` that ``options`` has by the same name (``leave`` aside), with the options' values."""
+    given = {f.name for f in fields(options)}
+    return {f.name: getattr(options, f.name) for f in fields(cls) if f.name in given and f.name not in leave}
+
+
+def request_of(options: ExtractOptions) -> Request:
+    """What the vectors depend on, as given: the options of ``Request``'s names, and the int8 engine asked for
+    (``options.int8``: an exact one; else the calibration options) with precision int8 only."""
+    int8 = None
+    if options.precision == "int8":
+        int8 = options.int8 or Int8(
+            options.calibration_images, options.seed, options.calibration, scheme=options.int8_scheme
+        )
+    return Request(**_named(Request, options, "int8", "layers"), layers=options.layers or None, int8=int8)
+
 
 @dataclass(frozen=True)
 class ExtractJob:
-    """One ``extract``, as asked: this input into this cache, with these settings, run so. Built (and checked)
-    once by ``extract``; every step of the run reads it from here."""
+    """One ``extract``, as asked: this input into this cache, with these options, run so. Built (and checked)
+    once by ``extract``; every step of the run reads it from here: ``options`` as given, ``request`` (what the
+    vectors depend on, resolved into ``ExtractionSettings``) and ``execution`` made from them."""
 
     source: object  # a folder, manifest or list file, or a Listing
-    cache: str | None  # None: a file named after the input and settings under cache_dir
-    request: Request  # what the vectors depend on, as given (resolved into ExtractionSettings)
-    tta: str = "none"  # a setting too, applied to the resolved ones
-    execution: Execution = field(default_factory=Execution)
-    layout: str = "auto"  # a folder: classes, flat, or auto
-    strict: bool = False  # any file without a row is an error (after its good rows are saved)
-    confine: bool = False  # a manifest's paths must stay inside its folder
-    cache_dir: str | None = None
-    engine_dir: str | None = None  # None: the engine folder next to the cache
-    shards: object = None  # ShardOptions: where tar samples and Parquet rows keep their image, label, group
-    force_int8: bool = False  # keep int8 even when no scheme reaches the cosine bound on this CPU
+    cache: str | None  # None: a file named after the input and settings under options.cache_dir
+    options: ExtractOptions
+    request: Request
+    execution: Execution
 
     def __post_init__(self):
         if self.request.pooling not in POOLINGS:
             raise FeaturebankError(f"unknown pooling {self.request.pooling!r}: choose one of {', '.join(POOLINGS)}")
-        if self.tta not in TTAS:
-            raise FeaturebankError(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
+        if self.options.tta not in TTAS:
+            raise FeaturebankError(
+                f"unknown test-time augmentation {self.options.tta!r}: choose one of {', '.join(TTAS)}"
+            )
+
+    @classmethod
+    def of(cls, source, cache: str | None, options: ExtractOptions, progress: bool = False) -> ExtractJob:
+        if options.calibration_from and options.int8 is None:  # that cache's int8 engine, in its engine folder
+            int8, engine_dir = int8_of_cache(options.calibration_from)
+            options = replace(options, int8=int8, engine_dir=options.engine_dir or engine_dir)
+        return cls(source, cache, options, request_of(options), Execution.from_options(options, progress))
+
+
+# ExtractionSettings' fields that are options but not resolved from the request: applied to the resolved settings
+# (tta). A new option of that kind that changes the vectors is a field of ExtractionSettings of the same name.
+APPLIED = tuple(
+    f.name
+    for f in fields(ExtractionSettings)
+    if f.name in ExtractOptions.__dataclass_fields__ and f.name not in Request.__dataclass_fields__
+)
 
 
 def extract(
     source,
     cache: str | None = None,
+    options: ExtractOptions | None = None,
     *,
-    backbone: str = "resnet50",
-    weights: str | None = "DEFAULT",
-    layers=None,
-    pooling: str = "avg",
-    resize: int | None = None,
-    crop: int | None = None,
-    draft: bool = True,
-    precision: str = "fp32",
-    device: str = "auto",
-    batch_size: int = 32,
-    workers: int | None = None,
-    seed: int = 0,
-    layout: str = "auto",
-    strict: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    cache_dir: str | None = None,
-    engine: str = "auto",
-    int8: Int8 | None = None,
-    engine_dir: str | None = None,
-    threads: int | None = None,
     progress: bool = False,
-    tta: str = "none",
-    confine: bool = False,
-    shards=None,
-    force_int8: bool = False,
+    **overrides,
 ) -> ExtractSummary:
     """Embed every image of ``source`` (a folder, manifest, list file, WebDataset tar shards or Parquet files
     (a folder of them, one, a glob, a list), or a :class:`Listing`) into the HDF5 cache ``cache`` (default: under
-    ``cache/``). ``shards``: a :class:`embedder.options.ShardOptions` (image column, label and group sidecars).
-    ``confine``: a manifest's paths must stay inside its folder.
+    ``options.cache_dir``, else ``cache/``), with ``options`` (an :class:`embedder.options.ExtractOptions`, default
+    ``ExtractOptions()``) and ``overrides``: any of its fields by name (``backbone="resnet18", batch_size=64``; the
+    shard options too: ``label_key="json:label"``); another name is a TypeError naming the fields there are.
 
     ``engine``: ``auto`` (ONNX Runtime on the CPU where it measured faster, torch on GPUs), ``torch`` or
-    ``onnxruntime``. ``precision="int8"`` calibrates on images of the input (``int8`` sets how many, the seed and
-    the method; an ``int8.calibration_set`` given asks for that exact engine, as a model bundle does). Its scheme
-    ``auto`` (the default) is the CPU's first scheme whose cosine to fp32 on the calibration images reaches the
-    bound, else fp32, said in one line (``force_int8``: int8 anyway; ``embedder.engines.engine.prepare_int8``).
+    ``onnxruntime``. ``precision="int8"`` calibrates on images of the input (``calibration_images``,
+    ``calibration``, ``seed``); ``int8`` (an :class:`Int8`) asks for that exact engine, as a model bundle does, and
+    ``calibration_from`` for that cache's. Its scheme ``auto`` (the default) is the CPU's first scheme whose cosine
+    to fp32 on the calibration images reaches the bound, else fp32, said in one line (``force_int8``: int8 anyway;
+    ``embedder.engines.engine.prepare_int8``). ``progress``: a progress bar on stderr.
 
     Under torchrun each rank calls this with the same arguments (``cli extract`` does); every rank returns the
     job's summary; only rank 0 shows progress."""
     started = time.perf_counter()
-    job = ExtractJob(
-        source=source,
-        cache=cache,
-        tta=tta,
-        layout=layout,
-        strict=strict,
-        cache_dir=cache_dir,
-        engine_dir=engine_dir,
-        confine=confine,
-        shards=shards,
-        force_int8=force_int8,
-        request=Request(
-            backbone=backbone,
-            weights=weights,
-            seed=seed,
-            layers=layers or None,
-            pooling=pooling,
-            resize=resize,
-            crop=crop,
-            draft=draft,
-            precision=precision,
-            int8=int8 if precision == "int8" else None,
-        ),
-        execution=Execution(
-            device=device,
-            engine=engine,
-            batch_size=batch_size,
-            workers=workers,
-            threads=threads,
-            max_pixels=max_pixels,
-            progress=progress,
-        ),
-    )
+    job = ExtractJob.of(source, cache, with_overrides(ExtractOptions, options, overrides), progress)
     with join(Rank.from_env()) as group:
         return _extract(group, started, job)
 
@@ -210,7 +193,7 @@ def extract(
 def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
     """``extract`` as one rank of ``group`` (a ``Solo`` process, or a torchrun job): each step every rank takes
     is a ``group.step``, so that a failure on one rank stops all of them with its message."""
-    rank, request, asked = group.rank, job.request, job.execution
+    rank, request, asked, o = group.rank, job.request, job.execution, job.options
     with group.step("choosing the device"):
         if request.precision == "int8" and asked.device == "auto":
             dev = "cpu"
@@ -219,30 +202,29 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         if request.precision == "fp16" and dev == "cpu":
             raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
         listing = (
-            job.source
-            if isinstance(job.source, Listing)
-            else list_input(job.source, job.layout, job.shards, job.confine)
+            job.source if isinstance(job.source, Listing) else list_input(job.source, o.layout, o.shards, o.confine)
         )
     # this rank's device; only rank 0 shows progress
     execution = replace(asked, device=dev, progress=asked.progress and rank.leader)
-    store = EngineStore(job.engine_dir or engine_dir_for(job.cache, job.cache_dir))
+    store = EngineStore(o.engine_dir or engine_dir_for(job.cache, o.cache_dir))
     resolved = group.leader_first("resolving the settings", lambda: resolve(request, store))
-    settings = replace(resolved.settings, tta=job.tta)  # tta="flip": a setting of its own (rows, engine, file name)
+    # tta="flip": a setting of its own (rows, engine, file name), as every name of APPLIED
+    settings = replace(resolved.settings, **{name: getattr(o, name) for name in APPLIED})
     calibration_files: list[str] = []
     fixed_calibration = bool(request.int8 is not None and request.int8.calibration_set)
     named = replace(settings, int8=replace(settings.int8, calibration_set="")) if settings.int8 else settings
-    path = os.path.abspath(job.cache or default_cache_path(listing, named.to_dict(), named.backbone, job.cache_dir))
+    path = os.path.abspath(job.cache or default_cache_path(listing, named.to_dict(), named.backbone, o.cache_dir))
     with group.step("drawing the int8 calibration images"):
         if settings.precision == "int8":
             settings, calibration_files = int8_settings(settings, listing, path)
     run = Run(settings, resolved, store, execution)
     if settings.int8 is not None and settings.int8.scheme == "auto":  # before the cache: it names the rows
         choice = group.leader_first(
-            "choosing the int8 scheme", lambda: run.choose_int8(calibration_files, fixed_calibration, job.force_int8)
+            "choosing the int8 scheme", lambda: run.choose_int8(calibration_files, fixed_calibration, o.force_int8)
         )
         settings = run.settings = choice.settings
         if not choice.int8 and job.cache is None:  # fp32 instead: the fp32 cache of this input, rows shared
-            path = os.path.abspath(default_cache_path(listing, settings.to_dict(), settings.backbone, job.cache_dir))
+            path = os.path.abspath(default_cache_path(listing, settings.to_dict(), settings.backbone, o.cache_dir))
     base_info = {"weights_file": resolved.weights_file, "input_kind": listing.kind}
     stored = stored_input(path)
     if stored and stored[0] != listing.source and same_files(*stored, listing.source, stored[1]):
@@ -308,7 +290,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
             )
     summary = group.broadcast(summary)
     failed = summary.failed
-    if job.strict and failed:
+    if o.strict and failed:
         first = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
         raise FeaturebankError(
             f"{len(failed)} file(s) could not be embedded (--strict): {first}"
@@ -370,21 +352,6 @@ def int8_of_cache(path: str) -> tuple[Int8, str]:
     if settings.int8 is None:
         raise FeaturebankError(f"{path} is not an int8 cache (precision {settings.precision})")
     return settings.int8, engine_dir_for(path)
-
-
-def int8_request(
-    precision: str,
-    images: int = 256,
-    seed: int = 0,
-    method: str = "minmax",
-    calibration_from: str | None = None,
-    scheme: str = "auto",
-) -> tuple[Int8 | None, str | None]:
-    """``extract``'s int8 options → the int8 engine to make or use, and the engine folder it is in (None: the
-    cache's own): ``calibration_from`` names an int8 cache whose engine (calibration and scheme) is used as it is."""
-    if calibration_from:
-        return int8_of_cache(calibration_from)
-    return (Int8(images, seed, method, scheme=scheme) if precision == "int8" else None), None
 
 
 def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | None):

@@ -4,19 +4,22 @@ A field's ``metadata`` (made by ``option``) holds ``help`` and any of: ``choices
 ``low_open``/``high_open`` (a range); ``path`` (keywords of a path check); ``check`` (a function ``module:name``
 that reads the value or says in one line why not; imported when the option is given, so that ``--help`` waits for
 no torch); ``flag`` (the option that turns a default-True field off); ``short``; ``multiple``; ``cli=False`` (not
-an option). ``featurebank extract`` and ``finetune`` make their options from these fields.
+an option). The command line makes its options from these fields (``cli.value_options``), and every command's Python
+function takes one such value and overrides by field name: ``extract(source, cache, options, **overrides)``
+(``with_overrides``). Adding an option is adding a field here: the command line, the Python API and the job see it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, TypeVar
 
-from embedder.engines.engine import ENGINES
+from embedder.engines.engine import BATCH_SIZE, ENGINES
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.inputs.sources import LAYOUTS
 from embedder.kernel.errors import FeaturebankError
-from embedder.kernel.settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS
+from embedder.kernel.settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS, Int8
 
 BACKBONE, DEVICE = "embedder.backbones.registry:check_backbone", "embedder.engines.engine:check_device"
 
@@ -26,30 +29,82 @@ def option(default, help: str | None = None, **read):
     return field(default=default, metadata={"help": help, **read})
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    """How images are embedded with a model's own settings (``evaluate``, ``predict``): the keywords of
-    ``classifiers.bundle.evaluate`` and ``predict`` besides the model and the images."""
-
-    cache: str | None = option(
-        None,
-        "Cache for the embedded images (default: under cache/; reused when the images come back).",
-        path={"dir_okay": False},
+def same_as(cls, name: str, help: str | None = None, **read):
+    """A field that is ``cls``'s field ``name`` again (its default, help and reading, written once there), with
+    ``help`` or readings changed where given: ``batch_size: int = same_as(ExtractOptions, "batch_size")``."""
+    (f,) = [f for f in fields(cls) if f.name == name]
+    return option(
+        f.default, help or f.metadata["help"], **{**{k: v for k, v in f.metadata.items() if k != "help"}, **read}
     )
-    weights: str | None = option(
-        None, "Where the model's weights file is now, if it moved (checked by sha256).", short="-w"
-    )
-    device: str = option("auto", check=DEVICE)
-    batch_size: int = option(32, low=1)
-    workers: int | None = option(None, "Decoding processes (as in extract).", low=0)
 
-    def keywords(self) -> dict:
-        return asdict(self)
+
+Options = TypeVar("Options")
+
+
+def field_names(cls) -> list[str]:
+    """The names an options value takes as overrides: its fields, and those of a value inside it (``shards``)."""
+    return [
+        n
+        for f in fields(cls)
+        for n in ([f.name] + ([g.name for g in fields(f.default_factory)] if is_dataclass(f.default_factory) else []))
+    ]
+
+
+def with_overrides(cls: type[Options], options: Options | None, overrides: dict[str, Any]) -> Options:
+    """``options`` (None: ``cls()``) with the fields named in ``overrides`` replaced (``dataclasses.replace``; a
+    field of a value inside it, such as ``ExtractOptions.shards``, by its own name too). A name that is no field is
+    one TypeError naming it and the fields there are, as for an unknown keyword of any function."""
+    if options is None:
+        options = cls()
+    elif not isinstance(options, cls):
+        raise TypeError(f"options must be a {cls.__name__}, not {type(options).__name__}")
+    if not overrides:
+        return options
+    own = {f.name for f in fields(options)}  # type: ignore[arg-type]
+    inner = {
+        g.name: f.name
+        for f in fields(options)  # type: ignore[arg-type]
+        if is_dataclass(f.default_factory)
+        for g in fields(f.default_factory)  # type: ignore[arg-type]
+    }
+    unknown = [k for k in overrides if k not in own and k not in inner]
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__} has no field {unknown[0]!r}; its fields are: {', '.join(sorted(field_names(cls)))}"
+        )
+    top = {k: v for k, v in overrides.items() if k in own}
+    for name in sorted({inner[k] for k in overrides if k not in own}):
+        base = top.get(name, getattr(options, name))
+        top[name] = replace(base, **{k: v for k, v in overrides.items() if k not in own and inner[k] == name})
+    return replace(options, **top)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Where a sample's image, label and group are: sidecars of a tar sample (``EXT``: the text of ``KEY.EXT``;
+    ``json:FIELD``: a field of ``KEY.json``; ``""``: none), columns of a Parquet file (None: ``label`` when the
+    file has such a column; the image column: ``image``, else ``jpg``, ``png`` or ``webp``)."""
+
+    image_column: str | None = option(
+        None, "Parquet: the column of image bytes (default: image, else jpg, png or webp)."
+    )
+    label_key: str = option(
+        "cls", "Tar shards: the label's sidecar, EXT (the text of KEY.EXT) or json:FIELD (a field of KEY.json)."
+    )
+    group_key: str = option("", "Tar shards: the group's sidecar, as --label-key.")
+    label_column: str | None = option(None, "Parquet: the label column (default: label, when there is one).")
+    group_column: str | None = option(None, "Parquet: the group column.")
+
+    def __post_init__(self):
+        for name, value in (("--label-key", self.label_key), ("--group-key", self.group_key)):
+            if value and not re.fullmatch(r"json:[^:]+|[A-Za-z0-9_.-]+", value):
+                raise FeaturebankError(f"{name} {value!r}: give a sidecar extension (cls, txt) or json:FIELD")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExtractOptions:
-    """``extract``'s options (``embedder.job.extract`` takes the same names as keywords, the int8 ones aside)."""
+    """``extract``'s options: ``embedder.job.extract(source, cache, options, **overrides)``; the job's ``Request``
+    (what the vectors depend on) and ``Execution`` (how they are computed) are made from it by name."""
 
     backbone: str = option(
         "resnet50",
@@ -119,7 +174,7 @@ class ExtractOptions:
         path={"dir_okay": False},
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", check=DEVICE)
-    batch_size: int = option(32, low=1)
+    batch_size: int = option(BATCH_SIZE, low=1)
     workers: int | None = option(
         None,
         "Decoding processes (default: on a GPU one per core but one; on a CPU none: "
@@ -135,32 +190,51 @@ class ExtractOptions:
         "A manifest's (or list's) paths must stay inside its folder: refuse ../, absolute paths and links out of it.",
     )
 
-    def keywords(self) -> dict:
-        """The keywords of ``embedder.job.extract``, without the int8 options (``job.int8_request`` reads them)."""
-        return {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in ("calibration_images", "calibration", "calibration_from", "int8_scheme")
-        }
-
-
-@dataclass(frozen=True)
-class ShardOptions:
-    """Where a sample's image, label and group are: sidecars of a tar sample (``EXT``: the text of ``KEY.EXT``;
-    ``json:FIELD``: a field of ``KEY.json``; ``""``: none), columns of a Parquet file (None: ``label`` when the
-    file has such a column; the image column: ``image``, else ``jpg``, ``png`` or ``webp``)."""
-
-    image_column: str | None = option(
-        None, "Parquet: the column of image bytes (default: image, else jpg, png or webp)."
+    # not on the command line: for the Python API, a model bundle and fine-tuning
+    shards: ShardOptions = field(default_factory=ShardOptions)
+    cache_dir: str | None = option(
+        None, "Where a cache without --cache goes (default: $FEATUREBANK_CACHE_DIR, else cache/).", cli=False
     )
-    label_key: str = option(
-        "cls", "Tar shards: the label's sidecar, EXT (the text of KEY.EXT) or json:FIELD (a field of KEY.json)."
+    engine_dir: str | None = option(None, "The engine folder (default: the one beside the cache).", cli=False)
+    threads: int | None = option(None, "Decoding threads (default: from the cores).", cli=False)
+    int8: Int8 | None = option(
+        None,
+        "With precision int8: this exact int8 request (a model bundle's, a cache's engine), instead of the "
+        "calibration options.",
+        cli=False,
     )
-    group_key: str = option("", "Tar shards: the group's sidecar, as --label-key.")
-    label_column: str | None = option(None, "Parquet: the label column (default: label, when there is one).")
-    group_column: str | None = option(None, "Parquet: the group column.")
 
     def __post_init__(self):
-        for name, value in (("--label-key", self.label_key), ("--group-key", self.group_key)):
-            if value and not re.fullmatch(r"json:[^:]+|[A-Za-z0-9_.-]+", value):
-                raise FeaturebankError(f"{name} {value!r}: give a sidecar extension (cls, txt) or json:FIELD")
+        if self.calibration_from and self.precision != "int8":
+            raise FeaturebankError("--calibration-from goes with --precision int8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How images are embedded with a model's own settings (``evaluate``, ``predict``): the options of
+    ``classifiers.bundle.evaluate`` and ``predict`` besides the model and the images."""
+
+    cache: str | None = option(
+        None,
+        "Cache for the embedded images (default: under cache/; reused when the images come back).",
+        path={"dir_okay": False},
+    )
+    weights: str | None = option(
+        None, "Where the model's weights file is now, if it moved (checked by sha256).", short="-w"
+    )
+    device: str = same_as(ExtractOptions, "device")
+    batch_size: int = same_as(ExtractOptions, "batch_size")
+    workers: int | None = same_as(ExtractOptions, "workers", "Decoding processes (as in extract).")
+    trust_pickle: bool = option(
+        False,
+        "Also load an old model file (a joblib pickle). Unpickling runs whatever code the file names: only for "
+        "files you made or trust; featurebank convert OLD NEW rewrites one once in the safe format.",
+    )
+    layout: str = same_as(ExtractOptions, "layout", cli=False)
+    engine: str = same_as(ExtractOptions, "engine", cli=False)
+
+    def extract_overrides(self) -> dict:
+        """What ``extract`` takes of these, by name (the model gives the rest; ``weights`` here is where the model's
+        weights file is now, not another choice of weights)."""
+        shared = set(ExtractOptions.__dataclass_fields__) - {"weights"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in shared}

@@ -15,20 +15,23 @@ from embedder.kernel.settings import ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore
 from embedder.kernel.versions import version_of
 
+from .options import ExtractOptions
+
 
 @dataclass(frozen=True)
 class Request:
-    """Extraction options as given, before anything is looked up."""
+    """Extraction options as given, before anything is looked up: the fields of ``ExtractOptions`` that the vectors
+    depend on (``job.request_of`` makes one from them by name), with their defaults."""
 
-    backbone: str = "resnet50"
-    weights: str | None = "DEFAULT"
-    seed: int = 0
-    layers: tuple[str, ...] | None = None
-    pooling: str = "avg"
-    resize: int | None = None
-    crop: int | None = None
-    draft: bool = True
-    precision: str = "fp32"
+    backbone: str = ExtractOptions.backbone
+    weights: str | None = ExtractOptions.weights
+    seed: int = ExtractOptions.seed
+    layers: tuple[str, ...] | None = ExtractOptions.layers
+    pooling: str = ExtractOptions.pooling
+    resize: int | None = ExtractOptions.resize
+    crop: int | None = ExtractOptions.crop
+    draft: bool = ExtractOptions.draft
+    precision: str = ExtractOptions.precision
     int8: Int8 | None = None  # calibration options (its calibration_set is filled in once drawn)
 
     def __post_init__(self):

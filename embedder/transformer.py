@@ -20,10 +20,13 @@ from embedder.backbones.registry import load_backbone, resolve_layers
 from embedder.engines.engine import open_engine, prepare_int8, resolve_device_name
 from embedder.engines.guard import BatchRunner
 from embedder.inputs.batches import ImageDataset, batches
-from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.kernel.errors import FeaturebankError
 from embedder.kernel.settings import ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
+
+from .options import ExtractOptions
+
+_D = ExtractOptions()  # the defaults, as extract's
 
 
 class Embedder(TransformerMixin, BaseEstimator):
@@ -33,28 +36,29 @@ class Embedder(TransformerMixin, BaseEstimator):
     ``FeaturebankError`` naming it (a transformer must return one row per input). ``engine`` is that of
     ``featurebank extract`` (``auto``, ``torch``, ``onnxruntime``); exported engines live in ``engine_dir``
     (default: ``$FEATUREBANK_ENGINE_DIR``, else ``cache/engines``). ``tta="flip"`` is ``extract --tta flip``.
+    Each parameter is the ``ExtractOptions`` field of its name, with its default (``workers`` aside: 0).
     """
 
     def __init__(
         self,
-        backbone="resnet50",
-        weights="DEFAULT",
-        layers=None,
-        pooling="avg",
-        resize=None,
-        crop=None,
-        draft=True,
-        precision="fp32",
-        device="auto",
-        batch_size=32,
-        workers=0,
-        seed=0,
-        max_pixels=DEFAULT_MAX_PIXELS,
-        engine="auto",
-        engine_dir=None,
-        calibration_images=256,
-        int8=None,
-        tta="none",
+        backbone=_D.backbone,
+        weights=_D.weights,
+        layers=_D.layers,
+        pooling=_D.pooling,
+        resize=_D.resize,
+        crop=_D.crop,
+        draft=_D.draft,
+        precision=_D.precision,
+        device=_D.device,
+        batch_size=_D.batch_size,
+        workers=0,  # decoding in this process: a transformer is often called inside another's workers
+        seed=_D.seed,
+        max_pixels=_D.max_pixels,
+        engine=_D.engine,
+        engine_dir=_D.engine_dir,
+        calibration_images=_D.calibration_images,
+        int8=_D.int8,
+        tta=_D.tta,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -76,18 +80,20 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.tta = tta
 
     def fit(self, X=None, y=None):
-        """Load the backbone; nothing is learned from ``X``, except int8's calibration, which needs it."""
-        self.backbone_ = load_backbone(self.backbone, self.weights, self.seed, self.resize, self.crop, self.draft)
-        self.layers_ = resolve_layers(
-            self.backbone_.model, self.layers if not isinstance(self.layers, str) else [self.layers]
-        )
-        self.dims_ = layer_dims(self.backbone_.model, self.layers_, self.pooling, self.backbone_.preprocessing.crop)
+        """Load the backbone; nothing is learned from ``X``, except int8's calibration, which needs it. The
+        parameters become one ``ExtractOptions`` (``options_``), as ``extract`` takes them; the rest reads that."""
+        params = self.get_params()
+        layers = params.pop("layers")
+        self.options_ = o = ExtractOptions(**params, layers=(layers,) if isinstance(layers, str) else layers)
+        self.backbone_ = load_backbone(o.backbone, o.weights, o.seed, o.resize, o.crop, o.draft)
+        self.layers_ = resolve_layers(self.backbone_.model, o.layers)
+        self.dims_ = layer_dims(self.backbone_.model, self.layers_, o.pooling, self.backbone_.preprocessing.crop)
         self.n_features_out_ = sum(self.dims_.values())
         int8 = None
         self._calibration = None
-        if self.precision == "int8":
-            if self.int8 is not None:  # a cache's int8 engine (embedder.job.int8_of_cache): its rows exactly
-                int8 = self.int8
+        if o.precision == "int8":
+            if o.int8 is not None:  # a cache's int8 engine (embedder.job.int8_of_cache): its rows exactly
+                int8 = o.int8
             elif X is None:
                 raise FeaturebankError(
                     "int8 calibrates on images: call fit with a list of paths or PIL images (or give int8= of a cache)"
@@ -98,11 +104,11 @@ class Embedder(TransformerMixin, BaseEstimator):
             self.backbone_.name,
             self.backbone_.weights.identity,
             tuple(self.layers_),
-            self.pooling,
+            o.pooling,
             self.backbone_.preprocessing,
-            self.precision,
+            o.precision,
             int8,
-            self.tta,
+            o.tta,
         )
         self.__dict__.pop("_engine", None)
         return self
@@ -112,10 +118,11 @@ class Embedder(TransformerMixin, BaseEstimator):
         identified as it does (by the files' bytes; a PIL image by its pixels)."""
         from embedder.engines.quantize import calibration_set_id, draw_calibration
 
-        wanted = Int8(self.calibration_images, self.seed)
+        o = self.options_
+        wanted = Int8(o.calibration_images, o.seed)
         keys = [(i, _name(img) if not isinstance(img, Image.Image) else f"<image {i}>") for i, img in enumerate(images)]
         chosen = draw_calibration(keys, wanted)[: wanted.images]
-        dataset = ImageDataset([images[i] for i in chosen], self.backbone_.preprocessing, self.max_pixels)
+        dataset = ImageDataset([images[i] for i in chosen], self.backbone_.preprocessing, o.max_pixels)
         decoded = list(batches(dataset, 16, 0))
         digests = [
             d or hashlib.blake2b(dataset.images[i].tobytes(), digest_size=16).hexdigest()
@@ -125,12 +132,13 @@ class Embedder(TransformerMixin, BaseEstimator):
         chunks = [b.images for b in decoded if b.indices]
         if not chunks:
             raise FeaturebankError("none of the calibration images could be decoded")
-        return Int8(self.calibration_images, self.seed, "minmax", calibration_set_id(digests)), chunks
+        return Int8(o.calibration_images, o.seed, o.calibration, calibration_set_id(digests)), chunks
 
     def _engine_for(self, device: str):
         engine = self.__dict__.get("_engine")
         if engine is None or self.__dict__.get("_engine_device") != device:
-            store = EngineStore(self.engine_dir or engine_dir_for())
+            o = self.options_
+            store = EngineStore(o.engine_dir or engine_dir_for())
             chunks = self.__dict__.get("_calibration")
 
             def calibration():
@@ -139,7 +147,7 @@ class Embedder(TransformerMixin, BaseEstimator):
             calibration.fixed = chunks is None  # a cache's engine, or an unpickled one: found, never redrawn
             if self.settings_.int8 is not None and self.settings_.int8.scheme == "auto":
                 choice = prepare_int8(
-                    self.settings_, store, lambda: self.backbone_.model, calibration, batch_size=self.batch_size
+                    self.settings_, store, lambda: self.backbone_.model, calibration, batch_size=o.batch_size
                 )
                 if choice.note:  # another scheme, or fp32: the vectors are what settings_ says
                     warnings.warn(choice.note, stacklevel=3)
@@ -148,9 +156,9 @@ class Embedder(TransformerMixin, BaseEstimator):
                 self.settings_,
                 store,
                 lambda: self.backbone_.model,
-                engine=self.engine,
+                engine=o.engine,
                 device=device,
-                batch_size=self.batch_size,
+                batch_size=o.batch_size,
                 calibration=calibration,
             )
             self._engine, self._engine_device = engine, device
@@ -158,15 +166,16 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         check_is_fitted(self, "backbone_")
+        o = self.options_
         images = _as_list(X)
-        device = resolve_device_name(self.device)
-        if self.precision == "fp16" and device == "cpu":
+        device = resolve_device_name(o.device)
+        if o.precision == "fp16" and device == "cpu":
             raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32 or int8")
         runner = BatchRunner(self._engine_for(device))
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         bad = []
-        dataset = ImageDataset(images, self.backbone_.preprocessing, self.max_pixels)
-        for batch in batches(dataset, self.batch_size, self.workers, device_type=device.split(":")[0]):
+        dataset = ImageDataset(images, self.backbone_.preprocessing, o.max_pixels)
+        for batch in batches(dataset, o.batch_size, o.workers, device_type=device.split(":")[0]):
             bad += [(images[i], reason) for i, reason, _ in batch.failures]
             if batch.indices:
                 features = runner(batch.images)

@@ -538,7 +538,7 @@ def test_predict_and_evaluate_report_symlink_loops_and_skip_them(tmp_path, monke
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "data"
     write_tree(root, classes=("ants", "bees"), per_class=3)
-    bundle = train(embedder.extract(str(root), str(tmp_path / "train.h5"), **TORCH).cache, "logreg")
+    bundle = train(embedder.extract(str(root), str(tmp_path / "train.h5"), **TORCH).cache, classifier="logreg")
     held = tmp_path / "held"
     write_tree(held, classes=("ants", "bees"), per_class=2, start=40)
     os.symlink("loop.jpg", held / "ants" / "loop.jpg")

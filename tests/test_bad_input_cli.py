@@ -40,7 +40,7 @@ def model(tmp_path_factory):
     """A synthetic cache (3 classes, 12-d flatten, 6-d layer3) and a logistic regression trained on it."""
     root = tmp_path_factory.mktemp("badcli")
     synthetic_cache(root / "c.h5", counts=(10, 10, 10), dim=12)
-    train(str(root / "c.h5"), "logreg", layer="flatten", out=str(root / "m.fbmodel"))
+    train(str(root / "c.h5"), classifier="logreg", layer="flatten", out=str(root / "m.fbmodel"))
     return root
 
 
@@ -155,7 +155,7 @@ def test_a_weights_file_is_hashed_only_up_to_its_size(model, tmp_path):
         m["weights_file"] = str(weights)
 
     bundle = load_bundle(rewrite(model / "m.fbmodel", tmp_path / "w.fbmodel", point))
-    assert extract_options(bundle)["weights"] == str(weights)
+    assert extract_options(bundle).weights == str(weights)
     weights.write_bytes(b"other" * 10)
     with pytest.raises(FeaturebankError, match="is not the weights file the model was trained with"):
         extract_options(bundle)
@@ -355,7 +355,7 @@ def test_option_values_are_checked_by_their_types(model, args, says):
 def test_jobs_take_every_core_and_all_but_some_as_joblib_does():
     import click
 
-    from embedder.clickopts import Jobs
+    from cli import Jobs
 
     assert [Jobs().convert(v, None, None) for v in ("1", "4", "-1", "-2")] == [1, 4, -1, -2]
     with pytest.raises(click.BadParameter, match="0 jobs cannot run anything"):
@@ -395,7 +395,7 @@ def test_cv_without_c_skips_an_entry_that_cannot_fit_with_its_reason(tmp_path, m
         assert "logreg" in {r["classifier"] for r in d["leaderboard"]}
         assert "k10 left out: it cannot fit these data" in result.output
         with pytest.raises(FeaturebankError, match="k10 on flatten failed"):  # asked for by name: an error
-            cross_validate(str(tmp_path / "c.h5"), ["k10"], ["flatten"], folds=2)
+            cross_validate(str(tmp_path / "c.h5"), classifiers=["k10"], layers=["flatten"], folds=2)
     finally:
         unregister_classifier("k10")
 
@@ -557,7 +557,7 @@ def test_predict_and_evaluate_name_their_cache_and_leave_no_lock_files(tmp_path,
     write_tree(tmp_path / "val", classes=("a", "b"), per_class=1, start=20)
     embedder.extract(str(tmp_path / "train"), str(tmp_path / "train.h5"), **TORCH)
     assert not os.path.exists(tmp_path / "train.h5.lock")
-    train(str(tmp_path / "train.h5"), "logreg", out=str(tmp_path / "m.fbmodel"))
+    train(str(tmp_path / "train.h5"), classifier="logreg", out=str(tmp_path / "m.fbmodel"))
     runner = CliRunner()
     result = runner.invoke(cli.main, ["predict", "m.fbmodel", "val", "--workers", "0"])
     assert result.exit_code == 0, result.output

@@ -250,11 +250,13 @@ def test_cv_without_c_runs_what_fits_says_what_it_left_out_and_names_stand_ins(t
 
 def test_progress_shows_only_when_asked_with_its_fits(tmp_path, capsys):
     synthetic_cache(tmp_path / "c.h5")
-    cross_validate(str(tmp_path / "c.h5"), ["logreg:C=1", "ridge"], ["flatten"], folds=3, progress=True)
+    cross_validate(
+        str(tmp_path / "c.h5"), classifiers=["logreg:C=1", "ridge"], layers=["flatten"], folds=3, progress=True
+    )
     err = capsys.readouterr().err
     assert "cross-validation: 100%" in err and "6/6 fits" not in err  # the postfix names the fit it is on
     assert "0/6 fits; logreg:C=1 @ flatten" in err and "3/6 fits; ridge @ flatten" in err
-    cross_validate(str(tmp_path / "c.h5"), ["logreg:C=1"], ["flatten"], folds=3)
+    cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg:C=1"], layers=["flatten"], folds=3)
     assert capsys.readouterr().err == ""
     # the command line outside a terminal: no bar; an explicit list within the budget says nothing more
     args = ["cv", str(tmp_path / "c.h5"), "-c", "logreg:C=1", "-l", "flatten", "--folds", "3"]
@@ -312,5 +314,5 @@ def test_cv_charges_the_neighbour_search_until_it_is_kept_beside_the_cache(tmp_p
     assert again.plan.extras == 0.0
     drawn = cross_validate(str(tmp_path / "c.h5"), layers=["flatten"], folds=3, budget="15m", extras="out")
     assert drawn.plan.extras > 0  # the map is not kept yet
-    none = cross_validate(str(tmp_path / "c.h5"), ["logreg:C=1"], ["flatten"], folds=3, extras=None)
+    none = cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg:C=1"], layers=["flatten"], folds=3, extras=None)
     assert none.plan.extras == 0.0

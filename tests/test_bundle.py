@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     images = root / "images"
     write_tree(images, per_class=4)
     extract(images, str(root / "train.h5"), **FAST)
-    bundle = train(str(root / "train.h5"), "logreg:C=1.0", out=str(root / "model.joblib"))
+    bundle = train(str(root / "train.h5"), classifier="logreg:C=1.0", out=str(root / "model.joblib"))
     return root, images, bundle
 
 
@@ -125,7 +125,7 @@ def test_a_moved_weights_file_is_found_by_its_hash(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     settings = {**FAST, "weights": str(weights)}
     extract(images, str(tmp_path / "c.h5"), **settings)
-    train(str(tmp_path / "c.h5"), "ridge", out=str(tmp_path / "m.joblib"))
+    train(str(tmp_path / "c.h5"), classifier="ridge", out=str(tmp_path / "m.joblib"))
     moved = tmp_path / "moved.pth"
     weights.rename(moved)
     with pytest.raises(FeaturebankError, match="not there: pass --weights PATH"):
@@ -167,13 +167,13 @@ def test_train_errors(tmp_path):
 
     synthetic_cache(tmp_path / "one.h5", counts=(5,))
     with pytest.raises(FeaturebankError, match="only one class"):
-        train(str(tmp_path / "one.h5"), "logreg")
+        train(str(tmp_path / "one.h5"), classifier="logreg")
     synthetic_cache(tmp_path / "two.h5", counts=(5, 5))
     with pytest.raises(FeaturebankError, match="layer 'nope' is not in"):
-        train(str(tmp_path / "two.h5"), "logreg", "nope")
+        train(str(tmp_path / "two.h5"), classifier="logreg", layer="nope")
     with pytest.raises(FeaturebankError, match="has no groups"):
-        train(str(tmp_path / "two.h5"), "logreg", groups=True)
-    bundle = train(str(tmp_path / "two.h5"), "knn", "layer3", search=True)
+        train(str(tmp_path / "two.h5"), classifier="logreg", groups=True)
+    bundle = train(str(tmp_path / "two.h5"), classifier="knn", layer="layer3", search=True)
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     from classifiers.zoo import make_classifier, search_grid
@@ -220,8 +220,8 @@ def test_train_search_keeps_each_group_on_one_side_of_the_inner_folds(tmp_path):
     from classifiers.zoo import make_classifier
 
     X, y, groups = near_copies(tmp_path / "c.h5")
-    grouped = train(str(tmp_path / "c.h5"), "knn", search=True, seed=0)
-    leaky = train(str(tmp_path / "c.h5"), "knn", search=True, seed=0, groups=False)
+    grouped = train(str(tmp_path / "c.h5"), classifier="knn", search=True, seed=0)
+    leaky = train(str(tmp_path / "c.h5"), classifier="knn", search=True, seed=0, groups=False)
     own = CacheReader(str(tmp_path / "c.h5")).groups  # an ungrouped row: a group of its own (test_crossval)
     assert sum(g.startswith("\0") for g in own) == 6 and len(set(own.tolist())) == 22 + 6
     theirs = GridSearchCV(

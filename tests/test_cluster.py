@@ -28,8 +28,10 @@ def cluster():
 
 def test_cv_on_a_cluster_equals_the_local_run(tmp_path, cluster):
     synthetic_cache(tmp_path / "c.h5", groups=[f"g{i // 3}" if i % 4 else "" for i in range(30)])
-    remote = cross_validate(tmp_path / "c.h5", SPECS, folds=3, repeats=2, seed=5, scheduler=cluster.scheduler_address)
-    local = cross_validate(tmp_path / "c.h5", SPECS, folds=3, repeats=2, seed=5)
+    remote = cross_validate(
+        tmp_path / "c.h5", classifiers=SPECS, folds=3, repeats=2, seed=5, scheduler=cluster.scheduler_address
+    )
+    local = cross_validate(tmp_path / "c.h5", classifiers=SPECS, folds=3, repeats=2, seed=5)
     assert remote.grouped and [r.name for r in remote.results] == [r.name for r in local.results]
     assert len(remote.results) == len(SPECS) * 2  # two layers
     for a, b in zip(remote.results, local.results):
@@ -49,7 +51,7 @@ def test_cv_on_a_cluster_equals_the_local_run(tmp_path, cluster):
 def test_each_layer_is_sent_to_the_workers_once(tmp_path, cluster):
     synthetic_cache(tmp_path / "c.h5", seed=7, dim=64)  # both layers big enough for joblib to scatter them itself
     start = len(cluster.scheduler.transition_log)
-    cross_validate(tmp_path / "c.h5", SPECS, folds=3, seed=0, scheduler=cluster.scheduler_address)
+    cross_validate(tmp_path / "c.h5", classifiers=SPECS, folds=3, seed=0, scheduler=cluster.scheduler_address)
     arrays = {
         str(t.key) for t in list(cluster.scheduler.transition_log)[start:] if str(t.key).startswith("ndarray-")
     }  # scattered data: put in memory, forgotten with the client

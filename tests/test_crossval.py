@@ -29,7 +29,7 @@ SCORING = {
 @pytest.mark.parametrize("spec", ["logreg", "knn:n_neighbors=3", "rbf-svm:pca=8", "ridge", "lda", "random-forest"])
 def test_scores_equal_sklearn_on_the_same_folds(tmp_path, spec):
     X, y = synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", [spec], ["flatten"], folds=4, repeats=2, seed=3)
+    report = cross_validate(tmp_path / "c.h5", classifiers=[spec], layers=["flatten"], folds=4, repeats=2, seed=3)
     ours = report.results[0]
     proba = ours.proba is not None
     theirs = sk_cross_validate(
@@ -86,7 +86,7 @@ def spy():
 def test_preprocessing_is_fit_inside_each_fold(tmp_path, spy):
     X, y = synthetic_cache(tmp_path / "c.h5")
     X = X.astype(np.float64)
-    splits = cross_validate(tmp_path / "c.h5", ["spy"], ["flatten"], folds=3, seed=1).splits
+    splits = cross_validate(tmp_path / "c.h5", classifiers=["spy"], layers=["flatten"], folds=3, seed=1).splits
     fits = [x for kind, x in spy.seen if kind == "fit"]
     predicts = [x for kind, x in spy.seen if kind == "predict"]
     assert len(fits) == len(predicts) == 3
@@ -104,7 +104,7 @@ def test_same_seed_same_report_and_another_seed_other_folds(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
 
     def stable(seed):
-        d = report_dict(cross_validate(tmp_path / "c.h5", ["logreg", "knn"], folds=3, seed=seed))
+        d = report_dict(cross_validate(tmp_path / "c.h5", classifiers=["logreg", "knn"], folds=3, seed=seed))
         for r in d["results"]:
             r.pop("fit_seconds"), r.pop("predict_seconds")
         for r in d["leaderboard"]:
@@ -118,7 +118,7 @@ def test_same_seed_same_report_and_another_seed_other_folds(tmp_path):
 
 def test_leaderboard_ranks_layers_and_classifiers_on_the_same_folds(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", ["logreg", "knn"], folds=3)
+    report = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "knn"], folds=3)
     assert {(r.classifier, r.layer) for r in report.results} == {
         (c, layer) for c in ("logreg", "knn") for layer in ("flatten", "layer3")
     }
@@ -136,7 +136,7 @@ def test_groups_never_straddle_the_folds_cv_used_and_ungrouped_rows_spread(tmp_p
     each group on one side, and the ungrouped rows, each a group of its own, spread over every fold."""
     groups = [f"g{i // 3}" if i % 2 == 0 else "" for i in range(30)]  # 15 grouped rows (in 3s and singles), 15 not
     _, y = synthetic_cache(tmp_path / "c.h5", groups=groups)
-    report = cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten"], folds=3, repeats=2)
+    report = cross_validate(tmp_path / "c.h5", classifiers=["logreg"], layers=["flatten"], folds=3, repeats=2)
     assert report.grouped and len(report.splits) == 6
     named = np.array(groups)
     ungrouped = np.flatnonzero(named == "")
@@ -151,7 +151,7 @@ def test_groups_never_straddle_the_folds_cv_used_and_ungrouped_rows_spread(tmp_p
     for r in range(2):
         tested = np.concatenate([s.test for s in report.splits if s.repeat == r])
         assert sorted(tested.tolist()) == list(range(30))  # each row tested once per repeat
-    no_groups = cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten"], folds=3, groups=False)
+    no_groups = cross_validate(tmp_path / "c.h5", classifiers=["logreg"], layers=["flatten"], folds=3, groups=False)
     assert not no_groups.grouped
     theirs = list(RepeatedStratifiedKFold(n_splits=3, n_repeats=1, random_state=0).split(np.zeros(30), y))
     assert [s.test.tolist() for s in no_groups.splits] == [test.tolist() for _, test in theirs]
@@ -159,7 +159,7 @@ def test_groups_never_straddle_the_folds_cv_used_and_ungrouped_rows_spread(tmp_p
 
 def test_nested_search_equals_gridsearch_inside_each_fold(tmp_path):
     X, y = synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", ["knn"], ["flatten"], folds=3, search=True, seed=2)
+    report = cross_validate(tmp_path / "c.h5", classifiers=["knn"], layers=["flatten"], folds=3, search=True, seed=2)
     # 20 training rows per outer fold, ~13 per inner fold: k above that cannot be fit and leaves the grid
     grid = GridSearchCV(
         make_classifier("knn", seed=2),
@@ -183,8 +183,8 @@ def test_nested_search_equals_gridsearch_inside_each_fold(tmp_path):
 
 def test_parallel_folds_give_the_same_scores(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
-    one = cross_validate(tmp_path / "c.h5", ["logreg", "rbf-svm"], ["flatten"], folds=3)
-    two = cross_validate(tmp_path / "c.h5", ["logreg", "rbf-svm"], ["flatten"], folds=3, n_jobs=2)
+    one = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "rbf-svm"], layers=["flatten"], folds=3)
+    two = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "rbf-svm"], layers=["flatten"], folds=3, n_jobs=2)
     for a, b in zip(one.results, two.results):
         assert [f.scores for f in a.folds] == [f.scores for f in b.folds]
         assert (a.predictions == b.predictions).all()
@@ -200,7 +200,7 @@ def test_suspicious_images_outliers_and_duplicates(tmp_path):
     digests = [f"{i:032x}" for i in range(30)]
     digests[25] = digests[5]  # the same file under class0 and class2
     synthetic_cache(tmp_path / "c.h5", features=X, digests=digests)
-    report = cross_validate(tmp_path / "c.h5", ["logreg", "knn"], ["flatten"], folds=3)
+    report = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "knn"], layers=["flatten"], folds=3)
     judge, suspicious = report.suspicious(5)
     assert judge.proba is not None
     assert suspicious[0]["path"] == "class0/img003.jpg" and suspicious[0]["predicted"] == "class1"
@@ -232,7 +232,7 @@ def test_suspicious_images_outliers_and_duplicates(tmp_path):
 
 def test_report_files(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", ["logreg", "ridge"], ["flatten"], folds=3)
+    report = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "ridge"], layers=["flatten"], folds=3)
     files = write_report(report, str(tmp_path / "out"), suspicious=5)
     d = json.loads((tmp_path / "out" / "report.json").read_text())
     assert d["best"] == {"backbone": "resnet18", "classifier": report.best.classifier, "layer": "flatten"}
@@ -256,22 +256,24 @@ def test_report_files(tmp_path):
 def test_clear_errors(tmp_path):
     synthetic_cache(tmp_path / "small.h5", counts=(12, 3))
     with pytest.raises(FeaturebankError, match="'class1' has 3 image.*fewer than --folds 5"):
-        cross_validate(tmp_path / "small.h5", ["logreg"], folds=5)
+        cross_validate(tmp_path / "small.h5", classifiers=["logreg"], folds=5)
     synthetic_cache(tmp_path / "one.h5", counts=(12,))
     with pytest.raises(FeaturebankError, match="only one class"):
-        cross_validate(tmp_path / "one.h5", ["logreg"])
+        cross_validate(tmp_path / "one.h5", classifiers=["logreg"])
     synthetic_cache(tmp_path / "unlabeled.h5", labels=False)
     with pytest.raises(FeaturebankError, match="has no labels"):
-        cross_validate(tmp_path / "unlabeled.h5", ["logreg"])
+        cross_validate(tmp_path / "unlabeled.h5", classifiers=["logreg"])
     with pytest.raises(FeaturebankError, match=r"layer .layer4. is not in .* \(it has flatten, layer3\)"):
-        cross_validate(tmp_path / "small.h5", ["logreg"], ["layer4"], folds=3)
+        cross_validate(tmp_path / "small.h5", classifiers=["logreg"], layers=["layer4"], folds=3)
     with pytest.raises(FeaturebankError, match="unknown classifier 'logregg' .did you mean logreg"):
-        cross_validate(tmp_path / "small.h5", ["logregg"], folds=3)
+        cross_validate(tmp_path / "small.h5", classifiers=["logregg"], folds=3)
     # more neighbours than a fold's rows: every row, said once per result (it was an error before)
-    few = cross_validate(tmp_path / "small.h5", ["knn:n_neighbors=40"], ["flatten"], folds=3, extras=None)
+    few = cross_validate(
+        tmp_path / "small.h5", classifiers=["knn:n_neighbors=40"], layers=["flatten"], folds=3, extras=None
+    )
     assert few.results[0].notes == ["knn: k=10, every training row, not 40 (10 rows)"]
     with pytest.raises(FeaturebankError, match="has no groups"):
-        cross_validate(tmp_path / "small.h5", ["logreg"], folds=3, groups=True)
+        cross_validate(tmp_path / "small.h5", classifiers=["logreg"], folds=3, groups=True)
 
 
 def test_ungrouped_rows_are_groups_of_their_own(tmp_path):
@@ -342,9 +344,9 @@ def test_two_caches_equal_two_separate_runs_on_the_same_folds(tmp_path):
         digests=[f"{i:032x}" for i in shuffled] + ["f" * 32],
     )  # synthetic_cache's digests
     options = dict(folds=3, repeats=2, seed=4)
-    both = cross_validate([tmp_path / "a.h5", tmp_path / "b.h5"], ["logreg", "knn"], **options)
-    alone_a = cross_validate(tmp_path / "a.h5", ["logreg", "knn"], **options)
-    alone_b = cross_validate(tmp_path / "b-same-order.h5", ["logreg", "knn"], **options)
+    both = cross_validate([tmp_path / "a.h5", tmp_path / "b.h5"], classifiers=["logreg", "knn"], **options)
+    alone_a = cross_validate(tmp_path / "a.h5", classifiers=["logreg", "knn"], **options)
+    alone_b = cross_validate(tmp_path / "b-same-order.h5", classifiers=["logreg", "knn"], **options)
     assert [s.name for s in both.sources] == ["resnet18/none", "resnet18/sha256:abababab"]
     assert (
         [(s.train.tolist(), s.test.tolist()) for s in both.splits]
@@ -388,7 +390,7 @@ def test_caches_of_other_images_or_labels_are_refused_in_one_line(tmp_path):
         match=r"do not hold the same labelled images: 1 labelled image\(s\) only in "
         r".*a.h5 \(e.g. class0/img000.jpg\); extract the same input",
     ):
-        cross_validate([tmp_path / "a.h5", tmp_path / "fewer.h5"], ["logreg"], folds=3)
+        cross_validate([tmp_path / "a.h5", tmp_path / "fewer.h5"], classifiers=["logreg"], folds=3)
     relabelled = labels[:5] + ["class2"] + labels[6:]
     write_cache(tmp_path / "relabelled.h5", paths, relabelled, {"flatten": X})
     with pytest.raises(
@@ -396,12 +398,12 @@ def test_caches_of_other_images_or_labels_are_refused_in_one_line(tmp_path):
         match=r"label 1 image\(s\) differently \(e.g. class0/img005.jpg: class0 in "
         r".*a.h5, class2 in .*relabelled.h5\)",
     ):
-        cross_validate([tmp_path / "a.h5", tmp_path / "relabelled.h5"], ["logreg"], folds=3)
+        cross_validate([tmp_path / "a.h5", tmp_path / "relabelled.h5"], classifiers=["logreg"], folds=3)
     write_cache(tmp_path / "changed.h5", paths, labels, {"flatten": X}, digests=["0" * 32] * 30)  # row 0 keeps its own
     with pytest.raises(FeaturebankError, match=r"29 image\(s\) changed between the caches \(e.g. class0/img001.jpg\)"):
-        cross_validate([tmp_path / "a.h5", tmp_path / "changed.h5"], ["logreg"], folds=3)
+        cross_validate([tmp_path / "a.h5", tmp_path / "changed.h5"], classifiers=["logreg"], folds=3)
     with pytest.raises(FeaturebankError, match="layer 'nope' is in none of the caches"):
-        cross_validate([tmp_path / "a.h5", tmp_path / "a.h5"], ["logreg"], ["nope"], folds=3)
+        cross_validate([tmp_path / "a.h5", tmp_path / "a.h5"], classifiers=["logreg"], layers=["nope"], folds=3)
 
 
 def test_backbone_names_are_short_and_unique():
@@ -463,7 +465,7 @@ def test_corrected_t_test_against_a_hand_computation():
 
 def test_every_leaderboard_row_carries_its_p_value_against_the_best(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", ["logreg", "knn", "ridge"], folds=3, repeats=2)
+    report = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "knn", "ridge"], folds=3, repeats=2)
     d = report_dict(report)
     board = d["leaderboard"]
     assert board[0]["p_value"] is None and board[0]["not_worse"]
@@ -494,7 +496,9 @@ def test_every_leaderboard_row_carries_its_p_value_against_the_best(tmp_path):
 
 def test_composite_layer_is_the_two_layers_side_by_side(tmp_path):
     X, y = synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten+layer3", "layer3"], folds=3, seed=2)
+    report = cross_validate(
+        tmp_path / "c.h5", classifiers=["logreg"], layers=["flatten+layer3", "layer3"], folds=3, seed=2
+    )
     both = np.hstack([X, X[:, :8] * 2 + 1])
     theirs = sk_cross_validate(
         make_classifier("logreg", seed=2),
@@ -508,9 +512,9 @@ def test_composite_layer_is_the_two_layers_side_by_side(tmp_path):
     d = report_dict(report)
     assert {r["layer"]: r["features"] for r in d["leaderboard"]} == {"flatten+layer3": 24, "layer3": 8}
     with pytest.raises(FeaturebankError, match=r"layer 'layer4' is not in"):
-        cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten+layer4"], folds=3)
+        cross_validate(tmp_path / "c.h5", classifiers=["logreg"], layers=["flatten+layer4"], folds=3)
     with pytest.raises(FeaturebankError, match=r"names a layer twice"):
-        cross_validate(tmp_path / "c.h5", ["logreg"], ["flatten+flatten"], folds=3)
+        cross_validate(tmp_path / "c.h5", classifiers=["logreg"], layers=["flatten+flatten"], folds=3)
 
 
 def test_rows_are_taken_in_place_in_any_order():
@@ -565,8 +569,8 @@ def test_cv_holds_one_layer_at_a_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(CacheReader, "features", features)
     monkeypatch.setattr(Labeled, "features", aligned_features)
-    cross_validate([tmp_path / "a.h5", tmp_path / "b.h5"], ["ridge"], None, folds=3)
+    cross_validate([tmp_path / "a.h5", tmp_path / "b.h5"], classifiers=["ridge"], layers=None, folds=3)
     assert alive == [0, 0, 0, 0]  # flatten, layer3 of a.h5; b1, b2 of b.h5
     assert in_place == [True] * 4
-    report = cross_validate([tmp_path / "b.h5"], ["ridge"], ["b1+b2", "b2"], folds=3)
+    report = cross_validate([tmp_path / "b.h5"], classifiers=["ridge"], layers=["b1+b2", "b2"], folds=3)
     assert len(report.results) == 2 and alive[4:] == [0, 0, 0]  # b1, b2 of the composite, then b2

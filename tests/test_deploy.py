@@ -75,7 +75,7 @@ def files_of(result: dict, folder) -> list[str]:
 )
 def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, output):
     root, images = trained
-    bundle = train(str(root / "train.h5"), spec, out=str(tmp_path / "model.joblib"))
+    bundle = train(str(root / "train.h5"), classifier=spec, out=str(tmp_path / "model.joblib"))
     written = export(str(tmp_path / "model.joblib"), str(tmp_path / "model.onnx"))
     assert (written.precision, written.head, written.output) == ("fp32", how, output)
     assert written.bytes == os.path.getsize(tmp_path / "model.onnx") > 1_000_000  # resnet18's weights are inside
@@ -133,7 +133,7 @@ def test_a_head_that_cannot_be_exported_is_one_line(trained, tmp_path):
     import cli
 
     root, _ = trained
-    train(str(root / "train.h5"), "knn", out=str(tmp_path / "knn.joblib"))
+    train(str(root / "train.h5"), classifier="knn", out=str(tmp_path / "knn.joblib"))
     r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "knn.joblib"), "-o", str(tmp_path / "knn.onnx")])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.count("\n") == 1 and r.output.startswith("Error: cannot export knn (CosineKNeighbors): ")
@@ -145,7 +145,7 @@ def test_cli_export_prints_size_and_path(trained, tmp_path):
     import cli
 
     root, _ = trained
-    train(str(root / "train.h5"), "lda", out=str(tmp_path / "lda.joblib"))
+    train(str(root / "train.h5"), classifier="lda", out=str(tmp_path / "lda.joblib"))
     r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "lda.joblib"), "-o", str(tmp_path / "lda.onnx")])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
@@ -172,7 +172,7 @@ def _blocked_torch_env(tmp_path) -> dict:
 
 def test_the_example_classifies_a_folder_without_torch(trained, tmp_path):
     root, images = trained
-    bundle = train(str(root / "train.h5"), "logreg", out=str(tmp_path / "model.joblib"))
+    bundle = train(str(root / "train.h5"), classifier="logreg", out=str(tmp_path / "model.joblib"))
     export(bundle, str(tmp_path / "model.onnx"))
     env = _blocked_torch_env(tmp_path)
     blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
@@ -278,7 +278,7 @@ def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
 def test_int8_costs_at_most_a_point_on_the_training_images(trained, tmp_path, spec):
     root, _ = trained
     reader = CacheReader(str(root / "train.h5"))
-    bundle = train(str(root / "train.h5"), spec, out=str(tmp_path / "model.joblib"))
+    bundle = train(str(root / "train.h5"), classifier=spec, out=str(tmp_path / "model.joblib"))
     written = export(str(tmp_path / "model.joblib"), str(tmp_path / "q.onnx"), precision="int8", int8=Int8(images=16))
     a = written.accuracy
     assert a["images"] == 24 and a["unreadable"] == 0
@@ -299,7 +299,7 @@ def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
     import cli
 
     root, images = trained
-    train(str(root / "train.h5"), "ridge", out=str(tmp_path / "m.joblib"))
+    train(str(root / "train.h5"), classifier="ridge", out=str(tmp_path / "m.joblib"))
     r = CliRunner().invoke(
         cli.main,
         [
@@ -341,7 +341,7 @@ def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
 def test_a_model_trained_on_int8_features_exports_its_own_int8_engine(trained, tmp_path):
     root, images = trained
     q = extract(images, str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=12), **FAST)
-    train(q.cache, "logreg", out=str(tmp_path / "q.joblib"))
+    train(q.cache, classifier="logreg", out=str(tmp_path / "q.joblib"))
     written = export(str(tmp_path / "q.joblib"), str(tmp_path / "q.onnx"))  # int8 by default: the model's own
     assert written.precision == "int8" and written.metadata["settings"] == CacheReader(q.cache).settings
     result = predict(str(tmp_path / "q.joblib"), [str(images)], top=4, **RUN)

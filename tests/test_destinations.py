@@ -33,7 +33,7 @@ def model(tmp_path_factory):
     """A synthetic cache and a model file trained on it."""
     root = tmp_path_factory.mktemp("destinations")
     synthetic_cache(root / "c.h5", counts=(8, 8, 8))
-    train(str(root / "c.h5"), "logreg", layer="flatten", out=str(root / "m.fbmodel"))
+    train(str(root / "c.h5"), classifier="logreg", layer="flatten", out=str(root / "m.fbmodel"))
     return root
 
 

@@ -455,7 +455,7 @@ def test_an_int8_model_predicts_with_its_own_engine_and_layers(tmp_path, monkeyp
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
     cache = str(tmp_path / "q.h5")
     embedder.extract(str(root), cache, precision="int8", layers=["layer3", "flatten"], **FAST)
-    bundle = train(cache, "logreg", "flatten", out=str(tmp_path / "m.joblib"))
+    bundle = train(cache, classifier="logreg", layer="flatten", out=str(tmp_path / "m.joblib"))
     images = [str(root / "cats" / "img00.jpg"), str(root / "owls" / "img03.png")]
     rows = predict(str(tmp_path / "m.joblib"), images)["rows"]
     X, _, paths = embedder.load(cache, "flatten")

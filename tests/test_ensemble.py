@@ -107,7 +107,9 @@ def test_stacking_learns_from_out_of_fold_probabilities_of_its_training_rows_onl
 @pytest.mark.parametrize("spec", ["ensemble", "ensemble:method=stack,members=logreg+lda+rbf-svm"])
 def test_cross_validated_like_any_classifier(tmp_path, spec):
     X, y = synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(tmp_path / "c.h5", [spec, "logreg"], ["flatten"], folds=3, repeats=1, seed=1)
+    report = cross_validate(
+        tmp_path / "c.h5", classifiers=[spec, "logreg"], layers=["flatten"], folds=3, repeats=1, seed=1
+    )
     ours = report.result(spec, "flatten")
     theirs = sk_cross_validate(
         make_classifier(spec, seed=1),
@@ -137,7 +139,7 @@ def test_in_grid_search_and_in_a_model_file(tmp_path):
         )
         assert grid.cv_results_["mean_test_score"][i] == pytest.approx(alone["test_score"].mean())
     X, y = synthetic_cache(tmp_path / "c.h5")
-    bundle = train(str(tmp_path / "c.h5"), "ensemble", layer="flatten", out=str(tmp_path / "m.joblib"))
+    bundle = train(str(tmp_path / "c.h5"), classifier="ensemble", layer="flatten", out=str(tmp_path / "m.joblib"))
     again = load_bundle(str(tmp_path / "m.joblib"))
     np.testing.assert_array_equal(again.scores(X)[0], bundle.pipeline.predict_proba(X))
     assert again.scores(X)[1] == "probability" and again.describe()["pipeline"].startswith("soft vote of")
@@ -156,7 +158,12 @@ def test_cli_errors_and_export_refusal_are_one_line(tmp_path):
     assert r.exit_code == 2 and "Error: Invalid value for '-c' / '--classifier': unknown classifier 'nope'" in r.output
     refused = refusal(make_classifier("ensemble"))
     assert refused.classifier == "ZooEnsemble" and "ensemble's head has no ONNX export" in str(refused)
-    train(str(tmp_path / "c.h5"), "ensemble:members=logreg+lda", layer="flatten", out=str(tmp_path / "m.joblib"))
+    train(
+        str(tmp_path / "c.h5"),
+        classifier="ensemble:members=logreg+lda",
+        layer="flatten",
+        out=str(tmp_path / "m.joblib"),
+    )
     r = runner.invoke(cli.main, ["export", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "m.onnx")])
     assert r.exit_code == 1 and r.output.count("\n") == 1
     assert r.output.startswith("Error: cannot export ensemble:members=logreg+lda (ZooEnsemble): ")
@@ -199,7 +206,7 @@ def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
     # the leak: knn looks better than it is (1.22x with the tuned logreg as the other member, 1.4x with C = 0.1)
     assert knn_weight(blind) > 1.15 * knn_weight(stacked)
 
-    report = cross_validate(tmp_path / "c.h5", [spec], ["flatten"], folds=3, seed=3)
+    report = cross_validate(tmp_path / "c.h5", classifiers=[spec], layers=["flatten"], folds=3, seed=3)
     assert report.grouped
     for split, fold in zip(report.splits, report.results[0].folds):
         model = fit_grouped(make_classifier(spec, seed=3), X[split.train], y[split.train], groups[split.train])
@@ -215,5 +222,5 @@ def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
             ),
             rel=1e-9,
         )
-    bundle = train(str(tmp_path / "c.h5"), spec, layer="flatten", seed=3)
+    bundle = train(str(tmp_path / "c.h5"), classifier=spec, layer="flatten", seed=3)
     np.testing.assert_allclose(bundle.pipeline.named_steps["clf"].final_.coef_, stacked.final_.coef_, rtol=1e-9)

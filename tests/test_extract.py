@@ -364,64 +364,74 @@ def test_merged_parts_are_renamed_before_deletion(tree, tmp_path, monkeypatch):
     assert again.embedded == 0 and again.reused == 9 and not os.path.exists(parts_dir(path) + ".merged")
 
 
-def test_extract_builds_one_job_and_every_keyword_lands_in_its_own_field(monkeypatch):
-    """``extract``'s keywords become one ``ExtractJob``: each (given a value unlike any other) in the field of its
-    name, none dropped, none swapped, no field that no keyword fills."""
-    import inspect
+def test_extract_builds_one_job_and_every_option_lands_in_its_own_field(monkeypatch):
+    """``extract(source, cache, options, **overrides)`` becomes one ``ExtractJob``: every field of
+    ``ExtractOptions`` (given a value unlike any other) is in the job's options, and the ``Request`` and
+    ``Execution`` fields take the option of their name, none dropped, none swapped, none without an option."""
     from dataclasses import fields
 
     from embedder import job as job_module
     from embedder.kernel.settings import Int8
-    from embedder.shards import ShardOptions
+    from embedder.options import ExtractOptions, ShardOptions
+    from embedder.resolve import Request
 
     given = dict(
-        source="photos/",
-        cache="c.h5",
         backbone="resnet18",
         weights="w.pth",
-        layers=["layer3", "layer2"],
+        layers=("layer3", "layer2"),
         pooling="max",
         resize=80,
         crop=48,
         draft=False,
         precision="int8",
+        engine="torch",
+        tta="flip",
+        calibration_images=5,
+        calibration="minmax",
+        int8_scheme="u8s8",
+        force_int8=True,
+        calibration_from=None,
         device="cpu",
         batch_size=3,
         workers=2,
         seed=7,
         layout="flat",
-        strict=True,
         max_pixels=12345,
-        cache_dir="cached",
-        engine="torch",
-        int8=Int8(images=5, seed=9),
-        force_int8=True,
-        engine_dir="engines",
-        threads=1,
-        progress=True,
-        tta="flip",
+        strict=True,
         confine=True,
         shards=ShardOptions(image_column="jpg", label_key="json:label"),
+        cache_dir="cached",
+        engine_dir="engines",
+        threads=1,
+        int8=Int8(images=5, seed=9),
     )
-    assert set(given) == set(inspect.signature(job_module.extract).parameters)  # every keyword is exercised
+    assert set(given) == {f.name for f in fields(ExtractOptions)}  # every option is exercised
     seen = []
     monkeypatch.setattr(job_module, "_extract", lambda group, started, job: seen.append(job))
-    job_module.extract(**given)
+    job_module.extract("photos/", "c.h5", progress=True, **given)
     (job,) = seen
-
-    def flat(obj):
-        out = {}
-        for f in fields(obj):
-            value = getattr(obj, f.name)
-            out.update(flat(value) if f.name in ("request", "execution") else {f.name: value})
-        return out
-
-    assert flat(job) == {**given, "layers": ("layer3", "layer2")}
+    assert (job.source, job.cache) == ("photos/", "c.h5")
+    assert {f.name: getattr(job.options, f.name) for f in fields(ExtractOptions)} == given
+    assert {f.name: getattr(job.request, f.name) for f in fields(Request)} == {
+        **{f.name: given[f.name] for f in fields(Request)},
+        "int8": given["int8"],  # an exact int8 engine asked for wins over the calibration options
+    }
+    execution = {f.name: getattr(job.execution, f.name) for f in fields(job_module.Execution)}
+    assert execution == {**{k: given[k] for k in execution if k != "progress"}, "progress": True}
     with pytest.raises(dataclasses.FrozenInstanceError):
-        job.strict = False
-    # int8 options go with precision int8 only, as before
-    job_module.extract(**{**given, "precision": "fp32"})
+        job.options.strict = False  # type: ignore[misc]
+    # the int8 request goes with precision int8 only; without an exact one, the calibration options make it
+    job_module.extract("photos/", "c.h5", ExtractOptions(**{**given, "precision": "fp32"}))
     assert seen[-1].request.int8 is None and seen[-1].request.precision == "fp32"
+    job_module.extract("photos/", "c.h5", ExtractOptions(**{**given, "int8": None}))
+    assert seen[-1].request.int8 == Int8(images=5, seed=7, method="minmax", scheme="u8s8")
+
+
+def test_an_override_that_is_no_option_is_one_error_naming_the_options(tmp_path):
+    """A misspelt keyword is refused before anything is read, naming it and the fields there are."""
+    with pytest.raises(TypeError, match=r"ExtractOptions has no field 'batchsize'; its fields are: .*batch_size"):
+        embedder.extract(str(tmp_path / "none"), str(tmp_path / "c.h5"), batchsize=8)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from classifiers.report.writer import report_dict, write_report
 
 
 def run(cache, out=None):
-    report = cross_validate(str(cache), ["logreg"], ["flatten"], folds=3)
+    report = cross_validate(str(cache), classifiers=["logreg"], layers=["flatten"], folds=3)
     d = report_dict(report, 5)
     if out:
         write_report(report, str(out), 5, d)
@@ -64,7 +64,7 @@ def test_a_changed_cache_computes_them_again(tmp_path):
 
 def test_the_key_is_the_cache_layer_rows_and_parameters(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(str(tmp_path / "c.h5"), ["logreg"], ["flatten"], folds=3)
+    report = cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg"], layers=["flatten"], folds=3)
     data = report.source(report.best)
     base = extras.sidecar(data, "flatten", "neighbours", {"k": 10})
     assert base == extras.sidecar(data, "flatten", "neighbours", {"k": 10})
@@ -84,7 +84,7 @@ def test_a_folder_that_cannot_hold_them_computes_them_each_time(tmp_path):
     (tmp_path / "c.h5.extras").write_text("a file where the folder would be")
     calls = []
     made, reused = extras.remembered(
-        cross_validate(str(tmp_path / "c.h5"), ["logreg"], ["flatten"], folds=3).data,
+        cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg"], layers=["flatten"], folds=3).data,
         "flatten",
         "neighbours",
         {},
@@ -97,7 +97,7 @@ def test_a_folder_that_cannot_hold_them_computes_them_each_time(tmp_path):
 
 def test_a_damaged_sidecar_is_computed_again(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
-    report = cross_validate(str(tmp_path / "c.h5"), ["logreg"], ["flatten"], folds=3)
+    report = cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg"], layers=["flatten"], folds=3)
     path = extras.sidecar(report.data, "flatten", "x", {})
     os.makedirs(os.path.dirname(path))
     with open(path, "wb") as fh:

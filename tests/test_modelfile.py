@@ -49,7 +49,7 @@ def synthetic(tmp_path_factory):
     """A synthetic cache and a logistic regression trained on it, saved as a model file."""
     root = tmp_path_factory.mktemp("modelfile")
     X, _ = synthetic_cache(root / "c.h5", counts=(10, 10, 10), dim=12)
-    bundle = train(str(root / "c.h5"), "logreg", layer="flatten", out=str(root / "m.fbmodel"))
+    bundle = train(str(root / "c.h5"), classifier="logreg", layer="flatten", out=str(root / "m.fbmodel"))
     return root, X, bundle
 
 
@@ -210,7 +210,7 @@ def test_a_crafted_tree_is_refused(synthetic, tmp_path):
     from sklearn.tree._tree import Tree
 
     root, _, _ = synthetic
-    bundle = train(str(root / "c.h5"), "random-forest:n_estimators=3", layer="flatten")
+    bundle = train(str(root / "c.h5"), classifier="random-forest:n_estimators=3", layer="flatten")
     tree = bundle.pipeline.named_steps["clf"].estimators_[1].tree_
     state = tree.__getstate__()
     nodes = state["nodes"].copy()
@@ -289,7 +289,7 @@ def _write(path, data: bytes) -> str:
 @pytest.mark.parametrize("spec", SPECS)
 def test_a_saved_model_predicts_exactly_what_the_trained_one_did(synthetic, tmp_path, spec):
     root, X, _ = synthetic
-    bundle = train(str(root / "c.h5"), spec, layer="flatten", out=str(tmp_path / "m.fbmodel"))
+    bundle = train(str(root / "c.h5"), classifier=spec, layer="flatten", out=str(tmp_path / "m.fbmodel"))
     assert modelfile.kind_of(str(tmp_path / "m.fbmodel")) == "model"
     loaded = load_bundle(str(tmp_path / "m.fbmodel"))
     before, kind = bundle.scores(X)
@@ -348,7 +348,9 @@ def test_the_trusted_list_decides(synthetic, tmp_path, monkeypatch):
     """A type is loaded because it is on the explicit list, not because skops or the file offers it: without
     featurebank's ensemble class on the list, an ensemble's model file is refused, naming it."""
     root, _, _ = synthetic
-    train(str(root / "c.h5"), "ensemble:members=logreg+knn", layer="flatten", out=str(tmp_path / "e.fbmodel"))
+    train(
+        str(root / "c.h5"), classifier="ensemble:members=logreg+knn", layer="flatten", out=str(tmp_path / "e.fbmodel")
+    )
     load_bundle(str(tmp_path / "e.fbmodel"))
     monkeypatch.setattr(modelfile, "TRUSTED_TYPES", [t for t in modelfile.TRUSTED_TYPES if "ZooEnsemble" not in t])
     with pytest.raises(FeaturebankError, match=r"does not trust \(classifiers\.ensemble\.ZooEnsemble\)"):

@@ -63,13 +63,13 @@ def test_cv_train_evaluate_and_the_junk_file_on_real_photos(caches, tmp_path):
     from classifiers.bundle import evaluate, train
     from classifiers.crossval import cross_validate
 
-    report = cross_validate(caches["train"].cache, ["logreg", "knn", "lda"], folds=5)
+    report = cross_validate(caches["train"].cache, classifiers=["logreg", "knn", "lda"], folds=5)
     assert report.best.metric("accuracy")["mean"] > 0.9
     _, outliers = report.outliers(3)
     assert outliers[0]["path"] == "ants/imageNotFound.gif"  # the placeholder is unlike any photo
     judge, suspicious = report.suspicious(5)
     assert judge.classifier == "logreg" and all(s["label"] != s["predicted"] for s in suspicious)
-    bundle = train(caches["train"].cache, "logreg", out=str(tmp_path / "m.joblib"))
+    bundle = train(caches["train"].cache, classifier="logreg", out=str(tmp_path / "m.joblib"))
     result = evaluate(str(tmp_path / "m.joblib"), caches["val"].cache)
     assert result["rows"] == 153 and result["metrics"]["accuracy"] > 0.9
     assert bundle.classes == ["ants", "bees"]

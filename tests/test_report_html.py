@@ -122,7 +122,7 @@ def image_run(tmp_path, classifiers=("logreg", "knn"), before_report=None, class
     with CacheWriter(str(cache), SYNTHETIC_SETTINGS, f"classes:{root}", str(root), {"weights_file": None}) as w:
         w.write_batch(rows, {"flatten": X.astype(np.float32), "layer3": X[:, :8].astype(np.float32)}, empty)
         w.commit([(p, label, "") for p, label in zip(paths, rows["label"])], {})
-    report = cross_validate(cache, list(classifiers), ["flatten"], folds=3)
+    report = cross_validate(cache, classifiers=list(classifiers), layers=["flatten"], folds=3)
     if before_report:
         before_report(root)
     write_report(report, str(tmp_path / "run"), suspicious=5)
@@ -324,7 +324,7 @@ def test_labels_and_paths_are_text_not_markup(tmp_path, monkeypatch):
         w.writerow(["path", "label"])
         w.writerows([("images/" + p, "cats" if p.startswith("cats") else evil) for p in paths + ["dogs/<empty>.jpg"]])
     summary = extract(str(tmp_path / "labels.csv"), **FAST)
-    report = cross_validate(summary.cache, ["logreg", "knn:n_neighbors=3"], folds=3)
+    report = cross_validate(summary.cache, classifiers=["logreg", "knn:n_neighbors=3"], folds=3)
     write_report(report, str(tmp_path / "run"))
     text = (tmp_path / "run" / "report.html").read_text()
     assert evil not in text and "alert(1)" in text
@@ -382,7 +382,7 @@ def test_the_page_needs_no_torch(tmp_path):
     synthetic_cache(tmp_path / "s.h5")
     code = (
         "import sys; from classifiers import cross_validate, write_report; "
-        f"write_report(cross_validate({str(tmp_path / 's.h5')!r}, ['logreg'], ['flatten'], folds=3), "
+        f"write_report(cross_validate({str(tmp_path / 's.h5')!r}, classifiers=['logreg'], layers=['flatten'], folds=3), "
         f"{str(tmp_path / 'run')!r}); assert 'torch' not in sys.modules, 'torch was imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -63,7 +63,7 @@ def run(*args):
 def test_cold_start_picks_one_image_of_every_blob(tmp_path, rule):
     X, blob = blobs()
     cache, paths = write_cache(tmp_path / "flat.h5", X)
-    picked = select(cache, 4, strategy=rule)
+    picked = select(cache, budget=4, strategy=rule)
     assert picked.stage == "cold start" and picked.rule == ("kmeans" if rule == "auto" else rule)
     assert sorted(blob[paths.index(p.path)] for p in picked.picks) == [0, 1, 2, 3]
 
@@ -71,9 +71,9 @@ def test_cold_start_picks_one_image_of_every_blob(tmp_path, rule):
 def test_random_is_the_baseline_and_differs_by_seed(tmp_path):
     X, _ = blobs()
     cache, _ = write_cache(tmp_path / "flat.h5", X)
-    a, b = (select(cache, 5, strategy="random", seed=s) for s in (0, 1))
+    a, b = (select(cache, budget=5, strategy="random", seed=s) for s in (0, 1))
     assert [p.path for p in a.picks] != [p.path for p in b.picks]
-    assert [p.path for p in select(cache, 5, strategy="random", seed=0).picks] == [p.path for p in a.picks]
+    assert [p.path for p in select(cache, budget=5, strategy="random", seed=0).picks] == [p.path for p in a.picks]
 
 
 def test_second_round_picks_near_the_decision_boundary(tmp_path):
@@ -83,7 +83,7 @@ def test_second_round_picks_near_the_decision_boundary(tmp_path):
     for c in (0, 1):
         known[rng.choice(np.flatnonzero(y == c), 3, replace=False)] = f"c{c}"
     cache, paths = write_cache(tmp_path / "half.h5", X, known)
-    picked = select(cache, 6)
+    picked = select(cache, budget=6)
     assert picked.stage == "labelled" and picked.rule == DEFAULT_WARM
     S = prepared(X.copy())
     pool = np.flatnonzero(known == "")
@@ -98,7 +98,7 @@ def test_one_labelled_image_per_class_uses_a_fixed_c_and_says_so(tmp_path):
     known = np.full(len(y), "", dtype=object)
     known[0], known[-1] = "c0", "c1"
     cache, _ = write_cache(tmp_path / "one.h5", X, known)
-    picked = select(cache, 3)
+    picked = select(cache, budget=3)
     assert picked.stage == "labelled" and len(picked.picks) == 3
     assert any("C fixed at 0.1 (a class has a single labelled image" in note for note in picked.notes)
 
@@ -111,8 +111,8 @@ def test_labels_csv_and_cache_labels_give_the_same_picks(tmp_path):
     flat, _ = write_cache(tmp_path / "flat.h5", X)
     labels = tmp_path / "labelled.csv"
     labels.write_text("path,label\n" + "".join(f"{paths[i]},{known[i]}\n" for i in np.flatnonzero(known != "")))
-    a = select(in_cache, 5, seed=3)
-    b = select(flat, 5, seed=3, labels=str(labels))
+    a = select(in_cache, budget=5, seed=3)
+    b = select(flat, budget=5, seed=3, labels=str(labels))
     assert [p.path for p in a.picks] == [p.path for p in b.picks]
     assert a.labelled == b.labelled == 6 and a.classes == b.classes == {"c0": 3, "c1": 3}
 
@@ -120,12 +120,12 @@ def test_labels_csv_and_cache_labels_give_the_same_picks(tmp_path):
 def test_exclude_is_honoured_from_a_manifest_and_a_list(tmp_path):
     X, _ = blobs()
     cache, paths = write_cache(tmp_path / "flat.h5", X)
-    first = [p.path for p in select(cache, 4).picks]
+    first = [p.path for p in select(cache, budget=4).picks]
     sent = tmp_path / "sent.csv"
     sent.write_text("path,label,reason,score\n" + "".join(f"{p},,x,1\n" for p in first[:2]))
     listed = tmp_path / "sent.txt"
     listed.write_text(f"# sent out\n{first[2]}\n")
-    again = select(cache, 4, exclude=[str(sent), str(listed)])
+    again = select(cache, budget=4, exclude=[str(sent), str(listed)])
     assert not set(first[:3]) & {p.path for p in again.picks}
     assert again.excluded == 3 and again.pool == len(paths) - 3
 
@@ -135,7 +135,7 @@ def test_groups_are_never_picked_twice_in_a_batch(tmp_path):
     groups = [f"scene{i // 2}" for i in range(len(X))]  # pairs of neighbouring rows share a scene
     cache, paths = write_cache(tmp_path / "grouped.h5", X, groups=groups)
     for rule in ("kmeans", "random", "probcover"):
-        picked = select(cache, 12, strategy=rule, duplicate_cosine=1.0)  # blobs this tight are near-duplicates
+        picked = select(cache, budget=12, strategy=rule, duplicate_cosine=1.0)  # blobs this tight are near-duplicates
         scenes = [groups[paths.index(p.path)] for p in picked.picks]
         assert len(scenes) == 12 and len(set(scenes)) == 12, (rule, scenes)
 
@@ -144,7 +144,7 @@ def test_near_duplicates_are_not_picked_together(tmp_path):
     X = np.random.default_rng(0).normal(0, 1, (12, 16))
     X = np.concatenate([X, X + 1e-3])  # every image twice
     cache, _ = write_cache(tmp_path / "dups.h5", X)
-    picked = select(cache, 12, strategy="random")
+    picked = select(cache, budget=12, strategy="random")
     S = prepared(X.copy())
     rows = [int(p.path[3:6]) for p in picked.picks]
     cos = S[rows] @ S[rows].T

@@ -100,7 +100,7 @@ def one_per_class_cache(tmp_path, counts=(6, 6, 6)):
 @pytest.mark.parametrize("spec", list_classifiers())
 def test_every_zoo_entry_trains_on_one_labelled_image_per_class(tmp_path, spec):
     cache, csv, X, y, first = one_per_class_cache(tmp_path)
-    bundle = train(cache, spec, out=str(tmp_path / "m.fbmodel"), labels=csv)
+    bundle = train(cache, classifier=spec, out=str(tmp_path / "m.fbmodel"), labels=csv)
     assert bundle.trained_on["rows"] == 3 and bundle.trained_on["class_counts"] == {f"class{c}": 1 for c in range(3)}
     assert bundle.trained_on["labels"] == {"csv": csv, "sha256": sha256_of(csv)}
     assert (bundle.predict(X[first]) == [0, 1, 2]).all()  # each labelled image is its own class
@@ -116,7 +116,9 @@ def test_every_zoo_entry_trains_on_one_labelled_image_per_class(tmp_path, spec):
 @pytest.mark.parametrize("spec", list_classifiers())
 def test_every_zoo_entry_cross_validates_at_one_labelled_image_per_class(tmp_path, spec):
     synthetic_cache(tmp_path / "c.h5", counts=(4, 4, 4), seed=6)
-    report = cross_validate(str(tmp_path / "c.h5"), [spec], ["flatten"], folds=2, shots="1,all", draws=2, extras=None)
+    report = cross_validate(
+        str(tmp_path / "c.h5"), classifiers=[spec], layers=["flatten"], folds=2, shots="1,all", draws=2, extras=None
+    )
     curve = {r["shots"]: r for r in report.curve}
     assert curve[1]["draws"] == 2 and 0.0 <= curve[1]["mean"] <= 1.0
     assert curve["all"]["mean"] == report.results[0].metric("balanced_accuracy")["mean"]
@@ -125,19 +127,19 @@ def test_every_zoo_entry_cross_validates_at_one_labelled_image_per_class(tmp_pat
 def test_cv_refuses_one_image_per_class_in_one_line(tmp_path):
     cache, csv, *_ = one_per_class_cache(tmp_path)
     with pytest.raises(FeaturebankError, match="1 labelled image: cross-validation .* cv --shots"):
-        cross_validate(cache, ["logreg"], ["flatten"], folds=2, labels=csv, extras=None)
+        cross_validate(cache, classifiers=["logreg"], layers=["flatten"], folds=2, labels=csv, extras=None)
 
 
 def test_train_with_unlabeled_rows_records_what_was_decided(tmp_path):
     cache, csv, X, y, first = one_per_class_cache(tmp_path, counts=(10, 10, 10))
-    bundle = train(cache, "logreg", labels=csv, unlabeled=True)
+    bundle = train(cache, classifier="logreg", labels=csv, unlabeled=True)
     u = bundle.trained_on["unlabeled"]
     assert u["rows"] == 27 and u["mode"] == "spread" and u["used"] and u["pseudo_labelled"] == 27
     assert u["decision"].startswith("used, not checked: a class has 1 labelled image")
     assert type(bundle.pipeline).__name__ == "Pipeline"  # the classifier as fit: a plain zoo Pipeline
     with pytest.raises(FeaturebankError, match="no unlabeled rows"):
         synthetic_cache(tmp_path / "full.h5", counts=(3, 3))
-        train(str(tmp_path / "full.h5"), "logreg", unlabeled=True)
+        train(str(tmp_path / "full.h5"), classifier="logreg", unlabeled=True)
 
 
 def partly_labelled(tmp_path, labelled_per_class=4, counts=(14, 14)):
@@ -155,7 +157,7 @@ def partly_labelled(tmp_path, labelled_per_class=4, counts=(14, 14)):
 def test_cv_unlabeled_scores_only_labelled_held_out_rows_side_by_side(tmp_path):
     cache, csv, paths, chosen = partly_labelled(tmp_path)
     report = cross_validate(
-        cache, ["logreg:C=1.0", "knn"], ["flatten"], folds=2, labels=csv, unlabeled=True, extras=None
+        cache, classifiers=["logreg:C=1.0", "knn"], layers=["flatten"], folds=2, labels=csv, unlabeled=True, extras=None
     )
     names = [r.classifier for r in report.results]
     assert names == ["logreg:C=1.0", "logreg:C=1.0 +unlabeled", "knn", "knn +unlabeled"]
@@ -187,9 +189,13 @@ def test_learning_curve_all_equals_plain_cv_and_draws_are_reproducible(tmp_path)
     synthetic_cache(tmp_path / "c.h5", counts=(12, 10, 8), seed=8)
     cache = str(tmp_path / "c.h5")
     specs = ["logreg:C=1.0", "knn"]  # fixed, fast entries: the curve is under test
-    plain = cross_validate(cache, specs, ["flatten"], folds=3, extras=None)
-    curved = cross_validate(cache, specs, ["flatten"], folds=3, shots="1,2,5,all", draws=2, extras=None)
-    again = cross_validate(cache, specs, ["flatten"], folds=3, shots=[5, 1, 2, "all"], draws=2, extras=None)
+    plain = cross_validate(cache, classifiers=specs, layers=["flatten"], folds=3, extras=None)
+    curved = cross_validate(
+        cache, classifiers=specs, layers=["flatten"], folds=3, shots="1,2,5,all", draws=2, extras=None
+    )
+    again = cross_validate(
+        cache, classifiers=specs, layers=["flatten"], folds=3, shots=[5, 1, 2, "all"], draws=2, extras=None
+    )
     assert curved.curve == again.curve  # seeded: the same draws, the same scores
     for spec in specs:
         points = {r["shots"]: r for r in curved.curve if r["classifier"] == spec and not r.get("projection")}
@@ -264,7 +270,7 @@ def test_cv_shots_on_the_command_line_prints_the_curve_and_writes_it(tmp_path):
 def test_predict_on_a_cache_writes_pseudo_labels_least_confident_first(tmp_path):
     cache, csv, paths, chosen = partly_labelled(tmp_path)
     model = str(tmp_path / "m.fbmodel")
-    train(cache, "logreg:C=1.0", out=model, labels=csv)
+    train(cache, classifier="logreg:C=1.0", out=model, labels=csv)
     out = tmp_path / "pseudo.csv"
     result = CliRunner().invoke(cli.main, ["predict", model, cache, "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -296,7 +302,15 @@ def test_fallbacks_are_found_inside_an_ensemble():
 def test_the_learning_curve_with_unlabeled_rows_has_both_curves(tmp_path):
     cache, csv, paths, chosen = partly_labelled(tmp_path)
     report = cross_validate(
-        cache, ["knn"], ["flatten"], folds=2, labels=csv, unlabeled=True, shots="1,2,all", draws=1, extras=None
+        cache,
+        classifiers=["knn"],
+        layers=["flatten"],
+        folds=2,
+        labels=csv,
+        unlabeled=True,
+        shots="1,2,all",
+        draws=1,
+        extras=None,
     )
     curves = {(r["classifier"], r["shots"]): r for r in report.curve if not r.get("projection")}
     assert set(curves) == {(c, k) for c in ("knn", "knn +unlabeled") for k in (1, 2, "all")}

@@ -180,7 +180,7 @@ def test_a_model_on_flip_features_predicts_and_exports_with_flip(pairs, tmp_path
         os.makedirs(images / "b", exist_ok=True)
         ImageOps.flip(Image.open(images / "a" / f"{i}.png")).save(images / "b" / f"{i}.png")
     embedder.extract(str(images), str(tmp_path / "train.h5"), tta="flip", **FAST)
-    bundle = train(str(tmp_path / "train.h5"), "logreg", out=str(tmp_path / "m.joblib"))
+    bundle = train(str(tmp_path / "train.h5"), classifier="logreg", out=str(tmp_path / "m.joblib"))
     assert bundle.settings["tta"] == "flip"
     result = predict(str(tmp_path / "m.joblib"), [str(mirrored)], top=2, batch_size=4)
     assert embedder.CacheReader(result["cache"]).settings["tta"] == "flip"

@@ -29,6 +29,8 @@ from embedder.kernel.versions import version_of
 from . import cpu as host
 from .cpu import CpuInfo, cpu_cores
 
+BATCH_SIZE = 32  # images per engine call: the default of extract's --batch-size (ExtractOptions) and of all below
+
 ENGINES = ("auto", "torch", "onnxruntime")
 
 
@@ -195,7 +197,7 @@ def open_engine(
     *,
     engine: str = "auto",
     device: str = "cpu",
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     calibration=None,
     prepared: Prepared | None = None,
 ) -> Engine:
@@ -400,7 +402,7 @@ def prepare_int8(
     calibration,
     prepared: Prepared | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     force: bool = False,
     cpu: CpuInfo | None = None,
 ) -> Int8Choice:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from embedder.engines.engine import cpu_cores
+from embedder.engines.engine import BATCH_SIZE, cpu_cores
 from embedder.kernel.preprocess import Preprocessing
 
 from .decode import DEFAULT_MAX_PIXELS, Decoded, decode_file, to_rgb
@@ -101,7 +101,7 @@ class ThreadBatches:
     ahead of the consumer (bounded memory). Decoding starts when this is created, so that whatever the caller does
     next (loading the engine) overlaps with it."""
 
-    def __init__(self, dataset: ImageDataset, batch_size: int = 32, threads: int | None = None, ahead: int = 2):
+    def __init__(self, dataset: ImageDataset, batch_size: int = BATCH_SIZE, threads: int | None = None, ahead: int = 2):
         self.dataset, self.batch_size = dataset, batch_size
         self.pool = ThreadPoolExecutor(threads or cpu_cores(), thread_name_prefix="featurebank-decode")
         self.pending: deque = deque()
@@ -143,7 +143,7 @@ class ThreadBatches:
 
 def batches(
     dataset: ImageDataset,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     workers: int | None = None,
     pin_memory: bool = False,
     device_type: str = "cpu",

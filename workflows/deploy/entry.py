@@ -17,6 +17,7 @@ from embedder.kernel.destination import check_destination
 from embedder.kernel.errors import FeaturebankError
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import EngineStore, engine_dir_for
+from embedder.options import with_overrides
 
 from .head import Head, NotExportable, refusal
 from .options import ExportOptions
@@ -24,11 +25,13 @@ from .run import Exported, cache_listing, export_checkpoint, labelled_images
 from .run import export as write_onnx
 
 
-def export(model: str, options: ExportOptions) -> Exported:
+def export(model: str, options: ExportOptions | None = None, **overrides) -> Exported:
     """``model`` as one ONNX file ``options.out``: a checkpoint (``.pth``...: its own head, ``options.backbone`` when
     it does not say) or a model file of ``train`` (its backbone, layer and classifier; ``options.weights``: where its
-    weights file is now)."""
-    o = options
+    weights file is now). ``overrides``: fields of ``ExportOptions`` by name (``out="model.onnx"``)."""
+    o = with_overrides(ExportOptions, options, overrides)
+    if not o.out:
+        raise FeaturebankError("export needs out: the ONNX file to write")
     if is_checkpoint(model):
         return export_checkpoint(
             model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images, int8=o.int8
@@ -72,12 +75,7 @@ def export_model(
 
     def build_model():
         return load_backbone(
-            options["backbone"],
-            options["weights"],
-            options["seed"],
-            options["resize"],
-            options["crop"],
-            options["draft"],
+            options.backbone, options.weights, options.seed, options.resize, options.crop, options.draft
         ).model
 
     about = {
@@ -94,7 +92,7 @@ def export_model(
             build_model,
             Head(bundle.classes, bundle.pipeline, bundle.classifier, samples),
             out,
-            store=EngineStore(options.get("engine_dir") or engine_dir_for(cache)),
+            store=EngineStore(options.engine_dir or engine_dir_for(cache)),
             precision=precision or ("int8" if settings.int8 else "fp32"),
             calibration=listing,
             int8=int8,

@@ -1,12 +1,12 @@
 """``export``'s options as one value (each field says once its default, help and reading:
-``embedder.options.option``). Imports nothing heavy, so that the command line can build it before anything runs."""
+``embedder.options.option``): ``workflows.deploy.entry.export(model, options, **overrides)``. Imports nothing heavy, so that the command line can build it before anything runs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from embedder.kernel.settings import ONNX_PRECISIONS, Int8
-from embedder.options import BACKBONE, option
+from embedder.options import BACKBONE, ExtractOptions, RunOptions, option, same_as
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,14 +30,11 @@ class ExportOptions:
         "(default: the model's training images; a checkpoint needs them).",
         path={},
     )
-    calibration_images: int = option(256, "int8: images drawn reproducibly to calibrate on.", low=1)
-    seed: int = option(0, "Seed of the int8 calibration draw.")
-    trust_pickle: bool = option(
-        False,
-        "Also load an old model file (a joblib pickle). Unpickling runs whatever code "
-        "the file names: only for files you made or trust; featurebank convert OLD NEW "
-        "rewrites one once in the safe format.",
+    calibration_images: int = same_as(
+        ExtractOptions, "calibration_images", "int8: images drawn reproducibly to calibrate on."
     )
+    seed: int = same_as(ExtractOptions, "seed", "Seed of the int8 calibration draw.")
+    trust_pickle: bool = same_as(RunOptions, "trust_pickle")
 
     @property
     def int8(self) -> Int8:

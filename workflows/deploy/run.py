@@ -13,7 +13,7 @@ import onnx
 
 from embedder.backbones.registry import file_metadata, head_classes, load_backbone, output_node
 from embedder.cache.hdf5 import CacheReader
-from embedder.engines.engine import open_engine, prepare_int8, settings_fp32
+from embedder.engines.engine import BATCH_SIZE, open_engine, prepare_int8, settings_fp32
 from embedder.inputs.batches import ImageDataset, ThreadBatches
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.inputs.sources import Item, Listing, list_inputs
@@ -152,7 +152,7 @@ def compare(
     prep,
     max_pixels: int,
     threads: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
 ) -> dict:
     """Both files on the same decoded images: accuracy of each, and how often they name the same class."""
     import onnxruntime as ort

@@ -7,15 +7,15 @@ Each field says once its default, its help and how a command-line value is read 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.kernel.errors import FeaturebankError
 from embedder.kernel.settings import AUGMENTATIONS, TORCH_PRECISIONS
-from embedder.options import BACKBONE, DEVICE, option
+from embedder.options import BACKBONE, DEVICE, ExtractOptions, option, same_as, with_overrides
 
 from .fixed_views import DEFAULT_VIEWS, parse_views
 
+RUN_FOLDER = "runs/finetune"  # where a run goes when no folder is given (finetune's out, the command's --out)
 BN_POLICIES = ("frozen", "train")
 # auto: views where the network splits and its trunk fits float16, else pixels (run.finetune decides, with a note);
 # views: the frozen trunk run once (cached_loop); the others: pixels
@@ -49,7 +49,7 @@ class TrainingOptions:
     lr: float = option(1e-3, "AdamW learning rate of the head (cosine decay).", low=0, low_open=True)
     backbone_lr_scale: float = option(0.1, "The unfrozen pretrained layers learn at lr x this.", low=0)
     weight_decay: float = option(1e-4, low=0)
-    batch_size: int = option(32, low=1)
+    batch_size: int = same_as(ExtractOptions, "batch_size", "Images per training step.")
     dropout: float = option(0.2, "On the head's input.", low=0, high=1, high_open=True)
     bn: str = option(
         "frozen", "frozen: BatchNorm parameters and running statistics stay as they were.", choices=BN_POLICIES
@@ -123,13 +123,13 @@ class FinetuneOptions:
         "Leave out --test files whose bytes equal a training or validation image "
         "(the report lists them). [default: refuse them before training]",
     )
-    backbone: str = option("resnet50", check=BACKBONE, short="-b")
-    weights: str | None = option("DEFAULT", "As in extract: a weights name, a .pth file, none.", short="-w")
-    resize: int | None = option(None, "Shorter side for evaluation (default: from the weights).", low=16)
-    crop: int | None = option(None, "Crop size (default: from the weights).", low=16)
-    draft: bool = option(True, "Decode big JPEGs at full size (as in extract).", flag="--no-draft")
-    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Larger images are skipped as decompression bombs.", low=1)
-    device: str = option("auto", check=DEVICE)
+    backbone: str = same_as(ExtractOptions, "backbone", "A torchvision model name, or timm:NAME[.TAG].", check=BACKBONE)
+    weights: str | None = same_as(ExtractOptions, "weights", "As in extract: a weights name, a .pth file, none.")
+    resize: int | None = same_as(ExtractOptions, "resize", "Shorter side for evaluation (default: from the weights).")
+    crop: int | None = same_as(ExtractOptions, "crop", "Crop size (default: from the weights).")
+    draft: bool = same_as(ExtractOptions, "draft", "Decode big JPEGs at full size (as in extract).")
+    max_pixels: int = same_as(ExtractOptions, "max_pixels")
+    device: str = same_as(ExtractOptions, "device", check=DEVICE)
     resume: bool = option(False, "Continue the interrupted run in --out.")
     from_scratch: bool = option(False, "Also train the same architecture from random weights, for comparison.")
     compare: str | None = option(
@@ -145,6 +145,4 @@ class FinetuneOptions:
     def of(cls, **options) -> FinetuneOptions:
         """From flat keywords (``epochs=5, backbone="resnet18"``), as ``finetune()`` and the command line take them;
         a keyword that is no option is a TypeError, as for any function."""
-        names = {f.name for f in fields(TrainingOptions)}
-        training = TrainingOptions(**{k: options.pop(k) for k in list(options) if k in names})
-        return cls(**options, training=training)
+        return with_overrides(cls, None, options)

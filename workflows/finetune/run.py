@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from classifiers.from_run import best_row, fit_row
 from classifiers.metrics import full_proba, scores
@@ -16,11 +16,12 @@ from embedder.backbones.registry import load_backbone, resolve_weights
 from embedder.inputs.batches import default_workers
 from embedder.kernel.errors import FeaturebankError
 from embedder.kernel.versions import library_versions
+from embedder.options import ExtractOptions, with_overrides
 
 from .cached_loop import ViewEpochs, store_settings
 from .center_pass import CenterEmbedding
 from .loop import TrainingConfig, evaluate_images, load_best, train_loop
-from .options import FinetuneOptions
+from .options import RUN_FOLDER, FinetuneOptions
 from .probe import linear_probe
 from .report import (
     NOTES,
@@ -88,7 +89,7 @@ def _compared_row(o: FinetuneOptions, spec):
 
 def finetune(
     train,
-    out: str = "runs/finetune",
+    out: str = RUN_FOLDER,
     options: FinetuneOptions | None = None,
     *,
     progress: bool = False,
@@ -96,8 +97,9 @@ def finetune(
     say=None,
     **keywords,
 ) -> FinetuneResult:
-    """Fine-tune a backbone on the labelled images of ``train`` and write the run into ``out``: ``options``, or the
-    same as keywords (``epochs=5, backbone="resnet18"``: ``FinetuneOptions.of``). The epoch is chosen on ``val`` (or
+    """Fine-tune a backbone on the labelled images of ``train`` and write the run into ``out``: ``options`` (a
+    ``FinetuneOptions``) with ``keywords`` overriding its fields and those of its ``training`` by name (``epochs=5,
+    backbone="resnet18"``). The epoch is chosen on ``val`` (or
     a ``val_split`` of ``train``); ``test`` images, when given, are embedded and scored only after training, and the
     comparison is reported on them (``drop_test_copies``: without the test files whose bytes equal a training or
     validation image; else such a file is refused before training).
@@ -107,7 +109,7 @@ def finetune(
     was started with. ``say(line)`` receives the run's notes and the one-time passes' lines (``on_epoch_end(epoch,
     row)`` each finished epoch, ``row["epoch_seconds"]`` that epoch's own time). A Ctrl-C (``KeyboardInterrupt``)
     goes through with a ``kept`` attribute: what the interrupted run kept, in words."""
-    o = options if options is not None and not keywords else FinetuneOptions.of(**{**_flat(options), **keywords})
+    o = with_overrides(FinetuneOptions, options, keywords)
     saved: dict = {"epoch": None, "trunk": None, "notes": []}  # what a Ctrl-C leaves: the last epoch, the store
 
     def said(line: str) -> None:
@@ -174,21 +176,21 @@ def _views_embedding(o: FinetuneOptions, spec, dev, progress: bool):
 def _pixel_embedding(o: FinetuneOptions, spec, progress: bool) -> Embedding:
     t = o.training
     return Embedding(
-        dict(
+        ExtractOptions(
             backbone=o.backbone,
             weights=spec.path if spec.kind == "file" else o.weights,
             seed=t.seed,
             resize=o.resize,
             crop=o.crop,
             draft=o.draft,
-            layers=["penultimate"],
+            layers=("penultimate",),
             device=o.device,
             batch_size=t.batch_size,
             workers=t.workers,
             max_pixels=o.max_pixels,
             cache_dir=o.cache_dir,
-            progress=progress,
-        )
+        ),
+        progress,
     )
 
 
@@ -399,11 +401,3 @@ def _config(o: FinetuneOptions, spec, classes, train_images: int, val_images: in
         val_images=val_images,
         validation=how,
     )
-
-
-def _flat(options: FinetuneOptions | None) -> dict:
-    """``options`` as the flat keywords ``FinetuneOptions.of`` takes (none: the defaults)."""
-    if options is None:
-        return {}
-    flat = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "training"}
-    return {**flat, **{f.name: getattr(options.training, f.name) for f in fields(options.training)}}

@@ -20,6 +20,7 @@ from embedder.cache.hdf5 import CacheReader
 from embedder.cache.hdf5 import own_groups as groups_of_rows
 from embedder.job import extract
 from embedder.kernel.errors import FeaturebankError
+from embedder.options import ExtractOptions
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,14 @@ class Embedded:
 class Embedding:
     """``extract`` with the run's settings, remembering the caches, skipped files and seconds it took."""
 
-    def __init__(self, settings: dict):
-        self.settings = settings
+    def __init__(self, options: ExtractOptions, progress: bool = False):
+        self.options, self.progress = options, progress
         self.skipped: list[dict] = []
         self.caches: list[str] = []
         self.seconds = 0.0
 
     def __call__(self, source, part: str) -> Embedded:
-        summary = extract(source, **self.settings)
+        summary = extract(source, None, self.options, progress=self.progress)
         self.seconds += summary.seconds if summary.embedded else 0.0
         self.skipped += [{"path": f["path"], "reason": f["reason"], "part": part} for f in summary.failed]
         self.caches.append(summary.cache)
