@@ -17,7 +17,7 @@ from sklearn.model_selection import GridSearchCV
 
 from embedder.cache import CacheReader
 from embedder.destination import check_destination, refuse_overwrite
-from embedder.errors import FeaturebankError
+from embedder.errors import IncompatibleSettings, InvalidValue, MissingFile
 from embedder.job import extract
 from embedder.settings import ExtractionSettings
 from embedder.sources import Listing, list_inputs
@@ -65,7 +65,7 @@ class Bundle:
         """``X`` when it has the features the classifier takes; else one line, before the classifier sees a row."""
         takes = input_dimensions(self.pipeline)
         if takes is not None and X.ndim == 2 and X.shape[1] != takes:
-            raise FeaturebankError(
+            raise IncompatibleSettings(
                 f"{where}'s {self.layer} has {X.shape[1]} dimensions; the model's classifier takes {takes}: "
                 f"the model file's layer is not the one it was trained on"
             )
@@ -116,13 +116,13 @@ def train(
     if out:
         check_destination(out, [reader.path], "the model file")
     if len(data.classes) < 2:
-        raise FeaturebankError(f"only one class ({data.classes[0]}): a classifier needs at least two")
+        raise InvalidValue(f"only one class ({data.classes[0]}): a classifier needs at least two")
     if groups and data.groups is None:
-        raise FeaturebankError(f"{reader.path} has no groups: give a CSV manifest with a group column")
+        raise InvalidValue(f"{reader.path} has no groups: give a CSV manifest with a group column")
     if unlabeled and unlabeled_mode not in MODES:
-        raise FeaturebankError(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
+        raise InvalidValue(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
     if unlabeled and not data.unlabeled:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{reader.path} has no unlabeled rows for --unlabeled: extract unlabeled images into it, or give "
             f"--labels with some images left unlabeled"
         )
@@ -235,7 +235,7 @@ def int8_layers(bundle: Bundle) -> list[str]:
 def check_cache(reader: CacheReader, bundle: Bundle) -> None:
     differ = settings_differ(reader.settings, bundle)
     if differ:
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"{reader.path} was not made with the model's embedding settings ({differ[0]}); "
             f"give the images instead and they are embedded with the model's settings"
         )
@@ -250,13 +250,13 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> dict:
     if identity.startswith("sha256:"):
         path = weights or bundle.weights_file
         if not path or not os.path.lexists(path):
-            raise FeaturebankError(
+            raise MissingFile(
                 f"the model was trained on features of the weights file {bundle.weights_file} "
                 f"({identity[:19]}...), which is not there: pass --weights PATH to that file"
             )
         found = f"sha256:{weights_digest(path)}"
         if found != identity:
-            raise FeaturebankError(
+            raise IncompatibleSettings(
                 f"{path} is not the weights file the model was trained with ({found[:19]}... is not {identity[:19]}...)"
             )
         weights = path
@@ -344,7 +344,7 @@ def _cache_or_images(bundle: Bundle, data, cache, weights, layout, run) -> Cache
     listing = _listing(data, layout, None)
     if not listing.labeled:  # said before a single image is embedded, not after all of them
         shown = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "the images given"
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{shown} has no labels (a {listing.kind} input): evaluate needs labelled images, a folder of class "
             f"folders (give {os.path.dirname(os.path.abspath(shown))} if {os.path.basename(shown)} is one class "
             f"of it) or a CSV manifest with a label column; to classify unlabeled images, use predict"
@@ -368,7 +368,7 @@ def evaluate(
     test = labeled(reader)
     unknown = sorted(set(test.classes) - set(bundle.classes))
     if unknown:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"classes the model was not trained on: {', '.join(unknown[:10])} (it knows {', '.join(bundle.classes)})"
         )
     index = {c: i for i, c in enumerate(bundle.classes)}
@@ -472,14 +472,14 @@ def pseudo_labels(model, cache, *, sort: str = "confidence", trust_pickle: bool 
     or by path. The confidence is the predicted class's probability, or its decision score for a classifier
     without probabilities (``"score"`` says which)."""
     if sort not in SORTS:
-        raise FeaturebankError(f"--sort {sort!r}: choose {' or '.join(SORTS)}")
+        raise InvalidValue(f"--sort {sort!r}: choose {' or '.join(SORTS)}")
     bundle = _bundle(model, trust_pickle)
     reader = open_cache(cache)
     check_cache(reader, bundle)
     labels = reader.labels
     rows = np.arange(len(reader)) if labels is None else np.flatnonzero(labels == "")
     if not len(rows):
-        raise FeaturebankError(
+        raise InvalidValue(
             f"every row of {reader.path} is labelled: there is nothing to pseudo-label "
             f"(featurebank evaluate MODEL {reader.path} scores the model on them)"
         )
@@ -527,7 +527,7 @@ def predict_imagenet(
     reader = CacheReader(summary.cache)
     logits = reader.features(reader.layers[0]).astype(np.float64) if len(reader) else np.empty((0, len(classes)))
     if logits.shape[1] != len(classes):
-        raise FeaturebankError(
+        raise InvalidValue(
             f"the {backbone} head has {logits.shape[1]} outputs, not the {len(classes)} ImageNet classes"
         )
     proba = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedder.errors import FeaturebankError
+from embedder.errors import InvalidValue
 
 DEFAULT_BUDGET = 12 * 60.0  # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras;
 # 12 minutes of estimates leave room for reading the layer, imports and writing the report within about 15
@@ -190,11 +190,11 @@ def parse_budget(text) -> float | None:
     elif value and re.fullmatch(rf"(?:{_DURATION.pattern}\s*)+", value):
         seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in _DURATION.findall(value))
     else:
-        raise FeaturebankError(f"--budget {text!r}: write a duration like 90s, 15m, 2h or 1h30m, or none")
+        raise InvalidValue(f"--budget {text!r}: write a duration like 90s, 15m, 2h or 1h30m, or none")
     if seconds <= 0:
-        raise FeaturebankError(f"--budget {text!r}: give a duration above zero (90s, 15m, 2h), or none")
+        raise InvalidValue(f"--budget {text!r}: give a duration above zero (90s, 15m, 2h), or none")
     if not seconds <= MAX_BUDGET:  # a 400-digit number is infinity as a float: an OverflowError later
-        raise FeaturebankError(f"--budget {str(text)[:40]!r}: give at most {MAX_BUDGET // 86400:.0f} days, or none")
+        raise InvalidValue(f"--budget {str(text)[:40]!r}: give at most {MAX_BUDGET // 86400:.0f} days, or none")
     return seconds
 
 

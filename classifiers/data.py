@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedder.cache import CacheReader
-from embedder.errors import FeaturebankError
+from embedder.errors import IncompatibleSettings, InvalidValue
 
 COMPOSITE = "+"  # "layer3+layer4": the horizontal concatenation of those layers of one cache
 
@@ -100,7 +100,7 @@ def check_layers(reader: CacheReader, layers) -> list[str]:
     for layer in wanted:
         parts = [reader.layer(part.strip()) for part in layer.split(COMPOSITE)]
         if len(set(parts)) < len(parts):
-            raise FeaturebankError(f"layer {layer!r} names a layer twice")
+            raise InvalidValue(f"layer {layer!r} names a layer twice")
         out.append(COMPOSITE.join(parts))
     return list(dict.fromkeys(out))  # "penultimate" and its node's name are one layer
 
@@ -111,13 +111,13 @@ def labeled(cache: str | CacheReader, labels: np.ndarray | None = None) -> Label
     reader = open_cache(cache)
     labels = reader.labels if labels is None else np.asarray(labels, dtype=object)
     if labels is None:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{reader.path} has no labels: extract a class-per-folder tree or a CSV manifest "
             f"with a label column (its input was {reader.attrs['source']})"
         )
     keep = np.flatnonzero(labels != "")
     if len(keep) == 0:
-        raise FeaturebankError(f"{reader.path} has no labelled rows")
+        raise InvalidValue(f"{reader.path} has no labelled rows")
     names = labels[keep]
     classes = sorted(set(names.tolist()))
     index = {c: i for i, c in enumerate(classes)}
@@ -141,14 +141,14 @@ def aligned(first: Labeled, cache: str | CacheReader, labels: np.ndarray | None 
     other = labeled(cache, labels)
     where = {p: i for i, p in enumerate(other.paths.tolist())}
     if len(where) < len(other.paths):
-        raise FeaturebankError(f"{other.reader.path} has a path in more than one row")
+        raise InvalidValue(f"{other.reader.path} has a path in more than one row")
     mine = first.paths.tolist()
     missing = [p for p in mine if p not in where]
     extra = sorted(set(where) - set(mine))
     if missing or extra:
         said = [f"{len(missing)} labelled image(s) only in {first.reader.path} (e.g. {missing[0]})"] if missing else []
         said += [f"{len(extra)} only in {other.reader.path} (e.g. {extra[0]})"] if extra else []
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"the caches do not hold the same labelled images: {'; '.join(said)}; "
             f"extract the same input with each backbone"
         )
@@ -158,7 +158,7 @@ def aligned(first: Labeled, cache: str | CacheReader, labels: np.ndarray | None 
     differ = np.flatnonzero(theirs != ours)
     if len(differ):
         i = differ[0]
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"the caches label {len(differ)} image(s) differently (e.g. {mine[i]}: {ours[i]} in "
             f"{first.reader.path}, {theirs[i]} in {other.reader.path})"
         )
@@ -166,7 +166,7 @@ def aligned(first: Labeled, cache: str | CacheReader, labels: np.ndarray | None 
     b = other.reader.rows["digest"][other.rows[at]]
     changed = np.flatnonzero((a != "") & (b != "") & (a != b))
     if len(changed):
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"{len(changed)} image(s) changed between the caches (e.g. {mine[changed[0]]}): "
             f"extract them again so that every cache embeds the same files"
         )

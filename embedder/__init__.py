@@ -3,7 +3,9 @@
 The names below are imported on first use, so that ``featurebank --help`` does not wait for torch.
 """
 
-from .lazy import lazy_attributes
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_attributes, lazy_dir
 
 __version__ = "0.1.0"
 
@@ -14,6 +16,10 @@ _EXPORTS = {
     "ExtractSummary": "job",
     "extract": "job",
     "FeaturebankError": "errors",
+    "FileProblem": "errors",
+    "IncompatibleSettings": "errors",
+    "InvalidValue": "errors",
+    "MissingFile": "errors",
     "feature_dim": "backbones",
     "layer_shapes": "backbones",
     "list_backbones": "backbones",
@@ -22,3 +28,11 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_attributes(__name__, _EXPORTS)
+__dir__ = lazy_dir(globals(), _EXPORTS)
+
+if TYPE_CHECKING:  # the real names, for type checkers and editors; at run time each is imported on first use
+    from .backbones import feature_dim, layer_shapes, list_backbones, load_backbone
+    from .cache import CacheReader, load
+    from .errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue, MissingFile
+    from .job import ExtractSummary, extract
+    from .transformer import Embedder

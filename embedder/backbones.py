@@ -32,7 +32,7 @@ from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from . import timm_source
-from .errors import FeaturebankError, first_line
+from .errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue, MissingFile, first_line
 from .preprocess import Preprocessing
 from .statedicts import head_outputs, parameters_on_meta, read_state_dict
 from .timm_source import is_timm_model, is_timm_name
@@ -120,7 +120,7 @@ def check_backbone(name: str) -> str:
         return name
     close = difflib.get_close_matches(name, names, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else "; `featurebank backbones` lists them"
-    raise FeaturebankError(f"unknown backbone {name!r}{hint}")
+    raise InvalidValue(f"unknown backbone {name!r}{hint}")
 
 
 def weights_enum(name: str):
@@ -166,7 +166,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
     weights = os.fspath(weights)
     if os.path.isfile(weights) or looks_like_file(weights):
         if not os.path.isfile(weights):
-            raise FeaturebankError(f"weights file not found: {weights}")
+            raise MissingFile(f"weights file not found: {weights}")
         path = os.path.abspath(weights)
         return Weights("file", f"sha256:{sha256_file(path)}", path=path)
     if is_timm_name(name):
@@ -179,7 +179,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
         member = enum_cls[short]
     else:
         choices = ", ".join(["DEFAULT", *enum_cls.__members__, "none", "a path to a .pth file"])
-        raise FeaturebankError(f"unknown weights {weights!r} for {name}: choose one of {choices}")
+        raise InvalidValue(f"unknown weights {weights!r} for {name}: choose one of {choices}")
     return Weights("torchvision", f"{enum_cls.__name__}.{member.name}", enum=member)
 
 
@@ -230,7 +230,7 @@ def _load_file(name: str, weights: Weights) -> nn.Module:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:
         mismatch = str(exc).strip().splitlines()[-1].strip()
-        raise FeaturebankError(f"weights file {weights.path} does not fit {name}: {mismatch}") from None
+        raise IncompatibleSettings(f"weights file {weights.path} does not fit {name}: {mismatch}") from None
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:
@@ -239,7 +239,7 @@ def _load_file(name: str, weights: Weights) -> nn.Module:
             parts.append(
                 f"{len(result.unexpected_keys)} unexpected keys ({', '.join(result.unexpected_keys[:3])}, ...)"
             )
-        raise FeaturebankError(f"weights file {weights.path} does not fit {name}: {'; '.join(parts)}")
+        raise IncompatibleSettings(f"weights file {weights.path} does not fit {name}: {'; '.join(parts)}")
     return model.float()
 
 
@@ -272,23 +272,23 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     if spec.kind == "timm":
         return timm_source.imagenet_classes(canonical_name(name, spec))
     if spec.kind == "none":
-        raise FeaturebankError("random weights have no classes: give --weights DEFAULT or an ImageNet checkpoint file")
+        raise InvalidValue("random weights have no classes: give --weights DEFAULT or an ImageNet checkpoint file")
     if spec.kind == "torchvision":
         categories = spec.enum.meta.get("categories")
         if not categories:
-            raise FeaturebankError(f"{spec.identity} carries no class names")
+            raise InvalidValue(f"{spec.identity} carries no class names")
         return list(categories)
     classes = file_metadata(spec.path).get("classes")
     if classes:
         if not isinstance(classes, list) or not all(isinstance(c, str) and "\0" not in c for c in classes):
-            raise FeaturebankError(f"weights file {spec.path} records classes that are not a list of names")
+            raise FileProblem(f"weights file {spec.path} records classes that are not a list of names")
         return list(classes)
     state = timm_source.read_state(spec.path) if is_timm_name(name) else read_state_dict(spec.path)
     probe = skeleton(name)
     head = f"{head_name(probe)}.weight"
     outputs = head_outputs(state, head, head_inputs(probe), spec.path)
     if outputs != 1000:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{spec.path} has a head of {outputs} outputs, not ImageNet's 1000: train a "
             f"featurebank model on its features instead"
         )
@@ -309,7 +309,7 @@ def _load_torchvision(name: str, weights: Weights) -> nn.Module:
         return model
     except Exception as exc:
         if os.path.exists(cached):
-            raise FeaturebankError(f"cannot load {weights.identity} from {cached}: {first_line(exc)}") from None
+            raise FileProblem(f"cannot load {weights.identity} from {cached}: {first_line(exc)}") from None
         raise FeaturebankError(
             f"cannot download {weights.identity} ({type(exc).__name__}; no network?): save {url} as {cached} "
             f"(or set TORCH_HOME), or pass a local checkpoint with --weights path/to/file.pth"
@@ -379,7 +379,7 @@ def recorded_preprocessing(stored, path: str | None) -> Preprocessing:
     try:
         return _recorded_preprocessing(stored)
     except ValueError as exc:
-        raise FeaturebankError(
+        raise FileProblem(
             f"weights file {path} records a preprocessing that is not valid ({exc}); was it written by featurebank "
             f"finetune? Save its state dict alone to use the backbone's standard preprocessing"
         ) from None
@@ -450,7 +450,7 @@ def resolve_layers(model: nn.Module, layers=None) -> list[str]:
         elif layer not in names and not any(n.startswith(layer + ".") for n in names):
             close = difflib.get_close_matches(layer, names, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise FeaturebankError(f"unknown layer {layer!r}{hint}; `featurebank layers BACKBONE` lists them")
+            raise InvalidValue(f"unknown layer {layer!r}{hint}; `featurebank layers BACKBONE` lists them")
         if layer not in resolved:
             resolved.append(layer)
     return resolved

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import cpu as host
 from .cpu import CpuInfo, cpu_cores
-from .errors import FeaturebankError, first_line
+from .errors import FeaturebankError, FileProblem, InvalidValue, MissingFile, first_line
 from .settings import ExtractionSettings
 from .store import EngineStore
 from .versions import version_of
@@ -106,7 +106,7 @@ class OnnxEngine(Engine):
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise FeaturebankError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
+            raise FileProblem(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
         self.settings, self.path, self.meta = settings, path, meta or {}
         self.threads = options.intra_op_num_threads
         self.outputs = list(settings.layers)
@@ -160,7 +160,7 @@ def gpu_possible() -> bool:
 def check_device(name: str) -> str:
     """``name`` when it names a device (auto, cpu, mps, cuda, cuda:N), else a one-line error."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise FeaturebankError(f"{name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        raise InvalidValue(f"{name!r} is not one of auto, cpu, cuda, cuda:N, mps")
     return name
 
 
@@ -202,21 +202,21 @@ def open_engine(
     for the torch engine, an export, or measuring). ``calibration()`` yields uint8 batches for int8."""
     prepared = prepared if prepared is not None else Prepared()
     if engine not in ENGINES:
-        raise FeaturebankError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        raise InvalidValue(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     int8 = settings.precision == "int8"
     if device != "cpu":
         if int8 or engine == "onnxruntime":
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"the onnxruntime engine (and int8) runs on the CPU here; use --device cpu, or "
                 f"--engine torch with fp32/fp16/bf16 on {device}"
             )
         return _torch_engine(settings, build_model, device)
     if engine == "torch" or (engine == "auto" and settings.precision in ("fp16", "bf16")):
         if int8:
-            raise FeaturebankError("int8 runs on the onnxruntime engine: use --engine onnxruntime (or auto)")
+            raise InvalidValue("int8 runs on the onnxruntime engine: use --engine onnxruntime (or auto)")
         return _torch_engine(settings, build_model, device)
     if settings.precision in ("fp16", "bf16"):
-        raise FeaturebankError(f"the onnxruntime engine runs fp32 and int8, not {settings.precision}")
+        raise InvalidValue(f"the onnxruntime engine runs fp32 and int8, not {settings.precision}")
     if engine == "auto" and not int8 and _recorded_choice(store.sidecar(onnx_name(settings)), batch_size) == "torch":
         return _torch_engine(settings, build_model, device)  # measured slower here before: not even loaded
     store.remove_stale()
@@ -249,10 +249,10 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
             from .quantize import build_int8
 
             if settings.int8 is not None and settings.int8.scheme == "auto":
-                raise FeaturebankError("int8 scheme auto: choose it first (embedder.engines.prepare_int8)")
+                raise InvalidValue("int8 scheme auto: choose it first (embedder.engines.prepare_int8)")
 
             if calibration is None or _calibration_fixed(calibration):
-                raise FeaturebankError(
+                raise MissingFile(
                     f"the int8 engine {name} is not in {store.folder}: it is made when its cache is "
                     f"first extracted, from that input's images; without it, these int8 rows "
                     f"cannot be reproduced (extract into a new cache to calibrate anew)"
@@ -276,7 +276,7 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
         prepared.seconds += time.perf_counter() - started
         found = store.find_model(name)
         if found is None:
-            raise FeaturebankError(f"the engine file {store.model_path(name)} could not be written")
+            raise FileProblem(f"the engine file {store.model_path(name)} could not be written")
     path, meta = found
     return OnnxEngine(path, settings, meta=meta)
 
@@ -416,7 +416,7 @@ def prepare_int8(
     cpu = cpu or host.current_cpu()
     asked = settings.int8
     if asked is None:
-        raise FeaturebankError("prepare_int8 takes int8 settings")
+        raise InvalidValue("prepare_int8 takes int8 settings")
     key = {
         "settings": settings.to_dict(),
         "cpu": cpu.to_dict()["flags"],
@@ -451,7 +451,7 @@ def prepare_int8(
                 meta = found[1]
             else:
                 if calibration is None or _calibration_fixed(calibration):
-                    raise FeaturebankError(
+                    raise MissingFile(
                         f"the int8 engine {name} is not in {store.folder}: it is made when its cache is first "
                         f"extracted, from that input's images"
                     )

@@ -30,7 +30,7 @@ from .cache import CacheReader, CacheWriter, settings_key, stored_input
 from .decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from .distributed import Rank, join
 from .engines import Prepared, open_engine, resolve_device_name
-from .errors import FeaturebankError
+from .errors import FeaturebankError, InvalidValue
 from .resolve import Request, Resolved, resolve
 from .settings import POOLINGS, TTAS, ExtractionSettings, Int8
 from .shards import list_input
@@ -97,7 +97,7 @@ class Execution:
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise FeaturebankError("--batch-size must be at least 1")
+            raise InvalidValue("--batch-size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,9 @@ class ExtractJob:
 
     def __post_init__(self):
         if self.request.pooling not in POOLINGS:
-            raise FeaturebankError(f"unknown pooling {self.request.pooling!r}: choose one of {', '.join(POOLINGS)}")
+            raise InvalidValue(f"unknown pooling {self.request.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.tta not in TTAS:
-            raise FeaturebankError(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
+            raise InvalidValue(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
 
 
 def extract(
@@ -216,7 +216,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         else:
             dev = rank.device(resolve_device_name(asked.device))
         if request.precision == "fp16" and dev == "cpu":
-            raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
+            raise InvalidValue("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
         listing = (
             job.source
             if isinstance(job.source, Listing)
@@ -367,7 +367,7 @@ def int8_of_cache(path: str) -> tuple[Int8, str]:
     validation set) with exactly that engine."""
     settings = ExtractionSettings.from_dict(CacheReader(path).settings)
     if settings.int8 is None:
-        raise FeaturebankError(f"{path} is not an int8 cache (precision {settings.precision})")
+        raise InvalidValue(f"{path} is not an int8 cache (precision {settings.precision})")
     return settings.int8, engine_dir_for(path)
 
 
@@ -401,7 +401,7 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
             wanted = stored.int8
     if hasattr(listing, "where"):  # samples of shards have no file to calibrate from
         if not wanted.calibration_set:
-            raise FeaturebankError(
+            raise InvalidValue(
                 "int8 from shards needs a calibration made on image files: extract some of "
                 "them with --precision int8, then use --calibration-from that cache"
             )
@@ -410,7 +410,7 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
     chosen = draw_calibration(candidates, wanted)[: wanted.images]
     if not wanted.calibration_set:
         if not chosen:
-            raise FeaturebankError("int8 needs calibration images, and the input has none")
+            raise InvalidValue("int8 needs calibration images, and the input has none")
         digests = []
         for p in chosen:
             try:

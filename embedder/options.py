@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from .decode import DEFAULT_MAX_PIXELS
 from .engines import ENGINES
-from .errors import FeaturebankError
+from .errors import InvalidValue
 from .settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS
 from .sources import LAYOUTS
 
@@ -163,4 +163,4 @@ class ShardOptions:
     def __post_init__(self):
         for name, value in (("--label-key", self.label_key), ("--group-key", self.group_key)):
             if value and not re.fullmatch(r"json:[^:]+|[A-Za-z0-9_.-]+", value):
-                raise FeaturebankError(f"{name} {value!r}: give a sidecar extension (cls, txt) or json:FIELD")
+                raise InvalidValue(f"{name} {value!r}: give a sidecar extension (cls, txt) or json:FIELD")

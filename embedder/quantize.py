@@ -24,7 +24,7 @@ import numpy as np
 
 from . import cpu as host
 from .cpu import CpuInfo, cpu_cores
-from .errors import FeaturebankError, first_line
+from .errors import FeaturebankError, InvalidValue, first_line
 from .settings import ExtractionSettings, Int8
 from .store import EngineStore
 
@@ -101,13 +101,13 @@ def build_int8(
 
     batches = [b for b in calibration if len(b)]
     if not batches:
-        raise FeaturebankError("no calibration image could be decoded: int8 needs at least one")
+        raise InvalidValue("no calibration image could be decoded: int8 needs at least one")
     methods = {"minmax": CalibrationMethod.MinMax}
     int8 = settings.int8
     if int8 is None:
-        raise FeaturebankError("build_int8 takes int8 settings")
+        raise InvalidValue("build_int8 takes int8 settings")
     if int8.scheme not in SCHEMES:
-        raise FeaturebankError(f"int8 scheme {int8.scheme!r} is not a scheme to build (auto is chosen before)")
+        raise InvalidValue(f"int8 scheme {int8.scheme!r} is not a scheme to build (auto is chosen before)")
     scheme = SCHEMES[int8.scheme]
 
     class Reader(CalibrationDataReader):

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 
 from .decode import DEFAULT_MAX_PIXELS, digest_bytes, max_file_bytes
-from .errors import FeaturebankError
+from .errors import InvalidValue, MissingFile
 from .options import ShardOptions
 from .samples import Where
 from .sources import (
@@ -149,13 +149,13 @@ def shard_paths(source) -> tuple[list[str], str] | None:
         if _is_pattern(name) and not os.path.exists(name):
             count = _pattern_names(name)
             if count > MAX_PATTERN_NAMES:
-                raise FeaturebankError(
+                raise InvalidValue(
                     f"{name}: the brace pattern expands to {count:,} names, more than the {MAX_PATTERN_NAMES:,} "
                     f"at most that a pattern may name; list the shards in a .txt file (one a line) instead"
                 )
             matches = sorted({m for p in _expand_braces(name) for m in glob.glob(p)})
             if not matches:
-                raise FeaturebankError(f"no files match {name}")
+                raise MissingFile(f"no files match {name}")
             found += [m for m in matches if is_shard_name(m)] or [None]
         elif is_shard_name(name):
             found.append(name)
@@ -174,7 +174,7 @@ def shard_paths(source) -> tuple[list[str], str] | None:
     if all(f is None for f in found):
         return None
     if any(f is None for f in found):
-        raise FeaturebankError("give either shards (.tar, .parquet) or images, not both in one extract")
+        raise InvalidValue("give either shards (.tar, .parquet) or images, not both in one extract")
     paths = list(dict.fromkeys(os.path.abspath(f) for f in found))  # once each, in the order given
     if len(names) == 1:
         identity = os.path.abspath(names[0])
@@ -198,7 +198,7 @@ def list_shards(paths: list[str], identity: str, options: ShardOptions) -> Shard
     """Every sample of every shard, shard by shard (in the order given), by key within a shard."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FeaturebankError(
+        raise MissingFile(
             f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
@@ -212,7 +212,7 @@ def list_shards(paths: list[str], identity: str, options: ShardOptions) -> Shard
         else:
             _list_tar(listing, index, name, options)
     if not listing.items:
-        raise FeaturebankError(f"no samples in the shards of {identity}")
+        raise InvalidValue(f"no samples in the shards of {identity}")
     return listing
 
 
@@ -478,13 +478,13 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
     columns = pf.schema_arrow.names
     image = options.image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
     if image not in columns:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{path} has no image column {options.image_column or 'image'!r} (its columns: "
             f"{', '.join(columns)}); name it with --image-column"
         )
     for option, column in (("--label-column", options.label_column), ("--group-column", options.group_column)):
         if column and column not in columns:
-            raise FeaturebankError(f"{path} has no column {column!r} ({option}); its columns: {', '.join(columns)}")
+            raise InvalidValue(f"{path} has no column {column!r} ({option}); its columns: {', '.join(columns)}")
     label_column = options.label_column or ("label" if "label" in columns and image != "label" else None)
     wanted = [c for c in dict.fromkeys(("key", label_column, options.group_column)) if c and c in columns]
     table = pf.read(columns=wanted) if wanted else None

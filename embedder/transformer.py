@@ -19,7 +19,7 @@ from .backbones import load_backbone, resolve_layers
 from .batches import ImageDataset, batches
 from .decode import DEFAULT_MAX_PIXELS
 from .engines import open_engine, prepare_int8, resolve_device_name
-from .errors import FeaturebankError
+from .errors import FeaturebankError, InvalidValue
 from .features import layer_dims
 from .guard import BatchRunner
 from .settings import ExtractionSettings, Int8
@@ -89,7 +89,7 @@ class Embedder(TransformerMixin, BaseEstimator):
             if self.int8 is not None:  # a cache's int8 engine (embedder.job.int8_of_cache): its rows exactly
                 int8 = self.int8
             elif X is None:
-                raise FeaturebankError(
+                raise InvalidValue(
                     "int8 calibrates on images: call fit with a list of paths or PIL images (or give int8= of a cache)"
                 )
             else:
@@ -161,7 +161,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         images = _as_list(X)
         device = resolve_device_name(self.device)
         if self.precision == "fp16" and device == "cpu":
-            raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32 or int8")
+            raise InvalidValue("fp16 needs a GPU; on the CPU use fp32 or int8")
         runner = BatchRunner(self._engine_for(device))
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         bad = []
@@ -200,9 +200,9 @@ def _as_list(X) -> list:
     if isinstance(X, np.ndarray):
         X = X.reshape(-1) if X.ndim == 2 and X.shape[1] == 1 else X
         if X.ndim != 1:
-            raise FeaturebankError(f"Embedder takes a list of paths or PIL images, not an array of shape {X.shape}")
+            raise InvalidValue(f"Embedder takes a list of paths or PIL images, not an array of shape {X.shape}")
     if isinstance(X, (str, bytes)):
-        raise FeaturebankError("Embedder takes a list of paths or PIL images, not a single string")
+        raise InvalidValue("Embedder takes a list of paths or PIL images, not a single string")
     return list(X)
 
 

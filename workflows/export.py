@@ -13,7 +13,7 @@ from classifiers.zoo import describe, list_classifiers, make_classifier
 from embedder.backbones import is_checkpoint, load_backbone
 from embedder.cache import CacheReader
 from embedder.destination import check_destination
-from embedder.errors import FeaturebankError
+from embedder.errors import InvalidValue
 from embedder.settings import ExtractionSettings
 from embedder.sources import list_inputs
 from embedder.store import EngineStore, engine_dir_for
@@ -103,7 +103,7 @@ def export_model(
         )
     except NotExportable as exc:
         ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
-        raise FeaturebankError(
+        raise InvalidValue(
             f"cannot export {bundle.classifier} ({exc.classifier}): {exc}; these export: {', '.join(ok)}"
         ) from None
 

@@ -13,7 +13,7 @@ from classifiers.from_run import best_row, fit_row
 from classifiers.metrics import full_proba, scores
 from embedder.backbones import load_backbone, resolve_weights
 from embedder.batches import default_workers
-from embedder.errors import FeaturebankError
+from embedder.errors import IncompatibleSettings
 from embedder.features import autocast_for, resolve_device
 from embedder.versions import library_versions
 
@@ -78,7 +78,7 @@ def _compared_row(o: FinetuneOptions, spec):
     there = {"backbone": row.settings.get("backbone"), "weights": row.settings.get("weights"), "layer": row.layer}
     differ = [f"{k} {there[k]!r} there, {here[k]!r} here" for k in here if there[k] != here[k]]
     if differ:
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"--compare {o.compare}: its best row ({row.text()}) was not cross-validated on the frozen features "
             f"fine-tuning starts from ({'; '.join(differ)}): give a cv run of a cache of this backbone and weights "
             f"at its penultimate layer"

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from embedder.atomic import atomic_path
 from embedder.batches import ImageDataset, batches
 from embedder.decode import file_kind
-from embedder.errors import FeaturebankError, first_line
+from embedder.errors import FeaturebankError, FileProblem, first_line
 from embedder.preprocess import Preprocessing
 
 from .fixed_views import VIEWS_VERSION, ViewsTransform
@@ -238,7 +238,7 @@ class TrunkStore:
             if not os.path.lexists(meta):
                 write_file(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
         except OSError as exc:
-            raise FeaturebankError(
+            raise FileProblem(
                 f"cannot use the trunk store {self.parts}: {exc.strerror or exc}; delete {self.folder}, or choose "
                 f"another cache folder (FEATUREBANK_CACHE_DIR)"
             ) from None
