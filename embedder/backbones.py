@@ -23,6 +23,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -45,12 +46,19 @@ AUX_HEADS = {"inception_v3": "AuxLogits.", "googlenet": "aux1."}
 class Weights:
     kind: str  # "torchvision", "timm", "file" or "none"
     identity: str  # what the cache records: enum name, "sha256:<hex>" or "none:seed=<n>"
-    enum: object = None
+    enum: Any = None  # a torchvision WeightsEnum member
     path: str | None = None
     seed: int | None = None
 
+    @property
+    def file(self) -> str:
+        """The checkpoint's path, for the ``file`` kind (which always has one)."""
+        if self.path is None:
+            raise InvalidValue(f"{self.identity} weights have no file")
+        return self.path
+
     def describe(self) -> str:
-        return f"{self.identity} ({os.path.basename(self.path)})" if self.kind == "file" else self.identity
+        return f"{self.identity} ({os.path.basename(self.file)})" if self.kind == "file" else self.identity
 
 
 @dataclass
@@ -215,7 +223,7 @@ def feature_dim(name: str) -> int:
 
 
 def _load_file(name: str, weights: Weights) -> nn.Module:
-    state = read_state_dict(weights.path)
+    state = read_state_dict(weights.file)
     kwargs = {}
     probe = skeleton(name)
     head = head_name(probe)
@@ -278,12 +286,12 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
         if not categories:
             raise InvalidValue(f"{spec.identity} carries no class names")
         return list(categories)
-    classes = file_metadata(spec.path).get("classes")
+    classes = file_metadata(spec.file).get("classes")
     if classes:
         if not isinstance(classes, list) or not all(isinstance(c, str) and "\0" not in c for c in classes):
             raise FileProblem(f"weights file {spec.path} records classes that are not a list of names")
         return list(classes)
-    state = timm_source.read_state(spec.path) if is_timm_name(name) else read_state_dict(spec.path)
+    state = timm_source.read_state(spec.file) if is_timm_name(name) else read_state_dict(spec.file)
     probe = skeleton(name)
     head = f"{head_name(probe)}.weight"
     outputs = head_outputs(state, head, head_inputs(probe), spec.path)
@@ -341,9 +349,9 @@ def load_backbone(
         if spec.kind == "timm":
             model = timm_source.pretrained(name, prep.crop)
         elif spec.kind == "file":
-            model = timm_source.from_file(name, spec.path, prep.crop)
+            model = timm_source.from_file(name, spec.file, prep.crop)
         else:
-            model = timm_source.random(name, spec.seed, prep.crop)
+            model = timm_source.random(name, spec.seed or 0, prep.crop)
         model.eval().requires_grad_(False)
         return Backbone(name, model, spec, prep)
     if spec.kind == "torchvision":
@@ -366,8 +374,8 @@ def preprocessing_for(name: str, weights: Weights) -> Preprocessing:
         return Preprocessing.from_transforms(weights.enum.transforms())
     if weights.kind == "timm":
         return timm_source.preprocessing(timm_source.PREFIX + weights.identity)
-    if weights.kind == "file" and not weights.path.lower().endswith(".safetensors"):
-        stored = file_metadata(weights.path).get("preprocessing")
+    if weights.kind == "file" and not weights.file.lower().endswith(".safetensors"):
+        stored = file_metadata(weights.file).get("preprocessing")
         if stored:
             return recorded_preprocessing(stored, weights.path)
     return default_preprocessing(name)
@@ -462,6 +470,8 @@ def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) ->
     if isinstance(model, str):
         size = size or default_preprocessing(model).crop
         model = skeleton(model, size)
+    if size is None:
+        raise InvalidValue("layer_shapes of a model needs the input size it is measured for (size=)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = copy.deepcopy(model).to("meta").eval()
@@ -477,7 +487,7 @@ def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) ->
 def model_failed(size: int, exc: Exception) -> FeaturebankError:
     """A model that cannot take the chosen input (a ViT built for another image size, say) is a settings error."""
     first = first_line(exc)
-    return FeaturebankError(f"the model cannot run on {size}x{size} inputs ({first}); choose another --crop/--resize")
+    return InvalidValue(f"the model cannot run on {size}x{size} inputs ({first}); choose another --crop/--resize")
 
 
 def feature_body(model: nn.Module, layers: list[str]) -> nn.Module:

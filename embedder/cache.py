@@ -41,6 +41,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import IO
 
 import h5py
 import numpy as np
@@ -85,6 +86,7 @@ def parts_dir(path: str) -> str:
 
 def _part_key(name: str) -> tuple[int, int]:
     m = PART_NAME.match(os.path.basename(name))
+    assert m is not None, name  # only the names _parts listed
     return int(m.group(1)), int(m.group(2) or 0)
 
 
@@ -307,7 +309,7 @@ class CacheWriter:
         self.entries: dict[str, Entry] = {}
         self.sources: list[str] = []  # file of each Entry.source; "" when there is no main file
         self.previous_info: dict = {}  # the existing file's info (run records carry over)
-        self._lock = None
+        self._lock: IO[str] | None = None
         self._next_part = 1  # number of the next part this writer writes
 
     # -- opening: lock, check, read what is there ------------------------------------------------------
@@ -525,8 +527,8 @@ class CacheWriter:
         listing (path → size, mtime_ns, reason). Returns whether anything was written."""
         if not self.locking:
             raise RuntimeError("only the writer that holds the cache's lock commits")
-        rows = {k: [] for k in ("path", "label", "group", "size", "mtime_ns", "digest")}
-        fails = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
+        rows: dict[str, list] = {k: [] for k in ("path", "label", "group", "size", "mtime_ns", "digest")}
+        fails: dict[str, list] = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
         where: list[tuple[int, int]] = []
         for path, label, group in order:
             if path in extra_failures:
@@ -612,7 +614,7 @@ class CacheWriter:
             for layer in self.settings["layers"]:
                 if failed():
                     break
-                dim = self.dims[layer]
+                dim = (self.dims or {})[layer]  # known once a part holds rows (a KeyError otherwise, as None's)
                 n = len(where)
                 rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim))) if n else 1
                 ds = group.create_dataset(

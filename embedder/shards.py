@@ -26,6 +26,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from .decode import DEFAULT_MAX_PIXELS, digest_bytes, max_file_bytes
 from .errors import InvalidValue, MissingFile
@@ -54,7 +55,7 @@ class ShardListing(Listing):
     shards: list[str] = field(default_factory=list)  # absolute paths, in order
     columns: dict[int, str] = field(default_factory=dict)  # parquet shard → its image column
     where: dict[str, Where] = field(default_factory=dict)  # item path → its bytes
-    _digests: object = field(default=None, repr=False, compare=False)  # the reader of item_digest
+    _digests: Any = field(default=None, repr=False, compare=False)  # the reader of item_digest
 
     def full_path(self, item: Item) -> str:
         """The shard file that holds the sample (a sample has no file of its own)."""
@@ -144,7 +145,7 @@ def shard_paths(source) -> tuple[list[str], str] | None:
     (an image folder, a manifest, a list of images): a folder of shards, one shard, a glob or brace pattern,
     a ``.txt`` list of shards, or several of these."""
     names = [os.fspath(s) for s in source] if isinstance(source, (list, tuple)) else [os.fspath(source)]
-    found: list[str] = []
+    found: list[str | None] = []  # None: a name that is not shards
     for name in names:
         if _is_pattern(name) and not os.path.exists(name):
             count = _pattern_names(name)
@@ -175,7 +176,7 @@ def shard_paths(source) -> tuple[list[str], str] | None:
         return None
     if any(f is None for f in found):
         raise InvalidValue("give either shards (.tar, .parquet) or images, not both in one extract")
-    paths = list(dict.fromkeys(os.path.abspath(f) for f in found))  # once each, in the order given
+    paths = list(dict.fromkeys(os.path.abspath(f) for f in found if f))  # once each, in the order given
     if len(names) == 1:
         identity = os.path.abspath(names[0])
     else:
@@ -299,7 +300,8 @@ def scan_tar(fh, file_size: int) -> tuple[list[tuple[str, int, int, bool]], str 
     what stopped the scan early, if anything. Reads the 512-byte headers only (``tarfile`` parses each header
     field by field: ten times slower, which a rerun over a million samples would feel) and seeks over the data.
     Never raises for a damaged file: the members before the damage are returned."""
-    members, offset, pending, long_name = [], 0, {}, None
+    members: list[tuple[str, int, int, bool]] = []
+    offset, pending, long_name = 0, {}, None
     while True:
         fh.seek(offset)
         block = fh.read(512)
@@ -477,7 +479,7 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
         return
     columns = pf.schema_arrow.names
     image = options.image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
-    if image not in columns:
+    if image is None or image not in columns:
         raise InvalidValue(
             f"{path} has no image column {options.image_column or 'image'!r} (its columns: "
             f"{', '.join(columns)}); name it with --image-column"

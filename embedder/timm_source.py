@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue
-from .preprocess import Preprocessing
+from .preprocess import Preprocessing, rgb
 from .statedicts import head_outputs, parameters_on_meta, read_state_dict
 
 PREFIX = "timm:"
@@ -126,8 +126,8 @@ def preprocessing(name: str) -> Preprocessing:
     return Preprocessing(
         resize=math.floor(h / crop_pct),
         crop=int(h),
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
+        mean=rgb(cfg["mean"]),
+        std=rgb(cfg["std"]),
         interpolation=cfg.get("interpolation") or "bilinear",
         crop_mode=mode,
     )

@@ -20,6 +20,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -32,7 +33,7 @@ from embedder.batches import ImageDataset, ThreadBatches
 from embedder.cache import CacheReader
 from embedder.decode import DEFAULT_MAX_PIXELS
 from embedder.destination import check_destination
-from embedder.engines import open_engine, prepare_int8, settings_fp32
+from embedder.engines import OnnxEngine, open_engine, prepare_int8, settings_fp32
 from embedder.errors import FeaturebankError, InvalidValue, MissingFile, first_line
 from embedder.job import calibration_batches, int8_settings
 from embedder.resolve import Request, resolve
@@ -70,7 +71,7 @@ class Head:
     own head (its logits, softmaxed, as ``predict --head`` does)."""
 
     classes: list[str]
-    pipeline: object = None
+    pipeline: Any = None  # a fitted scikit-learn pipeline
     name: str = ""
     samples: np.ndarray | None = None  # feature rows to check the converted head on (the training rows)
 
@@ -100,6 +101,9 @@ class Exported:
 # -- the graph builder --------------------------------------------------------------------------------------------
 class _Graph:
     """A small ONNX graph under construction: nodes and constants with unique names."""
+
+    nodes: list[onnx.NodeProto]
+    inits: list[onnx.TensorProto]
 
     def __init__(self, prefix: str):
         self.prefix, self.nodes, self.inits, self.n = prefix, [], [], 0
@@ -172,7 +176,7 @@ def _l2(g: _Graph, x: str) -> str:
     return g.op("Div", [x, safe])
 
 
-def _transform_steps(pipeline) -> tuple[list, object]:
+def _transform_steps(pipeline) -> tuple[list, Any]:
     """The pipeline's transformers (passthrough steps dropped) and its final classifier."""
     steps = getattr(pipeline, "steps", None)
     if steps is None:
@@ -451,7 +455,7 @@ def _used_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
     """Only the operator sets the graph uses, each once (ONNX Runtime's quantizer declares a dozen domains, among
     them another ``ai.onnx.ml`` version than skl2onnx's, and two models that disagree on one cannot be merged)."""
     used = {n.domain or "" for n in model.graph.node} | {""}
-    kept = {}
+    kept: dict[str, int] = {}
     for o in model.opset_import:
         domain = "" if o.domain == "ai.onnx" else o.domain
         if domain in used:
@@ -533,6 +537,7 @@ def export(
     fp32_settings = settings_fp32(settings)
     crop = settings.preprocessing.crop
     fp32_engine = open_engine(fp32_settings, store, build_model, engine="onnxruntime", device="cpu")
+    assert isinstance(fp32_engine, OnnxEngine)
     fp32_backbone = onnx.load(fp32_engine.path)
     head_onnx, how = head_model(
         head, _width(fp32_backbone, layer, head), _default_opset(fp32_backbone), fp32_backbone.ir_version
@@ -553,6 +558,7 @@ def export(
     q_engine = open_engine(
         q_settings, store, build_model, engine="onnxruntime", device="cpu", calibration=calibration_fn
     )
+    assert isinstance(q_engine, OnnxEngine)
     q_backbone = onnx.load(q_engine.path)
     if (_default_opset(q_backbone), q_backbone.ir_version) != (_default_opset(fp32_backbone), fp32_backbone.ir_version):
         head_onnx, _ = head_model(
