@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import GridSearchCV
@@ -36,7 +37,7 @@ from .zoo import describe, make_classifier, search_grid
 
 @dataclass
 class Bundle:
-    pipeline: object  # a fitted sklearn Pipeline; predicts class indices into ``classes``
+    pipeline: Any  # a fitted sklearn Pipeline; predicts class indices into ``classes``
     classes: list[str]
     classifier: str
     layer: str

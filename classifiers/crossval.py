@@ -245,6 +245,7 @@ class CVReport:
         if not ranked:
             return None, []
         result = ranked[0]
+        assert result.proba is not None
         mean = result.proba.mean(axis=0)
         pred, confidence = result.oof()
         wrong = np.flatnonzero(pred != self.data.y)

@@ -8,6 +8,7 @@ order in place: a layer is never held twice (a cache with unlabeled rows, or row
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +74,7 @@ def take_rows_in_place(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     moved = np.flatnonzero(position != np.arange(m))
     if len(moved):
         done = np.zeros(m, dtype=bool)
-        for start in moved:
+        for start in moved.tolist():
             if done[start]:
                 continue
             kept, i = X[start].copy(), start
@@ -88,8 +89,8 @@ def take_rows_in_place(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return X
 
 
-def open_cache(cache: str | CacheReader) -> CacheReader:
-    return cache if isinstance(cache, CacheReader) else CacheReader(cache)
+def open_cache(cache: str | os.PathLike | CacheReader) -> CacheReader:
+    return cache if isinstance(cache, CacheReader) else CacheReader(os.fspath(cache))
 
 
 def check_layers(reader: CacheReader, layers) -> list[str]:
@@ -178,7 +179,7 @@ def backbone_names(readers: list[CacheReader]) -> list[str]:
     test-time augmentation where two caches share a backbone, else the file's name, else a number."""
     settings = [r.settings for r in readers]
     names = [s["backbone"] for s in settings]
-    steps = [
+    steps: list[Callable[[int], str]] = [
         (lambda i, key=key, short=short: short(settings[i].get(key)))
         for key, short in (
             ("weights", _short_weights),

@@ -69,7 +69,7 @@ TRUSTED_TYPES = [
 ]
 
 # The keys of the metadata, with the types they must have (a tuple: any of them).
-SCHEMA = {
+SCHEMA: dict[str, type | tuple[type, ...]] = {
     "classes": list,
     "classifier": str,
     "layer": str,

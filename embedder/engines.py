@@ -359,7 +359,7 @@ def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepa
     torch_engine = _torch_engine(settings, build_model, "cpu")
     engines = {"onnxruntime": ort_engine, "torch": torch_engine}
     n, worst, rates = _measure(engines, max(1, min(batch_size, 16)), settings.preprocessing.crop, prepared)
-    chosen = max(rates, key=rates.get) if worst < 1e-4 else "torch"
+    chosen = max(rates, key=lambda name: rates[name]) if worst < 1e-4 else "torch"
     choice = {
         **_choice_key(batch_size),
         "images_per_second": rates,

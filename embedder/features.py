@@ -153,6 +153,7 @@ def tf32_off(device: torch.device, precision: str = "fp32"):
     new_api = hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision") and hasattr(
         backends.cuda.matmul, "fp32_precision"
     )
+    places: list[tuple[object, str, str | bool]]
     if new_api:
         places = [(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
     else:

@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import warnings
+from typing import TypeVar
 
 import numpy as np
 
@@ -46,6 +47,7 @@ LADDERS = {
     "vnni": (("u8s8", 0), ("u8s8-reduce", 0), ("u8s8-reduce", WORST_LAYERS)),
     "avx2": (("u8s8-reduce", 0), ("u8s8-reduce", WORST_LAYERS)),
 }
+T = TypeVar("T")  # what draw_calibration draws: a path, or an index
 DEFAULT_LADDER = (("u8s8", 0), ("u8s8-reduce", 0), ("u8s8-reduce", WORST_LAYERS))
 
 
@@ -59,7 +61,7 @@ def mean_cosine(agreement: dict) -> float:
     return min(c["mean"] for c in agreement.values())
 
 
-def draw_calibration(paths_with_keys: list[tuple[str, str]], int8: Int8) -> list[str]:
+def draw_calibration(paths_with_keys: list[tuple[T, str]], int8: Int8) -> list[T]:
     """The calibration sample: the inputs ordered by a seeded hash of their relative path, so the draw is
     reproducible and stable (a file added or changed alters it only if it ranks among the first ``int8.images``).
     Returns full paths in draw order; the caller takes the first ``int8.images`` and skips those that fail to

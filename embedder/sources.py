@@ -343,7 +343,8 @@ def list_inputs(inputs, layout: str = "auto") -> Listing:
         raise InvalidValue("no images given")
     if len(inputs) == 1 and not is_image_name(inputs[0]):
         return list_images(inputs[0], layout)
-    paths, errors = [], {}
+    paths: list[str] = []
+    errors: dict[str, str | None] = {}
     for name in inputs:
         if os.path.isdir(name) or (os.path.isfile(name) and not is_image_name(name)):
             listing = list_images(name, "flat" if os.path.isdir(name) else layout)

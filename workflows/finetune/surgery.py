@@ -67,7 +67,7 @@ def has_training_batchnorm(model: nn.Module, blocks: list[str], bn: str) -> bool
 def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float) -> list[dict]:
     """Two learning rates: ``lr`` for the new head, ``lr * backbone_lr_scale`` for the pretrained layers."""
     head = head_name(model)
-    groups = {"head": [], "backbone": []}
+    groups: dict[str, list[nn.Parameter]] = {"head": [], "backbone": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             groups["head" if _in(name, [head]) else "backbone"].append(param)
