@@ -34,7 +34,7 @@ from embedder.cache import CacheReader
 from embedder.decode import DEFAULT_MAX_PIXELS
 from embedder.destination import check_destination
 from embedder.engines import OnnxEngine, open_engine, prepare_int8, settings_fp32
-from embedder.errors import FeaturebankError, InvalidValue, MissingFile, first_line
+from embedder.errors import InvalidValue, MissingFile, first_line
 from embedder.job import calibration_batches, int8_settings
 from embedder.resolve import Request, resolve
 from embedder.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
@@ -56,7 +56,7 @@ FOLDED = (
 CONVERTED = ("SVC", "RandomForestClassifier", "KNeighborsClassifier", "CosineKNeighbors")
 
 
-class NotExportable(FeaturebankError):
+class NotExportable(InvalidValue):
     """A head this version cannot write as ONNX; ``classifier`` is the scikit-learn class name."""
 
     def __init__(self, classifier: str, reason: str):
