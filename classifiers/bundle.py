@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import GridSearchCV
@@ -19,7 +20,7 @@ from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import Listing, list_inputs
 from embedder.job import extract
 from embedder.kernel.destination import check_destination, refuse_overwrite
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import IncompatibleSettings, InvalidValue, MissingFile
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import engine_dir_for, sha256_of, weights_digest
 from embedder.kernel.versions import library_versions
@@ -40,7 +41,7 @@ TOP = 3  # classes listed per image by predict
 
 @dataclass
 class Bundle:
-    pipeline: object  # a fitted sklearn Pipeline; predicts class indices into ``classes``
+    pipeline: Any  # a fitted sklearn Pipeline; predicts class indices into ``classes``
     classes: list[str]
     classifier: str
     layer: str
@@ -69,7 +70,7 @@ class Bundle:
         """``X`` when it has the features the classifier takes; else one line, before the classifier sees a row."""
         takes = input_dimensions(self.pipeline)
         if takes is not None and X.ndim == 2 and X.shape[1] != takes:
-            raise FeaturebankError(
+            raise IncompatibleSettings(
                 f"{where}'s {self.layer} has {X.shape[1]} dimensions; the model's classifier takes {takes}: "
                 f"the model file's layer is not the one it was trained on"
             )
@@ -111,13 +112,13 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     if out:
         check_destination(out, [reader.path], "the model file")
     if len(data.classes) < 2:
-        raise FeaturebankError(f"only one class ({data.classes[0]}): a classifier needs at least two")
+        raise InvalidValue(f"only one class ({data.classes[0]}): a classifier needs at least two")
     if groups and data.groups is None:
-        raise FeaturebankError(f"{reader.path} has no groups: give a CSV manifest with a group column")
+        raise InvalidValue(f"{reader.path} has no groups: give a CSV manifest with a group column")
     if unlabeled and unlabeled_mode not in MODES:
-        raise FeaturebankError(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
+        raise InvalidValue(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
     if unlabeled and not data.unlabeled:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{reader.path} has no unlabeled rows for --unlabeled: extract unlabeled images into it, or give "
             f"--labels with some images left unlabeled"
         )
@@ -230,7 +231,7 @@ def int8_layers(bundle: Bundle) -> list[str]:
 def check_cache(reader: CacheReader, bundle: Bundle) -> None:
     differ = settings_differ(reader.settings, bundle)
     if differ:
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"{reader.path} was not made with the model's embedding settings ({differ[0]}); "
             f"give the images instead and they are embedded with the model's settings"
         )
@@ -245,13 +246,13 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> ExtractOption
     if identity.startswith("sha256:"):
         path = weights or bundle.weights_file
         if not path or not os.path.lexists(path):
-            raise FeaturebankError(
+            raise MissingFile(
                 f"the model was trained on features of the weights file {bundle.weights_file} "
                 f"({identity[:19]}...), which is not there: pass --weights PATH to that file"
             )
         found = f"sha256:{weights_digest(path)}"
         if found != identity:
-            raise FeaturebankError(
+            raise IncompatibleSettings(
                 f"{path} is not the weights file the model was trained with ({found[:19]}... is not {identity[:19]}...)"
             )
         weights = path
@@ -335,7 +336,7 @@ def _cache_or_images(bundle: Bundle, data, run: RunOptions, progress: bool) -> C
     listing = _listing(data, run.layout, None)
     if not listing.labeled:  # said before a single image is embedded, not after all of them
         shown = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "the images given"
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{shown} has no labels (a {listing.kind} input): evaluate needs labelled images, a folder of class "
             f"folders (give {os.path.dirname(os.path.abspath(shown))} if {os.path.basename(shown)} is one class "
             f"of it) or a CSV manifest with a label column; to classify unlabeled images, use predict"
@@ -352,7 +353,7 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     test = labeled(reader)
     unknown = sorted(set(test.classes) - set(bundle.classes))
     if unknown:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"classes the model was not trained on: {', '.join(unknown[:10])} (it knows {', '.join(bundle.classes)})"
         )
     index = {c: i for i, c in enumerate(bundle.classes)}
@@ -456,14 +457,14 @@ def pseudo_labels(model, cache, *, sort: str = "confidence", trust_pickle: bool 
     or by path. The confidence is the predicted class's probability, or its decision score for a classifier
     without probabilities (``"score"`` says which)."""
     if sort not in SORTS:
-        raise FeaturebankError(f"--sort {sort!r}: choose {' or '.join(SORTS)}")
+        raise InvalidValue(f"--sort {sort!r}: choose {' or '.join(SORTS)}")
     bundle = _bundle(model, trust_pickle)
     reader = open_cache(cache)
     check_cache(reader, bundle)
     labels = reader.labels
     rows = np.arange(len(reader)) if labels is None else np.flatnonzero(labels == "")
     if not len(rows):
-        raise FeaturebankError(
+        raise InvalidValue(
             f"every row of {reader.path} is labelled: there is nothing to pseudo-label "
             f"(featurebank evaluate MODEL {reader.path} scores the model on them)"
         )
@@ -510,7 +511,7 @@ def predict_imagenet(
     reader = CacheReader(summary.cache)
     logits = reader.features(reader.layers[0]).astype(np.float64) if len(reader) else np.empty((0, len(classes)))
     if logits.shape[1] != len(classes):
-        raise FeaturebankError(
+        raise InvalidValue(
             f"the {backbone} head has {logits.shape[1]} outputs, not the {len(classes)} ImageNet classes"
         )
     proba = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 # The default budget is cv's option (classifiers.options.CVOptions.budget), read by parse_budget.
 PROBE_SECONDS = 0.03316  # the probe below on the calibration machine (2 idle cores: see benchmarks/cost_model.py)
@@ -189,11 +189,11 @@ def parse_budget(text) -> float | None:
     elif value and re.fullmatch(rf"(?:{_DURATION.pattern}\s*)+", value):
         seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in _DURATION.findall(value))
     else:
-        raise FeaturebankError(f"--budget {text!r}: write a duration like 90s, 15m, 2h or 1h30m, or none")
+        raise InvalidValue(f"--budget {text!r}: write a duration like 90s, 15m, 2h or 1h30m, or none")
     if seconds <= 0:
-        raise FeaturebankError(f"--budget {text!r}: give a duration above zero (90s, 15m, 2h), or none")
+        raise InvalidValue(f"--budget {text!r}: give a duration above zero (90s, 15m, 2h), or none")
     if not seconds <= MAX_BUDGET:  # a 400-digit number is infinity as a float: an OverflowError later
-        raise FeaturebankError(f"--budget {str(text)[:40]!r}: give at most {MAX_BUDGET // 86400:.0f} days, or none")
+        raise InvalidValue(f"--budget {str(text)[:40]!r}: give at most {MAX_BUDGET // 86400:.0f} days, or none")
     return seconds
 
 

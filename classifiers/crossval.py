@@ -22,7 +22,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedGroupKFold
 from tqdm import tqdm
 
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
 from embedder.options import with_overrides
 
 from .budget import Plan, estimate, extras_estimate, plan
@@ -65,23 +65,23 @@ def make_splits(
     classes = classes or [str(i) for i in range(int(y.max()) + 1)]
     counts = np.bincount(y, minlength=len(classes))
     if folds < 2:
-        raise FeaturebankError("--folds must be at least 2")
+        raise InvalidValue("--folds must be at least 2")
     if repeats < 1:
-        raise FeaturebankError("--repeats must be at least 1")
+        raise InvalidValue("--repeats must be at least 1")
     if (counts > 0).sum() < 2:
-        raise FeaturebankError(f"only one class ({classes[int(np.argmax(counts))]}): a classifier needs at least two")
+        raise InvalidValue(f"only one class ({classes[int(np.argmax(counts))]}): a classifier needs at least two")
     if groups is None:
         small = [(classes[i], int(n)) for i, n in enumerate(counts) if n < folds]
         if small and min(n for _, n in small) < 2:
             listed = ", ".join(f"{c!r} has {n}" for c, n in small[:5] if n < 2)
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"{listed} labelled image: cross-validation holds out images of every class, so it needs 2 per "
                 f"class (with k per class, --folds k at most); train on them as they are, or see what few labels "
                 f"reach with cv --shots 1,2,5 on a cache with more"
             )
         if small:
             listed = ", ".join(f"{c!r} has {n}" for c, n in small[:5])
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"{listed} image(s), fewer than --folds {folds}: add images, lower --folds, or leave the class out"
             )
         cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
@@ -89,7 +89,7 @@ def make_splits(
     else:
         n_groups = len(set(groups.tolist()))
         if n_groups < folds:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"{n_groups} groups, fewer than --folds {folds}: images of a group stay together, "
                 f"so lower --folds or add groups"
             )
@@ -247,6 +247,7 @@ class CVReport:
         if not ranked:
             return None, []
         result = ranked[0]
+        assert result.proba is not None
         mean = result.proba.mean(axis=0)
         pred, confidence = result.oof()
         wrong = np.flatnonzero(pred != self.data.y)
@@ -376,6 +377,8 @@ def _guarded(results, spec: str, layer: str):
     """A classifier that cannot fit these data (k neighbours > rows, say) is one clear line, not a traceback."""
     try:
         yield from results
+    except FeaturebankError:  # already one line (a bad parameter is a ValueError too)
+        raise
     except (ValueError, np.linalg.LinAlgError) as exc:
         first = first_line(exc)
         raise FeaturebankError(f"{spec} on {layer} failed: {first}") from None
@@ -419,20 +422,20 @@ def cross_validate(
     shot_list = parse_shots(shots) if shots is not None else None
     if unlabeled:
         if unlabeled_mode not in MODES:
-            raise FeaturebankError(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
+            raise InvalidValue(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
         if len(sources) > 1:
-            raise FeaturebankError("--unlabeled takes one cache: its unlabeled rows join the training folds")
+            raise InvalidValue("--unlabeled takes one cache: its unlabeled rows join the training folds")
         if not data.unlabeled:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"{data.reader.path} has no unlabeled rows for --unlabeled: extract unlabeled images into it, or "
                 f"give --labels with some images left unlabeled"
             )
     if shot_list is not None and search:
-        raise FeaturebankError("--shots runs each classifier as it is: leave out --search")
+        raise InvalidValue("--shots runs each classifier as it is: leave out --search")
     for spec in classifiers or []:
         parse_spec(spec)
     if groups and data.groups is None:
-        raise FeaturebankError(f"{data.reader.path} has no groups: give a CSV manifest with a group column")
+        raise InvalidValue(f"{data.reader.path} has no groups: give a CSV manifest with a group column")
     group_ids = data.groups if groups is not False else None
     splits = make_splits(data.y, group_ids, folds, repeats, seed, data.classes)
     if search:
@@ -609,7 +612,7 @@ def load_sources(cache, labels: str | None = None) -> list[Source]:
     with a short unique name (its backbone, plus weights, pooling or precision where backbones repeat)."""
     caches = list(cache) if isinstance(cache, (list, tuple)) else [cache]
     if not caches:
-        raise FeaturebankError("give at least one cache")
+        raise InvalidValue("give at least one cache")
     readers = [open_cache(c) for c in caches]
     overlay = [labels_of(r, labels) if labels else None for r in readers]  # the CSV on top of each cache's labels
     first = labeled(readers[0], overlay[0])
@@ -634,10 +637,10 @@ def source_layers(sources: list[Source], layers) -> list[list[str]]:
                 pass
         if not hits:
             has = "; ".join(f"{s.name} has {', '.join(s.data.reader.layers)}" for s in sources)
-            raise FeaturebankError(f"layer {layer!r} is in none of the caches ({has})")
+            raise InvalidValue(f"layer {layer!r} is in none of the caches ({has})")
     for s, got in zip(sources, found):
         if not got:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"{s.data.reader.path} has none of the layers asked for (it has {', '.join(s.data.reader.layers)})"
             )
     return found

@@ -8,12 +8,13 @@ order in place: a layer is never held twice (a cache with unlabeled rows, or row
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from embedder.cache.hdf5 import CacheReader
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import IncompatibleSettings, InvalidValue
 
 COMPOSITE = "+"  # "layer3+layer4": the horizontal concatenation of those layers of one cache
 
@@ -73,7 +74,7 @@ def take_rows_in_place(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     moved = np.flatnonzero(position != np.arange(m))
     if len(moved):
         done = np.zeros(m, dtype=bool)
-        for start in moved:
+        for start in moved.tolist():
             if done[start]:
                 continue
             kept, i = X[start].copy(), start
@@ -88,8 +89,8 @@ def take_rows_in_place(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return X
 
 
-def open_cache(cache: str | CacheReader) -> CacheReader:
-    return cache if isinstance(cache, CacheReader) else CacheReader(cache)
+def open_cache(cache: str | os.PathLike | CacheReader) -> CacheReader:
+    return cache if isinstance(cache, CacheReader) else CacheReader(os.fspath(cache))
 
 
 def check_layers(reader: CacheReader, layers) -> list[str]:
@@ -100,7 +101,7 @@ def check_layers(reader: CacheReader, layers) -> list[str]:
     for layer in wanted:
         parts = [reader.layer(part.strip()) for part in layer.split(COMPOSITE)]
         if len(set(parts)) < len(parts):
-            raise FeaturebankError(f"layer {layer!r} names a layer twice")
+            raise InvalidValue(f"layer {layer!r} names a layer twice")
         out.append(COMPOSITE.join(parts))
     return list(dict.fromkeys(out))  # "penultimate" and its node's name are one layer
 
@@ -111,13 +112,13 @@ def labeled(cache: str | CacheReader, labels: np.ndarray | None = None) -> Label
     reader = open_cache(cache)
     labels = reader.labels if labels is None else np.asarray(labels, dtype=object)
     if labels is None:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{reader.path} has no labels: extract a class-per-folder tree or a CSV manifest "
             f"with a label column (its input was {reader.attrs['source']})"
         )
     keep = np.flatnonzero(labels != "")
     if len(keep) == 0:
-        raise FeaturebankError(f"{reader.path} has no labelled rows")
+        raise InvalidValue(f"{reader.path} has no labelled rows")
     names = labels[keep]
     classes = sorted(set(names.tolist()))
     index = {c: i for i, c in enumerate(classes)}
@@ -141,14 +142,14 @@ def aligned(first: Labeled, cache: str | CacheReader, labels: np.ndarray | None 
     other = labeled(cache, labels)
     where = {p: i for i, p in enumerate(other.paths.tolist())}
     if len(where) < len(other.paths):
-        raise FeaturebankError(f"{other.reader.path} has a path in more than one row")
+        raise InvalidValue(f"{other.reader.path} has a path in more than one row")
     mine = first.paths.tolist()
     missing = [p for p in mine if p not in where]
     extra = sorted(set(where) - set(mine))
     if missing or extra:
         said = [f"{len(missing)} labelled image(s) only in {first.reader.path} (e.g. {missing[0]})"] if missing else []
         said += [f"{len(extra)} only in {other.reader.path} (e.g. {extra[0]})"] if extra else []
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"the caches do not hold the same labelled images: {'; '.join(said)}; "
             f"extract the same input with each backbone"
         )
@@ -158,7 +159,7 @@ def aligned(first: Labeled, cache: str | CacheReader, labels: np.ndarray | None 
     differ = np.flatnonzero(theirs != ours)
     if len(differ):
         i = differ[0]
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"the caches label {len(differ)} image(s) differently (e.g. {mine[i]}: {ours[i]} in "
             f"{first.reader.path}, {theirs[i]} in {other.reader.path})"
         )
@@ -166,7 +167,7 @@ def aligned(first: Labeled, cache: str | CacheReader, labels: np.ndarray | None 
     b = other.reader.rows["digest"][other.rows[at]]
     changed = np.flatnonzero((a != "") & (b != "") & (a != b))
     if len(changed):
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"{len(changed)} image(s) changed between the caches (e.g. {mine[changed[0]]}): "
             f"extract them again so that every cache embeds the same files"
         )
@@ -178,7 +179,7 @@ def backbone_names(readers: list[CacheReader]) -> list[str]:
     test-time augmentation where two caches share a backbone, else the file's name, else a number."""
     settings = [r.settings for r in readers]
     names = [s["backbone"] for s in settings]
-    steps = [
+    steps: list[Callable[[int], str]] = [
         (lambda i, key=key, short=short: short(settings[i].get(key)))
         for key, short in (
             ("weights", _short_weights),

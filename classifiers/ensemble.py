@@ -21,7 +21,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 from .folds import fit_grouped, inner_fold_count, inner_splits, inner_splitter, too_few_for_inner_folds
 from .metrics import full_proba
@@ -36,11 +36,11 @@ def member_names(members) -> list[str]:
     inside an ensemble."""
     names = [m.strip() for m in (members.split("+") if isinstance(members, str) else members) if m and m.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
-        raise FeaturebankError(f"an ensemble needs two or more different members, written a+b: not {members!r}")
+        raise InvalidValue(f"an ensemble needs two or more different members, written a+b: not {members!r}")
     for name in names:
         spec = get_spec(name)
         if spec.name == "ensemble":
-            raise FeaturebankError("an ensemble cannot be a member of an ensemble")
+            raise InvalidValue("an ensemble cannot be a member of an ensemble")
     return names
 
 
@@ -59,10 +59,10 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
     def check_params(self) -> None:
         """A FeaturebankError for a bad method, member list or fold count (a spec is checked before any fit)."""
         if self.method not in METHODS:
-            raise FeaturebankError(f"unknown ensemble method {self.method!r}: choose one of {', '.join(METHODS)}")
+            raise InvalidValue(f"unknown ensemble method {self.method!r}: choose one of {', '.join(METHODS)}")
         member_names(self.members)
         if isinstance(self.inner_folds, bool) or not isinstance(self.inner_folds, int) or self.inner_folds < 2:
-            raise FeaturebankError(f"ensemble inner_folds={self.inner_folds!r}: give a whole number of 2 or more")
+            raise InvalidValue(f"ensemble inner_folds={self.inner_folds!r}: give a whole number of 2 or more")
 
     def member_pipelines(self, cv=None) -> list[tuple[str, object]]:
         """The members, unfitted: zoo Pipelines, those without probabilities inside a sigmoid calibration on the
@@ -87,7 +87,7 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
         names = member_names(self.members)
         kept = [n for n in names if get_spec(n).probabilities]
         if not kept:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"ensemble of {'+'.join(names)}: every member needs a calibration on inner folds ({why})"
             )
         left = [n for n in names if n not in kept]

@@ -12,7 +12,7 @@ import inspect
 import numpy as np
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 
 def inner_splitter(folds: int, seed: int, grouped: bool):
@@ -27,7 +27,7 @@ def inner_fold_count(y: np.ndarray, wanted: int, groups: np.ndarray | None = Non
     if groups is not None:
         n_groups = len(set(np.asarray(groups).tolist()))
         if n_groups < 2:
-            raise FeaturebankError(f"{n_groups} group: inner cross-validation needs at least 2 groups (or --no-groups)")
+            raise InvalidValue(f"{n_groups} group: inner cross-validation needs at least 2 groups (or --no-groups)")
         folds = min(folds, n_groups)
     return folds
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from classifiers.report.html import is_cv_report, read_run
 from embedder.cache.hdf5 import CacheReader
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue
 from embedder.options import with_overrides
 
 from .data import open_cache
@@ -38,7 +38,7 @@ def best_row(run_dir: str) -> BestRow:
     """The best row of ``run_dir``'s cv report, checked; a folder that is no cv run is one line."""
     d = read_run(run_dir)
     if not is_cv_report(d):
-        raise FeaturebankError(
+        raise FileProblem(
             f"{run_dir} is not a cross-validation run folder (its report.json is not cv's): give a folder written "
             f"by featurebank cv --out"
         )
@@ -50,15 +50,13 @@ def best_row(run_dir: str) -> BestRow:
         settings, cache = source["settings"], str(source["cache"])
         assert isinstance(settings, dict)
     except (AssertionError, KeyError, StopIteration, TypeError):
-        raise FeaturebankError(
+        raise FileProblem(
             f"{run_dir}/report.json lacks its best row (best, caches, cv): write it again with featurebank cv --out"
         ) from None
     try:
         check_spec(classifier)
     except (FeaturebankError, ValueError) as exc:
-        raise FeaturebankError(
-            f"{run_dir}: its best row's classifier {classifier!r} is not a zoo spec ({exc})"
-        ) from None
+        raise InvalidValue(f"{run_dir}: its best row's classifier {classifier!r} is not a zoo spec ({exc})") from None
     return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings)
 
 
@@ -75,12 +73,12 @@ def matched(row: BestRow, reader: CacheReader) -> None:
     """Refuse, in one line, a cache whose vectors are not the row's: other embedding settings, or no such layer."""
     diff = differences(row, reader.settings)
     if diff:
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"--from {row.run}: its best row ({row.text()}) was cross-validated on {row.cache}, made with other "
             f"settings than {reader.path} ({'; '.join(diff)}): give a cache made like it, or -c and -l"
         )
     if row.layer not in reader.layers:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"--from {row.run}: its best row is on layer {row.layer}, which {reader.path} does not hold "
             f"({', '.join(reader.layers)}): extract that layer, or give -c and -l"
         )

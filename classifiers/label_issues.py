@@ -370,7 +370,7 @@ def read_table(path: str, what: str) -> tuple[list[str], list[dict[str, str]]]:
     import io
 
     from embedder.inputs.sources import read_text
-    from embedder.kernel.errors import FeaturebankError
+    from embedder.kernel.errors import InvalidValue
 
     text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -384,7 +384,7 @@ def read_table(path: str, what: str) -> tuple[list[str], list[dict[str, str]]]:
                 header = fields
                 continue
             if len(fields) != len(header):
-                raise FeaturebankError(
+                raise InvalidValue(
                     f"{path} line {reader.line_num}: {len(fields)} field(s), the header names {len(header)} "
                     f"({', '.join(header)}); is {what} a CSV file with one row per image?"
                 )
@@ -395,7 +395,7 @@ def read_table(path: str, what: str) -> tuple[list[str], list[dict[str, str]]]:
             if "field larger than field limit" in str(exc)
             else f"not valid CSV ({exc})"
         )
-        raise FeaturebankError(f"{path} line {reader.line_num}: {reason}; is {what} a CSV file?") from None
+        raise InvalidValue(f"{path} line {reader.line_num}: {reason}; is {what} a CSV file?") from None
     return header, rows
 
 
@@ -411,10 +411,10 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
 
     from embedder.kernel.atomic import atomic_path
     from embedder.kernel.destination import check_destination, same_file
-    from embedder.kernel.errors import FeaturebankError
+    from embedder.kernel.errors import FileProblem, InvalidValue
 
     if os.path.abspath(out) == os.path.abspath(manifest) or same_file(out, manifest):
-        raise FeaturebankError(f"-o {out} is the manifest itself: write the corrected manifest to a new file")
+        raise InvalidValue(f"-o {out} is the manifest itself: write the corrected manifest to a new file")
     check_destination(out, [manifest, corrections], "the corrected manifest")
     root = os.path.dirname(os.path.abspath(manifest))
 
@@ -429,7 +429,7 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
     fields, rows = read_table(manifest, "the manifest")
     lower = {f.strip().lower(): f for f in fields}
     if "path" not in lower:
-        raise FeaturebankError(f"{manifest}: not a CSV manifest (its first line must name a 'path' column)")
+        raise InvalidValue(f"{manifest}: not a CSV manifest (its first line must name a 'path' column)")
     path_col = lower["path"]
     label_col = lower.get("label") or "label"
     if label_col not in fields:
@@ -439,20 +439,18 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
     names = {f.strip().lower(): f for f in header}
     column = names.get("new_label") or names.get("suggested")
     if "path" not in names or column is None:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{corrections}: needs a 'path' column and a 'new_label' or 'suggested' column (as label_issues.csv has)"
         )
     wanted = []
     for line, r in enumerate(wanted_rows, start=2):
         new = r[column].strip()
         if "\n" in new or "\r" in new:
-            raise FeaturebankError(
-                f"{corrections} line {line}: a line break in a label, which no class folder can hold"
-            )
+            raise InvalidValue(f"{corrections} line {line}: a line break in a label, which no class folder can hold")
         wanted.append((r[names["path"]], r[names["label"]].strip() if "label" in names else None, new))
     unknown = [p for p, _, _ in wanted if key(p) not in where]
     if unknown:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{len(unknown)} path(s) of {corrections} are not in {manifest} (e.g. {unknown[0][:200]}): "
             f"give the manifest the cache was extracted from"
         )
@@ -476,7 +474,7 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
             w.writeheader()
             w.writerows(rows)
     except OSError as exc:
-        raise FeaturebankError(f"cannot write {out}: {exc.strerror or exc}; {manifest} is unchanged") from None
+        raise FileProblem(f"cannot write {out}: {exc.strerror or exc}; {manifest} is unchanged") from None
     return {
         "manifest": out,
         "rows": len(rows),

@@ -16,7 +16,7 @@ import numpy as np
 
 from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import read_text
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FileProblem, IncompatibleSettings, InvalidValue
 
 from .data import open_cache
 
@@ -43,7 +43,7 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
         header = next(reader, None)
         names = [h.strip().lower() for h in header or []]
         if "path" not in names or "label" not in names:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"{csv_path} line 1: the first line must name the columns 'path' and 'label' "
                 f"(found {','.join(header or []) or 'nothing'})"
             )
@@ -54,25 +54,25 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
             if not any(cell.strip() for cell in row):
                 continue  # a blank line
             if len(row) != len(names):
-                raise FeaturebankError(
+                raise InvalidValue(
                     f"{csv_path} line {line}: {len(row)} field(s) where the header names {len(names)} "
                     f"(a path or label with a comma must be quoted)"
                 )
             path, label = row[at_path].strip(), row[at_label].strip()
             if not path:
-                raise FeaturebankError(f"{csv_path} line {line}: no path")
+                raise InvalidValue(f"{csv_path} line {line}: no path")
             row_at = where.get(path, where.get(path_key(path)))
             if row_at is None:
-                raise FeaturebankError(
+                raise InvalidValue(
                     f"{csv_path} line {line}: {path} is not in the cache (name images as the cache does, "
                     f"e.g. {paths[0] if paths else 'its paths'}; featurebank info lists where they came from)"
                 )
             if row_at in seen:
-                raise FeaturebankError(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[row_at]})")
+                raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[row_at]})")
             seen[row_at] = line
             out[row_at] = label
     except csv.Error as exc:
-        raise FeaturebankError(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
+        raise FileProblem(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
     return out
 
 
@@ -88,7 +88,7 @@ def labels_of(reader: str | CacheReader, labels_csv: str | None = None) -> np.nd
     differ = np.flatnonzero((given != "") & (labels != "") & (given != labels))
     if len(differ):
         i = differ[0]
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"{labels_csv} labels {len(differ)} image(s) otherwise than {reader.path} does "
             f"(e.g. {reader.paths[i]}: {given[i]} in the CSV, {labels[i]} in the cache)"
         )

@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 from . import solver
 from .folds import inner_fold_count, inner_splits, too_few_for_inner_folds
@@ -84,17 +84,15 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     def check_params(self) -> None:
         """A bad value is one line when the spec is read, before any fit."""
         if self.scoring not in SCORINGS:
-            raise FeaturebankError(
-                f"classifier logreg: scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}"
-            )
+            raise InvalidValue(f"classifier logreg: scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
         for name, value in (("C", self.C), *(("Cs", c) for c in self.Cs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise FeaturebankError(f"classifier logreg: {name}={value!r}: give a positive number")
+                raise InvalidValue(f"classifier logreg: {name}={value!r}: give a positive number")
         for name, value, least in (("inner_folds", self.inner_folds, 2), ("holdout_from", self.holdout_from, 0)):
             if value is None and name == "holdout_from":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise FeaturebankError(
+                raise InvalidValue(
                     f"classifier logreg: {name}={value!r}: give a whole number of {least} or more"
                     + (", or None" if name == "holdout_from" else "")
                 )

@@ -22,7 +22,7 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, n_c
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true": a fact of small folds
-        out = {
+        out: dict[str, float | None] = {
             "accuracy": float(accuracy_score(y_true, y_pred)),
             "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
             "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),

@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile
 
 from .ensemble import ZooEnsemble
 from .linear import TunedLogisticRegression
@@ -69,7 +69,7 @@ TRUSTED_TYPES = [
 ]
 
 # The keys of the metadata, with the types they must have (a tuple: any of them).
-SCHEMA = {
+SCHEMA: dict[str, type | tuple[type, ...]] = {
     "classes": list,
     "classifier": str,
     "layer": str,
@@ -138,7 +138,7 @@ def write_model(path: str, meta: dict, pipeline) -> str:
             archive.writestr(PIPELINE, blob)
         os.replace(tmp, path)
     except OSError as exc:
-        raise FeaturebankError(f"cannot write the model file {path}: {exc.strerror or exc}") from None
+        raise FileProblem(f"cannot write the model file {path}: {exc.strerror or exc}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -160,9 +160,9 @@ def _check_file(path: str) -> None:
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        raise FeaturebankError(f"model file not found: {path}") from None
+        raise MissingFile(f"model file not found: {path}") from None
     if not stat.S_ISREG(mode):  # a folder, a FIFO (would block), a device: never opened
-        raise FeaturebankError(f"{path} is not a featurebank model file (not a regular file)")
+        raise FileProblem(f"{path} is not a featurebank model file (not a regular file)")
 
 
 def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
@@ -171,13 +171,13 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
     kind = kind_of(path)
     if kind == "pickle":
         if not trust_pickle:
-            raise FeaturebankError(
+            raise FileProblem(
                 f"{path} is a pickle, not a featurebank model file: it was not loaded, since "
                 f"loading a pickle can run any code; {TRUST_HINT}"
             )
         return _read_pickle(path)
     if kind == "other":
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} is not a featurebank model file (`featurebank train` writes them)"
             + (f"; {TRUST_HINT}" if trust_pickle is False and _maybe_old_pickle(path) else "")
         )
@@ -187,23 +187,23 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
             names = set(listed)
             twice = sorted(n for n in names if listed.count(n) > 1)
             if twice:  # zipfile reads the last copy, unzip -p shows the first: what is inspected must be what runs
-                raise FeaturebankError(
+                raise FileProblem(
                     f"{path} was refused: it holds {twice[0][:100]} twice (a model file holds each member once; "
                     f"a second copy would run instead of the one `unzip -p` shows)"
                 )
             if META not in names or PIPELINE not in names:
-                raise FeaturebankError(
+                raise FileProblem(
                     f"{path} is a zip archive but not a featurebank model file (it lacks "
                     f"{META if META not in names else PIPELINE})"
                 )
             if archive.getinfo(META).file_size > MAX_META_BYTES:
-                raise FeaturebankError(f"{path} is not a featurebank model file ({META} is too large)")
+                raise FileProblem(f"{path} is not a featurebank model file ({META} is too large)")
             with archive.open(META) as fh:
                 raw = fh.read(MAX_META_BYTES + 1)
             document = _document(path, raw)
             blob = archive.read(PIPELINE)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} is a damaged featurebank model file ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
     pipeline = _load_pipeline(path, blob, document)
@@ -232,12 +232,12 @@ def check_consistent(path: str, document: dict, pipeline) -> None:
         check_is_fitted(pipeline)
         fitted_classes = np.asarray(pipeline.classes_)
     except (NotFittedError, AttributeError, TypeError):
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} was refused: its classifier was never fitted (train one with `featurebank train`)"
         ) from None
     k = len(document["classes"])
     if fitted_classes.shape != (k,) or not np.array_equal(fitted_classes, np.arange(k)):
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} was refused: its metadata names {k} classes but its classifier predicts "
             f"{len(fitted_classes) if fitted_classes.ndim == 1 else 'other'} "
             f"(classes {', '.join(map(str, fitted_classes.ravel()[:10]))})"
@@ -245,13 +245,13 @@ def check_consistent(path: str, document: dict, pipeline) -> None:
     layer, trained_on = document["layer"], document["trained_on"]
     layers = trained_on.get("layers")
     if isinstance(layers, list) and layers and layer not in layers:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} was refused: its layer {layer!r} is not one of the layers it was trained on ({', '.join(map(str, layers[:10]))})"
         )
     takes = input_dimensions(pipeline)
     dims = trained_on.get("dimensions")
     if isinstance(dims, dict) and takes is not None and dims.get(layer) != takes:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} was refused: its layer {layer!r} has {dims.get(layer, 'unrecorded')} dimensions but its "
             f"classifier takes {takes}"
         )
@@ -272,11 +272,11 @@ def _document(path: str, raw: bytes) -> dict:
     try:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FeaturebankError(f"{path} is a damaged featurebank model file ({META}: {_first_line(exc)})") from None
+        raise FileProblem(f"{path} is a damaged featurebank model file ({META}: {_first_line(exc)})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise FeaturebankError(f"{path} is not a featurebank model file ({META} does not say format {FORMAT!r})")
+        raise FileProblem(f"{path} is not a featurebank model file ({META} does not say format {FORMAT!r})")
     if document.get("version") != VERSION:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} is a model file of format version {document.get('version')!r}; this "
             f"featurebank reads version {VERSION}: train it again with `featurebank train`"
         )
@@ -288,25 +288,25 @@ def check_metadata(path: str, document: dict) -> None:
     """One line naming the first key that is missing or of the wrong type (never a KeyError later)."""
     for key, kind in SCHEMA.items():
         if key not in document:
-            raise FeaturebankError(f"{path} is not a complete featurebank model file: it has no {key!r}")
+            raise FileProblem(f"{path} is not a complete featurebank model file: it has no {key!r}")
         if not isinstance(document[key], kind):
             want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
-            raise FeaturebankError(
+            raise FileProblem(
                 f"{path} is not a valid featurebank model file: {key!r} is a "
                 f"{type(document[key]).__name__}, not a {want}"
             )
     classes = document["classes"]
     if len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise FeaturebankError(f"{path} is not a valid featurebank model file: 'classes' must be two or more names")
+        raise FileProblem(f"{path} is not a valid featurebank model file: 'classes' must be two or more names")
     weights = document["settings"].get("weights")
     if not isinstance(weights, str):
-        raise FeaturebankError(f"{path} is not a valid featurebank model file: 'settings' has no 'weights' name")
+        raise FileProblem(f"{path} is not a valid featurebank model file: 'settings' has no 'weights' name")
     from embedder.kernel.settings import ExtractionSettings
 
     try:
         ExtractionSettings.from_dict(document["settings"])
     except FeaturebankError as exc:
-        raise FeaturebankError(f"{path} is not a valid featurebank model file: 'settings': {exc}") from None
+        raise FileProblem(f"{path} is not a valid featurebank model file: 'settings': {exc}") from None
 
 
 def _load_pipeline(path: str, blob: bytes, document: dict):
@@ -322,30 +322,30 @@ def _load_pipeline(path: str, blob: bytes, document: dict):
             named = ", ".join(t for t in skops.io.get_untrusted_types(data=blob) if t not in TRUSTED_TYPES)[:300]
         except Exception:  # noqa: BLE001 - the refusal stands whatever the listing hits
             named = _first_line(exc)
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} was refused: its classifier names types featurebank does not trust ({named}); "
             f"a model file from `featurebank train` holds only scikit-learn, numpy, scipy and "
             f"featurebank classes"
         ) from None
     except (ModuleNotFoundError, ImportError, AttributeError) as exc:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} was written by an incompatible version of featurebank or scikit-learn "
             f"({type(exc).__name__}: {_first_line(exc)}); train it again with "
             f"`featurebank train`"
         ) from None
     except Exception as exc:  # noqa: BLE001 - a crafted or damaged archive: skops raises whatever the tree hits
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} is a damaged featurebank model file (its classifier: {type(exc).__name__}: {_first_line(exc)})"
         ) from None
     if not hasattr(pipeline, "predict"):
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} is not a valid featurebank model file: its classifier is a "
             f"{type(pipeline).__name__}, which cannot predict"
         )
     for tree in _trees(pipeline):
         problem = _tree_problem(tree)
         if problem:
-            raise FeaturebankError(f"{path} was refused: a decision tree in it is damaged or crafted ({problem})")
+            raise FileProblem(f"{path} was refused: a decision tree in it is damaged or crafted ({problem})")
     if any("InconsistentVersion" in type(w.message).__name__ for w in caught):
         warnings.warn(
             f"{path} was trained with scikit-learn {document['versions'].get('scikit-learn')}; "
@@ -408,24 +408,24 @@ def _read_pickle(path: str) -> tuple[dict, object]:
             warnings.simplefilter("always")
             data = joblib.load(path)
     except (ModuleNotFoundError, AttributeError, ImportError) as exc:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} was written by an incompatible version of featurebank or scikit-learn "
             f"({type(exc).__name__}: {exc}); train it again with `featurebank train`"
         ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} is not a featurebank model file ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FeaturebankError(f"{path} is not a featurebank model file (`featurebank train` writes them)")
+        raise FileProblem(f"{path} is not a featurebank model file (`featurebank train` writes them)")
     if data.get("version") != 1:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} is a pickled model file of format version {data.get('version')!r}; this "
             f"featurebank reads version 1 pickles: train it again with `featurebank train`"
         )
     check_metadata(path, data)
     if "pipeline" not in data or not hasattr(data["pipeline"], "predict"):
-        raise FeaturebankError(f"{path} is not a complete featurebank model file: it has no fitted 'pipeline'")
+        raise FileProblem(f"{path} is not a complete featurebank model file: it has no fitted 'pipeline'")
     check_consistent(path, data, data["pipeline"])
     meta = {k: data[k] for k in SCHEMA}
     return json.loads(json.dumps(_jsonable(meta))), data["pipeline"]
@@ -435,10 +435,10 @@ def convert(old: str, new: str) -> dict:
     """Rewrite an old model file (a joblib pickle, unpickled: only for files you trust) in this format, checked by
     loading it back; ``new`` may not be ``old``. Returns what was written."""
     if os.path.exists(new) and os.path.exists(old) and os.path.samefile(old, new):
-        raise FeaturebankError(f"convert writes a new file: give NEW another path than {old}")
+        raise InvalidValue(f"convert writes a new file: give NEW another path than {old}")
     if kind_of(old) == "model":
         read_model(old)
-        raise FeaturebankError(f"{old} is already a featurebank model file of this format: nothing to convert")
+        raise InvalidValue(f"{old} is already a featurebank model file of this format: nothing to convert")
     meta, pipeline = read_model(old, trust_pickle=True)
     import skops.io
     from skops.io.exceptions import UntrustedTypesFoundException
@@ -446,7 +446,7 @@ def convert(old: str, new: str) -> dict:
     try:
         skops.io.loads(skops.io.dumps(pipeline), trusted=list(TRUSTED_TYPES))
     except UntrustedTypesFoundException as exc:
-        raise FeaturebankError(
+        raise FileProblem(
             f"{old} holds types a model file may not hold ({_first_line(exc)}): nothing written"
         ) from None
     write_model(new, meta, pipeline)

@@ -19,7 +19,7 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 from . import cost
 from .cost import Shape
@@ -118,8 +118,15 @@ class ClassifierSpec:
 _REGISTRY: dict[str, ClassifierSpec] = {}
 
 
-def register_classifier(spec: ClassifierSpec) -> ClassifierSpec:
-    """Add a classifier to the zoo (the built-in ones below; a user or a test can add its own)."""
+def register_classifier(spec: ClassifierSpec, *, replace: bool = False) -> ClassifierSpec:
+    """Add a classifier to the zoo (the built-in ones below; a user or a test can add its own). A name already taken
+    is refused unless ``replace=True``, so that a plug-in cannot silently shadow a built-in entry or another's."""
+    taken = _REGISTRY.get(spec.name)
+    if taken is not None and not replace:
+        raise InvalidValue(
+            f"classifier {spec.name!r} is already registered ({taken.summary}): choose another name, or pass "
+            "replace=True to register_classifier to replace it"
+        )
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -142,7 +149,7 @@ def get_spec(name: str) -> ClassifierSpec:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise FeaturebankError(
+    raise InvalidValue(
         f"unknown classifier {name!r}{hint}; `featurebank classifiers` lists them: {', '.join(_REGISTRY)}"
     )
 
@@ -162,16 +169,16 @@ def _parse(text: str) -> tuple[str, dict]:
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise FeaturebankError(f"cannot read {item!r} in classifier {text!r}: write name:key=value,key=value")
+            raise InvalidValue(f"cannot read {item!r} in classifier {text!r}: write name:key=value,key=value")
         params[key.strip()] = _literal(value.strip())
     get_spec(name)
     for step in ("l2", "scale"):
         if step in params and not isinstance(params[step], bool):
-            raise FeaturebankError(f"{step}={params[step]!r} in classifier {text!r}: write {step}=on or {step}=off")
+            raise InvalidValue(f"{step}={params[step]!r} in classifier {text!r}: write {step}=on or {step}=off")
     if "pca" in params:
         pca = params["pca"]
         if not (isinstance(pca, bool) or pca is None or (isinstance(pca, int) and pca >= 1)):
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"pca={pca!r} in classifier {text!r}: give a number of dimensions (1 or more), on (256) or off"
             )
     return name, params
@@ -233,7 +240,7 @@ def _build(name: str, params: dict, seed: int, text: str) -> Pipeline:
         clf.set_params(**params)
     except ValueError:
         valid = ", ".join(sorted(clf.get_params(deep=False)))
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{name} has no parameter among {', '.join(params)}: it takes {', '.join(STEPS)} and {valid}"
         ) from None
     try:
@@ -242,7 +249,7 @@ def _build(name: str, params: dict, seed: int, text: str) -> Pipeline:
         elif hasattr(clf, "_parameter_constraints"):  # scikit-learn's, checked as its fit would
             clf._validate_params()
     except InvalidParameterError as exc:
-        raise FeaturebankError(f"classifier {text!r}: {str(exc).splitlines()[0]}") from None
+        raise InvalidValue(f"classifier {text!r}: {str(exc).splitlines()[0]}") from None
     pca = steps.get("pca")
     if pca is True:
         pca = 256

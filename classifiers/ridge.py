@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.kernel_approximation import Nystroem
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))  # 0.1 … 1e6, half a decade apart
 BLOCK = 2048  # rows per block: BLOCK x d float64 is the only per-row memory (a few of them: 60 MB at 1,280 dims)
@@ -82,7 +82,7 @@ class _RidgeBase(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X), np.asarray(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
-            raise FeaturebankError("ridge needs at least two classes")
+            raise InvalidValue("ridge needs at least two classes")
         alphas = (self.alpha,) if self.alpha is not None else tuple(sorted(self.alphas))
         self.alpha_, self.cv_errors_, W, b = loo_ridge(X, _targets(y, self.classes_), alphas, transform)
         self.coef_, self.intercept_ = W.T, b
@@ -92,7 +92,7 @@ class _RidgeBase(ClassifierMixin, BaseEstimator):
     def check_params(self) -> None:
         for name, value in (("alpha", self.alpha), *(("alphas", a) for a in self.alphas)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise FeaturebankError(f"classifier {self._entry}: {name}={value!r}: give a positive number")
+                raise InvalidValue(f"classifier {self._entry}: {name}={value!r}: give a positive number")
 
     def decision_function(self, X):
         check_is_fitted(self, "coef_")
@@ -140,9 +140,9 @@ class NystroemRidge(_RidgeBase):
     def check_params(self) -> None:
         super().check_params()
         if isinstance(self.n_components, bool) or not isinstance(self.n_components, int) or self.n_components < 1:
-            raise FeaturebankError(f"classifier {self._entry}: n_components={self.n_components!r}: give 1 or more")
+            raise InvalidValue(f"classifier {self._entry}: n_components={self.n_components!r}: give 1 or more")
         if self.gamma != "scale" and (isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float))):
-            raise FeaturebankError(f"classifier {self._entry}: gamma={self.gamma!r}: give scale or a number")
+            raise InvalidValue(f"classifier {self._entry}: gamma={self.gamma!r}: give scale or a number")
 
     def _features(self, X):
         return self.map_.transform(X)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 COLD = ("kmeans", "typiclust", "probcover")
 WARM = ("margin", "cluster-margin", "badge", "coverage-margin")
@@ -162,15 +162,15 @@ def choose(
     if rule == "auto":
         rule = DEFAULT_WARM if warm_possible else DEFAULT_COLD
     if rule not in RULES:
-        raise FeaturebankError(f"unknown strategy {rule!r}: choose auto, {', '.join(RULES)}")
+        raise InvalidValue(f"unknown strategy {rule!r}: choose auto, {', '.join(RULES)}")
     if rule in WARM and not warm_possible:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"--strategy {rule} needs labelled images of two classes or more "
             f"({len(classes)} class labelled): label a first batch picked by a cold-start rule ({', '.join(COLD)})"
         )
     rows = np.flatnonzero(pool)
     if budget > len(rows):
-        raise FeaturebankError(f"the budget ({budget}) is larger than the pool ({len(rows)} unlabeled images)")
+        raise InvalidValue(f"the budget ({budget}) is larger than the pool ({len(rows)} unlabeled images)")
     rng = np.random.default_rng(seed)
     picked = Picked(rule=rule, stage="labelled" if rule in WARM else "cold start")
     batch = Batch(X, budget, groups, duplicate_cosine, labelled, picked)

@@ -18,7 +18,7 @@ import numpy as np
 
 from embedder.inputs.sources import read_text
 from embedder.kernel.atomic import atomic_path
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FileProblem, InvalidValue
 from embedder.options import with_overrides
 
 from .data import open_cache
@@ -72,14 +72,14 @@ def read_paths(list_path: str, paths) -> np.ndarray:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = [h.strip().lower() for h in next(reader, [])]
         if "path" not in header:
-            raise FeaturebankError(f"{list_path} line 1: the first line must name a 'path' column")
+            raise InvalidValue(f"{list_path} line 1: the first line must name a 'path' column")
         at = header.index("path")
         try:
             for row in reader:
                 if len(row) > at and row[at].strip():
                     named.append((reader.line_num, row[at].strip()))
         except csv.Error as exc:
-            raise FeaturebankError(f"{list_path} line {reader.line_num}: not valid CSV ({exc})") from None
+            raise FileProblem(f"{list_path} line {reader.line_num}: not valid CSV ({exc})") from None
     else:
         for n, entry in enumerate(text.splitlines(), start=1):
             if entry.strip() and not entry.lstrip().startswith("#"):
@@ -88,7 +88,7 @@ def read_paths(list_path: str, paths) -> np.ndarray:
     for line, path in named:
         row_at = where.get(path, where.get(path_key(path)))
         if row_at is None:
-            raise FeaturebankError(f"{list_path} line {line}: {path} is not in the cache")
+            raise InvalidValue(f"{list_path} line {line}: {path} is not in the cache")
         mask[row_at] = True
     return mask
 
@@ -104,7 +104,7 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
     seed, duplicate_cosine = o.seed, o.duplicate_cosine
     started = time.perf_counter()
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise FeaturebankError(f"--budget {budget}: give how many images to pick, 1 or more")
+        raise InvalidValue(f"--budget {budget}: give how many images to pick, 1 or more")
     if out:
         from embedder.kernel.destination import check_destination
 
@@ -116,7 +116,7 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
     known = labels_of(reader, labels)
     unlabeled = known == ""
     if not unlabeled.any():
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{reader.path} has no unlabeled images: every one of its {len(known):,} rows is labelled"
             + (f" (with {labels})" if labels else "")
             + "; extract the images still to label (a flat folder or a list) into it"
@@ -126,11 +126,11 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
         excluded |= read_paths(path, reader.paths)
     pool = unlabeled & ~excluded
     if not pool.any():
-        raise FeaturebankError(
+        raise InvalidValue(
             f"no image left to pick: the {int(unlabeled.sum()):,} unlabeled images of {reader.path} are all excluded"
         )
     if budget > pool.sum():
-        raise FeaturebankError(
+        raise InvalidValue(
             f"--budget {budget} is more than the {int(pool.sum()):,} unlabeled images left to pick"
             + (f" ({int((unlabeled & excluded).sum()):,} excluded)" if (unlabeled & excluded).any() else "")
         )

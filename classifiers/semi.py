@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
 from .neighbours import normalize, self_search
@@ -139,9 +139,9 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
 
     def check_params(self) -> None:
         if self.mode not in MODES:
-            raise FeaturebankError(f"unknown way to use unlabeled rows {self.mode!r}: choose {' or '.join(MODES)}")
+            raise InvalidValue(f"unknown way to use unlabeled rows {self.mode!r}: choose {' or '.join(MODES)}")
         if not 0.0 < float(self.share) <= 1.0:
-            raise FeaturebankError(f"share={self.share!r}: give a fraction above 0, at most 1")
+            raise InvalidValue(f"share={self.share!r}: give a fraction above 0, at most 1")
 
     def _base(self):
         if self.estimator is None:
@@ -155,7 +155,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X), np.asarray(y)
         known = y != UNLABELED
         if not known.any():
-            raise FeaturebankError("no labelled rows: label at least one image per class")
+            raise InvalidValue("no labelled rows: label at least one image per class")
         self.classes_ = np.unique(y[known])
         free = np.flatnonzero(~known)
         labelled = np.flatnonzero(known)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 from .folds import fallbacks, fit_grouped
 from .metrics import scores
@@ -44,13 +44,11 @@ def parse_shots(value) -> list:
         except ValueError:
             k = 0
         if k < 1:
-            raise FeaturebankError(
-                f"--shots {value!r}: give whole numbers of labelled images per class (1 or more) or all"
-            )
+            raise InvalidValue(f"--shots {value!r}: give whole numbers of labelled images per class (1 or more) or all")
         out.append(k)
     numbers = sorted({k for k in out if k != ALL})
     if not out:
-        raise FeaturebankError("--shots: give at least one number of labelled images per class, e.g. 1,2,5,all")
+        raise InvalidValue("--shots: give at least one number of labelled images per class, e.g. 1,2,5,all")
     return numbers + ([ALL] if ALL in out else [])
 
 
@@ -71,7 +69,7 @@ def learning_curve(
     takes them (``semi.SemiSupervised``, label -1); the fold's training rows not drawn join them."""
     metric = metric or "balanced_accuracy"
     if draws < 1:
-        raise FeaturebankError("--draws must be at least 1")
+        raise InvalidValue("--draws must be at least 1")
     out = []
     for k in (k for k in shots if k != ALL):
         per_draw, notes = [], []

@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
 
 TIMEOUT_ENV = "FEATUREBANK_DIST_TIMEOUT"  # seconds a rank waits for the others at one step (default: an hour)
 DEFAULT_TIMEOUT_S = 3600
@@ -27,12 +27,12 @@ def _env_int(environ, name: str, default: int | None = None) -> int:
     value = environ.get(name)
     if value is None or value == "":
         if default is None:
-            raise FeaturebankError(f"{name} is not set, but WORLD_SIZE is: start the ranks with torchrun")
+            raise InvalidValue(f"{name} is not set, but WORLD_SIZE is: start the ranks with torchrun")
         return default
     try:
         return int(value)
     except ValueError:
-        raise FeaturebankError(f"{name}={value!r} is not a whole number (set by torchrun or your launcher?)") from None
+        raise InvalidValue(f"{name}={value!r} is not a whole number (set by torchrun or your launcher?)") from None
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Rank:
         rank, local = _env_int(environ, "RANK"), _env_int(environ, "LOCAL_RANK")
         local_world = _env_int(environ, "LOCAL_WORLD_SIZE", world)
         if not (0 <= rank < world and 0 <= local < local_world <= world):
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"inconsistent ranks: RANK={rank} LOCAL_RANK={local} LOCAL_WORLD_SIZE={local_world} WORLD_SIZE={world}"
             )
         return cls(rank, world, local, local_world)

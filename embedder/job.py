@@ -29,7 +29,7 @@ from embedder.cache.hdf5 import CacheReader, CacheWriter, settings_key, stored_i
 from embedder.engines.engine import Prepared, open_engine, resolve_device_name
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from embedder.inputs.sources import Listing, rebased, same_files
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, InvalidValue
 from embedder.kernel.settings import POOLINGS, TTAS, ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.kernel.versions import library_versions
@@ -100,7 +100,7 @@ class Execution:
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise FeaturebankError("--batch-size must be at least 1")
+            raise InvalidValue("--batch-size must be at least 1")
 
     @classmethod
     def from_options(cls, options: ExtractOptions, progress: bool = False) -> Execution:
@@ -138,11 +138,9 @@ class ExtractJob:
 
     def __post_init__(self):
         if self.request.pooling not in POOLINGS:
-            raise FeaturebankError(f"unknown pooling {self.request.pooling!r}: choose one of {', '.join(POOLINGS)}")
+            raise InvalidValue(f"unknown pooling {self.request.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.options.tta not in TTAS:
-            raise FeaturebankError(
-                f"unknown test-time augmentation {self.options.tta!r}: choose one of {', '.join(TTAS)}"
-            )
+            raise InvalidValue(f"unknown test-time augmentation {self.options.tta!r}: choose one of {', '.join(TTAS)}")
 
     @classmethod
     def of(cls, source, cache: str | None, options: ExtractOptions, progress: bool = False) -> ExtractJob:
@@ -200,7 +198,7 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         else:
             dev = rank.device(resolve_device_name(asked.device))
         if request.precision == "fp16" and dev == "cpu":
-            raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
+            raise InvalidValue("fp16 needs a GPU; on the CPU use fp32, or int8 (--precision int8)")
         listing = (
             job.source if isinstance(job.source, Listing) else list_input(job.source, o.layout, o.shards, o.confine)
         )
@@ -350,7 +348,7 @@ def int8_of_cache(path: str) -> tuple[Int8, str]:
     validation set) with exactly that engine."""
     settings = ExtractionSettings.from_dict(CacheReader(path).settings)
     if settings.int8 is None:
-        raise FeaturebankError(f"{path} is not an int8 cache (precision {settings.precision})")
+        raise InvalidValue(f"{path} is not an int8 cache (precision {settings.precision})")
     return settings.int8, engine_dir_for(path)
 
 
@@ -369,7 +367,7 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
             wanted = stored.int8
     if hasattr(listing, "where"):  # samples of shards have no file to calibrate from
         if not wanted.calibration_set:
-            raise FeaturebankError(
+            raise InvalidValue(
                 "int8 from shards needs a calibration made on image files: extract some of "
                 "them with --precision int8, then use --calibration-from that cache"
             )
@@ -378,7 +376,7 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
     chosen = draw_calibration(candidates, wanted)[: wanted.images]
     if not wanted.calibration_set:
         if not chosen:
-            raise FeaturebankError("int8 needs calibration images, and the input has none")
+            raise InvalidValue("int8 needs calibration images, and the input has none")
         digests = []
         for p in chosen:
             try:

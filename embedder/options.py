@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from embedder.engines.engine import BATCH_SIZE, ENGINES
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.inputs.sources import LAYOUTS
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, InvalidValue
 from embedder.kernel.settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS, Int8
 
 BACKBONE, DEVICE = "embedder.backbones.registry:check_backbone", "embedder.engines.engine:check_device"
@@ -206,7 +206,7 @@ class ExtractOptions:
 
     def __post_init__(self):
         if self.calibration_from and self.precision != "int8":
-            raise FeaturebankError("--calibration-from goes with --precision int8")
+            raise InvalidValue("--calibration-from goes with --precision int8")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -82,14 +82,14 @@ def _memo_key(request: Request) -> dict:
 def resolve(request: Request, store: EngineStore | None = None) -> Resolved:
     """The settings of ``request``; read from the store's records when this exact request was resolved before."""
     key = _memo_key(request) if store is not None else None
-    hit = store.record("resolved", key) if store is not None else None
+    hit = store.record("resolved", key) if store is not None and key is not None else None
     if hit is not None:
         settings = ExtractionSettings.from_dict(hit["settings"])
         if request.int8 is not None:
             settings = replace(settings, precision="int8", int8=request.int8)
         return Resolved(settings, hit["dims"], hit["weights_file"], hit["weights_arg"], request.seed)
     resolved = _resolve_with_torch(request)
-    if store is not None:
+    if store is not None and key is not None:
         plain = replace(
             resolved.settings, precision=request.precision if request.precision != "int8" else "fp32", int8=None
         )

@@ -26,6 +26,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS, digest_bytes, max_file_bytes
 from embedder.inputs.samples import Where
@@ -38,7 +39,7 @@ from embedder.inputs.sources import (
     list_images,
     list_inputs,
 )
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue, MissingFile
 
 from .options import ShardOptions
 
@@ -55,7 +56,7 @@ class ShardListing(Listing):
     shards: list[str] = field(default_factory=list)  # absolute paths, in order
     columns: dict[int, str] = field(default_factory=dict)  # parquet shard → its image column
     where: dict[str, Where] = field(default_factory=dict)  # item path → its bytes
-    _digests: object = field(default=None, repr=False, compare=False)  # the reader of item_digest
+    _digests: Any = field(default=None, repr=False, compare=False)  # the reader of item_digest
 
     def full_path(self, item: Item) -> str:
         """The shard file that holds the sample (a sample has no file of its own)."""
@@ -145,18 +146,18 @@ def shard_paths(source) -> tuple[list[str], str] | None:
     (an image folder, a manifest, a list of images): a folder of shards, one shard, a glob or brace pattern,
     a ``.txt`` list of shards, or several of these."""
     names = [os.fspath(s) for s in source] if isinstance(source, (list, tuple)) else [os.fspath(source)]
-    found: list[str] = []
+    found: list[str | None] = []  # None: a name that is not shards
     for name in names:
         if _is_pattern(name) and not os.path.exists(name):
             count = _pattern_names(name)
             if count > MAX_PATTERN_NAMES:
-                raise FeaturebankError(
+                raise InvalidValue(
                     f"{name}: the brace pattern expands to {count:,} names, more than the {MAX_PATTERN_NAMES:,} "
                     f"at most that a pattern may name; list the shards in a .txt file (one a line) instead"
                 )
             matches = sorted({m for p in _expand_braces(name) for m in glob.glob(p)})
             if not matches:
-                raise FeaturebankError(f"no files match {name}")
+                raise MissingFile(f"no files match {name}")
             found += [m for m in matches if is_shard_name(m)] or [None]
         elif is_shard_name(name):
             found.append(name)
@@ -175,8 +176,8 @@ def shard_paths(source) -> tuple[list[str], str] | None:
     if all(f is None for f in found):
         return None
     if any(f is None for f in found):
-        raise FeaturebankError("give either shards (.tar, .parquet) or images, not both in one extract")
-    paths = list(dict.fromkeys(os.path.abspath(f) for f in found))  # once each, in the order given
+        raise InvalidValue("give either shards (.tar, .parquet) or images, not both in one extract")
+    paths = list(dict.fromkeys(os.path.abspath(f) for f in found if f))  # once each, in the order given
     if len(names) == 1:
         identity = os.path.abspath(names[0])
     else:
@@ -199,7 +200,7 @@ def list_shards(paths: list[str], identity: str, options: ShardOptions) -> Shard
     """Every sample of every shard, shard by shard (in the order given), by key within a shard."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FeaturebankError(
+        raise MissingFile(
             f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
@@ -213,7 +214,7 @@ def list_shards(paths: list[str], identity: str, options: ShardOptions) -> Shard
         else:
             _list_tar(listing, index, name, options)
     if not listing.items:
-        raise FeaturebankError(f"no samples in the shards of {identity}")
+        raise InvalidValue(f"no samples in the shards of {identity}")
     return listing
 
 
@@ -300,7 +301,8 @@ def scan_tar(fh, file_size: int) -> tuple[list[tuple[str, int, int, bool]], str 
     what stopped the scan early, if anything. Reads the 512-byte headers only (``tarfile`` parses each header
     field by field: ten times slower, which a rerun over a million samples would feel) and seeks over the data.
     Never raises for a damaged file: the members before the damage are returned."""
-    members, offset, pending, long_name = [], 0, {}, None
+    members: list[tuple[str, int, int, bool]] = []
+    offset, pending, long_name = 0, {}, None
     while True:
         fh.seek(offset)
         block = fh.read(512)
@@ -478,14 +480,14 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
         return
     columns = pf.schema_arrow.names
     image = options.image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
-    if image not in columns:
-        raise FeaturebankError(
+    if image is None or image not in columns:
+        raise InvalidValue(
             f"{path} has no image column {options.image_column or 'image'!r} (its columns: "
             f"{', '.join(columns)}); name it with --image-column"
         )
     for option, column in (("--label-column", options.label_column), ("--group-column", options.group_column)):
         if column and column not in columns:
-            raise FeaturebankError(f"{path} has no column {column!r} ({option}); its columns: {', '.join(columns)}")
+            raise InvalidValue(f"{path} has no column {column!r} ({option}); its columns: {', '.join(columns)}")
     label_column = options.label_column or ("label" if "label" in columns and image != "label" else None)
     wanted = [c for c in dict.fromkeys(("key", label_column, options.group_column)) if c and c in columns]
     table = pf.read(columns=wanted) if wanted else None

@@ -20,7 +20,7 @@ from embedder.backbones.registry import load_backbone, resolve_layers
 from embedder.engines.engine import open_engine, prepare_int8, resolve_device_name
 from embedder.engines.guard import BatchRunner
 from embedder.inputs.batches import ImageDataset, batches
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, InvalidValue
 from embedder.kernel.settings import ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
 
@@ -95,7 +95,7 @@ class Embedder(TransformerMixin, BaseEstimator):
             if o.int8 is not None:  # a cache's int8 engine (embedder.job.int8_of_cache): its rows exactly
                 int8 = o.int8
             elif X is None:
-                raise FeaturebankError(
+                raise InvalidValue(
                     "int8 calibrates on images: call fit with a list of paths or PIL images (or give int8= of a cache)"
                 )
             else:
@@ -170,7 +170,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         images = _as_list(X)
         device = resolve_device_name(o.device)
         if o.precision == "fp16" and device == "cpu":
-            raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32 or int8")
+            raise InvalidValue("fp16 needs a GPU; on the CPU use fp32 or int8")
         runner = BatchRunner(self._engine_for(device))
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         bad = []
@@ -209,9 +209,9 @@ def _as_list(X) -> list:
     if isinstance(X, np.ndarray):
         X = X.reshape(-1) if X.ndim == 2 and X.shape[1] == 1 else X
         if X.ndim != 1:
-            raise FeaturebankError(f"Embedder takes a list of paths or PIL images, not an array of shape {X.shape}")
+            raise InvalidValue(f"Embedder takes a list of paths or PIL images, not an array of shape {X.shape}")
     if isinstance(X, (str, bytes)):
-        raise FeaturebankError("Embedder takes a list of paths or PIL images, not a single string")
+        raise InvalidValue("Embedder takes a list of paths or PIL images, not a single string")
     return list(X)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from classifiers.report import html as cv_page
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FileProblem
 
 from .finetune import report as finetune_page
 
@@ -21,4 +21,4 @@ def write_html(run_dir: str, root: str | None = None) -> str:
             return finetune_page.write_html(run_dir)
         except cv_page.RENDER_ERRORS as exc:  # a report.json edited or damaged inside: one line, nothing written
             raise cv_page.damaged_report(run_dir, exc) from None
-    raise FeaturebankError(f"{os.path.join(run_dir, 'report.json')} is not a report of featurebank cv or finetune")
+    raise FileProblem(f"{os.path.join(run_dir, 'report.json')} is not a report of featurebank cv or finetune")

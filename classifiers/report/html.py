@@ -21,7 +21,7 @@ import stat
 from classifiers.extras import thumbs_folder
 from embedder import __version__
 from embedder.kernel.atomic import atomic_path
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile
 
 from .reading import (
     FORMAT,
@@ -143,15 +143,15 @@ def _copy(source: str, dest: str) -> None:
 def read_run(run_dir: str) -> dict:
     """The run folder's report.json (of ``cv --out`` or ``finetune``), or a one-line error."""
     if not os.path.isdir(run_dir):
-        raise FeaturebankError(f"{run_dir} is not a folder: give a run folder written by cv --out or finetune")
+        raise FileProblem(f"{run_dir} is not a folder: give a run folder written by cv --out or finetune")
     path = os.path.join(run_dir, "report.json")
     if not os.path.isfile(path):
-        raise FeaturebankError(f"{run_dir} has no report.json: give a run folder written by cv --out or finetune")
+        raise MissingFile(f"{run_dir} has no report.json: give a run folder written by cv --out or finetune")
     try:
         with open(path, encoding="utf-8") as fh:
             d = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FeaturebankError(f"{path} is not a readable report ({type(exc).__name__}: {exc})") from None
+        raise FileProblem(f"{path} is not a readable report ({type(exc).__name__}: {exc})") from None
     return d if isinstance(d, dict) else {}
 
 
@@ -187,7 +187,7 @@ def read_predictions(path: str, classes: list[str] | None = None) -> list[dict] 
         return None
 
     def bad(line: int, what: str):
-        return FeaturebankError(f"{path} line {line}: {what}; run cv --out again to write the run folder anew")
+        return InvalidValue(f"{path} line {line}: {what}; run cv --out again to write the run folder anew")
 
     known = set(classes) if classes is not None else None
     try:
@@ -217,7 +217,7 @@ def read_predictions(path: str, classes: list[str] | None = None) -> list[dict] 
                     {"path": r["path"], "label": r["label"], "predicted": r["predicted"], "confidence": confidence}
                 )
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise FeaturebankError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+        raise FileProblem(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
     return rows
 
 
@@ -247,21 +247,19 @@ def check_cv_report(d: dict, path: str) -> None:
     """The keys report.html needs, of their types, else one line naming the first that is not."""
     for key, kind in CV_KEYS.items():
         if key not in d:
-            raise FeaturebankError(f"{path} is not a complete cv report: it has no {key!r}; run cv --out again")
+            raise FileProblem(f"{path} is not a complete cv report: it has no {key!r}; run cv --out again")
         if not isinstance(d[key], kind) or isinstance(d[key], bool):
             want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
-            raise FeaturebankError(
-                f"{path} is not a valid cv report: {key!r} is a {type(d[key]).__name__}, not a {want}"
-            )
+            raise FileProblem(f"{path} is not a valid cv report: {key!r} is a {type(d[key]).__name__}, not a {want}")
     if not d["classes"] or not all(isinstance(c, str) for c in d["classes"]):
-        raise FeaturebankError(f"{path} is not a valid cv report: 'classes' must be a list of names")
+        raise FileProblem(f"{path} is not a valid cv report: 'classes' must be a list of names")
 
 
 def damaged_report(run_dir: str, exc: BaseException) -> FeaturebankError:
     """The one line for a report.json whose inner structure is not what its writer wrote (a key missing deep
     inside, a value of another type): rendering stops, nothing is written."""
     detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return FeaturebankError(
+    return FileProblem(
         f"{os.path.join(run_dir, 'report.json')} is damaged ({type(exc).__name__}"
         + (f": {detail}" if detail else "")
         + "): report.html was not written; run the command that made the folder again"
@@ -642,7 +640,7 @@ def write_html(run_dir: str, root: str | None = None) -> str:
     if they moved. Returns the page's path."""
     d = read_run(run_dir)
     if not is_cv_report(d):
-        raise FeaturebankError(f"{os.path.join(run_dir, 'report.json')} is not a report of featurebank cv")
+        raise FileProblem(f"{os.path.join(run_dir, 'report.json')} is not a report of featurebank cv")
     check_cv_report(d, os.path.join(run_dir, "report.json"))
     shared = thumbs_folder(d["cache"]) if os.path.isfile(d["cache"]) else None
     try:

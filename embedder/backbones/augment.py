@@ -10,7 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 from embedder.kernel.preprocess import Preprocessing
 from embedder.kernel.settings import AUGMENTATIONS
 
@@ -24,7 +24,7 @@ class Augmentation:
 
     def __post_init__(self):
         if self.policy not in POLICIES:
-            raise FeaturebankError(f"unknown augmentation {self.policy!r}: choose one of {', '.join(POLICIES)}")
+            raise InvalidValue(f"unknown augmentation {self.policy!r}: choose one of {', '.join(POLICIES)}")
 
     @property
     def draft_size(self) -> int | None:

@@ -13,11 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.backbones.registry import feature_body, layer_shapes, tokens
+from embedder.kernel.errors import InvalidValue
 from embedder.kernel.preprocess import Preprocessing
 from embedder.kernel.settings import POOLINGS, TORCH_PRECISIONS, TTAS
-
-from .registry import feature_body, layer_shapes, tokens
 
 
 def pool(t: torch.Tensor, pooling: str = "avg", tokens: tuple[int, bool] = (0, False)) -> torch.Tensor:
@@ -29,7 +28,7 @@ def pool(t: torch.Tensor, pooling: str = "avg", tokens: tuple[int, bool] = (0, F
     if t.ndim == 2:
         return t
     if t.ndim not in (3, 4):
-        raise FeaturebankError(f"cannot pool a {t.ndim}-D output of shape {tuple(t.shape)}")
+        raise InvalidValue(f"cannot pool a {t.ndim}-D output of shape {tuple(t.shape)}")
     check_pooling(t.ndim, pooling, tokens)
     if t.ndim == 3:
         prefix, _ = tokens
@@ -46,18 +45,18 @@ def pool(t: torch.Tensor, pooling: str = "avg", tokens: tuple[int, bool] = (0, F
         return t.amax(dims)
     if pooling == "avgmax":
         return torch.cat([t.mean(dims), t.amax(dims)], dim=1)
-    raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+    raise InvalidValue(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
 
 
 def check_pooling(ndim: int, pooling: str, tokens: tuple[int, bool]) -> None:
     """``cls`` and ``cls+avg`` take token sequences of a model with a class token."""
     if pooling in ("cls", "cls+avg"):
         if ndim == 4:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"--pooling {pooling} takes token layers (N x T x D), not feature maps: use avg, max or avgmax"
             )
         if ndim == 3 and not tokens[1]:
-            raise FeaturebankError(f"--pooling {pooling}: this model's tokens have no class token (use avg)")
+            raise InvalidValue(f"--pooling {pooling}: this model's tokens have no class token (use avg)")
 
 
 def pooled_dim(shape: tuple[int, ...], pooling: str = "avg", tokens: tuple[int, bool] = (0, False)) -> int:
@@ -80,13 +79,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise FeaturebankError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        raise InvalidValue(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeaturebankError(f"device {device} asked for, but torch sees no CUDA GPU")
+        raise InvalidValue(f"device {device} asked for, but torch sees no CUDA GPU")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise FeaturebankError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+        raise InvalidValue(f"device {device} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FeaturebankError("device mps asked for, but it is not available")
+        raise InvalidValue("device mps asked for, but it is not available")
     return dev
 
 
@@ -100,9 +99,9 @@ class FeatureExtractor(nn.Module):
     def __init__(self, model: nn.Module, layers: list[str], pooling: str = "avg", tta: str = "none"):
         super().__init__()
         if tta not in TTAS:
-            raise FeaturebankError(f"unknown test-time augmentation {tta!r}: choose one of {', '.join(TTAS)}")
+            raise InvalidValue(f"unknown test-time augmentation {tta!r}: choose one of {', '.join(TTAS)}")
         if pooling not in POOLINGS:
-            raise FeaturebankError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+            raise InvalidValue(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.body = feature_body(model.eval(), list(layers))
@@ -133,11 +132,11 @@ def autocast_for(device: torch.device, precision: str):
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
     if precision == "int8":
-        raise FeaturebankError("int8 runs on the onnxruntime engine, not in torch: use --engine onnxruntime (or auto)")
+        raise InvalidValue("int8 runs on the onnxruntime engine, not in torch: use --engine onnxruntime (or auto)")
     if precision not in TORCH_PRECISIONS:
-        raise FeaturebankError(f"unknown precision {precision!r}: choose one of {', '.join(TORCH_PRECISIONS)}")
+        raise InvalidValue(f"unknown precision {precision!r}: choose one of {', '.join(TORCH_PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
-        raise FeaturebankError("fp16 needs a GPU; on the CPU use fp32 (or bf16, which is emulated and slow here)")
+        raise InvalidValue("fp16 needs a GPU; on the CPU use fp32 (or bf16, which is emulated and slow here)")
     return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
@@ -154,6 +153,7 @@ def tf32_off(device: torch.device, precision: str = "fp32"):
     new_api = hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision") and hasattr(
         backends.cuda.matmul, "fp32_precision"
     )
+    places: list[tuple[object, str, str | bool]]
     if new_api:
         places = [(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
     else:

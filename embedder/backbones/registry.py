@@ -23,6 +23,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -31,7 +32,14 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import (
+    FeaturebankError,
+    FileProblem,
+    IncompatibleSettings,
+    InvalidValue,
+    MissingFile,
+    first_line,
+)
 from embedder.kernel.preprocess import Preprocessing
 
 from . import timm as timm_source
@@ -46,12 +54,19 @@ AUX_HEADS = {"inception_v3": "AuxLogits.", "googlenet": "aux1."}
 class Weights:
     kind: str  # "torchvision", "timm", "file" or "none"
     identity: str  # what the cache records: enum name, "sha256:<hex>" or "none:seed=<n>"
-    enum: object = None
+    enum: Any = None  # a torchvision WeightsEnum member
     path: str | None = None
     seed: int | None = None
 
+    @property
+    def file(self) -> str:
+        """The checkpoint's path, for the ``file`` kind (which always has one)."""
+        if self.path is None:
+            raise InvalidValue(f"{self.identity} weights have no file")
+        return self.path
+
     def describe(self) -> str:
-        return f"{self.identity} ({os.path.basename(self.path)})" if self.kind == "file" else self.identity
+        return f"{self.identity} ({os.path.basename(self.file)})" if self.kind == "file" else self.identity
 
 
 @dataclass
@@ -121,7 +136,7 @@ def check_backbone(name: str) -> str:
         return name
     close = difflib.get_close_matches(name, names, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else "; `featurebank backbones` lists them"
-    raise FeaturebankError(f"unknown backbone {name!r}{hint}")
+    raise InvalidValue(f"unknown backbone {name!r}{hint}")
 
 
 def weights_enum(name: str):
@@ -167,7 +182,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
     weights = os.fspath(weights)
     if os.path.isfile(weights) or looks_like_file(weights):
         if not os.path.isfile(weights):
-            raise FeaturebankError(f"weights file not found: {weights}")
+            raise MissingFile(f"weights file not found: {weights}")
         path = os.path.abspath(weights)
         return Weights("file", f"sha256:{sha256_file(path)}", path=path)
     if is_timm_name(name):
@@ -180,7 +195,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> Weights:
         member = enum_cls[short]
     else:
         choices = ", ".join(["DEFAULT", *enum_cls.__members__, "none", "a path to a .pth file"])
-        raise FeaturebankError(f"unknown weights {weights!r} for {name}: choose one of {choices}")
+        raise InvalidValue(f"unknown weights {weights!r} for {name}: choose one of {choices}")
     return Weights("torchvision", f"{enum_cls.__name__}.{member.name}", enum=member)
 
 
@@ -216,7 +231,7 @@ def feature_dim(name: str) -> int:
 
 
 def _load_file(name: str, weights: Weights) -> nn.Module:
-    state = read_state_dict(weights.path)
+    state = read_state_dict(weights.file)
     kwargs = {}
     probe = skeleton(name)
     head = head_name(probe)
@@ -231,7 +246,7 @@ def _load_file(name: str, weights: Weights) -> nn.Module:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:
         mismatch = str(exc).strip().splitlines()[-1].strip()
-        raise FeaturebankError(f"weights file {weights.path} does not fit {name}: {mismatch}") from None
+        raise IncompatibleSettings(f"weights file {weights.path} does not fit {name}: {mismatch}") from None
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:
@@ -240,7 +255,7 @@ def _load_file(name: str, weights: Weights) -> nn.Module:
             parts.append(
                 f"{len(result.unexpected_keys)} unexpected keys ({', '.join(result.unexpected_keys[:3])}, ...)"
             )
-        raise FeaturebankError(f"weights file {weights.path} does not fit {name}: {'; '.join(parts)}")
+        raise IncompatibleSettings(f"weights file {weights.path} does not fit {name}: {'; '.join(parts)}")
     return model.float()
 
 
@@ -273,23 +288,23 @@ def head_classes(name: str, weights: str | Weights | None, seed: int = 0) -> lis
     if spec.kind == "timm":
         return timm_source.imagenet_classes(canonical_name(name, spec))
     if spec.kind == "none":
-        raise FeaturebankError("random weights have no classes: give --weights DEFAULT or an ImageNet checkpoint file")
+        raise InvalidValue("random weights have no classes: give --weights DEFAULT or an ImageNet checkpoint file")
     if spec.kind == "torchvision":
         categories = spec.enum.meta.get("categories")
         if not categories:
-            raise FeaturebankError(f"{spec.identity} carries no class names")
+            raise InvalidValue(f"{spec.identity} carries no class names")
         return list(categories)
-    classes = file_metadata(spec.path).get("classes")
+    classes = file_metadata(spec.file).get("classes")
     if classes:
         if not isinstance(classes, list) or not all(isinstance(c, str) and "\0" not in c for c in classes):
-            raise FeaturebankError(f"weights file {spec.path} records classes that are not a list of names")
+            raise FileProblem(f"weights file {spec.path} records classes that are not a list of names")
         return list(classes)
-    state = timm_source.read_state(spec.path) if is_timm_name(name) else read_state_dict(spec.path)
+    state = timm_source.read_state(spec.file) if is_timm_name(name) else read_state_dict(spec.file)
     probe = skeleton(name)
     head = f"{head_name(probe)}.weight"
     outputs = head_outputs(state, head, head_inputs(probe), spec.path)
     if outputs != 1000:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{spec.path} has a head of {outputs} outputs, not ImageNet's 1000: train a "
             f"featurebank model on its features instead"
         )
@@ -310,7 +325,7 @@ def _load_torchvision(name: str, weights: Weights) -> nn.Module:
         return model
     except Exception as exc:
         if os.path.exists(cached):
-            raise FeaturebankError(f"cannot load {weights.identity} from {cached}: {first_line(exc)}") from None
+            raise FileProblem(f"cannot load {weights.identity} from {cached}: {first_line(exc)}") from None
         raise FeaturebankError(
             f"cannot download {weights.identity} ({type(exc).__name__}; no network?): save {url} as {cached} "
             f"(or set TORCH_HOME), or pass a local checkpoint with --weights path/to/file.pth"
@@ -342,9 +357,9 @@ def load_backbone(
         if spec.kind == "timm":
             model = timm_source.pretrained(name, prep.crop)
         elif spec.kind == "file":
-            model = timm_source.from_file(name, spec.path, prep.crop)
+            model = timm_source.from_file(name, spec.file, prep.crop)
         else:
-            model = timm_source.random(name, spec.seed, prep.crop)
+            model = timm_source.random(name, spec.seed or 0, prep.crop)
         model.eval().requires_grad_(False)
         return Backbone(name, model, spec, prep)
     if spec.kind == "torchvision":
@@ -367,8 +382,8 @@ def preprocessing_for(name: str, weights: Weights) -> Preprocessing:
         return Preprocessing.from_transforms(weights.enum.transforms())
     if weights.kind == "timm":
         return timm_source.preprocessing(timm_source.PREFIX + weights.identity)
-    if weights.kind == "file" and not weights.path.lower().endswith(".safetensors"):
-        stored = file_metadata(weights.path).get("preprocessing")
+    if weights.kind == "file" and not weights.file.lower().endswith(".safetensors"):
+        stored = file_metadata(weights.file).get("preprocessing")
         if stored:
             return recorded_preprocessing(stored, weights.path)
     return default_preprocessing(name)
@@ -380,7 +395,7 @@ def recorded_preprocessing(stored, path: str | None) -> Preprocessing:
     try:
         return _recorded_preprocessing(stored)
     except ValueError as exc:
-        raise FeaturebankError(
+        raise FileProblem(
             f"weights file {path} records a preprocessing that is not valid ({exc}); was it written by featurebank "
             f"finetune? Save its state dict alone to use the backbone's standard preprocessing"
         ) from None
@@ -451,7 +466,7 @@ def resolve_layers(model: nn.Module, layers=None) -> list[str]:
         elif layer not in names and not any(n.startswith(layer + ".") for n in names):
             close = difflib.get_close_matches(layer, names, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise FeaturebankError(f"unknown layer {layer!r}{hint}; `featurebank layers BACKBONE` lists them")
+            raise InvalidValue(f"unknown layer {layer!r}{hint}; `featurebank layers BACKBONE` lists them")
         if layer not in resolved:
             resolved.append(layer)
     return resolved
@@ -463,6 +478,8 @@ def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) ->
     if isinstance(model, str):
         size = size or default_preprocessing(model).crop
         model = skeleton(model, size)
+    if size is None:
+        raise InvalidValue("layer_shapes of a model needs the input size it is measured for (size=)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = copy.deepcopy(model).to("meta").eval()
@@ -478,7 +495,7 @@ def layer_shapes(model: nn.Module | str, size: int | None = None, nodes=None) ->
 def model_failed(size: int, exc: Exception) -> FeaturebankError:
     """A model that cannot take the chosen input (a ViT built for another image size, say) is a settings error."""
     first = first_line(exc)
-    return FeaturebankError(f"the model cannot run on {size}x{size} inputs ({first}); choose another --crop/--resize")
+    return InvalidValue(f"the model cannot run on {size}x{size} inputs ({first}); choose another --crop/--resize")
 
 
 def feature_body(model: nn.Module, layers: list[str]) -> nn.Module:

@@ -9,7 +9,7 @@ import contextlib
 import torch
 from torch import nn
 
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import FileProblem, first_line
 
 MAX_CLASSES = 1_000_000  # the most outputs a head read from a file may have (ImageNet-21k has 21,843)
 MAX_TENSOR_VALUES = 1 << 31  # the most values one tensor of a weights file may declare (8 GiB of float32)
@@ -37,13 +37,13 @@ def read_state_dict(path: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = first_line(exc)
-        raise FeaturebankError(f"cannot read weights file {path}: {first}") from None
+        raise FileProblem(f"cannot read weights file {path}: {first}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FeaturebankError(f"weights file {path} holds no state dict (a mapping of names to tensors)")
+        raise FileProblem(f"weights file {path} holds no state dict (a mapping of names to tensors)")
     if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     check_sizes(obj, path)
@@ -62,7 +62,7 @@ def check_sizes(state: dict, path: str | None) -> None:
         for d in tensor.shape:
             values *= int(d)
         if values > MAX_TENSOR_VALUES:
-            raise FeaturebankError(
+            raise FileProblem(
                 f"weights file {path}: {key} declares {values:,} values (shape {_shape(tensor.shape)}), more than "
                 f"the {MAX_TENSOR_VALUES:,} at most of any tensor featurebank loads"
             )
@@ -76,11 +76,9 @@ def head_outputs(state: dict, key: str, inputs: int, path: str | None) -> int | 
         return None
     shape = tuple(int(d) for d in state[key].shape)
     if len(shape) not in (2, 4) or shape[0] < 1 or shape[1] != inputs or any(d != 1 for d in shape[2:]):
-        raise FeaturebankError(
-            f"weights file {path}: its head {key} has shape {_shape(shape)}, not (classes, {inputs})"
-        )
+        raise FileProblem(f"weights file {path}: its head {key} has shape {_shape(shape)}, not (classes, {inputs})")
     if shape[0] > MAX_CLASSES:
-        raise FeaturebankError(
+        raise FileProblem(
             f"weights file {path}: its head {key} declares {shape[0]:,} classes, more than the {MAX_CLASSES:,} at "
             f"most that featurebank builds"
         )

@@ -23,8 +23,8 @@ import warnings
 import torch
 from torch import nn
 
-from embedder.kernel.errors import FeaturebankError
-from embedder.kernel.preprocess import Preprocessing
+from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue
+from embedder.kernel.preprocess import Preprocessing, rgb
 
 from .statedicts import head_outputs, parameters_on_meta, read_state_dict
 
@@ -78,11 +78,11 @@ def check_name(name: str) -> str:
             if close
             else "; `featurebank backbones --source timm` lists them"
         )
-        raise FeaturebankError(f"unknown timm model {arch!r}{hint}")
+        raise InvalidValue(f"unknown timm model {arch!r}{hint}")
     tags = _pretrained_tags(arch)
     if tag and tag not in tags:
         choices = ", ".join(tags) or "none: it has no pretrained configs"
-        raise FeaturebankError(f"unknown tag {tag!r} for timm:{arch}: choose one of {choices}")
+        raise InvalidValue(f"unknown tag {tag!r} for timm:{arch}: choose one of {choices}")
     tag = tag or (tags[0] if tags and tags[0] else "")
     return f"{PREFIX}{arch}.{tag}" if tag else f"{PREFIX}{arch}"
 
@@ -100,15 +100,15 @@ def weights_tag(name: str, weights: str) -> str:
     arch, tag = split_name(canonical)
     if weights == "DEFAULT":
         if not tag:
-            raise FeaturebankError(f"timm has no pretrained weights for {arch}: use --weights none or a local file")
+            raise InvalidValue(f"timm has no pretrained weights for {arch}: use --weights none or a local file")
         return canonical
     wanted = weights.partition(".")[2] if weights.startswith(arch + ".") else weights
     typed = split_name(name)[1]
     if typed and wanted != typed:
-        raise FeaturebankError(f"two tags given: {name} and --weights {weights}; give the tag once")
+        raise InvalidValue(f"two tags given: {name} and --weights {weights}; give the tag once")
     if wanted not in _pretrained_tags(arch):
         choices = ", ".join(["DEFAULT", *_pretrained_tags(arch), "none", "a .safetensors or .pth file"])
-        raise FeaturebankError(f"unknown weights {weights!r} for timm:{arch}: choose one of {choices}")
+        raise InvalidValue(f"unknown weights {weights!r} for timm:{arch}: choose one of {choices}")
     return f"{PREFIX}{arch}.{wanted}"
 
 
@@ -119,16 +119,16 @@ def preprocessing(name: str) -> Preprocessing:
     cfg = pretrained_cfg(name)
     _, h, w = cfg.get("input_size", (3, 224, 224))
     if h != w:
-        raise FeaturebankError(f"{name} takes {h}x{w} inputs: only square inputs are supported")
+        raise InvalidValue(f"{name} takes {h}x{w} inputs: only square inputs are supported")
     crop_pct = cfg.get("crop_pct") or 0.875
     mode = cfg.get("crop_mode") or "center"
     if mode not in ("center", "squash"):
-        raise FeaturebankError(f"{name} uses timm's crop_mode {mode!r}, which featurebank does not reproduce")
+        raise InvalidValue(f"{name} uses timm's crop_mode {mode!r}, which featurebank does not reproduce")
     return Preprocessing(
         resize=math.floor(h / crop_pct),
         crop=int(h),
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
+        mean=rgb(cfg["mean"]),
+        std=rgb(cfg["std"]),
         interpolation=cfg.get("interpolation") or "bilinear",
         crop_mode=mode,
     )
@@ -158,7 +158,7 @@ def skeleton(name: str, size: int | None = None, **kwargs) -> nn.Module:
         try:
             return _create(name, **_build_kwargs(name, size), **kwargs).eval()
         except TypeError as exc:
-            raise FeaturebankError(f"cannot build {name} for {size} px inputs: {exc}") from None
+            raise InvalidValue(f"cannot build {name} for {size} px inputs: {exc}") from None
 
 
 def random(name: str, seed: int, size: int | None) -> nn.Module:
@@ -176,7 +176,7 @@ def read_state(path: str) -> dict:
             return load_file(path, device="cpu")
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise FeaturebankError(f"cannot read weights file {path}: {first}") from None
+            raise FileProblem(f"cannot read weights file {path}: {first}") from None
 
     return read_state_dict(path)
 
@@ -206,7 +206,7 @@ def from_file(name: str, path: str, size: int | None) -> nn.Module:
             return model.float()
         except Exception:
             pass
-    raise FeaturebankError(f"weights file {path} does not fit {name}: {failure}")
+    raise IncompatibleSettings(f"weights file {path} does not fit {name}: {failure}")
 
 
 def _classifier_name(cfg: dict) -> str:
@@ -340,7 +340,7 @@ def imagenet_classes(name: str) -> list[str]:
     cfg = pretrained_cfg(name)
     subset = infer_imagenet_subset(cfg) if cfg.get("num_classes") else None
     if not subset:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{name} has no ImageNet classifier head (its tag has {cfg.get('num_classes', 0)} "
             f"classes timm knows no names of): train a featurebank model on its features instead"
         )

@@ -41,6 +41,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import IO
 
 import h5py
 import numpy as np
@@ -49,6 +50,10 @@ from embedder.inputs.sources import same_files
 from embedder.kernel.destination import writable_folder
 from embedder.kernel.errors import FeaturebankError, first_line
 from embedder.kernel.settings import ExtractionSettings, settings_key
+from embedder.kernel.destination import writable_folder
+from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue, MissingFile, first_line
+from embedder.kernel.settings import ExtractionSettings, settings_key
+from embedder.inputs.sources import same_files
 
 FORMAT = "featurebank-cache"
 FORMAT_VERSION = 1
@@ -85,6 +90,7 @@ def parts_dir(path: str) -> str:
 
 def _part_key(name: str) -> tuple[int, int]:
     m = PART_NAME.match(os.path.basename(name))
+    assert m is not None, name  # only the names _parts listed
     return int(m.group(1)), int(m.group(2) or 0)
 
 
@@ -104,7 +110,7 @@ def _open(path: str, mode: str = "r") -> h5py.File:
     try:
         return h5py.File(path, mode, locking="best-effort")
     except OSError as exc:
-        raise FeaturebankError(f"cannot open {path} as an HDF5 cache: {first_line(exc)}") from None
+        raise FileProblem(f"cannot open {path} as an HDF5 cache: {first_line(exc)}") from None
 
 
 def _write_columns(group: h5py.Group, columns: dict, strings: tuple[str, ...]) -> None:
@@ -307,7 +313,7 @@ class CacheWriter:
         self.entries: dict[str, Entry] = {}
         self.sources: list[str] = []  # file of each Entry.source; "" when there is no main file
         self.previous_info: dict = {}  # the existing file's info (run records carry over)
-        self._lock = None
+        self._lock: IO[str] | None = None
         self._next_part = 1  # number of the next part this writer writes
 
     # -- opening: lock, check, read what is there ------------------------------------------------------
@@ -343,12 +349,15 @@ class CacheWriter:
                 fcntl.lockf(handle, fcntl.LOCK_UN)  # a released writer's old file: take the new one
                 handle.close()
         if busy:
-            raise FeaturebankError(
+            raise FileProblem(
                 f"another featurebank process is writing {self.path}; wait for it to finish (or use another --cache)"
             ) from None
         try:
             self._check_existing()
             self._read_entries()
+        except FeaturebankError:  # its own line (another input's cache is a ValueError, not a damaged file)
+            self._release()
+            raise
         except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
             self._release()
             raise damaged(self.path, f"{type(exc).__name__}: {exc}") from None
@@ -379,11 +388,11 @@ class CacheWriter:
         if os.path.exists(self.path):
             with _open(self.path) as f:
                 if f.attrs.get("format") != FORMAT:
-                    raise FeaturebankError(f"{self.path} is not a featurebank cache; choose another --cache")
+                    raise FileProblem(f"{self.path} is not a featurebank cache; choose another --cache")
                 if f.attrs.get("format_version") is None:
                     raise damaged(self.path, "format_version is None")
                 if int(f.attrs["format_version"]) > FORMAT_VERSION:
-                    raise FeaturebankError(
+                    raise FileProblem(
                         f"{self.path} was written by a newer featurebank (format "
                         f"{f.attrs['format_version']}); upgrade featurebank"
                     )
@@ -394,12 +403,12 @@ class CacheWriter:
                 self.previous_info = json.loads(f.attrs.get("info", "{}"))
             diff = settings_differences(stored, self.settings)
             if diff:
-                raise FeaturebankError(
+                raise IncompatibleSettings(
                     f"{self.path} was made with other settings ({'; '.join(diff)}): rows are "
                     f"never mixed; leave out --cache to get a cache of its own, or delete it"
                 )
             if stored_source != self.source and not same_files(stored_source, stored_root, self.source, self.root):
-                raise FeaturebankError(
+                raise IncompatibleSettings(
                     f"{self.path} mirrors another input ({stored_source}, not {self.source}); "
                     f"leave out --cache to get a cache of its own, or delete it"
                 )
@@ -408,7 +417,7 @@ class CacheWriter:
                 check_storage(f, part)
                 key, source = str(f.attrs["settings_key"]), str(f.attrs["source"])
             if key != self.settings_key or source != self.source:
-                raise FeaturebankError(
+                raise IncompatibleSettings(
                     f"{parts_dir(self.path)} holds batches of an interrupted run with other "
                     f"settings or input: run that again to finish it, or delete the folder"
                 )
@@ -504,7 +513,7 @@ class CacheWriter:
             _fsync(folder)
         except OSError as exc:
             _unlink_quietly(tmp)
-            raise FeaturebankError(
+            raise FileProblem(
                 f"cannot write a batch to {folder}: {exc.strerror or exc}; every batch written "
                 f"before it is kept: {_advice(exc)}run the same command again to continue"
             ) from None
@@ -522,8 +531,8 @@ class CacheWriter:
         listing (path → size, mtime_ns, reason). Returns whether anything was written."""
         if not self.locking:
             raise RuntimeError("only the writer that holds the cache's lock commits")
-        rows = {k: [] for k in ("path", "label", "group", "size", "mtime_ns", "digest")}
-        fails = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
+        rows: dict[str, list] = {k: [] for k in ("path", "label", "group", "size", "mtime_ns", "digest")}
+        fails: dict[str, list] = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
         where: list[tuple[int, int]] = []
         for path, label, group in order:
             if path in extra_failures:
@@ -575,12 +584,12 @@ class CacheWriter:
         except OSError as exc:
             _unlink_quietly(tmp)
             if exc.errno is None:  # HDF5's: a part or the old cache cannot be read (a checksum failed)
-                raise FeaturebankError(
+                raise FileProblem(
                     f"cannot merge the batches into {self.path}: a batch in {parts_dir(self.path)} "
                     f"or the cache is damaged ({str(exc).splitlines()[0]}); delete that folder "
                     f"(its images are embedded again) or the cache"
                 ) from None
-            raise FeaturebankError(
+            raise FileProblem(
                 f"cannot merge the batches into {self.path}: {exc.strerror or exc}; the cache is "
                 f"as it was and every batch is kept in {parts_dir(self.path)}: {_advice(exc)}run "
                 f"the same command again to merge them"
@@ -609,7 +618,7 @@ class CacheWriter:
             for layer in self.settings["layers"]:
                 if failed():
                     break
-                dim = self.dims[layer]
+                dim = (self.dims or {})[layer]  # known once a part holds rows (a KeyError otherwise, as None's)
                 n = len(where)
                 rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim))) if n else 1
                 ds = group.create_dataset(
@@ -787,10 +796,10 @@ class CacheReader:
                     f"{path} is not finished: an interrupted run left batches in "
                     f"{parts_dir(self.path)}; run the same extract command again to finish it"
                 )
-            raise FeaturebankError(f"cache not found: {path}")
+            raise MissingFile(f"cache not found: {path}")
         with _open(self.path) as f:
             if f.attrs.get("format") != FORMAT:
-                raise FeaturebankError(f"{path} is not a featurebank cache")
+                raise FileProblem(f"{path} is not a featurebank cache")
             try:
                 self._read(f)
             except FeaturebankError:
@@ -806,7 +815,7 @@ class CacheReader:
         if version is None or not np.issubdtype(np.asarray(version).dtype, np.integer) or int(version) < 1:
             raise damaged(self.path, f"format_version is {version!r}")
         if int(version) > FORMAT_VERSION:
-            raise FeaturebankError(
+            raise FileProblem(
                 f"{self.path} was written by a newer featurebank (cache format {int(version)}; this "
                 f"one reads up to {FORMAT_VERSION}): upgrade featurebank"
             )
@@ -830,7 +839,7 @@ class CacheReader:
         try:  # a wrong type: one line; every key, with the defaults of those an older writer left out
             self.full_settings = ExtractionSettings.from_dict(self.settings).to_dict()
         except FeaturebankError as exc:
-            raise FeaturebankError(f"{self.path}: {exc}") from None
+            raise FileProblem(f"{self.path}: {exc}") from None
         self.rows = _read_columns(f["rows"])
         self.failures = _read_columns(f["failures"])
         for group, names, columns in (
@@ -882,7 +891,7 @@ class CacheReader:
 
             layer = resolve_layers(skeleton(self.settings["backbone"]), [layer])[0]
         if layer not in self.dims:
-            raise FeaturebankError(f"layer {layer!r} is not in {self.path} (it has {', '.join(self.layers)})")
+            raise InvalidValue(f"layer {layer!r} is not in {self.path} (it has {', '.join(self.layers)})")
         return layer
 
     def features(self, layer: str | None = None) -> np.ndarray:
@@ -968,7 +977,7 @@ def check_storage(f: h5py.File, path: str) -> None:
 
 
 def damaged(path: str, what: str) -> FeaturebankError:
-    return FeaturebankError(f"{path} is damaged ({what}); extract the input again into a new cache, or delete it")
+    return FileProblem(f"{path} is damaged ({what}); extract the input again into a new cache, or delete it")
 
 
 def load(path: str, layer: str | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile, first_line
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import EngineStore
 from embedder.kernel.versions import version_of
@@ -109,7 +109,7 @@ class OnnxEngine(Engine):
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise FeaturebankError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
+            raise FileProblem(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
         self.settings, self.path, self.meta = settings, path, meta or {}
         self.threads = options.intra_op_num_threads
         self.outputs = list(settings.layers)
@@ -163,7 +163,7 @@ def gpu_possible() -> bool:
 def check_device(name: str) -> str:
     """``name`` when it names a device (auto, cpu, mps, cuda, cuda:N), else a one-line error."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise FeaturebankError(f"{name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        raise InvalidValue(f"{name!r} is not one of auto, cpu, cuda, cuda:N, mps")
     return name
 
 
@@ -205,21 +205,21 @@ def open_engine(
     for the torch engine, an export, or measuring). ``calibration()`` yields uint8 batches for int8."""
     prepared = prepared if prepared is not None else Prepared()
     if engine not in ENGINES:
-        raise FeaturebankError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        raise InvalidValue(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     int8 = settings.precision == "int8"
     if device != "cpu":
         if int8 or engine == "onnxruntime":
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"the onnxruntime engine (and int8) runs on the CPU here; use --device cpu, or "
                 f"--engine torch with fp32/fp16/bf16 on {device}"
             )
         return _torch_engine(settings, build_model, device)
     if engine == "torch" or (engine == "auto" and settings.precision in ("fp16", "bf16")):
         if int8:
-            raise FeaturebankError("int8 runs on the onnxruntime engine: use --engine onnxruntime (or auto)")
+            raise InvalidValue("int8 runs on the onnxruntime engine: use --engine onnxruntime (or auto)")
         return _torch_engine(settings, build_model, device)
     if settings.precision in ("fp16", "bf16"):
-        raise FeaturebankError(f"the onnxruntime engine runs fp32 and int8, not {settings.precision}")
+        raise InvalidValue(f"the onnxruntime engine runs fp32 and int8, not {settings.precision}")
     if engine == "auto" and not int8 and _recorded_choice(store.sidecar(onnx_name(settings)), batch_size) == "torch":
         return _torch_engine(settings, build_model, device)  # measured slower here before: not even loaded
     store.remove_stale()
@@ -252,10 +252,10 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
             from .quantize import build_int8
 
             if settings.int8 is not None and settings.int8.scheme == "auto":
-                raise FeaturebankError("int8 scheme auto: choose it first (embedder.engines.engine.prepare_int8)")
+                raise InvalidValue("int8 scheme auto: choose it first (embedder.engines.engine.prepare_int8)")
 
             if calibration is None or _calibration_fixed(calibration):
-                raise FeaturebankError(
+                raise MissingFile(
                     f"the int8 engine {name} is not in {store.folder}: it is made when its cache is "
                     f"first extracted, from that input's images; without it, these int8 rows "
                     f"cannot be reproduced (extract into a new cache to calibrate anew)"
@@ -279,7 +279,7 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
         prepared.seconds += time.perf_counter() - started
         found = store.find_model(name)
         if found is None:
-            raise FeaturebankError(f"the engine file {store.model_path(name)} could not be written")
+            raise FileProblem(f"the engine file {store.model_path(name)} could not be written")
     path, meta = found
     return OnnxEngine(path, settings, meta=meta)
 
@@ -362,7 +362,7 @@ def _measured_choice(settings, store, ort_engine, build_model, batch_size, prepa
     torch_engine = _torch_engine(settings, build_model, "cpu")
     engines = {"onnxruntime": ort_engine, "torch": torch_engine}
     n, worst, rates = _measure(engines, max(1, min(batch_size, 16)), settings.preprocessing.crop, prepared)
-    chosen = max(rates, key=rates.get) if worst < 1e-4 else "torch"
+    chosen = max(rates, key=lambda name: rates[name]) if worst < 1e-4 else "torch"
     choice = {
         **_choice_key(batch_size),
         "images_per_second": rates,
@@ -419,7 +419,7 @@ def prepare_int8(
     cpu = cpu or host.current_cpu()
     asked = settings.int8
     if asked is None:
-        raise FeaturebankError("prepare_int8 takes int8 settings")
+        raise InvalidValue("prepare_int8 takes int8 settings")
     key = {
         "settings": settings.to_dict(),
         "cpu": cpu.to_dict()["flags"],
@@ -454,7 +454,7 @@ def prepare_int8(
                 meta = found[1]
             else:
                 if calibration is None or _calibration_fixed(calibration):
-                    raise FeaturebankError(
+                    raise MissingFile(
                         f"the int8 engine {name} is not in {store.folder}: it is made when its cache is first "
                         f"extracted, from that input's images"
                     )

@@ -19,10 +19,11 @@ import io
 import logging
 import os
 import warnings
+from typing import TypeVar
 
 import numpy as np
 
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
 from embedder.kernel.settings import ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore
 
@@ -47,6 +48,7 @@ LADDERS = {
     "vnni": (("u8s8", 0), ("u8s8-reduce", 0), ("u8s8-reduce", WORST_LAYERS)),
     "avx2": (("u8s8-reduce", 0), ("u8s8-reduce", WORST_LAYERS)),
 }
+T = TypeVar("T")  # what draw_calibration draws: a path, or an index
 DEFAULT_LADDER = (("u8s8", 0), ("u8s8-reduce", 0), ("u8s8-reduce", WORST_LAYERS))
 
 
@@ -60,7 +62,7 @@ def mean_cosine(agreement: dict) -> float:
     return min(c["mean"] for c in agreement.values())
 
 
-def draw_calibration(paths_with_keys: list[tuple[str, str]], int8: Int8) -> list[str]:
+def draw_calibration(paths_with_keys: list[tuple[T, str]], int8: Int8) -> list[T]:
     """The calibration sample: the inputs ordered by a seeded hash of their relative path, so the draw is
     reproducible and stable (a file added or changed alters it only if it ranks among the first ``int8.images``).
     Returns full paths in draw order; the caller takes the first ``int8.images`` and skips those that fail to
@@ -102,13 +104,13 @@ def build_int8(
 
     batches = [b for b in calibration if len(b)]
     if not batches:
-        raise FeaturebankError("no calibration image could be decoded: int8 needs at least one")
+        raise InvalidValue("no calibration image could be decoded: int8 needs at least one")
     methods = {"minmax": CalibrationMethod.MinMax}
     int8 = settings.int8
     if int8 is None:
-        raise FeaturebankError("build_int8 takes int8 settings")
+        raise InvalidValue("build_int8 takes int8 settings")
     if int8.scheme not in SCHEMES:
-        raise FeaturebankError(f"int8 scheme {int8.scheme!r} is not a scheme to build (auto is chosen before)")
+        raise InvalidValue(f"int8 scheme {int8.scheme!r} is not a scheme to build (auto is chosen before)")
     scheme = SCHEMES[int8.scheme]
 
     class Reader(CalibrationDataReader):

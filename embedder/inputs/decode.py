@@ -17,6 +17,7 @@ import struct
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ KINDS = (
 
 @dataclass
 class Decoded:
-    image: object | None  # a PIL image
+    image: Any  # a PIL image, or None
     digest: str = ""
     reason: str | None = None  # why there is no image
     notes: tuple[str, ...] = ()  # Pillow's warnings about this file (corrupt EXIF data): kept, never printed
@@ -234,7 +235,7 @@ def _decode(data: bytes, digest: str, max_pixels: int, draft_size: int | None) -
     # so that --max-pixels above Pillow's default (179 M pixels) does what it says. The same value from every thread.
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        im = Image.open(io.BytesIO(data))
+        im: Image.Image = Image.open(io.BytesIO(data))
         width, height = im.size
         if width * height > max_pixels:
             return Decoded(None, digest, bomb_reason(f"{width}x{height}", max_pixels))

@@ -13,7 +13,7 @@ import os
 
 from embedder.kernel.atomic import atomic_path
 from embedder.kernel.destination import check_destination
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FileProblem, InvalidValue
 
 from .sources import list_folder
 
@@ -23,7 +23,7 @@ def write_manifest(folder: str, out: str, layout: str = "auto") -> dict:
     and ``left_out``, the images ``extract`` would skip for a reason found while listing (a folder link that
     leaves its class, a link that loops, a name that is not UTF-8), with that reason."""
     if not os.path.isdir(folder):
-        raise FeaturebankError(f"{folder} is not a folder: give the folder of class folders to write a manifest of")
+        raise FileProblem(f"{folder} is not a folder: give the folder of class folders to write a manifest of")
     check_destination(out, [], "the manifest")
     listing = list_folder(folder, layout)
     base = os.path.dirname(os.path.abspath(out))
@@ -43,14 +43,14 @@ def write_manifest(folder: str, out: str, layout: str = "auto") -> dict:
         rows.append((path, item.label))
         classes[item.label] = classes.get(item.label, 0) + 1
     if not rows:
-        raise FeaturebankError(f"no images in {folder}: nothing to write")
+        raise InvalidValue(f"no images in {folder}: nothing to write")
     try:
         with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(["path", "label"])
             w.writerows(rows)
     except OSError as exc:
-        raise FeaturebankError(f"cannot write the manifest {out}: {exc.strerror or exc}") from None
+        raise FileProblem(f"cannot write the manifest {out}: {exc.strerror or exc}") from None
     return {
         "manifest": out,
         "folder": listing.root,

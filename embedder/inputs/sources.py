@@ -16,7 +16,7 @@ import os
 import stat
 from dataclasses import dataclass, field, replace
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FileProblem, InvalidValue, MissingFile
 
 from .decode import file_kind
 
@@ -115,7 +115,7 @@ def _walk_images(
     try:
         entries = sorted(os.scandir(top), key=lambda e: e.name)
     except OSError as exc:
-        raise FeaturebankError(f"cannot read folder {top}: {exc.strerror or exc}") from None
+        raise FileProblem(f"cannot read folder {top}: {exc.strerror or exc}") from None
     base = os.path.relpath(top, root).replace(os.sep, "/")  # once per folder: relpath per file was half a rerun
     for entry in entries:
         if is_hidden_or_system(entry.name):
@@ -169,7 +169,7 @@ def list_folder(folder: str, layout: str = "auto") -> Listing:
     """Class-per-folder (labels from the first-level folder names) or flat (unlabeled, recursive)."""
     root = os.path.abspath(folder)
     if layout not in LAYOUTS:
-        raise FeaturebankError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+        raise InvalidValue(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     subdirs = sorted(
         e.name for e in os.scandir(root) if _is_dir(e) and not is_hidden_or_system(e.name) and not is_image_name(e.name)
     )
@@ -207,7 +207,7 @@ def _confined(full: str, root: str, where: str, path: str) -> None:
     """``confine``: refuse a path that leaves the list's folder, by ``..``, an absolute path or a symbolic link."""
     real, top = os.path.realpath(full), os.path.realpath(root)
     if not _inside(real, top) or not _inside(os.path.normpath(full), root):
-        raise FeaturebankError(f"{where}: {path} is outside the folder of the list ({root}), which --confine refuses")
+        raise InvalidValue(f"{where}: {path} is outside the folder of the list ({root}), which --confine refuses")
 
 
 def list_manifest(csv_path: str, confine: bool = False) -> Listing:
@@ -220,7 +220,7 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
     try:
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if "path" not in fields:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"{csv_path}: the first line must name the columns, with at least 'path' "
                 f"(and optionally 'label', 'group'); found {reader.fieldnames}"
             )
@@ -235,13 +235,13 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
                 _confined(full, root, f"{csv_path} line {reader.line_num}", path)
             rel = os.path.relpath(full, root).replace(os.sep, "/") if not os.path.isabs(path) else full
             if rel in seen:
-                raise FeaturebankError(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
+                raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
             seen[rel] = line
             listing.items.append(
                 _stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip())
             )
     except csv.Error as exc:
-        raise FeaturebankError(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
+        raise FileProblem(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
     return listing
 
 
@@ -253,20 +253,20 @@ def read_text(path: str) -> str:
     try:
         data = read_file(path)
     except NotReadable as exc:
-        raise FeaturebankError(f"{path}: {exc.reason}") from None
+        raise FileProblem(f"{path}: {exc.reason}") from None
     except OSError as exc:
-        raise FeaturebankError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise FileProblem(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise FeaturebankError(
+        raise FileProblem(
             f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as "
             f"UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from None
     if "\0" in text:
         line = text[: text.index("\0")].count("\n") + 1
-        raise FeaturebankError(f"{path} line {line}: a NUL byte, which no file name can hold; is it a text file?")
+        raise FileProblem(f"{path} line {line}: a NUL byte, which no file name can hold; is it a text file?")
     return text
 
 
@@ -320,7 +320,7 @@ def list_images(source: str, layout: str = "auto", confine: bool = False) -> Lis
     if os.path.isdir(source):
         listing = list_folder(source, layout)
     elif not os.path.exists(source):
-        raise FeaturebankError(f"input not found: {source}")
+        raise MissingFile(f"input not found: {source}")
     elif source.lower().endswith(".csv"):
         listing = list_manifest(source, confine)
     elif source.lower().endswith((".txt", ".lst")):
@@ -330,9 +330,9 @@ def list_images(source: str, layout: str = "auto", confine: bool = False) -> Lis
         ]
         listing = list_paths(lines, root=os.path.dirname(list_file), source=f"list:{list_file}", confine=confine)
     else:
-        raise FeaturebankError(f"{source}: give a folder, a .csv manifest (path,label[,group]) or a .txt list of paths")
+        raise InvalidValue(f"{source}: give a folder, a .csv manifest (path,label[,group]) or a .txt list of paths")
     if not listing.items:
-        raise FeaturebankError(f"no images in {source} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise InvalidValue(f"no images in {source} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return listing
 
 
@@ -341,10 +341,11 @@ def list_inputs(inputs, layout: str = "auto") -> Listing:
     files, or several inputs, become one unlabeled list (a missing file is an item with an error, not a stop)."""
     inputs = [os.fspath(i) for i in inputs]
     if not inputs:
-        raise FeaturebankError("no images given")
+        raise InvalidValue("no images given")
     if len(inputs) == 1 and not is_image_name(inputs[0]):
         return list_images(inputs[0], layout)
-    paths, errors = [], {}
+    paths: list[str] = []
+    errors: dict[str, str | None] = {}
     for name in inputs:
         if os.path.isdir(name) or (os.path.isfile(name) and not is_image_name(name)):
             listing = list_images(name, "flat" if os.path.isdir(name) else layout)

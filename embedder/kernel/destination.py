@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .errors import FeaturebankError
+from .errors import FileProblem, InvalidValue
 
 
 def same_file(a: str, b: str) -> bool:
@@ -21,7 +21,7 @@ def refuse_overwrite(out: str, inputs, what: str = "the output") -> None:
     """A FeaturebankError when ``out`` is one of ``inputs`` (paths of files the command reads)."""
     for path in inputs:
         if path is not None and os.path.isfile(path) and same_file(out, path):
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"{what} {out} is {path}, an input of this command: it would be overwritten; give another path"
             )
 
@@ -32,7 +32,7 @@ def writable_folder(folder: str, what: str, create: bool = True) -> str:
     False: nothing is made (a check before the inputs are read); the probe goes into the nearest existing folder."""
     folder = os.path.abspath(folder or ".")
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise FeaturebankError(f"cannot write {what} in {folder}: it is a file, not a folder")
+        raise FileProblem(f"cannot write {what} in {folder}: it is a file, not a folder")
     try:
         existing = folder
         if create:
@@ -41,21 +41,21 @@ def writable_folder(folder: str, what: str, create: bool = True) -> str:
             while not os.path.exists(existing) and os.path.dirname(existing) != existing:
                 existing = os.path.dirname(existing)
             if not os.path.isdir(existing):
-                raise FeaturebankError(f"cannot write {what} in {folder}: {existing} is a file, not a folder")
+                raise FileProblem(f"cannot write {what} in {folder}: {existing} is a file, not a folder")
         fd, probe = tempfile.mkstemp(prefix=".featurebank-probe-", dir=existing)
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         where = f" ({exc.filename})" if getattr(exc, "filename", None) and exc.filename != folder else ""
-        raise FeaturebankError(f"cannot write {what} in {folder}: {reason}{where}") from None
+        raise FileProblem(f"cannot write {what} in {folder}: {reason}{where}") from None
     return folder
 
 
 def check_destination(path: str, inputs=(), what: str = "the output") -> str:
     """``path``, a file to be written: not one of ``inputs``, not a folder, in a folder that can be written."""
     if os.path.isdir(path):
-        raise FeaturebankError(f"{what} {path} is a folder: give a file name")
+        raise FileProblem(f"{what} {path} is a folder: give a file name")
     refuse_overwrite(path, inputs, what)
     writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} {os.path.basename(path)}")
     return path

@@ -4,7 +4,32 @@ import contextlib
 
 
 class FeaturebankError(Exception):
-    """A problem with the user's input or settings. The CLI prints it as one line, without a traceback."""
+    """A problem with the user's input or settings. The CLI prints it as one line, without a traceback.
+
+    The errors raised are of its subclasses where a standard exception says what went wrong, so that a caller can
+    catch them as Python's own (``except ValueError``, ``except FileNotFoundError``, ``except OSError``) or all of
+    featurebank's at once (``except FeaturebankError``); the others (an engine, a device or a worker that failed, a
+    missing optional package) are ``FeaturebankError`` itself. Each takes one argument, its message."""
+
+
+class InvalidValue(FeaturebankError, ValueError):
+    """A bad argument, option or combination of options, a bad line in a manifest or labels file, or data that cannot
+    do what is asked (one class, fewer images than folds)."""
+
+
+class IncompatibleSettings(InvalidValue):
+    """Things that must go together do not: a cache made with other settings, caches or a model of other images, a
+    weights file that does not fit its backbone, a run resumed with other options."""
+
+
+class MissingFile(FeaturebankError, FileNotFoundError):
+    """A file or folder that was named does not exist (an input, a cache, a model, a weights file, a shard)."""
+
+
+class FileProblem(FeaturebankError, OSError):
+    """A file or folder that exists but cannot be used: unreadable or unwritable, a full disk, a file where a folder
+    is expected (or the reverse), damaged, of another format or written by a newer featurebank, in use by another
+    process."""
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

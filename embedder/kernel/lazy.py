@@ -15,3 +15,13 @@ def lazy_attributes(package: str, exports: dict[str, str]):
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def lazy_dir(namespace: dict, exports: dict[str, str]):
+    """A module ``__dir__`` that lists the lazy names of ``exports`` beside those already in ``namespace`` (the
+    package's ``globals()``), so that ``dir(package)`` and completion in a shell show them before their first use."""
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(exports))
+
+    return __dir__

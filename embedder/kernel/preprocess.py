@@ -9,6 +9,7 @@ never waits for torch) and gives exactly the pixels of torchvision's ``ImageClas
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's InterpolationMode values → Pillow's resampling filters (Image.Resampling: NEAREST 0, LANCZOS 1,
 # BILINEAR 2, BICUBIC 3, BOX 4, HAMMING 5), as torchvision.transforms.functional maps them
 PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}
+
+
+def rgb(values) -> tuple[float, float, float]:
+    """A value per channel (a mean or a standard deviation): three numbers, else a ValueError."""
+    r, g, b = (float(v) for v in values)
+    return r, g, b
 
 
 @dataclass(frozen=True)
@@ -36,15 +43,17 @@ class Preprocessing:
         return cls(
             resize=int(transforms.resize_size[0]),
             crop=int(transforms.crop_size[0]),
-            mean=tuple(float(v) for v in transforms.mean),
-            std=tuple(float(v) for v in transforms.std),
+            mean=rgb(transforms.mean),
+            std=rgb(transforms.std),
             interpolation=str(getattr(mode, "value", mode)),
         )
 
     def overridden(
         self, resize: int | None = None, crop: int | None = None, draft: bool | None = None
     ) -> Preprocessing:
-        changes = {k: v for k, v in (("resize", resize), ("crop", crop), ("draft", draft)) if v is not None}
+        changes: dict[str, Any] = {
+            k: v for k, v in (("resize", resize), ("crop", crop), ("draft", draft)) if v is not None
+        }
         return replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 
-from .errors import FeaturebankError
+from .errors import FileProblem, InvalidValue
 from .preprocess import Preprocessing
 
 POOLINGS = ("avg", "max", "avgmax", "cls", "cls+avg")  # cls, cls+avg: token layers of timm ViTs
@@ -55,15 +55,13 @@ class Int8:
 
     def __post_init__(self):
         if self.scheme not in ("auto", *INT8_SCHEMES):
-            raise FeaturebankError(
-                f"unknown int8 scheme {self.scheme!r}: choose one of auto, {', '.join(INT8_SCHEMES)}"
-            )
+            raise InvalidValue(f"unknown int8 scheme {self.scheme!r}: choose one of auto, {', '.join(INT8_SCHEMES)}")
         if self.fp32_layers < 0:
-            raise FeaturebankError("fp32_layers must be at least 0")
+            raise InvalidValue("fp32_layers must be at least 0")
         if self.method not in CALIBRATIONS:
-            raise FeaturebankError(f"unknown calibration {self.method!r}: choose one of {', '.join(CALIBRATIONS)}")
+            raise InvalidValue(f"unknown calibration {self.method!r}: choose one of {', '.join(CALIBRATIONS)}")
         if self.images < 1:
-            raise FeaturebankError("--calibration-images must be at least 1")
+            raise InvalidValue("--calibration-images must be at least 1")
 
     def to_dict(self) -> dict:
         """The five keys of before, then ``scheme`` unless u8s8 and ``fp32_layers`` unless 0 (older int8 caches, all
@@ -107,13 +105,13 @@ class ExtractionSettings:
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
         if self.tta not in TTAS:
-            raise FeaturebankError(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
+            raise InvalidValue(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
         if self.pooling not in POOLINGS:
-            raise FeaturebankError(f"unknown pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
+            raise InvalidValue(f"unknown pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.precision not in PRECISIONS:
-            raise FeaturebankError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+            raise InvalidValue(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if (self.precision == "int8") != (self.int8 is not None):
-            raise FeaturebankError("int8 settings go with precision int8, and only with it")
+            raise InvalidValue("int8 settings go with precision int8, and only with it")
 
     # -- serialization ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -139,9 +137,7 @@ class ExtractionSettings:
             f"preprocessing.{k}" for k in set(d.get("preprocessing") or {}) - set(Preprocessing.__dataclass_fields__)
         )
         if unknown:  # a newer featurebank's setting: the vectors depend on something this version cannot honour
-            raise FeaturebankError(
-                f"settings written by a newer featurebank ({', '.join(unknown)}): upgrade featurebank"
-            )
+            raise FileProblem(f"settings written by a newer featurebank ({', '.join(unknown)}): upgrade featurebank")
         try:
             p = dict(d.get("preprocessing") or {})
             if p:
@@ -159,7 +155,7 @@ class ExtractionSettings:
                 tta=d.get("tta", "none"),
             )
         except (KeyError, TypeError) as exc:
-            raise FeaturebankError(f"unreadable extraction settings ({type(exc).__name__}: {exc})") from None
+            raise FileProblem(f"unreadable extraction settings ({type(exc).__name__}: {exc})") from None
 
     @property
     def key(self) -> str:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 from .atomic import write_atomically
-from .errors import FeaturebankError
+from .errors import FileProblem
 
 ENGINE_DIR_ENV = "FEATUREBANK_ENGINE_DIR"
 
@@ -52,16 +52,16 @@ def weights_digest(path: str) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise FeaturebankError(f"cannot read the weights file {path}: {exc.strerror or exc}") from None
+        raise FileProblem(f"cannot read the weights file {path}: {exc.strerror or exc}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise FeaturebankError(f"the weights file {path} is not a regular file: pass --weights PATH to the file")
+        raise FileProblem(f"the weights file {path} is not a regular file: pass --weights PATH to the file")
     with os.fdopen(fd, "rb") as fh:
         if st.st_size == 0:
-            raise FeaturebankError(f"the weights file {path} is empty: pass --weights PATH to the file")
+            raise FileProblem(f"the weights file {path} is empty: pass --weights PATH to the file")
         if st.st_size > MAX_WEIGHTS_BYTES:
-            raise FeaturebankError(
+            raise FileProblem(
                 f"the weights file {path} is {st.st_size:,} bytes, more than any checkpoint "
                 f"({MAX_WEIGHTS_BYTES:,}): pass --weights PATH to the file"
             )

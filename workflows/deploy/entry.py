@@ -14,7 +14,7 @@ from embedder.backbones.registry import is_checkpoint, load_backbone
 from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import list_inputs
 from embedder.kernel.destination import check_destination
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, InvalidValue
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.options import with_overrides
@@ -102,7 +102,7 @@ def export_model(
         )
     except NotExportable as exc:
         ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
-        raise FeaturebankError(
+        raise InvalidValue(
             f"cannot export {bundle.classifier} ({exc.classifier}): {exc}; these export: {', '.join(ok)}"
         ) from None
 

@@ -14,12 +14,13 @@ import contextlib
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import InvalidValue, first_line
 
 INPUT, SCORES, LABEL = "images", "scores", "label"
 ML_OPSET = 3
@@ -36,7 +37,7 @@ FOLDED = (
 CONVERTED = ("SVC", "RandomForestClassifier", "KNeighborsClassifier", "CosineKNeighbors")
 
 
-class NotExportable(FeaturebankError):
+class NotExportable(InvalidValue):
     """A head this version cannot write as ONNX; ``classifier`` is the scikit-learn class name."""
 
     def __init__(self, classifier: str, reason: str):
@@ -51,7 +52,7 @@ class Head:
     own head (its logits, softmaxed, as ``predict --head`` does)."""
 
     classes: list[str]
-    pipeline: object = None
+    pipeline: Any = None  # a fitted scikit-learn pipeline
     name: str = ""
     samples: np.ndarray | None = None  # feature rows to check the converted head on (the training rows)
 
@@ -66,6 +67,9 @@ class Head:
 # -- the graph builder --------------------------------------------------------------------------------------------
 class Graph:
     """A small ONNX graph under construction: nodes and constants with unique names."""
+
+    nodes: list[onnx.NodeProto]
+    inits: list[onnx.TensorProto]
 
     def __init__(self, prefix: str):
         self.prefix, self.nodes, self.inits, self.n = prefix, [], [], 0
@@ -138,7 +142,7 @@ def _l2(g: Graph, x: str) -> str:
     return g.op("Div", [x, safe])
 
 
-def _transform_steps(pipeline) -> tuple[list, object]:
+def _transform_steps(pipeline) -> tuple[list, Any]:
     """The pipeline's transformers (passthrough steps dropped) and its final classifier."""
     steps = getattr(pipeline, "steps", None)
     if steps is None:
@@ -380,7 +384,7 @@ def used_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
     """Only the operator sets the graph uses, each once (ONNX Runtime's quantizer declares a dozen domains, among
     them another ``ai.onnx.ml`` version than skl2onnx's, and two models that disagree on one cannot be merged)."""
     used = {n.domain or "" for n in model.graph.node} | {""}
-    kept = {}
+    kept: dict[str, int] = {}
     for o in model.opset_import:
         domain = "" if o.domain == "ai.onnx" else o.domain
         if domain in used:

@@ -19,7 +19,7 @@ from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.inputs.sources import Item, Listing, list_inputs
 from embedder.job import calibration_batches, int8_settings
 from embedder.kernel.destination import check_destination
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue, MissingFile
 from embedder.kernel.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.resolve import Request, resolve
@@ -68,7 +68,7 @@ def export(
 
     started = time.perf_counter()
     if precision not in ONNX_PRECISIONS:
-        raise FeaturebankError(f"an export is fp32 or int8, not {precision}")
+        raise InvalidValue(f"an export is fp32 or int8, not {precision}")
     refused = refusal(head.pipeline) if head.pipeline is not None else None
     if refused is not None:
         raise refused
@@ -133,7 +133,7 @@ def _int8_plan(settings: ExtractionSettings, calibration: Listing | None, int8: 
     if settings.precision == "int8":
         return settings, None
     if calibration is None or not calibration.items:
-        raise FeaturebankError(
+        raise InvalidValue(
             "int8 needs images to calibrate on: give --images DATA (labelled images, such as the training folder)"
         )
     q, files = int8_settings(replace(settings, precision="int8", int8=int8 or Int8()), calibration, None)
@@ -160,7 +160,7 @@ def compare(
     index = {c: i for i, c in enumerate(classes)}
     labelled = [(p, index[c]) for p, c in labelled if c in index]
     if not labelled:
-        raise FeaturebankError("no labelled images to measure int8 against fp32 on: give --images DATA")
+        raise InvalidValue("no labelled images to measure int8 against fp32 on: give --images DATA")
     sessions = [
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         for m in (fp32_model, int8_model)
@@ -181,7 +181,7 @@ def compare(
             out.append(session.run([LABEL], {INPUT: x})[0])
         kept.extend(batch.indices)
     if not kept:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"none of the {len(labelled)} labelled images could be read ({first_failure}): give --images DATA"
         )
     a, b, truth = np.concatenate(preds[0]), np.concatenate(preds[1]), y[kept]
@@ -228,11 +228,11 @@ def export_checkpoint(
     the backbone's logits, softmaxed, as ``predict --head`` gives them. int8 calibrates on ``images``."""
 
     if not os.path.isfile(path):
-        raise FeaturebankError(f"checkpoint not found: {path}")
+        raise MissingFile(f"checkpoint not found: {path}")
     check_destination(out, [path], "the ONNX file")
     backbone = backbone or (file_metadata(path).get("featurebank") or {}).get("backbone")
     if not backbone:
-        raise FeaturebankError(f"{path} does not say its backbone: give -b BACKBONE")
+        raise InvalidValue(f"{path} does not say its backbone: give -b BACKBONE")
     store = store or EngineStore(engine_dir_for())
     resolved = resolve(Request(backbone, path, layers=(output_node(backbone),)), store)
     classes = head_classes(backbone, path)

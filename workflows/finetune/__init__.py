@@ -22,7 +22,9 @@ the pass), ``cached_loop`` (the epochs on the stored rows).
 The names below are imported on first use, so that the command line can build ``FinetuneOptions`` without torch.
 """
 
-from embedder.kernel.lazy import lazy_attributes
+from typing import TYPE_CHECKING
+
+from embedder.kernel.lazy import lazy_attributes, lazy_dir
 
 _EXPORTS = {
     "TrainingConfig": "loop",
@@ -48,3 +50,20 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_attributes(__name__, _EXPORTS)
+__dir__ = lazy_dir(globals(), _EXPORTS)
+
+if TYPE_CHECKING:  # the real names, for type checkers and editors; at run time each is imported on first use
+    from .loop import TrainingConfig, TrainingState, evaluate_images, export_weights, train_loop
+    from .options import FinetuneOptions, TrainingOptions
+    from .probe import fold_linear, linear_probe
+    from .run import FinetuneResult, finetune
+    from .split import split_rows
+    from .surgery import (
+        add_head_dropout,
+        block_names,
+        freeze,
+        param_groups,
+        replace_head,
+        set_train_mode,
+        unfrozen_blocks,
+    )

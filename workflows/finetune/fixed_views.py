@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 from embedder.kernel.preprocess import PIL_FILTERS, Preprocessing
 
 VIEWS_VERSION = 1  # the geometry of the views; part of the trunk store's key
@@ -28,9 +28,7 @@ def parse_views(spec: str) -> tuple[str, ...]:
         elif item.startswith("crops:") and item[6:].isdigit() and 1 <= int(item[6:]) <= MAX_CROPS:
             new = [f"crop{i}" for i in range(int(item[6:]))]
         else:
-            raise FeaturebankError(
-                f"--views {spec!r}: {item!r} is not center, flip or crops:N (N from 1 to {MAX_CROPS})"
-            )
+            raise InvalidValue(f"--views {spec!r}: {item!r} is not center, flip or crops:N (N from 1 to {MAX_CROPS})")
         names += [n for n in new if n not in names]
     return tuple(names)
 

@@ -26,7 +26,7 @@ from embedder.backbones.features import autocast_for
 from embedder.inputs.batches import ImageDataset, collate, default_workers
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.kernel.atomic import atomic_path
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import FeaturebankError, IncompatibleSettings, InvalidValue
 
 from .options import TrainingOptions
 from .split import Part
@@ -161,7 +161,7 @@ def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scale
     differ = [k for k in wanted if k not in NOT_COMPARED_ON_RESUME and saved["config"].get(k) != wanted[k]]
     if differ:
         key = differ[0]
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"--resume: {out} was started with {key}={saved['config'].get(key)!r}, not "
             f"{wanted[key]!r}; use the same options, or another --out"
         )
@@ -209,7 +209,7 @@ def train_loop(
     state = TrainingState()
     if os.path.exists(last):
         if not resume:
-            raise FeaturebankError(f"{out} holds a run already: add --resume to continue it, or choose another --out")
+            raise InvalidValue(f"{out} holds a run already: add --resume to continue it, or choose another --out")
         state = _resume(out, config, model, optimizer, scheduler, scaler)
 
     trainer = Trainer(model, blocks, c, device, workers, max_pixels, optimizer, scaler)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 from embedder.kernel.settings import AUGMENTATIONS, TORCH_PRECISIONS
 from embedder.options import BACKBONE, DEVICE, ExtractOptions, option, same_as, with_overrides
 
@@ -31,7 +31,7 @@ def parse_unfreeze(value) -> int | str:
     except ValueError:
         n = -1
     if n < 0:
-        raise FeaturebankError("give 0 (head only), a number of blocks, or all")
+        raise InvalidValue("give 0 (head only), a number of blocks, or all")
     return n
 
 
@@ -82,17 +82,17 @@ class TrainingOptions:
             or not 0 <= self.dropout < 1
             or self.backbone_lr_scale < 0
         ):
-            raise FeaturebankError(
+            raise InvalidValue(
                 "--epochs and --batch-size must be at least 1, --lr positive, --dropout in [0, 1), "
                 "--backbone-lr-scale at least 0"
             )
         if self.augment not in AUGMENT:
-            raise FeaturebankError(f"unknown augmentation {self.augment!r}: choose one of {', '.join(AUGMENT)}")
+            raise InvalidValue(f"unknown augmentation {self.augment!r}: choose one of {', '.join(AUGMENT)}")
         if self.augment == "pixels":  # flip's other name: recorded as flip, so that older runs resume
             object.__setattr__(self, "augment", "flip")
         parse_views(self.views)
         if self.augment == "views" and self.unfreeze == "all":
-            raise FeaturebankError(
+            raise InvalidValue(
                 "--augment views needs a frozen trunk to run once: with --unfreeze all, use --augment pixels"
             )
 

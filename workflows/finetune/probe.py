@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from classifiers.zoo import make_classifier
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 PROBE = "logreg"  # the zoo's linear probe (classifiers/zoo.py)
 
@@ -28,7 +28,7 @@ def fold_linear(pipe) -> tuple[np.ndarray, np.ndarray]:
     normalization or a PCA step would not fold into one Linear layer."""
     steps = pipe.named_steps
     if any(steps.get(name, "passthrough") != "passthrough" for name in ("l2", "pca")):
-        raise FeaturebankError(f"the {PROBE} probe has an l2 or pca step: it cannot start a Linear head")
+        raise InvalidValue(f"the {PROBE} probe has an l2 or pca step: it cannot start a Linear head")
     clf, scale = steps["clf"], steps.get("scale", "passthrough")
     W, b = clf.coef_, clf.intercept_
     if scale != "passthrough":

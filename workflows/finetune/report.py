@@ -22,7 +22,7 @@ NOTES = {
 }
 
 
-def comparison_row(model: str, trained: str, val: dict, test: dict | None, seconds: float) -> dict:
+def comparison_row(model: str, trained: str, val: dict | None, test: dict | None, seconds: float) -> dict:
     """One model of the comparison: ``val_*`` and ``test_*`` (None without ``--test``) metrics, same keys always."""
 
     def metrics(prefix, scores):

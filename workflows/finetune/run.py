@@ -14,7 +14,7 @@ from classifiers.metrics import full_proba, scores
 from embedder.backbones.features import autocast_for, resolve_device
 from embedder.backbones.registry import load_backbone, resolve_weights
 from embedder.inputs.batches import default_workers
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import IncompatibleSettings
 from embedder.kernel.versions import library_versions
 from embedder.options import ExtractOptions, with_overrides
 
@@ -79,7 +79,7 @@ def _compared_row(o: FinetuneOptions, spec):
     there = {"backbone": row.settings.get("backbone"), "weights": row.settings.get("weights"), "layer": row.layer}
     differ = [f"{k} {there[k]!r} there, {here[k]!r} here" for k in here if there[k] != here[k]]
     if differ:
-        raise FeaturebankError(
+        raise IncompatibleSettings(
             f"--compare {o.compare}: its best row ({row.text()}) was not cross-validated on the frozen features "
             f"fine-tuning starts from ({'; '.join(differ)}): give a cv run of a cache of this backbone and weights "
             f"at its penultimate layer"

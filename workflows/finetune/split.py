@@ -19,7 +19,7 @@ import numpy as np
 from embedder.cache.hdf5 import CacheReader
 from embedder.cache.hdf5 import own_groups as groups_of_rows
 from embedder.job import extract
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 from embedder.options import ExtractOptions
 
 
@@ -104,12 +104,12 @@ def labeled_part(
     """The labelled rows of an embedded input as a Part; ``classes`` (the training classes) must cover its labels."""
     labels = embedded.labels
     if labels is None:
-        raise FeaturebankError(f"{embedded.source} has no labels: fine-tuning needs class folders or a manifest")
+        raise InvalidValue(f"{embedded.source} has no labels: fine-tuning needs class folders or a manifest")
     keep = np.flatnonzero(labels != "")
     classes = classes or sorted(set(labels[keep].tolist()))
     unknown = sorted(set(labels[keep].tolist()) - set(classes))
     if unknown:
-        raise FeaturebankError(f"{role} classes not in the training data: {', '.join(unknown[:10])}")
+        raise InvalidValue(f"{role} classes not in the training data: {', '.join(unknown[:10])}")
     index = {c: i for i, c in enumerate(classes)}
     full = embedded.paths
     return classes, Part(
@@ -136,12 +136,12 @@ def split_rows(
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     if not 0 < val_split < 1:
-        raise FeaturebankError("--val-split must be between 0 and 1 (or give --val DATA)")
+        raise InvalidValue("--val-split must be between 0 and 1 (or give --val DATA)")
     n_classes = len(classes) if classes else int(y.max()) + 1
     name = (lambda c: repr(classes[c])) if classes else str
     counts = np.bincount(y, minlength=n_classes)
     if counts.min() < 2:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"class {name(int(counts.argmin()))} has {counts.min()} image(s): a stratified --val-split "
             f"needs at least 2 per class (or give --val DATA)"
         )
@@ -151,14 +151,14 @@ def split_rows(
     folds = max(2, round(1 / val_split))
     n_groups = len(set(groups.tolist()))
     if n_groups < folds:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{n_groups} groups: a --val-split of {val_split} keeps 1 of {folds} parts of the groups "
             f"apart, so it needs at least {folds} groups (or give --val DATA)"
         )
     train, val = next(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
     missing = sorted(set(range(n_classes)) - set(y[train].tolist()))
     if missing:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"class {name(missing[0])} has all its images in the groups held out for validation: "
             f"add groups to it, or give --val DATA"
         )
@@ -172,7 +172,7 @@ def shared_groups(a: Part, b: Part) -> list[str]:
 def _refuse_shared_groups(train: Part, other: Part, option: str) -> None:
     shared = shared_groups(train, other)
     if shared:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"{option} shares {len(shared)} group(s) with DATA (first: {shared[0]!r}): images of "
             f"one group must be on one side only"
         )
@@ -183,7 +183,7 @@ def prepare_data(train, val, val_split: float, seed: int, embedding) -> Data:
     ``CenterEmbedding``), then split them."""
     classes, data = labeled_part(embedding(train, "DATA"))
     if len(classes) < 2:
-        raise FeaturebankError(f"only one class ({classes[0]}): fine-tuning needs at least two")
+        raise InvalidValue(f"only one class ({classes[0]}): fine-tuning needs at least two")
     if val is not None:
         _, held_out = labeled_part(embedding(val, "--val"), classes)
         _refuse_shared_groups(data, held_out, "--val")
@@ -216,12 +216,12 @@ def check_test_apart(test, data: Data, drop_copies: bool = False) -> list[str]:
     for item in listing.items:
         full = listing.full_path(item)
         if os.path.realpath(full) in seen:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"--test {test} holds {item.path}, which is also a training or validation image: "
                 f"the test images must be images nothing was trained or selected on"
             )
         if item.group and item.group in groups:
-            raise FeaturebankError(
+            raise InvalidValue(
                 f"--test {test} shares group {item.group!r} ({item.path}) with the training or "
                 f"validation images: images of one group must be on one side only"
             )
@@ -233,7 +233,7 @@ def check_test_apart(test, data: Data, drop_copies: bool = False) -> list[str]:
             if digest in digests:
                 copies.append(item.path)
     if copies and not drop_copies:
-        raise FeaturebankError(
+        raise InvalidValue(
             f"--test {test} holds {len(copies)} image(s) whose bytes equal a training or validation "
             f"image ({', '.join(copies[:3])}{', ...' if len(copies) > 3 else ''}): the test images "
             f"must be images nothing was trained or selected on; remove them, or give "

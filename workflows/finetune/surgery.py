@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedder.backbones.registry import block_names, head_inputs, head_name
-from embedder.kernel.errors import FeaturebankError
+from embedder.kernel.errors import InvalidValue
 
 from .options import BN_POLICIES
 
@@ -23,7 +23,7 @@ def unfrozen_blocks(model: nn.Module, unfreeze: int | str) -> list[str]:
         return blocks
     n = int(unfreeze)
     if n < 0:
-        raise FeaturebankError("--unfreeze takes 0 (head only), a number of blocks, or all")
+        raise InvalidValue("--unfreeze takes 0 (head only), a number of blocks, or all")
     return blocks[len(blocks) - min(n, len(blocks)) :] if n else []
 
 
@@ -34,7 +34,7 @@ def _in(name: str, prefixes) -> bool:
 def freeze(model: nn.Module, blocks: list[str], bn: str) -> None:
     """Gradients for the head and ``blocks`` only; with ``bn="frozen"`` no BatchNorm parameter trains either."""
     if bn not in BN_POLICIES:
-        raise FeaturebankError(f"unknown --bn {bn!r}: choose frozen or train")
+        raise InvalidValue(f"unknown --bn {bn!r}: choose frozen or train")
     head = head_name(model)
     everything = blocks == block_names(model)  # then parameters of the model itself (a ViT's class token) train too
     for name, param in model.named_parameters():
@@ -67,7 +67,7 @@ def has_training_batchnorm(model: nn.Module, blocks: list[str], bn: str) -> bool
 def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float) -> list[dict]:
     """Two learning rates: ``lr`` for the new head, ``lr * backbone_lr_scale`` for the pretrained layers."""
     head = head_name(model)
-    groups = {"head": [], "backbone": []}
+    groups: dict[str, list[nn.Parameter]] = {"head": [], "backbone": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             groups["head" if _in(name, [head]) else "backbone"].append(param)

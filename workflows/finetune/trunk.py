@@ -33,7 +33,7 @@ from tqdm import tqdm
 from embedder.inputs.batches import ImageDataset, batches
 from embedder.inputs.decode import file_kind
 from embedder.kernel.atomic import atomic_path
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import FileProblem, InvalidValue, first_line
 from embedder.kernel.preprocess import Preprocessing
 
 from .fixed_views import VIEWS_VERSION, ViewsTransform
@@ -131,7 +131,7 @@ def store_key(settings: dict) -> str:
 MAX_INDEX_BYTES = 64 << 20  # a part's key list: a batch's keys take a few kB
 
 
-class ViewsUnavailable(FeaturebankError):
+class ViewsUnavailable(InvalidValue):
     """``--augment views`` cannot run on this network: it does not split before the cut, or its trunk's output
     does not fit in float16. The default (``auto``) trains on pixels instead, with a note saying why."""
 
@@ -142,7 +142,7 @@ class RejectedPart(Exception):
     """A part of the store that cannot be used, with the reason (it is set aside and its images computed again)."""
 
 
-class StoreWriteError(FeaturebankError):
+class StoreWriteError(FileProblem):
     """The disk refused a part: every part written before it is kept."""
 
 
@@ -238,7 +238,7 @@ class TrunkStore:
             if not os.path.lexists(meta):
                 write_file(meta, json.dumps(self.settings, indent=1, sort_keys=True).encode())
         except OSError as exc:
-            raise FeaturebankError(
+            raise FileProblem(
                 f"cannot use the trunk store {self.parts}: {exc.strerror or exc}; delete {self.folder}, or choose "
                 f"another cache folder (FEATUREBANK_CACHE_DIR)"
             ) from None
