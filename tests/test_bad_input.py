@@ -8,7 +8,7 @@ import os
 import struct
 
 import pytest
-from conftest import FAST, ROOT, finishes, photo, write_tree
+from helpers import FAST, ROOT, finishes, photo, write_tree
 from PIL import Image
 
 import embedder
@@ -242,7 +242,7 @@ def _crafted(tmp_path, name, edit):
     import shutil
 
     import h5py
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     good = tmp_path / "good.h5"
     if not good.exists():
@@ -304,7 +304,7 @@ def test_damaged_or_crafted_caches_are_one_line_in_info_and_cv(tmp_path, name):
 
 def test_garbage_in_feature_bytes_is_reported_as_damage_not_infinity(tmp_path):
     from click.testing import CliRunner
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     import cli
 
@@ -327,7 +327,7 @@ def test_garbage_in_feature_bytes_is_reported_as_damage_not_infinity(tmp_path):
 
 def test_a_cache_written_without_checksums_still_reads(tmp_path):
     import h5py
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     path = tmp_path / "old.h5"
     X, _ = synthetic_cache(path)
@@ -563,7 +563,7 @@ def test_predict_and_evaluate_report_symlink_loops_and_skip_them(tmp_path, monke
 
 def test_a_damaged_batch_is_named_by_the_merge_and_nothing_is_replaced(tmp_path):
     import numpy as np
-    from conftest import SYNTHETIC_SETTINGS
+    from helpers import SYNTHETIC_SETTINGS
 
     from embedder.cache import CacheWriter
 
@@ -596,7 +596,7 @@ def test_info_shows_an_older_cache_whose_settings_lack_keys_with_their_defaults(
 
     import h5py
     from click.testing import CliRunner
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     import cli
 

@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, finishes, synthetic_cache, write_tree
+from helpers import FAST, finishes, synthetic_cache, write_tree
 
 import cli
 from classifiers import modelfile

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import FAST, write_bad_files, write_tree
+from helpers import FAST, write_bad_files, write_tree
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from classifiers.bundle import evaluate, load_bundle, predict, predict_imagenet, train
@@ -163,7 +163,7 @@ def test_unreadable_and_incompatible_model_files(tmp_path, monkeypatch):
 
 
 def test_train_errors(tmp_path):
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     synthetic_cache(tmp_path / "one.h5", counts=(5,))
     with pytest.raises(FeaturebankError, match="only one class"):
@@ -200,7 +200,7 @@ def test_imagenet_head_needs_real_weights(tmp_path):
 def near_copies(path, seed=1):
     """24 groups (patients, cameras) of 3 near-copies each, a weak class signal between groups; the rows of the
     last two groups carry no group (each is a group of its own). Returns (X, y, groups) in row order."""
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     rng = np.random.default_rng(seed)
     group_class = np.repeat([0, 1], 12)

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, synthetic_cache
+from helpers import ROOT, synthetic_cache
 
 from classifiers.crossval import cross_validate
 from embedder.errors import FeaturebankError

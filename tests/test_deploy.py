@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, ROOT, write_tree
+from helpers import FAST, ROOT, write_tree
 
 from classifiers.bundle import Bundle, predict, predict_imagenet, train
 from classifiers.zoo import list_classifiers, make_classifier
@@ -217,7 +217,7 @@ def _example_pixels(prep: dict):
 @pytest.mark.parametrize("resize,crop,interpolation", [(72, 64, "bilinear"), (57, 64, "bicubic")])
 def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolation):
     """Big JPEGs (draft decoding), EXIF rotation, odd sizes, a resize under the crop (zero padding)."""
-    from conftest import photo
+    from helpers import photo
     from PIL import Image
 
     from embedder.decode import decode_file

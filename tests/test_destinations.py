@@ -15,7 +15,7 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_cache, write_bad_files, write_tree
+from helpers import synthetic_cache, write_bad_files, write_tree
 
 import cli
 from classifiers.bundle import train

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FAST, ROOT, photo, rows_close, write_bad_files, write_tree
+from helpers import FAST, ROOT, photo, rows_close, write_bad_files, write_tree
 from PIL import Image
 
 import embedder

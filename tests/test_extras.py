@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import synthetic_cache
+from helpers import synthetic_cache
 
 from classifiers import embedmap, extras, neighbours
 from classifiers.crossval import cross_validate
@@ -118,7 +118,7 @@ def imported(*args) -> str:
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -135,7 +135,7 @@ def test_cv_imports_no_torch_and_only_what_it_draws(tmp_path):
 
 
 def test_thumbnails_are_made_once_per_cache_not_per_run_folder(tmp_path):
-    from conftest import photo
+    from helpers import photo
 
     from classifiers.html import Thumbs
 

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import write_bad_files, write_tree
+from helpers import write_bad_files, write_tree
 
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones import skeleton

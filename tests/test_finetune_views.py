@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST_ARGS, MOBILENET_V2, ROOT, need, photo, write_tree
+from helpers import FAST_ARGS, MOBILENET_V2, ROOT, need, photo, write_tree
 
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones import head_name

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _run(*cmd: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import json
 import pathlib
 
 import pytest
-from conftest import FAST, photo, write_tree
+from helpers import FAST, photo, write_tree
 
 import embedder
 import embedder.cpu

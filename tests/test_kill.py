@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FAST, FAST_ARGS, ROOT, write_tree
+from helpers import FAST, FAST_ARGS, ROOT, write_tree
 
 import embedder
 from embedder.cache import CacheReader, parts_dir

@@ -228,7 +228,7 @@ def test_relabel_applies_accepted_corrections_to_a_manifest_and_extract_keeps_th
     import json
 
     from click.testing import CliRunner
-    from conftest import write_tree
+    from helpers import write_tree
 
     import cli
     from embedder.cache import CacheReader

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("importlinter", reason="import-linter checks the layers: pip install -e '.[test]'")
 

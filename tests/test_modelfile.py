@@ -13,7 +13,7 @@ import joblib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_cache
+from helpers import synthetic_cache
 
 import cli
 from classifiers import modelfile

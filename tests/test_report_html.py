@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, FAST_ARGS, ROOT, SYNTHETIC_SETTINGS, photo, write_tree
+from helpers import FAST, FAST_ARGS, ROOT, SYNTHETIC_SETTINGS, photo, write_tree
 from PIL import Image
 
 import cli
@@ -377,7 +377,7 @@ def test_finetune_writes_its_page(tmp_path, monkeypatch):
 
 def test_the_page_needs_no_torch(tmp_path):
     """cv and its page stay free of torch (they are the fast path of a laptop without a GPU)."""
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     synthetic_cache(tmp_path / "s.h5")
     code = (

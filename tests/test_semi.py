@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_cache
+from helpers import synthetic_cache
 
 import cli
 from classifiers.bundle import load_bundle, pseudo_labels, train

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FAST, FAST_ARGS, HYMENOPTERA, ROOT, photo
+from helpers import FAST, FAST_ARGS, HYMENOPTERA, ROOT, photo
 
 import embedder
 from embedder.cache import CacheReader, parts_dir

@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import photo, write_tree
+from helpers import photo, write_tree
 
 from embedder.errors import FeaturebankError
 from embedder.sources import list_images

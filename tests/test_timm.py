@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import cosines, photo, rows_close, write_tree
+from helpers import cosines, photo, rows_close, write_tree
 from PIL import Image
 
 import embedder
@@ -153,7 +153,7 @@ def test_default_vectors_are_timms_pre_logits_and_onnxruntime_shares_the_rows(fa
 def test_on_real_photos_at_the_tags_own_size_the_vectors_are_timms(arch, tmp_path):
     """The same check on other, real photos (hymenoptera val: JPEGs of many sizes), with nothing overridden: the
     tag's own preprocessing (DINOv2 at 518 px) and featurebank's default decoding."""
-    from conftest import HYMENOPTERA, need
+    from helpers import HYMENOPTERA, need
 
     folder = need(HYMENOPTERA) / "val"
     root = tmp_path / "photos"

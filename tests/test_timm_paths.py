@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import ROOT, cosines, photo, rows_close, write_tree
+from helpers import ROOT, cosines, photo, rows_close, write_tree
 from PIL import ImageOps
 
 import embedder

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FAST, ROOT, write_tree
+from helpers import FAST, ROOT, write_tree
 
 import embedder
 from embedder.cache import CacheReader, CacheWriter, parts_dir

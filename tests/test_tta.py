@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, photo, rows_close
+from helpers import FAST, photo, rows_close
 from PIL import Image, ImageOps
 
 import embedder
