@@ -427,7 +427,7 @@ def test_a_full_disk_while_spilling_removes_the_spill_and_the_merged_file(tmp_pa
     assert _leftovers(tmp_path) == [] and len(os.listdir(f"{cache}.parts")) == 3
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("limit, says", [(4 << 10, "cannot write a batch to"), (32 << 10, "cannot merge the batches")])
 def test_a_real_write_failure_exits_1_with_one_line_never_a_crash(tmp_path, limit, says):
     """The kernel refuses the write (a file size limit: EFBIG, as a full disk gives ENOSPC), inside h5py's and
@@ -510,7 +510,7 @@ def test_measuring_the_engines_halves_its_batch_on_out_of_memory(error, capfd):
         _measure({"onnxruntime": _Hungry(0, error), "torch": _Hungry(0, error)}, 16, 8, Prepared())
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_extract_starts_at_the_batch_that_fitted_when_measuring(tmp_path, monkeypatch, capfd):
     from embedder import engines as engines_module
 

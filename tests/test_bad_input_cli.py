@@ -535,7 +535,7 @@ def test_the_recorded_rows_are_what_torchvision_says(monkeypatch):
     assert backbone_table.backbone_rows(pattern="resnet18") == describe_backbones(pattern="resnet18")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_every_recorded_row_is_what_torchvision_says():
     from embedder import backbone_table
     from embedder.backbones import describe_backbones

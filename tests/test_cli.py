@@ -87,7 +87,7 @@ def test_layers_marks_the_penultimate_node(runner):
     assert rows["layer4.1.relu_1"]["vector"] == 512 and not rows["fc"]["penultimate"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_backbones_lists_every_torchvision_classifier_with_its_feature_size(runner):
     rows = {r["name"]: r for r in json.loads(runner.invoke(cli.main, ["backbones", "--json"]).stdout)}
     assert (

@@ -125,7 +125,7 @@ def imported(*args) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cv_imports_no_torch_and_only_what_it_draws(tmp_path):
     """torch is never imported by cv; matplotlib only for the report's figures; t-SNE only when the map is not kept."""
     synthetic_cache(tmp_path / "c.h5")

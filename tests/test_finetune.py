@@ -344,7 +344,7 @@ def test_clear_errors(tmp_path):
         finetune(str(two), str(tmp_path / "run"), **{**TINY, "augment": "heavy"})
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_test_images_never_influence_the_checkpoint(images, tmp_path):
     """The epoch is chosen on validation: two runs with other --test folders write the same best.pth, byte for byte,
     and the comparison is reported on the test images, each number recomputable by another path."""

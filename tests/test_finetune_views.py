@@ -225,7 +225,7 @@ def test_views_need_a_frozen_trunk(tmp_path):
         finetune(str(tmp_path), str(tmp_path / "run"), unfreeze="all", **VIEWS)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_kill_9_while_caching_keeps_the_finished_views(tmp_path):
     """Killed in the views pass, the next run computes only the images whose views were not committed, and ends
     with the rows of a run never killed."""
@@ -379,7 +379,7 @@ def _written_keys(cache) -> list[tuple[str, str]]:
     return keys
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_center_pass_gives_the_extractions_rows_and_the_same_probe(tmp_path):
     """``CenterEmbedding`` (the views path's embedding): the same rows as ``extract`` (paths, labels, digests),
     features within float16 rounding of the extraction's, so a probe fit on them predicts what a probe fit on the
@@ -463,7 +463,7 @@ def _manifest_with_groups(root, path) -> None:
             writer.writerow([f"{root.name}/{rel}", rel.split("/")[0], f"{rel.split('/')[0]}-pair" if pair else ""])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_views_path_runs_no_extraction_and_splits_as_the_pixel_path(tmp_path):
     """The same grouped manifest with a bad file, a --test folder with a bad file and a byte copy of a training
     image (--drop-test-copies), on both paths: the same split.csv (train, val, test), the same skipped files and
@@ -524,7 +524,7 @@ def test_the_views_path_runs_no_extraction_and_splits_as_the_pixel_path(tmp_path
     )
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_views_path_takes_val_data_and_trains_from_scratch_on_pixels(tmp_path):
     """``--val DATA`` on the views path: its images are embedded by the same pass (their centers stored once);
     ``--from-scratch`` trains on pixels beside it."""

@@ -13,7 +13,7 @@ from helpers import FAST, FAST_ARGS, ROOT, write_tree
 import embedder
 from embedder.cache import CacheReader, parts_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def run_cli(root, cache, *extra):

@@ -285,7 +285,7 @@ def _write(path, data: bytes) -> str:
     return str(path)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("spec", SPECS)
 def test_a_saved_model_predicts_exactly_what_the_trained_one_did(synthetic, tmp_path, spec):
     root, X, _ = synthetic

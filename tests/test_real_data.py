@@ -13,7 +13,7 @@ from torchvision.transforms._presets import ImageClassification
 import embedder
 from embedder.cache import CacheReader
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

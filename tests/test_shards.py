@@ -322,13 +322,13 @@ def test_parquet_without_the_image_column_is_one_clear_error(tmp_path):
     assert [i.path for i in listing.items] == ["img2dataset.parquet/a"] and listing.columns == {0: "jpg"}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_decoding_processes_read_shards_as_threads_do(data, tmp_path):
     summary = embedder.extract(str(data["shards"]), str(tmp_path / "w.h5"), **{**SETTINGS, "workers": 2})
     assert_same_vectors(summary.cache, data, data["in_shards"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_kill_9_in_the_middle_of_a_shard_then_resume(data, tmp_path):
     shards = tmp_path / "one"
     shards.mkdir()
@@ -405,7 +405,7 @@ def test_cli_takes_shards_as_a_shell_glob_with_labels_and_groups_from_json(data,
     assert wrong.exit_code != 0 and "--label-key 'json:'" in wrong.output
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_torchrun_ranks_give_the_single_process_rows_of_shards(data, tmp_path):
     single = embedder.extract(str(data["shards"]), str(tmp_path / "single.h5"), **{**SETTINGS, "batch_size": 2})
     args = [

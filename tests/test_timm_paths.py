@@ -72,7 +72,7 @@ def test_int8_runs_on_onnxruntime_with_its_own_settings_and_stays_close_to_fp32(
     assert list(measured) == list(s.layers) and 0.95 < next(iter(measured.values()))["min"] <= 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_finetuned_timm_checkpoint_exports_to_one_onnx_file_that_predicts_as_predict_does(tmp_path):
     from classifiers.bundle import predict_imagenet
     from embedder.batches import ImageDataset
@@ -111,7 +111,7 @@ def test_a_finetuned_timm_checkpoint_exports_to_one_onnx_file_that_predicts_as_p
     assert [classes[i] for i in labels] == [r["predicted"] for r in result["rows"]]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_torchrun_ranks_give_the_rows_of_one_process(tmp_path):
     root = tmp_path / "images"
     write_tree(root, per_class=2)  # 6 images: 3 batches of 2 over 2 ranks
