@@ -188,6 +188,7 @@ def test_a_model_onnx_cannot_export_falls_back_to_torch(tree, tmp_path, monkeypa
         embedder.extract(str(root), str(tmp_path / "b.h5"), engine="onnxruntime", **FAST)
 
 
+@pytest.mark.integration  # CLI subprocesses
 def test_a_run_whose_engine_is_ready_imports_no_torch(tree, tmp_path):
     """Importing torch costs seconds per process; a prepared engine and a resolved request need none of it (layers
     given, as bundles always give them, included)."""

@@ -375,6 +375,7 @@ def test_finetune_writes_its_page(tmp_path, monkeypatch):
     assert again.exit_code == 0 and (tmp_path / "run" / "report.html").read_text() == text
 
 
+@pytest.mark.integration  # a subprocess
 def test_the_page_needs_no_torch(tmp_path):
     """cv and its page stay free of torch (they are the fast path of a laptop without a GPU)."""
     from helpers import synthetic_cache

@@ -41,6 +41,7 @@ def pairs(tmp_path):
     return tmp_path / "images", tmp_path / "mirrored"
 
 
+@pytest.mark.integration  # timm's ONNX export; resnet18 on these paths is in the fast tier
 def test_flip_is_the_mean_of_the_image_and_its_mirror_in_both_engines(pairs, tmp_path):
     images, mirrored = pairs
     plain = embedder.load(embedder.extract(str(images), str(tmp_path / "p.h5"), engine="torch", **TIMM).cache)[0]
@@ -56,6 +57,7 @@ def test_flip_is_the_mean_of_the_image_and_its_mirror_in_both_engines(pairs, tmp
     rows_close(flipped["onnxruntime"], flipped["torch"])
 
 
+@pytest.mark.integration  # timm's ONNX export; resnet18 on these paths is in the fast tier
 def test_int8_runs_on_onnxruntime_with_its_own_settings_and_stays_close_to_fp32(tmp_path):
     root = tmp_path / "images"
     write_tree(root, per_class=4)
