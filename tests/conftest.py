@@ -4,9 +4,11 @@ pre-extracted cache per session, and the ``slow`` → ``integration`` alias."""
 from __future__ import annotations
 
 import os
+import pathlib
+from typing import NamedTuple
 
 import pytest
-from helpers import write_tree
+from helpers import FAST, write_tree
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,3 +38,21 @@ def shared_engine_dir(tmp_path_factory):
         os.environ.pop(ENGINE_DIR_ENV, None)
     else:
         os.environ[ENGINE_DIR_ENV] = previous
+
+
+class Extracted(NamedTuple):
+    images: pathlib.Path  # class-per-folder: cats, dogs, owls, 4 images each (JPEG and PNG)
+    cache: pathlib.Path  # those images embedded with the FAST settings (resnet18, random weights, 64 px)
+    paths: list[str]  # the images' paths relative to ``images``, sorted
+
+
+@pytest.fixture(scope="session")
+def extracted(tmp_path_factory) -> Extracted:
+    """One folder of generated images embedded once per session, for the tests that need some real cache. Read it,
+    never write into it or its images: copy them to ``tmp_path`` first."""
+    from embedder import extract
+
+    root = tmp_path_factory.mktemp("extracted")
+    paths = write_tree(root / "images", per_class=4)
+    extract(str(root / "images"), str(root / "train.h5"), **FAST)
+    return Extracted(root / "images", root / "train.h5", paths)

@@ -23,12 +23,11 @@ RUN = {k: FAST[k] for k in ("batch_size", "workers")}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 3-class folder embedded with the FAST settings, and a logistic regression trained on it."""
+def trained(tmp_path_factory, extracted):
+    """A 3-class folder embedded with the FAST settings (the session's), and a logistic regression trained on it."""
     root = tmp_path_factory.mktemp("bundle")
-    images = root / "images"
-    write_tree(images, per_class=4)
-    extract(images, str(root / "train.h5"), **FAST)
+    images = extracted.images
+    shutil.copyfile(extracted.cache, root / "train.h5")
     bundle = train(str(root / "train.h5"), "logreg:C=1.0", out=str(root / "model.joblib"))
     return root, images, bundle
 

@@ -410,6 +410,7 @@ def test_int8_with_the_default_cache_path_stays_one_cache_as_the_input_grows(tmp
     assert again.settings == first.settings
 
 
+@pytest.mark.integration  # two int8 calibrations
 def test_a_lost_int8_engine_is_rebuilt_only_from_the_same_images(tmp_path, monkeypatch):
     import shutil
 

@@ -258,6 +258,7 @@ def test_head_starts_as_the_linear_probe():
     np.testing.assert_allclose(p, probe2.predict_proba(X[:20]), atol=1e-4)
 
 
+@pytest.mark.integration  # two trainings (fine-tuned, from scratch) and an extraction
 def test_checkpoint_is_a_backbone_like_any_other(images, tmp_path):
     result = finetune(str(images), str(tmp_path / "run"), epochs=2, from_scratch=True, **TINY)
     assert [r["model"].split(" (")[0] for r in result.comparison] == [

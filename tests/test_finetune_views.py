@@ -87,7 +87,6 @@ def _batch(n=6, size=64):
     return prep, prep.normalize(x), torch.arange(n) % 3
 
 
-@pytest.mark.integration  # six fine-tunings; test_finetune checks resume in the fast tier
 @pytest.mark.parametrize("backbone,unfreeze", [("resnet18", 2), ("mobilenet_v2", 1), ("resnet18", 0)])
 def test_cached_loss_and_gradients_equal_the_full_network(backbone, unfreeze):
     """The same batch of the same views, with dropout and frozen BatchNorm: the cut network's loss and gradients
@@ -192,6 +191,7 @@ def test_a_changed_image_gets_new_views_and_only_it(tmp_path):
     assert again.history[1]["train_loss"] is not None
 
 
+@pytest.mark.integration  # six fine-tunings; test_finetune checks resume in the fast tier
 @pytest.mark.parametrize("augment", ["views", "pixels"])
 def test_resume_follows_the_uninterrupted_trajectory_on_both_paths(tmp_path, augment):
     root = tmp_path / "images"

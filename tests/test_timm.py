@@ -224,6 +224,7 @@ def test_cls_pooling_is_refused_where_there_is_no_class_token():
         layer_dims(skeleton("timm:convnext_atto"), ["stages.2"], "cls", 64)
 
 
+@pytest.mark.integration  # builds a 22M-parameter ViT
 def test_layer_names_several_in_one_pass_and_blocks_for_finetuning(photos):
     dino = skeleton("timm:vit_small_patch14_dinov2", 56)
     assert resolve_layers(dino) == ["head_drop"]
