@@ -11,6 +11,7 @@ import pytest
 from helpers import FAST, write_tree
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config, items):
     """``slow`` is the old name of ``integration``: a test marked slow is in the integration tier too."""
     for item in items:

@@ -50,13 +50,17 @@ def write_tar(path, members) -> None:
 
 
 def samples():
-    """(class, key, extension, bytes): 20 shared photos (10 ants, 10 bees) when present, and 6 synthetic pictures
-    (JPEG and PNG, two sizes)."""
+    """(class, key, extension, bytes): 20 shared photos (10 ants, 10 bees) when present (else 20 generated JPEGs in
+    their place, so that a clone without ../shared runs the same checks), and 6 synthetic pictures (JPEG and PNG,
+    two sizes)."""
     out = []
-    if HYMENOPTERA.exists():
-        for cls in ("ants", "bees"):
+    for c, cls in enumerate(("ants", "bees")):
+        if HYMENOPTERA.exists():
             for f in sorted((HYMENOPTERA / "train" / cls).iterdir())[:10]:
                 out.append((cls, f"{cls}_{f.stem.replace('.', '_')}", "jpg", f.read_bytes()))
+        else:
+            for i in range(10):
+                out.append((cls, f"{cls}_gen{i:02d}", "jpg", jpeg(photo(300 + 10 * c + i, (120 + 4 * i, 96)))))
     for i in range(6):
         image = photo(500 + i, (90 + 7 * i, 70 + 5 * i))
         out.append(("synthetic", f"syn{i:02d}", "png" if i % 2 else "jpg", png(image) if i % 2 else jpeg(image)))
