@@ -1039,7 +1039,7 @@ def section_tests(ctx: Ctx, out: Rows) -> None:
         started = time.perf_counter()
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-rf", test_file],
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", test_file],
                 cwd=ROOT,
                 env=env,
                 capture_output=True,
@@ -1061,7 +1061,7 @@ def section_tests(ctx: Ctx, out: Rows) -> None:
             f"tests.{pathlib.Path(test_file).stem}",
             summary.strip("= ")[:200],
             "",
-            f"{test_file} -m 'not slow', {time.perf_counter() - started:.0f} s (without ../shared there: the "
+            f"{test_file} (its fast tier), {time.perf_counter() - started:.0f} s (without ../shared there: the "
             f"tests of the shared photos skip)",
             check=code == 0,
         )

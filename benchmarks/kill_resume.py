@@ -25,7 +25,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import photo, write_tree  # noqa: E402
+from helpers import photo, write_tree  # noqa: E402
 
 import embedder  # noqa: E402
 from embedder.cache.hdf5 import CacheReader, parts_dir  # noqa: E402

@@ -27,7 +27,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import FLOWERS, HYMENOPTERA, MOBILENET_V2  # noqa: E402
+from helpers import FLOWERS, HYMENOPTERA, MOBILENET_V2  # noqa: E402
 
 import embedder  # noqa: E402
 from embedder.inputs.batches import ImageDataset, ThreadBatches  # noqa: E402

@@ -97,7 +97,7 @@ def test_a_missing_input_is_a_file_not_found_error(tmp_path):
 
 
 def test_a_damaged_cache_is_an_os_error_and_one_of_other_settings_a_value_error(tmp_path):
-    from conftest import SYNTHETIC_SETTINGS, synthetic_cache
+    from helpers import SYNTHETIC_SETTINGS, synthetic_cache
 
     from embedder.cache.hdf5 import CacheWriter
 

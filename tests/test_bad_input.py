@@ -8,7 +8,7 @@ import os
 import struct
 
 import pytest
-from conftest import FAST, ROOT, finishes, photo, write_tree
+from helpers import FAST, ROOT, finishes, photo, write_tree
 from PIL import Image
 
 import embedder
@@ -236,7 +236,7 @@ def _crafted(tmp_path, name, edit):
     import shutil
 
     import h5py
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     good = tmp_path / "good.h5"
     if not good.exists():
@@ -298,7 +298,7 @@ def test_damaged_or_crafted_caches_are_one_line_in_info_and_cv(tmp_path, name):
 
 def test_garbage_in_feature_bytes_is_reported_as_damage_not_infinity(tmp_path):
     from click.testing import CliRunner
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     import cli
 
@@ -321,7 +321,7 @@ def test_garbage_in_feature_bytes_is_reported_as_damage_not_infinity(tmp_path):
 
 def test_a_cache_written_without_checksums_still_reads(tmp_path):
     import h5py
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     path = tmp_path / "old.h5"
     X, _ = synthetic_cache(path)
@@ -421,7 +421,7 @@ def test_a_full_disk_while_spilling_removes_the_spill_and_the_merged_file(tmp_pa
     assert _leftovers(tmp_path) == [] and len(os.listdir(f"{cache}.parts")) == 3
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("limit, says", [(4 << 10, "cannot write a batch to"), (32 << 10, "cannot merge the batches")])
 def test_a_real_write_failure_exits_1_with_one_line_never_a_crash(tmp_path, limit, says):
     """The kernel refuses the write (a file size limit: EFBIG, as a full disk gives ENOSPC), inside h5py's and
@@ -504,7 +504,7 @@ def test_measuring_the_engines_halves_its_batch_on_out_of_memory(error, capfd):
         _measure({"onnxruntime": _Hungry(0, error), "torch": _Hungry(0, error)}, 16, 8, Prepared())
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_extract_starts_at_the_batch_that_fitted_when_measuring(tmp_path, monkeypatch, capfd):
     from embedder.engines import engine as engines_module
 
@@ -557,7 +557,7 @@ def test_predict_and_evaluate_report_symlink_loops_and_skip_them(tmp_path, monke
 
 def test_a_damaged_batch_is_named_by_the_merge_and_nothing_is_replaced(tmp_path):
     import numpy as np
-    from conftest import SYNTHETIC_SETTINGS
+    from helpers import SYNTHETIC_SETTINGS
 
     from embedder.cache.hdf5 import CacheWriter
 
@@ -590,7 +590,7 @@ def test_info_shows_an_older_cache_whose_settings_lack_keys_with_their_defaults(
 
     import h5py
     from click.testing import CliRunner
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     import cli
 

@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, finishes, synthetic_cache, write_tree
+from helpers import FAST, finishes, synthetic_cache, write_tree
 
 import cli
 from classifiers import modelfile
@@ -535,7 +535,7 @@ def test_the_recorded_rows_are_what_torchvision_says(monkeypatch):
     assert backbone_table.backbone_rows(pattern="resnet18") == describe_backbones(pattern="resnet18")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_every_recorded_row_is_what_torchvision_says():
     from embedder.backbones import table as backbone_table
     from embedder.backbones.registry import describe_backbones

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import FAST, finishes, photo
+from helpers import FAST, finishes, photo
 
 import embedder
 from embedder.cache.hdf5 import CacheReader
@@ -231,7 +231,7 @@ def test_a_non_utf8_file_name_in_a_folder_is_stored_as_its_bytes_and_read_back_t
 def _crafted(tmp_path, edit):
     """A copy of a small synthetic cache whose ``features/flatten`` is replaced by ``edit(f, n, dim)``."""
     import h5py
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     path = tmp_path / "crafted.h5"
     synthetic_cache(path)
@@ -298,7 +298,7 @@ def test_a_crafted_cache_is_refused_when_opened_in_one_line_never_read(tmp_path,
 
 def test_declared_shapes_beyond_the_file_are_refused_and_a_real_cache_still_opens(tmp_path):
     import h5py
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     path = tmp_path / "c.h5"
     X, _ = synthetic_cache(path)
@@ -477,7 +477,7 @@ def test_parquet_rows_whose_page_declares_more_than_the_bound_are_refused_unread
 
 def test_writing_into_a_crafted_cache_copies_nothing_from_outside_it(tmp_path):
     import h5py
-    from conftest import SYNTHETIC_SETTINGS
+    from helpers import SYNTHETIC_SETTINGS
 
     from embedder.cache.hdf5 import CacheWriter
 

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import FAST, finishes, write_tree
+from helpers import FAST, finishes, write_tree
 
 from embedder.kernel.errors import FeaturebankError
 from workflows.finetune.trunk import TrunkStore
@@ -341,7 +341,7 @@ def test_resume_keeps_the_augmentation_the_run_was_started_with(tmp_path):
 @pytest.fixture
 def cv_run(tmp_path):
     """A synthetic cache and a cv --out folder of it whose best row is not train's default (logreg)."""
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     cache = tmp_path / "c.h5"
     synthetic_cache(cache, counts=(10, 10, 10))

@@ -9,6 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import synthetic_cache
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression, RidgeClassifier, RidgeClassifierCV
 from sklearn.model_selection import train_test_split
@@ -24,7 +25,6 @@ from classifiers.ridge import ALPHAS, TunedRidge
 from classifiers.zoo import default_classifiers, list_classifiers, make_classifier, parse_spec
 from cli import main
 from embedder.kernel.errors import FeaturebankError
-from tests.conftest import synthetic_cache
 
 
 def folds_of(n: int, d: int = 1280, k: int = 10, folds: int = 5) -> list[Shape]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import FAST, write_bad_files, write_tree
+from helpers import FAST, write_bad_files, write_tree
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from classifiers.bundle import evaluate, load_bundle, predict, predict_imagenet, train
@@ -23,12 +23,11 @@ RUN = {k: FAST[k] for k in ("batch_size", "workers")}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 3-class folder embedded with the FAST settings, and a logistic regression trained on it."""
+def trained(tmp_path_factory, extracted):
+    """A 3-class folder embedded with the FAST settings (the session's), and a logistic regression trained on it."""
     root = tmp_path_factory.mktemp("bundle")
-    images = root / "images"
-    write_tree(images, per_class=4)
-    extract(images, str(root / "train.h5"), **FAST)
+    images = extracted.images
+    shutil.copyfile(extracted.cache, root / "train.h5")
     bundle = train(str(root / "train.h5"), classifier="logreg:C=1.0", out=str(root / "model.joblib"))
     return root, images, bundle
 
@@ -163,7 +162,7 @@ def test_unreadable_and_incompatible_model_files(tmp_path, monkeypatch):
 
 
 def test_train_errors(tmp_path):
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     synthetic_cache(tmp_path / "one.h5", counts=(5,))
     with pytest.raises(FeaturebankError, match="only one class"):
@@ -200,7 +199,7 @@ def test_imagenet_head_needs_real_weights(tmp_path):
 def near_copies(path, seed=1):
     """24 groups (patients, cameras) of 3 near-copies each, a weak class signal between groups; the rows of the
     last two groups carry no group (each is a group of its own). Returns (X, y, groups) in row order."""
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     rng = np.random.default_rng(seed)
     group_class = np.repeat([0, 1], 12)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_tree
+from helpers import write_tree
 
 import cli
 from embedder.cache.hdf5 import CacheReader
@@ -87,7 +87,7 @@ def test_layers_marks_the_penultimate_node(runner):
     assert rows["layer4.1.relu_1"]["vector"] == 512 and not rows["fc"]["penultimate"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_backbones_lists_every_torchvision_classifier_with_its_feature_size(runner):
     rows = {r["name"]: r for r in json.loads(runner.invoke(cli.main, ["backbones", "--json"]).stdout)}
     assert (
@@ -122,7 +122,7 @@ def test_classifiers_json_lists_the_zoo(runner):
 
 
 def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monkeypatch):
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
     synthetic_cache(tmp_path / "s.h5")
@@ -189,7 +189,7 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
 
 
 def test_classifier_errors_are_one_line(runner, tmp_path):
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     synthetic_cache(tmp_path / "s.h5", counts=(8, 2))
     result = runner.invoke(cli.main, ["cv", str(tmp_path / "s.h5")])
@@ -238,7 +238,7 @@ def test_ctrl_c_says_how_to_continue(runner, monkeypatch):
 
 
 def test_cv_ranks_several_caches_and_train_search_honours_groups(runner, tmp_path):
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
     from test_bundle import near_copies
     from test_crossval import write_cache
 

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, synthetic_cache
+from helpers import ROOT, synthetic_cache
 
 from classifiers.crossval import cross_validate
 from embedder.kernel.errors import FeaturebankError
@@ -26,6 +26,7 @@ def cluster():
         yield lc
 
 
+@pytest.mark.integration  # a Dask cluster of worker processes
 def test_cv_on_a_cluster_equals_the_local_run(tmp_path, cluster):
     synthetic_cache(tmp_path / "c.h5", groups=[f"g{i // 3}" if i % 4 else "" for i in range(30)])
     remote = cross_validate(
@@ -48,6 +49,7 @@ def test_cv_on_a_cluster_equals_the_local_run(tmp_path, cluster):
     assert [r.name for r in remote.leaderboard()] == [r.name for r in local.leaderboard()]
 
 
+@pytest.mark.integration  # a Dask cluster of worker processes
 def test_each_layer_is_sent_to_the_workers_once(tmp_path, cluster):
     synthetic_cache(tmp_path / "c.h5", seed=7, dim=64)  # both layers big enough for joblib to scatter them itself
     start = len(cluster.scheduler.transition_log)
@@ -59,6 +61,7 @@ def test_each_layer_is_sent_to_the_workers_once(tmp_path, cluster):
     assert len(arrays) == 3
 
 
+@pytest.mark.integration  # a Dask cluster of worker processes
 def test_cli_with_a_scheduler_prints_the_local_report(tmp_path, cluster):
     synthetic_cache(tmp_path / "c.h5")
     base = [sys.executable, "-m", "cli", "cv", str(tmp_path / "c.h5"), "-c", "logreg,knn", "--folds", "3", "--json"]

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import synthetic_cache
+from helpers import synthetic_cache
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold
@@ -291,7 +291,7 @@ def test_ungrouped_rows_are_groups_of_their_own(tmp_path):
 
 def write_cache(path, paths, labels, features: dict, settings=None, digests=None):
     """A cache of exactly these rows (any order, "" labels for unlabeled rows), written through CacheWriter."""
-    from conftest import SYNTHETIC_SETTINGS
+    from helpers import SYNTHETIC_SETTINGS
 
     from embedder.cache.hdf5 import CacheWriter
 

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import torch
-from conftest import photo, write_bad_files
+from helpers import photo, write_bad_files
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, ROOT, write_tree
+from helpers import FAST, ROOT, write_tree
 
 from classifiers.bundle import Bundle, predict, predict_imagenet, train
 from classifiers.zoo import list_classifiers, make_classifier
@@ -218,7 +218,7 @@ def _example_pixels(prep: dict):
 @pytest.mark.parametrize("resize,crop,interpolation", [(72, 64, "bilinear"), (57, 64, "bicubic")])
 def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolation):
     """Big JPEGs (draft decoding), EXIF rotation, odd sizes, a resize under the crop (zero padding)."""
-    from conftest import photo
+    from helpers import photo
     from PIL import Image
 
     from embedder.inputs.decode import decode_file
@@ -238,7 +238,7 @@ def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolat
     assert Image.open(tmp_path / "rotated.jpg").size == (400, 300)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
     from workflows.finetune import finetune
 
@@ -273,7 +273,7 @@ def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
     assert abs(q.accuracy["int8"] - q.accuracy["fp32"]) <= 0.01
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("spec", ["logreg", "rbf-svm"])
 def test_int8_costs_at_most_a_point_on_the_training_images(trained, tmp_path, spec):
     root, _ = trained
@@ -294,7 +294,7 @@ def test_int8_costs_at_most_a_point_on_the_training_images(trained, tmp_path, sp
     assert float(np.mean(labels == truth)) == pytest.approx(a["int8"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
     import cli
 
@@ -337,7 +337,7 @@ def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_model_trained_on_int8_features_exports_its_own_int8_engine(trained, tmp_path):
     root, images = trained
     q = extract(images, str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=12), **FAST)

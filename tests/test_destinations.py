@@ -15,7 +15,7 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_cache, write_bad_files, write_tree
+from helpers import synthetic_cache, write_bad_files, write_tree
 
 import cli
 from classifiers.bundle import train
@@ -83,7 +83,7 @@ def test_a_destination_that_cannot_be_written_is_one_line(model, tmp_path, runne
     assert blocker.read_text() == "a file, not a folder"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_an_unwritable_cache_is_one_line(tmp_path, runner):
     blocker = tmp_path / "file.txt"
     blocker.write_text("")
@@ -236,7 +236,7 @@ def test_class_names_that_look_like_math_are_drawn_as_text(tmp_path, runner):
 # -- 13. predict when no image can be classified ---------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_predict_exits_1_when_every_image_fails(model, tmp_path, runner):
     write_bad_files(tmp_path / "bad")
     result = runner.invoke(
@@ -299,7 +299,7 @@ def interrupted(module: str, name: str, args: list, signum: int) -> subprocess.C
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_cv_says_nothing_was_written(model, tmp_path, signum):
     done = interrupted(
@@ -318,7 +318,7 @@ def test_an_interrupted_cv_says_nothing_was_written(model, tmp_path, signum):
     assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run")  # made only when written
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_terminated_train_keeps_the_previous_model_file(model, tmp_path):
     out = tmp_path / "m.fbmodel"
     out.write_bytes(b"the previous model")
@@ -333,7 +333,7 @@ def test_a_terminated_train_keeps_the_previous_model_file(model, tmp_path):
     assert out.read_bytes() == b"the previous model" and os.listdir(tmp_path) == ["m.fbmodel"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_an_interrupted_predict_says_what_it_kept(model, tmp_path):
     write_tree(tmp_path / "images", per_class=1)
     done = interrupted(

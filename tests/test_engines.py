@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FAST, ROOT, photo, rows_close, write_bad_files, write_tree
+from helpers import FAST, ROOT, photo, rows_close, write_bad_files, write_tree
 from PIL import Image
 
 import embedder
@@ -188,6 +188,7 @@ def test_a_model_onnx_cannot_export_falls_back_to_torch(tree, tmp_path, monkeypa
         embedder.extract(str(root), str(tmp_path / "b.h5"), engine="onnxruntime", **FAST)
 
 
+@pytest.mark.integration  # CLI subprocesses
 def test_a_run_whose_engine_is_ready_imports_no_torch(tree, tmp_path):
     """Importing torch costs seconds per process; a prepared engine and a resolved request need none of it (layers
     given, as bundles always give them, included)."""
@@ -409,6 +410,7 @@ def test_int8_with_the_default_cache_path_stays_one_cache_as_the_input_grows(tmp
     assert again.settings == first.settings
 
 
+@pytest.mark.integration  # two int8 calibrations
 def test_a_lost_int8_engine_is_rebuilt_only_from_the_same_images(tmp_path, monkeypatch):
     import shutil
 

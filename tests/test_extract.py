@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import FAST, photo, write_bad_files, write_tree
+from helpers import FAST, photo, write_bad_files, write_tree
 from PIL import Image
 from torchvision.transforms._presets import ImageClassification
 

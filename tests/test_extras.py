@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import synthetic_cache
+from helpers import synthetic_cache
 
 from classifiers import extras, neighbours
 from classifiers.crossval import cross_validate
@@ -119,14 +119,14 @@ def imported(*args) -> str:
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, cwd=ROOT)
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cv_imports_no_torch_and_only_what_it_draws(tmp_path):
     """torch is never imported by cv; matplotlib only for the report's figures; t-SNE only when the map is not kept."""
     synthetic_cache(tmp_path / "c.h5")
@@ -136,7 +136,7 @@ def test_cv_imports_no_torch_and_only_what_it_draws(tmp_path):
 
 
 def test_thumbnails_are_made_once_per_cache_not_per_run_folder(tmp_path):
-    from conftest import photo
+    from helpers import photo
 
     from classifiers.report.html import Thumbs
 

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import write_bad_files, write_tree
+from helpers import write_bad_files, write_tree
 
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones.registry import skeleton
@@ -258,6 +258,7 @@ def test_head_starts_as_the_linear_probe():
     np.testing.assert_allclose(p, probe2.predict_proba(X[:20]), atol=1e-4)
 
 
+@pytest.mark.integration  # two trainings (fine-tuned, from scratch) and an extraction
 def test_checkpoint_is_a_backbone_like_any_other(images, tmp_path):
     result = finetune(str(images), str(tmp_path / "run"), epochs=2, from_scratch=True, **TINY)
     assert [r["model"].split(" (")[0] for r in result.comparison] == [
@@ -344,7 +345,7 @@ def test_clear_errors(tmp_path):
         finetune(str(two), str(tmp_path / "run"), **{**TINY, "augment": "heavy"})
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_test_images_never_influence_the_checkpoint(images, tmp_path):
     """The epoch is chosen on validation: two runs with other --test folders write the same best.pth, byte for byte,
     and the comparison is reported on the test images, each number recomputable by another path."""

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST_ARGS, MOBILENET_V2, ROOT, need, photo, write_tree
+from helpers import FAST_ARGS, MOBILENET_V2, ROOT, need, photo, write_tree
 
 from embedder import CacheReader, extract, load_backbone
 from embedder.backbones.registry import head_name
@@ -191,6 +191,7 @@ def test_a_changed_image_gets_new_views_and_only_it(tmp_path):
     assert again.history[1]["train_loss"] is not None
 
 
+@pytest.mark.integration  # six fine-tunings; test_finetune checks resume in the fast tier
 @pytest.mark.parametrize("augment", ["views", "pixels"])
 def test_resume_follows_the_uninterrupted_trajectory_on_both_paths(tmp_path, augment):
     root = tmp_path / "images"
@@ -225,7 +226,7 @@ def test_views_need_a_frozen_trunk(tmp_path):
         finetune(str(tmp_path), str(tmp_path / "run"), unfreeze="all", **VIEWS)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_kill_9_while_caching_keeps_the_finished_views(tmp_path):
     """Killed in the views pass, the next run computes only the images whose views were not committed, and ends
     with the rows of a run never killed."""
@@ -379,7 +380,7 @@ def _written_keys(cache) -> list[tuple[str, str]]:
     return keys
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_center_pass_gives_the_extractions_rows_and_the_same_probe(tmp_path):
     """``CenterEmbedding`` (the views path's embedding): the same rows as ``extract`` (paths, labels, digests),
     features within float16 rounding of the extraction's, so a probe fit on them predicts what a probe fit on the
@@ -463,7 +464,7 @@ def _manifest_with_groups(root, path) -> None:
             writer.writerow([f"{root.name}/{rel}", rel.split("/")[0], f"{rel.split('/')[0]}-pair" if pair else ""])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_views_path_runs_no_extraction_and_splits_as_the_pixel_path(tmp_path):
     """The same grouped manifest with a bad file, a --test folder with a bad file and a byte copy of a training
     image (--drop-test-copies), on both paths: the same split.csv (train, val, test), the same skipped files and
@@ -524,7 +525,7 @@ def test_the_views_path_runs_no_extraction_and_splits_as_the_pixel_path(tmp_path
     )
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_views_path_takes_val_data_and_trains_from_scratch_on_pixels(tmp_path):
     """``--val DATA`` on the views path: its images are embedded by the same pass (their centers stored once);
     ``--from-scratch`` trains on pixels beside it."""

@@ -75,7 +75,7 @@ def tiny(tmp_path_factory):
     }
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_tiny_runs_every_section_it_can_and_skips_the_cuda_ones_with_the_reason(tiny):
     sections = tiny["sections"]
     assert list(sections) == [name for name, *_ in load_script().SECTIONS]
@@ -97,7 +97,7 @@ def test_tiny_runs_every_section_it_can_and_skips_the_cuda_ones_with_the_reason(
     assert tiny["rows"]["cuda"]["value"] is False and tiny["data"]["mode"] == "tiny"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_tiny_writes_only_where_it_is_told(tiny):
     assert tiny["tracked_unchanged"]  # benchmarks/RESULTS.md is not touched
     md = tiny["markdown"]
@@ -109,7 +109,7 @@ def test_tiny_writes_only_where_it_is_told(tiny):
     assert "===== vectors: ok" in (tiny["tmp"] / "out" / "gpu_log.txt").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_tiny_vectors_fp32_cpu_against_cpu_is_exact_and_bf16_is_close(tiny):
     rows = tiny["rows"]
     assert rows["vectors.mobilenet_v2.fp32.rows"]["value"] == 16
@@ -123,7 +123,7 @@ def test_tiny_vectors_fp32_cpu_against_cpu_is_exact_and_bf16_is_close(tiny):
     assert rows["vectors.mobilenet_v2.fp32.same_cache_name"]["value"] is True
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_tiny_extract_has_a_row_per_image_and_rates_that_make_sense(tiny):
     rows = tiny["rows"]
     assert rows["synth.imagenet.images"]["value"] == 48
@@ -136,7 +136,7 @@ def test_tiny_extract_has_a_row_per_image_and_rates_that_make_sense(tiny):
     assert rows["compile.resnet18.first_call"]["value"] > 0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_tiny_devices_finetune_and_verdict(tiny):
     rows, data = tiny["rows"], tiny["data"]
     assert rows["devices.cpu"]["value"] == "cpu" and rows["devices.auto"]["value"] == "cpu"

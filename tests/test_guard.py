@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST
 
 import embedder
 from embedder.cache.hdf5 import CacheReader

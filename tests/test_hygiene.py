@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _run(*cmd: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -23,16 +23,19 @@ def _need(tool: str) -> str:
     return path
 
 
+@pytest.mark.integration
 def test_ruff_lint_is_clean():
     result = _run(_need("ruff"), "check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_ruff_format_is_clean():
     result = _run(_need("ruff"), "format", "--check", ".")
     assert result.returncode == 0, "run `ruff format .`:\n" + result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_docs_site_builds_strictly(tmp_path):
     """Every page in the nav, every link and anchor resolvable: a warning fails the build."""
     result = _run(_need("mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site"))
@@ -79,7 +82,7 @@ def _mypy_errors(lines: list[str]) -> collections.Counter:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_mypy_finds_nothing_beyond_its_baseline():
     """The baseline may only shrink: fix an error and delete its line from mypy-baseline.txt."""
     pytest.importorskip("mypy", reason="mypy comes with the test extra: pip install -e '.[test]'")

@@ -7,7 +7,7 @@ import json
 import pathlib
 
 import pytest
-from conftest import FAST, photo, write_tree
+from helpers import FAST, photo, write_tree
 
 import embedder
 import embedder.engines.cpu
@@ -118,6 +118,7 @@ def test_a_low_cosine_falls_back_to_the_next_scheme_and_says_so(tmp_path, monkey
     assert again.settings == q.settings and not any("calibrated" in p for p in again.prepared)
 
 
+@pytest.mark.integration  # every int8 scheme calibrated in turn
 def test_when_no_scheme_reaches_the_bound_fp32_is_used_unless_forced(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

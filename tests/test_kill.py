@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FAST, FAST_ARGS, ROOT, write_tree
+from helpers import FAST, FAST_ARGS, ROOT, write_tree
 
 import embedder
 from embedder.cache.hdf5 import CacheReader, parts_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def run_cli(root, cache, *extra):

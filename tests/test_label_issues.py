@@ -223,12 +223,12 @@ def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
     assert "## Label issues" in (run / "report.md").read_text()
 
 
-@pytest.mark.slow  # two extractions (a few seconds idle, minutes on a loaded machine)
+@pytest.mark.integration  # two extractions (a few seconds idle, minutes on a loaded machine)
 def test_relabel_applies_accepted_corrections_to_a_manifest_and_extract_keeps_the_vectors(tmp_path):
     import json
 
     from click.testing import CliRunner
-    from conftest import write_tree
+    from helpers import write_tree
 
     import cli
     from embedder.cache.hdf5 import CacheReader

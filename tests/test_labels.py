@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import synthetic_cache
+from helpers import synthetic_cache
 
 from classifiers.labels import labels_of, read_labels
 from embedder.cache.hdf5 import CacheReader

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("importlinter", reason="import-linter checks the layers: pip install -e '.[test]'")
 
@@ -30,6 +30,7 @@ def lint_imports(root) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_the_import_contracts_hold():
     done = lint_imports(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -45,6 +46,7 @@ def tree(tmp_path):
     return tmp_path
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "module,line,broken",
     [

@@ -5,7 +5,7 @@ import os
 import h5py
 import numpy as np
 import pytest
-from conftest import SYNTHETIC_SETTINGS, synthetic_cache
+from helpers import SYNTHETIC_SETTINGS, synthetic_cache
 
 import embedder.cache.hdf5 as cache_module
 from embedder.cache.hdf5 import CacheReader, CacheWriter, copy_rows, parts_dir, spill_path

@@ -13,7 +13,7 @@ import joblib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_cache
+from helpers import synthetic_cache
 
 import cli
 from classifiers import modelfile
@@ -285,7 +285,7 @@ def _write(path, data: bytes) -> str:
     return str(path)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("spec", SPECS)
 def test_a_saved_model_predicts_exactly_what_the_trained_one_did(synthetic, tmp_path, spec):
     root, X, _ = synthetic

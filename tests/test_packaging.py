@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_every_package_of_the_tree_is_installed():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import HYMENOPTERA, MOBILENET_V2, need
+from helpers import HYMENOPTERA, MOBILENET_V2, need
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from torchvision.transforms._presets import ImageClassification
@@ -13,7 +13,7 @@ from torchvision.transforms._presets import ImageClassification
 import embedder
 from embedder.cache.hdf5 import CacheReader
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

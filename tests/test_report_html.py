@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, FAST_ARGS, ROOT, SYNTHETIC_SETTINGS, photo, write_tree
+from helpers import FAST, FAST_ARGS, ROOT, SYNTHETIC_SETTINGS, photo, write_tree
 from PIL import Image
 
 import cli
@@ -306,7 +306,7 @@ def test_report_command_errors_are_one_line(tmp_path):
         assert result.output.count("\n") == 1 and "Traceback" not in result.output
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_labels_and_paths_are_text_not_markup(tmp_path, monkeypatch):
     """Through the real pipeline: a CSV manifest whose label is a script tag, extracted, cross-validated, shown."""
     from embedder.job import extract
@@ -337,7 +337,7 @@ def test_labels_and_paths_are_text_not_markup(tmp_path, monkeypatch):
     assert len(re.findall(r"<script\b", text)) == 1  # the page's own script, and no other
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_finetune_writes_its_page(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "images"
@@ -375,9 +375,10 @@ def test_finetune_writes_its_page(tmp_path, monkeypatch):
     assert again.exit_code == 0 and (tmp_path / "run" / "report.html").read_text() == text
 
 
+@pytest.mark.integration  # a subprocess
 def test_the_page_needs_no_torch(tmp_path):
     """cv and its page stay free of torch (they are the fast path of a laptop without a GPU)."""
-    from conftest import synthetic_cache
+    from helpers import synthetic_cache
 
     synthetic_cache(tmp_path / "s.h5")
     code = (
@@ -440,7 +441,7 @@ def run_browser(browser, *args, timeout=90) -> subprocess.CompletedProcess:
         )
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_real_browser_shows_the_leaderboard_and_the_thumbnails(tmp_path):
     browser = chromium()
     run, _, _ = image_run(tmp_path)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SYNTHETIC_SETTINGS
+from helpers import SYNTHETIC_SETTINGS
 
 import cli
 from classifiers.select_rules import COLD, DEFAULT_WARM, choose, prepared, probe_proba

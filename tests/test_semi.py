@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_cache
+from helpers import synthetic_cache
 
 import cli
 from classifiers.bundle import load_bundle, pseudo_labels, train
@@ -236,7 +236,7 @@ def test_shots_draws_depend_on_the_seed_and_take_k_per_class():
     assert projection([(1, 0.5), (2, 0.9), (4, 0.9)]) is None  # flat at the end: nothing projected
 
 
-@pytest.mark.slow  # the whole report: map, thumbnails, page
+@pytest.mark.integration  # the whole report: map, thumbnails, page
 def test_cv_shots_on_the_command_line_prints_the_curve_and_writes_it(tmp_path):
     synthetic_cache(tmp_path / "c.h5", counts=(8, 8), seed=9)
     out = tmp_path / "run"

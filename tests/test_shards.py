@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FAST, FAST_ARGS, HYMENOPTERA, ROOT, photo
+from helpers import FAST, FAST_ARGS, HYMENOPTERA, ROOT, photo
 
 import embedder
 from embedder.cache.hdf5 import CacheReader, parts_dir
@@ -50,13 +50,17 @@ def write_tar(path, members) -> None:
 
 
 def samples():
-    """(class, key, extension, bytes): 20 shared photos (10 ants, 10 bees) when present, and 6 synthetic pictures
-    (JPEG and PNG, two sizes)."""
+    """(class, key, extension, bytes): 20 shared photos (10 ants, 10 bees) when present (else 20 generated JPEGs in
+    their place, so that a clone without ../shared runs the same checks), and 6 synthetic pictures (JPEG and PNG,
+    two sizes)."""
     out = []
-    if HYMENOPTERA.exists():
-        for cls in ("ants", "bees"):
+    for c, cls in enumerate(("ants", "bees")):
+        if HYMENOPTERA.exists():
             for f in sorted((HYMENOPTERA / "train" / cls).iterdir())[:10]:
                 out.append((cls, f"{cls}_{f.stem.replace('.', '_')}", "jpg", f.read_bytes()))
+        else:
+            for i in range(10):
+                out.append((cls, f"{cls}_gen{i:02d}", "jpg", jpeg(photo(300 + 10 * c + i, (120 + 4 * i, 96)))))
     for i in range(6):
         image = photo(500 + i, (90 + 7 * i, 70 + 5 * i))
         out.append(("synthetic", f"syn{i:02d}", "png" if i % 2 else "jpg", png(image) if i % 2 else jpeg(image)))
@@ -322,13 +326,13 @@ def test_parquet_without_the_image_column_is_one_clear_error(tmp_path):
     assert [i.path for i in listing.items] == ["img2dataset.parquet/a"] and listing.columns == {0: "jpg"}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_decoding_processes_read_shards_as_threads_do(data, tmp_path):
     summary = embedder.extract(str(data["shards"]), str(tmp_path / "w.h5"), **{**SETTINGS, "workers": 2})
     assert_same_vectors(summary.cache, data, data["in_shards"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_kill_9_in_the_middle_of_a_shard_then_resume(data, tmp_path):
     shards = tmp_path / "one"
     shards.mkdir()
@@ -405,7 +409,7 @@ def test_cli_takes_shards_as_a_shell_glob_with_labels_and_groups_from_json(data,
     assert wrong.exit_code != 0 and "--label-key 'json:'" in wrong.output
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_torchrun_ranks_give_the_single_process_rows_of_shards(data, tmp_path):
     single = embedder.extract(str(data["shards"]), str(tmp_path / "single.h5"), **{**SETTINGS, "batch_size": 2})
     args = [

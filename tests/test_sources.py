@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import photo, write_tree
+from helpers import photo, write_tree
 
 from embedder.inputs.sources import list_images
 from embedder.kernel.errors import FeaturebankError

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import cosines, photo, rows_close, write_tree
+from helpers import cosines, photo, rows_close, write_tree
 from PIL import Image
 
 import embedder
@@ -123,7 +123,7 @@ def reference(model, paths, arch, crop):
         return model.forward_head(model.forward_features(x), pre_logits=True).numpy()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_default_vectors_are_timms_pre_logits_and_onnxruntime_shares_the_rows(family, photos, saved, tmp_path):
     arch, crop = FAMILIES[family]
@@ -148,12 +148,12 @@ def test_default_vectors_are_timms_pre_logits_and_onnxruntime_shares_the_rows(fa
     rows_close(embedder.load(by_ort.cache)[0], X)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["convnext_atto", "efficientnet_b0", "vit_small_patch14_dinov2"])
 def test_on_real_photos_at_the_tags_own_size_the_vectors_are_timms(arch, tmp_path):
     """The same check on other, real photos (hymenoptera val: JPEGs of many sizes), with nothing overridden: the
     tag's own preprocessing (DINOv2 at 518 px) and featurebank's default decoding."""
-    from conftest import HYMENOPTERA, need
+    from helpers import HYMENOPTERA, need
 
     folder = need(HYMENOPTERA) / "val"
     root = tmp_path / "photos"
@@ -175,7 +175,7 @@ def test_on_real_photos_at_the_tags_own_size_the_vectors_are_timms(arch, tmp_pat
 
 
 # -- token layers and pooling -------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cls_avg_and_cls_avg_pool_the_token_tensor_without_register_tokens(photos, tmp_path):
     """DINOv2 with 4 registers: 5 prefix tokens; ``avg`` is over the patch tokens only."""
     arch, crop = "vit_small_patch14_reg4_dinov2", 28
@@ -224,6 +224,7 @@ def test_cls_pooling_is_refused_where_there_is_no_class_token():
         layer_dims(skeleton("timm:convnext_atto"), ["stages.2"], "cls", 64)
 
 
+@pytest.mark.integration  # builds a 22M-parameter ViT
 def test_layer_names_several_in_one_pass_and_blocks_for_finetuning(photos):
     dino = skeleton("timm:vit_small_patch14_dinov2", 56)
     assert resolve_layers(dino) == ["head_drop"]
@@ -284,7 +285,7 @@ def test_seeded_random_weights_and_strict_local_files(tmp_path):
         load_backbone("timm:convnext_atto", str(tmp_path / "cut.pth"))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_rerun_keeps_its_rows_and_another_tag_gets_its_own_settings(photos, tmp_path):
     root, _ = photos
     opts = dict(weights="none", resize=64, crop=64, batch_size=4, workers=0, engine="torch")

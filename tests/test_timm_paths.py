@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import ROOT, cosines, photo, rows_close, write_tree
+from helpers import ROOT, cosines, photo, rows_close, write_tree
 from PIL import ImageOps
 
 import embedder
@@ -41,6 +41,7 @@ def pairs(tmp_path):
     return tmp_path / "images", tmp_path / "mirrored"
 
 
+@pytest.mark.integration  # timm's ONNX export; resnet18 on these paths is in the fast tier
 def test_flip_is_the_mean_of_the_image_and_its_mirror_in_both_engines(pairs, tmp_path):
     images, mirrored = pairs
     plain = embedder.load(embedder.extract(str(images), str(tmp_path / "p.h5"), engine="torch", **TIMM).cache)[0]
@@ -56,6 +57,7 @@ def test_flip_is_the_mean_of_the_image_and_its_mirror_in_both_engines(pairs, tmp
     rows_close(flipped["onnxruntime"], flipped["torch"])
 
 
+@pytest.mark.integration  # timm's ONNX export; resnet18 on these paths is in the fast tier
 def test_int8_runs_on_onnxruntime_with_its_own_settings_and_stays_close_to_fp32(tmp_path):
     root = tmp_path / "images"
     write_tree(root, per_class=4)
@@ -72,7 +74,7 @@ def test_int8_runs_on_onnxruntime_with_its_own_settings_and_stays_close_to_fp32(
     assert list(measured) == list(s.layers) and 0.95 < next(iter(measured.values()))["min"] <= 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_finetuned_timm_checkpoint_exports_to_one_onnx_file_that_predicts_as_predict_does(tmp_path):
     from classifiers.bundle import predict_imagenet
     from embedder.inputs.batches import ImageDataset
@@ -111,7 +113,7 @@ def test_a_finetuned_timm_checkpoint_exports_to_one_onnx_file_that_predicts_as_p
     assert [classes[i] for i in labels] == [r["predicted"] for r in result["rows"]]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_torchrun_ranks_give_the_rows_of_one_process(tmp_path):
     root = tmp_path / "images"
     write_tree(root, per_class=2)  # 6 images: 3 batches of 2 over 2 ranks

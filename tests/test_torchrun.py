@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FAST, ROOT, write_tree
+from helpers import FAST, ROOT, write_tree
 
 import embedder
 from embedder.cache.hdf5 import CacheReader, CacheWriter, parts_dir
@@ -60,7 +60,7 @@ def assert_same_cache(cache, reference):
     assert not os.path.exists(parts_dir(str(cache)))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_cpu_ranks_give_the_rows_and_features_of_a_single_process(tmp_path):
     root = tmp_path / "images"
     write_tree(root, per_class=5)  # 15 images: 8 batches of 2, four to each rank
@@ -116,7 +116,7 @@ def rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_rank_killed_with_sigkill_loses_only_its_batches_in_flight(tmp_path):
     root = tmp_path / "images"
     write_tree(root, per_class=10)
@@ -146,7 +146,7 @@ def test_a_rank_killed_with_sigkill_loses_only_its_batches_in_flight(tmp_path):
     assert_same_cache(cache, reference)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_second_job_on_a_cache_being_written_is_refused_on_every_rank(tmp_path):
     root = tmp_path / "images"
     write_tree(root, per_class=1)

@@ -4,7 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import FAST, photo
+from helpers import FAST, photo
 from PIL import Image
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError

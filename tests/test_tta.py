@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, photo, rows_close
+from helpers import FAST, photo, rows_close
 from PIL import Image, ImageOps
 
 import embedder
@@ -95,6 +95,7 @@ def test_a_symmetric_image_has_the_same_features_with_and_without_flip(tmp_path)
         rows_close(features(flip, layer), features(plain, layer), 1e-5)
 
 
+@pytest.mark.integration  # int8 calibrations; flip in fp32 is in the fast tier
 def test_flip_features_do_not_change_when_the_image_is_mirrored_int8_too(pairs, tmp_path):
     """tta(x) = tta(mirror(x)) for fp32 and for int8, whose graph (calibration included) carries the flip."""
     images, mirrored = pairs
