@@ -49,11 +49,11 @@ def _tree(root: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
 
 BASE = {
     "embedder/__init__.py": "Pixels to vectors.",
-    "embedder/cache.py": "The HDF5 cache: parts, then a merge. Second sentence, not shown.",
+    "embedder/parts.py": "The HDF5 cache: parts, then a merge. Second sentence, not shown.",
     "embedder/inputs/__init__.py": "What the user points at.",
-    "embedder/inputs/sources.py": "Folders and manifests, e.g. CSV files.\n\nA second paragraph.",
+    "embedder/inputs/folders.py": "Folders and manifests, e.g. CSV files.\n\nA second paragraph.",
     "classifiers/__init__.py": "Vectors to models.",
-    "classifiers/zoo.py": "Names | pipelines, ``logreg`` first.",
+    "classifiers/names.py": "Names | pipelines, ``logreg`` first.",
     "workflows/__init__.py": "Fine-tuning and deployment.",
     "cli.py": "The command line.",
     "benchmarks/speed.py": "Images per second, one run.\n\n    python benchmarks/speed.py",
@@ -67,9 +67,9 @@ def test_the_map_groups_rows_by_package_bottom_layer_first_with_each_first_sente
     text = codemap.render(PAGE, root)
     assert text.index("### `embedder/`") < text.index("### `embedder/inputs/`") < text.index("### `classifiers/`")
     assert text.index("### `classifiers/`") < text.index("### `workflows/`") < text.index("### `cli.py`")
-    assert "| `cache.py` | The HDF5 cache: parts, then a merge. |" in text
-    assert "| `sources.py` | Folders and manifests, e.g. CSV files. |" in text  # an abbreviation ends no sentence
-    assert "| `zoo.py` | Names \\| pipelines, `logreg` first. |" in text  # a table cell stays one cell
+    assert "| `parts.py` | The HDF5 cache: parts, then a merge. |" in text
+    assert "| `folders.py` | Folders and manifests, e.g. CSV files. |" in text  # an abbreviation ends no sentence
+    assert "| `names.py` | Names \\| pipelines, `logreg` first. |" in text  # a table cell stays one cell
     assert "| `speed.py` | Images per second, one run. |" in text
     assert "Second sentence" not in text and "\nold\n" not in text and "\nhand\n" in text
     assert codemap.render(text, root) == text  # written again: the same
@@ -79,7 +79,7 @@ def test_a_moved_module_makes_the_page_stale_and_one_without_a_docstring_is_refu
     codemap = _codemap()
     root = _tree(tmp_path, BASE)
     page = codemap.render(PAGE, root)
-    (root / "embedder" / "cache.py").rename(root / "embedder" / "inputs" / "cache.py")
+    (root / "embedder" / "parts.py").rename(root / "embedder" / "inputs" / "parts.py")
     assert codemap.render(page, root) != page
     _tree(root, {"embedder/inputs/plain.py": None})
     with pytest.raises(codemap.CodemapError, match=r"embedder/inputs/plain.py has no docstring"):
