@@ -1,27 +1,27 @@
-"""GPU extraction and fine-tuning, measured on one lent GPU machine by one command (issue 21).
+"""GPU extraction and fine-tuning, measured on one GPU machine by one command: is it correct, saturated, robust?
 
-RUNBOOK (the session that is lent a GPU: status says can_start_another true; docs/gpu.md says the same)
-  The device tool sends the session's own checkout (not a helper's worktree): run all of this in that checkout.
-  1. Here, in the checkout (needs ../shared):
+Run it on a machine with an NVIDIA GPU (torch must see it: ``python -c "import torch; print(torch.cuda.is_available())"``),
+in a checkout of featurebank with its test extra installed (``pip install -e ".[test]"``).
+
+  1. Optional, for real photos and weights (else it draws its images and fine-tunes a random network):
          python benchmarks/gpu.py --prepare
-     copies 40 hymenoptera photos, 800 flowers training photos (160 a class), the 550 flowers val photos and the
-     MobileNetV2 checkpoint into benchmarks/gpu_assets/ (git-ignored, about 35 MB; 64 MiB travel in all).
-     Dry run on this CPU (about 50 CPU-seconds; writes nothing tracked):
+     copies 40 ants-and-bees photos, 800 flowers training photos (160 a class), the flowers val photos and the
+     MobileNetV2 ImageNet checkpoint from the sample (--samples DIR, default samples/: docs/offline.md fetches it)
+     into benchmarks/gpu_assets/ (git-ignored, about 35 MB).
+  2. The run (at most about 8 minutes: --budget bounds it, default 450 s):
+         python benchmarks/gpu.py --out runs/gpu
+     It synthesizes 20,000 ImageNet-size JPEGs and 512 12-megapixel photos from the assets' photos (repeated,
+     rescaled, re-encoded), runs every section in its own forked process with its own time box (one failing or
+     hanging section records its error and the rest still runs), and stops starting sections when the budget is
+     spent. After each section it writes gpu_results.json, gpu_results.md and gpu_log.txt into --out (default: the
+     OUT environment variable, if set); at the end it writes its section (the GPU's name, the date, the table,
+     the verdict) at the end of benchmarks/RESULTS.md, replacing an earlier one (--results FILE: elsewhere).
+  3. Sections that failed: fix, then rerun only them and merge both runs' results into benchmarks/RESULTS.md (a
+     rerun section replaces the first run's):
+         python benchmarks/gpu.py --only vectors,oom --budget 200 --out runs/gpu-rerun
+         python benchmarks/gpu.py --record runs/gpu/gpu_results.json runs/gpu-rerun/gpu_results.json
+  A dry run on a CPU, writing nothing tracked (about 50 CPU-seconds):
          OMP_NUM_THREADS=1 python benchmarks/gpu.py --tiny --results runs/gpu-tiny.md
-  2. The device tool, ONE call:
-         run(carry=["benchmarks/gpu_assets"], timeout_s=540,
-             command="PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --budget 450")
-     It synthesizes 20,000 ImageNet-size JPEGs and 512 12-megapixel photos from the assets on the machine, runs
-     every section in its own forked process with its own time box (one failing or hanging section records its
-     error and the rest still runs), stops starting sections when the budget is spent, and after each section
-     writes $OUT/gpu_results.json, $OUT/gpu_results.md and $OUT/gpu_log.txt (they come back under files_at).
-  3. Here, at once: mkdir -p runs && cp <files_at>/gpu_results.json runs/gpu-first.json (a later call's files may replace them), then
-         python benchmarks/gpu.py --record runs/gpu-first.json
-     puts the section (machine name, date, table, verdict) at the end of benchmarks/RESULTS.md; commit it.
-  4. Failed sections: give the machine back at once unless the fix is ready within its 30 s warm time; fix here,
-     then rerun only them: --only vectors,oom --budget 200 (timeout_s 260), and record both:
-         python benchmarks/gpu.py --record first.json second.json   (a later section replaces an earlier one)
-     The whole session has 15 minutes of device time, a start costs one to two: one full run and one partial rerun.
 
 What it measures (sections, in this order): env (device, versions, TF32 defaults); synth (the images); vectors
 (fp32 on the device against the CPU with TF32 off and on, bf16 and fp16 cosines to fp32, their caches apart);
@@ -63,7 +63,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared"
+SAMPLES = ROOT / "samples"  # as docs/offline.md makes it
+SHARED = ROOT.parent / "shared"  # the same photos, laid out as data/ and weights/
 ASSETS = ROOT / "benchmarks" / "gpu_assets"
 CHECKPOINT = "mobilenet_v2-imagenet.pth"
 MARK = "gpu.py"  # the section of RESULTS.md: <!-- gpu.py: begin --> ... <!-- gpu.py: end -->
@@ -958,7 +959,7 @@ def _finetune_data(ctx: Ctx) -> tuple[pathlib.Path, pathlib.Path, str]:
                 (base / part / cls.name).mkdir(parents=True)
                 for f in sorted(cls.iterdir())[:limit]:
                     os.symlink(f, base / part / cls.name / f.name)
-        return base / "train", base / "test", "flowers (../shared/data/flowers via the assets)"
+        return base / "train", base / "test", "flowers (the sample's, via the assets)"
     from PIL import Image
 
     rng = np.random.default_rng(1)
@@ -1061,8 +1062,8 @@ def section_tests(ctx: Ctx, out: Rows) -> None:
             f"tests.{pathlib.Path(test_file).stem}",
             summary.strip("= ")[:200],
             "",
-            f"{test_file} (its fast tier), {time.perf_counter() - started:.0f} s (without ../shared there: the "
-            f"tests of the shared photos skip)",
+            f"{test_file} (its fast tier), {time.perf_counter() - started:.0f} s (without real photos there: the "
+            f"tests of the real photos skip)",
             check=code == 0,
         )
         for ln in [ln for ln in tail if ln.startswith("FAILED")][:5]:
@@ -1390,15 +1391,17 @@ def record(files: list[str], results_path: pathlib.Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def prepare(assets: pathlib.Path, shared: pathlib.Path = SHARED) -> dict:
-    """Copy what the GPU machine needs from ../shared into ``assets`` (git-ignored; it travels with ``carry``)."""
-    hymenoptera, flowers = shared / "data" / "hymenoptera", shared / "data" / "flowers"
-    checkpoint = shared / "weights" / CHECKPOINT
+def prepare(assets: pathlib.Path, samples: pathlib.Path | None = None) -> dict:
+    """Copy a small part of the sample (``samples``: hymenoptera/, flowers/ and the MobileNetV2 checkpoint, as
+    docs/offline.md makes them, or the same under data/ and weights/) into ``assets`` (git-ignored)."""
+    if samples is None:
+        samples = SAMPLES if SAMPLES.is_dir() or not SHARED.is_dir() else SHARED
+    data = samples / "data" if (samples / "data").is_dir() else samples
+    weights = samples / "weights" if (samples / "weights").is_dir() else samples
+    hymenoptera, flowers, checkpoint = data / "hymenoptera", data / "flowers", weights / CHECKPOINT
     for needed in (hymenoptera, flowers, checkpoint):
         if not needed.exists():
-            raise SystemExit(
-                f"gpu.py --prepare: {needed} is absent (the shared data of this project live in ../shared)"
-            )
+            raise SystemExit(f"gpu.py --prepare: {needed} is absent (docs/offline.md fetches the sample)")
     shutil.rmtree(assets, ignore_errors=True)
     (assets / "photos").mkdir(parents=True)
     photos = sorted(p for p in hymenoptera.glob("*/*/*.jpg") if 150_000 > p.stat().st_size > 20_000)[:40]
@@ -1420,18 +1423,25 @@ def prepare(assets: pathlib.Path, shared: pathlib.Path = SHARED) -> dict:
     }
     (assets / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     if size > 48 * 2**20:
-        raise SystemExit(f"gpu.py --prepare: {size / 2**20:.0f} MiB is too much to travel (64 MiB in all)")
+        raise SystemExit(f"gpu.py --prepare: {size / 2**20:.0f} MiB copied; more than the 48 MiB expected")
     return manifest
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--prepare", action="store_true", help="copy a small part of the sample into --assets (once, before the run)"
     )
-    ap.add_argument("--prepare", action="store_true", help="copy the assets from ../shared (here, before the run)")
+    ap.add_argument(
+        "--samples",
+        type=pathlib.Path,
+        help="the sample --prepare copies from (default: samples/, as docs/offline.md makes it)",
+    )
     ap.add_argument("--record", nargs="+", metavar="JSON", help="write these results (merged) into --results")
     ap.add_argument("--tiny", action="store_true", help="the same code on a CPU, tiny (about 50 CPU-seconds)")
-    ap.add_argument("--assets", type=pathlib.Path, default=ASSETS)
+    ap.add_argument(
+        "--assets", type=pathlib.Path, default=ASSETS, help="photos and checkpoint (default: benchmarks/gpu_assets)"
+    )
     ap.add_argument("--work", type=pathlib.Path, help="scratch folder (default: a new temporary one)")
     ap.add_argument(
         "--results",
@@ -1440,7 +1450,9 @@ def parse(argv=None) -> argparse.Namespace:
         "none unless given)",
     )
     ap.add_argument(
-        "--out", default=os.environ.get("OUT"), help="folder for gpu_results.json/.md and gpu_log.txt (default: $OUT)"
+        "--out",
+        default=os.environ.get("OUT"),
+        help="folder for gpu_results.json/.md and gpu_log.txt (default: $OUT if set)",
     )
     ap.add_argument("--budget", type=float, help="seconds for the whole run (default: 450; --tiny 75)")
     ap.add_argument("--only", help="comma-separated sections (env and synth always run)")
@@ -1456,11 +1468,10 @@ def parse(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse(argv)
     if args.prepare:
-        manifest = prepare(args.assets)
+        manifest = prepare(args.assets, args.samples)
         print(
-            f"{args.assets}: {json.dumps(manifest)}\nnext: the device run with carry "
-            f'["{args.assets.relative_to(ROOT) if args.assets.is_relative_to(ROOT) else args.assets}"] '
-            f"(see the runbook at the top of benchmarks/gpu.py)"
+            f"{args.assets}: {json.dumps(manifest)}\nnext, on the GPU machine: python benchmarks/gpu.py --out runs/gpu "
+            f"(about 8 minutes; python benchmarks/gpu.py --help says more)"
         )
         return 0
     results_path = args.results if args.results or args.tiny else ROOT / "benchmarks" / "RESULTS.md"
