@@ -30,8 +30,12 @@ def _exports_and_typing_imports(package: str) -> tuple[dict[str, str], dict[str,
             exports = ast.literal_eval(node.value)
         if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
             for imp in node.body:
-                assert isinstance(imp, ast.ImportFrom) and imp.level == 1, ast.dump(imp)
-                typed.update({alias.name: str(imp.module) for alias in imp.names})
+                assert isinstance(imp, ast.ImportFrom) and imp.level in (0, 1), ast.dump(imp)
+                module = str(imp.module)  # relative to the package, as the lazy table names it
+                if imp.level == 0:
+                    assert module.startswith(package + "."), ast.dump(imp)
+                    module = module[len(package) + 1 :]
+                typed.update({alias.name: module for alias in imp.names})
     return exports, typed
 
 
