@@ -5,6 +5,7 @@ sys.path, so this works in every pytest import mode); conftest.py keeps the fixt
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import threading
 
@@ -14,9 +15,20 @@ from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 SHARED = ROOT.parent / "shared"
-HYMENOPTERA = SHARED / "data" / "hymenoptera"
-FLOWERS = SHARED / "data" / "flowers"
-MOBILENET_V2 = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
+
+
+def _real(name: str, kind: str) -> pathlib.Path:
+    """A real photo folder or checkpoint for the tests that need one: in $FEATUREBANK_SAMPLES or the checkout's
+    samples/ (as docs/offline.md fetches them: samples/NAME), else in ../shared beside the checkout (laid out as
+    data/NAME and weights/NAME). The first that exists; the last place tried when none does (the test skips)."""
+    places = [pathlib.Path(p) for p in (os.environ.get("FEATUREBANK_SAMPLES"), ROOT / "samples") if p]
+    candidates = [place / name for place in places] + [SHARED / kind / name]
+    return next((c for c in candidates if c.exists()), candidates[-1])
+
+
+HYMENOPTERA = _real("hymenoptera", "data")
+FLOWERS = _real("flowers", "data")
+MOBILENET_V2 = _real("mobilenet_v2-imagenet.pth", "weights")
 
 # A small, fast setting used by most tests: random resnet18 (seeded) on 64 px crops.
 FAST = dict(backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0)
@@ -38,7 +50,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def need(path: pathlib.Path):
     if not path.exists():
-        pytest.skip(f"{path} is absent (the shared data and weights of this project live in ../shared)")
+        pytest.skip(f"{path} is absent (real photos and checkpoints: fetch them into samples/ as docs/offline.md says)")
     return path
 
 
