@@ -19,7 +19,7 @@ import tempfile
 CHILD = r"""
 import sys, time
 from embedder.kernel.preprocess import Preprocessing
-from embedder.shards import list_input
+from embedder.inputs.shards import list_input
 path, max_pixels = sys.argv[1], int(sys.argv[2])
 listing = list_input(path)
 dataset = listing.dataset(listing.items, Preprocessing(resize=36, crop=32), max_pixels)

@@ -31,8 +31,8 @@ from helpers import FLOWERS, HYMENOPTERA, MOBILENET_V2  # noqa: E402
 
 import embedder  # noqa: E402
 from embedder.inputs.batches import ImageDataset, ThreadBatches  # noqa: E402
+from embedder.inputs.shards import list_input  # noqa: E402
 from embedder.kernel.preprocess import Preprocessing  # noqa: E402
-from embedder.shards import list_input  # noqa: E402
 
 
 def photos(n: int) -> list[pathlib.Path]:

@@ -202,6 +202,8 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
                 raw = fh.read(MAX_META_BYTES + 1)
             document = _document(path, raw)
             blob = archive.read(PIPELINE)
+    except FeaturebankError:  # our own refusals above are OSErrors too: they pass as they are
+        raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
         raise FileProblem(
             f"{path} is a damaged featurebank model file ({type(exc).__name__}: {_first_line(exc)})"

@@ -28,6 +28,7 @@ import numpy as np
 from embedder.cache.hdf5 import CacheReader, CacheWriter, settings_key, stored_input
 from embedder.engines.engine import Prepared, open_engine, resolve_device_name
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
+from embedder.inputs.shards import list_input
 from embedder.inputs.sources import Listing, rebased, same_files
 from embedder.kernel.errors import FeaturebankError, InvalidValue
 from embedder.kernel.settings import POOLINGS, TTAS, ExtractionSettings, Int8
@@ -38,7 +39,6 @@ from .distributed import Rank, join
 from .engines import cpu as host
 from .options import ExtractOptions, with_overrides
 from .resolve import Request, Resolved, resolve
-from .shards import list_input
 
 DEFAULT_CACHE_DIR = "cache"
 KEEP_RUNS = 20  # run records kept in the cache's info

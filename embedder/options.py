@@ -1,6 +1,6 @@
 """Options as values whose fields say, once, their default, their help and how a command-line value is read.
 
-A field's ``metadata`` (made by ``option``) holds ``help`` and any of: ``choices``; ``low``/``high`` with
+A field's ``metadata`` (made by ``option``, ``embedder/kernel/fields.py``) holds ``help`` and any of: ``choices``; ``low``/``high`` with
 ``low_open``/``high_open`` (a range); ``path`` (keywords of a path check); ``check`` (a function ``module:name``
 that reads the value or says in one line why not; imported when the option is given, so that ``--help`` waits for
 no torch); ``flag`` (the option that turns a default-True field off); ``short``; ``multiple``; ``cli=False`` (not
@@ -11,31 +11,19 @@ function takes one such value and overrides by field name: ``extract(source, cac
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
 from embedder.engines.engine import BATCH_SIZE, ENGINES
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
+from embedder.inputs.shards import ShardOptions as ShardOptions
 from embedder.inputs.sources import LAYOUTS
-from embedder.kernel.errors import FeaturebankError, InvalidValue
+from embedder.kernel.errors import InvalidValue
+from embedder.kernel.fields import option as option
+from embedder.kernel.fields import same_as as same_as
 from embedder.kernel.settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS, Int8
 
 BACKBONE, DEVICE = "embedder.backbones.registry:check_backbone", "embedder.engines.engine:check_device"
-
-
-def option(default, help: str | None = None, **read):
-    """A field with its command-line help and reading (see the module's docstring)."""
-    return field(default=default, metadata={"help": help, **read})
-
-
-def same_as(cls, name: str, help: str | None = None, **read):
-    """A field that is ``cls``'s field ``name`` again (its default, help and reading, written once there), with
-    ``help`` or readings changed where given: ``batch_size: int = same_as(ExtractOptions, "batch_size")``."""
-    (f,) = [f for f in fields(cls) if f.name == name]
-    return option(
-        f.default, help or f.metadata["help"], **{**{k: v for k, v in f.metadata.items() if k != "help"}, **read}
-    )
 
 
 Options = TypeVar("Options")
@@ -77,28 +65,6 @@ def with_overrides(cls: type[Options], options: Options | None, overrides: dict[
         base = top.get(name, getattr(options, name))
         top[name] = replace(base, **{k: v for k, v in overrides.items() if k not in own and inner[k] == name})
     return replace(options, **top)  # type: ignore[type-var]
-
-
-@dataclass(frozen=True)
-class ShardOptions:
-    """Where a sample's image, label and group are: sidecars of a tar sample (``EXT``: the text of ``KEY.EXT``;
-    ``json:FIELD``: a field of ``KEY.json``; ``""``: none), columns of a Parquet file (None: ``label`` when the
-    file has such a column; the image column: ``image``, else ``jpg``, ``png`` or ``webp``)."""
-
-    image_column: str | None = option(
-        None, "Parquet: the column of image bytes (default: image, else jpg, png or webp)."
-    )
-    label_key: str = option(
-        "cls", "Tar shards: the label's sidecar, EXT (the text of KEY.EXT) or json:FIELD (a field of KEY.json)."
-    )
-    group_key: str = option("", "Tar shards: the group's sidecar, as --label-key.")
-    label_column: str | None = option(None, "Parquet: the label column (default: label, when there is one).")
-    group_column: str | None = option(None, "Parquet: the group column.")
-
-    def __post_init__(self):
-        for name, value in (("--label-key", self.label_key), ("--group-key", self.group_key)):
-            if value and not re.fullmatch(r"json:[^:]+|[A-Za-z0-9_.-]+", value):
-                raise FeaturebankError(f"{name} {value!r}: give a sidecar extension (cls, txt) or json:FIELD")
 
 
 @dataclass(frozen=True, kw_only=True)

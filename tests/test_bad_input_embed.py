@@ -15,9 +15,9 @@ from helpers import FAST, finishes, photo
 import embedder
 from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.decode import max_file_bytes
+from embedder.inputs.shards import ShardOptions, list_input, scan_tar
 from embedder.kernel.errors import FeaturebankError
 from embedder.kernel.preprocess import Preprocessing
-from embedder.shards import ShardOptions, list_input, scan_tar
 
 TORCH = dict(FAST, engine="torch")
 

@@ -224,12 +224,13 @@ def test_finetune_from_the_command_line(runner, tmp_path, monkeypatch):
 
 def test_ctrl_c_says_how_to_continue(runner, monkeypatch):
     import embedder.job
-    import workflows.finetune
+    import workflows.finetune.run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(workflows.finetune, "finetune", interrupted)
+    # where it is defined: patching the lazy package would leave the original bound there after the test
+    monkeypatch.setattr(workflows.finetune.run, "finetune", interrupted)
     monkeypatch.setattr(embedder.job, "extract", interrupted)
     result = runner.invoke(cli.main, ["finetune", "photos", "-o", "runs/x"])
     assert result.exit_code == 130 and "run the same command with --resume" in result.stderr

@@ -19,8 +19,8 @@ from helpers import FAST, FAST_ARGS, HYMENOPTERA, ROOT, photo
 
 import embedder
 from embedder.cache.hdf5 import CacheReader, parts_dir
+from embedder.inputs.shards import ShardOptions, list_input, scan_tar, split_key
 from embedder.kernel.errors import FeaturebankError
-from embedder.shards import ShardOptions, list_input, scan_tar, split_key
 
 SETTINGS = {**FAST, "engine": "torch"}
 

@@ -1,2 +1,2 @@
 """The kernel every layer of ``embedder`` shares: errors, atomic writes, destinations, versions, lazy names,
-the settings a vector depends on (with its preprocessing) and the engine folder's store. It imports nothing above it."""
+option fields, the settings a vector depends on (with its preprocessing) and the engine folder's store. It imports nothing above it."""

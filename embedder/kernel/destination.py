@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .errors import FileProblem, InvalidValue
+from .errors import FeaturebankError, FileProblem, InvalidValue
 
 
 def same_file(a: str, b: str) -> bool:
@@ -45,6 +45,8 @@ def writable_folder(folder: str, what: str, create: bool = True) -> str:
         fd, probe = tempfile.mkstemp(prefix=".featurebank-probe-", dir=existing)
         os.close(fd)
         os.remove(probe)
+    except FeaturebankError:  # the refusal above is an OSError too: it passes as it is
+        raise
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         where = f" ({exc.filename})" if getattr(exc, "filename", None) and exc.filename != folder else ""

@@ -40,8 +40,7 @@ from embedder.inputs.sources import (
     list_inputs,
 )
 from embedder.kernel.errors import InvalidValue, MissingFile
-
-from .options import ShardOptions
+from embedder.kernel.fields import option
 
 SHARD_EXTENSIONS = (".tar", ".parquet")
 IMAGE_EXTS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -49,6 +48,28 @@ IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp")  # img2dataset's parquet
 MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header larger than this is damage, not a name
 SIDECAR_BYTES = 1 << 20  # a label or group sidecar larger than this is not read
 MAX_PATTERN_NAMES = 100_000  # the most names a brace pattern may expand to
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Where a sample's image, label and group are: sidecars of a tar sample (``EXT``: the text of ``KEY.EXT``;
+    ``json:FIELD``: a field of ``KEY.json``; ``""``: none), columns of a Parquet file (None: ``label`` when the
+    file has such a column; the image column: ``image``, else ``jpg``, ``png`` or ``webp``)."""
+
+    image_column: str | None = option(
+        None, "Parquet: the column of image bytes (default: image, else jpg, png or webp)."
+    )
+    label_key: str = option(
+        "cls", "Tar shards: the label's sidecar, EXT (the text of KEY.EXT) or json:FIELD (a field of KEY.json)."
+    )
+    group_key: str = option("", "Tar shards: the group's sidecar, as --label-key.")
+    label_column: str | None = option(None, "Parquet: the label column (default: label, when there is one).")
+    group_column: str | None = option(None, "Parquet: the group column.")
+
+    def __post_init__(self):
+        for name, value in (("--label-key", self.label_key), ("--group-key", self.group_key)):
+            if value and not re.fullmatch(r"json:[^:]+|[A-Za-z0-9_.-]+", value):
+                raise InvalidValue(f"{name} {value!r}: give a sidecar extension (cls, txt) or json:FIELD")
 
 
 @dataclass
@@ -485,9 +506,9 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
             f"{path} has no image column {options.image_column or 'image'!r} (its columns: "
             f"{', '.join(columns)}); name it with --image-column"
         )
-    for option, column in (("--label-column", options.label_column), ("--group-column", options.group_column)):
+    for flag, column in (("--label-column", options.label_column), ("--group-column", options.group_column)):
         if column and column not in columns:
-            raise InvalidValue(f"{path} has no column {column!r} ({option}); its columns: {', '.join(columns)}")
+            raise InvalidValue(f"{path} has no column {column!r} ({flag}); its columns: {', '.join(columns)}")
     label_column = options.label_column or ("label" if "label" in columns and image != "label" else None)
     wanted = [c for c in dict.fromkeys(("key", label_column, options.group_column)) if c and c in columns]
     table = pf.read(columns=wanted) if wanted else None
