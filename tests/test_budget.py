@@ -303,6 +303,7 @@ def test_the_reports_own_work_is_charged_to_the_budget_first():
     assert charged.to_dict()["extras_estimated_seconds"] == round(charged.extras, 1)
 
 
+@pytest.mark.integration  # 7 s: two cv runs with the report's extras
 def test_cv_charges_the_neighbour_search_until_it_is_kept_beside_the_cache(tmp_path):
     from classifiers.report.writer import report_dict
 

@@ -26,7 +26,17 @@ SCORING = {
 }
 
 
-@pytest.mark.parametrize("spec", ["logreg", "knn:n_neighbors=3", "rbf-svm:pca=8", "ridge", "lda", "random-forest"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "logreg",
+        "knn:n_neighbors=3",
+        "rbf-svm:pca=8",
+        "ridge",
+        "lda",
+        pytest.param("random-forest", marks=pytest.mark.integration),
+    ],
+)
 def test_scores_equal_sklearn_on_the_same_folds(tmp_path, spec):
     X, y = synthetic_cache(tmp_path / "c.h5")
     report = cross_validate(tmp_path / "c.h5", classifiers=[spec], layers=["flatten"], folds=4, repeats=2, seed=3)

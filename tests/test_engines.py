@@ -346,6 +346,7 @@ def test_store_records_are_keyed_and_survive_a_bad_file(tmp_path):
     assert store.record("resolved", {"a": 1}) is None
 
 
+@pytest.mark.integration  # 6 s: int8 calibrations from the command line
 def test_cli_engine_and_int8_options(tree, tmp_path, monkeypatch):
     from click.testing import CliRunner
 

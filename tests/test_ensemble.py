@@ -104,7 +104,10 @@ def test_stacking_learns_from_out_of_fold_probabilities_of_its_training_rows_onl
     )
 
 
-@pytest.mark.parametrize("spec", ["ensemble", "ensemble:method=stack,members=logreg+lda+rbf-svm"])
+@pytest.mark.parametrize(
+    "spec",
+    ["ensemble", pytest.param("ensemble:method=stack,members=logreg+lda+rbf-svm", marks=pytest.mark.integration)],
+)
 def test_cross_validated_like_any_classifier(tmp_path, spec):
     X, y = synthetic_cache(tmp_path / "c.h5")
     report = cross_validate(

@@ -160,6 +160,7 @@ def test_the_probes_features_come_back_from_the_cached_center_views(tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
 
 
+@pytest.mark.integration  # 6 s: two views passes
 def test_a_changed_image_gets_new_views_and_only_it(tmp_path):
     root = tmp_path / "images"
     paths = write_tree(root, per_class=4)
@@ -327,6 +328,7 @@ def test_timm_layouts_split_and_train_like_the_whole_network(arch, crop, unfreez
         torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.integration  # 7 s: two trainings from the command line
 def test_the_command_line_trains_on_views_and_a_second_run_reuses_them(tmp_path, monkeypatch):
     """``featurebank finetune --augment views`` end to end on a tiny folder: the pass computes every image once
     (training images: 2 views, validation images: the center), the run's checkpoint records the views, the chosen
