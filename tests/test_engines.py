@@ -398,6 +398,7 @@ def test_cli_engine_and_int8_options(tree, tmp_path, monkeypatch):
     ]
 
 
+@pytest.mark.integration  # 3-4 s of int8 calibration; the fast tier keeps test_int8_has_its_own_rows_its_calibration_and_its_measured_cosine
 # -- int8 across reruns, lost engines, bundles ---------------------------------------------------------------------
 def test_int8_with_the_default_cache_path_stays_one_cache_as_the_input_grows(tmp_path, monkeypatch):
     root = tmp_path / "images"
@@ -433,6 +434,7 @@ def test_a_lost_int8_engine_is_rebuilt_only_from_the_same_images(tmp_path, monke
     np.testing.assert_array_equal(embedder.load(cache)[0], X0)
 
 
+@pytest.mark.integration  # 3-4 s of int8 calibration; the fast tier keeps test_int8_has_its_own_rows_its_calibration_and_its_measured_cosine
 def test_an_interrupted_first_int8_run_finishes_after_the_input_changed(tmp_path, monkeypatch):
     from test_extract import Interrupt, interrupt_after
 
@@ -450,6 +452,7 @@ def test_an_interrupted_first_int8_run_finishes_after_the_input_changed(tmp_path
     assert done.rows == 10 and done.embedded == 6  # 4 of the 9 were in the finished part, plus the new file
 
 
+@pytest.mark.integration  # 3-4 s of int8 calibration; the fast tier keeps test_int8_has_its_own_rows_its_calibration_and_its_measured_cosine
 def test_an_int8_model_predicts_with_its_own_engine_and_layers(tmp_path, monkeypatch):
     from classifiers import predict, train
 

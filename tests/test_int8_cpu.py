@@ -64,6 +64,7 @@ def test_schemes_are_settings_and_older_int8_settings_keep_their_key(tmp_path, m
     assert CacheReader(b.cache).info["int8"]["scheme"] == "u8s8-reduce"
 
 
+@pytest.mark.integration  # 3-4 s of int8 calibration; the fast tier keeps the scheme and fallback tests
 def test_the_cpu_is_recorded_with_each_run_and_the_int8_engine_and_info_shows_it(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -172,6 +173,7 @@ def test_an_int8_cache_extended_on_another_kind_of_cpu_says_so(tmp_path, monkeyp
     assert back.notes == []  # made here: nothing to say
 
 
+@pytest.mark.integration  # 3-4 s of int8 calibration; the fast tier keeps the scheme and fallback tests
 def test_the_worst_layers_are_kept_in_fp32(tmp_path, monkeypatch):
     import onnx
 

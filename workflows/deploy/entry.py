@@ -14,7 +14,7 @@ from embedder.backbones.registry import is_checkpoint, load_backbone
 from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import list_inputs
 from embedder.kernel.destination import check_destination
-from embedder.kernel.errors import FeaturebankError, InvalidValue
+from embedder.kernel.errors import InvalidValue
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.options import with_overrides
@@ -31,7 +31,7 @@ def export(model: str, options: ExportOptions | None = None, **overrides) -> Exp
     weights file is now). ``overrides``: fields of ``ExportOptions`` by name (``out="model.onnx"``)."""
     o = with_overrides(ExportOptions, options, overrides)
     if not o.out:
-        raise FeaturebankError("export needs out: the ONNX file to write")
+        raise InvalidValue("export needs out: the ONNX file to write")
     if is_checkpoint(model):
         return export_checkpoint(
             model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images, int8=o.int8
