@@ -3,7 +3,9 @@ the files around them).
 
 Every rule works on L2-normalized vectors (cosine geometry) and picks through a ``Batch``, which refuses a second
 row of a group already picked and a near-duplicate (cosine above ``duplicate_cosine``) of a row picked or labelled
-before; a rule that meets a refused row takes its next candidate instead.
+before; a rule that meets a refused row takes its next candidate instead. The coverage rules (k-means, typicality,
+ProbCover's balls) work in ``coverage_space``: the top ``COMPONENTS`` principal directions of the rows, at unit
+length; the probe and the duplicate check in the whole space.
 
 Cold start (nothing labelled, or one class only): coverage and typicality of the embedding space.
 - ``kmeans``: k-means with (labelled + budget) centres; in each cluster without a labelled row, largest first, the
@@ -14,10 +16,13 @@ Cold start (nothing labelled, or one class only): coverage and typicality of the
   k-means cluster); greedily the row whose ball covers the most rows not yet covered (labelled rows cover theirs).
 
 Later rounds (two classes labelled or more): what a probe fitted on the labelled rows is least sure of, spread.
-- ``coverage-margin`` (the default): k-means with (labelled + 2 × budget) centres; of the clusters without a
+- ``coverage-margin`` (the default): under ``MARGIN_FROM`` labelled rows per class on average, coverage alone (the
+  ``kmeans`` rule, the labelled rows counting as covered): a probe fitted on so few has margins worth nothing (on
+  flowers and its class pairs, a second round chosen by them lost 4 points to coverage alone at 1 label per class,
+  and gained nothing at 2). From there: k-means with (labelled + 2 × budget) centres; of the clusters without a
   labelled row, those whose rows the probe is least sure of in all (size × mean of 1 − margin), the row nearest
-  each centre: coverage first, uncertainty to choose which uncovered regions. On flowers it beat random picks at
-  every budget and a second k-means pick at 2 and 5 images per class; uncertainty alone (the three below) did not.
+  each centre: coverage first, uncertainty to choose which uncovered regions (0.6 points above coverage alone at
+  5 and 10 per class there). Uncertainty alone (the three below) did no better than random.
 - ``margin``: the smallest margin between the probe's two most probable classes (no spreading: a baseline).
 - ``cluster-margin`` (after Citovsky et al., NeurIPS 2021): the 10 × budget smallest margins, grouped by k-means
   into budget clusters, the smallest margin of each.
