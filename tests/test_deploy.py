@@ -75,7 +75,7 @@ def files_of(result: dict, folder) -> list[str]:
         ("logreg", "folded", "probability", True),
         ("ridge", "folded", "probability", True),
         ("rbf-svm", "skl2onnx", "probability", True),
-        ("ridge", "folded", "probability", False),
+        pytest.param("ridge", "folded", "probability", False, marks=pytest.mark.integration),
     ],
 )
 def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, output, calibrate):
