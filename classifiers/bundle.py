@@ -68,7 +68,7 @@ class Bundle:
         calibration: the classifier's own probabilities, or its decision scores (``decision``) when it has none."""
         values, kind = raw_scores(self.pipeline, X)
         cal = self.calibration
-        if cal is None:
+        if cal is None or cal["input"] is None:
             return values, kind
         return apply_temperature(values, cal["input"], cal["temperature"]), PROBABILITY
 

@@ -101,18 +101,21 @@ def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS)
     ``decision``), ``temperature``, ``folds`` and ``fits`` (extra fits), ``seconds``, and the out-of-fold
     log-loss and ECE before and after (measured on the rows the temperature was fit on: not a held-out figure)."""
     kind = PROBABILITY if hasattr(pipeline, "predict_proba") else DECISION
+    if kind == DECISION and not hasattr(pipeline, "decision_function"):  # a plug-in classifier with labels only
+        return {
+            "method": "none",
+            "input": None,
+            "temperature": 1.0,
+            "fits": 0,
+            "note": "not calibrated: the classifier gives neither probabilities nor decision scores",
+        }
     why = too_few_for_inner_folds(y, groups)
     if why:
         return uncalibrated(kind, f"inner folds cannot be made: {why}")
     started = time.perf_counter()
     y = np.asarray(y)
-    n_classes = int(y.max()) + 1
-    k = inner_fold_count(y, folds, groups)
-    oof = np.zeros((len(y), n_classes))
-    for train, test in inner_splits(X, y, groups, k, seed):
-        model = fit_grouped(clone(pipeline), X[train], y[train], None if groups is None else groups[train])
-        values, kind = raw_scores(model, X[test])
-        oof[test] = placed(values, kind, model.classes_, n_classes)
+    oof, kind, fold_of = out_of_fold(pipeline, X, y, groups, seed=seed, folds=folds)
+    k = int(fold_of.max()) + 1
     temperature = fit_temperature(oof, kind, y)
     before, after = apply_temperature(oof, kind, 1.0), apply_temperature(oof, kind, temperature)
     rows = np.arange(len(y))
@@ -133,6 +136,23 @@ def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS)
         },
         **({"note": f"{k} inner folds, not {folds}: the smallest class has {k} rows"} if k < folds else {}),
     }
+
+
+def out_of_fold(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS):
+    """Every row's scores from a clone of ``pipeline`` fit on the other inner folds (``folds``, fewer when a class
+    has fewer rows; group-aware with ``groups``): the scores over every class, their kind, and each row's fold."""
+    y = np.asarray(y)
+    n_classes = int(y.max()) + 1
+    k = inner_fold_count(y, folds, groups)
+    oof = np.zeros((len(y), n_classes))
+    fold_of = np.zeros(len(y), dtype=np.int64)
+    kind = PROBABILITY
+    for i, (train, test) in enumerate(inner_splits(X, y, groups, k, seed)):
+        model = fit_grouped(clone(pipeline), X[train], y[train], None if groups is None else groups[train])
+        values, kind = raw_scores(model, X[test])
+        oof[test] = placed(values, kind, model.classes_, n_classes)
+        fold_of[test] = i
+    return oof, kind, fold_of
 
 
 def cross_fitted(raw: np.ndarray, kind: str, y: np.ndarray, fold_of: np.ndarray) -> tuple[np.ndarray, list[float]]:

@@ -376,7 +376,7 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int, free: np.nd
         full_proba(model.predict_proba(X_test), model.classes_, n_classes) if hasattr(model, "predict_proba") else None
     )
     decision = None
-    if proba is None:  # the decision scores, for the report's cross-fitted calibration (calibration.cross_fitted)
+    if proba is None and hasattr(model, "decision_function"):  # for the report's calibration (cross_fitted)
         values, _ = raw_scores(model, X_test)
         decision = placed(values, DECISION, model.classes_, n_classes).astype(np.float32)
     predicted = time.perf_counter()
