@@ -26,7 +26,7 @@ from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
 from embedder.options import with_overrides
 
 from .budget import Plan, estimate, extras_estimate, plan
-from .calibration import DECISION, PROBABILITY, placed, apply_temperature, cross_fitted, raw_scores
+from .calibration import DECISION, PROBABILITY, apply_temperature, cross_fitted, placed, raw_scores
 from .cluster import layer_tasks, on_cluster
 from .cost import Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache

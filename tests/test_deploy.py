@@ -82,9 +82,7 @@ def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, out
     """The exported file's probabilities are predict's: calibrated by the model file's temperature (or, with
     calibrate=False, a softmax of ridge's decision scores), within float32 rounding."""
     root, images = trained
-    bundle = train(
-        str(root / "train.h5"), classifier=spec, out=str(tmp_path / "model.joblib"), calibrate=calibrate
-    )
+    bundle = train(str(root / "train.h5"), classifier=spec, out=str(tmp_path / "model.joblib"), calibrate=calibrate)
     assert bundle.calibration["method"] == ("temperature" if calibrate else "none")
     written = export(str(tmp_path / "model.joblib"), str(tmp_path / "model.onnx"))
     assert (written.precision, written.head, written.output) == ("fp32", how, output)

@@ -35,7 +35,6 @@ from .reading import (
     unlabeled_role,
 )
 
-
 CALIBRATION_NOTE = {
     "ece": "top-label expected calibration error, 15 equal-width bins of the predicted class's probability, "
     "out of fold (every labelled row once per repeat, mean over repeats)",

@@ -332,7 +332,9 @@ def _converted(g: Graph, x: str, clf, head: Head, width: int, opset: int, ir_ver
     s = post.op("Cast", [probabilities.name], to=TensorProto.FLOAT)
     if kind == "SVC" and len(head.classes) == 2 and not hasattr(clf, "predict_proba"):
         s = post.op("Neg", [s])  # skl2onnx writes a binary SVC's decision as [d, -d]; Bundle.scores as [-d, d]
-    tail = post.model([probabilities], _finish(post, _calibrated(post, s, head), len(head.classes), s), opset, ir_version)
+    tail = post.model(
+        [probabilities], _finish(post, _calibrated(post, s, head), len(head.classes), s), opset, ir_version
+    )
     pre.graph.ClearField("output")
     pre.graph.output.extend([clf_in])
     joined = compose.merge_models(pre, converted, io_map=[(clf_in.name, clf_in.name)], outputs=[probabilities.name])
