@@ -32,7 +32,8 @@ def classifiers_text(rows: list[dict]) -> list[str]:
         lines += [
             f"{r['name']:14} {r['summary']}",
             f"{'':14}   {r['pipeline']}",
-            f"{'':14}   probabilities: {'yes' if r['probabilities'] else 'no'}; --search: {grid}",
+            f"{'':14}   probabilities: {'its own' if r['probabilities'] else 'from its decision scores'}, "
+            f"calibrated by train; --search: {grid}",
         ]
     return lines
 

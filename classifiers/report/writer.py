@@ -151,7 +151,7 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
                 "layer": r.layer,
                 "features": report.source(r).dims(r.layer),
                 **{m: {"mean": _round(r.metric(m)["mean"]), "std": _round(r.metric(m)["std"])} for m in METRICS},
-                "ece": calibration[id(r)]["ece"] if calibration[id(r)] else None,
+                "ece": (calibration[id(r)] or {}).get("ece"),
                 "fit_seconds": _round(np.mean([f.fit_seconds for f in r.folds]), 3),
                 "predict_seconds": _round(np.mean([f.predict_seconds for f in r.folds]), 3),
                 "t": _round(c.t, 4) if c.t is None or np.isfinite(c.t) else str(c.t),
