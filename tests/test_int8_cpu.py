@@ -132,6 +132,7 @@ def test_a_low_cosine_falls_back_to_the_next_scheme_and_says_so(tmp_path, monkey
     assert again.settings == q.settings and not any("calibrated" in p for p in again.prepared)
 
 
+@pytest.mark.integration  # a calibration and two extractions; the guard's rule itself is tested fast above
 def test_one_bad_image_sends_int8_to_fp32_and_the_cache_records_why(tmp_path, monkeypatch):
     from embedder.cache.describe import cache_text, describe_cache
 
