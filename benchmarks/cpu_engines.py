@@ -1,6 +1,7 @@
 """CPU extraction, one run, same photos: engines against the model alone, decoding, the tutorial loop.
 
     python benchmarks/cpu_engines.py [--models resnet18,resnet50,mobilenet_v2] [--rounds 2] [--skip-memory]
+                                     [--schemes u8s8,u8s8-reduce,u8s8-reduce+8,u8s8-tensor,u8u8] [--skip-cv]
 
 For each model (random weights, 224 px, batch 32), on the 398 hymenoptera photos (train + val):
   (a) images/s of the model alone per engine (torch eager, torch channels_last, ONNX Runtime fp32 and int8);
@@ -11,7 +12,10 @@ For each model (random weights, 224 px, batch 32), on the 398 hymenoptera photos
       (the one-time export, measuring and calibration are reported beside it).
 (d) and (e) alternate, ``--rounds`` times each; the table gives their mean. Then: peak memory at 1,000 and 10,000
 images (the photos repeated under other names), an unchanged re-run of 1,000 images, and `featurebank cv`
-against scikit-learn's cross_validate on the same arrays and folds. Writes its tables into benchmarks/RESULTS.md.
+against scikit-learn's cross_validate on the same arrays and folds. With ``--schemes``: ONNX Runtime's images/s of
+each int8 scheme against fp32 (the model alone, interleaved, best of 3), each calibrated on 256 of the photos.
+Writes its tables into benchmarks/RESULTS.md, in a section of this CPU's int8 kind (VNNI and AVX2 machines keep one
+each).
 """
 
 from __future__ import annotations
@@ -147,19 +151,54 @@ def engines_of(model: str, store_dir: str, prep_summary: dict, int8_summary: dic
     }
 
 
+def scheme_speeds(model: str, photos: pathlib.Path, tmp: pathlib.Path, schemes: list[str]) -> dict:
+    """ORT images/s of fp32 and each int8 scheme (SCHEME[+N]: N convolutions kept in fp32), interleaved, best of 3."""
+    import embedder
+    from embedder.engines.engine import OnnxEngine, onnx_name
+    from embedder.kernel.settings import ExtractionSettings, Int8
+    from embedder.kernel.store import EngineStore
+
+    folder = str(tmp / "engines-schemes")
+    store = EngineStore(folder)
+    common = dict(backbone=model, weights="none", engine="onnxruntime", engine_dir=folder, progress=False)
+    fp32 = embedder.extract(str(photos), str(tmp / f"s-{model}.h5"), **common)
+    s32 = ExtractionSettings.from_dict(fp32.settings)
+    engines = {"fp32": OnnxEngine(store.find_model(onnx_name(s32))[0], s32)}
+    for scheme in schemes:
+        name, _, n = scheme.partition("+")
+        s = embedder.extract(
+            str(photos),
+            str(tmp / f"s-{model}-{scheme}.h5"),
+            precision="int8",
+            int8=Int8(scheme=name, fp32_layers=int(n or 0)),
+            **common,
+        )
+        settings = ExtractionSettings.from_dict(s.settings)
+        engines[scheme] = OnnxEngine(store.find_model(onnx_name(settings))[0], settings)
+    samples: dict = {k: [] for k in engines}
+    for _ in range(3):
+        for k, engine in engines.items():
+            samples[k].append(model_only(engine))
+    return {k: max(v) for k, v in samples.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,resnet50,mobilenet_v2")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--schemes", default="", help="int8 schemes to time against fp32 (comma-separated)")
+    parser.add_argument("--skip-cv", action="store_true")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     opts = parser.parse_args()
     if not PHOTOS.is_dir():
         print(f"skipped: {PHOTOS} is absent (the shared photos live in ../shared/data)")
         return 0
     name, flags = cpu()
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1]
     lines = [
-        f"Machine: {name}, {os.cpu_count()} cores; flags: {flags}. {time.strftime('%Y-%m-%d')}.",
+        f"Machine: {name}, {os.cpu_count()} cores; flags: {flags}. {time.strftime('%Y-%m-%d')}; load average at the "
+        f"start{load} (ratios within one run).",
         "Photos: the 398 hymenoptera photos (train + val, 193x130 to 2592x1944 JPEG, one GIF placeholder the "
         "tutorial's ImageFolder ignores). Random weights, 224 px crops, batch 32. Whole processes for (d) and (e).",
         "",
@@ -170,6 +209,24 @@ def main() -> int:
         photo_farm(photos)
         env = {**os.environ, "FEATUREBANK_ENGINE_DIR": str(tmp / "engines"), "PYTHONPATH": str(ROOT)}
         decode = decode_only(photos)
+        scheme_lines = []
+        if opts.schemes:  # first: the rows the int8 guard is about
+            schemes = opts.schemes.split(",")
+            scheme_lines += [
+                "ONNX Runtime alone, images/s (vs fp32), each int8 scheme calibrated on 256 of the photos (all of "
+                "those embedded), random weights, batch 32, interleaved, best of 3:",
+                "",
+                "| model | fp32 | " + " | ".join(schemes) + " |",
+                "|---|--:|" + "--:|" * len(schemes),
+            ]
+            few = tmp / "photos256"
+            photo_farm(few, limit=256)
+            for model in opts.models.split(","):
+                r = scheme_speeds(model, few, tmp, schemes)
+                cells = [f"{r[k]:.1f} ({r[k] / r['fp32']:.2f}x)" for k in schemes]
+                scheme_lines.append(f"| {model} | {r['fp32']:.1f} | " + " | ".join(cells) + " |")
+                print(scheme_lines[-1], flush=True)
+            scheme_lines.append("")
         table = [
             "| model | (a) torch eager | (a) torch channels_last | (a) ORT fp32 | (a) ORT int8 | (b) decode | "
             "(c) limit fp32 / int8 | (d) tutorial | (e) extract fp32 | (e) extract int8 | e/d fp32 / int8 | "
@@ -220,12 +277,19 @@ def main() -> int:
             *table,
             "",
         ]
+        lines += scheme_lines
         if not opts.skip_memory:
             lines += memory_and_rerun(tmp, env) + [""]
-        lines += cv_against_sklearn(tmp, env, opts.rounds)
+        if not opts.skip_cv:
+            lines += cv_against_sklearn(tmp, env, opts.rounds)
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1]
+    lines.append(f"Load average at the end{load}.")
     text = "\n".join(lines)
     print(text)
-    write_section(pathlib.Path(opts.results), text)
+    from embedder.engines.cpu import current_cpu
+
+    kind = current_cpu().int8_kind
+    write_section(pathlib.Path(opts.results), text, f"cpu_engines.py {kind}", f"CPU engines, int8 kind {kind}")
     return 0
 
 
@@ -301,7 +365,7 @@ def cv_against_sklearn(tmp: pathlib.Path, env: dict, rounds: int) -> list[str]:
 def write_section(path: pathlib.Path, text: str, script: str = "cpu_engines.py", title: str = "CPU engines") -> None:
     """Replace (or append) this script's section of RESULTS.md; other scripts' sections are kept."""
     begin, end = f"<!-- {script}: begin -->", f"<!-- {script}: end -->"
-    section = f"{begin}\n## {title} (`python benchmarks/{script}`)\n\n{text}\n{end}"
+    section = f"{begin}\n## {title} (`python benchmarks/{script.split()[0]}`)\n\n{text}\n{end}"
     old = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts of this folder.\n"
     if begin in old:
         new = old[: old.index(begin)] + section + old[old.index(end) + len(end) :]

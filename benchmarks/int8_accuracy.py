@@ -7,7 +7,8 @@ cosine of each scheme on ResNet-50 (random weights: no real checkpoint is availa
 For each dataset and scheme: `extract train/` (int8 calibrated on 256 train images), then val/ with train's int8
 engine (as --calibration-from does: val images are never calibrated on); fp32 alike. The probe is the zoo's
 `logreg:C=0.1`, fit on train's rows, scored once on val's. "default" is `--precision int8` as a user runs it
-(scheme auto: this CPU's ladder and the cosine bound), whatever it chose. Images/s: ONNX Runtime alone on 32 of the
+(scheme auto: this CPU's ladder and the cosine bounds), whatever it chose (fp32, with the reason said, when no
+scheme held). Images/s: ONNX Runtime alone on 32 of the
 calibration images, every engine interleaved, best of 3 (the machine may be busy: compare ratios within one run).
 Flowers chose the bound and the ladder; hymenoptera is the held-out check. Writes its tables into RESULTS.md.
 """
@@ -184,7 +185,7 @@ def main() -> int:
         print(f"skipped: {WEIGHTS} is absent")
         return 0
     from embedder.engines.cpu import current_cpu
-    from embedder.engines.quantize import COSINE_BOUND, ladder
+    from embedder.engines.quantize import bound_text, ladder
 
     cpu = current_cpu()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1]
@@ -211,8 +212,8 @@ def main() -> int:
             f"are ratios within one run, interleaved). {time.strftime('%Y-%m-%d')}.",
             f"MobileNetV2, `../shared/weights/mobilenet_v2-imagenet.pth`, the penultimate layer. int8: ONNX Runtime "
             f"static QDQ, uint8 activations, MinMax on 256 train images, each output's tail in fp32. This CPU's "
-            f"ladder: {', '.join(f'{s}+{n}' if n else s for s, n in ladder(cpu))}; bound {COSINE_BOUND} (mean cosine "
-            f"on the calibration images). Flowers chose them; hymenoptera is the held-out check.",
+            f"ladder: {', '.join(f'{s}+{n}' if n else s for s, n in ladder(cpu))}; bound {bound_text()} (cosine to "
+            f"fp32 on the calibration images). Flowers chose them; hymenoptera is the held-out check.",
             "",
             *rows,
             "",

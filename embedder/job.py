@@ -413,6 +413,9 @@ def _info(base: dict, previous: dict, run: Run, path: str, ranks: int = 1) -> di
             }
         )
     info = {**base, "runs": runs[-KEEP_RUNS:]}
+    refused = run.int8_refused or previous.get("int8_refused")
+    if refused and run.settings.precision != "int8":  # int8 was asked for these rows and refused: why, kept
+        info["int8_refused"] = refused
     int8 = (
         run.engine.meta.get("cosine_to_fp32")
         if run.engine is not None and hasattr(run.engine, "meta")
@@ -480,6 +483,7 @@ class Run:
         self.loop_seconds = 0.0
         self._model = None
         self.notes: list[str] = []  # fallbacks and warnings, each said once on stderr
+        self.int8_refused: dict | None = None  # int8 was asked, the guard chose fp32: why (recorded in the cache)
 
     def tally(self, failures: int) -> tuple:
         return self.embedded, failures, self.processed, self.loop_seconds
@@ -529,6 +533,8 @@ class Run:
             batch_size=self.execution.batch_size,
             force=force,
         )
+        if not choice.int8:
+            self.int8_refused = {"note": choice.note, "tried": choice.tried, "cpu": host.current_cpu().to_dict()}
         if self.prepared.note:
             sys.stderr.write(f"featurebank: {self.prepared.note}\n")
             self.notes.append(self.prepared.note)

@@ -85,38 +85,81 @@ def test_the_cpu_is_recorded_with_each_run_and_the_int8_engine_and_info_shows_it
     assert f"  int8         calibrated on {here.describe()}" in out
 
 
-def _pretend(monkeypatch, cosines: dict):
-    """Builds as usual, but with the mean cosine of the named schemes replaced (as if they had lost that much)."""
+def _pretend(monkeypatch, cosines: dict, ladder=(("u8s8", 0), ("u8s8-reduce", 0))):
+    """Builds as usual, but with the (mean, worst) cosine of the named schemes replaced (as if they had lost that
+    much)."""
     real = embedder.engines.quantize.build_int8
 
     def build(fp32, settings, store, name, calibration, open_int8, ranges=None):
         meta = real(fp32, settings, store, name, calibration, open_int8, ranges)
         if settings.int8.scheme in cosines:  # in the sidecar too, where a later run finds the engine
-            mean = cosines[settings.int8.scheme]
-            meta["cosine_to_fp32"] = {k: {**v, "mean": mean} for k, v in meta["cosine_to_fp32"].items()}
+            mean, worst = cosines[settings.int8.scheme]
+            meta["cosine_to_fp32"] = {k: {**v, "mean": mean, "min": worst} for k, v in meta["cosine_to_fp32"].items()}
             store.update_meta(name, cosine_to_fp32=meta["cosine_to_fp32"])
         return meta
 
     monkeypatch.setattr(embedder.engines.quantize, "build_int8", build)
-    monkeypatch.setattr(embedder.engines.quantize, "ladder", lambda cpu=None: (("u8s8", 0), ("u8s8-reduce", 0)))
+    monkeypatch.setattr(embedder.engines.quantize, "ladder", lambda cpu=None: ladder)
+
+
+def test_the_guard_checks_the_mean_and_the_worst_image():
+    q = embedder.engines.quantize
+    assert (q.COSINE_BOUND, q.WORST_BOUND, q.MIN_SPEEDUP) == (0.98, 0.95, 1.3)
+    layer = {"mean": 0.99, "min": 0.96, "images": 256}
+    assert q.holds({"a": layer})
+    assert not q.holds({"a": {**layer, "min": 0.9265}})  # u8s8-reduce on hymenoptera, AVX2: a good mean, one bad image
+    assert not q.holds({"a": {**layer, "mean": 0.9755}})  # u8s8-reduce on flowers, AVX2
+    assert not q.holds({"a": layer, "b": {**layer, "min": 0.5}})  # every extracted layer must hold
+    assert (q.mean_cosine({"a": layer, "b": {**layer, "mean": 0.97}}), q.worst_cosine({"a": layer})) == (0.97, 0.96)
 
 
 def test_a_low_cosine_falls_back_to_the_next_scheme_and_says_so(tmp_path, monkeypatch, capsys):
     root = tmp_path / "images"
     write_tree(root, per_class=2)
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
-    _pretend(monkeypatch, {"u8s8": 0.9, "u8s8-reduce": 0.995})
+    _pretend(monkeypatch, {"u8s8": (0.99, 0.9), "u8s8-reduce": (0.995, 0.99)})  # u8s8: one image lost
     q = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
     assert ExtractionSettings.from_dict(q.settings).int8.scheme == "u8s8-reduce"
     said = "int8 fell back to u8s8-reduce on this CPU"
     assert any(
-        n.startswith(said) and f"u8s8 0.9000, u8s8-reduce 0.9950 (bound {embedder.engines.quantize.COSINE_BOUND})" in n
+        n.startswith(said)
+        and "(mean / worst) u8s8 0.9900 / 0.9000, u8s8-reduce 0.9950 / 0.9900 (bound: mean 0.98, worst 0.95)" in n
         for n in q.notes
     )
     assert f"featurebank: {said}" in capsys.readouterr().err
     # the decision is recorded: another cache of the same input decides alike, calibrating nothing
     again = embedder.extract(str(root), str(tmp_path / "r.h5"), precision="int8", int8=Int8(images=6), **TINY)
     assert again.settings == q.settings and not any("calibrated" in p for p in again.prepared)
+
+
+@pytest.mark.integration  # a calibration and two extractions; the guard's rule itself is tested fast above
+def test_one_bad_image_sends_int8_to_fp32_and_the_cache_records_why(tmp_path, monkeypatch):
+    from embedder.cache.describe import cache_text, describe_cache
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    _pretend(monkeypatch, {"u8s8-reduce": (0.9843, 0.9265)}, ladder=(("u8s8-reduce", 0),))  # hymenoptera, AVX2
+    q = embedder.extract(str(root), str(tmp_path / "q.h5"), precision="int8", int8=Int8(images=6), **TINY)
+    assert q.settings["precision"] == "fp32" and q.rows == 6
+    kind = embedder.engines.cpu.current_cpu().int8_kind
+    assert q.notes == [
+        f"int8 would cost accuracy on this CPU ({kind}): cosine to fp32 on the 6 calibration images (mean / worst) "
+        "u8s8-reduce 0.9843 / 0.9265, none within the bound (mean 0.98, worst 0.95); using fp32 (--force-int8 keeps int8)"
+    ]
+    refused = CacheReader(q.cache).info["int8_refused"]
+    assert refused["note"] == q.notes[0] and refused["tried"] == [
+        {"scheme": "u8s8-reduce", "cosine": 0.9843, "worst": 0.9265}
+    ]
+    assert refused["cpu"] == embedder.engines.cpu.current_cpu().to_dict()
+    assert f"  int8         not used: {q.notes[0]}" in cache_text(describe_cache(q.cache))
+    # --force-int8 keeps int8: the scheme that was measured, its own cache
+    forced = embedder.extract(
+        str(root), str(tmp_path / "f.h5"), precision="int8", int8=Int8(images=6), force_int8=True, **TINY
+    )
+    assert ExtractionSettings.from_dict(forced.settings).int8.scheme == "u8s8-reduce"
+    assert forced.notes[0].startswith("int8 u8s8-reduce kept (--force-int8) although its cosine to fp32")
+    assert "int8_refused" not in CacheReader(forced.cache).info
 
 
 @pytest.mark.integration  # every int8 scheme calibrated in turn
@@ -128,7 +171,7 @@ def test_when_no_scheme_reaches_the_bound_fp32_is_used_unless_forced(tmp_path, m
     root = tmp_path / "images"
     write_tree(root, per_class=2)
     monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
-    _pretend(monkeypatch, {"u8s8": 0.9, "u8s8-reduce": 0.95})  # both under the bound
+    _pretend(monkeypatch, {"u8s8": (0.9, 0.8), "u8s8-reduce": (0.95, 0.9)})  # both under the bound
     args = ["extract", str(root), "-b", "resnet18", "-w", "none", "--resize", "72", "--crop", "64"]
     args += ["--workers", "0", "--precision", "int8", "--calibration-images", "6"]
     r = CliRunner().invoke(cli.main, [*args, "--cache", str(tmp_path / "q.h5"), "--json"])
@@ -139,15 +182,19 @@ def test_when_no_scheme_reaches_the_bound_fp32_is_used_unless_forced(tmp_path, m
     assert out["notes"] == [
         "int8 would cost accuracy on this CPU ("
         + embedder.engines.cpu.current_cpu().int8_kind
-        + "): mean cosine to fp32 on "
-        f"the 6 calibration images u8s8 0.9000, u8s8-reduce 0.9500, all under {embedder.engines.quantize.COSINE_BOUND}; using "
-        "fp32 (--force-int8 keeps int8)"
+        + "): cosine to fp32 on the 6 calibration images (mean / worst) u8s8 0.9000 / 0.8000, u8s8-reduce "
+        "0.9500 / 0.9000, none within the bound (mean 0.98, worst 0.95); using fp32 (--force-int8 keeps int8)"
     ]
+    info = CliRunner().invoke(cli.main, ["info", out["cache"]]).output
+    assert f"  int8         not used: {out['notes'][0]}\n" in info
     r = CliRunner().invoke(cli.main, [*args, "--cache", str(tmp_path / "f.h5"), "--force-int8", "--json"])
     assert r.exit_code == 0, r.output
     forced = json.loads(r.stdout)
     assert forced["settings"]["precision"] == "int8" and forced["settings"]["int8"]["scheme"] == "u8s8-reduce"
-    assert forced["notes"][0].startswith("int8 u8s8-reduce kept (--force-int8) although its mean cosine")
+    assert forced["notes"][0].startswith(
+        "int8 u8s8-reduce kept (--force-int8) although its cosine to fp32 on the 6 calibration images (mean / worst) "
+        "is 0.9500 / 0.9000, under the bound (mean 0.98, worst 0.95)"
+    )
 
 
 def test_an_int8_cache_extended_on_another_kind_of_cpu_says_so(tmp_path, monkeypatch):

@@ -88,8 +88,11 @@ def cache_text(d: dict) -> list[str]:
             made = CpuInfo.from_dict(int8["cpu"]).describe() if int8.get("cpu") else "a CPU not recorded"
             lines.append(
                 f"  int8         calibrated on {made}"
-                + (": tried " + ", ".join(f"{t['scheme']} {t['cosine']:.4f}" for t in tried) if len(tried) > 1 else "")
+                + (": tried " + ", ".join(_tried(t) for t in tried) if len(tried) > 1 else "")
             )
+    refused = info.get("int8_refused")
+    if refused and refused.get("note"):
+        lines.append(f"  int8         not used: {refused['note']}")
     lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()))
     return lines
 
@@ -115,3 +118,8 @@ def extract_text(s: dict) -> list[str]:
             + (" (--json lists all)" if len(s["warnings"]) > 1 else "")
         )
     return lines
+
+
+def _tried(t: dict) -> str:
+    """A scheme the guard tried: its mean cosine to fp32 (and worst image's, recorded since the guard checks it)."""
+    return f"{t['scheme']} {t['cosine']:.4f}" + (f" / {t['worst']:.4f}" if "worst" in t else "")

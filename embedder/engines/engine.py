@@ -407,13 +407,13 @@ def prepare_int8(
     cpu: CpuInfo | None = None,
 ) -> Int8Choice:
     """int8 ``settings`` whose scheme is ``auto`` → the scheme this CPU keeps, its engine in the store. The CPU's
-    ladder (``quantize.ladder``) is tried in order, calibrating once; the first whose mean cosine to fp32 on the
-    calibration images reaches ``quantize.COSINE_BOUND`` is kept. If none does: fp32 settings, with a note saying
+    ladder (``quantize.ladder``) is tried in order, calibrating once; the first whose cosine to fp32 on the
+    calibration images reaches the guard's bounds (``quantize.holds``: mean and worst image) is kept. If none does: fp32 settings, with a note saying
     that int8 would cost accuracy on this CPU; ``force`` keeps the int8 scheme of the best cosine instead. The
     decision is recorded in the store (per settings, CPU flags and ONNX Runtime version), so a rerun or another
     cache of the same input decides alike without calibrating. A scheme asked for by name is built as asked
     (a note when it misses the bound)."""
-    from .quantize import COSINE_BOUND, build_int8, ladder, mean_cosine
+    from .quantize import COSINE_BOUND, WORST_BOUND, bound_text, build_int8, holds, ladder, mean_cosine, worst_cosine
 
     prepared = prepared if prepared is not None else Prepared()
     cpu = cpu or host.current_cpu()
@@ -424,7 +424,7 @@ def prepare_int8(
         "settings": settings.to_dict(),
         "cpu": cpu.to_dict()["flags"],
         "kind": cpu.int8_kind,
-        "bound": COSINE_BOUND,
+        "bound": [COSINE_BOUND, WORST_BOUND],
         "force": force,
         "onnxruntime": version_of("onnxruntime"),
     }
@@ -445,6 +445,7 @@ def prepare_int8(
     os.unlink(ranges)  # quantize_static writes the activation ranges of the first calibration here
     tried: list[dict] = []
     cosines: list[float] = []
+    passed: list[bool] = []
     chosen: int | None = None
     try:
         for i, (q, candidate) in enumerate(zip(schemes, candidates)):
@@ -464,12 +465,14 @@ def prepare_int8(
                 t = time.perf_counter()
                 meta = build_int8(fp32, candidate, store, name, batches, OnnxEngine, ranges)
                 prepared.steps.append(
-                    f"calibrated int8 {q.name} in {time.perf_counter() - t:.1f} s: mean cosine to "
-                    f"fp32 {mean_cosine(meta['cosine_to_fp32']):.4f}"
+                    f"calibrated int8 {q.name} in {time.perf_counter() - t:.1f} s: cosine to fp32 mean "
+                    f"{mean_cosine(meta['cosine_to_fp32']):.4f}, worst {worst_cosine(meta['cosine_to_fp32']):.4f}"
                 )
-            cosines.append(mean_cosine(meta["cosine_to_fp32"]))
-            tried.append({"scheme": q.name, "cosine": cosines[-1]})
-            if cosines[-1] >= COSINE_BOUND:
+            agreement = meta["cosine_to_fp32"]
+            cosines.append(mean_cosine(agreement))
+            passed.append(holds(agreement))
+            tried.append({"scheme": q.name, "cosine": cosines[-1], "worst": worst_cosine(agreement)})
+            if passed[-1]:
                 chosen = i
                 break
     finally:
@@ -477,31 +480,36 @@ def prepare_int8(
             os.unlink(ranges)
     prepared.seconds += time.perf_counter() - started
     images = (store.sidecar(onnx_name(candidates[0])) or {}).get("calibration", {}).get("images", "?")
-    said = ", ".join(f"{t['scheme']} {t['cosine']:.4f}" for t in tried)
+    said = ", ".join(f"{t['scheme']} {t['cosine']:.4f} / {t['worst']:.4f}" for t in tried)
     note = None
     if chosen is None:
         best = max(range(len(cosines)), key=lambda i: cosines[i])
         if force or asked.scheme != "auto":
             chosen = best
             note = (
-                f"int8 {schemes[best].name} kept ({'--force-int8' if force else 'asked by name'}) although its mean "
-                f"cosine to fp32 on the {images} calibration images is {cosines[best]:.4f}, under "
-                f"{COSINE_BOUND} on this CPU ({cpu.int8_kind}): expect a less accurate classifier"
+                f"int8 {schemes[best].name} kept ({'--force-int8' if force else 'asked by name'}) although its "
+                f"cosine to fp32 on the {images} calibration images (mean / worst) is {cosines[best]:.4f} / "
+                f"{tried[best]['worst']:.4f}, under the bound ({bound_text()}) on this CPU ({cpu.int8_kind}): "
+                f"expect a less accurate classifier"
             )
         else:
             note = (
-                f"int8 would cost accuracy on this CPU ({cpu.int8_kind}): mean cosine to fp32 on the {images} "
-                f"calibration images {said}, all under {COSINE_BOUND}; using fp32 (--force-int8 keeps int8)"
+                f"int8 would cost accuracy on this CPU ({cpu.int8_kind}): cosine to fp32 on the {images} "
+                f"calibration images (mean / worst) {said}, none within the bound ({bound_text()}); using fp32 "
+                f"(--force-int8 keeps int8)"
             )
     elif len(tried) > 1:
         note = (
-            f"int8 fell back to {schemes[chosen].name} on this CPU ({cpu.int8_kind}): mean cosine to fp32 on the "
-            f"{images} calibration images {said} (bound {COSINE_BOUND})"
+            f"int8 fell back to {schemes[chosen].name} on this CPU ({cpu.int8_kind}): cosine to fp32 on the "
+            f"{images} calibration images (mean / worst) {said} (bound: {bound_text()})"
         )
     result = settings_fp32(settings) if chosen is None else candidates[chosen]
     choice = Int8Choice(result, tried, note)
     if choice.int8:
-        store.update_meta(onnx_name(result), int8_choice={"tried": tried, "bound": COSINE_BOUND, "cpu": cpu.to_dict()})
+        store.update_meta(
+            onnx_name(result),
+            int8_choice={"tried": tried, "bound": [COSINE_BOUND, WORST_BOUND], "cpu": cpu.to_dict()},
+        )
     store.put_record("int8-choice", key, {"settings": result.to_dict(), "tried": tried, "note": note})
     if note:
         prepared.note = note

@@ -29,7 +29,7 @@ AUGMENTATIONS = (
     "trivial",
     "none",
 )  # training-time policies (embedder.backbones.augment; not a setting of vectors)
-CALIBRATIONS = ("minmax",)  # ONNX Runtime 1.31's percentile and entropy calibrators fail on these graphs
+CALIBRATIONS = ("minmax",)  # ORT's percentile/entropy hold every activation of every image: >10 GB (MobileNetV2, 245)
 # How int8 is computed (embedder.engines.quantize.SCHEMES): uint8 activations with per-channel int8 weights (u8s8), the same
 # with 7-bit weights (u8s8-reduce: no 16-bit saturation on CPUs without VNNI), per-tensor int8 weights (u8s8-tensor),
 # per-channel uint8 weights (u8u8). "auto" asks for the CPU's default and its fallbacks (embedder.engines.quantize.ladder).
