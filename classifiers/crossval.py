@@ -25,7 +25,7 @@ from tqdm import tqdm
 from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
 from embedder.options import with_overrides
 
-from .budget import Plan, estimate, extras_estimate, plan
+from .budget import Extra, Plan, estimate, extras_estimate, plan
 from .cluster import layer_tasks, on_cluster
 from .cost import Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
@@ -36,7 +36,7 @@ from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
 from .neighbours import NEIGHBOURS, REFERENCE
 from .options import CVOptions
 from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
-from .shots import curve_rows, learning_curve, parse_shots
+from .shots import ALL, curve_rows, learning_curve, parse_shots
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, make_classifier, parse_spec, search_grid
 
@@ -456,6 +456,12 @@ def cross_validate(
         inner_folds,
         _extras_seconds(data, max(source.data.dims(layer) for source, layer in pairs), extras),
         layer_bytes=4.0 * len(data.y) * max(source.data.dims(layer) for source, layer in pairs),  # float32 rows
+        extra=Extra(
+            data.unlabeled if unlabeled else 0,
+            unlabeled_mode,
+            tuple(k for k in shot_list or () if k != ALL),
+            draws if shot_list else 0,
+        ),
     )
     if say is not None and the_plan.worth_saying:
         say(the_plan.message)
