@@ -67,6 +67,8 @@ class Bounded(click.IntRange):
         return super().convert(n, param, ctx)
 
     def _describe_range(self) -> str:
+        if self.max == INT_MAX and self.min is None:
+            return ""  # no bound but the guard: nothing to say
         if self.max == INT_MAX:
             return click.IntRange(self.min, None, min_open=self.min_open)._describe_range()
         return super()._describe_range()
