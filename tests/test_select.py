@@ -11,7 +11,16 @@ from click.testing import CliRunner
 from helpers import SYNTHETIC_SETTINGS
 
 import cli
-from classifiers.select_rules import COLD, DEFAULT_WARM, choose, prepared, probe_proba
+from classifiers.select_rules import (
+    COLD,
+    DEFAULT_WARM,
+    MARGIN_FROM,
+    choose,
+    coverage_space,
+    normalized,
+    prepared,
+    probe_proba,
+)
 from classifiers.selection import select
 from embedder.cache.hdf5 import CacheWriter
 from embedder.kernel.errors import InvalidValue
@@ -82,10 +91,11 @@ def test_second_round_picks_near_the_decision_boundary(tmp_path):
     rng = np.random.default_rng(0)
     known = np.full(len(y), "", dtype=object)
     for c in (0, 1):
-        known[rng.choice(np.flatnonzero(y == c), 3, replace=False)] = f"c{c}"
+        known[rng.choice(np.flatnonzero(y == c), MARGIN_FROM, replace=False)] = f"c{c}"
     cache, paths = write_cache(tmp_path / "half.h5", X, known)
     picked = select(cache, budget=6)
     assert picked.stage == "labelled" and picked.rule == DEFAULT_WARM
+    assert not any("margins are not used yet" in note for note in picked.notes)
     S = prepared(X.copy())
     pool = np.flatnonzero(known == "")
     proba, _ = probe_proba(S, known, np.flatnonzero(known != ""), pool, ["c0", "c1"], 0)
@@ -94,12 +104,48 @@ def test_second_round_picks_near_the_decision_boundary(tmp_path):
     assert np.median(mine) < np.median(margin), (mine, np.median(margin))
 
 
+def test_under_margin_from_labels_per_class_the_default_covers_what_the_labels_do_not(tmp_path):
+    """With 1 labelled image of blobs 0 and 1 (of 4), the default's margins are not used: its picks are the k-means
+    rule's own, and they go to the two blobs with no label first (one each)."""
+    X, blob = blobs()
+    known = np.full(len(blob), "", dtype=object)
+    known[np.flatnonzero(blob == 0)[0]], known[np.flatnonzero(blob == 1)[0]] = "a", "b"
+    cache, paths = write_cache(tmp_path / "two.h5", X, known)
+    picked = select(cache, budget=2)
+    assert picked.rule == DEFAULT_WARM and picked.stage == "labelled"
+    assert any(
+        "1.0 labelled images per class, under 5: the probe's margins are not used yet" in n for n in picked.notes
+    )
+    assert sorted(blob[paths.index(p.path)] for p in picked.picks) == [2, 3]
+    same = select(cache, budget=2, strategy="kmeans")
+    assert [p.path for p in same.picks] == [p.path for p in picked.picks]
+
+
+def test_the_coverage_space_keeps_the_geometry_of_the_main_directions():
+    """Rows of rank 3 in 200 dimensions: the projection on 64 principal directions holds all their variance, so its
+    cosines are those of the centred rows; with 60 strong directions and 40 faint ones, the faint ones are (nearly) dropped."""
+    rng = np.random.default_rng(0)
+    Q = np.linalg.qr(rng.normal(size=(200, 3)))[0]
+    X = (rng.normal(size=(80, 3)) * [5, 3, 1]) @ Q.T + 2.0
+    S = coverage_space(X.astype(np.float32))
+    centred = normalized((X - X.mean(axis=0)).astype(np.float32))
+    assert S.shape == (80, 64)
+    np.testing.assert_allclose(np.linalg.norm(S, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(S @ S.T, centred @ centred.T, atol=1e-3)
+    W = rng.normal(size=(300, 100)) * np.r_[np.full(60, 10.0), np.full(40, 0.01)]
+    low = coverage_space(W.astype(np.float32))
+    strong = normalized((W[:, :60] - W[:, :60].mean(axis=0)).astype(np.float32))
+    assert np.abs(low @ low.T - strong @ strong.T).max() < 1e-3
+    small = np.ones((5, 16), dtype=np.float32)
+    assert coverage_space(small) is small
+
+
 def test_one_labelled_image_per_class_uses_a_fixed_c_and_says_so(tmp_path):
     X, y = two_overlapping()
     known = np.full(len(y), "", dtype=object)
     known[0], known[-1] = "c0", "c1"
     cache, _ = write_cache(tmp_path / "one.h5", X, known)
-    picked = select(cache, budget=3)
+    picked = select(cache, budget=3, strategy="margin")
     assert picked.stage == "labelled" and len(picked.picks) == 3
     assert any("C fixed at 0.1 (a class has a single labelled image" in note for note in picked.notes)
 
