@@ -26,11 +26,12 @@ from embedder.kernel.store import engine_dir_for, sha256_of, weights_digest
 from embedder.kernel.versions import library_versions
 from embedder.options import ExtractOptions, RunOptions, with_overrides
 
+from .calibration import PROBABILITY, apply_temperature, calibrate, raw_scores, uncalibrated
 from .crossval import RANK_BY
 from .data import labeled, open_cache
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
-from .metrics import confusion, per_class, scores
+from .metrics import confusion, ece, per_class, reliability, scores
 from .modelfile import FORMAT, VERSION, input_dimensions, read_model, write_model
 from .options import TrainOptions
 from .semi import MODES, UNLABELED, SemiSupervised
@@ -56,12 +57,20 @@ class Bundle:
     def describe(self) -> dict:
         return {k: v for k, v in self.to_dict().items() if k != "pipeline"} | {"pipeline": describe(self.pipeline)}
 
+    @property
+    def calibration(self) -> dict | None:
+        """How ``train`` calibrated the probabilities (``classifiers.calibration``); None in a model file written
+        before calibration."""
+        return self.trained_on.get("calibration")
+
     def scores(self, X: np.ndarray) -> tuple[np.ndarray, str]:
-        """Per row and class: probabilities when the classifier has them, else decision scores."""
-        if hasattr(self.pipeline, "predict_proba"):
-            return self.pipeline.predict_proba(X), "probability"
-        s = self.pipeline.decision_function(X)
-        return (np.column_stack([-s, s]) if s.ndim == 1 else s), "decision"
+        """Per row and class: the calibrated probabilities (``probability``). A model file written before
+        calibration: the classifier's own probabilities, or its decision scores (``decision``) when it has none."""
+        values, kind = raw_scores(self.pipeline, X)
+        cal = self.calibration
+        if cal is None or cal["input"] is None:
+            return values, kind
+        return apply_temperature(values, cal["input"], cal["temperature"]), PROBABILITY
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.pipeline.predict(X)
@@ -162,6 +171,9 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     else:
         fit_grouped(pipeline, X, data.y, group_ids)
     notes += fallbacks(pipeline)
+    calibration = _calibration(o, pipeline, X, data.y, group_ids, bool(unlabeled))
+    if calibration["method"] == "none" and o.calibrate:
+        notes.append(calibration["note"])
     bundle = Bundle(
         pipeline,
         data.classes,
@@ -180,6 +192,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
             **({"search": found} if found else {}),
             **({"labels": {"csv": labels, "sha256": sha256_of(labels)}} if labels else {}),
             **({"unlabeled": semi_info} if semi_info else {}),
+            "calibration": calibration,
             **({"notes": notes} if notes else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
@@ -188,6 +201,20 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     if out:
         save_bundle(bundle, out)
     return bundle
+
+
+def _calibration(o: TrainOptions, pipeline, X, y, groups, unlabeled: bool) -> dict:
+    """The temperature of the fitted ``pipeline`` (``calibration.calibrate``: clones fit on inner folds of the
+    labelled rows), or why there is none."""
+    kind = PROBABILITY if hasattr(pipeline, "predict_proba") else "decision"
+    if not o.calibrate:
+        return uncalibrated(kind, "calibrate=False")
+    found = calibrate(pipeline, X, y, groups, seed=o.seed)
+    if unlabeled and found["method"] != "none":
+        found["note"] = "; ".join(
+            filter(None, [found.get("note"), "inner folds of the labelled rows, without the pseudo-labelled ones"])
+        )
+    return found
 
 
 def _found(searched, splitter, folds: int) -> dict:
@@ -364,6 +391,9 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     values, kind = bundle.scores(X)
     seconds = time.perf_counter() - started
     k = len(bundle.classes)
+    probability = kind == PROBABILITY
+    metrics = scores(y, pred, values if probability else None, k)
+    metrics["ece"] = ece(y, values) if probability else None
     return {
         "model": bundle.classifier,
         "layer": bundle.layer,
@@ -371,7 +401,13 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
         "source": reader.attrs["source"],
         "rows": int(len(y)),
         "classes": bundle.classes,
-        "metrics": scores(y, pred, values if kind == "probability" else None, k),
+        "metrics": metrics,
+        "calibration": {
+            "method": (bundle.calibration or {}).get("method", "none (a model file written before calibration)"),
+            "ece": "top-label expected calibration error of the model's probabilities on these rows, 15 "
+            "equal-width bins; log_loss: of the same probabilities",
+            "reliability": reliability(y, values) if probability else None,
+        },
         "per_class": per_class(y, pred, bundle.classes),
         "confusion": confusion(y, pred, k).tolist(),
         "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
@@ -454,8 +490,9 @@ def is_cache_file(path) -> bool:
 def pseudo_labels(model, cache, *, sort: str = "confidence", trust_pickle: bool = False) -> dict:
     """The model's label and confidence for every unlabeled row of a cache made with its embedding settings (a
     whole cache when it has no labels): pseudo-labels to review, least confident first (``sort="confidence"``)
-    or by path. The confidence is the predicted class's probability, or its decision score for a classifier
-    without probabilities (``"score"`` says which)."""
+    or by path. The confidence is the predicted class's calibrated probability (``train`` calibrates every entry,
+    ``classifiers.calibration``); from a model file written before calibration, the classifier's own probability,
+    or its decision score for a classifier without probabilities (``"score"`` says which)."""
     if sort not in SORTS:
         raise InvalidValue(f"--sort {sort!r}: choose {' or '.join(SORTS)}")
     bundle = _bundle(model, trust_pickle)

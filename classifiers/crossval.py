@@ -26,13 +26,14 @@ from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
 from embedder.options import with_overrides
 
 from .budget import Extra, Plan, estimate, extras_estimate, plan
+from .calibration import DECISION, PROBABILITY, apply_temperature, cross_fitted, placed, raw_scores
 from .cluster import layer_tasks, on_cluster
 from .cost import Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
 from .extras import kept, neighbours_of
 from .folds import fallbacks, fit_grouped, inner_splitter
 from .labels import labels_of
-from .metrics import METRICS, confusion, full_proba, mean_std, per_class, scores
+from .metrics import METRICS, confusion, ece, full_proba, mean_std, per_class, reliability, scores
 from .neighbours import NEIGHBOURS, REFERENCE
 from .options import CVOptions
 from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
@@ -124,6 +125,12 @@ class CVResult:
     predictions: np.ndarray  # (repeats, rows) predicted class index
     proba: np.ndarray | None  # (repeats, rows, classes), or None when the classifier has no probabilities
     backbone: str = ""  # the short name of the cache it ran on (see Source)
+    decisions: np.ndarray | None = None  # (repeats, rows, classes) decision scores of an entry without probabilities
+
+    @property
+    def raw(self) -> tuple[np.ndarray | None, str]:
+        """The out-of-fold output that calibration starts from: the probabilities, else the decision scores."""
+        return (self.proba, PROBABILITY) if self.proba is not None else (self.decisions, DECISION)
 
     def metric(self, name: str) -> dict:
         return mean_std([f.scores[name] for f in self.folds])
@@ -230,6 +237,42 @@ class CVReport:
         """The rows of the cache ``result`` ran on (aligned to the first cache's)."""
         return next(s.data for s in self.sources if s.name == result.backbone)
 
+    def calibration(self, result: CVResult) -> dict | None:
+        """The row's out-of-fold top-label ECE (15 equal-width bins) and reliability diagram, of calibrated
+        probabilities as ``train`` makes them, without a fit more: each fold's rows scaled by the temperature fit on
+        the other folds' out-of-fold scores (``calibration.cross_fitted``); with probabilities of its own, the
+        entry's uncalibrated ECE beside it. Means over repeats; the diagram pools them. None when a fold's output
+        is missing (a run of an older version)."""
+        raw, kind = result.raw
+        if raw is None:
+            return None
+        y = self.data.y
+        calibrated, uncalibrated, temperatures, pooled = [], [], [], []
+        for r in range(raw.shape[0]):
+            fold_of = np.full(len(y), -1)
+            for s in self.splits:
+                if s.repeat == r:
+                    fold_of[s.test] = s.fold
+            p, ts = cross_fitted(raw[r].astype(np.float64), kind, y, fold_of)
+            calibrated.append(ece(y, p))
+            temperatures += ts
+            pooled.append(p)
+            if kind == PROBABILITY:
+                uncalibrated.append(ece(y, apply_temperature(raw[r], kind, 1.0)))
+        p = np.vstack(pooled)
+        y_all = np.tile(y, raw.shape[0])
+        rows = np.arange(len(y_all))
+        return {
+            "ece": round(float(np.mean(calibrated)), 4),
+            "ece_uncalibrated": round(float(np.mean(uncalibrated)), 4) if uncalibrated else None,
+            "log_loss": round(float(-np.log(np.clip(p[rows, y_all], 1e-15, None)).mean()), 4),
+            "input": kind,
+            "temperatures": temperatures,
+            "bins": [
+                {k: (round(v, 4) if isinstance(v, float) else v) for k, v in b.items()} for b in reliability(y_all, p)
+            ],
+        }
+
     def confusion(self, result: CVResult) -> np.ndarray:
         """Summed over every fold of every repeat (each image counts once per repeat)."""
         y = np.tile(self.data.y, len(result.predictions))
@@ -332,13 +375,17 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int, free: np.nd
     proba = (
         full_proba(model.predict_proba(X_test), model.classes_, n_classes) if hasattr(model, "predict_proba") else None
     )
+    decision = None
+    if proba is None and hasattr(model, "decision_function"):  # for the report's calibration (cross_fitted)
+        values, _ = raw_scores(model, X_test)
+        decision = placed(values, DECISION, model.classes_, n_classes).astype(np.float32)
     predicted = time.perf_counter()
     best = model.best_params_ if isinstance(model, GridSearchCV) else None
     missing = sorted(set(range(n_classes)) - set(np.asarray(model.classes_).tolist()))
     semi = None
     if isinstance(model, SemiSupervised):
         semi = {"used": bool(model.used_), "decision": model.decision_, "pseudo": int(model.pseudo_)}
-    return pred, proba, fitted - started, predicted - fitted, best, missing, fallbacks(model), semi
+    return pred, proba, fitted - started, predicted - fitted, best, missing, fallbacks(model), semi, decision
 
 
 def _in_place(model, on: bool = True):
@@ -517,7 +564,10 @@ def cross_validate(
                                 say(f"cv: {spec} left out: it cannot fit these data ({where}: {why})")
                             the_plan.skipped.setdefault(spec, f"{where}: {why}")
                             break  # and its variant with the unlabeled rows
-                        results.append(CVResult(name, layer, pipeline, *collected, source.name))
+                        folds_, predictions_, proba_, decisions_ = collected
+                        results.append(
+                            CVResult(name, layer, pipeline, folds_, predictions_, proba_, source.name, decisions_)
+                        )
                         if shot_list is not None:
                             bar.set_postfix_str(f"learning curve; {name} @ {where}")
                             points = learning_curve(
@@ -580,14 +630,18 @@ def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar, we
     prediction (and probabilities) in each repeat; the bar advances by each fold's weight."""
     repeats = max(s.repeat for s in splits) + 1
     predictions = np.full((repeats, len(y)), -1, dtype=np.int64)
-    proba = None
+    proba = decisions = None
     folds = []
-    for s, weight, (pred, p, fit_s, pred_s, best, missing, notes, semi) in zip(splits, weights, fitted):
+    for s, weight, (pred, p, fit_s, pred_s, best, missing, notes, semi, d) in zip(splits, weights, fitted):
         predictions[s.repeat, s.test] = pred
         if p is not None:
             if proba is None:
                 proba = np.zeros((repeats, len(y), n_classes), dtype=np.float32)
             proba[s.repeat, s.test] = p
+        if d is not None:
+            if decisions is None:
+                decisions = np.zeros((repeats, len(y), n_classes), dtype=np.float32)
+            decisions[s.repeat, s.test] = d
         folds.append(
             FoldResult(
                 s.repeat,
@@ -602,7 +656,7 @@ def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar, we
             )
         )
         bar.update(weight)
-    return folds, predictions, proba
+    return folds, predictions, proba, decisions
 
 
 def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, n_jobs: int, free=None):

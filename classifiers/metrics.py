@@ -13,6 +13,7 @@ from sklearn.metrics import (
 )
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
+ECE_BINS = 15  # equal-width bins of the top-label confidence (Guo et al., 2017)
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, n_classes: int) -> dict[str, float | None]:
@@ -29,6 +30,40 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, n_c
         }
     out["log_loss"] = float(log_loss(y_true, proba, labels=np.arange(n_classes))) if proba is not None else None
     return out
+
+
+def reliability(y_true: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """The top-label reliability diagram: per equal-width bin of the predicted class's probability (``bins`` bins
+    over [0, 1], the last one closed), how many rows fall in it, their mean confidence and their accuracy."""
+    proba = np.asarray(proba, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    confidence = proba.max(axis=1)
+    right = (proba.argmax(axis=1) == y_true).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        rows = which == b
+        n = int(rows.sum())
+        out.append(
+            {
+                "low": b / bins,
+                "high": (b + 1) / bins,
+                "count": n,
+                "confidence": float(confidence[rows].mean()) if n else None,
+                "accuracy": float(right[rows].mean()) if n else None,
+            }
+        )
+    return out
+
+
+def ece(y_true: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label expected calibration error: over ``bins`` equal-width bins of the predicted class's probability,
+    the row-weighted mean of |accuracy - mean confidence| (0: a "0.9" is right 90 % of the time)."""
+    cells = reliability(y_true, proba, bins)
+    n = sum(c["count"] for c in cells)
+    if not n:
+        return 0.0
+    return float(sum(c["count"] * abs(c["accuracy"] - c["confidence"]) for c in cells if c["count"]) / n)
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:

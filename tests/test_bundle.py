@@ -67,7 +67,7 @@ def test_predict_embeds_with_the_models_settings_and_reports_bad_files(trained, 
     index = {p: i for i, p in enumerate(train.paths)}
     X_train = train.features()
     for name in ("img00.jpg", "img01.png", "img02.jpg", "img03.png"):
-        expected = bundle.pipeline.predict_proba(X_train[[index[f"dogs/{name}"]]])[0]
+        expected = bundle.scores(X_train[[index[f"dogs/{name}"]]])[0][0]  # the calibrated probabilities
         row = rows[name]
         assert row["predicted"] == "dogs" and row["top"][0]["class"] == "dogs" and len(row["top"]) == 2
         assert row["score"] == pytest.approx(expected.max(), abs=1e-4)  # same vectors as training, to batch noise
@@ -130,7 +130,7 @@ def test_a_moved_weights_file_is_found_by_its_hash(tmp_path):
     with pytest.raises(FeaturebankError, match="not there: pass --weights PATH"):
         predict(str(tmp_path / "m.joblib"), [str(images)], **RUN)
     result = predict(str(tmp_path / "m.joblib"), [str(images)], weights=str(moved), **RUN)
-    assert result["score"] == "decision" and [r["predicted"] for r in result["rows"]] == ["a", "a", "b", "b"]
+    assert result["score"] == "probability" and [r["predicted"] for r in result["rows"]] == ["a", "a", "b", "b"]
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "other.pth")
     with pytest.raises(FeaturebankError, match="is not the weights file the model was trained with"):
         predict(str(tmp_path / "m.joblib"), [str(images)], weights=str(tmp_path / "other.pth"), **RUN)

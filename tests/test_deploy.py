@@ -70,12 +70,20 @@ def files_of(result: dict, folder) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "spec,how,output",
-    [("logreg", "folded", "probability"), ("ridge", "folded", "decision"), ("rbf-svm", "skl2onnx", "decision")],
+    "spec,how,output,calibrate",
+    [
+        ("logreg", "folded", "probability", True),
+        ("ridge", "folded", "probability", True),
+        ("rbf-svm", "skl2onnx", "probability", True),
+        pytest.param("ridge", "folded", "probability", False, marks=pytest.mark.integration),
+    ],
 )
-def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, output):
+def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, output, calibrate):
+    """The exported file's probabilities are predict's: calibrated by the model file's temperature (or, with
+    calibrate=False, a softmax of ridge's decision scores), within float32 rounding."""
     root, images = trained
-    bundle = train(str(root / "train.h5"), classifier=spec, out=str(tmp_path / "model.joblib"))
+    bundle = train(str(root / "train.h5"), classifier=spec, out=str(tmp_path / "model.joblib"), calibrate=calibrate)
+    assert bundle.calibration["method"] == ("temperature" if calibrate else "none")
     written = export(str(tmp_path / "model.joblib"), str(tmp_path / "model.onnx"))
     assert (written.precision, written.head, written.output) == ("fp32", how, output)
     assert written.bytes == os.path.getsize(tmp_path / "model.onnx") > 1_000_000  # resnet18's weights are inside
@@ -104,15 +112,24 @@ def test_every_exportable_zoo_head_gives_sklearns_scores(k):
     y = np.arange(60) % k
     specs = [n for n in list_classifiers() if refusal(make_classifier(n)) is None]
     assert specs == ["logreg", "linear-svm", "rbf-svm", "ridge", "lda", "random-forest"]
-    for spec in specs + ["logreg:l2=on,pca=10", "ridge:scale=off,l2=on", "knn:weights=uniform", "rbf-svm:pca=off"]:
-        bundle = Bundle(make_classifier(spec).fit(X, y), [f"c{i}" for i in range(k)], spec, "x", {})
-        model, _ = head_model(Head(bundle.classes, bundle.pipeline, spec, X), 24, 17, 8)
+    extra = ["logreg:l2=on,pca=10", "ridge:scale=off,l2=on", "knn:weights=uniform", "rbf-svm:pca=off"]
+    for spec, temperature in [(s, None) for s in specs + extra] + [(s, t) for s in specs for t in (0.4, 2.5)]:
+        pipeline = make_classifier(spec).fit(X, y)
+        kind = "probability" if hasattr(pipeline, "predict_proba") else "decision"
+        trained_on = {} if temperature is None else {"calibration": {"input": kind, "temperature": temperature}}
+        bundle = Bundle(pipeline, [f"c{i}" for i in range(k)], spec, "x", {}, trained_on=trained_on)
+        head = Head(bundle.classes, bundle.pipeline, spec, X, bundle.calibration, bundle.scores)
+        model, _ = head_model(head, 24, 17, 8)
+        assert check_head(model, head, 24)["max_difference"] < 1e-4
         X_new = (X + rng.normal(0, 0.3, X.shape)).astype(np.float32)
         got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
             None, {"features": X_new}
         )
-        expected, _ = bundle.scores(X_new)
-        np.testing.assert_allclose(got[0], expected, atol=1e-4, err_msg=spec)
+        expected, said = bundle.scores(X_new)
+        assert said == ("probability" if temperature else kind)
+        if temperature:  # calibrated: every row a distribution, not the raw output
+            np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-9)
+        np.testing.assert_allclose(got[0], expected, atol=1e-4, err_msg=f"{spec} T={temperature}")
         np.testing.assert_array_equal(got[1], bundle.predict(X_new), err_msg=spec)
 
 

@@ -465,9 +465,7 @@ def test_an_int8_model_predicts_with_its_own_engine_and_layers(tmp_path, monkeyp
     images = [str(root / "cats" / "img00.jpg"), str(root / "owls" / "img03.png")]
     rows = predict(str(tmp_path / "m.joblib"), images)["rows"]
     X, _, paths = embedder.load(cache, "flatten")
-    expected = bundle.pipeline.predict_proba(
-        X[[list(paths).index("cats/img00.jpg"), list(paths).index("owls/img03.png")]]
-    )
+    expected = bundle.scores(X[[list(paths).index("cats/img00.jpg"), list(paths).index("owls/img03.png")]])[0]
     assert [r["predicted"] for r in rows] == [bundle.classes[i] for i in expected.argmax(1)]
     np.testing.assert_allclose([r["score"] for r in rows], expected.max(1), atol=1e-6)  # scores rounded to 6 places
     assert bundle.trained_on["layers"] == ["layer3", "flatten"]

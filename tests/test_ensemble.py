@@ -144,7 +144,8 @@ def test_in_grid_search_and_in_a_model_file(tmp_path):
     X, y = synthetic_cache(tmp_path / "c.h5")
     bundle = train(str(tmp_path / "c.h5"), classifier="ensemble", layer="flatten", out=str(tmp_path / "m.joblib"))
     again = load_bundle(str(tmp_path / "m.joblib"))
-    np.testing.assert_array_equal(again.scores(X)[0], bundle.pipeline.predict_proba(X))
+    np.testing.assert_array_equal(again.pipeline.predict_proba(X), bundle.pipeline.predict_proba(X))
+    np.testing.assert_array_equal(again.scores(X)[0], bundle.scores(X)[0])  # calibrated, as trained
     assert again.scores(X)[1] == "probability" and again.describe()["pipeline"].startswith("soft vote of")
     result = evaluate(str(tmp_path / "m.joblib"), str(tmp_path / "c.h5"))
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean(again.predict(X) == y))

@@ -395,7 +395,9 @@ def test_the_page_needs_no_torch(tmp_path):
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 PROBE = """<script>
 window.addEventListener("load", function () {
-  function box(el) { var r = el.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }
+  function box(el) {  // in page coordinates: the link to a cell scrolls a long page
+    var r = el.getBoundingClientRect(); return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height];
+  }
   var out = {leaderboard: box(document.getElementById("leaderboard-table")),
              thumbs: Array.prototype.map.call(document.querySelectorAll("#suspicious img.thumb"),
                        function (i) { return [i.complete, i.naturalWidth, box(i)]; }),

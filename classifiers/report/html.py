@@ -470,6 +470,9 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
     chart = curve_chart(d)
     if chart:
         sections.append(("learning-curve", "Learning curve"))
+    reliability = reliability_charts(d)
+    if reliability:
+        sections.append(("calibration", "Calibration"))
     figure = _map(run_dir)
     if figure:
         sections.append(("map", "Map"))
@@ -513,6 +516,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
             for p in (unlabeled or {}).get("pairs", [])
         ],
         "curve": chart,
+        "reliability": reliability,
         "error_saturates": int(100 * ERROR_SATURATES),
         "failed": d["failed"][:200],
         "failed_count": len(d["failed"]),
@@ -591,6 +595,55 @@ def curve_chart(d: dict) -> dict | None:
         "shots": shots,
         "cells": cells,
     }
+
+
+def reliability_charts(d: dict, size: int = 180, pad: int = 26) -> list[dict]:
+    """A reliability diagram per row of a run (best first), as SVG coordinates for the template: per bin of
+    the calibrated out-of-fold confidence (``results[].calibration.bins``), a bar as high as the bin's accuracy
+    from its left edge to its right, the diagonal of perfect calibration, and the row's ECE. Empty for a run
+    written before calibration was reported."""
+    by_row = {(r["backbone"], r["classifier"], r["layer"]): r for r in d.get("results", [])}
+    charts = []
+    inner = size - 2 * pad
+
+    def at(v: float, vertical: bool = False) -> float:
+        return round(pad + (1.0 - v) * inner, 1) if vertical else round(pad + v * inner, 1)
+
+    for row in d["leaderboard"]:
+        r = by_row.get((row["backbone"], row["classifier"], row["layer"]))
+        cal = (r or {}).get("calibration")
+        if not cal:
+            continue
+        total = max(1, sum(b["count"] for b in cal["bins"]))
+        bars = [
+            {
+                "x": at(b["low"]),
+                "y": at(b["accuracy"], True),
+                "w": round(at(b["high"]) - at(b["low"]) - 1, 1),
+                "h": round(at(0.0, True) - at(b["accuracy"], True), 1),
+                "conf_y": at(b["confidence"], True),
+                "shade": round(0.25 + 0.75 * min(1.0, 5 * b["count"] / total), 2),
+                "text": f"{100 * b['low']:.0f}-{100 * b['high']:.0f} %: {b['count']} rows, accuracy "
+                f"{100 * b['accuracy']:.1f} %, mean confidence {100 * b['confidence']:.1f} %",
+            }
+            for b in cal["bins"]
+            if b["count"]
+        ]
+        before = cal.get("ece_uncalibrated")
+        charts.append(
+            {
+                "name": model_name(d, row),
+                "ece": f"{cal['ece']:.3f}",
+                "before": f"{before:.3f}" if before is not None else None,
+                "log_loss": f"{cal['log_loss']:.3f}",
+                "input": cal["input"],
+                "bars": bars,
+                "size": size,
+                "lo": at(0.0),
+                "hi": at(1.0),
+            }
+        )
+    return charts
 
 
 def _short(source: str) -> str:

@@ -32,7 +32,8 @@ def classifiers_text(rows: list[dict]) -> list[str]:
         lines += [
             f"{r['name']:14} {r['summary']}",
             f"{'':14}   {r['pipeline']}",
-            f"{'':14}   probabilities: {'yes' if r['probabilities'] else 'no'}; --search: {grid}",
+            f"{'':14}   probabilities: {'its own' if r['probabilities'] else 'from its decision scores'}, "
+            f"calibrated by train; --search: {grid}",
         ]
     return lines
 
@@ -121,7 +122,17 @@ def train_text(d: dict) -> list[str]:
         )
     if d["trained_on"].get("labels"):
         lines.append(f"  labels: {d['trained_on']['labels']['csv']} over the cache's own")
-    lines += [f"  note: {n}" for n in d["trained_on"].get("notes") or []]
+    cal = d["trained_on"].get("calibration")
+    if cal and cal["method"] == "temperature":
+        oof = cal["out_of_fold"]
+        lines.append(
+            f"  probabilities: calibrated, temperature {cal['temperature']:.3g} fit on {cal['folds']} inner folds "
+            f"({cal['fits']} more fits, {cal['seconds']:.1f} s; out-of-fold log-loss {oof['log_loss_before']:.3f} → "
+            f"{oof['log_loss_after']:.3f}, on the rows it was fit on); --no-calibrate leaves it out"
+        )
+    elif cal:
+        lines.append(f"  probabilities: {cal['note']}")
+    lines += [f"  note: {n}" for n in d["trained_on"].get("notes") or [] if not cal or n != cal.get("note")]
     s = d["settings"]
     lines.append(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
     return lines
@@ -134,7 +145,8 @@ def evaluate_text(d: dict) -> list[str]:
         f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']} (cache {d['cache']})",
         f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
         f"macro-F1 {100 * m['f1_macro']:.2f} %"
-        + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else ""),
+        + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else "")
+        + (f", ECE {m['ece']:.4f} (15 bins)" if m.get("ece") is not None else ""),
         f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}",
     ]
     lines += [

@@ -35,6 +35,15 @@ from .reading import (
     unlabeled_role,
 )
 
+CALIBRATION_NOTE = {
+    "ece": "top-label expected calibration error, 15 equal-width bins of the predicted class's probability, "
+    "out of fold (every labelled row once per repeat, mean over repeats)",
+    "of": "calibrated probabilities, as train makes them (one temperature on the logits), cross-fitted: each "
+    "fold's temperature fit by log-loss on the other folds' out-of-fold scores and labels, applied to this fold's "
+    "rows; no fit more. ece_uncalibrated: the entry's own probabilities, for the entries that have them",
+    "log_loss": "calibration.log_loss: of those calibrated probabilities (metrics.log_loss: the entry's own)",
+}
+
 
 def _round(value, digits=4):
     return None if value is None else round(float(value), digits)
@@ -54,7 +63,9 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
     board = [r for r, _ in compared]
     susp_from, susp = report.suspicious(suspicious)
     results = []
+    calibration = {id(r): report.calibration(r) for r in report.results}
     for r in report.results:
+        cal = calibration[id(r)]
         results.append(
             {
                 "backbone": r.backbone,
@@ -64,6 +75,8 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
                 "pipeline": r.pipeline,
                 "features": report.source(r).dims(r.layer),
                 "metrics": {m: _metric(r, m) for m in METRICS},
+                "ece": cal["ece"] if cal else None,
+                **({"calibration": cal} if cal else {}),
                 "per_class": {
                     c: {k: _round(v) if k != "support" else v for k, v in d.items()}
                     for c, d in report.per_class(r).items()
@@ -127,6 +140,7 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
                 "not_worse": "p >= alpha: not significantly worse than the best (no correction "
                 "for the number of rows compared)",
             },
+            "calibration": CALIBRATION_NOTE,
         },
         "leaderboard": [
             {
@@ -137,6 +151,7 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
                 "layer": r.layer,
                 "features": report.source(r).dims(r.layer),
                 **{m: {"mean": _round(r.metric(m)["mean"]), "std": _round(r.metric(m)["std"])} for m in METRICS},
+                "ece": (calibration[id(r)] or {}).get("ece"),
                 "fit_seconds": _round(np.mean([f.fit_seconds for f in r.folds]), 3),
                 "predict_seconds": _round(np.mean([f.predict_seconds for f in r.folds]), 3),
                 "t": _round(c.t, 4) if c.t is None or np.isfinite(c.t) else str(c.t),

@@ -90,7 +90,7 @@ def export_model(
         return write_onnx(
             settings,
             build_model,
-            Head(bundle.classes, bundle.pipeline, bundle.classifier, samples),
+            Head(bundle.classes, bundle.pipeline, bundle.classifier, samples, bundle.calibration, bundle.scores),
             out,
             store=EngineStore(options.engine_dir or engine_dir_for(cache)),
             precision=precision or ("int8" if settings.int8 else "fp32"),

@@ -55,13 +55,31 @@ class Head:
     pipeline: Any = None  # a fitted scikit-learn pipeline
     name: str = ""
     samples: np.ndarray | None = None  # feature rows to check the converted head on (the training rows)
+    # the model file's calibration (``input``: probability or decision, ``temperature``), None for none
+    calibration: dict | None = None
+    reference: Any = None  # rows → (scores, kind) as ``Bundle.scores``: what the exported head must give
 
     @property
-    def output(self) -> str:
-        """``probability`` or ``decision``: what ``Bundle.scores`` returns for this pipeline."""
+    def raw_output(self) -> str:
+        """``probability`` or ``decision``: what the pipeline itself gives."""
         if self.pipeline is None or hasattr(self.pipeline, "predict_proba"):
             return "probability"
         return "decision"
+
+    @property
+    def output(self) -> str:
+        """``probability`` or ``decision``: what ``Bundle.scores`` returns for this head (calibrated: probabilities)."""
+        return "probability" if self.calibration is not None else self.raw_output
+
+
+def _calibrated(g: Graph, s: str, head: Head) -> str:
+    """The model file's temperature on the raw scores, as ``classifiers.calibration.apply_temperature``:
+    ``softmax(log(p + 1e-12) / T)`` for probabilities, ``softmax(d / T)`` for decision scores."""
+    cal = head.calibration
+    if cal is None:
+        return s
+    z = g.op("Log", [g.op("Add", [s, g.const(np.float32(1e-12), "eps")])]) if cal["input"] == "probability" else s
+    return g.op("Softmax", [g.op("Mul", [z, g.const(np.float32(1.0 / float(cal["temperature"])), "beta")])], axis=1)
 
 
 # -- the graph builder --------------------------------------------------------------------------------------------
@@ -257,15 +275,16 @@ def head_model(head: Head, width: int, opset: int, ir_version: int) -> tuple[onn
     if kind in FOLDED:
         coef = np.atleast_2d(clf.coef_)
         affine.then(coef.T, np.broadcast_to(clf.intercept_, (coef.shape[0],)))
-        scores = _probabilities_or_scores(g, affine.write(g, x), k, head.output == "probability")
-        return g.model(inputs, _finish(g, scores, k), opset, ir_version), "folded"
+        raw = _probabilities_or_scores(g, affine.write(g, x), k, head.raw_output == "probability")
+        return g.model(inputs, _finish(g, _calibrated(g, raw, head), k, raw), opset, ir_version), "folded"
     return _converted(g, affine.write(g, x), clf, head, width, opset, ir_version), "skl2onnx"
 
 
-def _finish(g: Graph, scores: str, k: int) -> list:
-    """``scores`` and their arg-max, ``label``: the graph's outputs."""
+def _finish(g: Graph, scores: str, k: int, raw: str | None = None) -> list:
+    """``scores`` and their arg-max, ``label``: the graph's outputs. ``raw``: the scores before calibration, whose
+    arg-max is the same class (a temperature keeps the order) without float32 ties of nearly flat probabilities."""
     g.op("Identity", [scores], SCORES)
-    g.op("ArgMax", [SCORES], LABEL, axis=1, keepdims=0)
+    g.op("ArgMax", [raw or SCORES], LABEL, axis=1, keepdims=0)
     return [
         helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["batch", k]),
         helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["batch"]),
@@ -313,7 +332,9 @@ def _converted(g: Graph, x: str, clf, head: Head, width: int, opset: int, ir_ver
     s = post.op("Cast", [probabilities.name], to=TensorProto.FLOAT)
     if kind == "SVC" and len(head.classes) == 2 and not hasattr(clf, "predict_proba"):
         s = post.op("Neg", [s])  # skl2onnx writes a binary SVC's decision as [d, -d]; Bundle.scores as [-d, d]
-    tail = post.model([probabilities], _finish(post, s, len(head.classes)), opset, ir_version)
+    tail = post.model(
+        [probabilities], _finish(post, _calibrated(post, s, head), len(head.classes), s), opset, ir_version
+    )
     pre.graph.ClearField("output")
     pre.graph.output.extend([clf_in])
     joined = compose.merge_models(pre, converted, io_map=[(clf_in.name, clf_in.name)], outputs=[probabilities.name])
@@ -357,7 +378,9 @@ def check_head(model: onnx.ModelProto, head: Head, width: int) -> dict:
     X = np.ascontiguousarray(X[:512], dtype=np.float32)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run([SCORES], {"features": X})[0].astype(np.float64)
-    if hasattr(head.pipeline, "predict_proba"):
+    if head.reference is not None:
+        ref = np.asarray(head.reference(X)[0], dtype=np.float64)
+    elif hasattr(head.pipeline, "predict_proba"):
         ref = head.pipeline.predict_proba(X)
     else:
         ref = head.pipeline.decision_function(X)

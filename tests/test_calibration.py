@@ -1,0 +1,210 @@
+"""Calibrated probabilities for every zoo entry (``classifiers.calibration``): the ECE as defined, the temperature
+as scikit-learn's, calibration that lowers a deliberately over-confident model's held-out ECE and changes no
+prediction, every entry's rows summing to one after ``train``, the one-image-per-class fallback said in the model
+file, ``--no-calibrate`` end to end, ``evaluate``'s ECE and ``cv``'s cross-fitted ECE with its reliability diagram."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import synthetic_cache
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+import cli
+from classifiers.bundle import evaluate, load_bundle, pseudo_labels, train
+from classifiers.calibration import apply_temperature, calibrate, cross_fitted, fit_temperature, raw_scores
+from classifiers.crossval import cross_validate
+from classifiers.metrics import ece, reliability
+from classifiers.report.writer import report_dict
+from classifiers.zoo import get_spec
+
+
+def test_ece_is_the_row_weighted_gap_between_accuracy_and_confidence_over_15_bins():
+    # four rows at confidence 0.9 (3 right: accuracy 0.75), two at 0.6 (both right), top label first column
+    proba = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    y = np.array([0, 0, 0, 1, 0, 0])
+    assert ece(y, proba) == pytest.approx((4 * abs(0.75 - 0.9) + 2 * abs(1.0 - 0.6)) / 6)
+    cells = reliability(y, proba)
+    assert len(cells) == 15 and sum(c["count"] for c in cells) == 6
+    high = next(c for c in cells if c["low"] <= 0.9 < c["high"])
+    assert (high["count"], high["accuracy"], high["confidence"]) == (4, 0.75, pytest.approx(0.9))
+    assert ece(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0  # a confidence of 1 sits in the last bin
+
+
+def test_the_temperature_is_scikit_learns_on_the_same_folds():
+    """``CalibratedClassifierCV(method="temperature", ensemble=False)`` on the same folds: our T is its 1/beta."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 5)) + np.eye(3, 5)[np.arange(150) % 3] * 1.5
+    y = np.arange(150) % 3
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(X, y))
+    theirs = CalibratedClassifierCV(LogisticRegression(C=10.0), method="temperature", ensemble=False, cv=folds)
+    theirs.fit(X, y)
+    beta = float(theirs.calibrated_classifiers_[0].calibrators[0].beta_)
+    oof = np.zeros((150, 3))
+    for train_rows, test_rows in folds:
+        oof[test_rows] = LogisticRegression(C=10.0).fit(X[train_rows], y[train_rows]).predict_proba(X[test_rows])
+    assert fit_temperature(oof, "probability", y) == pytest.approx(1.0 / beta, rel=1e-4)
+
+
+def over_confident(seed=0, n=550, d=60):
+    """Two overlapping classes in 60 dimensions and a nearly unregularized logistic regression on 150 of them: it
+    separates its training rows and says 0.99 where it is right about 74 % of the time."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, d)) + 0.3 * y[:, None]
+    return X[:150], y[:150], X[150:], y[150:]
+
+
+def test_calibration_lowers_the_held_out_ece_of_an_over_confident_model_and_changes_no_prediction():
+    X, y, X_test, y_test = over_confident()
+    model = LogisticRegression(C=1e4, max_iter=5000)
+    found = calibrate(model, X, y, seed=0)
+    assert found["method"] == "temperature" and found["input"] == "probability" and found["folds"] == 5
+    assert found["temperature"] > 2  # softened
+    fitted = model.fit(X, y)
+    raw, kind = raw_scores(fitted, X_test)
+    after = apply_temperature(raw, kind, found["temperature"])
+    assert ece(y_test, raw) > 0.2  # the over-confident model, on 400 rows nothing was fit or calibrated on
+    assert ece(y_test, after) < 0.4 * ece(y_test, raw)
+    np.testing.assert_array_equal(after.argmax(axis=1), raw.argmax(axis=1))
+
+
+def test_every_zoo_entry_gives_probabilities_that_sum_to_one_after_train(tmp_path):
+    X, _ = synthetic_cache(tmp_path / "c.h5", counts=(10, 8, 8), dim=8)
+    specs = [
+        "logreg",
+        "linear-svm",
+        "rbf-svm",
+        "rbf-svm~nystroem",
+        "knn:n_neighbors=3",
+        "ridge",
+        "lda",
+        "random-forest:n_estimators=15",
+        "ensemble:members=lda+ridge,inner_folds=2",
+    ]
+    for spec in specs:
+        bundle = train(str(tmp_path / "c.h5"), classifier=spec)
+        proba, kind = bundle.scores(X)
+        cal = bundle.calibration
+        assert kind == "probability" and cal["method"] == "temperature" and cal["folds"] == 5, spec
+        assert proba.shape == (len(X), 3) and (proba >= 0).all(), spec
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9, err_msg=spec)
+        np.testing.assert_array_equal(proba.argmax(axis=1), bundle.predict(X), err_msg=spec)
+        assert cal["input"] == ("probability" if get_spec(spec.split(":")[0]).probabilities else "decision"), spec
+
+
+def test_one_labelled_image_per_class_trains_and_says_it_is_not_calibrated(tmp_path):
+    X, _ = synthetic_cache(tmp_path / "c.h5", counts=(1, 1, 1), dim=8)
+    for spec, own in [("logreg", "its own probabilities"), ("rbf-svm", "a softmax of its decision scores")]:
+        bundle = train(str(tmp_path / "c.h5"), classifier=spec)
+        cal = bundle.calibration
+        assert (cal["method"], cal["temperature"], cal["fits"]) == ("none", 1.0, 0)
+        assert cal["note"] == (
+            f"not calibrated (inner folds cannot be made: a class has 1 labelled image, inner folds need 2): {own}"
+        )
+        assert cal["note"] in bundle.trained_on["notes"]
+        proba, kind = bundle.scores(X)
+        assert kind == "probability"
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_fewer_rows_than_folds_in_a_class_calibrates_on_fewer_folds_and_says_so(tmp_path):
+    synthetic_cache(tmp_path / "c.h5", counts=(12, 3, 10), dim=8)
+    cal = train(str(tmp_path / "c.h5"), classifier="ridge").calibration
+    assert (cal["method"], cal["folds"]) == ("temperature", 3)
+    assert cal["note"] == "3 inner folds, not 5: the smallest class has 3 rows"
+
+
+@pytest.mark.integration  # two command-line runs: about 6 s
+def test_no_calibrate_on_the_command_line_is_the_raw_model_end_to_end(tmp_path):
+    X, _ = synthetic_cache(tmp_path / "c.h5", counts=(10, 8, 8), dim=8)
+    runner = CliRunner()
+    said = {}
+    for flag, model in [("--no-calibrate", "raw.fbmodel"), (None, "cal.fbmodel")]:
+        args = ["train", str(tmp_path / "c.h5"), "-c", "ridge", "-o", str(tmp_path / model)]
+        result = runner.invoke(cli.main, args + ([flag] if flag else []))
+        assert result.exit_code == 0, result.output
+        said[model] = result.output
+    assert "probabilities: not calibrated (calibrate=False): a softmax of its decision scores" in said["raw.fbmodel"]
+    assert "probabilities: calibrated, temperature" in said["cal.fbmodel"] and "5 more fits" in said["cal.fbmodel"]
+    raw, cal = load_bundle(tmp_path / "raw.fbmodel"), load_bundle(tmp_path / "cal.fbmodel")
+    assert raw.calibration == {
+        "method": "none",
+        "input": "decision",
+        "temperature": 1.0,
+        "fits": 0,
+        "note": "not calibrated (calibrate=False): a softmax of its decision scores",
+    }
+    assert cal.calibration["method"] == "temperature" and cal.calibration["temperature"] != 1.0
+    d = cal.pipeline.decision_function(X)
+    np.testing.assert_allclose(raw.scores(X)[0], np.exp(d) / np.exp(d).sum(axis=1, keepdims=True), rtol=1e-9)
+    np.testing.assert_allclose(cal.scores(X)[0], apply_temperature(d, "decision", cal.calibration["temperature"]))
+
+
+def test_evaluate_reports_the_held_out_ece_and_log_loss_of_the_calibrated_probabilities(tmp_path):
+    X, y = synthetic_cache(tmp_path / "train.h5", counts=(20, 20, 20), dim=8, seed=0)
+    X_test, y_test = synthetic_cache(tmp_path / "test.h5", counts=(15, 15, 15), dim=8, seed=0)
+    bundle = train(str(tmp_path / "train.h5"), classifier="rbf-svm")
+    result = evaluate(bundle, str(tmp_path / "test.h5"))
+    proba, _ = bundle.scores(X_test)
+    assert result["metrics"]["ece"] == pytest.approx(ece(y_test, proba))
+    assert result["metrics"]["log_loss"] == pytest.approx(-np.mean(np.log(proba[np.arange(len(y_test)), y_test])))
+    assert result["calibration"]["method"] == "temperature"
+    assert sum(c["count"] for c in result["calibration"]["reliability"]) == len(y_test)
+
+
+def test_pseudo_labels_carry_calibrated_probabilities(tmp_path):
+    X, _ = synthetic_cache(tmp_path / "free.h5", counts=(6, 6, 6), dim=8, labels=False)
+    synthetic_cache(tmp_path / "train.h5", counts=(10, 10, 10), dim=8)
+    bundle = train(str(tmp_path / "train.h5"), classifier="linear-svm")
+    out = pseudo_labels(bundle, str(tmp_path / "free.h5"), sort="path")
+    assert out["score"] == "probability"
+    proba, _ = bundle.scores(X)
+    assert [r["confidence"] for r in out["rows"]] == pytest.approx(proba.max(axis=1).tolist())
+
+
+def test_cv_reports_a_cross_fitted_ece_and_a_reliability_diagram_per_row(tmp_path):
+    synthetic_cache(tmp_path / "c.h5", counts=(16, 14, 12), dim=8)
+    report = cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg", "ridge"], layers=["flatten"], folds=3)
+    d = report_dict(report)
+    assert "cross-fitted" in d["cv"]["calibration"]["of"]
+    for row in d["results"]:
+        result = report.result(row["classifier"], row["layer"])
+        raw, kind = result.raw
+        fold_of = np.zeros(len(report.data.y), dtype=int)
+        for s in report.splits:
+            fold_of[s.test] = s.fold
+        p, _ = cross_fitted(raw[0].astype(np.float64), kind, report.data.y, fold_of)
+        assert row["ece"] == pytest.approx(ece(report.data.y, p), abs=1e-4)
+        assert row["calibration"]["input"] == ("decision" if row["classifier"] == "ridge" else "probability")
+        assert sum(b["count"] for b in row["calibration"]["bins"]) == len(report.data.y)
+        assert len(row["calibration"]["temperatures"]) == 3
+    logreg = next(r for r in d["results"] if r["classifier"] == "logreg")
+    assert logreg["calibration"]["ece_uncalibrated"] == pytest.approx(
+        ece(report.data.y, report.result("logreg", "flatten").proba[0]), abs=1e-4
+    )
+    assert [r["ece"] for r in d["leaderboard"]] == [
+        next(x["ece"] for x in d["results"] if x["classifier"] == r["classifier"]) for r in d["leaderboard"]
+    ]
+    json.dumps(d)  # JSON-ready
+
+
+def test_the_report_page_draws_a_reliability_diagram_per_row(tmp_path):
+    from classifiers.report.html import reliability_charts
+
+    synthetic_cache(tmp_path / "c.h5", counts=(16, 14, 12), dim=8)
+    report = cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg", "ridge"], layers=["flatten"], folds=3)
+    d = report_dict(report)
+    charts = reliability_charts(d)
+    assert [c["name"].split(" @ ")[0] for c in charts] == [r["classifier"] for r in d["leaderboard"]]
+    for c, row in zip(charts, d["leaderboard"]):
+        result = next(r for r in d["results"] if r["classifier"] == row["classifier"])
+        assert c["ece"] == f"{result['ece']:.3f}"
+        assert len(c["bars"]) == sum(1 for b in result["calibration"]["bins"] if b["count"])
+    d_old = {**d, "results": [{k: v for k, v in r.items() if k != "calibration"} for r in d["results"]]}
+    assert reliability_charts(d_old) == []  # a run written before calibration was reported: no section
