@@ -14,14 +14,29 @@ from .cost import Shape, duration
 from .registry import default_classifiers, get_spec, list_classifiers, parse_spec, search_grid
 
 
-def extras_estimate(n: int, d: int, neighbours: bool = True, drawn_map: bool = False, reference: int = 20_000) -> float:
+def extras_estimate(
+    n: int,
+    d: int,
+    neighbours: bool = True,
+    drawn_map: bool = False,
+    reference: int = 20_000,
+    approximate: int | None = -1,
+) -> float:
     """Seconds (on the calibration machine) of what the report adds after the folds, charged to the same budget:
     the neighbour search of the outliers and label issues (exact among ``n`` rows: ``n²·d/2``; beyond
-    ``reference`` rows, ``n·reference·d``) and, with ``--out``, the map (t-SNE of at most 2,000 rows: about a
-    constant). Pass False for what is kept beside the cache already (``extras.kept``)."""
+    ``approximate`` rows (-1: the switch, ``neighbours.APPROXIMATE``), the approximate index, ``n·d``, and its recall
+    measured on a few hundred exact queries, ``queries·n·d``; with ``approximate=None``, beyond ``reference`` rows
+    the exact search among a sample of that many, ``n·reference·d``) and, with ``--out``, the map (t-SNE of at
+    most 2,000 rows: about a constant). Pass False for what is kept beside the cache already (``extras.kept``)."""
+    from . import neighbours as nb
+
+    switch = nb.APPROXIMATE if approximate == -1 else approximate
     seconds = 0.0
     if neighbours:
-        seconds += cost.NEIGHBOURS * n * d * (n / 2 if n <= reference else reference)
+        if switch is not None and n > switch:
+            seconds += cost.INDEX * n * d + cost.NEIGHBOURS * nb.RECALL_QUERIES * n * d
+        else:
+            seconds += cost.NEIGHBOURS * n * d * (n / 2 if n <= reference else reference)
     if drawn_map:
         seconds += cost.MAP
     return seconds

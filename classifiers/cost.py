@@ -35,6 +35,9 @@ GRAM = 4.68e-11  # per n·d² (ridge's two passes, LDA's covariance)
 NEIGHBOURS = 2.21e-11  # per n·t·d (brute force)
 FOREST = 7.37e-08  # per tree·n·log2(n)·√d
 MAP = 6.72  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds
+# The approximate neighbour index beyond the exact range (projection, graph, exact rescoring), per n·d: one thread's
+# CPU seconds at 200,000 x 1,280 rows over 1.5 (two cores), benchmarks/neighbour_index.py (2026-12-06)
+INDEX = 2.0e-07
 
 
 @dataclass(frozen=True)

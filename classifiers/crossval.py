@@ -309,7 +309,8 @@ class CVReport:
     def outliers(self, limit: int = 20, reference: int = 20_000) -> tuple[str, list[dict]]:
         """The images least like any other (lowest cosine similarity to their nearest neighbour, in the best
         result's layer): placeholders, blank or broken pictures, images from another domain. Beyond
-        ``reference`` rows, neighbours are sought among a fixed random sample of that many rows."""
+        ``neighbours.APPROXIMATE`` rows, from the approximate index (``neighbour_search`` says how, with its
+        measured recall); without it, beyond ``reference`` rows, among a fixed random sample of that many rows."""
         layer, index, similarity = self.neighbours(reference=reference)
         nearest, which = similarity[:, 0], index[:, 0]
         order = np.argsort(nearest, kind="stable")[:limit]
@@ -330,8 +331,17 @@ class CVReport:
         memo = self.__dict__.setdefault("_neighbours", {})
         if (k, reference) not in memo:
             layer = self.best.layer  # searched once per cache and layer: kept beside the cache (extras.py)
-            memo[(k, reference)] = (layer, *neighbours_of(self.source(self.best), layer, k, reference, self.seed))
+            info: dict = {}
+            found = neighbours_of(self.source(self.best), layer, k, reference, self.seed, info=info)
+            memo[(k, reference)] = (layer, *found)
+            self.__dict__.setdefault("_neighbour_search", {})[(k, reference)] = info
         return memo[(k, reference)]
+
+    def neighbour_search(self, k: int = NEIGHBOURS, reference: int = REFERENCE) -> dict:
+        """How ``neighbours(k, reference)`` were searched: ``method`` (exact, index or sample), the index's
+        ``recall`` measured in the run that made them (None for an exact search) and ``text`` for reports."""
+        self.neighbours(k, reference)
+        return self.__dict__["_neighbour_search"][(k, reference)]
 
     def duplicates(self) -> list[dict]:
         """Byte-identical images in more than one row (their digests match): with different labels they are

@@ -127,16 +127,24 @@ def kept(reader, what: str) -> bool:
         return False
 
 
-def neighbours_of(data, layer: str, k: int, reference: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def neighbours_of(
+    data, layer: str, k: int, reference: int, seed: int, approximate: int | None = None, info: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``nearest_neighbours`` of ``data``'s rows on ``layer``, kept beside the cache (the layer is read only when
-    they are computed)."""
-    from .neighbours import nearest_neighbours
+    they are computed). ``approximate``: the rows beyond which the approximate index answers (None: the module's
+    switch, ``neighbours.APPROXIMATE``); ``info``, when given, receives how they were searched (kept with them)."""
+    from . import neighbours
+
+    switch = neighbours.APPROXIMATE if approximate is None else approximate
+    n = len(data.rows)
+    params: dict = {"k": k, "reference": reference, "seed": seed}
+    if n > switch:  # the index's settings are part of the key (an exact search's key is as it always was)
+        params["index"] = neighbours.index_settings()
 
     def compute():
-        index, similarity = nearest_neighbours(data.features(layer), k, reference, seed)
-        return {"index": index, "similarity": similarity}
-
-    n = len(data.rows)
+        details: dict = {}
+        index, similarity = neighbours.nearest_neighbours(data.features(layer), k, reference, seed, switch, details)
+        return {"index": index, "similarity": similarity, "search": np.array(json.dumps(details))}
 
     def valid(found) -> bool:  # integer indices of rows, finite similarities, one row of each per image
         index, similarity = found.get("index"), found.get("similarity")
@@ -152,8 +160,25 @@ def neighbours_of(data, layer: str, k: int, reference: int, seed: int) -> tuple[
             and not np.isnan(similarity).any()
         )
 
-    found, _ = remembered(data, layer, "neighbours", {"k": k, "reference": reference, "seed": seed}, compute, valid)
+    found, _ = remembered(data, layer, "neighbours", params, compute, valid)
+    if info is not None:
+        info.update(_search_details(found.get("search"), n, reference, k))
     return found["index"], found["similarity"]
+
+
+def _search_details(saved, rows: int, reference: int, k: int) -> dict:
+    """How a kept search was made (a file written before this was recorded: what its rows imply)."""
+    from .neighbours import search_text
+
+    try:
+        details = json.loads(str(saved[()])) if isinstance(saved, np.ndarray) and saved.ndim == 0 else None
+    except (ValueError, TypeError):
+        details = None
+    if not isinstance(details, dict) or not isinstance(details.get("text"), str):
+        method = "exact" if rows <= reference else "sample"
+        details = {"method": method, "recall": None, "recall_queries": 0, "k": k}
+        details["text"] = search_text(rows, reference, method)
+    return details
 
 
 def valid_map(n: int):

@@ -374,3 +374,25 @@ def test_cv_plans_with_the_unlabeled_rows_it_will_fit(tmp_path):
     )
     assert "(20 unlabeled rows and the learning curve's 2 x 2 draws included)" in report.plan.message
     assert report.plan.extra.unlabeled == 20 and report.plan.extra.shots == (1, 2)
+
+
+def test_beyond_the_switch_the_extras_cost_the_index_and_leave_more_classifiers_in():
+    """At 200,000 rows the extras are the approximate index (linear in the rows) and the map: under a tenth of the
+    default budget, half the former exact search among a sample of 20,000 rows, and the default plan keeps every
+    entry the former kept and more."""
+    from classifiers import neighbours
+    from classifiers.budget import extras_estimate
+    from classifiers.cost import parse_budget
+    from classifiers.options import CVOptions
+
+    default = parse_budget(CVOptions().budget)
+    extras = extras_estimate(200_000, 1280, drawn_map=True)
+    assert extras < default / 10
+    former = extras_estimate(200_000, 1280, drawn_map=True, approximate=None)
+    assert former > 1.9 * extras
+    exact_end = extras_estimate(neighbours.APPROXIMATE, 1280)
+    assert exact_end == pytest.approx(2.21e-11 * 1280 * neighbours.APPROXIMATE**2 / 2)  # exact up to the switch
+    shapes = folds_of(200_000)
+    before = plan(None, shapes, default, speed=UNLOADED, extras=former)
+    now = plan(None, shapes, default, speed=UNLOADED, extras=extras)
+    assert set(before.classifiers) < set(now.classifiers) and "logreg" in now.classifiers

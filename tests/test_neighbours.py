@@ -3,6 +3,7 @@ brute force and as scikit-learn's ``KNeighborsClassifier``, in tiles of bounded 
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import numpy as np
@@ -136,3 +137,124 @@ def test_knn_bad_parameters_are_one_line():
     few = CosineKNeighbors(n_neighbors=5).fit(np.eye(3, 4), [0, 1, 1])  # fewer rows than k: all of them, said
     assert few.k_ == 3 and few.fallback_ == "knn: k=3, every training row, not 5 (3 rows)"
     assert few.predict(np.eye(3, 4)).tolist() == [0, 1, 1]
+
+
+def structured(seed=0):
+    """600 rows with clear structure: 6 tight clusters in a 6-d subspace of 48 dimensions, 5 near-duplicate pairs
+    (a row and a copy moved by 1e-4) and 4 outliers (random directions, far from every cluster)."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(48, 6)))[0].T  # 6 x 48, orthonormal rows
+    centres = rng.normal(0, 3, (6, 6))
+    y = np.repeat(np.arange(6), 100)
+    X = (centres[y] + rng.normal(0, 0.5, (600, 6))) @ basis + rng.normal(0, 0.01, (600, 48))
+    pairs = [(10, 110), (250, 251), (333, 590), (400, 47), (520, 199)]
+    for a, b in pairs:
+        X[b] = X[a] + rng.normal(0, 1e-4, 48)
+    outliers = [3, 150, 299, 480]
+    X[outliers] = rng.normal(0, 3, (4, 48))
+    return X.astype(np.float32), pairs, outliers
+
+
+def test_below_the_switch_the_exact_search_answers_unchanged(monkeypatch):
+    """Up to the switch no index is built: the same neighbours, bit for bit, as the exact self-search."""
+    X, _ = clustered(300, seed=4)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the index was used below the switch")
+
+    monkeypatch.setattr(neighbours, "index_neighbours", never)
+    info = {}
+    index, sim = nearest_neighbours(X.copy(), k=7, approximate=300, info=info)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    exact, exact_sim = self_search(U.astype(np.float32), 7)
+    assert (index == exact).all() and np.array_equal(sim, exact_sim)
+    assert info["method"] == "exact" and info["recall"] is None and info["text"] == "exact, among all 300 images"
+    assert neighbours.APPROXIMATE >= 20_000  # the default switch: the exact range of before is kept
+
+
+def test_beyond_the_switch_the_index_finds_the_same_duplicates_and_outliers(monkeypatch):
+    """The switch forced low (and the projection to 4 of 48 dimensions, so that the principal directions are
+    used): the index gives every near-duplicate its twin as nearest neighbour, the same four outliers, the exact
+    similarities of what it found, and a measured recall@k near 1 on this structure."""
+    monkeypatch.setattr(neighbours, "INDEX_DIMS", 8)
+    X, pairs, outliers = structured()
+    info = {}
+    index, sim = nearest_neighbours(X.copy(), k=5, approximate=100, info=info)
+    assert info["method"] == "index" and info["recall_queries"] == 300
+    assert info["recall"] >= 0.95
+    assert f"recall@5 {info['recall']:.3f} against the exact search" in info["text"]
+    for a, b in pairs:
+        assert index[a, 0] == b and index[b, 0] == a
+    assert set(np.argsort(sim[:, 0])[:4]) == set(outliers)
+    exact, exact_sim = brute(X, X, 5, np.arange(600))
+    assert set(np.argsort(exact_sim[:, 0])[:4]) == set(outliers)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    np.testing.assert_allclose(sim, np.einsum("id,ikd->ik", U, U[index]), atol=1e-5)  # scored exactly
+    assert (index != np.arange(600)[:, None]).all()  # never itself
+    assert (np.diff(sim, axis=1) <= 1e-6).all()  # most similar first
+
+
+def test_recall_is_the_share_of_the_exact_neighbours_found():
+    X, _ = clustered(400, seed=5)
+    U = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    exact, _ = brute(X, X, 4, np.arange(400))
+    assert neighbours.measured_recall(U, exact, queries=100) == (1.0, 100)
+    worse = exact.copy()
+    far = np.argsort(U @ U.T, axis=1)[:, :2]  # each row's two least similar rows: never among its nearest 4
+    worse[:, 2:] = far
+    assert neighbours.measured_recall(U, worse, queries=100) == (0.5, 100)
+
+
+def _forced_report(tmp_path, monkeypatch):
+    """A cv run whose neighbour search is beyond the switch (forced to 12 rows): its report and rows."""
+    from helpers import synthetic_cache
+
+    from classifiers.crossval import cross_validate
+
+    monkeypatch.setattr(neighbours, "APPROXIMATE", 12)
+    X, _ = synthetic_cache(tmp_path / "c.h5", counts=(14, 12, 10))
+    return cross_validate(tmp_path / "c.h5", classifiers=["lda"], layers=["flatten"], folds=3), X
+
+
+def test_the_report_states_the_index_and_its_measured_recall(tmp_path, monkeypatch):
+    """report.json's outliers say how their neighbours were searched and the recall@10 measured in the run;
+    report.md carries the sentence; a later run reads it back with the kept neighbours."""
+    from classifiers.crossval import cross_validate
+    from classifiers.report.writer import markdown, report_dict
+
+    report, X = _forced_report(tmp_path, monkeypatch)
+    d = report_dict(report, suspicious=5)
+    found = d["outliers"]
+    U = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    _, index, _ = report.neighbours()
+    recall, queries = neighbours.measured_recall(U, index)
+    assert found["search_method"] == "index" and found["search_recall_queries"] == queries == 36
+    assert found["search_recall"] == round(recall, 4) and 0.0 <= recall <= 1.0
+    sentence = f"recall@10 {recall:.3f} against the exact search, measured in this run on 36 images"
+    assert sentence in found["search"] and sentence in markdown(d)
+    again = cross_validate(tmp_path / "c.h5", classifiers=["lda"], layers=["flatten"], folds=3)
+    assert again.neighbour_search()["text"] == found["search"]  # read back from the kept file, not searched again
+
+
+@pytest.mark.integration
+def test_report_html_states_the_index_recall(tmp_path, monkeypatch):
+    from classifiers.report.writer import write_report
+
+    report, _ = _forced_report(tmp_path, monkeypatch)
+    write_report(report, str(tmp_path / "out"), suspicious=5)
+    d = json.loads((tmp_path / "out" / "report.json").read_text())
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert d["outliers"]["search_recall"] is not None
+    assert f"Neighbour search (these outliers and the label issues' neighbour vote): {d['outliers']['search']}." in html
+
+
+def test_without_faiss_the_seeded_sample_stands_in_and_says_so(monkeypatch):
+    def missing(*args, **kwargs):
+        raise ImportError("No module named 'faiss'")
+
+    monkeypatch.setattr(neighbours, "index_neighbours", missing)
+    X, _ = clustered(300, seed=1)
+    info = {}
+    index, _ = nearest_neighbours(X.copy(), k=4, reference=90, seed=3, approximate=100, info=info)
+    assert (index == nearest_neighbours(X.copy(), k=4, reference=90, seed=3, approximate=None)[0]).all()
+    assert info["method"] == "sample" and "not installed: pip install faiss-cpu" in info["text"]

@@ -507,6 +507,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         "label_issues_signals": (d.get("label_issues_method") or {}).get("signals"),
         "outliers": outliers,
         "outlier_layer": d["outliers"].get("layer"),
+        "outlier_search": d["outliers"].get("search"),
         "duplicates": duplicates,
         "duplicates_more": max(0, len(d["duplicates"]) - DUPLICATE_SETS),
         "map": figure,

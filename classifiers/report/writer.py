@@ -14,7 +14,6 @@ from classifiers.label_issues import report_entries as label_issue_entries
 from classifiers.label_issues import summary_lines as label_issue_lines
 from classifiers.label_issues import write_csv as write_label_issues
 from classifiers.metrics import METRICS
-from classifiers.neighbours import search_text
 from classifiers.semi import WITH_UNLABELED
 from classifiers.significance import ALPHA, TEST
 from embedder.kernel.versions import library_versions
@@ -173,7 +172,7 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
         "outliers": {
             "backbone": report.best.backbone,
             **dict(zip(("layer", "images"), report.outliers(suspicious))),
-            "search": search_text(len(report.data.y)),
+            **_search_entry(report),
         },
         "duplicates": report.duplicates(),
         **label_issue_entries(report),
@@ -181,6 +180,19 @@ def report_dict(report: CVReport, suspicious: int = 20) -> dict:
         "seconds": report.seconds,
         "versions": library_versions(("scikit-learn", "numpy")),
         "extraction_versions": reader.info.get("versions", {}),
+    }
+
+
+def _search_entry(report: CVReport) -> dict:
+    """How the outliers' and label issues' neighbours were searched: ``search`` (the sentence), ``search_method``
+    (exact, index or sample) and, from the approximate index, ``search_recall`` (its recall@k against the exact
+    search, measured in the run that made the neighbours) on ``search_recall_queries`` images."""
+    found = report.neighbour_search()
+    return {
+        "search": found["text"],
+        "search_method": found["method"],
+        "search_recall": None if found.get("recall") is None else round(float(found["recall"]), 4),
+        "search_recall_queries": found.get("recall_queries", 0),
     }
 
 
