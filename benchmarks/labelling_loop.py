@@ -90,6 +90,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     pool, test = str(work / "pool.h5"), str(work / "test.h5")
     embed = ["-b", "mobilenet_v2", "-w", str(weights)]
+    reused = " (already in the cache: nothing embedded)" if os.path.exists(pool) and os.path.exists(test) else ""
     _, pool_s = featurebank("extract", str(data / "train"), "--layout", "flat", *embed, "--cache", pool)
     _, test_s = featurebank("extract", str(data / "val"), *embed, "--cache", test)
 
@@ -99,7 +100,7 @@ def main() -> int:
     truth = {p: oracle(p) for p in paths}  # read only where select picked, and for the baselines
     labelled: dict[str, str] = {}
     labels = work / "labelled.csv"
-    rows, seconds = [], {"extract train/ (flat)": pool_s, "extract val/": test_s}
+    rows, seconds = [], {f"extract train/ (flat){reused}": pool_s, f"extract val/{reused}": test_s}
     for r in range(1, opts.rounds + 1):
         picks = work / f"round{r}.csv"
         args = ["select", pool, "--budget", str(opts.budget), "-o", str(picks)]
