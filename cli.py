@@ -17,7 +17,7 @@ from dataclasses import fields, is_dataclass
 
 import click
 
-from classifiers.options import CVOptions, TrainOptions
+from classifiers.options import SUSPICIOUS, TOP, CVOptions, TrainOptions
 from classifiers.select_options import SelectOptions
 from embedder.kernel.errors import FeaturebankError, Terminated, terminate_as_interrupt
 from embedder.kernel.settings import POOLINGS
@@ -339,7 +339,7 @@ def classifiers(as_json):
 @click.option(
     "--suspicious",
     type=click.IntRange(0),
-    default=20,
+    default=SUSPICIOUS,
     show_default=True,
     help="How many suspicious images the report lists.",
 )
@@ -478,7 +478,7 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
 )
 @value_options(RunOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
+@click.option("-k", "--top", type=click.IntRange(1), default=TOP, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
 @click.option(
