@@ -17,7 +17,7 @@ from dataclasses import fields, is_dataclass
 
 import click
 
-from classifiers.options import CVOptions, TrainOptions
+from classifiers.options import SUSPICIOUS, TOP, CVOptions, TrainOptions
 from classifiers.select_options import SelectOptions
 from embedder.kernel.errors import FeaturebankError, Terminated, terminate_as_interrupt
 from embedder.kernel.settings import POOLINGS
@@ -67,6 +67,8 @@ class Bounded(click.IntRange):
         return super().convert(n, param, ctx)
 
     def _describe_range(self) -> str:
+        if self.max == INT_MAX and self.min is None:
+            return ""  # no bound but the guard: nothing to say
         if self.max == INT_MAX:
             return click.IntRange(self.min, None, min_open=self.min_open)._describe_range()
         return super()._describe_range()
@@ -337,7 +339,7 @@ def classifiers(as_json):
 @click.option(
     "--suspicious",
     type=click.IntRange(0),
-    default=20,
+    default=SUSPICIOUS,
     show_default=True,
     help="How many suspicious images the report lists.",
 )
@@ -476,7 +478,7 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
 )
 @value_options(RunOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
+@click.option("-k", "--top", type=click.IntRange(1), default=TOP, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
 @click.option(

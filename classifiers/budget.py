@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import cost
+from . import cost, semi
 from .cost import Shape, duration
 from .registry import default_classifiers, get_spec, list_classifiers, parse_spec, search_grid
 
@@ -60,6 +60,61 @@ def estimate(spec: str, shape: Shape, search: bool = False, inner_folds: int = 3
     return seconds
 
 
+@dataclass(frozen=True)
+class Extra:
+    """What a cv run fits beyond each entry's plain folds, charged to the same budget: ``unlabeled`` rows that join
+    a second fit of every fold (``"<spec> +unlabeled"``, label spreading or self-training in ``mode``, with the
+    switch-off rule's inner folds), and the learning curve's ``draws`` fits of each number of ``shots`` per class
+    (of the plain entry and, with unlabeled rows, of its variant too)."""
+
+    unlabeled: int = 0
+    mode: str = semi.DEFAULT_MODE
+    shots: tuple[int, ...] = ()
+    draws: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.unlabeled or (self.shots and self.draws))
+
+
+def semi_estimate(spec: str, shape: Shape, free: int, mode: str = semi.DEFAULT_MODE) -> float | None:
+    """Seconds of one fold of ``spec`` with ``free`` unlabeled rows joining its ``shape.n`` labelled ones
+    (``semi.SemiSupervised``): the switch-off rule's inner fits (``INNER_REPEATS`` x ``INNER_FOLDS``), the labels
+    of the unlabeled rows (``spread``: the exact k-nearest-neighbour graph of every row; ``self-train``: a fit a
+    round on a growing share of them, the inner folds' included) and the final fit on every row (as if used)."""
+
+    def fit(n: float, t: float = shape.t) -> float | None:
+        return estimate(spec, Shape(n, t, shape.d, shape.k))
+
+    inner_n = shape.n * (semi.INNER_FOLDS - 1) / semi.INNER_FOLDS
+    every = shape.n + free
+
+    def self_train(n: float) -> list[float | None]:  # each round predicts the unlabeled rows; then the final fit
+        rounds = [fit(n + free * r / semi.ROUNDS, free) for r in range(semi.ROUNDS)]
+        return rounds + [fit(n + free)]
+
+    if mode == "spread":
+        parts = [cost.NEIGHBOURS * every * every * shape.d, fit(every)]
+        parts += [fit(inner_n)] * (semi.INNER_REPEATS * semi.INNER_FOLDS)
+    else:
+        parts = self_train(shape.n) + (self_train(inner_n) + [fit(inner_n)]) * (semi.INNER_REPEATS * semi.INNER_FOLDS)
+    return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
+
+
+def fold_estimate(
+    spec: str, shape: Shape, search: bool = False, inner_folds: int = 3, extra: Extra = Extra()
+) -> float | None:
+    """``estimate`` of one fold, with what ``extra`` adds to it (None when any part has no cost model)."""
+    parts = [estimate(spec, shape, search, inner_folds)]
+    if extra.unlabeled:
+        parts.append(semi_estimate(spec, shape, extra.unlabeled, extra.mode))
+    for shots in extra.shots if extra.draws else ():
+        few = Shape(min(shots * shape.k, shape.n), shape.t, shape.d, shape.k)  # the curve runs entries as they are
+        parts += [estimate(spec, few)] * extra.draws
+        if extra.unlabeled:  # the fold's other training rows join the unlabeled ones
+            parts += [semi_estimate(spec, few, int(extra.unlabeled + shape.n - few.n), extra.mode)] * extra.draws
+    return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
+
+
 @dataclass
 class Plan:
     """The entries to run and why the others are not: ``seconds`` per entry (the run's estimate, scaled by the
@@ -77,6 +132,7 @@ class Plan:
     over_memory: dict[str, float] = field(default_factory=dict)  # entry → its fold's estimated peak bytes
     memory_limit: float | None = None  # cost.memory_bound of the largest layer (None: not checked)
     skipped: dict[str, str] = field(default_factory=dict)  # entry → why it could not fit the data (found by fitting)
+    extra: Extra = Extra()  # the unlabeled rows' and the learning curve's fits, in ``seconds``
 
     @property
     def total(self) -> float:
@@ -91,6 +147,11 @@ class Plan:
     def message(self) -> str:
         limit = f"--budget {duration(self.budget)}" if self.budget is not None else "no --budget"
         head = f"cv: {len(self.classifiers)} classifier(s), about {duration(self.total)} of fitting estimated"
+        counted = [f"{self.extra.unlabeled:,} unlabeled rows"] if self.extra.unlabeled else []
+        if self.extra.shots and self.extra.draws:
+            counted.append(f"the learning curve's {len(self.extra.shots)} x {self.extra.draws} draws")
+        if counted:
+            head += f" ({' and '.join(counted)} included)"
         if self.extras >= 1:
             head += f" and {duration(self.extras)} for the report's neighbour search and map"
         head += f" ({limit})"
@@ -133,6 +194,12 @@ class Plan:
             "over_memory_bytes": {k: round(v) for k, v in self.over_memory.items()},
             "memory_limit_bytes": None if self.memory_limit is None else round(self.memory_limit),
             "skipped": dict(self.skipped),
+            "estimates_include": {
+                "unlabeled_rows": self.extra.unlabeled,
+                "unlabeled_mode": self.extra.mode if self.extra.unlabeled else None,
+                "shots": list(self.extra.shots),
+                "draws": self.extra.draws,
+            },
             "machine_speed": round(self.speed, 3),
             "message": self.message,
         }
@@ -151,24 +218,26 @@ def plan(
     inner_folds: int = 3,
     extras: float = 0.0,
     layer_bytes: float = 0.0,
+    extra: Extra = Extra(),
 ) -> Plan:
     """The run's entries. ``classifiers``: an explicit list (kept whole) or None (the default entries, cut to what
     the budget leaves after ``extras``, the report's work: ``extras_estimate``, and to those whose fold fits
     ``cost.memory_bound`` of the largest layer, ``layer_bytes``); ``shapes``: one per (cache, layer, fold) the run
-    fits; ``speed``: ``cost.machine_speed()``."""
+    fits; ``speed``: ``cost.machine_speed()``; ``extra``: the unlabeled rows' and the learning curve's fits, in
+    each entry's estimate."""
     explicit = bool(classifiers)
     wanted = list(classifiers) if explicit else default_classifiers()
     candidates = wanted if explicit else wanted + [n for n in list_classifiers() if n not in wanted]
 
     def total(spec: str) -> float | None:
-        parts = [estimate(spec, s, search, inner_folds) for s in shapes]
+        parts = [fold_estimate(spec, s, search, inner_folds, extra) for s in shapes]
         known = [p for p in parts if p is not None]
         return speed * sum(known) if len(known) == len(parts) else None
 
     seconds = {spec: total(spec) for spec in candidates}
     extras *= speed
     if explicit or budget is None:
-        return Plan(wanted, {c: seconds[c] for c in wanted}, budget, speed, explicit, extras=extras)
+        return Plan(wanted, {c: seconds[c] for c in wanted}, budget, speed, explicit, extras=extras, extra=extra)
     stand_in = {get_spec(n).stands_in_for: n for n in candidates if get_spec(n).stands_in_for}
     limit = cost.memory_bound(layer_bytes) if layer_bytes else None
     peaks = {spec: peak(spec, shapes, layer_bytes) for spec in candidates}
@@ -197,6 +266,7 @@ def plan(
     order = {c: i for i, c in enumerate(wanted)}
     chosen.sort(key=lambda c: order.get(c, order.get(stand_ins.get(c, ""), len(order))))
     the_plan = Plan(chosen, {c: seconds[c] for c in chosen}, budget, speed, False, left_out, stand_ins, extras)
+    the_plan.extra = extra
     the_plan.over_memory, the_plan.memory_limit = heavy, limit
     return the_plan
 
@@ -209,4 +279,4 @@ def peak(spec: str, shapes: list[Shape], layer_bytes: float) -> float:
     return max(cost.peak_bytes(layer_bytes, s, model(s, params) if model else 0.0) for s in shapes)
 
 
-__all__ = ["Plan", "estimate", "extras_estimate", "plan"]
+__all__ = ["Extra", "Plan", "estimate", "extras_estimate", "fold_estimate", "plan", "semi_estimate"]

@@ -33,11 +33,9 @@ from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too
 from .labels import labels_of
 from .metrics import confusion, ece, per_class, reliability, scores
 from .modelfile import FORMAT, VERSION, input_dimensions, read_model, write_model
-from .options import TrainOptions
+from .options import TOP, TrainOptions
 from .semi import MODES, UNLABELED, SemiSupervised
 from .zoo import describe, make_classifier, search_grid
-
-TOP = 3  # classes listed per image by predict
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
 from embedder.options import with_overrides
 
-from .budget import Plan, estimate, extras_estimate, plan
+from .budget import Extra, Plan, estimate, extras_estimate, plan
 from .calibration import DECISION, PROBABILITY, apply_temperature, cross_fitted, placed, raw_scores
 from .cluster import layer_tasks, on_cluster
 from .cost import Shape, machine_speed, parse_budget
@@ -35,9 +35,9 @@ from .folds import fallbacks, fit_grouped, inner_splitter
 from .labels import labels_of
 from .metrics import METRICS, confusion, ece, full_proba, mean_std, per_class, reliability, scores
 from .neighbours import NEIGHBOURS, REFERENCE
-from .options import CVOptions
+from .options import SUSPICIOUS, CVOptions
 from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
-from .shots import curve_rows, learning_curve, parse_shots
+from .shots import ALL, curve_rows, learning_curve, parse_shots
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, make_classifier, parse_spec, search_grid
 
@@ -282,7 +282,7 @@ class CVReport:
         y = np.tile(self.data.y, len(result.predictions))
         return per_class(y, result.predictions.reshape(-1), self.classes)
 
-    def suspicious(self, limit: int = 20) -> tuple[CVResult | None, list[dict]]:
+    def suspicious(self, limit: int = SUSPICIOUS) -> tuple[CVResult | None, list[dict]]:
         """The images most confidently put in another class than their label, out of fold: label errors, junk
         files and look-alikes, most confident first. The judge is the classifier with the best log-loss (the
         most trustworthy probabilities; LDA's or a forest's are over- or under-confident)."""
@@ -306,7 +306,7 @@ class CVReport:
             for i in wrong
         ]
 
-    def outliers(self, limit: int = 20, reference: int = 20_000) -> tuple[str, list[dict]]:
+    def outliers(self, limit: int = SUSPICIOUS, reference: int = 20_000) -> tuple[str, list[dict]]:
         """The images least like any other (lowest cosine similarity to their nearest neighbour, in the best
         result's layer): placeholders, blank or broken pictures, images from another domain. Beyond
         ``neighbours.APPROXIMATE`` rows, from the approximate index (``neighbour_search`` says how, with its
@@ -513,6 +513,12 @@ def cross_validate(
         inner_folds,
         _extras_seconds(data, max(source.data.dims(layer) for source, layer in pairs), extras),
         layer_bytes=4.0 * len(data.y) * max(source.data.dims(layer) for source, layer in pairs),  # float32 rows
+        extra=Extra(
+            data.unlabeled if unlabeled else 0,
+            unlabeled_mode,
+            tuple(k for k in shot_list or () if k != ALL),
+            draws if shot_list else 0,
+        ),
     )
     if say is not None and the_plan.worth_saying:
         say(the_plan.message)

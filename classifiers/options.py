@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from embedder.options import option, same_as
 
+SUSPICIOUS = 20  # images the cv report lists as suspicious (cv --suspicious), and outliers
+TOP = 3  # classes listed per image by predict (predict --top)
+
 
 @dataclass(frozen=True, kw_only=True)
 class CVOptions:

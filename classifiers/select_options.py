@@ -14,7 +14,7 @@ class SelectOptions:
     """``select``'s options besides the cache and the output: ``classifiers.selection.select(cache, options,
     out=..., **overrides)``."""
 
-    budget: int = option(None, "How many images to pick (1 or more).", required=True, metavar="N")
+    budget: int = option(None, "How many images to pick (1 or more).", required=True, metavar="N", low=1)
     labels: str | None = option(
         None,
         "A path,label CSV of the images labelled so far (paths as the cache names them; an empty label: not yet), "

@@ -319,6 +319,63 @@ def test_cv_charges_the_neighbour_search_until_it_is_kept_beside_the_cache(tmp_p
     assert none.plan.extras == 0.0
 
 
+def test_the_unlabeled_rows_and_the_learning_curve_are_charged_to_the_budget():
+    """cv --unlabeled fits every fold twice (the second time on the labelled and unlabeled rows, after the switch-off
+    rule's inner folds and the neighbour graph of all of them) and --shots fits each draw: the plan counts both, so a
+    budget that holds the plain entries leaves some out once those fits are added, and says what it counted."""
+    from classifiers import semi
+    from classifiers.budget import Extra, fold_estimate, semi_estimate
+
+    shape = Shape(4_000, 1_000, 1280, 5)
+    plain = estimate("logreg", shape)
+    spread = semi_estimate("logreg", shape, 20_000, "spread")
+    graph = budget_module.cost.NEIGHBOURS * 24_000**2 * 1280
+    inner = semi.INNER_REPEATS * semi.INNER_FOLDS * estimate("logreg", Shape(4_000 * 2 / 3, 1_000, 1280, 5))
+    assert spread == pytest.approx(graph + inner + estimate("logreg", Shape(24_000, 1_000, 1280, 5)))
+    assert semi_estimate("logreg", shape, 20_000, "self-train") > inner  # a fit per round, inner folds included
+    with_rows = fold_estimate("logreg", shape, extra=Extra(unlabeled=20_000))
+    assert with_rows == pytest.approx(plain + spread)
+    curve = fold_estimate("knn", shape, extra=Extra(shots=(1, 10), draws=4))
+    few = [estimate("knn", Shape(k * 5, 1_000, 1280, 5)) for k in (1, 10)]
+    assert curve == pytest.approx(estimate("knn", shape) + 4 * sum(few))
+    assert not Extra() and not Extra(shots=(1, 2), draws=0) and Extra(unlabeled=1)
+
+    shapes = folds_of(5_000, d=1280, k=5)
+    alone = plan(None, shapes, 15 * 60, speed=UNLOADED)
+    assert not alone.left_out  # every default entry fits without the unlabeled rows
+    both = plan(None, shapes, 15 * 60, speed=UNLOADED, extra=Extra(unlabeled=40_000))
+    assert both.left_out and set(both.classifiers) < set(alone.classifiers)
+    assert both.total <= 15 * 60 < sum(both.seconds.get(c) or both.left_out[c] for c in alone.classifiers)
+    assert "(40,000 unlabeled rows included)" in both.message
+    assert both.to_dict()["estimates_include"]["unlabeled_rows"] == 40_000
+    curve_plan = plan(["logreg"], shapes, None, extra=Extra(shots=(1, 2, 5), draws=5))
+    assert "(the learning curve's 3 x 5 draws included)" in curve_plan.message
+
+
+def test_cv_plans_with_the_unlabeled_rows_it_will_fit(tmp_path):
+    """The plan a cv run says counts the cache's unlabeled rows and the learning curve's draws."""
+    from embedder.cache.hdf5 import CacheReader
+
+    _, y = synthetic_cache(tmp_path / "c.h5", counts=(14, 14), labels=False, seed=7, dim=8)
+    paths = CacheReader(str(tmp_path / "c.h5")).paths
+    chosen = [int(i) for c in (0, 1) for i in np.flatnonzero(y == c)[:4]]
+    csv = tmp_path / "labelled.csv"
+    csv.write_text("path,label\n" + "".join(f"{paths[i]},class{y[i]}\n" for i in chosen))
+    report = cross_validate(
+        str(tmp_path / "c.h5"),
+        classifiers=["logreg:C=1.0"],
+        layers=["flatten"],
+        folds=2,
+        labels=str(csv),
+        unlabeled=True,
+        shots="1,2",
+        draws=2,
+        extras=None,
+    )
+    assert "(20 unlabeled rows and the learning curve's 2 x 2 draws included)" in report.plan.message
+    assert report.plan.extra.unlabeled == 20 and report.plan.extra.shots == (1, 2)
+
+
 def test_beyond_the_switch_the_extras_cost_the_index_and_leave_more_classifiers_in():
     """At 200,000 rows the extras are the approximate index (linear in the rows) and the map: under a tenth of the
     default budget, half the former exact search among a sample of 20,000 rows, and the default plan keeps every

@@ -23,6 +23,7 @@ from classifiers.select_rules import (
 )
 from classifiers.selection import select
 from embedder.cache.hdf5 import CacheWriter
+from embedder.kernel.errors import InvalidValue
 
 EMPTY = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
 
@@ -248,7 +249,6 @@ def test_a_fully_labelled_cache_is_a_one_line_error(tmp_path):
     "args, said",
     [
         (["--budget", 61], "--budget 61 is more than the 60 unlabeled images left to pick"),
-        (["--budget", 0], "--budget 0: give how many images to pick, 1 or more"),
         (["--budget", 2, "--strategy", "badge"], "--strategy badge needs labelled images of two classes or more"),
     ],
 )
@@ -258,6 +258,17 @@ def test_bad_budgets_and_stages_are_one_line_errors(tmp_path, args, said):
     result = run(cache, *args, "-o", tmp_path / "x.csv")
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert said in result.output
+
+
+def test_a_budget_below_one_is_a_usage_error_and_a_library_error(tmp_path):
+    """The command line refuses it in the option's type (its range shown in --help); the Python function says it."""
+    X, _ = blobs()
+    cache, _ = write_cache(tmp_path / "flat.h5", X)
+    result = run(cache, "--budget", 0, "-o", tmp_path / "x.csv")
+    assert result.exit_code == 2 and "Invalid value for '--budget': 0 is not in the range x>=1" in result.output
+    with pytest.raises(InvalidValue, match="--budget 0: give how many images to pick, 1 or more"):
+        select(cache, budget=0)
+    assert "[x>=1;" in CliRunner().invoke(cli.main, ["select", "--help"]).output
 
 
 def test_a_budget_beyond_the_pool_after_exclude_is_an_error(tmp_path):

@@ -14,6 +14,7 @@ from classifiers.label_issues import report_entries as label_issue_entries
 from classifiers.label_issues import summary_lines as label_issue_lines
 from classifiers.label_issues import write_csv as write_label_issues
 from classifiers.metrics import METRICS
+from classifiers.options import SUSPICIOUS
 from classifiers.semi import WITH_UNLABELED
 from classifiers.significance import ALPHA, TEST
 from embedder.kernel.versions import library_versions
@@ -53,7 +54,7 @@ def _metric(result: CVResult, name: str) -> dict:
     return {"mean": _round(m["mean"]), "std": _round(m["std"]), "folds": [_round(f.scores[name]) for f in result.folds]}
 
 
-def report_dict(report: CVReport, suspicious: int = 20) -> dict:
+def report_dict(report: CVReport, suspicious: int = SUSPICIOUS) -> dict:
     """Everything in the report, JSON-ready. Two runs with the same seed differ only in the timings."""
     reader = report.data.reader
     several = len(report.sources) > 1
@@ -417,7 +418,7 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
     return path
 
 
-def write_report(report: CVReport, out_dir: str, suspicious: int = 20, d: dict | None = None) -> dict[str, str]:
+def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d: dict | None = None) -> dict[str, str]:
     """Write report.json, report.md, leaderboard.png, leaderboard.csv, confusion.png, predictions/*.csv, the
     embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
     ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already)."""

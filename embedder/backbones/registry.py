@@ -43,7 +43,7 @@ from embedder.kernel.errors import (
 from embedder.kernel.preprocess import Preprocessing
 
 from . import timm as timm_source
-from .statedicts import head_outputs, parameters_on_meta, read_state_dict
+from .statedicts import head_outputs, parameter_blocks, parameters_on_meta, read_state_dict
 from .timm import is_timm_model, is_timm_name
 
 PENULTIMATE = "penultimate"  # alias of the node that feeds the classification head
@@ -522,20 +522,10 @@ def block_names(model: nn.Module) -> list[str]:
     if is_timm_model(model):
         return timm_source.block_names(model)
     head = head_name(model)
-    names: list[str] = []
-    for name, module in model.named_modules():
-        if (
-            not name
-            or name == head
-            or name.startswith(head + ".")
-            or not any(True for _ in module.parameters(recurse=False))
-        ):
-            continue
-        parts = name.split(".")
-        depth = 2 if parts[0] in CONTAINERS and len(parts) > 1 else 1
+
+    def depth(parts: list[str]) -> int:
         if parts[0] == "encoder" and len(parts) > 2 and parts[1] == "layers":  # ViT: encoder.layers.encoder_layer_N
-            depth = 3
-        block = ".".join(parts[:depth])
-        if block not in names:
-            names.append(block)
-    return names
+            return 3
+        return 2 if parts[0] in CONTAINERS and len(parts) > 1 else 1
+
+    return parameter_blocks(model, head, depth)

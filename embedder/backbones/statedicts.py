@@ -1,10 +1,11 @@
-"""Weights files read safely (``torch.load(weights_only=True)``: tensors, never code) into a plain state dict, and
-models built without allocating parameters that are loaded or only inspected. Shared by torchvision's and timm's
-loading (``backbones``, ``timm_source``)."""
+"""Weights files read safely (``torch.load(weights_only=True)``: tensors, never code) into a plain state dict,
+models built without allocating parameters that are loaded or only inspected, and a model's blocks named from its
+parameters. Shared by torchvision's and timm's loading (``backbones``, ``timm_source``)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -83,3 +84,20 @@ def head_outputs(state: dict, key: str, inputs: int, path: str | None) -> int | 
             f"most that featurebank builds"
         )
     return shape[0]
+
+
+def parameter_blocks(model: nn.Module, head: str, depth: Callable[[list[str]], int]) -> list[str]:
+    """The blocks of ``model`` in forward order: each module that holds parameters of its own, outside the head
+    ``head``, named by the first ``depth(parts)`` parts of its dotted name (``features.3`` for
+    ``features.3.conv.0``), each block once."""
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if not name or name == head or name.startswith(head + "."):
+            continue
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        parts = name.split(".")
+        block = ".".join(parts[: depth(parts)])
+        if block not in names:
+            names.append(block)
+    return names

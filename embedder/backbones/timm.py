@@ -26,7 +26,7 @@ from torch import nn
 from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue
 from embedder.kernel.preprocess import Preprocessing, rgb
 
-from .statedicts import head_outputs, parameters_on_meta, read_state_dict
+from .statedicts import head_outputs, parameter_blocks, parameters_on_meta, read_state_dict
 
 PREFIX = "timm:"
 CONTAINERS = ("stages", "blocks", "layers", "levels")  # top-level sequences whose items are fine-tuning blocks
@@ -305,26 +305,15 @@ def block_names(model: nn.Module) -> list[str]:
     ConvNeXt; ``patch_embed``, ``blocks.0``..``blocks.N``, ``norm`` (and ``attn_pool``) for a ViT;
     ``conv_stem``, ``bn1``, ``blocks.0``..``blocks.6``, ``conv_head``, ``bn2`` for an EfficientNet."""
     head = head_name(model)
-    names: list[str] = []
-    for name, module in model.named_modules():
-        if (
-            not name
-            or name == head
-            or name.startswith(head + ".")
-            or not any(True for _ in module.parameters(recurse=False))
-        ):
-            continue
-        parts = name.split(".")
+
+    def depth(parts: list[str]) -> int:
         if parts[0] in CONTAINERS and len(parts) > 1:
-            depth = 2
-        elif head.startswith(parts[0] + "."):  # a sibling of the classifier inside the head (ConvNeXt's head.norm)
-            depth = len(head.split("."))
-        else:
-            depth = 1
-        block = ".".join(parts[:depth])
-        if block not in names:
-            names.append(block)
-    return names
+            return 2
+        if head.startswith(parts[0] + "."):  # a sibling of the classifier inside the head (ConvNeXt's head.norm)
+            return len(head.split("."))
+        return 1
+
+    return parameter_blocks(model, head, depth)
 
 
 def list_names(pattern: str | None = None) -> list[str]:
