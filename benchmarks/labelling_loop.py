@@ -143,6 +143,8 @@ def main() -> int:
         for draw in range(opts.random_draws):
             rng = np.random.default_rng(1000 * row["round"] + draw)
             chosen = rng.choice(len(paths), row["labels"], replace=False)
+            while len({truth[paths[i]] for i in chosen}) < 2:  # a probe needs two classes: draw again
+                chosen = rng.choice(len(paths), row["labels"], replace=False)
             draw_labels = work / "random.csv"
             write_labels(draw_labels, {paths[i]: truth[paths[i]] for i in chosen})
             for key, unlabeled in (("alone", False), ("unlabeled", True)):  # in-process: the same functions

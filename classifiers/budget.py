@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import cost, semi
+from . import cost
 from .cost import Shape, duration
+from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
 from .registry import default_classifiers, get_spec, list_classifiers, parse_spec, search_grid
 
 
@@ -68,7 +69,7 @@ class Extra:
     (of the plain entry and, with unlabeled rows, of its variant too)."""
 
     unlabeled: int = 0
-    mode: str = semi.DEFAULT_MODE
+    mode: str = CVOptions.unlabeled_mode
     shots: tuple[int, ...] = ()
     draws: int = 0
 
@@ -76,27 +77,27 @@ class Extra:
         return bool(self.unlabeled or (self.shots and self.draws))
 
 
-def semi_estimate(spec: str, shape: Shape, free: int, mode: str = semi.DEFAULT_MODE) -> float | None:
+def semi_estimate(spec: str, shape: Shape, free: int, mode: str = CVOptions.unlabeled_mode) -> float | None:
     """Seconds of one fold of ``spec`` with ``free`` unlabeled rows joining its ``shape.n`` labelled ones
-    (``semi.SemiSupervised``): the switch-off rule's inner fits (``INNER_REPEATS`` x ``INNER_FOLDS``), the labels
+    (``semi.SemiSupervised``): the switch-off rule's inner fits (``SEMI_INNER_REPEATS`` x ``SEMI_INNER_FOLDS``), the labels
     of the unlabeled rows (``spread``: the exact k-nearest-neighbour graph of every row; ``self-train``: a fit a
     round on a growing share of them, the inner folds' included) and the final fit on every row (as if used)."""
 
     def fit(n: float, t: float = shape.t) -> float | None:
         return estimate(spec, Shape(n, t, shape.d, shape.k))
 
-    inner_n = shape.n * (semi.INNER_FOLDS - 1) / semi.INNER_FOLDS
+    inner_n = shape.n * (SEMI_INNER_FOLDS - 1) / SEMI_INNER_FOLDS
     every = shape.n + free
 
     def self_train(n: float) -> list[float | None]:  # each round predicts the unlabeled rows; then the final fit
-        rounds = [fit(n + free * r / semi.ROUNDS, free) for r in range(semi.ROUNDS)]
+        rounds = [fit(n + free * r / SEMI_ROUNDS, free) for r in range(SEMI_ROUNDS)]
         return rounds + [fit(n + free)]
 
     if mode == "spread":
         parts = [cost.NEIGHBOURS * every * every * shape.d, fit(every)]
-        parts += [fit(inner_n)] * (semi.INNER_REPEATS * semi.INNER_FOLDS)
+        parts += [fit(inner_n)] * (SEMI_INNER_REPEATS * SEMI_INNER_FOLDS)
     else:
-        parts = self_train(shape.n) + (self_train(inner_n) + [fit(inner_n)]) * (semi.INNER_REPEATS * semi.INNER_FOLDS)
+        parts = self_train(shape.n) + (self_train(inner_n) + [fit(inner_n)]) * (SEMI_INNER_REPEATS * SEMI_INNER_FOLDS)
     return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
 
 

@@ -88,6 +88,10 @@ def placed(values: np.ndarray, kind: str, model_classes, n_classes: int) -> np.n
     return out
 
 
+class MissingClass(ValueError):
+    """An inner fold whose training rows lack a class: no temperature can be fit from those folds."""
+
+
 def uncalibrated(kind: str, why: str) -> dict:
     """What a model file says when no temperature was fit: ``T = 1`` and why."""
     said = "its own probabilities" if kind == PROBABILITY else "a softmax of its decision scores"
@@ -114,7 +118,10 @@ def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS)
         return uncalibrated(kind, f"inner folds cannot be made: {why}")
     started = time.perf_counter()
     y = np.asarray(y)
-    oof, kind, fold_of = out_of_fold(pipeline, X, y, groups, seed=seed, folds=folds)
+    try:
+        oof, kind, fold_of = out_of_fold(pipeline, X, y, groups, seed=seed, folds=folds)
+    except MissingClass as exc:  # groups that hold a whole class: an inner fold has nothing of it to fit on
+        return uncalibrated(kind, str(exc))
     k = int(fold_of.max()) + 1
     temperature = fit_temperature(oof, kind, y)
     before, after = apply_temperature(oof, kind, 1.0), apply_temperature(oof, kind, temperature)
@@ -134,8 +141,16 @@ def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS)
             "ece_after": round(ece(y, after), 4),
             "measured_on": "the inner folds' out-of-fold rows the temperature was fit on (not held out)",
         },
-        **({"note": f"{k} inner folds, not {folds}: the smallest class has {k} rows"} if k < folds else {}),
+        **({"note": f"{k} inner folds, not {folds}: {_fewer_folds(y, groups)}"} if k < folds else {}),
     }
+
+
+def _fewer_folds(y: np.ndarray, groups) -> str:
+    """Why fewer inner folds than asked: the smallest class's rows, or the groups' count."""
+    smallest = int(np.bincount(np.asarray(y)).min())
+    if groups is not None and len(set(np.asarray(groups).tolist())) <= smallest:
+        return f"the rows come in {len(set(np.asarray(groups).tolist()))} groups"
+    return f"the smallest class has {smallest} rows"
 
 
 def out_of_fold(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS):
@@ -147,7 +162,10 @@ def out_of_fold(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLD
     oof = np.zeros((len(y), n_classes))
     fold_of = np.zeros(len(y), dtype=np.int64)
     kind = PROBABILITY
+    present = np.unique(y)
     for i, (train, test) in enumerate(inner_splits(X, y, groups, k, seed)):
+        if len(np.unique(y[train])) < len(present):
+            raise MissingClass("an inner fold's training rows lack a class (a class held by one group)")
         model = fit_grouped(clone(pipeline), X[train], y[train], None if groups is None else groups[train])
         values, kind = raw_scores(model, X[test])
         oof[test] = placed(values, kind, model.classes_, n_classes)

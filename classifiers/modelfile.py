@@ -19,6 +19,7 @@ whatever code it names.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import warnings
@@ -250,6 +251,16 @@ def check_consistent(path: str, document: dict, pipeline) -> None:
         raise FileProblem(
             f"{path} was refused: its layer {layer!r} is not one of the layers it was trained on ({', '.join(map(str, layers[:10]))})"
         )
+    calibration = trained_on.get("calibration")
+    if calibration is not None:
+        t = calibration.get("temperature") if isinstance(calibration, dict) else None
+        source = calibration.get("input", "missing") if isinstance(calibration, dict) else "missing"
+        finite = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+        if not finite or source not in (None, "probability", "decision"):
+            raise FileProblem(
+                f"{path} was refused: its calibration is not one train writes (temperature {str(t)[:40]}, "
+                f"input {str(source)[:40]}: a temperature above 0 on probabilities or decision scores)"
+            )
     takes = input_dimensions(pipeline)
     dims = trained_on.get("dimensions")
     if isinstance(dims, dict) and takes is not None and dims.get(layer) != takes:

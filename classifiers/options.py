@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 from embedder.options import option, same_as
 
+# The unlabeled rows' switch-off rule and self-training (classifiers.semi), read by cv's budget too (budget.semi_estimate)
+SEMI_ROUNDS = 2  # of self-training: the last round's rows are fit on by ``fit``
+SEMI_INNER_FOLDS = 3
+SEMI_INNER_REPEATS = 2
 SUSPICIOUS = 20  # images the cv report lists as suspicious (cv --suspicious), and outliers
 TOP = 3  # classes listed per image by predict (predict --top)
 

@@ -37,7 +37,7 @@ from embedder.kernel.errors import InvalidValue
 
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
 from .neighbours import normalize, self_search
-from .options import CVOptions
+from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
 
 WITH_UNLABELED = " +unlabeled"  # a cv result's classifier name with the unlabeled rows: "logreg +unlabeled"
 UNLABELED = -1  # the class index of an unlabeled row in ``fit``'s ``y`` (scikit-learn's convention)
@@ -46,9 +46,9 @@ DEFAULT_MODE = CVOptions.unlabeled_mode  # written once, with its reason, in cv'
 NEIGHBOURS = 10
 ALPHA = 0.99
 ITERATIONS = 60
-ROUNDS = 2  # of self-training: the last round's rows are fit on by ``fit``
-INNER_FOLDS = 3
-INNER_REPEATS = 2
+ROUNDS = SEMI_ROUNDS  # of self-training: the last round's rows are fit on by ``fit``
+INNER_FOLDS = SEMI_INNER_FOLDS
+INNER_REPEATS = SEMI_INNER_REPEATS
 
 
 def knn_graph(X: np.ndarray, k: int = NEIGHBOURS):

@@ -21,7 +21,7 @@ from classifiers.calibration import apply_temperature, calibrate, cross_fitted, 
 from classifiers.crossval import cross_validate
 from classifiers.metrics import ece, reliability
 from classifiers.report.writer import report_dict
-from classifiers.zoo import get_spec
+from classifiers.zoo import get_spec, make_classifier
 
 
 def test_ece_is_the_row_weighted_gap_between_accuracy_and_confidence_over_15_bins():
@@ -118,6 +118,24 @@ def test_fewer_rows_than_folds_in_a_class_calibrates_on_fewer_folds_and_says_so(
     cal = train(str(tmp_path / "c.h5"), classifier="ridge").calibration
     assert (cal["method"], cal["folds"]) == ("temperature", 3)
     assert cal["note"] == "3 inner folds, not 5: the smallest class has 3 rows"
+
+
+def test_a_class_held_by_one_group_is_left_uncalibrated_with_its_reason_never_a_traceback():
+    """Groups that hold a whole class leave an inner fold without that class: no temperature, said why; groups
+    that cut fewer folds than asked are named as the reason."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6))
+    y = np.repeat([0, 1], 20)
+    X[y == 1] += 2.0
+    pipeline = make_classifier("logreg:C=1.0", seed=0)
+    one_group_class = np.array(["a"] * 20 + [f"b{i % 4}" for i in range(20)], dtype=object)
+    cal = calibrate(pipeline, X, y, one_group_class)
+    assert (cal["method"], cal["temperature"], cal["fits"]) == ("none", 1.0, 0)
+    assert "an inner fold's training rows lack a class" in cal["note"]
+    three_groups = np.array([f"g{i % 3}" for i in range(40)], dtype=object)
+    cal = calibrate(pipeline, X, y, three_groups)
+    assert (cal["method"], cal["folds"]) == ("temperature", 3)
+    assert cal["note"] == "3 inner folds, not 5: the rows come in 3 groups"
 
 
 @pytest.mark.integration  # two command-line runs: about 6 s

@@ -369,3 +369,20 @@ def test_a_malicious_pickle_named_like_a_checkpoint_is_not_run_by_export(tmp_pat
             assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
             assert "Traceback" not in result.output
     assert not marker.exists() and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "calibration", [{"input": "probability"}, {"input": "probability", "temperature": 0}, {"temperature": "NaN"}, 3]
+)
+def test_a_calibration_train_never_writes_is_refused_in_one_line(synthetic, tmp_path, calibration):
+    """A temperature that is missing, 0, not a number, or no record at all would divide by zero or give NaN
+    probabilities: the file is refused before anything runs."""
+    root, _, bundle = synthetic
+    with zipfile.ZipFile(root / "m.fbmodel") as archive:
+        meta, blob = json.loads(archive.read(modelfile.META)), archive.read(modelfile.PIPELINE)
+    assert meta["trained_on"]["calibration"]["temperature"] > 0  # what train writes loads
+    meta["trained_on"]["calibration"] = calibration
+    path = _model_zip(tmp_path / "bad.fbmodel", meta, blob)
+    with pytest.raises(FeaturebankError, match="its calibration is not one train writes") as caught:
+        load_bundle(path)
+    assert "\n" not in str(caught.value)

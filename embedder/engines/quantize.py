@@ -40,13 +40,15 @@ SCHEMES = {
 }
 # The guard: an int8 engine is used without --force-int8 only when, on the calibration images and for every extracted
 # layer, its mean cosine to fp32 reaches COSINE_BOUND and its worst image's cosine reaches WORST_BOUND
-# (benchmarks/int8_variants.py and int8_accuracy.py, MobileNetV2 with real weights, chosen on flowers, hymenoptera
-# held out). On an AVX2-only CPU u8s8-reduce measured 0.9755 / 0.8400 (mean / worst) on flowers and 0.9843 / 0.9265
-# on hymenoptera, where it changed 3 of 153 predictions (-1.96 points); u8s8 with VNNI 0.9884 on flowers.
+# (benchmarks/int8_variants.py and int8_accuracy.py, MobileNetV2 with real weights: the mean bound chosen on flowers;
+# the worst-image bound set after seeing hymenoptera, which is therefore no held-out check of it). On an AVX2-only CPU
+# u8s8-reduce measured 0.9755 / 0.8400 (mean / worst) on flowers and 0.9843 / 0.9265 on hymenoptera, where it changed
+# 3 of 153 predictions (-1.96 points); u8s8 with VNNI 0.9884 on flowers.
 COSINE_BOUND = 0.98
 WORST_BOUND = 0.95
-# A rung of a ladder must have measured at least MIN_SPEEDUP x fp32's ONNX Runtime images/s on that kind of CPU:
-# slower, int8 costs accuracy for too little (u8u8 ran at 0.22x on AVX2; it is offered by name, never chosen).
+# The rule for editing LADDERS (not checked at run time): a rung must have measured at least MIN_SPEEDUP x fp32's ONNX
+# Runtime images/s on that kind of CPU (benchmarks/cpu_engines.py --schemes); slower, int8 costs accuracy for too
+# little (u8u8 ran at 0.22x on AVX2; it is offered by name, never chosen).
 MIN_SPEEDUP = 1.3
 WORST_LAYERS = 8  # the convolutions kept in fp32 by the last rung of a ladder
 # What each kind of CPU tries, in order, as (scheme, convolutions kept in fp32) (benchmarks/int8_accuracy.py).
