@@ -36,7 +36,8 @@ from .registry import BlockedScaler, FewShotLDA, ReducedPCA
 from .ridge import NystroemRidge, TunedRidge
 
 FORMAT = "featurebank-model"
-VERSION = 2
+VERSION = 3  # 3: trained_on.calibration, a temperature that predict and export apply (a reader of 2 would ignore it)
+READS = (2, 3)  # a version 2 file (no calibration) gives its classifier's own output, as it did
 EXTENSION = ".fbmodel"
 META = "featurebank-model.json"
 PIPELINE = "pipeline.skops"
@@ -288,10 +289,10 @@ def _document(path: str, raw: bytes) -> dict:
         raise FileProblem(f"{path} is a damaged featurebank model file ({META}: {_first_line(exc)})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise FileProblem(f"{path} is not a featurebank model file ({META} does not say format {FORMAT!r})")
-    if document.get("version") != VERSION:
+    if document.get("version") not in READS:
         raise FileProblem(
             f"{path} is a model file of format version {document.get('version')!r}; this "
-            f"featurebank reads version {VERSION}: train it again with `featurebank train`"
+            f"featurebank reads versions {' and '.join(map(str, READS))}: train it again with `featurebank train`"
         )
     check_metadata(path, document)
     return document

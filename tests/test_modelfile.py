@@ -334,7 +334,7 @@ def test_metadata_is_plain_json_and_a_write_replaces_only_whole(synthetic, tmp_p
     with zipfile.ZipFile(root / "m.fbmodel") as archive:
         assert sorted(archive.namelist()) == [modelfile.META, modelfile.PIPELINE]
         meta = json.loads(archive.read(modelfile.META))
-    assert meta["format"] == "featurebank-model" and meta["version"] == 2 and meta["classes"] == bundle.classes
+    assert meta["format"] == "featurebank-model" and meta["version"] == 3 and meta["classes"] == bundle.classes
     params = meta["trained_on"]["params"]  # the tuned probe: C chosen on inner folds (None), over its grid
     assert params["C"] is None and params["inner_folds"] == 3 and meta["settings"]["weights"] == "none:seed=0"
     # an existing file is replaced by a whole one, and no temporary file is left behind
@@ -386,3 +386,16 @@ def test_a_calibration_train_never_writes_is_refused_in_one_line(synthetic, tmp_
     with pytest.raises(FeaturebankError, match="its calibration is not one train writes") as caught:
         load_bundle(path)
     assert "\n" not in str(caught.value)
+
+
+def test_the_format_version_says_calibration_and_a_later_one_is_one_line(synthetic, tmp_path):
+    """Version 3 carries the temperature (a reader of version 2 refuses it rather than give uncalibrated numbers);
+    version 2 files still load (tests/test_old_model_file.py); a later version is one line naming both."""
+    root, _, _ = synthetic
+    with zipfile.ZipFile(root / "m.fbmodel") as archive:
+        meta, blob = json.loads(archive.read(modelfile.META)), archive.read(modelfile.PIPELINE)
+    assert meta["version"] == 3 and modelfile.READS == (2, 3)
+    meta["version"] = 4
+    path = _model_zip(tmp_path / "later.fbmodel", meta, blob)
+    with pytest.raises(FeaturebankError, match="format version 4; this featurebank reads versions 2 and 3: train"):
+        load_bundle(path)
