@@ -5,6 +5,7 @@ file, ``--no-calibrate`` end to end, ``evaluate``'s ECE and ``cv``'s cross-fitte
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -210,6 +211,16 @@ def test_cv_reports_a_cross_fitted_ece_and_a_reliability_diagram_per_row(tmp_pat
         next(x["ece"] for x in d["results"] if x["classifier"] == r["classifier"]) for r in d["leaderboard"]
     ]
     json.dumps(d)  # JSON-ready
+    # the terminal's leaderboard, report.md's and leaderboard.csv carry the same ECE as report.json
+    from classifiers.report.reading import leaderboard_rows
+    from classifiers.report.writer import write_leaderboard_csv
+
+    header, *cells = leaderboard_rows(d)
+    at = header.index("ECE")
+    assert [c[at] for c in cells] == [f"{r['ece']:.3f}" for r in d["leaderboard"]]
+    with open(write_leaderboard_csv(d, str(tmp_path / "board.csv")), newline="") as fh:
+        board = list(csv.DictReader(fh))
+    assert [float(b["ece"]) for b in board] == [r["ece"] for r in d["leaderboard"]]
 
 
 def test_the_report_page_draws_a_reliability_diagram_per_row(tmp_path):

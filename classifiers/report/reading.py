@@ -70,6 +70,7 @@ def leaderboard_rows(d: dict, limit: int | None = None) -> list[list[str]]:
             "balanced acc. %",
             "macro-F1 %",
             "log-loss",
+            "ECE",
             "fit s/fold",
             "p vs #1",
         ]
@@ -86,6 +87,7 @@ def leaderboard_rows(d: dict, limit: int | None = None) -> list[list[str]]:
                 pm(row["balanced_accuracy"]),
                 pm(row["f1_macro"]),
                 pm(row["log_loss"], percent=False),
+                "–" if row.get("ece") is None else f"{row['ece']:.3f}",
                 f"{row['fit_seconds']:.2f}",
                 p_text(row),
             ]
@@ -96,7 +98,7 @@ def leaderboard_rows(d: dict, limit: int | None = None) -> list[list[str]]:
 def leaderboard_lines(d: dict, limit: int | None = None) -> list[str]:
     """The leaderboard as a Markdown table."""
     header, *rows = leaderboard_rows(d, limit)
-    rule = "|--:|" + ("---|" if several_caches(d) else "") + "---|---|--:|--:|--:|--:|--:|--:|--:|"
+    rule = "|--:|" + ("---|" if several_caches(d) else "") + "---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
     return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
