@@ -1,9 +1,10 @@
 """What a ``cv`` run without ``-c`` fits in its time budget: the report's own work after the folds (the neighbour
 search, the map) first, then each entry's estimated seconds over every (cache, layer, fold) from its cost model
-(``cost``); in the zoo's order (the linear probe first) each entry that still fits the rest
-of the budget is in, and an exact entry that does not fit gives way to its approximate stand-in (``rbf-svm~nystroem`` for ``rbf-svm``) when that one fits. An
-explicit list is never cut: it is run whole, with a warning when its estimate is over the budget. Either way the
-plan says in one line what it left out, what stands in, and why."""
+(``cost``); in the zoo's order (the linear probe first) each entry that still fits the rest of the budget is in;
+then, with what the exact entries left, an exact entry that did not fit gives way to its approximate stand-in
+(``rbf-svm~nystroem`` for ``rbf-svm``) when that one fits: an exact entry comes before an approximation. An explicit
+list is never cut: it is run whole, with a warning when its estimate is over the budget. Either way the plan says in
+one line what it left out, what stands in, and why."""
 
 from __future__ import annotations
 
@@ -246,6 +247,7 @@ def plan(
     if len(heavy) == len(wanted):
         heavy = {}  # nothing fits in memory either: the time alone decides
     chosen, left_out, stand_ins, spent = [], {}, {}, extras
+    waiting: list[str] = []  # exact entries left out that have an approximate stand-in
     for spec in wanted:  # in the zoo's order, the linear probe first; no estimate: kept
         s = seconds[spec] or 0.0
         if spec not in heavy and spent + s <= budget:
@@ -254,8 +256,11 @@ def plan(
             continue
         if spec not in heavy:
             left_out[spec] = s
-        other = stand_in.get(spec)
-        if other is not None and spent + (seconds[other] or 0.0) <= budget and (limit is None or peaks[other] <= limit):
+        if stand_in.get(spec) is not None:
+            waiting.append(spec)
+    for spec in waiting:  # then the approximate stand-ins, in the zoo's order, with what the exact entries left
+        other = stand_in[spec]
+        if spent + (seconds[other] or 0.0) <= budget and (limit is None or peaks[other] <= limit):
             chosen.append(other)
             stand_ins[other] = spec
             spent += seconds[other] or 0.0

@@ -297,7 +297,9 @@ def test_the_reports_own_work_is_charged_to_the_budget_first():
     charged = plan(None, shapes, 15 * 60, speed=UNLOADED, extras=extras)
     assert charged.extras == pytest.approx(extras * UNLOADED)
     assert charged.total + charged.extras <= 15 * 60
-    assert charged.classifiers == alone.classifiers[:-1] and alone.classifiers[-1] in charged.left_out
+    # the entry chosen last (here the stand-in, which takes what the exact entries left) no longer fits
+    assert alone.classifiers == ["logreg", "rbf-svm~nystroem", "ridge", "lda"]
+    assert charged.classifiers == ["logreg", "ridge", "lda"] and "rbf-svm" in charged.left_out
     line = charged.message
     assert f"and {duration(charged.extras)} for the report's neighbour search and map (--budget 15m)" in line
     assert charged.to_dict()["extras_estimated_seconds"] == round(charged.extras, 1)
@@ -395,4 +397,24 @@ def test_beyond_the_switch_the_extras_cost_the_index_and_leave_more_classifiers_
     shapes = folds_of(200_000)
     before = plan(None, shapes, default, speed=UNLOADED, extras=former)
     now = plan(None, shapes, default, speed=UNLOADED, extras=extras)
-    assert set(before.classifiers) < set(now.classifiers) and "logreg" in now.classifiers
+    assert set(before.classifiers) <= set(now.classifiers) and "logreg" in now.classifiers
+    assert now.classifiers == ["logreg", "ridge", "lda"]  # the issue's "the tuned probe, ridge and lda at least"
+
+
+def test_an_exact_entry_comes_before_an_approximate_stand_in(monkeypatch):
+    """A stand-in takes what the exact entries leave: with room for ridge and LDA or for the Nystroem stand-in, the
+    exact ones are kept; with room for all three, the stand-in joins in its exact entry's place."""
+    monkeypatch.setattr(budget_module, "default_classifiers", lambda: ["logreg", "rbf-svm", "ridge", "lda"])
+    shapes = folds_of(100_000, d=512)
+    total = {c: sum(estimate(c, s) for s in shapes) for c in ("logreg", "rbf-svm~nystroem", "ridge", "lda")}
+    exact_ones = total["logreg"] + total["ridge"] + total["lda"]
+    assert total["rbf-svm~nystroem"] > total["ridge"] + total["lda"]  # the stand-in alone would crowd both out
+    tight = plan(None, shapes, exact_ones * 1.01, speed=1.0)
+    assert tight.classifiers == ["logreg", "ridge", "lda"] and not tight.stand_ins
+    assert set(tight.left_out) == {"rbf-svm"}
+    roomy = plan(None, shapes, (exact_ones + total["rbf-svm~nystroem"]) * 1.01, speed=1.0)
+    assert roomy.classifiers == ["logreg", "rbf-svm~nystroem", "ridge", "lda"]
+    assert roomy.stand_ins == {"rbf-svm~nystroem": "rbf-svm"}
+    # the default at 200,000 rows of 1,280 dims, on the calibration machine: the tuned probe, ridge and LDA
+    default = plan(None, folds_of(200_000), 12 * 60, speed=UNLOADED, extras=60.0)
+    assert default.classifiers == ["logreg", "ridge", "lda"]
