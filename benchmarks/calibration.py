@@ -18,8 +18,10 @@ scored once:
 - **cost**: the seconds of the fit on every row and of the 5 calibration fits, measured here.
 
     python benchmarks/calibration.py \\
-        --data flowers /work/fbcache/flowers-train.h5 /work/fbcache/flowers-val.h5 \\
-        --data hymenoptera /work/fbcache/hymenoptera-train.h5 /work/fbcache/hymenoptera-val.h5
+        --data flowers cache/fewlabels/flowers-train.h5 cache/fewlabels/flowers-val.h5 \\
+        --data hymenoptera cache/fewlabels/hymenoptera-train.h5 cache/fewlabels/hymenoptera-val.h5
+
+(the caches ``benchmarks/few_labels.py`` makes: MobileNetV2, ImageNet checkpoint, default layer, of train/ and val/).
 """
 
 from __future__ import annotations

@@ -78,11 +78,12 @@ def shaped(rows: int, spectrum: np.ndarray, seed: int = 0) -> tuple[np.ndarray, 
 
 
 def flowers() -> np.ndarray | None:
+    """flowers' train/ and val/ features from the caches benchmarks/few_labels.py makes (None when absent)."""
     import h5py
 
     parts = []
     for split in ("train", "val"):
-        path = pathlib.Path("/work/fbcache") / f"flowers-{split}.h5"
+        path = ROOT / "cache" / "fewlabels" / f"flowers-{split}.h5"
         if not path.exists():
             return None
         with h5py.File(path, "r") as f:

@@ -74,9 +74,6 @@ class Extra:
     shots: tuple[int, ...] = ()
     draws: int = 0
 
-    def __bool__(self) -> bool:
-        return bool(self.unlabeled or (self.shots and self.draws))
-
 
 def semi_estimate(spec: str, shape: Shape, free: int, mode: str = CVOptions.unlabeled_mode) -> float | None:
     """Seconds of one fold of ``spec`` with ``free`` unlabeled rows joining its ``shape.n`` labelled ones
