@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from embedder.cache.hdf5 import CacheReader, CacheWriter, settings_key, stored_input
-from embedder.engines.engine import Prepared, open_engine, resolve_device_name
+from embedder.engines.engine import Calibration, Engine, Prepared, open_engine, resolve_device_name
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from embedder.inputs.shards import list_input
 from embedder.inputs.sources import Listing, rebased, same_files
@@ -360,9 +360,11 @@ def int8_settings(settings: ExtractionSettings, listing: Listing, path: str | No
     from embedder.engines.quantize import calibration_set_id, draw_calibration
 
     wanted = settings.int8
-    stored = stored_settings(path) if path else None
-    if not wanted.calibration_set and stored:
-        stored = ExtractionSettings.from_dict(stored)
+    if wanted is None:  # the caller fills it in for --precision int8
+        raise ValueError("int8_settings needs the settings' int8 request")
+    recorded = stored_settings(path) if path else None
+    if not wanted.calibration_set and recorded:
+        stored = ExtractionSettings.from_dict(recorded)
         if stored.int8 and same_request(stored.int8, wanted):
             wanted = stored.int8
     if hasattr(listing, "where"):  # samples of shards have no file to calibrate from
@@ -416,13 +418,12 @@ def _info(base: dict, previous: dict, run: Run, path: str, ranks: int = 1) -> di
     refused = run.int8_refused or previous.get("int8_refused")
     if refused and run.settings.precision != "int8":  # int8 was asked for these rows and refused: why, kept
         info["int8_refused"] = refused
+    engine_meta = getattr(run.engine, "meta", None)  # an ONNX Runtime engine's (int8's measurements)
     int8 = (
-        run.engine.meta.get("cosine_to_fp32")
-        if run.engine is not None and hasattr(run.engine, "meta")
-        else previous.get("int8", {}).get("cosine_to_fp32")
+        engine_meta.get("cosine_to_fp32") if engine_meta is not None else previous.get("int8", {}).get("cosine_to_fp32")
     )
     if run.settings.precision == "int8" and int8:
-        meta = run.engine.meta if run.engine is not None else previous["int8"]
+        meta = engine_meta if engine_meta is not None else previous["int8"]
         info["int8"] = {
             "cosine_to_fp32": int8,
             "calibration": meta.get("calibration"),
@@ -475,7 +476,7 @@ class Run:
     def __init__(self, settings: ExtractionSettings, resolved: Resolved, store: EngineStore, execution: Execution):
         """``execution``: with this rank's device (not ``auto``)."""
         self.settings, self.resolved, self.store, self.execution = settings, resolved, store, execution
-        self.engine = None
+        self.engine: Engine | None = None
         self.prepared = Prepared()
         self.embedded = 0
         self.warned: list[dict] = []  # Pillow's warnings: {path, warning}
@@ -511,14 +512,13 @@ class Run:
             self._model = load_backbone(self.settings.backbone, r.weights_arg, r.seed, p.resize, p.crop, p.draft).model
         return self._model
 
-    def calibration(self, calibration_files: list[str], fixed: bool = False):
-        def calibration():
-            return calibration_batches(
+    def calibration(self, calibration_files: list[str], fixed: bool = False) -> Calibration:
+        return Calibration(
+            lambda: calibration_batches(
                 calibration_files, self.settings, self.execution.max_pixels, self.execution.threads
-            )
-
-        calibration.fixed = fixed  # an int8 engine named by a bundle or another cache: found, never redrawn
-        return calibration
+            ),
+            fixed,  # an int8 engine named by a bundle or another cache: found, never redrawn
+        )
 
     def choose_int8(self, calibration_files: list[str], fixed: bool, force: bool):
         """The int8 scheme (or fp32) this CPU keeps for these settings (``engines.prepare_int8``)."""
@@ -680,7 +680,7 @@ def calibration_batches(files: list[str], settings: ExtractionSettings, max_pixe
     dataset = ImageDataset(files, settings.preprocessing, max_pixels)
     decoded = list(batches(dataset, 16, 0, threads=threads))
     digests = [d for b in decoded for d in b.digests] + [d for b in decoded for _, _, d in b.failures]
-    if calibration_set_id(digests) != settings.int8.calibration_set:
+    if settings.int8 is None or calibration_set_id(digests) != settings.int8.calibration_set:
         raise FeaturebankError(
             "the int8 engine of this cache is gone from its engine folder, and the calibration "
             "images it was made from have changed since: its rows cannot be reproduced; extract "

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from embedder.backbones.features import layer_dims
 from embedder.backbones.registry import load_backbone, resolve_layers
-from embedder.engines.engine import open_engine, prepare_int8, resolve_device_name
+from embedder.engines.engine import Calibration, open_engine, prepare_int8, resolve_device_name
 from embedder.engines.guard import BatchRunner
 from embedder.inputs.batches import ImageDataset, batches
 from embedder.kernel.errors import FeaturebankError, InvalidValue
@@ -141,10 +141,8 @@ class Embedder(TransformerMixin, BaseEstimator):
             store = EngineStore(o.engine_dir or engine_dir_for())
             chunks = self.__dict__.get("_calibration")
 
-            def calibration():
-                return chunks
-
-            calibration.fixed = chunks is None  # a cache's engine, or an unpickled one: found, never redrawn
+            # a cache's engine, or an unpickled one (no chunks): found, never redrawn
+            calibration = Calibration(lambda: chunks, fixed=chunks is None)
             if self.settings_.int8 is not None and self.settings_.int8.scheme == "auto":
                 choice = prepare_int8(
                     self.settings_, store, lambda: self.backbone_.model, calibration, batch_size=o.batch_size

@@ -41,6 +41,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import IO
 
 import h5py
@@ -309,7 +310,8 @@ class CacheWriter:
         self.settings_key = settings_key(settings)
         self.source = source
         self.root = root
-        self.info = info or {}
+        # the info written with the file; a function where it is worked out only then (library versions)
+        self.info: dict | Callable[[], dict] = info or {}
         self.entries: dict[str, Entry] = {}
         self.sources: list[str] = []  # file of each Entry.source; "" when there is no main file
         self.previous_info: dict = {}  # the existing file's info (run records carry over)

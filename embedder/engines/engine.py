@@ -17,6 +17,7 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -282,6 +283,18 @@ def _onnx_engine(settings, store, build_model, batch_size, calibration, prepared
             raise FileProblem(f"the engine file {store.model_path(name)} could not be written")
     path, meta = found
     return OnnxEngine(path, settings, meta=meta)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The int8 calibration images, decoded only when called (an engine found in the store never needs them).
+    ``fixed``: the engine was named by a bundle or another cache, so it is found, never calibrated anew."""
+
+    batches: Callable[[], list | None]
+    fixed: bool = False
+
+    def __call__(self) -> list | None:
+        return self.batches()
 
 
 def _calibration_fixed(calibration) -> bool:

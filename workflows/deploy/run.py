@@ -13,7 +13,7 @@ import onnx
 
 from embedder.backbones.registry import file_metadata, head_classes, load_backbone, output_node
 from embedder.cache.hdf5 import CacheReader
-from embedder.engines.engine import BATCH_SIZE, open_engine, prepare_int8, settings_fp32
+from embedder.engines.engine import BATCH_SIZE, OnnxEngine, open_engine, prepare_int8, settings_fp32
 from embedder.inputs.batches import ImageDataset, ThreadBatches
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.inputs.sources import Item, Listing, list_inputs
@@ -77,6 +77,7 @@ def export(
     fp32_settings = settings_fp32(settings)
     crop = settings.preprocessing.crop
     fp32_engine = open_engine(fp32_settings, store, build_model, engine="onnxruntime", device="cpu")
+    assert isinstance(fp32_engine, OnnxEngine)  # engine="onnxruntime" opens one
     fp32_backbone = onnx.load(fp32_engine.path)
     head_onnx, how = head_model(
         head, backbone_width(fp32_backbone, layer, head), default_opset(fp32_backbone), fp32_backbone.ir_version
@@ -97,6 +98,7 @@ def export(
     q_engine = open_engine(
         q_settings, store, build_model, engine="onnxruntime", device="cpu", calibration=calibration_fn
     )
+    assert isinstance(q_engine, OnnxEngine)  # engine="onnxruntime" opens one
     q_backbone = onnx.load(q_engine.path)
     if (default_opset(q_backbone), q_backbone.ir_version) != (default_opset(fp32_backbone), fp32_backbone.ir_version):
         head_onnx, _ = head_model(
@@ -158,22 +160,22 @@ def compare(
     import onnxruntime as ort
 
     index = {c: i for i, c in enumerate(classes)}
-    labelled = [(p, index[c]) for p, c in labelled if c in index]
-    if not labelled:
+    indexed = [(p, index[c]) for p, c in labelled if c in index]
+    if not indexed:
         raise InvalidValue("no labelled images to measure int8 against fp32 on: give --images DATA")
     sessions = [
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         for m in (fp32_model, int8_model)
     ]
-    dataset = ImageDataset([p for p, _ in labelled], prep, max_pixels)
-    y = np.array([c for _, c in labelled])
+    dataset = ImageDataset([p for p, _ in indexed], prep, max_pixels)
+    y = np.array([c for _, c in indexed])
     preds: list[list[np.ndarray]] = [[], []]
     kept: list[int] = []
     first_failure = None
     for batch in ThreadBatches(dataset, batch_size, threads):
         if batch.failures and first_failure is None:
             i, reason, _ = batch.failures[0]
-            first_failure = f"{labelled[i][0]}: {reason}"
+            first_failure = f"{indexed[i][0]}: {reason}"
         if not batch.indices:
             continue
         x = np.ascontiguousarray(batch.images.transpose(0, 2, 3, 1))
@@ -182,12 +184,12 @@ def compare(
         kept.extend(batch.indices)
     if not kept:
         raise InvalidValue(
-            f"none of the {len(labelled)} labelled images could be read ({first_failure}): give --images DATA"
+            f"none of the {len(indexed)} labelled images could be read ({first_failure}): give --images DATA"
         )
     a, b, truth = np.concatenate(preds[0]), np.concatenate(preds[1]), y[kept]
     return {
         "images": int(len(kept)),
-        "unreadable": int(len(labelled) - len(kept)),
+        "unreadable": int(len(indexed) - len(kept)),
         "fp32": round(float((a == truth).mean()), 6),
         "int8": round(float((b == truth).mean()), 6),
         "agreement": round(float((a == b).mean()), 6),
