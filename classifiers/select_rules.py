@@ -23,7 +23,7 @@ Later rounds (two classes labelled or more): what a probe fitted on the labelled
   labelled rows gives each pool row a class; the budget is split equally over the labelled classes (and the rows no
   label reaches, a group of their own, first in line for what does not divide equally), and each share is the
   ``kmeans`` rule over its class's pool rows, that class's labelled rows counting as covered (measured on flowers
-  and its 10 class pairs: +1.9 and +1.8 points over coverage of the whole pool at 1 and 2 labels per class;
+  and its 10 class pairs: 1.9 points above coverage of the whole pool at 1 and at 2 labels per class;
   ``benchmarks/cold_start.py warm``). From there: k-means with (labelled + 2 × budget) centres; of the clusters without a
   labelled row, those whose rows the probe is least sure of in all (size × mean of 1 − margin), the row nearest
   each centre: coverage first, uncertainty to choose which uncovered regions (0.6 points above coverage alone at
