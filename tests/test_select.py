@@ -105,20 +105,47 @@ def test_second_round_picks_near_the_decision_boundary(tmp_path):
 
 
 def test_under_margin_from_labels_per_class_the_default_covers_what_the_labels_do_not(tmp_path):
-    """With 1 labelled image of blobs 0 and 1 (of 4), the default's margins are not used: its picks are the k-means
-    rule's own, and they go to the two blobs with no label first (one each)."""
+    """With 1 labelled image of blobs 0 and 1 (of 4), the default's margins are not used: label spreading reaches
+    neither blob 2 nor 3 (no neighbour edge joins the blobs), so those rows are a group of their own, first in line
+    for the share that does not divide (4 picks over 3 groups: 2 for it, one a blob); each labelled class's share
+    goes to its own blob, off its labelled image (the near-duplicate check off: every row of these tight blobs is
+    within 0.95 cosine of its blob's others)."""
     X, blob = blobs()
     known = np.full(len(blob), "", dtype=object)
     known[np.flatnonzero(blob == 0)[0]], known[np.flatnonzero(blob == 1)[0]] = "a", "b"
     cache, paths = write_cache(tmp_path / "two.h5", X, known)
-    picked = select(cache, budget=2)
+    picked = select(cache, budget=4, duplicate_cosine=1.0)
     assert picked.rule == DEFAULT_WARM and picked.stage == "labelled"
     assert any(
         "1.0 labelled images per class, under 5: the probe's margins are not used yet" in n for n in picked.notes
     )
-    assert sorted(blob[paths.index(p.path)] for p in picked.picks) == [2, 3]
-    same = select(cache, budget=2, strategy="kmeans")
-    assert [p.path for p in same.picks] == [p.path for p in picked.picks]
+    where = [int(blob[paths.index(p.path)]) for p in picked.picks]
+    assert sorted(where) == [0, 1, 2, 3]
+    assert all(p.path not in (paths[0], paths[15]) for p in picked.picks)  # the labelled images are not picked
+    unreached = [w for w, p in zip(where, picked.picks) if p.reason.endswith("that no label reaches")]
+    assert sorted(unreached) == [2, 3]
+    assert [w for w, p in zip(where, picked.picks) if p.reason.endswith("that label spreading calls a")] == [0]
+
+
+def test_under_margin_from_labels_per_class_a_small_class_gets_its_share(tmp_path):
+    """Two classes along two segments, 60 images of one (5 times as long) and 12 of the other, 1 labelled at one end
+    of each: coverage of the whole pool puts every pick on the long one; the default splits the budget equally over
+    the classes label spreading finds, 2 and 2 (the near-duplicate check off: the short segment's images are all
+    within 0.95 cosine of each other once centred)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], [60, 12])
+    X = rng.normal(0, 0.3, (72, 16))
+    X[:60, 0] += np.linspace(0, 30, 60)
+    X[60:, 1] += np.linspace(0, 6, 12)
+    X[60:, 2] += 20
+    X[:, 3] += 10
+    known = np.full(len(y), "", dtype=object)
+    known[0], known[60] = "long", "short"
+    cache, paths = write_cache(tmp_path / "unequal.h5", X, known)
+    picked = select(cache, budget=4, duplicate_cosine=1.0)
+    assert sorted(int(y[paths.index(p.path)]) for p in picked.picks) == [0, 0, 1, 1]
+    plain = select(cache, budget=4, strategy="kmeans", duplicate_cosine=1.0)
+    assert [int(y[paths.index(p.path)]) for p in plain.picks] == [0, 0, 0, 0]
 
 
 def test_the_coverage_space_keeps_the_geometry_of_the_main_directions():
