@@ -1,20 +1,21 @@
-"""Calibrated probabilities, measured: held-out ECE and log-loss before and after ``train``'s temperature.
+"""Calibrated probabilities, measured: held-out ECE and log-loss before and after ``train``'s calibration.
 
 For each ``--data NAME TRAIN_CACHE VAL_CACHE`` and each ``--classifier`` (default: the tuned probe ``logreg``, the
 default ``ensemble`` and ``rbf-svm``), exactly what ``featurebank train`` does: the zoo pipeline fit on every row of
 train/, its out-of-fold scores on 5 stratified inner folds of train/ (``calibration.out_of_fold``: 5 more fits),
-one temperature fit on them by log-loss (``calibration.fit_temperature``). Nothing is fit or chosen on val/; val/ is
-scored once:
+the margin temperature fit on them by log-loss (``calibration.fit_calibration``), and beside it the former default,
+one temperature (``calibration.fit_temperature``). Nothing is fit or chosen on val/; val/ is scored once:
 
 - **val/ ECE** (top label, 15 equal-width bins) and **log-loss**, uncalibrated (the entry's own probabilities; for an
-  entry with decision scores only, a softmax of them, what ``--no-calibrate`` gives) and calibrated, with a 95 %
-  bootstrap interval of the calibrated ECE (1,000 resamples of the val/ rows);
+  entry with decision scores only, a softmax of them, what ``--no-calibrate`` gives), with one temperature, and with
+  the margin temperature, with a 95 % bootstrap interval of the last (1,000 resamples of the val/ rows);
 - **chance ECE**: the ECE a perfectly calibrated model with these very confidences would show on this many rows
   (labels drawn from the calibrated probabilities themselves, 1,000 draws: mean and 95th percentile). An ECE
   inside that range is as good as this many rows can tell;
-- **accuracy** on val/ before and after (the same: a temperature never changes the arg-max);
+- **confidence - accuracy** on val/ (margin temperature): above 0 over-confident, below under-confident;
+- **accuracy** on val/ before and after (the same: one positive factor per row never changes the arg-max);
 - **out of fold on train/**: the ECE of the out-of-fold scores, uncalibrated and cross-fitted (each inner fold's
-  rows scaled by the temperature fit on the other folds': no row's label chooses its own temperature);
+  rows calibrated by the fit on the other folds': no row's label chooses its own calibration);
 - **cost**: the seconds of the fit on every row and of the 5 calibration fits, measured here.
 
     python benchmarks/calibration.py \\
@@ -28,7 +29,9 @@ line): REPEATS seeded repeats of a 5-fold outer split of train/; on each outer f
 does (the pipeline fit on every row of it, 5 inner folds' out-of-fold scores), and from those same fits each
 candidate way to calibrate, scored on the outer fold's rows, which nothing saw:
 
-- **temperature** (``train``'s): the temperature of the out-of-fold scores, on the model fit on every row;
+- **margin temperature** (``train``'s default): ``calibration.fit_calibration`` on the out-of-fold scores, applied
+  to the model fit on every row;
+- **temperature** (the former default): one temperature of the out-of-fold scores, on the model fit on every row;
 - **none**: the model's own probabilities (a softmax of its decision scores);
 - **inner models, a temperature each** (``CalibratedClassifierCV(method="temperature", ensemble=True)``): the mean
   of the 5 inner models' probabilities, each with the temperature of its own held-out inner fold;
@@ -39,8 +42,8 @@ candidate way to calibrate, scored on the outer fold's rows, which nothing saw:
   0.01), fit by log-loss on the out-of-fold scores; unlike a temperature it can change the predicted class.
 
 Per candidate: the ECE of the outer folds' rows pooled (as many as train/ has), mean and spread over repeats, and
-its paired difference to the temperature; the mean ECE of one outer fold's rows; log-loss; mean confidence minus
-accuracy (above 0: over-confident); accuracy. Then the chance ECE of a perfectly calibrated model with the
+its paired difference to one temperature; the mean ECE of one outer fold's rows; log-loss; mean confidence minus
+accuracy (above 0: over-confident); accuracy. Then the chance ECE of a perfectly calibrated model with one
 temperature's confidences at those row counts and at val/'s.
 
     python benchmarks/calibration.py --nested 4 -c logreg -c ensemble \
@@ -120,18 +123,22 @@ def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> st
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     oof, kind, fold_of = out_of_fold(model, X, y, seed=0, folds=FOLDS)
-    T = fit_temperature(oof, kind, y)
+    found = fit_calibration(oof, kind, y)
     calibration_s = time.perf_counter() - started
+    T = fit_temperature(oof, kind, y)
     raw, _ = raw_scores(model, Xv)
-    before, after = apply_temperature(raw, kind, 1.0), apply_temperature(raw, kind, T)
+    before, former = apply_temperature(raw, kind, 1.0), apply_temperature(raw, kind, T)
+    after = apply_calibration(raw, kind, found)
     lo, hi = bootstrap(yv, after)
     mean_chance, p95_chance = chance(after)
     crossed, _ = cross_fitted(oof, kind, y, fold_of)
     acc_before, acc_after = (before.argmax(1) == yv).mean(), (after.argmax(1) == yv).mean()
+    over = after.max(axis=1).mean() - acc_after
     return (
-        f"| {name} | {spec} | {len(y)} / {len(yv)} | {kind} | {T:.3f} "
-        f"| {ece(yv, before):.4f} | **{ece(yv, after):.4f}** [{lo:.4f}, {hi:.4f}] | {mean_chance:.4f} / {p95_chance:.4f} "
-        f"| {log_loss(yv, before):.4f} / {log_loss(yv, after):.4f} "
+        f"| {name} | {spec} | {len(y)} / {len(yv)} | {kind} | {T:.3f} | {found['temperature']:.3f}, "
+        f"{found['margin_power']:+.2f} | {ece(yv, before):.4f} | {ece(yv, former):.4f} "
+        f"| **{ece(yv, after):.4f}** [{lo:.4f}, {hi:.4f}] | {mean_chance:.4f} / {p95_chance:.4f} | {over:+.4f} "
+        f"| {log_loss(yv, before):.4f} / {log_loss(yv, former):.4f} / {log_loss(yv, after):.4f} "
         f"| {100 * acc_before:.2f} / {100 * acc_after:.2f} "
         f"| {ece(y, apply_temperature(oof, kind, 1.0)):.4f} / {ece(y, crossed):.4f} "
         f"| {fit_s:.1f} / {calibration_s:.1f} ({calibration_s / max(fit_s, 1e-9):.1f}×) |"
@@ -261,12 +268,13 @@ def main():
         print(f"load average {os.getloadavg()[0]:.1f} after")
         return
     print(
-        "| data | classifier | train / val rows | calibrated from | temperature | val/ ECE uncalibrated "
-        "| val/ ECE calibrated [95 % bootstrap] | chance ECE at these confidences (mean / 95th pct) "
-        "| val/ log-loss uncal. / cal. | val/ accuracy % uncal. / cal. "
+        "| data | classifier | train / val rows | calibrated from | one temperature (former) "
+        "| margin temperature: T, q (default) | val/ ECE uncalibrated | val/ ECE, one temperature "
+        "| val/ ECE, margin temperature [95 % bootstrap] | chance ECE at these confidences (mean / 95th pct) "
+        "| val/ confidence - accuracy | val/ log-loss uncal. / one T / margin T | val/ accuracy % uncal. / cal. "
         "| train/ out-of-fold ECE uncal. / cross-fitted | seconds: fit / 5 calibration fits |"
     )
-    print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, train, val in args.data:
         for spec in args.classifier or SPECS:
             print(measure(name, train, val, spec, args.layer), flush=True)
