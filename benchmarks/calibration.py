@@ -1,20 +1,21 @@
-"""Calibrated probabilities, measured: held-out ECE and log-loss before and after ``train``'s temperature.
+"""Calibrated probabilities, measured: held-out ECE and log-loss before and after ``train``'s calibration.
 
 For each ``--data NAME TRAIN_CACHE VAL_CACHE`` and each ``--classifier`` (default: the tuned probe ``logreg``, the
 default ``ensemble`` and ``rbf-svm``), exactly what ``featurebank train`` does: the zoo pipeline fit on every row of
 train/, its out-of-fold scores on 5 stratified inner folds of train/ (``calibration.out_of_fold``: 5 more fits),
-one temperature fit on them by log-loss (``calibration.fit_temperature``). Nothing is fit or chosen on val/; val/ is
-scored once:
+the margin temperature fit on them by log-loss (``calibration.fit_calibration``), and beside it the former default,
+one temperature (``calibration.fit_temperature``). Nothing is fit or chosen on val/; val/ is scored once:
 
 - **val/ ECE** (top label, 15 equal-width bins) and **log-loss**, uncalibrated (the entry's own probabilities; for an
-  entry with decision scores only, a softmax of them, what ``--no-calibrate`` gives) and calibrated, with a 95 %
-  bootstrap interval of the calibrated ECE (1,000 resamples of the val/ rows);
+  entry with decision scores only, a softmax of them, what ``--no-calibrate`` gives), with one temperature, and with
+  the margin temperature, with a 95 % bootstrap interval of the last (1,000 resamples of the val/ rows);
 - **chance ECE**: the ECE a perfectly calibrated model with these very confidences would show on this many rows
   (labels drawn from the calibrated probabilities themselves, 1,000 draws: mean and 95th percentile). An ECE
   inside that range is as good as this many rows can tell;
-- **accuracy** on val/ before and after (the same: a temperature never changes the arg-max);
+- **confidence - accuracy** on val/ (margin temperature): above 0 over-confident, below under-confident;
+- **accuracy** on val/ before and after (the same: one positive factor per row never changes the arg-max);
 - **out of fold on train/**: the ECE of the out-of-fold scores, uncalibrated and cross-fitted (each inner fold's
-  rows scaled by the temperature fit on the other folds': no row's label chooses its own temperature);
+  rows calibrated by the fit on the other folds': no row's label chooses its own calibration);
 - **cost**: the seconds of the fit on every row and of the 5 calibration fits, measured here.
 
     python benchmarks/calibration.py \\
@@ -22,6 +23,32 @@ scored once:
         --data hymenoptera cache/fewlabels/hymenoptera-train.h5 cache/fewlabels/hymenoptera-val.h5
 
 (the caches ``benchmarks/few_labels.py`` makes: MobileNetV2, ImageNet checkpoint, default layer, of train/ and val/).
+
+``--nested REPEATS`` chooses the method, on train/ alone (val/ is not read, only its row count for the chance
+line): REPEATS seeded repeats of a 5-fold outer split of train/; on each outer fold's training part, what ``train``
+does (the pipeline fit on every row of it, 5 inner folds' out-of-fold scores), and from those same fits each
+candidate way to calibrate, scored on the outer fold's rows, which nothing saw:
+
+- **margin temperature** (``train``'s default): ``calibration.fit_calibration`` on the out-of-fold scores, applied
+  to the model fit on every row;
+- **temperature** (the former default): one temperature of the out-of-fold scores, on the model fit on every row;
+- **none**: the model's own probabilities (a softmax of its decision scores);
+- **inner models, a temperature each** (``CalibratedClassifierCV(method="temperature", ensemble=True)``): the mean
+  of the 5 inner models' probabilities, each with the temperature of its own held-out inner fold;
+- **inner models, one temperature**: the same mean, with the one temperature of all the out-of-fold scores;
+- **refit at C x (k-1)/k** (the tuned probe only): the probe refit with its chosen C scaled to the inner folds' row
+  count, so its regularization matches the models the temperature was fit on;
+- **vector scaling**: a scale and a shift per class on the logits (the scales' spread and the shifts penalized by
+  0.01), fit by log-loss on the out-of-fold scores; unlike a temperature it can change the predicted class.
+
+Per candidate: the ECE of the outer folds' rows pooled (as many as train/ has), mean and spread over repeats, and
+its paired difference to one temperature; the mean ECE of one outer fold's rows; log-loss; mean confidence minus
+accuracy (above 0: over-confident); accuracy. Then the chance ECE of a perfectly calibrated model with one
+temperature's confidences at those row counts and at val/'s.
+
+    python benchmarks/calibration.py --nested 4 -c logreg -c ensemble \
+        --data flowers cache/fewlabels/flowers-train.h5 cache/fewlabels/flowers-val.h5 \
+        --data hymenoptera cache/fewlabels/hymenoptera-train.h5 cache/fewlabels/hymenoptera-val.h5
 """
 
 from __future__ import annotations
@@ -31,9 +58,25 @@ import os
 import time
 
 import numpy as np
+from scipy.optimize import minimize
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
 
 import embedder
-from classifiers.calibration import FOLDS, apply_temperature, cross_fitted, fit_temperature, out_of_fold, raw_scores
+from classifiers.calibration import (
+    FOLDS,
+    apply_calibration,
+    apply_temperature,
+    cross_fitted,
+    fit_calibration,
+    fit_temperature,
+    logits,
+    out_of_fold,
+    placed,
+    raw_scores,
+    softmax,
+)
+from classifiers.folds import fit_grouped, inner_fold_count, inner_splits
 from classifiers.metrics import ece
 from classifiers.zoo import make_classifier
 
@@ -52,16 +95,22 @@ def bootstrap(y: np.ndarray, p: np.ndarray, seed: int = 0) -> tuple[float, float
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def chance(p: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """The ECE of a perfectly calibrated model with these confidences on this many rows: labels drawn from ``p``."""
+def chance(p: np.ndarray, seed: int = 0, rows: int | None = None) -> tuple[float, float]:
+    """The ECE of a perfectly calibrated model with these confidences on this many rows (``rows``: that many drawn
+    from ``p`` with replacement each time): labels drawn from ``p``. Mean and 95th percentile."""
+    return chance_values(p, seed, rows)[:2]
+
+
+def chance_values(p: np.ndarray, seed: int = 0, rows: int | None = None, draws: int = DRAWS):
+    """Mean, 95th percentile and the share above 0.03 of ``chance``'s ECEs."""
     rng = np.random.default_rng(seed)
-    cumulative = np.cumsum(p, axis=1)
     values = []
-    for _ in range(DRAWS):
-        u = rng.random((len(p), 1))
-        y = np.minimum((u > cumulative).sum(axis=1), p.shape[1] - 1)
-        values.append(ece(y, p))
-    return float(np.mean(values)), float(np.percentile(values, 95))
+    for _ in range(draws):
+        q = p if rows is None else p[rng.integers(0, len(p), rows)]
+        u = rng.random((len(q), 1))
+        y = np.minimum((u > np.cumsum(q, axis=1)).sum(axis=1), q.shape[1] - 1)
+        values.append(ece(y, q))
+    return float(np.mean(values)), float(np.percentile(values, 95)), float(np.mean(np.asarray(values) > 0.03))
 
 
 def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> str:
@@ -74,22 +123,126 @@ def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> st
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     oof, kind, fold_of = out_of_fold(model, X, y, seed=0, folds=FOLDS)
-    T = fit_temperature(oof, kind, y)
+    found = fit_calibration(oof, kind, y)
     calibration_s = time.perf_counter() - started
+    T = fit_temperature(oof, kind, y)
     raw, _ = raw_scores(model, Xv)
-    before, after = apply_temperature(raw, kind, 1.0), apply_temperature(raw, kind, T)
+    before, former = apply_temperature(raw, kind, 1.0), apply_temperature(raw, kind, T)
+    after = apply_calibration(raw, kind, found)
     lo, hi = bootstrap(yv, after)
     mean_chance, p95_chance = chance(after)
     crossed, _ = cross_fitted(oof, kind, y, fold_of)
     acc_before, acc_after = (before.argmax(1) == yv).mean(), (after.argmax(1) == yv).mean()
+    over = after.max(axis=1).mean() - acc_after
     return (
-        f"| {name} | {spec} | {len(y)} / {len(yv)} | {kind} | {T:.3f} "
-        f"| {ece(yv, before):.4f} | **{ece(yv, after):.4f}** [{lo:.4f}, {hi:.4f}] | {mean_chance:.4f} / {p95_chance:.4f} "
-        f"| {log_loss(yv, before):.4f} / {log_loss(yv, after):.4f} "
+        f"| {name} | {spec} | {len(y)} / {len(yv)} | {kind} | {T:.3f} | {found['temperature']:.3f}, "
+        f"{found['margin_power']:+.2f} | {ece(yv, before):.4f} | {ece(yv, former):.4f} "
+        f"| **{ece(yv, after):.4f}** [{lo:.4f}, {hi:.4f}] | {mean_chance:.4f} / {p95_chance:.4f} | {over:+.4f} "
+        f"| {log_loss(yv, before):.4f} / {log_loss(yv, former):.4f} / {log_loss(yv, after):.4f} "
         f"| {100 * acc_before:.2f} / {100 * acc_after:.2f} "
         f"| {ece(y, apply_temperature(oof, kind, 1.0)):.4f} / {ece(y, crossed):.4f} "
         f"| {fit_s:.1f} / {calibration_s:.1f} ({calibration_s / max(fit_s, 1e-9):.1f}×) |"
     )
+
+
+def fit_vector(z: np.ndarray, y: np.ndarray, penalty: float = 0.01):
+    """Vector scaling: ``softmax(z * a + b)`` with ``a``, ``b`` per class, by log-loss plus ``penalty`` times the
+    scales' spread and the shifts' squares; the function it fits."""
+    k, rows = z.shape[1], np.arange(len(y))
+
+    def loss(theta):
+        a, b = theta[:k], theta[k:]
+        s = z * a + b
+        s = s - s.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(s).sum(axis=1))
+        g = np.exp(s - lse[:, None])
+        g[rows, y] -= 1
+        g /= len(y)
+        value = np.mean(lse - s[rows, y]) + penalty * (np.sum((a - a.mean()) ** 2) + np.sum(b**2))
+        return value, np.concatenate([(g * z).sum(0) + 2 * penalty * (a - a.mean()), g.sum(0) + 2 * penalty * b])
+
+    found = minimize(loss, np.concatenate([np.ones(k), np.zeros(k)]), jac=True, method="L-BFGS-B").x
+    return lambda zz: softmax(zz * found[:k] + found[k:])
+
+
+CANDIDATES = (
+    "temperature (former default)",
+    "none",
+    "inner models, a temperature each",
+    "inner models, one temperature",
+    "refit at C x (k-1)/k",
+    "vector scaling",
+    "margin temperature (default)",
+)
+
+
+def candidates(pipeline, XA, yA, XB, seed: int) -> dict[str, np.ndarray]:
+    """Every candidate's probabilities on ``XB`` from what ``train`` fits on ``XA, yA`` (inner folds seeded)."""
+    n_classes = int(yA.max()) + 1
+    full = clone(pipeline).fit(XA, yA)
+    raw, kind = raw_scores(full, XB)
+    k = inner_fold_count(yA, FOLDS)
+    oof, fold_of, inner = np.zeros((len(yA), n_classes)), np.zeros(len(yA), dtype=np.int64), []
+    for i, (train, test) in enumerate(inner_splits(XA, yA, None, k, seed)):
+        model = fit_grouped(clone(pipeline), XA[train], yA[train], None)
+        values, kind = raw_scores(model, XA[test])
+        oof[test], fold_of[test] = placed(values, kind, model.classes_, n_classes), i
+        inner.append(placed(raw_scores(model, XB)[0], kind, model.classes_, n_classes))
+    T = fit_temperature(oof, kind, yA)
+    each = [fit_temperature(oof[fold_of == i], kind, yA[fold_of == i]) for i in range(k)]
+    out = {
+        CANDIDATES[0]: apply_temperature(raw, kind, T),
+        CANDIDATES[1]: apply_temperature(raw, kind, 1.0),
+        CANDIDATES[2]: np.mean([apply_temperature(v, kind, t) for v, t in zip(inner, each)], axis=0),
+        CANDIDATES[3]: np.mean([apply_temperature(v, kind, T) for v in inner], axis=0),
+        CANDIDATES[5]: fit_vector(logits(oof, kind), yA)(logits(raw, kind)),
+        CANDIDATES[6]: apply_calibration(raw, kind, fit_calibration(oof, kind, yA)),
+    }
+    clf = full.named_steps["clf"]
+    if getattr(clf, "C_", None) is not None:
+        scaled = clone(pipeline).set_params(clf__C=float(clf.C_) * (k - 1) / k).fit(XA, yA)
+        out[CANDIDATES[4]] = apply_temperature(raw_scores(scaled, XB)[0], kind, T)
+    return out
+
+
+def nested(name: str, train: str, val: str, spec: str, layer: str | None, repeats: int) -> list[str]:
+    """The candidates on train/ alone: ``repeats`` seeded 5-fold outer splits (see the module's docstring)."""
+    X, y, _ = embedder.load(train, layer=layer)
+    y = np.searchsorted(np.unique(y), np.asarray(y))
+    pipeline = make_classifier(spec, seed=0)
+    found: dict[str, list] = {}
+    pooled_temperature = []
+    for r in range(repeats):
+        pooled, per_fold = {}, {}
+        for A, B in StratifiedKFold(FOLDS, shuffle=True, random_state=r).split(X, y):
+            for method, p in candidates(pipeline, X[A], y[A], X[B], seed=r).items():
+                pooled.setdefault(method, np.zeros((len(y), p.shape[1])))[B] = p
+                per_fold.setdefault(method, []).append(ece(y[B], p))
+        for method, p in pooled.items():
+            right = (p.argmax(axis=1) == y).mean()
+            found.setdefault(method, []).append(
+                (ece(y, p), log_loss(y, p), p.max(axis=1).mean() - right, np.mean(per_fold[method]), right)
+            )
+        pooled_temperature.append(pooled[CANDIDATES[0]])
+        print(f"  {name} {spec} repeat {r + 1}/{repeats} done", flush=True)
+    base = np.array(found[CANDIDATES[0]])
+    lines = []
+    for method in (m for m in CANDIDATES[-1:] + CANDIDATES[:-1] if m in found):
+        v = np.array(found[method])
+        d = v[:, 0] - base[:, 0]
+        lines.append(
+            f"| {name} | {spec} | {method} | {v[:, 0].mean():.4f} ({v[:, 0].std():.4f}) "
+            f"| {d.mean():+.4f} ({d.std():.4f}) | {v[:, 3].mean():.4f} | {v[:, 1].mean():.4f} "
+            f"| {v[:, 2].mean():+.4f} | {100 * v[:, 4].mean():.2f} |"
+        )
+    p = np.vstack(pooled_temperature)
+    val_rows = len(embedder.load(val, layer=layer)[1])  # its row count only
+    said = []
+    for rows in (len(y), len(y) // FOLDS, val_rows):
+        mean, p95, above = chance_values(p, rows=rows)
+        said.append(f"{rows} rows {mean:.4f} / {p95:.4f} (above 0.03: {100 * above:.0f} %)")
+    lines.append(f"| {name} | {spec} | *chance* (mean / 95th pct) | {'; '.join(said)} | | | | | |")
+    return lines
 
 
 def main():
@@ -97,15 +250,31 @@ def main():
     parser.add_argument("--data", nargs=3, action="append", metavar=("NAME", "TRAIN_CACHE", "VAL_CACHE"), required=True)
     parser.add_argument("--classifier", "-c", action="append", default=None, help=f"zoo specs (default: {SPECS})")
     parser.add_argument("--layer", default=None)
+    parser.add_argument("--nested", type=int, default=0, metavar="REPEATS", help="choose on train/ alone (above)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {FOLDS} calibration folds\n")
+    if args.nested:
+        rows = []
+        for name, train, val in args.data:
+            for spec in args.classifier or SPECS[:2]:
+                rows += nested(name, train, val, spec, args.layer, args.nested)
+        print(
+            f"\n| data | classifier | method | ECE, outer folds pooled: mean (sd) over {args.nested} repeats "
+            "| vs temperature, paired: mean (sd) | ECE of one outer fold | log-loss | confidence - accuracy "
+            "| accuracy % |"
+        )
+        print("|---|---|---|--:|--:|--:|--:|--:|--:|")
+        print("\n".join(rows))
+        print(f"load average {os.getloadavg()[0]:.1f} after")
+        return
     print(
-        "| data | classifier | train / val rows | calibrated from | temperature | val/ ECE uncalibrated "
-        "| val/ ECE calibrated [95 % bootstrap] | chance ECE at these confidences (mean / 95th pct) "
-        "| val/ log-loss uncal. / cal. | val/ accuracy % uncal. / cal. "
+        "| data | classifier | train / val rows | calibrated from | one temperature (former) "
+        "| margin temperature: T, q (default) | val/ ECE uncalibrated | val/ ECE, one temperature "
+        "| val/ ECE, margin temperature [95 % bootstrap] | chance ECE at these confidences (mean / 95th pct) "
+        "| val/ confidence - accuracy | val/ log-loss uncal. / one T / margin T | val/ accuracy % uncal. / cal. "
         "| train/ out-of-fold ECE uncal. / cross-fitted | seconds: fit / 5 calibration fits |"
     )
-    print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, train, val in args.data:
         for spec in args.classifier or SPECS:
             print(measure(name, train, val, spec, args.layer), flush=True)

@@ -26,7 +26,7 @@ from embedder.kernel.store import engine_dir_for, sha256_of, weights_digest
 from embedder.kernel.versions import library_versions
 from embedder.options import ExtractOptions, RunOptions, with_overrides
 
-from .calibration import PROBABILITY, apply_temperature, calibrate, raw_scores, uncalibrated
+from .calibration import PROBABILITY, apply_calibration, calibrate, raw_scores, uncalibrated
 from .crossval import RANK_BY
 from .data import labeled, open_cache
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
@@ -68,7 +68,7 @@ class Bundle:
         cal = self.calibration
         if cal is None or cal["input"] is None:
             return values, kind
-        return apply_temperature(values, cal["input"], cal["temperature"]), PROBABILITY
+        return apply_calibration(values, cal["input"], cal), PROBABILITY
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.pipeline.predict(X)
@@ -202,7 +202,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
 
 
 def _calibration(o: TrainOptions, pipeline, X, y, groups, unlabeled: bool) -> dict:
-    """The temperature of the fitted ``pipeline`` (``calibration.calibrate``: clones fit on inner folds of the
+    """The calibration of the fitted ``pipeline`` (``calibration.calibrate``: clones fit on inner folds of the
     labelled rows), or why there is none."""
     kind = PROBABILITY if hasattr(pipeline, "predict_proba") else "decision"
     if not o.calibrate:

@@ -1,21 +1,31 @@
-"""Calibrated probabilities for every zoo entry: one temperature, fit by log-loss on out-of-fold scores.
+"""Calibrated probabilities for every zoo entry: a temperature that follows each row's margin, fit by log-loss on
+out-of-fold scores.
 
 ``train`` (unless ``calibrate=False``) fits the chosen pipeline on ``FOLDS`` inner folds of its training rows
 (stratified, group-aware when the cache has groups; fewer folds when a class has fewer rows), collects each row's
-out-of-fold scores, and finds the one temperature ``T`` that minimizes their log-loss; the model itself is then the
-pipeline fit on every row, as without calibration (``CalibratedClassifierCV(method="temperature",
-ensemble=False)``'s scheme; its ``beta`` is our ``1 / T``, fit the same way). The calibrated probabilities are
-``softmax(z / T)`` with ``z`` the logits of the pipeline's own output:
+out-of-fold scores, and fits the calibration on them by log-loss; the model itself is then the pipeline fit on every
+row, as without calibration (``CalibratedClassifierCV(ensemble=False)``'s scheme). The calibrated probabilities are
+``softmax(z * beta)`` with ``z`` the logits of the pipeline's own output and, per row,
 
-- entries with probabilities (logreg, lda, knn, random-forest, ensemble): ``z = log(p + 1e-12)``, so that
-  ``softmax(z / T)`` is ``p ** (1/T)`` renormalized (for a logistic regression, its logits divided by ``T``);
+    beta = (1 / T) * (clip(g, low, high) / g_median) ** q
+
+``g`` the row's margin (its largest logit minus the second), ``low`` and ``high`` the smallest and largest margin of
+the rows it was fit on, ``g_median`` their median: ``T`` is the temperature of a row with the median margin, and
+``q`` (within ``[-MARGIN_POWER, MARGIN_POWER]``) lets rows of other margins get another one. ``q = 0`` is one
+temperature (``method: temperature``, what version 3 model files hold); the search starts there, so the fit's log-loss
+on those rows is never above one temperature's. Chosen over one temperature, over the mean of the inner folds'
+models and over vector scaling by a nested check on train/ alone (``benchmarks/calibration.py --nested``).
+
+- entries with probabilities (logreg, lda, knn, random-forest, ensemble): ``z = log(p + 1e-12)``, so that with
+  ``q = 0`` ``softmax(z / T)`` is ``p ** (1/T)`` renormalized (for a logistic regression, its logits divided by
+  ``T``);
 - entries with decision scores only (rbf-svm, linear-svm, ridge): ``z`` the decision scores, ``[-d, d]`` for two
-  classes (a sigmoid of ``2d / T`` without intercept).
+  classes.
 
-One positive factor on the logits never changes which class is largest: calibration changes no prediction, only
-how sure each is said to be. It costs ``folds`` more fits of the pipeline. Where inner folds cannot be made (one
-labelled image in a class), ``T = 1``: the entry's own probabilities, or a softmax of its decision scores, said to
-be uncalibrated.
+Each row's logits are multiplied by one positive factor, which never changes which class is largest: calibration
+changes no prediction, only how sure each is said to be. It costs ``folds`` more fits of the pipeline. Where inner
+folds cannot be made (one labelled image in a class), ``T = 1``: the entry's own probabilities, or a softmax of its
+decision scores, said to be uncalibrated.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.base import clone
 
 from .folds import fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
@@ -32,6 +42,9 @@ from .metrics import ece, full_proba
 FOLDS = 5  # inner folds of the training rows, as CalibratedClassifierCV's default
 EPS = 1e-12  # log(p + EPS): scikit-learn's temperature scaling's
 PROBABILITY, DECISION = "probability", "decision"
+TEMPERATURE, MARGIN = "temperature", "margin-temperature"  # the calibration's ``method`` in a model file
+MARGIN_POWER = 0.5  # the largest |q|: a row's temperature goes at most with the square root of its margin
+SMALLEST_MARGIN = 1e-6  # margins below this (ties) count as this
 
 
 def raw_scores(model, X) -> tuple[np.ndarray, str]:
@@ -57,6 +70,72 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def apply_temperature(values: np.ndarray, kind: str, temperature: float) -> np.ndarray:
     """Probabilities from a model's own output (``raw_scores``) and a temperature: ``softmax(logits / T)``."""
     return softmax(logits(values, kind) / float(temperature))
+
+
+def margins(z: np.ndarray) -> np.ndarray:
+    """Each row's largest logit minus its second largest (0 for a single class), at least ``SMALLEST_MARGIN``."""
+    z = np.asarray(z, dtype=np.float64)
+    if z.shape[1] < 2:
+        return np.full(len(z), SMALLEST_MARGIN)
+    top = np.partition(z, z.shape[1] - 2, axis=1)[:, -2:]
+    return np.maximum(top[:, 1] - top[:, 0], SMALLEST_MARGIN)
+
+
+def row_scale(z: np.ndarray, calibration: dict) -> np.ndarray:
+    """Each row's ``beta`` (the factor on its logits) under ``calibration`` (a model file's: ``temperature`` and,
+    for ``margin-temperature``, ``margin_power``, ``margin_median`` and ``margin_range``)."""
+    beta = np.full(len(z), 1.0 / float(calibration["temperature"]))
+    q = float(calibration.get("margin_power") or 0.0)
+    if q:
+        low, high = calibration["margin_range"]
+        beta = beta * (np.clip(margins(z), low, high) / float(calibration["margin_median"])) ** q
+    return beta
+
+
+def apply_calibration(values: np.ndarray, kind: str, calibration: dict | None) -> np.ndarray:
+    """Probabilities from a model's own output (``raw_scores``) and its calibration (None: ``T = 1``)."""
+    z = logits(values, kind)
+    if calibration is None:
+        return softmax(z)
+    return softmax(z * row_scale(z, calibration)[:, None])
+
+
+def fit_calibration(values: np.ndarray, kind: str, y: np.ndarray, power: float = MARGIN_POWER) -> dict:
+    """The margin temperature of these rows (``y``: column indices) by log-loss: ``temperature`` and
+    ``margin_power`` (``q`` within ``[-power, power]``; ``power = 0``: one temperature, ``method: temperature``),
+    with the ``margin_median`` and ``margin_range`` of these rows. Starts from one temperature
+    (``fit_temperature``), so its log-loss here is never above that one's."""
+    temperature = fit_temperature(values, kind, y)
+    if power <= 0:
+        return {"method": TEMPERATURE, "temperature": temperature}
+    z = logits(values, kind)
+    g = margins(z)
+    median = float(np.median(g))
+    log_g = np.log(g / median)
+    rows = np.arange(len(y))
+    y = np.asarray(y, dtype=np.int64)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        beta = np.exp(theta[0] + theta[1] * log_g)
+        s = z * beta[:, None]
+        s = s - s.max(axis=1, keepdims=True)
+        e = np.exp(s)
+        total = e.sum(axis=1)
+        value = np.mean(np.log(total) - s[rows, y])
+        # d loss / d beta per row: (E_p[z] - z_y); d beta / d theta = beta * (1, log g)
+        slope = ((e * z).sum(axis=1) / total - z[rows, y]) * beta / len(y)
+        return float(value), np.array([slope.sum(), (slope * log_g).sum()])
+
+    start = np.array([-np.log(temperature), 0.0])
+    found = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(-10.0, 10.0), (-power, power)])
+    theta = found.x if found.fun <= loss(start)[0] else start
+    return {
+        "method": MARGIN,
+        "temperature": float(np.exp(-theta[0])),
+        "margin_power": float(theta[1]),
+        "margin_median": median,
+        "margin_range": [float(g.min()), float(g.max())],
+    }
 
 
 def fit_temperature(values: np.ndarray, kind: str, y: np.ndarray) -> float:
@@ -98,12 +177,13 @@ def uncalibrated(kind: str, why: str) -> dict:
     return {"method": "none", "input": kind, "temperature": 1.0, "fits": 0, "note": f"not calibrated ({why}): {said}"}
 
 
-def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS) -> dict:
-    """The temperature of ``pipeline`` (a fitted or unfitted zoo pipeline: clones of it are fit) on ``folds`` inner
+def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS, power: float = MARGIN_POWER) -> dict:
+    """The calibration of ``pipeline`` (a fitted or unfitted zoo pipeline: clones of it are fit) on ``folds`` inner
     folds of ``X, y`` (class indices; ``groups``: a group stays on one side), as the model file records it:
-    ``method`` (``temperature``, or ``none`` where inner folds cannot be made), ``input`` (``probability`` or
-    ``decision``), ``temperature``, ``folds`` and ``fits`` (extra fits), ``seconds``, and the out-of-fold
-    log-loss and ECE before and after (measured on the rows the temperature was fit on: not a held-out figure)."""
+    ``method`` (``margin-temperature``; ``temperature`` with ``power=0``; ``none`` where inner folds cannot be
+    made), ``input`` (``probability`` or ``decision``), ``temperature`` and the margin's terms
+    (``fit_calibration``), ``folds`` and ``fits`` (extra fits), ``seconds``, and the out-of-fold log-loss and ECE
+    before and after (measured on the rows the calibration was fit on: not a held-out figure)."""
     kind = PROBABILITY if hasattr(pipeline, "predict_proba") else DECISION
     if kind == DECISION and not hasattr(pipeline, "decision_function"):  # a plug-in classifier with labels only
         return {
@@ -123,13 +203,12 @@ def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS)
     except MissingClass as exc:  # groups that hold a whole class: an inner fold has nothing of it to fit on
         return uncalibrated(kind, str(exc))
     k = int(fold_of.max()) + 1
-    temperature = fit_temperature(oof, kind, y)
-    before, after = apply_temperature(oof, kind, 1.0), apply_temperature(oof, kind, temperature)
+    found = fit_calibration(oof, kind, y, power=power)
+    before, after = apply_calibration(oof, kind, None), apply_calibration(oof, kind, found)
     rows = np.arange(len(y))
     return {
-        "method": "temperature",
+        **found,
         "input": kind,
-        "temperature": round(temperature, 6),
         "folds": k,
         "fits": k,
         "seconds": round(time.perf_counter() - started, 3),
@@ -173,15 +252,17 @@ def out_of_fold(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLD
     return oof, kind, fold_of
 
 
-def cross_fitted(raw: np.ndarray, kind: str, y: np.ndarray, fold_of: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """Calibrated out-of-fold probabilities without a fit more: each outer fold's rows get the temperature fit on
-    the out-of-fold scores of the other folds' rows (their labels only), so that no row's label chooses its own
-    temperature. ``fold_of``: each row's fold. The probabilities and each fold's temperature."""
+def cross_fitted(
+    raw: np.ndarray, kind: str, y: np.ndarray, fold_of: np.ndarray, power: float = MARGIN_POWER
+) -> tuple[np.ndarray, list[float]]:
+    """Calibrated out-of-fold probabilities without a fit more: each outer fold's rows get the calibration
+    (``fit_calibration``) fit on the out-of-fold scores of the other folds' rows (their labels only), so that no
+    row's label chooses its own. ``fold_of``: each row's fold. The probabilities and each fold's temperature."""
     out = np.zeros_like(raw, dtype=np.float64)
     temperatures = []
     for f in np.unique(fold_of):
         held = fold_of == f
-        t = fit_temperature(raw[~held], kind, y[~held]) if (~held).any() else 1.0
-        out[held] = apply_temperature(raw[held], kind, t)
-        temperatures.append(round(t, 4))
+        found = fit_calibration(raw[~held], kind, y[~held], power) if (~held).any() else None
+        out[held] = apply_calibration(raw[held], kind, found)
+        temperatures.append(round(found["temperature"], 4) if found else 1.0)
     return out, temperatures

@@ -36,8 +36,9 @@ from .registry import BlockedScaler, FewShotLDA, ReducedPCA
 from .ridge import NystroemRidge, TunedRidge
 
 FORMAT = "featurebank-model"
-VERSION = 3  # 3: trained_on.calibration, a temperature that predict and export apply (a reader of 2 would ignore it)
-READS = (2, 3)  # a version 2 file (no calibration) gives its classifier's own output, as it did
+VERSION = 4  # 4: the calibration's temperature may follow each row's margin (margin_power, a reader of 3 would ignore)
+# 3: trained_on.calibration, a temperature that predict and export apply (a reader of 2 would ignore it)
+READS = (2, 3, 4)  # a version 2 file (no calibration) gives its classifier's own output, as it did; 3 one temperature
 EXTENSION = ".fbmodel"
 META = "featurebank-model.json"
 PIPELINE = "pipeline.skops"
@@ -256,18 +257,47 @@ def check_consistent(path: str, document: dict, pipeline) -> None:
     if calibration is not None:
         t = calibration.get("temperature") if isinstance(calibration, dict) else None
         source = calibration.get("input", "missing") if isinstance(calibration, dict) else "missing"
-        finite = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
-        if not finite or source not in (None, "probability", "decision"):
+        if not _positive(t) or source not in (None, "probability", "decision"):
             raise FileProblem(
                 f"{path} was refused: its calibration is not one train writes (temperature {str(t)[:40]}, "
                 f"input {str(source)[:40]}: a temperature above 0 on probabilities or decision scores)"
             )
+        _check_margin(path, calibration)
     takes = input_dimensions(pipeline)
     dims = trained_on.get("dimensions")
     if isinstance(dims, dict) and takes is not None and dims.get(layer) != takes:
         raise FileProblem(
             f"{path} was refused: its layer {layer!r} has {dims.get(layer, 'unrecorded')} dimensions but its "
             f"classifier takes {takes}"
+        )
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _check_margin(path: str, calibration: dict) -> None:
+    """A margin temperature's terms (``classifiers.calibration.row_scale``): a finite power, a positive median and
+    a range of two positive margins, low to high; none of them when the power is absent or 0."""
+    q = calibration.get("margin_power")
+    if q is None or q == 0:
+        return
+    span = calibration.get("margin_range")
+    fine = (
+        isinstance(q, (int, float))
+        and not isinstance(q, bool)
+        and math.isfinite(q)
+        and _positive(calibration.get("margin_median"))
+        and isinstance(span, list)
+        and len(span) == 2
+        and all(_positive(v) for v in span)
+        and span[0] <= span[1]
+    )
+    if not fine:
+        raise FileProblem(
+            f"{path} was refused: its calibration is not one train writes (margin power {str(q)[:40]}, median "
+            f"{str(calibration.get('margin_median'))[:40]}, range {str(span)[:60]}: a finite power, a median and a "
+            f"range of margins above 0)"
         )
 
 
@@ -292,7 +322,7 @@ def _document(path: str, raw: bytes) -> dict:
     if document.get("version") not in READS:
         raise FileProblem(
             f"{path} is a model file of format version {document.get('version')!r}; this "
-            f"featurebank reads versions {' and '.join(map(str, READS))}: train it again with `featurebank train`"
+            f"featurebank reads versions {', '.join(map(str, READS[:-1]))} and {READS[-1]}: train it again with `featurebank train`"
         )
     check_metadata(path, document)
     return document

@@ -134,8 +134,9 @@ class TrainOptions:
     inner_folds: int = same_as(CVOptions, "inner_folds", cli=False)
     calibrate: bool = option(
         True,
-        "Calibrate the probabilities: one temperature fit by log-loss on out-of-fold scores of 5 inner folds of the "
-        "training rows (5 more fits; predictions unchanged). --no-calibrate: the entry's own probabilities, or a "
+        "Calibrate the probabilities: a temperature that follows each row's margin, fit by log-loss on out-of-fold "
+        "scores of 5 inner folds of the training rows (5 more fits; predictions unchanged). --no-calibrate: the "
+        "entry's own probabilities, or a "
         "softmax of its decision scores, uncalibrated.",
         flag="--calibrate/--no-calibrate",
     )

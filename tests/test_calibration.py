@@ -1,5 +1,5 @@
 """Calibrated probabilities for every zoo entry (``classifiers.calibration``): the ECE as defined, the temperature
-as scikit-learn's, calibration that lowers a deliberately over-confident model's held-out ECE and changes no
+as scikit-learn's, the margin temperature that lowers a held-out ECE one temperature cannot, calibration that lowers a deliberately over-confident model's held-out ECE and changes no
 prediction, every entry's rows summing to one after ``train``, the one-image-per-class fallback said in the model
 file, ``--no-calibrate`` end to end, ``evaluate``'s ECE and ``cv``'s cross-fitted ECE with its reliability diagram."""
 
@@ -18,7 +18,16 @@ from sklearn.model_selection import StratifiedKFold
 
 import cli
 from classifiers.bundle import evaluate, load_bundle, pseudo_labels, train
-from classifiers.calibration import apply_temperature, calibrate, cross_fitted, fit_temperature, raw_scores
+from classifiers.calibration import (
+    apply_calibration,
+    apply_temperature,
+    calibrate,
+    cross_fitted,
+    fit_calibration,
+    fit_temperature,
+    raw_scores,
+    softmax,
+)
 from classifiers.crossval import cross_validate
 from classifiers.metrics import ece, reliability
 from classifiers.report.writer import report_dict
@@ -65,14 +74,63 @@ def test_calibration_lowers_the_held_out_ece_of_an_over_confident_model_and_chan
     X, y, X_test, y_test = over_confident()
     model = LogisticRegression(C=1e4, max_iter=5000)
     found = calibrate(model, X, y, seed=0)
-    assert found["method"] == "temperature" and found["input"] == "probability" and found["folds"] == 5
+    assert found["method"] == "margin-temperature" and found["input"] == "probability" and found["folds"] == 5
     assert found["temperature"] > 2  # softened
     fitted = model.fit(X, y)
     raw, kind = raw_scores(fitted, X_test)
-    after = apply_temperature(raw, kind, found["temperature"])
+    after = apply_calibration(raw, kind, found)
     assert ece(y_test, raw) > 0.2  # the over-confident model, on 400 rows nothing was fit or calibrated on
     assert ece(y_test, after) < 0.4 * ece(y_test, raw)
     np.testing.assert_array_equal(after.argmax(axis=1), raw.argmax(axis=1))
+
+
+def margin_dependent(seed, n, classes=3):
+    """Scores whose over-confidence grows with the margin: the true probabilities are ``softmax(z * 2 / (1 +
+    margin))``, so that rows with a small margin are under-stated and rows with a large one over-stated; labels
+    drawn from them. No one temperature fits both ends."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=3.0, size=(n, classes))
+    top = np.sort(z, axis=1)
+    truth = softmax(z * (2.0 / (1.0 + top[:, -1] - top[:, -2]))[:, None])
+    y = (rng.random((n, 1)) > np.cumsum(truth, axis=1)).sum(axis=1)
+    return z, np.minimum(y, classes - 1)
+
+
+def test_the_margin_temperature_lowers_the_held_out_ece_where_one_temperature_cannot_and_keeps_the_order():
+    z, y = margin_dependent(0, 2000)
+    z_test, y_test = margin_dependent(1, 20000)
+    one = fit_calibration(z, "decision", y, power=0)
+    margin = fit_calibration(z, "decision", y)
+    assert one == {"method": "temperature", "temperature": pytest.approx(fit_temperature(z, "decision", y))}
+    assert margin["method"] == "margin-temperature" and margin["margin_power"] == pytest.approx(-0.5)  # its bound
+    before = apply_calibration(z_test, "decision", one)
+    after = apply_calibration(z_test, "decision", margin)
+    assert ece(y_test, before) > 0.08  # one temperature, on 20,000 rows nothing was fit on
+    assert ece(y_test, after) < 0.35 * ece(y_test, before)
+    log_loss = [-np.mean(np.log(p[np.arange(len(y_test)), y_test])) for p in (before, after)]
+    assert log_loss[1] < log_loss[0] - 0.03
+    np.testing.assert_array_equal(after.argmax(axis=1), z_test.argmax(axis=1))  # no prediction changes
+
+
+def test_a_margin_temperature_of_power_0_is_the_temperature_and_a_version_3_calibration_reads_as_before():
+    rng = np.random.default_rng(0)
+    p = softmax(rng.normal(scale=2.0, size=(50, 4)))
+    for q in (0.0, None):
+        cal = {"method": "temperature", "input": "probability", "temperature": 0.7}
+        if q is not None:
+            cal |= {"method": "margin-temperature", "margin_power": q, "margin_median": 1.0, "margin_range": [0.1, 5]}
+        np.testing.assert_allclose(apply_calibration(p, "probability", cal), apply_temperature(p, "probability", 0.7))
+
+
+def test_the_margin_fit_is_never_worse_than_one_temperature_on_the_rows_it_is_fit_on():
+    """It starts at the temperature: on scores a temperature explains exactly, it stays close to it."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(scale=2.0, size=(3000, 3))
+    y = np.minimum((rng.random((3000, 1)) > np.cumsum(softmax(z / 1.5), axis=1)).sum(axis=1), 2)
+    one, margin = fit_calibration(z, "decision", y, power=0), fit_calibration(z, "decision", y)
+    loss = [-np.mean(np.log(apply_calibration(z, "decision", c)[np.arange(3000), y])) for c in (one, margin)]
+    assert loss[1] <= loss[0] + 1e-12
+    assert abs(margin["margin_power"]) < 0.1 and margin["temperature"] == pytest.approx(1.5, rel=0.1)
 
 
 def test_every_zoo_entry_gives_probabilities_that_sum_to_one_after_train(tmp_path):
@@ -92,7 +150,7 @@ def test_every_zoo_entry_gives_probabilities_that_sum_to_one_after_train(tmp_pat
         bundle = train(str(tmp_path / "c.h5"), classifier=spec)
         proba, kind = bundle.scores(X)
         cal = bundle.calibration
-        assert kind == "probability" and cal["method"] == "temperature" and cal["folds"] == 5, spec
+        assert kind == "probability" and cal["method"] == "margin-temperature" and cal["folds"] == 5, spec
         assert proba.shape == (len(X), 3) and (proba >= 0).all(), spec
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9, err_msg=spec)
         np.testing.assert_array_equal(proba.argmax(axis=1), bundle.predict(X), err_msg=spec)
@@ -117,7 +175,7 @@ def test_one_labelled_image_per_class_trains_and_says_it_is_not_calibrated(tmp_p
 def test_fewer_rows_than_folds_in_a_class_calibrates_on_fewer_folds_and_says_so(tmp_path):
     synthetic_cache(tmp_path / "c.h5", counts=(12, 3, 10), dim=8)
     cal = train(str(tmp_path / "c.h5"), classifier="ridge").calibration
-    assert (cal["method"], cal["folds"]) == ("temperature", 3)
+    assert (cal["method"], cal["folds"]) == ("margin-temperature", 3)
     assert cal["note"] == "3 inner folds, not 5: the smallest class has 3 rows"
 
 
@@ -135,7 +193,7 @@ def test_a_class_held_by_one_group_is_left_uncalibrated_with_its_reason_never_a_
     assert "an inner fold's training rows lack a class" in cal["note"]
     three_groups = np.array([f"g{i % 3}" for i in range(40)], dtype=object)
     cal = calibrate(pipeline, X, y, three_groups)
-    assert (cal["method"], cal["folds"]) == ("temperature", 3)
+    assert (cal["method"], cal["folds"]) == ("margin-temperature", 3)
     assert cal["note"] == "3 inner folds, not 5: the rows come in 3 groups"
 
 
@@ -159,10 +217,10 @@ def test_no_calibrate_on_the_command_line_is_the_raw_model_end_to_end(tmp_path):
         "fits": 0,
         "note": "not calibrated (calibrate=False): a softmax of its decision scores",
     }
-    assert cal.calibration["method"] == "temperature" and cal.calibration["temperature"] != 1.0
+    assert cal.calibration["method"] == "margin-temperature" and cal.calibration["temperature"] != 1.0
     d = cal.pipeline.decision_function(X)
     np.testing.assert_allclose(raw.scores(X)[0], np.exp(d) / np.exp(d).sum(axis=1, keepdims=True), rtol=1e-9)
-    np.testing.assert_allclose(cal.scores(X)[0], apply_temperature(d, "decision", cal.calibration["temperature"]))
+    np.testing.assert_allclose(cal.scores(X)[0], apply_calibration(d, "decision", cal.calibration))
 
 
 def test_evaluate_reports_the_held_out_ece_and_log_loss_of_the_calibrated_probabilities(tmp_path):
@@ -173,7 +231,7 @@ def test_evaluate_reports_the_held_out_ece_and_log_loss_of_the_calibrated_probab
     proba, _ = bundle.scores(X_test)
     assert result["metrics"]["ece"] == pytest.approx(ece(y_test, proba))
     assert result["metrics"]["log_loss"] == pytest.approx(-np.mean(np.log(proba[np.arange(len(y_test)), y_test])))
-    assert result["calibration"]["method"] == "temperature"
+    assert result["calibration"]["method"] == "margin-temperature"
     assert sum(c["count"] for c in result["calibration"]["reliability"]) == len(y_test)
 
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from helpers import FAST, ROOT, write_tree
 
 from classifiers.bundle import Bundle, predict, predict_imagenet, train
+from classifiers.calibration import logits, margins, raw_scores
 from classifiers.zoo import list_classifiers, make_classifier
 from embedder import CacheReader, extract
 from embedder.inputs.batches import ImageDataset
@@ -83,7 +84,7 @@ def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, out
     calibrate=False, a softmax of ridge's decision scores), within float32 rounding."""
     root, images = trained
     bundle = train(str(root / "train.h5"), classifier=spec, out=str(tmp_path / "model.joblib"), calibrate=calibrate)
-    assert bundle.calibration["method"] == ("temperature" if calibrate else "none")
+    assert bundle.calibration["method"] == ("margin-temperature" if calibrate else "none")
     written = export(str(tmp_path / "model.joblib"), str(tmp_path / "model.onnx"))
     assert (written.precision, written.head, written.output) == ("fp32", how, output)
     assert written.bytes == os.path.getsize(tmp_path / "model.onnx") > 1_000_000  # resnet18's weights are inside
@@ -113,10 +114,17 @@ def test_every_exportable_zoo_head_gives_sklearns_scores(k):
     specs = [n for n in list_classifiers() if refusal(make_classifier(n)) is None]
     assert specs == ["logreg", "linear-svm", "rbf-svm", "ridge", "lda", "random-forest"]
     extra = ["logreg:l2=on,pca=10", "ridge:scale=off,l2=on", "knn:weights=uniform", "rbf-svm:pca=off"]
-    for spec, temperature in [(s, None) for s in specs + extra] + [(s, t) for s in specs for t in (0.4, 2.5)]:
+    # a temperature, or a margin temperature whose power is at either bound and whose range clips the new rows
+    calibrations = [{"temperature": 0.4}, {"temperature": 2.5}, {"temperature": 0.8, "margin_power": 0.5}]
+    calibrations.append({"temperature": 1.7, "margin_power": -0.5})
+    for spec, temperature in [(s, None) for s in specs + extra] + [(s, t) for s in specs for t in calibrations]:
         pipeline = make_classifier(spec).fit(X, y)
         kind = "probability" if hasattr(pipeline, "predict_proba") else "decision"
-        trained_on = {} if temperature is None else {"calibration": {"input": kind, "temperature": temperature}}
+        if temperature and "margin_power" in temperature:
+            g = margins(logits(raw_scores(pipeline, X)[0], kind))
+            low, high = np.percentile(g, [20, 80])
+            temperature = {**temperature, "margin_median": float(np.median(g)), "margin_range": [low, high]}
+        trained_on = {} if temperature is None else {"calibration": {"input": kind, **temperature}}
         bundle = Bundle(pipeline, [f"c{i}" for i in range(k)], spec, "x", {}, trained_on=trained_on)
         head = Head(bundle.classes, bundle.pipeline, spec, X, bundle.calibration, bundle.scores)
         model, _ = head_model(head, 24, 17, 8)
@@ -129,7 +137,7 @@ def test_every_exportable_zoo_head_gives_sklearns_scores(k):
         assert said == ("probability" if temperature else kind)
         if temperature:  # calibrated: every row a distribution, not the raw output
             np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-9)
-        np.testing.assert_allclose(got[0], expected, atol=1e-4, err_msg=f"{spec} T={temperature}")
+        np.testing.assert_allclose(got[0], expected, atol=1e-4, err_msg=f"{spec} calibration {temperature}")
         np.testing.assert_array_equal(got[1], bundle.predict(X_new), err_msg=spec)
 
 

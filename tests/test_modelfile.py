@@ -18,6 +18,7 @@ from helpers import synthetic_cache
 import cli
 from classifiers import modelfile
 from classifiers.bundle import evaluate, load_bundle, predict, train
+from classifiers.calibration import apply_temperature
 from embedder.kernel.errors import FeaturebankError
 from workflows.deploy.entry import export_model as export
 
@@ -334,7 +335,7 @@ def test_metadata_is_plain_json_and_a_write_replaces_only_whole(synthetic, tmp_p
     with zipfile.ZipFile(root / "m.fbmodel") as archive:
         assert sorted(archive.namelist()) == [modelfile.META, modelfile.PIPELINE]
         meta = json.loads(archive.read(modelfile.META))
-    assert meta["format"] == "featurebank-model" and meta["version"] == 3 and meta["classes"] == bundle.classes
+    assert meta["format"] == "featurebank-model" and meta["version"] == 4 and meta["classes"] == bundle.classes
     params = meta["trained_on"]["params"]  # the tuned probe: C chosen on inner folds (None), over its grid
     assert params["C"] is None and params["inner_folds"] == 3 and meta["settings"]["weights"] == "none:seed=0"
     # an existing file is replaced by a whole one, and no temporary file is left behind
@@ -371,12 +372,27 @@ def test_a_malicious_pickle_named_like_a_checkpoint_is_not_run_by_export(tmp_pat
     assert not marker.exists() and not (tmp_path / "x.onnx").exists()
 
 
+MARGIN = {"input": "probability", "temperature": 1.0, "margin_power": 0.3, "margin_median": 1.0}
+
+
 @pytest.mark.parametrize(
-    "calibration", [{"input": "probability"}, {"input": "probability", "temperature": 0}, {"temperature": "NaN"}, 3]
+    "calibration",
+    [
+        {"input": "probability"},
+        {"input": "probability", "temperature": 0},
+        {"temperature": "NaN"},
+        3,
+        {**MARGIN, "margin_range": [0.1, 2.0], "margin_median": 0},
+        {**MARGIN, "margin_range": [2.0, 0.1]},
+        {**MARGIN, "margin_range": [0.1]},
+        {**MARGIN, "margin_range": [0.1, 2.0], "margin_power": "0.3"},
+        {**MARGIN, "margin_range": [0.1, 2.0], "margin_power": float("inf")},
+    ],
 )
 def test_a_calibration_train_never_writes_is_refused_in_one_line(synthetic, tmp_path, calibration):
-    """A temperature that is missing, 0, not a number, or no record at all would divide by zero or give NaN
-    probabilities: the file is refused before anything runs."""
+    """A temperature that is missing, 0, not a number, or no record at all, or a margin temperature without a
+    positive median or an ordered range of two positive margins, would divide by zero or give NaN probabilities: the
+    file is refused before anything runs."""
     root, _, bundle = synthetic
     with zipfile.ZipFile(root / "m.fbmodel") as archive:
         meta, blob = json.loads(archive.read(modelfile.META)), archive.read(modelfile.PIPELINE)
@@ -389,13 +405,28 @@ def test_a_calibration_train_never_writes_is_refused_in_one_line(synthetic, tmp_
 
 
 def test_the_format_version_says_calibration_and_a_later_one_is_one_line(synthetic, tmp_path):
-    """Version 3 carries the temperature (a reader of version 2 refuses it rather than give uncalibrated numbers);
+    """Version 3 carries the temperature (a reader of version 2 refuses it rather than give uncalibrated numbers),
+    version 4 the margin temperature (a reader of version 3 refuses it rather than apply the temperature alone);
     version 2 files still load (tests/test_old_model_file.py); a later version is one line naming both."""
     root, _, _ = synthetic
     with zipfile.ZipFile(root / "m.fbmodel") as archive:
         meta, blob = json.loads(archive.read(modelfile.META)), archive.read(modelfile.PIPELINE)
-    assert meta["version"] == 3 and modelfile.READS == (2, 3)
-    meta["version"] = 4
+    assert meta["version"] == 4 and modelfile.READS == (2, 3, 4)
+    meta["version"] = 5
     path = _model_zip(tmp_path / "later.fbmodel", meta, blob)
-    with pytest.raises(FeaturebankError, match="format version 4; this featurebank reads versions 2 and 3: train"):
+    with pytest.raises(FeaturebankError, match="format version 5; this featurebank reads versions 2, 3 and 4: train"):
         load_bundle(path)
+
+
+def test_a_version_3_file_with_one_temperature_reads_and_predicts_as_it_did(synthetic, tmp_path):
+    """Version 4 adds the margin's terms; a version 3 file (one temperature, none of them) loads, and its
+    probabilities are ``softmax(log p / T)`` as version 3 gave them."""
+    root, X, bundle = synthetic
+    with zipfile.ZipFile(root / "m.fbmodel") as archive:
+        meta, blob = json.loads(archive.read(modelfile.META)), archive.read(modelfile.PIPELINE)
+    assert meta["trained_on"]["calibration"]["method"] == "margin-temperature"
+    old = {k: v for k, v in meta["trained_on"]["calibration"].items() if not k.startswith("margin_")}
+    meta |= {"version": 3, "trained_on": {**meta["trained_on"], "calibration": {**old, "method": "temperature"}}}
+    loaded = load_bundle(_model_zip(tmp_path / "v3.fbmodel", meta, blob))
+    p = bundle.pipeline.predict_proba(X)
+    np.testing.assert_allclose(loaded.scores(X)[0], apply_temperature(p, "probability", old["temperature"]))

@@ -123,10 +123,14 @@ def train_text(d: dict) -> list[str]:
     if d["trained_on"].get("labels"):
         lines.append(f"  labels: {d['trained_on']['labels']['csv']} over the cache's own")
     cal = d["trained_on"].get("calibration")
-    if cal and cal["method"] == "temperature":
+    if cal and cal["method"] in ("temperature", "margin-temperature"):
         oof = cal["out_of_fold"]
+        q = cal.get("margin_power") or 0.0
+        how = f"temperature {cal['temperature']:.3g}" + (
+            f" at the median margin, times (margin / median)^{-q:.2g}" if q else ""
+        )
         lines.append(
-            f"  probabilities: calibrated, temperature {cal['temperature']:.3g} fit on {cal['folds']} inner folds "
+            f"  probabilities: calibrated, {how} fit on {cal['folds']} inner folds "
             f"({cal['fits']} more fits, {cal['seconds']:.1f} s; out-of-fold log-loss {oof['log_loss_before']:.3f} → "
             f"{oof['log_loss_after']:.3f}, on the rows it was fit on); --no-calibrate leaves it out"
         )

@@ -38,9 +38,10 @@ from .reading import (
 CALIBRATION_NOTE = {
     "ece": "top-label expected calibration error, 15 equal-width bins of the predicted class's probability, "
     "out of fold (every labelled row once per repeat, mean over repeats)",
-    "of": "calibrated probabilities, as train makes them (one temperature on the logits), cross-fitted: each "
-    "fold's temperature fit by log-loss on the other folds' out-of-fold scores and labels, applied to this fold's "
-    "rows; no fit more. ece_uncalibrated: the entry's own probabilities, for the entries that have them",
+    "of": "calibrated probabilities, as train makes them (a temperature on the logits that follows each row's "
+    "margin), cross-fitted: each fold's calibration fit by log-loss on the other folds' out-of-fold scores and "
+    "labels, applied to this fold's rows; no fit more. ece_uncalibrated: the entry's own probabilities, for the "
+    "entries that have them",
     "log_loss": "calibration.log_loss: of those calibrated probabilities (metrics.log_loss: the entry's own)",
 }
 

@@ -73,13 +73,28 @@ class Head:
 
 
 def _calibrated(g: Graph, s: str, head: Head) -> str:
-    """The model file's temperature on the raw scores, as ``classifiers.calibration.apply_temperature``:
-    ``softmax(log(p + 1e-12) / T)`` for probabilities, ``softmax(d / T)`` for decision scores."""
+    """The model file's calibration on the raw scores, as ``classifiers.calibration.apply_calibration``:
+    ``softmax(z * beta)`` with ``z = log(p + 1e-12)`` for probabilities, the decision scores otherwise, and ``beta``
+    ``1 / T``, times ``(clip(margin, low, high) / median) ** q`` for a margin temperature (the margin: the row's
+    largest ``z`` minus its second, from TopK)."""
     cal = head.calibration
     if cal is None:
         return s
     z = g.op("Log", [g.op("Add", [s, g.const(np.float32(1e-12), "eps")])]) if cal["input"] == "probability" else s
-    return g.op("Softmax", [g.op("Mul", [z, g.const(np.float32(1.0 / float(cal["temperature"])), "beta")])], axis=1)
+    beta = g.const(np.float32(1.0 / float(cal["temperature"])), "beta")
+    q = float(cal.get("margin_power") or 0.0)
+    if q:
+        top, index = g.name("top2"), g.name("top2_index")
+        g.nodes.append(
+            helper.make_node("TopK", [z, g.const(np.array([2], np.int64), "k")], [top, index], name=g.name("TopK"))
+        )
+        margin = g.op("MatMul", [top, g.const(np.array([[1.0], [-1.0]], np.float32), "difference")])
+        low, high = (np.float32(v) for v in cal["margin_range"])
+        margin = g.op("Max", [g.op("Min", [margin, g.const(high, "high")]), g.const(low, "low")])
+        ratio = g.op("Div", [margin, g.const(np.float32(cal["margin_median"]), "median")])
+        power = g.op("Exp", [g.op("Mul", [g.op("Log", [ratio]), g.const(np.float32(q), "power")])])
+        beta = g.op("Mul", [power, beta])
+    return g.op("Softmax", [g.op("Mul", [z, beta])], axis=1)
 
 
 # -- the graph builder --------------------------------------------------------------------------------------------
@@ -282,7 +297,8 @@ def head_model(head: Head, width: int, opset: int, ir_version: int) -> tuple[onn
 
 def _finish(g: Graph, scores: str, k: int, raw: str | None = None) -> list:
     """``scores`` and their arg-max, ``label``: the graph's outputs. ``raw``: the scores before calibration, whose
-    arg-max is the same class (a temperature keeps the order) without float32 ties of nearly flat probabilities."""
+    arg-max is the same class (one positive factor per row keeps the order) without float32 ties of nearly flat
+    probabilities."""
     g.op("Identity", [scores], SCORES)
     g.op("ArgMax", [raw or SCORES], LABEL, axis=1, keepdims=0)
     return [
