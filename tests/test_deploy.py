@@ -117,8 +117,13 @@ def test_every_exportable_zoo_head_gives_sklearns_scores(k):
     # a temperature, or a margin temperature whose power is at either bound and whose range clips the new rows
     calibrations = [{"temperature": 0.4}, {"temperature": 2.5}, {"temperature": 0.8, "margin_power": 0.5}]
     calibrations.append({"temperature": 1.7, "margin_power": -0.5})
-    for spec, temperature in [(s, None) for s in specs + extra] + [(s, t) for s in specs for t in calibrations]:
-        pipeline = make_classifier(spec).fit(X, y)
+    # each entry with one temperature and one margin temperature (the power's sign alternating over the entries):
+    # every calibration meets both kinds of output (probability, decision) and both kinds of head (folded, converted)
+    calibrated = [(s, calibrations[(i + j) % 4]) for i, s in enumerate(specs) for j in (0, 2)]
+    assert {("margin_power" in t, s) for s, t in calibrated} == {(m, s) for m in (True, False) for s in specs}
+    fitted = {spec: make_classifier(spec).fit(X, y) for spec in specs + extra}  # each fit once, read as many times
+    for spec, temperature in [(s, None) for s in specs + extra] + calibrated:
+        pipeline = fitted[spec]
         kind = "probability" if hasattr(pipeline, "predict_proba") else "decision"
         if temperature and "margin_power" in temperature:
             g = margins(logits(raw_scores(pipeline, X)[0], kind))
