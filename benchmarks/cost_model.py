@@ -6,11 +6,16 @@ memory (class means plus unit noise at the scale of benchmarks/cv_scale.py's cac
 estimate (the model's seconds times that speed) and the fold are measured back to back under the same load; it also
 gives the fold's CPU seconds (every thread of the process: BLAS held at ``THREADS`` threads) and the load average.
 
-    PYTHONPATH=$PWD python benchmarks/cost_model.py grid --dims 1280 --out cal.jsonl   # the calibration grid
-    PYTHONPATH=$PWD python benchmarks/cost_model.py fit cal.jsonl                      # constants for cost.py
-    PYTHONPATH=$PWD python benchmarks/cost_model.py grid --dims 512 --sizes 500,8000 --out check.jsonl
-    PYTHONPATH=$PWD python benchmarks/cost_model.py table cal.jsonl check.jsonl        # estimate / measured
-    PYTHONPATH=$PWD python benchmarks/cost_model.py load                               # the speed check under load
+    PYTHONPATH=$PWD python benchmarks/cost_model.py grid --threads 1 --out cal.jsonl      # 1,280 dims, 250 ... 200k
+    PYTHONPATH=$PWD python benchmarks/cost_model.py grid --threads 1 --dims 512 --sizes 500,2000,8000,40000 \
+        --out check.jsonl                                                                   # and --dims 2048 ...
+    PYTHONPATH=$PWD python benchmarks/cost_model.py fit cal.jsonl check.jsonl   # constants (``calibration`` rows)
+    PYTHONPATH=$PWD python benchmarks/cost_model.py table --cpu cal.jsonl check.jsonl   # model / CPU seconds
+    PYTHONPATH=$PWD python benchmarks/cost_model.py table cal.jsonl check.jsonl   # estimate at the check / wall
+    PYTHONPATH=$PWD python benchmarks/cost_model.py load   # the speed check and folds with busy processes beside
+
+The model's seconds are one core's: ``--threads 1`` holds BLAS at one thread and the CPU seconds are what ``fit``
+reads; ``--threads 2`` times the folds as ``cv`` runs them (the wall column is then the one to read).
 
 ``grid`` runs each entry only up to the rows where its fold stays within a few minutes (``LARGEST``): the exact
 kernel SVM, brute-force kNN, the forest and the ensemble (which holds the exact kernel) are quadratic or steep, and
@@ -134,32 +139,63 @@ def speed(row: dict) -> float:
     return row["probe"] / cost.PROBE_SECONDS / math.sqrt(gain)
 
 
+def calibration(row: dict) -> bool:
+    """The rows the constants are fitted to: 1,280 dims up to 80,000 rows, and 512 dims up to 2,000 (so that a fixed
+    part and a d³ part can be told apart); every other row checks the fit."""
+    return (row["d"] == 1280 and row["n"] <= 80_000) or (row["d"] == 512 and row["n"] <= 2_000)
+
+
+def units(spec: str, n: int, t: int, d: int, k: int) -> list[float] | None:
+    """The terms of each entry's formula in cost.py, in the order of its constants (the fixed part first)."""
+    p = 256
+    pca = (n + t) * d * min(p, n, d)
+    m = min(1000, n)
+    inner = 2 * n if n < 6000 else 2 * n / 3
+    return {
+        "logreg": [d * k, inner * d * k, n * d * k],  # LOGREG_FIXED, LOGREG_SWEEP, LOGREG
+        "linear-svm": [n * d * k * min(1.0, math.sqrt(n / (3 * d)))],  # LINEAR_SVM
+        "rbf-svm": [1.0, pca, n * (n + t) * p],  # RBF_FIXED, (PCA), RBF_SVM
+        "rbf-svm~nystroem": [1.0, pca, (n + t) * m * (p + m), m**3],  # NYSTROEM_FIXED, PCA, NYSTROEM, NYSTROEM_CUBIC
+        "knn": [1.0, n * t * d],  # KNN_FIXED, NEIGHBOURS
+        "ridge": [1.0, n * d * d, d**3],  # RIDGE_FIXED, GRAM, CUBIC
+        "lda": [1.0, n * d * d, d**3],  # LDA_FIXED, LDA_GRAM, LDA_CUBIC
+        "random-forest": [300 * n * math.log2(n) * math.sqrt(d)],  # FOREST
+    }.get(spec)
+
+
 def fit(paths: list[str]) -> None:
-    """Per entry: the fixed seconds (the smallest folds) and the exponent of the growth in n (log-log over the
-    sizes above where the fixed part dominates), then each formula's constant as the geometric mean of
-    (seconds - fixed) / units over the calibration rows."""
-    found = rows(paths)
+    """Each entry's constants: non-negative least squares on the relative error of the model against the
+    calibration rows' CPU seconds (one thread), and the model over the measurement on each of them."""
+    from scipy.optimize import nnls
+
+    found = [r for r in rows(paths) if calibration(r)]
+    probes = [r["probe"] for r in found]
+    print(
+        f"PROBE_SECONDS = {min(probes):.3g}  # the best one-thread check of the grid (median {np.median(probes):.3g})"
+    )
     for spec in ENTRIES:
-        mine = sorted((r for r in found if r["entry"] == spec), key=lambda r: r["n"])
-        if not mine:
+        mine = [r for r in found if r["entry"] == spec]
+        terms = [units(spec, r["n"], r["t"], r["d"], r["k"]) for r in mine]
+        if not mine or terms[0] is None:
             continue
-        seconds = [normalized(r) for r in mine]
-        ns = [r["n"] for r in mine]
-        big = [(math.log(n), math.log(s)) for n, s in zip(ns, seconds) if n >= 4000]
-        slope = np.polyfit(*zip(*big), 1)[0] if len(big) >= 2 else float("nan")
-        model = [estimate(spec, Shape(r["n"], r["t"], r["d"], r["k"])) or 0.0 for r in mine]
-        ratio = ", ".join(f"{n}: {m / s:.2f}" for n, m, s in zip(ns, model, seconds))
-        print(f"{spec:18} seconds {', '.join(f'{s:.3g}' for s in seconds)}; exponent in n (>= 4k) {slope:.2f}")
-        print(f"{'':18} model/measured {ratio}")
+        U, y = np.array(terms), np.array([r["cpu"] for r in mine])
+        scale = (U / y[:, None]).max(axis=0)
+        scale[scale == 0] = 1.0
+        constants = nnls(U / y[:, None] / scale, np.ones(len(y)))[0] / scale
+        fitted = ", ".join(f"{r['n']:,}x{r['d']}: {m / c:.2f}" for r, m, c in zip(mine, U @ constants, y))
+        print(f"{spec:18} {' '.join(f'{v:.3g}' for v in constants)}   model/measured {fitted}")
 
 
-def table(paths: list[str], cpu: bool = False) -> None:
+def table(paths: list[str], cpu: bool = False, markdown: bool = False) -> None:
     """Estimate over measured fold, per entry and size. Wall (the default): the current cost.py's seconds times the
     speed its check measured just before the fold, over the fold's wall seconds. ``cpu``: the model's seconds (one
     core's) over the fold's CPU seconds, which a shared machine's load moves far less."""
     found = rows(paths)
     shapes = sorted({(r["d"], r["n"]) for r in found})
-    print(f"{'entry':18} " + " ".join(f"{f'{n:,}x{d}':>11}" for d, n in shapes))
+    join = (lambda cells: "| " + " | ".join(c.strip() for c in cells) + " |") if markdown else " ".join
+    print(join([f"{'entry':18}", *(f"{f'{n:,} x {d}':>11}" for d, n in shapes)]))
+    if markdown:
+        print("|---|" + "--:|" * len(shapes))
     within = total = 0
     for spec in ENTRIES:
         cells = []
@@ -173,8 +209,8 @@ def table(paths: list[str], cpu: bool = False) -> None:
             ratio = model / r["cpu"] if cpu else speed(r) * model / r["wall"]
             within += 1 / 1.5 <= ratio <= 1.5
             total += 1
-            cells.append(f"{ratio:11.2f}")
-        print(f"{spec:18} " + " ".join(cells))
+            cells.append(f"{ratio:11.2f}" if not markdown or 1 / 1.5 <= ratio <= 1.5 else f"**{ratio:.2f}**")
+        print(join([f"{spec:18}", *cells]))
     loads = [r["load"] for r in found]
     what = "model / CPU seconds" if cpu else "estimate (at the check's speed) / wall seconds"
     print(f"{what}: {within} of {total} within a factor of 1.5; load average {min(loads):.1f} to {max(loads):.1f}")
@@ -240,6 +276,7 @@ def main() -> None:
     parser.add_argument("--out", default="cost_model.jsonl")
     parser.add_argument("--threads", type=int, default=THREADS, help="grid: BLAS threads of the folds")
     parser.add_argument("--cpu", action="store_true", help="table: the model against CPU seconds")
+    parser.add_argument("--markdown", action="store_true", help="table: as a Markdown table (misses in bold)")
     a = parser.parse_intermixed_args()
     if a.what == "grid":
         THREADS = a.threads
@@ -248,7 +285,7 @@ def main() -> None:
     elif a.what == "fit":
         fit(a.paths)
     elif a.what == "table":
-        table(a.paths, a.cpu)
+        table(a.paths, a.cpu, a.markdown)
     else:
         under_load()
 

@@ -23,12 +23,14 @@ import numpy as np
 from embedder.kernel.errors import InvalidValue
 
 # The default budget is cv's option (classifiers.options.CVOptions.budget), read by parse_budget.
-# The model's seconds are one core's of the calibration machine (2-core AMD EPYC VM), measured by
-# benchmarks/cost_model.py on 2026-12-06 as CPU seconds with BLAS held at one thread (the machine was shared, load
-# average 5 to 8: CPU time is what a fold costs whatever else runs; wall time under that load was 1.5 to 2.5 times
-# it). Each constant is fitted (non-negative least squares on relative error) to folds at 1,280 dims and 250, 1,000,
-# 4,000, 20,000 and 80,000 training rows; 200,000 rows and 512 and 2,048 dims were kept out of the fit to check it.
-PROBE_SECONDS = 0.0079  # speed_check on one idle core of the calibration machine (the best of the grid's checks)
+# The model's seconds are one core's of the calibration machine (a 2-core AMD EPYC VM), measured by
+# benchmarks/cost_model.py on 2026-12-06 as CPU seconds with BLAS held at one thread: the machine was shared (load
+# average 5 to 13), and CPU time is what a fold costs whatever else runs (its wall time was 1.5 to 12 times it).
+# Each entry's constants are fitted together (non-negative least squares on relative error) to folds of 250, 1,000,
+# 4,000, 20,000 and 80,000 training rows at 1,280 dims and 500 and 2,000 at 512 (which tell a fixed part from a d³
+# one); the folds at 200,000 rows, at 8,000 and 40,000 x 512 and at 2,048 dims were kept out of the fit to check it
+# (docs/cross-validation.md, benchmarks/RESULTS.md). ``python benchmarks/cost_model.py fit`` prints them again.
+PROBE_SECONDS = 0.00785  # speed_check's one-thread time on an idle core there (the best of the grid's checks)
 # the earlier model (2026-11-30, idle, 8,000 to 16,000 rows): LOGREG 1.96e-8, LINEAR_SVM 1.4e-7, RBF_SVM 5.47e-10,
 # PCA 3.52e-10, NYSTROEM 2.12e-10, CUBIC 1.73e-10, GRAM 4.68e-11, NEIGHBOURS 2.21e-11, FOREST 7.37e-8, no fixed parts
 LOGREG_FIXED = 2.52e-05  # per d·k: the tuned probe's set-up and the many steps of its path on few rows
@@ -36,21 +38,22 @@ LOGREG_SWEEP = 1.94e-09  # per inner row·d·k of the sweep (3 inner folds of 2n
 LOGREG = 6.5e-09  # per n·d·k: the refit on every row
 SWEEP_FITS = 2.5  # the tuned probe in single fits of scikit-learn's at its C (benchmarks/linear_probe.py: 2.5 to 3)
 LINEAR_SVM = 6.51e-08  # per n·d·k·min(1, √(n/3d)): liblinear's passes are fewer while the rows are few for the dims
-RBF_FIXED = 0.0421
+RBF_FIXED = 0.0421  # seconds: the pipeline's steps and libsvm's set-up
 RBF_SVM = 8.59e-10  # per n·(n + t)·p (p: the PCA's dimensions): libsvm's kernel rows
-PCA = 1.46e-10  # per (n + t)·d·p: the PCA step (p = 256, or fewer rows or dims)
-NYSTROEM_FIXED = 0.0614
+PCA = 1.46e-10  # per (n + t)·d·p: the PCA step (p = 256, or fewer rows or dims), fitted with the Nystroem entry
+NYSTROEM_FIXED = 0.0614  # seconds
 NYSTROEM = 2.06e-10  # per (n + t)·m·(p + m), m components
 NYSTROEM_CUBIC = 7.33e-10  # per m³: the map's eigendecomposition and the ridge's solve
-RIDGE_FIXED = 0.0417
+RIDGE_FIXED = 0.0417  # seconds: the scaling step, the leave-one-out over the alphas
 GRAM = 1.13e-10  # per n·d² (ridge's two passes)
 CUBIC = 1.76e-10  # per d³ (ridge's eigendecomposition)
-LDA_FIXED = 0.0695
+LDA_FIXED = 0.0695  # seconds
 LDA_GRAM = 2.14e-10  # per n·d² (LDA's class-wise covariance and shrinkage, in float64)
 LDA_CUBIC = 2.95e-10  # per d³ (LDA's solve)
-KNN_FIXED = 0.00319
+KNN_FIXED = 0.00319  # seconds
 NEIGHBOURS = 3.3e-11  # per n·t·d (brute force)
 FOREST = 8.51e-08  # per tree·n·log2(n)·√d
+# The report's extras keep their own units (two idle cores' wall seconds), not measured again here:
 MAP = 6.72  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds (2026-11-30, idle)
 # The approximate neighbour index beyond the exact range (projection, graph, exact rescoring), per n·d: one thread's
 # CPU seconds at 200,000 x 1,280 rows over 1.5 (two cores), benchmarks/neighbour_index.py (2026-12-06)
