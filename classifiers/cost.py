@@ -7,8 +7,8 @@ like ``n·d²`` plus ``d³``, the exact RBF SVM and brute-force kNN like ``n²``
 Each formula's constants are one core's seconds on the calibration machine (``benchmarks/cost_model.py``: folds
 from 250 to 80,000 rows timed and fitted, checked at 200,000 rows and at other dimensions; numbers in
 docs/cross-validation.md). At the start of a run, ``machine_speed`` times a small matrix product on one thread
-(the median of 7, about 0.1 s) against the same product's time there, and the estimates scale by that ratio: a
-loaded or faster machine gets estimates of its own.
+and on the folds' threads (the median of 7 each, about 0.1 s) against the one-thread time there, and the estimates
+scale by that ratio (and by what the threads gain): a loaded or faster machine gets estimates of its own.
 """
 
 from __future__ import annotations
