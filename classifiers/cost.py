@@ -1,12 +1,14 @@
 """How long a zoo entry takes on one fold, from the rows, dimensions and classes: the cost model ``cv --budget``
 plans with.
 
-Each family grows its own way with the training rows ``n`` (and the ``t`` test rows it predicts): linear models
-like ``n·d·k``, ridge and LDA like ``n·d²`` plus ``d³``, the exact RBF SVM and brute-force kNN like ``n²``, a forest
-like ``trees·n·log n·√d``. Each formula's constant is seconds on the machine the constants were measured on
-(``benchmarks/cost_model.py``: small fits timed and fitted, numbers in docs/cross-validation.md). At the start of
-a run, ``machine_speed`` times a small matrix product (about 50 ms) against the same product's time then, and the
-estimates scale by that ratio: a loaded or faster machine gets estimates of its own.
+Each family grows its own way with the training rows ``n`` (and the ``t`` test rows it predicts), on top of a part
+that does not grow with them (a few hundred rows cost that part mostly): linear models like ``n·d·k``, ridge and LDA
+like ``n·d²`` plus ``d³``, the exact RBF SVM and brute-force kNN like ``n²``, a forest like ``trees·n·log n·√d``.
+Each formula's constants are one core's seconds on the calibration machine (``benchmarks/cost_model.py``: folds
+from 250 to 80,000 rows timed and fitted, checked at 200,000 rows and at other dimensions; numbers in
+docs/cross-validation.md). At the start of a run, ``machine_speed`` times a small matrix product on one thread
+and on the folds' threads (the median of 7 each, about 0.1 s) against the one-thread time there, and the estimates
+scale by that ratio (and by what the threads gain): a loaded or faster machine gets estimates of its own.
 """
 
 from __future__ import annotations
@@ -21,20 +23,38 @@ import numpy as np
 from embedder.kernel.errors import InvalidValue
 
 # The default budget is cv's option (classifiers.options.CVOptions.budget), read by parse_budget.
-PROBE_SECONDS = 0.03316  # the probe below on the calibration machine (2 idle cores: see benchmarks/cost_model.py)
-
-# Seconds per unit of each formula, measured by benchmarks/cost_model.py (2-core AMD EPYC, idle; one run,
-# 2026-11-30; at 1,280 dims and 8,000 to 16,000 training rows, the kernel families at 256 dims).
-LOGREG = 1.96e-08  # the tuned probe (inner sweep + refit), per n·d·k
-LINEAR_SVM = 1.4e-07  # per n·d·k
-RBF_SVM = 5.47e-10  # per n·(n + t)·p (p: the PCA's dimensions)
-PCA = 3.52e-10  # per n·d·p
-NYSTROEM = 2.12e-10  # per n·m·(p + m), m components
-CUBIC = 1.73e-10  # per d³ (an eigendecomposition, a solve)
-GRAM = 4.68e-11  # per n·d² (ridge's two passes, LDA's covariance)
-NEIGHBOURS = 2.21e-11  # per n·t·d (brute force)
-FOREST = 7.37e-08  # per tree·n·log2(n)·√d
-MAP = 6.72  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds
+# The model's seconds are one core's of the calibration machine (a 2-core AMD EPYC VM), measured by
+# benchmarks/cost_model.py on 2026-12-06 as CPU seconds with BLAS held at one thread: the machine was shared (load
+# average 5 to 13), and CPU time is what a fold costs whatever else runs (its wall time was 1.5 to 12 times it).
+# Each entry's constants are fitted together (non-negative least squares on relative error) to folds of 250, 1,000,
+# 4,000, 20,000 and 80,000 training rows at 1,280 dims and 500 and 2,000 at 512 (which tell a fixed part from a d³
+# one); the folds at 200,000 rows, at 8,000 and 40,000 x 512 and at 2,048 dims were kept out of the fit to check it
+# (docs/cross-validation.md, benchmarks/RESULTS.md). ``python benchmarks/cost_model.py fit`` prints them again.
+PROBE_SECONDS = 0.00785  # speed_check's one-thread time on an idle core there (the best of the grid's checks)
+# the earlier model (2026-11-30, idle, 8,000 to 16,000 rows): LOGREG 1.96e-8, LINEAR_SVM 1.4e-7, RBF_SVM 5.47e-10,
+# PCA 3.52e-10, NYSTROEM 2.12e-10, CUBIC 1.73e-10, GRAM 4.68e-11, NEIGHBOURS 2.21e-11, FOREST 7.37e-8, no fixed parts
+LOGREG_FIXED = 2.52e-05  # per d·k: the tuned probe's set-up and the many steps of its path on few rows
+LOGREG_SWEEP = 1.94e-09  # per inner row·d·k of the sweep (3 inner folds of 2n/3 below 6,000 rows; one of 2n/3 above)
+LOGREG = 6.5e-09  # per n·d·k: the refit on every row
+SWEEP_FITS = 2.5  # the tuned probe in single fits of scikit-learn's at its C (benchmarks/linear_probe.py: 2.5 to 3)
+LINEAR_SVM = 6.51e-08  # per n·d·k·min(1, √(n/3d)): liblinear's passes are fewer while the rows are few for the dims
+RBF_FIXED = 0.0421  # seconds: the pipeline's steps and libsvm's set-up
+RBF_SVM = 8.59e-10  # per n·(n + t)·p (p: the PCA's dimensions): libsvm's kernel rows
+PCA = 1.46e-10  # per (n + t)·d·p: the PCA step (p = 256, or fewer rows or dims), fitted with the Nystroem entry
+NYSTROEM_FIXED = 0.0614  # seconds
+NYSTROEM = 2.06e-10  # per (n + t)·m·(p + m), m components
+NYSTROEM_CUBIC = 7.33e-10  # per m³: the map's eigendecomposition and the ridge's solve
+RIDGE_FIXED = 0.0417  # seconds: the scaling step, the leave-one-out over the alphas
+GRAM = 1.13e-10  # per n·d² (ridge's two passes)
+CUBIC = 1.76e-10  # per d³ (ridge's eigendecomposition)
+LDA_FIXED = 0.0695  # seconds
+LDA_GRAM = 2.14e-10  # per n·d² (LDA's class-wise covariance and shrinkage, in float64)
+LDA_CUBIC = 2.95e-10  # per d³ (LDA's solve)
+KNN_FIXED = 0.00319  # seconds
+NEIGHBOURS = 3.3e-11  # per n·t·d (brute force)
+FOREST = 8.51e-08  # per tree·n·log2(n)·√d
+# The report's extras keep their own units (two idle cores' wall seconds), not measured again here:
+MAP = 6.72  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds (2026-11-30, idle)
 # The approximate neighbour index beyond the exact range (projection, graph, exact rescoring), per n·d: one thread's
 # CPU seconds at 200,000 x 1,280 rows over 1.5 (two cores), benchmarks/neighbour_index.py (2026-12-06)
 INDEX = 2.0e-07
@@ -51,41 +71,45 @@ class Shape:
 
 
 def logreg(s: Shape, params: dict) -> float:
-    return LOGREG * s.n * s.d * s.k * (0.45 if params.get("C") is not None else 1.0)  # a fixed C: no sweep
+    from .linear import HOLDOUT_FROM
+
+    inner = 2 * s.n if s.n < HOLDOUT_FROM else 2 * s.n / 3  # 3 inner folds of 2n/3 rows, or one split
+    tuned = (LOGREG_FIXED + LOGREG_SWEEP * inner + LOGREG * s.n) * s.d * s.k
+    return tuned / SWEEP_FITS if params.get("C") is not None else tuned  # a fixed C: one fit, no sweep
 
 
 def linear_svm(s: Shape, params: dict) -> float:
-    return LINEAR_SVM * s.n * s.d * s.k
+    return LINEAR_SVM * s.n * s.d * s.k * min(1.0, math.sqrt(s.n / (3 * s.d)))
 
 
 def _pca(s: Shape, params: dict, default: int | None) -> tuple[float, float]:
     """The PCA step's seconds and the dimensions after it."""
     p = params.get("pca", default)
     p = 256 if p is True else p
-    return (PCA * s.n * s.d * min(p, s.d), min(p, s.d)) if p else (0.0, s.d)
+    return (PCA * (s.n + s.t) * s.d * min(p, s.n, s.d), min(p, s.d)) if p else (0.0, s.d)
 
 
 def rbf_svm(s: Shape, params: dict) -> float:
     seconds, p = _pca(s, params, 256)
-    return seconds + RBF_SVM * s.n * (s.n + s.t) * p
+    return RBF_FIXED + seconds + RBF_SVM * s.n * (s.n + s.t) * p
 
 
 def nystroem(s: Shape, params: dict) -> float:
     seconds, p = _pca(s, params, 256)
     m = min(params.get("n_components", 1000), s.n)
-    return seconds + NYSTROEM * (s.n + s.t) * m * (p + m) + 2 * CUBIC * m**3
+    return NYSTROEM_FIXED + seconds + NYSTROEM * (s.n + s.t) * m * (p + m) + NYSTROEM_CUBIC * m**3
 
 
 def ridge(s: Shape, params: dict) -> float:
-    return 2 * GRAM * s.n * s.d**2 + CUBIC * s.d**3
+    return RIDGE_FIXED + GRAM * s.n * s.d**2 + CUBIC * s.d**3
 
 
 def lda(s: Shape, params: dict) -> float:
-    return GRAM * s.n * s.d**2 + 2 * CUBIC * s.d**3
+    return LDA_FIXED + LDA_GRAM * s.n * s.d**2 + LDA_CUBIC * s.d**3
 
 
 def brute_neighbours(s: Shape, params: dict) -> float:
-    return NEIGHBOURS * s.n * s.t * s.d
+    return KNN_FIXED + NEIGHBOURS * s.n * s.t * s.d
 
 
 def forest(s: Shape, params: dict) -> float:
@@ -156,22 +180,49 @@ _MEASURED: dict[str, float] = {}  # the last probe in this process: when, and wh
 REPROBE = 300.0  # seconds before a run probes again (one process running many cvs probes once in a while)
 
 
-def machine_speed(repeats: int = 3) -> float:
-    """How much slower (> 1) or faster this machine is now than the calibration machine: the best of ``repeats``
-    timings of a 1024 x 512 by 512 x 1024 float32 product (plus a 512 x 512 solve), over that one's. Kept for
+PROBE_SHAPE = (2048, 1280, 128)  # rows x dims by dims x width, float32: the shape of a linear fit's products
+PROBE_REPEATS = 7
+GAIN_BOUNDS = (0.5, 2.0)  # what the second timing may say about the threads: from twice slower to twice faster
+
+
+def speed_check(repeats: int = PROBE_REPEATS) -> tuple[float, float]:
+    """Seconds of a ``PROBE_SHAPE`` float32 product, on one thread and on the threads the folds' BLAS uses: the
+    median of ``repeats`` wall timings each, a few ms apart (about 0.1 s in all). Wall time, so that cores shared
+    with other processes show as the folds will feel them; the median, so that neither one moment of another
+    process's work nor one lucky moment decides the plan."""
+    from threadpoolctl import threadpool_limits
+
+    rows, dims, width = PROBE_SHAPE
+    A = np.full((rows, dims), 0.5, dtype=np.float32)
+    B = np.full((dims, width), 0.25, dtype=np.float32)
+
+    def median() -> float:
+        A @ B  # the threads started and the pages touched before the timings
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            A @ B
+            times.append(time.perf_counter() - started)
+            time.sleep(0.002)
+        return float(np.median(times))
+
+    with threadpool_limits(1):
+        one = median()
+    return one, median()
+
+
+def machine_speed(repeats: int = PROBE_REPEATS) -> float:
+    """How much slower (> 1) or faster this machine is now than the calibration machine's one core, whose seconds
+    the model gives: ``speed_check``'s one-thread time over its time there (``PROBE_SECONDS``), divided by the
+    square root of what the folds' threads gain on it now (within ``GAIN_BOUNDS``): about half of a fold's work is
+    in BLAS (all of ridge's, little of a forest's or of libsvm's), so an idle second core brings an estimate down by
+    up to 1.4, and threads that wait on each other on a busy machine (slower than one) bring it up. Kept for
     ``REPROBE`` seconds in the process."""
     if time.monotonic() - _MEASURED.get("at", -math.inf) < REPROBE:
         return _MEASURED["speed"]
-    rng = np.random.default_rng(0)
-    A = rng.standard_normal((1024, 512), dtype=np.float32)
-    B = A[:512].T @ A[:512] + 512 * np.eye(512, dtype=np.float32)
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        A @ A.T
-        np.linalg.solve(B, A[:512].T)
-        best = min(best, time.perf_counter() - started)
-    _MEASURED.update(at=time.monotonic(), speed=best / PROBE_SECONDS)
+    one, threads = speed_check(repeats)
+    gain = min(max(one / threads, GAIN_BOUNDS[0]), GAIN_BOUNDS[1])
+    _MEASURED.update(at=time.monotonic(), speed=one / PROBE_SECONDS / math.sqrt(gain))
     return _MEASURED["speed"]
 
 

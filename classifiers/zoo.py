@@ -39,10 +39,11 @@ def ensemble_cost(shape: Shape, params: dict) -> float:
     """The members' costs: those without probabilities once more per calibration fold; stacking refits every
     member on each of its inner folds too."""
     folds = params.get("inner_folds", 5)
+    inner = Shape(shape.n * (folds - 1) / folds, shape.n / folds, shape.d, shape.k)  # a calibration fold's fit
     seconds = 0.0
     for name in member_names(params.get("members", DEFAULT_MEMBERS)):
         member = estimate(name, shape) or 0.0
-        seconds += member * (1 if get_spec(name).probabilities else folds + 1)
+        seconds += member + (0.0 if get_spec(name).probabilities else folds * (estimate(name, inner) or 0.0))
     return seconds * (folds + 1 if params.get("method") == "stack" else 1)
 
 

@@ -70,12 +70,12 @@ def test_each_family_grows_its_own_way():
     PCA aside), the forest a little over twice; more dimensions weigh on ridge and LDA as d²."""
     small, large = Shape(50_000, 12_500, 256, 10), Shape(100_000, 25_000, 256, 10)
     ratio = {c: estimate(c, large) / estimate(c, small) for c in ("logreg", "linear-svm", "knn", "random-forest")}
-    assert ratio["logreg"] == pytest.approx(2.0) and ratio["linear-svm"] == pytest.approx(2.0)
-    assert ratio["knn"] == pytest.approx(4.0)
+    assert 1.5 < ratio["logreg"] < 2.0 and ratio["linear-svm"] == pytest.approx(2.0)  # the probe's fixed part aside
+    assert ratio["knn"] == pytest.approx(4.0, rel=1e-3)  # its fixed part aside
     assert 2.0 < ratio["random-forest"] < 2.2
     assert 3.9 < estimate("rbf-svm:pca=off", large) / estimate("rbf-svm:pca=off", small) <= 4.0
     wide = Shape(50_000, 12_500, 1024, 10)
-    assert 16.0 <= estimate("ridge", wide) / estimate("ridge", small) <= 64.0  # n·d² plus d³
+    assert 14.0 <= estimate("ridge", wide) / estimate("ridge", small) <= 64.0  # n·d² plus d³ (and a fixed part)
     # at 200,000 rows of 1,280 dims: the probe, ridge and LDA below the quadratic ones; the approximation far below the
     # exact kernel; the ensemble above its members together
     big = Shape(160_000, 40_000, 1280, 10)
@@ -113,6 +113,60 @@ def test_the_budget_leaves_out_the_quadratic_entries_at_large_n_and_says_so():
     slow = plan(None, folds_of(200_000), 15 * 60, speed=100.0)
     cheapest = min(default_classifiers(), key=lambda c: sum(estimate(c, s) for s in folds_of(200_000)))
     assert slow.classifiers == [cheapest] and f"nothing fits: running the cheapest, {cheapest}" in slow.message
+
+
+@pytest.mark.parametrize("rows", [250, 1_000, 5_000, 10_000])
+def test_the_default_plan_on_small_data_on_one_idle_core(rows):
+    """The 12-minute default budget over 5 folds of 1,280-d rows, the neighbour search charged first, at the
+    calibration machine's speed (the model's seconds are one core's: benchmarks/cost_model.py). Up to 5,000 rows every
+    default entry runs; at 10,000 the ensemble (the last, six kernel-SVM fits a fold for its calibration) is over:
+    about 7 minutes of its own, beside the forest's 8."""
+    from classifiers.budget import extras_estimate
+    from classifiers.options import CVOptions
+
+    budget = parse_budget(CVOptions.budget)
+    p = plan(None, folds_of(rows), budget, speed=UNLOADED, extras=extras_estimate(rows, 1280))
+    if rows <= 5_000:
+        assert p.classifiers == default_classifiers() and not p.left_out and "left out" not in p.message
+    else:
+        assert p.classifiers == [c for c in default_classifiers() if c != "ensemble"]
+        assert list(p.left_out) == ["ensemble"] and 6 * 60 < p.left_out["ensemble"] < 9 * 60
+    assert p.total + p.extras <= budget
+
+
+def test_small_folds_cost_their_fixed_part_and_large_ones_their_growth():
+    """What the n·d·k formulas missed at a few hundred rows (the tuned probe's set-up, LDA's and ridge's d³) is in
+    the estimate; the tuned probe's sweep fits 3 inner folds below 6,000 rows and one split from there."""
+    tiny, small = Shape(250, 62, 1280, 10), Shape(1_000, 250, 1280, 10)
+    for c in ("logreg", "ridge", "lda"):
+        assert estimate(c, small) < 1.5 * estimate(c, tiny)  # mostly fixed at these sizes
+        assert estimate(c, tiny) > 0.1
+    below, above = Shape(5_999, 1_500, 1280, 10), Shape(6_000, 1_500, 1280, 10)
+    assert estimate("logreg", above) < estimate("logreg", below)  # one inner split instead of three
+    assert estimate("logreg:C=0.1", above) < estimate("logreg", above)
+
+
+def test_the_speed_check_is_one_threads_median_its_threads_gain_and_kept_for_a_while(monkeypatch):
+    """One thread twice the calibration core's time: twice as slow; threads that gain 4 times on it count as 2
+    (the bound), the square root of it (half a fold's work is in BLAS); threads slower than one raise the estimate."""
+    from classifiers import cost
+
+    calls = []
+
+    def check(gain):
+        return lambda repeats=7: calls.append(repeats) or (2 * cost.PROBE_SECONDS, 2 * cost.PROBE_SECONDS / gain)
+
+    monkeypatch.setattr(cost, "speed_check", check(1.0))
+    monkeypatch.setattr(cost, "_MEASURED", {})
+    assert cost.machine_speed() == pytest.approx(2.0) and cost.machine_speed() == pytest.approx(2.0)
+    assert calls == [cost.PROBE_REPEATS]  # measured once, then kept for REPROBE seconds
+    for gain, speed in ((4.0, 2.0 / 2**0.5), (0.5, 2.0 * 2**0.5), (0.1, 2.0 * 2**0.5)):
+        monkeypatch.setattr(cost, "speed_check", check(gain))
+        monkeypatch.setattr(cost, "_MEASURED", {})
+        assert cost.machine_speed() == pytest.approx(speed)
+    monkeypatch.undo()
+    one, threads = cost.speed_check(repeats=3)
+    assert 0 < one < 1.0 and 0 < threads < 1.0
 
 
 def test_the_memory_bound_leaves_out_what_would_hold_more_than_twice_the_layer():
@@ -297,9 +351,9 @@ def test_the_reports_own_work_is_charged_to_the_budget_first():
     charged = plan(None, shapes, 15 * 60, speed=UNLOADED, extras=extras)
     assert charged.extras == pytest.approx(extras * UNLOADED)
     assert charged.total + charged.extras <= 15 * 60
-    # the entry chosen last (here the stand-in, which takes what the exact entries left) no longer fits
-    assert alone.classifiers == ["logreg", "rbf-svm~nystroem", "ridge", "lda"]
-    assert charged.classifiers == ["logreg", "ridge", "lda"] and "rbf-svm" in charged.left_out
+    # the entry chosen last no longer fits
+    assert alone.classifiers == ["logreg", "linear-svm", "ridge"]
+    assert charged.classifiers == ["logreg", "linear-svm"] and "ridge" in charged.left_out
     line = charged.message
     assert f"and {duration(charged.extras)} for the report's neighbour search and map (--budget 15m)" in line
     assert charged.to_dict()["extras_estimated_seconds"] == round(charged.extras, 1)
@@ -382,7 +436,7 @@ def test_beyond_the_switch_the_extras_cost_the_index_and_leave_more_classifiers_
     """At 200,000 rows the extras are the approximate index (linear in the rows) and the map: under a tenth of the
     default budget, half the former exact search among a sample of 20,000 rows, and the default plan keeps every
     entry the former kept and more."""
-    from classifiers import neighbours
+    from classifiers import cost, neighbours
     from classifiers.budget import extras_estimate
     from classifiers.cost import parse_budget
     from classifiers.options import CVOptions
@@ -393,7 +447,7 @@ def test_beyond_the_switch_the_extras_cost_the_index_and_leave_more_classifiers_
     former = extras_estimate(200_000, 1280, drawn_map=True, approximate=None)
     assert former > 1.9 * extras
     exact_end = extras_estimate(neighbours.APPROXIMATE, 1280)
-    assert exact_end == pytest.approx(2.21e-11 * 1280 * neighbours.APPROXIMATE**2 / 2)  # exact up to the switch
+    assert exact_end == pytest.approx(cost.NEIGHBOURS * 1280 * neighbours.APPROXIMATE**2 / 2)  # exact up to the switch
     shapes = folds_of(200_000)
     before = plan(None, shapes, default, speed=UNLOADED, extras=former)
     now = plan(None, shapes, default, speed=UNLOADED, extras=extras)
