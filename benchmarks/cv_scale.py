@@ -2,7 +2,7 @@
 `cv --out`, and the plain scikit-learn script a user would write instead, each as a whole process.
 
     python benchmarks/cv_scale.py [--rows 20000 200000] [--million] [--entries logreg,ridge] [--no-default]
-                                  [--write]
+                                  [--folds 5] [--plan] [--write]
 
 Synthetic caches (class means plus noise, 1,280-d float32, 10 classes), written with the project's cache writer
 (``CacheWriter``: parts, then the merge) so that `featurebank cv` reads them as it reads any cache, under
@@ -11,7 +11,10 @@ Synthetic caches (class means plus noise, 1,280-d float32, 10 classes), written 
 Every measurement is a subprocess (imports included, as a user runs it), timed, with its peak resident memory
 (``ru_maxrss`` of the child). The machine may be shared: the load average is printed beside the table, and the
 ratios that matter (featurebank against the plain script) are measured in the same run, one after the other.
-``--write`` replaces this script's section of benchmarks/RESULTS.md.
+``--folds`` sets the folds of the ``-c`` runs (3 by default; the default run always has cv's own 5). ``--plan``
+prints, without fitting, the plan the default run would make on each cache (what it includes, what it leaves out
+and why), at this machine's measured speed and at the calibration machine's. ``--write`` replaces this script's
+section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -195,6 +198,30 @@ def planned(budget: dict, board: list[dict], rows: int, folds: int = 5) -> list[
     return lines
 
 
+def default_plan(cache: str) -> None:
+    """The plan of the default run (`cv` without -c, 5 folds, the report's extras as they are beside the cache), as
+    ``cross_validate`` makes it, at this machine's speed now and at the calibration machine's (1.0)."""
+    from classifiers import crossval
+    from classifiers.budget import plan
+    from classifiers.cost import Shape, machine_speed, parse_budget
+    from classifiers.options import CVOptions
+
+    data = crossval.load_sources(cache)[0].data
+    d, k = data.dims(LAYER), len(data.classes)
+    splits = crossval.make_splits(data.y, None, 5, 1, 0, data.classes)
+    shapes = [Shape(len(s.train), len(s.test), d, k) for s in splits]
+    for speed in (machine_speed(), 1.0):
+        the_plan = plan(
+            None,
+            shapes,
+            parse_budget(CVOptions.budget),
+            speed,
+            extras=crossval._extras_seconds(data, d, "report"),
+            layer_bytes=4.0 * len(data.y) * d,
+        )
+        print(f"speed {speed:.2f}: {the_plan.message}")
+
+
 def fmt(seconds: float | None, timeout: float) -> str:
     return f"> {timeout:.0f} (stopped)" if seconds is None else f"{seconds:.1f}"
 
@@ -207,6 +234,7 @@ def scale(
     probe: str = "logreg",
     with_plain: bool = True,
     plain_tuned: bool = False,
+    folds: int = FOLDS,
 ) -> list[str]:
     """The table of one cache size."""
     import json
@@ -215,7 +243,7 @@ def scale(
     cache = ensure(rows)
     load = os.getloadavg()
     lines = [
-        f"### {rows:,} rows x {DIM} float32, {CLASSES} classes, {FOLDS} folds",
+        f"### {rows:,} rows x {DIM} float32, {CLASSES} classes, {folds} folds (the default run: 5)",
         "",
         f"Load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min) on {os.cpu_count()} cores.",
         "",
@@ -268,7 +296,7 @@ def scale(
                 f"{board['balanced_accuracy']['mean']:.4f}" if board else "",
             )
         for entry in entries:
-            seconds, peak, text = measured(cv(cache, "-c", entry, "--json"), timeout)
+            seconds, peak, text = measured(cv(cache, "-c", entry, "--json", folds=folds), timeout)
             board = json.loads(text)["leaderboard"][0] if seconds else None
             row(
                 f"`cv -c {entry}`",
@@ -311,6 +339,8 @@ def main() -> int:
     parser.add_argument("--plain-tuned", action="store_true", help="also the plain script with LogisticRegressionCV")
     parser.add_argument("--knn", action="store_true", help="one kNN fold: scikit-learn's search against ours")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a command is stopped")
+    parser.add_argument("--folds", type=int, default=FOLDS, help="folds of the -c runs (the default run: 5)")
+    parser.add_argument("--plan", action="store_true", help="only print the default run's plan on each cache")
     parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -320,6 +350,11 @@ def main() -> int:
         return 0
     if opts.step == "knn":
         knn_fold(opts.args[0])
+        return 0
+    if opts.plan:
+        for rows in opts.rows + ([1_000_000] if opts.million else []):
+            print(f"{rows:,} rows:", flush=True)
+            default_plan(ensure(rows))
         return 0
     if opts.entries is None:
         from classifiers.zoo import list_classifiers
@@ -337,7 +372,14 @@ def main() -> int:
     ]
     for rows in opts.rows + ([1_000_000] if opts.million else []):
         lines += scale(
-            rows, entries, not opts.no_default, opts.timeout, opts.probe, not opts.no_plain, opts.plain_tuned
+            rows,
+            entries,
+            not opts.no_default,
+            opts.timeout,
+            opts.probe,
+            not opts.no_plain,
+            opts.plain_tuned,
+            opts.folds,
         ) + [""]
         if opts.knn:
             seconds, peak, text = measured([sys.executable, __file__, "--step", "knn", ensure(rows)], opts.timeout)
