@@ -173,6 +173,28 @@ def knn_fold(cache: str) -> None:
     print("largest probability difference", float(np.abs(out["scikit-learn"] - out["blocked"]).max()))
 
 
+def probe_fold(cache: str, how: str, out: str) -> None:
+    """One fold of the default `cv` (5 folds, the first) of the tuned probe in this process, as `cv` runs it:
+    ``indexed`` from the layer's rows by index, ``copy`` on a copy of the fold's rows (the former path). Prints its
+    wall and CPU seconds and the chosen C; saves its coefficients and test probabilities to ``out``."""
+    import numpy as np
+
+    from classifiers import crossval
+    from classifiers import rows as rows_module
+    from classifiers.zoo import make_classifier
+
+    data = crossval.load_sources(cache)[0].data
+    X, y = data.features(LAYER), data.y
+    split = crossval.make_splits(y, None, 5, 1, 0, data.classes)[0]
+    if how == "copy":
+        rows_module.BY_INDEX_FROM = 10**12
+    wall, cpu_s = time.perf_counter(), time.process_time()
+    result = crossval._run_fold(make_classifier("logreg"), X, y, None, split, len(data.classes))
+    wall, cpu_s = time.perf_counter() - wall, time.process_time() - cpu_s
+    print(f"wall {wall:.1f} cpu {cpu_s:.1f} fit {result[2]:.1f} predict {result[3]:.1f}")
+    np.savez(out, pred=result[0], proba=result[1])
+
+
 def planned(budget: dict, board: list[dict], rows: int, folds: int = 5) -> list[str]:
     """The default run's plan against what its folds took: the cost model's check at this size."""
     lines = [
@@ -220,6 +242,38 @@ def default_plan(cache: str) -> None:
             layer_bytes=4.0 * len(data.y) * d,
         )
         print(f"speed {speed:.2f}: {the_plan.message}")
+
+
+def fold_table(sizes: list[int], timeout: float) -> None:
+    """One fold of the tuned probe on each cache, by index and on a copy of the fold's rows, each a process (its
+    peak RSS against the layer's bytes), one after the other; the same predictions?"""
+    import numpy as np
+
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print("| rows | path | wall s | CPU s | fit s | predict s | peak RSS GiB | peak / layer |")
+    print("|--:|---|--:|--:|--:|--:|--:|--:|")
+    for rows in sizes:
+        cache, layer = ensure(rows), rows * DIM * 4 / 2**30
+        got = {}
+        with tempfile.TemporaryDirectory(prefix="cv-fold-") as tmp:
+            for how in ("indexed", "copy"):
+                out = f"{tmp}/{how}.npz"
+                seconds, peak, text = measured([sys.executable, __file__, "--step", "fold", cache, how, out], timeout)
+                words = dict(zip(text.split()[::2], text.split()[1::2]))
+                print(
+                    f"| {rows:,} | {how} | {words.get('wall', '')} | {words.get('cpu', '')} | {words.get('fit', '')} "
+                    f"| {words.get('predict', '')} | {peak:.2f} | {peak / layer:.2f} |",
+                    flush=True,
+                )
+                got[how] = np.load(out) if seconds is not None else None
+            if got["indexed"] is not None and got["copy"] is not None:
+                a, b = got["indexed"], got["copy"]
+                print(
+                    f"{rows:,} rows: the same predictions on {np.mean(a['pred'] == b['pred']):.4%} of the test rows, "
+                    f"largest probability difference {np.abs(a['proba'] - b['proba']).max():.2e}",
+                    flush=True,
+                )
+    print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 def fmt(seconds: float | None, timeout: float) -> str:
@@ -341,6 +395,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a command is stopped")
     parser.add_argument("--folds", type=int, default=FOLDS, help="folds of the -c runs (the default run: 5)")
     parser.add_argument("--plan", action="store_true", help="only print the default run's plan on each cache")
+    parser.add_argument(
+        "--fold", action="store_true", help="only one fold of the tuned probe: by index against a copy of its rows"
+    )
     parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -350,6 +407,12 @@ def main() -> int:
         return 0
     if opts.step == "knn":
         knn_fold(opts.args[0])
+        return 0
+    if opts.step == "fold":
+        probe_fold(*opts.args)
+        return 0
+    if opts.fold:
+        fold_table(opts.rows + ([1_000_000] if opts.million else []), opts.timeout)
         return 0
     if opts.plan:
         for rows in opts.rows + ([1_000_000] if opts.million else []):
