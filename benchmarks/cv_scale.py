@@ -188,6 +188,8 @@ def probe_fold(cache: str, how: str, out: str) -> None:
     split = crossval.make_splits(y, None, 5, 1, 0, data.classes)[0]
     if how == "copy":
         rows_module.BY_INDEX_FROM = 10**12
+    else:  # by index whatever its size
+        rows_module.BY_INDEX_BYTES = 0
     wall, cpu_s = time.perf_counter(), time.process_time()
     result = crossval._run_fold(make_classifier("logreg"), X, y, None, split, len(data.classes))
     wall, cpu_s = time.perf_counter() - wall, time.process_time() - cpu_s

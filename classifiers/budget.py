@@ -286,7 +286,7 @@ def peak(spec: str, shapes: list[Shape], layer_bytes: float, indexed: bool = Tru
     pipe = make_classifier(spec) if indexed and by_rows is not None else None
 
     def one(s: Shape) -> float:
-        if pipe is not None and by_rows is not None and by_index(pipe, int(s.n)):
+        if pipe is not None and by_rows is not None and by_index(pipe, int(s.n), int(s.d)):
             return cost.peak_bytes(layer_bytes, s, by_rows(s, params), rows=False)
         return cost.peak_bytes(layer_bytes, s, model(s, params) if model else 0.0)
 

@@ -367,13 +367,13 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int, free: np.nd
 
     The training rows are the fold's own copy (fancy indexing), so the Pipeline's own L2 and scaling steps fit on them
     in place: the layer, the fold's rows and the classifier's own data are the memory, never a second scaled copy. An
-    entry that reads rows by index (``rows.by_index``: the tuned probe, from 6,000 rows) takes no copy at all: the layer and the
+    entry that reads rows by index (``rows.by_index``: the tuned probe, from 1 GiB of rows) takes no copy at all: the layer and the
     fold's indices. The test rows are predicted a block of indices at a time.
     ``free``: unlabeled rows that join the training side (``semi.SemiSupervised``, label ``-1``), never the test
     side: the held-out rows are labelled rows of the cache only."""
     model = _in_place(clone(estimator))
     started = time.perf_counter()
-    if free is None and by_index(model, len(split.train)):  # the layer and the fold's indices: no copy of its rows
+    if free is None and by_index(model, len(split.train), X.shape[1]):  # the layer and the fold's indices: no copy
         fit_by_index(model, X, y, split.train, groups)
     else:
         X_train, y_train = X[split.train], y[split.train]

@@ -3,7 +3,7 @@
 ``cv`` holds the layer; the usual fold takes ``X[train]``, a copy of 80 % of it at 5 folds, and a standardizing
 step then works on that copy. An entry whose Pipeline can read the rows where they are (``fits_by_index``: no
 ``l2`` or ``pca`` step, a ``scale`` step and a classifier that both have ``fit_rows``, the tuned probe's) is instead
-handed the layer and the fold's row indices (``LayerRows``): the scaler's mean and variance are summed over those
+handed the layer and the fold's row indices (``LayerRows``) once those rows would take 1 GiB (``by_index``): the scaler's mean and variance are summed over those
 rows a block at a time, and the classifier folds the standardization into its own products. The fitted Pipeline is
 the one ``fit`` would have made (the same steps, the same attributes), so it predicts, exports and is saved as any
 other. (``cv`` predicts every entry's test rows a block of ``PREDICT_BLOCK`` indices at a time.)
@@ -17,6 +17,10 @@ import numpy as np
 
 PREDICT_BLOCK = 32_768  # test rows gathered and predicted at a time
 BY_INDEX_FROM = 6_000  # training rows from which a fold that can be fitted by index is (the probe's held-out split)
+# and the bytes of its float32 training rows from which it is: below, the copy is cheaper than its saving (the fold by
+# index reads the layer's whole span in every product: 1.6 times the CPU of the copying fold at 200,000 rows, where
+# the copy is 0.8 GB; benchmarks/cv_scale.py --fold)
+BY_INDEX_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,11 @@ def fits_by_index(model) -> bool:
     return hasattr(steps["clf"], "fit_rows")
 
 
-def by_index(model, n_train: int) -> bool:
-    """Whether ``cv`` fits this fold by index: ``fits_by_index`` and ``n_train`` of at least ``BY_INDEX_FROM``. Below
-    it the rows are a few MB and the copy is cheaper: the inner folds' problems would each read the whole span."""
-    return n_train >= BY_INDEX_FROM and fits_by_index(model)
+def by_index(model, n_train: int, width: int) -> bool:
+    """Whether ``cv`` fits this fold (``n_train`` rows of ``width`` float32 columns) by index: ``fits_by_index``, at
+    least ``BY_INDEX_FROM`` rows and ``BY_INDEX_BYTES`` of them. Below, the copy costs less than it saves: every
+    product of the fold by index reads the layer's whole span, the rows of other folds included."""
+    return n_train >= BY_INDEX_FROM and 4.0 * n_train * width >= BY_INDEX_BYTES and fits_by_index(model)
 
 
 def fit_by_index(model, layer: np.ndarray, y: np.ndarray, index: np.ndarray, groups: np.ndarray | None = None):
@@ -84,4 +89,4 @@ def fit_by_index(model, layer: np.ndarray, y: np.ndarray, index: np.ndarray, gro
     return model
 
 
-__all__ = ["BY_INDEX_FROM", "PREDICT_BLOCK", "LayerRows", "by_index", "fit_by_index", "fits_by_index"]
+__all__ = ["BY_INDEX_BYTES", "BY_INDEX_FROM", "PREDICT_BLOCK", "LayerRows", "by_index", "fit_by_index", "fits_by_index"]

@@ -104,8 +104,9 @@ def test_only_pipelines_that_read_rows_where_they_are_are_fitted_by_index():
     assert fits_by_index(make_classifier("logreg")) and fits_by_index(make_classifier("logreg:scale=off"))
     for spec in ("logreg:l2=on", "logreg:pca=8", "ridge", "lda", "knn", "ensemble"):
         assert not fits_by_index(make_classifier(spec)), spec
-    assert by_index(make_classifier("logreg"), rows_module.BY_INDEX_FROM)
-    assert not by_index(make_classifier("logreg"), rows_module.BY_INDEX_FROM - 1)  # small folds: the copy
+    assert by_index(make_classifier("logreg"), 800_000, 1280)  # 4.1 GB of rows
+    assert not by_index(make_classifier("logreg"), 160_000, 1280)  # 0.8 GB: the copy costs less than it saves
+    assert not by_index(make_classifier("logreg"), rows_module.BY_INDEX_FROM - 1, 10**6)  # and a few rows too
     for name in list_classifiers():  # the plan's memory model follows the code: an entry fitted by index has one
         assert (get_spec(name).memory_by_index is not None) == fits_by_index(make_classifier(name)), name
 
@@ -116,6 +117,7 @@ def test_the_probes_fold_by_index_holds_blocks_not_its_rows(monkeypatch):
     monkeypatch.setattr(solver, "ROW_BLOCK", 4096)
     monkeypatch.setattr(crossval, "PREDICT_BLOCK", 4096)
     monkeypatch.setattr(BlockedScaler, "BLOCK_BYTES", 1 << 20)
+    monkeypatch.setattr(rows_module, "BY_INDEX_BYTES", 1 << 20)  # as 16 MB are beside 5 GB
     rng = np.random.default_rng(0)
     n, d = 16_000, 256
     y = np.arange(n) % 4
