@@ -15,6 +15,7 @@ import classifiers.solver as solver
 from classifiers.budget import peak, plan
 from classifiers.cost import Shape
 from classifiers.crossval import Split, _predict_blocks, _run_fold
+from classifiers.folds import fit_grouped
 from classifiers.registry import BlockedScaler, get_spec, list_classifiers
 from classifiers.rows import LayerRows, by_index, fit_by_index, fits_by_index
 from classifiers.solver import fit_path
@@ -65,27 +66,31 @@ def test_the_scaler_fits_on_rows_by_index_bit_for_bit():
     assert by_rows.n_samples_seen_ == len(index) and by_rows.n_features_in_ == 16
 
 
-@pytest.mark.parametrize("k, holdout_from", [(3, 6000), (3, 300), (2, 300)])
-def test_the_probe_fitted_by_index_is_the_probe_fitted_on_a_copy(k, holdout_from):
+@pytest.mark.parametrize(
+    "k, holdout_from, grouped", [(3, 6000, False), (3, 300, False), (2, 300, False), (3, 300, True)]
+)
+def test_the_probe_fitted_by_index_is_the_probe_fitted_on_a_copy(k, holdout_from, grouped):
     """The zoo's logreg Pipeline (scale, then the tuned probe), float32 rows, its own tolerances: by index and on a
     copy of the fold's rows, the same C chosen, the same inner scores and predictions, and coefficients within
-    2e-3 of each other (both stop within the solver's tolerance of the same optimum, summing in another order)."""
+    5e-3 of each other (coefficients up to about 1.2: both stop within the solver's tolerance of the same optimum,
+    summing in another order). With groups, the same group-aware inner split."""
     X, y = offset_blobs(1000, 20, k, seed=k)
     X = X.astype(np.float32)
+    groups = np.arange(1000) // 4 if grouped else None
     train, test = np.flatnonzero(np.arange(1000) % 5), np.arange(0, 1000, 5)
     copied = make_classifier("logreg", holdout_from=holdout_from)
     indexed = clone(copied)
     assert fits_by_index(indexed)
-    copied.fit(X[train], y[train])
-    assert fit_by_index(indexed, X, y, train) is indexed
+    fit_grouped(copied, X[train], y[train], None if groups is None else groups[train])
+    assert fit_by_index(indexed, X, y, train, groups) is indexed
     a, b = copied.named_steps["clf"], indexed.named_steps["clf"]
     assert a.C_ == b.C_
     assert a.cv_scores_.shape == b.cv_scores_.shape == ((1 if holdout_from < 1000 else 3), len(a.Cs))
     np.testing.assert_allclose(a.cv_scores_, b.cv_scores_, atol=1e-3)
-    np.testing.assert_allclose(b.coef_, a.coef_, atol=2e-3)
-    np.testing.assert_allclose(b.intercept_, a.intercept_, atol=2e-3)
+    np.testing.assert_allclose(b.coef_, a.coef_, atol=5e-3)
+    np.testing.assert_allclose(b.intercept_, a.intercept_, atol=5e-3)
     assert np.array_equal(copied.predict(X[test]), indexed.predict(X[test]))
-    np.testing.assert_allclose(indexed.predict_proba(X[test]), copied.predict_proba(X[test]), atol=2e-3)
+    np.testing.assert_allclose(indexed.predict_proba(X[test]), copied.predict_proba(X[test]), atol=5e-3)
     np.testing.assert_array_equal(indexed.named_steps["scale"].mean_, copied.named_steps["scale"].mean_)
 
 
@@ -96,8 +101,8 @@ def test_a_fixed_C_by_index_is_scikit_learns_fit_within_its_tolerance():
     copied = make_classifier("logreg:C=0.1").fit(X[train], y[train])
     indexed = fit_by_index(make_classifier("logreg:C=0.1"), X, y, train)
     assert indexed.named_steps["clf"].C_ == 0.1 and indexed.named_steps["clf"].cv_scores_ is None
-    np.testing.assert_allclose(indexed.named_steps["clf"].coef_, copied.named_steps["clf"].coef_, atol=2e-3)
-    np.testing.assert_allclose(indexed.predict_proba(X), copied.predict_proba(X), atol=2e-3)
+    np.testing.assert_allclose(indexed.named_steps["clf"].coef_, copied.named_steps["clf"].coef_, atol=5e-3)
+    np.testing.assert_allclose(indexed.predict_proba(X), copied.predict_proba(X), atol=5e-3)
 
 
 def test_only_pipelines_that_read_rows_where_they_are_are_fitted_by_index():
