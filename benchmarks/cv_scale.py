@@ -2,7 +2,7 @@
 `cv --out`, and the plain scikit-learn script a user would write instead, each as a whole process.
 
     python benchmarks/cv_scale.py [--rows 20000 200000] [--million] [--entries logreg,ridge] [--no-default]
-                                  [--write]
+                                  [--folds 5] [--plan] [--write]
 
 Synthetic caches (class means plus noise, 1,280-d float32, 10 classes), written with the project's cache writer
 (``CacheWriter``: parts, then the merge) so that `featurebank cv` reads them as it reads any cache, under
@@ -11,7 +11,10 @@ Synthetic caches (class means plus noise, 1,280-d float32, 10 classes), written 
 Every measurement is a subprocess (imports included, as a user runs it), timed, with its peak resident memory
 (``ru_maxrss`` of the child). The machine may be shared: the load average is printed beside the table, and the
 ratios that matter (featurebank against the plain script) are measured in the same run, one after the other.
-``--write`` replaces this script's section of benchmarks/RESULTS.md.
+``--folds`` sets the folds of the ``-c`` runs (3 by default; the default run always has cv's own 5). ``--plan``
+prints, without fitting, the plan the default run would make on each cache (what it includes, what it leaves out
+and why), at this machine's measured speed and at the calibration machine's. ``--write`` replaces this script's
+section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -170,6 +173,30 @@ def knn_fold(cache: str) -> None:
     print("largest probability difference", float(np.abs(out["scikit-learn"] - out["blocked"]).max()))
 
 
+def probe_fold(cache: str, how: str, out: str) -> None:
+    """One fold of the default `cv` (5 folds, the first) of the tuned probe in this process, as `cv` runs it:
+    ``indexed`` from the layer's rows by index, ``copy`` on a copy of the fold's rows (the former path). Prints its
+    wall and CPU seconds and the chosen C; saves its coefficients and test probabilities to ``out``."""
+    import numpy as np
+
+    from classifiers import crossval
+    from classifiers import rows as rows_module
+    from classifiers.zoo import make_classifier
+
+    data = crossval.load_sources(cache)[0].data
+    X, y = data.features(LAYER), data.y
+    split = crossval.make_splits(y, None, 5, 1, 0, data.classes)[0]
+    if how == "copy":
+        rows_module.BY_INDEX_FROM = 10**12
+    else:  # by index whatever its size
+        rows_module.BY_INDEX_BYTES = 0
+    wall, cpu_s = time.perf_counter(), time.process_time()
+    result = crossval._run_fold(make_classifier("logreg"), X, y, None, split, len(data.classes))
+    wall, cpu_s = time.perf_counter() - wall, time.process_time() - cpu_s
+    print(f"wall {wall:.1f} cpu {cpu_s:.1f} fit {result[2]:.1f} predict {result[3]:.1f}")
+    np.savez(out, pred=result[0], proba=result[1])
+
+
 def planned(budget: dict, board: list[dict], rows: int, folds: int = 5) -> list[str]:
     """The default run's plan against what its folds took: the cost model's check at this size."""
     lines = [
@@ -195,6 +222,62 @@ def planned(budget: dict, board: list[dict], rows: int, folds: int = 5) -> list[
     return lines
 
 
+def default_plan(cache: str) -> None:
+    """The plan of the default run (`cv` without -c, 5 folds, the report's extras as they are beside the cache), as
+    ``cross_validate`` makes it, at this machine's speed now and at the calibration machine's (1.0)."""
+    from classifiers import crossval
+    from classifiers.budget import plan
+    from classifiers.cost import Shape, machine_speed, parse_budget
+    from classifiers.options import CVOptions
+
+    data = crossval.load_sources(cache)[0].data
+    d, k = data.dims(LAYER), len(data.classes)
+    splits = crossval.make_splits(data.y, None, 5, 1, 0, data.classes)
+    shapes = [Shape(len(s.train), len(s.test), d, k) for s in splits]
+    for speed in (machine_speed(), 1.0):
+        the_plan = plan(
+            None,
+            shapes,
+            parse_budget(CVOptions.budget),
+            speed,
+            extras=crossval._extras_seconds(data, d, "report"),
+            layer_bytes=4.0 * len(data.y) * d,
+        )
+        print(f"speed {speed:.2f}: {the_plan.message}")
+
+
+def fold_table(sizes: list[int], timeout: float) -> None:
+    """One fold of the tuned probe on each cache, by index and on a copy of the fold's rows, each a process (its
+    peak RSS against the layer's bytes), one after the other; the same predictions?"""
+    import numpy as np
+
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print("| rows | path | wall s | CPU s | fit s | predict s | peak RSS GiB | peak / layer |")
+    print("|--:|---|--:|--:|--:|--:|--:|--:|")
+    for rows in sizes:
+        cache, layer = ensure(rows), rows * DIM * 4 / 2**30
+        got = {}
+        with tempfile.TemporaryDirectory(prefix="cv-fold-") as tmp:
+            for how in ("indexed", "copy"):
+                out = f"{tmp}/{how}.npz"
+                seconds, peak, text = measured([sys.executable, __file__, "--step", "fold", cache, how, out], timeout)
+                words = dict(zip(text.split()[::2], text.split()[1::2]))
+                print(
+                    f"| {rows:,} | {how} | {words.get('wall', '')} | {words.get('cpu', '')} | {words.get('fit', '')} "
+                    f"| {words.get('predict', '')} | {peak:.2f} | {peak / layer:.2f} |",
+                    flush=True,
+                )
+                got[how] = np.load(out) if seconds is not None else None
+            if got["indexed"] is not None and got["copy"] is not None:
+                a, b = got["indexed"], got["copy"]
+                print(
+                    f"{rows:,} rows: the same predictions on {np.mean(a['pred'] == b['pred']):.4%} of the test rows, "
+                    f"largest probability difference {np.abs(a['proba'] - b['proba']).max():.2e}",
+                    flush=True,
+                )
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
 def fmt(seconds: float | None, timeout: float) -> str:
     return f"> {timeout:.0f} (stopped)" if seconds is None else f"{seconds:.1f}"
 
@@ -207,6 +290,7 @@ def scale(
     probe: str = "logreg",
     with_plain: bool = True,
     plain_tuned: bool = False,
+    folds: int = FOLDS,
 ) -> list[str]:
     """The table of one cache size."""
     import json
@@ -215,7 +299,7 @@ def scale(
     cache = ensure(rows)
     load = os.getloadavg()
     lines = [
-        f"### {rows:,} rows x {DIM} float32, {CLASSES} classes, {FOLDS} folds",
+        f"### {rows:,} rows x {DIM} float32, {CLASSES} classes, {folds} folds (the default run: 5)",
         "",
         f"Load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min) on {os.cpu_count()} cores.",
         "",
@@ -268,7 +352,7 @@ def scale(
                 f"{board['balanced_accuracy']['mean']:.4f}" if board else "",
             )
         for entry in entries:
-            seconds, peak, text = measured(cv(cache, "-c", entry, "--json"), timeout)
+            seconds, peak, text = measured(cv(cache, "-c", entry, "--json", folds=folds), timeout)
             board = json.loads(text)["leaderboard"][0] if seconds else None
             row(
                 f"`cv -c {entry}`",
@@ -311,6 +395,11 @@ def main() -> int:
     parser.add_argument("--plain-tuned", action="store_true", help="also the plain script with LogisticRegressionCV")
     parser.add_argument("--knn", action="store_true", help="one kNN fold: scikit-learn's search against ours")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a command is stopped")
+    parser.add_argument("--folds", type=int, default=FOLDS, help="folds of the -c runs (the default run: 5)")
+    parser.add_argument("--plan", action="store_true", help="only print the default run's plan on each cache")
+    parser.add_argument(
+        "--fold", action="store_true", help="only one fold of the tuned probe: by index against a copy of its rows"
+    )
     parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -320,6 +409,17 @@ def main() -> int:
         return 0
     if opts.step == "knn":
         knn_fold(opts.args[0])
+        return 0
+    if opts.step == "fold":
+        probe_fold(*opts.args)
+        return 0
+    if opts.fold:
+        fold_table(opts.rows + ([1_000_000] if opts.million else []), opts.timeout)
+        return 0
+    if opts.plan:
+        for rows in opts.rows + ([1_000_000] if opts.million else []):
+            print(f"{rows:,} rows:", flush=True)
+            default_plan(ensure(rows))
         return 0
     if opts.entries is None:
         from classifiers.zoo import list_classifiers
@@ -337,7 +437,14 @@ def main() -> int:
     ]
     for rows in opts.rows + ([1_000_000] if opts.million else []):
         lines += scale(
-            rows, entries, not opts.no_default, opts.timeout, opts.probe, not opts.no_plain, opts.plain_tuned
+            rows,
+            entries,
+            not opts.no_default,
+            opts.timeout,
+            opts.probe,
+            not opts.no_plain,
+            opts.plain_tuned,
+            opts.folds,
         ) + [""]
         if opts.knn:
             seconds, peak, text = measured([sys.executable, __file__, "--step", "knn", ensure(rows)], opts.timeout)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from . import cost
 from .cost import Shape, duration
 from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
-from .registry import default_classifiers, get_spec, list_classifiers, parse_spec, search_grid
+from .registry import default_classifiers, get_spec, list_classifiers, make_classifier, parse_spec, search_grid
+from .rows import by_index
 
 
 def extras_estimate(
@@ -239,7 +240,8 @@ def plan(
         return Plan(wanted, {c: seconds[c] for c in wanted}, budget, speed, explicit, extras=extras, extra=extra)
     stand_in = {get_spec(n).stands_in_for: n for n in candidates if get_spec(n).stands_in_for}
     limit = cost.memory_bound(layer_bytes) if layer_bytes else None
-    peaks = {spec: peak(spec, shapes, layer_bytes) for spec in candidates}
+    indexed = not search and not extra.unlabeled  # a search's folds and the unlabeled rows' fits copy their rows
+    peaks = {spec: peak(spec, shapes, layer_bytes, indexed) for spec in candidates}
     heavy = {c: peaks[c] for c in wanted if limit is not None and peaks[c] > limit}
     if len(heavy) == len(wanted):
         heavy = {}  # nothing fits in memory either: the time alone decides
@@ -274,12 +276,21 @@ def plan(
     return the_plan
 
 
-def peak(spec: str, shapes: list[Shape], layer_bytes: float) -> float:
+def peak(spec: str, shapes: list[Shape], layer_bytes: float, indexed: bool = True) -> float:
     """The largest fold's peak bytes of ``spec``: the layer, the fold's rows and the entry's own memory model (an
-    entry without one: its rows only)."""
+    entry without one: its rows only); with ``indexed``, a fold that ``cv`` fits by index (``rows.by_index``) without
+    its rows, by the entry's ``memory_by_index``."""
     name, params = parse_spec(spec)
-    model = get_spec(name).memory
-    return max(cost.peak_bytes(layer_bytes, s, model(s, params) if model else 0.0) for s in shapes)
+    zoo = get_spec(name)
+    model, by_rows = zoo.memory, zoo.memory_by_index
+    pipe = make_classifier(spec) if indexed and by_rows is not None else None
+
+    def one(s: Shape) -> float:
+        if pipe is not None and by_rows is not None and by_index(pipe, int(s.n), int(s.d)):
+            return cost.peak_bytes(layer_bytes, s, by_rows(s, params), rows=False)
+        return cost.peak_bytes(layer_bytes, s, model(s, params) if model else 0.0)
+
+    return max(one(s) for s in shapes)
 
 
 __all__ = ["Extra", "Plan", "estimate", "extras_estimate", "fold_estimate", "plan", "semi_estimate"]

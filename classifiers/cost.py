@@ -134,6 +134,16 @@ def logreg_memory(s: Shape, params: dict) -> float:
     return 0.25 * fold_bytes(s)  # the solver's n x k arrays and the held-out probabilities (the rows: in place)
 
 
+ROWS_BLOCK = 32_768  # rows.PREDICT_BLOCK and solver.ROW_BLOCK: the rows a fold fitted by index copies at a time
+
+
+def logreg_by_index_memory(s: Shape, params: dict) -> float:
+    """The tuned probe's fold fitted by index (``rows.fit_by_index``): never the fold's rows, only blocks of them
+    (a held-out block gathered, a test block and its standardized copy), the span's labels, weights and indices
+    (24 bytes a row), the solver's per-block scores and the scaler's float64 blocks."""
+    return 3 * 4.0 * ROWS_BLOCK * s.d + 24.0 * (s.n + s.t) + 64 * 2**20
+
+
 def linear_svm_memory(s: Shape, params: dict) -> float:
     return 2.0 * fold_bytes(s)  # liblinear works on a float64 copy of the rows
 
@@ -166,9 +176,10 @@ def forest_memory(s: Shape, params: dict) -> float:
 PROCESS = 512 * 2**20  # the interpreter, its libraries, and the rows' paths and labels at a million rows
 
 
-def peak_bytes(layer: float, s: Shape, extra: float) -> float:
-    """One fold's peak: the process itself, the layer, the fold's training rows and the entry's own memory."""
-    return PROCESS + layer + fold_bytes(s) + extra
+def peak_bytes(layer: float, s: Shape, extra: float, rows: bool = True) -> float:
+    """One fold's peak: the process itself, the layer, the fold's training rows (``rows``: False when the fold is
+    fitted by index, ``rows.by_index``) and the entry's own memory."""
+    return PROCESS + layer + (fold_bytes(s) if rows else 0.0) + extra
 
 
 def memory_bound(layer: float) -> float:

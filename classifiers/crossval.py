@@ -36,6 +36,7 @@ from .labels import labels_of
 from .metrics import METRICS, confusion, ece, full_proba, mean_std, per_class, reliability, scores
 from .neighbours import NEIGHBOURS, REFERENCE
 from .options import SUSPICIOUS, CVOptions
+from .rows import PREDICT_BLOCK, by_index, fit_by_index
 from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
 from .shots import ALL, curve_rows, learning_curve, parse_shots
 from .significance import ALPHA, Comparison, compare_to_best
@@ -365,30 +366,27 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int, free: np.nd
     """Fit a clone on the training rows, predict the test rows. Runs in a joblib worker.
 
     The training rows are the fold's own copy (fancy indexing), so the Pipeline's own L2 and scaling steps fit on them
-    in place: the layer, the fold's rows and the classifier's own data are the memory, never a second scaled copy.
+    in place: the layer, the fold's rows and the classifier's own data are the memory, never a second scaled copy. An
+    entry that reads rows by index (``rows.by_index``: the tuned probe, from 1 GiB of rows) takes no copy at all: the layer and the
+    fold's indices. The test rows are predicted a block of indices at a time.
     ``free``: unlabeled rows that join the training side (``semi.SemiSupervised``, label ``-1``), never the test
     side: the held-out rows are labelled rows of the cache only."""
     model = _in_place(clone(estimator))
     started = time.perf_counter()
-    X_train, y_train = X[split.train], y[split.train]
-    g_train = None if groups is None else groups[split.train]
-    if free is not None:
-        X_train = np.vstack([X_train, free])
-        y_train = np.concatenate([y_train, np.full(len(free), UNLABELED, dtype=y.dtype)])
-        g_train = None if g_train is None else np.concatenate([g_train, np.full(len(free), "", dtype=object)])
-    fit_grouped(model, X_train, y_train, g_train)
-    del X_train  # before the test rows are taken
+    if free is None and by_index(model, len(split.train), X.shape[1]):  # the layer and the fold's indices: no copy
+        fit_by_index(model, X, y, split.train, groups)
+    else:
+        X_train, y_train = X[split.train], y[split.train]
+        g_train = None if groups is None else groups[split.train]
+        if free is not None:
+            X_train = np.vstack([X_train, free])
+            y_train = np.concatenate([y_train, np.full(len(free), UNLABELED, dtype=y.dtype)])
+            g_train = None if g_train is None else np.concatenate([g_train, np.full(len(free), "", dtype=object)])
+        fit_grouped(model, X_train, y_train, g_train)
+        del X_train  # before the test rows are taken
     _in_place(model, on=False)  # the test rows are transformed twice (labels, probabilities): not in place
     fitted = time.perf_counter()
-    X_test = X[split.test]
-    pred = model.predict(X_test)
-    proba = (
-        full_proba(model.predict_proba(X_test), model.classes_, n_classes) if hasattr(model, "predict_proba") else None
-    )
-    decision = None
-    if proba is None and hasattr(model, "decision_function"):  # for the report's calibration (cross_fitted)
-        values, _ = raw_scores(model, X_test)
-        decision = placed(values, DECISION, model.classes_, n_classes).astype(np.float32)
+    pred, proba, decision = _predict_blocks(model, X, split.test, n_classes)
     predicted = time.perf_counter()
     best = model.best_params_ if isinstance(model, GridSearchCV) else None
     missing = sorted(set(range(n_classes)) - set(np.asarray(model.classes_).tolist()))
@@ -396,6 +394,28 @@ def _run_fold(estimator, X, y, groups, split: Split, n_classes: int, free: np.nd
     if isinstance(model, SemiSupervised):
         semi = {"used": bool(model.used_), "decision": model.decision_, "pseudo": int(model.pseudo_)}
     return pred, proba, fitted - started, predicted - fitted, best, missing, fallbacks(model), semi, decision
+
+
+def _predict_blocks(model, X, test: np.ndarray, n_classes: int, block: int | None = None):
+    """The test rows' predictions, probabilities (or None) and, without probabilities, decision scores (or None),
+    ``block`` rows (``PREDICT_BLOCK``) taken from the layer at a time: never a copy of all of them (every model
+    predicts row by row)."""
+    block = block or PREDICT_BLOCK
+    probabilistic = hasattr(model, "predict_proba")
+    preds, probas, decisions = [], [], []
+    for start in range(0, max(len(test), 1), block):
+        X_test = X[test[start : start + block]]
+        preds.append(model.predict(X_test))
+        if probabilistic:
+            probas.append(full_proba(model.predict_proba(X_test), model.classes_, n_classes))
+        elif hasattr(model, "decision_function"):  # for the report's calibration (cross_fitted)
+            values, _ = raw_scores(model, X_test)
+            decisions.append(placed(values, DECISION, model.classes_, n_classes).astype(np.float32))
+    return (
+        np.concatenate(preds),
+        np.concatenate(probas) if probas else None,
+        np.concatenate(decisions) if decisions else None,
+    )
 
 
 def _in_place(model, on: bool = True):

@@ -9,6 +9,10 @@ fold going on from one value to the next from its last solution with its L-BFGS 
 stopping two values past the best. From ``holdout_from`` rows on (6,000: 2,000 held out) one inner split chooses
 ``C`` instead of three, the rows partitioned in place rather than copied. The refit on every row starts from the
 chosen value's mean inner solution and curvature, and its result is a scikit-learn ``LogisticRegression``.
+
+``fit_rows`` fits the same model on rows of a layer by index (``rows.LayerRows``, what ``cv`` hands it): every
+product reads a contiguous span of the layer, each inner fold and the refit weighing only their own rows, and the
+standardization is folded into the solver; no row is copied but a block of held-out rows at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from embedder.kernel.errors import InvalidValue
 
 from . import solver
 from .folds import inner_fold_count, inner_splits, too_few_for_inner_folds
+from .rows import LayerRows
 from .solver import fit_path
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))  # 1e-4 … 10, half a decade apart
@@ -99,7 +104,8 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, groups=None):
         self.check_params()
-        X, y = np.asarray(X), np.asarray(y)
+        X = X if isinstance(X, LayerRows) else np.asarray(X)
+        y = np.asarray(y)
         self.classes_ = np.unique(y)
         start = None
         self.fallback_ = None
@@ -111,12 +117,19 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
             self.fallback_ = f"logreg: C={FALLBACK_C} fixed, not chosen on inner folds ({why})"
         else:
             X, y, self.C_, self.cv_scores_, start = self._sweep(X, y, None if groups is None else np.asarray(groups))
-        if start is None:
+        if start is None and not isinstance(X, LayerRows):
             self.model_ = LogisticRegression(C=self.C_, max_iter=self.max_iter).fit(X, y)
-        else:
+        else:  # by index without a sweep: the solver's own cold fit, to scikit-learn's tolerance
             self.model_ = self._refit(X, y, start)
         self.n_features_in_ = X.shape[1]
         return self
+
+    def fit_rows(self, rows: LayerRows, y, groups=None):
+        """``fit`` on ``rows`` (a layer's rows by index, standardized by their ``mean`` and ``scale`` if given)
+        without copying them: the model ``fit(standardized rows)`` makes, its coefficients those of the
+        standardized rows, equal to the copying fit's within the solver's tolerance (float32 products over the
+        same rows, summed in another order). ``y`` and ``groups``: the rows' own, in their order."""
+        return self.fit(rows, y, groups)
 
     def _sweep(self, X, y, groups):
         """Every inner fold along ``Cs`` at once (``solver.fit_path``: one product of each block of rows with the
@@ -131,23 +144,44 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
             return X, y, Cs[0], None, None
         index = np.searchsorted(self.classes_, y)
         k = len(self.classes_)
-        splits = inner_splits(X, index, groups, inner_fold_count(index, self.inner_folds, groups), self.random_state)
-        if self.holdout_from is not None and len(y) >= self.holdout_from:
+        splits = inner_splits(
+            index if isinstance(X, LayerRows) else X,  # only their number is read
+            index,
+            groups,
+            inner_fold_count(index, self.inner_folds, groups),
+            self.random_state,
+        )
+        held_out = self.holdout_from is not None and len(y) >= self.holdout_from
+        weights = standardize = None
+        if isinstance(X, LayerRows):  # one span of the layer; each problem weighs its own rows
+            splits = splits[:1] if held_out else splits
+            blocks, labels, weights, standardize = _span(X, index, [train for train, _ in splits])
+            member = np.ones((1, len(splits)), dtype=bool)
+
+            def score(p, coef, intercept):
+                return _held_out_rows_score(X, splits[p][1], index, coef, intercept, k, self.scoring)
+
+        elif held_out:
             X, y, index, m = self._held_out_last(X, y, index, splits[0])
             blocks, labels = [X[:m], X[m:]], [index[:m], index[m:]]
             member = np.array([[True], [False]])  # one problem: the first block, scored on the second
         else:  # block f: fold f's held-out rows (a copy of the rows in all, regrouped); problem f fits the others
             blocks, labels = [X[test] for _, test in splits], [index[test] for _, test in splits]
             member = ~np.eye(len(splits), dtype=bool)
+        if not isinstance(X, LayerRows):
+            held = [int(np.flatnonzero(~member[:, p])[0]) for p in range(member.shape[1])]  # the block scored on
+
+            def score(p, coef, intercept):
+                return _held_out_score(blocks[held[p]], labels[held[p]], coef, intercept, k, self.scoring)
+
         F = member.shape[1]
-        held = [int(np.flatnonzero(~member[:, p])[0]) for p in range(F)]  # the block each problem is scored on
         scores = np.full((F, len(Cs)), np.nan)
         state = {"done": 0, "best": 0, "worse": 0, "stop": len(Cs) - 1}
 
         def arrived(p, j, coef, intercept):
             """Problem p's solution at Cs[j], scored on its held-out block; each value whose every fold is in, in
             order, then compared with the best so far."""
-            scores[p, j] = _held_out_score(blocks[held[p]], labels[held[p]], coef, intercept, k, self.scoring)
+            scores[p, j] = score(p, coef, intercept)
             while state["done"] <= state["stop"] and not np.isnan(scores[:, state["done"]]).any():
                 i = state["done"]
                 if i == 0 or scores[:, i].mean() < scores[:, state["best"]].mean() - 1e-12:
@@ -169,6 +203,8 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             arrived=arrived,
             limit=lambda: state["stop"],
+            weights=weights,
+            standardize=standardize,
         )
         best = state["best"]
         scores[:, best + PATIENCE + 1 :] = np.nan  # a fold that ran ahead: past the stop, never compared
@@ -178,18 +214,23 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def _refit(self, X, y, start):
         """The chosen ``C`` on every row, from the inner solution and curvature (``solver.fit_path``), as a fitted
-        scikit-learn ``LogisticRegression``: its predictions, probabilities and export are that class's own."""
-        coef, intercept, pairs = start
+        scikit-learn ``LogisticRegression``: its predictions, probabilities and export are that class's own.
+        ``start`` None: a cold fit at scikit-learn's tolerance (rows by index with a fixed ``C``)."""
         index = np.searchsorted(self.classes_, y)
+        blocks, labels, weights, standardize = [X], [index], None, None
+        if isinstance(X, LayerRows):
+            blocks, labels, weights, standardize = _span(X, index, [np.arange(len(index))])
         path = fit_path(
-            [X],
-            [index],
+            blocks,
+            labels,
             len(self.classes_),
             [self.C_],
             max_iter=self.max_iter,
-            start=(coef, intercept),
-            pairs=pairs,
-            relative=REFIT_RELATIVE,
+            start=None if start is None else start[:2],
+            pairs=None if start is None else start[2],
+            relative=None if start is None else REFIT_RELATIVE,
+            weights=weights,
+            standardize=standardize,
         )
         model = LogisticRegression(C=self.C_, max_iter=self.max_iter)
         model.classes_ = self.classes_
@@ -254,6 +295,39 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         check_is_fitted(self, "model_")
         return self.model_.predict(X)
+
+
+def _span(rows: LayerRows, index: np.ndarray, fits: list[np.ndarray]):
+    """``fit_path``'s arguments for problems that fit the rows at positions ``fits[p]`` of ``rows``: one block, the
+    layer's span of the rows (a view), their class indices in it (0 elsewhere), each problem's weights (1 on its
+    rows) and the standardization."""
+    lo, hi = rows.span()
+    labels = np.zeros(hi - lo, dtype=np.intp)
+    labels[rows.index - lo] = index
+    weights = np.zeros((hi - lo, len(fits)), dtype=np.float32)
+    for p, positions in enumerate(fits):
+        weights[rows.index[positions] - lo, p] = 1.0
+    standardize = None if rows.mean is None else (rows.mean, rows.scale)
+    return [rows.layer[lo:hi]], [labels], [weights], standardize
+
+
+def _held_out_rows_score(rows: LayerRows, positions, index, coef, intercept, n_classes: int, scoring: str) -> float:
+    """``_held_out_score`` of the rows at ``positions`` of ``rows``, gathered a block at a time, the solution
+    carried to the raw rows (``coef / scale``, ``intercept - coef · mean / scale``)."""
+    coef, intercept = np.asarray(coef, dtype=np.float64), np.asarray(intercept, dtype=np.float64)
+    if rows.mean is not None:
+        inverse = 1.0 / np.asarray(rows.scale, dtype=np.float64)
+        intercept = intercept - coef @ (np.asarray(rows.mean) * inverse)
+        coef = coef * inverse
+    total = 0.0
+    for start in range(0, len(positions), solver.ROW_BLOCK):
+        part = positions[start : start + solver.ROW_BLOCK]
+        proba = solver.probabilities(rows.gather(part), coef, intercept, n_classes)
+        if scoring == "accuracy":
+            total += float(np.sum(np.argmax(proba, axis=1) != index[part]))
+        else:
+            total -= float(np.sum(np.log(np.clip(proba[np.arange(len(part)), index[part]], 1e-15, None))))
+    return total / max(len(positions), 1)
 
 
 def _held_out_score(X, index, coef, intercept, n_classes: int, scoring: str) -> float:

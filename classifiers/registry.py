@@ -61,13 +61,22 @@ class BlockedScaler(StandardScaler):
         X = np.asarray(X) if not hasattr(X, "tocsr") else X
         if sample_weight is not None or not (self.with_mean and self.with_std) or X.ndim != 2 or hasattr(X, "tocsr"):
             return super().fit(X, y, sample_weight)
-        n, d = X.shape
+        return self._fit_blocks(lambda start, stop: X[start:stop], *X.shape)
+
+    def fit_rows(self, layer, index):
+        """The same fit on ``layer[index]`` (sorted row indices), those rows read a block at a time: what
+        ``rows.fit_by_index`` calls, never a copy of them all. The same sums in the same order as ``fit`` on the
+        rows taken: the same ``mean_``, ``var_`` and ``scale_``, bit for bit."""
+        index = np.asarray(index)
+        return self._fit_blocks(lambda start, stop: layer[index[start:stop]], len(index), layer.shape[1])
+
+    def _fit_blocks(self, block_of, n: int, d: int):
         total, squares, block = np.zeros(d), np.zeros(d), max(1, self.BLOCK_BYTES // (8 * max(d, 1)))
         for start in range(0, n, block):
-            total += X[start : start + block].sum(axis=0, dtype=np.float64)
+            total += block_of(start, start + block).sum(axis=0, dtype=np.float64)
         mean = total / max(n, 1)
         for start in range(0, n, block):
-            diff = X[start : start + block].astype(np.float64)
+            diff = block_of(start, start + block).astype(np.float64)
             diff -= mean
             squares += np.einsum("ij,ij->j", diff, diff)
         self.mean_, self.var_, self.n_samples_seen_, self.n_features_in_ = mean, squares / max(n, 1), n, d
@@ -112,6 +121,9 @@ class ClassifierSpec:
     probabilities: bool = False  # has predict_proba (log-loss and confidence)
     cost: Callable[[Shape, dict], float] | None = None  # (fold's shape, spec's params) → seconds (cost.py)
     memory: Callable[[Shape, dict], float] | None = None  # → bytes beyond the layer and the fold's rows
+    # → bytes beyond the layer of a fold fitted by index (rows.by_index: the fold's rows never copied); None: the
+    # entry's Pipeline cannot be (its classifier has no fit_rows)
+    memory_by_index: Callable[[Shape, dict], float] | None = None
     stands_in_for: str | None = None  # an approximation of this entry: never in the default list, only in its place
 
 
@@ -308,6 +320,7 @@ register_classifier(
         probabilities=True,
         cost=cost.logreg,
         memory=cost.logreg_memory,
+        memory_by_index=cost.logreg_by_index_memory,
     )
 )
 register_classifier(

@@ -17,6 +17,12 @@ problems go (``limit``), stopping them once the best value is behind.
 
 L-BFGS with 10 pairs and Armijo backtracking from the unit step, its state in float64; only the products with the
 rows are in the rows' dtype. numpy only: no scikit-learn, no torch.
+
+The rows need not be a copy of the problems' own: ``weights`` says which rows of a block each problem fits (the
+others weigh 0: a span of a whole layer serves every fold cut from it), and ``standardize`` fits the problems on
+``(X - mean) / scale`` while reading raw rows, through the identity ``X_s W = X (W / scale) - (mean / scale) W`` and
+the gradient's ``X_sᵀ R = (Xᵀ R) / scale - (mean / scale) ⊗ Σ R`` (the sums in float64): the coefficients are the
+standardized problem's, and no standardized copy of the rows is made.
 """
 
 from __future__ import annotations
@@ -103,24 +109,37 @@ def fit_path(
     limit: Callable[[], int] | None = None,
     start: tuple[np.ndarray, np.ndarray] | None = None,
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray, float, int] | None = None,
+    weights: Sequence[np.ndarray] | None = None,
+    standardize: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Fit problems along ``Cs`` (increasing: strong regularization first). ``blocks[b]`` are rows (float32 or
     float64, used as given, never copied), ``labels[b]`` their class indices (0 … n_classes - 1); ``member[b, p]``:
-    problem ``p`` fits block ``b`` (None: one problem, every block). ``arrived(p, j, coef, intercept)`` is called
+    problem ``p`` fits block ``b`` (None: every problem every block; one problem, or one per column of ``weights``). ``arrived(p, j, coef, intercept)`` is called
     when problem ``p`` converges at ``Cs[j]``; ``limit()`` (after it, and every iteration) is the last index any
     problem may go on to (the others stop where they are). ``start``: coef and intercept every problem starts from,
     with ``pairs`` (``Path.warm``: another fit's L-BFGS pairs) to begin its curvature model with (else zero, none).
     A problem stops at a value when the largest entry of its gradient is at most ``tol``, and, with ``relative``,
     at most that share of what it was when the problem began that value. ``max_iter`` caps each problem's
-    iterations at each value."""
+    iterations at each value. ``weights[b]`` (rows x problems, 0 or 1): which of block ``b``'s rows each problem
+    fits (a row's label is then read only where its weight is 1); ``standardize`` (mean, scale: one each per
+    column): the problems are on the standardized rows, the blocks given raw."""
     grid = np.asarray(Cs, dtype=np.float64)
-    member = np.ones((len(blocks), 1), dtype=bool) if member is None else np.asarray(member, dtype=bool)
+    if member is None:  # every problem fits every block: one, or as many as ``weights`` has columns
+        member = np.ones((len(blocks), 1 if weights is None else np.shape(weights[0])[1]), dtype=bool)
+    member = np.asarray(member, dtype=bool)
     n_blocks, P = member.shape
     d = blocks[0].shape[1]
     K = outputs(n_classes)
     KD = K * d  # coefficients first, then the K intercepts
     D = KD + K
-    counts = np.array([sum(len(labels[b]) for b in range(n_blocks) if member[b, p]) for p in range(P)], float)
+    if weights is None:
+        counts = np.array([sum(len(labels[b]) for b in range(n_blocks) if member[b, p]) for p in range(P)], float)
+    else:
+        per_block = np.array([np.asarray(w, dtype=np.float64).sum(axis=0) for w in weights])  # blocks x problems
+        counts = (per_block * member).sum(axis=0)
+    if standardize is not None:
+        inverse = 1.0 / np.asarray(standardize[1], dtype=np.float64)  # per column
+        shift = np.asarray(standardize[0], dtype=np.float64) * inverse
     j = np.zeros(P, dtype=int)
     lam = 1.0 / (grid[j] * counts)
     x = np.zeros((P, D))
@@ -152,20 +171,32 @@ def fit_path(
             cols = np.flatnonzero(member[b, which])
             if not len(cols):
                 continue
-            W = np.ascontiguousarray(xs[cols, :KD].reshape(len(cols) * K, d).T, dtype=blocks[b].dtype)
-            bias = xs[cols, KD:].astype(blocks[b].dtype)
+            W64 = xs[cols, :KD].reshape(len(cols) * K, d).T
+            bias64 = xs[cols, KD:]
+            if standardize is not None:  # X_s W + b = X (W / scale) + (b - (mean / scale) W)
+                bias64 = bias64 - (shift @ W64).reshape(len(cols), K)
+                W64 = W64 * inverse[:, None]
+            W = np.ascontiguousarray(W64, dtype=blocks[b].dtype)
+            bias = bias64.astype(blocks[b].dtype)
             scale = (1.0 / counts[which[cols]]).astype(blocks[b].dtype)
+            weight = None if weights is None else np.asarray(weights[b])[:, which[cols]].astype(blocks[b].dtype)
             for s0 in range(0, len(labels[b]), ROW_BLOCK):
                 rows = slice(s0, s0 + ROW_BLOCK)
                 Xr = blocks[b][rows]
                 Z = (Xr @ W).reshape(-1, len(cols), K)
                 Z += bias
                 row_loss, R = pointwise(Z, labels[b][rows], n_classes)
+                if weight is not None:  # a row outside a problem: no loss, no gradient
+                    row_loss *= weight[rows]
+                    R *= weight[rows][:, :, None]
                 f[cols] += row_loss.sum(axis=0, dtype=np.float64) * scale
                 R *= scale[None, :, None]
                 R2 = R.reshape(-1, len(cols) * K)
                 g[cols, :KD] += (Xr.T @ R2).T.reshape(len(cols), KD)
                 g[cols, KD:] += R2.sum(axis=0, dtype=np.float64).reshape(len(cols), K)
+        if standardize is not None:  # X_sᵀ R = (Xᵀ R) / scale - (mean / scale) ⊗ Σ R, per output
+            raw = g[:, :KD].reshape(len(which), K, d) * inverse - g[:, KD:, None] * shift
+            g[:, :KD] = raw.reshape(len(which), KD)
         if K > 2:  # adding one number to every class's intercept changes nothing: stay where they sum to zero, as
             g[:, KD:] -= g[:, KD:].mean(axis=1, keepdims=True)  # scikit-learn's do (float32 rounding drifts else)
         coef = xs[:, :KD]
