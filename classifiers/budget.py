@@ -14,7 +14,7 @@ from . import cost
 from .cost import Shape, duration
 from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
 from .registry import default_classifiers, get_spec, list_classifiers, make_classifier, parse_spec, search_grid
-from .rows import by_index
+from .rows import BY_INDEX_COST, by_index
 
 
 def extras_estimate(
@@ -53,6 +53,8 @@ def estimate(spec: str, shape: Shape, search: bool = False, inner_folds: int = 3
     if model is None:
         return None
     seconds = model(shape, params)
+    if not search and get_spec(name).memory_by_index is not None and by_index(make_classifier(spec), shape.n, shape.d):
+        seconds *= BY_INDEX_COST  # cv fits this fold from the layer's rows by index: it reads the whole span
     grid = search_grid(spec) if search else {}
     if grid:
         candidates = 1

@@ -21,6 +21,9 @@ BY_INDEX_FROM = 6_000  # training rows from which a fold that can be fitted by i
 # index reads the layer's whole span in every product: 1.6 times the CPU of the copying fold at 200,000 rows, where
 # the copy is 0.8 GB; benchmarks/cv_scale.py --fold)
 BY_INDEX_BYTES = 2**30
+# a fold by index over the copying fold's CPU seconds, for the cost model (1,000,000 x 1,280 rows, 5 folds: 139.8 s
+# against 101.1 s, benchmarks/cv_scale.py --fold, 2026-12-06)
+BY_INDEX_COST = 1.4
 
 
 @dataclass(frozen=True)

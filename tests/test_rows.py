@@ -175,3 +175,19 @@ def test_layer_rows_say_their_shape_and_span():
     rows = LayerRows(layer, np.array([4, 9, 30]))
     assert rows.shape == (3, 3) and len(rows) == 3 and rows.dtype == np.float32 and rows.span() == (4, 31)
     assert rows.gather([0, 2]).shape == (2, 3)
+
+
+def test_a_fold_by_index_is_estimated_at_its_measured_extra_cost_and_the_default_run_keeps_the_probe():
+    """The fold by index reads the layer's whole span (BY_INDEX_COST times the copying fold's CPU, measured at a
+    million rows); a fold below the by-index size keeps the plain estimate. The default 12-minute plan at a million
+    rows on the calibration machine runs the probe (alone: the report's extras and its folds take the budget)."""
+    from classifiers.budget import estimate, extras_estimate
+    from classifiers.cost import logreg
+    from classifiers.rows import BY_INDEX_COST
+
+    big, small = Shape(800_000, 200_000, 1280, 10), Shape(8_000, 2_000, 1280, 10)
+    assert estimate("logreg", big) == pytest.approx(BY_INDEX_COST * logreg(big, {}))
+    assert estimate("logreg", small) == pytest.approx(logreg(small, {}))
+    layer = 4.0 * 1_000_000 * 1280
+    default = plan(None, [big] * 5, 12 * 60.0, layer_bytes=layer, extras=extras_estimate(1_000_000, 1280, True, True))
+    assert default.classifiers == ["logreg"] and "logreg" not in default.over_memory
