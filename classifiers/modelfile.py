@@ -34,6 +34,7 @@ from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
 from .registry import BlockedScaler, FewShotLDA, ReducedPCA
 from .ridge import NystroemRidge, TunedRidge
+from .scaling import ShrunkScaler
 
 FORMAT = "featurebank-model"
 VERSION = 3  # 3: trained_on.calibration, a temperature that predict and export apply (a reader of 2 would ignore it)
@@ -57,6 +58,7 @@ TRUSTED_TYPES = [
         for cls in (
             ReducedPCA,
             BlockedScaler,
+            ShrunkScaler,
             TunedLogisticRegression,
             TunedRidge,
             NystroemRidge,
