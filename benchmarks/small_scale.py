@@ -178,11 +178,15 @@ def render(scores: dict, base: str) -> list[str]:
     groups = {}
     for task in dict.fromkeys(k[0] for k in keys):
         groups.setdefault("10 pairs of flowers (mean)" if ":" in task else task, []).append(task)
+    flowers = [t for t in dict.fromkeys(k[0] for k in keys) if t.split(":")[0] == "flowers"]
+    if len(flowers) > 1:
+        groups[f"flowers and its pairs ({len(flowers)} tasks, mean)"] = flowers
     lines = [
         "| data | pick set | per class | " + " | ".join(scalers) + " |",
         "|---|---|--:|" + "--:|" * len(scalers),
     ]
     for group, tasks in groups.items():
+        gains = {s: [] for s in scalers}
         for which in SETS:
             for k in SHOTS:
                 cells = []
@@ -193,8 +197,13 @@ def render(scores: dict, base: str) -> list[str]:
                         continue
                     m = np.mean([g["mean"] for g in got])
                     b = np.mean([scores[f"{t}|{k}|{base}|{which}"]["mean"] for t in tasks])
+                    gains[s].append(m - b)
                     cells.append(f"{m:.1f}" if s == base else f"{m:.1f} ({m - b:+.1f})")
                 lines.append(f"| {group} | {which} | {k} | " + " | ".join(cells) + " |")
+        if all(len(g) == len(SETS) * len(SHOTS) for g in gains.values()):
+            for what, f in (("mean gain of the 16 cells", np.mean), ("worst cell", np.min)):
+                cells = [f"{f(gains[s]):+.2f}" for s in scalers]
+                lines.append(f"| {group} | {what} | | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,11 +1,11 @@
 """The zoo's scale step: per-feature standardization whose variances, when they come from few rows, are shrunk
-toward their common level (an empirical-Bayes estimate of the log-variances); from a few hundred rows on, the same
-as scikit-learn's ``StandardScaler``.
+toward their common level (an empirical-Bayes estimate of the log-variances); from about 1,000 rows on,
+scikit-learn's ``StandardScaler`` within 1 %.
 
 A variance estimated from n rows is noisy: with 4 rows its log has a sampling variance of about 0.9 (trigamma of
 (n - 1) / 2, for normal rows), larger than the spread of the true log-variances across a CNN layer's features (about
 0.6 on MobileNetV2's 1,280). Dividing each feature by such an estimate blows up the features in which the few rows
-happen to lie close together, whatever they carry. ``ShrunkScaler`` estimates that spread from the rows themselves
+happen to lie close together, whatever they carry, and an image that differs there then gets huge values. ``ShrunkScaler`` estimates that spread from the rows themselves
 (the spread of the log-variances across features less their sampling variance) and pulls each log-variance toward
 the mean of them by the usual James-Stein weight ``spread / (spread + sampling variance)``; the variances are then
 rescaled to keep their mean (the total variance the classifier's regularization sees). The weight goes to 1 as the
@@ -63,7 +63,8 @@ def shrunk_variances(var: np.ndarray, n: int) -> tuple[np.ndarray, float]:
 class ShrunkScaler(StandardScaler):
     """``StandardScaler`` for any number of rows: ``mean_`` as its own, ``var_`` each feature's variance shrunk
     toward their common level by an amount the rows estimate (``shrunk_variances``; ``weight_`` is the weight of a
-    feature's own variance: near 0 from 2 to 5 rows, 0.99 from about 500), ``scale_`` its square root (a constant
+    feature's own variance: on MobileNetV2 features about 0.5 from 2 rows, 0.8 from 4 or 5, 0.9 from 10 to 25, 0.99
+    from 300), ``scale_`` its square root (a constant
     column scales by 1), the same transform. Reads the rows a block at a time with float64 sums (a million
     float32 rows of 1,280 need no float64 copy). ``shrink=False``: the plain per-feature variances."""
 
