@@ -56,7 +56,7 @@ def unscaled_accuracy(S, y, Sval, yval, rows) -> float:
 
     if len(set(y[rows].tolist())) < 2:
         return float((yval == y[rows][0]).mean())
-    model = make_classifier(f"logreg:C={rules.FIXED_C}", 0, scale="passthrough").fit(S[rows], y[rows])
+    model = make_classifier(f"logreg:C={rules.FIXED_C}", 0, scale=False).fit(S[rows], y[rows])
     return float((model.predict(Sval) == yval).mean())
 
 

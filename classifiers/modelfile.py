@@ -34,6 +34,7 @@ from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
 from .registry import BlockedScaler, FewShotLDA, ReducedPCA
 from .ridge import NystroemRidge, TunedRidge
+from .scaling import ShrunkScaler
 
 FORMAT = "featurebank-model"
 VERSION = 4  # 4: the calibration's temperature may follow each row's margin (margin_power, a reader of 3 would ignore)
@@ -58,6 +59,7 @@ TRUSTED_TYPES = [
         for cls in (
             ReducedPCA,
             BlockedScaler,
+            ShrunkScaler,
             TunedLogisticRegression,
             TunedRidge,
             NystroemRidge,

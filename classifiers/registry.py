@@ -26,6 +26,7 @@ from .cost import Shape
 from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
 from .ridge import NystroemRidge, TunedRidge
+from .scaling import ShrunkScaler
 
 STEPS = ("l2", "scale", "pca")
 
@@ -268,7 +269,7 @@ def _build(name: str, params: dict, seed: int, text: str) -> Pipeline:
     return Pipeline(
         [
             ("l2", Normalizer() if steps.get("l2") else "passthrough"),
-            ("scale", BlockedScaler() if steps.get("scale") else "passthrough"),
+            ("scale", ShrunkScaler() if steps.get("scale") else "passthrough"),
             ("pca", ReducedPCA(int(pca), random_state=seed) if pca else "passthrough"),
             ("clf", clf),
         ]

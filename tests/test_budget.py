@@ -20,8 +20,9 @@ import classifiers.ridge as ridge_module
 from classifiers.budget import estimate, plan
 from classifiers.cost import Shape, duration, parse_budget
 from classifiers.crossval import Split, _run_fold, cross_validate
-from classifiers.registry import BlockedScaler, ClassifierSpec, register_classifier, unregister_classifier
+from classifiers.registry import ClassifierSpec, register_classifier, unregister_classifier
 from classifiers.ridge import ALPHAS, TunedRidge
+from classifiers.scaling import ShrunkScaler
 from classifiers.zoo import default_classifiers, list_classifiers, make_classifier, parse_spec
 from cli import main
 from embedder.kernel.errors import FeaturebankError
@@ -255,7 +256,7 @@ def test_a_fold_holds_its_rows_once_the_scaling_works_in_place(monkeypatch, spec
     import classifiers.neighbours as neighbours_module
 
     monkeypatch.setattr(ridge_module, "BLOCK", 512)
-    monkeypatch.setattr(BlockedScaler, "BLOCK_BYTES", 1 << 20)  # blocks of 1 MB, as 16 MB are beside 5 GB
+    monkeypatch.setattr(ShrunkScaler, "BLOCK_BYTES", 1 << 20)  # blocks of 1 MB, as 16 MB are beside 5 GB
     monkeypatch.setattr(neighbours_module, "TILE_BYTES", 1 << 20)
     rng = np.random.default_rng(0)
     n, d = 16_000, 256

@@ -15,6 +15,7 @@ from sklearn.model_selection import cross_validate as sk_cross_validate
 
 from classifiers.crossval import cross_validate
 from classifiers.report.writer import leaderboard_lines, report_dict, write_report
+from classifiers.scaling import shrunk_variances
 from classifiers.zoo import ClassifierSpec, make_classifier, register_classifier, unregister_classifier
 from embedder.kernel.errors import FeaturebankError
 
@@ -102,7 +103,7 @@ def test_preprocessing_is_fit_inside_each_fold(tmp_path, spy):
     assert len(fits) == len(predicts) == 3
     for split, fitted, predicted in zip(splits, fits, predicts):
         train, test = X[split.train], X[split.test]
-        mean, std = train.mean(0), train.std(0)
+        mean, std = train.mean(0), np.sqrt(shrunk_variances(train.var(0), len(train))[0])  # the zoo's scale step
         # scaled with the training rows' statistics only ...
         np.testing.assert_allclose(fitted, (train - mean) / std, atol=1e-5)
         np.testing.assert_allclose(predicted, (test - mean) / std, atol=1e-5)
