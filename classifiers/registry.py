@@ -51,40 +51,14 @@ class ReducedPCA(TransformerMixin, BaseEstimator):
         return self.pca_.transform(X)
 
 
-class BlockedScaler(StandardScaler):
-    """``StandardScaler`` whose fit reads the rows a block at a time with float64 sums: scikit-learn's holds a float64
-    copy of float32 rows (twice their size, 10 GB for a million 1,280-d rows) to compute the variance. The same
-    ``mean_``, ``var_`` and ``scale_`` (a constant column scales by 1), the same transform."""
+class BlockedScaler(ShrunkScaler):
+    """The scale step before ``ShrunkScaler``: its blocked float64 sums without the shrinkage, the plain
+    per-feature variances of ``StandardScaler`` (model files written with it load, and predict, as before)."""
 
-    BLOCK_BYTES = 1 << 24  # 16 MB of float64 rows at a time
+    shrink = False  # a class value, so that the instances pickled before it existed read it too
 
-    def fit(self, X, y=None, sample_weight=None):
-        X = np.asarray(X) if not hasattr(X, "tocsr") else X
-        if sample_weight is not None or not (self.with_mean and self.with_std) or X.ndim != 2 or hasattr(X, "tocsr"):
-            return super().fit(X, y, sample_weight)
-        return self._fit_blocks(lambda start, stop: X[start:stop], *X.shape)
-
-    def fit_rows(self, layer, index):
-        """The same fit on ``layer[index]`` (sorted row indices), those rows read a block at a time: what
-        ``rows.fit_by_index`` calls, never a copy of them all. The same sums in the same order as ``fit`` on the
-        rows taken: the same ``mean_``, ``var_`` and ``scale_``, bit for bit."""
-        index = np.asarray(index)
-        return self._fit_blocks(lambda start, stop: layer[index[start:stop]], len(index), layer.shape[1])
-
-    def _fit_blocks(self, block_of, n: int, d: int):
-        total, squares, block = np.zeros(d), np.zeros(d), max(1, self.BLOCK_BYTES // (8 * max(d, 1)))
-        for start in range(0, n, block):
-            total += block_of(start, start + block).sum(axis=0, dtype=np.float64)
-        mean = total / max(n, 1)
-        for start in range(0, n, block):
-            diff = block_of(start, start + block).astype(np.float64)
-            diff -= mean
-            squares += np.einsum("ij,ij->j", diff, diff)
-        self.mean_, self.var_, self.n_samples_seen_, self.n_features_in_ = mean, squares / max(n, 1), n, d
-        scale = np.sqrt(self.var_)
-        scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
-        self.scale_ = scale
-        return self
+    def __init__(self, *, copy=True, with_mean=True, with_std=True):
+        StandardScaler.__init__(self, copy=copy, with_mean=with_mean, with_std=with_std)
 
 
 class FewShotLDA(LinearDiscriminantAnalysis):

@@ -19,16 +19,23 @@ from scipy.special import polygamma
 from sklearn.preprocessing import StandardScaler
 
 
-def blocked_moments(X, block_bytes: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
-    """The mean and (biased) variance of each column, ``block_bytes`` of float64 rows at a time with float64 sums:
-    never a float64 copy of all the rows (10 GB for a million float32 rows of 1,280)."""
-    n, d = X.shape
-    total, squares, block = np.zeros(d), np.zeros(d), max(1, block_bytes // (8 * max(d, 1)))
+def blocked_moments(X, block_bytes: int = 1 << 24, index=None) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and (biased) variance of each column of ``X`` (or of its rows ``index``, sorted), ``block_bytes`` of
+    float64 rows at a time with float64 sums: never a float64 copy of all the rows (10 GB for a million float32
+    rows of 1,280), nor a copy of the rows ``index`` names. The same sums in the same order either way: the rows
+    taken and the rows named give the same moments, bit for bit."""
+    n, d = (len(index), X.shape[1]) if index is not None else X.shape
+    block = max(1, block_bytes // (8 * max(d, 1)))
+
+    def rows(start: int):
+        return X[start : start + block] if index is None else X[index[start : start + block]]
+
+    total, squares = np.zeros(d), np.zeros(d)
     for start in range(0, n, block):
-        total += X[start : start + block].sum(axis=0, dtype=np.float64)
+        total += rows(start).sum(axis=0, dtype=np.float64)
     mean = total / max(n, 1)
     for start in range(0, n, block):
-        diff = X[start : start + block].astype(np.float64)
+        diff = rows(start).astype(np.float64)
         diff -= mean
         squares += np.einsum("ij,ij->j", diff, diff)
     return mean, squares / max(n, 1)
@@ -79,8 +86,16 @@ class ShrunkScaler(StandardScaler):
         if sample_weight is not None or not (self.with_mean and self.with_std) or X.ndim != 2 or hasattr(X, "tocsr"):
             self.weight_ = 1.0
             return super().fit(X, y, sample_weight)
-        n, d = X.shape
-        mean, var = blocked_moments(X, self.BLOCK_BYTES)
+        return self._set(*blocked_moments(X, self.BLOCK_BYTES), *X.shape)
+
+    def fit_rows(self, layer, index):
+        """The same fit on ``layer[index]`` (sorted row indices), read a block at a time: what
+        ``rows.fit_by_index`` calls, never a copy of them all; the same ``mean_``, ``var_`` and ``scale_`` as
+        ``fit`` on the rows taken, bit for bit."""
+        index = np.asarray(index)
+        return self._set(*blocked_moments(layer, self.BLOCK_BYTES, index), len(index), layer.shape[1])
+
+    def _set(self, mean: np.ndarray, var: np.ndarray, n: int, d: int):
         self.mean_, self.n_samples_seen_, self.n_features_in_ = mean, n, d
         self.var_, self.weight_ = shrunk_variances(var, n) if self.shrink else (var, 1.0)
         scale = np.sqrt(self.var_)
