@@ -336,6 +336,7 @@ def stable_results(report):
     ]
 
 
+@pytest.mark.integration  # over 4 s on 2 cores: the second tier
 def test_two_caches_equal_two_separate_runs_on_the_same_folds(tmp_path):
     """Another backbone's cache of the same images, rows in another order plus an unlabeled row: ranked with the
     first on the first's folds, each result equals that of a separate run of its cache in the first's order."""

@@ -126,6 +126,7 @@ def test_cross_validated_like_any_classifier(tmp_path, spec):
     assert ours.proba is not None and ours.pipeline.startswith(("soft vote of [logreg", "stacking"))
 
 
+@pytest.mark.integration  # over 4 s on 2 cores: the second tier
 def test_in_grid_search_and_in_a_model_file(tmp_path):
     X, y = blobs()
     grid = GridSearchCV(
@@ -174,6 +175,7 @@ def test_cli_errors_and_export_refusal_are_one_line(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.integration  # over 4 s on 2 cores: the second tier
 def test_with_groups_every_inner_fold_keeps_a_group_on_one_side(tmp_path):
     """Near-copies of one group on both sides of the stacking's inner folds would let kNN's out-of-fold
     probabilities look perfect: with groups, the final regression learns from group-aware folds (a hand

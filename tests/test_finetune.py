@@ -114,6 +114,7 @@ def test_learning_rates_per_group(images, tmp_path):
     assert result.history[2]["lr_head"] == pytest.approx(0.005)  # cosine decay over 2 epochs
 
 
+@pytest.mark.integration  # over 4 s on 2 cores: the second tier
 def test_resume_follows_the_uninterrupted_trajectory(images, tmp_path):
     whole = finetune(str(images), str(tmp_path / "whole"), epochs=3, unfreeze=2, **TINY)
 
@@ -160,6 +161,7 @@ RECORDED_KEYS = [
 ]
 
 
+@pytest.mark.integration  # over 4 s on 2 cores: the second tier
 def test_every_training_option_is_recorded_under_its_own_name(images, tmp_path):
     """Each option, given a value unlike the others', reaches the config that last.pt, best.pth and the result
     record, under its own name, in the format older runs have (so their --resume still matches); a resume that
