@@ -53,7 +53,11 @@ def estimate(spec: str, shape: Shape, search: bool = False, inner_folds: int = 3
     if model is None:
         return None
     seconds = model(shape, params)
-    if not search and get_spec(name).memory_by_index is not None and by_index(make_classifier(spec), int(shape.n), int(shape.d)):
+    if (
+        not search
+        and get_spec(name).memory_by_index is not None
+        and by_index(make_classifier(spec), int(shape.n), int(shape.d))
+    ):
         seconds *= BY_INDEX_COST  # cv fits this fold from the layer's rows by index: it reads the whole span
     grid = search_grid(spec) if search else {}
     if grid:
