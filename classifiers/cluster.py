@@ -70,8 +70,16 @@ def layer_tasks(cluster: Cluster | None, arrays: list):
         return
     from joblib import parallel_config
 
-    with parallel_config(backend="dask", client=cluster.client, scatter=[a for a in arrays if a is not None]):
-        yield
+    present = [a for a in arrays if a is not None]
+    # held for the whole layer: each joblib Parallel call scatters the same arrays (the same keys, by their hash)
+    # and drops its futures when it ends; without a holder in between, the scheduler could forget the data that
+    # the next call's tasks were just given ("lost dependencies")
+    held = cluster.client.scatter(present, broadcast=True)
+    try:
+        with parallel_config(backend="dask", client=cluster.client, scatter=present):
+            yield
+    finally:
+        del held
 
 
 __all__ = ["Cluster", "INSTALL", "layer_tasks", "on_cluster"]
