@@ -39,22 +39,12 @@ from threadpoolctl import threadpool_limits
 from classifiers import cost
 from classifiers.budget import estimate
 from classifiers.cost import Shape
-from classifiers.zoo import make_classifier
+from classifiers.zoo import list_classifiers, make_classifier
 
 SEPARATION = 0.06  # benchmarks/cv_scale.py's: class means' scale per dimension against unit noise
 CLASSES = 10
 THREADS = 2  # BLAS threads of the folds (the machine's cores)
-ENTRIES = (
-    "logreg",
-    "linear-svm",
-    "rbf-svm",
-    "rbf-svm~nystroem",
-    "knn",
-    "ridge",
-    "lda",
-    "random-forest",
-    "ensemble",
-)
+ENTRIES = tuple(list_classifiers())  # every zoo entry, in the zoo's order
 # the most training rows each entry is timed at: beyond, a fold takes several minutes and the default budget has
 # long left the entry out (the kernel entries work on 256 PCA dimensions whatever d is)
 LARGEST = {"linear-svm": 80_000, "rbf-svm": 20_000, "knn": 80_000, "random-forest": 20_000, "ensemble": 8_000}
