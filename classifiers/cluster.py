@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 from embedder.kernel.errors import FeaturebankError, first_line
 
@@ -20,7 +21,7 @@ INSTALL = 'pip install -e ".[dask]"'
 class Cluster:
     """A connected Dask client and what it has: the scheduler's address and its worker threads."""
 
-    client: object
+    client: Any  # a dask.distributed.Client; Dask is imported only when a scheduler is given
     address: str
     workers: int
     threads: int
