@@ -30,7 +30,8 @@ decode (Pillow decoding alone on all cores: the default workers, threads, the ol
 (``torchvision.io.decode_jpeg`` on the GPU, batched, with resize and crop); extract (``featurebank extract``
 end to end, a whole process, on 20,000 images and on the 12 MP photos); oom (a memory cap forces out-of-memory:
 the batch halves and every row is kept); devices (``--device cuda:0``, ``auto``, a missing GPU); finetune (CPU
-fp32 against GPU bf16 on the flowers subset); tests (a device-independent subset of the suite); compile
+fp32 against GPU bf16 on the flowers subset); probe (the tuned linear probe's sweep with its products on the
+GPU against numpy on the CPU: the same C, the seconds); tests (a device-independent subset of the suite); compile
 (``torch.compile``, its compile time counted). Then the verdict: which of model and decoding is the limit, and
 whether end to end reaches 0.8 x the model alone (or 0.9 x decoding when decoding is the limit).
 
@@ -176,6 +177,7 @@ SECTIONS = [
     ("oom", (40, 10), True, True),
     ("devices", (40, 20), False, True),
     ("finetune", (110, 40), False, False),
+    ("probe", (45, 15), False, False),
     ("tests", (75, 10), False, False),
     ("compile", (120, 20), False, False),
 ]
@@ -1024,6 +1026,46 @@ def section_finetune(ctx: Ctx, out: Rows) -> None:
         f"{ctx.device} bf16 - cpu fp32 test accuracy (target: within 1 point)",
         check=abs(diff) <= 1.0,
     )
+
+
+def section_probe(ctx: Ctx, out: Rows) -> None:
+    """The tuned linear probe (``logreg``: its sweep of C on inner folds, then the refit) with its row products on
+    the device (``classifiers.solver``'s torch path) against numpy on the CPU's cores, on the same synthetic rows
+    (cv_scale.py's: class means plus unit noise, 10 classes): the same C, coefficients within float32 rounding, the
+    seconds of each whole fit. --tiny: torch on the CPU against numpy, small rows."""
+    from classifiers import solver
+    from classifiers.linear import TunedLogisticRegression
+
+    rows, dims, classes = (2_000, 64, 10) if ctx.plan.tiny else (100_000, 1_280, 10)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, classes, rows)
+    means = (0.06 * rng.standard_normal((classes, dims))).astype(np.float32)
+    X = rng.standard_normal((rows, dims), dtype=np.float32) + means[y]
+    what = f"{rows:,} x {dims} float32 rows, {classes} classes"
+    fitted, seconds = {}, {}
+    saved = os.environ.get(solver.SOLVER_DEVICE)
+    try:
+        for name in ("numpy", ctx.device):
+            if ctx.left() < 3:
+                out.add(f"probe.{name}.seconds", "skipped", "", "out of the section's time")
+                return
+            os.environ[solver.SOLVER_DEVICE] = name
+            start = time.perf_counter()
+            fitted[name] = TunedLogisticRegression().fit(X, y)
+            seconds[name] = time.perf_counter() - start
+            where = "numpy, every core" if name == "numpy" else f"torch on {name}"
+            out.add(f"probe.{name}.seconds", seconds[name], "s", f"{what}: the whole fit, {where}")
+    finally:
+        if saved is None:
+            os.environ.pop(solver.SOLVER_DEVICE, None)
+        else:
+            os.environ[solver.SOLVER_DEVICE] = saved
+    a, b = fitted["numpy"], fitted[ctx.device]
+    out.add("probe.same_C", a.C_ == b.C_, "", f"C: numpy {a.C_:g}, {ctx.device} {b.C_:g}", check=a.C_ == b.C_)
+    if a.C_ == b.C_:
+        gap = float(np.abs(a.coef_ - b.coef_).max() / np.abs(a.coef_).max())
+        out.add("probe.coef_max_rel", gap, "", "max |difference| / max |coefficient|", check=gap < 1e-2)
+    out.add("probe.speedup", seconds["numpy"] / seconds[ctx.device], "x", f"numpy's seconds over {ctx.device}'s")
 
 
 def section_tests(ctx: Ctx, out: Rows) -> None:

@@ -13,6 +13,10 @@ chosen value's mean inner solution and curvature, and its result is a scikit-lea
 ``fit_rows`` fits the same model on rows of a layer by index (``rows.LayerRows``, what ``cv`` hands it): every
 product reads a contiguous span of the layer, each inner fold and the refit weighing only their own rows, and the
 standardization is folded into the solver; no row is copied but a block of held-out rows at a time.
+
+On a machine with a CUDA device (torch sees one), a sweep or refit of 20 million row x dimension entries or more
+(``solver.DEVICE_FROM``) multiplies its rows there: the same code and arithmetic, the rows copied once
+(``FEATUREBANK_SOLVER_DEVICE=numpy`` keeps it in numpy).
 """
 
 from __future__ import annotations
@@ -205,6 +209,7 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
             limit=lambda: state["stop"],
             weights=weights,
             standardize=standardize,
+            device=_device(blocks),
         )
         best = state["best"]
         scores[:, best + PATIENCE + 1 :] = np.nan  # a fold that ran ahead: past the stop, never compared
@@ -231,6 +236,7 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
             relative=None if start is None else REFIT_RELATIVE,
             weights=weights,
             standardize=standardize,
+            device=_device(blocks),
         )
         model = LogisticRegression(C=self.C_, max_iter=self.max_iter)
         model.classes_ = self.classes_
@@ -295,6 +301,11 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         check_is_fitted(self, "model_")
         return self.model_.predict(X)
+
+
+def _device(blocks) -> str | None:
+    """Where the solver multiplies these rows (``solver.device_for``: a CUDA device for large fits, when there is one)."""
+    return solver.device_for(sum(len(b) for b in blocks), blocks[0].shape[1], sum(b.nbytes for b in blocks))
 
 
 def _span(rows: LayerRows, index: np.ndarray, fits: list[np.ndarray]):

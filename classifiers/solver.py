@@ -16,7 +16,9 @@ tens. The caller scores each problem's solution as it arrives (``arrived``) and 
 problems go (``limit``), stopping them once the best value is behind.
 
 L-BFGS with 10 pairs and Armijo backtracking from the unit step, its state in float64; only the products with the
-rows are in the rows' dtype. numpy only: no scikit-learn, no torch.
+rows are in the rows' dtype. numpy, no scikit-learn; with ``device`` (``"cuda"``), the rows are copied to that
+torch device once and the products and pointwise losses run there (the same float32 arithmetic; the L-BFGS state,
+a few vectors per problem, stays in numpy): ``device_for`` says when a fit is worth it. torch is imported only then.
 
 The rows need not be a copy of the problems' own: ``weights`` says which rows of a block each problem fits (the
 others weigh 0: a span of a whole layer serves every fold cut from it), and ``standardize`` fits the problems on
@@ -27,6 +29,8 @@ standardized problem's, and no standardized copy of the rows is made.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +40,32 @@ MEMORY = 30  # L-BFGS pairs kept per problem: 10 (scipy's) took 1.6 times the pa
 ARMIJO = 1e-4  # sufficient decrease
 MAX_HALVINGS = 30  # backtracking steps before a problem counts as converged (no decrease left at float precision)
 ROW_BLOCK = 32_768  # rows per product: the rows x width intermediates stay bounded at any size
+# From how many row x dimension entries a fit runs on a CUDA device when there is one (16,000 rows of 1,280 dims):
+# below, the copy and the per-iteration round trips cost more than the products save
+DEVICE_FROM = 20_000_000
+DEVICE_SHARE = 0.5  # the rows may take at most this share of the device's free memory
+SOLVER_DEVICE = "FEATUREBANK_SOLVER_DEVICE"  # "numpy": never torch; a torch device ("cuda:1", "cpu"): that one always
+
+
+def device_for(rows: int, dims: int, nbytes: float) -> str | None:
+    """The torch device the sweep of ``rows`` x ``dims`` (``nbytes`` of rows) runs on, or None for numpy: a CUDA
+    device when torch sees one, the rows are ``DEVICE_FROM`` entries or more and fit in ``DEVICE_SHARE`` of its free
+    memory. ``FEATUREBANK_SOLVER_DEVICE`` overrides: ``numpy``, never torch; a torch device name (``cuda:1``, or
+    ``cpu``: torch on the CPU, what the tests compare with numpy), that device at any size. torch is not imported
+    on a machine without an NVIDIA driver (no ``/dev/nvidiactl``) unless a script imported it already."""
+    wanted = os.environ.get(SOLVER_DEVICE, "").strip()
+    if wanted:
+        return None if wanted == "numpy" else wanted
+    if rows * dims < DEVICE_FROM or ("torch" not in sys.modules and not os.path.exists("/dev/nvidiactl")):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info()
+    return "cuda" if nbytes <= DEVICE_SHARE * free else None
 
 
 @dataclass
@@ -85,6 +115,106 @@ def pointwise(Z: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray,
     return row_loss, Z
 
 
+def _pointwise_torch(Z, y, n_classes: int):
+    """``pointwise`` on torch tensors (on the rows' device): the same losses and derivatives."""
+    import torch
+
+    if n_classes == 2:
+        z = Z[:, :, 0]
+        target = (y == 1).to(Z.dtype)[:, None]
+        row_loss = torch.nn.functional.softplus(z) - target * z
+        R = torch.sigmoid(Z)
+        R[:, :, 0] -= target
+        return row_loss, R
+    R = torch.softmax(Z, dim=2)
+    rows = torch.arange(len(y), device=Z.device)
+    row_loss = -torch.log(torch.clamp(R[rows, :, y], min=torch.finfo(Z.dtype).tiny))
+    R[rows, :, y] -= 1
+    return row_loss, R
+
+
+class _Products:
+    """The one part of a fit that reads the rows: for a block's rows, a chunk at a time, the summed loss and the
+    gradient's two products under the problems' coefficients ``W`` (d x problems·outputs) and ``bias``. In numpy on
+    the rows as given, or, with a ``device``, in torch on copies of them made there once."""
+
+    def __init__(self, blocks, labels, weights, n_classes: int, device: str | None):
+        self.n_classes = n_classes
+        self.device = device
+        if device is None:
+            self.blocks, self.labels, self.weights = blocks, labels, weights
+            return
+        import torch
+
+        self.torch = torch
+        self.blocks = [torch.as_tensor(np.ascontiguousarray(b)).to(device) for b in blocks]
+        self.labels = [torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device) for y in labels]
+        self.weights = None if weights is None else [torch.as_tensor(np.asarray(w)).to(device) for w in weights]
+
+    def __call__(self, b: int, W64: np.ndarray, bias64: np.ndarray, scale64: np.ndarray, cols: np.ndarray):
+        """Block ``b`` under problems ``cols``: (loss per problem, Xᵀ R as problems·outputs x d, Σ R per output),
+        all float64 numpy; ``scale64``: each problem's 1 / its row count."""
+        K = W64.shape[1] // len(cols)
+        if self.device is not None:
+            return self._on_device(b, W64, bias64, scale64, cols, K)
+        X = self.blocks[b]
+        W = np.ascontiguousarray(W64, dtype=X.dtype)
+        bias = bias64.astype(X.dtype)
+        scale = scale64.astype(X.dtype)
+        weight = None if self.weights is None else np.asarray(self.weights[b])[:, cols].astype(X.dtype)
+        f = np.zeros(len(cols))
+        g = np.zeros((len(cols) * K, X.shape[1]))
+        g0 = np.zeros(len(cols) * K)
+        for s0 in range(0, len(self.labels[b]), ROW_BLOCK):
+            rows = slice(s0, s0 + ROW_BLOCK)
+            Xr = X[rows]
+            Z = (Xr @ W).reshape(-1, len(cols), K)
+            Z += bias
+            row_loss, R = pointwise(Z, self.labels[b][rows], self.n_classes)
+            if weight is not None:  # a row outside a problem: no loss, no gradient
+                row_loss *= weight[rows]
+                R *= weight[rows][:, :, None]
+            f += row_loss.sum(axis=0, dtype=np.float64) * scale
+            R *= scale[None, :, None]
+            R2 = R.reshape(-1, len(cols) * K)
+            g += (Xr.T @ R2).T
+            g0 += R2.sum(axis=0, dtype=np.float64)
+        return f, g, g0
+
+    def _on_device(self, b, W64, bias64, scale64, cols, K):
+        torch = self.torch
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # TF32's 10-bit products would be the gradient's noise
+        try:
+            return self._products_on_device(b, W64, bias64, scale64, cols, K)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    def _products_on_device(self, b, W64, bias64, scale64, cols, K):
+        torch = self.torch
+        X = self.blocks[b]
+        W = torch.as_tensor(np.ascontiguousarray(W64), dtype=X.dtype, device=X.device)
+        bias = torch.as_tensor(bias64, dtype=X.dtype, device=X.device)
+        scale = torch.as_tensor(scale64, dtype=X.dtype, device=X.device)
+        weight = None if self.weights is None else self.weights[b][:, torch.as_tensor(cols, device=X.device)]
+        f = torch.zeros(len(cols), dtype=torch.float64, device=X.device)
+        g = torch.zeros((len(cols) * K, X.shape[1]), dtype=torch.float64, device=X.device)
+        g0 = torch.zeros(len(cols) * K, dtype=torch.float64, device=X.device)
+        for s0 in range(0, len(self.labels[b]), ROW_BLOCK):
+            Xr = X[s0 : s0 + ROW_BLOCK]
+            Z = (Xr @ W).reshape(-1, len(cols), K) + bias
+            row_loss, R = _pointwise_torch(Z, self.labels[b][s0 : s0 + ROW_BLOCK], self.n_classes)
+            if weight is not None:
+                w = weight[s0 : s0 + ROW_BLOCK].to(X.dtype)
+                row_loss = row_loss * w
+                R = R * w[:, :, None]
+            f += row_loss.sum(dim=0, dtype=torch.float64) * torch.as_tensor(scale64, device=X.device)
+            R2 = (R * scale[None, :, None]).reshape(-1, len(cols) * K)
+            g += (Xr.T @ R2).T.double()
+            g0 += R2.sum(dim=0, dtype=torch.float64)
+        return f.cpu().numpy(), g.cpu().numpy(), g0.cpu().numpy()
+
+
 def probabilities(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray, n_classes: int) -> np.ndarray:
     """Class probabilities of the rows under one solution (``coef``: outputs x d), float64."""
     z = (X @ np.asarray(coef, dtype=X.dtype).T).astype(np.float64) + intercept
@@ -111,6 +241,7 @@ def fit_path(
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray, float, int] | None = None,
     weights: Sequence[np.ndarray] | None = None,
     standardize: tuple[np.ndarray, np.ndarray] | None = None,
+    device: str | None = None,
 ) -> Path:
     """Fit problems along ``Cs`` (increasing: strong regularization first). ``blocks[b]`` are rows (float32 or
     float64, used as given, never copied), ``labels[b]`` their class indices (0 … n_classes - 1); ``member[b, p]``:
@@ -122,7 +253,8 @@ def fit_path(
     at most that share of what it was when the problem began that value. ``max_iter`` caps each problem's
     iterations at each value. ``weights[b]`` (rows x problems, 0 or 1): which of block ``b``'s rows each problem
     fits (a row's label is then read only where its weight is 1); ``standardize`` (mean, scale: one each per
-    column): the problems are on the standardized rows, the blocks given raw."""
+    column): the problems are on the standardized rows, the blocks given raw. ``device``: a torch device the
+    rows are copied to and multiplied on (``device_for``); None: numpy on the rows as given."""
     grid = np.asarray(Cs, dtype=np.float64)
     if member is None:  # every problem fits every block: one, or as many as ``weights`` has columns
         member = np.ones((len(blocks), 1 if weights is None else np.shape(weights[0])[1]), dtype=bool)
@@ -163,6 +295,8 @@ def fit_path(
             gamma[:] = 1.0 / (rho[newest] * np.einsum("pd,pd->p", Y[newest], Y[newest]))
             first[:] = False
 
+    products = _Products(blocks, labels, weights, n_classes, device)
+
     def evaluate(xs: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Objective and gradient of the problems ``which`` at the points ``xs`` (one row each)."""
         f = np.zeros(len(which))
@@ -176,24 +310,10 @@ def fit_path(
             if standardize is not None:  # X_s W + b = X (W / scale) + (b - (mean / scale) W)
                 bias64 = bias64 - (shift @ W64).reshape(len(cols), K)
                 W64 = W64 * inverse[:, None]
-            W = np.ascontiguousarray(W64, dtype=blocks[b].dtype)
-            bias = bias64.astype(blocks[b].dtype)
-            scale = (1.0 / counts[which[cols]]).astype(blocks[b].dtype)
-            weight = None if weights is None else np.asarray(weights[b])[:, which[cols]].astype(blocks[b].dtype)
-            for s0 in range(0, len(labels[b]), ROW_BLOCK):
-                rows = slice(s0, s0 + ROW_BLOCK)
-                Xr = blocks[b][rows]
-                Z = (Xr @ W).reshape(-1, len(cols), K)
-                Z += bias
-                row_loss, R = pointwise(Z, labels[b][rows], n_classes)
-                if weight is not None:  # a row outside a problem: no loss, no gradient
-                    row_loss *= weight[rows]
-                    R *= weight[rows][:, :, None]
-                f[cols] += row_loss.sum(axis=0, dtype=np.float64) * scale
-                R *= scale[None, :, None]
-                R2 = R.reshape(-1, len(cols) * K)
-                g[cols, :KD] += (Xr.T @ R2).T.reshape(len(cols), KD)
-                g[cols, KD:] += R2.sum(axis=0, dtype=np.float64).reshape(len(cols), K)
+            loss, gX, g1 = products(b, W64, bias64, 1.0 / counts[which[cols]], which[cols])
+            f[cols] += loss
+            g[cols, :KD] += gX.reshape(len(cols), KD)
+            g[cols, KD:] += g1.reshape(len(cols), K)
         if standardize is not None:  # X_sᵀ R = (Xᵀ R) / scale - (mean / scale) ⊗ Σ R, per output
             raw = g[:, :KD].reshape(len(which), K, d) * inverse - g[:, KD:, None] * shift
             g[:, :KD] = raw.reshape(len(which), KD)
@@ -319,4 +439,4 @@ def fit_path(
     return path
 
 
-__all__ = ["Path", "fit_path", "outputs", "pointwise", "probabilities"]
+__all__ = ["DEVICE_FROM", "Path", "device_for", "fit_path", "outputs", "pointwise", "probabilities"]

@@ -162,11 +162,12 @@ def _sklearn_objective(X, y, C, coef, intercept):
     return loss + 0.5 / (C * len(y)) * float(np.sum(np.asarray(coef, dtype=np.float64) ** 2))
 
 
+@pytest.mark.parametrize("device", [None, "cpu"])  # numpy, and the torch code a CUDA device runs (here on the CPU)
 @pytest.mark.parametrize(
     "classes, counts",
     [(4, None), (3, (80, 25, 8)), (2, None), (2, (70, 12))],  # multinomial and binary, balanced and imbalanced
 )
-def test_the_path_solver_reaches_what_scikit_learn_reaches_at_each_C(classes, counts):
+def test_the_path_solver_reaches_what_scikit_learn_reaches_at_each_C(classes, counts, device):
     from classifiers.solver import fit_path, probabilities
 
     rng = np.random.default_rng(classes)
@@ -176,7 +177,7 @@ def test_the_path_solver_reaches_what_scikit_learn_reaches_at_each_C(classes, co
     y = np.repeat(np.arange(classes), counts)
     Cs = (0.01, 1.0)
     for dtype, tol, close in ((np.float64, 1e-9, 1e-5), (np.float32, 1e-5, 2e-3)):
-        path = fit_path([X.astype(dtype)], [y], classes, Cs, tol=tol)
+        path = fit_path([X.astype(dtype)], [y], classes, Cs, tol=tol, device=device)
         for j, C in enumerate(Cs):
             sk = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
             assert path.coef[0, j].shape == sk.coef_.shape  # binary: one row, as scikit-learn's
@@ -188,6 +189,63 @@ def test_the_path_solver_reaches_what_scikit_learn_reaches_at_each_C(classes, co
                 np.log(probabilities(X, path.coef[0, j], path.intercept[0, j], classes)[np.arange(len(y)), y])
             )
             assert loss == pytest.approx(-np.mean(np.log(sk.predict_proba(X)[np.arange(len(y)), y])), abs=close)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_on_a_torch_device_the_weighted_standardized_folds_reach_numpys_solutions(classes):
+    """What ``fit_rows`` hands the solver (each problem weighing its own rows of one span, the standardization
+    folded in), on the torch path (the CPU standing in for a CUDA device) against numpy: the same objective at every
+    C to float32 rounding, and the same coefficients within what the stopping test (gradient 1e-5) leaves open."""
+    from classifiers.solver import fit_path
+
+    rng = np.random.default_rng(classes)
+    y = rng.integers(0, classes, 900)
+    X = (rng.normal(3.0, 2.0, (900, 40)) + 1.5 * np.eye(classes, 40)[y]).astype(np.float32)
+    weights = [np.stack([np.arange(900) % 3 != p for p in range(3)], axis=1).astype(np.float32)]
+    standardize = (X.mean(axis=0), X.std(axis=0))
+    Cs = (0.01, 0.1, 1.0)
+    args = dict(weights=weights, standardize=standardize, tol=1e-5)
+    numpy_path = fit_path([X], [y], classes, Cs, **args)
+    torch_path = fit_path([X], [y], classes, Cs, device="cpu", **args)
+    Xs = ((X - standardize[0]) / standardize[1]).astype(np.float64)
+    for p in range(3):
+        rows = weights[0][:, p] > 0
+        for j, C in enumerate(Cs):
+            ours, theirs = (
+                _sklearn_objective(Xs[rows], y[rows], C, path.coef[p, j], path.intercept[p, j])
+                for path in (torch_path, numpy_path)
+            )
+            assert ours == pytest.approx(theirs, rel=1e-6), (p, C)
+            np.testing.assert_allclose(torch_path.coef[p, j], numpy_path.coef[p, j], atol=2e-4, err_msg=f"{p} {C}")
+            np.testing.assert_allclose(torch_path.intercept[p, j], numpy_path.intercept[p, j], atol=2e-4)
+
+
+def test_the_solver_device_is_cuda_only_for_large_fits_and_the_variable_overrides_it(monkeypatch):
+    from classifiers import solver
+
+    monkeypatch.delenv(solver.SOLVER_DEVICE, raising=False)
+    assert solver.device_for(1_000, 1_280, 5e6) is None  # small: numpy, and torch is not even asked
+    monkeypatch.setattr(solver.os.path, "exists", lambda path: False)  # no NVIDIA driver
+    monkeypatch.setitem(solver.sys.modules, "torch", None)  # torch not imported: numpy without importing it
+    monkeypatch.delitem(solver.sys.modules, "torch")
+    assert solver.device_for(1_000_000, 1_280, 5e9) is None
+    monkeypatch.setenv(solver.SOLVER_DEVICE, "cuda:1")
+    assert solver.device_for(10, 10, 400) == "cuda:1"
+    monkeypatch.setenv(solver.SOLVER_DEVICE, "numpy")
+    assert solver.device_for(1_000_000, 1_280, 5e9) is None
+
+
+def test_the_tuned_probe_on_the_torch_path_chooses_numpys_C(monkeypatch):
+    from classifiers import solver
+
+    X, y = blobs(n_per_class=60, dims=50, classes=3, spread=3.0, seed=4)
+    monkeypatch.setenv(solver.SOLVER_DEVICE, "numpy")
+    plain = TunedLogisticRegression().fit(X, y)
+    monkeypatch.setenv(solver.SOLVER_DEVICE, "cpu")  # torch, on the CPU
+    on_torch = TunedLogisticRegression().fit(X, y)
+    assert on_torch.C_ == plain.C_
+    np.testing.assert_allclose(on_torch.cv_scores_, plain.cv_scores_, atol=1e-3)  # inner fits stop at 1e-3
+    np.testing.assert_allclose(on_torch.predict_proba(X), plain.predict_proba(X), atol=2e-3)
 
 
 def test_the_folds_problems_fit_only_their_blocks_and_equal_separate_fits():
