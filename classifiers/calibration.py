@@ -16,7 +16,7 @@ temperature (``method: temperature``, what version 3 model files hold); the sear
 on those rows is never above one temperature's. Chosen over one temperature, over the mean of the inner folds'
 models and over vector scaling by a nested check on train/ alone (``benchmarks/calibration.py --nested``).
 
-- entries with probabilities (logreg, lda, knn, random-forest, ensemble): ``z = log(p + 1e-12)``, so that with
+- entries with probabilities (logreg, lda, knn, the trees, ensemble): ``z = log(p + 1e-12)``, so that with
   ``q = 0`` ``softmax(z / T)`` is ``p ** (1/T)`` renormalized (for a logistic regression, its logits divided by
   ``T``);
 - entries with decision scores only (rbf-svm, linear-svm, ridge): ``z`` the decision scores, ``[-d, d]`` for two

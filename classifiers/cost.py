@@ -53,6 +53,8 @@ LDA_CUBIC = 2.95e-10  # per d³ (LDA's solve)
 KNN_FIXED = 0.00319  # seconds
 NEIGHBOURS = 3.3e-11  # per n·t·d (brute force)
 FOREST = 8.51e-08  # per tree·n·log2(n)·√d
+EXTRA_TREES_FIXED = 0.002  # seconds per tree: building and predicting a tree's nodes, whatever the rows
+EXTRA_TREES = 2.45e-08  # per tree·n·log2(n)·√d: random thresholds, no sorting (fitted as the rest, 250 to 20,000 rows)
 # The report's extras keep their own units (two idle cores' wall seconds), not measured again here:
 MAP = 6.72  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds (2026-11-30, idle)
 # The approximate neighbour index beyond the exact range (projection, graph, exact rescoring), per n·d: one thread's
@@ -112,9 +114,16 @@ def brute_neighbours(s: Shape, params: dict) -> float:
     return KNN_FIXED + NEIGHBOURS * s.n * s.t * s.d
 
 
+def _trees(s: Shape, params: dict) -> float:
+    return params.get("n_estimators", 300) * s.n * math.log2(max(s.n, 2)) * math.sqrt(s.d)
+
+
 def forest(s: Shape, params: dict) -> float:
-    trees = params.get("n_estimators", 300)
-    return FOREST * trees * s.n * math.log2(max(s.n, 2)) * math.sqrt(s.d)
+    return FOREST * _trees(s, params)
+
+
+def extra_trees(s: Shape, params: dict) -> float:
+    return EXTRA_TREES_FIXED * params.get("n_estimators", 300) + EXTRA_TREES * _trees(s, params)
 
 
 # Memory: the bytes an entry's fold needs beyond the layer and the fold's own float32 training rows (cv holds both).

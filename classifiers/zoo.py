@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .budget import estimate
 from .cost import Shape
-from .ensemble import DEFAULT_MEMBERS, ZooEnsemble, member_names
+from .ensemble import DEFAULT_MEMBERS, INNER_FOLDS, ZooEnsemble, member_names
 from .registry import (
     STEPS,
     ClassifierSpec,
@@ -38,7 +38,7 @@ from .registry import (
 def ensemble_cost(shape: Shape, params: dict) -> float:
     """The members' costs: those without probabilities once more per calibration fold; stacking refits every
     member on each of its inner folds too."""
-    folds = params.get("inner_folds", 5)
+    folds = params.get("inner_folds", INNER_FOLDS)
     inner = Shape(shape.n * (folds - 1) / folds, shape.n / folds, shape.d, shape.k)  # a calibration fold's fit
     seconds = 0.0
     for name in member_names(params.get("members", DEFAULT_MEMBERS)):

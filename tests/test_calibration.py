@@ -144,6 +144,7 @@ def test_every_zoo_entry_gives_probabilities_that_sum_to_one_after_train(tmp_pat
         "ridge",
         "lda",
         "random-forest:n_estimators=15",
+        "extra-trees:n_estimators=15",
         "ensemble:members=lda+ridge,inner_folds=2",
     ]
     for spec in specs:

@@ -114,8 +114,11 @@ def test_classifiers_json_lists_the_zoo(runner):
         "ridge",
         "lda",
         "random-forest",
+        "extra-trees",
         "ensemble",
     ]
+    # cv's default run: every entry but the stand-in and the random forest (extra-trees stands for it)
+    assert [r["name"] for r in rows if not r["default"]] == ["rbf-svm~nystroem", "random-forest"]
     assert rows[2]["pipeline"].startswith("l2 → pca(256) → SVC") and rows[2]["search"]["gamma"][0] == "scale"
     assert rows[3]["summary"].startswith("APPROXIMATE stand-in for rbf-svm")
     assert rows[0]["probabilities"] and not rows[5]["probabilities"]

@@ -36,6 +36,7 @@ SCORING = {
         "ridge",
         "lda",
         pytest.param("random-forest", marks=pytest.mark.integration),
+        "extra-trees:n_estimators=40",
     ],
 )
 def test_scores_equal_sklearn_on_the_same_folds(tmp_path, spec):

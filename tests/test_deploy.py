@@ -112,7 +112,7 @@ def test_every_exportable_zoo_head_gives_sklearns_scores(k):
     X = (rng.normal(size=(60, 24)) + 2 * np.eye(k, 24)[np.arange(60) % k]).astype(np.float32)
     y = np.arange(60) % k
     specs = [n for n in list_classifiers() if refusal(make_classifier(n)) is None]
-    assert specs == ["logreg", "linear-svm", "rbf-svm", "ridge", "lda", "random-forest"]
+    assert specs == ["logreg", "linear-svm", "rbf-svm", "ridge", "lda", "random-forest", "extra-trees"]
     extra = ["logreg:l2=on,pca=10", "ridge:scale=off,l2=on", "knn:weights=uniform", "rbf-svm:pca=off"]
     # a temperature, or a margin temperature whose power is at either bound and whose range clips the new rows
     calibrations = [{"temperature": 0.4}, {"temperature": 2.5}, {"temperature": 0.8, "margin_power": 0.5}]
@@ -167,7 +167,9 @@ def test_a_head_that_cannot_be_exported_is_one_line(trained, tmp_path):
     r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "knn.joblib"), "-o", str(tmp_path / "knn.onnx")])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.count("\n") == 1 and r.output.startswith("Error: cannot export knn (CosineKNeighbors): ")
-    assert r.output.rstrip().endswith("these export: logreg, linear-svm, rbf-svm, ridge, lda, random-forest")
+    assert r.output.rstrip().endswith(
+        "these export: logreg, linear-svm, rbf-svm, ridge, lda, random-forest, extra-trees"
+    )
     assert not (tmp_path / "knn.onnx").exists()
 
 

@@ -28,8 +28,9 @@ def blobs(n=90, k=3, dim=12, seed=0):
     return X.astype(np.float32), y
 
 
-def members_fit_alone(X, y, seed=0, folds=5):
-    """logreg, rbf-svm with a sigmoid calibration on 5 shuffled inner folds, knn: each fit on its own."""
+def members_fit_alone(X, y, seed=0, folds=3):
+    """logreg, rbf-svm with a sigmoid calibration on 3 shuffled inner folds (the ensemble's default), knn: each fit
+    on its own."""
     inner = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return [
         make_classifier("logreg", seed=seed).fit(X, y),
@@ -42,7 +43,7 @@ def members_fit_alone(X, y, seed=0, folds=5):
 
 def test_an_estimator_that_does_nothing_in_init_and_clones():
     e = ZooEnsemble(members="logreg+nope", method="vote")  # checked in fit, as scikit-learn does
-    assert clone(e).get_params() == {"members": "logreg+nope", "method": "vote", "inner_folds": 5, "random_state": 0}
+    assert clone(e).get_params() == {"members": "logreg+nope", "method": "vote", "inner_folds": 3, "random_state": 0}
     X, y = blobs()
     with pytest.raises(FeaturebankError, match="unknown classifier 'nope'"):
         e.fit(X, y)
@@ -84,7 +85,7 @@ def test_stacking_learns_from_out_of_fold_probabilities_of_its_training_rows_onl
     X, y = blobs(n=120)
     train_rows = make_splits(y, folds=4)[0].train
     stacked = make_classifier("ensemble:method=stack,members=logreg+knn", seed=2).fit(X[train_rows], y[train_rows])
-    inner = StratifiedKFold(5, shuffle=True, random_state=2)
+    inner = StratifiedKFold(3, shuffle=True, random_state=2)
     oof = np.hstack(
         [
             cross_val_predict(

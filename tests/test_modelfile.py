@@ -30,6 +30,7 @@ SPECS = [
     "ridge",
     "lda",
     "random-forest:n_estimators=20",
+    "extra-trees:n_estimators=20",
     "ensemble",
     "ensemble:members=logreg+knn,method=stack",
 ]

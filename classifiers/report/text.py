@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 
 from classifiers.label_issues import summary_lines
-from classifiers.zoo import describe, get_spec, list_classifiers, search_grid
+from classifiers.zoo import default_classifiers, describe, get_spec, list_classifiers, search_grid
 
 from .reading import curve_table, leaderboard_text, model_name, pm, significance_note
 
 
 def classifier_rows() -> list[dict]:
-    """Every zoo entry: its pipeline, whether it gives probabilities, what ``--search`` tunes, its summary."""
+    """Every zoo entry: its pipeline, whether it gives probabilities, what ``--search`` tunes, whether ``cv`` runs it
+    without ``-c``, its summary."""
+    defaults = set(default_classifiers())
     return [
         {
             "name": n,
+            "default": n in defaults,
             "pipeline": describe(n),
             "probabilities": get_spec(n).probabilities,
             "search": {k.removeprefix("clf__"): v for k, v in search_grid(n).items()},
@@ -33,7 +36,7 @@ def classifiers_text(rows: list[dict]) -> list[str]:
             f"{r['name']:14} {r['summary']}",
             f"{'':14}   {r['pipeline']}",
             f"{'':14}   probabilities: {'its own' if r['probabilities'] else 'from its decision scores'}, "
-            f"calibrated by train; --search: {grid}",
+            f"calibrated by train; --search: {grid}" + ("" if r["default"] else "; run by cv only when named (-c)"),
         ]
     return lines
 

@@ -34,7 +34,7 @@ FOLDED = (
     "LinearDiscriminantAnalysis",
     "FewShotLDA",
 )
-CONVERTED = ("SVC", "RandomForestClassifier", "KNeighborsClassifier", "CosineKNeighbors")
+CONVERTED = ("SVC", "RandomForestClassifier", "ExtraTreesClassifier", "KNeighborsClassifier", "CosineKNeighbors")
 
 
 class NotExportable(InvalidValue):
@@ -324,7 +324,11 @@ def _converted(g: Graph, x: str, clf, head: Head, width: int, opset: int, ir_ver
         clf = KNeighborsClassifier(
             n_neighbors=clf.n_neighbors, weights=clf.weights, metric="cosine", algorithm="brute"
         ).fit(clf.X_, clf.classes_[clf.y_])
-    # trees compare in double as scikit-learn does (float32 features, float64 thresholds); the rest in float
+    # a random forest's thresholds are midpoints between float32 values, kept in float64: rounded to float, one can
+    # land on a feature's value and send its row the other way, so its trees compare in double as scikit-learn does.
+    # Extra trees draw theirs uniformly (a float32 value falls between a threshold and its rounding about once in
+    # 10^7 comparisons) and skl2onnx cannot give them double input (its output type is then wrong): in float, like
+    # the rest, under check_head like every head
     double = kind == "RandomForestClassifier"
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
