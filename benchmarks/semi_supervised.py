@@ -83,6 +83,8 @@ def run(name, train, val, shots, draws, self_train_draws, probe, seed, layer, ou
             )
         for m in modes:
             a = np.array(acc[m])
+            if not len(a):  # a mode run on no draw (--self-train-draws 0): no row, rather than a mean of nothing
+                continue
             alone = np.array(acc["alone"][: len(a)])  # the same draws
             row = {
                 "data": name,
@@ -112,7 +114,9 @@ def main():
     parser.add_argument("--data", nargs=3, action="append", metavar=("NAME", "TRAIN_CACHE", "VAL_CACHE"), required=True)
     parser.add_argument("--shots", default="1,2,5,10")
     parser.add_argument("--draws", type=int, default=10)
-    parser.add_argument("--self-train-draws", type=int, default=3, help="Draws that also run self-training (slow).")
+    parser.add_argument(
+        "--self-train-draws", type=int, default=3, help="Draws that also run self-training (slow; 0: none)."
+    )
     parser.add_argument("--probe", default="logreg:C=0.1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layer", default=None)

@@ -161,16 +161,23 @@ def _parse(text: str) -> tuple[str, dict]:
             raise InvalidValue(f"cannot read {item!r} in classifier {text!r}: write name:key=value,key=value")
         params[key.strip()] = _literal(value.strip())
     get_spec(name)
+    _check_steps(params, text)
+    return name, params
+
+
+def _check_steps(params: dict, text: str) -> None:
+    """The steps' values, from a spec or ``make_classifier``'s keywords: ``l2`` and ``scale`` on or off (a bool),
+    ``pca`` a number of dimensions, on (256) or off (a bool or None). A string such as "off" would be true."""
     for step in ("l2", "scale"):
-        if step in params and not isinstance(params[step], bool):
+        if step in params and not isinstance(params[step], (bool, np.bool_)):
             raise InvalidValue(f"{step}={params[step]!r} in classifier {text!r}: write {step}=on or {step}=off")
     if "pca" in params:
         pca = params["pca"]
-        if not (isinstance(pca, bool) or pca is None or (isinstance(pca, int) and pca >= 1)):
+        number = isinstance(pca, (int, np.integer)) and not isinstance(pca, (bool, np.bool_)) and pca >= 1
+        if not (isinstance(pca, (bool, np.bool_)) or pca is None or number):
             raise InvalidValue(
                 f"pca={pca!r} in classifier {text!r}: give a number of dimensions (1 or more), on (256) or off"
             )
-    return name, params
 
 
 def check_spec(text: str) -> str:
@@ -211,6 +218,7 @@ def _literal(value: str):
 def make_classifier(spec: str, seed: int = 0, **overrides) -> Pipeline:
     """The Pipeline for a spec string (``"logreg"``, ``"logreg:C=0.1"``); ``overrides`` win over the string."""
     name, params = _parse(spec)
+    _check_steps(overrides, spec)
     params.update(overrides)
     return _build(name, params, seed, spec)
 

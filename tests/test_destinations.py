@@ -193,11 +193,17 @@ def test_bad_classifier_parameters_are_one_line(model, runner, spec, says):
 
 def test_good_step_values_still_work():
     from classifiers.zoo import make_classifier
+    from embedder.kernel.errors import FeaturebankError
 
     assert make_classifier("rbf-svm:pca=8").named_steps["pca"].n_components == 8
     assert make_classifier("rbf-svm:pca=on").named_steps["pca"].n_components == 256
     assert make_classifier("rbf-svm:pca=off,l2=off").named_steps["pca"] == "passthrough"
     assert make_classifier("logreg:l2=on").named_steps["l2"] != "passthrough"
+    # from Python, the keywords are checked as the spec's values are: "off" is not False (a string is true)
+    assert make_classifier("logreg", scale=False, pca=16).named_steps["pca"].n_components == 16
+    for bad, says in (({"scale": "off"}, "scale='off'"), ({"pca": 0}, "pca=0"), ({"l2": 1}, "l2=1")):
+        with pytest.raises(FeaturebankError, match=says):
+            make_classifier("logreg", **bad)
 
 
 # -- 9. class names that are math text ----------------------------------------------------------------------------
