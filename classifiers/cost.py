@@ -130,7 +130,7 @@ def extra_trees(s: Shape, params: dict) -> float:
 # Measured with tracemalloc at 40,000 training rows x 1,280 dims (benchmarks/fold_memory.py: logreg 0.21 fold rows
 # beyond them, lda 1.06, ridge its blocks); the others from what their code copies (liblinear: a float64 copy; kNN:
 # the test rows normalized and its tiles; the RBF entries: PCA's centred copy of the rows and its output, and SVC's
-# kernel cache, 3.35 GB at 200,000 rows with the Nystroem stand-in; a forest: about the rows again).
+# kernel cache, 3.35 GB at 200,000 rows with the Nystroem stand-in; the trees: their nodes, below).
 MEMORY_FLOOR = 4 * 2**30  # the bound is twice the layer, or this much if that is more: small layers are never cut
 TILES = 128 * 2**20  # the neighbour search's tile and its pass over it
 
@@ -178,8 +178,24 @@ def nystroem_memory(s: Shape, params: dict) -> float:
     return fold_bytes(s) + 8.0 * (s.n + s.t) * 256 + 8.0 * m * (m + 2 * 8192)  # PCA's centred copy, its output, map
 
 
+# The trees: 64 bytes a node and 8 a class (its value), and nodes per tree and training row as measured on noisy rows
+# (cost_model.py's synthetic data, 10 classes, 1,000 and 4,000 rows, 2026-12-06): a bootstrap sample (the random
+# forest) 0.58, every row (extra trees) 1.11; easier data grow fewer (2 classes: 0.20 and 0.50)
+NODE_BYTES = 64
+FOREST_NODES = 0.6
+EXTRA_TREES_NODES = 1.1
+
+
+def _tree_bytes(s: Shape, params: dict, nodes: float) -> float:
+    return params.get("n_estimators", 300) * s.n * nodes * (NODE_BYTES + 8 * s.k)
+
+
 def forest_memory(s: Shape, params: dict) -> float:
-    return 1.0 * fold_bytes(s)  # the trees' own sorted copy of the rows and the trees, about as much again
+    return fold_bytes(s) + _tree_bytes(s, params, FOREST_NODES)  # a float32 copy of the rows, and the trees
+
+
+def extra_trees_memory(s: Shape, params: dict) -> float:
+    return fold_bytes(s) + _tree_bytes(s, params, EXTRA_TREES_NODES)
 
 
 PROCESS = 512 * 2**20  # the interpreter, its libraries, and the rows' paths and labels at a million rows

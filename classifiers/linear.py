@@ -15,8 +15,8 @@ product reads a contiguous span of the layer, each inner fold and the refit weig
 standardization is folded into the solver; no row is copied but a block of held-out rows at a time.
 
 On a machine with a CUDA device (torch sees one), a sweep or refit of 20 million row x dimension entries or more
-(``solver.DEVICE_FROM``) multiplies its rows there: the same code and arithmetic, the rows copied once
-(``FEATUREBANK_SOLVER_DEVICE=numpy`` keeps it in numpy).
+(``solver.DEVICE_FROM``, an estimate not yet measured on a GPU) multiplies its rows there: the same code and
+float32 arithmetic, the rows copied there for each fit (``FEATUREBANK_SOLVER_DEVICE=numpy`` keeps it in numpy).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
             limit=lambda: state["stop"],
             weights=weights,
             standardize=standardize,
-            device=_device(blocks),
+            device=_device([b for b, fitted in zip(blocks, member.any(axis=1)) if fitted]),
         )
         best = state["best"]
         scores[:, best + PATIENCE + 1 :] = np.nan  # a fold that ran ahead: past the stop, never compared
@@ -304,7 +304,8 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
 
 
 def _device(blocks) -> str | None:
-    """Where the solver multiplies these rows (``solver.device_for``: a CUDA device for large fits, when there is one)."""
+    """Where the solver multiplies these rows, the blocks some problem fits (``solver.device_for``: a CUDA device
+    for large fits, when there is one)."""
     return solver.device_for(sum(len(b) for b in blocks), blocks[0].shape[1], sum(b.nbytes for b in blocks))
 
 

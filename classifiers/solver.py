@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,7 +42,8 @@ ARMIJO = 1e-4  # sufficient decrease
 MAX_HALVINGS = 30  # backtracking steps before a problem counts as converged (no decrease left at float precision)
 ROW_BLOCK = 32_768  # rows per product: the rows x width intermediates stay bounded at any size
 # From how many row x dimension entries a fit runs on a CUDA device when there is one (16,000 rows of 1,280 dims):
-# below, the copy and the per-iteration round trips cost more than the products save
+# an estimate, not yet measured on a GPU (benchmarks/gpu.py, section probe): below it the copy of the rows and the
+# round trip of every iteration are taken to cost more than the products save
 DEVICE_FROM = 20_000_000
 DEVICE_SHARE = 0.5  # the rows may take at most this share of the device's free memory
 SOLVER_DEVICE = "FEATUREBANK_SOLVER_DEVICE"  # "numpy": never torch; a torch device ("cuda:1", "cpu"): that one always
@@ -55,17 +57,36 @@ def device_for(rows: int, dims: int, nbytes: float) -> str | None:
     on a machine without an NVIDIA driver (no ``/dev/nvidiactl``) unless a script imported it already."""
     wanted = os.environ.get(SOLVER_DEVICE, "").strip()
     if wanted:
-        return None if wanted == "numpy" else wanted
+        return None if wanted.lower() == "numpy" else _named_device(wanted)
     if rows * dims < DEVICE_FROM or ("torch" not in sys.modules and not os.path.exists("/dev/nvidiactl")):
         return None
     try:
         import torch
-    except ImportError:
+
+        if not torch.cuda.is_available():
+            return None
+        free, _ = torch.cuda.mem_get_info()  # makes a CUDA context: can fail on a busy or exclusive GPU
+        free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()  # torch's own cache is free to it
+    except (ImportError, RuntimeError):
         return None
-    if not torch.cuda.is_available():
-        return None
-    free, _ = torch.cuda.mem_get_info()
     return "cuda" if nbytes <= DEVICE_SHARE * free else None
+
+
+def _named_device(name: str) -> str:
+    """``FEATUREBANK_SOLVER_DEVICE``'s torch device, checked: a one-line error that names the variable."""
+    from embedder.kernel.errors import InvalidValue
+
+    try:
+        import torch
+
+        device = torch.device(name)
+    except ImportError:
+        raise InvalidValue(f"{SOLVER_DEVICE}={name}: torch is not installed; give numpy") from None
+    except RuntimeError:
+        raise InvalidValue(f"{SOLVER_DEVICE}={name}: give numpy or a torch device (cuda, cuda:1, cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidValue(f"{SOLVER_DEVICE}={name}: torch sees no CUDA device here; give numpy or cpu")
+    return name
 
 
 @dataclass
@@ -138,7 +159,8 @@ class _Products:
     gradient's two products under the problems' coefficients ``W`` (d x problems·outputs) and ``bias``. In numpy on
     the rows as given, or, with a ``device``, in torch on copies of them made there once."""
 
-    def __init__(self, blocks, labels, weights, n_classes: int, device: str | None):
+    def __init__(self, blocks, labels, weights, n_classes: int, device: str | None, used=None):
+        """``used[b]``: some problem fits block ``b`` (only those are copied to a device; None: all)."""
         self.n_classes = n_classes
         self.device = device
         if device is None:
@@ -147,9 +169,14 @@ class _Products:
         import torch
 
         self.torch = torch
-        self.blocks = [torch.as_tensor(np.ascontiguousarray(b)).to(device) for b in blocks]
-        self.labels = [torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device) for y in labels]
-        self.weights = None if weights is None else [torch.as_tensor(np.asarray(w)).to(device) for w in weights]
+        used = np.ones(len(blocks), dtype=bool) if used is None else used
+
+        def there(array, dtype=None):
+            return torch.as_tensor(np.ascontiguousarray(array, dtype=dtype)).to(device)
+
+        self.blocks = [there(b) if u else None for b, u in zip(blocks, used)]
+        self.labels = [there(y, np.int64) if u else None for y, u in zip(labels, used)]
+        self.weights = None if weights is None else [there(w) if u else None for w, u in zip(weights, used)]
 
     def __call__(self, b: int, W64: np.ndarray, bias64: np.ndarray, scale64: np.ndarray, cols: np.ndarray):
         """Block ``b`` under problems ``cols``: (loss per problem, Xᵀ R as problems·outputs x d, Σ R per output),
@@ -183,15 +210,6 @@ class _Products:
 
     def _on_device(self, b, W64, bias64, scale64, cols, K):
         torch = self.torch
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False  # TF32's 10-bit products would be the gradient's noise
-        try:
-            return self._products_on_device(b, W64, bias64, scale64, cols, K)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-
-    def _products_on_device(self, b, W64, bias64, scale64, cols, K):
-        torch = self.torch
         X = self.blocks[b]
         W = torch.as_tensor(np.ascontiguousarray(W64), dtype=X.dtype, device=X.device)
         bias = torch.as_tensor(bias64, dtype=X.dtype, device=X.device)
@@ -208,7 +226,7 @@ class _Products:
                 w = weight[s0 : s0 + ROW_BLOCK].to(X.dtype)
                 row_loss = row_loss * w
                 R = R * w[:, :, None]
-            f += row_loss.sum(dim=0, dtype=torch.float64) * torch.as_tensor(scale64, device=X.device)
+            f += row_loss.sum(dim=0, dtype=torch.float64) * scale.double()
             R2 = (R * scale[None, :, None]).reshape(-1, len(cols) * K)
             g += (Xr.T @ R2).T.double()
             g0 += R2.sum(dim=0, dtype=torch.float64)
@@ -226,7 +244,32 @@ def probabilities(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray, n_clas
     return z / z.sum(axis=1, keepdims=True)
 
 
-def fit_path(
+def fit_path(*args, device: str | None = None, **kwargs) -> Path:
+    """``_fit_path`` (its arguments and what it returns), with ``device`` (a torch device, ``device_for``'s choice)
+    or in numpy (None). On a CUDA device the products are in true float32 (TF32 off: its 10-bit products would be
+    the gradient's noise; ``tf32_off``, the extraction's own guard); when the rows cannot be copied there (out of
+    memory, a busy GPU), the fit runs in numpy and says so in a warning."""
+    if device is None:
+        return _fit_path(*args, **kwargs)
+    import torch
+
+    from embedder.backbones.features import tf32_off
+
+    try:
+        with tf32_off(torch.device(device)):
+            return _fit_path(*args, device=device, **kwargs)
+    except _CopyFailed as failed:
+        warnings.warn(
+            f"the probe's solver runs on the CPU: its rows could not be copied to {device} ({failed})", stacklevel=2
+        )
+        return _fit_path(*args, **kwargs)
+
+
+class _CopyFailed(Exception):
+    """The rows could not be copied to the device (nothing was fitted yet)."""
+
+
+def _fit_path(
     blocks: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     n_classes: int,
@@ -295,7 +338,10 @@ def fit_path(
             gamma[:] = 1.0 / (rho[newest] * np.einsum("pd,pd->p", Y[newest], Y[newest]))
             first[:] = False
 
-    products = _Products(blocks, labels, weights, n_classes, device)
+    try:
+        products = _Products(blocks, labels, weights, n_classes, device, used=member.any(axis=1))
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError and a failing device are RuntimeErrors
+        raise _CopyFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
     def evaluate(xs: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Objective and gradient of the problems ``which`` at the points ``xs`` (one row each)."""

@@ -8,6 +8,7 @@ from sklearn.linear_model import LogisticRegression
 
 import classifiers.linear as linear
 from classifiers.linear import TunedLogisticRegression
+from classifiers.rows import LayerRows
 from classifiers.zoo import make_classifier
 
 
@@ -220,19 +221,81 @@ def test_on_a_torch_device_the_weighted_standardized_folds_reach_numpys_solution
             np.testing.assert_allclose(torch_path.intercept[p, j], numpy_path.intercept[p, j], atol=2e-4)
 
 
-def test_the_solver_device_is_cuda_only_for_large_fits_and_the_variable_overrides_it(monkeypatch):
+def test_the_solver_device_is_cuda_only_for_large_fits_that_fit_and_the_variable_overrides_it(monkeypatch):
+    import sys
+
+    import torch
+
     from classifiers import solver
+    from embedder.kernel.errors import FeaturebankError
 
     monkeypatch.delenv(solver.SOLVER_DEVICE, raising=False)
     assert solver.device_for(1_000, 1_280, 5e6) is None  # small: numpy, and torch is not even asked
-    monkeypatch.setattr(solver.os.path, "exists", lambda path: False)  # no NVIDIA driver
-    monkeypatch.setitem(solver.sys.modules, "torch", None)  # torch not imported: numpy without importing it
-    monkeypatch.delitem(solver.sys.modules, "torch")
-    assert solver.device_for(1_000_000, 1_280, 5e9) is None
-    monkeypatch.setenv(solver.SOLVER_DEVICE, "cuda:1")
-    assert solver.device_for(10, 10, 400) == "cuda:1"
-    monkeypatch.setenv(solver.SOLVER_DEVICE, "numpy")
-    assert solver.device_for(1_000_000, 1_280, 5e9) is None
+    monkeypatch.setattr(solver.os.path, "exists", lambda path: False)  # no NVIDIA driver here
+    with monkeypatch.context() as m:  # and torch not loaded: numpy, without importing torch
+        m.delitem(sys.modules, "torch")
+        assert solver.device_for(1_000_000, 1_280, 5e9) is None and "torch" not in sys.modules
+    # a GPU torch sees, 8 GB free and 2 GB more in torch's cache: large rows go there while they take half of that
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (8e9, 80e9))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 3e9)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 1e9)
+    assert solver.device_for(1_000_000, 1_280, 5e9) == "cuda"
+    assert solver.device_for(1_000_000, 1_280, 5.1e9) is None  # over half of what is free
+    assert solver.device_for(15_000, 1_280, 8e7) is None  # under DEVICE_FROM entries
+
+    def busy():
+        raise RuntimeError("CUDA error: all CUDA-capable devices are busy or unavailable")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", busy)
+    assert solver.device_for(1_000_000, 1_280, 5e9) is None  # a GPU that cannot answer: numpy, no error
+    for value, expected in (("numpy", None), ("NumPy", None), ("cpu", "cpu"), ("cuda:1", "cuda:1")):
+        monkeypatch.setenv(solver.SOLVER_DEVICE, value)
+        assert solver.device_for(10, 10, 400) == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for value, says in (("gpu", "give numpy or a torch device"), ("cuda", "torch sees no CUDA device")):
+        monkeypatch.setenv(solver.SOLVER_DEVICE, value)
+        with pytest.raises(FeaturebankError, match=f"^FEATUREBANK_SOLVER_DEVICE={value}: {says}"):
+            solver.device_for(10, 10, 400)
+
+
+def test_rows_that_cannot_be_copied_to_the_device_are_fitted_in_numpy_and_said(monkeypatch):
+    import torch
+
+    from classifiers import solver
+
+    X, y = blobs(n_per_class=40, dims=12, classes=3, spread=3.0)
+    numpy_path = solver.fit_path([X], [y], 3, (0.1, 1.0))
+    built = solver._Products
+
+    class Full(built):
+        def __init__(self, *args, **kwargs):
+            if args[4] is not None:  # the device
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.00 GiB")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(solver, "_Products", Full)
+    with pytest.warns(UserWarning, match=r"runs on the CPU: its rows could not be copied to cpu \(CUDA out of memory"):
+        path = solver.fit_path([X], [y], 3, (0.1, 1.0), device="cpu")
+    np.testing.assert_array_equal(path.coef, numpy_path.coef)
+
+
+def test_a_device_fit_leaves_torchs_float32_settings_as_the_user_set_them():
+    import torch
+
+    from classifiers import solver
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("this torch has no fp32_precision setting")
+    before = matmul.fp32_precision
+    X, y = blobs(n_per_class=20, dims=8, classes=2, spread=3.0)
+    try:
+        matmul.fp32_precision = "tf32"  # torch's own API; mixing it with allow_tf32 is an error in torch >= 2.9
+        solver.fit_path([X], [y], 2, (0.1,), device="cpu")
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
 
 
 def test_the_tuned_probe_on_the_torch_path_chooses_numpys_C(monkeypatch):
@@ -246,6 +309,16 @@ def test_the_tuned_probe_on_the_torch_path_chooses_numpys_C(monkeypatch):
     assert on_torch.C_ == plain.C_
     np.testing.assert_allclose(on_torch.cv_scores_, plain.cv_scores_, atol=1e-3)  # inner fits stop at 1e-3
     np.testing.assert_allclose(on_torch.predict_proba(X), plain.predict_proba(X), atol=2e-3)
+    # one held-out split (what a fold of 6,000 rows or more uses), and rows by index (what cv hands a large fold)
+    monkeypatch.setenv(solver.SOLVER_DEVICE, "numpy")
+    split_numpy = TunedLogisticRegression(holdout_from=100).fit(X, y)
+    rows = LayerRows(X, np.arange(len(X)), X.mean(axis=0), X.std(axis=0))
+    rows_numpy = TunedLogisticRegression().fit_rows(rows, y)
+    monkeypatch.setenv(solver.SOLVER_DEVICE, "cpu")
+    assert TunedLogisticRegression(holdout_from=100).fit(X, y).C_ == split_numpy.C_
+    rows_torch = TunedLogisticRegression().fit_rows(rows, y)
+    assert rows_torch.C_ == rows_numpy.C_
+    np.testing.assert_allclose(rows_torch.coef_, rows_numpy.coef_, atol=2e-3)
 
 
 def test_the_folds_problems_fit_only_their_blocks_and_equal_separate_fits():
