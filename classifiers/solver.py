@@ -284,6 +284,7 @@ def _fit_path(
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray, float, int] | None = None,
     weights: Sequence[np.ndarray] | None = None,
     standardize: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
     device: str | None = None,
 ) -> Path:
     """Fit problems along ``Cs`` (increasing: strong regularization first). ``blocks[b]`` are rows (float32 or
