@@ -30,9 +30,9 @@ decode (Pillow decoding alone on all cores: the default workers, threads, the ol
 (``torchvision.io.decode_jpeg`` on the GPU, batched, with resize and crop); extract (``featurebank extract``
 end to end, a whole process, on 20,000 images and on the 12 MP photos); oom (a memory cap forces out-of-memory:
 the batch halves and every row is kept); devices (``--device cuda:0``, ``auto``, a missing GPU); finetune (CPU
-fp32 against GPU bf16 on the flowers subset); probe (the tuned linear probe's sweep with its products on the
-GPU against numpy on the CPU: the same C, the seconds); tests (a device-independent subset of the suite); compile
-(``torch.compile``, its compile time counted). Then the verdict: which of model and decoding is the limit, and
+fp32 against GPU bf16 on the flowers subset); tests (a device-independent subset of the suite); compile
+(``torch.compile``, its compile time counted); probe (the tuned linear probe's sweep with its products on the GPU
+against numpy on the CPU: the same C and objective, the seconds). Then the verdict: which of model and decoding is the limit, and
 whether end to end reaches 0.8 x the model alone (or 0.9 x decoding when decoding is the limit).
 
 ``--tiny`` runs the same code on a CPU in about 50 CPU-seconds (one math thread): 48 small images, resnet18 and
@@ -177,9 +177,9 @@ SECTIONS = [
     ("oom", (40, 10), True, True),
     ("devices", (40, 20), False, True),
     ("finetune", (110, 40), False, False),
-    ("probe", (45, 15), False, False),
     ("tests", (75, 10), False, False),
     ("compile", (120, 20), False, False),
+    ("probe", (45, 15), False, False),  # last: the newest, never at the cost of the sections before it
 ]
 MIN_START = 8  # seconds: a section is not started with less left
 

@@ -90,8 +90,8 @@ def test_tiny_runs_every_section_it_can_and_skips_the_cuda_ones_with_the_reason(
         "extract",
         "devices",
         "finetune",
-        "probe",
         "compile",
+        "probe",
     ], {n: (s["status"], s["error"]) for n, s in sections.items()}
     assert sections["oom"]["status"] == "skipped" and "needs CUDA" in sections["oom"]["error"]
     assert sections["tests"]["status"] == "skipped" and "--tiny" in sections["tests"]["error"]
