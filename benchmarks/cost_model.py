@@ -47,7 +47,14 @@ THREADS = 2  # BLAS threads of the folds (the machine's cores)
 ENTRIES = tuple(list_classifiers())  # every zoo entry, in the zoo's order
 # the most training rows each entry is timed at: beyond, a fold takes several minutes and the default budget has
 # long left the entry out (the kernel entries work on 256 PCA dimensions whatever d is)
-LARGEST = {"linear-svm": 80_000, "rbf-svm": 20_000, "knn": 80_000, "random-forest": 20_000, "ensemble": 8_000}
+LARGEST = {
+    "linear-svm": 80_000,
+    "rbf-svm": 20_000,
+    "knn": 80_000,
+    "random-forest": 20_000,
+    "extra-trees": 20_000,
+    "ensemble": 8_000,
+}
 CALIBRATION = (250, 1_000, 4_000, 20_000, 80_000, 200_000)
 
 
@@ -143,13 +150,14 @@ def units(spec: str, n: int, t: int, d: int, k: int) -> list[float] | None:
     inner = 2 * n if n < 6000 else 2 * n / 3
     return {
         "logreg": [d * k, inner * d * k, n * d * k],  # LOGREG_FIXED, LOGREG_SWEEP, LOGREG
-        "linear-svm": [n * d * k * min(1.0, math.sqrt(n / (3 * d)))],  # LINEAR_SVM
+        "linear-svm": [n * d * k * min(1.0, math.sqrt(n / (3 * d))), n * d * k],  # LINEAR_SVM, LINEAR_SVM_PLAIN
         "rbf-svm": [1.0, pca, n * (n + t) * p],  # RBF_FIXED, (PCA), RBF_SVM
         "rbf-svm~nystroem": [1.0, pca, (n + t) * m * (p + m), m**3],  # NYSTROEM_FIXED, PCA, NYSTROEM, NYSTROEM_CUBIC
         "knn": [1.0, n * t * d],  # KNN_FIXED, NEIGHBOURS
         "ridge": [1.0, n * d * d, d**3],  # RIDGE_FIXED, GRAM, CUBIC
         "lda": [1.0, n * d * d, d**3],  # LDA_FIXED, LDA_GRAM, LDA_CUBIC
         "random-forest": [300 * n * math.log2(n) * math.sqrt(d)],  # FOREST
+        "extra-trees": [300.0, 300 * n * math.log2(n) * math.sqrt(d)],  # EXTRA_TREES_FIXED (a tree), EXTRA_TREES
     }.get(spec)
 
 
