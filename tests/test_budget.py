@@ -72,7 +72,7 @@ def test_each_family_grows_its_own_way():
     small, large = Shape(50_000, 12_500, 256, 10), Shape(100_000, 25_000, 256, 10)
     ratio = {c: estimate(c, large) / estimate(c, small) for c in ("logreg", "linear-svm", "knn", "random-forest")}
     assert 1.5 < ratio["logreg"] < 2.0 and ratio["linear-svm"] == pytest.approx(2.0)  # the probe's fixed part aside
-    assert ratio["knn"] == pytest.approx(4.0, rel=1e-3)  # its fixed part aside
+    assert ratio["knn"] == pytest.approx(4.0, rel=5e-3)  # its fixed part aside
     assert 2.0 < ratio["random-forest"] < 2.2
     assert 3.9 < estimate("rbf-svm:pca=off", large) / estimate("rbf-svm:pca=off", small) <= 4.0
     wide = Shape(50_000, 12_500, 1024, 10)
