@@ -257,6 +257,7 @@ def plan(
         heavy = {}  # nothing fits in memory either: the time alone decides
     chosen, left_out, stand_ins, spent = [], {}, {}, extras
     waiting: list[str] = []  # exact entries left out that have an approximate stand-in
+
     def kept_for(later: list[str], s: float) -> float:
         """The seconds of the later entries under ``CROWD`` of ``s`` that fit in what is left, in order."""
         need = 0.0
