@@ -2,9 +2,9 @@
 search, the map) first, then each entry's estimated seconds over every (cache, layer, fold) from its cost model
 (``cost``); in the zoo's order (the linear probe first) each entry that still fits the rest of the budget is in,
 unless it would crowd out later entries that cost less than half of it (``CROWD``: at 200,000 rows the linear SVM,
-about 10 minutes, would otherwise take the place of ridge and LDA, 2.5 and 5, whenever the machine measured a few
-percent faster); then, with what the exact entries left, an exact entry that did not fit gives way to its approximate stand-in
-(``rbf-svm~nystroem`` for ``rbf-svm``) when that one fits: an exact entry comes before an approximation. An explicit
+about 10 minutes, would otherwise take the place of ridge and LDA, 2.5 and 5 minutes, whenever the machine measured
+a few percent faster); then, with what the exact entries left, an exact entry that did not fit gives way to its
+approximate stand-in (``rbf-svm~nystroem`` for ``rbf-svm``) when that one fits: an exact entry comes before an approximation. An explicit
 list is never cut: it is run whole, with a warning when its estimate is over the budget. Either way the plan says in
 one line what it left out, what stands in, and why."""
 
