@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedder.kernel.errors import InvalidValue
+
 MEMORY = 30  # L-BFGS pairs kept per problem: 10 (scipy's) took 1.6 times the passes on flowers
 ARMIJO = 1e-4  # sufficient decrease
 MAX_HALVINGS = 30  # backtracking steps before a problem counts as converged (no decrease left at float precision)
@@ -74,8 +76,6 @@ def device_for(rows: int, dims: int, nbytes: float) -> str | None:
 
 def _named_device(name: str) -> str:
     """``FEATUREBANK_SOLVER_DEVICE``'s torch device, checked: a one-line error that names the variable."""
-    from embedder.kernel.errors import InvalidValue
-
     try:
         import torch
 
