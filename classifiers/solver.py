@@ -121,10 +121,8 @@ def pointwise(Z: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray,
         z = Z[:, :, 0]
         target = (y == 1).astype(Z.dtype)[:, None]
         row_loss = np.logaddexp(0, z) - target * z
-        np.negative(Z, out=Z)
-        np.exp(Z, out=Z)
-        Z += 1
-        np.reciprocal(Z, out=Z)  # the sigmoid
+        small = np.exp(-np.abs(Z))  # the sigmoid without overflow: e^-|z| is at most 1
+        np.copyto(Z, np.where(Z >= 0, 1.0 / (1.0 + small), small / (1.0 + small)).astype(Z.dtype, copy=False))
         Z[:, :, 0] -= target
         return row_loss, Z
     Z -= Z.max(axis=2, keepdims=True)

@@ -321,6 +321,23 @@ def test_the_tuned_probe_on_the_torch_path_chooses_numpys_C(monkeypatch):
     np.testing.assert_allclose(rows_torch.coef_, rows_numpy.coef_, atol=2e-3)
 
 
+def test_a_binary_problem_on_large_scores_fits_without_overflow_warnings():
+    """Unscaled rows of large values (no scale step): scores of hundreds, whose sigmoid once overflowed exp()
+    (a RuntimeWarning on every such fit, though the values came out right)."""
+    import warnings
+
+    from classifiers.solver import fit_path, probabilities
+
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 2
+    X = (rng.normal(size=(400, 300)) * 50 + 200 * y[:, None]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = fit_path([X], [y], 2, (1e-4, 0.01, 1.0))
+        proba = probabilities(X, path.coef[0, -1], path.intercept[0, -1], 2)
+    assert (proba.argmax(axis=1) == y).all() and np.isfinite(path.coef).all()
+
+
 def test_the_folds_problems_fit_only_their_blocks_and_equal_separate_fits():
     from classifiers.solver import fit_path
 
