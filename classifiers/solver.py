@@ -16,8 +16,8 @@ tens. The caller scores each problem's solution as it arrives (``arrived``) and 
 problems go (``limit``), stopping them once the best value is behind.
 
 L-BFGS with 10 pairs and Armijo backtracking from the unit step, its state in float64; only the products with the
-rows are in the rows' dtype. numpy, no scikit-learn; with ``device`` (``"cuda"``), the rows are copied to that
-torch device once and the products and pointwise losses run there (the same float32 arithmetic; the L-BFGS state,
+rows are in the rows' dtype. numpy, no scikit-learn; with ``device`` (``"cuda"``), the rows a fit reads are copied
+to that torch device when it starts and the products and pointwise losses run there (the same float32 arithmetic; the L-BFGS state,
 a few vectors per problem, stays in numpy): ``device_for`` says when a fit is worth it. torch is imported only then.
 
 The rows need not be a copy of the problems' own: ``weights`` says which rows of a block each problem fits (the
@@ -155,10 +155,10 @@ def _pointwise_torch(Z, y, n_classes: int):
 class _Products:
     """The one part of a fit that reads the rows: for a block's rows, a chunk at a time, the summed loss and the
     gradient's two products under the problems' coefficients ``W`` (d x problems·outputs) and ``bias``. In numpy on
-    the rows as given, or, with a ``device``, in torch on copies of them made there once."""
+    the rows as given, or, with a ``device``, in torch on copies of them made there for this fit."""
 
-    def __init__(self, blocks, labels, weights, n_classes: int, device: str | None, used=None):
-        """``used[b]``: some problem fits block ``b`` (only those are copied to a device; None: all)."""
+    def __init__(self, blocks, labels, weights, n_classes: int, device: str | None, used: np.ndarray):
+        """``used[b]``: some problem fits block ``b`` (only those are copied to a device)."""
         self.n_classes = n_classes
         self.device = device
         if device is None:
@@ -167,7 +167,6 @@ class _Products:
         import torch
 
         self.torch = torch
-        used = np.ones(len(blocks), dtype=bool) if used is None else used
 
         def there(array, dtype=None):
             return torch.as_tensor(np.ascontiguousarray(array, dtype=dtype)).to(device)
