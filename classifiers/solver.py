@@ -337,7 +337,7 @@ def _fit_path(
             first[:] = False
 
     try:
-        products = _Products(blocks, labels, weights, n_classes, device, used=member.any(axis=1))
+        products = _Products(blocks, labels, weights, n_classes, device, used=np.asarray(member.any(axis=1)))
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError and a failing device are RuntimeErrors
         raise _CopyFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
