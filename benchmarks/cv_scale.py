@@ -20,6 +20,7 @@ section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import subprocess
@@ -206,8 +207,10 @@ def planned(budget: dict, board: list[dict], rows: int, folds: int = 5) -> list[
         "|---|--:|--:|--:|",
     ]
     measured_by = {r["classifier"]: r["fit_seconds"] + r["predict_seconds"] for r in board}
+    at_once = budget.get("folds_at_once", {})
     for entry, total in budget["estimated_seconds"].items():
-        guess = None if total is None else total / folds
+        # the plan's total is a fold's estimate times the rounds of folds side by side: ceil(folds / at once)
+        guess = None if total is None else total / math.ceil(folds / at_once.get(entry, 1))
         took = measured_by.get(entry)
         ratio = f"{took / guess:.2f}" if guess and took is not None else ""
         took_text = f"{took:.1f}" if took is not None else ""
@@ -291,8 +294,10 @@ def scale(
     with_plain: bool = True,
     plain_tuned: bool = False,
     folds: int = FOLDS,
+    default_jobs: tuple[str, ...] = ("auto",),
 ) -> list[str]:
-    """The table of one cache size."""
+    """The table of one cache size; the default run once for each of ``default_jobs`` (``auto``: cv's own choice of
+    folds side by side, or a ``-j`` value)."""
     import json
     import shutil
 
@@ -361,13 +366,17 @@ def scale(
                 f"{board['fit_seconds'] + board['predict_seconds']:.1f}" if board else "",
                 f"{board['balanced_accuracy']['mean']:.4f}" if board else "",
             )
-        if default:
+        for jobs in default_jobs if default else ():
             shutil.rmtree(cache + ".extras", ignore_errors=True)  # the default run pays for its extras too
-            seconds, peak, text = measured(cv(cache, "--out", f"{tmp}/default", "--json", folds=None), timeout)
+            j = [] if jobs == "auto" else ["-j", jobs]
+            seconds, peak, text = measured(cv(cache, "--out", f"{tmp}/default", "--json", *j, folds=None), timeout)
             report = json.loads(text) if seconds else {}
             best = report.get("leaderboard", [])
+            at_once = report.get("cv", {}).get("budget", {}).get("folds_at_once", {})
+            side = "/".join(sorted({str(v) for v in at_once.values()})) or "1"
             row(
-                f"default `cv --out`, 5 folds (entries: {', '.join(r['classifier'] for r in best) or 'none finished'})",
+                f"default `cv --out`{' -j ' + jobs if j else ''}, 5 folds, {side} at a time "
+                f"(entries: {', '.join(r['classifier'] for r in best) or 'none finished'})",
                 seconds,
                 peak,
                 "",
@@ -390,6 +399,9 @@ def main() -> int:
         "--probe",
         default="logreg",
         help="the entry run with and without --out against the script (none: skip those runs)",
+    )
+    parser.add_argument(
+        "--default-jobs", default="auto", help="the default run once per value, comma-separated: auto or a -j value"
     )
     parser.add_argument("--no-plain", action="store_true", help="skip the plain scikit-learn script")
     parser.add_argument("--plain-tuned", action="store_true", help="also the plain script with LogisticRegressionCV")
@@ -445,6 +457,7 @@ def main() -> int:
             not opts.no_plain,
             opts.plain_tuned,
             opts.folds,
+            tuple(opts.default_jobs.split(",")),
         ) + [""]
         if opts.knn:
             seconds, peak, text = measured([sys.executable, __file__, "--step", "knn", ensure(rows)], opts.timeout)

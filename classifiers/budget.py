@@ -10,6 +10,8 @@ one line what it left out, what stands in, and why."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import cost
@@ -143,6 +145,7 @@ class Plan:
     memory_limit: float | None = None  # cost.memory_bound of the largest layer (None: not checked)
     skipped: dict[str, str] = field(default_factory=dict)  # entry → why it could not fit the data (found by fitting)
     extra: Extra = Extra()  # the unlabeled rows' and the learning curve's fits, in ``seconds``
+    jobs: dict[str, int] = field(default_factory=dict)  # entry → its folds fitted side by side (absent: one at a time)
 
     @property
     def total(self) -> float:
@@ -157,6 +160,9 @@ class Plan:
     def message(self) -> str:
         limit = f"--budget {duration(self.budget)}" if self.budget is not None else "no --budget"
         head = f"cv: {len(self.classifiers)} classifier(s), about {duration(self.total)} of fitting estimated"
+        at_once = sorted({self.jobs.get(c, 1) for c in self.classifiers})
+        if at_once != [1]:
+            head += f" ({' or '.join(map(str, at_once))} folds at a time)"
         counted = [f"{self.extra.unlabeled:,} unlabeled rows"] if self.extra.unlabeled else []
         if self.extra.shots and self.extra.draws:
             counted.append(f"the learning curve's {len(self.extra.shots)} x {self.extra.draws} draws")
@@ -211,6 +217,7 @@ class Plan:
                 "draws": self.extra.draws,
             },
             "machine_speed": round(self.speed, 3),
+            "folds_at_once": {c: self.jobs.get(c, 1) for c in self.classifiers},
             "message": self.message,
         }
 
@@ -223,35 +230,60 @@ def plan(
     classifiers,
     shapes: list[Shape],
     budget: float | None,
-    speed: float = 1.0,
+    speed: float | Callable[[int], float] = 1.0,
     search: bool = False,
     inner_folds: int = 3,
     extras: float = 0.0,
     layer_bytes: float = 0.0,
     extra: Extra = Extra(),
+    jobs: int = 1,
+    folds: int = 1,
+    fixed_jobs: bool = False,
 ) -> Plan:
-    """The run's entries. ``classifiers``: an explicit list (kept whole) or None (the default entries, cut to what
-    the budget leaves after ``extras``, the report's work: ``extras_estimate``, and to those whose fold fits
-    ``cost.memory_bound`` of the largest layer, ``layer_bytes``); ``shapes``: one per (cache, layer, fold) the run
-    fits; ``speed``: ``cost.machine_speed()``; ``extra``: the unlabeled rows' and the learning curve's fits, in
-    each entry's estimate."""
+    """The entries to run and why the others are not: ``classifiers``: an explicit list (kept whole) or None (the
+    default entries, cut to what the budget leaves after ``extras``, the report's work: ``extras_estimate``, and to
+    those whose fold fits ``cost.memory_bound`` of the largest layer, ``layer_bytes``); ``shapes``: one per (cache,
+    layer, fold) the run fits, ``folds`` of them per (cache, layer); ``speed``: ``cost.machine_speed``, a number or
+    a function of the folds fitted side by side; ``extra``: the unlabeled rows' and the learning curve's fits, in
+    each entry's estimate. ``jobs``: the most folds an entry fits side by side (``cost.fold_jobs``); unless
+    ``fixed_jobs`` (asked for with ``-j``), fewer for an entry whose folds side by side would go over the memory
+    bound, down to one."""
     explicit = bool(classifiers)
     wanted = list(classifiers) if explicit else default_classifiers()
     candidates = wanted if explicit else wanted + [n for n in list_classifiers() if n not in wanted]
+    speed_of = speed if callable(speed) else (lambda j: float(speed))
+    limit = cost.memory_bound(layer_bytes) if layer_bytes else None
+    indexed = not search and not extra.unlabeled  # a search's folds and the unlabeled rows' fits copy their rows
+    peaks = {spec: peak(spec, shapes, layer_bytes, indexed) for spec in candidates} if layer_bytes else {}
+    free_bytes = 4.0 * extra.unlabeled * max((s.d for s in shapes), default=0)  # joined to each fold's rows
+
+    def side_by_side(spec: str) -> int:
+        """The folds of ``spec`` fitted at once: ``jobs``, or as many as the memory bound holds."""
+        if jobs == 1 or fixed_jobs or limit is None:
+            return jobs
+        shared = cost.PROCESS + layer_bytes
+        each = max(peaks[spec] - shared, 0.0) + free_bytes
+        return max(1, min(jobs, int((limit - shared) // each) if each > 0 else jobs))
+
+    at_once = {spec: side_by_side(spec) for spec in candidates}
 
     def total(spec: str) -> float | None:
         parts = [fold_estimate(spec, s, search, inner_folds, extra) for s in shapes]
         known = [p for p in parts if p is not None]
-        return speed * sum(known) if len(known) == len(parts) else None
+        j = at_once[spec]
+        rounds = math.ceil(folds / j) / folds if folds > 1 else 1.0  # folds fitted j at a time: the longest lane
+        return speed_of(j) * sum(known) * rounds if len(known) == len(parts) else None
 
     seconds = {spec: total(spec) for spec in candidates}
-    extras *= speed
+    run_speed = speed_of(max(at_once[c] for c in wanted))
+    extras *= speed_of(1)
+    jobs_of = {c: at_once[c] for c in candidates if at_once[c] > 1}
     if explicit or budget is None:
-        return Plan(wanted, {c: seconds[c] for c in wanted}, budget, speed, explicit, extras=extras, extra=extra)
+        return Plan(
+            wanted, {c: seconds[c] for c in wanted}, budget, run_speed, explicit, extras=extras, extra=extra,
+            jobs={c: j for c, j in jobs_of.items() if c in wanted},
+        )  # fmt: skip
     stand_in = {get_spec(n).stands_in_for: n for n in candidates if get_spec(n).stands_in_for}
-    limit = cost.memory_bound(layer_bytes) if layer_bytes else None
-    indexed = not search and not extra.unlabeled  # a search's folds and the unlabeled rows' fits copy their rows
-    peaks = {spec: peak(spec, shapes, layer_bytes, indexed) for spec in candidates}
     heavy = {c: peaks[c] for c in wanted if limit is not None and peaks[c] > limit}
     if len(heavy) == len(wanted):
         heavy = {}  # nothing fits in memory either: the time alone decides
@@ -290,8 +322,9 @@ def plan(
         stand_ins.clear()
     order = {c: i for i, c in enumerate(wanted)}
     chosen.sort(key=lambda c: order.get(c, order.get(stand_ins.get(c, ""), len(order))))
-    the_plan = Plan(chosen, {c: seconds[c] for c in chosen}, budget, speed, False, left_out, stand_ins, extras)
+    the_plan = Plan(chosen, {c: seconds[c] for c in chosen}, budget, run_speed, False, left_out, stand_ins, extras)
     the_plan.extra = extra
+    the_plan.jobs = {c: j for c, j in jobs_of.items() if c in chosen}
     the_plan.over_memory, the_plan.memory_limit = heavy, limit
     return the_plan
 

@@ -251,19 +251,84 @@ def speed_check(repeats: int = PROBE_REPEATS) -> tuple[float, float]:
     return one, median()
 
 
-def machine_speed(repeats: int = PROBE_REPEATS) -> float:
+def together_check(workers: int, repeats: int = PROBE_REPEATS) -> float:
+    """Seconds of a ``PROBE_SHAPE`` product on one thread while ``workers`` threads run it at once, each on one BLAS
+    thread (the median over every worker's ``repeats`` timings): what each of ``workers`` folds fitted side by side
+    gets of the machine now, other processes' work included."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    rows, dims, width = PROBE_SHAPE
+    A = np.full((rows, dims), 0.5, dtype=np.float32)
+    B = np.full((dims, width), 0.25, dtype=np.float32)
+    start = threading.Barrier(workers)
+    times: list[float] = []
+
+    def work() -> None:
+        A @ B
+        start.wait()
+        for _ in range(repeats):
+            began = time.perf_counter()
+            A @ B
+            times.append(time.perf_counter() - began)
+            time.sleep(0.002)
+
+    with threadpool_limits(1):
+        threads = [threading.Thread(target=work) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return float(np.median(times))
+
+
+def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1) -> float:
     """How much slower (> 1) or faster this machine is now than the calibration machine's one core, whose seconds
-    the model gives: ``speed_check``'s one-thread time over its time there (``PROBE_SECONDS``), divided by the
-    square root of what the folds' threads gain on it now (within ``GAIN_BOUNDS``): about half of a fold's work is
-    in BLAS (all of ridge's, little of a forest's or of libsvm's), so an idle second core brings an estimate down by
-    up to 1.4, and threads that wait on each other on a busy machine (slower than one) bring it up. Kept for
-    ``REPROBE`` seconds in the process."""
-    if time.monotonic() - _MEASURED.get("at", -math.inf) < REPROBE:
-        return _MEASURED["speed"]
-    one, threads = speed_check(repeats)
-    gain = min(max(one / threads, GAIN_BOUNDS[0]), GAIN_BOUNDS[1])
-    _MEASURED.update(at=time.monotonic(), speed=one / PROBE_SECONDS / math.sqrt(gain))
-    return _MEASURED["speed"]
+    the model gives. Folds one at a time (``jobs`` 1): ``speed_check``'s one-thread time over its time there
+    (``PROBE_SECONDS``), divided by the square root of what the folds' threads gain on it now (within
+    ``GAIN_BOUNDS``): about half of a fold's work is in BLAS (all of ridge's, little of a forest's or of libsvm's),
+    so an idle second core brings an estimate down by up to 1.4, and threads that wait on each other on a busy
+    machine (slower than one) bring it up. ``jobs`` folds side by side (``fold_jobs``): ``together_check``'s time over
+    ``PROBE_SECONDS``, what each fold gets while the others run (the BLAS threads a fold may have beyond one are not
+    counted: an estimate on the safe side where cores outnumber the folds). Kept for ``REPROBE`` seconds in the
+    process."""
+    key = f"speed{jobs}"
+    if time.monotonic() - _MEASURED.get(f"at{jobs}", -math.inf) < REPROBE:
+        return _MEASURED[key]
+    if jobs > 1:
+        speed = together_check(jobs, repeats) / PROBE_SECONDS
+    else:
+        one, threads = speed_check(repeats)
+        gain = min(max(one / threads, GAIN_BOUNDS[0]), GAIN_BOUNDS[1])
+        speed = one / PROBE_SECONDS / math.sqrt(gain)
+    _MEASURED.update({f"at{jobs}": time.monotonic(), key: speed})
+    return speed
+
+
+def cores() -> int:
+    """The cores this process may use (its affinity and its cgroup's quota, as joblib counts them)."""
+    from joblib import cpu_count
+
+    return max(1, cpu_count())
+
+
+def fold_jobs(n_jobs: int | None, folds: int, available: int | None = None) -> int:
+    """How many folds ``cv`` fits side by side: ``n_jobs`` as joblib reads it (1 or more, -1 every core, -2 every
+    core but one...), or None: as many as the cores; never more than the ``folds`` one (layer, entry) has."""
+    available = cores() if available is None else available
+    if n_jobs is None:
+        wanted = available
+    elif n_jobs < 0:
+        wanted = max(1, available + 1 + n_jobs)
+    else:
+        wanted = n_jobs
+    return max(1, min(wanted, folds))
+
+
+def blas_threads(jobs: int, available: int | None = None) -> int:
+    """BLAS threads for each of ``jobs`` folds side by side: the cores shared out, at least one."""
+    return max(1, (cores() if available is None else available) // jobs)
 
 
 MAX_BUDGET = 10_000 * 86400.0  # seconds: any budget beyond this means none (which says so)
@@ -318,5 +383,9 @@ __all__ = [
     "check_budget",
     "duration",
     "machine_speed",
+    "together_check",
+    "fold_jobs",
+    "blas_threads",
+    "cores",
     "parse_budget",
 ]

@@ -28,7 +28,7 @@ from embedder.options import with_overrides
 from .budget import Extra, Plan, estimate, extras_estimate, plan
 from .calibration import DECISION, PROBABILITY, apply_temperature, cross_fitted, placed, raw_scores
 from .cluster import layer_tasks, on_cluster
-from .cost import Shape, machine_speed, parse_budget
+from .cost import Shape, blas_threads, fold_jobs, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
 from .extras import kept, neighbours_of
 from .folds import fallbacks, fit_grouped, inner_splitter
@@ -524,11 +524,12 @@ def cross_validate(
         (source.name, layer): [Shape(len(s.train), len(s.test), source.data.dims(layer), k) for s in splits]
         for source, layer in pairs
     }
+    at_once = 1 if scheduler else fold_jobs(n_jobs, len(splits))
     the_plan = plan(
         classifiers,
         [shape for fold_shapes in shapes.values() for shape in fold_shapes],
         parse_budget(budget),
-        machine_speed(),
+        lambda jobs: machine_speed(jobs=jobs),
         search,
         inner_folds,
         _extras_seconds(data, max(source.data.dims(layer) for source, layer in pairs), extras),
@@ -539,6 +540,9 @@ def cross_validate(
             tuple(k for k in shot_list or () if k != ALL),
             draws if shot_list else 0,
         ),
+        jobs=at_once,
+        folds=len(splits),
+        fixed_jobs=n_jobs is not None,
     )
     if say is not None and the_plan.worth_saying:
         say(the_plan.message)
@@ -558,10 +562,8 @@ def cross_validate(
             bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}",
         ) as bar,
     ):
-        if cluster is not None:
-            n_jobs = -1  # every thread of the cluster
-            if progress:
-                bar.write(f"cross-validation on the {cluster.describe()}", file=sys.stderr)
+        if cluster is not None and progress:
+            bar.write(f"cross-validation on the {cluster.describe()}", file=sys.stderr)
         done, tasks = 0, len(pairs) * len(classifiers) * len(splits)
         for source, layer in pairs:
             X = source.data.features(layer)
@@ -581,7 +583,8 @@ def cross_validate(
                         variants.append((spec + WITH_UNLABELED, semi, said, free))
                     for name, model, pipeline, rows in variants:
                         bar.set_postfix_str(f"{done}/{tasks} fits; {name} @ {where}")
-                        fitted = _guarded(_fit_folds(model, X, data.y, group_ids, splits, k, n_jobs, rows), spec, where)
+                        jobs = -1 if cluster is not None else the_plan.jobs.get(spec, 1)  # -1: the cluster's threads
+                        fitted = _guarded(_fit_folds(model, X, data.y, group_ids, splits, k, jobs, rows), spec, where)
                         try:
                             collected = _collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)])
                         except FeaturebankError as exc:
@@ -689,11 +692,23 @@ def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar, we
     return folds, predictions, proba, decisions
 
 
-def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, n_jobs: int, free=None):
-    """Every fold of one (layer, classifier), through joblib, in the splits' order: the one place that runs
-    folds in parallel."""
-    jobs = (delayed(_run_fold)(estimator, X, y, groups, s, n_classes, free) for s in splits)
-    return Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
+def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, jobs: int, free=None):
+    """Every fold of one (layer, classifier), in the splits' order: the one place that runs folds in parallel.
+    ``jobs`` 1: one at a time, BLAS on every core; more: that many side by side in threads of this process, which
+    share the layer (no copy of it; the fits release the GIL in BLAS, libsvm, liblinear and the trees), each with
+    the cores shared out as BLAS threads (``cost.blas_threads``); -1: joblib's backend in force (a Dask cluster)."""
+    tasks = (delayed(_run_fold)(estimator, X, y, groups, s, n_classes, free) for s in splits)
+    if jobs > 1:
+        return _side_by_side(tasks, jobs)
+    return Parallel(n_jobs=jobs, return_as="generator")(tasks)
+
+
+def _side_by_side(tasks, jobs: int):
+    """``tasks`` in ``jobs`` threads, BLAS limited while their results are read (the limit is the process's)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(blas_threads(jobs)):
+        yield from Parallel(n_jobs=jobs, backend="threading", return_as="generator")(tasks)
 
 
 def load_sources(cache, labels: str | None = None) -> list[Source]:

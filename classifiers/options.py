@@ -47,7 +47,12 @@ class CVOptions:
     )
     search: bool = option(False, "Tune C, gamma, k... by inner cross-validation in each fold (nested).")
     inner_folds: int = option(3, "Folds of --search.", low=2)
-    n_jobs: int = option(1, "Folds fitted in parallel (-1: all cores).", short="-j")
+    n_jobs: int | None = option(
+        None,
+        "Folds fitted side by side, the cores shared out among them (default: as many as the cores and the folds, "
+        "fewer where the memory bound needs; 1: one at a time, BLAS on every core; -1: every core).",
+        short="-j",
+    )
     # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras; 12 minutes of
     # estimates leave room for reading the layer, imports and writing the report within about 15
     budget: str = option(

@@ -184,6 +184,61 @@ def test_the_speed_check_is_one_threads_median_its_threads_gain_and_kept_for_a_w
     assert 0 < one < 1.0 and 0 < threads < 1.0
 
 
+def test_folds_side_by_side_share_the_cores_as_joblib_reads_n_jobs():
+    """No -j: as many folds at once as the cores, never more than the folds; -j as joblib reads it; the cores shared
+    out as BLAS threads, one at least."""
+    from classifiers.cost import blas_threads, fold_jobs
+
+    assert [fold_jobs(None, 5, available=c) for c in (1, 2, 16)] == [1, 2, 5]
+    assert [fold_jobs(j, 5, available=4) for j in (1, 3, 8, -1, -2, -9)] == [1, 3, 5, 4, 3, 1]
+    assert [blas_threads(j, available=c) for j, c in ((1, 2), (2, 2), (3, 16), (5, 2))] == [2, 1, 5, 1]
+
+
+def test_the_plan_counts_folds_side_by_side_by_their_rounds_and_their_speed():
+    """Two folds at a time: an entry's five folds take three rounds, each at the speed measured with two at once."""
+    shapes = folds_of(10_000)
+    alone = plan(["logreg", "ridge"], shapes, None, speed=1.0)
+    paired = plan(["logreg", "ridge"], shapes, None, speed=lambda j: {1: 1.0, 2: 1.5}[j], jobs=2, folds=5)
+    for entry in ("logreg", "ridge"):
+        assert paired.seconds[entry] == pytest.approx(alone.seconds[entry] * 1.5 * 3 / 5)
+    assert paired.jobs == {"logreg": 2, "ridge": 2} and paired.speed == 1.5
+    assert "(2 folds at a time)" in paired.message and "at a time" not in alone.message
+    assert paired.to_dict()["folds_at_once"] == {"logreg": 2, "ridge": 2}
+    assert alone.to_dict()["folds_at_once"] == {"logreg": 1, "ridge": 1}
+
+
+def test_an_entry_whose_folds_side_by_side_would_pass_the_memory_bound_fits_them_one_at_a_time():
+    """At 200,000 rows (a 1 GB layer, a 4 GiB bound) two folds of the probe or ridge fit beside the layer, two of
+    LDA's (its class-wise copies) do not: LDA runs one at a time, at the one-fold speed; -j given is obeyed."""
+    from classifiers.budget import peak
+    from classifiers.cost import PROCESS, memory_bound
+
+    shapes, layer = folds_of(200_000), 4.0 * 200_000 * 1280
+
+    def two_at_once(entry: str) -> float:
+        return PROCESS + layer + 2 * (peak(entry, shapes, layer) - PROCESS - layer)
+
+    assert two_at_once("lda") > memory_bound(layer) >= max(two_at_once("logreg"), two_at_once("ridge"))
+    speeds = {1: 1.0, 2: 1.5}
+    entries = ["logreg", "ridge", "lda"]
+    capped = plan(entries, shapes, None, speed=speeds.get, layer_bytes=layer, jobs=2, folds=5)
+    assert capped.jobs == {"logreg": 2, "ridge": 2}
+    assert capped.seconds["lda"] == pytest.approx(plan(["lda"], shapes, None, speed=1.0).seconds["lda"])
+    asked = plan(entries, shapes, None, speed=speeds.get, layer_bytes=layer, jobs=2, folds=5, fixed_jobs=True)
+    assert asked.jobs == {"logreg": 2, "ridge": 2, "lda": 2}
+
+
+def test_the_speed_of_folds_side_by_side_is_what_each_gets_while_the_others_run(monkeypatch):
+    from classifiers import cost
+
+    monkeypatch.setattr(cost, "together_check", lambda workers, repeats=7: workers * cost.PROBE_SECONDS)
+    monkeypatch.setattr(cost, "speed_check", lambda repeats=7: (cost.PROBE_SECONDS, cost.PROBE_SECONDS))
+    monkeypatch.setattr(cost, "_MEASURED", {})
+    assert cost.machine_speed(jobs=3) == pytest.approx(3.0) and cost.machine_speed(jobs=1) == pytest.approx(1.0)
+    monkeypatch.undo()
+    assert 0 < cost.together_check(2, repeats=2) < 1.0
+
+
 def test_the_memory_bound_leaves_out_what_would_hold_more_than_twice_the_layer():
     """At a million rows of 1,280 dims (a 5 GB layer), liblinear's float64 copy, LDA's class-wise copies and the
     like would take a fold past twice the layer: left out, by name, with their estimated peaks; ridge, which holds the
@@ -303,10 +358,12 @@ def test_cv_without_c_runs_what_fits_says_what_it_left_out_and_names_stand_ins(t
     ):
         register_classifier(spec)
     monkeypatch.setattr(budget_module, "default_classifiers", lambda: ["logreg", "slow"])
-    monkeypatch.setattr(crossval, "machine_speed", lambda: 1.0)
+    monkeypatch.setattr(crossval, "machine_speed", lambda **_: 1.0)
     said = []
     try:
-        report = cross_validate(str(tmp_path / "c.h5"), layers=["flatten"], folds=3, budget="15m", say=said.append)
+        report = cross_validate(
+            str(tmp_path / "c.h5"), layers=["flatten"], folds=3, budget="15m", say=said.append, n_jobs=1
+        )
     finally:
         unregister_classifier("slow")
         unregister_classifier("slow~quick")
@@ -336,7 +393,7 @@ def test_progress_shows_only_when_asked_with_its_fits(tmp_path, capsys):
 
 def test_an_explicit_list_over_the_budget_is_run_whole_with_a_warning(tmp_path, monkeypatch):
     synthetic_cache(tmp_path / "c.h5")
-    monkeypatch.setattr(crossval, "machine_speed", lambda: 1e9)  # a very slow machine: every estimate is days
+    monkeypatch.setattr(crossval, "machine_speed", lambda **_: 1e9)  # a very slow machine: every estimate is days
     args = ["cv", str(tmp_path / "c.h5"), "-c", "logreg:C=1,ridge", "-l", "flatten", "--folds", "3", "--json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -195,11 +195,64 @@ def test_nested_search_equals_gridsearch_inside_each_fold(tmp_path):
 
 def test_parallel_folds_give_the_same_scores(tmp_path):
     synthetic_cache(tmp_path / "c.h5")
-    one = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "rbf-svm"], layers=["flatten"], folds=3)
+    one = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "rbf-svm"], layers=["flatten"], folds=3, n_jobs=1)
     two = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "rbf-svm"], layers=["flatten"], folds=3, n_jobs=2)
+    assert one.plan.jobs == {} and two.plan.jobs == {"logreg": 2, "rbf-svm": 2}
     for a, b in zip(one.results, two.results):
         assert [f.scores for f in a.folds] == [f.scores for f in b.folds]
         assert (a.predictions == b.predictions).all()
+
+
+class _Where(ClassifierMixin, BaseEstimator):
+    """Records the thread it is fitted in and the BLAS threads it may use there."""
+
+    seen: list = []
+
+    def fit(self, X, y):
+        import threading
+        import time
+
+        from threadpoolctl import threadpool_info
+
+        blas = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+        _Where.seen.append((threading.get_ident(), blas))
+        time.sleep(0.3)  # the other fold starts meanwhile
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
+
+
+def test_folds_side_by_side_run_in_threads_with_the_cores_shared_out_as_blas_threads(tmp_path, monkeypatch):
+    """Without -j, on 4 cores, 2 folds: both at once, in two threads of the process (which share the layer), each
+    with 2 BLAS threads; -j 1: one at a time in the calling thread with BLAS as it was; BLAS as it was after."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from classifiers import cost
+
+    def blas_now():
+        return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+    synthetic_cache(tmp_path / "c.h5")
+    monkeypatch.setattr(cost, "cores", lambda: 4)
+    register_classifier(ClassifierSpec("where", "records its thread", lambda seed: _Where()))
+    before = blas_now()
+    try:
+        _Where.seen = []
+        report = cross_validate(tmp_path / "c.h5", classifiers=["where"], layers=["flatten"], folds=2)
+        assert report.plan.jobs == {"where": 2}
+        assert len({ident for ident, _ in _Where.seen}) == 2 and threading.get_ident() not in dict(_Where.seen)
+        assert [blas for _, blas in _Where.seen] == [[2], [2]]
+        assert blas_now() == before
+        _Where.seen = []
+        cross_validate(tmp_path / "c.h5", classifiers=["where"], layers=["flatten"], folds=2, n_jobs=1)
+        assert [ident for ident, _ in _Where.seen] == [threading.get_ident()] * 2
+        assert [blas for _, blas in _Where.seen] == [before, before]
+    finally:
+        unregister_classifier("where")
 
 
 def test_suspicious_images_outliers_and_duplicates(tmp_path):
