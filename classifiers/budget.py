@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from . import cost
 from .cost import Shape, duration
 from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
+from .parallel import within_memory
 from .registry import default_classifiers, get_spec, list_classifiers, make_classifier, parse_spec, search_grid
 from .rows import BY_INDEX_COST, by_index
 
@@ -262,8 +263,7 @@ def plan(
         if jobs == 1 or fixed_jobs or limit is None:
             return jobs
         shared = cost.PROCESS + layer_bytes
-        each = max(peaks[spec] - shared, 0.0) + free_bytes
-        return max(1, min(jobs, int((limit - shared) // each) if each > 0 else jobs))
+        return within_memory(jobs, shared, max(peaks[spec] - shared, 0.0) + free_bytes, limit)
 
     at_once = {spec: side_by_side(spec) for spec in candidates}
 

@@ -33,11 +33,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from joblib import delayed
 from scipy.optimize import minimize, minimize_scalar
 from sklearn.base import clone
 
+from .cost import PROCESS, memory_bound
 from .folds import fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
 from .metrics import ece, full_proba
+from .parallel import fold_jobs, side_by_side, within_memory
 
 FOLDS = 5  # inner folds of the training rows, as CalibratedClassifierCV's default
 EPS = 1e-12  # log(p + EPS): scikit-learn's temperature scaling's
@@ -232,9 +235,11 @@ def _fewer_folds(y: np.ndarray, groups) -> str:
     return f"the smallest class has {smallest} rows"
 
 
-def out_of_fold(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS):
+def out_of_fold(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS, jobs: int | None = None):
     """Every row's scores from a clone of ``pipeline`` fit on the other inner folds (``folds``, fewer when a class
-    has fewer rows; group-aware with ``groups``): the scores over every class, their kind, and each row's fold."""
+    has fewer rows; group-aware with ``groups``): the scores over every class, their kind, and each row's fold.
+    ``jobs``: inner folds fitted side by side (``parallel.side_by_side``); None: as many as the cores, fewer where
+    their copies of the rows would take the process past ``cost.memory_bound`` of the rows."""
     y = np.asarray(y)
     n_classes = int(y.max()) + 1
     k = inner_fold_count(y, folds, groups)
@@ -242,14 +247,25 @@ def out_of_fold(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLD
     fold_of = np.zeros(len(y), dtype=np.int64)
     kind = PROBABILITY
     present = np.unique(y)
-    for i, (train, test) in enumerate(inner_splits(X, y, groups, k, seed)):
+    splits = list(inner_splits(X, y, groups, k, seed))
+    for train, _ in splits:
         if len(np.unique(y[train])) < len(present):
             raise MissingClass("an inner fold's training rows lack a class (a class held by one group)")
-        model = fit_grouped(clone(pipeline), X[train], y[train], None if groups is None else groups[train])
-        values, kind = raw_scores(model, X[test])
-        oof[test] = placed(values, kind, model.classes_, n_classes)
+    if jobs is None:
+        rows = float(np.asarray(X).nbytes)  # each fold copies (k - 1)/k of them; the pipeline's scaling about as much
+        jobs = within_memory(fold_jobs(None, k), PROCESS + rows, 2 * rows * (k - 1) / k, memory_bound(rows))
+    tasks = (delayed(_inner_fit)(pipeline, X, y, groups, train, test, n_classes) for train, test in splits)
+    for i, ((_, test), (scores_, kind_)) in enumerate(zip(splits, side_by_side(tasks, jobs))):
+        oof[test], kind = scores_, kind_
         fold_of[test] = i
     return oof, kind, fold_of
+
+
+def _inner_fit(pipeline, X, y, groups, train, test, n_classes: int):
+    """A clone of ``pipeline`` fit on the ``train`` rows: the ``test`` rows' scores over every class, and their kind."""
+    model = fit_grouped(clone(pipeline), X[train], y[train], None if groups is None else groups[train])
+    values, kind = raw_scores(model, X[test])
+    return placed(values, kind, model.classes_, n_classes), kind
 
 
 def cross_fitted(

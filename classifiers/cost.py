@@ -289,7 +289,7 @@ def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1) -> float:
     (``PROBE_SECONDS``), divided by the square root of what the folds' threads gain on it now (within
     ``GAIN_BOUNDS``): about half of a fold's work is in BLAS (all of ridge's, little of a forest's or of libsvm's),
     so an idle second core brings an estimate down by up to 1.4, and threads that wait on each other on a busy
-    machine (slower than one) bring it up. ``jobs`` folds side by side (``fold_jobs``): ``together_check``'s time over
+    machine (slower than one) bring it up. ``jobs`` folds side by side (``parallel.fold_jobs``): ``together_check``'s time over
     ``PROBE_SECONDS``, what each fold gets while the others run (the BLAS threads a fold may have beyond one are not
     counted: an estimate on the safe side where cores outnumber the folds). Kept for ``REPROBE`` seconds in the
     process."""
@@ -304,31 +304,6 @@ def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1) -> float:
         speed = one / PROBE_SECONDS / math.sqrt(gain)
     _MEASURED.update({f"at{jobs}": time.monotonic(), key: speed})
     return speed
-
-
-def cores() -> int:
-    """The cores this process may use (its affinity and its cgroup's quota, as joblib counts them)."""
-    from joblib import cpu_count
-
-    return max(1, cpu_count())
-
-
-def fold_jobs(n_jobs: int | None, folds: int, available: int | None = None) -> int:
-    """How many folds ``cv`` fits side by side: ``n_jobs`` as joblib reads it (1 or more, -1 every core, -2 every
-    core but one...), or None: as many as the cores; never more than the ``folds`` one (layer, entry) has."""
-    available = cores() if available is None else available
-    if n_jobs is None:
-        wanted = available
-    elif n_jobs < 0:
-        wanted = max(1, available + 1 + n_jobs)
-    else:
-        wanted = n_jobs
-    return max(1, min(wanted, folds))
-
-
-def blas_threads(jobs: int, available: int | None = None) -> int:
-    """BLAS threads for each of ``jobs`` folds side by side: the cores shared out, at least one."""
-    return max(1, (cores() if available is None else available) // jobs)
 
 
 MAX_BUDGET = 10_000 * 86400.0  # seconds: any budget beyond this means none (which says so)
@@ -384,8 +359,5 @@ __all__ = [
     "duration",
     "machine_speed",
     "together_check",
-    "fold_jobs",
-    "blas_threads",
-    "cores",
     "parse_budget",
 ]

@@ -28,7 +28,7 @@ from embedder.options import with_overrides
 from .budget import Extra, Plan, estimate, extras_estimate, plan
 from .calibration import DECISION, PROBABILITY, apply_temperature, cross_fitted, placed, raw_scores
 from .cluster import layer_tasks, on_cluster
-from .cost import Shape, blas_threads, fold_jobs, machine_speed, parse_budget
+from .cost import Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
 from .extras import kept, neighbours_of
 from .folds import fallbacks, fit_grouped, inner_splitter
@@ -36,6 +36,7 @@ from .labels import labels_of
 from .metrics import METRICS, confusion, ece, full_proba, mean_std, per_class, reliability, scores
 from .neighbours import NEIGHBOURS, REFERENCE
 from .options import SUSPICIOUS, CVOptions
+from .parallel import fold_jobs, side_by_side
 from .rows import PREDICT_BLOCK, by_index, fit_by_index
 from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
 from .shots import ALL, curve_rows, learning_curve, parse_shots
@@ -604,7 +605,7 @@ def cross_validate(
                         if shot_list is not None:
                             bar.set_postfix_str(f"learning curve; {name} @ {where}")
                             points = learning_curve(
-                                model, X, data.y, group_ids, splits, k, shot_list, draws, seed, rows
+                                model, X, data.y, group_ids, splits, k, shot_list, draws, seed, rows, jobs=max(jobs, 1)
                             )
                             curve += curve_rows(points, results[-1], shot_list, RANK_BY)
                     done += len(splits)
@@ -693,22 +694,12 @@ def _collect(fitted, splits: list[Split], y: np.ndarray, n_classes: int, bar, we
 
 
 def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, jobs: int, free=None):
-    """Every fold of one (layer, classifier), in the splits' order: the one place that runs folds in parallel.
-    ``jobs`` 1: one at a time, BLAS on every core; more: that many side by side in threads of this process, which
-    share the layer (no copy of it; the fits release the GIL in BLAS, libsvm, liblinear and the trees), each with
-    the cores shared out as BLAS threads (``cost.blas_threads``); -1: joblib's backend in force (a Dask cluster)."""
+    """Every fold of one (layer, classifier), in the splits' order: ``jobs`` at a time (``parallel.side_by_side``),
+    or -1: through joblib's backend in force (a Dask cluster's, every thread of it)."""
     tasks = (delayed(_run_fold)(estimator, X, y, groups, s, n_classes, free) for s in splits)
-    if jobs > 1:
-        return _side_by_side(tasks, jobs)
-    return Parallel(n_jobs=jobs, return_as="generator")(tasks)
-
-
-def _side_by_side(tasks, jobs: int):
-    """``tasks`` in ``jobs`` threads, BLAS limited while their results are read (the limit is the process's)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(blas_threads(jobs)):
-        yield from Parallel(n_jobs=jobs, backend="threading", return_as="generator")(tasks)
+    if jobs == -1:
+        return Parallel(n_jobs=-1, return_as="generator")(tasks)
+    return side_by_side(tasks, jobs)
 
 
 def load_sources(cache, labels: str | None = None) -> list[Source]:

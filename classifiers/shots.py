@@ -16,12 +16,14 @@ a projection, marked as one, never a measurement.
 from __future__ import annotations
 
 import numpy as np
+from joblib import delayed
 from sklearn.base import clone
 
 from embedder.kernel.errors import InvalidValue
 
 from .folds import fallbacks, fit_grouped
 from .metrics import scores
+from .parallel import side_by_side
 from .semi import UNLABELED
 
 ALL = "all"
@@ -62,37 +64,63 @@ def draw_rows(train: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator
 
 
 def learning_curve(
-    estimator, X, y, groups, splits, n_classes: int, shots: list, draws: int, seed: int, free=None, metric=None
+    estimator,
+    X,
+    y,
+    groups,
+    splits,
+    n_classes: int,
+    shots: list,
+    draws: int,
+    seed: int,
+    free=None,
+    metric=None,
+    jobs: int = 1,
 ) -> list[dict]:
     """Per number of shots (``all`` left to the caller): ``{shots, draws, scores, notes}``, ``scores`` being each
-    draw's mean over the folds of ``metric`` (default: balanced accuracy), ``notes`` the fits' fallbacks. ``free``: unlabeled rows, for an estimator that
-    takes them (``semi.SemiSupervised``, label -1); the fold's training rows not drawn join them."""
+    draw's mean over the folds of ``metric`` (default: balanced accuracy), ``notes`` the fits' fallbacks. ``free``:
+    unlabeled rows, for an estimator that takes them (``semi.SemiSupervised``, label -1); the fold's training rows
+    not drawn join them. ``jobs``: fits side by side (``parallel.side_by_side``); each draw is seeded by its place,
+    so the curve is the same whatever it is."""
     metric = metric or "balanced_accuracy"
     if draws < 1:
         raise InvalidValue("--draws must be at least 1")
+    ks = [k for k in shots if k != ALL]
+    places = [(k, d, i) for k in ks for d in range(draws) for i in range(len(splits))]
+    tasks = (
+        delayed(_draw_fit)(estimator, X, y, groups, splits[i], n_classes, k, [seed, k, d, i], free, metric)
+        for k, d, i in places
+    )
+    fitted = dict(zip(places, side_by_side(tasks, jobs)))
     out = []
-    for k in (k for k in shots if k != ALL):
+    for k in ks:
         per_draw, notes = [], []
         for d in range(draws):
-            fold_scores: list[float] = []
-            for i, split in enumerate(splits):
-                rng = np.random.default_rng([seed, k, d, i])
-                rows = draw_rows(split.train, y, k, rng)
-                X_fit, y_fit = X[rows], y[rows]
-                g_fit = None if groups is None else groups[rows]
-                if free is not None:
-                    rest = np.setdiff1d(split.train, rows)
-                    X_fit = np.vstack([X_fit, X[rest], free])
-                    y_fit = np.concatenate([y_fit, np.full(len(rest) + len(free), UNLABELED, dtype=y.dtype)])
-                    g_fit = None if g_fit is None else np.concatenate([g_fit, np.full(len(rest) + len(free), "")])
-                model = fit_grouped(clone(estimator), X_fit, y_fit, g_fit)
-                notes += [n for n in fallbacks(model) if n not in notes]
-                pred = model.predict(X[split.test])
-                score = scores(y[split.test], pred, None, n_classes)[metric]
-                fold_scores.append(float("nan") if score is None else float(score))
+            fold_scores = []
+            for i in range(len(splits)):
+                score, said = fitted[(k, d, i)]
+                notes += [n for n in said if n not in notes]
+                fold_scores.append(score)
             per_draw.append(float(np.mean(fold_scores)))
         out.append({"shots": k, "draws": draws, "scores": per_draw, "notes": notes})
     return out
+
+
+def _draw_fit(estimator, X, y, groups, split, n_classes: int, k: int, seed: list, free, metric: str):
+    """One draw of ``k`` labelled rows per class from a fold's training rows, fitted and scored on its test rows:
+    the score (nan where the metric is undefined) and the fit's fallbacks."""
+    rows = draw_rows(split.train, y, k, np.random.default_rng(seed))
+    X_fit, y_fit = X[rows], y[rows]
+    g_fit = None if groups is None else groups[rows]
+    if free is not None:
+        rest = np.setdiff1d(split.train, rows)
+        X_fit = np.vstack([X_fit, X[rest], free])
+        y_fit = np.concatenate([y_fit, np.full(len(rest) + len(free), UNLABELED, dtype=y.dtype)])
+        g_fit = None if g_fit is None else np.concatenate([g_fit, np.full(len(rest) + len(free), "")])
+    model = fit_grouped(clone(estimator), X_fit, y_fit, g_fit)
+    pred = model.predict(X[split.test])
+    score = scores(y[split.test], pred, None, n_classes)[metric]
+    return float("nan") if score is None else float(score), fallbacks(model)
 
 
 def projection(points: list[tuple[int, float]]) -> tuple[int, float] | None:

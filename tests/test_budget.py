@@ -187,7 +187,7 @@ def test_the_speed_check_is_one_threads_median_its_threads_gain_and_kept_for_a_w
 def test_folds_side_by_side_share_the_cores_as_joblib_reads_n_jobs():
     """No -j: as many folds at once as the cores, never more than the folds; -j as joblib reads it; the cores shared
     out as BLAS threads, one at least."""
-    from classifiers.cost import blas_threads, fold_jobs
+    from classifiers.parallel import blas_threads, fold_jobs
 
     assert [fold_jobs(None, 5, available=c) for c in (1, 2, 16)] == [1, 2, 5]
     assert [fold_jobs(j, 5, available=4) for j in (1, 3, 8, -1, -2, -9)] == [1, 3, 5, 4, 3, 1]

@@ -25,6 +25,7 @@ from classifiers.calibration import (
     cross_fitted,
     fit_calibration,
     fit_temperature,
+    out_of_fold,
     raw_scores,
     softmax,
 )
@@ -59,6 +60,16 @@ def test_the_temperature_is_scikit_learns_on_the_same_folds():
     for train_rows, test_rows in folds:
         oof[test_rows] = LogisticRegression(C=10.0).fit(X[train_rows], y[train_rows]).predict_proba(X[test_rows])
     assert fit_temperature(oof, "probability", y) == pytest.approx(1.0 / beta, rel=1e-4)
+
+
+def test_inner_folds_side_by_side_give_the_scores_of_one_at_a_time():
+    X, y, _, _ = over_confident()
+    model = make_classifier("rbf-svm")
+    one = out_of_fold(model, X, y, seed=3, jobs=1)
+    two = out_of_fold(model, X, y, seed=3, jobs=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[2], two[2])
+    assert one[1] == two[1] == "decision" and sorted(set(one[2].tolist())) == [0, 1, 2, 3, 4]
 
 
 def over_confident(seed=0, n=550, d=60):

@@ -231,13 +231,13 @@ def test_folds_side_by_side_run_in_threads_with_the_cores_shared_out_as_blas_thr
 
     from threadpoolctl import threadpool_info
 
-    from classifiers import cost
+    from classifiers import parallel
 
     def blas_now():
         return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
 
     synthetic_cache(tmp_path / "c.h5")
-    monkeypatch.setattr(cost, "cores", lambda: 4)
+    monkeypatch.setattr(parallel, "cores", lambda: 4)
     register_classifier(ClassifierSpec("where", "records its thread", lambda seed: _Where()))
     before = blas_now()
     try:
