@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import clone
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedGroupKFold
+from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
 from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
@@ -30,11 +32,12 @@ from .calibration import DECISION, PROBABILITY, apply_temperature, cross_fitted,
 from .cluster import layer_tasks, on_cluster
 from .cost import Shape, machine_speed, parse_budget
 from .data import Labeled, aligned, backbone_names, check_layers, labeled, open_cache
+from .ensemble import ZooEnsemble
 from .extras import kept, neighbours_of
 from .folds import fallbacks, fit_grouped, inner_splitter
 from .labels import labels_of
 from .metrics import METRICS, confusion, ece, full_proba, mean_std, per_class, reliability, scores
-from .neighbours import NEIGHBOURS, REFERENCE
+from .neighbours import NEIGHBOURS, REFERENCE, CosineKNeighbors
 from .options import SUSPICIOUS, CVOptions
 from .parallel import fold_jobs, side_by_side
 from .rows import PREDICT_BLOCK, by_index, fit_by_index
@@ -403,9 +406,15 @@ def _predict_blocks(model, X, test: np.ndarray, n_classes: int, block: int | Non
     predicts row by row)."""
     block = block or PREDICT_BLOCK
     probabilistic = hasattr(model, "predict_proba")
+    read_off = probabilistic and _predicts_by_proba(model)
     preds, probas, decisions = [], [], []
     for start in range(0, max(len(test), 1), block):
         X_test = X[test[start : start + block]]
+        if read_off:  # what its predict would compute again: kNN's search, the ensemble's members, the trees
+            proba = model.predict_proba(X_test)
+            preds.append(np.asarray(model.classes_)[np.argmax(proba, axis=1)])
+            probas.append(full_proba(proba, model.classes_, n_classes))
+            continue
         preds.append(model.predict(X_test))
         if probabilistic:
             probas.append(full_proba(model.predict_proba(X_test), model.classes_, n_classes))
@@ -417,6 +426,15 @@ def _predict_blocks(model, X, test: np.ndarray, n_classes: int, block: int | Non
         np.concatenate(probas) if probas else None,
         np.concatenate(decisions) if decisions else None,
     )
+
+
+def _predicts_by_proba(model) -> bool:
+    """The model's labels are ``classes_[argmax(predict_proba)]`` by its own definition (the zoo's kNN and
+    ensemble, scikit-learn's forests), through a pipeline or a search: read off the probabilities, not predicted
+    twice."""
+    while isinstance(model, (GridSearchCV, Pipeline)):
+        model = model.best_estimator_ if isinstance(model, GridSearchCV) else model.steps[-1][1]
+    return isinstance(model, (CosineKNeighbors, ZooEnsemble, RandomForestClassifier, ExtraTreesClassifier))
 
 
 def _in_place(model, on: bool = True):

@@ -162,6 +162,27 @@ def test_the_test_rows_predicted_in_blocks_are_those_predicted_at_once():
         assert (whole[1] is None) == (spec == "ridge") and (whole[2] is None) == (spec != "ridge")
 
 
+@pytest.mark.parametrize("spec", ["knn", "extra-trees:n_estimators=20", "ensemble:members=logreg+knn"])
+def test_labels_read_off_the_probabilities_are_the_models_own_predictions_from_one_pass(spec, monkeypatch):
+    """kNN, the trees and the ensemble predict ``classes_[argmax(predict_proba)]``: a fold reads its labels off the
+    probabilities, and the neighbour search runs once a block, not twice."""
+    from classifiers.neighbours import CosineKNeighbors
+
+    X, y = offset_blobs(700, 10, 3)
+    test = np.arange(1, 700, 3)
+    model = make_classifier(spec).fit(X[::3], y[::3])
+    searches = []
+    search = CosineKNeighbors.kneighbors
+    monkeypatch.setattr(
+        CosineKNeighbors, "kneighbors", lambda self, *a, **k: searches.append(1) or search(self, *a, **k)
+    )
+    pred, proba, decision = _predict_blocks(model, X, test, 3, block=100)
+    assert len(searches) == (0 if "trees" in spec else 3)  # 233 rows: 3 blocks, one search each
+    monkeypatch.undo()
+    assert np.array_equal(pred, model.predict(X[test])) and decision is None
+    np.testing.assert_allclose(proba, model.predict_proba(X[test]), rtol=1e-6, atol=1e-7)
+
+
 def test_at_a_million_rows_the_plan_keeps_the_probe_within_the_memory_bound():
     """The layer (5.1 GB) and blocks: 1.5 layers at most (issue 30), where the copying fold counted 2.0 and was
     left out over the bound; an explicit search still copies its rows."""
