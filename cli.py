@@ -373,7 +373,7 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
     from embedder.kernel.destination import writable_folder
 
     o = made(CVOptions, options)
-    if o.scheduler and o.n_jobs is not None:
+    if o.scheduler and o.n_jobs not in (None, 1):
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
     if out:
         writable_folder(out, "the report", create=False)  # before the folds; made once the inputs are read

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import cost
+from . import cost, solver
 from .cost import Shape, duration
 from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
 from .parallel import within_memory
@@ -258,8 +258,16 @@ def plan(
     peaks = {spec: peak(spec, shapes, layer_bytes, indexed) for spec in candidates} if layer_bytes else {}
     free_bytes = 4.0 * extra.unlabeled * max((s.d for s in shapes), default=0)  # joined to each fold's rows
 
+    widest = max(shapes, key=lambda s: s.n * s.d, default=None)
+
     def side_by_side(spec: str) -> int:
-        """The folds of ``spec`` fitted at once: ``jobs``, or as many as the memory bound holds."""
+        """The folds of ``spec`` fitted at once: ``jobs``, or as many as the memory bound holds; one at a time where
+        the probe's solver would run on a CUDA device (it takes the device in turn, and a fold that found it full
+        would run on the CPU instead: the same run twice could differ)."""
+        if jobs > 1 and widest is not None and parse_spec(spec)[0] == "logreg":
+            n, d = int(widest.n), int(widest.d)
+            if solver.device_for(n, d, 4.0 * n * d) is not None:
+                return 1
         if jobs == 1 or fixed_jobs or limit is None:
             return jobs
         shared = cost.PROCESS + layer_bytes

@@ -36,9 +36,12 @@ import numpy as np
 from joblib import delayed
 from scipy.optimize import minimize, minimize_scalar
 from sklearn.base import clone
+from sklearn.pipeline import Pipeline
 
+from . import solver
 from .cost import PROCESS, memory_bound
 from .folds import fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
+from .linear import TunedLogisticRegression
 from .metrics import ece, full_proba
 from .parallel import fold_jobs, side_by_side, within_memory
 
@@ -254,11 +257,22 @@ def out_of_fold(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLD
     if jobs is None:
         rows = float(np.asarray(X).nbytes)  # each fold copies (k - 1)/k of them; the pipeline's scaling about as much
         jobs = within_memory(fold_jobs(None, k), PROCESS + rows, 2 * rows * (k - 1) / k, memory_bound(rows))
+        if _on_device(pipeline, X):  # the probe's solver on a CUDA device: one fit there at a time, as in cv
+            jobs = 1
     tasks = (delayed(_inner_fit)(pipeline, X, y, groups, train, test, n_classes) for train, test in splits)
     for i, ((_, test), (scores_, kind_)) in enumerate(zip(splits, side_by_side(tasks, jobs))):
         oof[test], kind = scores_, kind_
         fold_of[test] = i
     return oof, kind, fold_of
+
+
+def _on_device(pipeline, X) -> bool:
+    """The pipeline ends in the tuned probe and its fits would run on a CUDA device (``solver.device_for``)."""
+    final = pipeline.steps[-1][1] if isinstance(pipeline, Pipeline) else pipeline
+    if not isinstance(final, TunedLogisticRegression):
+        return False
+    n, d = np.shape(X)
+    return solver.device_for(int(n), int(d), float(np.asarray(X).nbytes)) is not None
 
 
 def _inner_fit(pipeline, X, y, groups, train, test, n_classes: int):

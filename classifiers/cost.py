@@ -223,6 +223,7 @@ REPROBE = 300.0  # seconds before a run probes again (one process running many c
 PROBE_SHAPE = (2048, 1280, 128)  # rows x dims by dims x width, float32: the shape of a linear fit's products
 PROBE_REPEATS = 7
 GAIN_BOUNDS = (0.5, 2.0)  # what the second timing may say about the threads: from twice slower to twice faster
+CONTENTION_BOUNDS = (1.0, 4.0)  # how much slower a product may count while other folds run beside it
 
 
 def speed_check(repeats: int = PROBE_REPEATS) -> tuple[float, float]:
@@ -267,7 +268,10 @@ def together_check(workers: int, repeats: int = PROBE_REPEATS) -> float:
 
     def work() -> None:
         A @ B
-        start.wait()
+        try:
+            start.wait(timeout=30)
+        except threading.BrokenBarrierError:  # another thread failed before it: time this one alone
+            pass
         for _ in range(repeats):
             began = time.perf_counter()
             A @ B
@@ -285,21 +289,23 @@ def together_check(workers: int, repeats: int = PROBE_REPEATS) -> float:
 
 def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1) -> float:
     """How much slower (> 1) or faster this machine is now than the calibration machine's one core, whose seconds
-    the model gives. Folds one at a time (``jobs`` 1): ``speed_check``'s one-thread time over its time there
-    (``PROBE_SECONDS``), divided by the square root of what the folds' threads gain on it now (within
-    ``GAIN_BOUNDS``): about half of a fold's work is in BLAS (all of ridge's, little of a forest's or of libsvm's),
-    so an idle second core brings an estimate down by up to 1.4, and threads that wait on each other on a busy
-    machine (slower than one) bring it up. ``jobs`` folds side by side (``parallel.fold_jobs``): ``together_check``'s time over
-    ``PROBE_SECONDS``, what each fold gets while the others run (the BLAS threads a fold may have beyond one are not
-    counted: an estimate on the safe side where cores outnumber the folds). Kept for ``REPROBE`` seconds in the
-    process."""
+    the model gives: ``speed_check``'s one-thread time over its time there (``PROBE_SECONDS``), then, about half of
+    a fold's work being in BLAS (all of ridge's, little of a forest's or of libsvm's), the square root of what the
+    folds' way of running does to a product now. Folds one at a time (``jobs`` 1): divided by the square root of
+    what their BLAS threads gain (within ``GAIN_BOUNDS``), so that an idle second core brings an estimate down by up
+    to 1.4, and threads that wait on each other on a busy machine (slower than one) bring it up. ``jobs`` folds side
+    by side (``parallel.fold_jobs``): times the square root of how much slower a product is while ``jobs`` run at
+    once (``together_check``, within ``CONTENTION_BOUNDS``): cores that are hyperthreads of one, or shared with
+    other work, show (the BLAS threads a fold may have beyond one are not counted: an estimate on the safe side where
+    cores outnumber the folds). Kept for ``REPROBE`` seconds in the process."""
     key = f"speed{jobs}"
     if time.monotonic() - _MEASURED.get(f"at{jobs}", -math.inf) < REPROBE:
         return _MEASURED[key]
+    one, threads = speed_check(repeats)
     if jobs > 1:
-        speed = together_check(jobs, repeats) / PROBE_SECONDS
+        slower = min(max(together_check(jobs, repeats) / one, CONTENTION_BOUNDS[0]), CONTENTION_BOUNDS[1])
+        speed = one / PROBE_SECONDS * math.sqrt(slower)
     else:
-        one, threads = speed_check(repeats)
         gain = min(max(one / threads, GAIN_BOUNDS[0]), GAIN_BOUNDS[1])
         speed = one / PROBE_SECONDS / math.sqrt(gain)
     _MEASURED.update({f"at{jobs}": time.monotonic(), key: speed})

@@ -616,6 +616,8 @@ def cross_validate(
                                 say(f"cv: {spec} left out: it cannot fit these data ({where}: {why})")
                             the_plan.skipped.setdefault(spec, f"{where}: {why}")
                             break  # and its variant with the unlabeled rows
+                        finally:
+                            fitted.close()  # done, or failed: folds still running finish, the others never start
                         folds_, predictions_, proba_, decisions_ = collected
                         results.append(
                             CVResult(name, layer, pipeline, folds_, predictions_, proba_, source.name, decisions_)

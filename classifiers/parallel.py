@@ -10,6 +10,9 @@ default ``cv`` on 10,000 rows took 1.8 times longer one fold at a time on 2 core
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import cast
+
+from embedder.kernel.errors import InvalidValue
 
 
 def cores() -> int:
@@ -21,8 +24,10 @@ def cores() -> int:
 
 def fold_jobs(n_jobs: int | None, folds: int, available: int | None = None) -> int:
     """How many of ``folds`` fits run side by side: ``n_jobs`` as joblib reads it (1 or more, -1 every core, -2
-    every core but one...), or None: as many as the cores; never more than the fits."""
+    every core but one...), or None: as many as the cores; never more than the fits. 0 is one line."""
     available = cores() if available is None else available
+    if n_jobs == 0:
+        raise InvalidValue("0 jobs cannot run anything: give 1 or more, or -1 for every core")
     if n_jobs is None:
         wanted = available
     elif n_jobs < 0:
@@ -46,18 +51,40 @@ def within_memory(jobs: int, shared: float, each: float, limit: float | None) ->
 
 
 def side_by_side(tasks: Iterable, jobs: int) -> Iterator:
-    """The results of joblib ``delayed`` ``tasks``, in their order, ``jobs`` at a time in threads, BLAS limited
-    to each one's share of the cores while they run and their results are read (the limit is the process's); one
-    at a time in the calling thread, BLAS as it is, when ``jobs`` is 1."""
-    from joblib import Parallel
-
+    """The results of joblib ``delayed`` ``tasks``, in their order, ``jobs`` at a time in threads, each thread's
+    BLAS and OpenMP limited to its share of the cores (``blas_threads``); one at a time in the calling thread, as
+    they are, when ``jobs`` is 1. When the reader stops early (an error, a closed generator), the tasks not started
+    are cancelled and the running ones finished before this returns: nothing of them outlives it. Python's warning
+    filters are as they were after (``warnings.catch_warnings``, which scikit-learn's fits use, is not thread-safe
+    before Python 3.14: two threads' exits can leave a filter of one behind)."""
     if jobs <= 1:
-        yield from Parallel(n_jobs=1, return_as="generator")(tasks)
+        for function, args, kwargs in tasks:
+            yield function(*args, **kwargs)
         return
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(blas_threads(jobs)):
-        yield from Parallel(n_jobs=jobs, backend="threading", return_as="generator")(tasks)
+    threads = blas_threads(jobs)
+
+    def limited() -> None:  # OpenMP's limit is per thread: set in each worker; BLAS's is the process's
+        threadpool_limits(threads, user_api="openmp")
+
+    filters = list(warnings.filters)
+    pool = ThreadPoolExecutor(max_workers=jobs, initializer=limited, thread_name_prefix="featurebank-fit")
+    try:
+        with threadpool_limits(threads, user_api="blas"):
+            futures = [pool.submit(function, *args, **kwargs) for function, args, kwargs in tasks]
+            try:
+                for future in futures:
+                    yield future.result()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        cast(list, warnings.filters)[:] = filters  # a list at run time (typeshed says Sequence)
+        getattr(warnings, "_filters_mutated", lambda: None)()  # the module's cache of them, where it keeps one
 
 
 __all__ = ["blas_threads", "cores", "fold_jobs", "side_by_side", "within_memory"]

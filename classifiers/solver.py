@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ ROW_BLOCK = 32_768  # rows per product: the rows x width intermediates stay boun
 # round trip of every iteration are taken to cost more than the products save
 DEVICE_FROM = 20_000_000
 DEVICE_SHARE = 0.5  # the rows may take at most this share of the device's free memory
+_ON_DEVICE = threading.Lock()  # fits side by side (parallel.side_by_side) take the device in turn
 SOLVER_DEVICE = "FEATUREBANK_SOLVER_DEVICE"  # "numpy": never torch; a torch device ("cuda:1", "cpu"): that one always
 
 
@@ -253,7 +255,7 @@ def fit_path(*args, device: str | None = None, **kwargs) -> Path:
     from embedder.backbones.features import tf32_off
 
     try:
-        with tf32_off(torch.device(device)):
+        with _ON_DEVICE, tf32_off(torch.device(device)):  # one fit there at a time: TF32's flags are global
             return _fit_path(*args, device=device, **kwargs)
     except _CopyFailed as failed:
         warnings.warn(

@@ -228,13 +228,33 @@ def test_an_entry_whose_folds_side_by_side_would_pass_the_memory_bound_fits_them
     assert asked.jobs == {"logreg": 2, "ridge": 2, "lda": 2}
 
 
-def test_the_speed_of_folds_side_by_side_is_what_each_gets_while_the_others_run(monkeypatch):
+def test_the_probe_fits_its_folds_one_at_a_time_where_its_solver_would_run_on_a_cuda_device(monkeypatch):
+    """The device is taken in turn (one fit there at a time); a fold that found it full would run on the CPU
+    instead, so the same run twice could differ: the probe's folds go one at a time there, the others side by side."""
+    from classifiers import solver
+    from classifiers.calibration import _on_device
+
+    shapes = folds_of(10_000)
+    monkeypatch.setattr(solver, "device_for", lambda rows, dims, nbytes: "cuda")
+    assert plan(["logreg", "ridge"], shapes, None, jobs=2, folds=5, fixed_jobs=True).jobs == {"ridge": 2}
+    X = np.zeros((100, 8), dtype=np.float32)
+    assert _on_device(make_classifier("logreg"), X) and not _on_device(make_classifier("ridge"), X)
+    monkeypatch.setattr(solver, "device_for", lambda rows, dims, nbytes: None)
+    assert plan(["logreg", "ridge"], shapes, None, jobs=2, folds=5).jobs == {"logreg": 2, "ridge": 2}
+    assert not _on_device(make_classifier("logreg"), X)
+
+
+def test_the_speed_of_folds_side_by_side_counts_the_square_root_of_their_contention(monkeypatch):
+    """One thread twice the calibration core's time; with folds side by side a product 4 times slower than alone
+    counts as 2 (half of a fold's work is in BLAS), 9 times as 2 (the bound, 4); none slower than alone."""
     from classifiers import cost
 
-    monkeypatch.setattr(cost, "together_check", lambda workers, repeats=7: workers * cost.PROBE_SECONDS)
-    monkeypatch.setattr(cost, "speed_check", lambda repeats=7: (cost.PROBE_SECONDS, cost.PROBE_SECONDS))
-    monkeypatch.setattr(cost, "_MEASURED", {})
-    assert cost.machine_speed(jobs=3) == pytest.approx(3.0) and cost.machine_speed(jobs=1) == pytest.approx(1.0)
+    for together, speed in ((4.0, 4.0), (9.0, 4.0), (0.5, 2.0)):
+        monkeypatch.setattr(cost, "together_check", lambda workers, repeats=7, t=together: t * 2 * cost.PROBE_SECONDS)
+        monkeypatch.setattr(cost, "speed_check", lambda repeats=7: (2 * cost.PROBE_SECONDS, 2 * cost.PROBE_SECONDS))
+        monkeypatch.setattr(cost, "_MEASURED", {})
+        assert cost.machine_speed(jobs=2) == pytest.approx(speed)
+        assert cost.machine_speed(jobs=1) == pytest.approx(2.0)
     monkeypatch.undo()
     assert 0 < cost.together_check(2, repeats=2) < 1.0
 
