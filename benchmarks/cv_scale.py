@@ -232,12 +232,14 @@ def default_plan(cache: str) -> None:
     from classifiers.budget import plan
     from classifiers.cost import Shape, machine_speed, parse_budget
     from classifiers.options import CVOptions
+    from classifiers.parallel import fold_jobs
 
     data = crossval.load_sources(cache)[0].data
     d, k = data.dims(LAYER), len(data.classes)
     splits = crossval.make_splits(data.y, None, 5, 1, 0, data.classes)
     shapes = [Shape(len(s.train), len(s.test), d, k) for s in splits]
-    for speed in (machine_speed(), 1.0):
+    jobs = fold_jobs(None, len(splits))
+    for speed in (lambda j: machine_speed(jobs=j), lambda j: 1.0):
         the_plan = plan(
             None,
             shapes,
@@ -245,8 +247,10 @@ def default_plan(cache: str) -> None:
             speed,
             extras=crossval._extras_seconds(data, d, "report"),
             layer_bytes=4.0 * len(data.y) * d,
+            jobs=jobs,
+            folds=len(splits),
         )
-        print(f"speed {speed:.2f}: {the_plan.message}")
+        print(f"speed {the_plan.speed:.2f}: {the_plan.message}")
 
 
 def fold_table(sizes: list[int], timeout: float) -> None:
