@@ -53,8 +53,10 @@ def within_memory(jobs: int, shared: float, each: float, limit: float | None) ->
 def side_by_side(tasks: Iterable, jobs: int) -> Iterator:
     """The results of joblib ``delayed`` ``tasks``, in their order, ``jobs`` at a time in threads, each thread's
     BLAS and OpenMP limited to its share of the cores (``blas_threads``); one at a time in the calling thread, as
-    they are, when ``jobs`` is 1. When the reader stops early (an error, a closed generator), the tasks not started
-    are cancelled and the running ones finished before this returns: nothing of them outlives it. Python's warning
+    they are, when ``jobs`` is 1. When the reader stops early (an error, a closed generator, Ctrl-C), the tasks not
+    started are cancelled and the running ones finished before this returns: nothing of them outlives it (a fit in
+    libsvm or a forest does not hear a signal until it ends, one at a time as side by side; threads left running in
+    C code while the interpreter shuts down can crash it). Python's warning
     filters are as they were after (``warnings.catch_warnings``, which scikit-learn's fits use, is not thread-safe
     before Python 3.14: two threads' exits can leave a filter of one behind)."""
     if jobs <= 1:

@@ -55,6 +55,24 @@ def test_a_reader_that_stops_early_leaves_nothing_running_and_the_warning_filter
     assert warnings.filters == before
 
 
+def test_ctrl_c_finishes_the_fits_running_and_starts_no_other():
+    """As one fold at a time waits for its fold (libsvm hears no signal), side by side waits for the running ones:
+    threads left in C code while the interpreter shuts down can crash it."""
+    started, finished = [], []
+
+    def task(i):
+        started.append(i)
+        if i == 0:
+            raise KeyboardInterrupt
+        time.sleep(0.5)
+        finished.append(i)
+        return i
+
+    with pytest.raises(KeyboardInterrupt):
+        next(side_by_side((delayed(task)(i) for i in range(8)), 2))
+    assert sorted(finished) == sorted(i for i in started if i) and len(started) <= 4
+
+
 def test_zero_jobs_is_one_line():
     with pytest.raises(InvalidValue, match="0 jobs cannot run anything"):
         fold_jobs(0, 5)
