@@ -27,7 +27,7 @@ from embedder.kernel.versions import library_versions
 from embedder.options import ExtractOptions, RunOptions, with_overrides
 
 from .calibration import PROBABILITY, apply_calibration, calibrate, raw_scores, uncalibrated
-from .crossval import RANK_BY
+from .crossval import RANK_BY, predicts_by_proba
 from .data import labeled, open_cache
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
@@ -64,7 +64,10 @@ class Bundle:
     def scores(self, X: np.ndarray) -> tuple[np.ndarray, str]:
         """Per row and class: the calibrated probabilities (``probability``). A model file written before
         calibration: the classifier's own probabilities, or its decision scores (``decision``) when it has none."""
-        values, kind = raw_scores(self.pipeline, X)
+        return self.calibrated(*raw_scores(self.pipeline, X))
+
+    def calibrated(self, values: np.ndarray, kind: str) -> tuple[np.ndarray, str]:
+        """``scores`` from the classifier's own output (``calibration.raw_scores``)."""
         cal = self.calibration
         if cal is None or cal["input"] is None:
             return values, kind
@@ -385,8 +388,12 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     y = np.array([index[test.classes[i]] for i in test.y], dtype=np.int64)
     X = bundle.checked(test.features(bundle.layer), reader.path)
     started = time.perf_counter()
-    pred = bundle.predict(X)
-    values, kind = bundle.scores(X)
+    raw, raw_kind = raw_scores(bundle.pipeline, X)
+    if raw_kind == PROBABILITY and predicts_by_proba(bundle.pipeline):  # its predict: this argmax, searched again
+        pred = np.asarray(bundle.pipeline.classes_)[raw.argmax(axis=1)]
+    else:
+        pred = bundle.predict(X)
+    values, kind = bundle.calibrated(raw, raw_kind)
     seconds = time.perf_counter() - started
     k = len(bundle.classes)
     probability = kind == PROBABILITY

@@ -406,7 +406,7 @@ def _predict_blocks(model, X, test: np.ndarray, n_classes: int, block: int | Non
     predicts row by row)."""
     block = block or PREDICT_BLOCK
     probabilistic = hasattr(model, "predict_proba")
-    read_off = probabilistic and _predicts_by_proba(model)
+    read_off = probabilistic and predicts_by_proba(model)
     preds, probas, decisions = [], [], []
     for start in range(0, max(len(test), 1), block):
         X_test = X[test[start : start + block]]
@@ -428,7 +428,7 @@ def _predict_blocks(model, X, test: np.ndarray, n_classes: int, block: int | Non
     )
 
 
-def _predicts_by_proba(model) -> bool:
+def predicts_by_proba(model) -> bool:
     """The model's labels are ``classes_[argmax(predict_proba)]`` by its own definition (the zoo's kNN and
     ensemble, scikit-learn's forests), through a pipeline or a search: read off the probabilities, not predicted
     twice."""

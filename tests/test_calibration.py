@@ -247,6 +247,23 @@ def test_evaluate_reports_the_held_out_ece_and_log_loss_of_the_calibrated_probab
     assert sum(c["count"] for c in result["calibration"]["reliability"]) == len(y_test)
 
 
+def test_evaluate_searches_knns_neighbours_once_and_scores_its_own_predictions(tmp_path, monkeypatch):
+    from classifiers.neighbours import CosineKNeighbors
+
+    synthetic_cache(tmp_path / "train.h5", counts=(20, 20, 20), dim=8, seed=0)
+    X_test, y_test = synthetic_cache(tmp_path / "test.h5", counts=(15, 15, 15), dim=8, seed=1)
+    bundle = train(str(tmp_path / "train.h5"), classifier="knn")
+    searches = []
+    search = CosineKNeighbors.kneighbors
+    monkeypatch.setattr(
+        CosineKNeighbors, "kneighbors", lambda self, *a, **k: searches.append(1) or search(self, *a, **k)
+    )
+    result = evaluate(bundle, str(tmp_path / "test.h5"))
+    assert len(searches) == 1
+    monkeypatch.undo()
+    assert result["metrics"]["accuracy"] == pytest.approx(np.mean(bundle.predict(X_test) == y_test))
+
+
 def test_pseudo_labels_carry_calibrated_probabilities(tmp_path):
     X, _ = synthetic_cache(tmp_path / "free.h5", counts=(6, 6, 6), dim=8, labels=False)
     synthetic_cache(tmp_path / "train.h5", counts=(10, 10, 10), dim=8)
