@@ -246,7 +246,7 @@ def plan(
     those whose fold fits ``cost.memory_bound`` of the largest layer, ``layer_bytes``); ``shapes``: one per (cache,
     layer, fold) the run fits, ``folds`` of them per (cache, layer); ``speed``: ``cost.machine_speed``, a number or
     a function of the folds fitted side by side; ``extra``: the unlabeled rows' and the learning curve's fits, in
-    each entry's estimate. ``jobs``: the most folds an entry fits side by side (``cost.fold_jobs``); unless
+    each entry's estimate. ``jobs``: the most folds an entry fits side by side (``parallel.fold_jobs``); unless
     ``fixed_jobs`` (asked for with ``-j``), fewer for an entry whose folds side by side would go over the memory
     bound, down to one."""
     explicit = bool(classifiers)
