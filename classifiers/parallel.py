@@ -75,18 +75,14 @@ def side_by_side(tasks: Iterable, jobs: int) -> Iterator:
 
     filters = list(warnings.filters)
     pool = ThreadPoolExecutor(max_workers=jobs, initializer=limited, thread_name_prefix="featurebank-fit")
-    try:
-        with threadpool_limits(threads, user_api="blas"):
-            futures = [pool.submit(function, *args, **kwargs) for function, args, kwargs in tasks]
-            try:
-                for future in futures:
-                    yield future.result()
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        cast(list, warnings.filters)[:] = filters  # a list at run time (typeshed says Sequence)
-        getattr(warnings, "_filters_mutated", lambda: None)()  # the module's cache of them, where it keeps one
+    with threadpool_limits(threads, user_api="blas"):
+        try:
+            for future in [pool.submit(function, *args, **kwargs) for function, args, kwargs in tasks]:
+                yield future.result()
+        finally:  # within the limit: the fits still running finish under it
+            pool.shutdown(wait=True, cancel_futures=True)
+            cast(list, warnings.filters)[:] = filters  # a list at run time (typeshed says Sequence)
+            getattr(warnings, "_filters_mutated", lambda: None)()  # the module's cache of them, where it keeps one
 
 
 __all__ = ["blas_threads", "cores", "fold_jobs", "side_by_side", "within_memory"]
