@@ -13,6 +13,7 @@ one temperature (``calibration.fit_temperature``). Nothing is fit or chosen on v
   (labels drawn from the calibrated probabilities themselves, 1,000 draws: mean and 95th percentile). An ECE
   inside that range is as good as this many rows can tell;
 - **confidence - accuracy** on val/ (margin temperature): above 0 over-confident, below under-confident;
+- **margin temperature fit to the labels** (``smooth=False``: ``train`` before Platt's targets): val/ ECE, log-loss;
 - **accuracy** on val/ before and after (the same: one positive factor per row never changes the arg-max);
 - **out of fold on train/**: the ECE of the out-of-fold scores, uncalibrated and cross-fitted (each inner fold's
   rows calibrated by the fit on the other folds': no row's label chooses its own calibration);
@@ -23,6 +24,13 @@ one temperature (``calibration.fit_temperature``). Nothing is fit or chosen on v
         --data hymenoptera cache/fewlabels/hymenoptera-train.h5 cache/fewlabels/hymenoptera-val.h5
 
 (the caches ``benchmarks/few_labels.py`` makes: MobileNetV2, ImageNet checkpoint, default layer, of train/ and val/).
+
+``--few 2,5,10`` (with ``--draws N``, 10 by default): few labels, as ``select``'s users start. For each k, N seeded
+random draws of k labelled images per class of train/, what ``train`` does on them (the pipeline fit on the draw, 5
+inner folds' out-of-fold scores, or fewer) and the margin temperature fit to Platt's targets (``train`` now) and to
+the labels themselves (before), against the uncalibrated scores: val/ log-loss (mean and worst draw) and ECE. "Now"
+is all of what ``train`` does with the rest of train/ as its unlabeled rows: no calibration where the inner models'
+scores are on another scale than the model's on those rows (``calibration.scale_mismatch``).
 
 ``--nested REPEATS`` chooses the method, on train/ alone (val/ is not read, only its row count for the chance
 line): REPEATS seeded repeats of a 5-fold outer split of train/; on each outer fold's training part, what ``train``
@@ -63,6 +71,7 @@ from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
 import embedder
+from classifiers.bundle import UNSEEN
 from classifiers.calibration import (
     FOLDS,
     apply_calibration,
@@ -74,6 +83,7 @@ from classifiers.calibration import (
     out_of_fold,
     placed,
     raw_scores,
+    scale_mismatch,
     softmax,
 )
 from classifiers.folds import fit_grouped, inner_fold_count, inner_splits
@@ -81,6 +91,7 @@ from classifiers.metrics import ece
 from classifiers.zoo import make_classifier
 
 SPECS = ("logreg", "ensemble", "rbf-svm")
+FEW_SPECS = ("logreg", "linear-svm", "rbf-svm", "ridge", "lda")  # --few: quick entries, probabilities and decisions
 DRAWS = 1000
 
 
@@ -129,6 +140,7 @@ def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> st
     raw, _ = raw_scores(model, Xv)
     before, former = apply_temperature(raw, kind, 1.0), apply_temperature(raw, kind, T)
     after = apply_calibration(raw, kind, found)
+    plain = apply_calibration(raw, kind, fit_calibration(oof, kind, y, smooth=False))  # before Platt's targets
     lo, hi = bootstrap(yv, after)
     mean_chance, p95_chance = chance(after)
     crossed, _ = cross_fitted(oof, kind, y, fold_of)
@@ -139,6 +151,7 @@ def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> st
         f"{found['margin_power']:+.2f} | {ece(yv, before):.4f} | {ece(yv, former):.4f} "
         f"| **{ece(yv, after):.4f}** [{lo:.4f}, {hi:.4f}] | {mean_chance:.4f} / {p95_chance:.4f} | {over:+.4f} "
         f"| {log_loss(yv, before):.4f} / {log_loss(yv, former):.4f} / {log_loss(yv, after):.4f} "
+        f"| {ece(yv, plain):.4f}, {log_loss(yv, plain):.4f} "
         f"| {100 * acc_before:.2f} / {100 * acc_after:.2f} "
         f"| {ece(y, apply_temperature(oof, kind, 1.0)):.4f} / {ece(y, crossed):.4f} "
         f"| {fit_s:.1f} / {calibration_s:.1f} ({calibration_s / max(fit_s, 1e-9):.1f}×) |"
@@ -245,14 +258,66 @@ def nested(name: str, train: str, val: str, spec: str, layer: str | None, repeat
     return lines
 
 
+def few(name: str, train: str, val: str, specs, layer: str | None, shots: list[int], draws: int) -> list[str]:
+    """``--few``: what ``train`` does on k random labelled images per class of train/ (seeded draws), its
+    calibration fit to Platt's targets (now) and to the labels themselves (before), val/ scored once per draw."""
+    X, y, _ = embedder.load(train, layer=layer)
+    Xv, yv, _ = embedder.load(val, layer=layer)
+    classes = np.unique(y)
+    y, yv = np.searchsorted(classes, np.asarray(y)), np.searchsorted(classes, np.asarray(yv))
+    lines = []
+    for k in shots:
+        for spec in specs:
+            cells: dict[str, list[tuple[float, float]]] = {"none": [], "labels": [], "platt": []}
+            for draw in range(draws):
+                rng = np.random.default_rng(1000 * k + draw)
+                rows = np.concatenate(
+                    [rng.choice(np.flatnonzero(y == c), k, replace=False) for c in range(len(classes))]
+                )
+                model = make_classifier(spec, seed=0).fit(X[rows], y[rows])
+                oof, kind, _ = out_of_fold(model, X[rows], y[rows], seed=0, folds=FOLDS)
+                raw, _ = raw_scores(model, Xv)
+                # the rest of train/ is the unlabeled pool train would check the scale on (at most 2,000 rows)
+                rest = np.setdiff1d(np.arange(len(y)), rows)
+                unseen = X[rest[np.linspace(0, len(rest) - 1, min(UNSEEN, len(rest))).astype(np.int64)]]
+                now = None if scale_mismatch(model, unseen, oof, kind) else fit_calibration(oof, kind, y[rows])
+                for method, found in (
+                    ("none", None),
+                    ("labels", fit_calibration(oof, kind, y[rows], smooth=False)),
+                    ("platt", now),
+                ):
+                    p = apply_calibration(raw, kind, found)
+                    cells[method].append((log_loss(yv, p), ece(yv, p)))
+            said = []
+            for method in ("none", "labels", "platt"):
+                values = np.asarray(cells[method])
+                said.append(f"{values[:, 0].mean():.3f} (worst {values[:, 0].max():.2f}) | {values[:, 1].mean():.3f}")
+            lines.append(f"| {name} | {k} | {spec} | " + " | ".join(said) + " |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs=3, action="append", metavar=("NAME", "TRAIN_CACHE", "VAL_CACHE"), required=True)
     parser.add_argument("--classifier", "-c", action="append", default=None, help=f"zoo specs (default: {SPECS})")
     parser.add_argument("--layer", default=None)
     parser.add_argument("--nested", type=int, default=0, metavar="REPEATS", help="choose on train/ alone (above)")
+    parser.add_argument("--few", default=None, metavar="K,K", help="labelled images per class: random draws (above)")
+    parser.add_argument("--draws", type=int, default=10, help="--few: seeded draws per k")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {FOLDS} calibration folds\n")
+    if args.few:
+        shots = [int(k) for k in args.few.split(",")]
+        print(
+            f"| data | per class | classifier | val/ log-loss: uncalibrated (worst of {args.draws}) | val/ ECE "
+            "| fit to the labels (before) | ECE | Platt's targets and the scale check (now) | ECE |"
+        )
+        print("|---|--:|---|--:|--:|--:|--:|--:|--:|")
+        for name, train, val in args.data:
+            few(name, train, val, args.classifier or FEW_SPECS, args.layer, shots, args.draws)
+        print(f"load average {os.getloadavg()[0]:.1f} after")
+        return
     if args.nested:
         rows = []
         for name, train, val in args.data:
@@ -271,10 +336,11 @@ def main():
         "| data | classifier | train / val rows | calibrated from | one temperature (former) "
         "| margin temperature: T, q (default) | val/ ECE uncalibrated | val/ ECE, one temperature "
         "| val/ ECE, margin temperature [95 % bootstrap] | chance ECE at these confidences (mean / 95th pct) "
-        "| val/ confidence - accuracy | val/ log-loss uncal. / one T / margin T | val/ accuracy % uncal. / cal. "
+        "| val/ confidence - accuracy | val/ log-loss uncal. / one T / margin T "
+        "| margin T fit to the labels (before Platt's targets): val/ ECE, log-loss | val/ accuracy % uncal. / cal. "
         "| train/ out-of-fold ECE uncal. / cross-fitted | seconds: fit / 5 calibration fits |"
     )
-    print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, train, val in args.data:
         for spec in args.classifier or SPECS:
             print(measure(name, train, val, spec, args.layer), flush=True)

@@ -87,6 +87,9 @@ class Bundle:
         return X
 
 
+UNSEEN = 2000  # unlabeled rows the calibration is checked on (calibration.scale_mismatch), at most
+
+
 def save_bundle(bundle: Bundle, path: str) -> str:
     """Write the bundle as a model file (``classifiers.modelfile``: JSON and skops, nothing that runs code)."""
     meta = {k: getattr(bundle, k) for k in Bundle.__dataclass_fields__ if k != "pipeline"}
@@ -172,7 +175,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     else:
         fit_grouped(pipeline, X, data.y, group_ids)
     notes += fallbacks(pipeline)
-    calibration = _calibration(o, pipeline, X, data.y, group_ids, bool(unlabeled))
+    calibration = _calibration(o, pipeline, X, data.y, group_ids, bool(unlabeled), data.free_features(layer, UNSEEN))
     if calibration["method"] == "none" and o.calibrate:
         notes.append(calibration["note"])
     bundle = Bundle(
@@ -204,13 +207,14 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     return bundle
 
 
-def _calibration(o: TrainOptions, pipeline, X, y, groups, unlabeled: bool) -> dict:
+def _calibration(o: TrainOptions, pipeline, X, y, groups, unlabeled: bool, unseen) -> dict:
     """The calibration of the fitted ``pipeline`` (``calibration.calibrate``: clones fit on inner folds of the
-    labelled rows), or why there is none."""
+    labelled rows; ``unseen``: some of the cache's unlabeled rows, to check that it carries over), or why there
+    is none."""
     kind = PROBABILITY if hasattr(pipeline, "predict_proba") else "decision"
     if not o.calibrate:
         return uncalibrated(kind, "calibrate=False")
-    found = calibrate(pipeline, X, y, groups, seed=o.seed)
+    found = calibrate(pipeline, X, y, groups, seed=o.seed, unseen=None if unlabeled else unseen)
     if unlabeled and found["method"] != "none":
         found["note"] = "; ".join(
             filter(None, [found.get("note"), "inner folds of the labelled rows, without the pseudo-labelled ones"])
@@ -492,23 +496,28 @@ def is_cache_file(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and str(path).endswith(".h5") and os.path.isfile(path)
 
 
-def pseudo_labels(model, cache, *, sort: str = "confidence", trust_pickle: bool = False) -> dict:
+def pseudo_labels(
+    model, cache, *, sort: str = "confidence", trust_pickle: bool = False, labels: str | None = None
+) -> dict:
     """The model's label and confidence for every unlabeled row of a cache made with its embedding settings (a
-    whole cache when it has no labels): pseudo-labels to review, least confident first (``sort="confidence"``)
+    whole cache when it has no labels; ``labels``: a ``path,label`` CSV whose labelled rows are skipped too, as
+    ``--labels`` lays it over the cache): pseudo-labels to review, least confident first (``sort="confidence"``)
     or by path. The confidence is the predicted class's calibrated probability (``train`` calibrates every entry,
     ``classifiers.calibration``); from a model file written before calibration, the classifier's own probability,
-    or its decision score for a classifier without probabilities (``"score"`` says which)."""
+    or its decision score for a classifier without probabilities (``"score"`` says which). ``notes``: when the
+    model was fit on these very rows with their pseudo-labels (``train --unlabeled``), their confidences are not
+    out-of-sample, and it says so."""
     if sort not in SORTS:
         raise InvalidValue(f"--sort {sort!r}: choose {' or '.join(SORTS)}")
     bundle = _bundle(model, trust_pickle)
     reader = open_cache(cache)
     check_cache(reader, bundle)
-    labels = reader.labels
-    rows = np.arange(len(reader)) if labels is None else np.flatnonzero(labels == "")
+    known_labels = labels_of(reader, labels) if labels else reader.labels
+    rows = np.arange(len(reader)) if known_labels is None else np.flatnonzero(np.asarray(known_labels) == "")
     if not len(rows):
         raise InvalidValue(
-            f"every row of {reader.path} is labelled: there is nothing to pseudo-label "
-            f"(featurebank evaluate MODEL {reader.path} scores the model on them)"
+            f"every row of {reader.path} is labelled{f' (with {labels})' if labels else ''}: there is nothing to "
+            f"pseudo-label (featurebank evaluate MODEL {reader.path} scores the model on them)"
         )
     X = reader.features(bundle.layer)[rows]
     values, kind = bundle.scores(X)
@@ -518,6 +527,18 @@ def pseudo_labels(model, cache, *, sort: str = "confidence", trust_pickle: bool 
     confidence = values[np.arange(len(best)), best]
     paths = reader.paths[rows]
     order = np.lexsort((paths, confidence)) if sort == "confidence" else np.argsort(paths, kind="stable")
+    semi = bundle.trained_on.get("unlabeled") or {}
+    notes = []
+    if (
+        semi.get("used")
+        and semi.get("pseudo_labelled")
+        and bundle.trained_on.get("source") == reader.attrs.get("source")
+    ):
+        notes.append(
+            f"the model was fit on {semi['pseudo_labelled']} unlabeled rows of this data with their pseudo-labels "
+            f"(train --unlabeled): on those rows its confidences are in-sample, near 1, and rank them poorly; to "
+            f"review pseudo-labels, predict with a model trained without --unlabeled"
+        )
     return {
         "model": bundle.classifier,
         "layer": bundle.layer,
@@ -525,7 +546,9 @@ def pseudo_labels(model, cache, *, sort: str = "confidence", trust_pickle: bool 
         "score": kind,
         "pseudo": True,
         "labelled_rows_skipped": int(len(reader) - len(rows)),
+        **({"labels": labels} if labels else {}),
         "sort": "least confident first" if sort == "confidence" else "by path",
+        **({"notes": notes} if notes else {}),
         "rows": [{"path": str(paths[i]), "label": names[i], "confidence": float(confidence[i])} for i in order],
     }
 

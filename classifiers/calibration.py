@@ -13,7 +13,8 @@ row, as without calibration (``CalibratedClassifierCV(ensemble=False)``'s scheme
 the rows it was fit on, ``g_median`` their median: ``T`` is the temperature of a row with the median margin, and
 ``q`` (within ``[-MARGIN_POWER, MARGIN_POWER]``) lets rows of other margins get another one. ``q = 0`` is one
 temperature (``method: temperature``, what version 3 model files hold); the search starts there, so the fit's log-loss
-on those rows is never above one temperature's. Chosen over one temperature, over the mean of the inner folds'
+on those rows is never above one temperature's. Both are fit to Platt's targets (``platt_targets``: one row's doubt,
+so that a few labelled images, all right out of fold, do not make it certain). Chosen over one temperature, over the mean of the inner folds'
 models and over vector scaling by a nested check on train/ alone (``benchmarks/calibration.py --nested``).
 
 - entries with probabilities (logreg, lda, knn, the trees, ensemble): ``z = log(p + 1e-12)``, so that with
@@ -51,6 +52,7 @@ PROBABILITY, DECISION = "probability", "decision"
 TEMPERATURE, MARGIN = "temperature", "margin-temperature"  # the calibration's ``method`` in a model file
 MARGIN_POWER = 0.5  # the largest |q|: a row's temperature goes at most with the square root of its margin
 SMALLEST_MARGIN = 1e-6  # margins below this (ties) count as this
+SCALE_GAP = 100.0  # inner folds' and the model's median margins this far apart: no calibration (scale_mismatch)
 
 
 def raw_scores(model, X) -> tuple[np.ndarray, str]:
@@ -106,20 +108,23 @@ def apply_calibration(values: np.ndarray, kind: str, calibration: dict | None) -
     return softmax(z * row_scale(z, calibration)[:, None])
 
 
-def fit_calibration(values: np.ndarray, kind: str, y: np.ndarray, power: float = MARGIN_POWER) -> dict:
+def fit_calibration(
+    values: np.ndarray, kind: str, y: np.ndarray, power: float = MARGIN_POWER, smooth: bool = True
+) -> dict:
     """The margin temperature of these rows (``y``: column indices) by log-loss: ``temperature`` and
     ``margin_power`` (``q`` within ``[-power, power]``; ``power = 0``: one temperature, ``method: temperature``),
-    with the ``margin_median`` and ``margin_range`` of these rows. Starts from one temperature
-    (``fit_temperature``), so its log-loss here is never above that one's."""
-    temperature = fit_temperature(values, kind, y)
+    with the ``margin_median`` and ``margin_range`` of these rows. Fit to Platt's targets (``platt_targets``;
+    ``smooth=False``: to the labels). Starts from one temperature (``fit_temperature``), so its loss here is never
+    above that one's."""
+    temperature = fit_temperature(values, kind, y, smooth)
     if power <= 0:
         return {"method": TEMPERATURE, "temperature": temperature}
     z = logits(values, kind)
     g = margins(z)
     median = float(np.median(g))
     log_g = np.log(g / median)
-    rows = np.arange(len(y))
-    y = np.asarray(y, dtype=np.int64)
+    targets = platt_targets(y, z.shape[1], smooth)
+    target_z = (targets * z).sum(axis=1)
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         beta = np.exp(theta[0] + theta[1] * log_g)
@@ -127,9 +132,9 @@ def fit_calibration(values: np.ndarray, kind: str, y: np.ndarray, power: float =
         s = s - s.max(axis=1, keepdims=True)
         e = np.exp(s)
         total = e.sum(axis=1)
-        value = np.mean(np.log(total) - s[rows, y])
-        # d loss / d beta per row: (E_p[z] - z_y); d beta / d theta = beta * (1, log g)
-        slope = ((e * z).sum(axis=1) / total - z[rows, y]) * beta / len(y)
+        value = np.mean(np.log(total) - (targets * s).sum(axis=1))
+        # d loss / d beta per row: E_p[z] - E_targets[z]; d beta / d theta = beta * (1, log g)
+        slope = ((e * z).sum(axis=1) / total - target_z) * beta / len(y)
         return float(value), np.array([slope.sum(), (slope * log_g).sum()])
 
     start = np.array([-np.log(temperature), 0.0])
@@ -144,20 +149,39 @@ def fit_calibration(values: np.ndarray, kind: str, y: np.ndarray, power: float =
     }
 
 
-def fit_temperature(values: np.ndarray, kind: str, y: np.ndarray) -> float:
-    """The temperature whose probabilities have the lowest log-loss on these rows (``y``: column indices): a bounded
-    search over ``log(1/T)`` in [-10, 10], as scikit-learn's ``_TemperatureScaling`` does."""
+def fit_temperature(values: np.ndarray, kind: str, y: np.ndarray, smooth: bool = True) -> float:
+    """The temperature whose probabilities have the lowest log-loss on these rows (``y``: column indices), against
+    Platt's targets (``platt_targets``; ``smooth=False``: the labels themselves, as scikit-learn's
+    ``_TemperatureScaling``): a bounded search over ``log(1/T)`` in [-10, 10]."""
     z = logits(values, kind)
-    rows = np.arange(len(y))
-    y = np.asarray(y, dtype=np.int64)
+    targets = platt_targets(y, z.shape[1], smooth)
 
     def loss(log_beta: float) -> float:
         s = np.exp(log_beta) * z
         s = s - s.max(axis=1, keepdims=True)
-        return float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[rows, y]))
+        return float(np.mean(np.log(np.exp(s).sum(axis=1)) - (targets * s).sum(axis=1)))
 
     found = minimize_scalar(loss, bounds=(-10.0, 10.0), method="bounded", options={"xatol": 64 * np.finfo(float).eps})
     return float(1.0 / np.exp(found.x))
+
+
+def platt_targets(y: np.ndarray, n_classes: int, smooth: bool = True) -> np.ndarray:
+    """What each row's probabilities are fit to (rows x classes): ``(n + 1) / (n + 2)`` on the row's class (``n``:
+    the rows fit on) and the rest shared by the other classes, as Platt (1999) fits his sigmoid (scikit-learn's
+    ``sigmoid`` calibration too, per class there). Laplace's rule of succession: after ``n`` rows all right, the
+    next is right with probability ``(n + 1) / (n + 2)``, not 1. Without it, scores that put every row on the right
+    side (a few labelled images, each right out of fold) drive the temperature to 0: certainty, and a log-loss
+    without bound on the next image it gets wrong. One row's doubt in all: nothing at a few hundred rows.
+    ``smooth=False``: the labels themselves (one-hot)."""
+    y = np.asarray(y, dtype=np.int64)
+    targets = np.zeros((len(y), n_classes))
+    if not smooth or n_classes < 2:
+        targets[np.arange(len(y)), y] = 1.0
+        return targets
+    own = (len(y) + 1.0) / (len(y) + 2.0)
+    targets += (1.0 - own) / (n_classes - 1)
+    targets[np.arange(len(y)), y] = own
+    return targets
 
 
 def placed(values: np.ndarray, kind: str, model_classes, n_classes: int) -> np.ndarray:
@@ -183,13 +207,18 @@ def uncalibrated(kind: str, why: str) -> dict:
     return {"method": "none", "input": kind, "temperature": 1.0, "fits": 0, "note": f"not calibrated ({why}): {said}"}
 
 
-def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS, power: float = MARGIN_POWER) -> dict:
+def calibrate(
+    pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS, power: float = MARGIN_POWER, unseen=None
+) -> dict:
     """The calibration of ``pipeline`` (a fitted or unfitted zoo pipeline: clones of it are fit) on ``folds`` inner
     folds of ``X, y`` (class indices; ``groups``: a group stays on one side), as the model file records it:
     ``method`` (``margin-temperature``; ``temperature`` with ``power=0``; ``none`` where inner folds cannot be
     made), ``input`` (``probability`` or ``decision``), ``temperature`` and the margin's terms
     (``fit_calibration``), ``folds`` and ``fits`` (extra fits), ``seconds``, and the out-of-fold log-loss and ECE
-    before and after (measured on the rows the calibration was fit on: not a held-out figure)."""
+    before and after (measured on the rows the calibration was fit on: not a held-out figure) and cross-fitted
+    (``cross_fitted``: each fold's rows calibrated by a fit on the others, a figure no row's own label chose).
+    ``unseen``: rows none of them is fit on (the cache's unlabeled rows), with ``pipeline`` fitted: where the model's
+    scores on them are on another scale than the inner folds' (``scale_mismatch``), no calibration, and why."""
     kind = PROBABILITY if hasattr(pipeline, "predict_proba") else DECISION
     if kind == DECISION and not hasattr(pipeline, "decision_function"):  # a plug-in classifier with labels only
         return {
@@ -209,8 +238,12 @@ def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS,
     except MissingClass as exc:  # groups that hold a whole class: an inner fold has nothing of it to fit on
         return uncalibrated(kind, str(exc))
     k = int(fold_of.max()) + 1
+    mismatch = scale_mismatch(pipeline, unseen, oof, kind)
+    if mismatch:
+        return uncalibrated(kind, mismatch)
     found = fit_calibration(oof, kind, y, power=power)
     before, after = apply_calibration(oof, kind, None), apply_calibration(oof, kind, found)
+    crossed, _ = cross_fitted(oof, kind, y, fold_of, power)
     rows = np.arange(len(y))
     return {
         **found,
@@ -225,9 +258,35 @@ def calibrate(pipeline, X, y, groups=None, *, seed: int = 0, folds: int = FOLDS,
             "ece_before": round(ece(y, before), 4),
             "ece_after": round(ece(y, after), 4),
             "measured_on": "the inner folds' out-of-fold rows the temperature was fit on (not held out)",
+            "log_loss_cross_fitted": round(float(-np.log(np.clip(crossed[rows, y], 1e-15, None)).mean()), 4),
+            "ece_cross_fitted": round(ece(y, crossed), 4),
+            "cross_fitted": "each inner fold's rows calibrated by a fit on the other folds' (held out from it)",
         },
         **({"note": f"{k} inner folds, not {folds}: {_fewer_folds(y, groups)}"} if k < folds else {}),
     }
+
+
+def scale_mismatch(pipeline, unseen, oof: np.ndarray, kind: str) -> str | None:
+    """Why a calibration fit on the inner folds' out-of-fold scores would not carry over to ``pipeline`` (the model
+    fit on every row), or None: its typical margin (median) on ``unseen`` rows (none of them fit on: the cache's
+    unlabeled ones) and the inner models' on their held-out rows are ``SCALE_GAP`` times apart or more. On a few
+    labelled images an entry can fit inner models of another regime than the model on every row (ridge's
+    leave-one-out choosing its strongest penalty on one image per class: scores that barely vary, where the model
+    on two per class spreads them 500 to 1,300 times wider; every other entry within 0.03 to 8 times on flowers and
+    hymenoptera, 2 to 20 images per class); a temperature fit to blow up the first would make the second certain
+    of everything. Margins on rows fit on are no guide (a kNN's own row is its nearest neighbour)."""
+    if unseen is None or not len(unseen):
+        return None
+    own = margins(logits(placed(*raw_scores(pipeline, unseen), pipeline.classes_, oof.shape[1]), kind))
+    inner = margins(logits(oof, kind))
+    ratio = float(np.median(own) / np.median(inner))
+    if 1.0 / SCALE_GAP < ratio < SCALE_GAP:
+        return None
+    return (
+        f"the inner folds' models score on another scale than the model on every row (median margin "
+        f"{float(np.median(inner)):.3g} out of fold, {float(np.median(own)):.3g} on unlabeled rows): a calibration "
+        f"of the first would not carry over"
+    )
 
 
 def _fewer_folds(y: np.ndarray, groups) -> str:
@@ -284,15 +343,21 @@ def _inner_fit(pipeline, X, y, groups, train, test, n_classes: int):
 
 def cross_fitted(
     raw: np.ndarray, kind: str, y: np.ndarray, fold_of: np.ndarray, power: float = MARGIN_POWER
-) -> tuple[np.ndarray, list[float]]:
+) -> tuple[np.ndarray, list[dict]]:
     """Calibrated out-of-fold probabilities without a fit more: each outer fold's rows get the calibration
     (``fit_calibration``) fit on the out-of-fold scores of the other folds' rows (their labels only), so that no
-    row's label chooses its own. ``fold_of``: each row's fold. The probabilities and each fold's temperature."""
+    row's label chooses its own. ``fold_of``: each row's fold. The probabilities and each fold's ``temperature``
+    and ``margin_power`` (1 and 0 where no other fold had rows)."""
     out = np.zeros_like(raw, dtype=np.float64)
-    temperatures = []
+    fits = []
     for f in np.unique(fold_of):
         held = fold_of == f
         found = fit_calibration(raw[~held], kind, y[~held], power) if (~held).any() else None
         out[held] = apply_calibration(raw[held], kind, found)
-        temperatures.append(round(found["temperature"], 4) if found else 1.0)
-    return out, temperatures
+        fits.append(
+            {
+                "temperature": round(found["temperature"], 4) if found else 1.0,
+                "margin_power": round(float(found.get("margin_power") or 0.0), 4) if found else 0.0,
+            }
+        )
+    return out, fits

@@ -26,11 +26,13 @@ from classifiers.calibration import (
     fit_calibration,
     fit_temperature,
     out_of_fold,
+    platt_targets,
     raw_scores,
+    scale_mismatch,
     softmax,
 )
 from classifiers.crossval import cross_validate
-from classifiers.metrics import ece, reliability
+from classifiers.metrics import chance_ece, ece, reliability
 from classifiers.report.writer import report_dict
 from classifiers.zoo import get_spec, make_classifier
 
@@ -47,6 +49,17 @@ def test_ece_is_the_row_weighted_gap_between_accuracy_and_confidence_over_15_bin
     assert ece(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0  # a confidence of 1 sits in the last bin
 
 
+def test_the_chance_ece_is_the_ece_of_labels_drawn_from_the_models_own_probabilities():
+    rng = np.random.default_rng(1)
+    proba = rng.dirichlet([0.3] * 5, size=550)
+    chance = chance_ece(proba)
+    top, conf = proba.argmax(axis=1), proba.max(axis=1)
+    drawn = [ece(np.where(rng.random(550) < conf, top, (top + 1) % 5), proba) for _ in range(400)]
+    assert chance["mean"] == pytest.approx(np.mean(drawn), abs=0.003)
+    assert chance["p95"] == pytest.approx(np.percentile(drawn, 95), abs=0.006)
+    assert chance_ece(np.eye(3)[[0, 1, 2, 0]]) == {"mean": 0.0, "p95": 0.0}  # certain and right: nothing by chance
+
+
 def test_the_temperature_is_scikit_learns_on_the_same_folds():
     """``CalibratedClassifierCV(method="temperature", ensemble=False)`` on the same folds: our T is its 1/beta."""
     rng = np.random.default_rng(0)
@@ -59,7 +72,30 @@ def test_the_temperature_is_scikit_learns_on_the_same_folds():
     oof = np.zeros((150, 3))
     for train_rows, test_rows in folds:
         oof[test_rows] = LogisticRegression(C=10.0).fit(X[train_rows], y[train_rows]).predict_proba(X[test_rows])
-    assert fit_temperature(oof, "probability", y) == pytest.approx(1.0 / beta, rel=1e-4)
+    assert fit_temperature(oof, "probability", y, smooth=False) == pytest.approx(1.0 / beta, rel=1e-4)
+    # Platt's targets move it by one row's doubt in 150: a little warmer, within 10 %
+    assert 1.0 / beta < fit_temperature(oof, "probability", y) < 1.1 / beta
+
+
+def test_scores_that_separate_every_row_get_a_finite_temperature_from_platts_targets():
+    """Twenty out-of-fold rows, all right (a few labelled images): the labels alone drive the temperature to its
+    bound (certainty, and a log-loss without bound on the next image it gets wrong); Platt's targets,
+    (n + 1) / (n + 2) on the row's class, keep the fitted confidence at that level."""
+    rng = np.random.default_rng(0)
+    y = np.arange(20) % 2
+    d = rng.uniform(0.2, 1.5, 20) * np.where(y == 1, 1.0, -1.0)  # a decision score on the right side of 0
+    z = np.column_stack([-d, d])
+    certain = apply_temperature(z, "decision", fit_temperature(z, "decision", y, smooth=False))
+    assert certain[np.arange(20), y].min() > 0.9999
+    for found in (fit_calibration(z, "decision", y), {"temperature": fit_temperature(z, "decision", y)}):
+        p = apply_calibration(z, "decision", found)
+        assert 0.8 < p[np.arange(20), y].mean() < 21 / 22 + 0.01
+        wrong = apply_calibration(-z[:1], "decision", found)[0, y[0]]  # the same score on the wrong side
+        assert -np.log(wrong) < 5.0
+    targets = platt_targets(np.array([0, 0, 1, 2]), 3)
+    np.testing.assert_allclose(targets[0], [5 / 6, 1 / 12, 1 / 12])
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(platt_targets(np.array([0, 2]), 3, smooth=False), [[1, 0, 0], [0, 0, 1]])
 
 
 def test_inner_folds_side_by_side_give_the_scores_of_one_at_a_time():
@@ -184,6 +220,83 @@ def test_one_labelled_image_per_class_trains_and_says_it_is_not_calibrated(tmp_p
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
 
 
+def test_train_says_the_cross_fitted_log_loss_each_inner_fold_calibrated_by_a_fit_on_the_others(tmp_path):
+    from classifiers.report.text import train_text
+
+    synthetic_cache(tmp_path / "c.h5", counts=(12, 10, 10), dim=8)
+    bundle = train(str(tmp_path / "c.h5"), classifier="ridge")
+    oof = bundle.calibration["out_of_fold"]
+    y = np.searchsorted(bundle.classes, np.asarray(bundle_labels(tmp_path / "c.h5")))
+    raw, kind, fold_of = out_of_fold(bundle.pipeline, bundle_rows(tmp_path / "c.h5"), y, seed=0)
+    crossed, _ = cross_fitted(raw, kind, y, fold_of)
+    held = -np.mean(np.log(crossed[np.arange(len(y)), y]))
+    assert oof["log_loss_cross_fitted"] == pytest.approx(held, abs=1e-4)
+    assert oof["log_loss_cross_fitted"] != oof["log_loss_after"]  # not the figure on the rows it was fit on
+    line = next(t for t in train_text({"model": "m.fbmodel", **bundle.describe()}) if "probabilities:" in t)
+    assert f"{oof['log_loss_before']:.3f} → {held:.3f}, each inner fold calibrated by a fit on the others" in line
+
+
+def bundle_rows(path):
+    import embedder
+
+    return embedder.load(str(path))[0]
+
+
+def bundle_labels(path):
+    import embedder
+
+    return embedder.load(str(path))[1]
+
+
+class Scores:
+    """A fitted model's stand-in: decision scores ``scale`` times the rows' first three columns."""
+
+    classes_ = np.arange(3)
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def decision_function(self, X):
+        return self.scale * np.asarray(X)[:, :3]
+
+
+def test_a_calibration_of_inner_models_on_another_scale_than_the_model_is_left_out_with_why():
+    """Inner models whose held-out scores barely vary (ridge's strongest penalty on one image per class), the model
+    on every row spreading its scores on unlabeled rows a thousand times wider: no calibration, said why; within a
+    factor of 100 either way, or with no unlabeled rows to look at, it goes ahead."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 3)), np.arange(30) % 3
+    X[np.arange(30), y] += 2.0
+    oof = 0.001 * X  # the inner models' scores: the same order, a thousandth of the spread
+    unseen = rng.normal(size=(50, 3))
+    why = scale_mismatch(Scores(1.0), unseen, oof, "decision")
+    assert why.startswith("the inner folds' models score on another scale than the model on every row (median margin ")
+    assert why.endswith("on unlabeled rows): a calibration of the first would not carry over")
+    assert scale_mismatch(Scores(0.02), unseen, oof, "decision") is None  # 20 times: as a few labels make
+    assert scale_mismatch(Scores(1e-6), unseen, oof, "decision") is not None  # the other way round
+    assert scale_mismatch(Scores(1.0), None, oof, "decision") is None
+    found = calibrate(LinearSVCLike(), X, y, unseen=unseen)
+    assert found["method"] == "none" and "another scale" in found["note"]
+
+
+class LinearSVCLike(Scores):
+    """``Scores`` that fits: clones score a thousand times narrower than the fitted original (its inner models)."""
+
+    def __init__(self, scale=1.0):
+        super().__init__(scale)
+
+    def get_params(self, deep=True):
+        return {"scale": self.scale}
+
+    def set_params(self, **params):
+        self.scale = params["scale"]
+        return self
+
+    def fit(self, X, y):
+        self.scale = 0.001
+        return self
+
+
 def test_fewer_rows_than_folds_in_a_class_calibrates_on_fewer_folds_and_says_so(tmp_path):
     synthetic_cache(tmp_path / "c.h5", counts=(12, 3, 10), dim=8)
     cal = train(str(tmp_path / "c.h5"), classifier="ridge").calibration
@@ -289,7 +402,8 @@ def test_cv_reports_a_cross_fitted_ece_and_a_reliability_diagram_per_row(tmp_pat
         assert row["ece"] == pytest.approx(ece(report.data.y, p), abs=1e-4)
         assert row["calibration"]["input"] == ("decision" if row["classifier"] == "ridge" else "probability")
         assert sum(b["count"] for b in row["calibration"]["bins"]) == len(report.data.y)
-        assert len(row["calibration"]["temperatures"]) == 3
+        assert len(row["calibration"]["temperatures"]) == len(row["calibration"]["margin_powers"]) == 3
+        assert row["calibration"]["ece_chance"] == {k: pytest.approx(v, abs=1e-4) for k, v in chance_ece(p).items()}
     logreg = next(r for r in d["results"] if r["classifier"] == "logreg")
     assert logreg["calibration"]["ece_uncalibrated"] == pytest.approx(
         ece(report.data.y, report.result("logreg", "flatten").proba[0]), abs=1e-4

@@ -135,7 +135,12 @@ def train_text(d: dict) -> list[str]:
         lines.append(
             f"  probabilities: calibrated, {how} fit on {cal['folds']} inner folds "
             f"({cal['fits']} more fits, {cal['seconds']:.1f} s; out-of-fold log-loss {oof['log_loss_before']:.3f} → "
-            f"{oof['log_loss_after']:.3f}, on the rows it was fit on); --no-calibrate leaves it out"
+            + (
+                f"{oof['log_loss_cross_fitted']:.3f}, each inner fold calibrated by a fit on the others)"
+                if "log_loss_cross_fitted" in oof  # model files of 0.x before it: the figure on the rows fit on
+                else f"{oof['log_loss_after']:.3f}, on the rows it was fit on)"
+            )
+            + "; --no-calibrate leaves it out"
         )
     elif cal:
         lines.append(f"  probabilities: {cal['note']}")
