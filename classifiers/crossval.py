@@ -36,7 +36,7 @@ from .ensemble import ZooEnsemble
 from .extras import kept, neighbours_of
 from .folds import fallbacks, fit_grouped, inner_splitter
 from .labels import labels_of
-from .metrics import METRICS, confusion, ece, full_proba, mean_std, per_class, reliability, scores
+from .metrics import METRICS, chance_ece, confusion, ece, full_proba, mean_std, per_class, reliability, scores
 from .neighbours import NEIGHBOURS, REFERENCE, CosineKNeighbors
 from .options import SUSPICIOUS, CVOptions
 from .parallel import fold_jobs, side_by_side
@@ -252,15 +252,15 @@ class CVReport:
         if raw is None:
             return None
         y = self.data.y
-        calibrated, uncalibrated, temperatures, pooled = [], [], [], []
+        calibrated, uncalibrated, fits, pooled = [], [], [], []
         for r in range(raw.shape[0]):
             fold_of = np.full(len(y), -1)
             for s in self.splits:
                 if s.repeat == r:
                     fold_of[s.test] = s.fold
-            p, ts = cross_fitted(raw[r].astype(np.float64), kind, y, fold_of)
+            p, found = cross_fitted(raw[r].astype(np.float64), kind, y, fold_of)
             calibrated.append(ece(y, p))
-            temperatures += ts
+            fits += found
             pooled.append(p)
             if kind == PROBABILITY:
                 uncalibrated.append(ece(y, apply_temperature(raw[r], kind, 1.0)))
@@ -272,7 +272,10 @@ class CVReport:
             "ece_uncalibrated": round(float(np.mean(uncalibrated)), 4) if uncalibrated else None,
             "log_loss": round(float(-np.log(np.clip(p[rows, y_all], 1e-15, None)).mean()), 4),
             "input": kind,
-            "temperatures": temperatures,
+            "temperatures": [f["temperature"] for f in fits],
+            "margin_powers": [f["margin_power"] for f in fits],
+            "rows": int(len(y)),
+            "ece_chance": {k: round(v, 4) for k, v in chance_ece(pooled[0]).items()},
             "bins": [
                 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in b.items()} for b in reliability(y_all, p)
             ],

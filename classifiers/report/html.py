@@ -631,10 +631,12 @@ def reliability_charts(d: dict, size: int = 180, pad: int = 26) -> list[dict]:
             if b["count"]
         ]
         before = cal.get("ece_uncalibrated")
+        chance = cal.get("ece_chance")
         charts.append(
             {
                 "name": model_name(d, row),
                 "ece": f"{cal['ece']:.3f}",
+                "chance": f"{chance['mean']:.3f}" if chance else None,
                 "before": f"{before:.3f}" if before is not None else None,
                 "log_loss": f"{cal['log_loss']:.3f}",
                 "input": cal["input"],
