@@ -98,7 +98,10 @@ def spy():
 def test_preprocessing_is_fit_inside_each_fold(tmp_path, spy):
     X, y = synthetic_cache(tmp_path / "c.h5")
     X = X.astype(np.float64)
-    splits = cross_validate(tmp_path / "c.h5", classifiers=["spy"], layers=["flatten"], folds=3, seed=1).splits
+    # one fold at a time: the spy records in the order the fits run, which side by side is the order they end
+    splits = cross_validate(
+        tmp_path / "c.h5", classifiers=["spy"], layers=["flatten"], folds=3, seed=1, n_jobs=1
+    ).splits
     fits = [x for kind, x in spy.seen if kind == "fit"]
     predicts = [x for kind, x in spy.seen if kind == "predict"]
     assert len(fits) == len(predicts) == 3
