@@ -1,7 +1,8 @@
 """The best row of a cross-validation run, by name: ``featurebank train CACHE --from RUN_DIR`` trains it, and
 ``featurebank finetune --compare RUN_DIR`` compares fine-tuning with it. The row is read from the run folder's
-report.json (cv --out): its classifier spec, its layer, whether cv searched its hyperparameters, and the embedding
-settings of its cache, which the features it is fit on must have been made with."""
+report.json (cv --out): its classifier spec, its layer, whether cv searched its hyperparameters, whether the cache's
+unlabeled rows joined it (``logreg +unlabeled``: ``train`` then takes them the same way), and the embedding settings
+of its cache, which the features it is fit on must have been made with."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from embedder.options import with_overrides
 from .data import open_cache
 from .options import TrainOptions
 from .registry import check_spec
+from .semi import DEFAULT_MODE, WITH_UNLABELED
 
 COMPARED = ("backbone", "weights", "pooling", "precision", "preprocessing")  # what a row's vectors depend on
 
@@ -29,9 +31,12 @@ class BestRow:
     search: bool  # cv chose its hyperparameters by nested search
     cache: str  # the cache cv read it from
     settings: dict  # that cache's extraction settings
+    unlabeled: str | None = None  # the row fit the cache's unlabeled rows too ("logreg +unlabeled"): how (semi.MODES)
 
     def text(self) -> str:
-        return f"{self.classifier} on {self.layer}" + (" (searched)" if self.search else "")
+        return f"{self.classifier}{WITH_UNLABELED if self.unlabeled else ''} on {self.layer}" + (
+            " (searched)" if self.search else ""
+        )
 
 
 def best_row(run_dir: str) -> BestRow:
@@ -53,11 +58,15 @@ def best_row(run_dir: str) -> BestRow:
         raise FileProblem(
             f"{run_dir}/report.json lacks its best row (best, caches, cv): write it again with featurebank cv --out"
         ) from None
+    unlabeled = None
+    if classifier.endswith(WITH_UNLABELED):  # the row with the unlabeled rows joining: train does the same
+        classifier = classifier.removesuffix(WITH_UNLABELED)
+        unlabeled = str((d.get("unlabeled") or {}).get("mode") or DEFAULT_MODE)
     try:
         check_spec(classifier)
     except (FeaturebankError, ValueError) as exc:
         raise InvalidValue(f"{run_dir}: its best row's classifier {classifier!r} is not a zoo spec ({exc})") from None
-    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings)
+    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings, unlabeled)
 
 
 def differences(row: BestRow, settings: dict) -> list[str]:
@@ -95,6 +104,8 @@ def train_best(cache, run_dir: str, options: TrainOptions | None = None, **overr
     reader = open_cache(cache)
     matched(row, reader)
     chosen = replace(o, classifier=row.classifier, layer=row.layer, search=o.search or row.search)
+    if row.unlabeled:  # the best row fit the unlabeled rows too (with its switch-off rule): so does train
+        chosen = replace(chosen, unlabeled=True, unlabeled_mode=row.unlabeled)
     return train(reader, chosen), row
 
 

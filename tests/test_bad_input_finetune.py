@@ -389,6 +389,28 @@ def test_train_from_a_run_that_does_not_match_is_one_line(cv_run, tmp_path, edit
     assert says in done.output and not (tmp_path / "m.fbmodel").exists()
 
 
+def test_train_from_a_run_whose_best_row_fit_the_unlabeled_rows_takes_them_the_same_way(cv_run, monkeypatch):
+    """cv --unlabeled names such a row "<spec> +unlabeled": train --from fits that spec with --unlabeled, in the
+    run's way (report.json's unlabeled.mode), not a one-line refusal."""
+    import classifiers.bundle
+    from classifiers.from_run import best_row, train_best
+
+    cache, run, best = cv_run
+    d = json.loads((run / "report.json").read_text())
+    d["best"]["classifier"] += " +unlabeled"
+    d["unlabeled"] = {"mode": "self-train"}
+    (run / "report.json").write_text(json.dumps(d))
+    row = best_row(str(run))
+    assert (row.classifier, row.unlabeled) == (best["classifier"], "self-train")
+    assert row.text() == f"{best['classifier']} +unlabeled on {best['layer']}"
+    seen = []
+    monkeypatch.setattr(classifiers.bundle, "train", lambda reader, o: seen.append(o) or "bundle")
+    assert train_best(str(cache), str(run))[0] == "bundle"
+    o = seen[0]
+    assert (o.classifier, o.layer, o.unlabeled, o.unlabeled_mode) == (best["classifier"], best["layer"], True,
+                                                                      "self-train")  # fmt: skip
+
+
 def test_train_from_a_folder_without_a_report_is_one_line(cv_run, tmp_path):
     cache, _, _ = cv_run
     (tmp_path / "empty").mkdir()

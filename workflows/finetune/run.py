@@ -75,6 +75,8 @@ def _compared_row(o: FinetuneOptions, spec):
     from embedder.backbones.registry import resolve_layers, skeleton
 
     row = best_row(o.compare)
+    # fine-tuning fits no unlabeled rows: a "+unlabeled" best row is compared as its classifier on the labels alone
+    row = replace(row, unlabeled=None)
     here = {"backbone": o.backbone, "weights": spec.identity, "layer": resolve_layers(skeleton(o.backbone))[0]}
     there = {"backbone": row.settings.get("backbone"), "weights": row.settings.get("weights"), "layer": row.layer}
     differ = [f"{k} {there[k]!r} there, {here[k]!r} here" for k in here if there[k] != here[k]]
