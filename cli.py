@@ -488,7 +488,13 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
     show_default=True,
     help="On a cache: the pseudo-labels least confident first (to review), or by path.",
 )
-def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, **options):
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="LABELLED.csv",
+    help="On a cache: the rows this path,label CSV labels are skipped too (as cv and train --labels read it).",
+)
+def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, labels, **options):
     """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
@@ -506,19 +512,23 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, **options):
     """
     from classifiers.bundle import is_cache_file, predict_imagenet, prediction_outcome, pseudo_labels
     from classifiers.bundle import predict as run_predict
-    from classifiers.predictions import cache_note, predictions_text, write_predictions
+    from classifiers.predictions import cache_note, predictions_text, pseudo_label_notes, write_predictions
     from embedder.kernel.destination import check_destination
 
     o, progress = made(RunOptions, options), not quiet and sys.stderr.isatty()
     if out:
         check_destination(out, args, "-o")
     if not imagenet and len(args) == 2 and is_cache_file(args[1]):
-        result = pseudo_labels(args[0], args[1], sort=sort, trust_pickle=o.trust_pickle)
+        result = pseudo_labels(args[0], args[1], sort=sort, trust_pickle=o.trust_pickle, labels=labels)
         if out:
             write_predictions(result, out, fmt)
         else:
             click.echo(predictions_text(result, fmt), nl=False)
+        if not quiet:
+            click.echo("\n".join(pseudo_label_notes(result, out)), err=True)
         return
+    if labels:
+        raise click.UsageError("--labels goes with MODEL CACHE.h5 (pseudo-labels of a cache), not with images")
     if imagenet:
         weights = o.weights or ExtractOptions.weights
         head = ExtractOptions(backbone=backbone, weights=weights, **o.extract_overrides())

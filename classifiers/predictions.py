@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 from embedder.kernel.atomic import atomic_path
 
@@ -63,8 +64,17 @@ def pseudo_label_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "label", "confidence"])
-    writer.writerows([r["path"], r["label"], f"{r['confidence']:.4f}"] for r in rows)
+    writer.writerows([r["path"], r["label"], confidence_text(r["confidence"])] for r in rows)
     return buffer.getvalue()
+
+
+def confidence_text(value: float) -> str:
+    """A confidence with 4 decimals, more where it is within 0.0001 of 1: two significant digits of its distance
+    to 1 (0.99999871, not 1.0000), so that the rows a review starts from stay told apart; at most 12 decimals."""
+    doubt = 1.0 - value
+    if doubt >= 1e-4 or value > 1.0 or doubt <= 0.0:
+        return f"{value:.4f}"
+    return f"{value:.{min(12, int(math.ceil(-math.log10(doubt))) + 1)}f}"
 
 
 def write_predictions(result: dict, path: str, fmt: str = "csv") -> str:
@@ -72,6 +82,19 @@ def write_predictions(result: dict, path: str, fmt: str = "csv") -> str:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write(predictions_text(result, fmt))
     return path
+
+
+def pseudo_label_notes(result: dict, out: str | None) -> list[str]:
+    """What ``predict MODEL CACHE`` says on stderr: how many pseudo-labels, in what order, where, and the notes."""
+    where = f" to {out}" if out else ""
+    skipped = result["labelled_rows_skipped"]
+    return [
+        f"{len(result['rows'])} pseudo-label(s) of {result['cache']}{where}, {result['sort']} ({result['model']} on "
+        f"{result['layer']}, confidence: its {'calibrated ' if result['score'] == 'probability' else ''}"
+        f"{result['score']}); {skipped} labelled row(s) skipped"
+        + (f" (with {result['labels']})" if result.get("labels") else ""),
+        *(f"note: {n}" for n in result.get("notes", [])),
+    ]
 
 
 def cache_note(result: dict) -> str:

@@ -297,6 +297,47 @@ def test_predict_on_a_cache_writes_pseudo_labels_least_confident_first(tmp_path)
     assert {r["label"] for r in by_path["rows"]} <= {"class0", "class1"}
 
 
+def test_predict_with_labels_skips_the_labelled_rows_and_says_what_it_wrote(tmp_path):
+    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    model = str(tmp_path / "m.fbmodel")
+    train(cache, classifier="logreg:C=1.0", out=model, labels=csv)
+    out = tmp_path / "pseudo.csv"
+    result = CliRunner().invoke(cli.main, ["predict", model, cache, "--labels", csv, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    written = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    assert sorted(written) == sorted(p for i, p in enumerate(paths) if i not in set(chosen))
+    assert result.output.splitlines() == [  # stderr (CliRunner mixes it in): one summary line, no note
+        f"{len(written)} pseudo-label(s) of {cache} to {out}, least confident first (logreg:C=1.0 on flatten, "
+        f"confidence: its calibrated probability); {len(chosen)} labelled row(s) skipped (with {csv})"
+    ]
+    assert "note:" not in result.output
+    images = CliRunner().invoke(cli.main, ["predict", model, str(tmp_path / "x.jpg"), "--labels", csv])
+    assert images.exit_code == 2 and "--labels goes with MODEL CACHE.h5" in images.output
+
+
+def test_pseudo_labels_of_the_rows_a_model_was_fit_on_say_they_are_in_sample(tmp_path):
+    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    model = str(tmp_path / "u.fbmodel")
+    bundle = train(cache, classifier="logreg:C=1.0", out=model, labels=csv, unlabeled=True, unlabeled_mode="spread")
+    assert bundle.trained_on["unlabeled"]["used"]
+    said = pseudo_labels(model, cache, labels=csv)
+    assert len(said["rows"]) == len(paths) - len(chosen)
+    assert said["notes"] == [
+        f"the model was fit on {bundle.trained_on['unlabeled']['pseudo_labelled']} unlabeled rows of this data with "
+        "their pseudo-labels (train --unlabeled): on those rows its confidences are in-sample, near 1, and rank them "
+        "poorly; to review pseudo-labels, predict with a model trained without --unlabeled"
+    ]
+
+
+def test_a_confidence_near_1_keeps_the_digits_that_tell_it_from_1():
+    from classifiers.predictions import confidence_text
+
+    assert [confidence_text(v) for v in (0.5, 0.87341, 0.99991, 0.99999871, 0.9999999922, 1.0)] == [
+        "0.5000", "0.8734", "0.999910", "0.9999987", "0.9999999922", "1.0000"
+    ]  # fmt: skip
+    assert confidence_text(1 - 1e-15) == "1.000000000000"  # at most 12 decimals
+
+
 def test_info_says_how_many_rows_are_unlabeled(tmp_path):
     synthetic_cache(tmp_path / "c.h5", counts=(3, 2), labels=False)
     result = CliRunner().invoke(cli.main, ["info", str(tmp_path / "c.h5")])
