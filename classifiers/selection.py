@@ -54,6 +54,8 @@ class Selection:
     refused: dict = field(default_factory=dict)  # candidates passed over: {"group": n, "duplicate": n}
     seconds: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
+    labels: str | None = None  # the --labels CSV laid over the cache
+    excluded_labelled: int = 0  # images --exclude names that are labelled already (not in the pool anyway)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,6 +159,8 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
         ],
         notes=picked.notes,
         refused=picked.refused,
+        labels=labels,
+        excluded_labelled=int((~unlabeled & excluded).sum()),
     )
     if out:
         selection.files = write_selection(selection, out, reader.attrs.get("root"))
@@ -188,7 +192,14 @@ def select_text(d: dict) -> list[str]:
     lines = [
         f"picked {len(d['picks'])} of {d['pool']:,} unlabeled images of {d['cache']} (layer {d['layer']}) "
         f"by {d['rule']} ({d['stage']}; seed {d['seed']})",
-        f"  the cache's {d['rows']:,} rows: {d['labelled']:,} labelled ({known}), {d['excluded']:,} excluded",
+        f"  the cache's {d['rows']:,} rows: {d['labelled']:,} labelled ({known}"
+        + (f", with {d['labels']}" if d.get("labels") else "")
+        + f"), {d['excluded']:,} excluded"
+        + (
+            f" ({d['excluded_labelled']:,} more named by --exclude are labelled already)"
+            if d.get("excluded_labelled")
+            else ""
+        ),
     ]
     lines += [f"  {note}" for note in d["notes"]]
     refused = d.get("refused") or {}
@@ -204,10 +215,17 @@ def select_text(d: dict) -> list[str]:
     files = d.get("files") or {}
     if files:
         lines.append(f"wrote {files['manifest']} and {files['sheet']} (the picks with thumbnails)")
-        lines.append(
-            f"next: fill in its label column, then featurebank select {d['cache']} --budget N "
-            f"--labels {files['manifest']} --exclude {files['manifest']} -o NEXT.csv (keep every label in one CSV)"
-        )
+        manifest, labels = files["manifest"], d.get("labels")
+        if labels:  # every label in one CSV: this round's rows join the earlier ones
+            lines.append(
+                f"next: fill in its label column, add its rows to {labels} (tail -n +2 {manifest} >> {labels}), "
+                f"then featurebank select {d['cache']} --budget N --labels {labels} --exclude {manifest} -o NEXT.csv"
+            )
+        else:
+            lines.append(
+                f"next: fill in its label column, then featurebank select {d['cache']} --budget N "
+                f"--labels {manifest} --exclude {manifest} -o NEXT.csv (keep every label in one CSV)"
+            )
     return lines
 
 

@@ -204,6 +204,31 @@ def test_exclude_is_honoured_from_a_manifest_and_a_list(tmp_path):
     assert again.excluded == 3 and again.pool == len(paths) - 3
 
 
+def test_a_later_round_says_to_keep_every_label_in_the_labels_csv_and_counts_the_labelled_exclusions(tmp_path):
+    from classifiers.selection import select_text
+
+    X, _ = blobs()
+    cache, paths = write_cache(tmp_path / "flat.h5", X)
+    first = select(cache, budget=4, out=str(tmp_path / "round1.csv"))
+    said = select_text(first.to_dict())
+    assert said[-1] == (
+        f"next: fill in its label column, then featurebank select {cache} --budget N --labels "
+        f"{tmp_path / 'round1.csv'} --exclude {tmp_path / 'round1.csv'} -o NEXT.csv (keep every label in one CSV)"
+    )
+    labels = tmp_path / "labelled.csv"
+    labels.write_text("path,label\n" + "".join(f"{p.path},c{i % 2}\n" for i, p in enumerate(first.picks[:3])))
+    second = select(cache, budget=4, labels=str(labels), exclude=[str(tmp_path / "round1.csv")],
+                    out=str(tmp_path / "round2.csv"))  # fmt: skip
+    assert (second.excluded, second.excluded_labelled) == (1, 3)  # the one left empty; three labelled since
+    said = select_text(second.to_dict())
+    assert said[1].endswith(f"with {labels}), 1 excluded (3 more named by --exclude are labelled already)")
+    assert said[-1] == (
+        f"next: fill in its label column, add its rows to {labels} (tail -n +2 {tmp_path / 'round2.csv'} >> "
+        f"{labels}), then featurebank select {cache} --budget N --labels {labels} --exclude "
+        f"{tmp_path / 'round2.csv'} -o NEXT.csv"
+    )
+
+
 def test_groups_are_never_picked_twice_in_a_batch(tmp_path):
     X, blob = blobs(k=3, per=10)
     groups = [f"scene{i // 2}" for i in range(len(X))]  # pairs of neighbouring rows share a scene
