@@ -119,7 +119,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     classifier, layer, out, seed, search, inner_folds = o.classifier, o.layer, o.out, o.seed, o.search, o.inner_folds
     groups, labels, unlabeled, unlabeled_mode = o.groups, o.labels, o.unlabeled, o.unlabeled_mode
     reader = open_cache(cache)
-    data = labeled(reader, labels_of(reader, labels) if labels else None)
+    data = labeled(reader, labels_of(reader, labels) if labels else None, labels)
     layer = reader.layer(layer)
     make_classifier(classifier, seed=seed)  # a bad spec is one line before anything is fit
     if out:

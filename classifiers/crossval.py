@@ -25,6 +25,7 @@ from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
 from embedder.kernel.errors import FeaturebankError, InvalidValue, first_line
+from embedder.kernel.store import sha256_of
 from embedder.options import with_overrides
 
 from .budget import Extra, Plan, estimate, extras_estimate, plan
@@ -205,6 +206,7 @@ class CVReport:
     plan: Plan | None = None  # what the budget let in and left out, with the estimates
     unlabeled_mode: str | None = None  # with unlabeled rows: how they got labels (semi.MODES)
     curve: list[dict] | None = None  # with shots: the learning curve (shots.learning_curve's rows)
+    labels: dict | None = None  # with --labels: the CSV laid over the caches' labels, {"csv", "sha256"}
 
     @property
     def classes(self) -> list[str]:
@@ -656,6 +658,7 @@ def cross_validate(
         the_plan,
         unlabeled_mode if unlabeled else None,
         curve if shot_list is not None else None,
+        {"csv": labels, "sha256": sha256_of(labels)} if labels else None,
     )
 
 
@@ -734,7 +737,7 @@ def load_sources(cache, labels: str | None = None) -> list[Source]:
         raise InvalidValue("give at least one cache")
     readers = [open_cache(c) for c in caches]
     overlay = [labels_of(r, labels) if labels else None for r in readers]  # the CSV on top of each cache's labels
-    first = labeled(readers[0], overlay[0])
+    first = labeled(readers[0], overlay[0], labels)
     datas = [first] + [aligned(first, r, o) for r, o in zip(readers[1:], overlay[1:])]
     return [Source(name, d) for name, d in zip(backbone_names(readers), datas)]
 

@@ -109,19 +109,24 @@ def check_layers(reader: CacheReader, layers) -> list[str]:
     return list(dict.fromkeys(out))  # "penultimate" and its node's name are one layer
 
 
-def labeled(cache: str | CacheReader, labels: np.ndarray | None = None) -> Labeled:
+def labeled(cache: str | CacheReader, labels: np.ndarray | None = None, csv: str | None = None) -> Labeled:
     """The labelled rows of a cache; a cache without labels is an error that says how to get them. ``labels``: a
-    class name per cache row ("" for unlabeled) to use instead of the cache's own (``labels.labels_of``)."""
+    class name per cache row ("" for unlabeled) to use instead of the cache's own (``labels.labels_of``), from the
+    CSV ``csv`` (named in the error when it labels nothing)."""
     reader = open_cache(cache)
     labels = reader.labels if labels is None else np.asarray(labels, dtype=object)
     if labels is None:
         raise InvalidValue(
-            f"{reader.path} has no labels: extract a class-per-folder tree or a CSV manifest "
-            f"with a label column (its input was {reader.attrs['source']})"
+            f"{reader.path} has no labels: give --labels LABELLED.csv (path,label; featurebank select writes one "
+            f"to fill in), or extract a class-per-folder tree or a CSV manifest with a label column (its input was "
+            f"{reader.attrs['source']})"
         )
     keep = np.flatnonzero(labels != "")
     if len(keep) == 0:
-        raise InvalidValue(f"{reader.path} has no labelled rows")
+        raise InvalidValue(
+            f"{reader.path} has no labelled rows"
+            + (f": every label of {csv} is empty; fill in the label column of some" if csv else "")
+        )
     names = labels[keep]
     classes = sorted(set(names.tolist()))
     index = {c: i for i, c in enumerate(classes)}

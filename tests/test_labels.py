@@ -77,3 +77,35 @@ def test_labels_of_keeps_the_cache_untouched(tmp_path):
     labels_of(reader, write(tmp_path, f"path,label\n{reader.paths[2]},x\n"))
     assert labels_of(reader).tolist() == ["", "", ""]
     assert np.all(CacheReader(str(cache)).rows["label"] == "")
+
+
+def test_a_cv_run_on_a_labels_csv_names_it_with_its_sha256_everywhere_it_reports(tmp_path):
+    from classifiers.crossval import cross_validate
+    from classifiers.report.html import cv_context
+    from classifiers.report.html import Thumbs
+    from classifiers.report.text import cv_text
+    from classifiers.report.writer import markdown, report_dict
+    from embedder.kernel.store import sha256_of
+
+    X, y = synthetic_cache(tmp_path / "c.h5", counts=(8, 8), labels=False, dim=8)
+    paths = CacheReader(str(tmp_path / "c.h5")).paths
+    labels = write(tmp_path, "path,label\n" + "".join(f"{paths[i]},c{y[i]}\n" for i in range(12)))
+    d = report_dict(cross_validate(str(tmp_path / "c.h5"), classifiers=["knn"], folds=2, labels=str(labels)))
+    assert d["labels"] == {"csv": str(labels), "sha256": sha256_of(str(labels))}
+    assert cv_text(d)[0].startswith(f"12 images (labels from {labels}), 4 unlabeled left out, 2 classes")
+    assert f"- labels: `{labels}` (sha256 {sha256_of(str(labels))}) over the cache's own" in markdown(d)
+    facts = dict(cv_context(d, str(tmp_path / "run"), Thumbs(str(tmp_path / "run"), None, None))["facts"])
+    assert facts["labels"] == f"{labels} (sha256 {sha256_of(str(labels))[:12]}…) over the cache's own"
+    assert facts["embedding"].startswith("mobilenet") or "weights" in facts["embedding"]  # in its own place
+
+
+def test_a_cache_without_labels_points_to_labels_and_an_empty_csv_is_named(tmp_path):
+    from classifiers.crossval import cross_validate
+
+    synthetic_cache(tmp_path / "c.h5", counts=(3, 3), labels=False, dim=4)
+    paths = CacheReader(str(tmp_path / "c.h5")).paths
+    with pytest.raises(FeaturebankError, match=r"has no labels: give --labels LABELLED.csv \(path,label; featurebank "):
+        cross_validate(str(tmp_path / "c.h5"), classifiers=["knn"], folds=2)
+    empty = write(tmp_path, "path,label\n" + "".join(f"{p},\n" for p in paths[:3]))
+    with pytest.raises(FeaturebankError, match=f"has no labelled rows: every label of {empty} is empty; fill in"):
+        cross_validate(str(tmp_path / "c.h5"), classifiers=["knn"], folds=2, labels=empty)

@@ -393,6 +393,11 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
             + ")",
         ),
         ("input", d["source"]),
+        *(
+            [("labels", f"{d['labels']['csv']} (sha256 {d['labels']['sha256'][:12]}…) over the cache's own")]
+            if d.get("labels")
+            else []
+        ),
         ("embedding", f"{s['backbone']}, weights {s['weights']}, pooling {s['pooling']}, precision {s['precision']}"),
         (
             "folds",
@@ -402,7 +407,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         ("classes", ", ".join(f"{c} {n}" for c, n in d["class_counts"].items())),
     ]
     if several_caches(d):
-        facts[2] = (
+        facts[[k for k, _ in facts].index("embedding")] = (
             "embedding",
             "; ".join(
                 f"{c['backbone']} = {c['cache']} ({c['settings']['weights']}, pooling "

@@ -8,7 +8,7 @@ import json
 from classifiers.label_issues import summary_lines
 from classifiers.zoo import default_classifiers, describe, get_spec, list_classifiers, search_grid
 
-from .reading import curve_table, leaderboard_text, model_name, pm, significance_note
+from .reading import curve_table, leaderboard_text, model_name, pm, significance_note, unlabeled_role
 
 
 def classifier_rows() -> list[dict]:
@@ -45,7 +45,10 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
     """A cv report (``report_dict``): the run, the leaderboard, the images to look at, the files written."""
     cvd = d["cv"]
     lines = [
-        f"{d['rows']} images, {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
+        f"{d['rows']} images"
+        + (f" (labels from {d['labels']['csv']})" if d.get("labels") else "")
+        + (f", {d['unlabeled_rows']} unlabeled {unlabeled_role(d)}" if d.get("unlabeled_rows") else "")
+        + f", {len(d['classes'])} classes, {cvd['folds']} folds x {cvd['repeats']} "
         f"({cvd['splitter']}{', nested search' if cvd['search'] else ''}), {d['seconds']:.1f} s"
     ]
     planned = cvd.get("budget") or {}

@@ -112,6 +112,7 @@ def report_dict(report: CVReport, suspicious: int = SUSPICIOUS) -> dict:
             for s in report.sources
         ],
         "rows": len(report.data.y),
+        **({"labels": report.labels} if report.labels else {}),  # the --labels CSV the labelled rows come from
         "unlabeled_rows": report.data.unlabeled,
         "classes": report.classes,
         "class_counts": report.data.counts,
@@ -248,6 +249,11 @@ def markdown(d: dict) -> str:
         + (f", {d['unlabeled_rows']} unlabeled rows {unlabeled_role(d)}" if d["unlabeled_rows"] else "")
         + ")",
         f"- input: `{d['source']}`",
+        *(
+            [f"- labels: `{d['labels']['csv']}` (sha256 {d['labels']['sha256']}) over the cache's own"]
+            if d.get("labels")
+            else []
+        ),
         *[f"- embedding: {e}" for e in embedding],
         f"- folds: {cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
         + (", hyperparameters chosen by nested inner cross-validation" if cv["search"] else "")
