@@ -81,8 +81,7 @@ def test_labels_of_keeps_the_cache_untouched(tmp_path):
 
 def test_a_cv_run_on_a_labels_csv_names_it_with_its_sha256_everywhere_it_reports(tmp_path):
     from classifiers.crossval import cross_validate
-    from classifiers.report.html import cv_context
-    from classifiers.report.html import Thumbs
+    from classifiers.report.html import Thumbs, cv_context
     from classifiers.report.text import cv_text
     from classifiers.report.writer import markdown, report_dict
     from embedder.kernel.store import sha256_of
