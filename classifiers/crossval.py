@@ -43,7 +43,7 @@ from .options import SUSPICIOUS, CVOptions
 from .parallel import fold_jobs, side_by_side
 from .rows import PREDICT_BLOCK, by_index, fit_by_index
 from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
-from .shots import ALL, curve_rows, learning_curve, parse_shots
+from .shots import ALL, curve_rows, learning_curve, parse_shots, usable_shots
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, make_classifier, parse_spec, search_grid
 
@@ -539,6 +539,10 @@ def cross_validate(
         raise InvalidValue(f"{data.reader.path} has no groups: give a CSV manifest with a group column")
     group_ids = data.groups if groups is not False else None
     splits = make_splits(data.y, group_ids, folds, repeats, seed, data.classes)
+    shot_notes: dict = {}
+    full = None
+    if shot_list is not None:  # k that would only repeat the full run left out, said; capped ones said
+        shot_list, shot_notes, full = usable_shots(shot_list, data.y, splits, len(data.classes))
     if search:
         smallest = min(np.bincount(data.y[s.train], minlength=len(data.classes)).min() for s in splits)
         inner_folds = max(2, min(inner_folds, int(smallest)))
@@ -632,7 +636,7 @@ def cross_validate(
                             points = learning_curve(
                                 model, X, data.y, group_ids, splits, k, shot_list, draws, seed, rows, jobs=max(jobs, 1)
                             )
-                            curve += curve_rows(points, results[-1], shot_list, RANK_BY)
+                            curve += curve_rows(points, results[-1], shot_list, RANK_BY, shot_notes, full)
                     done += len(splits)
             del X, free, fitted  # one layer in memory at a time (the spent generators hold it too)
     if not results:  # every entry failed: the first one's reason

@@ -54,6 +54,34 @@ def parse_shots(value) -> list:
     return numbers + ([ALL] if ALL in out else [])
 
 
+def usable_shots(shots: list, y: np.ndarray, splits, n_classes: int) -> tuple[list, dict[int, str], float]:
+    """The ``shots`` worth drawing on these folds, what to say of the others, and the mean labelled images a class
+    has in a training fold (the full run's size). A k at or above the most labelled images any class has in any
+    training fold draws every labelled row of every fold: the full run (``all``) again, each draw the same;
+    left out, said once. A k above what some class has in some fold takes all of that class there: kept, said.
+    Returns (shots, {k: note, None: a note of the whole curve}, mean per class); every k left out is one line when
+    nothing is left."""
+    counts = np.array([np.bincount(y[s.train], minlength=n_classes) for s in splits])
+    most, least = int(counts.max()), int(counts.min())
+    kept = [k for k in shots if k == ALL or k < most]
+    beyond = [k for k in shots if k != ALL and k >= most]
+    notes: dict = {}
+    if beyond and not [k for k in kept if k != ALL] and ALL not in kept:
+        raise InvalidValue(
+            f"--shots {','.join(map(str, beyond))}: a class has at most {most} labelled image(s) in a training fold, "
+            f"so every draw would be the whole fold: give fewer per class, or all"
+        )
+    for k in kept:
+        if k != ALL and k > least:
+            notes[k] = f"k={k}: a class has {least} labelled image(s) in some training fold; there it is drawn whole"
+    if beyond:  # a note of the whole curve: on its last row
+        notes[None] = (
+            f"k={', '.join(map(str, beyond))} left out: no class has more than {most} labelled image(s) in a training "
+            f"fold, so every draw would be the full run" + (" (the all column)" if ALL in shots else "")
+        )
+    return kept, notes, float(counts.mean())
+
+
 def draw_rows(train: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k of the rows ``train`` of each class (all of a class with fewer), drawn without replacement, sorted."""
     picked = []
@@ -139,10 +167,14 @@ def projection(points: list[tuple[int, float]]) -> tuple[int, float] | None:
     return top, float(1.0 - np.exp(intercept + slope * np.log(top)))
 
 
-def curve_rows(points: list[dict], result, shots: list, metric: str) -> list[dict]:
+def curve_rows(
+    points: list[dict], result, shots: list, metric: str, notes: dict | None = None, full: float | None = None
+) -> list[dict]:
     """``report.json``'s ``learning_curve`` rows of one result: ``{shots, classifier, layer, backbone, metric, mean,
-    std, draws}`` per k, ``all`` from the result itself, and the projection (``"projection": true``) where the
-    curve still rises."""
+    std, draws}`` per k (with ``usable_shots``' ``notes`` of that k), ``all`` from the result itself, and the
+    projection (``"projection": true``) where the curve still rises, unless 2k is as many per class as the full
+    run's ``full`` or more, where ``all`` is measured: then a note instead."""
+    notes = notes or {}
     who = {"classifier": result.classifier, "layer": result.layer, "backbone": result.backbone, "metric": metric}
     rows = [
         {
@@ -151,14 +183,25 @@ def curve_rows(points: list[dict], result, shots: list, metric: str) -> list[dic
             "mean": round(float(np.mean(p["scores"])), 4),
             "std": round(float(np.std(p["scores"])), 4),
             "draws": p["draws"],
-            **({"notes": p["notes"]} if p.get("notes") else {}),
+            **(
+                {"notes": [*([notes[p["shots"]]] if p["shots"] in notes else []), *p.get("notes", [])]}
+                if p.get("notes") or p["shots"] in notes
+                else {}
+            ),
         }
         for p in points
     ]
     if ALL in shots:
         m = result.metric(metric)
         rows.append({"shots": ALL, **who, "mean": m["mean"], "std": m["std"], "draws": 1})
+    if None in notes and rows:
+        rows[-1].setdefault("notes", []).append(notes[None])
     projected = projection([(r["shots"], r["mean"]) for r in rows if r["shots"] != ALL])
+    if projected is not None and full is not None and projected[0] >= full and ALL in shots:
+        rows[-1].setdefault("notes", []).append(
+            f"no projection to k={projected[0]}: the full run (all) has about {full:.0f} per class, measured"
+        )
+        projected = None
     if projected is not None:
         rows.append(
             {"shots": projected[0], **who, "mean": round(projected[1], 4), "std": None, "draws": 0, "projection": True}
@@ -166,4 +209,4 @@ def curve_rows(points: list[dict], result, shots: list, metric: str) -> list[dic
     return rows
 
 
-__all__ = ["ALL", "curve_rows", "draw_rows", "learning_curve", "parse_shots", "projection"]
+__all__ = ["ALL", "curve_rows", "draw_rows", "learning_curve", "parse_shots", "projection", "usable_shots"]

@@ -346,6 +346,38 @@ def test_info_says_how_many_rows_are_unlabeled(tmp_path):
     assert data["classes"] == {} and data["unlabeled"] == 5
 
 
+def test_shots_that_would_repeat_the_full_run_are_left_out_and_said(tmp_path):
+    """Two folds of 4 labelled images per class: 2 a class in each training fold, so k=2 and k=5 would draw every
+    labelled training row (the all column again, every draw the same): left out, said once on the curve; asked
+    for alone, one line."""
+    from classifiers.shots import usable_shots
+
+    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    report = cross_validate(
+        cache, classifiers=["knn"], layers=["flatten"], folds=2, labels=csv, shots="1,2,5,all", draws=2, extras=None
+    )
+    assert [r["shots"] for r in report.curve] == [1, "all"]
+    assert report.curve[-1]["notes"] == [
+        "k=2, 5 left out: no class has more than 2 labelled image(s) in a training fold, so every draw would be the "
+        "full run (the all column)"
+    ]
+    with pytest.raises(FeaturebankError, match="--shots 2,5: a class has at most 2 labelled image.s. in a training"):
+        cross_validate(cache, classifiers=["knn"], layers=["flatten"], folds=2, labels=csv, shots="2,5", extras=None)
+    # a k some class cannot reach in some fold: kept, said
+    y = np.array([0] * 9 + [1] * 3)
+
+    class Split:
+        def __init__(self, train):
+            self.train = np.asarray(train)
+
+    kept, notes, full = usable_shots([1, 2, "all"], y, [Split(range(12))], 2)
+    assert kept == [1, 2, "all"] and full == 6.0 and notes == {}
+    kept, notes, _ = usable_shots([2, 4, "all"], y, [Split(range(12))], 2)
+    assert kept == [2, 4, "all"] and notes == {
+        4: "k=4: a class has 3 labelled image(s) in some training fold; there it is drawn whole"
+    }
+
+
 def test_fallbacks_are_found_inside_an_ensemble():
     X = np.eye(3, 6, dtype=np.float32)
     notes = fallbacks(make_classifier("ensemble").fit(X, [0, 1, 2]))
@@ -353,7 +385,7 @@ def test_fallbacks_are_found_inside_an_ensemble():
 
 
 def test_the_learning_curve_with_unlabeled_rows_has_both_curves(tmp_path):
-    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    cache, csv, paths, chosen = partly_labelled(tmp_path, labelled_per_class=6)  # 3 a class in a training fold
     report = cross_validate(
         cache,
         classifiers=["knn"],

@@ -59,8 +59,7 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         lines.append(f"  folds from {cvd['folds_from']}")
     lines += leaderboard_text(d)
     lines.append(significance_note(d))
-    notes = [n for r in d["results"] for n in r.get("notes") or []]
-    notes = list(dict.fromkeys(notes + [n for r in d.get("learning_curve") or [] for n in r.get("notes") or []]))
+    notes = list(dict.fromkeys(n for r in d["results"] for n in r.get("notes") or []))
     lines += [f"  note: {n}" for n in notes]
     u = d.get("unlabeled")
     if u:
@@ -83,6 +82,8 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
             f"class per training fold ({draws} draws; all: the leaderboard; projected: a power law, not measured):"
         )
         lines += _aligned([["model", *(f"k={k}" if k != "all" else "all" for k in shots)], *cells])
+        curve_notes = [n for r in d["learning_curve"] for n in r.get("notes") or []]  # the fits' fallbacks too
+        lines += [f"  note: {n}" for n in dict.fromkeys(curve_notes) if n not in notes]
     susp = d["suspicious"]
     if susp["images"]:
         lines.append(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
