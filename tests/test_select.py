@@ -102,6 +102,9 @@ def test_second_round_picks_near_the_decision_boundary(tmp_path):
     margin = np.abs(proba[:, 0] - proba[:, 1])
     mine = np.array([margin[list(pool).index(paths.index(p.path))] for p in picked.picks])
     assert np.median(mine) < np.median(margin), (mine, np.median(margin))
+    # the score is what ranked each cluster: in the file's order, those without a label first
+    fresh = [p.score for p in picked.picks if "a cluster of" in p.reason]
+    assert fresh == sorted(fresh, reverse=True) and len(fresh) >= 2
 
 
 def test_under_margin_from_labels_per_class_the_default_covers_what_the_labels_do_not(tmp_path):
