@@ -507,6 +507,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         "label_issues": label_issues,
         "label_issues_listed": len(issues),
         "label_issues_estimated": d.get("label_issues_estimated"),
+        "label_issues_caveat": d.get("label_issues_caveat"),
         "label_issues_method": (d.get("label_issues_method") or {}).get("estimate"),
         "label_issues_pairs": d.get("label_issues_pairs"),
         "label_issues_signals": (d.get("label_issues_method") or {}).get("signals"),

@@ -312,7 +312,7 @@ def markdown(d: dict) -> str:
             "## Label issues",
             "",
             f"Confident learning on the {d['label_issues_method']['signals']}: "
-            f"{'; '.join(label_issue_lines(d, limit=0))}. The whole ranked list: label_issues.csv.",
+            f"{'; '.join(line.strip() for line in label_issue_lines(d, limit=0))}. The whole ranked list: label_issues.csv.",
             "",
             "| given label | probably | images |",
             "|---|---|--:|",
