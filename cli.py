@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from dataclasses import fields, is_dataclass
 
@@ -19,7 +20,7 @@ import click
 
 from classifiers.options import SUSPICIOUS, TOP, CVOptions, TrainOptions
 from classifiers.select_options import SelectOptions
-from embedder.kernel.errors import FeaturebankError, Terminated, terminate_as_interrupt
+from embedder.kernel.errors import FeaturebankError, Terminated, os_error_line, terminate_as_interrupt
 from embedder.kernel.settings import POOLINGS
 from embedder.options import BACKBONE, ExtractOptions, RunOptions, with_overrides
 from workflows.deploy.options import ExportOptions
@@ -169,6 +170,11 @@ class Group(click.Group):
                 return super().invoke(ctx)
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # the reader of stdout left (| head): nothing more to say, nowhere to say it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            sys.exit(1)
+        except OSError as exc:  # a disk that filled, a file in the way: what no check could see before
+            raise click.ClickException(os_error_line(exc)) from None
         except KeyboardInterrupt as exc:
             how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
             kept = getattr(exc, "kept", None) or KEPT.get(ctx.invoked_subcommand, "stopped before it finished")

@@ -344,7 +344,9 @@ CSV_COLUMNS = ["rank", "path", "label", "suggested", "score", "within_estimate"]
 
 def write_csv(d: dict, path: str) -> str:
     """``label_issues.csv``: the report's list, one image a row, most likely mislabelled first."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    from embedder.kernel.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
         for rank, item in enumerate(d.get("label_issues") or [], 1):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from embedder.inputs.sources import read_text
-from embedder.kernel.atomic import atomic_path
+from embedder.kernel.atomic import atomic_path, special
 from embedder.kernel.errors import FileProblem, InvalidValue
 from embedder.options import with_overrides
 
@@ -110,6 +110,17 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
     if out:
         from embedder.kernel.destination import check_destination
 
+        if special(out):
+            raise InvalidValue(
+                f"-o {out} is not a regular file: select writes a manifest to fill in, with its contact sheet "
+                f"beside it; give a .csv path"
+            )
+        filled = labels_filled_in(out)
+        if filled:
+            raise InvalidValue(
+                f"{out} has {filled} label(s) filled in already: give another -o (and this one as --labels), or "
+                f"move it away first"
+            )
         inputs = [open_cache(cache).path, labels, *exclude]
         check_destination(out, inputs, "-o")
         check_destination(sheet_path(out), inputs, "the contact sheet")
@@ -166,6 +177,16 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
         selection.files = write_selection(selection, out, reader.attrs.get("root"))
     selection.seconds = round(time.perf_counter() - started, 3)
     return selection
+
+
+def labels_filled_in(path: str) -> int:
+    """How many rows of an existing CSV at ``path`` have a label (a manifest someone filled in): 0 when there is
+    no such file, or it is not a CSV with a ``label`` column."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return sum(1 for row in csv.DictReader(fh) if (row.get("label") or "").strip())
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return 0
 
 
 def sheet_path(out: str) -> str:

@@ -570,3 +570,84 @@ def test_predict_and_evaluate_name_their_cache_and_leave_no_lock_files(tmp_path,
     assert result.exit_code == 0, result.output
     assert f"(cache {tmp_path / 'val.h5'})" in result.output
     assert sorted(os.listdir(tmp_path / "cache")) == [made] and not os.path.exists("val.h5.lock")
+
+
+# -- outputs that are not plain files, a disk that fills, a run folder written over ---------------------------
+def test_an_output_through_a_link_writes_its_target_and_a_device_is_written_through(tmp_path):
+    from embedder.kernel.atomic import atomic_path
+
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "out" / "target.csv")
+    with atomic_path(str(link)) as tmp, open(tmp, "w") as fh:
+        fh.write("a,b\n")
+    assert link.is_symlink() and (tmp_path / "out" / "target.csv").read_text() == "a,b\n"
+    with atomic_path(os.devnull) as tmp:  # written through, never renamed over
+        assert tmp == os.devnull
+        with open(tmp, "w") as fh:
+            fh.write("gone")
+    assert not os.path.isfile(os.devnull) and os.path.exists(os.devnull)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with atomic_path(str(fifo)) as tmp:
+        assert tmp == str(fifo)  # (not opened here: a FIFO waits for its reader)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_a_full_disk_while_writing_is_one_line_and_the_device_stays(tmp_path):
+    synthetic_cache(tmp_path / "train.h5", counts=(6, 6), dim=4)
+    synthetic_cache(tmp_path / "free.h5", counts=(3, 3), dim=4, labels=False)
+    train(str(tmp_path / "train.h5"), classifier="knn:n_neighbors=3", out=str(tmp_path / "m.fbmodel"))
+    result = CliRunner().invoke(cli.main, ["predict", str(tmp_path / "m.fbmodel"), str(tmp_path / "free.h5"),
+                                           "-q", "-o", "/dev/full"])  # fmt: skip
+    one_line_error(result, "No space left on device", "free some space")
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
+
+
+def test_a_fifo_or_a_folder_given_as_a_cache_is_one_line_not_a_wait(tmp_path):
+    from embedder.cache.hdf5 import CacheReader
+
+    os.mkfifo(tmp_path / "f.h5")
+    with pytest.raises(FeaturebankError, match="is not a regular file .a FIFO or a device.: give the cache file"):
+        CacheReader(str(tmp_path / "f.h5"))
+    (tmp_path / "d.h5").mkdir()
+    result = CliRunner().invoke(cli.main, ["info", str(tmp_path / "d.h5")])
+    one_line_error(result, "is a folder, not a cache file")
+
+
+def test_select_keeps_a_manifest_that_was_filled_in_and_refuses_a_device(tmp_path):
+    X, _ = synthetic_cache(tmp_path / "c.h5", counts=(6, 6), dim=4, labels=False)
+    filled = tmp_path / "round1.csv"
+    filled.write_text("path,label,reason,score\nclass0/img000.jpg,cat,x,1\nclass0/img001.jpg,,x,1\n")
+    before = filled.read_text()
+    result = CliRunner().invoke(cli.main, ["select", str(tmp_path / "c.h5"), "--budget", "2", "-o", str(filled)])
+    one_line_error(result, "has 1 label(s) filled in already: give another -o")
+    assert filled.read_text() == before
+    result = CliRunner().invoke(cli.main, ["select", str(tmp_path / "c.h5"), "--budget", "2", "-o", os.devnull])
+    one_line_error(result, "is not a regular file: select writes a manifest to fill in")
+
+
+def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_no_report_json(tmp_path, monkeypatch):
+    import classifiers.report.writer as writer
+
+    synthetic_cache(tmp_path / "c.h5", counts=(8, 8), dim=4)
+    first = cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg:C=1.0", "knn"], layers=["flatten"], folds=2)
+    run = tmp_path / "run"
+    writer.write_report(first, str(run))
+    assert len(list((run / "predictions").iterdir())) == 2
+    second = cross_validate(str(tmp_path / "c.h5"), classifiers=["ridge"], layers=["flatten"], folds=2)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "write_map", stop)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        writer.write_report(second, str(run))
+    assert not (run / "report.json").exists() and not (run / "report.html").exists()
+    assert stopped.value.kept.startswith(f"the report in {run} is not whole (no report.json")
+    assert len(list((run / "predictions").iterdir())) == 1  # ridge's alone: the first run's are gone
+    assert "ridge" in (run / "leaderboard.csv").read_text() and "knn" not in (run / "leaderboard.csv").read_text()
+    monkeypatch.undo()
+    writer.write_report(second, str(run))
+    assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "ridge"

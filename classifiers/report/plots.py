@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedder.kernel.atomic import atomic_path
+
+
+def _save(fig, path: str, dpi: int) -> None:
+    """A figure as a whole PNG or none (a full disk, Ctrl-C: no truncated image left behind)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
 
 def _pyplot():
     import matplotlib
@@ -59,7 +67,7 @@ def confusion_png(matrix: np.ndarray, classes: list[str], title: str, path: str)
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path, 120)
     plt.close(fig)
     return path
 
@@ -83,7 +91,7 @@ def leaderboard_png(names: list[str], means: list[float], stds: list[float], met
     ax.set_xlabel(f"{metric.replace('_', ' ')} (mean ± std over folds)")
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path, 120)
     plt.close(fig)
     return path
 
@@ -134,7 +142,7 @@ def map_png(xy: np.ndarray, y: np.ndarray, classes: list[str], wrong: np.ndarray
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, markerscale=1.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, 100)
     plt.close(fig)
     return path
 
@@ -166,6 +174,6 @@ def training_curves(history: list[dict]):
 def training_curves_png(history: list[dict], path: str) -> str:
     plt = _pyplot()
     fig = training_curves(history)
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
     return path

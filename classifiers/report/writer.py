@@ -17,6 +17,7 @@ from classifiers.metrics import METRICS
 from classifiers.options import SUSPICIOUS
 from classifiers.semi import WITH_UNLABELED
 from classifiers.significance import ALPHA, TEST
+from embedder.kernel.atomic import atomic_path
 from embedder.kernel.versions import library_versions
 
 from .embedmap import write_map
@@ -369,7 +370,7 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
     pred, confidence = result.oof()
     classes = report.classes
     mean = result.proba.mean(axis=0) if result.proba is not None else None
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(
             ["path", "label", "predicted", "correct", "confidence"] + [f"p_{c}" for c in classes] * (mean is not None)
@@ -391,7 +392,7 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
 def write_leaderboard_csv(d: dict, path: str) -> str:
     """The leaderboard as CSV: one row per (cache, layer, classifier), best first, with its p-value against the
     best (empty for the best) and whether it is not significantly worse."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(
             [
@@ -427,16 +428,45 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
     return path
 
 
+RUN_FILES = (  # what a run folder holds of a run: removed before another is written there
+    "report.json", "report.md", "report.html", "leaderboard.png", "leaderboard.csv", "confusion.png",
+    "label_issues.csv", "map.json", "map.png",
+)  # fmt: skip
+
+
 def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d: dict | None = None) -> dict[str, str]:
     """Write report.json, report.md, leaderboard.png, leaderboard.csv, confusion.png, predictions/*.csv, the
     embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
-    ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already)."""
-    os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
+    ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already).
+
+    A run written there before is removed first (its files of ``RUN_FILES`` and its predictions; the thumbnails
+    stay, they are of the same images), and report.json, what ``train --from`` and ``featurebank report`` read, is
+    written last but the page (whole or not at all): a folder whose writing stopped (Ctrl-C, a full disk) holds no
+    report.json, never one run's beside another's files. An interrupt says so."""
+    try:
+        return _write_report(report, out_dir, suspicious, d)
+    except KeyboardInterrupt as exc:
+        if not os.path.exists(os.path.join(out_dir, "report.json")):
+            exc.kept = (  # type: ignore[attr-defined]
+                f"the report in {out_dir} is not whole (no report.json: a run stopped while it was written); "
+                f"run the same command again"
+            )
+        raise
+
+
+def _write_report(report: CVReport, out_dir: str, suspicious: int, d: dict | None) -> dict[str, str]:
+    for name in RUN_FILES:  # report.json first: from here on the folder holds no finished run
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.unlink(os.path.join(out_dir, name))
+    predictions = os.path.join(out_dir, "predictions")
+    if os.path.isdir(predictions):
+        for name in os.listdir(predictions):
+            if name.endswith(".csv") and os.path.isfile(os.path.join(predictions, name)):
+                os.unlink(os.path.join(predictions, name))
+    os.makedirs(predictions, exist_ok=True)
     d = d or report_dict(report, suspicious)
     files = {"json": os.path.join(out_dir, "report.json"), "markdown": os.path.join(out_dir, "report.md")}
-    with open(files["json"], "w", encoding="utf-8") as fh:
-        json.dump(d, fh, indent=1)
-    with open(files["markdown"], "w", encoding="utf-8") as fh:
+    with atomic_path(files["markdown"]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(markdown(d))
     board = d["leaderboard"]
     files["leaderboard_png"] = leaderboard_png(
@@ -457,7 +487,9 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d
     files["label_issues_csv"] = write_label_issues(d, os.path.join(out_dir, "label_issues.csv"))
     for r, entry in zip(report.results, d["results"]):
         write_predictions(report, r, os.path.join(out_dir, entry["predictions"]))
-    files["predictions"] = os.path.join(out_dir, "predictions")
+    files["predictions"] = predictions
     files.update(write_map(report, out_dir))
+    with atomic_path(files["json"]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(d, fh, indent=1)
     files["html"] = write_html(out_dir)
     return files

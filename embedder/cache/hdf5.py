@@ -36,6 +36,7 @@ import fcntl
 import io
 import json
 import os
+import stat
 import re
 import shutil
 import threading
@@ -108,6 +109,14 @@ def spill_path(path: str) -> str:
 
 
 def _open(path: str, mode: str = "r") -> h5py.File:
+    try:
+        kind = os.stat(path).st_mode
+    except OSError:
+        kind = None  # not there (a new cache), or h5py says why below
+    if kind is not None and stat.S_ISDIR(kind):
+        raise FileProblem(f"{path} is a folder, not a cache file: give the .h5 file (featurebank extract --cache)")
+    if kind is not None and not stat.S_ISREG(kind):  # h5py would wait on a FIFO for ever
+        raise FileProblem(f"{path} is not a regular file (a FIFO or a device): give the cache file itself")
     try:
         return h5py.File(path, mode, locking="best-effort")
     except OSError as exc:

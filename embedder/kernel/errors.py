@@ -38,6 +38,24 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
 
 
+def os_error_line(exc: OSError) -> str:
+    """An operating system's error no check caught first (a disk that filled while writing, a file in the way of a
+    folder, a folder that cannot be written), as the one line the CLI prints: what, where, and what to do."""
+    import errno
+
+    what = exc.strerror or first_line(exc)
+    where = f": {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        advice = "free some space, or write elsewhere, then run the same command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "choose a folder you can write to, or give yourself the right to"
+    elif exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        advice = "a file stands where a folder is needed, or the reverse: move it, or write elsewhere"
+    else:
+        advice = "check the path and run the same command again"
+    return f"{what}{where} ({advice})"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be: whatever cleans up after an interrupt (temporary files, the cache's
     finished batches) runs for it too, and the command says what it kept."""
