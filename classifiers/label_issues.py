@@ -420,7 +420,9 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
     takes its ``suggested`` label), or with a ``new_label`` column. An empty ``new_label`` (or ``suggested``) cell
     means "no change": such rows are counted and said (``left_empty``), never applied. A row whose ``label`` is no
     longer the manifest's (a stale list) is skipped and counted, never applied; a path the manifest does not list
-    is an error. Paths are matched as the cache names them: relative to the manifest's folder. Both files are read
+    is an error, and so is one path twice with other labels. Paths are matched relative to the manifest's folder,
+    or, as label_issues.csv names them, relative to the cache's root (read from the run's report.json beside it;
+    without it, the one manifest path that ends so). Both files are read
     as ``extract`` reads a manifest (``read_table``); ``out`` is written whole or not at all, with ``\\n`` line ends."""
     import os
 
@@ -463,6 +465,13 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
         if "\n" in new or "\r" in new:
             raise InvalidValue(f"{corrections} line {line}: a line break in a label, which no class folder can hold")
         wanted.append((r[names["path"]], r[names["label"]].strip() if "label" in names else None, new))
+    if any(key(p) not in where for p, _, _ in wanted):  # named as the cache names them: relative to its root
+        located = _under_cache_root(corrections, root, where) or _by_suffix(where)
+        wanted = [(located(p) or p, given, new) for p, given, new in wanted]
+    seen: dict[str, str] = {}
+    for p, _, new in wanted:
+        if seen.setdefault(key(p), new) != new:
+            raise InvalidValue(f"{corrections} names {p[:200]} twice with other labels ({seen[key(p)]!r}, {new!r})")
     unknown = [p for p, _, _ in wanted if key(p) not in where]
     if unknown:
         raise InvalidValue(
@@ -524,6 +533,44 @@ __all__ = [
     "summary_lines",
     "write_csv",
 ]
+
+
+def _under_cache_root(corrections: str, root: str, where: dict):
+    """A label_issues.csv's paths are relative to the cache's root folder (``photos/`` extracted as a folder names
+    ``ants/1.jpg``), a manifest's to its own folder (``photos/ants/1.jpg``): with the run's report.json beside the
+    corrections, the cache's root says where each path is; returns path → the manifest's key, or None."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(corrections)), "report.json"), encoding="utf-8") as fh:
+            cache_root = json.load(fh).get("root")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cache_root, str) or not cache_root:
+        return None
+
+    def located(path: str) -> str | None:
+        name = os.path.relpath(os.path.normpath(os.path.join(cache_root, path.strip())), root).replace(os.sep, "/")
+        return name if name in where else None
+
+    return located
+
+
+def _by_suffix(where: dict):
+    """Without the run's report.json: a path the manifest lists under one folder more (``photos/`` + ``ants/1.jpg``),
+    when exactly one of its paths ends so; returns path → the manifest's key, or None."""
+    ends: dict[str, list[str]] = {}
+    for name in where:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            ends.setdefault("/".join(parts[i:]), []).append(name)
+
+    def located(path: str) -> str | None:
+        found = ends.get(path.strip().replace("\\", "/").lstrip("./"), [])
+        return found[0] if len(found) == 1 else None
+
+    return located
 
 
 def relabel_text(d: dict) -> list[str]:

@@ -273,6 +273,29 @@ def test_relabel_applies_corrections_and_writes_plain_newlines(manifest, tmp_pat
     assert (tmp_path / "new.csv").read_bytes() == b"path,label\na/1.jpg,cat\na/2.jpg,dog\nb/1.jpg,dog\n"
 
 
+def test_relabel_matches_label_issues_paths_under_the_caches_root_as_the_docs_loop_makes_them(tmp_path):
+    """``manifest photos/ -o photos.csv`` lists ``photos/a/1.jpg``; a cache extracted from ``photos/`` (and its
+    label_issues.csv) names ``a/1.jpg``: found through the run's report.json, or by the one path ending so."""
+    (tmp_path / "photos.csv").write_text("path,label\nphotos/a/1.jpg,cat\nphotos/a/2.jpg,cat\nphotos/b/1.jpg,dog\n")
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps({"root": str(tmp_path / "photos")}))
+    (run / "label_issues.csv").write_text("rank,path,label,suggested\n1,a/2.jpg,cat,dog\n")
+    for fixes in (run / "label_issues.csv", tmp_path / "copied.csv"):
+        if not fixes.exists():
+            fixes.write_text((run / "label_issues.csv").read_text())  # no report.json beside it
+        result = relabel(tmp_path / "photos.csv", fixes, "-o", tmp_path / "new.csv")
+        assert result.exit_code == 0, result.output
+        assert (
+            tmp_path / "new.csv"
+        ).read_text() == "path,label\nphotos/a/1.jpg,cat\nphotos/a/2.jpg,dog\nphotos/b/1.jpg,dog\n"
+    (tmp_path / "twice.csv").write_text("path,suggested\na/2.jpg,dog\na/2.jpg,cat\n")
+    one_line_error(
+        relabel(tmp_path / "photos.csv", tmp_path / "twice.csv", "-o", tmp_path / "x.csv"), "twice with other labels"
+    )
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_relabel_refuses_a_fifo_without_waiting_for_it(manifest, tmp_path):
     os.mkfifo(tmp_path / "fixes.csv")
     result = finishes(lambda: relabel(manifest, tmp_path / "fixes.csv", "-o", tmp_path / "new.csv"))
