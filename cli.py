@@ -158,6 +158,7 @@ KEPT = {  # what an interrupted command kept, by command
     "evaluate": f"nothing was scored; {EMBEDDED_KEPT}",
     "export": "no ONNX file was written (an existing -o file is unchanged)",
     "convert": "NEW was not written",
+    "select": "no manifest was written (an existing -o file is unchanged)",
 }
 
 

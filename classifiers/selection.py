@@ -204,7 +204,13 @@ def write_selection(selection: Selection, out: str, root: str | None) -> dict[st
             w.writerow([p.path, "", p.reason, f"{p.score:.6g}"])
     from .selectsheet import write_sheet
 
-    return {"manifest": out, "sheet": write_sheet(selection, sheet_path(out), root)}
+    try:
+        return {"manifest": out, "sheet": write_sheet(selection, sheet_path(out), root)}
+    except KeyboardInterrupt as exc:
+        exc.kept = (  # type: ignore[attr-defined]
+            f"the manifest {out} was written, its contact sheet not; run the same command again for both"
+        )
+        raise
 
 
 def select_text(d: dict) -> list[str]:

@@ -354,3 +354,24 @@ def test_select_has_help_with_an_example():
     result = CliRunner().invoke(cli.main, ["select", "--help"])
     assert result.exit_code == 0 and "Example:" in result.output and "featurebank select" in result.output
     assert "--budget N" in result.output and "--labels LABELLED.csv" in result.output
+
+
+def test_an_interrupt_while_the_sheet_is_written_says_the_manifest_was(tmp_path, monkeypatch):
+    import classifiers.selectsheet
+
+    X, _ = blobs()
+    cache, _ = write_cache(tmp_path / "flat.h5", X)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classifiers.selectsheet, "write_sheet", stop)
+    result = run(cache, "--budget", "3", "-o", tmp_path / "r.csv")
+    assert result.exit_code == 130
+    assert f"Interrupted: the manifest {tmp_path / 'r.csv'} was written, its contact sheet not" in result.output
+    assert (tmp_path / "r.csv").exists() and not (tmp_path / "r.html").exists()
+    monkeypatch.undo()
+    (tmp_path / "r.csv").unlink()
+    monkeypatch.setattr("classifiers.select_rules.choose", stop)
+    result = run(cache, "--budget", "3", "-o", tmp_path / "r.csv")
+    assert result.exit_code == 130 and "Interrupted: no manifest was written" in result.output
