@@ -34,7 +34,7 @@ from .labels import labels_of
 from .metrics import confusion, ece, per_class, reliability, scores
 from .modelfile import FORMAT, VERSION, input_dimensions, read_model, write_model
 from .options import TOP, TrainOptions
-from .semi import MODES, UNLABELED, SemiSupervised
+from .semi import MODES, UNLABELED, SemiSupervised, nothing_unlabeled
 from .zoo import describe, make_classifier, search_grid
 
 
@@ -131,10 +131,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     if unlabeled and unlabeled_mode not in MODES:
         raise InvalidValue(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
     if unlabeled and not data.unlabeled:
-        raise InvalidValue(
-            f"{reader.path} has no unlabeled rows for --unlabeled: extract unlabeled images into it, or give "
-            f"--labels with some images left unlabeled"
-        )
+        raise InvalidValue(nothing_unlabeled(reader.path))
     pipeline = make_classifier(classifier, seed=seed)
     X = data.features(layer)
     found = None

@@ -42,7 +42,7 @@ from .neighbours import NEIGHBOURS, REFERENCE, CosineKNeighbors
 from .options import SUSPICIOUS, CVOptions
 from .parallel import fold_jobs, side_by_side
 from .rows import PREDICT_BLOCK, by_index, fit_by_index
-from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised
+from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised, nothing_unlabeled
 from .shots import ALL, curve_rows, learning_curve, parse_shots, usable_shots
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, make_classifier, parse_spec, search_grid
@@ -527,10 +527,7 @@ def cross_validate(
         if len(sources) > 1:
             raise InvalidValue("--unlabeled takes one cache: its unlabeled rows join the training folds")
         if not data.unlabeled:
-            raise InvalidValue(
-                f"{data.reader.path} has no unlabeled rows for --unlabeled: extract unlabeled images into it, or "
-                f"give --labels with some images left unlabeled"
-            )
+            raise InvalidValue(nothing_unlabeled(data.reader.path))
     if shot_list is not None and search:
         raise InvalidValue("--shots runs each classifier as it is: leave out --search")
     for spec in classifiers or []:

@@ -92,6 +92,7 @@ class Batch:
         self.used_groups: set = set()
         self.picked = picked
         self.taken = np.zeros(len(X), dtype=bool)
+        self.refused_rows: dict[str, set[int]] = {}
         known = np.asarray(labelled_rows, dtype=np.int64)
         self.bank = np.empty((len(known) + budget, X.shape[1]), dtype=X.dtype)
         self.bank[: len(known)] = X[known]
@@ -106,12 +107,16 @@ class Batch:
         if self.taken[i]:
             return False
         if self.groups is not None and self.groups[i] in self.used_groups:
-            self.picked.refused["group"] += 1
-            return False
+            return self._refuse("group", i)
         if self.cos < 1 and self.filled and float((self.bank[: self.filled] @ self.X[i]).max()) > self.cos:
-            self.picked.refused["duplicate"] += 1
-            return False
+            return self._refuse("duplicate", i)
         return True
+
+    def _refuse(self, why: str, i: int) -> bool:
+        """Row ``i`` passed over for ``why``: counted once however often a rule meets it again."""
+        self.refused_rows.setdefault(why, set()).add(i)
+        self.picked.refused[why] = len(self.refused_rows[why])
+        return False
 
     def take(self, i: int, reason: str, score: float) -> None:
         i = int(i)

@@ -107,6 +107,15 @@ def balanced_top(proba: np.ndarray, share: float) -> np.ndarray:
     return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
 
 
+def nothing_unlabeled(cache: str) -> str:
+    """What ``--unlabeled`` says of a cache without an unlabeled row (cv and train alike)."""
+    return (
+        f"{cache} has no unlabeled rows for --unlabeled: extract unlabeled images into it (a flat folder, or "
+        f"--layout flat), or extract these images unlabeled and give --labels for the labelled ones (a --labels CSV "
+        f"labels rows, it never unlabels one)"
+    )
+
+
 class SemiSupervised(ClassifierMixin, BaseEstimator):
     """``estimator`` (a zoo Pipeline) fit on the labelled rows and, where it helps, the unlabeled ones with
     pseudo-labels (``mode``: ``spread`` or ``self-train``; see the module). ``fit(X, y, groups)``: rows with

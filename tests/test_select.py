@@ -253,6 +253,7 @@ def test_near_duplicates_are_not_picked_together(tmp_path):
     np.fill_diagonal(cos, 0)
     assert cos.max() <= 0.95 and picked.refused["duplicate"] > 0
     assert len({r % 12 for r in rows}) == 12  # one of each pair
+    assert picked.refused["duplicate"] <= len(X) - 12  # rows passed over, each counted once, not each meeting
 
 
 def test_csv_columns_order_and_line_ends_and_the_sheet_names_every_pick(tmp_path):
@@ -375,3 +376,15 @@ def test_an_interrupt_while_the_sheet_is_written_says_the_manifest_was(tmp_path,
     monkeypatch.setattr("classifiers.select_rules.choose", stop)
     result = run(cache, "--budget", "3", "-o", tmp_path / "r.csv")
     assert result.exit_code == 130 and "Interrupted: no manifest was written" in result.output
+
+
+def test_a_row_passed_over_is_counted_once_however_often_a_rule_meets_it():
+    from classifiers.select_rules import Batch, Picked
+
+    X = prepared(np.random.default_rng(0).normal(0, 1, (6, 4)))
+    picked = Picked()
+    batch = Batch(X, 3, np.array(["a", "a", "b", "b", "c", "c"], dtype=object), 1.0, [], picked)
+    batch.take(0, "first", 1.0)
+    assert [batch.allowed(1) for _ in range(5)] == [False] * 5  # row 0's group, met five times
+    assert batch.first_allowed([1, 1, 2]) == 2
+    assert picked.refused == {"group": 1, "duplicate": 0}

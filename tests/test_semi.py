@@ -149,7 +149,7 @@ def test_train_with_unlabeled_rows_records_what_was_decided(tmp_path):
     assert u["rows"] == 27 and u["mode"] == "spread" and u["used"] and u["pseudo_labelled"] == 27
     assert u["decision"].startswith("used, not checked: a class has 1 labelled image")
     assert type(bundle.pipeline).__name__ == "Pipeline"  # the classifier as fit: a plain zoo Pipeline
-    with pytest.raises(FeaturebankError, match="no unlabeled rows"):
+    with pytest.raises(FeaturebankError, match="no unlabeled rows for --unlabeled: .*it never unlabels one"):
         synthetic_cache(tmp_path / "full.h5", counts=(3, 3))
         train(str(tmp_path / "full.h5"), classifier="logreg", unlabeled=True)
 
