@@ -507,7 +507,7 @@ def test_cv_plans_with_the_unlabeled_rows_it_will_fit(tmp_path):
 
     _, y = synthetic_cache(tmp_path / "c.h5", counts=(14, 14), labels=False, seed=7, dim=8)
     paths = CacheReader(str(tmp_path / "c.h5")).paths
-    chosen = [int(i) for c in (0, 1) for i in np.flatnonzero(y == c)[:4]]
+    chosen = [int(i) for c in (0, 1) for i in np.flatnonzero(y == c)[:6]]  # 3 a class in a training fold: k=2 is run
     csv = tmp_path / "labelled.csv"
     csv.write_text("path,label\n" + "".join(f"{paths[i]},class{y[i]}\n" for i in chosen))
     report = cross_validate(
@@ -521,8 +521,8 @@ def test_cv_plans_with_the_unlabeled_rows_it_will_fit(tmp_path):
         draws=2,
         extras=None,
     )
-    assert "(20 unlabeled rows and the learning curve's 2 x 2 draws included)" in report.plan.message
-    assert report.plan.extra.unlabeled == 20 and report.plan.extra.shots == (1, 2)
+    assert "(16 unlabeled rows and the learning curve's 2 x 2 draws included)" in report.plan.message
+    assert report.plan.extra.unlabeled == 16 and report.plan.extra.shots == (1, 2)
 
 
 def test_beyond_the_switch_the_extras_cost_the_index_and_leave_more_classifiers_in():
