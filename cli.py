@@ -171,16 +171,29 @@ class Group(click.Group):
                 return super().invoke(ctx)
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
-        except BrokenPipeError:  # the reader of stdout left (| head): nothing more to say, nowhere to say it
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-            sys.exit(1)
         except OSError as exc:  # a disk that filled, a file in the way: what no check could see before
+            if isinstance(exc, BrokenPipeError) and _stdout_gone():  # | head: nothing to say, nowhere to say it
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+                sys.exit(1)
+            if os.environ.get("FEATUREBANK_TRACEBACK"):
+                raise
             raise click.ClickException(os_error_line(exc)) from None
         except KeyboardInterrupt as exc:
             how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
             kept = getattr(exc, "kept", None) or KEPT.get(ctx.invoked_subcommand, "stopped before it finished")
             click.echo(f"{how}: {kept}.", err=True)  # kept: what the library knows was kept, when it said
             sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has left (a pipe closed): a broken pipe there is the reader's choice, not an error."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def emit(data, as_json: bool, text) -> None:
@@ -524,7 +537,7 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, labels, **opti
 
     o, progress = made(RunOptions, options), not quiet and sys.stderr.isatty()
     if out:
-        check_destination(out, args, "-o")
+        check_destination(out, [*args, labels], "-o")
     if not imagenet and len(args) == 2 and is_cache_file(args[1]):
         result = pseudo_labels(args[0], args[1], sort=sort, trust_pickle=o.trust_pickle, labels=labels)
         if out:

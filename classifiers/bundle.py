@@ -172,7 +172,8 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     else:
         fit_grouped(pipeline, X, data.y, group_ids)
     notes += fallbacks(pipeline)
-    calibration = _calibration(o, pipeline, X, data.y, group_ids, bool(unlabeled), data.free_features(layer, UNSEEN))
+    unseen = data.free_features(layer, UNSEEN) if o.calibrate and not unlabeled and data.unlabeled else None
+    calibration = _calibration(o, pipeline, X, data.y, group_ids, bool(unlabeled), unseen)
     if calibration["method"] == "none" and o.calibrate:
         notes.append(calibration["note"])
     bundle = Bundle(
@@ -541,6 +542,7 @@ def pseudo_labels(
         "layer": bundle.layer,
         "cache": reader.path,
         "score": kind,
+        "calibrated": (bundle.calibration or {}).get("method", "none") != "none",
         "pseudo": True,
         "labelled_rows_skipped": int(len(reader) - len(rows)),
         **({"labels": labels} if labels else {}),

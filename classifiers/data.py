@@ -50,8 +50,9 @@ class Labeled:
         """The unlabeled rows' features of ``layer`` (``a+b`` side by side), in cache order, float32; ``limit``: at
         most that many of them, evenly spaced."""
         rows = self.free if self.free is not None else np.empty(0, dtype=np.int64)
-        if limit is not None and len(rows) > limit:
-            rows = rows[np.linspace(0, len(rows) - 1, limit).astype(np.int64)]
+        if limit is not None and len(rows) > limit:  # only those read from the file
+            rows = np.unique(rows[np.linspace(0, len(rows) - 1, limit).astype(np.int64)])
+            return np.hstack([self.reader.features(part, rows) for part in layer.split(COMPOSITE)]).astype(np.float32)
         return np.hstack([self.reader.features(part)[rows] for part in layer.split(COMPOSITE)]).astype(np.float32)
 
     def dims(self, layer: str) -> int:

@@ -466,8 +466,10 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
             raise InvalidValue(f"{corrections} line {line}: a line break in a label, which no class folder can hold")
         wanted.append((r[names["path"]], r[names["label"]].strip() if "label" in names else None, new))
     if any(key(p) not in where for p, _, _ in wanted):  # named as the cache names them: relative to its root
-        located = _under_cache_root(corrections, root, where) or _by_suffix(where)
-        wanted = [(located(p) or p, given, new) for p, given, new in wanted]
+        under, ending = _under_cache_root(corrections, root, where), _by_suffix(where)
+        wanted = [
+            (p if key(p) in where else (under and under(p)) or ending(p) or p, given, new) for p, given, new in wanted
+        ]
     seen: dict[str, str] = {}
     for p, _, new in wanted:
         if seen.setdefault(key(p), new) != new:
@@ -493,7 +495,7 @@ def relabel(manifest: str, corrections: str, out: str) -> dict:
         row[label_col] = new
         changed += 1
     try:
-        with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_path(out, named=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
@@ -567,7 +569,7 @@ def _by_suffix(where: dict):
             ends.setdefault("/".join(parts[i:]), []).append(name)
 
     def located(path: str) -> str | None:
-        found = ends.get(path.strip().replace("\\", "/").lstrip("./"), [])
+        found = ends.get(path.strip().replace("\\", "/").removeprefix("./"), [])
         return found[0] if len(found) == 1 else None
 
     return located

@@ -13,7 +13,7 @@ from embedder.kernel.atomic import atomic_path
 
 def write_evaluation_csv(result: dict, path: str) -> str:
     """``path,label,predicted`` per image of an evaluation (``bundle.evaluate``); returns ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path, named=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, ["path", "label", "predicted"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(result["predictions"])
@@ -79,7 +79,7 @@ def confidence_text(value: float) -> str:
 
 def write_predictions(result: dict, path: str, fmt: str = "csv") -> str:
     """``predictions_text`` as the whole of ``path``; returns ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+    with atomic_path(path, named=True) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write(predictions_text(result, fmt))
     return path
 
@@ -90,7 +90,7 @@ def pseudo_label_notes(result: dict, out: str | None) -> list[str]:
     skipped = result["labelled_rows_skipped"]
     return [
         f"{len(result['rows'])} pseudo-label(s) of {result['cache']}{where}, {result['sort']} ({result['model']} on "
-        f"{result['layer']}, confidence: its {'calibrated ' if result['score'] == 'probability' else ''}"
+        f"{result['layer']}, confidence: its {'calibrated ' if result.get('calibrated') else 'uncalibrated '}"
         f"{result['score']}); {skipped} labelled row(s) skipped"
         + (f" (with {result['labels']})" if result.get("labels") else ""),
         *(f"note: {n}" for n in result.get("notes", [])),

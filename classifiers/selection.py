@@ -137,6 +137,8 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
     excluded = np.zeros(len(known), dtype=bool)
     for path in exclude:
         excluded |= read_paths(path, reader.paths)
+    sent = (read_paths(labels, reader.paths) & unlabeled & ~excluded) if labels else np.zeros(len(known), bool)
+    excluded |= sent  # named by the labels CSV with an empty label: sent for labelling and left empty
     pool = unlabeled & ~excluded
     if not pool.any():
         raise InvalidValue(
@@ -173,6 +175,11 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
         labels=labels,
         excluded_labelled=int((~unlabeled & excluded).sum()),
     )
+    if sent.any():
+        selection.notes.append(
+            f"{int(sent.sum())} image(s) of {labels} have an empty label: left out as sent for labelling already "
+            f"(label them, or delete their rows, to have them picked again)"
+        )
     if out:
         selection.files = write_selection(selection, out, reader.attrs.get("root"))
     selection.seconds = round(time.perf_counter() - started, 3)
@@ -189,6 +196,18 @@ def labels_filled_in(path: str) -> int:
         return 0
 
 
+MANIFEST_HEADER = "path,label,reason,score"  # what write_selection writes first
+
+
+def _header(path: str) -> str:
+    """The first line of a CSV (its header), "" when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            return fh.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def sheet_path(out: str) -> str:
     """The contact sheet beside the manifest: ``TO_LABEL.csv`` → ``TO_LABEL.html``."""
     stem, ext = os.path.splitext(out)
@@ -197,9 +216,9 @@ def sheet_path(out: str) -> str:
 
 def write_selection(selection: Selection, out: str, root: str | None) -> dict[str, str]:
     """The manifest (``path,label,reason,score``, "\\n" line ends, best first) and its contact sheet."""
-    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(out, named=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["path", "label", "reason", "score"])
+        w.writerow(MANIFEST_HEADER.split(","))
         for p in selection.picks:
             w.writerow([p.path, "", p.reason, f"{p.score:.6g}"])
     from .selectsheet import write_sheet
@@ -244,9 +263,10 @@ def select_text(d: dict) -> list[str]:
         lines.append(f"wrote {files['manifest']} and {files['sheet']} (the picks with thumbnails)")
         manifest, labels = files["manifest"], d.get("labels")
         if labels:  # every label in one CSV: this round's rows join the earlier ones
+            how = f" (tail -n +2 {manifest} >> {labels})" if _header(labels) == MANIFEST_HEADER else " (path,label)"
             lines.append(
-                f"next: fill in its label column, add its rows to {labels} (tail -n +2 {manifest} >> {labels}), "
-                f"then featurebank select {d['cache']} --budget N --labels {labels} --exclude {manifest} -o NEXT.csv"
+                f"next: fill in its label column, add its rows to {labels}{how}, then featurebank select "
+                f"{d['cache']} --budget N --labels {labels} -o NEXT.csv (its rows left empty are not picked again)"
             )
         else:
             lines.append(

@@ -289,6 +289,12 @@ def test_relabel_matches_label_issues_paths_under_the_caches_root_as_the_docs_lo
         assert (
             tmp_path / "new.csv"
         ).read_text() == "path,label\nphotos/a/1.jpg,cat\nphotos/a/2.jpg,dog\nphotos/b/1.jpg,dog\n"
+    (run / "report.json").write_text(json.dumps({"root": "/elsewhere/photos"}))  # a run folder moved here
+    (tmp_path / "dotted.csv").write_text("path,suggested\n./a/2.jpg,dog\n")
+    for fixes in (run / "label_issues.csv", tmp_path / "dotted.csv"):
+        result = relabel(tmp_path / "photos.csv", fixes, "-o", tmp_path / "new.csv")
+        assert result.exit_code == 0, result.output
+        assert "photos/a/2.jpg,dog" in (tmp_path / "new.csv").read_text()
     (tmp_path / "twice.csv").write_text("path,suggested\na/2.jpg,dog\na/2.jpg,cat\n")
     one_line_error(
         relabel(tmp_path / "photos.csv", tmp_path / "twice.csv", "-o", tmp_path / "x.csv"), "twice with other labels"
@@ -597,22 +603,33 @@ def test_predict_and_evaluate_name_their_cache_and_leave_no_lock_files(tmp_path,
 
 # -- outputs that are not plain files, a disk that fills, a run folder written over ---------------------------
 def test_an_output_through_a_link_writes_its_target_and_a_device_is_written_through(tmp_path):
+    """For a path the user named (-o): the link's target is written, a device written through. The files
+    featurebank names itself (thumbnails, sidecars) are replaced whatever stands there: a planted link is not
+    followed out of their folder."""
     from embedder.kernel.atomic import atomic_path
+    from embedder.kernel.destination import check_destination
 
     (tmp_path / "out").mkdir()
     link = tmp_path / "link.csv"
     link.symlink_to(tmp_path / "out" / "target.csv")
-    with atomic_path(str(link)) as tmp, open(tmp, "w") as fh:
+    with atomic_path(str(link), named=True) as tmp, open(tmp, "w") as fh:
         fh.write("a,b\n")
     assert link.is_symlink() and (tmp_path / "out" / "target.csv").read_text() == "a,b\n"
-    with atomic_path(os.devnull) as tmp:  # written through, never renamed over
+    planted = tmp_path / "thumb.jpg"
+    planted.symlink_to(tmp_path / "out" / "target.csv")
+    with atomic_path(str(planted)) as tmp, open(tmp, "w") as fh:
+        fh.write("jpeg")
+    assert not planted.is_symlink() and planted.read_text() == "jpeg"
+    assert (tmp_path / "out" / "target.csv").read_text() == "a,b\n"  # the link's target untouched
+    assert check_destination(os.devnull) == os.devnull  # no probe file made in /dev
+    with atomic_path(os.devnull, named=True) as tmp:  # written through, never renamed over
         assert tmp == os.devnull
         with open(tmp, "w") as fh:
             fh.write("gone")
     assert not os.path.isfile(os.devnull) and os.path.exists(os.devnull)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with atomic_path(str(fifo)) as tmp:
+    with atomic_path(str(fifo), named=True) as tmp:
         assert tmp == str(fifo)  # (not opened here: a FIFO waits for its reader)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
@@ -626,6 +643,35 @@ def test_a_full_disk_while_writing_is_one_line_and_the_device_stays(tmp_path):
                                            "-q", "-o", "/dev/full"])  # fmt: skip
     one_line_error(result, "No space left on device", "free some space")
     assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
+
+
+def test_an_os_error_names_the_real_path_and_says_what_to_do():
+    import errno
+
+    from embedder.kernel.errors import os_error_line
+
+    renamed = OSError(errno.EISDIR, "Is a directory", "/o/report.md.1a2b3c4d.tmp", None, "/o/report.md")
+    assert os_error_line(renamed).startswith("Is a directory: /o/report.md (a file stands where a folder is needed")
+    assert os_error_line(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")).startswith(
+        "Connection refused (a network or scheduler problem"
+    )
+    assert os_error_line(OSError("h5py said so")).startswith("OSError: h5py said so (check the path")
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device")).endswith(
+        "FEATUREBANK_TRACEBACK=1 shows where it came from)"
+    )
+
+
+def test_predict_refuses_to_write_over_its_labels_csv(tmp_path):
+    synthetic_cache(tmp_path / "train.h5", counts=(6, 6), dim=4)
+    X, _ = synthetic_cache(tmp_path / "free.h5", counts=(3, 3), dim=4, labels=False)
+    train(str(tmp_path / "train.h5"), classifier="knn:n_neighbors=3", out=str(tmp_path / "m.fbmodel"))
+    labels = tmp_path / "labelled.csv"
+    labels.write_text("path,label\n")
+    before = labels.read_text()
+    result = CliRunner().invoke(cli.main, ["predict", str(tmp_path / "m.fbmodel"), str(tmp_path / "free.h5"),
+                                           "--labels", str(labels), "-o", str(labels)])  # fmt: skip
+    one_line_error(result, "an input of this command: it would be overwritten")
+    assert labels.read_text() == before
 
 
 def test_a_fifo_or_a_folder_given_as_a_cache_is_one_line_not_a_wait(tmp_path):
@@ -674,3 +720,11 @@ def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_no_repo
     monkeypatch.undo()
     writer.write_report(second, str(run))
     assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "ridge"
+    # a folder that holds no cv run keeps what it holds
+    other = tmp_path / "project"
+    (other / "predictions").mkdir(parents=True)
+    (other / "predictions" / "mine.csv").write_text("kept")
+    (other / "report.md").write_text("my notes")
+    writer.write_report(second, str(other))
+    assert (other / "predictions" / "mine.csv").read_text() == "kept"  # not a run's: kept
+    assert "Cross-validation report" in (other / "report.md").read_text()  # the same name: written over, as before

@@ -108,3 +108,24 @@ def test_a_cache_without_labels_points_to_labels_and_an_empty_csv_is_named(tmp_p
     empty = write(tmp_path, "path,label\n" + "".join(f"{p},\n" for p in paths[:3]))
     with pytest.raises(FeaturebankError, match=f"has no labelled rows: every label of {empty} is empty; fill in"):
         cross_validate(str(tmp_path / "c.h5"), classifiers=["knn"], folds=2, labels=empty)
+
+
+def test_a_sample_of_the_unlabeled_rows_reads_only_those_rows(tmp_path, monkeypatch):
+    from classifiers.data import labeled
+
+    X, y = synthetic_cache(tmp_path / "c.h5", counts=(10, 10), labels=False, dim=6)
+    reader = CacheReader(str(tmp_path / "c.h5"))
+    labels = labels_of(reader, write(tmp_path, "path,label\n" + "".join(f"{reader.paths[i]},c\n" for i in range(3))))
+    data = labeled(reader, labels)
+    free = np.flatnonzero(labels == "")
+    whole = data.free_features("flatten")
+    np.testing.assert_array_equal(whole, X[free].astype(np.float32))
+    read = []
+    features = CacheReader.features
+    monkeypatch.setattr(
+        CacheReader, "features", lambda self, layer=None, rows=None: read.append(rows) or features(self, layer, rows)
+    )
+    sample = data.free_features("flatten", limit=5)
+    picked = free[np.linspace(0, len(free) - 1, 5).astype(np.int64)]
+    np.testing.assert_array_equal(sample, X[picked].astype(np.float32))
+    assert [list(r) for r in read] == [list(picked)]  # those rows, not the whole layer

@@ -226,10 +226,12 @@ def test_a_later_round_says_to_keep_every_label_in_the_labels_csv_and_counts_the
     said = select_text(second.to_dict())
     assert said[1].endswith(f"with {labels}), 1 excluded (3 more named by --exclude are labelled already)")
     assert said[-1] == (
-        f"next: fill in its label column, add its rows to {labels} (tail -n +2 {tmp_path / 'round2.csv'} >> "
-        f"{labels}), then featurebank select {cache} --budget N --labels {labels} --exclude "
-        f"{tmp_path / 'round2.csv'} -o NEXT.csv"
+        f"next: fill in its label column, add its rows to {labels} (path,label), then featurebank select {cache} "
+        f"--budget N --labels {labels} -o NEXT.csv (its rows left empty are not picked again)"
     )
+    (tmp_path / "all.csv").write_text((tmp_path / "round1.csv").read_text())  # a manifest's own columns
+    said = select_text({**second.to_dict(), "labels": str(tmp_path / "all.csv")})
+    assert f"(tail -n +2 {tmp_path / 'round2.csv'} >> {tmp_path / 'all.csv'})" in said[-1]
 
 
 def test_groups_are_never_picked_twice_in_a_batch(tmp_path):
@@ -376,6 +378,24 @@ def test_an_interrupt_while_the_sheet_is_written_says_the_manifest_was(tmp_path,
     monkeypatch.setattr("classifiers.select_rules.choose", stop)
     result = run(cache, "--budget", "3", "-o", tmp_path / "r.csv")
     assert result.exit_code == 130 and "Interrupted: no manifest was written" in result.output
+
+
+def test_images_the_labels_csv_names_with_an_empty_label_are_not_picked_again(tmp_path):
+    from classifiers.selection import select_text
+
+    X, _ = blobs()
+    cache, paths = write_cache(tmp_path / "flat.h5", X)
+    first = select(cache, budget=4, out=str(tmp_path / "round1.csv"))
+    labels = tmp_path / "labelled.csv"
+    labels.write_text(
+        "path,label\n" + "".join(f"{p.path},{'c0' if i < 2 else ''}\n" for i, p in enumerate(first.picks))
+    )
+    again = select(cache, budget=4, labels=str(labels), out=str(tmp_path / "round2.csv"))
+    assert not {p.path for p in again.picks} & {p.path for p in first.picks}
+    assert again.excluded == 2 and again.pool == len(paths) - 4
+    assert f"2 image(s) of {labels} have an empty label: left out as sent for labelling already" in again.notes[-1]
+    said = select_text(again.to_dict())
+    assert said[-1].startswith(f"next: fill in its label column, add its rows to {labels} (path,label), then ")
 
 
 def test_a_row_passed_over_is_counted_once_however_often_a_rule_meets_it():

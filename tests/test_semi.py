@@ -311,6 +311,10 @@ def test_predict_with_labels_skips_the_labelled_rows_and_says_what_it_wrote(tmp_
         f"confidence: its calibrated probability); {len(chosen)} labelled row(s) skipped (with {csv})"
     ]
     assert "note:" not in result.output
+    raw = str(tmp_path / "raw.fbmodel")
+    train(cache, classifier="logreg:C=1.0", out=raw, labels=csv, calibrate=False)
+    said = CliRunner().invoke(cli.main, ["predict", raw, cache, "--labels", csv, "-o", str(tmp_path / "p2.csv")])
+    assert "confidence: its uncalibrated probability" in said.output
     images = CliRunner().invoke(cli.main, ["predict", model, str(tmp_path / "x.jpg"), "--labels", csv])
     assert images.exit_code == 2 and "--labels goes with MODEL CACHE.h5" in images.output
 

@@ -21,7 +21,7 @@ from embedder.kernel.atomic import atomic_path
 from embedder.kernel.versions import library_versions
 
 from .embedmap import write_map
-from .html import write_html
+from .html import is_cv_report, write_html
 from .plots import confusion_png, leaderboard_png
 from .reading import (
     FORMAT,
@@ -439,8 +439,9 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d
     embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
     ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already).
 
-    A run written there before is removed first (its files of ``RUN_FILES`` and its predictions; the thumbnails
-    stay, they are of the same images), and report.json, what ``train --from`` and ``featurebank report`` read, is
+    A cv run written there before (its report.json read) is removed first: its files of ``RUN_FILES`` and the
+    predictions it names; the thumbnails stay (they are of the same images), and anything else in the folder. And
+    report.json, what ``train --from`` and ``featurebank report`` read, is
     written last but the page (whole or not at all): a folder whose writing stopped (Ctrl-C, a full disk) holds no
     report.json, never one run's beside another's files. An interrupt says so."""
     try:
@@ -451,18 +452,37 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d
                 f"the report in {out_dir} is not whole (no report.json: a run stopped while it was written); "
                 f"run the same command again"
             )
+        else:  # only the page was left to write
+            exc.kept = (  # type: ignore[attr-defined]
+                f"the report in {out_dir} was written but not its page: featurebank report {out_dir} renders it"
+            )
         raise
 
 
+def _former_files(out_dir: str) -> list[str]:
+    """The files of a cv run already in ``out_dir`` (its report.json read: ``RUN_FILES`` and the predictions it
+    names), report.json first; none when there is no such run (a folder of other things keeps them all)."""
+    try:
+        with open(os.path.join(out_dir, "report.json"), encoding="utf-8") as fh:
+            former = json.load(fh)
+    except (OSError, ValueError):
+        return []
+    if not is_cv_report(former):
+        return []
+    named = [r.get("predictions") for r in former.get("results") or [] if isinstance(r, dict)]
+    inside = [
+        p for p in named if isinstance(p, str) and p.startswith("predictions/") and ".." not in p.split("/")
+    ]  # only files of its own folder
+    if os.path.islink(os.path.join(out_dir, "predictions")):
+        inside = []  # never through a link out of the folder
+    return [os.path.join(out_dir, name) for name in (*RUN_FILES, *inside)]
+
+
 def _write_report(report: CVReport, out_dir: str, suspicious: int, d: dict | None) -> dict[str, str]:
-    for name in RUN_FILES:  # report.json first: from here on the folder holds no finished run
-        if os.path.isfile(os.path.join(out_dir, name)):
-            os.unlink(os.path.join(out_dir, name))
+    for path in _former_files(out_dir):  # report.json first: from here on the folder holds no finished run
+        if os.path.lexists(path) and not os.path.isdir(path):
+            os.unlink(path)
     predictions = os.path.join(out_dir, "predictions")
-    if os.path.isdir(predictions):
-        for name in os.listdir(predictions):
-            if name.endswith(".csv") and os.path.isfile(os.path.join(predictions, name)):
-                os.unlink(os.path.join(predictions, name))
     os.makedirs(predictions, exist_ok=True)
     d = d or report_dict(report, suspicious)
     files = {"json": os.path.join(out_dir, "report.json"), "markdown": os.path.join(out_dir, "report.md")}

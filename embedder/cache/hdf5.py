@@ -905,12 +905,13 @@ class CacheReader:
             raise InvalidValue(f"layer {layer!r} is not in {self.path} (it has {', '.join(self.layers)})")
         return layer
 
-    def features(self, layer: str | None = None) -> np.ndarray:
-        """One layer's rows, checked against their checksum (caches written since it exists)."""
+    def features(self, layer: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """One layer's rows (``rows``: only those, increasing indices), checked against their checksum (caches
+        written since it exists)."""
         layer = self.layer(layer)
         with _open(self.path) as f:
             try:
-                return f["features"][layer][()]
+                return f["features"][layer][()] if rows is None else f["features"][layer][np.asarray(rows)]
             except OSError as exc:  # the fletcher32 filter refuses a chunk whose bytes changed
                 raise damaged(
                     self.path,

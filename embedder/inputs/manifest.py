@@ -45,7 +45,7 @@ def write_manifest(folder: str, out: str, layout: str = "auto") -> dict:
     if not rows:
         raise InvalidValue(f"no images in {folder}: nothing to write")
     try:
-        with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_path(out, named=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(["path", "label"])
             w.writerows(rows)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+from .atomic import special
 from .errors import FeaturebankError, FileProblem, InvalidValue
 
 
@@ -59,5 +60,7 @@ def check_destination(path: str, inputs=(), what: str = "the output") -> str:
     if os.path.isdir(path):
         raise FileProblem(f"{what} {path} is a folder: give a file name")
     refuse_overwrite(path, inputs, what)
+    if special(path):  # -o /dev/stdout: written through (atomic_path(named=True)), its folder never probed
+        return path
     writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} {os.path.basename(path)}")
     return path

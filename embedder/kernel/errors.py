@@ -43,9 +43,12 @@ def os_error_line(exc: OSError) -> str:
     folder, a folder that cannot be written), as the one line the CLI prints: what, where, and what to do."""
     import errno
 
-    what = exc.strerror or first_line(exc)
-    where = f": {exc.filename}" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    what = exc.strerror or f"{type(exc).__name__}: {first_line(exc)}"
+    named = exc.filename2 or exc.filename  # a rename's target, not the temporary file beside it
+    where = f": {named}" if named else ""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        advice = "a network or scheduler problem: check the address and that it is up, then run again"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         advice = "free some space, or write elsewhere, then run the same command again"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         advice = "choose a folder you can write to, or give yourself the right to"
@@ -53,7 +56,7 @@ def os_error_line(exc: OSError) -> str:
         advice = "a file stands where a folder is needed, or the reverse: move it, or write elsewhere"
     else:
         advice = "check the path and run the same command again"
-    return f"{what}{where} ({advice})"
+    return f"{what}{where} ({advice}; FEATUREBANK_TRACEBACK=1 shows where it came from)"
 
 
 class Terminated(KeyboardInterrupt):
