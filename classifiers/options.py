@@ -50,7 +50,7 @@ class CVOptions:
     n_jobs: int | None = option(
         None,
         "Folds fitted side by side, the cores shared out among them (default: as many as the cores and the folds, "
-        "fewer where the memory bound needs; 1: one at a time, BLAS on every core; -1: every core).",
+        "fewer where the memory bound needs; 1: one at a time, BLAS on every core; -1: every core, -2: every core but one).",
         short="-j",
     )
     # seconds of estimated work: every (cache, layer, classifier, fold) and the report's extras; 12 minutes of

@@ -110,6 +110,8 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
     if out:
         from embedder.kernel.destination import check_destination
 
+        if out.lower().endswith(".html"):
+            raise InvalidValue(f"-o {out}: give the manifest's .csv path; its contact sheet (.html) goes beside it")
         if special(out):
             raise InvalidValue(
                 f"-o {out} is not a regular file: select writes a manifest to fill in, with its contact sheet "

@@ -408,3 +408,14 @@ def test_a_row_passed_over_is_counted_once_however_often_a_rule_meets_it():
     assert [batch.allowed(1) for _ in range(5)] == [False] * 5  # row 0's group, met five times
     assert batch.first_allowed([1, 1, 2]) == 2
     assert picked.refused == {"group": 1, "duplicate": 0}
+
+
+def test_an_html_path_for_the_manifest_is_one_line(tmp_path):
+    X, _ = blobs()
+    cache, _ = write_cache(tmp_path / "flat.h5", X)
+    result = run(cache, "--budget", "2", "-o", tmp_path / "picks.html")
+    assert (
+        result.exit_code == 1
+        and "give the manifest's .csv path; its contact sheet (.html) goes beside it" in result.output
+    )
+    assert not (tmp_path / "picks.html").exists() and not (tmp_path / "picks.html.html").exists()
