@@ -258,12 +258,18 @@ def int8_layers(bundle: Bundle) -> list[str]:
     return list(bundle.trained_on.get("layers") or [bundle.layer])
 
 
-def check_cache(reader: CacheReader, bundle: Bundle) -> None:
+def check_cache(reader: CacheReader, bundle: Bundle, option: bool = False) -> None:
+    """A cache whose vectors are not the model's is one line: given as the data (``MODEL CACHE.h5``), or as
+    ``--cache`` for images to embed into (``option``)."""
     differ = settings_differ(reader.settings, bundle)
     if differ:
+        advice = (
+            "give another --cache, or none: the images are then embedded with the model's settings"
+            if option
+            else "give the images instead and they are embedded with the model's settings"
+        )
         raise IncompatibleSettings(
-            f"{reader.path} was not made with the model's embedding settings ({differ[0]}); "
-            f"give the images instead and they are embedded with the model's settings"
+            f"{reader.path} was not made with the model's embedding settings ({differ[0]}); {advice}"
         )
 
 
@@ -325,7 +331,7 @@ def embedded(
     options = replace(extract_options(bundle, run.weights), **run.extract_overrides())
     if run.cache and os.path.exists(run.cache):
         existing = CacheReader(run.cache)
-        check_cache(existing, bundle)
+        check_cache(existing, bundle, option=True)
         options = replace(options, layers=tuple(existing.layers))  # keep the cache's other layers: its settings
     summary = extract(listing, run.cache, options, progress=progress)
     reader = CacheReader(summary.cache)
@@ -366,10 +372,14 @@ def _cache_or_images(bundle: Bundle, data, run: RunOptions, progress: bool) -> C
     listing = _listing(data, run.layout, None)
     if not listing.labeled:  # said before a single image is embedded, not after all of them
         shown = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "the images given"
+        parent = (
+            f" (give {os.path.dirname(os.path.abspath(shown))} if {os.path.basename(shown)} is one class of it)"
+            if os.path.isdir(shown)
+            else ""
+        )
         raise InvalidValue(
             f"{shown} has no labels (a {listing.kind} input): evaluate needs labelled images, a folder of class "
-            f"folders (give {os.path.dirname(os.path.abspath(shown))} if {os.path.basename(shown)} is one class "
-            f"of it) or a CSV manifest with a label column; to classify unlabeled images, use predict"
+            f"folders{parent} or a CSV manifest with a label column; to classify unlabeled images, use predict"
         )
     return embedded(bundle, listing, run, progress=progress)[0]
 

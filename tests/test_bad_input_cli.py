@@ -470,6 +470,11 @@ def test_evaluate_on_one_class_folder_fails_before_embedding(model, tmp_path, mo
         FeaturebankError, match="class0 has no labels.*a folder of class folders .give .*val if class0 is one class"
     ):
         evaluate(str(model / "m.fbmodel"), str(tmp_path / "val" / "class0"))
+    (tmp_path / "flat.csv").write_text("path\nval/class0/img000.jpg\n")  # a manifest without labels: no folder hint
+    with pytest.raises(
+        FeaturebankError, match=r"flat.csv has no labels .* a folder of class folders or a CSV manifest"
+    ):
+        evaluate(str(model / "m.fbmodel"), str(tmp_path / "flat.csv"))
 
 
 # -- featurebank manifest: the relabel loop from a class-per-folder tree -------------------------------------

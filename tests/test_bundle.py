@@ -81,9 +81,14 @@ def test_a_cache_made_with_other_settings_is_refused(trained, tmp_path):
     root, images, _ = trained
     other = str(tmp_path / "other.h5")
     extract(images, other, **{**FAST, "crop": 56})
-    with pytest.raises(FeaturebankError, match="not made with the model's embedding settings .preprocessing"):
+    with pytest.raises(
+        FeaturebankError, match="not made with the model's embedding settings .preprocessing.*give the images instead"
+    ):
         evaluate(str(root / "model.joblib"), other)
-    with pytest.raises(FeaturebankError, match="not made with the model's embedding settings .preprocessing"):
+    with pytest.raises(
+        FeaturebankError,
+        match="not made with the model's embedding settings .preprocessing.*give another --cache, or none",
+    ):
         predict(str(root / "model.joblib"), [str(images)], cache=other, **RUN)
 
 
