@@ -54,7 +54,7 @@ def parse_shots(value) -> list:
     return numbers + ([ALL] if ALL in out else [])
 
 
-def usable_shots(shots: list, y: np.ndarray, splits, n_classes: int) -> tuple[list, dict[int, str], float]:
+def usable_shots(shots: list, y: np.ndarray, splits, n_classes: int) -> tuple[list, dict, float]:
     """The ``shots`` worth drawing on these folds, what to say of the others, and the mean labelled images a class
     has in a training fold (the full run's size). A k at or above the most labelled images any class has in any
     training fold draws every labelled row of every fold: the full run (``all``) again, each draw the same;
