@@ -2,14 +2,14 @@
 
 ``on_cluster(address)`` connects a client to a running scheduler; inside it, ``layer_tasks(arrays)`` makes every
 joblib ``Parallel`` call of one layer run on the cluster, with that layer's arrays broadcast to the workers once
-(joblib would otherwise scatter them again for every classifier). Without an address both are no-ops and nothing
+and the tasks given their futures (joblib would otherwise scatter them again for every classifier). Without an address both are no-ops and nothing
 of Dask is imported, so a local run does not pay for it or need it installed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from embedder.kernel.errors import FeaturebankError, first_line
@@ -25,6 +25,7 @@ class Cluster:
     address: str
     workers: int
     threads: int
+    held: list = field(default_factory=list, compare=False, repr=False)  # the current layer's scattered futures
 
     def describe(self) -> str:
         return f"Dask scheduler {self.address} ({self.workers} workers, {self.threads} threads)"
@@ -65,22 +66,22 @@ def on_cluster(address: str | None, timeout: float = 20.0):
 @contextlib.contextmanager
 def layer_tasks(cluster: Cluster | None, arrays: list):
     """Run the joblib ``Parallel`` calls inside on ``cluster`` (if any), with ``arrays`` (the layer's features,
-    labels, groups) broadcast to every worker once and passed to the tasks by reference."""
+    labels, groups) broadcast to every worker once. Yields what the tasks take in their place: the arrays
+    themselves without a cluster, else their Dask futures (joblib passes a future through, and each worker gets
+    the data it names). ``None`` stays ``None``."""
     if cluster is None:
-        yield
+        yield arrays
         return
     from joblib import parallel_config
 
-    present = [a for a in arrays if a is not None]
-    # held for the whole layer: each joblib Parallel call scatters the same arrays (the same keys, by their hash)
-    # and drops its futures when it ends; without a holder in between, the scheduler could forget the data that
-    # the next call's tasks were just given ("lost dependencies")
-    held = cluster.client.scatter(present, broadcast=True)
-    try:
-        with parallel_config(backend="dask", client=cluster.client, scatter=present):
-            yield
-    finally:
-        del held
+    scattered = iter(cluster.client.scatter([a for a in arrays if a is not None], broadcast=True))
+    futures = [None if a is None else next(scattered) for a in arrays]  # keyed by content: the labels keep theirs
+    # the previous layer's futures are let go only now that this layer's are held: a key whose last future goes
+    # (the labels', between two layers) is released by a message that can reach the scheduler after the next
+    # scatter of the same key, which then forgets data its tasks were just given ("lost dependencies")
+    cluster.held[:] = [f for f in futures if f is not None]
+    with parallel_config(backend="dask", client=cluster.client):
+        yield futures
 
 
 __all__ = ["Cluster", "INSTALL", "layer_tasks", "on_cluster"]

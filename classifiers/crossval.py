@@ -594,7 +594,7 @@ def cross_validate(
             X = source.data.features(layer)
             free = source.data.free_features(layer) if unlabeled else None
             where = f"{source.name}:{layer}" if len(sources) > 1 else layer
-            with layer_tasks(cluster, [X, data.y, group_ids]):
+            with layer_tasks(cluster, [X, data.y, group_ids]) as (X_, y_, groups_):  # futures on a cluster
                 for spec in classifiers:
                     estimator = _estimator(spec, seed, search, inner_folds, group_ids is not None, inner_train)
                     variants: list[tuple[str, object, str, np.ndarray | None]] = [
@@ -609,7 +609,7 @@ def cross_validate(
                     for name, model, pipeline, rows in variants:
                         bar.set_postfix_str(f"{done}/{tasks} fits; {name} @ {where}")
                         jobs = -1 if cluster is not None else the_plan.jobs.get(spec, 1)  # -1: the cluster's threads
-                        fitted = _guarded(_fit_folds(model, X, data.y, group_ids, splits, k, jobs, rows), spec, where)
+                        fitted = _guarded(_fit_folds(model, X_, y_, groups_, splits, k, jobs, rows), spec, where)
                         try:
                             collected = _collect(fitted, splits, data.y, k, bar, weights[(source.name, layer, spec)])
                         except FeaturebankError as exc:
