@@ -635,7 +635,7 @@ def cross_validate(
                             )
                             curve += curve_rows(points, results[-1], shot_list, RANK_BY, shot_notes, full)
                     done += len(splits)
-            del X, free, fitted  # one layer in memory at a time (the spent generators hold it too)
+            del X, X_, free, fitted  # one layer in memory at a time (the spent generators hold it too)
     if not results:  # every entry failed: the first one's reason
         raise FeaturebankError(
             f"no classifier could fit these data: {next(iter(the_plan.skipped.items()), ('', ''))[1]}"
