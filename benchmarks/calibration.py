@@ -27,10 +27,14 @@ one temperature (``calibration.fit_temperature``). Nothing is fit or chosen on v
 
 ``--few 2,5,10`` (with ``--draws N``, 10 by default): few labels, as ``select``'s users start. For each k, N seeded
 random draws of k labelled images per class of train/, what ``train`` does on them (the pipeline fit on the draw, 5
-inner folds' out-of-fold scores, or fewer) and the margin temperature fit to Platt's targets (``train`` now) and to
-the labels themselves (before), against the uncalibrated scores: val/ log-loss (mean and worst draw) and ECE. "Now"
-is all of what ``train`` does with the rest of train/ as its unlabeled rows: no calibration where the inner models'
-scores are on another scale than the model's on those rows (``calibration.scale_mismatch``).
+inner folds' out-of-fold scores, or fewer) and the margin temperature fit to the labels themselves (before Platt's
+targets) and to Platt's targets with the scale check (``train`` now: no calibration where the inner models' scores
+are on another scale than the model's on the rest of train/, its unlabeled rows; ``calibration.scale_mismatch``),
+against the uncalibrated scores; and two checks tried and not adopted (``no_gain``): no calibration where the inner
+folds' out-of-fold rows, each calibrated by a fit on the others, score no better than uncalibrated, by the labels'
+log-loss or by the cross-entropy to Platt's targets. Each scored on the rest of train/ (the rows not drawn, whose
+labels the draw never saw: what a choice between them may read) and on val/, once per draw: log-loss (mean and worst
+draw) and ECE.
 
 ``--nested REPEATS`` chooses the method, on train/ alone (val/ is not read, only its row count for the chance
 line): REPEATS seeded repeats of a 5-fold outer split of train/; on each outer fold's training part, what ``train``
@@ -82,6 +86,7 @@ from classifiers.calibration import (
     logits,
     out_of_fold,
     placed,
+    platt_targets,
     raw_scores,
     scale_mismatch,
     softmax,
@@ -91,6 +96,7 @@ from classifiers.metrics import ece
 from classifiers.zoo import make_classifier
 
 SPECS = ("logreg", "ensemble", "rbf-svm")
+FEW_METHODS = ("none", "labels", "platt", "check-labels", "check-platt")
 FEW_SPECS = ("logreg", "linear-svm", "rbf-svm", "ridge", "lda")  # --few: quick entries, probabilities and decisions
 DRAWS = 1000
 
@@ -144,6 +150,14 @@ def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> st
     lo, hi = bootstrap(yv, after)
     mean_chance, p95_chance = chance(after)
     crossed, _ = cross_fitted(oof, kind, y, fold_of)
+    before_oof = apply_calibration(oof, kind, None)
+    left_out = no_gain(y, before_oof, crossed)
+    now = before if left_out else after  # what train gives now
+    choice = (
+        f"left out ({log_loss(y, before_oof):.4f} ≤ {log_loss(y, crossed):.4f})"
+        if left_out
+        else f"calibrated ({log_loss(y, crossed):.4f} < {log_loss(y, before_oof):.4f})"
+    )
     acc_before, acc_after = (before.argmax(1) == yv).mean(), (after.argmax(1) == yv).mean()
     over = after.max(axis=1).mean() - acc_after
     return (
@@ -154,7 +168,8 @@ def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> st
         f"| {ece(yv, plain):.4f}, {log_loss(yv, plain):.4f} "
         f"| {100 * acc_before:.2f} / {100 * acc_after:.2f} "
         f"| {ece(y, apply_temperature(oof, kind, 1.0)):.4f} / {ece(y, crossed):.4f} "
-        f"| {fit_s:.1f} / {calibration_s:.1f} ({calibration_s / max(fit_s, 1e-9):.1f}×) |"
+        f"| {fit_s:.1f} / {calibration_s:.1f} ({calibration_s / max(fit_s, 1e-9):.1f}×) "
+        f"| {choice}: {ece(yv, now):.4f}, {log_loss(yv, now):.4f} |"
     )
 
 
@@ -258,9 +273,20 @@ def nested(name: str, train: str, val: str, spec: str, layer: str | None, repeat
     return lines
 
 
+def no_gain(y: np.ndarray, before: np.ndarray, crossed: np.ndarray, smooth: bool = True) -> bool:
+    """A check tried on 2026-12-07 (not adopted; RESULTS.md): leave the calibration out where the out-of-fold rows,
+    each inner fold calibrated by a fit on the others (``crossed``), score no better than uncalibrated
+    (``before``): by the labels' log-loss (``smooth=False``) or the cross-entropy to Platt's targets."""
+    targets = platt_targets(y, before.shape[1], smooth)
+    b, c = (float(-(targets * np.log(np.clip(p, 1e-15, None))).sum(axis=1).mean()) for p in (before, crossed))
+    return c >= b
+
+
 def few(name: str, train: str, val: str, specs, layer: str | None, shots: list[int], draws: int) -> list[str]:
     """``--few``: what ``train`` does on k random labelled images per class of train/ (seeded draws), its
-    calibration fit to Platt's targets (now) and to the labels themselves (before), val/ scored once per draw."""
+    calibration fit to Platt's targets and to the labels themselves (before), and the check that leaves it out
+    (by the labels' log-loss, or by the cross-entropy to Platt's targets), each scored on the rest of train/ (the
+    rows not drawn: to choose on) and on val/ (once per draw)."""
     X, y, _ = embedder.load(train, layer=layer)
     Xv, yv, _ = embedder.load(val, layer=layer)
     classes = np.unique(y)
@@ -268,32 +294,41 @@ def few(name: str, train: str, val: str, specs, layer: str | None, shots: list[i
     lines = []
     for k in shots:
         for spec in specs:
-            cells: dict[str, list[tuple[float, float]]] = {"none": [], "labels": [], "platt": []}
+            cells: dict[str, dict[str, list[tuple[float, float]]]] = {m: {"rest": [], "val": []} for m in FEW_METHODS}
             for draw in range(draws):
                 rng = np.random.default_rng(1000 * k + draw)
                 rows = np.concatenate(
                     [rng.choice(np.flatnonzero(y == c), k, replace=False) for c in range(len(classes))]
                 )
                 model = make_classifier(spec, seed=0).fit(X[rows], y[rows])
-                oof, kind, _ = out_of_fold(model, X[rows], y[rows], seed=0, folds=FOLDS)
-                raw, _ = raw_scores(model, Xv)
+                oof, kind, fold_of = out_of_fold(model, X[rows], y[rows], seed=0, folds=FOLDS)
                 # the rest of train/ is the unlabeled pool train would check the scale on (at most 2,000 rows)
                 rest = np.setdiff1d(np.arange(len(y)), rows)
                 unseen = X[rest[np.linspace(0, len(rest) - 1, min(UNSEEN, len(rest))).astype(np.int64)]]
-                now = None if scale_mismatch(model, unseen, oof, kind) else fit_calibration(oof, kind, y[rows])
-                for method, found in (
-                    ("none", None),
-                    ("labels", fit_calibration(oof, kind, y[rows], smooth=False)),
-                    ("platt", now),
-                ):
-                    p = apply_calibration(raw, kind, found)
-                    cells[method].append((log_loss(yv, p), ece(yv, p)))
-            said = []
-            for method in ("none", "labels", "platt"):
-                values = np.asarray(cells[method])
-                said.append(f"{values[:, 0].mean():.3f} (worst {values[:, 0].max():.2f}) | {values[:, 1].mean():.3f}")
-            lines.append(f"| {name} | {k} | {spec} | " + " | ".join(said) + " |")
-            print(lines[-1], flush=True)
+                platt = None if scale_mismatch(model, unseen, oof, kind) else fit_calibration(oof, kind, y[rows])
+                crossed, _ = cross_fitted(oof, kind, y[rows], fold_of)
+                before = apply_calibration(oof, kind, None)
+                found = {
+                    "none": None,
+                    "labels": fit_calibration(oof, kind, y[rows], smooth=False),
+                    "platt": platt,
+                    "check-labels": None if no_gain(y[rows], before, crossed, smooth=False) else platt,
+                    "check-platt": None if no_gain(y[rows], before, crossed) else platt,
+                }
+                for where, (Xs, ys) in (("rest", (X[rest], y[rest])), ("val", (Xv, yv))):
+                    raw, _ = raw_scores(model, Xs)
+                    for method in FEW_METHODS:
+                        p = apply_calibration(raw, kind, found[method])
+                        cells[method][where].append((log_loss(ys, p), ece(ys, p)))
+            for where in ("rest", "val"):
+                said = []
+                for method in FEW_METHODS:
+                    values = np.asarray(cells[method][where])
+                    said.append(
+                        f"{values[:, 0].mean():.3f} (worst {values[:, 0].max():.2f}) | {values[:, 1].mean():.3f}"
+                    )
+                lines.append(f"| {name} | {where} | {k} | {spec} | " + " | ".join(said) + " |")
+                print(lines[-1], flush=True)
     return lines
 
 
@@ -310,10 +345,11 @@ def main():
     if args.few:
         shots = [int(k) for k in args.few.split(",")]
         print(
-            f"| data | per class | classifier | val/ log-loss: uncalibrated (worst of {args.draws}) | val/ ECE "
-            "| fit to the labels (before) | ECE | Platt's targets and the scale check (now) | ECE |"
+            f"| data | scored on | per class | classifier | log-loss: uncalibrated (worst of {args.draws}) | ECE "
+            "| fit to the labels (before) | ECE | Platt's targets and the scale check | ECE "
+            "| and the check by the labels' log-loss | ECE | and the check by Platt's targets | ECE |"
         )
-        print("|---|--:|---|--:|--:|--:|--:|--:|--:|")
+        print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for name, train, val in args.data:
             few(name, train, val, args.classifier or FEW_SPECS, args.layer, shots, args.draws)
         print(f"load average {os.getloadavg()[0]:.1f} after")
@@ -338,9 +374,10 @@ def main():
         "| val/ ECE, margin temperature [95 % bootstrap] | chance ECE at these confidences (mean / 95th pct) "
         "| val/ confidence - accuracy | val/ log-loss uncal. / one T / margin T "
         "| margin T fit to the labels (before Platt's targets): val/ ECE, log-loss | val/ accuracy % uncal. / cal. "
-        "| train/ out-of-fold ECE uncal. / cross-fitted | seconds: fit / 5 calibration fits |"
+        "| train/ out-of-fold ECE uncal. / cross-fitted | seconds: fit / 5 calibration fits "
+        "| train now: its choice (out-of-fold log-loss uncal. / cross-fitted): val/ ECE, log-loss |"
     )
-    print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, train, val in args.data:
         for spec in args.classifier or SPECS:
             print(measure(name, train, val, spec, args.layer), flush=True)
