@@ -415,9 +415,10 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
     help="A cv --out folder: train the best row of its leaderboard (its classifier and layer, searched when cv "
     "searched it) instead of -c and -l.",
 )
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (the model file is written all the same).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was saved as JSON.")
 @click.pass_context
-def train(ctx, cache, from_run, as_json, **options):
+def train(ctx, cache, from_run, quiet, as_json, **options):
     """Fit a classifier on every labelled row of CACHE and save it with its embedding settings.
 
     The model file holds JSON and a skops archive loaded with a fixed list of trusted types: loading one
@@ -447,7 +448,8 @@ def train(ctx, cache, from_run, as_json, **options):
         bundle, _ = train_best(cache, from_run, o)
     else:
         bundle = run_train(cache, o)
-    emit({"model": o.out, **bundle.describe()}, as_json, train_text)
+    if not quiet or as_json:
+        emit({"model": o.out, **bundle.describe()}, as_json, train_text)
 
 
 @main.command(context_settings=CONTEXT)

@@ -211,7 +211,7 @@ def _calibration(o: TrainOptions, pipeline, X, y, groups, unlabeled: bool, unsee
     is none."""
     kind = PROBABILITY if hasattr(pipeline, "predict_proba") else "decision"
     if not o.calibrate:
-        return uncalibrated(kind, "calibrate=False")
+        return uncalibrated(kind, "asked for: --no-calibrate, calibrate=False")
     found = calibrate(pipeline, X, y, groups, seed=o.seed, unseen=None if unlabeled else unseen)
     if unlabeled and found["method"] != "none":
         found["note"] = "; ".join(

@@ -332,7 +332,10 @@ def test_no_calibrate_on_the_command_line_is_the_raw_model_end_to_end(tmp_path):
         result = runner.invoke(cli.main, args + ([flag] if flag else []))
         assert result.exit_code == 0, result.output
         said[model] = result.output
-    assert "probabilities: not calibrated (calibrate=False): a softmax of its decision scores" in said["raw.fbmodel"]
+    assert (
+        "probabilities: not calibrated (asked for: --no-calibrate, calibrate=False): a softmax of its decision scores"
+        in said["raw.fbmodel"]
+    )
     assert "probabilities: calibrated, temperature" in said["cal.fbmodel"] and "5 more fits" in said["cal.fbmodel"]
     raw, cal = load_bundle(tmp_path / "raw.fbmodel"), load_bundle(tmp_path / "cal.fbmodel")
     assert raw.calibration == {
@@ -340,7 +343,7 @@ def test_no_calibrate_on_the_command_line_is_the_raw_model_end_to_end(tmp_path):
         "input": "decision",
         "temperature": 1.0,
         "fits": 0,
-        "note": "not calibrated (calibrate=False): a softmax of its decision scores",
+        "note": "not calibrated (asked for: --no-calibrate, calibrate=False): a softmax of its decision scores",
     }
     assert cal.calibration["method"] == "margin-temperature" and cal.calibration["temperature"] != 1.0
     d = cal.pipeline.decision_function(X)

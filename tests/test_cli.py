@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import write_tree
@@ -306,3 +307,19 @@ def test_cv_ranks_several_caches_and_train_search_honours_groups(runner, tmp_pat
         '  search: StratifiedKFold (3 folds), chose {"clf__n_neighbors": 1} (balanced accuracy 1.000 on the '
         "inner folds)" in leaky.output
     )
+
+
+def test_train_quiet_prints_nothing_and_writes_the_model(runner, tmp_path):
+    from helpers import synthetic_cache
+
+    from classifiers.bundle import load_bundle
+
+    X, _ = synthetic_cache(tmp_path / "c.h5", counts=(8, 8), dim=6)
+    args = ["train", str(tmp_path / "c.h5"), "-c", "ridge", "--no-calibrate", "-l", "flatten"]
+    quiet = runner.invoke(cli.main, [*args, "-q", "-o", str(tmp_path / "q.fbmodel")])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    said = runner.invoke(cli.main, [*args, "-o", str(tmp_path / "s.fbmodel")])
+    assert "saved" in said.output and "not calibrated (asked for: --no-calibrate, calibrate=False)" in said.output
+    q, s = load_bundle(tmp_path / "q.fbmodel"), load_bundle(tmp_path / "s.fbmodel")
+    assert q.calibration == s.calibration and q.calibration["method"] == "none"
+    np.testing.assert_array_equal(q.scores(X)[0], s.scores(X)[0])  # the same model, only unsaid
