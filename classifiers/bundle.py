@@ -31,8 +31,18 @@ from .crossval import RANK_BY, predicts_by_proba
 from .data import labeled, open_cache
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
-from .metrics import confusion, ece, per_class, reliability, scores
-from .modelfile import FORMAT, VERSION, input_dimensions, read_model, write_model
+from .metrics import chance_ece, confusion, ece, per_class, reliability, scores, wilson
+from .modelfile import (
+    FORMAT,
+    VERSION,
+    fingerprints,
+    fingerprints_of,
+    input_dimensions,
+    kind_of,
+    read_model,
+    read_seen,
+    write_model,
+)
 from .options import TOP, TrainOptions
 from .semi import MODES, UNLABELED, SemiSupervised, nothing_unlabeled
 from .zoo import describe, make_classifier, search_grid
@@ -48,9 +58,10 @@ class Bundle:
     weights_file: str | None = None
     trained_on: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    seen: np.ndarray | None = field(default=None, repr=False, compare=False)  # modelfile.fingerprints of its images
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+        return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in ("pipeline",) + META_FIELDS}}
 
     def describe(self) -> dict:
         return {k: v for k, v in self.to_dict().items() if k != "pipeline"} | {"pipeline": describe(self.pipeline)}
@@ -90,17 +101,20 @@ class Bundle:
 UNSEEN = 2000  # unlabeled rows the calibration is checked on (calibration.scale_mismatch), at most
 
 
+META_FIELDS = ("classes", "classifier", "layer", "settings", "weights_file", "trained_on", "versions")
+
+
 def save_bundle(bundle: Bundle, path: str) -> str:
     """Write the bundle as a model file (``classifiers.modelfile``: JSON and skops, nothing that runs code)."""
-    meta = {k: getattr(bundle, k) for k in Bundle.__dataclass_fields__ if k != "pipeline"}
-    return write_model(path, meta, bundle.pipeline)
+    return write_model(path, {k: getattr(bundle, k) for k in META_FIELDS}, bundle.pipeline, bundle.seen)
 
 
 def load_bundle(path: str, *, trust_pickle: bool = False) -> Bundle:
     """Read a model file; anything else (a pickle unless ``trust_pickle``, a damaged or crafted file, a missing
     key) is a one-line error, and nothing in it was run."""
     meta, pipeline = read_model(os.fspath(path), trust_pickle=trust_pickle)
-    return Bundle(pipeline=pipeline, **{k: meta[k] for k in Bundle.__dataclass_fields__ if k != "pipeline"})
+    seen = read_seen(os.fspath(path)) if kind_of(os.fspath(path)) == "model" else None
+    return Bundle(pipeline=pipeline, **{k: meta[k] for k in META_FIELDS}, seen=seen)
 
 
 def _bundle(model, trust_pickle: bool) -> Bundle:
@@ -199,10 +213,19 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         library_versions(),
+        fingerprints(_fit_on(reader, data, semi_info)),
     )
     if out:
         save_bundle(bundle, out)
     return bundle
+
+
+def _fit_on(reader: CacheReader, data, semi_info: dict | None) -> list[str]:
+    """The content digests of the images the model was fit on: its labelled rows, and the unlabeled ones when they
+    joined with pseudo-labels (``evaluate`` leaves them all out of a held-out score)."""
+    digests = np.asarray(reader.rows["digest"], dtype=object)
+    rows = [data.rows] + ([data.free] if semi_info and semi_info["used"] and data.free is not None else [])
+    return [str(d) for d in digests[np.concatenate(rows)]]
 
 
 def _calibration(o: TrainOptions, pipeline, X, y, groups, unlabeled: bool, unseen) -> dict:
@@ -398,7 +421,11 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
         )
     index = {c: i for i, c in enumerate(bundle.classes)}
     y = np.array([index[test.classes[i]] for i in test.y], dtype=np.int64)
-    X = bundle.checked(test.features(bundle.layer), reader.path)
+    seen = _training_images(bundle, reader, test)
+    keep = ~seen
+    paths = np.asarray(test.paths)[keep]
+    X = bundle.checked(test.features(bundle.layer), reader.path)[keep]
+    y = y[keep]
     started = time.perf_counter()
     raw, raw_kind = raw_scores(bundle.pipeline, X)
     if raw_kind == PROBABILITY and predicts_by_proba(bundle.pipeline):  # its predict: this argmax, searched again
@@ -409,8 +436,11 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     seconds = time.perf_counter() - started
     k = len(bundle.classes)
     probability = kind == PROBABILITY
-    metrics = scores(y, pred, values if probability else None, k)
+    metrics: dict[str, Any] = dict(scores(y, pred, values if probability else None, k))
     metrics["ece"] = ece(y, values) if probability else None
+    metrics["ece_chance"] = chance_ece(values) if probability else None  # a calibrated model's ECE on these rows
+    right = int((pred == y).sum())
+    metrics["right"], metrics["accuracy_interval"] = right, list(wilson(right, len(y)))
     return {
         "model": bundle.classifier,
         "layer": bundle.layer,
@@ -428,12 +458,41 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
         "per_class": per_class(y, pred, bundle.classes),
         "confusion": confusion(y, pred, k).tolist(),
         "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
+        "training_images": {
+            "checked": bundle.seen is not None,
+            "left_out": [str(p) for p in np.asarray(test.paths)[seen]],
+            "note": TRAINING_IMAGES_NOTE if bundle.seen is not None else UNCHECKED_NOTE,
+        },
         "predictions": [
             {"path": str(p), "label": bundle.classes[t], "predicted": bundle.classes[q]}
-            for p, t, q in zip(test.paths, y, pred)
+            for p, t, q in zip(paths, y, pred)
         ],
         "predict_seconds": round(seconds, 4),
     }
+
+
+TRAINING_IMAGES_NOTE = (
+    "images the model was fit on (the same bytes as a training image, by the model file's fingerprints) are left "
+    "out: every figure is on the others"
+)
+UNCHECKED_NOTE = "the model file does not list its training images (written before they were kept): not checked"
+
+
+def _training_images(bundle: Bundle, reader: CacheReader, test) -> np.ndarray:
+    """Which of ``test``'s rows are images the model was fit on (their content digest among its fingerprints);
+    every one of them: a one-line error, since a score on them says nothing about new images."""
+    digests = np.asarray(reader.rows["digest"], dtype=object)[test.rows]
+    if bundle.seen is None or not len(digests):
+        return np.zeros(len(digests), dtype=bool)
+    known = np.array([bool(d) for d in digests])
+    found = np.zeros(len(digests), dtype=bool)
+    found[known] = np.isin(fingerprints_of(digests[known]), bundle.seen)
+    if found.all():
+        raise InvalidValue(
+            f"every one of the {len(found)} labelled images of {reader.path} is an image the model was fit on: "
+            f"evaluate scores a model on images it never saw (a cv report scores every row out of fold)"
+        )
+    return found
 
 
 def top_k(values: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
@@ -525,7 +584,7 @@ def pseudo_labels(
     if not len(rows):
         raise InvalidValue(
             f"every row of {reader.path} is labelled{f' (with {labels})' if labels else ''}: there is nothing to "
-            f"pseudo-label (featurebank evaluate MODEL {reader.path} scores the model on them)"
+            f"pseudo-label (featurebank evaluate scores a model on labelled images it was not trained on)"
         )
     X = reader.features(bundle.layer)[rows]
     values, kind = bundle.scores(X)

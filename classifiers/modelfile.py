@@ -18,6 +18,7 @@ whatever code it names.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -43,6 +44,7 @@ READS = (2, 3, 4)  # a version 2 file (no calibration) gives its classifier's ow
 EXTENSION = ".fbmodel"
 META = "featurebank-model.json"
 PIPELINE = "pipeline.skops"
+SEEN = "training-images.npy"  # optional: the images fit on, by content (``fingerprints``); older readers skip it
 MAX_META_BYTES = 64 << 20  # settings and metadata are a few kilobytes; a larger member is not ours
 
 
@@ -124,9 +126,21 @@ def _jsonable(value):
     return repr(value)
 
 
-def write_model(path: str, meta: dict, pipeline) -> str:
+def fingerprints_of(digests) -> np.ndarray:
+    """Each content digest (the cache's blake2b-128, hex) as a uint64: its first 8 bytes, in order."""
+    return np.array([int(str(d)[:16], 16) for d in digests], dtype=np.uint64)
+
+
+def fingerprints(digests) -> np.ndarray:
+    """The images' ``fingerprints_of``, sorted and unique: 8 bytes an image, enough to tell a training image among
+    held-out ones (a chance match 1 in 2^64 a pair). Rows without a digest are left out."""
+    return np.unique(fingerprints_of([d for d in digests if d]))
+
+
+def write_model(path: str, meta: dict, pipeline, seen: np.ndarray | None = None) -> str:
     """Write ``meta`` (the keys of ``SCHEMA``) and the fitted ``pipeline`` to ``path`` as one model file, through a
-    temporary file in the same folder: an existing file is replaced only by a complete one."""
+    temporary file in the same folder: an existing file is replaced only by a complete one. ``seen``: the
+    ``fingerprints`` of the images fit on (``numpy.save``, no pickle)."""
     import skops.io
 
     document = {"format": FORMAT, "version": VERSION, **_jsonable(meta)}
@@ -141,6 +155,10 @@ def write_model(path: str, meta: dict, pipeline) -> str:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             archive.writestr(META, json.dumps(document, indent=1, allow_nan=True))
             archive.writestr(PIPELINE, blob)
+            if seen is not None:
+                buffer = io.BytesIO()
+                np.save(buffer, np.asarray(seen, dtype=np.uint64), allow_pickle=False)
+                archive.writestr(SEEN, buffer.getvalue())
         os.replace(tmp, path)
     except OSError as exc:
         raise FileProblem(f"cannot write the model file {path}: {exc.strerror or exc}") from None
@@ -216,6 +234,22 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
     pipeline = _load_pipeline(path, blob, document)
     check_consistent(path, document, pipeline)
     return document, pipeline
+
+
+def read_seen(path: str) -> np.ndarray | None:
+    """The ``fingerprints`` of the images a model file's pipeline was fit on, or None (a file written before they
+    were kept, or without them); a member that is not a flat uint64 array is a one-line error."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if SEEN not in archive.namelist():
+                return None
+            with archive.open(SEEN) as fh:
+                seen = np.load(io.BytesIO(fh.read()), allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise FileProblem(f"{path} is a damaged featurebank model file ({SEEN}: {_first_line(exc)})") from None
+    if seen.dtype != np.uint64 or seen.ndim != 1:
+        raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is not a list of fingerprints)")
+    return seen
 
 
 def input_dimensions(pipeline) -> int | None:

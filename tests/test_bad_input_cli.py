@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import FAST, finishes, synthetic_cache, write_tree
+from helpers import FAST, digest, finishes, synthetic_cache, write_tree
 
 import cli
 from classifiers import modelfile
@@ -41,6 +41,8 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("badcli")
     synthetic_cache(root / "c.h5", counts=(10, 10, 10), dim=12)
     train(str(root / "c.h5"), classifier="logreg", layer="flatten", out=str(root / "m.fbmodel"))
+    held = [digest(1000 + i) for i in range(30)]  # other images than the training ones
+    synthetic_cache(root / "held.h5", counts=(10, 10, 10), dim=12, seed=1, digests=held)
     return root
 
 
@@ -63,6 +65,27 @@ def rewrite(source, dest, meta_edit=None, pipeline=None, extra=()):
 
 
 # -- model files ---------------------------------------------------------------------------------------------
+def test_a_hostile_or_damaged_list_of_training_images_is_refused_in_one_line(model, tmp_path):
+    """The training images' fingerprints are read with numpy.load(allow_pickle=False): a pickled object array is
+    never unpickled, and anything but a flat uint64 array is refused."""
+    import io
+
+    def saved(array, **kw) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, array, **kw)
+        return buffer.getvalue()
+
+    for name, data, words in [
+        ("pickled", saved(np.array([{"a": 1}], dtype=object), allow_pickle=True), "damaged featurebank model file"),
+        ("floats", saved(np.arange(3.0)), "is not a list of fingerprints"),
+        ("grid", saved(np.zeros((2, 2), dtype=np.uint64)), "is not a list of fingerprints"),
+        ("cut", saved(np.arange(30, dtype=np.uint64))[:-20], "damaged featurebank model file"),
+    ]:
+        path = rewrite(model / "m.fbmodel", tmp_path / f"{name}.fbmodel", extra=[(modelfile.SEEN, data)])
+        result = CliRunner().invoke(cli.main, ["evaluate", path, str(model / "held.h5")])
+        one_line_error(result, path, modelfile.SEEN, *([words] if isinstance(words, str) else words))
+
+
 def test_a_model_file_holding_a_member_twice_is_refused(model, tmp_path):
     """predict used the last copy of the metadata, unzip -p shows the first: what a reviewer reads must run."""
     with zipfile.ZipFile(model / "m.fbmodel") as z:
@@ -452,7 +475,8 @@ def test_every_csv_a_run_writes_ends_its_lines_with_a_newline_only(run_folder, m
     written = list(run_folder.glob("*.csv")) + list((run_folder / "predictions").glob("*.csv"))
     assert {p.name for p in written} >= {"label_issues.csv", "leaderboard.csv"}
     result = CliRunner().invoke(
-        cli.main, ["evaluate", str(model / "m.fbmodel"), str(model / "c.h5"), "--predictions", str(tmp_path / "p.csv")]
+        cli.main,
+        ["evaluate", str(model / "m.fbmodel"), str(model / "held.h5"), "--predictions", str(tmp_path / "p.csv")],
     )
     assert result.exit_code == 0, result.output
     for path in written + [tmp_path / "p.csv"]:

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import synthetic_cache
+from helpers import digest, synthetic_cache
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -353,21 +353,31 @@ def test_no_calibrate_on_the_command_line_is_the_raw_model_end_to_end(tmp_path):
 
 def test_evaluate_reports_the_held_out_ece_and_log_loss_of_the_calibrated_probabilities(tmp_path):
     X, y = synthetic_cache(tmp_path / "train.h5", counts=(20, 20, 20), dim=8, seed=0)
-    X_test, y_test = synthetic_cache(tmp_path / "test.h5", counts=(15, 15, 15), dim=8, seed=0)
+    # 45 images, the first 5 of them the same bytes as training images 0 to 4: left out, and said
+    digests = [digest(i if i < 5 else 1000 + i) for i in range(45)]
+    X_test, y_test = synthetic_cache(tmp_path / "test.h5", counts=(15, 15, 15), dim=8, seed=1, digests=digests)
     bundle = train(str(tmp_path / "train.h5"), classifier="rbf-svm")
     result = evaluate(bundle, str(tmp_path / "test.h5"))
+    assert result["training_images"]["left_out"] == [f"class0/img00{i}.jpg" for i in range(5)]
+    X_test, y_test = X_test[5:], y_test[5:]
     proba, _ = bundle.scores(X_test)
+    right = int((proba.argmax(axis=1) == y_test).sum())
+    assert result["rows"] == 40 and result["metrics"]["right"] == right
+    assert result["metrics"]["accuracy"] == pytest.approx(right / 40)
     assert result["metrics"]["ece"] == pytest.approx(ece(y_test, proba))
+    assert result["metrics"]["ece_chance"] == chance_ece(proba)
     assert result["metrics"]["log_loss"] == pytest.approx(-np.mean(np.log(proba[np.arange(len(y_test)), y_test])))
     assert result["calibration"]["method"] == "margin-temperature"
     assert sum(c["count"] for c in result["calibration"]["reliability"]) == len(y_test)
+    assert [p["path"] for p in result["predictions"]][:1] == ["class0/img005.jpg"]
 
 
 def test_evaluate_searches_knns_neighbours_once_and_scores_its_own_predictions(tmp_path, monkeypatch):
     from classifiers.neighbours import CosineKNeighbors
 
     synthetic_cache(tmp_path / "train.h5", counts=(20, 20, 20), dim=8, seed=0)
-    X_test, y_test = synthetic_cache(tmp_path / "test.h5", counts=(15, 15, 15), dim=8, seed=1)
+    held = [digest(1000 + i) for i in range(45)]  # other images than the training ones
+    X_test, y_test = synthetic_cache(tmp_path / "test.h5", counts=(15, 15, 15), dim=8, seed=1, digests=held)
     bundle = train(str(tmp_path / "train.h5"), classifier="knn")
     searches = []
     search = CosineKNeighbors.kneighbors
@@ -420,7 +430,7 @@ def test_cv_reports_a_cross_fitted_ece_and_a_reliability_diagram_per_row(tmp_pat
     from classifiers.report.writer import write_leaderboard_csv
 
     header, *cells = leaderboard_rows(d)
-    at = header.index("ECE")
+    at = header.index("ECE cal.")
     assert [c[at] for c in cells] == [f"{r['ece']:.3f}" for r in d["leaderboard"]]
     with open(write_leaderboard_csv(d, str(tmp_path / "board.csv")), newline="") as fh:
         board = list(csv.DictReader(fh))
@@ -441,3 +451,13 @@ def test_the_report_page_draws_a_reliability_diagram_per_row(tmp_path):
         assert len(c["bars"]) == sum(1 for b in result["calibration"]["bins"] if b["count"])
     d_old = {**d, "results": [{k: v for k, v in r.items() if k != "calibration"} for r in d["results"]]}
     assert reliability_charts(d_old) == []  # a run written before calibration was reported: no section
+
+
+def test_the_accuracy_interval_is_wilsons():
+    from classifiers.metrics import wilson
+
+    # textbook values (Wilson 1927; Newcombe 1998, Statistics in Medicine 17:857, Table I): 0 of 10, 10 of 10
+    assert wilson(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    assert wilson(10, 10) == (pytest.approx(0.7225, abs=1e-4), 1.0)
+    lo, hi = wilson(148, 153)  # hymenoptera's val/ at 96.7 %: about 92.6 to 98.6
+    assert (round(lo, 3), round(hi, 3)) == (0.926, 0.986) and wilson(0, 0) == (0.0, 1.0)

@@ -303,7 +303,12 @@ def test_report_files(tmp_path):
     report = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "ridge"], layers=["flatten"], folds=3)
     files = write_report(report, str(tmp_path / "out"), suspicious=5)
     d = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert d["best"] == {"backbone": "resnet18", "classifier": report.best.classifier, "layer": "flatten"}
+    assert {k: v for k, v in d["best"].items() if k != "selected_on"} == {
+        "backbone": "resnet18",
+        "classifier": report.best.classifier,
+        "layer": "flatten",
+    }
+    assert d["best"]["selected_on"].startswith("the out-of-fold scores it is reported with, so they are optimistic")
     assert [r["rank"] for r in d["leaderboard"]] == [1, 2]
     assert d["class_counts"] == {"class0": 12, "class1": 10, "class2": 8}
     assert (
@@ -311,6 +316,10 @@ def test_report_files(tmp_path):
     )
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| 1 | " + report.best.classifier in md and "## Suspicious images" in md
+    # what every figure was measured on, and #1's optimism, beside the leaderboard and under "Best"
+    assert "Every figure: out of fold on the 30 labelled images of this run, mean ± std over 3 folds × 1" in md
+    assert "#1 is the best of 2 rows on these same folds, so its figure is optimistic for new images" in md
+    assert "#1 of the leaderboard, picked on the folds that score it" in md
     for png in ("leaderboard_png", "confusion_png"):
         with Image.open(files[png]) as im:
             assert im.format == "PNG" and im.size[0] > 200

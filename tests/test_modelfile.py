@@ -4,6 +4,7 @@ trained one did; old pickled model files load only when trusted (--trust-pickle,
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -13,7 +14,7 @@ import joblib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import synthetic_cache
+from helpers import digest, synthetic_cache
 
 import cli
 from classifiers import modelfile
@@ -52,6 +53,8 @@ def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("modelfile")
     X, _ = synthetic_cache(root / "c.h5", counts=(10, 10, 10), dim=12)
     bundle = train(str(root / "c.h5"), classifier="logreg", layer="flatten", out=str(root / "m.fbmodel"))
+    held = [digest(1000 + i) for i in range(30)]  # other images than the training ones
+    synthetic_cache(root / "held.h5", counts=(10, 10, 10), dim=12, seed=1, digests=held)
     return root, X, bundle
 
 
@@ -313,10 +316,13 @@ def test_old_pickled_model_files_load_only_when_trusted(synthetic, tmp_path, run
     joblib.dump({**bundle.to_dict(), "version": 1}, old, compress=3)  # what featurebank train wrote before
     refused = runner.invoke(cli.main, ["evaluate", str(old), str(root / "c.h5")])
     assert refused.exit_code == 1 and "--trust-pickle" in refused.stderr and len(refused.stderr.splitlines()) == 1
-    trusted = runner.invoke(cli.main, ["evaluate", str(old), str(root / "c.h5"), "--trust-pickle", "--json"])
+    trusted = runner.invoke(cli.main, ["evaluate", str(old), str(root / "held.h5"), "--trust-pickle", "--json"])
     assert trusted.exit_code == 0, trusted.output
-    new = runner.invoke(cli.main, ["evaluate", str(root / "m.fbmodel"), str(root / "c.h5"), "--json"])
+    new = runner.invoke(cli.main, ["evaluate", str(root / "m.fbmodel"), str(root / "held.h5"), "--json"])
     assert json.loads(trusted.stdout)["metrics"] == json.loads(new.stdout)["metrics"]
+    # an old file does not list its training images: scored on them all the same, and said
+    on_training = runner.invoke(cli.main, ["evaluate", str(old), str(root / "c.h5"), "--trust-pickle"])
+    assert on_training.exit_code == 0 and "does not list its training images" in on_training.stdout
 
     converted = runner.invoke(cli.main, ["convert", str(old), str(tmp_path / "new.fbmodel")])
     assert converted.exit_code == 0, converted.output
@@ -334,8 +340,11 @@ def test_old_pickled_model_files_load_only_when_trusted(synthetic, tmp_path, run
 def test_metadata_is_plain_json_and_a_write_replaces_only_whole(synthetic, tmp_path):
     root, _, bundle = synthetic
     with zipfile.ZipFile(root / "m.fbmodel") as archive:
-        assert sorted(archive.namelist()) == [modelfile.META, modelfile.PIPELINE]
+        assert sorted(archive.namelist()) == [modelfile.META, modelfile.PIPELINE, modelfile.SEEN]
         meta = json.loads(archive.read(modelfile.META))
+        seen = np.load(io.BytesIO(archive.read(modelfile.SEEN)), allow_pickle=False)
+    # the training images' fingerprints: the first 8 bytes of each row's content digest, sorted
+    assert seen.dtype == np.uint64 and seen.tolist() == list(range(30)) == bundle.seen.tolist()
     assert meta["format"] == "featurebank-model" and meta["version"] == 4 and meta["classes"] == bundle.classes
     params = meta["trained_on"]["params"]  # the tuned probe: C chosen on inner folds (None), over its grid
     assert params["C"] is None and params["inner_folds"] == 3 and meta["settings"]["weights"] == "none:seed=0"

@@ -144,6 +144,9 @@ def oof_rows(run, d) -> list[dict]:
 def test_every_suspicious_outlier_and_duplicate_image_has_its_thumbnail(tmp_path):
     run, root, _ = image_run(tmp_path)
     d, text, page = load(run)
+    # beside the leaderboard: what its figures were measured on, and that #1 was picked on them
+    assert f"Every figure: out of fold on the {d['rows']} labelled images of this run" in text
+    assert "picked on the folds that score it: its figures are optimistic for new images" in text
     suspicious = d["suspicious"]["images"]
     assert suspicious and suspicious[0]["path"] == "class0/img003.jpg"
     cards = page.section("suspicious")

@@ -32,6 +32,7 @@ from .reading import (
     p_text,
     pm,
     predictions_name,
+    selection_note,
     several_caches,
     significance_note,
 )
@@ -493,6 +494,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         "leaderboard": leaderboard,
         "several": several_caches(d),
         "significance": significance_note(d),
+        "selection": selection_note(d),
         "best": best,
         "best_name": model_name(d, best).replace(" @ ", " on "),
         "repeats": cv["repeats"],

@@ -43,7 +43,25 @@ def significance_note(d: dict) -> str:
     return (
         f"p vs #1: {sig['test']} on {sig['metric'].replace('_', ' ')} ({d['cv']['folds']} folds × "
         f"{d['cv']['repeats']} repeat(s), df {sig['df']}); ≈ marks rows not significantly worse than the best "
-        f"(p ≥ {sig['alpha']}), with no correction for the number of rows compared."
+        f"(p ≥ {sig['alpha']}), with no correction for the number of rows compared nor for #1 being picked as the "
+        f"best on these same folds: more rows are called worse than truly are."
+    )
+
+
+def selection_note(d: dict) -> str:
+    """What every leaderboard figure was measured on, and why #1's is optimistic: it was picked on them."""
+    cv = d["cv"]
+    n = len(d["leaderboard"])
+    said = (
+        f"Every figure: out of fold on the {d['rows']} labelled images of this run, mean ± std over "
+        f"{cv['folds']} folds × {cv['repeats']} repeat(s); log-loss of the entry's own probabilities, ECE cal. of "
+        f"them calibrated as train does (cross-fitted)."
+    )
+    if n < 2:
+        return said
+    return (
+        f"{said} #1 is the best of {n} rows on these same folds, so its figure is optimistic for new images: "
+        f"score a model on images this run never saw (featurebank evaluate MODEL HELD_OUT) before quoting one."
     )
 
 
@@ -70,7 +88,7 @@ def leaderboard_rows(d: dict, limit: int | None = None) -> list[list[str]]:
             "balanced acc. %",
             "macro-F1 %",
             "log-loss",
-            "ECE",
+            "ECE cal.",
             "fit s/fold",
             "p vs #1",
         ]

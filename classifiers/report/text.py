@@ -8,7 +8,15 @@ import json
 from classifiers.label_issues import summary_lines
 from classifiers.zoo import default_classifiers, describe, get_spec, list_classifiers, search_grid
 
-from .reading import curve_table, leaderboard_text, model_name, pm, significance_note, unlabeled_role
+from .reading import (
+    curve_table,
+    leaderboard_text,
+    model_name,
+    pm,
+    selection_note,
+    significance_note,
+    unlabeled_role,
+)
 
 
 def classifier_rows() -> list[dict]:
@@ -58,7 +66,9 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         lines += [f"  {c['backbone']}: {c['cache']}" for c in d["caches"]]
         lines.append(f"  folds from {cvd['folds_from']}")
     lines += leaderboard_text(d)
-    lines.append(significance_note(d))
+    lines.append(selection_note(d))
+    if significance_note(d):
+        lines.append(significance_note(d))
     notes = list(dict.fromkeys(n for r in d["results"] for n in r.get("notes") or []))
     lines += [f"  note: {n}" for n in notes]
     u = d.get("unlabeled")
@@ -119,7 +129,8 @@ def train_text(d: dict) -> list[str]:
     if found:
         lines.append(
             f"  search: {found['splitter']} ({found['folds']} folds), chose {json.dumps(found['best_params'])} "
-            f"(balanced accuracy {found['best_score']:.3f} on the inner folds)"
+            f"(balanced accuracy {found['best_score']:.3f} on the inner folds: the score that chose it, so optimistic; "
+            f"cv --search scores the choice on folds it never saw)"
         )
     u = d["trained_on"].get("unlabeled")
     if u:
@@ -157,14 +168,35 @@ def train_text(d: dict) -> list[str]:
 def evaluate_text(d: dict) -> list[str]:
     """An evaluation (``bundle.evaluate``): the metrics, per class, the confusion matrix, files without a row."""
     m = d["metrics"]
+    seen = d.get("training_images") or {}
+    interval = m.get("accuracy_interval")
+    chance = m.get("ece_chance")
     lines = [
         f"{d['model']} @ {d['layer']} on {d['rows']} images of {d['source']} (cache {d['cache']})",
-        f"  accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %, "
-        f"macro-F1 {100 * m['f1_macro']:.2f} %"
-        + (f", log-loss {m['log_loss']:.4f}" if m["log_loss"] is not None else "")
-        + (f", ECE {m['ece']:.4f} (15 bins)" if m.get("ece") is not None else ""),
-        f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}",
+        f"  accuracy {100 * m['accuracy']:.1f} %"
+        + (
+            f" ({m['right']} of {d['rows']} right; 95 % interval {100 * interval[0]:.1f} to {100 * interval[1]:.1f})"
+            if interval
+            else ""
+        )
+        + f", balanced accuracy {100 * m['balanced_accuracy']:.1f} %, macro-F1 {100 * m['f1_macro']:.1f} %"
+        + (f", log-loss {m['log_loss']:.3f}" if m["log_loss"] is not None else "")
+        + (f", ECE {m['ece']:.3f} (15 bins" if m.get("ece") is not None else "")
+        + (
+            f"; a calibrated model shows {chance['mean']:.3f} on as many rows by chance, 95th pct {chance['p95']:.3f})"
+            if m.get("ece") is not None and chance
+            else (")" if m.get("ece") is not None else "")
+        ),
     ]
+    if seen.get("left_out"):
+        lines.append(
+            f"  {len(seen['left_out'])} image(s) the model was fit on left out (the same bytes as a training image): "
+            + ", ".join(seen["left_out"][:3])
+            + (" …" if len(seen["left_out"]) > 3 else "")
+        )
+    elif seen and not seen.get("checked"):
+        lines.append(f"  note: {seen['note']}")
+    lines.append(f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}")
     lines += [
         f"  {c:20} {100 * v['precision']:8.1f}% {100 * v['recall']:6.1f}% {100 * v['f1']:5.1f}% {v['support']:7}"
         for c, v in d["per_class"].items()

@@ -30,12 +30,17 @@ from .reading import (
     leaderboard_lines,
     model_name,
     predictions_name,
+    selection_note,
     several_caches,
     significance_note,
     unlabeled_lines,
     unlabeled_role,
 )
 
+SELECTED_ON = (
+    "the out-of-fold scores it is reported with, so they are optimistic for new images; evaluate a model on "
+    "held-out images for a figure to quote"
+)
 CALIBRATION_NOTE = {
     "ece": "top-label expected calibration error, 15 equal-width bins of the predicted class's probability, "
     "out of fold (every labelled row once per repeat, mean over repeats)",
@@ -163,7 +168,12 @@ def report_dict(report: CVReport, suspicious: int = SUSPICIOUS) -> dict:
             }
             for i, (r, c) in enumerate(compared)
         ],
-        "best": {"backbone": board[0].backbone, "classifier": board[0].classifier, "layer": board[0].layer},
+        "best": {
+            "backbone": board[0].backbone,
+            "classifier": board[0].classifier,
+            "layer": board[0].layer,
+            "selected_on": SELECTED_ON,
+        },
         "unlabeled": unlabeled_entry(report),
         **({"learning_curve": report.curve} if report.curve is not None else {}),
         "results": results,
@@ -266,9 +276,13 @@ def markdown(d: dict) -> str:
         "",
         *leaderboard_lines(d),
         "",
+        selection_note(d),
+        "",
         significance_note(d),
         "",
         f"## Best: {model_name(d, best).replace(' @ ', ' on ')}",
+        "",
+        f"#1 of the leaderboard, picked on the folds that score it: {SELECTED_ON}.",
         "",
         f"Pipeline: `{best['pipeline']}`",
         "",

@@ -123,6 +123,12 @@ SYNTHETIC_SETTINGS = {
 }
 
 
+def digest(i: int) -> str:
+    """A content digest for synthetic row ``i``, unique and, like a real one, distinct in its first 8 bytes (a
+    model file keeps those: ``modelfile.fingerprints``)."""
+    return f"{i:016x}" * 2
+
+
 def synthetic_cache(
     path,
     counts=(12, 10, 8),
@@ -152,7 +158,7 @@ def synthetic_cache(
         "group": list(groups) if groups is not None else [""] * n,
         "size": [100] * n,
         "mtime_ns": [1] * n,
-        "digest": list(digests) if digests is not None else [f"{i:032x}" for i in range(n)],
+        "digest": list(digests) if digests is not None else [digest(i) for i in range(n)],
     }
     feats = {"flatten": X.astype(np.float32), "layer3": (X[:, : dim // 2] * 2 + 1).astype(np.float32)}
     empty = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
