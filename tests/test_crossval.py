@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import synthetic_cache
+from helpers import digest, synthetic_cache
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold
@@ -265,7 +265,7 @@ def test_suspicious_images_outliers_and_duplicates(tmp_path):
     X = centers[y] + rng.normal(0, 1.0, (30, 16))
     X[3] = centers[1] + rng.normal(0, 0.3, 16)  # labelled class0, looks like class1: a label error
     X[20] = -20 * np.ones(16)  # unlike anything: a placeholder picture
-    digests = [f"{i:032x}" for i in range(30)]
+    digests = [digest(i) for i in range(30)]
     digests[25] = digests[5]  # the same file under class0 and class2
     synthetic_cache(tmp_path / "c.h5", features=X, digests=digests)
     report = cross_validate(tmp_path / "c.h5", classifiers=["logreg", "knn"], layers=["flatten"], folds=3)
@@ -419,7 +419,7 @@ def test_two_caches_equal_two_separate_runs_on_the_same_folds(tmp_path):
         [labels[i] for i in shuffled] + [""],
         {"penultimate_b": np.vstack([Z[shuffled], np.full((1, 6), 99)])},
         other,
-        digests=[f"{i:032x}" for i in shuffled] + ["f" * 32],
+        digests=[digest(i) for i in shuffled] + ["f" * 32],
     )  # synthetic_cache's digests
     options = dict(folds=3, repeats=2, seed=4)
     both = cross_validate([tmp_path / "a.h5", tmp_path / "b.h5"], classifiers=["logreg", "knn"], **options)

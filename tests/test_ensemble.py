@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import synthetic_cache
+from helpers import digest, synthetic_cache
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
@@ -149,7 +149,9 @@ def test_in_grid_search_and_in_a_model_file(tmp_path):
     np.testing.assert_array_equal(again.pipeline.predict_proba(X), bundle.pipeline.predict_proba(X))
     np.testing.assert_array_equal(again.scores(X)[0], bundle.scores(X)[0])  # calibrated, as trained
     assert again.scores(X)[1] == "probability" and again.describe()["pipeline"].startswith("soft vote of")
-    result = evaluate(str(tmp_path / "m.joblib"), str(tmp_path / "c.h5"))
+    held = [digest(1000 + i) for i in range(30)]  # other images than the training ones
+    X, y = synthetic_cache(tmp_path / "held.h5", seed=1, digests=held)
+    result = evaluate(str(tmp_path / "m.joblib"), str(tmp_path / "held.h5"))
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean(again.predict(X) == y))
 
 
