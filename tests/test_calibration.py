@@ -435,6 +435,9 @@ def test_cv_reports_a_cross_fitted_ece_and_a_reliability_diagram_per_row(tmp_pat
     with open(write_leaderboard_csv(d, str(tmp_path / "board.csv")), newline="") as fh:
         board = list(csv.DictReader(fh))
     assert [float(b["ece"]) for b in board] == [r["ece"] for r in d["leaderboard"]]
+    # the file travels alone: every row says what its figures were measured on
+    measured = {(b["rows"], b["folds"], b["repeats"], b["seed"], b["measured_on"]) for b in board}
+    assert measured == {("42", "3", "1", "0", "out of fold; #1 picked on these folds")}
 
 
 def test_the_report_page_draws_a_reliability_diagram_per_row(tmp_path):

@@ -73,8 +73,11 @@ def confusion_png(matrix: np.ndarray, classes: list[str], title: str, path: str)
 
 
 @_plain_text
-def leaderboard_png(names: list[str], means: list[float], stds: list[float], metric: str, path: str) -> str:
-    """Horizontal bars, best on top, with ± one standard deviation over folds."""
+def leaderboard_png(
+    names: list[str], means: list[float], stds: list[float], metric: str, path: str, title: str = ""
+) -> str:
+    """Horizontal bars, best on top, with ± one standard deviation over folds; ``title``: what they were measured
+    on (the picture travels alone)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 1 + 0.35 * len(names)))
     order = list(range(len(names)))[::-1]
@@ -90,6 +93,8 @@ def leaderboard_png(names: list[str], means: list[float], stds: list[float], met
     ax.set_xlim(low, 1.0)
     ax.set_xlabel(f"{metric.replace('_', ' ')} (mean ± std over folds)")
     ax.tick_params(axis="y", labelsize=8)
+    if title:
+        ax.set_title(title, fontsize=8)
     fig.tight_layout()
     _save(fig, path, 120)
     plt.close(fig)

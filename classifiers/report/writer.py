@@ -405,7 +405,10 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
 
 def write_leaderboard_csv(d: dict, path: str) -> str:
     """The leaderboard as CSV: one row per (cache, layer, classifier), best first, with its p-value against the
-    best (empty for the best) and whether it is not significantly worse."""
+    best (empty for the best) and whether it is not significantly worse; and, in every row, what the figures were
+    measured on (rows, folds, repeats, seed: the file travels alone)."""
+    cv = d["cv"]
+    measured = [d["rows"], cv["folds"], cv["repeats"], cv["seed"], "out of fold; #1 picked on these folds"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(
@@ -421,6 +424,11 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
                 "fit_seconds",
                 "p_value",
                 "not_worse",
+                "rows",
+                "folds",
+                "repeats",
+                "seed",
+                "measured_on",
             ]
         )
         for row in d["leaderboard"]:
@@ -437,6 +445,7 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
                     row["fit_seconds"],
                     "" if row["p_value"] is None else row["p_value"],
                     int(row["not_worse"]),
+                    *measured,
                 ]
             )
     return path
@@ -509,6 +518,8 @@ def _write_report(report: CVReport, out_dir: str, suspicious: int, d: dict | Non
         [r[RANK_BY]["std"] for r in board],
         RANK_BY,
         os.path.join(out_dir, "leaderboard.png"),
+        f"out of fold on {d['rows']} images of {os.path.basename(d['cache'])}, {d['cv']['folds']} folds x "
+        f"{d['cv']['repeats']}; #1 picked on these folds",
     )
     best = report.best
     files["confusion_png"] = confusion_png(
