@@ -594,17 +594,20 @@ def pseudo_labels(
     confidence = values[np.arange(len(best)), best]
     paths = reader.paths[rows]
     order = np.lexsort((paths, confidence)) if sort == "confidence" else np.argsort(paths, kind="stable")
-    semi = bundle.trained_on.get("unlabeled") or {}
+    fit_on = _fit_on_rows(bundle, reader, rows)
     notes = []
-    if (
-        semi.get("used")
-        and semi.get("pseudo_labelled")
-        and bundle.trained_on.get("source") == reader.attrs.get("source")
-    ):
+    if fit_on is not None and fit_on.any():
         notes.append(
-            f"the model was fit on {semi['pseudo_labelled']} unlabeled rows of this data with their pseudo-labels "
-            f"(train --unlabeled): on those rows its confidences are in-sample, near 1, and rank them poorly; to "
-            f"review pseudo-labels, predict with a model trained without --unlabeled"
+            f"the model was fit on {int(fit_on.sum())} of these {len(rows)} images (fit_on = 1: the same bytes as an "
+            f"image it was trained on{', with its pseudo-label, train --unlabeled' if _semi_used(bundle) else ''}): "
+            f"their confidences are in-sample scores, near 1, not probabilities, and rank them poorly; to review "
+            f"pseudo-labels, predict with a model not fit on them"
+        )
+    elif fit_on is None and _semi_used(bundle) and bundle.trained_on.get("source") == reader.attrs.get("source"):
+        notes.append(  # a model file without the fingerprints of its images: by the cache's source
+            f"the model was fit on {bundle.trained_on['unlabeled']['pseudo_labelled']} unlabeled rows of this data "
+            f"with their pseudo-labels (train --unlabeled): on those rows its confidences are in-sample, near 1, and "
+            f"rank them poorly; to review pseudo-labels, predict with a model trained without --unlabeled"
         )
     return {
         "model": bundle.classifier,
@@ -617,8 +620,34 @@ def pseudo_labels(
         **({"labels": labels} if labels else {}),
         "sort": "least confident first" if sort == "confidence" else "by path",
         **({"notes": notes} if notes else {}),
-        "rows": [{"path": str(paths[i]), "label": names[i], "confidence": float(confidence[i])} for i in order],
+        "rows": [
+            {
+                "path": str(paths[i]),
+                "label": names[i],
+                "confidence": float(confidence[i]),
+                **({} if fit_on is None else {"fit_on": bool(fit_on[i])}),
+            }
+            for i in order
+        ],
     }
+
+
+def _semi_used(bundle: Bundle) -> bool:
+    semi = bundle.trained_on.get("unlabeled") or {}
+    return bool(semi.get("used") and semi.get("pseudo_labelled"))
+
+
+def _fit_on_rows(bundle: Bundle, reader: CacheReader, rows: np.ndarray) -> np.ndarray | None:
+    """Which of ``rows`` are images the model was fit on (their digest among its fingerprints); None for a model
+    file written before it kept them."""
+    if bundle.seen is None:
+        return None
+    digests = np.asarray(reader.rows["digest"], dtype=object)[rows]
+    found = np.zeros(len(rows), dtype=bool)
+    known = np.array([bool(d) for d in digests], dtype=bool)
+    if known.any():
+        found[known] = np.isin(fingerprints_of(digests[known]), bundle.seen)
+    return found
 
 
 def predict_imagenet(

@@ -60,11 +60,15 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
 
 
 def pseudo_label_csv(rows: list[dict]) -> str:
-    """``path,label,confidence`` per row, in the rows' order, "\n" line endings."""
+    """``path,label,confidence`` per row, in the rows' order, "\n" line endings; and ``fit_on`` (1: an image the
+    model was fit on, its confidence in-sample) where the model file lists its training images."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "confidence"])
-    writer.writerows([r["path"], r["label"], confidence_text(r["confidence"])] for r in rows)
+    listed = bool(rows) and "fit_on" in rows[0]
+    writer.writerow(["path", "label", "confidence", *(["fit_on"] if listed else [])])
+    writer.writerows(
+        [r["path"], r["label"], confidence_text(r["confidence"]), *([int(r["fit_on"])] if listed else [])] for r in rows
+    )
     return buffer.getvalue()
 
 

@@ -289,9 +289,14 @@ def test_predict_on_a_cache_writes_pseudo_labels_least_confident_first(tmp_path)
     data = out.read_bytes()
     assert b"\r\n" not in data
     lines = data.decode().splitlines()
-    assert lines[0] == "path,label,confidence" and len(lines) == 1 + len(paths)  # the cache has no labels of its own
+    assert lines[0] == "path,label,confidence,fit_on" and len(lines) == 1 + len(paths)  # no labels of its own
     confidence = [float(line.split(",")[2]) for line in lines[1:]]
     assert confidence == sorted(confidence)
+    # the images the labels CSV gave the model are its training images: marked, and said
+    fit_on = {line.split(",")[0] for line in lines[1:] if line.endswith(",1")}
+    assert (
+        fit_on == {paths[i] for i in chosen} and f"note: the model was fit on {len(chosen)} of these" in result.output
+    )
     by_path = pseudo_labels(model, cache, sort="path")
     assert [r["path"] for r in by_path["rows"]] == sorted(paths)
     assert {r["label"] for r in by_path["rows"]} <= {"class0", "class1"}
@@ -325,11 +330,20 @@ def test_pseudo_labels_of_the_rows_a_model_was_fit_on_say_they_are_in_sample(tmp
     bundle = train(cache, classifier="logreg:C=1.0", out=model, labels=csv, unlabeled=True, unlabeled_mode="spread")
     assert bundle.trained_on["unlabeled"]["used"]
     said = pseudo_labels(model, cache, labels=csv)
-    assert len(said["rows"]) == len(paths) - len(chosen)
+    n = len(paths) - len(chosen)
+    assert len(said["rows"]) == n and all(r["fit_on"] for r in said["rows"])  # every one, with its pseudo-label
+    assert bundle.trained_on["unlabeled"]["pseudo_labelled"] == n
     assert said["notes"] == [
-        f"the model was fit on {bundle.trained_on['unlabeled']['pseudo_labelled']} unlabeled rows of this data with "
-        "their pseudo-labels (train --unlabeled): on those rows its confidences are in-sample, near 1, and rank them "
-        "poorly; to review pseudo-labels, predict with a model trained without --unlabeled"
+        f"the model was fit on {n} of these {n} images (fit_on = 1: the same bytes as an image it was trained on, "
+        "with its pseudo-label, train --unlabeled): their confidences are in-sample scores, near 1, not "
+        "probabilities, and rank them poorly; to review pseudo-labels, predict with a model not fit on them"
+    ]
+    bundle.seen = None  # a model file written before it listed its images: told by the cache's source
+    older = pseudo_labels(bundle, cache, labels=csv)
+    assert "fit_on" not in older["rows"][0] and older["notes"] == [
+        f"the model was fit on {n} unlabeled rows of this data with their pseudo-labels (train --unlabeled): on "
+        "those rows its confidences are in-sample, near 1, and rank them poorly; to review pseudo-labels, predict "
+        "with a model trained without --unlabeled"
     ]
 
 
