@@ -1,5 +1,5 @@
 """Per-image answers as files: evaluate's predictions CSV (path, label, predicted) and predict's output, CSV (one
-row per image, its top classes side by side; on a cache, the pseudo-labels as ``path,label,confidence``) or JSON."""
+row per image, its top classes side by side; on a cache, the pseudo-labels as ``path,label,confidence,fit_on``) or JSON."""
 
 from __future__ import annotations
 
