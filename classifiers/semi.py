@@ -210,10 +210,12 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
             return True, f"used, not checked: {why}", None
         inner = self._inner_scores(X, y, labelled, free, groups)
         used = inner["with"] > inner["without"]
+        joined = "label spreading's pseudo-labels" if self.mode == "spread" else "the classifier with them"
         return (
             used,
-            f"{'used' if used else 'left out'}: inner folds of the labelled rows, accuracy "
-            f"{100 * inner['without']:.1f} % without, {100 * inner['with']:.1f} % with",
+            f"{'used' if used else 'left out'}: on inner folds of the {len(labelled)} labelled rows, the classifier "
+            f"alone right {inner['right_without']} times of {inner['rows']}, {joined} {inner['right_with']} times "
+            f"(the held-out predictions that decided: not an estimate of the model)",
             inner,
         )
 
@@ -257,10 +259,13 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
                 rows = np.concatenate([seeds, extra])
                 both = fit_grouped(clone(self._base()), X[rows], np.concatenate([yl[train], extra_labels]), None)
                 hits["with"].append(both.predict(X[held]) == yl[test])
+        right = {k: int(np.concatenate(v).sum()) for k, v in hits.items()}
         return {
             "without": float(np.mean(np.concatenate(hits["without"]))),
             "with": float(np.mean(np.concatenate(hits["with"]))),
             "rows": int(sum(len(h) for h in hits["with"])),
+            "right_without": right["without"],
+            "right_with": right["with"],
         }
 
     def notes(self) -> list[str]:

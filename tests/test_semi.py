@@ -76,6 +76,14 @@ def test_the_switch_off_rule_leaves_the_unlabeled_rows_out_where_they_hurt():
     model = SemiSupervised(probe()).fit(X, partial)
     assert not model.used_ and model.pseudo_ == 0 and model.decision_.startswith("left out")
     assert model.inner_["with"] < model.inner_["without"]
+    inner = model.inner_  # said as counts of the held-out predictions that decided, not as an estimate
+    assert inner["right_without"] == round(inner["without"] * inner["rows"])
+    assert inner["right_with"] == round(inner["with"] * inner["rows"])
+    assert model.decision_ == (
+        f"left out: on inner folds of the 12 labelled rows, the classifier alone right {inner['right_without']} "
+        f"times of {inner['rows']}, label spreading's pseudo-labels {inner['right_with']} times (the held-out "
+        "predictions that decided: not an estimate of the model)"
+    )
     assert (model.predict(X) == alone.predict(X)).all()  # the same fit as the labels alone
 
 
@@ -329,6 +337,13 @@ def test_pseudo_labels_of_the_rows_a_model_was_fit_on_say_they_are_in_sample(tmp
     model = str(tmp_path / "u.fbmodel")
     bundle = train(cache, classifier="logreg:C=1.0", out=model, labels=csv, unlabeled=True, unlabeled_mode="spread")
     assert bundle.trained_on["unlabeled"]["used"]
+    from classifiers.report.text import train_text
+
+    printed = train_text({"model": model, **bundle.describe()})  # the calibration's figures are of another model
+    assert any(line.startswith("  probabilities: calibrated") for line in printed)
+    said_calibration = [line for line in printed if line.startswith("  calibration: ")]
+    assert len(said_calibration) == 1
+    assert "fit on inner folds of the labelled rows alone, without the pseudo-labelled ones" in said_calibration[0]
     said = pseudo_labels(model, cache, labels=csv)
     n = len(paths) - len(chosen)
     assert len(said["rows"]) == n and all(r["fit_on"] for r in said["rows"])  # every one, with its pseudo-label

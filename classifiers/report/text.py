@@ -157,6 +157,8 @@ def train_text(d: dict) -> list[str]:
             )
             + "; --no-calibrate leaves it out"
         )
+        if cal.get("note"):  # fewer inner folds, or fit without the pseudo-labelled rows (train --unlabeled)
+            lines.append(f"  calibration: {cal['note']}")
     elif cal:
         lines.append(f"  probabilities: {cal['note']}")
     lines += [f"  note: {n}" for n in d["trained_on"].get("notes") or [] if not cal or n != cal.get("note")]
