@@ -238,7 +238,13 @@ def _calibration(o: TrainOptions, pipeline, X, y, groups, unlabeled: bool, unsee
     found = calibrate(pipeline, X, y, groups, seed=o.seed, unseen=None if unlabeled else unseen)
     if unlabeled and found["method"] != "none":
         found["note"] = "; ".join(
-            filter(None, [found.get("note"), "fit on inner folds of the labelled rows alone, without the pseudo-labelled ones, so its figures are of a model fit without them"])
+            filter(
+                None,
+                [
+                    found.get("note"),
+                    "fit on inner folds of the labelled rows alone, without the pseudo-labelled ones, so its figures are of a model fit without them",
+                ],
+            )
         )
     return found
 

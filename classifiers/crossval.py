@@ -12,6 +12,7 @@ is scored on the same folds, and each row of the leaderboard carries a corrected
 
 from __future__ import annotations
 
+import csv
 import sys
 import time
 from dataclasses import dataclass, field
@@ -659,7 +660,7 @@ def cross_validate(
         the_plan,
         unlabeled_mode if unlabeled else None,
         curve if shot_list is not None else None,
-        {"csv": labels, "sha256": sha256_of(labels)} if labels else None,
+        {"csv": labels, "sha256": sha256_of(labels), "picked_by_select": picked_by_select(labels)} if labels else None,
     )
 
 
@@ -727,6 +728,17 @@ def _fit_folds(estimator, X, y, groups, splits: list[Split], n_classes: int, job
     if jobs == -1:
         return Parallel(n_jobs=-1, return_as="generator")(tasks)
     return side_by_side(tasks, jobs)
+
+
+def picked_by_select(labels: str) -> bool:
+    """Whether a labels CSV is a ``select`` manifest filled in (its ``reason`` and ``score`` columns): images picked
+    for their coverage or doubt, not drawn at random, so scores on them are no estimate for the rest of a cache."""
+    try:
+        with open(labels, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return {"reason", "score"} <= {h.strip() for h in header}
 
 
 def load_sources(cache, labels: str | None = None) -> list[Source]:

@@ -33,7 +33,8 @@ class SelectOptions:
     layer: str | None = option(None, "Layer of the cache. [default: its first]", short="-l")
     strategy: str = option(
         "auto",
-        "The rule: auto picks the measured best of the stage (no labels yet, or some). Cold start: kmeans, "
+        "The rule: auto picks the stage's default (no labels yet, or some), chosen on flowers (docs/few-labels.md). "
+        "Cold start: kmeans, "
         "typiclust, probcover; with labels of two classes or more: coverage-margin, badge, cluster-margin, margin; "
         "random in both.",
         choices=("auto", *RULES),

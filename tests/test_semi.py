@@ -4,6 +4,7 @@ spreading, its switch-off rule), cv with and without them, pseudo-labels of a ca
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -461,3 +462,22 @@ def test_unlabeled_rows_are_groups_of_their_own():
     groups = np.array([f"g{i % 3}" if i in seeds else "" for i in range(len(y))], dtype=object)
     model = SemiSupervised(GroupCounter(), switch=False).fit(X, partial, groups)
     assert model.pseudo_ == 34 and model.model_.groups_ == 3 + 34  # not 3 + one group of all 34
+
+
+def test_cv_on_select_picks_says_they_are_no_random_sample(tmp_path):
+    from classifiers.report.reading import selection_note
+
+    cache, csv, paths, chosen = partly_labelled(tmp_path)
+    plain = report_dict(cross_validate(cache, classifiers=["knn"], layers=["flatten"], folds=2, labels=csv))
+    assert not plain["labels"]["picked_by_select"] and "select's picks" not in selection_note(plain)
+    rows = pathlib.Path(csv).read_text().splitlines()[1:]  # the same labels, as a filled-in select manifest
+    manifest = tmp_path / "picked.csv"
+    manifest.write_text("path,label,reason,score\n" + "".join(f"{r},cold start: typical,0.5\n" for r in rows))
+    picked = report_dict(cross_validate(cache, classifiers=["knn"], layers=["flatten"], folds=2, labels=str(manifest)))
+    assert picked["labels"]["picked_by_select"]
+    assert f"The labels come from select's picks ({manifest}), chosen for coverage or doubt, not drawn at random" in (
+        selection_note(picked)
+    )
+    assert [r["balanced_accuracy"] for r in picked["leaderboard"]] == [
+        r["balanced_accuracy"] for r in plain["leaderboard"]
+    ]

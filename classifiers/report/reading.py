@@ -57,6 +57,11 @@ def selection_note(d: dict) -> str:
         f"{cv['folds']} folds × {cv['repeats']} repeat(s); log-loss of the entry's own probabilities, ECE cal. of "
         f"them calibrated as train does (cross-fitted)."
     )
+    if (d.get("labels") or {}).get("picked_by_select"):
+        said += (
+            f" The labels come from select's picks ({d['labels']['csv']}), chosen for coverage or doubt, not drawn "
+            f"at random: no estimate for the rest of the cache."
+        )
     if n < 2:
         return said
     return (
