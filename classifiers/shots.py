@@ -172,8 +172,9 @@ def curve_rows(
 ) -> list[dict]:
     """``report.json``'s ``learning_curve`` rows of one result: ``{shots, classifier, layer, backbone, metric, mean,
     std, draws}`` per k (with ``usable_shots``' ``notes`` of that k), ``all`` from the result itself, and the
-    projection (``"projection": true``) where the curve still rises, unless 2k is as many per class as the full
-    run's ``full`` or more, where ``all`` is measured: then a note instead."""
+    projection (``"projection": true``) where the curve still rises, unless 2k is as many per class as the training
+    folds hold (``full``) or more: then a note instead (no projection beyond the labels there are; ``all``
+    measures them)."""
     notes = notes or {}
     who = {"classifier": result.classifier, "layer": result.layer, "backbone": result.backbone, "metric": metric}
     rows = [
@@ -197,9 +198,10 @@ def curve_rows(
     if None in notes and rows:
         rows[-1].setdefault("notes", []).append(notes[None])
     projected = projection([(r["shots"], r["mean"]) for r in rows if r["shots"] != ALL])
-    if projected is not None and full is not None and projected[0] >= full and ALL in shots:
+    if projected is not None and full is not None and projected[0] >= full:  # beyond the labels there are
         rows[-1].setdefault("notes", []).append(
-            f"no projection to k={projected[0]}: the full run (all) has about {full:.0f} per class, measured"
+            f"no projection to k={projected[0]}: the training folds hold about {full:.0f} labelled images per class"
+            + (", and the full run (all) measures them" if ALL in shots else " (--shots ...,all measures them)")
         )
         projected = None
     if projected is not None:

@@ -481,3 +481,26 @@ def test_cv_on_select_picks_says_they_are_no_random_sample(tmp_path):
     assert [r["balanced_accuracy"] for r in picked["leaderboard"]] == [
         r["balanced_accuracy"] for r in plain["leaderboard"]
     ]
+
+
+def test_no_projection_beyond_the_labels_the_training_folds_hold_with_or_without_all():
+    from classifiers.shots import curve_rows
+
+    class Result:
+        classifier, layer, backbone = "knn", "flatten", "resnet18"
+
+        def metric(self, name):
+            return {"mean": 0.8, "std": 0.1}
+
+    points = [{"shots": k, "scores": [s], "draws": 1} for k, s in ((1, 0.5), (2, 0.6), (5, 0.7))]
+    for shots, said in (
+        ([1, 2, 5], " (--shots ...,all measures them)"),
+        ([1, 2, 5, "all"], ", and the full run (all) measures them"),
+    ):
+        rows = curve_rows(points, Result(), shots, "balanced_accuracy", full=8.0)  # 2 x 5 = 10 > 8 per class
+        assert not any(r.get("projection") for r in rows)
+        assert rows[-1]["notes"] == [
+            f"no projection to k=10: the training folds hold about 8 labelled images per class{said}"
+        ]
+    rows = curve_rows(points, Result(), [1, 2, 5], "balanced_accuracy", full=12.0)  # 10 per class exist: projected
+    assert rows[-1]["projection"] and rows[-1]["shots"] == 10 and rows[-1]["std"] is None
