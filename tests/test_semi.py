@@ -235,6 +235,10 @@ def test_learning_curve_all_equals_plain_cv_and_draws_are_reproducible(tmp_path)
 
     assert "## Learning curve" in markdown(d) and "| logreg:C=1.0 @ flatten |" in markdown(d)
     assert any(line.startswith("Learning curve: balanced accuracy") for line in "\n".join(cv_text(d)).splitlines())
+    # what each ± is over: the draws, all scored on the same held-out images; all's over the folds
+    said = f"(± over 2 draws, all scored on the same {d['rows']} held-out images; all: the leaderboard, ± over folds;"
+    assert said in "\n".join(cv_text(d))
+    assert f"scored on the held-out rows ({d['rows']} labelled images, each once a repeat" in markdown(d)
 
 
 def test_shots_draws_depend_on_the_seed_and_take_k_per_class():

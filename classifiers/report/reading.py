@@ -208,8 +208,9 @@ def curve_lines(d: dict) -> list[str]:
         "## Learning curve",
         "",
         f"{metric.capitalize()} with k labelled images per class drawn from each fold's training rows ({draws} seeded "
-        f"draws, mean ± std over draws), scored on the held-out rows; all: the leaderboard (std over folds). "
-        f"(projected): a power law fitted through the curve, where it still rises; not measured.",
+        f"draws, mean ± std over draws), scored on the held-out rows ({d['rows']} labelled images, each once a "
+        f"repeat: the draws share them, so the ± leaves out how much these images vary); all: the leaderboard (std "
+        f"over folds). (projected): a power law fitted through the curve, where it still rises; not measured.",
         "",
         "| model | " + " | ".join(str(k) for k in shots) + " |",
         "|---|" + "--:|" * len(shots),

@@ -89,7 +89,8 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         draws = max(r["draws"] for r in d["learning_curve"])
         lines.append(
             f"\nLearning curve: {d['learning_curve'][0]['metric'].replace('_', ' ')} with k labelled images per "
-            f"class per training fold ({draws} draws; all: the leaderboard; projected: a power law, not measured):"
+            f"class per training fold (± over {draws} draws, all scored on the same {d['rows']} held-out images; all: "
+            f"the leaderboard, ± over folds; projected: a power law, not measured):"
         )
         lines += _aligned([["model", *(f"k={k}" if k != "all" else "all" for k in shots)], *cells])
         curve_notes = [n for r in d["learning_curve"] for n in r.get("notes") or []]  # the fits' fallbacks too
