@@ -461,7 +461,7 @@ def train(ctx, cache, from_run, quiet, as_json, **options):
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(model, data, quiet, predictions, as_json, **options):
     """Score MODEL on held-out labelled DATA: a folder of class folders, a CSV manifest, or a cache made with
-    the model's embedding settings.
+    the model's embedding settings. Images the model was fit on (the same bytes) are left out, and named.
 
     \b
     Example:

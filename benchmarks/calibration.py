@@ -151,13 +151,10 @@ def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> st
     mean_chance, p95_chance = chance(after)
     crossed, _ = cross_fitted(oof, kind, y, fold_of)
     before_oof = apply_calibration(oof, kind, None)
-    left_out = no_gain(y, before_oof, crossed)
-    now = before if left_out else after  # what train gives now
-    choice = (
-        f"left out ({log_loss(y, before_oof):.4f} ≤ {log_loss(y, crossed):.4f})"
-        if left_out
-        else f"calibrated ({log_loss(y, crossed):.4f} < {log_loss(y, before_oof):.4f})"
-    )
+    left_out = no_gain(y, before_oof, crossed)  # the check by Platt's targets, tried and not adopted
+    checked = before if left_out else after
+    ce_before, ce_crossed = (platt_cross_entropy(y, p) for p in (before_oof, crossed))
+    choice = f"{'left out' if left_out else 'calibrated'} ({ce_before:.4f} uncal. / {ce_crossed:.4f})"
     acc_before, acc_after = (before.argmax(1) == yv).mean(), (after.argmax(1) == yv).mean()
     over = after.max(axis=1).mean() - acc_after
     return (
@@ -169,7 +166,7 @@ def measure(name: str, train: str, val: str, spec: str, layer: str | None) -> st
         f"| {100 * acc_before:.2f} / {100 * acc_after:.2f} "
         f"| {ece(y, apply_temperature(oof, kind, 1.0)):.4f} / {ece(y, crossed):.4f} "
         f"| {fit_s:.1f} / {calibration_s:.1f} ({calibration_s / max(fit_s, 1e-9):.1f}×) "
-        f"| {choice}: {ece(yv, now):.4f}, {log_loss(yv, now):.4f} |"
+        f"| {choice}: {ece(yv, checked):.4f}, {log_loss(yv, checked):.4f} |"
     )
 
 
@@ -277,9 +274,13 @@ def no_gain(y: np.ndarray, before: np.ndarray, crossed: np.ndarray, smooth: bool
     """A check tried on 2026-12-07 (not adopted; RESULTS.md): leave the calibration out where the out-of-fold rows,
     each inner fold calibrated by a fit on the others (``crossed``), score no better than uncalibrated
     (``before``): by the labels' log-loss (``smooth=False``) or the cross-entropy to Platt's targets."""
-    targets = platt_targets(y, before.shape[1], smooth)
-    b, c = (float(-(targets * np.log(np.clip(p, 1e-15, None))).sum(axis=1).mean()) for p in (before, crossed))
-    return c >= b
+    return platt_cross_entropy(y, crossed, smooth) >= platt_cross_entropy(y, before, smooth)
+
+
+def platt_cross_entropy(y: np.ndarray, p: np.ndarray, smooth: bool = True) -> float:
+    """The mean cross-entropy of ``p`` to Platt's targets (``smooth=False``: the labels' log-loss)."""
+    targets = platt_targets(y, p.shape[1], smooth)
+    return float(-(targets * np.log(np.clip(p, 1e-15, None))).sum(axis=1).mean())
 
 
 def few(name: str, train: str, val: str, specs, layer: str | None, shots: list[int], draws: int) -> list[str]:
@@ -375,7 +376,8 @@ def main():
         "| val/ confidence - accuracy | val/ log-loss uncal. / one T / margin T "
         "| margin T fit to the labels (before Platt's targets): val/ ECE, log-loss | val/ accuracy % uncal. / cal. "
         "| train/ out-of-fold ECE uncal. / cross-fitted | seconds: fit / 5 calibration fits "
-        "| train now: its choice (out-of-fold log-loss uncal. / cross-fitted): val/ ECE, log-loss |"
+        "| the check by Platt's targets, not adopted: its choice (out-of-fold cross-entropy to Platt's targets, "
+        "uncal. / cross-fitted): val/ ECE, log-loss |"
     )
     print("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, train, val in args.data:

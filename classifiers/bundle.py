@@ -427,7 +427,7 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
         )
     index = {c: i for i, c in enumerate(bundle.classes)}
     y = np.array([index[test.classes[i]] for i in test.y], dtype=np.int64)
-    seen = _training_images(bundle, reader, test)
+    seen, unchecked = _training_images(bundle, reader, test)
     keep = ~seen
     paths = np.asarray(test.paths)[keep]
     X = bundle.checked(test.features(bundle.layer), reader.path)[keep]
@@ -465,9 +465,13 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
         "confusion": confusion(y, pred, k).tolist(),
         "failed": [{"path": p, "reason": r} for p, r in zip(reader.failures["path"], reader.failures["reason"])],
         "training_images": {
-            "checked": bundle.seen is not None,
+            "checked": bundle.seen is not None and len(bundle.seen) > 0,
             "left_out": [str(p) for p in np.asarray(test.paths)[seen]],
-            "note": TRAINING_IMAGES_NOTE if bundle.seen is not None else UNCHECKED_NOTE,
+            "unchecked_rows": unchecked,
+            "note": "; ".join(
+                [TRAINING_IMAGES_NOTE if bundle.seen is not None and len(bundle.seen) else UNCHECKED_NOTE]
+                + ([f"{unchecked} {UNDIGESTED_NOTE}"] if unchecked and bundle.seen is not None else [])
+            ),
         },
         "predictions": [
             {"path": str(p), "label": bundle.classes[t], "predicted": bundle.classes[q]}
@@ -481,24 +485,28 @@ TRAINING_IMAGES_NOTE = (
     "images the model was fit on (the same bytes as a training image, by the model file's fingerprints) are left "
     "out: every figure is on the others"
 )
-UNCHECKED_NOTE = "the model file does not list its training images (written before they were kept): not checked"
+UNCHECKED_NOTE = (
+    "the model does not list its training images (an older or converted model file, or one built without them): "
+    "whether these images are held out was not checked"
+)
+UNDIGESTED_NOTE = "row(s) without a content digest in this cache could not be checked"
 
 
-def _training_images(bundle: Bundle, reader: CacheReader, test) -> np.ndarray:
-    """Which of ``test``'s rows are images the model was fit on (their content digest among its fingerprints);
-    every one of them: a one-line error, since a score on them says nothing about new images."""
+def _training_images(bundle: Bundle, reader: CacheReader, test) -> tuple[np.ndarray, int]:
+    """Which of ``test``'s rows are images the model was fit on (their content digest among its fingerprints), and
+    how many rows had no digest to check; every row one of them: a one-line error, since a score on them says
+    nothing about new images."""
     digests = np.asarray(reader.rows["digest"], dtype=object)[test.rows]
-    if bundle.seen is None or not len(digests):
-        return np.zeros(len(digests), dtype=bool)
-    known = np.array([bool(d) for d in digests])
-    found = np.zeros(len(digests), dtype=bool)
-    found[known] = np.isin(fingerprints_of(digests[known]), bundle.seen)
+    if bundle.seen is None or not len(bundle.seen) or not len(digests):
+        return np.zeros(len(digests), dtype=bool), 0
+    values, known = fingerprints_of(digests)
+    found = known & np.isin(values, bundle.seen)
     if found.all():
         raise InvalidValue(
             f"every one of the {len(found)} labelled images of {reader.path} is an image the model was fit on: "
             f"evaluate scores a model on images it never saw (a cv report scores every row out of fold)"
         )
-    return found
+    return found, int((~known).sum())
 
 
 def top_k(values: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
@@ -604,8 +612,8 @@ def pseudo_labels(
     notes = []
     if fit_on is not None and fit_on.any():
         notes.append(
-            f"the model was fit on {int(fit_on.sum())} of these {len(rows)} images (fit_on = 1: the same bytes as an "
-            f"image it was trained on{', with its pseudo-label, train --unlabeled' if _semi_used(bundle) else ''}): "
+            f"the model was fit on {int(fit_on.sum())} of these {len(rows)} images (fit_on = 1: the same bytes as one "
+            f"of its labelled images{', or of the unlabeled rows it pseudo-labelled (train --unlabeled)' if _semi_used(bundle) else ''}): "
             f"their confidences are in-sample scores, near 1, not probabilities, and rank them poorly; to review "
             f"pseudo-labels, predict with a model not fit on them"
         )
@@ -648,12 +656,8 @@ def _fit_on_rows(bundle: Bundle, reader: CacheReader, rows: np.ndarray) -> np.nd
     file written before it kept them."""
     if bundle.seen is None:
         return None
-    digests = np.asarray(reader.rows["digest"], dtype=object)[rows]
-    found = np.zeros(len(rows), dtype=bool)
-    known = np.array([bool(d) for d in digests], dtype=bool)
-    if known.any():
-        found[known] = np.isin(fingerprints_of(digests[known]), bundle.seen)
-    return found
+    values, known = fingerprints_of(np.asarray(reader.rows["digest"], dtype=object)[rows])
+    return known & np.isin(values, bundle.seen)
 
 
 def predict_imagenet(

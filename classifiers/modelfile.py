@@ -25,6 +25,7 @@ import os
 import stat
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -45,6 +46,7 @@ EXTENSION = ".fbmodel"
 META = "featurebank-model.json"
 PIPELINE = "pipeline.skops"
 SEEN = "training-images.npy"  # optional: the images fit on, by content (``fingerprints``); older readers skip it
+MAX_SEEN_BYTES = 1 << 30  # 8 bytes an image: 134 million training images; a larger member is not ours
 MAX_META_BYTES = 64 << 20  # settings and metadata are a few kilobytes; a larger member is not ours
 
 
@@ -126,15 +128,26 @@ def _jsonable(value):
     return repr(value)
 
 
-def fingerprints_of(digests) -> np.ndarray:
-    """Each content digest (the cache's blake2b-128, hex) as a uint64: its first 8 bytes, in order."""
-    return np.array([int(str(d)[:16], 16) for d in digests], dtype=np.uint64)
+def fingerprints_of(digests) -> tuple[np.ndarray, np.ndarray]:
+    """Each content digest (the cache's blake2b-128, hex) as a uint64, its first 8 bytes, in order; and which
+    digests were one (a row without a digest, or with a damaged one, has none: 0 and False)."""
+    values = np.zeros(len(digests), dtype=np.uint64)
+    known = np.zeros(len(digests), dtype=bool)
+    for i, d in enumerate(digests):
+        text = str(d or "")[:16]
+        if len(text) == 16:
+            try:
+                values[i], known[i] = int(text, 16), True
+            except ValueError:
+                pass
+    return values, known
 
 
 def fingerprints(digests) -> np.ndarray:
     """The images' ``fingerprints_of``, sorted and unique: 8 bytes an image, enough to tell a training image among
     held-out ones (a chance match 1 in 2^64 a pair). Rows without a digest are left out."""
-    return np.unique(fingerprints_of([d for d in digests if d]))
+    values, known = fingerprints_of(list(digests))
+    return np.unique(values[known])
 
 
 def write_model(path: str, meta: dict, pipeline, seen: np.ndarray | None = None) -> str:
@@ -238,18 +251,42 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
 
 def read_seen(path: str) -> np.ndarray | None:
     """The ``fingerprints`` of the images a model file's pipeline was fit on, or None (a file written before they
-    were kept, or without them); a member that is not a flat uint64 array is a one-line error."""
+    were kept, or without them). Read as bytes of a bounded size (``MAX_SEEN_BYTES``) and parsed by numpy's format
+    header: a member that is not a flat little-endian uint64 array of the length its header says is one line, and
+    no header can make it allocate more than the bytes it holds."""
     try:
         with zipfile.ZipFile(path) as archive:
             if SEEN not in archive.namelist():
                 return None
+            if archive.getinfo(SEEN).file_size > MAX_SEEN_BYTES:
+                raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is too large)")
             with archive.open(SEEN) as fh:
-                seen = np.load(io.BytesIO(fh.read()), allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                raw = fh.read(MAX_SEEN_BYTES + 1)
+    except FeaturebankError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
         raise FileProblem(f"{path} is a damaged featurebank model file ({SEEN}: {_first_line(exc)})") from None
-    if seen.dtype != np.uint64 or seen.ndim != 1:
-        raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is not a list of fingerprints)")
-    return seen
+    if len(raw) > MAX_SEEN_BYTES:
+        raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is too large)")
+    return _fingerprint_array(path, raw)
+
+
+def _fingerprint_array(path: str, raw: bytes) -> np.ndarray:
+    """``numpy.save``'s bytes of a flat uint64 array, checked against its header before anything is allocated."""
+    bad = FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is not a list of fingerprints)")
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read:
+            raise ValueError(f"npy format version {version}")
+        shape, fortran, dtype = read[version](stream)  # the header alone (at most 10,000 bytes): nothing allocated
+    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise FileProblem(f"{path} is a damaged featurebank model file ({SEEN}: {_first_line(exc)})") from None
+    body = raw[stream.tell() :]
+    if dtype != np.dtype("<u8") or len(shape) != 1 or fortran or shape[0] * 8 != len(body):
+        raise bad
+    return np.frombuffer(body, dtype="<u8").astype(np.uint64)
 
 
 def input_dimensions(pipeline) -> int | None:

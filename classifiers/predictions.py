@@ -12,7 +12,8 @@ from embedder.kernel.atomic import atomic_path
 
 
 def write_evaluation_csv(result: dict, path: str) -> str:
-    """``path,label,predicted`` per image of an evaluation (``bundle.evaluate``); returns ``path``."""
+    """``path,label,predicted`` per image an evaluation scored (``bundle.evaluate``: not the images the model was
+    fit on, which it leaves out); returns ``path``."""
     with atomic_path(path, named=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, ["path", "label", "predicted"], lineterminator="\n")
         writer.writeheader()

@@ -6,6 +6,7 @@ never a traceback, a hang or a silent loss."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -65,25 +66,41 @@ def rewrite(source, dest, meta_edit=None, pipeline=None, extra=()):
 
 
 # -- model files ---------------------------------------------------------------------------------------------
-def test_a_hostile_or_damaged_list_of_training_images_is_refused_in_one_line(model, tmp_path):
-    """The training images' fingerprints are read with numpy.load(allow_pickle=False): a pickled object array is
-    never unpickled, and anything but a flat uint64 array is refused."""
-    import io
+def test_a_hostile_or_damaged_list_of_training_images_is_refused_in_one_line(model, tmp_path, monkeypatch):
+    """The training images' fingerprints are read as bytes of a bounded size and checked against numpy's header
+    before anything is allocated: a pickled object array is never unpickled, a header claiming 8 TiB allocates
+    nothing, and anything but a flat uint64 array is refused."""
 
     def saved(array, **kw) -> bytes:
         buffer = io.BytesIO()
         np.save(buffer, array, **kw)
         return buffer.getvalue()
 
+    small = saved(np.arange(3, dtype=np.uint64))
     for name, data, words in [
-        ("pickled", saved(np.array([{"a": 1}], dtype=object), allow_pickle=True), "damaged featurebank model file"),
+        ("pickled", saved(np.array([{"a": 1}], dtype=object), allow_pickle=True), "is not a list of fingerprints"),
         ("floats", saved(np.arange(3.0)), "is not a list of fingerprints"),
         ("grid", saved(np.zeros((2, 2), dtype=np.uint64)), "is not a list of fingerprints"),
-        ("cut", saved(np.arange(30, dtype=np.uint64))[:-20], "damaged featurebank model file"),
+        ("cut", saved(np.arange(30, dtype=np.uint64))[:-20], "is not a list of fingerprints"),
+        ("claims", _claiming(small, 1 << 40), "is not a list of fingerprints"),  # never allocated
+        ("junk", b"not numpy at all", "damaged featurebank model file"),
     ]:
         path = rewrite(model / "m.fbmodel", tmp_path / f"{name}.fbmodel", extra=[(modelfile.SEEN, data)])
         result = CliRunner().invoke(cli.main, ["evaluate", path, str(model / "held.h5")])
-        one_line_error(result, path, modelfile.SEEN, *([words] if isinstance(words, str) else words))
+        one_line_error(result, path, modelfile.SEEN, words)
+    path = rewrite(model / "m.fbmodel", tmp_path / "large.fbmodel", extra=[(modelfile.SEEN, small)])
+    monkeypatch.setattr(modelfile, "MAX_SEEN_BYTES", len(small) - 1)  # a member over the bound is never read
+    one_line_error(CliRunner().invoke(cli.main, ["evaluate", path, str(model / "held.h5")]), "is too large")
+
+
+def _claiming(saved_bytes: bytes, rows: int) -> bytes:
+    """``numpy.save``'s bytes of a small array with a header that claims ``rows`` rows (padded as numpy pads)."""
+    import numpy.lib.format as npformat
+
+    stream = io.BytesIO()
+    npformat.write_array_header_1_0(stream, {"descr": "<u8", "fortran_order": False, "shape": (rows,)})
+    body = saved_bytes[saved_bytes.index(b"\n") + 1 :]
+    return stream.getvalue() + body
 
 
 def test_a_model_file_holding_a_member_twice_is_refused(model, tmp_path):

@@ -354,11 +354,15 @@ def test_no_calibrate_on_the_command_line_is_the_raw_model_end_to_end(tmp_path):
 def test_evaluate_reports_the_held_out_ece_and_log_loss_of_the_calibrated_probabilities(tmp_path):
     X, y = synthetic_cache(tmp_path / "train.h5", counts=(20, 20, 20), dim=8, seed=0)
     # 45 images, the first 5 of them the same bytes as training images 0 to 4: left out, and said
-    digests = [digest(i if i < 5 else 1000 + i) for i in range(45)]
+    digests = [digest(i if i < 5 else 1000 + i) for i in range(44)] + [""]  # the last one: no digest to check
     X_test, y_test = synthetic_cache(tmp_path / "test.h5", counts=(15, 15, 15), dim=8, seed=1, digests=digests)
     bundle = train(str(tmp_path / "train.h5"), classifier="rbf-svm")
     result = evaluate(bundle, str(tmp_path / "test.h5"))
     assert result["training_images"]["left_out"] == [f"class0/img00{i}.jpg" for i in range(5)]
+    assert result["training_images"]["unchecked_rows"] == 1
+    assert result["training_images"]["note"].endswith(
+        "; 1 row(s) without a content digest in this cache could not be checked"
+    )
     X_test, y_test = X_test[5:], y_test[5:]
     proba, _ = bundle.scores(X_test)
     right = int((proba.argmax(axis=1) == y_test).sum())

@@ -90,7 +90,7 @@ def test_a_cv_run_on_a_labels_csv_names_it_with_its_sha256_everywhere_it_reports
     paths = CacheReader(str(tmp_path / "c.h5")).paths
     labels = write(tmp_path, "path,label\n" + "".join(f"{paths[i]},c{y[i]}\n" for i in range(12)))
     d = report_dict(cross_validate(str(tmp_path / "c.h5"), classifiers=["knn"], folds=2, labels=str(labels)))
-    assert d["labels"] == {"csv": str(labels), "sha256": sha256_of(str(labels))}
+    assert d["labels"] == {"csv": str(labels), "sha256": sha256_of(str(labels)), "picked_by_select": False}
     assert cv_text(d)[0].startswith(f"12 images (labels from {labels}), 4 unlabeled left out, 2 classes")
     assert f"- labels: `{labels}` (sha256 {sha256_of(str(labels))}) over the cache's own" in markdown(d)
     facts = dict(cv_context(d, str(tmp_path / "run"), Thumbs(str(tmp_path / "run"), None, None))["facts"])

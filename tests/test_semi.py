@@ -354,8 +354,8 @@ def test_pseudo_labels_of_the_rows_a_model_was_fit_on_say_they_are_in_sample(tmp
     assert len(said["rows"]) == n and all(r["fit_on"] for r in said["rows"])  # every one, with its pseudo-label
     assert bundle.trained_on["unlabeled"]["pseudo_labelled"] == n
     assert said["notes"] == [
-        f"the model was fit on {n} of these {n} images (fit_on = 1: the same bytes as an image it was trained on, "
-        "with its pseudo-label, train --unlabeled): their confidences are in-sample scores, near 1, not "
+        f"the model was fit on {n} of these {n} images (fit_on = 1: the same bytes as one of its labelled images, "
+        "or of the unlabeled rows it pseudo-labelled (train --unlabeled)): their confidences are in-sample scores, near 1, not "
         "probabilities, and rank them poorly; to review pseudo-labels, predict with a model not fit on them"
     ]
     bundle.seen = None  # a model file written before it listed its images: told by the cache's source

@@ -197,7 +197,7 @@ def evaluate_text(d: dict) -> list[str]:
             + ", ".join(seen["left_out"][:3])
             + (" …" if len(seen["left_out"]) > 3 else "")
         )
-    elif seen and not seen.get("checked"):
+    if seen and (not seen.get("checked") or seen.get("unchecked_rows")):
         lines.append(f"  note: {seen['note']}")
     lines.append(f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}")
     lines += [

@@ -172,7 +172,7 @@ def report_dict(report: CVReport, suspicious: int = SUSPICIOUS) -> dict:
             "backbone": board[0].backbone,
             "classifier": board[0].classifier,
             "layer": board[0].layer,
-            "selected_on": SELECTED_ON,
+            "selected_on": SELECTED_ON if len(board) > 1 else "the only row: its out-of-fold scores chose nothing",
         },
         "unlabeled": unlabeled_entry(report),
         **({"learning_curve": report.curve} if report.curve is not None else {}),
@@ -282,8 +282,11 @@ def markdown(d: dict) -> str:
         "",
         f"## Best: {model_name(d, best).replace(' @ ', ' on ')}",
         "",
-        f"#1 of the leaderboard, picked on the folds that score it: {SELECTED_ON}.",
-        "",
+        *(
+            [f"#1 of the leaderboard, picked on the folds that score it: {SELECTED_ON}.", ""]
+            if len(d["leaderboard"]) > 1
+            else []
+        ),
         f"Pipeline: `{best['pipeline']}`",
         "",
     ]
@@ -408,7 +411,8 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
     best (empty for the best) and whether it is not significantly worse; and, in every row, what the figures were
     measured on (rows, folds, repeats, seed: the file travels alone)."""
     cv = d["cv"]
-    measured = [d["rows"], cv["folds"], cv["repeats"], cv["seed"], "out of fold; #1 picked on these folds"]
+    picked = "; #1 picked on these folds" if len(d["leaderboard"]) > 1 else ""
+    measured = [d["rows"], cv["folds"], cv["repeats"], cv["seed"], f"out of fold{picked}"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(
@@ -519,7 +523,7 @@ def _write_report(report: CVReport, out_dir: str, suspicious: int, d: dict | Non
         RANK_BY,
         os.path.join(out_dir, "leaderboard.png"),
         f"out of fold on {d['rows']} images of {os.path.basename(d['cache'])}, {d['cv']['folds']} folds x "
-        f"{d['cv']['repeats']}; #1 picked on these folds",
+        f"{d['cv']['repeats']}" + ("; #1 picked on these folds" if len(board) > 1 else ""),
     )
     best = report.best
     files["confusion_png"] = confusion_png(
