@@ -195,6 +195,14 @@ def test_cv_unlabeled_scores_only_labelled_held_out_rows_side_by_side(tmp_path):
     with_rows = report.result("logreg:C=1.0 +unlabeled", "flatten")
     assert pairs["logreg:C=1.0"]["with"]["mean"] == round(with_rows.metric("balanced_accuracy")["mean"], 4)
     assert with_rows.unlabeled["folds"] == 2 and len(with_rows.unlabeled["decisions"]) == 2
+    # the difference paired by fold, and its corrected t-test on the same folds
+    from classifiers.significance import corrected_t_test
+
+    alone, joined = report.result("logreg:C=1.0", "flatten").fold_scores(), with_rows.fold_scores()
+    n_train, n_test = (float(np.mean([len(getattr(s, side)) for s in report.splits])) for side in ("train", "test"))
+    assert pairs["logreg:C=1.0"]["difference"] == round(float(np.mean(joined - alone)), 4)
+    assert pairs["logreg:C=1.0"]["p_value"] == float(f"{corrected_t_test(joined, alone, n_train, n_test)[1]:.4g}")
+    assert d["unlabeled"]["held_out_rows"] == len(chosen)
     files = write_report(report, str(tmp_path / "run"), 20, d)
     written = (tmp_path / "run" / "predictions").iterdir()
     for f in written:
@@ -202,7 +210,9 @@ def test_cv_unlabeled_scores_only_labelled_held_out_rows_side_by_side(tmp_path):
         assert listed == {paths[i] for i in chosen}  # no unlabeled row is ever predicted or scored
     html = (tmp_path / "run" / "report.html").read_text()
     assert "With and without the unlabeled rows" in html and "logreg:C=1.0 +unlabeled" in html
-    assert "## With and without the unlabeled rows" in (tmp_path / "run" / "report.md").read_text()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## With and without the unlabeled rows" in md and "| with - without, p |" in md
+    assert f"Balanced accuracy on {len(chosen)} labelled held-out images; p: the corrected resampled t-test" in md
     assert files
 
 

@@ -27,6 +27,7 @@ from .reading import (
     FORMAT,
     curve_table,
     curve_text,
+    difference_text,
     find_result,
     model_name,
     p_text,
@@ -521,7 +522,13 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         "map": figure,
         "unlabeled": unlabeled,
         "unlabeled_pairs": [
-            {**p, "name": model_name(d, p), "without_text": pm(p["without"]), "with_text": pm(p["with"])}
+            {
+                **p,
+                "name": model_name(d, p),
+                "without_text": pm(p["without"]),
+                "with_text": pm(p["with"]),
+                "difference_text": difference_text(p),
+            }
             for p in (unlabeled or {}).get("pairs", [])
         ],
         "curve": chart,

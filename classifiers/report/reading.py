@@ -160,15 +160,29 @@ def unlabeled_lines(d: dict) -> list[str]:
         f"rule (inner folds of that fold's labelled training rows) found that they help; both columns are scored "
         f"on {u['scored_on']}.",
         "",
-        "| classifier | layer | without, mean ± std % | with, mean ± std % | used in folds |",
-        "|---|---|--:|--:|--:|",
+        "| classifier | layer | without, mean ± std % | with, mean ± std % | with - without, p | used in folds |",
+        "|---|---|--:|--:|--:|--:|",
     ]
     out += [
-        f"| {p['classifier']} | {p['layer']} | {pm(p['without'])} | {pm(p['with'])} | {p['used_in_folds']} of "
-        f"{p['folds']} |"
+        f"| {p['classifier']} | {p['layer']} | {pm(p['without'])} | {pm(p['with'])} | {difference_text(p)} | "
+        f"{p['used_in_folds']} of {p['folds']} |"
         for p in u["pairs"]
     ]
+    if u["pairs"] and u.get("held_out_rows"):
+        out += [
+            "",
+            f"{u['pairs'][0]['metric'].replace('_', ' ').capitalize()} on {u['held_out_rows']} labelled held-out "
+            f"images; p: the corrected resampled t-test of the difference on the same folds (two-sided).",
+        ]
     return out
+
+
+def difference_text(p: dict) -> str:
+    """A with/without pair's difference in points, and its p-value (``–`` where none: a report of before)."""
+    if p.get("difference") is None:
+        return "–"
+    said = f"{100 * p['difference']:+.1f}"
+    return said + (f", p {p['p_value']:.2g}" if p.get("p_value") is not None else "")
 
 
 def curve_text(row: dict) -> str:

@@ -10,6 +10,7 @@ from classifiers.zoo import default_classifiers, describe, get_spec, list_classi
 
 from .reading import (
     curve_table,
+    difference_text,
     leaderboard_text,
     model_name,
     pm,
@@ -78,12 +79,23 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
             f"held-out rows ({u['pairs'][0]['metric'].replace('_', ' ') if u['pairs'] else ''}):"
         )
         lines += _aligned(
-            [["model", "without", "with", "used in folds"]]
+            [["model", "without", "with", "with - without, p", "used in folds"]]
             + [
-                [model_name(d, p), pm(p["without"]), pm(p["with"]), f"{p['used_in_folds']} of {p['folds']}"]
+                [
+                    model_name(d, p),
+                    pm(p["without"]),
+                    pm(p["with"]),
+                    difference_text(p),
+                    f"{p['used_in_folds']} of {p['folds']}",
+                ]
                 for p in u["pairs"]
             ]
         )
+        if u["pairs"] and u.get("held_out_rows"):
+            lines.append(
+                f"  on {u['held_out_rows']} labelled held-out images; p: the corrected resampled t-test on the same "
+                f"folds (two-sided; with few images a gap of a few images is within chance)"
+            )
     if d.get("learning_curve"):
         shots, cells = curve_table(d)
         draws = max(r["draws"] for r in d["learning_curve"])

@@ -16,7 +16,7 @@ from classifiers.label_issues import write_csv as write_label_issues
 from classifiers.metrics import METRICS
 from classifiers.options import SUSPICIOUS
 from classifiers.semi import WITH_UNLABELED
-from classifiers.significance import ALPHA, TEST
+from classifiers.significance import ALPHA, TEST, corrected_t_test
 from embedder.kernel.atomic import atomic_path
 from embedder.kernel.versions import library_versions
 
@@ -216,11 +216,15 @@ def unlabeled_entry(report: CVReport) -> dict | None:
     if report.unlabeled_mode is None:
         return None
     pairs = []
+    n_train = float(np.mean([len(s.train) for s in report.splits]))
+    n_test = float(np.mean([len(s.test) for s in report.splits]))
     for r in report.results:
         if not r.classifier.endswith(WITH_UNLABELED):
             continue
         plain = report.result(r.classifier.removesuffix(WITH_UNLABELED), r.layer, r.backbone)
         used = r.unlabeled or {}
+        alone, joined = np.asarray(plain.fold_scores(RANK_BY)), np.asarray(r.fold_scores(RANK_BY))
+        p = corrected_t_test(joined, alone, n_train, n_test)[1] if len(alone) > 1 else None
         pairs.append(
             {
                 "classifier": plain.classifier,
@@ -231,12 +235,16 @@ def unlabeled_entry(report: CVReport) -> dict | None:
                 "with": {k: _round(v) for k, v in r.metric(RANK_BY).items()},
                 "used_in_folds": used.get("used_in_folds"),
                 "folds": used.get("folds"),
+                "difference": _round(float(np.mean(joined - alone))),  # with minus without, paired by fold
+                "p_value": None if p is None else float(f"{p:.4g}"),  # TEST, two-sided, on the same folds
             }
         )
     return {
         "mode": report.unlabeled_mode,
         "rows": int(report.data.unlabeled),
         "scored_on": "the labelled held-out rows of each fold (no unlabeled row is ever scored or held out)",
+        "held_out_rows": int(len(report.data.y)),
+        "test": f"difference: with minus without, mean over the same folds; p_value: {TEST}",
         "pairs": pairs,
     }
 
