@@ -38,9 +38,7 @@ from .modelfile import (
     fingerprints,
     fingerprints_of,
     input_dimensions,
-    kind_of,
-    read_model,
-    read_seen,
+    read_model_file,
     write_model,
 )
 from .options import TOP, TrainOptions
@@ -112,8 +110,7 @@ def save_bundle(bundle: Bundle, path: str) -> str:
 def load_bundle(path: str, *, trust_pickle: bool = False) -> Bundle:
     """Read a model file; anything else (a pickle unless ``trust_pickle``, a damaged or crafted file, a missing
     key) is a one-line error, and nothing in it was run."""
-    meta, pipeline = read_model(os.fspath(path), trust_pickle=trust_pickle)
-    seen = read_seen(os.fspath(path)) if kind_of(os.fspath(path)) == "model" else None
+    meta, pipeline, seen = read_model_file(os.fspath(path), trust_pickle=trust_pickle)
     return Bundle(pipeline=pipeline, **{k: meta[k] for k in META_FIELDS}, seen=seen)
 
 
@@ -496,11 +493,9 @@ def _training_images(bundle: Bundle, reader: CacheReader, test) -> tuple[np.ndar
     """Which of ``test``'s rows are images the model was fit on (their content digest among its fingerprints), and
     how many rows had no digest to check; every row one of them: a one-line error, since a score on them says
     nothing about new images."""
-    digests = np.asarray(reader.rows["digest"], dtype=object)[test.rows]
-    if bundle.seen is None or not len(bundle.seen) or not len(digests):
-        return np.zeros(len(digests), dtype=bool), 0
-    values, known = fingerprints_of(digests)
-    found = known & np.isin(values, bundle.seen)
+    if bundle.seen is None or not len(bundle.seen) or not len(test.rows):
+        return np.zeros(len(test.rows), dtype=bool), 0
+    found, known = _fit_on_rows(bundle.seen, reader, test.rows)
     if found.all():
         raise InvalidValue(
             f"every one of the {len(found)} labelled images of {reader.path} is an image the model was fit on: "
@@ -608,7 +603,7 @@ def pseudo_labels(
     confidence = values[np.arange(len(best)), best]
     paths = reader.paths[rows]
     order = np.lexsort((paths, confidence)) if sort == "confidence" else np.argsort(paths, kind="stable")
-    fit_on = _fit_on_rows(bundle, reader, rows)
+    fit_on = None if bundle.seen is None else _fit_on_rows(bundle.seen, reader, rows)[0]
     notes = []
     if fit_on is not None and fit_on.any():
         notes.append(
@@ -651,13 +646,11 @@ def _semi_used(bundle: Bundle) -> bool:
     return bool(semi.get("used") and semi.get("pseudo_labelled"))
 
 
-def _fit_on_rows(bundle: Bundle, reader: CacheReader, rows: np.ndarray) -> np.ndarray | None:
-    """Which of ``rows`` are images the model was fit on (their digest among its fingerprints); None for a model
-    file written before it kept them."""
-    if bundle.seen is None:
-        return None
+def _fit_on_rows(seen: np.ndarray, reader: CacheReader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the cache's ``rows`` are images a model was fit on (their digest among its fingerprints, ``seen``:
+    ``Bundle.seen``), and which had a digest to check at all."""
     values, known = fingerprints_of(np.asarray(reader.rows["digest"], dtype=object)[rows])
-    return known & np.isin(values, bundle.seen)
+    return known & np.isin(values, seen), known
 
 
 def predict_imagenet(

@@ -231,9 +231,11 @@ class CVReport:
         """The leaderboard, each row with its corrected resampled t-test against the best row on the ranking
         metric (see significance.py: two-sided, alpha 0.05)."""
         board = self.leaderboard()
-        n_train = float(np.mean([len(s.train) for s in self.splits]))
-        n_test = float(np.mean([len(s.test) for s in self.splits]))
-        return list(zip(board, compare_to_best([r.fold_scores(RANK_BY) for r in board], n_train, n_test, alpha)))
+        return list(zip(board, compare_to_best([r.fold_scores(RANK_BY) for r in board], *self.fold_sizes(), alpha)))
+
+    def fold_sizes(self) -> tuple[float, float]:
+        """The mean training and held-out rows of a fold: the corrected t-test's variance correction."""
+        return float(np.mean([len(s.train) for s in self.splits])), float(np.mean([len(s.test) for s in self.splits]))
 
     def result(self, classifier: str, layer: str, backbone: str | None = None) -> CVResult:
         for r in self.results:

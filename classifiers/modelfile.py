@@ -204,6 +204,13 @@ def _check_file(path: str) -> None:
 def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
     """The metadata (checked against ``SCHEMA``) and the fitted pipeline of the model file at ``path``. A pickle is
     unpickled only with ``trust_pickle``; anything else that is not this format is a one-line error."""
+    document, pipeline, _ = read_model_file(path, trust_pickle=trust_pickle)
+    return document, pipeline
+
+
+def read_model_file(path: str, *, trust_pickle: bool = False) -> tuple[dict, object, np.ndarray | None]:
+    """``read_model``, and in the same reading of the archive the ``fingerprints`` of the images the pipeline was fit
+    on (``SEEN``; None for a pickle or a file written before they were kept), read as ``_seen_bytes`` says."""
     kind = kind_of(path)
     if kind == "pickle":
         if not trust_pickle:
@@ -211,7 +218,7 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
                 f"{path} is a pickle, not a featurebank model file: it was not loaded, since "
                 f"loading a pickle can run any code; {TRUST_HINT}"
             )
-        return _read_pickle(path)
+        return (*_read_pickle(path), None)
     if kind == "other":
         raise FileProblem(
             f"{path} is not a featurebank model file (`featurebank train` writes them)"
@@ -238,6 +245,7 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
                 raw = fh.read(MAX_META_BYTES + 1)
             document = _document(path, raw)
             blob = archive.read(PIPELINE)
+            seen = _seen_bytes(path, archive) if SEEN in names else None
     except FeaturebankError:  # our own refusals above are OSErrors too: they pass as they are
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
@@ -246,29 +254,22 @@ def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
         ) from None
     pipeline = _load_pipeline(path, blob, document)
     check_consistent(path, document, pipeline)
-    return document, pipeline
+    return document, pipeline, None if seen is None else _fingerprint_array(path, seen)
 
 
-def read_seen(path: str) -> np.ndarray | None:
-    """The ``fingerprints`` of the images a model file's pipeline was fit on, or None (a file written before they
-    were kept, or without them). Read as bytes of a bounded size (``MAX_SEEN_BYTES``) and parsed by numpy's format
-    header: a member that is not a flat little-endian uint64 array of the length its header says is one line, and
-    no header can make it allocate more than the bytes it holds."""
+def _seen_bytes(path: str, archive: zipfile.ZipFile) -> bytes:
+    """``SEEN``'s bytes, of a bounded size (``MAX_SEEN_BYTES``): no member can make a reader hold more; parsed by
+    ``_fingerprint_array`` against numpy's header, so no header can make it allocate more than the bytes it holds."""
+    if archive.getinfo(SEEN).file_size > MAX_SEEN_BYTES:
+        raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is too large)")
     try:
-        with zipfile.ZipFile(path) as archive:
-            if SEEN not in archive.namelist():
-                return None
-            if archive.getinfo(SEEN).file_size > MAX_SEEN_BYTES:
-                raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is too large)")
-            with archive.open(SEEN) as fh:
-                raw = fh.read(MAX_SEEN_BYTES + 1)
-    except FeaturebankError:
-        raise
+        with archive.open(SEEN) as fh:
+            raw = fh.read(MAX_SEEN_BYTES + 1)
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
         raise FileProblem(f"{path} is a damaged featurebank model file ({SEEN}: {_first_line(exc)})") from None
     if len(raw) > MAX_SEEN_BYTES:
         raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is too large)")
-    return _fingerprint_array(path, raw)
+    return raw
 
 
 def _fingerprint_array(path: str, raw: bytes) -> np.ndarray:

@@ -216,8 +216,7 @@ def unlabeled_entry(report: CVReport) -> dict | None:
     if report.unlabeled_mode is None:
         return None
     pairs = []
-    n_train = float(np.mean([len(s.train) for s in report.splits]))
-    n_test = float(np.mean([len(s.test) for s in report.splits]))
+    n_train, n_test = report.fold_sizes()
     for r in report.results:
         if not r.classifier.endswith(WITH_UNLABELED):
             continue
