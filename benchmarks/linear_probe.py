@@ -5,7 +5,8 @@
 at the C it chose (same rows, standardized as the zoo's pipeline does, same tolerance 1e-4, cold), both timed in
 this process. The rows of ``--rows N`` are synthetic (class means plus unit noise, 1,280-d float32, 10 classes, the
 settings of ``cv_scale.py``). The machine may be shared: each pair is timed as CPU seconds with BLAS on one thread
-(what another job's load changes least), and as wall seconds with BLAS on every core, one after the other.
+(what another job's load changes least; the median of 5 runs below 100,000 rows, after one untimed fit of each kind
+on a few rows and a pause, before any run on every core), then as wall seconds with BLAS on every core.
 ``--compare`` times the sweep this one replaced (scikit-learn's ``LogisticRegression`` warm-started along the path
 on each inner fold, the same choice rule) the same way, in CPU seconds.
 
@@ -44,6 +45,8 @@ from classifiers.registry import BlockedScaler
 from classifiers.zoo import make_classifier
 
 DIM, CLASSES, SEPARATION = 1280, 10, 0.06  # cv_scale.py's synthetic rows
+REPEATS = 5  # timed runs below 100,000 rows (the median is reported)
+SETTLE = 1.0  # seconds of pause before CPU timings, for threads left by a run on every core to go idle
 
 
 def synthetic(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -85,34 +88,63 @@ def former(X: np.ndarray, y: np.ndarray) -> float:
     return Cs[best]
 
 
-def timed(fit, wall: bool = True) -> tuple[object, float, float]:
-    """The fitted model, CPU seconds on one BLAS thread, wall seconds on every core (the fit run twice)."""
+def cpu_seconds(fit, repeats: int = 1, reset=None) -> tuple[object, float]:
+    """The fitted model and its CPU seconds on one BLAS thread: the median of ``repeats`` runs. Timed after a pause,
+    and before any run on every core: process time counts the whole process, and BLAS threads left spinning by a
+    multi-threaded run were counted as the next single-threaded fit's (at 1,000 rows they doubled scikit-learn's
+    0.03 s). ``main`` fits both kinds once on a few rows first, so that neither pays for first-call set-up.
+    ``reset()``, untimed, before each run."""
+    time.sleep(SETTLE)
+    runs = []
     with threadpool_limits(1):
-        start = time.process_time()
-        model = fit()
-        cpu = time.process_time() - start
-    if not wall:
-        return model, cpu, float("nan")
+        for _ in range(repeats):
+            if reset is not None:
+                reset()
+            start = time.process_time()
+            model = fit()
+            runs.append(time.process_time() - start)
+    return model, float(np.median(runs))
+
+
+def wall_seconds(fit, reset=None) -> float:
+    if reset is not None:
+        reset()
     start = time.perf_counter()
     fit()
-    return model, cpu, time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def warm_up() -> None:
+    """One fit of each kind on 200 synthetic rows, untimed: what a process pays once, not per fit."""
+    X, y = synthetic(200, seed=1)
+    with threadpool_limits(1):
+        TunedLogisticRegression().fit(X, y)
+        LogisticRegression(C=0.1, max_iter=2000).fit(X, y)
 
 
 def cost(name: str, X: np.ndarray, y: np.ndarray, compare: bool) -> str:
     X = BlockedScaler(copy=False).fit_transform(X)  # the zoo pipeline's scale step
-    # copy=False as in cv: the held-out split (6,000 rows on) is reordered in the rows themselves
-    tuned, tuned_cpu, tuned_wall = timed(lambda: TunedLogisticRegression(copy=False).fit(X, y))
+    # copy=False as in cv: from 6,000 rows the held-out split is reordered in the rows themselves (not in y), so
+    # each tuned run is given its own copy of the rows, made untimed
+    rows = np.empty_like(X)
+    fresh = lambda: np.copyto(rows, X)  # noqa: E731
+    tuned_fit = lambda: TunedLogisticRegression(copy=False).fit(rows, y)  # noqa: E731
+    repeats = REPEATS if len(y) < 100_000 else 1  # fits of seconds: the median of a few
+    tuned, tuned_cpu = cpu_seconds(tuned_fit, repeats, reset=fresh)
     C = tuned.C_
-    plain, plain_cpu, plain_wall = timed(lambda: LogisticRegression(C=C, max_iter=2000).fit(X, y))
-    iters = int(np.nansum(tuned.n_inner_iter_))
+    single = lambda: LogisticRegression(C=C, max_iter=2000).fit(X, y)  # noqa: E731
+    plain, plain_cpu = cpu_seconds(single, repeats)
     old = ""
     if compare:
-        old_C, old_cpu, _ = timed(lambda: former(X, y), wall=False)
+        old_C, old_cpu = cpu_seconds(lambda: former(X, y))
         old = f" {old_cpu / plain_cpu:.2f} (C={old_C:.3g}) |"
+    tuned_wall = wall_seconds(tuned_fit, reset=fresh)
+    plain_wall = wall_seconds(single)
+    iters = int(np.nansum(tuned.n_inner_iter_))
     return (
         f"| {name} | {len(y):,} | {C:.3g} | {plain.n_iter_[0]} | {iters} / {tuned.n_iter_[0]} "
-        f"| {plain_cpu:.2f} / {tuned_cpu:.2f} | **{tuned_cpu / plain_cpu:.2f}** |{old} "
-        f"{plain_wall:.2f} / {tuned_wall:.2f} | {tuned_wall / plain_wall:.2f} |"
+        f"| {plain_cpu:.3f} / {tuned_cpu:.3f} | **{tuned_cpu / plain_cpu:.2f}** |{old} "
+        f"{plain_wall:.3f} / {tuned_wall:.3f} | {tuned_wall / plain_wall:.2f} |"
     )
 
 
@@ -204,6 +236,7 @@ def main():
     parser.add_argument("--compare", action="store_true", help="time the former sweep (scikit-learn's warm path) too")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    warm_up()
     print(
         "| rows | n | chosen C | single fit: iterations | tuned: inner iterations (all folds) / refit "
         "| CPU s, 1 thread: single / tuned | tuned in single fits |"

@@ -224,13 +224,14 @@ PROBE_SHAPE = (2048, 1280, 128)  # rows x dims by dims x width, float32: the sha
 PROBE_REPEATS = 7
 GAIN_BOUNDS = (0.5, 2.0)  # what the second timing may say about the threads: from twice slower to twice faster
 CONTENTION_BOUNDS = (1.0, 4.0)  # how much slower a product may count while other folds run beside it
+SETTLE = 0.3  # seconds of pause before the side-by-side check: BLAS workers that spin after a product go idle
 
 
-def speed_check(repeats: int = PROBE_REPEATS) -> tuple[float, float]:
-    """Seconds of a ``PROBE_SHAPE`` float32 product, on one thread and on the threads the folds' BLAS uses: the
-    median of ``repeats`` wall timings each, a few ms apart (about 0.1 s in all). Wall time, so that cores shared
-    with other processes show as the folds will feel them; the median, so that neither one moment of another
-    process's work nor one lucky moment decides the plan."""
+def speed_check(repeats: int = PROBE_REPEATS, threads: bool = True) -> tuple[float, float]:
+    """Seconds of a ``PROBE_SHAPE`` float32 product, on one thread and (``threads``; else NaN) on the threads the
+    folds' BLAS uses: the median of ``repeats`` wall timings each, a few ms apart (about 0.1 s in all). Wall time,
+    so that cores shared with other processes show as the folds will feel them; the median, so that neither one
+    moment of another process's work nor one lucky moment decides the plan."""
     from threadpoolctl import threadpool_limits
 
     rows, dims, width = PROBE_SHAPE
@@ -249,24 +250,27 @@ def speed_check(repeats: int = PROBE_REPEATS) -> tuple[float, float]:
 
     with threadpool_limits(1):
         one = median()
-    return one, median()
+    return one, median() if threads else math.nan
 
 
 def together_check(workers: int, repeats: int = PROBE_REPEATS) -> float:
     """Seconds of a ``PROBE_SHAPE`` product on one thread while ``workers`` threads run it at once, each on one BLAS
-    thread (the median over every worker's ``repeats`` timings): what each of ``workers`` folds fitted side by side
-    gets of the machine now, other processes' work included."""
+    thread and its own rows, as folds have (the median over every worker's ``repeats`` timings): what each of
+    ``workers`` folds fitted side by side gets of the machine now, other processes' work included. After a pause
+    (``SETTLE``): a BLAS worker left spinning by a product on every core (for about 0.1 s) was a third thread on
+    two cores, and made the products 1.6 times slower where they were 1.0 after a pause."""
     import threading
 
     from threadpoolctl import threadpool_limits
 
     rows, dims, width = PROBE_SHAPE
-    A = np.full((rows, dims), 0.5, dtype=np.float32)
+    As = [np.full((rows, dims), 0.5, dtype=np.float32) for _ in range(workers)]
     B = np.full((dims, width), 0.25, dtype=np.float32)
     start = threading.Barrier(workers)
     times: list[float] = []
+    time.sleep(SETTLE)
 
-    def work() -> None:
+    def work(A: np.ndarray) -> None:
         A @ B
         try:
             start.wait(timeout=30)
@@ -279,7 +283,7 @@ def together_check(workers: int, repeats: int = PROBE_REPEATS) -> float:
             time.sleep(0.002)
 
     with threadpool_limits(1):
-        threads = [threading.Thread(target=work) for _ in range(workers)]
+        threads = [threading.Thread(target=work, args=(A,)) for A in As]
         for t in threads:
             t.start()
         for t in threads:
@@ -301,7 +305,7 @@ def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1) -> float:
     key = f"speed{jobs}"
     if time.monotonic() - _MEASURED.get(f"at{jobs}", -math.inf) < REPROBE:
         return _MEASURED[key]
-    one, threads = speed_check(repeats)
+    one, threads = speed_check(repeats, threads=jobs == 1)  # side by side, the threads' time is not used
     if jobs > 1:
         slower = min(max(together_check(jobs, repeats) / one, CONTENTION_BOUNDS[0]), CONTENTION_BOUNDS[1])
         speed = one / PROBE_SECONDS * math.sqrt(slower)
