@@ -277,6 +277,7 @@ def scale_table(rows: int, sample: int, like: np.ndarray | None = None, plan: bo
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
+    cost._MEASURED.clear()  # probed now, on every core, as cv does at its start (not the value kept from above)
     with threadpool_limits(os.cpu_count()):
         speed = cost.machine_speed()
         _, c_all, w_all = timed(lambda: nb.index_neighbours(X, 10))
