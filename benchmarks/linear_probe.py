@@ -5,8 +5,9 @@
 at the C it chose (same rows, standardized as the zoo's pipeline does, same tolerance 1e-4, cold), both timed in
 this process. The rows of ``--rows N`` are synthetic (class means plus unit noise, 1,280-d float32, 10 classes, the
 settings of ``cv_scale.py``). The machine may be shared: each pair is timed as CPU seconds with BLAS on one thread
-(what another job's load changes least; the median of 5 runs below 100,000 rows, after one untimed fit of each kind
-on a few rows and a pause, before any run on every core), then as wall seconds with BLAS on every core.
+(what another job's load changes least; each the median of 5 runs below 100,000 rows, the former sweep's too, after
+one untimed fit of each kind on a few rows and a pause of a second, before the size's runs on every core), then as
+wall seconds with BLAS on every core.
 ``--compare`` times the sweep this one replaced (scikit-learn's ``LogisticRegression`` warm-started along the path
 on each inner fold, the same choice rule) the same way, in CPU seconds.
 
@@ -40,7 +41,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 import embedder
-from classifiers.linear import DEFAULT_CS, TunedLogisticRegression
+from classifiers.linear import DEFAULT_CS, HOLDOUT_FROM, TunedLogisticRegression
 from classifiers.registry import BlockedScaler
 from classifiers.zoo import make_classifier
 
@@ -89,11 +90,11 @@ def former(X: np.ndarray, y: np.ndarray) -> float:
 
 
 def cpu_seconds(fit, repeats: int = 1, reset=None) -> tuple[object, float]:
-    """The fitted model and its CPU seconds on one BLAS thread: the median of ``repeats`` runs. Timed after a pause,
-    and before any run on every core: process time counts the whole process, and BLAS threads left spinning by a
-    multi-threaded run were counted as the next single-threaded fit's (at 1,000 rows they doubled scikit-learn's
-    0.03 s). ``main`` fits both kinds once on a few rows first, so that neither pays for first-call set-up.
-    ``reset()``, untimed, before each run."""
+    """The fitted model and its CPU seconds on one BLAS thread: the median of ``repeats`` runs. Timed after a pause
+    (``SETTLE``; each size's CPU timings come before its own runs on every core): process time counts the whole
+    process, and BLAS threads left spinning by a multi-threaded run were counted as the next single-threaded fit's
+    (at 1,000 rows they doubled scikit-learn's 0.03 s). ``main`` fits both kinds once on a few rows first, so that
+    neither pays for first-call set-up. ``reset()``, untimed, before each run."""
     time.sleep(SETTLE)
     runs = []
     with threadpool_limits(1):
@@ -124,10 +125,11 @@ def warm_up() -> None:
 
 def cost(name: str, X: np.ndarray, y: np.ndarray, compare: bool) -> str:
     X = BlockedScaler(copy=False).fit_transform(X)  # the zoo pipeline's scale step
-    # copy=False as in cv: from 6,000 rows the held-out split is reordered in the rows themselves (not in y), so
-    # each tuned run is given its own copy of the rows, made untimed
-    rows = np.empty_like(X)
-    fresh = lambda: np.copyto(rows, X)  # noqa: E731
+    # copy=False as in cv: from HOLDOUT_FROM rows the held-out split is reordered in the rows themselves (not in y),
+    # so each tuned run there is given its own copy of the rows, made untimed (below it nothing is reordered);
+    # the copy lives until this function returns
+    rows = np.empty_like(X) if len(y) >= HOLDOUT_FROM else X
+    fresh = (lambda: np.copyto(rows, X)) if rows is not X else None
     tuned_fit = lambda: TunedLogisticRegression(copy=False).fit(rows, y)  # noqa: E731
     repeats = REPEATS if len(y) < 100_000 else 1  # fits of seconds: the median of a few
     tuned, tuned_cpu = cpu_seconds(tuned_fit, repeats, reset=fresh)
@@ -136,7 +138,7 @@ def cost(name: str, X: np.ndarray, y: np.ndarray, compare: bool) -> str:
     plain, plain_cpu = cpu_seconds(single, repeats)
     old = ""
     if compare:
-        old_C, old_cpu = cpu_seconds(lambda: former(X, y))
+        old_C, old_cpu = cpu_seconds(lambda: former(X, y), repeats)
         old = f" {old_cpu / plain_cpu:.2f} (C={old_C:.3g}) |"
     tuned_wall = wall_seconds(tuned_fit, reset=fresh)
     plain_wall = wall_seconds(single)

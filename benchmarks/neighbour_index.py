@@ -202,6 +202,7 @@ def members_fitted(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 def scale_table(rows: int, sample: int, like: np.ndarray | None = None, plan: bool = True) -> list[str]:
     from classifiers import budget, cost
     from classifiers.label_issues import NEIGHBOUR_WEIGHT, combine, find_label_issues, neighbour_probs
+    from classifiers.parallel import fold_jobs
     from classifiers.report.embedmap import embedding_map
 
     X, y, _ = synthetic(rows) if like is None else shaped(rows, like)
@@ -228,7 +229,8 @@ def scale_table(rows: int, sample: int, like: np.ndarray | None = None, plan: bo
         f"**{rows:,} synthetic rows** (1,280-d float32, 10 classes"
         + ("" if like is None else "; the noise with the covariance of the flowers embeddings, 5 % of labels flipped")
         + f"); load average {before} before, {after} after; "
-        f"`machine_speed()` {speed:.2f} (the plan's probe, over the calibration machine's).",
+        f"`machine_speed()` {speed:.2f} (the plan's probe with BLAS held to one thread, over the calibration "
+        "machine's).",
         "",
         "| search of every row's 10 neighbours | CPU s, one thread | wall s | exact / this | recall@10 on "
         f"{sample:,} rows |",
@@ -278,17 +280,28 @@ def scale_table(rows: int, sample: int, like: np.ndarray | None = None, plan: bo
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     cost._MEASURED.clear()  # probed now, on every core, as cv does at its start (not the value kept from above)
+    at_once = fold_jobs(None, 5)  # cv's default: as many folds side by side as the cores
     with threadpool_limits(os.cpu_count()):
-        speed = cost.machine_speed()
+        speed = cost.machine_speed(jobs=at_once)
         _, c_all, w_all = timed(lambda: nb.index_neighbours(X, 10))
         _, c_map2, w_map2 = timed(lambda: embedding_map(X, 0))
     faiss.omp_set_num_threads(1)
     shapes = [cost.Shape(rows * 4 / 5, rows / 5, DIM, CLASSES)] * 5
     extras = budget.extras_estimate(rows, DIM, True, True, nb.REFERENCE)
-    the_plan = budget.plan(None, shapes, 12 * 60, speed, extras=extras, layer_bytes=4.0 * rows * DIM)
+    the_plan = budget.plan(
+        None,
+        shapes,
+        12 * 60,
+        lambda jobs: cost.machine_speed(jobs=jobs),
+        extras=extras,
+        layer_bytes=4.0 * rows * DIM,
+        jobs=at_once,
+        folds=5,
+    )
     lines += [
         "",
-        f"As `cv` runs them (every core, `machine_speed()` {speed:.2f} just before, load {load()} after): the index "
+        f"As `cv` runs them (every core, `machine_speed(jobs={at_once})` {speed:.2f} just before, load {load()} "
+        "after): the index "
         f"{w_all:.1f} s wall ({c_all:.1f} CPU s), the map {w_map2:.1f} s; together {w_all + w_map2:.1f} s. The plan of "
         f"the default `cv --out` at {rows:,} rows here now: {the_plan.message}. Its extras estimate: "
         f"{the_plan.extras:.0f} s; measured / estimated {(w_all + w_map2) / the_plan.extras:.2f}.",

@@ -2,11 +2,11 @@
 ``cost.machine_speed(jobs=2)`` measures it now, against the order it had until 2026-12-07.
 
 Until then ``machine_speed(jobs=2)`` ran ``speed_check``'s timing on every core and, at once after it,
-``together_check`` (two threads, one BLAS thread each). A BLAS worker left spinning by the first (for about 0.1 s)
-was a third busy thread on two cores during the second. Now the side-by-side probe skips the timing on every core,
-pauses (``cost.SETTLE``) and gives each thread its own rows. Each measurement runs in a fresh process, as ``cv``
-does once at its start; the former order is rebuilt from the same functions (the check on every core, then
-``together_check`` with no pause). The plan's side-by-side estimates scale with the square root of the contention.
+``together_check`` (two threads, one BLAS thread each, on the same rows). A BLAS worker left spinning by the first
+(for about 0.1 s) was a third busy thread on two cores during the second. Now the side-by-side probe pauses
+(``cost.SETTLE``), skips the timing on every core and gives each thread its own rows. Each measurement runs in a
+fresh process, as ``cv`` does once at its start; the former ``together_check`` is copied here as it was. The
+plan's side-by-side estimates scale with the square root of the contention.
 
     python benchmarks/speed_probe.py --runs 8
 """
@@ -22,13 +22,42 @@ import sys
 import numpy as np
 
 CHILD = r"""
-import json, sys
+import json, sys, threading, time
+import numpy as np
+from threadpoolctl import threadpool_limits
 from classifiers import cost
+
+
+def former_together(workers, repeats=cost.PROBE_REPEATS):
+    # together_check as it was: no pause, every thread on the same rows
+    rows, dims, width = cost.PROBE_SHAPE
+    A = np.full((rows, dims), 0.5, dtype=np.float32)
+    B = np.full((dims, width), 0.25, dtype=np.float32)
+    start, times = threading.Barrier(workers), []
+
+    def work():
+        A @ B
+        start.wait(timeout=30)
+        for _ in range(repeats):
+            began = time.perf_counter()
+            A @ B
+            times.append(time.perf_counter() - began)
+            time.sleep(0.002)
+
+    with threadpool_limits(1):
+        threads = [threading.Thread(target=work) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return float(np.median(times))
+
+
 if sys.argv[1] == "former":
-    cost.SETTLE = 0.0
-    one, _ = cost.speed_check()  # the one-thread timing, then the timing on every core, as before
-    together = cost.together_check(2)
-else:
+    one, _ = cost.speed_check()  # the one-thread timing, then the one on every core, as machine_speed made them
+    together = former_together(2)
+else:  # machine_speed(jobs=2)'s order now
+    time.sleep(cost.SETTLE)
     one, _ = cost.speed_check(threads=False)
     together = cost.together_check(2)
 print(json.dumps({"one": one, "together": together}))

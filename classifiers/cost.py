@@ -36,7 +36,8 @@ PROBE_SECONDS = 0.00785  # speed_check's one-thread time on an idle core there (
 LOGREG_FIXED = 2.52e-05  # per d·k: the tuned probe's set-up and the many steps of its path on few rows
 LOGREG_SWEEP = 1.94e-09  # per inner row·d·k of the sweep (3 inner folds of 2n/3 below 6,000 rows; one of 2n/3 above)
 LOGREG = 6.5e-09  # per n·d·k: the refit on every row
-SWEEP_FITS = 2.5  # the tuned probe in single fits of scikit-learn's at its C (benchmarks/linear_probe.py: 2.5 to 3)
+SWEEP_FITS = 3.0  # the tuned probe in single fits of scikit-learn's at its C (benchmarks/linear_probe.py, 2026-12-07:
+# 2.6 at 200,000 rows, 3.0 at 20,000, 3.55 on flowers' 2,569, more on fewer rows, where the seconds are small)
 # liblinear: per n·d·k·min(1, √(n/3d)) (its passes are fewer while the rows are few for the dims) and per n·d·k;
 # refitted 2026-12-06, late (250 to 80,000 x 1,280 and 500, 2,000 x 512; 0.67 to 1.37 of CPU seconds from 250 to
 # 80,000 rows and 512 to 2,048 dims, where the former single term, 6.51e-08, gave 0.44 to 1.37)
@@ -256,9 +257,10 @@ def speed_check(repeats: int = PROBE_REPEATS, threads: bool = True) -> tuple[flo
 def together_check(workers: int, repeats: int = PROBE_REPEATS) -> float:
     """Seconds of a ``PROBE_SHAPE`` product on one thread while ``workers`` threads run it at once, each on one BLAS
     thread and its own rows, as folds have (the median over every worker's ``repeats`` timings): what each of
-    ``workers`` folds fitted side by side gets of the machine now, other processes' work included. After a pause
-    (``SETTLE``): a BLAS worker left spinning by a product on every core (for about 0.1 s) was a third thread on
-    two cores, and made the products 1.6 times slower where they were 1.0 after a pause."""
+    ``workers`` folds fitted side by side gets of the machine now, other processes' work included. Run it after a
+    pause (``machine_speed`` makes one): a BLAS worker left spinning by a product on every core (for about 0.1 s)
+    is a third thread on two cores, and made two products at once about 1.5 times slower than one (0.95 to
+    1.77 on an idle 2-core machine, benchmarks/speed_probe.py) where they are 1.0 after a pause."""
     import threading
 
     from threadpoolctl import threadpool_limits
@@ -268,7 +270,6 @@ def together_check(workers: int, repeats: int = PROBE_REPEATS) -> float:
     B = np.full((dims, width), 0.25, dtype=np.float32)
     start = threading.Barrier(workers)
     times: list[float] = []
-    time.sleep(SETTLE)
 
     def work(A: np.ndarray) -> None:
         A @ B
@@ -305,7 +306,9 @@ def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1) -> float:
     key = f"speed{jobs}"
     if time.monotonic() - _MEASURED.get(f"at{jobs}", -math.inf) < REPROBE:
         return _MEASURED[key]
-    one, threads = speed_check(repeats, threads=jobs == 1)  # side by side, the threads' time is not used
+    if jobs > 1:  # side by side: no timing on every core (not used), and a pause for workers left spinning
+        time.sleep(SETTLE)  # by one made before (another probe, the caller's own work)
+    one, threads = speed_check(repeats, threads=jobs == 1)
     if jobs > 1:
         slower = min(max(together_check(jobs, repeats) / one, CONTENTION_BOUNDS[0]), CONTENTION_BOUNDS[1])
         speed = one / PROBE_SECONDS * math.sqrt(slower)
