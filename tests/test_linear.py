@@ -33,13 +33,15 @@ def test_the_warm_started_path_scores_what_cold_fits_score():
             assert model.cv_scores_[f, j] == pytest.approx(loss, rel=1e-3, abs=1e-4)
     best = (0.001, 0.01, 0.1, 1.0)[int(np.nanargmin(model.cv_scores_.mean(axis=0)))]
     assert best == model.C_  # a sweep that stopped early left NaN for the values it never ran
-    # The refit starts from the chosen value's inner solution: the optimum a cold fit reaches, in fewer steps.
+    # The refit starts from the chosen value's inner solution (without the inner fold's curvature pairs): the
+    # optimum a cold fit reaches, in fewer steps (16 against 28 here; with the pairs 12, but on flowers 42 against
+    # 32 and on hymenoptera 23 against 7: benchmarks/RESULTS.md, the linear probe).
     optimum = LogisticRegression(C=best, max_iter=20_000, tol=1e-10).fit(X, y)
     cold = LogisticRegression(C=best, max_iter=2000).fit(X, y)
     for fit in (model, cold):  # both to the solver's default tolerance
         np.testing.assert_allclose(fit.predict_proba(X), optimum.predict_proba(X), atol=2e-3)
         np.testing.assert_array_equal(fit.predict(X), optimum.predict(X))
-    assert model.n_iter_[0] < cold.n_iter_[0] / 2
+    assert model.n_iter_[0] < cold.n_iter_[0]
 
 
 def test_noise_asks_for_strong_regularization_and_clean_data_for_weak():
