@@ -61,7 +61,8 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     which made them look better than they are (on hymenoptera, C=3.16 chosen and 2 test images lost before the
     relative test). The refit stops at scikit-learn's 1e-4 and at a hundredth (``REFIT_RELATIVE``) of its gradient
     where it began: started warm, 1e-4 alone left it further from the optimum than scikit-learn's cold fit gets
-    (on hymenoptera's val/ images, probabilities up to 0.086 from a 1e-8 fit's, against 0.066; a hundredth: 0.012).
+    (on hymenoptera's val/ images, probabilities up to 0.086 from a 1e-8 fit's, against 0.066; a hundredth: 0.012,
+    and 0.015 since the refit starts without the inner pairs).
 
     With one labelled row in a class (or one group), no inner fold can be made: ``C`` is then ``FALLBACK_C`` and
     ``fallback_`` says so (None when ``C`` was chosen or given).
