@@ -44,6 +44,21 @@ def test_the_warm_started_path_scores_what_cold_fits_score():
     assert model.n_iter_[0] < cold.n_iter_[0]
 
 
+def test_one_held_out_split_stops_one_value_past_the_best_and_chooses_what_the_full_sweep_chooses(monkeypatch):
+    """From ``holdout_from`` rows one held-out split chooses C; its loss along the path is smooth, so the sweep stops
+    one value past the best (three inner folds on fewer rows: two), and chooses what every value would choose."""
+    X, y = blobs(n_per_class=100, dims=100, spread=5.0, seed=3)  # 300 rows; the best C mid-grid
+    early = TunedLogisticRegression(holdout_from=200).fit(X, y)
+    assert early.cv_scores_.shape[0] == 1  # one split
+    best = linear.DEFAULT_CS.index(early.C_)
+    assert 0 < best < len(linear.DEFAULT_CS) - 2
+    ran = ~np.isnan(early.cv_scores_).any(axis=0)
+    assert ran.tolist() == [True] * (best + 2) + [False] * (len(linear.DEFAULT_CS) - best - 2)
+    monkeypatch.setattr(linear, "HELD_OUT_PATIENCE", len(linear.DEFAULT_CS))
+    full = TunedLogisticRegression(holdout_from=200).fit(X, y)
+    assert not np.isnan(full.cv_scores_).any() and full.C_ == early.C_
+
+
 def test_noise_asks_for_strong_regularization_and_clean_data_for_weak():
     noisy_X, noisy_y = blobs(n_per_class=15, dims=200, spread=20.0, seed=1)  # few rows, many noisy dimensions
     clean_X, clean_y = blobs(n_per_class=60, dims=5, spread=0.6, seed=2)  # well separated
