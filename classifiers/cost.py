@@ -36,8 +36,10 @@ PROBE_SECONDS = 0.00785  # speed_check's one-thread time on an idle core there (
 LOGREG_FIXED = 2.52e-05  # per d·k: the tuned probe's set-up and the many steps of its path on few rows
 LOGREG_SWEEP = 1.94e-09  # per inner row·d·k of the sweep (3 inner folds of 2n/3 below 6,000 rows; one of 2n/3 above)
 LOGREG = 6.5e-09  # per n·d·k: the refit on every row
-SWEEP_FITS = 3.0  # the tuned probe in single fits of scikit-learn's at its C (benchmarks/linear_probe.py, 2026-12-07:
-# 2.7 at 200,000 rows, 2.9 to 3.0 at 20,000, 2.7 to 3.7 on flowers' 2,569, more on fewer rows, where seconds are small)
+SWEEP_FITS = 2.5  # the tuned probe in single fits of scikit-learn's at its C (benchmarks/linear_probe.py, 2026-12-07:
+# 2.4 from 6,000 rows, 2.7 to 3.7 on flowers' 2,569, more on fewer rows, where the seconds are small)
+HELD_OUT_SWEEP = 0.72  # the sweep with one held-out split stops one value past the best, not two (HELD_OUT_PATIENCE):
+# its inner iterations 18 against 25 at 20,000 rows, 21 against 30 at 60,000 (the constants were fitted with two)
 # liblinear: per n·d·k·min(1, √(n/3d)) (its passes are fewer while the rows are few for the dims) and per n·d·k;
 # refitted 2026-12-06, late (250 to 80,000 x 1,280 and 500, 2,000 x 512; 0.67 to 1.37 of CPU seconds from 250 to
 # 80,000 rows and 512 to 2,048 dims, where the former single term, 6.51e-08, gave 0.44 to 1.37)
@@ -80,7 +82,7 @@ class Shape:
 def logreg(s: Shape, params: dict) -> float:
     from .linear import HOLDOUT_FROM
 
-    inner = 2 * s.n if s.n < HOLDOUT_FROM else 2 * s.n / 3  # 3 inner folds of 2n/3 rows, or one split
+    inner = 2 * s.n if s.n < HOLDOUT_FROM else HELD_OUT_SWEEP * 2 * s.n / 3  # 3 inner folds of 2n/3 rows, or one split
     tuned = (LOGREG_FIXED + LOGREG_SWEEP * inner + LOGREG * s.n) * s.d * s.k
     return tuned / SWEEP_FITS if params.get("C") is not None else tuned  # a fixed C: one fit, no sweep
 
