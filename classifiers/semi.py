@@ -260,10 +260,11 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
                 both = fit_grouped(clone(self._base()), X[rows], np.concatenate([yl[train], extra_labels]), None)
                 hits["with"].append(both.predict(X[held]) == yl[test])
         right = {k: int(np.concatenate(v).sum()) for k, v in hits.items()}
+        rows = int(sum(len(h) for h in hits["with"]))
         return {
-            "without": float(np.mean(np.concatenate(hits["without"]))),
-            "with": float(np.mean(np.concatenate(hits["with"]))),
-            "rows": int(sum(len(h) for h in hits["with"])),
+            "without": right["without"] / rows,
+            "with": right["with"] / rows,
+            "rows": rows,
             "right_without": right["without"],
             "right_with": right["with"],
         }
