@@ -260,11 +260,11 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
                 both = fit_grouped(clone(self._base()), X[rows], np.concatenate([yl[train], extra_labels]), None)
                 hits["with"].append(both.predict(X[held]) == yl[test])
         right = {k: int(np.concatenate(v).sum()) for k, v in hits.items()}
-        rows = int(sum(len(h) for h in hits["with"]))
+        held_out = int(sum(len(h) for h in hits["with"]))
         return {
-            "without": right["without"] / rows,
-            "with": right["with"] / rows,
-            "rows": rows,
+            "without": right["without"] / held_out,
+            "with": right["with"] / held_out,
+            "rows": held_out,
             "right_without": right["without"],
             "right_with": right["with"],
         }
