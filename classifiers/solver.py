@@ -319,6 +319,7 @@ def _fit_path(
         if K > 2:
             x[:, KD:] -= x[:, KD:].mean(axis=1, keepdims=True)
     slot = 0  # the next pair's place in the circular memory, shared by every problem
+    stored = 0  # pairs written so far (at most MEMORY)
     try:
         products = _Products(blocks, labels, weights, n_classes, device, used=np.asarray(member.any(axis=1)))
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError and a failing device are RuntimeErrors
@@ -378,9 +379,10 @@ def _fit_path(
             coef = x[p, :KD]
             f[p] += 0.5 * delta * coef @ coef
             g[p, :KD] += delta * coef
-            Y[:, p, :KD] += delta * S[:, p, :KD]
-            sy = np.einsum("md,md->m", S[:, p], Y[:, p])
-            rho[:, p] = np.where((rho[:, p] > 0) & (sy > 0), 1.0 / np.where(sy > 0, sy, 1.0), 0.0)
+            w = slice(0, stored)  # the slots written so far (the rest are zero, rho 0)
+            Y[w, p, :KD] += delta * S[w, p, :KD]
+            sy = np.einsum("md,md->m", S[w, p], Y[w, p])
+            rho[w, p] = np.where((rho[w, p] > 0) & (sy > 0), 1.0 / np.where(sy > 0, sy, 1.0), 0.0)
             newest = (slot - 1) % MEMORY
             if rho[newest, p] > 0:
                 gamma[p] = 1.0 / (rho[newest, p] * Y[newest, p] @ Y[newest, p])
@@ -404,22 +406,24 @@ def _fit_path(
         active = np.flatnonzero(~done)
         if not len(active):
             break
-        # The two-loop recursion, for the active problems together (a pair with rho 0 contributes nothing).
+        # The two-loop recursion, for the active problems together, over the pairs stored so far (a slot never
+        # written, rho 0, would contribute nothing: on few rows most of a fit's iterations have fewer than MEMORY).
         q = -g[active]
-        every = len(active) == P
-        Sa = S if every else S[:, active]  # one gather per iteration, not one per pair
-        Ya = Y if every else Y[:, active]
-        ra = rho if every else rho[:, active]
-        alpha = np.zeros((MEMORY, len(active)))
-        for i in range(MEMORY):
-            m = (slot - 1 - i) % MEMORY
-            alpha[m] = ra[m] * np.einsum("pd,pd->p", Sa[m], q)
-            q -= alpha[m][:, None] * Ya[m]
+        order = [(slot - 1 - i) % MEMORY for i in range(stored)]  # the slots, newest first
+        if len(active) == P:
+            Sa, Ya, ra = S, Y, rho
+        else:  # one gather of the stored pairs per iteration, not one per pair
+            Sa, Ya, ra = S[np.ix_(order, active)], Y[np.ix_(order, active)], rho[np.ix_(order, active)]
+            order = list(range(stored))
+        alpha = np.zeros((stored, len(active)))
+        for i, m in enumerate(order):
+            alpha[i] = ra[m] * np.einsum("pd,pd->p", Sa[m], q)
+            q -= alpha[i][:, None] * Ya[m]
         q *= gamma[active][:, None]
-        for i in range(MEMORY - 1, -1, -1):
-            m = (slot - 1 - i) % MEMORY
+        for i in range(stored - 1, -1, -1):
+            m = order[i]
             beta = ra[m] * np.einsum("pd,pd->p", Ya[m], q)
-            q += (alpha[m] - beta)[:, None] * Sa[m]
+            q += (alpha[i] - beta)[:, None] * Sa[m]
         slope = np.einsum("pd,pd->p", g[active], q)
         bad = slope >= 0  # not a descent direction (float noise): the gradient instead
         if bad.any():
@@ -452,6 +456,7 @@ def _fit_path(
         rho[slot, active[stuck]] = 0.0
         gamma[pm[good]] = sy[good] / yy[good]
         slot = (slot + 1) % MEMORY
+        stored = min(stored + 1, MEMORY)
         x[pm] += s
         f[pm], g[pm] = new_f[moved], new_g[moved]
         first[active] = False
