@@ -409,12 +409,12 @@ def _fit_path(
         # The two-loop recursion, for the active problems together, over the pairs stored so far (a slot never
         # written, rho 0, would contribute nothing: on few rows most of a fit's iterations have fewer than MEMORY).
         q = -g[active]
-        order = [(slot - 1 - i) % MEMORY for i in range(stored)]  # the slots, newest first
+        order = (slot - 1 - np.arange(stored)) % MEMORY  # the slots, newest first
         if len(active) == P:
             Sa, Ya, ra = S, Y, rho
         else:  # one gather of the stored pairs per iteration, not one per pair
             Sa, Ya, ra = S[np.ix_(order, active)], Y[np.ix_(order, active)], rho[np.ix_(order, active)]
-            order = list(range(stored))
+            order = np.arange(stored)
         alpha = np.zeros((stored, len(active)))
         for i, m in enumerate(order):
             alpha[i] = ra[m] * np.einsum("pd,pd->p", Sa[m], q)
