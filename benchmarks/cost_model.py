@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from classifiers import cost
 from classifiers.budget import estimate
 from classifiers.cost import Shape
+from classifiers.registry import get_spec
 from classifiers.zoo import list_classifiers, make_classifier
 
 SEPARATION = 0.06  # benchmarks/cv_scale.py's: class means' scale per dimension against unit noise
@@ -96,7 +97,7 @@ def grid(dims: list[int], sizes: list[int], entries: list[str], out: str) -> Non
                 with threadpool_limits(THREADS):
                     probe, threaded = cost.speed_check()
                     cost._MEASURED.clear()
-                    speed = cost.machine_speed()
+                    speed = cost.machine_speed(threads=get_spec(spec).threads)
                     guess = speed * (estimate(spec, Shape(n, t, d, CLASSES)) or 0.0)
                     wall, cpu = fold(spec, X, y, n)
                 row = dict(
@@ -131,9 +132,10 @@ def normalized(row: dict) -> float:
 
 
 def speed(row: dict) -> float:
-    """The row's speed against the calibration machine as ``cost.machine_speed`` now says it from the row's check."""
+    """The row's speed against the calibration machine as ``cost.machine_speed`` now says it from the row's check
+    (no threads' gain for an entry that runs on one thread, ``ClassifierSpec.threads``)."""
     gain = min(max(row["probe"] / row.get("threaded", row["probe"]), cost.GAIN_BOUNDS[0]), cost.GAIN_BOUNDS[1])
-    return row["probe"] / cost.PROBE_SECONDS / math.sqrt(gain)
+    return row["probe"] / cost.PROBE_SECONDS / (math.sqrt(gain) if get_spec(row["entry"]).threads else 1.0)
 
 
 def calibration(row: dict) -> bool:

@@ -231,7 +231,7 @@ def plan(
     classifiers,
     shapes: list[Shape],
     budget: float | None,
-    speed: float | Callable[[int], float] = 1.0,
+    speed: float | Callable[[int, bool], float] = 1.0,
     search: bool = False,
     inner_folds: int = 3,
     extras: float = 0.0,
@@ -245,14 +245,17 @@ def plan(
     default entries, cut to what the budget leaves after ``extras``, the report's work: ``extras_estimate``, and to
     those whose fold fits ``cost.memory_bound`` of the largest layer, ``layer_bytes``); ``shapes``: one per (cache,
     layer, fold) the run fits, ``folds`` of them per (cache, layer); ``speed``: ``cost.machine_speed``, a number or
-    a function of the folds fitted side by side; ``extra``: the unlabeled rows' and the learning curve's fits, in
+    a function of the folds fitted side by side and of the entry's ``threads``; ``extra``: the unlabeled rows' and the learning curve's fits, in
     each entry's estimate. ``jobs``: the most folds an entry fits side by side (``parallel.fold_jobs``); unless
     ``fixed_jobs`` (asked for with ``-j``), fewer for an entry whose folds side by side would go over the memory
     bound, down to one."""
     explicit = bool(classifiers)
     wanted = list(classifiers) if explicit else default_classifiers()
     candidates = wanted if explicit else wanted + [n for n in list_classifiers() if n not in wanted]
-    speed_of = speed if callable(speed) else (lambda j: float(speed))
+
+    def speed_of(j: int, threads: bool = True) -> float:
+        return speed(j, threads) if callable(speed) else float(speed)
+
     limit = cost.memory_bound(layer_bytes) if layer_bytes else None
     indexed = not search and not extra.unlabeled  # a search's folds and the unlabeled rows' fits copy their rows
     peaks = {spec: peak(spec, shapes, layer_bytes, indexed) for spec in candidates} if layer_bytes else {}
@@ -280,7 +283,8 @@ def plan(
         known = [p for p in parts if p is not None]
         j = at_once[spec]
         rounds = math.ceil(folds / j) / folds if folds > 1 else 1.0  # folds fitted j at a time: the longest lane
-        return speed_of(j) * sum(known) * rounds if len(known) == len(parts) else None
+        fold_speed = speed_of(j, get_spec(parse_spec(spec)[0]).threads)
+        return fold_speed * sum(known) * rounds if len(known) == len(parts) else None
 
     seconds = {spec: total(spec) for spec in candidates}
     run_speed = speed_of(max(at_once[c] for c in wanted))

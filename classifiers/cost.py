@@ -8,7 +8,8 @@ Each formula's constants are one core's seconds on the calibration machine (``be
 from 250 to 80,000 rows timed and fitted, checked at 200,000 rows and at other dimensions; numbers in
 docs/cross-validation.md). At the start of a run, ``machine_speed`` times a small matrix product on one thread
 and on the folds' threads (the median of 7 each, about 0.1 s) against the one-thread time there, and the estimates
-scale by that ratio (and by what the threads gain): a loaded or faster machine gets estimates of its own.
+scale by that ratio (and, for the entries whose work is in BLAS, by what the threads gain): a loaded or faster
+machine gets estimates of its own.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ LDA_CUBIC = 2.95e-10  # per d³ (LDA's solve)
 KNN_FIXED = 0.0133  # seconds
 NEIGHBOURS = 2.72e-11  # per n·t·d (brute force; refitted with KNN_FIXED 2026-12-06, late: benchmarks/RESULTS.md)
 FOREST = 8.51e-08  # per tree·n·log2(n)·√d
-EXTRA_TREES_FIXED = 0.002  # seconds per tree: building and predicting a tree's nodes, whatever the rows
-EXTRA_TREES = 2.45e-08  # per tree·n·log2(n)·√d: random thresholds, no sorting (fitted as the rest, 250 to 20,000 rows)
+# extra trees refitted 2026-12-07 (10:55) on a quiet VM's CPU seconds (cost_model.py grid, 250 to 20,000 x 1,280,
+# one BLAS thread and two: the trees run on one thread either way), times 0.00785 / each row's check: 0.90 to 1.08
+# of them, where the former constants (0.002, 2.45e-08, fitted under a load average of 5 to 13) gave 1.34 to 1.95
+EXTRA_TREES_FIXED = 7.9e-04  # seconds per tree: building and predicting a tree's nodes, whatever the rows
+EXTRA_TREES = 1.81e-08  # per tree·n·log2(n)·√d: random thresholds, no sorting
 # The report's extras keep their own units (two idle cores' wall seconds), not measured again here:
 MAP = 6.72  # the report's t-SNE map of at most 2,000 rows (with its PCA), seconds (2026-11-30, idle)
 # The approximate neighbour index beyond the exact range (projection, graph, exact rescoring), per n·d: one thread's
@@ -298,31 +302,33 @@ def together_check(workers: int, repeats: int = PROBE_REPEATS) -> float:
     return float(np.median(times))
 
 
-def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1) -> float:
+def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1, threads: bool = True) -> float:
     """How much slower (> 1) or faster this machine is now than the calibration machine's one core, whose seconds
-    the model gives: ``speed_check``'s one-thread time over its time there (``PROBE_SECONDS``), then, about half of
-    a fold's work being in BLAS (all of ridge's, little of a forest's or of libsvm's), the square root of what the
-    folds' way of running does to a product now. Folds one at a time (``jobs`` 1): divided by the square root of
-    what their BLAS threads gain (within ``GAIN_BOUNDS``), so that an idle second core brings an estimate down by up
-    to 1.4, and threads that wait on each other on a busy machine (slower than one) bring it up. ``jobs`` folds side
-    by side (``parallel.fold_jobs``): times the square root of how much slower a product is while ``jobs`` run at
-    once (``together_check``, within ``CONTENTION_BOUNDS``): cores that are hyperthreads of one, or shared with
-    other work, show (the BLAS threads a fold may have beyond one are not counted: an estimate on the safe side where
-    cores outnumber the folds). Kept for ``REPROBE`` seconds in the process."""
-    key = f"speed{jobs}"
+    the model gives: ``speed_check``'s one-thread time over its time there (``PROBE_SECONDS``), then the square root
+    of what the folds' way of running does to a product now (about half of a BLAS entry's fold is in its products).
+    Folds one at a time (``jobs`` 1): divided by the square root of what their BLAS threads gain (within
+    ``GAIN_BOUNDS``), so that an idle second core brings an estimate down by up to 1.4, and threads that wait on each
+    other on a busy machine (slower than one) bring it up; not for an entry whose fit runs on one thread whatever BLAS
+    has (``threads`` False: liblinear, libsvm, the trees, ``ClassifierSpec.threads``; the linear SVM's estimate was
+    half its wall time with the gain). ``jobs`` folds side by side (``parallel.fold_jobs``), every entry: times the
+    square root of how much slower a product is while ``jobs`` run at once (``together_check``, within
+    ``CONTENTION_BOUNDS``): cores that are hyperthreads of one, or shared with other work, show (the BLAS threads a
+    fold may have beyond one are not counted: an estimate on the safe side where cores outnumber the folds). One
+    probe gives both; kept for ``REPROBE`` seconds in the process."""
+    key = f"speed{jobs}" if threads or jobs > 1 else "serial1"
     if time.monotonic() - _MEASURED.get(f"at{jobs}", -math.inf) < REPROBE:
         return _MEASURED[key]
     if jobs > 1:  # side by side: no timing on every core (not used), and a pause for workers left spinning
         time.sleep(SETTLE)  # by one made before (another probe, the caller's own work)
-    one, threads = speed_check(repeats, threads=jobs == 1)
+    one, every_core = speed_check(repeats, threads=jobs == 1)
     if jobs > 1:
         slower = min(max(together_check(jobs, repeats) / one, CONTENTION_BOUNDS[0]), CONTENTION_BOUNDS[1])
-        speed = one / PROBE_SECONDS * math.sqrt(slower)
+        _MEASURED[f"speed{jobs}"] = one / PROBE_SECONDS * math.sqrt(slower)
     else:
-        gain = min(max(one / threads, GAIN_BOUNDS[0]), GAIN_BOUNDS[1])
-        speed = one / PROBE_SECONDS / math.sqrt(gain)
-    _MEASURED.update({f"at{jobs}": time.monotonic(), key: speed})
-    return speed
+        gain = min(max(one / every_core, GAIN_BOUNDS[0]), GAIN_BOUNDS[1])
+        _MEASURED.update(speed1=one / PROBE_SECONDS / math.sqrt(gain), serial1=one / PROBE_SECONDS)
+    _MEASURED[f"at{jobs}"] = time.monotonic()
+    return _MEASURED[key]
 
 
 MAX_BUDGET = 10_000 * 86400.0  # seconds: any budget beyond this means none (which says so)

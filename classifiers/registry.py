@@ -101,6 +101,9 @@ class ClassifierSpec:
     memory_by_index: Callable[[Shape, dict], float] | None = None
     stands_in_for: str | None = None  # an approximation of this entry: never in the default list, only in its place
     default: bool = True  # in what ``cv`` runs without ``-c`` (an entry left out is run only when named)
+    # its fit's time is mostly BLAS products, which a fold's BLAS threads share; False: it runs on one thread
+    # whatever BLAS has (liblinear, libsvm, the trees), so no threads' gain in its estimate (cost.machine_speed)
+    threads: bool = True
 
 
 _REGISTRY: dict[str, ClassifierSpec] = {}
@@ -317,6 +320,7 @@ register_classifier(
         grid={"C": [0.0001, 0.001, 0.01, 0.1, 1.0]},
         cost=cost.linear_svm,
         memory=cost.linear_svm_memory,
+        threads=False,
     )
 )
 register_classifier(
@@ -329,6 +333,7 @@ register_classifier(
         grid={"C": [1.0, 10.0, 100.0], "gamma": ["scale", 0.5, 2.0, 8.0]},
         cost=cost.rbf_svm,
         memory=cost.rbf_svm_memory,
+        threads=False,
     )
 )
 register_classifier(
@@ -390,6 +395,7 @@ register_classifier(
         probabilities=True,
         cost=cost.forest,
         memory=cost.forest_memory,
+        threads=False,
         default=False,
     )
 )
@@ -402,5 +408,6 @@ register_classifier(
         probabilities=True,
         cost=cost.extra_trees,
         memory=cost.extra_trees_memory,
+        threads=False,
     )
 )

@@ -20,7 +20,7 @@ import classifiers.ridge as ridge_module
 from classifiers.budget import estimate, plan
 from classifiers.cost import Shape, duration, parse_budget
 from classifiers.crossval import Split, _run_fold, cross_validate
-from classifiers.registry import ClassifierSpec, register_classifier, unregister_classifier
+from classifiers.registry import ClassifierSpec, get_spec, register_classifier, unregister_classifier
 from classifiers.ridge import ALPHAS, TunedRidge
 from classifiers.scaling import ShrunkScaler
 from classifiers.zoo import default_classifiers, list_classifiers, make_classifier, parse_spec
@@ -190,6 +190,33 @@ def test_the_speed_check_is_one_threads_median_its_threads_gain_and_kept_for_a_w
     assert 0 < one < 1.0 and 0 < threads < 1.0
 
 
+def test_an_entry_that_runs_on_one_thread_gets_no_threads_gain_in_its_estimate(monkeypatch):
+    """Folds one at a time: the speed of an entry whose fit runs on one thread whatever BLAS has (liblinear, libsvm,
+    the trees) is the one-thread check's alone; a BLAS entry's is divided by the square root of the threads' gain.
+    Both come from one probe. The plan applies each entry's own."""
+    from classifiers import cost
+
+    calls = []
+    monkeypatch.setattr(
+        cost,
+        "speed_check",
+        lambda repeats=7, threads=True: calls.append(1) or (2 * cost.PROBE_SECONDS, 0.5 * cost.PROBE_SECONDS),
+    )
+    monkeypatch.setattr(cost, "_MEASURED", {})
+    assert cost.machine_speed(threads=False) == pytest.approx(2.0)  # 2x slower, 4x gain (bounded to 2) not applied
+    assert cost.machine_speed(threads=True) == pytest.approx(2.0 / 2**0.5)
+    assert calls == [1]
+    assert [get_spec(n).threads for n in ("logreg", "ridge", "lda", "knn", "rbf-svm~nystroem", "ensemble")] == [
+        True
+    ] * 6
+    assert [get_spec(n).threads for n in ("linear-svm", "rbf-svm", "random-forest", "extra-trees")] == [False] * 4
+    shapes = folds_of(4_000)
+    one = plan(["linear-svm", "ridge"], shapes, None, speed=1.0)
+    split = plan(["linear-svm", "ridge"], shapes, None, speed=lambda j, threads: 0.5 if threads else 3.0)
+    assert split.seconds["linear-svm"] == pytest.approx(3.0 * one.seconds["linear-svm"])
+    assert split.seconds["ridge"] == pytest.approx(0.5 * one.seconds["ridge"])
+
+
 def test_folds_side_by_side_share_the_cores_as_joblib_reads_n_jobs():
     """No -j: as many folds at once as the cores, never more than the folds; -j as joblib reads it; the cores shared
     out as BLAS threads, one at least."""
@@ -204,7 +231,7 @@ def test_the_plan_counts_folds_side_by_side_by_their_rounds_and_their_speed():
     """Two folds at a time: an entry's five folds take three rounds, each at the speed measured with two at once."""
     shapes = folds_of(10_000)
     alone = plan(["logreg", "ridge"], shapes, None, speed=1.0)
-    paired = plan(["logreg", "ridge"], shapes, None, speed=lambda j: {1: 1.0, 2: 1.5}[j], jobs=2, folds=5)
+    paired = plan(["logreg", "ridge"], shapes, None, speed=lambda j, threads: {1: 1.0, 2: 1.5}[j], jobs=2, folds=5)
     for entry in ("logreg", "ridge"):
         assert paired.seconds[entry] == pytest.approx(alone.seconds[entry] * 1.5 * 3 / 5)
     assert paired.jobs == {"logreg": 2, "ridge": 2} and paired.speed == 1.5
@@ -227,10 +254,12 @@ def test_an_entry_whose_folds_side_by_side_would_pass_the_memory_bound_fits_them
     assert two_at_once("lda") > memory_bound(layer) >= max(two_at_once("logreg"), two_at_once("ridge"))
     speeds = {1: 1.0, 2: 1.5}
     entries = ["logreg", "ridge", "lda"]
-    capped = plan(entries, shapes, None, speed=speeds.get, layer_bytes=layer, jobs=2, folds=5)
+    capped = plan(entries, shapes, None, speed=lambda j, threads: speeds[j], layer_bytes=layer, jobs=2, folds=5)
     assert capped.jobs == {"logreg": 2, "ridge": 2}
     assert capped.seconds["lda"] == pytest.approx(plan(["lda"], shapes, None, speed=1.0).seconds["lda"])
-    asked = plan(entries, shapes, None, speed=speeds.get, layer_bytes=layer, jobs=2, folds=5, fixed_jobs=True)
+    asked = plan(
+        entries, shapes, None, speed=lambda j, threads: speeds[j], layer_bytes=layer, jobs=2, folds=5, fixed_jobs=True
+    )
     assert asked.jobs == {"logreg": 2, "ridge": 2, "lda": 2}
 
 
