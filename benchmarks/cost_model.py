@@ -37,9 +37,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from classifiers import cost
-from classifiers.budget import estimate
+from classifiers.budget import blas_share, estimate, fold_speed
 from classifiers.cost import Shape
-from classifiers.registry import get_spec
 from classifiers.zoo import list_classifiers, make_classifier
 
 SEPARATION = 0.06  # benchmarks/cv_scale.py's: class means' scale per dimension against unit noise
@@ -97,8 +96,9 @@ def grid(dims: list[int], sizes: list[int], entries: list[str], out: str) -> Non
                 with threadpool_limits(THREADS):
                     probe, threaded = cost.speed_check()
                     cost._MEASURED.clear()
-                    speed = cost.machine_speed(threads=get_spec(spec).threads)
-                    guess = speed * (estimate(spec, Shape(n, t, d, CLASSES)) or 0.0)
+                    shape = Shape(n, t, d, CLASSES)
+                    speed = fold_speed(cost.machine_speed, 1, blas_share(spec, shape))
+                    guess = speed * (estimate(spec, shape) or 0.0)
                     wall, cpu = fold(spec, X, y, n)
                 row = dict(
                     entry=spec,
@@ -132,10 +132,11 @@ def normalized(row: dict) -> float:
 
 
 def speed(row: dict) -> float:
-    """The row's speed against the calibration machine as ``cost.machine_speed`` now says it from the row's check
-    (no threads' gain for an entry that runs on one thread, ``ClassifierSpec.threads``)."""
-    gain = min(max(row["probe"] / row.get("threaded", row["probe"]), cost.GAIN_BOUNDS[0]), cost.GAIN_BOUNDS[1])
-    return row["probe"] / cost.PROBE_SECONDS / (math.sqrt(gain) if get_spec(row["entry"]).threads else 1.0)
+    """The row's speed against the calibration machine as ``cost.machine_speed`` now says it from the row's check,
+    for the entry's share of BLAS (``budget.blas_share``)."""
+    one, every_core = row["probe"], row.get("threaded", row["probe"])
+    share = blas_share(row["entry"], Shape(row["n"], row["t"], row["d"], row["k"]))
+    return fold_speed(lambda jobs, threads: cost.speed_from(one, every_core, threads), 1, share)
 
 
 def calibration(row: dict) -> bool:

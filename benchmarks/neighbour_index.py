@@ -292,7 +292,7 @@ def scale_table(rows: int, sample: int, like: np.ndarray | None = None, plan: bo
         None,
         shapes,
         12 * 60,
-        lambda jobs, threads: cost.machine_speed(jobs=jobs, threads=threads),
+        cost.machine_speed,
         extras=extras,
         layer_bytes=4.0 * rows * DIM,
         jobs=at_once,

@@ -52,6 +52,23 @@ def extras_estimate(
     return seconds
 
 
+def fold_speed(speed: float | Callable[..., float], jobs: int, share: float = 1.0) -> float:
+    """The speed of a fold with ``share`` of its time in BLAS, ``jobs`` folds at a time: each part at its own
+    (``speed``: a number, or ``cost.machine_speed`` or a function of the same ``jobs`` and ``threads``)."""
+    if not callable(speed):
+        return float(speed)
+    if share >= 1.0:
+        return speed(jobs=jobs, threads=True)
+    return share * speed(jobs=jobs, threads=True) + (1.0 - share) * speed(jobs=jobs, threads=False)
+
+
+def blas_share(spec: str, shape: Shape) -> float:
+    """The share of a fold's time that BLAS's threads share (``ClassifierSpec.threads``), from 0 to 1."""
+    name, params = parse_spec(spec)
+    threads = get_spec(name).threads
+    return min(max(float(threads(shape, params) if callable(threads) else threads), 0.0), 1.0)
+
+
 def estimate(spec: str, shape: Shape, search: bool = False, inner_folds: int = 3) -> float | None:
     """Seconds of one fold of ``spec`` (a zoo spec string) on the calibration machine; None when the entry has no
     cost model. ``search``: a nested grid search, ``inner_folds`` fits per candidate plus the refit."""
@@ -231,7 +248,7 @@ def plan(
     classifiers,
     shapes: list[Shape],
     budget: float | None,
-    speed: float | Callable[[int, bool], float] = 1.0,
+    speed: float | Callable[..., float] = 1.0,
     search: bool = False,
     inner_folds: int = 3,
     extras: float = 0.0,
@@ -245,16 +262,14 @@ def plan(
     default entries, cut to what the budget leaves after ``extras``, the report's work: ``extras_estimate``, and to
     those whose fold fits ``cost.memory_bound`` of the largest layer, ``layer_bytes``); ``shapes``: one per (cache,
     layer, fold) the run fits, ``folds`` of them per (cache, layer); ``speed``: ``cost.machine_speed``, a number or
-    a function of the folds fitted side by side and of the entry's ``threads``; ``extra``: the unlabeled rows' and the learning curve's fits, in
+    a function of ``jobs`` (the folds fitted side by side) and ``threads`` (for a fold's BLAS part, or not: an
+    entry's ``blas_share`` weighs the two); ``extra``: the unlabeled rows' and the learning curve's fits, in
     each entry's estimate. ``jobs``: the most folds an entry fits side by side (``parallel.fold_jobs``); unless
     ``fixed_jobs`` (asked for with ``-j``), fewer for an entry whose folds side by side would go over the memory
     bound, down to one."""
     explicit = bool(classifiers)
     wanted = list(classifiers) if explicit else default_classifiers()
     candidates = wanted if explicit else wanted + [n for n in list_classifiers() if n not in wanted]
-
-    def speed_of(j: int, threads: bool = True) -> float:
-        return speed(j, threads) if callable(speed) else float(speed)
 
     limit = cost.memory_bound(layer_bytes) if layer_bytes else None
     indexed = not search and not extra.unlabeled  # a search's folds and the unlabeled rows' fits copy their rows
@@ -280,15 +295,17 @@ def plan(
 
     def total(spec: str) -> float | None:
         parts = [fold_estimate(spec, s, search, inner_folds, extra) for s in shapes]
-        known = [p for p in parts if p is not None]
+        if any(p is None for p in parts):
+            return None
         j = at_once[spec]
         rounds = math.ceil(folds / j) / folds if folds > 1 else 1.0  # folds fitted j at a time: the longest lane
-        fold_speed = speed_of(j, get_spec(parse_spec(spec)[0]).threads)
-        return fold_speed * sum(known) * rounds if len(known) == len(parts) else None
+        return (
+            sum(p * fold_speed(speed, j, blas_share(spec, s)) for p, s in zip(parts, shapes) if p is not None) * rounds
+        )
 
     seconds = {spec: total(spec) for spec in candidates}
-    run_speed = speed_of(max(at_once[c] for c in wanted))
-    extras *= speed_of(1)
+    run_speed = fold_speed(speed, max(at_once[c] for c in wanted))
+    extras *= fold_speed(speed, 1)
     jobs_of = {c: at_once[c] for c in candidates if at_once[c] > 1}
     if explicit or budget is None:
         return Plan(

@@ -65,7 +65,7 @@ LDA_CUBIC = 2.95e-10  # per d³ (LDA's solve)
 KNN_FIXED = 0.0133  # seconds
 NEIGHBOURS = 2.72e-11  # per n·t·d (brute force; refitted with KNN_FIXED 2026-12-06, late: benchmarks/RESULTS.md)
 FOREST = 8.51e-08  # per tree·n·log2(n)·√d
-# extra trees refitted 2026-12-07 (10:55) on a quiet VM's CPU seconds (cost_model.py grid, 250 to 20,000 x 1,280,
+# extra trees refitted 2026-12-07 (10:40) on a quiet VM's CPU seconds (cost_model.py grid, 250 to 20,000 x 1,280,
 # one BLAS thread and two: the trees run on one thread either way), times 0.00785 / each row's check: 0.90 to 1.08
 # of them, where the former constants (0.002, 2.45e-08, fitted under a load average of 5 to 13) gave 1.34 to 1.95
 EXTRA_TREES_FIXED = 7.9e-04  # seconds per tree: building and predicting a tree's nodes, whatever the rows
@@ -325,10 +325,15 @@ def machine_speed(repeats: int = PROBE_REPEATS, jobs: int = 1, threads: bool = T
         slower = min(max(together_check(jobs, repeats) / one, CONTENTION_BOUNDS[0]), CONTENTION_BOUNDS[1])
         _MEASURED[f"speed{jobs}"] = one / PROBE_SECONDS * math.sqrt(slower)
     else:
-        gain = min(max(one / every_core, GAIN_BOUNDS[0]), GAIN_BOUNDS[1])
-        _MEASURED.update(speed1=one / PROBE_SECONDS / math.sqrt(gain), serial1=one / PROBE_SECONDS)
+        _MEASURED.update(speed1=speed_from(one, every_core), serial1=speed_from(one, every_core, threads=False))
     _MEASURED[f"at{jobs}"] = time.monotonic()
     return _MEASURED[key]
+
+
+def speed_from(one: float, every_core: float, threads: bool = True) -> float:
+    """``machine_speed`` for folds one at a time, from a ``speed_check``'s two timings."""
+    gain = min(max(one / every_core, GAIN_BOUNDS[0]), GAIN_BOUNDS[1])
+    return one / PROBE_SECONDS / (math.sqrt(gain) if threads else 1.0)
 
 
 MAX_BUDGET = 10_000 * 86400.0  # seconds: any budget beyond this means none (which says so)

@@ -557,7 +557,7 @@ def cross_validate(
         classifiers,
         [shape for fold_shapes in shapes.values() for shape in fold_shapes],
         parse_budget(budget),
-        lambda jobs, threads: machine_speed(jobs=jobs, threads=threads),
+        machine_speed,
         search,
         inner_folds,
         _extras_seconds(data, max(source.data.dims(layer) for source, layer in pairs), extras),

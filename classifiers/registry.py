@@ -101,9 +101,10 @@ class ClassifierSpec:
     memory_by_index: Callable[[Shape, dict], float] | None = None
     stands_in_for: str | None = None  # an approximation of this entry: never in the default list, only in its place
     default: bool = True  # in what ``cv`` runs without ``-c`` (an entry left out is run only when named)
-    # its fit's time is mostly BLAS products, which a fold's BLAS threads share; False: it runs on one thread
-    # whatever BLAS has (liblinear, libsvm, the trees), so no threads' gain in its estimate (cost.machine_speed)
-    threads: bool = True
+    # the share of its fold's time in BLAS products, which a fold's BLAS threads share: True (all of it), False (it
+    # runs on one thread whatever BLAS has: no threads' gain in its estimate, cost.machine_speed), or a function of
+    # the fold's shape and the spec's parameters (the ensemble: its members' estimates weigh their own)
+    threads: bool | Callable[[Shape, dict], float] = True
 
 
 _REGISTRY: dict[str, ClassifierSpec] = {}

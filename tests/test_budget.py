@@ -20,7 +20,7 @@ import classifiers.ridge as ridge_module
 from classifiers.budget import estimate, plan
 from classifiers.cost import Shape, duration, parse_budget
 from classifiers.crossval import Split, _run_fold, cross_validate
-from classifiers.registry import ClassifierSpec, get_spec, register_classifier, unregister_classifier
+from classifiers.registry import ClassifierSpec, register_classifier, unregister_classifier
 from classifiers.ridge import ALPHAS, TunedRidge
 from classifiers.scaling import ShrunkScaler
 from classifiers.zoo import default_classifiers, list_classifiers, make_classifier, parse_spec
@@ -192,9 +192,11 @@ def test_the_speed_check_is_one_threads_median_its_threads_gain_and_kept_for_a_w
 
 def test_an_entry_that_runs_on_one_thread_gets_no_threads_gain_in_its_estimate(monkeypatch):
     """Folds one at a time: the speed of an entry whose fit runs on one thread whatever BLAS has (liblinear, libsvm,
-    the trees) is the one-thread check's alone; a BLAS entry's is divided by the square root of the threads' gain.
-    Both come from one probe. The plan applies each entry's own."""
+    the trees) is the one-thread check's alone; a BLAS entry's is divided by the square root of the threads' gain;
+    both from one probe. Side by side, every entry gets the contention's speed. The ensemble's share of BLAS is its
+    members' weighed by their seconds; the plan gives each part its own speed."""
     from classifiers import cost
+    from classifiers.budget import blas_share
 
     calls = []
     monkeypatch.setattr(
@@ -202,19 +204,34 @@ def test_an_entry_that_runs_on_one_thread_gets_no_threads_gain_in_its_estimate(m
         "speed_check",
         lambda repeats=7, threads=True: calls.append(1) or (2 * cost.PROBE_SECONDS, 0.5 * cost.PROBE_SECONDS),
     )
+    monkeypatch.setattr(cost, "together_check", lambda workers, repeats=7: 4 * 2 * cost.PROBE_SECONDS)
+    monkeypatch.setattr(cost.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(cost, "_MEASURED", {})
     assert cost.machine_speed(threads=False) == pytest.approx(2.0)  # 2x slower, 4x gain (bounded to 2) not applied
     assert cost.machine_speed(threads=True) == pytest.approx(2.0 / 2**0.5)
     assert calls == [1]
-    assert [get_spec(n).threads for n in ("logreg", "ridge", "lda", "knn", "rbf-svm~nystroem", "ensemble")] == [
-        True
-    ] * 6
-    assert [get_spec(n).threads for n in ("linear-svm", "rbf-svm", "random-forest", "extra-trees")] == [False] * 4
+    assert cost.machine_speed(jobs=2, threads=False) == cost.machine_speed(jobs=2) == pytest.approx(4.0)
+    assert calls == [1, 1]
+
+    shape = Shape(800, 200, 1280, 10)
+    assert [blas_share(n, shape) for n in ("logreg", "ridge", "lda", "knn", "rbf-svm~nystroem")] == [1.0] * 5
+    assert [blas_share(n, shape) for n in ("linear-svm", "rbf-svm", "random-forest", "extra-trees")] == [0.0] * 4
+    from classifiers.ensemble import INNER_FOLDS
+
+    calibration_fold = Shape(800 * (INNER_FOLDS - 1) / INNER_FOLDS, 800 / INNER_FOLDS, 1280, 10)
+    svm = estimate("rbf-svm", shape) + INNER_FOLDS * estimate("rbf-svm", calibration_fold)  # sigmoid-calibrated
+    logreg, knn = estimate("logreg", shape), estimate("knn", shape)
+    assert blas_share("ensemble", shape) == pytest.approx((logreg + knn) / (logreg + knn + svm))
+    assert 0.2 < blas_share("ensemble", shape) < 0.5  # the RBF SVM and its calibration: most of it at 1,000 rows
+    assert blas_share("ensemble:members=extra-trees+linear-svm", shape) == 0.0
+
     shapes = folds_of(4_000)
-    one = plan(["linear-svm", "ridge"], shapes, None, speed=1.0)
-    split = plan(["linear-svm", "ridge"], shapes, None, speed=lambda j, threads: 0.5 if threads else 3.0)
+    one = plan(["linear-svm", "ridge", "ensemble"], shapes, None, speed=1.0)
+    split = plan(["linear-svm", "ridge", "ensemble"], shapes, None, speed=lambda jobs, threads: 0.5 if threads else 3.0)
     assert split.seconds["linear-svm"] == pytest.approx(3.0 * one.seconds["linear-svm"])
     assert split.seconds["ridge"] == pytest.approx(0.5 * one.seconds["ridge"])
+    share = blas_share("ensemble", shapes[0])
+    assert split.seconds["ensemble"] == pytest.approx((0.5 * share + 3.0 * (1 - share)) * one.seconds["ensemble"])
 
 
 def test_folds_side_by_side_share_the_cores_as_joblib_reads_n_jobs():
@@ -231,7 +248,9 @@ def test_the_plan_counts_folds_side_by_side_by_their_rounds_and_their_speed():
     """Two folds at a time: an entry's five folds take three rounds, each at the speed measured with two at once."""
     shapes = folds_of(10_000)
     alone = plan(["logreg", "ridge"], shapes, None, speed=1.0)
-    paired = plan(["logreg", "ridge"], shapes, None, speed=lambda j, threads: {1: 1.0, 2: 1.5}[j], jobs=2, folds=5)
+    paired = plan(
+        ["logreg", "ridge"], shapes, None, speed=lambda jobs, threads: {1: 1.0, 2: 1.5}[jobs], jobs=2, folds=5
+    )
     for entry in ("logreg", "ridge"):
         assert paired.seconds[entry] == pytest.approx(alone.seconds[entry] * 1.5 * 3 / 5)
     assert paired.jobs == {"logreg": 2, "ridge": 2} and paired.speed == 1.5
@@ -242,7 +261,8 @@ def test_the_plan_counts_folds_side_by_side_by_their_rounds_and_their_speed():
 
 def test_an_entry_whose_folds_side_by_side_would_pass_the_memory_bound_fits_them_one_at_a_time():
     """At 200,000 rows (a 1 GB layer, a 4 GiB bound) two folds of the probe or ridge fit beside the layer, two of
-    LDA's (its class-wise copies) do not: LDA runs one at a time, at the one-fold speed; -j given is obeyed."""
+    LDA's (its class-wise copies) or the linear SVM's (its float64 copy) do not: they run one at a time, at the
+    one-fold speed (the linear SVM at one thread's, without the BLAS threads' gain); -j given is obeyed."""
     from classifiers.budget import peak
     from classifiers.cost import PROCESS, memory_bound
 
@@ -252,15 +272,26 @@ def test_an_entry_whose_folds_side_by_side_would_pass_the_memory_bound_fits_them
         return PROCESS + layer + 2 * (peak(entry, shapes, layer) - PROCESS - layer)
 
     assert two_at_once("lda") > memory_bound(layer) >= max(two_at_once("logreg"), two_at_once("ridge"))
-    speeds = {1: 1.0, 2: 1.5}
-    entries = ["logreg", "ridge", "lda"]
-    capped = plan(entries, shapes, None, speed=lambda j, threads: speeds[j], layer_bytes=layer, jobs=2, folds=5)
+    speeds = {(1, True): 1.0, (1, False): 1.2, (2, True): 1.5, (2, False): 1.5}
+    entries = ["logreg", "ridge", "lda", "linear-svm"]
+    capped = plan(
+        entries, shapes, None, speed=lambda jobs, threads: speeds[jobs, threads], layer_bytes=layer, jobs=2, folds=5
+    )
     assert capped.jobs == {"logreg": 2, "ridge": 2}
     assert capped.seconds["lda"] == pytest.approx(plan(["lda"], shapes, None, speed=1.0).seconds["lda"])
+    alone = plan(["linear-svm"], shapes, None, speed=1.0).seconds["linear-svm"]
+    assert capped.seconds["linear-svm"] == pytest.approx(1.2 * alone)
     asked = plan(
-        entries, shapes, None, speed=lambda j, threads: speeds[j], layer_bytes=layer, jobs=2, folds=5, fixed_jobs=True
+        entries,
+        shapes,
+        None,
+        speed=lambda jobs, threads: speeds[jobs, threads],
+        layer_bytes=layer,
+        jobs=2,
+        folds=5,
+        fixed_jobs=True,
     )
-    assert asked.jobs == {"logreg": 2, "ridge": 2, "lda": 2}
+    assert asked.jobs == {"logreg": 2, "ridge": 2, "lda": 2, "linear-svm": 2}
 
 
 def test_the_probe_fits_its_folds_one_at_a_time_where_its_solver_would_run_on_a_cuda_device(monkeypatch):
