@@ -14,13 +14,14 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from dataclasses import fields, is_dataclass
 
 import click
 
 from classifiers.options import SUSPICIOUS, TOP, CVOptions, TrainOptions
 from classifiers.select_options import SelectOptions
-from embedder.kernel.errors import FeaturebankError, Terminated, os_error_line, terminate_as_interrupt
+from embedder.kernel.errors import FeaturebankError, Note, Terminated, os_error_line, terminate_as_interrupt
 from embedder.kernel.settings import POOLINGS
 from embedder.options import BACKBONE, ExtractOptions, RunOptions, with_overrides
 from workflows.deploy.options import ExportOptions
@@ -167,7 +168,8 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            with terminate_as_interrupt():
+            with terminate_as_interrupt(), warnings.catch_warnings():
+                warnings.showwarning = _note_line
                 return super().invoke(ctx)
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
@@ -183,6 +185,14 @@ class Group(click.Group):
             kept = getattr(exc, "kept", None) or KEPT.get(ctx.invoked_subcommand, "stopped before it finished")
             click.echo(f"{how}: {kept}.", err=True)  # kept: what the library knows was kept, when it said
             sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+
+def _note_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A ``Note`` as one line on stderr (``note: ...``); any other warning as Python shows it."""
+    if issubclass(category, Note):
+        click.echo(f"note: {message}", err=True)
+        return
+    warnings._showwarning_orig(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
 
 
 def _stdout_gone() -> bool:

@@ -5,8 +5,8 @@
 
 DATA has train/ and val/ of class folders. train/ is embedded as a flat folder (``extract --layout flat``: no
 labels, as a user's unlabeled photos); the class folder in each path plays the person who labels, and is read
-only for the images ``select`` picked. Each round: ``featurebank select`` (``--labels`` and ``--exclude`` the
-labels so far, from the second round), the picks labelled, ``featurebank cv`` on the labels so far (``-c logreg``,
+only for the images ``select`` picked. Each round: ``featurebank select`` (``--labels`` the labels so far, from
+the second round), the picks labelled, ``featurebank cv`` on the labels so far (``-c logreg --folds 3``,
 out-of-fold: the figure a user sees), then ``featurebank train -c logreg`` with and without ``--unlabeled`` and
 ``featurebank evaluate`` on val/ (embedded once, with its labels): the held-out figure nobody chose anything on.
 Against it, at each round's number of labels: ``--random-draws`` seeded random picks of the same number from
@@ -104,8 +104,8 @@ def main() -> int:
     for r in range(1, opts.rounds + 1):
         picks = work / f"round{r}.csv"
         args = ["select", pool, "--budget", str(opts.budget), "-o", str(picks)]
-        if labelled:
-            args += ["--labels", str(labels), "--exclude", str(labels)]
+        if labelled:  # as docs/few-labels.md says: every label in one CSV, its empty rows not picked again
+            args += ["--labels", str(labels)]
         out, seconds[f"select, round {r}"] = featurebank(*args)
         with open(picks, newline="") as f:
             picked = [row["path"] for row in csv.DictReader(f)]

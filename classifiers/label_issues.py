@@ -368,11 +368,15 @@ def summary_lines(d: dict, limit: int = 10) -> list[str]:
     if d.get("label_issues_estimated") is None:
         return []
     n = d["label_issues_estimated"]
-    out = [
-        f"{n} image(s) to review first, confident learning's estimate of the wrong labels (the first {n} of the "
-        f"list, out of fold; with labels flipped on purpose, 42 to 82 % of such a set were flips: "
-        f"docs/label-issues.md); {len(d['label_issues'])} image(s) whose suggested class is not their label"
-    ]
+    listed = f"{len(d['label_issues'])} image(s) whose suggested class is not their label"
+    if n == 0:
+        out = [f"no image to review first: confident learning estimates no wrong label (out of fold); {listed}"]
+    else:
+        out = [
+            f"{n} image(s) to review first, confident learning's estimate of the wrong labels (the first {n} of the "
+            f"list, out of fold; with labels flipped on purpose, 42 to 82 % of such a set were flips: "
+            f"docs/label-issues.md); {listed}"
+        ]
     out += [f"  about {p['count']} {p['suggested']} labelled {p['label']}" for p in d["label_issues_pairs"][:limit]]
     if d.get("label_issues_caveat"):
         out.append(f"  note: {d['label_issues_caveat']}")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
+import warnings
 
 import numpy as np
 
 from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import read_text
-from embedder.kernel.errors import FileProblem, IncompatibleSettings, InvalidValue
+from embedder.kernel.errors import FileProblem, IncompatibleSettings, InvalidValue, Note
 
 from .data import open_cache
 
@@ -93,7 +94,57 @@ def labels_of(reader: str | CacheReader, labels_csv: str | None = None) -> np.nd
             f"(e.g. {reader.paths[i]}: {given[i]} in the CSV, {labels[i]} in the cache)"
         )
     labels[given != ""] = given[given != ""]
+    counts: dict[str, int] = {}
+    for name in labels[labels != ""]:
+        counts[name] = counts.get(name, 0) + 1
+    by_case: dict[str, str] = {}
+    for name in sorted(counts, key=lambda c: -counts[c]):
+        other = by_case.setdefault(name.casefold(), name)
+        if other != name:
+            raise InvalidValue(
+                f"{labels_csv} gives one class two names, {name!r} ({counts[name]} image(s)) and {other!r} "
+                f"({counts[other]}): class names are compared exactly; write them one way"
+            )
+    for rare, common in near_misses(counts):
+        warnings.warn(
+            f"{labels_csv}: class {rare!r} ({counts[rare]} image(s)) is one letter from {common!r} "
+            f"({counts[common]}): a misspelling? (class names are compared exactly)",
+            Note,
+            stacklevel=2,
+        )
     return labels
 
 
-__all__ = ["labels_of", "path_key", "read_labels"]
+RARE = 2  # images at most in a class that may be a misspelling of another with at least SPELLED_OUT times as many
+SPELLED_OUT = 3
+
+
+def near_misses(counts: dict[str, int]) -> list[tuple[str, str]]:
+    """Pairs (rare, common) of class names one edit apart (a letter changed, added, dropped or two swapped), the
+    rare one with at most ``RARE`` images and the common one with ``SPELLED_OUT`` times as many or more: a typo in
+    a labels CSV makes a class of its own. Names of 3 letters or fewer are left alone ("cat" and "car")."""
+    out = []
+    for rare, n in counts.items():
+        if n > RARE or len(rare) <= 3:
+            continue
+        for common, m in counts.items():
+            if m >= SPELLED_OUT * n and common != rare and _one_edit(rare, common):
+                out.append((rare, common))
+                break
+    return out
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by one letter changed, added or dropped, or two neighbours swapped."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return len(diff) == 1 or (
+            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+        )
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+__all__ = ["labels_of", "near_misses", "path_key", "read_labels"]

@@ -54,6 +54,7 @@ class Selection:
     refused: dict = field(default_factory=dict)  # candidates passed over: {"group": n, "duplicate": n}
     seconds: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
+    thumbnails: int = 0  # picks the contact sheet shows a thumbnail of (none where the images are not reachable)
     labels: str | None = None  # the --labels CSV laid over the cache
     excluded_labelled: int = 0  # images --exclude names that are labelled already (not in the pool anyway)
 
@@ -134,7 +135,8 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
         raise InvalidValue(
             f"{reader.path} has no unlabeled images: every one of its {len(known):,} rows is labelled"
             + (f" (with {labels})" if labels else "")
-            + "; extract the images still to label (a flat folder or a list) into it"
+            + "; select picks among unlabeled rows: extract the images as unlabeled, into a cache of their own "
+            "(a flat folder, or --layout flat for class folders), and give the labels you have with --labels"
         )
     excluded = np.zeros(len(known), dtype=bool)
     for path in exclude:
@@ -226,7 +228,8 @@ def write_selection(selection: Selection, out: str, root: str | None) -> dict[st
     from .selectsheet import write_sheet
 
     try:
-        return {"manifest": out, "sheet": write_sheet(selection, sheet_path(out), root)}
+        selection.thumbnails = write_sheet(selection, sheet_path(out), root)
+        return {"manifest": out, "sheet": sheet_path(out)}
     except KeyboardInterrupt as exc:
         exc.kept = (  # type: ignore[attr-defined]
             f"the manifest {out} was written, its contact sheet not; run the same command again for both"
@@ -262,7 +265,15 @@ def select_text(d: dict) -> list[str]:
         lines.append(f"       … {len(d['picks']) - 10} more in the manifest")
     files = d.get("files") or {}
     if files:
-        lines.append(f"wrote {files['manifest']} and {files['sheet']} (the picks with thumbnails)")
+        shown = d.get("thumbnails", 0)
+        which = (
+            "the picks with thumbnails"
+            if shown == len(d["picks"])
+            else "the picks; no thumbnails: the images are not reachable from here"
+            if not shown
+            else f"the picks, {shown} of them with a thumbnail"
+        )
+        lines.append(f"wrote {files['manifest']} and {files['sheet']} ({which})")
         manifest, labels = files["manifest"], d.get("labels")
         if labels:  # every label in one CSV: this round's rows join the earlier ones
             how = f" (tail -n +2 {manifest} >> {labels})" if _header(labels) == MANIFEST_HEADER else " (path,label)"
@@ -270,10 +281,16 @@ def select_text(d: dict) -> list[str]:
                 f"next: fill in its label column, add its rows to {labels}{how}, then featurebank select "
                 f"{d['cache']} --budget N --labels {labels} -o NEXT.csv (its rows left empty are not picked again)"
             )
-        else:
+        else:  # the CSV that will hold every label starts as this manifest (later rounds: add their rows to it)
+            every = os.path.join(os.path.dirname(manifest), "labelled.csv")
+            start = (
+                ""
+                if os.path.basename(manifest) == "labelled.csv"
+                else f", start the CSV of every label with it (cp {manifest} {every})"
+            )
             lines.append(
-                f"next: fill in its label column, then featurebank select {d['cache']} --budget N "
-                f"--labels {manifest} --exclude {manifest} -o NEXT.csv (keep every label in one CSV)"
+                f"next: fill in its label column{start}, then featurebank select {d['cache']} --budget N "
+                f"--labels {every} -o NEXT.csv (its rows left empty are not picked again)"
             )
     return lines
 

@@ -13,9 +13,9 @@ from embedder.kernel.atomic import atomic_path
 from .extras import thumbs_folder
 
 
-def write_sheet(selection, path: str, root: str | None) -> str:
+def write_sheet(selection, path: str, root: str | None) -> int:
     """Write the sheet of ``selection`` (a ``selection.Selection``) to ``path``; thumbnails go to ``thumbs/`` beside
-    it. ``root``: the folder the cache's paths are relative to. Returns ``path``."""
+    it. ``root``: the folder the cache's paths are relative to. Returns how many picks have a thumbnail."""
     import jinja2
 
     unreachable = None
@@ -51,7 +51,7 @@ def write_sheet(selection, path: str, root: str | None) -> str:
     )
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(page)
-    return path
+    return sum(1 for p in picks if p["thumb"]["src"])
 
 
 __all__ = ["write_sheet"]

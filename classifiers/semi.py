@@ -110,9 +110,9 @@ def balanced_top(proba: np.ndarray, share: float) -> np.ndarray:
 def nothing_unlabeled(cache: str) -> str:
     """What ``--unlabeled`` says of a cache without an unlabeled row (cv and train alike)."""
     return (
-        f"{cache} has no unlabeled rows for --unlabeled: extract unlabeled images into it (a flat folder, or "
-        f"--layout flat), or extract these images unlabeled and give --labels for the labelled ones (a --labels CSV "
-        f"labels rows, it never unlabels one)"
+        f"{cache} has no unlabeled rows for --unlabeled: extract the images as unlabeled, into a cache of their "
+        f"own (a flat folder, or --layout flat for class folders), and give --labels for the labelled ones (a "
+        f"--labels CSV labels rows, it never unlabels one)"
     )
 
 

@@ -55,12 +55,12 @@ def parse_shots(value) -> list:
 
 
 def usable_shots(shots: list, y: np.ndarray, splits, n_classes: int) -> tuple[list, dict, float]:
-    """The ``shots`` worth drawing on these folds, what to say of the others, and the mean labelled images a class
-    has in a training fold (the full run's size). A k at or above the most labelled images any class has in any
+    """The ``shots`` worth drawing on these folds, what to say of the others, and the fewest labelled images a class
+    has in a training fold (no projection reaches that many: some class could not be drawn at it). A k at or above the most labelled images any class has in any
     training fold draws every labelled row of every fold: the full run (``all``) again, each draw the same;
     left out, said once. A k above what some class has in some fold takes all of that class there: kept, said.
-    Returns (shots, {k: note, None: a note of the whole curve}, mean per class); every k left out is one line when
-    nothing is left."""
+    Returns (shots, {k: note, None: a note of the whole curve}, fewest per class); every k left out is one line
+    when nothing is left."""
     counts = np.array([np.bincount(y[s.train], minlength=n_classes) for s in splits])
     most, least = int(counts.max()), int(counts.min())
     kept = [k for k in shots if k == ALL or k < most]
@@ -79,7 +79,7 @@ def usable_shots(shots: list, y: np.ndarray, splits, n_classes: int) -> tuple[li
             f"k={', '.join(map(str, beyond))} left out: no class has more than {most} labelled image(s) in a training "
             f"fold, so every draw would be the full run" + (" (the all column)" if ALL in shots else "")
         )
-    return kept, notes, float(counts.mean())
+    return kept, notes, float(least)
 
 
 def draw_rows(train: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -172,8 +172,8 @@ def curve_rows(
 ) -> list[dict]:
     """``report.json``'s ``learning_curve`` rows of one result: ``{shots, classifier, layer, backbone, metric, mean,
     std, draws}`` per k (with ``usable_shots``' ``notes`` of that k), ``all`` from the result itself, and the
-    projection (``"projection": true``) where the curve still rises, unless 2k is as many per class as the training
-    folds hold (``full``) or more: then a note instead (no projection beyond the labels there are; ``all``
+    projection (``"projection": true``) where the curve still rises, unless 2k is as many as some class has in a
+    training fold (``full``, ``usable_shots``' fewest) or more: then a note instead (no projection beyond the labels there are; ``all``
     measures them)."""
     notes = notes or {}
     who = {"classifier": result.classifier, "layer": result.layer, "backbone": result.backbone, "metric": metric}
@@ -200,7 +200,7 @@ def curve_rows(
     projected = projection([(r["shots"], r["mean"]) for r in rows if r["shots"] != ALL])
     if projected is not None and full is not None and projected[0] >= full:  # beyond the labels there are
         rows[-1].setdefault("notes", []).append(
-            f"no projection to k={projected[0]}: the training folds hold about {full:.0f} labelled images per class"
+            f"no projection to k={projected[0]}: a class has {full:.0f} labelled image(s) in some training fold"
             + (", and the full run (all) measures them" if ALL in shots else " (--shots ...,all measures them)")
         )
         projected = None

@@ -233,6 +233,10 @@ def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
     assert f"note: {d['label_issues_caveat']}" in (run / "report.md").read_text()
     assert d["label_issues_caveat"] in (run / "report.html").read_text().replace("&#39;", "'")
     assert summary_lines({**d, "label_issues_caveat": None})[-1] != summary_lines(d)[-1]
+    assert summary_lines({**d, "label_issues_estimated": 0})[0] == (
+        "no image to review first: confident learning estimates no wrong label (out of fold); "
+        f"{len(d['label_issues'])} image(s) whose suggested class is not their label"
+    )  # not "0 image(s) to review first (the first 0 of the list)"
 
 
 @pytest.mark.integration  # two extractions (a few seconds idle, minutes on a loaded machine)

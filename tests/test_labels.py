@@ -70,6 +70,46 @@ def test_labels_of_lays_the_csv_over_the_cache_labels_and_refuses_a_contradictio
         labels_of(reader, contradicting)
 
 
+def test_one_class_written_two_ways_is_refused_and_a_near_miss_of_a_big_class_is_a_note(tmp_path):
+    """A labels CSV that names a class two ways ('Ants' and 'ants') is one line; a class of one or two images one
+    letter from a class three times its size ('bess' beside 'bees') is a note, which the command line prints as one
+    line and runs on; short names ('cat' and 'car') and classes of comparable size are left alone."""
+    from click.testing import CliRunner
+
+    import cli
+    from classifiers.labels import near_misses
+    from embedder.kernel.errors import Note
+
+    cache = tmp_path / "flat.h5"
+    synthetic_cache(cache, counts=(10, 10), labels=False)
+    paths = CacheReader(str(cache)).paths
+
+    def csv(labels):
+        return write(tmp_path, "path,label\n" + "".join(f"{p},{c}\n" for p, c in zip(paths, labels)))
+
+    with pytest.raises(FeaturebankError, match=r"gives one class two names, 'Ants' \(1 image\(s\)\) and 'ants' \(6\)"):
+        labels_of(str(cache), csv(["ants"] * 6 + ["Ants"] + ["bees"] * 6))
+    typo = csv(["ants"] * 6 + ["bees"] * 6 + ["bess"])
+    with pytest.warns(Note, match=r"class 'bess' \(1 image\(s\)\) is one letter from 'bees' \(6\): a misspelling\?"):
+        assert labels_of(str(cache), typo).tolist()[12] == "bess"  # noted, not changed
+    assert near_misses({"bees": 6, "beez": 2, "cat": 9, "car": 1, "dogs": 3, "dog": 3, "tulips": 5, "tulip": 2}) == [
+        ("beez", "bees")
+    ]  # 'tulip' has 2 against 5: under three times as many
+    assert near_misses({"roses": 9, "rsoes": 1, "daisy": 9, "daisyy": 2, "sunflowers": 9, "sunflower": 1}) == [
+        ("rsoes", "roses"),
+        ("daisyy", "daisy"),
+        ("sunflower", "sunflowers"),
+    ]
+    result = CliRunner().invoke(
+        cli.main, ["select", str(cache), "--budget", "2", "--labels", typo, "-o", str(tmp_path / "r.csv")]
+    )
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        f"note: {typo}: class 'bess' (1 image(s)) is one letter from 'bees' (6): a misspelling? (class names are compared exactly)"
+    ]
+
+
 def test_labels_of_keeps_the_cache_untouched(tmp_path):
     cache = tmp_path / "c.h5"
     synthetic_cache(cache, counts=(2, 1), labels=False)

@@ -215,8 +215,9 @@ def test_a_later_round_says_to_keep_every_label_in_the_labels_csv_and_counts_the
     first = select(cache, budget=4, out=str(tmp_path / "round1.csv"))
     said = select_text(first.to_dict())
     assert said[-1] == (
-        f"next: fill in its label column, then featurebank select {cache} --budget N --labels "
-        f"{tmp_path / 'round1.csv'} --exclude {tmp_path / 'round1.csv'} -o NEXT.csv (keep every label in one CSV)"
+        f"next: fill in its label column, start the CSV of every label with it (cp {tmp_path / 'round1.csv'} "
+        f"{tmp_path / 'labelled.csv'}), then featurebank select {cache} --budget N --labels {tmp_path / 'labelled.csv'} "
+        "-o NEXT.csv (its rows left empty are not picked again)"
     )
     labels = tmp_path / "labelled.csv"
     labels.write_text("path,label\n" + "".join(f"{p.path},c{i % 2}\n" for i, p in enumerate(first.picks[:3])))
@@ -275,7 +276,12 @@ def test_csv_columns_order_and_line_ends_and_the_sheet_names_every_pick(tmp_path
     sheet = (tmp_path / "TO_LABEL.html").read_text()
     assert all(f'data-path="{r["path"]}"' in sheet for r in rows)
     assert "not reachable" in sheet  # the cache's images are under /nowhere: said, not failed
-    assert d["files"] == {"manifest": str(out), "sheet": str(tmp_path / "TO_LABEL.html")}
+    assert d["files"] == {"manifest": str(out), "sheet": str(tmp_path / "TO_LABEL.html")} and d["thumbnails"] == 0
+    from classifiers.selection import select_text
+
+    assert f"wrote {out} and {tmp_path / 'TO_LABEL.html'} (the picks; no thumbnails: the images are not reachable " in (
+        "\n".join(select_text(d))
+    )
 
 
 def test_the_sheet_shows_thumbnails_when_the_images_are_there(tmp_path):
@@ -292,6 +298,7 @@ def test_the_sheet_shows_thumbnails_when_the_images_are_there(tmp_path):
     sheet = (tmp_path / "out" / "pick.html").read_text()
     assert sheet.count('<img class="thumb" src="thumbs/') == 2 and "not reachable" not in sheet
     assert len(list((tmp_path / "out" / "thumbs").iterdir())) == 2
+    assert "pick.html (the picks with thumbnails)" in result.output
 
 
 def test_a_fully_labelled_cache_is_a_one_line_error(tmp_path):
@@ -300,6 +307,7 @@ def test_a_fully_labelled_cache_is_a_one_line_error(tmp_path):
     result = run(cache, "--budget", 2, "-o", tmp_path / "x.csv")
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert result.output.startswith("Error: ") and "has no unlabeled images" in result.output
+    assert "into a cache of their own (a flat folder, or --layout flat for class folders)" in result.output
     assert not (tmp_path / "x.csv").exists()
 
 

@@ -418,8 +418,8 @@ def test_shots_that_would_repeat_the_full_run_are_left_out_and_said(tmp_path):
         def __init__(self, train):
             self.train = np.asarray(train)
 
-    kept, notes, full = usable_shots([1, 2, "all"], y, [Split(range(12))], 2)
-    assert kept == [1, 2, "all"] and full == 6.0 and notes == {}
+    kept, notes, fewest = usable_shots([1, 2, "all"], y, [Split(range(12))], 2)
+    assert kept == [1, 2, "all"] and fewest == 3.0 and notes == {}  # the class of 3, not the mean of 9 and 3
     kept, notes, _ = usable_shots([2, 4, "all"], y, [Split(range(12))], 2)
     assert kept == [2, 4, "all"] and notes == {
         4: "k=4: a class has 3 labelled image(s) in some training fold; there it is drawn whole"
@@ -511,10 +511,12 @@ def test_no_projection_beyond_the_labels_the_training_folds_hold_with_or_without
         ([1, 2, 5], " (--shots ...,all measures them)"),
         ([1, 2, 5, "all"], ", and the full run (all) measures them"),
     ):
-        rows = curve_rows(points, Result(), shots, "balanced_accuracy", full=8.0)  # 2 x 5 = 10 > 8 per class
+        rows = curve_rows(points, Result(), shots, "balanced_accuracy", full=8.0)  # 2 x 5 = 10 > 8 in a class
         assert not any(r.get("projection") for r in rows)
         assert rows[-1]["notes"] == [
-            f"no projection to k=10: the training folds hold about 8 labelled images per class{said}"
+            f"no projection to k=10: a class has 8 labelled image(s) in some training fold{said}"
         ]
-    rows = curve_rows(points, Result(), [1, 2, 5], "balanced_accuracy", full=12.0)  # 10 per class exist: projected
+    rows = curve_rows(points, Result(), [1, 2, 5], "balanced_accuracy", full=10.0)  # k=10 would draw a class whole
+    assert not any(r.get("projection") for r in rows)
+    rows = curve_rows(points, Result(), [1, 2, 5], "balanced_accuracy", full=12.0)  # every class has 10: projected
     assert rows[-1]["projection"] and rows[-1]["shots"] == 10 and rows[-1]["std"] is None

@@ -59,6 +59,10 @@ def os_error_line(exc: OSError) -> str:
     return f"{what}{where} ({advice}; FEATUREBANK_TRACEBACK=1 shows where it came from)"
 
 
+class Note(UserWarning):
+    """Something a user should look at that does not stop the run (the command line prints it as one line)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be: whatever cleans up after an interrupt (temporary files, the cache's
     finished batches) runs for it too, and the command says what it kept."""
