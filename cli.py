@@ -171,6 +171,9 @@ class Group(click.Group):
             with terminate_as_interrupt(), warnings.catch_warnings():
                 warnings.showwarning = _note_line
                 return super().invoke(ctx)
+        except click.UsageError as exc:  # one line, as every error: what is wrong, and where the help is
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            raise click.UsageError(f"{exc.format_message()} (see {where} --help)") from None
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # a disk that filled, a file in the way: what no check could see before

@@ -234,6 +234,13 @@ def test_train_says_the_cross_fitted_log_loss_each_inner_fold_calibrated_by_a_fi
     assert oof["log_loss_cross_fitted"] != oof["log_loss_after"]  # not the figure on the rows it was fit on
     line = next(t for t in train_text({"model": "m.fbmodel", **bundle.describe()}) if "probabilities:" in t)
     assert f"{oof['log_loss_before']:.3f} → {held:.3f}, each inner fold calibrated by a fit on the others" in line
+    import copy
+
+    said = "  calibration: it raised the held-out inner folds' log-loss here"
+    for before, after, shown in ((0.30, 0.25, False), (0.230, 0.249, True)):  # said only where it rose
+        d = copy.deepcopy({"model": "m.fbmodel", **bundle.describe()})
+        d["trained_on"]["calibration"]["out_of_fold"].update(log_loss_before=before, log_loss_cross_fitted=after)
+        assert any(t.startswith(said) for t in train_text(d)) is shown
 
 
 def bundle_rows(path):

@@ -81,6 +81,25 @@ def test_errors_are_one_line_without_traceback(runner, tmp_path, args, message):
     assert len([ln for ln in result.output.splitlines() if ln.startswith("Error")]) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["select", "c.h5", "--budget", "0", "-o", "x.csv"],
+            "Invalid value for '--budget': 0 is not in the range x>=1.",
+        ),
+        (["select"], "Missing argument 'CACHE'."),
+        (["selct", "c.h5"], "No such command 'selct'. Did you mean 'select'?"),
+        (["cv", "c.h5", "--folds", "many"], "Invalid value for '--folds': 'many' is not a valid integer."),
+    ],
+)
+def test_a_usage_error_is_one_line_that_says_where_the_help_is(runner, args, said):
+    """click's usage errors print the usage and a hint above the error; featurebank's are one line, exit 2."""
+    result = runner.invoke(cli.main, args, prog_name="featurebank")
+    command = "featurebank" if args[0] == "selct" else f"featurebank {args[0]}"
+    assert result.exit_code == 2 and result.output == f"Error: {said} (see {command} --help)\n"
+
+
 def test_layers_marks_the_penultimate_node(runner):
     result = runner.invoke(cli.main, ["layers", "resnet18", "--json"])
     rows = {r["node"]: r for r in json.loads(result.stdout)}

@@ -170,6 +170,13 @@ def train_text(d: dict) -> list[str]:
         )
         if cal.get("note"):  # fewer inner folds, or fit without the pseudo-labelled rows (train --unlabeled)
             lines.append(f"  calibration: {cal['note']}")
+        after = oof.get("log_loss_cross_fitted")
+        if after is not None and after > oof["log_loss_before"]:  # said, not hidden: few labels, mostly
+            lines.append(
+                "  calibration: it raised the held-out inner folds' log-loss here (on few labels a fit of one or two "
+                "numbers is itself noisy: docs/calibration.md); --no-calibrate keeps the classifier's own "
+                "probabilities"
+            )
     elif cal:
         lines.append(f"  probabilities: {cal['note']}")
     lines += [f"  note: {n}" for n in d["trained_on"].get("notes") or [] if not cal or n != cal.get("note")]
