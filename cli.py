@@ -10,6 +10,7 @@ This is the only module that imports click; it imports nothing of featurebank's 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -169,10 +170,14 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             with terminate_as_interrupt(), warnings.catch_warnings():
-                warnings.showwarning = _note_line
+                warnings.showwarning = functools.partial(_note_line, warnings.showwarning)
                 return super().invoke(ctx)
         except click.UsageError as exc:  # one line, as every error: what is wrong, and where the help is
-            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            where = (  # click raises some without a context ("requires an argument"): the command then
+                exc.ctx.command_path
+                if exc.ctx is not None
+                else " ".join(filter(None, [ctx.command_path, ctx.invoked_subcommand]))
+            )
             raise click.UsageError(f"{exc.format_message()} (see {where} --help)") from None
         except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
@@ -190,12 +195,13 @@ class Group(click.Group):
             sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
-def _note_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """A ``Note`` as one line on stderr (``note: ...``); any other warning as Python shows it."""
+def _note_line(shown_before, message, category, filename, lineno, file=None, line=None) -> None:
+    """A ``Note`` as one line on stderr (``note: ...``); any other warning as it was shown before (``shown_before``,
+    the ``warnings.showwarning`` the command found: Python's, or a caller's such as logging's)."""
     if issubclass(category, Note):
         click.echo(f"note: {message}", err=True)
         return
-    warnings._showwarning_orig(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+    shown_before(message, category, filename, lineno, file, line)
 
 
 def _stdout_gone() -> bool:
@@ -693,13 +699,15 @@ def select(cache, out, as_json, **options):
     With no labels yet, the picks cover the embedding space (one image per k-means cluster); once images of two
     classes or more are labelled (in the cache, or --labels), they are what a probe on those labels is least
     sure of, spread over the space. Never two images of one group, nor near-duplicates, in one batch. Fill in
-    the label column and give the file back with --labels.
+    the label column, keep every label in one CSV, and give it with --labels.
 
     \b
     Example:
-      featurebank extract photos/ -b mobilenet_v2 -w mobilenet_v2-imagenet.pth --cache cache/photos.h5
+      featurebank extract photos/ --layout flat -b mobilenet_v2 -w mobilenet_v2-imagenet.pth --cache cache/photos.h5
       featurebank select cache/photos.h5 --budget 50 -o round1.csv
-      featurebank select cache/photos.h5 --budget 50 --labels round1.csv -o round2.csv
+      cp round1.csv labelled.csv          # its label column filled in
+      featurebank select cache/photos.h5 --budget 50 --labels labelled.csv -o round2.csv
+      tail -n +2 round2.csv >> labelled.csv
     """
     from classifiers.selection import select as run_select
     from classifiers.selection import select_text

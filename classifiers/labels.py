@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
+import unicodedata
 import warnings
 
 import numpy as np
@@ -94,25 +95,40 @@ def labels_of(reader: str | CacheReader, labels_csv: str | None = None) -> np.nd
             f"(e.g. {reader.paths[i]}: {given[i]} in the CSV, {labels[i]} in the cache)"
         )
     labels[given != ""] = given[given != ""]
+    _check_names(labels, set(given[given != ""]), labels_csv)
+    return labels
+
+
+def _fold(name: str) -> str:
+    """A class name as a typo may hide it: Unicode's composed form, case folded."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _check_names(labels: np.ndarray, from_csv: set, labels_csv: str) -> None:
+    """A class the CSV writes as another class is written (case, Unicode form) is one line; a rare class the CSV
+    names one letter from a common one is a ``Note``. Names that only the cache's own labels use are not the CSV's
+    doing, and are left alone."""
     counts: dict[str, int] = {}
     for name in labels[labels != ""]:
         counts[name] = counts.get(name, 0) + 1
-    by_case: dict[str, str] = {}
+    by_form: dict[str, str] = {}
     for name in sorted(counts, key=lambda c: -counts[c]):
-        other = by_case.setdefault(name.casefold(), name)
-        if other != name:
+        other = by_form.setdefault(_fold(name), name)
+        if other != name and (name in from_csv or other in from_csv):
             raise InvalidValue(
                 f"{labels_csv} gives one class two names, {name!r} ({counts[name]} image(s)) and {other!r} "
-                f"({counts[other]}): class names are compared exactly; write them one way"
+                f"({counts[other]}, {'the CSV' if other in from_csv else 'the cache'}'s): class names are compared "
+                "exactly; write them one way"
             )
     for rare, common in near_misses(counts):
-        warnings.warn(
-            f"{labels_csv}: class {rare!r} ({counts[rare]} image(s)) is one letter from {common!r} "
-            f"({counts[common]}): a misspelling? (class names are compared exactly)",
-            Note,
-            stacklevel=2,
-        )
-    return labels
+        if rare in from_csv:
+            warnings.warn(
+                f"{labels_csv}: class {rare!r} ({counts[rare]} image(s)) is one letter from {common!r} "
+                f"({counts[common]}): a misspelling? (class names are compared exactly; if they are two classes, "
+                "ignore this)",
+                Note,
+                stacklevel=3,
+            )
 
 
 RARE = 2  # images at most in a class that may be a misspelling of another with at least SPELLED_OUT times as many
@@ -122,13 +138,13 @@ SPELLED_OUT = 3
 def near_misses(counts: dict[str, int]) -> list[tuple[str, str]]:
     """Pairs (rare, common) of class names one edit apart (a letter changed, added, dropped or two swapped), the
     rare one with at most ``RARE`` images and the common one with ``SPELLED_OUT`` times as many or more: a typo in
-    a labels CSV makes a class of its own. Names of 3 letters or fewer are left alone ("cat" and "car")."""
+    a labels CSV makes a class of its own. A rare name of 3 letters or fewer is left alone ("car" beside "cat")."""
     out = []
     for rare, n in counts.items():
         if n > RARE or len(rare) <= 3:
             continue
         for common, m in counts.items():
-            if m >= SPELLED_OUT * n and common != rare and _one_edit(rare, common):
+            if m >= SPELLED_OUT * n and common != rare and _one_edit(_fold(rare), _fold(common)):
                 out.append((rare, common))
                 break
     return out

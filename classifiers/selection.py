@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -269,25 +270,30 @@ def select_text(d: dict) -> list[str]:
         which = (
             "the picks with thumbnails"
             if shown == len(d["picks"])
-            else "the picks; no thumbnails: the images are not reachable from here"
+            else "the picks; no thumbnails: the sheet says why"
             if not shown
             else f"the picks, {shown} of them with a thumbnail"
         )
         lines.append(f"wrote {files['manifest']} and {files['sheet']} ({which})")
         manifest, labels = files["manifest"], d.get("labels")
         if labels:  # every label in one CSV: this round's rows join the earlier ones
-            how = f" (tail -n +2 {manifest} >> {labels})" if _header(labels) == MANIFEST_HEADER else " (path,label)"
+            how = (
+                f" (tail -n +2 {shlex.quote(manifest)} >> {shlex.quote(labels)})"
+                if _header(labels) == MANIFEST_HEADER
+                else " (path,label)"
+            )
             lines.append(
                 f"next: fill in its label column, add its rows to {labels}{how}, then featurebank select "
                 f"{d['cache']} --budget N --labels {labels} -o NEXT.csv (its rows left empty are not picked again)"
             )
         else:  # the CSV that will hold every label starts as this manifest (later rounds: add their rows to it)
             every = os.path.join(os.path.dirname(manifest), "labelled.csv")
-            start = (
-                ""
-                if os.path.basename(manifest) == "labelled.csv"
-                else f", start the CSV of every label with it (cp {manifest} {every})"
-            )
+            if os.path.basename(manifest) == "labelled.csv":
+                start = ""
+            elif os.path.exists(every):  # one there already: this round's rows join it, it is not replaced
+                start = f", add its rows to {every} (tail -n +2 {shlex.quote(manifest)} >> {shlex.quote(every)})"
+            else:
+                start = f", start the CSV of every label with it (cp {shlex.quote(manifest)} {shlex.quote(every)})"
             lines.append(
                 f"next: fill in its label column{start}, then featurebank select {d['cache']} --budget N "
                 f"--labels {every} -o NEXT.csv (its rows left empty are not picked again)"

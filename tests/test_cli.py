@@ -91,6 +91,7 @@ def test_errors_are_one_line_without_traceback(runner, tmp_path, args, message):
         (["select"], "Missing argument 'CACHE'."),
         (["selct", "c.h5"], "No such command 'selct'. Did you mean 'select'?"),
         (["cv", "c.h5", "--folds", "many"], "Invalid value for '--folds': 'many' is not a valid integer."),
+        (["cv", "--folds"], "Option '--folds' requires an argument."),  # click gives this one no context
     ],
 )
 def test_a_usage_error_is_one_line_that_says_where_the_help_is(runner, args, said):

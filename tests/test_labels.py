@@ -87,8 +87,13 @@ def test_one_class_written_two_ways_is_refused_and_a_near_miss_of_a_big_class_is
     def csv(labels):
         return write(tmp_path, "path,label\n" + "".join(f"{p},{c}\n" for p, c in zip(paths, labels)))
 
-    with pytest.raises(FeaturebankError, match=r"gives one class two names, 'Ants' \(1 image\(s\)\) and 'ants' \(6\)"):
+    with pytest.raises(
+        FeaturebankError, match=r"gives one class two names, 'Ants' \(1 image\(s\)\) and 'ants' \(6, the CSV's\)"
+    ):
         labels_of(str(cache), csv(["ants"] * 6 + ["Ants"] + ["bees"] * 6))
+    nfd = "cafe\u0301"  # café as macOS writes a folder name: e + combining accent, beside the composed é
+    with pytest.raises(FeaturebankError, match="gives one class two names"):
+        labels_of(str(cache), csv(["caf\u00e9"] * 6 + [nfd] + ["bees"] * 6))
     typo = csv(["ants"] * 6 + ["bees"] * 6 + ["bess"])
     with pytest.warns(Note, match=r"class 'bess' \(1 image\(s\)\) is one letter from 'bees' \(6\): a misspelling\?"):
         assert labels_of(str(cache), typo).tolist()[12] == "bess"  # noted, not changed
@@ -106,8 +111,17 @@ def test_one_class_written_two_ways_is_refused_and_a_near_miss_of_a_big_class_is
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
     assert notes == [
-        f"note: {typo}: class 'bess' (1 image(s)) is one letter from 'bees' (6): a misspelling? (class names are compared exactly)"
+        f"note: {typo}: class 'bess' (1 image(s)) is one letter from 'bees' (6): a misspelling? (class names are "
+        "compared exactly; if they are two classes, ignore this)"
     ]
+    assert near_misses({"tulips": 50, "Tulip": 2}) == [("Tulip", "tulips")]  # case is no disguise either
+
+    # the cache's own class folders are not the CSV's doing: a CSV that adds to them is never blamed for them
+    own = tmp_path / "own.h5"
+    synthetic_cache(own, counts=(4, 4, 8), classes=("Ants", "ants", "bees"))
+    paths = CacheReader(str(own)).paths
+    agreeing = write(tmp_path, f"path,label\n{paths[-1]},bees\n", name="agree.csv")
+    assert labels_of(str(own), agreeing).tolist().count("Ants") == 4
 
 
 def test_labels_of_keeps_the_cache_untouched(tmp_path):

@@ -221,6 +221,10 @@ def test_a_later_round_says_to_keep_every_label_in_the_labels_csv_and_counts_the
     )
     labels = tmp_path / "labelled.csv"
     labels.write_text("path,label\n" + "".join(f"{p.path},c{i % 2}\n" for i, p in enumerate(first.picks[:3])))
+    again = select_text(select(cache, budget=4, out=str(tmp_path / "other round.csv")).to_dict())
+    assert again[-1].startswith(  # a labelled.csv there already: joined, never replaced; paths quoted for the shell
+        f"next: fill in its label column, add its rows to {labels} (tail -n +2 '{tmp_path / 'other round.csv'}' >> "
+    )
     second = select(cache, budget=4, labels=str(labels), exclude=[str(tmp_path / "round1.csv")],
                     out=str(tmp_path / "round2.csv"))  # fmt: skip
     assert (second.excluded, second.excluded_labelled) == (1, 3)  # the one left empty; three labelled since
@@ -279,7 +283,7 @@ def test_csv_columns_order_and_line_ends_and_the_sheet_names_every_pick(tmp_path
     assert d["files"] == {"manifest": str(out), "sheet": str(tmp_path / "TO_LABEL.html")} and d["thumbnails"] == 0
     from classifiers.selection import select_text
 
-    assert f"wrote {out} and {tmp_path / 'TO_LABEL.html'} (the picks; no thumbnails: the images are not reachable " in (
+    assert f"wrote {out} and {tmp_path / 'TO_LABEL.html'} (the picks; no thumbnails: the sheet says why)" in (
         "\n".join(select_text(d))
     )
 

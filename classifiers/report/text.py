@@ -171,7 +171,7 @@ def train_text(d: dict) -> list[str]:
         if cal.get("note"):  # fewer inner folds, or fit without the pseudo-labelled rows (train --unlabeled)
             lines.append(f"  calibration: {cal['note']}")
         after = oof.get("log_loss_cross_fitted")
-        if after is not None and after > oof["log_loss_before"]:  # said, not hidden: few labels, mostly
+        if after is not None and round(after, 3) > round(oof["log_loss_before"], 3):  # as printed; few labels, mostly
             lines.append(
                 "  calibration: it raised the held-out inner folds' log-loss here (on few labels a fit of one or two "
                 "numbers is itself noisy: docs/calibration.md); --no-calibrate keeps the classifier's own "
