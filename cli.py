@@ -521,6 +521,7 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("-k", "--top", type=click.IntRange(1), default=TOP, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="As --format json (the flag every other command has).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
 @click.option(
     "--sort",
@@ -535,7 +536,7 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
     metavar="LABELLED.csv",
     help="On a cache: the rows this path,label CSV labels are skipped too (as cv and train --labels read it).",
 )
-def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, labels, **options):
+def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, labels, **options):
     """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
@@ -557,6 +558,7 @@ def predict(args, imagenet, backbone, quiet, top, fmt, out, sort, labels, **opti
     from embedder.kernel.destination import check_destination
 
     o, progress = made(RunOptions, options), not quiet and sys.stderr.isatty()
+    fmt = "json" if as_json else fmt
     if out:
         check_destination(out, [*args, labels], "-o")
     if not imagenet and len(args) == 2 and is_cache_file(args[1]):

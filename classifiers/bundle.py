@@ -27,7 +27,7 @@ from embedder.kernel.versions import library_versions
 from embedder.options import ExtractOptions, RunOptions, with_overrides
 
 from .calibration import PROBABILITY, apply_calibration, calibrate, raw_scores, uncalibrated
-from .crossval import RANK_BY, predicts_by_proba
+from .crossval import RANK_BY
 from .data import labeled, open_cache
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
@@ -202,6 +202,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
             "dimensions": {name: int(reader.dims[name]) for name in reader.layers},  # checked when the file is read
             "class_counts": data.counts,
             "params": pipeline.named_steps["clf"].get_params(deep=False),
+            **({"chosen": chosen} if (chosen := _chosen(pipeline.named_steps["clf"])) else {}),
             **({"search": found} if found else {}),
             **({"labels": {"csv": labels, "sha256": sha256_of(labels)}} if labels else {}),
             **({"unlabeled": semi_info} if semi_info else {}),
@@ -215,6 +216,20 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     if out:
         save_bundle(bundle, out)
     return bundle
+
+
+CHOSEN = {"C": "on inner folds of the training rows, by log-loss", "alpha": "by leave-one-out on the training rows"}
+
+
+def _chosen(clf) -> dict:
+    """What a tuned classifier chose when it was fit (the probe's ``C_``, the ridges' ``alpha_``), where its own
+    parameter left the choice to it (``logreg:C=…`` fixes it: nothing chosen)."""
+    out = {}
+    for name in CHOSEN:
+        value = getattr(clf, f"{name}_", None)
+        if isinstance(value, (int, float, np.floating)) and clf.get_params(deep=False).get(name, 0) is None:
+            out[name] = float(value)
+    return out
 
 
 def _fit_on(reader: CacheReader, data, semi_info: dict | None) -> list[str]:
@@ -431,10 +446,9 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     y = y[keep]
     started = time.perf_counter()
     raw, raw_kind = raw_scores(bundle.pipeline, X)
-    if raw_kind == PROBABILITY and predicts_by_proba(bundle.pipeline):  # its predict: this argmax, searched again
-        pred = np.asarray(bundle.pipeline.classes_)[raw.argmax(axis=1)]
-    else:
-        pred = bundle.predict(X)
+    # the class of the highest score, as `predict` and an exported file answer (the RBF SVM's own predict counts
+    # libsvm's one-vs-one votes, which differ where votes tie: 2 of flowers' 548 val/ images)
+    pred = np.asarray(bundle.pipeline.classes_)[raw.argmax(axis=1)]
     values, kind = bundle.calibrated(raw, raw_kind)
     seconds = time.perf_counter() - started
     k = len(bundle.classes)

@@ -59,7 +59,8 @@ class CVOptions:
         "12m",
         "Without -c: run the entries whose estimated time (cost model, calibrated on this machine at the start) "
         "fits in this after the report's own neighbour search and map, in the zoo's order, approximate stand-ins "
-        "(rbf-svm~nystroem) for exact ones that do not; says in one line what it left out. 90s, 15m, 2h, none. "
+        "(rbf-svm~nystroem) for exact ones that do not; says in one line what it left out. 90s, 15m, 2h, none "
+        "(a bare number is minutes). "
         "With -c: a warning only.",
         check="classifiers.cost:check_budget",
         metavar="DURATION",

@@ -475,3 +475,37 @@ def test_the_accuracy_interval_is_wilsons():
     assert wilson(10, 10) == (pytest.approx(0.7225, abs=1e-4), 1.0)
     lo, hi = wilson(148, 153)  # hymenoptera's val/ at 96.7 %: about 92.6 to 98.6
     assert (round(lo, 3), round(hi, 3)) == (0.926, 0.986) and wilson(0, 0) == (0.0, 1.0)
+
+
+def test_evaluate_scores_the_class_of_the_highest_score_as_predict_and_the_exported_file_answer(tmp_path):
+    """The RBF SVM's own predict counts libsvm's one-vs-one votes; predict and an ONNX file answer the class of the
+    highest score. evaluate scores the latter, the model a user ships, where the two differ (tied votes)."""
+    centers = np.random.default_rng(1).normal(0, 1.0, (4, 8))
+    synthetic_cache(tmp_path / "train.h5", counts=(30,) * 4, dim=8, seed=1, centers=centers)
+    X, y = synthetic_cache(
+        tmp_path / "test.h5", counts=(60,) * 4, dim=8, seed=2, centers=centers,
+        digests=[digest(10_000 + i) for i in range(240)],
+    )  # fmt: skip
+    bundle = train(str(tmp_path / "train.h5"), classifier="rbf-svm", calibrate=False, out=str(tmp_path / "m.fbmodel"))
+    votes = bundle.predict(X)
+    highest = np.asarray(bundle.pipeline.classes_)[bundle.scores(X)[0].argmax(axis=1)]
+    assert (votes != highest).sum() > 0  # the data has tied votes: else this test could not tell the two apart
+    result = evaluate(str(tmp_path / "m.fbmodel"), str(tmp_path / "test.h5"))
+    assert result["metrics"]["accuracy"] == pytest.approx(np.mean(highest == y))
+    assert result["metrics"]["accuracy"] != pytest.approx(np.mean(votes == y))
+
+
+def test_the_model_file_and_train_say_what_the_tuned_classifier_chose(tmp_path):
+    """The probe's C and the ridge's alpha, chosen at fit time, are in the model file's trained_on and in train's
+    text; a fixed one (logreg:C=0.1) is not a choice."""
+    from classifiers.report.text import train_text
+
+    synthetic_cache(tmp_path / "c.h5", counts=(20, 20, 20), dim=8)
+    for spec, name, attr in (("logreg", "C", "C_"), ("ridge", "alpha", "alpha_")):
+        bundle = train(str(tmp_path / "c.h5"), classifier=spec, out=str(tmp_path / f"{spec}.fbmodel"))
+        chosen = getattr(bundle.pipeline.named_steps["clf"], attr)
+        assert load_bundle(str(tmp_path / f"{spec}.fbmodel")).trained_on["chosen"] == {name: chosen}
+        text = train_text({"model": "m.fbmodel", **bundle.describe()})
+        assert f"  chose {name} = {chosen:.3g} " in "\n".join(text) + " "
+    fixed = train(str(tmp_path / "c.h5"), classifier="logreg:C=0.1")
+    assert "chosen" not in fixed.trained_on

@@ -208,6 +208,10 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
     assert broken[2] == "" and broken[-1].startswith("empty file")
     assert all(r[1] == r[2] for r in rows if r[0] != "dogs/broken.jpg")  # 1-NN on its own training images
     assert "1 of 10 images could not be classified" in predicted.stderr
+    args = ["predict", str(tmp_path / "m.joblib"), str(root), "-k", "2", "--batch-size", "4", "--workers", "0"]
+    as_json = runner.invoke(cli.main, [*args, "--json"])
+    assert as_json.stdout == runner.invoke(cli.main, [*args, "--format", "json"]).stdout  # --json, as elsewhere
+    assert {r["path"] for r in json.loads(as_json.stdout)["rows"]} == {r[0] for r in rows}
     evaluated = runner.invoke(cli.main, ["evaluate", str(tmp_path / "m.joblib"), str(cache), "--json"])
     assert evaluated.exit_code == 1 and evaluated.stderr == (
         f"Error: every one of the 9 labelled images of {cache} is an image the model was fit on: evaluate scores a "

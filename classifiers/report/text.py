@@ -136,6 +136,10 @@ def train_text(d: dict) -> list[str]:
         f"  {d['trained_on']['rows']} images, classes "
         + ", ".join(f"{c} {n}" for c, n in d["trained_on"]["class_counts"].items()),
     ]
+    from classifiers.bundle import CHOSEN
+
+    for name, value in (d["trained_on"].get("chosen") or {}).items():
+        lines.append(f"  chose {name} = {value:.3g} {CHOSEN.get(name, '')}".rstrip())
     found = d["trained_on"].get("search")
     if found:
         lines.append(

@@ -338,16 +338,16 @@ def markdown(d: dict) -> str:
             "",
             f"Confident learning on the {d['label_issues_method']['signals']}: "
             f"{'; '.join(line.strip() for line in label_issue_lines(d, limit=0))}. The whole ranked list: label_issues.csv.",
-            "",
-            "| given label | probably | images |",
-            "|---|---|--:|",
         ]
-        out += [f"| {p['label']} | {p['suggested']} | {p['count']} |" for p in d["label_issues_pairs"]]
-        out += ["", "| # | image | label | suggested | score |", "|--:|---|---|---|--:|"]
-        out += [
-            f"| {n} | `{i['path']}` | {i['label']} | {i['suggested']} | {i['score']:.3f} |"
-            for n, i in enumerate(d["label_issues"][:20], 1)
-        ]
+        if d["label_issues_pairs"]:  # no empty table where nothing is estimated
+            out += ["", "| given label | probably | images |", "|---|---|--:|"]
+            out += [f"| {p['label']} | {p['suggested']} | {p['count']} |" for p in d["label_issues_pairs"]]
+        if d["label_issues"]:
+            out += ["", "| # | image | label | suggested | score |", "|--:|---|---|---|--:|"]
+            out += [
+                f"| {n} | `{i['path']}` | {i['label']} | {i['suggested']} | {i['score']:.3f} |"
+                for n, i in enumerate(d["label_issues"][:20], 1)
+            ]
     if d["outliers"]["images"]:
         out += [
             "",

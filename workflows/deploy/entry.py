@@ -15,7 +15,7 @@ from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import list_inputs
 from embedder.kernel.destination import check_destination
 from embedder.kernel.errors import InvalidValue
-from embedder.kernel.settings import ExtractionSettings
+from embedder.kernel.settings import ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.options import with_overrides
 
@@ -87,7 +87,7 @@ def export_model(
         "trained_on": {k: bundle.trained_on.get(k) for k in ("rows", "class_counts", "created")},
     }
     try:
-        return write_onnx(
+        exported = write_onnx(
             settings,
             build_model,
             Head(bundle.classes, bundle.pipeline, bundle.classifier, samples, bundle.calibration, bundle.scores),
@@ -100,6 +100,10 @@ def export_model(
             extra={"model": about},
             threads=threads,
         )
+        if exported.accuracy:  # what the images are, for the line that reports on them
+            calibrated_on = (int8 or Int8()).images if settings.precision != "int8" else None
+            exported.accuracy.update(fit_on=not images, calibrated_on=calibrated_on)
+        return exported
     except NotExportable as exc:
         ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
         raise InvalidValue(
@@ -123,10 +127,15 @@ def export_text(d: dict) -> list[str]:
     a = d["accuracy"]
     if a:
         of = (a.get("source") or "").split(":", 1)[-1]
+        what = [
+            *(["the images the model was fit on"] if a.get("fit_on") else []),
+            *([f"int8 calibrated on {a['calibrated_on']} of them"] if a.get("calibrated_on") else []),
+        ]
         lines.append(
-            f"  accuracy on {a['images']} images{' of ' + of if of else ''}: fp32 {100 * a['fp32']:.2f} %, "
-            f"int8 {100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); the same class "
-            f"for {100 * a['agreement']:.1f} % of them"
+            f"  accuracy on {a['images']} images{' of ' + of if of else ''}{' (' + '; '.join(what) + ')' if what else ''}: "
+            f"fp32 {100 * a['fp32']:.2f} %, int8 {100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); "
+            f"the same class for {100 * a['agreement']:.1f} % of them"
+            + ("; not held out: the agreement is the figure to read, evaluate scores held-out images" if what else "")
         )
     lines.append(d["path"])
     return lines
