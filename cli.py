@@ -321,9 +321,16 @@ def extract(source, cache, quiet, as_json, **options):
         made(ExtractOptions, options),
         progress=not quiet and sys.stderr.isatty(),
     )
-    if (quiet and not as_json) or not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
+    if not Rank.from_env().leader:  # under torchrun, rank 0 speaks for the job
         return
-    emit(summary.to_dict(), as_json, extract_text)
+    if not quiet or as_json:
+        emit(summary.to_dict(), as_json, extract_text)
+    if summary.rows == 0 and summary.failed:  # a cache of nothing is no result: a script must see it failed
+        first = summary.failed[0]
+        raise FeaturebankError(
+            f"none of the {len(summary.failed)} image(s) could be read (e.g. {first['path']}: {first['reason']}); "
+            f"the cache holds no row"
+        )
 
 
 @main.command(context_settings=CONTEXT)

@@ -43,6 +43,13 @@ def test_extract_json_summary_and_info(runner, tmp_path):
     strict = runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), "--strict", "-q", *FAST_ARGS])
     assert strict.exit_code == 1 and "Error: 1 file(s) could not be embedded (--strict)" in strict.output
     assert len(CacheReader(cache)) == 9
+    broken = tmp_path / "broken"  # every file unreadable: the summary, then one error line and exit 1, not 0
+    (broken / "cats").mkdir(parents=True)
+    (broken / "cats" / "a.jpg").write_bytes(b"not a jpeg")
+    (broken / "cats" / "b.jpg").write_bytes(b"")
+    nothing = runner.invoke(cli.main, ["extract", str(broken), "--cache", str(tmp_path / "n.h5"), *FAST_ARGS])
+    assert nothing.exit_code == 1 and nothing.output.startswith(f"0 rows in {tmp_path / 'n.h5'}")
+    assert nothing.output.splitlines()[-1].startswith("Error: none of the 2 image(s) could be read (e.g. cats/")
 
 
 @pytest.mark.parametrize(
