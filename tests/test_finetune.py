@@ -526,3 +526,20 @@ def test_the_command_says_what_its_numbers_are(images, tmp_path):
     refused = CliRunner().invoke(cli.main, [*args[:3], str(tmp_path / "other"), *args[4:], "--test", str(images)])
     assert refused.exit_code == 1 and refused.output.count("\n") == 1
     assert refused.output.startswith("Error: --test ") and "also a training or validation image" in refused.output
+
+
+def test_the_result_table_has_a_val_column_beside_the_test_one_and_not_twice_without_a_test_set():
+    from workflows.finetune.report import result_text
+
+    row = {"model": "fine-tuned", "val_accuracy": 0.9, "val_balanced_accuracy": 0.8, "seconds": 12.0}
+    base = {
+        "blocks": ["features.18"], "trainable_parameters": 1000, "note": "n", "skipped": [], "checkpoint": "best.pth",
+        "best_epoch": 2, "files": {"report_html": "report.html"},
+    }  # fmt: skip
+    on_val = result_text({**base, "reported_on": "val", "comparison": [row]})
+    assert on_val[2].split() == ["model", "val", "acc", "%", "bal.", "acc", "%", "seconds"]
+    assert on_val[3].split() == ["fine-tuned", "90.00", "80.00", "12.0"]
+    tested = {**row, "test_accuracy": 0.7, "test_balanced_accuracy": 0.6}
+    on_test = result_text({**base, "reported_on": "test", "comparison": [tested]})
+    assert on_test[2].split() == ["model", "test", "acc", "%", "bal.", "acc", "%", "val", "acc", "%", "seconds"]
+    assert on_test[3].split() == ["fine-tuned", "70.00", "60.00", "90.00", "12.0"]

@@ -309,11 +309,14 @@ def result_text(d: dict) -> list[str]:
     lines = [
         f"unfrozen: {', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters)",
         d["note"],
-        f"{'model':48} {on + ' acc %':>10} {'bal. acc %':>10} {'val acc %':>9} {'seconds':>8}",
+        f"{'model':48} {on + ' acc %':>10} {'bal. acc %':>10}"
+        + (f" {'val acc %':>9}" if on == "test" else "")  # without a test set the first column is val's already
+        + f" {'seconds':>8}",
     ]
     lines += [
-        f"{r['model']:48} {100 * r[on + '_accuracy']:10.2f} {100 * r[on + '_balanced_accuracy']:10.2f} "
-        f"{100 * r['val_accuracy']:9.2f} {r['seconds']:8.1f}"
+        f"{r['model']:48} {100 * r[on + '_accuracy']:10.2f} {100 * r[on + '_balanced_accuracy']:10.2f}"
+        + (f" {100 * r['val_accuracy']:9.2f}" if on == "test" else "")
+        + f" {r['seconds']:8.1f}"
         for r in d["comparison"]
     ]
     lines += [f"skipped {s['path']}: {s['reason']}" for s in d["skipped"][:10]]
