@@ -466,3 +466,16 @@ def test_finetune_compare_with_a_run_of_other_features_is_refused_before_anythin
         f"Error: --compare {run}: its best row ("
     ) and "layer 'layer3' there, 'flatten' here" in (done.output)
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line_before_anything_is_embedded(tmp_path, monkeypatch):
+    """Other commands check their destination first; finetune had embedded every image and failed afterwards."""
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    done = _cli(_finetune_args(root, blocker / "run", "--epochs", "1"))
+    assert done.exit_code == 1 and done.output.count("\n") == 1, done.output
+    assert done.output.startswith(f"Error: cannot write the run in {blocker}")
+    assert not (tmp_path / "cache").exists()  # nothing embedded

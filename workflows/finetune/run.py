@@ -14,6 +14,7 @@ from classifiers.metrics import full_proba, scores
 from embedder.backbones.features import autocast_for, resolve_device
 from embedder.backbones.registry import load_backbone, resolve_weights
 from embedder.inputs.batches import default_workers
+from embedder.kernel.destination import writable_folder
 from embedder.kernel.errors import IncompatibleSettings
 from embedder.kernel.versions import library_versions
 from embedder.options import ExtractOptions, with_overrides
@@ -198,6 +199,7 @@ def _pixel_embedding(o: FinetuneOptions, spec, progress: bool) -> Embedding:
 
 def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end, say, saved: dict) -> FinetuneResult:
     t = o.training  # checked when built, before anything is embedded
+    writable_folder(out, "the run", create=False)  # a run folder that cannot be written: said before any embedding
     dev = resolve_device(o.device)
     autocast_for(dev, t.precision)
     spec = resolve_weights(o.backbone, o.weights, t.seed)
