@@ -6,11 +6,12 @@ of its cache, which the features it is fit on must have been made with."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 from classifiers.report.html import is_cv_report, read_run
 from embedder.cache.hdf5 import CacheReader
-from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue
+from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue, Note
 from embedder.options import with_overrides
 
 from .data import open_cache
@@ -32,6 +33,7 @@ class BestRow:
     cache: str  # the cache cv read it from
     settings: dict  # that cache's extraction settings
     unlabeled: str | None = None  # the row fit the cache's unlabeled rows too ("logreg +unlabeled"): how (semi.MODES)
+    source: str | None = None  # the input that cache mirrors (its images)
 
     def text(self) -> str:
         return f"{self.classifier}{WITH_UNLABELED if self.unlabeled else ''} on {self.layer}" + (
@@ -52,7 +54,7 @@ def best_row(run_dir: str) -> BestRow:
         assert isinstance(best, dict) and isinstance(caches, list) and isinstance(cv, dict)
         classifier, layer, name = (str(best[k]) for k in ("classifier", "layer", "backbone"))
         source = next(c for c in caches if isinstance(c, dict) and c.get("backbone") == name)
-        settings, cache = source["settings"], str(source["cache"])
+        settings, cache, images = source["settings"], str(source["cache"]), source.get("source")
         assert isinstance(settings, dict)
     except (AssertionError, KeyError, StopIteration, TypeError):
         raise FileProblem(
@@ -66,7 +68,7 @@ def best_row(run_dir: str) -> BestRow:
         check_spec(classifier)
     except (FeaturebankError, ValueError) as exc:
         raise InvalidValue(f"{run_dir}: its best row's classifier {classifier!r} is not a zoo spec ({exc})") from None
-    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings, unlabeled)
+    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings, unlabeled, images)
 
 
 def differences(row: BestRow, settings: dict) -> list[str]:
@@ -103,6 +105,13 @@ def train_best(cache, run_dir: str, options: TrainOptions | None = None, **overr
     row = best_row(run_dir)
     reader = open_cache(cache)
     matched(row, reader)
+    if row.source is not None and row.source != reader.attrs.get("source"):  # a choice made on other images
+        warnings.warn(
+            f"--from {row.run}: its best row was chosen on {row.cache} ({row.source}), not on these images "
+            f"({reader.attrs.get('source')}): cv them to choose on them",
+            Note,
+            stacklevel=2,
+        )
     chosen = replace(o, classifier=row.classifier, layer=row.layer, search=o.search or row.search)
     if row.unlabeled:  # the best row fit the unlabeled rows too (with its switch-off rule): so does train
         chosen = replace(chosen, unlabeled=True, unlabeled_mode=row.unlabeled)

@@ -357,6 +357,21 @@ def test_train_from_a_cv_run_trains_its_best_row(cv_run, tmp_path):
     cache, run, best = cv_run
     done = _cli(["train", str(cache), "--from", str(run), "-o", str(tmp_path / "m.fbmodel"), "--json"])
     assert done.exit_code == 0, done.output
+    assert "note: " not in done.output  # chosen on these very images
+    from helpers import synthetic_cache
+
+    other = tmp_path / "other" / "c.h5"  # the same settings, other images: trained, with a note that says so
+    other.parent.mkdir()
+    synthetic_cache(other, counts=(10, 10, 10), seed=3)
+    import h5py
+
+    with h5py.File(other, "r+") as f:
+        f.attrs["source"] = "classes:/somewhere/else"
+    elsewhere = _cli(["train", str(other), "--from", str(run), "-o", str(tmp_path / "o.fbmodel")])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert f"note: --from {run}: its best row was chosen on {cache} (classes:/synthetic), not on these images " in (
+        elsewhere.output
+    )
     model = load_bundle(str(tmp_path / "m.fbmodel"))
     assert (model.classifier, model.layer) == (best["classifier"], best["layer"]) and best["classifier"].startswith(
         "knn"
