@@ -218,17 +218,22 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     return bundle
 
 
-CHOSEN = {"C": "on inner folds of the training rows, by log-loss", "alpha": "by leave-one-out on the training rows"}
+CHOSEN = {"C": "on held-out training rows", "alpha": "by leave-one-out on the training rows"}
 
 
 def _chosen(clf) -> dict:
     """What a tuned classifier chose when it was fit (the probe's ``C_``, the ridges' ``alpha_``), where its own
-    parameter left the choice to it (``logreg:C=…`` fixes it: nothing chosen)."""
-    out = {}
+    parameter left the choice to it: not ``logreg:C=…``, which fixes it, nor the probe's fixed fallback where inner
+    folds could not be made (its note says so). ``by``: the probe's inner scoring."""
+    if getattr(clf, "fallback_", None):
+        return {}
+    out: dict = {}
     for name in CHOSEN:
         value = getattr(clf, f"{name}_", None)
         if isinstance(value, (int, float, np.floating)) and clf.get_params(deep=False).get(name, 0) is None:
             out[name] = float(value)
+    if "C" in out and isinstance(getattr(clf, "scoring", None), str):
+        out["by"] = str(clf.scoring).replace("_", "-")
     return out
 
 

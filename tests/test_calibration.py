@@ -501,11 +501,19 @@ def test_the_model_file_and_train_say_what_the_tuned_classifier_chose(tmp_path):
     from classifiers.report.text import train_text
 
     synthetic_cache(tmp_path / "c.h5", counts=(20, 20, 20), dim=8)
-    for spec, name, attr in (("logreg", "C", "C_"), ("ridge", "alpha", "alpha_")):
-        bundle = train(str(tmp_path / "c.h5"), classifier=spec, out=str(tmp_path / f"{spec}.fbmodel"))
+    for spec, name, attr, by in (
+        ("logreg", "C", "C_", {"by": "log-loss"}),
+        ("logreg:scoring=accuracy", "C", "C_", {"by": "accuracy"}),
+        ("ridge", "alpha", "alpha_", {}),
+    ):
+        bundle = train(str(tmp_path / "c.h5"), classifier=spec, out=str(tmp_path / "m.fbmodel"))
         chosen = getattr(bundle.pipeline.named_steps["clf"], attr)
-        assert load_bundle(str(tmp_path / f"{spec}.fbmodel")).trained_on["chosen"] == {name: chosen}
-        text = train_text({"model": "m.fbmodel", **bundle.describe()})
-        assert f"  chose {name} = {chosen:.3g} " in "\n".join(text) + " "
+        assert load_bundle(str(tmp_path / "m.fbmodel")).trained_on["chosen"] == {name: chosen, **by}
+        text = "\n".join(train_text({"model": "m.fbmodel", **bundle.describe()}))
+        assert f"  chose {name} = {chosen:.3g} " in text and (f", by {by['by']}" in text if by else ", by" not in text)
     fixed = train(str(tmp_path / "c.h5"), classifier="logreg:C=0.1")
     assert "chosen" not in fixed.trained_on
+    synthetic_cache(tmp_path / "one.h5", counts=(1, 1, 1), dim=8)  # inner folds impossible: the fixed fallback
+    fallback = train(str(tmp_path / "one.h5"), classifier="logreg")
+    assert "chosen" not in fallback.trained_on
+    assert not any(t.startswith("  chose ") for t in train_text({"model": "m", **fallback.describe()}))

@@ -368,7 +368,7 @@ def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
         f"the same class for {100 * a['agreement']:.1f} % of them; not held out: the agreement is the figure to read, "
         "evaluate scores held-out images"
     )
-    assert a["fit_on"] is True and a["calibrated_on"] == 8
+    assert a["fit_on"] is True and a["calibrated_on"] == 8  # the count the file's metadata records as drawn
 
 
 @pytest.mark.integration

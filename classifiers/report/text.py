@@ -138,8 +138,10 @@ def train_text(d: dict) -> list[str]:
     ]
     from classifiers.bundle import CHOSEN
 
-    for name, value in (d["trained_on"].get("chosen") or {}).items():
-        lines.append(f"  chose {name} = {value:.3g} {CHOSEN.get(name, '')}".rstrip())
+    chosen = dict(d["trained_on"].get("chosen") or {})
+    by = chosen.pop("by", None)
+    for name, value in chosen.items():
+        lines.append(f"  chose {name} = {value:.3g} {CHOSEN.get(name, '')}{f', by {by}' if by else ''}".rstrip())
     found = d["trained_on"].get("search")
     if found:
         lines.append(

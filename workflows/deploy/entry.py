@@ -15,7 +15,7 @@ from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import list_inputs
 from embedder.kernel.destination import check_destination
 from embedder.kernel.errors import InvalidValue
-from embedder.kernel.settings import ExtractionSettings, Int8
+from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.options import with_overrides
 
@@ -100,9 +100,9 @@ def export_model(
             extra={"model": about},
             threads=threads,
         )
-        if exported.accuracy:  # what the images are, for the line that reports on them
-            calibrated_on = (int8 or Int8()).images if settings.precision != "int8" else None
-            exported.accuracy.update(fit_on=not images, calibrated_on=calibrated_on)
+        if exported.accuracy:  # what the images are, for the line that reports on them (not in the file's metadata)
+            calibration = (exported.metadata.get("int8") or {}).get("calibration") or {}
+            exported.accuracy = {**exported.accuracy, "fit_on": not images, "calibrated_on": calibration.get("images")}
         return exported
     except NotExportable as exc:
         ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
