@@ -270,7 +270,6 @@ def plan(
     explicit = bool(classifiers)
     wanted = list(classifiers) if explicit else default_classifiers()
     candidates = wanted if explicit else wanted + [n for n in list_classifiers() if n not in wanted]
-
     limit = cost.memory_bound(layer_bytes) if layer_bytes else None
     indexed = not search and not extra.unlabeled  # a search's folds and the unlabeled rows' fits copy their rows
     peaks = {spec: peak(spec, shapes, layer_bytes, indexed) for spec in candidates} if layer_bytes else {}
@@ -295,13 +294,12 @@ def plan(
 
     def total(spec: str) -> float | None:
         parts = [fold_estimate(spec, s, search, inner_folds, extra) for s in shapes]
-        if any(p is None for p in parts):
+        known = [p for p in parts if p is not None]
+        if len(known) < len(parts):
             return None
         j = at_once[spec]
         rounds = math.ceil(folds / j) / folds if folds > 1 else 1.0  # folds fitted j at a time: the longest lane
-        return (
-            sum(p * fold_speed(speed, j, blas_share(spec, s)) for p, s in zip(parts, shapes) if p is not None) * rounds
-        )
+        return sum(p * fold_speed(speed, j, blas_share(spec, s)) for p, s in zip(known, shapes)) * rounds
 
     seconds = {spec: total(spec) for spec in candidates}
     run_speed = fold_speed(speed, max(at_once[c] for c in wanted))
