@@ -31,7 +31,7 @@ from .crossval import RANK_BY
 from .data import labeled, open_cache
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
-from .metrics import chance_ece, confusion, ece, per_class, reliability, scores, wilson
+from .metrics import answers, chance_ece, confusion, ece, per_class, reliability, scores, wilson
 from .modelfile import (
     FORMAT,
     VERSION,
@@ -83,7 +83,8 @@ class Bundle:
         return apply_calibration(values, cal["input"], cal), PROBABILITY
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.pipeline.predict(X)
+        """The class of each row's highest score, as ``evaluate``, ``featurebank predict`` and the ONNX file."""
+        return answers(self.pipeline, X)
 
     def checked(self, X: np.ndarray, where: str) -> np.ndarray:
         """``X`` when it has the features the classifier takes; else one line, before the classifier sees a row."""

@@ -423,12 +423,17 @@ def _predict_blocks(model, X, test: np.ndarray, n_classes: int, block: int | Non
             preds.append(np.asarray(model.classes_)[np.argmax(proba, axis=1)])
             probas.append(full_proba(proba, model.classes_, n_classes))
             continue
-        preds.append(model.predict(X_test))
         if probabilistic:
+            preds.append(model.predict(X_test))
             probas.append(full_proba(model.predict_proba(X_test), model.classes_, n_classes))
-        elif hasattr(model, "decision_function"):  # for the report's calibration (cross_fitted)
+        elif hasattr(model, "decision_function"):  # the scores also serve the report's calibration (cross_fitted)
+            # the class of the highest score, as `evaluate`, `predict` and an exported file answer (the RBF SVM's
+            # own predict counts libsvm's one-vs-one votes, which differ where votes tie), in one kernel pass
             values, _ = raw_scores(model, X_test)
+            preds.append(np.asarray(model.classes_)[values.argmax(axis=1)])
             decisions.append(placed(values, DECISION, model.classes_, n_classes).astype(np.float32))
+        else:
+            preds.append(model.predict(X_test))
     return (
         np.concatenate(preds),
         np.concatenate(probas) if probas else None,

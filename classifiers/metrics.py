@@ -108,6 +108,16 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     return confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
 
 
+def answers(model, X: np.ndarray) -> np.ndarray:
+    """The class a fitted model answers for each row: its most probable or, without probabilities, the one of its
+    highest decision score, as ``evaluate``, ``predict`` and an exported file answer. (The RBF SVM's own
+    ``predict`` counts libsvm's one-vs-one votes, which differ where votes tie.)"""
+    if hasattr(model, "predict_proba") or not hasattr(model, "decision_function"):
+        return np.asarray(model.predict(X))
+    s = np.asarray(model.decision_function(X))
+    return np.asarray(model.classes_)[(s > 0).astype(int) if s.ndim == 1 else s.argmax(axis=1)]
+
+
 def full_proba(proba: np.ndarray, model_classes, n_classes: int) -> np.ndarray:
     """Probabilities over all classes when a model saw only some of them (a class missing from a fold)."""
     model_classes = np.asarray(model_classes)

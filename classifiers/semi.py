@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_is_fitted
 from embedder.kernel.errors import InvalidValue
 
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splits, too_few_for_inner_folds
+from .metrics import answers
 from .neighbours import normalize, self_search
 from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
 
@@ -248,7 +249,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
                 seeds = labelled[train]
                 held = labelled[test]
                 alone = fit_grouped(clone(self._base()), X[seeds], yl[train], g)
-                hits["without"].append(alone.predict(X[held]) == yl[test])
+                hits["without"].append(answers(alone, X[held]) == yl[test])
                 if self.mode == "spread":  # the pseudo-labels the held-out rows get, as unlabeled rows of the graph
                     proba = spread(
                         self._graph, seeds, np.searchsorted(self.classes_, yl[train]), len(self.classes_), self.alpha
@@ -258,7 +259,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
                 extra, extra_labels = self._pseudo(X, seeds, yl[train], free, g)
                 rows = np.concatenate([seeds, extra])
                 both = fit_grouped(clone(self._base()), X[rows], np.concatenate([yl[train], extra_labels]), None)
-                hits["with"].append(both.predict(X[held]) == yl[test])
+                hits["with"].append(answers(both, X[held]) == yl[test])
         right = {k: int(np.concatenate(v).sum()) for k, v in hits.items()}
         held_out = int(sum(len(h) for h in hits["with"]))
         return {
@@ -285,7 +286,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         check_is_fitted(self, "model_")
-        return self.model_.predict(X)
+        return answers(self.model_, X)
 
 
 __all__ = [

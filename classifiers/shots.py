@@ -22,7 +22,7 @@ from sklearn.base import clone
 from embedder.kernel.errors import InvalidValue
 
 from .folds import fallbacks, fit_grouped
-from .metrics import scores
+from .metrics import answers, scores
 from .parallel import side_by_side
 from .semi import UNLABELED
 
@@ -146,7 +146,7 @@ def _draw_fit(estimator, X, y, groups, split, n_classes: int, k: int, seed: list
         y_fit = np.concatenate([y_fit, np.full(len(rest) + len(free), UNLABELED, dtype=y.dtype)])
         g_fit = None if g_fit is None else np.concatenate([g_fit, np.full(len(rest) + len(free), "")])
     model = fit_grouped(clone(estimator), X_fit, y_fit, g_fit)
-    pred = model.predict(X[split.test])
+    pred = answers(model, X[split.test])
     score = scores(y[split.test], pred, None, n_classes)[metric]
     return float("nan") if score is None else float(score), fallbacks(model)
 

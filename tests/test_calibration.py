@@ -487,9 +487,10 @@ def test_evaluate_scores_the_class_of_the_highest_score_as_predict_and_the_expor
         digests=[digest(10_000 + i) for i in range(240)],
     )  # fmt: skip
     bundle = train(str(tmp_path / "train.h5"), classifier="rbf-svm", calibrate=False, out=str(tmp_path / "m.fbmodel"))
-    votes = bundle.predict(X)
+    votes = bundle.pipeline.predict(X)
     highest = np.asarray(bundle.pipeline.classes_)[bundle.scores(X)[0].argmax(axis=1)]
     assert (votes != highest).sum() > 0  # the data has tied votes: else this test could not tell the two apart
+    assert np.array_equal(bundle.predict(X), highest)  # the Python API's Bundle.predict answers as the file does
     result = evaluate(str(tmp_path / "m.fbmodel"), str(tmp_path / "test.h5"))
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean(highest == y))
     assert result["metrics"]["accuracy"] != pytest.approx(np.mean(votes == y))

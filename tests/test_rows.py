@@ -183,6 +183,41 @@ def test_labels_read_off_the_probabilities_are_the_models_own_predictions_from_o
     np.testing.assert_allclose(proba, model.predict_proba(X[test]), rtol=1e-6, atol=1e-7)
 
 
+def test_a_fold_scores_the_rbf_svm_by_its_highest_score_as_evaluate_and_predict_do():
+    """libsvm's own ``predict`` counts one-vs-one votes; ``evaluate``, ``predict`` and an exported file answer the
+    class of the highest one-vs-rest score. A fold scores that same rule, so cross-validated and held-out figures
+    are of one decision, and reads it off the scores it keeps for the calibration (one kernel pass)."""
+    X, y = offset_blobs(700, 10, 3, seed=1)
+    test = np.arange(1, 700, 3)
+    model = make_classifier("rbf-svm").fit(X[::3], y[::3])
+    pred, proba, decision = _predict_blocks(model, X, test, 3, block=100)
+    scores = model.decision_function(X[test])
+    assert proba is None and np.array_equal(pred, model.classes_[scores.argmax(axis=1)])
+    np.testing.assert_allclose(decision, scores, rtol=1e-5, atol=1e-5)
+    assert (pred != model.predict(X[test])).sum() == 5  # rows where the votes tie: the two rules differ there
+
+
+def test_every_path_that_scores_a_model_answers_its_highest_score():
+    """``answers``: the learning curve, the unlabeled rows' switch and ``Bundle.predict`` answer as ``evaluate`` does;
+    two classes by the sign of the score, as scikit-learn's own predict (no vote to tie there)."""
+    from classifiers.metrics import answers
+    from classifiers.semi import UNLABELED, SemiSupervised
+
+    X, y = offset_blobs(700, 10, 3, seed=1)
+    test = np.arange(1, 700, 3)
+    model = make_classifier("rbf-svm").fit(X[::3], y[::3])
+    best = model.classes_[model.decision_function(X[test]).argmax(axis=1)]
+    assert np.array_equal(answers(model, X[test]), best) and not np.array_equal(model.predict(X[test]), best)
+    partial = y.copy()
+    partial[1::2] = UNLABELED
+    semi = SemiSupervised(make_classifier("rbf-svm"), switch=False).fit(X[::3], partial[::3])
+    assert semi.pseudo_ > 0 and np.array_equal(semi.predict(X[test]), answers(semi.model_, X[test]))
+    assert not np.array_equal(semi.model_.predict(X[test]), semi.predict(X[test]))
+    two = y < 2
+    binary = make_classifier("rbf-svm").fit(X[two][::2], y[two][::2])
+    assert np.array_equal(answers(binary, X[two]), binary.predict(X[two]))
+
+
 def test_at_a_million_rows_the_plan_keeps_the_probe_within_the_memory_bound():
     """The layer (5.1 GB) and blocks: 1.5 layers at most (issue 30), where the copying fold counted 2.0 and was
     left out over the bound; an explicit search still copies its rows."""
