@@ -582,14 +582,12 @@ def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, label
     if imagenet:
         weights = o.weights or ExtractOptions.weights
         head = ExtractOptions(backbone=backbone, weights=weights, **o.extract_overrides())
-        result = predict_imagenet(list(args), head, top=top, cache=o.cache, out=out, progress=progress)
+        result = predict_imagenet(list(args), head, top=top, cache=o.cache, out=out, fmt=fmt, progress=progress)
     elif len(args) < 2:
         raise click.UsageError("give a MODEL file and at least one image (or --head to use the backbone's own head)")
     else:
-        result = run_predict(args[0], list(args[1:]), o, top=top, out=out, progress=progress)
-    if out:
-        write_predictions(result, out, fmt)
-    else:
+        result = run_predict(args[0], list(args[1:]), o, top=top, out=out, fmt=fmt, progress=progress)
+    if not out:  # written by the call
         click.echo(predictions_text(result, fmt), nl=False)
     message, all_failed = prediction_outcome(result)
     if all_failed:

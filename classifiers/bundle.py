@@ -42,6 +42,7 @@ from .modelfile import (
     write_model,
 )
 from .options import TOP, TrainOptions
+from .predictions import write_predictions
 from .semi import MODES, UNLABELED, SemiSupervised, nothing_unlabeled
 from .zoo import describe, make_classifier, search_grid
 
@@ -83,7 +84,8 @@ class Bundle:
         return apply_calibration(values, cal["input"], cal), PROBABILITY
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """The class of each row's highest score, as ``evaluate``, ``featurebank predict`` and the ONNX file."""
+        """The class of each row's highest score, as ``evaluate``, ``featurebank predict`` and the ONNX file answer:
+        its index into ``classes`` (the pipeline is fit on indices)."""
         return answers(self.pipeline, X)
 
     def checked(self, X: np.ndarray, where: str) -> np.ndarray:
@@ -557,13 +559,14 @@ def predict(
     *,
     top: int = TOP,
     out: str | None = None,
+    fmt: str | None = None,
     progress: bool = False,
     **overrides,
 ) -> dict:
     """Classify images with a bundle: embedded with its settings as ``options`` (a ``RunOptions``; ``overrides``:
     its fields by name) say, then its pipeline; ``top`` classes per image. Bad images get a row with an ``error``
-    and no prediction. ``out``: the file the caller writes the predictions to, refused (before any work) when it
-    is the model or one of the images."""
+    and no prediction. ``out``: a file the predictions are written to as well (``fmt``: csv or json; default by
+    its suffix), refused before any work when it is the model or one of the images."""
     run = with_overrides(RunOptions, options, overrides)
     if out and not isinstance(model, Bundle):
         refuse_overwrite(out, [model], "the output")
@@ -574,14 +577,25 @@ def predict(
         if len(reader)
         else (np.empty((0, len(bundle.classes))), "")
     )
-    return {
-        "model": bundle.classifier,
-        "layer": bundle.layer,
-        "cache": reader.path,
-        "embedded": count,
-        "score": kind or "probability",
-        "rows": _rows(reader, items, values, bundle.classes, top),
-    }
+    return _written(
+        {
+            "model": bundle.classifier,
+            "layer": bundle.layer,
+            "cache": reader.path,
+            "embedded": count,
+            "score": kind or "probability",
+            "rows": _rows(reader, items, values, bundle.classes, top),
+        },
+        out,
+        fmt,
+    )
+
+
+def _written(result: dict, out: str | None, fmt: str | None) -> dict:
+    """``result``, written to ``out`` first where given (csv, or json when ``fmt`` or the suffix says so)."""
+    if out:
+        write_predictions(result, out, fmt or ("json" if str(out).lower().endswith(".json") else "csv"))
+    return result
 
 
 SORTS = ("confidence", "path")
@@ -680,12 +694,13 @@ def predict_imagenet(
     top: int = 5,
     cache: str | None = None,
     out: str | None = None,
+    fmt: str | None = None,
     progress: bool = False,
     **overrides,
 ) -> dict:
     """Classify with the backbone's own head (ImageNet, or a fine-tuned checkpoint's classes): the logits are cached
     (``cache``) like any layer, with ``options`` (an ``ExtractOptions``, its layers aside; ``overrides``: its fields
-    by name), then softmaxed."""
+    by name), then softmaxed. ``out`` and ``fmt``: as ``predict``'s."""
     from embedder.backbones.registry import head_classes, output_node
 
     o = with_overrides(ExtractOptions, options, overrides)
@@ -701,11 +716,15 @@ def predict_imagenet(
         )
     proba = np.exp(logits - logits.max(axis=1, keepdims=True))
     proba /= proba.sum(axis=1, keepdims=True)
-    return {
-        "model": f"{backbone} head",
-        "layer": reader.layers[0],
-        "cache": reader.path,
-        "embedded": summary.embedded,
-        "score": "probability",
-        "rows": _rows(reader, listing.items, proba, classes, top),
-    }
+    return _written(
+        {
+            "model": f"{backbone} head",
+            "layer": reader.layers[0],
+            "cache": reader.path,
+            "embedded": summary.embedded,
+            "score": "probability",
+            "rows": _rows(reader, listing.items, proba, classes, top),
+        },
+        out,
+        fmt,
+    )

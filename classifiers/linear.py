@@ -34,6 +34,7 @@ from . import solver
 from .folds import inner_fold_count, inner_splits, too_few_for_inner_folds
 from .rows import LayerRows
 from .solver import fit_path
+from .validation import checked_labels, checked_rows
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))  # 1e-4 … 10, half a decade apart
 SCORINGS = ("log_loss", "accuracy")
@@ -112,8 +113,8 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, groups=None):
         self.check_params()
-        X = X if isinstance(X, LayerRows) else np.asarray(X)
-        y = np.asarray(y)
+        X = X if isinstance(X, LayerRows) else checked_rows(X, "logreg")
+        y = checked_labels(X, y, "logreg")
         self.classes_ = np.unique(y)
         start = None
         self.fallback_ = None

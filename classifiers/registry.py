@@ -27,6 +27,7 @@ from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
 from .ridge import NystroemRidge, TunedRidge
 from .scaling import ShrunkScaler
+from .validation import checked_fit
 
 STEPS = ("l2", "scale", "pca")
 
@@ -67,7 +68,8 @@ class FewShotLDA(LinearDiscriminantAnalysis):
     says so."""
 
     def fit(self, X, y):
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+        X, y = checked_fit(X, y, "lda")
+        X = np.asarray(X, dtype=np.float64)
         classes, index = np.unique(y, return_inverse=True)
         self.fallback_ = None
         if len(y) > len(classes):

@@ -19,6 +19,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from embedder.kernel.errors import InvalidValue
 
+from .validation import checked_fit
+
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))  # 0.1 … 1e6, half a decade apart
 BLOCK = 2048  # rows per block: BLOCK x d float64 is the only per-row memory (a few of them: 60 MB at 1,280 dims)
 
@@ -79,10 +81,8 @@ class _RidgeBase(ClassifierMixin, BaseEstimator):
         return X
 
     def _fit_ridge(self, X, y, transform=None):
-        X, y = np.asarray(X), np.asarray(y)
+        X, y = checked_fit(X, y, self._entry)
         self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise InvalidValue("ridge needs at least two classes")
         alphas = (self.alpha,) if self.alpha is not None else tuple(sorted(self.alphas))
         self.alpha_, self.cv_errors_, W, b = loo_ridge(X, _targets(y, self.classes_), alphas, transform)
         self.coef_, self.intercept_ = W.T, b
@@ -149,7 +149,7 @@ class NystroemRidge(_RidgeBase):
 
     def fit(self, X, y):
         self.check_params()
-        X = np.asarray(X)
+        X, y = checked_fit(X, y, self._entry)
         self.gamma_ = float(1.0 / (X.shape[1] * X.var()) if self.gamma == "scale" else self.gamma)
         m = min(self.n_components, len(X))
         self.map_ = Nystroem(gamma=self.gamma_, n_components=m, random_state=self.random_state).fit(X)

@@ -18,6 +18,8 @@ import numpy as np
 from scipy.special import polygamma
 from sklearn.preprocessing import StandardScaler
 
+from .validation import checked_rows
+
 
 def blocked_moments(X, block_bytes: int = 1 << 24, index=None) -> tuple[np.ndarray, np.ndarray]:
     """The mean and (biased) variance of each column of ``X`` (or of its rows ``index``, sorted), ``block_bytes`` of
@@ -82,7 +84,7 @@ class ShrunkScaler(StandardScaler):
         self.shrink = shrink
 
     def fit(self, X, y=None, sample_weight=None):
-        X = np.asarray(X) if not hasattr(X, "tocsr") else X
+        X = checked_rows(X, "scale") if not hasattr(X, "tocsr") else X
         if sample_weight is not None or not (self.with_mean and self.with_std) or X.ndim != 2 or hasattr(X, "tocsr"):
             self.weight_ = 1.0
             return super().fit(X, y, sample_weight)

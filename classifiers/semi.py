@@ -39,6 +39,7 @@ from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splits, too_f
 from .metrics import answers
 from .neighbours import normalize, self_search
 from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
+from .validation import checked_labels
 
 WITH_UNLABELED = " +unlabeled"  # a cv result's classifier name with the unlabeled rows: "logreg +unlabeled"
 UNLABELED = -1  # the class index of an unlabeled row in ``fit``'s ``y`` (scikit-learn's convention)
@@ -117,6 +118,25 @@ def nothing_unlabeled(cache: str) -> str:
     )
 
 
+def semi_labels(X, y) -> np.ndarray:
+    """``y`` checked: one label per row, -1 (``UNLABELED``) for the unlabeled ones. Text labels in a numpy string
+    array cannot hold that mark (numpy turns -1 into the class '-1'), and an empty label is no class: both one
+    line."""
+    y = checked_labels(X, y, "SemiSupervised", least=0)
+    if y.dtype.kind in "USO":
+        text = np.array([str(v) for v in y]) if y.dtype.kind == "O" else y
+        empty = [v is None for v in y] if y.dtype.kind == "O" else np.zeros(len(y), dtype=bool)
+        if y.dtype.kind != "O" and (text == str(UNLABELED)).any():
+            raise InvalidValue(
+                f"SemiSupervised: the labels are text and some are '{UNLABELED}': numpy made the unlabeled mark a "
+                f"class name; give y as an object array (np.where(labelled, labels, {UNLABELED}) on labels of "
+                f"dtype=object) so that {UNLABELED} stays a number"
+            )
+        if (text == "").any() or np.any(empty):
+            raise InvalidValue(f"SemiSupervised: a label is empty or None: mark the unlabeled rows with {UNLABELED}")
+    return y
+
+
 class SemiSupervised(ClassifierMixin, BaseEstimator):
     """``estimator`` (a zoo Pipeline) fit on the labelled rows and, where it helps, the unlabeled ones with
     pseudo-labels (``mode``: ``spread`` or ``self-train``; see the module). ``fit(X, y, groups)``: rows with
@@ -162,7 +182,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, groups=None):
         self.check_params()
-        X, y = np.asarray(X), np.asarray(y)
+        X, y = np.asarray(X), semi_labels(X, y)
         known = y != UNLABELED
         if not known.any():
             raise InvalidValue("no labelled rows: label at least one image per class")
@@ -190,7 +210,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
         """What ``fit`` would decide on these rows, without its final fit: whether the unlabeled rows join, why,
         and the inner folds' accuracies (None where not checked)."""
         self.check_params()
-        X, y = np.asarray(X), np.asarray(y)
+        X, y = np.asarray(X), semi_labels(X, y)
         known = y != UNLABELED
         self.classes_ = np.unique(y[known])
         labelled, free = np.flatnonzero(known), np.flatnonzero(~known)

@@ -11,6 +11,7 @@ function takes one such value and overrides by field name: ``extract(source, cac
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
@@ -47,7 +48,7 @@ def with_overrides(cls: type[Options], options: Options | None, overrides: dict[
     elif not isinstance(options, cls):
         raise TypeError(f"options must be a {cls.__name__}, not {type(options).__name__}")
     if not overrides:
-        return options
+        return listed(options)
     own = {f.name for f in fields(options)}  # type: ignore[arg-type]
     inner = {
         g.name: f.name
@@ -64,7 +65,26 @@ def with_overrides(cls: type[Options], options: Options | None, overrides: dict[
     for name in sorted({inner[k] for k in overrides if k not in own}):
         base = top.get(name, getattr(options, name))
         top[name] = replace(base, **{k: v for k, v in overrides.items() if k not in own and inner[k] == name})
-    return replace(options, **top)  # type: ignore[type-var]
+    return listed(replace(options, **top))  # type: ignore[type-var]
+
+
+def listed(options: Options) -> Options:
+    """``options`` with each list-valued field (``multiple``) as the command line reads it: one string is one item,
+    and the field's ``check`` (``classifiers.zoo:split_specs``) splits commas and checks names, so that
+    ``classifiers="logreg,knn"`` from Python is ``-c logreg,knn``, not six one-letter names."""
+    changes = {}
+    for f in fields(options):  # type: ignore[arg-type]
+        value = getattr(options, f.name)
+        if not f.metadata.get("multiple") or value is None:
+            continue
+        items: tuple | None = (value,) if isinstance(value, str) else tuple(value)
+        if "check" in f.metadata and items is not None and all(isinstance(v, str) for v in items):
+            module, name = f.metadata["check"].split(":")
+            read = getattr(importlib.import_module(module), name)(items)
+            items = None if read is None else tuple(read)
+        if items != (tuple(value) if not isinstance(value, str) else None):
+            changes[f.name] = items
+    return replace(options, **changes) if changes else options  # type: ignore[type-var]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -72,9 +72,11 @@ def test_predict_embeds_with_the_models_settings_and_reports_bad_files(trained, 
         assert row["predicted"] == "dogs" and row["top"][0]["class"] == "dogs" and len(row["top"]) == 2
         assert row["score"] == pytest.approx(expected.max(), abs=1e-4)  # same vectors as training, to batch noise
     assert result["embedded"] == 4
-    again = predict(str(root / "model.joblib"), [str(folder)], top=2, **RUN)
+    again = predict(str(root / "model.joblib"), [str(folder)], top=2, out=str(tmp_path / "p.json"), **RUN)
     assert again["embedded"] == 0 and again["cache"] == result["cache"]  # the images' cache is reused
     assert [r.get("predicted") for r in again["rows"]] == [r.get("predicted") for r in result["rows"]]
+    written = json.loads((tmp_path / "p.json").read_text())  # out= writes the file, as -o does (json by suffix)
+    assert [r.get("predicted") for r in written["rows"]] == [r.get("predicted") for r in result["rows"]]
 
 
 def test_a_cache_made_with_other_settings_is_refused(trained, tmp_path):

@@ -409,3 +409,33 @@ def test_the_refit_is_a_fitted_scikit_learn_model_at_the_chosen_C():
     np.testing.assert_allclose(model.predict_proba(X), optimum.predict_proba(X), atol=2e-3)
     np.testing.assert_array_equal(model.predict(X), optimum.predict(X))
     assert set(model.predict(X)) <= {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("spec", ["logreg", "ridge", "lda", "rbf-svm~nystroem", "ensemble:members=logreg+knn"])
+def test_the_zoo_refuses_nan_rows_and_one_class_before_any_fit(spec):
+    """As scikit-learn's own estimators: a NaN had given the scaler a NaN mean (ridge then answered one class for
+    every row), and one class an IndexError (lda) or rows of [0.5, 0.5] (logreg)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 6))
+    y = np.where(X[:, 0] > 0, "a", "b")
+    holed = X.copy()
+    holed[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        make_classifier(spec).fit(holed, y)
+    with pytest.raises(ValueError, match="at least 2 classes; the rows have one class, 'a'"):
+        make_classifier(spec).fit(X[y == "a"], y[y == "a"])
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        make_classifier(spec).fit(X, y[:-1])
+
+
+def test_the_probe_fits_integer_rows_as_their_float_values():
+    """Integer rows had reached the solver as integers: C 1e-4 and half the training rows wrong."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 8))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    whole = np.round(X * 10).astype(np.int64)
+    as_int = TunedLogisticRegression().fit(whole, y)
+    as_float = TunedLogisticRegression().fit(whole.astype(np.float64), y)
+    assert as_int.C_ == as_float.C_
+    np.testing.assert_allclose(as_int.predict_proba(whole), as_float.predict_proba(whole), rtol=1e-6, atol=1e-9)
+    assert (as_int.predict(whole) == y).mean() > 0.9

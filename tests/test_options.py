@@ -163,3 +163,18 @@ def test_a_new_field_reaches_the_command_line_and_the_python_api(
             call(gamma=3.0)
     with pytest.raises(TypeError, match="has no field 'gama'"):
         call(gama=3.0)
+
+
+def test_list_options_from_python_read_as_the_command_line_reads_them():
+    """One string is one item and commas split it, as -c and -l: "logreg" had been six one-letter classifiers."""
+    o = with_overrides(CVOptions, None, {"classifiers": "logreg,rbf-svm:pca=128,C=10", "layers": "a+b,c"})
+    assert o.classifiers == ("logreg", "rbf-svm:pca=128,C=10") and o.layers == ("a+b", "c")
+    assert with_overrides(CVOptions, CVOptions(classifiers=["knn", "lda,ridge"]), {}).classifiers == (
+        "knn",
+        "lda",
+        "ridge",
+    )
+    assert with_overrides(SelectOptions, None, {"exclude": "sent.csv"}).exclude == ("sent.csv",)
+    assert with_overrides(ExtractOptions, None, {"layers": "penultimate"}).layers == ("penultimate",)
+    with pytest.raises(FeaturebankError, match="unknown classifier 'nope'"):
+        with_overrides(CVOptions, None, {"classifiers": "nope"})

@@ -520,3 +520,21 @@ def test_no_projection_beyond_the_labels_the_training_folds_hold_with_or_without
     assert not any(r.get("projection") for r in rows)
     rows = curve_rows(points, Result(), [1, 2, 5], "balanced_accuracy", full=12.0)  # every class has 10: projected
     assert rows[-1]["projection"] and rows[-1]["shots"] == 10 and rows[-1]["std"] is None
+
+
+def test_labels_that_cannot_mark_the_unlabeled_rows_are_one_line():
+    """numpy makes -1 the text '-1' in an array of class names: a class of that name before; an empty label, too;
+    and labels that are not one per row."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4))
+    names = np.where(X[:, 0] > 0, "ants", "bees")
+    as_text = np.asarray(list(names[:30]) + [-1] * 10)
+    assert as_text.dtype.kind == "U" and "-1" in as_text
+    with pytest.raises(ValueError, match="give y as an object array"):
+        SemiSupervised().fit(X, as_text)
+    with pytest.raises(ValueError, match="a label is empty"):
+        SemiSupervised().fit(X, np.where(np.arange(40) < 30, names, ""))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        SemiSupervised().fit(X, names[:-5])
+    marked = np.where(np.arange(40) < 30, names.astype(object), -1)
+    assert SemiSupervised().fit(X, marked).classes_.tolist() == ["ants", "bees"]

@@ -43,6 +43,23 @@ def test_transform_equals_the_cache_for_paths_and_pil_images(tree, tmp_path):
     np.testing.assert_array_equal(again.transform(full[:2]), Z[:2])
 
 
+def test_a_pil_image_is_turned_by_its_exif_orientation_as_its_file_is(tmp_path):
+    """A photo whose EXIF says 'rotate 90°': its path and the opened image give the same row (the image was taken
+    as stored, sideways, before), and the caller's image is left as it was."""
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 255, (40, 64, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    path = tmp_path / "sideways.jpg"
+    im.save(path, exif=exif)
+    e = Embedder(**PARAMS).fit()
+    opened = Image.open(path)
+    from_path, from_image = e.transform([str(path)]), e.transform([opened])
+    np.testing.assert_allclose(from_image, from_path, rtol=1e-6, atol=1e-6)
+    as_stored = e.transform([Image.fromarray(np.asarray(Image.open(path)))])  # its pixels without the EXIF
+    assert np.abs(as_stored - from_path).max() > 1e-3 and opened.size == (64, 40)
+
+
 def test_bad_image_is_a_clear_error(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"")
     photo(1).save(tmp_path / "ok.jpg")

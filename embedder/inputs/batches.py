@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from embedder.engines.engine import BATCH_SIZE, cpu_cores
 from embedder.kernel.preprocess import Preprocessing
@@ -59,8 +59,8 @@ class ImageDataset:
     def decode(self, index: int) -> Decoded:
         """The image at ``index`` (a subclass reads its bytes elsewhere: samples of shards)."""
         source = self.images[index]
-        if isinstance(source, Image.Image):
-            return Decoded(to_rgb(source))
+        if isinstance(source, Image.Image):  # turned by its EXIF orientation as a file is (a copy: never in place)
+            return Decoded(to_rgb(ImageOps.exif_transpose(source)))
         return decode_file(os.fspath(source), self.max_pixels, self.preprocessing.draft_size)
 
     def __getitem__(self, index: int):
