@@ -305,6 +305,10 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         return self.model_.predict_proba(X)
 
+    def predict_log_proba(self, X):
+        check_is_fitted(self, "model_")
+        return self.model_.predict_log_proba(X)
+
     def predict(self, X):
         check_is_fitted(self, "model_")
         return self.model_.predict(X)

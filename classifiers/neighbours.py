@@ -365,7 +365,8 @@ class CosineKNeighbors(ClassifierMixin, BaseEstimator):
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)  # NotFittedError before a fit, as scikit-learn's
+        return self.classes_[proba.argmax(axis=1)]
 
 
 __all__ = [
