@@ -19,7 +19,7 @@ from sklearn.model_selection import GridSearchCV
 from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import Listing, list_inputs
 from embedder.job import extract
-from embedder.kernel.destination import check_destination, refuse_overwrite
+from embedder.kernel.destination import refuse_overwrite
 from embedder.kernel.errors import IncompatibleSettings, InvalidValue, MissingFile
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import engine_dir_for, sha256_of, weights_digest
@@ -38,6 +38,7 @@ from .modelfile import (
     fingerprints,
     fingerprints_of,
     input_dimensions,
+    model_destination,
     read_model_file,
     write_model,
 )
@@ -137,7 +138,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     layer = reader.layer(layer)
     make_classifier(classifier, seed=seed)  # a bad spec is one line before anything is fit
     if out:
-        check_destination(out, [reader.path], "the model file")
+        model_destination(out, [reader.path])
     if len(data.classes) < 2:
         raise InvalidValue(f"only one class ({data.classes[0]}): a classifier needs at least two")
     if groups and data.groups is None:

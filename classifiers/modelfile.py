@@ -29,6 +29,8 @@ import zlib
 
 import numpy as np
 
+from embedder.kernel.atomic import special
+from embedder.kernel.destination import check_destination
 from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile
 
 from .ensemble import ZooEnsemble
@@ -150,6 +152,15 @@ def fingerprints(digests) -> np.ndarray:
     return np.unique(values[known])
 
 
+def model_destination(path: str, inputs=()) -> str:
+    """``path``, where a model file is to be written, checked before any work (``check_destination``), and not a
+    device or a FIFO: the file's rename would replace one (as root, ``/dev/full`` with a regular file)."""
+    check_destination(path, inputs, "the model file")
+    if special(path):
+        raise FileProblem(f"the model file {path} is not a regular file (a device or a FIFO): give a file path")
+    return path
+
+
 def write_model(path: str, meta: dict, pipeline, seen: np.ndarray | None = None) -> str:
     """Write ``meta`` (the keys of ``SCHEMA``) and the fitted ``pipeline`` to ``path`` as one model file, through a
     temporary file in the same folder: an existing file is replaced only by a complete one. ``seen``: the
@@ -160,6 +171,7 @@ def write_model(path: str, meta: dict, pipeline, seen: np.ndarray | None = None)
     missing = [k for k in SCHEMA if k not in document]
     if missing:
         raise ValueError(f"model metadata lacks {', '.join(missing)}")
+    model_destination(path)
     blob = skops.io.dumps(pipeline, compression=zipfile.ZIP_DEFLATED)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
@@ -554,6 +566,7 @@ def convert(old: str, new: str) -> dict:
     loading it back; ``new`` may not be ``old``. Returns what was written."""
     if os.path.exists(new) and os.path.exists(old) and os.path.samefile(old, new):
         raise InvalidValue(f"convert writes a new file: give NEW another path than {old}")
+    model_destination(new)
     if kind_of(old) == "model":
         read_model(old)
         raise InvalidValue(f"{old} is already a featurebank model file of this format: nothing to convert")

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import zipfile
 
 import numpy as np
@@ -743,7 +744,9 @@ def test_select_keeps_a_manifest_that_was_filled_in_and_refuses_a_device(tmp_pat
     one_line_error(result, "is not a regular file: select writes a manifest to fill in")
 
 
-def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_no_report_json(tmp_path, monkeypatch):
+def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_the_former_run_whole(tmp_path, monkeypatch):
+    """The new run is written beside the former one and takes its place at the end: a Ctrl-C while it is written
+    (the former behaviour: the former run already removed) leaves the former run as it was."""
     import classifiers.report.writer as writer
 
     synthetic_cache(tmp_path / "c.h5", counts=(8, 8), dim=4)
@@ -756,16 +759,35 @@ def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_no_repo
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     monkeypatch.setattr(writer, "write_map", stop)
     with pytest.raises(KeyboardInterrupt) as stopped:
         writer.write_report(second, str(run))
-    assert not (run / "report.json").exists() and not (run / "report.html").exists()
-    assert stopped.value.kept.startswith(f"the report in {run} is not whole (no report.json")
-    assert len(list((run / "predictions").iterdir())) == 1  # ridge's alone: the first run's are gone
-    assert "ridge" in (run / "leaderboard.csv").read_text() and "knn" not in (run / "leaderboard.csv").read_text()
+    assert stopped.value.kept.startswith(f"nothing written: the report of this run was not whole, and what {run}")
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # as it was
     monkeypatch.undo()
     writer.write_report(second, str(run))
     assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "ridge"
+    assert len(list((run / "predictions").iterdir())) == 1  # ridge's alone: the first run's are gone
+    assert "knn" not in (run / "leaderboard.csv").read_text() and not (run / writer.STAGE).exists()
+    # a Ctrl-C while the new run takes the folder's place waits for the renames, then stops before the page
+    third = cross_validate(str(tmp_path / "c.h5"), classifiers=["knn"], layers=["flatten"], folds=2)
+    take = writer._take_place
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        take(*args)
+
+    monkeypatch.setattr(writer, "_take_place", interrupted)
+    (run / "report.html").unlink()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        writer.write_report(third, str(run))
+    assert (
+        stopped.value.kept == f"the report in {run} was written but not its page: featurebank report {run} renders it"
+    )
+    assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "knn"
+    assert not (run / "report.html").exists() and len(list((run / "predictions").iterdir())) == 1
+    monkeypatch.undo()
     # a folder that holds no cv run keeps what it holds
     other = tmp_path / "project"
     (other / "predictions").mkdir(parents=True)
@@ -774,3 +796,31 @@ def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_no_repo
     writer.write_report(second, str(other))
     assert (other / "predictions" / "mine.csv").read_text() == "kept"  # not a run's: kept
     assert "Cross-validation report" in (other / "report.md").read_text()  # the same name: written over, as before
+
+
+def test_a_damaged_side_file_of_a_run_is_named_not_report_json(tmp_path):
+    """`featurebank report` blamed report.json for a damaged map.json or predictions CSV: the one line names the
+    file (and the CSV's line); a report.json nested past Python's stack is one line in `train --from` too."""
+    import classifiers.report.writer as writer
+
+    synthetic_cache(tmp_path / "c.h5", counts=(8, 8), dim=4)
+    run = tmp_path / "run"
+    writer.write_report(
+        cross_validate(str(tmp_path / "c.h5"), classifiers=["logreg:C=1.0"], layers=["flatten"], folds=2), str(run)
+    )
+    runner = CliRunner()
+    (run / "map.json").write_text('{"points": ')
+    result = runner.invoke(cli.main, ["report", str(run)])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {run / 'map.json'} is damaged (JSONDecodeError")
+    (run / "map.json").unlink()
+    (predictions,) = (run / "predictions").iterdir()
+    lines = predictions.read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[4] = "lots"  # the confidence column
+    predictions.write_text("\n".join([*lines[:3], ",".join(cells), *lines[4:]]) + "\n")
+    result = runner.invoke(cli.main, ["report", str(run)])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {predictions} line 4: ") and "lots" in result.output
+    assert result.output.count("\n") == 1
+    (run / "report.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = runner.invoke(cli.main, ["train", str(tmp_path / "c.h5"), "--from", str(run), "-o", str(tmp_path / "m")])
+    assert result.exit_code == 1 and "nested too deeply to read" in result.output and result.output.count("\n") == 1

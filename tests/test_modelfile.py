@@ -440,3 +440,21 @@ def test_a_version_3_file_with_one_temperature_reads_and_predicts_as_it_did(synt
     loaded = load_bundle(_model_zip(tmp_path / "v3.fbmodel", meta, blob))
     p = bundle.pipeline.predict_proba(X)
     np.testing.assert_allclose(loaded.scores(X)[0], apply_temperature(p, "probability", old["temperature"]))
+
+
+def test_a_model_file_is_never_written_over_a_fifo_or_a_device(tmp_path, monkeypatch):
+    """The file's rename would replace what stands there: as root, ``train -o /dev/full`` had left a regular file
+    where the device was. Refused before any fit, and by ``convert``; the FIFO stays a FIFO."""
+    synthetic_cache(tmp_path / "c.h5", counts=(10, 10), dim=6)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    fits = []
+    monkeypatch.setattr("classifiers.bundle.fit_grouped", lambda *a, **k: fits.append(1))
+    with pytest.raises(FeaturebankError, match="the model file .*pipe is not a regular file .a device or a FIFO."):
+        train(str(tmp_path / "c.h5"), classifier="ridge", out=str(fifo))
+    assert not fits
+    old = tmp_path / "old.joblib"
+    joblib.dump({"not": "a model"}, old)
+    with pytest.raises(FeaturebankError, match="not a regular file"):
+        modelfile.convert(str(old), str(fifo))
+    assert os.path.exists(fifo) and not os.path.isfile(fifo) and len(os.listdir(tmp_path)) == 3

@@ -21,7 +21,7 @@ import stat
 from classifiers.extras import thumbs_folder
 from embedder import __version__
 from embedder.kernel.atomic import atomic_path
-from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile
+from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile, first_line
 
 from .reading import (
     FORMAT,
@@ -154,6 +154,8 @@ def read_run(run_dir: str) -> dict:
             d = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FileProblem(f"{path} is not a readable report ({type(exc).__name__}: {exc})") from None
+    except RecursionError:  # [[[[… nested past Python's stack
+        raise FileProblem(f"{path} is not a readable report (nested too deeply to read)") from None
     return d if isinstance(d, dict) else {}
 
 
@@ -259,7 +261,10 @@ def check_cv_report(d: dict, path: str) -> None:
 
 def damaged_report(run_dir: str, exc: BaseException) -> FeaturebankError:
     """The one line for a report.json whose inner structure is not what its writer wrote (a key missing deep
-    inside, a value of another type): rendering stops, nothing is written."""
+    inside, a value of another type): rendering stops, nothing is written. An error that names its own file (a
+    predictions CSV's line, map.json) is that file's, not report.json's: it passes as it is."""
+    if isinstance(exc, FeaturebankError):
+        return exc
     detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return FileProblem(
         f"{os.path.join(run_dir, 'report.json')} is damaged ({type(exc).__name__}"
@@ -681,8 +686,19 @@ def _map(run_dir: str) -> dict | None:
     path, png = os.path.join(run_dir, "map.json"), os.path.join(run_dir, "map.png")
     if not (os.path.isfile(path) and os.path.isfile(png)):
         return None
-    with open(path, encoding="utf-8") as fh:
-        m = json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            m = json.load(fh)
+        return _map_of(m)
+    except (*RENDER_ERRORS, UnicodeDecodeError, RecursionError) as exc:
+        detail = "nested too deeply to read" if isinstance(exc, RecursionError) else first_line(exc)[:200]
+        raise FileProblem(
+            f"{path} is damaged ({type(exc).__name__}: {detail}): report.html was not written; run the command "
+            f"that made the folder again"
+        ) from None
+
+
+def _map_of(m: dict) -> dict:
     points = m["points"]
     wrong = sum(a != b for a, b in zip(points["label"], points["predicted"]))
     return {

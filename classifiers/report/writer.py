@@ -6,6 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import signal
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -462,7 +466,8 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
     return path
 
 
-RUN_FILES = (  # what a run folder holds of a run: removed before another is written there
+STAGE = ".featurebank-writing"  # the folder inside a run folder where a report is written before it takes its place
+RUN_FILES = (  # what a run folder holds of a run: replaced when another is written there
     "report.json", "report.md", "report.html", "leaderboard.png", "leaderboard.csv", "confusion.png",
     "label_issues.csv", "map.json", "map.png",
 )  # fmt: skip
@@ -473,17 +478,19 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d
     embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
     ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already).
 
-    A cv run written there before (its report.json read) is removed first: its files of ``RUN_FILES`` and the
-    predictions it names; the thumbnails stay (they are of the same images), and anything else in the folder. And
-    report.json, what ``train --from`` and ``featurebank report`` read, is
-    written last but the page (whole or not at all): a folder whose writing stopped (Ctrl-C, a full disk) holds no
-    report.json, never one run's beside another's files. An interrupt says so."""
+    The files are written into a folder inside ``out_dir`` (``STAGE``) first. Only when they are all there does
+    the run take the folder's place of a cv run written there before (its report.json read): that run's files of
+    ``RUN_FILES`` and the predictions it names are removed, report.json first, and the new ones moved in,
+    report.json last, with Ctrl-C held off for those few renames. The thumbnails stay (they are of the same
+    images), and anything else in the folder. A stop while the files are written (Ctrl-C, a full disk) leaves the
+    former run as it was; then the page is written, and an interrupt there says that it alone is missing."""
+    stage = os.path.join(out_dir, STAGE)
     try:
         return _write_report(report, out_dir, suspicious, d)
     except KeyboardInterrupt as exc:
-        if not os.path.exists(os.path.join(out_dir, "report.json")):
+        if os.path.isdir(stage):  # stopped before the new run took its place
             exc.kept = (  # type: ignore[attr-defined]
-                f"the report in {out_dir} is not whole (no report.json: a run stopped while it was written); "
+                f"nothing written: the report of this run was not whole, and what {out_dir} held is as it was; "
                 f"run the same command again"
             )
         else:  # only the page was left to write
@@ -491,6 +498,8 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d
                 f"the report in {out_dir} was written but not its page: featurebank report {out_dir} renders it"
             )
         raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _former_files(out_dir: str) -> list[str]:
@@ -499,7 +508,7 @@ def _former_files(out_dir: str) -> list[str]:
     try:
         with open(os.path.join(out_dir, "report.json"), encoding="utf-8") as fh:
             former = json.load(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return []
     if not is_cv_report(former):
         return []
@@ -513,9 +522,9 @@ def _former_files(out_dir: str) -> list[str]:
 
 
 def _write_report(report: CVReport, out_dir: str, suspicious: int, d: dict | None) -> dict[str, str]:
-    for path in _former_files(out_dir):  # report.json first: from here on the folder holds no finished run
-        if os.path.lexists(path) and not os.path.isdir(path):
-            os.unlink(path)
+    final = out_dir
+    out_dir = os.path.join(final, STAGE)
+    shutil.rmtree(out_dir, ignore_errors=True)  # one a killed run left
     predictions = os.path.join(out_dir, "predictions")
     os.makedirs(predictions, exist_ok=True)
     d = d or report_dict(report, suspicious)
@@ -547,5 +556,37 @@ def _write_report(report: CVReport, out_dir: str, suspicious: int, d: dict | Non
     files.update(write_map(report, out_dir))
     with atomic_path(files["json"]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(d, fh, indent=1)
-    files["html"] = write_html(out_dir)
+    with interrupts_held():
+        _take_place(out_dir, final, [e["predictions"] for e in d["results"]])
+    files = {k: v.replace(out_dir, final, 1) for k, v in files.items()}
+    files["html"] = write_html(final)
     return files
+
+
+def _take_place(stage: str, out_dir: str, predictions: list[str]) -> None:
+    """The staged run in ``out_dir``'s place: the former run's files out (report.json first), the new ones in
+    (report.json last), the stage removed."""
+    for path in _former_files(out_dir):
+        if os.path.lexists(path) and not os.path.isdir(path):
+            os.unlink(path)
+    os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
+    names = [n for n in RUN_FILES if n != "report.json" and os.path.exists(os.path.join(stage, n))]
+    for name in [*names, *predictions, "report.json"]:
+        os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def interrupts_held():
+    """Ctrl-C held off until the block ends (then raised), in the main thread: a few renames that must all happen."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    former = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, former)
+    if caught:
+        raise KeyboardInterrupt
