@@ -431,7 +431,12 @@ def _cache_or_images(bundle: Bundle, data, run: RunOptions, progress: bool) -> C
             f"{shown} has no labels (a {listing.kind} input): evaluate needs labelled images, a folder of class "
             f"folders{parent} or a CSV manifest with a label column; to classify unlabeled images, use predict"
         )
-    return embedded(bundle, listing, run, progress=progress)[0]
+    reader, items, _ = embedded(bundle, listing, run, progress=progress)
+    if not len(reader):  # else "has no labels", of a cache that holds no row
+        reasons = dict(zip(reader.failures["path"], reader.failures["reason"]))
+        listed = "; ".join(f"{i.path}: {i.error or reasons.get(i.path, 'not embedded')}" for i in items[:3])
+        raise InvalidValue(f"none of the {len(items)} images could be read, nothing to score: {listed}")
+    return reader
 
 
 def evaluate(model, data, options: RunOptions | None = None, *, progress: bool = False, **overrides) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,7 +74,9 @@ class FewShotLDA(LinearDiscriminantAnalysis):
         classes, index = np.unique(y, return_inverse=True)
         self.fallback_ = None
         if len(y) > len(classes):
-            return super().fit(X, y)
+            with warnings.catch_warnings():  # a class of one row adds no spread, as meant: no warning per class
+                warnings.filterwarnings("ignore", "Only one sample available", UserWarning)
+                return super().fit(X, y)
         means = np.zeros((len(classes), X.shape[1]))
         np.add.at(means, index, X)
         coef = means
@@ -206,6 +209,8 @@ def split_specs(values) -> list[str] | None:
                 specs.append(piece)
     for spec in specs:
         parse_spec(spec)
+    if not specs and any(True for _ in values):  # -c "" had run the whole default zoo
+        raise InvalidValue("no classifier named: give a zoo spec (featurebank classifiers), or leave -c out")
     return specs or None
 
 

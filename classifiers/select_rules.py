@@ -330,14 +330,21 @@ def pool_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def kmeans(X: np.ndarray, k: int, seed: int):
-    """(centres, label of each row): exact k-means up to ``FULL_KMEANS_ROWS`` rows, mini-batch k-means beyond."""
+    """(centres, label of each row): exact k-means up to ``FULL_KMEANS_ROWS`` rows, mini-batch k-means beyond.
+    Fewer distinct rows than ``k`` (copies of one image) leave clusters empty, which the picks handle: scikit-learn's
+    ConvergenceWarning about it is not printed."""
+    import warnings
+
     from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     k = max(1, min(k, len(X)))
-    if len(X) <= FULL_KMEANS_ROWS:
-        km = KMeans(k, n_init=KMEANS_INIT, random_state=seed).fit(X)
-    else:
-        km = MiniBatchKMeans(k, n_init=1, batch_size=4096, random_state=seed).fit(X)  # 3 inits: 2x the time
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Number of distinct clusters", ConvergenceWarning)
+        if len(X) <= FULL_KMEANS_ROWS:
+            km = KMeans(k, n_init=KMEANS_INIT, random_state=seed).fit(X)
+        else:
+            km = MiniBatchKMeans(k, n_init=1, batch_size=4096, random_state=seed).fit(X)  # 3 inits: 2x the time
     return km.cluster_centers_.astype(np.float32), km.labels_
 
 

@@ -245,3 +245,13 @@ def test_train_search_keeps_each_group_on_one_side_of_the_inner_folds(tmp_path):
         "clf__n_neighbors": 1
     }
     assert grouped.pipeline.named_steps["clf"].n_neighbors == 5 and leaky.pipeline.named_steps["clf"].n_neighbors == 1
+
+
+def test_evaluate_on_images_none_of_which_can_be_read_says_so(trained, tmp_path):
+    """A manifest whose paths all miss (written for another folder) had been "has no labels", of the cache of no
+    row it made."""
+    root, _, _ = trained
+    manifest = tmp_path / "held.csv"
+    manifest.write_text("path,label\ncats/a.jpg,cats\ndogs/b.jpg,dogs\n")
+    with pytest.raises(FeaturebankError, match=r"none of the 2 images could be read, nothing to score: cats/a.jpg: "):
+        evaluate(str(root / "model.joblib"), str(manifest), **RUN)

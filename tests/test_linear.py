@@ -439,3 +439,19 @@ def test_the_probe_fits_integer_rows_as_their_float_values():
     assert as_int.C_ == as_float.C_
     np.testing.assert_allclose(as_int.predict_proba(whole), as_float.predict_proba(whole), rtol=1e-6, atol=1e-9)
     assert (as_int.predict(whole) == y).mean() > 0.9
+
+
+def test_no_scikit_learn_warning_leaks_from_a_class_of_one_row_or_copies_of_one_image():
+    """cv printed four lines of 'Only one sample available' for LDA on a few labels per class, and select a
+    ConvergenceWarning for a pool of identical images: both are what these rows are, said by nothing."""
+    import warnings
+
+    from classifiers.select_rules import kmeans
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(7, 5)), np.array([0, 0, 0, 1, 1, 1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_classifier("lda").fit(X, y).predict(X[:3]).tolist() == [0, 0, 0]
+        _, assigned = kmeans(np.ones((20, 4), dtype=np.float32), 5, 0)
+    assert set(assigned.tolist()) == {0}

@@ -178,3 +178,6 @@ def test_list_options_from_python_read_as_the_command_line_reads_them():
     assert with_overrides(ExtractOptions, None, {"layers": "penultimate"}).layers == ("penultimate",)
     with pytest.raises(FeaturebankError, match="unknown classifier 'nope'"):
         with_overrides(CVOptions, None, {"classifiers": "nope"})
+    with pytest.raises(FeaturebankError, match="no classifier named"):  # had run the whole default zoo
+        with_overrides(CVOptions, None, {"classifiers": ",,"})
+    assert with_overrides(CVOptions, None, {"classifiers": ()}).classifiers is None

@@ -538,3 +538,24 @@ def test_labels_that_cannot_mark_the_unlabeled_rows_are_one_line():
         SemiSupervised().fit(X, names[:-5])
     marked = np.where(np.arange(40) < 30, names.astype(object), -1)
     assert SemiSupervised().fit(X, marked).classes_.tolist() == ["ants", "bees"]
+
+
+def test_train_from_a_best_row_with_unlabeled_rows_on_a_cache_without_them_names_the_row(tmp_path):
+    """The row fit the unlabeled rows too; a cache without any had been told '... for --unlabeled', an option the
+    user never gave."""
+    from classifiers.from_run import train_best
+
+    cache, csv, _, _ = partly_labelled(tmp_path)
+    report = cross_validate(
+        cache, classifiers=["knn"], layers=["flatten"], folds=2, labels=csv, unlabeled=True, extras=None
+    )
+    run = tmp_path / "run"
+    write_report(report, str(run))
+    d = json.loads((run / "report.json").read_text())
+    d["best"] = next(r for r in d["leaderboard"] if r["classifier"] == "knn +unlabeled")
+    (run / "report.json").write_text(json.dumps(d))
+    full = tmp_path / "full"
+    full.mkdir()
+    synthetic_cache(full / "c.h5", counts=(14, 14), seed=7, dim=8)
+    with pytest.raises(FeaturebankError, match=r"--from .*its best row, knn \+unlabeled on flatten, fit the unlabeled"):
+        train_best(str(full / "c.h5"), str(run))
