@@ -819,7 +819,9 @@ def test_a_damaged_side_file_of_a_run_is_named_not_report_json(tmp_path):
     cells[4] = "lots"  # the confidence column
     predictions.write_text("\n".join([*lines[:3], ",".join(cells), *lines[4:]]) + "\n")
     result = runner.invoke(cli.main, ["report", str(run)])
-    assert result.exit_code == 1 and result.output.startswith(f"Error: {predictions} line 4: ") and "lots" in result.output
+    assert (
+        result.exit_code == 1 and result.output.startswith(f"Error: {predictions} line 4: ") and "lots" in result.output
+    )
     assert result.output.count("\n") == 1
     (run / "report.json").write_text("[" * 100_000 + "]" * 100_000)
     result = runner.invoke(cli.main, ["train", str(tmp_path / "c.h5"), "--from", str(run), "-o", str(tmp_path / "m")])
