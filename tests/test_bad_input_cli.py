@@ -826,3 +826,19 @@ def test_a_damaged_side_file_of_a_run_is_named_not_report_json(tmp_path):
     (run / "report.json").write_text("[" * 100_000 + "]" * 100_000)
     result = runner.invoke(cli.main, ["train", str(tmp_path / "c.h5"), "--from", str(run), "-o", str(tmp_path / "m")])
     assert result.exit_code == 1 and "nested too deeply to read" in result.output and result.output.count("\n") == 1
+
+
+def test_a_disk_that_fills_while_an_output_is_written_names_the_output(tmp_path):
+    """A write's ENOSPC names no file: the one line was 'No space left on device' without a path."""
+    import errno
+
+    from embedder.kernel.atomic import atomic_path
+    from embedder.kernel.errors import os_error_line
+
+    out = tmp_path / "predictions.csv"
+    with pytest.raises(OSError) as full:
+        with atomic_path(str(out), named=True) as tmp, open(tmp, "w") as fh:
+            fh.write("path,predicted\n")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert os_error_line(full.value).startswith(f"No space left on device: {out} (free some space")
+    assert list(tmp_path.iterdir()) == []  # nothing half written left

@@ -34,6 +34,10 @@ def atomic_path(path: str, *, fsync: bool = False, named: bool = False) -> Itera
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if not exc.filename:  # a write that filled the disk names no file: the one line names the output
+            exc.filename = path
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
