@@ -134,6 +134,12 @@ def test_resume_follows_the_uninterrupted_trajectory(images, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history) and len(whole.history) == 4  # epochs 0 to 3
+    # --resume where no epoch was saved (a typo in --out): said, then trained from the start, as before
+    from embedder.kernel.errors import Note
+
+    with pytest.warns(Note, match=r"--resume: .*fresh holds no saved epoch .*training starts at epoch 1"):
+        fresh = finetune(str(images), str(tmp_path / "fresh"), epochs=1, unfreeze=2, resume=True, **TINY)
+    assert len(fresh.history) == 2
 
 
 # the keys of last.pt's "config" and best.pth's "featurebank", in order, as every featurebank so far wrote them

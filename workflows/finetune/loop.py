@@ -9,6 +9,7 @@ import io
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -26,7 +27,7 @@ from embedder.backbones.features import autocast_for
 from embedder.inputs.batches import ImageDataset, collate, default_workers
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.kernel.atomic import atomic_path
-from embedder.kernel.errors import FeaturebankError, IncompatibleSettings, InvalidValue
+from embedder.kernel.errors import FeaturebankError, IncompatibleSettings, InvalidValue, Note
 
 from .options import TrainingOptions
 from .split import Part
@@ -211,6 +212,8 @@ def train_loop(
         if not resume:
             raise InvalidValue(f"{out} holds a run already: add --resume to continue it, or choose another --out")
         state = _resume(out, config, model, optimizer, scheduler, scaler)
+    elif resume:  # a typo in --out, or a run stopped before its first epoch: said, then trained from the start
+        warnings.warn(f"--resume: {out} holds no saved epoch ({last}): training starts at epoch 1", Note, stacklevel=2)
 
     trainer = Trainer(model, blocks, c, device, workers, max_pixels, optimizer, scaler)
     epochs = (epochs_of or PixelEpochs.of)(trainer, train, val, prep, state.failed)  # the views pass, if any
