@@ -298,10 +298,13 @@ def test_report_command_errors_are_one_line(tmp_path):
     (tmp_path / "other" / "report.json").write_text('{"format": "something else"}')
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "report.json").write_text('{"format": ')
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "report.json")
     (tmp_path / "deep").mkdir()
     (tmp_path / "deep" / "report.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError's traceback
     for folder, message in [
         ("deep", "is not a readable report (nested too deeply to read)"),
+        ("fifo", "report.json is not a regular file"),
         ("absent", "is not a folder: give a run folder written by cv --out or finetune"),
         ("empty", "has no report.json"),
         ("other", "is not a report of featurebank cv or finetune"),

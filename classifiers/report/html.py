@@ -147,6 +147,8 @@ def read_run(run_dir: str) -> dict:
     if not os.path.isdir(run_dir):
         raise FileProblem(f"{run_dir} is not a folder: give a run folder written by cv --out or finetune")
     path = os.path.join(run_dir, "report.json")
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would wait for a writer: never opened
+        raise FileProblem(f"{path} is not a regular file: give a run folder written by cv --out or finetune")
     if not os.path.isfile(path):
         raise MissingFile(f"{run_dir} has no report.json: give a run folder written by cv --out or finetune")
     try:
