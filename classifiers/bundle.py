@@ -649,14 +649,15 @@ def pseudo_labels(
         notes.append(
             f"the model was fit on {int(fit_on.sum())} of these {len(rows)} images (fit_on = 1: the same bytes as one "
             f"of its labelled images{', or of the unlabeled rows it pseudo-labelled (train --unlabeled)' if _semi_used(bundle) else ''}): "
-            f"their confidences are in-sample scores, near 1, not probabilities, and rank them poorly; to review "
+            f"their confidences are in-sample scores (it was fit on these images), not held-out probabilities, and "
+            f"rank them poorly; to review "
             f"pseudo-labels, predict with a model not fit on them"
         )
     elif fit_on is None and _semi_used(bundle) and bundle.trained_on.get("source") == reader.attrs.get("source"):
         notes.append(  # a model file without the fingerprints of its images: by the cache's source
             f"the model was fit on {bundle.trained_on['unlabeled']['pseudo_labelled']} unlabeled rows of this data "
-            f"with their pseudo-labels (train --unlabeled): on those rows its confidences are in-sample, near 1, and "
-            f"rank them poorly; to review pseudo-labels, predict with a model trained without --unlabeled"
+            f"with their pseudo-labels (train --unlabeled): on those rows its confidences are in-sample (it was fit on "
+            f"them), not held-out probabilities, and rank them poorly; to review pseudo-labels, predict with a model trained without --unlabeled"
         )
     return {
         "model": bundle.classifier,

@@ -518,3 +518,20 @@ def test_the_model_file_and_train_say_what_the_tuned_classifier_chose(tmp_path):
     fallback = train(str(tmp_path / "one.h5"), classifier="logreg")
     assert "chosen" not in fallback.trained_on
     assert not any(t.startswith("  chose ") for t in train_text({"model": "m", **fallback.describe()}))
+
+
+def test_evaluate_says_when_the_ece_is_above_what_a_calibrated_model_shows_by_chance(tmp_path):
+    """Both figures were printed side by side and the reader had to compare them: above the 95th percentile of a
+    calibrated model's ECE on as many rows, the line says the probabilities are not calibrated there."""
+    from classifiers.report.text import evaluate_text
+
+    synthetic_cache(tmp_path / "train.h5", counts=(20, 20, 20), dim=6, seed=1)
+    synthetic_cache(
+        tmp_path / "test.h5", counts=(20, 20, 20), dim=6, seed=2, digests=[digest(50_000 + i) for i in range(60)]
+    )
+    train(str(tmp_path / "train.h5"), classifier="logreg", out=str(tmp_path / "m.fbmodel"))
+    d = evaluate(str(tmp_path / "m.fbmodel"), str(tmp_path / "test.h5"))
+    chance = d["metrics"]["ece_chance"]
+    for ece_value, said in ((chance["p95"] + 0.01, True), (chance["mean"], False)):
+        line = evaluate_text({**d, "metrics": {**d["metrics"], "ece": ece_value}})[1]
+        assert ("above it: these probabilities are not calibrated here)" in line) == said, line

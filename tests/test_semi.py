@@ -158,6 +158,10 @@ def test_train_with_unlabeled_rows_records_what_was_decided(tmp_path):
     assert u["rows"] == 27 and u["mode"] == "spread" and u["used"] and u["pseudo_labelled"] == 27
     assert u["decision"].startswith("used, not checked: a class has 1 labelled image")
     assert type(bundle.pipeline).__name__ == "Pipeline"  # the classifier as fit: a plain zoo Pipeline
+    from classifiers.report.text import train_text
+
+    chose = [t for t in train_text({"model": "m", **bundle.describe()}) if t.startswith("  chose C = ")]
+    assert chose and "on held-out training rows (its labelled and 27 pseudo-labelled rows), by log-loss" in chose[0]
     with pytest.raises(FeaturebankError, match="no unlabeled rows for --unlabeled: .*it never unlabels one"):
         synthetic_cache(tmp_path / "full.h5", counts=(3, 3))
         train(str(tmp_path / "full.h5"), classifier="logreg", unlabeled=True)
@@ -365,15 +369,16 @@ def test_pseudo_labels_of_the_rows_a_model_was_fit_on_say_they_are_in_sample(tmp
     assert bundle.trained_on["unlabeled"]["pseudo_labelled"] == n
     assert said["notes"] == [
         f"the model was fit on {n} of these {n} images (fit_on = 1: the same bytes as one of its labelled images, "
-        "or of the unlabeled rows it pseudo-labelled (train --unlabeled)): their confidences are in-sample scores, near 1, not "
-        "probabilities, and rank them poorly; to review pseudo-labels, predict with a model not fit on them"
+        "or of the unlabeled rows it pseudo-labelled (train --unlabeled)): their confidences are in-sample scores (it "
+        "was fit on these images), not held-out probabilities, and rank them poorly; to review pseudo-labels, predict "
+        "with a model not fit on them"
     ]
     bundle.seen = None  # a model file written before it listed its images: told by the cache's source
     older = pseudo_labels(bundle, cache, labels=csv)
     assert "fit_on" not in older["rows"][0] and older["notes"] == [
         f"the model was fit on {n} unlabeled rows of this data with their pseudo-labels (train --unlabeled): on "
-        "those rows its confidences are in-sample, near 1, and rank them poorly; to review pseudo-labels, predict "
-        "with a model trained without --unlabeled"
+        "those rows its confidences are in-sample (it was fit on them), not held-out probabilities, and rank them "
+        "poorly; to review pseudo-labels, predict with a model trained without --unlabeled"
     ]
 
 

@@ -140,8 +140,12 @@ def train_text(d: dict) -> list[str]:
 
     chosen = dict(d["trained_on"].get("chosen") or {})
     by = chosen.pop("by", None)
+    pseudo = (d["trained_on"].get("unlabeled") or {}).get("pseudo_labelled") or 0
+    among = f" (its labelled and {pseudo} pseudo-labelled rows)" if pseudo else ""
     for name, value in chosen.items():
-        lines.append(f"  chose {name} = {value:.3g} {CHOSEN.get(name, '')}{f', by {by}' if by else ''}".rstrip())
+        lines.append(
+            f"  chose {name} = {value:.3g} {CHOSEN.get(name, '')}{among}{f', by {by}' if by else ''}".rstrip()
+        )
     found = d["trained_on"].get("search")
     if found:
         lines.append(
@@ -209,7 +213,8 @@ def evaluate_text(d: dict) -> list[str]:
         + (f", log-loss {m['log_loss']:.3f}" if m["log_loss"] is not None else "")
         + (f", ECE {m['ece']:.3f} (15 bins" if m.get("ece") is not None else "")
         + (
-            f"; a calibrated model shows {chance['mean']:.3f} on as many rows by chance, 95th pct {chance['p95']:.3f})"
+            f"; a calibrated model shows {chance['mean']:.3f} on as many rows by chance, 95th pct {chance['p95']:.3f}"
+            + ("; above it: these probabilities are not calibrated here)" if m["ece"] > chance["p95"] else ")")
             if m.get("ece") is not None and chance
             else (")" if m.get("ece") is not None else "")
         ),
