@@ -836,9 +836,8 @@ def test_a_disk_that_fills_while_an_output_is_written_names_the_output(tmp_path)
     from embedder.kernel.errors import os_error_line
 
     out = tmp_path / "predictions.csv"
-    with pytest.raises(OSError) as full:
-        with atomic_path(str(out), named=True) as tmp, open(tmp, "w") as fh:
-            fh.write("path,predicted\n")
-            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError) as full, atomic_path(str(out), named=True) as tmp, open(tmp, "w") as fh:
+        fh.write("path,predicted\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
     assert os_error_line(full.value).startswith(f"No space left on device: {out} (free some space")
     assert list(tmp_path.iterdir()) == []  # nothing half written left

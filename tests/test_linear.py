@@ -475,4 +475,6 @@ def test_lda_under_five_images_per_class_is_the_nearest_class_mean_and_says_so()
         "the nearest class mean"
     )
     y5 = np.repeat([0, 1, 2], LDA_FROM)
-    assert FewShotLDA(solver="lsqr", shrinkage="auto").fit(centres[y5] + rng.normal(size=(15, 30)), y5).fallback_ is None
+    assert (
+        FewShotLDA(solver="lsqr", shrinkage="auto").fit(centres[y5] + rng.normal(size=(15, 30)), y5).fallback_ is None
+    )
