@@ -29,8 +29,7 @@ import zlib
 
 import numpy as np
 
-from embedder.kernel.atomic import special
-from embedder.kernel.destination import check_destination
+from embedder.kernel.destination import file_destination
 from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile
 
 from .ensemble import ZooEnsemble
@@ -153,12 +152,8 @@ def fingerprints(digests) -> np.ndarray:
 
 
 def model_destination(path: str, inputs=()) -> str:
-    """``path``, where a model file is to be written, checked before any work (``check_destination``), and not a
-    device or a FIFO: the file's rename would replace one (as root, ``/dev/full`` with a regular file)."""
-    check_destination(path, inputs, "the model file")
-    if special(path):
-        raise FileProblem(f"the model file {path} is not a regular file (a device or a FIFO): give a file path")
-    return path
+    """``path``, where a model file is to be written, checked before any work (``file_destination``)."""
+    return file_destination(path, inputs, "the model file")
 
 
 def write_model(path: str, meta: dict, pipeline, seen: np.ndarray | None = None) -> str:

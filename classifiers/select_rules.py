@@ -391,7 +391,9 @@ def _clusters(X, rows, labelled, budget, rule, rng, batch: Batch, uncertainty=No
             cover = "a cluster" if known[c] == 0 else f"a cluster with {known[c]} labelled"
             if uncertainty is not None:  # what ranked the cluster is its score: its pool rows' summed uncertainty
                 mean = float(weight[c] / max(1, sizes[c] - known[c]))  # (per label it holds, plus one)
-                reason = f"{what} {cover} of {_images(sizes[c])}, ranked by the probe's doubt (mean 1 − margin {mean:.2f})"
+                reason = (
+                    f"{what} {cover} of {_images(sizes[c])}, ranked by the probe's doubt (mean 1 − margin {mean:.2f})"
+                )
                 batch.take(i, reason, float(weight[c] / (known[c] + 1)))
             else:
                 batch.take(i, f"{what} {cover} of {_images(sizes[c])}{among}", scores[list(ranked).index(i)])

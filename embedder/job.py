@@ -29,7 +29,7 @@ from embedder.cache.hdf5 import CacheReader, CacheWriter, settings_key, stored_i
 from embedder.engines.engine import Calibration, Engine, Prepared, open_engine, resolve_device_name
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from embedder.inputs.shards import list_input
-from embedder.inputs.sources import Listing, rebased, same_files
+from embedder.inputs.sources import Listing, note_case_twins, rebased, same_files
 from embedder.kernel.errors import FeaturebankError, InvalidValue
 from embedder.kernel.settings import POOLINGS, TTAS, ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
@@ -202,6 +202,8 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         listing = (
             job.source if isinstance(job.source, Listing) else list_input(job.source, o.layout, o.shards, o.confine)
         )
+        if rank.leader:
+            note_case_twins(listing)
     # this rank's device; only rank 0 shows progress
     execution = replace(asked, device=dev, progress=asked.progress and rank.leader)
     store = EngineStore(o.engine_dir or engine_dir_for(job.cache, o.cache_dir))

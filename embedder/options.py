@@ -22,6 +22,7 @@ from embedder.inputs.sources import LAYOUTS
 from embedder.kernel.errors import InvalidValue
 from embedder.kernel.fields import option as option
 from embedder.kernel.fields import same_as as same_as
+from embedder.kernel.preprocess import MAX_SIDE
 from embedder.kernel.settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS, Int8
 
 BACKBONE, DEVICE = "embedder.backbones.registry:check_backbone", "embedder.engines.engine:check_device"
@@ -118,8 +119,10 @@ class ExtractOptions:
         "class token (+ the mean of the patch tokens) of a timm ViT layer.",
         choices=POOLINGS,
     )
-    resize: int | None = option(None, "Shorter side before cropping (default: from the weights).", low=16)
-    crop: int | None = option(None, "Center crop size (default: from the weights).", low=16)
+    resize: int | None = option(
+        None, "Shorter side before cropping (default: from the weights).", low=16, high=MAX_SIDE
+    )
+    crop: int | None = option(None, "Center crop size (default: from the weights).", low=16, high=MAX_SIDE)
     draft: bool = option(True, "Decode big JPEGs at full size (slower; no reduced-scale decode).", flag="--no-draft")
     precision: str = option(
         "fp32",

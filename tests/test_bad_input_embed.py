@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -524,3 +526,187 @@ def test_a_weights_file_that_never_ends_is_one_line_not_a_hang(tmp_path):
     good = tmp_path / "ok.pth"
     good.write_bytes(b"abc")
     assert sha256_file(str(good)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+# -- weights files that are no checkpoint, manifests that are not CSV, class names, crafted preprocessing ---------
+class _OpensMarker:
+    """Unpickling this opens (creates) the marker file: what an attacker's pickle would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_weights_file_that_is_no_safe_checkpoint_is_one_line_without_torchs_advice_or_warnings(tmp_path):
+    """Random bytes, a pickle that would run code, a checkpoint cut in half: torch's message (cut mid-sentence,
+    advising weights_only=False) and its pickle-protocol warning used to reach the user."""
+    import pickle
+    import warnings
+
+    import torch
+    from click.testing import CliRunner
+
+    import cli
+    from embedder.backbones.registry import head_classes, load_backbone
+
+    marker = tmp_path / "marker"
+    (tmp_path / "rand.pth").write_bytes(np.random.default_rng(0).bytes(5000))
+    with open(tmp_path / "evil.pth", "wb") as fh:
+        pickle.dump({"state_dict": {"fc.weight": _OpensMarker(marker)}}, fh, protocol=4)  # torch warns of protocol 4
+    whole = _checkpoint(tmp_path / "whole.pth", _resnet18_state(torch.zeros(3, 512)))
+    with open(whole, "rb") as fh:
+        data = fh.read()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    says = {
+        "rand.pth": "not a PyTorch checkpoint featurebank can read safely",
+        "evil.pth": "not a PyTorch checkpoint featurebank can read safely",
+        "cut.pth": "damaged, or not a PyTorch checkpoint (PytorchStreamReader failed reading zip archive",
+    }
+    for name, said in says.items():
+        path = str(tmp_path / name)
+        for call in (lambda p=path: load_backbone("resnet18", p), lambda p=path: head_classes("resnet18", p)):
+            with warnings.catch_warnings(record=True) as shown:
+                warnings.simplefilter("always")
+                with pytest.raises(FeaturebankError) as caught:
+                    call()
+            message = str(caught.value)
+            assert message.startswith(f"cannot read weights file {path}: {said}"), message
+            assert "\n" not in message and "weights_only=False" not in message and "weights_only` set" not in message
+            assert not shown, [str(w.message) for w in shown]
+        cache = tmp_path / f"{name}.h5"
+        args = ["extract", str(tmp_path / "images"), "-b", "resnet18", "-w", path, "--cache", str(cache)]
+        (tmp_path / "images").mkdir(exist_ok=True)
+        photo(1, (40, 32)).save(tmp_path / "images" / "a.jpg")
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 1 and result.stderr.strip().splitlines() == [f"Error: {message}"], result.output
+        assert not cache.exists()
+    assert not marker.exists()
+    assert load_backbone("resnet18", whole).model.fc.weight.shape == (3, 512)  # a whole checkpoint still loads
+
+
+MANIFESTS = {
+    "a row of more fields than the header": ("path,label\na.jpg,ants\nb.jpg,bees,x\n", "line 3: 3 field(s) where"),
+    "a quote never closed": ('path,label\na.jpg,ants\n"b.jpg,bees\nc.jpg,ants\n', "line 3: not valid CSV (a quote"),
+    "a last line cut short": ("path,label\na.jpg,ants\nb.jpg", "line 3: 1 field(s) where the header names 2"),
+    "a quote never closed, path only": ('path\na.jpg\n"b.jpg\nc.jpg\n', "line 3: not valid CSV (a quote"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFESTS))
+def test_a_manifest_row_that_is_not_the_headers_fields_is_one_line_and_nothing_is_written(tmp_path, case):
+    """Each used to be read silently: a label shifted, the rest of the file one path, a row left unlabeled."""
+    text, said = MANIFESTS[case]
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        photo(len(name), (40, 32)).save(tmp_path / name)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(text)
+    with pytest.raises(FeaturebankError, match=rf"^{manifest} {re.escape(said)}"):
+        embedder.extract(str(manifest), str(tmp_path / "m.h5"), **FAST)
+    assert not (tmp_path / "m.h5").exists() and not (tmp_path / "m.h5.parts").exists()
+
+
+def test_every_documented_manifest_form_still_reads(tmp_path):
+    """A path column alone (unlabeled), path,label,group in any order, an empty label or group, blank lines,
+    a quoted path with a comma or a line break."""
+    from embedder.inputs.sources import list_manifest
+
+    forms = {
+        "path\na.jpg\n\nb.jpg\n": [("a.jpg", "", ""), ("b.jpg", "", "")],
+        "label,path,group\nants,a.jpg,p1\n\r\n,b.jpg,\n": [("a.jpg", "ants", "p1"), ("b.jpg", "", "")],
+        'path,label\n"a,1.jpg",ants\n"b\n2.jpg",bees\n  ,  \n': [("a,1.jpg", "ants", ""), ("b\n2.jpg", "bees", "")],
+        "\ufeffPath,Label\r\na.jpg,ants\r\n": [("a.jpg", "ants", "")],
+    }
+    for n, (text, items) in enumerate(forms.items()):
+        manifest = tmp_path / f"m{n}.csv"
+        manifest.write_text(text, newline="")
+        assert [(i.path, i.label, i.group) for i in list_manifest(str(manifest)).items] == items, text
+
+
+def test_class_names_that_differ_only_in_case_are_a_note_and_still_extracted(tmp_path):
+    from embedder.inputs.sources import list_manifest, note_case_twins
+    from embedder.kernel.errors import Note
+
+    for i, folder in enumerate(("ants", "Ants", "bees")):
+        (tmp_path / "images" / folder).mkdir(parents=True)
+        photo(i, (40, 32)).save(tmp_path / "images" / folder / f"{i}.jpg")
+    with pytest.warns(
+        Note, match=r"images: classes 'Ants' \(1 image\(s\)\) and 'ants' \(1 image\(s\)\) differ only in case"
+    ):
+        embedder.extract(str(tmp_path / "images"), str(tmp_path / "c.h5"), **FAST)
+    assert sorted(CacheReader(str(tmp_path / "c.h5")).classes) == ["Ants", "ants", "bees"]
+    manifest = tmp_path / "images" / "m.csv"
+    manifest.write_text("path,label\nants/0.jpg,ants\nAnts/1.jpg,Ants\nbees/2.jpg,bees\n")
+    with pytest.warns(Note, match=r"m\.csv: classes 'Ants' .* and 'ants' .* differ only in case"):
+        note_case_twins(list_manifest(str(manifest)))
+    manifest.write_text("path,label\nants/0.jpg,ants\nbees/2.jpg,bees\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        note_case_twins(list_manifest(str(manifest)))
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("crop", 100000, "crop 100000 is not a whole number of pixels from 1 to 4096"),
+        ("resize", 10**9, "resize 1000000000 is not a whole number of pixels"),
+        ("std", [0.2, 0.0, 0.2], "std (0.2, 0.0, 0.2) is not three finite numbers above 0"),
+        ("std", [0.2, -1, 0.2], "std (0.2, -1, 0.2) is not three finite numbers above 0"),
+        ("mean", [0.5, 0.5], "mean (0.5, 0.5) is not three finite numbers"),
+        ("mean", [0.5, "NaN", 0.5], "mean (0.5, 'NaN', 0.5) is not three finite numbers"),
+    ],
+)
+def test_a_model_files_crafted_preprocessing_is_one_line_before_anything_is_allocated(tmp_path, field, value, says):
+    """A crop of 100,000 px in a model file's settings used to make predict ask for 60 GB and be killed."""
+    import json
+    import zipfile
+
+    from helpers import synthetic_cache
+
+    from classifiers import modelfile
+    from classifiers.bundle import load_bundle, train
+
+    synthetic_cache(tmp_path / "c.h5", counts=(6, 6), dim=8)
+    train(str(tmp_path / "c.h5"), classifier="logreg", layer="flatten", out=str(tmp_path / "m.fbmodel"))
+    with zipfile.ZipFile(tmp_path / "m.fbmodel") as archive:
+        parts = {n: archive.read(n) for n in archive.namelist()}
+    meta = json.loads(parts[modelfile.META])
+    meta["settings"]["preprocessing"][field] = value
+    parts[modelfile.META] = json.dumps(meta).encode()
+    crafted = tmp_path / "crafted.fbmodel"
+    with zipfile.ZipFile(crafted, "w") as archive:
+        for n, data in parts.items():
+            archive.writestr(n, data)
+    with pytest.raises(FeaturebankError) as caught:
+        finishes(lambda: load_bundle(str(crafted)), 20)
+    message = str(caught.value)
+    assert message.startswith(f"{crafted} is not a valid featurebank model file: 'settings': preprocessing {says}")
+    assert "\n" not in message
+    assert load_bundle(str(tmp_path / "m.fbmodel")).classes  # the file it was made from still loads
+
+
+def test_extract_refuses_a_crop_or_resize_beyond_the_largest(tmp_path):
+    photo(1, (40, 32)).save(tmp_path / "a.jpg")
+    for option, value in (("crop", 5000), ("resize", 4097)):  # just over: no test allocates much
+        with pytest.raises(
+            FeaturebankError, match=rf"^{option} {value} is not a whole number of pixels from 1 to 4096"
+        ):
+            embedder.extract(str(tmp_path), str(tmp_path / "x.h5"), **{**FAST, option: value})
+        assert not (tmp_path / "x.h5").exists()
+    assert Preprocessing(resize=4096, crop=4096).crop == 4096
+
+
+def test_a_cache_whose_settings_are_nested_past_pythons_stack_is_one_line_in_extract(tmp_path):
+    """`extract --cache X.h5` over a cache whose settings attribute is [[[[…]]]]: a RecursionError traceback before."""
+    import h5py
+
+    photo(1, (40, 32)).save(tmp_path / "a.jpg")
+    cache = str(tmp_path / "c.h5")
+    embedder.extract(str(tmp_path), cache, **FAST)
+    with h5py.File(cache, "a") as f:
+        f.attrs["settings"] = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(
+        FeaturebankError, match=r"c\.h5 is damaged \(attribute 'settings' is nested too deeply to read\)"
+    ):
+        embedder.extract(str(tmp_path), cache, **FAST)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -383,3 +384,81 @@ def test_a_model_trained_on_int8_features_exports_its_own_int8_engine(trained, t
     scores, labels, _ = run_onnx(tmp_path / "q.onnx", files_of(result, images))
     assert [["cats", "dogs", "owls", "yaks"][i] for i in labels] == names  # the same int8 engine as predict's
     np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+
+def test_a_checkpoint_that_is_unreadable_or_cut_short_is_said_so_not_that_it_lacks_a_backbone(tmp_path):
+    """Random bytes and the first half of a checkpoint used to be `does not say its backbone: give -b BACKBONE`."""
+    import torch
+    from torchvision.models import resnet18
+
+    import cli
+
+    (tmp_path / "rand.pth").write_bytes(np.random.default_rng(0).bytes(5000))
+    torch.save(resnet18(num_classes=2).state_dict(), tmp_path / "whole.pth")
+    data = (tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "half.pth").write_bytes(data[: len(data) // 2])
+    says = {
+        "rand.pth": "not a PyTorch checkpoint featurebank can read safely",
+        "half.pth": "damaged, or not a PyTorch checkpoint",
+    }
+    for name, said in says.items():
+        path = str(tmp_path / name)
+        for extra in ([], ["-b", "resnet18"]):
+            r = CliRunner().invoke(cli.main, ["export", path, "-o", str(tmp_path / "x.onnx"), *extra])
+            assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+            assert r.output.startswith(f"Error: cannot read weights file {path}: {said}"), r.output
+            assert "backbone" not in r.output and "weights_only" not in r.output
+        with pytest.raises(FeaturebankError, match=f"^cannot read weights file {path}: {said}"):
+            export_checkpoint(path, str(tmp_path / "x.onnx"))
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def _special_outputs(tmp_path) -> list[pathlib.Path]:
+    """A FIFO, and a copy of /dev/full where this user may make one (root: the rename would replace it)."""
+    import stat
+
+    os.mkfifo(tmp_path / "fifo.onnx")
+    made = [tmp_path / "fifo.onnx"]
+    try:
+        os.mknod(tmp_path / "full.onnx", stat.S_IFCHR | 0o644, os.makedev(1, 7))
+        made.append(tmp_path / "full.onnx")
+    except OSError:  # not root: no device is made, and none could be replaced
+        pass
+    return made
+
+
+def test_export_to_a_fifo_or_a_device_is_refused_before_any_work(tmp_path, monkeypatch):
+    """The ONNX file is written under a temporary name and renamed over -o: over a FIFO or a device that would
+    replace it with a regular file (as root, /dev/full itself)."""
+    import stat
+
+    import torch
+    from torchvision.models import resnet18
+
+    import cli
+    from workflows.deploy import run
+    from workflows.deploy.entry import export as export_any
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before -o was checked")
+
+    monkeypatch.setattr(run, "open_engine", no_work)
+    checkpoint = str(tmp_path / "ck.pth")
+    torch.save(resnet18(num_classes=2).state_dict(), checkpoint)
+    outs = _special_outputs(tmp_path)
+    for out in outs:
+        said = f"the ONNX file {out} is not a regular file (a device or a FIFO): give a file path"
+        absent = str(tmp_path / "absent.fbmodel")  # refused before the model is read
+        calls = [
+            (export_checkpoint, (checkpoint, str(out)), {"backbone": "resnet18"}),
+            (export_any, (checkpoint,), {"out": str(out), "backbone": "resnet18"}),
+            (export, (absent, str(out)), {}),
+            (export_any, (absent,), {"out": str(out)}),
+        ]
+        for call, args, kwargs in calls:
+            with pytest.raises(FeaturebankError, match=f"^{re.escape(said)}$"):
+                call(*args, **kwargs)
+        r = CliRunner().invoke(cli.main, ["export", checkpoint, "-b", "resnet18", "-o", str(out)])
+        assert r.exit_code == 1 and r.output == f"Error: {said}\n", r.output
+        assert not stat.S_ISREG(os.stat(out).st_mode)
+    assert sorted(os.listdir(tmp_path)) == sorted(["ck.pth", *(p.name for p in outs)])  # no temporary file left

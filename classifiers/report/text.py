@@ -143,9 +143,7 @@ def train_text(d: dict) -> list[str]:
     pseudo = (d["trained_on"].get("unlabeled") or {}).get("pseudo_labelled") or 0
     among = f" (its labelled and {pseudo} pseudo-labelled rows)" if pseudo else ""
     for name, value in chosen.items():
-        lines.append(
-            f"  chose {name} = {value:.3g} {CHOSEN.get(name, '')}{among}{f', by {by}' if by else ''}".rstrip()
-        )
+        lines.append(f"  chose {name} = {value:.3g} {CHOSEN.get(name, '')}{among}{f', by {by}' if by else ''}".rstrip())
     found = d["trained_on"].get("search")
     if found:
         lines.append(

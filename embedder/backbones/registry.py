@@ -40,10 +40,10 @@ from embedder.kernel.errors import (
     MissingFile,
     first_line,
 )
-from embedder.kernel.preprocess import Preprocessing
+from embedder.kernel.preprocess import MAX_SIDE, Preprocessing
 
 from . import timm as timm_source
-from .statedicts import head_outputs, parameter_blocks, parameters_on_meta, read_state_dict
+from .statedicts import head_outputs, load_checkpoint, parameter_blocks, parameters_on_meta, read_state_dict
 from .timm import is_timm_model, is_timm_name
 
 PENULTIMATE = "penultimate"  # alias of the node that feeds the classification head
@@ -266,16 +266,16 @@ def output_node(name: str) -> str:
 
 def file_metadata(path: str) -> dict:
     """What a checkpoint written by ``featurebank finetune`` carries besides its tensors: ``classes`` (its head's
-    class names) and ``preprocessing`` (that of the weights it was fine-tuned from). Empty for a plain state dict."""
+    class names) and ``preprocessing`` (that of the weights it was fine-tuned from). Empty for a plain state dict
+    and for a ``.safetensors`` file (tensors only)."""
+    if path.lower().endswith(".safetensors"):
+        return {}
     return _file_metadata(os.path.abspath(path), os.stat(path).st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
 def _file_metadata(path: str, mtime_ns: int) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return {}
+    obj = load_checkpoint(path)  # a file that cannot be read is one line here, not "{}" and a wrong guess later
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         return {}
     return {k: v for k, v in obj.items() if k in ("classes", "preprocessing", "featurebank")}
@@ -423,7 +423,7 @@ def _recorded_preprocessing(stored) -> Preprocessing:
         raise ValueError(", ".join([f"lacks {k}" for k in missing] + [f"has an unknown field {k!r}" for k in unknown]))
     for key in ("resize", "crop"):
         value = stored[key]
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIDE:
             raise ValueError(f"{key} is not a whole number of pixels ({value!r})")
     if stored.get("interpolation", "bilinear") not in PIL_FILTERS:
         raise ValueError(f"interpolation {stored['interpolation']!r} is not one of {', '.join(PIL_FILTERS)}")

@@ -5,6 +5,9 @@ parameters. Shared by torchvision's and timm's loading (``backbones``, ``timm_so
 from __future__ import annotations
 
 import contextlib
+import pickle
+import re
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -33,12 +36,30 @@ def parameters_on_meta():
         nn.Module.register_parameter = register
 
 
-def read_state_dict(path: str) -> dict:
+def load_checkpoint(path: str):
+    """``torch.load(path, weights_only=True)``, its failures as one line of featurebank's own: torch's message is
+    long, cut mid-sentence, and advises ``weights_only=False``, which would run whatever code the file names; its
+    warnings (pickle protocol) are not repeated on stderr."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = first_line(exc)
-        raise FileProblem(f"cannot read weights file {path}: {first}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:  # a folder, no permission: nothing was read
+        raise FileProblem(f"cannot read weights file {path}: {exc.strerror or first_line(exc)}") from None
+    except pickle.UnpicklingError as exc:  # random bytes, or a pickle of more than tensors (code, objects)
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it names {named.group(1)}, which is not a tensor" if named else "it is not a pickle of tensors"
+        raise FileProblem(
+            f"cannot read weights file {path}: not a PyTorch checkpoint featurebank can read safely ({what}; "
+            f"featurebank loads tensors and plain values only, never code): give a state dict saved with torch.save"
+        ) from None
+    except Exception as exc:  # a cut or damaged archive, an empty file
+        why = first_line(exc).split(". ")[0] if str(exc).strip() else f"{type(exc).__name__}: it ends too soon"
+        raise FileProblem(f"cannot read weights file {path}: damaged, or not a PyTorch checkpoint ({why})") from None
+
+
+def read_state_dict(path: str) -> dict:
+    obj = load_checkpoint(path)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -408,10 +408,10 @@ class CacheWriter:
                         f"{f.attrs['format_version']}); upgrade featurebank"
                     )
                 check_storage(f, self.path)  # its rows are copied into the new file: none from outside it
-                stored = json.loads(f.attrs["settings"])
+                stored = json_attribute(f, "settings", self.path)
                 stored_source = str(f.attrs["source"])
                 stored_root = str(f.attrs.get("root", ""))
-                self.previous_info = json.loads(f.attrs.get("info", "{}"))
+                self.previous_info = json_attribute(f, "info", self.path, "{}")
             diff = settings_differences(stored, self.settings)
             if diff:
                 raise IncompatibleSettings(
@@ -783,7 +783,7 @@ def stored_settings(path: str) -> dict | None:
     for source in sources:
         with _open(source) as f:
             if "settings" in f.attrs:
-                return json.loads(f.attrs["settings"])
+                return json_attribute(f, "settings", source)
     return None
 
 
@@ -957,7 +957,7 @@ def check_storage(f: h5py.File, path: str) -> None:
     file_size = os.path.getsize(f.filename)
     try:
         settings = json.loads(f.attrs.get("settings", "{}"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         settings = {}
     found: list[tuple[str, h5py.Dataset]] = []
     f.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
@@ -986,6 +986,17 @@ def check_storage(f: h5py.File, path: str) -> None:
                 path,
                 f"{name} declares {count:,} values ({declared:,} bytes), more than the file holds ({file_size:,} bytes)",
             )
+
+
+def json_attribute(f, name: str, path: str, default: str | None = None):
+    """A JSON attribute of a cache file, or one line: not JSON, or nested past Python's stack (a crafted file's
+    ``[[[[…``, which was a RecursionError traceback in ``extract --cache``)."""
+    try:
+        return json.loads(f.attrs[name] if default is None else f.attrs.get(name, default))
+    except RecursionError:
+        raise damaged(path, f"attribute {name!r} is nested too deeply to read") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise damaged(path, f"attribute {name!r} is not JSON ({first_line(exc)})") from None
 
 
 def damaged(path: str, what: str) -> FeaturebankError:

@@ -14,9 +14,11 @@ import hashlib
 import io
 import os
 import stat
+import unicodedata
+import warnings
 from dataclasses import dataclass, field, replace
 
-from embedder.kernel.errors import FileProblem, InvalidValue, MissingFile
+from embedder.kernel.errors import FileProblem, InvalidValue, MissingFile, Note
 
 from .decode import file_kind
 
@@ -212,27 +214,44 @@ def _confined(full: str, root: str, where: str, path: str) -> None:
 
 def list_manifest(csv_path: str, confine: bool = False) -> Listing:
     """A CSV with a header naming ``path`` and optionally ``label`` and ``group``; paths relative to the CSV.
-    ``confine``: a path outside the CSV's folder is refused (by default any path is read, as a shell would)."""
+    ``confine``: a path outside the CSV's folder is refused (by default any path is read, as a shell would). A row
+    of more or fewer fields than the header (a comma not quoted, a line cut short) and a quote never closed are one
+    line naming the file and line, as ``--labels`` says them: read as they are, they would shift or drop labels."""
     csv_path = os.path.abspath(csv_path)
     root = os.path.dirname(csv_path)
     listing = Listing(root=root, kind="csv", source=f"csv:{csv_path}")
-    reader = csv.DictReader(io.StringIO(read_text(csv_path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(csv_path), newline=""), strict=True)
+    start = 1  # the line the row being read starts on (a quoted field may hold line breaks)
     try:
-        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+        header = next(reader, None) or []
+        fields = [f.strip().lower() for f in header]
         if "path" not in fields:
             raise InvalidValue(
                 f"{csv_path}: the first line must name the columns, with at least 'path' "
-                f"(and optionally 'label', 'group'); found {reader.fieldnames}"
+                f"(and optionally 'label', 'group'); found {header}"
             )
-        reader.fieldnames = fields
         seen: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            path = (row.get("path") or "").strip()
+        start = reader.line_num + 1
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not any(cell.strip() for cell in cells):
+                continue  # a blank line
+            if len(cells) != len(fields):
+                hint = (
+                    "a path or label with a comma must be quoted"
+                    if len(cells) > len(fields)
+                    else "a line cut short? an empty field still needs its comma"
+                )
+                raise InvalidValue(
+                    f"{csv_path} line {line}: {len(cells)} field(s) where the header names {len(fields)} ({hint})"
+                )
+            row = dict(zip(fields, cells))
+            path = row["path"].strip()
             if not path:
                 continue
             full = os.path.normpath(os.path.join(root, path))
             if confine:
-                _confined(full, root, f"{csv_path} line {reader.line_num}", path)
+                _confined(full, root, f"{csv_path} line {line}", path)
             rel = os.path.relpath(full, root).replace(os.sep, "/") if not os.path.isabs(path) else full
             if rel in seen:
                 raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
@@ -241,8 +260,35 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
                 _stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip())
             )
     except csv.Error as exc:
+        if "end of data" in str(exc):  # the rest of the file read as one field: say where it started
+            raise FileProblem(
+                f"{csv_path} line {start}: not valid CSV (a quote opened there is never closed)"
+            ) from None
         raise FileProblem(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
     return listing
+
+
+def note_case_twins(listing: Listing) -> None:
+    """A ``Note`` for each class written two ways that differ only in case or Unicode form (folders ``ants`` and
+    ``Ants``): they are two classes, compared exactly, which may be meant but is more often a slip."""
+    counts: dict[str, int] = {}
+    for item in listing.items:
+        if item.label:
+            counts[item.label] = counts.get(item.label, 0) + 1
+    forms: dict[str, list[str]] = {}
+    for name in sorted(counts):
+        forms.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)
+    where = listing.source.split(":", 1)[-1]
+    for names in forms.values():
+        if len(names) > 1:
+            spelled = " and ".join(f"{n!r} ({counts[n]} image(s))" for n in names)
+            warnings.warn(
+                Note(
+                    f"{where}: classes {spelled} differ only in case: they are kept as {len(names)} classes "
+                    "(class names are compared exactly; if they are one, write them one way)"
+                ),
+                stacklevel=2,
+            )
 
 
 def read_text(path: str) -> str:

@@ -55,6 +55,16 @@ def writable_folder(folder: str, what: str, create: bool = True) -> str:
     return folder
 
 
+def file_destination(path: str, inputs=(), what: str = "the output") -> str:
+    """``check_destination`` for a file written beside and renamed into place (a model file, an ONNX file), which
+    cannot be written through: a device or a FIFO there is refused, else the rename would replace it (as root,
+    ``/dev/full`` with a regular file)."""
+    check_destination(path, inputs, what)
+    if special(path):
+        raise FileProblem(f"{what} {path} is not a regular file (a device or a FIFO): give a file path")
+    return path
+
+
 def check_destination(path: str, inputs=(), what: str = "the output") -> str:
     """``path``, a file to be written: not one of ``inputs``, not a folder, in a folder that can be written."""
     if os.path.isdir(path):

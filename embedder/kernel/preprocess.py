@@ -8,16 +8,22 @@ never waits for torch) and gives exactly the pixels of torchvision's ``ImageClas
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
+
+from .errors import InvalidValue
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's InterpolationMode values → Pillow's resampling filters (Image.Resampling: NEAREST 0, LANCZOS 1,
 # BILINEAR 2, BICUBIC 3, BOX 4, HAMMING 5), as torchvision.transforms.functional maps them
 PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}
+# The largest resize and crop: a 4096 x 4096 crop is 50 MB of uint8 and 200 MB of float32 an image, already more
+# than any backbone is trained for (timm's largest inputs are about 1,000 px); 100,000 asked for 30 GB an image.
+MAX_SIDE = 4096
 
 
 def rgb(values) -> tuple[float, float, float]:
@@ -35,6 +41,25 @@ class Preprocessing:
     interpolation: str = "bilinear"
     draft: bool = True  # JPEG decoded at a reduced scale when it is at least twice `resize`
     crop_mode: str = "center"  # timm's "squash": both sides resized to `resize` (aspect not kept), then the crop
+
+    def __post_init__(self):
+        """Checked wherever it comes from (a model file, a cache, a checkpoint, an option): a crafted size would
+        allocate without bound, a std of 0 divides by zero."""
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIDE:
+                raise InvalidValue(f"{name} {value!r} is not a whole number of pixels from 1 to {MAX_SIDE}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            ok = isinstance(value, (tuple, list)) and len(value) == 3
+            ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            if not ok or (name == "std" and any(v <= 0 for v in value)):
+                above = " above 0" if name == "std" else ""
+                raise InvalidValue(f"{name} {value!r} is not three finite numbers{above}, one per channel")
+        if self.interpolation not in PIL_FILTERS:
+            raise InvalidValue(f"interpolation {self.interpolation!r} is not one of {', '.join(PIL_FILTERS)}")
+        if self.crop_mode not in ("center", "squash"):
+            raise InvalidValue(f"crop_mode {self.crop_mode!r} is not center or squash")
 
     @classmethod
     def from_transforms(cls, transforms) -> Preprocessing:

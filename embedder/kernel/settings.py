@@ -142,7 +142,10 @@ class ExtractionSettings:
             p = dict(d.get("preprocessing") or {})
             if p:
                 p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
-            prep = Preprocessing(**p)
+            try:
+                prep = Preprocessing(**p)
+            except InvalidValue as exc:  # a crafted or damaged record: a crop of 100,000 px, a std of 0
+                raise InvalidValue(f"preprocessing {exc}") from None
             int8 = Int8.from_dict(d["int8"]) if d.get("int8") else None
             return cls(
                 backbone=d["backbone"],

@@ -13,7 +13,6 @@ from classifiers.zoo import describe, list_classifiers, make_classifier
 from embedder.backbones.registry import is_checkpoint, load_backbone
 from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import list_inputs
-from embedder.kernel.destination import check_destination
 from embedder.kernel.errors import InvalidValue
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import EngineStore, engine_dir_for
@@ -21,7 +20,7 @@ from embedder.options import with_overrides
 
 from .head import Head, NotExportable, refusal
 from .options import ExportOptions
-from .run import Exported, cache_listing, export_checkpoint, labelled_images
+from .run import Exported, cache_listing, export_checkpoint, labelled_images, onnx_destination
 from .run import export as write_onnx
 
 
@@ -61,7 +60,7 @@ def export_model(
     """A model file of ``train`` as one ONNX file (``workflows.deploy``): uint8 images in, its scores and class out. ``precision``
     defaults to the model's own (int8 for a model trained on int8 features). int8 calibrates on the model's
     training images (its training cache's input; ``images`` instead) and measures fp32 against int8 on them."""
-    check_destination(out, [] if isinstance(model, Bundle) else [model], "the ONNX file")
+    onnx_destination(out, [] if isinstance(model, Bundle) else [model])
     bundle = model if isinstance(model, Bundle) else load_bundle(model, trust_pickle=trust_pickle)
     options = extract_options(bundle, weights)
     settings = ExtractionSettings.from_dict(bundle.settings)

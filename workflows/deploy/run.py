@@ -18,7 +18,7 @@ from embedder.inputs.batches import ImageDataset, ThreadBatches
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.inputs.sources import Item, Listing, list_inputs
 from embedder.job import calibration_batches, int8_settings
-from embedder.kernel.destination import check_destination
+from embedder.kernel.destination import file_destination
 from embedder.kernel.errors import InvalidValue, MissingFile
 from embedder.kernel.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
@@ -67,6 +67,7 @@ def export(
     ``labelled`` (path, class) images and their accuracies are returned."""
 
     started = time.perf_counter()
+    onnx_destination(out)
     if precision not in ONNX_PRECISIONS:
         raise InvalidValue(f"an export is fp32 or int8, not {precision}")
     refused = refusal(head.pipeline) if head.pipeline is not None else None
@@ -215,6 +216,11 @@ def labelled_images(listing: Listing) -> list[tuple[str, str]]:
     return [(listing.full_path(i), i.label) for i in listing.items if i.label and not i.error]
 
 
+def onnx_destination(out: str, inputs=()) -> str:
+    """``out``, where the ONNX file is to be written, checked before any work (``file_destination``)."""
+    return file_destination(out, inputs, "the ONNX file")
+
+
 def export_checkpoint(
     path: str,
     out: str,
@@ -231,7 +237,7 @@ def export_checkpoint(
 
     if not os.path.isfile(path):
         raise MissingFile(f"checkpoint not found: {path}")
-    check_destination(out, [path], "the ONNX file")
+    onnx_destination(out, [path])
     backbone = backbone or (file_metadata(path).get("featurebank") or {}).get("backbone")
     if not backbone:
         raise InvalidValue(f"{path} does not say its backbone: give -b BACKBONE")
