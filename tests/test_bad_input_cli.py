@@ -9,7 +9,10 @@ import hashlib
 import io
 import json
 import os
+import pathlib
+import shutil
 import signal
+import tempfile
 import zipfile
 
 import numpy as np
@@ -769,7 +772,7 @@ def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_the_for
     writer.write_report(second, str(run))
     assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "ridge"
     assert len(list((run / "predictions").iterdir())) == 1  # ridge's alone: the first run's are gone
-    assert "knn" not in (run / "leaderboard.csv").read_text() and not (run / writer.STAGE).exists()
+    assert "knn" not in (run / "leaderboard.csv").read_text() and not list(run.glob(writer.STAGE + "*"))
     # a Ctrl-C while the new run takes the folder's place waits for the renames, then stops before the page
     third = cross_validate(str(tmp_path / "c.h5"), classifiers=["knn"], layers=["flatten"], folds=2)
     take = writer._take_place
@@ -841,3 +844,60 @@ def test_a_disk_that_fills_while_an_output_is_written_names_the_output(tmp_path)
         raise OSError(errno.ENOSPC, "No space left on device")
     assert os_error_line(full.value).startswith(f"No space left on device: {out} (free some space")
     assert list(tmp_path.iterdir()) == []  # nothing half written left
+
+
+def test_the_swap_of_a_run_folder_holds_sigterm_too_and_survives_a_link_to_another_disk(tmp_path, monkeypatch):
+    """A review's three cases: SIGTERM (which the command line raises as Terminated) halfway through the swap had
+    lost both runs; with SIGINT ignored (a background job) the held Ctrl-C was raised anyway; ``predictions/`` a link
+    to another file system made the renames fail after the former run was deleted. And a folder standing where a
+    file goes is refused before anything is replaced."""
+    import classifiers.report.writer as writer
+    from embedder.kernel.errors import Terminated, terminate_as_interrupt
+
+    synthetic_cache(tmp_path / "c.h5", counts=(8, 8), dim=4)
+    runs = [
+        cross_validate(str(tmp_path / "c.h5"), classifiers=[spec], layers=["flatten"], folds=2)
+        for spec in ("logreg:C=1.0", "knn", "ridge")
+    ]
+    run = tmp_path / "run"
+    writer.write_report(runs[0], str(run))
+    take = writer._take_place
+
+    def signalled(number):
+        def during(*args):
+            take(*args[:2], *args[2:])  # the swap runs whole, the signal waits for it
+            os.kill(os.getpid(), number)
+
+        return during
+
+    monkeypatch.setattr(writer, "_take_place", signalled(signal.SIGTERM))
+    with terminate_as_interrupt(), pytest.raises(Terminated) as stopped:
+        writer.write_report(runs[1], str(run))
+    assert stopped.value.kept.startswith(f"the report in {run} was written but not its page")
+    assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "knn"
+    assert [p.name for p in (run / "predictions").iterdir()] == ["knn@flatten.csv"]
+    monkeypatch.setattr(writer, "_take_place", signalled(signal.SIGINT))
+    former = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        writer.write_report(runs[2], str(run))  # ignored, as the job asked: no KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, former)
+    assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "ridge"
+    monkeypatch.undo()
+    if os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
+        elsewhere = pathlib.Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            shutil.rmtree(run / "predictions")
+            (run / "predictions").symlink_to(elsewhere)
+            writer.write_report(runs[0], str(run))
+            assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "logreg:C=1.0"
+            assert "logreg_C=1.0@flatten.csv" in os.listdir(elsewhere) and (run / "report.html").exists()
+        finally:
+            shutil.rmtree(elsewhere)
+            (run / "predictions").unlink()
+    before = json.loads((run / "report.json").read_text())
+    (run / "map.json").unlink()
+    (run / "map.json").mkdir()
+    with pytest.raises(FeaturebankError, match=r"map\.json is a folder where the report puts a file: move it"):
+        writer.write_report(runs[1], str(run))
+    assert json.loads((run / "report.json").read_text()) == before and not list(run.glob(writer.STAGE + "*"))

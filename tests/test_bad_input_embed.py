@@ -617,6 +617,10 @@ def test_every_documented_manifest_form_still_reads(tmp_path):
         "label,path,group\nants,a.jpg,p1\n\r\n,b.jpg,\n": [("a.jpg", "ants", "p1"), ("b.jpg", "", "")],
         'path,label\n"a,1.jpg",ants\n"b\n2.jpg",bees\n  ,  \n': [("a,1.jpg", "ants", ""), ("b\n2.jpg", "bees", "")],
         "\ufeffPath,Label\r\na.jpg,ants\r\n": [("a.jpg", "ants", "")],
+        # a spreadsheet's empty trailing cells, and a row without its group (docs/cross-validation.md: "only some
+        # rows have one"): nothing shifts, read as before the strict reading
+        "path,label\na.jpg,ants,\nb.jpg,bees,,\n": [("a.jpg", "ants", ""), ("b.jpg", "bees", "")],
+        "path,label,group\na.jpg,ants,p1\nb.jpg,bees\n": [("a.jpg", "ants", "p1"), ("b.jpg", "bees", "")],
     }
     for n, (text, items) in enumerate(forms.items()):
         manifest = tmp_path / f"m{n}.csv"
@@ -710,3 +714,12 @@ def test_a_cache_whose_settings_are_nested_past_pythons_stack_is_one_line_in_ext
         FeaturebankError, match=r"c\.h5 is damaged \(attribute 'settings' is nested too deeply to read\)"
     ):
         embedder.extract(str(tmp_path), cache, **FAST)
+
+
+def test_preprocessing_takes_numpys_numbers_as_pythons():
+    """A review's point: the bounds refused np.int64 sizes and np.float32 means a Python caller may pass; they are
+    taken, as plain numbers (so that settings stay JSON and compare equal)."""
+    p = Preprocessing(resize=np.int64(256), crop=np.int32(224), mean=np.array([0.5, 0.5, 0.5]), std=[0.25] * 3)
+    assert (p.resize, p.crop) == (256, 224) and type(p.resize) is int and type(p.crop) is int
+    assert p.mean == (0.5, 0.5, 0.5) and all(type(v) is float for v in p.mean) and p.std == (0.25, 0.25, 0.25)
+    assert Preprocessing(mean=(0, 0, 0), std=(1, 1, 1)).mean == (0, 0, 0)  # plain values stay as they are

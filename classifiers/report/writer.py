@@ -4,10 +4,12 @@ out-of-fold predictions per image (``predictions/<classifier>@<layer>.csv``), th
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
 import signal
+import tempfile
 import threading
 from contextlib import contextmanager
 
@@ -22,6 +24,7 @@ from classifiers.options import SUSPICIOUS
 from classifiers.semi import WITH_UNLABELED
 from classifiers.significance import ALPHA, TEST, corrected_t_test
 from embedder.kernel.atomic import atomic_path
+from embedder.kernel.errors import FileProblem
 from embedder.kernel.versions import library_versions
 
 from .embedmap import write_map
@@ -466,7 +469,7 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
     return path
 
 
-STAGE = ".featurebank-writing"  # the folder inside a run folder where a report is written before it takes its place
+STAGE = ".featurebank-writing"  # the folders inside a run folder where reports are written before they take its place
 RUN_FILES = (  # what a run folder holds of a run: replaced when another is written there
     "report.json", "report.md", "report.html", "leaderboard.png", "leaderboard.csv", "confusion.png",
     "label_issues.csv", "map.json", "map.png",
@@ -478,28 +481,40 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d
     embedding map (map.json, map.png) and the page that shows it all with the images (report.html, thumbs/) into
     ``out_dir`` (``d``: the report's ``report_dict``, when the caller has it already).
 
-    The files are written into a folder inside ``out_dir`` (``STAGE``) first. Only when they are all there does
-    the run take the folder's place of a cv run written there before (its report.json read): that run's files of
-    ``RUN_FILES`` and the predictions it names are removed, report.json first, and the new ones moved in,
-    report.json last, with Ctrl-C held off for those few renames. The thumbnails stay (they are of the same
-    images), and anything else in the folder. A stop while the files are written (Ctrl-C, a full disk) leaves the
-    former run as it was; then the page is written, and an interrupt there says that it alone is missing."""
-    stage = os.path.join(out_dir, STAGE)
+    The files are written into a folder of this run's own inside ``out_dir`` (``STAGE-…``) first. Only when they
+    are all there, and every place they go to can take a file, does the run take the folder's place of a cv run
+    written there before (its report.json read): that run's files of ``RUN_FILES`` and the predictions it names are
+    removed, report.json first, and the new ones moved in, report.json last, with Ctrl-C and SIGTERM held off for
+    those few renames. The thumbnails stay (they are of the same images), and anything else in the folder. A stop
+    while the files are written (Ctrl-C, a full disk) leaves the former run as it was; then the page is written,
+    and an interrupt there says that it alone is missing. A move that fails halfway (a disk error) keeps the rest
+    of the new run in its stage folder and says where."""
+    os.makedirs(out_dir, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f"{STAGE}-", dir=out_dir)  # made here: never a link planted beforehand
+    placing: list[str] = []  # "started" once the former run's files begin to go, "done" when the new run is in
     try:
-        return _write_report(report, out_dir, suspicious, d)
+        return _write_report(report, out_dir, stage, suspicious, d, placing)
     except KeyboardInterrupt as exc:
-        if os.path.isdir(stage):  # stopped before the new run took its place
+        if not placing:  # stopped before the new run took its place
             exc.kept = (  # type: ignore[attr-defined]
                 f"nothing written: the report of this run was not whole, and what {out_dir} held is as it was; "
                 f"run the same command again"
             )
-        else:  # only the page was left to write
+        elif placing[-1] == "done":  # only the page was left to write
             exc.kept = (  # type: ignore[attr-defined]
                 f"the report in {out_dir} was written but not its page: featurebank report {out_dir} renders it"
             )
         raise
+    except OSError as exc:
+        if placing and placing[-1] != "done":
+            raise FileProblem(
+                f"the report was moved into {out_dir} in part ({exc.strerror or exc}); the rest of it is in {stage}: "
+                f"run the same command again"
+            ) from None
+        raise
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if not placing or placing[-1] == "done":
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _former_files(out_dir: str) -> list[str]:
@@ -521,10 +536,9 @@ def _former_files(out_dir: str) -> list[str]:
     return [os.path.join(out_dir, name) for name in (*RUN_FILES, *inside)]
 
 
-def _write_report(report: CVReport, out_dir: str, suspicious: int, d: dict | None) -> dict[str, str]:
-    final = out_dir
-    out_dir = os.path.join(final, STAGE)
-    shutil.rmtree(out_dir, ignore_errors=True)  # one a killed run left
+def _write_report(
+    report: CVReport, final: str, out_dir: str, suspicious: int, d: dict | None, placing: list[str]
+) -> dict[str, str]:
     predictions = os.path.join(out_dir, "predictions")
     os.makedirs(predictions, exist_ok=True)
     d = d or report_dict(report, suspicious)
@@ -557,36 +571,70 @@ def _write_report(report: CVReport, out_dir: str, suspicious: int, d: dict | Non
     with atomic_path(files["json"]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(d, fh, indent=1)
     with interrupts_held():
-        _take_place(out_dir, final, [e["predictions"] for e in d["results"]])
+        _take_place(out_dir, final, [e["predictions"] for e in d["results"]], placing)
     files = {k: v.replace(out_dir, final, 1) for k, v in files.items()}
     files["html"] = write_html(final)
     return files
 
 
-def _take_place(stage: str, out_dir: str, predictions: list[str]) -> None:
-    """The staged run in ``out_dir``'s place: the former run's files out (report.json first), the new ones in
-    (report.json last), the stage removed."""
+def _take_place(stage: str, out_dir: str, predictions: list[str], placing: list[str]) -> None:
+    """The staged run in ``out_dir``'s place: first checked that every file can go where it goes (a folder named
+    like one of them is one line, the former run untouched), then the former run's files out (report.json first),
+    the new ones in (report.json last). ``placing`` records how far it got."""
+    names = [n for n in RUN_FILES if n != "report.json" and os.path.exists(os.path.join(stage, n))]
+    moves = [*names, *predictions, "report.json"]
+    folder = os.path.join(out_dir, "predictions")
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise FileProblem(f"{folder} is not a folder: move it, or write the report elsewhere (nothing was replaced)")
+    for name in moves:
+        there = os.path.join(out_dir, name)
+        if os.path.isdir(there):
+            raise FileProblem(f"{there} is a folder where the report puts a file: move it (nothing was replaced)")
+    placing.append("started")
     for path in _former_files(out_dir):
         if os.path.lexists(path) and not os.path.isdir(path):
             os.unlink(path)
-    os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
-    names = [n for n in RUN_FILES if n != "report.json" and os.path.exists(os.path.join(stage, n))]
-    for name in [*names, *predictions, "report.json"]:
-        os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
-    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+    for name in moves:
+        _move(os.path.join(stage, name), os.path.join(out_dir, name))
+    placing.append("done")
+
+
+def _move(source: str, target: str) -> None:
+    """A rename, or where ``target``'s folder is on another file system (``predictions/`` a link to another disk),
+    a copy beside the target renamed over it, then the source removed."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        os.unlink(source)
+
+
+HELD = ("SIGINT", "SIGTERM")  # the interrupts the command line turns into KeyboardInterrupt (SIGTERM: Terminated)
 
 
 @contextmanager
 def interrupts_held():
-    """Ctrl-C held off until the block ends (then raised), in the main thread: a few renames that must all happen."""
+    """Ctrl-C and SIGTERM held off until the block ends, in the main thread (a few renames that must all happen),
+    then sent again to the handler that was there before: raised, ignored, or the caller's own, as it would have
+    been. A handler installed outside Python (``getsignal`` None) cannot be put back, so that signal is not held."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    former = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    former = {}
+    for name in HELD:
+        number = getattr(signal, name)
+        handler = signal.getsignal(number)
+        if handler is not None:
+            former[number] = signal.signal(number, lambda n, frame: caught.append(n))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, former)
-    if caught:
-        raise KeyboardInterrupt
+        for number, handler in former.items():
+            signal.signal(number, handler)
+    for number in dict.fromkeys(caught):
+        signal.raise_signal(number)

@@ -236,6 +236,10 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
             line, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in cells):
                 continue  # a blank line
+            if len(cells) > len(fields) and not any(c.strip() for c in cells[len(fields) :]):
+                cells = cells[: len(fields)]  # a spreadsheet's empty trailing cells (a.jpg,cat,): nothing shifts
+            if len(cells) < len(fields) and not {"path", "label"} & set(fields[len(cells) :]):
+                cells = cells + [""] * (len(fields) - len(cells))  # a row without its group: as an empty one
             if len(cells) != len(fields):
                 hint = (
                     "a path or label with a comma must be quoted"

@@ -9,6 +9,7 @@ never waits for torch) and gives exactly the pixels of torchvision's ``ImageClas
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -47,15 +48,18 @@ class Preprocessing:
         allocate without bound, a std of 0 divides by zero."""
         for name in ("resize", "crop"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIDE:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 1 <= value <= MAX_SIDE:
                 raise InvalidValue(f"{name} {value!r} is not a whole number of pixels from 1 to {MAX_SIDE}")
+            object.__setattr__(self, name, int(value))  # numpy's integers too, as plain ones (JSON, hashing)
         for name in ("mean", "std"):
             value = getattr(self, name)
-            ok = isinstance(value, (tuple, list)) and len(value) == 3
-            ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            ok = isinstance(value, (tuple, list, np.ndarray)) and len(value) == 3
+            ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
             if not ok or (name == "std" and any(v <= 0 for v in value)):
                 above = " above 0" if name == "std" else ""
                 raise InvalidValue(f"{name} {value!r} is not three finite numbers{above}, one per channel")
+            if not isinstance(value, tuple) or any(isinstance(v, np.generic) for v in value):  # numpy's as Python's
+                object.__setattr__(self, name, tuple(v.item() if isinstance(v, np.generic) else v for v in value))
         if self.interpolation not in PIL_FILTERS:
             raise InvalidValue(f"interpolation {self.interpolation!r} is not one of {', '.join(PIL_FILTERS)}")
         if self.crop_mode not in ("center", "squash"):
