@@ -15,13 +15,43 @@ session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 prep, classes = meta["preprocessing"], meta["classes"]
 FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+IMAGES = {
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+}
+
+
+def rgb(im):  # 8-bit RGB from any mode, as featurebank: 16-bit and float images scaled, not clipped to white
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255):
+            a = a / 257.0
+        elif im.mode == "F" and a.size and float(np.nanmax(a)) <= 1.0:
+            a = a * 255.0
+        return Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8), mode="L").convert("RGB")
+    if im.mode == "PA" or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+    return im.convert("RGB")
 
 
 def pixels(path):  # decode, shorter side to `resize`, center crop (zero padding if smaller): as featurebank does
     im, r, c = Image.open(path), prep["resize"], prep["crop"]
     if prep["draft"] and im.format == "JPEG":
         im.draft(None, (r, r))  # big JPEGs decode at 1/2, 1/4 or 1/8 scale
-    im = ImageOps.exif_transpose(im).convert("RGB")
+    im.load()
+    im = rgb(ImageOps.exif_transpose(im))
     w, h = im.size
     w, h = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
     im = im.resize((w, h), FILTERS[prep["interpolation"]]) if (w, h) != im.size else im
@@ -30,7 +60,7 @@ def pixels(path):  # decode, shorter side to `resize`, center crop (zero padding
     return np.asarray(im.crop((left, top, left + c, top + c)), dtype=np.uint8)  # c x c x 3
 
 
-files = sorted(p for p in pathlib.Path(sys.argv[2]).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+files = sorted(p for p in pathlib.Path(sys.argv[2]).rglob("*") if p.suffix.lower() in IMAGES)
 for start in range(0, len(files), 32):
     batch = files[start : start + 32]
     scores, labels = session.run(["scores", "label"], {"images": np.stack([pixels(p) for p in batch])})

@@ -169,7 +169,7 @@ def test_a_head_that_cannot_be_exported_is_one_line(trained, tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.count("\n") == 1 and r.output.startswith("Error: cannot export knn (CosineKNeighbors): ")
     assert r.output.rstrip().endswith(
-        "these export: logreg, linear-svm, rbf-svm, ridge, lda, random-forest, extra-trees"
+        "these export: logreg, linear-svm, rbf-svm, ridge, lda, random-forest, extra-trees, knn:weights=uniform"
     )
     assert not (tmp_path / "knn.onnx").exists()
 
@@ -239,7 +239,7 @@ def _example_pixels(prep: dict):
         n
         for n in tree.body
         if isinstance(n, ast.FunctionDef)
-        and n.name == "pixels"
+        and n.name in ("pixels", "rgb")
         or isinstance(n, ast.Assign)
         and getattr(n.targets[0], "id", None) == "FILTERS"
     ]
@@ -264,6 +264,9 @@ def test_the_examples_pixels_are_featurebanks(tmp_path, resize, crop, interpolat
     exif = rotated.getexif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees on display
     rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    deep = np.asarray(photo(3, (90, 70)).convert("L"), dtype=np.uint16) * 257  # 16-bit: clipped to white before
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
     pixels = _example_pixels({**prep.to_dict()})
     for path in sorted(tmp_path.iterdir()):
         expected = prep.to_array(decode_file(str(path), draft_size=prep.draft_size).image).transpose(1, 2, 0)

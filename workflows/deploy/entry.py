@@ -105,6 +105,8 @@ def export_model(
         return exported
     except NotExportable as exc:
         ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
+        if refusal(make_classifier("knn:weights=uniform")) is None:  # the zoo's knn with weights it can write
+            ok.append("knn:weights=uniform")
         raise InvalidValue(
             f"cannot export {bundle.classifier} ({exc.classifier}): {exc}; these export: {', '.join(ok)}"
         ) from None
