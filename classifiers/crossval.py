@@ -105,6 +105,14 @@ def make_splits(
         for r in range(repeats):
             cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
             pairs += list(cv.split(np.zeros(len(y)), y, groups))
+        for i, (train, _) in enumerate(pairs):
+            present = np.unique(y[train])
+            if len(present) < 2:  # a fit on one class: an error deep in the fold, naming a class index
+                raise InvalidValue(
+                    f"with groups, fold {i % folds + 1} (repeat {i // folds + 1}) would train on one class only "
+                    f"({classes[int(present[0])]}): the other classes' images all sit in the groups it holds out; "
+                    f"add groups, lower --folds, or leave out --groups"
+                )
     return [Split(i // folds, i % folds, train, test) for i, (train, test) in enumerate(pairs)]
 
 

@@ -655,3 +655,14 @@ def test_cv_holds_one_layer_at_a_time(tmp_path, monkeypatch):
     assert in_place == [True] * 4
     report = cross_validate([tmp_path / "b.h5"], classifiers=["ridge"], layers=["b1+b2", "b2"], folds=3)
     assert len(report.results) == 2 and alive[4:] == [0, 0, 0]  # b1, b2 of the composite, then b2
+
+
+def test_groups_that_leave_a_fold_training_on_one_class_are_one_line_before_any_fit():
+    """Each class in groups of its own, 2 folds: each fold would train on one class. It had failed inside the fold
+    with "one class, '0'" (the class's index), or a traceback before the zoo checked its input."""
+    from classifiers.crossval import make_splits
+
+    y = np.array([0] * 6 + [1] * 6)
+    with pytest.raises(FeaturebankError, match=r"fold 1 \(repeat 1\) would train on one class only \((ants|bees)\)"):
+        make_splits(y, np.array(["a"] * 6 + ["b"] * 6), folds=2, classes=["ants", "bees"])
+    assert len(make_splits(y, np.array(list("abcdef") * 2), folds=2, classes=["ants", "bees"])) == 2
