@@ -11,7 +11,6 @@ This is the only module that imports click; it imports nothing of featurebank's 
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ import click
 from classifiers.options import SUSPICIOUS, TOP, CVOptions, TrainOptions
 from classifiers.select_options import SelectOptions
 from embedder.kernel.errors import FeaturebankError, Note, Terminated, os_error_line, terminate_as_interrupt
+from embedder.kernel.fields import read_by
 from embedder.kernel.settings import POOLINGS
 from embedder.options import BACKBONE, ExtractOptions, RunOptions, with_overrides
 from workflows.deploy.options import ExportOptions
@@ -34,9 +34,8 @@ def checked(function: str):
     error a usage error. The module is imported when the option is given, so that --help waits for no torch."""
 
     def callback(ctx, param, value):
-        module, name = function.split(":")
         try:
-            return None if value is None else getattr(importlib.import_module(module), name)(value)
+            return None if value is None else read_by(function, value)
         except FeaturebankError as exc:
             raise click.BadParameter(str(exc), ctx, param) from None
 

@@ -146,7 +146,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     if unlabeled and unlabeled_mode not in MODES:
         raise InvalidValue(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
     if unlabeled and not data.unlabeled:
-        raise InvalidValue(nothing_unlabeled(reader.path))
+        raise nothing_unlabeled(reader.path)
     pipeline = make_classifier(classifier, seed=seed)
     X = data.features(layer)
     found = None

@@ -543,7 +543,7 @@ def cross_validate(
         if len(sources) > 1:
             raise InvalidValue("--unlabeled takes one cache: its unlabeled rows join the training folds")
         if not data.unlabeled:
-            raise InvalidValue(nothing_unlabeled(data.reader.path))
+            raise nothing_unlabeled(data.reader.path)
     if shot_list is not None and search:
         raise InvalidValue("--shots runs each classifier as it is: leave out --search")
     for spec in classifiers or []:

@@ -17,7 +17,7 @@ from embedder.options import with_overrides
 from .data import open_cache
 from .options import TrainOptions
 from .registry import check_spec
-from .semi import DEFAULT_MODE, WITH_UNLABELED, nothing_unlabeled
+from .semi import DEFAULT_MODE, WITH_UNLABELED, NothingUnlabeled
 
 COMPARED = ("backbone", "weights", "pooling", "precision", "preprocessing")  # what a row's vectors depend on
 
@@ -117,8 +117,8 @@ def train_best(cache, run_dir: str, options: TrainOptions | None = None, **overr
         chosen = replace(chosen, unlabeled=True, unlabeled_mode=row.unlabeled)
     try:
         return train(reader, chosen), row
-    except InvalidValue as exc:  # not "for --unlabeled", which the user did not give
-        if row.unlabeled and not o.unlabeled and str(exc) == nothing_unlabeled(reader.path):
+    except NothingUnlabeled:  # not "for --unlabeled", which the user did not give
+        if row.unlabeled and not o.unlabeled:
             raise InvalidValue(
                 f"--from {row.run}: its best row, {row.text()}, fit the unlabeled rows of {row.cache} too, and "
                 f"{reader.path} has none: train on that cache, or cv this one to choose on it"

@@ -221,7 +221,7 @@ def split_specs(values) -> list[str] | None:
                 specs.append(piece)
     for spec in specs:
         parse_spec(spec)
-    if not specs and any(True for _ in values):  # -c "" had run the whole default zoo
+    if not specs and len(values):  # -c "" had run the whole default zoo
         raise InvalidValue("no classifier named: give a zoo spec (featurebank classifiers), or leave -c out")
     return specs or None
 

@@ -109,9 +109,13 @@ def balanced_top(proba: np.ndarray, share: float) -> np.ndarray:
     return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
 
 
-def nothing_unlabeled(cache: str) -> str:
-    """What ``--unlabeled`` says of a cache without an unlabeled row (cv and train alike)."""
-    return (
+class NothingUnlabeled(InvalidValue):
+    """``--unlabeled`` on a cache without an unlabeled row (cv and train alike); ``train --from`` says it its way."""
+
+
+def nothing_unlabeled(cache: str) -> NothingUnlabeled:
+    """The error ``--unlabeled`` raises on a cache without an unlabeled row."""
+    return NothingUnlabeled(
         f"{cache} has no unlabeled rows for --unlabeled: extract the images as unlabeled, into a cache of their "
         f"own (a flat folder, or --layout flat for class folders), and give --labels for the labelled ones (a "
         f"--labels CSV labels rows, it never unlabels one)"
@@ -123,17 +127,14 @@ def semi_labels(X, y) -> np.ndarray:
     array cannot hold that mark (numpy turns -1 into the class '-1'), and an empty label is no class: both one
     line."""
     y = checked_labels(X, y, "SemiSupervised", least=0)
-    if y.dtype.kind in "USO":
-        text = np.array([str(v) for v in y]) if y.dtype.kind == "O" else y
-        empty = [v is None for v in y] if y.dtype.kind == "O" else np.zeros(len(y), dtype=bool)
-        if y.dtype.kind != "O" and (text == str(UNLABELED)).any():
-            raise InvalidValue(
-                f"SemiSupervised: the labels are text and some are '{UNLABELED}': numpy made the unlabeled mark a "
-                f"class name; give y as an object array (np.where(labelled, labels, {UNLABELED}) on labels of "
-                f"dtype=object) so that {UNLABELED} stays a number"
-            )
-        if (text == "").any() or np.any(empty):
-            raise InvalidValue(f"SemiSupervised: a label is empty or None: mark the unlabeled rows with {UNLABELED}")
+    if y.dtype.kind in "US" and (y == str(UNLABELED)).any():
+        raise InvalidValue(
+            f"SemiSupervised: the labels are text and some are '{UNLABELED}': numpy made the unlabeled mark a "
+            f"class name; give y as an object array (np.where(labelled, labels, {UNLABELED}) on labels of "
+            f"dtype=object) so that {UNLABELED} stays a number"
+        )
+    if y.dtype.kind in "USO" and any(v is None or (isinstance(v, str) and not v) for v in y):
+        raise InvalidValue(f"SemiSupervised: a label is empty or None: mark the unlabeled rows with {UNLABELED}")
     return y
 
 

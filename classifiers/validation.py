@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.validation import check_array, check_consistent_length, column_or_1d
 
-from embedder.kernel.errors import InvalidValue
+from embedder.kernel.errors import InvalidValue, first_line
 
 
 def checked_rows(X, who: str) -> np.ndarray:
@@ -16,7 +16,7 @@ def checked_rows(X, who: str) -> np.ndarray:
     try:
         return check_array(X, dtype=(np.float64, np.float32), ensure_all_finite=True, copy=False)
     except ValueError as error:
-        raise InvalidValue(f"{who}: {str(error).splitlines()[0]}") from None
+        raise InvalidValue(f"{who}: {first_line(error)}") from None
 
 
 def checked_labels(X, y, who: str, least: int = 2) -> np.ndarray:
@@ -26,7 +26,7 @@ def checked_labels(X, y, who: str, least: int = 2) -> np.ndarray:
         y = column_or_1d(y)
         check_consistent_length(X, y)
     except ValueError as error:
-        raise InvalidValue(f"{who}: {str(error).splitlines()[0]}") from None
+        raise InvalidValue(f"{who}: {first_line(error)}") from None
     if least < 1:
         return y
     classes = np.unique(y)

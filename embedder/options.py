@@ -11,7 +11,6 @@ function takes one such value and overrides by field name: ``extract(source, cac
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from embedder.inputs.shards import ShardOptions as ShardOptions
 from embedder.inputs.sources import LAYOUTS
 from embedder.kernel.errors import InvalidValue
 from embedder.kernel.fields import option as option
+from embedder.kernel.fields import read_by
 from embedder.kernel.fields import same_as as same_as
 from embedder.kernel.preprocess import MAX_SIDE
 from embedder.kernel.settings import CALIBRATIONS, INT8_SCHEMES, POOLINGS, PRECISIONS, TTAS, Int8
@@ -78,13 +78,14 @@ def listed(options: Options) -> Options:
         value = getattr(options, f.name)
         if not f.metadata.get("multiple") or value is None:
             continue
-        items: tuple | None = (value,) if isinstance(value, str) else tuple(value)
-        if "check" in f.metadata and items is not None and all(isinstance(v, str) for v in items):
-            module, name = f.metadata["check"].split(":")
-            read = getattr(importlib.import_module(module), name)(items)
-            items = None if read is None else tuple(read)
-        if items != (tuple(value) if not isinstance(value, str) else None):
-            changes[f.name] = items
+        items = (value,) if isinstance(value, str) else tuple(value)
+        read = (
+            read_by(f.metadata["check"], items)
+            if "check" in f.metadata and all(isinstance(v, str) for v in items)
+            else items
+        )
+        if read != value:
+            changes[f.name] = None if read is None else tuple(read)
     return replace(options, **changes) if changes else options  # type: ignore[type-var]
 
 

@@ -9,6 +9,7 @@ an option). Every layer's options values are made of these fields; the command l
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import field, fields
 
 
@@ -24,3 +25,10 @@ def same_as(cls, name: str, help: str | None = None, **read):
     return option(
         f.default, help or f.metadata["help"], **{**{k: v for k, v in f.metadata.items() if k != "help"}, **read}
     )
+
+
+def read_by(check: str, value):
+    """``value`` as a field's ``check`` (``module:function``) reads it, the module imported only now (the command
+    line's callbacks and the Python API's options alike)."""
+    module, name = check.split(":")
+    return getattr(importlib.import_module(module), name)(value)
