@@ -64,7 +64,7 @@ class BlockedScaler(ShrunkScaler):
 
 
 LDA_FROM = 5  # rows per class on average from which LDA estimates a within-class spread; below, the nearest mean
-# (scored on the rows of train/ no draw took, 8 draws: at 2 a class, LDA's Ledoit-Wolf covariance broke down, flowers
+# (benchmarks/lda_few.py: scored on the rows of train/ no draw took, 8 draws: at 2 a class, LDA's Ledoit-Wolf covariance broke down, flowers
 # 18.9 % against 55.5 % for the nearest mean, hymenoptera 52.4 against 82.3; at 3 and 4 the mean was level or better,
 # at 5 level, at 8 LDA 1.2 points better on flowers)
 
