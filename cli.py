@@ -151,7 +151,7 @@ def value_options(cls):
 
 EMBEDDED_KEPT = "the images embedded so far are kept in the cache, and the same command continues from them"
 KEPT = {  # what an interrupted command kept, by command
-    "extract": "every finished batch is kept; run the same command again to continue",
+    "extract": "whatever was embedded before is kept; run the same command again to continue",
     "finetune": "the last finished epoch is saved (OUT/last.pt); run the same command with --resume to continue",
     "cv": "no report was written and the caches are unchanged; run the same command again to start over",
     "train": "no model file was written (an existing -o file is unchanged); run the same command again",

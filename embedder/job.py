@@ -55,6 +55,7 @@ class ExtractSummary:
     new_failures: int = 0
     ignored: int = 0  # non-image, hidden and system files
     classes: list[str] = field(default_factory=list)
+    labelled: int = 0  # rows with a label (0: an unlabeled cache, the start of the labelling loop)
     layers: dict[str, int] = field(default_factory=dict)  # layer → vector length
     device: str = ""
     engine: dict = field(default_factory=dict)  # the engine of this run (empty when nothing was embedded)
@@ -258,7 +259,12 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         failures = 0
         with group.step("embedding"):
             if shard:
-                failures = run.embed(shard, listing, writer, (lambda: None) if group.distributed else open_engine)
+                try:
+                    failures = run.embed(shard, listing, writer, (lambda: None) if group.distributed else open_engine)
+                except KeyboardInterrupt as exc:
+                    if not group.distributed:  # one process: what it kept is what it counted
+                        exc.kept = kept_after_interrupt(run.embedded, len(shard))  # type: ignore[attr-defined]
+                    raise
         if group.distributed:
             failures = run.combine(group.gather(run.tally(failures)))
         new_failures += failures
@@ -299,6 +305,16 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
     return summary
 
 
+def kept_after_interrupt(embedded: int, planned: int) -> str:
+    """What an interrupted extraction kept, for its one line: the images this run finished (each batch is committed
+    as it completes), of those it had to embed."""
+    if embedded == 0:
+        return f"no image of the {planned} to embed was finished, the cache is as it was; run the same command again"
+    return (
+        f"the {embedded} of {planned} images embedded so far are kept; run the same command again to continue from them"
+    )
+
+
 def _same_plan(group, todo: list) -> None:
     """Every rank must have planned the same images, or shards would overlap or miss some: a file that changed
     while the ranks listed the input is refused (running again plans anew)."""
@@ -330,6 +346,7 @@ def _summary(
         new_failures=new_failures,
         ignored=listing.ignored,
         classes=reader.classes,
+        labelled=0 if reader.labels is None else int(np.count_nonzero(reader.labels != "")),
         layers=reader.dims,
         device=run.execution.device,
         engine=run.engine.describe() if run.engine else {},

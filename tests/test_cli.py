@@ -52,6 +52,36 @@ def test_extract_json_summary_and_info(runner, tmp_path):
     assert nothing.output.splitlines()[-1].startswith("Error: none of the 2 image(s) could be read (e.g. cats/")
 
 
+def test_extract_says_what_comes_next(runner, tmp_path):
+    """An unlabeled folder leads to select (the labelling loop), a labelled tree to cv, a manifest with both to
+    either; the summary counts the labelled rows."""
+    from helpers import photo
+
+    flat = tmp_path / "my photos"
+    flat.mkdir()
+    for i in range(3):
+        photo(i).save(flat / f"p{i}.jpg")
+    cache = tmp_path / "flat.h5"
+    out = runner.invoke(cli.main, ["extract", str(flat), "--cache", str(cache), *FAST_ARGS])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[-1] == (
+        f"next: featurebank select {cache} --budget N -o to_label.csv (which N images to label first; no row has a label)"
+    )
+    manifest = tmp_path / "some labels.csv"
+    manifest.write_text(f"path,label\n{flat}/p0.jpg,cat\n{flat}/p1.jpg,\n{flat}/p2.jpg,dog\n")
+    both = runner.invoke(cli.main, ["extract", str(manifest), "--cache", str(tmp_path / "m.h5"), "--json", *FAST_ARGS])
+    assert json.loads(both.stdout)["labelled"] == 2 and json.loads(both.stdout)["rows"] == 3
+    said = runner.invoke(cli.main, ["extract", str(manifest), "--cache", str(tmp_path / "m.h5"), *FAST_ARGS])
+    assert said.output.splitlines()[-1] == (
+        f"next: featurebank cv {tmp_path / 'm.h5'} (2 labelled rows), or featurebank select {tmp_path / 'm.h5'} "
+        "--budget N -o to_label.csv (of the 1 without)"
+    )
+    root = tmp_path / "tree"
+    write_tree(root)
+    tree = runner.invoke(cli.main, ["extract", str(root), "--cache", str(tmp_path / "t.h5"), *FAST_ARGS])
+    assert tree.output.splitlines()[-1] == f"next: featurebank cv {tmp_path / 't.h5'}"
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -273,7 +303,40 @@ def test_ctrl_c_says_how_to_continue(runner, monkeypatch):
     result = runner.invoke(cli.main, ["finetune", "photos", "-o", "runs/x"])
     assert result.exit_code == 130 and "run the same command with --resume" in result.stderr
     result = runner.invoke(cli.main, ["extract", "photos"])
-    assert result.exit_code == 130 and "every finished batch is kept" in result.stderr
+    assert result.exit_code == 130 and "whatever was embedded before is kept" in result.stderr
+
+
+def test_ctrl_c_in_extract_says_how_many_images_it_kept(runner, tmp_path, monkeypatch):
+    """Interrupted in its second batch, extract says the first batch's 4 images are kept, and the next run
+    embeds only the other 5; interrupted in its first, that nothing was finished."""
+    from embedder.engines.guard import BatchRunner
+
+    root = tmp_path / "images"
+    write_tree(root)
+    cache, calls = tmp_path / "c.h5", []
+    original = BatchRunner.__call__
+
+    def stop_at(n):
+        def call(self, images):
+            calls.append(len(images))
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return original(self, images)
+
+        return call
+
+    monkeypatch.setattr(BatchRunner, "__call__", stop_at(1))
+    first = runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), *FAST_ARGS])
+    assert first.exit_code == 130
+    assert "Interrupted: no image of the 9 to embed was finished, the cache is as it was" in first.stderr
+    calls.clear()
+    monkeypatch.setattr(BatchRunner, "__call__", stop_at(2))
+    second = runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), *FAST_ARGS])
+    assert second.exit_code == 130 and "Interrupted: the 4 of 9 images embedded so far are kept;" in second.stderr
+    monkeypatch.setattr(BatchRunner, "__call__", original)
+    again = runner.invoke(cli.main, ["extract", str(root), "--cache", str(cache), "--json", *FAST_ARGS])
+    summary = json.loads(again.stdout)
+    assert (summary["reused"], summary["embedded"], summary["rows"]) == (4, 5, 9)
 
 
 def test_cv_ranks_several_caches_and_train_search_honours_groups(runner, tmp_path):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 
 from embedder.engines.cpu import CpuInfo
@@ -117,7 +118,24 @@ def extract_text(s: dict) -> list[str]:
             f"  Pillow warned about {len(s['warnings'])} image(s), e.g. {w['path']}: {w['warning']}"
             + (" (--json lists all)" if len(s["warnings"]) > 1 else "")
         )
+    lines += next_steps(s)
     return lines
+
+
+def next_steps(s: dict) -> list[str]:
+    """What to run after an extraction: ``select`` for a cache with unlabeled rows (the labelling loop's start),
+    ``cv`` where some are labelled."""
+    if not s["rows"]:
+        return []
+    cache, unlabeled = shlex.quote(s["cache"]), s["rows"] - s.get("labelled", s["rows"])
+    select = f"featurebank select {cache} --budget N -o to_label.csv"
+    if unlabeled == s["rows"]:
+        return [f"next: {select} (which N images to label first; no row has a label)"]
+    if unlabeled:
+        return [
+            f"next: featurebank cv {cache} ({s['labelled']} labelled rows), or {select} (of the {unlabeled} without)"
+        ]
+    return [f"next: featurebank cv {cache}"]
 
 
 def _tried(t: dict) -> str:
