@@ -18,7 +18,8 @@ per-feature standardization, on the centred unit vectors the rules see (the scal
 ``cold``: cold-start candidates: the default ``kmeans`` (64 principal directions) and the former one (all 1,280
 dimensions), ``typiclust`` (the most typical row of each of budget k-means clusters), ``probcover`` (balls of the
 radius whose neighbourhoods stay inside one k-means cluster), and farthest-first from typical rows (the top half by
-typicality; first the densest, then the one farthest from every pick), each in both spaces.
+typicality; first the densest, then the one farthest from every pick), each in both spaces; ``kmeans`` (64) as the
+best of 4 or 16 k-means restarts (the default runs one), lowest inertia kept.
 
 ``warm``: round 2 after the default cold pick of the same budget (seed s, round 2 seed 1000 + s): the default
 ``coverage-margin``, ``kmeans again`` (a second cold-start pick), ``typiclust again``, random, and two class-balanced
@@ -165,12 +166,22 @@ def cold(name, caches, shots, draws, random_draws, say) -> list[dict]:
     S, P, X, y, Xval, yval, _ = task_data(caches, name)
     hidden, everything = np.full(len(y), "", dtype=object), np.ones(len(y), dtype=bool)
 
-    def rule(r, space):
-        return lambda b, s: rules.choose(S, hidden, everything, b, r, s, space=space).rows
+    def rule(r, space, restarts=None):
+        def pick(b, s):
+            former = rules.KMEANS_INIT
+            rules.KMEANS_INIT = restarts or former
+            try:
+                return rules.choose(S, hidden, everything, b, r, s, space=space).rows
+            finally:
+                rules.KMEANS_INIT = former
+
+        return pick
 
     candidates = {
         "kmeans (64, default)": rule("kmeans", P),
         "kmeans (1,280)": rule("kmeans", S),
+        "kmeans (64, best of 4 restarts)": rule("kmeans", P, 4),
+        "kmeans (64, best of 16 restarts)": rule("kmeans", P, 16),
         "typiclust (64)": rule("typiclust", P),
         "typiclust (1,280)": rule("typiclust", S),
         "probcover (64)": rule("probcover", P),
@@ -182,11 +193,16 @@ def cold(name, caches, shots, draws, random_draws, say) -> list[dict]:
     for k in shots:
         budget = k * len(set(y.tolist()))
         for label, pick in candidates.items():
+            if ONLY and label != "random" and not any(label.startswith(o) for o in ONLY):
+                continue
             n = random_draws if label == "random" else draws
             accs = [probe_accuracy(X[r], y[r], Xval, yval) for r in (np.asarray(pick(budget, s)) for s in range(n))]
             out.append({"data": name, "shots": k, "rule": label, **stats(accs)})
         say(f"{name} {k}/class cold")
     return out
+
+
+ONLY: list[str] = []  # --rules: the candidates run (by the start of their label; random always)
 
 
 WARM_RULES = ("coverage-margin (default)", "kmeans again", "typiclust again", "spread-balanced", "probe-balanced")
@@ -303,8 +319,10 @@ def main() -> int:
     parser.add_argument("--random-draws", type=int, default=20)
     parser.add_argument("--caches", type=pathlib.Path, default=CACHES)
     parser.add_argument("--save", type=pathlib.Path)
+    parser.add_argument("--rules", default="", help="cold: only the candidates whose label starts with one of these")
     parser.add_argument("--render", type=pathlib.Path, nargs="*")
     opts = parser.parse_args()
+    ONLY[:] = [r for r in opts.rules.split(",") if r]
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     rows: list[dict] = []
     if opts.render:
