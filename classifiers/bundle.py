@@ -20,7 +20,7 @@ from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import Listing, list_inputs
 from embedder.job import extract
 from embedder.kernel.destination import refuse_overwrite
-from embedder.kernel.errors import IncompatibleSettings, InvalidValue, MissingFile
+from embedder.kernel.errors import IncompatibleSettings, InvalidValue, MissingFile, UnknownBackbone
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import engine_dir_for, sha256_of, weights_digest
 from embedder.kernel.versions import library_versions
@@ -383,7 +383,10 @@ def embedded(
         existing = CacheReader(run.cache)
         check_cache(existing, bundle, option=True)
         options = replace(options, layers=tuple(existing.layers))  # keep the cache's other layers: its settings
-    summary = extract(listing, run.cache, options, progress=progress)
+    try:
+        summary = extract(listing, run.cache, options, progress=progress)
+    except UnknownBackbone as exc:  # not the user's option: the model's
+        raise exc.of_model() from None
     reader = CacheReader(summary.cache)
     check_cache(reader, bundle)
     return reader, listing.items, summary.embedded

@@ -458,3 +458,41 @@ def test_a_model_file_is_never_written_over_a_fifo_or_a_device(tmp_path, monkeyp
     with pytest.raises(FeaturebankError, match="not a regular file"):
         modelfile.convert(str(old), str(fifo))
     assert os.path.exists(fifo) and not os.path.isfile(fifo) and len(os.listdir(tmp_path)) == 3
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("backbone", 7, "backbone must be a name, not 7"),
+        ("weights", None, "'settings' has no 'weights' name"),
+        ("layers", "flatten", "layers must be a list of layer names, not 'flatten'"),
+        ("layers", 3, "layers must be a list of layer names, not 3"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused_in_one_line(synthetic, tmp_path, key, value, message):
+    """A number where the backbone's name goes had been a TypeError traceback when predict embedded."""
+    root, _, _ = synthetic
+    with zipfile.ZipFile(root / "m.fbmodel") as archive:
+        meta, blob = json.loads(archive.read(modelfile.META)), archive.read(modelfile.PIPELINE)
+    meta["settings"][key] = value
+    with pytest.raises(FeaturebankError, match="is not a valid featurebank model file") as caught:
+        load_bundle(_model_zip(tmp_path / "bad.fbmodel", meta, blob))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_backbone_this_featurebank_lacks_is_said_to_be_the_models(synthetic, tmp_path, runner):
+    """The user gave no backbone: the line says it is the model's, for predict and export alike, before any work."""
+    from helpers import write_tree
+
+    root, _, _ = synthetic
+    with zipfile.ZipFile(root / "m.fbmodel") as archive:
+        meta, blob = json.loads(archive.read(modelfile.META)), archive.read(modelfile.PIPELINE)
+    meta["settings"]["backbone"] = "resnet5"
+    model = _model_zip(tmp_path / "other.fbmodel", meta, blob)
+    write_tree(tmp_path / "images", per_class=1)
+    said = "Error: the model was trained on features of a backbone this featurebank lacks: unknown backbone 'resnet5'"
+    cache = str(tmp_path / "c.h5")
+    for args in (["predict", model, str(tmp_path / "images"), "--cache", cache], ["export", model, "-o", "x.onnx"]):
+        result = runner.invoke(cli.main, args)
+        assert result.exit_code == 1 and result.stderr.startswith(said), result.output
+    assert not os.path.exists(cache) and not os.path.exists("x.onnx")

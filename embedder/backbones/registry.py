@@ -38,6 +38,7 @@ from embedder.kernel.errors import (
     IncompatibleSettings,
     InvalidValue,
     MissingFile,
+    UnknownBackbone,
     first_line,
 )
 from embedder.kernel.preprocess import MAX_SIDE, Preprocessing
@@ -136,7 +137,7 @@ def check_backbone(name: str) -> str:
         return name
     close = difflib.get_close_matches(name, names, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else "; `featurebank backbones` lists them"
-    raise InvalidValue(f"unknown backbone {name!r}{hint}")
+    raise UnknownBackbone(f"unknown backbone {name!r}{hint}")
 
 
 def weights_enum(name: str):

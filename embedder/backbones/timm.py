@@ -23,7 +23,7 @@ import warnings
 import torch
 from torch import nn
 
-from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue
+from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue, UnknownBackbone
 from embedder.kernel.preprocess import Preprocessing, rgb
 
 from .statedicts import head_outputs, parameter_blocks, parameters_on_meta, read_state_dict
@@ -78,7 +78,7 @@ def check_name(name: str) -> str:
             if close
             else "; `featurebank backbones --source timm` lists them"
         )
-        raise InvalidValue(f"unknown timm model {arch!r}{hint}")
+        raise UnknownBackbone(f"unknown timm model {arch!r}{hint}")
     tags = _pretrained_tags(arch)
     if tag and tag not in tags:
         choices = ", ".join(tags) or "none: it has no pretrained configs"

@@ -1,5 +1,7 @@
 """The one exception type a user sees: its message is a single line that says what to do."""
 
+from __future__ import annotations
+
 import contextlib
 
 
@@ -57,6 +59,14 @@ def os_error_line(exc: OSError) -> str:
     else:
         advice = "check the path and run the same command again"
     return f"{what}{where} ({advice}; FEATUREBANK_TRACEBACK=1 shows where it came from)"
+
+
+class UnknownBackbone(InvalidValue):
+    """A backbone name this installation does not have: a model file's reader says it is the model's."""
+
+    def of_model(self) -> UnknownBackbone:
+        """The same, said of a model file's backbone (not an option the user gave)."""
+        return UnknownBackbone(f"the model was trained on features of a backbone this featurebank lacks: {self}")
 
 
 class Note(UserWarning):

@@ -103,7 +103,12 @@ class ExtractionSettings:
     tta: str = "none"  # "flip": each layer's pooled vector averaged with that of the left-right mirrored image
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(self.layers))
+        for name in ("backbone", "weights"):  # a crafted record: a number where a name goes
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise InvalidValue(f"{name} must be a name, not {getattr(self, name)!r}")
+        if not isinstance(self.layers, (list, tuple)) or not all(isinstance(n, str) and n for n in self.layers):
+            raise InvalidValue(f"layers must be a list of layer names, not {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(self.layers))  # () in ``without_layers`` and a bundle's settings
         if self.tta not in TTAS:
             raise InvalidValue(f"unknown test-time augmentation {self.tta!r}: choose one of {', '.join(TTAS)}")
         if self.pooling not in POOLINGS:
@@ -150,7 +155,7 @@ class ExtractionSettings:
             return cls(
                 backbone=d["backbone"],
                 weights=d["weights"],
-                layers=tuple(d["layers"]),
+                layers=d["layers"],  # __post_init__ checks it is a list of names (a string is not)
                 pooling=d.get("pooling", "avg"),
                 preprocessing=prep,
                 precision=d.get("precision", "fp32"),

@@ -10,10 +10,10 @@ import os
 
 from classifiers.bundle import Bundle, extract_options, load_bundle
 from classifiers.zoo import describe, list_classifiers, make_classifier
-from embedder.backbones.registry import is_checkpoint, load_backbone
+from embedder.backbones.registry import check_backbone, is_checkpoint, load_backbone
 from embedder.cache.hdf5 import CacheReader
 from embedder.inputs.sources import list_inputs
-from embedder.kernel.errors import InvalidValue
+from embedder.kernel.errors import InvalidValue, UnknownBackbone
 from embedder.kernel.settings import ExtractionSettings
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.options import with_overrides
@@ -63,6 +63,10 @@ def export_model(
     onnx_destination(out, [] if isinstance(model, Bundle) else [model])
     bundle = model if isinstance(model, Bundle) else load_bundle(model, trust_pickle=trust_pickle)
     options = extract_options(bundle, weights)
+    try:
+        check_backbone(options.backbone)
+    except UnknownBackbone as exc:  # not the user's option: the model's
+        raise exc.of_model() from None
     settings = ExtractionSettings.from_dict(bundle.settings)
     cache = bundle.trained_on.get("cache")
     cache = cache if cache and os.path.exists(cache) else None
