@@ -26,6 +26,7 @@ from embedder.kernel.errors import InvalidValue
 from .folds import fit_grouped, inner_fold_count, inner_splits, inner_splitter, too_few_for_inner_folds
 from .metrics import full_proba
 from .registry import describe, get_spec, make_classifier
+from .validation import checked_fit, checked_rows, whole
 
 DEFAULT_MEMBERS = "logreg+rbf-svm+knn"
 # 3 folds, not scikit-learn's 5: the sigmoid's two parameters need no more, and an RBF member's calibration then
@@ -65,7 +66,7 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
         if self.method not in METHODS:
             raise InvalidValue(f"unknown ensemble method {self.method!r}: choose one of {', '.join(METHODS)}")
         member_names(self.members)
-        if isinstance(self.inner_folds, bool) or not isinstance(self.inner_folds, int) or self.inner_folds < 2:
+        if not whole(self.inner_folds) or self.inner_folds < 2:
             raise InvalidValue(f"ensemble inner_folds={self.inner_folds!r}: give a whole number of 2 or more")
 
     def member_pipelines(self, cv=None) -> list[tuple[str, object]]:
@@ -115,11 +116,11 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, groups=None):
         self.check_params()
-        X, y = np.asarray(X), np.asarray(y)
+        X, y = checked_fit(X, y, "ensemble", self)  # records n_features_in_ and a DataFrame's names
         groups = None if groups is None else np.asarray(groups)
         self.classes_ = np.unique(y)
-        self.n_features_in_ = X.shape[1]
         self.fallback_, self.method_ = None, self.method
+        self.__dict__.pop("final_", None)  # a former fit's stacking
         why = too_few_for_inner_folds(y, groups)
         if self.method == "stack" and why:
             self.method_ = "vote"
@@ -139,14 +140,15 @@ class ZooEnsemble(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "members_")
-        probabilities = self._probabilities(self.members_, X)
+        probabilities = self._probabilities(self.members_, checked_rows(X, "ensemble", self, reset=False))
         if getattr(self, "method_", self.method) == "stack":  # a model file written before method_: the method
             return self.final_.predict_proba(np.hstack(probabilities))
         proba = np.mean(probabilities, axis=0)
         return proba / proba.sum(axis=1, keepdims=True)  # float32 members' mean can miss 1 by 1e-7
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # first: unfitted, scikit-learn's NotFittedError
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def describe(self) -> str:
         """``soft vote of [logreg: scale → LogisticRegression(C=0.1) | …]``: for reports and ``classifiers``."""

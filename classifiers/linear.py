@@ -34,7 +34,7 @@ from . import solver
 from .folds import inner_fold_count, inner_splits, too_few_for_inner_folds
 from .rows import LayerRows
 from .solver import fit_path
-from .validation import checked_labels, checked_rows
+from .validation import checked_labels, checked_rows, real, whole
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))  # 1e-4 … 10, half a decade apart
 SCORINGS = ("log_loss", "accuracy")
@@ -100,12 +100,12 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
         if self.scoring not in SCORINGS:
             raise InvalidValue(f"classifier logreg: scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
         for name, value in (("C", self.C), *(("Cs", c) for c in self.Cs)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            if value is not None and (not real(value) or not value > 0):
                 raise InvalidValue(f"classifier logreg: {name}={value!r}: give a positive number")
         for name, value, least in (("inner_folds", self.inner_folds, 2), ("holdout_from", self.holdout_from, 0)):
             if value is None and name == "holdout_from":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not whole(value) or value < least:
                 raise InvalidValue(
                     f"classifier logreg: {name}={value!r}: give a whole number of {least} or more"
                     + (", or None" if name == "holdout_from" else "")
@@ -113,7 +113,10 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, groups=None):
         self.check_params()
-        X = X if isinstance(X, LayerRows) else checked_rows(X, "logreg")
+        X = X if isinstance(X, LayerRows) else checked_rows(X, "logreg", self)
+        self.__dict__.pop("n_inner_iter_", None)  # a former fit's sweep: this fit may choose no C
+        if isinstance(X, LayerRows):
+            self.__dict__.pop("feature_names_in_", None)  # a former fit's DataFrame columns
         y = checked_labels(X, y, "logreg")
         self.classes_ = np.unique(y)
         start = None
@@ -297,21 +300,22 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
     def n_iter_(self):
         return self.model_.n_iter_
 
-    def decision_function(self, X):
+    def _rows(self, X):
+        """Rows to predict, checked against the fit's (their number of features, a DataFrame's names)."""
         check_is_fitted(self, "model_")
-        return self.model_.decision_function(X)
+        return checked_rows(X, "logreg", self, reset=False)
+
+    def decision_function(self, X):
+        return self.model_.decision_function(self._rows(X))
 
     def predict_proba(self, X):
-        check_is_fitted(self, "model_")
-        return self.model_.predict_proba(X)
+        return self.model_.predict_proba(self._rows(X))
 
     def predict_log_proba(self, X):
-        check_is_fitted(self, "model_")
-        return self.model_.predict_log_proba(X)
+        return self.model_.predict_log_proba(self._rows(X))
 
     def predict(self, X):
-        check_is_fitted(self, "model_")
-        return self.model_.predict(X)
+        return self.model_.predict(self._rows(X))
 
 
 def _device(blocks) -> str | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
@@ -28,14 +28,15 @@ from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
 from .ridge import NystroemRidge, TunedRidge
 from .scaling import ShrunkScaler
-from .validation import checked_fit
+from .validation import checked_fit, checked_rows
 
 STEPS = ("l2", "scale", "pca")
 
 
-class ReducedPCA(TransformerMixin, BaseEstimator):
+class ReducedPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """PCA to ``n_components`` dimensions, or fewer when a fold has fewer rows or features than that
-    (a plain ``PCA(256)`` fails on a small dataset or a 64-dimensional layer)."""
+    (a plain ``PCA(256)`` fails on a small dataset or a 64-dimensional layer). Its outputs are named
+    ``reducedpca0``, … (``get_feature_names_out``), as scikit-learn's PCA names its own."""
 
     def __init__(self, n_components=256, whiten=False, random_state=0):
         self.n_components = n_components
@@ -43,14 +44,15 @@ class ReducedPCA(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y=None):
+        X = checked_rows(X, "pca", self)
         k = max(1, min(int(self.n_components), X.shape[0], X.shape[1]))
         self.pca_ = PCA(k, whiten=self.whiten, random_state=self.random_state).fit(X)
-        self.n_features_in_ = X.shape[1]
+        self._n_features_out = k
         return self
 
     def transform(self, X):
         check_is_fitted(self, "pca_")
-        return self.pca_.transform(X)
+        return self.pca_.transform(checked_rows(X, "pca", self, reset=False))
 
 
 class BlockedScaler(ShrunkScaler):
@@ -75,23 +77,32 @@ class FewShotLDA(LinearDiscriminantAnalysis):
     (the limit of full shrinkage), and ``fallback_`` says so."""
 
     def fit(self, X, y):
-        X, y = checked_fit(X, y, "lda")
-        X = np.asarray(X, dtype=np.float64)
+        rows, y = checked_fit(X, y, "lda")
         classes, index = np.unique(y, return_inverse=True)
         self.fallback_ = None
+        for name in self.FITTED:  # a former fit's, which this one may not set
+            self.__dict__.pop(name, None)
         if len(y) >= LDA_FROM * len(classes):
             with warnings.catch_warnings():  # a class of one row adds no spread, as meant: no warning per class
                 warnings.filterwarnings("ignore", "Only one sample available", UserWarning)
-                return super().fit(X, y)
+                return super().fit(X if hasattr(X, "columns") else rows, y)  # a DataFrame: its names recorded
+        X = np.asarray(checked_rows(X, "lda", self), dtype=np.float64)
         means = np.zeros((len(classes), X.shape[1]))
         np.add.at(means, index, X)
         means /= np.bincount(index, minlength=len(classes))[:, None]
+        priors = np.full(len(classes), 1.0 / len(classes))
+        if self.priors is not None:  # as scikit-learn's: the given priors, normalized
+            priors = np.asarray(self.priors, dtype=np.float64)
+            if priors.shape != (len(classes),) or (priors < 0).any() or not priors.sum() > 0:
+                raise InvalidValue(f"lda: priors must be {len(classes)} non-negative numbers, one per class")
+            priors = priors / priors.sum()
         coef = means
-        intercept = -0.5 * (means * means).sum(axis=1) - np.log(len(classes))
+        with np.errstate(divide="ignore"):
+            intercept = -0.5 * (means * means).sum(axis=1) + np.log(priors)
         if len(classes) == 2:  # one column for two classes, as scikit-learn's
             coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
-        self.classes_, self.means_, self.priors_ = classes, means, np.full(len(classes), 1.0 / len(classes))
-        self.coef_, self.intercept_, self.n_features_in_ = coef, intercept, X.shape[1]
+        self.classes_, self.means_, self.priors_ = classes, means, priors
+        self.coef_, self.intercept_ = coef, intercept
         self.fallback_ = (
             "lda: one labelled image per class, no within-class spread: the nearest class mean"
             if len(y) == len(classes)
@@ -99,6 +110,13 @@ class FewShotLDA(LinearDiscriminantAnalysis):
             f"(LDA from {LDA_FROM}): the nearest class mean"
         )
         return self
+
+    FITTED = ("xbar_", "scalings_", "explained_variance_ratio_", "covariance_", "means_", "priors_", "coef_")
+
+    def transform(self, X):
+        if getattr(self, "fallback_", None):
+            raise NotImplementedError(f"{self.fallback_}: there is no discriminant projection to transform with")
+        return super().transform(X)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from embedder.kernel.errors import InvalidValue
 
-from .validation import checked_fit
+from .validation import checked_fit, checked_rows, real, whole
 
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))  # 0.1 … 1e6, half a decade apart
 BLOCK = 2048  # rows per block: BLOCK x d float64 is the only per-row memory (a few of them: 60 MB at 1,280 dims)
@@ -81,7 +81,7 @@ class _RidgeBase(ClassifierMixin, BaseEstimator):
         return X
 
     def _fit_ridge(self, X, y, transform=None):
-        X, y = checked_fit(X, y, self._entry)
+        X, y = checked_fit(X, y, self._entry, self)
         self.classes_ = np.unique(y)
         alphas = (self.alpha,) if self.alpha is not None else tuple(sorted(self.alphas))
         self.alpha_, self.cv_errors_, W, b = loo_ridge(X, _targets(y, self.classes_), alphas, transform)
@@ -91,12 +91,12 @@ class _RidgeBase(ClassifierMixin, BaseEstimator):
 
     def check_params(self) -> None:
         for name, value in (("alpha", self.alpha), *(("alphas", a) for a in self.alphas)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            if value is not None and (not real(value) or not value > 0):
                 raise InvalidValue(f"classifier {self._entry}: {name}={value!r}: give a positive number")
 
     def decision_function(self, X):
         check_is_fitted(self, "coef_")
-        X = np.asarray(X)
+        X = checked_rows(X, self._entry, self, reset=False)  # a NaN or a row of other length: one line, as fit
         out = np.empty((len(X), len(self.intercept_)))
         for b in _blocks(len(X)):
             out[b] = np.asarray(self._features(X[b]), dtype=np.float64) @ self.coef_.T + self.intercept_
@@ -139,9 +139,9 @@ class NystroemRidge(_RidgeBase):
 
     def check_params(self) -> None:
         super().check_params()
-        if isinstance(self.n_components, bool) or not isinstance(self.n_components, int) or self.n_components < 1:
+        if not whole(self.n_components) or self.n_components < 1:
             raise InvalidValue(f"classifier {self._entry}: n_components={self.n_components!r}: give 1 or more")
-        if self.gamma != "scale" and (isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float))):
+        if not (isinstance(self.gamma, str) and self.gamma == "scale") and not real(self.gamma):
             raise InvalidValue(f"classifier {self._entry}: gamma={self.gamma!r}: give scale or a number")
 
     def _features(self, X):
@@ -149,7 +149,7 @@ class NystroemRidge(_RidgeBase):
 
     def fit(self, X, y):
         self.check_params()
-        X, y = checked_fit(X, y, self._entry)
+        X, y = checked_fit(X, y, self._entry, self)
         self.gamma_ = float(1.0 / (X.shape[1] * X.var()) if self.gamma == "scale" else self.gamma)
         m = min(self.n_components, len(X))
         self.map_ = Nystroem(gamma=self.gamma_, n_components=m, random_state=self.random_state).fit(X)

@@ -18,6 +18,8 @@ import numpy as np
 from scipy.special import polygamma
 from sklearn.preprocessing import StandardScaler
 
+from embedder.kernel.errors import InvalidValue
+
 from .validation import checked_rows
 
 
@@ -84,23 +86,58 @@ class ShrunkScaler(StandardScaler):
         self.shrink = shrink
 
     def fit(self, X, y=None, sample_weight=None):
-        X = checked_rows(X, "scale") if not hasattr(X, "tocsr") else X
-        if sample_weight is not None or not (self.with_mean and self.with_std) or X.ndim != 2 or hasattr(X, "tocsr"):
-            self.weight_ = 1.0
-            return super().fit(X, y, sample_weight)
+        if hasattr(X, "tocsr") or sample_weight is not None or not (self.with_mean and self.with_std):
+            return self._fit_plain(X, y, sample_weight)
+        X = checked_rows(X, "scale", self)  # records n_features_in_ and a DataFrame's names
         return self._set(*blocked_moments(X, self.BLOCK_BYTES), *X.shape)
+
+    def _fit_plain(self, X, y, sample_weight):
+        """Sparse rows, weights, or no centring: ``StandardScaler``'s own fit, its variances then shrunk the same
+        way (by the number of rows) unless ``shrink=False``."""
+        plain = StandardScaler(copy=self.copy, with_mean=self.with_mean, with_std=self.with_std)
+        plain.fit(X, y, sample_weight)
+        for name in ("mean_", "var_", "scale_", "n_samples_seen_", "n_features_in_", "feature_names_in_"):
+            self.__dict__.pop(name, None)
+            if hasattr(plain, name):
+                setattr(self, name, getattr(plain, name))
+        self.weight_ = 1.0
+        if self.shrink and self.var_ is not None:
+            self.var_, self.weight_ = shrunk_variances(self.var_, X.shape[0])
+            self.scale_ = _scale(self.var_, self.mean_)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """Refused while shrinking: the shrinkage weighs the variances of all the rows at once; ``shrink=False``
+        updates as ``StandardScaler`` does."""
+        if self.shrink:
+            raise InvalidValue("scale: partial_fit cannot shrink variances a batch at a time: use fit, or shrink=False")
+        if isinstance(getattr(self, "n_samples_seen_", None), (int, np.integer)):
+            self.n_samples_seen_ = np.int64(self.n_samples_seen_)  # StandardScaler's own type for it
+        return super().partial_fit(X, y, sample_weight)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False  # a NaN is refused at fit (StandardScaler ignores them)
+        return tags
 
     def fit_rows(self, layer, index):
         """The same fit on ``layer[index]`` (sorted row indices), read a block at a time: what
         ``rows.fit_by_index`` calls, never a copy of them all; the same ``mean_``, ``var_`` and ``scale_`` as
         ``fit`` on the rows taken, bit for bit."""
         index = np.asarray(index)
+        self.__dict__.pop("feature_names_in_", None)  # a former fit's DataFrame columns
         return self._set(*blocked_moments(layer, self.BLOCK_BYTES, index), len(index), layer.shape[1])
 
     def _set(self, mean: np.ndarray, var: np.ndarray, n: int, d: int):
         self.mean_, self.n_samples_seen_, self.n_features_in_ = mean, n, d
         self.var_, self.weight_ = shrunk_variances(var, n) if self.shrink else (var, 1.0)
-        scale = np.sqrt(self.var_)
-        scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
-        self.scale_ = scale
+        self.scale_ = _scale(self.var_, mean)
         return self
+
+
+def _scale(var: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """The square roots of ``var``; a column constant to rounding (relative to its mean) scales by 1."""
+    scale = np.sqrt(var)
+    level = 1.0 if mean is None else np.maximum(np.abs(mean), 1.0)
+    scale[scale < 10 * np.finfo(np.float64).eps * level] = 1.0
+    return scale

@@ -39,7 +39,7 @@ from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splits, too_f
 from .metrics import answers
 from .neighbours import normalize, self_search
 from .options import SEMI_INNER_FOLDS, SEMI_INNER_REPEATS, SEMI_ROUNDS, CVOptions
-from .validation import checked_labels
+from .validation import checked_labels, checked_rows, classes, seed_of
 
 WITH_UNLABELED = " +unlabeled"  # a cv result's classifier name with the unlabeled rows: "logreg +unlabeled"
 UNLABELED = -1  # the class index of an unlabeled row in ``fit``'s ``y`` (scikit-learn's convention)
@@ -135,6 +135,8 @@ def semi_labels(X, y) -> np.ndarray:
         )
     if y.dtype.kind in "USO" and any(v is None or (isinstance(v, str) and not v) for v in y):
         raise InvalidValue(f"SemiSupervised: a label is empty or None: mark the unlabeled rows with {UNLABELED}")
+    if y.dtype.kind in "biuf":  # numbers: classes, not continuous values (0.13, 0.64, …)
+        classes(y[y != UNLABELED], "SemiSupervised")
     return y
 
 
@@ -178,12 +180,13 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
         if self.estimator is None:
             from .zoo import make_classifier
 
-            return make_classifier("logreg", seed=self.random_state)
+            return make_classifier("logreg", seed=getattr(self, "_seed", 0))
         return self.estimator
 
     def fit(self, X, y, groups=None):
         self.check_params()
-        X, y = np.asarray(X), semi_labels(X, y)
+        X, y = checked_rows(X, "semi-supervised", self), semi_labels(X, y)
+        self._seed = seed_of(self.random_state)  # None or a RandomState: one seed drawn for this fit
         known = y != UNLABELED
         if not known.any():
             raise InvalidValue("no labelled rows: label at least one image per class")
@@ -211,8 +214,10 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
         """What ``fit`` would decide on these rows, without its final fit: whether the unlabeled rows join, why,
         and the inner folds' accuracies (None where not checked)."""
         self.check_params()
-        X, y = np.asarray(X), semi_labels(X, y)
+        X, y = checked_rows(X, "semi-supervised"), semi_labels(X, y)
+        self._seed = seed_of(self.random_state)
         known = y != UNLABELED
+        fitted = self.__dict__.get("classes_")  # a fitted model's classes stay its own
         self.classes_ = np.unique(y[known])
         labelled, free = np.flatnonzero(known), np.flatnonzero(~known)
         g = None if groups is None else np.asarray(groups)[labelled]
@@ -221,6 +226,10 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
             return self._decide(X, y, labelled, free, g)
         finally:
             self._graph = None
+            if fitted is None:
+                del self.classes_
+            else:
+                self.classes_ = fitted
 
     def _decide(self, X, y, labelled, free, groups) -> tuple[bool, str, dict | None]:
         if not len(free):
@@ -265,7 +274,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
         hits: dict[str, list[np.ndarray]] = {"without": [], "with": []}
         for repeat in range(int(self.inner_repeats)):
             folds = inner_fold_count(yl, INNER_FOLDS, groups)
-            for train, test in inner_splits(X[labelled], yl, groups, folds, self.random_state + repeat):
+            for train, test in inner_splits(X[labelled], yl, groups, folds, self._seed + repeat):
                 g = None if groups is None else groups[train]
                 seeds = labelled[train]
                 held = labelled[test]
@@ -297,17 +306,19 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
 
     @available_if(lambda self: hasattr(self._base(), "predict_proba"))
     def predict_proba(self, X):
-        check_is_fitted(self, "model_")
-        return self.model_.predict_proba(X)
+        return self.model_.predict_proba(self._rows(X))
 
     @available_if(lambda self: hasattr(self._base(), "decision_function"))
     def decision_function(self, X):
-        check_is_fitted(self, "model_")
-        return self.model_.decision_function(X)
+        return self.model_.decision_function(self._rows(X))
 
     def predict(self, X):
+        return answers(self.model_, self._rows(X))
+
+    def _rows(self, X):
+        """Rows to predict, checked against the fit's (their number of features, a DataFrame's names)."""
         check_is_fitted(self, "model_")
-        return answers(self.model_, X)
+        return checked_rows(X, "semi-supervised", self, reset=False)
 
 
 __all__ = [
