@@ -519,9 +519,7 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
     "--backbone",
     callback=checked(BACKBONE),
     metavar="BACKBONE",
-    default=ExtractOptions.backbone,
-    show_default=True,
-    help="With --head.",
+    help=f"With --head (default: what a finetune checkpoint given by -w records, else {ExtractOptions.backbone}).",
 )
 @value_options(RunOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -579,7 +577,10 @@ def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, label
     if labels:
         raise click.UsageError("--labels goes with MODEL CACHE.h5 (pseudo-labels of a cache), not with images")
     if imagenet:
+        from embedder.backbones.registry import recorded_backbone
+
         weights = o.weights or ExtractOptions.weights
+        backbone = backbone or recorded_backbone(weights) or ExtractOptions.backbone
         head = ExtractOptions(backbone=backbone, weights=weights, **o.extract_overrides())
         result = predict_imagenet(list(args), head, top=top, cache=o.cache, out=out, fmt=fmt, progress=progress)
     elif len(args) < 2:

@@ -199,6 +199,15 @@ def kind_of(path: str) -> str:
     return "pickle" if head.startswith(_PICKLE_MAGIC) else "other"
 
 
+def _checkpoint_line(path: str) -> str:
+    """What to do with a network's weights given where a model file goes (``finetune``'s ``best.pth``)."""
+    return (
+        f"{path} is a PyTorch checkpoint, not a featurebank model file: a network from `featurebank finetune` "
+        f"classifies with `featurebank predict --head -w {path} IMAGES`, is scored on held-out images by "
+        f"`featurebank finetune --test`, and becomes an ONNX file with `featurebank export {path}`"
+    )
+
+
 def _check_file(path: str) -> None:
     try:
         mode = os.stat(path).st_mode
@@ -219,6 +228,8 @@ def read_model_file(path: str, *, trust_pickle: bool = False) -> tuple[dict, obj
     """``read_model``, and in the same reading of the archive the ``fingerprints`` of the images the pipeline was fit
     on (``SEEN``; None for a pickle or a file written before they were kept), read as ``_seen_bytes`` says."""
     kind = kind_of(path)
+    if kind in ("pickle", "other") and path.lower().endswith((".pth", ".pt")):  # torch.save's older format
+        raise FileProblem(_checkpoint_line(path))
     if kind == "pickle":
         if not trust_pickle:
             raise FileProblem(
@@ -241,6 +252,8 @@ def read_model_file(path: str, *, trust_pickle: bool = False) -> tuple[dict, obj
                     f"{path} was refused: it holds {twice[0][:100]} twice (a model file holds each member once; "
                     f"a second copy would run instead of the one `unzip -p` shows)"
                 )
+            if META not in names and any(n.endswith("/data.pkl") for n in names):  # torch.save's zip
+                raise FileProblem(_checkpoint_line(path))
             if META not in names or PIPELINE not in names:
                 raise FileProblem(
                     f"{path} is a zip archive but not a featurebank model file (it lacks "

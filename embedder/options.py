@@ -211,7 +211,10 @@ class RunOptions:
         path={"dir_okay": False},
     )
     weights: str | None = option(
-        None, "Where the model's weights file is now, if it moved (checked by sha256).", short="-w"
+        None,
+        "Where the model's weights file is now, if it moved (checked by sha256); with predict --head, the weights "
+        "whose head classifies (a finetune best.pth, or as extract's -w).",
+        short="-w",
     )
     device: str = same_as(ExtractOptions, "device")
     batch_size: int = same_as(ExtractOptions, "batch_size")

@@ -79,7 +79,9 @@ def test_extract_says_what_comes_next(runner, tmp_path):
     root = tmp_path / "tree"
     write_tree(root)
     tree = runner.invoke(cli.main, ["extract", str(root), "--cache", str(tmp_path / "t.h5"), *FAST_ARGS])
-    assert tree.output.splitlines()[-1] == f"next: featurebank cv {tmp_path / 't.h5'}"
+    assert tree.output.splitlines()[-1] == (  # a held-out split's cache is not for choosing on
+        f"next: featurebank cv {tmp_path / 't.h5'} (a test split: keep it for featurebank evaluate MODEL)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -421,3 +423,37 @@ def test_train_quiet_prints_nothing_and_writes_the_model(runner, tmp_path):
     q, s = load_bundle(tmp_path / "q.fbmodel"), load_bundle(tmp_path / "s.fbmodel")
     assert q.calibration == s.calibration and q.calibration["method"] == "none"
     np.testing.assert_array_equal(q.scores(X)[0], s.scores(X)[0])  # the same model, only unsaid
+
+
+def test_a_finetune_checkpoint_names_its_backbone_and_is_not_taken_for_a_model_file(runner, tmp_path):
+    """``predict --head -w best.pth`` without -b had tried resnet50 (267 missing keys); evaluate and predict with
+    the checkpoint where a model file goes had said only 'not a featurebank model file'."""
+    import torch
+
+    from embedder.backbones.registry import load_backbone
+    from embedder.kernel.preprocess import Preprocessing
+
+    net = load_backbone("resnet18", "none").model
+    net.fc = torch.nn.Linear(512, 3)
+    best = tmp_path / "best.pth"
+    torch.save(
+        {
+            "state_dict": net.state_dict(),
+            "classes": ["cats", "dogs", "owls"],
+            "preprocessing": Preprocessing(resize=72, crop=64).to_dict(),
+            "featurebank": {"backbone": "resnet18"},
+        },
+        best,
+    )
+    root = tmp_path / "images"
+    write_tree(root, per_class=1)
+    args = ["--cache", str(tmp_path / "c.h5"), "--batch-size", "4", "--workers", "0"]
+    head = runner.invoke(cli.main, ["predict", "--head", "-w", str(best), str(root), "--json", *args])
+    assert head.exit_code == 0, head.output
+    rows = json.loads(head.stdout)["rows"]
+    assert len(rows) == 3 and {t["class"] for t in rows[0]["top"]} == {"cats", "dogs", "owls"}
+    said = f"Error: {best} is a PyTorch checkpoint, not a featurebank model file: a network from `featurebank finetune`"
+    for command in (["evaluate", str(best), str(root)], ["predict", str(best), str(root)]):
+        result = runner.invoke(cli.main, command)
+        assert result.exit_code == 1 and result.stderr.startswith(said), result.output
+        assert f"featurebank predict --head -w {best} IMAGES" in result.stderr

@@ -274,6 +274,14 @@ def file_metadata(path: str) -> dict:
     return _file_metadata(os.path.abspath(path), os.stat(path).st_mtime_ns)
 
 
+def recorded_backbone(path: str | None) -> str | None:
+    """The backbone a checkpoint written by ``featurebank finetune`` records (None for any other weights)."""
+    if not path or not is_checkpoint(path) or not os.path.isfile(path):
+        return None
+    name = (file_metadata(path).get("featurebank") or {}).get("backbone")
+    return name if isinstance(name, str) and name else None
+
+
 @functools.lru_cache(maxsize=8)
 def _file_metadata(path: str, mtime_ns: int) -> dict:
     obj = load_checkpoint(path)  # a file that cannot be read is one line here, not "{}" and a wrong guess later

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
-from embedder.backbones.registry import file_metadata, head_classes, load_backbone, output_node
+from embedder.backbones.registry import head_classes, load_backbone, output_node, recorded_backbone
 from embedder.cache.hdf5 import CacheReader
 from embedder.engines.engine import BATCH_SIZE, OnnxEngine, open_engine, prepare_int8, settings_fp32
 from embedder.inputs.batches import ImageDataset, ThreadBatches
@@ -238,7 +238,7 @@ def export_checkpoint(
     if not os.path.isfile(path):
         raise MissingFile(f"checkpoint not found: {path}")
     onnx_destination(out, [path])
-    backbone = backbone or (file_metadata(path).get("featurebank") or {}).get("backbone")
+    backbone = backbone or recorded_backbone(path)
     if not backbone:
         raise InvalidValue(f"{path} does not say its backbone: give -b BACKBONE")
     store = store or EngineStore(engine_dir_for())
