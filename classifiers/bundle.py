@@ -189,6 +189,8 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     notes += fallbacks(pipeline)
     unseen = data.free_features(layer, UNSEEN) if o.calibrate and not unlabeled and data.unlabeled else None
     calibration = _calibration(o, pipeline, X, data.y, group_ids, bool(unlabeled), unseen)
+    if found and "cross_fitted" in calibration.get("out_of_fold", {}):  # its folds' rows chose the hyperparameters
+        calibration["out_of_fold"]["cross_fitted"] += SEARCHED_TOO
     if calibration["method"] == "none" and o.calibrate:
         notes.append(calibration["note"])
     bundle = Bundle(
@@ -270,6 +272,9 @@ def _calibration(o: TrainOptions, pipeline, X, y, groups, unlabeled: bool, unsee
     return found
 
 
+SEARCHED_TOO = "; --search chose the hyperparameters on all of these rows, so the figures are optimistic"
+
+
 def _found(searched, splitter, folds: int) -> dict:
     """What ``train --search`` chose, for the model file."""
     return {
@@ -278,6 +283,7 @@ def _found(searched, splitter, folds: int) -> dict:
         "scoring": RANK_BY,
         "best_params": searched.best_params_,
         "best_score": round(float(searched.best_score_), 4),
+        "measured_on": "the inner folds that chose best_params (optimistic)",
     }
 
 

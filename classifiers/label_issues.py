@@ -366,6 +366,10 @@ def write_csv(d: dict, path: str) -> str:
     return path
 
 
+FLIPS_FOUND = "with labels flipped on purpose, 42 to 82 % of such a set were flips: docs/label-issues.md"
+# what the estimated set is worth, measured (docs/label-issues.md, flip seeds other than the one that chose the method)
+
+
 def summary_lines(d: dict, limit: int = 10) -> list[str]:
     """The terminal's and report.md's few lines: the estimate, the pairs, the first images."""
     if d.get("label_issues_estimated") is None:
@@ -377,8 +381,7 @@ def summary_lines(d: dict, limit: int = 10) -> list[str]:
     else:
         out = [
             f"{n} image(s) to review first, confident learning's estimate of the wrong labels (the first {n} of the "
-            f"list, out of fold; with labels flipped on purpose, 42 to 82 % of such a set were flips: "
-            f"docs/label-issues.md); {listed}"
+            f"list, out of fold; {FLIPS_FOUND}); {listed}"
         ]
     out += [f"  about {p['count']} {p['suggested']} labelled {p['label']}" for p in d["label_issues_pairs"][:limit]]
     if d.get("label_issues_caveat"):

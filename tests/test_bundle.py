@@ -195,6 +195,10 @@ def test_train_errors(tmp_path):
     assert bundle.layer == "layer3" and bundle.trained_on["search"]["splitter"] == "StratifiedKFold"
     assert bundle.trained_on["search"]["best_params"] == theirs.best_params_
     assert bundle.pipeline.named_steps["clf"].n_neighbors == theirs.best_params_["clf__n_neighbors"]
+    # the search's rows are the calibration's inner folds' rows: both figures say they are optimistic
+    assert bundle.trained_on["search"]["measured_on"] == "the inner folds that chose best_params (optimistic)"
+    crossed = bundle.trained_on["calibration"]["out_of_fold"]["cross_fitted"]
+    assert crossed.endswith("--search chose the hyperparameters on all of these rows, so the figures are optimistic")
 
 
 def test_imagenet_head_needs_real_weights(tmp_path):

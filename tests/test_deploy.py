@@ -305,6 +305,7 @@ def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
         run.checkpoint, str(tmp_path / "q.onnx"), precision="int8", images=str(images), int8=Int8(images=8)
     )
     assert q.accuracy["images"] == 24 and q.accuracy["source"] == f"classes:{images}"
+    assert q.metadata["int8"]["accuracy"]["measured_on"] == "the images int8 was calibrated on (not held out)"
     assert q.accuracy["fp32"] == pytest.approx(np.mean(np.array(names) == [r["label"] for r in result["rows"]]))
     assert abs(q.accuracy["int8"] - q.accuracy["fp32"]) <= 0.01
 
@@ -465,3 +466,21 @@ def test_export_to_a_fifo_or_a_device_is_refused_before_any_work(tmp_path, monke
         assert r.exit_code == 1 and r.output == f"Error: {said}\n", r.output
         assert not stat.S_ISREG(os.stat(out).st_mode)
     assert sorted(os.listdir(tmp_path)) == sorted(["ck.pth", *(p.name for p in outs)])  # no temporary file left
+
+
+def test_a_checkpoints_int8_accuracy_says_its_images_were_not_checked_against_training():
+    """A checkpoint does not say what it was trained on: the line says so, and that int8 calibrated on them."""
+    from workflows.deploy.entry import export_text
+
+    meta = {
+        "preprocessing": {"crop": 64, "resize": 72, "interpolation": "bilinear"},
+        "output": {"head": "softmax"},
+        "classes": ["a", "b"],
+    }
+    a = {"images": 10, "source": "classes:/x", "fp32": 0.9, "int8": 0.8, "agreement": 0.9, "fit_on": None}
+    d = {"precision": "int8", "bytes": 1e6, "output": "probability", "metadata": meta, "path": "q.onnx"}
+    line = export_text({**d, "accuracy": {**a, "calibrated_on": 8}})[2]
+    assert line.startswith(
+        "  accuracy on 10 images of /x (whether the network was trained or its epoch chosen on them is not checked; "
+        "int8 calibrated on 8 of them): fp32 90.00 %, int8 80.00 % (-10.00 points)"
+    ) and line.endswith("not held out: the agreement is the figure to read, finetune --test scores held-out images")

@@ -19,6 +19,7 @@ import pathlib
 import stat
 
 from classifiers.extras import thumbs_folder
+from classifiers.label_issues import FLIPS_FOUND
 from embedder import __version__
 from embedder.kernel.atomic import atomic_path
 from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile, first_line
@@ -517,6 +518,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         "label_issues": label_issues,
         "label_issues_listed": len(issues),
         "label_issues_estimated": d.get("label_issues_estimated"),
+        "label_issues_worth": FLIPS_FOUND,
         "label_issues_caveat": d.get("label_issues_caveat"),
         "label_issues_method": (d.get("label_issues_method") or {}).get("estimate"),
         "label_issues_pairs": d.get("label_issues_pairs"),

@@ -170,7 +170,8 @@ def train_text(d: dict) -> list[str]:
             f"  probabilities: calibrated, {how} fit on {cal['folds']} inner folds "
             f"({cal['fits']} more fits, {cal['seconds']:.1f} s; out-of-fold log-loss {oof['log_loss_before']:.3f} → "
             + (
-                f"{oof['log_loss_cross_fitted']:.3f}, each inner fold calibrated by a fit on the others)"
+                f"{oof['log_loss_cross_fitted']:.3f}, each inner fold calibrated by a fit on the others"
+                + (", on rows --search chose on: optimistic)" if d["trained_on"].get("search") else ")")
                 if "log_loss_cross_fitted" in oof  # model files of 0.x before it: the figure on the rows fit on
                 else f"{oof['log_loss_after']:.3f}, on the rows it was fit on)"
             )

@@ -559,7 +559,7 @@ def _write_report(
     files["confusion_png"] = confusion_png(
         report.confusion(best),
         report.classes,
-        f"{model_name(d, d['best'])} (out-of-fold)",
+        f"{model_name(d, d['best'])} (out of fold" + ("; #1, picked on these folds)" if len(board) > 1 else ")"),
         os.path.join(out_dir, "confusion.png"),
     )
     files["leaderboard_csv"] = write_leaderboard_csv(d, os.path.join(out_dir, "leaderboard.csv"))

@@ -32,9 +32,10 @@ def export(model: str, options: ExportOptions | None = None, **overrides) -> Exp
     if not o.out:
         raise InvalidValue("export needs out: the ONNX file to write")
     if is_checkpoint(model):
-        return export_checkpoint(
+        exported = export_checkpoint(
             model, o.out, backbone=o.backbone, precision=o.precision or "fp32", images=o.images, int8=o.int8
         )
+        return _measured_on(exported, fit_on=None)
     return export_model(
         model,
         o.out,
@@ -103,10 +104,7 @@ def export_model(
             extra={"model": about},
             threads=threads,
         )
-        if exported.accuracy:  # what the images are, for the line that reports on them (not in the file's metadata)
-            calibration = (exported.metadata.get("int8") or {}).get("calibration") or {}
-            exported.accuracy = {**exported.accuracy, "fit_on": not images, "calibrated_on": calibration.get("images")}
-        return exported
+        return _measured_on(exported, fit_on=not images)
     except NotExportable as exc:
         ok = [name for name in list_classifiers() if refusal(make_classifier(name)) is None]
         if refusal(make_classifier("knn:weights=uniform")) is None:  # the zoo's knn with weights it can write
@@ -114,6 +112,15 @@ def export_model(
         raise InvalidValue(
             f"cannot export {bundle.classifier} ({exc.classifier}): {exc}; these export: {', '.join(ok)}"
         ) from None
+
+
+def _measured_on(exported: Exported, fit_on: bool | None) -> Exported:
+    """What int8's accuracy images are, for the line that reports on them: the model's training images (``fit_on``;
+    None: a checkpoint's, which cannot be told), and the calibration's, which they always are."""
+    if exported.accuracy:
+        calibration = (exported.metadata.get("int8") or {}).get("calibration") or {}
+        exported.accuracy = {**exported.accuracy, "fit_on": fit_on, "calibrated_on": calibration.get("images")}
+    return exported
 
 
 HEADS = {"folded": "folded into one matrix product", "skl2onnx": "through skl2onnx", "softmax": "softmax of its logits"}
@@ -132,15 +139,18 @@ def export_text(d: dict) -> list[str]:
     a = d["accuracy"]
     if a:
         of = (a.get("source") or "").split(":", 1)[-1]
+        checkpoint = "fit_on" in a and a["fit_on"] is None  # a network's weights: what they saw is not recorded
+        scorer = "finetune --test" if checkpoint else "evaluate"
         what = [
             *(["the images the model was fit on"] if a.get("fit_on") else []),
+            *(["whether the network was trained or its epoch chosen on them is not checked"] if checkpoint else []),
             *([f"int8 calibrated on {a['calibrated_on']} of them"] if a.get("calibrated_on") else []),
         ]
         lines.append(
             f"  accuracy on {a['images']} images{' of ' + of if of else ''}{' (' + '; '.join(what) + ')' if what else ''}: "
             f"fp32 {100 * a['fp32']:.2f} %, int8 {100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); "
             f"the same class for {100 * a['agreement']:.1f} % of them"
-            + ("; not held out: the agreement is the figure to read, evaluate scores held-out images" if what else "")
+            + (f"; not held out: the agreement is the figure to read, {scorer} scores held-out images" if what else "")
         )
     lines.append(d["path"])
     return lines
