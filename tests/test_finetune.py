@@ -513,21 +513,17 @@ def test_the_command_says_what_its_numbers_are(images, tmp_path):
     d = json.loads((tmp_path / "run" / "report.json").read_text())
     lines = done.output.splitlines()
     assert lines[1] == d["note"] and lines[2].split() == [
-        "model",
-        "test",
-        "acc",
-        "%",
-        "bal.",
-        "acc",
-        "%",
-        "val",
-        "acc",
-        "%",
-        "seconds",
-    ]
+        "model", "test", "acc", "%", "right", "95", "%", "interval", "bal.", "acc", "%", "val", "acc", "%",
+        "(selection)", "seconds",
+    ]  # fmt: skip
     probe = d["comparison"][0]
-    assert lines[3].split()[-4:-1] == [
-        f"{100 * probe[k]:.2f}" for k in ("test_accuracy", "test_balanced_accuracy", "val_accuracy")
+    lo, hi = probe["test_accuracy_interval"]
+    assert probe["test_total"] == 6 and probe["test_right"] == round(6 * probe["test_accuracy"])
+    assert lines[3].split()[-6:-1] == [
+        f"{100 * probe['test_accuracy']:.2f}",
+        f"{probe['test_right']}/6",
+        f"{100 * lo:.1f}-{100 * hi:.1f}",
+        *(f"{100 * probe[k]:.2f}" for k in ("test_balanced_accuracy", "val_accuracy")),
     ]
     refused = CliRunner().invoke(cli.main, [*args[:3], str(tmp_path / "other"), *args[4:], "--test", str(images)])
     assert refused.exit_code == 1 and refused.output.count("\n") == 1
@@ -543,9 +539,13 @@ def test_the_result_table_has_a_val_column_beside_the_test_one_and_not_twice_wit
         "best_epoch": 2, "files": {"report_html": "report.html"},
     }  # fmt: skip
     on_val = result_text({**base, "reported_on": "val", "comparison": [row]})
-    assert on_val[2].split() == ["model", "val", "acc", "%", "bal.", "acc", "%", "seconds"]
+    assert on_val[2].split() == ["model", "val", "acc", "%", "(selection)", "bal.", "acc", "%", "seconds"]
     assert on_val[3].split() == ["fine-tuned", "90.00", "80.00", "12.0"]
-    tested = {**row, "test_accuracy": 0.7, "test_balanced_accuracy": 0.6}
+    tested = {**row, "test_accuracy": 0.7, "test_balanced_accuracy": 0.6, "test_right": 7, "test_total": 10,
+              "test_accuracy_interval": [0.39678, 0.89222]}  # fmt: skip
     on_test = result_text({**base, "reported_on": "test", "comparison": [tested]})
-    assert on_test[2].split() == ["model", "test", "acc", "%", "bal.", "acc", "%", "val", "acc", "%", "seconds"]
-    assert on_test[3].split() == ["fine-tuned", "70.00", "60.00", "90.00", "12.0"]
+    assert on_test[2].split() == [
+        "model", "test", "acc", "%", "right", "95", "%", "interval", "bal.", "acc", "%", "val", "acc", "%",
+        "(selection)", "seconds",
+    ]  # fmt: skip
+    assert on_test[3].split() == ["fine-tuned", "70.00", "7/10", "39.7-89.2", "60.00", "90.00", "12.0"]

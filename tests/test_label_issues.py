@@ -220,7 +220,8 @@ def test_report_json_csv_markdown_and_html_carry_the_list(tmp_path):
     assert [c["path"] for c in cards] == [i["path"] for i in issues][: len(cards)] and cards
     assert cards[0]["src"] and "suggested class1" in cards[0]["text"]
     assert page.text["label-issues-estimated"] == str(d["label_issues_estimated"])
-    html = (run / "report.html").read_text()  # a set to review, with what such a set was worth: not "are labelled wrong"
+    # a set to review, with what such a set was worth: not "are labelled wrong"
+    html = (run / "report.html").read_text()
     assert "not a count of them" in html and "42 to 82 % of such a set were flips" in html
     assert "are labelled wrong" not in html
     assert "label-issue-pairs" in page.text and "class0" in page.text["label-issue-pairs"]

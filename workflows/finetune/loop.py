@@ -81,7 +81,6 @@ def _loader(paths, transform, batch_size, workers, max_pixels):
     )
 
 
-@torch.no_grad()
 def evaluate_images(
     model,
     part: Part,
@@ -96,22 +95,35 @@ def evaluate_images(
     """Scores of ``model`` on the images of ``part`` with the evaluation preprocessing, computed as everywhere else
     (``classifiers.metrics.scores``; ``loss`` is the log-loss of the softmax). Files that fail are left out and
     returned."""
+    scores, _, failed = answer_images(model, part, prep, device, precision, batch_size, workers, max_pixels, role)
+    return scores, failed
+
+
+@torch.no_grad()
+def answer_images(
+    model, part: Part, prep, device, precision, batch_size, workers, max_pixels=DEFAULT_MAX_PIXELS, role="test"
+) -> tuple[dict, np.ndarray, list]:
+    """``evaluate_images`` with the class answered for each row of ``part`` (-1 for a file that failed): what the
+    paired comparison of two models on the same test images needs."""
     model.eval()
-    logits, targets, failed = [], [], []
+    logits, rows, failed = [], [], []
     for batch in _loader(part.paths, prep, batch_size, workers, max_pixels):
         failed += [(part.paths[i], r) for i, r, _ in batch.failures]
         if batch.indices:
             with autocast_for(device, precision):
                 logits.append(_forward(model, prep.normalize(torch.as_tensor(batch.images).to(device))).float().cpu())
-            targets.append(part.y[batch.indices])
+            rows += list(batch.indices)
     if not logits:
         raise FeaturebankError(
             f"none of the {len(part)} {role} images could be read now (first: {failed[0][0]}: {failed[0][1]})"
         )
-    logits, y = torch.cat(logits), np.concatenate(targets)
+    logits = torch.cat(logits)
     proba = torch.softmax(logits.double(), 1).numpy()
-    s = scores(y, logits.argmax(1).numpy(), proba, logits.shape[1])
-    return {"loss": s.pop("log_loss"), **s}, failed
+    predicted = logits.argmax(1).numpy()
+    s = scores(part.y[rows], predicted, proba, logits.shape[1])
+    answered = np.full(len(part), -1, dtype=np.int64)
+    answered[rows] = predicted
+    return {"loss": s.pop("log_loss"), **s}, answered, failed
 
 
 def _save(obj, path: str) -> None:
@@ -190,7 +202,8 @@ def train_loop(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     epochs_of: Callable[..., Epochs] | None = None,
 ) -> TrainingState:
-    """Train ``model`` (head and ``blocks``) on ``train`` for ``config.options.epochs``, early stopping on ``val`` accuracy.
+    """Train ``model`` (head and ``blocks``) on ``train`` for ``config.options.epochs``, early stopping on ``val``
+    (``better``: accuracy, then loss; ``patience`` epochs without a better one).
     Epoch 0 is the untrained start: ``best.pth`` stays the start when no epoch beats it. Everything random is
     seeded from (seed, epoch), so a resumed run follows the uninterrupted trajectory. Only ``train`` and ``val``
     are seen here: whatever is chosen, is chosen on ``val``. ``epochs_of(trainer, train, val, prep, failed)``

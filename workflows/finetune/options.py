@@ -68,8 +68,15 @@ class TrainingOptions:
         "25-100 % of the image, every other one mirrored).",
         check="workflows.finetune.fixed_views:views_option",
     )
-    probe_init: bool = option(True, "Start the head at random, not from the linear probe.", flag="--no-probe-init")
-    patience: int = option(3, "Epochs without a better validation accuracy before stopping.", low=1)
+    probe_init: bool = option(
+        True, "Start the head at random (drawn from --seed), not from the linear probe.", flag="--no-probe-init"
+    )
+    patience: int = option(
+        3,
+        "Stop after this many epochs without a better one on validation: a higher accuracy, or the same accuracy "
+        "with a lower loss (the rule that chooses best.pth).",
+        low=1,
+    )
     seed: int = option(0)
     precision: str = option("fp32", "Mixed precision (fp16/bf16) on a GPU.", choices=TORCH_PRECISIONS)
     workers: int | None = option(None, "Decoding processes (as in extract).", low=0)
@@ -137,6 +144,12 @@ class FinetuneOptions:
         "A cv --out folder of the same backbone, weights and penultimate layer: its best row (classifier spec) is "
         "fit on the same frozen features as the probe and compared too.",
         path={"exists": True, "file_okay": False},
+    )
+    cache: str | None = option(
+        None,
+        "The cache of DATA (an extract --cache file: reused when made with the same settings; else made there). "
+        "Pixel path only. [default: under cache/]",
+        path={"dir_okay": False},
     )
     cache_dir: str | None = option(None, cli=False)  # where the embedded images' caches go (default: cache/)
     training: TrainingOptions = field(default_factory=TrainingOptions)

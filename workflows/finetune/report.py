@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
-from classifiers.metrics import METRICS
+import numpy as np
+
+from classifiers.metrics import METRICS, wilson
 from classifiers.report.html import read_run, render_page
 from classifiers.report.plots import training_curves_png
 from embedder import __version__
@@ -17,13 +20,34 @@ NOTES = {
     "test": "Numbers on the --test images: nothing was trained or selected on them (the epoch and early stopping "
     "were chosen on the validation images, whose numbers are in val_*).",
     "validation": "Validation numbers, selection included: the fine-tuned epoch (and early stopping) was chosen on "
-    "these same images by accuracy, and epoch 0 is the probe, so the fine-tuned row cannot have a "
+    "these same images by accuracy, then loss, and epoch 0 is the probe, so the fine-tuned row cannot have a "
     "lower accuracy than the probe here. Give --test DATA for numbers nothing was selected on.",
+    "validation, random head": "Validation numbers, selection included: the fine-tuned epoch (and early stopping) "
+    "was chosen on these same images by accuracy, then loss; the head started at random, not as the probe, so the "
+    "fine-tuned row can be below the probe. Give --test DATA for numbers nothing was selected on.",
 }
+SECONDS = (
+    "Seconds: over every run of this folder (--resume included): a network's training and validation (and the views "
+    "pass); the probe's fit and the embedding of its images when a run of this folder did it (not a cache that was "
+    "there already)."
+)
+
+SECONDS_SHORT = (
+    "seconds: over every run of this folder (--resume included); the probe's embedding when one of them did it"
+)
 
 
-def comparison_row(model: str, trained: str, val: dict | None, test: dict | None, seconds: float) -> dict:
-    """One model of the comparison: ``val_*`` and ``test_*`` (None without ``--test``) metrics, same keys always."""
+def numbers_note(on: str, probe_start: bool) -> str:
+    """What the comparison's numbers are: on ``test``, or on validation, where the claim that the fine-tuned row
+    cannot be below the probe holds only when the head started as the probe (``probe_start``)."""
+    return NOTES[on if on == "test" or probe_start else "validation, random head"]
+
+
+def comparison_row(
+    model: str, trained: str, val: dict | None, test: dict | None, seconds: float, counts: dict | None = None
+) -> dict:
+    """One model of the comparison: ``val_*`` and ``test_*`` (None without ``--test``) metrics, and ``counts``
+    (``counts_right``: how many test images it got right, of how many, and the 95 % interval), same keys always."""
 
     def metrics(prefix, scores):
         scores = {("log_loss" if k == "loss" else k): v for k, v in (scores or {}).items()}
@@ -34,8 +58,48 @@ def comparison_row(model: str, trained: str, val: dict | None, test: dict | None
         "trained": trained,
         **metrics("val", val),
         **metrics("test", test),
+        **{k: (counts or {}).get(k) for k in COUNTS},
         "seconds": round(seconds, 2),
     }
+
+
+COUNTS = ("test_right", "test_total", "test_accuracy_interval")
+
+
+def counts_right(answered: np.ndarray, y: np.ndarray) -> dict:
+    """Right answers of one model on the test images (``answered``: a class per row, -1 where the file failed), of
+    how many it scored, and the 95 % Wilson interval of that accuracy (as ``evaluate`` gives it)."""
+    scored = answered >= 0
+    right, total = int((answered[scored] == y[scored]).sum()), int(scored.sum())
+    return {"test_right": right, "test_total": total, "test_accuracy_interval": list(wilson(right, total))}
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar test: how likely a split of the images that only one of two models got right at
+    least this uneven is, if each of those images were as likely to go to either model (binomial, p = 1/2)."""
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def below_probe_note(probe: np.ndarray, tuned: np.ndarray, y: np.ndarray) -> str | None:
+    """One line when the fine-tuned model is below the probe on the test images (``probe``, ``tuned``: the class
+    each answered per row, -1 where it could not score the file): both counts, and whether the difference is within
+    noise, by an exact McNemar test on the images that only one of the two got right (both scored them)."""
+    p, t = counts_right(probe, y), counts_right(tuned, y)
+    if t["test_right"] * p["test_total"] >= p["test_right"] * t["test_total"]:
+        return None
+    both = (probe >= 0) & (tuned >= 0)
+    only_probe = int((both & (probe == y) & (tuned != y)).sum())
+    only_tuned = int((both & (tuned == y) & (probe != y)).sum())
+    value = mcnemar_p(only_probe, only_tuned)
+    verdict = "within noise (p >= 0.05)" if value >= 0.05 else "beyond noise (p < 0.05)"
+    return (
+        f"the fine-tuned model is below the frozen probe on the --test images: {t['test_right']} of "
+        f"{t['test_total']} right against {p['test_right']} of {p['test_total']}; only the probe was right on "
+        f"{only_probe} image(s), only the fine-tuned model on {only_tuned}: an exact McNemar test on these "
+        f"{only_probe + only_tuned} gives p = {value:.2f}, {verdict}"
+    )
 
 
 def trained_text(state) -> str:
@@ -96,7 +160,6 @@ def write_run_report(result, prep, versions: dict) -> dict[str, str]:
             {**result.to_dict(), "files": files, "preprocessing": prep.to_dict(), "versions": versions}, fh, indent=1
         )
     c, on = result.config, result.reported_on
-    short = "test" if on == "test" else "val"
     images = (
         f"{c['train_images']} training, {c['val_images']} validation"
         + (f" and {result.test_images} test" if on == "test" else "")
@@ -111,16 +174,12 @@ def write_run_report(result, prep, versions: dict) -> dict[str, str]:
         "",
         result.note,
         "",
-        f"| model | trained | {short} accuracy % | {short} balanced acc. % | {short} macro-F1 % "
-        + ("| val accuracy % (selection) " if on == "test" else "")
-        + "| seconds |",
-        "|---|---|--:|--:|--:|" + ("--:|" if on == "test" else "") + "--:|",
+        *_md_comparison(result.comparison, on),
+        "",
+        SECONDS,
     ]
-    for r in result.comparison:
-        cells = [_pct(r[f"{short}_{k}"]) for k in ("accuracy", "balanced_accuracy", "f1_macro")]
-        if on == "test":
-            cells.append(_pct(r["val_accuracy"]))
-        lines.append(f"| {r['model']} | {r['trained']} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
+    if result.notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in result.notes]
     lines += ["", "| epoch | train loss | train acc. % | val loss | val acc. % |", "|--:|--:|--:|--:|--:|"]
     lines += [
         f"| {h['epoch']} | "
@@ -134,6 +193,36 @@ def write_run_report(result, prep, versions: dict) -> dict[str, str]:
         fh.write("\n".join(lines) + "\n")
     write_html(out)
     return files
+
+
+def _interval(r: dict) -> str:
+    lo, hi = r.get("test_accuracy_interval") or (None, None)
+    return "–" if lo is None else f"{100 * lo:.1f}-{100 * hi:.1f}"
+
+
+def _right(r: dict) -> str:
+    return "–" if r.get("test_right") is None else f"{r['test_right']}/{r['test_total']}"
+
+
+def _md_comparison(rows: list[dict], on: str) -> list[str]:
+    """report.md's comparison: on ``test``, each row's count right and 95 % interval, and the validation accuracy
+    the epoch was selected on beside; on ``val``, the selection's own numbers."""
+    tested = on == "test"
+    head = (
+        ["test accuracy %", "test right", "test 95 % interval", "test balanced acc. %", "test macro-F1 %"]
+        + ["val accuracy % (selection)"]
+        if tested
+        else ["val accuracy % (selection)", "val balanced acc. %", "val macro-F1 %"]
+    )
+    lines = [f"| model | trained | {' | '.join(head)} | seconds |", "|---|---|" + "--:|" * (len(head) + 1)]
+    for r in rows:
+        short = "test" if tested else "val"
+        cells = [_pct(r[f"{short}_{k}"]) for k in ("accuracy", "balanced_accuracy", "f1_macro")]
+        if tested:
+            cells[1:1] = [_right(r), _interval(r)]
+            cells.append(_pct(r["val_accuracy"]))
+        lines.append(f"| {r['model']} | {r['trained']} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
+    return lines
 
 
 def _f(v, fmt: str) -> str:
@@ -238,8 +327,8 @@ def page_context(d: dict, run_dir: str) -> dict:
         "summary": "The frozen linear probe (logistic regression on the cached features) is the baseline; "
         "fine-tuning starts from it"
         + ("" if c.get("probe_init", True) else " (here: from a random head)")
-        + ". Every model is scored on the same images. Seconds: training and its "
-        "validation; the probe's include embedding the images when this run did it.",
+        + ". Every model is scored on the same images. "
+        + SECONDS,
         "note": d.get("note")
         or "Validation numbers, selection included: the fine-tuned epoch was chosen on these same images.",
         "reported_on": on,
@@ -260,10 +349,12 @@ def write_html(run_dir: str) -> str:
 
 
 def epoch_text(epoch: int, row: dict) -> str:
-    """One finished epoch, as the run goes: its own time (training and validation), not the run's so far."""
+    """One finished epoch, as the run goes: its own time (training and validation), not the run's so far; the
+    from-scratch run's epochs (``row["run"]``) say so."""
     seconds = row.get("epoch_seconds", row["seconds"])
     return (
-        f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
+        (f"{row['run']}, " if row.get("run") else "")
+        + f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.1f} %, "
         f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.1f} % ({seconds:.1f} s)"
     )
 
@@ -287,9 +378,13 @@ def views_pass_text(train_images: int, views: int, val_images: int, computed: in
     )
 
 
-def kept_after_interrupt(out: str, epoch: int | None, trunk: str | None) -> str:
+def kept_after_interrupt(out: str, epoch: int | None, trunk: str | None, scratch: dict | None = None) -> str:
     """What an interrupted run kept, in words that are true: the epoch saved in OUT/last.pt when one is, else
-    what the passes before training kept (the frozen trunk's rows, or the embedded images in the cache)."""
+    what the passes before training kept (the frozen trunk's rows, or the embedded images in the cache). With
+    ``scratch`` (``{"epoch": its last saved epoch or None}``: the from-scratch run was going), which run was
+    interrupted and what of each is kept."""
+    if scratch is not None:
+        return _kept_in_scratch(out, scratch["epoch"])
     last = os.path.join(out, "last.pt")
     if epoch is not None:
         return f"epoch {epoch} is saved ({last}); run the same command with --resume to continue"
@@ -303,22 +398,51 @@ def kept_after_interrupt(out: str, epoch: int | None, trunk: str | None) -> str:
     return f"no epoch had finished, so there is no {last} to resume; {kept}: run the same command again to continue from them"
 
 
+def _kept_in_scratch(out: str, epoch: int | None) -> str:
+    """The from-scratch run was interrupted: the fine-tuned run had finished, and the scratch run kept its last
+    epoch, or nothing."""
+    last = os.path.join(out, "scratch", "last.pt")
+    if epoch is None and os.path.exists(last):
+        scratch = f"its last finished epoch is saved ({last})"
+    elif epoch is None:
+        scratch = "no epoch of it had finished, so nothing of it is saved and --resume starts it again at epoch 1"
+    else:
+        scratch = f"its epoch {epoch} is saved ({last})"
+    return (
+        f"the from-scratch run (--from-scratch) was interrupted: {scratch}; the fine-tuned run had finished "
+        f"({os.path.join(out, 'last.pt')}); run the same command with --resume to continue"
+    )
+
+
 def result_text(d: dict) -> list[str]:
-    """A finished run (``FinetuneResult.to_dict()``): what was trained, the comparison, the files."""
-    on = "test" if d["reported_on"] == "test" else "val"
+    """A finished run (``FinetuneResult.to_dict()``): what was trained, the comparison, the files. On the test
+    images each row has its count right and 95 % interval; the validation column is the one the epoch was
+    selected on."""
+    tested = d["reported_on"] == "test"
+    on = "test" if tested else "val"
+    selection = "val acc % (selection)"
     lines = [
         f"unfrozen: {', '.join(d['blocks']) or 'head only'} ({d['trainable_parameters']:,} trainable parameters)",
         d["note"],
-        f"{'model':48} {on + ' acc %':>10} {'bal. acc %':>10}"
-        + (f" {'val acc %':>9}" if on == "test" else "")  # without a test set the first column is val's already
+        f"{'model':48} "
+        + (f"{'test acc %':>10} {'right':>9} {'95 % interval':>13}" if tested else f"{selection:>21}")
+        + f" {'bal. acc %':>10}"
+        + (f" {selection:>21}" if tested else "")  # without a test set the first column is val's already
         + f" {'seconds':>8}",
     ]
     lines += [
-        f"{r['model']:48} {100 * r[on + '_accuracy']:10.2f} {100 * r[on + '_balanced_accuracy']:10.2f}"
-        + (f" {100 * r['val_accuracy']:9.2f}" if on == "test" else "")
+        f"{r['model']:48} "
+        + (
+            f"{100 * r['test_accuracy']:10.2f} {_right(r):>9} {_interval(r):>13}"
+            if tested
+            else f"{100 * r['val_accuracy']:21.2f}"
+        )
+        + f" {100 * r[on + '_balanced_accuracy']:10.2f}"
+        + (f" {100 * r['val_accuracy']:21.2f}" if tested else "")
         + f" {r['seconds']:8.1f}"
         for r in d["comparison"]
     ]
+    lines.append(SECONDS_SHORT)
     lines += [f"skipped {s['path']}: {s['reason']}" for s in d["skipped"][:10]]
     lines += [
         f"best checkpoint  {d['checkpoint']} (epoch {d['best_epoch']})",

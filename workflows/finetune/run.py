@@ -5,36 +5,42 @@ The pixel path embeds with ``extract``; the views path takes the probe's feature
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
+
 from classifiers.from_run import best_row, fit_row
 from classifiers.metrics import full_proba, scores
 from embedder.backbones.features import autocast_for, resolve_device
-from embedder.backbones.registry import load_backbone, resolve_weights
+from embedder.backbones.registry import load_backbone, resolve_weights, skeleton
 from embedder.inputs.batches import default_workers
+from embedder.kernel.atomic import atomic_path
 from embedder.kernel.destination import writable_folder
-from embedder.kernel.errors import IncompatibleSettings
+from embedder.kernel.errors import IncompatibleSettings, InvalidValue
 from embedder.kernel.versions import library_versions
 from embedder.options import ExtractOptions, with_overrides
 
 from .cached_loop import ViewEpochs, store_settings
 from .center_pass import CenterEmbedding
-from .loop import TrainingConfig, evaluate_images, load_best, train_loop
+from .loop import TrainingConfig, answer_images, load_best, train_loop
 from .options import RUN_FOLDER, FinetuneOptions
 from .probe import linear_probe
 from .report import (
-    NOTES,
+    below_probe_note,
     center_text,
     comparison_row,
+    counts_right,
     kept_after_interrupt,
+    numbers_note,
     trained_text,
     write_run_report,
     write_split,
 )
 from .split import Embedding, Part, check_test_apart, embed_test, prepare_data
-from .surgery import block_names, replace_head, unfrozen_blocks
+from .surgery import block_names, replace_head, starts_from_probe, unfrozen_blocks
 from .trunk import ViewsUnavailable
 
 
@@ -110,10 +116,12 @@ def finetune(
     ``augment="auto"`` (the default) is ``views`` where the network splits before its first unfrozen block and
     the frozen trunk's output fits float16, else ``pixels``, with a note saying why; ``--resume`` keeps what the run
     was started with. ``say(line)`` receives the run's notes and the one-time passes' lines (``on_epoch_end(epoch,
-    row)`` each finished epoch, ``row["epoch_seconds"]`` that epoch's own time). A Ctrl-C (``KeyboardInterrupt``)
-    goes through with a ``kept`` attribute: what the interrupted run kept, in words."""
+    row)`` each finished epoch, ``row["epoch_seconds"]`` that epoch's own time, ``row["run"]`` "from scratch" for
+    the ``from_scratch`` run's). A Ctrl-C (``KeyboardInterrupt``) goes through with a ``kept`` attribute: which run
+    was interrupted and what was kept, in words."""
     o = with_overrides(FinetuneOptions, options, keywords)
-    saved: dict = {"epoch": None, "trunk": None, "notes": []}  # what a Ctrl-C leaves: the last epoch, the store
+    # what a Ctrl-C leaves: the last epoch, the store, the scratch run's last epoch once it runs; epochs trained now
+    saved: dict = {"epoch": None, "trunk": None, "scratch": None, "trained": 0, "notes": []}
 
     def said(line: str) -> None:
         if line.startswith("note: "):  # kept in the result (report.json) too
@@ -122,14 +130,18 @@ def finetune(
             say(line)
 
     def epoch_done(epoch, row):
-        saved["epoch"] = epoch
+        if row.get("run"):
+            saved["scratch"]["epoch"] = epoch
+        else:
+            saved["epoch"] = epoch
+        saved["trained"] += 1
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
     try:
         return _finetune(train, out, o, progress, epoch_done, said, saved)
     except KeyboardInterrupt as exc:
-        exc.kept = kept_after_interrupt(out, saved["epoch"], saved["trunk"])  # type: ignore[attr-defined]
+        exc.kept = kept_after_interrupt(out, saved["epoch"], saved["trunk"], saved["scratch"])  # type: ignore[attr-defined]
         raise
 
 
@@ -194,16 +206,19 @@ def _pixel_embedding(o: FinetuneOptions, spec, progress: bool) -> Embedding:
             cache_dir=o.cache_dir,
         ),
         progress,
+        cache=o.cache,
     )
 
 
 def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end, say, saved: dict) -> FinetuneResult:
     t = o.training  # checked when built, before anything is embedded
     writable_folder(out, "the run", create=False)  # a run folder that cannot be written: said before any embedding
+    _refuse_a_run_there(out, o.resume)
     dev = resolve_device(o.device)
     autocast_for(dev, t.precision)
     spec = resolve_weights(o.backbone, o.weights, t.seed)
     compared = _compared_row(o, spec)
+    _say_all_blocks(o.backbone, t.unfreeze, say)
     if t.augment == "auto" and o.resume:
         recorded = _recorded_augment(out)
         if recorded is not None:  # a resumed run goes on as it was started
@@ -224,6 +239,11 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
             say(f"note: training on pixels (--augment pixels), not --augment views: {exc.reason}")
             t, center, saved["trunk"] = replace(t, augment="flip"), None, None
     o = replace(o, training=t)
+    if center is not None and o.cache is not None:
+        say(
+            f"note: --cache {o.cache} is not read on the views path: the center pass computes the probe's features "
+            f"(--augment pixels reads it)"
+        )
     embedding = center if center is not None else _pixel_embedding(o, spec, progress)
     if data is None:
         data = prepare_data(train, o.val, o.val_split, t.seed, embedding)
@@ -237,7 +257,7 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
 
     started = time.perf_counter()
     probe, head_init = linear_probe(data.train.X, data.train.y, k, t.seed)
-    probe_seconds = time.perf_counter() - started + data.embed_seconds  # embedding included when done now
+    probe_seconds = time.perf_counter() - started + _embedding_seconds(out, data.embed_seconds)
     if compared is not None:  # cv's best classifier, fit on the same training rows as the probe
         started = time.perf_counter()
         best_frozen = fit_row(compared, data.train.X, data.train.y, t.seed)
@@ -246,7 +266,8 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
     if center is None:
         prep, model = _load(o, spec)
         blocks = unfrozen_blocks(model, t.unfreeze)
-    replace_head(model, k, head_init if t.probe_init else None)  # a new module: the views path splits it anew
+    init = head_init if t.probe_init else None
+    head = replace_head(model, k, init, seed=t.seed)  # a new module: the views path splits it anew
     run = dict(device=dev, resume=o.resume, progress=progress, max_pixels=o.max_pixels)
     views = (
         ViewEpochs.maker(config, o.cache_dir, out, progress, center=center.phase.as_dict(), say=say, store=center.store)
@@ -269,40 +290,28 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained = {"fine-tuned": (model, out, state)}
     if o.from_scratch:
-        scratch = load_backbone(o.backbone, "none", t.seed, resize=o.resize, crop=o.crop, draft=o.draft).model
-        replace_head(scratch, k)
-        scratch_config = replace(
-            config,
-            weights=f"none:seed={t.seed}",
-            options=replace(
-                t,
-                unfreeze="all",
-                bn="train",
-                backbone_lr_scale=1.0,
-                probe_init=False,
-                augment="flip" if t.augment == "views" else t.augment,  # no frozen trunk to run once
-            ),
-        )
-        scratch_out = os.path.join(out, "scratch")
-        scratch_state = train_loop(
-            scratch, block_names(scratch), data.train, data.val, data.classes, prep, scratch_out, scratch_config, **run
-        )
-        trained["from scratch"] = (scratch, scratch_out, scratch_state)
+        saved["scratch"] = {"epoch": None}
+        trained["from scratch"] = _train_from_scratch(o, config, data, prep, out, run, on_epoch_end)
+        saved["scratch"] = None  # finished: a Ctrl-C from here on interrupts no training
+    if o.resume and not saved["trained"] and state.epoch:
+        say(f"note: --resume: {out} had finished already ({_finished_text(state, t)}): nothing was trained now")
 
     # Training is over: only now are the test images embedded and scored, by the probe and the chosen epochs.
-    tests, test_rows, failed_now = {}, 0, dict(state.failed)
+    tests, counts, test_rows, failed_now = {}, {}, 0, dict(state.failed)
     if o.test is not None:
         test_data = embed_test(o.test, data.classes, embedding, data)
         test_rows = len(test_data)
         write_split(
             {"train": data.train, "val": data.val, "test": test_data}, data.classes, os.path.join(out, "split.csv")
         )
+        answers = {"probe": probe.predict(test_data.X)}
         tests["probe"] = _probe_scores(probe, test_data, k)
         if compared is not None:
+            answers["compared"] = best_frozen.predict(test_data.X)
             tests["compared"] = _probe_scores(best_frozen, test_data, k)
         eval_workers = default_workers(dev.type) if t.workers is None else t.workers
         for name, (net, folder, _) in trained.items():
-            tests[name], failed = evaluate_images(
+            tests[name], answers[name], failed = answer_images(
                 load_best(net, folder),
                 test_data,
                 prep,
@@ -314,6 +323,10 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
                 role="test",
             )
             failed_now.update(dict(failed))
+        counts = {name: counts_right(np.asarray(a), test_data.y) for name, a in answers.items()}
+        below = below_probe_note(np.asarray(answers["probe"]), answers["fine-tuned"], test_data.y)
+        if below is not None:
+            say(f"note: {below}")
     known = {s["path"] for s in embedding.skipped}
     skipped = embedding.skipped + [
         {"path": p, "reason": r, "part": "failed when read again"} for p, r in failed_now.items() if p not in known
@@ -327,6 +340,7 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
             _probe_scores(probe, data.val, k),
             tests.get("probe"),
             probe_seconds,
+            counts.get("probe"),
         )
     ]
     comparison.append(
@@ -336,9 +350,11 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
             state.best,
             tests.get("fine-tuned"),
             state.seconds,
+            counts.get("fine-tuned"),
         )
     )
     if o.from_scratch:
+        scratch_state = trained["from scratch"][2]
         comparison.append(
             comparison_row(
                 "from scratch (same architecture, random init)",
@@ -346,6 +362,7 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
                 scratch_state.best,
                 tests.get("from scratch"),
                 scratch_state.seconds,
+                counts.get("from scratch"),
             )
         )
     if compared is not None:
@@ -357,10 +374,11 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
                 _probe_scores(best_frozen, data.val, k),
                 tests.get("compared"),
                 compared_seconds,
+                counts.get("compared"),
             )
         )
     on = "test" if o.test is not None else "validation"
-    note = NOTES[on] + (
+    note = numbers_note(on, starts_from_probe(head, init)) + (
         f" {len(dropped)} test image(s) whose bytes equal a training or validation image were left "
         f"out (--drop-test-copies): {', '.join(dropped)}."
         if dropped
@@ -382,11 +400,82 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
         test_images=test_rows,
         test_dropped=dropped,
         config=config.to_dict(),
-        scratch_history=scratch_state.history if o.from_scratch else [],
+        scratch_history=trained["from scratch"][2].history if o.from_scratch else [],
         notes=list(saved["notes"]),
     )
     result.files = write_run_report(result, prep, library_versions())
     return result
+
+
+def _train_from_scratch(o: FinetuneOptions, config: TrainingConfig, data, prep, out: str, run: dict, on_epoch_end):
+    """The same architecture from random weights (its head too, drawn from --seed), every layer training, into
+    OUT/scratch; its epochs reach ``on_epoch_end`` with ``row["run"]`` = "from scratch"."""
+    t = o.training
+    scratch = load_backbone(o.backbone, "none", t.seed, resize=o.resize, crop=o.crop, draft=o.draft).model
+    replace_head(scratch, len(data.classes), seed=t.seed)
+    scratch_config = replace(
+        config,
+        weights=f"none:seed={t.seed}",
+        options=replace(
+            t,
+            unfreeze="all",
+            bn="train",
+            backbone_lr_scale=1.0,
+            probe_init=False,
+            augment="flip" if t.augment == "views" else t.augment,  # no frozen trunk to run once
+        ),
+    )
+    scratch_out = os.path.join(out, "scratch")
+    state = train_loop(
+        scratch,
+        block_names(scratch),
+        data.train,
+        data.val,
+        data.classes,
+        prep,
+        scratch_out,
+        scratch_config,
+        on_epoch_end=lambda epoch, row: on_epoch_end(epoch, {**row, "run": "from scratch"}),
+        **run,
+    )
+    return scratch, scratch_out, state
+
+
+def _refuse_a_run_there(out: str, resume: bool) -> None:
+    """A folder that holds a run is refused without --resume before anything is embedded (``train_loop`` checks
+    again), so that a refused command leaves nothing behind and is counted nowhere."""
+    if not resume and os.path.exists(os.path.join(out, "last.pt")):
+        raise InvalidValue(f"{out} holds a run already: add --resume to continue it, or choose another --out")
+
+
+def _say_all_blocks(backbone: str, unfreeze, say) -> None:
+    """``--unfreeze N`` past the network's blocks trains them all: said once, before any other note, as the
+    notes after it call it --unfreeze all."""
+    if unfreeze == "all" or not int(unfreeze):
+        return
+    n = len(block_names(skeleton(backbone)))
+    if int(unfreeze) > n:
+        say(f"note: --unfreeze {unfreeze}: the network has {n} blocks, all unfrozen")
+
+
+def _finished_text(state, t) -> str:
+    if state.stopped_early:
+        return f"stopped early at epoch {state.epoch} of {t.epochs}, after {t.patience} without a better one"
+    return f"all {state.epoch} epochs"
+
+
+def _embedding_seconds(out: str, now: float) -> float:
+    """The seconds this folder's runs spent embedding the probe's images, ``now`` (this run's) included: kept in
+    OUT/seconds.json, so that a --resume still counts what the interrupted run embedded."""
+    path = os.path.join(out, "seconds.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            before = float(json.load(fh)["embedding"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet (or unreadable): this run's alone
+        before = 0.0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"embedding": round(before + now, 3)}, fh)
+    return before + now
 
 
 def _load(o: FinetuneOptions, spec):

@@ -82,16 +82,18 @@ class Embedded:
 
 
 class Embedding:
-    """``extract`` with the run's settings, remembering the caches, skipped files and seconds it took."""
+    """``extract`` with the run's settings, remembering the caches, skipped files and seconds it took. ``cache``
+    (``--cache``) is DATA's file, as ``extract --cache`` made it: reused when its settings are these; the other
+    inputs go to their default caches."""
 
-    def __init__(self, options: ExtractOptions, progress: bool = False):
-        self.options, self.progress = options, progress
+    def __init__(self, options: ExtractOptions, progress: bool = False, cache: str | None = None):
+        self.options, self.progress, self.cache = options, progress, cache
         self.skipped: list[dict] = []
         self.caches: list[str] = []
         self.seconds = 0.0
 
     def __call__(self, source, part: str) -> Embedded:
-        summary = extract(source, None, self.options, progress=self.progress)
+        summary = extract(source, self.cache if part == "DATA" else None, self.options, progress=self.progress)
         self.seconds += summary.seconds if summary.embedded else 0.0
         self.skipped += [{"path": f["path"], "reason": f["reason"], "part": part} for f in summary.failed]
         self.caches.append(summary.cache)

@@ -75,21 +75,37 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float, weight_d
     return [{"name": g, "params": p, "lr": rates[g], "weight_decay": weight_decay} for g, p in groups.items() if p]
 
 
-def replace_head(model: nn.Module, n_classes: int, init: tuple[np.ndarray, np.ndarray] | None = None) -> nn.Module:
-    """A new head for ``n_classes``; a Linear head starts from ``init`` (the probe's ``W``, ``b``) when given."""
+def replace_head(
+    model: nn.Module, n_classes: int, init: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None
+) -> nn.Module:
+    """A new head for ``n_classes``; a Linear head starts from ``init`` (the probe's ``W``, ``b``) when given. A
+    random start is drawn from ``seed`` (``--seed``) on a generator of its own, so that the same seed gives the same
+    head whatever ran before (torch's global generator: ``None``)."""
     name = head_name(model)
     old = model.get_submodule(name)
-    if isinstance(old, (nn.Linear, nn.Identity)):  # Identity: a timm model built without classes
-        new = nn.Linear(head_inputs(model), n_classes)
-        if init is not None:
-            with torch.no_grad():
-                new.weight.copy_(torch.as_tensor(init[0], dtype=torch.float32))
-                new.bias.copy_(torch.as_tensor(init[1], dtype=torch.float32))
-    else:  # SqueezeNet's 1x1 convolution (followed by ReLU and pooling, so a linear probe does not map onto it)
-        new = nn.Conv2d(old.in_channels, n_classes, kernel_size=old.kernel_size)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        new = _new_head(model, old, n_classes)
+    if init is not None and isinstance(new, nn.Linear):
+        with torch.no_grad():
+            new.weight.copy_(torch.as_tensor(init[0], dtype=torch.float32))
+            new.bias.copy_(torch.as_tensor(init[1], dtype=torch.float32))
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, new)
     return new
+
+
+def starts_from_probe(head: nn.Module, init) -> bool:
+    """Whether ``replace_head`` started ``head`` from the probe: then epoch 0 of training is the probe."""
+    return init is not None and isinstance(head, nn.Linear)
+
+
+def _new_head(model: nn.Module, old: nn.Module, n_classes: int) -> nn.Module:
+    if isinstance(old, (nn.Linear, nn.Identity)):  # Identity: a timm model built without classes
+        return nn.Linear(head_inputs(model), n_classes)
+    # SqueezeNet's 1x1 convolution (followed by ReLU and pooling, so a linear probe does not map onto it)
+    return nn.Conv2d(old.in_channels, n_classes, kernel_size=old.kernel_size)
 
 
 def add_head_dropout(model: nn.Module, p: float):
