@@ -776,8 +776,9 @@ def finetune(data, out, quiet, as_json, **options):
     --weights for extract and predict --head.
 
     --json prints the run: each row of "comparison" has val_accuracy, val_balanced_accuracy, val_f1_macro,
-    val_log_loss (the epoch was selected on these), the same as test_* (null without --test), and seconds;
-    "reported_on" is "test" or "validation", and "note" says what that means.
+    val_log_loss (the epoch was selected on these), the same as test_* (null without --test), test_right,
+    test_total and test_accuracy_interval (the Wilson 95 % interval), and seconds; "reported_on" is "test" or
+    "validation", "note" says what that means, and "notes" what the run found (a fine-tuned model below the probe).
 
     \b
     Example:

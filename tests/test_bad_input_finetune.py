@@ -439,9 +439,15 @@ def test_finetune_compares_with_the_best_row_of_a_cv_run(tmp_path):
     (not logreg) is fit on the same training rows as the probe and scored on the same validation images."""
     from workflows.finetune import finetune
 
-    root = tmp_path / "images"
+    root, test = tmp_path / "images", tmp_path / "test"
     write_tree(root, per_class=4)
-    args = ["extract", str(root), "--cache", str(tmp_path / "c.h5"), "-b", "resnet18", "-w", "none", "--resize",
+    write_tree(test, per_class=2, start=50)
+    everything = tmp_path / "all.csv"  # cv's cache holds the --test images too: its best row was chosen on them
+    everything.write_text(
+        "path,label\n"
+        + "".join(f"{p},{p.parent.name}\n" for p in sorted(root.rglob("*.*")) + sorted(test.rglob("*.*")))
+    )
+    args = ["extract", str(everything), "--cache", str(tmp_path / "c.h5"), "-b", "resnet18", "-w", "none", "--resize",
             "72", "--crop", "64", "--workers", "0", "--engine", "torch", "-q"]  # fmt: skip
     assert _cli(args).exit_code == 0
     cv = _cli(["cv", str(tmp_path / "c.h5"), "-c", "knn:n_neighbors=3,lda", "--folds", "2", "-o",
@@ -449,11 +455,23 @@ def test_finetune_compares_with_the_best_row_of_a_cv_run(tmp_path):
     assert cv.exit_code == 0, cv.output
     best = json.loads((tmp_path / "cv" / "report.json").read_text())["best"]
     result = finetune(
-        str(root), str(tmp_path / "run"), epochs=1, augment="pixels", compare=str(tmp_path / "cv"), **TINY
+        str(root),
+        str(tmp_path / "run"),
+        epochs=1,
+        augment="pixels",
+        compare=str(tmp_path / "cv"),
+        test=str(test),
+        **TINY,
     )
     rows = {r["model"]: r for r in result.comparison}
     row = rows[f"frozen {best['classifier']} (cv's best row)"]
     assert list(rows)[-1] == row["model"] and str(tmp_path / "cv") in row["trained"]
+    # cv chose that row on folds that held the validation and the test images: the row and a note say so
+    assert row["trained"].endswith("; cv chose it on folds holding 3 of the 3 validation and 6 of the 6 test images")
+    assert (
+        f"--compare {tmp_path / 'cv'}: cv chose its best row on folds holding 6 of the 6 --test images: that row's "
+        "test figures are not free of selection" in result.notes
+    )
     # the same classifier fit on the probe's training rows, scored on its validation rows
     from classifiers.zoo import make_classifier
     from embedder import CacheReader

@@ -121,6 +121,9 @@ def test_a_fine_tuned_model_below_the_probe_on_the_test_images_is_said_with_its_
     assert f"| 50.00 | 3/6 | {100 * lo:.1f}-{100 * hi:.1f} |" in md and f"- {below}" in md
     table = result_text({**d, "files": result.files})
     assert table[4].split()[-6:-3] == ["50.00", "3/6", f"{100 * lo:.1f}-{100 * hi:.1f}"]
+    html = (tmp_path / "run" / "report.html").read_text()  # the page too: counts, intervals and the note
+    assert '<td class="n">3/6</td>' in html and f'<td class="n">{100 * lo:.1f}-{100 * hi:.1f}</td>' in html
+    assert '<ul id="comparison-notes"><li>the fine-tuned model is below the frozen probe' in html
 
 
 # -- 2. and 3. the random head: seeded, and the validation note true of it -------------------------------------

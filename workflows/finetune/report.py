@@ -253,6 +253,8 @@ def page_context(d: dict, run_dir: str) -> dict:
             "best": r[f"{on}_accuracy"] == best_accuracy,
             "metrics": [{"v": r[f"{on}_{k}"], "text": f"{100 * r[f'{on}_{k}']:.2f}"} for k in SHOWN]
             + ([{"v": r["val_accuracy"], "text": f"{100 * r['val_accuracy']:.2f}"}] if on == "test" else []),
+            "right": _right(r),
+            "interval": _interval(r),
         }
         for r in rows
     ]
@@ -333,6 +335,8 @@ def page_context(d: dict, run_dir: str) -> dict:
         or "Validation numbers, selection included: the fine-tuned epoch was chosen on these same images.",
         "reported_on": on,
         "comparison": comparison,
+        "counted": on == "test" and any(r.get("test_total") for r in rows),  # report.json of before: no counts
+        "notes": d.get("notes") or [],
         "curves": curves,
         "failed": d["skipped"][:200],
         "footer": (f"With {versions}. " if versions else "") + f"Rendered by featurebank {__version__}.",

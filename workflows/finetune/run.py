@@ -96,6 +96,27 @@ def _compared_row(o: FinetuneOptions, spec):
     return row
 
 
+def cv_held(compared, *parts) -> list[int] | None:
+    """How many images of each part (by content digest) the folds of ``--compare``'s cv run held: its best row was
+    chosen on them. None when that run's cache is gone (not checked)."""
+    from embedder.cache.hdf5 import CacheReader
+    from embedder.kernel.errors import FeaturebankError
+
+    try:
+        seen = {d for d in CacheReader(compared.cache).rows["digest"] if d}
+    except (OSError, FeaturebankError):
+        return None
+    return [sum(1 for d in part.digests if d in seen) for part in parts]
+
+
+def chosen_text(compared, held: list[int] | None, parts: list[tuple[str, int]]) -> str:
+    """For the compared row's "trained" cell: whether cv chose it on images it is scored on here."""
+    if held is None:
+        return f"; whether {compared.cache}'s rows include these images is not checked (the cache is gone)"
+    said = [f"{n} of the {total} {name}" for n, (name, total) in zip(held, parts) if n]
+    return f"; cv chose it on folds holding {' and '.join(said)} images" if said else ""
+
+
 def finetune(
     train,
     out: str = RUN_FOLDER,
@@ -324,6 +345,13 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
             )
             failed_now.update(dict(failed))
         counts = {name: counts_right(np.asarray(a), test_data.y) for name, a in answers.items()}
+        if compared is not None:
+            held = cv_held(compared, test_data)
+            if held and held[0]:
+                say(
+                    f"note: --compare {o.compare}: cv chose its best row on folds holding {held[0]} of the "
+                    f"{len(test_data)} --test images: that row's test figures are not free of selection"
+                )
         below = below_probe_note(np.asarray(answers["probe"]), answers["fine-tuned"], test_data.y)
         if below is not None:
             say(f"note: {below}")
@@ -370,7 +398,12 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
             comparison_row(
                 f"frozen {compared.classifier} (cv's best row)",
                 f"{compared.text()}, the best row of {o.compare}, fit on the same frozen features and training "
-                f"images as the probe",
+                f"images as the probe"
+                + chosen_text(
+                    compared,
+                    cv_held(compared, data.val, *([test_data] if o.test is not None else [])),
+                    [("validation", len(data.val))] + ([("test", len(test_data))] if o.test is not None else []),
+                ),
                 _probe_scores(best_frozen, data.val, k),
                 tests.get("compared"),
                 compared_seconds,
