@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import shlex
 import stat
 import warnings
 import zipfile
@@ -201,10 +202,11 @@ def kind_of(path: str) -> str:
 
 def _checkpoint_line(path: str) -> str:
     """What to do with a network's weights given where a model file goes (``finetune``'s ``best.pth``)."""
+    quoted = shlex.quote(path)
     return (
         f"{path} is a PyTorch checkpoint, not a featurebank model file: a network from `featurebank finetune` "
-        f"classifies with `featurebank predict --head -w {path} IMAGES`, is scored on held-out images by "
-        f"`featurebank finetune --test`, and becomes an ONNX file with `featurebank export {path}`"
+        f"classifies with `featurebank predict --head -w {quoted} IMAGES` and becomes an ONNX file with "
+        f"`featurebank export {quoted}` (its held-out scores come from training it with `finetune --test DIR`)"
     )
 
 
@@ -228,7 +230,7 @@ def read_model_file(path: str, *, trust_pickle: bool = False) -> tuple[dict, obj
     """``read_model``, and in the same reading of the archive the ``fingerprints`` of the images the pipeline was fit
     on (``SEEN``; None for a pickle or a file written before they were kept), read as ``_seen_bytes`` says."""
     kind = kind_of(path)
-    if kind in ("pickle", "other") and path.lower().endswith((".pth", ".pt")):  # torch.save's older format
+    if kind == "pickle" and not trust_pickle and path.lower().endswith((".pth", ".pt")):  # torch.save's old format
         raise FileProblem(_checkpoint_line(path))
     if kind == "pickle":
         if not trust_pickle:

@@ -47,8 +47,11 @@ class ReducedPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         X = checked_rows(X, "pca", self)
         k = max(1, min(int(self.n_components), X.shape[0], X.shape[1]))
         self.pca_ = PCA(k, whiten=self.whiten, random_state=self.random_state).fit(X)
-        self._n_features_out = k
         return self
+
+    @property
+    def _n_features_out(self) -> int:  # what get_feature_names_out counts (a model file of before has pca_ only)
+        return self.pca_.n_components_
 
     def transform(self, X):
         check_is_fitted(self, "pca_")
@@ -77,7 +80,7 @@ class FewShotLDA(LinearDiscriminantAnalysis):
     (the limit of full shrinkage), and ``fallback_`` says so."""
 
     def fit(self, X, y):
-        rows, y = checked_fit(X, y, "lda")
+        rows, y = checked_fit(X, y, "lda", self)  # records a DataFrame's names for the fallback below
         classes, index = np.unique(y, return_inverse=True)
         self.fallback_ = None
         for name in self.FITTED:  # a former fit's, which this one may not set
@@ -85,8 +88,8 @@ class FewShotLDA(LinearDiscriminantAnalysis):
         if len(y) >= LDA_FROM * len(classes):
             with warnings.catch_warnings():  # a class of one row adds no spread, as meant: no warning per class
                 warnings.filterwarnings("ignore", "Only one sample available", UserWarning)
-                return super().fit(X if hasattr(X, "columns") else rows, y)  # a DataFrame: its names recorded
-        X = np.asarray(checked_rows(X, "lda", self), dtype=np.float64)
+                return super().fit(X if hasattr(X, "columns") else np.asarray(rows, dtype=np.float64), y)
+        X = np.asarray(rows, dtype=np.float64)
         means = np.zeros((len(classes), X.shape[1]))
         np.add.at(means, index, X)
         means /= np.bincount(index, minlength=len(classes))[:, None]

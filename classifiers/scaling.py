@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import polygamma
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import _num_samples
 
 from embedder.kernel.errors import InvalidValue
 
@@ -94,6 +95,8 @@ class ShrunkScaler(StandardScaler):
     def _fit_plain(self, X, y, sample_weight):
         """Sparse rows, weights, or no centring: ``StandardScaler``'s own fit, its variances then shrunk the same
         way (by the number of rows) unless ``shrink=False``."""
+        if not hasattr(X, "tocsr"):
+            checked_rows(X, "scale")  # a NaN refused, as fit refuses it (the names are read by the fit below)
         plain = StandardScaler(copy=self.copy, with_mean=self.with_mean, with_std=self.with_std)
         plain.fit(X, y, sample_weight)
         for name in ("mean_", "var_", "scale_", "n_samples_seen_", "n_features_in_", "feature_names_in_"):
@@ -102,7 +105,7 @@ class ShrunkScaler(StandardScaler):
                 setattr(self, name, getattr(plain, name))
         self.weight_ = 1.0
         if self.shrink and self.var_ is not None:
-            self.var_, self.weight_ = shrunk_variances(self.var_, X.shape[0])
+            self.var_, self.weight_ = shrunk_variances(self.var_, _num_samples(X))
             self.scale_ = _scale(self.var_, self.mean_)
         return self
 

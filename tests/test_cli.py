@@ -80,7 +80,7 @@ def test_extract_says_what_comes_next(runner, tmp_path):
     write_tree(root)
     tree = runner.invoke(cli.main, ["extract", str(root), "--cache", str(tmp_path / "t.h5"), *FAST_ARGS])
     assert tree.output.splitlines()[-1] == (  # a held-out split's cache is not for choosing on
-        f"next: featurebank cv {tmp_path / 't.h5'} (a test split: keep it for featurebank evaluate MODEL)"
+        f"next: featurebank cv {tmp_path / 't.h5'} (keep a separate test cache for featurebank evaluate MODEL)"
     )
 
 

@@ -305,7 +305,9 @@ def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
         run.checkpoint, str(tmp_path / "q.onnx"), precision="int8", images=str(images), int8=Int8(images=8)
     )
     assert q.accuracy["images"] == 24 and q.accuracy["source"] == f"classes:{images}"
-    assert q.metadata["int8"]["accuracy"]["measured_on"] == "the images int8 was calibrated on (not held out)"
+    assert q.metadata["int8"]["accuracy"]["measured_on"] == (
+        "the calibration source's images (int8 calibrated on 8 of them; not held out)"
+    )
     assert q.accuracy["fp32"] == pytest.approx(np.mean(np.array(names) == [r["label"] for r in result["rows"]]))
     assert abs(q.accuracy["int8"] - q.accuracy["fp32"]) <= 0.01
 

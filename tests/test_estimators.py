@@ -146,6 +146,8 @@ def test_reduced_pca_reads_lists_and_names_its_outputs():
     pca = ReducedPCA(n_components=3).fit(X.tolist())
     assert pca.transform(X[:2].tolist()).shape == (2, 3)
     assert list(pca.get_feature_names_out()) == ["reducedpca0", "reducedpca1", "reducedpca2"]
+    del pca.__dict__["n_features_in_"]  # as a model file of before holds it: pca_ fitted, nothing else to count
+    assert len(pca.get_feature_names_out(["a"] * 6)) == 3
     pipe = make_classifier("rbf-svm", 0).fit(X, Y)
     assert len(pipe[:-1].get_feature_names_out()) == pipe.named_steps["pca"]._n_features_out
 
@@ -160,6 +162,17 @@ def test_shrunk_scaler_shrinks_on_every_path_and_refuses_partial_fit():
     np.testing.assert_allclose(weighted.scale_, plain.scale_, rtol=1e-10)
     uncentred = ShrunkScaler(with_mean=False).fit(rows)
     np.testing.assert_allclose(uncentred.scale_, plain.scale_, rtol=1e-10)
+    # the plain path (weights, no centring) reads lists and refuses NaN as fit does
+    as_list = ShrunkScaler(with_mean=False).fit(rows.tolist())
+    np.testing.assert_allclose(as_list.scale_, plain.scale_, rtol=1e-10)
+    nan = rows.copy()
+    nan[2, 1] = np.nan
+    for fitting in (
+        lambda: ShrunkScaler(with_mean=False).fit(nan),
+        lambda: ShrunkScaler().fit(nan, sample_weight=np.ones(6)),
+    ):
+        with pytest.raises(InvalidValue, match="scale: Input contains NaN"):
+            fitting()
     with pytest.raises(InvalidValue, match="partial_fit cannot shrink"):
         ShrunkScaler().partial_fit(rows)
     unshrunk = ShrunkScaler(shrink=False).fit(rows[:3]).partial_fit(rows[3:])

@@ -496,3 +496,18 @@ def test_a_backbone_this_featurebank_lacks_is_said_to_be_the_models(synthetic, t
         result = runner.invoke(cli.main, args)
         assert result.exit_code == 1 and result.stderr.startswith(said), result.output
     assert not os.path.exists(cache) and not os.path.exists("x.onnx")
+
+
+def test_a_torch_checkpoint_where_a_model_file_goes_says_what_to_run(tmp_path):
+    """Both of torch.save's formats (the zip, and the old pickle under a .pth name) are named a checkpoint, never
+    unpickled; the same old pickle trusted (an old model file named .pt) is read as before."""
+    import torch
+
+    for name, zipped, shown in (("new format.pth", True, "'{}'"), ("old.pth", False, "{}")):
+        path = tmp_path / name
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, path, _use_new_zipfile_serialization=zipped)
+        with pytest.raises(FeaturebankError, match="is a PyTorch checkpoint, not a featurebank model file") as caught:
+            load_bundle(str(path))
+        assert f"featurebank predict --head -w {shown.format(path)} IMAGES" in str(caught.value)  # quoted for a shell
+    with pytest.raises(FeaturebankError, match="not a featurebank model file .`featurebank train` writes them."):
+        load_bundle(str(tmp_path / "old.pth"), trust_pickle=True)  # trusted: read, and found to be no model file

@@ -135,7 +135,7 @@ def next_steps(s: dict) -> list[str]:
         return [
             f"next: featurebank cv {cache} ({s['labelled']} labelled rows), or {select} (of the {unlabeled} without)"
         ]
-    return [f"next: featurebank cv {cache} (a test split: keep it for featurebank evaluate MODEL)"]
+    return [f"next: featurebank cv {cache} (keep a separate test cache for featurebank evaluate MODEL)"]
 
 
 def _tried(t: dict) -> str:

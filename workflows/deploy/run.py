@@ -108,7 +108,10 @@ def export(
     q_model = assemble(q_backbone, layer, head_onnx, crop)
     accuracy = compare(fp32_model, q_model, labelled or [], head.classes, settings.preprocessing, max_pixels, threads)
     accuracy["source"] = calibration.source if calibration is not None else None
-    accuracy["measured_on"] = "the images int8 was calibrated on (not held out)"  # labelled: the same listing
+    drawn = (q_engine.meta.get("calibration") or {}).get("images")
+    accuracy["measured_on"] = (  # labelled: the same listing as the calibration's draw
+        f"the calibration source's images (int8 calibrated on {drawn} of them; not held out)"
+    )
     meta = metadata(
         q_settings,
         head,
