@@ -20,6 +20,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def own_cache_dir(tmp_path, monkeypatch):
+    """Default caches under the test's own tmp_path (the fine-tuning modules use it for every test)."""
+    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Twelve class-per-folder images (three classes of four)."""
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    return root
+
+
+@pytest.fixture
 def tree(tmp_path):
     root = tmp_path / "images"
     paths = write_tree(root)

@@ -33,17 +33,7 @@ TINY = dict(
     backbone="resnet18", weights="none", resize=72, crop=64, batch_size=4, workers=0, val_split=0.25, augment="pixels"
 )
 
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def images(tmp_path):
-    root = tmp_path / "images"
-    write_tree(root, per_class=4)
-    return root
+pytestmark = pytest.mark.usefixtures("own_cache_dir")
 
 
 def _last(out) -> dict:

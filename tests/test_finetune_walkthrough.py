@@ -15,7 +15,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, FAST_ARGS, write_tree
+from helpers import FAST, FAST_ARGS
 from PIL import Image
 
 from classifiers.metrics import wilson
@@ -32,19 +32,9 @@ from workflows.finetune.report import (
     result_text,
 )
 
+pytestmark = pytest.mark.usefixtures("own_cache_dir")
+
 TINY = dict(FAST, val_split=0.25, augment="pixels")
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def images(tmp_path):
-    root = tmp_path / "images"
-    write_tree(root, per_class=4)
-    return root
 
 
 def _colours(root, per_class: int, start: int = 0) -> None:
