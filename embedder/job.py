@@ -30,7 +30,7 @@ from embedder.engines.engine import Calibration, Engine, Prepared, open_engine, 
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS, file_digest, fits_now, max_file_bytes
 from embedder.inputs.shards import list_input
 from embedder.inputs.sources import Listing, note_case_twins, rebased, same_files
-from embedder.kernel.errors import FeaturebankError, InvalidValue
+from embedder.kernel.errors import FeaturebankError, IncompatibleSettings, InvalidValue
 from embedder.kernel.settings import POOLINGS, TTAS, ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.kernel.versions import library_versions
@@ -136,6 +136,7 @@ class ExtractJob:
     options: ExtractOptions
     request: Request
     execution: Execution
+    notes: tuple[str, ...] = ()  # what the job decided before the run (an int8 calibration that was refused)
 
     def __post_init__(self):
         if self.request.pooling not in POOLINGS:
@@ -145,10 +146,24 @@ class ExtractJob:
 
     @classmethod
     def of(cls, source, cache: str | None, options: ExtractOptions, progress: bool = False) -> ExtractJob:
+        notes: tuple[str, ...] = ()
         if options.calibration_from and options.int8 is None:  # that cache's int8 engine, in its engine folder
-            int8, engine_dir = int8_of_cache(options.calibration_from)
-            options = replace(options, int8=int8, engine_dir=options.engine_dir or engine_dir)
-        return cls(source, cache, options, request_of(options), Execution.from_options(options, progress))
+            made_with = CacheReader(options.calibration_from).settings.get("backbone")
+            if made_with and made_with.partition(".")[0] != options.backbone.partition(".")[0]:  # another network
+                # (compared without a timm tag: timm:ARCH given, timm:ARCH.TAG recorded)
+                raise IncompatibleSettings(
+                    f"--calibration-from {options.calibration_from} was embedded with {made_with}, not "
+                    f"{options.backbone}: its int8 engine is of that network (give -b {made_with}, or calibrate anew)"
+                )
+            try:
+                int8, engine_dir = int8_of_cache(options.calibration_from)
+                options = replace(options, int8=int8, engine_dir=options.engine_dir or engine_dir)
+            except Int8Refused as refused:  # its rows are fp32: these follow, so both come from one engine
+                options = replace(
+                    options, precision="fp32", calibration_from=None, int8_scheme="auto", force_int8=False
+                )
+                notes = (str(refused),)
+        return cls(source, cache, options, request_of(options), Execution.from_options(options, progress), notes)
 
 
 # ExtractionSettings' fields that are options but not resolved from the request: applied to the resolved settings
@@ -219,7 +234,11 @@ def _extract(group, started: float, job: ExtractJob) -> ExtractSummary:
         if settings.precision == "int8":
             settings, calibration_files = int8_settings(settings, listing, path)
     run = Run(settings, resolved, store, execution)
-    if settings.int8 is not None and settings.int8.scheme == "auto":  # before the cache: it names the rows
+    for note in job.notes if rank.leader else ():
+        sys.stderr.write(f"featurebank: {note}\n")
+        run.notes.append(note)
+    if settings.int8 is not None and (settings.int8.scheme == "auto" or not fixed_calibration):
+        # before the cache (it names the rows); a scheme named is built as asked, with a note if under the bound
         choice = group.leader_first(
             "choosing the int8 scheme", lambda: run.choose_int8(calibration_files, fixed_calibration, o.force_int8)
         )
@@ -362,11 +381,21 @@ def _summary(
     return summary
 
 
+class Int8Refused(InvalidValue):
+    """``--calibration-from`` a cache whose int8 was refused on its CPU (its rows are fp32)."""
+
+
 def int8_of_cache(path: str) -> tuple[Int8, str]:
     """The int8 calibration of an int8 cache and the engine folder it lives in: to embed other images (a
-    validation set) with exactly that engine."""
-    settings = ExtractionSettings.from_dict(CacheReader(path).settings)
+    validation set) with exactly that engine. A cache where int8 was asked and refused is ``Int8Refused``."""
+    reader = CacheReader(path)
+    settings = ExtractionSettings.from_dict(reader.settings)
     if settings.int8 is None:
+        if (reader.info or {}).get("int8_refused"):
+            raise Int8Refused(
+                f"--calibration-from {path}: int8 was refused there (its CPU's check) and its rows are fp32, so "
+                f"these are fp32 too, from the same engine (--force-int8 on both keeps int8)"
+            )
         raise InvalidValue(f"{path} is not an int8 cache (precision {settings.precision})")
     return settings.int8, engine_dir_for(path)
 

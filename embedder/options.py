@@ -196,8 +196,18 @@ class ExtractOptions:
     )
 
     def __post_init__(self):
-        if self.calibration_from and self.precision != "int8":
-            raise InvalidValue("--calibration-from goes with --precision int8")
+        if self.precision != "int8":  # an int8 option on an fp32 run would be ignored without a word
+            given = [
+                name
+                for name, on in (
+                    ("--calibration-from", bool(self.calibration_from)),
+                    ("--force-int8", self.force_int8),
+                    (f"--int8-scheme {self.int8_scheme}", self.int8_scheme != "auto"),
+                )
+                if on
+            ]
+            if given:
+                raise InvalidValue(f"{' and '.join(given)} go{'es' if len(given) == 1 else ''} with --precision int8")
 
 
 @dataclass(frozen=True, kw_only=True)

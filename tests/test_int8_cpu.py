@@ -197,6 +197,51 @@ def test_when_no_scheme_reaches_the_bound_fp32_is_used_unless_forced(tmp_path, m
     )
 
 
+def test_int8_options_on_an_fp32_run_are_refused_not_ignored():
+    """--force-int8 and --int8-scheme without --precision int8 had been accepted and the run made fp32 rows."""
+    from embedder.kernel.errors import InvalidValue
+    from embedder.options import ExtractOptions
+
+    with pytest.raises(InvalidValue, match="^--force-int8 goes with --precision int8$"):
+        ExtractOptions(force_int8=True)
+    with pytest.raises(InvalidValue, match="^--calibration-from and --int8-scheme u8u8 go with --precision int8$"):
+        ExtractOptions(calibration_from="c.h5", int8_scheme="u8u8")
+    assert ExtractOptions(precision="int8", force_int8=True, int8_scheme="u8u8").force_int8
+
+
+@pytest.mark.integration  # three calibrations and four extractions
+def test_a_named_scheme_under_the_bound_is_said_and_a_refused_calibration_is_followed(tmp_path, monkeypatch):
+    """A scheme named with --int8-scheme is built as asked, with a note when it misses the bound (it had printed
+    none); --calibration-from a cache where int8 was refused embeds fp32 rows too, saying why (it had been an
+    error); --calibration-from a cache of another network names the network, not a missing engine file."""
+    root = tmp_path / "images"
+    write_tree(root, per_class=2)
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(tmp_path / "engines"))
+    _pretend(monkeypatch, {"u8s8": (0.9354, 0.5770), "u8s8-reduce": (0.9843, 0.9265)}, ladder=(("u8s8-reduce", 0),))
+    named = embedder.extract(
+        str(root), str(tmp_path / "n.h5"), precision="int8", int8=Int8(images=6, scheme="u8s8"), **TINY
+    )
+    assert ExtractionSettings.from_dict(named.settings).int8.scheme == "u8s8"
+    assert named.notes[0].startswith(
+        "int8 u8s8 kept (asked by name) although its cosine to fp32 on the 6 calibration images (mean / worst) is "
+        "0.9354 / 0.5770, under the bound"
+    )
+    train = embedder.extract(str(root), str(tmp_path / "t.h5"), precision="int8", int8=Int8(images=6), **TINY)
+    assert train.settings["precision"] == "fp32"  # refused: the guard's fp32
+    val = embedder.extract(
+        str(root), str(tmp_path / "v.h5"), precision="int8", calibration_from=str(tmp_path / "t.h5"), **TINY
+    )
+    assert val.settings["precision"] == "fp32" and val.notes == [
+        f"--calibration-from {tmp_path / 't.h5'}: int8 was refused there (its CPU's check) and its rows are fp32, "
+        "so these are fp32 too, from the same engine (--force-int8 on both keeps int8)"
+    ]
+    with pytest.raises(embedder.kernel.errors.IncompatibleSettings, match="was embedded with resnet18, not alexnet"):
+        embedder.extract(
+            str(root), str(tmp_path / "a.h5"), precision="int8", calibration_from=str(tmp_path / "n.h5"),
+            **{**TINY, "backbone": "alexnet"},
+        )  # fmt: skip
+
+
 def test_an_int8_cache_extended_on_another_kind_of_cpu_says_so(tmp_path, monkeypatch):
     root = tmp_path / "images"
     write_tree(root, per_class=2)
