@@ -421,7 +421,8 @@ def test_extract_builds_one_job_and_every_option_lands_in_its_own_field(monkeypa
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.options.strict = False  # type: ignore[misc]
     # the int8 request goes with precision int8 only; without an exact one, the calibration options make it
-    job_module.extract("photos/", "c.h5", ExtractOptions(**{**given, "precision": "fp32"}))
+    fp32 = {**given, "precision": "fp32", "int8_scheme": "auto", "force_int8": False}  # int8's own options refused
+    job_module.extract("photos/", "c.h5", ExtractOptions(**fp32))
     assert seen[-1].request.int8 is None and seen[-1].request.precision == "fp32"
     job_module.extract("photos/", "c.h5", ExtractOptions(**{**given, "int8": None}))
     assert seen[-1].request.int8 == Int8(images=5, seed=7, method="minmax", scheme="u8s8")
