@@ -71,7 +71,8 @@ def test_two_cpu_ranks_give_the_rows_and_features_of_a_single_process(tmp_path):
     assert_same_cache(tmp_path / "two.h5", reference)
     lines = out.decode().splitlines()  # rank 0 speaks for the job, once
     assert lines[0] == f"15 rows in {tmp_path / 'two.h5'}" and sum("rows in" in line for line in lines) == 1
-    assert "embedded 15 (" in lines[-1] and "torch on cpu, 2 ranks), kept 0" in lines[-1]
+    assert "embedded 15 (" in lines[-2] and "torch on cpu, 2 ranks), kept 0" in lines[-2]
+    assert lines[-1].startswith(f"next: featurebank cv {tmp_path / 'two.h5'}")  # then what to run next
     run = CacheReader(tmp_path / "two.h5").info["runs"][-1]
     assert (run["embedded"], run["ranks"], run["engine"]["threads"]) == (
         15,

@@ -196,8 +196,11 @@ def write_run_report(result, prep, versions: dict) -> dict[str, str]:
 
 
 def _interval(r: dict) -> str:
-    lo, hi = r.get("test_accuracy_interval") or (None, None)
-    return "–" if lo is None else f"{100 * lo:.1f}-{100 * hi:.1f}"
+    interval = r.get("test_accuracy_interval")
+    if not interval:
+        return "–"
+    lo, hi = interval
+    return f"{100 * lo:.1f}-{100 * hi:.1f}"
 
 
 def _right(r: dict) -> str:
