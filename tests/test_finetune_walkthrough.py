@@ -78,6 +78,7 @@ def test_the_note_says_both_counts_and_whether_the_difference_is_noise():
     assert below_probe_note(probe, probe, y) is None and below_probe_note(tuned, probe, y) is None  # not below
 
 
+@pytest.mark.integration  # over 4 s on 2 cores: the second tier
 def test_a_fine_tuned_model_below_the_probe_on_the_test_images_is_said_with_its_counts(tmp_path, monkeypatch):
     """Every row has its count right of the images it scored and the Wilson interval, in report.json, report.md
     and the printed table; the fine-tuned row below the probe adds a note (report.json's notes, report.md)."""
@@ -144,6 +145,7 @@ def test_no_probe_init_gives_the_same_run_for_the_same_seed_and_says_it_can_be_b
 
 
 # -- 4., 6., 8. and 11.: a Ctrl-C in the from-scratch run, --resume, and a --resume of a finished run ------------
+@pytest.mark.integration  # over 4 s on 2 cores: the second tier
 def test_ctrl_c_in_the_scratch_run_then_resume_counts_every_run_and_says_what_it_did(images, tmp_path, monkeypatch):
     from workflows.finetune.split import Embedding
 
