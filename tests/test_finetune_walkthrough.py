@@ -15,7 +15,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, FAST_ARGS
+from helpers import FAST, FAST_ARGS, write_tree
 from PIL import Image
 
 from classifiers.metrics import wilson
@@ -200,6 +200,33 @@ def test_what_a_ctrl_c_in_the_scratch_run_kept_before_its_first_epoch(tmp_path):
         "the same command with --resume to continue"
     )
     assert kept_after_interrupt(str(tmp_path), 3, None).startswith(f"epoch 3 is saved ({tmp_path}/last.pt)")
+
+
+@pytest.mark.integration  # over 4 s on 2 cores: the second tier
+def test_a_ctrl_c_while_the_test_images_are_scored_names_that_phase_and_resume_scores_them(
+    images, tmp_path, monkeypatch
+):
+    """It had said "epoch N is saved", true but not what was interrupted; --resume then trains nothing and scores."""
+    from workflows.finetune import run
+
+    write_tree(tmp_path / "test", per_class=1, start=50)
+    real = run.embed_test
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "embed_test", stopped)
+    args = dict(test=str(tmp_path / "test"), epochs=1, unfreeze=0, **TINY)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        finetune(str(images), str(tmp_path / "run"), **args)
+    assert caught.value.kept == (  # type: ignore[attr-defined]
+        f"training had finished ({tmp_path / 'run' / 'best.pth'} holds the chosen epoch); the --test images were "
+        "being embedded and scored: run the same command with --resume to score them without training"
+    )
+    monkeypatch.setattr(run, "embed_test", real)
+    done = finetune(str(images), str(tmp_path / "run"), resume=True, **args)
+    assert done.reported_on == "test" and done.comparison[0]["test_total"] == 3
+    assert any(n.startswith(f"--resume: {tmp_path / 'run'} had finished already") for n in done.notes)
 
 
 # -- 5. and 10.: --cache, --unfreeze past the network ----------------------------------------------------------

@@ -385,11 +385,18 @@ def views_pass_text(train_images: int, views: int, val_images: int, computed: in
     )
 
 
-def kept_after_interrupt(out: str, epoch: int | None, trunk: str | None, scratch: dict | None = None) -> str:
+def kept_after_interrupt(
+    out: str, epoch: int | None, trunk: str | None, scratch: dict | None = None, *, scoring: bool = False
+) -> str:
     """What an interrupted run kept, in words that are true: the epoch saved in OUT/last.pt when one is, else
     what the passes before training kept (the frozen trunk's rows, or the embedded images in the cache). With
     ``scratch`` (``{"epoch": its last saved epoch or None}``: the from-scratch run was going), which run was
-    interrupted and what of each is kept."""
+    interrupted and what of each is kept; ``scoring``: training had finished and the test images were scored."""
+    if scoring:
+        return (
+            f"training had finished ({os.path.join(out, 'best.pth')} holds the chosen epoch); the --test images "
+            f"were being embedded and scored: run the same command with --resume to score them without training"
+        )
     if scratch is not None:
         return _kept_in_scratch(out, scratch["epoch"])
     last = os.path.join(out, "last.pt")

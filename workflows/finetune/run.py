@@ -162,7 +162,9 @@ def finetune(
     try:
         return _finetune(train, out, o, progress, epoch_done, said, saved)
     except KeyboardInterrupt as exc:
-        exc.kept = kept_after_interrupt(out, saved["epoch"], saved["trunk"], saved["scratch"])  # type: ignore[attr-defined]
+        exc.kept = kept_after_interrupt(  # type: ignore[attr-defined]
+            out, saved["epoch"], saved["trunk"], saved["scratch"], scoring=saved.get("scoring", False)
+        )
         raise
 
 
@@ -318,6 +320,7 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
         say(f"note: --resume: {out} had finished already ({_finished_text(state, t)}): nothing was trained now")
 
     # Training is over: only now are the test images embedded and scored, by the probe and the chosen epochs.
+    saved["scoring"] = True  # a Ctrl-C from here on stops the scoring, not a training
     tests, counts, test_rows, failed_now = {}, {}, 0, dict(state.failed)
     if o.test is not None:
         test_data = embed_test(o.test, data.classes, embedding, data)
