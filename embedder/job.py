@@ -148,15 +148,8 @@ class ExtractJob:
     def of(cls, source, cache: str | None, options: ExtractOptions, progress: bool = False) -> ExtractJob:
         notes: tuple[str, ...] = ()
         if options.calibration_from and options.int8 is None:  # that cache's int8 engine, in its engine folder
-            made_with = CacheReader(options.calibration_from).settings.get("backbone")
-            if made_with and made_with.partition(".")[0] != options.backbone.partition(".")[0]:  # another network
-                # (compared without a timm tag: timm:ARCH given, timm:ARCH.TAG recorded)
-                raise IncompatibleSettings(
-                    f"--calibration-from {options.calibration_from} was embedded with {made_with}, not "
-                    f"{options.backbone}: its int8 engine is of that network (give -b {made_with}, or calibrate anew)"
-                )
             try:
-                int8, engine_dir = int8_of_cache(options.calibration_from)
+                int8, engine_dir = int8_of_cache(options.calibration_from, options.backbone)
                 options = replace(options, int8=int8, engine_dir=options.engine_dir or engine_dir)
             except Int8Refused as refused:  # its rows are fp32: these follow, so both come from one engine
                 options = replace(
@@ -385,11 +378,17 @@ class Int8Refused(InvalidValue):
     """``--calibration-from`` a cache whose int8 was refused on its CPU (its rows are fp32)."""
 
 
-def int8_of_cache(path: str) -> tuple[Int8, str]:
+def int8_of_cache(path: str, backbone: str | None = None) -> tuple[Int8, str]:
     """The int8 calibration of an int8 cache and the engine folder it lives in: to embed other images (a
-    validation set) with exactly that engine. A cache where int8 was asked and refused is ``Int8Refused``."""
+    validation set) with exactly that engine, of ``backbone`` when given (another network's is refused). A cache
+    where int8 was asked and refused is ``Int8Refused``."""
     reader = CacheReader(path)
     settings = ExtractionSettings.from_dict(reader.settings)
+    if backbone and settings.backbone.partition(".")[0] != backbone.partition(".")[0]:  # without a timm tag:
+        raise IncompatibleSettings(  # timm:ARCH given, timm:ARCH.TAG recorded
+            f"--calibration-from {path} was embedded with {settings.backbone}, not {backbone}: its int8 engine is "
+            f"of that network (give -b {settings.backbone}, or calibrate anew)"
+        )
     if settings.int8 is None:
         if (reader.info or {}).get("int8_refused"):
             raise Int8Refused(

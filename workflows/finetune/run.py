@@ -96,24 +96,28 @@ def _compared_row(o: FinetuneOptions, spec):
     return row
 
 
-def cv_held(compared, *parts) -> list[int] | None:
-    """How many images of each part (by content digest) the folds of ``--compare``'s cv run held: its best row was
-    chosen on them. None when that run's cache is gone (not checked)."""
+def cv_digests(compared) -> set[str] | None:
+    """The content digests of the rows ``--compare``'s cv run cross-validated on (its best row was chosen on
+    them); None when that run's cache is gone (not checked). Read once per run."""
     from embedder.cache.hdf5 import CacheReader
     from embedder.kernel.errors import FeaturebankError
 
     try:
-        seen = {d for d in CacheReader(compared.cache).rows["digest"] if d}
+        return {d for d in CacheReader(compared.cache).rows["digest"] if d}
     except (OSError, FeaturebankError):
         return None
-    return [sum(1 for d in part.digests if d in seen) for part in parts]
 
 
-def chosen_text(compared, held: list[int] | None, parts: list[tuple[str, int]]) -> str:
+def held(seen: set[str], part: Part) -> int:
+    """How many images of ``part`` (by content digest) are among ``seen``."""
+    return sum(1 for d in part.digests if d in seen)
+
+
+def chosen_text(cache: str, seen: set[str] | None, parts: list[tuple[str, Part]]) -> str:
     """For the compared row's "trained" cell: whether cv chose it on images it is scored on here."""
-    if held is None:
-        return f"; whether {compared.cache}'s rows include these images is not checked (the cache is gone)"
-    said = [f"{n} of the {total} {name}" for n, (name, total) in zip(held, parts) if n]
+    if seen is None:
+        return f"; whether {cache}'s rows include these images is not checked (the cache is gone)"
+    said = [f"{n} of the {len(part)} {name}" for name, part in parts if (n := held(seen, part))]
     return f"; cv chose it on folds holding {' and '.join(said)} images" if said else ""
 
 
@@ -319,6 +323,7 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
     if o.resume and not saved["trained"] and state.epoch:
         say(f"note: --resume: {out} had finished already ({_finished_text(state, t)}): nothing was trained now")
 
+    seen = cv_digests(compared) if compared is not None else None  # the rows cv chose --compare's row on
     # Training is over: only now are the test images embedded and scored, by the probe and the chosen epochs.
     saved["scoring"] = True  # a Ctrl-C from here on stops the scoring, not a training
     tests, counts, test_rows, failed_now = {}, {}, 0, dict(state.failed)
@@ -348,13 +353,11 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
             )
             failed_now.update(dict(failed))
         counts = {name: counts_right(np.asarray(a), test_data.y) for name, a in answers.items()}
-        if compared is not None:
-            held = cv_held(compared, test_data)
-            if held and held[0]:
-                say(
-                    f"note: --compare {o.compare}: cv chose its best row on folds holding {held[0]} of the "
-                    f"{len(test_data)} --test images: that row's test figures are not free of selection"
-                )
+        if seen is not None and held(seen, test_data):
+            say(
+                f"note: --compare {o.compare}: cv chose its best row on folds holding {held(seen, test_data)} of "
+                f"the {len(test_data)} --test images: that row's test figures are not free of selection"
+            )
         below = below_probe_note(np.asarray(answers["probe"]), answers["fine-tuned"], test_data.y)
         if below is not None:
             say(f"note: {below}")
@@ -403,9 +406,9 @@ def _finetune(train, out: str, o: FinetuneOptions, progress: bool, on_epoch_end,
                 f"{compared.text()}, the best row of {o.compare}, fit on the same frozen features and training "
                 f"images as the probe"
                 + chosen_text(
-                    compared,
-                    cv_held(compared, data.val, *([test_data] if o.test is not None else [])),
-                    [("validation", len(data.val))] + ([("test", len(test_data))] if o.test is not None else []),
+                    compared.cache,
+                    seen,
+                    [("validation", data.val)] + ([("test", test_data)] if o.test is not None else []),
                 ),
                 _probe_scores(best_frozen, data.val, k),
                 tests.get("compared"),
