@@ -544,11 +544,13 @@ def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, label
     """Classify images with a trained MODEL (or, with --head, the backbone's own head).
 
     IMAGES are image files, folders, a CSV manifest or a .txt list. They are embedded with exactly the
-    model's settings; a file that cannot be read gets a row with its error, never a stop.
+    model's settings; a file that cannot be read gets a row with its error, never a stop. Each image's
+    familiarity is the share of the model's training images at least as far from their nearest ones:
+    under 0.01 it is unlike them, and named on stderr (its class is a guess whatever its probability).
 
     MODEL CACHE.h5 (a cache made with the model's settings): pseudo-labels for its unlabeled rows (all of
-    them when it has no labels), path,label,confidence, least confident first: a manifest to review, then
-    extract or --labels.
+    them when it has no labels), path,label,confidence (and fit_on, familiarity), least confident first: a
+    manifest to review, then extract or --labels.
 
     \b
     Example:
@@ -593,7 +595,11 @@ def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, label
     if all_failed:
         raise FeaturebankError(message)
     if not quiet:
-        click.echo("\n".join(([message] if message else []) + [cache_note(result)]), err=True)
+        note = result.get("familiarity", {}).get("note")
+        click.echo(
+            "\n".join(([message] if message else []) + ([f"note: {note}"] if note else []) + [cache_note(result)]),
+            err=True,
+        )
 
 
 @main.command("export", context_settings=CONTEXT)

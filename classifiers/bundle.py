@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from embedder.options import ExtractOptions, RunOptions, with_overrides
 from .calibration import PROBABILITY, apply_calibration, calibrate, raw_scores, uncalibrated
 from .crossval import RANK_BY
 from .data import labeled, open_cache
+from .familiarity import UNFAMILIAR, Familiarity, reference_rows, summary
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
 from .metrics import answers, chance_ece, confusion, ece, per_class, reliability, scores, wilson
@@ -59,6 +61,7 @@ class Bundle:
     trained_on: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     seen: np.ndarray | None = field(default=None, repr=False, compare=False)  # modelfile.fingerprints of its images
+    reference: np.ndarray | None = field(default=None, repr=False, compare=False)  # familiarity.reference_rows
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in ("pipeline",) + META_FIELDS}}
@@ -84,6 +87,12 @@ class Bundle:
             return values, kind
         return apply_calibration(values, cal["input"], cal), PROBABILITY
 
+    @cached_property
+    def familiarity(self) -> Familiarity | None:
+        """How far new rows lie from its training images (``classifiers.familiarity``); None in a model file
+        written before it kept training rows."""
+        return None if self.reference is None else Familiarity(self.reference)
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The class of each row's highest score, as ``evaluate``, ``featurebank predict`` and the ONNX file answer:
         its index into ``classes`` (the pipeline is fit on indices)."""
@@ -108,14 +117,16 @@ META_FIELDS = ("classes", "classifier", "layer", "settings", "weights_file", "tr
 
 def save_bundle(bundle: Bundle, path: str) -> str:
     """Write the bundle as a model file (``classifiers.modelfile``: JSON and skops, nothing that runs code)."""
-    return write_model(path, {k: getattr(bundle, k) for k in META_FIELDS}, bundle.pipeline, bundle.seen)
+    return write_model(
+        path, {k: getattr(bundle, k) for k in META_FIELDS}, bundle.pipeline, bundle.seen, bundle.reference
+    )
 
 
 def load_bundle(path: str, *, trust_pickle: bool = False) -> Bundle:
     """Read a model file; anything else (a pickle unless ``trust_pickle``, a damaged or crafted file, a missing
     key) is a one-line error, and nothing in it was run."""
-    meta, pipeline, seen = read_model_file(os.fspath(path), trust_pickle=trust_pickle)
-    return Bundle(pipeline=pipeline, **{k: meta[k] for k in META_FIELDS}, seen=seen)
+    meta, pipeline, seen, reference = read_model_file(os.fspath(path), trust_pickle=trust_pickle)
+    return Bundle(pipeline=pipeline, **{k: meta[k] for k in META_FIELDS}, seen=seen, reference=reference)
 
 
 def _bundle(model, trust_pickle: bool) -> Bundle:
@@ -149,6 +160,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
         raise nothing_unlabeled(reader.path)
     pipeline = make_classifier(classifier, seed=seed)
     X = data.features(layer)
+    reference = reference_rows(X, seed)  # before any fit: the probe may reorder its rows in place
     found = None
     group_ids = data.groups if groups is not False else None
     notes = []
@@ -213,11 +225,13 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
             **({"labels": {"csv": labels, "sha256": sha256_of(labels)}} if labels else {}),
             **({"unlabeled": semi_info} if semi_info else {}),
             "calibration": calibration,
+            "familiarity": {"reference_rows": len(reference), "k": Familiarity(reference).k},
             **({"notes": notes} if notes else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         library_versions(),
         fingerprints(_fit_on(reader, data, semi_info)),
+        reference,
     )
     if out:
         save_bundle(bundle, out)
@@ -481,6 +495,15 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     metrics["ece_chance"] = chance_ece(values) if probability else None  # a calibrated model's ECE on these rows
     right = int((pred == y).sum())
     metrics["right"], metrics["accuracy_interval"] = right, list(wilson(right, len(y)))
+    familiar = None
+    if bundle.familiarity is not None and len(y):
+        p = bundle.familiarity.p_values(X)
+        low = p < UNFAMILIAR
+        familiar = summary(p, bundle.familiarity, paths) | {
+            "right_unfamiliar": int((pred == y)[low].sum()),
+            "accuracy_unfamiliar": float((pred == y)[low].mean()) if low.any() else None,
+            "accuracy_familiar": float((pred == y)[~low].mean()) if (~low).any() else None,
+        }
     return {
         "model": bundle.classifier,
         "layer": bundle.layer,
@@ -512,6 +535,7 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
             for p, t, q in zip(paths, y, pred)
         ],
         "predict_seconds": round(seconds, 4),
+        **({"familiarity": familiar} if familiar else {}),
     }
 
 
@@ -547,8 +571,11 @@ def top_k(values: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str
     return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(values, order)]
 
 
-def _rows(reader: CacheReader, items, values: np.ndarray, classes: list[str], k: int) -> list[dict]:
-    """One output row per input image, in input order; an image without a row in the cache gets its reason."""
+def _rows(
+    reader: CacheReader, items, values: np.ndarray, classes: list[str], k: int, familiar: np.ndarray | None = None
+) -> list[dict]:
+    """One output row per input image, in input order; an image without a row in the cache gets its reason.
+    ``familiar``: each cache row's familiarity (``classifiers.familiarity``)."""
     index = {p: i for i, p in enumerate(reader.paths)}
     reasons = dict(zip(reader.failures["path"], reader.failures["reason"]))
     best = top_k(values, classes, k)
@@ -563,6 +590,8 @@ def _rows(reader: CacheReader, items, values: np.ndarray, classes: list[str], k:
         else:
             row["predicted"], row["score"] = best[i][0]
             row["top"] = [{"class": c, "score": round(v, 6)} for c, v in best[i]]
+            if familiar is not None:
+                row["familiarity"] = float(familiar[i])
         out.append(row)
     return out
 
@@ -587,11 +616,11 @@ def predict(
         refuse_overwrite(out, [model], "the output")
     bundle = _bundle(model, run.trust_pickle)
     reader, items, count = embedded(bundle, images, run, out=out, progress=progress)
-    values, kind = (
-        bundle.scores(bundle.checked(reader.features(bundle.layer), reader.path))
-        if len(reader)
-        else (np.empty((0, len(bundle.classes))), "")
-    )
+    X = bundle.checked(reader.features(bundle.layer), reader.path) if len(reader) else None
+    values, kind = bundle.scores(X) if X is not None else (np.empty((0, len(bundle.classes))), "")
+    fam = bundle.familiarity
+    familiar = fam.p_values(X) if X is not None and fam is not None else None
+    rows = _rows(reader, items, values, bundle.classes, top, familiar)
     return _written(
         {
             "model": bundle.classifier,
@@ -599,11 +628,18 @@ def predict(
             "cache": reader.path,
             "embedded": count,
             "score": kind or "probability",
-            "rows": _rows(reader, items, values, bundle.classes, top),
+            **({"familiarity": _familiarity_of(fam, rows)} if fam is not None and familiar is not None else {}),
+            "rows": rows,
         },
         out,
         fmt,
     )
+
+
+def _familiarity_of(fam: Familiarity, rows: list[dict]) -> dict:
+    """``familiarity.summary`` of the output rows that were classified."""
+    scored = [r for r in rows if "familiarity" in r]
+    return summary(np.array([r["familiarity"] for r in scored]), fam, [r["path"] for r in scored])
 
 
 def _written(result: dict, out: str | None, fmt: str | None) -> dict:
@@ -646,6 +682,8 @@ def pseudo_labels(
         )
     X = reader.features(bundle.layer)[rows]
     values, kind = bundle.scores(X)
+    fam = bundle.familiarity
+    familiar = None if fam is None else fam.p_values(X)
     best = values.argmax(axis=1)
     known = np.asarray(getattr(bundle.pipeline, "classes_", np.arange(values.shape[1])))
     names = [bundle.classes[int(c)] for c in known[best]]
@@ -679,12 +717,14 @@ def pseudo_labels(
         **({"labels": labels} if labels else {}),
         "sort": "least confident first" if sort == "confidence" else "by path",
         **({"notes": notes} if notes else {}),
+        **({} if fam is None or familiar is None else {"familiarity": summary(familiar, fam, paths)}),
         "rows": [
             {
                 "path": str(paths[i]),
                 "label": names[i],
                 "confidence": float(confidence[i]),
                 **({} if fit_on is None else {"fit_on": bool(fit_on[i])}),
+                **({} if familiar is None else {"familiarity": float(familiar[i])}),
             }
             for i in order
         ],

@@ -48,6 +48,8 @@ EXTENSION = ".fbmodel"
 META = "featurebank-model.json"
 PIPELINE = "pipeline.skops"
 SEEN = "training-images.npy"  # optional: the images fit on, by content (``fingerprints``); older readers skip it
+REFERENCE = "training-rows.npy"  # optional: some training rows, unit float16 (``familiarity``); older readers skip it
+MAX_REFERENCE_ROWS = 100_000  # featurebank keeps 1,000 (familiarity.REFERENCE); more is not a file it wrote
 MAX_SEEN_BYTES = 1 << 30  # 8 bytes an image: 134 million training images; a larger member is not ours
 MAX_META_BYTES = 64 << 20  # settings and metadata are a few kilobytes; a larger member is not ours
 
@@ -157,10 +159,13 @@ def model_destination(path: str, inputs=()) -> str:
     return file_destination(path, inputs, "the model file")
 
 
-def write_model(path: str, meta: dict, pipeline, seen: np.ndarray | None = None) -> str:
+def write_model(
+    path: str, meta: dict, pipeline, seen: np.ndarray | None = None, reference: np.ndarray | None = None
+) -> str:
     """Write ``meta`` (the keys of ``SCHEMA``) and the fitted ``pipeline`` to ``path`` as one model file, through a
     temporary file in the same folder: an existing file is replaced only by a complete one. ``seen``: the
-    ``fingerprints`` of the images fit on (``numpy.save``, no pickle)."""
+    ``fingerprints`` of the images fit on; ``reference``: training rows (``familiarity.reference_rows``); both
+    with ``numpy.save``, no pickle."""
     import skops.io
 
     document = {"format": FORMAT, "version": VERSION, **_jsonable(meta)}
@@ -180,6 +185,10 @@ def write_model(path: str, meta: dict, pipeline, seen: np.ndarray | None = None)
                 buffer = io.BytesIO()
                 np.save(buffer, np.asarray(seen, dtype=np.uint64), allow_pickle=False)
                 archive.writestr(SEEN, buffer.getvalue())
+            if reference is not None:
+                buffer = io.BytesIO()
+                np.save(buffer, np.ascontiguousarray(reference, dtype="<f2"), allow_pickle=False)
+                archive.writestr(REFERENCE, buffer.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
         os.replace(tmp, path)
     except OSError as exc:
         raise FileProblem(f"cannot write the model file {path}: {exc.strerror or exc}") from None
@@ -222,13 +231,16 @@ def _check_file(path: str) -> None:
 def read_model(path: str, *, trust_pickle: bool = False) -> tuple[dict, object]:
     """The metadata (checked against ``SCHEMA``) and the fitted pipeline of the model file at ``path``. A pickle is
     unpickled only with ``trust_pickle``; anything else that is not this format is a one-line error."""
-    document, pipeline, _ = read_model_file(path, trust_pickle=trust_pickle)
+    document, pipeline, _, _ = read_model_file(path, trust_pickle=trust_pickle)
     return document, pipeline
 
 
-def read_model_file(path: str, *, trust_pickle: bool = False) -> tuple[dict, object, np.ndarray | None]:
+def read_model_file(
+    path: str, *, trust_pickle: bool = False
+) -> tuple[dict, object, np.ndarray | None, np.ndarray | None]:
     """``read_model``, and in the same reading of the archive the ``fingerprints`` of the images the pipeline was fit
-    on (``SEEN``; None for a pickle or a file written before they were kept), read as ``_seen_bytes`` says."""
+    on (``SEEN``) and its reference rows (``REFERENCE``, float16, as many columns as the classifier takes), each
+    None for a pickle or a file written before it was kept, read as ``_member_bytes`` says."""
     kind = kind_of(path)
     if kind == "pickle" and not trust_pickle and path.lower().endswith((".pth", ".pt")):  # torch.save's old format
         raise FileProblem(_checkpoint_line(path))
@@ -238,7 +250,7 @@ def read_model_file(path: str, *, trust_pickle: bool = False) -> tuple[dict, obj
                 f"{path} is a pickle, not a featurebank model file: it was not loaded, since "
                 f"loading a pickle can run any code; {TRUST_HINT}"
             )
-        return (*_read_pickle(path), None)
+        return (*_read_pickle(path), None, None)
     if kind == "other":
         raise FileProblem(
             f"{path} is not a featurebank model file (`featurebank train` writes them)"
@@ -267,7 +279,8 @@ def read_model_file(path: str, *, trust_pickle: bool = False) -> tuple[dict, obj
                 raw = fh.read(MAX_META_BYTES + 1)
             document = _document(path, raw)
             blob = archive.read(PIPELINE)
-            seen = _seen_bytes(path, archive) if SEEN in names else None
+            seen = _member_bytes(path, archive, SEEN) if SEEN in names else None
+            reference = _member_bytes(path, archive, REFERENCE) if REFERENCE in names else None
     except FeaturebankError:  # our own refusals above are OSErrors too: they pass as they are
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
@@ -276,27 +289,32 @@ def read_model_file(path: str, *, trust_pickle: bool = False) -> tuple[dict, obj
         ) from None
     pipeline = _load_pipeline(path, blob, document)
     check_consistent(path, document, pipeline)
-    return document, pipeline, None if seen is None else _fingerprint_array(path, seen)
+    return (
+        document,
+        pipeline,
+        None if seen is None else _fingerprint_array(path, seen),
+        None if reference is None else _reference_array(path, reference, input_dimensions(pipeline)),
+    )
 
 
-def _seen_bytes(path: str, archive: zipfile.ZipFile) -> bytes:
-    """``SEEN``'s bytes, of a bounded size (``MAX_SEEN_BYTES``): no member can make a reader hold more; parsed by
-    ``_fingerprint_array`` against numpy's header, so no header can make it allocate more than the bytes it holds."""
-    if archive.getinfo(SEEN).file_size > MAX_SEEN_BYTES:
-        raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is too large)")
+def _member_bytes(path: str, archive: zipfile.ZipFile, name: str) -> bytes:
+    """A ``numpy.save`` member's bytes, of a bounded size (``MAX_SEEN_BYTES``): no member can make a reader hold
+    more; parsed by ``_npy_header`` against numpy's header, so no header can make it allocate more than the bytes it
+    holds."""
+    if archive.getinfo(name).file_size > MAX_SEEN_BYTES:
+        raise FileProblem(f"{path} is not a valid featurebank model file ({name} is too large)")
     try:
-        with archive.open(SEEN) as fh:
+        with archive.open(name) as fh:
             raw = fh.read(MAX_SEEN_BYTES + 1)
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
-        raise FileProblem(f"{path} is a damaged featurebank model file ({SEEN}: {_first_line(exc)})") from None
+        raise FileProblem(f"{path} is a damaged featurebank model file ({name}: {_first_line(exc)})") from None
     if len(raw) > MAX_SEEN_BYTES:
-        raise FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is too large)")
+        raise FileProblem(f"{path} is not a valid featurebank model file ({name} is too large)")
     return raw
 
 
-def _fingerprint_array(path: str, raw: bytes) -> np.ndarray:
-    """``numpy.save``'s bytes of a flat uint64 array, checked against its header before anything is allocated."""
-    bad = FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is not a list of fingerprints)")
+def _npy_header(path: str, raw: bytes, name: str) -> tuple[tuple, bool, np.dtype, bytes]:
+    """The shape, order and type ``numpy.save``'s header declares, and the bytes after it; nothing allocated."""
     stream = io.BytesIO(raw)
     try:
         version = np.lib.format.read_magic(stream)
@@ -305,8 +323,32 @@ def _fingerprint_array(path: str, raw: bytes) -> np.ndarray:
             raise ValueError(f"npy format version {version}")
         shape, fortran, dtype = read[version](stream)  # the header alone (at most 10,000 bytes): nothing allocated
     except (ValueError, EOFError, SyntaxError, TypeError) as exc:
-        raise FileProblem(f"{path} is a damaged featurebank model file ({SEEN}: {_first_line(exc)})") from None
-    body = raw[stream.tell() :]
+        raise FileProblem(f"{path} is a damaged featurebank model file ({name}: {_first_line(exc)})") from None
+    return shape, fortran, dtype, raw[stream.tell() :]
+
+
+def _reference_array(path: str, raw: bytes, columns: int | None) -> np.ndarray:
+    """``REFERENCE``'s rows: float16, two or more rows, as many columns as the classifier takes, every value finite
+    and every row of length 1 or 0 (``familiarity.unit_rows``); else one line."""
+    shape, fortran, dtype, body = _npy_header(path, raw, REFERENCE)
+    ok = dtype == np.dtype("<f2") and len(shape) == 2 and not fortran and 2 <= shape[0] <= MAX_REFERENCE_ROWS
+    ok = ok and (columns is None or shape[1] == columns) and shape[0] * shape[1] * 2 == len(body)
+    rows = np.frombuffer(body, dtype="<f2").reshape(shape) if ok else None
+    if rows is not None:
+        norms = np.linalg.norm(rows.astype(np.float32), axis=1)
+        ok = bool(np.isfinite(norms).all() and (np.abs(norms - 1) < 0.01).sum() + (norms == 0).sum() == len(norms))
+    if not ok or rows is None:
+        raise FileProblem(
+            f"{path} is not a valid featurebank model file ({REFERENCE} is not its training rows: float16 unit "
+            f"vectors of the {columns or 'classifier'}'s input width)"
+        )
+    return rows.astype(np.float16)
+
+
+def _fingerprint_array(path: str, raw: bytes) -> np.ndarray:
+    """``numpy.save``'s bytes of a flat uint64 array, checked against its header before anything is allocated."""
+    bad = FileProblem(f"{path} is not a valid featurebank model file ({SEEN} is not a list of fingerprints)")
+    shape, fortran, dtype, body = _npy_header(path, raw, SEEN)
     if dtype != np.dtype("<u8") or len(shape) != 1 or fortran or shape[0] * 8 != len(body):
         raise bad
     return np.frombuffer(body, dtype="<u8").astype(np.uint64)

@@ -1,5 +1,6 @@
 """Per-image answers as files: evaluate's predictions CSV (path, label, predicted) and predict's output, CSV (one
-row per image, its top classes side by side; on a cache, the pseudo-labels as ``path,label,confidence,fit_on``) or JSON."""
+row per image, its top classes side by side and its familiarity; on a cache, the pseudo-labels as
+``path,label,confidence,fit_on,familiarity``) or JSON."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def write_evaluation_csv(result: dict, path: str) -> str:
 
 def predictions_text(result: dict, fmt: str = "csv") -> str:
     """A prediction (``bundle.predict``) as JSON, or as CSV: path, label (when known), predicted class and its score,
-    then class and score of the next ones, and the error of an image that could not be classified."""
+    then class and score of the next ones, the image's familiarity (``classifiers.familiarity``, from a model file
+    that keeps training rows) and the error of an image that could not be classified."""
     if fmt == "json":
         return json.dumps(result, indent=1) + "\n"
     if result.get("pseudo"):  # pseudo-labels of a cache (bundle.pseudo_labels): a manifest to review
@@ -31,6 +33,7 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
     rows = result["rows"]
     top = max([len(r["top"]) for r in rows if "top" in r] or [1])  # no more columns than classes
     labeled = any("label" in r for r in rows)
+    familiar = "familiarity" in result  # the model keeps training rows (classifiers.familiarity)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     score = "p" if result["score"] == "probability" else "score"
@@ -41,6 +44,7 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
             "predicted",
             score,
             *[f"{name}{i}" for i in range(2, top + 1) for name in ("class", score)],
+            *(["familiarity"] if familiar else []),
             "error",
         ]
     )
@@ -54,6 +58,7 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
                 r.get("predicted", ""),
                 f"{r['score']:.4f}" if "score" in r else "",
                 *rest,
+                *([f"{r['familiarity']:.4f}" if "familiarity" in r else ""] if familiar else []),
                 r.get("error", ""),
             ]
         )
@@ -62,13 +67,24 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
 
 def pseudo_label_csv(rows: list[dict]) -> str:
     """``path,label,confidence`` per row, in the rows' order, "\n" line endings; and ``fit_on`` (1: an image the
-    model was fit on, its confidence in-sample) where the model file lists its training images."""
+    model was fit on, its confidence in-sample) where the model file lists its training images; ``familiarity``
+    where it keeps training rows."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     listed = bool(rows) and "fit_on" in rows[0]
-    writer.writerow(["path", "label", "confidence", *(["fit_on"] if listed else [])])
+    familiar = bool(rows) and "familiarity" in rows[0]
+    writer.writerow(
+        ["path", "label", "confidence", *(["fit_on"] if listed else []), *(["familiarity"] if familiar else [])]
+    )
     writer.writerows(
-        [r["path"], r["label"], confidence_text(r["confidence"]), *([int(r["fit_on"])] if listed else [])] for r in rows
+        [
+            r["path"],
+            r["label"],
+            confidence_text(r["confidence"]),
+            *([int(r["fit_on"])] if listed else []),
+            *([f"{r['familiarity']:.4f}"] if familiar else []),
+        ]
+        for r in rows
     )
     return buffer.getvalue()
 
@@ -99,6 +115,7 @@ def pseudo_label_notes(result: dict, out: str | None) -> list[str]:
         f"{result['score']}); {skipped} labelled row(s) skipped"
         + (f" (with {result['labels']})" if result.get("labels") else ""),
         *(f"note: {n}" for n in result.get("notes", [])),
+        *([f"note: {result['familiarity']['note']}"] if "note" in result.get("familiarity", {}) else []),
     ]
 
 

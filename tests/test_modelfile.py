@@ -340,7 +340,7 @@ def test_old_pickled_model_files_load_only_when_trusted(synthetic, tmp_path, run
 def test_metadata_is_plain_json_and_a_write_replaces_only_whole(synthetic, tmp_path):
     root, _, bundle = synthetic
     with zipfile.ZipFile(root / "m.fbmodel") as archive:
-        assert sorted(archive.namelist()) == [modelfile.META, modelfile.PIPELINE, modelfile.SEEN]
+        assert sorted(archive.namelist()) == [modelfile.META, modelfile.PIPELINE, modelfile.SEEN, modelfile.REFERENCE]
         meta = json.loads(archive.read(modelfile.META))
         seen = np.load(io.BytesIO(archive.read(modelfile.SEEN)), allow_pickle=False)
     # the training images' fingerprints: the first 8 bytes of each row's content digest, sorted

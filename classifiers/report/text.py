@@ -226,6 +226,19 @@ def evaluate_text(d: dict) -> list[str]:
         )
     if seen and (not seen.get("checked") or seen.get("unchecked_rows")):
         lines.append(f"  note: {seen['note']}")
+    familiar = d.get("familiarity")
+    if familiar and familiar.get("unfamiliar"):
+        lines.append(
+            f"  {familiar['unfamiliar']} of {familiar['rows']} images unlike the training images (familiarity under "
+            f"{familiar['below']:g}): {familiar['right_unfamiliar']} of them right"
+            + (
+                f", against {100 * familiar['accuracy_familiar']:.1f} % of the others"
+                if familiar.get("accuracy_familiar") is not None
+                else ""
+            )
+        )
+    elif familiar and familiar.get("note"):
+        lines.append(f"  note: {familiar['note']}")
     lines.append(f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}")
     lines += [
         f"  {c:20} {100 * v['precision']:8.1f}% {100 * v['recall']:6.1f}% {100 * v['f1']:5.1f}% {v['support']:7}"
