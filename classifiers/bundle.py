@@ -30,7 +30,7 @@ from embedder.options import ExtractOptions, RunOptions, with_overrides
 from .calibration import PROBABILITY, apply_calibration, calibrate, raw_scores, uncalibrated
 from .crossval import RANK_BY
 from .data import labeled, open_cache
-from .familiarity import UNFAMILIAR, Familiarity, reference_rows, summary
+from .familiarity import UNFAMILIAR, Familiarity, floor_note, reference_rows, summary
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
 from .metrics import answers, chance_ece, confusion, ece, per_class, reliability, scores, wilson
@@ -199,6 +199,8 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     else:
         fit_grouped(pipeline, X, data.y, group_ids)
     notes += fallbacks(pipeline)
+    if floor_note(reference):
+        notes.append(str(floor_note(reference)))
     unseen = data.free_features(layer, UNSEEN) if o.calibrate and not unlabeled and data.unlabeled else None
     calibration = _calibration(o, pipeline, X, data.y, group_ids, bool(unlabeled), unseen)
     if found and "cross_fitted" in calibration.get("out_of_fold", {}):  # its folds' rows chose the hyperparameters
@@ -225,7 +227,11 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
             **({"labels": {"csv": labels, "sha256": sha256_of(labels)}} if labels else {}),
             **({"unlabeled": semi_info} if semi_info else {}),
             "calibration": calibration,
-            "familiarity": {"reference_rows": len(reference), "k": Familiarity(reference).k},
+            **(
+                {"familiarity": {"reference_rows": len(reference), "k": Familiarity(reference).k}}
+                if reference is not None
+                else {}
+            ),
             **({"notes": notes} if notes else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
@@ -495,7 +501,7 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     metrics["ece_chance"] = chance_ece(values) if probability else None  # a calibrated model's ECE on these rows
     right = int((pred == y).sum())
     metrics["right"], metrics["accuracy_interval"] = right, list(wilson(right, len(y)))
-    familiar = None
+    familiar, p = None, None
     if bundle.familiarity is not None and len(y):
         p = bundle.familiarity.p_values(X)
         low = p < UNFAMILIAR
@@ -531,8 +537,13 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
             ),
         },
         "predictions": [
-            {"path": str(p), "label": bundle.classes[t], "predicted": bundle.classes[q]}
-            for p, t, q in zip(paths, y, pred)
+            {
+                "path": str(path),
+                "label": bundle.classes[t],
+                "predicted": bundle.classes[q],
+                **({} if p is None else {"familiarity": float(p[i])}),
+            }
+            for i, (path, t, q) in enumerate(zip(paths, y, pred))
         ],
         "predict_seconds": round(seconds, 4),
         **({"familiarity": familiar} if familiar else {}),
@@ -619,7 +630,7 @@ def predict(
     X = bundle.checked(reader.features(bundle.layer), reader.path) if len(reader) else None
     values, kind = bundle.scores(X) if X is not None else (np.empty((0, len(bundle.classes))), "")
     fam = bundle.familiarity
-    familiar = fam.p_values(X) if X is not None and fam is not None else None
+    familiar = _asked_familiarity(fam, X, reader, items) if X is not None and fam is not None else None
     rows = _rows(reader, items, values, bundle.classes, top, familiar)
     return _written(
         {
@@ -634,6 +645,16 @@ def predict(
         out,
         fmt,
     )
+
+
+def _asked_familiarity(fam: Familiarity, X: np.ndarray, reader: CacheReader, items) -> np.ndarray:
+    """The familiarity of the cache rows of ``items`` (NaN for the cache's other rows: images of earlier calls)."""
+    index = {p: i for i, p in enumerate(reader.paths)}
+    asked = np.unique([index[item.path] for item in items if item.path in index]).astype(np.int64)
+    out = np.full(len(X), np.nan)
+    if len(asked):
+        out[asked] = fam.p_values(X[asked])
+    return out
 
 
 def _familiarity_of(fam: Familiarity, rows: list[dict]) -> dict:

@@ -30,13 +30,29 @@ def unit_rows(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
-def reference_rows(X: np.ndarray, seed: int = 0, size: int = REFERENCE) -> np.ndarray:
-    """The rows a model file keeps: all of ``X``'s up to ``size``, else ``size`` of them drawn with ``seed``, in
-    their order; unit vectors in float16."""
-    rows = np.arange(len(X))
-    if len(X) > size:
-        rows = np.sort(np.random.default_rng(seed).choice(len(X), size, replace=False))
-    return unit_rows(np.asarray(X)[rows]).astype(np.float16)
+def reference_rows(X: np.ndarray, seed: int = 0, size: int = REFERENCE) -> np.ndarray | None:
+    """The rows a model file keeps, unit vectors in float16, in their order: all of ``X``'s up to ``size``, else
+    ``size`` of them drawn with ``seed``; each distinct vector once (six copies of one image would be each other's
+    nearest neighbours at distance 0, and every new image would look unlike the training images). None when fewer
+    than two distinct rows are left: there is nothing to place a new row among."""
+    X = np.asarray(X)
+    order = np.arange(len(X)) if len(X) <= size else np.random.default_rng(seed).permutation(len(X))
+    kept: list[int] = []
+    seen: set[bytes] = set()
+    for start in range(0, len(order), BLOCK):  # drawn in order until ``size`` distinct rows: a block or two
+        block = order[start : start + BLOCK]
+        for i, row in zip(block, unit_rows(X[block]).astype(np.float16)):
+            key = row.tobytes()
+            if key not in seen:
+                seen.add(key)
+                kept.append(int(i))
+                if len(kept) == size:
+                    break
+        if len(kept) == size:
+            break
+    if len(kept) < 2:
+        return None
+    return unit_rows(X[np.sort(kept)]).astype(np.float16)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,8 +85,8 @@ class Familiarity:
             S = unit_rows(X[start : start + BLOCK]) @ R.T
             if leave_out_self:
                 S[np.arange(len(S)), np.arange(start, start + len(S))] = -np.inf
-            kth = -np.partition(-S, self.k - 1, axis=1)[:, self.k - 1]
-            out[start : start + len(S)] = 1.0 - kth
+            at = S.shape[1] - self.k  # the k-th largest similarity, in place of a sort
+            out[start : start + len(S)] = 1.0 - np.partition(S, at, axis=1)[:, at]
         return out
 
     @cached_property
@@ -86,29 +102,47 @@ class Familiarity:
 
 
 def summary(p: np.ndarray, familiarity: Familiarity, paths=(), below: float = UNFAMILIAR) -> dict:
-    """What a prediction says of its rows' familiarity ``p``: how many are under ``below``, the first of their
-    ``paths``, and the note a user reads."""
-    low = np.flatnonzero(np.asarray(p) < below)
+    """What a prediction says of its rows' familiarity ``p``: how many are under ``below`` (``can_flag``: whether
+    any could be, given the rows the model keeps: ``train`` says so once), the least familiar of their ``paths``
+    first, and the note a user reads."""
+    p = np.asarray(p)
+    low = np.flatnonzero(p < below)
+    low = low[np.argsort(p[low], kind="stable")]
     n = len(familiarity.reference)
-    out = {
+    named = [str(paths[i]) for i in low[:20]] if len(paths) else []
+    out: dict = {
         "below": below,
         "unfamiliar": int(len(low)),
         "rows": int(len(p)),
         "reference_rows": n,
         "k": familiarity.k,
+        "can_flag": familiarity.floor < below,
         "measured_on": f"{n} of the model's training images (each against the others)",
+        "paths": named,
     }
-    if familiarity.floor >= below:
-        out["note"] = (
-            f"the model keeps {n} training images: no familiarity can fall under {below:g} (the least is 1/{n + 1}), "
-            f"so no image is flagged; read the familiarity column as it is"
-        )
-    elif len(low):
-        shown = [str(paths[i]) for i in low[:5]] if len(paths) else []
+    if len(low):
+        shown = named[:5]
         out["note"] = (
             f"{len(low)} of {len(p)} images are unlike the images the model was trained on (familiarity under "
-            f"{below:g}: fewer than {below:.0%} of its {n} training images kept are as far from their {familiarity.k} "
-            f"nearest): their predicted class is a guess whatever its probability"
+            f"{below:g}: fewer than {below:.0%} of its {n} training images kept are as far from their "
+            f"{_nth(familiarity.k)} nearest): their predicted class is a guess whatever its probability"
             + (f" ({', '.join(shown)}{', …' if len(low) > len(shown) else ''})" if shown else "")
         )
     return out
+
+
+def floor_note(reference: np.ndarray | None, below: float = UNFAMILIAR) -> str | None:
+    """What ``train`` says of a model that keeps too few rows to flag any image, once (else None)."""
+    if reference is None:
+        return "fewer than two distinct training images: no image's familiarity can be measured"
+    n = len(reference)
+    if 1.0 / (n + 1) < below:
+        return None
+    return (
+        f"the model keeps {n} training images: no image can be shown unlike them (familiarity under {below:g} needs "
+        f"{int(np.floor(1 / below - 1)) + 1} or more), so predict flags none; its familiarity column still ranks them"
+    )
+
+
+def _nth(k: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")

@@ -34,6 +34,7 @@ from embedder.kernel.destination import file_destination
 from embedder.kernel.errors import FeaturebankError, FileProblem, InvalidValue, MissingFile
 
 from .ensemble import ZooEnsemble
+from .familiarity import REFERENCE as FAMILIARITY_ROWS
 from .linear import TunedLogisticRegression
 from .neighbours import CosineKNeighbors
 from .registry import BlockedScaler, FewShotLDA, ReducedPCA
@@ -49,7 +50,7 @@ META = "featurebank-model.json"
 PIPELINE = "pipeline.skops"
 SEEN = "training-images.npy"  # optional: the images fit on, by content (``fingerprints``); older readers skip it
 REFERENCE = "training-rows.npy"  # optional: some training rows, unit float16 (``familiarity``); older readers skip it
-MAX_REFERENCE_ROWS = 100_000  # featurebank keeps 1,000 (familiarity.REFERENCE); more is not a file it wrote
+MAX_REFERENCE_ROWS = 4 * FAMILIARITY_ROWS  # featurebank keeps 1,000: more is not a file it wrote (and n² to score)
 MAX_SEEN_BYTES = 1 << 30  # 8 bytes an image: 134 million training images; a larger member is not ours
 MAX_META_BYTES = 64 << 20  # settings and metadata are a few kilobytes; a larger member is not ours
 
@@ -279,8 +280,10 @@ def read_model_file(
                 raw = fh.read(MAX_META_BYTES + 1)
             document = _document(path, raw)
             blob = archive.read(PIPELINE)
-            seen = _member_bytes(path, archive, SEEN) if SEEN in names else None
-            reference = _member_bytes(path, archive, REFERENCE) if REFERENCE in names else None
+            seen = _member_bytes(path, archive, SEEN, MAX_SEEN_BYTES) if SEEN in names else None
+            reference = (
+                _member_bytes(path, archive, REFERENCE, _reference_bytes(document)) if REFERENCE in names else None
+            )
     except FeaturebankError:  # our own refusals above are OSErrors too: they pass as they are
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
@@ -293,22 +296,30 @@ def read_model_file(
         document,
         pipeline,
         None if seen is None else _fingerprint_array(path, seen),
-        None if reference is None else _reference_array(path, reference, input_dimensions(pipeline)),
+        None if reference is None else _reference_array(path, reference, input_dimensions(pipeline), document),
     )
 
 
-def _member_bytes(path: str, archive: zipfile.ZipFile, name: str) -> bytes:
-    """A ``numpy.save`` member's bytes, of a bounded size (``MAX_SEEN_BYTES``): no member can make a reader hold
-    more; parsed by ``_npy_header`` against numpy's header, so no header can make it allocate more than the bytes it
-    holds."""
-    if archive.getinfo(name).file_size > MAX_SEEN_BYTES:
+def _reference_bytes(document: dict) -> int:
+    """The most bytes ``REFERENCE`` can hold: ``MAX_REFERENCE_ROWS`` float16 rows of the widest layer the metadata
+    records (65,536 columns where it records none), and numpy's header."""
+    dims = document["trained_on"].get("dimensions")
+    widths = [v for v in dims.values() if isinstance(v, int) and v > 0] if isinstance(dims, dict) else []
+    return MAX_REFERENCE_ROWS * 2 * min(max(widths, default=1 << 16), 1 << 16) + (64 << 10)
+
+
+def _member_bytes(path: str, archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """A ``numpy.save`` member's bytes, of a bounded size (``limit``): no member can make a reader hold more, however
+    far it inflates; parsed by ``_npy_header`` against numpy's header, so no header can make it allocate more than
+    the bytes it holds."""
+    if archive.getinfo(name).file_size > limit:
         raise FileProblem(f"{path} is not a valid featurebank model file ({name} is too large)")
     try:
         with archive.open(name) as fh:
-            raw = fh.read(MAX_SEEN_BYTES + 1)
+            raw = fh.read(limit + 1)
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
         raise FileProblem(f"{path} is a damaged featurebank model file ({name}: {_first_line(exc)})") from None
-    if len(raw) > MAX_SEEN_BYTES:
+    if len(raw) > limit:
         raise FileProblem(f"{path} is not a valid featurebank model file ({name} is too large)")
     return raw
 
@@ -327,7 +338,7 @@ def _npy_header(path: str, raw: bytes, name: str) -> tuple[tuple, bool, np.dtype
     return shape, fortran, dtype, raw[stream.tell() :]
 
 
-def _reference_array(path: str, raw: bytes, columns: int | None) -> np.ndarray:
+def _reference_array(path: str, raw: bytes, columns: int | None, document: dict) -> np.ndarray:
     """``REFERENCE``'s rows: float16, two or more rows, as many columns as the classifier takes, every value finite
     and every row of length 1 or 0 (``familiarity.unit_rows``); else one line."""
     shape, fortran, dtype, body = _npy_header(path, raw, REFERENCE)
@@ -336,11 +347,16 @@ def _reference_array(path: str, raw: bytes, columns: int | None) -> np.ndarray:
     rows = np.frombuffer(body, dtype="<f2").reshape(shape) if ok else None
     if rows is not None:
         norms = np.linalg.norm(rows.astype(np.float32), axis=1)
-        ok = bool(np.isfinite(norms).all() and (np.abs(norms - 1) < 0.01).sum() + (norms == 0).sum() == len(norms))
+        unit = np.abs(norms - 1) < 0.01
+        ok = bool(unit.sum() >= 2 and (unit | (norms == 0)).all())  # NaN and inf fail both
+        said = (document["trained_on"].get("familiarity") or {}).get("reference_rows", shape[0])
+        ok = ok and said == shape[0]  # as many as the metadata says it kept
     if not ok or rows is None:
         raise FileProblem(
-            f"{path} is not a valid featurebank model file ({REFERENCE} is not its training rows: float16 unit "
-            f"vectors of the {columns or 'classifier'}'s input width)"
+            f"{path} is not a valid featurebank model file ({REFERENCE} is not its training rows: 2 to "
+            f"{MAX_REFERENCE_ROWS:,} float16 unit vectors, as wide as the classifier's input"
+            + (f" ({columns})" if columns else "")
+            + ")"
         )
     return rows.astype(np.float16)
 

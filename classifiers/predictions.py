@@ -14,11 +14,15 @@ from embedder.kernel.atomic import atomic_path
 
 def write_evaluation_csv(result: dict, path: str) -> str:
     """``path,label,predicted`` per image an evaluation scored (``bundle.evaluate``: not the images the model was
-    fit on, which it leaves out); returns ``path``."""
+    fit on, which it leaves out), and ``familiarity`` where the model keeps training rows; returns ``path``."""
     with atomic_path(path, named=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, ["path", "label", "predicted"], lineterminator="\n")
+        familiar = bool(result["predictions"]) and "familiarity" in result["predictions"][0]
+        fields = ["path", "label", "predicted", *(["familiarity"] if familiar else [])]
+        writer = csv.DictWriter(fh, fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(result["predictions"])
+        writer.writerows(
+            {**r, "familiarity": familiarity_text(r["familiarity"])} if familiar else r for r in result["predictions"]
+        )
     return path
 
 
@@ -58,7 +62,7 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
                 r.get("predicted", ""),
                 f"{r['score']:.4f}" if "score" in r else "",
                 *rest,
-                *([f"{r['familiarity']:.4f}" if "familiarity" in r else ""] if familiar else []),
+                *([familiarity_text(r["familiarity"]) if "familiarity" in r else ""] if familiar else []),
                 r.get("error", ""),
             ]
         )
@@ -82,11 +86,16 @@ def pseudo_label_csv(rows: list[dict]) -> str:
             r["label"],
             confidence_text(r["confidence"]),
             *([int(r["fit_on"])] if listed else []),
-            *([f"{r['familiarity']:.4f}"] if familiar else []),
+            *([familiarity_text(r["familiarity"])] if familiar else []),
         ]
         for r in rows
     )
     return buffer.getvalue()
+
+
+def familiarity_text(value: float) -> str:
+    """A familiarity with 4 significant digits: 0.009990 (under 0.01, flagged) is never printed as 0.0100."""
+    return f"{value:.4g}"
 
 
 def confidence_text(value: float) -> str:

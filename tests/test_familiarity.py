@@ -17,8 +17,9 @@ from sklearn.neighbors import NearestNeighbors
 import cli
 from classifiers import modelfile
 from classifiers.bundle import evaluate, load_bundle, pseudo_labels, train
-from classifiers.familiarity import UNFAMILIAR, Familiarity, K, reference_rows, summary
-from classifiers.predictions import predictions_text
+from classifiers.familiarity import UNFAMILIAR, Familiarity, K, floor_note, reference_rows, summary
+from classifiers.predictions import familiarity_text, predictions_text, write_evaluation_csv
+from classifiers.report.text import evaluate_text
 from embedder.kernel.errors import FeaturebankError
 
 
@@ -69,10 +70,39 @@ def test_reference_rows_are_at_most_the_size_drawn_with_the_seed_as_unit_float16
     np.testing.assert_allclose(few.astype(np.float32), unit(X[:10]), atol=1e-3)  # all of them, in order
 
 
-def test_a_small_reference_says_no_row_can_be_flagged():
+def test_a_small_reference_can_flag_nothing_and_train_says_so_once():
     fam = Familiarity(reference_rows(np.random.default_rng(3).normal(size=(30, 4))))
     out = summary(np.full(5, fam.floor), fam, [f"x{i}" for i in range(5)])
-    assert out["unfamiliar"] == 0 and "the least is 1/31" in out["note"] and "no image is flagged" in out["note"]
+    assert out["unfamiliar"] == 0 and out["can_flag"] is False and "note" not in out  # predict stays quiet
+    assert "keeps 30 training images: no image can be shown unlike them" in floor_note(fam.reference)
+    assert "needs 100 or more" in floor_note(fam.reference)
+    rows = np.random.default_rng(3).normal(size=(100, 4))
+    assert "keeps 99 training images" in floor_note(reference_rows(rows[:99]))  # the least: 1/100, not under 0.01
+    assert floor_note(reference_rows(rows)) is None  # 1/101 is
+
+
+def test_a_tie_counts_as_at_least_as_far():
+    """Four orthogonal kept rows: each is at distance 1 from the other three; a fifth orthogonal row is at distance
+    1 too, as far as every kept row from its neighbours: familiarity (1 + 4) / 5."""
+    fam = Familiarity(np.eye(8, dtype=np.float16)[:4])
+    assert fam.k == 3
+    np.testing.assert_array_equal(fam.calibration, [1, 1, 1, 1])
+    np.testing.assert_array_equal(fam.p_values(np.eye(8)[4:6]), [1.0, 1.0])
+    assert fam.p_values(np.array([[1.0, 1, 1, 1, 0, 0, 0, 0]]))[0] == 1.0  # nearer every kept row: 0.5 apart
+    assert familiarity_text(10 / 1001) == "0.00999" and familiarity_text(1.0) == "1"  # never "0.0100" when flagged
+
+
+def test_copies_of_one_image_are_kept_once_so_new_images_are_not_all_flagged():
+    """Six copies of each image: kept as they are, each row's 5th nearest would be a copy at distance 0, and every
+    new image would fall under 0.01."""
+    rng = np.random.default_rng(4)
+    centers = rng.normal(0, 3, (4, 32))
+    X = centers[rng.integers(0, 4, 200)] + rng.normal(size=(200, 32))
+    kept = reference_rows(np.repeat(X, 6, axis=0), seed=0)
+    assert len(kept) == 200 and len(np.unique(kept, axis=0)) == 200
+    new = centers[rng.integers(0, 4, 2000)] + rng.normal(size=(2000, 32))
+    assert (Familiarity(kept).p_values(new) < UNFAMILIAR).mean() < 0.02
+    assert reference_rows(np.ones((5, 3))) is None  # one distinct row: nothing to place a new one among
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +134,23 @@ def test_a_model_file_keeps_its_training_rows_and_every_answer_reads_them(model)
     assert far == {f"class2/img{i:03d}.jpg" for i in range(20, 24)}
     assert pseudo["familiarity"]["unfamiliar"] == 4 and "4 of 24 images are unlike" in pseudo["familiarity"]["note"]
     assert predictions_text(pseudo).splitlines()[0] == "path,label,confidence,fit_on,familiarity"
-    scored = evaluate(str(root / "m.fbmodel"), str(root / "held.h5"))["familiarity"]
+    evaluated = evaluate(str(root / "m.fbmodel"), str(root / "held.h5"))
+    scored = evaluated["familiarity"]
     assert scored["unfamiliar"] == 4 and scored["rows"] == 24 and scored["accuracy_familiar"] > 0.8
+    assert sorted(scored["paths"]) == sorted(far) and scored["right_unfamiliar"] == sum(
+        r["label"] == r["predicted"] for r in evaluated["predictions"] if r["path"] in far
+    )
+    line = next(x for x in evaluate_text(evaluated) if "unlike the training images" in x)
+    assert line.startswith(
+        f"  4 of 24 images unlike the training images (familiarity under 0.01): {scored['right_unfamiliar']} of them right, against "
+    )
+    assert "the least familiar: class2/img0" in line and line.endswith(" …")
+    write_evaluation_csv(evaluated, str(root / "evaluated.csv"))
+    rows = (root / "evaluated.csv").read_text().splitlines()
+    assert (
+        rows[0] == "path,label,predicted,familiarity"
+        and {r.split(",")[0] for r in rows[1:] if r.endswith(",0.005525")} == far
+    )
     result = CliRunner().invoke(cli.main, ["predict", str(root / "m.fbmodel"), str(root / "free.h5")])
     assert result.exit_code == 0 and "note: 4 of 24 images are unlike the images the model was trained on" in (
         result.stderr
@@ -130,11 +175,33 @@ def test_a_member_that_is_not_its_training_rows_is_one_line_and_none_is_the_form
     good = bundle.reference
     nan = good.copy()
     nan[3, 0] = np.nan
-    for bad in (good[:, :5], good.astype(np.float32), nan, good * 3, good[:1], good.ravel()):
+    narrower = good[:, :5].astype(np.float32) / np.linalg.norm(good[:, :5].astype(np.float32), axis=1)[:, None]
+    many = np.tile(good, (23, 1))[:4001]  # featurebank keeps 1,000 rows: 4,001 is no file it wrote
+    for bad in (
+        good[:, :5],
+        narrower.astype(np.float16),  # unit rows, but not as wide as the classifier's input
+        np.asfortranarray(good),
+        good.astype(np.float32),
+        nan,
+        good * 3,
+        good[:1],
+        good[:100],  # fewer rows than the metadata says it kept
+        np.zeros_like(good),
+        many,
+        good.ravel(),
+    ):
         path = rewritten(root / "m.fbmodel", tmp_path / "bad.fbmodel", bad)
         with pytest.raises(FeaturebankError, match="training-rows.npy is not its training rows") as caught:
             load_bundle(path)
         assert "\n" not in str(caught.value)
+    bomb = tmp_path / "bomb.fbmodel"  # a header for 2 rows, then 64 MB of zeros that deflate to 64 kB
+    rewritten(root / "m.fbmodel", bomb, None)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f2", "fortran_order": False, "shape": (2, 12)})
+    with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(modelfile.REFERENCE, header.getvalue() + bytes(64 << 20))
+    with pytest.raises(FeaturebankError, match=r"training-rows.npy is too large\)$"):
+        load_bundle(str(bomb))
     older = load_bundle(rewritten(root / "m.fbmodel", tmp_path / "older.fbmodel", None))
     assert older.familiarity is None
     pseudo = pseudo_labels(older, str(root / "free.h5"))

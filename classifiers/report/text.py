@@ -236,9 +236,9 @@ def evaluate_text(d: dict) -> list[str]:
                 if familiar.get("accuracy_familiar") is not None
                 else ""
             )
+            + (f"; the least familiar: {', '.join(familiar['paths'][:3])}" if familiar.get("paths") else "")
+            + (" …" if familiar["unfamiliar"] > 3 else "")
         )
-    elif familiar and familiar.get("note"):
-        lines.append(f"  note: {familiar['note']}")
     lines.append(f"  {'class':20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}")
     lines += [
         f"  {c:20} {100 * v['precision']:8.1f}% {100 * v['recall']:6.1f}% {100 * v['f1']:5.1f}% {v['support']:7}"
