@@ -499,7 +499,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         "title": f"Cross-validation: {_short(d['source'])}",
         "facts": facts,
         "sections": sections,
-        "rank_by": cv["rank_by"].replace("_", " "),
+        "rank_by": cv.get("rank_rule") or cv["rank_by"].replace("_", " "),
         "leaderboard": leaderboard,
         "several": several_caches(d),
         "significance": significance_note(d),

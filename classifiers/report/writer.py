@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from classifiers.crossval import RANK_BY, CVReport, CVResult
+from classifiers.crossval import RANK_BY, RANK_RULE, CVReport, CVResult
 from classifiers.label_issues import report_entries as label_issue_entries
 from classifiers.label_issues import summary_lines as label_issue_lines
 from classifiers.label_issues import write_csv as write_label_issues
@@ -138,6 +138,7 @@ def report_dict(report: CVReport, suspicious: int = SUSPICIOUS) -> dict:
             "search": report.search,
             "budget": report.plan.to_dict() if report.plan is not None else None,  # what ran, what was left out
             "rank_by": RANK_BY,
+            "rank_rule": RANK_RULE,
             "confusion": "summed over all folds of all repeats",
             "std": "population std over folds",
             "folds_from": reader.path
@@ -282,7 +283,7 @@ def markdown(d: dict) -> str:
         *[f"- embedding: {e}" for e in embedding],
         f"- folds: {cv['splitter']}, {cv['folds']} folds × {cv['repeats']} repeat(s), seed {cv['seed']}"
         + (", hyperparameters chosen by nested inner cross-validation" if cv["search"] else "")
-        + f"; ranked by {cv['rank_by'].replace('_', ' ')}; scores are mean ± std over folds"
+        + f"; ranked by {cv.get('rank_rule') or cv['rank_by'].replace('_', ' ')}; scores are mean ± std over folds"
         + (f"; folds from {cv['folds_from']}" if several_caches(d) else ""),
         "- classes: " + ", ".join(f"{c} {n}" for c, n in d["class_counts"].items()),
         "",
