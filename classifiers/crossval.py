@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,8 +51,8 @@ from .zoo import describe, make_classifier, parse_spec, search_grid
 RANK_BY = "balanced_accuracy"
 POOLED = ("balanced_accuracy", "accuracy")  # the metrics a leaderboard ranks on the whole out-of-fold predictions
 RANK_RULE = (
-    "balanced accuracy (mean over folds); rows within half an image of each other on the whole out-of-fold "
-    "predictions tie, and the lower log-loss of their calibrated probabilities goes first"
+    "balanced accuracy (mean over folds); rows next to each other within half an image on both the fold means and "
+    "the whole out-of-fold predictions tie, and the lower log-loss of their calibrated probabilities goes first"
 )
 
 
@@ -223,6 +222,7 @@ class CVReport:
     curve: list[dict] | None = None  # with shots: the learning curve (shots.learning_curve's rows)
     labels: dict | None = None  # with --labels: the CSV laid over the caches' labels, {"csv", "sha256"}
     _tie_loss: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # leaderboard's, by row
+    _calibrations: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # ``calibration``'s
 
     @property
     def classes(self) -> list[str]:
@@ -230,13 +230,22 @@ class CVReport:
 
     def leaderboard(self, by: str = RANK_BY) -> list[CVResult]:
         """Best first, by the mean of ``by`` over all folds and repeats (then accuracy). By balanced accuracy or
-        accuracy, rows whose out-of-fold predictions, scored whole (``pooled``: every image once a repeat), are
-        within half an image of each other (``_ties``) tie, where their fold means differ only by which folds their
-        errors fell in and which classes they traded: the tie takes the place of the best of their fold means, and
-        within it the lower log-loss of the calibrated probabilities (``calibration``: what ``train`` gives) goes
-        first."""
-        if by in POOLED:
-            return self._pooled_board(by)
+        accuracy, a run of rows in that order whose fold means and whole out-of-fold predictions (``pooled``: every
+        image once a repeat) are both within half an image of the run's first row is a tie (``ties``): their
+        differences are of which folds the errors fell in and which classes traded them, not of images right. A tie
+        keeps its place, and within it the lower log-loss of the calibrated probabilities (``calibration``: what
+        ``train`` gives) goes first."""
+        if by not in POOLED:
+            return self._by_mean(by)
+        board = self._by_mean(by)
+        out = []
+        for tie in self.ties(by):
+            if len(tie) > 1:  # the calibration's log-loss only where a tie needs it (it cross-fits a temperature)
+                tie = sorted(tie, key=lambda r: (self._log_loss(r), board.index(r)))
+            out += tie
+        return out
+
+    def _by_mean(self, by: str) -> list[CVResult]:
         sign = -1 if by == "log_loss" else 1
 
         def key(r: CVResult):
@@ -245,23 +254,36 @@ class CVReport:
 
         return sorted(self.results, key=key)
 
-    def _ties(self, pooled: dict, by: str) -> dict:
-        """Each row's tie (an index): rows whose ``pooled`` scores are within half of what one image can move it
-        (accuracy: 1 / rows; balanced accuracy: 1 / (classes x the largest class's rows), over the repeats) of the
-        next one's, in order. So close, the rows get as many images right, traded between classes of unequal
-        size (hymenoptera: lda 119 ants and 118 bees right, logreg 120 and 117), or the same ones."""
+    def ties(self, by: str = RANK_BY) -> list[list[CVResult]]:
+        """The rows in order of their fold means, cut into runs: a row joins the run above it when its fold mean and
+        its ``pooled`` score are both within half of what one image can move them of the run's first row
+        (accuracy: 1 / rows; balanced accuracy: 1 / (classes x the largest class's rows); over the repeats).
+        Anchored at the first row, so a run never spans an image; a row that does not join ends the run, so a tie
+        never passes over it."""
+        board = self._by_mean(by)
         y = self.data.y
-        repeats = max(len(r.predictions) for r in self.results)
         sizes = np.unique(y, return_counts=True)[1]
         step = 1 / len(y) if by == "accuracy" else 1 / (len(sizes) * sizes.max())
+        repeats = max([len(r.predictions) for r in board] or [1])
         tolerance = step / repeats / 2
-        order = sorted(pooled, key=lambda n: -pooled[n])
-        tie_of, tie = {}, 0
-        for i, n in enumerate(order):
-            if i and pooled[order[i - 1]] - pooled[n] >= tolerance:
-                tie += 1
-            tie_of[n] = tie
-        return tie_of
+        runs: list[list[CVResult]] = []
+        for r in board:
+            if runs:
+                first = runs[-1][0]
+                near = first.metric(by)["mean"] - r.metric(by)["mean"] < tolerance
+                if near and abs(self.pooled(first, by) - self.pooled(r, by)) < tolerance:
+                    runs[-1].append(r)
+                    continue
+            runs.append([r])
+        return runs
+
+    def _log_loss(self, result: CVResult) -> float:
+        """The log-loss of a row's calibrated out-of-fold probabilities (``calibration``), once a row."""
+        name = (result.backbone, result.classifier, result.layer)
+        if name not in self._tie_loss:
+            cal = self.calibration(result)
+            self._tie_loss[name] = cal["log_loss"] if cal else np.inf
+        return self._tie_loss[name]
 
     def pooled(self, result: CVResult, by: str = RANK_BY) -> float:
         """``by`` (balanced accuracy or accuracy) of a row's out-of-fold predictions, each repeat's whole, averaged
@@ -271,31 +293,6 @@ class CVReport:
         if by == "accuracy":
             return float(right.mean())
         return float(np.mean([right[:, y == c].mean(axis=1) for c in np.unique(y)], axis=0).mean())
-
-    def _pooled_board(self, by: str) -> list[CVResult]:
-        def name(r: CVResult) -> tuple[str, str, str]:
-            return (r.backbone, r.classifier, r.layer)
-
-        pooled = {name(r): self.pooled(r, by) for r in self.results}
-        tie_of = self._ties(pooled, by)
-        size = Counter(tie_of.values())
-        for r in self.results:  # the calibration's log-loss only where a tie needs it (it cross-fits a temperature)
-            if size[tie_of[name(r)]] > 1 and name(r) not in self._tie_loss:
-                cal = self.calibration(r)
-                self._tie_loss[name(r)] = cal["log_loss"] if cal else np.inf
-        best_mean: dict[int, float] = {}  # a tie's place: the best fold mean among its rows
-        for r in self.results:
-            best_mean[tie_of[name(r)]] = max(best_mean.get(tie_of[name(r)], -np.inf), r.metric(by)["mean"])
-
-        def key(r: CVResult):
-            return (
-                -best_mean[tie_of[name(r)]],
-                self._tie_loss.get(name(r), 0.0) if size[tie_of[name(r)]] > 1 else 0.0,
-                -r.metric(by)["mean"],
-                -r.metric("accuracy")["mean"],
-            )
-
-        return sorted(self.results, key=key)
 
     @property
     def best(self) -> CVResult:
@@ -322,6 +319,13 @@ class CVReport:
         return next(s.data for s in self.sources if s.name == result.backbone)
 
     def calibration(self, result: CVResult) -> dict | None:
+        """``_calibration``, once a row (the leaderboard's ties and the report both read it)."""
+        name = (result.backbone, result.classifier, result.layer)
+        if name not in self._calibrations:
+            self._calibrations[name] = self._calibration(result)
+        return self._calibrations[name]
+
+    def _calibration(self, result: CVResult) -> dict | None:
         """The row's out-of-fold top-label ECE (15 equal-width bins) and reliability diagram, of calibrated
         probabilities as ``train`` makes them, without a fit more: each fold's rows scaled by the temperature fit on
         the other folds' out-of-fold scores (``calibration.cross_fitted``); with probabilities of its own, the

@@ -24,24 +24,28 @@ BLOCK = 4096  # rows scored at a time: a block's similarities hold BLOCK x REFER
 
 
 def unit_rows(X: np.ndarray) -> np.ndarray:
-    """``X``'s rows scaled to length 1, in float32 (a row of zeros stays zeros: far from every unit row)."""
-    X = np.asarray(X, dtype=np.float32)
+    """``X``'s rows scaled to length 1, in float32; the norms in float64, so that neither 1e20 nor 1e-24 is lost (a
+    row of zeros stays zeros: far from every unit row)."""
+    X = np.asarray(X, dtype=np.float64)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, np.finfo(np.float32).tiny)
+    return (X / np.maximum(norms, np.finfo(np.float64).tiny)).astype(np.float32)
 
 
 def reference_rows(X: np.ndarray, seed: int = 0, size: int = REFERENCE) -> np.ndarray | None:
     """The rows a model file keeps, unit vectors in float16, in their order: all of ``X``'s up to ``size``, else
     ``size`` of them drawn with ``seed``; each distinct vector once (six copies of one image would be each other's
-    nearest neighbours at distance 0, and every new image would look unlike the training images). None when fewer
-    than two distinct rows are left: there is nothing to place a new row among."""
+    nearest neighbours at distance 0, and every new image would look unlike the training images), and none that is
+    NaN or zero (no direction to compare). None when fewer than two such rows are left: there is nothing to place a
+    new row among."""
     X = np.asarray(X)
     order = np.arange(len(X)) if len(X) <= size else np.random.default_rng(seed).permutation(len(X))
     kept: list[int] = []
     seen: set[bytes] = set()
     for start in range(0, len(order), BLOCK):  # drawn in order until ``size`` distinct rows: a block or two
         block = order[start : start + BLOCK]
-        for i, row in zip(block, unit_rows(X[block]).astype(np.float16)):
+        rows = unit_rows(X[block])
+        usable = np.isfinite(rows).all(axis=1) & (np.abs(np.linalg.norm(rows, axis=1) - 1) < 1e-3)  # no NaN, no zeros
+        for i, row in zip(block[usable], rows[usable].astype(np.float16)):
             key = row.tobytes()
             if key not in seen:
                 seen.add(key)

@@ -58,10 +58,12 @@ def corrected_t_test(best: np.ndarray, other: np.ndarray, n_train: float, n_test
 def compare_to_best(
     fold_scores: list[np.ndarray], n_train: float, n_test: float, alpha: float = ALPHA
 ) -> list[Comparison]:
-    """For rows in leaderboard order (the first is the best), each row's comparison with the first."""
+    """For rows in leaderboard order (the first is the best), each row's comparison with the first. A row whose fold
+    scores are above the first's on average (t below 0: a tie of ``CVReport.ties`` put the first ahead of it by its
+    log-loss) is not worse, whatever p says."""
     best = fold_scores[0]
     out = [Comparison(None, None, True)]
     for other in fold_scores[1:]:
         t, p = corrected_t_test(best, other, n_train, n_test)
-        out.append(Comparison(t, p, p >= alpha))
+        out.append(Comparison(t, p, p >= alpha or t <= 0))
     return out

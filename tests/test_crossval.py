@@ -137,15 +137,11 @@ def test_leaderboard_ranks_layers_and_classifiers_on_the_same_folds(tmp_path):
     assert {(r.classifier, r.layer) for r in report.results} == {
         (c, layer) for c in ("logreg", "knn") for layer in ("flatten", "layer3")
     }
-    board = report.leaderboard()
-    pooled = {(r.backbone, r.classifier, r.layer): report.pooled(r) for r in board}
-    ties = report._ties(pooled, "balanced_accuracy")
-    groups = [ties[(r.backbone, r.classifier, r.layer)] for r in board]
-    assert groups == sorted(groups)  # a tie's rows together, the ties in the order of their best fold means
-    best = [
-        max(r.metric("balanced_accuracy")["mean"] for r, g in zip(board, groups) if g == k) for k in sorted(set(groups))
-    ]
-    assert best == sorted(best, reverse=True)
+    board, ties = report.leaderboard(), report.ties()
+    firsts = [t[0].metric("balanced_accuracy")["mean"] for t in ties]
+    assert firsts == sorted(firsts, reverse=True)  # the ties in the order of their first rows' fold means
+    # each tie's rows together, the lower calibrated log-loss first
+    assert board == [r for t in ties for r in sorted(t, key=lambda r: report.calibration(r)["log_loss"])]
     assert report.best.layer == "flatten"  # layer3 keeps half of the dimensions
     cm = report.confusion(report.best)
     assert cm.sum() == len(report.data.y) and cm.sum(axis=1).tolist() == [12, 10, 8]
@@ -191,35 +187,38 @@ def test_rows_within_half_an_image_tie_and_the_lower_calibrated_log_loss_goes_fi
     lower_loss = replace(base, classifier="lower-loss", folds=folds_plus(-0.001))
     i = one(wrong & (y == 0))
     one_more = replace(base, classifier="one-more", predictions=answers([(i, 0)]), folds=folds_plus(+0.003))
-    i = one(right & (y == 2))
-    between = replace(base, classifier="between", predictions=answers([(i, 0)]), folds=folds_plus(+0.0005))
     gained, lost = one(wrong & (y == 1)), one(right & (y == 0))  # a class-1 image (10 rows) for a class-0 one (12)
-    traded = replace(base, classifier="traded", predictions=answers([(gained, 1), (lost, 2)]), folds=folds_plus(-0.002))
+    trade = [(gained, 1), (lost, 2)]
+    traded = replace(base, classifier="traded", predictions=answers(trade), folds=folds_plus(-0.0015))
     assert report.pooled(traded) - report.pooled(base) == pytest.approx((1 / 10 - 1 / 12) / 3)  # under half of 1/36
-    report.results = [between, better_mean, lower_loss, one_more, traded]
-    losses = {"better-mean": 0.9, "lower-loss": 0.1, "one-more": 5.0, "between": 0.01, "traded": 0.05}
+    losses = {"better-mean": 0.9, "lower-loss": 0.1, "one-more": 5.0, "traded": 0.05, "between": 0.01, "twice": 0.0}
     asked = []
 
     def calibration(result):
         asked.append(result.classifier)
         return {"log_loss": losses[result.classifier]}
 
+    def board(*rows):
+        report.results = list(rows)
+        report._tie_loss.clear()
+        return [r.classifier for r in report.leaderboard()]
+
     report.calibration = calibration
-    # the tie takes its best fold mean's place (above "between"), and the lower log-loss leads it
-    board = ["one-more", "traded", "lower-loss", "better-mean", "between"]
-    assert [r.classifier for r in report.leaderboard()] == board
+    # the tie keeps its place (under "one-more"), and the lower log-loss leads it
+    assert board(better_mean, lower_loss, one_more, traded) == ["one-more", "traded", "lower-loss", "better-mean"]
     assert sorted(asked) == ["better-mean", "lower-loss", "traded"]  # only the tied rows' calibration is computed
     report.leaderboard()
     assert len(asked) == 3  # and once
-    losses["traded"] = 1.0  # a trade is a tie, not a win: with a higher log-loss it goes last in the tie
-    report._tie_loss.clear()
-    assert [r.classifier for r in report.leaderboard()] == [
-        "one-more",
-        "lower-loss",
-        "better-mean",
-        "traded",
-        "between",
-    ]
+    assert [[r.classifier for r in t] for t in report.ties()] == [["one-more"], ["better-mean", "lower-loss", "traded"]]
+    # a row that does not join ends the run: a tie never passes over a row with other images right
+    i = one(right & (y == 2))
+    between = replace(base, classifier="between", predictions=answers([(i, 0)]), folds=folds_plus(+0.0005))
+    assert board(better_mean, lower_loss, between) == ["better-mean", "between", "lower-loss"]
+    # anchored at its first row: two trades are within half an image of one trade, not of the first row
+    others = np.arange(len(y))
+    more = [(one(wrong & (y == 1) & (others != gained)), 1), (one(right & (y == 0) & (others != lost)), 2)]
+    twice = replace(base, classifier="twice", predictions=answers(trade + more), folds=folds_plus(-0.002))
+    assert board(better_mean, traded, twice) == ["traded", "better-mean", "twice"]
 
 
 def test_groups_never_straddle_the_folds_cv_used_and_ungrouped_rows_spread(tmp_path):
@@ -615,6 +614,9 @@ def test_corrected_t_test_against_a_hand_computation():
     assert corrected_t_test(np.array(best), np.array(best) - 0.1, 80, 20)[1] == 0.0
     rows = compare_to_best([np.array(best), np.array(other), np.array(best) - 0.1], 80, 20)
     assert [(c.p_value is None, c.not_worse) for c in rows] == [(True, True), (False, True), (False, False)]
+    # a row above the first on every fold (the first ahead of it in a tie, by its log-loss) is not worse, whatever p
+    above = compare_to_best([np.array(best), np.array(best) + 0.1], 80, 20)[1]
+    assert above.p_value == 0.0 and above.t < 0 and above.not_worse
 
 
 def test_every_leaderboard_row_carries_its_p_value_against_the_best(tmp_path):

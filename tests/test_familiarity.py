@@ -105,6 +105,21 @@ def test_copies_of_one_image_are_kept_once_so_new_images_are_not_all_flagged():
     assert reference_rows(np.ones((5, 3))) is None  # one distinct row: nothing to place a new one among
 
 
+def test_rows_of_nan_or_zeros_are_not_kept_and_extreme_scales_are_kept_whole():
+    """A NaN row (scikit-learn's trees take them) would make a model file no command could read; a row of zeros has
+    no direction; rows of 1e-24 and 1e20 are directions like any other (a float32 norm would lose them)."""
+    X = np.random.default_rng(0).normal(size=(50, 8))
+    X[3], X[4] = np.nan, 0
+    X[5] *= 1e-24
+    X[6] *= 1e20
+    kept = reference_rows(X)
+    assert len(kept) == 48 and np.isfinite(kept).all()
+    np.testing.assert_allclose(kept[3:5].astype(np.float64), unit(X[5:7]), atol=1e-3)  # rows 5 and 6, in order
+    fam = Familiarity(kept)
+    p = fam.p_values(np.vstack([np.full((1, 8), np.nan), np.zeros((1, 8)), X[7:8]]))
+    assert p[0] == p[1] == fam.floor and p[2] > fam.floor  # NaN and zeros are unlike anything kept
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A logreg on 3 blobs of 60 rows (12 dimensions), saved; a labelled cache of 20 rows like them and 4 from

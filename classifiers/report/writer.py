@@ -78,6 +78,11 @@ def report_dict(report: CVReport, suspicious: int = SUSPICIOUS) -> dict:
     susp_from, susp = report.suspicious(suspicious)
     results = []
     calibration = {id(r): report.calibration(r) for r in report.results}
+    tied = {  # the rows of a tie (crossval.RANK_RULE): which, and the log-loss that ordered them
+        id(r): {"tie": k, "tie_log_loss": _round((calibration[id(r)] or {}).get("log_loss"))}
+        for k, run in enumerate(t for t in report.ties() if len(t) > 1)
+        for r in run
+    }
     for r in report.results:
         cal = calibration[id(r)]
         results.append(
@@ -153,8 +158,8 @@ def report_dict(report: CVReport, suspicious: int = SUSPICIOUS) -> dict:
                 "n_test/n_train": _round(
                     np.mean([len(s.test) for s in splits]) / np.mean([len(s.train) for s in splits]), 6
                 ),
-                "not_worse": "p >= alpha: not significantly worse than the best (no correction "
-                "for the number of rows compared)",
+                "not_worse": "p >= alpha, or t <= 0 (above the best on fold means, behind it in a tie): not "
+                "significantly worse than the best (no correction for the number of rows compared)",
             },
             "calibration": CALIBRATION_NOTE,
         },
@@ -173,6 +178,7 @@ def report_dict(report: CVReport, suspicious: int = SUSPICIOUS) -> dict:
                 "t": _round(c.t, 4) if c.t is None or np.isfinite(c.t) else str(c.t),
                 "p_value": None if c.p_value is None else float(f"{c.p_value:.4g}"),
                 "not_worse": c.not_worse,
+                **tied.get(id(r), {}),
             }
             for i, (r, c) in enumerate(compared)
         ],
