@@ -29,7 +29,7 @@ from embedder.options import ExtractOptions, RunOptions, with_overrides
 
 from .calibration import PROBABILITY, apply_calibration, calibrate, raw_scores, uncalibrated
 from .crossval import RANK_BY
-from .data import labeled, open_cache
+from .data import finite, labeled, open_cache
 from .familiarity import UNFAMILIAR, Familiarity, floor_note, reference_rows, summary
 from .folds import fallbacks, fit_grouped, inner_fold_count, inner_splitter, too_few_for_inner_folds
 from .labels import labels_of
@@ -701,7 +701,7 @@ def pseudo_labels(
             f"every row of {reader.path} is labelled{f' (with {labels})' if labels else ''}: there is nothing to "
             f"pseudo-label (featurebank evaluate scores a model on labelled images it was not trained on)"
         )
-    X = reader.features(bundle.layer)[rows]
+    X = finite(reader.features(bundle.layer)[rows], reader, rows, bundle.layer)
     values, kind = bundle.scores(X)
     fam = bundle.familiarity
     familiar = None if fam is None else fam.p_values(X)

@@ -33,10 +33,11 @@ class Labeled:
     free: np.ndarray | None = None  # the cache rows without a label (``semi``: they may join the training rows)
 
     def features(self, layer: str) -> np.ndarray:
-        """The rows' features of ``layer`` (``a+b``: those layers side by side), in row order, float32."""
+        """The rows' features of ``layer`` (``a+b``: those layers side by side), in row order, float32; a row that
+        is not all numbers is one line (``finite``)."""
         parts = layer.split(COMPOSITE)
         if len(parts) == 1:
-            return take_rows_in_place(self.reader.features(layer), self.rows)
+            return finite(take_rows_in_place(self.reader.features(layer), self.rows), self.reader, self.rows, layer)
         out = np.empty((len(self.rows), self.dims(layer)), dtype=np.float32)
         start = 0
         for part in parts:
@@ -44,7 +45,7 @@ class Labeled:
             out[:, start : start + X.shape[1]] = X
             start += X.shape[1]
             del X  # before the next part is read
-        return out
+        return finite(out, self.reader, self.rows, layer)
 
     def free_features(self, layer: str, limit: int | None = None) -> np.ndarray:
         """The unlabeled rows' features of ``layer`` (``a+b`` side by side), in cache order, float32; ``limit``: at
@@ -52,8 +53,10 @@ class Labeled:
         rows = self.free if self.free is not None else np.empty(0, dtype=np.int64)
         if limit is not None and len(rows) > limit:  # only those read from the file
             rows = np.unique(rows[np.linspace(0, len(rows) - 1, limit).astype(np.int64)])
-            return np.hstack([self.reader.features(part, rows) for part in layer.split(COMPOSITE)]).astype(np.float32)
-        return np.hstack([self.reader.features(part)[rows] for part in layer.split(COMPOSITE)]).astype(np.float32)
+            X = np.hstack([self.reader.features(part, rows) for part in layer.split(COMPOSITE)]).astype(np.float32)
+        else:
+            X = np.hstack([self.reader.features(part)[rows] for part in layer.split(COMPOSITE)]).astype(np.float32)
+        return finite(X, self.reader, rows, layer)
 
     def dims(self, layer: str) -> int:
         return sum(self.reader.dims[part] for part in layer.split(COMPOSITE))
@@ -108,6 +111,19 @@ def check_layers(reader: CacheReader, layers) -> list[str]:
             raise InvalidValue(f"layer {layer!r} names a layer twice")
         out.append(COMPOSITE.join(parts))
     return list(dict.fromkeys(out))  # "penultimate" and its node's name are one layer
+
+
+def finite(X: np.ndarray, reader: CacheReader, rows: np.ndarray, layer: str) -> np.ndarray:
+    """``X`` (the cache ``rows`` of ``layer``) when every value is a number; else one line naming the first image
+    whose vector is not (a backbone whose output overflowed, a damaged file), before a classifier sees it."""
+    bad = np.flatnonzero(~np.isfinite(X.sum(axis=1, dtype=np.float64)))
+    if len(bad):
+        raise InvalidValue(
+            f"{reader.path}: {len(bad)} image(s) have NaN or infinite values in layer {layer} (e.g. "
+            f"{reader.paths[rows[bad[0]]]}): the backbone's output for them is not a number; check the file "
+            f"(featurebank info --verify) and extract those images again, or make the cache without them"
+        )
+    return X
 
 
 def labeled(cache: str | CacheReader, labels: np.ndarray | None = None, csv: str | None = None) -> Labeled:

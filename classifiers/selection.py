@@ -22,7 +22,7 @@ from embedder.kernel.atomic import atomic_path, special
 from embedder.kernel.errors import FileProblem, InvalidValue
 from embedder.options import with_overrides
 
-from .data import open_cache
+from .data import finite, open_cache
 from .labels import labels_of, path_key
 from .select_options import SelectOptions
 
@@ -154,7 +154,7 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
             f"--budget {budget} is more than the {int(pool.sum()):,} unlabeled images left to pick"
             + (f" ({int((unlabeled & excluded).sum()):,} excluded)" if (unlabeled & excluded).any() else "")
         )
-    X = prepared(reader.features(layer))
+    X = prepared(finite(reader.features(layer), reader, np.arange(len(reader)), layer))
     picked = choose(X, known, pool, int(budget), strategy, seed, reader.groups, duplicate_cosine)
     del X
     named = known[~unlabeled]

@@ -603,3 +603,35 @@ def test_info_shows_an_older_cache_whose_settings_lack_keys_with_their_defaults(
     result = CliRunner().invoke(cli.main, ["info", str(path)])
     assert result.exit_code == 0, result.output
     assert "resize 256 (bilinear), crop 224" in result.output and "precision fp32; pooling avg" in result.output
+
+
+def test_a_cache_row_that_is_not_numbers_is_one_line_naming_its_image_before_any_fit(tmp_path):
+    """A backbone whose output overflowed (or a damaged file) leaves NaN or inf in a row: every command that fits or
+    picks on the rows says which image, in one line, where knn and rbf-svm had ended in scikit-learn's traceback."""
+    import numpy as np
+    from helpers import synthetic_cache
+
+    from classifiers.bundle import pseudo_labels, train
+    from classifiers.crossval import cross_validate
+    from classifiers.selection import select
+
+    X = np.random.default_rng(0).normal(size=(30, 6))
+    X[4, 2], X[7, 0] = np.nan, np.inf
+    synthetic_cache(tmp_path / "bad.h5", counts=(10, 10, 10), dim=6, features=X)
+    synthetic_cache(tmp_path / "free.h5", counts=(10, 10, 10), dim=6, features=X, labels=False)
+    synthetic_cache(tmp_path / "good.h5", counts=(10, 10, 10), dim=6)
+    model = tmp_path / "m.fbmodel"
+    train(str(tmp_path / "good.h5"), classifier="knn", layer="flatten", out=str(model))
+    said = r"bad.h5: 2 image\(s\) have NaN or infinite values in layer flatten \(e.g. class0/img004.jpg\)"
+    for run in (
+        lambda: train(str(tmp_path / "bad.h5"), classifier="knn", layer="flatten"),
+        lambda: cross_validate(str(tmp_path / "bad.h5"), classifiers=["rbf-svm"], layers=["flatten"], folds=3),
+    ):
+        with pytest.raises(FeaturebankError, match=said) as caught:
+            run()
+        assert "\n" not in str(caught.value)
+    free = said.replace("bad.h5", "free.h5")
+    with pytest.raises(FeaturebankError, match=free):
+        pseudo_labels(str(model), str(tmp_path / "free.h5"))
+    with pytest.raises(FeaturebankError, match=free):
+        select(str(tmp_path / "free.h5"), budget=3)
