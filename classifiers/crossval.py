@@ -234,14 +234,17 @@ class CVReport:
         image once a repeat) are both within half an image of the run's first row is a tie (``ties``): their
         differences are of which folds the errors fell in and which classes traded them, not of images right. A tie
         keeps its place, and within it the lower log-loss of the calibrated probabilities (``calibration``: what
-        ``train`` gives) goes first."""
+        ``train`` gives) goes first, a row fit with the unlabeled rows too (``+unlabeled``: more work for no more
+        images right) after the others."""
         if by not in POOLED:
             return self._by_mean(by)
         board = self._by_mean(by)
         out = []
         for tie in self.ties(by):
             if len(tie) > 1:  # the calibration's log-loss only where a tie needs it (it cross-fits a temperature)
-                tie = sorted(tie, key=lambda r: (self._log_loss(r), board.index(r)))
+                tie = sorted(
+                    tie, key=lambda r: (r.classifier.endswith(WITH_UNLABELED), self._log_loss(r), board.index(r))
+                )
             out += tie
         return out
 

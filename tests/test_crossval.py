@@ -219,6 +219,10 @@ def test_rows_within_half_an_image_tie_and_the_lower_calibrated_log_loss_goes_fi
     more = [(one(wrong & (y == 1) & (others != gained)), 1), (one(right & (y == 0) & (others != lost)), 2)]
     twice = replace(base, classifier="twice", predictions=answers(trade + more), folds=folds_plus(-0.002))
     assert board(better_mean, traded, twice) == ["traded", "better-mean", "twice"]
+    # in a tie, a row fit with the unlabeled rows too goes after the plain ones: more work, no more images right
+    joined = replace(lower_loss, classifier="lower-loss +unlabeled")
+    losses["lower-loss +unlabeled"] = 0.0
+    assert board(better_mean, joined) == ["better-mean", "lower-loss +unlabeled"]
 
 
 def test_groups_never_straddle_the_folds_cv_used_and_ungrouped_rows_spread(tmp_path):
