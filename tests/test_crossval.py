@@ -142,6 +142,13 @@ def test_leaderboard_ranks_layers_and_classifiers_on_the_same_folds(tmp_path):
     assert firsts == sorted(firsts, reverse=True)  # the ties in the order of their first rows' fold means
     # each tie's rows together, the lower calibrated log-loss first
     assert board == [r for t in ties for r in sorted(t, key=lambda r: report.calibration(r)["log_loss"])]
+    from classifiers.report.reading import tie_note
+
+    d = report_dict(report)
+    tied = [[board.index(r) + 1 for r in t] for t in ties if len(t) > 1]
+    marked = [[row["rank"] for row in d["leaderboard"] if row.get("tie") == k] for k in range(len(tied))]
+    assert marked == tied and all(len(t) > 1 for t in tied) == bool(tied)
+    assert (tie_note(d) != "") == bool(tied) and all(f"ranks {', '.join(map(str, t))} (" in tie_note(d) for t in tied)
     assert report.best.layer == "flatten"  # layer3 keeps half of the dimensions
     cm = report.confusion(report.best)
     assert cm.sum() == len(report.data.y) and cm.sum(axis=1).tolist() == [12, 10, 8]

@@ -37,6 +37,7 @@ from .reading import (
     selection_note,
     several_caches,
     significance_note,
+    tie_note,
 )
 
 THUMB = 160  # pixels, the longer side
@@ -503,6 +504,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         "leaderboard": leaderboard,
         "several": several_caches(d),
         "significance": significance_note(d),
+        "ties": tie_note(d),
         "selection": selection_note(d),
         "best": best,
         "best_name": model_name(d, best).replace(" @ ", " on "),

@@ -48,6 +48,27 @@ def significance_note(d: dict) -> str:
     )
 
 
+def tie_note(d: dict) -> str:
+    """Which ranks tie (``CVReport.ties``: within half an image, fold means and images right) and the calibrated
+    log-loss that ordered them; empty without a tie."""
+    ties: dict[int, list[dict]] = {}
+    for row in d["leaderboard"]:
+        if row.get("tie") is not None:
+            ties.setdefault(row["tie"], []).append(row)
+    said = []
+    for rows in ties.values():
+        ranks = ", ".join(str(r["rank"]) for r in rows)
+        losses = ", ".join("–" if r["tie_log_loss"] is None else f"{r['tie_log_loss']:.3f}" for r in rows)
+        said.append(f"ranks {ranks} (log-loss {losses})")
+    if not said:
+        return ""
+    return (
+        f"Ties: {'; '.join(said)} are within half an image of each other, in fold means and in images right over "
+        f"the whole out-of-fold predictions; each tie is ordered by the log-loss of its rows' calibrated "
+        f"probabilities, as train gives them."
+    )
+
+
 def selection_note(d: dict) -> str:
     """What every leaderboard figure was measured on, and why #1's is optimistic: it was picked on them."""
     cv = d["cv"]

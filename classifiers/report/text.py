@@ -16,6 +16,7 @@ from .reading import (
     pm,
     selection_note,
     significance_note,
+    tie_note,
     unlabeled_role,
 )
 
@@ -67,7 +68,7 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         lines += [f"  {c['backbone']}: {c['cache']}" for c in d["caches"]]
         lines.append(f"  folds from {cvd['folds_from']}")
     lines += leaderboard_text(d)
-    lines += [selection_note(d)] + [note for note in [significance_note(d)] if note]
+    lines += [selection_note(d)] + [note for note in [tie_note(d), significance_note(d)] if note]
     notes = list(dict.fromkeys(n for r in d["results"] for n in r.get("notes") or []))
     lines += [f"  note: {n}" for n in notes]
     u = d.get("unlabeled")

@@ -40,6 +40,7 @@ from .reading import (
     selection_note,
     several_caches,
     significance_note,
+    tie_note,
     unlabeled_lines,
     unlabeled_role,
 )
@@ -299,6 +300,7 @@ def markdown(d: dict) -> str:
         "",
         selection_note(d),
         "",
+        *([tie_note(d), ""] if tie_note(d) else []),
         significance_note(d),
         "",
         f"## Best: {model_name(d, best).replace(' @ ', ' on ')}",
