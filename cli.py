@@ -482,7 +482,11 @@ def train(ctx, cache, from_run, quiet, as_json, **options):
 @click.argument("data", type=click.Path())
 @value_options(RunOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--predictions", type=click.Path(dir_okay=False), help="Write path,label,predicted per image (CSV).")
+@click.option(
+    "--predictions",
+    type=click.Path(dir_okay=False),
+    help="Write path,label,predicted per image, and familiarity where the model keeps training rows (CSV).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(model, data, quiet, predictions, as_json, **options):
     """Score MODEL on held-out labelled DATA: a folder of class folders, a CSV manifest, or a cache made with

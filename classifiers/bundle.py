@@ -718,8 +718,13 @@ def pseudo_labels(
             f"the model was fit on {int(fit_on.sum())} of these {len(rows)} images (fit_on = 1: the same bytes as one "
             f"of its labelled images{', or of the unlabeled rows it pseudo-labelled (train --unlabeled)' if _semi_used(bundle) else ''}): "
             f"their confidences are in-sample scores (it was fit on these images), not held-out probabilities, and "
-            f"rank them poorly; to review "
-            f"pseudo-labels, predict with a model not fit on them"
+            f"rank them poorly; "
+            + (
+                "to review pseudo-labels, predict with a model not fit on them (trained without --unlabeled)"
+                if _semi_used(bundle)
+                else "they are its labelled images: --labels with the CSV it was trained with skips them"
+                + (f" ({bundle.trained_on['labels']['csv']})" if bundle.trained_on.get("labels") else "")
+            )
         )
     elif fit_on is None and _semi_used(bundle) and bundle.trained_on.get("source") == reader.attrs.get("source"):
         notes.append(  # a model file without the fingerprints of its images: by the cache's source

@@ -51,8 +51,9 @@ from .zoo import describe, make_classifier, parse_spec, search_grid
 RANK_BY = "balanced_accuracy"
 POOLED = ("balanced_accuracy", "accuracy")  # the metrics a leaderboard ranks on the whole out-of-fold predictions
 RANK_RULE = (
-    "balanced accuracy (mean over folds); rows next to each other within half an image on both the fold means and "
-    "the whole out-of-fold predictions tie, and the lower log-loss of their calibrated probabilities goes first"
+    "balanced accuracy (mean over folds); rows next to each other within half of one image of the largest class, "
+    "in fold means and over the whole out-of-fold predictions, tie, and the lower log-loss of their calibrated "
+    "probabilities goes first"
 )
 
 
@@ -231,8 +232,8 @@ class CVReport:
     def leaderboard(self, by: str = RANK_BY) -> list[CVResult]:
         """Best first, by the mean of ``by`` over all folds and repeats (then accuracy). By balanced accuracy or
         accuracy, a run of rows in that order whose fold means and whole out-of-fold predictions (``pooled``: every
-        image once a repeat) are both within half an image of the run's first row is a tie (``ties``): their
-        differences are of which folds the errors fell in and which classes traded them, not of images right. A tie
+        image once a repeat) are both within half of one image of the largest class of the run's first row is a tie
+        (``ties``): their differences are of which folds the errors fell in and of errors traded between classes. A tie
         keeps its place, and within it the lower log-loss of the calibrated probabilities (``calibration``: what
         ``train`` gives) goes first, a row fit with the unlabeled rows too (``+unlabeled``: more work for no more
         images right) after the others."""

@@ -149,6 +149,14 @@ def test_leaderboard_ranks_layers_and_classifiers_on_the_same_folds(tmp_path):
     marked = [[row["rank"] for row in d["leaderboard"] if row.get("tie") == k] for k in range(len(tied))]
     assert marked == tied and all(len(t) > 1 for t in tied) == bool(tied)
     assert (tie_note(d) != "") == bool(tied) and all(f"ranks {', '.join(map(str, t))} (" in tie_note(d) for t in tied)
+    import csv as csv_module
+
+    from classifiers.report.writer import write_leaderboard_csv
+
+    with open(write_leaderboard_csv(d, str(tmp_path / "board.csv")), newline="") as fh:
+        rows = list(csv_module.DictReader(fh))
+    in_csv = [[int(r["rank"]) for r in rows if r["tie"] == str(k)] for k in range(len(tied))]
+    assert in_csv == tied and all(r["tie_log_loss"] for r in rows if r["tie"])
     assert report.best.layer == "flatten"  # layer3 keeps half of the dimensions
     cm = report.confusion(report.best)
     assert cm.sum() == len(report.data.y) and cm.sum(axis=1).tolist() == [12, 10, 8]

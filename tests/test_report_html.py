@@ -25,6 +25,7 @@ import cli
 from classifiers.crossval import cross_validate
 from classifiers.report import html as page_module
 from classifiers.report.embedmap import embedding_map
+from classifiers.report.reading import leaderboard_rows
 from classifiers.report.writer import predictions_name, write_report
 from embedder.inputs.decode import file_digest
 
@@ -278,6 +279,11 @@ def test_report_command_renders_again_without_the_cache(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output == f"{run / 'report.html'}\n"
     assert (run / "report.html").read_text() == first  # the same page, thumbnails made again from the images
+    # the leaderboard's columns are the terminal's and report.md's: ECE cal. too (its note under the table names it)
+    d = json.loads((run / "report.json").read_text())
+    head = first[first.index('id="leaderboard-table"') :].split("</thead>")[0]
+    assert re.findall(r"<th[^>]*>([^<]*)</th>", head) == leaderboard_rows(d)[0]
+    assert f">{d['leaderboard'][0]['ece']:.3f}</td>" in first[first.index('id="leaderboard-table"') :]
     page = Page(first)
     assert all((run / c["src"]).is_file() for c in page.cards)
     # the images moved: without --images the page keeps the thumbnails it has, and new ones are placeholders

@@ -324,6 +324,10 @@ def test_predict_on_a_cache_writes_pseudo_labels_least_confident_first(tmp_path)
     assert (
         fit_on == {paths[i] for i in chosen} and f"note: the model was fit on {len(chosen)} of these" in result.output
     )
+    # trained without --unlabeled, those are its labelled images: the way out is --labels, not another model
+    assert f"they are its labelled images: --labels with the CSV it was trained with skips them ({csv})" in (
+        result.output.replace("\n", " ")
+    )
     by_path = pseudo_labels(model, cache, sort="path")
     assert [r["path"] for r in by_path["rows"]] == sorted(paths)
     assert {r["label"] for r in by_path["rows"]} <= {"class0", "class1"}

@@ -49,7 +49,7 @@ def significance_note(d: dict) -> str:
 
 
 def tie_note(d: dict) -> str:
-    """Which ranks tie (``CVReport.ties``: within half an image, fold means and images right) and the calibrated
+    """Which ranks tie (``CVReport.ties``: within half of one image of the largest class) and the calibrated
     log-loss that ordered them; empty without a tie."""
     ties: dict[int, list[dict]] = {}
     for row in d["leaderboard"]:
@@ -63,9 +63,10 @@ def tie_note(d: dict) -> str:
     if not said:
         return ""
     return (
-        f"Ties: {'; '.join(said)} are within half an image of each other, in fold means and in images right over "
-        f"the whole out-of-fold predictions; each tie is ordered by the log-loss of its rows' calibrated "
-        f"probabilities, as train gives them."
+        f"Ties: {'; '.join(said)} are within half of one image of the largest class of each other in balanced "
+        f"accuracy, both in fold means and over the whole out-of-fold predictions; each tie is ordered by the "
+        f"log-loss of its rows' calibrated probabilities, as train gives them (not the table's log-loss, of the "
+        f"entries' own probabilities)."
     )
 
 

@@ -431,7 +431,8 @@ def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
 
 def write_leaderboard_csv(d: dict, path: str) -> str:
     """The leaderboard as CSV: one row per (cache, layer, classifier), best first, with its p-value against the
-    best (empty for the best) and whether it is not significantly worse; and, in every row, what the figures were
+    best (empty for the best) and whether it is not significantly worse, its tie and the calibrated log-loss that
+    ordered the tie (empty outside a tie: ``crossval.RANK_RULE``); and, in every row, what the figures were
     measured on (rows, folds, repeats, seed: the file travels alone)."""
     cv = d["cv"]
     picked = "; #1 picked on these folds" if len(d["leaderboard"]) > 1 else ""
@@ -451,6 +452,8 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
                 "fit_seconds",
                 "p_value",
                 "not_worse",
+                "tie",
+                "tie_log_loss",
                 "rows",
                 "folds",
                 "repeats",
@@ -472,6 +475,8 @@ def write_leaderboard_csv(d: dict, path: str) -> str:
                     row["fit_seconds"],
                     "" if row["p_value"] is None else row["p_value"],
                     int(row["not_worse"]),
+                    "" if row.get("tie") is None else row["tie"],
+                    "" if row.get("tie_log_loss") is None else row["tie_log_loss"],
                     *measured,
                 ]
             )
