@@ -379,7 +379,7 @@ def test_pseudo_labels_of_the_rows_a_model_was_fit_on_say_they_are_in_sample(tmp
         f"the model was fit on {n} of these {n} images (fit_on = 1: the same bytes as one of its labelled images, "
         "or of the unlabeled rows it pseudo-labelled (train --unlabeled)): their confidences are in-sample scores (it "
         "was fit on these images), not held-out probabilities, and rank them poorly; to review pseudo-labels, predict "
-        "with a model not fit on them"
+        "with a model not fit on them (trained without --unlabeled)"
     ]
     bundle.seen = None  # a model file written before it listed its images: told by the cache's source
     older = pseudo_labels(bundle, cache, labels=csv)
