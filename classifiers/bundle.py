@@ -503,9 +503,10 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     metrics["right"], metrics["accuracy_interval"] = right, list(wilson(right, len(y)))
     familiar, p = None, None
     if bundle.familiarity is not None and len(y):
-        p = bundle.familiarity.p_values(X)
+        d = bundle.familiarity.distances(X)
+        p = bundle.familiarity.placed(d)
         low = p < UNFAMILIAR
-        familiar = summary(p, bundle.familiarity, paths) | {
+        familiar = summary(p, bundle.familiarity, paths, distances=d) | {
             "right_unfamiliar": int((pred == y)[low].sum()),
             "accuracy_unfamiliar": float((pred == y)[low].mean()) if low.any() else None,
             "accuracy_familiar": float((pred == y)[~low].mean()) if (~low).any() else None,
@@ -630,7 +631,7 @@ def predict(
     X = bundle.checked(reader.features(bundle.layer), reader.path) if len(reader) else None
     values, kind = bundle.scores(X) if X is not None else (np.empty((0, len(bundle.classes))), "")
     fam = bundle.familiarity
-    familiar = _asked_familiarity(fam, X, reader, items) if X is not None and fam is not None else None
+    familiar, far = _asked_familiarity(fam, X, reader, items) if X is not None and fam is not None else (None, None)
     rows = _rows(reader, items, values, bundle.classes, top, familiar)
     return _written(
         {
@@ -639,7 +640,11 @@ def predict(
             "cache": reader.path,
             "embedded": count,
             "score": kind or "probability",
-            **({"familiarity": _familiarity_of(fam, rows)} if fam is not None and familiar is not None else {}),
+            **(
+                {"familiarity": _familiarity_of(fam, reader, familiar, far)}
+                if fam is not None and familiar is not None and far is not None
+                else {}
+            ),
             "rows": rows,
         },
         out,
@@ -647,20 +652,22 @@ def predict(
     )
 
 
-def _asked_familiarity(fam: Familiarity, X: np.ndarray, reader: CacheReader, items) -> np.ndarray:
-    """The familiarity of the cache rows of ``items`` (NaN for the cache's other rows: images of earlier calls)."""
+def _asked_familiarity(fam: Familiarity, X: np.ndarray, reader: CacheReader, items) -> tuple[np.ndarray, np.ndarray]:
+    """The familiarity and distance of the cache rows of ``items`` (NaN for the cache's other rows: images of earlier
+    calls)."""
     index = {p: i for i, p in enumerate(reader.paths)}
     asked = np.unique([index[item.path] for item in items if item.path in index]).astype(np.int64)
-    out = np.full(len(X), np.nan)
+    p, d = np.full(len(X), np.nan), np.full(len(X), np.nan)
     if len(asked):
-        out[asked] = fam.p_values(X[asked])
-    return out
+        d[asked] = fam.distances(X[asked])
+        p[asked] = fam.placed(d[asked])
+    return p, d
 
 
-def _familiarity_of(fam: Familiarity, rows: list[dict]) -> dict:
-    """``familiarity.summary`` of the output rows that were classified."""
-    scored = [r for r in rows if "familiarity" in r]
-    return summary(np.array([r["familiarity"] for r in scored]), fam, [r["path"] for r in scored])
+def _familiarity_of(fam: Familiarity, reader: CacheReader, familiar: np.ndarray, far: np.ndarray) -> dict:
+    """``familiarity.summary`` of the cache rows of the images asked for (the others are NaN)."""
+    asked = np.flatnonzero(~np.isnan(familiar))
+    return summary(familiar[asked], fam, [str(p) for p in reader.paths[asked]], distances=far[asked])
 
 
 def _written(result: dict, out: str | None, fmt: str | None) -> dict:
@@ -704,7 +711,8 @@ def pseudo_labels(
     X = finite(reader.features(bundle.layer)[rows], reader, rows, bundle.layer)
     values, kind = bundle.scores(X)
     fam = bundle.familiarity
-    familiar = None if fam is None else fam.p_values(X)
+    far = None if fam is None else fam.distances(X)
+    familiar = None if fam is None or far is None else fam.placed(far)
     best = values.argmax(axis=1)
     known = np.asarray(getattr(bundle.pipeline, "classes_", np.arange(values.shape[1])))
     names = [bundle.classes[int(c)] for c in known[best]]
@@ -743,7 +751,7 @@ def pseudo_labels(
         **({"labels": labels} if labels else {}),
         "sort": "least confident first" if sort == "confidence" else "by path",
         **({"notes": notes} if notes else {}),
-        **({} if fam is None or familiar is None else {"familiarity": summary(familiar, fam, paths)}),
+        **({} if fam is None or familiar is None else {"familiarity": summary(familiar, fam, paths, distances=far)}),
         "rows": [
             {
                 "path": str(paths[i]),

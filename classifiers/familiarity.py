@@ -100,18 +100,26 @@ class Familiarity:
 
     def p_values(self, X: np.ndarray) -> np.ndarray:
         """Each row's familiarity: ``(1 + the reference rows at least as far from their neighbours) / (n + 1)``."""
+        return self.placed(self.distances(X))
+
+    def placed(self, distances: np.ndarray) -> np.ndarray:
+        """``p_values`` of rows whose ``distances`` are known."""
         ref = self.calibration
-        at_least = len(ref) - np.searchsorted(ref, self.distances(X), side="left")
+        at_least = len(ref) - np.searchsorted(ref, distances, side="left")
         return (1.0 + at_least) / (len(ref) + 1.0)
 
 
-def summary(p: np.ndarray, familiarity: Familiarity, paths=(), below: float = UNFAMILIAR) -> dict:
+def summary(
+    p: np.ndarray, familiarity: Familiarity, paths=(), below: float = UNFAMILIAR, distances: np.ndarray | None = None
+) -> dict:
     """What a prediction says of its rows' familiarity ``p``: how many are under ``below`` (``can_flag``: whether
     any could be, given the rows the model keeps: ``train`` says so once), the least familiar of their ``paths``
-    first, and the note a user reads."""
+    first (among equal familiarities, the farthest by ``distances``: past every kept row, many share the least
+    familiarity there is), and the note a user reads."""
     p = np.asarray(p)
     low = np.flatnonzero(p < below)
-    low = low[np.argsort(p[low], kind="stable")]
+    far = np.zeros(len(p)) if distances is None else -np.asarray(distances, dtype=np.float64)
+    low = low[np.lexsort((far[low], p[low]))]
     n = len(familiarity.reference)
     named = [str(paths[i]) for i in low[:20]] if len(paths) else []
     out: dict = {

@@ -148,6 +148,13 @@ def test_a_model_file_keeps_its_training_rows_and_every_answer_reads_them(model)
     far = {r["path"] for r in pseudo["rows"] if r["familiarity"] == pytest.approx(floor)}
     assert far == {f"class2/img{i:03d}.jpg" for i in range(20, 24)}
     assert pseudo["familiarity"]["unfamiliar"] == 4 and "4 of 24 images are unlike" in pseudo["familiarity"]["note"]
+    # all four at the least familiarity there is: named the farthest first, by their distance to the kept rows
+    from embedder.cache.hdf5 import CacheReader
+
+    free = CacheReader(str(root / "free.h5"))
+    distance = dict(zip(free.paths, bundle.familiarity.distances(free.features("flatten"))))
+    assert pseudo["familiarity"]["paths"] == sorted(far, key=lambda path: -distance[path])
+    assert len({distance[path] for path in far}) == 4 and pseudo["familiarity"]["paths"] != sorted(far)  # not by path
     assert predictions_text(pseudo).splitlines()[0] == "path,label,confidence,fit_on,familiarity"
     evaluated = evaluate(str(root / "m.fbmodel"), str(root / "held.h5"))
     scored = evaluated["familiarity"]
