@@ -672,6 +672,16 @@ def test_every_leaderboard_row_carries_its_p_value_against_the_best(tmp_path):
     assert all(ln.endswith(" ≈ |") == row["not_worse"] for ln, row in zip(lines[2:], board[1:]))
 
 
+def test_one_row_has_no_p_value_paragraph(tmp_path):
+    """With one row there is nothing to compare it with: no "p vs #1" paragraph under the leaderboard."""
+    from classifiers.report.reading import significance_note
+
+    synthetic_cache(tmp_path / "c.h5")
+    one = report_dict(cross_validate(tmp_path / "c.h5", classifiers=["logreg"], layers=["flatten"], folds=3))
+    two = report_dict(cross_validate(tmp_path / "c.h5", classifiers=["logreg"], folds=3))
+    assert significance_note(one) == "" and significance_note(two).startswith("p vs #1: two-sided corrected")
+
+
 def test_composite_layer_is_the_two_layers_side_by_side(tmp_path):
     X, y = synthetic_cache(tmp_path / "c.h5")
     report = cross_validate(

@@ -37,8 +37,9 @@ def p_text(row: dict) -> str:
 
 
 def significance_note(d: dict) -> str:
+    """How "p vs #1" was computed; empty with one row (nothing to compare with)."""
     sig = d["cv"].get("significance")
-    if not sig:
+    if not sig or len(d["leaderboard"]) < 2:
         return ""
     return (
         f"p vs #1: {sig['test']} on {sig['metric'].replace('_', ' ')} ({d['cv']['folds']} folds × "
