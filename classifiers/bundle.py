@@ -199,8 +199,8 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     else:
         fit_grouped(pipeline, X, data.y, group_ids)
     notes += fallbacks(pipeline)
-    if floor_note(reference):
-        notes.append(str(floor_note(reference)))
+    if said := floor_note(reference):
+        notes.append(said)
     unseen = data.free_features(layer, UNSEEN) if o.calibrate and not unlabeled and data.unlabeled else None
     calibration = _calibration(o, pipeline, X, data.y, group_ids, bool(unlabeled), unseen)
     if found and "cross_fitted" in calibration.get("out_of_fold", {}):  # its folds' rows chose the hyperparameters
@@ -503,8 +503,7 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     metrics["right"], metrics["accuracy_interval"] = right, list(wilson(right, len(y)))
     familiar, p = None, None
     if bundle.familiarity is not None and len(y):
-        d = bundle.familiarity.distances(X)
-        p = bundle.familiarity.placed(d)
+        p, d = bundle.familiarity.scored(X)
         low = p < UNFAMILIAR
         familiar = summary(p, bundle.familiarity, paths, distances=d) | {
             "right_unfamiliar": int((pred == y)[low].sum()),
@@ -659,8 +658,7 @@ def _asked_familiarity(fam: Familiarity, X: np.ndarray, reader: CacheReader, ite
     asked = np.unique([index[item.path] for item in items if item.path in index]).astype(np.int64)
     p, d = np.full(len(X), np.nan), np.full(len(X), np.nan)
     if len(asked):
-        d[asked] = fam.distances(X[asked])
-        p[asked] = fam.placed(d[asked])
+        p[asked], d[asked] = fam.scored(X[asked])
     return p, d
 
 
@@ -711,8 +709,7 @@ def pseudo_labels(
     X = finite(reader.features(bundle.layer)[rows], reader, rows, bundle.layer)
     values, kind = bundle.scores(X)
     fam = bundle.familiarity
-    far = None if fam is None else fam.distances(X)
-    familiar = None if fam is None or far is None else fam.placed(far)
+    familiar, far = (None, None) if fam is None else fam.scored(X)
     best = values.argmax(axis=1)
     known = np.asarray(getattr(bundle.pipeline, "classes_", np.arange(values.shape[1])))
     names = [bundle.classes[int(c)] for c in known[best]]

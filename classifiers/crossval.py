@@ -222,7 +222,6 @@ class CVReport:
     unlabeled_mode: str | None = None  # with unlabeled rows: how they got labels (semi.MODES)
     curve: list[dict] | None = None  # with shots: the learning curve (shots.learning_curve's rows)
     labels: dict | None = None  # with --labels: the CSV laid over the caches' labels, {"csv", "sha256"}
-    _tie_loss: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # leaderboard's, by row
     _calibrations: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # ``calibration``'s
 
     @property
@@ -239,13 +238,10 @@ class CVReport:
         images right) after the others."""
         if by not in POOLED:
             return self._by_mean(by)
-        board = self._by_mean(by)
         out = []
         for tie in self.ties(by):
             if len(tie) > 1:  # the calibration's log-loss only where a tie needs it (it cross-fits a temperature)
-                tie = sorted(
-                    tie, key=lambda r: (r.classifier.endswith(WITH_UNLABELED), self._log_loss(r), board.index(r))
-                )
+                tie = sorted(tie, key=lambda r: (r.classifier.endswith(WITH_UNLABELED), self._log_loss(r)))  # stable
             out += tie
         return out
 
@@ -282,12 +278,9 @@ class CVReport:
         return runs
 
     def _log_loss(self, result: CVResult) -> float:
-        """The log-loss of a row's calibrated out-of-fold probabilities (``calibration``), once a row."""
-        name = (result.backbone, result.classifier, result.layer)
-        if name not in self._tie_loss:
-            cal = self.calibration(result)
-            self._tie_loss[name] = cal["log_loss"] if cal else np.inf
-        return self._tie_loss[name]
+        """The log-loss of a row's calibrated out-of-fold probabilities (``calibration``)."""
+        cal = self.calibration(result)
+        return cal["log_loss"] if cal else np.inf
 
     def pooled(self, result: CVResult, by: str = RANK_BY) -> float:
         """``by`` (balanced accuracy or accuracy) of a row's out-of-fold predictions, each repeat's whole, averaged

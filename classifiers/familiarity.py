@@ -100,7 +100,12 @@ class Familiarity:
 
     def p_values(self, X: np.ndarray) -> np.ndarray:
         """Each row's familiarity: ``(1 + the reference rows at least as far from their neighbours) / (n + 1)``."""
-        return self.placed(self.distances(X))
+        return self.scored(X)[0]
+
+    def scored(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's familiarity (``p_values``) and distance (``distances``: the order among equal familiarities)."""
+        d = self.distances(X)
+        return self.placed(d), d
 
     def placed(self, distances: np.ndarray) -> np.ndarray:
         """``p_values`` of rows whose ``distances`` are known."""

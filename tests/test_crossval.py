@@ -215,10 +215,10 @@ def test_rows_within_half_an_image_tie_and_the_lower_calibrated_log_loss_goes_fi
 
     def board(*rows):
         report.results = list(rows)
-        report._tie_loss.clear()
+        report._calibrations.clear()
         return [r.classifier for r in report.leaderboard()]
 
-    report.calibration = calibration
+    report._calibration = calibration  # the fit calibration() keeps, once a row
     # the tie keeps its place (under "one-more"), and the lower log-loss leads it
     assert board(better_mean, lower_loss, one_more, traded) == ["one-more", "traded", "lower-loss", "better-mean"]
     assert sorted(asked) == ["better-mean", "lower-loss", "traded"]  # only the tied rows' calibration is computed
