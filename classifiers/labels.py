@@ -8,8 +8,6 @@ the cache's own labels with the CSV's on top, one class name per cache row ("" f
 
 from __future__ import annotations
 
-import csv
-import io
 import posixpath
 import unicodedata
 import warnings
@@ -17,8 +15,8 @@ import warnings
 import numpy as np
 
 from embedder.cache.hdf5 import CacheReader
-from embedder.inputs.sources import read_text
-from embedder.kernel.errors import FileProblem, IncompatibleSettings, InvalidValue, Note
+from embedder.inputs.sources import csv_rows
+from embedder.kernel.errors import IncompatibleSettings, InvalidValue, Note
 
 from .data import open_cache
 
@@ -40,41 +38,37 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
         where.setdefault(p, i)
         where.setdefault(path_key(p), i)
     out = np.full(len(paths), "", dtype=object)
-    reader = csv.reader(io.StringIO(read_text(csv_path), newline=""))
-    try:
-        header = next(reader, None)
-        names = [h.strip().lower() for h in header or []]
-        if "path" not in names or "label" not in names:
+    rows = csv_rows(csv_path)
+    header = next(rows, (1, []))[1]
+    names = [h.strip().lower() for h in header]
+    if "path" not in names or "label" not in names:
+        raise InvalidValue(
+            f"{csv_path} line 1: the first line must name the columns 'path' and 'label' "
+            f"(found {','.join(header) or 'nothing'})"
+        )
+    at_path, at_label = names.index("path"), names.index("label")
+    seen: dict[int, int] = {}
+    for line, row in rows:
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line
+        if len(row) != len(names):
             raise InvalidValue(
-                f"{csv_path} line 1: the first line must name the columns 'path' and 'label' "
-                f"(found {','.join(header or []) or 'nothing'})"
+                f"{csv_path} line {line}: {len(row)} field(s) where the header names {len(names)} "
+                f"(a path or label with a comma must be quoted)"
             )
-        at_path, at_label = names.index("path"), names.index("label")
-        seen: dict[int, int] = {}
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue  # a blank line
-            if len(row) != len(names):
-                raise InvalidValue(
-                    f"{csv_path} line {line}: {len(row)} field(s) where the header names {len(names)} "
-                    f"(a path or label with a comma must be quoted)"
-                )
-            path, label = row[at_path].strip(), row[at_label].strip()
-            if not path:
-                raise InvalidValue(f"{csv_path} line {line}: no path")
-            row_at = where.get(path, where.get(path_key(path)))
-            if row_at is None:
-                raise InvalidValue(
-                    f"{csv_path} line {line}: {path} is not in the cache (name images as the cache does, "
-                    f"e.g. {paths[0] if paths else 'its paths'}; featurebank info lists where they came from)"
-                )
-            if row_at in seen:
-                raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[row_at]})")
-            seen[row_at] = line
-            out[row_at] = label
-    except csv.Error as exc:
-        raise FileProblem(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
+        path, label = row[at_path].strip(), row[at_label].strip()
+        if not path:
+            raise InvalidValue(f"{csv_path} line {line}: no path")
+        row_at = where.get(path, where.get(path_key(path)))
+        if row_at is None:
+            raise InvalidValue(
+                f"{csv_path} line {line}: {path} is not in the cache (name images as the cache does, "
+                f"e.g. {paths[0] if paths else 'its paths'}; featurebank info lists where they came from)"
+            )
+        if row_at in seen:
+            raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[row_at]})")
+        seen[row_at] = line
+        out[row_at] = label
     return out
 
 

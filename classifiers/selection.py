@@ -9,7 +9,6 @@ measured comparison is ``benchmarks/few_labels.py``.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import shlex
 import time
@@ -17,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from embedder.inputs.sources import read_text
+from embedder.inputs.sources import csv_rows, read_text
 from embedder.kernel.atomic import atomic_path, special
-from embedder.kernel.errors import FileProblem, InvalidValue
+from embedder.kernel.errors import InvalidValue
 from embedder.options import with_overrides
 
 from .data import finite, open_cache
@@ -70,22 +69,18 @@ def read_paths(list_path: str, paths) -> np.ndarray:
     for i, p in enumerate(paths):
         where.setdefault(str(p), i)
         where.setdefault(path_key(str(p)), i)
-    text = read_text(list_path)
     named: list[tuple[int, str]] = []
     if list_path.lower().endswith(".csv"):
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header = [h.strip().lower() for h in next(reader, [])]
+        rows = csv_rows(list_path)
+        header = [h.strip().lower() for h in next(rows, (1, []))[1]]
         if "path" not in header:
             raise InvalidValue(f"{list_path} line 1: the first line must name a 'path' column")
         at = header.index("path")
-        try:
-            for row in reader:
-                if len(row) > at and row[at].strip():
-                    named.append((reader.line_num, row[at].strip()))
-        except csv.Error as exc:
-            raise FileProblem(f"{list_path} line {reader.line_num}: not valid CSV ({exc})") from None
+        for line, row in rows:
+            if len(row) > at and row[at].strip():
+                named.append((line, row[at].strip()))
     else:
-        for n, entry in enumerate(text.splitlines(), start=1):
+        for n, entry in enumerate(read_text(list_path).splitlines(), start=1):
             if entry.strip() and not entry.lstrip().startswith("#"):
                 named.append((n, entry.strip()))
     mask = np.zeros(len(paths), dtype=bool)

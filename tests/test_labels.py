@@ -38,6 +38,12 @@ def test_read_labels_takes_columns_in_any_order_with_others_ignored_and_normaliz
         ("path,label\na/1.jpg,ant\nb/3.jpg,bee\na/1.jpg,ant\n", "line 4: a/1.jpg is listed twice (first on line 2)"),
         ("path,label\na/1.jpg,ant,extra\n", "line 2: 3 field(s) where the header names 2"),
         ("path,label\n,ant\n", "line 2: no path"),
+        # the rest of the file read as one field would leave b/3.jpg and b/4.jpg unlabeled, silently
+        (
+            'path,label\na/1.jpg,"ant\nb/3.jpg,bee\nb/4.jpg,bee\n',
+            "line 2: not valid CSV (a quote opened there is never",
+        ),
+        ('path,label\na/1.jpg,"ant\nbee"\n', "line 2: not valid here (a quote opened there is closed on line 3"),
     ],
 )
 def test_read_labels_refuses_a_bad_file_in_one_line_naming_file_and_line(tmp_path, text, said):

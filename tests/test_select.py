@@ -23,7 +23,7 @@ from classifiers.select_rules import (
 )
 from classifiers.selection import select
 from embedder.cache.hdf5 import CacheWriter
-from embedder.kernel.errors import InvalidValue
+from embedder.kernel.errors import FileProblem, InvalidValue
 
 EMPTY = {k: [] for k in ("path", "reason", "digest", "size", "mtime_ns")}
 
@@ -205,6 +205,10 @@ def test_exclude_is_honoured_from_a_manifest_and_a_list(tmp_path):
     again = select(cache, budget=4, exclude=[str(sent), str(listed)])
     assert not set(first[:3]) & {p.path for p in again.picks}
     assert again.excluded == 3 and again.pool == len(paths) - 3
+    torn = tmp_path / "torn.csv"  # a quote never closed: the paths after it would be one field, not excluded
+    torn.write_text(f'path,label\n{first[0]},"x\n{first[1]},\n{first[2]},\n')
+    with pytest.raises(FileProblem, match=r"torn\.csv line 2: not valid CSV \(a quote opened there is never closed\)"):
+        select(cache, budget=4, exclude=[str(torn)])
 
 
 def test_a_later_round_says_to_keep_every_label_in_the_labels_csv_and_counts_the_labelled_exclusions(tmp_path):

@@ -212,6 +212,30 @@ def _confined(full: str, root: str, where: str, path: str) -> None:
         raise InvalidValue(f"{where}: {path} is outside the folder of the list ({root}), which --confine refuses")
 
 
+def csv_rows(csv_path: str):
+    """``(line, cells)`` for each row of the CSV file at ``csv_path`` (``read_text``), the header first; ``line``:
+    where the row starts. Read strictly: a quote never closed would read the rest of the file as one field (the
+    labels after it silently gone), a field holding a line break is a quote closed lines later (no path or label
+    holds one): both are one line naming where the quote opened, as is any other malformed CSV."""
+    reader = csv.reader(io.StringIO(read_text(csv_path), newline=""), strict=True)
+    start = 1
+    try:
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if reader.line_num > line and any("\n" in c or "\r" in c for c in cells):
+                raise FileProblem(
+                    f"{csv_path} line {line}: not valid here (a quote opened there is closed on line "
+                    f"{reader.line_num}: a path or label holds no line break)"
+                )
+            yield line, cells
+    except csv.Error as exc:
+        if "end of data" in str(exc):  # the rest of the file read as one field: say where it started
+            raise FileProblem(
+                f"{csv_path} line {start}: not valid CSV (a quote opened there is never closed)"
+            ) from None
+        raise FileProblem(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
+
+
 def list_manifest(csv_path: str, confine: bool = False) -> Listing:
     """A CSV with a header naming ``path`` and optionally ``label`` and ``group``; paths relative to the CSV.
     ``confine``: a path outside the CSV's folder is refused (by default any path is read, as a shell would). A row
@@ -220,55 +244,43 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
     csv_path = os.path.abspath(csv_path)
     root = os.path.dirname(csv_path)
     listing = Listing(root=root, kind="csv", source=f"csv:{csv_path}")
-    reader = csv.reader(io.StringIO(read_text(csv_path), newline=""), strict=True)
-    start = 1  # the line the row being read starts on (a quoted field may hold line breaks)
-    try:
-        header = next(reader, None) or []
-        fields = [f.strip().lower() for f in header]
-        if "path" not in fields:
+    rows = csv_rows(csv_path)
+    header = next(rows, (1, []))[1]
+    fields = [f.strip().lower() for f in header]
+    if "path" not in fields:
+        raise InvalidValue(
+            f"{csv_path}: the first line must name the columns, with at least 'path' "
+            f"(and optionally 'label', 'group'); found {header}"
+        )
+    seen: dict[str, int] = {}
+    for line, cells in rows:
+        if not any(cell.strip() for cell in cells):
+            continue  # a blank line
+        if len(cells) > len(fields) and not any(c.strip() for c in cells[len(fields) :]):
+            cells = cells[: len(fields)]  # a spreadsheet's empty trailing cells (a.jpg,cat,): nothing shifts
+        if len(cells) < len(fields) and not {"path", "label"} & set(fields[len(cells) :]):
+            cells = cells + [""] * (len(fields) - len(cells))  # a row without its group: as an empty one
+        if len(cells) != len(fields):
+            hint = (
+                "a path or label with a comma must be quoted"
+                if len(cells) > len(fields)
+                else "a line cut short? an empty field still needs its comma"
+            )
             raise InvalidValue(
-                f"{csv_path}: the first line must name the columns, with at least 'path' "
-                f"(and optionally 'label', 'group'); found {header}"
+                f"{csv_path} line {line}: {len(cells)} field(s) where the header names {len(fields)} ({hint})"
             )
-        seen: dict[str, int] = {}
-        start = reader.line_num + 1
-        for cells in reader:
-            line, start = start, reader.line_num + 1
-            if not any(cell.strip() for cell in cells):
-                continue  # a blank line
-            if len(cells) > len(fields) and not any(c.strip() for c in cells[len(fields) :]):
-                cells = cells[: len(fields)]  # a spreadsheet's empty trailing cells (a.jpg,cat,): nothing shifts
-            if len(cells) < len(fields) and not {"path", "label"} & set(fields[len(cells) :]):
-                cells = cells + [""] * (len(fields) - len(cells))  # a row without its group: as an empty one
-            if len(cells) != len(fields):
-                hint = (
-                    "a path or label with a comma must be quoted"
-                    if len(cells) > len(fields)
-                    else "a line cut short? an empty field still needs its comma"
-                )
-                raise InvalidValue(
-                    f"{csv_path} line {line}: {len(cells)} field(s) where the header names {len(fields)} ({hint})"
-                )
-            row = dict(zip(fields, cells))
-            path = row["path"].strip()
-            if not path:
-                continue
-            full = os.path.normpath(os.path.join(root, path))
-            if confine:
-                _confined(full, root, f"{csv_path} line {line}", path)
-            rel = os.path.relpath(full, root).replace(os.sep, "/") if not os.path.isabs(path) else full
-            if rel in seen:
-                raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
-            seen[rel] = line
-            listing.items.append(
-                _stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip())
-            )
-    except csv.Error as exc:
-        if "end of data" in str(exc):  # the rest of the file read as one field: say where it started
-            raise FileProblem(
-                f"{csv_path} line {start}: not valid CSV (a quote opened there is never closed)"
-            ) from None
-        raise FileProblem(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
+        row = dict(zip(fields, cells))
+        path = row["path"].strip()
+        if not path:
+            continue
+        full = os.path.normpath(os.path.join(root, path))
+        if confine:
+            _confined(full, root, f"{csv_path} line {line}", path)
+        rel = os.path.relpath(full, root).replace(os.sep, "/") if not os.path.isabs(path) else full
+        if rel in seen:
+            raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
+        seen[rel] = line
+        listing.items.append(_stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip()))
     return listing
 
 
