@@ -357,6 +357,11 @@ def extract_options(bundle: Bundle, weights: str | None = None) -> ExtractOption
     seed = ExtractOptions.seed
     if identity.startswith("sha256:"):
         path = weights or bundle.weights_file
+        if weights and not os.path.lexists(weights):
+            raise MissingFile(
+                f"--weights {weights}: no such file (the model was trained on features of the weights file "
+                f"{bundle.weights_file}, {identity[:19]}...)"
+            )
         if not path or not os.path.lexists(path):
             raise MissingFile(
                 f"the model was trained on features of the weights file {bundle.weights_file} "

@@ -18,7 +18,7 @@ import numpy as np
 
 from embedder.inputs.sources import csv_rows, read_text
 from embedder.kernel.atomic import atomic_path, special
-from embedder.kernel.errors import InvalidValue
+from embedder.kernel.errors import FeaturebankError, InvalidValue
 from embedder.options import with_overrides
 
 from .data import finite, open_cache
@@ -115,6 +115,12 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
                 f"beside it; give a .csv path"
             )
         filled = labels_filled_in(out)
+        if filled is None:
+            raise InvalidValue(
+                f"{out} exists and cannot be told empty of labels (not a UTF-8 CSV with a 'label' column: a "
+                f"spreadsheet may have saved it in another encoding or with semicolons): select does not write over "
+                f"it; give another -o, or move it away first"
+            )
         if filled:
             raise InvalidValue(
                 f"{out} has {filled} label(s) filled in already: give another -o (and this one as --labels), or "
@@ -186,14 +192,23 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
     return selection
 
 
-def labels_filled_in(path: str) -> int:
-    """How many rows of an existing CSV at ``path`` have a label (a manifest someone filled in): 0 when there is
-    no such file, or it is not a CSV with a ``label`` column."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            return sum(1 for row in csv.DictReader(fh) if (row.get("label") or "").strip())
-    except (OSError, UnicodeDecodeError, csv.Error):
+def labels_filled_in(path: str) -> int | None:
+    """How many rows of the CSV at ``path`` have a label (a manifest someone filled in): 0 when there is no such
+    file or it is empty; None when it exists but cannot be told empty of labels (not UTF-8, as a spreadsheet may
+    save it; another separator; no ``label`` column; not valid CSV), so that it is never written over."""
+    if not os.path.lexists(path):
         return 0
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return 0
+        rows = csv_rows(path)
+        names = [h.strip().lower() for h in next(rows, (1, []))[1]]
+        if "label" not in names:
+            return None
+        at = names.index("label")
+        return sum(1 for _, row in rows if len(row) > at and row[at].strip())
+    except (OSError, FeaturebankError):
+        return None
 
 
 MANIFEST_HEADER = "path,label,reason,score"  # what write_selection writes first

@@ -745,6 +745,28 @@ def test_select_keeps_a_manifest_that_was_filled_in_and_refuses_a_device(tmp_pat
     assert filled.read_text() == before
     result = CliRunner().invoke(cli.main, ["select", str(tmp_path / "c.h5"), "--budget", "2", "-o", os.devnull])
     one_line_error(result, "is not a regular file: select writes a manifest to fill in")
+    # saved by a spreadsheet: another encoding, or semicolons, or a capitalised header: never written over
+    saved = {
+        "latin.csv": "path,label,reason,score\r\nclass0/img000.jpg,chat tigr\xe9,x,1\r\n".encode("cp1252"),
+        "semicolons.csv": "\ufeffpath;label;reason;score\r\nclass0/img000.jpg;cat;x;1\r\n".encode("utf-8"),
+    }
+    for name, raw in saved.items():
+        (tmp_path / name).write_bytes(raw)
+        result = CliRunner().invoke(
+            cli.main, ["select", str(tmp_path / "c.h5"), "--budget", "2", "-o", str(tmp_path / name)]
+        )
+        one_line_error(result, "exists and cannot be told empty of labels")
+        assert (tmp_path / name).read_bytes() == raw
+    (tmp_path / "upper.csv").write_text("Path,Label\nclass0/img000.jpg,cat\n")
+    result = CliRunner().invoke(
+        cli.main, ["select", str(tmp_path / "c.h5"), "--budget", "2", "-o", str(tmp_path / "upper.csv")]
+    )
+    one_line_error(result, "has 1 label(s) filled in already")
+    (tmp_path / "empty.csv").write_text("")  # nothing to lose: written
+    result = CliRunner().invoke(
+        cli.main, ["select", str(tmp_path / "c.h5"), "--budget", "2", "-o", str(tmp_path / "empty.csv")]
+    )
+    assert result.exit_code == 0 and (tmp_path / "empty.csv").read_text().startswith("path,label,reason,score\n")
 
 
 def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_the_former_run_whole(tmp_path, monkeypatch):

@@ -136,6 +136,8 @@ def test_a_moved_weights_file_is_found_by_its_hash(tmp_path):
     weights.rename(moved)
     with pytest.raises(FeaturebankError, match="not there: pass --weights PATH"):
         predict(str(tmp_path / "m.joblib"), [str(images)], **RUN)
+    with pytest.raises(FeaturebankError, match=r"^--weights .*nope\.pth: no such file \(the model was trained on "):
+        predict(str(tmp_path / "m.joblib"), [str(images)], weights=str(tmp_path / "nope.pth"), **RUN)
     result = predict(str(tmp_path / "m.joblib"), [str(images)], weights=str(moved), **RUN)
     assert result["score"] == "probability" and [r["predicted"] for r in result["rows"]] == ["a", "a", "b", "b"]
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "other.pth")

@@ -97,9 +97,17 @@ def test_the_switch_keeps_them_where_they_help():
     partial[seeds] = y[seeds]
     probe = make_classifier("logreg:C=1.0").set_params(scale=StandardScaler())  # the probe these rows were made for
     model = SemiSupervised(probe, inner_repeats=3).fit(X, partial)
-    assert model.inner_["with"] >= model.inner_["without"] and model.used_ == (
-        model.inner_["with"] > model.inner_["without"]
-    )
+    assert model.inner_["with"] >= model.inner_["without"] and model.used_
+
+
+def test_a_tie_on_the_inner_folds_uses_the_unlabeled_rows():
+    X, y = blobs(n=30, seed=3)  # far apart: the probe alone and the pseudo-labels are right on every held-out row
+    seeds = np.concatenate([np.flatnonzero(y == c)[:6] for c in (0, 1)])
+    partial = np.full(len(y), UNLABELED)
+    partial[seeds] = y[seeds]
+    model = SemiSupervised(make_classifier("logreg:C=1.0")).fit(X, partial)
+    assert model.inner_["right_with"] == model.inner_["right_without"] == model.inner_["rows"]
+    assert model.used_ and model.pseudo_ == len(y) - 12 and model.decision_.startswith("used: on inner folds")
 
 
 def one_per_class_cache(tmp_path, counts=(6, 6, 6)):
