@@ -114,6 +114,9 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
                 f"-o {out} is not a regular file: select writes a manifest to fill in, with its contact sheet "
                 f"beside it; give a .csv path"
             )
+        inputs = [open_cache(cache).path, labels, *exclude]
+        check_destination(out, inputs, "-o")
+        check_destination(sheet_path(out), inputs, "the contact sheet")
         filled = labels_filled_in(out)
         if filled is None:
             raise InvalidValue(
@@ -126,9 +129,6 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
                 f"{out} has {filled} label(s) filled in already: give another -o (and this one as --labels), or "
                 f"move it away first"
             )
-        inputs = [open_cache(cache).path, labels, *exclude]
-        check_destination(out, inputs, "-o")
-        check_destination(sheet_path(out), inputs, "the contact sheet")
     reader = open_cache(cache)
     layer = reader.layer(layer)
     known = labels_of(reader, labels)

@@ -147,15 +147,33 @@ def test_no_command_overwrites_its_input(model, tmp_path, runner):
     write_tree(tmp_path / "images", per_class=1)
     image = tmp_path / "images" / "cats" / os.listdir(tmp_path / "images" / "cats")[0]
     image_digest = digest(image)
-    for inputs in ([str(image)], [str(tmp_path / "images")]):  # named, or found in a folder
+    for inputs, said in (([str(image)], "an input of this command"), ([str(tmp_path / "images")], "is an image")):
         result = runner.invoke(cli.main, ["predict", str(model / "m.fbmodel"), *inputs, "-o", str(image)])
-        assert "an input of this command" in one_error_line(result)
+        assert said in one_error_line(result)  # named, or found in a folder
     line = one_error_line(
         runner.invoke(cli.main, ["predict", str(model / "m.fbmodel"), str(image), "-o", str(model / "m.fbmodel")])
     )
     assert "an input of this command" in line
     assert digest(image) == image_digest and {p: digest(model / p) for p in before} == before
     assert not (tmp_path / "cache").exists()  # refused before anything was embedded
+
+
+def test_no_table_is_written_over_an_image(model, tmp_path, runner):
+    """An output named after a photo (the shell's completion): refused whatever the command reads, since
+    featurebank never writes an image."""
+    write_tree(tmp_path / "images", per_class=2)
+    images = sorted((tmp_path / "images").rglob("*.*"))
+    before = {p: digest(p) for p in images}
+    png = next(p for p in images if p.suffix == ".png")
+    for args in (
+        ["evaluate", str(model / "m.fbmodel"), str(tmp_path / "images"), "--predictions", str(images[0])],
+        ["manifest", str(tmp_path / "images"), "-o", str(images[1])],
+        ["select", str(model / "c.h5"), "--budget", "2", "-o", str(png)],  # the cache's images are elsewhere
+        ["predict", str(model / "m.fbmodel"), str(model / "c.h5"), "-o", str(images[2])],
+    ):
+        line = one_error_line(runner.invoke(cli.main, args))
+        assert line.endswith("is an image: it would be overwritten; give another path"), args
+    assert {p: digest(p) for p in images} == before
 
 
 # -- 8. bad classifier parameters ---------------------------------------------------------------------------------

@@ -65,11 +65,30 @@ def file_destination(path: str, inputs=(), what: str = "the output") -> str:
     return path
 
 
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def is_image_file(path: str) -> bool:
+    """Whether ``path`` is a regular file that starts as an image does (JPEG, PNG, GIF, BMP, TIFF, WebP)."""
+    try:
+        if not os.path.isfile(path):
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return False
+    return head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def check_destination(path: str, inputs=(), what: str = "the output") -> str:
-    """``path``, a file to be written: not one of ``inputs``, not a folder, in a folder that can be written."""
+    """``path``, a file to be written: not one of ``inputs``, not a folder, not an image (featurebank writes
+    tables, models and caches, never an image over one: an output named after a photo by a slip of the shell's
+    completion would have destroyed it), in a folder that can be written."""
     if os.path.isdir(path):
         raise FileProblem(f"{what} {path} is a folder: give a file name")
     refuse_overwrite(path, inputs, what)
+    if is_image_file(path):
+        raise InvalidValue(f"{what} {path} is an image: it would be overwritten; give another path")
     if special(path):  # -o /dev/stdout: written through (atomic_path(named=True)), its folder never probed
         return path
     writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} {os.path.basename(path)}")
