@@ -46,6 +46,16 @@ SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit: a larger on
 INT_MAX = 2**62  # no count or size is larger; a 400-digit number is refused by its type, not by an OverflowError
 
 
+class NonEmptyPath(click.Path):
+    """``click.Path`` that refuses an empty value: ``-o ""`` (an unset shell variable) had reported "saved" and
+    written nothing."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path: give a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class Jobs(click.ParamType):
     """``-j``: a number of parallel jobs, 1 or more, or -1 (every core), -2 (every core but one), ... as joblib reads
     it; 0 means nothing to joblib and is refused."""
@@ -125,7 +135,7 @@ def value_options(cls):
         if "choices" in m:
             kw["type"] = click.Choice(m["choices"])
         elif "path" in m:
-            kw["type"] = click.Path(**m["path"])
+            kw["type"] = NonEmptyPath(**m["path"])
         elif "check" in m:
             kw.update(type=click.STRING, callback=checked(m["check"]))
         elif "float" in f.type and "low" in m:
@@ -285,10 +295,10 @@ def layers(backbone, size, pooling, as_json):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("source", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
+@click.argument("source", metavar="INPUT...", nargs=-1, required=True, type=NonEmptyPath())
 @click.option(
     "--cache",
-    type=click.Path(dir_okay=False),
+    type=NonEmptyPath(dir_okay=False),
     help="HDF5 file to write (default: cache/<input>-<backbone>-<settings hash>.h5).",
 )
 @value_options(ExtractOptions)
@@ -333,7 +343,7 @@ def extract(source, cache, quiet, as_json, **options):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("cache", type=click.Path())
+@click.argument("cache", type=NonEmptyPath())
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON description on stdout.")
 @click.option(
     "--verify",
@@ -372,12 +382,12 @@ def classifiers(as_json):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("caches", metavar="CACHE...", nargs=-1, required=True, type=click.Path())
+@click.argument("caches", metavar="CACHE...", nargs=-1, required=True, type=NonEmptyPath())
 @value_options(CVOptions)
 @click.option(
     "-o",
     "--out",
-    type=click.Path(file_okay=False),
+    type=NonEmptyPath(file_okay=False),
     help="Write report.json, report.md, report.html (with thumbs/), leaderboard.png, leaderboard.csv, "
     "confusion.png, map.png and predictions/*.csv here.",
 )
@@ -431,12 +441,12 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("cache", type=click.Path())
+@click.argument("cache", type=NonEmptyPath())
 @value_options(TrainOptions)
 @click.option(
     "--from",
     "from_run",
-    type=click.Path(),
+    type=NonEmptyPath(),
     help="A cv --out folder: train the best row of its leaderboard (its classifier and layer, searched when cv "
     "searched it) instead of -c and -l.",
 )
@@ -478,13 +488,13 @@ def train(ctx, cache, from_run, quiet, as_json, **options):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("model", type=click.Path())
-@click.argument("data", type=click.Path())
+@click.argument("model", type=NonEmptyPath())
+@click.argument("data", type=NonEmptyPath())
 @value_options(RunOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--predictions",
-    type=click.Path(dir_okay=False),
+    type=NonEmptyPath(dir_okay=False),
     help="Write path,label,predicted per image, and familiarity where the model keeps training rows (CSV).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
@@ -530,7 +540,7 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
 @click.option("-k", "--top", type=click.IntRange(1), default=TOP, show_default=True, help="Classes listed per image.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="As --format json (the flag every other command has).")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write there instead of stdout.")
+@click.option("-o", "--out", type=NonEmptyPath(dir_okay=False), help="Write there instead of stdout.")
 @click.option(
     "--sort",
     type=click.Choice(["confidence", "path"]),
@@ -540,7 +550,7 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
 )
 @click.option(
     "--labels",
-    type=click.Path(exists=True, dir_okay=False),
+    type=NonEmptyPath(exists=True, dir_okay=False),
     metavar="LABELLED.csv",
     help="On a cache: the rows this path,label CSV labels are skipped too (as cv and train --labels read it).",
 )
@@ -607,7 +617,7 @@ def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, label
 
 
 @main.command("export", context_settings=CONTEXT)
-@click.argument("model", type=click.Path())
+@click.argument("model", type=NonEmptyPath())
 @value_options(ExportOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export(model, as_json, **options):
@@ -632,8 +642,8 @@ def export(model, as_json, **options):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("old", type=click.Path())
-@click.argument("new", type=click.Path(dir_okay=False))
+@click.argument("old", type=NonEmptyPath())
+@click.argument("new", type=NonEmptyPath(dir_okay=False))
 def convert(old, new):
     """Rewrite OLD, a model file of an older featurebank (a joblib pickle), as NEW in the safe format, once.
 
@@ -653,10 +663,10 @@ def convert(old, new):
 
 
 @main.command("report", context_settings=CONTEXT)
-@click.argument("run_dir", type=click.Path())
+@click.argument("run_dir", type=NonEmptyPath())
 @click.option(
     "--images",
-    type=click.Path(file_okay=False),
+    type=NonEmptyPath(file_okay=False),
     help="Where the images are now, if they moved: the folder the report's paths are relative to.",
 )
 def report_command(run_dir, images):
@@ -676,9 +686,9 @@ def report_command(run_dir, images):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
-@click.argument("corrections", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The corrected manifest to write.")
+@click.argument("manifest", type=NonEmptyPath(exists=True, dir_okay=False))
+@click.argument("corrections", type=NonEmptyPath(exists=True, dir_okay=False))
+@click.option("-o", "--out", type=NonEmptyPath(dir_okay=False), required=True, help="The corrected manifest to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
 def relabel(manifest, corrections, out, as_json):
     """Write a copy of the CSV MANIFEST with the labels of CORRECTIONS applied.
@@ -699,11 +709,11 @@ def relabel(manifest, corrections, out, as_json):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("cache", type=click.Path())
+@click.argument("cache", type=NonEmptyPath())
 @click.option(
     "-o",
     "--out",
-    type=click.Path(dir_okay=False),
+    type=NonEmptyPath(dir_okay=False),
     required=True,
     help="The manifest to write (path,label,reason,score; label empty, best first); the contact sheet goes beside "
     "it (TO_LABEL.html, thumbnails in thumbs/).",
@@ -734,8 +744,8 @@ def select(cache, out, as_json, **options):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("folder", type=click.Path(file_okay=False))
-@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The CSV manifest to write.")
+@click.argument("folder", type=NonEmptyPath(file_okay=False))
+@click.option("-o", "--out", type=NonEmptyPath(dir_okay=False), required=True, help="The CSV manifest to write.")
 @click.option(
     "--layout",
     type=click.Choice(["auto", "classes", "flat"]),
@@ -762,11 +772,11 @@ def manifest(folder, out, layout, as_json):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("data", metavar="DATA", type=click.Path())
+@click.argument("data", metavar="DATA", type=NonEmptyPath())
 @click.option(
     "-o",
     "--out",
-    type=click.Path(file_okay=False),
+    type=NonEmptyPath(file_okay=False),
     default=RUN_FOLDER,
     show_default=True,
     help="Run folder: checkpoints, log, curves, report.",

@@ -372,3 +372,18 @@ def test_an_interrupted_predict_says_what_it_kept(model, tmp_path):
         "in the cache, and the same command continues from them."
     )
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_an_empty_output_path_is_refused_not_reported_saved(model, tmp_path, runner):
+    """``-o "$OUT"`` with OUT unset: a usage error, where train had said "saved" and written nothing."""
+    before = sorted(os.listdir(model))
+    for args in (
+        ["train", str(model / "c.h5"), "-o", ""],
+        ["select", str(model / "c.h5"), "--budget", "2", "-o", ""],
+        ["evaluate", str(model / "m.fbmodel"), str(model / "c.h5"), "--predictions", " "],
+        ["cv", str(model / "c.h5"), "-c", "lda", "--out", ""],
+    ):
+        result = runner.invoke(cli.main, args)
+        assert result.exit_code == 2 and "an empty path: give a file or folder name" in result.output, args
+        assert "saved" not in result.output and "Traceback" not in result.output
+    assert sorted(os.listdir(model)) == before
