@@ -82,12 +82,16 @@ def _memo_key(request: Request) -> dict:
 def resolve(request: Request, store: EngineStore | None = None) -> Resolved:
     """The settings of ``request``; read from the store's records when this exact request was resolved before."""
     key = _memo_key(request) if store is not None else None
-    hit = store.record("resolved", key) if store is not None and key is not None else None
-    if hit is not None:
+
+    def read(hit: dict) -> Resolved:
         settings = ExtractionSettings.from_dict(hit["settings"])
         if request.int8 is not None:
             settings = replace(settings, precision="int8", int8=request.int8)
-        return Resolved(settings, hit["dims"], hit["weights_file"], hit["weights_arg"], request.seed)
+        return Resolved(settings, dict(hit["dims"]), hit["weights_file"], hit["weights_arg"], request.seed)
+
+    found = store.record("resolved", key, read) if store is not None and key is not None else None
+    if found is not None:
+        return found
     resolved = _resolve_with_torch(request)
     if store is not None and key is not None:
         plain = replace(

@@ -340,10 +340,31 @@ def test_embedder_int8_calibrates_in_fit_and_matches_its_engine(tree, tmp_path):
 def test_store_records_are_keyed_and_survive_a_bad_file(tmp_path):
     store = EngineStore(str(tmp_path))
     store.put_record("resolved", {"a": 1}, {"x": 2})
-    assert store.record("resolved", {"a": 1}) == {"x": 2} and store.record("resolved", {"a": 2}) is None
-    for f in (tmp_path / "records").iterdir():
-        f.write_text("{not json")
-    assert store.record("resolved", {"a": 1}) is None
+
+    def read(value):
+        return value["x"] + 1
+
+    assert store.record("resolved", {"a": 1}, read) == 3 and store.record("resolved", {"a": 2}, read) is None
+    (record,) = (tmp_path / "records").iterdir()
+    # damaged, or valid JSON of another shape (a hand edit): computed again, never a traceback
+    for text in ("{not json", "[1, 2]", '{"key": {"a": 1}, "value": [1]}', '{"key": {"a": 1}, "value": {"x": "y"}}'):
+        record.write_text(text)
+        assert store.record("resolved", {"a": 1}, read) is None, text
+
+
+@pytest.mark.integration  # 5 s: two extractions with the engine measured
+def test_an_engine_folder_edited_by_hand_is_computed_again(tree, tmp_path, monkeypatch):
+    root, _ = tree
+    store_dir = tmp_path / "engines"
+    monkeypatch.setenv("FEATUREBANK_ENGINE_DIR", str(store_dir))
+    first = embedder.extract(str(root), str(tmp_path / "a.h5"), **FAST)
+    for record in (store_dir / "records").iterdir():
+        record.write_text("[1, 2]")
+    side = next(store_dir.glob("resnet18-*-fp32.json"))
+    side.write_text(json.dumps({**json.loads(side.read_text()), "choice": "x"}))
+    second = embedder.extract(str(root), str(tmp_path / "b.h5"), **FAST)
+    assert second.settings == first.settings
+    rows_close(embedder.load(second.cache)[0], embedder.load(first.cache)[0])
 
 
 @pytest.mark.integration  # 6 s: int8 calibrations from the command line

@@ -318,6 +318,8 @@ def _choice_key(batch_size: int) -> dict:
 
 def _recorded_choice(meta: dict | None, batch_size: int) -> str | None:
     known = (meta or {}).get("choice") or {}
+    if not isinstance(known, dict):  # a hand-edited sidecar: no choice recorded
+        return None
     return known.get("engine") if all(known.get(k) == v for k, v in _choice_key(batch_size).items()) else None
 
 
@@ -441,13 +443,13 @@ def prepare_int8(
         "force": force,
         "onnxruntime": version_of("onnxruntime"),
     }
-    known = store.record("int8-choice", key)
-    if known is not None:
-        choice = Int8Choice(ExtractionSettings.from_dict(known["settings"]), known["tried"], known.get("note"))
-        if not choice.int8 or store.find_model(onnx_name(choice.settings)) is not None:
-            if choice.note:
-                prepared.note = choice.note
-            return choice
+    choice = store.record(
+        "int8-choice", key, lambda v: Int8Choice(ExtractionSettings.from_dict(v["settings"]), v["tried"], v.get("note"))
+    )
+    if choice is not None and (not choice.int8 or store.find_model(onnx_name(choice.settings)) is not None):
+        if choice.note:
+            prepared.note = choice.note
+        return choice
     rungs = ladder(cpu) if asked.scheme == "auto" else ((asked.scheme, asked.fp32_layers),)
     schemes = [replace(asked, scheme=s, fp32_layers=n) for s, n in rungs]
     candidates = [replace(settings, int8=q) for q in schemes]

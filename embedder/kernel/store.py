@@ -14,9 +14,13 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import TypeVar
 
 from .atomic import write_atomically
-from .errors import FileProblem
+from .errors import FeaturebankError, FileProblem
+
+T = TypeVar("T")
 
 ENGINE_DIR_ENV = "FEATUREBANK_ENGINE_DIR"
 
@@ -155,13 +159,18 @@ class EngineStore:
         write_atomically(side, json.dumps({**meta, **changes}, indent=1).encode())
 
     # -- records: small JSON answers, keyed by what they were computed from -----------------------------------
-    def record(self, kind: str, key: dict) -> dict | None:
+    def record(self, kind: str, key: dict, read: Callable[[dict], T]) -> T | None:
+        """``read(value)`` of the record stored for ``key``; None when there is none, it was stored for another key,
+        or it is not of the shape ``read`` expects (a damaged or hand-edited record is computed again, as a damaged
+        model is rebuilt, never a traceback)."""
         path = self._record_path(kind, key)
         try:
             with open(path) as fh:
                 stored = json.load(fh)
-            return stored["value"] if stored.get("key") == key else None
-        except (OSError, ValueError, KeyError, TypeError):
+            if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("value"), dict):
+                return None
+            return read(stored["value"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, FeaturebankError):
             return None
 
     def put_record(self, kind: str, key: dict, value: dict) -> None:
