@@ -63,7 +63,13 @@ def best_row(run_dir: str) -> BestRow:
     unlabeled = None
     if classifier.endswith(WITH_UNLABELED):  # the row with the unlabeled rows joining: train does the same
         classifier = classifier.removesuffix(WITH_UNLABELED)
-        unlabeled = str((d.get("unlabeled") or {}).get("mode") or DEFAULT_MODE)
+        said = d.get("unlabeled")
+        if said is not None and not isinstance(said, dict):
+            raise FileProblem(
+                f"{run_dir}/report.json's 'unlabeled' is not what cv writes (an object with the mode): write it "
+                f"again with featurebank cv --out"
+            )
+        unlabeled = str((said or {}).get("mode") or DEFAULT_MODE)
     try:
         check_spec(classifier)
     except (FeaturebankError, ValueError) as exc:

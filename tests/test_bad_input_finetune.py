@@ -392,6 +392,10 @@ def test_train_from_a_cv_run_trains_its_best_row(cv_run, tmp_path):
         (lambda d: d.pop("best"), "lacks its best row"),
         (lambda d: d["best"].update(classifier="no-such"), "is not a zoo spec"),
         (lambda d: d.update(format="something else"), "is not a cross-validation run folder"),
+        (
+            lambda d: (d["best"].update(classifier=d["best"]["classifier"] + " +unlabeled"), d.update(unlabeled="x")),
+            "'unlabeled' is not what cv writes",
+        ),
     ],
 )
 def test_train_from_a_run_that_does_not_match_is_one_line(cv_run, tmp_path, edit, says):
