@@ -102,7 +102,11 @@ class TunedLogisticRegression(ClassifierMixin, BaseEstimator):
         for name, value in (("C", self.C), *(("Cs", c) for c in self.Cs)):
             if value is not None and (not real(value) or not value > 0):
                 raise InvalidValue(f"classifier logreg: {name}={value!r}: give a positive number")
-        for name, value, least in (("inner_folds", self.inner_folds, 2), ("holdout_from", self.holdout_from, 0)):
+        for name, value, least in (
+            ("inner_folds", self.inner_folds, 2),
+            ("holdout_from", self.holdout_from, 0),
+            ("max_iter", self.max_iter, 1),
+        ):
             if value is None and name == "holdout_from":
                 continue
             if not whole(value) or value < least:

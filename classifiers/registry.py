@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,6 +203,8 @@ def _parse(text: str) -> tuple[str, dict]:
         if not eq or not key.strip():
             raise InvalidValue(f"cannot read {item!r} in classifier {text!r}: write name:key=value,key=value")
         params[key.strip()] = _literal(value.strip())
+        if isinstance(params[key.strip()], float) and not math.isfinite(params[key.strip()]):
+            raise InvalidValue(f"{item!r} in classifier {text!r} is {params[key.strip()]}: give a finite number")
     get_spec(name)
     _check_steps(params, text)
     return name, params

@@ -184,7 +184,9 @@ def test_no_table_is_written_over_an_image(model, tmp_path, runner):
     [
         ("rbf-svm:pca=abc", "pca='abc'"),
         ("rbf-svm:pca=[1]", "pca=[1]"),
-        ("rbf-svm:pca=1e999", "pca=inf"),
+        ("rbf-svm:pca=1e999", "'pca=1e999' in classifier 'rbf-svm:pca=1e999' is inf"),
+        ("logreg:C=1e400", "'C=1e400' in classifier 'logreg:C=1e400' is inf: give a finite number"),
+        ("logreg:max_iter=0", "classifier logreg: max_iter=0: give a whole number of 1 or more"),
         ("rbf-svm:pca=-5", "pca=-5"),
         ("rbf-svm:pca=0", "pca=0"),
         ("rbf-svm:l2=maybe", "l2='maybe'"),
