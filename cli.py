@@ -574,7 +574,13 @@ def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, label
     """
     from classifiers.bundle import is_cache_file, predict_imagenet, prediction_outcome, pseudo_labels
     from classifiers.bundle import predict as run_predict
-    from classifiers.predictions import cache_note, predictions_text, pseudo_label_notes, write_predictions
+    from classifiers.predictions import (
+        cache_note,
+        predict_notes,
+        predictions_text,
+        pseudo_label_notes,
+        write_predictions,
+    )
     from embedder.kernel.destination import check_destination
 
     o, progress = made(RunOptions, options), not quiet and sys.stderr.isatty()
@@ -610,8 +616,11 @@ def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, label
         raise FeaturebankError(message)
     if not quiet:
         note = result.get("familiarity", {}).get("note")
+        notes = predict_notes(result) if "calibrated" in result else []  # not --head's softmax of its logits
         click.echo(
-            "\n".join(([message] if message else []) + ([f"note: {note}"] if note else []) + [cache_note(result)]),
+            "\n".join(
+                ([message] if message else []) + notes + ([f"note: {note}"] if note else []) + [cache_note(result)]
+            ),
             err=True,
         )
 

@@ -637,6 +637,12 @@ def predict(
     fam = bundle.familiarity
     familiar, far = _asked_familiarity(fam, X, reader, items) if X is not None and fam is not None else (None, None)
     rows = _rows(reader, items, values, bundle.classes, top, familiar)
+    if bundle.seen is not None and len(reader):  # images the model was fit on: their scores are in-sample
+        index = {p: i for i, p in enumerate(reader.paths)}
+        fit_on = _fit_on_rows(bundle.seen, reader, np.arange(len(reader)))[0]
+        for row in rows:
+            if "predicted" in row and fit_on[index[row["path"]]]:
+                row["fit_on"] = True
     return _written(
         {
             "model": bundle.classifier,
@@ -644,6 +650,7 @@ def predict(
             "cache": reader.path,
             "embedded": count,
             "score": kind or "probability",
+            "calibrated": _is_calibrated(bundle),
             **(
                 {"familiarity": _familiarity_of(fam, reader, familiar, far)}
                 if fam is not None and familiar is not None and far is not None
@@ -747,7 +754,7 @@ def pseudo_labels(
         "layer": bundle.layer,
         "cache": reader.path,
         "score": kind,
-        "calibrated": (bundle.calibration or {}).get("method", "none") != "none",
+        "calibrated": _is_calibrated(bundle),
         "pseudo": True,
         "labelled_rows_skipped": int(len(reader) - len(rows)),
         **({"labels": labels} if labels else {}),
@@ -770,6 +777,11 @@ def pseudo_labels(
 def _semi_used(bundle: Bundle) -> bool:
     semi = bundle.trained_on.get("unlabeled") or {}
     return bool(semi.get("used") and semi.get("pseudo_labelled"))
+
+
+def _is_calibrated(bundle: Bundle) -> bool:
+    """Whether the bundle's scores are calibrated probabilities (``train`` without ``--no-calibrate``)."""
+    return (bundle.calibration or {}).get("method", "none") != "none"
 
 
 def _fit_on_rows(seen: np.ndarray, reader: CacheReader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -128,6 +128,24 @@ def pseudo_label_notes(result: dict, out: str | None) -> list[str]:
     ]
 
 
+def predict_notes(result: dict) -> list[str]:
+    """What ``predict MODEL IMAGES`` says on stderr besides its cache: what its scores are, and the images the
+    model was fit on (their scores in-sample), each a line."""
+    rows = result["rows"]
+    scored = "probabilities" if result["score"] == "probability" else "decision scores"
+    lines = [
+        f"scores: {result['model']}'s {'calibrated ' if result.get('calibrated') else 'uncalibrated '}{scored}"
+        + ("" if result.get("calibrated") else " (a model trained with --no-calibrate, or before calibration)")
+    ]
+    fit_on = [r["path"] for r in rows if r.get("fit_on")]
+    if fit_on:
+        lines.append(
+            f"note: {len(fit_on)} of the {len(rows)} image(s) are images the model was fit on (e.g. {fit_on[0]}): "
+            f"their scores are in-sample, higher than a new image of theirs would get (--json marks them fit_on)"
+        )
+    return lines
+
+
 def cache_note(result: dict) -> str:
     """The line that names the cache a prediction embedded its images into (stderr: stdout is the CSV or JSON)."""
     return (

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 from helpers import FAST, write_bad_files, write_tree
+from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from classifiers.bundle import evaluate, load_bundle, predict, predict_imagenet, train
@@ -261,3 +262,22 @@ def test_evaluate_on_images_none_of_which_can_be_read_says_so(trained, tmp_path)
     manifest.write_text("path,label\ncats/a.jpg,cats\ndogs/b.jpg,dogs\n")
     with pytest.raises(FeaturebankError, match=r"none of the 2 images could be read, nothing to score: cats/a.jpg: "):
         evaluate(str(root / "model.joblib"), str(manifest), **RUN)
+
+
+def test_predict_says_its_scores_are_calibrated_and_marks_the_images_the_model_was_fit_on(trained, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    root, images, _ = trained
+    seen = images / "dogs" / "img00.jpg"  # a training image: its score is in-sample
+    new = tmp_path / "new.png"
+    Image.new("RGB", (70, 70), (200, 30, 90)).save(new)  # an image the model never saw
+    args = ["predict", str(root / "model.joblib"), str(seen), str(new), "--json", "--workers", "0"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    rows = {r["path"]: r for r in json.loads(result.stdout)["rows"]}
+    assert rows[str(seen)].get("fit_on") is True and "fit_on" not in rows[str(new)]
+    said = result.stderr.splitlines()
+    assert said[0] == "scores: logreg:C=1.0's calibrated probabilities"
+    assert said[1].startswith(f"note: 1 of the 2 image(s) are images the model was fit on (e.g. {seen}): their")
