@@ -223,6 +223,7 @@ class CVReport:
     curve: list[dict] | None = None  # with shots: the learning curve (shots.learning_curve's rows)
     labels: dict | None = None  # with --labels: the CSV laid over the caches' labels, {"csv", "sha256"}
     _calibrations: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # ``calibration``'s
+    _probabilities: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # and its rows'
 
     @property
     def classes(self) -> list[str]:
@@ -322,6 +323,12 @@ class CVReport:
             self._calibrations[name] = self._calibration(result)
         return self._calibrations[name]
 
+    def calibrated_probabilities(self, result: CVResult) -> np.ndarray | None:
+        """Each image's calibrated out-of-fold probabilities, as ``train`` makes them (``_calibration``'s cross-fit),
+        the mean over repeats; None without the folds' outputs."""
+        self.calibration(result)
+        return self._probabilities.get((result.backbone, result.classifier, result.layer))
+
     def _calibration(self, result: CVResult) -> dict | None:
         """The row's out-of-fold top-label ECE (15 equal-width bins) and reliability diagram, of calibrated
         probabilities as ``train`` makes them, without a fit more: each fold's rows scaled by the temperature fit on
@@ -344,6 +351,7 @@ class CVReport:
             pooled.append(p)
             if kind == PROBABILITY:
                 uncalibrated.append(ece(y, apply_temperature(raw[r], kind, 1.0)))
+        self._probabilities[(result.backbone, result.classifier, result.layer)] = np.mean(pooled, axis=0)
         p = np.vstack(pooled)
         y_all = np.tile(y, raw.shape[0])
         rows = np.arange(len(y_all))

@@ -453,6 +453,30 @@ def test_cv_reports_a_cross_fitted_ece_and_a_reliability_diagram_per_row(tmp_pat
     assert measured == {("42", "3", "1", "0", "out of fold; #1 picked on these folds")}
 
 
+def test_cvs_predictions_of_an_entry_without_probabilities_carry_its_cross_fitted_calibrated_ones(tmp_path):
+    """A share of votes over one repeat is 1 for every image: ridge's predictions file gives the calibrated
+    probabilities ``train`` would make instead, each fold's from a calibration fit on the others."""
+    from classifiers.report.writer import write_predictions
+
+    synthetic_cache(tmp_path / "c.h5", counts=(16, 14, 12), dim=8)
+    report = cross_validate(str(tmp_path / "c.h5"), classifiers=["ridge"], layers=["flatten"], folds=3)
+    result = report.result("ridge", "flatten")
+    raw, kind = result.raw
+    fold_of = np.zeros(len(report.data.y), dtype=int)
+    for s in report.splits:
+        fold_of[s.test] = s.fold
+    p, _ = cross_fitted(raw[0].astype(np.float64), kind, report.data.y, fold_of)
+    with open(write_predictions(report, result, str(tmp_path / "ridge.csv")), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    pred, _ = result.oof()
+    classes = report.classes
+    for i, row in enumerate(rows):
+        assert row["predicted"] == classes[pred[i]]
+        assert [float(row[f"p_{c}"]) for c in classes] == pytest.approx(p[i], abs=1e-4)
+        assert float(row["confidence"]) == pytest.approx(p[i, pred[i]], abs=1e-4)
+    assert min(float(r["confidence"]) for r in rows) < 0.99  # not the share of votes of one repeat
+
+
 def test_the_report_page_draws_a_reliability_diagram_per_row(tmp_path):
     from classifiers.report.html import reliability_charts
 

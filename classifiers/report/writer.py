@@ -406,10 +406,15 @@ def markdown(d: dict) -> str:
 
 
 def write_predictions(report: CVReport, result: CVResult, path: str) -> str:
-    """One row per image: label, out-of-fold prediction, confidence and (when there are) class probabilities."""
+    """One row per image: label, out-of-fold prediction, confidence and class probabilities: the entry's own (the
+    mean over repeats), or for an entry without probabilities (the SVMs, ridge: decision scores) the calibrated
+    ones ``train`` would give, cross-fitted (``CVReport.calibrated_probabilities``): a share of votes over
+    one repeat is always 1. A run of an older version without the folds' outputs: the share of votes."""
     pred, confidence = result.oof()
     classes = report.classes
-    mean = result.proba.mean(axis=0) if result.proba is not None else None
+    mean = result.proba.mean(axis=0) if result.proba is not None else report.calibrated_probabilities(result)
+    if result.proba is None and mean is not None:
+        confidence = mean[np.arange(len(pred)), pred]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(
