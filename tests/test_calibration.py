@@ -243,6 +243,11 @@ def test_train_says_the_cross_fitted_log_loss_each_inner_fold_calibrated_by_a_fi
         d = copy.deepcopy({"model": "m.fbmodel", **bundle.describe()})
         d["trained_on"]["calibration"]["out_of_fold"].update(log_loss_before=before, log_loss_cross_fitted=after)
         assert any(t.startswith(said) for t in train_text(d)) is shown
+    for power, bound in ((0.5, True), (-0.5, True), (0.3, False)):  # the power at its bound is said
+        d = copy.deepcopy({"model": "m.fbmodel", **bundle.describe()})
+        d["trained_on"]["calibration"].update(method="margin-temperature", margin_power=power)
+        line = next(t for t in train_text(d) if "probabilities:" in t)
+        assert ("(the largest power allowed)" in line) is bound and f"^{-power:.2g}" in line
 
 
 def bundle_rows(path):

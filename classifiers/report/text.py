@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from classifiers.calibration import MARGIN_POWER
 from classifiers.label_issues import summary_lines
 from classifiers.zoo import default_classifiers, describe, get_spec, list_classifiers, search_grid
 
@@ -165,7 +166,10 @@ def train_text(d: dict) -> list[str]:
         oof = cal["out_of_fold"]
         q = cal.get("margin_power") or 0.0
         how = f"temperature {cal['temperature']:.3g}" + (
-            f" at the median margin, times (margin / median)^{-q:.2g}" if q else ""
+            f" at the median margin, times (margin / median)^{-q:.2g}"
+            + (" (the largest power allowed)" if abs(q) >= MARGIN_POWER - 1e-9 else "")
+            if q
+            else ""
         )
         lines.append(
             f"  probabilities: calibrated, {how} fit on {cal['folds']} inner folds "
@@ -183,9 +187,9 @@ def train_text(d: dict) -> list[str]:
         after = oof.get("log_loss_cross_fitted")
         if after is not None and round(after, 3) > round(oof["log_loss_before"], 3):  # as printed; few labels, mostly
             lines.append(
-                "  calibration: it raised the held-out inner folds' log-loss here (on few labels a fit of one or two "
-                "numbers is itself noisy: docs/calibration.md); --no-calibrate keeps the classifier's own "
-                "probabilities"
+                "  calibration: it raised the held-out inner folds' log-loss here (the one or two numbers fit on the "
+                "other folds' scores did not carry over to each fold, as happens most on few labels: "
+                "docs/calibration.md); --no-calibrate keeps the classifier's own probabilities"
             )
     elif cal:
         lines.append(f"  probabilities: {cal['note']}")
