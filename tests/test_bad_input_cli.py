@@ -733,6 +733,13 @@ def test_a_fifo_or_a_folder_given_as_a_cache_is_one_line_not_a_wait(tmp_path):
     (tmp_path / "d.h5").mkdir()
     result = CliRunner().invoke(cli.main, ["info", str(tmp_path / "d.h5")])
     one_line_error(result, "is a folder, not a cache file")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.fbmodel", "w") as z:  # a model file given where a cache goes
+        z.writestr("featurebank-model.json", "{}")
+    for command in ("info", "cv"):
+        result = CliRunner().invoke(cli.main, [command, str(tmp_path / "m.fbmodel")])
+        one_line_error(result, "is a model file (a zip, as train writes), not a cache: give the .h5 cache")
 
 
 def test_select_keeps_a_manifest_that_was_filled_in_and_refuses_a_device(tmp_path):

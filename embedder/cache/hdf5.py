@@ -120,7 +120,20 @@ def _open(path: str, mode: str = "r") -> h5py.File:
     try:
         return h5py.File(path, mode, locking="best-effort")
     except OSError as exc:
+        if _starts_with(path, b"PK\x03\x04"):  # a zip: what train writes
+            raise FileProblem(
+                f"{path} is a model file (a zip, as train writes), not a cache: give the .h5 cache; a model file's "
+                f"settings and classes are in its featurebank-model.json (unzip -p {path} featurebank-model.json)"
+            ) from None
         raise FileProblem(f"cannot open {path} as an HDF5 cache: {first_line(exc)}") from None
+
+
+def _starts_with(path: str, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _write_columns(group: h5py.Group, columns: dict, strings: tuple[str, ...]) -> None:
