@@ -235,8 +235,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(package_name="featurebank")
 def main():
-    """Image classification by transfer learning: embed images once with a frozen pretrained CNN,
-    then train classical classifiers on the cached vectors.
+    """Image classification by transfer learning: embed images once with a frozen pretrained network
+    (a CNN or a vision transformer), then train classical classifiers on the cached vectors.
 
     \b
     Start with:

@@ -82,6 +82,10 @@ def test_extract_says_what_comes_next(runner, tmp_path):
     assert tree.output.splitlines()[-1] == (  # a held-out split's cache is not for choosing on
         f"next: featurebank cv {tmp_path / 't.h5'} (keep a separate test cache for featurebank evaluate MODEL)"
     )
+    val = runner.invoke(cli.main, ["extract", str(root), "--cache", str(tmp_path / "ants-val.h5"), *FAST_ARGS])
+    assert val.output.splitlines()[-1].startswith(  # named for a test split: scored once, not cross-validated
+        f"next: featurebank evaluate MODEL {tmp_path / 'ants-val.h5'} (its name says held-out images: score a model"
+    )
 
 
 @pytest.mark.parametrize(

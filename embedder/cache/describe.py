@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 from collections import Counter
 
@@ -135,7 +137,15 @@ def next_steps(s: dict) -> list[str]:
         return [
             f"next: featurebank cv {cache} ({s['labelled']} labelled rows), or {select} (of the {unlabeled} without)"
         ]
+    if HELD_OUT_WORDS & set(re.split(r"[^a-z]+", os.path.basename(s["cache"]).lower())):
+        return [
+            f"next: featurebank evaluate MODEL {cache} (its name says held-out images: score a model trained on "
+            f"another cache here, once; cross-validate that training cache, not this one)"
+        ]
     return [f"next: featurebank cv {cache} (keep a separate test cache for featurebank evaluate MODEL)"]
+
+
+HELD_OUT_WORDS = {"val", "valid", "validation", "test", "holdout", "heldout"}  # a cache named for a test split
 
 
 def _tried(t: dict) -> str:
