@@ -109,7 +109,10 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
         lines += [f"  note: {n}" for n in dict.fromkeys(curve_notes) if n not in notes]
     susp = d["suspicious"]
     if susp["images"]:
-        lines.append(f"\nMost suspicious images ({model_name(d, susp)}, out-of-fold):")
+        lines.append(
+            f"\nMost suspicious images (judged by {model_name(d, susp)}: of the rows with probabilities, the lowest "
+            f"log-loss; out-of-fold):"
+        )
         lines += [
             f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})"
             for i in susp["images"][:10]

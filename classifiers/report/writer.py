@@ -334,7 +334,8 @@ def markdown(d: dict) -> str:
     if susp["images"]:
         judge = model_name(d, susp).replace(" @ ", " on ")
         out += [
-            f"Images that {judge} puts in another class than their label with the "
+            f"Images that {judge} (of the rows with probabilities, the lowest log-loss: the surest judge) puts in "
+            f"another class than their label with the "
             f"highest confidence (out-of-fold, so no model saw the image it judges): likely label errors, junk "
             f"files or look-alikes.",
             "",
