@@ -5,12 +5,15 @@ python classify_folder.py model.onnx photos/        # prints path, class, score 
 
 import json
 import pathlib
+import signal
 import sys
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
+if hasattr(signal, "SIGPIPE"):  # `| head`: stop quietly when the reader has had enough, as a shell tool does
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 prep, classes = meta["preprocessing"], meta["classes"]
