@@ -546,6 +546,7 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
                 "path": str(path),
                 "label": bundle.classes[t],
                 "predicted": bundle.classes[q],
+                **({"p": float(values[i, q]), "p_label": float(values[i, t])} if probability else {}),
                 **({} if p is None else {"familiarity": float(p[i])}),
             }
             for i, (path, t, q) in enumerate(zip(paths, y, pred))

@@ -14,15 +14,25 @@ from embedder.kernel.atomic import atomic_path
 
 def write_evaluation_csv(result: dict, path: str) -> str:
     """``path,label,predicted`` per image an evaluation scored (``bundle.evaluate``: not the images the model was
-    fit on, which it leaves out), and ``familiarity`` where the model keeps training rows; returns ``path``."""
+    fit on, which it leaves out), then the model's probability of the predicted class and of the label (``p``,
+    ``p_label``: calibrated where the model is) where it gives probabilities, and ``familiarity`` where it keeps
+    training rows; returns ``path``."""
+    rows = result["predictions"]
     with atomic_path(path, named=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        familiar = bool(result["predictions"]) and "familiarity" in result["predictions"][0]
-        fields = ["path", "label", "predicted", *(["familiarity"] if familiar else [])]
+        probable = bool(rows) and "p" in rows[0]
+        familiar = bool(rows) and "familiarity" in rows[0]
+        fields = ["path", "label", "predicted", *(["p", "p_label"] if probable else [])]
+        fields += ["familiarity"] if familiar else []
         writer = csv.DictWriter(fh, fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(
-            {**r, "familiarity": familiarity_text(r["familiarity"])} if familiar else r for r in result["predictions"]
-        )
+        for r in rows:
+            writer.writerow(
+                {
+                    **r,
+                    **({"p": f"{r['p']:.4f}", "p_label": f"{r['p_label']:.4f}"} if probable else {}),
+                    **({"familiarity": familiarity_text(r["familiarity"])} if familiar else {}),
+                }
+            )
     return path
 
 

@@ -388,6 +388,15 @@ def test_evaluate_reports_the_held_out_ece_and_log_loss_of_the_calibrated_probab
     assert result["calibration"]["method"] == "margin-temperature"
     assert sum(c["count"] for c in result["calibration"]["reliability"]) == len(y_test)
     assert [p["path"] for p in result["predictions"]][:1] == ["class0/img005.jpg"]
+    from classifiers.predictions import write_evaluation_csv
+
+    with open(write_evaluation_csv(result, str(tmp_path / "evaluated.csv")), newline="") as fh:
+        rows = list(csv.DictReader(fh))  # each image's calibrated probability of its answer and of its label
+    assert list(rows[0]) == ["path", "label", "predicted", "p", "p_label", "familiarity"] and len(rows) == 40
+    for row, p, t in zip(rows, proba, y_test):
+        assert float(row["p"]) == pytest.approx(p.max(), abs=1e-4) and float(row["p_label"]) == pytest.approx(
+            p[t], abs=1e-4
+        )
 
 
 def test_evaluate_searches_knns_neighbours_once_and_scores_its_own_predictions(tmp_path, monkeypatch):

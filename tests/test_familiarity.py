@@ -170,7 +170,7 @@ def test_a_model_file_keeps_its_training_rows_and_every_answer_reads_them(model)
     write_evaluation_csv(evaluated, str(root / "evaluated.csv"))
     rows = (root / "evaluated.csv").read_text().splitlines()
     assert (
-        rows[0] == "path,label,predicted,familiarity"
+        rows[0] == "path,label,predicted,p,p_label,familiarity"
         and {r.split(",")[0] for r in rows[1:] if r.endswith(",0.005525")} == far
     )
     result = CliRunner().invoke(cli.main, ["predict", str(root / "m.fbmodel"), str(root / "free.h5")])
