@@ -495,7 +495,8 @@ def train(ctx, cache, from_run, quiet, as_json, **options):
 @click.option(
     "--predictions",
     type=NonEmptyPath(dir_okay=False),
-    help="Write path,label,predicted per image, and familiarity where the model keeps training rows (CSV).",
+    help="Write path,label,predicted per image, p and p_label (its probability of its answer and of the label), and "
+    "familiarity where the model keeps training rows (CSV).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(model, data, quiet, predictions, as_json, **options):
