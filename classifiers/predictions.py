@@ -159,6 +159,7 @@ def predict_notes(result: dict) -> list[str]:
 def cache_note(result: dict) -> str:
     """The line that names the cache a prediction embedded its images into (stderr: stdout is the CSV or JSON)."""
     return (
-        f"cache: {result['cache']} ({result['embedded']} image(s) embedded now; the same images are not embedded "
-        f"again; --cache chooses the file, FEATUREBANK_CACHE_DIR the folder)"
+        f"cache: {result['cache']} ({result['embedded']} image(s) embedded now; given again in the same way, the same "
+        f"folder or files, they are read from it, not embedded again; --cache chooses the file, "
+        f"FEATUREBANK_CACHE_DIR the folder)"
     )
