@@ -165,8 +165,9 @@ def test_a_head_that_cannot_be_exported_is_one_line(trained, tmp_path):
 
     root, _ = trained
     train(str(root / "train.h5"), classifier="knn", out=str(tmp_path / "knn.joblib"))
-    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "knn.joblib"), "-o", str(tmp_path / "knn.onnx")])
-    assert r.exit_code == 1 and "Traceback" not in r.output
+    out = tmp_path / "new" / "knn.onnx"  # refused: its folder is checked, not made
+    r = CliRunner().invoke(cli.main, ["export", str(tmp_path / "knn.joblib"), "-o", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output and not (tmp_path / "new").exists()
     assert r.output.count("\n") == 1 and r.output.startswith("Error: cannot export knn (CosineKNeighbors): ")
     assert r.output.rstrip().endswith(
         "these export: logreg, linear-svm, rbf-svm, ridge, lda, random-forest, extra-trees, knn:weights=uniform"

@@ -205,6 +205,9 @@ def test_exclude_is_honoured_from_a_manifest_and_a_list(tmp_path):
     again = select(cache, budget=4, exclude=[str(sent), str(listed)])
     assert not set(first[:3]) & {p.path for p in again.picks}
     assert again.excluded == 3 and again.pool == len(paths) - 3
+    into = tmp_path / "round 2" / "sent.csv"  # a folder not there yet is made for the manifest and its sheet
+    select(cache, budget=2, out=str(into))
+    assert into.read_text().startswith("path,label,reason,score\n") and into.with_suffix(".html").exists()
     torn = tmp_path / "torn.csv"  # a quote never closed: the paths after it would be one field, not excluded
     torn.write_text(f'path,label\n{first[0]},"x\n{first[1]},\n{first[2]},\n')
     with pytest.raises(FileProblem, match=r"torn\.csv line 2: not valid CSV \(a quote opened there is never closed\)"):

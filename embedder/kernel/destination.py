@@ -91,5 +91,7 @@ def check_destination(path: str, inputs=(), what: str = "the output") -> str:
         raise InvalidValue(f"{what} {path} is an image: it would be overwritten; give another path")
     if special(path):  # -o /dev/stdout: written through (atomic_path(named=True)), its folder never probed
         return path
-    writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} {os.path.basename(path)}")
+    # checked, not made: a command refused after this check (a model that cannot be exported) leaves no folder;
+    # the writer makes it (atomic_path)
+    writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} {os.path.basename(path)}", create=False)
     return path
