@@ -465,12 +465,22 @@ def _cache_or_images(bundle: Bundle, data, run: RunOptions, progress: bool) -> C
             f"{shown} has no labels (a {listing.kind} input): evaluate needs labelled images, a folder of class "
             f"folders{parent} or a CSV manifest with a label column; to classify unlabeled images, use predict"
         )
+    _known_classes(bundle, {i.label for i in listing.items if i.label})  # before any image is embedded
     reader, items, _ = embedded(bundle, listing, run, progress=progress)
     if not len(reader):  # else "has no labels", of a cache that holds no row
         reasons = dict(zip(reader.failures["path"], reader.failures["reason"]))
         listed = "; ".join(f"{i.path}: {i.error or reasons.get(i.path, 'not embedded')}" for i in items[:3])
         raise InvalidValue(f"none of the {len(items)} images could be read, nothing to score: {listed}")
     return reader
+
+
+def _known_classes(bundle: Bundle, classes: set[str]) -> None:
+    """Labels the model was not trained on: one line (evaluate scores only the classes it knows)."""
+    unknown = sorted(classes - set(bundle.classes))
+    if unknown:
+        raise InvalidValue(
+            f"classes the model was not trained on: {', '.join(unknown[:10])} (it knows {', '.join(bundle.classes)})"
+        )
 
 
 def evaluate(model, data, options: RunOptions | None = None, *, progress: bool = False, **overrides) -> dict:
@@ -480,11 +490,7 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     bundle = _bundle(model, run.trust_pickle)
     reader = _cache_or_images(bundle, data, run, progress)
     test = labeled(reader)
-    unknown = sorted(set(test.classes) - set(bundle.classes))
-    if unknown:
-        raise InvalidValue(
-            f"classes the model was not trained on: {', '.join(unknown[:10])} (it knows {', '.join(bundle.classes)})"
-        )
+    _known_classes(bundle, set(test.classes))
     index = {c: i for i, c in enumerate(bundle.classes)}
     y = np.array([index[test.classes[i]] for i in test.y], dtype=np.int64)
     seen, unchecked = _training_images(bundle, reader, test)

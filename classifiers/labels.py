@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from embedder.cache.hdf5 import CacheReader
-from embedder.inputs.sources import csv_rows
+from embedder.inputs.sources import checked_label, csv_rows
 from embedder.kernel.errors import IncompatibleSettings, InvalidValue, Note
 
 from .data import open_cache
@@ -56,7 +56,7 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
                 f"{csv_path} line {line}: {len(row)} field(s) where the header names {len(names)} "
                 f"(a path or label with a comma must be quoted)"
             )
-        path, label = row[at_path].strip(), row[at_label].strip()
+        path, label = row[at_path].strip(), checked_label(row[at_label], csv_path, line)
         if not path:
             raise InvalidValue(f"{csv_path} line {line}: no path")
         row_at = where.get(path, where.get(path_key(path)))

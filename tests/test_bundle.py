@@ -120,8 +120,10 @@ def test_evaluate_on_a_cache_and_on_images_gives_sklearn_metrics(trained, tmp_pa
     assert on_cache["metrics"] == on_images["metrics"]
     (held_out / "zebras").mkdir()
     write_tree(held_out, classes=("zebras",), per_class=1, start=90)
+    fresh = tmp_path / "fresh.h5"
     with pytest.raises(FeaturebankError, match="classes the model was not trained on: zebras"):
-        evaluate(str(root / "model.joblib"), str(held_out), **RUN)
+        evaluate(str(root / "model.joblib"), str(held_out), cache=str(fresh), **RUN)
+    assert not fresh.exists()  # refused before a single image was embedded
 
 
 def test_a_moved_weights_file_is_found_by_its_hash(tmp_path):

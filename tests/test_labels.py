@@ -43,7 +43,10 @@ def test_read_labels_takes_columns_in_any_order_with_others_ignored_and_normaliz
             'path,label\na/1.jpg,"ant\nb/3.jpg,bee\nb/4.jpg,bee\n',
             "line 2: not valid CSV (a quote opened there is never",
         ),
-        ('path,label\na/1.jpg,"ant\nbee"\n', "line 2: not valid here (a quote opened there is closed on line 3"),
+        (
+            'path,label\na/1.jpg,"ant\nbee"\n',
+            "line 2: the label holds a line break (a quote opened there and closed lines later?)",
+        ),
     ],
 )
 def test_read_labels_refuses_a_bad_file_in_one_line_naming_file_and_line(tmp_path, text, said):

@@ -214,19 +214,14 @@ def _confined(full: str, root: str, where: str, path: str) -> None:
 
 def csv_rows(csv_path: str):
     """``(line, cells)`` for each row of the CSV file at ``csv_path`` (``read_text``), the header first; ``line``:
-    where the row starts. Read strictly: a quote never closed would read the rest of the file as one field (the
-    labels after it silently gone), a field holding a line break is a quote closed lines later (no path or label
-    holds one): both are one line naming where the quote opened, as is any other malformed CSV."""
+    where the row starts (a quoted path may hold a line break). Read strictly: a quote never closed would read the
+    rest of the file as one field (the labels after it silently gone): one line naming where it opened, as is any
+    other malformed CSV."""
     reader = csv.reader(io.StringIO(read_text(csv_path), newline=""), strict=True)
     start = 1
     try:
         for cells in reader:
             line, start = start, reader.line_num + 1
-            if reader.line_num > line and any("\n" in c or "\r" in c for c in cells):
-                raise FileProblem(
-                    f"{csv_path} line {line}: not valid here (a quote opened there is closed on line "
-                    f"{reader.line_num}: a path or label holds no line break)"
-                )
             yield line, cells
     except csv.Error as exc:
         if "end of data" in str(exc):  # the rest of the file read as one field: say where it started
@@ -234,6 +229,17 @@ def csv_rows(csv_path: str):
                 f"{csv_path} line {start}: not valid CSV (a quote opened there is never closed)"
             ) from None
         raise FileProblem(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
+
+
+def checked_label(label: str, csv_path: str, line: int) -> str:
+    """A label read from a CSV, stripped; one with a line break is one line (no class name holds one: a quote closed
+    lines later, which read the rows between as part of it)."""
+    if "\n" in label or "\r" in label:
+        raise FileProblem(
+            f"{csv_path} line {line}: the label holds a line break (a quote opened there and closed lines later?): a "
+            f"class name is one line"
+        )
+    return label.strip()
 
 
 def list_manifest(csv_path: str, confine: bool = False) -> Listing:
@@ -280,7 +286,8 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
         if rel in seen:
             raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
         seen[rel] = line
-        listing.items.append(_stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip()))
+        label = checked_label(row.get("label") or "", csv_path, line)
+        listing.items.append(_stat_item(full, rel, label, (row.get("group") or "").strip()))
     return listing
 
 
