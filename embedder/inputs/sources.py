@@ -16,6 +16,7 @@ import os
 import stat
 import unicodedata
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from embedder.kernel.errors import FileProblem, InvalidValue, MissingFile, Note
@@ -212,7 +213,7 @@ def _confined(full: str, root: str, where: str, path: str) -> None:
         raise InvalidValue(f"{where}: {path} is outside the folder of the list ({root}), which --confine refuses")
 
 
-def csv_rows(csv_path: str):
+def csv_rows(csv_path: str) -> Iterator[tuple[int, list[str]]]:
     """``(line, cells)`` for each row of the CSV file at ``csv_path`` (``read_text``), the header first; ``line``:
     where the row starts (a quoted path may hold a line break). Read strictly: a quote never closed would read the
     rest of the file as one field (the labels after it silently gone): one line naming where it opened, as is any
