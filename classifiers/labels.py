@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from embedder.cache.hdf5 import CacheReader
-from embedder.inputs.sources import checked_label, csv_rows
+from embedder.inputs.sources import csv_rows
 from embedder.kernel.errors import IncompatibleSettings, InvalidValue, Note
 
 from .data import open_cache
@@ -56,13 +56,13 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
                 f"{csv_path} line {line}: {len(row)} field(s) where the header names {len(names)} "
                 f"(a path or label with a comma must be quoted)"
             )
-        path, label = row[at_path].strip(), checked_label(row[at_label], csv_path, line)
+        path, label = row[at_path].strip(), row[at_label].strip()
         if not path:
             raise InvalidValue(f"{csv_path} line {line}: no path")
         row_at = where.get(path, where.get(path_key(path)))
         if row_at is None:
             raise InvalidValue(
-                f"{csv_path} line {line}: {path} is not in the cache (name images as the cache does, "
+                f"{csv_path} line {line}: {path!r} is not in the cache (name images as the cache does, "
                 f"e.g. {paths[0] if paths else 'its paths'}; featurebank info lists where they came from)"
             )
         if row_at in seen:

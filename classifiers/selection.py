@@ -87,7 +87,7 @@ def read_paths(list_path: str, paths) -> np.ndarray:
     for line, path in named:
         row_at = where.get(path, where.get(path_key(path)))
         if row_at is None:
-            raise InvalidValue(f"{list_path} line {line}: {path} is not in the cache")
+            raise InvalidValue(f"{list_path} line {line}: {path!r} is not in the cache")
         mask[row_at] = True
     return mask
 

@@ -591,6 +591,10 @@ MANIFESTS = {
     "a quote never closed": ('path,label\na.jpg,ants\n"b.jpg,bees\nc.jpg,ants\n', "line 3: not valid CSV (a quote"),
     "a last line cut short": ("path,label\na.jpg,ants\nb.jpg", "line 3: 1 field(s) where the header names 2"),
     "a quote never closed, path only": ('path\na.jpg\n"b.jpg\nc.jpg\n', "line 3: not valid CSV (a quote"),
+    "a group's quote closed lines later": (
+        'path,label,group\na.jpg,ants,"g1\nb.jpg,ants,g2\nc.jpg,bees,g3"\nd.jpg,bees,g4\n',
+        "line 2: its group holds a line break (a quote opened there and closed on line 4?)",
+    ),
 }
 
 

@@ -365,6 +365,10 @@ def test_an_engine_folder_edited_by_hand_is_computed_again(tree, tmp_path, monke
     second = embedder.extract(str(root), str(tmp_path / "b.h5"), **FAST)
     assert second.settings == first.settings
     rows_close(embedder.load(second.cache)[0], embedder.load(first.cache)[0])
+    side.write_text("[1, 2]")  # the whole sidecar of another shape: the engine rebuilt
+    third = embedder.extract(str(root), str(tmp_path / "c.h5"), **FAST)
+    assert third.settings == first.settings and isinstance(json.loads(side.read_text()), dict)
+    rows_close(embedder.load(third.cache)[0], embedder.load(first.cache)[0])
 
 
 @pytest.mark.integration  # 6 s: int8 calibrations from the command line

@@ -34,7 +34,7 @@ def test_read_labels_takes_columns_in_any_order_with_others_ignored_and_normaliz
     [
         ("a/1.jpg,ant\n", "line 1: the first line must name the columns 'path' and 'label'"),
         ("path\na/1.jpg\n", "line 1: the first line must name the columns 'path' and 'label'"),
-        ("path,label\na/1.jpg,ant\nc/9.jpg,bee\n", "line 3: c/9.jpg is not in the cache"),
+        ("path,label\na/1.jpg,ant\nc/9.jpg,bee\n", "line 3: 'c/9.jpg' is not in the cache"),
         ("path,label\na/1.jpg,ant\nb/3.jpg,bee\na/1.jpg,ant\n", "line 4: a/1.jpg is listed twice (first on line 2)"),
         ("path,label\na/1.jpg,ant,extra\n", "line 2: 3 field(s) where the header names 2"),
         ("path,label\n,ant\n", "line 2: no path"),
@@ -45,7 +45,7 @@ def test_read_labels_takes_columns_in_any_order_with_others_ignored_and_normaliz
         ),
         (
             'path,label\na/1.jpg,"ant\nbee"\n',
-            "line 2: the label holds a line break (a quote opened there and closed lines later?)",
+            "line 2: its label holds a line break (a quote opened there and closed on line 3?)",
         ),
     ],
 )

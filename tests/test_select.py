@@ -212,6 +212,13 @@ def test_exclude_is_honoured_from_a_manifest_and_a_list(tmp_path):
     torn.write_text(f'path,label\n{first[0]},"x\n{first[1]},\n{first[2]},\n')
     with pytest.raises(FileProblem, match=r"torn\.csv line 2: not valid CSV \(a quote opened there is never closed\)"):
         select(cache, budget=4, exclude=[str(torn)])
+    late = tmp_path / "late.csv"  # closed two lines later: the path between would be part of a label
+    late.write_text(f'path,label\n{first[0]},"x\n{first[1]},\n{first[2]},"\n{first[3]},\n')
+    with pytest.raises(
+        FileProblem,
+        match=r"late\.csv line 2: its label holds a line break \(a quote opened there and closed on line 4\?\)",
+    ):
+        select(cache, budget=4, exclude=[str(late)])
 
 
 def test_a_later_round_says_to_keep_every_label_in_the_labels_csv_and_counts_the_labelled_exclusions(tmp_path):
@@ -358,7 +365,7 @@ def test_a_budget_beyond_the_pool_after_exclude_is_an_error(tmp_path):
     unknown = tmp_path / "other.txt"
     unknown.write_text("elsewhere/img.jpg\n")
     result = run(cache, "--budget", 1, "--exclude", unknown, "-o", tmp_path / "x.csv")
-    assert result.exit_code == 1 and "other.txt line 1: elsewhere/img.jpg is not in the cache" in result.output
+    assert result.exit_code == 1 and "other.txt line 1: 'elsewhere/img.jpg' is not in the cache" in result.output
 
 
 def test_choose_on_arrays_never_picks_outside_the_pool():

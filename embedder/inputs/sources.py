@@ -215,14 +215,26 @@ def _confined(full: str, root: str, where: str, path: str) -> None:
 
 def csv_rows(csv_path: str) -> Iterator[tuple[int, list[str]]]:
     """``(line, cells)`` for each row of the CSV file at ``csv_path`` (``read_text``), the header first; ``line``:
-    where the row starts (a quoted path may hold a line break). Read strictly: a quote never closed would read the
-    rest of the file as one field (the labels after it silently gone): one line naming where it opened, as is any
-    other malformed CSV."""
+    where the row starts. Read strictly: a quote never closed would read the rest of the file as one field (the
+    labels after it silently gone), and a quote closed lines later would read the rows between as one field: both
+    are one line naming where the quote opened, as is any other malformed CSV. Only a ``path`` cell may hold a line
+    break (a file name may); a label, a group or any other cell that does is such a quote."""
     reader = csv.reader(io.StringIO(read_text(csv_path), newline=""), strict=True)
     start = 1
+    names: list[str] | None = None
     try:
         for cells in reader:
             line, start = start, reader.line_num + 1
+            if names is None:
+                names = [c.strip().lower() for c in cells]
+            elif reader.line_num > line:  # the row ran over more than one line
+                for i, cell in enumerate(cells):
+                    column = names[i] if i < len(names) else f"field {i + 1}"
+                    if column != "path" and ("\n" in cell or "\r" in cell):
+                        raise FileProblem(
+                            f"{csv_path} line {line}: its {column} holds a line break (a quote opened there and "
+                            f"closed on line {reader.line_num}?): only a path may hold one"
+                        )
             yield line, cells
     except csv.Error as exc:
         if "end of data" in str(exc):  # the rest of the file read as one field: say where it started
@@ -230,17 +242,6 @@ def csv_rows(csv_path: str) -> Iterator[tuple[int, list[str]]]:
                 f"{csv_path} line {start}: not valid CSV (a quote opened there is never closed)"
             ) from None
         raise FileProblem(f"{csv_path} line {reader.line_num}: not valid CSV ({exc})") from None
-
-
-def checked_label(label: str, csv_path: str, line: int) -> str:
-    """A label read from a CSV, stripped; one with a line break is one line (no class name holds one: a quote closed
-    lines later, which read the rows between as part of it)."""
-    if "\n" in label or "\r" in label:
-        raise FileProblem(
-            f"{csv_path} line {line}: the label holds a line break (a quote opened there and closed lines later?): a "
-            f"class name is one line"
-        )
-    return label.strip()
 
 
 def list_manifest(csv_path: str, confine: bool = False) -> Listing:
@@ -287,8 +288,7 @@ def list_manifest(csv_path: str, confine: bool = False) -> Listing:
         if rel in seen:
             raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[rel]})")
         seen[rel] = line
-        label = checked_label(row.get("label") or "", csv_path, line)
-        listing.items.append(_stat_item(full, rel, label, (row.get("group") or "").strip()))
+        listing.items.append(_stat_item(full, rel, (row.get("label") or "").strip(), (row.get("group") or "").strip()))
     return listing
 
 

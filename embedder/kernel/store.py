@@ -107,12 +107,14 @@ class EngineStore:
                 pass
 
     def sidecar(self, name: str) -> dict | None:
-        """A model's record as it is on disk (not verified against the model file)."""
+        """A model's record as it is on disk (not verified against the model file); None when it is missing,
+        damaged or not a JSON object (edited by hand)."""
         try:
             with open(os.path.join(self.folder, f"{name}.json")) as fh:
-                return json.load(fh)
+                meta = json.load(fh)
         except (OSError, ValueError):
             return None
+        return meta if isinstance(meta, dict) else None
 
     def model_path(self, name: str) -> str:
         return os.path.join(self.folder, f"{name}.onnx")
