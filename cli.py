@@ -521,7 +521,7 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("args", nargs=-1, required=True, metavar="[MODEL] IMAGES...")
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL] IMAGES...", type=NonEmptyPath())
 @click.option(
     "--head",
     "--imagenet",

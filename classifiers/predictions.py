@@ -145,13 +145,18 @@ def predict_notes(result: dict) -> list[str]:
     scored = "probabilities" if result["score"] == "probability" else "decision scores"
     lines = [
         f"scores: {result['model']}'s {'calibrated ' if result.get('calibrated') else 'uncalibrated '}{scored}"
-        + ("" if result.get("calibrated") else " (a model trained with --no-calibrate, or before calibration)")
+        + (
+            ""
+            if result.get("calibrated")
+            else " (a model trained with --no-calibrate, or by a featurebank version before calibration)"
+        )
     ]
     fit_on = [r["path"] for r in rows if r.get("fit_on")]
     if fit_on:
         lines.append(
             f"note: {len(fit_on)} of the {len(rows)} image(s) are images the model was fit on (e.g. {fit_on[0]}): "
-            f"their scores are in-sample, higher than a new image of theirs would get (--json marks them fit_on)"
+            f"their scores are in-sample, surer than a new image of the same class would get (--json marks them "
+            f"fit_on)"
         )
     return lines
 

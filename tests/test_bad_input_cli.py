@@ -740,6 +740,9 @@ def test_a_fifo_or_a_folder_given_as_a_cache_is_one_line_not_a_wait(tmp_path):
     for command in ("info", "cv"):
         result = CliRunner().invoke(cli.main, [command, str(tmp_path / "m.fbmodel")])
         one_line_error(result, "is a model file (a zip, as train writes), not a cache: give the .h5 cache")
+    with zipfile.ZipFile(tmp_path / "other.h5", "w") as z:  # a zip that is no model file: h5py's own reason
+        z.writestr("notes.txt", "hello")
+    one_line_error(CliRunner().invoke(cli.main, ["info", str(tmp_path / "other.h5")]), "as an HDF5 cache: ")
 
 
 def test_select_keeps_a_manifest_that_was_filled_in_and_refuses_a_device(tmp_path):

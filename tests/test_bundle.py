@@ -283,3 +283,12 @@ def test_predict_says_its_scores_are_calibrated_and_marks_the_images_the_model_w
     said = result.stderr.splitlines()
     assert said[0] == "scores: logreg:C=1.0's calibrated probabilities"
     assert said[1].startswith(f"note: 1 of the 2 image(s) are images the model was fit on (e.g. {seen}): their")
+    raw = train(str(root / "train.h5"), classifier="ridge", calibrate=False, out=str(tmp_path / "raw.fbmodel"))
+    assert raw.calibration is None or raw.calibration.get("method", "none") == "none"
+    result = CliRunner().invoke(cli.main, [*args[:1], str(tmp_path / "raw.fbmodel"), *args[2:]])
+    assert result.exit_code == 0 and result.stderr.splitlines()[0] == (
+        "scores: ridge's uncalibrated probabilities (a model trained with --no-calibrate, or by a featurebank version "
+        "before calibration)"
+    )
+    empty = CliRunner().invoke(cli.main, ["predict", str(root / "model.joblib"), ""])
+    assert empty.exit_code == 2 and "an empty path: give a file or folder name" in empty.output

@@ -174,6 +174,15 @@ def test_no_table_is_written_over_an_image(model, tmp_path, runner):
         line = one_error_line(runner.invoke(cli.main, args))
         assert line.endswith("is an image: it would be overwritten; give another path"), args
     assert {p: digest(p) for p in images} == before
+    from PIL import Image
+
+    from embedder.kernel.destination import is_image_file
+
+    for fmt in ("BMP", "GIF", "TIFF", "WEBP", "JPEG", "PNG"):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"x.{fmt.lower()}", fmt)
+        assert is_image_file(str(tmp_path / f"x.{fmt.lower()}")), fmt
+    (tmp_path / "bmw.csv").write_text("BMW,model\nX5,2020\n")  # text that starts as a BMP's first bytes
+    assert not is_image_file(str(tmp_path / "bmw.csv"))
 
 
 # -- 8. bad classifier parameters ---------------------------------------------------------------------------------

@@ -36,13 +36,13 @@ import fcntl
 import io
 import json
 import os
-import stat
 import re
 import shutil
+import stat
 import threading
 import time
-from dataclasses import dataclass, replace
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import IO
 
 import h5py
@@ -50,12 +50,15 @@ import numpy as np
 
 from embedder.inputs.sources import same_files
 from embedder.kernel.destination import writable_folder
-from embedder.kernel.errors import FeaturebankError, first_line
+from embedder.kernel.errors import (
+    FeaturebankError,
+    FileProblem,
+    IncompatibleSettings,
+    InvalidValue,
+    MissingFile,
+    first_line,
+)
 from embedder.kernel.settings import ExtractionSettings, settings_key
-from embedder.kernel.destination import writable_folder
-from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue, MissingFile, first_line
-from embedder.kernel.settings import ExtractionSettings, settings_key
-from embedder.inputs.sources import same_files
 
 FORMAT = "featurebank-cache"
 FORMAT_VERSION = 1
@@ -120,7 +123,7 @@ def _open(path: str, mode: str = "r") -> h5py.File:
     try:
         return h5py.File(path, mode, locking="best-effort")
     except OSError as exc:
-        if _starts_with(path, b"PK\x03\x04"):  # a zip: what train writes
+        if _is_model_file(path):
             raise FileProblem(
                 f"{path} is a model file (a zip, as train writes), not a cache: give the .h5 cache; a model file's "
                 f"settings and classes are in its featurebank-model.json (unzip -p {path} featurebank-model.json)"
@@ -128,11 +131,14 @@ def _open(path: str, mode: str = "r") -> h5py.File:
         raise FileProblem(f"cannot open {path} as an HDF5 cache: {first_line(exc)}") from None
 
 
-def _starts_with(path: str, magic: bytes) -> bool:
+def _is_model_file(path: str) -> bool:
+    """A zip holding ``featurebank-model.json``: what ``train`` writes (``classifiers.modelfile``)."""
+    import zipfile
+
     try:
-        with open(path, "rb") as fh:
-            return fh.read(len(magic)) == magic
-    except OSError:
+        with zipfile.ZipFile(path) as archive:
+            return "featurebank-model.json" in archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
         return False
 
 

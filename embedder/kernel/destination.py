@@ -65,7 +65,8 @@ def file_destination(path: str, inputs=(), what: str = "the output") -> str:
     return path
 
 
-IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)  # the sizes of a BMP's second header: "BM" alone starts words too
 
 
 def is_image_file(path: str) -> bool:
@@ -74,9 +75,11 @@ def is_image_file(path: str) -> bool:
         if not os.path.isfile(path):
             return False
         with open(path, "rb") as fh:
-            head = fh.read(12)
+            head = fh.read(18)
     except OSError:
         return False
+    if head[:2] == b"BM" and len(head) == 18:
+        return int.from_bytes(head[14:18], "little") in BMP_HEADERS
     return head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
