@@ -20,9 +20,10 @@ alone and scored on the inner held-out labelled rows; against that, ``spread`` s
 held-out rows get when only the inner training rows are seeds (they are unlabeled nodes of the graph, as the
 unlabeled rows are: the pseudo-labels are worth fitting on where they are right more often than the classifier
 alone), and ``self-train`` scores the classifier self-trained from the inner training rows (never fit on the
-held-out rows). The unlabeled rows are used when their accuracy there is at least as high (a tie uses them: on
-flowers and hymenoptera, at 2 to 40 labels per class, the 12 draws of 100 that tied gained 0 to 16 points on
-held-out images with them, 6.5 on average, and lost none; ``benchmarks/RESULTS.md``); worse, they are left out. Where no inner
+held-out rows). The unlabeled rows are used when their accuracy there is at least as high; worse, they are left
+out. A tie uses them: on flowers and hymenoptera, at 2 to 40 labels per class, the 12 draws of 100 that tied gained
+0 to 16 points on ``val/`` with them, 6.5 on average, and lost none (``benchmarks/RESULTS.md``; the rule was chosen
+on those very draws, 12 of them: a small sample, not a held-out check). Where no inner
 fold can be made (one
 labelled image in a class) nothing can be checked: they are used, and the decision says so. Nothing outside the
 rows given to ``fit`` (a cross-validation's held-out fold, a test set) takes part in any of it.
