@@ -398,3 +398,13 @@ def test_an_empty_output_path_is_refused_not_reported_saved(model, tmp_path, run
         assert result.exit_code == 2 and "an empty path: give a file or folder name" in result.output, args
         assert "saved" not in result.output and "Traceback" not in result.output
     assert sorted(os.listdir(model)) == before
+
+
+def test_outputs_go_into_folders_not_there_yet(model, tmp_path, runner):
+    """An output's folder is checked before the work and made when the file is written."""
+    write_tree(tmp_path / "images", per_class=1)
+    out = tmp_path / "a" / "b"
+    assert runner.invoke(cli.main, ["manifest", str(tmp_path / "images"), "-o", str(out / "m.csv")]).exit_code == 0
+    assert (out / "m.csv").read_text().startswith("path,label\n")
+    done = runner.invoke(cli.main, ["train", str(model / "c.h5"), "-c", "lda", "-o", str(out / "c" / "m.fbmodel")])
+    assert done.exit_code == 0 and (out / "c" / "m.fbmodel").is_file()
