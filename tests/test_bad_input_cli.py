@@ -5,11 +5,13 @@ never a traceback, a hang or a silent loss."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import tempfile
@@ -822,6 +824,18 @@ def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_the_for
     )
     assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "knn"
     assert not (run / "report.html").exists() and len(list((run / "predictions").iterdir())) == 1
+    monkeypatch.undo()
+
+    # a full disk while the page is written (its thumbnails): the report is in place, and the line says so
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "write_html", full)
+    with pytest.raises(
+        FeaturebankError, match=re.escape(f"the report in {run} was written but not its page (No space")
+    ):
+        writer.write_report(third, str(run))
+    assert json.loads((run / "report.json").read_text())["best"]["classifier"] == "knn"
     monkeypatch.undo()
     # a folder that holds no cv run keeps what it holds
     other = tmp_path / "project"

@@ -531,6 +531,11 @@ def write_report(report: CVReport, out_dir: str, suspicious: int = SUSPICIOUS, d
                 f"the report was moved into {out_dir} in part ({exc.strerror or exc}); the rest of it is in {stage}: "
                 f"run the same command again"
             ) from None
+        if placing:  # only the page was left to write (its thumbnails: a full disk, most often)
+            raise FileProblem(
+                f"the report in {out_dir} was written but not its page ({exc.strerror or exc}): once that is "
+                f"remedied, featurebank report {out_dir} renders it"
+            ) from None
         raise
     finally:
         if not placing or placing[-1] == "done":
