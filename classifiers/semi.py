@@ -249,7 +249,8 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
             used,
             f"{'used' if used else 'left out'}: on inner folds of the {len(labelled)} labelled rows, the classifier "
             f"alone right {inner['right_without']} times of {inner['rows']}, {joined} {inner['right_with']} times "
-            f"(the held-out predictions that decided: not an estimate of the model)",
+            + ("(a tie uses them; " if inner["right_with"] == inner["right_without"] else "(")
+            + "the held-out predictions that decided: not an estimate of the model)",
             inner,
         )
 

@@ -108,6 +108,9 @@ def test_a_tie_on_the_inner_folds_uses_the_unlabeled_rows():
     model = SemiSupervised(make_classifier("logreg:C=1.0")).fit(X, partial)
     assert model.inner_["right_with"] == model.inner_["right_without"] == model.inner_["rows"]
     assert model.used_ and model.pseudo_ == len(y) - 12 and model.decision_.startswith("used: on inner folds")
+    assert model.decision_.endswith(
+        "times (a tie uses them; the held-out predictions that decided: not an estimate of the model)"
+    )
 
 
 def one_per_class_cache(tmp_path, counts=(6, 6, 6)):
