@@ -82,7 +82,7 @@ class CVOptions:
     unlabeled: bool = option(
         False,
         "Score each classifier again with the cache's unlabeled rows joining every training fold (pseudo-labels, "
-        "used in a fold only where inner folds of its labelled rows show that they help), side by side, on the "
+        "used in a fold unless inner folds of its labelled rows show that they hurt), side by side, on the "
         "same labelled held-out rows.",
     )
     # spread: the better of the two in benchmarks/semi_supervised.py (flowers; hymenoptera to check)
@@ -133,8 +133,8 @@ class TrainOptions:
     )
     unlabeled: bool = option(
         False,
-        "The cache's unlabeled rows join with pseudo-labels where inner folds of the labelled rows show that they "
-        "help (the model file says what was decided).",
+        "The cache's unlabeled rows join with pseudo-labels unless inner folds of the labelled rows show that they "
+        "hurt (a tie uses them; the model file says what was decided).",
     )
     unlabeled_mode: str = same_as(CVOptions, "unlabeled_mode")
     inner_folds: int = same_as(CVOptions, "inner_folds", cli=False)
