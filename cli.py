@@ -647,12 +647,6 @@ def export(model, as_json, **options):
     from workflows.deploy.entry import export as run_export
     from workflows.deploy.entry import export_text
 
-    if options.get("precision") == "int8":  # the slow part, said before it starts (nothing else prints until the end)
-        click.echo(
-            "export: int8: calibrating the backbone on the images and comparing int8 with fp32 on them (a minute or "
-            "more on a CPU)",
-            err=True,
-        )
     result = run_export(model, made(ExportOptions, options))
     emit(result.to_dict(), as_json, export_text)
 

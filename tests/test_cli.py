@@ -469,21 +469,3 @@ def test_a_finetune_checkpoint_names_its_backbone_and_is_not_taken_for_a_model_f
         result = runner.invoke(cli.main, command)
         assert result.exit_code == 1 and result.stderr.startswith(said), result.output
         assert f"featurebank predict --head -w {best} IMAGES" in result.stderr
-
-
-def test_export_in_int8_says_the_slow_part_before_it_starts(monkeypatch, tmp_path):
-    import workflows.deploy.entry as entry
-
-    class Done:
-        def to_dict(self):
-            return {}
-
-    monkeypatch.setattr(entry, "export", lambda model, options: Done())
-    monkeypatch.setattr(entry, "export_text", lambda d: ["written"])
-    model = tmp_path / "m.fbmodel"
-    model.write_bytes(b"")
-    for precision, said in (("int8", True), ("fp32", False)):
-        args = ["export", str(model), "-o", str(tmp_path / "m.onnx"), "--precision", precision]
-        result = CliRunner().invoke(cli.main, args)
-        assert result.exit_code == 0 and result.stdout == "written\n", result.output
-        assert result.stderr.startswith("export: int8: calibrating the backbone on the images") is said

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,7 +20,7 @@ from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.inputs.sources import Item, Listing, list_inputs
 from embedder.job import calibration_batches, int8_settings
 from embedder.kernel.destination import file_destination
-from embedder.kernel.errors import InvalidValue, MissingFile
+from embedder.kernel.errors import InvalidValue, MissingFile, Note
 from embedder.kernel.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.resolve import Request, resolve
@@ -94,6 +95,12 @@ def export(
         )
 
     q_settings, calibration_fn = _int8_plan(settings, calibration, int8, max_pixels, threads)
+    warnings.warn(  # the slow part, said once the inputs are checked (nothing else is said until the end)
+        Note(
+            "int8: calibrating the backbone on the images and comparing int8 with fp32 on them (a minute or more on a CPU)"
+        ),
+        stacklevel=2,
+    )
     if q_settings.int8.scheme == "auto":  # int8 asked for a file: this CPU's scheme, kept (compare() says the cost)
         q_settings = prepare_int8(q_settings, store, build_model, calibration_fn, force=True).settings
     q_engine = open_engine(
