@@ -595,10 +595,17 @@ def top_k(values: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str
 
 
 def _rows(
-    reader: CacheReader, items, values: np.ndarray, classes: list[str], k: int, familiar: np.ndarray | None = None
+    reader: CacheReader,
+    items,
+    values: np.ndarray,
+    classes: list[str],
+    k: int,
+    familiar: np.ndarray | None = None,
+    fit_on: np.ndarray | None = None,
 ) -> list[dict]:
     """One output row per input image, in input order; an image without a row in the cache gets its reason.
-    ``familiar``: each cache row's familiarity (``classifiers.familiarity``)."""
+    ``familiar``: each cache row's familiarity (``classifiers.familiarity``); ``fit_on``: whether each cache row is
+    an image the model was fit on (marked ``fit_on``: its scores are in-sample)."""
     index = {p: i for i, p in enumerate(reader.paths)}
     reasons = dict(zip(reader.failures["path"], reader.failures["reason"]))
     best = top_k(values, classes, k)
@@ -615,6 +622,8 @@ def _rows(
             row["top"] = [{"class": c, "score": round(v, 6)} for c, v in best[i]]
             if familiar is not None:
                 row["familiarity"] = float(familiar[i])
+            if fit_on is not None and fit_on[i]:
+                row["fit_on"] = True
         out.append(row)
     return out
 
@@ -643,13 +652,8 @@ def predict(
     values, kind = bundle.scores(X) if X is not None else (np.empty((0, len(bundle.classes))), "")
     fam = bundle.familiarity
     familiar, far = _asked_familiarity(fam, X, reader, items) if X is not None and fam is not None else (None, None)
-    rows = _rows(reader, items, values, bundle.classes, top, familiar)
-    if bundle.seen is not None and len(reader):  # images the model was fit on: their scores are in-sample
-        index = {p: i for i, p in enumerate(reader.paths)}
-        fit_on = _fit_on_rows(bundle.seen, reader, np.arange(len(reader)))[0]
-        for row in rows:
-            if "predicted" in row and fit_on[index[row["path"]]]:
-                row["fit_on"] = True
+    fit_on = _fit_on_rows(bundle.seen, reader, np.arange(len(reader)))[0] if bundle.seen is not None else None
+    rows = _rows(reader, items, values, bundle.classes, top, familiar, fit_on)
     return _written(
         {
             "model": bundle.classifier,
