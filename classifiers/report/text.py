@@ -168,11 +168,9 @@ def train_text(d: dict) -> list[str]:
     if cal and cal["method"] in ("temperature", "margin-temperature"):
         oof = cal["out_of_fold"]
         q = cal.get("margin_power") or 0.0
+        bound = " (the largest power allowed)" if abs(q) >= MARGIN_POWER - 1e-9 else ""
         how = f"temperature {cal['temperature']:.3g}" + (
-            f" at the median margin, times (margin / median)^{-q:.2g}"
-            + (" (the largest power allowed)" if abs(q) >= MARGIN_POWER - 1e-9 else "")
-            if q
-            else ""
+            f" at the median margin, times (margin / median)^{-q:.2g}{bound}" if q else ""
         )
         lines.append(
             f"  probabilities: calibrated, {how} fit on {cal['folds']} inner folds "
