@@ -142,7 +142,7 @@ def summary(
         out["note"] = (
             f"{len(low)} of {len(p)} images are unlike the images the model was trained on (familiarity under "
             f"{below:g}: fewer than {below:.0%} of its {n} training images kept are as far from their "
-            f"{_nth(familiarity.k)} nearest): their predicted class is a guess whatever its probability"
+            f"{ordinal(familiarity.k)} nearest): their predicted class is a guess whatever its probability"
             + (f" ({', '.join(shown)}{', …' if len(low) > len(shown) else ''})" if shown else "")
         )
     return out
@@ -161,5 +161,6 @@ def floor_note(reference: np.ndarray | None, below: float = UNFAMILIAR) -> str |
     )
 
 
-def _nth(k: int) -> str:
+def ordinal(k: int) -> str:
+    """1st, 2nd, 3rd, 4th…: the neighbour a familiarity is measured to, in a sentence."""
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")

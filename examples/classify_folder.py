@@ -1,6 +1,9 @@
 """Classify a folder of images with a `featurebank export` file. Needs onnxruntime, numpy and Pillow only.
 
-python classify_folder.py model.onnx photos/        # prints path, class, score per image
+python classify_folder.py model.onnx photos/        # prints path, class, score (and familiarity) per image
+
+A file from a model that keeps training images has a third output, `familiarity`: under 0.01, the image is unlike
+the images the model was trained on and its class is a guess whatever its score.
 """
 
 import json
@@ -17,6 +20,7 @@ if hasattr(signal, "SIGPIPE"):  # `| head`: stop quietly when the reader has had
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 prep, classes = meta["preprocessing"], meta["classes"]
+OUTPUTS = [o.name for o in session.get_outputs() if o.name in ("scores", "label", "familiarity")]
 FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 IMAGES = {
     ".jpg",
@@ -66,6 +70,6 @@ def pixels(path):  # decode, shorter side to `resize`, center crop (zero padding
 files = sorted(p for p in pathlib.Path(sys.argv[2]).rglob("*") if p.suffix.lower() in IMAGES)
 for start in range(0, len(files), 32):
     batch = files[start : start + 32]
-    scores, labels = session.run(["scores", "label"], {"images": np.stack([pixels(p) for p in batch])})
-    for path, s, k in zip(batch, scores, labels):
-        print(f"{path},{classes[k]},{s[k]:.4f}")
+    outputs = session.run(OUTPUTS, {"images": np.stack([pixels(p) for p in batch])})
+    for path, s, k, *familiarity in zip(batch, *outputs):
+        print(f"{path},{classes[k]},{s[k]:.4f}" + "".join(f",{f:.4g}" for f in familiarity))

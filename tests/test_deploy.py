@@ -48,16 +48,15 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def run_onnx(path, files: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The exported file on images decoded as featurebank decodes them: scores, label indices, metadata."""
+def run_onnx(path, files: list[str], outputs=("scores", "label")) -> tuple:
+    """The exported file on images decoded as featurebank decodes them: ``outputs``, then the metadata."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     p = meta["preprocessing"]
     prep = Preprocessing(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"], p["draft"])
     dataset = ImageDataset(files, prep)
     x = np.stack([dataset[i][1] for i in range(len(files))]).transpose(0, 2, 3, 1)
-    scores, labels = session.run(["scores", "label"], {"images": np.ascontiguousarray(x)})
-    return scores, labels, meta
+    return (*session.run(list(outputs), {"images": np.ascontiguousarray(x)}), meta)
 
 
 def predicted(result: dict, classes: list[str]) -> tuple[list[str], np.ndarray]:
@@ -91,9 +90,21 @@ def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, out
     assert written.bytes == os.path.getsize(tmp_path / "model.onnx") > 1_000_000  # resnet18's weights are inside
     result = predict(str(tmp_path / "model.joblib"), [str(images)], top=4, **RUN)
     names, expected = predicted(result, bundle.classes)
-    scores, labels, meta = run_onnx(tmp_path / "model.onnx", files_of(result, images))
+    scores, labels, familiarity, meta = run_onnx(
+        tmp_path / "model.onnx", files_of(result, images), ("scores", "label", "familiarity")
+    )
     assert [bundle.classes[i] for i in labels] == names
     np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=1e-4)
+    # predict's familiarity column, to its 4 significant digits: the kept rows place each image alike
+    np.testing.assert_allclose(familiarity, [r["familiarity"] for r in result["rows"]], rtol=1e-3)
+    assert len(set(familiarity.round(6))) > 5  # the images are told apart, not all one value
+    assert meta["familiarity"] == {
+        "reference_rows": 24,
+        "k": 5,
+        "below": 0.01,
+        "can_flag": False,
+        "measured_on": "24 of the model's training images (each against the others)",
+    }
     assert meta["classes"] == ["cats", "dogs", "owls", "yaks"] and meta["output"]["scores"] == output
     assert meta["preprocessing"]["resize"] == 72 and meta["preprocessing"]["crop"] == 64
     assert meta["input"]["layout"] == "NHWC" and meta["input"]["shape"] == ["batch", 64, 64, 3]
@@ -101,8 +112,9 @@ def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, out
     model = onnx.load(str(tmp_path / "model.onnx"))
     assert [i.name for i in model.graph.input] == ["images"]
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [o.name for o in model.graph.output] == ["scores", "label", "familiarity"]
     if how == "folded":  # the whole head is one matrix product: no scikit-learn operator, one MatMul after the backbone
-        head = [n.op_type for n in model.graph.node if not n.name.startswith("backbone/")]
+        head = [n.op_type for n in model.graph.node if n.name.startswith("head/")]
         assert head.count("MatMul") == 1 and not any(n.domain == "ai.onnx.ml" for n in model.graph.node)
 
 
@@ -186,6 +198,11 @@ def test_cli_export_prints_size_and_path(trained, tmp_path):
     size = os.path.getsize(tmp_path / "lda.onnx") / 1e6
     assert lines[0] == f"fp32, {size:.1f} MB, 4 classes, probabilities (head folded into one matrix product)"
     assert "uint8 N x 64 x 64 x 3 RGB after resizing the shorter side to 72 (bilinear)" in lines[1]
+    assert lines[2] == (
+        "  familiarity: output `familiarity`, each image placed among 24 kept training images by its distance to the "
+        "5th nearest; under 0.01: unlike them, as predict flags (none can fall under 0.01 with so few kept: it still "
+        "ranks them)"
+    )
     assert lines[-1] == str(tmp_path / "lda.onnx")
 
 
@@ -222,11 +239,53 @@ def test_the_example_classifies_a_folder_without_torch(trained, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [line.split(",") for line in done.stdout.splitlines()]
     result = predict(bundle, [str(images)], top=4, **RUN)
-    expected = {str(images / r["path"]): (r["predicted"], r["score"]) for r in result["rows"]}
+    expected = {str(images / r["path"]): (r["predicted"], r["score"], r["familiarity"]) for r in result["rows"]}
     assert len(rows) == len(expected) == 24
-    for path, name, score in rows:
+    for path, name, score, familiarity in rows:
         assert name == expected[path][0]
         assert float(score) == pytest.approx(expected[path][1], abs=2e-4)  # printed to 4 decimals
+        assert float(familiarity) == pytest.approx(expected[path][2], rel=1e-3)  # 4 significant digits
+
+
+def test_the_deployment_page_shows_the_example_as_it_is():
+    """docs/deployment.md quotes the whole example: the copy a reader takes is the file the tests run."""
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    quoted = page.split("```python\n", 1)[1].split("```\n", 1)[0]
+    assert quoted == EXAMPLE.read_text()
+
+
+def test_a_model_without_kept_rows_exports_scores_and_label_only(trained, tmp_path):
+    """A model file written before it kept training rows (no familiarity): the file has the two outputs it had."""
+    root, _ = trained
+    bundle = train(str(root / "train.h5"), classifier="logreg", out=str(tmp_path / "model.joblib"))
+    bundle.reference = None
+    bundle.__dict__.pop("familiarity", None)  # the cached property, were it read
+    written = export(bundle, str(tmp_path / "model.onnx"))
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert [o.name for o in model.graph.output] == ["scores", "label"]
+    assert "familiarity" not in written.metadata and "familiarity" not in written.metadata["output"]
+    assert "familiarity" not in written.metadata["head_check"]
+
+
+def test_an_exported_familiarity_that_disagrees_is_refused():
+    """The check that guards the familiarity graph: values unlike featurebank's are never written."""
+    from classifiers.familiarity import Familiarity, reference_rows
+
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(200, 8)).astype(np.float32), np.arange(200) % 2
+    X[:3] *= -1  # a few rows unlike the rest: the graph must place them low, as featurebank does
+    fam = Familiarity(reference_rows(X[3:]))
+    head = Head(["a", "b"], make_classifier("logreg").fit(X, y), "logreg", X, familiarity=fam)
+    model, _ = head_model(head, 8, 17, 8)
+    checked = check_head(model, head, 8)["familiarity"]
+    assert checked == {"rows": 200, "rows_a_step_apart": 0, "reference_rows": 197}
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["familiarity"], {"features": X}
+    )[0]
+    np.testing.assert_allclose(got, fam.p_values(X), atol=1e-6)
+    head.familiarity = Familiarity(reference_rows(X[3:] + 1.0))  # featurebank's rows now differ from the file's
+    with pytest.raises(FeaturebankError, match=r"exported familiarity disagrees with featurebank's on \d+ of 200"):
+        check_head(model, head, 8)
 
 
 def _example_pixels(prep: dict):

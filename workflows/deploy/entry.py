@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from classifiers.bundle import Bundle, extract_options, load_bundle
+from classifiers.familiarity import ordinal
 from classifiers.zoo import describe, list_classifiers, make_classifier
 from embedder.backbones.registry import check_backbone, is_checkpoint, load_backbone
 from embedder.cache.hdf5 import CacheReader
@@ -94,7 +95,15 @@ def export_model(
         exported = write_onnx(
             settings,
             build_model,
-            Head(bundle.classes, bundle.pipeline, bundle.classifier, samples, bundle.calibration, bundle.scores),
+            Head(
+                bundle.classes,
+                bundle.pipeline,
+                bundle.classifier,
+                samples,
+                bundle.calibration,
+                bundle.scores,
+                bundle.familiarity,
+            ),
             out,
             store=EngineStore(options.engine_dir or engine_dir_for(cache)),
             precision=precision or ("int8" if settings.int8 else "fp32"),
@@ -136,6 +145,17 @@ def export_text(d: dict) -> list[str]:
         f"  input: uint8 N x {prep['crop']} x {prep['crop']} x 3 RGB after resizing the shorter side to "
         f"{prep['resize']} ({prep['interpolation']}) and a center crop",
     ]
+    fam = m.get("familiarity")
+    if fam:
+        lines.append(
+            f"  familiarity: output `familiarity`, each image placed among {fam['reference_rows']} kept training images "
+            f"by its distance to the {ordinal(fam['k'])} nearest; under {fam['below']:g}: unlike them, as predict flags"
+            + (
+                ""
+                if fam["can_flag"]
+                else f" (none can fall under {fam['below']:g} with so few kept: it still ranks them)"
+            )
+        )
     a = d["accuracy"]
     if a:
         of = (a.get("source") or "").split(":", 1)[-1]

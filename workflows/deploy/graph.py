@@ -9,11 +9,12 @@ import os
 import onnx
 from onnx import TensorProto, compose, helper
 
+from classifiers.familiarity import UNFAMILIAR
 from embedder import __version__
 from embedder.kernel.atomic import atomic_path
 from embedder.kernel.settings import ExtractionSettings
 
-from .head import INPUT, LABEL, SCORES, Graph, Head, used_opsets
+from .head import FAMILIARITY, INPUT, LABEL, SCORES, Graph, Head, used_opsets
 
 
 # -- the layout -------------------------------------------------------------------------------------------------
@@ -48,7 +49,8 @@ def assemble(backbone: onnx.ModelProto, layer: str, head_onnx: onnx.ModelProto, 
     model = compose.merge_models(
         _layout(crop, opset, ir), body, io_map=[("layout/nchw", f"backbone/{INPUT}")], outputs=[f"backbone/{layer}"]
     )
-    model = compose.merge_models(model, head_onnx, io_map=[(f"backbone/{layer}", "features")], outputs=[SCORES, LABEL])
+    outputs = [o.name for o in head_onnx.graph.output if o.name in (SCORES, LABEL, FAMILIARITY)]
+    model = compose.merge_models(model, head_onnx, io_map=[(f"backbone/{layer}", "features")], outputs=outputs)
     model.producer_name, model.producer_version = "featurebank", __version__
     return used_opsets(model)
 
@@ -74,11 +76,36 @@ def metadata(settings: ExtractionSettings, head: Head, precision: str, how: str,
             "shape": ["batch", prep.crop, prep.crop, 3],
             "channels": "RGB",
         },
-        "output": {SCORES: head.output, LABEL: "index into classes", "head": how},
+        "output": {
+            SCORES: head.output,
+            LABEL: "index into classes",
+            "head": how,
+            **({FAMILIARITY: FAMILIARITY_MEANING} if head.familiarity is not None else {}),
+        },
+        **({FAMILIARITY: _familiarity_meta(head.familiarity)} if head.familiarity is not None else {}),
         "precision": precision,
         "settings": settings.to_dict(),
         "featurebank_version": __version__,
         **extra,
+    }
+
+
+FAMILIARITY_MEANING = (
+    "per image, a p-value in (0, 1]: the share of the kept training images at least as far from their k-th nearest "
+    f"as the image is from its own; under {UNFAMILIAR:g}: unlike the training images, its class a guess whatever its "
+    "score"
+)
+
+
+def _familiarity_meta(fam) -> dict:
+    """What the ``familiarity`` output was measured against, as ``predict --json``'s summary says it."""
+    n = len(fam.reference)
+    return {
+        "reference_rows": n,
+        "k": int(fam.k),
+        "below": UNFAMILIAR,
+        "can_flag": 1.0 / (n + 1) < UNFAMILIAR,
+        "measured_on": f"{n} of the model's training images (each against the others)",
     }
 
 

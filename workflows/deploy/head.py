@@ -22,7 +22,7 @@ from onnx import TensorProto, compose, helper, numpy_helper
 
 from embedder.kernel.errors import InvalidValue, first_line
 
-INPUT, SCORES, LABEL = "images", "scores", "label"
+INPUT, SCORES, LABEL, FAMILIARITY = "images", "scores", "label", "familiarity"
 ML_OPSET = 3
 # what exports, by scikit-learn class: folded into one affine map, or converted by skl2onnx (and checked)
 FOLDED = (
@@ -58,6 +58,9 @@ class Head:
     # the model file's calibration (``input``: probability or decision, ``temperature``), None for none
     calibration: dict | None = None
     reference: Any = None  # rows → (scores, kind) as ``Bundle.scores``: what the exported head must give
+    # the model file's kept training rows (``classifiers.familiarity.Familiarity``: ``reference``, ``calibration``,
+    # ``k``, ``p_values``), None where it keeps none: the graph's ``familiarity`` output
+    familiarity: Any = None
 
     @property
     def raw_output(self) -> str:
@@ -291,8 +294,58 @@ def head_model(head: Head, width: int, opset: int, ir_version: int) -> tuple[onn
         coef = np.atleast_2d(clf.coef_)
         affine.then(coef.T, np.broadcast_to(clf.intercept_, (coef.shape[0],)))
         raw = _probabilities_or_scores(g, affine.write(g, x), k, head.raw_output == "probability")
-        return g.model(inputs, _finish(g, _calibrated(g, raw, head), k, raw), opset, ir_version), "folded"
-    return _converted(g, affine.write(g, x), clf, head, width, opset, ir_version), "skl2onnx"
+        model = g.model(inputs, _finish(g, _calibrated(g, raw, head), k, raw), opset, ir_version)
+        return _with_familiarity(model, head), "folded"
+    return _with_familiarity(_converted(g, affine.write(g, x), clf, head, width, opset, ir_version), head), "skl2onnx"
+
+
+def _with_familiarity(model: onnx.ModelProto, head: Head) -> onnx.ModelProto:
+    """``model`` with a third output, ``familiarity``, from the same ``features``: what
+    ``classifiers.familiarity.Familiarity.p_values`` gives (the cosine distance to the ``k``-th nearest kept training
+    row, placed among the kept rows' own distances: ``(1 + those at least as far) / (n + 1)``), so that a deployed
+    model flags images unlike its training images as ``predict`` does. The kept rows travel in float16, as in the
+    model file (2.5 MB at 1,000 rows of 1,280), and are made unit length again inside."""
+    fam = head.familiarity
+    if fam is None:
+        return model
+    g = Graph("familiarity/")
+    tiny = g.const(np.float32(np.finfo(np.float32).tiny), "tiny")
+
+    def unit(x: str, axis: int) -> str:
+        axes = g.const(np.array([axis], np.int64), "axes")
+        norm = g.op("Sqrt", [g.op("ReduceSum", [g.op("Mul", [x, x]), axes], keepdims=1)])
+        return g.op("Div", [x, g.op("Max", [norm, tiny])])
+
+    rows = g.op("Cast", [g.const(np.asarray(fam.reference, np.float16).T, "kept_rows")], to=TensorProto.FLOAT)
+    similarity = g.op("MatMul", [unit("features", 1), unit(rows, 0)])  # N x kept rows
+    k = int(fam.k)
+    top, index = g.name("top"), g.name("top_index")
+    g.nodes.append(
+        helper.make_node("TopK", [similarity, g.const(np.array([k], np.int64), "k")], [top, index], name=g.name("TopK"))
+    )
+    kth = g.op(
+        "Slice",
+        [
+            top,
+            g.const(np.array([k - 1], np.int64), "start"),
+            g.const(np.array([k], np.int64), "end"),
+            g.const(np.array([1], np.int64), "axis"),
+        ],
+    )
+    distance = g.op("Sub", [g.const(np.float32(1.0), "one"), kth])  # N x 1
+    calibration = np.asarray(fam.calibration, np.float32).reshape(1, -1)  # the kept rows' own, sorted
+    at_least = g.op("Not", [g.op("Less", [g.const(calibration, "kept_distances"), distance])])
+    count = g.op(
+        "ReduceSum",
+        [g.op("Cast", [at_least], to=TensorProto.FLOAT), g.const(np.array([1], np.int64), "axes")],
+        keepdims=0,
+    )
+    n = calibration.shape[1]
+    g.op("Div", [g.op("Add", [count, g.const(np.float32(1.0), "one")]), g.const(np.float32(n + 1), "n")], FAMILIARITY)
+    model.graph.node.extend(g.nodes)
+    model.graph.initializer.extend(g.inits)
+    model.graph.output.append(helper.make_tensor_value_info(FAMILIARITY, TensorProto.FLOAT, ["batch"]))
+    return model
 
 
 def _finish(g: Graph, scores: str, k: int, raw: str | None = None) -> list:
@@ -420,7 +473,28 @@ def check_head(model: onnx.ModelProto, head: Head, width: int) -> dict:
             f"the ONNX conversion of {kind} disagrees with scikit-learn on {bad} of {len(X)} "
             f"training rows (largest difference {diff.max():.3g})",
         )
-    return {"rows": int(len(X)), "max_difference": float(diff.max())}
+    checked: dict[str, Any] = {"rows": int(len(X)), "max_difference": float(diff.max())}
+    if head.familiarity is not None:
+        checked["familiarity"] = _check_familiarity(session, head, X)
+    return checked
+
+
+def _check_familiarity(session, head: Head, X: np.ndarray) -> dict:
+    """The graph's familiarity against ``Familiarity.p_values`` on the same rows: equal but where a row's distance
+    and a kept row's own tie within float32 rounding (one step of ``1 / (n + 1)`` apart); more than 1 % of rows
+    further apart, or any row more than a step, is a bug, refused like a head that disagrees."""
+    got = session.run([FAMILIARITY], {"features": X})[0].astype(np.float64)
+    ref = np.asarray(head.familiarity.p_values(X), dtype=np.float64)
+    step = 1.0 / (len(head.familiarity.calibration) + 1)
+    diff = np.abs(got - ref)
+    off = int((diff > 1e-6).sum())
+    if off > 0.01 * len(X) or diff.max(initial=0.0) > step + 1e-6:
+        raise NotExportable(
+            type(_transform_steps(head.pipeline)[1]).__name__,
+            f"the exported familiarity disagrees with featurebank's on {off} of {len(X)} training rows "
+            f"(largest difference {diff.max():.3g})",
+        )
+    return {"rows": int(len(X)), "rows_a_step_apart": off, "reference_rows": len(head.familiarity.calibration)}
 
 
 def used_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
