@@ -565,7 +565,7 @@ def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, label
 
     MODEL CACHE.h5 (a cache made with the model's settings): pseudo-labels for its unlabeled rows (all of
     them when it has no labels), path,label,confidence (and fit_on, familiarity), least confident first: a
-    manifest to review, then extract or --labels.
+    list to review, its paths as the cache names them; reviewed rows go into your --labels CSV (path,label).
 
     \b
     Example:
@@ -734,8 +734,9 @@ def select(cache, out, as_json, **options):
     """Pick the N unlabeled images of CACHE to label next, and write them as a manifest to fill in.
 
     With no labels yet, the picks cover the embedding space (one image per k-means cluster); once images of two
-    classes or more are labelled (in the cache, or --labels), they are what a probe on those labels is least
-    sure of, spread over the space. Never two images of one group, nor near-duplicates, in one batch. Fill in
+    classes or more are labelled (in the cache, or --labels), they cover each class as label spreading from
+    those labels draws it (under 5 labelled images per class), then what a probe on the labels is least sure
+    of, spread over the space. Never two images of one group, nor near-duplicates, in one batch. Fill in
     the label column, keep every label in one CSV, and give it with --labels.
 
     \b

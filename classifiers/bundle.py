@@ -46,7 +46,7 @@ from .modelfile import (
 )
 from .options import TOP, TrainOptions
 from .predictions import write_predictions
-from .semi import MODES, UNLABELED, SemiSupervised, nothing_unlabeled
+from .semi import MODES, UNLABELED, SemiSupervised, nothing_unlabeled, switch_of
 from .zoo import describe, make_classifier, search_grid
 
 
@@ -156,6 +156,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
         raise InvalidValue(f"{reader.path} has no groups: give a CSV manifest with a group column")
     if unlabeled and unlabeled_mode not in MODES:
         raise InvalidValue(f"unknown way to use unlabeled rows {unlabeled_mode!r}: choose {' or '.join(MODES)}")
+    switch = switch_of(o.unlabeled_rule, unlabeled)
     if unlabeled and not data.unlabeled:
         raise nothing_unlabeled(reader.path)
     pipeline = make_classifier(classifier, seed=seed)
@@ -174,7 +175,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
     if unlabeled:
         if grid:
             pipeline = GridSearchCV(pipeline, grid, cv=splitter, scoring=RANK_BY)
-        semi = SemiSupervised(pipeline, mode=unlabeled_mode, random_state=seed)
+        semi = SemiSupervised(pipeline, mode=unlabeled_mode, switch=switch, random_state=seed)
         free = data.free_features(layer)
         y_all = np.concatenate([data.y, np.full(len(free), UNLABELED, dtype=data.y.dtype)])
         g_all = None if group_ids is None else np.concatenate([group_ids, np.full(len(free), "", dtype=object)])
@@ -184,6 +185,7 @@ def train(cache, options: TrainOptions | None = None, **overrides) -> Bundle:
         semi_info = {
             "rows": int(len(y_all) - len(data.y)),
             "mode": unlabeled_mode,
+            "rule": o.unlabeled_rule,
             "used": bool(semi.used_),
             "decision": semi.decision_,
             "inner": semi.inner_,
@@ -489,6 +491,12 @@ def evaluate(model, data, options: RunOptions | None = None, *, progress: bool =
     run = with_overrides(RunOptions, options, overrides)
     bundle = _bundle(model, run.trust_pickle)
     reader = _cache_or_images(bundle, data, run, progress)
+    if reader.labels is None:  # not labeled()'s "give --labels", an option evaluate does not have
+        raise InvalidValue(
+            f"{reader.path} has no labels: evaluate scores labelled images; give them as a folder of class folders "
+            f"or a CSV manifest with a label column (featurebank manifest writes one), or a cache extracted from "
+            f"one; to classify unlabeled images, use predict"
+        )
     test = labeled(reader)
     _known_classes(bundle, set(test.classes))
     index = {c: i for i, c in enumerate(bundle.classes)}

@@ -43,7 +43,7 @@ from .neighbours import NEIGHBOURS, REFERENCE, CosineKNeighbors
 from .options import SUSPICIOUS, CVOptions
 from .parallel import fold_jobs, side_by_side
 from .rows import PREDICT_BLOCK, by_index, fit_by_index
-from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised, nothing_unlabeled
+from .semi import MODES, UNLABELED, WITH_UNLABELED, SemiSupervised, nothing_unlabeled, switch_of
 from .shots import ALL, curve_rows, learning_curve, parse_shots, usable_shots
 from .significance import ALPHA, Comparison, compare_to_best
 from .zoo import describe, make_classifier, parse_spec, search_grid
@@ -222,6 +222,7 @@ class CVReport:
     unlabeled_mode: str | None = None  # with unlabeled rows: how they got labels (semi.MODES)
     curve: list[dict] | None = None  # with shots: the learning curve (shots.learning_curve's rows)
     labels: dict | None = None  # with --labels: the CSV laid over the caches' labels, {"csv", "sha256"}
+    unlabeled_rule: str | None = None  # with unlabeled rows: when they joined a fold (semi.RULES)
     _calibrations: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # ``calibration``'s
     _probabilities: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # and its rows'
 
@@ -607,6 +608,7 @@ def cross_validate(
     layers, folds, repeats, seed, groups = o.layers, o.folds, o.repeats, o.seed, o.groups
     search, inner_folds, n_jobs, scheduler, budget = o.search, o.inner_folds, o.n_jobs, o.scheduler, o.budget
     labels, unlabeled, unlabeled_mode, shots, draws = o.labels, o.unlabeled, o.unlabeled_mode, o.shots, o.draws
+    switch = switch_of(o.unlabeled_rule, unlabeled)
     started = time.perf_counter()
     sources = load_sources(cache, labels)
     data = sources[0].data
@@ -692,10 +694,9 @@ def cross_validate(
                         (spec, estimator, describe(spec), None)
                     ]
                     if free is not None:
-                        semi = SemiSupervised(estimator, mode=unlabeled_mode, random_state=seed)
-                        said = (
-                            f"{unlabeled_mode} of {len(free):,} unlabeled rows (switch-off rule), then {describe(spec)}"
-                        )
+                        semi = SemiSupervised(estimator, mode=unlabeled_mode, switch=switch, random_state=seed)
+                        rule = "switch-off rule" if switch else "always"
+                        said = f"{unlabeled_mode} of {len(free):,} unlabeled rows ({rule}), then {describe(spec)}"
                         variants.append((spec + WITH_UNLABELED, semi, said, free))
                     for name, model, pipeline, rows in variants:
                         bar.set_postfix_str(f"{done}/{tasks} fits; {name} @ {where}")
@@ -751,6 +752,7 @@ def cross_validate(
         unlabeled_mode if unlabeled else None,
         curve if shot_list is not None else None,
         {"csv": labels, "sha256": sha256_of(labels), "picked_by_select": picked_by_select(labels)} if labels else None,
+        o.unlabeled_rule if unlabeled else None,
     )
 
 

@@ -34,6 +34,7 @@ class BestRow:
     settings: dict  # that cache's extraction settings
     unlabeled: str | None = None  # the row fit the cache's unlabeled rows too ("logreg +unlabeled"): how (semi.MODES)
     source: str | None = None  # the input that cache mirrors (its images)
+    unlabeled_rule: str = "inner-folds"  # with unlabeled: when they joined a fold (semi.RULES), as train does then
 
     def text(self) -> str:
         return f"{self.classifier}{WITH_UNLABELED if self.unlabeled else ''} on {self.layer}" + (
@@ -60,7 +61,7 @@ def best_row(run_dir: str) -> BestRow:
         raise FileProblem(
             f"{run_dir}/report.json lacks its best row (best, caches, cv): write it again with featurebank cv --out"
         ) from None
-    unlabeled = None
+    unlabeled, rule = None, "inner-folds"
     if classifier.endswith(WITH_UNLABELED):  # the row with the unlabeled rows joining: train does the same
         classifier = classifier.removesuffix(WITH_UNLABELED)
         said = d.get("unlabeled")
@@ -70,11 +71,12 @@ def best_row(run_dir: str) -> BestRow:
                 f"again with featurebank cv --out"
             )
         unlabeled = str((said or {}).get("mode") or DEFAULT_MODE)
+        rule = "always" if (said or {}).get("rule") == "always" else "inner-folds"  # reports before it: the rule
     try:
         check_spec(classifier)
     except (FeaturebankError, ValueError) as exc:
         raise InvalidValue(f"{run_dir}: its best row's classifier {classifier!r} is not a zoo spec ({exc})") from None
-    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings, unlabeled, images)
+    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings, unlabeled, images, rule)
 
 
 def differences(row: BestRow, settings: dict) -> list[str]:
@@ -120,7 +122,7 @@ def train_best(cache, run_dir: str, options: TrainOptions | None = None, **overr
         )
     chosen = replace(o, classifier=row.classifier, layer=row.layer, search=o.search or row.search)
     if row.unlabeled:  # the best row fit the unlabeled rows too (with its switch-off rule): so does train
-        chosen = replace(chosen, unlabeled=True, unlabeled_mode=row.unlabeled)
+        chosen = replace(chosen, unlabeled=True, unlabeled_mode=row.unlabeled, unlabeled_rule=row.unlabeled_rule)
     try:
         return train(reader, chosen), row
     except NothingUnlabeled:  # not "for --unlabeled", which the user did not give

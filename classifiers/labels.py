@@ -8,6 +8,7 @@ the cache's own labels with the CSV's on top, one class name per cache row ("" f
 
 from __future__ import annotations
 
+import os
 import posixpath
 import unicodedata
 import warnings
@@ -27,11 +28,13 @@ def path_key(path: str) -> str:
     return posixpath.normpath(path) if path else path
 
 
-def read_labels(csv_path: str, paths) -> np.ndarray:
+def read_labels(csv_path: str, paths, root: str | None = None) -> np.ndarray:
     """One class name per entry of ``paths`` (a cache's ``paths``, in its row order) from the ``path,label`` CSV at
     ``csv_path``; "" where the CSV leaves a row unlabeled or does not name it. The first line must name the
-    columns (``path`` and ``label``, any order, other columns ignored). A path not in ``paths``, a path listed
-    twice or a row that is not ``path,label`` is one line naming the file and line."""
+    columns (``path`` and ``label``, any order, other columns ignored). With ``root`` (the folder the cache's paths
+    are relative to), a path may also name the image as a file: absolute, or relative to the CSV's own folder (as
+    ``featurebank manifest`` writes them). A path not in ``paths``, a path listed twice or a row that is not
+    ``path,label`` is one line naming the file and line."""
     paths = [str(p) for p in paths]
     where: dict[str, int] = {}
     for i, p in enumerate(paths):
@@ -59,17 +62,42 @@ def read_labels(csv_path: str, paths) -> np.ndarray:
         path, label = row[at_path].strip(), row[at_label].strip()
         if not path:
             raise InvalidValue(f"{csv_path} line {line}: no path")
-        row_at = where.get(path, where.get(path_key(path)))
+        row_at = row_named(where, path, csv_path, root)
         if row_at is None:
             raise InvalidValue(
                 f"{csv_path} line {line}: {path!r} is not in the cache (name images as the cache does, "
-                f"e.g. {paths[0] if paths else 'its paths'}; featurebank info lists where they came from)"
+                f"e.g. {paths[0] if paths else 'its paths'}, or by their files' paths; featurebank info lists where "
+                "they came from)"
             )
         if row_at in seen:
             raise InvalidValue(f"{csv_path} line {line}: {path} is listed twice (first on line {seen[row_at]})")
         seen[row_at] = line
         out[row_at] = label
     return out
+
+
+def row_named(where: dict[str, int], path: str, csv_path: str, root: str | None) -> int | None:
+    """The cache row a CSV's ``path`` names (``where``: the cache's paths and their ``path_key``s, to rows): as
+    the cache names it, or (with ``root``, the folder the cache's paths are relative to) as a file, absolute or
+    relative to the CSV's folder; None when neither."""
+    row_at = where.get(path, where.get(path_key(path)))
+    if row_at is None and root is not None:
+        as_file = _under(root, os.path.join(os.path.dirname(os.path.abspath(csv_path)), path))
+        row_at = None if as_file is None else where.get(as_file, where.get(path_key(as_file)))
+    return row_at
+
+
+def _under(root: str, path: str) -> str | None:
+    """``path`` (absolute, or as joined) as the cache names it: relative to ``root``, with forward slashes; None
+    when it is not under ``root``."""
+    for at, of in ((os.path.abspath(path), os.path.abspath(root)), (os.path.realpath(path), os.path.realpath(root))):
+        try:
+            rel = os.path.relpath(at, of)
+        except ValueError:  # another drive (Windows)
+            continue
+        if rel != os.curdir and rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return rel.replace(os.sep, "/")
+    return None
 
 
 def labels_of(reader: str | CacheReader, labels_csv: str | None = None) -> np.ndarray:
@@ -80,7 +108,7 @@ def labels_of(reader: str | CacheReader, labels_csv: str | None = None) -> np.nd
     labels = np.full(len(reader), "", dtype=object) if own is None else np.asarray(own, dtype=object).copy()
     if labels_csv is None:
         return labels
-    given = read_labels(labels_csv, reader.paths)
+    given = read_labels(labels_csv, reader.paths, reader.attrs.get("root"))
     differ = np.flatnonzero((given != "") & (labels != "") & (given != labels))
     if len(differ):
         i = differ[0]

@@ -74,7 +74,7 @@ class CVOptions:
 
     labels: str | None = option(
         None,
-        "A path,label CSV laid over the cache's own labels (paths as the cache names them; an empty label leaves "
+        "A path,label CSV laid over the cache's own labels (paths as the cache names them, or the files' own paths; an empty label leaves "
         "an image unlabeled).",
         path={"exists": True, "dir_okay": False},
         metavar="LABELLED.csv",
@@ -90,6 +90,12 @@ class CVOptions:
         "spread",
         "How unlabeled rows get labels: label spreading on the kNN graph, or self-training.",
         choices=("spread", "self-train"),
+    )
+    unlabeled_rule: str = option(
+        "inner-folds",
+        "When the unlabeled rows join: unless inner folds of the labelled rows show that they hurt (a tie uses "
+        "them), or always (when you have seen they help, or the inner folds are too few to tell).",
+        choices=("inner-folds", "always"),
     )
     shots: str | None = option(
         None,
@@ -137,6 +143,7 @@ class TrainOptions:
         "hurt (a tie uses them; the model file says what was decided).",
     )
     unlabeled_mode: str = same_as(CVOptions, "unlabeled_mode")
+    unlabeled_rule: str = same_as(CVOptions, "unlabeled_rule")
     inner_folds: int = same_as(CVOptions, "inner_folds", cli=False)
     calibrate: bool = option(
         True,

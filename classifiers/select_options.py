@@ -17,7 +17,7 @@ class SelectOptions:
     budget: int = option(None, "How many images to pick (1 or more).", required=True, metavar="N", low=1)
     labels: str | None = option(
         None,
-        "A path,label CSV of the images labelled so far (paths as the cache names them; an empty label: not yet), "
+        "A path,label CSV of the images labelled so far (paths as the cache names them, or the files' own paths; an empty label: not yet), "
         "on top of the cache's own labels.",
         path={"exists": True, "dir_okay": False},
         metavar="LABELLED.csv",

@@ -22,7 +22,7 @@ from embedder.kernel.errors import FeaturebankError, InvalidValue
 from embedder.options import with_overrides
 
 from .data import finite, open_cache
-from .labels import labels_of, path_key
+from .labels import labels_of, path_key, row_named
 from .select_options import SelectOptions
 
 
@@ -62,9 +62,10 @@ class Selection:
         return asdict(self)
 
 
-def read_paths(list_path: str, paths) -> np.ndarray:
+def read_paths(list_path: str, paths, root: str | None = None) -> np.ndarray:
     """The rows of ``paths`` (a cache's) that a CSV with a ``path`` column, or a list of one path a line, names:
-    a boolean mask. A path not in the cache is one line naming the file and line."""
+    a boolean mask; with ``root`` (the cache's folder), files' own paths too (``labels.row_named``). A path not in
+    the cache is one line naming the file and line."""
     where: dict[str, int] = {}
     for i, p in enumerate(paths):
         where.setdefault(str(p), i)
@@ -85,7 +86,7 @@ def read_paths(list_path: str, paths) -> np.ndarray:
                 named.append((n, entry.strip()))
     mask = np.zeros(len(paths), dtype=bool)
     for line, path in named:
-        row_at = where.get(path, where.get(path_key(path)))
+        row_at = row_named(where, path, list_path, root)
         if row_at is None:
             raise InvalidValue(f"{list_path} line {line}: {path!r} is not in the cache")
         mask[row_at] = True
@@ -142,8 +143,12 @@ def select(cache, options: SelectOptions | None = None, *, out: str | None = Non
         )
     excluded = np.zeros(len(known), dtype=bool)
     for path in exclude:
-        excluded |= read_paths(path, reader.paths)
-    sent = (read_paths(labels, reader.paths) & unlabeled & ~excluded) if labels else np.zeros(len(known), bool)
+        excluded |= read_paths(path, reader.paths, reader.attrs.get("root"))
+    sent = (
+        (read_paths(labels, reader.paths, reader.attrs.get("root")) & unlabeled & ~excluded)
+        if labels
+        else np.zeros(len(known), bool)
+    )
     excluded |= sent  # named by the labels CSV with an empty label: sent for labelling and left empty
     pool = unlabeled & ~excluded
     if not pool.any():

@@ -54,6 +54,17 @@ ITERATIONS = 60
 ROUNDS = SEMI_ROUNDS  # of self-training: the last round's rows are fit on by ``fit``
 INNER_FOLDS = SEMI_INNER_FOLDS
 INNER_REPEATS = SEMI_INNER_REPEATS
+RULES = ("inner-folds", "always")  # CVOptions.unlabeled_rule: SemiSupervised's switch on, or off
+
+
+def switch_of(rule: str, unlabeled: bool) -> bool:
+    """``SemiSupervised``'s ``switch`` for ``cv`` and ``train``'s ``unlabeled_rule`` (refused without
+    ``unlabeled``, where it would say nothing)."""
+    if rule not in RULES:
+        raise InvalidValue(f"unknown rule for the unlabeled rows {rule!r}: choose {' or '.join(RULES)}")
+    if rule != RULES[0] and not unlabeled:
+        raise InvalidValue(f"--unlabeled-rule {rule} says when the unlabeled rows join: give --unlabeled too")
+    return rule == "inner-folds"
 
 
 def knn_graph(X: np.ndarray, k: int = NEIGHBOURS):
@@ -238,7 +249,7 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
         if not len(free):
             return False, "no unlabeled rows", None
         if not self.switch:
-            return True, "used (no switch-off rule)", None
+            return True, "used, always (--unlabeled-rule always: the inner folds were not asked)", None
         why = too_few_for_inner_folds(y[labelled], groups)
         if why:
             return True, f"used, not checked: {why}", None
@@ -250,7 +261,8 @@ class SemiSupervised(ClassifierMixin, BaseEstimator):
             f"{'used' if used else 'left out'}: on inner folds of the {len(labelled)} labelled rows, the classifier "
             f"alone right {inner['right_without']} times of {inner['rows']}, {joined} {inner['right_with']} times "
             + ("(a tie uses them; " if inner["right_with"] == inner["right_without"] else "(")
-            + "the held-out predictions that decided: not an estimate of the model)",
+            + "the held-out predictions that decided: not an estimate of the model)"
+            + ("" if used else "; --unlabeled-rule always fits on them whatever the inner folds say"),
             inner,
         )
 

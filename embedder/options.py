@@ -222,7 +222,7 @@ class RunOptions:
     )
     weights: str | None = option(
         None,
-        "Where the model's weights file is now, if it moved (checked by sha256). Only for predict --head: the "
+        "Where the model's weights file is now, if it moved (checked by sha256); with predict --head, the "
         "weights whose head classifies (a finetune best.pth, or as extract's -w).",
         short="-w",
     )

@@ -227,8 +227,8 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
     assert table[2][:3] == ["2", "logreg", "layer3"]
     judge = min((r for r in report["leaderboard"] if r["classifier"] == "logreg"), key=lambda r: r["log_loss"]["mean"])
     assert (  # which row judged, and why that one (not always #1)
-        f"Most suspicious images (judged by logreg @ {judge['layer']}: of the rows with probabilities, the lowest "
-        "log-loss; out-of-fold):" in human.output
+        f"Most suspicious images (out-of-fold, judged by logreg @ {judge['layer']}, the row with probabilities whose "
+        "log-loss is lowest, the surest judge):" in human.output
     )
     assert best["p_value"] is None and best["not_worse"]
 

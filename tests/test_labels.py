@@ -29,6 +29,23 @@ def test_read_labels_takes_columns_in_any_order_with_others_ignored_and_normaliz
     assert read_labels(csv_path, PATHS).tolist() == ["ant", "", "", "bee"]
 
 
+def test_read_labels_takes_the_files_own_paths_absolute_or_relative_to_the_csv(tmp_path):
+    """A manifest of the same images (paths relative to its folder, as `featurebank manifest` writes them) or
+    absolute paths name the cache's rows too; a file outside the cache's folder is still refused."""
+    root = tmp_path / "photos"
+    elsewhere = tmp_path / "lists"
+    elsewhere.mkdir()
+    csv_path = write(
+        elsewhere, f"path,label\n../photos/b/3.jpg,bee\n{root / 'a' / '1.jpg'},ant\na/2.jpg,ant\n", "m.csv"
+    )
+    assert read_labels(csv_path, PATHS, str(root)).tolist() == ["ant", "ant", "bee", ""]
+    with pytest.raises(FeaturebankError, match="'../photos/b/3.jpg' is not in the cache"):
+        read_labels(csv_path, PATHS)  # no root: only the cache's own names
+    outside = write(elsewhere, f"path,label\n{tmp_path / 'b' / '3.jpg'},bee\n", "o.csv")
+    with pytest.raises(FeaturebankError, match="is not in the cache .*or by their files' paths"):
+        read_labels(outside, PATHS, str(root))
+
+
 @pytest.mark.parametrize(
     "text, said",
     [

@@ -83,7 +83,8 @@ def test_the_switch_off_rule_leaves_the_unlabeled_rows_out_where_they_hurt():
     assert model.decision_ == (
         f"left out: on inner folds of the 12 labelled rows, the classifier alone right {inner['right_without']} "
         f"times of {inner['rows']}, label spreading's pseudo-labels {inner['right_with']} times (the held-out "
-        "predictions that decided: not an estimate of the model)"
+        "predictions that decided: not an estimate of the model); --unlabeled-rule always fits on them whatever the "
+        "inner folds say"
     )
     assert (model.predict(X) == alone.predict(X)).all()  # the same fit as the labels alone
 
@@ -225,6 +226,9 @@ def test_cv_unlabeled_scores_only_labelled_held_out_rows_side_by_side(tmp_path):
         assert listed == {paths[i] for i in chosen}  # no unlabeled row is ever predicted or scored
     html = (tmp_path / "run" / "report.html").read_text()
     assert "With and without the unlabeled rows" in html and "logreg:C=1.0 +unlabeled" in html
+    unlabeled = 28 - len(chosen)  # the page's facts say what the terminal and report.md say of them
+    assert f"{unlabeled} unlabeled joined the training folds of the +unlabeled rows" in html
+    assert "unlabeled left out" not in html
     md = (tmp_path / "run" / "report.md").read_text()
     assert "## With and without the unlabeled rows" in md and "| with - without, p |" in md
     assert f"Balanced accuracy on {len(chosen)} labelled held-out images; p: the corrected resampled t-test" in md
@@ -583,3 +587,55 @@ def test_train_from_a_best_row_with_unlabeled_rows_on_a_cache_without_them_names
     synthetic_cache(full / "c.h5", counts=(14, 14), seed=7, dim=8)
     with pytest.raises(FeaturebankError, match=r"--from .*its best row, knn \+unlabeled on flatten, fit the unlabeled"):
         train_best(str(full / "c.h5"), str(run))
+
+
+def test_unlabeled_rule_always_joins_them_in_cv_train_and_train_from(tmp_path):
+    """--unlabeled-rule always: every fold fits on the unlabeled rows, train does without asking the inner folds,
+    and train --from a run made so does the same; without --unlabeled the rule is one line, not ignored."""
+    from classifiers.from_run import train_best
+
+    cache, csv, _, _ = partly_labelled(tmp_path)
+    report = cross_validate(
+        cache,
+        classifiers=["knn"],
+        layers=["flatten"],
+        folds=2,
+        labels=csv,
+        unlabeled=True,
+        unlabeled_rule="always",
+        extras=None,
+    )
+    joined = report.result("knn +unlabeled", "flatten").unlabeled
+    assert joined["used_in_folds"] == joined["folds"] == 2
+    assert all(d.startswith("used, always (--unlabeled-rule always") for d in joined["decisions"])
+    run = tmp_path / "run"
+    write_report(report, str(run))
+    d = json.loads((run / "report.json").read_text())
+    assert d["unlabeled"]["rule"] == "always" and d["unlabeled"]["mode"] == "spread"
+    from classifiers.report.text import cv_text
+
+    assert any("unlabeled rows (spread, in every fold), on the same labelled" in line for line in cv_text(d))
+    d["best"] = next(r for r in d["leaderboard"] if r["classifier"] == "knn +unlabeled")
+    (run / "report.json").write_text(json.dumps(d))
+    bundle, _ = train_best(cache, str(run), labels=csv)
+    u = bundle.trained_on["unlabeled"]
+    assert (u["rule"], u["used"], u["inner"], u["pseudo_labelled"]) == ("always", True, None, 20)
+    default = train(cache, classifier="knn", labels=csv, unlabeled=True).trained_on["unlabeled"]
+    assert default["rule"] == "inner-folds" and default["inner"] is not None  # the inner folds were asked
+    with pytest.raises(FeaturebankError, match="--unlabeled-rule always says when the unlabeled rows join: give --unl"):
+        train(cache, classifier="knn", labels=csv, unlabeled_rule="always")
+    r = CliRunner().invoke(cli.main, ["cv", cache, "--labels", csv, "--unlabeled-rule", "always", "-c", "knn"])
+    assert r.exit_code != 0 and "Traceback" not in r.output and "give --unlabeled too" in r.output
+
+
+def test_evaluate_on_a_cache_without_labels_says_what_evaluate_takes(tmp_path):
+    """Not labeled()'s 'give --labels', an option evaluate does not have."""
+    from classifiers.bundle import evaluate
+
+    cache, csv, *_ = one_per_class_cache(tmp_path)
+    train(cache, classifier="knn", out=str(tmp_path / "m.fbmodel"), labels=csv)
+    with pytest.raises(FeaturebankError) as err:
+        evaluate(str(tmp_path / "m.fbmodel"), cache)
+    said = str(err.value)
+    assert said.startswith(f"{cache} has no labels: evaluate scores labelled images") and "--labels" not in said
+    assert said.endswith("to classify unlabeled images, use predict")

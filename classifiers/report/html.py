@@ -38,6 +38,7 @@ from .reading import (
     several_caches,
     significance_note,
     tie_note,
+    unlabeled_role,
 )
 
 THUMB = 160  # pixels, the longer side
@@ -400,7 +401,7 @@ def cv_context(d: dict, run_dir: str, thumbs: Thumbs) -> dict:
         (
             "cache",
             f"{d['cache']} ({d['rows']} labelled images"
-            + (f", {d['unlabeled_rows']} unlabeled left out" if d["unlabeled_rows"] else "")
+            + (f", {d['unlabeled_rows']} unlabeled {unlabeled_role(d)}" if d["unlabeled_rows"] else "")
             + ")",
         ),
         ("input", d["source"]),

@@ -75,7 +75,8 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
     u = d.get("unlabeled")
     if u:
         lines.append(
-            f"\nWith the {u['rows']} unlabeled rows ({u['mode']}, switch-off rule per fold), on the same labelled "
+            f"\nWith the {u['rows']} unlabeled rows ({u['mode']}, "
+            f"{'in every fold' if u.get('rule') == 'always' else 'switch-off rule per fold'}), on the same labelled "
             f"held-out rows ({u['pairs'][0]['metric'].replace('_', ' ') if u['pairs'] else ''}):"
         )
         lines += _aligned(
@@ -110,8 +111,8 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
     susp = d["suspicious"]
     if susp["images"]:
         lines.append(
-            f"\nMost suspicious images (judged by {model_name(d, susp)}: of the rows with probabilities, the lowest "
-            f"log-loss; out-of-fold):"
+            f"\nMost suspicious images (out-of-fold, judged by {model_name(d, susp)}, the row with probabilities "
+            f"whose log-loss is lowest, the surest judge):"
         )
         lines += [
             f"  {i['path']}: labelled {i['label']}, predicted {i['predicted']} ({i['confidence']:.2f})"
@@ -120,7 +121,10 @@ def cv_text(d: dict, files: dict | None = None) -> list[str]:
     if d.get("label_issues_estimated") is not None:
         lines.append("\nLabel issues: " + "\n".join(summary_lines(d, limit=5)))
     if d["outliers"]["images"]:
-        lines.append(f"\nLeast like any other image (nearest-neighbour cosine similarity on {d['outliers']['layer']}):")
+        among = f", among the {d['rows']} labelled images" if d.get("unlabeled_rows") else ""
+        lines.append(
+            f"\nLeast like any other image (nearest-neighbour cosine similarity on {d['outliers']['layer']}{among}):"
+        )
         lines += [f"  {i['path']}: {i['similarity']:.2f} (nearest {i['nearest']})" for i in d["outliers"]["images"][:5]]
     conflicting = [g for g in d["duplicates"] if g["conflicting"]]
     if d["duplicates"]:

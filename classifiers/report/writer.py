@@ -255,6 +255,7 @@ def unlabeled_entry(report: CVReport) -> dict | None:
         )
     return {
         "mode": report.unlabeled_mode,
+        "rule": report.unlabeled_rule or "inner-folds",
         "rows": int(report.data.unlabeled),
         "scored_on": "the labelled held-out rows of each fold (no unlabeled row is ever scored or held out)",
         "held_out_rows": int(len(report.data.y)),
