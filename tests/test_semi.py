@@ -639,3 +639,16 @@ def test_evaluate_on_a_cache_without_labels_says_what_evaluate_takes(tmp_path):
     said = str(err.value)
     assert said.startswith(f"{cache} has no labels: evaluate scores labelled images") and "--labels" not in said
     assert said.endswith("to classify unlabeled images, use predict")
+
+
+def test_train_says_what_to_do_next_with_the_model(tmp_path):
+    """evaluate on held-out images, predict; with --labels, the pseudo-labels of the rest of the cache."""
+    cache, csv, *_ = one_per_class_cache(tmp_path)
+    out = tmp_path / "my model.fbmodel"
+    r = CliRunner().invoke(cli.main, ["train", cache, "--labels", csv, "-c", "knn", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[-1] == (
+        f"next: featurebank evaluate '{out}' HELD-OUT (labelled images nothing was fit or chosen on), featurebank "
+        f"predict '{out}' IMAGES; the rest of the cache labelled for review: featurebank predict '{out}' {cache} "
+        f"--labels {csv} -o pseudo-labels.csv"
+    )

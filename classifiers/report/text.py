@@ -4,6 +4,7 @@ commands print these lines; ``--json`` prints the data they are made from)."""
 from __future__ import annotations
 
 import json
+import shlex
 
 from classifiers.calibration import MARGIN_POWER
 from classifiers.label_issues import summary_lines
@@ -201,6 +202,18 @@ def train_text(d: dict) -> list[str]:
     lines += [f"  note: {n}" for n in d["trained_on"].get("notes") or [] if not cal or n != cal.get("note")]
     s = d["settings"]
     lines.append(f"  embedding: {s['backbone']}, weights {s['weights']}, pooling {s['pooling']}")
+    if d.get("model"):  # saved: what to do with it
+        model, labels = shlex.quote(d["model"]), (d["trained_on"].get("labels") or {}).get("csv")
+        rest = (
+            f"; the rest of the cache labelled for review: featurebank predict {model} "
+            f"{shlex.quote(d['trained_on']['cache'])} --labels {shlex.quote(labels)} -o pseudo-labels.csv"
+            if labels and d["trained_on"].get("cache")
+            else ""
+        )
+        lines.append(
+            f"next: featurebank evaluate {model} HELD-OUT (labelled images nothing was fit or chosen on), "
+            f"featurebank predict {model} IMAGES{rest}"
+        )
     return lines
 
 
