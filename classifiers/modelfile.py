@@ -157,7 +157,7 @@ def fingerprints(digests) -> np.ndarray:
 
 def model_destination(path: str, inputs=()) -> str:
     """``path``, where a model file is to be written, checked before any work (``file_destination``)."""
-    return file_destination(path, inputs, "the model file")
+    return file_destination(path, inputs, "the model file", writes="model")
 
 
 def write_model(

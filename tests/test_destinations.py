@@ -185,6 +185,36 @@ def test_no_table_is_written_over_an_image(model, tmp_path, runner):
     assert not is_image_file(str(tmp_path / "bmw.csv"))
 
 
+def test_no_output_is_written_over_a_cache_a_model_file_or_a_checkpoint_of_another_kind(model, tmp_path, runner):
+    """A cache, a model file or a checkpoint named as another command's output (a slip of the shell's completion):
+    refused, the file intact; train -o over its own earlier model file still replaces it."""
+    import shutil
+
+    import torch
+
+    cache, fbmodel, pth = tmp_path / "victim.h5", tmp_path / "victim.fbmodel", tmp_path / "best.pth"
+    shutil.copy(model / "c.h5", cache)
+    shutil.copy(model / "m.fbmodel", fbmodel)
+    torch.save({"w": torch.zeros(2)}, pth)
+    before = {p: digest(p) for p in (cache, fbmodel, pth)}
+    m, c = str(model / "m.fbmodel"), str(model / "c.h5")
+    for args, what in (
+        (["train", c, "-l", "flatten", "-o", str(cache)], "the model file"),
+        (["predict", m, c, "-o", str(cache)], "-o"),
+        (["predict", m, c, "-o", str(fbmodel)], "-o"),
+        (["select", c, "--budget", "2", "-o", str(pth)], "-o"),
+        (["export", m, "-o", str(fbmodel)], "the ONNX file"),
+        (["export", m, "-o", str(cache)], "the ONNX file"),
+    ):
+        line = one_error_line(runner.invoke(cli.main, args))
+        kind = {cache: "an HDF5 cache", fbmodel: "a featurebank model file", pth: "a PyTorch checkpoint"}
+        target = pathlib.Path(args[-1])
+        assert line == f"Error: {what} {target} is {kind[target]}: it would be overwritten; give another path", args
+    assert {p: digest(p) for p in (cache, fbmodel, pth)} == before
+    r = runner.invoke(cli.main, ["train", c, "-l", "flatten", "-c", "knn", "-o", str(fbmodel)])
+    assert r.exit_code == 0 and digest(fbmodel) != before[fbmodel]  # a model over a model: what -o asks
+
+
 # -- 8. bad classifier parameters ---------------------------------------------------------------------------------
 
 

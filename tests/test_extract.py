@@ -339,26 +339,24 @@ def test_a_forked_child_does_not_keep_the_lock_of_a_killed_writer(tree, tmp_path
 
 def test_merged_parts_are_renamed_before_deletion(tree, tmp_path, monkeypatch):
     """A kill while the merged parts are deleted must not leave some of them where unmerged batches wait."""
-    import shutil
 
     from embedder.cache import hdf5 as cache_module
 
     root, _ = tree
     path = str(tmp_path / "c.h5")
-    deleted = []
-    real = shutil.rmtree
+    real = cache_module._unlink_quietly
 
-    def killed_midway(folder, *args, **kwargs):
-        deleted.append(folder)
-        if folder.endswith(".parts.merged") and os.path.isdir(folder):
-            os.unlink(os.path.join(folder, sorted(os.listdir(folder))[0]))  # one part gone, then "kill -9"
+    def killed_midway(file):
+        if os.path.dirname(file).endswith(".parts.merged"):
+            os.unlink(file)  # one part gone, then "kill -9"
             raise KeyboardInterrupt
-        return real(folder, *args, **kwargs)
+        return real(file)
 
-    monkeypatch.setattr(cache_module.shutil, "rmtree", killed_midway)
+    monkeypatch.setattr(cache_module, "_unlink_quietly", killed_midway)
     with pytest.raises(KeyboardInterrupt):
         embedder.extract(str(root), path, **FAST)
-    monkeypatch.setattr(cache_module.shutil, "rmtree", real)
+    monkeypatch.setattr(cache_module, "_unlink_quietly", real)
+    assert os.path.isdir(parts_dir(path) + ".merged")  # the kill came while the merged parts were deleted
     assert len(CacheReader(path)) == 9 and not os.path.exists(parts_dir(path))  # the merge itself was complete
     again = embedder.extract(str(root), path, **FAST)
     assert again.embedded == 0 and again.reused == 9 and not os.path.exists(parts_dir(path) + ".merged")

@@ -135,3 +135,36 @@ def test_a_later_runs_parts_win_over_an_earlier_runs_whatever_their_rank(tmp_pat
         assert os.path.basename(again.sources[-1]) == "part-00000004-rank0.h5"
         again.commit([("a/0.jpg", "a", "")], {})
     assert CacheReader(path).features("flatten")[0, 0] == 7
+
+
+def test_the_merged_parts_go_and_a_users_files_in_the_parts_folder_stay(tmp_path):
+    """A merge deletes the batches it wrote into X.h5.parts and their temporary files; a file the user put there
+    (notes, a folder) is kept where it was, said in a note; a folder of nothing else goes whole."""
+    from embedder.cache.hdf5 import _finish_removal, _remove_folder
+    from embedder.kernel.errors import Note
+
+    folder = tmp_path / "c.h5.parts"
+    (folder / "mydir").mkdir(parents=True)
+    for name in ("part-00000001-rank0.h5", "part-00000002.h5", "part-00000003-rank1.h5.tmp"):
+        (folder / name).write_bytes(b"batch")
+    (folder / "NOTES.txt").write_text("mine")
+    (folder / "mydir" / "a.txt").write_text("keep")
+    with pytest.warns(Note, match=r"kept .*c\.h5\.parts: it holds what featurebank did not write there \(NOTES"):
+        _remove_folder(str(folder))
+    assert sorted(os.listdir(folder)) == ["NOTES.txt", "mydir"] and (folder / "mydir" / "a.txt").read_text() == "keep"
+    assert not (tmp_path / "c.h5.parts.merged").exists()
+
+    ours = tmp_path / "d.h5.parts"
+    ours.mkdir()
+    (ours / "part-00000001-rank0.h5").write_bytes(b"batch")
+    _remove_folder(str(ours))
+    assert not ours.exists() and not (tmp_path / "d.h5.parts.merged").exists()
+
+    # a kill while the merged parts were being deleted: the next writer finishes, the user's file goes back
+    gone = tmp_path / "e.h5.parts.merged"
+    gone.mkdir()
+    (gone / "part-00000004-rank0.h5").write_bytes(b"batch")
+    (gone / "NOTES.txt").write_text("mine")
+    with pytest.warns(Note, match="kept"):
+        _finish_removal(str(gone), str(tmp_path / "e.h5.parts"))
+    assert not gone.exists() and os.listdir(tmp_path / "e.h5.parts") == ["NOTES.txt"]

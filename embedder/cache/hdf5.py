@@ -31,6 +31,7 @@ its output block's region of the spill file, then fill the output block by block
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -41,6 +42,7 @@ import shutil
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import IO
@@ -49,13 +51,14 @@ import h5py
 import numpy as np
 
 from embedder.inputs.sources import same_files
-from embedder.kernel.destination import writable_folder
+from embedder.kernel.destination import featurebank_kind, writable_folder
 from embedder.kernel.errors import (
     FeaturebankError,
     FileProblem,
     IncompatibleSettings,
     InvalidValue,
     MissingFile,
+    Note,
     first_line,
 )
 from embedder.kernel.settings import ExtractionSettings, settings_key
@@ -68,6 +71,7 @@ ROW_STRINGS = ("path", "label", "group", "digest")
 FAILURE_STRINGS = ("path", "reason", "digest")
 INTS = ("size", "mtime_ns")  # the stat columns rows/ and failures/ both have (the reader checks them)
 PART_NAME = re.compile(r"^part-(\d{8})(?:-rank(\d+))?\.h5$")  # without a rank: parts of older versions
+PART_TMP = re.compile(r"^part-\d{8}(?:-rank\d+)?\.h5\.tmp$")  # a part being written (a killed run's, unfinished)
 BLOCK_BYTES = 64 << 20  # the merge's unit: output rows filled, source rows read, spill rows moved at a time
 GAP_BYTES = 256 << 10  # a gap this small between wanted rows is read through rather than skipped
 READ_COST_BYTES = 64 << 10  # the cost of one more read call, in bytes read, when choosing how to merge
@@ -133,13 +137,7 @@ def _open(path: str, mode: str = "r") -> h5py.File:
 
 def _is_model_file(path: str) -> bool:
     """A zip holding ``featurebank-model.json``: what ``train`` writes (``classifiers.modelfile``)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return "featurebank-model.json" in archive.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
+    return featurebank_kind(path) == "model"
 
 
 def _write_columns(group: h5py.Group, columns: dict, strings: tuple[str, ...]) -> None:
@@ -174,13 +172,47 @@ def _fsync(path: str) -> None:
 
 
 def _remove_folder(folder: str) -> None:
-    """Rename, then delete: a kill in the middle leaves ``X.h5.parts.merged`` (deleted by the next writer), never a
-    half-deleted ``X.h5.parts`` whose remaining parts would be read again as unmerged batches."""
+    """Rename, then delete: a kill in the middle leaves ``X.h5.parts.merged`` (finished by the next writer,
+    ``_finish_removal``), never a half-deleted ``X.h5.parts`` whose remaining parts would be read again as unmerged
+    batches. Only the files featurebank wrote there are deleted: anything else (a user's notes) is put back where it
+    was, the folder kept, and a note says so."""
     if os.path.isdir(folder):
         gone = folder + ".merged"
-        shutil.rmtree(gone, ignore_errors=True)
+        _finish_removal(gone, folder)
         os.replace(folder, gone)
+        _finish_removal(gone, folder)
+
+
+def _finish_removal(gone: str, folder: str) -> None:
+    """Delete featurebank's parts (and their temporary files) in ``gone``; what else is there goes back to
+    ``folder`` (named in a note), or stays in ``gone`` when ``folder`` exists again."""
+    if not os.path.isdir(gone):
+        return
+    kept = []
+    for name in os.listdir(gone):
+        if PART_NAME.match(name) or PART_TMP.match(name):
+            _unlink_quietly(os.path.join(gone, name))
+        else:
+            kept.append(name)
+    if not kept:
         shutil.rmtree(gone, ignore_errors=True)
+        return
+    where = folder
+    if not os.path.exists(folder):
+        os.replace(gone, folder)
+    else:  # a parts folder again (a kill, then a new run): the user's files join it, unless a name is taken
+        for name in kept:
+            if not os.path.exists(os.path.join(folder, name)):
+                os.replace(os.path.join(gone, name), os.path.join(folder, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(gone)
+        where = gone if os.path.isdir(gone) else folder
+    warnings.warn(
+        f"kept {where}: it holds what featurebank did not write there ({', '.join(sorted(kept)[:3])}"
+        f"{', …' if len(kept) > 3 else ''}); the merged batches in it are deleted",
+        Note,
+        stacklevel=3,
+    )
 
 
 class _GuardedFile(io.RawIOBase):
@@ -460,13 +492,13 @@ class CacheWriter:
         folder = parts_dir(self.path)
         if os.path.isdir(folder):  # half-written parts of a killed run: never renamed, so never counted
             for name in os.listdir(folder):
-                if name.endswith(".tmp"):
+                if PART_TMP.match(name):
                     os.unlink(os.path.join(folder, name))
         for leftover in (self.path + ".tmp", spill_path(self.path)):
             if os.path.exists(leftover):
                 os.unlink(leftover)
-        if os.path.isdir(parts_dir(self.path) + ".merged"):  # a kill while deleting merged parts: finish it
-            shutil.rmtree(parts_dir(self.path) + ".merged", ignore_errors=True)
+        # a kill while deleting merged parts: finish it (a user's files there go back to the parts folder)
+        _finish_removal(parts_dir(self.path) + ".merged", parts_dir(self.path))
 
     def _add_entries(self, source: int, f: h5py.File) -> None:
         if self.dims is None and len(f["rows/path"]):

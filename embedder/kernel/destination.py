@@ -55,11 +55,11 @@ def writable_folder(folder: str, what: str, create: bool = True) -> str:
     return folder
 
 
-def file_destination(path: str, inputs=(), what: str = "the output") -> str:
+def file_destination(path: str, inputs=(), what: str = "the output", writes: str = "table") -> str:
     """``check_destination`` for a file written beside and renamed into place (a model file, an ONNX file), which
     cannot be written through: a device or a FIFO there is refused, else the rename would replace it (as root,
     ``/dev/full`` with a regular file)."""
-    check_destination(path, inputs, what)
+    check_destination(path, inputs, what, writes)
     if special(path):
         raise FileProblem(f"{what} {path} is not a regular file (a device or a FIFO): give a file path")
     return path
@@ -83,15 +83,49 @@ def is_image_file(path: str) -> bool:
     return head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def check_destination(path: str, inputs=(), what: str = "the output") -> str:
-    """``path``, a file to be written: not one of ``inputs``, not a folder, not an image (featurebank writes
-    tables, models and caches, never an image over one: an output named after a photo by a slip of the shell's
-    completion would have destroyed it), in a folder that can be written."""
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def featurebank_kind(path: str) -> str | None:
+    """What a file featurebank made is, told by its content: ``cache`` (HDF5), ``model`` (a zip holding
+    ``featurebank-model.json``), ``checkpoint`` (a PyTorch zip: ``data.pkl`` inside); None for anything else."""
+    import zipfile
+
+    try:
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head == HDF5_SIGNATURE:
+            return "cache"
+        if head[:4] != b"PK\x03\x04":
+            return None
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if "featurebank-model.json" in names:
+        return "model"
+    return "checkpoint" if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) else None
+
+
+KIND_NAMES = {"cache": "an HDF5 cache", "model": "a featurebank model file", "checkpoint": "a PyTorch checkpoint"}
+
+
+def check_destination(path: str, inputs=(), what: str = "the output", writes: str = "table") -> str:
+    """``path``, a file to be written (``writes``: ``table``, ``model`` or ``onnx``): not one of ``inputs``, not a
+    folder, not an image (featurebank writes tables, models and caches, never an image over one: an output named
+    after a photo by a slip of the shell's completion would have destroyed it), not a cache, model file or
+    checkpoint unless it writes one of that kind (``train -o`` over its earlier model), in a folder that can be
+    written."""
     if os.path.isdir(path):
         raise FileProblem(f"{what} {path} is a folder: give a file name")
     refuse_overwrite(path, inputs, what)
     if is_image_file(path):
         raise InvalidValue(f"{what} {path} is an image: it would be overwritten; give another path")
+    kind = featurebank_kind(path)
+    if kind is not None and kind != writes:
+        raise InvalidValue(f"{what} {path} is {KIND_NAMES[kind]}: it would be overwritten; give another path")
     if special(path):  # -o /dev/stdout: written through (atomic_path(named=True)), its folder never probed
         return path
     # checked, not made: a command refused after this check (a model that cannot be exported) leaves no folder;

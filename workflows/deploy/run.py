@@ -229,7 +229,7 @@ def labelled_images(listing: Listing) -> list[tuple[str, str]]:
 
 def onnx_destination(out: str, inputs=()) -> str:
     """``out``, where the ONNX file is to be written, checked before any work (``file_destination``)."""
-    return file_destination(out, inputs, "the ONNX file")
+    return file_destination(out, inputs, "the ONNX file", writes="onnx")
 
 
 def export_checkpoint(
