@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import warnings
@@ -67,6 +68,16 @@ class Jobs(click.ParamType):
         if n == 0:
             self.fail("0 jobs cannot run anything: give 1 or more, or -1 for every core", param, ctx)
         return n
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange that refuses nan and inf, which its bounds let through (nan compares false with both)."""
+
+    def convert(self, value, param, ctx):
+        x = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return super().convert(x, param, ctx)
 
 
 class Bounded(click.IntRange):
@@ -139,7 +150,7 @@ def value_options(cls):
         elif "check" in m:
             kw.update(type=click.STRING, callback=checked(m["check"]))
         elif "float" in f.type and "low" in m:
-            kw["type"] = click.FloatRange(
+            kw["type"] = FiniteRange(
                 m["low"], m.get("high"), min_open=m.get("low_open", False), max_open=m.get("high_open", False)
             )
         elif f.type in ("int", "int | None"):

@@ -516,3 +516,54 @@ def test_a_run_folder_that_cannot_be_written_is_one_line_before_anything_is_embe
     assert done.exit_code == 1 and done.output.count("\n") == 1, done.output
     assert done.output.startswith(f"Error: cannot write the run in {blocker}")
     assert not (tmp_path / "cache").exists()  # nothing embedded
+
+
+@pytest.mark.parametrize("augment", ["views", "pixels"])
+def test_a_learning_rate_the_weights_diverge_at_is_one_line(tmp_path, augment):
+    """NaN outputs after an epoch: one line that says what to change, not scikit-learn's log-loss traceback; a
+    non-finite --lr never starts."""
+    from workflows.finetune import finetune
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    with pytest.raises(FeaturebankError, match=r"^training diverged: the network's outputs on the validation images"):
+        finetune(str(root), str(tmp_path / "run"), epochs=1, lr=1e30, augment=augment, **TINY)
+    for name in ("lr", "weight_decay", "backbone_lr_scale"):
+        with pytest.raises(FeaturebankError, match=f"--{name.replace('_', '-')} nan: give a finite number"):
+            finetune(str(root), str(tmp_path / "other"), epochs=1, **{**TINY, name: float("nan")})
+
+
+@pytest.mark.integration  # about 9 s: four refused resumes and one that runs
+def test_resume_from_a_damaged_or_tampered_last_pt_is_one_line(tmp_path):
+    """A cut-short last.pt, NaN weights or a negative epoch: one line naming the file, not torch's or numpy's
+    traceback; the same run resumes from an intact one."""
+    import torch
+
+    from workflows.finetune import finetune
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    options = dict(TINY, augment="pixels")
+    finetune(str(root), str(tmp_path / "run"), epochs=1, **options)
+    last = tmp_path / "run" / "last.pt"
+    intact = last.read_bytes()
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    nan = {**saved, "model": {k: (v * float("nan") if v.is_floating_point() else v) for k, v in saved["model"].items()}}
+    cases = [
+        (intact[: len(intact) // 2], "damaged: "),
+        (nan, "its weights hold NaN or inf"),
+        ({**saved, "state": {**saved["state"], "epoch": -5}}, "its epoch is -5"),
+        ({"config": {}}, "not a checkpoint of an epoch"),
+    ]
+    for content, said in cases:
+        if isinstance(content, bytes):
+            last.write_bytes(content)
+        else:
+            torch.save(content, last)
+        with pytest.raises(FeaturebankError) as err:
+            finetune(str(root), str(tmp_path / "run"), epochs=1, resume=True, **options)
+        message = str(err.value)
+        assert message.startswith(f"--resume: {last} cannot be used (") and said in message and "\n" not in message
+    last.write_bytes(intact)  # the finished run, resumed: nothing left to train, its epoch read back
+    resumed = finetune(str(root), str(tmp_path / "run"), epochs=1, resume=True, **options)
+    assert [h["epoch"] for h in resumed.history] == [0, 1]

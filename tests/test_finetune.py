@@ -433,6 +433,31 @@ def test_split_keeps_groups_on_one_side_and_spreads_ungrouped_rows():
         split_rows(np.repeat([0, 1], 3), np.array(list("aabbcc"), dtype=object), 0.2, seed=0)
 
 
+@pytest.mark.parametrize(
+    "y, share, said",
+    [
+        (np.repeat([0, 1, 2], 3), 0.2, "--val-split 0.2 of 9 images holds out 2, fewer than the 3 classes: "),
+        (
+            np.repeat([0, 1], 6),
+            0.05,
+            "holds out 1, fewer than the 2 classes: a stratified split needs one of each on "
+            "both sides; give a --val-split from 0.17 to 0.83, or --val DATA",
+        ),
+        (np.repeat([0, 1], 6), 0.9, "--val-split 0.9 of 12 images leaves to train on 1, fewer than the 2 classes"),
+        (np.repeat([0, 1, 2], 1), 0.5, "give --val DATA"),
+    ],
+)
+def test_a_val_split_too_small_or_too_large_for_the_classes_is_one_line(y, share, said):
+    """Not scikit-learn's traceback (the default 0.2 on 9 images of 3 classes had been one)."""
+    with pytest.raises(FeaturebankError) as err:
+        split_rows(y, None, share, seed=0)
+    assert said in str(err.value) and "\n" not in str(err.value)
+    low, high = 0.17, 0.83  # the bounds said are safe: at each, both sides hold every class
+    for bound in (low, high):
+        train, val = split_rows(np.repeat([0, 1], 6), None, bound, seed=0)
+        assert set(np.repeat([0, 1], 6)[train]) == set(np.repeat([0, 1], 6)[val]) == {0, 1}
+
+
 def _manifest(path, images, groups: dict[str, str]):
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

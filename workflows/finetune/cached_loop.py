@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from classifiers.metrics import scores
 from embedder.backbones.features import autocast_for
 from embedder.backbones.registry import head_name
 from embedder.kernel.errors import FeaturebankError
 
 from .fixed_views import parse_views
-from .loop import Trainer
+from .loop import Trainer, finite_scores
 from .report import views_pass_text
 from .split import Part
 from .surgery import block_names, has_training_batchnorm, set_train_mode
@@ -211,9 +210,7 @@ class ViewEpochs:
         t = self.trainer
         t.model.eval()
         logits = logits_of(self.rest, self.store, self.val_where, t.device, t.options.precision, t.options.batch_size)
-        proba = torch.softmax(logits.double(), 1).numpy()
-        s = scores(self.y_val, logits.argmax(1).numpy(), proba, logits.shape[1])
-        return {"loss": s.pop("log_loss"), **s}
+        return finite_scores(logits, self.y_val, "validation")
 
     def run(self, epoch: int, failed: dict[str, str], bar) -> tuple[float, float]:
         t = self.trainer

@@ -27,7 +27,7 @@ from embedder.backbones.features import autocast_for
 from embedder.inputs.batches import ImageDataset, collate, default_workers
 from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.kernel.atomic import atomic_path
-from embedder.kernel.errors import FeaturebankError, IncompatibleSettings, InvalidValue, Note
+from embedder.kernel.errors import FeaturebankError, FileProblem, IncompatibleSettings, InvalidValue, Note, first_line
 
 from .options import TrainingOptions
 from .split import Part
@@ -99,6 +99,19 @@ def evaluate_images(
     return scores, failed
 
 
+def finite_scores(logits: torch.Tensor, y: np.ndarray, role: str) -> dict:
+    """``classifiers.metrics.scores`` of ``logits`` (``loss``: the log-loss of the softmax); NaN or inf among them
+    (a learning rate the weights diverged at) is one line, not scikit-learn's traceback on the log-loss."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FeaturebankError(
+            f"training diverged: the network's outputs on the {role} images are NaN or inf; lower --lr (or "
+            f"--backbone-lr-scale) and run again"
+        )
+    proba = torch.softmax(logits.double(), 1).numpy()
+    s = scores(y, logits.argmax(1).numpy(), proba, logits.shape[1])
+    return {"loss": s.pop("log_loss"), **s}
+
+
 @torch.no_grad()
 def answer_images(
     model, part: Part, prep, device, precision, batch_size, workers, max_pixels=DEFAULT_MAX_PIXELS, role="test"
@@ -118,12 +131,10 @@ def answer_images(
             f"none of the {len(part)} {role} images could be read now (first: {failed[0][0]}: {failed[0][1]})"
         )
     logits = torch.cat(logits)
-    proba = torch.softmax(logits.double(), 1).numpy()
-    predicted = logits.argmax(1).numpy()
-    s = scores(part.y[rows], predicted, proba, logits.shape[1])
+    s = finite_scores(logits, part.y[rows], role)
     answered = np.full(len(part), -1, dtype=np.int64)
-    answered[rows] = predicted
-    return {"loss": s.pop("log_loss"), **s}, answered, failed
+    answered[rows] = logits.argmax(1).numpy()
+    return s, answered, failed
 
 
 def _save(obj, path: str) -> None:
@@ -169,7 +180,37 @@ class TrainingState:
 
 
 def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scaler) -> TrainingState:
-    saved = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)
+    path = os.path.join(out, "last.pt")
+
+    def damaged(why: str) -> FileProblem:
+        return FileProblem(
+            f"--resume: {path} cannot be used ({why}): start over with another --out, or delete {out} and run "
+            f"without --resume"
+        )
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a cut-short zip, a tampered pickle: torch's many errors, one line
+        raise damaged(f"damaged: {first_line(exc, 120)}") from None
+    if not isinstance(saved, dict) or not {"config", "model", "optimizer", "scheduler", "scaler", "state"} <= set(
+        saved
+    ):
+        raise damaged("not a checkpoint of an epoch: it lacks what --resume reads")
+    if not all(isinstance(saved[k], dict) for k in ("config", "state", "model")):
+        raise damaged("its config or state is not what finetune writes")
+    try:
+        state = TrainingState(**saved["state"])
+    except TypeError as exc:
+        raise damaged(f"its state is not what finetune writes: {first_line(exc, 120)}") from None
+    if not isinstance(state.epoch, int) or isinstance(state.epoch, bool) or state.epoch < 0:
+        raise damaged(f"its epoch is {state.epoch!r}")
+    bad = [
+        k
+        for k, v in saved["model"].items()
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise damaged(f"its weights hold NaN or inf ({bad[0]})")
     wanted = config.to_dict()
     differ = [k for k in wanted if k not in NOT_COMPARED_ON_RESUME and saved["config"].get(k) != wanted[k]]
     if differ:
@@ -178,11 +219,14 @@ def _resume(out: str, config: TrainingConfig, model, optimizer, scheduler, scale
             f"--resume: {out} was started with {key}={saved['config'].get(key)!r}, not "
             f"{wanted[key]!r}; use the same options, or another --out"
         )
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    scaler.load_state_dict(saved["scaler"])
-    return TrainingState(**saved["state"])
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise damaged(f"its weights or optimizer state do not fit this run: {first_line(exc, 120)}") from None
+    return state
 
 
 def train_loop(

@@ -7,6 +7,7 @@ Each field says once its default, its help and how a command-line value is read 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from embedder.kernel.errors import InvalidValue
@@ -82,6 +83,10 @@ class TrainingOptions:
     workers: int | None = option(None, "Decoding processes (as in extract).", low=0)
 
     def __post_init__(self):
+        for name in ("lr", "backbone_lr_scale", "weight_decay", "dropout", "val_split"):
+            value = getattr(self, name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidValue(f"--{name.replace('_', '-')} {value}: give a finite number")
         if (
             self.epochs < 1
             or self.batch_size < 1

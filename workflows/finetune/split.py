@@ -148,6 +148,16 @@ def split_rows(
             f"needs at least 2 per class (or give --val DATA)"
         )
     if groups is None:
+        n = len(y)
+        held = int(np.ceil(val_split * n))  # as train_test_split counts a share
+        if held < n_classes or n - held < n_classes:
+            side, count = ("holds out", held) if held < n_classes else ("leaves to train on", n - held)
+            low, high = np.ceil(100 * n_classes / n) / 100, np.floor(100 * (1 - n_classes / n)) / 100
+            instead = f"give a --val-split from {low:.2f} to {high:.2f}, or --val DATA" if low <= high else "give --val DATA"
+            raise InvalidValue(
+                f"--val-split {val_split:g} of {n} images {side} {count}, fewer than the {n_classes} classes: a "
+                f"stratified split needs one of each on both sides; {instead}"
+            )
         train, val = train_test_split(np.arange(len(y)), test_size=val_split, stratify=y, random_state=seed)
         return np.sort(train), np.sort(val)
     folds = max(2, round(1 / val_split))
