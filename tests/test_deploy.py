@@ -359,6 +359,14 @@ def test_a_finetune_checkpoint_exports_its_own_head(trained, tmp_path):
     assert meta["classes"] == classes and meta["model"]["layer"] == "fc"
     assert [classes[i] for i in labels] == names
     np.testing.assert_allclose(scores, expected, atol=1e-4)
+    import torch
+
+    saved = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+    assert saved["classes"] == classes
+    saved["classes"] = classes[:3]  # tampered: 3 names, 4 outputs
+    torch.save(saved, tmp_path / "tampered.pth")
+    with pytest.raises(FeaturebankError, match="^the resnet18 head gives 4 scores and the checkpoint names 3 classes"):
+        export_checkpoint(str(tmp_path / "tampered.pth"), str(tmp_path / "t.onnx"))
     with pytest.raises(FeaturebankError, match="int8 needs images to calibrate on: give --images DATA"):
         export_checkpoint(run.checkpoint, str(tmp_path / "q.onnx"), precision="int8")
     q = export_checkpoint(
@@ -547,3 +555,18 @@ def test_a_checkpoints_int8_accuracy_says_its_images_were_not_checked_against_tr
         "  accuracy on 10 images of /x (whether the network was trained or its epoch chosen on them is not checked; "
         "int8 calibrated on 8 of them): fp32 90.00 %, int8 80.00 % (-10.00 points)"
     ) and line.endswith("not held out: the agreement is the figure to read, finetune --test scores held-out images")
+
+
+def test_a_model_file_whose_recorded_layer_gives_other_widths_is_refused_in_one_line(trained, tmp_path):
+    """A model file edited to name another layer (or backbone): its classifier takes 512 numbers, the backbone now
+    gives 256; one line before the head is built, not ONNX Runtime's shape error."""
+    root, _ = trained
+    bundle = train(str(root / "train.h5"), classifier="logreg", out=str(tmp_path / "model.joblib"))
+    bundle.settings = {**bundle.settings, "layers": ["layer3"]}
+    with pytest.raises(FeaturebankError) as err:
+        export(bundle, str(tmp_path / "model.onnx"))
+    assert str(err.value) == (
+        "the resnet18 backbone's layer3 has 256 dimensions; the model's classifier takes 512: the model file's "
+        "backbone or layer is not the one it was trained on"
+    )
+    assert not (tmp_path / "model.onnx").exists()

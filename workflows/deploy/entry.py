@@ -10,6 +10,7 @@ import os
 
 from classifiers.bundle import Bundle, extract_options, load_bundle
 from classifiers.familiarity import ordinal
+from classifiers.modelfile import input_dimensions
 from classifiers.zoo import describe, list_classifiers, make_classifier
 from embedder.backbones.registry import check_backbone, is_checkpoint, load_backbone
 from embedder.cache.hdf5 import CacheReader
@@ -103,6 +104,7 @@ def export_model(
                 bundle.calibration,
                 bundle.scores,
                 bundle.familiarity,
+                input_dimensions(bundle.pipeline),
             ),
             out,
             store=EngineStore(options.engine_dir or engine_dir_for(cache)),

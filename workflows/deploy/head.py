@@ -61,6 +61,7 @@ class Head:
     # the model file's kept training rows (``classifiers.familiarity.Familiarity``: ``reference``, ``calibration``,
     # ``k``, ``p_values``), None where it keeps none: the graph's ``familiarity`` output
     familiarity: Any = None
+    takes: int | None = None  # the vector length the classifier was fit on (None: not known); the backbone must give it
 
     @property
     def raw_output(self) -> str:

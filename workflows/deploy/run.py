@@ -20,7 +20,7 @@ from embedder.inputs.decode import DEFAULT_MAX_PIXELS
 from embedder.inputs.sources import Item, Listing, list_inputs
 from embedder.job import calibration_batches, int8_settings
 from embedder.kernel.destination import file_destination
-from embedder.kernel.errors import InvalidValue, MissingFile, Note
+from embedder.kernel.errors import IncompatibleSettings, InvalidValue, MissingFile, Note
 from embedder.kernel.settings import ONNX_PRECISIONS, ExtractionSettings, Int8
 from embedder.kernel.store import EngineStore, engine_dir_for
 from embedder.resolve import Request, resolve
@@ -81,6 +81,17 @@ def export(
     fp32_engine = open_engine(fp32_settings, store, build_model, engine="onnxruntime", device="cpu")
     assert isinstance(fp32_engine, OnnxEngine)  # engine="onnxruntime" opens one
     fp32_backbone = onnx.load(fp32_engine.path)
+    width = backbone_width(fp32_backbone, layer, head)
+    if head.takes is not None and width != head.takes:  # not ONNX Runtime's shape error inside check_head
+        if head.pipeline is None:  # a checkpoint's own head: its logits are the classes
+            raise IncompatibleSettings(
+                f"the {head.name} gives {width} scores and the checkpoint names {head.takes} classes: its class "
+                f"list is not its head's"
+            )
+        raise IncompatibleSettings(
+            f"the {settings.backbone} backbone's {layer} has {width} dimensions; the model's classifier takes "
+            f"{head.takes}: the model file's backbone or layer is not the one it was trained on"
+        )
     head_onnx, how = head_model(
         head, backbone_width(fp32_backbone, layer, head), default_opset(fp32_backbone), fp32_backbone.ir_version
     )
@@ -263,7 +274,7 @@ def export_checkpoint(
             model_cache["model"] = load_backbone(backbone, path).model
         return model_cache["model"]
 
-    head = Head(classes, None, f"{backbone} head")
+    head = Head(classes, None, f"{backbone} head", takes=len(classes))
     extra = {
         "model": {
             "kind": "checkpoint",

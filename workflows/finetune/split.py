@@ -153,7 +153,9 @@ def split_rows(
         if held < n_classes or n - held < n_classes:
             side, count = ("holds out", held) if held < n_classes else ("leaves to train on", n - held)
             low, high = np.ceil(100 * n_classes / n) / 100, np.floor(100 * (1 - n_classes / n)) / 100
-            instead = f"give a --val-split from {low:.2f} to {high:.2f}, or --val DATA" if low <= high else "give --val DATA"
+            instead = (
+                f"give a --val-split from {low:.2f} to {high:.2f}, or --val DATA" if low <= high else "give --val DATA"
+            )
             raise InvalidValue(
                 f"--val-split {val_split:g} of {n} images {side} {count}, fewer than the {n_classes} classes: a "
                 f"stratified split needs one of each on both sides; {instead}"
