@@ -435,7 +435,7 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
     """
     from classifiers.crossval import cross_validate
     from classifiers.report.text import cv_text
-    from classifiers.report.writer import report_dict, write_report
+    from classifiers.report.writer import check_report_folder, report_dict, write_report
     from embedder.kernel.destination import writable_folder
 
     o = made(CVOptions, options)
@@ -443,6 +443,7 @@ def cv(caches, out, suspicious, quiet, as_json, **options):
         raise click.UsageError("--n-jobs does not apply with --scheduler: every thread of the Dask cluster is used")
     if out:
         writable_folder(out, "the report", create=False)  # before the folds; made once the inputs are read
+        check_report_folder(out)
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     progress, extras = not quiet and sys.stderr.isatty(), "out" if out else "report"
     report = cross_validate(list(caches), o, extras=extras, progress=progress, say=say)

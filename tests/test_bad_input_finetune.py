@@ -567,3 +567,24 @@ def test_resume_from_a_damaged_or_tampered_last_pt_is_one_line(tmp_path):
     last.write_bytes(intact)  # the finished run, resumed: nothing left to train, its epoch read back
     resumed = finetune(str(root), str(tmp_path / "run"), epochs=1, resume=True, **options)
     assert [h["epoch"] for h in resumed.history] == [0, 1]
+
+
+def test_a_folder_of_someone_elses_files_is_never_written_over(tmp_path):
+    """-o a folder that holds a report.md or split.csv no run wrote (no last.pt): one line, the files as they
+    were; a run's own leftovers from before its first epoch (a split.csv with its header) are taken over."""
+    from workflows.finetune import finetune
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my own report")
+    (mine / "split.csv").write_text("my split")
+    for name in ("split.csv", "report.md"):  # in the order a run writes them: the first is named
+        with pytest.raises(FeaturebankError, match=f"holds {name}, which no finetune run wrote there: move it"):
+            finetune(str(root), str(mine), epochs=1, **TINY)
+        assert (mine / name).read_text() in ("my own report", "my split")
+        (mine / name).unlink()
+    (mine / "split.csv").write_text("path,part,label,group\n")  # what a run killed before epoch 1 leaves
+    finetune(str(root), str(mine), epochs=1, **TINY)
+    assert (mine / "last.pt").exists() and (mine / "report.md").read_text().startswith("# Fine-tuning")

@@ -215,6 +215,30 @@ def test_no_output_is_written_over_a_cache_a_model_file_or_a_checkpoint_of_anoth
     assert r.exit_code == 0 and digest(fbmodel) != before[fbmodel]  # a model over a model: what -o asks
 
 
+def test_cv_out_never_writes_over_files_no_cv_run_wrote(model, tmp_path, runner):
+    """A folder holding a user's report.md, or a report.json of something else: one line before the folds, the
+    files as they were; a folder of an earlier cv run is replaced as before."""
+    c = str(model / "c.h5")
+    folder = tmp_path / "userdir"
+    folder.mkdir()
+    (folder / "report.md").write_text("my own report")
+    (folder / "report.json").write_text('{"mine": 1}')
+    args = ["cv", c, "-c", "knn", "--folds", "2", "-q", "--out", str(folder)]
+    line = one_error_line(runner.invoke(cli.main, args))
+    assert line == (
+        f"Error: {folder} holds report.json, which no featurebank cv run wrote there: move it, or write the report "
+        "elsewhere (nothing was replaced)"
+    )
+    assert (folder / "report.md").read_text() == "my own report" and sorted(os.listdir(folder)) == [
+        "report.json",
+        "report.md",
+    ]
+    run = tmp_path / "run"
+    for _ in range(2):  # written, then replaced by the next run
+        assert runner.invoke(cli.main, [*args[:-1], str(run)]).exit_code == 0
+    assert (run / "report.md").read_text().startswith("#")
+
+
 # -- 8. bad classifier parameters ---------------------------------------------------------------------------------
 
 

@@ -562,6 +562,20 @@ def _former_files(out_dir: str) -> list[str]:
     return [os.path.join(out_dir, name) for name in (*RUN_FILES, *inside)]
 
 
+def check_report_folder(out_dir: str, names=RUN_FILES) -> None:
+    """Refuse ``out_dir`` when it holds a file of ``names`` that no cv run wrote there (a user's report.md, a
+    report.json of something else): the report replaces its own earlier run's files only. Called before the folds,
+    and again before the new run takes its place."""
+    ours = set(_former_files(out_dir))
+    for name in names:
+        there = os.path.join(out_dir, name)
+        if os.path.isfile(there) and there not in ours:
+            raise FileProblem(
+                f"{out_dir} holds {name}, which no featurebank cv run wrote there: move it, or write the report "
+                f"elsewhere (nothing was replaced)"
+            )
+
+
 def _write_report(
     report: CVReport, final: str, out_dir: str, suspicious: int, d: dict | None, placing: list[str]
 ) -> dict[str, str]:
@@ -616,6 +630,7 @@ def _take_place(stage: str, out_dir: str, predictions: list[str], placing: list[
         there = os.path.join(out_dir, name)
         if os.path.isdir(there):
             raise FileProblem(f"{there} is a folder where the report puts a file: move it (nothing was replaced)")
+    check_report_folder(out_dir, moves)
     placing.append("started")
     for path in _former_files(out_dir):
         if os.path.lexists(path) and not os.path.isdir(path):

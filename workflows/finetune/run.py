@@ -482,9 +482,48 @@ def _train_from_scratch(o: FinetuneOptions, config: TrainingConfig, data, prep, 
 
 def _refuse_a_run_there(out: str, resume: bool) -> None:
     """A folder that holds a run is refused without --resume before anything is embedded (``train_loop`` checks
-    again), so that a refused command leaves nothing behind and is counted nowhere."""
-    if not resume and os.path.exists(os.path.join(out, "last.pt")):
-        raise InvalidValue(f"{out} holds a run already: add --resume to continue it, or choose another --out")
+    again), so that a refused command leaves nothing behind and is counted nowhere; a folder without a run's
+    last.pt that holds a file of a run's names, written by something else (a user's report.md), is refused too:
+    a run writes over its own files only."""
+    if os.path.exists(os.path.join(out, "last.pt")):
+        if not resume:
+            raise InvalidValue(f"{out} holds a run already: add --resume to continue it, or choose another --out")
+        return
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.lexists(path) and not _written_by_a_run(name, path):
+            raise InvalidValue(
+                f"{out} holds {name}, which no finetune run wrote there: move it, or choose another --out "
+                f"(nothing was replaced)"
+            )
+
+
+# what a run writes into its folder; those a run killed before its first epoch leaves are told by their content
+RUN_FILES = (
+    "split.csv", "views.json", "seconds.json", "best.pth", "report.md", "report.html", "report.json",
+    "curves.png", "log.csv", "log.json",
+)  # fmt: skip
+
+
+def _written_by_a_run(name: str, path: str) -> bool:
+    """Whether ``path`` (``name`` in a folder without last.pt) is what a run killed before its first epoch left:
+    split.csv with its header, views.json and seconds.json as finetune writes them, best.pth a checkpoint. Any
+    other of ``RUN_FILES`` comes after an epoch, and so with a last.pt."""
+    import json
+
+    from embedder.kernel.destination import featurebank_kind
+
+    try:
+        if name == "split.csv":
+            with open(path, encoding="utf-8") as fh:
+                return fh.readline().strip() == "path,part,label,group"
+        if name in ("views.json", "seconds.json"):
+            with open(path, encoding="utf-8") as fh:
+                d = json.load(fh)
+            return isinstance(d, dict) and ("views" in d if name == "views.json" else True)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return name == "best.pth" and featurebank_kind(path) == "checkpoint"
 
 
 def _say_all_blocks(backbone: str, unfreeze, say) -> None:
