@@ -588,3 +588,39 @@ def test_a_folder_of_someone_elses_files_is_never_written_over(tmp_path):
     (mine / "split.csv").write_text("path,part,label,group\n")  # what a run killed before epoch 1 leaves
     finetune(str(root), str(mine), epochs=1, **TINY)
     assert (mine / "last.pt").exists() and (mine / "report.md").read_text().startswith("# Fine-tuning")
+
+
+@pytest.mark.integration  # a second process holds the folder
+def test_a_second_process_writing_the_same_run_folder_is_one_line(tmp_path):
+    """Two finetune runs with one -o had mixed their files (one's report, the other's best.pth); the second is now
+    refused while the first holds the folder, and the folder is free again once it is done."""
+    import subprocess
+    import sys
+
+    from workflows.finetune import finetune
+
+    root = tmp_path / "images"
+    write_tree(root, per_class=4)
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom embedder.kernel.atomic import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(pathlib.Path(__file__).resolve().parents[1]),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FeaturebankError, match=f"^another featurebank process is writing the run {run}: wait"):
+            finetune(str(root), str(run), epochs=1, **TINY)
+        assert os.listdir(run) == [".featurebank-run.lock"]  # nothing of the refused run
+    finally:
+        holder.kill()
+        holder.wait()
+    result = finetune(str(root), str(run), epochs=1, **TINY)  # the holder gone: the lock is free
+    assert result.history[-1]["epoch"] == 1

@@ -56,3 +56,42 @@ def write_atomically(path: str, data: bytes) -> None:
     """``data`` as the whole of ``path``, durably (fsync before the rename)."""
     with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
+
+
+RUN_LOCK = ".featurebank-run.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str, what: str = "the run") -> Iterator[None]:
+    """Hold ``folder`` (made here) for this process while a run writes into it: a second process that asks is one
+    line, never two runs mixing their files in one folder. A POSIX record lock on ``folder/.featurebank-run.lock``:
+    it belongs to this process (a forked decoding worker does not hold it after a kill -9 of the run), and the
+    file stays, empty, once the run is done; a folder made here that the run left empty goes again (a refused
+    run leaves nothing behind)."""
+    import errno
+    import fcntl
+
+    from .errors import FileProblem
+
+    made = not os.path.exists(folder)
+    os.makedirs(folder, exist_ok=True)
+    lock = os.path.join(folder, RUN_LOCK)
+    handle = open(lock, "a+")  # noqa: SIM115 - held until the run ends
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            raise FileProblem(
+                f"another featurebank process is writing {what} {folder}: wait for it to finish, or choose another "
+                f"--out"
+            ) from None
+        raise
+    try:
+        yield
+    finally:
+        handle.close()  # closing the file releases its lock
+        if made and os.listdir(folder) == [RUN_LOCK]:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+                os.rmdir(folder)

@@ -17,7 +17,7 @@ from classifiers.metrics import full_proba, scores
 from embedder.backbones.features import autocast_for, resolve_device
 from embedder.backbones.registry import load_backbone, resolve_weights, skeleton
 from embedder.inputs.batches import default_workers
-from embedder.kernel.atomic import atomic_path
+from embedder.kernel.atomic import atomic_path, folder_lock
 from embedder.kernel.destination import writable_folder
 from embedder.kernel.errors import IncompatibleSettings, InvalidValue
 from embedder.kernel.versions import library_versions
@@ -164,7 +164,10 @@ def finetune(
             on_epoch_end(epoch, row)
 
     try:
-        return _finetune(train, out, o, progress, epoch_done, said, saved)
+        writable_folder(out, "the run", create=False)  # said before the folder is made for its lock
+        _refuse_a_run_there(out, o.resume)
+        with folder_lock(out):
+            return _finetune(train, out, o, progress, epoch_done, said, saved)
     except KeyboardInterrupt as exc:
         exc.kept = kept_after_interrupt(  # type: ignore[attr-defined]
             out, saved["epoch"], saved["trunk"], saved["scratch"], scoring=saved.get("scoring", False)
