@@ -570,3 +570,28 @@ def test_a_model_file_whose_recorded_layer_gives_other_widths_is_refused_in_one_
         "backbone or layer is not the one it was trained on"
     )
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_int8_on_images_of_other_classes_or_none_is_one_line_before_calibrating(trained, tmp_path):
+    """--images DATA whose labels the model does not know, or without labels: said why, before the calibration's
+    note (a refused export is one line), not 'give --images DATA' to one who gave it."""
+    import warnings
+
+    root, _ = trained
+    bundle = train(str(root / "train.h5"), classifier="logreg", out=str(tmp_path / "model.joblib"))
+    write_tree(tmp_path / "others", classes=("ants", "bees"), per_class=2)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in (tmp_path / "others" / "ants").iterdir():
+        (flat / p.name).write_bytes(p.read_bytes())
+    for images, said in (
+        (tmp_path / "others", "are labelled ants, bees, none a class of the model (cats, dogs, owls, yaks)"),
+        (flat, "no labelled images of "),
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(FeaturebankError) as err:
+                export(bundle, str(tmp_path / "q.onnx"), precision="int8", images=str(images))
+        assert said in str(err.value) and "\n" not in str(err.value)
+        assert not [w for w in caught if "calibrating" in str(w.message)]  # refused before the note
+    assert not (tmp_path / "q.onnx").exists()

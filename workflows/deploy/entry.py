@@ -147,17 +147,6 @@ def export_text(d: dict) -> list[str]:
         f"  input: uint8 N x {prep['crop']} x {prep['crop']} x 3 RGB after resizing the shorter side to "
         f"{prep['resize']} ({prep['interpolation']}) and a center crop",
     ]
-    fam = m.get("familiarity")
-    if fam:
-        lines.append(
-            f"  familiarity: output `familiarity`, each image placed among {fam['reference_rows']} kept training images "
-            f"by its distance to the {ordinal(fam['k'])} nearest; under {fam['below']:g}: unlike them, as predict flags"
-            + (
-                ""
-                if fam["can_flag"]
-                else f" (none can fall under {fam['below']:g} with so few kept: it still ranks them)"
-            )
-        )
     a = d["accuracy"]
     if a:
         of = (a.get("source") or "").split(":", 1)[-1]
@@ -173,6 +162,17 @@ def export_text(d: dict) -> list[str]:
             f"fp32 {100 * a['fp32']:.2f} %, int8 {100 * a['int8']:.2f} % ({100 * (a['int8'] - a['fp32']):+.2f} points); "
             f"the same class for {100 * a['agreement']:.1f} % of them"
             + (f"; not held out: the agreement is the figure to read, {scorer} scores held-out images" if what else "")
+        )
+    fam = m.get("familiarity")
+    if fam:
+        lines.append(
+            f"  familiarity: output `familiarity`, each image placed among {fam['reference_rows']} kept training images "
+            f"by its distance to the {ordinal(fam['k'])} nearest; under {fam['below']:g}: unlike them, as predict flags"
+            + (
+                ""
+                if fam["can_flag"]
+                else f" (none can fall under {fam['below']:g} with so few kept: it still ranks them)"
+            )
         )
     lines.append(d["path"])
     return lines

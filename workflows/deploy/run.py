@@ -106,6 +106,7 @@ def export(
         )
 
     q_settings, calibration_fn = _int8_plan(settings, calibration, int8, max_pixels, threads)
+    _measurable(labelled or [], head.classes, calibration)  # before the note: a refusal is one line
     warnings.warn(  # the slow part, said once the inputs are checked (nothing else is said until the end)
         Note(
             "int8: calibrating the backbone on the images and comparing int8 with fp32 on them (a minute or more on a CPU)"
@@ -169,6 +170,25 @@ def _int8_plan(settings: ExtractionSettings, calibration: Listing | None, int8: 
     return q, batches
 
 
+def _measurable(labelled: list[tuple[str, str]], classes: list[str], source: Listing | None) -> None:
+    """int8 is measured against fp32 on labelled images of the model's classes: none is one line that says why
+    (no labels at all, or labels of other classes), said before any calibration."""
+    if any(c in classes for _, c in labelled):
+        return
+    of = f" of {source.source.split(':', 1)[-1]}" if source is not None and source.source else ""
+    if not labelled:
+        raise InvalidValue(
+            f"no labelled images{of} to measure int8 against fp32 on: give --images DATA with class folders (or a "
+            f"labelled manifest) of the model's classes"
+        )
+    found = sorted({c for _, c in labelled})
+    raise InvalidValue(
+        f"the images{of} are labelled {', '.join(found[:5])}{', …' if len(found) > 5 else ''}, none a class of the "
+        f"model ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}): int8 is measured against fp32 on "
+        f"images of its classes; give --images DATA with those"
+    )
+
+
 def compare(
     fp32_model: onnx.ModelProto,
     int8_model: onnx.ModelProto,
@@ -184,8 +204,7 @@ def compare(
 
     index = {c: i for i, c in enumerate(classes)}
     indexed = [(p, index[c]) for p, c in labelled if c in index]
-    if not indexed:
-        raise InvalidValue("no labelled images to measure int8 against fp32 on: give --images DATA")
+    _measurable(labelled, classes, None)
     sessions = [
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         for m in (fp32_model, int8_model)

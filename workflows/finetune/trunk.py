@@ -300,7 +300,7 @@ class TrunkStore:
             raise StoreWriteError(
                 f"cannot write the frozen trunk's rows to {self.parts}: {exc.strerror or exc}; every batch written "
                 f"before it is kept: {'free some space (or choose another cache folder), then ' if full else ''}"
-                f"run the same command again to continue"
+                f"run the same command again to continue (with --resume once an epoch is saved)"
             ) from None
         self.add(keys, np.load(base + ".npy", mmap_mode="r"))
 
