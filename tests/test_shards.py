@@ -437,3 +437,38 @@ def test_two_torchrun_ranks_give_the_single_process_rows_of_shards(data, tmp_pat
     got, ref = CacheReader(tmp_path / "two.h5"), CacheReader(single.cache)
     assert list(got.paths) == list(ref.paths) and np.array_equal(got.features(), ref.features())  # bit for bit
     assert list(got.failures["path"]) == list(ref.failures["path"]) and len(got.failures["path"]) == len(data["bad"])
+
+
+def test_parquet_labels_from_float_columns_nulls_and_line_breaks(tmp_path):
+    """pandas writes a label column with a missing value as floats: 1.0 is class '1', NaN no label; a null key is
+    its own failure, not one '' shared with a real empty key; a label of two lines is a failure, not a class."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image = jpeg(photo(3))
+    pq.write_table(
+        pa.table(
+            {
+                "key": ["a", "b", None, "", "e"],
+                "image": [image] * 5,
+                "label": [1.0, float("nan"), 2.0, 2.0, 3.5],
+            }
+        ),
+        tmp_path / "f.parquet",
+    )
+    items = {i.path: (i.label, i.error) for i in list_input(str(tmp_path / "f.parquet")).items}
+    assert items["f.parquet/a"] == ("1", None) and items["f.parquet/b"] == ("", None)
+    assert items["f.parquet/e"] == ("3.5", None)
+    assert items["f.parquet/(row 2: null key)"] == ("", "row 2 has no key (null)")
+    assert items["f.parquet/"] == ("", "row 3 has an empty key")
+    pq.write_table(pa.table({"key": ["a"], "image": [image], "label": ["ants\nbees"]}), tmp_path / "g.parquet")
+    (item,) = list_input(str(tmp_path / "g.parquet")).items
+    assert item.error == "row 0's label or group holds a line break (a label is one line)" and item.label == ""
+
+
+def test_a_tar_label_sidecar_of_two_lines_is_a_failure_not_a_class(tmp_path):
+    image = jpeg(photo(4))
+    write_tar(tmp_path / "s.tar", [("x.jpg", image), ("x.cls", b"ants\nbees"), ("y.jpg", image), ("y.cls", b"ants\n")])
+    items = {i.path: (i.label, i.error) for i in list_input(str(tmp_path / "s.tar")).items}
+    assert items["s.tar/y"] == ("ants", None)  # a trailing line break is no second line
+    assert items["s.tar/x"][1] == "unreadable label or group sidecar (2 lines where a label or group is one)"

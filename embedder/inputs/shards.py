@@ -275,6 +275,8 @@ def _sidecar_value(spec: str, members: dict, read) -> str:
     text = text.strip()
     if "\0" in text:
         raise SidecarError("a NUL byte, which the cache cannot store")
+    if "\n" in text or "\r" in text:  # "ants\nbees" would be one class of two lines in every table
+        raise SidecarError(f"{len(text.splitlines())} lines where a label or group is one")
     return text
 
 
@@ -514,7 +516,9 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
     table = pf.read(columns=wanted) if wanted else None
     n = pf.metadata.num_rows
     values = {c: table.column(c).to_pylist() for c in wanted} if table is not None else {}
+    null_keys: set[int] = set()
     if "key" in values:
+        null_keys = {r for r, k in enumerate(values["key"]) if k is None}  # not "", which a real key may be
         keys = ["" if k is None else str(k) for k in values["key"]]
     else:
         width = max(6, len(str(max(n - 1, 0))))
@@ -525,8 +529,9 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
         at += pf.metadata.row_group(g).num_rows
     listing.columns[index] = image
     counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
+    for row, k in enumerate(keys):
+        if row not in null_keys:
+            counts[k] = counts.get(k, 0) + 1
     group_of, g = [], 0
     for row in range(n):
         while g + 1 < len(starts) and starts[g + 1] <= row:
@@ -534,7 +539,14 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
         group_of.append(g)
 
     def text(column, row):
-        return "" if not column or values[column][row] is None else str(values[column][row])
+        """A label or group cell as text: a float column's whole numbers without ".0" (pandas writes a label
+        column with a missing value as floats), NaN and null as no label."""
+        v = values[column][row] if column else None
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
 
     done: set[str] = set()
     with_nul = [row for row in range(n) if "\0" in keys[row]]
@@ -543,7 +555,10 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
         item_path = f"{name}/{key}"
         if "\0" in key:
             continue
-        if counts[key] > 1:
+        if row in null_keys:
+            item_path = f"{name}/(row {row}: null key)"  # each its own entry: not one "" shared with a real key
+            error = f"row {row} has no key (null)"
+        elif counts[key] > 1:
             if key in done:
                 continue
             done.add(key)
@@ -552,6 +567,8 @@ def _list_parquet(listing: ShardListing, index: int, name: str, options: ShardOp
             error = f"row {row} has an empty key"
         elif "\0" in text(label_column, row) + text(options.group_column, row):
             error = f"row {row}'s label or group holds a NUL byte, which the cache cannot store"
+        elif any(c in text(label_column, row) + text(options.group_column, row) for c in "\n\r"):
+            error = f"row {row}'s label or group holds a line break (a label is one line)"
         else:
             error = None
             listing.where[item_path] = Where(index, group_of[row], row - starts[group_of[row]])
