@@ -38,7 +38,8 @@ def write_evaluation_csv(result: dict, path: str) -> str:
 
 def predictions_text(result: dict, fmt: str = "csv") -> str:
     """A prediction (``bundle.predict``) as JSON, or as CSV: path, label (when known), predicted class and its score,
-    then class and score of the next ones, the image's familiarity (``classifiers.familiarity``, from a model file
+    then class and score of the next ones, ``fit_on`` (1: an image the model was fit on, its scores in-sample; the
+    column only when some are), the image's familiarity (``classifiers.familiarity``, from a model file
     that keeps training rows) and the error of an image that could not be classified."""
     if fmt == "json":
         return json.dumps(result, indent=1) + "\n"
@@ -48,6 +49,7 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
     top = max([len(r["top"]) for r in rows if "top" in r] or [1])  # no more columns than classes
     labeled = any("label" in r for r in rows)
     familiar = "familiarity" in result  # the model keeps training rows (classifiers.familiarity)
+    fit_on = any(r.get("fit_on") for r in rows)  # some were fit on: their scores are in-sample, marked 1
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     score = "p" if result["score"] == "probability" else "score"
@@ -58,6 +60,7 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
             "predicted",
             score,
             *[f"{name}{i}" for i in range(2, top + 1) for name in ("class", score)],
+            *(["fit_on"] if fit_on else []),
             *(["familiarity"] if familiar else []),
             "error",
         ]
@@ -72,6 +75,7 @@ def predictions_text(result: dict, fmt: str = "csv") -> str:
                 r.get("predicted", ""),
                 f"{r['score']:.4f}" if "score" in r else "",
                 *rest,
+                *([("1" if r.get("fit_on") else "0") if "error" not in r else ""] if fit_on else []),
                 *([familiarity_text(r["familiarity"]) if "familiarity" in r else ""] if familiar else []),
                 r.get("error", ""),
             ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import sys
@@ -282,6 +284,11 @@ def test_predict_says_its_scores_are_calibrated_and_marks_the_images_the_model_w
     assert rows[str(seen)].get("fit_on") is True and "fit_on" not in rows[str(new)]
     said = result.stderr.splitlines()
     assert said[0] == "scores: logreg:C=1.0's calibrated probabilities"
+    as_csv = CliRunner().invoke(cli.main, [a for a in args if a != "--json"])  # the CSV marks them too
+    table = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert {r["path"]: r["fit_on"] for r in table} == {str(seen): "1", str(new): "0"}
+    alone = CliRunner().invoke(cli.main, ["predict", str(root / "model.joblib"), str(new), "--workers", "0"])
+    assert "fit_on" not in alone.stdout.splitlines()[0]  # the column only where some image was fit on
     assert said[1].startswith(f"note: 1 of the 2 image(s) are images the model was fit on (e.g. {seen}): their")
     raw = train(str(root / "train.h5"), classifier="ridge", calibrate=False, out=str(tmp_path / "raw.fbmodel"))
     assert raw.calibration is None or raw.calibration.get("method", "none") == "none"
