@@ -841,10 +841,14 @@ def test_a_run_folder_written_over_holds_one_run_and_an_interrupt_leaves_the_for
     other = tmp_path / "project"
     (other / "predictions").mkdir(parents=True)
     (other / "predictions" / "mine.csv").write_text("kept")
-    (other / "report.md").write_text("my notes")
     writer.write_report(second, str(other))
     assert (other / "predictions" / "mine.csv").read_text() == "kept"  # not a run's: kept
-    assert "Cross-validation report" in (other / "report.md").read_text()  # the same name: written over, as before
+    # a file of a run's name that no run wrote: refused, kept (it had been written over)
+    (other / "report.json").unlink()
+    (other / "report.md").write_text("my notes")
+    with pytest.raises(FeaturebankError, match="holds report.md, which no featurebank cv run wrote there"):
+        writer.write_report(second, str(other))
+    assert (other / "report.md").read_text() == "my notes" and not list(other.glob(writer.STAGE + "*"))
 
 
 def test_a_damaged_side_file_of_a_run_is_named_not_report_json(tmp_path):

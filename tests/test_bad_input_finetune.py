@@ -174,7 +174,7 @@ def test_a_full_disk_while_the_views_are_written_is_one_line_and_a_rerun_continu
         f"cannot write the frozen trunk's rows to {tmp_path}/cache/trunk/"
     )
     assert "No space left on device; every batch written before it is kept: free some space" in message
-    assert message.endswith("then run the same command again to continue")
+    assert message.endswith("then run the same command again to continue (with --resume once an epoch is saved)")
     assert _tmp_files(tmp_path) == [] and len(list((tmp_path / "cache" / "trunk").glob("*/parts/*.json"))) == 2
     monkeypatch.undo()
     monkeypatch.setenv("FEATUREBANK_CACHE_DIR", str(tmp_path / "cache"))
