@@ -249,9 +249,9 @@ def test_cv_train_predict_evaluate_from_the_command_line(runner, tmp_path, monke
     )
     assert predicted.exit_code == 0, predicted.output
     lines = predicted.stdout.strip().splitlines()
-    assert lines[0] == "path,label,predicted,p,class2,p2,familiarity,error"
+    assert lines[0] == "path,label,predicted,p,class2,p2,fit_on,familiarity,error"  # its own training images
     rows = [ln.split(",") for ln in lines[1:]]
-    assert len(rows) == 10
+    assert len(rows) == 10 and {r[6] for r in rows if r[0] != "dogs/broken.jpg"} == {"1"}
     broken = next(r for r in rows if r[0] == "dogs/broken.jpg")
     assert broken[2] == "" and broken[-2] == "" and broken[-1].startswith("empty file")
     # 9 training images can flag none: train said so once; predict, on these very images, says nothing of it
