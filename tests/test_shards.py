@@ -472,3 +472,23 @@ def test_a_tar_label_sidecar_of_two_lines_is_a_failure_not_a_class(tmp_path):
     items = {i.path: (i.label, i.error) for i in list_input(str(tmp_path / "s.tar")).items}
     assert items["s.tar/y"] == ("ants", None)  # a trailing line break is no second line
     assert items["s.tar/x"][1] == "unreadable label or group sidecar (2 lines where a label or group is one)"
+
+
+def test_tar_members_named_as_images_that_are_links_are_failures_with_their_reason(tmp_path):
+    """GNU tar writes a second name of one file as a hard link (no bytes of its own): that sample was dropped
+    without a word; it is now a failure that says why, beside the file it links to, embedded."""
+    image = jpeg(photo(5))
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        add(tar, "good.jpg", image)
+        add(tar, "good.cls", b"ants")
+        link = tarfile.TarInfo("hard.jpg")
+        link.type, link.linkname = tarfile.LNKTYPE, "good.jpg"
+        tar.addfile(link)
+        add(tar, "hard.cls", b"ants")
+        sym = tarfile.TarInfo("soft.png")
+        sym.type, sym.linkname = tarfile.SYMTYPE, "good.jpg"
+        tar.addfile(sym)
+    items = {i.path: (i.label, i.error) for i in list_input(str(tmp_path / "s.tar")).items}
+    assert items["s.tar/good"] == ("ants", None)
+    for key, member in (("hard", "hard.jpg"), ("soft", "soft.png")):
+        assert items[f"s.tar/{key}"][1].startswith(f"{member} is a link or a special file in the shard, not an image")

@@ -397,11 +397,17 @@ def _list_tar(listing: ShardListing, index: int, name: str, options: ShardOption
         )
         return
     with_nul: list[tuple[int, str]] = []  # (header byte, name) of members whose name holds a NUL
+    not_files: dict[str, str] = {}  # key -> the member named as an image that is a link, a FIFO or a device
     for member, offset, size, is_file in members:
         if "\0" in member:
             with_nul.append((offset - 512, member))
             continue
-        split = split_key(member) if is_file else None
+        named = split_key(member)
+        if not is_file and named is not None and named[1] in IMAGE_EXTS:  # a hard link GNU tar wrote, a symlink
+            samples.setdefault(named[0], {})
+            not_files.setdefault(named[0], member)
+            continue
+        split = named if is_file else None
         if split is None or any(is_hidden_or_system(p) for p in member.split("/")):
             listing.ignored += is_file
             continue
@@ -415,6 +421,11 @@ def _list_tar(listing: ShardListing, index: int, name: str, options: ShardOption
     cut_short = damage is not None and last is not None and not any(e in IMAGE_EXTS for e in samples[last])
 
     def damaged(key: str) -> str | None:
+        if key in not_files and not any(e in IMAGE_EXTS for e in samples[key]):
+            return (
+                f"{not_files[key]} is a link or a special file in the shard, not an image's bytes (tar links are not "
+                f"followed: write the shard with the files themselves, e.g. tar --hard-dereference)"
+            )
         if key in duplicated:
             return f"duplicated key: {key} appears more than once in the shard; no copy is embedded"
         if key in cut:
