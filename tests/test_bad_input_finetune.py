@@ -624,3 +624,23 @@ def test_a_second_process_writing_the_same_run_folder_is_one_line(tmp_path):
         holder.wait()
     result = finetune(str(root), str(run), epochs=1, **TINY)  # the holder gone: the lock is free
     assert result.history[-1]["epoch"] == 1
+
+
+def test_a_cache_with_rows_that_are_not_numbers_is_named_before_the_probe(tmp_path):
+    """finetune --cache of a cache whose rows hold NaN: the image named (as cv and train do), not the probe's
+    scale step saying 'Input X contains NaN'."""
+    import h5py
+    from helpers import synthetic_cache
+
+    from embedder.cache.hdf5 import CacheReader
+    from workflows.finetune.split import Embedded
+
+    synthetic_cache(tmp_path / "c.h5", counts=(4, 4))
+    reader = CacheReader(str(tmp_path / "c.h5"))
+    layer, second = reader.layers[0], reader.paths[1]
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f["features"][layer][1, 0] = np.nan
+    with pytest.raises(
+        FeaturebankError, match=f"1 image\\(s\\) have NaN or infinite values in layer {layer} \\(e.g. {second}"
+    ):
+        Embedded.of_cache(CacheReader(str(tmp_path / "c.h5")))

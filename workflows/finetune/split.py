@@ -71,11 +71,15 @@ class Embedded:
 
     @classmethod
     def of_cache(cls, reader: CacheReader) -> Embedded:
+        """The cache's rows; a row that is not a number is one line naming its image (``classifiers.data.finite``),
+        before the probe's scale step meets it."""
+        from classifiers.data import finite
+
         return cls(
             reader.attrs["source"],
             reader.labels,
             reader.full_paths(),
-            reader.features(),
+            finite(reader.features(), reader, np.arange(len(reader)), reader.layer()),
             [str(g) for g in reader.rows["group"]],
             [str(d) for d in reader.rows["digest"]],
         )
