@@ -244,7 +244,7 @@ def write_selection(selection: Selection, out: str, root: str | None) -> dict[st
     from .selectsheet import write_sheet
 
     try:
-        selection.thumbnails = write_sheet(selection, sheet_path(out), root)
+        selection.thumbnails = write_sheet(selection, sheet_path(out), root, out)
         return {"manifest": out, "sheet": sheet_path(out)}
     except KeyboardInterrupt as exc:
         exc.kept = (  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from embedder.kernel.atomic import atomic_path
 from .extras import thumbs_folder
 
 
-def write_sheet(selection, path: str, root: str | None) -> int:
+def write_sheet(selection, path: str, root: str | None, manifest: str | None = None) -> int:
     """Write the sheet of ``selection`` (a ``selection.Selection``) to ``path``; thumbnails go to ``thumbs/`` beside
     it. ``root``: the folder the cache's paths are relative to. Returns how many picks have a thumbnail."""
     import jinja2
@@ -35,7 +35,8 @@ def write_sheet(selection, path: str, root: str | None) -> int:
     lines = [
         f"{len(picks)} of the {selection.pool:,} unlabeled images of {selection.cache} (layer {selection.layer}), "
         f"picked by {selection.rule} ({selection.stage}, seed {selection.seed}); labelled so far: {known}.",
-        "Fill in the label column of the manifest beside this page, best first; a label left empty keeps the image "
+        f"Fill in the label column of {os.path.basename(manifest) if manifest else 'the manifest'} beside this page "
+        "(its rows in this page's order, the most useful to label first); a label left empty keeps the image "
         "unlabeled.",
         *selection.notes,
     ]

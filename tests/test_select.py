@@ -294,6 +294,7 @@ def test_csv_columns_order_and_line_ends_and_the_sheet_names_every_pick(tmp_path
     sheet = (tmp_path / "TO_LABEL.html").read_text()
     assert all(f'data-path="{r["path"]}"' in sheet for r in rows)
     assert "not reachable" in sheet  # the cache's images are under /nowhere: said, not failed
+    assert "Fill in the label column of TO_LABEL.csv beside this page" in sheet  # the file it is the sheet of
     assert d["files"] == {"manifest": str(out), "sheet": str(tmp_path / "TO_LABEL.html")} and d["thumbnails"] == 0
     from classifiers.selection import select_text
 
