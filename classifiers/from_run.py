@@ -6,6 +6,7 @@ of its cache, which the features it is fit on must have been made with."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,7 @@ class BestRow:
     unlabeled: str | None = None  # the row fit the cache's unlabeled rows too ("logreg +unlabeled"): how (semi.MODES)
     source: str | None = None  # the input that cache mirrors (its images)
     unlabeled_rule: str = "inner-folds"  # with unlabeled: when they joined a fold (semi.RULES), as train does then
+    labels: dict | None = None  # the --labels CSV the run laid over the cache's labels ({"csv", "sha256"}), if any
 
     def text(self) -> str:
         return f"{self.classifier}{WITH_UNLABELED if self.unlabeled else ''} on {self.layer}" + (
@@ -76,7 +78,8 @@ def best_row(run_dir: str) -> BestRow:
         check_spec(classifier)
     except (FeaturebankError, ValueError) as exc:
         raise InvalidValue(f"{run_dir}: its best row's classifier {classifier!r} is not a zoo spec ({exc})") from None
-    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings, unlabeled, images, rule)
+    labels = d.get("labels") if isinstance(d.get("labels"), dict) else None
+    return BestRow(run_dir, classifier, layer, bool(cv.get("search")), cache, settings, unlabeled, images, rule, labels)
 
 
 def differences(row: BestRow, settings: dict) -> list[str]:
@@ -103,6 +106,25 @@ def matched(row: BestRow, reader: CacheReader) -> None:
         )
 
 
+def _run_labels(row: BestRow) -> str:
+    """The labels CSV ``row``'s run laid over its cache, for a cache without labels of its own: used when it is
+    still there with the bytes the run read (said in a note), else one line that asks for --labels."""
+    from embedder.kernel.store import sha256_of
+
+    csv, digest = str(row.labels.get("csv") or ""), row.labels.get("sha256")  # type: ignore[union-attr]
+    if not csv or not os.path.isfile(csv):
+        raise InvalidValue(
+            f"--from {row.run}: the run's labels came from {csv or 'a CSV'}, which is not there now: give --labels"
+        )
+    if digest and sha256_of(csv) != digest:
+        raise InvalidValue(
+            f"--from {row.run}: {csv} has changed since the run read it (sha256 {str(digest)[:12]}…): give --labels "
+            f"{csv} to train on it as it is now (the run chose on the labels as they were)"
+        )
+    warnings.warn(f"--from {row.run}: labels from {csv}, as the run laid them over the cache", Note, stacklevel=3)
+    return csv
+
+
 def train_best(cache, run_dir: str, options: TrainOptions | None = None, **overrides):
     """``bundle.train`` on ``cache`` with the classifier and layer of ``run_dir``'s best row (searched when cv
     searched it, or when ``search`` is asked), the rest as ``options`` and ``overrides`` say. Returns the bundle
@@ -121,6 +143,8 @@ def train_best(cache, run_dir: str, options: TrainOptions | None = None, **overr
             stacklevel=2,
         )
     chosen = replace(o, classifier=row.classifier, layer=row.layer, search=o.search or row.search)
+    if o.labels is None and reader.labels is None and row.labels:  # the run's labels, when they are the same still
+        chosen = replace(chosen, labels=_run_labels(row))
     if row.unlabeled:  # the best row fit the unlabeled rows too (with its switch-off rule): so does train
         chosen = replace(chosen, unlabeled=True, unlabeled_mode=row.unlabeled, unlabeled_rule=row.unlabeled_rule)
     try:

@@ -652,3 +652,31 @@ def test_train_says_what_to_do_next_with_the_model(tmp_path):
         f"predict '{out}' IMAGES; the rest of the cache labelled for review: featurebank predict '{out}' {cache} "
         f"--labels {csv} -o pseudo-labels.csv"
     )
+
+
+def test_train_from_a_run_on_labels_from_a_csv_takes_that_csv_while_it_is_unchanged(tmp_path):
+    """The run's report.json records the --labels CSV and its sha256: train --from on the same unlabeled cache uses
+    it (said in a note); changed since, one line asks for --labels; given, --labels wins."""
+    import warnings
+
+    from classifiers.from_run import train_best
+    from embedder.kernel.errors import Note
+
+    cache, csv, _, chosen = partly_labelled(tmp_path)
+    report = cross_validate(cache, classifiers=["knn"], layers=["flatten"], folds=2, labels=csv, extras=None)
+    run = tmp_path / "run"
+    write_report(report, str(run))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle, _ = train_best(cache, str(run))
+    assert bundle.trained_on["labels"]["csv"] == csv and bundle.trained_on["rows"] == len(chosen)
+    assert any(
+        f"labels from {csv}, as the run laid them over the cache" in str(w.message)
+        for w in caught
+        if issubclass(w.category, Note)
+    )
+    pathlib.Path(csv).write_text(pathlib.Path(csv).read_text() + "\n")  # a byte more: not what the run read
+    with pytest.raises(FeaturebankError, match=f"{csv} has changed since the run read it .*give --labels"):
+        train_best(cache, str(run))
+    again, _ = train_best(cache, str(run), labels=csv)  # named: used as it is now
+    assert again.trained_on["labels"]["sha256"] == sha256_of(csv)
