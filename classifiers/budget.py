@@ -104,13 +104,17 @@ class Extra:
     mode: str = CVOptions.unlabeled_mode
     shots: tuple[int, ...] = ()
     draws: int = 0
+    inner: bool = True  # the switch-off rule's inner fits (False: --unlabeled-rule always, none)
 
 
-def semi_estimate(spec: str, shape: Shape, free: int, mode: str = CVOptions.unlabeled_mode) -> float | None:
+def semi_estimate(
+    spec: str, shape: Shape, free: int, mode: str = CVOptions.unlabeled_mode, inner: bool = True
+) -> float | None:
     """Seconds of one fold of ``spec`` with ``free`` unlabeled rows joining its ``shape.n`` labelled ones
     (``semi.SemiSupervised``): the switch-off rule's inner fits (``SEMI_INNER_REPEATS`` x ``SEMI_INNER_FOLDS``), the labels
     of the unlabeled rows (``spread``: the exact k-nearest-neighbour graph of every row; ``self-train``: a fit a
-    round on a growing share of them, the inner folds' included) and the final fit on every row (as if used)."""
+    round on a growing share of them, the inner folds' included) and the final fit on every row (as if used).
+    ``inner`` False (``--unlabeled-rule always``): no inner fits."""
 
     def fit(n: float, t: float = shape.t) -> float | None:
         return estimate(spec, Shape(n, t, shape.d, shape.k))
@@ -122,11 +126,12 @@ def semi_estimate(spec: str, shape: Shape, free: int, mode: str = CVOptions.unla
         rounds = [fit(n + free * r / SEMI_ROUNDS, free) for r in range(SEMI_ROUNDS)]
         return rounds + [fit(n + free)]
 
+    repeats = SEMI_INNER_REPEATS * SEMI_INNER_FOLDS if inner else 0
     if mode == "spread":
         parts = [cost.NEIGHBOURS * every * every * shape.d, fit(every)]
-        parts += [fit(inner_n)] * (SEMI_INNER_REPEATS * SEMI_INNER_FOLDS)
+        parts += [fit(inner_n)] * repeats
     else:
-        parts = self_train(shape.n) + (self_train(inner_n) + [fit(inner_n)]) * (SEMI_INNER_REPEATS * SEMI_INNER_FOLDS)
+        parts = self_train(shape.n) + (self_train(inner_n) + [fit(inner_n)]) * repeats
     return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
 
 
@@ -136,12 +141,13 @@ def fold_estimate(
     """``estimate`` of one fold, with what ``extra`` adds to it (None when any part has no cost model)."""
     parts = [estimate(spec, shape, search, inner_folds)]
     if extra.unlabeled:
-        parts.append(semi_estimate(spec, shape, extra.unlabeled, extra.mode))
+        parts.append(semi_estimate(spec, shape, extra.unlabeled, extra.mode, extra.inner))
     for shots in extra.shots if extra.draws else ():
         few = Shape(min(shots * shape.k, shape.n), shape.t, shape.d, shape.k)  # the curve runs entries as they are
         parts += [estimate(spec, few)] * extra.draws
         if extra.unlabeled:  # the fold's other training rows join the unlabeled ones
-            parts += [semi_estimate(spec, few, int(extra.unlabeled + shape.n - few.n), extra.mode)] * extra.draws
+            free = int(extra.unlabeled + shape.n - few.n)
+            parts += [semi_estimate(spec, few, free, extra.mode, extra.inner)] * extra.draws
     return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
 
 

@@ -657,6 +657,7 @@ def cross_validate(
             unlabeled_mode,
             tuple(k for k in shot_list or () if k != ALL),
             draws if shot_list else 0,
+            switch,
         ),
         jobs=at_once,
         folds=len(splits),

@@ -568,6 +568,8 @@ def test_the_unlabeled_rows_and_the_learning_curve_are_charged_to_the_budget():
     assert semi_estimate("logreg", shape, 20_000, "self-train") > inner  # a fit per round, inner folds included
     with_rows = fold_estimate("logreg", shape, extra=Extra(unlabeled=20_000))
     assert with_rows == pytest.approx(plain + spread)
+    always = fold_estimate("logreg", shape, extra=Extra(unlabeled=20_000, inner=False))  # --unlabeled-rule always
+    assert always == pytest.approx(plain + spread - inner)  # no inner fits charged
     curve = fold_estimate("knn", shape, extra=Extra(shots=(1, 10), draws=4))
     few = [estimate("knn", Shape(k * 5, 1_000, 1280, 5)) for k in (1, 10)]
     assert curve == pytest.approx(estimate("knn", shape) + 4 * sum(few))

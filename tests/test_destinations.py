@@ -462,3 +462,34 @@ def test_outputs_go_into_folders_not_there_yet(model, tmp_path, runner):
     assert (out / "m.csv").read_text().startswith("path,label\n")
     done = runner.invoke(cli.main, ["train", str(model / "c.h5"), "-c", "lda", "-o", str(out / "c" / "m.fbmodel")])
     assert done.exit_code == 0 and (out / "c" / "m.fbmodel").is_file()
+
+
+def test_a_cv_run_cut_off_while_it_took_its_folder_can_be_run_again(model, tmp_path, monkeypatch):
+    """A disk error (or a kill) after the former run's report.json went and before the new one came in leaves the
+    run's other files without a report.json: the next run replaces them, it does not take them for a user's."""
+    import classifiers.report.writer as writer
+    from classifiers.crossval import cross_validate
+
+    report = cross_validate(str(model / "c.h5"), classifiers=["knn"], layers=["flatten"], folds=2, extras=None)
+    run = tmp_path / "run"
+    writer.write_report(report, str(run))
+    moved = []
+    real = writer._move
+
+    def fails_on_the_second(source, target):
+        moved.append(target)
+        if len(moved) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        real(source, target)
+
+    monkeypatch.setattr(writer, "_move", fails_on_the_second)
+    with pytest.raises(Exception, match="Input/output error"):
+        writer.write_report(report, str(run))
+    monkeypatch.undo()
+    assert not (run / "report.json").exists() and (run / writer.PLACING).exists()
+    writer.check_report_folder(str(run))  # not refused: the files are a run's
+    writer.write_report(report, str(run))
+    assert (run / "report.json").exists() and not (run / writer.PLACING).exists()
+    (run / "report.json").unlink()  # a report.md without a report.json and without the marker: a user's now
+    with pytest.raises(Exception, match="holds report.md, which no featurebank cv run wrote there"):
+        writer.check_report_folder(str(run))

@@ -615,6 +615,9 @@ def test_unlabeled_rule_always_joins_them_in_cv_train_and_train_from(tmp_path):
     from classifiers.report.text import cv_text
 
     assert any("unlabeled rows (spread, in every fold), on the same labelled" in line for line in cv_text(d))
+    for page in ("report.md", "report.html"):  # the page says why they joined: the rule, not the inner folds
+        text = " ".join((run / page).read_text().split())
+        assert "in every fold (--unlabeled-rule always)" in text and "found that they help" not in text, page
     d["best"] = next(r for r in d["leaderboard"] if r["classifier"] == "knn +unlabeled")
     (run / "report.json").write_text(json.dumps(d))
     bundle, _ = train_best(cache, str(run), labels=csv)

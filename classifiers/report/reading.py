@@ -179,9 +179,13 @@ def unlabeled_lines(d: dict) -> list[str]:
         "",
         "## With and without the unlabeled rows",
         "",
-        f"{u['rows']} unlabeled rows joined the training side of every fold by {u['mode']}, where the switch-off "
-        f"rule (inner folds of that fold's labelled training rows) found that they help; both columns are scored "
-        f"on {u['scored_on']}.",
+        f"{u['rows']} unlabeled rows joined the training side of every fold by {u['mode']}, "
+        + (
+            "in every fold (--unlabeled-rule always)"
+            if u.get("rule") == "always"
+            else "where the switch-off rule (inner folds of that fold's labelled training rows) found that they help"
+        )
+        + f"; both columns are scored on {u['scored_on']}.",
         "",
         "| classifier | layer | without, mean ± std % | with, mean ± std % | with - without, p | used in folds |",
         "|---|---|--:|--:|--:|--:|",

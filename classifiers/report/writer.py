@@ -562,10 +562,16 @@ def _former_files(out_dir: str) -> list[str]:
     return [os.path.join(out_dir, name) for name in (*RUN_FILES, *inside)]
 
 
+PLACING = ".featurebank-cv-placing"  # in a run folder while a run's files are moved in: they are a run's, whole or not
+
+
 def check_report_folder(out_dir: str, names=RUN_FILES) -> None:
     """Refuse ``out_dir`` when it holds a file of ``names`` that no cv run wrote there (a user's report.md, a
     report.json of something else): the report replaces its own earlier run's files only. Called before the folds,
-    and again before the new run takes its place."""
+    and again before the new run takes its place. A folder where a run's placing was cut off (``PLACING`` there:
+    a kill or a disk error between the first unlink and report.json) holds a run's files, report.json or not."""
+    if os.path.exists(os.path.join(out_dir, PLACING)):
+        return
     ours = set(_former_files(out_dir))
     for name in names:
         there = os.path.join(out_dir, name)
@@ -631,13 +637,20 @@ def _take_place(stage: str, out_dir: str, predictions: list[str], placing: list[
         if os.path.isdir(there):
             raise FileProblem(f"{there} is a folder where the report puts a file: move it (nothing was replaced)")
     check_report_folder(out_dir, moves)
+    marker = os.path.join(out_dir, PLACING)
+    with open(marker, "w", encoding="utf-8") as fh:  # until report.json is in: a cut-off placing is still a run's
+        fh.write("a featurebank cv run is being moved into this folder; if no run is going, its files are a run's\n")
     placing.append("started")
-    for path in _former_files(out_dir):
+    former = _former_files(out_dir)
+    if not former:  # a placing cut off before: its files (report.json gone) are the run's to replace
+        former = [os.path.join(out_dir, n) for n in RUN_FILES if n != PLACING]
+    for path in former:
         if os.path.lexists(path) and not os.path.isdir(path):
             os.unlink(path)
     os.makedirs(folder, exist_ok=True)
     for name in moves:
         _move(os.path.join(stage, name), os.path.join(out_dir, name))
+    os.unlink(marker)
     placing.append("done")
 
 
