@@ -44,6 +44,16 @@ CANDIDATES.update({f"more than {m} predictions": _margin(m) for m in (1, 2, 3)})
 CANDIDATES.update({f"more than {r:.1%} of them": _share(r) for r in (0.025, 0.05)})
 
 
+VAL_IMAGES = {"flowers": 550, "hymenoptera": 153}  # the val/ sets scored: a draw's accuracy is a count of these
+
+
+def exact(accuracy: float, data: str) -> float:
+    """The accuracy the log prints to one decimal, as the count of right images it is (0.1 % is less than half an
+    image of 550 or 153): the figures here are the exact ones, not sums of roundings."""
+    n = VAL_IMAGES[data]
+    return 100.0 * round(accuracy * n / 100.0) / n
+
+
 def draws(path: str) -> dict:
     """{(data, k): [(alone, spread, lost, rows) ...]}; lost None where the rule did not check (used)."""
     out = defaultdict(list)
@@ -59,7 +69,7 @@ def draws(path: str) -> dict:
         if c:
             right_alone, rows, right_with = (int(v) for v in c.groups())
             lost = right_alone - right_with
-        out[(data, int(k))].append((float(alone), float(spread), lost, rows))
+        out[(data, int(k))].append((exact(float(alone), data), exact(float(spread), data), lost, rows))
     return out
 
 

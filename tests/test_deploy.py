@@ -99,6 +99,7 @@ def test_export_predicts_what_predict_predicts(trained, tmp_path, spec, how, out
     np.testing.assert_allclose(familiarity, [r["familiarity"] for r in result["rows"]], rtol=1e-3)
     assert len(set(familiarity.round(6))) > 5  # the images are told apart, not all one value
     assert meta["familiarity"] == {
+        "exact": True,
         "reference_rows": 24,
         "k": 5,
         "below": 0.01,
@@ -436,6 +437,10 @@ def test_cli_int8_prints_fp32_against_int8(trained, tmp_path):
             "--calibration-images",
             "8",
         ],
+    )
+    assert r.stdout.splitlines()[3].endswith(  # the file's familiarity: an approximation in int8, and said so
+        "under 0.01: unlike them (int8: the images' vectors are int8's, the kept rows' fp32: near predict's, read it "
+        "as a ranking) (none can fall under 0.01 with so few kept: it still ranks them)"
     )
     line = r.stdout.splitlines()[2]
     assert line == (  # the images are the training ones, and int8 calibrated on some: said, not held out

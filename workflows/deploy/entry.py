@@ -167,7 +167,12 @@ def export_text(d: dict) -> list[str]:
     if fam:
         lines.append(
             f"  familiarity: output `familiarity`, each image placed among {fam['reference_rows']} kept training images "
-            f"by its distance to the {ordinal(fam['k'])} nearest; under {fam['below']:g}: unlike them, as predict flags"
+            f"by its distance to the {ordinal(fam['k'])} nearest; under {fam['below']:g}: unlike them"
+            + (
+                ", as predict flags"
+                if fam.get("exact", True)
+                else " (int8: the images' vectors are int8's, the kept rows' fp32: near predict's, read it as a ranking)"
+            )
             + (
                 ""
                 if fam["can_flag"]

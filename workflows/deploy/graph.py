@@ -82,7 +82,7 @@ def metadata(settings: ExtractionSettings, head: Head, precision: str, how: str,
             "head": how,
             **({FAMILIARITY: FAMILIARITY_MEANING} if head.familiarity is not None else {}),
         },
-        **({FAMILIARITY: _familiarity_meta(head.familiarity)} if head.familiarity is not None else {}),
+        **({FAMILIARITY: _familiarity_meta(head.familiarity, precision)} if head.familiarity is not None else {}),
         "precision": precision,
         "settings": settings.to_dict(),
         "featurebank_version": __version__,
@@ -97,10 +97,14 @@ FAMILIARITY_MEANING = (
 )
 
 
-def _familiarity_meta(fam) -> dict:
-    """What the ``familiarity`` output was measured against, as ``predict --json``'s summary says it."""
+def _familiarity_meta(fam, precision: str = "fp32") -> dict:
+    """What the ``familiarity`` output was measured against, as ``predict --json``'s summary says it; ``exact``:
+    whether it is ``predict``'s number (fp32), or an approximation (int8: the image's vector is the int8 backbone's,
+    the kept rows' the fp32 vectors the model was trained on; measured up to 0.26 apart, the flags at 0.01 mostly
+    the same: benchmarks/RESULTS.md)."""
     n = len(fam.reference)
     return {
+        "exact": precision != "int8",
         "reference_rows": n,
         "k": int(fam.k),
         "below": UNFAMILIAR,
