@@ -487,11 +487,18 @@ def train(ctx, cache, from_run, quiet, as_json, **options):
     if from_run:
         from classifiers.from_run import train_best
 
-        given = [
-            f for f, n in (("-c", "classifier"), ("-l", "layer")) if ctx.get_parameter_source(n).name == "COMMANDLINE"
-        ]
+        named = (
+            ("-c", "classifier"),
+            ("-l", "layer"),
+            ("--unlabeled-mode", "unlabeled_mode"),
+            ("--unlabeled-rule", "unlabeled_rule"),
+        )
+        given = [f for f, n in named if ctx.get_parameter_source(n).name == "COMMANDLINE"]
         if given:
-            raise click.UsageError(f"--from takes the classifier and layer from the run: leave out {', '.join(given)}")
+            raise click.UsageError(
+                f"--from takes the classifier, the layer and how the unlabeled rows joined from the run: leave out "
+                f"{', '.join(given)}"
+            )
         bundle, _ = train_best(cache, from_run, o)
     else:
         bundle = run_train(cache, o)

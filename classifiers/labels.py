@@ -62,7 +62,7 @@ def read_labels(csv_path: str, paths, root: str | None = None) -> np.ndarray:
         path, label = row[at_path].strip(), row[at_label].strip()
         if not path:
             raise InvalidValue(f"{csv_path} line {line}: no path")
-        row_at = row_named(where, path, csv_path, root)
+        row_at = row_named(where, path, csv_path, root, line)
         if row_at is None:
             raise InvalidValue(
                 f"{csv_path} line {line}: {path!r} is not in the cache (name images as the cache does, "
@@ -76,15 +76,23 @@ def read_labels(csv_path: str, paths, root: str | None = None) -> np.ndarray:
     return out
 
 
-def row_named(where: dict[str, int], path: str, csv_path: str, root: str | None) -> int | None:
+def row_named(where: dict[str, int], path: str, csv_path: str, root: str | None, line: int = 0) -> int | None:
     """The cache row a CSV's ``path`` names (``where``: the cache's paths and their ``path_key``s, to rows): as
     the cache names it, or (with ``root``, the folder the cache's paths are relative to) as a file, absolute or
-    relative to the CSV's folder; None when neither."""
-    row_at = where.get(path, where.get(path_key(path)))
-    if row_at is None and root is not None:
+    relative to the CSV's folder; None when neither. A path that names one image each way (a CSV in a sub-folder
+    of the images, naming ``a/1.jpg``) is one line, never a guess."""
+    by_name = where.get(path, where.get(path_key(path)))
+    by_file = None
+    if root is not None:
         as_file = _under(root, os.path.join(os.path.dirname(os.path.abspath(csv_path)), path))
-        row_at = None if as_file is None else where.get(as_file, where.get(path_key(as_file)))
-    return row_at
+        by_file = None if as_file is None else where.get(as_file, where.get(path_key(as_file)))
+    if by_name is not None and by_file is not None and by_name != by_file:
+        names = {i: p for p, i in where.items()}
+        raise InvalidValue(
+            f"{csv_path} line {line}: {path!r} names two images of the cache, {names[by_name]} (as the cache names "
+            f"it) and {names[by_file]} (as a file beside the CSV): write the path as the cache names it, or absolute"
+        )
+    return by_name if by_name is not None else by_file
 
 
 def _under(root: str, path: str) -> str | None:

@@ -86,7 +86,7 @@ def read_paths(list_path: str, paths, root: str | None = None) -> np.ndarray:
                 named.append((n, entry.strip()))
     mask = np.zeros(len(paths), dtype=bool)
     for line, path in named:
-        row_at = row_named(where, path, list_path, root)
+        row_at = row_named(where, path, list_path, root, line)
         if row_at is None:
             raise InvalidValue(f"{list_path} line {line}: {path!r} is not in the cache")
         mask[row_at] = True

@@ -376,10 +376,16 @@ def test_train_from_a_cv_run_trains_its_best_row(cv_run, tmp_path):
     assert (model.classifier, model.layer) == (best["classifier"], best["layer"]) and best["classifier"].startswith(
         "knn"
     )
-    for flags in (["-c", "rbf-svm"], ["-l", "flatten"]):
+    for flags in (["-c", "rbf-svm"], ["-l", "flatten"], ["--unlabeled-rule", "always"], ["--unlabeled-mode", "spread"]):
         both = _cli(["train", str(cache), "--from", str(run), *flags, "-o", str(tmp_path / "x.fbmodel")])
-        assert both.exit_code == 2 and f"--from takes the classifier and layer from the run: leave out {flags[0]}" in (
-            both.output
+        said = " ".join(both.output.split())  # click wraps its usage errors
+        assert (
+            both.exit_code == 2
+            and (
+                "--from takes the classifier, the layer and how the unlabeled rows joined from the run: leave out "
+                f"{flags[0]}"
+            )
+            in said
         )
         assert not (tmp_path / "x.fbmodel").exists()
 

@@ -41,6 +41,15 @@ def test_read_labels_takes_the_files_own_paths_absolute_or_relative_to_the_csv(t
     assert read_labels(csv_path, PATHS, str(root)).tolist() == ["ant", "ant", "bee", ""]
     with pytest.raises(FeaturebankError, match="'../photos/b/3.jpg' is not in the cache"):
         read_labels(csv_path, PATHS)  # no root: only the cache's own names
+    # a CSV inside the images' folder naming a/1.jpg: the cache's a/1.jpg, or photos/sub/a/1.jpg as a file? refused
+    sub = root / "sub"
+    sub.mkdir(parents=True)
+    both = write(sub, "path,label\na/1.jpg,ant\n", "s.csv")
+    with pytest.raises(
+        FeaturebankError, match="line 2: 'a/1.jpg' names two images of the cache, a/1.jpg .* and sub/a/1.jpg"
+    ):
+        read_labels(both, [*PATHS, "sub/a/1.jpg"], str(root))
+    assert read_labels(both, PATHS, str(root)).tolist() == ["ant", "", "", ""]  # one reading only: that one
     outside = write(elsewhere, f"path,label\n{tmp_path / 'b' / '3.jpg'},bee\n", "o.csv")
     with pytest.raises(FeaturebankError, match="is not in the cache .*or by their files' paths"):
         read_labels(outside, PATHS, str(root))
