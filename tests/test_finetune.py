@@ -444,7 +444,7 @@ def test_split_keeps_groups_on_one_side_and_spreads_ungrouped_rows():
             "both sides; give a --val-split from 0.17 to 0.83, or --val DATA",
         ),
         (np.repeat([0, 1], 6), 0.9, "--val-split 0.9 of 12 images leaves to train on 1, fewer than the 2 classes"),
-        (np.repeat([0, 1, 2], 1), 0.5, "give --val DATA"),
+        (np.repeat([0, 1, 2], 1), 0.5, "class 0 has 1 image(s): a stratified --val-split needs at least 2 per class"),
     ],
 )
 def test_a_val_split_too_small_or_too_large_for_the_classes_is_one_line(y, share, said):

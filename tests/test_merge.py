@@ -168,3 +168,14 @@ def test_the_merged_parts_go_and_a_users_files_in_the_parts_folder_stay(tmp_path
     with pytest.warns(Note, match="kept"):
         _finish_removal(str(gone), str(tmp_path / "e.h5.parts"))
     assert not gone.exists() and os.listdir(tmp_path / "e.h5.parts") == ["NOTES.txt"]
+
+    # the same name on both sides (a kill, then the user's file again in a new parts folder): both kept, one
+    # renamed, and the merge after it goes through (a raw 'Directory not empty' had failed every later merge)
+    gone.mkdir()
+    (gone / "NOTES.txt").write_text("older")
+    (gone / "part-00000005-rank0.h5").write_bytes(b"batch")
+    with pytest.warns(Note, match="kept"):
+        _remove_folder(str(tmp_path / "e.h5.parts"))
+    folder = tmp_path / "e.h5.parts"
+    assert sorted(os.listdir(folder)) == ["NOTES.txt", "NOTES.txt.kept-1"] and not gone.exists()
+    assert {(folder / n).read_text() for n in os.listdir(folder)} == {"mine", "older"}

@@ -200,10 +200,12 @@ def _finish_removal(gone: str, folder: str) -> None:
     where = folder
     if not os.path.exists(folder):
         os.replace(gone, folder)
-    else:  # a parts folder again (a kill, then a new run): the user's files join it, unless a name is taken
+    else:  # a parts folder again (a kill, then a new run): the user's files join it, a name taken there with a suffix
         for name in kept:
-            if not os.path.exists(os.path.join(folder, name)):
-                os.replace(os.path.join(gone, name), os.path.join(folder, name))
+            target, n = os.path.join(folder, name), 1
+            while os.path.lexists(target):
+                target, n = os.path.join(folder, f"{name}.kept-{n}"), n + 1
+            os.replace(os.path.join(gone, name), target)
         with contextlib.suppress(OSError):
             os.rmdir(gone)
         where = gone if os.path.isdir(gone) else folder

@@ -65,33 +65,47 @@ RUN_LOCK = ".featurebank-run.lock"
 def folder_lock(folder: str, what: str = "the run") -> Iterator[None]:
     """Hold ``folder`` (made here) for this process while a run writes into it: a second process that asks is one
     line, never two runs mixing their files in one folder. A POSIX record lock on ``folder/.featurebank-run.lock``:
-    it belongs to this process (a forked decoding worker does not hold it after a kill -9 of the run), and the
-    file stays, empty, once the run is done; a folder made here that the run left empty goes again (a refused
-    run leaves nothing behind)."""
+    it belongs to this process (a forked decoding worker does not hold it after a kill -9 of the run), and, being a
+    process's, it does not keep a second run in the same process out. The file stays, empty, once the run is done;
+    a folder made here that the run left empty goes again, removed while the lock is still held (a refused run
+    leaves nothing behind). A lock taken on a file no longer at that path (removed by its holder in the meantime)
+    is let go and taken again on the new one, so that two processes never hold two files."""
     import errno
     import fcntl
 
     from .errors import FileProblem
 
     made = not os.path.exists(folder)
-    os.makedirs(folder, exist_ok=True)
     lock = os.path.join(folder, RUN_LOCK)
-    handle = open(lock, "a+")  # noqa: SIM115 - held until the run ends
-    try:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
-            raise FileProblem(
-                f"another featurebank process is writing {what} {folder}: wait for it to finish, or choose another "
-                f"--out"
-            ) from None
-        raise
+    while True:
+        os.makedirs(folder, exist_ok=True)
+        try:
+            handle = open(lock, "a+")  # noqa: SIM115 - held until the run ends
+        except FileNotFoundError:  # the folder went between the two lines: made again
+            continue
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise FileProblem(
+                    f"another featurebank process is writing {what} {folder}: wait for it to finish, or choose "
+                    f"another --out"
+                ) from None
+            raise
+        try:
+            if os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()  # a file its holder removed: take the one at the path now
     try:
         yield
     finally:
-        handle.close()  # closing the file releases its lock
-        if made and os.listdir(folder) == [RUN_LOCK]:
-            with contextlib.suppress(OSError):
-                os.unlink(lock)
-                os.rmdir(folder)
+        try:
+            if made and os.listdir(folder) == [RUN_LOCK]:  # still held: no other process holds this file now
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+                    os.rmdir(folder)
+        finally:
+            handle.close()  # closing the file releases its lock

@@ -157,12 +157,10 @@ def split_rows(
         if held < n_classes or n - held < n_classes:
             side, count = ("holds out", held) if held < n_classes else ("leaves to train on", n - held)
             low, high = np.ceil(100 * n_classes / n) / 100, np.floor(100 * (1 - n_classes / n)) / 100
-            instead = (
-                f"give a --val-split from {low:.2f} to {high:.2f}, or --val DATA" if low <= high else "give --val DATA"
-            )
-            raise InvalidValue(
+            raise InvalidValue(  # low <= high: every class has 2 images or more (checked above), so n >= 2 classes
                 f"--val-split {val_split:g} of {n} images {side} {count}, fewer than the {n_classes} classes: a "
-                f"stratified split needs one of each on both sides; {instead}"
+                f"stratified split needs one of each on both sides; give a --val-split from {low:.2f} to "
+                f"{high:.2f}, or --val DATA"
             )
         train, val = train_test_split(np.arange(len(y)), test_size=val_split, stratify=y, random_state=seed)
         return np.sort(train), np.sort(val)
