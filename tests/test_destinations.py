@@ -213,6 +213,14 @@ def test_no_output_is_written_over_a_cache_a_model_file_or_a_checkpoint_of_anoth
     assert {p: digest(p) for p in (cache, fbmodel, pth)} == before
     r = runner.invoke(cli.main, ["train", c, "-l", "flatten", "-c", "knn", "-o", str(fbmodel)])
     assert r.exit_code == 0 and digest(fbmodel) != before[fbmodel]  # a model over a model: what -o asks
+    table = tmp_path / "classes.csv"
+    table.write_text("path,label\n")
+    write_tree(tmp_path / "images", per_class=2)
+    r = runner.invoke(cli.main, ["manifest", str(tmp_path / "images"), "-o", str(table)])  # a table over a table
+    assert r.exit_code == 0 and table.read_text() != "path,label\n", r.output
+    from embedder.kernel.destination import check_destination, featurebank_kind
+
+    assert featurebank_kind("/dev/stdout") is None and check_destination("/dev/stdout") == "/dev/stdout"
 
 
 def test_cv_out_never_writes_over_files_no_cv_run_wrote(model, tmp_path, runner):
