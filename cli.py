@@ -20,7 +20,7 @@ from dataclasses import fields, is_dataclass
 
 import click
 
-from classifiers.options import SUSPICIOUS, TOP, CVOptions, TrainOptions
+from classifiers.options import LABELS_ONCE, SUSPICIOUS, TOP, CVOptions, TrainOptions
 from classifiers.select_options import SelectOptions
 from embedder.kernel.errors import FeaturebankError, Note, Terminated, os_error_line, terminate_as_interrupt
 from embedder.kernel.fields import read_by
@@ -68,6 +68,19 @@ class Jobs(click.ParamType):
         if n == 0:
             self.fail("0 jobs cannot run anything: give 1 or more, or -1 for every core", param, ctx)
         return n
+
+
+def given_once(hint: str):
+    """The callback of an option read as repeatable so that a second one is refused (click keeps the last of a
+    plain option's repeats, silently: two --labels CSVs, and the first one's labels were gone): its one value, or
+    None."""
+
+    def callback(ctx, param, values):
+        if len(values) > 1:
+            raise click.BadParameter(f"given {len(values)} times ({', '.join(map(str, values))}): {hint}", ctx, param)
+        return values[0] if values else None
+
+    return callback
 
 
 class FiniteRange(click.FloatRange):
@@ -155,6 +168,8 @@ def value_options(cls):
             )
         elif f.type in ("int", "int | None"):
             kw["type"] = int_type(m, f.name)
+        if m.get("once"):  # taken repeatable, to refuse a repeat that click would settle by keeping the last
+            kw.update(multiple=True, default=(), show_default=False, callback=given_once(m["once"]))
         return kw
 
     def apply(command):
@@ -572,6 +587,8 @@ def evaluate(model, data, quiet, predictions, as_json, **options):
     "--labels",
     type=NonEmptyPath(exists=True, dir_okay=False),
     metavar="LABELLED.csv",
+    multiple=True,
+    callback=given_once(LABELS_ONCE),
     help="On a cache: the rows this path,label CSV labels are skipped too (as cv and train --labels read it).",
 )
 def predict(args, imagenet, backbone, quiet, top, fmt, as_json, out, sort, labels, **options):

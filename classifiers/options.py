@@ -14,6 +14,8 @@ SEMI_INNER_FOLDS = 3
 SEMI_INNER_REPEATS = 2
 SUSPICIOUS = 20  # images the cv report lists as suspicious (cv --suspicious), and outliers
 TOP = 3  # classes listed per image by predict (predict --top)
+# --labels given twice: refused with this (click would keep the last CSV and drop the first one's labels, silently)
+LABELS_ONCE = "it takes one CSV: keep every label in it (add the reviewed rows' path,label to it)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +80,7 @@ class CVOptions:
         "an image unlabeled).",
         path={"exists": True, "dir_okay": False},
         metavar="LABELLED.csv",
+        once=LABELS_ONCE,
     )
     unlabeled: bool = option(
         False,
@@ -136,6 +139,7 @@ class TrainOptions:
         "A path,label CSV laid over the cache's own labels (its sha256 goes in the model file).",
         path={"exists": True, "dir_okay": False},
         metavar="LABELLED.csv",
+        once=LABELS_ONCE,
     )
     unlabeled: bool = option(
         False,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from embedder.options import option
 
+from .options import LABELS_ONCE
 from .select_rules import DUPLICATE_COSINE, RULES
 
 
@@ -21,6 +22,7 @@ class SelectOptions:
         "on top of the cache's own labels.",
         path={"exists": True, "dir_okay": False},
         metavar="LABELLED.csv",
+        once=LABELS_ONCE,
     )
     exclude: tuple[str, ...] = option(
         (),

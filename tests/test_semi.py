@@ -683,3 +683,24 @@ def test_train_from_a_run_on_labels_from_a_csv_takes_that_csv_while_it_is_unchan
         train_best(cache, str(run))
     again, _ = train_best(cache, str(run), labels=csv)  # named: used as it is now
     assert again.trained_on["labels"]["sha256"] == sha256_of(csv)
+
+
+@pytest.mark.parametrize("command", ["train", "cv", "select", "predict"])
+def test_labels_given_twice_is_refused_not_the_last_one_kept(tmp_path, command):
+    """click keeps the last of a repeated option: train --labels labelled.csv --labels pseudo.csv had trained on
+    the pseudo-labels alone, the hand labels gone without a word."""
+    cache, csv, *_ = one_per_class_cache(tmp_path)
+    other = tmp_path / "other.csv"
+    other.write_text(pathlib.Path(csv).read_text())
+    args = {
+        "train": ["train", cache, "-c", "knn", "-o", str(tmp_path / "m.fbmodel")],
+        "cv": ["cv", cache, "-c", "knn"],
+        "select": ["select", cache, "--budget", "1", "-o", str(tmp_path / "p.csv")],
+        "predict": ["predict", str(tmp_path / "m.fbmodel"), cache],
+    }[command]
+    if command == "predict":
+        train(cache, classifier="knn", out=str(tmp_path / "m.fbmodel"), labels=csv)
+    r = CliRunner().invoke(cli.main, [*args, "--labels", csv, "--labels", str(other)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"given 2 times ({csv}, {other}): it takes one CSV: keep every label in it" in said
+    assert not (tmp_path / "p.csv").exists()
