@@ -23,6 +23,7 @@ is at least 0 and (3) holds. Both tables are printed; nothing is chosen on seed 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections import defaultdict
 
@@ -112,7 +113,7 @@ def main() -> None:
     parser.add_argument("--check", help="the other seed's log: the held-out check, printed after the choice")
     args = parser.parse_args()
     cells = draws(args.log)
-    means = table(cells, args.log)
+    means = table(cells, os.path.basename(args.log))  # the log's name, not this machine's path
     keys = sorted(cells)
     alone = means["labels alone"]
     passed = {}
@@ -128,7 +129,7 @@ def main() -> None:
         chosen = next(n for n in CANDIDATES if n in passed and passed[n] >= best - 0.1)  # the smallest margin first
     print(f"\npassed (mean gain): {passed or 'none'}; chosen: {chosen or 'none: the current rule stays'}")
     if args.check:
-        checked = table(draws(args.check), f"{args.check} (the check)")
+        checked = table(draws(args.check), f"{os.path.basename(args.check)} (the check)")
         if chosen:
             keys = sorted(checked[CURRENT])
             gain = sum(checked[chosen][c] - checked[CURRENT][c] for c in keys) / len(keys)
